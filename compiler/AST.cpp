@@ -1,0 +1,81 @@
+// AST.cpp — the printer behind `gradc dump --emit=ast`.
+#include "AST.h"
+
+#include <fmt/format.h>
+
+namespace gradc {
+
+static std::string num(double v) { return fmt::format("{}", v); }
+
+std::string printExpr(const Expr& e) {
+    switch (e.kind) {
+    case Expr::Kind::Number: return num(e.number);
+    case Expr::Kind::Var: return e.name;
+    case Expr::Kind::Neg: return fmt::format("(neg {})", printExpr(*e.args[0]));
+    case Expr::Kind::Binary:
+        return fmt::format("({} {} {})", e.name, printExpr(*e.args[0]), printExpr(*e.args[1]));
+    case Expr::Kind::Call: {
+        std::string s = "(" + e.name;
+        for (auto& a : e.args) s += " " + printExpr(*a);
+        return s + ")";
+    }
+    }
+    return "?";
+}
+
+static std::string args(const std::vector<double>& a) {
+    if (a.empty()) return "";
+    std::string s = "(";
+    for (size_t i = 0; i < a.size(); ++i) s += (i ? ", " : "") + num(a[i]);
+    return s + ")";
+}
+
+static void printStmt(const Stmt& s, int indent, std::string& out) {
+    std::string pad(size_t(indent) * 2, ' ');
+    std::string head = fmt::format("{}{}:{} ", pad, s.loc.line, s.loc.col);
+    if (!s.name.empty() && s.kind != Stmt::Kind::Model) head += s.name + " = ";
+    std::string from = s.from.empty() || s.kind == Stmt::Kind::From ? "" : " from " + s.from;
+    switch (s.kind) {
+    case Stmt::Kind::Model: out += head + "model " + s.name + "\n"; return;
+    case Stmt::Kind::Input: out += head + fmt::format("input {}{}\n", s.size, from); return;
+    case Stmt::Kind::Dense:
+        out += head + fmt::format("dense {}", s.size);
+        if (s.act) out += " act=" + s.act->name + args(s.act->args);
+        if (s.init) out += " init=" + s.init->scheme + args(s.init->args);
+        out += fmt::format(" bias={}{}\n", s.bias, from);
+        return;
+    case Stmt::Kind::Act: out += head + "act " + s.act->name + args(s.act->args) + from + "\n"; return;
+    case Stmt::Kind::Add:
+        out += head + "add";
+        for (auto& [n, _] : s.operands) out += " " + n;
+        out += from + "\n";
+        return;
+    case Stmt::Kind::BatchNorm:
+        out += head + fmt::format("batchnorm eps={} momentum={}{}\n", s.eps, s.momentum, from);
+        return;
+    case Stmt::Kind::Repeat:
+        out += head + fmt::format("repeat {}{}\n", s.size, from);
+        for (auto& b : s.body) printStmt(*b, indent + 1, out);
+        out += pad + "end\n";
+        return;
+    case Stmt::Kind::From: out += head + "from " + s.from + "\n"; return;
+    case Stmt::Kind::ActivationDef: {
+        out += head + "activation " + s.defName + "(" + s.params[0];
+        for (size_t i = 1; i < s.params.size(); ++i) {
+            out += ", " + s.params[i];
+            if (s.defaults[i - 1]) out += "=" + num(*s.defaults[i - 1]);
+        }
+        out += ") = " + printExpr(*s.expr) + "\n";
+        return;
+    }
+    case Stmt::Kind::Loss: out += head + "loss " + s.loss + "\n"; return;
+    }
+}
+
+std::string printAST(const Module& m) {
+    std::string out = "module\n";
+    for (auto& s : m.stmts) printStmt(*s, 1, out);
+    return out;
+}
+
+} // namespace gradc

@@ -1,0 +1,200 @@
+// Activations.cpp — built-in activations as formulas, and binding of user definitions.
+#include "Activations.h"
+
+#include "Parser.h"
+
+#include <fmt/format.h>
+
+#include <cmath>
+
+namespace gradc {
+
+namespace {
+struct Builtin {
+    const char* name;
+    const char* params; // after x, comma separated, with defaults
+    const char* formula;
+};
+// PyTorch's definitions and defaults. relu'(0) = 0 and leaky_relu'(0) = alpha follow from
+// the strict comparison, as in PyTorch. gelu is the exact (erf) form, PyTorch's default.
+const Builtin kBuiltins[] = {
+    {"identity", "", "x"},
+    {"sigmoid", "", "sigmoid(x)"},
+    {"tanh", "", "tanh(x)"},
+    {"relu", "", "select(x > 0, x, 0)"},
+    {"leaky_relu", "alpha=0.01", "select(x > 0, x, alpha * x)"},
+    {"elu", "alpha=1", "select(x > 0, x, alpha * (exp(x) - 1))"},
+    {"swish", "", "x * sigmoid(x)"},
+    {"silu", "", "x * sigmoid(x)"},
+    {"gelu", "", "0.5 * x * (1 + erf(x / sqrt(2)))"},
+    {"softplus", "", "softplus(x)"},
+};
+} // namespace
+
+ActivationTable::ActivationTable() {
+    for (const Builtin& b : kBuiltins) {
+        std::string src = fmt::format("activation {}(x{}{}) = {}\n", b.name, *b.params ? ", " : "",
+                                      b.params, b.formula);
+        Module m = parse(makeSourceFile(fmt::format("<builtin {}>", b.name), src));
+        internal_assert(m.stmts.size() == 1, b.name);
+        defs_.erase(b.name);
+        define(*m.stmts[0]);
+        defs_[b.name].builtin = true;
+        defs_[b.name].formula = b.formula;
+    }
+}
+
+std::vector<std::string> ActivationTable::builtinNames() const {
+    std::vector<std::string> out;
+    for (auto& n : order_)
+        if (defs_.at(n).builtin) out.push_back(n);
+    return out;
+}
+
+void ActivationTable::add(Def d) {
+    order_.push_back(d.name);
+    std::string name = d.name;
+    defs_.emplace(std::move(name), std::move(d));
+}
+
+void ActivationTable::define(const Stmt& s) {
+    auto it = defs_.find(s.defName);
+    if (it != defs_.end())
+        throw UserError(s.nameLoc, it->second.builtin
+                                       ? fmt::format("'{}' is a built-in activation and cannot be "
+                                                     "redefined", s.defName)
+                                       : fmt::format("activation '{}' is defined twice", s.defName));
+    scalar::Op fn;
+    if (scalar::lookupFunction(s.defName, &fn) && s.defName != "sigmoid" && s.defName != "tanh" &&
+        s.defName != "softplus")
+        throw UserError(s.nameLoc, fmt::format("'{}' is a built-in function and cannot be "
+                                               "redefined", s.defName));
+    Def d;
+    d.name = s.defName;
+    d.params = s.params;
+    d.defaults = s.defaults;
+    std::map<std::string, scalar::E> env;
+    env[s.params[0]] = scalar::var();
+    // A parameter is a placeholder (a distinct constant node) until a use binds it.
+    for (size_t i = 1; i < s.params.size(); ++i) {
+        d.paramSlots.push_back(scalar::constant(std::nan("")));
+        env[s.params[i]] = d.paramSlots.back();
+    }
+    d.body = toScalar(*s.expr, env);
+    add(std::move(d));
+}
+
+// Replaces each parameter slot (by identity) with its bound value.
+static scalar::E bindSlots(const scalar::E& e, const std::vector<scalar::E>& slots,
+                           const std::vector<scalar::E>& values) {
+    for (size_t i = 0; i < slots.size(); ++i)
+        if (e == slots[i]) return values[i];
+    if (e->args.empty()) return e;
+    std::vector<scalar::E> args;
+    for (auto& a : e->args) args.push_back(bindSlots(a, slots, values));
+    return scalar::make(e->op, std::move(args));
+}
+
+scalar::E ActivationTable::bind(const Def& d, const std::vector<scalar::E>& args,
+                                const SourceLoc& loc) const {
+    size_t nparams = d.params.size() - 1;
+    if (args.size() > nparams)
+        throw UserError(loc, nparams == 0
+                                 ? fmt::format("activation '{}' takes no parameters", d.name)
+                                 : fmt::format("activation '{}' takes at most {} parameter{}, "
+                                               "got {}", d.name, nparams, nparams == 1 ? "" : "s",
+                                               args.size()));
+    std::vector<scalar::E> values;
+    for (size_t i = 0; i < nparams; ++i) {
+        if (i < args.size()) values.push_back(args[i]);
+        else if (d.defaults[i]) values.push_back(scalar::constant(*d.defaults[i]));
+        else
+            throw UserError(loc, fmt::format("activation '{}' needs a value for its parameter "
+                                             "'{}'", d.name, d.params[i + 1]));
+    }
+    return bindSlots(d.body, d.paramSlots, values);
+}
+
+Activation ActivationTable::instantiate(const ActRef& use) const {
+    auto it = defs_.find(use.name);
+    if (it == defs_.end()) {
+        std::string known;
+        for (auto& n : order_) known += (known.empty() ? "" : ", ") + n;
+        throw UserError(use.loc, fmt::format("unknown activation '{}' (known: {})", use.name, known));
+    }
+    Activation a;
+    a.name = use.name;
+    if (!use.args.empty()) {
+        a.name += "(";
+        for (size_t i = 0; i < use.args.size(); ++i)
+            a.name += fmt::format("{}{}", i ? ", " : "", use.args[i]);
+        a.name += ")";
+    }
+    std::vector<scalar::E> values;
+    for (double v : use.args) values.push_back(scalar::constant(v));
+    a.formula = bind(it->second, values, use.loc);
+    return a;
+}
+
+scalar::E ActivationTable::convert(const Expr& e) const {
+    return toScalar(e, {{"x", scalar::var()}});
+}
+
+scalar::E ActivationTable::toScalar(const Expr& e,
+                                    const std::map<std::string, scalar::E>& env) const {
+    using scalar::Op;
+    switch (e.kind) {
+    case Expr::Kind::Number: return scalar::constant(e.number);
+    case Expr::Kind::Var: {
+        auto it = env.find(e.name);
+        if (it != env.end()) return it->second;
+        if (e.name == "pi") return scalar::constant(M_PI);
+        std::string vars;
+        for (auto& [n, _] : env) vars += (vars.empty() ? "'" : ", '") + n + "'";
+        throw UserError(e.loc, fmt::format("unknown name '{}' in the formula (it may use {} and "
+                                           "numbers)", e.name, vars));
+    }
+    case Expr::Kind::Neg: return scalar::make(Op::Neg, {toScalar(*e.args[0], env)});
+    case Expr::Kind::Binary: {
+        static const std::pair<const char*, Op> ops[] = {
+            {"+", Op::Add}, {"-", Op::Sub}, {"*", Op::Mul},  {"/", Op::Div},  {"^", Op::Pow},
+            {"<", Op::Lt},  {"<=", Op::Le}, {">", Op::Gt},   {">=", Op::Ge},  {"==", Op::Eq},
+            {"!=", Op::Ne}};
+        for (auto& [sp, op] : ops)
+            if (e.name == sp)
+                return scalar::make(op, {toScalar(*e.args[0], env), toScalar(*e.args[1], env)});
+        internal_assert(false, e.name);
+        return nullptr;
+    }
+    case Expr::Kind::Call: {
+        std::vector<scalar::E> args;
+        for (auto& a : e.args) args.push_back(toScalar(*a, env));
+        scalar::Op fn;
+        if (scalar::lookupFunction(e.name, &fn)) {
+            int arity = scalar::info(fn).arity;
+            if (int(args.size()) != arity)
+                throw UserError(e.loc, fmt::format("'{}' takes {} argument{}, got {}", e.name,
+                                                   arity, arity == 1 ? "" : "s", args.size()));
+            return scalar::make(fn, std::move(args));
+        }
+        auto it = defs_.find(e.name);
+        if (it == defs_.end())
+            throw UserError(e.loc, fmt::format("unknown function '{}' (functions: select exp log "
+                                               "sqrt abs tanh sigmoid softplus erf min max, and "
+                                               "activations defined before this one)", e.name));
+        // Another activation: its input may be any expression, its parameters must not
+        // depend on the input (they may use the calling activation's own parameters).
+        std::vector<scalar::E> params(args.begin() + 1, args.end());
+        for (size_t i = 0; i < params.size(); ++i)
+            if (scalar::usesVar(params[i]))
+                throw UserError(e.args[i + 1]->loc, fmt::format("parameter {} of '{}' must not "
+                                                                "depend on the input", i + 1,
+                                                                e.name));
+        scalar::E body = bind(it->second, params, e.loc);
+        return scalar::substitute(body, args[0]);
+    }
+    }
+    internal_assert(false, "unknown expression kind");
+}
+
+} // namespace gradc

@@ -1,0 +1,61 @@
+// Activations.h — the one table of activation functions, built-in and user-defined.
+//
+// Every built-in activation is written once, as a formula in the model language's own
+// expression syntax; a user's `activation NAME(x) = EXPR` joins the same table. Using an
+// activation (`leaky_relu(0.1)`) binds its parameters and yields a closed scalar expression.
+#pragma once
+
+#include "AST.h"
+#include "Scalar.h"
+
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace gradc {
+
+/// An activation with its parameters bound: what a graph node applies element-wise.
+struct Activation {
+    std::string name;    ///< as printed: "sigmoid", "leaky_relu(0.1)"
+    scalar::E formula;   ///< closed expression in x
+};
+
+class ActivationTable {
+public:
+    /// The table of built-ins: identity sigmoid tanh relu leaky_relu elu swish silu gelu softplus.
+    ActivationTable();
+
+    /// Adds `activation NAME(x, ...) = EXPR`; its body may call earlier activations.
+    void define(const Stmt& def);
+
+    /// Binds a use such as `elu(0.5)`; throws UserError naming the place if it is unknown
+    /// or given the wrong arguments.
+    Activation instantiate(const ActRef& use) const;
+
+    /// Converts an expression in the single variable x (for `gradc derive EXPR`).
+    scalar::E convert(const Expr& e) const;
+
+    bool has(const std::string& name) const { return defs_.count(name) != 0; }
+    std::vector<std::string> builtinNames() const;
+
+    struct Def {
+        std::string name;
+        std::vector<std::string> params; // params[0] is the input variable
+        std::vector<std::optional<double>> defaults;
+        std::string formula;             // built-ins: the source text
+        scalar::E body;                  // in Var (the input) with parameters as named slots
+        std::vector<scalar::E> paramSlots;
+        bool builtin = false;
+    };
+
+private:
+    std::map<std::string, Def> defs_;
+    std::vector<std::string> order_;
+
+    scalar::E toScalar(const Expr& e, const std::map<std::string, scalar::E>& env) const;
+    scalar::E bind(const Def& d, const std::vector<scalar::E>& args, const SourceLoc& loc) const;
+    void add(Def d);
+};
+
+} // namespace gradc

@@ -1,0 +1,209 @@
+// Graph.cpp — the op table, shape rules, printer and verifier of the Graph IR.
+#include "Graph.h"
+
+#include <fmt/format.h>
+
+#include <set>
+
+namespace gradc {
+
+static const OpDesc kOps[] = {
+#define GRADC_OP(name, spelling, arity, shape) {spelling, arity},
+#include "Ops.def"
+};
+
+const OpDesc& describe(Op op) { return kOps[size_t(op)]; }
+
+std::string shapeString(const Shape& s) {
+    std::string out = "[";
+    for (size_t i = 0; i < s.size(); ++i) out += fmt::format("{}{}", i ? "," : "", s[i]);
+    return out + "]";
+}
+
+int64_t elementCount(const Shape& s) {
+    int64_t n = 1;
+    for (int64_t d : s) n *= d;
+    return n;
+}
+
+// ---- Shape rules: one per row of Ops.def. Each checks the operands and returns the
+// ---- result's shape, or throws UserError at the node's location.
+namespace {
+
+using Nodes = std::vector<Node>;
+
+const Node& operand(const Nodes& g, const Node& n, size_t i) { return g[n.in[i]]; }
+
+[[noreturn]] void mismatch(const Node& n, const std::string& msg) {
+    throw UserError(n.loc, fmt::format("{}: {}", describe(n.op).spelling, msg));
+}
+
+void needRank(const Node& n, const Node& v, size_t rank, const char* what) {
+    if (v.shape.size() != rank || v.type != DType::Real)
+        mismatch(n, fmt::format("{} must be a {}-d real tensor, got {}", what, rank,
+                                shapeString(v.shape)));
+}
+
+Shape shapeOfInput(const Nodes&, const Node& n) { return n.shape; }
+
+Shape shapeOfMatMulNT(const Nodes& g, const Node& n) {
+    const Node &x = operand(g, n, 0), &w = operand(g, n, 1);
+    needRank(n, x, 2, "input"), needRank(n, w, 2, "weight");
+    if (x.shape[1] != w.shape[1])
+        mismatch(n, fmt::format("input {} and weight {} do not fit (x · wᵀ needs equal inner "
+                                "sizes)", shapeString(x.shape), shapeString(w.shape)));
+    return {x.shape[0], w.shape[0]};
+}
+
+Shape shapeOfBiasAdd(const Nodes& g, const Node& n) {
+    const Node &y = operand(g, n, 0), &b = operand(g, n, 1);
+    needRank(n, y, 2, "input"), needRank(n, b, 1, "bias");
+    if (y.shape[1] != b.shape[0])
+        mismatch(n, fmt::format("input {} and bias {} do not fit", shapeString(y.shape),
+                                shapeString(b.shape)));
+    return y.shape;
+}
+
+Shape shapeOfSameAsFirst(const Nodes& g, const Node& n) {
+    if (operand(g, n, 0).type != DType::Real) mismatch(n, "operand must be real");
+    return operand(g, n, 0).shape;
+}
+
+Shape shapeOfSameShapes(const Nodes& g, const Node& n) {
+    const Node &a = operand(g, n, 0), &b = operand(g, n, 1);
+    if (a.shape != b.shape || a.type != b.type)
+        mismatch(n, fmt::format("operands have different shapes {} and {}", shapeString(a.shape),
+                                shapeString(b.shape)));
+    return a.shape;
+}
+
+Shape shapeOfBatchNorm(const Nodes& g, const Node& n) {
+    const Node &x = operand(g, n, 0), &w = operand(g, n, 1), &b = operand(g, n, 2);
+    needRank(n, x, 2, "input"), needRank(n, w, 1, "weight"), needRank(n, b, 1, "bias");
+    if (w.shape[0] != x.shape[1] || b.shape[0] != x.shape[1])
+        mismatch(n, fmt::format("input {} with weight {} and bias {}", shapeString(x.shape),
+                                shapeString(w.shape), shapeString(b.shape)));
+    if (x.shape[0] < 2)
+        mismatch(n, "training-mode batch normalisation needs a batch of at least 2");
+    return x.shape;
+}
+
+Shape shapeOfCrossEntropy(const Nodes& g, const Node& n) {
+    const Node &z = operand(g, n, 0), &t = operand(g, n, 1);
+    needRank(n, z, 2, "logits");
+    if (t.type != DType::Index || t.shape != Shape{z.shape[0]})
+        mismatch(n, fmt::format("labels must be {} class indices, got {}",
+                                shapeString({z.shape[0]}), shapeString(t.shape)));
+    return {};
+}
+
+Shape shapeOfPairwiseLoss(const Nodes& g, const Node& n) {
+    const Node &z = operand(g, n, 0), &t = operand(g, n, 1);
+    needRank(n, z, 2, "prediction");
+    if (t.shape != z.shape || t.type != DType::Real)
+        mismatch(n, fmt::format("targets {} must have the prediction's shape {}",
+                                shapeString(t.shape), shapeString(z.shape)));
+    return {};
+}
+
+using ShapeRule = Shape (*)(const Nodes&, const Node&);
+const ShapeRule kShapeRules[] = {
+#define GRADC_OP(name, spelling, arity, shape) shapeOf##shape,
+#include "Ops.def"
+};
+
+} // namespace
+
+ValueId Graph::add(Node n) {
+    const OpDesc& d = describe(n.op);
+    internal_assert(d.arity < 0 || int(n.in.size()) == d.arity, d.spelling);
+    for (ValueId v : n.in) internal_assert(v < nodes.size(), "operand defined after its use");
+    if (n.op == Op::Act) internal_assert(n.fn >= 0 && size_t(n.fn) < activations.size(), "act fn");
+    n.shape = kShapeRules[size_t(n.op)](nodes, n);
+    for (int64_t dim : n.shape)
+        if (dim <= 0 || dim > kMaxTensorElements)
+            throw UserError(n.loc, fmt::format("size {} is out of range (1 to 2^31)", dim));
+    // Each dimension is at most 2^31, so the product of two cannot overflow before this check.
+    if (n.shape.size() <= 2 && elementCount(n.shape) > kMaxTensorElements)
+        throw UserError(n.loc, fmt::format("tensor {} has {} elements; the limit is 2^31",
+                                           shapeString(n.shape), elementCount(n.shape)));
+    nodes.push_back(std::move(n));
+    return ValueId(nodes.size() - 1);
+}
+
+ValueId Graph::output(const std::string& name) const {
+    for (auto& [n, v] : outputs)
+        if (n == name) return v;
+    internal_assert(false, "no output " + name);
+}
+
+int64_t Graph::parameterCount() const {
+    int64_t total = 0;
+    for (auto& p : params) total += elementCount(nodes[p.node].shape);
+    return total;
+}
+
+static std::string printInit(const Init& init) {
+    std::string s = init.scheme;
+    if (!init.args.empty()) {
+        s += "(";
+        for (size_t i = 0; i < init.args.size(); ++i) s += fmt::format("{}{}", i ? "," : "", init.args[i]);
+        s += ")";
+    }
+    return s;
+}
+
+std::string printGraph(const Graph& g) {
+    std::string out = fmt::format("graph {} batch={} loss={}\n", g.model, g.batch, g.lossKind);
+    for (size_t i = 0; i < g.activations.size(); ++i)
+        out += fmt::format("  fn{} {} = {}\n", i, g.activations[i].name,
+                           scalar::print(g.activations[i].formula));
+    std::vector<const ParamInfo*> paramOf(g.nodes.size(), nullptr);
+    for (auto& p : g.params) paramOf[p.node] = &p;
+    for (size_t i = 0; i < g.nodes.size(); ++i) {
+        const Node& n = g.nodes[i];
+        std::string line = fmt::format("  %{} = {}", i, describe(n.op).spelling);
+        if (n.op == Op::Act) line += fmt::format("[fn{}]", n.fn);
+        if (n.op == Op::BatchNorm) line += fmt::format("[eps={}]", n.eps);
+        if (!n.name.empty()) line += fmt::format(" \"{}\"", n.name);
+        for (size_t k = 0; k < n.in.size(); ++k) line += fmt::format("{} %{}", k ? "," : "", n.in[k]);
+        line += fmt::format(" : {}{}", n.type == DType::Index ? "i32" : "real", shapeString(n.shape));
+        if (paramOf[i]) line += " init=" + printInit(paramOf[i]->init);
+        out += line + "\n";
+    }
+    for (auto& [name, v] : g.outputs) out += fmt::format("  output {} = %{}\n", name, v);
+    return out;
+}
+
+std::string verify(const Graph& g) {
+    std::set<std::string> names;
+    for (size_t i = 0; i < g.nodes.size(); ++i) {
+        const Node& n = g.nodes[i];
+        const OpDesc& d = describe(n.op);
+        if (d.arity >= 0 && int(n.in.size()) != d.arity)
+            return fmt::format("%{}: {} has {} operands, expected {}", i, d.spelling, n.in.size(), d.arity);
+        for (ValueId v : n.in)
+            if (v >= i) return fmt::format("%{}: operand %{} is not defined before it", i, v);
+        if ((n.op == Op::Input || n.op == Op::Param) && !names.insert(n.name).second)
+            return fmt::format("%{}: tensor name '{}' is used twice", i, n.name);
+        if (n.op == Op::Act && (n.fn < 0 || size_t(n.fn) >= g.activations.size()))
+            return fmt::format("%{}: act refers to missing function {}", i, n.fn);
+        if (n.op != Op::Input && n.op != Op::Param) {
+            try {
+                if (kShapeRules[size_t(n.op)](g.nodes, n) != n.shape)
+                    return fmt::format("%{}: recorded shape {} differs from the shape rule's", i,
+                                       shapeString(n.shape));
+            } catch (const UserError& e) {
+                return fmt::format("%{}: {}", i, e.what());
+            }
+        }
+    }
+    for (auto& p : g.params)
+        if (p.node >= g.nodes.size() || g.nodes[p.node].op != Op::Param || g.nodes[p.node].name != p.name)
+            return fmt::format("parameter '{}' does not name a param node", p.name);
+    for (auto& [name, v] : g.outputs)
+        if (v >= g.nodes.size()) return fmt::format("output '{}' refers to a missing node", name);
+    return "";
+}
+
+} // namespace gradc

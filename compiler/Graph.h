@@ -1,0 +1,106 @@
+// Graph.h — the tensor IR: a static-shape dataflow graph of one model at one batch size.
+//
+// The Graph owns its nodes in a vector; a node is its one output value, referred to by
+// ValueId (its index). Nodes are appended in topological order: a node's inputs always have
+// smaller ids. Tensors are real-valued (the element type is chosen by the backend) except
+// class labels, which are indices. Shapes are fully static: the batch size is part of the
+// graph. What each op computes is written once, in Ops.def.
+#pragma once
+
+#include "Activations.h"
+#include "Source.h"
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace gradc {
+
+enum class Op : uint8_t {
+#define GRADC_OP(name, spelling, arity, shape) name,
+#include "Ops.def"
+};
+
+struct OpDesc {
+    const char* spelling;
+    int arity;
+};
+const OpDesc& describe(Op op);
+
+using ValueId = uint32_t;
+using Shape = std::vector<int64_t>;
+enum class DType : uint8_t { Real, Index };
+
+std::string shapeString(const Shape& s); // "[256,784]"
+int64_t elementCount(const Shape& s);
+
+/// How a parameter is initialised: a scheme of the model language and its arguments.
+struct Init {
+    std::string scheme = "pytorch"; // pytorch | xavier | kaiming | normal | constant | ones | zeros
+    std::vector<double> args;
+};
+
+struct Node {
+    Op op = Op::Input;
+    DType type = DType::Real;
+    std::vector<ValueId> in;
+    Shape shape;
+    std::string name;   // Input, Param: the tensor's name
+    int32_t fn = -1;    // Act: index into Graph::activations
+    double eps = 0;     // BatchNorm
+    SourceLoc loc;
+};
+
+inline Node makeNode(Op op, SourceLoc loc, std::vector<ValueId> in = {}) {
+    Node n;
+    n.op = op, n.loc = std::move(loc), n.in = std::move(in);
+    return n;
+}
+
+/// A parameter tensor: its node, how to initialise it, and the layer it belongs to.
+struct ParamInfo {
+    ValueId node;
+    std::string name;    // PyTorch's name: layers.0.weight
+    Init init;
+    int64_t fanIn = 0, fanOut = 0;
+};
+
+/// One row of `gradc check`: a module in PyTorch's sense.
+struct LayerInfo {
+    std::string name;  // layers.0, h, ...
+    std::string what;  // "linear 784 -> 512", "sigmoid", ...
+    Shape in, out;
+    SourceLoc loc;
+};
+
+class Graph {
+public:
+    std::string model;
+    int64_t batch = 0;
+    std::vector<Node> nodes;
+    std::vector<Activation> activations;
+    std::vector<ParamInfo> params;
+    std::vector<LayerInfo> layers;
+    std::vector<std::pair<std::string, ValueId>> outputs; // "loss", "logits", ...
+    std::string lossKind;
+
+    /// Appends a node after checking its operands with the op's shape rule. A mismatch is
+    /// the user's (a UserError at `loc`).
+    ValueId add(Node n);
+    const Node& operator[](ValueId v) const { return nodes[v]; }
+
+    ValueId output(const std::string& name) const; // internal error if absent
+    int64_t parameterCount() const;
+};
+
+/// Stable text form: `gradc dump --emit=graph` and the golden tests.
+std::string printGraph(const Graph& g);
+
+/// Checks every structural invariant; returns a description of the first broken one ("" if
+/// none). Run after every stage in debug builds and by tests.
+std::string verify(const Graph& g);
+
+/// Hard limits that keep a model in memory: no tensor over 2^31 elements.
+constexpr int64_t kMaxTensorElements = int64_t(1) << 31;
+
+} // namespace gradc

@@ -1,0 +1,412 @@
+// Parser.cpp — stage 2: tokens to AST.
+//
+// The grammar, one rule per function below:
+//   file     ::= { [stmt] NEWLINE } END
+//   stmt     ::= 'model' NAME | 'loss' NAME | 'from' NAME | actdef | [NAME '='] layer ['from' NAME]
+//   layer    ::= 'input' INT | 'dense' INT [actref] {option} | 'add' NAME [NAME]
+//              | 'batchnorm' {option} | 'repeat' INT '{' {[stmt] NEWLINE} '}' | actref
+//   actref   ::= NAME ['(' signed {',' signed} ')']
+//   actdef   ::= 'activation' NAME '(' NAME {',' NAME ['=' signed]} ')' '=' expr
+//   expr     ::= sum [('<'|'<='|'>'|'>='|'=='|'!=') sum]
+//   sum      ::= term {('+'|'-') term}
+//   term     ::= unary {('*'|'/') unary}
+//   unary    ::= '-' unary | power
+//   power    ::= primary ['^' unary]
+//   primary  ::= NUMBER | NAME | NAME '(' expr {',' expr} ')' | '(' expr ')'
+#include "Parser.h"
+
+#include "Lexer.h"
+
+#include <fmt/format.h>
+
+#include <cmath>
+#include <set>
+
+namespace gradc {
+namespace {
+
+class Parser {
+public:
+    explicit Parser(std::vector<Token> toks) : toks_(std::move(toks)) {}
+
+    Module parseFile(const std::shared_ptr<const SourceFile>& file) {
+        Module m;
+        m.file = file;
+        m.stmts = stmtList(nullptr, 0);
+        return m;
+    }
+
+    std::unique_ptr<Expr> parseLoneExpr() {
+        skipNewlines();
+        auto e = expr(0);
+        skipNewlines();
+        if (peek().kind != Tok::End) fail(peek(), "unexpected {} after the expression", what(peek()));
+        return e;
+    }
+
+private:
+    std::vector<Token> toks_;
+    size_t pos_ = 0;
+
+    const Token& peek(size_t ahead = 0) const {
+        return toks_[std::min(pos_ + ahead, toks_.size() - 1)];
+    }
+    const Token& next() {
+        const Token& t = toks_[pos_];
+        if (pos_ + 1 < toks_.size()) ++pos_;
+        return t;
+    }
+    bool accept(Tok k) {
+        if (peek().kind != k) return false;
+        next();
+        return true;
+    }
+    bool isWord(const char* w, size_t ahead = 0) const {
+        return peek(ahead).kind == Tok::Ident && peek(ahead).text == w;
+    }
+    static std::string what(const Token& t) {
+        if (t.kind == Tok::Ident || t.kind == Tok::Number) return fmt::format("'{}'", t.text);
+        return describe(t.kind);
+    }
+    template <typename... A>
+    [[noreturn]] void fail(const Token& at, fmt::format_string<A...> f, A&&... a) {
+        throw UserError(at.loc, fmt::format(f, std::forward<A>(a)...));
+    }
+    const Token& expect(Tok k, const char* context) {
+        if (peek().kind != k) fail(peek(), "expected {} {}, found {}", describe(k), context, what(peek()));
+        return next();
+    }
+    const Token& expectName(const char* context) {
+        if (peek().kind != Tok::Ident) fail(peek(), "expected {}, found {}", context, what(peek()));
+        return next();
+    }
+    void skipNewlines() {
+        while (accept(Tok::Newline)) {}
+    }
+
+    /// INT: a whole, non-negative number (signs and fractions are diagnosed here).
+    int64_t integer(const char* context, SourceLoc* loc = nullptr) {
+        const Token& t = peek();
+        if (t.kind == Tok::Minus && peek(1).kind == Tok::Number)
+            fail(t, "{} must be a positive whole number, not '-{}'", context, peek(1).text);
+        if (t.kind != Tok::Number) fail(t, "expected {} (a whole number), found {}", context, what(t));
+        for (char c : t.text)
+            if (c < '0' || c > '9') fail(t, "{} must be a whole number, not '{}'", context, t.text);
+        if (t.text.size() > 15) fail(t, "{} '{}' is too large", context, t.text);
+        if (loc) *loc = t.loc;
+        next();
+        return int64_t(t.number);
+    }
+
+    /// signed ::= ['-'] NUMBER
+    double signedNumber(const char* context) {
+        bool neg = accept(Tok::Minus);
+        const Token& t = peek();
+        if (t.kind != Tok::Number) fail(t, "expected {} (a number), found {}", context, what(t));
+        next();
+        return neg ? -t.number : t.number;
+    }
+
+    /// The end of a statement: a newline, the end of the file, or a closing brace.
+    void endOfStatement() {
+        Tok k = peek().kind;
+        if (k == Tok::Newline || k == Tok::End || k == Tok::RBrace) return;
+        fail(peek(), "unexpected {}; expected the end of the statement", what(peek()));
+    }
+
+    /// The statements of the file, or of a repeat block (`open` is its 'repeat' token).
+    std::vector<std::unique_ptr<Stmt>> stmtList(const Token* open, int depth) {
+        std::vector<std::unique_ptr<Stmt>> out;
+        for (;;) {
+            skipNewlines();
+            if (peek().kind == Tok::End) {
+                if (open) fail(*open, "unterminated 'repeat' block: no '}}' closes it before the end of the file");
+                return out;
+            }
+            if (peek().kind == Tok::RBrace) {
+                if (!open) fail(peek(), "'}}' without a matching 'repeat {{'");
+                return out;
+            }
+            out.push_back(stmt(depth));
+            endOfStatement();
+        }
+    }
+
+    std::unique_ptr<Stmt> make(Stmt::Kind k, const Token& at) {
+        auto s = std::make_unique<Stmt>();
+        s->kind = k;
+        s->loc = at.loc;
+        return s;
+    }
+
+    std::unique_ptr<Stmt> stmt(int depth) {
+        const Token& t = peek();
+        if (t.kind != Tok::Ident) fail(t, "expected a statement, found {}", what(t));
+        if (isWord("model")) {
+            auto s = make(Stmt::Kind::Model, next());
+            const Token& n = expectName("a model name after 'model'");
+            s->name = n.text, s->nameLoc = n.loc;
+            return s;
+        }
+        if (isWord("loss")) {
+            auto s = make(Stmt::Kind::Loss, next());
+            const Token& n = expectName("a loss (cross_entropy, bce or mse) after 'loss'");
+            s->loss = n.text, s->sizeLoc = n.loc;
+            return s;
+        }
+        if (isWord("from") && peek(1).kind != Tok::Assign) {
+            auto s = make(Stmt::Kind::From, next());
+            const Token& n = expectName("a value name after 'from'");
+            s->from = n.text, s->fromLoc = n.loc;
+            return s;
+        }
+        if (isWord("activation") && peek(1).kind == Tok::Ident) return activationDef();
+
+        std::string name;
+        SourceLoc nameLoc;
+        if (peek(1).kind == Tok::Assign) {
+            static const std::set<std::string> keywords = {"model", "input", "dense", "add",
+                                                           "batchnorm", "repeat", "from", "loss",
+                                                           "activation"};
+            if (keywords.count(t.text))
+                fail(t, "'{}' is a keyword and cannot name a value", t.text);
+            name = t.text, nameLoc = t.loc;
+            next(), next();
+        }
+        auto s = layer(depth);
+        s->name = std::move(name), s->nameLoc = std::move(nameLoc);
+        if (isWord("from")) {
+            next();
+            const Token& n = expectName("a value name after 'from'");
+            s->from = n.text, s->fromLoc = n.loc;
+        }
+        return s;
+    }
+
+    std::unique_ptr<Stmt> layer(int depth) {
+        const Token& t = peek();
+        if (t.kind != Tok::Ident) fail(t, "expected a layer, found {}", what(t));
+        if (isWord("input")) {
+            auto s = make(Stmt::Kind::Input, next());
+            s->size = integer("the input width", &s->sizeLoc);
+            return s;
+        }
+        if (isWord("dense")) {
+            auto s = make(Stmt::Kind::Dense, next());
+            s->size = integer("the layer width", &s->sizeLoc);
+            if (peek().kind == Tok::Ident && peek(1).kind != Tok::Assign && !isWord("from"))
+                s->act = actRef();
+            while (peek().kind == Tok::Ident && peek(1).kind == Tok::Assign) {
+                const Token& opt = next();
+                next();
+                if (opt.text == "init") {
+                    if (s->init) fail(opt, "'init' given twice");
+                    InitSpec spec;
+                    const Token& n = expectName("an init scheme after 'init='");
+                    spec.scheme = n.text, spec.loc = n.loc;
+                    spec.args = numberArgs("init scheme argument");
+                    s->init = std::move(spec);
+                } else if (opt.text == "bias") {
+                    const Token& v = expectName("'true' or 'false' after 'bias='");
+                    if (v.text != "true" && v.text != "false")
+                        fail(v, "expected 'true' or 'false' after 'bias=', found '{}'", v.text);
+                    s->bias = v.text == "true";
+                } else {
+                    fail(opt, "unknown option '{}' for dense (expected init= or bias=)", opt.text);
+                }
+            }
+            return s;
+        }
+        if (isWord("add")) {
+            auto s = make(Stmt::Kind::Add, next());
+            while (peek().kind == Tok::Ident && !isWord("from")) {
+                const Token& n = next();
+                s->operands.emplace_back(n.text, n.loc);
+            }
+            if (s->operands.empty() || s->operands.size() > 2)
+                fail(s->operands.empty() ? peek() : t,
+                     "'add' takes one or two value names ('add A B', or 'add A' to add A to the "
+                     "current value)");
+            return s;
+        }
+        if (isWord("batchnorm")) {
+            auto s = make(Stmt::Kind::BatchNorm, next());
+            while (peek().kind == Tok::Ident && peek(1).kind == Tok::Assign) {
+                const Token& opt = next();
+                next();
+                if (opt.text == "eps") s->eps = signedNumber("eps");
+                else if (opt.text == "momentum") s->momentum = signedNumber("momentum");
+                else fail(opt, "unknown option '{}' for batchnorm (expected eps= or momentum=)", opt.text);
+            }
+            return s;
+        }
+        if (isWord("repeat")) {
+            auto s = make(Stmt::Kind::Repeat, next());
+            if (depth + 1 > kMaxRepeatDepth)
+                fail(t, "'repeat' blocks nested more than {} deep", kMaxRepeatDepth);
+            s->size = integer("the repeat count", &s->sizeLoc);
+            expect(Tok::LBrace, "after the repeat count");
+            s->body = stmtList(&t, depth + 1);
+            expect(Tok::RBrace, "to close the repeat block");
+            return s;
+        }
+        static const std::set<std::string> misplaced = {"model", "loss", "activation"};
+        if (misplaced.count(t.text)) fail(t, "'{}' cannot be named or used as a layer", t.text);
+        auto s = make(Stmt::Kind::Act, t);
+        s->act = actRef();
+        return s;
+    }
+
+    /// actref ::= NAME ['(' signed {',' signed} ')']
+    ActRef actRef() {
+        const Token& n = expectName("an activation");
+        ActRef a{n.text, {}, n.loc};
+        a.args = numberArgs("activation argument");
+        return a;
+    }
+
+    std::vector<double> numberArgs(const char* context) {
+        std::vector<double> args;
+        if (!accept(Tok::LParen)) return args;
+        do {
+            if (args.size() >= 16) fail(peek(), "too many arguments");
+            args.push_back(signedNumber(context));
+        } while (accept(Tok::Comma));
+        expect(Tok::RParen, "to close the argument list");
+        return args;
+    }
+
+    /// actdef ::= 'activation' NAME '(' NAME {',' NAME ['=' signed]} ')' '=' expr
+    std::unique_ptr<Stmt> activationDef() {
+        auto s = make(Stmt::Kind::ActivationDef, next());
+        const Token& n = expectName("the activation's name");
+        s->defName = n.text, s->nameLoc = n.loc;
+        expect(Tok::LParen, "after the activation's name");
+        std::set<std::string> seen;
+        do {
+            const Token& p = expectName("a parameter name");
+            if (!seen.insert(p.text).second) fail(p, "parameter '{}' appears twice", p.text);
+            if (s->params.size() >= 16) fail(p, "too many parameters");
+            s->params.push_back(p.text);
+            if (s->params.size() == 1) {
+                if (peek().kind == Tok::Assign) fail(peek(), "the input variable '{}' cannot have a default", p.text);
+                continue;
+            }
+            std::optional<double> def;
+            if (accept(Tok::Assign)) def = signedNumber("a default value");
+            s->defaults.push_back(def);
+        } while (accept(Tok::Comma));
+        expect(Tok::RParen, "to close the parameter list");
+        expect(Tok::Assign, "before the activation's formula");
+        s->expr = expr(0);
+        return s;
+    }
+
+    std::unique_ptr<Expr> node(Expr::Kind k, const SourceLoc& loc, std::string name = {}) {
+        auto e = std::make_unique<Expr>();
+        e->kind = k, e->loc = loc, e->name = std::move(name);
+        return e;
+    }
+    void checkDepth(int depth) {
+        if (depth > kMaxExprDepth) fail(peek(), "expression nested more than {} deep", kMaxExprDepth);
+    }
+
+    std::unique_ptr<Expr> expr(int depth) {
+        checkDepth(depth);
+        auto lhs = sum(depth + 1);
+        switch (peek().kind) {
+        case Tok::Lt: case Tok::Le: case Tok::Gt: case Tok::Ge: case Tok::EqEq: case Tok::NotEq: {
+            const Token& op = next();
+            auto e = node(Expr::Kind::Binary, op.loc, op.text);
+            e->args.push_back(std::move(lhs));
+            e->args.push_back(sum(depth + 1));
+            switch (peek().kind) {
+            case Tok::Lt: case Tok::Le: case Tok::Gt: case Tok::Ge: case Tok::EqEq: case Tok::NotEq:
+                fail(peek(), "comparisons do not chain; use parentheses");
+            default: break;
+            }
+            return e;
+        }
+        default: return lhs;
+        }
+    }
+
+    std::unique_ptr<Expr> binaryChain(int depth, Tok a, Tok b,
+                                      std::unique_ptr<Expr> (Parser::*sub)(int)) {
+        auto lhs = (this->*sub)(depth + 1);
+        int length = 0; // a long chain is a deep left-leaning tree: it counts as depth
+        while (peek().kind == a || peek().kind == b) {
+            checkDepth(depth + ++length);
+            const Token& op = next();
+            auto e = node(Expr::Kind::Binary, op.loc, op.text);
+            e->args.push_back(std::move(lhs));
+            e->args.push_back((this->*sub)(depth + 1));
+            lhs = std::move(e);
+        }
+        return lhs;
+    }
+    std::unique_ptr<Expr> sum(int depth) { return binaryChain(depth, Tok::Plus, Tok::Minus, &Parser::term); }
+    std::unique_ptr<Expr> term(int depth) { return binaryChain(depth, Tok::Star, Tok::Slash, &Parser::unary); }
+
+    std::unique_ptr<Expr> unary(int depth) {
+        checkDepth(depth);
+        if (peek().kind == Tok::Minus) {
+            const Token& op = next();
+            auto e = node(Expr::Kind::Neg, op.loc, "-");
+            e->args.push_back(unary(depth + 1));
+            return e;
+        }
+        return power(depth + 1);
+    }
+
+    std::unique_ptr<Expr> power(int depth) {
+        auto base = primary(depth + 1);
+        if (peek().kind != Tok::Caret) return base;
+        const Token& op = next();
+        auto e = node(Expr::Kind::Binary, op.loc, "^");
+        e->args.push_back(std::move(base));
+        e->args.push_back(unary(depth + 1));
+        return e;
+    }
+
+    std::unique_ptr<Expr> primary(int depth) {
+        checkDepth(depth);
+        const Token& t = peek();
+        if (t.kind == Tok::Number) {
+            next();
+            auto e = node(Expr::Kind::Number, t.loc, t.text);
+            e->number = t.number;
+            return e;
+        }
+        if (t.kind == Tok::LParen) {
+            next();
+            auto e = expr(depth + 1);
+            expect(Tok::RParen, "to close '('");
+            return e;
+        }
+        if (t.kind == Tok::Ident) {
+            next();
+            if (!accept(Tok::LParen)) return node(Expr::Kind::Var, t.loc, t.text);
+            auto e = node(Expr::Kind::Call, t.loc, t.text);
+            do {
+                if (e->args.size() >= 16) fail(peek(), "too many arguments");
+                e->args.push_back(expr(depth + 1));
+            } while (accept(Tok::Comma));
+            expect(Tok::RParen, "to close the argument list");
+            return e;
+        }
+        fail(t, "expected an expression, found {}", what(t));
+    }
+};
+
+} // namespace
+
+Module parse(const std::shared_ptr<const SourceFile>& file) {
+    return Parser(lex(file)).parseFile(file);
+}
+
+std::unique_ptr<Expr> parseExpression(const std::shared_ptr<const SourceFile>& file) {
+    return Parser(lex(file)).parseLoneExpr();
+}
+
+} // namespace gradc

@@ -1,0 +1,86 @@
+// Scalar.h — scalar expressions: the algebra of element-wise functions.
+//
+// An activation is a closed expression in one variable `x` (its parameters are already
+// bound to numbers). Expressions are immutable trees shared by pointer; every construction
+// goes through the helpers below, so later stages (derivative, simplifier, lowering) see
+// one canonical set of operators.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace gradc::scalar {
+
+#define GRADC_SCALAR_OPS(X)                                                                        \
+    X(Const, "const", 0)                                                                           \
+    X(Var, "x", 0)                                                                                 \
+    X(Out, "y", 0) /* the function's own output, used by derivatives (sigmoid' = y*(1-y)) */       \
+    X(Add, "+", 2)                                                                                 \
+    X(Sub, "-", 2)                                                                                 \
+    X(Mul, "*", 2)                                                                                 \
+    X(Div, "/", 2)                                                                                 \
+    X(Pow, "^", 2)                                                                                 \
+    X(Neg, "neg", 1)                                                                               \
+    X(Lt, "<", 2)                                                                                  \
+    X(Le, "<=", 2)                                                                                 \
+    X(Gt, ">", 2)                                                                                  \
+    X(Ge, ">=", 2)                                                                                 \
+    X(Eq, "==", 2)                                                                                 \
+    X(Ne, "!=", 2)                                                                                 \
+    X(Select, "select", 3)                                                                         \
+    X(Exp, "exp", 1)                                                                               \
+    X(Log, "log", 1)                                                                               \
+    X(Sqrt, "sqrt", 1)                                                                             \
+    X(Abs, "abs", 1)                                                                               \
+    X(Tanh, "tanh", 1)                                                                             \
+    X(Sigmoid, "sigmoid", 1)                                                                       \
+    X(Softplus, "softplus", 1)                                                                     \
+    X(Erf, "erf", 1)                                                                               \
+    X(Min, "min", 2)                                                                               \
+    X(Max, "max", 2)
+
+enum class Op : uint8_t {
+#define X(name, spelling, arity) name,
+    GRADC_SCALAR_OPS(X)
+#undef X
+};
+
+struct OpInfo {
+    const char* spelling;
+    int arity;
+};
+const OpInfo& info(Op op);
+
+/// The built-in functions an expression may call by name (exp, log, ..., select).
+/// Returns false if `name` is not one.
+bool lookupFunction(std::string_view name, Op* op);
+
+struct Node;
+using E = std::shared_ptr<const Node>;
+
+struct Node {
+    Op op;
+    double value = 0; // Const
+    std::vector<E> args;
+};
+
+E constant(double v);
+E var();
+E out();
+E make(Op op, std::vector<E> args);
+
+/// Evaluates in double precision at `x` (and `y` for expressions that use the output).
+double eval(const E& e, double x, double y = 0);
+
+/// Replaces the variable x by `value` everywhere.
+E substitute(const E& e, const E& value);
+
+bool usesVar(const E& e);
+bool usesOut(const E& e);
+
+/// Infix text with the fewest parentheses that keep the meaning: "x * sigmoid(x)".
+std::string print(const E& e);
+
+} // namespace gradc::scalar

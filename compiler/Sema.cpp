@@ -1,0 +1,355 @@
+// Sema.cpp — stage 3: AST to Graph.
+//
+// Naming follows PyTorch's nn.Sequential: every unnamed module takes the next index of
+// `layers`, and `dense N ACT` is two modules (Linear, then the activation), so the seed
+// network's tensors are layers.0.weight, layers.0.bias, layers.2.weight, ... A named
+// module `h = dense ...` owns h.weight and h.bias; inside `repeat`, a named module's
+// tensors carry the iteration index (h.0.weight, h.1.weight, ...).
+#include "Sema.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <map>
+
+namespace gradc {
+namespace {
+
+struct NamedValue {
+    ValueId value;
+    SourceLoc loc;
+};
+
+/// Names visible in one repeat iteration (or the file); lookups walk outwards.
+struct Scope {
+    const Scope* parent = nullptr;
+    std::map<std::string, NamedValue> names;
+    std::string suffix; // ".0.2" inside repeat iterations
+
+    const NamedValue* find(const std::string& n) const {
+        auto it = names.find(n);
+        if (it != names.end()) return &it->second;
+        return parent ? parent->find(n) : nullptr;
+    }
+};
+
+class Sema {
+public:
+    Sema(const Module& m, const SemaOptions& opts) : m_(m) {
+        g_.batch = opts.batch;
+        g_.model = "model";
+        if (m.file) {
+            std::string base = m.file->name.substr(m.file->name.find_last_of('/') + 1);
+            g_.model = base.substr(0, base.rfind(".nn") == std::string::npos ? base.size() : base.rfind(".nn"));
+        }
+        if (opts.batch < 1 || opts.batch > kMaxBatch)
+            throw UserError({m.file, 0, 0}, fmt::format("batch size {} is out of range (1 to {})",
+                                                         opts.batch, kMaxBatch));
+    }
+
+    Graph run() {
+        countLayers(m_.stmts, 1);
+        Scope top;
+        bool seenModel = false;
+        for (auto& s : m_.stmts) {
+            if (s->kind == Stmt::Kind::Model) {
+                if (seenModel) throw UserError(s->loc, "'model' given twice");
+                seenModel = true;
+                g_.model = s->name;
+            } else if (s->kind == Stmt::Kind::ActivationDef) {
+                table_.define(*s);
+            } else {
+                stmt(*s, top);
+            }
+        }
+        if (!input_) throw UserError(endLoc(), "the model has no 'input N' statement");
+        if (g_.lossKind.empty())
+            throw UserError(endLoc(), "the model has no 'loss' statement (cross_entropy, bce or mse)");
+        return std::move(g_);
+    }
+
+private:
+    const Module& m_;
+    Graph g_;
+    ActivationTable table_;
+    std::optional<ValueId> input_, current_;
+    std::map<std::string, int32_t> fnIndex_;
+    int64_t nextIndex_ = 0;
+    int64_t paramTotal_ = 0;
+
+    SourceLoc endLoc() const {
+        uint32_t lines = 1;
+        if (m_.file)
+            for (char c : m_.file->text) lines += c == '\n';
+        if (m_.file && !m_.file->text.empty() && m_.file->text.back() == '\n') --lines;
+        return {m_.file, lines, 1};
+    }
+
+    /// Bounds the unrolled size before anything is unrolled.
+    int64_t countLayers(const std::vector<std::unique_ptr<Stmt>>& body, int64_t times) {
+        int64_t n = 0;
+        for (auto& s : body) {
+            if (s->kind == Stmt::Kind::Repeat) {
+                if (s->size < 1) throw UserError(s->sizeLoc, "a repeat count must be at least 1");
+                if (s->size > kMaxLayers)
+                    throw UserError(s->sizeLoc, fmt::format("repeat count {} is larger than the "
+                                                            "limit of {}", s->size, kMaxLayers));
+                n += s->size * countLayers(s->body, std::min(times * s->size, kMaxLayers + 1));
+            } else {
+                n += 1;
+            }
+            if (n * times > kMaxLayers)
+                throw UserError(s->loc, fmt::format("the model has more than {} layers once "
+                                                    "'repeat' is unrolled", kMaxLayers));
+        }
+        return n;
+    }
+
+    ValueId need(const Stmt& s) {
+        if (!input_) throw UserError(s.loc, "a layer before the 'input' statement; a model starts with 'input N'");
+        if (!g_.lossKind.empty()) throw UserError(s.loc, "a layer after the 'loss' statement; the loss comes last");
+        return *current_;
+    }
+
+    ValueId lookup(const Scope& sc, const std::string& name, const SourceLoc& loc) {
+        const NamedValue* nv = sc.find(name);
+        if (!nv) throw UserError(loc, fmt::format("unknown value '{}'", name));
+        return nv->value;
+    }
+
+    void bindName(Scope& sc, const Stmt& s, ValueId v) {
+        if (s.name.empty()) return;
+        auto it = sc.names.find(s.name);
+        if (it != sc.names.end())
+            throw UserError(s.nameLoc, fmt::format("value '{}' is already defined at line {}",
+                                                   s.name, it->second.loc.line));
+        sc.names[s.name] = {v, s.nameLoc};
+    }
+
+    /// The module name: "layers.K" for unnamed modules, NAME(+iteration) for named ones.
+    std::string moduleName(const Stmt& s, const Scope& sc) {
+        if (!s.name.empty()) return s.name + sc.suffix;
+        return fmt::format("layers.{}", nextIndex_++);
+    }
+
+    ValueId param(const std::string& name, Shape shape, Init init, int64_t fanIn, int64_t fanOut,
+                  const SourceLoc& loc) {
+        for (auto& p : g_.params)
+            if (p.name == name)
+                throw UserError(loc, fmt::format("parameter name '{}' is used twice", name));
+        Node n = makeNode(Op::Param, loc);
+        n.shape = std::move(shape), n.name = name, n.loc = loc;
+        for (int64_t d : n.shape)
+            if (d > kMaxTensorElements)
+                throw UserError(loc, fmt::format("size {} is out of range (1 to 2^31)", d));
+        ValueId v = g_.add(std::move(n));
+        paramTotal_ += elementCount(g_[v].shape);
+        if (paramTotal_ > kMaxParameters)
+            throw UserError(loc, "the model has more than 2^31 parameters in all");
+        g_.params.push_back({v, name, std::move(init), fanIn, fanOut});
+        return v;
+    }
+
+    int32_t activation(const ActRef& ref) {
+        Activation a = table_.instantiate(ref);
+        auto it = fnIndex_.find(a.name);
+        if (it != fnIndex_.end()) return it->second;
+        g_.activations.push_back(std::move(a));
+        int32_t idx = int32_t(g_.activations.size() - 1);
+        fnIndex_[g_.activations.back().name] = idx;
+        return idx;
+    }
+
+    ValueId applyAct(const ActRef& ref, ValueId x, const std::string& module) {
+        Node n = makeNode(Op::Act, ref.loc);
+        n.in = {x}, n.fn = activation(ref), n.loc = ref.loc;
+        ValueId v = g_.add(std::move(n));
+        g_.layers.push_back({module, g_.activations[size_t(g_[v].fn)].name, g_[x].shape,
+                             g_[v].shape, ref.loc});
+        return v;
+    }
+
+    Init initOf(const Stmt& s) {
+        Init init;
+        if (!s.init) return init;
+        const InitSpec& spec = *s.init;
+        struct Scheme {
+            const char* name;
+            size_t args;
+        };
+        static const Scheme schemes[] = {{"pytorch", 0}, {"xavier", 0},  {"kaiming", 0},
+                                         {"normal", 1},  {"constant", 1}};
+        for (const Scheme& sc : schemes) {
+            if (spec.scheme != sc.name) continue;
+            if (spec.args.size() != sc.args)
+                throw UserError(spec.loc, sc.args ? fmt::format("init scheme '{}' takes one "
+                                                                "argument: {}(VALUE)", sc.name, sc.name)
+                                                  : fmt::format("init scheme '{}' takes no "
+                                                                "arguments", sc.name));
+            if (spec.scheme == "normal" && !(spec.args[0] > 0))
+                throw UserError(spec.loc, "normal(STD) needs a positive standard deviation");
+            init.scheme = spec.scheme, init.args = spec.args;
+            return init;
+        }
+        throw UserError(spec.loc, fmt::format("unknown init scheme '{}' (known: pytorch, xavier, "
+                                              "kaiming, normal(STD), constant(V))", spec.scheme));
+    }
+
+    void stmt(const Stmt& s, Scope& sc) {
+        if (auto it = sc.names.find(s.name); !s.name.empty() && it != sc.names.end())
+            throw UserError(s.nameLoc, fmt::format("value '{}' is already defined at line {}",
+                                                   s.name, it->second.loc.line));
+        std::optional<ValueId> from;
+        if (!s.from.empty()) from = lookup(sc, s.from, s.fromLoc);
+        switch (s.kind) {
+        case Stmt::Kind::Model:
+            throw UserError(s.loc, "'model' belongs at the top level of the file");
+        case Stmt::Kind::ActivationDef:
+            throw UserError(s.loc, "activation definitions belong at the top level of the file");
+        case Stmt::Kind::Input: {
+            if (input_) throw UserError(s.loc, "a second 'input' statement; a model has one input");
+            if (s.size < 1 || s.size > kMaxTensorElements)
+                throw UserError(s.sizeLoc, fmt::format("input width {} is out of range (1 to 2^31)", s.size));
+            Node n = makeNode(Op::Input, s.loc);
+            n.shape = {g_.batch, s.size}, n.name = "x", n.loc = s.loc;
+            input_ = current_ = g_.add(std::move(n));
+            bindName(sc, s, *current_);
+            return;
+        }
+        case Stmt::Kind::From:
+            need(s);
+            current_ = *from;
+            return;
+        case Stmt::Kind::Dense: {
+            ValueId x = from ? (need(s), *from) : need(s);
+            if (s.size < 1 || s.size > kMaxTensorElements)
+                throw UserError(s.sizeLoc, fmt::format("layer width {} is out of range (1 to 2^31)", s.size));
+            const int64_t in = g_[x].shape.back();
+            std::string mod = moduleName(s, sc);
+            Init init = initOf(s);
+            ValueId w = param(mod + ".weight", {s.size, in}, init, in, s.size, s.loc);
+            Node mm = makeNode(Op::MatMulNT, s.loc);
+            mm.in = {x, w}, mm.loc = s.loc;
+            ValueId y = g_.add(std::move(mm));
+            if (s.bias) {
+                Init binit = init;
+                if (binit.scheme == "xavier" || binit.scheme == "kaiming" || binit.scheme == "normal")
+                    binit = {"constant", {0.0}}; // the tutorials zero the bias with these schemes
+                ValueId b = param(mod + ".bias", {s.size}, binit, in, s.size, s.loc);
+                Node ba = makeNode(Op::BiasAdd, s.loc);
+                ba.in = {y, b}, ba.loc = s.loc;
+                y = g_.add(std::move(ba));
+            }
+            g_.layers.push_back({mod, fmt::format("linear {} -> {}{}", in, s.size, s.bias ? "" : " (no bias)"),
+                                 g_[x].shape, g_[y].shape, s.loc});
+            if (s.act) {
+                std::string actMod = s.name.empty() ? fmt::format("layers.{}", nextIndex_++) : mod;
+                y = applyAct(*s.act, y, actMod);
+            }
+            current_ = y;
+            bindName(sc, s, y);
+            return;
+        }
+        case Stmt::Kind::Act: {
+            ValueId x = from ? (need(s), *from) : need(s);
+            current_ = applyAct(*s.act, x, moduleName(s, sc));
+            bindName(sc, s, *current_);
+            return;
+        }
+        case Stmt::Kind::Add: {
+            ValueId cur = need(s);
+            ValueId a, b;
+            if (s.operands.size() == 2) {
+                a = lookup(sc, s.operands[0].first, s.operands[0].second);
+                b = lookup(sc, s.operands[1].first, s.operands[1].second);
+            } else {
+                a = from ? *from : cur;
+                b = lookup(sc, s.operands[0].first, s.operands[0].second);
+            }
+            Node n = makeNode(Op::Add, s.loc);
+            n.in = {a, b}, n.loc = s.loc;
+            ValueId v = g_.add(std::move(n));
+            std::string what = "add";
+            for (auto& [name, _] : s.operands) what += " " + name;
+            g_.layers.push_back({moduleName(s, sc), what, g_[a].shape, g_[v].shape, s.loc});
+            current_ = v;
+            bindName(sc, s, v);
+            return;
+        }
+        case Stmt::Kind::BatchNorm: {
+            ValueId x = from ? (need(s), *from) : need(s);
+            if (!(s.eps > 0)) throw UserError(s.loc, "batchnorm eps must be positive");
+            if (!(s.momentum >= 0 && s.momentum <= 1))
+                throw UserError(s.loc, "batchnorm momentum must be between 0 and 1");
+            if (g_[x].shape.size() != 2) throw UserError(s.loc, "batchnorm needs a [batch, features] input");
+            const int64_t n = g_[x].shape[1];
+            std::string mod = moduleName(s, sc);
+            ValueId w = param(mod + ".weight", {n}, {"constant", {1.0}}, n, n, s.loc);
+            ValueId b = param(mod + ".bias", {n}, {"constant", {0.0}}, n, n, s.loc);
+            Node bn = makeNode(Op::BatchNorm, s.loc);
+            bn.in = {x, w, b}, bn.eps = s.eps, bn.loc = s.loc;
+            ValueId v = g_.add(std::move(bn));
+            g_.layers.push_back({mod, fmt::format("batchnorm {}", n), g_[x].shape, g_[v].shape, s.loc});
+            current_ = v;
+            bindName(sc, s, v);
+            return;
+        }
+        case Stmt::Kind::Repeat: {
+            if (from) need(s), current_ = *from;
+            else need(s);
+            for (int64_t i = 0; i < s.size; ++i) {
+                Scope inner;
+                inner.parent = &sc;
+                inner.suffix = fmt::format("{}.{}", sc.suffix, i);
+                for (auto& b : s.body) stmt(*b, inner);
+            }
+            bindName(sc, s, *current_);
+            return;
+        }
+        case Stmt::Kind::Loss: {
+            if (sc.parent) throw UserError(s.loc, "'loss' belongs at the top level of the file");
+            ValueId z = need(s);
+            const Shape& sh = g_[z].shape;
+            Node t = makeNode(Op::Input, s.loc);
+            t.name = "target", t.loc = s.loc;
+            Node l;
+            l.loc = s.loc;
+            if (sh.size() != 2) throw UserError(s.loc, "the loss needs a [batch, outputs] value");
+            if (s.loss == "cross_entropy") {
+                if (sh[1] < 2)
+                    throw UserError(s.sizeLoc, fmt::format("cross_entropy needs at least 2 "
+                                                           "classes, but the output is {} wide "
+                                                           "(use bce for one logit)", sh[1]));
+                t.type = DType::Index, t.shape = {sh[0]}, l.op = Op::CrossEntropy;
+            } else if (s.loss == "bce") {
+                if (sh[1] != 1)
+                    throw UserError(s.sizeLoc, fmt::format("bce needs one logit per example, but "
+                                                           "the output is {} wide", sh[1]));
+                t.shape = sh, l.op = Op::BCEWithLogits;
+            } else if (s.loss == "mse") {
+                t.shape = sh, l.op = Op::MSE;
+            } else {
+                throw UserError(s.sizeLoc, fmt::format("unknown loss '{}' (known: cross_entropy, "
+                                                       "bce, mse)", s.loss));
+            }
+            ValueId tv = g_.add(std::move(t));
+            l.in = {z, tv};
+            ValueId lv = g_.add(std::move(l));
+            g_.lossKind = s.loss;
+            g_.outputs = {{"logits", z}, {"loss", lv}};
+            return;
+        }
+        }
+    }
+};
+
+} // namespace
+
+Graph buildGraph(const Module& m, const SemaOptions& opts) {
+    Graph g = Sema(m, opts).run();
+    std::string err = verify(g);
+    internal_assert(err.empty(), err);
+    return g;
+}
+
+} // namespace gradc

@@ -1,0 +1,23 @@
+// Sema.h — stage 3: AST to Graph. Resolves names, unrolls `repeat`, binds activations,
+// names parameters as PyTorch does, and checks every shape.
+#pragma once
+
+#include "AST.h"
+#include "Graph.h"
+
+namespace gradc {
+
+struct SemaOptions {
+    int64_t batch = 256; ///< the batch size is a compile-time constant of the graph
+};
+
+/// The forward graph of a model: outputs "logits" (the last layer's value) and "loss".
+/// Throws UserError for any mistake in the model.
+Graph buildGraph(const Module& m, const SemaOptions& opts = {});
+
+/// Limits that keep unrolling bounded.
+constexpr int64_t kMaxLayers = 100000;
+constexpr int64_t kMaxBatch = 1 << 20;
+constexpr int64_t kMaxParameters = int64_t(1) << 31;
+
+} // namespace gradc

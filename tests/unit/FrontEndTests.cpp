@@ -1,0 +1,178 @@
+// FrontEndTests.cpp — lexer, parser and sema: what a model means, and what it is refused for.
+#include "Lexer.h"
+#include "Parser.h"
+#include "Pipeline.h"
+
+#include <catch2/catch.hpp>
+
+using namespace gradc;
+
+namespace {
+
+Graph build(const std::string& text, int64_t batch = 256) {
+    return compileSource("test.nn", text, {batch}).graph;
+}
+
+std::string errorOf(const std::string& text) {
+    try {
+        build(text);
+    } catch (const UserError& e) {
+        return e.format();
+    }
+    return "";
+}
+
+std::vector<std::string> paramNames(const Graph& g) {
+    std::vector<std::string> out;
+    for (auto& p : g.params) out.push_back(p.name);
+    return out;
+}
+
+const char* kSeed = R"(model seed
+input 784
+dense 512 sigmoid
+dense 256 sigmoid
+dense 256 sigmoid
+dense 128 sigmoid
+dense 10
+loss cross_entropy
+)";
+
+} // namespace
+
+TEST_CASE("lexer splits statements, numbers, operators and comments", "[lexer]") {
+    auto toks = lex(makeSourceFile("t.nn", "dense 1e-3 # comment\nx<=2 != .5\n"));
+    std::vector<Tok> kinds;
+    for (auto& t : toks) kinds.push_back(t.kind);
+    CHECK(kinds == std::vector<Tok>{Tok::Ident, Tok::Number, Tok::Newline, Tok::Ident, Tok::Le,
+                                    Tok::Number, Tok::NotEq, Tok::Number, Tok::Newline, Tok::End});
+    CHECK(toks[1].number == Approx(1e-3));
+    CHECK(toks[7].number == Approx(0.5));
+    CHECK(toks[3].loc.line == 2);
+    CHECK(toks[4].loc.col == 2);
+}
+
+TEST_CASE("the seed network has PyTorch's parameter names and 633,226 parameters", "[sema]") {
+    Graph g = build(kSeed);
+    CHECK(g.model == "seed");
+    CHECK(g.parameterCount() == 633226);
+    CHECK(paramNames(g) == std::vector<std::string>{
+                               "layers.0.weight", "layers.0.bias", "layers.2.weight",
+                               "layers.2.bias", "layers.4.weight", "layers.4.bias",
+                               "layers.6.weight", "layers.6.bias", "layers.8.weight",
+                               "layers.8.bias"});
+    CHECK(g[g.params[0].node].shape == Shape{512, 784}); // PyTorch's [out, in]
+    CHECK(g[g.output("logits")].shape == Shape{256, 10});
+    CHECK(g[g.output("loss")].op == Op::CrossEntropy);
+    CHECK(verify(g).empty());
+    CHECK(g.layers.size() == 9);
+    CHECK(g.layers[1].what == "sigmoid");
+}
+
+TEST_CASE("the batch size is a compile-time parameter of the graph", "[sema]") {
+    Graph g = build(kSeed, 7);
+    CHECK(g.batch == 7);
+    CHECK(g[0].shape == Shape{7, 784});
+    CHECK(g[g.output("logits")].shape == Shape{7, 10});
+}
+
+TEST_CASE("repeat unrolls, continuing PyTorch's numbering; named layers own their names",
+          "[sema]") {
+    Graph g = build("input 8\nrepeat 2 {\n  dense 8 relu\n}\nh = dense 4 tanh\nrepeat 2 { "
+                    "r = dense 4\n }\ndense 2\nloss cross_entropy\n");
+    CHECK(paramNames(g) == std::vector<std::string>{"layers.0.weight", "layers.0.bias",
+                                                    "layers.2.weight", "layers.2.bias",
+                                                    "h.weight", "h.bias", "r.0.weight",
+                                                    "r.0.bias", "r.1.weight", "r.1.bias",
+                                                    "layers.4.weight", "layers.4.bias"});
+}
+
+TEST_CASE("add with one or two operands, from, and names inside repeat blocks", "[sema]") {
+    Graph g = build("input 16\na = dense 16 relu\nb = dense 16 relu\nadd a b\n"
+                    "repeat 3 {\n  skip = identity\n  dense 16 relu\n  add skip\n}\n"
+                    "dense 4 from a\nloss mse\n");
+    int adds = 0;
+    for (auto& n : g.nodes) adds += n.op == Op::Add;
+    CHECK(adds == 4);
+    // `dense 4 from a` consumes a's value, not the residual chain's.
+    const Node& mm = g[g[g.output("logits")].in[0]];
+    REQUIRE(mm.op == Op::MatMulNT);
+    CHECK(g[mm.in[0]].op == Op::Act);
+    CHECK(g[g.output("loss")].op == Op::MSE);
+}
+
+TEST_CASE("each loss checks that it fits the output", "[sema]") {
+    CHECK(build("input 4\ndense 1\nloss bce\n")[0].shape == Shape{256, 4});
+    CHECK_THAT(errorOf("input 4\ndense 3\nloss bce\n"), Catch::Contains("bce needs one logit"));
+    CHECK_THAT(errorOf("input 4\ndense 1\nloss cross_entropy\n"),
+               Catch::Contains("at least 2 classes"));
+    Graph g = build("input 4\ndense 3\nloss cross_entropy\n");
+    const Node& target = g[g[g.output("loss")].in[1]];
+    CHECK(target.type == DType::Index);
+    CHECK(target.shape == Shape{256});
+}
+
+TEST_CASE("batchnorm and init schemes", "[sema]") {
+    Graph g = build("input 4\ndense 8 init=kaiming bias=false\nbatchnorm eps=0.001\nsigmoid\n"
+                    "dense 2 init=normal(0.5)\nloss cross_entropy\n");
+    CHECK(paramNames(g) == std::vector<std::string>{"layers.0.weight", "layers.1.weight",
+                                                    "layers.1.bias", "layers.3.weight",
+                                                    "layers.3.bias"});
+    CHECK(g.params[0].init.scheme == "kaiming");
+    CHECK(g.params[1].init.scheme == "constant"); // batchnorm weight starts at 1
+    CHECK(g.params[1].init.args == std::vector<double>{1.0});
+    CHECK(g.params[3].init.args == std::vector<double>{0.5});
+    CHECK(g.params[4].init.scheme == "constant"); // bias of a normal-initialised layer is 0
+    bool found = false;
+    for (auto& n : g.nodes) {
+        if (n.op != Op::BatchNorm) continue;
+        found = true;
+        CHECK(n.eps == 0.001);
+    }
+    CHECK(found);
+}
+
+TEST_CASE("activations are bound with their parameters", "[sema]") {
+    Graph g = build("activation scaled(x, a=2) = a * x\ninput 4\ndense 4 leaky_relu(0.1)\n"
+                    "dense 4 leaky_relu\ndense 4 scaled\ndense 4 scaled(3)\ndense 2 elu\n"
+                    "loss cross_entropy\n");
+    REQUIRE(g.activations.size() == 5);
+    CHECK(g.activations[0].name == "leaky_relu(0.1)");
+    CHECK(scalar::eval(g.activations[0].formula, -2) == Approx(-0.2));
+    CHECK(scalar::eval(g.activations[1].formula, -2) == Approx(-0.02)); // PyTorch's default
+    CHECK(scalar::eval(g.activations[2].formula, 5) == Approx(10));
+    CHECK(scalar::eval(g.activations[3].formula, 5) == Approx(15));
+    CHECK(scalar::eval(g.activations[4].formula, -1) == Approx(std::exp(-1.0) - 1));
+}
+
+TEST_CASE("errors point at the offending token", "[diagnostics]") {
+    std::string e = errorOf("input 784\na = dense 256 relu\nb = dense 128 relu\nadd a b\n"
+                            "dense 10\nloss cross_entropy\n");
+    CHECK(e == "test.nn:4:1: error: add: operands have different shapes [256,256] and "
+               "[256,128]\n  add a b\n  ^\n");
+    e = errorOf("input 784\n\tdense 10 bogus\nloss cross_entropy\n");
+    CHECK_THAT(e, Catch::StartsWith("test.nn:2:11: error: unknown activation 'bogus'"));
+    CHECK_THAT(e, Catch::EndsWith("\n  \tdense 10 bogus\n  \t         ^\n")); // tabs kept
+}
+
+TEST_CASE("a value name is defined once per scope and visible in inner scopes", "[sema]") {
+    CHECK_THAT(errorOf("input 4\nh = dense 4\nh = dense 4\ndense 2\nloss mse\n"),
+               Catch::Contains("value 'h' is already defined at line 2"));
+    CHECK_THAT(errorOf("input 4\nrepeat 2 {\n  inner = dense 4\n}\nadd inner\nloss mse\n"),
+               Catch::Contains("unknown value 'inner'"));
+}
+
+TEST_CASE("dump --emit=ast prints every construct", "[parser]") {
+    Module m = parse(makeSourceFile("t.nn", "activation f(x, a=1) = -x^2 + a * max(x, 0)\n"
+                                            "input 4\nh = dense 4 f(2) init=xavier bias=false\n"
+                                            "repeat 2 { batchnorm\n}\nadd h from h\nloss mse\n"));
+    CHECK(printAST(m) == "module\n"
+                         "  1:1 activation f(x, a=1) = (+ (neg (^ x 2)) (* a (max x 0)))\n"
+                         "  2:1 input 4\n"
+                         "  3:5 h = dense 4 act=f(2) init=xavier bias=false\n"
+                         "  4:1 repeat 2\n"
+                         "    4:12 batchnorm eps=1e-05 momentum=0.1\n"
+                         "  end\n"
+                         "  6:1 add h from h\n"
+                         "  7:1 loss mse\n");
+}

@@ -1,0 +1,195 @@
+// gradc.cpp — the `gradc` command: one function per subcommand, options parsed with
+// Boost.Program_options. Exit status: 0 success, 1 an error in the user's input (model,
+// data, parameters), 2 a usage error (unknown command, option or value).
+#include "Pipeline.h"
+
+#include <boost/program_options.hpp>
+#include <fmt/format.h>
+
+#include <cstdio>
+#include <algorithm>
+#include <functional>
+#include <sstream>
+#include <iostream>
+#include <string>
+#include <vector>
+
+namespace po = boost::program_options;
+using namespace gradc;
+
+namespace {
+
+/// A usage mistake: printed as one line plus the relevant usage, exit status 2.
+struct UsageError : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+struct Command {
+    const char* name;
+    const char* args;    // after the command name, for the usage line
+    const char* summary;
+    std::function<void(po::options_description&)> options;
+    std::function<int(const po::variables_map&)> run;
+};
+
+std::string thousands(int64_t v) {
+    std::string digits = std::to_string(v < 0 ? -v : v), out;
+    for (size_t i = 0; i < digits.size(); ++i) {
+        if (i && (digits.size() - i) % 3 == 0) out += ',';
+        out += digits[i];
+    }
+    return (v < 0 ? "-" : "") + out;
+}
+
+SemaOptions semaOptions(const po::variables_map& vm) {
+    SemaOptions o;
+    o.batch = vm["batch"].as<int64_t>();
+    if (o.batch < 1 || o.batch > kMaxBatch)
+        throw UsageError(fmt::format("--batch {} is out of range (1 to {})", o.batch, kMaxBatch));
+    return o;
+}
+
+void addModelOptions(po::options_description& d) {
+    d.add_options()("model", po::value<std::string>()->required(), "model file (.nn)")(
+        "batch", po::value<int64_t>()->default_value(256), "batch size the graph is built for");
+}
+
+int runCheck(const po::variables_map& vm) {
+    FrontEnd fe = compileFile(vm["model"].as<std::string>(), semaOptions(vm));
+    const Graph& g = fe.graph;
+    const Node& x = g[g.nodes.empty() ? 0 : 0];
+    const Node& logits = g[g.output("logits")];
+    fmt::print("model {}: input {}, output {}, loss {}, batch {}\n\n", g.model, x.shape.back(),
+               logits.shape.back(), g.lossKind, g.batch);
+    size_t wName = 5, wWhat = 5, wIn = 5;
+    for (auto& l : g.layers) {
+        wName = std::max(wName, l.name.size());
+        wWhat = std::max(wWhat, l.what.size());
+        wIn = std::max(wIn, shapeString(l.in).size());
+    }
+    fmt::print("  {:<{}}  {:<{}}  {:<{}}  {}\n", "layer", wName, "op", wWhat, "input", wIn, "output");
+    for (auto& l : g.layers)
+        fmt::print("  {:<{}}  {:<{}}  {:<{}}  {}\n", l.name, wName, l.what, wWhat,
+                   shapeString(l.in), wIn, shapeString(l.out));
+    size_t wP = 9, wS = 5;
+    for (auto& p : g.params) {
+        wP = std::max(wP, p.name.size());
+        wS = std::max(wS, shapeString(g[p.node].shape).size());
+    }
+    const std::string total = thousands(g.parameterCount());
+    size_t wC = std::max<size_t>(total.size(), 5);
+    fmt::print("\n  {:<{}}  {:<{}}  {:>{}}  {}\n", "parameter", wP, "shape", wS, "count", wC, "init");
+    for (auto& p : g.params) {
+        std::string init = p.init.scheme;
+        for (size_t i = 0; i < p.init.args.size(); ++i)
+            init += fmt::format("{}{}", i ? "," : "(", p.init.args[i]);
+        if (!p.init.args.empty()) init += ")";
+        fmt::print("  {:<{}}  {:<{}}  {:>{}}  {}\n", p.name, wP, shapeString(g[p.node].shape), wS,
+                   thousands(elementCount(g[p.node].shape)), wC, init);
+    }
+    fmt::print("  {:<{}}  {:<{}}  {:>{}}\n", "total", wP, "", wS, total, wC);
+    return 0;
+}
+
+int runDump(const po::variables_map& vm) {
+    const std::string emit = vm["emit"].as<std::string>();
+    static const std::vector<std::string> stages = {"ast", "graph"};
+    if (std::find(stages.begin(), stages.end(), emit) == stages.end()) {
+        std::string known;
+        for (auto& s : stages) known += (known.empty() ? "" : ", ") + s;
+        throw UsageError(fmt::format("--emit={} is not a stage (stages: {})", emit, known));
+    }
+    FrontEnd fe = compileFile(vm["model"].as<std::string>(), semaOptions(vm));
+    if (emit == "ast") fmt::print("{}", printAST(fe.ast));
+    else fmt::print("{}", printGraph(fe.graph));
+    return 0;
+}
+
+const std::vector<Command>& commands() {
+    static const std::vector<Command> cmds = {
+        {"check", "MODEL [--batch N]",
+         "parse and verify a model; print its layers, shapes and parameters",
+         [](po::options_description& d) { addModelOptions(d); }, runCheck},
+        {"dump", "MODEL --emit=STAGE [--batch N]",
+         "print a pipeline stage: ast, graph",
+         [](po::options_description& d) {
+             addModelOptions(d);
+             d.add_options()("emit", po::value<std::string>()->default_value("graph"),
+                             "stage to print: ast | graph");
+         },
+         runDump},
+    };
+    return cmds;
+}
+
+void printUsage(FILE* out) {
+    fmt::print(out, "usage: gradc COMMAND [OPTIONS] ...\n       gradc --help | --version\n\ncommands:\n");
+    for (auto& c : commands()) fmt::print(out, "  {:<8} {}\n", c.name, c.summary);
+    fmt::print(out, "\n'gradc COMMAND --help' describes a command's options.\n");
+}
+
+std::string commandUsage(const Command& c, const po::options_description& d) {
+    std::ostringstream os;
+    os << d;
+    return fmt::format("usage: gradc {} {}\n{}\n\noptions:\n{}", c.name, c.args, c.summary, os.str());
+}
+
+int runCommand(const Command& c, const std::vector<std::string>& args) {
+    po::options_description visible;
+    c.options(visible);
+    visible.add_options()("help,h", "show this help");
+    po::positional_options_description pos;
+    pos.add("model", 1);
+    po::variables_map vm;
+    try {
+        po::store(po::command_line_parser(args).options(visible).positional(pos).run(), vm);
+        if (vm.count("help")) {
+            fmt::print("{}", commandUsage(c, visible));
+            return 0;
+        }
+        po::notify(vm);
+    } catch (const po::error& e) {
+        fmt::print(stderr, "gradc {}: error: {}\n{}", c.name, e.what(), commandUsage(c, visible));
+        return 2;
+    }
+    try {
+        return c.run(vm);
+    } catch (const UsageError& e) {
+        fmt::print(stderr, "gradc {}: error: {}\n{}", c.name, e.what(), commandUsage(c, visible));
+        return 2;
+    }
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+    std::vector<std::string> args(argv + 1, argv + argc);
+    try {
+        if (args.empty()) {
+            printUsage(stderr);
+            return 2;
+        }
+        const std::string& first = args[0];
+        if (first == "--help" || first == "-h" || first == "help") {
+            printUsage(stdout);
+            return 0;
+        }
+        if (first == "--version") {
+            fmt::print("{}\n", versionString());
+            return 0;
+        }
+        for (auto& c : commands())
+            if (first == c.name) return runCommand(c, {args.begin() + 1, args.end()});
+        fmt::print(stderr, "gradc: error: {} '{}'\n",
+                   first.rfind('-', 0) == 0 ? "unknown option" : "unknown command", first);
+        printUsage(stderr);
+        return 2;
+    } catch (const UserError& e) {
+        std::fflush(stdout);
+        fmt::print(stderr, "{}", e.format());
+        return 1;
+    } catch (const std::bad_alloc&) {
+        fmt::print(stderr, "gradc: error: out of memory\n");
+        return 1;
+    }
+}
