@@ -19,6 +19,8 @@ namespace gradc {
 struct Activation {
     std::string name;    ///< as printed: "sigmoid", "leaky_relu(0.1)"
     scalar::E formula;   ///< closed expression in x
+    scalar::E derivative;         ///< d/dx in x (set by autodiff)
+    scalar::E derivativeByOutput; ///< d/dx in y = f(x), where the algebra allows (or null)
 };
 
 class ActivationTable {

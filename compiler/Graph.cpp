@@ -8,7 +8,7 @@
 namespace gradc {
 
 static const OpDesc kOps[] = {
-#define GRADC_OP(name, spelling, arity, shape) {spelling, arity},
+#define GRADC_OP(name, spelling, arity, shape, grad) {spelling, arity},
 #include "Ops.def"
 };
 
@@ -45,6 +45,8 @@ void needRank(const Node& n, const Node& v, size_t rank, const char* what) {
 }
 
 Shape shapeOfInput(const Nodes&, const Node& n) { return n.shape; }
+Shape shapeOfCrossEntropy(const Nodes& g, const Node& n);
+Shape shapeOfPairwiseLoss(const Nodes& g, const Node& n);
 
 Shape shapeOfMatMulNT(const Nodes& g, const Node& n) {
     const Node &x = operand(g, n, 0), &w = operand(g, n, 1);
@@ -53,6 +55,49 @@ Shape shapeOfMatMulNT(const Nodes& g, const Node& n) {
         mismatch(n, fmt::format("input {} and weight {} do not fit (x · wᵀ needs equal inner "
                                 "sizes)", shapeString(x.shape), shapeString(w.shape)));
     return {x.shape[0], w.shape[0]};
+}
+
+Shape shapeOfMatMulNN(const Nodes& g, const Node& n) {
+    const Node &a = operand(g, n, 0), &w = operand(g, n, 1);
+    needRank(n, a, 2, "gradient"), needRank(n, w, 2, "weight");
+    if (a.shape[1] != w.shape[0]) mismatch(n, "gradient and weight do not fit");
+    return {a.shape[0], w.shape[1]};
+}
+
+Shape shapeOfMatMulTN(const Nodes& g, const Node& n) {
+    const Node &a = operand(g, n, 0), &x = operand(g, n, 1);
+    needRank(n, a, 2, "gradient"), needRank(n, x, 2, "input");
+    if (a.shape[0] != x.shape[0]) mismatch(n, "gradient and input have different batch sizes");
+    return {a.shape[1], x.shape[1]};
+}
+
+Shape shapeOfSumRows(const Nodes& g, const Node& n) {
+    needRank(n, operand(g, n, 0), 2, "operand");
+    return {operand(g, n, 0).shape[1]};
+}
+
+Shape shapeOfBatchNormGradX(const Nodes& g, const Node& n) {
+    const Node &x = operand(g, n, 0), &w = operand(g, n, 1), &d = operand(g, n, 2);
+    needRank(n, x, 2, "input"), needRank(n, w, 1, "weight");
+    if (d.shape != x.shape || w.shape[0] != x.shape[1]) mismatch(n, "operands do not fit");
+    return x.shape;
+}
+
+Shape shapeOfBatchNormGradGamma(const Nodes& g, const Node& n) {
+    const Node &x = operand(g, n, 0), &d = operand(g, n, 1);
+    needRank(n, x, 2, "input");
+    if (d.shape != x.shape) mismatch(n, "operands do not fit");
+    return {x.shape[1]};
+}
+
+Shape shapeOfCrossEntropyGrad(const Nodes& g, const Node& n) {
+    shapeOfCrossEntropy(g, n);
+    return operand(g, n, 0).shape;
+}
+
+Shape shapeOfPairwiseGrad(const Nodes& g, const Node& n) {
+    shapeOfPairwiseLoss(g, n);
+    return operand(g, n, 0).shape;
 }
 
 Shape shapeOfBiasAdd(const Nodes& g, const Node& n) {
@@ -108,7 +153,7 @@ Shape shapeOfPairwiseLoss(const Nodes& g, const Node& n) {
 
 using ShapeRule = Shape (*)(const Nodes&, const Node&);
 const ShapeRule kShapeRules[] = {
-#define GRADC_OP(name, spelling, arity, shape) shapeOf##shape,
+#define GRADC_OP(name, spelling, arity, shape, grad) shapeOf##shape,
 #include "Ops.def"
 };
 
@@ -118,7 +163,7 @@ ValueId Graph::add(Node n) {
     const OpDesc& d = describe(n.op);
     internal_assert(d.arity < 0 || int(n.in.size()) == d.arity, d.spelling);
     for (ValueId v : n.in) internal_assert(v < nodes.size(), "operand defined after its use");
-    if (n.op == Op::Act) internal_assert(n.fn >= 0 && size_t(n.fn) < activations.size(), "act fn");
+    if (n.op == Op::Act || n.op == Op::ActGrad) internal_assert(n.fn >= 0 && size_t(n.fn) < activations.size(), "act fn");
     n.shape = kShapeRules[size_t(n.op)](nodes, n);
     for (int64_t dim : n.shape)
         if (dim <= 0 || dim > kMaxTensorElements)
@@ -155,15 +200,22 @@ static std::string printInit(const Init& init) {
 
 std::string printGraph(const Graph& g) {
     std::string out = fmt::format("graph {} batch={} loss={}\n", g.model, g.batch, g.lossKind);
-    for (size_t i = 0; i < g.activations.size(); ++i)
-        out += fmt::format("  fn{} {} = {}\n", i, g.activations[i].name,
-                           scalar::print(g.activations[i].formula));
+    for (size_t i = 0; i < g.activations.size(); ++i) {
+        const Activation& a = g.activations[i];
+        out += fmt::format("  fn{} {} = {}\n", i, a.name, scalar::print(a.formula));
+        if (a.derivative) out += fmt::format("      d/dx = {}\n", scalar::print(a.derivative));
+        if (a.derivativeByOutput)
+            out += fmt::format("      d/dx = {}  (y = fn{}(x))\n", scalar::print(a.derivativeByOutput), i);
+    }
     std::vector<const ParamInfo*> paramOf(g.nodes.size(), nullptr);
     for (auto& p : g.params) paramOf[p.node] = &p;
     for (size_t i = 0; i < g.nodes.size(); ++i) {
         const Node& n = g.nodes[i];
         std::string line = fmt::format("  %{} = {}", i, describe(n.op).spelling);
         if (n.op == Op::Act) line += fmt::format("[fn{}]", n.fn);
+        if (n.op == Op::ActGrad) line += fmt::format("[fn{},{}]", n.fn, n.byOutput ? "y" : "x");
+        if (n.op == Op::BatchNormGradX || n.op == Op::BatchNormGradGamma)
+            line += fmt::format("[eps={}]", n.eps);
         if (n.op == Op::BatchNorm) line += fmt::format("[eps={}]", n.eps);
         if (!n.name.empty()) line += fmt::format(" \"{}\"", n.name);
         for (size_t k = 0; k < n.in.size(); ++k) line += fmt::format("{} %{}", k ? "," : "", n.in[k]);
@@ -186,9 +238,9 @@ std::string verify(const Graph& g) {
             if (v >= i) return fmt::format("%{}: operand %{} is not defined before it", i, v);
         if ((n.op == Op::Input || n.op == Op::Param) && !names.insert(n.name).second)
             return fmt::format("%{}: tensor name '{}' is used twice", i, n.name);
-        if (n.op == Op::Act && (n.fn < 0 || size_t(n.fn) >= g.activations.size()))
+        if ((n.op == Op::Act || n.op == Op::ActGrad) && (n.fn < 0 || size_t(n.fn) >= g.activations.size()))
             return fmt::format("%{}: act refers to missing function {}", i, n.fn);
-        if (n.op != Op::Input && n.op != Op::Param) {
+        if (n.op != Op::Input && n.op != Op::Param && n.op != Op::Zeros) {
             try {
                 if (kShapeRules[size_t(n.op)](g.nodes, n) != n.shape)
                     return fmt::format("%{}: recorded shape {} differs from the shape rule's", i,

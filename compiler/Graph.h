@@ -17,7 +17,7 @@
 namespace gradc {
 
 enum class Op : uint8_t {
-#define GRADC_OP(name, spelling, arity, shape) name,
+#define GRADC_OP(name, spelling, arity, shape, grad) name,
 #include "Ops.def"
 };
 
@@ -46,7 +46,8 @@ struct Node {
     std::vector<ValueId> in;
     Shape shape;
     std::string name;   // Input, Param: the tensor's name
-    int32_t fn = -1;    // Act: index into Graph::activations
+    int32_t fn = -1;    // Act, ActGrad: index into Graph::activations
+    bool byOutput = false; // ActGrad: operand 0 is f's output y (else its input x)
     double eps = 0;     // BatchNorm
     SourceLoc loc;
 };

@@ -84,3 +84,24 @@ bool usesOut(const E& e);
 std::string print(const E& e);
 
 } // namespace gradc::scalar
+
+namespace gradc::scalar {
+
+/// Simplifies bottom-up: folds constants, applies algebraic identities (a+0, a*1, a*0,
+/// --a, select with equal arms, ...), orders commutative operands canonically and shares
+/// equal subexpressions (the result is a DAG: equal subtrees are one node).
+E simplify(const E& e);
+
+/// d/dx of e, simplified. Follows PyTorch at non-differentiable points: the derivative of a
+/// select is the derivative of the taken arm (relu'(0) = 0), abs'(0) = 0, and min/max pass
+/// the gradient to the first operand on ties.
+E derivative(const E& e);
+
+/// The derivative of the activation `f` written through its output y = f(x) when the
+/// algebra allows (sigmoid: y * (1 - y); tanh: 1 - y ^ 2); nullptr if it still needs x.
+E derivativeByOutput(const E& f, const E& df);
+
+/// Structural equality (after simplify, equal expressions share one node).
+bool same(const E& a, const E& b);
+
+} // namespace gradc::scalar

@@ -1,6 +1,8 @@
 // gradc.cpp — the `gradc` command: one function per subcommand, options parsed with
 // Boost.Program_options. Exit status: 0 success, 1 an error in the user's input (model,
 // data, parameters), 2 a usage error (unknown command, option or value).
+#include "Autodiff.h"
+#include "Parser.h"
 #include "Pipeline.h"
 
 #include <boost/program_options.hpp>
@@ -93,7 +95,7 @@ int runCheck(const po::variables_map& vm) {
 
 int runDump(const po::variables_map& vm) {
     const std::string emit = vm["emit"].as<std::string>();
-    static const std::vector<std::string> stages = {"ast", "graph"};
+    static const std::vector<std::string> stages = {"ast", "graph", "grad"};
     if (std::find(stages.begin(), stages.end(), emit) == stages.end()) {
         std::string known;
         for (auto& s : stages) known += (known.empty() ? "" : ", ") + s;
@@ -101,7 +103,45 @@ int runDump(const po::variables_map& vm) {
     }
     FrontEnd fe = compileFile(vm["model"].as<std::string>(), semaOptions(vm));
     if (emit == "ast") fmt::print("{}", printAST(fe.ast));
-    else fmt::print("{}", printGraph(fe.graph));
+    else if (emit == "graph") fmt::print("{}", printGraph(fe.graph));
+    else fmt::print("{}", printGraph(differentiate(fe.graph)));
+    return 0;
+}
+
+/// `gradc derive sigmoid`, `gradc derive 'leaky_relu(0.1)'`, `gradc derive 'x*sigmoid(x)'`:
+/// the function and its simplified derivative, also through y = f(x) where possible.
+int runDerive(const po::variables_map& vm) {
+    const std::string text = vm["expr"].as<std::string>();
+    ActivationTable table;
+    if (vm.count("model")) {
+        FrontEnd fe = compileFile(vm["model"].as<std::string>());
+        for (auto& s : fe.ast.stmts)
+            if (s->kind == Stmt::Kind::ActivationDef) table.define(*s);
+    }
+    auto file = makeSourceFile("<expression>", text);
+    std::unique_ptr<Expr> e = parseExpression(file);
+    scalar::E f;
+    // A bare activation use (`elu`, `elu(0.5)`) names an activation; anything else is a
+    // formula in x.
+    bool use = e->kind == Expr::Kind::Var && e->name != "x";
+    if (e->kind == Expr::Kind::Call && table.has(e->name)) {
+        use = true;
+        for (auto& a : e->args)
+            use = use && (a->kind == Expr::Kind::Number ||
+                          (a->kind == Expr::Kind::Neg && a->args[0]->kind == Expr::Kind::Number));
+    }
+    if (use) {
+        ActRef ref{e->name, {}, e->loc};
+        for (auto& a : e->args)
+            ref.args.push_back(a->kind == Expr::Kind::Number ? a->number : -a->args[0]->number);
+        f = table.instantiate(ref).formula;
+    } else {
+        f = table.convert(*e);
+    }
+    scalar::E df = scalar::derivative(f);
+    fmt::print("f(x)  = {}\nf'(x) = {}\n", scalar::print(scalar::simplify(f)), scalar::print(df));
+    if (scalar::E byOut = scalar::derivativeByOutput(f, df); byOut && scalar::usesOut(byOut))
+        fmt::print("f'(x) = {}  where y = f(x)\n", scalar::print(byOut));
     return 0;
 }
 
@@ -111,13 +151,21 @@ const std::vector<Command>& commands() {
          "parse and verify a model; print its layers, shapes and parameters",
          [](po::options_description& d) { addModelOptions(d); }, runCheck},
         {"dump", "MODEL --emit=STAGE [--batch N]",
-         "print a pipeline stage: ast, graph",
+         "print a pipeline stage: ast, graph, grad",
          [](po::options_description& d) {
              addModelOptions(d);
              d.add_options()("emit", po::value<std::string>()->default_value("graph"),
-                             "stage to print: ast | graph");
+                             "stage to print: ast | graph | grad");
          },
          runDump},
+        {"derive", "EXPR|ACTIVATION [--model FILE]",
+         "print an activation or a formula in x and its simplified symbolic derivative",
+         [](po::options_description& d) {
+             d.add_options()("expr", po::value<std::string>()->required(),
+                             "a formula in x ('x * sigmoid(x)') or an activation ('elu(0.5)')")(
+                 "model", po::value<std::string>(), "model file whose activations may be named");
+         },
+         runDerive},
     };
     return cmds;
 }
@@ -139,7 +187,7 @@ int runCommand(const Command& c, const std::vector<std::string>& args) {
     c.options(visible);
     visible.add_options()("help,h", "show this help");
     po::positional_options_description pos;
-    pos.add("model", 1);
+    pos.add(std::string(c.name) == "derive" ? "expr" : "model", 1);
     po::variables_map vm;
     try {
         po::store(po::command_line_parser(args).options(visible).positional(pos).run(), vm);

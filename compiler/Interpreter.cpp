@@ -1,0 +1,217 @@
+// Interpreter.cpp — the reference backend: each op written as its textbook definition.
+#include "Interpreter.h"
+
+#include <fmt/format.h>
+
+#include <cmath>
+#include <optional>
+
+namespace gradc {
+namespace {
+
+struct Eval {
+    const Graph& g;
+    std::vector<Tensor>& val;
+
+    const Tensor& in(const Node& n, size_t i) const { return val[n.in[i]]; }
+
+    Tensor run(const Node& n, const Bindings& bindings) {
+        Tensor t{n.shape, std::vector<double>(size_t(elementCount(n.shape)), 0.0)};
+        auto& o = t.data;
+        switch (n.op) {
+        case Op::Input:
+        case Op::Param: {
+            auto it = bindings.find(n.name);
+            if (it == bindings.end()) throw UserError(n.loc, fmt::format("no value given for '{}'", n.name));
+            if (it->second.shape != n.shape || it->second.data.size() != o.size())
+                throw UserError(n.loc, fmt::format("'{}' has shape {}, expected {}", n.name,
+                                                   shapeString(it->second.shape), shapeString(n.shape)));
+            if (n.type == DType::Index) {
+                const int64_t classes = g[*consumerLogits(n)].shape[1];
+                for (size_t b = 0; b < o.size(); ++b) {
+                    double l = it->second.data[b];
+                    if (!(l >= 0 && l < double(classes)) || l != std::floor(l))
+                        throw UserError(n.loc, fmt::format("label {} of example {} is not a class "
+                                                           "index (0 to {})", l, b, classes - 1));
+                }
+            }
+            return it->second;
+        }
+        case Op::Zeros: return t;
+        case Op::MatMulNT: { // [B,K] x [N,K]^T
+            const Tensor &x = in(n, 0), &w = in(n, 1);
+            int64_t B = x.shape[0], K = x.shape[1], N = w.shape[0];
+            for (int64_t b = 0; b < B; ++b)
+                for (int64_t j = 0; j < N; ++j) {
+                    double s = 0;
+                    for (int64_t k = 0; k < K; ++k) s += x.data[b * K + k] * w.data[j * K + k];
+                    o[b * N + j] = s;
+                }
+            return t;
+        }
+        case Op::MatMulNN: { // [B,N] x [N,K]
+            const Tensor &a = in(n, 0), &w = in(n, 1);
+            int64_t B = a.shape[0], N = a.shape[1], K = w.shape[1];
+            for (int64_t b = 0; b < B; ++b)
+                for (int64_t j = 0; j < N; ++j) {
+                    double s = a.data[b * N + j];
+                    for (int64_t k = 0; k < K; ++k) o[b * K + k] += s * w.data[j * K + k];
+                }
+            return t;
+        }
+        case Op::MatMulTN: { // [B,N]^T x [B,K]
+            const Tensor &a = in(n, 0), &x = in(n, 1);
+            int64_t B = a.shape[0], N = a.shape[1], K = x.shape[1];
+            for (int64_t b = 0; b < B; ++b)
+                for (int64_t j = 0; j < N; ++j) {
+                    double s = a.data[b * N + j];
+                    for (int64_t k = 0; k < K; ++k) o[j * K + k] += s * x.data[b * K + k];
+                }
+            return t;
+        }
+        case Op::SumRows: {
+            const Tensor& a = in(n, 0);
+            int64_t B = a.shape[0], N = a.shape[1];
+            for (int64_t b = 0; b < B; ++b)
+                for (int64_t j = 0; j < N; ++j) o[j] += a.data[b * N + j];
+            return t;
+        }
+        case Op::BiasAdd: {
+            const Tensor &y = in(n, 0), &b = in(n, 1);
+            int64_t N = b.shape[0];
+            for (size_t i = 0; i < o.size(); ++i) o[i] = y.data[i] + b.data[i % size_t(N)];
+            return t;
+        }
+        case Op::Act: {
+            const scalar::E& f = g.activations[size_t(n.fn)].formula;
+            for (size_t i = 0; i < o.size(); ++i) o[i] = scalar::eval(f, in(n, 0).data[i]);
+            return t;
+        }
+        case Op::ActGrad: {
+            const Activation& a = g.activations[size_t(n.fn)];
+            const Tensor &v = in(n, 0), &dy = in(n, 1);
+            for (size_t i = 0; i < o.size(); ++i) {
+                double d = n.byOutput ? scalar::eval(a.derivativeByOutput, 0, v.data[i])
+                                      : scalar::eval(a.derivative, v.data[i]);
+                o[i] = dy.data[i] * d;
+            }
+            return t;
+        }
+        case Op::Add:
+            for (size_t i = 0; i < o.size(); ++i) o[i] = in(n, 0).data[i] + in(n, 1).data[i];
+            return t;
+        case Op::BatchNorm:
+        case Op::BatchNormGradX:
+        case Op::BatchNormGradGamma: return batchnorm(n, std::move(t));
+        case Op::CrossEntropy:
+        case Op::CrossEntropyGrad: {
+            const Tensor &z = in(n, 0), &l = in(n, 1);
+            int64_t B = z.shape[0], C = z.shape[1];
+            double loss = 0;
+            for (int64_t b = 0; b < B; ++b) {
+                const double* row = &z.data[size_t(b * C)];
+                double m = row[0];
+                for (int64_t c = 1; c < C; ++c) m = std::max(m, row[c]);
+                double s = 0;
+                for (int64_t c = 0; c < C; ++c) s += std::exp(row[c] - m);
+                int64_t label = int64_t(l.data[size_t(b)]);
+                loss += m + std::log(s) - row[label];
+                if (n.op == Op::CrossEntropyGrad)
+                    for (int64_t c = 0; c < C; ++c)
+                        o[b * C + c] = (std::exp(row[c] - m) / s - (c == label)) / double(B);
+            }
+            if (n.op == Op::CrossEntropy) o[0] = loss / double(B);
+            return t;
+        }
+        case Op::BCEWithLogits:
+        case Op::BCEWithLogitsGrad: {
+            const Tensor &z = in(n, 0), &y = in(n, 1);
+            double loss = 0, count = double(z.data.size());
+            for (size_t i = 0; i < z.data.size(); ++i) {
+                double v = z.data[i];
+                loss += std::max(v, 0.0) - v * y.data[i] + std::log1p(std::exp(-std::fabs(v)));
+                if (n.op == Op::BCEWithLogitsGrad) {
+                    double s = v >= 0 ? 1 / (1 + std::exp(-v)) : std::exp(v) / (1 + std::exp(v));
+                    o[i] = (s - y.data[i]) / count;
+                }
+            }
+            if (n.op == Op::BCEWithLogits) o[0] = loss / count;
+            return t;
+        }
+        case Op::MSE:
+        case Op::MSEGrad: {
+            const Tensor &p = in(n, 0), &y = in(n, 1);
+            double loss = 0, count = double(p.data.size());
+            for (size_t i = 0; i < p.data.size(); ++i) {
+                double d = p.data[i] - y.data[i];
+                loss += d * d;
+                if (n.op == Op::MSEGrad) o[i] = 2 * d / count;
+            }
+            if (n.op == Op::MSE) o[0] = loss / count;
+            return t;
+        }
+        }
+        internal_assert(false, "op without an interpreter case");
+        return t;
+    }
+
+    /// The logits a label input is compared with (for the range check).
+    std::optional<ValueId> consumerLogits(const Node& labels) const {
+        for (auto& m : g.nodes)
+            if ((m.op == Op::CrossEntropy) && &g[m.in[1]] == &labels) return m.in[0];
+        internal_assert(false, "labels without a cross_entropy");
+        return std::nullopt;
+    }
+
+    Tensor batchnorm(const Node& n, Tensor t) {
+        const Tensor& x = in(n, 0);
+        int64_t B = x.shape[0], N = x.shape[1];
+        for (int64_t j = 0; j < N; ++j) {
+            double mean = 0, var = 0;
+            for (int64_t b = 0; b < B; ++b) mean += x.data[b * N + j];
+            mean /= double(B);
+            for (int64_t b = 0; b < B; ++b) var += (x.data[b * N + j] - mean) * (x.data[b * N + j] - mean);
+            var /= double(B); // biased, as PyTorch normalises in training mode
+            double sigma = std::sqrt(var + n.eps);
+            auto xhat = [&](int64_t b) { return (x.data[b * N + j] - mean) / sigma; };
+            if (n.op == Op::BatchNorm) {
+                for (int64_t b = 0; b < B; ++b)
+                    t.data[b * N + j] = xhat(b) * in(n, 1).data[j] + in(n, 2).data[j];
+                continue;
+            }
+            const Tensor& dy = in(n, n.op == Op::BatchNormGradX ? 2 : 1);
+            double sumG = 0, sumGX = 0;
+            for (int64_t b = 0; b < B; ++b) {
+                sumG += dy.data[b * N + j];
+                sumGX += dy.data[b * N + j] * xhat(b);
+            }
+            if (n.op == Op::BatchNormGradGamma) {
+                t.data[j] = sumGX;
+                continue;
+            }
+            double scale = in(n, 1).data[j] / (double(B) * sigma);
+            for (int64_t b = 0; b < B; ++b)
+                t.data[b * N + j] = scale * (double(B) * dy.data[b * N + j] - sumG - xhat(b) * sumGX);
+        }
+        return t;
+    }
+};
+
+} // namespace
+
+std::vector<Tensor> interpret(const Graph& g, const Bindings& bindings) {
+    std::vector<Tensor> val;
+    val.reserve(g.nodes.size());
+    Eval ev{g, val};
+    for (const Node& n : g.nodes) val.push_back(ev.run(n, bindings));
+    return val;
+}
+
+std::map<std::string, Tensor> interpretOutputs(const Graph& g, const Bindings& bindings) {
+    std::vector<Tensor> val = interpret(g, bindings);
+    std::map<std::string, Tensor> out;
+    for (auto& [name, v] : g.outputs) out[name] = val[v];
+    return out;
+}
+
+} // namespace gradc

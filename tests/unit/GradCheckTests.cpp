@@ -1,0 +1,246 @@
+// GradCheckTests.cpp — the interpreter's gradients against central differences in double
+// (eps 1e-6, atol 1e-5, rtol 1e-3, as torch.autograd.gradcheck), for every op, activation,
+// loss, every model in models/ and random models built from every construct.
+#include "Autodiff.h"
+#include "Interpreter.h"
+#include "Parser.h"
+#include "Pipeline.h"
+
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <random>
+
+using namespace gradc;
+
+namespace {
+
+constexpr double kEps = 1e-6, kAtol = 1e-5, kRtol = 1e-3;
+
+/// Random parameters (nn.Linear-like scale, batchnorm weights around 1), a random input and
+/// random targets that fit the loss.
+Bindings randomBindings(const Graph& g, std::mt19937& rng) {
+    Bindings b;
+    std::normal_distribution<double> normal(0, 1);
+    for (auto& p : g.params) {
+        const Node& n = g[p.node];
+        Tensor t{n.shape, std::vector<double>(size_t(elementCount(n.shape)))};
+        double bound = 1 / std::sqrt(double(p.fanIn));
+        bool bnWeight = p.init.scheme == "constant" && !p.init.args.empty() && p.init.args[0] == 1;
+        std::uniform_real_distribution<double> u(-bound, bound);
+        for (double& v : t.data) v = bnWeight ? 1 + 0.3 * normal(rng) : u(rng);
+        b[p.name] = std::move(t);
+    }
+    for (auto& n : g.nodes) {
+        if (n.op != Op::Input) continue;
+        Tensor t{n.shape, std::vector<double>(size_t(elementCount(n.shape)))};
+        if (n.name == "x") {
+            for (double& v : t.data) v = normal(rng);
+        } else if (g.lossKind == "cross_entropy") {
+            int64_t classes = g[g.output("logits")].shape[1];
+            for (double& v : t.data) v = double(rng() % uint64_t(classes));
+        } else if (g.lossKind == "bce") {
+            for (double& v : t.data) v = double(rng() % 2);
+        } else {
+            for (double& v : t.data) v = normal(rng);
+        }
+        b[n.name] = std::move(t);
+    }
+    return b;
+}
+
+double lossOf(const Graph& fwd, const Bindings& b) {
+    return interpret(fwd, b)[fwd.output("loss")].data[0];
+}
+
+/// Compares the interpreter's gradient of every parameter (and the input) with central
+/// differences, at every coordinate or `samples` random ones per tensor.
+void gradcheck(const Graph& fwd, std::mt19937& rng, size_t samples = 0) {
+    Graph grad = differentiate(fwd, {/*inputGradient=*/true});
+    REQUIRE(verify(grad).empty());
+    Bindings b = randomBindings(fwd, rng);
+    auto out = interpretOutputs(grad, b);
+    CHECK(out.at("loss").data[0] == Approx(lossOf(fwd, b)).epsilon(1e-12));
+    std::vector<std::string> names;
+    for (auto& p : fwd.params) names.push_back(p.name);
+    names.push_back("x");
+    for (const std::string& name : names) {
+        Tensor& t = b.at(name);
+        const Tensor& analytic = out.at("grad:" + name);
+        REQUIRE(analytic.data.size() == t.data.size());
+        size_t count = samples ? std::min(samples, t.data.size()) : t.data.size();
+        for (size_t s = 0; s < count; ++s) {
+            size_t i = samples ? rng() % t.data.size() : s;
+            double saved = t.data[i];
+            t.data[i] = saved + kEps;
+            double up = lossOf(fwd, b);
+            t.data[i] = saved - kEps;
+            double down = lossOf(fwd, b);
+            t.data[i] = saved;
+            double numeric = (up - down) / (2 * kEps);
+            INFO(fwd.model << ": d loss / d " << name << "[" << i << "] analytic "
+                           << analytic.data[i] << " numeric " << numeric);
+            CHECK(std::fabs(analytic.data[i] - numeric) <= kAtol + kRtol * std::fabs(numeric));
+        }
+    }
+}
+
+Graph model(const std::string& text, int64_t batch = 4) {
+    return compileSource("test.nn", text, {batch}).graph;
+}
+
+} // namespace
+
+TEST_CASE("gradients of every op and loss agree with central differences", "[autodiff]") {
+    std::mt19937 rng(1);
+    const char* models[] = {
+        "input 5\ndense 4\nloss mse\n",                                   // matmul, bias, mse
+        "input 5\ndense 3 tanh\ndense 1\nloss bce\n",                     // bce with logits
+        "input 5\ndense 4 sigmoid\ndense 3\nloss cross_entropy\n",        // softmax + CE
+        "input 5\ndense 4 bias=false\nrelu\ndense 3 bias=false\nloss cross_entropy\n",
+        "input 5\ndense 4\nbatchnorm\ntanh\ndense 3\nloss cross_entropy\n",
+        "input 5\ndense 4\nbatchnorm eps=0.1\ndense 2\nbatchnorm\nloss mse\n",
+        "input 5\na = dense 4 tanh\ndense 4 sigmoid\nadd a\nadd a\ndense 3\nloss cross_entropy\n",
+        "input 5\na = dense 4 tanh\nb = dense 4 elu from a\nadd a b\nadd b a\ndense 2\nloss mse\n",
+    };
+    for (const char* text : models) {
+        INFO(text);
+        gradcheck(model(text), rng);
+    }
+}
+
+TEST_CASE("a parameter the loss does not use has a zero gradient", "[autodiff]") {
+    Graph fwd = model("input 5\na = dense 4 tanh\nunused = dense 4 from a\ndense 3 from a\n"
+                      "loss cross_entropy\n");
+    std::mt19937 rng(2);
+    gradcheck(fwd, rng);
+    auto out = interpretOutputs(differentiate(fwd), randomBindings(fwd, rng));
+    for (double v : out.at("grad:unused.weight").data) CHECK(v == 0);
+}
+
+TEST_CASE("every activation, built-in and user-defined, differentiates correctly", "[autodiff]") {
+    std::mt19937 rng(3);
+    const char* defs = "activation softsign(x) = x / (1 + abs(x))\n"
+                       "activation mish(x) = x * tanh(softplus(x))\n"
+                       "activation bent(x) = (sqrt(x^2 + 1) - 1) / 2 + x\n"
+                       "activation scaled(x, a=1.5, b=0.5) = a * tanh(b * x) + min(x, 0.2) + max(x, -0.3)\n"
+                       "activation powish(x) = exp(-x^2) + log(1 + x^2) + erf(x) + 2^x\n"
+                       "activation cmp(x) = select(x >= 0.3, x^3, select(x < -0.2, sigmoid(x), -x))\n";
+    for (const char* act : {"identity", "sigmoid", "tanh", "relu", "leaky_relu", "leaky_relu(0.1)",
+                            "elu", "elu(0.3)", "swish", "silu", "gelu", "softplus", "softsign",
+                            "mish", "bent", "scaled", "scaled(2, 3)", "powish", "cmp"}) {
+        INFO(act);
+        gradcheck(model(std::string(defs) + "input 3\ndense 6 " + act + "\ndense 3\nloss cross_entropy\n"), rng);
+    }
+}
+
+TEST_CASE("symbolic derivatives match central differences at many points", "[scalar]") {
+    ActivationTable table;
+    Module m = parse(makeSourceFile("t.nn", "activation softsign(x) = x / (1 + abs(x))\n"
+                                            "activation mish(x) = x * tanh(softplus(x))\n"));
+    for (auto& s : m.stmts) table.define(*s);
+    std::vector<std::string> names = table.builtinNames();
+    names.push_back("softsign");
+    names.push_back("mish");
+    for (const std::string& name : names) {
+        for (std::vector<double> args : {std::vector<double>{}, std::vector<double>{0.3}}) {
+            if (!args.empty() && name != "leaky_relu" && name != "elu") continue;
+            Activation a = table.instantiate({name, args, {}});
+            scalar::E df = scalar::derivative(a.formula);
+            scalar::E byOut = scalar::derivativeByOutput(a.formula, df);
+            for (double x = -6.05; x < 6; x += 0.1) {
+                double h = 1e-6;
+                double numeric = (scalar::eval(a.formula, x + h) - scalar::eval(a.formula, x - h)) / (2 * h);
+                INFO(name << "'(" << x << ") = " << scalar::print(df));
+                CHECK(scalar::eval(df, x) == Approx(numeric).margin(1e-6).epsilon(1e-5));
+                if (byOut) CHECK(scalar::eval(byOut, 0, scalar::eval(a.formula, x)) == Approx(numeric).margin(1e-6).epsilon(1e-5));
+            }
+        }
+    }
+}
+
+TEST_CASE("derivatives follow PyTorch at kinks and use the output where they can", "[scalar]") {
+    ActivationTable table;
+    auto d = [&](const char* name, double x, std::vector<double> args = {}) {
+        return scalar::eval(scalar::derivative(table.instantiate({name, args, {}}).formula), x);
+    };
+    CHECK(d("relu", 0) == 0);
+    CHECK(d("leaky_relu", 0, {0.1}) == Approx(0.1));
+    CHECK(d("elu", 0) == 1);
+    CHECK(d("sigmoid", 2) == Approx(0.10499358540350662)); // sigmoid(2) (1 - sigmoid(2))
+    auto byOut = [&](const char* name) {
+        scalar::E f = table.instantiate({name, {}, {}}).formula;
+        scalar::E r = scalar::derivativeByOutput(f, scalar::derivative(f));
+        return r ? scalar::print(r) : std::string("(needs x)");
+    };
+    CHECK(byOut("sigmoid") == "y * (1 - y)");
+    CHECK(byOut("tanh") == "1 - y ^ 2");
+    CHECK(byOut("swish") == "(needs x)");
+}
+
+TEST_CASE("the printed derivative of x*sigmoid(x) is the true derivative", "[scalar]") {
+    ActivationTable table;
+    scalar::E f = table.convert(*parseExpression(makeSourceFile("e", "x*sigmoid(x)")));
+    std::string printed = scalar::print(scalar::derivative(f));
+    // Read the printed text back, as a user would, and compare it with the function's slope.
+    scalar::E df = table.convert(*parseExpression(makeSourceFile("d", printed)));
+    for (double x = -8; x <= 8; x += 0.037) {
+        double numeric = (scalar::eval(f, x + 1e-6) - scalar::eval(f, x - 1e-6)) / 2e-6;
+        double exact = 1 / (1 + std::exp(-x)) * (1 + x * (1 - 1 / (1 + std::exp(-x))));
+        CHECK(scalar::eval(df, x) == Approx(exact).epsilon(1e-12));
+        CHECK(scalar::eval(df, x) == Approx(numeric).margin(1e-7));
+    }
+}
+
+TEST_CASE("every model in models/ differentiates, and its gradients check", "[autodiff]") {
+    std::mt19937 rng(4);
+    int checked = 0;
+    for (auto& entry : std::filesystem::directory_iterator(GRADC_SOURCE_DIR "/models")) {
+        INFO(entry.path());
+        Graph fwd = compileFile(entry.path().string(), {3}).graph;
+        gradcheck(fwd, rng, 6);
+        ++checked;
+    }
+    CHECK(checked >= 9);
+}
+
+TEST_CASE("the seed network's gradients on a fixed batch agree with central differences",
+          "[autodiff]") {
+    std::mt19937 rng(5);
+    std::ifstream in(GRADC_SOURCE_DIR "/models/seed_sigmoid.nn");
+    std::string text((std::istreambuf_iterator<char>(in)), {});
+    gradcheck(model(text, 8), rng, 12);
+}
+
+TEST_CASE("random models built from every construct differentiate correctly", "[autodiff]") {
+    std::mt19937 rng(6);
+    const char* acts[] = {"relu", "tanh", "sigmoid", "elu", "gelu", "swish", "softplus",
+                          "leaky_relu(0.2)", "sq"};
+    for (int trial = 0; trial < 40; ++trial) {
+        int width = 2 + int(rng() % 5);
+        std::string text = "activation sq(x) = x * x / 4 + x\ninput " + std::to_string(1 + rng() % 5) +
+                           "\ndense " + std::to_string(width) + "\n";
+        int names = 0;
+        for (int k = 0, n = 2 + int(rng() % 5); k < n; ++k) {
+            switch (rng() % 6) {
+            case 0: text += "dense " + std::to_string(width) + " " + acts[rng() % std::size(acts)] + "\n"; break;
+            case 1: text += std::string(acts[rng() % std::size(acts)]) + "\n"; break;
+            case 2: text += "batchnorm\n"; break;
+            case 3: text += "v" + std::to_string(names++) + " = identity\n"; break;
+            case 4:
+                if (names) text += "add v" + std::to_string(rng() % names) + "\n";
+                break;
+            case 5:
+                text += "repeat 2 {\n  r = identity\n  dense " + std::to_string(width) + " " +
+                        acts[rng() % std::size(acts)] + "\n  add r\n}\n";
+                break;
+            }
+        }
+        const char* losses[] = {"dense 3\nloss cross_entropy\n", "dense 1\nloss bce\n", "dense 2\nloss mse\n"};
+        text += losses[rng() % 3];
+        INFO(text);
+        gradcheck(model(text, 2 + int(rng() % 4)), rng);
+    }
+}
