@@ -2,12 +2,17 @@
 // Boost.Program_options. Exit status: 0 success, 1 an error in the user's input (model,
 // data, parameters), 2 a usage error (unknown command, option or value).
 #include "Autodiff.h"
+#include "Data.h"
+#include "Init.h"
+#include "Interpreter.h"
+#include "Stats.h"
 #include "Parser.h"
 #include "Pipeline.h"
 
 #include <boost/program_options.hpp>
 #include <fmt/format.h>
 
+#include <cmath>
 #include <cstdio>
 #include <algorithm>
 #include <functional>
@@ -145,6 +150,86 @@ int runDerive(const po::variables_map& vm) {
     return 0;
 }
 
+std::pair<double, double> parseNormalize(const std::string& text) {
+    double mean = 0, std = 0;
+    char comma = 0, extra = 0;
+    if (std::sscanf(text.c_str(), "%lf %c %lf %c", &mean, &comma, &std, &extra) != 3 || comma != ',' ||
+        !(std > 0) || !std::isfinite(mean))
+        throw UsageError(fmt::format("--normalize '{}' is not MEAN,STD with STD > 0", text));
+    return {mean, std};
+}
+
+/// `gradc grads MODEL...`: one batch forward and backward, per-tensor gradient statistics.
+int runGrads(const po::variables_map& vm) {
+    const auto models = vm["models"].as<std::vector<std::string>>();
+    const int64_t batch = semaOptions(vm).batch;
+    const std::string backend = vm["backend"].as<std::string>();
+    if (backend != "interp")
+        throw UsageError(fmt::format("--backend={} is not available (backends: interp)", backend));
+    const std::string dir = vm["data"].as<std::string>();
+    auto [mean, std] = parseNormalize(vm["normalize"].as<std::string>());
+    const uint64_t seed = vm["seed"].as<uint64_t>();
+
+    // Compile every model first, so a mistake in the last one costs no data loading.
+    std::vector<Graph> graphs;
+    for (auto& path : models) graphs.push_back(differentiate(compileFile(path, {batch}).graph));
+
+    Examples ex = readExamples(dir, /*train=*/true, batch);
+    const std::string imageFile = dir + "/train-images-idx3-ubyte";
+    Tensor x{{batch, ex.features}, normalise(ex, mean, std)};
+    for (size_t m = 0; m < graphs.size(); ++m) {
+        const Graph& g = graphs[m];
+        const int64_t width = g[0].shape[1];
+        if (width != ex.features)
+            throw UserError({makeSourceFile(models[m], ""), 0, 0},
+                            fmt::format("the model takes {} inputs, but the images in {} have {} "
+                                        "pixels", width, dir, ex.features));
+        Bindings b = initialiseParameters(g, seed);
+        b["x"] = x;
+        const int64_t outputs = g[g.output("logits")].shape[1];
+        if (g.lossKind == "cross_entropy") {
+            Tensor labels{{batch}, {}};
+            for (int64_t i = 0; i < batch; ++i) {
+                if (ex.labels[size_t(i)] >= outputs)
+                    throw UserError({makeSourceFile(dir + "/train-labels-idx1-ubyte", ""), 0, 0},
+                                    fmt::format("label {} of example {} is out of range for the "
+                                                "model's {} classes", ex.labels[size_t(i)], i, outputs));
+                labels.data.push_back(ex.labels[size_t(i)]);
+            }
+            b["target"] = std::move(labels);
+        } else if (g.lossKind == "mse" && outputs == width) {
+            b["target"] = x; // an autoencoder reproduces its input
+        } else {
+            throw UserError({makeSourceFile(models[m], ""), 0, 0},
+                            fmt::format("gradc grads needs a cross_entropy classifier with at least "
+                                        "{} classes, or an mse autoencoder; this model's loss is {} "
+                                        "with {} outputs", 10, g.lossKind, outputs));
+        }
+        auto out = interpretOutputs(g, b);
+        if (m) fmt::print("\n");
+        fmt::print("{}: batch {} (the first {} training examples of {}), seed {}, backend {}\n",
+                   g.model, batch, batch, dir, seed, backend);
+        fmt::print("loss {:.6f}\n\n", out.at("loss").data[0]);
+        fmt::print("  {:<18} {:<10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>7}\n", "gradient", "shape",
+                   "abs_mean", "std", "min", "max", "l2", "zero%");
+        std::vector<TensorStats> weights;
+        for (auto& p : g.params) {
+            TensorStats st = statistics(p.name, out.at("grad:" + p.name));
+            fmt::print("  {:<18} {:<10} {:>10.3e} {:>10.3e} {:>10.3e} {:>10.3e} {:>10.3e} {:>6.2f}%",
+                       st.name, shapeString(st.shape), st.absMean, st.std, st.min, st.max, st.l2,
+                       100 * st.zeroFraction);
+            if (st.nan || st.inf) fmt::print("  nan {} inf {}", st.nan, st.inf);
+            fmt::print("\n");
+            if (st.shape.size() == 2) weights.push_back(st);
+        }
+        if (weights.size() >= 2)
+            fmt::print("\nvanishing factor {:.3e}  (abs_mean of {} / abs_mean of {})\n",
+                       weights.front().absMean / weights.back().absMean, weights.front().name,
+                       weights.back().name);
+    }
+    return 0;
+}
+
 const std::vector<Command>& commands() {
     static const std::vector<Command> cmds = {
         {"check", "MODEL [--batch N]",
@@ -158,6 +243,21 @@ const std::vector<Command>& commands() {
                              "stage to print: ast | graph | grad");
          },
          runDump},
+        {"grads", "MODEL... [--data DIR] [--batch N] [--seed N] [--backend interp]",
+         "one batch forward and backward; per-layer gradient statistics",
+         [](po::options_description& d) {
+             d.add_options()("models", po::value<std::vector<std::string>>()->required()->multitoken(),
+                             "model files (.nn)")(
+                 "batch", po::value<int64_t>()->default_value(256), "examples in the batch")(
+                 "data", po::value<std::string>()->default_value(kDefaultDataDir),
+                 "directory of IDX files (train-images-idx3-ubyte[.gz], ...)")(
+                 "normalize", po::value<std::string>()->default_value("0.5,0.5"),
+                 "MEAN,STD: inputs are (pixel/255 - MEAN) / STD")(
+                 "seed", po::value<uint64_t>()->default_value(42), "parameter initialisation seed")(
+                 "backend", po::value<std::string>()->default_value("interp"),
+                 "interp (the double-precision reference interpreter)");
+         },
+         runGrads},
         {"derive", "EXPR|ACTIVATION [--model FILE]",
          "print an activation or a formula in x and its simplified symbolic derivative",
          [](po::options_description& d) {
@@ -187,7 +287,8 @@ int runCommand(const Command& c, const std::vector<std::string>& args) {
     c.options(visible);
     visible.add_options()("help,h", "show this help");
     po::positional_options_description pos;
-    pos.add(std::string(c.name) == "derive" ? "expr" : "model", 1);
+    const std::string name = c.name;
+    pos.add(name == "derive" ? "expr" : name == "grads" ? "models" : "model", name == "grads" ? -1 : 1);
     po::variables_map vm;
     try {
         po::store(po::command_line_parser(args).options(visible).positional(pos).run(), vm);

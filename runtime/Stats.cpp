@@ -1,0 +1,51 @@
+// Stats.cpp — one pass for the moments, one for the histogram.
+#include "Stats.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+namespace gradc {
+
+TensorStats statistics(const std::string& name, const Tensor& t, int bins) {
+    TensorStats s;
+    s.name = name, s.shape = t.shape, s.count = int64_t(t.data.size());
+    double sum = 0, sumAbs = 0, sumSq = 0;
+    int64_t finite = 0, small = 0;
+    s.min = std::numeric_limits<double>::infinity();
+    s.max = -s.min;
+    for (double v : t.data) {
+        if (std::isnan(v)) { ++s.nan; continue; }
+        if (std::isinf(v)) { ++s.inf; continue; }
+        ++finite;
+        sum += v, sumAbs += std::fabs(v), sumSq += v * v;
+        small += std::fabs(v) < 1e-8;
+        s.min = std::min(s.min, v), s.max = std::max(s.max, v);
+    }
+    if (finite == 0) {
+        s.min = s.max = std::nan("");
+        s.mean = s.std = s.absMean = s.l2 = std::nan("");
+        return s;
+    }
+    s.mean = sum / double(finite);
+    s.absMean = sumAbs / double(finite);
+    s.l2 = std::sqrt(sumSq);
+    double var = 0;
+    for (double v : t.data)
+        if (std::isfinite(v)) var += (v - s.mean) * (v - s.mean);
+    s.std = std::sqrt(var / double(finite));
+    s.zeroFraction = double(small) / double(finite);
+    s.edges.resize(size_t(bins) + 1);
+    s.counts.assign(size_t(bins), 0);
+    double width = (s.max - s.min) / bins;
+    for (int i = 0; i <= bins; ++i) s.edges[size_t(i)] = s.min + width * i;
+    s.edges.back() = s.max;
+    for (double v : t.data) {
+        if (!std::isfinite(v)) continue;
+        int b = width > 0 ? int((v - s.min) / width) : 0;
+        s.counts[size_t(std::clamp(b, 0, bins - 1))]++;
+    }
+    return s;
+}
+
+} // namespace gradc

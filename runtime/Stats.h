@@ -1,0 +1,25 @@
+// Stats.h — per-tensor statistics: the numbers behind the vanishing-gradient picture.
+#pragma once
+
+#include "Interpreter.h"
+
+#include <string>
+#include <vector>
+
+namespace gradc {
+
+struct TensorStats {
+    std::string name;
+    Shape shape;
+    int64_t count = 0;
+    double mean = 0, std = 0, absMean = 0, min = 0, max = 0, l2 = 0;
+    double zeroFraction = 0;   ///< share of entries with |g| < 1e-8
+    int64_t nan = 0, inf = 0;  ///< counted, never folded into the other figures
+    std::vector<double> edges;   ///< bins + 1 histogram edges over [min, max]
+    std::vector<int64_t> counts; ///< bins counts of the finite entries
+};
+
+/// Statistics of the finite entries of `t` (NaN and Inf are counted apart).
+TensorStats statistics(const std::string& name, const Tensor& t, int bins = 30);
+
+} // namespace gradc
