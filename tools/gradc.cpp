@@ -5,6 +5,7 @@
 #include "Data.h"
 #include "Init.h"
 #include "Interpreter.h"
+#include "Report.h"
 #include "Stats.h"
 #include "Parser.h"
 #include "Pipeline.h"
@@ -169,6 +170,10 @@ int runGrads(const po::variables_map& vm) {
     const std::string dir = vm["data"].as<std::string>();
     auto [mean, std] = parseNormalize(vm["normalize"].as<std::string>());
     const uint64_t seed = vm["seed"].as<uint64_t>();
+    const std::string format = vm["format"].as<std::string>();
+    if (format != "table" && format != "json" && format != "csv")
+        throw UsageError(fmt::format("--format={} is not a format (formats: table, json, csv)", format));
+    std::vector<GradReport> reports;
 
     // Compile every model first, so a mistake in the last one costs no data loading.
     std::vector<Graph> graphs;
@@ -206,27 +211,19 @@ int runGrads(const po::variables_map& vm) {
                                         "with {} outputs", 10, g.lossKind, outputs));
         }
         auto out = interpretOutputs(g, b);
-        if (m) fmt::print("\n");
-        fmt::print("{}: batch {} (the first {} training examples of {}), seed {}, backend {}\n",
-                   g.model, batch, batch, dir, seed, backend);
-        fmt::print("loss {:.6f}\n\n", out.at("loss").data[0]);
-        fmt::print("  {:<18} {:<10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>7}\n", "gradient", "shape",
-                   "abs_mean", "std", "min", "max", "l2", "zero%");
-        std::vector<TensorStats> weights;
-        for (auto& p : g.params) {
-            TensorStats st = statistics(p.name, out.at("grad:" + p.name));
-            fmt::print("  {:<18} {:<10} {:>10.3e} {:>10.3e} {:>10.3e} {:>10.3e} {:>10.3e} {:>6.2f}%",
-                       st.name, shapeString(st.shape), st.absMean, st.std, st.min, st.max, st.l2,
-                       100 * st.zeroFraction);
-            if (st.nan || st.inf) fmt::print("  nan {} inf {}", st.nan, st.inf);
-            fmt::print("\n");
-            if (st.shape.size() == 2) weights.push_back(st);
+        GradReport r{g.model, batch, out.at("loss").data[0], {}, 0, {}, {}};
+        for (auto& p : g.params) r.params.push_back(statistics(p.name, out.at("grad:" + p.name)));
+        computeVanishingFactor(r);
+        if (format == "table") {
+            if (m) fmt::print("\n");
+            fmt::print("{}: batch {} (the first {} training examples of {}), seed {}, backend {}\n",
+                       g.model, batch, batch, dir, seed, backend);
+            fmt::print("{}", formatTable(r));
         }
-        if (weights.size() >= 2)
-            fmt::print("\nvanishing factor {:.3e}  (abs_mean of {} / abs_mean of {})\n",
-                       weights.front().absMean / weights.back().absMean, weights.front().name,
-                       weights.back().name);
+        reports.push_back(std::move(r));
     }
+    if (format == "json") fmt::print("{}", formatJson(reports));
+    if (format == "csv") fmt::print("{}", formatCsv(reports));
     return 0;
 }
 
@@ -243,7 +240,7 @@ const std::vector<Command>& commands() {
                              "stage to print: ast | graph | grad");
          },
          runDump},
-        {"grads", "MODEL... [--data DIR] [--batch N] [--seed N] [--backend interp]",
+        {"grads", "MODEL... [--data DIR] [--batch N] [--seed N] [--format table|json|csv] [--backend interp]",
          "one batch forward and backward; per-layer gradient statistics",
          [](po::options_description& d) {
              d.add_options()("models", po::value<std::vector<std::string>>()->required()->multitoken(),
@@ -254,6 +251,7 @@ const std::vector<Command>& commands() {
                  "normalize", po::value<std::string>()->default_value("0.5,0.5"),
                  "MEAN,STD: inputs are (pixel/255 - MEAN) / STD")(
                  "seed", po::value<uint64_t>()->default_value(42), "parameter initialisation seed")(
+                 "format", po::value<std::string>()->default_value("table"), "table | json | csv")(
                  "backend", po::value<std::string>()->default_value("interp"),
                  "interp (the double-precision reference interpreter)");
          },

@@ -1,0 +1,77 @@
+// Report.cpp — table, JSON and CSV renderings of gradient statistics.
+#include "Report.h"
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <cmath>
+
+namespace gradc {
+
+void computeVanishingFactor(GradReport& r) {
+    std::vector<const TensorStats*> weights;
+    for (auto& s : r.params)
+        if (s.shape.size() == 2) weights.push_back(&s);
+    r.vanishingFactor = std::nan("");
+    if (weights.size() < 2) return;
+    r.firstWeight = weights.front()->name, r.lastWeight = weights.back()->name;
+    r.vanishingFactor = weights.front()->absMean / weights.back()->absMean;
+}
+
+std::string formatTable(const GradReport& r) {
+    std::string out = fmt::format("loss {:.6f}\n\n", r.loss);
+    out += fmt::format("  {:<18} {:<10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>7}\n", "gradient",
+                       "shape", "abs_mean", "std", "min", "max", "l2", "zero%");
+    for (auto& st : r.params) {
+        out += fmt::format("  {:<18} {:<10} {:>10.3e} {:>10.3e} {:>10.3e} {:>10.3e} {:>10.3e} {:>6.2f}%",
+                           st.name, shapeString(st.shape), st.absMean, st.std, st.min, st.max,
+                           st.l2, 100 * st.zeroFraction);
+        if (st.nan || st.inf) out += fmt::format("  nan {} inf {}", st.nan, st.inf);
+        out += "\n";
+    }
+    if (!std::isnan(r.vanishingFactor))
+        out += fmt::format("\nvanishing factor {:.3e}  (abs_mean of {} / abs_mean of {})\n",
+                           r.vanishingFactor, r.firstWeight, r.lastWeight);
+    return out;
+}
+
+static nlohmann::json number(double v) {
+    return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr);
+}
+
+std::string formatJson(const std::vector<GradReport>& reports) {
+    nlohmann::json all = nlohmann::json::array();
+    for (auto& r : reports) {
+        nlohmann::json params = nlohmann::json::array();
+        for (auto& s : r.params) {
+            nlohmann::json edges = nlohmann::json::array();
+            for (double e : s.edges) edges.push_back(number(e));
+            params.push_back({{"name", s.name}, {"shape", s.shape}, {"count", s.count},
+                              {"mean", number(s.mean)}, {"std", number(s.std)},
+                              {"abs_mean", number(s.absMean)}, {"min", number(s.min)},
+                              {"max", number(s.max)}, {"l2", number(s.l2)},
+                              {"zero_fraction", number(s.zeroFraction)}, {"nan", s.nan},
+                              {"inf", s.inf},
+                              {"histogram", {{"edges", edges}, {"counts", s.counts}}}});
+        }
+        all.push_back({{"model", r.model}, {"batch", r.batch}, {"loss", number(r.loss)},
+                       {"params", params}, {"activations", nlohmann::json::array()},
+                       {"vanishing_factor", number(r.vanishingFactor)}});
+    }
+    return (all.size() == 1 ? all[0] : all).dump(2) + "\n";
+}
+
+std::string formatCsv(const std::vector<GradReport>& reports) {
+    std::string out = "model,tensor,shape,count,mean,std,abs_mean,min,max,l2,zero_fraction,nan,inf\n";
+    for (auto& r : reports)
+        for (auto& s : r.params) {
+            std::string shape;
+            for (size_t i = 0; i < s.shape.size(); ++i) shape += fmt::format("{}{}", i ? "x" : "", s.shape[i]);
+            out += fmt::format("{},{},{},{},{:.6e},{:.6e},{:.6e},{:.6e},{:.6e},{:.6e},{:.6f},{},{}\n",
+                               r.model, s.name, shape, s.count, s.mean, s.std, s.absMean, s.min,
+                               s.max, s.l2, s.zeroFraction, s.nan, s.inf);
+        }
+    return out;
+}
+
+} // namespace gradc

@@ -1,0 +1,30 @@
+// Report.h — the results of `gradc grads` for one model, and their three formats.
+#pragma once
+
+#include "Stats.h"
+
+#include <string>
+#include <vector>
+
+namespace gradc {
+
+struct GradReport {
+    std::string model;
+    int64_t batch = 0;
+    double loss = 0;
+    std::vector<TensorStats> params; ///< gradient statistics, in parameter order
+    double vanishingFactor = 0;      ///< abs_mean(first weight grad) / abs_mean(last); NaN if < 2 weights
+    std::string firstWeight, lastWeight;
+};
+
+/// Fills the vanishing factor from `params` (weights are the 2-d tensors).
+void computeVanishingFactor(GradReport& r);
+
+/// A terminal table, one row per tensor, readable at 100 columns.
+std::string formatTable(const GradReport& r);
+/// The documented JSON object (one model); several models: a JSON array of them.
+std::string formatJson(const std::vector<GradReport>& reports);
+/// One CSV header line, then one row per tensor of every model.
+std::string formatCsv(const std::vector<GradReport>& reports);
+
+} // namespace gradc
