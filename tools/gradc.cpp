@@ -65,7 +65,7 @@ void addModelOptions(po::options_description& d) {
 int runCheck(const po::variables_map& vm) {
     FrontEnd fe = compileFile(vm["model"].as<std::string>(), semaOptions(vm));
     const Graph& g = fe.graph;
-    const Node& x = g[g.nodes.empty() ? 0 : 0];
+    const Node& x = g[0]; // the input is always the first node
     const Node& logits = g[g.output("logits")];
     fmt::print("model {}: input {}, output {}, loss {}, batch {}\n\n", g.model, x.shape.back(),
                logits.shape.back(), g.lossKind, g.batch);
