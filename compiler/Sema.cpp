@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <map>
+#include <set>
 
 namespace gradc {
 namespace {
@@ -76,6 +77,7 @@ private:
     std::map<std::string, int32_t> fnIndex_;
     int64_t nextIndex_ = 0;
     int64_t paramTotal_ = 0;
+    std::set<std::string> paramNames_;
 
     SourceLoc endLoc() const {
         uint32_t lines = 1;
@@ -111,6 +113,12 @@ private:
         return *current_;
     }
 
+    /// The value a layer consumes: `from NAME`'s, or the previous statement's.
+    ValueId operand(const Stmt& s, std::optional<ValueId> from) {
+        ValueId current = need(s);
+        return from ? *from : current;
+    }
+
     ValueId lookup(const Scope& sc, const std::string& name, const SourceLoc& loc) {
         const NamedValue* nv = sc.find(name);
         if (!nv) throw UserError(loc, fmt::format("unknown value '{}'", name));
@@ -134,14 +142,11 @@ private:
 
     ValueId param(const std::string& name, Shape shape, Init init, int64_t fanIn, int64_t fanOut,
                   const SourceLoc& loc) {
-        for (auto& p : g_.params)
-            if (p.name == name)
-                throw UserError(loc, fmt::format("parameter name '{}' is used twice", name));
+        // A named layer can clash with PyTorch's numbering (`layers = dense` inside repeat).
+        if (!paramNames_.insert(name).second)
+            throw UserError(loc, fmt::format("parameter name '{}' is used twice", name));
         Node n = makeNode(Op::Param, loc);
-        n.shape = std::move(shape), n.name = name, n.loc = loc;
-        for (int64_t d : n.shape)
-            if (d > kMaxTensorElements)
-                throw UserError(loc, fmt::format("size {} is out of range (1 to 2^31)", d));
+        n.shape = std::move(shape), n.name = name;
         ValueId v = g_.add(std::move(n));
         paramTotal_ += elementCount(g_[v].shape);
         if (paramTotal_ > kMaxParameters)
@@ -221,7 +226,7 @@ private:
             current_ = *from;
             return;
         case Stmt::Kind::Dense: {
-            ValueId x = from ? (need(s), *from) : need(s);
+            ValueId x = operand(s, from);
             if (s.size < 1 || s.size > kMaxTensorElements)
                 throw UserError(s.sizeLoc, fmt::format("layer width {} is out of range (1 to 2^31)", s.size));
             const int64_t in = g_[x].shape.back();
@@ -251,7 +256,7 @@ private:
             return;
         }
         case Stmt::Kind::Act: {
-            ValueId x = from ? (need(s), *from) : need(s);
+            ValueId x = operand(s, from);
             current_ = applyAct(*s.act, x, moduleName(s, sc));
             bindName(sc, s, *current_);
             return;
@@ -277,7 +282,7 @@ private:
             return;
         }
         case Stmt::Kind::BatchNorm: {
-            ValueId x = from ? (need(s), *from) : need(s);
+            ValueId x = operand(s, from);
             if (!(s.eps > 0)) throw UserError(s.loc, "batchnorm eps must be positive");
             if (!(s.momentum >= 0 && s.momentum <= 1))
                 throw UserError(s.loc, "batchnorm momentum must be between 0 and 1");
@@ -295,8 +300,7 @@ private:
             return;
         }
         case Stmt::Kind::Repeat: {
-            if (from) need(s), current_ = *from;
-            else need(s);
+            current_ = operand(s, from);
             for (int64_t i = 0; i < s.size; ++i) {
                 Scope inner;
                 inner.parent = &sc;

@@ -80,6 +80,14 @@ TEST_CASE("deep nesting is a diagnostic, not a stack overflow", "[robustness]") 
                Catch::Contains("more than 100000 layers"));
 }
 
+TEST_CASE("a model of 100000 layers builds in linear time", "[robustness]") {
+    // Regression: parameter names were checked for clashes by a linear scan per parameter,
+    // which made this model take minutes.
+    FrontEnd fe = compileSource("big.nn", "input 4\nrepeat 99990 {\n  dense 4\n}\ndense 2\nloss mse\n");
+    CHECK(fe.graph.params.size() == 2 * 99991);
+    CHECK(fe.graph.parameterCount() == 99990 * 20 + 10);
+}
+
 TEST_CASE("random bytes and mutated models end in a graph or a diagnostic", "[robustness]") {
     std::mt19937 rng(12345);
     std::vector<std::string> seeds;
