@@ -37,7 +37,6 @@ ActivationTable::ActivationTable() {
                                       b.params, b.formula);
         Module m = parse(makeSourceFile(fmt::format("<builtin {}>", b.name), src));
         internal_assert(m.stmts.size() == 1, b.name);
-        defs_.erase(b.name);
         define(*m.stmts[0]);
         defs_[b.name].builtin = true;
         defs_[b.name].formula = b.formula;

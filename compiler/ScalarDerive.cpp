@@ -126,42 +126,30 @@ private:
             if (a[1]->op == Op::Neg) return mk(Op::Add, {a[0], a[1]->args[0]});
             break;
         case Op::Mul: {
-            // Flatten a product, fold its constants into one leading factor, sort the rest.
-            std::vector<E> factors;
+            // A product in one canonical form: flattened, its constants and signs folded into
+            // one leading factor, the rest sorted, repeated factors as powers (x * x -> x ^ 2).
+            std::vector<E> factors, work = {a[0], a[1]};
             double c = 1;
-            bool negate = false;
-            std::vector<E> work = {a[0], a[1]};
             while (!work.empty()) {
                 E f = work.back();
                 work.pop_back();
                 if (f->op == Op::Mul) work.insert(work.end(), f->args.begin(), f->args.end());
-                else if (f->op == Op::Neg) negate = !negate, work.push_back(f->args[0]);
+                else if (f->op == Op::Neg) c = -c, work.push_back(f->args[0]);
                 else if (isConst(f)) c *= f->value;
                 else factors.push_back(f);
             }
-            if (negate) c = -c;
-            if (c == 0 && std::isfinite(c)) return num(0);
+            if (c == 0 || factors.empty()) return num(c);
             std::sort(factors.begin(), factors.end(), [](const E& x, const E& y) { return compare(x, y) < 0; });
-            if (factors.size() + (c != 1) > 2 || (factors.size() == 2 && factors != std::vector<E>{a[0], a[1]}) ||
-                (factors.size() == 1 && c != 1 && !(isConst(a[0]) && a[1] == factors[0]))) {
-                if (factors.empty()) return num(c);
-                E prod = factors[0];
-                for (size_t i = 1; i < factors.size(); ++i)
-                    prod = in_.get(Op::Mul, 0, {prod, factors[i]});
-                if (c == -1) return mk(Op::Neg, {prod});
-                if (c != 1) prod = in_.get(Op::Mul, 0, {num(c), prod});
-                return prod;
+            E prod;
+            for (size_t i = 0; i < factors.size();) {
+                size_t j = i + 1;
+                while (j < factors.size() && same(factors[j], factors[i])) ++j;
+                E f = j - i == 1 ? factors[i] : mk(Op::Pow, {factors[i], num(double(j - i))});
+                prod = prod ? in_.get(Op::Mul, 0, {prod, f}) : f;
+                i = j;
             }
-            if (isConst(a[0], 0)) return num(0);
-            if (isConst(a[0], 1)) return a[1];
-            if (isConst(a[0], -1)) return mk(Op::Neg, {a[1]});
-            if (a[0]->op == Op::Neg) return mk(Op::Neg, {mk(Op::Mul, {a[0]->args[0], a[1]})});
-            if (a[1]->op == Op::Neg) return mk(Op::Neg, {mk(Op::Mul, {a[0], a[1]->args[0]})});
-            // c1 * (c2 * b) -> (c1*c2) * b
-            if (isConst(a[0]) && a[1]->op == Op::Mul && isConst(a[1]->args[0]))
-                return mk(Op::Mul, {num(a[0]->value * a[1]->args[0]->value), a[1]->args[1]});
-            if (same(a[0], a[1])) return mk(Op::Pow, {a[0], num(2)});
-            break;
+            if (c == -1) return mk(Op::Neg, {prod});
+            return c == 1 ? prod : in_.get(Op::Mul, 0, {num(c), prod});
         }
         case Op::Div:
             if (isConst(a[1], 1)) return a[0];
