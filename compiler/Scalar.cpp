@@ -28,6 +28,7 @@ bool lookupFunction(std::string_view name, Op* op) {
 E constant(double v) { return std::make_shared<Node>(Node{Op::Const, v, {}}); }
 E var() { return std::make_shared<Node>(Node{Op::Var, 0, {}}); }
 E out() { return std::make_shared<Node>(Node{Op::Out, 0, {}}); }
+E arg(int index) { return std::make_shared<Node>(Node{Op::Arg, double(index), {}}); }
 
 E make(Op op, std::vector<E> args) {
     internal_assert(int(args.size()) == info(op).arity, info(op).spelling);
@@ -47,6 +48,7 @@ double eval(const E& e, double x, double y) {
     case Op::Const: return e->value;
     case Op::Var: return x;
     case Op::Out: return y;
+    case Op::Arg: internal_assert(false, "a kernel operand cannot be evaluated alone"); return 0;
     case Op::Add: return a(0) + a(1);
     case Op::Sub: return a(0) - a(1);
     case Op::Mul: return a(0) * a(1);
@@ -77,16 +79,33 @@ double eval(const E& e, double x, double y) {
     internal_assert(false, "unknown scalar op");
 }
 
-E substitute(const E& e, const E& value) {
-    if (e->op == Op::Var) return value;
-    if (e->args.empty()) return e;
+/// Rebuilds `e` with each leaf replaced by `leaf(e)` (nullptr: keep it); shares what is unchanged.
+template <typename F> static E replaceLeaves(const E& e, const F& leaf) {
+    if (e->args.empty()) {
+        E r = leaf(e);
+        return r ? r : e;
+    }
     std::vector<E> args;
     bool same = true;
     for (auto& a : e->args) {
-        args.push_back(substitute(a, value));
+        args.push_back(replaceLeaves(a, leaf));
         same = same && args.back() == a;
     }
     return same ? e : make(e->op, std::move(args));
+}
+
+E substitute(const E& e, const E& value) {
+    return replaceLeaves(e, [&](const E& l) { return l->op == Op::Var ? value : nullptr; });
+}
+
+E substituteOut(const E& e, const E& value) {
+    return replaceLeaves(e, [&](const E& l) { return l->op == Op::Out ? value : nullptr; });
+}
+
+E substituteArgs(const E& e, const std::vector<E>& values) {
+    return replaceLeaves(e, [&](const E& l) {
+        return l->op == Op::Arg ? values.at(size_t(l->value)) : nullptr;
+    });
 }
 
 static bool uses(const E& e, Op leaf) {
@@ -133,6 +152,7 @@ std::string print(const E& e) {
     case Op::Const: return printNumber(e->value);
     case Op::Var: return "x";
     case Op::Out: return "y";
+    case Op::Arg: return fmt::format("a{}", int(e->value));
     case Op::Neg: return "-" + sub(0, true);
     case Op::Add: case Op::Sub: case Op::Mul: case Op::Div: case Op::Pow:
     case Op::Lt: case Op::Le: case Op::Gt: case Op::Ge: case Op::Eq: case Op::Ne:

@@ -17,6 +17,7 @@ namespace gradc::scalar {
     X(Const, "const", 0)                                                                           \
     X(Var, "x", 0)                                                                                 \
     X(Out, "y", 0) /* the function's own output, used by derivatives (sigmoid' = y*(1-y)) */       \
+    X(Arg, "arg", 0) /* operand number `value` of a fused kernel's element function */           \
     X(Add, "+", 2)                                                                                 \
     X(Sub, "-", 2)                                                                                 \
     X(Mul, "*", 2)                                                                                 \
@@ -69,6 +70,7 @@ struct Node {
 E constant(double v);
 E var();
 E out();
+E arg(int index); ///< a kernel operand leaf (Kernels.h)
 E make(Op op, std::vector<E> args);
 
 /// Evaluates in double precision at `x` (and `y` for expressions that use the output).
@@ -76,6 +78,10 @@ double eval(const E& e, double x, double y = 0);
 
 /// Replaces the variable x by `value` everywhere.
 E substitute(const E& e, const E& value);
+/// Replaces the output leaf y by `value` everywhere.
+E substituteOut(const E& e, const E& value);
+/// Replaces each Arg(i) leaf by `values[i]`.
+E substituteArgs(const E& e, const std::vector<E>& values);
 
 bool usesVar(const E& e);
 bool usesOut(const E& e);

@@ -13,7 +13,7 @@ namespace gradc::scalar {
 bool same(const E& a, const E& b) {
     if (a == b) return true;
     if (a->op != b->op || a->args.size() != b->args.size()) return false;
-    if (a->op == Op::Const)
+    if (a->op == Op::Const || a->op == Op::Arg)
         return a->value == b->value || (std::isnan(a->value) && std::isnan(b->value));
     for (size_t i = 0; i < a->args.size(); ++i)
         if (!same(a->args[i], b->args[i])) return false;
@@ -35,7 +35,7 @@ bool commutative(Op op) {
 int rank(Op op) {
     switch (op) {
     case Op::Const: return 0;
-    case Op::Var: case Op::Out: return 1;
+    case Op::Var: case Op::Out: case Op::Arg: return 1;
     case Op::Add: case Op::Sub: case Op::Mul: case Op::Div: case Op::Neg: return 4;
     case Op::Pow: return 3;
     default: return 2;
@@ -47,7 +47,7 @@ int compare(const E& a, const E& b) {
     if (a == b) return 0;
     if (rank(a->op) != rank(b->op)) return rank(a->op) < rank(b->op) ? -1 : 1;
     if (a->op != b->op) return int(a->op) < int(b->op) ? -1 : 1;
-    if (a->op == Op::Const) return a->value < b->value ? -1 : a->value > b->value ? 1 : 0;
+    if (a->op == Op::Const || a->op == Op::Arg) return a->value < b->value ? -1 : a->value > b->value ? 1 : 0;
     for (size_t i = 0; i < a->args.size(); ++i)
         if (int c = compare(a->args[i], b->args[i])) return c;
     return 0;
@@ -64,6 +64,7 @@ public:
         E e = op == Op::Const ? constant(value)
               : op == Op::Var ? var()
               : op == Op::Out ? out()
+              : op == Op::Arg ? arg(int(value))
                               : make(op, std::move(args));
         table_.emplace(std::move(key), e);
         return e;
@@ -103,7 +104,7 @@ private:
     E mk(Op op, std::vector<E> args) { return rewrite(op, 0, std::move(args)); }
 
     E rewrite(Op op, double value, std::vector<E> a) {
-        if (op == Op::Const || op == Op::Var || op == Op::Out) return in_.get(op, value, {});
+        if (op == Op::Const || op == Op::Var || op == Op::Out || op == Op::Arg) return in_.get(op, value, {});
         // Constant folding (NaN and infinities are left for run time to produce).
         bool allConst = !a.empty();
         for (auto& x : a) allConst = allConst && isConst(x);
@@ -186,7 +187,7 @@ E d(const E& e) {
     switch (e->op) {
     case Op::Const: return c(0);
     case Op::Var: return c(1);
-    case Op::Out: internal_assert(false, "derivative of an expression in y");
+    case Op::Out: case Op::Arg: internal_assert(false, "derivative of an expression in y or a kernel operand");
     case Op::Add: return m(Op::Add, {d(a[0]), d(a[1])});
     case Op::Sub: return m(Op::Sub, {d(a[0]), d(a[1])});
     case Op::Neg: return m(Op::Neg, {d(a[0])});

@@ -2,9 +2,12 @@
 // Boost.Program_options. Exit status: 0 success, 1 an error in the user's input (model,
 // data, parameters), 2 a usage error (unknown command, option or value).
 #include "Autodiff.h"
+#include "Codegen.h"
+#include "Execute.h"
 #include "Data.h"
 #include "Init.h"
 #include "Interpreter.h"
+#include "Kernels.h"
 #include "Report.h"
 #include "Stats.h"
 #include "Parser.h"
@@ -62,6 +65,22 @@ void addModelOptions(po::options_description& d) {
         "batch", po::value<int64_t>()->default_value(256), "batch size the graph is built for");
 }
 
+CodegenOptions codegenOptions(const po::variables_map& vm) {
+    CodegenOptions o;
+    o.cache = !vm.count("no-cache");
+    const std::string dtype = vm["dtype"].as<std::string>();
+    if (dtype != "f32" && dtype != "f64")
+        throw UsageError(fmt::format("--dtype={} is not an element type (f32, f64)", dtype));
+    o.f64 = dtype == "f64";
+    return o;
+}
+
+void addCodegenOptions(po::options_description& d) {
+    d.add_options()("dtype", po::value<std::string>()->default_value("f32"),
+                    "element type of the compiled code: f32 | f64")(
+        "no-cache", "compile afresh: neither read nor write the cache of compiled code");
+}
+
 int runCheck(const po::variables_map& vm) {
     FrontEnd fe = compileFile(vm["model"].as<std::string>(), semaOptions(vm));
     const Graph& g = fe.graph;
@@ -101,7 +120,7 @@ int runCheck(const po::variables_map& vm) {
 
 int runDump(const po::variables_map& vm) {
     const std::string emit = vm["emit"].as<std::string>();
-    static const std::vector<std::string> stages = {"ast", "graph", "grad"};
+    static const std::vector<std::string> stages = {"ast", "graph", "grad", "kernels", "memplan", "llvm", "asm"};
     if (std::find(stages.begin(), stages.end(), emit) == stages.end()) {
         std::string known;
         for (auto& s : stages) known += (known.empty() ? "" : ", ") + s;
@@ -110,7 +129,18 @@ int runDump(const po::variables_map& vm) {
     FrontEnd fe = compileFile(vm["model"].as<std::string>(), semaOptions(vm));
     if (emit == "ast") fmt::print("{}", printAST(fe.ast));
     else if (emit == "graph") fmt::print("{}", printGraph(fe.graph));
-    else fmt::print("{}", printGraph(differentiate(fe.graph)));
+    else if (emit == "grad") fmt::print("{}", printGraph(differentiate(fe.graph)));
+    else if (emit == "llvm" || emit == "asm") fmt::print("{}", emitModule(fe.graph, codegenOptions(vm), emit));
+    else {
+        Graph grad = differentiate(fe.graph);
+        std::vector<std::string> gradOutputs = {"loss"};
+        for (auto& p : grad.params) gradOutputs.push_back("grad:" + p.name);
+        for (auto [name, g, outs] : {std::tuple{"forward", &fe.graph, std::vector<std::string>{"logits", "loss"}},
+                                     std::tuple{"backward", &grad, gradOutputs}}) {
+            KernelProgram p = buildKernels(*g, name, outs, 4);
+            fmt::print("{}", emit == "kernels" ? printKernels(p) : printMemoryPlan(p));
+        }
+    }
     return 0;
 }
 
@@ -165,8 +195,9 @@ int runGrads(const po::variables_map& vm) {
     const auto models = vm["models"].as<std::vector<std::string>>();
     const int64_t batch = semaOptions(vm).batch;
     const std::string backend = vm["backend"].as<std::string>();
-    if (backend != "interp")
-        throw UsageError(fmt::format("--backend={} is not available (backends: interp)", backend));
+    if (backend != "interp" && backend != "jit")
+        throw UsageError(fmt::format("--backend={} is not available (backends: jit, interp)", backend));
+    const CodegenOptions codegen = codegenOptions(vm);
     const std::string dir = vm["data"].as<std::string>();
     auto [mean, std] = parseNormalize(vm["normalize"].as<std::string>());
     const uint64_t seed = vm["seed"].as<uint64_t>();
@@ -177,7 +208,7 @@ int runGrads(const po::variables_map& vm) {
 
     // Compile every model first, so a mistake in the last one costs no data loading.
     std::vector<Graph> graphs;
-    for (auto& path : models) graphs.push_back(differentiate(compileFile(path, {batch}).graph));
+    for (auto& path : models) graphs.push_back(compileFile(path, {batch}).graph);
 
     Examples ex = readExamples(dir, /*train=*/true, batch);
     const std::string imageFile = dir + "/train-images-idx3-ubyte";
@@ -210,14 +241,23 @@ int runGrads(const po::variables_map& vm) {
                                         "{} classes, or an mse autoencoder; this model's loss is {} "
                                         "with {} outputs", 10, g.lossKind, outputs));
         }
-        auto out = interpretOutputs(g, b);
+        std::string how = backend;
+        std::map<std::string, Tensor> out;
+        if (backend == "interp") {
+            out = interpretOutputs(differentiate(g), b);
+        } else {
+            CompiledModel cm = compileModel(g, codegen);
+            how = fmt::format("jit {}, {} in {:.1f} ms", codegen.f64 ? "f64" : "f32",
+                              cm.cacheHit ? "loaded from the cache" : "compiled", cm.compileMs);
+            out = runCompiled(cm, g, b, /*backward=*/true);
+        }
         GradReport r{g.model, batch, out.at("loss").data[0], {}, 0, {}, {}};
         for (auto& p : g.params) r.params.push_back(statistics(p.name, out.at("grad:" + p.name)));
         computeVanishingFactor(r);
         if (format == "table") {
             if (m) fmt::print("\n");
-            fmt::print("{}: batch {} (the first {} training examples of {}), seed {}, backend {}\n",
-                       g.model, batch, batch, dir, seed, backend);
+            fmt::print("{}: batch {} (the first {} training examples of {}), seed {}\nbackend {}\n",
+                       g.model, batch, batch, dir, seed, how);
             fmt::print("{}", formatTable(r));
         }
         reports.push_back(std::move(r));
@@ -233,14 +273,15 @@ const std::vector<Command>& commands() {
          "parse and verify a model; print its layers, shapes and parameters",
          [](po::options_description& d) { addModelOptions(d); }, runCheck},
         {"dump", "MODEL --emit=STAGE [--batch N]",
-         "print a pipeline stage: ast, graph, grad",
+         "print a pipeline stage: ast, graph, grad, kernels, memplan, llvm, asm",
          [](po::options_description& d) {
              addModelOptions(d);
              d.add_options()("emit", po::value<std::string>()->default_value("graph"),
-                             "stage to print: ast | graph | grad");
+                             "stage to print: ast | graph | grad | kernels | memplan | llvm | asm");
+             addCodegenOptions(d);
          },
          runDump},
-        {"grads", "MODEL... [--data DIR] [--batch N] [--seed N] [--format table|json|csv] [--backend interp]",
+        {"grads", "MODEL... [--data DIR] [--batch N] [--seed N] [--format table|json|csv] [--backend jit|interp]",
          "one batch forward and backward; per-layer gradient statistics",
          [](po::options_description& d) {
              d.add_options()("models", po::value<std::vector<std::string>>()->required()->multitoken(),
@@ -252,8 +293,9 @@ const std::vector<Command>& commands() {
                  "MEAN,STD: inputs are (pixel/255 - MEAN) / STD")(
                  "seed", po::value<uint64_t>()->default_value(42), "parameter initialisation seed")(
                  "format", po::value<std::string>()->default_value("table"), "table | json | csv")(
-                 "backend", po::value<std::string>()->default_value("interp"),
-                 "interp (the double-precision reference interpreter)");
+                 "backend", po::value<std::string>()->default_value("jit"),
+                 "jit (compiled native code) | interp (the double-precision reference interpreter)");
+             addCodegenOptions(d);
          },
          runGrads},
         {"derive", "EXPR|ACTIVATION [--model FILE]",

@@ -5,6 +5,7 @@
 #include "Interpreter.h"
 #include "Parser.h"
 #include "Pipeline.h"
+#include "TestUtil.h"
 
 #include <catch2/catch.hpp>
 
@@ -18,38 +19,6 @@ using namespace gradc;
 namespace {
 
 constexpr double kEps = 1e-6, kAtol = 1e-5, kRtol = 1e-3;
-
-/// Random parameters (nn.Linear-like scale, batchnorm weights around 1), a random input and
-/// random targets that fit the loss.
-Bindings randomBindings(const Graph& g, std::mt19937& rng) {
-    Bindings b;
-    std::normal_distribution<double> normal(0, 1);
-    for (auto& p : g.params) {
-        const Node& n = g[p.node];
-        Tensor t{n.shape, std::vector<double>(size_t(elementCount(n.shape)))};
-        double bound = 1 / std::sqrt(double(p.fanIn));
-        bool bnWeight = p.init.scheme == "constant" && !p.init.args.empty() && p.init.args[0] == 1;
-        std::uniform_real_distribution<double> u(-bound, bound);
-        for (double& v : t.data) v = bnWeight ? 1 + 0.3 * normal(rng) : u(rng);
-        b[p.name] = std::move(t);
-    }
-    for (auto& n : g.nodes) {
-        if (n.op != Op::Input) continue;
-        Tensor t{n.shape, std::vector<double>(size_t(elementCount(n.shape)))};
-        if (n.name == "x") {
-            for (double& v : t.data) v = normal(rng);
-        } else if (g.lossKind == "cross_entropy") {
-            int64_t classes = g[g.output("logits")].shape[1];
-            for (double& v : t.data) v = double(rng() % uint64_t(classes));
-        } else if (g.lossKind == "bce") {
-            for (double& v : t.data) v = double(rng() % 2);
-        } else {
-            for (double& v : t.data) v = normal(rng);
-        }
-        b[n.name] = std::move(t);
-    }
-    return b;
-}
 
 double lossOf(const Graph& fwd, const Bindings& b) {
     return interpret(fwd, b)[fwd.output("loss")].data[0];

@@ -1,0 +1,236 @@
+// Codegen.cpp — from a forward graph to callable native code, through the object cache.
+#include "Codegen.h"
+
+#include "Autodiff.h"
+#include "Jit.h"
+#include "Kernels.h"
+#include "LowerToLLVM.h"
+#include "Pipeline.h"
+
+#include <fmt/format.h>
+#include <llvm/Analysis/TargetLibraryInfo.h>
+#include <llvm/IR/LLVMContext.h>
+#include <llvm/IR/LegacyPassManager.h>
+#include <llvm/IR/Module.h>
+#include <llvm/IR/Verifier.h>
+#include <llvm/Passes/PassBuilder.h>
+#include <llvm/Support/MemoryBuffer.h>
+#include <llvm/Support/SHA256.h>
+#include <llvm/Support/raw_ostream.h>
+#include <llvm/ADT/StringExtras.h>
+#include <llvm/Support/xxhash.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <unistd.h>
+
+namespace gradc {
+namespace {
+
+[[noreturn]] void fail(const std::string& what, llvm::Error err) {
+    throw UserError({}, fmt::format("{}: {}", what, llvm::toString(std::move(err))));
+}
+
+template <typename T> T check(const std::string& what, llvm::Expected<T> v) {
+    if (!v) fail(what, v.takeError());
+    return std::move(*v);
+}
+
+/// Everything between the graph and the LLVM module.
+struct Programs {
+    KernelProgram forward, backward;
+    int64_t parameterCount = 0;
+};
+
+Programs buildPrograms(const Graph& fwd, bool f64) {
+    Graph grad = differentiate(fwd);
+    std::vector<std::string> gradOutputs = {"loss"};
+    for (auto& p : grad.params) gradOutputs.push_back("grad:" + p.name);
+    const int bytes = f64 ? 8 : 4;
+    return {buildKernels(fwd, "forward", {"logits", "loss"}, bytes),
+            buildKernels(grad, "backward", gradOutputs, bytes), fwd.parameterCount()};
+}
+
+std::unique_ptr<llvm::Module> lower(llvm::LLVMContext& ctx, const Programs& p, bool f64,
+                                    llvm::TargetMachine& tm) {
+    auto m = lowerToLLVM(ctx, p.forward, p.backward, f64);
+    m->setDataLayout(tm.createDataLayout());
+    m->setTargetTriple(tm.getTargetTriple().str());
+    std::string errors;
+    llvm::raw_string_ostream os(errors);
+    internal_assert(!llvm::verifyModule(*m, &os), "invalid LLVM IR: " + errors);
+    return m;
+}
+
+void optimise(llvm::Module& m, llvm::TargetMachine& tm) {
+    llvm::LoopAnalysisManager lam;
+    llvm::FunctionAnalysisManager fam;
+    llvm::CGSCCAnalysisManager cgam;
+    llvm::ModuleAnalysisManager mam;
+    llvm::PassBuilder pb(&tm);
+    llvm::TargetLibraryInfoImpl tlii(llvm::Triple(m.getTargetTriple()));
+    if (Jit::haveLibmvec()) // vector exp, log, tanh, ... from glibc
+        tlii.addVectorizableFunctionsFromVecLib(llvm::TargetLibraryInfoImpl::LIBMVEC_X86,
+                                                llvm::Triple(m.getTargetTriple()));
+    fam.registerPass([&] { return llvm::TargetLibraryAnalysis(tlii); });
+    pb.registerModuleAnalyses(mam);
+    pb.registerCGSCCAnalyses(cgam);
+    pb.registerFunctionAnalyses(fam);
+    pb.registerLoopAnalyses(lam);
+    pb.crossRegisterProxies(lam, fam, cgam, mam);
+    pb.buildPerModuleDefaultPipeline(llvm::OptimizationLevel::O3).run(m, mam);
+}
+
+std::string emit(llvm::Module& m, llvm::TargetMachine& tm, llvm::CodeGenFileType type) {
+    llvm::SmallVector<char, 0> buffer;
+    llvm::raw_svector_ostream os(buffer);
+    llvm::legacy::PassManager pm;
+    internal_assert(!tm.addPassesToEmitFile(pm, os, nullptr, type), "the target cannot emit this file type");
+    pm.run(m);
+    return std::string(buffer.begin(), buffer.end());
+}
+
+// ---- The object cache. An entry is one file named by its key:
+//   "GRADCOBJ" | format u32 | key (64 hex digits) | size u64 | xxh3 u64 of the object | object
+// Anything that does not match exactly (a stale key, a short file, a flipped byte) is
+// ignored and rebuilt. Entries are written to a temporary file and renamed into place.
+constexpr char kMagic[8] = {'G', 'R', 'A', 'D', 'C', 'O', 'B', 'J'};
+constexpr uint32_t kFormat = 1;
+
+std::string cacheKey(const std::string& ir, bool f64) {
+    llvm::SHA256 h;
+    for (const std::string& part : {ir, Jit::hostCpu(), Jit::hostFeatures(), versionString(),
+                                     std::string(f64 ? "f64" : "f32"),
+                                     std::string(Jit::haveLibmvec() ? "libmvec" : "scalar")}) {
+        h.update(part);
+        h.update(llvm::StringRef("\0", 1));
+    }
+    std::string hex;
+    for (uint8_t byte : h.final()) hex += fmt::format("{:02x}", byte);
+    return hex;
+}
+
+std::optional<std::string> cacheLoad(const std::string& path, const std::string& key) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) return std::nullopt;
+    std::string data((std::istreambuf_iterator<char>(in)), {});
+    const size_t header = 8 + 4 + 64 + 8 + 8;
+    if (data.size() < header || data.compare(0, 8, kMagic, 8) != 0) return std::nullopt;
+    uint32_t format;
+    uint64_t size, sum;
+    std::memcpy(&format, data.data() + 8, 4);
+    std::memcpy(&size, data.data() + 76, 8);
+    std::memcpy(&sum, data.data() + 84, 8);
+    if (format != kFormat || data.compare(12, 64, key) != 0 || size != data.size() - header) return std::nullopt;
+    std::string object = data.substr(header);
+    if (llvm::xxh3_64bits(llvm::arrayRefFromStringRef(object)) != sum) return std::nullopt;
+    return object;
+}
+
+void cacheStore(const std::string& dir, const std::string& path, const std::string& key,
+                const std::string& object) {
+    std::error_code ec;
+    std::filesystem::create_directories(dir, ec);
+    if (ec) return; // a cache that cannot be written is no error: the code still runs
+    std::string tmp = fmt::format("{}.tmp.{}", path, ::getpid());
+    {
+        std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+        uint64_t size = object.size(), sum = llvm::xxh3_64bits(llvm::arrayRefFromStringRef(object));
+        out.write(kMagic, 8);
+        out.write(reinterpret_cast<const char*>(&kFormat), 4);
+        out.write(key.data(), 64);
+        out.write(reinterpret_cast<const char*>(&size), 8);
+        out.write(reinterpret_cast<const char*>(&sum), 8);
+        out.write(object.data(), std::streamsize(object.size()));
+        if (!out.flush()) {
+            std::filesystem::remove(tmp, ec);
+            return;
+        }
+    }
+    std::filesystem::rename(tmp, path, ec);
+    if (ec) std::filesystem::remove(tmp, ec);
+}
+
+/// GRADC_DEBUG=1 prints how long each stage of code generation took.
+class StageTimer {
+public:
+    StageTimer() : on_(std::getenv("GRADC_DEBUG") != nullptr), last_(std::chrono::steady_clock::now()) {}
+    void operator()(const char* stage) {
+        if (!on_) return;
+        auto now = std::chrono::steady_clock::now();
+        fmt::print(stderr, "gradc: {:8.2f} ms  {}\n", std::chrono::duration<double, std::milli>(now - last_).count(), stage);
+        last_ = now;
+    }
+
+private:
+    bool on_;
+    std::chrono::steady_clock::time_point last_;
+};
+
+} // namespace
+
+std::string defaultCacheDir() {
+    if (const char* xdg = std::getenv("XDG_CACHE_HOME"); xdg && *xdg) return std::string(xdg) + "/gradc";
+    if (const char* home = std::getenv("HOME"); home && *home) return std::string(home) + "/.cache/gradc";
+    return "/tmp/gradc-cache";
+}
+
+CompiledModel compileModel(const Graph& fwd, const CodegenOptions& opts) {
+    auto start = std::chrono::steady_clock::now();
+    StageTimer timer;
+    Programs programs = buildPrograms(fwd, opts.f64);
+    timer("differentiate, fuse, plan memory");
+    auto tm = check("cannot set up code generation for this CPU", Jit::targetMachine());
+    timer("target machine");
+    llvm::LLVMContext ctx;
+    auto m = lower(ctx, programs, opts.f64, *tm);
+    std::string ir;
+    llvm::raw_string_ostream(ir) << *m;
+    timer("lower to LLVM IR, verify, print");
+
+    CompiledModel out;
+    const std::string key = cacheKey(ir, opts.f64);
+    const std::string dir = opts.cacheDir.empty() ? defaultCacheDir() : opts.cacheDir;
+    const std::string path = dir + "/" + key + ".o";
+    std::optional<std::string> object;
+    if (opts.cache) object = cacheLoad(path, key);
+    out.cacheHit = object.has_value();
+    timer(out.cacheHit ? "cache hit" : "cache miss");
+    if (!object) {
+        optimise(*m, *tm);
+        timer("optimise (O3)");
+        object = emit(*m, *tm, llvm::CodeGenFileType::ObjectFile);
+        timer("emit object code");
+        if (opts.cache) cacheStore(dir, path, key, *object);
+    }
+    std::shared_ptr<Jit> jit = check("cannot start the JIT", Jit::create());
+    if (auto err = jit->addObject(llvm::MemoryBuffer::getMemBufferCopy(*object, "gradc-model")))
+        fail("cannot load the compiled model", std::move(err));
+    out.forward = reinterpret_cast<CompiledModel::Entry>(check("cannot find the forward function", jit->lookup("gradc_forward")));
+    out.backward = reinterpret_cast<CompiledModel::Entry>(check("cannot find the backward function", jit->lookup("gradc_backward")));
+    out.owner = jit;
+    timer("JIT: load and link");
+    out.workspaceBytes = std::max(programs.forward.workspaceBytes, programs.backward.workspaceBytes);
+    out.parameterCount = programs.parameterCount;
+    out.f64 = opts.f64;
+    out.compileMs = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+    return out;
+}
+
+std::string emitModule(const Graph& fwd, const CodegenOptions& opts, const std::string& what) {
+    Programs programs = buildPrograms(fwd, opts.f64);
+    auto tm = check("cannot set up code generation for this CPU", Jit::targetMachine());
+    llvm::LLVMContext ctx;
+    auto m = lower(ctx, programs, opts.f64, *tm);
+    optimise(*m, *tm);
+    if (what == "asm") return emit(*m, *tm, llvm::CodeGenFileType::AssemblyFile);
+    std::string ir;
+    llvm::raw_string_ostream(ir) << *m;
+    return ir;
+}
+
+} // namespace gradc

@@ -1,0 +1,43 @@
+// Codegen.h — the back half of the pipeline: differentiate, fuse, plan memory, lower to LLVM,
+// optimise, emit native code (or take it from the on-disk cache) and load it into the JIT.
+// No LLVM types appear here.
+#pragma once
+
+#include "Graph.h"
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+namespace gradc {
+
+struct CodegenOptions {
+    bool f64 = false;      ///< element type: float (default) or double
+    bool cache = true;     ///< use the on-disk cache of compiled objects
+    std::string cacheDir;  ///< default: $XDG_CACHE_HOME/gradc, else ~/.cache/gradc
+};
+
+/// A model compiled to native code. The entry points (see LowerToLLVM.h) are
+///   forward (params, x, target, logits, loss, workspace)
+///   backward(params, x, target, loss, grads, workspace)
+struct CompiledModel {
+    using Entry = void (*)(const void*, const void*, const void*, void*, void*, void*);
+    Entry forward = nullptr, backward = nullptr;
+    int64_t workspaceBytes = 0; ///< enough for either entry point
+    int64_t parameterCount = 0; ///< elements of the flat parameter (and gradient) array
+    bool f64 = false;
+    bool cacheHit = false;
+    double compileMs = 0;       ///< wall time from graph to callable code
+    std::shared_ptr<void> owner; ///< keeps the JIT and its code alive
+};
+
+/// Compiles `forward` (a model's forward graph) into forward and backward entry points.
+/// Throws UserError with an actionable message if code generation or the JIT fails.
+CompiledModel compileModel(const Graph& forward, const CodegenOptions& opts = {});
+
+/// The optimised LLVM IR ("llvm") or the assembly ("asm") of a model, as compileModel makes it.
+std::string emitModule(const Graph& forward, const CodegenOptions& opts, const std::string& what);
+
+std::string defaultCacheDir();
+
+} // namespace gradc

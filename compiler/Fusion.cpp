@@ -1,0 +1,404 @@
+// Fusion.cpp — Graph to kernel program: dead-code elimination, common subexpressions, and
+// fusion of element-wise chains into the kernels that produce or consume them.
+#include "Kernels.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <map>
+#include <tuple>
+
+namespace gradc {
+
+std::vector<int32_t> Kernel::reads() const {
+    std::vector<int32_t> r = in;
+    if (a >= 0) r.push_back(a);
+    if (b >= 0) r.push_back(b);
+    for (auto& x : args)
+        if (x.buffer >= 0) r.push_back(x.buffer);
+    return r;
+}
+
+std::vector<int32_t> Kernel::writes() const {
+    std::vector<int32_t> w;
+    for (int32_t o : out)
+        if (o >= 0) w.push_back(o);
+    for (auto& s : stores) w.push_back(s.buffer);
+    for (auto& s : columnSums) w.push_back(s.buffer);
+    return w;
+}
+
+namespace {
+
+bool elementwise(Op op) {
+    return op == Op::BiasAdd || op == Op::Act || op == Op::ActGrad || op == Op::Add;
+}
+bool matmul(Op op) { return op == Op::MatMulNT || op == Op::MatMulNN || op == Op::MatMulTN; }
+
+class Builder {
+public:
+    Builder(const Graph& g, const std::string& name, const std::vector<std::string>& outputs)
+        : g_(g), outputs_(outputs) {
+        p_.name = name;
+    }
+
+    KernelProgram run() {
+        canonicalise();
+        decideMaterialised();
+        createBuffers();
+        for (ValueId v = 0; v < g_.nodes.size(); ++v)
+            if (live_[v] && canon_[v] == v && materialised_[v]) emit(v);
+        for (auto& [v, name] : copies_) {
+            Buffer::Kind kind = name == "loss" ? Buffer::Kind::Loss
+                                : name == "logits" ? Buffer::Kind::Logits : Buffer::Kind::Grad;
+            int32_t dst = addBuffer(kind, name, g_[v].shape);
+            if (kind == Buffer::Kind::Grad) p_.buffers.back().offset = paramOffset(name.substr(5));
+            LoopBuild lb;
+            std::tie(lb.k.rows, lb.k.cols) = domain(g_[v].shape);
+            lb.k.stores.push_back({dst, lb.load(Access::Mode::Elem, buffer_[v])});
+            p_.kernels.push_back(std::move(lb.k));
+        }
+        mergeLoops();
+        dropDeadStores();
+        return std::move(p_);
+    }
+
+private:
+    const Graph& g_;
+    std::vector<std::string> outputs_;
+    KernelProgram p_;
+    std::vector<ValueId> canon_;      // CSE: each value's representative
+    std::vector<bool> live_;          // DCE: reaches a requested output
+    std::vector<int> uses_;
+    std::vector<bool> materialised_;  // has a buffer (else inlined into its one consumer)
+    std::vector<int32_t> buffer_;
+    std::vector<bool> isOutput_;
+    std::vector<std::pair<ValueId, std::string>> copies_;
+
+    const Node& node(ValueId v) const { return g_[v]; }
+    ValueId in(ValueId v, size_t i) const { return canon_[g_[v].in[i]]; }
+
+    void canonicalise() {
+        const size_t n = g_.nodes.size();
+        canon_.resize(n);
+        using Key = std::tuple<Op, std::vector<ValueId>, int32_t, bool, double>;
+        std::map<Key, ValueId> seen;
+        for (ValueId v = 0; v < n; ++v) {
+            const Node& nd = g_[v];
+            canon_[v] = v;
+            if (nd.in.empty()) continue; // leaves are distinct tensors
+            if (nd.op == Op::Act && g_.activations[size_t(nd.fn)].formula->op == scalar::Op::Var) {
+                canon_[v] = canon_[nd.in[0]]; // identity: the same value under another name
+                continue;
+            }
+            std::vector<ValueId> ins;
+            for (ValueId i : nd.in) ins.push_back(canon_[i]);
+            Key key{nd.op, ins, nd.fn, nd.byOutput, nd.eps};
+            auto [it, fresh] = seen.emplace(key, v);
+            if (!fresh) canon_[v] = it->second;
+        }
+        live_.assign(n, false);
+        uses_.assign(n, 0);
+        isOutput_.assign(n, false);
+        std::vector<ValueId> work;
+        for (auto& name : outputs_) {
+            ValueId v = canon_[g_.output(name)];
+            isOutput_[v] = true;
+            ++uses_[v];
+            work.push_back(v);
+        }
+        while (!work.empty()) {
+            ValueId v = work.back();
+            work.pop_back();
+            if (live_[v]) continue;
+            live_[v] = true;
+            for (size_t i = 0; i < g_[v].in.size(); ++i) work.push_back(in(v, i));
+        }
+        for (ValueId v = 0; v < n; ++v)
+            if (live_[v] && canon_[v] == v)
+                for (size_t i = 0; i < g_[v].in.size(); ++i) ++uses_[in(v, i)];
+    }
+
+    void decideMaterialised() {
+        const size_t n = g_.nodes.size();
+        std::vector<ValueId> consumer(n, ValueId(-1));
+        for (ValueId v = 0; v < n; ++v)
+            if (live_[v] && canon_[v] == v)
+                for (size_t i = 0; i < g_[v].in.size(); ++i) consumer[in(v, i)] = v;
+        materialised_.assign(n, true);
+        for (ValueId v = 0; v < n; ++v) {
+            const Node& nd = g_[v];
+            if (!live_[v] || canon_[v] != v || isOutput_[v] || uses_[v] != 1) continue;
+            if (!(elementwise(nd.op) || matmul(nd.op))) continue;
+            ValueId c = consumer[v];
+            if (elementwise(g_[c].op) && g_[c].shape == nd.shape) materialised_[v] = false;
+        }
+        // One matrix product per kernel: a second one in the same fused tree gets a buffer.
+        for (ValueId v = 0; v < n; ++v) {
+            if (!live_[v] || canon_[v] != v || !materialised_[v] || !elementwise(g_[v].op)) continue;
+            int products = 0;
+            std::vector<ValueId> work = {v};
+            while (!work.empty()) {
+                ValueId u = work.back();
+                work.pop_back();
+                if (u != v && materialised_[u]) continue;
+                if (matmul(g_[u].op) && ++products > 1) {
+                    materialised_[u] = true;
+                    continue;
+                }
+                for (size_t i = 0; i < g_[u].in.size(); ++i) work.push_back(in(u, i));
+            }
+        }
+    }
+
+    int32_t addBuffer(Buffer::Kind kind, std::string name, Shape shape, bool index = false) {
+        p_.buffers.push_back({kind, std::move(name), std::move(shape), index, 0});
+        return int32_t(p_.buffers.size() - 1);
+    }
+
+    /// Parameters keep PyTorch's order and layout in one flat array; gradients likewise.
+    int64_t paramOffset(const std::string& name) const {
+        int64_t offset = 0;
+        for (auto& p : g_.params) {
+            if (p.name == name) return offset;
+            offset += elementCount(g_[p.node].shape);
+        }
+        internal_assert(false, "no parameter " + name);
+        return 0;
+    }
+
+    void createBuffers() {
+        buffer_.assign(g_.nodes.size(), -1);
+        for (auto& name : outputs_) {
+            ValueId v = canon_[g_.output(name)];
+            if (buffer_[v] >= 0 || g_[v].op == Op::Input || g_[v].op == Op::Param) {
+                copies_.emplace_back(v, name); // an output that is another value's buffer
+                continue;
+            }
+            if (name == "loss") buffer_[v] = addBuffer(Buffer::Kind::Loss, "loss", {1});
+            else if (name == "logits") buffer_[v] = addBuffer(Buffer::Kind::Logits, "logits", g_[v].shape);
+            else {
+                internal_assert(name.rfind("grad:", 0) == 0, "unknown output " + name);
+                buffer_[v] = addBuffer(Buffer::Kind::Grad, name, g_[v].shape);
+                p_.buffers.back().offset = paramOffset(name.substr(5));
+            }
+        }
+        for (ValueId v = 0; v < g_.nodes.size(); ++v) {
+            const Node& nd = g_[v];
+            if (!live_[v] || canon_[v] != v || !materialised_[v] || buffer_[v] >= 0) continue;
+            if (nd.op == Op::Param) {
+                buffer_[v] = addBuffer(Buffer::Kind::Param, nd.name, nd.shape);
+                p_.buffers.back().offset = paramOffset(nd.name);
+            } else if (nd.op == Op::Input) {
+                bool x = nd.name == "x";
+                buffer_[v] = addBuffer(x ? Buffer::Kind::Input : Buffer::Kind::Target, nd.name,
+                                       nd.shape, nd.type == DType::Index);
+            } else {
+                buffer_[v] = addBuffer(Buffer::Kind::Temp, fmt::format("t{}", v), nd.shape);
+            }
+        }
+    }
+
+    // ---- Loop kernels: the expression of a fused element-wise tree.
+    struct LoopBuild {
+        Kernel k;
+        std::map<std::pair<int, int32_t>, int> argIndex;
+        scalar::E load(Access::Mode mode, int32_t buf) {
+            auto key = std::make_pair(int(mode), buf);
+            auto it = argIndex.find(key);
+            if (it != argIndex.end()) return scalar::arg(it->second);
+            k.args.push_back({mode, buf});
+            int i = int(k.args.size() - 1);
+            argIndex[key] = i;
+            return scalar::arg(i);
+        }
+    };
+
+    scalar::E exprOf(ValueId v, ValueId root, LoopBuild& lb) {
+        const Node& nd = g_[v];
+        if (v != root && materialised_[v]) return lb.load(Access::Mode::Elem, buffer_[v]);
+        using scalar::Op;
+        switch (nd.op) {
+        case gradc::Op::MatMulNT:
+        case gradc::Op::MatMulNN:
+        case gradc::Op::MatMulTN: {
+            Kernel& k = lb.k;
+            internal_assert(k.a < 0, "two products in one kernel");
+            const Shape &s0 = g_[in(v, 0)].shape, &s1 = g_[in(v, 1)].shape;
+            k.a = buffer_[in(v, 0)], k.b = buffer_[in(v, 1)];
+            k.transA = nd.op == gradc::Op::MatMulTN;
+            k.transB = nd.op == gradc::Op::MatMulNT;
+            k.depth = nd.op == gradc::Op::MatMulTN ? s0[0] : s0[1];
+            (void)s1;
+            return lb.load(Access::Mode::Acc, -1);
+        }
+        case gradc::Op::BiasAdd:
+            return scalar::make(Op::Add, {exprOf(in(v, 0), root, lb),
+                                          lb.load(Access::Mode::Col, buffer_[in(v, 1)])});
+        case gradc::Op::Act:
+            return scalar::substitute(g_.activations[size_t(nd.fn)].formula, exprOf(in(v, 0), root, lb));
+        case gradc::Op::ActGrad: {
+            const Activation& a = g_.activations[size_t(nd.fn)];
+            scalar::E val = exprOf(in(v, 0), root, lb);
+            scalar::E d = nd.byOutput ? scalar::substituteOut(a.derivativeByOutput, val)
+                                      : scalar::substitute(a.derivative, val);
+            return scalar::make(Op::Mul, {exprOf(in(v, 1), root, lb), d});
+        }
+        case gradc::Op::Add:
+            return scalar::make(Op::Add, {exprOf(in(v, 0), root, lb), exprOf(in(v, 1), root, lb)});
+        case gradc::Op::Zeros: return scalar::constant(0);
+        default: internal_assert(false, fmt::format("op '{}' cannot be fused", describe(nd.op).spelling));
+        }
+        return nullptr;
+    }
+
+    static std::pair<int64_t, int64_t> domain(const Shape& s) {
+        if (s.size() == 2) return {s[0], s[1]};
+        if (s.size() == 1) return {1, s[0]};
+        return {1, 1};
+    }
+
+    void emit(ValueId v) {
+        const Node& nd = g_[v];
+        auto buf = [&](size_t i) { return buffer_[in(v, i)]; };
+        switch (nd.op) {
+        case Op::Input:
+        case Op::Param: return;
+        case Op::SumRows: {
+            LoopBuild lb;
+            std::tie(lb.k.rows, lb.k.cols) = domain(g_[in(v, 0)].shape);
+            lb.k.columnSums.push_back({buffer_[v], lb.load(Access::Mode::Elem, buf(0))});
+            p_.kernels.push_back(std::move(lb.k));
+            return;
+        }
+        case Op::CrossEntropy:
+        case Op::CrossEntropyGrad:
+        case Op::BCEWithLogits:
+        case Op::BCEWithLogitsGrad:
+        case Op::MSE:
+        case Op::MSEGrad: {
+            Kernel::Kind kind = nd.op == Op::CrossEntropy || nd.op == Op::CrossEntropyGrad
+                                    ? Kernel::Kind::SoftmaxCrossEntropy
+                                : nd.op == Op::BCEWithLogits || nd.op == Op::BCEWithLogitsGrad
+                                    ? Kernel::Kind::BCEWithLogits
+                                    : Kernel::Kind::MSE;
+            bool grad = nd.op == Op::CrossEntropyGrad || nd.op == Op::BCEWithLogitsGrad || nd.op == Op::MSEGrad;
+            std::vector<int32_t> ins = {buf(0), buf(1)};
+            // The loss and its gradient read the same rows: one kernel computes both.
+            for (Kernel& k : p_.kernels)
+                if (k.kind == kind && k.in == ins && k.out[grad ? 1 : 0] < 0) {
+                    k.out[grad ? 1 : 0] = buffer_[v];
+                    return;
+                }
+            Kernel k;
+            k.kind = kind, k.in = ins, k.out = {-1, -1};
+            std::tie(k.rows, k.cols) = domain(g_[in(v, 0)].shape);
+            k.out[grad ? 1 : 0] = buffer_[v];
+            p_.kernels.push_back(std::move(k));
+            return;
+        }
+        case Op::BatchNorm:
+        case Op::BatchNormGradX:
+        case Op::BatchNormGradGamma: {
+            Kernel k;
+            k.kind = nd.op == Op::BatchNorm        ? Kernel::Kind::BatchNorm
+                     : nd.op == Op::BatchNormGradX ? Kernel::Kind::BatchNormGradX
+                                                   : Kernel::Kind::BatchNormGradGamma;
+            for (size_t i = 0; i < nd.in.size(); ++i) k.in.push_back(buf(i));
+            k.out = {buffer_[v]};
+            k.eps = nd.eps;
+            std::tie(k.rows, k.cols) = domain(g_[in(v, 0)].shape);
+            p_.kernels.push_back(std::move(k));
+            return;
+        }
+        default: {
+            LoopBuild lb;
+            std::tie(lb.k.rows, lb.k.cols) = domain(nd.shape);
+            scalar::E e = scalar::simplify(exprOf(v, v, lb));
+            lb.k.stores.push_back({buffer_[v], e});
+            p_.kernels.push_back(std::move(lb.k));
+            return;
+        }
+        }
+    }
+
+    /// Folds a loop kernel into the loop kernel before it when both run over the same
+    /// domain and the second reads, of what the first writes, only element-wise values the
+    /// first stores: those reads become the first kernel's expressions.
+    void mergeLoops() {
+        std::vector<Kernel> out;
+        for (Kernel& k2 : p_.kernels) {
+            if (!out.empty() && canMerge(out.back(), k2)) {
+                merge(out.back(), k2);
+                continue;
+            }
+            out.push_back(std::move(k2));
+        }
+        p_.kernels = std::move(out);
+    }
+
+    bool canMerge(const Kernel& k1, const Kernel& k2) const {
+        if (k1.kind != Kernel::Kind::Loop || k2.kind != Kernel::Kind::Loop || k2.a >= 0) return false;
+        if (k1.rows != k2.rows || k1.cols != k2.cols) return false;
+        std::vector<int32_t> w1 = k1.writes();
+        auto written = [&](int32_t b) { return std::find(w1.begin(), w1.end(), b) != w1.end(); };
+        for (auto& acc : k2.args) {
+            if (acc.buffer < 0 || !written(acc.buffer)) continue;
+            bool stored = false;
+            for (auto& s : k1.stores) stored = stored || s.buffer == acc.buffer;
+            if (acc.mode != Access::Mode::Elem || !stored) return false;
+        }
+        for (int32_t b : k2.writes())
+            for (int32_t r : k1.reads())
+                if (b == r) return false;
+        return true;
+    }
+
+    void merge(Kernel& k1, Kernel& k2) {
+        std::vector<scalar::E> values;
+        for (auto& acc : k2.args) {
+            scalar::E e;
+            for (auto& s : k1.stores)
+                if (acc.mode == Access::Mode::Elem && s.buffer == acc.buffer) e = s.expr;
+            if (!e) {
+                int idx = -1;
+                for (size_t i = 0; i < k1.args.size(); ++i)
+                    if (k1.args[i].mode == acc.mode && k1.args[i].buffer == acc.buffer) idx = int(i);
+                if (idx < 0) k1.args.push_back(acc), idx = int(k1.args.size() - 1);
+                e = scalar::arg(idx);
+            }
+            values.push_back(e);
+        }
+        for (auto& s : k2.stores) k1.stores.push_back({s.buffer, scalar::simplify(scalar::substituteArgs(s.expr, values))});
+        for (auto& s : k2.columnSums)
+            k1.columnSums.push_back({s.buffer, scalar::simplify(scalar::substituteArgs(s.expr, values))});
+    }
+
+    void dropDeadStores() {
+        std::vector<bool> read(p_.buffers.size(), false);
+        for (auto& k : p_.kernels)
+            for (int32_t b : k.reads()) read[size_t(b)] = true;
+        for (auto& k : p_.kernels) {
+            std::vector<Store> kept;
+            for (auto& s : k.stores)
+                if (p_.buffers[size_t(s.buffer)].kind != Buffer::Kind::Temp || read[size_t(s.buffer)])
+                    kept.push_back(s);
+            k.stores = std::move(kept);
+        }
+        std::vector<Kernel> live;
+        for (auto& k : p_.kernels)
+            if (!k.writes().empty()) live.push_back(std::move(k));
+        p_.kernels = std::move(live);
+    }
+};
+
+} // namespace
+
+KernelProgram buildKernels(const Graph& g, const std::string& name,
+                           const std::vector<std::string>& outputs, int elementBytes) {
+    KernelProgram p = Builder(g, name, outputs).run();
+    planMemory(p, elementBytes);
+    return p;
+}
+
+} // namespace gradc

@@ -1,0 +1,74 @@
+// Jit.cpp — LLJIT for the host, and the host's TargetMachine.
+#include "Jit.h"
+
+#include <llvm/ExecutionEngine/Orc/ExecutionUtils.h>
+#include <llvm/ExecutionEngine/Orc/JITTargetMachineBuilder.h>
+#include <llvm/Support/DynamicLibrary.h>
+#include <llvm/Support/TargetSelect.h>
+#include <llvm/TargetParser/Host.h>
+
+#include <mutex>
+
+namespace gradc {
+
+static void initialiseLLVM() {
+    static std::once_flag once;
+    std::call_once(once, [] {
+        llvm::InitializeNativeTarget();
+        llvm::InitializeNativeTargetAsmPrinter();
+        llvm::InitializeNativeTargetAsmParser();
+    });
+}
+
+bool Jit::haveLibmvec() {
+    static const bool loaded = [] {
+        std::string err;
+        return !llvm::sys::DynamicLibrary::LoadLibraryPermanently("libmvec.so.1", &err);
+    }();
+    return loaded;
+}
+
+std::string Jit::hostCpu() { return llvm::sys::getHostCPUName().str(); }
+
+std::string Jit::hostFeatures() {
+    llvm::SubtargetFeatures features;
+    for (auto& [name, on] : llvm::sys::getHostCPUFeatures()) features.AddFeature(name, on);
+    return features.getString();
+}
+
+static llvm::orc::JITTargetMachineBuilder hostBuilder() {
+    llvm::orc::JITTargetMachineBuilder jtmb(llvm::Triple(llvm::sys::getProcessTriple()));
+    jtmb.setCPU(Jit::hostCpu());
+    for (auto& [name, on] : llvm::sys::getHostCPUFeatures()) jtmb.getFeatures().AddFeature(name, on);
+    jtmb.setCodeGenOptLevel(llvm::CodeGenOptLevel::Aggressive);
+    return jtmb;
+}
+
+llvm::Expected<std::unique_ptr<llvm::TargetMachine>> Jit::targetMachine() {
+    initialiseLLVM();
+    return hostBuilder().createTargetMachine();
+}
+
+llvm::Expected<std::unique_ptr<Jit>> Jit::create() {
+    initialiseLLVM();
+    haveLibmvec();
+    auto jit = llvm::orc::LLJITBuilder().setJITTargetMachineBuilder(hostBuilder()).create();
+    if (!jit) return jit.takeError();
+    auto process = llvm::orc::DynamicLibrarySearchGenerator::GetForCurrentProcess(
+        (*jit)->getDataLayout().getGlobalPrefix());
+    if (!process) return process.takeError();
+    (*jit)->getMainJITDylib().addGenerator(std::move(*process));
+    return std::unique_ptr<Jit>(new Jit(std::move(*jit)));
+}
+
+llvm::Error Jit::addObject(std::unique_ptr<llvm::MemoryBuffer> object) {
+    return jit_->addObjectFile(std::move(object));
+}
+
+llvm::Expected<void*> Jit::lookup(llvm::StringRef symbol) {
+    auto addr = jit_->lookup(symbol);
+    if (!addr) return addr.takeError();
+    return addr->toPtr<void*>();
+}
+
+} // namespace gradc

@@ -1,0 +1,90 @@
+// Kernels.h — the kernel program: what the code generator lowers.
+//
+// Fusion turns a Graph into a list of kernels over named buffers. Most kernels are one loop
+// nest over an [rows, cols] domain that may contract a matrix product into an accumulator,
+// then evaluates scalar expressions per element (the fused element-wise chain: bias,
+// activation, activation derivative, residual sums) and stores them, and may reduce
+// expressions over rows (bias gradients). Losses and batch normalisation have kernels of
+// their own. Buffers are the entry point's arguments or slices of one workspace, placed by
+// the memory plan.
+#pragma once
+
+#include "Graph.h"
+#include "Scalar.h"
+
+#include <string>
+#include <vector>
+
+namespace gradc {
+
+struct Buffer {
+    enum class Kind { Param, Input, Target, Logits, Loss, Grad, Temp };
+    Kind kind;
+    std::string name;
+    Shape shape;
+    bool index = false;  ///< int32 class labels
+    int64_t offset = 0;  ///< Param/Grad: elements into the flat array; Temp: bytes into the workspace (-1: unused)
+    int64_t elements() const { return elementCount(shape); }
+};
+
+/// How operand `Arg(i)` of a kernel's expressions is read at element [r, c].
+struct Access {
+    enum class Mode { Acc, Elem, Col, Row }; // the accumulator, buf[r,c], buf[c], buf[r]
+    Mode mode;
+    int32_t buffer = -1;
+};
+
+struct Store {
+    int32_t buffer;
+    scalar::E expr; ///< in Arg leaves
+};
+
+struct Kernel {
+    enum class Kind { Loop, SoftmaxCrossEntropy, BCEWithLogits, MSE, BatchNorm, BatchNormGradX,
+                      BatchNormGradGamma };
+    Kind kind = Kind::Loop;
+    int64_t rows = 0, cols = 0;
+
+    // Loop: acc[r,c] = Σ_k A(r,k) B(k,c) when `a` >= 0 (A = a or aᵀ, B = b or bᵀ).
+    int32_t a = -1, b = -1;
+    bool transA = false, transB = false;
+    int64_t depth = 0;
+    std::vector<Access> args;
+    std::vector<Store> stores;          ///< buf[r,c] = expr
+    std::vector<Store> columnSums;      ///< buf[c] = Σ_r expr
+
+    // The other kinds: their operands and results, in the order the kind documents:
+    //   SoftmaxCrossEntropy in {logits, labels} out {loss, grad or -1}
+    //   BCEWithLogits / MSE in {prediction, target} out {loss, grad or -1}
+    //   BatchNorm in {x, gamma, beta} out {y};  BatchNormGradX in {x, gamma, dy} out {dx}
+    //   BatchNormGradGamma in {x, dy} out {dgamma}
+    std::vector<int32_t> in, out;
+    double eps = 0;
+
+    /// Every buffer the kernel reads, and every one it writes.
+    std::vector<int32_t> reads() const;
+    std::vector<int32_t> writes() const;
+};
+
+/// One entry point's program.
+struct KernelProgram {
+    std::string name; ///< "forward" or "backward"
+    std::vector<Buffer> buffers;
+    std::vector<Kernel> kernels;
+    int64_t workspaceBytes = 0; ///< set by the memory plan
+    int64_t scratchOffset = 0;  ///< bytes: one row of accumulators for matrix products
+    int elementBytes = 4;
+};
+
+/// Graph -> kernels: dead-code elimination, common subexpressions, fusion. `outputs` names
+/// the graph outputs the entry point returns ("logits", "loss", "grad:...").
+KernelProgram buildKernels(const Graph& g, const std::string& name,
+                           const std::vector<std::string>& outputs, int elementBytes);
+
+/// Places every Temp buffer in one workspace, reusing bytes whose values are dead.
+void planMemory(KernelProgram& p, int elementBytes);
+
+std::string printKernels(const KernelProgram& p);
+std::string printMemoryPlan(const KernelProgram& p);
+
+} // namespace gradc

@@ -1,0 +1,25 @@
+// LowerToLLVM.h — stage 6: kernel programs to one LLVM IR module with two entry points:
+//
+//   void gradc_forward (const T* params, const T* x, const void* target, T* logits, T* loss, void* ws)
+//   void gradc_backward(const T* params, const T* x, const void* target, T* loss,   T* grads, void* ws)
+//
+// T is float or double (the element type is a code generation parameter). `params` and
+// `grads` are flat arrays in parameter order with PyTorch's [out, in] layout; `target` holds
+// int32 class labels for cross_entropy and T values otherwise; `ws` is the workspace.
+#pragma once
+
+#include "Kernels.h"
+
+#include <memory>
+
+namespace llvm {
+class LLVMContext;
+class Module;
+} // namespace llvm
+
+namespace gradc {
+
+std::unique_ptr<llvm::Module> lowerToLLVM(llvm::LLVMContext& ctx, const KernelProgram& forward,
+                                          const KernelProgram& backward, bool f64);
+
+} // namespace gradc

@@ -1,0 +1,130 @@
+// MemoryPlan.cpp — one workspace for every temporary buffer, reused by liveness; and the
+// printers of the kernel program.
+#include "Kernels.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+
+namespace gradc {
+
+static int64_t alignUp(int64_t v) { return (v + 63) / 64 * 64; }
+
+void planMemory(KernelProgram& p, int elementBytes) {
+    const size_t n = p.buffers.size();
+    std::vector<int64_t> first(n, -1), last(n, -1);
+    for (size_t k = 0; k < p.kernels.size(); ++k) {
+        for (int32_t b : p.kernels[k].writes()) {
+            if (first[size_t(b)] < 0) first[size_t(b)] = int64_t(k);
+            last[size_t(b)] = std::max(last[size_t(b)], int64_t(k));
+        }
+        for (int32_t b : p.kernels[k].reads()) last[size_t(b)] = std::max(last[size_t(b)], int64_t(k));
+    }
+    p.elementBytes = elementBytes;
+    std::vector<size_t> temps;
+    for (size_t b = 0; b < n; ++b) {
+        if (p.buffers[b].kind != Buffer::Kind::Temp) continue;
+        p.buffers[b].offset = -1;
+        if (first[b] >= 0) temps.push_back(b);
+    }
+    std::sort(temps.begin(), temps.end(), [&](size_t x, size_t y) { return first[x] < first[y]; });
+
+    // First fit over the blocks still live: a block is free once its last reader has run
+    // before the new buffer's first writer (never within one kernel).
+    struct Block {
+        int64_t offset, size, end;
+    };
+    std::vector<Block> live;
+    int64_t top = 0;
+    for (size_t b : temps) {
+        live.erase(std::remove_if(live.begin(), live.end(), [&](const Block& k) { return k.end < first[b]; }),
+                   live.end());
+        std::sort(live.begin(), live.end(), [](const Block& x, const Block& y) { return x.offset < y.offset; });
+        int64_t size = alignUp(p.buffers[b].elements() * elementBytes), at = 0;
+        for (const Block& k : live) {
+            if (k.offset - at >= size) break;
+            at = std::max(at, k.offset + k.size);
+        }
+        p.buffers[b].offset = at;
+        live.push_back({at, size, last[b]});
+        top = std::max(top, at + size);
+    }
+    int64_t scratch = 0;
+    for (auto& k : p.kernels)
+        if (k.kind == Kernel::Kind::Loop && k.a >= 0) scratch = std::max(scratch, k.cols);
+    p.scratchOffset = top;
+    p.workspaceBytes = top + alignUp(scratch * elementBytes);
+}
+
+static const char* kindName(Buffer::Kind k) {
+    switch (k) {
+    case Buffer::Kind::Param: return "param";
+    case Buffer::Kind::Input: return "input";
+    case Buffer::Kind::Target: return "target";
+    case Buffer::Kind::Logits: return "logits";
+    case Buffer::Kind::Loss: return "loss";
+    case Buffer::Kind::Grad: return "grad";
+    case Buffer::Kind::Temp: return "temp";
+    }
+    return "?";
+}
+
+std::string printKernels(const KernelProgram& p) {
+    auto name = [&](int32_t b) { return b < 0 ? std::string("-") : p.buffers[size_t(b)].name; };
+    std::string out = fmt::format("program {}: {} kernels\n", p.name, p.kernels.size());
+    for (size_t i = 0; i < p.kernels.size(); ++i) {
+        const Kernel& k = p.kernels[i];
+        switch (k.kind) {
+        case Kernel::Kind::Loop: {
+            out += fmt::format("  k{}: loop [{},{}]", i, k.rows, k.cols);
+            if (k.a >= 0)
+                out += fmt::format(" acc = {}{} · {}{} (depth {})", name(k.a), k.transA ? "ᵀ" : "",
+                                   name(k.b), k.transB ? "ᵀ" : "", k.depth);
+            out += "\n";
+            for (size_t j = 0; j < k.args.size(); ++j) {
+                const Access& a = k.args[j];
+                std::string what = a.mode == Access::Mode::Acc    ? "acc"
+                                   : a.mode == Access::Mode::Elem ? name(a.buffer) + "[r,c]"
+                                   : a.mode == Access::Mode::Col  ? name(a.buffer) + "[c]"
+                                                                  : name(a.buffer) + "[r]";
+                out += fmt::format("      a{} = {}\n", j, what);
+            }
+            for (auto& s : k.stores) out += fmt::format("      {}[r,c] = {}\n", name(s.buffer), scalar::print(s.expr));
+            for (auto& s : k.columnSums)
+                out += fmt::format("      {}[c] = sum over r of {}\n", name(s.buffer), scalar::print(s.expr));
+            break;
+        }
+        default: {
+            static const char* names[] = {"loop", "softmax_cross_entropy", "bce_with_logits", "mse",
+                                          "batchnorm", "batchnorm_grad_x", "batchnorm_grad_gamma"};
+            out += fmt::format("  k{}: {} [{},{}]", i, names[size_t(k.kind)], k.rows, k.cols);
+            std::string ins, outs;
+            for (int32_t b : k.in) ins += (ins.empty() ? "" : ", ") + name(b);
+            for (int32_t b : k.out) outs += (outs.empty() ? "" : ", ") + name(b);
+            out += fmt::format(" ({}) -> ({})", ins, outs);
+            if (k.eps) out += fmt::format(" eps={}", k.eps);
+            out += "\n";
+        }
+        }
+    }
+    return out;
+}
+
+std::string printMemoryPlan(const KernelProgram& p) {
+    std::string out = fmt::format("program {}: workspace {} bytes (scratch at {})\n", p.name,
+                                  p.workspaceBytes, p.scratchOffset);
+    for (auto& b : p.buffers) {
+        if (b.kind == Buffer::Kind::Temp)
+            out += b.offset < 0 ? fmt::format("  {:<24} {:<10} temp (fused away)\n", b.name, shapeString(b.shape))
+                                : fmt::format("  {:<24} {:<10} temp bytes {}..{}\n", b.name, shapeString(b.shape),
+                                              b.offset, b.offset + b.elements() * p.elementBytes);
+        else
+            out += fmt::format("  {:<24} {:<10} {}{}\n", b.name, shapeString(b.shape), kindName(b.kind),
+                               b.kind == Buffer::Kind::Param || b.kind == Buffer::Kind::Grad
+                                   ? fmt::format(" +{}", b.offset)
+                                   : "");
+    }
+    return out;
+}
+
+} // namespace gradc
