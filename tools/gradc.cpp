@@ -16,7 +16,9 @@
 #include <boost/program_options.hpp>
 #include <fmt/format.h>
 
+#include <chrono>
 #include <cmath>
+#include <random>
 #include <cstdio>
 #include <algorithm>
 #include <functional>
@@ -267,6 +269,48 @@ int runGrads(const po::variables_map& vm) {
     return 0;
 }
 
+/// Multiply-adds of the matrix products in a graph, counted as 2 flops each.
+double matmulFlops(const Graph& g) {
+    double flops = 0;
+    for (auto& n : g.nodes) {
+        if (n.op == Op::MatMulNT) flops += 2.0 * double(elementCount(n.shape)) * double(g[n.in[0]].shape[1]);
+        if (n.op == Op::MatMulNN) flops += 2.0 * double(elementCount(n.shape)) * double(g[n.in[0]].shape[1]);
+        if (n.op == Op::MatMulTN) flops += 2.0 * double(elementCount(n.shape)) * double(g[n.in[0]].shape[0]);
+    }
+    return flops;
+}
+
+/// `gradc bench MODEL`: times the compiled forward + backward step on random data.
+int runBench(const po::variables_map& vm) {
+    const int64_t batch = semaOptions(vm).batch;
+    const int steps = vm["steps"].as<int>();
+    if (steps < 1 || steps > 1000000) throw UsageError(fmt::format("--steps {} is out of range (1 to 1000000)", steps));
+    const CodegenOptions codegen = codegenOptions(vm);
+    const std::string path = vm["model"].as<std::string>();
+    Graph g = compileFile(path, {batch}).graph;
+    CompiledModel cm = compileModel(g, codegen);
+    Graph grad = differentiate(g);
+    std::mt19937_64 rng(1);
+    Bindings b = initialiseParameters(g, 1);
+    for (auto& n : g.nodes) {
+        if (n.op != Op::Input) continue;
+        Tensor t{n.shape, std::vector<double>(size_t(elementCount(n.shape)))};
+        const int64_t classes = g[g.output("logits")].shape[1];
+        for (double& v : t.data) v = n.type == DType::Index ? double(rng() % uint64_t(classes)) : double(rng() % 1000) / 1000.0;
+        b[n.name] = std::move(t);
+    }
+    runCompiled(cm, g, b, true); // warm up
+    auto start = std::chrono::steady_clock::now();
+    for (int i = 0; i < steps; ++i) runCompiled(cm, g, b, true);
+    double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count() / steps;
+    double gflops = matmulFlops(grad) / (ms * 1e6);
+    fmt::print("{}: batch {}, {} steps, {} code {} in {:.1f} ms\n", g.model, batch, steps,
+               codegen.f64 ? "f64" : "f32", cm.cacheHit ? "loaded from the cache" : "compiled", cm.compileMs);
+    fmt::print("forward + backward: {:.3f} ms per step, {:.2f} GFLOP/s ({:.3f} GFLOP per step)\n", ms, gflops,
+               matmulFlops(grad) / 1e9);
+    return 0;
+}
+
 const std::vector<Command>& commands() {
     static const std::vector<Command> cmds = {
         {"check", "MODEL [--batch N]",
@@ -298,6 +342,14 @@ const std::vector<Command>& commands() {
              addCodegenOptions(d);
          },
          runGrads},
+        {"bench", "MODEL [--batch N] [--steps N]",
+         "time the compiled forward + backward step",
+         [](po::options_description& d) {
+             addModelOptions(d);
+             d.add_options()("steps", po::value<int>()->default_value(50), "timed steps");
+             addCodegenOptions(d);
+         },
+         runBench},
         {"derive", "EXPR|ACTIVATION [--model FILE]",
          "print an activation or a formula in x and its simplified symbolic derivative",
          [](po::options_description& d) {
