@@ -43,16 +43,23 @@ template <typename T> T check(const std::string& what, llvm::Expected<T> v) {
 /// Everything between the graph and the LLVM module.
 struct Programs {
     KernelProgram forward, backward;
-    int64_t parameterCount = 0;
+    int64_t parameterCount = 0, activationCount = 0;
 };
 
 Programs buildPrograms(const Graph& fwd, bool f64) {
     Graph grad = differentiate(fwd);
-    std::vector<std::string> gradOutputs = {"loss"};
+    std::vector<std::string> fwdOutputs, gradOutputs = {"loss"};
+    int64_t activations = 0;
+    for (auto& [name, v] : fwd.outputs) {
+        fwdOutputs.push_back(name);
+        if (name.rfind("preact:", 0) == 0) activations += elementCount(fwd[v].shape);
+    }
     for (auto& p : grad.params) gradOutputs.push_back("grad:" + p.name);
+    for (auto& name : fwdOutputs)
+        if (name.rfind("preact:", 0) == 0) gradOutputs.push_back(name);
     const int bytes = f64 ? 8 : 4;
-    return {buildKernels(fwd, "forward", {"logits", "loss"}, bytes),
-            buildKernels(grad, "backward", gradOutputs, bytes), fwd.parameterCount()};
+    return {buildKernels(fwd, "forward", fwdOutputs, bytes), buildKernels(grad, "backward", gradOutputs, bytes),
+            fwd.parameterCount(), activations};
 }
 
 std::unique_ptr<llvm::Module> lower(llvm::LLVMContext& ctx, const Programs& p, bool f64,
@@ -222,6 +229,7 @@ CompiledModel compileModel(const Graph& fwd, const CodegenOptions& opts) {
     timer("JIT: load and link");
     out.workspaceBytes = std::max(programs.forward.workspaceBytes, programs.backward.workspaceBytes);
     out.parameterCount = programs.parameterCount;
+    out.activationCount = programs.activationCount;
     out.f64 = opts.f64;
     out.compileMs = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
     return out;
@@ -229,6 +237,8 @@ CompiledModel compileModel(const Graph& fwd, const CodegenOptions& opts) {
 
 std::string emitModule(const Graph& fwd, const CodegenOptions& opts, const std::string& what) {
     Programs programs = buildPrograms(fwd, opts.f64);
+    if (what == "kernels") return printKernels(programs.forward) + printKernels(programs.backward);
+    if (what == "memplan") return printMemoryPlan(programs.forward) + printMemoryPlan(programs.backward);
     auto tm = check("cannot set up code generation for this CPU", Jit::targetMachine());
     llvm::LLVMContext ctx;
     auto m = lower(ctx, programs, opts.f64, *tm);

@@ -18,13 +18,14 @@ struct CodegenOptions {
 };
 
 /// A model compiled to native code. The entry points (see LowerToLLVM.h) are
-///   forward (params, x, target, logits, loss, workspace)
-///   backward(params, x, target, loss, grads, workspace)
+///   forward (params, x, target, logits, loss, acts, workspace)
+///   backward(params, x, target, loss, grads, acts, workspace)
 struct CompiledModel {
-    using Entry = void (*)(const void*, const void*, const void*, void*, void*, void*);
+    using Entry = void (*)(const void*, const void*, const void*, void*, void*, void*, void*);
     Entry forward = nullptr, backward = nullptr;
     int64_t workspaceBytes = 0; ///< enough for either entry point
     int64_t parameterCount = 0; ///< elements of the flat parameter (and gradient) array
+    int64_t activationCount = 0; ///< elements of the `acts` array
     bool f64 = false;
     bool cacheHit = false;
     double compileMs = 0;       ///< wall time from graph to callable code
@@ -35,7 +36,8 @@ struct CompiledModel {
 /// Throws UserError with an actionable message if code generation or the JIT fails.
 CompiledModel compileModel(const Graph& forward, const CodegenOptions& opts = {});
 
-/// The optimised LLVM IR ("llvm") or the assembly ("asm") of a model, as compileModel makes it.
+/// A stage of compileModel as text: the kernel programs ("kernels"), their memory plans
+/// ("memplan"), the optimised LLVM IR ("llvm") or the assembly ("asm").
 std::string emitModule(const Graph& forward, const CodegenOptions& opts, const std::string& what);
 
 std::string defaultCacheDir();

@@ -49,10 +49,13 @@ public:
         for (ValueId v = 0; v < g_.nodes.size(); ++v)
             if (live_[v] && canon_[v] == v && materialised_[v]) emit(v);
         for (auto& [v, name] : copies_) {
-            Buffer::Kind kind = name == "loss" ? Buffer::Kind::Loss
-                                : name == "logits" ? Buffer::Kind::Logits : Buffer::Kind::Grad;
+            Buffer::Kind kind = name == "loss"                    ? Buffer::Kind::Loss
+                                : name == "logits"                ? Buffer::Kind::Logits
+                                : name.rfind("preact:", 0) == 0 ? Buffer::Kind::Activation
+                                                                  : Buffer::Kind::Grad;
             int32_t dst = addBuffer(kind, name, g_[v].shape);
             if (kind == Buffer::Kind::Grad) p_.buffers.back().offset = paramOffset(name.substr(5));
+            if (kind == Buffer::Kind::Activation) p_.buffers.back().offset = activationOffset(name);
             LoopBuild lb;
             std::tie(lb.k.rows, lb.k.cols) = domain(g_[v].shape);
             lb.k.stores.push_back({dst, lb.load(Access::Mode::Elem, buffer_[v])});
@@ -167,6 +170,17 @@ private:
         return 0;
     }
 
+    /// Hidden activations' inputs sit one after another in the `acts` array, in output order.
+    int64_t activationOffset(const std::string& name) const {
+        int64_t offset = 0;
+        for (auto& [n, v] : g_.outputs) {
+            if (n == name) return offset;
+            if (n.rfind("preact:", 0) == 0) offset += elementCount(g_[v].shape);
+        }
+        internal_assert(false, "no output " + name);
+        return 0;
+    }
+
     void createBuffers() {
         buffer_.assign(g_.nodes.size(), -1);
         for (auto& name : outputs_) {
@@ -177,7 +191,10 @@ private:
             }
             if (name == "loss") buffer_[v] = addBuffer(Buffer::Kind::Loss, "loss", {1});
             else if (name == "logits") buffer_[v] = addBuffer(Buffer::Kind::Logits, "logits", g_[v].shape);
-            else {
+            else if (name.rfind("preact:", 0) == 0) {
+                buffer_[v] = addBuffer(Buffer::Kind::Activation, name, g_[v].shape);
+                p_.buffers.back().offset = activationOffset(name);
+            } else {
                 internal_assert(name.rfind("grad:", 0) == 0, "unknown output " + name);
                 buffer_[v] = addBuffer(Buffer::Kind::Grad, name, g_[v].shape);
                 p_.buffers.back().offset = paramOffset(name.substr(5));

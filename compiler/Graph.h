@@ -72,6 +72,7 @@ struct LayerInfo {
     std::string what;  // "linear 784 -> 512", "sigmoid", ...
     Shape in, out;
     SourceLoc loc;
+    ValueId value = 0; // the module's output
 };
 
 class Graph {
@@ -82,7 +83,9 @@ public:
     std::vector<Activation> activations;
     std::vector<ParamInfo> params;
     std::vector<LayerInfo> layers;
-    std::vector<std::pair<std::string, ValueId>> outputs; // "loss", "logits", ...
+    /// "logits", "loss", then "preact:NAME" (the input of each hidden activation layer, for
+    /// activation statistics); the differentiated graph adds "grad:NAME".
+    std::vector<std::pair<std::string, ValueId>> outputs;
     std::string lossKind;
 
     /// Appends a node after checking its operands with the op's shape rule. A mismatch is

@@ -18,12 +18,12 @@
 namespace gradc {
 
 struct Buffer {
-    enum class Kind { Param, Input, Target, Logits, Loss, Grad, Temp };
+    enum class Kind { Param, Input, Target, Logits, Loss, Grad, Activation, Temp };
     Kind kind;
     std::string name;
     Shape shape;
     bool index = false;  ///< int32 class labels
-    int64_t offset = 0;  ///< Param/Grad: elements into the flat array; Temp: bytes into the workspace (-1: unused)
+    int64_t offset = 0;  ///< Param/Grad/Activation: elements into the flat array; Temp: bytes into the workspace (-1: unused)
     int64_t elements() const { return elementCount(shape); }
 };
 

@@ -28,12 +28,12 @@ public:
 
     void entry(const KernelProgram& p, const char* symbol) {
         auto* ptr = llvm::PointerType::get(ctx_, 0);
-        auto* fnTy = llvm::FunctionType::get(b_.getVoidTy(), {ptr, ptr, ptr, ptr, ptr, ptr}, false);
+        auto* fnTy = llvm::FunctionType::get(b_.getVoidTy(), {ptr, ptr, ptr, ptr, ptr, ptr, ptr}, false);
         fn_ = llvm::Function::Create(fnTy, llvm::Function::ExternalLinkage, symbol, m_);
         fn_->addFnAttr(llvm::Attribute::NoUnwind);
-        for (unsigned i = 0; i < 6; ++i) fn_->addParamAttr(i, llvm::Attribute::NoAlias);
-        const char* names[] = {"params", "x", "target", "out0", "out1", "ws"};
-        for (unsigned i = 0; i < 6; ++i) fn_->getArg(i)->setName(names[i]);
+        for (unsigned i = 0; i < 7; ++i) fn_->addParamAttr(i, llvm::Attribute::NoAlias);
+        const char* names[] = {"params", "x", "target", "out0", "out1", "acts", "ws"};
+        for (unsigned i = 0; i < 7; ++i) fn_->getArg(i)->setName(names[i]);
         entryBlock_ = llvm::BasicBlock::Create(ctx_, "entry", fn_);
         b_.SetInsertPoint(entryBlock_);
         p_ = &p;
@@ -68,7 +68,8 @@ private:
         case Buffer::Kind::Logits: return fn_->getArg(3);
         case Buffer::Kind::Loss: return fn_->getArg(backward_ ? 3 : 4);
         case Buffer::Kind::Grad: return b_.CreateGEP(T_, fn_->getArg(4), i64(buf.offset));
-        case Buffer::Kind::Temp: return b_.CreateGEP(i8, fn_->getArg(5), i64(buf.offset));
+        case Buffer::Kind::Activation: return b_.CreateGEP(T_, fn_->getArg(5), i64(buf.offset));
+        case Buffer::Kind::Temp: return b_.CreateGEP(i8, fn_->getArg(6), i64(buf.offset));
         }
         return nullptr;
     }
@@ -213,7 +214,7 @@ private:
         }
         llvm::Value* aBase = k.a >= 0 ? base(k.a) : nullptr;
         llvm::Value* bBase = k.b >= 0 ? base(k.b) : nullptr;
-        llvm::Value* scratch = b_.CreateGEP(b_.getInt8Ty(), fn_->getArg(5), i64(p_->scratchOffset));
+        llvm::Value* scratch = b_.CreateGEP(b_.getInt8Ty(), fn_->getArg(6), i64(p_->scratchOffset));
         std::vector<llvm::Value*> argBase;
         for (auto& a : k.args) argBase.push_back(a.buffer >= 0 ? base(a.buffer) : nullptr);
         std::vector<llvm::Value*> storeBase, sumBase;

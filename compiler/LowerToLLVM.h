@@ -1,11 +1,13 @@
 // LowerToLLVM.h — stage 6: kernel programs to one LLVM IR module with two entry points:
 //
-//   void gradc_forward (const T* params, const T* x, const void* target, T* logits, T* loss, void* ws)
-//   void gradc_backward(const T* params, const T* x, const void* target, T* loss,   T* grads, void* ws)
+//   void gradc_forward (const T* params, const T* x, const void* target, T* logits, T* loss, T* acts, void* ws)
+//   void gradc_backward(const T* params, const T* x, const void* target, T* loss,   T* grads, T* acts, void* ws)
 //
 // T is float or double (the element type is a code generation parameter). `params` and
 // `grads` are flat arrays in parameter order with PyTorch's [out, in] layout; `target` holds
-// int32 class labels for cross_entropy and T values otherwise; `ws` is the workspace.
+// int32 class labels for cross_entropy and T values otherwise; `acts` receives the input of
+// every hidden activation layer (the graph's "preact:" outputs, one after another); `ws` is
+// the workspace.
 #pragma once
 
 #include "Kernels.h"

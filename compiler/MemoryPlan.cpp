@@ -64,6 +64,7 @@ static const char* kindName(Buffer::Kind k) {
     case Buffer::Kind::Logits: return "logits";
     case Buffer::Kind::Loss: return "loss";
     case Buffer::Kind::Grad: return "grad";
+    case Buffer::Kind::Activation: return "activation";
     case Buffer::Kind::Temp: return "temp";
     }
     return "?";
@@ -120,7 +121,8 @@ std::string printMemoryPlan(const KernelProgram& p) {
                                               b.offset, b.offset + b.elements() * p.elementBytes);
         else
             out += fmt::format("  {:<24} {:<10} {}{}\n", b.name, shapeString(b.shape), kindName(b.kind),
-                               b.kind == Buffer::Kind::Param || b.kind == Buffer::Kind::Grad
+                               b.kind == Buffer::Kind::Param || b.kind == Buffer::Kind::Grad ||
+                                       b.kind == Buffer::Kind::Activation
                                    ? fmt::format(" +{}", b.offset)
                                    : "");
     }

@@ -170,7 +170,7 @@ private:
         n.in = {x}, n.fn = activation(ref), n.loc = ref.loc;
         ValueId v = g_.add(std::move(n));
         g_.layers.push_back({module, g_.activations[size_t(g_[v].fn)].name, g_[x].shape,
-                             g_[v].shape, ref.loc});
+                             g_[v].shape, ref.loc, v});
         return v;
     }
 
@@ -246,7 +246,7 @@ private:
                 y = g_.add(std::move(ba));
             }
             g_.layers.push_back({mod, fmt::format("linear {} -> {}{}", in, s.size, s.bias ? "" : " (no bias)"),
-                                 g_[x].shape, g_[y].shape, s.loc});
+                                 g_[x].shape, g_[y].shape, s.loc, y});
             if (s.act) {
                 std::string actMod = s.name.empty() ? fmt::format("layers.{}", nextIndex_++) : mod;
                 y = applyAct(*s.act, y, actMod);
@@ -276,7 +276,7 @@ private:
             ValueId v = g_.add(std::move(n));
             std::string what = "add";
             for (auto& [name, _] : s.operands) what += " " + name;
-            g_.layers.push_back({moduleName(s, sc), what, g_[a].shape, g_[v].shape, s.loc});
+            g_.layers.push_back({moduleName(s, sc), what, g_[a].shape, g_[v].shape, s.loc, v});
             current_ = v;
             bindName(sc, s, v);
             return;
@@ -294,7 +294,7 @@ private:
             Node bn = makeNode(Op::BatchNorm, s.loc);
             bn.in = {x, w, b}, bn.eps = s.eps, bn.loc = s.loc;
             ValueId v = g_.add(std::move(bn));
-            g_.layers.push_back({mod, fmt::format("batchnorm {}", n), g_[x].shape, g_[v].shape, s.loc});
+            g_.layers.push_back({mod, fmt::format("batchnorm {}", n), g_[x].shape, g_[v].shape, s.loc, v});
             current_ = v;
             bindName(sc, s, v);
             return;
@@ -341,6 +341,12 @@ private:
             ValueId lv = g_.add(std::move(l));
             g_.lossKind = s.loss;
             g_.outputs = {{"logits", z}, {"loss", lv}};
+            // The input of every hidden activation (identity excepted): activation statistics.
+            for (auto& layer : g_.layers) {
+                const Node& act = g_[layer.value];
+                if (act.op == Op::Act && g_.activations[size_t(act.fn)].formula->op != scalar::Op::Var)
+                    g_.outputs.emplace_back("preact:" + layer.name, act.in[0]);
+            }
             return;
         }
         }

@@ -44,15 +44,16 @@ std::map<std::string, Tensor> run(const CompiledModel& model, const Graph& g, co
         std::aligned_alloc(64, size_t((model.workspaceBytes + 63) / 64 * 64 + 64)), &std::free);
     if (!ws) throw std::bad_alloc();
     T loss = 0;
+    std::vector<T> acts(size_t(model.activationCount));
     std::map<std::string, Tensor> out;
     if (!backward) {
         const Shape& shape = g[g.output("logits")].shape;
         std::vector<T> logits(size_t(elementCount(shape)));
-        model.forward(params.data(), x.data(), target, logits.data(), &loss, ws.get());
+        model.forward(params.data(), x.data(), target, logits.data(), &loss, acts.data(), ws.get());
         out["logits"] = Tensor{shape, std::vector<double>(logits.begin(), logits.end())};
     } else {
         std::vector<T> grads(params.size());
-        model.backward(params.data(), x.data(), target, &loss, grads.data(), ws.get());
+        model.backward(params.data(), x.data(), target, &loss, grads.data(), acts.data(), ws.get());
         size_t offset = 0;
         for (auto& p : g.params) {
             size_t n = size_t(elementCount(g[p.node].shape));
@@ -62,6 +63,13 @@ std::map<std::string, Tensor> run(const CompiledModel& model, const Graph& g, co
         }
     }
     out["loss"] = Tensor{{}, {double(loss)}};
+    size_t offset = 0;
+    for (auto& [name, v] : g.outputs) {
+        if (name.rfind("preact:", 0) != 0) continue;
+        size_t n = size_t(elementCount(g[v].shape));
+        out[name] = Tensor{g[v].shape, std::vector<double>(acts.begin() + long(offset), acts.begin() + long(offset + n))};
+        offset += n;
+    }
     return out;
 }
 

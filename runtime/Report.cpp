@@ -29,6 +29,16 @@ std::string formatTable(const GradReport& r) {
         if (st.nan || st.inf) out += fmt::format("  nan {} inf {}", st.nan, st.inf);
         out += "\n";
     }
+    if (!r.activations.empty()) {
+        out += fmt::format("\n  {:<18} {:<16} {:>10} {:>10} {:>10}\n", "activation", "function", "mean", "std",
+                           "|f'|<0.01");
+        for (auto& a : r.activations) {
+            out += fmt::format("  {:<18} {:<16} {:>10.3e} {:>10.3e} {:>9.2f}%", a.name, a.function, a.mean, a.std,
+                               100 * a.lowGradientFraction);
+            if (a.nan || a.inf) out += fmt::format("  nan {} inf {}", a.nan, a.inf);
+            out += "\n";
+        }
+    }
     if (!std::isnan(r.vanishingFactor))
         out += fmt::format("\nvanishing factor {:.3e}  (abs_mean of {} / abs_mean of {})\n",
                            r.vanishingFactor, r.firstWeight, r.lastWeight);
@@ -54,8 +64,14 @@ std::string formatJson(const std::vector<GradReport>& reports) {
                               {"inf", s.inf},
                               {"histogram", {{"edges", edges}, {"counts", s.counts}}}});
         }
+        nlohmann::json acts = nlohmann::json::array();
+        for (auto& a : r.activations)
+            acts.push_back({{"name", a.name}, {"function", a.function}, {"shape", a.shape},
+                            {"mean", number(a.mean)}, {"std", number(a.std)},
+                            {"low_gradient_fraction", number(a.lowGradientFraction)}, {"nan", a.nan},
+                            {"inf", a.inf}});
         all.push_back({{"model", r.model}, {"batch", r.batch}, {"loss", number(r.loss)},
-                       {"params", params}, {"activations", nlohmann::json::array()},
+                       {"params", params}, {"activations", acts},
                        {"vanishing_factor", number(r.vanishingFactor)}});
     }
     return (all.size() == 1 ? all[0] : all).dump(2) + "\n";

@@ -13,6 +13,7 @@ struct GradReport {
     int64_t batch = 0;
     double loss = 0;
     std::vector<TensorStats> params; ///< gradient statistics, in parameter order
+    std::vector<ActivationStats> activations;
     double vanishingFactor = 0;      ///< abs_mean(first weight grad) / abs_mean(last); NaN if < 2 weights
     std::string firstWeight, lastWeight;
 };

@@ -48,4 +48,40 @@ TensorStats statistics(const std::string& name, const Tensor& t, int bins) {
     return s;
 }
 
+ActivationStats activationStatistics(const std::string& name, const Activation& f, const Tensor& preactivation) {
+    ActivationStats s;
+    s.name = name, s.function = f.name, s.shape = preactivation.shape;
+    scalar::E df = f.derivative ? f.derivative : scalar::derivative(f.formula);
+    double sum = 0, sumSq = 0;
+    int64_t finite = 0, low = 0;
+    for (double x : preactivation.data) {
+        double y = scalar::eval(f.formula, x);
+        if (std::isnan(y)) { ++s.nan; continue; }
+        if (std::isinf(y)) { ++s.inf; continue; }
+        ++finite;
+        sum += y, sumSq += y * y;
+        low += std::fabs(scalar::eval(df, x)) < 0.01;
+    }
+    if (finite == 0) {
+        s.mean = s.std = s.lowGradientFraction = std::nan("");
+        return s;
+    }
+    s.mean = sum / double(finite);
+    s.std = std::sqrt(std::max(0.0, sumSq / double(finite) - s.mean * s.mean));
+    s.lowGradientFraction = double(low) / double(finite);
+    return s;
+}
+
+std::vector<ActivationStats> activationStatistics(const Graph& g, const std::map<std::string, Tensor>& outputs) {
+    std::vector<ActivationStats> out;
+    for (auto& [name, v] : g.outputs) {
+        if (name.rfind("preact:", 0) != 0) continue;
+        const std::string layer = name.substr(7);
+        for (auto& l : g.layers)
+            if (l.name == layer && g[l.value].op == Op::Act)
+                out.push_back(activationStatistics(layer, g.activations[size_t(g[l.value].fn)], outputs.at(name)));
+    }
+    return out;
+}
+
 } // namespace gradc

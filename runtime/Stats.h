@@ -3,6 +3,8 @@
 
 #include "Interpreter.h"
 
+#include <map>
+
 #include <string>
 #include <vector>
 
@@ -21,5 +23,22 @@ struct TensorStats {
 
 /// Statistics of the finite entries of `t` (NaN and Inf are counted apart).
 TensorStats statistics(const std::string& name, const Tensor& t, int bins = 30);
+
+/// A hidden activation layer's output y = f(x) over the batch, and how much of it passes
+/// almost no gradient: the share of units with |f'(x)| < 0.01 (saturated sigmoid/tanh
+/// units, dead ReLU units).
+struct ActivationStats {
+    std::string name;     ///< the layer: layers.1
+    std::string function; ///< sigmoid, leaky_relu(0.1), ...
+    Shape shape;
+    double mean = 0, std = 0;
+    double lowGradientFraction = 0;
+    int64_t nan = 0, inf = 0;
+};
+
+ActivationStats activationStatistics(const std::string& name, const Activation& f, const Tensor& preactivation);
+
+/// The activation statistics of every "preact:" output among `outputs` of graph `g`.
+std::vector<ActivationStats> activationStatistics(const Graph& g, const std::map<std::string, Tensor>& outputs);
 
 } // namespace gradc

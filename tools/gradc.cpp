@@ -7,7 +7,6 @@
 #include "Data.h"
 #include "Init.h"
 #include "Interpreter.h"
-#include "Kernels.h"
 #include "Report.h"
 #include "Stats.h"
 #include "Parser.h"
@@ -132,17 +131,7 @@ int runDump(const po::variables_map& vm) {
     if (emit == "ast") fmt::print("{}", printAST(fe.ast));
     else if (emit == "graph") fmt::print("{}", printGraph(fe.graph));
     else if (emit == "grad") fmt::print("{}", printGraph(differentiate(fe.graph)));
-    else if (emit == "llvm" || emit == "asm") fmt::print("{}", emitModule(fe.graph, codegenOptions(vm), emit));
-    else {
-        Graph grad = differentiate(fe.graph);
-        std::vector<std::string> gradOutputs = {"loss"};
-        for (auto& p : grad.params) gradOutputs.push_back("grad:" + p.name);
-        for (auto [name, g, outs] : {std::tuple{"forward", &fe.graph, std::vector<std::string>{"logits", "loss"}},
-                                     std::tuple{"backward", &grad, gradOutputs}}) {
-            KernelProgram p = buildKernels(*g, name, outs, 4);
-            fmt::print("{}", emit == "kernels" ? printKernels(p) : printMemoryPlan(p));
-        }
-    }
+    else fmt::print("{}", emitModule(fe.graph, codegenOptions(vm), emit));
     return 0;
 }
 
@@ -253,8 +242,10 @@ int runGrads(const po::variables_map& vm) {
                               cm.cacheHit ? "loaded from the cache" : "compiled", cm.compileMs);
             out = runCompiled(cm, g, b, /*backward=*/true);
         }
-        GradReport r{g.model, batch, out.at("loss").data[0], {}, 0, {}, {}};
+        GradReport r;
+        r.model = g.model, r.batch = batch, r.loss = out.at("loss").data[0];
         for (auto& p : g.params) r.params.push_back(statistics(p.name, out.at("grad:" + p.name)));
+        r.activations = activationStatistics(g, out);
         computeVanishingFactor(r);
         if (format == "table") {
             if (m) fmt::print("\n");

@@ -1,0 +1,26 @@
+// SafeTensors.h — parameters and gradients in the safetensors format, with PyTorch's names,
+// so a PyTorch state_dict saved as safetensors loads directly.
+#pragma once
+
+#include "Graph.h"
+#include "Interpreter.h"
+
+#include <map>
+#include <string>
+#include <vector>
+
+namespace gradc {
+
+/// Every tensor of a safetensors file (F32, F64, F16 and BF16 are read), as doubles. Throws
+/// UserError naming the file, and the tensor where one is at fault.
+std::map<std::string, Tensor> readSafetensors(const std::string& path);
+
+/// Writes the tensors as F32 (or F64), in the given order, atomically.
+void writeSafetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
+                      bool f64 = false);
+
+/// The model's parameters from a file: every parameter must be there with its shape; a
+/// tensor the model does not have is an error (batchnorm's running statistics excepted).
+Bindings loadParameters(const Graph& g, const std::string& path);
+
+} // namespace gradc
