@@ -100,6 +100,34 @@ Examples readExamples(const std::string& dir, bool train, int64_t count) {
     return e;
 }
 
+int64_t exampleCount(const std::string& dir, bool train) {
+    const std::string path = findFile(dir, std::string(train ? "train" : "t10k") + "-images-idx3-ubyte");
+    return IdxFile(path).header(3)[0];
+}
+
+Examples sample(const Examples& all, int64_t count, uint64_t seed) {
+    std::vector<int64_t> order(size_t(all.count));
+    for (int64_t i = 0; i < all.count; ++i) order[size_t(i)] = i;
+    uint64_t state = seed;
+    auto next = [&] { // splitmix64
+        uint64_t z = (state += 0x9e3779b97f4a7c15ull);
+        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+        z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+        return z ^ (z >> 31);
+    };
+    Examples out;
+    out.count = count, out.features = all.features;
+    for (int64_t i = 0; i < count; ++i) {
+        int64_t j = i + int64_t(next() % uint64_t(all.count - i));
+        std::swap(order[size_t(i)], order[size_t(j)]);
+        int64_t k = order[size_t(i)];
+        out.pixels.insert(out.pixels.end(), all.pixels.begin() + k * all.features,
+                          all.pixels.begin() + (k + 1) * all.features);
+        out.labels.push_back(all.labels[size_t(k)]);
+    }
+    return out;
+}
+
 std::vector<double> normalise(const Examples& e, double mean, double std) {
     std::vector<double> x(e.pixels.size());
     for (size_t i = 0; i < x.size(); ++i) x[i] = (e.pixels[i] / 255.0 - mean) / std;

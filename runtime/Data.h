@@ -23,6 +23,13 @@ constexpr const char* kDefaultDataDir = "/usr/share/datasets/fashion-mnist";
 /// is wrong with it: missing, not IDX, truncated, fewer examples than asked for.
 Examples readExamples(const std::string& dir, bool train, int64_t count);
 
+/// `count` examples drawn without replacement from `all` (a partial Fisher-Yates shuffle
+/// driven by `seed`; the same seed gives the same batch everywhere).
+Examples sample(const Examples& all, int64_t count, uint64_t seed);
+
+/// How many examples the data set in `dir` holds.
+int64_t exampleCount(const std::string& dir, bool train);
+
 /// Pixels to model inputs: (p/255 - mean) / std, row-major [count, features].
 std::vector<double> normalise(const Examples& e, double mean, double std);
 

@@ -8,6 +8,9 @@
 #include "Init.h"
 #include "Interpreter.h"
 #include "Report.h"
+#include "Files.h"
+#include "Plot.h"
+#include "SafeTensors.h"
 #include "Stats.h"
 #include "Parser.h"
 #include "Pipeline.h"
@@ -135,6 +138,44 @@ int runDump(const po::variables_map& vm) {
     return 0;
 }
 
+/// `gradc act sigmoid relu ...`: each activation and its derivative on [-5, 5].
+int runAct(const po::variables_map& vm) {
+    ActivationTable table;
+    if (vm.count("model")) {
+        FrontEnd fe = compileFile(vm["model"].as<std::string>());
+        for (auto& s : fe.ast.stmts)
+            if (s->kind == Stmt::Kind::ActivationDef) table.define(*s);
+    }
+    std::vector<Activation> acts;
+    for (auto& text : vm["names"].as<std::vector<std::string>>()) {
+        std::unique_ptr<Expr> e = parseExpression(makeSourceFile("<activation>", text));
+        ActRef ref{e->name, {}, e->loc};
+        bool ok = e->kind == Expr::Kind::Var || e->kind == Expr::Kind::Call;
+        for (auto& a : e->args) {
+            bool neg = a->kind == Expr::Kind::Neg && a->args[0]->kind == Expr::Kind::Number;
+            ok = ok && (a->kind == Expr::Kind::Number || neg);
+            if (ok) ref.args.push_back(neg ? -a->args[0]->number : a->number);
+        }
+        if (!ok) throw UserError({makeSourceFile("<activation>", text), 1, 1},
+                                 fmt::format("'{}' is not an activation name such as relu or elu(0.5)", text));
+        acts.push_back(table.instantiate(ref));
+    }
+    if (vm.count("plot")) {
+        writeFileAtomically(vm["plot"].as<std::string>(), activationFigure(acts));
+        return 0;
+    }
+    fmt::print("{:>6}", "x");
+    for (auto& a : acts) fmt::print("  {:>12} {:>12}", a.name, "d/dx");
+    fmt::print("\n");
+    for (int i = -5; i <= 5; ++i) {
+        fmt::print("{:>6}", i);
+        for (auto& a : acts)
+            fmt::print("  {:>12.6f} {:>12.6f}", scalar::eval(a.formula, i), scalar::eval(scalar::derivative(a.formula), i));
+        fmt::print("\n");
+    }
+    return 0;
+}
+
 /// `gradc derive sigmoid`, `gradc derive 'leaky_relu(0.1)'`, `gradc derive 'x*sigmoid(x)'`:
 /// the function and its simplified derivative, also through y = f(x) where possible.
 int runDerive(const po::variables_map& vm) {
@@ -181,6 +222,17 @@ std::pair<double, double> parseNormalize(const std::string& text) {
     return {mean, std};
 }
 
+/// The model's hidden activations, for titles: "sigmoid", "relu, tanh".
+std::string activationNames(const Graph& g) {
+    std::vector<std::string> names;
+    for (auto& l : g.layers)
+        if (g[l.value].op == Op::Act && std::find(names.begin(), names.end(), l.what) == names.end() && l.what != "identity")
+            names.push_back(l.what);
+    std::string out;
+    for (auto& n : names) out += (out.empty() ? "" : ", ") + n;
+    return out.empty() ? "none" : out;
+}
+
 /// `gradc grads MODEL...`: one batch forward and backward, per-tensor gradient statistics.
 int runGrads(const po::variables_map& vm) {
     const auto models = vm["models"].as<std::vector<std::string>>();
@@ -196,13 +248,19 @@ int runGrads(const po::variables_map& vm) {
     if (format != "table" && format != "json" && format != "csv")
         throw UsageError(fmt::format("--format={} is not a format (formats: table, json, csv)", format));
     std::vector<GradReport> reports;
+    auto fileOption = [&](const char* name) { return vm.count(name) ? vm[name].as<std::string>() : std::string(); };
+    const std::string paramsIn = fileOption("params"), paramsOut = fileOption("save-params"),
+                      gradsOut = fileOption("dump-grads"), plotOut = fileOption("plot");
+    if ((!paramsIn.empty() || !paramsOut.empty() || !gradsOut.empty()) && models.size() != 1)
+        throw UsageError("--params, --save-params and --dump-grads take exactly one model");
+    std::vector<std::pair<std::string, Tensor>> paramsToSave, gradsToSave;
 
     // Compile every model first, so a mistake in the last one costs no data loading.
     std::vector<Graph> graphs;
     for (auto& path : models) graphs.push_back(compileFile(path, {batch}).graph);
 
-    Examples ex = readExamples(dir, /*train=*/true, batch);
-    const std::string imageFile = dir + "/train-images-idx3-ubyte";
+    Examples ex = vm.count("shuffle") ? sample(readExamples(dir, true, exampleCount(dir, true)), batch, seed)
+                                      : readExamples(dir, /*train=*/true, batch);
     Tensor x{{batch, ex.features}, normalise(ex, mean, std)};
     for (size_t m = 0; m < graphs.size(); ++m) {
         const Graph& g = graphs[m];
@@ -211,7 +269,8 @@ int runGrads(const po::variables_map& vm) {
             throw UserError({makeSourceFile(models[m], ""), 0, 0},
                             fmt::format("the model takes {} inputs, but the images in {} have {} "
                                         "pixels", width, dir, ex.features));
-        Bindings b = initialiseParameters(g, seed);
+        Bindings b = paramsIn.empty() ? initialiseParameters(g, seed) : loadParameters(g, paramsIn);
+        for (auto& p : g.params) paramsToSave.emplace_back(p.name, b.at(p.name));
         b["x"] = x;
         const int64_t outputs = g[g.output("logits")].shape[1];
         if (g.lossKind == "cross_entropy") {
@@ -244,7 +303,10 @@ int runGrads(const po::variables_map& vm) {
         }
         GradReport r;
         r.model = g.model, r.batch = batch, r.loss = out.at("loss").data[0];
-        for (auto& p : g.params) r.params.push_back(statistics(p.name, out.at("grad:" + p.name)));
+        for (auto& p : g.params) {
+            r.params.push_back(statistics(p.name, out.at("grad:" + p.name)));
+            gradsToSave.emplace_back(p.name, out.at("grad:" + p.name));
+        }
         r.activations = activationStatistics(g, out);
         computeVanishingFactor(r);
         if (format == "table") {
@@ -257,6 +319,15 @@ int runGrads(const po::variables_map& vm) {
     }
     if (format == "json") fmt::print("{}", formatJson(reports));
     if (format == "csv") fmt::print("{}", formatCsv(reports));
+    // Files last: a run that fails earlier writes none.
+    const bool wide = backend == "interp" || codegen.f64;
+    if (!paramsOut.empty()) writeSafetensors(paramsOut, paramsToSave, /*f64=*/false);
+    if (!gradsOut.empty()) writeSafetensors(gradsOut, gradsToSave, wide);
+    if (!plotOut.empty()) {
+        std::vector<std::string> names;
+        for (auto& g : graphs) names.push_back(activationNames(g));
+        writeFileAtomically(plotOut, gradientFigure(reports, names));
+    }
     return 0;
 }
 
@@ -328,6 +399,11 @@ const std::vector<Command>& commands() {
                  "MEAN,STD: inputs are (pixel/255 - MEAN) / STD")(
                  "seed", po::value<uint64_t>()->default_value(42), "parameter initialisation seed")(
                  "format", po::value<std::string>()->default_value("table"), "table | json | csv")(
+                 "shuffle", "a random batch of the training set (drawn with --seed) instead of the first")(
+                 "params", po::value<std::string>(), "load parameters from FILE.safetensors (PyTorch names)")(
+                 "save-params", po::value<std::string>(), "write the parameters used to FILE.safetensors")(
+                 "dump-grads", po::value<std::string>(), "write the gradients to FILE.safetensors")(
+                 "plot", po::value<std::string>(), "draw the weight-gradient histograms to FILE.svg")(
                  "backend", po::value<std::string>()->default_value("jit"),
                  "jit (compiled native code) | interp (the double-precision reference interpreter)");
              addCodegenOptions(d);
@@ -341,6 +417,15 @@ const std::vector<Command>& commands() {
              addCodegenOptions(d);
          },
          runBench},
+        {"act", "NAME... [--plot FILE.svg] [--model FILE]",
+         "each activation and its derivative on [-5, 5]: a table, or the seed's figure",
+         [](po::options_description& d) {
+             d.add_options()("names", po::value<std::vector<std::string>>()->required()->multitoken(),
+                             "activations: sigmoid, elu(0.5), ...")(
+                 "plot", po::value<std::string>(), "draw them to FILE.svg")(
+                 "model", po::value<std::string>(), "model file whose activations may be named");
+         },
+         runAct},
         {"derive", "EXPR|ACTIVATION [--model FILE]",
          "print an activation or a formula in x and its simplified symbolic derivative",
          [](po::options_description& d) {
@@ -371,7 +456,8 @@ int runCommand(const Command& c, const std::vector<std::string>& args) {
     visible.add_options()("help,h", "show this help");
     po::positional_options_description pos;
     const std::string name = c.name;
-    pos.add(name == "derive" ? "expr" : name == "grads" ? "models" : "model", name == "grads" ? -1 : 1);
+    pos.add(name == "derive" ? "expr" : name == "grads" ? "models" : name == "act" ? "names" : "model",
+            name == "grads" || name == "act" ? -1 : 1);
     po::variables_map vm;
     try {
         po::store(po::command_line_parser(args).options(visible).positional(pos).run(), vm);

@@ -1,0 +1,144 @@
+// Plot.cpp — hand-written SVG: rectangles, polylines and text, nothing else.
+#include "Plot.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+
+namespace gradc {
+namespace {
+
+constexpr double kPanelW = 300, kPanelH = 210, kPad = 46, kRowTitle = 34;
+const char* kColors[] = {"#2ca02c", "#1f77b4", "#ff7f0e", "#d62728", "#9467bd", "#8c564b"};
+
+std::string escape(const std::string& s) {
+    std::string out;
+    for (char c : s) {
+        switch (c) {
+        case '<': out += "&lt;"; break;
+        case '>': out += "&gt;"; break;
+        case '&': out += "&amp;"; break;
+        case '"': out += "&quot;"; break;
+        default: out += c;
+        }
+    }
+    return out;
+}
+
+std::string header(double w, double h) {
+    return fmt::format("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
+                       "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{:.0f}\" height=\"{:.0f}\" "
+                       "viewBox=\"0 0 {:.0f} {:.0f}\" font-family=\"sans-serif\" font-size=\"11\">\n"
+                       "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n",
+                       w, h, w, h);
+}
+
+std::string text(double x, double y, const std::string& s, const char* anchor = "middle", int size = 11,
+                 const char* color = "black") {
+    return fmt::format("<text x=\"{:.1f}\" y=\"{:.1f}\" text-anchor=\"{}\" font-size=\"{}\" fill=\"{}\">{}</text>\n",
+                       x, y, anchor, size, color, escape(s));
+}
+
+/// The frame of a panel at (x0, y0) with its plot area, title and axis labels.
+struct Frame {
+    double x0, y0, left, right, top, bottom;
+    Frame(double x, double y) : x0(x), y0(y), left(x + kPad), right(x + kPanelW - 12), top(y + 26), bottom(y + kPanelH - 30) {}
+    double px(double t) const { return left + t * (right - left); }   // t in [0, 1]
+    double py(double t) const { return bottom - t * (bottom - top); } // t in [0, 1]
+    std::string draw(const std::string& title, const std::string& xlabel) const {
+        return fmt::format("<rect x=\"{:.1f}\" y=\"{:.1f}\" width=\"{:.1f}\" height=\"{:.1f}\" fill=\"none\" "
+                           "stroke=\"#444\"/>\n",
+                           left, top, right - left, bottom - top) +
+               text((left + right) / 2, y0 + 16, title, "middle", 12) +
+               text((left + right) / 2, bottom + 26, xlabel);
+    }
+};
+
+std::string number(double v) { return fmt::format("{:.2g}", v); }
+
+} // namespace
+
+std::string gradientFigure(const std::vector<GradReport>& reports, const std::vector<std::string>& activationNames) {
+    size_t columns = 1;
+    for (auto& r : reports) {
+        size_t n = 0;
+        for (auto& s : r.params) n += s.shape.size() == 2;
+        columns = std::max(columns, n);
+    }
+    const double width = double(columns) * kPanelW, rowH = kRowTitle + kPanelH;
+    std::string svg = header(width, double(reports.size()) * rowH);
+    for (size_t row = 0; row < reports.size(); ++row) {
+        const GradReport& r = reports[row];
+        const double y = double(row) * rowH;
+        const std::string act = row < activationNames.size() ? activationNames[row] : r.model;
+        svg += text(width / 2, y + 22, fmt::format("Gradient magnitude distribution for activation function {} ({})",
+                                                   act, r.model), "middle", 14);
+        size_t col = 0;
+        for (auto& s : r.params) {
+            if (s.shape.size() != 2) continue; // weights only, as the seed's figure
+            Frame f(double(col++) * kPanelW, y + kRowTitle);
+            svg += fmt::format("<g class=\"panel\" data-tensor=\"{}\">\n", escape(s.name));
+            svg += f.draw(s.name, "Grad magnitude");
+            int64_t most = 1;
+            for (int64_t c : s.counts) most = std::max(most, c);
+            const double bins = double(s.counts.size());
+            for (size_t b = 0; b < s.counts.size(); ++b) {
+                double h = double(s.counts[b]) / double(most);
+                svg += fmt::format("<rect x=\"{:.2f}\" y=\"{:.2f}\" width=\"{:.2f}\" height=\"{:.2f}\" fill=\"{}\" "
+                                   "fill-opacity=\"0.8\" stroke=\"white\" stroke-width=\"0.3\"/>\n",
+                                   f.px(double(b) / bins), f.py(h), (f.right - f.left) / bins, f.bottom - f.py(h),
+                                   kColors[row % std::size(kColors)]);
+            }
+            if (!s.edges.empty()) {
+                svg += text(f.left, f.bottom + 13, number(s.edges.front()), "start", 9);
+                svg += text(f.right, f.bottom + 13, number(s.edges.back()), "end", 9);
+            }
+            svg += text(f.left - 4, f.top + 8, std::to_string(most), "end", 9);
+            svg += text(f.left - 4, f.bottom, "0", "end", 9);
+            svg += "</g>\n";
+        }
+    }
+    return svg + "</svg>\n";
+}
+
+std::string activationFigure(const std::vector<Activation>& activations) {
+    const size_t columns = std::min<size_t>(std::max<size_t>(activations.size(), 1), 4);
+    const size_t rows = (activations.size() + columns - 1) / columns;
+    std::string svg = header(double(columns) * kPanelW, double(std::max<size_t>(rows, 1)) * kPanelH + 10);
+    for (size_t i = 0; i < activations.size(); ++i) {
+        const Activation& a = activations[i];
+        Frame f(double(i % columns) * kPanelW, double(i / columns) * kPanelH + 10);
+        scalar::E df = a.derivative ? a.derivative : scalar::derivative(a.formula);
+        std::vector<double> xs, ys, ds;
+        for (int k = 0; k < 1000; ++k) {
+            double x = -5 + 10.0 * k / 999;
+            xs.push_back(x), ys.push_back(scalar::eval(a.formula, x)), ds.push_back(scalar::eval(df, x));
+        }
+        double lo = 0, hi = 1;
+        for (size_t k = 0; k < xs.size(); ++k)
+            for (double v : {ys[k], ds[k]})
+                if (std::isfinite(v)) lo = std::min(lo, v), hi = std::max(hi, v);
+        auto curve = [&](const std::vector<double>& v, const char* color) {
+            std::string pts;
+            for (size_t k = 0; k < xs.size(); ++k)
+                if (std::isfinite(v[k]))
+                    pts += fmt::format("{:.2f},{:.2f} ", f.px((xs[k] + 5) / 10), f.py((v[k] - lo) / (hi - lo)));
+            return fmt::format("<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"2\" points=\"{}\"/>\n", color, pts);
+        };
+        svg += fmt::format("<g class=\"panel\" data-activation=\"{}\">\n", escape(a.name));
+        svg += f.draw(a.name, "x");
+        double zero = f.py((0 - lo) / (hi - lo));
+        svg += fmt::format("<line x1=\"{:.1f}\" y1=\"{:.1f}\" x2=\"{:.1f}\" y2=\"{:.1f}\" stroke=\"#bbb\"/>\n", f.left,
+                           zero, f.right, zero);
+        svg += curve(ys, "#1f77b4") + curve(ds, "#ff7f0e");
+        svg += text(f.left + 8, f.top + 14, "ActFn", "start", 11, "#1f77b4") +
+               text(f.left + 8, f.top + 28, "Gradient", "start", 11, "#ff7f0e");
+        svg += text(f.left, f.bottom + 13, "-5", "start", 9) + text(f.right, f.bottom + 13, "5", "end", 9);
+        svg += text(f.left - 4, f.top + 8, number(hi), "end", 9) + text(f.left - 4, f.bottom, number(lo), "end", 9);
+        svg += "</g>\n";
+    }
+    return svg + "</svg>\n";
+}
+
+} // namespace gradc

@@ -1,0 +1,20 @@
+// Plot.h — the seed's two figures as SVG: per-layer gradient histograms, and activation
+// functions with their derivatives.
+#pragma once
+
+#include "Activations.h"
+#include "Report.h"
+
+#include <string>
+#include <vector>
+
+namespace gradc {
+
+/// One row of histogram panels per model: one panel per weight tensor (30 bins, the tensor's
+/// name as the panel title), under a title naming the model's activation.
+std::string gradientFigure(const std::vector<GradReport>& reports, const std::vector<std::string>& activationNames);
+
+/// One panel per activation: f and f' on [-5, 5], as the seed's first figure.
+std::string activationFigure(const std::vector<Activation>& activations);
+
+} // namespace gradc
