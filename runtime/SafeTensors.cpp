@@ -53,7 +53,7 @@ double element(const std::string& dtype, const char* p) {
 
 } // namespace
 
-std::map<std::string, Tensor> readSafetensors(const std::string& path) {
+std::map<std::string, Tensor> readSafetensors(const std::string& path, std::map<std::string, std::string>* dtypes) {
     const std::string data = readWholeFile(path, "parameter file");
     if (data.size() < 8) fail(path, fmt::format("not a safetensors file: {} bytes, too short for a header", data.size()));
     uint64_t n = 0;
@@ -104,6 +104,7 @@ std::map<std::string, Tensor> readSafetensors(const std::string& path) {
         const char* p = data.data() + base + begin;
         for (size_t i = 0; i < size_t(count); ++i, p += width) t.data[i] = element(dtype, p);
         out[name] = std::move(t);
+        if (dtypes) (*dtypes)[name] = dtype;
     }
     return out;
 }
@@ -133,7 +134,8 @@ void writeSafetensors(const std::string& path, const std::vector<std::pair<std::
 }
 
 Bindings loadParameters(const Graph& g, const std::string& path) {
-    std::map<std::string, Tensor> file = readSafetensors(path);
+    std::map<std::string, std::string> dtypes;
+    std::map<std::string, Tensor> file = readSafetensors(path, &dtypes);
     Bindings out;
     std::set<std::string> batchnorms;
     for (auto& l : g.layers)
@@ -141,6 +143,8 @@ Bindings loadParameters(const Graph& g, const std::string& path) {
     for (auto& p : g.params) {
         auto it = file.find(p.name);
         if (it == file.end()) fail(path, fmt::format("tensor '{}' of the model is missing", p.name));
+        if (dtypes[p.name][0] != 'F' && dtypes[p.name] != "BF16")
+            fail(path, fmt::format("tensor '{}' has dtype {}; parameters are floating point", p.name, dtypes[p.name]));
         const Shape& want = g[p.node].shape;
         if (it->second.shape != want)
             fail(path, fmt::format("tensor '{}' has shape {}, the model needs {} (PyTorch's [out, in] layout)",

@@ -13,7 +13,8 @@ namespace gradc {
 
 /// Every tensor of a safetensors file (F32, F64, F16 and BF16 are read), as doubles. Throws
 /// UserError naming the file, and the tensor where one is at fault.
-std::map<std::string, Tensor> readSafetensors(const std::string& path);
+std::map<std::string, Tensor> readSafetensors(const std::string& path,
+                                              std::map<std::string, std::string>* dtypes = nullptr);
 
 /// Writes the tensors as F32 (or F64), in the given order, atomically.
 void writeSafetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors,

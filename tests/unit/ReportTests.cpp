@@ -1,0 +1,237 @@
+// ReportTests.cpp — parameter files (safetensors), the SVG figures, shuffled batches, and
+// output files that are written whole or not at all.
+#include "Data.h"
+#include "Pipeline.h"
+#include "Plot.h"
+#include "SafeTensors.h"
+#include "Stats.h"
+
+#include <catch2/catch.hpp>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <regex>
+#include <set>
+
+using namespace gradc;
+namespace fs = std::filesystem;
+
+namespace {
+
+struct Scratch {
+    fs::path dir;
+    explicit Scratch(const std::string& name) : dir(fs::temp_directory_path() / ("gradc_report_" + name)) {
+        fs::remove_all(dir);
+        fs::create_directories(dir);
+    }
+    ~Scratch() { fs::remove_all(dir); }
+    std::string path(const std::string& f) const { return (dir / f).string(); }
+    void write(const std::string& f, const std::string& bytes) const { std::ofstream(dir / f, std::ios::binary) << bytes; }
+};
+
+std::string safetensorsBytes(const std::string& json, const std::string& data) {
+    std::string out(8, '\0');
+    for (int i = 0; i < 8; ++i) out[size_t(i)] = char(uint64_t(json.size()) >> (8 * i));
+    return out + json + data;
+}
+
+std::string errorOf(const std::function<void()>& f) {
+    try {
+        f();
+    } catch (const UserError& e) {
+        return e.format();
+    }
+    return "";
+}
+
+/// Well-formed XML, checked plainly: every tag closes in order, attributes are quoted.
+bool wellFormed(const std::string& xml) {
+    std::vector<std::string> open;
+    std::regex tag(R"(<(/?)([A-Za-z?][\w:.-]*)((?:\s+[\w:.-]+="[^"<]*")*)\s*(/?|\?)>)");
+    size_t pos = 0;
+    for (std::sregex_iterator it(xml.begin(), xml.end(), tag), end; it != end; ++it) {
+        const std::smatch& m = *it;
+        std::string between = xml.substr(pos, size_t(m.position()) - pos);
+        if (between.find('<') != std::string::npos) return false; // a tag the pattern did not accept
+        pos = size_t(m.position() + m.length());
+        std::string name = m[2];
+        if (name[0] == '?' || m[4] == "/") continue;
+        if (m[1] == "/") {
+            if (open.empty() || open.back() != name) return false;
+            open.pop_back();
+        } else {
+            open.push_back(name);
+        }
+    }
+    return open.empty() && xml.find('<', pos) == std::string::npos;
+}
+
+size_t count(const std::string& s, const std::string& what) {
+    size_t n = 0;
+    for (size_t p = s.find(what); p != std::string::npos; p = s.find(what, p + 1)) ++n;
+    return n;
+}
+
+Graph smallModel() {
+    return compileSource("small.nn", "input 3\ndense 4 relu\nbatchnorm\ndense 2\nloss cross_entropy\n", {4}).graph;
+}
+
+} // namespace
+
+TEST_CASE("safetensors files round-trip with PyTorch's names", "[params]") {
+    Scratch s("roundtrip");
+    Tensor a{{2, 3}, {1, -2, 3.5, 4, 5e-8, -6}}, b{{3}, {0.25, 1e30, -1e-30}};
+    for (bool f64 : {false, true}) {
+        writeSafetensors(s.path("t.safetensors"), {{"layers.0.weight", a}, {"layers.0.bias", b}}, f64);
+        std::map<std::string, std::string> dtypes;
+        auto back = readSafetensors(s.path("t.safetensors"), &dtypes);
+        CHECK(dtypes.at("layers.0.weight") == (f64 ? "F64" : "F32"));
+        CHECK(back.at("layers.0.weight").shape == a.shape);
+        for (size_t i = 0; i < a.data.size(); ++i)
+            CHECK(back.at("layers.0.weight").data[i] == Approx(a.data[i]).epsilon(f64 ? 1e-15 : 1e-7));
+        CHECK(back.at("layers.0.bias").data[1] == Approx(1e30).epsilon(1e-7));
+    }
+    // Half precision and integers are read too.
+    s.write("h.safetensors", safetensorsBytes(R"({"a":{"dtype":"F16","shape":[2],"data_offsets":[0,4]},)"
+                                              R"("b":{"dtype":"BF16","shape":[1],"data_offsets":[4,6]},)"
+                                              R"("c":{"dtype":"I64","shape":[1],"data_offsets":[6,14]}})",
+                                              std::string("\x00\x3c\x00\xc0\x80\x3f", 6) + std::string("\x07\0\0\0\0\0\0\0", 8)));
+    auto h = readSafetensors(s.path("h.safetensors"));
+    CHECK(h.at("a").data == std::vector<double>{1.0, -2.0});
+    CHECK(h.at("b").data == std::vector<double>{1.0});
+    CHECK(h.at("c").data == std::vector<double>{7.0});
+}
+
+TEST_CASE("bad safetensors files are refused, naming the file and the tensor", "[params]") {
+    Scratch s("bad");
+    auto err = [&](const std::string& bytes) {
+        s.write("bad.safetensors", bytes);
+        return errorOf([&] { readSafetensors(s.path("bad.safetensors")); });
+    };
+    const std::string file = s.path("bad.safetensors") + ": error: ";
+    CHECK_THAT(err("abc"), Catch::StartsWith(file + "not a safetensors file: 3 bytes"));
+    CHECK_THAT(err(std::string("\xff\xff\0\0\0\0\0\0{}", 10)), Catch::Contains("header length 65535 exceeds the file"));
+    CHECK_THAT(err(safetensorsBytes("{not json", "")), Catch::Contains("the header is not valid JSON"));
+    CHECK_THAT(err(safetensorsBytes("[1,2]", "")), Catch::Contains("the header is not a JSON object"));
+    CHECK_THAT(err(safetensorsBytes(R"({"w":{"dtype":"F32","shape":[2]}})", "")),
+               Catch::Contains("tensor 'w': needs dtype, shape and data_offsets"));
+    CHECK_THAT(err(safetensorsBytes(R"({"w":{"dtype":"C64","shape":[1],"data_offsets":[0,8]}})", std::string(8, '\0'))),
+               Catch::Contains("tensor 'w': dtype C64 is not one gradc reads"));
+    CHECK_THAT(err(safetensorsBytes(R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", "abcd")),
+               Catch::Contains("tensor 'w': data_offsets [0, 8] lie outside the 4 bytes of data"));
+    CHECK_THAT(err(safetensorsBytes(R"({"w":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", std::string(8, '\0'))),
+               Catch::Contains("tensor 'w': 8 bytes of data for 3 elements of F32"));
+    CHECK_THAT(err(safetensorsBytes(R"({"w":{"dtype":"F32","shape":[-1],"data_offsets":[0,0]}})", "")),
+               Catch::Contains("tensor 'w': shape holds something other than sizes"));
+    CHECK_THAT(errorOf([&] { readSafetensors(s.path("absent.safetensors")); }),
+               Catch::Contains("absent.safetensors: error: cannot open parameter file"));
+}
+
+TEST_CASE("a parameter file must fit the model exactly", "[params]") {
+    Scratch s("fit");
+    Graph g = smallModel();
+    std::vector<std::pair<std::string, Tensor>> good;
+    for (auto& p : g.params) good.emplace_back(p.name, Tensor{g[p.node].shape, std::vector<double>(size_t(elementCount(g[p.node].shape)), 0.5)});
+    auto check = [&](std::vector<std::pair<std::string, Tensor>> tensors, const std::string& expect) {
+        writeSafetensors(s.path("p.safetensors"), tensors);
+        std::string e = errorOf([&] { loadParameters(g, s.path("p.safetensors")); });
+        if (expect.empty()) CHECK(e.empty());
+        else CHECK_THAT(e, Catch::Contains(expect));
+    };
+    check(good, "");
+    auto missing = good;
+    missing.erase(missing.begin() + 1);
+    check(missing, "tensor 'layers.0.bias' of the model is missing");
+    auto extra = good;
+    extra.emplace_back("layers.9.weight", Tensor{{1}, {1}});
+    check(extra, "tensor 'layers.9.weight' is not a parameter of model small");
+    auto running = good; // PyTorch's batchnorm buffers are accepted and unused
+    running.emplace_back("layers.2.running_mean", Tensor{{4}, {0, 0, 0, 0}});
+    check(running, "");
+    auto misshapen = good;
+    misshapen[0].second.shape = {3, 4}; // [in, out] instead of PyTorch's [out, in]
+    check(misshapen, "tensor 'layers.0.weight' has shape [3,4], the model needs [4,3]");
+    s.write("int.safetensors", safetensorsBytes(R"({"layers.0.weight":{"dtype":"I32","shape":[4,3],"data_offsets":[0,48]}})",
+                                                std::string(48, '\0')));
+    CHECK_THAT(errorOf([&] { loadParameters(g, s.path("int.safetensors")); }),
+               Catch::Contains("tensor 'layers.0.weight' has dtype I32; parameters are floating point"));
+}
+
+TEST_CASE("the gradient and activation figures are well-formed SVG with the expected panels", "[plot]") {
+    GradReport r;
+    r.model = "seed";
+    for (const char* name : {"layers.0.weight", "layers.0.bias", "layers.2.weight"})
+        r.params.push_back(statistics(name, Tensor{std::string(name).find("bias") != std::string::npos ? Shape{4} : Shape{2, 2},
+                                                   {1e-6, -2e-6, 3e-6, 0}}));
+    GradReport r2 = r;
+    r2.model = "other & <more>";
+    std::string svg = gradientFigure({r, r2}, {"sigmoid", "relu"});
+    CHECK(wellFormed(svg));
+    CHECK(count(svg, "<g class=\"panel\"") == 4); // weights only, one row per model
+    CHECK(count(svg, ">layers.2.weight</text>") == 2);
+    CHECK_THAT(svg, Catch::Contains("Gradient magnitude distribution for activation function sigmoid (seed)"));
+    CHECK_THAT(svg, Catch::Contains("relu (other &amp; &lt;more&gt;)"));
+    CHECK(count(svg, "<rect x=") >= 2 * 30 * 2); // 30 bins a panel
+    ActivationTable table;
+    std::string acts = activationFigure({table.instantiate({"sigmoid", {}, {}}), table.instantiate({"elu", {0.5}, {}})});
+    CHECK(wellFormed(acts));
+    CHECK(count(acts, "<g class=\"panel\"") == 2);
+    CHECK(count(acts, "<polyline") == 4); // the function and its derivative in each
+    CHECK_THAT(acts, Catch::Contains(">elu(0.5)</text>"));
+    CHECK_FALSE(wellFormed("<svg><g></svg></g>"));
+    CHECK_FALSE(wellFormed("<svg><rect x=1/></svg>"));
+}
+
+TEST_CASE("a shuffled batch is a deterministic draw without repeats", "[data]") {
+    Examples all;
+    all.count = 1000, all.features = 1;
+    for (int i = 0; i < 1000; ++i) all.pixels.push_back(uint8_t(i % 256)), all.labels.push_back(uint8_t(i % 10));
+    Examples a = sample(all, 300, 7), b = sample(all, 300, 7), c = sample(all, 300, 8);
+    CHECK(a.pixels == b.pixels);
+    CHECK(a.pixels != c.pixels);
+    CHECK(a.count == 300);
+    // Each example is drawn once: pixel i%256 with label i%10 identifies i up to 1280 > 1000.
+    std::set<std::pair<int, int>> seen;
+    for (int i = 0; i < 300; ++i) seen.emplace(a.pixels[size_t(i)], a.labels[size_t(i)]);
+    CHECK(seen.size() == 300);
+}
+
+TEST_CASE("gradc grads writes its files only when the whole run succeeds", "[params]") {
+    Scratch s("cli");
+    auto run = [&](const std::string& args) {
+        std::string cmd = std::string(GRADC_EXE) + " grads " + args + " >" + s.path("out.txt") + " 2>&1";
+        int rc = std::system(cmd.c_str());
+        std::ifstream in(s.path("out.txt"));
+        return std::make_pair(WEXITSTATUS(rc), std::string(std::istreambuf_iterator<char>(in), {}));
+    };
+    const std::string model = GRADC_SOURCE_DIR "/models/seed_sigmoid.nn";
+    auto [rc, out] = run(model + " --batch 16 --save-params " + s.path("p.safetensors") + " --dump-grads " +
+                         s.path("g.safetensors") + " --plot " + s.path("g.svg"));
+    REQUIRE(rc == 0);
+    CHECK(fs::exists(s.path("p.safetensors")));
+    CHECK(fs::exists(s.path("g.safetensors")));
+    CHECK(fs::exists(s.path("g.svg")));
+    // The saved parameters reproduce the run: the same gradients, bit for bit.
+    std::tie(rc, out) = run(model + " --batch 16 --params " + s.path("p.safetensors") + " --dump-grads " +
+                            s.path("g2.safetensors"));
+    REQUIRE(rc == 0);
+    auto g1 = readSafetensors(s.path("g.safetensors")), g2 = readSafetensors(s.path("g2.safetensors"));
+    for (auto& [name, t] : g1) CHECK(t.data == g2.at(name).data);
+    // A bad parameter file: an error naming it, exit 1, and no output file.
+    s.write("bad.safetensors", "garbage");
+    std::tie(rc, out) = run(model + " --batch 16 --params " + s.path("bad.safetensors") + " --dump-grads " +
+                            s.path("never.safetensors") + " --plot " + s.path("never.svg"));
+    CHECK(rc == 1);
+    CHECK_THAT(out, Catch::StartsWith(s.path("bad.safetensors") + ": error: not a safetensors file"));
+    CHECK_FALSE(fs::exists(s.path("never.safetensors")));
+    CHECK_FALSE(fs::exists(s.path("never.svg")));
+    // An output path that cannot be written: an error naming it, and no temporary file left.
+    std::tie(rc, out) = run(model + " --batch 16 --plot " + s.path("no/such/dir/g.svg"));
+    CHECK(rc == 1);
+    CHECK_THAT(out, Catch::Contains("no/such/dir/g.svg: error: cannot write"));
+    std::tie(rc, out) = run(model + " " + model + " --params " + s.path("p.safetensors"));
+    CHECK(rc == 2);
+    CHECK_THAT(out, Catch::Contains("--params, --save-params and --dump-grads take exactly one model"));
+    for (auto& e : fs::directory_iterator(s.dir)) CHECK(e.path().string().find(".tmp.") == std::string::npos);
+}
