@@ -1,0 +1,48 @@
+// Model.cpp — the public gradc::Model over the front end.
+#include "ModelImpl.h"
+
+namespace gradc {
+
+Model Model::fromFile(const std::string& path) {
+    return publicCall([&] {
+        auto impl = std::make_shared<Impl>();
+        impl->file = readSourceFile(path);
+        impl->init();
+        return Model(impl);
+    });
+}
+
+Model Model::fromString(const std::string& name, const std::string& text) {
+    return publicCall([&] {
+        auto impl = std::make_shared<Impl>();
+        impl->file = makeSourceFile(name, text);
+        impl->init();
+        return Model(impl);
+    });
+}
+
+void Model::Impl::init() {
+    ast = std::make_shared<Module>(parse(file));
+    // The smallest batch every model accepts (training-mode batchnorm needs two examples);
+    // a Session builds the graph again at its own batch size.
+    graph = buildGraph(*ast, {2});
+}
+
+const std::string& Model::name() const { return impl_->graph.model; }
+int64_t Model::inputWidth() const { return impl_->graph[0].shape[1]; }
+int64_t Model::outputWidth() const { return impl_->graph[impl_->graph.output("logits")].shape[1]; }
+const std::string& Model::loss() const { return impl_->graph.lossKind; }
+int64_t Model::parameterCount() const { return impl_->graph.parameterCount(); }
+
+std::vector<ParameterInfo> Model::parameters() const {
+    std::vector<ParameterInfo> out;
+    int64_t offset = 0;
+    for (auto& p : impl_->graph.params) {
+        const Shape& s = impl_->graph[p.node].shape;
+        out.push_back({p.name, s, offset, elementCount(s)});
+        offset += elementCount(s);
+    }
+    return out;
+}
+
+} // namespace gradc

@@ -1,0 +1,77 @@
+// gradc/Session.h — a model compiled for one batch size, with its parameters and gradients.
+#pragma once
+
+#include <gradc/Model.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace gradc {
+
+struct SessionOptions {
+    std::string backend = "jit"; ///< "jit" (native code) or "interp" (the reference interpreter)
+    bool cache = true;           ///< use the on-disk cache of compiled code
+};
+
+/// Statistics of one gradient tensor (NaN and Inf are counted, never folded in).
+struct GradientStatistics {
+    std::string name;
+    std::vector<int64_t> shape;
+    int64_t count = 0;
+    double mean = 0, std = 0, absMean = 0, min = 0, max = 0, l2 = 0;
+    double zeroFraction = 0; ///< share of entries with |g| < 1e-8
+    int64_t nan = 0, inf = 0;
+    std::vector<double> histogramEdges;   ///< 31 edges over [min, max]
+    std::vector<int64_t> histogramCounts; ///< 30 bins
+};
+
+/// A hidden activation layer over the batch: its output's mean and std, and the share of
+/// units with |f'| < 0.01 (saturated or dead).
+struct ActivationStatistics {
+    std::string name, function;
+    double mean = 0, std = 0, lowGradientFraction = 0;
+};
+
+class Session {
+public:
+    /// Compiles `model` for batches of `batch` examples; throws gradc::Error.
+    Session(const Model& model, int64_t batch, const SessionOptions& options = {});
+    ~Session();
+    Session(Session&&) noexcept;
+    Session& operator=(Session&&) noexcept;
+
+    int64_t batch() const;
+
+    /// Parameters from the model's init schemes, deterministically from `seed`.
+    void initialiseParameters(uint64_t seed);
+    /// Parameters from a safetensors file with PyTorch's names (a state_dict).
+    void loadParameters(const std::string& path);
+    void saveParameters(const std::string& path) const;
+    /// The flat parameter array (see Model::parameters for the layout); writable.
+    float* parameters();
+
+    /// One forward pass: `x` is [batch, inputWidth] row-major; `labels` (cross_entropy) or
+    /// `targets` (bce, mse: [batch, outputWidth]) give the loss. Writes `logits`
+    /// ([batch, outputWidth]) when it is not null. Returns the loss.
+    float forward(const float* x, const int32_t* labels, float* logits = nullptr);
+    float forward(const float* x, const float* targets, float* logits = nullptr);
+
+    /// One forward and backward pass; the gradients are then in gradients(). Returns the loss.
+    float backward(const float* x, const int32_t* labels);
+    float backward(const float* x, const float* targets);
+    const float* gradients() const;
+
+    /// Statistics of the last backward pass.
+    std::vector<GradientStatistics> gradientStatistics() const;
+    std::vector<ActivationStatistics> activationStatistics() const;
+    /// abs_mean of the first weight gradient over the last one's (NaN with fewer than two).
+    double vanishingFactor() const;
+
+private:
+    struct Impl;
+    std::unique_ptr<Impl> impl_;
+};
+
+} // namespace gradc
