@@ -174,8 +174,7 @@ std::vector<GradientStatistics> Session::gradientStatistics() const {
     for (auto& p : impl_->graph.params) {
         const Shape& s = impl_->graph[p.node].shape;
         size_t n = size_t(elementCount(s));
-        TensorStats t = statistics(p.name, Tensor{s, std::vector<double>(impl_->grads.begin() + long(offset),
-                                                                         impl_->grads.begin() + long(offset + n))});
+        TensorStats t = statistics(p.name, s, impl_->grads.data() + offset);
         offset += n;
         out.push_back({t.name, t.shape, t.count, t.mean, t.std, t.absMean, t.min, t.max, t.l2, t.zeroFraction,
                        t.nan, t.inf, t.edges, t.counts});

@@ -4,17 +4,24 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <span>
 
 namespace gradc {
 
 TensorStats statistics(const std::string& name, const Tensor& t, int bins) {
+    return statistics(name, t.shape, t.data.data(), bins);
+}
+
+template <typename T>
+TensorStats statistics(const std::string& name, const Shape& shape, const T* data, int bins) {
+    const std::span<const T> values(data, size_t(elementCount(shape)));
     TensorStats s;
-    s.name = name, s.shape = t.shape, s.count = int64_t(t.data.size());
+    s.name = name, s.shape = shape, s.count = int64_t(values.size());
     double sum = 0, sumAbs = 0, sumSq = 0;
     int64_t finite = 0, small = 0;
     s.min = std::numeric_limits<double>::infinity();
     s.max = -s.min;
-    for (double v : t.data) {
+    for (double v : values) {
         if (std::isnan(v)) { ++s.nan; continue; }
         if (std::isinf(v)) { ++s.inf; continue; }
         ++finite;
@@ -31,7 +38,7 @@ TensorStats statistics(const std::string& name, const Tensor& t, int bins) {
     s.absMean = sumAbs / double(finite);
     s.l2 = std::sqrt(sumSq);
     double var = 0;
-    for (double v : t.data)
+    for (double v : values)
         if (std::isfinite(v)) var += (v - s.mean) * (v - s.mean);
     s.std = std::sqrt(var / double(finite));
     s.zeroFraction = double(small) / double(finite);
@@ -40,13 +47,16 @@ TensorStats statistics(const std::string& name, const Tensor& t, int bins) {
     double width = (s.max - s.min) / bins;
     for (int i = 0; i <= bins; ++i) s.edges[size_t(i)] = s.min + width * i;
     s.edges.back() = s.max;
-    for (double v : t.data) {
+    for (double v : values) {
         if (!std::isfinite(v)) continue;
         int b = width > 0 ? int((v - s.min) / width) : 0;
         s.counts[size_t(std::clamp(b, 0, bins - 1))]++;
     }
     return s;
 }
+
+template TensorStats statistics<float>(const std::string&, const Shape&, const float*, int);
+template TensorStats statistics<double>(const std::string&, const Shape&, const double*, int);
 
 ActivationStats activationStatistics(const std::string& name, const Activation& f, const Tensor& preactivation) {
     ActivationStats s;

@@ -23,6 +23,9 @@ struct TensorStats {
 
 /// Statistics of the finite entries of `t` (NaN and Inf are counted apart).
 TensorStats statistics(const std::string& name, const Tensor& t, int bins = 30);
+/// The same, read in place from a buffer of float or double (no copy of the tensor).
+template <typename T>
+TensorStats statistics(const std::string& name, const Shape& shape, const T* data, int bins = 30);
 
 /// A hidden activation layer's output y = f(x) over the batch, and how much of it passes
 /// almost no gradient: the share of units with |f'(x)| < 0.01 (saturated sigmoid/tanh

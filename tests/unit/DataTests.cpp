@@ -140,13 +140,15 @@ TEST_CASE("gradc grads refuses images that do not fit the model and labels out o
         std::ifstream in(out);
         return std::make_pair(WEXITSTATUS(rc), std::string(std::istreambuf_iterator<char>(in), {}));
     };
-    auto [rc, text] = run(GRADC_SOURCE_DIR "/models/seed_sigmoid.nn");
+    auto [rc, text] = run(GRADC_SOURCE_DIR "/models/seed_sigmoid.nn --dump-grads " + (d.dir / "g.safetensors").string());
     CHECK(rc == 1);
+    CHECK_FALSE(fs::exists(d.dir / "g.safetensors")); // a failed run writes no file
     CHECK_THAT(text, Catch::Contains("seed_sigmoid.nn: error: the model takes 784 inputs, but the "
                                      "images in " + d.dir.string() + " have 6 pixels"));
     std::ofstream(d.dir / "six.nn") << "input 6\ndense 10\nloss cross_entropy\n";
-    std::tie(rc, text) = run((d.dir / "six.nn").string());
+    std::tie(rc, text) = run((d.dir / "six.nn").string() + " --plot " + (d.dir / "p.svg").string());
     CHECK(rc == 1);
+    CHECK_FALSE(fs::exists(d.dir / "p.svg"));
     CHECK_THAT(text, Catch::Contains("train-labels-idx1-ubyte: error: label 12 of example 0 is out "
                                      "of range for the model's 10 classes"));
     std::ofstream(d.dir / "sixteen.nn") << "input 6\ndense 5 relu\ndense 16\nloss cross_entropy\n";
