@@ -46,6 +46,20 @@ struct Programs {
     int64_t parameterCount = 0, activationCount = 0;
 };
 
+/// The micro-kernel's register tile for this CPU: with AVX-512's 32 vector registers, 6 rows
+/// by 4 vectors (24 accumulators); with AVX2's 16, 6 by 2.
+GemmBlocking hostBlocking(bool f64) {
+    const std::string features = Jit::hostFeatures();
+    const int bits = features.find("+avx512f") != std::string::npos ? 512
+                     : features.find("+avx2") != std::string::npos  ? 256
+                                                                    : 128;
+    GemmBlocking b;
+    b.vl = bits / (f64 ? 64 : 32);
+    b.nv = bits == 512 ? 4 : 2;
+    b.mr = 6;
+    return b;
+}
+
 Programs buildPrograms(const Graph& fwd, bool f64) {
     Graph grad = differentiate(fwd);
     std::vector<std::string> fwdOutputs, gradOutputs = {"loss"};
@@ -58,13 +72,15 @@ Programs buildPrograms(const Graph& fwd, bool f64) {
     for (auto& name : fwdOutputs)
         if (name.rfind("preact:", 0) == 0) gradOutputs.push_back(name);
     const int bytes = f64 ? 8 : 4;
-    return {buildKernels(fwd, "forward", fwdOutputs, bytes), buildKernels(grad, "backward", gradOutputs, bytes),
+    const GemmBlocking blocking = hostBlocking(f64);
+    return {buildKernels(fwd, "forward", fwdOutputs, bytes, blocking),
+            buildKernels(grad, "backward", gradOutputs, bytes, blocking),
             fwd.parameterCount(), activations};
 }
 
 std::unique_ptr<llvm::Module> lower(llvm::LLVMContext& ctx, const Programs& p, bool f64,
-                                    llvm::TargetMachine& tm) {
-    auto m = lowerToLLVM(ctx, p.forward, p.backward, f64);
+                                    llvm::TargetMachine& tm, bool profile = false) {
+    auto m = lowerToLLVM(ctx, p.forward, p.backward, f64, profile);
     m->setDataLayout(tm.createDataLayout());
     m->setTargetTriple(tm.getTargetTriple().str());
     std::string errors;
@@ -200,7 +216,7 @@ CompiledModel compileModel(const Graph& fwd, const CodegenOptions& opts) {
     auto tm = check("cannot set up code generation for this CPU", Jit::targetMachine());
     timer("target machine");
     llvm::LLVMContext ctx;
-    auto m = lower(ctx, programs, opts.f64, *tm);
+    auto m = lower(ctx, programs, opts.f64, *tm, opts.profile);
     std::string ir;
     llvm::raw_string_ostream(ir) << *m;
     timer("lower to LLVM IR, verify, print");
@@ -226,6 +242,24 @@ CompiledModel compileModel(const Graph& fwd, const CodegenOptions& opts) {
     out.forward = reinterpret_cast<CompiledModel::Entry>(check("cannot find the forward function", jit->lookup("gradc_forward")));
     out.backward = reinterpret_cast<CompiledModel::Entry>(check("cannot find the backward function", jit->lookup("gradc_backward")));
     out.owner = jit;
+    if (opts.profile) {
+        out.profileForward = static_cast<const uint64_t*>(check("profile", jit->lookup("gradc_profile_forward")));
+        out.profileBackward = static_cast<const uint64_t*>(check("profile", jit->lookup("gradc_profile_backward")));
+        auto firstLines = [](const KernelProgram& p) {
+            std::vector<std::string> lines;
+            std::string text = printKernels(p);
+            size_t pos = text.find('\n') + 1; // skip the "program" line
+            while (pos < text.size()) {
+                size_t end = text.find('\n', pos);
+                std::string line = text.substr(pos, end - pos);
+                if (line.rfind("  k", 0) == 0) lines.push_back(line.substr(2));
+                pos = end + 1;
+            }
+            return lines;
+        };
+        out.kernelsForward = firstLines(programs.forward);
+        out.kernelsBackward = firstLines(programs.backward);
+    }
     timer("JIT: load and link");
     out.workspaceBytes = std::max(programs.forward.workspaceBytes, programs.backward.workspaceBytes);
     out.parameterCount = programs.parameterCount;
@@ -242,6 +276,11 @@ std::string emitModule(const Graph& fwd, const CodegenOptions& opts, const std::
     auto tm = check("cannot set up code generation for this CPU", Jit::targetMachine());
     llvm::LLVMContext ctx;
     auto m = lower(ctx, programs, opts.f64, *tm);
+    if (what == "llvm-unoptimised") {
+        std::string ir;
+        llvm::raw_string_ostream(ir) << *m;
+        return ir;
+    }
     optimise(*m, *tm);
     if (what == "asm") return emit(*m, *tm, llvm::CodeGenFileType::AssemblyFile);
     std::string ir;

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace gradc {
 
@@ -15,6 +16,7 @@ struct CodegenOptions {
     bool f64 = false;      ///< element type: float (default) or double
     bool cache = true;     ///< use the on-disk cache of compiled objects
     std::string cacheDir;  ///< default: $XDG_CACHE_HOME/gradc, else ~/.cache/gradc
+    bool profile = false;  ///< count each kernel's cycles (gradc bench --profile)
 };
 
 /// A model compiled to native code. The entry points (see LowerToLLVM.h) are
@@ -30,6 +32,11 @@ struct CompiledModel {
     bool cacheHit = false;
     double compileMs = 0;       ///< wall time from graph to callable code
     std::shared_ptr<void> owner; ///< keeps the JIT and its code alive
+    /// With CodegenOptions::profile: cycles per kernel, summed over calls, and what each
+    /// kernel is (the first line of its `--emit=kernels` text).
+    const uint64_t* profileForward = nullptr;
+    const uint64_t* profileBackward = nullptr;
+    std::vector<std::string> kernelsForward, kernelsBackward;
 };
 
 /// Compiles `forward` (a model's forward graph) into forward and backward entry points.

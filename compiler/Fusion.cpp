@@ -412,8 +412,10 @@ private:
 } // namespace
 
 KernelProgram buildKernels(const Graph& g, const std::string& name,
-                           const std::vector<std::string>& outputs, int elementBytes) {
+                           const std::vector<std::string>& outputs, int elementBytes,
+                           const GemmBlocking& blocking) {
     KernelProgram p = Builder(g, name, outputs).run();
+    p.blocking = blocking;
     planMemory(p, elementBytes);
     return p;
 }

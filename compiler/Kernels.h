@@ -66,20 +66,33 @@ struct Kernel {
     std::vector<int32_t> writes() const;
 };
 
+/// The register tile of the matrix-product micro-kernel, chosen for the target: MR rows of
+/// A by NR = NV vectors of VL lanes of B, held in MR x NV vector registers.
+struct GemmBlocking {
+    int mr = 6, nv = 4, vl = 16;
+    int nr() const { return nv * vl; }
+};
+
 /// One entry point's program.
 struct KernelProgram {
     std::string name; ///< "forward" or "backward"
     std::vector<Buffer> buffers;
     std::vector<Kernel> kernels;
     int64_t workspaceBytes = 0; ///< set by the memory plan
-    int64_t scratchOffset = 0;  ///< bytes: one row of accumulators for matrix products
+    GemmBlocking blocking;
+    int64_t scratchOffset = 0;  ///< bytes: packed panels of A and B and one register tile
     int elementBytes = 4;
 };
 
 /// Graph -> kernels: dead-code elimination, common subexpressions, fusion. `outputs` names
 /// the graph outputs the entry point returns ("logits", "loss", "grad:...").
 KernelProgram buildKernels(const Graph& g, const std::string& name,
-                           const std::vector<std::string>& outputs, int elementBytes);
+                           const std::vector<std::string>& outputs, int elementBytes,
+                           const GemmBlocking& blocking);
+
+/// Elements of the packing scratch a matrix-product kernel needs: A padded to MR rows and B
+/// to NR columns, each K deep, and one MR x NR tile.
+int64_t packElements(const Kernel& k, const GemmBlocking& b);
 
 /// Places every Temp buffer in one workspace, reusing bytes whose values are dead.
 void planMemory(KernelProgram& p, int elementBytes);

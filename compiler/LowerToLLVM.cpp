@@ -18,9 +18,9 @@ namespace {
 
 class Lowering {
 public:
-    Lowering(llvm::LLVMContext& ctx, llvm::Module& m, bool f64)
+    Lowering(llvm::LLVMContext& ctx, llvm::Module& m, bool f64, bool profile)
         : ctx_(ctx), m_(m), b_(ctx), T_(f64 ? llvm::Type::getDoubleTy(ctx) : llvm::Type::getFloatTy(ctx)),
-          f64_(f64) {
+          f64_(f64), profile_(profile) {
         fmf_.setAllowReassoc();
         fmf_.setAllowContract();
         b_.setFastMathFlags(fmf_);
@@ -38,7 +38,23 @@ public:
         b_.SetInsertPoint(entryBlock_);
         p_ = &p;
         backward_ = std::string(symbol).find("backward") != std::string::npos;
-        for (const Kernel& k : p.kernels) kernel(k);
+        llvm::GlobalVariable* counters = nullptr;
+        if (profile_) { // one cycle counter per kernel: gradc_profile_forward[k] += ticks
+            auto* arrTy = llvm::ArrayType::get(b_.getInt64Ty(), p.kernels.size());
+            counters = new llvm::GlobalVariable(m_, arrTy, false, llvm::GlobalValue::ExternalLinkage,
+                                                llvm::Constant::getNullValue(arrTy),
+                                                std::string("gradc_profile_") + (backward_ ? "backward" : "forward"));
+        }
+        llvm::Function* clock = llvm::Intrinsic::getDeclaration(&m_, llvm::Intrinsic::readcyclecounter);
+        for (size_t i = 0; i < p.kernels.size(); ++i) {
+            llvm::Value* start = counters ? b_.CreateCall(clock) : nullptr;
+            kernel(p.kernels[i]);
+            if (counters) {
+                llvm::Value* slot = b_.CreateConstInBoundsGEP2_64(counters->getValueType(), counters, 0, i);
+                llvm::Value* ticks = b_.CreateSub(b_.CreateCall(clock), start);
+                b_.CreateStore(b_.CreateAdd(b_.CreateLoad(b_.getInt64Ty(), slot), ticks), slot);
+            }
+        }
         b_.CreateRetVoid();
     }
 
@@ -48,6 +64,7 @@ private:
     llvm::IRBuilder<> b_;
     llvm::Type* T_;
     bool f64_;
+    bool profile_;
     llvm::FastMathFlags fmf_;
     llvm::Function* fn_ = nullptr;
     llvm::BasicBlock* entryBlock_ = nullptr;
@@ -77,8 +94,9 @@ private:
     llvm::Value* load(llvm::Value* basePtr, llvm::Value* index) { return b_.CreateLoad(T_, at(basePtr, index)); }
     void store(llvm::Value* v, llvm::Value* basePtr, llvm::Value* index) { b_.CreateStore(v, at(basePtr, index)); }
 
-    /// for (i = 0; i < n; ++i) body(i)
-    void loop(int64_t n, const char* name, const std::function<void(llvm::Value*)>& body) {
+    /// for (i = 0; i < n; ++i) body(i); `vectorise` false keeps the optimiser from vectorising
+    /// it (strided copies would become gathers and scatters).
+    void loop(int64_t n, const char* name, const std::function<void(llvm::Value*)>& body, bool vectorise = true) {
         llvm::BasicBlock* pre = b_.GetInsertBlock();
         auto* header = llvm::BasicBlock::Create(ctx_, std::string(name) + ".loop", fn_);
         auto* exit = llvm::BasicBlock::Create(ctx_, std::string(name) + ".end", fn_);
@@ -89,7 +107,14 @@ private:
         body(i);
         llvm::Value* next = b_.CreateAdd(i, i64(1), "", /*HasNUW=*/true, /*HasNSW=*/true);
         i->addIncoming(next, b_.GetInsertBlock());
-        b_.CreateCondBr(b_.CreateICmpULT(next, i64(n)), header, exit);
+        llvm::BranchInst* br = b_.CreateCondBr(b_.CreateICmpULT(next, i64(n)), header, exit);
+        if (!vectorise) {
+            llvm::Metadata* off[] = {llvm::MDString::get(ctx_, "llvm.loop.vectorize.enable"),
+                                     llvm::ConstantAsMetadata::get(b_.getFalse())};
+            llvm::MDNode* loopId = llvm::MDNode::getDistinct(ctx_, {nullptr, llvm::MDNode::get(ctx_, off)});
+            loopId->replaceOperandWith(0, loopId);
+            br->setMetadata(llvm::LLVMContext::MD_loop, loopId);
+        }
         b_.SetInsertPoint(exit);
     }
 
@@ -206,69 +231,207 @@ private:
         }
     }
 
+    /// for (i = 0; i < n; ++i) body(i), with a bound known only at run time.
+    void loopTo(llvm::Value* n, const char* name, const std::function<void(llvm::Value*)>& body) {
+        llvm::BasicBlock* pre = b_.GetInsertBlock();
+        auto* header = llvm::BasicBlock::Create(ctx_, std::string(name) + ".loop", fn_);
+        auto* bodyBlock = llvm::BasicBlock::Create(ctx_, std::string(name) + ".body", fn_);
+        auto* exit = llvm::BasicBlock::Create(ctx_, std::string(name) + ".end", fn_);
+        b_.CreateBr(header);
+        b_.SetInsertPoint(header);
+        llvm::PHINode* i = b_.CreatePHI(b_.getInt64Ty(), 2, name);
+        i->addIncoming(i64(0), pre);
+        b_.CreateCondBr(b_.CreateICmpULT(i, n), bodyBlock, exit);
+        b_.SetInsertPoint(bodyBlock);
+        body(i);
+        i->addIncoming(b_.CreateAdd(i, i64(1), "", true, true), b_.GetInsertBlock());
+        b_.CreateBr(header);
+        b_.SetInsertPoint(exit);
+    }
+
+    /// The element-wise part of a loop kernel at [r, c], the accumulator (if any) given.
+    struct LoopBases {
+        std::vector<llvm::Value*> args, stores, sums;
+    };
+    LoopBases loopBases(const Kernel& k) {
+        LoopBases lb;
+        for (auto& a : k.args) lb.args.push_back(a.buffer >= 0 ? base(a.buffer) : nullptr);
+        for (auto& s : k.stores) lb.stores.push_back(base(s.buffer));
+        for (auto& s : k.columnSums) lb.sums.push_back(base(s.buffer));
+        return lb;
+    }
+    void element(const Kernel& k, const LoopBases& lb, llvm::Value* r, llvm::Value* c, llvm::Value* acc) {
+        llvm::Value* elem = b_.CreateAdd(b_.CreateMul(r, i64(k.cols)), c);
+        std::vector<llvm::Value*> args;
+        for (size_t i = 0; i < k.args.size(); ++i) {
+            switch (k.args[i].mode) {
+            case Access::Mode::Acc: args.push_back(acc); break;
+            case Access::Mode::Elem: args.push_back(load(lb.args[i], elem)); break;
+            case Access::Mode::Col: args.push_back(load(lb.args[i], c)); break;
+            case Access::Mode::Row: args.push_back(load(lb.args[i], r)); break;
+            }
+        }
+        Memo memo;
+        for (size_t i = 0; i < k.stores.size(); ++i) store(expr(k.stores[i].expr, args, memo), lb.stores[i], elem);
+        for (size_t i = 0; i < k.columnSums.size(); ++i) {
+            llvm::Value* v = expr(k.columnSums[i].expr, args, memo);
+            store(b_.CreateFAdd(load(lb.sums[i], c), v), lb.sums[i], c);
+        }
+    }
+
     void loopKernel(const Kernel& k) {
-        std::vector<llvm::Value*> bases;
         for (auto& s : k.columnSums) {
             llvm::Value* out = base(s.buffer);
             loop(k.cols, "zero", [&](llvm::Value* c) { store(fp(0), out, c); });
         }
-        llvm::Value* aBase = k.a >= 0 ? base(k.a) : nullptr;
-        llvm::Value* bBase = k.b >= 0 ? base(k.b) : nullptr;
-        llvm::Value* scratch = b_.CreateGEP(b_.getInt8Ty(), fn_->getArg(6), i64(p_->scratchOffset));
-        std::vector<llvm::Value*> argBase;
-        for (auto& a : k.args) argBase.push_back(a.buffer >= 0 ? base(a.buffer) : nullptr);
-        std::vector<llvm::Value*> storeBase, sumBase;
-        for (auto& s : k.stores) storeBase.push_back(base(s.buffer));
-        for (auto& s : k.columnSums) sumBase.push_back(base(s.buffer));
-        // A(r, k) of the product, for either layout.
-        auto aAt = [&](llvm::Value* r, llvm::Value* kk) {
-            return k.transA ? load(aBase, b_.CreateAdd(b_.CreateMul(kk, i64(k.rows)), r))
-                            : load(aBase, b_.CreateAdd(b_.CreateMul(r, i64(k.depth)), kk));
-        };
-        loop(k.rows, "r", [&](llvm::Value* r) {
-            if (k.a >= 0 && !k.transB) {
-                // acc[r, :] = Σ_k A(r,k) B[k, :]: rows of B are contiguous, so the inner loop
-                // runs along them.
-                loop(k.cols, "z", [&](llvm::Value* c) { store(fp(0), scratch, c); });
-                loop(k.depth, "k", [&](llvm::Value* kk) {
-                    llvm::Value* av = aAt(r, kk);
-                    llvm::Value* row = b_.CreateMul(kk, i64(k.cols));
-                    loop(k.cols, "c", [&](llvm::Value* c) {
-                        llvm::Value* s = load(scratch, c);
-                        store(b_.CreateFAdd(s, b_.CreateFMul(av, load(bBase, b_.CreateAdd(row, c)))), scratch, c);
+        if (k.a >= 0) return matrixProduct(k);
+        LoopBases lb = loopBases(k);
+        loop(k.rows, "r", [&](llvm::Value* r) { loop(k.cols, "c", [&](llvm::Value* c) { element(k, lb, r, c, nullptr); }); });
+    }
+
+    // ---- Matrix products. Three helpers shared by every product of the module (one copy of
+    // the code each, so compile time does not grow with the number of layers):
+    //   pack_a(dst, a, M, K, transA): A into [ceil(M/MR)][K][MR], zero past row M
+    //   pack_b(dst, b, N, K, transB): B into [ceil(N/NR)][K][NR], zero past column N
+    //   tile(out, aPanel, bPanel, K):  out[MR][NR] = the panels' product, in registers
+    // Each product kernel packs its operands, then for each tile runs `tile` and its own
+    // fused element-wise epilogue while the tile is in cache.
+    llvm::Function* packA_ = nullptr;
+    llvm::Function* packB_ = nullptr;
+    llvm::Function* tile_ = nullptr;
+
+    /// Emits a helper function; `body` runs with the builder inside it.
+    llvm::Function* helper(const char* name, std::vector<llvm::Type*> params, const std::function<void()>& body) {
+        auto* fnTy = llvm::FunctionType::get(b_.getVoidTy(), params, false);
+        auto* f = llvm::Function::Create(fnTy, llvm::Function::InternalLinkage, name, m_);
+        f->addFnAttr(llvm::Attribute::NoUnwind);
+        f->addFnAttr(llvm::Attribute::NoInline);
+        llvm::Function* savedFn = fn_;
+        llvm::BasicBlock* savedEntry = entryBlock_;
+        llvm::IRBuilderBase::InsertPoint savedIp = b_.saveIP();
+        fn_ = f;
+        entryBlock_ = llvm::BasicBlock::Create(ctx_, "entry", f);
+        b_.SetInsertPoint(entryBlock_);
+        body();
+        b_.CreateRetVoid();
+        fn_ = savedFn, entryBlock_ = savedEntry;
+        b_.restoreIP(savedIp);
+        return f;
+    }
+
+    void declareGemmHelpers() {
+        if (tile_) return;
+        const GemmBlocking& bl = p_->blocking;
+        const int64_t MR = bl.mr, NR = bl.nr(), VL = bl.vl;
+        auto* ptr = llvm::PointerType::get(ctx_, 0);
+        auto* i64t = b_.getInt64Ty();
+        auto* i1t = b_.getInt1Ty();
+        auto arg = [&](unsigned i) { return fn_->getArg(i); };
+        packA_ = helper("gradc_pack_a", {ptr, ptr, i64t, i64t, i1t}, [&] {
+            llvm::Value *dst = arg(0), *a = arg(1), *M = arg(2), *K = arg(3), *trans = arg(4);
+            llvm::Value* tiles = b_.CreateUDiv(b_.CreateAdd(M, i64(MR - 1)), i64(MR));
+            loopTo(tiles, "it", [&](llvm::Value* it) {
+                loopTo(K, "k", [&](llvm::Value* kk) {
+                    for (int64_t r = 0; r < MR; ++r) { // MR is small: written out
+                        llvm::Value* i = b_.CreateAdd(b_.CreateMul(it, i64(MR)), i64(r));
+                        llvm::Value* inside = b_.CreateICmpULT(i, M);
+                        llvm::Value* si = b_.CreateSelect(inside, i, i64(0));
+                        llvm::Value* src = b_.CreateSelect(trans, b_.CreateAdd(b_.CreateMul(kk, M), si),
+                                                           b_.CreateAdd(b_.CreateMul(si, K), kk));
+                        llvm::Value* dst0 = b_.CreateAdd(b_.CreateMul(b_.CreateAdd(b_.CreateMul(it, K), kk), i64(MR)), i64(r));
+                        store(b_.CreateSelect(inside, load(a, src), fp(0)), dst, dst0);
+                    }
+                });
+            });
+        });
+        packB_ = helper("gradc_pack_b", {ptr, ptr, i64t, i64t, i1t}, [&] {
+            llvm::Value *dst = arg(0), *b = arg(1), *N = arg(2), *K = arg(3), *trans = arg(4);
+            llvm::Value* tiles = b_.CreateUDiv(b_.CreateAdd(N, i64(NR - 1)), i64(NR));
+            auto body = [&](bool transposed) {
+                loopTo(tiles, "jt", [&](llvm::Value* jt) {
+                    loopTo(K, "k", [&](llvm::Value* kk) {
+                        loop(NR, "c", [&](llvm::Value* c) {
+                            llvm::Value* j = b_.CreateAdd(b_.CreateMul(jt, i64(NR)), c);
+                            llvm::Value* inside = b_.CreateICmpULT(j, N);
+                            llvm::Value* sj = b_.CreateSelect(inside, j, i64(0));
+                            llvm::Value* src = transposed ? b_.CreateAdd(b_.CreateMul(sj, K), kk)
+                                                          : b_.CreateAdd(b_.CreateMul(kk, N), sj);
+                            llvm::Value* d = b_.CreateAdd(b_.CreateMul(b_.CreateAdd(b_.CreateMul(jt, K), kk), i64(NR)), c);
+                            store(b_.CreateSelect(inside, load(b, src), fp(0)), dst, d);
+                        }, /*vectorise=*/!transposed); // a transposed B would need gathers
                     });
                 });
-            }
-            loop(k.cols, "c", [&](llvm::Value* c) {
-                llvm::Value* elem = b_.CreateAdd(b_.CreateMul(r, i64(k.cols)), c);
-                llvm::Value* acc = nullptr;
-                if (k.a >= 0 && k.transB) { // a dot product along contiguous rows of A and B
-                    llvm::Value* sum = variable(T_, fp(0));
-                    llvm::Value* brow = b_.CreateMul(c, i64(k.depth));
-                    loop(k.depth, "k", [&](llvm::Value* kk) {
-                        llvm::Value* prod = b_.CreateFMul(aAt(r, kk), load(bBase, b_.CreateAdd(brow, kk)));
-                        b_.CreateStore(b_.CreateFAdd(b_.CreateLoad(T_, sum), prod), sum);
-                    });
-                    acc = b_.CreateLoad(T_, sum);
-                } else if (k.a >= 0) {
-                    acc = load(scratch, c);
-                }
-                std::vector<llvm::Value*> args;
-                for (size_t i = 0; i < k.args.size(); ++i) {
-                    switch (k.args[i].mode) {
-                    case Access::Mode::Acc: args.push_back(acc); break;
-                    case Access::Mode::Elem: args.push_back(load(argBase[i], elem)); break;
-                    case Access::Mode::Col: args.push_back(load(argBase[i], c)); break;
-                    case Access::Mode::Row: args.push_back(load(argBase[i], r)); break;
+            };
+            auto* yes = llvm::BasicBlock::Create(ctx_, "transposed", fn_);
+            auto* no = llvm::BasicBlock::Create(ctx_, "rows", fn_);
+            auto* done = llvm::BasicBlock::Create(ctx_, "done", fn_);
+            b_.CreateCondBr(trans, yes, no);
+            b_.SetInsertPoint(yes);
+            body(true);
+            b_.CreateBr(done);
+            b_.SetInsertPoint(no);
+            body(false);
+            b_.CreateBr(done);
+            b_.SetInsertPoint(done);
+        });
+        tile_ = helper("gradc_tile", {ptr, ptr, ptr, i64t}, [&] {
+            llvm::Value *out = arg(0), *aPanel = arg(1), *bPanel = arg(2), *K = arg(3);
+            auto* vecTy = llvm::FixedVectorType::get(T_, unsigned(VL));
+            const llvm::Align align(size_t(VL) * (f64_ ? 8 : 4));
+            llvm::Function* fma = llvm::Intrinsic::getDeclaration(&m_, llvm::Intrinsic::fmuladd, {vecTy});
+            // MR x NV accumulators stay in vector registers over all of K.
+            std::vector<llvm::Value*> acc;
+            for (int64_t i = 0; i < MR * bl.nv; ++i) acc.push_back(variable(vecTy, llvm::Constant::getNullValue(vecTy)));
+            loopTo(K, "k", [&](llvm::Value* kk) {
+                std::vector<llvm::Value*> bv;
+                for (int64_t v = 0; v < bl.nv; ++v)
+                    bv.push_back(b_.CreateAlignedLoad(
+                        vecTy, b_.CreateGEP(T_, bPanel, b_.CreateAdd(b_.CreateMul(kk, i64(NR)), i64(v * VL))), align));
+                for (int64_t r = 0; r < MR; ++r) {
+                    llvm::Value* splat = b_.CreateVectorSplat(unsigned(VL), load(aPanel, b_.CreateAdd(b_.CreateMul(kk, i64(MR)), i64(r))));
+                    for (int64_t v = 0; v < bl.nv; ++v) {
+                        llvm::Value* slot = acc[size_t(r * bl.nv + v)];
+                        b_.CreateStore(b_.CreateCall(fma, {splat, bv[size_t(v)], b_.CreateLoad(vecTy, slot)}), slot);
                     }
                 }
-                Memo memo;
-                for (size_t i = 0; i < k.stores.size(); ++i)
-                    store(expr(k.stores[i].expr, args, memo), storeBase[i], elem);
-                for (size_t i = 0; i < k.columnSums.size(); ++i) {
-                    llvm::Value* v = expr(k.columnSums[i].expr, args, memo);
-                    store(b_.CreateFAdd(load(sumBase[i], c), v), sumBase[i], c);
-                }
+            });
+            for (int64_t r = 0; r < MR; ++r)
+                for (int64_t v = 0; v < bl.nv; ++v)
+                    b_.CreateAlignedStore(b_.CreateLoad(vecTy, acc[size_t(r * bl.nv + v)]),
+                                          b_.CreateGEP(T_, out, i64(r * NR + v * VL)), align);
+        });
+    }
+
+    /// acc = A · B through packed panels and the register tile, then the element-wise
+    /// epilogue on each tile while it is in cache.
+    void matrixProduct(const Kernel& k) {
+        declareGemmHelpers();
+        const GemmBlocking& bl = p_->blocking;
+        const int64_t M = k.rows, N = k.cols, K = k.depth, MR = bl.mr, NR = bl.nr();
+        const int64_t mt = (M + MR - 1) / MR, nt = (N + NR - 1) / NR;
+        auto up16 = [](int64_t v) { return (v + 15) / 16 * 16; };
+        llvm::Value* ap = b_.CreateGEP(b_.getInt8Ty(), fn_->getArg(6), i64(p_->scratchOffset));
+        llvm::Value* bp = b_.CreateGEP(T_, ap, i64(up16(mt * MR * K)));
+        llvm::Value* tile = b_.CreateGEP(T_, bp, i64(up16(nt * NR * K)));
+        b_.CreateCall(packA_, {ap, base(k.a), i64(M), i64(K), b_.getInt1(k.transA)});
+        b_.CreateCall(packB_, {bp, base(k.b), i64(N), i64(K), b_.getInt1(k.transB)});
+        LoopBases lb = loopBases(k);
+        loop(nt, "jt", [&](llvm::Value* jt) {
+            loop(mt, "it", [&](llvm::Value* it) {
+                b_.CreateCall(tile_, {tile, b_.CreateGEP(T_, ap, b_.CreateMul(it, i64(K * MR))),
+                                      b_.CreateGEP(T_, bp, b_.CreateMul(jt, i64(K * NR))), i64(K)});
+                llvm::Value* r0 = b_.CreateMul(it, i64(MR));
+                llvm::Value* c0 = b_.CreateMul(jt, i64(NR));
+                llvm::Value* rows = b_.CreateSelect(b_.CreateICmpULE(b_.CreateAdd(r0, i64(MR)), i64(M)), i64(MR),
+                                                    b_.CreateSub(i64(M), r0));
+                llvm::Value* cols = b_.CreateSelect(b_.CreateICmpULE(b_.CreateAdd(c0, i64(NR)), i64(N)), i64(NR),
+                                                    b_.CreateSub(i64(N), c0));
+                loopTo(rows, "er", [&](llvm::Value* r) {
+                    loopTo(cols, "ec", [&](llvm::Value* c) {
+                        llvm::Value* accv = load(tile, b_.CreateAdd(b_.CreateMul(r, i64(NR)), c));
+                        element(k, lb, b_.CreateAdd(r0, r), b_.CreateAdd(c0, c), accv);
+                    });
+                });
             });
         });
     }
@@ -400,9 +563,9 @@ private:
 } // namespace
 
 std::unique_ptr<llvm::Module> lowerToLLVM(llvm::LLVMContext& ctx, const KernelProgram& forward,
-                                          const KernelProgram& backward, bool f64) {
+                                          const KernelProgram& backward, bool f64, bool profile) {
     auto m = std::make_unique<llvm::Module>("gradc", ctx);
-    Lowering lower(ctx, *m, f64);
+    Lowering lower(ctx, *m, f64, profile);
     lower.entry(forward, "gradc_forward");
     lower.entry(backward, "gradc_backward");
     return m;

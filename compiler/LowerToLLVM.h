@@ -21,7 +21,9 @@ class Module;
 
 namespace gradc {
 
+/// With `profile`, each entry point also adds the cycles each kernel took to the arrays
+/// gradc_profile_forward / gradc_profile_backward (one uint64 per kernel).
 std::unique_ptr<llvm::Module> lowerToLLVM(llvm::LLVMContext& ctx, const KernelProgram& forward,
-                                          const KernelProgram& backward, bool f64);
+                                          const KernelProgram& backward, bool f64, bool profile = false);
 
 } // namespace gradc

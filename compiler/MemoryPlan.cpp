@@ -51,9 +51,15 @@ void planMemory(KernelProgram& p, int elementBytes) {
     }
     int64_t scratch = 0;
     for (auto& k : p.kernels)
-        if (k.kind == Kernel::Kind::Loop && k.a >= 0) scratch = std::max(scratch, k.cols);
+        if (k.kind == Kernel::Kind::Loop && k.a >= 0) scratch = std::max(scratch, packElements(k, p.blocking));
     p.scratchOffset = top;
     p.workspaceBytes = top + alignUp(scratch * elementBytes);
+}
+
+int64_t packElements(const Kernel& k, const GemmBlocking& b) {
+    auto up = [](int64_t v, int64_t m) { return (v + m - 1) / m * m; };
+    // Each part starts on a 64-byte boundary (16 floats, 8 doubles: 16 elements covers both).
+    return up(up(k.rows, b.mr) * k.depth, 16) + up(up(k.cols, b.nr()) * k.depth, 16) + b.mr * b.nr();
 }
 
 static const char* kindName(Buffer::Kind k) {
@@ -112,8 +118,8 @@ std::string printKernels(const KernelProgram& p) {
 }
 
 std::string printMemoryPlan(const KernelProgram& p) {
-    std::string out = fmt::format("program {}: workspace {} bytes (scratch at {})\n", p.name,
-                                  p.workspaceBytes, p.scratchOffset);
+    std::string out = fmt::format("program {}: workspace {} bytes; matrix-product scratch at {} ({}x{} tiles)\n",
+                                  p.name, p.workspaceBytes, p.scratchOffset, p.blocking.mr, p.blocking.nr());
     for (auto& b : p.buffers) {
         if (b.kind == Buffer::Kind::Temp)
             out += b.offset < 0 ? fmt::format("  {:<24} {:<10} temp (fused away)\n", b.name, shapeString(b.shape))

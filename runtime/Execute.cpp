@@ -19,66 +19,93 @@ const Tensor& binding(const Bindings& b, const std::string& name, const Shape& s
     return it->second;
 }
 
-template <typename T>
-std::map<std::string, Tensor> run(const CompiledModel& model, const Graph& g, const Bindings& b, bool backward) {
-    std::vector<T> params;
-    params.reserve(size_t(model.parameterCount));
-    for (auto& p : g.params)
-        for (double v : binding(b, p.name, g[p.node].shape).data) params.push_back(T(v));
-    std::vector<T> x, targetValues;
+/// The entry points' arguments, in element type T.
+template <typename T> struct Buffers {
+    const CompiledModel& model;
+    const Graph& g;
+    std::vector<T> params, x, targetValues, logits, grads, acts;
     std::vector<int32_t> labels;
-    for (auto& n : g.nodes) {
-        if (n.op != Op::Input) continue;
-        const Tensor& t = binding(b, n.name, n.shape);
-        if (n.name == "x") {
-            for (double v : t.data) x.push_back(T(v));
-        } else if (n.type == DType::Index) {
-            for (double v : t.data) labels.push_back(int32_t(v));
-        } else {
-            for (double v : t.data) targetValues.push_back(T(v));
-        }
-    }
-    const void* target = labels.empty() ? static_cast<const void*>(targetValues.data()) : labels.data();
-    // The workspace is 64-byte aligned, as the memory plan assumes.
-    std::unique_ptr<void, decltype(&std::free)> ws(
-        std::aligned_alloc(64, size_t((model.workspaceBytes + 63) / 64 * 64 + 64)), &std::free);
-    if (!ws) throw std::bad_alloc();
     T loss = 0;
-    std::vector<T> acts(size_t(model.activationCount));
-    std::map<std::string, Tensor> out;
-    if (!backward) {
-        const Shape& shape = g[g.output("logits")].shape;
-        std::vector<T> logits(size_t(elementCount(shape)));
-        model.forward(params.data(), x.data(), target, logits.data(), &loss, acts.data(), ws.get());
-        out["logits"] = Tensor{shape, std::vector<double>(logits.begin(), logits.end())};
-    } else {
-        std::vector<T> grads(params.size());
-        model.backward(params.data(), x.data(), target, &loss, grads.data(), acts.data(), ws.get());
-        size_t offset = 0;
-        for (auto& p : g.params) {
-            size_t n = size_t(elementCount(g[p.node].shape));
-            out["grad:" + p.name] = Tensor{g[p.node].shape, std::vector<double>(grads.begin() + long(offset),
-                                                                                grads.begin() + long(offset + n))};
-            offset += n;
+    std::unique_ptr<void, decltype(&std::free)> ws{nullptr, &std::free};
+
+    Buffers(const CompiledModel& m, const Graph& graph, const Bindings& b) : model(m), g(graph) {
+        for (auto& p : g.params)
+            for (double v : binding(b, p.name, g[p.node].shape).data) params.push_back(T(v));
+        for (auto& n : g.nodes) {
+            if (n.op != Op::Input) continue;
+            const Tensor& t = binding(b, n.name, n.shape);
+            for (double v : t.data) {
+                if (n.name == "x") x.push_back(T(v));
+                else if (n.type == DType::Index) labels.push_back(int32_t(v));
+                else targetValues.push_back(T(v));
+            }
         }
+        logits.resize(size_t(elementCount(g[g.output("logits")].shape)));
+        grads.resize(params.size());
+        acts.resize(size_t(model.activationCount));
+        // The workspace is 64-byte aligned, as the memory plan assumes.
+        ws.reset(std::aligned_alloc(64, size_t((model.workspaceBytes + 63) / 64 * 64 + 64)));
+        if (!ws) throw std::bad_alloc();
     }
-    out["loss"] = Tensor{{}, {double(loss)}};
-    size_t offset = 0;
-    for (auto& [name, v] : g.outputs) {
-        if (name.rfind("preact:", 0) != 0) continue;
-        size_t n = size_t(elementCount(g[v].shape));
-        out[name] = Tensor{g[v].shape, std::vector<double>(acts.begin() + long(offset), acts.begin() + long(offset + n))};
-        offset += n;
+
+    void step(bool backward) {
+        const void* target = labels.empty() ? static_cast<const void*>(targetValues.data()) : labels.data();
+        if (backward) model.backward(params.data(), x.data(), target, &loss, grads.data(), acts.data(), ws.get());
+        else model.forward(params.data(), x.data(), target, logits.data(), &loss, acts.data(), ws.get());
     }
-    return out;
-}
+
+    std::map<std::string, Tensor> outputs(bool backward) const {
+        std::map<std::string, Tensor> out;
+        auto slice = [](const std::vector<T>& v, size_t offset, const Shape& s) {
+            size_t n = size_t(elementCount(s));
+            return Tensor{s, std::vector<double>(v.begin() + long(offset), v.begin() + long(offset + n))};
+        };
+        if (!backward) out["logits"] = slice(logits, 0, g[g.output("logits")].shape);
+        size_t offset = 0;
+        if (backward)
+            for (auto& p : g.params) {
+                out["grad:" + p.name] = slice(grads, offset, g[p.node].shape);
+                offset += size_t(elementCount(g[p.node].shape));
+            }
+        out["loss"] = Tensor{{}, {double(loss)}};
+        offset = 0;
+        for (auto& [name, v] : g.outputs) {
+            if (name.rfind("preact:", 0) != 0) continue;
+            out[name] = slice(acts, offset, g[v].shape);
+            offset += size_t(elementCount(g[v].shape));
+        }
+        return out;
+    }
+};
 
 } // namespace
 
+struct PreparedCall::Impl {
+    std::unique_ptr<Buffers<float>> f32;
+    std::unique_ptr<Buffers<double>> f64;
+};
+
+PreparedCall::PreparedCall(const CompiledModel& model, const Graph& forward, const Bindings& bindings)
+    : impl_(std::make_unique<Impl>()) {
+    if (model.f64) impl_->f64 = std::make_unique<Buffers<double>>(model, forward, bindings);
+    else impl_->f32 = std::make_unique<Buffers<float>>(model, forward, bindings);
+}
+PreparedCall::~PreparedCall() = default;
+
+void PreparedCall::step(bool backward) {
+    if (impl_->f64) impl_->f64->step(backward);
+    else impl_->f32->step(backward);
+}
+
+std::map<std::string, Tensor> PreparedCall::outputs(bool backward) const {
+    return impl_->f64 ? impl_->f64->outputs(backward) : impl_->f32->outputs(backward);
+}
+
 std::map<std::string, Tensor> runCompiled(const CompiledModel& model, const Graph& forward,
                                           const Bindings& bindings, bool backward) {
-    return model.f64 ? run<double>(model, forward, bindings, backward)
-                     : run<float>(model, forward, bindings, backward);
+    PreparedCall call(model, forward, bindings);
+    call.step(backward);
+    return call.outputs(backward);
 }
 
 } // namespace gradc

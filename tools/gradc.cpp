@@ -124,7 +124,8 @@ int runCheck(const po::variables_map& vm) {
 
 int runDump(const po::variables_map& vm) {
     const std::string emit = vm["emit"].as<std::string>();
-    static const std::vector<std::string> stages = {"ast", "graph", "grad", "kernels", "memplan", "llvm", "asm"};
+    static const std::vector<std::string> stages = {"ast", "graph", "grad", "kernels", "memplan", "llvm", "asm",
+                                                     "llvm-unoptimised"};
     if (std::find(stages.begin(), stages.end(), emit) == stages.end()) {
         std::string known;
         for (auto& s : stages) known += (known.empty() ? "" : ", ") + s;
@@ -347,7 +348,9 @@ int runBench(const po::variables_map& vm) {
     const int64_t batch = semaOptions(vm).batch;
     const int steps = vm["steps"].as<int>();
     if (steps < 1 || steps > 1000000) throw UsageError(fmt::format("--steps {} is out of range (1 to 1000000)", steps));
-    const CodegenOptions codegen = codegenOptions(vm);
+    CodegenOptions codegen = codegenOptions(vm);
+    codegen.profile = vm.count("profile") != 0;
+    if (codegen.profile) codegen.cache = false; // profiled code is not the code users run
     const std::string path = vm["model"].as<std::string>();
     Graph g = compileFile(path, {batch}).graph;
     CompiledModel cm = compileModel(g, codegen);
@@ -361,15 +364,23 @@ int runBench(const po::variables_map& vm) {
         for (double& v : t.data) v = n.type == DType::Index ? double(rng() % uint64_t(classes)) : double(rng() % 1000) / 1000.0;
         b[n.name] = std::move(t);
     }
-    runCompiled(cm, g, b, true); // warm up
+    PreparedCall call(cm, g, b);
+    call.step(true); // warm up
     auto start = std::chrono::steady_clock::now();
-    for (int i = 0; i < steps; ++i) runCompiled(cm, g, b, true);
+    for (int i = 0; i < steps; ++i) call.step(true);
     double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count() / steps;
     double gflops = matmulFlops(grad) / (ms * 1e6);
     fmt::print("{}: batch {}, {} steps, {} code {} in {:.1f} ms\n", g.model, batch, steps,
                codegen.f64 ? "f64" : "f32", cm.cacheHit ? "loaded from the cache" : "compiled", cm.compileMs);
     fmt::print("forward + backward: {:.3f} ms per step, {:.2f} GFLOP/s ({:.3f} GFLOP per step)\n", ms, gflops,
                matmulFlops(grad) / 1e9);
+    if (codegen.profile) {
+        uint64_t total = 0;
+        for (size_t i = 0; i < cm.kernelsBackward.size(); ++i) total += cm.profileBackward[i];
+        fmt::print("\nbackward entry point, share of cycles per kernel:\n");
+        for (size_t i = 0; i < cm.kernelsBackward.size(); ++i)
+            fmt::print("  {:5.1f}%  {}\n", 100.0 * double(cm.profileBackward[i]) / double(total), cm.kernelsBackward[i]);
+    }
     return 0;
 }
 
@@ -413,7 +424,8 @@ const std::vector<Command>& commands() {
          "time the compiled forward + backward step",
          [](po::options_description& d) {
              addModelOptions(d);
-             d.add_options()("steps", po::value<int>()->default_value(50), "timed steps");
+             d.add_options()("steps", po::value<int>()->default_value(50), "timed steps")(
+                 "profile", "count the cycles of each kernel and print their shares");
              addCodegenOptions(d);
          },
          runBench},

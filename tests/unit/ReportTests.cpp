@@ -11,7 +11,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
-#include <regex>
+#include <cctype>
 #include <set>
 
 using namespace gradc;
@@ -45,26 +45,58 @@ std::string errorOf(const std::function<void()>& f) {
     return "";
 }
 
-/// Well-formed XML, checked plainly: every tag closes in order, attributes are quoted.
+/// Well-formed XML, checked plainly (a scanner, not std::regex, whose recursion overflows
+/// the stack on long documents): every tag closes in order, attribute values are quoted, and
+/// no '<' or '&' stands loose in text.
 bool wellFormed(const std::string& xml) {
     std::vector<std::string> open;
-    std::regex tag(R"(<(/?)([A-Za-z?][\w:.-]*)((?:\s+[\w:.-]+="[^"<]*")*)\s*(/?|\?)>)");
-    size_t pos = 0;
-    for (std::sregex_iterator it(xml.begin(), xml.end(), tag), end; it != end; ++it) {
-        const std::smatch& m = *it;
-        std::string between = xml.substr(pos, size_t(m.position()) - pos);
-        if (between.find('<') != std::string::npos) return false; // a tag the pattern did not accept
-        pos = size_t(m.position() + m.length());
-        std::string name = m[2];
-        if (name[0] == '?' || m[4] == "/") continue;
-        if (m[1] == "/") {
+    size_t i = 0;
+    auto isName = [](char c) { return std::isalnum((unsigned char)c) || c == '-' || c == '_' || c == ':' || c == '.'; };
+    while (i < xml.size()) {
+        if (xml[i] == '&') {
+            size_t semi = xml.find(';', i);
+            if (semi == std::string::npos || semi - i > 6) return false;
+            i = semi + 1;
+            continue;
+        }
+        if (xml[i] != '<') {
+            if (xml[i] == '>') return false;
+            ++i;
+            continue;
+        }
+        size_t end = xml.find('>', i);
+        if (end == std::string::npos) return false;
+        std::string tag = xml.substr(i + 1, end - i - 1);
+        i = end + 1;
+        if (tag.size() >= 2 && tag.front() == '?' && tag.back() == '?') continue; // <?xml ...?>
+        bool closing = !tag.empty() && tag[0] == '/';
+        bool selfClosing = !tag.empty() && tag.back() == '/';
+        if (closing) tag.erase(0, 1);
+        if (selfClosing) tag.pop_back();
+        size_t n = 0;
+        while (n < tag.size() && isName(tag[n])) ++n;
+        if (n == 0) return false;
+        std::string name = tag.substr(0, n);
+        // Attributes: name="value" pairs separated by white space.
+        for (size_t p = n; p < tag.size();) {
+            if (std::isspace((unsigned char)tag[p])) { ++p; continue; }
+            if (closing) return false;
+            size_t a = p;
+            while (p < tag.size() && isName(tag[p])) ++p;
+            if (p == a || p + 1 >= tag.size() || tag[p] != '=' || tag[p + 1] != '"') return false;
+            size_t close = tag.find('"', p + 2);
+            if (close == std::string::npos || tag.substr(p + 2, close - p - 2).find('<') != std::string::npos) return false;
+            p = close + 1;
+        }
+        if (selfClosing) continue;
+        if (closing) {
             if (open.empty() || open.back() != name) return false;
             open.pop_back();
         } else {
             open.push_back(name);
         }
     }
-    return open.empty() && xml.find('<', pos) == std::string::npos;
+    return open.empty();
 }
 
 size_t count(const std::string& s, const std::string& what) {
