@@ -49,4 +49,8 @@ std::string emitModule(const Graph& forward, const CodegenOptions& opts, const s
 
 std::string defaultCacheDir();
 
+/// The CPU's fused multiply-add peak on one thread, in GFLOP/s, measured by a small JIT'd
+/// probe: independent vector FMAs in registers, as many as the registers hold.
+double measureFmaPeak(bool f64);
+
 } // namespace gradc

@@ -370,10 +370,12 @@ int runBench(const po::variables_map& vm) {
     for (int i = 0; i < steps; ++i) call.step(true);
     double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count() / steps;
     double gflops = matmulFlops(grad) / (ms * 1e6);
+    const double peak = measureFmaPeak(codegen.f64);
     fmt::print("{}: batch {}, {} steps, {} code {} in {:.1f} ms\n", g.model, batch, steps,
                codegen.f64 ? "f64" : "f32", cm.cacheHit ? "loaded from the cache" : "compiled", cm.compileMs);
-    fmt::print("forward + backward: {:.3f} ms per step, {:.2f} GFLOP/s ({:.3f} GFLOP per step)\n", ms, gflops,
-               matmulFlops(grad) / 1e9);
+    fmt::print("FMA peak (measured): {:.1f} GFLOP/s per thread\n", peak);
+    fmt::print("forward + backward: {:.3f} ms per step, {:.2f} GFLOP/s ({:.3f} GFLOP per step), {:.1f}% of peak\n", ms,
+               gflops, matmulFlops(grad) / 1e9, 100 * gflops / peak);
     if (codegen.profile) {
         uint64_t total = 0;
         for (size_t i = 0; i < cm.kernelsBackward.size(); ++i) total += cm.profileBackward[i];
