@@ -6,6 +6,7 @@
 #include "Kernels.h"
 #include "LowerToLLVM.h"
 #include "Pipeline.h"
+#include "CodegenInternal.h"
 
 #include <fmt/format.h>
 #include <llvm/Analysis/TargetLibraryInfo.h>
@@ -31,27 +32,16 @@
 #include <unistd.h>
 
 namespace gradc {
-namespace {
 
-[[noreturn]] void fail(const std::string& what, llvm::Error err) {
+[[noreturn]] void failLLVM(const std::string& what, llvm::Error err) {
     throw UserError({}, fmt::format("{}: {}", what, llvm::toString(std::move(err))));
 }
 
-template <typename T> T check(const std::string& what, llvm::Expected<T> v) {
-    if (!v) fail(what, v.takeError());
-    return std::move(*v);
-}
-
-/// Everything between the graph and the LLVM module.
-struct Programs {
-    KernelProgram forward, backward;
-    int64_t parameterCount = 0, activationCount = 0;
-};
-
-/// The micro-kernel's register tile for this CPU: with AVX-512's 32 vector registers, 6 rows
-/// by 4 vectors (24 accumulators); with AVX2's 16, 6 by 2.
-GemmBlocking hostBlocking(bool f64) {
-    const std::string features = Jit::hostFeatures();
+GemmBlocking blockingFor(const std::string& features, bool f64) {
+    // The micro-kernel's register tile: with AVX-512's 32 vector registers, 6 rows by 4
+    // vectors (24 accumulators); with AVX2's 16 (or SSE), 6 by 2. Measured on the seed
+    // network (AVX-512, f32): 6x4 ran 10.6 ms a step; 8x3 10.9, 12x2 11.3, 14x2 11.9, 4x6
+    // 12.1. Software prefetching of B did not help.
     const int bits = features.find("+avx512f") != std::string::npos ? 512
                      : features.find("+avx2") != std::string::npos  ? 256
                                                                     : 128;
@@ -59,12 +49,12 @@ GemmBlocking hostBlocking(bool f64) {
     b.vl = bits / (f64 ? 64 : 32);
     b.nv = bits == 512 ? 4 : 2;
     b.mr = 6;
-    // Measured on the seed network (AVX-512, f32): 6x4 ran 10.6 ms a step; 8x3 10.9, 12x2
-    // 11.3, 14x2 11.9, 4x6 12.1. Software prefetching of B did not help.
     return b;
 }
 
-Programs buildPrograms(const Graph& fwd, bool f64) {
+static GemmBlocking hostBlocking(bool f64) { return blockingFor(Jit::hostFeatures(), f64); }
+
+Programs buildPrograms(const Graph& fwd, bool f64, const GemmBlocking& blocking) {
     Graph grad = differentiate(fwd);
     std::vector<std::string> fwdOutputs, gradOutputs = {"loss"};
     int64_t activations = 0;
@@ -76,14 +66,13 @@ Programs buildPrograms(const Graph& fwd, bool f64) {
     for (auto& name : fwdOutputs)
         if (name.rfind("preact:", 0) == 0) gradOutputs.push_back(name);
     const int bytes = f64 ? 8 : 4;
-    const GemmBlocking blocking = hostBlocking(f64);
     return {buildKernels(fwd, "forward", fwdOutputs, bytes, blocking),
             buildKernels(grad, "backward", gradOutputs, bytes, blocking),
             fwd.parameterCount(), activations};
 }
 
 std::unique_ptr<llvm::Module> lower(llvm::LLVMContext& ctx, const Programs& p, bool f64,
-                                    llvm::TargetMachine& tm, bool profile = false) {
+                                    llvm::TargetMachine& tm, bool profile) {
     auto m = lowerToLLVM(ctx, p.forward, p.backward, f64, profile);
     m->setDataLayout(tm.createDataLayout());
     m->setTargetTriple(tm.getTargetTriple().str());
@@ -93,7 +82,7 @@ std::unique_ptr<llvm::Module> lower(llvm::LLVMContext& ctx, const Programs& p, b
     return m;
 }
 
-void optimise(llvm::Module& m, llvm::TargetMachine& tm) {
+void optimise(llvm::Module& m, llvm::TargetMachine& tm, bool libmvec) {
     llvm::LoopAnalysisManager lam;
     llvm::FunctionAnalysisManager fam;
     llvm::CGSCCAnalysisManager cgam;
@@ -106,7 +95,7 @@ void optimise(llvm::Module& m, llvm::TargetMachine& tm) {
     tuning.LoopInterleaving = false;
     llvm::PassBuilder pb(&tm, tuning);
     llvm::TargetLibraryInfoImpl tlii(llvm::Triple(m.getTargetTriple()));
-    if (Jit::haveLibmvec()) // vector exp, log, tanh, ... from glibc
+    if (libmvec && Jit::haveLibmvec()) // vector exp, log, tanh, ... from glibc
         tlii.addVectorizableFunctionsFromVecLib(llvm::TargetLibraryInfoImpl::LIBMVEC_X86,
                                                 llvm::Triple(m.getTargetTriple()));
     fam.registerPass([&] { return llvm::TargetLibraryAnalysis(tlii); });
@@ -126,6 +115,8 @@ std::string emit(llvm::Module& m, llvm::TargetMachine& tm, llvm::CodeGenFileType
     pm.run(m);
     return std::string(buffer.begin(), buffer.end());
 }
+
+namespace {
 
 // ---- The object cache. An entry is one file named by its key:
 //   "GRADCOBJ" | format u32 | key (64 hex digits) | size u64 | xxh3 u64 of the object | object
@@ -215,9 +206,9 @@ std::string defaultCacheDir() {
 CompiledModel compileModel(const Graph& fwd, const CodegenOptions& opts) {
     auto start = std::chrono::steady_clock::now();
     StageTimer timer;
-    Programs programs = buildPrograms(fwd, opts.f64);
+    Programs programs = buildPrograms(fwd, opts.f64, hostBlocking(opts.f64));
     timer("differentiate, fuse, plan memory");
-    auto tm = check("cannot set up code generation for this CPU", Jit::targetMachine());
+    auto tm = checkLLVM("cannot set up code generation for this CPU", Jit::targetMachine());
     timer("target machine");
     llvm::LLVMContext ctx;
     auto m = lower(ctx, programs, opts.f64, *tm, opts.profile);
@@ -240,15 +231,15 @@ CompiledModel compileModel(const Graph& fwd, const CodegenOptions& opts) {
         timer("emit object code");
         if (opts.cache) cacheStore(dir, path, key, *object);
     }
-    std::shared_ptr<Jit> jit = check("cannot start the JIT", Jit::create());
+    std::shared_ptr<Jit> jit = checkLLVM("cannot start the JIT", Jit::create());
     if (auto err = jit->addObject(llvm::MemoryBuffer::getMemBufferCopy(*object, "gradc-model")))
-        fail("cannot load the compiled model", std::move(err));
-    out.forward = reinterpret_cast<CompiledModel::Entry>(check("cannot find the forward function", jit->lookup("gradc_forward")));
-    out.backward = reinterpret_cast<CompiledModel::Entry>(check("cannot find the backward function", jit->lookup("gradc_backward")));
+        failLLVM("cannot load the compiled model", std::move(err));
+    out.forward = reinterpret_cast<CompiledModel::Entry>(checkLLVM("cannot find the forward function", jit->lookup("gradc_forward")));
+    out.backward = reinterpret_cast<CompiledModel::Entry>(checkLLVM("cannot find the backward function", jit->lookup("gradc_backward")));
     out.owner = jit;
     if (opts.profile) {
-        out.profileForward = static_cast<const uint64_t*>(check("profile", jit->lookup("gradc_profile_forward")));
-        out.profileBackward = static_cast<const uint64_t*>(check("profile", jit->lookup("gradc_profile_backward")));
+        out.profileForward = static_cast<const uint64_t*>(checkLLVM("profile", jit->lookup("gradc_profile_forward")));
+        out.profileBackward = static_cast<const uint64_t*>(checkLLVM("profile", jit->lookup("gradc_profile_backward")));
         auto firstLines = [](const KernelProgram& p) {
             std::vector<std::string> lines;
             std::string text = printKernels(p);
@@ -274,7 +265,7 @@ CompiledModel compileModel(const Graph& fwd, const CodegenOptions& opts) {
 }
 
 double measureFmaPeak(bool f64) {
-    auto tm = check("cannot set up code generation for this CPU", Jit::targetMachine());
+    auto tm = checkLLVM("cannot set up code generation for this CPU", Jit::targetMachine());
     const GemmBlocking bl = hostBlocking(f64);
     llvm::LLVMContext ctx;
     auto m = std::make_unique<llvm::Module>("probe", ctx);
@@ -317,9 +308,9 @@ double measureFmaPeak(bool f64) {
     b.CreateRetVoid();
     internal_assert(!llvm::verifyModule(*m, &llvm::errs()), "invalid probe IR");
     std::string object = emit(*m, *tm, llvm::CodeGenFileType::ObjectFile);
-    std::shared_ptr<Jit> jit = check("cannot start the JIT", Jit::create());
-    if (auto err = jit->addObject(llvm::MemoryBuffer::getMemBufferCopy(object, "probe"))) fail("probe", std::move(err));
-    auto probe = reinterpret_cast<void (*)(void*, int64_t)>(check("probe", jit->lookup("gradc_probe")));
+    std::shared_ptr<Jit> jit = checkLLVM("cannot start the JIT", Jit::create());
+    if (auto err = jit->addObject(llvm::MemoryBuffer::getMemBufferCopy(object, "probe"))) failLLVM("probe", std::move(err));
+    auto probe = reinterpret_cast<void (*)(void*, int64_t)>(checkLLVM("probe", jit->lookup("gradc_probe")));
     std::vector<double> out(size_t(bl.vl));
     const int64_t rounds = 20'000'000;
     probe(out.data(), rounds / 10); // warm up (and let the clock rise)
@@ -334,10 +325,10 @@ double measureFmaPeak(bool f64) {
 }
 
 std::string emitModule(const Graph& fwd, const CodegenOptions& opts, const std::string& what) {
-    Programs programs = buildPrograms(fwd, opts.f64);
+    Programs programs = buildPrograms(fwd, opts.f64, hostBlocking(opts.f64));
     if (what == "kernels") return printKernels(programs.forward) + printKernels(programs.backward);
     if (what == "memplan") return printMemoryPlan(programs.forward) + printMemoryPlan(programs.backward);
-    auto tm = check("cannot set up code generation for this CPU", Jit::targetMachine());
+    auto tm = checkLLVM("cannot set up code generation for this CPU", Jit::targetMachine());
     llvm::LLVMContext ctx;
     auto m = lower(ctx, programs, opts.f64, *tm);
     if (what == "llvm-unoptimised") {

@@ -11,7 +11,7 @@
 
 namespace gradc {
 
-static void initialiseLLVM() {
+void Jit::initialiseLLVM() {
     static std::once_flag once;
     std::call_once(once, [] {
         llvm::InitializeNativeTarget();

@@ -19,6 +19,7 @@ public:
 
     /// A TargetMachine for the same CPU, to optimise and emit code with.
     static llvm::Expected<std::unique_ptr<llvm::TargetMachine>> targetMachine();
+    static void initialiseLLVM(); ///< the native target, once per process
     static std::string hostCpu();
     static std::string hostFeatures();
     /// True when glibc's vector math library could be loaded (the vectoriser may call it).

@@ -2,6 +2,7 @@
 // Boost.Program_options. Exit status: 0 success, 1 an error in the user's input (model,
 // data, parameters), 2 a usage error (unknown command, option or value).
 #include "Autodiff.h"
+#include "Aot.h"
 #include "Codegen.h"
 #include "Execute.h"
 #include "Data.h"
@@ -174,6 +175,23 @@ int runAct(const po::variables_map& vm) {
             fmt::print("  {:>12.6f} {:>12.6f}", scalar::eval(a.formula, i), scalar::eval(scalar::derivative(a.formula), i));
         fmt::print("\n");
     }
+    return 0;
+}
+
+/// `gradc compile MODEL -o model.o --header model.h`: ahead-of-time compilation.
+int runCompile(const po::variables_map& vm) {
+    if (!vm.count("output")) throw UsageError("-o FILE is required");
+    AotOptions o;
+    o.f64 = codegenOptions(vm).f64;
+    o.targetCpu = vm["target-cpu"].as<std::string>();
+    o.emit = vm["emit"].as<std::string>();
+    if (vm.count("prefix")) o.prefix = vm["prefix"].as<std::string>();
+    o.source = vm["model"].as<std::string>();
+    if (o.emit != "obj" && o.emit != "asm" && o.emit != "llvm")
+        throw UsageError(fmt::format("--emit={} is not obj, asm or llvm", o.emit));
+    AotResult r = compileAhead(compileFile(o.source, semaOptions(vm)).graph, o);
+    writeFileAtomically(vm["output"].as<std::string>(), r.output);
+    if (vm.count("header")) writeFileAtomically(vm["header"].as<std::string>(), r.header);
     return 0;
 }
 
@@ -431,6 +449,19 @@ const std::vector<Command>& commands() {
              addCodegenOptions(d);
          },
          runBench},
+        {"compile", "MODEL -o FILE.o [--header FILE.h] [--target-cpu generic|native|NAME] [--emit obj|asm|llvm]",
+         "compile a model ahead of time: an object file and a C header, linkable without LLVM",
+         [](po::options_description& d) {
+             addModelOptions(d);
+             d.add_options()("output,o", po::value<std::string>(), "the object file (or .s, .ll) to write")(
+                 "header", po::value<std::string>(), "the C header to write")(
+                 "target-cpu", po::value<std::string>()->default_value("generic"),
+                 "generic (portable x86-64), native (this machine), or an LLVM CPU name such as x86-64-v3")(
+                 "emit", po::value<std::string>()->default_value("obj"), "obj | asm | llvm")(
+                 "prefix", po::value<std::string>(), "prefix of the C symbols (default: the model's name)")(
+                 "dtype", po::value<std::string>()->default_value("f32"), "element type: f32 | f64");
+         },
+         runCompile},
         {"act", "NAME... [--plot FILE.svg] [--model FILE]",
          "each activation and its derivative on [-5, 5]: a table, or the seed's figure",
          [](po::options_description& d) {

@@ -1,0 +1,31 @@
+// Aot.h — ahead-of-time compilation: a model's forward and backward functions as a native
+// object file and a C header describing them, linkable by a C or C++ program without LLVM.
+#pragma once
+
+#include "Graph.h"
+
+#include <string>
+
+namespace gradc {
+
+/// The ABI of the entry points (arguments, layouts); a header records it and the object
+/// returns it from PREFIX_abi_version() so a caller can assert they match.
+constexpr unsigned kAbiVersion = 1;
+
+struct AotOptions {
+    bool f64 = false;
+    std::string targetCpu = "generic"; ///< generic (portable x86-64), native, or an LLVM CPU name
+    std::string prefix;                ///< symbol prefix; default: the model's name
+    std::string emit = "obj";          ///< obj | asm | llvm
+    std::string source;                ///< the model file, named in the header
+};
+
+struct AotResult {
+    std::string output; ///< the object file (or assembly, or LLVM IR)
+    std::string header; ///< the C header
+};
+
+/// Throws UserError for an unknown CPU or a prefix that is not a C identifier.
+AotResult compileAhead(const Graph& forward, const AotOptions& opts);
+
+} // namespace gradc

@@ -1,0 +1,43 @@
+// CodegenInternal.h — the steps of code generation that the JIT path (Codegen.cpp) and the
+// ahead-of-time path (Aot.cpp) share.
+#pragma once
+
+#include "Kernels.h"
+
+#include <llvm/Support/Error.h>
+#include <llvm/Target/TargetMachine.h>
+
+#include <memory>
+#include <string>
+
+namespace llvm {
+class LLVMContext;
+class Module;
+} // namespace llvm
+
+namespace gradc {
+
+/// Everything between the graph and the LLVM module.
+struct Programs {
+    KernelProgram forward, backward;
+    int64_t parameterCount = 0, activationCount = 0;
+};
+
+/// The register tile for a CPU with `features` ("+avx512f,..." as LLVM spells them).
+GemmBlocking blockingFor(const std::string& features, bool f64);
+Programs buildPrograms(const Graph& fwd, bool f64, const GemmBlocking& blocking);
+/// Lowers, sets the target's data layout and triple, and verifies.
+std::unique_ptr<llvm::Module> lower(llvm::LLVMContext& ctx, const Programs& p, bool f64, llvm::TargetMachine& tm,
+                                    bool profile = false);
+/// O3 for the target, without loop unrolling and interleaving; `libmvec` lets the vectoriser
+/// call glibc's vector math functions (not for objects that may run elsewhere).
+void optimise(llvm::Module& m, llvm::TargetMachine& tm, bool libmvec = true);
+std::string emit(llvm::Module& m, llvm::TargetMachine& tm, llvm::CodeGenFileType type);
+
+[[noreturn]] void failLLVM(const std::string& what, llvm::Error err);
+template <typename T> T checkLLVM(const std::string& what, llvm::Expected<T> v) {
+    if (!v) failLLVM(what, v.takeError());
+    return std::move(*v);
+}
+
+} // namespace gradc

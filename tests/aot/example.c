@@ -1,0 +1,58 @@
+/* example.c - a C program that links a model compiled ahead of time by `gradc compile`.
+ *   example PARAMS.safetensors GRADS.out
+ * Loads the parameters (a safetensors file that gradc wrote, tensors in parameter order as
+ * float32), runs the backward function on a deterministic batch, and writes the gradients
+ * as raw float32 for the test to compare with the JIT's. Built with plain `cc`: no LLVM. */
+#include "model.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+int main(int argc, char** argv) {
+    if (argc != 3) {
+        fprintf(stderr, "usage: example PARAMS.safetensors GRADS.out\n");
+        return 2;
+    }
+    if (model_abi_version() != MODEL_ABI_VERSION) {
+        fprintf(stderr, "object and header disagree: ABI %u vs %u\n", model_abi_version(), MODEL_ABI_VERSION);
+        return 1;
+    }
+    static float params[MODEL_PARAMETERS], grads[MODEL_PARAMETERS], acts[MODEL_ACTIVATIONS];
+    static float x[MODEL_BATCH * MODEL_INPUTS];
+    static int32_t labels[MODEL_BATCH];
+    FILE* f = fopen(argv[1], "rb");
+    unsigned char len[8];
+    if (!f || fread(len, 1, 8, f) != 8) {
+        fprintf(stderr, "%s: cannot read\n", argv[1]);
+        return 1;
+    }
+    long header = 0;
+    for (int i = 7; i >= 0; --i) header = header * 256 + len[i];
+    if (fseek(f, 8 + header, SEEK_SET) != 0 || fread(params, sizeof(float), MODEL_PARAMETERS, f) != MODEL_PARAMETERS) {
+        fprintf(stderr, "%s: not %d float32 parameters\n", argv[1], MODEL_PARAMETERS);
+        return 1;
+    }
+    fclose(f);
+    /* The same batch the test's reference computes: inputs in [-1, 1), labels cycling. */
+    for (long i = 0; i < MODEL_BATCH * MODEL_INPUTS; ++i) x[i] = (float)((i * 37) % 255) / 127.5f - 1.0f;
+    for (int b = 0; b < MODEL_BATCH; ++b) labels[b] = b % MODEL_OUTPUTS;
+    void* workspace = aligned_alloc(64, (MODEL_WORKSPACE_BYTES + 63) / 64 * 64);
+    float loss = 0;
+    model_backward(params, x, labels, &loss, grads, acts, workspace);
+    free(workspace);
+    printf("loss %.6f\n", loss);
+    for (int p = 0; p < (int)(sizeof model_parameters / sizeof model_parameters[0]); ++p) {
+        double s = 0;
+        for (long i = 0; i < model_parameters[p].count; ++i) {
+            double g = grads[model_parameters[p].offset + i];
+            s += g < 0 ? -g : g;
+        }
+        printf("  %-16s abs_mean %.4e\n", model_parameters[p].name, s / (double)model_parameters[p].count);
+    }
+    FILE* out = fopen(argv[2], "wb");
+    if (!out || fwrite(grads, sizeof(float), MODEL_PARAMETERS, out) != MODEL_PARAMETERS || fclose(out) != 0) {
+        fprintf(stderr, "%s: cannot write\n", argv[2]);
+        return 1;
+    }
+    return 0;
+}

@@ -1,0 +1,56 @@
+// reference.cpp — the JIT's gradients for the batch tests/aot/example.c uses, compared with
+// the gradients the ahead-of-time object wrote.
+//   reference MODEL.nn BATCH PARAMS.safetensors GRADS.out
+#include "Codegen.h"
+#include "Execute.h"
+#include "Pipeline.h"
+#include "SafeTensors.h"
+
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+
+using namespace gradc;
+
+int main(int argc, char** argv) {
+    if (argc != 5) return 2;
+    const int64_t batch = std::atoll(argv[2]);
+    Graph g = compileFile(argv[1], {batch}).graph;
+    Bindings b = loadParameters(g, argv[3]);
+    const int64_t inputs = g[0].shape[1], outputs = g[g.output("logits")].shape[1];
+    Tensor x{{batch, inputs}, {}}, labels{{batch}, {}};
+    for (int64_t i = 0; i < batch * inputs; ++i) x.data.push_back(double(float(double((i * 37) % 255) / 127.5 - 1.0)));
+    for (int64_t r = 0; r < batch; ++r) labels.data.push_back(double(r % outputs));
+    b["x"] = x, b["target"] = labels;
+    CodegenOptions opts;
+    opts.cache = false;
+    auto jit = runCompiled(compileModel(g, opts), g, b, true);
+    std::ifstream in(argv[4], std::ios::binary);
+    std::vector<float> aot(size_t(g.parameterCount()));
+    if (!in.read(reinterpret_cast<char*>(aot.data()), std::streamsize(aot.size() * sizeof(float)))) {
+        std::fprintf(stderr, "%s: short\n", argv[4]);
+        return 1;
+    }
+    // A tensor that is zero in exact arithmetic (the bias of a layer that batchnorm follows)
+    // holds rounding noise only: it is measured against the model's largest gradient.
+    double modelScale = 0;
+    for (auto& p : g.params)
+        for (double v : jit.at("grad:" + p.name).data) modelScale = std::max(modelScale, std::fabs(v));
+    size_t offset = 0;
+    double worst = 0;
+    for (auto& p : g.params) {
+        const Tensor& want = jit.at("grad:" + p.name);
+        double scale = 0, err = 0;
+        for (size_t i = 0; i < want.data.size(); ++i) {
+            scale = std::max(scale, std::fabs(want.data[i]));
+            err = std::max(err, std::fabs(double(aot[offset + i]) - want.data[i]));
+        }
+        if (scale < 1e-5 * modelScale) scale = modelScale;
+        offset += want.data.size();
+        double rel = scale > 0 ? err / scale : err;
+        worst = std::max(worst, rel);
+        std::printf("  %-16s largest difference %.2e of the tensor's largest gradient\n", p.name.c_str(), rel);
+    }
+    std::printf("ahead-of-time object vs JIT: largest relative difference %.2e\n", worst);
+    return worst <= 1e-4 ? 0 : 1;
+}
