@@ -6,6 +6,7 @@
 #include "Kernels.h"
 #include "LowerToLLVM.h"
 #include "Pipeline.h"
+#include "ThreadPool.h"
 #include "CodegenInternal.h"
 
 #include <fmt/format.h>
@@ -52,7 +53,11 @@ GemmBlocking blockingFor(const std::string& features, bool f64) {
     return b;
 }
 
-static GemmBlocking hostBlocking(bool f64) { return blockingFor(Jit::hostFeatures(), f64); }
+static GemmBlocking hostBlocking(bool f64) {
+    GemmBlocking b = blockingFor(Jit::hostFeatures(), f64);
+    b.threads = threadCount();
+    return b;
+}
 
 Programs buildPrograms(const Graph& fwd, bool f64, const GemmBlocking& blocking) {
     Graph grad = differentiate(fwd);

@@ -1,6 +1,9 @@
 // Jit.cpp — LLJIT for the host, and the host's TargetMachine.
 #include "Jit.h"
 
+#include "ThreadPool.h"
+
+#include <llvm/ExecutionEngine/Orc/Core.h>
 #include <llvm/ExecutionEngine/Orc/ExecutionUtils.h>
 #include <llvm/ExecutionEngine/Orc/JITTargetMachineBuilder.h>
 #include <llvm/Support/DynamicLibrary.h>
@@ -58,6 +61,12 @@ llvm::Expected<std::unique_ptr<Jit>> Jit::create() {
         (*jit)->getDataLayout().getGlobalPrefix());
     if (!process) return process.takeError();
     (*jit)->getMainJITDylib().addGenerator(std::move(*process));
+    // The runtime support compiled code calls: the thread pool's parallel loop.
+    llvm::orc::SymbolMap runtime;
+    runtime[(*jit)->mangleAndIntern("gradc_parallel_for")] = {
+        llvm::orc::ExecutorAddr::fromPtr(&gradc_parallel_for), llvm::JITSymbolFlags::Exported};
+    if (auto err = (*jit)->getMainJITDylib().define(llvm::orc::absoluteSymbols(std::move(runtime))))
+        return err;
     return std::unique_ptr<Jit>(new Jit(std::move(*jit)));
 }
 

@@ -70,6 +70,7 @@ struct Kernel {
 /// A by NR = NV vectors of VL lanes of B, held in MR x NV vector registers.
 struct GemmBlocking {
     int mr = 6, nv = 4, vl = 16;
+    int threads = 1; ///< tiles are spread over this many threads, each with its own tile buffer
     int nr() const { return nv * vl; }
 };
 

@@ -10,6 +10,7 @@
 #include <llvm/IR/LLVMContext.h>
 #include <llvm/IR/Module.h>
 
+#include <array>
 #include <functional>
 #include <map>
 
@@ -36,6 +37,8 @@ public:
         for (unsigned i = 0; i < 7; ++i) fn_->getArg(i)->setName(names[i]);
         entryBlock_ = llvm::BasicBlock::Create(ctx_, "entry", fn_);
         b_.SetInsertPoint(entryBlock_);
+        for (unsigned i = 0; i < 7; ++i) args_[i] = fn_->getArg(i);
+        context_ = nullptr;
         p_ = &p;
         backward_ = std::string(symbol).find("backward") != std::string::npos;
         llvm::GlobalVariable* counters = nullptr;
@@ -68,6 +71,8 @@ private:
     llvm::FastMathFlags fmf_;
     llvm::Function* fn_ = nullptr;
     llvm::BasicBlock* entryBlock_ = nullptr;
+    std::array<llvm::Value*, 7> args_{};  ///< the entry point's arguments, as seen in fn_
+    llvm::Value* context_ = nullptr;        ///< the entry's arguments as an array, for outlined loops
     const KernelProgram* p_ = nullptr;
     bool backward_ = false;
 
@@ -79,14 +84,14 @@ private:
         const Buffer& buf = p_->buffers[size_t(id)];
         llvm::Type* i8 = b_.getInt8Ty();
         switch (buf.kind) {
-        case Buffer::Kind::Param: return b_.CreateGEP(T_, fn_->getArg(0), i64(buf.offset));
-        case Buffer::Kind::Input: return fn_->getArg(1);
-        case Buffer::Kind::Target: return fn_->getArg(2);
-        case Buffer::Kind::Logits: return fn_->getArg(3);
-        case Buffer::Kind::Loss: return fn_->getArg(backward_ ? 3 : 4);
-        case Buffer::Kind::Grad: return b_.CreateGEP(T_, fn_->getArg(4), i64(buf.offset));
-        case Buffer::Kind::Activation: return b_.CreateGEP(T_, fn_->getArg(5), i64(buf.offset));
-        case Buffer::Kind::Temp: return b_.CreateGEP(i8, fn_->getArg(6), i64(buf.offset));
+        case Buffer::Kind::Param: return b_.CreateGEP(T_, args_[0], i64(buf.offset));
+        case Buffer::Kind::Input: return args_[1];
+        case Buffer::Kind::Target: return args_[2];
+        case Buffer::Kind::Logits: return args_[3];
+        case Buffer::Kind::Loss: return args_[backward_ ? 3 : 4];
+        case Buffer::Kind::Grad: return b_.CreateGEP(T_, args_[4], i64(buf.offset));
+        case Buffer::Kind::Activation: return b_.CreateGEP(T_, args_[5], i64(buf.offset));
+        case Buffer::Kind::Temp: return b_.CreateGEP(i8, args_[6], i64(buf.offset));
         }
         return nullptr;
     }
@@ -308,13 +313,14 @@ private:
         f->addFnAttr(llvm::Attribute::NoInline);
         llvm::Function* savedFn = fn_;
         llvm::BasicBlock* savedEntry = entryBlock_;
+        auto savedArgs = args_;
         llvm::IRBuilderBase::InsertPoint savedIp = b_.saveIP();
         fn_ = f;
         entryBlock_ = llvm::BasicBlock::Create(ctx_, "entry", f);
         b_.SetInsertPoint(entryBlock_);
         body();
         b_.CreateRetVoid();
-        fn_ = savedFn, entryBlock_ = savedEntry;
+        fn_ = savedFn, entryBlock_ = savedEntry, args_ = savedArgs;
         b_.restoreIP(savedIp);
         return f;
     }
@@ -410,14 +416,23 @@ private:
         const int64_t M = k.rows, N = k.cols, K = k.depth, MR = bl.mr, NR = bl.nr();
         const int64_t mt = (M + MR - 1) / MR, nt = (N + NR - 1) / NR;
         auto up16 = [](int64_t v) { return (v + 15) / 16 * 16; };
-        llvm::Value* ap = b_.CreateGEP(b_.getInt8Ty(), fn_->getArg(6), i64(p_->scratchOffset));
+        llvm::Value* ap = b_.CreateGEP(b_.getInt8Ty(), args_[6], i64(p_->scratchOffset));
         llvm::Value* bp = b_.CreateGEP(T_, ap, i64(up16(mt * MR * K)));
         llvm::Value* tile = b_.CreateGEP(T_, bp, i64(up16(nt * NR * K)));
         b_.CreateCall(packA_, {ap, base(k.a), i64(M), i64(K), b_.getInt1(k.transA)});
         b_.CreateCall(packB_, {bp, base(k.b), i64(N), i64(K), b_.getInt1(k.transB)});
-        LoopBases lb = loopBases(k);
-        loop(nt, "jt", [&](llvm::Value* jt) {
-            loop(mt, "it", [&](llvm::Value* it) {
+        // The tiles, as a function of a range of tile numbers and a thread number, so threads
+        // can share them: column sums accumulate across the rows of tiles, so a kernel with
+        // any runs its column strips (whole jt) on one thread each.
+        const bool byStrip = !k.columnSums.empty();
+        const int64_t units = byStrip ? nt : nt * mt;
+        auto tiles = [&](llvm::Value* begin, llvm::Value* end, llvm::Value* thread) {
+          llvm::Value* myTile = b_.CreateGEP(T_, tile, b_.CreateMul(thread, i64(MR * NR)));
+          loopTo(b_.CreateSub(end, begin), "u", [&](llvm::Value* u0) {
+            llvm::Value* u = b_.CreateAdd(begin, u0);
+            auto one = [&](llvm::Value* jt, llvm::Value* it) {
+                llvm::Value* tile = myTile;
+                LoopBases lb = loopBases(k);
                 b_.CreateCall(tile_, {tile, b_.CreateGEP(T_, ap, b_.CreateMul(it, i64(K * MR))),
                                       b_.CreateGEP(T_, bp, b_.CreateMul(jt, i64(K * NR))), i64(K)});
                 llvm::Value* r0 = b_.CreateMul(it, i64(MR));
@@ -432,8 +447,43 @@ private:
                         element(k, lb, b_.CreateAdd(r0, r), b_.CreateAdd(c0, c), accv);
                     });
                 });
-            });
+            };
+            if (byStrip) {
+                loop(mt, "it", [&](llvm::Value* it) { one(u, it); });
+            } else {
+                one(b_.CreateUDiv(u, i64(mt)), b_.CreateURem(u, i64(mt)));
+            }
+          });
+        };
+        if (bl.threads <= 1) {
+            tiles(i64(0), i64(units), i64(0));
+            return;
+        }
+        // Outlined: body(context, begin, end, thread), run by gradc_parallel_for.
+        auto* ptr = llvm::PointerType::get(ctx_, 0);
+        llvm::Value* ctxArray = contextArray();
+        llvm::Function* body = helper("gradc_tiles", {ptr, b_.getInt64Ty(), b_.getInt64Ty(), b_.getInt64Ty()}, [&] {
+            for (unsigned i = 0; i < 7; ++i)
+                args_[i] = b_.CreateLoad(ptr, b_.CreateConstGEP1_64(ptr, fn_->getArg(0), i));
+            // Recompute the panel addresses inside the outlined function.
+            ap = b_.CreateGEP(b_.getInt8Ty(), args_[6], i64(p_->scratchOffset));
+            bp = b_.CreateGEP(T_, ap, i64(up16(mt * MR * K)));
+            tile = b_.CreateGEP(T_, bp, i64(up16(nt * NR * K)));
+            tiles(fn_->getArg(1), fn_->getArg(2), fn_->getArg(3));
         });
+        llvm::FunctionCallee parallel = m_.getOrInsertFunction(
+            "gradc_parallel_for", llvm::FunctionType::get(b_.getVoidTy(), {ptr, ptr, b_.getInt64Ty()}, false));
+        b_.CreateCall(parallel, {body, ctxArray, i64(units)});
+    }
+
+    /// The entry point's seven arguments in an array in its frame, for outlined loops.
+    llvm::Value* contextArray() {
+        if (context_) return context_;
+        auto* ptr = llvm::PointerType::get(ctx_, 0);
+        llvm::IRBuilder<> eb(entryBlock_, entryBlock_->begin());
+        context_ = eb.CreateAlloca(llvm::ArrayType::get(ptr, 7));
+        for (unsigned i = 0; i < 7; ++i) eb.CreateStore(fn_->getArg(i), eb.CreateConstGEP2_64(llvm::ArrayType::get(ptr, 7), context_, 0, i));
+        return context_;
     }
 
     void softmaxCrossEntropy(const Kernel& k) {

@@ -13,6 +13,7 @@
 #include "Plot.h"
 #include "SafeTensors.h"
 #include "Stats.h"
+#include "ThreadPool.h"
 #include "Parser.h"
 #include "Pipeline.h"
 
@@ -72,6 +73,12 @@ void addModelOptions(po::options_description& d) {
 
 CodegenOptions codegenOptions(const po::variables_map& vm) {
     CodegenOptions o;
+    if (vm.count("threads")) {
+        const int threads = vm["threads"].as<int>();
+        if (threads < 0 || threads > 1024)
+            throw UsageError(fmt::format("--threads {} is out of range (0 for all cores, up to 1024)", threads));
+        setThreadCount(threads == 0 ? hardwareThreads() : threads);
+    }
     o.cache = !vm.count("no-cache");
     const std::string dtype = vm["dtype"].as<std::string>();
     if (dtype != "f32" && dtype != "f64")
@@ -83,6 +90,7 @@ CodegenOptions codegenOptions(const po::variables_map& vm) {
 void addCodegenOptions(po::options_description& d) {
     d.add_options()("dtype", po::value<std::string>()->default_value("f32"),
                     "element type of the compiled code: f32 | f64")(
+        "threads", po::value<int>()->default_value(0), "threads for compiled code (0: all cores)")(
         "no-cache", "compile afresh: neither read nor write the cache of compiled code");
 }
 
@@ -391,9 +399,10 @@ int runBench(const po::variables_map& vm) {
     const double peak = measureFmaPeak(codegen.f64);
     fmt::print("{}: batch {}, {} steps, {} code {} in {:.1f} ms\n", g.model, batch, steps,
                codegen.f64 ? "f64" : "f32", cm.cacheHit ? "loaded from the cache" : "compiled", cm.compileMs);
-    fmt::print("FMA peak (measured): {:.1f} GFLOP/s per thread\n", peak);
+    fmt::print("FMA peak (measured): {:.1f} GFLOP/s per thread; {} thread{}\n", peak, threadCount(),
+               threadCount() == 1 ? "" : "s");
     fmt::print("forward + backward: {:.3f} ms per step, {:.2f} GFLOP/s ({:.3f} GFLOP per step), {:.1f}% of peak\n", ms,
-               gflops, matmulFlops(grad) / 1e9, 100 * gflops / peak);
+               gflops, matmulFlops(grad) / 1e9, 100 * gflops / (peak * threadCount()));
     if (codegen.profile) {
         uint64_t total = 0;
         for (size_t i = 0; i < cm.kernelsBackward.size(); ++i) total += cm.profileBackward[i];

@@ -6,6 +6,7 @@
 #include "Execute.h"
 #include "Pipeline.h"
 #include "TestUtil.h"
+#include "ThreadPool.h"
 
 #include <catch2/catch.hpp>
 
@@ -208,4 +209,16 @@ TEST_CASE("compiled objects are cached; corrupt, truncated and stale entries are
 
     opts.cache = false; // --no-cache neither reads nor writes
     CHECK_FALSE(compile());
+}
+
+TEST_CASE("threaded code agrees with the interpreter for 1, 2 and 3 threads", "[jit][threads]") {
+    std::mt19937 rng(16);
+    for (int threads : {1, 2, 3}) {
+        INFO(threads << " threads");
+        setThreadCount(threads);
+        for (const char* name : {"seed_relu", "seed_sigmoid_bn", "resnet_sigmoid_bn", "binary_bce"})
+            agree(compileFile(std::string(GRADC_SOURCE_DIR "/models/") + name + ".nn", {13}).graph, rng);
+        agree(model("input 7\ndense 129 tanh\ndense 3\nloss cross_entropy\n", 3), rng);
+    }
+    setThreadCount(hardwareThreads());
 }
