@@ -333,10 +333,10 @@ private:
         auto* i64t = b_.getInt64Ty();
         auto* i1t = b_.getInt1Ty();
         auto arg = [&](unsigned i) { return fn_->getArg(i); };
-        packA_ = helper("gradc_pack_a", {ptr, ptr, i64t, i64t, i1t}, [&] {
+        packA_ = helper("gradc_pack_a", {ptr, ptr, i64t, i64t, i1t, i64t, i64t}, [&] {
             llvm::Value *dst = arg(0), *a = arg(1), *M = arg(2), *K = arg(3), *trans = arg(4);
-            llvm::Value* tiles = b_.CreateUDiv(b_.CreateAdd(M, i64(MR - 1)), i64(MR));
-            loopTo(tiles, "it", [&](llvm::Value* it) {
+            loopTo(b_.CreateSub(arg(6), arg(5)), "it", [&](llvm::Value* it0) {
+                llvm::Value* it = b_.CreateAdd(arg(5), it0);
                 loopTo(K, "k", [&](llvm::Value* kk) {
                     for (int64_t r = 0; r < MR; ++r) { // MR is small: written out
                         llvm::Value* i = b_.CreateAdd(b_.CreateMul(it, i64(MR)), i64(r));
@@ -350,11 +350,11 @@ private:
                 });
             });
         });
-        packB_ = helper("gradc_pack_b", {ptr, ptr, i64t, i64t, i1t}, [&] {
+        packB_ = helper("gradc_pack_b", {ptr, ptr, i64t, i64t, i1t, i64t, i64t}, [&] {
             llvm::Value *dst = arg(0), *b = arg(1), *N = arg(2), *K = arg(3), *trans = arg(4);
-            llvm::Value* tiles = b_.CreateUDiv(b_.CreateAdd(N, i64(NR - 1)), i64(NR));
             auto body = [&](bool transposed) {
-                loopTo(tiles, "jt", [&](llvm::Value* jt) {
+                loopTo(b_.CreateSub(arg(6), arg(5)), "jt", [&](llvm::Value* jt0) {
+                    llvm::Value* jt = b_.CreateAdd(arg(5), jt0);
                     loopTo(K, "k", [&](llvm::Value* kk) {
                         loop(NR, "c", [&](llvm::Value* c) {
                             llvm::Value* j = b_.CreateAdd(b_.CreateMul(jt, i64(NR)), c);
@@ -419,8 +419,8 @@ private:
         llvm::Value* ap = b_.CreateGEP(b_.getInt8Ty(), args_[6], i64(p_->scratchOffset));
         llvm::Value* bp = b_.CreateGEP(T_, ap, i64(up16(mt * MR * K)));
         llvm::Value* tile = b_.CreateGEP(T_, bp, i64(up16(nt * NR * K)));
-        b_.CreateCall(packA_, {ap, base(k.a), i64(M), i64(K), b_.getInt1(k.transA)});
-        b_.CreateCall(packB_, {bp, base(k.b), i64(N), i64(K), b_.getInt1(k.transB)});
+        pack(packA_, ap, base(k.a), M, K, k.transA, mt);
+        pack(packB_, bp, base(k.b), N, K, k.transB, nt);
         // The tiles, as a function of a range of tile numbers and a thread number, so threads
         // can share them: column sums accumulate across the rows of tiles, so a kernel with
         // any runs its column strips (whole jt) on one thread each.
@@ -471,9 +471,36 @@ private:
             tile = b_.CreateGEP(T_, bp, i64(up16(nt * NR * K)));
             tiles(fn_->getArg(1), fn_->getArg(2), fn_->getArg(3));
         });
-        llvm::FunctionCallee parallel = m_.getOrInsertFunction(
-            "gradc_parallel_for", llvm::FunctionType::get(b_.getVoidTy(), {ptr, ptr, b_.getInt64Ty()}, false));
-        b_.CreateCall(parallel, {body, ctxArray, i64(units)});
+        b_.CreateCall(parallelFor(), {body, ctxArray, i64(units)});
+    }
+
+    /// Packs `tiles` panels with `packer`, on the thread pool when there is one.
+    void pack(llvm::Function* packer, llvm::Value* dst, llvm::Value* src, int64_t dim, int64_t K, bool trans,
+              int64_t tiles) {
+        if (p_->blocking.threads <= 1 || tiles < 2) {
+            b_.CreateCall(packer, {dst, src, i64(dim), i64(K), b_.getInt1(trans), i64(0), i64(tiles)});
+            return;
+        }
+        // context: {dst, src, packer}; the sizes are constants of the body.
+        auto* ptr = llvm::PointerType::get(ctx_, 0);
+        auto* ctxTy = llvm::ArrayType::get(ptr, 2);
+        llvm::IRBuilder<> eb(entryBlock_, entryBlock_->begin());
+        llvm::Value* ctx = eb.CreateAlloca(ctxTy);
+        b_.CreateStore(dst, b_.CreateConstGEP2_64(ctxTy, ctx, 0, 0));
+        b_.CreateStore(src, b_.CreateConstGEP2_64(ctxTy, ctx, 0, 1));
+        llvm::Function* body = helper("gradc_pack", {ptr, b_.getInt64Ty(), b_.getInt64Ty(), b_.getInt64Ty()}, [&] {
+            llvm::Value* c = fn_->getArg(0);
+            llvm::Value* d = b_.CreateLoad(ptr, b_.CreateConstGEP2_64(ctxTy, c, 0, 0));
+            llvm::Value* sv = b_.CreateLoad(ptr, b_.CreateConstGEP2_64(ctxTy, c, 0, 1));
+            b_.CreateCall(packer, {d, sv, i64(dim), i64(K), b_.getInt1(trans), fn_->getArg(1), fn_->getArg(2)});
+        });
+        b_.CreateCall(parallelFor(), {body, ctx, i64(tiles)});
+    }
+
+    llvm::FunctionCallee parallelFor() {
+        auto* ptr = llvm::PointerType::get(ctx_, 0);
+        return m_.getOrInsertFunction("gradc_parallel_for",
+                                      llvm::FunctionType::get(b_.getVoidTy(), {ptr, ptr, b_.getInt64Ty()}, false));
     }
 
     /// The entry point's seven arguments in an array in its frame, for outlined loops.
