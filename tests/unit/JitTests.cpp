@@ -222,3 +222,38 @@ TEST_CASE("threaded code agrees with the interpreter for 1, 2 and 3 threads", "[
     }
     setThreadCount(hardwareThreads());
 }
+
+TEST_CASE("compiled activations and losses stay finite where their math is finite", "[jit][numerics]") {
+    // Pre-activations of +-100 and +-1000 and logits of +-1e4: saturated, never NaN or Inf.
+    for (const char* act : {"sigmoid", "tanh", "softplus", "elu", "swish", "gelu", "leaky_relu", "relu"}) {
+        for (const char* loss : {"dense 3\nloss cross_entropy\n", "dense 1\nloss bce\n"}) {
+            Graph g = model(std::string("input 4\ndense 4 ") + act + "\n" + loss, 4);
+            Bindings b;
+            for (auto& p : g.params) {
+                const Shape& s = g[p.node].shape;
+                Tensor t{s, std::vector<double>(size_t(elementCount(s)), 0.0)};
+                if (p.name == "layers.0.weight")
+                    for (int i = 0; i < 4; ++i) t.data[size_t(i * 4 + i)] = 1; // identity: preact = x
+                if (p.name.find("weight") != std::string::npos && p.name != "layers.0.weight")
+                    for (double& v : t.data) v = 10; // logits of +-1e4 from activations of 1e3
+                b[p.name] = t;
+            }
+            b["x"] = Tensor{{4, 4}, {100, -100, 1000, -1000, -100, 100, -1000, 1000, 0, 1e-30, -1e-30, 50,
+                                     -50, 88, -88, 89}};
+            b["target"] = Tensor{g[g[g.output("loss")].in[1]].shape,
+                                 std::vector<double>(size_t(elementCount(g[g[g.output("loss")].in[1]].shape)), 1.0)};
+            CodegenOptions opts;
+            opts.cache = false;
+            for (bool f64 : {false, true}) {
+                opts.f64 = f64;
+                INFO(act << ", " << loss << (f64 ? " f64" : " f32"));
+                auto out = runCompiled(compileModel(g, opts), g, b, true);
+                for (auto& [name, t] : out)
+                    for (double v : t.data) {
+                        INFO(name);
+                        REQUIRE(std::isfinite(v));
+                    }
+            }
+        }
+    }
+}
