@@ -185,30 +185,11 @@ TEST_CASE("the seed network's gradients on a fixed batch agree with central diff
 
 TEST_CASE("random models built from every construct differentiate correctly", "[autodiff]") {
     std::mt19937 rng(6);
-    const char* acts[] = {"relu", "tanh", "sigmoid", "elu", "gelu", "swish", "softplus",
-                          "leaky_relu(0.2)", "sq"};
+    const std::vector<const char*> acts = {"relu", "tanh", "sigmoid", "elu", "gelu", "swish", "softplus",
+                                           "leaky_relu(0.2)", "sq"};
     for (int trial = 0; trial < 40; ++trial) {
         int width = 2 + int(rng() % 5);
-        std::string text = "activation sq(x) = x * x / 4 + x\ninput " + std::to_string(1 + rng() % 5) +
-                           "\ndense " + std::to_string(width) + "\n";
-        int names = 0;
-        for (int k = 0, n = 2 + int(rng() % 5); k < n; ++k) {
-            switch (rng() % 6) {
-            case 0: text += "dense " + std::to_string(width) + " " + acts[rng() % std::size(acts)] + "\n"; break;
-            case 1: text += std::string(acts[rng() % std::size(acts)]) + "\n"; break;
-            case 2: text += "batchnorm\n"; break;
-            case 3: text += "v" + std::to_string(names++) + " = identity\n"; break;
-            case 4:
-                if (names) text += "add v" + std::to_string(rng() % names) + "\n";
-                break;
-            case 5:
-                text += "repeat 2 {\n  r = identity\n  dense " + std::to_string(width) + " " +
-                        acts[rng() % std::size(acts)] + "\n  add r\n}\n";
-                break;
-            }
-        }
-        const char* losses[] = {"dense 3\nloss cross_entropy\n", "dense 1\nloss bce\n", "dense 2\nloss mse\n"};
-        text += losses[rng() % 3];
+        std::string text = randomModel(rng, "activation sq(x) = x * x / 4 + x\n", acts, width, 5, 5);
         INFO(text);
         gradcheck(model(text, 2 + int(rng() % 4)), rng);
     }

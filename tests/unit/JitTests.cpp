@@ -114,31 +114,14 @@ TEST_CASE("the JIT agrees with the interpreter on odd shapes", "[jit]") {
 
 TEST_CASE("the JIT agrees with the interpreter on random models of every construct", "[jit]") {
     std::mt19937 rng(13);
-    const char* acts[] = {"relu", "tanh", "sigmoid", "elu", "gelu", "swish", "softplus",
-                          "leaky_relu(0.2)", "sq", "hard"};
+    const std::vector<const char*> acts = {"relu", "tanh", "sigmoid", "elu", "gelu", "swish", "softplus",
+                                           "leaky_relu(0.2)", "sq", "hard"};
     for (int trial = 0; trial < 25; ++trial) {
         int width = 1 + int(rng() % 9);
-        std::string text = "activation sq(x) = x * x / 4 + x\n"
-                           "activation hard(x, a=0.1) = select(abs(x) < 1, x, a * x) + min(x, 0.5) * max(x, -2)\n"
-                           "input " + std::to_string(1 + rng() % 9) + "\ndense " + std::to_string(width) + "\n";
-        int names = 0;
-        for (int k = 0, n = 2 + int(rng() % 6); k < n; ++k) {
-            switch (rng() % 6) {
-            case 0: text += "dense " + std::to_string(width) + " " + acts[rng() % std::size(acts)] + "\n"; break;
-            case 1: text += std::string(acts[rng() % std::size(acts)]) + "\n"; break;
-            case 2: text += "batchnorm\n"; break;
-            case 3: text += "v" + std::to_string(names++) + " = identity\n"; break;
-            case 4:
-                if (names) text += "add v" + std::to_string(rng() % names) + "\n";
-                break;
-            case 5:
-                text += "repeat 2 {\n  r = identity\n  dense " + std::to_string(width) + " " +
-                        acts[rng() % std::size(acts)] + "\n  add r\n}\n";
-                break;
-            }
-        }
-        const char* losses[] = {"dense 3\nloss cross_entropy\n", "dense 1\nloss bce\n", "dense 2\nloss mse\n"};
-        text += losses[rng() % 3];
+        std::string text = randomModel(rng,
+                                       "activation sq(x) = x * x / 4 + x\n"
+                                       "activation hard(x, a=0.1) = select(abs(x) < 1, x, a * x) + min(x, 0.5) * max(x, -2)\n",
+                                       acts, width, 9, 6);
         INFO(text);
         // Batchnorm of a feature that is nearly constant over the batch (a saturated
         // activation, a 1-wide layer, a small batch) divides rounding noise by a tiny

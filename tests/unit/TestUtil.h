@@ -5,6 +5,8 @@
 
 #include <cmath>
 #include <random>
+#include <string>
+#include <vector>
 
 namespace gradc {
 
@@ -38,6 +40,33 @@ inline Bindings randomBindings(const Graph& g, std::mt19937& rng) {
         b[n.name] = std::move(t);
     }
     return b;
+}
+
+/// A random model built from every construct: dense layers with activations, activation
+/// layers, batchnorm, named values and residual adds, repeat blocks, and one of the losses.
+/// `width` is the hidden width; the input is 1..inputMax wide; 2..layerSpan+1 statements.
+inline std::string randomModel(std::mt19937& rng, const std::string& prelude, const std::vector<const char*>& acts,
+                               int width, int inputMax, int layerSpan) {
+    std::string text = prelude + "input " + std::to_string(1 + rng() % unsigned(inputMax)) + "\ndense " +
+                       std::to_string(width) + "\n";
+    int names = 0;
+    for (int k = 0, n = 2 + int(rng() % unsigned(layerSpan)); k < n; ++k) {
+        switch (rng() % 6) {
+        case 0: text += "dense " + std::to_string(width) + " " + acts[rng() % acts.size()] + "\n"; break;
+        case 1: text += std::string(acts[rng() % acts.size()]) + "\n"; break;
+        case 2: text += "batchnorm\n"; break;
+        case 3: text += "v" + std::to_string(names++) + " = identity\n"; break;
+        case 4:
+            if (names) text += "add v" + std::to_string(rng() % unsigned(names)) + "\n";
+            break;
+        case 5:
+            text += "repeat 2 {\n  r = identity\n  dense " + std::to_string(width) + " " + acts[rng() % acts.size()] +
+                    "\n  add r\n}\n";
+            break;
+        }
+    }
+    const char* losses[] = {"dense 3\nloss cross_entropy\n", "dense 1\nloss bce\n", "dense 2\nloss mse\n"};
+    return text + losses[rng() % 3];
 }
 
 } // namespace gradc
