@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 #include <cctype>
+#include <cmath>
 #include <set>
 
 using namespace gradc;
@@ -266,4 +267,31 @@ TEST_CASE("gradc grads writes its files only when the whole run succeeds", "[par
     CHECK(rc == 2);
     CHECK_THAT(out, Catch::Contains("--params, --save-params and --dump-grads take exactly one model"));
     for (auto& e : fs::directory_iterator(s.dir)) CHECK(e.path().string().find(".tmp.") == std::string::npos);
+}
+
+TEST_CASE("NaN and Inf in parameters are counted and reported, never turned into numbers", "[numerics]") {
+    Scratch s("nan");
+    Graph g = compileSource("m.nn", "input 784\ndense 8 tanh\ndense 10\nloss cross_entropy\n", {16}).graph;
+    std::vector<std::pair<std::string, Tensor>> tensors;
+    for (auto& p : g.params) {
+        const Shape& sh = g[p.node].shape;
+        tensors.emplace_back(p.name, Tensor{sh, std::vector<double>(size_t(elementCount(sh)), 0.01)});
+    }
+    tensors[0].second.data[5] = std::nan(""); // one NaN weight in the first layer
+    tensors[2].second.data[0] = INFINITY;     // one infinite weight in the last
+    writeSafetensors(s.path("p.safetensors"), tensors);
+    s.write("m.nn", "input 784\ndense 8 tanh\ndense 10\nloss cross_entropy\n");
+    for (const char* backend : {"jit", "interp"}) {
+        std::string cmd = std::string(GRADC_EXE) + " grads " + s.path("m.nn") + " --batch 16 --format json --backend " +
+                          backend + " --params " + s.path("p.safetensors") + " >" + s.path("out.json") + " 2>&1";
+        REQUIRE(WEXITSTATUS(std::system(cmd.c_str())) == 0);
+        std::ifstream in(s.path("out.json"));
+        std::string json((std::istreambuf_iterator<char>(in)), {});
+        INFO(backend << ": " << json.substr(0, 400));
+        CHECK_THAT(json, Catch::Contains("\"loss\": null")); // a NaN loss is shown as null, not a number
+        bool counted = false; // some gradient entries are NaN, and counted: "nan": N with N > 0
+        for (size_t p = json.find("\"nan\": "); p != std::string::npos; p = json.find("\"nan\": ", p + 1))
+            counted = counted || (json[p + 7] >= '1' && json[p + 7] <= '9');
+        CHECK(counted);
+    }
 }
