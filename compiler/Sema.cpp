@@ -96,13 +96,15 @@ private:
                 if (s->size > kMaxLayers)
                     throw UserError(s->sizeLoc, fmt::format("repeat count {} is larger than the "
                                                             "limit of {}", s->size, kMaxLayers));
-                n += s->size * countLayers(s->body, std::min(times * s->size, kMaxLayers + 1));
+                // Every iteration costs at least one step, even of an empty block: otherwise
+                // `repeat 10000 { repeat 20000 { } }` passes the limit and takes minutes.
+                n += s->size * std::max<int64_t>(1, countLayers(s->body, std::min(times * s->size, kMaxLayers + 1)));
             } else {
                 n += 1;
             }
             if (n * times > kMaxLayers)
-                throw UserError(s->loc, fmt::format("the model has more than {} layers once "
-                                                    "'repeat' is unrolled", kMaxLayers));
+                throw UserError(s->loc, fmt::format("the model has more than {} layers (or repeat "
+                                                    "iterations) once 'repeat' is unrolled", kMaxLayers));
         }
         return n;
     }
