@@ -98,7 +98,12 @@ std::string header(const Graph& g, const Programs& p, const AotOptions& opts, co
                      "void {p}_forward(const {r}* params, const {r}* x, const void* target, {r}* logits, {r}* loss,\n"
                      "                 {r}* acts, void* workspace);\n"
                      "void {p}_backward(const {r}* params, const {r}* x, const void* target, {r}* loss, {r}* grads,\n"
-                     "                  {r}* acts, void* workspace);\n\n"
+                     "                  {r}* acts, void* workspace);\n"
+                     "/* One optimiser step over params[begin, end): hyper = {{method (0 SGD, 1 SGD with momentum,\n"
+                     "   2 Adam), lr, weight decay, momentum, dampening, nesterov, beta1, beta2, eps,\n"
+                     "   1 - beta1^t, sqrt(1 - beta2^t)}}; m and v are the optimiser's state, zero at first. */\n"
+                     "void {p}_update({r}* params, const {r}* grads, {r}* m, {r}* v, const double* hyper,\n"
+                     "                int64_t begin, int64_t end);\n\n"
                      "#ifdef __cplusplus\n}}\n#endif\n\n#endif\n",
                      fmt::arg("p", prefix), fmt::arg("r", real));
     return h;
@@ -119,6 +124,7 @@ AotResult compileAhead(const Graph& fwd, const AotOptions& opts) {
     auto m = lower(ctx, programs, opts.f64, *tm);
     m->getFunction("gradc_forward")->setName(prefix + "_forward");
     m->getFunction("gradc_backward")->setName(prefix + "_backward");
+    m->getFunction("gradc_update")->setName(prefix + "_update");
     for (const char* helper : {"gradc_pack_a", "gradc_pack_b", "gradc_tile"})
         if (llvm::Function* f = m->getFunction(helper)) f->setName(prefix + std::string(helper + 5)); // prefix_pack_a, ...
     {

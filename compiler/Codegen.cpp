@@ -60,20 +60,25 @@ static GemmBlocking hostBlocking(bool f64) {
 }
 
 Programs buildPrograms(const Graph& fwd, bool f64, const GemmBlocking& blocking) {
-    Graph grad = differentiate(fwd);
     std::vector<std::string> fwdOutputs, gradOutputs = {"loss"};
     int64_t activations = 0;
     for (auto& [name, v] : fwd.outputs) {
         fwdOutputs.push_back(name);
-        if (name.rfind("preact:", 0) == 0) activations += elementCount(fwd[v].shape);
+        if (isActivationOutput(name)) activations += elementCount(fwd[v].shape);
     }
+    const int bytes = f64 ? 8 : 4;
+    Programs out{buildKernels(fwd, "forward", fwdOutputs, bytes, blocking), {}, fwd.parameterCount(), activations};
+    if (fwd.eval) { // evaluation mode has no backward pass: its entry point does nothing
+        out.backward.name = "backward";
+        out.backward.blocking = blocking;
+        return out;
+    }
+    Graph grad = differentiate(fwd);
     for (auto& p : grad.params) gradOutputs.push_back("grad:" + p.name);
     for (auto& name : fwdOutputs)
-        if (name.rfind("preact:", 0) == 0) gradOutputs.push_back(name);
-    const int bytes = f64 ? 8 : 4;
-    return {buildKernels(fwd, "forward", fwdOutputs, bytes, blocking),
-            buildKernels(grad, "backward", gradOutputs, bytes, blocking),
-            fwd.parameterCount(), activations};
+        if (isActivationOutput(name)) gradOutputs.push_back(name);
+    out.backward = buildKernels(grad, "backward", gradOutputs, bytes, blocking);
+    return out;
 }
 
 std::unique_ptr<llvm::Module> lower(llvm::LLVMContext& ctx, const Programs& p, bool f64,
@@ -241,6 +246,7 @@ CompiledModel compileModel(const Graph& fwd, const CodegenOptions& opts) {
         failLLVM("cannot load the compiled model", std::move(err));
     out.forward = reinterpret_cast<CompiledModel::Entry>(checkLLVM("cannot find the forward function", jit->lookup("gradc_forward")));
     out.backward = reinterpret_cast<CompiledModel::Entry>(checkLLVM("cannot find the backward function", jit->lookup("gradc_backward")));
+    out.update = reinterpret_cast<CompiledModel::Update>(checkLLVM("cannot find the update function", jit->lookup("gradc_update")));
     out.owner = jit;
     if (opts.profile) {
         out.profileForward = static_cast<const uint64_t*>(checkLLVM("profile", jit->lookup("gradc_profile_forward")));

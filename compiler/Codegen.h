@@ -25,6 +25,9 @@ struct CodegenOptions {
 struct CompiledModel {
     using Entry = void (*)(const void*, const void*, const void*, void*, void*, void*, void*);
     Entry forward = nullptr, backward = nullptr;
+    /// The optimiser step: (params, grads, m, v, hyper, begin, end); see LowerToLLVM.h.
+    using Update = void (*)(void*, const void*, void*, void*, const double*, int64_t, int64_t);
+    Update update = nullptr;
     int64_t workspaceBytes = 0; ///< enough for either entry point
     int64_t parameterCount = 0; ///< elements of the flat parameter (and gradient) array
     int64_t activationCount = 0; ///< elements of the `acts` array

@@ -31,7 +31,7 @@ std::vector<int32_t> Kernel::writes() const {
 namespace {
 
 bool elementwise(Op op) {
-    return op == Op::BiasAdd || op == Op::Act || op == Op::ActGrad || op == Op::Add;
+    return op == Op::BiasAdd || op == Op::Act || op == Op::ActGrad || op == Op::Add || op == Op::BatchNormEval;
 }
 bool matmul(Op op) { return op == Op::MatMulNT || op == Op::MatMulNN || op == Op::MatMulTN; }
 
@@ -51,7 +51,7 @@ public:
         for (auto& [v, name] : copies_) {
             Buffer::Kind kind = name == "loss"                    ? Buffer::Kind::Loss
                                 : name == "logits"                ? Buffer::Kind::Logits
-                                : name.rfind("preact:", 0) == 0 ? Buffer::Kind::Activation
+                                : isActivationOutput(name)        ? Buffer::Kind::Activation
                                                                   : Buffer::Kind::Grad;
             int32_t dst = addBuffer(kind, name, g_[v].shape);
             if (kind == Buffer::Kind::Grad) p_.buffers.back().offset = paramOffset(name.substr(5));
@@ -166,6 +166,10 @@ private:
             if (p.name == name) return offset;
             offset += elementCount(g_[p.node].shape);
         }
+        for (auto& b : g_.buffers) { // after the parameters
+            if (b.name == name) return offset;
+            offset += b.size;
+        }
         internal_assert(false, "no parameter " + name);
         return 0;
     }
@@ -175,7 +179,7 @@ private:
         int64_t offset = 0;
         for (auto& [n, v] : g_.outputs) {
             if (n == name) return offset;
-            if (n.rfind("preact:", 0) == 0) offset += elementCount(g_[v].shape);
+            if (isActivationOutput(n)) offset += elementCount(g_[v].shape);
         }
         internal_assert(false, "no output " + name);
         return 0;
@@ -191,7 +195,7 @@ private:
             }
             if (name == "loss") buffer_[v] = addBuffer(Buffer::Kind::Loss, "loss", {1});
             else if (name == "logits") buffer_[v] = addBuffer(Buffer::Kind::Logits, "logits", g_[v].shape);
-            else if (name.rfind("preact:", 0) == 0) {
+            else if (isActivationOutput(name)) {
                 buffer_[v] = addBuffer(Buffer::Kind::Activation, name, g_[v].shape);
                 p_.buffers.back().offset = activationOffset(name);
             } else {
@@ -263,6 +267,12 @@ private:
         }
         case gradc::Op::Add:
             return scalar::make(Op::Add, {exprOf(in(v, 0), root, lb), exprOf(in(v, 1), root, lb)});
+        case gradc::Op::BatchNormEval: { // (x - μ) γ / sqrt(v + eps) + β, per column
+            auto col = [&](size_t i) { return lb.load(Access::Mode::Col, buffer_[in(v, i)]); };
+            scalar::E centred = scalar::make(Op::Sub, {exprOf(in(v, 0), root, lb), col(3)});
+            scalar::E sd = scalar::make(Op::Sqrt, {scalar::make(Op::Add, {col(4), scalar::constant(nd.eps)})});
+            return scalar::make(Op::Add, {scalar::make(Op::Div, {scalar::make(Op::Mul, {centred, col(1)}), sd}), col(2)});
+        }
         case gradc::Op::Zeros: return scalar::constant(0);
         default: internal_assert(false, fmt::format("op '{}' cannot be fused", describe(nd.op).spelling));
         }

@@ -122,6 +122,16 @@ Shape shapeOfSameShapes(const Nodes& g, const Node& n) {
     return a.shape;
 }
 
+Shape shapeOfBatchNormEval(const Nodes& g, const Node& n) {
+    const Node &x = operand(g, n, 0), &m = operand(g, n, 3), &v = operand(g, n, 4);
+    needRank(n, x, 2, "input"), needRank(n, m, 1, "running mean"), needRank(n, v, 1, "running variance");
+    for (int i = 1; i <= 4; ++i)
+        if (operand(g, n, i).shape != Shape{x.shape[1]})
+            mismatch(n, fmt::format("input {} with per-feature operand {}", shapeString(x.shape),
+                                    shapeString(operand(g, n, i).shape)));
+    return x.shape;
+}
+
 Shape shapeOfBatchNorm(const Nodes& g, const Node& n) {
     const Node &x = operand(g, n, 0), &w = operand(g, n, 1), &b = operand(g, n, 2);
     needRank(n, x, 2, "input"), needRank(n, w, 1, "weight"), needRank(n, b, 1, "bias");
@@ -188,6 +198,12 @@ int64_t Graph::parameterCount() const {
     return total;
 }
 
+int64_t Graph::bufferCount() const {
+    int64_t total = 0;
+    for (auto& b : buffers) total += b.size;
+    return total;
+}
+
 static std::string printInit(const Init& init) {
     std::string s = init.scheme;
     if (!init.args.empty()) {
@@ -216,7 +232,7 @@ std::string printGraph(const Graph& g) {
         if (n.op == Op::ActGrad) line += fmt::format("[fn{},{}]", n.fn, n.byOutput ? "y" : "x");
         if (n.op == Op::BatchNormGradX || n.op == Op::BatchNormGradGamma)
             line += fmt::format("[eps={}]", n.eps);
-        if (n.op == Op::BatchNorm) line += fmt::format("[eps={}]", n.eps);
+        if (n.op == Op::BatchNorm || n.op == Op::BatchNormEval) line += fmt::format("[eps={}]", n.eps);
         if (!n.name.empty()) line += fmt::format(" \"{}\"", n.name);
         for (size_t k = 0; k < n.in.size(); ++k) line += fmt::format("{} %{}", k ? "," : "", n.in[k]);
         line += fmt::format(" : {}{}", n.type == DType::Index ? "i32" : "real", shapeString(n.shape));

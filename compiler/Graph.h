@@ -66,6 +66,17 @@ struct ParamInfo {
     int64_t fanIn = 0, fanOut = 0;
 };
 
+/// A tensor a model keeps but does not train (PyTorch's buffers): batchnorm's running mean
+/// and variance. Buffers follow the parameters in the flat state array; training updates them
+/// from the batch statistics, and evaluation mode normalises with them.
+struct BufferInfo {
+    std::string name;     // layers.1.running_mean
+    std::string layer;    // layers.1
+    int64_t size = 0;
+    double initial = 0;   // 0 for a mean, 1 for a variance
+    double momentum = 0.1;
+};
+
 /// One row of `gradc check`: a module in PyTorch's sense.
 struct LayerInfo {
     std::string name;  // layers.0, h, ...
@@ -82,9 +93,13 @@ public:
     std::vector<Node> nodes;
     std::vector<Activation> activations;
     std::vector<ParamInfo> params;
+    std::vector<BufferInfo> buffers;
     std::vector<LayerInfo> layers;
+    bool eval = false; ///< evaluation mode: batchnorm uses the running statistics
     /// "logits", "loss", then "preact:NAME" (the input of each hidden activation layer, for
-    /// activation statistics); the differentiated graph adds "grad:NAME".
+    /// activation statistics), "bnin:LAYER" (the input of each batchnorm, for its running
+    /// statistics; training mode) and "layer:NAME" (every module's output but the last, when
+    /// asked for); the differentiated graph adds "grad:NAME".
     std::vector<std::pair<std::string, ValueId>> outputs;
     std::string lossKind;
 
@@ -95,7 +110,14 @@ public:
 
     ValueId output(const std::string& name) const; // internal error if absent
     int64_t parameterCount() const;
+    int64_t bufferCount() const;
 };
+
+/// Outputs that live in the `acts` array of the compiled entry points, one after another in
+/// output order: every output but the logits, the loss and the gradients.
+inline bool isActivationOutput(const std::string& name) {
+    return name != "logits" && name != "loss" && name.rfind("grad:", 0) != 0;
+}
 
 /// Stable text form: `gradc dump --emit=graph` and the golden tests.
 std::string printGraph(const Graph& g);

@@ -61,6 +61,65 @@ public:
         b_.CreateRetVoid();
     }
 
+    /// The optimiser step, one pass over every parameter in [begin, end):
+    ///   void gradc_update(T* params, const T* grads, T* m, T* v, const double* hyper, i64 begin, i64 end)
+    /// hyper: method (0 SGD, 1 SGD with momentum, 2 Adam), lr, weight decay, momentum,
+    /// dampening, nesterov (0/1), beta1, beta2, eps, 1 - beta1^t, sqrt(1 - beta2^t). The
+    /// formulas are torch.optim's; the caller passes dampening 0 on the first momentum step,
+    /// where PyTorch starts the buffer at the gradient.
+    void update() {
+        auto* ptr = llvm::PointerType::get(ctx_, 0);
+        auto* fnTy = llvm::FunctionType::get(b_.getVoidTy(), {ptr, ptr, ptr, ptr, ptr, b_.getInt64Ty(), b_.getInt64Ty()}, false);
+        fn_ = llvm::Function::Create(fnTy, llvm::Function::ExternalLinkage, "gradc_update", m_);
+        fn_->addFnAttr(llvm::Attribute::NoUnwind);
+        for (unsigned i = 0; i < 5; ++i) fn_->addParamAttr(i, llvm::Attribute::NoAlias);
+        entryBlock_ = llvm::BasicBlock::Create(ctx_, "entry", fn_);
+        b_.SetInsertPoint(entryBlock_);
+        llvm::Value *p = fn_->getArg(0), *g = fn_->getArg(1), *mBuf = fn_->getArg(2), *vBuf = fn_->getArg(3);
+        llvm::Value *begin = fn_->getArg(5), *end = fn_->getArg(6);
+        auto hyper = [&](int i) {
+            llvm::Value* d = b_.CreateLoad(b_.getDoubleTy(), b_.CreateConstGEP1_64(b_.getDoubleTy(), fn_->getArg(4), unsigned(i)));
+            return f64_ ? d : b_.CreateFPTrunc(d, T_);
+        };
+        llvm::Value* method = b_.CreateFPToSI(b_.CreateLoad(b_.getDoubleTy(), fn_->getArg(4)), b_.getInt32Ty());
+        llvm::Value *lr = hyper(1), *wd = hyper(2), *mom = hyper(3), *damp = hyper(4), *b1 = hyper(6), *b2 = hyper(7),
+                    *eps = hyper(8), *bc1 = hyper(9), *bc2sqrt = hyper(10);
+        llvm::Value* nesterov = b_.CreateFCmpONE(hyper(5), fp(0));
+        auto* sgd = llvm::BasicBlock::Create(ctx_, "sgd", fn_);
+        auto* momentum = llvm::BasicBlock::Create(ctx_, "momentum", fn_);
+        auto* adam = llvm::BasicBlock::Create(ctx_, "adam", fn_);
+        auto* done = llvm::BasicBlock::Create(ctx_, "done", fn_);
+        llvm::SwitchInst* sw = b_.CreateSwitch(method, done, 3);
+        sw->addCase(b_.getInt32(0), sgd), sw->addCase(b_.getInt32(1), momentum), sw->addCase(b_.getInt32(2), adam);
+        auto each = [&](llvm::BasicBlock* bb, const std::function<llvm::Value*(llvm::Value* i, llvm::Value* grad)>& step) {
+            b_.SetInsertPoint(bb);
+            loopTo(b_.CreateSub(end, begin), "i", [&](llvm::Value* i0) {
+                llvm::Value* i = b_.CreateAdd(begin, i0);
+                llvm::Value* param = load(p, i);
+                llvm::Value* grad = b_.CreateFAdd(load(g, i), b_.CreateFMul(wd, param)); // weight decay
+                store(b_.CreateFSub(param, step(i, grad)), p, i);
+            });
+            b_.CreateBr(done);
+        };
+        each(sgd, [&](llvm::Value*, llvm::Value* grad) { return b_.CreateFMul(lr, grad); });
+        each(momentum, [&](llvm::Value* i, llvm::Value* grad) {
+            llvm::Value* buf = b_.CreateFAdd(b_.CreateFMul(mom, load(mBuf, i)), b_.CreateFMul(b_.CreateFSub(fp(1), damp), grad));
+            store(buf, mBuf, i);
+            llvm::Value* dir = b_.CreateSelect(nesterov, b_.CreateFAdd(grad, b_.CreateFMul(mom, buf)), buf);
+            return b_.CreateFMul(lr, dir);
+        });
+        each(adam, [&](llvm::Value* i, llvm::Value* grad) {
+            llvm::Value* m1 = b_.CreateFAdd(b_.CreateFMul(b1, load(mBuf, i)), b_.CreateFMul(b_.CreateFSub(fp(1), b1), grad));
+            llvm::Value* v1 = b_.CreateFAdd(b_.CreateFMul(b2, load(vBuf, i)),
+                                            b_.CreateFMul(b_.CreateFSub(fp(1), b2), b_.CreateFMul(grad, grad)));
+            store(m1, mBuf, i), store(v1, vBuf, i);
+            llvm::Value* denom = b_.CreateFAdd(b_.CreateFDiv(intrinsic(llvm::Intrinsic::sqrt, {v1}), bc2sqrt), eps);
+            return b_.CreateFMul(b_.CreateFDiv(lr, bc1), b_.CreateFDiv(m1, denom));
+        });
+        b_.SetInsertPoint(done);
+        b_.CreateRetVoid();
+    }
+
 private:
     llvm::LLVMContext& ctx_;
     llvm::Module& m_;
@@ -645,6 +704,7 @@ std::unique_ptr<llvm::Module> lowerToLLVM(llvm::LLVMContext& ctx, const KernelPr
     Lowering lower(ctx, *m, f64, profile);
     lower.entry(forward, "gradc_forward");
     lower.entry(backward, "gradc_backward");
+    lower.update();
     return m;
 }
 

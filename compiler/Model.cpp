@@ -45,4 +45,14 @@ std::vector<ParameterInfo> Model::parameters() const {
     return out;
 }
 
+std::vector<ParameterInfo> Model::buffers() const {
+    std::vector<ParameterInfo> out;
+    int64_t offset = impl_->graph.parameterCount();
+    for (auto& b : impl_->graph.buffers) {
+        out.push_back({b.name, {b.size}, offset, b.size});
+        offset += b.size;
+    }
+    return out;
+}
+
 } // namespace gradc

@@ -38,6 +38,8 @@ class Sema {
 public:
     Sema(const Module& m, const SemaOptions& opts) : m_(m) {
         g_.batch = opts.batch;
+        g_.eval = eval_ = opts.eval;
+        layerOutputs_ = opts.layerOutputs;
         g_.model = "model";
         if (m.file) {
             std::string base = m.file->name.substr(m.file->name.find_last_of('/') + 1);
@@ -76,6 +78,8 @@ private:
     std::optional<ValueId> input_, current_;
     std::map<std::string, int32_t> fnIndex_;
     int64_t nextIndex_ = 0;
+    bool eval_ = false, layerOutputs_ = false;
+    std::vector<std::pair<std::string, ValueId>> bnInputs_; // training mode: layer, input
     int64_t paramTotal_ = 0;
     std::set<std::string> paramNames_;
 
@@ -293,8 +297,22 @@ private:
             std::string mod = moduleName(s, sc);
             ValueId w = param(mod + ".weight", {n}, {"constant", {1.0}}, n, n, s.loc);
             ValueId b = param(mod + ".bias", {n}, {"constant", {0.0}}, n, n, s.loc);
-            Node bn = makeNode(Op::BatchNorm, s.loc);
+            for (const char* field : {"running_mean", "running_var"}) {
+                std::string name = mod + "." + field;
+                if (!paramNames_.insert(name).second)
+                    throw UserError(s.loc, fmt::format("tensor name '{}' is used twice", name));
+                g_.buffers.push_back({name, mod, n, field[8] == 'v' ? 1.0 : 0.0, s.momentum});
+            }
+            Node bn = makeNode(eval_ ? Op::BatchNormEval : Op::BatchNorm, s.loc);
             bn.in = {x, w, b}, bn.eps = s.eps, bn.loc = s.loc;
+            if (eval_)
+                for (size_t i = g_.buffers.size() - 2; i < g_.buffers.size(); ++i) {
+                    Node r = makeNode(Op::Param, s.loc);
+                    r.shape = {n}, r.name = g_.buffers[i].name;
+                    bn.in.push_back(g_.add(std::move(r)));
+                }
+            else
+                bnInputs_.emplace_back(mod, x);
             ValueId v = g_.add(std::move(bn));
             g_.layers.push_back({mod, fmt::format("batchnorm {}", n), g_[x].shape, g_[v].shape, s.loc, v});
             current_ = v;
@@ -349,6 +367,10 @@ private:
                 if (act.op == Op::Act && g_.activations[size_t(act.fn)].formula->op != scalar::Op::Var)
                     g_.outputs.emplace_back("preact:" + layer.name, act.in[0]);
             }
+            for (auto& [layer, x] : bnInputs_) g_.outputs.emplace_back("bnin:" + layer, x);
+            if (layerOutputs_)
+                for (size_t i = 0; i + 1 < g_.layers.size(); ++i)
+                    g_.outputs.emplace_back("layer:" + g_.layers[i].name, g_.layers[i].value);
             return;
         }
         }

@@ -9,6 +9,9 @@ namespace gradc {
 
 struct SemaOptions {
     int64_t batch = 256; ///< the batch size is a compile-time constant of the graph
+    bool eval = false;   ///< evaluation mode (PyTorch's model.eval()): batchnorm normalises
+                         ///< with its running statistics, which become graph inputs
+    bool layerOutputs = false; ///< output "layer:NAME" for every module but the last
 };
 
 /// The forward graph of a model: outputs "logits" (the last layer's value) and "loss".

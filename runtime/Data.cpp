@@ -128,6 +128,20 @@ Examples sample(const Examples& all, int64_t count, uint64_t seed) {
     return out;
 }
 
+std::vector<int64_t> permutation(int64_t n, uint64_t seed) {
+    std::vector<int64_t> order(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) order[size_t(i)] = i;
+    uint64_t state = seed;
+    for (int64_t i = 0; i + 1 < n; ++i) {
+        uint64_t z = (state += 0x9e3779b97f4a7c15ull); // splitmix64
+        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+        z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+        z ^= z >> 31;
+        std::swap(order[size_t(i)], order[size_t(i + int64_t(z % uint64_t(n - i)))]);
+    }
+    return order;
+}
+
 std::vector<double> normalise(const Examples& e, double mean, double std) {
     std::vector<double> x(e.pixels.size());
     for (size_t i = 0; i < x.size(); ++i) x[i] = (e.pixels[i] / 255.0 - mean) / std;

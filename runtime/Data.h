@@ -27,6 +27,9 @@ Examples readExamples(const std::string& dir, bool train, int64_t count);
 /// driven by `seed`; the same seed gives the same batch everywhere).
 Examples sample(const Examples& all, int64_t count, uint64_t seed);
 
+/// A permutation of 0 .. n-1 drawn by `seed` (Fisher-Yates, the same generator as sample).
+std::vector<int64_t> permutation(int64_t n, uint64_t seed);
+
 /// How many examples the data set in `dir` holds.
 int64_t exampleCount(const std::string& dir, bool train);
 

@@ -31,6 +31,11 @@ template <typename T> struct Buffers {
     Buffers(const CompiledModel& m, const Graph& graph, const Bindings& b) : model(m), g(graph) {
         for (auto& p : g.params)
             for (double v : binding(b, p.name, g[p.node].shape).data) params.push_back(T(v));
+        for (auto& buf : g.buffers) { // running statistics: given, or as initialised
+            auto it = b.find(buf.name);
+            for (int64_t i = 0; i < buf.size; ++i)
+                params.push_back(T(it != b.end() ? binding(b, buf.name, {buf.size}).data[size_t(i)] : buf.initial));
+        }
         for (auto& n : g.nodes) {
             if (n.op != Op::Input) continue;
             const Tensor& t = binding(b, n.name, n.shape);
@@ -41,7 +46,7 @@ template <typename T> struct Buffers {
             }
         }
         logits.resize(size_t(elementCount(g[g.output("logits")].shape)));
-        grads.resize(params.size());
+        grads.resize(size_t(g.parameterCount()));
         acts.resize(size_t(model.activationCount));
         // The workspace is 64-byte aligned, as the memory plan assumes.
         ws.reset(std::aligned_alloc(64, size_t((model.workspaceBytes + 63) / 64 * 64 + 64)));
@@ -70,7 +75,7 @@ template <typename T> struct Buffers {
         out["loss"] = Tensor{{}, {double(loss)}};
         offset = 0;
         for (auto& [name, v] : g.outputs) {
-            if (name.rfind("preact:", 0) != 0) continue;
+            if (!isActivationOutput(name)) continue;
             out[name] = slice(acts, offset, g[v].shape);
             offset += size_t(elementCount(g[v].shape));
         }

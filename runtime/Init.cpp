@@ -44,6 +44,7 @@ Bindings initialiseParameters(const Graph& g, uint64_t seed) {
         if (isWeight) firstWeight = false;
         out[p.name] = std::move(t);
     }
+    for (const BufferInfo& b : g.buffers) out[b.name] = Tensor{{b.size}, std::vector<double>(size_t(b.size), b.initial)};
     return out;
 }
 

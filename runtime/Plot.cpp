@@ -59,6 +59,30 @@ std::string number(double v) { return fmt::format("{:.2g}", v); }
 
 } // namespace
 
+/// One histogram panel: bars scaled to the fullest bin, the range under the axis.
+std::string histogramPanel(double x, double y, const std::string& title, const std::string& xLabel,
+                           const TensorStats& s, const char* color) {
+    Frame f(x, y);
+    std::string svg = fmt::format("<g class=\"panel\" data-tensor=\"{}\">\n", escape(s.name));
+    svg += f.draw(title, xLabel);
+    int64_t most = 1;
+    for (int64_t c : s.counts) most = std::max(most, c);
+    const double bins = double(s.counts.size());
+    for (size_t b = 0; b < s.counts.size(); ++b) {
+        double h = double(s.counts[b]) / double(most);
+        svg += fmt::format("<rect x=\"{:.2f}\" y=\"{:.2f}\" width=\"{:.2f}\" height=\"{:.2f}\" fill=\"{}\" "
+                           "fill-opacity=\"0.8\" stroke=\"white\" stroke-width=\"0.3\"/>\n",
+                           f.px(double(b) / bins), f.py(h), (f.right - f.left) / bins, f.bottom - f.py(h), color);
+    }
+    if (!s.edges.empty()) {
+        svg += text(f.left, f.bottom + 13, number(s.edges.front()), "start", 9);
+        svg += text(f.right, f.bottom + 13, number(s.edges.back()), "end", 9);
+    }
+    svg += text(f.left - 4, f.top + 8, std::to_string(most), "end", 9);
+    svg += text(f.left - 4, f.bottom, "0", "end", 9);
+    return svg + "</g>\n";
+}
+
 std::string gradientFigure(const std::vector<GradReport>& reports, const std::vector<std::string>& activationNames) {
     size_t columns = 1;
     for (auto& r : reports) {
@@ -77,28 +101,25 @@ std::string gradientFigure(const std::vector<GradReport>& reports, const std::ve
         size_t col = 0;
         for (auto& s : r.params) {
             if (s.shape.size() != 2) continue; // weights only, as the seed's figure
-            Frame f(double(col++) * kPanelW, y + kRowTitle);
-            svg += fmt::format("<g class=\"panel\" data-tensor=\"{}\">\n", escape(s.name));
-            svg += f.draw(s.name, "Grad magnitude");
-            int64_t most = 1;
-            for (int64_t c : s.counts) most = std::max(most, c);
-            const double bins = double(s.counts.size());
-            for (size_t b = 0; b < s.counts.size(); ++b) {
-                double h = double(s.counts[b]) / double(most);
-                svg += fmt::format("<rect x=\"{:.2f}\" y=\"{:.2f}\" width=\"{:.2f}\" height=\"{:.2f}\" fill=\"{}\" "
-                                   "fill-opacity=\"0.8\" stroke=\"white\" stroke-width=\"0.3\"/>\n",
-                                   f.px(double(b) / bins), f.py(h), (f.right - f.left) / bins, f.bottom - f.py(h),
-                                   kColors[row % std::size(kColors)]);
-            }
-            if (!s.edges.empty()) {
-                svg += text(f.left, f.bottom + 13, number(s.edges.front()), "start", 9);
-                svg += text(f.right, f.bottom + 13, number(s.edges.back()), "end", 9);
-            }
-            svg += text(f.left - 4, f.top + 8, std::to_string(most), "end", 9);
-            svg += text(f.left - 4, f.bottom, "0", "end", 9);
-            svg += "</g>\n";
+            svg += histogramPanel(double(col++) * kPanelW, y + kRowTitle, s.name, "Grad magnitude", s,
+                                  kColors[row % std::size(kColors)]);
         }
     }
+    return svg + "</svg>\n";
+}
+
+std::string histogramFigure(const std::string& title, const std::vector<std::pair<std::string, TensorStats>>& panels,
+                            size_t columns) {
+    columns = std::max<size_t>(1, std::min(columns, panels.size()));
+    const size_t rows = (panels.size() + columns - 1) / columns;
+    const double width = double(columns) * kPanelW;
+    std::string svg = header(width, kRowTitle + double(rows) * kPanelH);
+    svg += text(width / 2, 22, title, "middle", 14);
+    for (size_t i = 0; i < panels.size(); ++i)
+        svg += histogramPanel(double(i % columns) * kPanelW, kRowTitle + double(i / columns) * kPanelH,
+                              panels[i].first, fmt::format("mean {:.3g}, var {:.3g}", panels[i].second.mean,
+                                                           panels[i].second.std * panels[i].second.std),
+                              panels[i].second, kColors[0]);
     return svg + "</svg>\n";
 }
 

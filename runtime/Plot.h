@@ -14,6 +14,10 @@ namespace gradc {
 /// name as the panel title), under a title naming the model's activation.
 std::string gradientFigure(const std::vector<GradReport>& reports, const std::vector<std::string>& activationNames);
 
+/// A grid of histogram panels (`columns` wide) under one title: `gradc acts`.
+std::string histogramFigure(const std::string& title, const std::vector<std::pair<std::string, TensorStats>>& panels,
+                            size_t columns);
+
 /// One panel per activation: f and f' on [-5, 5], as the seed's first figure.
 std::string activationFigure(const std::vector<Activation>& activations);
 

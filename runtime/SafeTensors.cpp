@@ -109,21 +109,26 @@ std::map<std::string, Tensor> readSafetensors(const std::string& path, std::map<
     return out;
 }
 
-void writeSafetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors, bool f64) {
+void writeSafetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors, bool f64,
+                      const std::set<std::string>& integers) {
     nlohmann::ordered_json header;
     header["__metadata__"] = {{"format", "pt"}, {"writer", "gradc"}};
     std::string body;
     for (auto& [name, t] : tensors) {
         size_t begin = body.size();
+        const bool integer = integers.count(name) > 0;
         for (double v : t.data) {
-            if (f64) {
+            if (integer) {
+                int64_t i = int64_t(v);
+                body.append(reinterpret_cast<const char*>(&i), 8);
+            } else if (f64) {
                 body.append(reinterpret_cast<const char*>(&v), 8);
             } else {
                 float f = float(v);
                 body.append(reinterpret_cast<const char*>(&f), 4);
             }
         }
-        header[name] = {{"dtype", f64 ? "F64" : "F32"}, {"shape", t.shape}, {"data_offsets", {begin, body.size()}}};
+        header[name] = {{"dtype", integer ? "I64" : f64 ? "F64" : "F32"}, {"shape", t.shape}, {"data_offsets", {begin, body.size()}}};
     }
     std::string json = header.dump();
     while ((8 + json.size()) % 8) json += ' '; // keeps the data aligned
@@ -152,13 +157,29 @@ Bindings loadParameters(const Graph& g, const std::string& path) {
         out[p.name] = std::move(it->second);
         file.erase(it);
     }
+    for (auto& buf : g.buffers) { // running statistics: optional (gradc's older files lack them)
+        auto it = file.find(buf.name);
+        if (it == file.end()) continue;
+        if (dtypes[buf.name][0] != 'F' && dtypes[buf.name] != "BF16")
+            fail(path, fmt::format("tensor '{}' has dtype {}; running statistics are floating point", buf.name,
+                                   dtypes[buf.name]));
+        if (it->second.shape != Shape{buf.size})
+            fail(path, fmt::format("tensor '{}' has shape {}, the model needs [{}]", buf.name,
+                                   shapeString(it->second.shape), buf.size));
+        for (double v : it->second.data)
+            if (buf.initial == 1 && !(v >= 0))
+                fail(path, fmt::format("tensor '{}' holds {}; a variance is not negative", buf.name, v));
+        out[buf.name] = std::move(it->second);
+        file.erase(it);
+    }
     for (auto& [name, t] : file) {
-        // PyTorch's BatchNorm1d also saves its running statistics; gradc's training-mode
-        // batch normalisation does not use them.
+        // PyTorch's BatchNorm1d also counts its batches (an integer gradc keeps too).
         auto dot = name.rfind('.');
         std::string module = dot == std::string::npos ? "" : name.substr(0, dot), field = name.substr(dot + 1);
-        if (batchnorms.count(module) && (field == "running_mean" || field == "running_var" || field == "num_batches_tracked"))
+        if (batchnorms.count(module) && field == "num_batches_tracked" && t.data.size() == 1) {
+            out[name] = t;
             continue;
+        }
         fail(path, fmt::format("tensor '{}' is not a parameter of model {}", name, g.model));
     }
     return out;

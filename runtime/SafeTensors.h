@@ -7,6 +7,7 @@
 
 #include <map>
 #include <string>
+#include <set>
 #include <vector>
 
 namespace gradc {
@@ -16,12 +17,14 @@ namespace gradc {
 std::map<std::string, Tensor> readSafetensors(const std::string& path,
                                               std::map<std::string, std::string>* dtypes = nullptr);
 
-/// Writes the tensors as F32 (or F64), in the given order, atomically.
+/// Writes the tensors as F32 (or F64; those named in `integers` as I64), in the given
+/// order, atomically.
 void writeSafetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
-                      bool f64 = false);
+                      bool f64 = false, const std::set<std::string>& integers = {});
 
 /// The model's parameters from a file: every parameter must be there with its shape; a
-/// tensor the model does not have is an error (batchnorm's running statistics excepted).
+/// tensor the model does not have is an error. Batchnorm's running statistics (and its
+/// num_batches_tracked) are read when present.
 Bindings loadParameters(const Graph& g, const std::string& path);
 
 } // namespace gradc

@@ -16,12 +16,15 @@
 #include "ThreadPool.h"
 #include "Parser.h"
 #include "Pipeline.h"
+#include "Train.h"
 
 #include <boost/program_options.hpp>
 #include <fmt/format.h>
 
 #include <chrono>
+#include <csignal>
 #include <cmath>
+#include <unistd.h>
 #include <random>
 #include <cstdio>
 #include <algorithm>
@@ -413,6 +416,230 @@ int runBench(const po::variables_map& vm) {
     return 0;
 }
 
+/// A model compiled for training and evaluation at `batch`, its parameters from --params or
+/// initialised with --seed.
+std::unique_ptr<Engine> makeEngine(const po::variables_map& vm, int64_t batch) {
+    const std::string path = vm["model"].as<std::string>();
+    const CodegenOptions codegen = codegenOptions(vm);
+    if (codegen.f64) throw UsageError("training runs in f32 (--dtype f64 is for gradients only)");
+    const std::string backend = vm["backend"].as<std::string>();
+    if (backend != "interp" && backend != "jit")
+        throw UsageError(fmt::format("--backend={} is not available (backends: jit, interp)", backend));
+    FrontEnd fe = compileFile(path, {batch});
+    Graph evalGraph = buildGraph(fe.ast, {batch, /*eval=*/true, /*layerOutputs=*/true});
+    auto engine = std::make_unique<Engine>(std::move(fe.graph), std::move(evalGraph), SessionOptions{backend, codegen.cache});
+    if (vm.count("params")) engine->load(vm["params"].as<std::string>());
+    else engine->initialise(vm["seed"].as<uint64_t>());
+    return engine;
+}
+
+/// The model must classify the data set's images: checked before any data is read.
+void needClassifier(const Graph& g, const std::string& model, int64_t features, int classes) {
+    const int64_t outputs = g[g.output("logits")].shape[1];
+    if (g.lossKind != "cross_entropy" || outputs < classes)
+        throw UserError({makeSourceFile(model, ""), 0, 0},
+                        fmt::format("this command needs a cross_entropy classifier with at least {} classes; the "
+                                    "model's loss is {} with {} outputs", classes, g.lossKind, outputs));
+    if (g[0].shape[1] != features)
+        throw UserError({makeSourceFile(model, ""), 0, 0},
+                        fmt::format("the model takes {} inputs, but the images have {} pixels", g[0].shape[1], features));
+}
+
+/// The data set's geometry, read from the headers of its files.
+std::pair<int64_t, int> dataShape(const std::string& dir) {
+    Examples one = readExamples(dir, true, 1);
+    return {one.features, 10};
+}
+
+void onInterrupt(int) {
+    gInterrupted = 1;
+    std::signal(SIGINT, SIG_DFL); // a second Ctrl-C stops at once
+}
+
+/// `gradc train MODEL`: epochs of SGD or Adam with early stopping on validation accuracy.
+int runTrain(const po::variables_map& vm) {
+    const int64_t batch = semaOptions(vm).batch;
+    TrainOptions o;
+    o.epochs = vm["epochs"].as<int>();
+    o.patience = vm["patience"].as<int>();
+    o.seed = vm["seed"].as<uint64_t>();
+    o.maxSteps = vm["steps"].as<int64_t>();
+    const int64_t val = vm["val"].as<int64_t>(), limit = vm["limit"].as<int64_t>();
+    if (o.epochs < 1 || o.epochs > 100000) throw UsageError(fmt::format("--epochs {} is out of range (1 to 100000)", o.epochs));
+    if (o.patience < 1) throw UsageError(fmt::format("--patience {} must be at least 1", o.patience));
+    if (o.maxSteps < 0) throw UsageError(fmt::format("--steps {} must not be negative", o.maxSteps));
+    if (val < 1) throw UsageError(fmt::format("--val {} must be at least 1", val));
+    if (limit < 0) throw UsageError(fmt::format("--limit {} must not be negative", limit));
+    auto fileOption = [&](const char* name) { return vm.count(name) ? vm[name].as<std::string>() : std::string(); };
+    o.save = fileOption("save"), o.log = fileOption("log"), o.logdir = fileOption("logdir");
+    OptimizerOptions opt;
+    opt.method = vm["optimizer"].as<std::string>();
+    if (opt.method != "sgd" && opt.method != "adam")
+        throw UsageError(fmt::format("--optimizer={} is not sgd or adam", opt.method));
+    opt.lr = vm.count("lr") ? vm["lr"].as<double>() : opt.method == "adam" ? 1e-3 : 1e-2;
+    opt.momentum = vm["momentum"].as<double>();
+    opt.weightDecay = vm["weight-decay"].as<double>();
+    opt.nesterov = vm.count("nesterov") != 0;
+    opt.beta1 = vm["beta1"].as<double>(), opt.beta2 = vm["beta2"].as<double>(), opt.eps = vm["eps"].as<double>();
+    try {
+        hyperParameters(opt, 1);
+    } catch (const UserError& e) {
+        throw UsageError(e.what());
+    }
+    const std::string dir = vm["data"].as<std::string>(), path = vm["model"].as<std::string>();
+    auto [mean, std] = parseNormalize(vm["normalize"].as<std::string>());
+    {
+        Graph g = compileFile(path, {batch}).graph; // a model mistake costs no data loading
+        auto [features, classes] = dataShape(dir);
+        needClassifier(g, path, features, classes);
+    }
+    std::unique_ptr<Engine> engine = makeEngine(vm, batch);
+    engine->setOptimizer(opt);
+    DataSplit data = loadSplit(dir, val, mean, std, limit);
+    const bool terminal = isatty(STDERR_FILENO) && !vm.count("no-progress");
+    o.progressBar = terminal;
+    fmt::print(stderr, "{}: {} parameters; {} training and {} validation examples of {}, batch {}; {} lr {}{}\n",
+               engine->graph().model, thousands(engine->parameterCount()), thousands(int64_t(data.fit.size())),
+               thousands(int64_t(data.val.size())), dir, batch, opt.method, opt.lr,
+               opt.momentum > 0 ? fmt::format(" momentum {}", opt.momentum) : "");
+    gInterrupted = 0;
+    std::signal(SIGINT, onInterrupt);
+    TrainResult r = train(*engine, data, o, [](const std::string& line) {
+        fmt::print(stderr, "{}", line);
+        std::fflush(stderr);
+    });
+    std::signal(SIGINT, SIG_DFL);
+    if (r.interrupted) fmt::print(stderr, "\ninterrupted: keeping what was trained\n");
+    fmt::print("{}: best epoch {} of {}{}, validation accuracy {:.2f}%, test accuracy {:.2f}% ({:.1f} s)\n",
+               engine->graph().model, r.bestEpoch, r.epochs.size(), r.stoppedEarly ? " (stopped early)" : "",
+               100 * r.bestValAccuracy, 100 * r.testAccuracy, r.seconds);
+    if (!o.save.empty()) fmt::print("parameters of the best epoch: {}\n", o.save);
+    return r.interrupted ? 130 : 0;
+}
+
+/// The activation layers of a graph: the modules whose output is an activation function's.
+bool isActivationLayer(const Graph& g, const LayerInfo& l) { return g[l.value].op == Op::Act; }
+
+/// `gradc acts MODEL`: each layer's output distribution over the first 1024 training images.
+int runActs(const po::variables_map& vm) {
+    const int64_t count = vm["count"].as<int64_t>();
+    if (count < 1 || count > kMaxBatch) throw UsageError(fmt::format("--count {} is out of range (1 to {})", count, kMaxBatch));
+    const std::string dir = vm["data"].as<std::string>(), path = vm["model"].as<std::string>();
+    const std::string format = vm["format"].as<std::string>();
+    if (format != "table" && format != "json") throw UsageError(fmt::format("--format={} is not table or json", format));
+    auto [mean, std] = parseNormalize(vm["normalize"].as<std::string>());
+    {
+        Graph g = compileFile(path, {count}).graph;
+        needClassifier(g, path, dataShape(dir).first, 2);
+    }
+    std::unique_ptr<Engine> engine = makeEngine(vm, count);
+    Examples ex = readExamples(dir, true, count);
+    std::vector<int64_t> all(static_cast<size_t>(count));
+    for (int64_t i = 0; i < count; ++i) all[size_t(i)] = i;
+    std::vector<float> x;
+    std::vector<int32_t> labels;
+    gather(ex, all, 0, count, mean, std, x, labels);
+    engine->evaluate(x.data(), labels.data(), nullptr);
+    const Graph& g = engine->graph();
+    std::vector<std::pair<std::string, TensorStats>> layers;
+    for (size_t i = 0; i < engine->layerCount(); ++i) {
+        const LayerInfo& l = g.layers[i];
+        layers.emplace_back(l.what, statistics(l.name, l.out, engine->layerOutput(i), 50));
+    }
+    if (format == "json") {
+        std::string out = fmt::format("{{\"model\": \"{}\", \"examples\": {}, \"layers\": [", g.model, count);
+        for (size_t i = 0; i < layers.size(); ++i) {
+            auto& [what, s] = layers[i];
+            std::string edges, counts;
+            for (size_t k = 0; k < s.edges.size(); ++k) edges += fmt::format("{}{:.9g}", k ? ", " : "", s.edges[k]);
+            for (size_t k = 0; k < s.counts.size(); ++k) counts += fmt::format("{}{}", k ? ", " : "", s.counts[k]);
+            out += fmt::format("{}\n  {{\"name\": \"{}\", \"op\": \"{}\", \"mean\": {:.9g}, \"variance\": {:.9g}, "
+                               "\"std\": {:.9g}, \"min\": {:.9g}, \"max\": {:.9g}, \"zero_fraction\": {:.9g}, "
+                               "\"histogram\": {{\"edges\": [{}], \"counts\": [{}]}}}}",
+                               i ? "," : "", s.name, what, s.mean, s.std * s.std, s.std, s.min, s.max, s.zeroFraction,
+                               edges, counts);
+        }
+        fmt::print("{}\n]}}\n", out);
+    } else {
+        fmt::print("{}: layer outputs over the first {} training images of {} (evaluation mode)\n\n", g.model, count, dir);
+        fmt::print("  {:<12} {:<22} {:>10} {:>10} {:>10} {:>10} {:>7}\n", "layer", "op", "mean", "variance", "min", "max",
+                   "zero");
+        for (auto& [what, s] : layers)
+            fmt::print("  {:<12} {:<22} {:>10.4f} {:>10.4f} {:>10.4f} {:>10.4f} {:>6.1f}%\n", s.name, what, s.mean,
+                       s.std * s.std, s.min, s.max, 100 * s.zeroFraction);
+    }
+    if (vm.count("plot")) {
+        std::vector<std::pair<std::string, TensorStats>> panels;
+        for (auto& [what, s] : layers) panels.emplace_back(fmt::format("{} - {}", s.name, what), s);
+        writeFileAtomically(vm["plot"].as<std::string>(),
+                            histogramFigure(fmt::format("Activation distribution of {}", g.model), panels, 4));
+    }
+    return 0;
+}
+
+/// `gradc dead MODEL`: per activation layer, the units that output zero for every training
+/// image of the split, as the tutorial counts dead neurons.
+int runDead(const po::variables_map& vm) {
+    const int64_t batch = semaOptions(vm).batch;
+    const std::string dir = vm["data"].as<std::string>(), path = vm["model"].as<std::string>();
+    auto [mean, std] = parseNormalize(vm["normalize"].as<std::string>());
+    const int64_t val = vm["val"].as<int64_t>(), limit = vm["limit"].as<int64_t>();
+    if (val < 0) throw UsageError(fmt::format("--val {} must not be negative", val));
+    if (limit < 0) throw UsageError(fmt::format("--limit {} must not be negative", limit));
+    {
+        Graph g = compileFile(path, {batch}).graph;
+        needClassifier(g, path, dataShape(dir).first, 2);
+    }
+    std::unique_ptr<Engine> engine = makeEngine(vm, batch);
+    DataSplit data = loadSplit(dir, val, mean, std, limit);
+    const Graph& g = engine->graph();
+    std::vector<size_t> layers;
+    std::vector<std::vector<char>> alive;
+    for (size_t i = 0; i < engine->layerCount(); ++i)
+        if (isActivationLayer(g, g.layers[i])) {
+            layers.push_back(i);
+            alive.emplace_back(size_t(g.layers[i].out[1]), 0);
+        }
+    std::vector<float> x;
+    std::vector<int32_t> labels;
+    for (size_t begin = 0; begin < data.fit.size(); begin += size_t(batch)) {
+        gather(data.train, data.fit, begin, batch, mean, std, x, labels);
+        engine->evaluate(x.data(), labels.data(), nullptr);
+        const size_t rows = std::min(size_t(batch), data.fit.size() - begin);
+        for (size_t k = 0; k < layers.size(); ++k) {
+            const float* y = engine->layerOutput(layers[k]);
+            const size_t N = alive[k].size();
+            for (size_t r = 0; r < rows; ++r)
+                for (size_t j = 0; j < N; ++j) alive[k][j] |= y[r * N + j] != 0.0f;
+        }
+    }
+    fmt::print("{}: units that output zero for all {} training images (evaluation mode)\n\n", g.model,
+               thousands(int64_t(data.fit.size())));
+    fmt::print("  {:<12} {:<18} {:>6} {:>6} {:>8}\n", "layer", "activation", "units", "dead", "dead %");
+    int64_t totalDead = 0, total = 0;
+    for (size_t k = 0; k < layers.size(); ++k) {
+        int64_t dead = 0;
+        for (char a : alive[k]) dead += !a;
+        totalDead += dead, total += int64_t(alive[k].size());
+        const LayerInfo& l = g.layers[layers[k]];
+        fmt::print("  {:<12} {:<18} {:>6} {:>6} {:>7.2f}%\n", l.name, l.what, alive[k].size(), dead,
+                   100.0 * double(dead) / double(alive[k].size()));
+    }
+    fmt::print("  {:<12} {:<18} {:>6} {:>6} {:>7.2f}%\n", "total", "", total, totalDead,
+               total ? 100.0 * double(totalDead) / double(total) : 0.0);
+    return 0;
+}
+
+void addDataOptions(po::options_description& d) {
+    d.add_options()("data", po::value<std::string>()->default_value(kDefaultDataDir),
+                    "directory of IDX files (train-images-idx3-ubyte[.gz], ...)")(
+        "normalize", po::value<std::string>()->default_value("0.5,0.5"), "MEAN,STD: inputs are (pixel/255 - MEAN) / STD")(
+        "seed", po::value<uint64_t>()->default_value(42), "parameter initialisation (and shuffling) seed")(
+        "params", po::value<std::string>(), "start from the parameters in FILE.safetensors")(
+        "backend", po::value<std::string>()->default_value("jit"), "jit | interp");
+    addCodegenOptions(d);
+}
+
 const std::vector<Command>& commands() {
     static const std::vector<Command> cmds = {
         {"check", "MODEL [--batch N]",
@@ -458,6 +685,49 @@ const std::vector<Command>& commands() {
              addCodegenOptions(d);
          },
          runBench},
+        {"train", "MODEL [--epochs 50] [--batch 256] [--optimizer sgd|adam] [--lr X] [--momentum X] [--save FILE] [--log FILE.jsonl] [--logdir DIR]",
+         "train on FashionMNIST (50,000 images; 10,000 validate) with early stopping; report test accuracy",
+         [](po::options_description& d) {
+             addModelOptions(d);
+             d.add_options()("epochs", po::value<int>()->default_value(50), "at most this many epochs")(
+                 "optimizer", po::value<std::string>()->default_value("sgd"), "sgd | adam")(
+                 "lr", po::value<double>(), "learning rate (default: 1e-2 for sgd, 1e-3 for adam)")(
+                 "momentum", po::value<double>()->default_value(0.0), "SGD momentum")(
+                 "nesterov", "Nesterov momentum")(
+                 "weight-decay", po::value<double>()->default_value(0.0), "L2 penalty added to the gradient")(
+                 "beta1", po::value<double>()->default_value(0.9), "Adam's beta1")(
+                 "beta2", po::value<double>()->default_value(0.999), "Adam's beta2")(
+                 "eps", po::value<double>()->default_value(1e-8), "Adam's eps")(
+                 "val", po::value<int64_t>()->default_value(10000), "training images held out for validation")(
+                 "patience", po::value<int>()->default_value(7), "stop after this many epochs without a better validation accuracy")(
+                 "save", po::value<std::string>(), "write the best epoch's parameters to FILE.safetensors")(
+                 "log", po::value<std::string>(), "write per-epoch loss, accuracy and gradient statistics to FILE.jsonl")(
+                 "logdir", po::value<std::string>(), "write TensorBoard event files (scalars, gradient histograms) to DIR")(
+                 "steps", po::value<int64_t>()->default_value(0), "stop after this many steps in all (0: no limit)")(
+                 "limit", po::value<int64_t>()->default_value(0), "use only the first N images of each file (0: all)")(
+                 "no-progress", "no progress bar, even on a terminal");
+             addDataOptions(d);
+         },
+         runTrain},
+        {"acts", "MODEL [--params FILE] [--count 1024] [--plot FILE.svg] [--format table|json]",
+         "each layer's output distribution over the first training images (evaluation mode)",
+         [](po::options_description& d) {
+             d.add_options()("model", po::value<std::string>()->required(), "model file (.nn)")(
+                 "count", po::value<int64_t>()->default_value(1024), "images")(
+                 "format", po::value<std::string>()->default_value("table"), "table | json")(
+                 "plot", po::value<std::string>(), "draw the histograms to FILE.svg");
+             addDataOptions(d);
+         },
+         runActs},
+        {"dead", "MODEL [--params FILE]",
+         "per activation layer, the units that output zero for every training image",
+         [](po::options_description& d) {
+             addModelOptions(d);
+             d.add_options()("val", po::value<int64_t>()->default_value(10000), "training images held out (as gradc train)")(
+                 "limit", po::value<int64_t>()->default_value(0), "use only the first N images (0: all)");
+             addDataOptions(d);
+         },
+         runDead},
         {"compile", "MODEL -o FILE.o [--header FILE.h] [--target-cpu generic|native|NAME] [--emit obj|asm|llvm]",
          "compile a model ahead of time: an object file and a C header, linkable without LLVM",
          [](po::options_description& d) {

@@ -47,6 +47,9 @@ public:
     const std::string& loss() const; ///< cross_entropy, bce or mse
     std::vector<ParameterInfo> parameters() const;
     int64_t parameterCount() const;
+    /// Tensors kept but not trained (batchnorm's running_mean and running_var, PyTorch's
+    /// buffers); `offset` counts from the start of the state array, after the parameters.
+    std::vector<ParameterInfo> buffers() const;
 
     struct Impl;
     const Impl& impl() const { return *impl_; }

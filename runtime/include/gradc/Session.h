@@ -34,6 +34,25 @@ struct ActivationStatistics {
     double mean = 0, std = 0, lowGradientFraction = 0;
 };
 
+/// torch.optim's optimisers with PyTorch's formulas and defaults: SGD (with momentum when
+/// momentum > 0, optionally Nesterov) and Adam; weight decay adds `weightDecay * p` to the
+/// gradient, as both do.
+struct OptimizerOptions {
+    std::string method = "sgd"; ///< sgd or adam
+    double lr = 1e-2;           ///< torch.optim.SGD has no default; Adam's is 1e-3
+    double momentum = 0, dampening = 0, weightDecay = 0;
+    bool nesterov = false;
+    double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
+};
+
+/// One module's output over a batch (Session::layerOutputs): `values` is [batch, width].
+struct LayerOutput {
+    std::string name; ///< layers.0, h, ...
+    std::string what; ///< "linear 784 -> 512", "relu", "batchnorm 512", ...
+    std::vector<int64_t> shape;
+    std::vector<float> values;
+};
+
 class Session {
 public:
     /// Compiles `model` for batches of `batch` examples; throws gradc::Error.
@@ -49,7 +68,8 @@ public:
     /// Parameters from a safetensors file with PyTorch's names (a state_dict).
     void loadParameters(const std::string& path);
     void saveParameters(const std::string& path) const;
-    /// The flat parameter array (see Model::parameters for the layout); writable.
+    /// The flat state array, writable: the parameters (see Model::parameters for the layout),
+    /// then the buffers (Model::buffers: batchnorm's running statistics).
     float* parameters();
 
     /// One forward pass: `x` is [batch, inputWidth] row-major; `labels` (cross_entropy) or
@@ -62,6 +82,25 @@ public:
     float backward(const float* x, const int32_t* labels);
     float backward(const float* x, const float* targets);
     const float* gradients() const;
+
+    /// Chooses the optimiser and clears its state (momentum buffers, Adam's moments, step).
+    void setOptimizer(const OptimizerOptions& options);
+    /// One training step (PyTorch's model.train()): forward and backward with batch
+    /// statistics, batchnorm's running statistics updated, then the optimiser's step (SGD
+    /// with lr 1e-2 if none was set). The gradients stay in gradients(). Returns the loss
+    /// before the step.
+    float trainStep(const float* x, const int32_t* labels);
+    float trainStep(const float* x, const float* targets);
+    /// Optimiser steps taken since setOptimizer.
+    int64_t steps() const;
+
+    /// One forward pass in evaluation mode (model.eval()): batchnorm normalises with its
+    /// running statistics. Compiled on first use. Writes `logits` when not null; returns the
+    /// loss.
+    float evaluate(const float* x, const int32_t* labels, float* logits = nullptr);
+    float evaluate(const float* x, const float* targets, float* logits = nullptr);
+    /// Every module's output but the last one's, from the last evaluate().
+    std::vector<LayerOutput> layerOutputs() const;
 
     /// Statistics of the last backward pass.
     std::vector<GradientStatistics> gradientStatistics() const;

@@ -1,0 +1,48 @@
+// Events.h — TensorBoard event files, written directly: TFRecord framing (length, masked
+// CRC-32C) around hand-encoded Event protocol buffers with scalar and histogram summaries.
+// The file grows as training runs, one record at a time, so TensorBoard can follow it.
+#pragma once
+
+#include "Stats.h"
+
+#include <cstdint>
+#include <cstdio>
+#include <string>
+
+namespace gradc {
+
+/// CRC-32C (Castagnoli), and TFRecord's masked form of it.
+uint32_t crc32c(const void* data, size_t n);
+uint32_t maskedCrc32c(const void* data, size_t n);
+
+class EventWriter {
+public:
+    /// Creates DIR (and parents) and DIR/events.out.tfevents.TIME.gradc; throws UserError.
+    explicit EventWriter(const std::string& dir);
+    ~EventWriter();
+    EventWriter(const EventWriter&) = delete;
+    EventWriter& operator=(const EventWriter&) = delete;
+
+    void scalar(const std::string& tag, int64_t step, double value);
+    /// The statistics' histogram (its bins become TensorBoard's buckets).
+    void histogram(const std::string& tag, int64_t step, const TensorStats& s);
+    void flush();
+    const std::string& path() const { return path_; }
+
+private:
+    void record(const std::string& event);
+    std::string path_;
+    std::FILE* file_ = nullptr;
+};
+
+/// Protocol-buffer encoding, as much as the event files need (exposed for tests).
+namespace proto {
+std::string varint(uint64_t v);
+std::string field(int number, int wireType);
+std::string bytes(int number, const std::string& payload);   // wire type 2
+std::string float64(int number, double v);                    // wire type 1
+std::string float32(int number, float v);                     // wire type 5
+std::string int64(int number, int64_t v);                     // wire type 0
+} // namespace proto
+
+} // namespace gradc

@@ -1,0 +1,207 @@
+// Train.cpp — the training loop (see Train.h).
+#include "Train.h"
+
+#include "Events.h"
+#include "Files.h"
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <cmath>
+#include <fstream>
+#include <memory>
+
+namespace gradc {
+
+volatile std::sig_atomic_t gInterrupted = 0;
+
+DataSplit loadSplit(const std::string& dir, int64_t val, double mean, double std, int64_t limit) {
+    DataSplit d;
+    const int64_t total = exampleCount(dir, true);
+    d.train = readExamples(dir, true, limit > 0 ? std::min(limit, total) : total);
+    d.test = readExamples(dir, false, limit > 0 ? std::min(limit, exampleCount(dir, false)) : exampleCount(dir, false));
+    d.mean = mean, d.std = std;
+    if (val < 0 || val >= d.train.count)
+        throw UserError({}, fmt::format("--val {} leaves no training examples (the data has {})", val, d.train.count));
+    std::vector<int64_t> order = permutation(d.train.count, 42);
+    d.fit.assign(order.begin(), order.end() - val);
+    d.val.assign(order.end() - val, order.end());
+    return d;
+}
+
+void gather(const Examples& e, const std::vector<int64_t>& indices, size_t begin, int64_t batch, double mean,
+            double std, std::vector<float>& x, std::vector<int32_t>& labels) {
+    const size_t F = size_t(e.features);
+    x.assign(size_t(batch) * F, 0.0f);
+    labels.assign(size_t(batch), 0);
+    for (size_t r = 0; r < size_t(batch) && begin + r < indices.size(); ++r) {
+        const size_t k = size_t(indices[begin + r]);
+        const uint8_t* p = e.pixels.data() + k * F;
+        for (size_t i = 0; i < F; ++i) x[r * F + i] = float((p[i] / 255.0 - mean) / std);
+        labels[r] = e.labels[k];
+    }
+}
+
+Accuracy evaluate(Engine& engine, const Examples& e, const std::vector<int64_t>& indices, double mean, double std) {
+    const int64_t B = engine.batch();
+    const int64_t C = engine.graph()[engine.graph().output("logits")].shape[1];
+    std::vector<float> x, logits(size_t(B * C));
+    std::vector<int32_t> labels;
+    double loss = 0;
+    int64_t correct = 0;
+    for (size_t begin = 0; begin < indices.size(); begin += size_t(B)) {
+        gather(e, indices, begin, B, mean, std, x, labels);
+        engine.evaluate(x.data(), labels.data(), logits.data());
+        const size_t rows = std::min(size_t(B), indices.size() - begin); // the rest is padding
+        for (size_t r = 0; r < rows; ++r) {
+            const float* z = logits.data() + r * size_t(C);
+            int64_t best = 0;
+            double m = z[0];
+            for (int64_t c = 1; c < C; ++c)
+                if (z[c] > z[best]) best = c;
+            for (int64_t c = 1; c < C; ++c) m = std::max(m, double(z[c]));
+            double s = 0;
+            for (int64_t c = 0; c < C; ++c) s += std::exp(double(z[c]) - m);
+            loss += m + std::log(s) - z[labels[r]];
+            correct += best == labels[r];
+        }
+    }
+    const double n = double(indices.size());
+    return {loss / n, double(correct) / n};
+}
+
+namespace {
+
+nlohmann::ordered_json number(double v) { return std::isfinite(v) ? nlohmann::ordered_json(v) : nlohmann::ordered_json(nullptr); }
+
+nlohmann::ordered_json epochJson(const EpochRecord& r) {
+    nlohmann::ordered_json j = {{"epoch", r.epoch},
+                        {"step", r.step},
+                        {"train_loss", number(r.trainLoss)},
+                        {"val_loss", number(r.valLoss)},
+                        {"val_accuracy", number(r.valAccuracy)},
+                        {"seconds", r.seconds},
+                        {"vanishing_factor", number(r.vanishingFactor)}};
+    nlohmann::ordered_json params = nlohmann::ordered_json::array();
+    for (auto& s : r.grads)
+        params.push_back({{"name", s.name}, {"shape", s.shape}, {"mean", number(s.mean)}, {"std", number(s.std)},
+                          {"abs_mean", number(s.absMean)}, {"min", number(s.min)}, {"max", number(s.max)},
+                          {"l2", number(s.l2)}, {"zero_fraction", number(s.zeroFraction)}, {"nan", s.nan},
+                          {"inf", s.inf}});
+    j["grads"] = params;
+    return j;
+}
+
+} // namespace
+
+TrainResult train(Engine& engine, const DataSplit& data, const TrainOptions& o,
+                  const std::function<void(const std::string&)>& say) {
+    using Clock = std::chrono::steady_clock;
+    const auto start = Clock::now();
+    const Graph& g = engine.graph();
+    const int64_t B = engine.batch();
+    const int64_t stepsPerEpoch = int64_t(data.fit.size()) / B; // the last partial batch is dropped
+    if (stepsPerEpoch < 1)
+        throw UserError({}, fmt::format("{} training examples make no batch of {}", data.fit.size(), B));
+    std::unique_ptr<std::ofstream> log;
+    if (!o.log.empty()) {
+        log = std::make_unique<std::ofstream>(o.log, std::ios::trunc);
+        if (!*log) throw UserError({makeSourceFile(o.log, ""), 0, 0}, "cannot write the log file");
+    }
+    std::unique_ptr<EventWriter> events;
+    if (!o.logdir.empty()) events = std::make_unique<EventWriter>(o.logdir);
+
+    TrainResult result;
+    std::vector<float> best = engine.state(), x;
+    std::vector<int32_t> labels;
+    int64_t step = 0;
+    for (int epoch = 1; epoch <= o.epochs; ++epoch) {
+        const auto epochStart = Clock::now();
+        std::vector<int64_t> order = permutation(int64_t(data.fit.size()), o.seed * 1000003 + uint64_t(epoch));
+        for (auto& i : order) i = data.fit[size_t(i)];
+        double lossSum = 0;
+        int64_t done = 0;
+        for (int64_t s = 0; s < stepsPerEpoch && !gInterrupted && !(o.maxSteps && step >= o.maxSteps); ++s) {
+            gather(data.train, order, size_t(s * B), B, data.mean, data.std, x, labels);
+            lossSum += engine.trainStep(x.data(), labels.data());
+            ++done, ++step;
+            if (o.progressBar && (s % 4 == 0 || s + 1 == stepsPerEpoch)) {
+                const int width = 30, filled = int(width * (s + 1) / stepsPerEpoch);
+                say(fmt::format("\r\033[Kepoch {}/{} [{}{}] {}/{}  loss {:.4f}", epoch, o.epochs, std::string(size_t(filled), '#'),
+                                std::string(size_t(width - filled), '.'), s + 1, stepsPerEpoch, lossSum / double(done)));
+            }
+        }
+        if (done == 0) break;
+        EpochRecord r;
+        r.epoch = epoch, r.step = step, r.trainLoss = lossSum / double(done);
+        Accuracy v = evaluate(engine, data.train, data.val, data.mean, data.std);
+        r.valLoss = v.loss, r.valAccuracy = v.accuracy;
+        size_t offset = 0;
+        std::vector<double> weights;
+        for (auto& p : g.params) {
+            const Shape& shape = g[p.node].shape;
+            r.grads.push_back(statistics(p.name, shape, engine.gradients().data() + offset));
+            offset += size_t(elementCount(shape));
+            if (shape.size() == 2) weights.push_back(r.grads.back().absMean);
+        }
+        r.vanishingFactor = weights.size() < 2 ? std::nan("") : weights.front() / weights.back();
+        r.seconds = std::chrono::duration<double>(Clock::now() - epochStart).count();
+        const bool improved = v.accuracy > result.bestValAccuracy;
+        if (improved) {
+            result.bestValAccuracy = v.accuracy, result.bestEpoch = epoch;
+            best = engine.state();
+            if (!o.save.empty()) engine.save(o.save);
+        }
+        say(fmt::format("{}epoch {:>3}: train loss {:.4f}  val loss {:.4f}  val accuracy {:6.2f}%{}  ({:.1f} s{})\n",
+                        o.progressBar ? "\r\033[K" : "", epoch, r.trainLoss, r.valLoss, 100 * r.valAccuracy,
+                        improved ? " (best)" : "       ", r.seconds,
+                        done < stepsPerEpoch ? fmt::format(", {} of {} steps", done, stepsPerEpoch) : ""));
+        if (log) *log << epochJson(r).dump() << '\n' << std::flush;
+        if (events) {
+            events->scalar("loss/train", step, r.trainLoss);
+            events->scalar("loss/val", step, r.valLoss);
+            events->scalar("accuracy/val", step, r.valAccuracy);
+            if (std::isfinite(r.vanishingFactor)) events->scalar("vanishing_factor", step, r.vanishingFactor);
+            for (auto& s : r.grads) {
+                events->histogram("grad/" + s.name, step, s);
+                if (std::isfinite(s.absMean)) events->scalar("grad_abs_mean/" + s.name, step, s.absMean);
+            }
+            events->flush();
+        }
+        result.epochs.push_back(std::move(r));
+        if (gInterrupted || (o.maxSteps && step >= o.maxSteps)) break;
+        if (epoch - result.bestEpoch >= o.patience) {
+            result.stoppedEarly = true;
+            break;
+        }
+    }
+    result.interrupted = gInterrupted != 0;
+    if (result.bestEpoch > 0) engine.state() = best;
+    else if (!o.save.empty()) engine.save(o.save); // interrupted in the first epoch: what there is
+    std::vector<int64_t> all(static_cast<size_t>(data.test.count));
+    for (size_t i = 0; i < all.size(); ++i) all[i] = int64_t(i);
+    Accuracy t = evaluate(engine, data.test, all, data.mean, data.std);
+    result.testAccuracy = t.accuracy, result.testLoss = t.loss;
+    result.seconds = std::chrono::duration<double>(Clock::now() - start).count();
+    if (log)
+        *log << nlohmann::ordered_json{{"end", true},
+                               {"best_epoch", result.bestEpoch},
+                               {"best_val_accuracy", number(result.bestValAccuracy)},
+                               {"test_accuracy", number(result.testAccuracy)},
+                               {"test_loss", number(result.testLoss)},
+                               {"steps", step},
+                               {"seconds", result.seconds},
+                               {"stopped_early", result.stoppedEarly},
+                               {"interrupted", result.interrupted}}
+                    .dump()
+             << '\n'
+             << std::flush;
+    if (events && result.bestEpoch > 0) {
+        events->scalar("accuracy/test", step, result.testAccuracy);
+        events->flush();
+    }
+    return result;
+}
+
+} // namespace gradc

@@ -1,0 +1,72 @@
+// Train.h — training on an IDX data set (FashionMNIST): the tutorial's train/validation
+// split, epochs of shuffled batches, validation accuracy with early stopping, logs.
+#pragma once
+
+#include "Data.h"
+#include "Engine.h"
+#include "Stats.h"
+
+#include <csignal>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace gradc {
+
+/// The training images split as the tutorial splits them: `val` of the 60,000 for
+/// validation, the rest for training, drawn by a fixed seed (42) so every run and every
+/// model sees the same split.
+struct DataSplit {
+    Examples train;              ///< the whole training file
+    Examples test;               ///< the test file
+    std::vector<int64_t> fit;    ///< indices into `train` to train on (50,000)
+    std::vector<int64_t> val;    ///< indices into `train` to validate on (10,000)
+    double mean = 0.5, std = 0.5; ///< normalisation: (p/255 - mean) / std
+};
+DataSplit loadSplit(const std::string& dir, int64_t val, double mean, double std, int64_t limit = 0);
+
+/// Normalised inputs and labels of examples `indices` of `e`, padded with zeros to `batch`.
+void gather(const Examples& e, const std::vector<int64_t>& indices, size_t begin, int64_t batch, double mean,
+            double std, std::vector<float>& x, std::vector<int32_t>& labels);
+
+struct Accuracy {
+    double loss = 0, accuracy = 0; ///< mean cross-entropy and share of correct argmaxes
+};
+/// The model in evaluation mode over examples `indices` of `e`.
+Accuracy evaluate(Engine& engine, const Examples& e, const std::vector<int64_t>& indices, double mean, double std);
+
+struct TrainOptions {
+    int epochs = 50;
+    int patience = 7;            ///< stop when the best validation accuracy is this many epochs old
+    uint64_t seed = 42;          ///< shuffling (the parameters are initialised by the caller)
+    std::string save;            ///< the best epoch's parameters, rewritten whenever it improves
+    std::string log;             ///< JSON lines, one per epoch and one at the end
+    std::string logdir;          ///< TensorBoard event files
+    int64_t maxSteps = 0;        ///< stop after this many steps in all (0: no limit)
+    bool progressBar = false;    ///< redraw one line per step (on a terminal)
+};
+
+struct EpochRecord {
+    int epoch = 0;
+    int64_t step = 0;
+    double trainLoss = 0, valLoss = 0, valAccuracy = 0, seconds = 0;
+    double vanishingFactor = 0;
+    std::vector<TensorStats> grads; ///< of the epoch's last step
+};
+
+struct TrainResult {
+    std::vector<EpochRecord> epochs;
+    int bestEpoch = 0;
+    double bestValAccuracy = -1, testAccuracy = 0, testLoss = 0, seconds = 0;
+    bool interrupted = false, stoppedEarly = false;
+};
+
+/// Set by SIGINT while train() runs: it finishes the step, keeps what was trained and returns.
+extern volatile std::sig_atomic_t gInterrupted;
+
+/// Trains `engine` (its optimiser already chosen); `say` receives the progress lines. At the
+/// end the engine holds the best epoch's parameters and the result its test accuracy.
+TrainResult train(Engine& engine, const DataSplit& data, const TrainOptions& o,
+                  const std::function<void(const std::string&)>& say);
+
+} // namespace gradc
