@@ -143,7 +143,10 @@ int runDump(const po::variables_map& vm) {
         for (auto& s : stages) known += (known.empty() ? "" : ", ") + s;
         throw UsageError(fmt::format("--emit={} is not a stage (stages: {})", emit, known));
     }
-    FrontEnd fe = compileFile(vm["model"].as<std::string>(), semaOptions(vm));
+    SemaOptions so = semaOptions(vm);
+    so.eval = vm.count("eval") != 0;
+    if (so.eval && emit == "grad") throw UsageError("--eval: evaluation mode has no backward pass to print");
+    FrontEnd fe = compileFile(vm["model"].as<std::string>(), so);
     if (emit == "ast") fmt::print("{}", printAST(fe.ast));
     else if (emit == "graph") fmt::print("{}", printGraph(fe.graph));
     else if (emit == "grad") fmt::print("{}", printGraph(differentiate(fe.graph)));
@@ -650,7 +653,8 @@ const std::vector<Command>& commands() {
          [](po::options_description& d) {
              addModelOptions(d);
              d.add_options()("emit", po::value<std::string>()->default_value("graph"),
-                             "stage to print: ast | graph | grad | kernels | memplan | llvm | asm");
+                             "stage to print: ast | graph | grad | kernels | memplan | llvm | asm")(
+                 "eval", "the graph of evaluation mode (batchnorm with its running statistics)");
              addCodegenOptions(d);
          },
          runDump},

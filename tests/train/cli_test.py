@@ -1,0 +1,166 @@
+#!/usr/bin/env python3
+"""tests/train/cli_test.py — gradc train, acts and dead from the command line: the files they
+write (JSON lines, TensorBoard records, safetensors, SVG), early stopping, Ctrl-C, bad input,
+and the tutorial's dead-neuron count. Standard library only.
+
+Usage: cli_test.py GRADC SOURCE_DIR CASE   (CASE: files, early_stop, interrupt, bad_input, dead,
+                                             acts, batchnorm)
+"""
+import json, os, signal, struct, subprocess, sys, tempfile, time
+
+GRADC, SRC, CASE = sys.argv[1], sys.argv[2], sys.argv[3]
+SMALL = ["--limit", "3000", "--val", "500", "--batch", "128", "--no-progress"]
+
+
+def model(name):
+    return os.path.join(SRC, "models", name + ".nn")
+
+
+def run(*args, rc=0):
+    p = subprocess.run([GRADC, *args], capture_output=True, text=True)
+    if p.returncode != rc:
+        sys.exit(f"expected exit {rc}, got {p.returncode}: gradc {' '.join(args)}\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+def check(cond, what):
+    if not cond:
+        sys.exit("FAILED: " + what)
+
+
+def crc32c(data):
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
+    return crc ^ 0xFFFFFFFF
+
+
+def masked(data):
+    c = crc32c(data)
+    return (((c >> 15) | (c << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def records(path):
+    raw, pos, out = open(path, "rb").read(), 0, []
+    while pos < len(raw):
+        (n,) = struct.unpack_from("<Q", raw, pos)
+        (lcrc,) = struct.unpack_from("<I", raw, pos + 8)
+        check(lcrc == masked(raw[pos:pos + 8]), "length CRC of a TensorBoard record")
+        data = raw[pos + 12:pos + 12 + n]
+        (dcrc,) = struct.unpack_from("<I", raw, pos + 12 + n)
+        check(dcrc == masked(data), "data CRC of a TensorBoard record")
+        out.append(data)
+        pos += 12 + n + 4
+    return out
+
+
+def safetensors_names(path):
+    raw = open(path, "rb").read()
+    (n,) = struct.unpack_from("<Q", raw, 0)
+    return {k: v for k, v in json.loads(raw[8:8 + n]).items() if k != "__metadata__"}
+
+
+with tempfile.TemporaryDirectory() as tmp:
+    log, save, logdir = (os.path.join(tmp, f) for f in ("log.jsonl", "best.safetensors", "tb"))
+    if CASE == "files":
+        p = run("train", model("seed_relu"), "--epochs", "3", "--lr", "0.05", "--momentum", "0.9", "--log", log, "--save", save,
+                "--logdir", logdir, *SMALL)
+        lines = [json.loads(l) for l in open(log)]
+        check(len(lines) == 4 and lines[-1]["end"] is True, "three epoch lines and an end line")
+        check([l["epoch"] for l in lines[:3]] == [1, 2, 3], "epochs numbered 1..3")
+        check(all(l["step"] == 19 * l["epoch"] for l in lines[:3]), "2500 examples / 128 = 19 steps per epoch")
+        check(lines[2]["val_accuracy"] > 0.6, f"relu learns: {lines[2]['val_accuracy']}")
+        check(lines[2]["train_loss"] < lines[0]["train_loss"], "the training loss falls")
+        check(len(lines[0]["grads"]) == 10 and lines[0]["grads"][0]["name"] == "layers.0.weight", "gradient stats")
+        check(lines[0]["vanishing_factor"] > 0, "a vanishing factor per epoch")
+        end = lines[-1]
+        check(0.6 < end["test_accuracy"] <= 1 and end["best_epoch"] in (1, 2, 3), "test accuracy of the best epoch")
+        check(f"test accuracy {100 * end['test_accuracy']:.2f}%" in p.stdout, "the summary line")
+        names = safetensors_names(save)
+        check(len(names) == 10 and names["layers.0.weight"]["shape"] == [512, 784], "the best parameters saved")
+        files = os.listdir(logdir)
+        check(len(files) == 1 and files[0].startswith("events.out.tfevents."), "one event file")
+        recs = records(os.path.join(logdir, files[0]))
+        check(b"brain.Event:2" in recs[0], "the file-version event first")
+        text = b"".join(recs)
+        for tag in (b"loss/train", b"loss/val", b"accuracy/val", b"accuracy/test", b"grad/layers.0.weight",
+                    b"grad_abs_mean/layers.8.weight"):
+            check(tag in text, f"a {tag.decode()} summary")
+        # Training resumes from saved parameters and evaluates them as they were.
+        p2 = run("train", model("seed_relu"), "--params", save, "--epochs", "1", "--lr", "0", *SMALL)
+        check(f"test accuracy {100 * end['test_accuracy']:.2f}%" in p2.stdout, "the saved parameters reload exactly")
+    elif CASE == "early_stop":
+        run("train", model("seed_relu"), "--epochs", "20", "--patience", "2", "--lr", "0", "--log", log, *SMALL)
+        lines = [json.loads(l) for l in open(log)]
+        check(len(lines) == 4 and lines[-1]["stopped_early"] and lines[-1]["best_epoch"] == 1,
+              "without learning, training stops after 1 + patience epochs")
+    elif CASE == "interrupt":
+        p = subprocess.Popen([GRADC, "train", model("seed_sigmoid_bn"), "--epochs", "1000", "--log", log, "--save",
+                              save, "--limit", "6000", "--val", "1000", "--no-progress"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 120
+        while time.time() < deadline and not (os.path.exists(log) and os.path.getsize(log) > 0):
+            time.sleep(0.2)
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=60)
+        check(p.returncode == 130, f"Ctrl-C exits with 130, not {p.returncode}: {err}")
+        check("interrupted" in err, "Ctrl-C is reported")
+        end = [json.loads(l) for l in open(log)][-1]
+        check(end["end"] and end["interrupted"], "the log's last line says interrupted")
+        names = safetensors_names(save)
+        check("layers.1.running_mean" in names and names["layers.1.num_batches_tracked"]["dtype"] == "I64",
+              "what was trained is saved, running statistics included")
+    elif CASE == "bad_input":
+        for args, rc, text in [
+            (["--optimizer", "rmsprop"], 2, "--optimizer=rmsprop is not sgd or adam"),
+            (["--lr", "-1"], 2, "learning rate -1 is not a finite number >= 0"),
+            (["--nesterov"], 2, "Nesterov momentum needs momentum > 0"),
+            (["--epochs", "0"], 2, "--epochs 0 is out of range"),
+            (["--val", "60000"], 1, "--val 60000 leaves no training examples"),
+            (["--data", "/nonexistent"], 1, "/nonexistent/train-images-idx3-ubyte.gz: error: data file not found"),
+            (["--log", "/nonexistent/dir/log.jsonl"], 1, "/nonexistent/dir/log.jsonl: error: cannot write the log file"),
+            (["--dtype", "f64"], 2, "training runs in f32"),
+        ]:
+            p = run("train", model("seed_relu"), "--save", save, *args, rc=rc)
+            check(text in p.stderr, f"{args}: expected '{text}' in: {p.stderr}")
+            check(not os.path.exists(save), f"{args}: no parameter file after an error")
+        p = run("train", model("binary_bce"), rc=1)
+        check("binary_bce.nn: error: this command needs a cross_entropy classifier" in p.stderr, p.stderr)
+        p = run("train", model("seed_relu"), "--params", os.path.join(SRC, "models", "seed_relu.nn"), rc=1)
+        check("seed_relu.nn: error: not a safetensors file" in p.stderr, p.stderr)
+        p = run("dead", model("seed_relu"), "--limit", "-1", rc=2)
+        p = run("acts", model("seed_relu"), "--count", "0", rc=2)
+        p = run("acts", model("seed_relu"), "--format", "xml", rc=2)
+    elif CASE == "dead":
+        # The tutorial's observation: in the untrained deep ReLU network, dead units grow with depth.
+        p = run("dead", model("deep_relu"))
+        rows = [l.split() for l in p.stdout.splitlines() if l.strip().startswith("layers.")]
+        dead = [int(r[3]) for r in rows]
+        check(len(dead) == 10, f"ten ReLU layers: {dead}")
+        check(dead[0] == 0 and sum(dead[:3]) < sum(dead[3:6]) < sum(dead[6:]) and dead[-1] > 10,
+              f"dead units grow with depth: {dead}")
+    elif CASE == "acts":
+        svg = os.path.join(tmp, "acts.svg")
+        p = run("acts", model("seed_tanh"), "--format", "json", "--plot", svg)
+        j = json.loads(p.stdout)
+        check(j["examples"] == 1024 and len(j["layers"]) == 8, "eight modules before the last")
+        check([l["op"] for l in j["layers"][:2]] == ["linear 784 -> 512", "tanh"], "linear then tanh")
+        for l in j["layers"]:
+            check(sum(l["histogram"]["counts"]) == 1024 * int(l["op"].split()[-1]) if l["op"].startswith("linear")
+                  else True, "every value counted once")
+        check(all(-1 <= l["min"] and l["max"] <= 1 for l in j["layers"] if l["op"] == "tanh"), "tanh in [-1, 1]")
+        check(abs(j["layers"][0]["variance"] - j["layers"][0]["std"] ** 2) < 1e-9, "variance is std squared")
+        body = open(svg).read()
+        check(body.startswith("<svg") or body.startswith("<?xml"), "an SVG")
+        check(body.count('class="panel"') == 8, "one panel per module")
+    elif CASE == "batchnorm":
+        run("train", model("seed_sigmoid_bn"), "--steps", "30", "--save", save, *SMALL)
+        names = safetensors_names(save)
+        check(names["layers.1.running_var"]["shape"] == [512], "running statistics saved")
+        p = run("acts", model("seed_sigmoid_bn"), "--params", save, "--count", "256")
+        check("layers.1" in p.stdout and "batchnorm 512" in p.stdout, "batchnorm layers in evaluation mode")
+    else:
+        sys.exit(f"unknown case {CASE}")
+print("ok")
