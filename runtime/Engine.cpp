@@ -137,14 +137,7 @@ float Engine::run(Compiled& c, const float* x, const void* target, float* logits
             c.code.backward(state_.data(), x, target, &loss, grads_.data(), c.acts.data(), c.workspace.get());
         else
             c.code.forward(state_.data(), x, target, out, &loss, c.acts.data(), c.workspace.get());
-        lastOutputs_.clear();
-        if (&c == &train_)
-            for (auto& [name, v] : c.graph.outputs) {
-                if (name.rfind("preact:", 0) != 0) continue;
-                auto [offset, n] = c.slices.at(name);
-                lastOutputs_[name] = Tensor{c.graph[v].shape, std::vector<double>(c.acts.begin() + long(offset),
-                                                                                   c.acts.begin() + long(offset + n))};
-            }
+        if (&c == &train_) lastOutputs_.clear(); // read back from `acts` when asked for
         return loss;
     }
     std::map<std::string, Tensor> outputs = interpretOutputs(backward ? c.gradGraph : c.graph, bindings(c.graph, x, target));
@@ -163,6 +156,17 @@ float Engine::run(Compiled& c, const float* x, const void* target, float* logits
     }
     if (&c == &train_) lastOutputs_ = std::move(outputs);
     return loss;
+}
+
+const std::map<std::string, Tensor>& Engine::lastOutputs() const {
+    if (options_.backend == "jit" && lastOutputs_.empty())
+        for (auto& [name, v] : train_.graph.outputs) {
+            if (name.rfind("preact:", 0) != 0) continue;
+            auto [offset, n] = train_.slices.at(name);
+            lastOutputs_[name] = Tensor{train_.graph[v].shape, std::vector<double>(train_.acts.begin() + long(offset),
+                                                                                  train_.acts.begin() + long(offset + n))};
+        }
+    return lastOutputs_;
 }
 
 float Engine::forward(const float* x, const void* target, float* logits) { return run(train_, x, target, logits, false); }

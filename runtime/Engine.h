@@ -54,7 +54,7 @@ public:
     const float* layerOutput(size_t i) const;
 
     /// Preactivations of the last forward or backward pass, by output name ("preact:...").
-    const std::map<std::string, Tensor>& lastOutputs() const { return lastOutputs_; }
+    const std::map<std::string, Tensor>& lastOutputs() const;
 
 private:
     struct Compiled {
@@ -79,7 +79,7 @@ private:
     std::vector<float> state_, grads_, m_, v_;
     OptimizerOptions optimizer_;
     int64_t step_ = 0, batchesTracked_ = 0;
-    std::map<std::string, Tensor> lastOutputs_;   // interp: every output; jit: the activation outputs
+    mutable std::map<std::string, Tensor> lastOutputs_; // interp: every output; jit: the preactivations, on demand
     std::map<std::string, Tensor> evalOutputs_;   // interp, evaluation mode
     bool haveGradients_ = false;
 };

@@ -33,12 +33,14 @@ DataSplit loadSplit(const std::string& dir, int64_t val, double mean, double std
 void gather(const Examples& e, const std::vector<int64_t>& indices, size_t begin, int64_t batch, double mean,
             double std, std::vector<float>& x, std::vector<int32_t>& labels) {
     const size_t F = size_t(e.features);
+    float value[256]; // every pixel value, normalised once
+    for (int p = 0; p < 256; ++p) value[p] = float((p / 255.0 - mean) / std);
     x.assign(size_t(batch) * F, 0.0f);
     labels.assign(size_t(batch), 0);
     for (size_t r = 0; r < size_t(batch) && begin + r < indices.size(); ++r) {
         const size_t k = size_t(indices[begin + r]);
         const uint8_t* p = e.pixels.data() + k * F;
-        for (size_t i = 0; i < F; ++i) x[r * F + i] = float((p[i] / 255.0 - mean) / std);
+        for (size_t i = 0; i < F; ++i) x[r * F + i] = value[p[i]];
         labels[r] = e.labels[k];
     }
 }

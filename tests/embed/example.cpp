@@ -1,5 +1,6 @@
 // example.cpp — gradc embedded in a C++ program: compile a model, make a session for a batch,
-// initialise the parameters, run forward and backward on our own buffers, read statistics.
+// initialise the parameters, run forward and backward on our own buffers, read statistics,
+// train a few steps and evaluate.
 //   example MODEL.nn
 // It checks itself: the compiled gradients equal the reference interpreter's, and the seed
 // network with sigmoid shows vanishing gradients.
@@ -54,6 +55,17 @@ int main(int argc, char** argv) {
         std::printf("largest difference from the interpreter: %.2e of the largest gradient\n", worst / scale);
         bool ok = std::fabs(loss - loss2) < 1e-6 && std::fabs(loss - loss3) < 1e-4 && worst / scale < 1e-4;
         if (model.name() == "seed_sigmoid") ok = ok && session.vanishingFactor() < 1e-2;
+        // Training: SGD with momentum on one batch, then the same batch in evaluation mode.
+        gradc::OptimizerOptions sgd;
+        sgd.lr = 0.05, sgd.momentum = 0.9;
+        session.setOptimizer(sgd);
+        float first = session.trainStep(x.data(), labels.data()), last = first;
+        for (int i = 0; i < 50; ++i) last = session.trainStep(x.data(), labels.data());
+        float evalLoss = session.evaluate(x.data(), labels.data(), logits.data());
+        std::printf("training: loss %.4f -> %.4f in %lld steps; evaluation-mode loss %.4f; %zu layer outputs\n", first,
+                    last, (long long)session.steps(), evalLoss, session.layerOutputs().size());
+        ok = ok && last < first && std::isfinite(evalLoss) && session.steps() == 51 &&
+             session.layerOutputs().size() == 8;
         try {
             gradc::Model::fromString("bad.nn", "input 4\ndense 0\nloss mse\n");
             ok = false;
