@@ -125,8 +125,8 @@ AotResult compileAhead(const Graph& fwd, const AotOptions& opts) {
     m->getFunction("gradc_forward")->setName(prefix + "_forward");
     m->getFunction("gradc_backward")->setName(prefix + "_backward");
     m->getFunction("gradc_update")->setName(prefix + "_update");
-    for (const char* helper : {"gradc_pack_a", "gradc_pack_b", "gradc_tile"})
-        if (llvm::Function* f = m->getFunction(helper)) f->setName(prefix + std::string(helper + 5)); // prefix_pack_a, ...
+    for (const char* helper : {"gradc_pack_b", "gradc_tile"})
+        if (llvm::Function* f = m->getFunction(helper)) f->setName(prefix + std::string(helper + 5)); // prefix_pack_b, ...
     {
         llvm::IRBuilder<> b(ctx);
         auto* f = llvm::Function::Create(llvm::FunctionType::get(b.getInt32Ty(), false),

@@ -81,7 +81,7 @@ struct KernelProgram {
     std::vector<Kernel> kernels;
     int64_t workspaceBytes = 0; ///< set by the memory plan
     GemmBlocking blocking;
-    int64_t scratchOffset = 0;  ///< bytes: packed panels of A and B and one register tile
+    int64_t scratchOffset = 0;  ///< bytes: packed panels of B and the register tiles
     int elementBytes = 4;
 };
 
@@ -91,8 +91,8 @@ KernelProgram buildKernels(const Graph& g, const std::string& name,
                            const std::vector<std::string>& outputs, int elementBytes,
                            const GemmBlocking& blocking);
 
-/// Elements of the packing scratch a matrix-product kernel needs: A padded to MR rows and B
-/// to NR columns, each K deep, and one MR x NR tile.
+/// Elements of the packing scratch a matrix-product kernel needs: B padded to NR columns, K
+/// deep, and one MR x NR tile per thread.
 int64_t packElements(const Kernel& k, const GemmBlocking& b);
 
 /// Places every Temp buffer in one workspace, reusing bytes whose values are dead.
