@@ -105,9 +105,31 @@ void optimise(llvm::Module& m, llvm::TargetMachine& tm, bool libmvec) {
     tuning.LoopInterleaving = false;
     llvm::PassBuilder pb(&tm, tuning);
     llvm::TargetLibraryInfoImpl tlii(llvm::Triple(m.getTargetTriple()));
-    if (libmvec && Jit::haveLibmvec()) // vector exp, log, tanh, ... from glibc
+    if (libmvec && Jit::haveLibmvec()) { // vector exp, log, tanh, ... from glibc
         tlii.addVectorizableFunctionsFromVecLib(llvm::TargetLibraryInfoImpl::LIBMVEC_X86,
                                                 llvm::Triple(m.getTargetTriple()));
+        // LLVM's table stops at AVX2's 256 bits; glibc also has the AVX-512 variants
+        // (_ZGVe...), and without them every loop that calls exp runs at half width.
+        if (tm.getTargetFeatureString().contains("+avx512f")) {
+            static const std::vector<llvm::VecDesc> avx512 = [] {
+                std::vector<llvm::VecDesc> v;
+                auto both = [&](llvm::StringRef scalar, llvm::StringRef vector, unsigned lanes) {
+                    v.emplace_back(scalar, vector, llvm::ElementCount::getFixed(lanes), false,
+                                   lanes == 16 ? "_ZGV_LLVM_N16v" : "_ZGV_LLVM_N8v");
+                };
+                both("expf", "_ZGVeN16v_expf", 16), both("llvm.exp.f32", "_ZGVeN16v_expf", 16);
+                both("logf", "_ZGVeN16v_logf", 16), both("llvm.log.f32", "_ZGVeN16v_logf", 16);
+                both("tanhf", "_ZGVeN16v_tanhf", 16), both("log1pf", "_ZGVeN16v_log1pf", 16);
+                both("erff", "_ZGVeN16v_erff", 16);
+                both("exp", "_ZGVeN8v_exp", 8), both("llvm.exp.f64", "_ZGVeN8v_exp", 8);
+                both("log", "_ZGVeN8v_log", 8), both("llvm.log.f64", "_ZGVeN8v_log", 8);
+                both("tanh", "_ZGVeN8v_tanh", 8), both("log1p", "_ZGVeN8v_log1p", 8);
+                both("erf", "_ZGVeN8v_erf", 8);
+                return v;
+            }();
+            tlii.addVectorizableFunctions(avx512);
+        }
+    }
     fam.registerPass([&] { return llvm::TargetLibraryAnalysis(tlii); });
     pb.registerModuleAnalyses(mam);
     pb.registerCGSCCAnalyses(cgam);
