@@ -40,6 +40,7 @@ public:
         g_.batch = opts.batch;
         g_.eval = eval_ = opts.eval;
         layerOutputs_ = opts.layerOutputs;
+        statistics_ = opts.statistics;
         g_.model = "model";
         if (m.file) {
             std::string base = m.file->name.substr(m.file->name.find_last_of('/') + 1);
@@ -78,7 +79,7 @@ private:
     std::optional<ValueId> input_, current_;
     std::map<std::string, int32_t> fnIndex_;
     int64_t nextIndex_ = 0;
-    bool eval_ = false, layerOutputs_ = false;
+    bool eval_ = false, layerOutputs_ = false, statistics_ = true;
     std::vector<std::pair<std::string, ValueId>> bnInputs_; // training mode: layer, input
     int64_t paramTotal_ = 0;
     std::set<std::string> paramNames_;
@@ -363,6 +364,7 @@ private:
             g_.outputs = {{"logits", z}, {"loss", lv}};
             // The input of every hidden activation (identity excepted): activation statistics.
             for (auto& layer : g_.layers) {
+                if (!statistics_) break;
                 const Node& act = g_[layer.value];
                 if (act.op == Op::Act && g_.activations[size_t(act.fn)].formula->op != scalar::Op::Var)
                     g_.outputs.emplace_back("preact:" + layer.name, act.in[0]);

@@ -12,6 +12,8 @@ struct SemaOptions {
     bool eval = false;   ///< evaluation mode (PyTorch's model.eval()): batchnorm normalises
                          ///< with its running statistics, which become graph inputs
     bool layerOutputs = false; ///< output "layer:NAME" for every module but the last
+    bool statistics = true; ///< output "preact:NAME" for activation statistics (training
+                            ///< without them saves their stores)
 };
 
 /// The forward graph of a model: outputs "logits" (the last layer's value) and "loss".
