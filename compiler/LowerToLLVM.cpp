@@ -457,17 +457,17 @@ private:
             b_.CreateBr(done);
             b_.SetInsertPoint(done);
         });
-        // tile(out, a_0 .. a_{MR-1}, aStride, b, bStride, K): row r of A is a_r[k * aStride];
-        // B's NR columns at step k start at b[k * bStride].
-        std::vector<llvm::Type*> tileArgs = {ptr};
+        // tile(out, outStride, a_0 .. a_{MR-1}, aStride, b, bStride, K): row r of A is
+        // a_r[k * aStride]; B's NR columns at step k start at b[k * bStride]; row r of the
+        // result goes to out[r * outStride].
+        std::vector<llvm::Type*> tileArgs = {ptr, i64t};
         for (int64_t r = 0; r < MR; ++r) tileArgs.push_back(ptr);
         for (llvm::Type* t : {(llvm::Type*)i64t, (llvm::Type*)ptr, (llvm::Type*)i64t, (llvm::Type*)i64t}) tileArgs.push_back(t);
         tile_ = helper("gradc_tile", tileArgs, [&] {
-            llvm::Value* out = arg(0);
-            llvm::Value *aStride = arg(unsigned(MR + 1)), *bPanel = arg(unsigned(MR + 2)), *bStride = arg(unsigned(MR + 3)),
-                        *K = arg(unsigned(MR + 4));
+            llvm::Value *out = arg(0), *outStride = arg(1);
+            llvm::Value *aStride = arg(unsigned(MR + 2)), *bPanel = arg(unsigned(MR + 3)), *bStride = arg(unsigned(MR + 4)),
+                        *K = arg(unsigned(MR + 5));
             auto* vecTy = llvm::FixedVectorType::get(T_, unsigned(VL));
-            const llvm::Align align(size_t(VL) * (f64_ ? 8 : 4));
             const llvm::Align elementAlign(f64_ ? 8 : 4);
             llvm::Function* fma = llvm::Intrinsic::getDeclaration(&m_, llvm::Intrinsic::fmuladd, {vecTy});
             // MR x NV accumulators stay in vector registers over all of K.
@@ -481,7 +481,7 @@ private:
                                                       elementAlign));
                 llvm::Value* aAt = b_.CreateMul(kk, aStride);
                 for (int64_t r = 0; r < MR; ++r) {
-                    llvm::Value* splat = b_.CreateVectorSplat(unsigned(VL), load(arg(unsigned(1 + r)), aAt));
+                    llvm::Value* splat = b_.CreateVectorSplat(unsigned(VL), load(arg(unsigned(2 + r)), aAt));
                     for (int64_t v = 0; v < bl.nv; ++v) {
                         llvm::Value* slot = acc[size_t(r * bl.nv + v)];
                         b_.CreateStore(b_.CreateCall(fma, {splat, bv[size_t(v)], b_.CreateLoad(vecTy, slot)}), slot);
@@ -491,7 +491,8 @@ private:
             for (int64_t r = 0; r < MR; ++r)
                 for (int64_t v = 0; v < bl.nv; ++v)
                     b_.CreateAlignedStore(b_.CreateLoad(vecTy, acc[size_t(r * bl.nv + v)]),
-                                          b_.CreateGEP(T_, out, i64(r * NR + v * VL)), align);
+                                          b_.CreateGEP(T_, out, b_.CreateAdd(b_.CreateMul(i64(r), outStride), i64(v * VL))),
+                                          elementAlign);
         });
     }
 
@@ -536,6 +537,8 @@ private:
         // can share them: column sums accumulate across the rows of tiles, so a kernel with
         // any runs its column strips (whole jt) on one thread each.
         const bool byStrip = !k.columnSums.empty();
+        const bool plain = k.columnSums.empty() && k.stores.size() == 1 && k.stores[0].expr->op == scalar::Op::Arg &&
+                           k.args[size_t(k.stores[0].expr->value)].mode == Access::Mode::Acc;
         const int64_t units = byStrip ? nt : nt * mt;
         auto tiles = [&](llvm::Value* begin, llvm::Value* end, llvm::Value* thread) {
           llvm::Value* myTile = b_.CreateGEP(T_, tile, b_.CreateMul(thread, i64(MR * NR)));
@@ -548,7 +551,17 @@ private:
                 LoopBases lb = loopBases(k);
                 llvm::Value* r0 = b_.CreateMul(it, i64(MR));
                 llvm::Value* c0 = b_.CreateMul(jt, i64(NR));
-                std::vector<llvm::Value*> callArgs = {tile};
+                llvm::Value* rows = b_.CreateSelect(b_.CreateICmpULE(b_.CreateAdd(r0, i64(MR)), i64(M)), i64(MR),
+                                                    b_.CreateSub(i64(M), r0));
+                llvm::Value* cols = b_.CreateSelect(b_.CreateICmpULE(b_.CreateAdd(c0, i64(NR)), i64(N)), i64(NR),
+                                                    b_.CreateSub(i64(N), c0));
+                // A plain product (a weight gradient) writes whole tiles straight from the
+                // registers to its output; other tiles go through the epilogue.
+                llvm::Value* direct = b_.getFalse();
+                if (plain) direct = b_.CreateAnd(b_.CreateICmpEQ(rows, i64(MR)), b_.CreateICmpEQ(cols, i64(NR)));
+                std::vector<llvm::Value*> callArgs = {
+                    plain ? b_.CreateSelect(direct, at(lb.stores[0], b_.CreateAdd(b_.CreateMul(r0, i64(N)), c0)), tile) : tile,
+                    b_.CreateSelect(direct, i64(N), i64(NR))};
                 for (int64_t r = 0; r < MR; ++r) { // row r0 + r, the last row past M
                     llvm::Value* i = b_.CreateAdd(r0, i64(r));
                     i = b_.CreateSelect(b_.CreateICmpULT(i, i64(M)), i, i64(M - 1));
@@ -561,10 +574,7 @@ private:
                 callArgs.push_back(b_.CreateSelect(inPlace, i64(N), i64(NR)));
                 callArgs.push_back(i64(K));
                 b_.CreateCall(tile_, callArgs);
-                llvm::Value* rows = b_.CreateSelect(b_.CreateICmpULE(b_.CreateAdd(r0, i64(MR)), i64(M)), i64(MR),
-                                                    b_.CreateSub(i64(M), r0));
-                llvm::Value* cols = b_.CreateSelect(b_.CreateICmpULE(b_.CreateAdd(c0, i64(NR)), i64(N)), i64(NR),
-                                                    b_.CreateSub(i64(N), c0));
+                if (plain) rows = b_.CreateSelect(direct, i64(0), rows);
                 loopTo(rows, "er", [&](llvm::Value* r) {
                     loopTo(cols, "ec", [&](llvm::Value* c) {
                         llvm::Value* accv = load(tile, b_.CreateAdd(b_.CreateMul(r, i64(NR)), c));
