@@ -221,9 +221,38 @@ private:
         return c;
     }
 
+    /// e^x. In double, the library's. In float, inline, so loops that use it vectorise at the
+    /// full width with no calls: x = n ln2 + r with |r| <= ln2/2 (ln2 in two parts, by exact
+    /// FMAs), e^r by a degree-7 polynomial (Cephes' expf coefficients, within about 1 ulp), and
+    /// 2^n from exponent bits in two halves, so that subnormal results come out right. Past
+    /// the float range: +Inf and 0; NaN stays NaN. No fast-math flags here: reassociating the
+    /// reduction would undo it.
+    llvm::Value* exp(llvm::Value* x) {
+        if (f64_) return intrinsic(llvm::Intrinsic::exp, {x});
+        llvm::IRBuilderBase::FastMathFlagGuard guard(b_);
+        b_.clearFastMathFlags();
+        auto* i32 = b_.getInt32Ty();
+        llvm::Value* xc = b_.CreateSelect(b_.CreateFCmpOLT(x, fp(-105)), fp(-105), x);
+        xc = b_.CreateSelect(b_.CreateFCmpOGT(xc, fp(89)), fp(89), xc);
+        llvm::Value* n = intrinsic(llvm::Intrinsic::rint, {b_.CreateFMul(xc, fp(1.44269504088896341))});
+        llvm::Value* r = intrinsic(llvm::Intrinsic::fma, {n, fp(-0.693359375), xc});
+        r = intrinsic(llvm::Intrinsic::fma, {n, fp(2.12194440e-4), r});
+        llvm::Value* p = fp(1.9875691500e-4);
+        for (double c : {1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1})
+            p = intrinsic(llvm::Intrinsic::fma, {p, r, fp(c)});
+        p = intrinsic(llvm::Intrinsic::fma, {p, b_.CreateFMul(r, r), b_.CreateFAdd(r, fp(1))});
+        llvm::Value* ni = b_.CreateFPToSI(n, i32);
+        llvm::Value* half = b_.CreateAShr(ni, 1);
+        auto pow2 = [&](llvm::Value* e) { // 2^e for e in [-126, 127]
+            return b_.CreateBitCast(b_.CreateShl(b_.CreateAdd(e, b_.getInt32(127)), 23), T_);
+        };
+        llvm::Value* y = b_.CreateFMul(b_.CreateFMul(p, pow2(half)), pow2(b_.CreateSub(ni, half)));
+        return b_.CreateSelect(b_.CreateFCmpUNO(x, x), x, y);
+    }
+
     llvm::Value* sigmoid(llvm::Value* x) {
         // 1 / (1 + exp(-x)): exp overflows to +Inf for very negative x, giving exactly 0.
-        return b_.CreateFDiv(fp(1), b_.CreateFAdd(fp(1), intrinsic(llvm::Intrinsic::exp, {b_.CreateFNeg(x)})));
+        return b_.CreateFDiv(fp(1), b_.CreateFAdd(fp(1), exp(b_.CreateFNeg(x))));
     }
 
     using Memo = std::map<const scalar::Node*, llvm::Value*>;
@@ -271,7 +300,7 @@ private:
             v = b_.CreateUIToFP(condition(e, args, memo), T_);
             break;
         case Op::Select: v = b_.CreateSelect(condition(e->args[0], args, memo), a(1), a(2)); break;
-        case Op::Exp: v = intrinsic(llvm::Intrinsic::exp, {a(0)}); break;
+        case Op::Exp: v = exp(a(0)); break;
         case Op::Log: v = intrinsic(llvm::Intrinsic::log, {a(0)}); break;
         case Op::Sqrt: v = intrinsic(llvm::Intrinsic::sqrt, {a(0)}); break;
         case Op::Abs: v = intrinsic(llvm::Intrinsic::fabs, {a(0)}); break;
@@ -282,7 +311,7 @@ private:
         case Op::Sigmoid: v = sigmoid(a(0)); break;
         case Op::Softplus: { // max(x, 0) + log1p(exp(-|x|))
             llvm::Value* x = a(0);
-            llvm::Value* t = intrinsic(llvm::Intrinsic::exp, {b_.CreateFNeg(intrinsic(llvm::Intrinsic::fabs, {x}))});
+            llvm::Value* t = exp(b_.CreateFNeg(intrinsic(llvm::Intrinsic::fabs, {x})));
             v = b_.CreateFAdd(intrinsic(llvm::Intrinsic::maxnum, {x, fp(0)}), libm("log1p", t));
             break;
         }
@@ -662,7 +691,7 @@ private:
             llvm::Value* m = b_.CreateLoad(T_, mx);
             llvm::Value* sum = variable(T_, fp(0));
             loop(k.cols, "c", [&](llvm::Value* c) {
-                llvm::Value* e = intrinsic(llvm::Intrinsic::exp, {b_.CreateFSub(load(z, b_.CreateAdd(row, c)), m)});
+                llvm::Value* e = exp(b_.CreateFSub(load(z, b_.CreateAdd(row, c)), m));
                 b_.CreateStore(b_.CreateFAdd(b_.CreateLoad(T_, sum), e), sum);
             });
             llvm::Value* s = b_.CreateLoad(T_, sum);
@@ -678,7 +707,7 @@ private:
                 llvm::Value* inv = b_.CreateFDiv(fp(1), s);
                 loop(k.cols, "c", [&](llvm::Value* c) {
                     llvm::Value* idx = b_.CreateAdd(row, c);
-                    llvm::Value* p = b_.CreateFMul(intrinsic(llvm::Intrinsic::exp, {b_.CreateFSub(load(z, idx), m)}), inv);
+                    llvm::Value* p = b_.CreateFMul(exp(b_.CreateFSub(load(z, idx), m)), inv);
                     llvm::Value* onehot = b_.CreateUIToFP(b_.CreateICmpEQ(c, label), T_);
                     llvm::Value* g = b_.CreateFMul(b_.CreateFSub(p, onehot), fp(invB));
                     store(b_.CreateSelect(valid, g, fp(std::nan(""))), grad, idx);
@@ -702,7 +731,7 @@ private:
             llvm::Value* t = load(target, i);
             llvm::Value *l, *g;
             if (bce) { // max(z,0) - z t + log1p(exp(-|z|)); d/dz = sigmoid(z) - t
-                llvm::Value* e = intrinsic(llvm::Intrinsic::exp, {b_.CreateFNeg(intrinsic(llvm::Intrinsic::fabs, {z}))});
+                llvm::Value* e = exp(b_.CreateFNeg(intrinsic(llvm::Intrinsic::fabs, {z})));
                 l = b_.CreateFAdd(b_.CreateFSub(intrinsic(llvm::Intrinsic::maxnum, {z, fp(0)}), b_.CreateFMul(z, t)),
                                   libm("log1p", e));
                 g = b_.CreateFMul(b_.CreateFSub(sigmoid(z), t), fp(invN));

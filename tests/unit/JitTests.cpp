@@ -240,3 +240,34 @@ TEST_CASE("compiled activations and losses stay finite where their math is finit
         }
     }
 }
+
+TEST_CASE("compiled float exp is within 2 ulp of the library's, with its overflow, underflow and NaN", "[jit][numerics]") {
+    std::vector<double> xs = {-1e30, -200, -105, -104, -103.9, -103, -100, -95, -90, -87.5, -87, -50, -10, -1, -0.5,
+                              -1e-8, 0, 1e-8, 0.25, 0.5, 0.6931, 1, 2, 10, 50, 80, 88, 88.7, 88.72, 88.73, 89, 100, 1e30,
+                              std::numeric_limits<double>::infinity(), -std::numeric_limits<double>::infinity(), std::nan("")};
+    for (double x = -104; x <= 89; x += 0.37) xs.push_back(x);
+    while (xs.size() % 8) xs.push_back(0.125);
+    const int64_t rows = int64_t(xs.size() / 8);
+    Graph g = compileSource("exp.nn", "activation e(x) = exp(x)\ninput 8\ne\nloss mse\n", {rows}).graph;
+    Bindings b;
+    b["x"] = Tensor{{rows, 8}, xs};
+    b["target"] = Tensor{{rows, 8}, std::vector<double>(xs.size(), 0.0)};
+    CodegenOptions opts;
+    opts.cache = false;
+    auto out = runCompiled(compileModel(g, opts), g, b, false);
+    const std::vector<double>& got = out.at("logits").data;
+    for (size_t i = 0; i < xs.size(); ++i) {
+        const float want = std::exp(float(xs[i]));
+        const float y = float(got[i]);
+        INFO("exp(" << xs[i] << ") = " << y << ", library " << want);
+        if (std::isnan(want)) {
+            CHECK(std::isnan(y));
+        } else if (std::isinf(want) || want == 0) {
+            CHECK(y == want);
+        } else if (want < std::numeric_limits<float>::min()) { // subnormal: an absolute error of 2 units
+            CHECK(std::fabs(y - want) <= 2 * std::numeric_limits<float>::denorm_min());
+        } else {
+            CHECK(std::fabs(y - want) <= 2 * std::numeric_limits<float>::epsilon() * want);
+        }
+    }
+}
