@@ -1,5 +1,7 @@
 // ThreadPool.cpp — a fixed set of workers woken per parallel loop. Workers spin briefly
-// (a kernel follows a kernel within microseconds), then sleep.
+// (a kernel follows a kernel within microseconds), then sleep. Each loop is shared out in
+// chunks taken from a counter, so a thread that the machine slows (a shared core) does less
+// of it instead of holding the others up; which thread runs a chunk never changes a result.
 #include "ThreadPool.h"
 
 #include <algorithm>
@@ -37,6 +39,8 @@ public:
         {
             std::lock_guard<std::mutex> lock(mutex_);
             body_ = body, context_ = context, n_ = n;
+            step_ = std::max<int64_t>(1, n / (int64_t(threads_) * 8));
+            next_.store(0, std::memory_order_relaxed);
             pending_.store(threads_ - 1);
             generation_.fetch_add(1);
         }
@@ -55,11 +59,15 @@ private:
     bool stop_ = false;
     void (*body_)(void*, int64_t, int64_t, int64_t) = nullptr;
     void* context_ = nullptr;
-    int64_t n_ = 0;
+    int64_t n_ = 0, step_ = 1;
+    std::atomic<int64_t> next_{0};
 
     void chunk(int t) {
-        int64_t begin = n_ * t / threads_, end = n_ * (t + 1) / threads_;
-        if (begin < end) body_(context_, begin, end, t);
+        for (;;) {
+            const int64_t begin = next_.fetch_add(step_, std::memory_order_relaxed);
+            if (begin >= n_) return;
+            body_(context_, begin, std::min(n_, begin + step_), t);
+        }
     }
 
     void work(int t) {
