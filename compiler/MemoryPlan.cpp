@@ -52,6 +52,9 @@ void planMemory(KernelProgram& p, int elementBytes) {
     int64_t scratch = 0;
     for (auto& k : p.kernels)
         if (k.kind == Kernel::Kind::Loop && k.a >= 0) scratch = std::max(scratch, packElements(k, p.blocking));
+        else if (k.kind == Kernel::Kind::BatchNorm || k.kind == Kernel::Kind::BatchNormGradX ||
+                 k.kind == Kernel::Kind::BatchNormGradGamma)
+            scratch = std::max(scratch, 4 * k.cols); // per-column mean, 1/σ, Σg, Σg·x̂
     p.scratchOffset = top;
     p.workspaceBytes = top + alignUp(scratch * elementBytes);
 }
