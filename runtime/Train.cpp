@@ -59,10 +59,9 @@ Accuracy evaluate(Engine& engine, const Examples& e, const std::vector<int64_t>&
         for (size_t r = 0; r < rows; ++r) {
             const float* z = logits.data() + r * size_t(C);
             int64_t best = 0;
-            double m = z[0];
             for (int64_t c = 1; c < C; ++c)
                 if (z[c] > z[best]) best = c;
-            for (int64_t c = 1; c < C; ++c) m = std::max(m, double(z[c]));
+            const double m = z[best]; // the largest logit, for a stable log-sum-exp
             double s = 0;
             for (int64_t c = 0; c < C; ++c) s += std::exp(double(z[c]) - m);
             loss += m + std::log(s) - z[labels[r]];

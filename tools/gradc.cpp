@@ -432,25 +432,8 @@ int runBench(const po::variables_map& vm) {
     return 0;
 }
 
-/// A model compiled for training and evaluation at `batch`, its parameters from --params or
-/// initialised with --seed.
-std::unique_ptr<Engine> makeEngine(const po::variables_map& vm, int64_t batch) {
-    const std::string path = vm["model"].as<std::string>();
-    const CodegenOptions codegen = codegenOptions(vm);
-    if (codegen.f64) throw UsageError("training runs in f32 (--dtype f64 is for gradients only)");
-    const std::string backend = vm["backend"].as<std::string>();
-    if (backend != "interp" && backend != "jit")
-        throw UsageError(fmt::format("--backend={} is not available (backends: jit, interp)", backend));
-    // Training reads no activation statistics: its program does not store them.
-    FrontEnd fe = compileFile(path, {batch, /*eval=*/false, /*layerOutputs=*/false, /*statistics=*/false});
-    Graph evalGraph = buildGraph(fe.ast, {batch, /*eval=*/true, /*layerOutputs=*/true});
-    auto engine = std::make_unique<Engine>(std::move(fe.graph), std::move(evalGraph), SessionOptions{backend, codegen.cache});
-    if (vm.count("params")) engine->load(vm["params"].as<std::string>());
-    else engine->initialise(vm["seed"].as<uint64_t>());
-    return engine;
-}
-
-/// The model must classify the data set's images: checked before any data is read.
+/// The model must classify the data set's images (`classes` at least): checked before any
+/// data is read or code compiled.
 void needClassifier(const Graph& g, const std::string& model, int64_t features, int classes) {
     const int64_t outputs = g[g.output("logits")].shape[1];
     if (g.lossKind != "cross_entropy" || outputs < classes)
@@ -462,10 +445,24 @@ void needClassifier(const Graph& g, const std::string& model, int64_t features, 
                         fmt::format("the model takes {} inputs, but the images have {} pixels", g[0].shape[1], features));
 }
 
-/// The data set's geometry, read from the headers of its files.
-std::pair<int64_t, int> dataShape(const std::string& dir) {
-    Examples one = readExamples(dir, true, 1);
-    return {one.features, 10};
+/// A classifier of the images in --data with at least `classes` outputs, compiled for
+/// training and evaluation at `batch`, its parameters from --params or initialised with
+/// --seed. The model file is parsed once and checked before anything is compiled.
+std::unique_ptr<Engine> makeEngine(const po::variables_map& vm, int64_t batch, int classes) {
+    const std::string path = vm["model"].as<std::string>();
+    const CodegenOptions codegen = codegenOptions(vm);
+    if (codegen.f64) throw UsageError("training runs in f32 (--dtype f64 is for gradients only)");
+    const std::string backend = vm["backend"].as<std::string>();
+    if (backend != "interp" && backend != "jit")
+        throw UsageError(fmt::format("--backend={} is not available (backends: jit, interp)", backend));
+    // Training reads no activation statistics: its program does not store them.
+    FrontEnd fe = compileFile(path, {batch, /*eval=*/false, /*layerOutputs=*/false, /*statistics=*/false});
+    needClassifier(fe.graph, path, readExamples(vm["data"].as<std::string>(), true, 1).features, classes);
+    Graph evalGraph = buildGraph(fe.ast, {batch, /*eval=*/true, /*layerOutputs=*/true});
+    auto engine = std::make_unique<Engine>(std::move(fe.graph), std::move(evalGraph), SessionOptions{backend, codegen.cache});
+    if (vm.count("params")) engine->load(vm["params"].as<std::string>());
+    else engine->initialise(vm["seed"].as<uint64_t>());
+    return engine;
 }
 
 void onInterrupt(int) {
@@ -505,12 +502,7 @@ int runTrain(const po::variables_map& vm) {
     }
     const std::string dir = vm["data"].as<std::string>(), path = vm["model"].as<std::string>();
     auto [mean, std] = parseNormalize(vm["normalize"].as<std::string>());
-    {
-        Graph g = compileFile(path, {batch}).graph; // a model mistake costs no data loading
-        auto [features, classes] = dataShape(dir);
-        needClassifier(g, path, features, classes);
-    }
-    std::unique_ptr<Engine> engine = makeEngine(vm, batch);
+    std::unique_ptr<Engine> engine = makeEngine(vm, batch, /*classes=*/10);
     engine->setOptimizer(opt);
     DataSplit data = loadSplit(dir, val, mean, std, limit);
     const bool terminal = isatty(STDERR_FILENO) && !vm.count("no-progress");
@@ -545,11 +537,7 @@ int runActs(const po::variables_map& vm) {
     const std::string format = vm["format"].as<std::string>();
     if (format != "table" && format != "json") throw UsageError(fmt::format("--format={} is not table or json", format));
     auto [mean, std] = parseNormalize(vm["normalize"].as<std::string>());
-    {
-        Graph g = compileFile(path, {count}).graph;
-        needClassifier(g, path, dataShape(dir).first, 2);
-    }
-    std::unique_ptr<Engine> engine = makeEngine(vm, count);
+    std::unique_ptr<Engine> engine = makeEngine(vm, count, /*classes=*/2);
     Examples ex = readExamples(dir, true, count);
     std::vector<int64_t> all(static_cast<size_t>(count));
     for (int64_t i = 0; i < count; ++i) all[size_t(i)] = i;
@@ -603,11 +591,7 @@ int runDead(const po::variables_map& vm) {
     const int64_t val = vm["val"].as<int64_t>(), limit = vm["limit"].as<int64_t>();
     if (val < 0) throw UsageError(fmt::format("--val {} must not be negative", val));
     if (limit < 0) throw UsageError(fmt::format("--limit {} must not be negative", limit));
-    {
-        Graph g = compileFile(path, {batch}).graph;
-        needClassifier(g, path, dataShape(dir).first, 2);
-    }
-    std::unique_ptr<Engine> engine = makeEngine(vm, batch);
+    std::unique_ptr<Engine> engine = makeEngine(vm, batch, /*classes=*/2);
     DataSplit data = loadSplit(dir, val, mean, std, limit);
     const Graph& g = engine->graph();
     std::vector<size_t> layers;
