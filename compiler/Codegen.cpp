@@ -5,6 +5,7 @@
 #include "Jit.h"
 #include "Kernels.h"
 #include "LowerToLLVM.h"
+#include "ObjectCache.h"
 #include "Pipeline.h"
 #include "ThreadPool.h"
 #include "CodegenInternal.h"
@@ -19,18 +20,13 @@
 #include <llvm/IR/Verifier.h>
 #include <llvm/Passes/PassBuilder.h>
 #include <llvm/Support/MemoryBuffer.h>
-#include <llvm/Support/SHA256.h>
 #include <llvm/Support/raw_ostream.h>
-#include <llvm/ADT/StringExtras.h>
-#include <llvm/Support/xxhash.h>
 
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <filesystem>
-#include <fstream>
-#include <unistd.h>
+#include <optional>
 
 namespace gradc {
 
@@ -150,65 +146,12 @@ std::string emit(llvm::Module& m, llvm::TargetMachine& tm, llvm::CodeGenFileType
 
 namespace {
 
-// ---- The object cache. An entry is one file named by its key:
-//   "GRADCOBJ" | format u32 | key (64 hex digits) | size u64 | xxh3 u64 of the object | object
-// Anything that does not match exactly (a stale key, a short file, a flipped byte) is
-// ignored and rebuilt. Entries are written to a temporary file and renamed into place.
-constexpr char kMagic[8] = {'G', 'R', 'A', 'D', 'C', 'O', 'B', 'J'};
-constexpr uint32_t kFormat = 1;
-
+/// The full key of a compiled object: everything its code depends on, in words. The cache
+/// stores it in the entry and loads code only when it matches byte for byte.
 std::string cacheKey(const std::string& ir, bool f64) {
-    llvm::SHA256 h;
-    for (const std::string& part : {ir, Jit::hostCpu(), Jit::hostFeatures(), versionString(),
-                                     std::string(f64 ? "f64" : "f32"),
-                                     std::string(Jit::haveLibmvec() ? "libmvec" : "scalar")}) {
-        h.update(part);
-        h.update(llvm::StringRef("\0", 1));
-    }
-    std::string hex;
-    for (uint8_t byte : h.final()) hex += fmt::format("{:02x}", byte);
-    return hex;
-}
-
-std::optional<std::string> cacheLoad(const std::string& path, const std::string& key) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) return std::nullopt;
-    std::string data((std::istreambuf_iterator<char>(in)), {});
-    const size_t header = 8 + 4 + 64 + 8 + 8;
-    if (data.size() < header || data.compare(0, 8, kMagic, 8) != 0) return std::nullopt;
-    uint32_t format;
-    uint64_t size, sum;
-    std::memcpy(&format, data.data() + 8, 4);
-    std::memcpy(&size, data.data() + 76, 8);
-    std::memcpy(&sum, data.data() + 84, 8);
-    if (format != kFormat || data.compare(12, 64, key) != 0 || size != data.size() - header) return std::nullopt;
-    std::string object = data.substr(header);
-    if (llvm::xxh3_64bits(llvm::arrayRefFromStringRef(object)) != sum) return std::nullopt;
-    return object;
-}
-
-void cacheStore(const std::string& dir, const std::string& path, const std::string& key,
-                const std::string& object) {
-    std::error_code ec;
-    std::filesystem::create_directories(dir, ec);
-    if (ec) return; // a cache that cannot be written is no error: the code still runs
-    std::string tmp = fmt::format("{}.tmp.{}", path, ::getpid());
-    {
-        std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-        uint64_t size = object.size(), sum = llvm::xxh3_64bits(llvm::arrayRefFromStringRef(object));
-        out.write(kMagic, 8);
-        out.write(reinterpret_cast<const char*>(&kFormat), 4);
-        out.write(key.data(), 64);
-        out.write(reinterpret_cast<const char*>(&size), 8);
-        out.write(reinterpret_cast<const char*>(&sum), 8);
-        out.write(object.data(), std::streamsize(object.size()));
-        if (!out.flush()) {
-            std::filesystem::remove(tmp, ec);
-            return;
-        }
-    }
-    std::filesystem::rename(tmp, path, ec);
-    if (ec) std::filesystem::remove(tmp, ec);
+    return fmt::format("{}\ncpu {}\nfeatures {}\nelement type {}\nvector math {}\n\n{}", versionString(),
+                       Jit::hostCpu(), Jit::hostFeatures(), f64 ? "f64" : "f32",
+                       Jit::haveLibmvec() ? "libmvec" : "scalar", ir);
 }
 
 /// GRADC_DEBUG=1 prints how long each stage of code generation took.
@@ -229,12 +172,6 @@ private:
 
 } // namespace
 
-std::string defaultCacheDir() {
-    if (const char* xdg = std::getenv("XDG_CACHE_HOME"); xdg && *xdg) return std::string(xdg) + "/gradc";
-    if (const char* home = std::getenv("HOME"); home && *home) return std::string(home) + "/.cache/gradc";
-    return "/tmp/gradc-cache";
-}
-
 CompiledModel compileModel(const Graph& fwd, const CodegenOptions& opts) {
     auto start = std::chrono::steady_clock::now();
     StageTimer timer;
@@ -250,10 +187,13 @@ CompiledModel compileModel(const Graph& fwd, const CodegenOptions& opts) {
 
     CompiledModel out;
     const std::string key = cacheKey(ir, opts.f64);
-    const std::string dir = opts.cacheDir.empty() ? defaultCacheDir() : opts.cacheDir;
-    const std::string path = dir + "/" + key + ".o";
+    std::optional<ObjectCache> cache;
+    if (opts.cache) cache.emplace(opts.cacheDir);
     std::optional<std::string> object;
-    if (opts.cache) object = cacheLoad(path, key);
+    if (cache) {
+        object = cache->load(key);
+        out.cacheProblem = cache->problem();
+    }
     out.cacheHit = object.has_value();
     timer(out.cacheHit ? "cache hit" : "cache miss");
     if (!object) {
@@ -261,7 +201,7 @@ CompiledModel compileModel(const Graph& fwd, const CodegenOptions& opts) {
         timer("optimise (O3)");
         object = emit(*m, *tm, llvm::CodeGenFileType::ObjectFile);
         timer("emit object code");
-        if (opts.cache) cacheStore(dir, path, key, *object);
+        if (cache) cache->store(key, *object);
     }
     std::shared_ptr<Jit> jit = checkLLVM("cannot start the JIT", Jit::create());
     if (auto err = jit->addObject(llvm::MemoryBuffer::getMemBufferCopy(*object, "gradc-model")))

@@ -15,7 +15,7 @@ namespace gradc {
 struct CodegenOptions {
     bool f64 = false;      ///< element type: float (default) or double
     bool cache = true;     ///< use the on-disk cache of compiled objects
-    std::string cacheDir;  ///< default: $XDG_CACHE_HOME/gradc, else ~/.cache/gradc
+    std::string cacheDir;  ///< default: defaultCacheDir() (ObjectCache.h), a folder per user
     bool profile = false;  ///< count each kernel's cycles (gradc bench --profile)
 };
 
@@ -33,6 +33,7 @@ struct CompiledModel {
     int64_t activationCount = 0; ///< elements of the `acts` array
     bool f64 = false;
     bool cacheHit = false;
+    std::string cacheProblem;   ///< why the cache folder or entry was ignored; empty if it was not
     double compileMs = 0;       ///< wall time from graph to callable code
     std::shared_ptr<void> owner; ///< keeps the JIT and its code alive
     /// With CodegenOptions::profile: cycles per kernel, summed over calls, and what each
@@ -49,8 +50,6 @@ CompiledModel compileModel(const Graph& forward, const CodegenOptions& opts = {}
 /// A stage of compileModel as text: the kernel programs ("kernels"), their memory plans
 /// ("memplan"), the optimised LLVM IR ("llvm") or the assembly ("asm").
 std::string emitModule(const Graph& forward, const CodegenOptions& opts, const std::string& what);
-
-std::string defaultCacheDir();
 
 /// The CPU's fused multiply-add peak on one thread, in GFLOP/s, measured by a small JIT'd
 /// probe: independent vector FMAs in registers, as many as the registers hold.
