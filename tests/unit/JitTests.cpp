@@ -182,7 +182,7 @@ TEST_CASE("compiled objects are cached; corrupt, truncated and stale entries are
     CHECK_FALSE(compile());
 
     std::string stale = good;
-    stale[20] = stale[20] == 'a' ? 'b' : 'a'; // an entry whose recorded key differs
+    stale[40] = stale[40] == 'a' ? 'b' : 'a'; // an entry whose recorded key differs (it starts at byte 36)
     rewrite(stale);
     CHECK_FALSE(compile());
 
