@@ -301,3 +301,23 @@ TEST_CASE("the cache folder and its missing parents are created 0700 and entries
     CHECK(modeOf(made[0]) == 0600);
     CHECK(made[0].filename().string().size() == 64 + 2);
 }
+
+TEST_CASE("ObjectCache stores and loads by the full key, and reads no entry of absurd size", "[cache]") {
+    TempDir dir;
+    ObjectCache cache(dir.path.string());
+    REQUIRE(cache.enabled());
+    const std::string key = "gradc test\ncpu any\n\nsome IR", object = std::string("\x7f" "ELF and some code\0\1\2", 22);
+    CHECK_FALSE(cache.load(key));
+    CHECK(cache.problem().empty()); // a plain miss is no problem
+    cache.store(key, object);
+    CHECK(cache.load(key) == object);
+    CHECK_FALSE(cache.load(key + " "));
+    const fs::path entry = dir.path / ObjectCache::entryName(key);
+    REQUIRE(fs::is_regular_file(entry));
+    CHECK(readBytes(entry).find(key) != std::string::npos); // the full key, not only its hash
+    fs::resize_file(entry, uint64_t(1) << 33);               // sparse: 8 GiB claimed, none allocated
+    CHECK_FALSE(cache.load(key));
+    CHECK_THAT(cache.problem(), Contains("the cache entry is 8589934592 bytes, more than any entry; ignored"));
+    cache.store(key, object); // replaced
+    CHECK(cache.load(key) == object);
+}
