@@ -3,27 +3,32 @@
 
 #include <fmt/format.h>
 
+#include <utility>
+
 namespace gradc {
 
 namespace {
 
 constexpr std::string_view kReplacement = "\xEF\xBF\xBD"; // U+FFFD
 
-/// The length of the well-formed UTF-8 sequence at `s[i]` (Unicode's table 3-7), 0 if the
-/// byte there does not start one.
-size_t sequenceLength(std::string_view s, size_t i) {
+/// The well-formed UTF-8 sequence at `s[i]` (Unicode's table 3-7): its length and true, or
+/// the length of the longest start of one there (at least 1 byte) and false. That "maximal
+/// subpart" becomes one U+FFFD, as Unicode recommends and Python and nlohmann do.
+std::pair<size_t, bool> sequenceAt(std::string_view s, size_t i) {
     auto at = [&](size_t k) { return i + k < s.size() ? (unsigned char)s[i + k] : 0u; };
     const unsigned b = at(0);
-    auto cont = [&](size_t k, unsigned lo = 0x80, unsigned hi = 0xBF) { return at(k) >= lo && at(k) <= hi; };
-    if (b < 0x80) return 1;
-    if (b >= 0xC2 && b <= 0xDF) return cont(1) ? 2 : 0;
-    if (b == 0xE0) return cont(1, 0xA0) && cont(2) ? 3 : 0;
-    if ((b >= 0xE1 && b <= 0xEC) || b == 0xEE || b == 0xEF) return cont(1) && cont(2) ? 3 : 0;
-    if (b == 0xED) return cont(1, 0x80, 0x9F) && cont(2) ? 3 : 0; // no surrogates
-    if (b == 0xF0) return cont(1, 0x90) && cont(2) && cont(3) ? 4 : 0;
-    if (b >= 0xF1 && b <= 0xF3) return cont(1) && cont(2) && cont(3) ? 4 : 0;
-    if (b == 0xF4) return cont(1, 0x80, 0x8F) && cont(2) && cont(3) ? 4 : 0;
-    return 0;
+    if (b < 0x80) return {1, true};
+    size_t n = 0;
+    unsigned lo = 0x80, hi = 0xBF; // the second byte's range
+    if (b >= 0xC2 && b <= 0xDF) n = 2;
+    else if (b >= 0xE0 && b <= 0xEF) n = 3, lo = b == 0xE0 ? 0xA0 : 0x80, hi = b == 0xED ? 0x9F : 0xBF;
+    else if (b >= 0xF0 && b <= 0xF4) n = 4, lo = b == 0xF0 ? 0x90 : 0x80, hi = b == 0xF4 ? 0x8F : 0xBF;
+    else return {1, false};
+    for (size_t k = 1; k < n; ++k) {
+        const unsigned c = at(k);
+        if (k == 1 ? (c < lo || c > hi) : (c < 0x80 || c > 0xBF)) return {k, false};
+    }
+    return {n, true};
 }
 
 } // namespace
@@ -32,13 +37,10 @@ std::string validUtf8(std::string_view s) {
     std::string out;
     out.reserve(s.size());
     for (size_t i = 0; i < s.size();) {
-        if (size_t n = sequenceLength(s, i)) {
-            out.append(s.substr(i, n));
-            i += n;
-        } else {
-            out += kReplacement;
-            ++i;
-        }
+        auto [n, ok] = sequenceAt(s, i);
+        if (ok) out.append(s.substr(i, n));
+        else out += kReplacement;
+        i += n;
     }
     return out;
 }

@@ -12,8 +12,9 @@
 
 namespace gradc {
 
-/// `s` with every byte outside a well-formed UTF-8 sequence (overlong forms, surrogates and
-/// code points past U+10FFFF included) replaced by U+FFFD.
+/// `s` with each ill-formed UTF-8 sequence (overlong forms, surrogates, code points past
+/// U+10FFFF, stray or missing continuation bytes) replaced by U+FFFD: one for each maximal
+/// start of a sequence, else one a byte, as Unicode recommends.
 std::string validUtf8(std::string_view s);
 
 /// Character data or an attribute value of XML 1.0: valid UTF-8, `& < > " '` escaped, and
