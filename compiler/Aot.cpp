@@ -4,6 +4,7 @@
 #include "CodegenInternal.h"
 #include "Jit.h"
 #include "Pipeline.h"
+#include "Text.h"
 
 #include <fmt/format.h>
 #include <llvm/IR/IRBuilder.h>
@@ -19,22 +20,36 @@
 namespace gradc {
 namespace {
 
-std::unique_ptr<llvm::TargetMachine> targetMachine(const std::string& requested, std::string* cpuOut) {
+const llvm::Target& hostTarget() {
     Jit::initialiseLLVM();
     const std::string triple = llvm::sys::getProcessTriple();
     std::string err;
     const llvm::Target* target = llvm::TargetRegistry::lookupTarget(triple, err);
     if (!target) throw UserError({}, fmt::format("no code generator for {}: {}", triple, err));
+    return *target;
+}
+
+/// The host target's table of CPUs. Asked with no CPU, so LLVM has nothing to complain
+/// about (given an unknown CPU it prints a warning to stderr and carries on).
+std::unique_ptr<llvm::MCSubtargetInfo> cpuTable() {
+    return std::unique_ptr<llvm::MCSubtargetInfo>(
+        hostTarget().createMCSubtargetInfo(llvm::sys::getProcessTriple(), "", ""));
+}
+
+std::unique_ptr<llvm::TargetMachine> targetMachine(const std::string& requested, std::string* cpuOut) {
+    const llvm::Target& target = hostTarget();
+    const std::string triple = llvm::sys::getProcessTriple();
     // generic: the x86-64 baseline (SSE2), which every x86-64 machine runs.
     std::string cpu = requested == "generic" ? "x86-64" : requested == "native" ? Jit::hostCpu() : requested;
     std::string features = requested == "native" ? Jit::hostFeatures() : "";
-    std::unique_ptr<llvm::TargetMachine> tm(target->createTargetMachine(
+    // Checked before the target machine exists: creating one for an unknown CPU prints to stderr.
+    if (!isKnownCpu(requested))
+        throw UserError({}, fmt::format("--target-cpu {} is not a CPU LLVM knows (generic, native, or one of the "
+                                        "names `gradc compile MODEL --target-cpu help` lists)", requested));
+    std::unique_ptr<llvm::TargetMachine> tm(target.createTargetMachine(
         triple, cpu, features, llvm::TargetOptions(), llvm::Reloc::PIC_, std::nullopt,
         llvm::CodeGenOptLevel::Aggressive));
     if (!tm) throw UserError({}, fmt::format("cannot generate code for CPU '{}'", cpu));
-    if (!tm->getMCSubtargetInfo()->isCPUStringValid(cpu))
-        throw UserError({}, fmt::format("--target-cpu {} is not a CPU LLVM knows (try generic, native, "
-                                        "x86-64-v3, znver4, skylake-avx512)", requested));
     *cpuOut = cpu;
     return tm;
 }
@@ -55,6 +70,9 @@ std::string cName(const std::string& s) {
 
 std::string header(const Graph& g, const Programs& p, const AotOptions& opts, const std::string& prefix,
                    const std::string& cpu) {
+    // The model file by its name alone (where it lay on the compiling machine is no business of
+    // the header), and names only as a comment may hold them.
+    const std::string source = cCommentText(opts.source.substr(opts.source.find_last_of('/') + 1));
     std::string up;
     for (char c : prefix) up += char(std::toupper((unsigned char)c));
     const char* real = opts.f64 ? "double" : "float";
@@ -71,7 +89,7 @@ std::string header(const Graph& g, const Programs& p, const AotOptions& opts, co
         " * class labels [batch] for cross_entropy, else {real} values [batch][outputs]. acts\n"
         " * receives the input of every hidden activation layer ({up}_ACTIVATIONS values).\n"
         " * workspace is {up}_WORKSPACE_BYTES bytes, 64-byte aligned. The functions keep no state. */\n"
-        "#ifndef {up}_H\n#define {up}_H\n\n#include <stdint.h>\n\n#ifdef __cplusplus\nextern \"C\" {{\n#endif\n\n"
+        "#ifndef GRADC_{prefix}_H\n#define GRADC_{prefix}_H\n\n#include <stdint.h>\n\n#ifdef __cplusplus\nextern \"C\" {{\n#endif\n\n"
         "#define {up}_ABI_VERSION {abi}u /* compare with {prefix}_abi_version() */\n"
         "#define {up}_BATCH {batch}\n#define {up}_INPUTS {inputs}\n#define {up}_OUTPUTS {outputs}\n"
         "#define {up}_PARAMETERS {params}\n#define {up}_ACTIVATIONS {acts}\n"
@@ -80,8 +98,8 @@ std::string header(const Graph& g, const Programs& p, const AotOptions& opts, co
         "typedef struct {{\n    const char* name;\n    int rank;\n    int64_t shape[2];\n    int64_t offset; /* into params and grads */\n"
         "    int64_t count;\n}} {prefix}_parameter;\n\n"
         "static const {prefix}_parameter {prefix}_parameters[{nparams}] = {{\n",
-        fmt::arg("prefix", prefix), fmt::arg("version", versionString()), fmt::arg("source", opts.source),
-        fmt::arg("model", g.model), fmt::arg("cpu", cpu), fmt::arg("real", real), fmt::arg("up", up),
+        fmt::arg("prefix", prefix), fmt::arg("version", versionString()), fmt::arg("source", source),
+        fmt::arg("model", cCommentText(g.model)), fmt::arg("cpu", cpu), fmt::arg("real", real), fmt::arg("up", up),
         fmt::arg("abi", kAbiVersion), fmt::arg("batch", g.batch), fmt::arg("inputs", g[0].shape[1]),
         fmt::arg("outputs", g[g.output("logits")].shape[1]), fmt::arg("params", p.parameterCount),
         fmt::arg("acts", p.activationCount), fmt::arg("ws", workspace), fmt::arg("labels", labels ? 1 : 0),
@@ -89,7 +107,7 @@ std::string header(const Graph& g, const Programs& p, const AotOptions& opts, co
     int64_t offset = 0;
     for (auto& prm : g.params) {
         const Shape& s = g[prm.node].shape;
-        h += fmt::format("    {{\"{}\", {}, {{{}, {}}}, {}, {}}},\n", prm.name, s.size(), s[0], s.size() > 1 ? s[1] : 0,
+        h += fmt::format("    {{\"{}\", {}, {{{}, {}}}, {}, {}}},\n", cStringText(prm.name), s.size(), s[0], s.size() > 1 ? s[1] : 0,
                          offset, elementCount(s));
         offset += elementCount(s);
     }
@@ -111,9 +129,20 @@ std::string header(const Graph& g, const Programs& p, const AotOptions& opts, co
 
 } // namespace
 
+bool isKnownCpu(const std::string& name) {
+    return name == "generic" || name == "native" || cpuTable()->isCPUStringValid(name);
+}
+
+std::vector<std::string> knownCpus() {
+    std::vector<std::string> names = {"generic", "native"};
+    for (auto& kv : cpuTable()->getAllProcessorDescriptions())
+        if (names[0] != kv.Key && names[1] != kv.Key) names.push_back(kv.Key); // generic: gradc's meaning
+    return names;
+}
+
 AotResult compileAhead(const Graph& fwd, const AotOptions& opts) {
     const std::string prefix = opts.prefix.empty() ? cName(fwd.model) : opts.prefix;
-    if (cName(prefix) != prefix)
+    if (!isCIdentifier(prefix))
         throw UserError({}, fmt::format("--prefix '{}' is not a C identifier", prefix));
     if (opts.emit != "obj" && opts.emit != "asm" && opts.emit != "llvm")
         throw UserError({}, fmt::format("--emit={} is not obj, asm or llvm", opts.emit));

@@ -5,6 +5,7 @@
 #include "Graph.h"
 
 #include <string>
+#include <vector>
 
 namespace gradc {
 
@@ -24,6 +25,11 @@ struct AotResult {
     std::string output; ///< the object file (or assembly, or LLVM IR)
     std::string header; ///< the C header
 };
+
+/// Whether --target-cpu NAME names a CPU: generic, native, or one of the host target's CPUs.
+bool isKnownCpu(const std::string& name);
+/// generic, native and every CPU name of the host target, for `--target-cpu help`.
+std::vector<std::string> knownCpus();
 
 /// Throws UserError for an unknown CPU or a prefix that is not a C identifier.
 AotResult compileAhead(const Graph& forward, const AotOptions& opts);

@@ -77,31 +77,19 @@ void Engine::load(const std::string& path) {
 }
 
 void Engine::save(const std::string& path) const {
-    // PyTorch's state_dict order: each batchnorm's buffers follow its weight and bias.
-    std::vector<std::pair<std::string, Tensor>> tensors;
-    std::set<std::string> integers;
-    auto slice = [&](size_t offset, const Shape& s) {
-        return Tensor{s, std::vector<double>(state_.begin() + long(offset), state_.begin() + long(offset + size_t(elementCount(s))))};
-    };
+    Bindings b;
     size_t offset = 0;
-    for (auto& p : graph_.params) {
-        const Shape& s = graph_[p.node].shape;
-        tensors.emplace_back(p.name, slice(offset, s));
-        offset += size_t(elementCount(s));
-        size_t bufOffset = size_t(paramCount_);
-        for (size_t i = 0; i < graph_.buffers.size(); ++i) {
-            const BufferInfo& buf = graph_.buffers[i];
-            if (p.name == buf.layer + ".bias") {
-                tensors.emplace_back(buf.name, slice(bufOffset, {buf.size}));
-                if (i + 1 == graph_.buffers.size() || graph_.buffers[i + 1].layer != buf.layer) {
-                    std::string n = buf.layer + ".num_batches_tracked";
-                    tensors.emplace_back(n, Tensor{{}, {double(batchesTracked_)}});
-                    integers.insert(n);
-                }
-            }
-            bufOffset += size_t(buf.size);
-        }
+    auto take = [&](const std::string& name, int64_t count, const Shape& s) {
+        b[name] = Tensor{s, std::vector<double>(state_.begin() + long(offset), state_.begin() + long(offset + size_t(count)))};
+        offset += size_t(count);
+    };
+    for (auto& p : graph_.params) take(p.name, elementCount(graph_[p.node].shape), graph_[p.node].shape);
+    for (auto& buf : graph_.buffers) {
+        take(buf.name, buf.size, {buf.size});
+        b[buf.layer + ".num_batches_tracked"] = Tensor{{}, {double(batchesTracked_)}};
     }
+    std::set<std::string> integers;
+    auto tensors = stateDict(graph_, b, &integers); // PyTorch's state_dict order
     writeSafetensors(path, tensors, false, integers);
 }
 

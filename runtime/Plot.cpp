@@ -1,6 +1,8 @@
 // Plot.cpp — hand-written SVG: rectangles, polylines and text, nothing else.
 #include "Plot.h"
 
+#include "Text.h"
+
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -12,19 +14,9 @@ namespace {
 constexpr double kPanelW = 300, kPanelH = 210, kPad = 46, kRowTitle = 34;
 const char* kColors[] = {"#2ca02c", "#1f77b4", "#ff7f0e", "#d62728", "#9467bd", "#8c564b"};
 
-std::string escape(const std::string& s) {
-    std::string out;
-    for (char c : s) {
-        switch (c) {
-        case '<': out += "&lt;"; break;
-        case '>': out += "&gt;"; break;
-        case '&': out += "&amp;"; break;
-        case '"': out += "&quot;"; break;
-        default: out += c;
-        }
-    }
-    return out;
-}
+/// Names in the figure (a model is named after its file, which may hold any bytes) as XML
+/// allows them.
+std::string escape(const std::string& s) { return xmlText(s); }
 
 std::string header(double w, double h) {
     return fmt::format("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"

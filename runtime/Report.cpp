@@ -1,6 +1,8 @@
 // Report.cpp — table, JSON and CSV renderings of gradient statistics.
 #include "Report.h"
 
+#include "Text.h"
+
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
@@ -45,8 +47,22 @@ std::string formatTable(const GradReport& r) {
     return out;
 }
 
+/// A figure that may not be finite: JSON has no NaN or Inf, so those are null (the nan and
+/// inf counts beside it say how many entries were left out).
 static nlohmann::json number(double v) {
     return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr);
+}
+
+/// JSON text of `j`: a byte of a name that is not UTF-8 (a model named after its file, whose
+/// name may hold any bytes) becomes U+FFFD instead of an exception.
+static std::string text(const nlohmann::json& j) {
+    return j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+}
+
+static nlohmann::json histogram(const TensorStats& s) {
+    nlohmann::json edges = nlohmann::json::array();
+    for (double e : s.edges) edges.push_back(number(e));
+    return {{"edges", edges}, {"counts", s.counts}};
 }
 
 std::string formatJson(const std::vector<GradReport>& reports) {
@@ -54,15 +70,13 @@ std::string formatJson(const std::vector<GradReport>& reports) {
     for (auto& r : reports) {
         nlohmann::json params = nlohmann::json::array();
         for (auto& s : r.params) {
-            nlohmann::json edges = nlohmann::json::array();
-            for (double e : s.edges) edges.push_back(number(e));
             params.push_back({{"name", s.name}, {"shape", s.shape}, {"count", s.count},
                               {"mean", number(s.mean)}, {"std", number(s.std)},
                               {"abs_mean", number(s.absMean)}, {"min", number(s.min)},
                               {"max", number(s.max)}, {"l2", number(s.l2)},
                               {"zero_fraction", number(s.zeroFraction)}, {"nan", s.nan},
                               {"inf", s.inf},
-                              {"histogram", {{"edges", edges}, {"counts", s.counts}}}});
+                              {"histogram", histogram(s)}});
         }
         nlohmann::json acts = nlohmann::json::array();
         for (auto& a : r.activations)
@@ -74,7 +88,18 @@ std::string formatJson(const std::vector<GradReport>& reports) {
                        {"params", params}, {"activations", acts},
                        {"vanishing_factor", number(r.vanishingFactor)}});
     }
-    return (all.size() == 1 ? all[0] : all).dump(2) + "\n";
+    return text(all.size() == 1 ? all[0] : all);
+}
+
+std::string formatLayersJson(const std::string& model, int64_t examples,
+                             const std::vector<std::pair<std::string, TensorStats>>& layers) {
+    nlohmann::json out = nlohmann::json::array();
+    for (auto& [op, s] : layers)
+        out.push_back({{"name", s.name}, {"op", op}, {"shape", s.shape}, {"count", s.count},
+                       {"mean", number(s.mean)}, {"variance", number(s.std * s.std)}, {"std", number(s.std)},
+                       {"min", number(s.min)}, {"max", number(s.max)}, {"zero_fraction", number(s.zeroFraction)},
+                       {"nan", s.nan}, {"inf", s.inf}, {"histogram", histogram(s)}});
+    return text({{"model", model}, {"examples", examples}, {"layers", out}});
 }
 
 std::string formatCsv(const std::vector<GradReport>& reports) {
@@ -84,7 +109,7 @@ std::string formatCsv(const std::vector<GradReport>& reports) {
             std::string shape;
             for (size_t i = 0; i < s.shape.size(); ++i) shape += fmt::format("{}{}", i ? "x" : "", s.shape[i]);
             out += fmt::format("{},{},{},{},{:.6e},{:.6e},{:.6e},{:.6e},{:.6e},{:.6e},{:.6f},{},{}\n",
-                               r.model, s.name, shape, s.count, s.mean, s.std, s.absMean, s.min,
+                               csvField(r.model), csvField(s.name), shape, s.count, s.mean, s.std, s.absMean, s.min,
                                s.max, s.l2, s.zeroFraction, s.nan, s.inf);
         }
     return out;

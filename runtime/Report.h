@@ -25,7 +25,12 @@ void computeVanishingFactor(GradReport& r);
 std::string formatTable(const GradReport& r);
 /// The documented JSON object (one model); several models: a JSON array of them.
 std::string formatJson(const std::vector<GradReport>& reports);
-/// One CSV header line, then one row per tensor of every model.
+/// `gradc acts --format json`: {"model", "examples", "layers": [{"name", "op", "shape",
+/// "count", "mean", "variance", "std", "min", "max", "zero_fraction", "nan", "inf",
+/// "histogram": {"edges", "counts"}}]}, a figure that is not finite as null.
+std::string formatLayersJson(const std::string& model, int64_t examples,
+                             const std::vector<std::pair<std::string, TensorStats>>& layers);
+/// One CSV header line (RFC 4180: a name holding a comma, quote, CR or LF is quoted), then one row per tensor of every model.
 std::string formatCsv(const std::vector<GradReport>& reports);
 
 } // namespace gradc

@@ -185,4 +185,36 @@ Bindings loadParameters(const Graph& g, const std::string& path) {
     return out;
 }
 
+std::vector<std::pair<std::string, Tensor>> stateDict(const Graph& g, const Bindings& b,
+                                                     std::set<std::string>* integers) {
+    // PyTorch's order: a module's parameters, then its buffers (running_mean, running_var),
+    // then its num_batches_tracked, module after module.
+    std::map<std::string, size_t> lastParam; // module -> index of its last parameter
+    for (size_t i = 0; i < g.params.size(); ++i)
+        for (auto& buf : g.buffers)
+            if (g.params[i].name.rfind(buf.layer + ".", 0) == 0) lastParam[buf.layer] = i;
+    std::vector<std::pair<std::string, Tensor>> out;
+    auto buffersOf = [&](const std::string& layer) {
+        for (auto& buf : g.buffers) {
+            if (buf.layer != layer) continue;
+            auto it = b.find(buf.name);
+            out.emplace_back(buf.name, it != b.end() ? it->second
+                                                     : Tensor{{buf.size}, std::vector<double>(size_t(buf.size), buf.initial)});
+        }
+        const std::string n = layer + ".num_batches_tracked";
+        auto it = b.find(n);
+        out.emplace_back(n, Tensor{{}, {it != b.end() && !it->second.data.empty() ? it->second.data[0] : 0.0}});
+        if (integers) integers->insert(n);
+    };
+    std::set<std::string> done;
+    for (size_t i = 0; i < g.params.size(); ++i) {
+        out.emplace_back(g.params[i].name, b.at(g.params[i].name));
+        for (auto& [layer, last] : lastParam)
+            if (last == i && done.insert(layer).second) buffersOf(layer);
+    }
+    for (auto& buf : g.buffers) // a module with buffers but no parameters
+        if (done.insert(buf.layer).second) buffersOf(buf.layer);
+    return out;
+}
+
 } // namespace gradc

@@ -22,6 +22,13 @@ std::map<std::string, Tensor> readSafetensors(const std::string& path,
 void writeSafetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
                       bool f64 = false, const std::set<std::string>& integers = {});
 
+/// Every tensor PyTorch's state_dict() of the twin module holds, in its order: each module's
+/// parameters, then its buffers (batchnorm's running_mean and running_var, from `b` or as
+/// initialised) and num_batches_tracked (from `b`, else 0; its name added to `integers`, to
+/// be written as I64).
+std::vector<std::pair<std::string, Tensor>> stateDict(const Graph& g, const Bindings& b,
+                                                     std::set<std::string>* integers);
+
 /// The model's parameters from a file: every parameter must be there with its shape; a
 /// tensor the model does not have is an error. Batchnorm's running statistics (and its
 /// num_batches_tracked) are read when present.

@@ -13,6 +13,7 @@
 #include "Plot.h"
 #include "SafeTensors.h"
 #include "Stats.h"
+#include "Text.h"
 #include "ThreadPool.h"
 #include "Parser.h"
 #include "Pipeline.h"
@@ -21,11 +22,13 @@
 #include <boost/program_options.hpp>
 #include <fmt/format.h>
 
+#include <cfloat>
 #include <chrono>
 #include <csignal>
 #include <cmath>
 #include <unistd.h>
 #include <random>
+#include <set>
 #include <cstdio>
 #include <algorithm>
 #include <functional>
@@ -72,6 +75,34 @@ SemaOptions semaOptions(const po::variables_map& vm) {
 void addModelOptions(po::options_description& d) {
     d.add_options()("model", po::value<std::string>()->required(), "model file (.nn)")(
         "batch", po::value<int64_t>()->default_value(256), "batch size the graph is built for");
+}
+
+/// --seed: a whole number from 0 to 2^64 - 1. Read as text, because Boost reads "-1" as an
+/// unsigned number (2^64 - 1) without a word.
+uint64_t seedOption(const po::variables_map& vm) {
+    const std::string text = vm["seed"].as<std::string>();
+    uint64_t v = 0;
+    bool ok = !text.empty() && text.size() <= 20;
+    for (char c : text) {
+        ok = ok && c >= '0' && c <= '9';
+        if (!ok) break;
+        const uint64_t digit = uint64_t(c - '0');
+        ok = v <= (UINT64_MAX - digit) / 10;
+        v = v * 10 + digit;
+    }
+    if (!ok) throw UsageError(fmt::format("--seed '{}' is not a whole number from 0 to {}", text, UINT64_MAX));
+    return v;
+}
+
+/// A real-valued option that must be finite and at least `low` (and below `high` when
+/// given); `what` names the quantity in the message.
+double realOption(const po::variables_map& vm, const char* name, const char* what, double low,
+                  double high = INFINITY) {
+    const double v = vm[name].as<double>();
+    if (!std::isfinite(v) || v < low || !(v < high))
+        throw UsageError(std::isinf(high) ? fmt::format("--{}: {} {} is not a finite number >= {}", name, what, v, low)
+                                          : fmt::format("--{}: {} {} is not in [{}, {})", name, what, v, low, high));
+    return v;
 }
 
 CodegenOptions codegenOptions(const po::variables_map& vm) {
@@ -194,12 +225,22 @@ int runAct(const po::variables_map& vm) {
 
 /// `gradc compile MODEL -o model.o --header model.h`: ahead-of-time compilation.
 int runCompile(const po::variables_map& vm) {
-    if (!vm.count("output")) throw UsageError("-o FILE is required");
     AotOptions o;
-    o.f64 = codegenOptions(vm).f64;
     o.targetCpu = vm["target-cpu"].as<std::string>();
+    if (o.targetCpu == "help") {
+        for (auto& name : knownCpus()) fmt::print("{}\n", name);
+        return 0;
+    }
+    if (!vm.count("output")) throw UsageError("-o FILE is required");
+    o.f64 = codegenOptions(vm).f64;
+    if (!isKnownCpu(o.targetCpu))
+        throw UsageError(fmt::format("--target-cpu {} is not a CPU LLVM knows (generic, native, or a name that "
+                                     "'gradc compile MODEL --target-cpu help' lists)", o.targetCpu));
     o.emit = vm["emit"].as<std::string>();
     if (vm.count("prefix")) o.prefix = vm["prefix"].as<std::string>();
+    if (vm.count("prefix") && !isCIdentifier(o.prefix))
+        throw UsageError(fmt::format("--prefix '{}' is not a C identifier (letters, digits and _, not first a digit)",
+                                     o.prefix));
     o.source = vm["model"].as<std::string>();
     if (o.emit != "obj" && o.emit != "asm" && o.emit != "llvm")
         throw UsageError(fmt::format("--emit={} is not obj, asm or llvm", o.emit));
@@ -246,12 +287,16 @@ int runDerive(const po::variables_map& vm) {
     return 0;
 }
 
+/// --normalize MEAN,STD: a finite mean and a normal (not subnormal) positive std, such that
+/// every normalised pixel (pixel/255 - MEAN) / STD is a finite float.
 std::pair<double, double> parseNormalize(const std::string& text) {
     double mean = 0, std = 0;
     char comma = 0, extra = 0;
     if (std::sscanf(text.c_str(), "%lf %c %lf %c", &mean, &comma, &std, &extra) != 3 || comma != ',' ||
-        !(std > 0) || !std::isfinite(mean))
-        throw UsageError(fmt::format("--normalize '{}' is not MEAN,STD with STD > 0", text));
+        !std::isfinite(mean) || !std::isnormal(std) || !(std > 0))
+        throw UsageError(fmt::format("--normalize '{}' is not MEAN,STD with a finite MEAN and a normal STD > 0", text));
+    if (std::max(std::fabs(mean), std::fabs(1 - mean)) / std > FLT_MAX)
+        throw UsageError(fmt::format("--normalize '{}': (pixel/255 - MEAN) / STD overflows a float", text));
     return {mean, std};
 }
 
@@ -276,7 +321,7 @@ int runGrads(const po::variables_map& vm) {
     const CodegenOptions codegen = codegenOptions(vm);
     const std::string dir = vm["data"].as<std::string>();
     auto [mean, std] = parseNormalize(vm["normalize"].as<std::string>());
-    const uint64_t seed = vm["seed"].as<uint64_t>();
+    const uint64_t seed = seedOption(vm);
     const std::string format = vm["format"].as<std::string>();
     if (format != "table" && format != "json" && format != "csv")
         throw UsageError(fmt::format("--format={} is not a format (formats: table, json, csv)", format));
@@ -287,6 +332,7 @@ int runGrads(const po::variables_map& vm) {
     if ((!paramsIn.empty() || !paramsOut.empty() || !gradsOut.empty()) && models.size() != 1)
         throw UsageError("--params, --save-params and --dump-grads take exactly one model");
     std::vector<std::pair<std::string, Tensor>> paramsToSave, gradsToSave;
+    std::set<std::string> integers; // num_batches_tracked, written as I64
 
     // Compile every model first, so a mistake in the last one costs no data loading.
     std::vector<Graph> graphs;
@@ -303,7 +349,7 @@ int runGrads(const po::variables_map& vm) {
                             fmt::format("the model takes {} inputs, but the images in {} have {} "
                                         "pixels", width, dir, ex.features));
         Bindings b = paramsIn.empty() ? initialiseParameters(g, seed) : loadParameters(g, paramsIn);
-        for (auto& p : g.params) paramsToSave.emplace_back(p.name, b.at(p.name));
+        paramsToSave = stateDict(g, b, &integers); // running statistics too, as PyTorch's state_dict
         b["x"] = x;
         const int64_t outputs = g[g.output("logits")].shape[1];
         if (g.lossKind == "cross_entropy") {
@@ -354,7 +400,7 @@ int runGrads(const po::variables_map& vm) {
     if (format == "csv") fmt::print("{}", formatCsv(reports));
     // Files last: a run that fails earlier writes none.
     const bool wide = backend == "interp" || codegen.f64;
-    if (!paramsOut.empty()) writeSafetensors(paramsOut, paramsToSave, /*f64=*/false);
+    if (!paramsOut.empty()) writeSafetensors(paramsOut, paramsToSave, /*f64=*/false, integers);
     if (!gradsOut.empty()) writeSafetensors(gradsOut, gradsToSave, wide);
     if (!plotOut.empty()) {
         std::vector<std::string> names;
@@ -461,7 +507,7 @@ std::unique_ptr<Engine> makeEngine(const po::variables_map& vm, int64_t batch, i
     Graph evalGraph = buildGraph(fe.ast, {batch, /*eval=*/true, /*layerOutputs=*/true});
     auto engine = std::make_unique<Engine>(std::move(fe.graph), std::move(evalGraph), SessionOptions{backend, codegen.cache});
     if (vm.count("params")) engine->load(vm["params"].as<std::string>());
-    else engine->initialise(vm["seed"].as<uint64_t>());
+    else engine->initialise(seedOption(vm));
     return engine;
 }
 
@@ -476,7 +522,7 @@ int runTrain(const po::variables_map& vm) {
     TrainOptions o;
     o.epochs = vm["epochs"].as<int>();
     o.patience = vm["patience"].as<int>();
-    o.seed = vm["seed"].as<uint64_t>();
+    o.seed = seedOption(vm);
     o.maxSteps = vm["steps"].as<int64_t>();
     const int64_t val = vm["val"].as<int64_t>(), limit = vm["limit"].as<int64_t>();
     if (o.epochs < 1 || o.epochs > 100000) throw UsageError(fmt::format("--epochs {} is out of range (1 to 100000)", o.epochs));
@@ -490,11 +536,12 @@ int runTrain(const po::variables_map& vm) {
     opt.method = vm["optimizer"].as<std::string>();
     if (opt.method != "sgd" && opt.method != "adam")
         throw UsageError(fmt::format("--optimizer={} is not sgd or adam", opt.method));
-    opt.lr = vm.count("lr") ? vm["lr"].as<double>() : opt.method == "adam" ? 1e-3 : 1e-2;
-    opt.momentum = vm["momentum"].as<double>();
-    opt.weightDecay = vm["weight-decay"].as<double>();
+    opt.lr = vm.count("lr") ? realOption(vm, "lr", "learning rate", 0) : opt.method == "adam" ? 1e-3 : 1e-2;
+    opt.momentum = realOption(vm, "momentum", "momentum", 0);
+    opt.weightDecay = realOption(vm, "weight-decay", "weight decay", 0);
     opt.nesterov = vm.count("nesterov") != 0;
-    opt.beta1 = vm["beta1"].as<double>(), opt.beta2 = vm["beta2"].as<double>(), opt.eps = vm["eps"].as<double>();
+    opt.beta1 = realOption(vm, "beta1", "Adam's beta1", 0, 1), opt.beta2 = realOption(vm, "beta2", "Adam's beta2", 0, 1);
+    opt.eps = realOption(vm, "eps", "Adam's eps", 0);
     try {
         hyperParameters(opt, 1);
     } catch (const UserError& e) {
@@ -552,19 +599,7 @@ int runActs(const po::variables_map& vm) {
         layers.emplace_back(l.what, statistics(l.name, l.out, engine->layerOutput(i), 50));
     }
     if (format == "json") {
-        std::string out = fmt::format("{{\"model\": \"{}\", \"examples\": {}, \"layers\": [", g.model, count);
-        for (size_t i = 0; i < layers.size(); ++i) {
-            auto& [what, s] = layers[i];
-            std::string edges, counts;
-            for (size_t k = 0; k < s.edges.size(); ++k) edges += fmt::format("{}{:.9g}", k ? ", " : "", s.edges[k]);
-            for (size_t k = 0; k < s.counts.size(); ++k) counts += fmt::format("{}{}", k ? ", " : "", s.counts[k]);
-            out += fmt::format("{}\n  {{\"name\": \"{}\", \"op\": \"{}\", \"mean\": {:.9g}, \"variance\": {:.9g}, "
-                               "\"std\": {:.9g}, \"min\": {:.9g}, \"max\": {:.9g}, \"zero_fraction\": {:.9g}, "
-                               "\"histogram\": {{\"edges\": [{}], \"counts\": [{}]}}}}",
-                               i ? "," : "", s.name, what, s.mean, s.std * s.std, s.std, s.min, s.max, s.zeroFraction,
-                               edges, counts);
-        }
-        fmt::print("{}\n]}}\n", out);
+        fmt::print("{}", formatLayersJson(g.model, count, layers));
     } else {
         fmt::print("{}: layer outputs over the first {} training images of {} (evaluation mode)\n\n", g.model, count, dir);
         fmt::print("  {:<12} {:<22} {:>10} {:>10} {:>10} {:>10} {:>7}\n", "layer", "op", "mean", "variance", "min", "max",
@@ -635,7 +670,7 @@ void addDataOptions(po::options_description& d) {
     d.add_options()("data", po::value<std::string>()->default_value(kDefaultDataDir),
                     "directory of IDX files (train-images-idx3-ubyte[.gz], ...)")(
         "normalize", po::value<std::string>()->default_value("0.5,0.5"), "MEAN,STD: inputs are (pixel/255 - MEAN) / STD")(
-        "seed", po::value<uint64_t>()->default_value(42), "parameter initialisation (and shuffling) seed")(
+        "seed", po::value<std::string>()->default_value("42"), "parameter initialisation (and shuffling) seed")(
         "params", po::value<std::string>(), "start from the parameters in FILE.safetensors")(
         "backend", po::value<std::string>()->default_value("jit"), "jit | interp");
     addCodegenOptions(d);
@@ -666,7 +701,7 @@ const std::vector<Command>& commands() {
                  "directory of IDX files (train-images-idx3-ubyte[.gz], ...)")(
                  "normalize", po::value<std::string>()->default_value("0.5,0.5"),
                  "MEAN,STD: inputs are (pixel/255 - MEAN) / STD")(
-                 "seed", po::value<uint64_t>()->default_value(42), "parameter initialisation seed")(
+                 "seed", po::value<std::string>()->default_value("42"), "parameter initialisation seed")(
                  "format", po::value<std::string>()->default_value("table"), "table | json | csv")(
                  "shuffle", "a random batch of the training set (drawn with --seed) instead of the first")(
                  "params", po::value<std::string>(), "load parameters from FILE.safetensors (PyTorch names)")(
@@ -835,7 +870,17 @@ int main(int argc, char** argv) {
         fmt::print(stderr, "{}", e.format());
         return 1;
     } catch (const std::bad_alloc&) {
+        std::fflush(stdout);
         fmt::print(stderr, "gradc: error: out of memory\n");
+        return 1;
+    } catch (const std::exception& e) {
+        // The last resort: every known cause is a UserError, but no input may end in abort().
+        std::fflush(stdout);
+        fmt::print(stderr, "gradc: error: {}\n", e.what());
+        return 1;
+    } catch (...) {
+        std::fflush(stdout);
+        fmt::print(stderr, "gradc: error: an unexpected failure (an exception of unknown type)\n");
         return 1;
     }
 }

@@ -1,12 +1,13 @@
 /* example.c - a C program that links a model compiled ahead of time by `gradc compile`.
  *   example PARAMS.safetensors GRADS.out
- * Loads the parameters (a safetensors file that gradc wrote, tensors in parameter order as
- * float32), runs the backward function on a deterministic batch, and writes the gradients
- * as raw float32 for the test to compare with the JIT's. Built with plain `cc`: no LLVM. */
+ * Loads the parameters (a safetensors file that gradc wrote: float32 tensors, found by name),
+ * runs the backward function on a deterministic batch, and writes the gradients as raw
+ * float32 for the test to compare with the JIT's. Built with plain `cc`: no LLVM. */
 #include "model.h"
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 int main(int argc, char** argv) {
     if (argc != 3) {
@@ -28,10 +29,31 @@ int main(int argc, char** argv) {
     }
     long header = 0;
     for (int i = 7; i >= 0; --i) header = header * 256 + len[i];
-    if (fseek(f, 8 + header, SEEK_SET) != 0 || fread(params, sizeof(float), MODEL_PARAMETERS, f) != MODEL_PARAMETERS) {
-        fprintf(stderr, "%s: not %d float32 parameters\n", argv[1], MODEL_PARAMETERS);
+    char* json = header > 0 && header < (1L << 24) ? malloc((size_t)header + 1) : NULL;
+    if (!json || fread(json, 1, (size_t)header, f) != (size_t)header) {
+        fprintf(stderr, "%s: cannot read the header\n", argv[1]);
         return 1;
     }
+    json[header] = '\0';
+    /* Each parameter by its name: the file holds batchnorm's running statistics too, as
+       PyTorch's state_dict does: "NAME":{..., "data_offsets":[BEGIN,END]} in the header. */
+    for (int p = 0; p < (int)(sizeof model_parameters / sizeof model_parameters[0]); ++p) {
+        char key[300];
+        snprintf(key, sizeof key, "\"%s\":{", model_parameters[p].name);
+        const char* at = strstr(json, key);
+        const char* close = at ? strchr(at + strlen(key), '}') : NULL;
+        at = at ? strstr(at, "\"data_offsets\":[") : NULL;
+        long begin = 0, end = 0;
+        if (!at || at > close || sscanf(at + strlen("\"data_offsets\":["), "%ld,%ld", &begin, &end) != 2 ||
+            end - begin != model_parameters[p].count * (long)sizeof(float) ||
+            fseek(f, 8 + header + begin, SEEK_SET) != 0 ||
+            fread(params + model_parameters[p].offset, sizeof(float), (size_t)model_parameters[p].count, f) !=
+                (size_t)model_parameters[p].count) {
+            fprintf(stderr, "%s: no float32 tensor %s\n", argv[1], model_parameters[p].name);
+            return 1;
+        }
+    }
+    free(json);
     fclose(f);
     /* The same batch the test's reference computes: inputs in [-1, 1), labels cycling. */
     for (long i = 0; i < MODEL_BATCH * MODEL_INPUTS; ++i) x[i] = (float)((i * 37) % 255) / 127.5f - 1.0f;
