@@ -112,7 +112,7 @@ void checkOutputDirectory(const std::string& path, const std::string& what) {
             if (!writable(p, W_OK | X_OK)) cannotWrite(path, what, fmt::format("'{}': {}", p, std::strerror(errno)));
             return;
         }
-        if (errno != ENOENT) cannotWrite(path, what, fmt::format("'{}': {}", p, std::strerror(errno)));
+        if (errno != ENOENT && errno != ENOTDIR) cannotWrite(path, what, fmt::format("'{}': {}", p, std::strerror(errno)));
         const std::string up = folderOf(p);
         if (up == p) cannotWrite(path, what, std::strerror(ENOENT));
         p = up;
@@ -215,10 +215,10 @@ OutputSet::Identity OutputSet::identify(const std::string& path) {
 void OutputSet::claim(const std::string& path, const std::string& what, const Identity& id, bool isOutput) {
     for (const Claim& c : claimed_) {
         if (!(c.id == id) || (!isOutput && !c.output)) continue; // two inputs may be one file
-        const std::string how = c.path == path ? "" : fmt::format(" '{}'", c.path);
-        if (isOutput && c.output) cannotWrite(path, what, fmt::format("it is the same file as another output{}", how));
-        if (isOutput) cannotWrite(path, what, fmt::format("it is the same file as the input{}", how));
-        cannotWrite(c.path, c.what, fmt::format("it is the same file as the input{}", how.empty() ? "" : fmt::format(" '{}'", path)));
+        if (isOutput)
+            cannotWrite(path, what, fmt::format("it is the same file as {} '{}'",
+                                                c.output ? (c.what.empty() ? "the output" : c.what) : "the input", c.path));
+        cannotWrite(c.path, c.what, fmt::format("it is the same file as the input '{}'", path));
     }
     claimed_.push_back({path, what, id, isOutput});
 }
