@@ -25,7 +25,8 @@ UserError fileError(const std::string& path, const std::string& msg) {
     return UserError({makeSourceFile(path, ""), 0, 0}, msg);
 }
 
-[[noreturn]] void cannotWrite(const std::string& path, const std::string& what, const std::string& why) {
+[[noreturn]] void cannotWrite(const std::string& path, const std::string& what,
+                              const std::string& why) {
     throw fileError(path, fmt::format("cannot write{}{}: {}", what.empty() ? "" : " ", what, why));
 }
 
@@ -40,7 +41,9 @@ std::string nameOf(const std::string& p) {
     return slash == std::string::npos ? p : p.substr(slash + 1);
 }
 
-bool writable(const std::string& p, int mode = W_OK) { return ::faccessat(AT_FDCWD, p.c_str(), mode, AT_EACCESS) == 0; }
+bool writable(const std::string& p, int mode = W_OK) {
+    return ::faccessat(AT_FDCWD, p.c_str(), mode, AT_EACCESS) == 0;
+}
 
 /// Follows `path` through its chain of symlinks to the file they name (which may not exist
 /// yet). `throughProc` is set when a link lies under /proc (/dev/stdout -> /proc/self/fd/1):
@@ -57,7 +60,7 @@ std::string followLinks(const std::string& path, const std::string& what, bool& 
         const ssize_t n = ::readlink(p.c_str(), link.data(), link.size());
         if (n < 0) cannotWrite(path, what, std::strerror(errno));
         link.resize(size_t(n));
-        p = link[0] == '/' ? link : folderOf(p) + "/" + link;
+        p = !link.empty() && link[0] == '/' ? link : folderOf(p) + "/" + link;
     }
 }
 
@@ -71,11 +74,14 @@ OutputTarget checkOutput(const std::string& path, const std::string& what) {
     bool throughProc = false;
     t.target = followLinks(path, what, throughProc);
     struct stat st {};
-    if (throughProc && ::stat(path.c_str(), &st) != 0) cannotWrite(path, what, std::strerror(errno));
+    if (throughProc && ::stat(path.c_str(), &st) != 0)
+        cannotWrite(path, what, std::strerror(errno));
     // Devices and FIFOs (also when reached through /proc's links to open files) are written
     // through, as a shell's `>` would.
-    if (::stat(path.c_str(), &st) == 0 && !S_ISDIR(st.st_mode) && (throughProc || !S_ISREG(st.st_mode))) {
-        if (!S_ISREG(st.st_mode) && !S_ISCHR(st.st_mode) && !S_ISBLK(st.st_mode) && !S_ISFIFO(st.st_mode))
+    if (::stat(path.c_str(), &st) == 0 && !S_ISDIR(st.st_mode) &&
+        (throughProc || !S_ISREG(st.st_mode))) {
+        if (!S_ISREG(st.st_mode) && !S_ISCHR(st.st_mode) && !S_ISBLK(st.st_mode) &&
+            !S_ISFIFO(st.st_mode))
             cannotWrite(path, what, "it is not a file, a device or a FIFO");
         if (!writable(path)) cannotWrite(path, what, std::strerror(errno));
         t.target = path, t.exists = true, t.writeThrough = true, t.mode = st.st_mode;
@@ -92,8 +98,10 @@ OutputTarget checkOutput(const std::string& path, const std::string& what) {
     }
     const std::string folder = folderOf(t.target);
     if (::stat(folder.c_str(), &st) != 0)
-        cannotWrite(path, what, errno == ENOENT ? fmt::format("the folder '{}' does not exist", folder)
-                                                : fmt::format("the folder '{}': {}", folder, std::strerror(errno)));
+        cannotWrite(path, what,
+                    errno == ENOENT
+                        ? fmt::format("the folder '{}' does not exist", folder)
+                        : fmt::format("the folder '{}': {}", folder, std::strerror(errno)));
     if (!S_ISDIR(st.st_mode)) cannotWrite(path, what, fmt::format("'{}' is not a folder", folder));
     if (!writable(folder, W_OK | X_OK))
         cannotWrite(path, what, fmt::format("the folder '{}': {}", folder, std::strerror(errno)));
@@ -103,16 +111,20 @@ OutputTarget checkOutput(const std::string& path, const std::string& what) {
 void checkOutputDirectory(const std::string& path, const std::string& what) {
     if (path.empty()) cannotWrite(path, what, "the folder name is empty");
     std::string p = path;
-    while (p.size() > 1 && p.back() == '/') p.pop_back();
+    while (p.size() > 1 && p.back() == '/')
+        p.pop_back();
     // The nearest part of the path that exists must be a folder we may write in.
     for (;;) {
         struct stat st {};
         if (::stat(p.c_str(), &st) == 0) {
-            if (!S_ISDIR(st.st_mode)) cannotWrite(path, what, fmt::format("'{}' is not a folder", p));
-            if (!writable(p, W_OK | X_OK)) cannotWrite(path, what, fmt::format("'{}': {}", p, std::strerror(errno)));
+            if (!S_ISDIR(st.st_mode))
+                cannotWrite(path, what, fmt::format("'{}' is not a folder", p));
+            if (!writable(p, W_OK | X_OK))
+                cannotWrite(path, what, fmt::format("'{}': {}", p, std::strerror(errno)));
             return;
         }
-        if (errno != ENOENT && errno != ENOTDIR) cannotWrite(path, what, fmt::format("'{}': {}", p, std::strerror(errno)));
+        if (errno != ENOENT && errno != ENOTDIR)
+            cannotWrite(path, what, fmt::format("'{}': {}", p, std::strerror(errno)));
         const std::string up = folderOf(p);
         if (up == p) cannotWrite(path, what, std::strerror(ENOENT));
         p = up;
@@ -136,7 +148,8 @@ PendingFile::PendingFile(OutputTarget target) : t_(std::move(target)) {
         const size_t keep = std::min(name.size(), size_t(NAME_MAX) - 1 - suffix.size());
         tmp_ = fmt::format("{}/.{}{}", folder, name.substr(0, keep), suffix);
         // An existing file's contents may be private: its temporary is too, until commit().
-        fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, t_.exists ? 0600 : 0666);
+        fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW,
+                     t_.exists ? 0600 : 0666);
         if (fd_ >= 0) return;
         if (errno != EEXIST || attempt == 100) {
             const int err = errno;
@@ -212,12 +225,16 @@ OutputSet::Identity OutputSet::identify(const std::string& path) {
     return id;
 }
 
-void OutputSet::claim(const std::string& path, const std::string& what, const Identity& id, bool isOutput) {
+void OutputSet::claim(const std::string& path, const std::string& what, const Identity& id,
+                      bool isOutput) {
     for (const Claim& c : claimed_) {
         if (!(c.id == id) || (!isOutput && !c.output)) continue; // two inputs may be one file
         if (isOutput)
-            cannotWrite(path, what, fmt::format("it is the same file as {} '{}'",
-                                                c.output ? (c.what.empty() ? "the output" : c.what) : "the input", c.path));
+            cannotWrite(
+                path, what,
+                fmt::format("it is the same file as {} '{}'",
+                            c.output ? (c.what.empty() ? "the output" : c.what) : "the input",
+                            c.path));
         cannotWrite(c.path, c.what, fmt::format("it is the same file as the input '{}'", path));
     }
     claimed_.push_back({path, what, id, isOutput});
@@ -244,7 +261,8 @@ void OutputSet::directory(const std::string& path, const std::string& what) {
 OutputSet::Entry& OutputSet::entry(const std::string& path) {
     for (auto& e : outputs_)
         if (e.target.path == path) return e;
-    internalError(__FILE__, __LINE__, "declared", fmt::format("output '{}' was not declared", path));
+    internalError(__FILE__, __LINE__, "declared",
+                  fmt::format("output '{}' was not declared", path));
 }
 
 void OutputSet::set(const std::string& path, std::string bytes) {
@@ -287,7 +305,8 @@ std::string readWholeFile(const std::string& path, const char* what) {
     struct stat st {};
     if (::stat(path.c_str(), &st) != 0)
         throw fileError(path, fmt::format("cannot open {}: {}", what, std::strerror(errno)));
-    if (S_ISDIR(st.st_mode)) throw fileError(path, fmt::format("cannot read {}: it is a directory", what));
+    if (S_ISDIR(st.st_mode))
+        throw fileError(path, fmt::format("cannot read {}: it is a directory", what));
     std::ifstream in(path, std::ios::binary);
     if (!in) throw fileError(path, fmt::format("cannot open {}: {}", what, std::strerror(errno)));
     std::string data((std::istreambuf_iterator<char>(in)), {});

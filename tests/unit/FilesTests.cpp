@@ -7,15 +7,15 @@
 
 #include <catch2/catch.hpp>
 
+#include <fcntl.h>
 #include <filesystem>
 #include <fstream>
 #include <functional>
 #include <regex>
 #include <set>
-#include <thread>
-#include <fcntl.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
+#include <thread>
 #include <unistd.h>
 
 using namespace gradc;
@@ -25,13 +25,16 @@ namespace {
 
 struct Scratch {
     fs::path dir;
-    explicit Scratch(const std::string& name) : dir(fs::temp_directory_path() / ("gradc_files_" + name)) {
+    explicit Scratch(const std::string& name)
+        : dir(fs::temp_directory_path() / ("gradc_files_" + name)) {
         fs::remove_all(dir);
         fs::create_directories(dir);
     }
     ~Scratch() { fs::remove_all(dir); }
     std::string path(const std::string& f) const { return (dir / f).string(); }
-    void write(const std::string& f, const std::string& bytes) const { std::ofstream(dir / f, std::ios::binary) << bytes; }
+    void write(const std::string& f, const std::string& bytes) const {
+        std::ofstream(dir / f, std::ios::binary) << bytes;
+    }
     std::string read(const std::string& f) const {
         std::ifstream in(dir / f, std::ios::binary);
         return {std::istreambuf_iterator<char>(in), {}};
@@ -40,7 +43,8 @@ struct Scratch {
     std::vector<std::string> others(const std::set<std::string>& keep) const {
         std::vector<std::string> out;
         for (auto& e : fs::directory_iterator(dir))
-            if (!keep.count(e.path().filename().string())) out.push_back(e.path().filename().string());
+            if (!keep.count(e.path().filename().string()))
+                out.push_back(e.path().filename().string());
         return out;
     }
 };
@@ -62,7 +66,8 @@ struct stat statOf(const std::string& p) {
 
 } // namespace
 
-TEST_CASE("Outputs: a regular file is replaced atomically and keeps its mode; a new one is created", "[files]") {
+TEST_CASE("Outputs: a regular file is replaced atomically and keeps its mode; a new one is created",
+          "[files]") {
     Scratch s("regular");
     s.write("old", "old contents");
     REQUIRE(::chmod(s.path("old").c_str(), 0600) == 0);
@@ -95,7 +100,7 @@ TEST_CASE("Outputs: a symlink is followed; its target is replaced and the link s
     fs::create_directories(s.dir / "sub");
     s.write("sub/target", "old");
     REQUIRE(::chmod(s.path("sub/target").c_str(), 0600) == 0);
-    fs::create_symlink("sub/target", s.dir / "link");  // relative
+    fs::create_symlink("sub/target", s.dir / "link");    // relative
     fs::create_symlink(s.path("link"), s.dir / "link2"); // absolute, to a link
     writeFileAtomically(s.path("link2"), "new");
     CHECK(fs::is_symlink(s.dir / "link"));
@@ -117,7 +122,8 @@ TEST_CASE("Outputs: a symlink is followed; its target is replaced and the link s
                Catch::Contains("loop1: error: cannot write: Too many levels of symbolic links"));
 }
 
-TEST_CASE("Outputs: a hard link gets a new file; the other names keep the old contents", "[files]") {
+TEST_CASE("Outputs: a hard link gets a new file; the other names keep the old contents",
+          "[files]") {
     Scratch s("hardlink");
     s.write("a", "old");
     fs::create_hard_link(s.dir / "a", s.dir / "b");
@@ -130,7 +136,9 @@ TEST_CASE("Outputs: a hard link gets a new file; the other names keep the old co
     OutputSet out;
     out.output(s.path("a"));
     CHECK_THAT(errorOf([&] { out.output(s.path("c")); }),
-               Catch::StartsWith(s.path("c") + ": error: cannot write: it is the same file as the output '" + s.path("a") + "'"));
+               Catch::StartsWith(s.path("c") +
+                                 ": error: cannot write: it is the same file as the output '" +
+                                 s.path("a") + "'"));
 }
 
 TEST_CASE("Outputs: a device is written through and stays a device", "[files]") {
@@ -149,7 +157,8 @@ TEST_CASE("Outputs: a device is written through and stays a device", "[files]") 
     // Every write is checked: /dev/full is a device that is always full.
     if (::access("/dev/full", W_OK) == 0) {
         PendingFile full(checkOutput("/dev/full"));
-        CHECK_THAT(errorOf([&] { full.write("x"); }), Catch::StartsWith("/dev/full: error: cannot write: No space left on device"));
+        CHECK_THAT(errorOf([&] { full.write("x"); }),
+                   Catch::StartsWith("/dev/full: error: cannot write: No space left on device"));
     }
 }
 
@@ -172,22 +181,25 @@ TEST_CASE("Outputs: what cannot be an output is refused before any work", "[file
     Scratch s("refused");
     fs::create_directories(s.dir / "dir");
     s.write("file", "x");
-    CHECK_THAT(errorOf([&] { checkOutput(s.path("dir"), "the figure"); }),
-               Catch::StartsWith(s.path("dir") + ": error: cannot write the figure: it is a directory"));
+    CHECK_THAT(
+        errorOf([&] { checkOutput(s.path("dir"), "the figure"); }),
+        Catch::StartsWith(s.path("dir") + ": error: cannot write the figure: it is a directory"));
     CHECK_THAT(errorOf([&] { checkOutput(s.path("dir/")); }), Catch::Contains("it names a folder"));
     CHECK_THAT(errorOf([&] { checkOutput(s.path("missing/x.svg")); }),
-               Catch::StartsWith(s.path("missing/x.svg") + ": error: cannot write: the folder '" + s.path("missing") +
-                                 "' does not exist"));
-    CHECK_THAT(errorOf([&] { checkOutput(s.path("file/x.svg")); }), Catch::Contains("Not a directory"));
+               Catch::StartsWith(s.path("missing/x.svg") + ": error: cannot write: the folder '" +
+                                 s.path("missing") + "' does not exist"));
+    CHECK_THAT(errorOf([&] { checkOutput(s.path("file/x.svg")); }),
+               Catch::Contains("Not a directory"));
     CHECK_THAT(errorOf([&] { checkOutputDirectory(s.path("file/sub"), "the log directory"); }),
-               Catch::StartsWith(s.path("file/sub") + ": error: cannot write the log directory: '" + s.path("file") +
-                                 "' is not a folder"));
+               Catch::StartsWith(s.path("file/sub") + ": error: cannot write the log directory: '" +
+                                 s.path("file") + "' is not a folder"));
     checkOutputDirectory(s.path("new/deeper")); // made later, in a folder that may be written
     CHECK_FALSE(fs::exists(s.dir / "new"));
     if (::geteuid() != 0) { // root may write anywhere
         fs::create_directories(s.dir / "ro");
         fs::permissions(s.dir / "ro", fs::perms::owner_read | fs::perms::owner_exec);
-        CHECK_THAT(errorOf([&] { checkOutput(s.path("ro/x")); }), Catch::Contains("Permission denied"));
+        CHECK_THAT(errorOf([&] { checkOutput(s.path("ro/x")); }),
+                   Catch::Contains("Permission denied"));
         fs::permissions(s.dir / "ro", fs::perms::owner_all);
     }
 }
@@ -201,20 +213,27 @@ TEST_CASE("Outputs: no two outputs, and no output and input, are one file", "[fi
         OutputSet out;
         out.input(s.path("model.nn"));
         CHECK_THAT(errorOf([&] { out.output(s.path("model.nn"), "the figure"); }),
-                   Catch::StartsWith(s.path("model.nn") + ": error: cannot write the figure: it is the same file as the input"));
-        CHECK_THAT(errorOf([&] { out.output(s.path("alias.nn")); }), Catch::Contains("the same file as the input"));
-        CHECK_THAT(errorOf([&] { out.output(s.path("sub/../model.nn")); }), Catch::Contains("the same file as the input"));
+                   Catch::StartsWith(
+                       s.path("model.nn") +
+                       ": error: cannot write the figure: it is the same file as the input"));
+        CHECK_THAT(errorOf([&] { out.output(s.path("alias.nn")); }),
+                   Catch::Contains("the same file as the input"));
+        CHECK_THAT(errorOf([&] { out.output(s.path("sub/../model.nn")); }),
+                   Catch::Contains("the same file as the input"));
     }
     {
         // Files that do not exist yet are compared by their resolved paths.
         OutputSet out;
         out.output(s.path("x.o"));
         CHECK_THAT(errorOf([&] { out.output(s.path("sub/../x.o"), "the header"); }),
-                   Catch::StartsWith(s.path("sub/../x.o") + ": error: cannot write the header: it is the same file as the output '" +
-                                     s.path("x.o") + "'"));
+                   Catch::StartsWith(
+                       s.path("sub/../x.o") +
+                       ": error: cannot write the header: it is the same file as the output '" +
+                       s.path("x.o") + "'"));
         // An input declared after the output it is.
         CHECK_THAT(errorOf([&] { out.input(s.path("x.o")); }),
-                   Catch::StartsWith(s.path("x.o") + ": error: cannot write: it is the same file as the input"));
+                   Catch::StartsWith(s.path("x.o") +
+                                     ": error: cannot write: it is the same file as the input"));
         out.input(s.path("model.nn"));
         out.input(s.path("alias.nn")); // two inputs may be one file
     }
@@ -258,7 +277,8 @@ TEST_CASE("Outputs: a run that fails leaves every file as it was and no temporar
     CHECK(s.others({"p", "q", "log"}).empty());
 }
 
-TEST_CASE("Outputs: a 255-character name works (the temporary's name stays within NAME_MAX)", "[files]") {
+TEST_CASE("Outputs: a 255-character name works (the temporary's name stays within NAME_MAX)",
+          "[files]") {
     Scratch s("long");
     for (size_t n : {250, 255}) {
         const std::string name = std::string(n - 4, 'a') + ".svg";
@@ -271,7 +291,8 @@ TEST_CASE("Outputs: a 255-character name works (the temporary's name stays withi
     CHECK(s.others({std::string(246, 'a') + ".svg", std::string(251, 'a') + ".svg"}).empty());
 }
 
-TEST_CASE("TensorBoard event files are named as SummaryWriter names them and never overwritten", "[files][train]") {
+TEST_CASE("TensorBoard event files are named as SummaryWriter names them and never overwritten",
+          "[files][train]") {
     Scratch s("events");
     const std::string dir = s.path("tb");
     std::string first, second;
@@ -286,11 +307,13 @@ TEST_CASE("TensorBoard event files are named as SummaryWriter names them and nev
     CHECK(first != second);
     char host[256] = {};
     REQUIRE(::gethostname(host, sizeof host - 1) == 0);
-    const std::regex name("events\\.out\\.tfevents\\.[0-9]{10}\\." + std::regex_replace(host, std::regex("[.^$|()\\[\\]{}*+?\\\\]"), "\\$&") +
+    const std::regex name("events\\.out\\.tfevents\\.[0-9]{10}\\." +
+                          std::regex_replace(host, std::regex("[.^$|()\\[\\]{}*+?\\\\]"), "\\$&") +
                           "\\." + std::to_string(::getpid()) + "\\.[0-9]+");
     CHECK(std::regex_match(fs::path(first).filename().string(), name));
     CHECK(std::regex_match(fs::path(second).filename().string(), name));
     size_t files = 0;
-    for (auto& e : fs::directory_iterator(dir)) files += fs::file_size(e.path()) > 0;
+    for (auto& e : fs::directory_iterator(dir))
+        files += fs::file_size(e.path()) > 0;
     CHECK(files == 2);
 }
