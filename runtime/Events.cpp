@@ -12,10 +12,14 @@
 #include <fmt/format.h>
 
 #include <array>
+#include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <fcntl.h>
 #include <filesystem>
+#include <unistd.h>
 
 namespace gradc {
 
@@ -78,14 +82,28 @@ EventWriter::EventWriter(const std::string& dir) {
     std::error_code ec;
     std::filesystem::create_directories(dir, ec);
     if (ec) throw UserError({makeSourceFile(dir, ""), 0, 0}, fmt::format("cannot create the log directory: {}", ec.message()));
-    path_ = fmt::format("{}/events.out.tfevents.{}.gradc", dir, int64_t(now()));
-    file_ = std::fopen(path_.c_str(), "wb");
-    if (!file_) throw UserError({makeSourceFile(path_, ""), 0, 0}, fmt::format("cannot write: {}", std::strerror(errno)));
+    char host[256] = {};
+    if (::gethostname(host, sizeof host - 1) != 0 || !host[0]) std::strcpy(host, "localhost");
+    for (char* c = host; *c; ++c)
+        if (*c == '/') *c = '_';
+    static std::atomic<unsigned> counter{0};
+    for (int attempt = 0;; ++attempt) {
+        path_ = fmt::format("{}/events.out.tfevents.{:010d}.{}.{}.{}", dir, int64_t(now()), host, ::getpid(), counter++);
+        const int fd = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+        if (fd >= 0 && (file_ = ::fdopen(fd, "wb"))) break;
+        const int err = errno;
+        if (fd >= 0) ::close(fd);
+        if (err != EEXIST || attempt == 100) throw UserError({makeSourceFile(path_, ""), 0, 0}, fmt::format("cannot write: {}", std::strerror(err)));
+    }
     record(proto::float64(1, now()) + proto::bytes(3, "brain.Event:2"));
 }
 
 EventWriter::~EventWriter() {
     if (file_) std::fclose(file_);
+}
+
+void EventWriter::fail() const {
+    throw UserError({makeSourceFile(path_, ""), 0, 0}, fmt::format("cannot write: {}", std::strerror(errno ? errno : EIO)));
 }
 
 void EventWriter::record(const std::string& e) {
@@ -94,9 +112,10 @@ void EventWriter::record(const std::string& e) {
     std::memcpy(header, &n, 8);
     uint32_t lengthCrc = maskedCrc32c(header, 8), dataCrc = maskedCrc32c(e.data(), e.size());
     std::memcpy(header + 8, &lengthCrc, 4);
-    std::fwrite(header, 1, 12, file_);
-    std::fwrite(e.data(), 1, e.size(), file_);
-    std::fwrite(&dataCrc, 1, 4, file_);
+    errno = 0;
+    if (std::fwrite(header, 1, 12, file_) != 12 || std::fwrite(e.data(), 1, e.size(), file_) != e.size() ||
+        std::fwrite(&dataCrc, 1, 4, file_) != 4)
+        fail();
 }
 
 void EventWriter::scalar(const std::string& tag, int64_t step, double value) {
@@ -120,6 +139,16 @@ void EventWriter::histogram(const std::string& tag, int64_t step, const TensorSt
     record(event(step, proto::bytes(1, tag) + proto::bytes(5, histo)));
 }
 
-void EventWriter::flush() { std::fflush(file_); }
+void EventWriter::flush() {
+    errno = 0;
+    if (std::fflush(file_) != 0) fail();
+}
+
+void EventWriter::close() {
+    std::FILE* f = file_;
+    file_ = nullptr;
+    errno = 0;
+    if (f && std::fclose(f) != 0) fail();
+}
 
 } // namespace gradc

@@ -17,7 +17,9 @@ uint32_t maskedCrc32c(const void* data, size_t n);
 
 class EventWriter {
 public:
-    /// Creates DIR (and parents) and DIR/events.out.tfevents.TIME.gradc; throws UserError.
+    /// Creates DIR (and parents) and a new file in it named as PyTorch's SummaryWriter names
+    /// its files, events.out.tfevents.TIME.HOSTNAME.PID.N (N counts the files this process
+    /// made), opened exclusively: an existing file is never overwritten. Throws UserError.
     explicit EventWriter(const std::string& dir);
     ~EventWriter();
     EventWriter(const EventWriter&) = delete;
@@ -26,11 +28,14 @@ public:
     void scalar(const std::string& tag, int64_t step, double value);
     /// The statistics' histogram (its bins become TensorBoard's buckets).
     void histogram(const std::string& tag, int64_t step, const TensorStats& s);
+    /// Every write is checked: these throw UserError naming the file.
     void flush();
+    void close();
     const std::string& path() const { return path_; }
 
 private:
     void record(const std::string& event);
+    [[noreturn]] void fail() const;
     std::string path_;
     std::FILE* file_ = nullptr;
 };

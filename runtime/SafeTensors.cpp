@@ -109,8 +109,8 @@ std::map<std::string, Tensor> readSafetensors(const std::string& path, std::map<
     return out;
 }
 
-void writeSafetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors, bool f64,
-                      const std::set<std::string>& integers) {
+std::string encodeSafetensors(const std::vector<std::pair<std::string, Tensor>>& tensors, bool f64,
+                              const std::set<std::string>& integers) {
     nlohmann::ordered_json header;
     header["__metadata__"] = {{"format", "pt"}, {"writer", "gradc"}};
     std::string body;
@@ -135,7 +135,12 @@ void writeSafetensors(const std::string& path, const std::vector<std::pair<std::
     std::string out(8, '\0');
     uint64_t n = json.size();
     for (int i = 0; i < 8; ++i) out[size_t(i)] = char(n >> (8 * i));
-    writeFileAtomically(path, out + json + body);
+    return out + json + body;
+}
+
+void writeSafetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors, bool f64,
+                      const std::set<std::string>& integers) {
+    writeFileAtomically(path, encodeSafetensors(tensors, f64, integers));
 }
 
 Bindings loadParameters(const Graph& g, const std::string& path) {

@@ -17,8 +17,12 @@ namespace gradc {
 std::map<std::string, Tensor> readSafetensors(const std::string& path,
                                               std::map<std::string, std::string>* dtypes = nullptr);
 
-/// Writes the tensors as F32 (or F64; those named in `integers` as I64), in the given
-/// order, atomically.
+/// The bytes of a safetensors file of the tensors as F32 (or F64; those named in `integers`
+/// as I64), in the given order.
+std::string encodeSafetensors(const std::vector<std::pair<std::string, Tensor>>& tensors, bool f64 = false,
+                              const std::set<std::string>& integers = {});
+
+/// Writes encodeSafetensors(...) to `path`, atomically.
 void writeSafetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
                       bool f64 = false, const std::set<std::string>& integers = {});
 

@@ -9,7 +9,6 @@
 
 #include <chrono>
 #include <cmath>
-#include <fstream>
 #include <memory>
 
 namespace gradc {
@@ -96,6 +95,12 @@ nlohmann::ordered_json epochJson(const EpochRecord& r) {
 
 } // namespace
 
+void declareTrainOutputs(OutputSet& outputs, const TrainOptions& o) {
+    outputs.output(o.save, "the parameter file");
+    outputs.output(o.log, "the log file");
+    outputs.directory(o.logdir, "the log directory");
+}
+
 TrainResult train(Engine& engine, const DataSplit& data, const TrainOptions& o,
                   const std::function<void(const std::string&)>& say) {
     using Clock = std::chrono::steady_clock;
@@ -105,11 +110,10 @@ TrainResult train(Engine& engine, const DataSplit& data, const TrainOptions& o,
     const int64_t stepsPerEpoch = int64_t(data.fit.size()) / B; // the last partial batch is dropped
     if (stepsPerEpoch < 1)
         throw UserError({}, fmt::format("{} training examples make no batch of {}", data.fit.size(), B));
-    std::unique_ptr<std::ofstream> log;
-    if (!o.log.empty()) {
-        log = std::make_unique<std::ofstream>(o.log, std::ios::trunc);
-        if (!*log) throw UserError({makeSourceFile(o.log, ""), 0, 0}, "cannot write the log file");
-    }
+    OutputSet own;
+    OutputSet& outputs = o.outputs ? *o.outputs : own;
+    if (!o.outputs) declareTrainOutputs(own, o);
+    PendingFile* log = o.log.empty() ? nullptr : &outputs.stream(o.log);
     std::unique_ptr<EventWriter> events;
     if (!o.logdir.empty()) events = std::make_unique<EventWriter>(o.logdir);
 
@@ -158,7 +162,7 @@ TrainResult train(Engine& engine, const DataSplit& data, const TrainOptions& o,
                         o.progressBar ? "\r\033[K" : "", epoch, r.trainLoss, r.valLoss, 100 * r.valAccuracy,
                         improved ? " (best)" : "       ", r.seconds,
                         done < stepsPerEpoch ? fmt::format(", {} of {} steps", done, stepsPerEpoch) : ""));
-        if (log) *log << epochJson(r).dump() << '\n' << std::flush;
+        if (log) log->write(epochJson(r).dump() + "\n");
         if (events) {
             events->scalar("loss/train", step, r.trainLoss);
             events->scalar("loss/val", step, r.valLoss);
@@ -186,7 +190,7 @@ TrainResult train(Engine& engine, const DataSplit& data, const TrainOptions& o,
     result.testAccuracy = t.accuracy, result.testLoss = t.loss;
     result.seconds = std::chrono::duration<double>(Clock::now() - start).count();
     if (log)
-        *log << nlohmann::ordered_json{{"end", true},
+        log->write(nlohmann::ordered_json{{"end", true},
                                {"best_epoch", result.bestEpoch},
                                {"best_val_accuracy", number(result.bestValAccuracy)},
                                {"test_accuracy", number(result.testAccuracy)},
@@ -195,13 +199,11 @@ TrainResult train(Engine& engine, const DataSplit& data, const TrainOptions& o,
                                {"seconds", result.seconds},
                                {"stopped_early", result.stoppedEarly},
                                {"interrupted", result.interrupted}}
-                    .dump()
-             << '\n'
-             << std::flush;
-    if (events && result.bestEpoch > 0) {
-        events->scalar("accuracy/test", step, result.testAccuracy);
-        events->flush();
-    }
+                       .dump() +
+                   "\n");
+    if (events && result.bestEpoch > 0) events->scalar("accuracy/test", step, result.testAccuracy);
+    if (events) events->close();
+    if (!o.outputs) own.commit();
     return result;
 }
 

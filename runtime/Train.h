@@ -4,6 +4,7 @@
 
 #include "Data.h"
 #include "Engine.h"
+#include "Files.h"
 #include "Stats.h"
 
 #include <csignal>
@@ -42,6 +43,10 @@ struct TrainOptions {
     std::string save;            ///< the best epoch's parameters, rewritten whenever it improves
     std::string log;             ///< JSON lines, one per epoch and one at the end
     std::string logdir;          ///< TensorBoard event files
+    /// The run's outputs, where save, log and logdir are declared (and checked) before any
+    /// data is loaded; the log is streamed to its temporary and put in place by the caller's
+    /// commit(). Without it, train() checks them itself and commits the log when it returns.
+    OutputSet* outputs = nullptr;
     int64_t maxSteps = 0;        ///< stop after this many steps in all (0: no limit)
     bool progressBar = false;    ///< redraw one line per step (on a terminal)
 };
@@ -64,8 +69,12 @@ struct TrainResult {
 /// Set by SIGINT while train() runs: it finishes the step, keeps what was trained and returns.
 extern volatile std::sig_atomic_t gInterrupted;
 
+/// Declares (and checks) the outputs of a training run: --save, --log, --logdir.
+void declareTrainOutputs(OutputSet& outputs, const TrainOptions& o);
+
 /// Trains `engine` (its optimiser already chosen); `say` receives the progress lines. At the
-/// end the engine holds the best epoch's parameters and the result its test accuracy.
+/// end the engine holds the best epoch's parameters and the result its test accuracy. A run
+/// that throws leaves an existing log file as it was.
 TrainResult train(Engine& engine, const DataSplit& data, const TrainOptions& o,
                   const std::function<void(const std::string&)>& say);
 

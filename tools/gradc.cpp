@@ -128,6 +128,18 @@ void addCodegenOptions(po::options_description& d) {
         "no-cache", "compile afresh: neither read nor write the cache of compiled code");
 }
 
+/// Declares the IDX files of a data folder as inputs of a run, so no output replaces them.
+void declareDataInputs(OutputSet& outputs, const std::string& dir) {
+    for (const char* name : {"train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                             "t10k-labels-idx1-ubyte"})
+        for (const char* ext : {"", ".gz"}) outputs.input(fmt::format("{}/{}{}", dir, name, ext));
+}
+
+/// The value of a file option, or "" when it is not given.
+std::string fileOption(const po::variables_map& vm, const char* name) {
+    return vm.count(name) ? vm[name].as<std::string>() : std::string();
+}
+
 int runCheck(const po::variables_map& vm) {
     FrontEnd fe = compileFile(vm["model"].as<std::string>(), semaOptions(vm));
     const Graph& g = fe.graph;
@@ -187,6 +199,9 @@ int runDump(const po::variables_map& vm) {
 
 /// `gradc act sigmoid relu ...`: each activation and its derivative on [-5, 5].
 int runAct(const po::variables_map& vm) {
+    OutputSet outputs;
+    outputs.input(fileOption(vm, "model"));
+    outputs.output(fileOption(vm, "plot"), "the figure");
     ActivationTable table;
     if (vm.count("model")) {
         FrontEnd fe = compileFile(vm["model"].as<std::string>());
@@ -208,7 +223,8 @@ int runAct(const po::variables_map& vm) {
         acts.push_back(table.instantiate(ref));
     }
     if (vm.count("plot")) {
-        writeFileAtomically(vm["plot"].as<std::string>(), activationFigure(acts));
+        outputs.set(vm["plot"].as<std::string>(), activationFigure(acts));
+        outputs.commit();
         return 0;
     }
     fmt::print("{:>6}", "x");
@@ -244,9 +260,14 @@ int runCompile(const po::variables_map& vm) {
     o.source = vm["model"].as<std::string>();
     if (o.emit != "obj" && o.emit != "asm" && o.emit != "llvm")
         throw UsageError(fmt::format("--emit={} is not obj, asm or llvm", o.emit));
+    OutputSet outputs;
+    outputs.input(o.source);
+    outputs.output(fileOption(vm, "output"));
+    outputs.output(fileOption(vm, "header"), "the header");
     AotResult r = compileAhead(compileFile(o.source, semaOptions(vm)).graph, o);
-    writeFileAtomically(vm["output"].as<std::string>(), r.output);
-    if (vm.count("header")) writeFileAtomically(vm["header"].as<std::string>(), r.header);
+    outputs.set(vm["output"].as<std::string>(), r.output);
+    if (vm.count("header")) outputs.set(vm["header"].as<std::string>(), r.header);
+    outputs.commit();
     return 0;
 }
 
@@ -326,11 +347,18 @@ int runGrads(const po::variables_map& vm) {
     if (format != "table" && format != "json" && format != "csv")
         throw UsageError(fmt::format("--format={} is not a format (formats: table, json, csv)", format));
     std::vector<GradReport> reports;
-    auto fileOption = [&](const char* name) { return vm.count(name) ? vm[name].as<std::string>() : std::string(); };
-    const std::string paramsIn = fileOption("params"), paramsOut = fileOption("save-params"),
-                      gradsOut = fileOption("dump-grads"), plotOut = fileOption("plot");
+    const std::string paramsIn = fileOption(vm, "params"), paramsOut = fileOption(vm, "save-params"),
+                      gradsOut = fileOption(vm, "dump-grads"), plotOut = fileOption(vm, "plot");
     if ((!paramsIn.empty() || !paramsOut.empty() || !gradsOut.empty()) && models.size() != 1)
         throw UsageError("--params, --save-params and --dump-grads take exactly one model");
+    // Every output checked before any work; all written at the end, or none.
+    OutputSet outputs;
+    for (auto& path : models) outputs.input(path);
+    outputs.input(paramsIn);
+    declareDataInputs(outputs, dir);
+    outputs.output(paramsOut, "the parameter file");
+    outputs.output(gradsOut, "the gradient file");
+    outputs.output(plotOut, "the figure");
     std::vector<std::pair<std::string, Tensor>> paramsToSave, gradsToSave;
     std::set<std::string> integers; // num_batches_tracked, written as I64
 
@@ -400,13 +428,14 @@ int runGrads(const po::variables_map& vm) {
     if (format == "csv") fmt::print("{}", formatCsv(reports));
     // Files last: a run that fails earlier writes none.
     const bool wide = backend == "interp" || codegen.f64;
-    if (!paramsOut.empty()) writeSafetensors(paramsOut, paramsToSave, /*f64=*/false, integers);
-    if (!gradsOut.empty()) writeSafetensors(gradsOut, gradsToSave, wide);
+    if (!paramsOut.empty()) outputs.set(paramsOut, encodeSafetensors(paramsToSave, /*f64=*/false, integers));
+    if (!gradsOut.empty()) outputs.set(gradsOut, encodeSafetensors(gradsToSave, wide));
     if (!plotOut.empty()) {
         std::vector<std::string> names;
         for (auto& g : graphs) names.push_back(activationNames(g));
-        writeFileAtomically(plotOut, gradientFigure(reports, names));
+        outputs.set(plotOut, gradientFigure(reports, names));
     }
+    outputs.commit();
     return 0;
 }
 
@@ -530,8 +559,7 @@ int runTrain(const po::variables_map& vm) {
     if (o.maxSteps < 0) throw UsageError(fmt::format("--steps {} must not be negative", o.maxSteps));
     if (val < 1) throw UsageError(fmt::format("--val {} must be at least 1", val));
     if (limit < 0) throw UsageError(fmt::format("--limit {} must not be negative", limit));
-    auto fileOption = [&](const char* name) { return vm.count(name) ? vm[name].as<std::string>() : std::string(); };
-    o.save = fileOption("save"), o.log = fileOption("log"), o.logdir = fileOption("logdir");
+    o.save = fileOption(vm, "save"), o.log = fileOption(vm, "log"), o.logdir = fileOption(vm, "logdir");
     OptimizerOptions opt;
     opt.method = vm["optimizer"].as<std::string>();
     if (opt.method != "sgd" && opt.method != "adam")
@@ -549,6 +577,13 @@ int runTrain(const po::variables_map& vm) {
     }
     const std::string dir = vm["data"].as<std::string>(), path = vm["model"].as<std::string>();
     auto [mean, std] = parseNormalize(vm["normalize"].as<std::string>());
+    // Every output checked before any data is loaded or code compiled.
+    OutputSet outputs;
+    outputs.input(path);
+    outputs.input(fileOption(vm, "params"));
+    declareDataInputs(outputs, dir);
+    declareTrainOutputs(outputs, o);
+    o.outputs = &outputs;
     std::unique_ptr<Engine> engine = makeEngine(vm, batch, /*classes=*/10);
     engine->setOptimizer(opt);
     DataSplit data = loadSplit(dir, val, mean, std, limit);
@@ -565,6 +600,7 @@ int runTrain(const po::variables_map& vm) {
         std::fflush(stderr);
     });
     std::signal(SIGINT, SIG_DFL);
+    outputs.commit(); // the log, also when interrupted
     if (r.interrupted) fmt::print(stderr, "\ninterrupted: keeping what was trained\n");
     fmt::print("{}: best epoch {} of {}{}, validation accuracy {:.2f}%, test accuracy {:.2f}% ({:.1f} s)\n",
                engine->graph().model, r.bestEpoch, r.epochs.size(), r.stoppedEarly ? " (stopped early)" : "",
@@ -584,6 +620,11 @@ int runActs(const po::variables_map& vm) {
     const std::string format = vm["format"].as<std::string>();
     if (format != "table" && format != "json") throw UsageError(fmt::format("--format={} is not table or json", format));
     auto [mean, std] = parseNormalize(vm["normalize"].as<std::string>());
+    OutputSet outputs;
+    outputs.input(path);
+    outputs.input(fileOption(vm, "params"));
+    declareDataInputs(outputs, dir);
+    outputs.output(fileOption(vm, "plot"), "the figure");
     std::unique_ptr<Engine> engine = makeEngine(vm, count, /*classes=*/2);
     Examples ex = readExamples(dir, true, count);
     std::vector<int64_t> all(static_cast<size_t>(count));
@@ -611,9 +652,10 @@ int runActs(const po::variables_map& vm) {
     if (vm.count("plot")) {
         std::vector<std::pair<std::string, TensorStats>> panels;
         for (auto& [what, s] : layers) panels.emplace_back(fmt::format("{} - {}", s.name, what), s);
-        writeFileAtomically(vm["plot"].as<std::string>(),
-                            histogramFigure(fmt::format("Activation distribution of {}", g.model), panels, 4));
+        outputs.set(vm["plot"].as<std::string>(),
+                    histogramFigure(fmt::format("Activation distribution of {}", g.model), panels, 4));
     }
+    outputs.commit();
     return 0;
 }
 

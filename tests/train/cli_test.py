@@ -97,18 +97,28 @@ with tempfile.TemporaryDirectory() as tmp:
         check(len(lines) == 4 and lines[-1]["stopped_early"] and lines[-1]["best_epoch"] == 1,
               "without learning, training stops after 1 + patience epochs")
     elif CASE == "interrupt":
+        # The log goes to a temporary while training runs and replaces the old one at the end,
+        # also on Ctrl-C.
+        with open(log, "w") as f:
+            f.write('{"old": true}\n')
         p = subprocess.Popen([GRADC, "train", model("seed_sigmoid_bn"), "--epochs", "1000", "--log", log, "--save",
                               save, "--limit", "6000", "--val", "1000", "--no-progress"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.time() + 120
-        while time.time() < deadline and not (os.path.exists(log) and os.path.getsize(log) > 0):
-            time.sleep(0.2)
+        seen = ""
+        while "epoch   1:" not in seen:  # the first epoch is over
+            line = p.stderr.readline()
+            check(line, f"training runs: {seen}")
+            seen += line
+        check(open(log).read() == '{"old": true}\n', "the old log stays until the run ends")
         p.send_signal(signal.SIGINT)
         out, err = p.communicate(timeout=60)
         check(p.returncode == 130, f"Ctrl-C exits with 130, not {p.returncode}: {err}")
         check("interrupted" in err, "Ctrl-C is reported")
-        end = [json.loads(l) for l in open(log)][-1]
+        lines = [json.loads(l) for l in open(log)]
+        check(lines[0]["epoch"] == 1, "the new log, from the first epoch")
+        end = lines[-1]
         check(end["end"] and end["interrupted"], "the log's last line says interrupted")
+        check(sorted(os.listdir(tmp)) == ["best.safetensors", "log.jsonl"], f"no temporaries: {os.listdir(tmp)}")
         names = safetensors_names(save)
         check("layers.1.running_mean" in names and names["layers.1.num_batches_tracked"]["dtype"] == "I64",
               "what was trained is saved, running statistics included")
@@ -120,7 +130,8 @@ with tempfile.TemporaryDirectory() as tmp:
             (["--epochs", "0"], 2, "--epochs 0 is out of range"),
             (["--val", "60000"], 1, "--val 60000 leaves no training examples"),
             (["--data", "/nonexistent"], 1, "/nonexistent/train-images-idx3-ubyte.gz: error: data file not found"),
-            (["--log", "/nonexistent/dir/log.jsonl"], 1, "/nonexistent/dir/log.jsonl: error: cannot write the log file"),
+            (["--log", "/nonexistent/dir/log.jsonl"], 1,
+             "/nonexistent/dir/log.jsonl: error: cannot write the log file: the folder '/nonexistent/dir' does not exist"),
             (["--dtype", "f64"], 2, "training runs in f32"),
         ]:
             p = run("train", model("seed_relu"), "--save", save, *args, rc=rc)
