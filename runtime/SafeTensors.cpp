@@ -1,6 +1,7 @@
 // SafeTensors.cpp — the format: an 8-byte little-endian header length, a JSON header
 // {"NAME": {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}}, then the
-// data, row-major, little-endian.
+// data, row-major, little-endian. The reader checks the whole header before it reads any
+// data, and reads a tensor's data only when asked, in bounded chunks.
 #include "SafeTensors.h"
 
 #include "Files.h"
@@ -8,10 +9,16 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <cstring>
+#include <fcntl.h>
 #include <map>
 #include <set>
+#include <sys/stat.h>
+#include <tuple>
+#include <unistd.h>
 
 namespace gradc {
 namespace {
@@ -51,60 +58,195 @@ double element(const std::string& dtype, const char* p) {
     return as<uint8_t>(p); // U8, BOOL
 }
 
+size_t widthOf(const std::string& dtype) {
+    static const std::map<std::string, size_t> widths = {{"F64", 8}, {"F32", 4}, {"F16", 2}, {"BF16", 2},
+                                                         {"I64", 8}, {"I32", 4}, {"I16", 2}, {"I8", 1},
+                                                         {"U8", 1},  {"BOOL", 1}};
+    auto w = widths.find(dtype);
+    return w == widths.end() ? 0 : w->second;
+}
+
+constexpr uint64_t kMaxHeaderBytes = 100u << 20; // as the safetensors library's own limit
+constexpr int kMaxHeaderDepth = 8;
+
 } // namespace
 
-std::map<std::string, Tensor> readSafetensors(const std::string& path, std::map<std::string, std::string>* dtypes) {
-    const std::string data = readWholeFile(path, "parameter file");
-    if (data.size() < 8) fail(path, fmt::format("not a safetensors file: {} bytes, too short for a header", data.size()));
+SafetensorsReader::SafetensorsReader(const std::string& path) : path_(path) {
+    // O_NONBLOCK: opening a FIFO that has no writer returns at once (and reads then end).
+    fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd_ < 0) fail(fmt::format("cannot open parameter file: {}", std::strerror(errno)));
+    try {
+        struct stat st {};
+        if (::fstat(fd_, &st) != 0) fail(fmt::format("cannot read parameter file: {}", std::strerror(errno)));
+        if (S_ISDIR(st.st_mode)) fail("cannot read parameter file: it is a directory");
+        const int flags = ::fcntl(fd_, F_GETFL);
+        if (flags < 0 || ::fcntl(fd_, F_SETFL, flags & ~O_NONBLOCK) != 0)
+            fail(fmt::format("cannot read parameter file: {}", std::strerror(errno)));
+        seekable_ = S_ISREG(st.st_mode);
+        size_ = seekable_ ? uint64_t(st.st_size) : 0;
+        readHeader();
+    } catch (...) {
+        ::close(fd_);
+        throw;
+    }
+}
+
+SafetensorsReader::SafetensorsReader(std::string name, std::string_view bytes)
+    : path_(std::move(name)), seekable_(true), mem_(bytes), inMemory_(true), size_(bytes.size()) {
+    readHeader();
+}
+
+SafetensorsReader::~SafetensorsReader() {
+    if (fd_ >= 0) ::close(fd_);
+}
+
+void SafetensorsReader::fail(const std::string& msg) const { gradc::fail(path_, msg); }
+
+size_t SafetensorsReader::raw(char* out, size_t n) {
+    size_t done = 0;
+    if (inMemory_) {
+        done = size_t(std::min<uint64_t>(n, size_ - std::min(size_, streamPos_)));
+        std::memcpy(out, mem_.data() + streamPos_, done);
+    }
+    while (!inMemory_ && done < n) {
+        ssize_t got = ::read(fd_, out + done, std::min<size_t>(n - done, 1u << 30));
+        if (got < 0 && errno == EINTR) continue;
+        if (got < 0) fail(fmt::format("cannot read parameter file: {}", std::strerror(errno)));
+        if (got == 0) break;
+        done += size_t(got);
+    }
+    streamPos_ += done;
+    return done;
+}
+
+const SafetensorsEntry* SafetensorsReader::find(const std::string& name) const {
+    for (auto& e : entries_)
+        if (e.name == name) return &e;
+    return nullptr;
+}
+
+void SafetensorsReader::readHeader() {
+    char len[8];
+    const size_t got = raw(len, 8);
+    if (got < 8) fail(fmt::format("not a safetensors file: {} bytes, too short for a header", got));
     uint64_t n = 0;
-    for (int i = 7; i >= 0; --i) n = n << 8 | uint8_t(data[size_t(i)]);
-    if (n > data.size() - 8 || n > (100u << 20))
-        fail(path, fmt::format("not a safetensors file: header length {} exceeds the file", n));
+    for (int i = 7; i >= 0; --i) n = n << 8 | uint8_t(len[i]);
+    if (seekable_ && n > size_ - 8)
+        fail(fmt::format("not a safetensors file: header length {} exceeds the file", n));
+    if (n > kMaxHeaderBytes)
+        fail(fmt::format("not a safetensors file: header length {} is over the limit of {} bytes", n, kMaxHeaderBytes));
+    if (n < 2) fail(fmt::format("not a safetensors file: header length {} is too short for a JSON object", n));
+    std::string text; // grows with the bytes that arrive, not with the length claimed
+    while (text.size() < n) {
+        const size_t old = text.size(), chunk = size_t(std::min<uint64_t>(n - old, 1u << 20));
+        text.resize(old + chunk);
+        const size_t k = raw(text.data() + old, chunk);
+        if (k < chunk)
+            fail(fmt::format("not a safetensors file: it ends after {} bytes of its {}-byte header", old + k, n));
+    }
+    dataStart_ = 8 + n;
     nlohmann::json header;
     try {
-        header = nlohmann::json::parse(data.substr(8, n));
+        // A header nests three levels deep; deeper nesting is refused while parsing.
+        header = nlohmann::json::parse(text, [](int depth, nlohmann::json::parse_event_t, nlohmann::json&) {
+            if (depth > kMaxHeaderDepth) throw std::length_error("nested too deeply");
+            return true;
+        });
     } catch (const nlohmann::json::exception& e) {
-        fail(path, fmt::format("not a safetensors file: the header is not valid JSON ({})", e.what()));
+        fail(fmt::format("not a safetensors file: the header is not valid JSON ({})", e.what()));
+    } catch (const std::length_error&) {
+        fail(fmt::format("not a safetensors file: the header nests deeper than {} levels", kMaxHeaderDepth));
     }
-    if (!header.is_object()) fail(path, "not a safetensors file: the header is not a JSON object");
-    const size_t base = 8 + size_t(n), available = data.size() - base;
-    std::map<std::string, Tensor> out;
+    if (!header.is_object()) fail("not a safetensors file: the header is not a JSON object");
+    text.clear();
+    text.shrink_to_fit();
+    const uint64_t available = seekable_ ? size_ - dataStart_ : UINT64_MAX;
     for (auto& [name, info] : header.items()) {
         if (name == "__metadata__") continue;
-        auto bad = [&](const std::string& why) { fail(path, fmt::format("tensor '{}': {}", name, why)); };
+        auto bad = [&](const std::string& why) { fail(fmt::format("tensor '{}': {}", name, why)); };
         if (!info.is_object() || !info.contains("dtype") || !info.contains("shape") || !info.contains("data_offsets"))
             bad("needs dtype, shape and data_offsets");
         if (!info["dtype"].is_string()) bad("dtype is not a string");
-        const std::string dtype = info["dtype"];
-        static const std::map<std::string, size_t> widths = {
-            {"F64", 8}, {"F32", 4}, {"F16", 2}, {"BF16", 2}, {"I64", 8}, {"I32", 4}, {"I16", 2},
-            {"I8", 1},  {"U8", 1},  {"BOOL", 1}};
-        auto w = widths.find(dtype);
-        if (w == widths.end()) bad(fmt::format("dtype {} is not one gradc reads", dtype));
-        const size_t width = w->second;
-        Tensor t;
+        SafetensorsEntry e;
+        e.name = name;
+        e.dtype = info["dtype"].get<std::string>();
+        const size_t width = widthOf(e.dtype);
+        if (width == 0) bad(fmt::format("dtype {} is not one gradc reads", e.dtype));
         if (!info["shape"].is_array()) bad("shape is not a list");
         int64_t count = 1;
         for (auto& d : info["shape"]) {
             if (!d.is_number_integer() || d.get<int64_t>() < 0 || d.get<int64_t>() > (int64_t(1) << 31))
                 bad("shape holds something other than sizes");
-            t.shape.push_back(d.get<int64_t>());
-            count *= t.shape.back();
+            e.shape.push_back(d.get<int64_t>());
+            count *= e.shape.back();
             if (count > (int64_t(1) << 31)) bad("more than 2^31 elements");
         }
         auto& off = info["data_offsets"];
         if (!off.is_array() || off.size() != 2 || !off[0].is_number_unsigned() || !off[1].is_number_unsigned())
             bad("data_offsets is not [begin, end]");
-        uint64_t begin = off[0], end = off[1];
-        if (begin > end || end > available)
-            bad(fmt::format("data_offsets [{}, {}] lie outside the {} bytes of data", begin, end, available));
-        if (end - begin != uint64_t(count) * width)
-            bad(fmt::format("{} bytes of data for {} elements of {}", end - begin, count, dtype));
-        t.data.resize(size_t(count));
-        const char* p = data.data() + base + begin;
-        for (size_t i = 0; i < size_t(count); ++i, p += width) t.data[i] = element(dtype, p);
-        out[name] = std::move(t);
-        if (dtypes) (*dtypes)[name] = dtype;
+        e.begin = off[0].get<uint64_t>(), e.end = off[1].get<uint64_t>();
+        if (e.begin > e.end || e.end > available)
+            bad(fmt::format("data_offsets [{}, {}] lie outside the {} bytes of data", e.begin, e.end, available));
+        if (e.end - e.begin != uint64_t(count) * width)
+            bad(fmt::format("{} bytes of data for {} elements of {}", e.end - e.begin, count, e.dtype));
+        entries_.push_back(std::move(e));
+    }
+    // The format's rule: the tensors tile the data, without holes or overlaps.
+    std::sort(entries_.begin(), entries_.end(), [](const SafetensorsEntry& a, const SafetensorsEntry& b) {
+        return std::tie(a.begin, a.end) < std::tie(b.begin, b.end);
+    });
+    uint64_t pos = 0;
+    for (auto& e : entries_) {
+        if (e.begin != pos)
+            fail(fmt::format("tensor '{}': data_offsets [{}, {}] do not begin where the data before them ends "
+                             "(byte {}): the data has a hole or an overlap", e.name, e.begin, e.end, pos));
+        pos = e.end;
+    }
+    if (seekable_ && pos != available)
+        fail(fmt::format("the tensors take {} bytes of data, but the file holds {} after the header", pos, available));
+}
+
+Tensor SafetensorsReader::read(const SafetensorsEntry& e) {
+    const size_t width = widthOf(e.dtype);
+    internal_assert(width > 0 && e.end >= e.begin, "an entry that was not checked");
+    Tensor t;
+    t.shape = e.shape;
+    const uint64_t bytes = e.end - e.begin;
+    if (seekable_) t.data.reserve(size_t(bytes / width)); // the size was checked against the file's
+    if (!seekable_ && dataStart_ + e.begin != streamPos_)
+        fail(fmt::format("tensor '{}': a pipe is read in order, and this tensor's data is behind", e.name));
+    std::vector<char> buf(size_t(std::min<uint64_t>(bytes, 1u << 20)));
+    for (uint64_t done = 0; done < bytes;) {
+        const size_t want = size_t(std::min<uint64_t>(bytes - done, buf.size()));
+        size_t got = 0;
+        if (inMemory_) {
+            got = want;
+            std::memcpy(buf.data(), mem_.data() + dataStart_ + e.begin + done, want);
+        } else if (seekable_) {
+            while (got < want) {
+                ssize_t k = ::pread(fd_, buf.data() + got, want - got, off_t(dataStart_ + e.begin + done + got));
+                if (k < 0 && errno == EINTR) continue;
+                if (k < 0) fail(fmt::format("cannot read parameter file: {}", std::strerror(errno)));
+                if (k == 0) break;
+                got += size_t(k);
+            }
+        } else {
+            got = raw(buf.data(), want);
+        }
+        if (got < want)
+            fail(fmt::format("tensor '{}': the file ends after {} of its {} bytes", e.name, done + got, bytes));
+        for (size_t i = 0; i < want; i += width) t.data.push_back(element(e.dtype, buf.data() + i));
+        done += want;
+    }
+    return t;
+}
+
+std::map<std::string, Tensor> readSafetensors(const std::string& path, std::map<std::string, std::string>* dtypes) {
+    SafetensorsReader file(path);
+    std::map<std::string, Tensor> out;
+    for (auto& e : file.entries()) {
+        out[e.name] = file.read(e);
+        if (dtypes) (*dtypes)[e.name] = e.dtype;
     }
     return out;
 }
@@ -139,48 +281,56 @@ void writeSafetensors(const std::string& path, const std::vector<std::pair<std::
 }
 
 Bindings loadParameters(const Graph& g, const std::string& path) {
-    std::map<std::string, std::string> dtypes;
-    std::map<std::string, Tensor> file = readSafetensors(path, &dtypes);
-    Bindings out;
-    std::set<std::string> batchnorms;
+    SafetensorsReader file(path);
+    return loadParameters(g, file);
+}
+
+Bindings loadParameters(const Graph& g, SafetensorsReader& file) {
+    const std::string& path = file.path();
+    auto floating = [](const SafetensorsEntry& e) { return e.dtype[0] == 'F' || e.dtype == "BF16"; };
+    // Names, dtypes and shapes first: a file that does not fit is refused before its data is read.
+    std::set<std::string> batchnorms, known, variances;
     for (auto& l : g.layers)
         if (l.what.rfind("batchnorm", 0) == 0) batchnorms.insert(l.name);
     for (auto& p : g.params) {
-        auto it = file.find(p.name);
-        if (it == file.end()) fail(path, fmt::format("tensor '{}' of the model is missing", p.name));
-        if (dtypes[p.name][0] != 'F' && dtypes[p.name] != "BF16")
-            fail(path, fmt::format("tensor '{}' has dtype {}; parameters are floating point", p.name, dtypes[p.name]));
+        const SafetensorsEntry* e = file.find(p.name);
+        if (!e) fail(path, fmt::format("tensor '{}' of the model is missing", p.name));
+        if (!floating(*e))
+            fail(path, fmt::format("tensor '{}' has dtype {}; parameters are floating point", p.name, e->dtype));
         const Shape& want = g[p.node].shape;
-        if (it->second.shape != want)
+        if (e->shape != want)
             fail(path, fmt::format("tensor '{}' has shape {}, the model needs {} (PyTorch's [out, in] layout)",
-                                   p.name, shapeString(it->second.shape), shapeString(want)));
-        out[p.name] = std::move(it->second);
-        file.erase(it);
+                                   p.name, shapeString(e->shape), shapeString(want)));
+        known.insert(p.name);
     }
     for (auto& buf : g.buffers) { // running statistics: optional (gradc's older files lack them)
-        auto it = file.find(buf.name);
-        if (it == file.end()) continue;
-        if (dtypes[buf.name][0] != 'F' && dtypes[buf.name] != "BF16")
+        const SafetensorsEntry* e = file.find(buf.name);
+        if (!e) continue;
+        if (!floating(*e))
             fail(path, fmt::format("tensor '{}' has dtype {}; running statistics are floating point", buf.name,
-                                   dtypes[buf.name]));
-        if (it->second.shape != Shape{buf.size})
+                                   e->dtype));
+        if (e->shape != Shape{buf.size})
             fail(path, fmt::format("tensor '{}' has shape {}, the model needs [{}]", buf.name,
-                                   shapeString(it->second.shape), buf.size));
-        for (double v : it->second.data)
-            if (buf.initial == 1 && !(v >= 0))
-                fail(path, fmt::format("tensor '{}' holds {}; a variance is not negative", buf.name, v));
-        out[buf.name] = std::move(it->second);
-        file.erase(it);
+                                   shapeString(e->shape), buf.size));
+        known.insert(buf.name);
+        if (buf.initial == 1) variances.insert(buf.name);
     }
-    for (auto& [name, t] : file) {
+    for (auto& e : file.entries()) {
+        if (known.count(e.name)) continue;
         // PyTorch's BatchNorm1d also counts its batches (an integer gradc keeps too).
-        auto dot = name.rfind('.');
-        std::string module = dot == std::string::npos ? "" : name.substr(0, dot), field = name.substr(dot + 1);
-        if (batchnorms.count(module) && field == "num_batches_tracked" && t.data.size() == 1) {
-            out[name] = t;
-            continue;
-        }
-        fail(path, fmt::format("tensor '{}' is not a parameter of model {}", name, g.model));
+        auto dot = e.name.rfind('.');
+        std::string module = dot == std::string::npos ? "" : e.name.substr(0, dot), field = e.name.substr(dot + 1);
+        if (batchnorms.count(module) && field == "num_batches_tracked" && elementCount(e.shape) == 1) continue;
+        fail(path, fmt::format("tensor '{}' is not a parameter of model {}", e.name, g.model));
+    }
+    // Then the data, tensor by tensor, in the file's order.
+    Bindings out;
+    for (auto& e : file.entries()) {
+        Tensor t = file.read(e);
+        if (variances.count(e.name))
+            for (double v : t.data)
+                if (!(v >= 0)) fail(path, fmt::format("tensor '{}' holds {}; a variance is not negative", e.name, v));
+        out[e.name] = std::move(t);
     }
     return out;
 }
