@@ -180,14 +180,16 @@ public:
         }
     }
 
-    /// The next `n` items into `out`; the buffer grows as the bytes arrive (at most 16 MiB at
-    /// a time), so a false claim costs no more memory than the data really there.
+    /// The next `n` items into `out`. From gzip the buffer grows as the bytes arrive (by what
+    /// it holds, from 64 KiB up to 16 MiB at a time), so a false claim costs no more memory
+    /// than about twice the data really there.
     void items(std::vector<uint8_t>& out, int64_t n, const char* what) {
         const uint64_t total = uint64_t(n) * uint64_t(itemBytes);
         out.clear();
         if (!s_.gzip()) out.reserve(size_t(total)); // the file's size was checked
         while (out.size() < total) {
-            const size_t old = out.size(), chunk = size_t(std::min<uint64_t>(total - old, 16u << 20));
+            const size_t old = out.size();
+            const size_t chunk = size_t(std::min<uint64_t>(total - old, std::clamp<size_t>(old, 64u << 10, 16u << 20)));
             out.resize(old + chunk);
             const size_t got = s_.read(out.data() + old, chunk);
             if (got < chunk)

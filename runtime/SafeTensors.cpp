@@ -161,7 +161,9 @@ void SafetensorsReader::readHeader() {
     text.clear();
     text.shrink_to_fit();
     const uint64_t available = seekable_ ? size_ - dataStart_ : UINT64_MAX;
-    for (auto& [name, info] : header.items()) {
+    for (auto& item : header.items()) {
+        const std::string name = item.key(); // not a structured binding: clang 14's lambdas cannot capture one
+        auto& info = item.value();
         if (name == "__metadata__") continue;
         auto bad = [&](const std::string& why) { fail(fmt::format("tensor '{}': {}", name, why)); };
         if (!info.is_object() || !info.contains("dtype") || !info.contains("shape") || !info.contains("data_offsets"))
