@@ -234,13 +234,13 @@ with tempfile.TemporaryDirectory() as tmp:
         peak = bad("claim", claim, good_test, "train-images-idx3-ubyte: error: file is truncated: its header claims "
                    "4000000 images of 28x28 pixels (3136000016 bytes with the header), but the file holds 2300272 bytes",
                    commands=("train", "grads", "acts", "dead"))
-        check(peak < 400, f"peak memory {peak:.0f} MiB")
+        check(peak < 600, f"peak memory {peak:.0f} MiB")  # the old readers: 3.1 GB, 1.36 GB
         huge = (idx_images(2**32 - 1, 28, 28, count=300), idx_labels(2**32 - 1, [1] * 300))
         bad("huge", huge, good_test, "train-images-idx3-ubyte: error: file is truncated: its header claims 4294967295 "
             "images", commands=("train", "grads"))
         peak = bad("huge_gz", huge, good_test, "train-images-idx3-ubyte.gz: error: file is truncated: the image data "
                    "ended after 235200 of 3367254359280 bytes", gz=True)
-        check(peak < 400, f"peak memory {peak:.0f} MiB")
+        check(peak < 600, f"peak memory {peak:.0f} MiB")  # the old readers: 3.1 GB, 1.36 GB
         print(f"peak RSS of the gradc runs: {peak_rss_mib():.0f} MiB")
     elif CASE == "bad_params":
         # Devices, FIFOs and pipes as --params: refused after the header, never read without bound.
@@ -261,7 +261,7 @@ with tempfile.TemporaryDirectory() as tmp:
         for command in ("train", "grads"):
             err, peak = measured(command, model("seed_relu"), "--params", big)
             check("f16.safetensors: error: tensor 'layers.0.weight' of the model is missing" in err, err)
-            check(peak < 400, f"peak memory {peak:.0f} MiB")
+            check(peak < 600, f"peak memory {peak:.0f} MiB")  # the old readers: 3.1 GB, 1.36 GB
         # The same header through a pipe kept open: refused without waiting for the data.
         r, w = os.pipe()
         os.write(w, struct.pack("<Q", len(header)) + header)

@@ -265,6 +265,18 @@ TEST_CASE("a 256 MiB F16 file whose tensor is missing is refused from its header
     CHECK(after.ru_maxrss - before.ru_maxrss < 32 * 1024); // KiB: the old reader took 1.36 GB
 }
 
+TEST_CASE("the safetensors fuzzer's seeds load into its model (or fail as named)", "[params]") {
+    Graph g = smallModel(); // the fuzzer's model
+    int loaded = 0;
+    for (auto& f : fs::directory_iterator(GRADC_SOURCE_DIR "/tests/fuzz/corpus/safetensors")) {
+        const std::string name = f.path().filename().string(), e = errorOf([&] { loadParameters(g, f.path().string()); });
+        INFO(name << ": " << e);
+        if (name.rfind("model_", 0) == 0) CHECK((e.empty() && ++loaded));
+        if (name == "missing_tensor.safetensors") CHECK_THAT(e, Catch::Contains("tensor 'layers.0.weight' of the model is missing"));
+    }
+    CHECK(loaded == 5);
+}
+
 TEST_CASE("a parameter file must fit the model exactly", "[params]") {
     Scratch s("fit");
     Graph g = smallModel();
