@@ -68,6 +68,170 @@ size_t widthOf(const std::string& dtype) {
 
 constexpr uint64_t kMaxHeaderBytes = 100u << 20; // as the safetensors library's own limit
 constexpr int kMaxHeaderDepth = 8;
+constexpr int64_t kMaxTensors = 1000000; // a model of 100,000 layers has a few hundred thousand
+constexpr size_t kMaxRank = 32;
+
+} // namespace
+
+namespace {
+
+/// The header's JSON as SAX events: the top object's members are tensors (objects with
+/// dtype, shape and data_offsets) or __metadata__ (skipped). Every tensor is checked when
+/// its object closes, in the order of the messages below.
+class HeaderParser : public nlohmann::json_sax<nlohmann::json> {
+public:
+    HeaderParser(const SafetensorsReader& file, uint64_t available, std::vector<SafetensorsEntry>& out)
+        : file_(file), available_(available), out_(out) {}
+
+    std::string error; ///< a syntax error's message
+
+    bool null() override { return scalar(Scalar::Other); }
+    bool boolean(bool) override { return scalar(Scalar::Other); }
+    bool number_integer(number_integer_t v) override { return number(v < 0 ? -1 : v, false); }
+    bool number_unsigned(number_unsigned_t v) override {
+        return number(v > uint64_t(INT64_MAX) ? -1 : int64_t(v), true, v);
+    }
+    bool number_float(number_float_t, const string_t&) override { return scalar(Scalar::Other); }
+    bool string(string_t& v) override {
+        if (depth_ == 2 && inTensor_ && field_ == Field::Dtype) t_.dtype = v, t_.dtypeString = true;
+        return scalar(Scalar::String);
+    }
+    bool binary(binary_t&) override { return scalar(Scalar::Other); }
+    bool start_object(std::size_t) override { return open(false); }
+    bool start_array(std::size_t) override { return open(true); }
+    bool key(string_t& k) override {
+        if (depth_ == 1) {
+            name_ = k;
+            if (++members_ > kMaxTensors)
+                bad(fmt::format("not a safetensors file: the header holds more than {} tensors", kMaxTensors));
+        } else if (depth_ == 2 && inTensor_) {
+            field_ = k == "dtype" ? Field::Dtype : k == "shape" ? Field::Shape : k == "data_offsets" ? Field::Offsets : Field::Other;
+            if (field_ == Field::Dtype) t_.hasDtype = true, t_.dtypeString = false;
+            if (field_ == Field::Shape) t_.hasShape = true, t_.shapeList = false, t_.shapeBad = false, t_.shape.clear();
+            if (field_ == Field::Offsets) t_.hasOffsets = true, t_.offsetsBad = false, t_.offsets.clear();
+        }
+        return true;
+    }
+    bool end_object() override {
+        if (depth_ == 2 && inTensor_) finish();
+        if (depth_ == 2) inTensor_ = false;
+        --depth_;
+        return true;
+    }
+    bool end_array() override {
+        --depth_;
+        return true;
+    }
+    bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception& e) override {
+        error = e.what();
+        return false;
+    }
+
+private:
+    enum class Field { Dtype, Shape, Offsets, Other };
+    enum class Scalar { String, Number, Other };
+    struct Facts { // what one tensor's entry said, checked when it closes
+        bool hasDtype = false, dtypeString = false, hasShape = false, shapeList = false, shapeBad = false;
+        bool hasOffsets = false, offsetsBad = false;
+        std::string dtype;
+        std::vector<int64_t> shape; ///< -1: not a size
+        std::vector<uint64_t> offsets;
+    };
+
+    [[noreturn]] void bad(const std::string& msg) const { gradc::fail(file_.path(), msg); }
+    [[noreturn]] void badTensor(const std::string& why) const { bad(fmt::format("tensor '{}': {}", name_, why)); }
+
+    bool open(bool array) {
+        if (++depth_ > kMaxHeaderDepth)
+            bad(fmt::format("not a safetensors file: the header nests deeper than {} levels", kMaxHeaderDepth));
+        if (depth_ == 1 && array) bad("not a safetensors file: the header is not a JSON object");
+        if (depth_ == 2) {
+            inTensor_ = name_ != "__metadata__";
+            if (inTensor_ && array) badTensor("needs dtype, shape and data_offsets");
+            t_ = Facts{};
+            field_ = Field::Other;
+        }
+        if (depth_ == 3 && inTensor_) {
+            if (field_ == Field::Shape) t_.shapeList = array;
+            if (field_ == Field::Offsets) t_.offsetsBad = !array;
+            if (field_ == Field::Dtype) t_.dtypeString = false;
+        }
+        if (depth_ == 4 && inTensor_) { // a list or object inside shape or data_offsets
+            if (field_ == Field::Shape) t_.shapeBad = true;
+            if (field_ == Field::Offsets) t_.offsetsBad = true;
+        }
+        return true;
+    }
+
+    bool scalar(Scalar kind) {
+        if (depth_ == 0) bad("not a safetensors file: the header is not a JSON object");
+        if (depth_ == 1 && name_ != "__metadata__") badTensor("needs dtype, shape and data_offsets");
+        if (depth_ == 2 && inTensor_) {
+            if (field_ == Field::Dtype && kind != Scalar::String) t_.dtypeString = false;
+            if (field_ == Field::Shape) t_.shapeList = false;
+            if (field_ == Field::Offsets) t_.offsetsBad = true;
+        }
+        if (depth_ == 3 && inTensor_) {
+            if (field_ == Field::Shape) t_.shapeBad = true;
+            if (field_ == Field::Offsets) t_.offsetsBad = true;
+        }
+        return true;
+    }
+
+    /// An integer (`v` < 0: negative or too large), or an unsigned one (`u`).
+    bool number(int64_t v, bool isUnsigned, uint64_t u = 0) {
+        if (depth_ == 3 && inTensor_ && field_ == Field::Shape) {
+            if (t_.shape.size() >= kMaxRank) t_.shapeBad = true;
+            else t_.shape.push_back(v >= 0 && v <= (int64_t(1) << 31) ? v : -1);
+            return true;
+        }
+        if (depth_ == 3 && inTensor_ && field_ == Field::Offsets) {
+            if (!isUnsigned || t_.offsets.size() >= 2) t_.offsetsBad = true;
+            else t_.offsets.push_back(u);
+            return true;
+        }
+        return scalar(Scalar::Number);
+    }
+
+    void finish() {
+        if (!t_.hasDtype || !t_.hasShape || !t_.hasOffsets) badTensor("needs dtype, shape and data_offsets");
+        if (!t_.dtypeString) badTensor("dtype is not a string");
+        SafetensorsEntry e;
+        e.name = name_;
+        e.dtype = t_.dtype;
+        const size_t width = widthOf(e.dtype);
+        if (width == 0) badTensor(fmt::format("dtype {} is not one gradc reads", e.dtype));
+        if (!t_.shapeList) badTensor("shape is not a list");
+        int64_t count = 1;
+        for (int64_t d : t_.shape) {
+            if (d < 0) badTensor("shape holds something other than sizes");
+            e.shape.push_back(d);
+            count *= d;
+            if (count > (int64_t(1) << 31)) badTensor("more than 2^31 elements");
+        }
+        if (t_.shapeBad) badTensor(t_.shape.size() >= kMaxRank ? fmt::format("shape has more than {} dimensions", kMaxRank)
+                                                                : "shape holds something other than sizes");
+        if (t_.offsetsBad || t_.offsets.size() != 2) badTensor("data_offsets is not [begin, end]");
+        e.begin = t_.offsets[0], e.end = t_.offsets[1];
+        if (e.begin > e.end || e.end > available_)
+            badTensor(fmt::format("data_offsets [{}, {}] lie outside the {} bytes of data", e.begin, e.end, available_));
+        if (e.end - e.begin != uint64_t(count) * width)
+            badTensor(fmt::format("{} bytes of data for {} elements of {}", e.end - e.begin, count, e.dtype));
+        if (!names_.insert(e.name).second) badTensor("appears twice in the header");
+        out_.push_back(std::move(e));
+    }
+
+    const SafetensorsReader& file_;
+    const uint64_t available_;
+    std::vector<SafetensorsEntry>& out_;
+    int depth_ = 0;
+    bool inTensor_ = false;
+    std::string name_;
+    Field field_ = Field::Other;
+    Facts t_;
+    int64_t members_ = 0;
+    std::set<std::string> names_;
+};
 
 } // namespace
 
@@ -137,6 +301,7 @@ void SafetensorsReader::readHeader() {
         fail(fmt::format("not a safetensors file: header length {} is over the limit of {} bytes", n, kMaxHeaderBytes));
     if (n < 2) fail(fmt::format("not a safetensors file: header length {} is too short for a JSON object", n));
     std::string text; // grows with the bytes that arrive, not with the length claimed
+    if (seekable_) text.reserve(size_t(n)); // the file holds them
     while (text.size() < n) {
         const size_t old = text.size(), chunk = size_t(std::min<uint64_t>(n - old, 1u << 20));
         text.resize(old + chunk);
@@ -145,54 +310,16 @@ void SafetensorsReader::readHeader() {
             fail(fmt::format("not a safetensors file: it ends after {} bytes of its {}-byte header", old + k, n));
     }
     dataStart_ = 8 + n;
-    nlohmann::json header;
+    // Parsed as events, never as a document: memory stays near the entries' own size, and
+    // each tensor is checked (and a bad one refused) as soon as its entry closes.
+    HeaderParser parser(*this, seekable_ ? size_ - dataStart_ : UINT64_MAX, entries_);
     try {
-        // A header nests three levels deep; deeper nesting is refused while parsing.
-        header = nlohmann::json::parse(text, [](int depth, nlohmann::json::parse_event_t, nlohmann::json&) {
-            if (depth > kMaxHeaderDepth) throw std::length_error("nested too deeply");
-            return true;
-        });
+        if (!nlohmann::json::sax_parse(text, &parser) && !parser.error.empty())
+            fail(fmt::format("not a safetensors file: the header is not valid JSON ({})", parser.error));
     } catch (const nlohmann::json::exception& e) {
         fail(fmt::format("not a safetensors file: the header is not valid JSON ({})", e.what()));
-    } catch (const std::length_error&) {
-        fail(fmt::format("not a safetensors file: the header nests deeper than {} levels", kMaxHeaderDepth));
     }
-    if (!header.is_object()) fail("not a safetensors file: the header is not a JSON object");
-    text.clear();
-    text.shrink_to_fit();
     const uint64_t available = seekable_ ? size_ - dataStart_ : UINT64_MAX;
-    for (auto& item : header.items()) {
-        const std::string name = item.key(); // not a structured binding: clang 14's lambdas cannot capture one
-        auto& info = item.value();
-        if (name == "__metadata__") continue;
-        auto bad = [&](const std::string& why) { fail(fmt::format("tensor '{}': {}", name, why)); };
-        if (!info.is_object() || !info.contains("dtype") || !info.contains("shape") || !info.contains("data_offsets"))
-            bad("needs dtype, shape and data_offsets");
-        if (!info["dtype"].is_string()) bad("dtype is not a string");
-        SafetensorsEntry e;
-        e.name = name;
-        e.dtype = info["dtype"].get<std::string>();
-        const size_t width = widthOf(e.dtype);
-        if (width == 0) bad(fmt::format("dtype {} is not one gradc reads", e.dtype));
-        if (!info["shape"].is_array()) bad("shape is not a list");
-        int64_t count = 1;
-        for (auto& d : info["shape"]) {
-            if (!d.is_number_integer() || d.get<int64_t>() < 0 || d.get<int64_t>() > (int64_t(1) << 31))
-                bad("shape holds something other than sizes");
-            e.shape.push_back(d.get<int64_t>());
-            count *= e.shape.back();
-            if (count > (int64_t(1) << 31)) bad("more than 2^31 elements");
-        }
-        auto& off = info["data_offsets"];
-        if (!off.is_array() || off.size() != 2 || !off[0].is_number_unsigned() || !off[1].is_number_unsigned())
-            bad("data_offsets is not [begin, end]");
-        e.begin = off[0].get<uint64_t>(), e.end = off[1].get<uint64_t>();
-        if (e.begin > e.end || e.end > available)
-            bad(fmt::format("data_offsets [{}, {}] lie outside the {} bytes of data", e.begin, e.end, available));
-        if (e.end - e.begin != uint64_t(count) * width)
-            bad(fmt::format("{} bytes of data for {} elements of {}", e.end - e.begin, count, e.dtype));
-        entries_.push_back(std::move(e));
-    }
     // The format's rule: the tensors tile the data, without holes or overlaps.
     std::sort(entries_.begin(), entries_.end(), [](const SafetensorsEntry& a, const SafetensorsEntry& b) {
         return std::tie(a.begin, a.end) < std::tie(b.begin, b.end);

@@ -179,8 +179,23 @@ TEST_CASE("safetensors headers: the data is tiled exactly, the header bounded", 
                Catch::Contains("tensor 'b': data_offsets [4, 8] do not begin where the data before them ends (byte 8)"));
     CHECK_THAT(err(safetensorsBytes(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", eight)),
                Catch::Contains("the tensors take 4 bytes of data, but the file holds 8 after the header"));
-    CHECK_THAT(err(safetensorsBytes(std::string(100, '[') + std::string(100, ']'), "")),
+    CHECK_THAT(err(safetensorsBytes(R"({"__metadata__":)" + std::string(100, '[') + std::string(100, ']') + "}", "")),
                Catch::Contains("not a safetensors file: the header nests deeper than 8 levels"));
+    CHECK_THAT(err(safetensorsBytes(std::string(100, '[') + std::string(100, ']'), "")),
+               Catch::Contains("not a safetensors file: the header is not a JSON object"));
+    CHECK_THAT(err(safetensorsBytes(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},)"
+                                    R"("a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", eight)),
+               Catch::Contains("tensor 'a': appears twice in the header"));
+    CHECK_THAT(err(safetensorsBytes(R"({"a":{"dtype":"F32","shape":[[1]],"data_offsets":[0,4]}})", "abcd")),
+               Catch::Contains("tensor 'a': shape holds something other than sizes"));
+    CHECK_THAT(err(safetensorsBytes(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,-4]}})", "abcd")),
+               Catch::Contains("tensor 'a': data_offsets is not [begin, end]"));
+    CHECK_THAT(err(safetensorsBytes(R"({"a":{"dtype":7,"shape":[1],"data_offsets":[0,4]}})", "abcd")),
+               Catch::Contains("tensor 'a': dtype is not a string"));
+    CHECK_THAT(err(safetensorsBytes(R"({"a":{"dtype":"F32","shape":1,"data_offsets":[0,4]}})", "abcd")),
+               Catch::Contains("tensor 'a': shape is not a list"));
+    CHECK_THAT(err(safetensorsBytes(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4],"x":[[{}]]},"b":1})", "abcd")),
+               Catch::Contains("tensor 'b': needs dtype, shape and data_offsets"));
     CHECK_THAT(err(safetensorsBytes("", "")), Catch::Contains("header length 0 is too short for a JSON object"));
     // A header longer than the limit, in a (sparse) file long enough to hold it.
     {
@@ -192,6 +207,20 @@ TEST_CASE("safetensors headers: the data is tiled exactly, the header bounded", 
     }
     CHECK_THAT(errorOf([&] { readSafetensors(s.path("long.safetensors")); }),
                Catch::Contains("header length 105906176 is over the limit of 104857600 bytes"));
+    {
+        // 64 MiB of empty lists: parsed as events, not as a document (which took 1.5 GB).
+        std::string lists = R"({"__metadata__":[)";
+        lists.reserve(64u << 20);
+        while (lists.size() < (64u << 20)) lists += "[],";
+        lists += "[]]}";
+        s.write("lists.safetensors", safetensorsBytes(lists, ""));
+        lists = std::string();
+        struct rusage before {}, after {};
+        getrusage(RUSAGE_SELF, &before);
+        CHECK(readSafetensors(s.path("lists.safetensors")).empty()); // a valid file without tensors
+        getrusage(RUSAGE_SELF, &after);
+        CHECK(after.ru_maxrss - before.ru_maxrss < 160 * 1024); // KiB: the header's bytes, not a document of them
+    }
     // Bytes in memory read as a file does.
     const std::string good = safetensorsBytes(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})",
                                               std::string("\0\0\x80\x3f\0\0\0\xc0", 8));
