@@ -17,16 +17,36 @@ volatile std::sig_atomic_t gInterrupted = 0;
 
 DataSplit loadSplit(const std::string& dir, int64_t val, double mean, double std, int64_t limit) {
     DataSplit d;
-    const int64_t total = exampleCount(dir, true);
-    d.train = readExamples(dir, true, limit > 0 ? std::min(limit, total) : total);
-    d.test = readExamples(dir, false, limit > 0 ? std::min(limit, exampleCount(dir, false)) : exampleCount(dir, false));
+    const int64_t all = -1; // readExamples: every example of the file
+    d.train = readExamples(dir, true, limit > 0 ? std::min(limit, exampleCount(dir, true)) : all);
+    d.test = readExamples(dir, false, limit > 0 ? std::min(limit, exampleCount(dir, false)) : all);
     d.mean = mean, d.std = std;
+    auto fail = [](const std::string& file, const std::string& msg) {
+        throw UserError({makeSourceFile(file, ""), 0, 0}, msg);
+    };
+    if (d.train.count == 0) fail(d.train.imageFile, "the training set is empty: the file holds no images");
+    if (d.test.count == 0) fail(d.test.imageFile, "the test set is empty: the file holds no images");
+    if (d.test.features != d.train.features)
+        fail(d.test.imageFile, fmt::format("the test images have {} pixels, but the training images in {} have {}",
+                                           d.test.features, d.train.imageFile, d.train.features));
     if (val < 0 || val >= d.train.count)
         throw UserError({}, fmt::format("--val {} leaves no training examples (the data has {})", val, d.train.count));
     std::vector<int64_t> order = permutation(d.train.count, 42);
     d.fit.assign(order.begin(), order.end() - val);
     d.val.assign(order.end() - val, order.end());
     return d;
+}
+
+void checkSplit(const Engine& engine, const DataSplit& data) {
+    const Graph& g = engine.graph();
+    const int64_t inputs = g[0].shape[1], classes = g[g.output("logits")].shape[1];
+    checkExamples(data.train, inputs, classes); // the training and validation examples
+    checkExamples(data.test, inputs, classes);
+    for (auto* part : {&data.fit, &data.val})
+        for (int64_t i : *part)
+            internal_assert(i >= 0 && i < data.train.count, "a split index outside the training examples");
+    if (data.val.empty()) throw UserError({}, "no validation examples: --val must be at least 1");
+    if (data.test.count == 0) throw UserError({makeSourceFile(data.test.imageFile, ""), 0, 0}, "the test set is empty");
 }
 
 void gather(const Examples& e, const std::vector<int64_t>& indices, size_t begin, int64_t batch, double mean,
@@ -45,6 +65,9 @@ void gather(const Examples& e, const std::vector<int64_t>& indices, size_t begin
 }
 
 Accuracy evaluate(Engine& engine, const Examples& e, const std::vector<int64_t>& indices, double mean, double std) {
+    if (indices.empty()) throw UserError({makeSourceFile(e.imageFile, ""), 0, 0}, "no examples to evaluate");
+    checkExamples(e, engine.graph()[0].shape[1], engine.graph()[engine.graph().output("logits")].shape[1]);
+    for (int64_t i : indices) internal_assert(i >= 0 && i < e.count, "an example index outside the data");
     const int64_t B = engine.batch();
     const int64_t C = engine.graph()[engine.graph().output("logits")].shape[1];
     std::vector<float> x, logits(size_t(B * C));
@@ -107,6 +130,7 @@ TrainResult train(Engine& engine, const DataSplit& data, const TrainOptions& o,
     const auto start = Clock::now();
     const Graph& g = engine.graph();
     const int64_t B = engine.batch();
+    checkSplit(engine, data); // before anything is computed or written
     const int64_t stepsPerEpoch = int64_t(data.fit.size()) / B; // the last partial batch is dropped
     if (stepsPerEpoch < 1)
         throw UserError({}, fmt::format("{} training examples make no batch of {}", data.fit.size(), B));

@@ -24,7 +24,15 @@ struct DataSplit {
     std::vector<int64_t> val;    ///< indices into `train` to validate on (10,000)
     double mean = 0.5, std = 0.5; ///< normalisation: (p/255 - mean) / std
 };
+/// Both files of the training set and of the test set are checked (each pair agrees, neither
+/// set is empty, the test images have the training images' size); `limit` > 0 reads only
+/// the first `limit` examples of each. Throws UserError naming the file at fault.
 DataSplit loadSplit(const std::string& dir, int64_t val, double mean, double std, int64_t limit = 0);
+
+/// Checks a split against the engine's model before anything is computed: the training and
+/// test images have the model's input size, every label is one of its classes, the
+/// validation and test sets are not empty. Throws UserError naming the file at fault.
+void checkSplit(const Engine& engine, const DataSplit& data);
 
 /// Normalised inputs and labels of examples `indices` of `e`, padded with zeros to `batch`.
 void gather(const Examples& e, const std::vector<int64_t>& indices, size_t begin, int64_t batch, double mean,

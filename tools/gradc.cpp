@@ -384,7 +384,7 @@ int runGrads(const po::variables_map& vm) {
             Tensor labels{{batch}, {}};
             for (int64_t i = 0; i < batch; ++i) {
                 if (ex.labels[size_t(i)] >= outputs)
-                    throw UserError({makeSourceFile(dir + "/train-labels-idx1-ubyte", ""), 0, 0},
+                    throw UserError({makeSourceFile(ex.labelFile, ""), 0, 0},
                                     fmt::format("label {} of example {} is out of range for the "
                                                 "model's {} classes", ex.labels[size_t(i)], i, outputs));
                 labels.data.push_back(ex.labels[size_t(i)]);

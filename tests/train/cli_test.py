@@ -4,9 +4,9 @@ write (JSON lines, TensorBoard records, safetensors, SVG), early stopping, Ctrl-
 and the tutorial's dead-neuron count. Standard library only.
 
 Usage: cli_test.py GRADC SOURCE_DIR CASE   (CASE: files, early_stop, interrupt, bad_input, dead,
-                                             acts, batchnorm)
+                                             acts, batchnorm, bad_data, bad_params)
 """
-import json, os, signal, struct, subprocess, sys, tempfile, time
+import gzip, json, os, signal, struct, subprocess, sys, tempfile, threading, time
 
 GRADC, SRC, CASE = sys.argv[1], sys.argv[2], sys.argv[3]
 SMALL = ["--limit", "3000", "--val", "500", "--batch", "128", "--no-progress"]
@@ -21,6 +21,44 @@ def run(*args, rc=0):
     if p.returncode != rc:
         sys.exit(f"expected exit {rc}, got {p.returncode}: gradc {' '.join(args)}\n{p.stdout}\n{p.stderr}")
     return p
+
+
+def measured(*args, rc=1, stdin=None, timeout=60):
+    """Runs gradc; returns (stderr, the peak RSS in MiB of the gradc runs so far). A hang fails
+    the test after `timeout` s."""
+    p = subprocess.Popen([GRADC, *args], stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        sys.exit(f"gradc {' '.join(args)} still ran after {timeout} s")
+    if p.returncode != rc:
+        sys.exit(f"expected exit {rc}, got {p.returncode}: gradc {' '.join(args)}\n{out}\n{err}")
+    return err, peak_rss_mib()
+
+
+def peak_rss_mib():
+    import resource
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+
+def idx_images(n, rows, cols, count=None):
+    count = n if count is None else count
+    return struct.pack(">IIII", 0x803, n, rows, cols) + bytes((i * 7) & 0xFF for i in range(count * rows * cols))
+
+
+def idx_labels(n, labels):
+    return struct.pack(">II", 0x801, n) + bytes(labels)
+
+
+def data_dir(path, train, test, gz=False):
+    """train, test: (images bytes, labels bytes); files written plain or gzip."""
+    os.makedirs(path, exist_ok=True)
+    for prefix, (img, lbl) in (("train", train), ("t10k", test)):
+        for stem, data in ((f"{prefix}-images-idx3-ubyte", img), (f"{prefix}-labels-idx1-ubyte", lbl)):
+            with open(os.path.join(path, stem + (".gz" if gz else "")), "wb") as f:
+                f.write(gzip.compress(data) if gz else data)
+    return path
 
 
 def check(cond, what):
@@ -172,6 +210,76 @@ with tempfile.TemporaryDirectory() as tmp:
         check(names["layers.1.running_var"]["shape"] == [512], "running statistics saved")
         p = run("acts", model("seed_sigmoid_bn"), "--params", save, "--count", "256")
         check("layers.1" in p.stdout and "batchnorm 512" in p.stdout, "batchnorm layers in evaluation mode")
+    elif CASE == "bad_data":
+        # Every data file is checked before anything is computed; memory follows the bytes there.
+        good_train = (idx_images(300, 28, 28), idx_labels(300, [i % 10 for i in range(300)]))
+        good_test = (idx_images(60, 28, 28), idx_labels(60, [i % 10 for i in range(60)]))
+        train_args = ["--val", "50", "--batch", "32", "--epochs", "1", "--no-progress", "--save", save, "--log", log]
+        def bad(name, train, test, text, gz=False, commands=("train",)):
+            d = data_dir(os.path.join(tmp, name), train, test, gz)
+            for command in commands:
+                extra = train_args if command == "train" else []
+                err, peak = measured(command, model("seed_relu"), "--data", d, *extra)
+                check(text.replace("DIR", d) in err, f"{name} ({command}): expected '{text}' in: {err}")
+                check(not os.path.exists(save) and not os.path.exists(log), f"{name}: no output file after an error")
+            return peak
+        t = "t10k-images-idx3-ubyte: error: the test images have 196 pixels, but the training images in "
+        bad("test_size", good_train, (idx_images(60, 14, 14), good_test[1]), t, commands=("train", "dead"))
+        lbl = [i % 10 for i in range(300)]
+        lbl[0], lbl[299] = 12, 10  # example 0 and the last: whichever split they fall in
+        bad("train_labels", (good_train[0], idx_labels(300, lbl)), good_test,
+            "train-labels-idx1-ubyte: error: label 12 of example 0 is out of range for the model's 10 classes")
+        lbl[0] = 0
+        bad("train_labels_last", (good_train[0], idx_labels(300, lbl)), good_test,
+            "train-labels-idx1-ubyte: error: label 10 of example 299 is out of range for the model's 10 classes")
+        tl = [i % 10 for i in range(60)]
+        tl[3] = 200
+        bad("test_labels", good_train, (good_test[0], idx_labels(60, tl)),
+            "t10k-labels-idx1-ubyte: error: label 200 of example 3 is out of range for the model's 10 classes")
+        bad("test_empty", good_train, (idx_images(0, 28, 28), idx_labels(0, [])),
+            "t10k-images-idx3-ubyte: error: the test set is empty: the file holds no images", commands=("train", "dead"))
+        bad("test_count", good_train, (good_test[0], idx_labels(59, tl[:59])),
+            "t10k-labels-idx1-ubyte: error: holds 59 labels but DIR/t10k-images-idx3-ubyte has 60 images")
+        # The issue's example: 2.3 MB of images claiming 4,000,000 (3.1 GB were allocated).
+        claim = (idx_images(4000000, 28, 28, count=2934), idx_labels(4000000, [1] * 4000000))
+        peak = bad("claim", claim, good_test, "train-images-idx3-ubyte: error: file is truncated: its header claims "
+                   "4000000 images of 28x28 pixels (3136000016 bytes with the header), but the file holds 2300272 bytes",
+                   commands=("train", "grads", "acts", "dead"))
+        check(peak < 600, f"peak memory {peak:.0f} MiB")  # the old readers: 3.1 GB, 1.36 GB
+        huge = (idx_images(2**32 - 1, 28, 28, count=300), idx_labels(2**32 - 1, [1] * 300))
+        bad("huge", huge, good_test, "train-images-idx3-ubyte: error: file is truncated: its header claims 4294967295 "
+            "images", commands=("train", "grads"))
+        peak = bad("huge_gz", huge, good_test, "train-images-idx3-ubyte.gz: error: file is truncated: the image data "
+                   "ended after 235200 of 3367254359280 bytes", gz=True)
+        check(peak < 600, f"peak memory {peak:.0f} MiB")  # the old readers: 3.1 GB, 1.36 GB
+        print(f"peak RSS of the gradc runs: {peak_rss_mib():.0f} MiB")
+    elif CASE == "bad_params":
+        # Devices, FIFOs and pipes as --params: refused after the header, never read without bound.
+        for command in ("train", "grads", "acts", "dead"):
+            err, _ = measured(command, model("seed_relu"), "--params", "/dev/zero", timeout=30)
+            check("/dev/zero: error: not a safetensors file: header length 0 is too short" in err, err)
+        fifo = os.path.join(tmp, "fifo")
+        os.mkfifo(fifo)
+        err, _ = measured("grads", model("seed_relu"), "--params", fifo, timeout=30)
+        check("fifo: error: not a safetensors file: 0 bytes" in err, err)
+        # The issue's example: a 256 MiB F16 file without layers.0.weight (1.36 GB were used).
+        n = 128 << 20
+        header = json.dumps({"big": {"dtype": "F16", "shape": [n], "data_offsets": [0, 2 * n]}}).encode()
+        big = os.path.join(tmp, "f16.safetensors")
+        with open(big, "wb") as f:
+            f.write(struct.pack("<Q", len(header)) + header)
+            f.truncate(8 + len(header) + 2 * n)  # sparse: no disk used
+        for command in ("train", "grads"):
+            err, peak = measured(command, model("seed_relu"), "--params", big)
+            check("f16.safetensors: error: tensor 'layers.0.weight' of the model is missing" in err, err)
+            check(peak < 600, f"peak memory {peak:.0f} MiB")  # the old readers: 3.1 GB, 1.36 GB
+        # The same header through a pipe kept open: refused without waiting for the data.
+        r, w = os.pipe()
+        os.write(w, struct.pack("<Q", len(header)) + header)
+        err, _ = measured("grads", model("seed_relu"), "--params", "/dev/stdin", stdin=r, timeout=30)
+        os.close(r), os.close(w)
+        check("error: tensor 'layers.0.weight' of the model is missing" in err, err)
+        print(f"peak RSS of the gradc runs: {peak_rss_mib():.0f} MiB")
     else:
         sys.exit(f"unknown case {CASE}")
 print("ok")

@@ -2,6 +2,7 @@
 // kind of bad one; and `gradc grads` refusing data that does not fit the model.
 #include "Data.h"
 #include "Source.h"
+#include "Train.h"
 
 #include <catch2/catch.hpp>
 #include <zlib.h>
@@ -9,6 +10,8 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <sys/resource.h>
 
 using namespace gradc;
 namespace fs = std::filesystem;
@@ -59,6 +62,37 @@ struct DataDir {
     }
 };
 
+/// gzip bytes of `plain` (one member).
+std::string gzipped(const std::string& plain) {
+    z_stream z{};
+    deflateInit2(&z, 6, Z_DEFLATED, 16 + MAX_WBITS, 8, Z_DEFAULT_STRATEGY);
+    std::string out(deflateBound(&z, uLong(plain.size())) + 32, '\0');
+    z.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(plain.data()));
+    z.avail_in = uInt(plain.size());
+    z.next_out = reinterpret_cast<Bytef*>(out.data());
+    z.avail_out = uInt(out.size());
+    deflate(&z, Z_FINISH);
+    out.resize(z.total_out);
+    deflateEnd(&z);
+    return out;
+}
+
+/// The process's peak resident memory so far, in MiB.
+double peakMiB() {
+    struct rusage u {};
+    getrusage(RUSAGE_SELF, &u);
+    return double(u.ru_maxrss) / 1024;
+}
+
+std::string errorOf(const std::function<void()>& f) {
+    try {
+        f();
+    } catch (const UserError& e) {
+        return e.format();
+    }
+    return "";
+}
+
 } // namespace
 
 TEST_CASE("IDX files are read from gzip and plain files, only as far as needed", "[data]") {
@@ -98,10 +132,25 @@ TEST_CASE("bad data files are refused with the file named", "[data]") {
         DataDir d("short");
         d.plain("train-images-idx3-ubyte", img.substr(0, 30));
         d.plain("train-labels-idx1-ubyte", lbl);
-        CHECK_THAT(d.error(true, 5), Catch::Contains("train-images-idx3-ubyte: error: file is truncated: the image data ended after 14 of 30 bytes"));
+        // The header's claim is checked against the file's size before anything is read.
+        CHECK_THAT(d.error(true, 1), Catch::Contains("train-images-idx3-ubyte: error: file is truncated: its header "
+                                                     "claims 5 images of 2x3 pixels (46 bytes with the header), but "
+                                                     "the file holds 30 bytes"));
+        d.plain("train-images-idx3-ubyte", img);
         CHECK_THAT(d.error(true, 6), Catch::Contains("holds 5 examples; 6 were asked for"));
+        d.plain("train-labels-idx1-ubyte", lbl.substr(0, 10));
+        CHECK_THAT(d.error(true, 1), Catch::Contains("train-labels-idx1-ubyte: error: file is truncated: its header "
+                                                     "claims 5 labels (13 bytes with the header), but the file holds 10"));
         d.plain("train-images-idx3-ubyte", img.substr(0, 7));
         CHECK_THAT(d.error(true, 1), Catch::Contains("file is truncated: the IDX header"));
+    }
+    SECTION("truncated gzip: reported when the examples needed run out") {
+        DataDir d("shortgz");
+        d.gz("train-images-idx3-ubyte", img.substr(0, 30));
+        d.gz("train-labels-idx1-ubyte", lbl);
+        CHECK(d.error(true, 2).empty()); // the first two images are there
+        CHECK_THAT(d.error(true, 5), Catch::Contains("train-images-idx3-ubyte.gz: error: file is truncated: the image "
+                                                     "data ended after 14 of 30 bytes"));
     }
     SECTION("damaged gzip") {
         DataDir d("gzip");
@@ -149,10 +198,107 @@ TEST_CASE("gradc grads refuses images that do not fit the model and labels out o
     std::tie(rc, text) = run((d.dir / "six.nn").string() + " --plot " + (d.dir / "p.svg").string());
     CHECK(rc == 1);
     CHECK_FALSE(fs::exists(d.dir / "p.svg"));
-    CHECK_THAT(text, Catch::Contains("train-labels-idx1-ubyte: error: label 12 of example 0 is out "
+    CHECK_THAT(text, Catch::Contains("train-labels-idx1-ubyte.gz: error: label 12 of example 0 is out "
                                      "of range for the model's 10 classes"));
     std::ofstream(d.dir / "sixteen.nn") << "input 6\ndense 5 relu\ndense 16\nloss cross_entropy\n";
     std::tie(rc, text) = run((d.dir / "sixteen.nn").string());
     CHECK(rc == 0);
     CHECK_THAT(text, Catch::Contains("vanishing factor"));
+}
+
+TEST_CASE("a header's claim costs no memory until the bytes are there", "[data]") {
+    auto [img, lbl] = idx(3, 28, 28);
+    auto claim = [](std::string bytes, uint32_t n) { return bytes.replace(4, 4, be32(n)); };
+    const double before = peakMiB();
+    SECTION("a plain file claiming 4,000,000 images holds 3") {
+        DataDir d("claim");
+        d.plain("train-images-idx3-ubyte", claim(img, 4000000));
+        d.plain("train-labels-idx1-ubyte", claim(lbl, 4000000));
+        CHECK_THAT(d.error(true, -1), Catch::Contains("train-images-idx3-ubyte: error: file is truncated: its header "
+                                                      "claims 4000000 images of 28x28 pixels (3136000016 bytes with "
+                                                      "the header), but the file holds 2368 bytes"));
+        CHECK_THAT(errorOf([&] { exampleCount(d.dir.string(), true); }), Catch::Contains("claims 4000000 images"));
+    }
+    SECTION("2^32-1 images, plain and gzip") {
+        DataDir d("claim32");
+        d.plain("train-images-idx3-ubyte", claim(img, 0xffffffffu));
+        d.plain("train-labels-idx1-ubyte", claim(lbl, 0xffffffffu));
+        CHECK_THAT(d.error(true, -1), Catch::Contains("train-images-idx3-ubyte: error: file is truncated: its header "
+                                                      "claims 4294967295 images of 28x28 pixels"));
+        fs::remove(d.dir / "train-images-idx3-ubyte");
+        fs::remove(d.dir / "train-labels-idx1-ubyte");
+        d.gz("train-images-idx3-ubyte", claim(img, 0xffffffffu));
+        d.gz("train-labels-idx1-ubyte", claim(lbl, 0xffffffffu));
+        CHECK_THAT(d.error(true, -1), Catch::Contains("train-images-idx3-ubyte.gz: error: file is truncated: the image "
+                                                      "data ended after 2352 of 3367254359280 bytes"));
+        CHECK(d.error(true, 3).empty()); // what is there reads
+    }
+    // The old reader allocated (and zeroed) what the header claimed: gigabytes.
+    CHECK(peakMiB() - before < 64);
+}
+
+TEST_CASE("IDX bytes in memory: plain, gzip, several gzip members, trailing bytes", "[data]") {
+    auto [img, lbl] = idx(4, 2, 2);
+    const std::string twoMembers = gzipped(img.substr(0, 10)) + gzipped(img.substr(10)) + "trailing";
+    for (const std::string& bytes : {img, gzipped(img), twoMembers}) {
+        Examples e = readExamples({"img", bytes}, {"lbl", lbl}, -1);
+        CHECK(e.count == 4);
+        CHECK(e.pixels.size() == 16);
+        CHECK(e.pixels[5] == 2); // image 1, pixel 1: 1 + 1
+        CHECK(e.imageFile == "img");
+    }
+    std::string corrupt = gzipped(img);
+    corrupt[12] = char(~corrupt[12]), corrupt[13] = char(~corrupt[13]), corrupt[14] = char(~corrupt[14]);
+    CHECK_THAT(errorOf([&] { readExamples({"bad.gz", corrupt}, {"lbl", lbl}, -1); }), Catch::StartsWith("bad.gz: error:"));
+    CHECK_THAT(errorOf([&] { readExamples({"e", ""}, {"lbl", lbl}, -1); }),
+               Catch::Contains("e: error: file is truncated: the IDX header ended after 0 of 4 bytes"));
+}
+
+TEST_CASE("examples are checked against the model: image size and label range, naming the file", "[data]") {
+    auto [img, lbl] = idx(4, 2, 3, 3);
+    Examples e = readExamples({"img", img}, {"lbl", lbl}, -1);
+    CHECK_NOTHROW(checkExamples(e, 6, 4));
+    CHECK_THAT(errorOf([&] { checkExamples(e, 784, 4); }),
+               Catch::StartsWith("img: error: the images have 6 pixels, but the model takes 784 inputs"));
+    CHECK_THAT(errorOf([&] { checkExamples(e, 6, 3); }),
+               Catch::StartsWith("lbl: error: label 3 of example 0 is out of range for the model's 3 classes"));
+}
+
+TEST_CASE("loadSplit checks the test files as well as the training files", "[data]") {
+    DataDir d("split");
+    auto [img, lbl] = idx(20, 2, 3);
+    d.plain("train-images-idx3-ubyte", img);
+    d.plain("train-labels-idx1-ubyte", lbl);
+    auto split = [&] { return errorOf([&] { loadSplit(d.dir.string(), 5, 0.5, 0.5); }); };
+    SECTION("test images of another size") {
+        auto [small, small_lbl] = idx(4, 2, 2);
+        d.plain("t10k-images-idx3-ubyte", small);
+        d.plain("t10k-labels-idx1-ubyte", small_lbl);
+        CHECK_THAT(split(), Catch::StartsWith((d.dir / "t10k-images-idx3-ubyte").string() +
+                                              ": error: the test images have 4 pixels, but the training images in " +
+                                              (d.dir / "train-images-idx3-ubyte").string() + " have 6"));
+    }
+    SECTION("an empty test set") {
+        auto [none, none_lbl] = idx(0, 2, 3);
+        d.plain("t10k-images-idx3-ubyte", none);
+        d.plain("t10k-labels-idx1-ubyte", none_lbl);
+        CHECK_THAT(split(), Catch::StartsWith((d.dir / "t10k-images-idx3-ubyte").string() +
+                                              ": error: the test set is empty: the file holds no images"));
+    }
+    SECTION("an empty training set") {
+        auto [none, none_lbl] = idx(0, 2, 3);
+        d.plain("train-images-idx3-ubyte", none);
+        d.plain("train-labels-idx1-ubyte", none_lbl);
+        d.plain("t10k-images-idx3-ubyte", img);
+        d.plain("t10k-labels-idx1-ubyte", lbl);
+        CHECK_THAT(split(), Catch::Contains("train-images-idx3-ubyte: error: the training set is empty"));
+    }
+    SECTION("good files") {
+        d.plain("t10k-images-idx3-ubyte", img);
+        d.plain("t10k-labels-idx1-ubyte", lbl);
+        DataSplit s = loadSplit(d.dir.string(), 5, 0.5, 0.5);
+        CHECK(s.fit.size() == 15);
+        CHECK(s.val.size() == 5);
+        CHECK(s.test.count == 20);
+    }
 }

@@ -14,6 +14,10 @@
 #include <cctype>
 #include <cmath>
 #include <set>
+#include <fmt/format.h>
+#include <functional>
+#include <sys/resource.h>
+#include <unistd.h>
 
 using namespace gradc;
 namespace fs = std::filesystem;
@@ -159,6 +163,147 @@ TEST_CASE("bad safetensors files are refused, naming the file and the tensor", "
                Catch::Contains("tensor 'w': shape holds something other than sizes"));
     CHECK_THAT(errorOf([&] { readSafetensors(s.path("absent.safetensors")); }),
                Catch::Contains("absent.safetensors: error: cannot open parameter file"));
+}
+
+TEST_CASE("safetensors headers: the data is tiled exactly, the header bounded", "[params]") {
+    Scratch s("tiling");
+    auto err = [&](const std::string& bytes) {
+        s.write("t.safetensors", bytes);
+        return errorOf([&] { readSafetensors(s.path("t.safetensors")); });
+    };
+    const std::string eight(8, '\0');
+    CHECK_THAT(err(safetensorsBytes(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", eight)),
+               Catch::Contains("tensor 'a': data_offsets [4, 8] do not begin where the data before them ends (byte 0)"));
+    CHECK_THAT(err(safetensorsBytes(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
+                                    R"("b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", eight)),
+               Catch::Contains("tensor 'b': data_offsets [4, 8] do not begin where the data before them ends (byte 8)"));
+    CHECK_THAT(err(safetensorsBytes(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", eight)),
+               Catch::Contains("the tensors take 4 bytes of data, but the file holds 8 after the header"));
+    CHECK_THAT(err(safetensorsBytes(R"({"__metadata__":)" + std::string(100, '[') + std::string(100, ']') + "}", "")),
+               Catch::Contains("not a safetensors file: the header nests deeper than 8 levels"));
+    CHECK_THAT(err(safetensorsBytes(std::string(100, '[') + std::string(100, ']'), "")),
+               Catch::Contains("not a safetensors file: the header is not a JSON object"));
+    CHECK_THAT(err(safetensorsBytes(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},)"
+                                    R"("a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", eight)),
+               Catch::Contains("tensor 'a': appears twice in the header"));
+    CHECK_THAT(err(safetensorsBytes(R"({"a":{"dtype":"F32","shape":[[1]],"data_offsets":[0,4]}})", "abcd")),
+               Catch::Contains("tensor 'a': shape holds something other than sizes"));
+    CHECK_THAT(err(safetensorsBytes(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,-4]}})", "abcd")),
+               Catch::Contains("tensor 'a': data_offsets is not [begin, end]"));
+    CHECK_THAT(err(safetensorsBytes(R"({"a":{"dtype":7,"shape":[1],"data_offsets":[0,4]}})", "abcd")),
+               Catch::Contains("tensor 'a': dtype is not a string"));
+    CHECK_THAT(err(safetensorsBytes(R"({"a":{"dtype":"F32","shape":1,"data_offsets":[0,4]}})", "abcd")),
+               Catch::Contains("tensor 'a': shape is not a list"));
+    CHECK_THAT(err(safetensorsBytes(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4],"x":[[{}]]},"b":1})", "abcd")),
+               Catch::Contains("tensor 'b': needs dtype, shape and data_offsets"));
+    CHECK_THAT(err(safetensorsBytes("", "")), Catch::Contains("header length 0 is too short for a JSON object"));
+    // A header longer than the limit, in a (sparse) file long enough to hold it.
+    {
+        std::string head(8, '\0');
+        const uint64_t n = 101u << 20;
+        for (int i = 0; i < 8; ++i) head[size_t(i)] = char(n >> (8 * i));
+        s.write("long.safetensors", head);
+        fs::resize_file(s.path("long.safetensors"), 8 + n);
+    }
+    CHECK_THAT(errorOf([&] { readSafetensors(s.path("long.safetensors")); }),
+               Catch::Contains("header length 105906176 is over the limit of 104857600 bytes"));
+    {
+        // 64 MiB of empty lists: parsed as events, not as a document (which took 1.5 GB).
+        std::string lists = R"({"__metadata__":[)";
+        lists.reserve(64u << 20);
+        while (lists.size() < (64u << 20)) lists += "[],";
+        lists += "[]]}";
+        s.write("lists.safetensors", safetensorsBytes(lists, ""));
+        lists = std::string();
+        struct rusage before {}, after {};
+        getrusage(RUSAGE_SELF, &before);
+        CHECK(readSafetensors(s.path("lists.safetensors")).empty()); // a valid file without tensors
+        getrusage(RUSAGE_SELF, &after);
+        CHECK(after.ru_maxrss - before.ru_maxrss < 160 * 1024); // KiB: the header's bytes, not a document of them
+    }
+    // Bytes in memory read as a file does.
+    const std::string good = safetensorsBytes(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})",
+                                              std::string("\0\0\x80\x3f\0\0\0\xc0", 8));
+    SafetensorsReader mem("mem", good);
+    REQUIRE(mem.entries().size() == 1);
+    CHECK(mem.read(mem.entries()[0]).data == std::vector<double>{1.0, -2.0});
+    CHECK_THAT(errorOf([&] { SafetensorsReader("mem", good.substr(0, good.size() - 1)); }),
+               Catch::Contains("mem: error: tensor 'a': data_offsets [0, 8] lie outside the 7 bytes of data"));
+}
+
+/// A pipe whose read end is named /dev/fd/N; `bytes` are written (then the write end is
+/// closed, or kept open while `body` runs).
+static void withPipe(const std::string& bytes, bool keepOpen, const std::function<void(const std::string&)>& body) {
+    int fds[2];
+    REQUIRE(::pipe(fds) == 0);
+    REQUIRE(bytes.size() < 60000); // within the pipe's buffer
+    REQUIRE(::write(fds[1], bytes.data(), bytes.size()) == ssize_t(bytes.size()));
+    if (!keepOpen) ::close(fds[1]);
+    body("/dev/fd/" + std::to_string(fds[0]));
+    ::close(fds[0]);
+    if (keepOpen) ::close(fds[1]);
+}
+
+TEST_CASE("parameters from pipes and devices are read in order and never without bound", "[params]") {
+    Graph g = smallModel();
+    std::vector<std::pair<std::string, Tensor>> tensors;
+    for (auto& p : g.params)
+        tensors.emplace_back(p.name, Tensor{g[p.node].shape, std::vector<double>(size_t(elementCount(g[p.node].shape)), 0.5)});
+    Scratch s("pipe");
+    writeSafetensors(s.path("p.safetensors"), tensors);
+    std::ifstream in(s.path("p.safetensors"), std::ios::binary);
+    const std::string file((std::istreambuf_iterator<char>(in)), {});
+    withPipe(file, false, [&](const std::string& path) {
+        Bindings b = loadParameters(g, path);
+        CHECK(b.at("layers.0.weight").data == std::vector<double>(12, 0.5));
+    });
+    // The header alone, the pipe kept open: a missing tensor is found without waiting for data.
+    auto missing = tensors;
+    missing.erase(missing.begin());
+    writeSafetensors(s.path("m.safetensors"), missing);
+    std::ifstream in2(s.path("m.safetensors"), std::ios::binary);
+    const std::string mfile((std::istreambuf_iterator<char>(in2)), {});
+    uint64_t n = 0;
+    for (int i = 7; i >= 0; --i) n = n << 8 | uint8_t(mfile[size_t(i)]);
+    withPipe(mfile.substr(0, 8 + n), true, [&](const std::string& path) {
+        CHECK_THAT(errorOf([&] { loadParameters(g, path); }),
+                   Catch::Contains("error: tensor 'layers.0.weight' of the model is missing"));
+    });
+    withPipe(file.substr(0, file.size() - 3), false, [&](const std::string& path) {
+        CHECK_THAT(errorOf([&] { loadParameters(g, path); }), Catch::Contains("the file ends after"));
+    });
+    CHECK_THAT(errorOf([&] { readSafetensors("/dev/zero"); }),
+               Catch::StartsWith("/dev/zero: error: not a safetensors file: header length 0 is too short"));
+    CHECK_THAT(errorOf([&] { readSafetensors("/dev/null"); }),
+               Catch::StartsWith("/dev/null: error: not a safetensors file: 0 bytes, too short for a header"));
+    CHECK_THAT(errorOf([&] { readSafetensors(s.dir.string()); }), Catch::Contains("it is a directory"));
+}
+
+TEST_CASE("a 256 MiB F16 file whose tensor is missing is refused from its header alone", "[params]") {
+    Scratch s("f16");
+    Graph g = smallModel();
+    const uint64_t elements = 128u << 20; // 256 MiB of F16, a hole in a sparse file
+    std::string json = fmt::format(R"({{"big":{{"dtype":"F16","shape":[{}],"data_offsets":[0,{}]}}}})", elements, 2 * elements);
+    s.write("f16.safetensors", safetensorsBytes(json, ""));
+    fs::resize_file(s.path("f16.safetensors"), 8 + json.size() + 2 * elements);
+    struct rusage before {}, after {};
+    getrusage(RUSAGE_SELF, &before);
+    CHECK_THAT(errorOf([&] { loadParameters(g, s.path("f16.safetensors")); }),
+               Catch::Contains("f16.safetensors: error: tensor 'layers.0.weight' of the model is missing"));
+    getrusage(RUSAGE_SELF, &after);
+    CHECK(after.ru_maxrss - before.ru_maxrss < 32 * 1024); // KiB: the old reader took 1.36 GB
+}
+
+TEST_CASE("the safetensors fuzzer's seeds load into its model (or fail as named)", "[params]") {
+    Graph g = smallModel(); // the fuzzer's model
+    int loaded = 0;
+    for (auto& f : fs::directory_iterator(GRADC_SOURCE_DIR "/tests/fuzz/corpus/safetensors")) {
+        const std::string name = f.path().filename().string(), e = errorOf([&] { loadParameters(g, f.path().string()); });
+        INFO(name << ": " << e);
+        if (name.rfind("model_", 0) == 0) CHECK((e.empty() && ++loaded));
+        if (name == "missing_tensor.safetensors") CHECK_THAT(e, Catch::Contains("tensor 'layers.0.weight' of the model is missing"));
+    }
+    CHECK(loaded == 5);
 }
 
 TEST_CASE("a parameter file must fit the model exactly", "[params]") {
