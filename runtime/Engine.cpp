@@ -72,7 +72,7 @@ void Engine::load(const std::string& path) {
         auto n = b.find(buf.layer + ".num_batches_tracked");
         if (n != b.end()) tracked = std::max(tracked, int64_t(n->second.data[0]));
     }
-    state_ = std::move(state);
+    std::copy(state.begin(), state.end(), state_.begin()); // in place: parameters() stays valid
     batchesTracked_ = tracked;
 }
 

@@ -381,6 +381,22 @@ TEST_CASE("every misuse of a Session or a Model throws gradc::Error with a messa
                    Catch::Contains("forward: the targets are a null pointer"));
         CHECK(errorOf([&] { r.backward(x.data(), targets.data()); }).empty());
 
+        // The arrays stay in place: a pointer taken once stays valid.
+        const std::string saved = (std::filesystem::temp_directory_path() /
+                                   ("gradc-session-test-" + std::string(backend) + ".safetensors")).string();
+        float* params = s.parameters();
+        const float* grads = s.gradients();
+        s.saveParameters(saved);
+        const float first = params[0];
+        params[0] += 1;
+        s.loadParameters(saved);
+        std::filesystem::remove(saved);
+        CHECK(params[0] == first);
+        s.initialiseParameters(5);
+        s.backward(x.data(), labels.data());
+        CHECK(s.parameters() == params);
+        CHECK(s.gradients() == grads);
+
         // Bad optimiser settings and parameter files.
         OptimizerOptions adam;
         adam.method = "adamw";

@@ -81,7 +81,8 @@ public:
     void loadParameters(const std::string& path);
     void saveParameters(const std::string& path) const;
     /// The flat state array, writable: the parameters (see Model::parameters for the layout),
-    /// then the buffers (Model::buffers: batchnorm's running statistics).
+    /// then the buffers (Model::buffers: batchnorm's running statistics). It stays in place
+    /// for the Session's life (loadParameters and initialiseParameters write into it).
     float* parameters();
 
     /// One forward pass: `x` is [batch, inputWidth] row-major; `labels` (cross_entropy) or
