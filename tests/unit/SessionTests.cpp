@@ -258,11 +258,13 @@ TEST_CASE("one Session called from two threads at once: the second call is an er
         }
     };
     auto retry = [&](auto f) {
-        for (;;) try {
+        for (;;) {
+            try {
                 return f();
             } catch (const Error& e) {
                 collided(e);
             }
+        }
     };
     std::thread intruder([&] {
         while (!stop.load()) {
