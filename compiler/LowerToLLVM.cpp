@@ -631,7 +631,7 @@ private:
             scratch(bp, tile); // the panel addresses, inside the outlined function
             tiles(fn_->getArg(1), fn_->getArg(2), fn_->getArg(3));
         });
-        b_.CreateCall(parallelFor(), {body, ctxArray, i64(units)});
+        b_.CreateCall(parallelFor(), {body, ctxArray, i64(units), i64(bl.threads)});
     }
 
     /// Packs `tiles` panels with `packer`, on the thread pool when there is one.
@@ -655,13 +655,15 @@ private:
             b_.CreateCall(packer, {d, sv, i64(dim), i64(K), b_.getInt1(trans), b_.CreateAdd(fn_->getArg(1), i64(first)),
                                    b_.CreateAdd(fn_->getArg(2), i64(first))});
         });
-        b_.CreateCall(parallelFor(), {body, ctx, i64(tiles - first)});
+        b_.CreateCall(parallelFor(), {body, ctx, i64(tiles - first), i64(p_->blocking.threads)});
     }
 
+    /// gradc_parallel_for(body, context, n, threads): `threads` is the count the per-thread
+    /// tiles in the scratch area were planned for, so no loop runs on more.
     llvm::FunctionCallee parallelFor() {
         auto* ptr = llvm::PointerType::get(ctx_, 0);
-        return m_.getOrInsertFunction("gradc_parallel_for",
-                                      llvm::FunctionType::get(b_.getVoidTy(), {ptr, ptr, b_.getInt64Ty()}, false));
+        auto* int64 = b_.getInt64Ty();
+        return m_.getOrInsertFunction("gradc_parallel_for", llvm::FunctionType::get(b_.getVoidTy(), {ptr, ptr, int64, int64}, false));
     }
 
     /// The entry point's seven arguments in an array in its frame, for outlined loops.

@@ -28,17 +28,17 @@ void Model::Impl::init() {
     graph = buildGraph(*ast, {2});
 }
 
-const std::string& Model::name() const { return impl_->graph.model; }
-int64_t Model::inputWidth() const { return impl_->graph[0].shape[1]; }
-int64_t Model::outputWidth() const { return impl_->graph[impl_->graph.output("logits")].shape[1]; }
-const std::string& Model::loss() const { return impl_->graph.lossKind; }
-int64_t Model::parameterCount() const { return impl_->graph.parameterCount(); }
+const std::string& Model::name() const { return impl().graph.model; }
+int64_t Model::inputWidth() const { return impl().graph[0].shape[1]; }
+int64_t Model::outputWidth() const { return impl().graph[impl().graph.output("logits")].shape[1]; }
+const std::string& Model::loss() const { return impl().graph.lossKind; }
+int64_t Model::parameterCount() const { return impl().graph.parameterCount(); }
 
 std::vector<ParameterInfo> Model::parameters() const {
     std::vector<ParameterInfo> out;
     int64_t offset = 0;
-    for (auto& p : impl_->graph.params) {
-        const Shape& s = impl_->graph[p.node].shape;
+    for (auto& p : impl().graph.params) {
+        const Shape& s = impl().graph[p.node].shape;
         out.push_back({p.name, s, offset, elementCount(s)});
         offset += elementCount(s);
     }
@@ -47,8 +47,8 @@ std::vector<ParameterInfo> Model::parameters() const {
 
 std::vector<ParameterInfo> Model::buffers() const {
     std::vector<ParameterInfo> out;
-    int64_t offset = impl_->graph.parameterCount();
-    for (auto& b : impl_->graph.buffers) {
+    int64_t offset = impl().graph.parameterCount();
+    for (auto& b : impl().graph.buffers) {
         out.push_back({b.name, {b.size}, offset, b.size});
         offset += b.size;
     }

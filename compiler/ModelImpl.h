@@ -16,7 +16,8 @@ struct Model::Impl {
     void init();
 };
 
-/// Runs `f`, turning a UserError into gradc::Error with the diagnostic as its message.
+/// Runs `f`, turning a UserError into gradc::Error with the diagnostic as its message, and
+/// any other exception into gradc::Error too: nothing else reaches an embedding program.
 template <typename F> auto publicCall(F&& f) -> decltype(f()) {
     try {
         return f();
@@ -24,6 +25,12 @@ template <typename F> auto publicCall(F&& f) -> decltype(f()) {
         std::string msg = e.format();
         while (!msg.empty() && msg.back() == '\n') msg.pop_back();
         throw Error(msg);
+    } catch (const Error&) {
+        throw;
+    } catch (const std::bad_alloc&) {
+        throw Error("gradc: error: out of memory");
+    } catch (const std::exception& e) {
+        throw Error(std::string("gradc: internal error: ") + e.what());
     }
 }
 

@@ -2,18 +2,43 @@
 // (a kernel follows a kernel within microseconds), then sleep. Each loop is shared out in
 // chunks taken from a counter, so a thread that the machine slows (a shared core) does less
 // of it instead of holding the others up; which thread runs a chunk never changes a result.
+//
+// Re-entrancy: a loop's counters live in a Loop on its caller's stack, never in the pool, so
+// two callers share nothing but the workers. The workers serve one loop at a time; a caller
+// that finds them serving another runs its own loop alone. A worker joins a loop only while
+// its caller is still handing it out (under the pool's mutex), and the caller returns only
+// after every worker that joined has left, so no worker touches a Loop that is gone.
 #include "ThreadPool.h"
 
 #include <algorithm>
 #include <atomic>
-#include <memory>
 #include <condition_variable>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
 
 namespace gradc {
 namespace {
+
+using Body = void (*)(void*, int64_t, int64_t, int64_t);
+
+/// One parallel loop and its own counters.
+struct Loop {
+    Body body;
+    void* context;
+    int64_t n, step;
+    std::atomic<int64_t> next{0};
+    std::atomic<int> active{0}; ///< workers that joined and have not left
+
+    void chunks(int64_t thread) {
+        for (;;) {
+            const int64_t begin = next.fetch_add(step, std::memory_order_relaxed);
+            if (begin >= n) return;
+            body(context, begin, std::min(n, begin + step), thread);
+        }
+    }
+};
 
 class Pool {
 public:
@@ -31,44 +56,35 @@ public:
     }
     int threads() const { return threads_; }
 
-    void run(void (*body)(void*, int64_t, int64_t, int64_t), void* context, int64_t n) {
-        if (threads_ == 1 || n <= 1) {
-            body(context, 0, n, 0);
-            return;
-        }
+    /// Runs `loop` on the calling thread (as thread 0) and workers 1 .. width-1; false, and
+    /// nothing run, when the workers are serving another caller's loop.
+    bool run(Loop& loop, int width) {
         {
             std::lock_guard<std::mutex> lock(mutex_);
-            body_ = body, context_ = context, n_ = n;
-            step_ = std::max<int64_t>(1, n / (int64_t(threads_) * 8));
-            next_.store(0, std::memory_order_relaxed);
-            pending_.store(threads_ - 1);
-            generation_.fetch_add(1);
+            if (current_) return false;
+            current_ = &loop;
+            width_ = width;
+            generation_.fetch_add(1, std::memory_order_release);
         }
         wake_.notify_all();
-        chunk(0);
-        while (pending_.load(std::memory_order_acquire) != 0) std::this_thread::yield();
+        loop.chunks(0);
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            current_ = nullptr; // from here on no worker joins this loop
+        }
+        while (loop.active.load(std::memory_order_acquire) != 0) std::this_thread::yield();
+        return true;
     }
 
 private:
-    int threads_;
+    const int threads_;
     std::vector<std::thread> workers_;
     std::mutex mutex_;
     std::condition_variable wake_;
-    std::atomic<uint64_t> generation_{0};
-    std::atomic<int> pending_{0};
-    bool stop_ = false;
-    void (*body_)(void*, int64_t, int64_t, int64_t) = nullptr;
-    void* context_ = nullptr;
-    int64_t n_ = 0, step_ = 1;
-    std::atomic<int64_t> next_{0};
-
-    void chunk(int t) {
-        for (;;) {
-            const int64_t begin = next_.fetch_add(step_, std::memory_order_relaxed);
-            if (begin >= n_) return;
-            body_(context_, begin, std::min(n_, begin + step_), t);
-        }
-    }
+    std::atomic<uint64_t> generation_{0}; // written under mutex_; read while spinning
+    bool stop_ = false;                   // under mutex_
+    Loop* current_ = nullptr;             // under mutex_: the loop being handed out
+    int width_ = 0;                       // under mutex_: its threads, the caller included
 
     void work(int t) {
         uint64_t seen = 0;
@@ -76,42 +92,60 @@ private:
             // Spin a little before sleeping: the next loop usually comes at once.
             for (int spin = 0; spin < 20000 && generation_.load(std::memory_order_acquire) == seen; ++spin)
                 std::this_thread::yield();
+            Loop* loop;
             {
                 std::unique_lock<std::mutex> lock(mutex_);
                 wake_.wait(lock, [&] { return generation_.load() != seen; });
                 seen = generation_.load();
                 if (stop_) return;
+                loop = current_;
+                if (!loop || t >= width_) continue;
+                loop->active.fetch_add(1, std::memory_order_relaxed);
             }
-            chunk(t);
-            pending_.fetch_sub(1, std::memory_order_release);
+            loop->chunks(t);
+            loop->active.fetch_sub(1, std::memory_order_release);
         }
     }
 };
 
-int requested = 0;
+std::atomic<int> requested{0};
 std::mutex poolMutex;
-std::unique_ptr<Pool> pool;
+std::shared_ptr<Pool> pool; // under poolMutex; callers hold a copy while they use it
 
-Pool& thePool() {
+std::shared_ptr<Pool> thePool() {
     std::lock_guard<std::mutex> lock(poolMutex);
-    if (!pool) pool = std::make_unique<Pool>(threadCount());
-    return *pool;
+    if (!pool) pool = std::make_shared<Pool>(threadCount());
+    return pool;
 }
 
 } // namespace
 
-int hardwareThreads() { return std::max(1u, std::thread::hardware_concurrency()); }
+int hardwareThreads() { return int(std::max(1u, std::thread::hardware_concurrency())); }
 
 void setThreadCount(int n) {
     std::lock_guard<std::mutex> lock(poolMutex);
-    requested = std::max(1, n);
-    if (pool && pool->threads() != requested) pool.reset();
+    requested.store(std::max(1, n));
+    // A loop running on the old pool keeps it alive until it returns.
+    if (pool && pool->threads() != requested.load()) pool.reset();
 }
 
-int threadCount() { return requested > 0 ? requested : hardwareThreads(); }
+int threadCount() {
+    const int n = requested.load();
+    return n > 0 ? n : hardwareThreads();
+}
 
 } // namespace gradc
 
-extern "C" void gradc_parallel_for(void (*body)(void*, int64_t, int64_t, int64_t), void* context, int64_t n) {
-    gradc::thePool().run(body, context, n);
+extern "C" void gradc_parallel_for(void (*body)(void*, int64_t, int64_t, int64_t), void* context, int64_t n,
+                                   int64_t threads) {
+    if (n <= 0) return;
+    if (threads > 1 && n > 1) {
+        std::shared_ptr<gradc::Pool> pool = gradc::thePool();
+        const int width = int(std::min<int64_t>(threads, pool->threads()));
+        if (width > 1) {
+            gradc::Loop loop{body, context, n, std::max<int64_t>(1, n / (int64_t(width) * 8))};
+            if (pool->run(loop, width)) return;
+        }
+    }
+    body(context, 0, n, 0); // one thread: the pool's workers are busy, or there are none
 }

@@ -72,7 +72,7 @@ void Engine::load(const std::string& path) {
         auto n = b.find(buf.layer + ".num_batches_tracked");
         if (n != b.end()) tracked = std::max(tracked, int64_t(n->second.data[0]));
     }
-    state_ = std::move(state);
+    std::copy(state.begin(), state.end(), state_.begin()); // in place: parameters() stays valid
     batchesTracked_ = tracked;
 }
 
@@ -125,7 +125,10 @@ float Engine::run(Compiled& c, const float* x, const void* target, float* logits
             c.code.backward(state_.data(), x, target, &loss, grads_.data(), c.acts.data(), c.workspace.get());
         else
             c.code.forward(state_.data(), x, target, out, &loss, c.acts.data(), c.workspace.get());
-        if (&c == &train_) lastOutputs_.clear(); // read back from `acts` when asked for
+        if (&c == &train_) {
+            lastOutputs_.clear(); // read back from `acts` when asked for
+            haveOutputs_ = true;
+        }
         return loss;
     }
     std::map<std::string, Tensor> outputs = interpretOutputs(backward ? c.gradGraph : c.graph, bindings(c.graph, x, target));
@@ -142,7 +145,10 @@ float Engine::run(Compiled& c, const float* x, const void* target, float* logits
         const Tensor& t = outputs.at(name);
         for (size_t i = 0; i < slice.second; ++i) c.acts[slice.first + i] = float(t.data[i]);
     }
-    if (&c == &train_) lastOutputs_ = std::move(outputs);
+    if (&c == &train_) {
+        lastOutputs_ = std::move(outputs);
+        haveOutputs_ = true;
+    }
     return loss;
 }
 
@@ -226,7 +232,7 @@ float Engine::trainStep(const float* x, const void* target) {
             auto* k = static_cast<Context*>(c);
             k->update(k->p, k->g, k->m, k->v, k->h->data(), begin, end);
         },
-        &ctx, paramCount_);
+        &ctx, paramCount_, threadCount());
     return loss;
 }
 
@@ -237,11 +243,13 @@ float Engine::evaluate(const float* x, const void* target, float* logits) {
         prepare(*c, false);
         eval_ = std::move(c);
     }
-    return run(*eval_, x, target, logits, false);
+    float loss = run(*eval_, x, target, logits, false);
+    evaluated_ = true;
+    return loss;
 }
 
 const float* Engine::layerOutput(size_t i) const {
-    internal_assert(eval_ && i < layerCount(), "layerOutput before evaluate");
+    internal_assert(evaluated_ && i < layerCount(), "layerOutput before evaluate");
     return eval_->acts.data() + eval_->slices.at("layer:" + graph_.layers[i].name).first;
 }
 

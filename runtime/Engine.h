@@ -32,6 +32,10 @@ public:
     const std::vector<float>& state() const { return state_; }
     const std::vector<float>& gradients() const { return grads_; }
     bool haveGradients() const { return haveGradients_; }
+    /// Whether a training-mode forward or backward pass has run (lastOutputs() holds it).
+    bool haveOutputs() const { return haveOutputs_; }
+    /// Whether evaluate() has run (layerOutput() holds its values).
+    bool evaluated() const { return evaluated_; }
     /// How many training steps batchnorm's running statistics have seen
     /// (PyTorch's num_batches_tracked).
     int64_t batchesTracked() const { return batchesTracked_; }
@@ -81,7 +85,7 @@ private:
     int64_t step_ = 0, batchesTracked_ = 0;
     mutable std::map<std::string, Tensor> lastOutputs_; // interp: every output; jit: the preactivations, on demand
     std::map<std::string, Tensor> evalOutputs_;   // interp, evaluation mode
-    bool haveGradients_ = false;
+    bool haveGradients_ = false, haveOutputs_ = false, evaluated_ = false;
 };
 
 } // namespace gradc

@@ -1,5 +1,7 @@
 // Session.cpp — the public gradc::Session: an Engine behind a pimpl, and the one place its
-// internal errors become gradc::Error.
+// internal errors become gradc::Error. Every call checks its use first: a Session that was
+// moved from, one already in use by another thread, null buffers, labels that are not
+// classes, and results asked for before the pass that makes them are errors, never a crash.
 #include "Engine.h"
 #include "ModelImpl.h"
 #include "Sema.h"
@@ -9,25 +11,70 @@
 
 #include <fmt/format.h>
 
+#include <atomic>
 #include <cmath>
 
 namespace gradc {
 
 struct Session::Impl {
     std::unique_ptr<Engine> engine;
-    const void* target(const Graph& g, const void* t, bool labels) const {
-        if (labels != (g.lossKind == "cross_entropy"))
-            throw UserError({}, fmt::format("model {} has loss {}: pass {}", g.model, g.lossKind,
-                                            labels ? "float targets" : "int32 class labels"));
-        return t;
-    }
+    /// Set while a call runs: a Session is used by one thread at a time, and a second thread
+    /// calling at once gets an Error instead of sharing its buffers.
+    std::atomic<bool> busy{false};
 };
+
+namespace {
+
+[[noreturn]] void misuse(const char* call, const std::string& message) {
+    throw Error(fmt::format("gradc: error: Session::{}: {}", call, message));
+}
+
+/// Runs `f(engine)` for the public call `call` on the Session whose Impl is `impl`, with
+/// the Session held for this thread, and internal errors turned into gradc::Error.
+template <typename I, typename F> auto use(I* impl, const char* call, F&& f) {
+    if (!impl) misuse(call, "this Session was moved from");
+    if (impl->busy.exchange(true, std::memory_order_acq_rel))
+        misuse(call, "the Session is in use by another thread (a Session is used by one thread at a time; "
+                     "different Sessions are independent)");
+    struct Release {
+        std::atomic<bool>& busy;
+        ~Release() { busy.store(false, std::memory_order_release); }
+    } release{impl->busy};
+    return publicCall([&] { return f(*impl->engine); });
+}
+
+void checkInput(const char* call, const float* x) {
+    if (!x) misuse(call, "the input x is a null pointer");
+}
+
+/// The class labels of a cross_entropy model: one per example, each in [0, classes).
+const void* target(const char* call, const Graph& g, const int32_t* labels) {
+    if (g.lossKind != "cross_entropy")
+        misuse(call, fmt::format("model {} has loss {}: pass float targets", g.model, g.lossKind));
+    if (!labels) misuse(call, "the labels are a null pointer");
+    const int64_t classes = g[g.output("logits")].shape[1];
+    for (int64_t i = 0; i < g.batch; ++i)
+        if (labels[i] < 0 || labels[i] >= classes)
+            misuse(call, fmt::format("labels[{}] is {}, not a class of model {} (0 to {})", i, labels[i], g.model,
+                                     classes - 1));
+    return labels;
+}
+
+/// The float targets of a bce or mse model: [batch, outputWidth].
+const void* target(const char* call, const Graph& g, const float* targets) {
+    if (g.lossKind == "cross_entropy")
+        misuse(call, fmt::format("model {} has loss {}: pass int32 class labels", g.model, g.lossKind));
+    if (!targets) misuse(call, "the targets are a null pointer");
+    return targets;
+}
+
+} // namespace
 
 Session::Session(const Model& model, int64_t batch, const SessionOptions& options) : impl_(std::make_unique<Impl>()) {
     publicCall([&] {
+        const Model::Impl& m = model.impl(); // throws for a Model that was moved from
         SemaOptions train{batch}, eval{batch, /*eval=*/true, /*layerOutputs=*/true};
-        impl_->engine = std::make_unique<Engine>(buildGraph(*model.impl().ast, train),
-                                                 buildGraph(*model.impl().ast, eval), options);
+        impl_->engine = std::make_unique<Engine>(buildGraph(*m.ast, train), buildGraph(*m.ast, eval), options);
         return 0;
     });
 }
@@ -36,63 +83,103 @@ Session::~Session() = default;
 Session::Session(Session&&) noexcept = default;
 Session& Session::operator=(Session&&) noexcept = default;
 
-int64_t Session::batch() const { return impl_->engine->batch(); }
-float* Session::parameters() { return impl_->engine->state().data(); }
-const float* Session::gradients() const { return impl_->engine->gradients().data(); }
+int64_t Session::batch() const {
+    return use(impl_.get(), "batch", [](Engine& e) { return e.batch(); });
+}
+float* Session::parameters() {
+    return use(impl_.get(), "parameters", [](Engine& e) { return e.state().data(); });
+}
+const float* Session::gradients() const {
+    return use(impl_.get(), "gradients", [](Engine& e) {
+        if (!e.haveGradients()) misuse("gradients", "no gradients yet: call backward() or trainStep() first");
+        return e.gradients().data();
+    });
+}
 
-void Session::initialiseParameters(uint64_t seed) { impl_->engine->initialise(seed); }
+void Session::initialiseParameters(uint64_t seed) {
+    use(impl_.get(), "initialiseParameters", [&](Engine& e) { return e.initialise(seed), 0; });
+}
 void Session::loadParameters(const std::string& path) {
-    publicCall([&] { return impl_->engine->load(path), 0; });
+    use(impl_.get(), "loadParameters", [&](Engine& e) { return e.load(path), 0; });
 }
 void Session::saveParameters(const std::string& path) const {
-    publicCall([&] { return impl_->engine->save(path), 0; });
+    use(impl_.get(), "saveParameters", [&](Engine& e) { return e.save(path), 0; });
 }
 
 float Session::forward(const float* x, const int32_t* labels, float* logits) {
-    return publicCall([&] { return impl_->engine->forward(x, impl_->target(impl_->engine->graph(), labels, true), logits); });
+    return use(impl_.get(), "forward", [&](Engine& e) {
+        checkInput("forward", x);
+        return e.forward(x, target("forward", e.graph(), labels), logits);
+    });
 }
 float Session::forward(const float* x, const float* targets, float* logits) {
-    return publicCall([&] { return impl_->engine->forward(x, impl_->target(impl_->engine->graph(), targets, false), logits); });
+    return use(impl_.get(), "forward", [&](Engine& e) {
+        checkInput("forward", x);
+        return e.forward(x, target("forward", e.graph(), targets), logits);
+    });
 }
 float Session::backward(const float* x, const int32_t* labels) {
-    return publicCall([&] { return impl_->engine->backward(x, impl_->target(impl_->engine->graph(), labels, true)); });
+    return use(impl_.get(), "backward", [&](Engine& e) {
+        checkInput("backward", x);
+        return e.backward(x, target("backward", e.graph(), labels));
+    });
 }
 float Session::backward(const float* x, const float* targets) {
-    return publicCall([&] { return impl_->engine->backward(x, impl_->target(impl_->engine->graph(), targets, false)); });
+    return use(impl_.get(), "backward", [&](Engine& e) {
+        checkInput("backward", x);
+        return e.backward(x, target("backward", e.graph(), targets));
+    });
 }
 
 void Session::setOptimizer(const OptimizerOptions& options) {
-    publicCall([&] { return impl_->engine->setOptimizer(options), 0; });
+    use(impl_.get(), "setOptimizer", [&](Engine& e) { return e.setOptimizer(options), 0; });
 }
 float Session::trainStep(const float* x, const int32_t* labels) {
-    return publicCall([&] { return impl_->engine->trainStep(x, impl_->target(impl_->engine->graph(), labels, true)); });
+    return use(impl_.get(), "trainStep", [&](Engine& e) {
+        checkInput("trainStep", x);
+        return e.trainStep(x, target("trainStep", e.graph(), labels));
+    });
 }
 float Session::trainStep(const float* x, const float* targets) {
-    return publicCall([&] { return impl_->engine->trainStep(x, impl_->target(impl_->engine->graph(), targets, false)); });
+    return use(impl_.get(), "trainStep", [&](Engine& e) {
+        checkInput("trainStep", x);
+        return e.trainStep(x, target("trainStep", e.graph(), targets));
+    });
 }
-int64_t Session::steps() const { return impl_->engine->steps(); }
+int64_t Session::steps() const {
+    return use(impl_.get(), "steps", [](Engine& e) { return e.steps(); });
+}
 
 float Session::evaluate(const float* x, const int32_t* labels, float* logits) {
-    return publicCall([&] { return impl_->engine->evaluate(x, impl_->target(impl_->engine->graph(), labels, true), logits); });
+    return use(impl_.get(), "evaluate", [&](Engine& e) {
+        checkInput("evaluate", x);
+        return e.evaluate(x, target("evaluate", e.graph(), labels), logits);
+    });
 }
 float Session::evaluate(const float* x, const float* targets, float* logits) {
-    return publicCall([&] { return impl_->engine->evaluate(x, impl_->target(impl_->engine->graph(), targets, false), logits); });
+    return use(impl_.get(), "evaluate", [&](Engine& e) {
+        checkInput("evaluate", x);
+        return e.evaluate(x, target("evaluate", e.graph(), targets), logits);
+    });
 }
 
 std::vector<LayerOutput> Session::layerOutputs() const {
-    const Engine& e = *impl_->engine;
-    std::vector<LayerOutput> out;
-    for (size_t i = 0; i < e.layerCount(); ++i) {
-        const LayerInfo& l = e.graph().layers[i];
-        const float* v = e.layerOutput(i);
-        out.push_back({l.name, l.what, l.out, std::vector<float>(v, v + elementCount(l.out))});
-    }
-    return out;
+    return use(impl_.get(), "layerOutputs", [](Engine& e) {
+        if (!e.evaluated()) misuse("layerOutputs", "no layer outputs yet: call evaluate() first");
+        std::vector<LayerOutput> out;
+        for (size_t i = 0; i < e.layerCount(); ++i) {
+            const LayerInfo& l = e.graph().layers[i];
+            const float* v = e.layerOutput(i);
+            out.push_back({l.name, l.what, l.out, std::vector<float>(v, v + elementCount(l.out))});
+        }
+        return out;
+    });
 }
 
-std::vector<GradientStatistics> Session::gradientStatistics() const {
-    const Engine& e = *impl_->engine;
-    if (!e.haveGradients()) throw Error("gradientStatistics: call backward first");
+namespace {
+
+std::vector<GradientStatistics> gradientStatisticsOf(const Engine& e, const char* call) {
+    if (!e.haveGradients()) misuse(call, "no gradients yet: call backward() or trainStep() first");
     std::vector<GradientStatistics> out;
     size_t offset = 0;
     for (auto& p : e.graph().params) {
@@ -105,18 +192,30 @@ std::vector<GradientStatistics> Session::gradientStatistics() const {
     return out;
 }
 
+} // namespace
+
+std::vector<GradientStatistics> Session::gradientStatistics() const {
+    return use(impl_.get(), "gradientStatistics", [](Engine& e) { return gradientStatisticsOf(e, "gradientStatistics"); });
+}
+
 std::vector<ActivationStatistics> Session::activationStatistics() const {
-    std::vector<ActivationStatistics> out;
-    for (auto& a : gradc::activationStatistics(impl_->engine->graph(), impl_->engine->lastOutputs()))
-        out.push_back({a.name, a.function, a.mean, a.std, a.lowGradientFraction});
-    return out;
+    return use(impl_.get(), "activationStatistics", [](Engine& e) {
+        if (!e.haveOutputs())
+            misuse("activationStatistics", "no activations yet: call forward(), backward() or trainStep() first");
+        std::vector<ActivationStatistics> out;
+        for (auto& a : gradc::activationStatistics(e.graph(), e.lastOutputs()))
+            out.push_back({a.name, a.function, a.mean, a.std, a.lowGradientFraction});
+        return out;
+    });
 }
 
 double Session::vanishingFactor() const {
-    std::vector<double> weights; // abs_mean of each weight gradient, in layer order
-    for (auto& t : gradientStatistics())
-        if (t.shape.size() == 2) weights.push_back(t.absMean);
-    return weights.size() < 2 ? std::nan("") : weights.front() / weights.back();
+    return use(impl_.get(), "vanishingFactor", [](Engine& e) {
+        std::vector<double> weights; // abs_mean of each weight gradient, in layer order
+        for (auto& t : gradientStatisticsOf(e, "vanishingFactor"))
+            if (t.shape.size() == 2) weights.push_back(t.absMean);
+        return weights.size() < 2 ? std::nan("") : weights.front() / weights.back();
+    });
 }
 
 } // namespace gradc

@@ -34,6 +34,8 @@ struct ParameterInfo {
     int64_t count = 0;
 };
 
+/// A Model is immutable: copies share it, and any number of threads may read it and build
+/// Sessions from it at once. Every call on a Model that was moved from throws gradc::Error.
 class Model {
 public:
     /// Parses and checks a model file; throws gradc::Error with the diagnostic.
@@ -52,7 +54,11 @@ public:
     std::vector<ParameterInfo> buffers() const;
 
     struct Impl;
-    const Impl& impl() const { return *impl_; }
+    /// Throws gradc::Error for a Model that was moved from.
+    const Impl& impl() const {
+        if (!impl_) throw Error("gradc: error: Model: this Model was moved from");
+        return *impl_;
+    }
 
 private:
     explicit Model(std::shared_ptr<const Impl> impl) : impl_(std::move(impl)) {}

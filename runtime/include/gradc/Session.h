@@ -53,11 +53,23 @@ struct LayerOutput {
     std::vector<float> values;
 };
 
+/// Threads: a Session is used by one thread at a time (a call made while another thread is
+/// inside a call on the same Session throws gradc::Error and changes nothing; pointers it
+/// returned are the caller's to share safely). Different Sessions are independent: any number
+/// may run at once on different threads, each giving exactly the results it gives alone,
+/// whether they were built from one Model or from several.
+///
+/// Every misuse throws gradc::Error with a message and leaves the Session as it was: a Session
+/// that was moved from, a null input, labels that are not classes, int32 labels for a model
+/// with float targets (or the reverse), results asked for before the pass that makes them.
 class Session {
 public:
-    /// Compiles `model` for batches of `batch` examples; throws gradc::Error.
+    /// Compiles `model` for batches of `batch` examples (1 to 2^20); throws gradc::Error.
+    /// Compiled code is planned for gradc's thread count at this moment (default: all cores).
     Session(const Model& model, int64_t batch, const SessionOptions& options = {});
     ~Session();
+    /// The Session moved to owns everything; every call on the one moved from throws
+    /// gradc::Error (it may still be destroyed or assigned to).
     Session(Session&&) noexcept;
     Session& operator=(Session&&) noexcept;
 
@@ -69,18 +81,22 @@ public:
     void loadParameters(const std::string& path);
     void saveParameters(const std::string& path) const;
     /// The flat state array, writable: the parameters (see Model::parameters for the layout),
-    /// then the buffers (Model::buffers: batchnorm's running statistics).
+    /// then the buffers (Model::buffers: batchnorm's running statistics). It stays in place
+    /// for the Session's life (loadParameters and initialiseParameters write into it).
     float* parameters();
 
     /// One forward pass: `x` is [batch, inputWidth] row-major; `labels` (cross_entropy) or
-    /// `targets` (bce, mse: [batch, outputWidth]) give the loss. Writes `logits`
-    /// ([batch, outputWidth]) when it is not null. Returns the loss.
+    /// `targets` (bce, mse: [batch, outputWidth]) give the loss; every label must be a class,
+    /// 0 to outputWidth - 1. Writes `logits` ([batch, outputWidth]) when it is not null.
+    /// Returns the loss.
     float forward(const float* x, const int32_t* labels, float* logits = nullptr);
     float forward(const float* x, const float* targets, float* logits = nullptr);
 
     /// One forward and backward pass; the gradients are then in gradients(). Returns the loss.
     float backward(const float* x, const int32_t* labels);
     float backward(const float* x, const float* targets);
+    /// The gradients of the last backward() or trainStep() (throws before the first); the
+    /// array stays in place for the Session's life.
     const float* gradients() const;
 
     /// Chooses the optimiser and clears its state (momentum buffers, Adam's moments, step).
@@ -99,13 +115,18 @@ public:
     /// loss.
     float evaluate(const float* x, const int32_t* labels, float* logits = nullptr);
     float evaluate(const float* x, const float* targets, float* logits = nullptr);
-    /// Every module's output but the last one's, from the last evaluate().
+    /// Every module's output but the last one's, from the last evaluate() (throws before the
+    /// first).
     std::vector<LayerOutput> layerOutputs() const;
 
-    /// Statistics of the last backward pass.
+    /// Statistics of the gradients of the last backward() or trainStep() (throws before the
+    /// first).
     std::vector<GradientStatistics> gradientStatistics() const;
+    /// Statistics of the hidden activations of the last training-mode pass: forward(),
+    /// backward() or trainStep() (throws before the first).
     std::vector<ActivationStatistics> activationStatistics() const;
-    /// abs_mean of the first weight gradient over the last one's (NaN with fewer than two).
+    /// abs_mean of the first weight gradient over the last one's (NaN with fewer than two);
+    /// throws before the first backward() or trainStep().
     double vanishingFactor() const;
 
 private:

@@ -1,0 +1,464 @@
+// SessionTests.cpp — the embedding API (gradc/Model.h, gradc/Session.h): Sessions on several
+// threads at once give exactly the results each gives alone, the thread pool under them is
+// re-entrant, and every misuse of the API throws gradc::Error with a message.
+//
+// The tests tagged [concurrency] are the ones `tools/test --tsan` runs under ThreadSanitizer.
+// Catch2's assertions are not thread-safe: the threads only record, the test thread checks.
+#include "ThreadPool.h"
+
+#include <gradc/Model.h>
+#include <gradc/Session.h>
+
+#include <catch2/catch.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <latch>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+using namespace gradc;
+
+namespace {
+
+/// Restores the default thread count when a test that changes it ends.
+struct ThreadCountGuard {
+    explicit ThreadCountGuard(int n) { setThreadCount(n); }
+    ~ThreadCountGuard() { setThreadCount(hardwareThreads()); }
+};
+
+/// A model, the batch it is run with, and the backend.
+struct Case {
+    std::string name, text;
+    int64_t batch;
+    std::string backend;
+};
+
+const std::vector<Case>& cases() {
+    static const std::vector<Case> all = {
+        {"wide", "model wide\ninput 40\ndense 64 tanh\ndense 48 relu\ndense 10\nloss cross_entropy\n", 24, "jit"},
+        {"bn",
+         "model bn\ninput 30\ndense 40\nbatchnorm\nsigmoid\nh = identity\ndense 40 relu\nadd h\ndense 6\n"
+         "loss cross_entropy\n",
+         20, "jit"},
+        {"regression", "model regression\ninput 20\ndense 56 gelu\ndense 20\nloss mse\n", 18, "jit"},
+        {"small_interp", "model small_interp\ninput 6\ndense 8 tanh\ndense 1\nloss bce\n", 4, "interp"},
+    };
+    return all;
+}
+
+/// Everything a run computed, step by step, as bits.
+struct Trace {
+    std::vector<uint32_t> losses;
+    std::vector<std::vector<uint32_t>> gradients;
+    std::vector<uint32_t> logits; ///< one evaluate() after the last step
+    std::string error;            ///< what a thread caught, if anything
+};
+
+uint32_t bits(float v) {
+    uint32_t b;
+    std::memcpy(&b, &v, 4);
+    return b;
+}
+
+std::vector<uint32_t> bits(const float* v, size_t n) {
+    std::vector<uint32_t> out(n);
+    std::memcpy(out.data(), v, n * 4);
+    return out;
+}
+
+/// `steps` SGD steps with momentum on batches drawn from a generator seeded by the case's
+/// name, then one evaluate(). With `ready`, waits there after compiling, so that the threads'
+/// steps overlap.
+Trace train(const Case& c, const Model& model, int steps, std::latch* ready) {
+    Trace t;
+    bool arrived = false;
+    try {
+        SessionOptions o;
+        o.backend = c.backend;
+        o.cache = false;
+        Session s(model, c.batch, o);
+        s.initialiseParameters(7);
+        OptimizerOptions sgd;
+        sgd.lr = 0.05, sgd.momentum = 0.9;
+        s.setOptimizer(sgd);
+        if (ready) ready->arrive_and_wait();
+        arrived = true;
+        std::mt19937 rng(uint32_t(std::hash<std::string>()(c.name)));
+        std::normal_distribution<float> normal(0, 1);
+        const bool labels = model.loss() == "cross_entropy";
+        std::vector<float> x(size_t(c.batch * model.inputWidth())), targets(size_t(c.batch * model.outputWidth()));
+        std::vector<int32_t> classes(size_t(c.batch));
+        for (int step = 0; step < steps; ++step) {
+            for (float& v : x) v = normal(rng);
+            for (int32_t& l : classes) l = int32_t(rng() % uint32_t(model.outputWidth()));
+            for (float& v : targets) v = model.loss() == "bce" ? float(rng() % 2) : normal(rng);
+            float loss = labels ? s.trainStep(x.data(), classes.data()) : s.trainStep(x.data(), targets.data());
+            t.losses.push_back(bits(loss));
+            t.gradients.push_back(bits(s.gradients(), size_t(model.parameterCount())));
+        }
+        std::vector<float> logits(size_t(c.batch * model.outputWidth()));
+        if (labels) s.evaluate(x.data(), classes.data(), logits.data());
+        else s.evaluate(x.data(), targets.data(), logits.data());
+        t.logits = bits(logits.data(), logits.size());
+    } catch (const std::exception& e) {
+        t.error = e.what();
+    }
+    if (ready && !arrived) ready->arrive_and_wait();
+    return t;
+}
+
+/// Steps whose loss or gradients differ from the reference's in any bit.
+int differingSteps(const Trace& a, const Trace& reference) {
+    int wrong = 0;
+    for (size_t i = 0; i < reference.losses.size(); ++i)
+        if (i >= a.losses.size() || a.losses[i] != reference.losses[i] || a.gradients[i] != reference.gradients[i])
+            ++wrong;
+    return wrong;
+}
+
+Model modelOf(const Case& c) { return Model::fromString(c.name + ".nn", c.text); }
+
+} // namespace
+
+TEST_CASE("gradc_parallel_for is re-entrant: loops from several threads at once each cover their range once, "
+          "on threads below the count they were compiled for",
+          "[concurrency]") {
+    ThreadCountGuard guard(3);
+    struct Counts {
+        std::vector<std::atomic<int>> seen;
+        std::atomic<int64_t> badThread{0};
+        int64_t threads;
+        explicit Counts(int64_t n, int64_t t) : seen(size_t(n)), threads(t) {}
+    };
+    auto body = [](void* context, int64_t begin, int64_t end, int64_t thread) {
+        auto* c = static_cast<Counts*>(context);
+        if (thread < 0 || thread >= c->threads) c->badThread.fetch_add(1);
+        for (int64_t i = begin; i < end; ++i) c->seen[size_t(i)].fetch_add(1, std::memory_order_relaxed);
+    };
+    // A loop whose body runs a loop of its own (the workers are then busy: it runs alone).
+    auto nested = [](void* context, int64_t begin, int64_t end, int64_t thread) {
+        auto* c = static_cast<Counts*>(context);
+        if (thread < 0 || thread >= c->threads) c->badThread.fetch_add(1);
+        for (int64_t i = begin; i < end; ++i) {
+            Counts inner(5, 2);
+            gradc_parallel_for(
+                [](void* ctx, int64_t b, int64_t e, int64_t th) {
+                    auto* k = static_cast<Counts*>(ctx);
+                    if (th < 0 || th >= k->threads) k->badThread.fetch_add(1);
+                    for (int64_t j = b; j < e; ++j) k->seen[size_t(j)].fetch_add(1);
+                },
+                &inner, 5, 2);
+            bool once = inner.badThread.load() == 0;
+            for (auto& s : inner.seen) once = once && s.load() == 1;
+            c->seen[size_t(i)].fetch_add(once ? 1 : 100, std::memory_order_relaxed);
+        }
+    };
+    constexpr int kCallers = 4, kLoops = 2000;
+    std::vector<int> failures(kCallers, 0);
+    std::atomic<bool> done{false};
+    std::vector<std::thread> callers;
+    for (int k = 0; k < kCallers; ++k)
+        callers.emplace_back([&, k] {
+            std::mt19937 rng{uint32_t(k)};
+            for (int loop = 0; loop < kLoops; ++loop) {
+                const int64_t n = 1 + int64_t(rng() % 200), threads = 1 + int64_t(rng() % 4);
+                Counts c(n, threads);
+                gradc_parallel_for(k == 0 && loop % 10 == 0 ? +nested : +body, &c, n, threads);
+                bool ok = c.badThread.load() == 0;
+                for (auto& s : c.seen) ok = ok && s.load() == 1;
+                if (!ok) ++failures[size_t(k)];
+            }
+        });
+    // Meanwhile the thread count changes: loops already running keep their pool.
+    std::thread changer([&] {
+        for (int i = 0; !done.load(); ++i) {
+            setThreadCount(1 + i % 3);
+            std::this_thread::yield();
+        }
+    });
+    for (auto& t : callers) t.join();
+    done = true;
+    changer.join();
+    for (int k = 0; k < kCallers; ++k) {
+        INFO("caller " << k);
+        CHECK(failures[size_t(k)] == 0);
+    }
+}
+
+TEST_CASE("Sessions on several threads at once give exactly the losses and gradients each gives alone",
+          "[session][concurrency]") {
+    ThreadCountGuard guard(3); // more threads than this machine may have cores: they interleave
+    constexpr int kSteps = 200;
+    // Each Session alone, one after another.
+    std::vector<Trace> reference;
+    for (const Case& c : cases()) {
+        reference.push_back(train(c, modelOf(c), kSteps, nullptr));
+        INFO(c.name << ": " << reference.back().error);
+        REQUIRE(reference.back().error.empty());
+        REQUIRE(reference.back().losses.size() == size_t(kSteps));
+    }
+    // Every case on a thread of its own, and the first case twice more from one shared Model:
+    // all compile at once, then step at once.
+    const Model shared = modelOf(cases()[0]);
+    std::vector<size_t> which;
+    for (size_t i = 0; i < cases().size(); ++i) which.push_back(i);
+    which.push_back(0), which.push_back(0);
+    std::vector<Trace> traces(which.size());
+    std::latch ready(std::ptrdiff_t(which.size()));
+    std::vector<std::thread> threads;
+    for (size_t k = 0; k < which.size(); ++k)
+        threads.emplace_back([&, k] {
+            const Case& c = cases()[which[k]];
+            traces[k] = train(c, k < cases().size() ? modelOf(c) : shared, kSteps, &ready);
+        });
+    for (auto& t : threads) t.join();
+    for (size_t k = 0; k < which.size(); ++k) {
+        const Case& c = cases()[which[k]];
+        INFO("thread " << k << ": " << c.name << " (" << c.backend << ") " << traces[k].error);
+        REQUIRE(traces[k].error.empty());
+        CHECK(differingSteps(traces[k], reference[which[k]]) == 0);
+        CHECK(traces[k].logits == reference[which[k]].logits);
+    }
+}
+
+TEST_CASE("one Session called from two threads at once: the second call is an error, nothing is corrupted",
+          "[session][concurrency]") {
+    ThreadCountGuard guard(2);
+    const Case& c = cases()[0];
+    const Model model = modelOf(c);
+    SessionOptions o;
+    o.cache = false;
+    const int64_t batch = 64;
+    Session s(model, batch, o);
+    s.initialiseParameters(3);
+    std::vector<float> x(size_t(batch * model.inputWidth()), 0.5f);
+    std::vector<int32_t> labels(size_t(batch), 1);
+    std::vector<float> params(s.parameters(), s.parameters() + model.parameterCount());
+    // The reference: the same steps with no one else calling.
+    std::vector<uint32_t> expected;
+    for (int i = 0; i < 50; ++i) expected.push_back(bits(s.trainStep(x.data(), labels.data())));
+    std::copy(params.begin(), params.end(), s.parameters());
+    s.setOptimizer({});
+
+    // The owner trains while an intruder calls now and then, until calls have collided: the
+    // one that finds the Session in use (either thread's) is refused, and the other runs.
+    std::atomic<int> collisions{0}, otherErrors{0};
+    std::atomic<bool> stop{false};
+    std::string message;
+    auto collided = [&](const Error& e) {
+        if (std::string(e.what()).find("in use by another thread") == std::string::npos) {
+            ++otherErrors;
+        } else if (collisions.fetch_add(1) == 0) {
+            message = e.what();
+        }
+    };
+    auto retry = [&](auto f) {
+        for (;;) {
+            try {
+                return f();
+            } catch (const Error& e) {
+                collided(e);
+            }
+        }
+    };
+    std::thread intruder([&] {
+        while (!stop.load()) {
+            try {
+                (void)s.gradientStatistics();
+            } catch (const Error& e) {
+                collided(e);
+            }
+            std::this_thread::sleep_for(std::chrono::microseconds(50));
+        }
+    });
+    std::vector<uint32_t> got;
+    for (int round = 0; round < 100000 && (got.size() < expected.size() || collisions.load() < 5); ++round) {
+        if (got.size() == expected.size()) { // start over until calls have collided
+            got.clear();
+            std::copy(params.begin(), params.end(), retry([&] { return s.parameters(); }));
+            retry([&] { return s.setOptimizer({}), 0; });
+        }
+        try {
+            got.push_back(bits(s.trainStep(x.data(), labels.data())));
+        } catch (const Error& e) {
+            collided(e);
+        }
+    }
+    stop = true;
+    intruder.join();
+    INFO(message);
+    CHECK(collisions.load() >= 5);
+    CHECK(otherErrors.load() == 0);
+    CHECK(message.find("a Session is used by one thread at a time") != std::string::npos);
+    // A colliding call changes nothing: the owner's steps are exactly those made alone.
+    REQUIRE(got.size() == expected.size());
+    CHECK(got == expected);
+}
+
+namespace {
+
+/// The message of the gradc::Error that `f` throws ("" if it throws none).
+template <typename F> std::string errorOf(F&& f) {
+    try {
+        f();
+    } catch (const Error& e) {
+        return e.what();
+    }
+    return "";
+}
+
+} // namespace
+
+TEST_CASE("every misuse of a Session or a Model throws gradc::Error with a message", "[session]") {
+    const Model model = Model::fromString("m.nn", "model m\ninput 3\ndense 4 relu\ndense 5 tanh\ndense 3\n"
+                                                  "loss cross_entropy\n");
+    const Model regression = Model::fromString("r.nn", "model r\ninput 3\ndense 4 relu\ndense 2\nloss mse\n");
+    for (const char* backend : {"jit", "interp"}) {
+        INFO(backend);
+        SessionOptions o;
+        o.backend = backend;
+        o.cache = false;
+        Session s(model, 4, o);
+        std::vector<float> x(12, 0.25f), logits(12), targets(8, 0.5f);
+        std::vector<int32_t> labels = {0, 1, 2, 1};
+
+        // Results asked for before the pass that makes them.
+        CHECK_THAT(errorOf([&] { (void)s.layerOutputs(); }),
+                   Catch::Contains("layerOutputs: no layer outputs yet: call evaluate() first"));
+        CHECK_THAT(errorOf([&] { (void)s.gradientStatistics(); }),
+                   Catch::Contains("gradientStatistics: no gradients yet: call backward() or trainStep() first"));
+        CHECK_THAT(errorOf([&] { (void)s.vanishingFactor(); }),
+                   Catch::Contains("vanishingFactor: no gradients yet"));
+        CHECK_THAT(errorOf([&] { (void)s.gradients(); }), Catch::Contains("gradients: no gradients yet"));
+        CHECK_THAT(errorOf([&] { (void)s.activationStatistics(); }),
+                   Catch::Contains("activationStatistics: no activations yet"));
+        // A forward pass gives activations, not gradients.
+        s.forward(x.data(), labels.data());
+        CHECK(s.activationStatistics().size() == 2);
+        CHECK_THAT(errorOf([&] { (void)s.gradientStatistics(); }), Catch::Contains("no gradients yet"));
+        // Training-mode passes give no layer outputs.
+        s.trainStep(x.data(), labels.data());
+        CHECK_THAT(errorOf([&] { (void)s.layerOutputs(); }), Catch::Contains("call evaluate() first"));
+        s.evaluate(x.data(), labels.data(), logits.data());
+        CHECK(s.layerOutputs().size() == 4);
+        CHECK(s.gradientStatistics().size() == 6);
+
+        // Labels that are not classes: every call that takes them checks every one, before
+        // anything runs.
+        const int64_t steps = s.steps();
+        for (int32_t bad : {-1, 3, 1 << 30}) {
+            labels[2] = bad;
+            const std::string expected = "labels[2] is " + std::to_string(bad) + ", not a class of model m (0 to 2)";
+            CHECK_THAT(errorOf([&] { s.forward(x.data(), labels.data()); }), Catch::Contains("forward: " + expected));
+            CHECK_THAT(errorOf([&] { s.backward(x.data(), labels.data()); }), Catch::Contains("backward: " + expected));
+            CHECK_THAT(errorOf([&] { s.trainStep(x.data(), labels.data()); }),
+                       Catch::Contains("trainStep: " + expected));
+            CHECK_THAT(errorOf([&] { s.evaluate(x.data(), labels.data(), logits.data()); }),
+                       Catch::Contains("evaluate: " + expected));
+        }
+        labels[2] = 2;
+        CHECK(s.steps() == steps);
+
+        // Null pointers (logits may be null: they are optional).
+        CHECK_THAT(errorOf([&] { s.forward(nullptr, labels.data()); }), Catch::Contains("the input x is a null pointer"));
+        CHECK_THAT(errorOf([&] { s.backward(x.data(), static_cast<const int32_t*>(nullptr)); }),
+                   Catch::Contains("backward: the labels are a null pointer"));
+        CHECK_THAT(errorOf([&] { s.trainStep(nullptr, labels.data()); }), Catch::Contains("trainStep: the input x"));
+        CHECK_THAT(errorOf([&] { s.evaluate(x.data(), static_cast<const int32_t*>(nullptr)); }),
+                   Catch::Contains("evaluate: the labels are a null pointer"));
+        CHECK(errorOf([&] { s.evaluate(x.data(), labels.data(), nullptr); }).empty());
+
+        // Targets of the wrong kind for the loss.
+        CHECK_THAT(errorOf([&] { s.backward(x.data(), targets.data()); }),
+                   Catch::Contains("model m has loss cross_entropy: pass int32 class labels"));
+        Session r(regression, 4, o);
+        CHECK_THAT(errorOf([&] { r.trainStep(x.data(), labels.data()); }),
+                   Catch::Contains("model r has loss mse: pass float targets"));
+        CHECK_THAT(errorOf([&] { r.forward(x.data(), static_cast<const float*>(nullptr)); }),
+                   Catch::Contains("forward: the targets are a null pointer"));
+        CHECK(errorOf([&] { r.backward(x.data(), targets.data()); }).empty());
+
+        // The arrays stay in place: a pointer taken once stays valid.
+        const std::string saved = (std::filesystem::temp_directory_path() /
+                                   ("gradc-session-test-" + std::string(backend) + ".safetensors")).string();
+        float* params = s.parameters();
+        const float* grads = s.gradients();
+        s.saveParameters(saved);
+        const float first = params[0];
+        params[0] += 1;
+        s.loadParameters(saved);
+        std::filesystem::remove(saved);
+        CHECK(params[0] == first);
+        s.initialiseParameters(5);
+        s.backward(x.data(), labels.data());
+        CHECK(s.parameters() == params);
+        CHECK(s.gradients() == grads);
+
+        // Bad optimiser settings and parameter files.
+        OptimizerOptions adam;
+        adam.method = "adamw";
+        CHECK_THAT(errorOf([&] { s.setOptimizer(adam); }), Catch::Contains("adamw"));
+        CHECK_THAT(errorOf([&] { s.loadParameters("/nonexistent/p.safetensors"); }),
+                   Catch::Contains("/nonexistent/p.safetensors"));
+        CHECK_THAT(errorOf([&] { s.saveParameters("/nonexistent/dir/p.safetensors"); }),
+                   Catch::Contains("/nonexistent/dir/p.safetensors"));
+
+        // A Session that was moved from: every call is an error; the one moved to works.
+        Session moved(std::move(s));
+        CHECK(moved.steps() == steps);
+        const std::string gone = "this Session was moved from";
+        CHECK_THAT(errorOf([&] { (void)s.batch(); }), Catch::Contains("Session::batch: " + gone));
+        CHECK_THAT(errorOf([&] { (void)s.parameters(); }), Catch::Contains(gone));
+        CHECK_THAT(errorOf([&] { (void)s.gradients(); }), Catch::Contains(gone));
+        CHECK_THAT(errorOf([&] { s.initialiseParameters(1); }), Catch::Contains(gone));
+        CHECK_THAT(errorOf([&] { s.loadParameters("p"); }), Catch::Contains(gone));
+        CHECK_THAT(errorOf([&] { s.saveParameters("p"); }), Catch::Contains(gone));
+        CHECK_THAT(errorOf([&] { s.forward(x.data(), labels.data()); }), Catch::Contains(gone));
+        CHECK_THAT(errorOf([&] { s.forward(x.data(), targets.data()); }), Catch::Contains(gone));
+        CHECK_THAT(errorOf([&] { s.backward(x.data(), labels.data()); }), Catch::Contains(gone));
+        CHECK_THAT(errorOf([&] { s.backward(x.data(), targets.data()); }), Catch::Contains(gone));
+        CHECK_THAT(errorOf([&] { s.setOptimizer({}); }), Catch::Contains(gone));
+        CHECK_THAT(errorOf([&] { s.trainStep(x.data(), labels.data()); }), Catch::Contains(gone));
+        CHECK_THAT(errorOf([&] { s.trainStep(x.data(), targets.data()); }), Catch::Contains(gone));
+        CHECK_THAT(errorOf([&] { (void)s.steps(); }), Catch::Contains(gone));
+        CHECK_THAT(errorOf([&] { s.evaluate(x.data(), labels.data()); }), Catch::Contains(gone));
+        CHECK_THAT(errorOf([&] { s.evaluate(x.data(), targets.data()); }), Catch::Contains(gone));
+        CHECK_THAT(errorOf([&] { (void)s.layerOutputs(); }), Catch::Contains(gone));
+        CHECK_THAT(errorOf([&] { (void)s.gradientStatistics(); }), Catch::Contains(gone));
+        CHECK_THAT(errorOf([&] { (void)s.activationStatistics(); }), Catch::Contains(gone));
+        CHECK_THAT(errorOf([&] { (void)s.vanishingFactor(); }), Catch::Contains(gone));
+        s = std::move(moved); // a moved-from Session may be assigned to, and then works
+        CHECK(s.steps() == steps);
+        CHECK_THAT(errorOf([&] { (void)moved.batch(); }), Catch::Contains(gone));
+    }
+
+    // Sessions that cannot be made.
+    CHECK_THAT(errorOf([&] { Session(model, 0); }), Catch::Contains("batch size 0 is out of range"));
+    CHECK_THAT(errorOf([&] { Session(model, -5); }), Catch::Contains("batch size -5 is out of range"));
+    CHECK_THAT(errorOf([&] { Session(model, int64_t(1) << 40); }), Catch::Contains("is out of range"));
+    SessionOptions gpu;
+    gpu.backend = "gpu";
+    CHECK_THAT(errorOf([&] { Session(model, 4, gpu); }), Catch::Contains("backend 'gpu' is not one of jit, interp"));
+
+    // A Model that was moved from.
+    Model m = model, other = std::move(m);
+    CHECK(other.name() == "m");
+    const std::string gone = "this Model was moved from";
+    CHECK_THAT(errorOf([&] { (void)m.name(); }), Catch::Contains(gone));
+    CHECK_THAT(errorOf([&] { (void)m.inputWidth(); }), Catch::Contains(gone));
+    CHECK_THAT(errorOf([&] { (void)m.outputWidth(); }), Catch::Contains(gone));
+    CHECK_THAT(errorOf([&] { (void)m.loss(); }), Catch::Contains(gone));
+    CHECK_THAT(errorOf([&] { (void)m.parameters(); }), Catch::Contains(gone));
+    CHECK_THAT(errorOf([&] { (void)m.parameterCount(); }), Catch::Contains(gone));
+    CHECK_THAT(errorOf([&] { (void)m.buffers(); }), Catch::Contains(gone));
+    CHECK_THAT(errorOf([&] { Session(m, 4); }), Catch::Contains(gone));
+    // Models that cannot be made.
+    CHECK_THAT(errorOf([] { Model::fromFile("/nonexistent/m.nn"); }), Catch::Contains("/nonexistent/m.nn: error"));
+    CHECK_THAT(errorOf([] { Model::fromString("bad.nn", "input 4\ndense 0\nloss mse\n"); }),
+               Catch::Contains("bad.nn:2"));
+}
