@@ -57,7 +57,7 @@ public:
     /// all is refused at the definition that crosses the limit.
     static constexpr size_t kMaxExpansionWork = 1'000'000;
     /// An activation a layer uses may have at most this many distinct operations.
-    static constexpr size_t kMaxOperations = 100'000;
+    static constexpr size_t kMaxOperations = 10'000;
 
 private:
     std::map<std::string, Def> defs_;
