@@ -6,6 +6,7 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <thread>
 
 using namespace gradc;
 
@@ -199,4 +200,23 @@ TEST_CASE("built-ins and min/max propagate NaN; relu's backward masks as PyTorch
     CHECK(scalar::eval(relu, nan, 0, 1) == 1);   // PyTorch's relu'(NaN) is 1
     scalar::E leaky = scalar::vjp(table.instantiate({"leaky_relu", {}, {}}).formula);
     CHECK(std::isnan(scalar::eval(leaky, -1, 0, nan))); // a product: NaN as in PyTorch
+}
+
+TEST_CASE("expressions are built, shared and released from several threads at once", "[scalar][dag][threads]") {
+    // The hash-consing table is process-wide: Sessions compile on their own threads.
+    auto build = [] {
+        scalar::E f = scalar::var();
+        for (int i = 0; i < 300; ++i)
+            f = scalar::make(scalar::Op::Add, {scalar::make(scalar::Op::Mul, {f, scalar::constant(i % 5)}), scalar::var()});
+        return scalar::print(scalar::derivative(f));
+    };
+    const std::string want = build();
+    std::vector<std::string> got(4);
+    std::vector<std::thread> threads;
+    for (size_t t = 0; t < got.size(); ++t)
+        threads.emplace_back([&, t] {
+            for (int k = 0; k < 20; ++k) got[t] = build();
+        });
+    for (auto& t : threads) t.join();
+    for (auto& g : got) CHECK(g == want);
 }
