@@ -15,13 +15,15 @@ struct Builtin {
     const char* params; // after x, comma separated, with defaults
     const char* formula;
 };
-// PyTorch's definitions and defaults. relu'(0) = 0 and leaky_relu'(0) = alpha follow from
-// the strict comparison, as in PyTorch. gelu is the exact (erf) form, PyTorch's default.
+// PyTorch's definitions and defaults, at NaN and +-Inf too, forward and backward (tested
+// against PyTorch by tests/torch_activations.py): a NaN fails every comparison, so it takes
+// the arm PyTorch's kernels give it (relu: x; leaky_relu, elu: the negative arm, NaN).
+// relu'(0) = 0 and leaky_relu'(0) = alpha follow from the comparisons, as in PyTorch. gelu is the exact (erf) form, PyTorch's default.
 const Builtin kBuiltins[] = {
     {"identity", "", "x"},
     {"sigmoid", "", "sigmoid(x)"},
     {"tanh", "", "tanh(x)"},
-    {"relu", "", "select(x > 0, x, 0)"},
+    {"relu", "", "select(x <= 0, 0, x)"}, // NaN stays NaN; relu'(NaN) = 1 as PyTorch's
     {"leaky_relu", "alpha=0.01", "select(x > 0, x, alpha * x)"},
     {"elu", "alpha=1", "select(x > 0, x, alpha * (exp(x) - 1))"},
     {"swish", "", "x * sigmoid(x)"},
@@ -74,24 +76,14 @@ void ActivationTable::define(const Stmt& s) {
     d.defaults = s.defaults;
     std::map<std::string, scalar::E> env;
     env[s.params[0]] = scalar::var();
-    // A parameter is a placeholder (a distinct constant node) until a use binds it.
-    for (size_t i = 1; i < s.params.size(); ++i) {
-        d.paramSlots.push_back(scalar::constant(std::nan("")));
-        env[s.params[i]] = d.paramSlots.back();
-    }
+    // A parameter is a placeholder leaf until a use binds it.
+    for (size_t i = 1; i < s.params.size(); ++i) env[s.params[i]] = scalar::param(int(i - 1));
     d.body = toScalar(*s.expr, env);
+    if (work_ > kMaxExpansionWork)
+        throw UserError(s.nameLoc, fmt::format("activation '{}' is too large: expanding the "
+                                               "activations defined so far takes more than {} "
+                                               "steps", s.defName, kMaxExpansionWork));
     add(std::move(d));
-}
-
-// Replaces each parameter slot (by identity) with its bound value.
-static scalar::E bindSlots(const scalar::E& e, const std::vector<scalar::E>& slots,
-                           const std::vector<scalar::E>& values) {
-    for (size_t i = 0; i < slots.size(); ++i)
-        if (e == slots[i]) return values[i];
-    if (e->args.empty()) return e;
-    std::vector<scalar::E> args;
-    for (auto& a : e->args) args.push_back(bindSlots(a, slots, values));
-    return scalar::make(e->op, std::move(args));
 }
 
 scalar::E ActivationTable::bind(const Def& d, const std::vector<scalar::E>& args,
@@ -111,7 +103,7 @@ scalar::E ActivationTable::bind(const Def& d, const std::vector<scalar::E>& args
             throw UserError(loc, fmt::format("activation '{}' needs a value for its parameter "
                                              "'{}'", d.name, d.params[i + 1]));
     }
-    return bindSlots(d.body, d.paramSlots, values);
+    return scalar::substituteParams(d.body, values, &work_);
 }
 
 Activation ActivationTable::instantiate(const ActRef& use) const {
@@ -129,9 +121,23 @@ Activation ActivationTable::instantiate(const ActRef& use) const {
             a.name += fmt::format("{}{}", i ? ", " : "", use.args[i]);
         a.name += ")";
     }
-    std::vector<scalar::E> values;
-    for (double v : use.args) values.push_back(scalar::constant(v));
-    a.formula = bind(it->second, values, use.loc);
+    auto [bound, fresh] = instances_.try_emplace(a.name);
+    if (fresh) { // each distinct use is bound and measured once, however many layers use it
+        std::vector<scalar::E> values;
+        for (double v : use.args) values.push_back(scalar::constant(v));
+        try {
+            bound->second.first = bind(it->second, values, use.loc);
+        } catch (...) {
+            instances_.erase(bound);
+            throw;
+        }
+        bound->second.second = scalar::dagSize(bound->second.first);
+    }
+    if (bound->second.second > kMaxOperations)
+        throw UserError(use.loc, fmt::format("activation '{}' has {} operations once its calls "
+                                             "are expanded; the limit is {}", use.name,
+                                             bound->second.second, kMaxOperations));
+    a.formula = bound->second.first;
     return a;
 }
 
@@ -190,7 +196,7 @@ scalar::E ActivationTable::toScalar(const Expr& e,
                                                                 "depend on the input", i + 1,
                                                                 e.name));
         scalar::E body = bind(it->second, params, e.loc);
-        return scalar::substitute(body, args[0]);
+        return scalar::substitute(body, args[0], &work_);
     }
     }
     internal_assert(false, "unknown expression kind");

@@ -21,6 +21,8 @@ struct Activation {
     scalar::E formula;   ///< closed expression in x
     scalar::E derivative;         ///< d/dx in x (set by autodiff)
     scalar::E derivativeByOutput; ///< d/dx in y = f(x), where the algebra allows (or null)
+    scalar::E vjp;                ///< g * f'(x) as backward applies it, in x and g (set by autodiff)
+    scalar::E vjpByOutput;        ///< the same in y and g, where the algebra allows (or null)
 };
 
 class ActivationTable {
@@ -46,13 +48,21 @@ public:
         std::vector<std::string> params; // params[0] is the input variable
         std::vector<std::optional<double>> defaults;
         std::string formula;             // built-ins: the source text
-        scalar::E body;                  // in Var (the input) with parameters as named slots
-        std::vector<scalar::E> paramSlots;
+        scalar::E body;                  // in Var (the input) and Param(i) (its parameters)
         bool builtin = false;
     };
 
+    /// Calls of activations in definitions are expanded (substituted) as they are defined,
+    /// sharing what does not change; a file whose expansion takes more steps than this in
+    /// all is refused at the definition that crosses the limit.
+    static constexpr size_t kMaxExpansionWork = 1'000'000;
+    /// An activation a layer uses may have at most this many distinct operations.
+    static constexpr size_t kMaxOperations = 10'000;
+
 private:
     std::map<std::string, Def> defs_;
+    mutable size_t work_ = 0; // substitution steps so far
+    mutable std::map<std::string, std::pair<scalar::E, size_t>> instances_; // by use, with size
     std::vector<std::string> order_;
 
     scalar::E toScalar(const Expr& e, const std::map<std::string, scalar::E>& env) const;

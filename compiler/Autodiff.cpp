@@ -51,14 +51,17 @@ Grads gradOfBiasAdd(RuleContext& c) {
     return out;
 }
 
-// y = f(x):  dx = dy * f'(x), through y when f' can be written in y.
+// y = f(x):  dx = dy * f'(x) as f's vjp applies it (relu: select(x <= 0, 0, dy)), through y
+// when it can be written in y.
 Grads gradOfAct(RuleContext& c) {
     Activation& a = c.g.activations[size_t(c.node().fn)];
-    if (!a.derivative) {
+    if (!a.vjp) {
         a.derivative = scalar::derivative(a.formula);
         a.derivativeByOutput = scalar::derivativeByOutput(a.formula, a.derivative);
+        a.vjp = scalar::vjp(a.formula);
+        a.vjpByOutput = scalar::derivativeByOutput(a.formula, a.vjp);
     }
-    bool byOut = a.derivativeByOutput != nullptr;
+    bool byOut = a.vjpByOutput != nullptr;
     Node n = makeNode(Op::ActGrad, c.node().loc, {byOut ? c.v : c.in(0), *c.dy});
     n.fn = c.node().fn, n.byOutput = byOut;
     return {c.g.add(std::move(n))};

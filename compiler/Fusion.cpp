@@ -261,9 +261,8 @@ private:
         case gradc::Op::ActGrad: {
             const Activation& a = g_.activations[size_t(nd.fn)];
             scalar::E val = exprOf(in(v, 0), root, lb);
-            scalar::E d = nd.byOutput ? scalar::substituteOut(a.derivativeByOutput, val)
-                                      : scalar::substitute(a.derivative, val);
-            return scalar::make(Op::Mul, {exprOf(in(v, 1), root, lb), d});
+            scalar::E d = nd.byOutput ? scalar::substituteOut(a.vjpByOutput, val) : scalar::substitute(a.vjp, val);
+            return scalar::substituteGrad(d, exprOf(in(v, 1), root, lb));
         }
         case gradc::Op::Add:
             return scalar::make(Op::Add, {exprOf(in(v, 0), root, lb), exprOf(in(v, 1), root, lb)});

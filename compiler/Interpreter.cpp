@@ -75,18 +75,16 @@ struct Eval {
             return t;
         }
         case Op::Act: {
-            const scalar::E& f = g.activations[size_t(n.fn)].formula;
-            for (size_t i = 0; i < o.size(); ++i) o[i] = scalar::eval(f, in(n, 0).data[i]);
+            scalar::Evaluator f(g.activations[size_t(n.fn)].formula);
+            for (size_t i = 0; i < o.size(); ++i) o[i] = f(in(n, 0).data[i]);
             return t;
         }
         case Op::ActGrad: {
             const Activation& a = g.activations[size_t(n.fn)];
             const Tensor &v = in(n, 0), &dy = in(n, 1);
-            for (size_t i = 0; i < o.size(); ++i) {
-                double d = n.byOutput ? scalar::eval(a.derivativeByOutput, 0, v.data[i])
-                                      : scalar::eval(a.derivative, v.data[i]);
-                o[i] = dy.data[i] * d;
-            }
+            scalar::Evaluator vjp(n.byOutput ? a.vjpByOutput : a.vjp);
+            for (size_t i = 0; i < o.size(); ++i)
+                o[i] = n.byOutput ? vjp(0, v.data[i], dy.data[i]) : vjp(v.data[i], 0, dy.data[i]);
             return t;
         }
         case Op::Add:

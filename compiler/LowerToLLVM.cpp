@@ -13,6 +13,7 @@
 #include <array>
 #include <functional>
 #include <map>
+#include <unordered_map>
 
 namespace gradc {
 namespace {
@@ -255,34 +256,45 @@ private:
         return b_.CreateFDiv(fp(1), b_.CreateFAdd(fp(1), exp(b_.CreateFNeg(x))));
     }
 
-    using Memo = std::map<const scalar::Node*, llvm::Value*>;
+    /// What the nodes lowered so far became: their values, and comparisons also as i1.
+    struct Memo {
+        std::unordered_map<const scalar::Node*, llvm::Value*> value, cond;
+    };
 
-    llvm::Value* condition(const scalar::E& e, const std::vector<llvm::Value*>& args, Memo& memo) {
+    static bool comparison(scalar::Op op) {
         using scalar::Op;
-        auto cmp = [&](llvm::CmpInst::Predicate p) {
-            return b_.CreateFCmp(p, expr(e->args[0], args, memo), expr(e->args[1], args, memo));
-        };
-        switch (e->op) {
-        case Op::Lt: return cmp(llvm::CmpInst::FCMP_OLT);
-        case Op::Le: return cmp(llvm::CmpInst::FCMP_OLE);
-        case Op::Gt: return cmp(llvm::CmpInst::FCMP_OGT);
-        case Op::Ge: return cmp(llvm::CmpInst::FCMP_OGE);
-        case Op::Eq: return cmp(llvm::CmpInst::FCMP_OEQ);
-        case Op::Ne: return cmp(llvm::CmpInst::FCMP_UNE);
-        default: return b_.CreateFCmpUNE(expr(e, args, memo), fp(0)); // NaN counts as true
-        }
+        return op == Op::Lt || op == Op::Le || op == Op::Gt || op == Op::Ge || op == Op::Eq || op == Op::Ne;
     }
 
+    /// Lowers `e`, each distinct node once, operands first, without recursion (a DAG of
+    /// activation calls may be deep).
     llvm::Value* expr(const scalar::E& e, const std::vector<llvm::Value*>& args, Memo& memo) {
-        auto it = memo.find(e.get());
-        if (it != memo.end()) return it->second;
+        scalar::postOrder(e, [&](const scalar::Node& n) {
+            if (!memo.value.count(&n)) memo.value[&n] = node(n, args, memo);
+        });
+        return memo.value.at(e.get());
+    }
+
+    llvm::Value* node(const scalar::Node& n, const std::vector<llvm::Value*>& args, Memo& memo) {
         using scalar::Op;
-        auto a = [&](size_t i) { return expr(e->args[i], args, memo); };
+        const scalar::Node* e = &n;
+        auto a = [&](size_t i) { return memo.value.at(e->args[i].get()); };
+        if (comparison(e->op)) {
+            static const std::pair<Op, llvm::CmpInst::Predicate> preds[] = {
+                {Op::Lt, llvm::CmpInst::FCMP_OLT}, {Op::Le, llvm::CmpInst::FCMP_OLE},
+                {Op::Gt, llvm::CmpInst::FCMP_OGT}, {Op::Ge, llvm::CmpInst::FCMP_OGE},
+                {Op::Eq, llvm::CmpInst::FCMP_OEQ}, {Op::Ne, llvm::CmpInst::FCMP_UNE}};
+            for (auto [op, p] : preds)
+                if (op == e->op) memo.cond[e] = b_.CreateFCmp(p, a(0), a(1));
+            return b_.CreateUIToFP(memo.cond.at(e), T_);
+        }
         llvm::Value* v = nullptr;
         switch (e->op) {
         case Op::Const: v = fp(e->value); break;
         case Op::Arg: v = args.at(size_t(e->value)); break;
-        case Op::Var: case Op::Out: internal_assert(false, "unbound variable in a kernel"); break;
+        case Op::Var: case Op::Out: case Op::Grad: case Op::Param:
+            internal_assert(false, "unbound variable in a kernel");
+            break;
         case Op::Add: v = b_.CreateFAdd(a(0), a(1)); break;
         case Op::Sub: v = b_.CreateFSub(a(0), a(1)); break;
         case Op::Mul: v = b_.CreateFMul(a(0), a(1)); break;
@@ -296,16 +308,21 @@ private:
                 v = intrinsic(llvm::Intrinsic::pow, {a(0), a(1)});
             }
             break;
-        case Op::Lt: case Op::Le: case Op::Gt: case Op::Ge: case Op::Eq: case Op::Ne:
-            v = b_.CreateUIToFP(condition(e, args, memo), T_);
+        case Op::Lt: case Op::Le: case Op::Gt: case Op::Ge: case Op::Eq: case Op::Ne: break;
+        case Op::Select: {
+            const scalar::Node* c = e->args[0].get();
+            llvm::Value* cond = comparison(c->op) ? memo.cond.at(c)
+                                                  : b_.CreateFCmpUNE(a(0), fp(0)); // NaN counts as true
+            v = b_.CreateSelect(cond, a(1), a(2));
             break;
-        case Op::Select: v = b_.CreateSelect(condition(e->args[0], args, memo), a(1), a(2)); break;
+        }
         case Op::Exp: v = exp(a(0)); break;
         case Op::Log: v = intrinsic(llvm::Intrinsic::log, {a(0)}); break;
         case Op::Sqrt: v = intrinsic(llvm::Intrinsic::sqrt, {a(0)}); break;
         case Op::Abs: v = intrinsic(llvm::Intrinsic::fabs, {a(0)}); break;
-        case Op::Min: v = intrinsic(llvm::Intrinsic::minnum, {a(0), a(1)}); break;
-        case Op::Max: v = intrinsic(llvm::Intrinsic::maxnum, {a(0), a(1)}); break;
+        // PyTorch's minimum and maximum: NaN if either operand is (minnum/maxnum drop it).
+        case Op::Min: v = intrinsic(llvm::Intrinsic::minimum, {a(0), a(1)}); break;
+        case Op::Max: v = intrinsic(llvm::Intrinsic::maximum, {a(0), a(1)}); break;
         case Op::Tanh: v = libm("tanh", a(0)); break;
         case Op::Erf: v = libm("erf", a(0)); break;
         case Op::Sigmoid: v = sigmoid(a(0)); break;
@@ -316,7 +333,6 @@ private:
             break;
         }
         }
-        memo[e.get()] = v;
         return v;
     }
 

@@ -1,11 +1,17 @@
 // Scalar.h — scalar expressions: the algebra of element-wise functions.
 //
 // An activation is a closed expression in one variable `x` (its parameters are already
-// bound to numbers). Expressions are immutable trees shared by pointer; every construction
-// goes through the helpers below, so later stages (derivative, simplifier, lowering) see
-// one canonical set of operators.
+// bound to numbers). Expressions are immutable DAGs: every construction goes through the
+// helpers below, which hash-cons (one node per op, value and operand nodes, process-wide),
+// so equal subexpressions are one node and `a == b` is structural equality. Every traversal
+// (substitution, derivative, simplifier, evaluation, printing, lowering) visits each
+// distinct node once and iteratively: work and memory are linear in the DAG, never in the
+// tree it stands for (`f(x) + f(x)` nested 25 times is 26 nodes, not 2^25), and no depth
+// overflows the stack.
 #pragma once
 
+#include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -18,6 +24,8 @@ namespace gradc::scalar {
     X(Var, "x", 0)                                                                                 \
     X(Out, "y", 0) /* the function's own output, used by derivatives (sigmoid' = y*(1-y)) */       \
     X(Arg, "arg", 0) /* operand number `value` of a fused kernel's element function */           \
+    X(Param, "param", 0) /* parameter slot number `value` of an activation definition */         \
+    X(Grad, "g", 0) /* the incoming gradient of a vector-Jacobian product (vjp) */              \
     X(Add, "+", 2)                                                                                 \
     X(Sub, "-", 2)                                                                                 \
     X(Mul, "*", 2)                                                                                 \
@@ -61,53 +69,105 @@ bool lookupFunction(std::string_view name, Op* op);
 struct Node;
 using E = std::shared_ptr<const Node>;
 
-struct Node {
+/// One hash-consed node: only the helpers below create them, and never two equal ones.
+struct Node : std::enable_shared_from_this<Node> {
     Op op;
-    double value = 0; // Const
-    std::vector<E> args;
+    double value = 0;    ///< Const: the number (compared bit for bit); Arg, Param: the index
+    std::vector<E> args; ///< operands
+    uint64_t hash = 0;   ///< structural: the same for equal expressions in every run
+    uint32_t depth = 0;  ///< 1 + the deepest operand's (saturating)
+    uint8_t leaves = 0;  ///< leafBit() of each leaf kind below (Var, Out, Grad, Arg, Param)
 };
+
+constexpr uint8_t leafBit(Op op) {
+    return op == Op::Var ? 1 : op == Op::Out ? 2 : op == Op::Grad ? 4 : op == Op::Arg ? 8 : op == Op::Param ? 16 : 0;
+}
 
 E constant(double v);
 E var();
 E out();
-E arg(int index); ///< a kernel operand leaf (Kernels.h)
+E grad();           ///< the incoming gradient leaf g of a vjp
+E arg(int index);   ///< a kernel operand leaf (Kernels.h)
+E param(int index); ///< a parameter slot of an activation definition (Activations.h)
 E make(Op op, std::vector<E> args);
 
-/// Evaluates in double precision at `x` (and `y` for expressions that use the output).
-double eval(const E& e, double x, double y = 0);
+/// The number of distinct nodes of `e` (its size as a DAG).
+size_t dagSize(const E& e);
 
-/// Replaces the variable x by `value` everywhere.
-E substitute(const E& e, const E& value);
+/// Calls visit(node) once for each distinct node reachable from `root`, operands before the
+/// nodes that use them, without recursion.
+void postOrder(const E& root, const std::function<void(const Node&)>& visit);
+
+/// An expression flattened for evaluation at many points: each distinct node once.
+class Evaluator {
+public:
+    explicit Evaluator(const E& e);
+    /// The value at x (y: the output leaf, g: the incoming gradient leaf).
+    double operator()(double x, double y = 0, double g = 1);
+
+private:
+    struct Step {
+        Op op;
+        double value;
+        uint32_t a[3];
+    };
+    std::vector<Step> steps_;
+    std::vector<double> regs_;
+};
+
+/// Evaluates in double precision at `x` (and `y`, `g` for expressions that use them). NaN
+/// propagates as in PyTorch: min and max of a NaN are NaN.
+double eval(const E& e, double x, double y = 0, double g = 1);
+
+/// Replaces the variable x by `value` everywhere. `visited`, if given, grows by the number of
+/// nodes visited (the work done).
+E substitute(const E& e, const E& value, size_t* visited = nullptr);
 /// Replaces the output leaf y by `value` everywhere.
 E substituteOut(const E& e, const E& value);
+/// Replaces the gradient leaf g by `value` everywhere.
+E substituteGrad(const E& e, const E& value);
 /// Replaces each Arg(i) leaf by `values[i]`.
 E substituteArgs(const E& e, const std::vector<E>& values);
+/// Replaces each Param(i) leaf by `values[i]`.
+E substituteParams(const E& e, const std::vector<E>& values, size_t* visited = nullptr);
 
 bool usesVar(const E& e);
 bool usesOut(const E& e);
 
-/// Infix text with the fewest parentheses that keep the meaning: "x * sigmoid(x)".
+/// Infix text with the fewest parentheses that keep the meaning: "x * sigmoid(x)". An
+/// expression whose tree is large and shares subexpressions names each shared one once:
+/// "t2 * sigmoid(t2)  where t1 = x * sigmoid(x); t2 = t1 * sigmoid(t1)", so the text stays
+/// linear in the DAG.
 std::string print(const E& e);
 
 } // namespace gradc::scalar
 
 namespace gradc::scalar {
 
-/// Simplifies bottom-up: folds constants, applies algebraic identities (a+0, a*1, a*0,
-/// --a, select with equal arms, ...), orders commutative operands canonically and shares
-/// equal subexpressions (the result is a DAG: equal subtrees are one node).
+/// Simplifies bottom-up: folds constants, applies algebraic identities and orders commutative
+/// operands canonically. Only rewrites that give the same value for every input, NaN and
+/// +-Inf included, are applied (a * 1, a - 0, --a, select with equal arms, ...; never 0 / 0,
+/// a / a, a - a or a * 0, which are NaN at NaN and Inf). Like the code generator's `reassoc`,
+/// products are flattened and their constants gathered (rounding may differ), and the sign
+/// of a zero result may change (a + 0).
 E simplify(const E& e);
 
 /// d/dx of e, simplified. Follows PyTorch at non-differentiable points: the derivative of a
 /// select is the derivative of the taken arm (relu'(0) = 0), abs'(0) = 0, and min/max pass
-/// the gradient to the first operand on ties.
+/// the gradient to the first operand on ties and NaN. Terms that do not depend on x are
+/// dropped, as autograd drops them (d/dx (2 * x) is 2, never 0 * x + 2 * 1).
 E derivative(const E& e);
+
+/// g * f'(x) as the chain rule applies it (PyTorch's backward of f): in x and the gradient
+/// leaf g, simplified. A select passes g only to the taken arm, so relu's is
+/// select(x <= 0, 0, g): 0 where x <= 0 even for a NaN g, as PyTorch's threshold_backward.
+E vjp(const E& e);
 
 /// The derivative of the activation `f` written through its output y = f(x) when the
 /// algebra allows (sigmoid: y * (1 - y); tanh: 1 - y ^ 2); nullptr if it still needs x.
 E derivativeByOutput(const E& f, const E& df);
 
-/// Structural equality (after simplify, equal expressions share one node).
-bool same(const E& a, const E& b);
+/// Structural equality (expressions are hash-consed: equal expressions are one node).
+inline bool same(const E& a, const E& b) { return a == b; }
 
 } // namespace gradc::scalar

@@ -122,11 +122,11 @@ std::string activationFigure(const std::vector<Activation>& activations) {
     for (size_t i = 0; i < activations.size(); ++i) {
         const Activation& a = activations[i];
         Frame f(double(i % columns) * kPanelW, double(i / columns) * kPanelH + 10);
-        scalar::E df = a.derivative ? a.derivative : scalar::derivative(a.formula);
+        scalar::Evaluator fx(a.formula), dfx(a.derivative ? a.derivative : scalar::derivative(a.formula));
         std::vector<double> xs, ys, ds;
         for (int k = 0; k < 1000; ++k) {
             double x = -5 + 10.0 * k / 999;
-            xs.push_back(x), ys.push_back(scalar::eval(a.formula, x)), ds.push_back(scalar::eval(df, x));
+            xs.push_back(x), ys.push_back(fx(x)), ds.push_back(dfx(x));
         }
         double lo = 0, hi = 1;
         for (size_t k = 0; k < xs.size(); ++k)

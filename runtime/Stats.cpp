@@ -61,16 +61,16 @@ template TensorStats statistics<double>(const std::string&, const Shape&, const 
 ActivationStats activationStatistics(const std::string& name, const Activation& f, const Tensor& preactivation) {
     ActivationStats s;
     s.name = name, s.function = f.name, s.shape = preactivation.shape;
-    scalar::E df = f.derivative ? f.derivative : scalar::derivative(f.formula);
+    scalar::Evaluator fx(f.formula), dfx(f.derivative ? f.derivative : scalar::derivative(f.formula));
     double sum = 0, sumSq = 0;
     int64_t finite = 0, low = 0;
     for (double x : preactivation.data) {
-        double y = scalar::eval(f.formula, x);
+        double y = fx(x);
         if (std::isnan(y)) { ++s.nan; continue; }
         if (std::isinf(y)) { ++s.inf; continue; }
         ++finite;
         sum += y, sumSq += y * y;
-        low += std::fabs(scalar::eval(df, x)) < 0.01;
+        low += std::fabs(dfx(x)) < 0.01;
     }
     if (finite == 0) {
         s.mean = s.std = s.lowGradientFraction = std::nan("");

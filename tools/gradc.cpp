@@ -230,10 +230,11 @@ int runAct(const po::variables_map& vm) {
     fmt::print("{:>6}", "x");
     for (auto& a : acts) fmt::print("  {:>12} {:>12}", a.name, "d/dx");
     fmt::print("\n");
+    std::vector<scalar::Evaluator> fs, dfs;
+    for (auto& a : acts) fs.emplace_back(a.formula), dfs.emplace_back(scalar::derivative(a.formula));
     for (int i = -5; i <= 5; ++i) {
         fmt::print("{:>6}", i);
-        for (auto& a : acts)
-            fmt::print("  {:>12.6f} {:>12.6f}", scalar::eval(a.formula, i), scalar::eval(scalar::derivative(a.formula), i));
+        for (size_t k = 0; k < acts.size(); ++k) fmt::print("  {:>12.6f} {:>12.6f}", fs[k](i), dfs[k](i));
         fmt::print("\n");
     }
     return 0;

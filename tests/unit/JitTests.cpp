@@ -271,3 +271,35 @@ TEST_CASE("compiled float exp is within 2 ulp of the library's, with its overflo
         }
     }
 }
+
+TEST_CASE("compiled min and max keep NaN as the interpreter and PyTorch do", "[jit][numerics]") {
+    // layers.0 is the identity, so the activation sees the input; logits = its output.
+    Graph g = model("activation mm(x) = max(x, 0) + min(x, 1)\ninput 4\ndense 4 mm\nrelu\ndense 4\nloss mse\n", 2);
+    Bindings b;
+    for (auto& p : g.params) {
+        const Shape& s = g[p.node].shape;
+        Tensor t{s, std::vector<double>(size_t(elementCount(s)), 0.0)};
+        if (p.name.find("weight") != std::string::npos)
+            for (int i = 0; i < 4; ++i) t.data[size_t(i * 4 + i)] = 1;
+        b[p.name] = t;
+    }
+    const double nan = std::nan("");
+    b["x"] = Tensor{{2, 4}, {nan, -2, 0.5, 3, -nan, INFINITY, -INFINITY, -0.5}};
+    b["target"] = Tensor{{2, 4}, std::vector<double>(8, 0.0)};
+    auto want = interpretOutputs(g, b);
+    CodegenOptions opts;
+    opts.cache = false;
+    for (bool f64 : {false, true}) {
+        opts.f64 = f64;
+        auto got = runCompiled(compileModel(g, opts), g, b, false);
+        const Tensor& logits = got.at("logits");
+        for (size_t i = 0; i < 8; ++i) {
+            INFO((f64 ? "f64 " : "f32 ") << i);
+            double w = want.at("logits").data[i];
+            CHECK(std::isnan(logits.data[i]) == std::isnan(w));
+            if (!std::isnan(w)) CHECK(logits.data[i] == Approx(w));
+        }
+        CHECK(std::isnan(logits.data[0]));
+        CHECK(std::isnan(logits.data[4]));
+    }
+}

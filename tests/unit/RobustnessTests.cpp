@@ -1,5 +1,7 @@
 // RobustnessTests.cpp — whatever bytes a model file holds, the front end ends in a graph or
 // a diagnostic: never a crash, a hang or a stack overflow.
+#include "Autodiff.h"
+#include "Kernels.h"
 #include "Pipeline.h"
 #include "Source.h"
 
@@ -121,4 +123,36 @@ TEST_CASE("random bytes and mutated models end in a graph or a diagnostic", "[ro
     }
     CHECK(graphs > 0);       // the mutations are not all fatal...
     CHECK(diagnostics > 0);  // ...nor all harmless
+}
+
+TEST_CASE("deeply shared activation definitions and their mutations compile in linear time", "[robustness][dag]") {
+    // The fuzz corpus's seeds (tests/fuzz/corpus/frontend): what the fuzzer does with them,
+    // differentiation and fusion included, must end in kernels or a diagnostic.
+    std::vector<std::string> seeds;
+    for (auto& entry : std::filesystem::directory_iterator(GRADC_SOURCE_DIR "/tests/fuzz/corpus/frontend"))
+        if (entry.path().string().find("shared_") != std::string::npos) seeds.push_back(slurp(entry.path().string()));
+    REQUIRE(seeds.size() >= 5);
+    auto compile = [](const std::string& text) {
+        if (!outcome(text).empty()) return false;
+        FrontEnd fe = compileSource("fuzz.nn", text, {4});
+        Graph grad = differentiate(fe.graph);
+        std::vector<std::string> outputs = {"loss"};
+        for (auto& p : grad.params) outputs.push_back("grad:" + p.name);
+        buildKernels(grad, "backward", outputs, 4, GemmBlocking{});
+        return true;
+    };
+    for (auto& seed : seeds) CHECK(compile(seed));
+    std::mt19937 rng(7);
+    for (int iter = 0; iter < 300; ++iter) {
+        std::string text = seeds[rng() % seeds.size()];
+        for (int k = 0, edits = 1 + int(rng() % 4); k < edits && !text.empty(); ++k) {
+            size_t at = rng() % text.size();
+            switch (rng() % 3) {
+            case 0: text.erase(at, 1 + rng() % 20); break;
+            case 1: text.insert(at, text.substr(rng() % text.size(), rng() % 200)); break;
+            case 2: text.insert(at, rng() % 2 ? " + f0(x)" : " * sigmoid(x)"); break;
+            }
+        }
+        compile(text);
+    }
 }
