@@ -10,6 +10,15 @@
 
 namespace gradc {
 
+/// Memory bounds in tests are multiplied by this: AddressSanitizer keeps freed memory in its
+/// quarantine (256 MiB by default) and pads every allocation, so peak RSS grows by what the
+/// test freed. The bounds stay far below what the faults they catch would take (gigabytes).
+#if defined(__SANITIZE_ADDRESS__)
+constexpr long kMemorySlack = 4;
+#else
+constexpr long kMemorySlack = 1;
+#endif
+
 /// Random parameters (nn.Linear-like scale, batchnorm weights around 1), a random input and
 /// random targets that fit the loss.
 inline Bindings randomBindings(const Graph& g, std::mt19937& rng) {
