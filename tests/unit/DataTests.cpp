@@ -85,15 +85,6 @@ double peakMiB() {
     return double(u.ru_maxrss) / 1024;
 }
 
-std::string errorOf(const std::function<void()>& f) {
-    try {
-        f();
-    } catch (const UserError& e) {
-        return e.format();
-    }
-    return "";
-}
-
 } // namespace
 
 TEST_CASE("IDX files are read from gzip and plain files, only as far as needed", "[data]") {

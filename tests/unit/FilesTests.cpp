@@ -5,6 +5,8 @@
 #include "Files.h"
 #include "Source.h"
 
+#include "TestUtil.h"
+
 #include <catch2/catch.hpp>
 
 #include <fcntl.h>
@@ -48,15 +50,6 @@ struct Scratch {
         return out;
     }
 };
-
-std::string errorOf(const std::function<void()>& f) {
-    try {
-        f();
-    } catch (const UserError& e) {
-        return e.format();
-    }
-    return "";
-}
 
 struct stat statOf(const std::string& p) {
     struct stat st {};

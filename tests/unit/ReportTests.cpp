@@ -42,15 +42,6 @@ std::string safetensorsBytes(const std::string& json, const std::string& data) {
     return out + json + data;
 }
 
-std::string errorOf(const std::function<void()>& f) {
-    try {
-        f();
-    } catch (const UserError& e) {
-        return e.format();
-    }
-    return "";
-}
-
 /// Well-formed XML, checked plainly (a scanner, not std::regex, whose recursion overflows
 /// the stack on long documents): every tag closes in order, attribute values are quoted, and
 /// no '<' or '&' stands loose in text.

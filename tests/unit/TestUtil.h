@@ -2,6 +2,9 @@
 #pragma once
 
 #include "Interpreter.h"
+#include "Source.h"
+
+#include <functional>
 
 #include <cmath>
 #include <random>
@@ -76,6 +79,16 @@ inline std::string randomModel(std::mt19937& rng, const std::string& prelude, co
     }
     const char* losses[] = {"dense 3\nloss cross_entropy\n", "dense 1\nloss bce\n", "dense 2\nloss mse\n"};
     return text + losses[rng() % 3];
+}
+
+/// The diagnostic a UserError thrown by `f` prints; empty when `f` throws nothing.
+inline std::string errorOf(const std::function<void()>& f) {
+    try {
+        f();
+    } catch (const UserError& e) {
+        return e.format();
+    }
+    return "";
 }
 
 } // namespace gradc
