@@ -613,6 +613,11 @@ int runTrain(const po::variables_map& vm) {
 /// The activation layers of a graph: the modules whose output is an activation function's.
 bool isActivationLayer(const Graph& g, const LayerInfo& l) { return g[l.value].op == Op::Act; }
 
+/// acts and dead read the layers' outputs, never the loss, so they take any classifier with
+/// two or more classes: the data set's labels (0 to 9) are replaced by class 0, which every
+/// such model has, and no backend is given a label out of its range.
+void onlyImages(std::vector<int32_t>& labels) { std::fill(labels.begin(), labels.end(), 0); }
+
 /// `gradc acts MODEL`: each layer's output distribution over the first 1024 training images.
 int runActs(const po::variables_map& vm) {
     const int64_t count = vm["count"].as<int64_t>();
@@ -633,6 +638,7 @@ int runActs(const po::variables_map& vm) {
     std::vector<float> x;
     std::vector<int32_t> labels;
     gather(ex, all, 0, count, mean, std, x, labels);
+    onlyImages(labels);
     engine->evaluate(x.data(), labels.data(), nullptr);
     const Graph& g = engine->graph();
     std::vector<std::pair<std::string, TensorStats>> layers;
@@ -683,6 +689,7 @@ int runDead(const po::variables_map& vm) {
     std::vector<int32_t> labels;
     for (size_t begin = 0; begin < data.fit.size(); begin += size_t(batch)) {
         gather(data.train, data.fit, begin, batch, mean, std, x, labels);
+        onlyImages(labels);
         engine->evaluate(x.data(), labels.data(), nullptr);
         const size_t rows = std::min(size_t(batch), data.fit.size() - begin);
         for (size_t k = 0; k < layers.size(); ++k) {
