@@ -75,7 +75,17 @@ Table& table() {
 // outermost release on a thread drains the operands iteratively instead.
 thread_local std::vector<std::vector<E>>* tGraveyard = nullptr;
 
+// A thread that holds the table's lock (in intern) may drop the last reference to a node: a
+// duplicate's operands, or a reference that weak_ptr::lock took while another thread let go
+// of its own. release() takes the lock, so such nodes wait here until the lock is let go.
+thread_local bool tHoldsTable = false;
+thread_local std::vector<Node*> tDeferred;
+
 void release(Node* n) {
+    if (tHoldsTable) {
+        tDeferred.push_back(n);
+        return;
+    }
     {
         Table& t = table();
         std::lock_guard<std::mutex> lock(t.mutex);
@@ -99,6 +109,12 @@ void release(Node* n) {
     tGraveyard = nullptr;
 }
 
+/// Marks the table's lock as held by this thread for as long as it lives.
+struct HoldingTable {
+    HoldingTable() { tHoldsTable = true; }
+    ~HoldingTable() { tHoldsTable = false; }
+};
+
 E intern(Op op, double value, std::vector<E> args) {
     auto* n = new Node;
     n->op = op;
@@ -110,19 +126,29 @@ E intern(Op op, double value, std::vector<E> args) {
     for (auto& a : n->args) h = mix(h, a->hash), depth = std::max(depth, a->depth), n->leaves |= a->leaves;
     n->hash = h;
     n->depth = depth == UINT32_MAX ? depth : depth + 1;
-    Table& t = table();
-    std::lock_guard<std::mutex> lock(t.mutex);
-    auto it = t.nodes.find(n);
-    if (it != t.nodes.end()) {
-        if (E existing = (*it)->weak_from_this().lock()) {
+    E result;
+    {
+        Table& t = table();
+        std::lock_guard<std::mutex> lock(t.mutex);
+        HoldingTable holding; // destroyed before the lock is let go, after everything below
+        auto it = t.nodes.find(n);
+        E existing = it != t.nodes.end() ? (*it)->weak_from_this().lock() : nullptr;
+        if (existing) {
+            std::vector<E> operands = std::move(n->args);
             delete n;
-            return existing;
+            result = std::move(existing);
+        } else {
+            if (it != t.nodes.end()) t.nodes.erase(it); // being released: this node takes its place
+            result = E(n, release);
+            t.nodes.insert(n);
         }
-        t.nodes.erase(it); // being released on another thread: this node takes its place
     }
-    E e(n, release);
-    t.nodes.insert(n);
-    return e;
+    while (!tDeferred.empty()) {
+        Node* d = tDeferred.back();
+        tDeferred.pop_back();
+        release(d);
+    }
+    return result;
 }
 
 } // namespace
