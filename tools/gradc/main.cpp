@@ -1,4 +1,4 @@
-// gradc.cpp — the `gradc` command: one function per subcommand, options parsed with
+// main.cpp — the `gradc` command: one function per subcommand, options parsed with
 // Boost.Program_options. Exit status: 0 success, 1 an error in the user's input (model,
 // data, parameters), 2 a usage error (unknown command, option or value).
 #include "Autodiff.h"
