@@ -1,0 +1,70 @@
+// Options.h — what several gradc commands share: the usage error, the options they declare
+// alike and their readers (each checks its value and throws UsageError), and the classifier
+// engine that train, acts and dead run.
+#pragma once
+
+#include "Codegen.h"
+#include "Engine.h"
+#include "Files.h"
+#include "Sema.h"
+
+#include <boost/program_options.hpp>
+
+#include <cmath>
+#include <cstdint>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace gradc::cli {
+
+namespace po = boost::program_options;
+
+/// A usage mistake: printed as one line plus the relevant usage, exit status 2.
+struct UsageError : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+/// 1234567 as "1,234,567".
+std::string thousands(int64_t v);
+
+/// MODEL and --batch, as most commands take them.
+void addModelOptions(po::options_description& d);
+/// --dtype, --threads, --no-cache: how code is compiled.
+void addCodegenOptions(po::options_description& d);
+/// --data, --normalize, --seed, --params, --backend and the codegen options: the commands
+/// that run a classifier on the data set (train, acts, dead).
+void addDataOptions(po::options_description& d);
+
+/// --batch, checked.
+SemaOptions semaOptions(const po::variables_map& vm);
+/// --seed: a whole number from 0 to 2^64 - 1. Read as text, because Boost reads "-1" as an
+/// unsigned number (2^64 - 1) without a word.
+uint64_t seedOption(const po::variables_map& vm);
+/// A real-valued option that must be finite and at least `low` (and below `high` when
+/// given); `what` names the quantity in the message.
+double realOption(const po::variables_map& vm, const char* name, const char* what, double low,
+                  double high = INFINITY);
+/// --dtype, --threads (which sets the thread count), --no-cache.
+CodegenOptions codegenOptions(const po::variables_map& vm);
+/// The value of a file option, or "" when it is not given.
+std::string fileOption(const po::variables_map& vm, const char* name);
+/// --normalize MEAN,STD: a finite mean and a normal (not subnormal) positive std, such that
+/// every normalised pixel (pixel/255 - MEAN) / STD is a finite float.
+std::pair<double, double> parseNormalize(const std::string& text);
+/// Declares the IDX files of a data folder as inputs of a run, so no output replaces them.
+void declareDataInputs(OutputSet& outputs, const std::string& dir);
+
+/// A classifier of the images in --data with at least `classes` outputs, compiled for
+/// training and evaluation at `batch`, its parameters from --params or initialised with
+/// --seed. The model file is parsed once and checked before anything is compiled.
+std::unique_ptr<Engine> makeEngine(const po::variables_map& vm, int64_t batch, int classes);
+
+/// acts and dead read the layers' outputs, never the loss, so they take any classifier with
+/// two or more classes: the data set's labels (0 to 9) are replaced by class 0, which every
+/// such model has, and no backend is given a label out of its range.
+void onlyImages(std::vector<int32_t>& labels);
+
+} // namespace gradc::cli

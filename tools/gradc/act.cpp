@@ -1,0 +1,68 @@
+// act.cpp — `gradc act NAME...`: each activation and its derivative on [-5, 5], as a table or
+// the seed's figure.
+#include "Commands.h"
+
+#include "Activations.h"
+#include "Parser.h"
+#include "Pipeline.h"
+#include "Plot.h"
+
+#include <fmt/format.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace gradc::cli {
+
+void actOptions(po::options_description& d) {
+    d.add_options()("names", po::value<std::vector<std::string>>()->required()->multitoken(),
+                    "activations: sigmoid, elu(0.5), ...")(
+        "plot", po::value<std::string>(), "draw them to FILE.svg")(
+        "model", po::value<std::string>(), "model file whose activations may be named");
+}
+
+/// `gradc act sigmoid relu ...`: each activation and its derivative on [-5, 5].
+int runAct(const po::variables_map& vm) {
+    OutputSet outputs;
+    outputs.input(fileOption(vm, "model"));
+    outputs.output(fileOption(vm, "plot"), "the figure");
+    ActivationTable table;
+    if (vm.count("model")) {
+        FrontEnd fe = compileFile(vm["model"].as<std::string>());
+        for (auto& s : fe.ast.stmts)
+            if (s->kind == Stmt::Kind::ActivationDef) table.define(*s);
+    }
+    std::vector<Activation> acts;
+    for (auto& text : vm["names"].as<std::vector<std::string>>()) {
+        std::unique_ptr<Expr> e = parseExpression(makeSourceFile("<activation>", text));
+        ActRef ref{e->name, {}, e->loc};
+        bool ok = e->kind == Expr::Kind::Var || e->kind == Expr::Kind::Call;
+        for (auto& a : e->args) {
+            bool neg = a->kind == Expr::Kind::Neg && a->args[0]->kind == Expr::Kind::Number;
+            ok = ok && (a->kind == Expr::Kind::Number || neg);
+            if (ok) ref.args.push_back(neg ? -a->args[0]->number : a->number);
+        }
+        if (!ok) throw UserError({makeSourceFile("<activation>", text), 1, 1},
+                                 fmt::format("'{}' is not an activation name such as relu or elu(0.5)", text));
+        acts.push_back(table.instantiate(ref));
+    }
+    if (vm.count("plot")) {
+        outputs.set(vm["plot"].as<std::string>(), activationFigure(acts));
+        outputs.commit();
+        return 0;
+    }
+    fmt::print("{:>6}", "x");
+    for (auto& a : acts) fmt::print("  {:>12} {:>12}", a.name, "d/dx");
+    fmt::print("\n");
+    std::vector<scalar::Evaluator> fs, dfs;
+    for (auto& a : acts) fs.emplace_back(a.formula), dfs.emplace_back(scalar::derivative(a.formula));
+    for (int i = -5; i <= 5; ++i) {
+        fmt::print("{:>6}", i);
+        for (size_t k = 0; k < acts.size(); ++k) fmt::print("  {:>12.6f} {:>12.6f}", fs[k](i), dfs[k](i));
+        fmt::print("\n");
+    }
+    return 0;
+}
+
+} // namespace gradc::cli

@@ -1,0 +1,45 @@
+// dump.cpp — `gradc dump MODEL --emit=STAGE`: print a pipeline stage.
+#include "Commands.h"
+
+#include "AST.h"
+#include "Autodiff.h"
+#include "Codegen.h"
+#include "Pipeline.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <string>
+#include <vector>
+
+namespace gradc::cli {
+
+void dumpOptions(po::options_description& d) {
+    addModelOptions(d);
+    d.add_options()("emit", po::value<std::string>()->default_value("graph"),
+                    "stage to print: ast | graph | grad | kernels | memplan | llvm | asm")(
+        "eval", "the graph of evaluation mode (batchnorm with its running statistics)");
+    addCodegenOptions(d);
+}
+
+int runDump(const po::variables_map& vm) {
+    const std::string emit = vm["emit"].as<std::string>();
+    static const std::vector<std::string> stages = {"ast", "graph", "grad", "kernels", "memplan", "llvm", "asm",
+                                                     "llvm-unoptimised"};
+    if (std::find(stages.begin(), stages.end(), emit) == stages.end()) {
+        std::string known;
+        for (auto& s : stages) known += (known.empty() ? "" : ", ") + s;
+        throw UsageError(fmt::format("--emit={} is not a stage (stages: {})", emit, known));
+    }
+    SemaOptions so = semaOptions(vm);
+    so.eval = vm.count("eval") != 0;
+    if (so.eval && emit == "grad") throw UsageError("--eval: evaluation mode has no backward pass to print");
+    FrontEnd fe = compileFile(vm["model"].as<std::string>(), so);
+    if (emit == "ast") fmt::print("{}", printAST(fe.ast));
+    else if (emit == "graph") fmt::print("{}", printGraph(fe.graph));
+    else if (emit == "grad") fmt::print("{}", printGraph(differentiate(fe.graph)));
+    else fmt::print("{}", emitModule(fe.graph, codegenOptions(vm), emit));
+    return 0;
+}
+
+} // namespace gradc::cli

@@ -1,0 +1,111 @@
+// train.cpp — `gradc train MODEL`: epochs of SGD or Adam with early stopping on validation
+// accuracy, then the test accuracy.
+#include "Commands.h"
+
+#include "Optimizer.h"
+#include "Train.h"
+
+#include <fmt/format.h>
+
+#include <csignal>
+#include <cstdio>
+#include <unistd.h>
+
+namespace gradc::cli {
+
+void trainOptions(po::options_description& d) {
+    addModelOptions(d);
+    d.add_options()("epochs", po::value<int>()->default_value(50), "at most this many epochs")(
+        "optimizer", po::value<std::string>()->default_value("sgd"), "sgd | adam")(
+        "lr", po::value<double>(), "learning rate (default: 1e-2 for sgd, 1e-3 for adam)")(
+        "momentum", po::value<double>()->default_value(0.0), "SGD momentum")(
+        "nesterov", "Nesterov momentum")(
+        "weight-decay", po::value<double>()->default_value(0.0), "L2 penalty added to the gradient")(
+        "beta1", po::value<double>()->default_value(0.9), "Adam's beta1")(
+        "beta2", po::value<double>()->default_value(0.999), "Adam's beta2")(
+        "eps", po::value<double>()->default_value(1e-8), "Adam's eps")(
+        "val", po::value<int64_t>()->default_value(10000), "training images held out for validation")(
+        "patience", po::value<int>()->default_value(7), "stop after this many epochs without a better validation accuracy")(
+        "save", po::value<std::string>(), "write the best epoch's parameters to FILE.safetensors")(
+        "log", po::value<std::string>(), "write per-epoch loss, accuracy and gradient statistics to FILE.jsonl")(
+        "logdir", po::value<std::string>(), "write TensorBoard event files (scalars, gradient histograms) to DIR")(
+        "steps", po::value<int64_t>()->default_value(0), "stop after this many steps in all (0: no limit)")(
+        "limit", po::value<int64_t>()->default_value(0), "use only the first N images of each file (0: all)")(
+        "no-progress", "no progress bar, even on a terminal");
+    addDataOptions(d);
+}
+
+namespace {
+
+void onInterrupt(int) {
+    gInterrupted = 1;
+    std::signal(SIGINT, SIG_DFL); // a second Ctrl-C stops at once
+}
+
+} // namespace
+
+/// `gradc train MODEL`: epochs of SGD or Adam with early stopping on validation accuracy.
+int runTrain(const po::variables_map& vm) {
+    const int64_t batch = semaOptions(vm).batch;
+    TrainOptions o;
+    o.epochs = vm["epochs"].as<int>();
+    o.patience = vm["patience"].as<int>();
+    o.seed = seedOption(vm);
+    o.maxSteps = vm["steps"].as<int64_t>();
+    const int64_t val = vm["val"].as<int64_t>(), limit = vm["limit"].as<int64_t>();
+    if (o.epochs < 1 || o.epochs > 100000) throw UsageError(fmt::format("--epochs {} is out of range (1 to 100000)", o.epochs));
+    if (o.patience < 1) throw UsageError(fmt::format("--patience {} must be at least 1", o.patience));
+    if (o.maxSteps < 0) throw UsageError(fmt::format("--steps {} must not be negative", o.maxSteps));
+    if (val < 1) throw UsageError(fmt::format("--val {} must be at least 1", val));
+    if (limit < 0) throw UsageError(fmt::format("--limit {} must not be negative", limit));
+    o.save = fileOption(vm, "save"), o.log = fileOption(vm, "log"), o.logdir = fileOption(vm, "logdir");
+    OptimizerOptions opt;
+    opt.method = vm["optimizer"].as<std::string>();
+    if (opt.method != "sgd" && opt.method != "adam")
+        throw UsageError(fmt::format("--optimizer={} is not sgd or adam", opt.method));
+    opt.lr = vm.count("lr") ? realOption(vm, "lr", "learning rate", 0) : opt.method == "adam" ? 1e-3 : 1e-2;
+    opt.momentum = realOption(vm, "momentum", "momentum", 0);
+    opt.weightDecay = realOption(vm, "weight-decay", "weight decay", 0);
+    opt.nesterov = vm.count("nesterov") != 0;
+    opt.beta1 = realOption(vm, "beta1", "Adam's beta1", 0, 1), opt.beta2 = realOption(vm, "beta2", "Adam's beta2", 0, 1);
+    opt.eps = realOption(vm, "eps", "Adam's eps", 0);
+    try {
+        hyperParameters(opt, 1);
+    } catch (const UserError& e) {
+        throw UsageError(e.what());
+    }
+    const std::string dir = vm["data"].as<std::string>(), path = vm["model"].as<std::string>();
+    auto [mean, std] = parseNormalize(vm["normalize"].as<std::string>());
+    // Every output checked before any data is loaded or code compiled.
+    OutputSet outputs;
+    outputs.input(path);
+    outputs.input(fileOption(vm, "params"));
+    declareDataInputs(outputs, dir);
+    declareTrainOutputs(outputs, o);
+    o.outputs = &outputs;
+    std::unique_ptr<Engine> engine = makeEngine(vm, batch, /*classes=*/10);
+    engine->setOptimizer(opt);
+    DataSplit data = loadSplit(dir, val, mean, std, limit);
+    const bool terminal = isatty(STDERR_FILENO) && !vm.count("no-progress");
+    o.progressBar = terminal;
+    fmt::print(stderr, "{}: {} parameters; {} training and {} validation examples of {}, batch {}; {} lr {}{}\n",
+               engine->graph().model, thousands(engine->parameterCount()), thousands(int64_t(data.fit.size())),
+               thousands(int64_t(data.val.size())), dir, batch, opt.method, opt.lr,
+               opt.momentum > 0 ? fmt::format(" momentum {}", opt.momentum) : "");
+    gInterrupted = 0;
+    std::signal(SIGINT, onInterrupt);
+    TrainResult r = train(*engine, data, o, [](const std::string& line) {
+        fmt::print(stderr, "{}", line);
+        std::fflush(stderr);
+    });
+    std::signal(SIGINT, SIG_DFL);
+    outputs.commit(); // the log, also when interrupted
+    if (r.interrupted) fmt::print(stderr, "\ninterrupted: keeping what was trained\n");
+    fmt::print("{}: best epoch {} of {}{}, validation accuracy {:.2f}%, test accuracy {:.2f}% ({:.1f} s)\n",
+               engine->graph().model, r.bestEpoch, r.epochs.size(), r.stoppedEarly ? " (stopped early)" : "",
+               100 * r.bestValAccuracy, 100 * r.testAccuracy, r.seconds);
+    if (!o.save.empty()) fmt::print("parameters of the best epoch: {}\n", o.save);
+    return r.interrupted ? 130 : 0;
+}
+
+} // namespace gradc::cli
