@@ -2,6 +2,7 @@
 #include "Aot.h"
 
 #include "CodegenInternal.h"
+#include "EntryAbi.h"
 #include "Jit.h"
 #include "Pipeline.h"
 #include "Text.h"
@@ -151,9 +152,9 @@ AotResult compileAhead(const Graph& fwd, const AotOptions& opts) {
     Programs programs = buildPrograms(fwd, opts.f64, blockingFor(featuresOf(*tm), opts.f64));
     llvm::LLVMContext ctx;
     auto m = lower(ctx, programs, opts.f64, *tm);
-    m->getFunction("gradc_forward")->setName(prefix + "_forward");
-    m->getFunction("gradc_backward")->setName(prefix + "_backward");
-    m->getFunction("gradc_update")->setName(prefix + "_update");
+    m->getFunction(entrySymbol(EntryPoint::Forward))->setName(prefix + "_forward");
+    m->getFunction(entrySymbol(EntryPoint::Backward))->setName(prefix + "_backward");
+    m->getFunction(kUpdateSymbol)->setName(prefix + "_update");
     for (const char* helper : {"gradc_pack_b", "gradc_tile"})
         if (llvm::Function* f = m->getFunction(helper)) f->setName(prefix + std::string(helper + 5)); // prefix_pack_b, ...
     {

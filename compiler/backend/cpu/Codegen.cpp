@@ -2,6 +2,7 @@
 #include "Codegen.h"
 
 #include "Autodiff.h"
+#include "EntryAbi.h"
 #include "Jit.h"
 #include "Kernels.h"
 #include "LowerToLLVM.h"
@@ -206,13 +207,15 @@ CompiledModel compileModel(const Graph& fwd, const CodegenOptions& opts) {
     std::shared_ptr<Jit> jit = checkLLVM("cannot start the JIT", Jit::create());
     if (auto err = jit->addObject(llvm::MemoryBuffer::getMemBufferCopy(*object, "gradc-model")))
         failLLVM("cannot load the compiled model", std::move(err));
-    out.forward = reinterpret_cast<CompiledModel::Entry>(checkLLVM("cannot find the forward function", jit->lookup("gradc_forward")));
-    out.backward = reinterpret_cast<CompiledModel::Entry>(checkLLVM("cannot find the backward function", jit->lookup("gradc_backward")));
-    out.update = reinterpret_cast<CompiledModel::Update>(checkLLVM("cannot find the update function", jit->lookup("gradc_update")));
+    out.forward = reinterpret_cast<CompiledModel::Entry>(
+        checkLLVM("cannot find the forward function", jit->lookup(entrySymbol(EntryPoint::Forward))));
+    out.backward = reinterpret_cast<CompiledModel::Entry>(
+        checkLLVM("cannot find the backward function", jit->lookup(entrySymbol(EntryPoint::Backward))));
+    out.update = reinterpret_cast<CompiledModel::Update>(checkLLVM("cannot find the update function", jit->lookup(kUpdateSymbol)));
     out.owner = jit;
     if (opts.profile) {
-        out.profileForward = static_cast<const uint64_t*>(checkLLVM("profile", jit->lookup("gradc_profile_forward")));
-        out.profileBackward = static_cast<const uint64_t*>(checkLLVM("profile", jit->lookup("gradc_profile_backward")));
+        out.profileForward = static_cast<const uint64_t*>(checkLLVM("profile", jit->lookup(profileSymbol(EntryPoint::Forward))));
+        out.profileBackward = static_cast<const uint64_t*>(checkLLVM("profile", jit->lookup(profileSymbol(EntryPoint::Backward))));
         auto firstLines = [](const KernelProgram& p) {
             std::vector<std::string> lines;
             std::string text = printKernels(p);

@@ -1,15 +1,6 @@
-// LowerToLLVM.h — stage 6: kernel programs to one LLVM IR module with three entry points:
-//
-//   void gradc_forward (const T* params, const T* x, const void* target, T* logits, T* loss, T* acts, void* ws)
-//   void gradc_backward(const T* params, const T* x, const void* target, T* loss,   T* grads, T* acts, void* ws)
-//   void gradc_update  (T* params, const T* grads, T* m, T* v, const double* hyper, int64_t begin, int64_t end)
-//
-// T is float or double (the element type is a code generation parameter). `params` and
-// `grads` are flat arrays in parameter order with PyTorch's [out, in] layout; `target` holds
-// int32 class labels for cross_entropy and T values otherwise; `acts` receives the input of
-// every hidden activation layer and the graph's other activation outputs (see
-// isActivationOutput), one after another; `ws` is the workspace. gradc_update is the
-// optimiser's step (SGD, momentum, Adam; see Lowering::update).
+// LowerToLLVM.h — stage 6: kernel programs to one LLVM IR module with three entry points,
+// gradc_forward, gradc_backward and gradc_update, whose arguments EntryAbi.h defines. The
+// lowering itself is split by what it lowers; Lowering.h lists the files.
 #pragma once
 
 #include "Kernels.h"

@@ -1,0 +1,253 @@
+// LowerGemm.cpp — matrix products: acc = A · B by register tiles, each tile followed by its
+// kernel's fused element-wise epilogue (LowerScalar.cpp) while it is in cache, on the
+// thread pool when the blocking plans for more than one thread. Two helpers are shared by
+// every product of the module (one copy of the code each, so compile time does not grow
+// with the number of layers):
+//   gradc_pack_b(dst, b, N, K, transB, first, end): B's panels into [K][NR], zero past column N
+//   gradc_tile(out, a rows..., aStride, b, bStride, K): out[MR][NR] = the product, in registers
+// Each product kernel packs what it must, then for each tile runs gradc_tile and its own
+// epilogue. The register tile (GemmBlocking) is chosen by blockingFor (Codegen.cpp).
+#include "Lowering.h"
+
+namespace gradc {
+
+void Lowering::declareGemmHelpers() {
+    if (tile_) return;
+    const GemmBlocking& bl = p_->blocking;
+    const int64_t MR = bl.mr, NR = bl.nr(), VL = bl.vl;
+    auto* ptr = llvm::PointerType::get(ctx_, 0);
+    auto* i64t = b_.getInt64Ty();
+    auto* i1t = b_.getInt1Ty();
+    auto param = [&](unsigned i) { return fn_->getArg(i); }; // of the helper being emitted
+    packB_ = helper("gradc_pack_b", {ptr, ptr, i64t, i64t, i1t, i64t, i64t}, [&] {
+        llvm::Value *dst = param(0), *b = param(1), *N = param(2), *K = param(3), *trans = param(4);
+        auto* vecTy = llvm::FixedVectorType::get(T_, unsigned(VL));
+        // A transposed B's panel is a transpose: VL x VL blocks through registers (VL
+        // rows loaded, transposed by shuffles, VL panel rows stored), the rest of K below.
+        auto blocks = [&](llvm::Value* jt) {
+            loopTo(b_.CreateUDiv(K, i64(VL)), "kb", [&](llvm::Value* kb) {
+                llvm::Value* k0 = b_.CreateMul(kb, i64(VL));
+                for (int64_t v = 0; v < bl.nv; ++v) {
+                    std::vector<llvm::Value*> rows;
+                    for (int64_t jj = 0; jj < VL; ++jj) { // rows past N repeat the last one
+                        llvm::Value* j = b_.CreateAdd(b_.CreateMul(jt, i64(NR)), i64(v * VL + jj));
+                        j = b_.CreateSelect(b_.CreateICmpULT(j, N), j, b_.CreateSub(N, i64(1)));
+                        rows.push_back(b_.CreateAlignedLoad(vecTy, at(b, b_.CreateAdd(b_.CreateMul(j, K), k0)),
+                                                            llvm::Align(f64_ ? 8 : 4)));
+                    }
+                    transpose(rows);
+                    for (int64_t kk = 0; kk < VL; ++kk) {
+                        llvm::Value* row = b_.CreateAdd(b_.CreateMul(jt, K), b_.CreateAdd(k0, i64(kk)));
+                        b_.CreateAlignedStore(rows[size_t(kk)], at(dst, b_.CreateAdd(b_.CreateMul(row, i64(NR)), i64(v * VL))),
+                                              llvm::Align(size_t(VL) * (f64_ ? 8 : 4)));
+                    }
+                }
+            });
+        };
+        auto body = [&](bool transposed) {
+            loopTo(b_.CreateSub(param(6), param(5)), "jt", [&](llvm::Value* jt0) {
+                llvm::Value* jt = b_.CreateAdd(param(5), jt0);
+                llvm::Value* kFirst = i64(0);
+                if (transposed) {
+                    blocks(jt);
+                    kFirst = b_.CreateMul(b_.CreateUDiv(K, i64(VL)), i64(VL));
+                }
+                loopTo(b_.CreateSub(K, kFirst), "k", [&](llvm::Value* k0) {
+                    llvm::Value* kk = b_.CreateAdd(kFirst, k0);
+                    loop(NR, "c", [&](llvm::Value* c) {
+                        llvm::Value* j = b_.CreateAdd(b_.CreateMul(jt, i64(NR)), c);
+                        llvm::Value* inside = b_.CreateICmpULT(j, N);
+                        llvm::Value* sj = b_.CreateSelect(inside, j, i64(0));
+                        llvm::Value* src = transposed ? b_.CreateAdd(b_.CreateMul(sj, K), kk)
+                                                      : b_.CreateAdd(b_.CreateMul(kk, N), sj);
+                        llvm::Value* d = b_.CreateAdd(b_.CreateMul(b_.CreateAdd(b_.CreateMul(jt, K), kk), i64(NR)), c);
+                        store(b_.CreateSelect(inside, load(b, src), fp(0)), dst, d);
+                    }, /*vectorise=*/!transposed); // a transposed B would need gathers
+                });
+            });
+        };
+        auto* yes = llvm::BasicBlock::Create(ctx_, "transposed", fn_);
+        auto* no = llvm::BasicBlock::Create(ctx_, "rows", fn_);
+        auto* done = llvm::BasicBlock::Create(ctx_, "done", fn_);
+        b_.CreateCondBr(trans, yes, no);
+        b_.SetInsertPoint(yes);
+        body(true);
+        b_.CreateBr(done);
+        b_.SetInsertPoint(no);
+        body(false);
+        b_.CreateBr(done);
+        b_.SetInsertPoint(done);
+    });
+    // tile(out, outStride, a_0 .. a_{MR-1}, aStride, b, bStride, K): row r of A is
+    // a_r[k * aStride]; B's NR columns at step k start at b[k * bStride]; row r of the
+    // result goes to out[r * outStride].
+    std::vector<llvm::Type*> tileArgs = {ptr, i64t};
+    for (int64_t r = 0; r < MR; ++r) tileArgs.push_back(ptr);
+    for (llvm::Type* t : {(llvm::Type*)i64t, (llvm::Type*)ptr, (llvm::Type*)i64t, (llvm::Type*)i64t}) tileArgs.push_back(t);
+    tile_ = helper("gradc_tile", tileArgs, [&] {
+        llvm::Value *out = param(0), *outStride = param(1);
+        llvm::Value *aStride = param(unsigned(MR + 2)), *bPanel = param(unsigned(MR + 3)), *bStride = param(unsigned(MR + 4)),
+                    *K = param(unsigned(MR + 5));
+        auto* vecTy = llvm::FixedVectorType::get(T_, unsigned(VL));
+        const llvm::Align elementAlign(f64_ ? 8 : 4);
+        llvm::Function* fma = llvm::Intrinsic::getDeclaration(&m_, llvm::Intrinsic::fmuladd, {vecTy});
+        // MR x NV accumulators stay in vector registers over all of K.
+        std::vector<llvm::Value*> acc;
+        for (int64_t i = 0; i < MR * bl.nv; ++i) acc.push_back(variable(vecTy, llvm::Constant::getNullValue(vecTy)));
+        loopTo(K, "k", [&](llvm::Value* kk) {
+            std::vector<llvm::Value*> bv;
+            llvm::Value* bRow = b_.CreateMul(kk, bStride);
+            for (int64_t v = 0; v < bl.nv; ++v)
+                bv.push_back(b_.CreateAlignedLoad(vecTy, b_.CreateGEP(T_, bPanel, b_.CreateAdd(bRow, i64(v * VL))),
+                                                  elementAlign));
+            llvm::Value* aAt = b_.CreateMul(kk, aStride);
+            for (int64_t r = 0; r < MR; ++r) {
+                llvm::Value* splat = b_.CreateVectorSplat(unsigned(VL), load(param(unsigned(2 + r)), aAt));
+                for (int64_t v = 0; v < bl.nv; ++v) {
+                    llvm::Value* slot = acc[size_t(r * bl.nv + v)];
+                    b_.CreateStore(b_.CreateCall(fma, {splat, bv[size_t(v)], b_.CreateLoad(vecTy, slot)}), slot);
+                }
+            }
+        });
+        for (int64_t r = 0; r < MR; ++r)
+            for (int64_t v = 0; v < bl.nv; ++v)
+                b_.CreateAlignedStore(b_.CreateLoad(vecTy, acc[size_t(r * bl.nv + v)]),
+                                      b_.CreateGEP(T_, out, b_.CreateAdd(b_.CreateMul(i64(r), outStride), i64(v * VL))),
+                                      elementAlign);
+    });
+}
+
+/// Transposes the square matrix whose rows are `r` (vectors as long as there are rows, a
+/// power of two): log2(n) rounds, each swapping the off-diagonal blocks of size `step`.
+void Lowering::transpose(std::vector<llvm::Value*>& r) {
+    const int n = int(r.size());
+    for (int step = 1; step < n; step *= 2)
+        for (int i = 0; i < n; ++i) {
+            if (i & step) continue;
+            std::vector<int> lo(static_cast<size_t>(n)), hi(static_cast<size_t>(n));
+            for (int e = 0; e < n; ++e) { // indices into the concatenation (r[i], r[i + step])
+                lo[size_t(e)] = e & step ? n + e - step : e;
+                hi[size_t(e)] = e & step ? n + e : e + step;
+            }
+            llvm::Value *a = r[size_t(i)], *b = r[size_t(i + step)];
+            r[size_t(i)] = b_.CreateShuffleVector(a, b, lo);
+            r[size_t(i + step)] = b_.CreateShuffleVector(a, b, hi);
+        }
+}
+
+/// acc = A · B by register tiles, then the element-wise epilogue on each tile while it is
+/// in cache. A is read in place (each tile broadcasts from MR rows of it, the last rows
+/// repeated past M). B is read in place where its NR columns are contiguous (B not
+/// transposed, a whole panel); otherwise its panels are packed first: [K][NR], zero past N.
+void Lowering::matrixProduct(const Kernel& k) {
+    declareGemmHelpers();
+    const GemmBlocking& bl = p_->blocking;
+    const int64_t M = k.rows, N = k.cols, K = k.depth, MR = bl.mr, NR = bl.nr();
+    const int64_t mt = (M + MR - 1) / MR, nt = (N + NR - 1) / NR;
+    auto up16 = [](int64_t v) { return (v + 15) / 16 * 16; };
+    // Panels to pack: all of a transposed B, else only a last partial one.
+    const int64_t packFrom = k.transB ? 0 : N / NR;
+    auto scratch = [&](llvm::Value*& bp, llvm::Value*& tile) {
+        bp = b_.CreateGEP(b_.getInt8Ty(), arg(EntryArg::Workspace), i64(p_->scratchOffset));
+        tile = b_.CreateGEP(T_, bp, i64(up16(nt * NR * K)));
+    };
+    llvm::Value *bp, *tile;
+    scratch(bp, tile);
+    if (packFrom < nt) pack(packB_, bp, base(k.b), N, K, k.transB, packFrom, nt);
+    // The tiles, as a function of a range of tile numbers and a thread number, so threads
+    // can share them: column sums accumulate across the rows of tiles, so a kernel with
+    // any runs its column strips (whole jt) on one thread each.
+    const bool byStrip = !k.columnSums.empty();
+    const bool plain = k.columnSums.empty() && k.stores.size() == 1 && k.stores[0].expr->op == scalar::Op::Arg &&
+                       k.args[size_t(k.stores[0].expr->value)].mode == Access::Mode::Acc;
+    const int64_t units = byStrip ? nt : nt * mt;
+    auto tiles = [&](llvm::Value* begin, llvm::Value* end, llvm::Value* thread) {
+      llvm::Value* myTile = b_.CreateGEP(T_, tile, b_.CreateMul(thread, i64(MR * NR)));
+      llvm::Value* a = base(k.a);
+      llvm::Value* b = base(k.b);
+      loopTo(b_.CreateSub(end, begin), "u", [&](llvm::Value* u0) {
+        llvm::Value* u = b_.CreateAdd(begin, u0);
+        auto one = [&](llvm::Value* jt, llvm::Value* it) {
+            llvm::Value* tile = myTile;
+            LoopBases lb = loopBases(k);
+            llvm::Value* r0 = b_.CreateMul(it, i64(MR));
+            llvm::Value* c0 = b_.CreateMul(jt, i64(NR));
+            llvm::Value* rows = b_.CreateSelect(b_.CreateICmpULE(b_.CreateAdd(r0, i64(MR)), i64(M)), i64(MR),
+                                                b_.CreateSub(i64(M), r0));
+            llvm::Value* cols = b_.CreateSelect(b_.CreateICmpULE(b_.CreateAdd(c0, i64(NR)), i64(N)), i64(NR),
+                                                b_.CreateSub(i64(N), c0));
+            // A plain product (a weight gradient) writes whole tiles straight from the
+            // registers to its output; other tiles go through the epilogue.
+            llvm::Value* direct = b_.getFalse();
+            if (plain) direct = b_.CreateAnd(b_.CreateICmpEQ(rows, i64(MR)), b_.CreateICmpEQ(cols, i64(NR)));
+            std::vector<llvm::Value*> callArgs = {
+                plain ? b_.CreateSelect(direct, at(lb.stores[0], b_.CreateAdd(b_.CreateMul(r0, i64(N)), c0)), tile) : tile,
+                b_.CreateSelect(direct, i64(N), i64(NR))};
+            for (int64_t r = 0; r < MR; ++r) { // row r0 + r, the last row past M
+                llvm::Value* i = b_.CreateAdd(r0, i64(r));
+                i = b_.CreateSelect(b_.CreateICmpULT(i, i64(M)), i, i64(M - 1));
+                callArgs.push_back(b_.CreateGEP(T_, a, k.transA ? i : b_.CreateMul(i, i64(K))));
+            }
+            callArgs.push_back(i64(k.transA ? M : 1));
+            llvm::Value* inPlace = b_.CreateICmpULT(jt, i64(packFrom));
+            callArgs.push_back(b_.CreateSelect(inPlace, b_.CreateGEP(T_, b, c0),
+                                               b_.CreateGEP(T_, bp, b_.CreateMul(jt, i64(K * NR)))));
+            callArgs.push_back(b_.CreateSelect(inPlace, i64(N), i64(NR)));
+            callArgs.push_back(i64(K));
+            b_.CreateCall(tile_, callArgs);
+            if (plain) rows = b_.CreateSelect(direct, i64(0), rows);
+            loopTo(rows, "er", [&](llvm::Value* r) {
+                loopTo(cols, "ec", [&](llvm::Value* c) {
+                    llvm::Value* accv = load(tile, b_.CreateAdd(b_.CreateMul(r, i64(NR)), c));
+                    element(k, lb, b_.CreateAdd(r0, r), b_.CreateAdd(c0, c), accv);
+                });
+            });
+        };
+        if (byStrip) {
+            loop(mt, "it", [&](llvm::Value* it) { one(u, it); });
+        } else {
+            one(b_.CreateUDiv(u, i64(mt)), b_.CreateURem(u, i64(mt)));
+        }
+      });
+    };
+    if (bl.threads <= 1) {
+        tiles(i64(0), i64(units), i64(0));
+        return;
+    }
+    // Outlined: body(context, begin, end, thread), run by gradc_parallel_for.
+    auto* ptr = llvm::PointerType::get(ctx_, 0);
+    llvm::Value* ctxArray = contextArray();
+    llvm::Function* body = helper("gradc_tiles", {ptr, b_.getInt64Ty(), b_.getInt64Ty(), b_.getInt64Ty()}, [&] {
+        for (unsigned i = 0; i < kEntryArgCount; ++i)
+            args_[i] = b_.CreateLoad(ptr, b_.CreateConstGEP1_64(ptr, fn_->getArg(0), i));
+        scratch(bp, tile); // the panel addresses, inside the outlined function
+        tiles(fn_->getArg(1), fn_->getArg(2), fn_->getArg(3));
+    });
+    b_.CreateCall(parallelFor(), {body, ctxArray, i64(units), i64(bl.threads)});
+}
+
+/// Packs `tiles` panels with `packer`, on the thread pool when there is one.
+void Lowering::pack(llvm::Function* packer, llvm::Value* dst, llvm::Value* src, int64_t dim, int64_t K, bool trans,
+                    int64_t first, int64_t tiles) {
+    if (p_->blocking.threads <= 1 || tiles - first < 2) {
+        b_.CreateCall(packer, {dst, src, i64(dim), i64(K), b_.getInt1(trans), i64(first), i64(tiles)});
+        return;
+    }
+    // context: {dst, src}; the packer and the sizes are constants of the body.
+    auto* ptr = llvm::PointerType::get(ctx_, 0);
+    auto* ctxTy = llvm::ArrayType::get(ptr, 2);
+    llvm::IRBuilder<> eb(entryBlock_, entryBlock_->begin());
+    llvm::Value* ctx = eb.CreateAlloca(ctxTy);
+    b_.CreateStore(dst, b_.CreateConstGEP2_64(ctxTy, ctx, 0, 0));
+    b_.CreateStore(src, b_.CreateConstGEP2_64(ctxTy, ctx, 0, 1));
+    llvm::Function* body = helper("gradc_pack", {ptr, b_.getInt64Ty(), b_.getInt64Ty(), b_.getInt64Ty()}, [&] {
+        llvm::Value* c = fn_->getArg(0);
+        llvm::Value* d = b_.CreateLoad(ptr, b_.CreateConstGEP2_64(ctxTy, c, 0, 0));
+        llvm::Value* sv = b_.CreateLoad(ptr, b_.CreateConstGEP2_64(ctxTy, c, 0, 1));
+        b_.CreateCall(packer, {d, sv, i64(dim), i64(K), b_.getInt1(trans), b_.CreateAdd(fn_->getArg(1), i64(first)),
+                               b_.CreateAdd(fn_->getArg(2), i64(first))});
+    });
+    b_.CreateCall(parallelFor(), {body, ctx, i64(tiles - first), i64(p_->blocking.threads)});
+}
+
+} // namespace gradc

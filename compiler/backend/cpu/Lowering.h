@@ -1,0 +1,132 @@
+// Lowering.h — internal to LowerToLLVM: the state of lowering kernel programs to one LLVM
+// module, and the building blocks every part of it uses (loops, variables, loads and
+// stores, math calls, helper functions). Its methods are defined by what they lower:
+//   LowerToLLVM.cpp  lowerToLLVM, the building blocks
+//   LowerEntry.cpp   the entry ABI: entry points, their arguments, the kernel loop and profile
+//                    counters, the context of outlined parallel loops
+//   LowerScalar.cpp  scalar expressions (with the inline expf) and element-wise loop kernels
+//   LowerGemm.cpp    matrix products: the packing of B, the register-tile micro-kernel, threads
+//   LowerLoss.cpp    softmax cross-entropy, BCE with logits, MSE
+//   LowerNorm.cpp    batch normalisation and its gradients
+//   LowerUpdate.cpp  the optimiser step (gradc_update)
+// Loops are emitted plainly with static bounds; the optimiser (O3, the host's vector width)
+// vectorises them. Floating-point operations carry only `reassoc contract` (and `afn` on
+// math calls): never nnan/ninf, so NaN and Inf survive to be counted.
+#pragma once
+
+#include "EntryAbi.h"
+#include "Kernels.h"
+
+#include <llvm/IR/IRBuilder.h>
+#include <llvm/IR/Intrinsics.h>
+#include <llvm/IR/LLVMContext.h>
+#include <llvm/IR/Module.h>
+
+#include <array>
+#include <functional>
+#include <unordered_map>
+#include <vector>
+
+namespace gradc {
+
+class Lowering {
+public:
+    Lowering(llvm::LLVMContext& ctx, llvm::Module& m, bool f64, bool profile);
+
+    /// Emits gradc_forward or gradc_backward: program `p`'s kernels in order (LowerEntry.cpp).
+    void entry(const KernelProgram& p, EntryPoint which);
+    /// Emits gradc_update, the optimiser step (LowerUpdate.cpp).
+    void update();
+
+private:
+    llvm::LLVMContext& ctx_;
+    llvm::Module& m_;
+    llvm::IRBuilder<> b_;
+    llvm::Type* T_;
+    bool f64_;
+    bool profile_;
+    llvm::FastMathFlags fmf_;
+    llvm::Function* fn_ = nullptr;
+    llvm::BasicBlock* entryBlock_ = nullptr;
+    std::array<llvm::Value*, kEntryArgCount> args_{}; ///< the entry point's arguments, as seen in fn_
+    llvm::Value* context_ = nullptr;                  ///< the entry's arguments as an array, for outlined loops
+    const KernelProgram* p_ = nullptr;
+    bool backward_ = false;
+
+    // ---- Building blocks (LowerToLLVM.cpp).
+
+    /// Every function: no exceptions, and loops vectorised at the register tile's width (the
+    /// optimiser's default on AVX-512 machines is 256 bits, which halves the epilogues' speed).
+    void vectorWidth(llvm::Function* f);
+
+    llvm::Value* i64(int64_t v) { return b_.getInt64(uint64_t(v)); }
+    llvm::Value* fp(double v) { return llvm::ConstantFP::get(T_, v); }
+    llvm::Value* at(llvm::Value* basePtr, llvm::Value* index) { return b_.CreateGEP(T_, basePtr, index); }
+    llvm::Value* load(llvm::Value* basePtr, llvm::Value* index) { return b_.CreateLoad(T_, at(basePtr, index)); }
+    void store(llvm::Value* v, llvm::Value* basePtr, llvm::Value* index) { b_.CreateStore(v, at(basePtr, index)); }
+
+    /// for (i = 0; i < n; ++i) body(i); `vectorise` false keeps the optimiser from vectorising
+    /// it (strided copies would become gathers and scatters).
+    void loop(int64_t n, const char* name, const std::function<void(llvm::Value*)>& body, bool vectorise = true);
+    /// for (i = 0; i < n; ++i) body(i), with a bound known only at run time.
+    void loopTo(llvm::Value* n, const char* name, const std::function<void(llvm::Value*)>& body);
+    /// A scalar variable in the entry block (promoted to a register by the optimiser).
+    llvm::Value* variable(llvm::Type* ty, llvm::Value* init);
+
+    llvm::Value* intrinsic(llvm::Intrinsic::ID id, std::vector<llvm::Value*> args);
+    llvm::Value* libm(const char* name, llvm::Value* x);
+    llvm::Value* call(llvm::FunctionCallee f, std::vector<llvm::Value*> args);
+
+    /// Emits a helper function; `body` runs with the builder inside it.
+    llvm::Function* helper(const char* name, std::vector<llvm::Type*> params, const std::function<void()>& body);
+
+    // ---- The entry ABI (LowerEntry.cpp).
+
+    /// The entry point's argument `a`, as seen in the function being emitted.
+    llvm::Value* arg(EntryArg a) { return args_[size_t(a)]; }
+    /// The base address of a buffer.
+    llvm::Value* base(int32_t id);
+    void kernel(const Kernel& k);
+    /// The entry point's arguments in an array in its frame, for outlined loops.
+    llvm::Value* contextArray();
+    /// gradc_parallel_for(body, context, n, threads), the runtime's parallel loop.
+    llvm::FunctionCallee parallelFor();
+
+    // ---- Scalar expressions and element-wise loop kernels (LowerScalar.cpp).
+
+    llvm::Value* exp(llvm::Value* x);
+    llvm::Value* sigmoid(llvm::Value* x);
+
+    /// What the nodes lowered so far became: their values, and comparisons also as i1.
+    struct Memo {
+        std::unordered_map<const scalar::Node*, llvm::Value*> value, cond;
+    };
+    llvm::Value* expr(const scalar::E& e, const std::vector<llvm::Value*>& args, Memo& memo);
+    llvm::Value* node(const scalar::Node& n, const std::vector<llvm::Value*>& args, Memo& memo);
+
+    /// The base addresses a loop kernel reads and writes.
+    struct LoopBases {
+        std::vector<llvm::Value*> args, stores, sums;
+    };
+    LoopBases loopBases(const Kernel& k);
+    void element(const Kernel& k, const LoopBases& lb, llvm::Value* r, llvm::Value* c, llvm::Value* acc);
+    void loopKernel(const Kernel& k);
+
+    // ---- Matrix products (LowerGemm.cpp).
+
+    llvm::Function* packB_ = nullptr;
+    llvm::Function* tile_ = nullptr;
+    void declareGemmHelpers();
+    void transpose(std::vector<llvm::Value*>& r);
+    void matrixProduct(const Kernel& k);
+    void pack(llvm::Function* packer, llvm::Value* dst, llvm::Value* src, int64_t dim, int64_t K, bool trans,
+              int64_t first, int64_t tiles);
+
+    // ---- Losses (LowerLoss.cpp) and normalisation (LowerNorm.cpp).
+
+    void softmaxCrossEntropy(const Kernel& k);
+    void pairwiseLoss(const Kernel& k);
+    void batchnorm(const Kernel& k);
+};
+
+} // namespace gradc
