@@ -98,6 +98,9 @@ int64_t packElements(const Kernel& k, const GemmBlocking& b);
 /// Places every Temp buffer in one workspace, reusing bytes whose values are dead.
 void planMemory(KernelProgram& p, int elementBytes);
 
+/// What kernel `index` of `p` is, in one line ("k3: loop [256,10] acc = t2 · w (depth 128)"):
+/// the first line of its printKernels text, and its name in `gradc bench --profile`.
+std::string kernelLabel(const KernelProgram& p, size_t index);
 std::string printKernels(const KernelProgram& p);
 std::string printMemoryPlan(const KernelProgram& p);
 

@@ -80,18 +80,34 @@ static const char* kindName(Buffer::Kind k) {
     return "?";
 }
 
+std::string kernelLabel(const KernelProgram& p, size_t i) {
+    auto name = [&](int32_t b) { return b < 0 ? std::string("-") : p.buffers[size_t(b)].name; };
+    const Kernel& k = p.kernels.at(i);
+    if (k.kind == Kernel::Kind::Loop) {
+        std::string out = fmt::format("k{}: loop [{},{}]", i, k.rows, k.cols);
+        if (k.a >= 0)
+            out += fmt::format(" acc = {}{} · {}{} (depth {})", name(k.a), k.transA ? "ᵀ" : "", name(k.b),
+                               k.transB ? "ᵀ" : "", k.depth);
+        return out;
+    }
+    static const char* names[] = {"loop", "softmax_cross_entropy", "bce_with_logits", "mse",
+                                  "batchnorm", "batchnorm_grad_x", "batchnorm_grad_gamma"};
+    std::string out = fmt::format("k{}: {} [{},{}]", i, names[size_t(k.kind)], k.rows, k.cols);
+    std::string ins, outs;
+    for (int32_t b : k.in) ins += (ins.empty() ? "" : ", ") + name(b);
+    for (int32_t b : k.out) outs += (outs.empty() ? "" : ", ") + name(b);
+    out += fmt::format(" ({}) -> ({})", ins, outs);
+    if (k.eps) out += fmt::format(" eps={}", k.eps);
+    return out;
+}
+
 std::string printKernels(const KernelProgram& p) {
     auto name = [&](int32_t b) { return b < 0 ? std::string("-") : p.buffers[size_t(b)].name; };
     std::string out = fmt::format("program {}: {} kernels\n", p.name, p.kernels.size());
     for (size_t i = 0; i < p.kernels.size(); ++i) {
         const Kernel& k = p.kernels[i];
-        switch (k.kind) {
-        case Kernel::Kind::Loop: {
-            out += fmt::format("  k{}: loop [{},{}]", i, k.rows, k.cols);
-            if (k.a >= 0)
-                out += fmt::format(" acc = {}{} · {}{} (depth {})", name(k.a), k.transA ? "ᵀ" : "",
-                                   name(k.b), k.transB ? "ᵀ" : "", k.depth);
-            out += "\n";
+        out += "  " + kernelLabel(p, i) + "\n";
+        if (k.kind == Kernel::Kind::Loop) {
             for (size_t j = 0; j < k.args.size(); ++j) {
                 const Access& a = k.args[j];
                 std::string what = a.mode == Access::Mode::Acc    ? "acc"
@@ -103,19 +119,6 @@ std::string printKernels(const KernelProgram& p) {
             for (auto& s : k.stores) out += fmt::format("      {}[r,c] = {}\n", name(s.buffer), scalar::print(s.expr));
             for (auto& s : k.columnSums)
                 out += fmt::format("      {}[c] = sum over r of {}\n", name(s.buffer), scalar::print(s.expr));
-            break;
-        }
-        default: {
-            static const char* names[] = {"loop", "softmax_cross_entropy", "bce_with_logits", "mse",
-                                          "batchnorm", "batchnorm_grad_x", "batchnorm_grad_gamma"};
-            out += fmt::format("  k{}: {} [{},{}]", i, names[size_t(k.kind)], k.rows, k.cols);
-            std::string ins, outs;
-            for (int32_t b : k.in) ins += (ins.empty() ? "" : ", ") + name(b);
-            for (int32_t b : k.out) outs += (outs.empty() ? "" : ", ") + name(b);
-            out += fmt::format(" ({}) -> ({})", ins, outs);
-            if (k.eps) out += fmt::format(" eps={}", k.eps);
-            out += "\n";
-        }
         }
     }
     return out;

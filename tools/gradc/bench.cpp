@@ -4,6 +4,7 @@
 #include "Autodiff.h"
 #include "Codegen.h"
 #include "Execute.h"
+#include "FmaProbe.h"
 #include "Init.h"
 #include "Pipeline.h"
 #include "ThreadPool.h"

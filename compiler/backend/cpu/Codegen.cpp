@@ -1,4 +1,5 @@
-// Codegen.cpp — from a forward graph to callable native code, through the object cache.
+// Codegen.cpp — from a forward graph to callable native code: build the kernel programs,
+// lower, optimise, emit an object (or take it from ObjectCache) and load it into the JIT.
 #include "Codegen.h"
 
 #include "Autodiff.h"
@@ -13,8 +14,6 @@
 
 #include <fmt/format.h>
 #include <llvm/Analysis/TargetLibraryInfo.h>
-#include <llvm/IR/IRBuilder.h>
-#include <llvm/IR/Intrinsics.h>
 #include <llvm/IR/LLVMContext.h>
 #include <llvm/IR/LegacyPassManager.h>
 #include <llvm/IR/Module.h>
@@ -216,20 +215,13 @@ CompiledModel compileModel(const Graph& fwd, const CodegenOptions& opts) {
     if (opts.profile) {
         out.profileForward = static_cast<const uint64_t*>(checkLLVM("profile", jit->lookup(profileSymbol(EntryPoint::Forward))));
         out.profileBackward = static_cast<const uint64_t*>(checkLLVM("profile", jit->lookup(profileSymbol(EntryPoint::Backward))));
-        auto firstLines = [](const KernelProgram& p) {
-            std::vector<std::string> lines;
-            std::string text = printKernels(p);
-            size_t pos = text.find('\n') + 1; // skip the "program" line
-            while (pos < text.size()) {
-                size_t end = text.find('\n', pos);
-                std::string line = text.substr(pos, end - pos);
-                if (line.rfind("  k", 0) == 0) lines.push_back(line.substr(2));
-                pos = end + 1;
-            }
-            return lines;
+        auto labels = [](const KernelProgram& p) {
+            std::vector<std::string> v;
+            for (size_t i = 0; i < p.kernels.size(); ++i) v.push_back(kernelLabel(p, i));
+            return v;
         };
-        out.kernelsForward = firstLines(programs.forward);
-        out.kernelsBackward = firstLines(programs.backward);
+        out.kernelsForward = labels(programs.forward);
+        out.kernelsBackward = labels(programs.backward);
     }
     timer("JIT: load and link");
     out.workspaceBytes = std::max(programs.forward.workspaceBytes, programs.backward.workspaceBytes);
@@ -238,66 +230,6 @@ CompiledModel compileModel(const Graph& fwd, const CodegenOptions& opts) {
     out.f64 = opts.f64;
     out.compileMs = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
     return out;
-}
-
-double measureFmaPeak(bool f64) {
-    auto tm = checkLLVM("cannot set up code generation for this CPU", Jit::targetMachine());
-    const GemmBlocking bl = hostBlocking(f64);
-    llvm::LLVMContext ctx;
-    auto m = std::make_unique<llvm::Module>("probe", ctx);
-    m->setDataLayout(tm->createDataLayout());
-    m->setTargetTriple(tm->getTargetTriple().str());
-    llvm::IRBuilder<> b(ctx);
-    llvm::Type* T = f64 ? b.getDoubleTy() : b.getFloatTy();
-    auto* vec = llvm::FixedVectorType::get(T, unsigned(bl.vl));
-    // void probe(T* out, i64 n): 24 independent accumulators, n rounds of FMAs.
-    auto* fn = llvm::Function::Create(llvm::FunctionType::get(b.getVoidTy(), {b.getPtrTy(), b.getInt64Ty()}, false),
-                                      llvm::Function::ExternalLinkage, "gradc_probe", *m);
-    auto* entry = llvm::BasicBlock::Create(ctx, "entry", fn);
-    auto* body = llvm::BasicBlock::Create(ctx, "body", fn);
-    auto* done = llvm::BasicBlock::Create(ctx, "done", fn);
-    b.SetInsertPoint(entry);
-    const int chains = bl.mr * bl.nv;
-    llvm::Value* x = b.CreateVectorSplat(unsigned(bl.vl), llvm::ConstantFP::get(T, 0.999));
-    llvm::Value* y = b.CreateVectorSplat(unsigned(bl.vl), llvm::ConstantFP::get(T, 1e-3));
-    b.CreateBr(body);
-    b.SetInsertPoint(body);
-    llvm::PHINode* i = b.CreatePHI(b.getInt64Ty(), 2);
-    i->addIncoming(b.getInt64(0), entry);
-    std::vector<llvm::PHINode*> acc;
-    llvm::Function* fma = llvm::Intrinsic::getDeclaration(m.get(), llvm::Intrinsic::fma, {vec});
-    std::vector<llvm::Value*> next;
-    for (int c = 0; c < chains; ++c) {
-        acc.push_back(b.CreatePHI(vec, 2));
-        acc.back()->addIncoming(llvm::ConstantVector::getSplat(llvm::ElementCount::getFixed(unsigned(bl.vl)),
-                                                               llvm::ConstantFP::get(T, c)), entry);
-    }
-    for (int c = 0; c < chains; ++c) next.push_back(b.CreateCall(fma, {acc[size_t(c)], x, y}));
-    for (int c = 0; c < chains; ++c) acc[size_t(c)]->addIncoming(next[size_t(c)], body);
-    llvm::Value* inext = b.CreateAdd(i, b.getInt64(1));
-    i->addIncoming(inext, body);
-    b.CreateCondBr(b.CreateICmpULT(inext, fn->getArg(1)), body, done);
-    b.SetInsertPoint(done);
-    llvm::Value* sum = next[0];
-    for (int c = 1; c < chains; ++c) sum = b.CreateFAdd(sum, next[size_t(c)]);
-    b.CreateAlignedStore(sum, fn->getArg(0), llvm::Align(8));
-    b.CreateRetVoid();
-    internal_assert(!llvm::verifyModule(*m, &llvm::errs()), "invalid probe IR");
-    std::string object = emit(*m, *tm, llvm::CodeGenFileType::ObjectFile);
-    std::shared_ptr<Jit> jit = checkLLVM("cannot start the JIT", Jit::create());
-    if (auto err = jit->addObject(llvm::MemoryBuffer::getMemBufferCopy(object, "probe"))) failLLVM("probe", std::move(err));
-    auto probe = reinterpret_cast<void (*)(void*, int64_t)>(checkLLVM("probe", jit->lookup("gradc_probe")));
-    std::vector<double> out(size_t(bl.vl));
-    const int64_t rounds = 20'000'000;
-    probe(out.data(), rounds / 10); // warm up (and let the clock rise)
-    double best = 0;
-    for (int rep = 0; rep < 3; ++rep) {
-        auto t0 = std::chrono::steady_clock::now();
-        probe(out.data(), rounds);
-        double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        best = std::max(best, double(rounds) * chains * bl.vl * 2 / s / 1e9);
-    }
-    return best;
 }
 
 std::string emitModule(const Graph& fwd, const CodegenOptions& opts, const std::string& what) {

@@ -19,13 +19,13 @@ struct CodegenOptions {
     bool profile = false;  ///< count each kernel's cycles (gradc bench --profile)
 };
 
-/// A model compiled to native code. The entry points (see LowerToLLVM.h) are
+/// A model compiled to native code. The entry points (arguments: EntryAbi.h) are
 ///   forward (params, x, target, logits, loss, acts, workspace)
 ///   backward(params, x, target, loss, grads, acts, workspace)
 struct CompiledModel {
     using Entry = void (*)(const void*, const void*, const void*, void*, void*, void*, void*);
     Entry forward = nullptr, backward = nullptr;
-    /// The optimiser step: (params, grads, m, v, hyper, begin, end); see LowerToLLVM.h.
+    /// The optimiser step: (params, grads, m, v, hyper, begin, end); see EntryAbi.h.
     using Update = void (*)(void*, const void*, void*, void*, const double*, int64_t, int64_t);
     Update update = nullptr;
     int64_t workspaceBytes = 0; ///< enough for either entry point
@@ -37,7 +37,7 @@ struct CompiledModel {
     double compileMs = 0;       ///< wall time from graph to callable code
     std::shared_ptr<void> owner; ///< keeps the JIT and its code alive
     /// With CodegenOptions::profile: cycles per kernel, summed over calls, and what each
-    /// kernel is (the first line of its `--emit=kernels` text).
+    /// kernel is (kernelLabel, Kernels.h).
     const uint64_t* profileForward = nullptr;
     const uint64_t* profileBackward = nullptr;
     std::vector<std::string> kernelsForward, kernelsBackward;
@@ -50,9 +50,5 @@ CompiledModel compileModel(const Graph& forward, const CodegenOptions& opts = {}
 /// A stage of compileModel as text: the kernel programs ("kernels"), their memory plans
 /// ("memplan"), the optimised LLVM IR ("llvm") or the assembly ("asm").
 std::string emitModule(const Graph& forward, const CodegenOptions& opts, const std::string& what);
-
-/// The CPU's fused multiply-add peak on one thread, in GFLOP/s, measured by a small JIT'd
-/// probe: independent vector FMAs in registers, as many as the registers hold.
-double measureFmaPeak(bool f64);
 
 } // namespace gradc

@@ -1,0 +1,83 @@
+// FmaProbe.cpp — measures the CPU's fused multiply-add peak: a JIT'd loop of independent
+// vector FMA chains (one per accumulator of the GEMM register tile, so the probe runs what
+// the micro-kernel could at best), timed best of three after a warm-up.
+#include "FmaProbe.h"
+
+#include "CodegenInternal.h"
+#include "Jit.h"
+
+#include <llvm/IR/IRBuilder.h>
+#include <llvm/IR/Intrinsics.h>
+#include <llvm/IR/LLVMContext.h>
+#include <llvm/IR/Module.h>
+#include <llvm/IR/Verifier.h>
+#include <llvm/Support/MemoryBuffer.h>
+#include <llvm/Support/raw_ostream.h>
+
+#include <algorithm>
+#include <chrono>
+#include <vector>
+
+namespace gradc {
+
+double measureFmaPeak(bool f64) {
+    auto tm = checkLLVM("cannot set up code generation for this CPU", Jit::targetMachine());
+    const GemmBlocking bl = blockingFor(Jit::hostFeatures(), f64); // the threads do not matter here
+    llvm::LLVMContext ctx;
+    auto m = std::make_unique<llvm::Module>("probe", ctx);
+    m->setDataLayout(tm->createDataLayout());
+    m->setTargetTriple(tm->getTargetTriple().str());
+    llvm::IRBuilder<> b(ctx);
+    llvm::Type* T = f64 ? b.getDoubleTy() : b.getFloatTy();
+    auto* vec = llvm::FixedVectorType::get(T, unsigned(bl.vl));
+    // void probe(T* out, i64 n): MR x NV independent accumulators (24 with AVX-512), n rounds of FMAs.
+    auto* fn = llvm::Function::Create(llvm::FunctionType::get(b.getVoidTy(), {b.getPtrTy(), b.getInt64Ty()}, false),
+                                      llvm::Function::ExternalLinkage, "gradc_probe", *m);
+    auto* entry = llvm::BasicBlock::Create(ctx, "entry", fn);
+    auto* body = llvm::BasicBlock::Create(ctx, "body", fn);
+    auto* done = llvm::BasicBlock::Create(ctx, "done", fn);
+    b.SetInsertPoint(entry);
+    const int chains = bl.mr * bl.nv;
+    llvm::Value* x = b.CreateVectorSplat(unsigned(bl.vl), llvm::ConstantFP::get(T, 0.999));
+    llvm::Value* y = b.CreateVectorSplat(unsigned(bl.vl), llvm::ConstantFP::get(T, 1e-3));
+    b.CreateBr(body);
+    b.SetInsertPoint(body);
+    llvm::PHINode* i = b.CreatePHI(b.getInt64Ty(), 2);
+    i->addIncoming(b.getInt64(0), entry);
+    std::vector<llvm::PHINode*> acc;
+    llvm::Function* fma = llvm::Intrinsic::getDeclaration(m.get(), llvm::Intrinsic::fma, {vec});
+    std::vector<llvm::Value*> next;
+    for (int c = 0; c < chains; ++c) {
+        acc.push_back(b.CreatePHI(vec, 2));
+        acc.back()->addIncoming(llvm::ConstantVector::getSplat(llvm::ElementCount::getFixed(unsigned(bl.vl)),
+                                                               llvm::ConstantFP::get(T, c)), entry);
+    }
+    for (int c = 0; c < chains; ++c) next.push_back(b.CreateCall(fma, {acc[size_t(c)], x, y}));
+    for (int c = 0; c < chains; ++c) acc[size_t(c)]->addIncoming(next[size_t(c)], body);
+    llvm::Value* inext = b.CreateAdd(i, b.getInt64(1));
+    i->addIncoming(inext, body);
+    b.CreateCondBr(b.CreateICmpULT(inext, fn->getArg(1)), body, done);
+    b.SetInsertPoint(done);
+    llvm::Value* sum = next[0];
+    for (int c = 1; c < chains; ++c) sum = b.CreateFAdd(sum, next[size_t(c)]);
+    b.CreateAlignedStore(sum, fn->getArg(0), llvm::Align(8));
+    b.CreateRetVoid();
+    internal_assert(!llvm::verifyModule(*m, &llvm::errs()), "invalid probe IR");
+    std::string object = emit(*m, *tm, llvm::CodeGenFileType::ObjectFile);
+    std::shared_ptr<Jit> jit = checkLLVM("cannot start the JIT", Jit::create());
+    if (auto err = jit->addObject(llvm::MemoryBuffer::getMemBufferCopy(object, "probe"))) failLLVM("probe", std::move(err));
+    auto probe = reinterpret_cast<void (*)(void*, int64_t)>(checkLLVM("probe", jit->lookup("gradc_probe")));
+    std::vector<double> out(size_t(bl.vl));
+    const int64_t rounds = 20'000'000;
+    probe(out.data(), rounds / 10); // warm up (and let the clock rise)
+    double best = 0;
+    for (int rep = 0; rep < 3; ++rep) {
+        auto t0 = std::chrono::steady_clock::now();
+        probe(out.data(), rounds);
+        double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        best = std::max(best, double(rounds) * chains * bl.vl * 2 / s / 1e9);
+    }
+    return best;
+}
+
+} // namespace gradc
