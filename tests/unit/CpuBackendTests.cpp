@@ -113,7 +113,8 @@ TEST_CASE("buffers placed by EntryArg give the interpreter's logits, loss and gr
     for (auto& p : g.params) {
         const Tensor& want = wantBackward.at("grad:" + p.name);
         CAPTURE(p.name);
-        for (size_t i = 0; i < want.data.size(); ++i) CHECK(grads[offset + i] == Approx(want.data[i]).margin(1e-12).epsilon(1e-8));
+        for (size_t i = 0; i < want.data.size(); ++i)
+            CHECK(grads[offset + i] == Approx(want.data[i]).margin(1e-12).epsilon(1e-8));
         offset += want.data.size();
     }
     CHECK(offset == grads.size());

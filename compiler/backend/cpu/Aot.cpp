@@ -167,7 +167,7 @@ AotResult compileAhead(const Graph& fwd, const AotOptions& opts) {
     // The object may run on another machine: scalar libm only, no libmvec.
     optimise(*m, *tm, /*libmvec=*/false);
     AotResult r;
-    if (opts.emit == "llvm") llvm::raw_string_ostream(r.output) << *m;
+    if (opts.emit == "llvm") r.output = printModule(*m);
     else r.output = emit(*m, *tm, opts.emit == "asm" ? llvm::CodeGenFileType::AssemblyFile : llvm::CodeGenFileType::ObjectFile);
     r.header = header(fwd, programs, opts, prefix, cpu);
     return r;

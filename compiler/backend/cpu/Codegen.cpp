@@ -34,6 +34,16 @@ namespace gradc {
     throw UserError({}, fmt::format("{}: {}", what, llvm::toString(std::move(err))));
 }
 
+std::unique_ptr<llvm::TargetMachine> hostTargetMachine() {
+    return checkLLVM("cannot set up code generation for this CPU", Jit::targetMachine());
+}
+
+std::string printModule(const llvm::Module& m) {
+    std::string text;
+    llvm::raw_string_ostream(text) << m;
+    return text;
+}
+
 GemmBlocking blockingFor(const std::string& features, bool f64) {
     // The micro-kernel's register tile: with AVX-512's 32 vector registers, 6 rows by 4
     // vectors (24 accumulators); with AVX2's 16 (or SSE), 6 by 2. Measured on the seed
@@ -177,12 +187,11 @@ CompiledModel compileModel(const Graph& fwd, const CodegenOptions& opts) {
     StageTimer timer;
     Programs programs = buildPrograms(fwd, opts.f64, hostBlocking(opts.f64));
     timer("differentiate, fuse, plan memory");
-    auto tm = checkLLVM("cannot set up code generation for this CPU", Jit::targetMachine());
+    auto tm = hostTargetMachine();
     timer("target machine");
     llvm::LLVMContext ctx;
     auto m = lower(ctx, programs, opts.f64, *tm, opts.profile);
-    std::string ir;
-    llvm::raw_string_ostream(ir) << *m;
+    const std::string ir = printModule(*m);
     timer("lower to LLVM IR, verify, print");
 
     CompiledModel out;
@@ -236,19 +245,12 @@ std::string emitModule(const Graph& fwd, const CodegenOptions& opts, const std::
     Programs programs = buildPrograms(fwd, opts.f64, hostBlocking(opts.f64));
     if (what == "kernels") return printKernels(programs.forward) + printKernels(programs.backward);
     if (what == "memplan") return printMemoryPlan(programs.forward) + printMemoryPlan(programs.backward);
-    auto tm = checkLLVM("cannot set up code generation for this CPU", Jit::targetMachine());
+    auto tm = hostTargetMachine();
     llvm::LLVMContext ctx;
     auto m = lower(ctx, programs, opts.f64, *tm);
-    if (what == "llvm-unoptimised") {
-        std::string ir;
-        llvm::raw_string_ostream(ir) << *m;
-        return ir;
-    }
-    optimise(*m, *tm);
+    if (what != "llvm-unoptimised") optimise(*m, *tm);
     if (what == "asm") return emit(*m, *tm, llvm::CodeGenFileType::AssemblyFile);
-    std::string ir;
-    llvm::raw_string_ostream(ir) << *m;
-    return ir;
+    return printModule(*m);
 }
 
 } // namespace gradc

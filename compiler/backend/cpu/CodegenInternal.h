@@ -23,6 +23,11 @@ struct Programs {
     int64_t parameterCount = 0, activationCount = 0;
 };
 
+/// The host CPU's target machine; a UserError if LLVM cannot generate code for it.
+std::unique_ptr<llvm::TargetMachine> hostTargetMachine();
+/// The module in LLVM's text form.
+std::string printModule(const llvm::Module& m);
+
 /// The register tile for a CPU with `features` ("+avx512f,..." as LLVM spells them).
 GemmBlocking blockingFor(const std::string& features, bool f64);
 Programs buildPrograms(const Graph& fwd, bool f64, const GemmBlocking& blocking);

@@ -47,6 +47,7 @@ void Lowering::entry(const KernelProgram& p, EntryPoint which) {
 }
 
 llvm::Value* Lowering::base(int32_t id) {
+    if (id < 0) return nullptr;
     const Buffer& buf = p_->buffers[size_t(id)];
     llvm::Type* i8 = b_.getInt8Ty();
     switch (buf.kind) {
@@ -82,13 +83,27 @@ llvm::FunctionCallee Lowering::parallelFor() {
     return m_.getOrInsertFunction("gradc_parallel_for", llvm::FunctionType::get(b_.getVoidTy(), {ptr, ptr, int64, int64}, false));
 }
 
+llvm::Value* Lowering::scratchArea() {
+    return b_.CreateGEP(b_.getInt8Ty(), arg(EntryArg::Workspace), i64(p_->scratchOffset));
+}
+
+void Lowering::parallel(const char* name, llvm::Value* context, int64_t n,
+                        const std::function<void(llvm::Value*, llvm::Value*, llvm::Value*, llvm::Value*)>& body) {
+    auto* ptr = llvm::PointerType::get(ctx_, 0);
+    auto* int64 = b_.getInt64Ty();
+    llvm::Function* f = helper(name, {ptr, int64, int64, int64},
+                               [&] { body(fn_->getArg(0), fn_->getArg(1), fn_->getArg(2), fn_->getArg(3)); });
+    b_.CreateCall(parallelFor(), {f, context, i64(n), i64(p_->blocking.threads)});
+}
+
 llvm::Value* Lowering::contextArray() {
     if (context_) return context_;
     auto* ptr = llvm::PointerType::get(ctx_, 0);
     auto* arrTy = llvm::ArrayType::get(ptr, kEntryArgCount);
     llvm::IRBuilder<> eb(entryBlock_, entryBlock_->begin());
     context_ = eb.CreateAlloca(arrTy);
-    for (unsigned i = 0; i < kEntryArgCount; ++i) eb.CreateStore(fn_->getArg(i), eb.CreateConstGEP2_64(arrTy, context_, 0, i));
+    for (unsigned i = 0; i < kEntryArgCount; ++i)
+        eb.CreateStore(fn_->getArg(i), eb.CreateConstGEP2_64(arrTy, context_, 0, i));
     return context_;
 }
 

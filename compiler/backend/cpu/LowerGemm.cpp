@@ -148,7 +148,7 @@ void Lowering::matrixProduct(const Kernel& k) {
     // Panels to pack: all of a transposed B, else only a last partial one.
     const int64_t packFrom = k.transB ? 0 : N / NR;
     auto scratch = [&](llvm::Value*& bp, llvm::Value*& tile) {
-        bp = b_.CreateGEP(b_.getInt8Ty(), arg(EntryArg::Workspace), i64(p_->scratchOffset));
+        bp = scratchArea();
         tile = b_.CreateGEP(T_, bp, i64(up16(nt * NR * K)));
     };
     llvm::Value *bp, *tile;
@@ -214,16 +214,15 @@ void Lowering::matrixProduct(const Kernel& k) {
         tiles(i64(0), i64(units), i64(0));
         return;
     }
-    // Outlined: body(context, begin, end, thread), run by gradc_parallel_for.
+    // Outlined: the entry's arguments come through the context array.
     auto* ptr = llvm::PointerType::get(ctx_, 0);
-    llvm::Value* ctxArray = contextArray();
-    llvm::Function* body = helper("gradc_tiles", {ptr, b_.getInt64Ty(), b_.getInt64Ty(), b_.getInt64Ty()}, [&] {
+    auto outlined = [&](llvm::Value* context, llvm::Value* begin, llvm::Value* end, llvm::Value* thread) {
         for (unsigned i = 0; i < kEntryArgCount; ++i)
-            args_[i] = b_.CreateLoad(ptr, b_.CreateConstGEP1_64(ptr, fn_->getArg(0), i));
+            args_[i] = b_.CreateLoad(ptr, b_.CreateConstGEP1_64(ptr, context, i));
         scratch(bp, tile); // the panel addresses, inside the outlined function
-        tiles(fn_->getArg(1), fn_->getArg(2), fn_->getArg(3));
-    });
-    b_.CreateCall(parallelFor(), {body, ctxArray, i64(units), i64(bl.threads)});
+        tiles(begin, end, thread);
+    };
+    parallel("gradc_tiles", contextArray(), units, outlined);
 }
 
 /// Packs `tiles` panels with `packer`, on the thread pool when there is one.
@@ -240,14 +239,12 @@ void Lowering::pack(llvm::Function* packer, llvm::Value* dst, llvm::Value* src, 
     llvm::Value* ctx = eb.CreateAlloca(ctxTy);
     b_.CreateStore(dst, b_.CreateConstGEP2_64(ctxTy, ctx, 0, 0));
     b_.CreateStore(src, b_.CreateConstGEP2_64(ctxTy, ctx, 0, 1));
-    llvm::Function* body = helper("gradc_pack", {ptr, b_.getInt64Ty(), b_.getInt64Ty(), b_.getInt64Ty()}, [&] {
-        llvm::Value* c = fn_->getArg(0);
+    parallel("gradc_pack", ctx, tiles - first, [&](llvm::Value* c, llvm::Value* begin, llvm::Value* end, llvm::Value*) {
         llvm::Value* d = b_.CreateLoad(ptr, b_.CreateConstGEP2_64(ctxTy, c, 0, 0));
         llvm::Value* sv = b_.CreateLoad(ptr, b_.CreateConstGEP2_64(ctxTy, c, 0, 1));
-        b_.CreateCall(packer, {d, sv, i64(dim), i64(K), b_.getInt1(trans), b_.CreateAdd(fn_->getArg(1), i64(first)),
-                               b_.CreateAdd(fn_->getArg(2), i64(first))});
+        b_.CreateCall(packer, {d, sv, i64(dim), i64(K), b_.getInt1(trans), b_.CreateAdd(begin, i64(first)),
+                               b_.CreateAdd(end, i64(first))});
     });
-    b_.CreateCall(parallelFor(), {body, ctx, i64(tiles - first), i64(p_->blocking.threads)});
 }
 
 } // namespace gradc

@@ -12,8 +12,8 @@ namespace gradc {
 void Lowering::softmaxCrossEntropy(const Kernel& k) {
     llvm::Value* z = base(k.in[0]);
     llvm::Value* labels = base(k.in[1]);
-    llvm::Value* lossOut = k.out[0] >= 0 ? base(k.out[0]) : nullptr;
-    llvm::Value* grad = k.out[1] >= 0 ? base(k.out[1]) : nullptr;
+    llvm::Value* lossOut = base(k.out[0]);
+    llvm::Value* grad = base(k.out[1]);
     llvm::Value* total = variable(T_, fp(0));
     const double invB = 1.0 / double(k.rows);
     loop(k.rows, "r", [&](llvm::Value* r) {
@@ -56,8 +56,8 @@ void Lowering::pairwiseLoss(const Kernel& k) {
     const bool bce = k.kind == Kernel::Kind::BCEWithLogits;
     llvm::Value* pred = base(k.in[0]);
     llvm::Value* target = base(k.in[1]);
-    llvm::Value* lossOut = k.out[0] >= 0 ? base(k.out[0]) : nullptr;
-    llvm::Value* grad = k.out[1] >= 0 ? base(k.out[1]) : nullptr;
+    llvm::Value* lossOut = base(k.out[0]);
+    llvm::Value* grad = base(k.out[1]);
     const int64_t n = k.rows * k.cols;
     const double invN = 1.0 / double(n);
     llvm::Value* total = variable(T_, fp(0));

@@ -13,7 +13,7 @@ void Lowering::batchnorm(const Kernel& k) {
     llvm::Value* out = base(k.out[0]);
     const int64_t B = k.rows, N = k.cols;
     const double invB = 1.0 / double(B);
-    llvm::Value* s = b_.CreateGEP(b_.getInt8Ty(), arg(EntryArg::Workspace), i64(p_->scratchOffset));
+    llvm::Value* s = scratchArea();
     llvm::Value *mean = s, *inv = at(s, i64(N)), *sg = at(s, i64(2 * N)), *sgx = at(s, i64(3 * N));
     auto columns = [&](const std::function<void(llvm::Value*)>& f) { loop(N, "c", f); };
     auto each = [&](const std::function<void(llvm::Value*, llvm::Value*, llvm::Value*)>& f) {

@@ -122,7 +122,7 @@ llvm::Value* Lowering::node(const scalar::Node& n, const std::vector<llvm::Value
 
 Lowering::LoopBases Lowering::loopBases(const Kernel& k) {
     LoopBases lb;
-    for (auto& a : k.args) lb.args.push_back(a.buffer >= 0 ? base(a.buffer) : nullptr);
+    for (auto& a : k.args) lb.args.push_back(base(a.buffer)); // null for the accumulator
     for (auto& s : k.stores) lb.stores.push_back(base(s.buffer));
     for (auto& s : k.columnSums) lb.sums.push_back(base(s.buffer));
     return lb;

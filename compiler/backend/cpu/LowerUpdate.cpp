@@ -20,7 +20,8 @@ void Lowering::update() {
     entryBlock_ = llvm::BasicBlock::Create(ctx_, "entry", fn_);
     b_.SetInsertPoint(entryBlock_);
     auto arg = [&](UpdateArg a) { return fn_->getArg(unsigned(a)); };
-    llvm::Value *p = arg(UpdateArg::Params), *g = arg(UpdateArg::Grads), *mBuf = arg(UpdateArg::M), *vBuf = arg(UpdateArg::V);
+    llvm::Value *p = arg(UpdateArg::Params), *g = arg(UpdateArg::Grads);
+    llvm::Value *mBuf = arg(UpdateArg::M), *vBuf = arg(UpdateArg::V);
     llvm::Value *begin = arg(UpdateArg::Begin), *end = arg(UpdateArg::End);
     auto hyper = [&](HyperSlot s) {
         llvm::Value* at = b_.CreateConstGEP1_64(b_.getDoubleTy(), arg(UpdateArg::Hyper), unsigned(s));

@@ -84,13 +84,20 @@ private:
 
     /// The entry point's argument `a`, as seen in the function being emitted.
     llvm::Value* arg(EntryArg a) { return args_[size_t(a)]; }
-    /// The base address of a buffer.
+    /// The base address of a buffer; null for none (id -1: an output nobody asked for).
     llvm::Value* base(int32_t id);
+    /// The scratch area in the workspace (KernelProgram::scratchOffset): packed panels and
+    /// register tiles of matrix products, batchnorm's per-column statistics.
+    llvm::Value* scratchArea();
     void kernel(const Kernel& k);
     /// The entry point's arguments in an array in its frame, for outlined loops.
     llvm::Value* contextArray();
     /// gradc_parallel_for(body, context, n, threads), the runtime's parallel loop.
     llvm::FunctionCallee parallelFor();
+    /// The body of a loop over [0, n) outlined into the helper `name`, run on the thread pool
+    /// through gradc_parallel_for: `body` emits it given (context, begin, end, thread).
+    void parallel(const char* name, llvm::Value* context, int64_t n,
+                  const std::function<void(llvm::Value*, llvm::Value*, llvm::Value*, llvm::Value*)>& body);
 
     // ---- Scalar expressions and element-wise loop kernels (LowerScalar.cpp).
 

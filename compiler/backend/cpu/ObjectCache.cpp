@@ -80,25 +80,44 @@ int makeFolders(const std::string& dir) {
     }
 }
 
-bool readAll(int fd, char* data, size_t size) {
+/// Moves all `size` bytes with `io` (::read or ::write), retrying after signals and short
+/// transfers. False on an error or an early end of file.
+template <typename Data, typename Io> bool transferAll(int fd, Data* data, size_t size, Io io) {
     while (size > 0) {
-        ssize_t n = ::read(fd, data, size);
+        ssize_t n = io(fd, data, size);
         if (n < 0 && errno == EINTR) continue;
         if (n <= 0) return false;
         data += n, size -= size_t(n);
     }
     return true;
 }
+bool readAll(int fd, char* data, size_t size) { return transferAll(fd, data, size, ::read); }
+bool writeAll(int fd, const char* data, size_t size) { return transferAll(fd, data, size, ::write); }
 
-bool writeAll(int fd, const char* data, size_t size) {
-    while (size > 0) {
-        ssize_t n = ::write(fd, data, size);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) return false;
-        data += n, size -= size_t(n);
+/// The fixed-size start of an entry, after the magic: where each field sits, written once.
+struct EntryHeader {
+    uint32_t format = kFormat;
+    uint64_t keySize = 0, objectSize = 0, sum = 0; ///< sum: xxh3 of the object
+
+    std::string encode() const {
+        std::string h(kHeader, '\0');
+        std::memcpy(h.data(), kMagic, 8);
+        std::memcpy(h.data() + 8, &format, 4);
+        std::memcpy(h.data() + 12, &keySize, 8);
+        std::memcpy(h.data() + 20, &objectSize, 8);
+        std::memcpy(h.data() + 28, &sum, 8);
+        return h;
     }
-    return true;
-}
+    /// False when `data` does not start with the magic and a whole header.
+    bool decode(const std::string& data) {
+        if (data.size() < kHeader || data.compare(0, 8, kMagic, 8) != 0) return false;
+        std::memcpy(&format, data.data() + 8, 4);
+        std::memcpy(&keySize, data.data() + 12, 8);
+        std::memcpy(&objectSize, data.data() + 20, 8);
+        std::memcpy(&sum, data.data() + 28, 8);
+        return true;
+    }
+};
 
 std::atomic<bool> warned{false};
 std::atomic<uint64_t> temporaries{0};
@@ -201,21 +220,16 @@ std::optional<std::string> ObjectCache::load(const std::string& key) {
         const bool complete = readAll(fd, data.data(), data.size());
         ::close(fd);
         fd = -1;
-        uint32_t format;
-        uint64_t keySize, objectSize, sum;
-        if (!complete || data.size() < kHeader || data.compare(0, 8, kMagic, 8) != 0) return std::nullopt;
-        std::memcpy(&format, data.data() + 8, 4);
-        std::memcpy(&keySize, data.data() + 12, 8);
-        std::memcpy(&objectSize, data.data() + 20, 8);
-        std::memcpy(&sum, data.data() + 28, 8);
-        if (format != kFormat || keySize > data.size() || objectSize != data.size() - kHeader - keySize)
+        EntryHeader h;
+        if (!complete || !h.decode(data)) return std::nullopt;
+        if (h.format != kFormat || h.keySize > data.size() || h.objectSize != data.size() - kHeader - h.keySize)
             return std::nullopt; // another format, truncated or padded
-        if (keySize != key.size() || data.compare(kHeader, keySize, key) != 0) {
+        if (h.keySize != key.size() || data.compare(kHeader, h.keySize, key) != 0) {
             ignore(path, "the cache entry was built from another key; ignored");
             return std::nullopt;
         }
-        std::string object = data.substr(kHeader + keySize);
-        if (llvm::xxh3_64bits(llvm::arrayRefFromStringRef(object)) != sum) return std::nullopt;
+        std::string object = data.substr(kHeader + h.keySize);
+        if (llvm::xxh3_64bits(llvm::arrayRefFromStringRef(object)) != h.sum) return std::nullopt;
         return object;
     } catch (...) { // out of memory: a miss like any other
         if (fd >= 0) ::close(fd);
@@ -235,14 +249,10 @@ void ObjectCache::store(const std::string& key, const std::string& object) {
             if (fd < 0 && errno != EEXIST) return; // a cache that cannot be written is no error
         }
         if (fd < 0) return;
-        std::string header(kHeader, '\0');
-        const uint64_t keySize = key.size(), objectSize = object.size();
-        const uint64_t sum = llvm::xxh3_64bits(llvm::arrayRefFromStringRef(object));
-        std::memcpy(header.data(), kMagic, 8);
-        std::memcpy(header.data() + 8, &kFormat, 4);
-        std::memcpy(header.data() + 12, &keySize, 8);
-        std::memcpy(header.data() + 20, &objectSize, 8);
-        std::memcpy(header.data() + 28, &sum, 8);
+        EntryHeader h;
+        h.keySize = key.size(), h.objectSize = object.size();
+        h.sum = llvm::xxh3_64bits(llvm::arrayRefFromStringRef(object));
+        const std::string header = h.encode();
         // fchmod: a umask such as 0277 must not leave an entry its owner cannot read back.
         bool ok = ::fchmod(fd, 0600) == 0 && writeAll(fd, header.data(), header.size()) &&
                   writeAll(fd, key.data(), key.size()) && writeAll(fd, object.data(), object.size());
