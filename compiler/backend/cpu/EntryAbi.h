@@ -25,8 +25,9 @@ enum class EntryArg : unsigned {
     Target,    ///< const void*: int32 class labels for cross_entropy, T values otherwise
     Out0,      ///< T*: forward: the logits; backward: the loss (one T)
     Out1,      ///< T*: forward: the loss (one T); backward: the gradients, laid out as params
-    Acts,      ///< T*: the input of every hidden activation layer and the graph's other
-               ///< activation outputs (isActivationOutput), one after another
+    Acts,      ///< T*: the values the runtime reads back (isActivationOutput), one after
+               ///< another: each hidden activation's input, each batchnorm's input, and in
+               ///< evaluation mode every module's output
     Workspace, ///< void*: temporaries and the matrix-product scratch (workspaceBytes, 64-byte aligned)
 };
 constexpr unsigned kEntryArgCount = 7;
