@@ -3,7 +3,6 @@
 
 #include "Data.h"
 #include "Pipeline.h"
-#include "ThreadPool.h"
 
 #include <fmt/format.h>
 
@@ -82,7 +81,7 @@ CodegenOptions codegenOptions(const po::variables_map& vm) {
         const int threads = vm["threads"].as<int>();
         if (threads < 0 || threads > 1024)
             throw UsageError(fmt::format("--threads {} is out of range (0 for all cores, up to 1024)", threads));
-        setThreadCount(threads == 0 ? hardwareThreads() : threads);
+        o.threads = threads;
     }
     o.cache = !vm.count("no-cache");
     const std::string dtype = vm["dtype"].as<std::string>();
@@ -141,7 +140,8 @@ std::unique_ptr<Engine> makeEngine(const po::variables_map& vm, int64_t batch, i
     FrontEnd fe = compileFile(path, {batch, /*eval=*/false, /*layerOutputs=*/false, /*statistics=*/false});
     needClassifier(fe.graph, path, readExamples(vm["data"].as<std::string>(), true, 1).features, classes);
     Graph evalGraph = buildGraph(fe.ast, {batch, /*eval=*/true, /*layerOutputs=*/true});
-    auto engine = std::make_unique<Engine>(std::move(fe.graph), std::move(evalGraph), SessionOptions{backend, codegen.cache});
+    auto engine = std::make_unique<Engine>(std::move(fe.graph), std::move(evalGraph),
+                                           SessionOptions{backend, codegen.cache, codegen.threads});
     if (vm.count("params")) engine->load(vm["params"].as<std::string>());
     else engine->initialise(seedOption(vm));
     return engine;

@@ -47,7 +47,7 @@ uint64_t seedOption(const po::variables_map& vm);
 /// given); `what` names the quantity in the message.
 double realOption(const po::variables_map& vm, const char* name, const char* what, double low,
                   double high = INFINITY);
-/// --dtype, --threads (which sets the thread count), --no-cache.
+/// --dtype, --threads (CodegenOptions::threads; 0: all cores), --no-cache.
 CodegenOptions codegenOptions(const po::variables_map& vm);
 /// The value of a file option, or "" when it is not given.
 std::string fileOption(const po::variables_map& vm, const char* name);

@@ -79,12 +79,13 @@ int runBench(const po::variables_map& vm) {
     const double ms = perStep[perStep.size() / 2];
     double gflops = matmulFlops(grad) / (ms * 1e6);
     const double peak = measureFmaPeak(codegen.f64);
+    const int threads = resolveThreads(codegen.threads);
     fmt::print("{}: batch {}, {} steps, {} code {} in {:.1f} ms\n", g.model, batch, steps,
                codegen.f64 ? "f64" : "f32", cm.cacheHit ? "loaded from the cache" : "compiled", cm.compileMs);
-    fmt::print("FMA peak (measured): {:.1f} GFLOP/s per thread; {} thread{}\n", peak, threadCount(),
-               threadCount() == 1 ? "" : "s");
+    fmt::print("FMA peak (measured): {:.1f} GFLOP/s per thread; {} thread{}\n", peak, threads,
+               threads == 1 ? "" : "s");
     fmt::print("forward + backward: {:.3f} ms per step, {:.2f} GFLOP/s ({:.3f} GFLOP per step), {:.1f}% of peak\n", ms,
-               gflops, matmulFlops(grad) / 1e9, 100 * gflops / (peak * threadCount()));
+               gflops, matmulFlops(grad) / 1e9, 100 * gflops / (peak * threads));
     fmt::print("(median of {} rounds, {:.3f} to {:.3f} ms; {})\n", rounds, perStep.front(), perStep.back(),
                vm.count("statistics") ? "with activation statistics, as gradc grads"
                                       : "without activation statistics, as gradc train");
