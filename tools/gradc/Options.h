@@ -4,15 +4,15 @@
 #pragma once
 
 #include "Codegen.h"
-#include "Engine.h"
 #include "Files.h"
 #include "Sema.h"
+
+#include <gradc/Jobs.h>
 
 #include <boost/program_options.hpp>
 
 #include <cmath>
 #include <cstdint>
-#include <memory>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -54,17 +54,15 @@ std::string fileOption(const po::variables_map& vm, const char* name);
 /// --normalize MEAN,STD: a finite mean and a normal (not subnormal) positive std, such that
 /// every normalised pixel (pixel/255 - MEAN) / STD is a finite float.
 std::pair<double, double> parseNormalize(const std::string& text);
+/// --data and --normalize.
+DataOptions dataOptions(const po::variables_map& vm);
 /// Declares the IDX files of a data folder as inputs of a run, so no output replaces them.
 void declareDataInputs(OutputSet& outputs, const std::string& dir);
 
-/// A classifier of the images in --data with at least `classes` outputs, compiled for
-/// training and evaluation at `batch`, its parameters from --params or initialised with
-/// --seed. The model file is parsed once and checked before anything is compiled.
-std::unique_ptr<Engine> makeEngine(const po::variables_map& vm, int64_t batch, int classes);
-
-/// acts and dead read the layers' outputs, never the loss, so they take any classifier with
-/// two or more classes: the data set's labels (0 to 9) are replaced by class 0, which every
-/// such model has, and no backend is given a label out of its range.
-void onlyImages(std::vector<int32_t>& labels);
+/// --backend, checked.
+std::string backendOption(const po::variables_map& vm);
+/// MODEL, --data, --normalize, --seed, --params, --backend and the codegen options of the
+/// commands that run a classifier (train, acts, dead), checked: they run in f32.
+ClassifierOptions classifierOptions(const po::variables_map& vm);
 
 } // namespace gradc::cli

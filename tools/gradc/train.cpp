@@ -2,6 +2,7 @@
 // accuracy, then the test accuracy.
 #include "Commands.h"
 
+#include "Jobs.h"
 #include "Optimizer.h"
 #include "Train.h"
 
@@ -83,7 +84,7 @@ int runTrain(const po::variables_map& vm) {
     declareDataInputs(outputs, dir);
     declareTrainOutputs(outputs, o);
     o.outputs = &outputs;
-    std::unique_ptr<Engine> engine = makeEngine(vm, batch, /*classes=*/10);
+    std::unique_ptr<Engine> engine = classifierEngine(classifierOptions(vm), batch, /*classes=*/10);
     engine->setOptimizer(opt);
     DataSplit data = loadSplit(dir, val, mean, std, limit);
     const bool terminal = isatty(STDERR_FILENO) && !vm.count("no-progress");
