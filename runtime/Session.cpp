@@ -184,14 +184,9 @@ namespace {
 std::vector<GradientStatistics> gradientStatisticsOf(const Engine& e, const char* call) {
     if (!e.haveGradients()) misuse(call, "no gradients yet: call backward() or trainStep() first");
     std::vector<GradientStatistics> out;
-    size_t offset = 0;
-    for (auto& p : e.graph().params) {
-        const Shape& s = e.graph()[p.node].shape;
-        TensorStats t = statistics(p.name, s, e.gradients().data() + offset);
-        offset += size_t(elementCount(s));
+    for (const TensorStats& t : gradc::gradientStatistics(e.graph(), e.gradients().data()))
         out.push_back({t.name, t.shape, t.count, t.mean, t.std, t.absMean, t.min, t.max, t.l2, t.zeroFraction,
                        t.nan, t.inf, t.edges, t.counts});
-    }
     return out;
 }
 
@@ -214,10 +209,8 @@ std::vector<ActivationStatistics> Session::activationStatistics() const {
 
 double Session::vanishingFactor() const {
     return use(impl_.get(), "vanishingFactor", [](Engine& e) {
-        std::vector<double> weights; // abs_mean of each weight gradient, in layer order
-        for (auto& t : gradientStatisticsOf(e, "vanishingFactor"))
-            if (t.shape.size() == 2) weights.push_back(t.absMean);
-        return weights.size() < 2 ? std::nan("") : weights.front() / weights.back();
+        if (!e.haveGradients()) misuse("vanishingFactor", "no gradients yet: call backward() or trainStep() first");
+        return gradc::vanishingFactor(gradc::gradientStatistics(e.graph(), e.gradients().data())).value;
     });
 }
 
