@@ -2,6 +2,7 @@
 #include "Options.h"
 
 #include "Data.h"
+#include "Pipeline.h"
 
 #include <fmt/format.h>
 
@@ -136,6 +137,27 @@ ClassifierOptions classifierOptions(const po::variables_map& vm) {
     o.seed = seedOption(vm);
     o.params = fileOption(vm, "params");
     return o;
+}
+
+ActivationTable activationTable(const po::variables_map& vm) {
+    ActivationTable table;
+    if (vm.count("model")) {
+        FrontEnd fe = compileFile(vm["model"].as<std::string>());
+        for (auto& s : fe.ast.stmts)
+            if (s->kind == Stmt::Kind::ActivationDef) table.define(*s);
+    }
+    return table;
+}
+
+std::optional<ActRef> activationUse(const Expr& e) {
+    if (e.kind != Expr::Kind::Var && e.kind != Expr::Kind::Call) return std::nullopt;
+    ActRef ref{e.name, {}, e.loc};
+    for (auto& a : e.args) {
+        if (a->kind == Expr::Kind::Number) ref.args.push_back(a->number);
+        else if (a->kind == Expr::Kind::Neg && a->args[0]->kind == Expr::Kind::Number) ref.args.push_back(-a->args[0]->number);
+        else return std::nullopt;
+    }
+    return ref;
 }
 
 } // namespace gradc::cli

@@ -3,6 +3,7 @@
 // engine that train, acts and dead run.
 #pragma once
 
+#include "Activations.h"
 #include "Codegen.h"
 #include "Files.h"
 #include "Sema.h"
@@ -13,6 +14,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -64,5 +66,12 @@ std::string backendOption(const po::variables_map& vm);
 /// MODEL, --data, --normalize, --seed, --params, --backend and the codegen options of the
 /// commands that run a classifier (train, acts, dead), checked: they run in f32.
 ClassifierOptions classifierOptions(const po::variables_map& vm);
+
+/// The activations `gradc act` and `gradc derive` may name: the built-in ones and those the
+/// --model file defines.
+ActivationTable activationTable(const po::variables_map& vm);
+/// An activation named on the command line: `relu`, `elu(0.5)`, `leaky_relu(-0.1)` (a name,
+/// or a call whose arguments are numbers, negated or not); nothing for any other expression.
+std::optional<ActRef> activationUse(const Expr& e);
 
 } // namespace gradc::cli
