@@ -2,6 +2,7 @@
 and checking its exit status, reporting a failed check, reading and writing files. Standard
 library only. A script in tests/DIR/ imports it with
 
+    sys.dont_write_bytecode = True  # no __pycache__ in the source tree
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import testlib
 """

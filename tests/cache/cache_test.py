@@ -9,6 +9,7 @@ Usage: cache_test.py GRADC SOURCE_DIR CASE   (CASE: attack, entries, one_warning
 """
 import os, pwd, re, shutil, stat, subprocess, sys, tempfile
 
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import testlib
 from testlib import check

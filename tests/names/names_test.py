@@ -11,6 +11,7 @@ Usage: names_test.py GRADC SOURCE_DIR CASE
 import csv, io, json, os, struct, subprocess, sys, tempfile
 import xml.etree.ElementTree as ET
 
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import testlib
 from testlib import check

@@ -8,6 +8,7 @@ Usage: cli_test.py GRADC SOURCE_DIR CASE   (CASE: grads, compile, train, act, ev
 """
 import os, re, socket, stat, subprocess, sys, tempfile, threading
 
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import testlib
 from testlib import check, read, write
