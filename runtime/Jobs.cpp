@@ -7,10 +7,10 @@
 #include "Execute.h"
 #include "Init.h"
 #include "Pipeline.h"
+#include "Optimizer.h"
 #include "SafeTensors.h"
 #include "Stats.h"
 #include "ThreadPool.h"
-#include "Train.h"
 
 #include <fmt/format.h>
 
@@ -153,6 +153,28 @@ std::unique_ptr<Engine> classifierEngine(const ClassifierOptions& o, int64_t bat
     if (!o.params.empty()) engine->load(o.params);
     else engine->initialise(o.seed);
     return engine;
+}
+
+TrainingRun runTraining(const TrainingOptions& o, const std::function<void(const std::string&)>& say,
+                        OutputSet* outputs, bool progressBar,
+                        const std::function<void(const Engine&, const DataSplit&)>& onStart) {
+    if (o.epochs < 1 || o.epochs > 100000) throw UserError({}, fmt::format("{} epochs is out of range (1 to 100000)", o.epochs));
+    if (o.patience < 1) throw UserError({}, fmt::format("a patience of {} epochs: must be at least 1", o.patience));
+    if (o.maxSteps < 0) throw UserError({}, fmt::format("{} steps: must not be negative", o.maxSteps));
+    if (o.val < 1) throw UserError({}, fmt::format("{} validation images: must be at least 1", o.val));
+    if (o.limit < 0) throw UserError({}, fmt::format("a limit of {} images: must not be negative", o.limit));
+    hyperParameters(o.optimizer, 1); // checks the optimiser's options
+    TrainOptions t;
+    t.epochs = o.epochs, t.patience = o.patience, t.seed = o.seed, t.maxSteps = o.maxSteps;
+    t.save = o.save, t.log = o.log, t.logdir = o.logdir;
+    t.outputs = outputs, t.progressBar = progressBar;
+    TrainingRun run;
+    run.engine = classifierEngine(o, o.batch, /*classes=*/10);
+    run.engine->setOptimizer(o.optimizer);
+    run.data = loadSplit(o.data.dir, o.val, o.data.mean, o.data.std, o.limit);
+    if (onStart) onStart(*run.engine, run.data);
+    run.result = train(*run.engine, run.data, t, say);
+    return run;
 }
 
 ActsRun runActs(const ActsOptions& o) {

@@ -1,5 +1,5 @@
-// Jobs.h — the jobs of the gradc command (grads, acts, dead, bench; train is Train.h's) as
-// runtime functions over the options of gradc/Jobs.h. The command line and the public API
+// Jobs.h — the jobs of the gradc command (grads, train, acts, dead, bench) as runtime
+// functions over the options of gradc/Jobs.h (train's loop itself is Train.h's). The command line and the public API
 // (gradc::grads, gradc::acts, ...) both call these; the results here keep the runtime's own
 // types (GradReport, TensorStats, tensors) that the command's printers and files need.
 // Mistakes in the input throw UserError naming the file and place.
@@ -7,6 +7,7 @@
 
 #include "Engine.h"
 #include "Report.h"
+#include "Train.h"
 
 #include <gradc/Jobs.h>
 
@@ -45,6 +46,20 @@ GradsRun runGrads(const GradsOptions& o, const std::function<void(const GradsMod
 /// training and evaluation at `batch` with o.session's backend, cache and threads (always f32);
 /// parameters from o.params or initialised from o.seed.
 std::unique_ptr<Engine> classifierEngine(const ClassifierOptions& o, int64_t batch, int classes);
+
+/// `gradc train`: the options checked, the classifier engine and the data split made, then
+/// train() (Train.h). `outputs`, when given, holds the declared --save, --log and --logdir
+/// (see TrainOptions::outputs); `onStart` sees the engine and the split before the first
+/// step; `say` receives the progress lines. The engine is left holding the best epoch's
+/// parameters.
+struct TrainingRun {
+    std::unique_ptr<Engine> engine;
+    DataSplit data;
+    TrainResult result;
+};
+TrainingRun runTraining(const TrainingOptions& o, const std::function<void(const std::string&)>& say,
+                        OutputSet* outputs = nullptr, bool progressBar = false,
+                        const std::function<void(const Engine&, const DataSplit&)>& onStart = {});
 
 /// `gradc acts`: each module's output over the first o.count training images.
 struct ActsRun {

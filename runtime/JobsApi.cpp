@@ -29,6 +29,22 @@ std::vector<GradsReport> grads(const GradsOptions& options) {
     });
 }
 
+TrainingResult train(const TrainingOptions& options) {
+    return publicCall([&] {
+        TrainingRun run = runTraining(options, [](const std::string&) {});
+        const TrainResult& r = run.result;
+        TrainingResult out;
+        out.model = run.engine->graph().model, out.parameters = run.engine->parameterCount();
+        out.trainExamples = int64_t(run.data.fit.size()), out.valExamples = int64_t(run.data.val.size());
+        for (const EpochRecord& e : r.epochs)
+            out.epochs.push_back({e.epoch, e.step, e.trainLoss, e.valLoss, e.valAccuracy, e.seconds, e.vanishingFactor});
+        out.bestEpoch = r.bestEpoch, out.bestValAccuracy = r.bestValAccuracy;
+        out.testAccuracy = r.testAccuracy, out.testLoss = r.testLoss, out.seconds = r.seconds;
+        out.stoppedEarly = r.stoppedEarly;
+        return out;
+    });
+}
+
 ActsResult acts(const ActsOptions& options) {
     return publicCall([&] {
         ActsRun run = runActs(options);

@@ -114,10 +114,11 @@ Json epochJson(const EpochRecord& r) {
 
 } // namespace
 
-void declareTrainOutputs(OutputSet& outputs, const TrainOptions& o) {
-    outputs.output(o.save, "the parameter file");
-    outputs.output(o.log, "the log file");
-    outputs.directory(o.logdir, "the log directory");
+void declareTrainOutputs(OutputSet& outputs, const std::string& save, const std::string& log,
+                         const std::string& logdir) {
+    outputs.output(save, "the parameter file");
+    outputs.output(log, "the log file");
+    outputs.directory(logdir, "the log directory");
 }
 
 TrainResult train(Engine& engine, const DataSplit& data, const TrainOptions& o,
@@ -132,7 +133,7 @@ TrainResult train(Engine& engine, const DataSplit& data, const TrainOptions& o,
         throw UserError({}, fmt::format("{} training examples make no batch of {}", data.fit.size(), B));
     OutputSet own;
     OutputSet& outputs = o.outputs ? *o.outputs : own;
-    if (!o.outputs) declareTrainOutputs(own, o);
+    if (!o.outputs) declareTrainOutputs(own, o.save, o.log, o.logdir);
     PendingFile* log = o.log.empty() ? nullptr : &outputs.stream(o.log);
     std::unique_ptr<EventWriter> events;
     if (!o.logdir.empty()) events = std::make_unique<EventWriter>(o.logdir);

@@ -178,3 +178,31 @@ TEST_CASE("gradc::bench times the step with the threads it is given", "[jobs]") 
     o.steps = 0;
     CHECK_THAT(errorOf([&] { bench(o); }), Catch::Contains("0 steps is out of range"));
 }
+
+TEST_CASE("gradc::train trains as gradc train does", "[jobs]") {
+    TrainingOptions o;
+    o.model = kRelu;
+    o.batch = 100;
+    o.val = 100, o.limit = 600;
+    o.epochs = 2;
+    o.optimizer.method = "adam", o.optimizer.lr = 1e-3;
+    o.session.cache = false;
+    o.session.threads = 1;
+    const TrainingResult r = train(o);
+    CHECK(r.model == "seed_relu");
+    CHECK(r.trainExamples == 500);
+    CHECK(r.valExamples == 100);
+    REQUIRE(r.epochs.size() == 2);
+    CHECK(r.epochs[1].step == 10); // 500 images in batches of 100, twice
+    CHECK(r.bestEpoch >= 1);
+    CHECK(r.bestValAccuracy == r.epochs[size_t(r.bestEpoch - 1)].valAccuracy);
+    CHECK(r.testAccuracy > 0.4); // far above chance (0.1) after 10 steps of Adam
+    auto [rc, text] = command(fmt::format("train {} --batch 100 --val 100 --limit 600 --epochs 2 --no-cache "
+                                          "--threads 1 --no-progress --optimizer adam", kRelu));
+    REQUIRE(rc == 0);
+    CHECK_THAT(text, Catch::StartsWith(fmt::format("seed_relu: best epoch {} of 2, validation accuracy {:.2f}%, test "
+                                                   "accuracy {:.2f}%", r.bestEpoch, 100 * r.bestValAccuracy,
+                                                   100 * r.testAccuracy)));
+    o.optimizer.lr = -1;
+    CHECK_THAT(errorOf([&] { train(o); }), Catch::Contains("learning rate"));
+}

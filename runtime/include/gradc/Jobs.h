@@ -1,6 +1,6 @@
 // gradc/Jobs.h — the jobs of the `gradc` command as library calls: the gradient statistics of
-// one batch (grads), each layer's output distribution (acts), the units that never fire
-// (dead) and the timing of a training step (bench). The command line parses its options into
+// one batch (grads), training with early stopping (train), each layer's output distribution
+// (acts), the units that never fire (dead) and the timing of a training step (bench). The command line parses its options into
 // these structs, calls the same functions and prints their results; a program embedding gradc
 // calls them directly.
 //
@@ -108,6 +108,39 @@ struct DeadResult {
     std::vector<DeadLayer> layers;
 };
 DeadResult dead(const DeadOptions& options);
+
+/// `gradc train`: a classifier of the images (at least ten classes) trained as the tutorial
+/// trains it: `val` training images held out for validation (drawn by a fixed seed), epochs
+/// of shuffled batches (shuffled by `seed`, which also initialises the parameters unless
+/// `params` is given), early stopping when the best validation accuracy is `patience` epochs
+/// old, then the test accuracy of the best epoch's parameters.
+struct TrainingOptions : ClassifierOptions {
+    int64_t batch = 256;
+    int64_t val = 10000;
+    int64_t limit = 0;         ///< > 0: only the first `limit` images of each file
+    OptimizerOptions optimizer;
+    int epochs = 50;           ///< at most (1 to 100000)
+    int patience = 7;          ///< at least 1
+    int64_t maxSteps = 0;      ///< stop after this many steps in all (0: no limit)
+    std::string save;          ///< the best epoch's parameters to this safetensors file
+    std::string log;           ///< one JSON line per epoch and one at the end to this file
+    std::string logdir;        ///< TensorBoard event files in this folder
+};
+struct EpochSummary {
+    int epoch = 0;
+    int64_t step = 0; ///< steps taken by the end of the epoch
+    double trainLoss = 0, valLoss = 0, valAccuracy = 0, seconds = 0;
+    double vanishingFactor = 0; ///< of the epoch's last step
+};
+struct TrainingResult {
+    std::string model;
+    int64_t parameters = 0, trainExamples = 0, valExamples = 0;
+    std::vector<EpochSummary> epochs;
+    int bestEpoch = 0;
+    double bestValAccuracy = 0, testAccuracy = 0, testLoss = 0, seconds = 0;
+    bool stoppedEarly = false;
+};
+TrainingResult train(const TrainingOptions& options);
 
 /// `gradc bench`: the compiled training step on random data, timed.
 struct BenchOptions {
