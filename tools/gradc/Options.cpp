@@ -1,4 +1,4 @@
-// Options.cpp — the option helpers and the classifier engine that several commands share.
+// Options.cpp — the option readers that several commands share.
 #include "Options.h"
 
 #include "Data.h"

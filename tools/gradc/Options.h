@@ -1,6 +1,6 @@
 // Options.h — what several gradc commands share: the usage error, the options they declare
-// alike and their readers (each checks its value and throws UsageError), and the classifier
-// engine that train, acts and dead run.
+// alike and their readers (each checks its value and throws UsageError) into the options of
+// the runtime's jobs (gradc/Jobs.h), and the activation names of act and derive.
 #pragma once
 
 #include "Activations.h"
