@@ -31,6 +31,7 @@ void Engine::prepare(Compiled& c, bool training) {
     if (options_.backend == "jit") {
         CodegenOptions co;
         co.cache = options_.cache;
+        co.threads = options_.threads;
         c.code = compileModel(c.graph, co);
         c.acts.assign(size_t(c.code.activationCount), 0.0f);
         c.workspace.reset(std::aligned_alloc(64, size_t((c.code.workspaceBytes + 63) / 64 * 64 + 64)));
@@ -232,7 +233,7 @@ float Engine::trainStep(const float* x, const void* target) {
             auto* k = static_cast<Context*>(c);
             k->update(k->p, k->g, k->m, k->v, k->h->data(), begin, end);
         },
-        &ctx, paramCount_, threadCount());
+        &ctx, paramCount_, resolveThreads(options_.threads));
     return loss;
 }
 

@@ -1,23 +1,18 @@
 // Report.cpp — table, JSON and CSV renderings of gradient statistics.
 #include "Report.h"
 
+#include "Json.h"
 #include "Text.h"
 
 #include <fmt/format.h>
-#include <nlohmann/json.hpp>
 
 #include <cmath>
 
 namespace gradc {
 
 void computeVanishingFactor(GradReport& r) {
-    std::vector<const TensorStats*> weights;
-    for (auto& s : r.params)
-        if (s.shape.size() == 2) weights.push_back(&s);
-    r.vanishingFactor = std::nan("");
-    if (weights.size() < 2) return;
-    r.firstWeight = weights.front()->name, r.lastWeight = weights.back()->name;
-    r.vanishingFactor = weights.front()->absMean / weights.back()->absMean;
+    VanishingFactor v = vanishingFactor(r.params);
+    r.vanishingFactor = v.value, r.firstWeight = std::move(v.firstWeight), r.lastWeight = std::move(v.lastWeight);
 }
 
 std::string formatTable(const GradReport& r) {
@@ -47,48 +42,22 @@ std::string formatTable(const GradReport& r) {
     return out;
 }
 
-/// A figure that may not be finite: JSON has no NaN or Inf, so those are null (the nan and
-/// inf counts beside it say how many entries were left out).
-static nlohmann::json number(double v) {
-    return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr);
-}
-
-/// JSON text of `j`: a byte of a name that is not UTF-8 (a model named after its file, whose
-/// name may hold any bytes) becomes U+FFFD instead of an exception.
-static std::string text(const nlohmann::json& j) {
-    return j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
-}
-
-static nlohmann::json histogram(const TensorStats& s) {
-    nlohmann::json edges = nlohmann::json::array();
-    for (double e : s.edges) edges.push_back(number(e));
-    return {{"edges", edges}, {"counts", s.counts}};
-}
-
 std::string formatJson(const std::vector<GradReport>& reports) {
     nlohmann::json all = nlohmann::json::array();
     for (auto& r : reports) {
         nlohmann::json params = nlohmann::json::array();
-        for (auto& s : r.params) {
-            params.push_back({{"name", s.name}, {"shape", s.shape}, {"count", s.count},
-                              {"mean", number(s.mean)}, {"std", number(s.std)},
-                              {"abs_mean", number(s.absMean)}, {"min", number(s.min)},
-                              {"max", number(s.max)}, {"l2", number(s.l2)},
-                              {"zero_fraction", number(s.zeroFraction)}, {"nan", s.nan},
-                              {"inf", s.inf},
-                              {"histogram", histogram(s)}});
-        }
+        for (auto& s : r.params) params.push_back(jsonStatistics(s, /*full=*/true));
         nlohmann::json acts = nlohmann::json::array();
         for (auto& a : r.activations)
             acts.push_back({{"name", a.name}, {"function", a.function}, {"shape", a.shape},
-                            {"mean", number(a.mean)}, {"std", number(a.std)},
-                            {"low_gradient_fraction", number(a.lowGradientFraction)}, {"nan", a.nan},
+                            {"mean", jsonNumber(a.mean)}, {"std", jsonNumber(a.std)},
+                            {"low_gradient_fraction", jsonNumber(a.lowGradientFraction)}, {"nan", a.nan},
                             {"inf", a.inf}});
-        all.push_back({{"model", r.model}, {"batch", r.batch}, {"loss", number(r.loss)},
+        all.push_back({{"model", r.model}, {"batch", r.batch}, {"loss", jsonNumber(r.loss)},
                        {"params", params}, {"activations", acts},
-                       {"vanishing_factor", number(r.vanishingFactor)}});
+                       {"vanishing_factor", jsonNumber(r.vanishingFactor)}});
     }
-    return text(all.size() == 1 ? all[0] : all);
+    return jsonText(all.size() == 1 ? all[0] : all);
 }
 
 std::string formatLayersJson(const std::string& model, int64_t examples,
@@ -96,10 +65,10 @@ std::string formatLayersJson(const std::string& model, int64_t examples,
     nlohmann::json out = nlohmann::json::array();
     for (auto& [op, s] : layers)
         out.push_back({{"name", s.name}, {"op", op}, {"shape", s.shape}, {"count", s.count},
-                       {"mean", number(s.mean)}, {"variance", number(s.std * s.std)}, {"std", number(s.std)},
-                       {"min", number(s.min)}, {"max", number(s.max)}, {"zero_fraction", number(s.zeroFraction)},
-                       {"nan", s.nan}, {"inf", s.inf}, {"histogram", histogram(s)}});
-    return text({{"model", model}, {"examples", examples}, {"layers", out}});
+                       {"mean", jsonNumber(s.mean)}, {"variance", jsonNumber(s.std * s.std)}, {"std", jsonNumber(s.std)},
+                       {"min", jsonNumber(s.min)}, {"max", jsonNumber(s.max)}, {"zero_fraction", jsonNumber(s.zeroFraction)},
+                       {"nan", s.nan}, {"inf", s.inf}, {"histogram", jsonHistogram(s)}});
+    return jsonText({{"model", model}, {"examples", examples}, {"layers", out}});
 }
 
 std::string formatCsv(const std::vector<GradReport>& reports) {

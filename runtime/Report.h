@@ -18,7 +18,7 @@ struct GradReport {
     std::string firstWeight, lastWeight;
 };
 
-/// Fills the vanishing factor from `params` (weights are the 2-d tensors).
+/// Fills the vanishing factor and its weights' names from `params` (Stats.h's vanishingFactor).
 void computeVanishingFactor(GradReport& r);
 
 /// A terminal table, one row per tensor, readable at 100 columns.

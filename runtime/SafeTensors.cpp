@@ -5,6 +5,7 @@
 #include "SafeTensors.h"
 
 #include "Files.h"
+#include "Json.h"
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -401,7 +402,7 @@ std::string encodeSafetensors(const std::vector<std::pair<std::string, Tensor>>&
         }
         header[name] = {{"dtype", integer ? "I64" : f64 ? "F64" : "F32"}, {"shape", t.shape}, {"data_offsets", {begin, body.size()}}};
     }
-    std::string json = header.dump();
+    std::string json = jsonLine(header);
     while ((8 + json.size()) % 8) json += ' '; // keeps the data aligned
     std::string out(8, '\0');
     uint64_t n = json.size();

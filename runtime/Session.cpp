@@ -73,6 +73,9 @@ const void* target(const char* call, const Graph& g, const float* targets) {
 Session::Session(const Model& model, int64_t batch, const SessionOptions& options) : impl_(std::make_unique<Impl>()) {
     publicCall([&] {
         const Model::Impl& m = model.impl(); // throws for a Model that was moved from
+        if (options.threads < 0 || options.threads > 1024)
+            throw Error(fmt::format("gradc: error: Session: {} threads is out of range (0 for all cores, up to 1024)",
+                                    options.threads));
         SemaOptions train{batch}, eval{batch, /*eval=*/true, /*layerOutputs=*/true};
         impl_->engine = std::make_unique<Engine>(buildGraph(*m.ast, train), buildGraph(*m.ast, eval), options);
         return 0;
@@ -181,14 +184,9 @@ namespace {
 std::vector<GradientStatistics> gradientStatisticsOf(const Engine& e, const char* call) {
     if (!e.haveGradients()) misuse(call, "no gradients yet: call backward() or trainStep() first");
     std::vector<GradientStatistics> out;
-    size_t offset = 0;
-    for (auto& p : e.graph().params) {
-        const Shape& s = e.graph()[p.node].shape;
-        TensorStats t = statistics(p.name, s, e.gradients().data() + offset);
-        offset += size_t(elementCount(s));
+    for (const TensorStats& t : gradc::gradientStatistics(e.graph(), e.gradients().data()))
         out.push_back({t.name, t.shape, t.count, t.mean, t.std, t.absMean, t.min, t.max, t.l2, t.zeroFraction,
                        t.nan, t.inf, t.edges, t.counts});
-    }
     return out;
 }
 
@@ -211,10 +209,8 @@ std::vector<ActivationStatistics> Session::activationStatistics() const {
 
 double Session::vanishingFactor() const {
     return use(impl_.get(), "vanishingFactor", [](Engine& e) {
-        std::vector<double> weights; // abs_mean of each weight gradient, in layer order
-        for (auto& t : gradientStatisticsOf(e, "vanishingFactor"))
-            if (t.shape.size() == 2) weights.push_back(t.absMean);
-        return weights.size() < 2 ? std::nan("") : weights.front() / weights.back();
+        if (!e.haveGradients()) misuse("vanishingFactor", "no gradients yet: call backward() or trainStep() first");
+        return gradc::vanishingFactor(gradc::gradientStatistics(e.graph(), e.gradients().data())).value;
     });
 }
 

@@ -82,6 +82,32 @@ ActivationStats activationStatistics(const std::string& name, const Activation& 
     return s;
 }
 
+std::vector<size_t> parameterOffsets(const Graph& g) {
+    std::vector<size_t> offsets;
+    size_t offset = 0;
+    for (auto& p : g.params) {
+        offsets.push_back(offset);
+        offset += size_t(elementCount(g[p.node].shape));
+    }
+    return offsets;
+}
+
+std::vector<TensorStats> gradientStatistics(const Graph& g, const float* grads) {
+    const std::vector<size_t> offsets = parameterOffsets(g);
+    std::vector<TensorStats> out;
+    for (size_t i = 0; i < g.params.size(); ++i)
+        out.push_back(statistics(g.params[i].name, g[g.params[i].node].shape, grads + offsets[i]));
+    return out;
+}
+
+VanishingFactor vanishingFactor(const std::vector<TensorStats>& gradients) {
+    std::vector<const TensorStats*> weights;
+    for (auto& s : gradients)
+        if (s.shape.size() == 2) weights.push_back(&s);
+    if (weights.size() < 2) return {std::nan(""), "", ""};
+    return {weights.front()->absMean / weights.back()->absMean, weights.front()->name, weights.back()->name};
+}
+
 std::vector<ActivationStats> activationStatistics(const Graph& g, const std::map<std::string, Tensor>& outputs) {
     std::vector<ActivationStats> out;
     for (auto& [name, v] : g.outputs) {

@@ -108,13 +108,14 @@ private:
     }
 };
 
-std::atomic<int> requested{0};
 std::mutex poolMutex;
 std::shared_ptr<Pool> pool; // under poolMutex; callers hold a copy while they use it
 
-std::shared_ptr<Pool> thePool() {
+/// A pool with at least `threads` threads: the current one, or a larger one that replaces it
+/// (a loop running on the old pool keeps it alive until it returns).
+std::shared_ptr<Pool> poolFor(int threads) {
     std::lock_guard<std::mutex> lock(poolMutex);
-    if (!pool) pool = std::make_shared<Pool>(threadCount());
+    if (!pool || pool->threads() < threads) pool = std::make_shared<Pool>(std::max(threads, pool ? pool->threads() : 1));
     return pool;
 }
 
@@ -122,17 +123,7 @@ std::shared_ptr<Pool> thePool() {
 
 int hardwareThreads() { return int(std::max(1u, std::thread::hardware_concurrency())); }
 
-void setThreadCount(int n) {
-    std::lock_guard<std::mutex> lock(poolMutex);
-    requested.store(std::max(1, n));
-    // A loop running on the old pool keeps it alive until it returns.
-    if (pool && pool->threads() != requested.load()) pool.reset();
-}
-
-int threadCount() {
-    const int n = requested.load();
-    return n > 0 ? n : hardwareThreads();
-}
+int resolveThreads(int requested) { return requested > 0 ? requested : hardwareThreads(); }
 
 } // namespace gradc
 
@@ -140,7 +131,9 @@ extern "C" void gradc_parallel_for(void (*body)(void*, int64_t, int64_t, int64_t
                                    int64_t threads) {
     if (n <= 0) return;
     if (threads > 1 && n > 1) {
-        std::shared_ptr<gradc::Pool> pool = gradc::thePool();
+        // More threads than any model is compiled for (gradc --threads allows 1024) are not
+        // started; such a loop runs on the most there are.
+        std::shared_ptr<gradc::Pool> pool = gradc::poolFor(int(std::min<int64_t>(threads, 1024)));
         const int width = int(std::min<int64_t>(threads, pool->threads()));
         if (width > 1) {
             gradc::Loop loop{body, context, n, std::max<int64_t>(1, n / (int64_t(width) * 8))};

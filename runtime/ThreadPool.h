@@ -1,5 +1,6 @@
-// ThreadPool.h — the threads compiled code runs on. Compiled kernels call
-// gradc_parallel_for, which shares [0, n) out in ranges among the pool's threads.
+// ThreadPool.h — the threads compiled code runs on, a service of the runtime that any number
+// of Sessions share. Compiled kernels call gradc_parallel_for with the thread count they were
+// compiled for; the pool grows to the largest count any caller asks for.
 #pragma once
 
 #include <cstdint>
@@ -18,12 +19,11 @@ void gradc_parallel_for(void (*body)(void*, int64_t, int64_t, int64_t), void* co
 
 namespace gradc {
 
-/// The number of threads parallel loops use (the calling thread included); default: all
-/// cores. Compiled code reserves per-thread scratch for the count at its compile time and
-/// passes it to gradc_parallel_for, so changing it later (even while other threads run
-/// compiled code) is safe: loops then use at most the smaller of the two.
-void setThreadCount(int n);
-int threadCount();
+/// The machine's hardware threads (at least 1).
 int hardwareThreads();
+/// The thread count an option asks for: `requested` itself, or all cores when it is 0 (the
+/// default of CodegenOptions::threads, SessionOptions::threads and the jobs' options).
+/// There is no global count: each compiled model carries its own.
+int resolveThreads(int requested);
 
 } // namespace gradc

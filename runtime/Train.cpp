@@ -3,9 +3,9 @@
 
 #include "Events.h"
 #include "Files.h"
+#include "Json.h"
 
 #include <fmt/format.h>
-#include <nlohmann/json.hpp>
 
 #include <chrono>
 #include <cmath>
@@ -96,32 +96,29 @@ Accuracy evaluate(Engine& engine, const Examples& e, const std::vector<int64_t>&
 
 namespace {
 
-nlohmann::ordered_json number(double v) { return std::isfinite(v) ? nlohmann::ordered_json(v) : nlohmann::ordered_json(nullptr); }
+using Json = nlohmann::ordered_json; // the log's fields in the order written
 
-nlohmann::ordered_json epochJson(const EpochRecord& r) {
-    nlohmann::ordered_json j = {{"epoch", r.epoch},
-                        {"step", r.step},
-                        {"train_loss", number(r.trainLoss)},
-                        {"val_loss", number(r.valLoss)},
-                        {"val_accuracy", number(r.valAccuracy)},
-                        {"seconds", r.seconds},
-                        {"vanishing_factor", number(r.vanishingFactor)}};
-    nlohmann::ordered_json params = nlohmann::ordered_json::array();
-    for (auto& s : r.grads)
-        params.push_back({{"name", s.name}, {"shape", s.shape}, {"mean", number(s.mean)}, {"std", number(s.std)},
-                          {"abs_mean", number(s.absMean)}, {"min", number(s.min)}, {"max", number(s.max)},
-                          {"l2", number(s.l2)}, {"zero_fraction", number(s.zeroFraction)}, {"nan", s.nan},
-                          {"inf", s.inf}});
+Json epochJson(const EpochRecord& r) {
+    Json j = {{"epoch", r.epoch},
+              {"step", r.step},
+              {"train_loss", jsonNumber<Json>(r.trainLoss)},
+              {"val_loss", jsonNumber<Json>(r.valLoss)},
+              {"val_accuracy", jsonNumber<Json>(r.valAccuracy)},
+              {"seconds", r.seconds},
+              {"vanishing_factor", jsonNumber<Json>(r.vanishingFactor)}};
+    Json params = Json::array();
+    for (auto& s : r.grads) params.push_back(jsonStatistics<Json>(s, /*full=*/false));
     j["grads"] = params;
     return j;
 }
 
 } // namespace
 
-void declareTrainOutputs(OutputSet& outputs, const TrainOptions& o) {
-    outputs.output(o.save, "the parameter file");
-    outputs.output(o.log, "the log file");
-    outputs.directory(o.logdir, "the log directory");
+void declareTrainOutputs(OutputSet& outputs, const std::string& save, const std::string& log,
+                         const std::string& logdir) {
+    outputs.output(save, "the parameter file");
+    outputs.output(log, "the log file");
+    outputs.directory(logdir, "the log directory");
 }
 
 TrainResult train(Engine& engine, const DataSplit& data, const TrainOptions& o,
@@ -136,7 +133,7 @@ TrainResult train(Engine& engine, const DataSplit& data, const TrainOptions& o,
         throw UserError({}, fmt::format("{} training examples make no batch of {}", data.fit.size(), B));
     OutputSet own;
     OutputSet& outputs = o.outputs ? *o.outputs : own;
-    if (!o.outputs) declareTrainOutputs(own, o);
+    if (!o.outputs) declareTrainOutputs(own, o.save, o.log, o.logdir);
     PendingFile* log = o.log.empty() ? nullptr : &outputs.stream(o.log);
     std::unique_ptr<EventWriter> events;
     if (!o.logdir.empty()) events = std::make_unique<EventWriter>(o.logdir);
@@ -166,15 +163,8 @@ TrainResult train(Engine& engine, const DataSplit& data, const TrainOptions& o,
         r.epoch = epoch, r.step = step, r.trainLoss = lossSum / double(done);
         Accuracy v = evaluate(engine, data.train, data.val, data.mean, data.std);
         r.valLoss = v.loss, r.valAccuracy = v.accuracy;
-        size_t offset = 0;
-        std::vector<double> weights;
-        for (auto& p : g.params) {
-            const Shape& shape = g[p.node].shape;
-            r.grads.push_back(statistics(p.name, shape, engine.gradients().data() + offset));
-            offset += size_t(elementCount(shape));
-            if (shape.size() == 2) weights.push_back(r.grads.back().absMean);
-        }
-        r.vanishingFactor = weights.size() < 2 ? std::nan("") : weights.front() / weights.back();
+        r.grads = gradientStatistics(g, engine.gradients().data());
+        r.vanishingFactor = vanishingFactor(r.grads).value;
         r.seconds = std::chrono::duration<double>(Clock::now() - epochStart).count();
         const bool improved = v.accuracy > result.bestValAccuracy;
         if (improved) {
@@ -186,7 +176,7 @@ TrainResult train(Engine& engine, const DataSplit& data, const TrainOptions& o,
                         o.progressBar ? "\r\033[K" : "", epoch, r.trainLoss, r.valLoss, 100 * r.valAccuracy,
                         improved ? " (best)" : "       ", r.seconds,
                         done < stepsPerEpoch ? fmt::format(", {} of {} steps", done, stepsPerEpoch) : ""));
-        if (log) log->write(epochJson(r).dump() + "\n");
+        if (log) log->write(jsonLine(epochJson(r)) + "\n");
         if (events) {
             events->scalar("loss/train", step, r.trainLoss);
             events->scalar("loss/val", step, r.valLoss);
@@ -214,16 +204,15 @@ TrainResult train(Engine& engine, const DataSplit& data, const TrainOptions& o,
     result.testAccuracy = t.accuracy, result.testLoss = t.loss;
     result.seconds = std::chrono::duration<double>(Clock::now() - start).count();
     if (log)
-        log->write(nlohmann::ordered_json{{"end", true},
-                               {"best_epoch", result.bestEpoch},
-                               {"best_val_accuracy", number(result.bestValAccuracy)},
-                               {"test_accuracy", number(result.testAccuracy)},
-                               {"test_loss", number(result.testLoss)},
-                               {"steps", step},
-                               {"seconds", result.seconds},
-                               {"stopped_early", result.stoppedEarly},
-                               {"interrupted", result.interrupted}}
-                       .dump() +
+        log->write(jsonLine(Json{{"end", true},
+                                 {"best_epoch", result.bestEpoch},
+                                 {"best_val_accuracy", jsonNumber<Json>(result.bestValAccuracy)},
+                                 {"test_accuracy", jsonNumber<Json>(result.testAccuracy)},
+                                 {"test_loss", jsonNumber<Json>(result.testLoss)},
+                                 {"steps", step},
+                                 {"seconds", result.seconds},
+                                 {"stopped_early", result.stoppedEarly},
+                                 {"interrupted", result.interrupted}}) +
                    "\n");
     if (events && result.bestEpoch > 0) events->scalar("accuracy/test", step, result.testAccuracy);
     if (events) events->close();

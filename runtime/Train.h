@@ -78,7 +78,8 @@ struct TrainResult {
 extern volatile std::sig_atomic_t gInterrupted;
 
 /// Declares (and checks) the outputs of a training run: --save, --log, --logdir.
-void declareTrainOutputs(OutputSet& outputs, const TrainOptions& o);
+void declareTrainOutputs(OutputSet& outputs, const std::string& save, const std::string& log,
+                         const std::string& logdir);
 
 /// Trains `engine` (its optimiser already chosen); `say` receives the progress lines. At the
 /// end the engine holds the best epoch's parameters and the result its test accuracy. A run

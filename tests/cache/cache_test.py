@@ -9,15 +9,15 @@ Usage: cache_test.py GRADC SOURCE_DIR CASE   (CASE: attack, entries, one_warning
 """
 import os, pwd, re, shutil, stat, subprocess, sys, tempfile
 
-GRADC, SRC, CASE = sys.argv[1], sys.argv[2], sys.argv[3]
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import testlib
+from testlib import check
+
+GRADC, SRC, CASE = testlib.arguments()
 TINY = os.path.join(SRC, "tests", "golden", "report", "tiny.nn")
 ROOT = os.geteuid() == 0
 NOBODY = pwd.getpwnam("nobody")
-
-
-def check(cond, what):
-    if not cond:
-        sys.exit("FAILED: " + what)
 
 
 def run(*args, cache=None, env=None, as_nobody=False, rc=0):

@@ -1,9 +1,10 @@
 // example.cpp — gradc embedded in a C++ program: compile a model, make a session for a batch,
 // initialise the parameters, run forward and backward on our own buffers, read statistics,
-// train a few steps and evaluate.
+// train a few steps and evaluate; then one of the gradc command's jobs as a library call.
 //   example MODEL.nn
 // It checks itself: the compiled gradients equal the reference interpreter's, and the seed
 // network with sigmoid shows vanishing gradients.
+#include <gradc/Jobs.h>
 #include <gradc/Model.h>
 #include <gradc/Session.h>
 
@@ -73,6 +74,17 @@ int main(int argc, char** argv) {
                     last, (long long)session.steps(), evalLoss, session.layerOutputs().size());
         ok = ok && last < first && std::isfinite(evalLoss) && session.steps() == 51 &&
              session.layerOutputs().size() == 8;
+        // The jobs of the gradc command are library calls too (gradc/Jobs.h): `gradc grads` on
+        // the first 16 training images of the default data folder, in the interpreter.
+        gradc::GradsOptions job;
+        job.models = {argv[1]};
+        job.batch = 16;
+        job.session.backend = "interp";
+        const std::vector<gradc::GradsReport> reports = gradc::grads(job);
+        std::printf("grads job: %s, loss %.4f, %zu gradients, vanishing factor %.3e\n", reports.at(0).model.c_str(),
+                    reports.at(0).loss, reports.at(0).gradients.size(), reports.at(0).vanishingFactor);
+        ok = ok && reports.size() == 1 && reports[0].gradients.size() == model.parameters().size() &&
+             std::isfinite(reports[0].loss);
         try {
             gradc::Model::fromString("bad.nn", "input 4\ndense 0\nloss mse\n");
             ok = false;

@@ -11,23 +11,20 @@ Usage: names_test.py GRADC SOURCE_DIR CASE
 import csv, io, json, os, struct, subprocess, sys, tempfile
 import xml.etree.ElementTree as ET
 
-GRADC, SRC, CASE = sys.argv[1], sys.argv[2], sys.argv[3]
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import testlib
+from testlib import check
+
+GRADC, SRC, CASE = testlib.arguments()
 CC = os.environ.get("CC", "cc")
 TINY = "input 784\ndense 3 tanh\ndense 10\nloss cross_entropy\n"  # no `model` line: named after the file
 REPLACEMENT = "\ufffd"
 
 
-def run(*args, rc=0, cwd=None):
-    p = subprocess.run([os.fsencode(a) if isinstance(a, bytes) else a for a in [GRADC, *args]], capture_output=True,
-                       cwd=cwd)
-    if p.returncode != rc:
-        sys.exit(f"expected exit {rc}, got {p.returncode}: gradc {args}\n{p.stdout!r}\n{p.stderr!r}")
-    return p
-
-
-def check(cond, what):
-    if not cond:
-        sys.exit("FAILED: " + what)
+def run(*args, **kw):
+    """Output as bytes: names that are not UTF-8 are checked byte for byte."""
+    return testlib.run(GRADC, *args, text=False, **kw)
 
 
 def strict_json(data):

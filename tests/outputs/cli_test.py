@@ -6,37 +6,20 @@ files never overwritten. Standard library only; runs as root or as any user.
 
 Usage: cli_test.py GRADC SOURCE_DIR CASE   (CASE: grads, compile, train, act, events)
 """
-import os, pwd, re, socket, stat, subprocess, sys, tempfile, threading
+import os, re, socket, stat, subprocess, sys, tempfile, threading
 
-GRADC, SRC, CASE = sys.argv[1], sys.argv[2], sys.argv[3]
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import testlib
+from testlib import check, read, write
+
+GRADC, SRC, CASE = testlib.arguments()
 MODEL = os.path.join(SRC, "models", "seed_relu.nn")
 SMALL = ["--limit", "600", "--val", "100", "--batch", "128", "--no-progress"]
 
 
-def run(*args, rc=0, user=None, stdout=subprocess.PIPE):
-    cmd = [GRADC, *args]
-    if user:
-        pw = pwd.getpwnam(user)
-        cmd = ["setpriv", "--reuid", str(pw.pw_uid), "--regid", str(pw.pw_gid), "--clear-groups", *cmd]
-    p = subprocess.run(cmd, stdout=stdout, stderr=subprocess.PIPE, text=True)
-    if p.returncode != rc:
-        sys.exit(f"expected exit {rc}, got {p.returncode}: gradc {' '.join(args)}\n{p.stdout}\n{p.stderr}")
-    return p
-
-
-def check(cond, what):
-    if not cond:
-        sys.exit("FAILED: " + what)
-
-
-def read(path):
-    with open(path, "rb") as f:
-        return f.read()
-
-
-def write(path, data):
-    with open(path, "wb") as f:
-        f.write(data)
+def run(*args, **kw):
+    return testlib.run(GRADC, *args, **kw)
 
 
 def leftovers(folder, keep):

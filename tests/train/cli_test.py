@@ -8,7 +8,12 @@ Usage: cli_test.py GRADC SOURCE_DIR CASE   (CASE: files, early_stop, interrupt, 
 """
 import gzip, json, os, signal, struct, subprocess, sys, tempfile, threading, time
 
-GRADC, SRC, CASE = sys.argv[1], sys.argv[2], sys.argv[3]
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import testlib
+from testlib import check
+
+GRADC, SRC, CASE = testlib.arguments()
 SMALL = ["--limit", "3000", "--val", "500", "--batch", "128", "--no-progress"]
 
 
@@ -17,10 +22,7 @@ def model(name):
 
 
 def run(*args, rc=0):
-    p = subprocess.run([GRADC, *args], capture_output=True, text=True)
-    if p.returncode != rc:
-        sys.exit(f"expected exit {rc}, got {p.returncode}: gradc {' '.join(args)}\n{p.stdout}\n{p.stderr}")
-    return p
+    return testlib.run(GRADC, *args, rc=rc)
 
 
 def measured(*args, rc=1, stdin=None, timeout=60):
@@ -59,11 +61,6 @@ def data_dir(path, train, test, gz=False):
             with open(os.path.join(path, stem + (".gz" if gz else "")), "wb") as f:
                 f.write(gzip.compress(data) if gz else data)
     return path
-
-
-def check(cond, what):
-    if not cond:
-        sys.exit("FAILED: " + what)
 
 
 def crc32c(data):

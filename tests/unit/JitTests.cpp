@@ -46,7 +46,7 @@ struct TempDir {
 
 /// Compiles `fwd` in f64 (and f32 unless `f32` is false) and checks forward and backward
 /// against the interpreter.
-void agree(const Graph& fwd, std::mt19937& rng, bool f32 = true) {
+void agree(const Graph& fwd, std::mt19937& rng, bool f32 = true, int threads = 0) {
     Bindings b = randomBindings(fwd, rng);
     auto wantForward = interpretOutputs(fwd, b);
     auto wantBackward = interpretOutputs(differentiate(fwd), b);
@@ -56,6 +56,7 @@ void agree(const Graph& fwd, std::mt19937& rng, bool f32 = true) {
         CodegenOptions opts;
         opts.f64 = f64;
         opts.cache = false;
+        opts.threads = threads;
         CompiledModel cm = compileModel(fwd, opts);
         auto gotForward = runCompiled(cm, fwd, b, false);
         auto gotBackward = runCompiled(cm, fwd, b, true);
@@ -198,12 +199,25 @@ TEST_CASE("threaded code agrees with the interpreter for 1, 2 and 3 threads", "[
     std::mt19937 rng(16);
     for (int threads : {1, 2, 3}) {
         INFO(threads << " threads");
-        setThreadCount(threads);
         for (const char* name : {"seed_relu", "seed_sigmoid_bn", "resnet_sigmoid_bn", "binary_bce"})
-            agree(compileFile(std::string(GRADC_SOURCE_DIR "/models/") + name + ".nn", {13}).graph, rng);
-        agree(model("input 7\ndense 129 tanh\ndense 3\nloss cross_entropy\n", 3), rng);
+            agree(compileFile(std::string(GRADC_SOURCE_DIR "/models/") + name + ".nn", {13}).graph, rng, true,
+                  threads);
+        agree(model("input 7\ndense 129 tanh\ndense 3\nloss cross_entropy\n", 3), rng, true, threads);
     }
-    setThreadCount(hardwareThreads());
+}
+
+TEST_CASE("the thread count is an option of each compiled model, not a setting shared by all", "[jit][threads]") {
+    // Two models compiled with different counts, alternately: each keeps the scratch of its
+    // own count (one matrix-product tile buffer per thread).
+    const Graph g = compileFile(GRADC_SOURCE_DIR "/models/seed_relu.nn", {16}).graph;
+    CodegenOptions one, four;
+    one.cache = four.cache = false;
+    one.threads = 1, four.threads = 4;
+    const CompiledModel a = compileModel(g, one), b = compileModel(g, four), c = compileModel(g, one);
+    CHECK(b.workspaceBytes > a.workspaceBytes);
+    CHECK(c.workspaceBytes == a.workspaceBytes);
+    CHECK(resolveThreads(0) == hardwareThreads());
+    CHECK(resolveThreads(5) == 5);
 }
 
 TEST_CASE("compiled activations and losses stay finite where their math is finite", "[jit][numerics]") {

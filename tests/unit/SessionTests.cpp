@@ -25,17 +25,12 @@ using namespace gradc;
 
 namespace {
 
-/// Restores the default thread count when a test that changes it ends.
-struct ThreadCountGuard {
-    explicit ThreadCountGuard(int n) { setThreadCount(n); }
-    ~ThreadCountGuard() { setThreadCount(hardwareThreads()); }
-};
-
-/// A model, the batch it is run with, and the backend.
+/// A model, the batch it is run with, the backend and the threads it runs on (0: all cores).
 struct Case {
     std::string name, text;
     int64_t batch;
     std::string backend;
+    int threads = 3; ///< more than this machine may have cores: they interleave
 };
 
 const std::vector<Case>& cases() {
@@ -44,8 +39,8 @@ const std::vector<Case>& cases() {
         {"bn",
          "model bn\ninput 30\ndense 40\nbatchnorm\nsigmoid\nh = identity\ndense 40 relu\nadd h\ndense 6\n"
          "loss cross_entropy\n",
-         20, "jit"},
-        {"regression", "model regression\ninput 20\ndense 56 gelu\ndense 20\nloss mse\n", 18, "jit"},
+         20, "jit", 2},
+        {"regression", "model regression\ninput 20\ndense 56 gelu\ndense 20\nloss mse\n", 18, "jit", 1},
         {"small_interp", "model small_interp\ninput 6\ndense 8 tanh\ndense 1\nloss bce\n", 4, "interp"},
     };
     return all;
@@ -81,6 +76,7 @@ Trace train(const Case& c, const Model& model, int steps, std::latch* ready) {
         SessionOptions o;
         o.backend = c.backend;
         o.cache = false;
+        o.threads = c.threads;
         Session s(model, c.batch, o);
         s.initialiseParameters(7);
         OptimizerOptions sgd;
@@ -128,7 +124,6 @@ Model modelOf(const Case& c) { return Model::fromString(c.name + ".nn", c.text);
 TEST_CASE("gradc_parallel_for is re-entrant: loops from several threads at once each cover their range once, "
           "on threads below the count they were compiled for",
           "[concurrency]") {
-    ThreadCountGuard guard(3);
     struct Counts {
         std::vector<std::atomic<int>> seen;
         std::atomic<int64_t> badThread{0};
@@ -174,16 +169,23 @@ TEST_CASE("gradc_parallel_for is re-entrant: loops from several threads at once 
                 if (!ok) ++failures[size_t(k)];
             }
         });
-    // Meanwhile the thread count changes: loops already running keep their pool.
+    // Meanwhile loops compiled for more threads grow the pool: each replaces it with a larger
+    // one, and loops already running keep the pool they started on.
+    std::atomic<int> changerFailures{0};
     std::thread changer([&] {
-        for (int i = 0; !done.load(); ++i) {
-            setThreadCount(1 + i % 3);
+        for (int64_t threads = 2; !done.load(); threads = threads < 6 ? threads + 1 : 2) {
+            Counts c(64, threads);
+            gradc_parallel_for(+body, &c, 64, threads);
+            bool ok = c.badThread.load() == 0;
+            for (auto& s : c.seen) ok = ok && s.load() == 1;
+            if (!ok) changerFailures.fetch_add(1);
             std::this_thread::yield();
         }
     });
     for (auto& t : callers) t.join();
     done = true;
     changer.join();
+    CHECK(changerFailures.load() == 0);
     for (int k = 0; k < kCallers; ++k) {
         INFO("caller " << k);
         CHECK(failures[size_t(k)] == 0);
@@ -192,7 +194,7 @@ TEST_CASE("gradc_parallel_for is re-entrant: loops from several threads at once 
 
 TEST_CASE("Sessions on several threads at once give exactly the losses and gradients each gives alone",
           "[session][concurrency]") {
-    ThreadCountGuard guard(3); // more threads than this machine may have cores: they interleave
+    // The cases run on 3, 2, 1 and 3 threads: Sessions with different counts share the pool.
     constexpr int kSteps = 200;
     // Each Session alone, one after another.
     std::vector<Trace> reference;
@@ -228,11 +230,11 @@ TEST_CASE("Sessions on several threads at once give exactly the losses and gradi
 
 TEST_CASE("one Session called from two threads at once: the second call is an error, nothing is corrupted",
           "[session][concurrency]") {
-    ThreadCountGuard guard(2);
     const Case& c = cases()[0];
     const Model model = modelOf(c);
     SessionOptions o;
     o.cache = false;
+    o.threads = 2;
     const int64_t batch = 64;
     Session s(model, batch, o);
     s.initialiseParameters(3);
@@ -444,6 +446,9 @@ TEST_CASE("every misuse of a Session or a Model throws gradc::Error with a messa
     SessionOptions gpu;
     gpu.backend = "gpu";
     CHECK_THAT(errorOf([&] { Session(model, 4, gpu); }), Catch::Contains("backend 'gpu' is not one of jit, interp"));
+    SessionOptions negative;
+    negative.threads = -1;
+    CHECK_THAT(errorOf([&] { Session(model, 4, negative); }), Catch::Contains("-1 threads is out of range"));
 
     // A Model that was moved from.
     Model m = model, other = std::move(m);

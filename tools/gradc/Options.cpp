@@ -1,15 +1,15 @@
-// Options.cpp — the option helpers and the classifier engine that several commands share.
+// Options.cpp — the option readers that several commands share.
 #include "Options.h"
 
 #include "Data.h"
 #include "Pipeline.h"
-#include "ThreadPool.h"
 
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <cfloat>
 #include <cstdio>
+#include <tuple>
 
 namespace gradc::cli {
 
@@ -82,7 +82,7 @@ CodegenOptions codegenOptions(const po::variables_map& vm) {
         const int threads = vm["threads"].as<int>();
         if (threads < 0 || threads > 1024)
             throw UsageError(fmt::format("--threads {} is out of range (0 for all cores, up to 1024)", threads));
-        setThreadCount(threads == 0 ? hardwareThreads() : threads);
+        o.threads = threads;
     }
     o.cache = !vm.count("no-cache");
     const std::string dtype = vm["dtype"].as<std::string>();
@@ -113,40 +113,51 @@ std::pair<double, double> parseNormalize(const std::string& text) {
     return {mean, std};
 }
 
-namespace {
-
-/// The model must classify the data set's images (`classes` at least): checked before any
-/// data is read or code compiled.
-void needClassifier(const Graph& g, const std::string& model, int64_t features, int classes) {
-    const int64_t outputs = g[g.output("logits")].shape[1];
-    if (g.lossKind != "cross_entropy" || outputs < classes)
-        throw UserError({makeSourceFile(model, ""), 0, 0},
-                        fmt::format("this command needs a cross_entropy classifier with at least {} classes; the "
-                                    "model's loss is {} with {} outputs", classes, g.lossKind, outputs));
-    if (g[0].shape[1] != features)
-        throw UserError({makeSourceFile(model, ""), 0, 0},
-                        fmt::format("the model takes {} inputs, but the images have {} pixels", g[0].shape[1], features));
+DataOptions dataOptions(const po::variables_map& vm) {
+    DataOptions o;
+    o.dir = vm["data"].as<std::string>();
+    std::tie(o.mean, o.std) = parseNormalize(vm["normalize"].as<std::string>());
+    return o;
 }
 
-} // namespace
-
-std::unique_ptr<Engine> makeEngine(const po::variables_map& vm, int64_t batch, int classes) {
-    const std::string path = vm["model"].as<std::string>();
-    const CodegenOptions codegen = codegenOptions(vm);
-    if (codegen.f64) throw UsageError("training runs in f32 (--dtype f64 is for gradients only)");
+std::string backendOption(const po::variables_map& vm) {
     const std::string backend = vm["backend"].as<std::string>();
     if (backend != "interp" && backend != "jit")
         throw UsageError(fmt::format("--backend={} is not available (backends: jit, interp)", backend));
-    // Training reads no activation statistics: its program does not store them.
-    FrontEnd fe = compileFile(path, {batch, /*eval=*/false, /*layerOutputs=*/false, /*statistics=*/false});
-    needClassifier(fe.graph, path, readExamples(vm["data"].as<std::string>(), true, 1).features, classes);
-    Graph evalGraph = buildGraph(fe.ast, {batch, /*eval=*/true, /*layerOutputs=*/true});
-    auto engine = std::make_unique<Engine>(std::move(fe.graph), std::move(evalGraph), SessionOptions{backend, codegen.cache});
-    if (vm.count("params")) engine->load(vm["params"].as<std::string>());
-    else engine->initialise(seedOption(vm));
-    return engine;
+    return backend;
 }
 
-void onlyImages(std::vector<int32_t>& labels) { std::fill(labels.begin(), labels.end(), 0); }
+ClassifierOptions classifierOptions(const po::variables_map& vm) {
+    ClassifierOptions o;
+    o.model = vm["model"].as<std::string>();
+    const CodegenOptions codegen = codegenOptions(vm);
+    if (codegen.f64) throw UsageError("training runs in f32 (--dtype f64 is for gradients only)");
+    o.session = {backendOption(vm), codegen.cache, codegen.threads};
+    o.data = dataOptions(vm);
+    o.seed = seedOption(vm);
+    o.params = fileOption(vm, "params");
+    return o;
+}
+
+ActivationTable activationTable(const po::variables_map& vm) {
+    ActivationTable table;
+    if (vm.count("model")) {
+        FrontEnd fe = compileFile(vm["model"].as<std::string>());
+        for (auto& s : fe.ast.stmts)
+            if (s->kind == Stmt::Kind::ActivationDef) table.define(*s);
+    }
+    return table;
+}
+
+std::optional<ActRef> activationUse(const Expr& e) {
+    if (e.kind != Expr::Kind::Var && e.kind != Expr::Kind::Call) return std::nullopt;
+    ActRef ref{e.name, {}, e.loc};
+    for (auto& a : e.args) {
+        if (a->kind == Expr::Kind::Number) ref.args.push_back(a->number);
+        else if (a->kind == Expr::Kind::Neg && a->args[0]->kind == Expr::Kind::Number) ref.args.push_back(-a->args[0]->number);
+        else return std::nullopt;
+    }
+    return ref;
+}
 
 } // namespace gradc::cli

@@ -1,18 +1,20 @@
 // Options.h — what several gradc commands share: the usage error, the options they declare
-// alike and their readers (each checks its value and throws UsageError), and the classifier
-// engine that train, acts and dead run.
+// alike and their readers (each checks its value and throws UsageError) into the options of
+// the runtime's jobs (gradc/Jobs.h), and the activation names of act and derive.
 #pragma once
 
+#include "Activations.h"
 #include "Codegen.h"
-#include "Engine.h"
 #include "Files.h"
 #include "Sema.h"
+
+#include <gradc/Jobs.h>
 
 #include <boost/program_options.hpp>
 
 #include <cmath>
 #include <cstdint>
-#include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -47,24 +49,29 @@ uint64_t seedOption(const po::variables_map& vm);
 /// given); `what` names the quantity in the message.
 double realOption(const po::variables_map& vm, const char* name, const char* what, double low,
                   double high = INFINITY);
-/// --dtype, --threads (which sets the thread count), --no-cache.
+/// --dtype, --threads (CodegenOptions::threads; 0: all cores), --no-cache.
 CodegenOptions codegenOptions(const po::variables_map& vm);
 /// The value of a file option, or "" when it is not given.
 std::string fileOption(const po::variables_map& vm, const char* name);
 /// --normalize MEAN,STD: a finite mean and a normal (not subnormal) positive std, such that
 /// every normalised pixel (pixel/255 - MEAN) / STD is a finite float.
 std::pair<double, double> parseNormalize(const std::string& text);
+/// --data and --normalize.
+DataOptions dataOptions(const po::variables_map& vm);
 /// Declares the IDX files of a data folder as inputs of a run, so no output replaces them.
 void declareDataInputs(OutputSet& outputs, const std::string& dir);
 
-/// A classifier of the images in --data with at least `classes` outputs, compiled for
-/// training and evaluation at `batch`, its parameters from --params or initialised with
-/// --seed. The model file is parsed once and checked before anything is compiled.
-std::unique_ptr<Engine> makeEngine(const po::variables_map& vm, int64_t batch, int classes);
+/// --backend, checked.
+std::string backendOption(const po::variables_map& vm);
+/// MODEL, --data, --normalize, --seed, --params, --backend and the codegen options of the
+/// commands that run a classifier (train, acts, dead), checked: they run in f32.
+ClassifierOptions classifierOptions(const po::variables_map& vm);
 
-/// acts and dead read the layers' outputs, never the loss, so they take any classifier with
-/// two or more classes: the data set's labels (0 to 9) are replaced by class 0, which every
-/// such model has, and no backend is given a label out of its range.
-void onlyImages(std::vector<int32_t>& labels);
+/// The activations `gradc act` and `gradc derive` may name: the built-in ones and those the
+/// --model file defines.
+ActivationTable activationTable(const po::variables_map& vm);
+/// An activation named on the command line: `relu`, `elu(0.5)`, `leaky_relu(-0.1)` (a name,
+/// or a call whose arguments are numbers, negated or not); nothing for any other expression.
+std::optional<ActRef> activationUse(const Expr& e);
 
 } // namespace gradc::cli

@@ -27,25 +27,14 @@ int runAct(const po::variables_map& vm) {
     OutputSet outputs;
     outputs.input(fileOption(vm, "model"));
     outputs.output(fileOption(vm, "plot"), "the figure");
-    ActivationTable table;
-    if (vm.count("model")) {
-        FrontEnd fe = compileFile(vm["model"].as<std::string>());
-        for (auto& s : fe.ast.stmts)
-            if (s->kind == Stmt::Kind::ActivationDef) table.define(*s);
-    }
+    const ActivationTable table = activationTable(vm);
     std::vector<Activation> acts;
     for (auto& text : vm["names"].as<std::vector<std::string>>()) {
         std::unique_ptr<Expr> e = parseExpression(makeSourceFile("<activation>", text));
-        ActRef ref{e->name, {}, e->loc};
-        bool ok = e->kind == Expr::Kind::Var || e->kind == Expr::Kind::Call;
-        for (auto& a : e->args) {
-            bool neg = a->kind == Expr::Kind::Neg && a->args[0]->kind == Expr::Kind::Number;
-            ok = ok && (a->kind == Expr::Kind::Number || neg);
-            if (ok) ref.args.push_back(neg ? -a->args[0]->number : a->number);
-        }
-        if (!ok) throw UserError({makeSourceFile("<activation>", text), 1, 1},
-                                 fmt::format("'{}' is not an activation name such as relu or elu(0.5)", text));
-        acts.push_back(table.instantiate(ref));
+        const std::optional<ActRef> ref = activationUse(*e);
+        if (!ref) throw UserError({makeSourceFile("<activation>", text), 1, 1},
+                                  fmt::format("'{}' is not an activation name such as relu or elu(0.5)", text));
+        acts.push_back(table.instantiate(*ref));
     }
     if (vm.count("plot")) {
         outputs.set(vm["plot"].as<std::string>(), activationFigure(acts));

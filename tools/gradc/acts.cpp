@@ -1,12 +1,11 @@
 // acts.cpp — `gradc acts MODEL`: each layer's output distribution over the first training
-// images (evaluation mode).
+// images (evaluation mode). The options and the printing; the job is runtime/Jobs.h's.
 #include "Commands.h"
 
 #include "Data.h"
+#include "Jobs.h"
 #include "Plot.h"
 #include "Report.h"
-#include "Stats.h"
-#include "Train.h"
 
 #include <fmt/format.h>
 
@@ -31,42 +30,31 @@ int runActs(const po::variables_map& vm) {
     const std::string dir = vm["data"].as<std::string>(), path = vm["model"].as<std::string>();
     const std::string format = vm["format"].as<std::string>();
     if (format != "table" && format != "json") throw UsageError(fmt::format("--format={} is not table or json", format));
-    auto [mean, std] = parseNormalize(vm["normalize"].as<std::string>());
+    dataOptions(vm); // --normalize checked before any file
     OutputSet outputs;
     outputs.input(path);
     outputs.input(fileOption(vm, "params"));
     declareDataInputs(outputs, dir);
     outputs.output(fileOption(vm, "plot"), "the figure");
-    std::unique_ptr<Engine> engine = makeEngine(vm, count, /*classes=*/2);
-    Examples ex = readExamples(dir, true, count);
-    std::vector<int64_t> all(static_cast<size_t>(count));
-    for (int64_t i = 0; i < count; ++i) all[size_t(i)] = i;
-    std::vector<float> x;
-    std::vector<int32_t> labels;
-    gather(ex, all, 0, count, mean, std, x, labels);
-    onlyImages(labels);
-    engine->evaluate(x.data(), labels.data(), nullptr);
-    const Graph& g = engine->graph();
-    std::vector<std::pair<std::string, TensorStats>> layers;
-    for (size_t i = 0; i < engine->layerCount(); ++i) {
-        const LayerInfo& l = g.layers[i];
-        layers.emplace_back(l.what, statistics(l.name, l.out, engine->layerOutput(i), 50));
-    }
+    ActsOptions o;
+    static_cast<ClassifierOptions&>(o) = classifierOptions(vm);
+    o.count = count;
+    const ActsRun run = gradc::runActs(o);
     if (format == "json") {
-        fmt::print("{}", formatLayersJson(g.model, count, layers));
+        fmt::print("{}", formatLayersJson(run.model, count, run.layers));
     } else {
-        fmt::print("{}: layer outputs over the first {} training images of {} (evaluation mode)\n\n", g.model, count, dir);
+        fmt::print("{}: layer outputs over the first {} training images of {} (evaluation mode)\n\n", run.model, count, dir);
         fmt::print("  {:<12} {:<22} {:>10} {:>10} {:>10} {:>10} {:>7}\n", "layer", "op", "mean", "variance", "min", "max",
                    "zero");
-        for (auto& [what, s] : layers)
+        for (auto& [what, s] : run.layers)
             fmt::print("  {:<12} {:<22} {:>10.4f} {:>10.4f} {:>10.4f} {:>10.4f} {:>6.1f}%\n", s.name, what, s.mean,
                        s.std * s.std, s.min, s.max, 100 * s.zeroFraction);
     }
     if (vm.count("plot")) {
         std::vector<std::pair<std::string, TensorStats>> panels;
-        for (auto& [what, s] : layers) panels.emplace_back(fmt::format("{} - {}", s.name, what), s);
+        for (auto& [what, s] : run.layers) panels.emplace_back(fmt::format("{} - {}", s.name, what), s);
         outputs.set(vm["plot"].as<std::string>(),
-                    histogramFigure(fmt::format("Activation distribution of {}", g.model), panels, 4));
+                    histogramFigure(fmt::format("Activation distribution of {}", run.model), panels, 4));
     }
     outputs.commit();
     return 0;

@@ -23,32 +23,15 @@ void deriveOptions(po::options_description& d) {
 /// the function and its simplified derivative, also through y = f(x) where possible.
 int runDerive(const po::variables_map& vm) {
     const std::string text = vm["expr"].as<std::string>();
-    ActivationTable table;
-    if (vm.count("model")) {
-        FrontEnd fe = compileFile(vm["model"].as<std::string>());
-        for (auto& s : fe.ast.stmts)
-            if (s->kind == Stmt::Kind::ActivationDef) table.define(*s);
-    }
+    const ActivationTable table = activationTable(vm);
     auto file = makeSourceFile("<expression>", text);
     std::unique_ptr<Expr> e = parseExpression(file);
-    scalar::E f;
-    // A bare activation use (`elu`, `elu(0.5)`) names an activation; anything else is a
-    // formula in x.
-    bool use = e->kind == Expr::Kind::Var && e->name != "x";
-    if (e->kind == Expr::Kind::Call && table.has(e->name)) {
-        use = true;
-        for (auto& a : e->args)
-            use = use && (a->kind == Expr::Kind::Number ||
-                          (a->kind == Expr::Kind::Neg && a->args[0]->kind == Expr::Kind::Number));
-    }
-    if (use) {
-        ActRef ref{e->name, {}, e->loc};
-        for (auto& a : e->args)
-            ref.args.push_back(a->kind == Expr::Kind::Number ? a->number : -a->args[0]->number);
-        f = table.instantiate(ref).formula;
-    } else {
-        f = table.convert(*e);
-    }
+    // A bare activation use (`elu`, `elu(0.5)`, a function the table knows) names an
+    // activation; anything else is a formula in x.
+    std::optional<ActRef> use;
+    if ((e->kind == Expr::Kind::Var && e->name != "x") || (e->kind == Expr::Kind::Call && table.has(e->name)))
+        use = activationUse(*e);
+    const scalar::E f = use ? table.instantiate(*use).formula : table.convert(*e);
     scalar::E df = scalar::derivative(f);
     fmt::print("f(x)  = {}\nf'(x) = {}\n", scalar::print(scalar::simplify(f)), scalar::print(df));
     if (scalar::E byOut = scalar::derivativeByOutput(f, df); byOut && scalar::usesOut(byOut))

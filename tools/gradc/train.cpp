@@ -1,9 +1,9 @@
 // train.cpp — `gradc train MODEL`: epochs of SGD or Adam with early stopping on validation
-// accuracy, then the test accuracy.
+// accuracy, then the test accuracy. The options and the printing; the job is runtime/Jobs.h's.
 #include "Commands.h"
 
+#include "Jobs.h"
 #include "Optimizer.h"
-#include "Train.h"
 
 #include <fmt/format.h>
 
@@ -46,20 +46,20 @@ void onInterrupt(int) {
 
 /// `gradc train MODEL`: epochs of SGD or Adam with early stopping on validation accuracy.
 int runTrain(const po::variables_map& vm) {
-    const int64_t batch = semaOptions(vm).batch;
-    TrainOptions o;
+    TrainingOptions o;
+    o.batch = semaOptions(vm).batch;
     o.epochs = vm["epochs"].as<int>();
     o.patience = vm["patience"].as<int>();
     o.seed = seedOption(vm);
     o.maxSteps = vm["steps"].as<int64_t>();
-    const int64_t val = vm["val"].as<int64_t>(), limit = vm["limit"].as<int64_t>();
+    o.val = vm["val"].as<int64_t>(), o.limit = vm["limit"].as<int64_t>();
     if (o.epochs < 1 || o.epochs > 100000) throw UsageError(fmt::format("--epochs {} is out of range (1 to 100000)", o.epochs));
     if (o.patience < 1) throw UsageError(fmt::format("--patience {} must be at least 1", o.patience));
     if (o.maxSteps < 0) throw UsageError(fmt::format("--steps {} must not be negative", o.maxSteps));
-    if (val < 1) throw UsageError(fmt::format("--val {} must be at least 1", val));
-    if (limit < 0) throw UsageError(fmt::format("--limit {} must not be negative", limit));
+    if (o.val < 1) throw UsageError(fmt::format("--val {} must be at least 1", o.val));
+    if (o.limit < 0) throw UsageError(fmt::format("--limit {} must not be negative", o.limit));
     o.save = fileOption(vm, "save"), o.log = fileOption(vm, "log"), o.logdir = fileOption(vm, "logdir");
-    OptimizerOptions opt;
+    OptimizerOptions& opt = o.optimizer;
     opt.method = vm["optimizer"].as<std::string>();
     if (opt.method != "sgd" && opt.method != "adam")
         throw UsageError(fmt::format("--optimizer={} is not sgd or adam", opt.method));
@@ -75,34 +75,34 @@ int runTrain(const po::variables_map& vm) {
         throw UsageError(e.what());
     }
     const std::string dir = vm["data"].as<std::string>(), path = vm["model"].as<std::string>();
-    auto [mean, std] = parseNormalize(vm["normalize"].as<std::string>());
+    dataOptions(vm); // --normalize checked before any file
     // Every output checked before any data is loaded or code compiled.
     OutputSet outputs;
     outputs.input(path);
     outputs.input(fileOption(vm, "params"));
     declareDataInputs(outputs, dir);
-    declareTrainOutputs(outputs, o);
-    o.outputs = &outputs;
-    std::unique_ptr<Engine> engine = makeEngine(vm, batch, /*classes=*/10);
-    engine->setOptimizer(opt);
-    DataSplit data = loadSplit(dir, val, mean, std, limit);
+    declareTrainOutputs(outputs, o.save, o.log, o.logdir);
+    static_cast<ClassifierOptions&>(o) = classifierOptions(vm);
     const bool terminal = isatty(STDERR_FILENO) && !vm.count("no-progress");
-    o.progressBar = terminal;
-    fmt::print(stderr, "{}: {} parameters; {} training and {} validation examples of {}, batch {}; {} lr {}{}\n",
-               engine->graph().model, thousands(engine->parameterCount()), thousands(int64_t(data.fit.size())),
-               thousands(int64_t(data.val.size())), dir, batch, opt.method, opt.lr,
-               opt.momentum > 0 ? fmt::format(" momentum {}", opt.momentum) : "");
-    gInterrupted = 0;
-    std::signal(SIGINT, onInterrupt);
-    TrainResult r = train(*engine, data, o, [](const std::string& line) {
+    auto say = [](const std::string& line) {
         fmt::print(stderr, "{}", line);
         std::fflush(stderr);
-    });
+    };
+    auto start = [&](const Engine& engine, const DataSplit& data) {
+        fmt::print(stderr, "{}: {} parameters; {} training and {} validation examples of {}, batch {}; {} lr {}{}\n",
+                   engine.graph().model, thousands(engine.parameterCount()), thousands(int64_t(data.fit.size())),
+                   thousands(int64_t(data.val.size())), dir, o.batch, opt.method, opt.lr,
+                   opt.momentum > 0 ? fmt::format(" momentum {}", opt.momentum) : "");
+        gInterrupted = 0;
+        std::signal(SIGINT, onInterrupt);
+    };
+    const TrainingRun run = runTraining(o, say, &outputs, terminal, start);
+    const TrainResult& r = run.result;
     std::signal(SIGINT, SIG_DFL);
     outputs.commit(); // the log, also when interrupted
     if (r.interrupted) fmt::print(stderr, "\ninterrupted: keeping what was trained\n");
     fmt::print("{}: best epoch {} of {}{}, validation accuracy {:.2f}%, test accuracy {:.2f}% ({:.1f} s)\n",
-               engine->graph().model, r.bestEpoch, r.epochs.size(), r.stoppedEarly ? " (stopped early)" : "",
+               run.engine->graph().model, r.bestEpoch, r.epochs.size(), r.stoppedEarly ? " (stopped early)" : "",
                100 * r.bestValAccuracy, 100 * r.testAccuracy, r.seconds);
     if (!o.save.empty()) fmt::print("parameters of the best epoch: {}\n", o.save);
     return r.interrupted ? 130 : 0;

@@ -59,9 +59,9 @@ GemmBlocking blockingFor(const std::string& features, bool f64) {
     return b;
 }
 
-static GemmBlocking hostBlocking(bool f64) {
+static GemmBlocking hostBlocking(bool f64, int threads = 1) {
     GemmBlocking b = blockingFor(Jit::hostFeatures(), f64);
-    b.threads = threadCount();
+    b.threads = resolveThreads(threads);
     return b;
 }
 
@@ -185,7 +185,7 @@ private:
 CompiledModel compileModel(const Graph& fwd, const CodegenOptions& opts) {
     auto start = std::chrono::steady_clock::now();
     StageTimer timer;
-    Programs programs = buildPrograms(fwd, opts.f64, hostBlocking(opts.f64));
+    Programs programs = buildPrograms(fwd, opts.f64, hostBlocking(opts.f64, opts.threads));
     timer("differentiate, fuse, plan memory");
     auto tm = hostTargetMachine();
     timer("target machine");
@@ -242,7 +242,7 @@ CompiledModel compileModel(const Graph& fwd, const CodegenOptions& opts) {
 }
 
 std::string emitModule(const Graph& fwd, const CodegenOptions& opts, const std::string& what) {
-    Programs programs = buildPrograms(fwd, opts.f64, hostBlocking(opts.f64));
+    Programs programs = buildPrograms(fwd, opts.f64, hostBlocking(opts.f64, opts.threads));
     if (what == "kernels") return printKernels(programs.forward) + printKernels(programs.backward);
     if (what == "memplan") return printMemoryPlan(programs.forward) + printMemoryPlan(programs.backward);
     auto tm = hostTargetMachine();

@@ -17,6 +17,7 @@ struct CodegenOptions {
     bool cache = true;     ///< use the on-disk cache of compiled objects
     std::string cacheDir;  ///< default: defaultCacheDir() (ObjectCache.h), a folder per user
     bool profile = false;  ///< count each kernel's cycles (gradc bench --profile)
+    int threads = 0;       ///< threads the code is planned for and runs on; 0: all cores
 };
 
 /// A model compiled to native code. The entry points (arguments: EntryAbi.h) are

@@ -13,6 +13,9 @@ namespace gradc {
 struct SessionOptions {
     std::string backend = "jit"; ///< "jit" (native code) or "interp" (the reference interpreter)
     bool cache = true;           ///< use the on-disk cache of compiled code
+    /// Threads the compiled code runs on (0: all cores). Sessions with different counts may
+    /// run at once: they share one pool of threads, which grows to the largest count.
+    int threads = 0;
 };
 
 /// Statistics of one gradient tensor (NaN and Inf are counted, never folded in).
@@ -65,7 +68,7 @@ struct LayerOutput {
 class Session {
 public:
     /// Compiles `model` for batches of `batch` examples (1 to 2^20); throws gradc::Error.
-    /// Compiled code is planned for gradc's thread count at this moment (default: all cores).
+    /// Compiled code is planned for `options.threads` threads (default: all cores).
     Session(const Model& model, int64_t batch, const SessionOptions& options = {});
     ~Session();
     /// The Session moved to owns everything; every call on the one moved from throws

@@ -1,0 +1,289 @@
+// Jobs.cpp — the jobs of the gradc command (see Jobs.h): what each computes, nothing printed.
+#include "Jobs.h"
+
+#include "Autodiff.h"
+#include "Codegen.h"
+#include "Data.h"
+#include "Execute.h"
+#include "FmaProbe.h"
+#include "Init.h"
+#include "Pipeline.h"
+#include "Optimizer.h"
+#include "SafeTensors.h"
+#include "Stats.h"
+#include "ThreadPool.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+#include <map>
+#include <random>
+
+namespace gradc {
+namespace {
+
+[[noreturn]] void failIn(const std::string& file, const std::string& message) {
+    throw UserError({makeSourceFile(file, ""), 0, 0}, message);
+}
+
+/// The model's hidden activations, for titles: "sigmoid", "relu, tanh".
+std::string activationNames(const Graph& g) {
+    std::vector<std::string> names;
+    for (auto& l : g.layers)
+        if (g[l.value].op == Op::Act && std::find(names.begin(), names.end(), l.what) == names.end() && l.what != "identity")
+            names.push_back(l.what);
+    std::string out;
+    for (auto& n : names) out += (out.empty() ? "" : ", ") + n;
+    return out.empty() ? "none" : out;
+}
+
+/// The targets of a grads batch: the labels for a cross_entropy classifier, the inputs for an
+/// mse autoencoder.
+Tensor gradsTarget(const Graph& g, const std::string& model, const Examples& ex, const Tensor& x) {
+    const int64_t batch = x.shape[0], outputs = g[g.output("logits")].shape[1];
+    if (g.lossKind == "cross_entropy") {
+        Tensor labels{{batch}, {}};
+        for (int64_t i = 0; i < batch; ++i) {
+            if (ex.labels[size_t(i)] >= outputs)
+                failIn(ex.labelFile, fmt::format("label {} of example {} is out of range for the model's {} classes",
+                                                 ex.labels[size_t(i)], i, outputs));
+            labels.data.push_back(ex.labels[size_t(i)]);
+        }
+        return labels;
+    }
+    if (g.lossKind == "mse" && outputs == g[0].shape[1]) return x; // an autoencoder reproduces its input
+    failIn(model, fmt::format("gradc grads needs a cross_entropy classifier with at least {} classes, or an mse "
+                              "autoencoder; this model's loss is {} with {} outputs", 10, g.lossKind, outputs));
+}
+
+/// acts and dead read the layers' outputs, never the loss, so they take any classifier with
+/// two or more classes: the data set's labels (0 to 9) are replaced by class 0, which every
+/// such model has, and no backend is given a label out of its range.
+void onlyImages(std::vector<int32_t>& labels) { std::fill(labels.begin(), labels.end(), 0); }
+
+/// Multiply-adds of the matrix products in a graph, counted as 2 flops each.
+double matmulFlops(const Graph& g) {
+    double flops = 0;
+    for (auto& n : g.nodes) {
+        if (n.op == Op::MatMulNT) flops += 2.0 * double(elementCount(n.shape)) * double(g[n.in[0]].shape[1]);
+        if (n.op == Op::MatMulNN) flops += 2.0 * double(elementCount(n.shape)) * double(g[n.in[0]].shape[1]);
+        if (n.op == Op::MatMulTN) flops += 2.0 * double(elementCount(n.shape)) * double(g[n.in[0]].shape[0]);
+    }
+    return flops;
+}
+
+} // namespace
+
+GradsRun runGrads(const GradsOptions& o, const std::function<void(const GradsModel&)>& onModel) {
+    if (o.models.empty()) throw UserError({}, "no model to run");
+    if (!o.params.empty() && o.models.size() != 1) throw UserError({}, "parameters from a file need exactly one model");
+    if (o.session.backend != "interp" && o.session.backend != "jit")
+        throw UserError({}, fmt::format("backend '{}' is not one of jit, interp", o.session.backend));
+    CodegenOptions codegen;
+    codegen.f64 = o.f64, codegen.cache = o.session.cache, codegen.threads = o.session.threads;
+    const int64_t batch = o.batch;
+    const std::string& dir = o.data.dir;
+    // Compile every model first, so a mistake in the last one costs no data loading.
+    std::vector<Graph> graphs;
+    for (auto& path : o.models) graphs.push_back(compileFile(path, {batch}).graph);
+
+    Examples ex = o.shuffle ? sample(readExamples(dir, true, exampleCount(dir, true)), batch, o.seed)
+                            : readExamples(dir, /*train=*/true, batch);
+    Tensor x{{batch, ex.features}, normalise(ex, o.data.mean, o.data.std)};
+    GradsRun run;
+    run.wide = o.session.backend == "interp" || o.f64;
+    for (size_t m = 0; m < graphs.size(); ++m) {
+        const Graph& g = graphs[m];
+        if (g[0].shape[1] != ex.features)
+            failIn(o.models[m], fmt::format("the model takes {} inputs, but the images in {} have {} pixels",
+                                            g[0].shape[1], dir, ex.features));
+        Bindings b = o.params.empty() ? initialiseParameters(g, o.seed) : loadParameters(g, o.params);
+        run.integers.clear();
+        run.params = stateDict(g, b, &run.integers); // running statistics too, as PyTorch's state_dict
+        b["x"] = x;
+        b["target"] = gradsTarget(g, o.models[m], ex, x);
+        GradsModel result;
+        result.backend = o.session.backend;
+        std::map<std::string, Tensor> out;
+        if (o.session.backend == "interp") {
+            out = interpretOutputs(differentiate(g), b);
+        } else {
+            CompiledModel cm = compileModel(g, codegen);
+            result.backend = fmt::format("jit {}, {} in {:.1f} ms", o.f64 ? "f64" : "f32",
+                                         cm.cacheHit ? "loaded from the cache" : "compiled", cm.compileMs);
+            out = runCompiled(cm, g, b, /*backward=*/true);
+        }
+        GradReport& r = result.report;
+        r.model = g.model, r.batch = batch, r.loss = out.at("loss").data[0];
+        run.grads.clear();
+        for (auto& p : g.params) {
+            r.params.push_back(statistics(p.name, out.at("grad:" + p.name)));
+            run.grads.emplace_back(p.name, out.at("grad:" + p.name));
+        }
+        r.activations = activationStatistics(g, out);
+        computeVanishingFactor(r);
+        result.activations = activationNames(g);
+        if (onModel) onModel(result);
+        run.models.push_back(std::move(result));
+    }
+    return run;
+}
+
+namespace {
+
+/// The model must classify the data set's images (`classes` at least): checked before any
+/// data is read or code compiled.
+void needClassifier(const Graph& g, const std::string& model, int64_t features, int classes) {
+    const int64_t outputs = g[g.output("logits")].shape[1];
+    if (g.lossKind != "cross_entropy" || outputs < classes)
+        failIn(model, fmt::format("this command needs a cross_entropy classifier with at least {} classes; the "
+                                  "model's loss is {} with {} outputs", classes, g.lossKind, outputs));
+    if (g[0].shape[1] != features)
+        failIn(model, fmt::format("the model takes {} inputs, but the images have {} pixels", g[0].shape[1], features));
+}
+
+} // namespace
+
+std::unique_ptr<Engine> classifierEngine(const ClassifierOptions& o, int64_t batch, int classes) {
+    // Training reads no activation statistics: its program does not store them.
+    FrontEnd fe = compileFile(o.model, {batch, /*eval=*/false, /*layerOutputs=*/false, /*statistics=*/false});
+    needClassifier(fe.graph, o.model, readExamples(o.data.dir, true, 1).features, classes);
+    Graph evalGraph = buildGraph(fe.ast, {batch, /*eval=*/true, /*layerOutputs=*/true});
+    auto engine = std::make_unique<Engine>(std::move(fe.graph), std::move(evalGraph), o.session);
+    if (!o.params.empty()) engine->load(o.params);
+    else engine->initialise(o.seed);
+    return engine;
+}
+
+TrainingRun runTraining(const TrainingOptions& o, const std::function<void(const std::string&)>& say,
+                        OutputSet* outputs, bool progressBar,
+                        const std::function<void(const Engine&, const DataSplit&)>& onStart) {
+    if (o.epochs < 1 || o.epochs > 100000) throw UserError({}, fmt::format("{} epochs is out of range (1 to 100000)", o.epochs));
+    if (o.patience < 1) throw UserError({}, fmt::format("a patience of {} epochs: must be at least 1", o.patience));
+    if (o.maxSteps < 0) throw UserError({}, fmt::format("{} steps: must not be negative", o.maxSteps));
+    if (o.val < 1) throw UserError({}, fmt::format("{} validation images: must be at least 1", o.val));
+    if (o.limit < 0) throw UserError({}, fmt::format("a limit of {} images: must not be negative", o.limit));
+    hyperParameters(o.optimizer, 1); // checks the optimiser's options
+    TrainOptions t;
+    t.epochs = o.epochs, t.patience = o.patience, t.seed = o.seed, t.maxSteps = o.maxSteps;
+    t.save = o.save, t.log = o.log, t.logdir = o.logdir;
+    t.outputs = outputs, t.progressBar = progressBar;
+    TrainingRun run;
+    run.engine = classifierEngine(o, o.batch, /*classes=*/10);
+    run.engine->setOptimizer(o.optimizer);
+    run.data = loadSplit(o.data.dir, o.val, o.data.mean, o.data.std, o.limit);
+    if (onStart) onStart(*run.engine, run.data);
+    run.result = train(*run.engine, run.data, t, say);
+    return run;
+}
+
+ActsRun runActs(const ActsOptions& o) {
+    const int64_t count = o.count;
+    if (count < 1 || count > kMaxBatch)
+        throw UserError({}, fmt::format("{} images is out of range (1 to {})", count, kMaxBatch));
+    std::unique_ptr<Engine> engine = classifierEngine(o, count, /*classes=*/2);
+    Examples ex = readExamples(o.data.dir, true, count);
+    std::vector<int64_t> all(static_cast<size_t>(count));
+    for (int64_t i = 0; i < count; ++i) all[size_t(i)] = i;
+    std::vector<float> x;
+    std::vector<int32_t> labels;
+    gather(ex, all, 0, count, o.data.mean, o.data.std, x, labels);
+    onlyImages(labels);
+    engine->evaluate(x.data(), labels.data(), nullptr);
+    const Graph& g = engine->graph();
+    ActsRun run;
+    run.model = g.model, run.examples = count;
+    for (size_t i = 0; i < engine->layerCount(); ++i) {
+        const LayerInfo& l = g.layers[i];
+        run.layers.emplace_back(l.what, statistics(l.name, l.out, engine->layerOutput(i), 50));
+    }
+    return run;
+}
+
+DeadResult runDead(const DeadOptions& o) {
+    const int64_t batch = o.batch;
+    if (o.val < 0) throw UserError({}, fmt::format("{} validation images: must not be negative", o.val));
+    if (o.limit < 0) throw UserError({}, fmt::format("a limit of {} images: must not be negative", o.limit));
+    std::unique_ptr<Engine> engine = classifierEngine(o, batch, /*classes=*/2);
+    DataSplit data = loadSplit(o.data.dir, o.val, o.data.mean, o.data.std, o.limit);
+    const Graph& g = engine->graph();
+    std::vector<size_t> layers; // the activation layers: modules whose output is an activation function's
+    std::vector<std::vector<char>> alive;
+    for (size_t i = 0; i < engine->layerCount(); ++i)
+        if (g[g.layers[i].value].op == Op::Act) {
+            layers.push_back(i);
+            alive.emplace_back(size_t(g.layers[i].out[1]), 0);
+        }
+    std::vector<float> x;
+    std::vector<int32_t> labels;
+    for (size_t begin = 0; begin < data.fit.size(); begin += size_t(batch)) {
+        gather(data.train, data.fit, begin, batch, data.mean, data.std, x, labels);
+        onlyImages(labels);
+        engine->evaluate(x.data(), labels.data(), nullptr);
+        const size_t rows = std::min(size_t(batch), data.fit.size() - begin);
+        for (size_t k = 0; k < layers.size(); ++k) {
+            const float* y = engine->layerOutput(layers[k]);
+            const size_t N = alive[k].size();
+            for (size_t r = 0; r < rows; ++r)
+                for (size_t j = 0; j < N; ++j) alive[k][j] |= y[r * N + j] != 0.0f;
+        }
+    }
+    DeadResult result;
+    result.model = g.model, result.images = int64_t(data.fit.size());
+    for (size_t k = 0; k < layers.size(); ++k) {
+        const LayerInfo& l = g.layers[layers[k]];
+        DeadLayer d{l.name, l.what, int64_t(alive[k].size()), 0};
+        for (char a : alive[k]) d.dead += !a;
+        result.layers.push_back(std::move(d));
+    }
+    return result;
+}
+
+BenchResult runBench(const BenchOptions& o) {
+    if (o.steps < 1 || o.steps > 1000000) throw UserError({}, fmt::format("{} steps is out of range (1 to 1000000)", o.steps));
+    CodegenOptions codegen;
+    codegen.f64 = o.f64, codegen.threads = o.threads;
+    codegen.profile = o.profile;
+    codegen.cache = o.cache && !o.profile; // profiled code is not the code users run
+    // The step `gradc train` runs; with `statistics`, the one `gradc grads` runs.
+    Graph g = compileFile(o.model, {o.batch, false, false, o.statistics}).graph;
+    CompiledModel cm = compileModel(g, codegen);
+    Graph grad = differentiate(g);
+    std::mt19937_64 rng(1);
+    Bindings b = initialiseParameters(g, 1);
+    for (auto& n : g.nodes) {
+        if (n.op != Op::Input) continue;
+        Tensor t{n.shape, std::vector<double>(size_t(elementCount(n.shape)))};
+        const int64_t classes = g[g.output("logits")].shape[1];
+        for (double& v : t.data) v = n.type == DType::Index ? double(rng() % uint64_t(classes)) : double(rng() % 1000) / 1000.0;
+        b[n.name] = std::move(t);
+    }
+    PreparedCall call(cm, g, b);
+    call.step(true); // warm up
+    // Five rounds (fewer with fewer steps); the median round's time per step, which a shared
+    // machine's pauses disturb less than the mean.
+    const int rounds = std::min(o.steps, 5);
+    BenchResult r;
+    for (int k = 0; k < rounds; ++k) {
+        const int n = o.steps / rounds + (k < o.steps % rounds);
+        auto start = std::chrono::steady_clock::now();
+        for (int i = 0; i < n; ++i) call.step(true);
+        r.roundMs.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count() / n);
+    }
+    std::sort(r.roundMs.begin(), r.roundMs.end());
+    r.model = g.model, r.batch = o.batch, r.steps = o.steps, r.threads = resolveThreads(o.threads);
+    r.f64 = o.f64, r.cacheHit = cm.cacheHit, r.compileMs = cm.compileMs;
+    r.msPerStep = r.roundMs[r.roundMs.size() / 2];
+    r.gflopPerStep = matmulFlops(grad) / 1e9;
+    r.fmaPeak = measureFmaPeak(o.f64);
+    if (o.profile) {
+        uint64_t total = 0;
+        for (size_t i = 0; i < cm.kernelsBackward.size(); ++i) total += cm.profileBackward[i];
+        for (size_t i = 0; i < cm.kernelsBackward.size(); ++i)
+            r.kernelShares.emplace_back(cm.kernelsBackward[i], double(cm.profileBackward[i]) / double(total));
+    }
+    return r;
+}
+
+} // namespace gradc

@@ -1,0 +1,46 @@
+"""tests/testlib.py — what the command-line test scripts share: their arguments, running gradc
+and checking its exit status, reporting a failed check, reading and writing files. Standard
+library only. A script in tests/DIR/ imports it with
+
+    sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import testlib
+"""
+import os, pwd, subprocess, sys
+
+
+def arguments():
+    """GRADC SOURCE_DIR CASE: how ctest calls every test script."""
+    if len(sys.argv) != 4:
+        sys.exit(f"usage: {os.path.basename(sys.argv[0])} GRADC SOURCE_DIR CASE")
+    return sys.argv[1], sys.argv[2], sys.argv[3]
+
+
+def run(gradc, *args, rc=0, text=True, cwd=None, user=None, stdout=subprocess.PIPE):
+    """Runs `gradc ARGS` (arguments may be bytes: file names that are not UTF-8) as `user`
+    when given (setpriv, without root's groups), and exits the test unless its exit status
+    is `rc`. Output is text, or bytes with text=False; stdout may be a file to write to."""
+    cmd = [gradc, *args]
+    if user:
+        pw = pwd.getpwnam(user)
+        cmd = ["setpriv", "--reuid", str(pw.pw_uid), "--regid", str(pw.pw_gid), "--clear-groups", *cmd]
+    p = subprocess.run(cmd, stdout=stdout, stderr=subprocess.PIPE, text=text, cwd=cwd)
+    if p.returncode != rc:
+        shown = " ".join(a if isinstance(a, str) else repr(a) for a in args)
+        sys.exit(f"expected exit {rc}, got {p.returncode}: gradc {shown}\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+def check(cond, what):
+    if not cond:
+        sys.exit("FAILED: " + what)
+
+
+def read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def write(path, data):
+    with open(path, "wb") as f:
+        f.write(data)
