@@ -52,7 +52,7 @@ const void* target(const char* call, const Graph& g, const int32_t* labels) {
     if (g.lossKind != "cross_entropy")
         misuse(call, fmt::format("model {} has loss {}: pass float targets", g.model, g.lossKind));
     if (!labels) misuse(call, "the labels are a null pointer");
-    const int64_t classes = g[g.output("logits")].shape[1];
+    const int64_t classes = g[g.output(OutputRole::Logits)].shape[1];
     for (int64_t i = 0; i < g.batch; ++i)
         if (labels[i] < 0 || labels[i] >= classes)
             misuse(call, fmt::format("labels[{}] is {}, not a class of model {} (0 to {})", i, labels[i], g.model,
@@ -181,11 +181,8 @@ namespace {
 std::vector<GradientStatistics> gradientStatisticsOf(const Engine& e, const char* call) {
     if (!e.haveGradients()) misuse(call, "no gradients yet: call backward() or trainStep() first");
     std::vector<GradientStatistics> out;
-    size_t offset = 0;
-    for (auto& p : e.graph().params) {
-        const Shape& s = e.graph()[p.node].shape;
-        TensorStats t = statistics(p.name, s, e.gradients().data() + offset);
-        offset += size_t(elementCount(s));
+    for (const LayoutEntry* g : e.layout().all(Role::Gradient)) {
+        TensorStats t = statistics(g->name, g->shape, e.gradients().data() + g->offset);
         out.push_back({t.name, t.shape, t.count, t.mean, t.std, t.absMean, t.min, t.max, t.l2, t.zeroFraction,
                        t.nan, t.inf, t.edges, t.counts});
     }

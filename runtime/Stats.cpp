@@ -84,12 +84,11 @@ ActivationStats activationStatistics(const std::string& name, const Activation& 
 
 std::vector<ActivationStats> activationStatistics(const Graph& g, const std::map<std::string, Tensor>& outputs) {
     std::vector<ActivationStats> out;
-    for (auto& [name, v] : g.outputs) {
-        if (name.rfind("preact:", 0) != 0) continue;
-        const std::string layer = name.substr(7);
+    for (auto& o : g.outputs) {
+        if (o.role != OutputRole::Preact) continue;
         for (auto& l : g.layers)
-            if (l.name == layer && g[l.value].op == Op::Act)
-                out.push_back(activationStatistics(layer, g.activations[size_t(g[l.value].fn)], outputs.at(name)));
+            if (l.name == o.name && g[l.value].op == Op::Act)
+                out.push_back(activationStatistics(o.name, g.activations[size_t(g[l.value].fn)], outputs.at(outputLabel(o))));
     }
     return out;
 }

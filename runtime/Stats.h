@@ -41,7 +41,7 @@ struct ActivationStats {
 
 ActivationStats activationStatistics(const std::string& name, const Activation& f, const Tensor& preactivation);
 
-/// The activation statistics of every "preact:" output among `outputs` of graph `g`.
+/// The activation statistics of every Preact output of graph `g`, from `outputs` (by outputLabel).
 std::vector<ActivationStats> activationStatistics(const Graph& g, const std::map<std::string, Tensor>& outputs);
 
 } // namespace gradc

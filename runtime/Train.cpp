@@ -39,7 +39,7 @@ DataSplit loadSplit(const std::string& dir, int64_t val, double mean, double std
 
 void checkSplit(const Engine& engine, const DataSplit& data) {
     const Graph& g = engine.graph();
-    const int64_t inputs = g[0].shape[1], classes = g[g.output("logits")].shape[1];
+    const int64_t inputs = g[0].shape[1], classes = g[g.output(OutputRole::Logits)].shape[1];
     checkExamples(data.train, inputs, classes); // the training and validation examples
     checkExamples(data.test, inputs, classes);
     for (auto* part : {&data.fit, &data.val})
@@ -66,10 +66,10 @@ void gather(const Examples& e, const std::vector<int64_t>& indices, size_t begin
 
 Accuracy evaluate(Engine& engine, const Examples& e, const std::vector<int64_t>& indices, double mean, double std) {
     if (indices.empty()) throw UserError({makeSourceFile(e.imageFile, ""), 0, 0}, "no examples to evaluate");
-    checkExamples(e, engine.graph()[0].shape[1], engine.graph()[engine.graph().output("logits")].shape[1]);
+    checkExamples(e, engine.graph()[0].shape[1], engine.graph()[engine.graph().output(OutputRole::Logits)].shape[1]);
     for (int64_t i : indices) internal_assert(i >= 0 && i < e.count, "an example index outside the data");
     const int64_t B = engine.batch();
-    const int64_t C = engine.graph()[engine.graph().output("logits")].shape[1];
+    const int64_t C = engine.graph()[engine.graph().output(OutputRole::Logits)].shape[1];
     std::vector<float> x, logits(size_t(B * C));
     std::vector<int32_t> labels;
     double loss = 0;
@@ -166,13 +166,10 @@ TrainResult train(Engine& engine, const DataSplit& data, const TrainOptions& o,
         r.epoch = epoch, r.step = step, r.trainLoss = lossSum / double(done);
         Accuracy v = evaluate(engine, data.train, data.val, data.mean, data.std);
         r.valLoss = v.loss, r.valAccuracy = v.accuracy;
-        size_t offset = 0;
         std::vector<double> weights;
-        for (auto& p : g.params) {
-            const Shape& shape = g[p.node].shape;
-            r.grads.push_back(statistics(p.name, shape, engine.gradients().data() + offset));
-            offset += size_t(elementCount(shape));
-            if (shape.size() == 2) weights.push_back(r.grads.back().absMean);
+        for (const LayoutEntry* grad : engine.layout().all(Role::Gradient)) {
+            r.grads.push_back(statistics(grad->name, grad->shape, engine.gradients().data() + grad->offset));
+            if (grad->shape.size() == 2) weights.push_back(r.grads.back().absMean);
         }
         r.vanishingFactor = weights.size() < 2 ? std::nan("") : weights.front() / weights.back();
         r.seconds = std::chrono::duration<double>(Clock::now() - epochStart).count();

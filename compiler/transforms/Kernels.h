@@ -10,6 +10,7 @@
 #pragma once
 
 #include "Graph.h"
+#include "Layout.h"
 #include "Scalar.h"
 
 #include <string>
@@ -85,10 +86,10 @@ struct KernelProgram {
     int elementBytes = 4;
 };
 
-/// Graph -> kernels: dead-code elimination, common subexpressions, fusion. `outputs` names
-/// the graph outputs the entry point returns ("logits", "loss", "grad:...").
+/// Graph -> kernels: dead-code elimination, common subexpressions, fusion. `outputs` are
+/// the graph outputs the entry point returns, placed where `layout` says.
 KernelProgram buildKernels(const Graph& g, const std::string& name,
-                           const std::vector<std::string>& outputs, int elementBytes,
+                           const std::vector<Output>& outputs, const Layout& layout, int elementBytes,
                            const GemmBlocking& blocking);
 
 /// Elements of the packing scratch a matrix-product kernel needs: B padded to NR columns, K

@@ -118,7 +118,7 @@ namespace {
 /// The model must classify the data set's images (`classes` at least): checked before any
 /// data is read or code compiled.
 void needClassifier(const Graph& g, const std::string& model, int64_t features, int classes) {
-    const int64_t outputs = g[g.output("logits")].shape[1];
+    const int64_t outputs = g[g.output(OutputRole::Logits)].shape[1];
     if (g.lossKind != "cross_entropy" || outputs < classes)
         throw UserError({makeSourceFile(model, ""), 0, 0},
                         fmt::format("this command needs a cross_entropy classifier with at least {} classes; the "

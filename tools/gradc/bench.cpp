@@ -59,7 +59,7 @@ int runBench(const po::variables_map& vm) {
     for (auto& n : g.nodes) {
         if (n.op != Op::Input) continue;
         Tensor t{n.shape, std::vector<double>(size_t(elementCount(n.shape)))};
-        const int64_t classes = g[g.output("logits")].shape[1];
+        const int64_t classes = g[g.output(OutputRole::Logits)].shape[1];
         for (double& v : t.data) v = n.type == DType::Index ? double(rng() % uint64_t(classes)) : double(rng() % 1000) / 1000.0;
         b[n.name] = std::move(t);
     }

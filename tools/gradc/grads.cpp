@@ -105,7 +105,7 @@ int runGrads(const po::variables_map& vm) {
         Bindings b = paramsIn.empty() ? initialiseParameters(g, seed) : loadParameters(g, paramsIn);
         paramsToSave = stateDict(g, b, &integers); // running statistics too, as PyTorch's state_dict
         b["x"] = x;
-        const int64_t outputs = g[g.output("logits")].shape[1];
+        const int64_t outputs = g[g.output(OutputRole::Logits)].shape[1];
         if (g.lossKind == "cross_entropy") {
             Tensor labels{{batch}, {}};
             for (int64_t i = 0; i < batch; ++i) {
