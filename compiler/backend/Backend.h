@@ -63,7 +63,7 @@ public:
         update(RawUpdate{a.params, a.grads, a.m, a.v}, hyper, begin, end);
     }
 
-    /// What compiling took: "jit f32, compiled in 12.3 ms", "interp f64".
+    /// The backend and what compiling took: "jit f32, compiled in 12.3 ms", "interp".
     virtual std::string describe() const = 0;
 
 protected:

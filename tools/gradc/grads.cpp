@@ -124,16 +124,10 @@ int runGrads(const po::variables_map& vm) {
                                         "{} classes, or an mse autoencoder; this model's loss is {} "
                                         "with {} outputs", 10, g.lossKind, outputs));
         }
-        std::string how = backend;
-        std::map<std::string, Tensor> out;
-        if (backend == "interp") {
-            out = interpretOutputs(differentiate(g), b);
-        } else {
-            CompiledModel cm = compileModel(g, codegen);
-            how = fmt::format("jit {}, {} in {:.1f} ms", codegen.f64 ? "f64" : "f32",
-                              cm.cacheHit ? "loaded from the cache" : "compiled", cm.compileMs);
-            out = runCompiled(cm, g, b, /*backward=*/true);
-        }
+        // The interpreter computes in double: its buffers are double too.
+        auto exe = compile(g, {backend, backend == "interp" || codegen.f64, codegen.cache, codegen.cacheDir});
+        const std::string how = exe->describe();
+        std::map<std::string, Tensor> out = run(*exe, b, /*backward=*/true);
         GradReport r;
         r.model = g.model, r.batch = batch, r.loss = out.at("loss").data[0];
         for (auto& p : g.params) {

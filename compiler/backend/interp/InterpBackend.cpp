@@ -16,7 +16,7 @@ public:
         if (!forward.eval) grad_ = differentiate(forward);
     }
 
-    std::string describe() const override { return f64() ? "interp f64" : "interp f32"; }
+    std::string describe() const override { return "interp"; }
 
 private:
     Graph forward_, grad_;
