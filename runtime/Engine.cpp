@@ -107,28 +107,17 @@ void Engine::setOptimizer(const OptimizerOptions& o) {
 }
 
 void Engine::updateRunningStatistics() {
-    const int64_t B = graph_.batch;
+    // The batch mean and unbiased variance are the training kernel's, kept in acts.
     for (size_t i = 0; i + 1 < graph_.buffers.size(); i += 2) { // a batchnorm's mean, then its variance
         const BufferInfo& info = graph_.buffers[i];
-        const LayoutEntry& mean = layout().at(Role::RunningStat, info.name);
-        const LayoutEntry& var = layout().at(Role::RunningStat, graph_.buffers[i + 1].name);
-        const float* x = train_.acts.data() + layout().at(Role::NormInput, info.layer).offset;
-        const int64_t N = mean.elements();
-        std::vector<double> mu(size_t(N), 0.0), sq(size_t(N), 0.0);
-        for (int64_t b = 0; b < B; ++b)
-            for (int64_t j = 0; j < N; ++j) mu[size_t(j)] += x[b * N + j];
-        for (double& m : mu) m /= double(B);
-        for (int64_t b = 0; b < B; ++b)
-            for (int64_t j = 0; j < N; ++j) {
-                double d = x[b * N + j] - mu[size_t(j)];
-                sq[size_t(j)] += d * d;
-            }
-        float* rm = state_.data() + mean.offset;
-        float* rv = state_.data() + var.offset;
+        float* rm = state_.data() + layout().at(Role::RunningStat, info.name).offset;
+        float* rv = state_.data() + layout().at(Role::RunningStat, graph_.buffers[i + 1].name).offset;
+        const float* mean = train_.acts.data() + layout().at(Role::NormMean, info.layer).offset;
+        const float* var = train_.acts.data() + layout().at(Role::NormVar, info.layer).offset;
         const double k = info.momentum;
-        for (int64_t j = 0; j < N; ++j) { // the running variance is unbiased, as PyTorch keeps it
-            rm[j] = float((1 - k) * rm[j] + k * mu[size_t(j)]);
-            rv[j] = float((1 - k) * rv[j] + k * sq[size_t(j)] / double(B - 1));
+        for (int64_t j = 0; j < info.size; ++j) {
+            rm[j] = float((1 - k) * rm[j] + k * mean[j]);
+            rv[j] = float((1 - k) * rv[j] + k * var[j]);
         }
     }
 }

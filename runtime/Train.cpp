@@ -128,7 +128,6 @@ TrainResult train(Engine& engine, const DataSplit& data, const TrainOptions& o,
                   const std::function<void(const std::string&)>& say) {
     using Clock = std::chrono::steady_clock;
     const auto start = Clock::now();
-    const Graph& g = engine.graph();
     const int64_t B = engine.batch();
     checkSplit(engine, data); // before anything is computed or written
     const int64_t stepsPerEpoch = int64_t(data.fit.size()) / B; // the last partial batch is dropped

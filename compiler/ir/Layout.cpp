@@ -19,7 +19,7 @@ Role roleOf(OutputRole r) {
 
 const char* roleName(Role r) {
     static const char* names[] = {"parameter", "running_stat", "gradient", "moment1", "moment2", "preact",
-                                  "norm_input", "layer_output", "input", "target", "logits", "loss"};
+                                  "norm_input", "norm_mean", "norm_var", "layer_output", "input", "target", "logits", "loss"};
     return names[size_t(r)];
 }
 
@@ -81,6 +81,10 @@ Layout computeLayout(const Graph& g) {
     for (auto& o : g.outputs)
         if (isKeptActivation(o.role))
             l.add({roleOf(o.role), Array::Acts, o.name, o.name, g[o.value].shape, DType::Real, 0, o.value});
+    for (auto& o : g.outputs)
+        if (o.role == OutputRole::NormInput)
+            for (Role r : {Role::NormMean, Role::NormVar})
+                l.add({r, Array::Acts, o.name, o.name, {g[o.value].shape.back()}, DType::Real, 0, o.value});
     for (ValueId v = 0; v < g.nodes.size(); ++v) {
         const Node& n = g[v];
         if (n.op != Op::Input) continue;

@@ -10,7 +10,8 @@
 //   State    the parameters in PyTorch's order and layout, then the running statistics
 //   Grads    one gradient per parameter, at the parameter's offset
 //   Moment1  Moment2   the optimiser's state per parameter (momentum or Adam's m; Adam's v)
-//   Acts     the values the forward pass keeps, in output order
+//   Acts     the values the forward pass keeps, in output order, then each training-mode
+//            batchnorm's batch mean and variance (for its running statistics)
 //   X Target Logits Loss   the input, the target (int32 class labels or real values), the
 //            logits and the loss
 #pragma once
@@ -34,6 +35,8 @@ enum class Role : uint8_t {
     Moment2,     ///< Moment2: Adam's second moment of a parameter
     Preact,      ///< Acts: the input of a hidden activation layer (activation statistics)
     NormInput,   ///< Acts: the input of a training-mode batchnorm
+    NormMean,    ///< Acts: a training-mode batchnorm's batch mean [N], as its kernel computed it
+    NormVar,     ///< Acts: its batch variance [N], unbiased (what the running variance tracks)
     LayerOutput, ///< Acts: a module's output (evaluation mode, when asked for)
     Input,       ///< X
     Target,      ///< Target

@@ -154,6 +154,20 @@ private:
         return int32_t(p_.buffers.size() - 1);
     }
 
+    /// A training-mode batchnorm whose input the entry point keeps also writes its batch mean
+    /// and unbiased variance where the layout places them: the running statistics' update.
+    void batchStatistics(ValueId v, Kernel& k) {
+        for (auto& o : outputs_) {
+            if (o.role != OutputRole::NormInput || canon_[o.value] != in(v, 0)) continue;
+            for (auto [role, label] : {std::pair{Role::NormMean, "mean:"}, std::pair{Role::NormVar, "var:"}}) {
+                const LayoutEntry& e = layout_.at(role, o.name);
+                k.out.push_back(addBuffer(Buffer::Kind::Activation, label + o.name, e.shape));
+                p_.buffers.back().offset = e.offset;
+            }
+            return;
+        }
+    }
+
     /// A buffer for an output the entry point returns, where the layout places it.
     int32_t addOutputBuffer(const Output& o, const Shape& shape) {
         const Role role = roleOf(o.role);
@@ -306,6 +320,7 @@ private:
                                                    : Kernel::Kind::BatchNormGradGamma;
             for (size_t i = 0; i < nd.in.size(); ++i) k.in.push_back(buf(i));
             k.out = {buffer_[v]};
+            if (nd.op == Op::BatchNorm) batchStatistics(v, k);
             k.eps = nd.eps;
             std::tie(k.rows, k.cols) = domain(g_[in(v, 0)].shape);
             p_.kernels.push_back(std::move(k));

@@ -57,7 +57,8 @@ struct Kernel {
     // The other kinds: their operands and results, in the order the kind documents:
     //   SoftmaxCrossEntropy in {logits, labels} out {loss, grad or -1}
     //   BCEWithLogits / MSE in {prediction, target} out {loss, grad or -1}
-    //   BatchNorm in {x, gamma, beta} out {y};  BatchNormGradX in {x, gamma, dy} out {dx}
+    //   BatchNorm in {x, gamma, beta} out {y} or {y, batch mean, unbiased batch variance}
+    //   BatchNormGradX in {x, gamma, dy} out {dx}
     //   BatchNormGradGamma in {x, dy} out {dgamma}
     std::vector<int32_t> in, out;
     double eps = 0;

@@ -70,12 +70,15 @@ int main(int argc, char** argv) {
     }
     free(json);
     fclose(f);
-    /* The kept activations tile acts, each [batch, width]. */
+    /* The kept activations tile acts: values [batch, width], batch statistics [width]. */
     long kept = 0;
     for (int a = 0; a < MODEL_ACTIVATION_TENSORS; ++a) {
-        if (model_activations[a].offset != kept || model_activations[a].rank != 2 ||
-            model_activations[a].shape[0] != MODEL_BATCH ||
-            model_activations[a].shape[0] * model_activations[a].shape[1] != model_activations[a].count) {
+        const model_tensor* t = &model_activations[a];
+        const int statistic = strcmp(t->role, "norm_mean") == 0 || strcmp(t->role, "norm_var") == 0;
+        long count = 1;
+        for (int d = 0; d < t->rank; ++d) count *= (long)t->shape[d];
+        if (t->offset != kept || t->rank != (statistic ? 1 : 2) || (!statistic && t->shape[0] != MODEL_BATCH) ||
+            count != t->count) {
             fprintf(stderr, "activation %s: inconsistent place or shape\n", model_activations[a].name);
             return 1;
         }

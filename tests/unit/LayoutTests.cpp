@@ -90,7 +90,11 @@ TEST_CASE("the layout places every buffer the entry points read or write", "[lay
         acts += e.elements();
     }
     CHECK(acts == B * (7 + 6 + 7 + 7));
-    CHECK(l.size(Array::Acts) == acts);
+    // Then the batchnorm's batch statistics.
+    CHECK(l.at(Role::NormMean, "layers.1").offset == acts);
+    CHECK(l.at(Role::NormVar, "layers.1").offset == acts + 7);
+    CHECK(l.at(Role::NormVar, "layers.1").shape == Shape{7});
+    CHECK(l.size(Array::Acts) == acts + 14);
     CHECK(l.at(Role::NormInput, "layers.1").shape == Shape{B, 7});
     CHECK(l.at(Role::Input, "x").shape == Shape{B, 5});
     CHECK(l.at(Role::Target, "target").type == DType::Index);
@@ -146,6 +150,40 @@ TEST_CASE("both backends run on one path, in float and double, and agree", "[lay
                 REQUIRE(got.count(name));
                 CHECK(worstRelative(got.at(name), t) < tolerance);
             }
+        }
+    }
+}
+
+TEST_CASE("the training kernel leaves each batchnorm's batch mean and unbiased variance in acts", "[layout][backend]") {
+    const int64_t B = 6, N = 7;
+    Graph g = compileSource("t.nn", kModel, {B}).graph;
+    std::mt19937 rng(5);
+    Bindings b = randomBindings(g, rng);
+    for (const char* backend : {"jit", "interp"}) {
+        INFO(backend);
+        auto exe = compile(g, options(backend, false));
+        const Layout& l = exe->layout();
+        std::vector<float> state(size_t(l.size(Array::State))), grads(size_t(l.size(Array::Grads))),
+            acts(size_t(l.size(Array::Acts)), -1.0f), x;
+        std::vector<int32_t> labels;
+        for (const LayoutEntry* e : l.all(Role::Parameter)) writeBuffer(state.data(), *e, b.at(e->name).data);
+        for (double v : b.at("x").data) x.push_back(float(v));
+        for (double v : b.at("target").data) labels.push_back(int32_t(v));
+        float loss = 0;
+        EntryArgs<float> a;
+        a.state = state.data(), a.x = x.data(), a.target = labels.data(), a.loss = &loss, a.grads = grads.data(),
+        a.acts = acts.data();
+        exe->backward(a);
+        const float* in = acts.data() + l.at(Role::NormInput, "layers.1").offset;
+        const float* mean = acts.data() + l.at(Role::NormMean, "layers.1").offset;
+        const float* var = acts.data() + l.at(Role::NormVar, "layers.1").offset;
+        for (int64_t j = 0; j < N; ++j) {
+            double m = 0, sq = 0;
+            for (int64_t r = 0; r < B; ++r) m += in[r * N + j];
+            m /= double(B);
+            for (int64_t r = 0; r < B; ++r) sq += (in[r * N + j] - m) * (in[r * N + j] - m);
+            CHECK(mean[j] == Approx(m).epsilon(1e-5).margin(1e-6));
+            CHECK(var[j] == Approx(sq / double(B - 1)).epsilon(1e-5));
         }
     }
 }

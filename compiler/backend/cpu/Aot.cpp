@@ -93,7 +93,8 @@ std::string header(const Graph& g, const Programs& p, const AotOptions& opts, co
         " * Arrays are row-major. params and grads hold every parameter in the order and [out, in]\n"
         " * layout of PyTorch's named_parameters(); see {prefix}_parameters. target holds int32\n"
         " * class labels [batch] for cross_entropy, else {real} values [batch][outputs]. acts\n"
-        " * receives the input of every hidden activation layer and of every batchnorm\n"
+        " * receives the input of every hidden activation layer and of every batchnorm, and each\n"
+        " * batchnorm's batch statistics\n"
         " * ({up}_ACTIVATIONS values; see {prefix}_activations). Every tensor has a rank and a\n"
         " * shape of up to {up}_MAX_RANK dimensions.\n"
         " * workspace is {up}_WORKSPACE_BYTES bytes, 64-byte aligned. The functions keep no state. */\n"
@@ -104,7 +105,8 @@ std::string header(const Graph& g, const Programs& p, const AotOptions& opts, co
         "#define {up}_WORKSPACE_BYTES {ws}\n#define {up}_LABELS {labels} /* 1: int32 class labels; 0: {real} targets */\n\n"
         "typedef {real} {prefix}_real;\n\n"
         "#define {up}_MAX_RANK {maxRank} /* the most dimensions a tensor below has */\n\n"
-        "typedef struct {{\n    const char* name;\n    int rank;\n    int64_t shape[{up}_MAX_RANK]; /* rank entries used, the rest 0 */\n"
+        "typedef struct {{\n    const char* name; /* the tensor, or the layer of a kept activation */\n"
+        "    const char* role; /* parameter, preact, norm_input, norm_mean, norm_var */\n    int rank;\n    int64_t shape[{up}_MAX_RANK]; /* rank entries used, the rest 0 */\n"
         "    int64_t offset; /* elements into its array */\n    int64_t count;\n}} {prefix}_tensor;\n"
         "typedef {prefix}_tensor {prefix}_parameter;\n\n"
         "/* The parameters in params and grads (the same offsets in both). */\n"
@@ -120,20 +122,20 @@ std::string header(const Graph& g, const Programs& p, const AotOptions& opts, co
     auto row = [&](const LayoutEntry& e) {
         std::string shape;
         for (size_t d = 0; d < maxRank; ++d) shape += fmt::format("{}{}", d ? ", " : "", d < e.shape.size() ? e.shape[d] : 0);
-        return fmt::format("    {{\"{}\", {}, {{{}}}, {}, {}}},\n", cStringText(e.name), e.shape.size(), shape, e.offset,
+        return fmt::format("    {{\"{}\", \"{}\", {}, {{{}}}, {}, {}}},\n", cStringText(e.name), roleName(e.role), e.shape.size(), shape, e.offset,
                            e.elements());
     };
     for (const LayoutEntry* e : params) h += row(*e);
     h += "};\n\n";
     // C has no empty arrays: with no kept activation the table holds one unused row.
-    h += fmt::format("/* The values acts receives, by layer: each hidden activation layer's input, then each\n"
-                     "   batchnorm's input (training mode). */\n"
+    h += fmt::format("/* The values acts receives, by layer: each hidden activation layer's input, each\n"
+                     "   batchnorm's input, then each batchnorm's batch mean and unbiased variance. */\n"
                      "#define {up}_ACTIVATION_TENSORS {n}\n"
                      "static const {prefix}_tensor {prefix}_activations[{size}] = {{\n",
                      fmt::arg("up", up), fmt::arg("prefix", prefix), fmt::arg("n", kept.size()),
                      fmt::arg("size", std::max<size_t>(kept.size(), 1)));
     for (const LayoutEntry* e : kept) h += row(*e);
-    if (kept.empty()) h += "    {\"\", 0, {0}, 0, 0},\n";
+    if (kept.empty()) h += "    {\"\", \"\", 0, {0}, 0, 0},\n";
     h += "};\n\n";
     h += fmt::format("uint32_t {p}_abi_version(void);\n"
                      "void {p}_forward(const {r}* params, const {r}* x, const void* target, {r}* logits, {r}* loss,\n"
