@@ -101,7 +101,9 @@ Layout computeLayout(const Graph& g) {
 }
 
 std::string printLayout(const Layout& l) {
-    std::string out;
+    std::string out = "arrays:";
+    for (size_t a = 0; a < kArrayCount; ++a) out += fmt::format(" {} {}", arrayName(Array(a)), l.size(Array(a)));
+    out += "\n";
     for (auto& e : l.entries)
         out += fmt::format("  {:<7} {:>9}  {:<13} {}{} : {}{}\n", arrayName(e.array), e.offset, roleName(e.role),
                            e.name.empty() ? "-" : e.name, e.layer.empty() || e.layer == e.name ? "" : " (" + e.layer + ")",

@@ -7,8 +7,8 @@
 // T is float or double (the element type is a code generation parameter). `params` and
 // `grads` are flat arrays in parameter order with PyTorch's [out, in] layout; `target` holds
 // int32 class labels for cross_entropy and T values otherwise; `acts` receives the input of
-// every hidden activation layer and the graph's other activation outputs (see
-// isActivationOutput), one after another; `ws` is the workspace. gradc_update is the
+// every hidden activation layer and the graph's other kept values, where the Layout
+// (Layout.h) places them; `ws` is the workspace. gradc_update is the
 // optimiser's step (SGD, momentum, Adam; see Lowering::update).
 #pragma once
 
