@@ -20,7 +20,8 @@ namespace gradc {
 
 class Engine {
 public:
-    /// Compiles `forward` (a training-mode graph) with the backend "jit" or "interp".
+    /// Compiles `forward` (a training-mode graph) with the backend options.backend (compile(),
+    /// Backend.h).
     /// `evalGraph` is the same model in evaluation mode with its layer outputs; it is
     /// compiled on the first evaluate().
     Engine(Graph forward, Graph evalGraph, const SessionOptions& options);
