@@ -1,4 +1,5 @@
 // Model.cpp — the public gradc::Model over the front end.
+#include "Layout.h"
 #include "ModelImpl.h"
 
 namespace gradc {
@@ -30,28 +31,21 @@ void Model::Impl::init() {
 
 const std::string& Model::name() const { return impl().graph.model; }
 int64_t Model::inputWidth() const { return impl().graph[0].shape[1]; }
-int64_t Model::outputWidth() const { return impl().graph[impl().graph.output("logits")].shape[1]; }
+int64_t Model::outputWidth() const { return impl().graph[impl().graph.output(OutputRole::Logits)].shape[1]; }
 const std::string& Model::loss() const { return impl().graph.lossKind; }
 int64_t Model::parameterCount() const { return impl().graph.parameterCount(); }
 
 std::vector<ParameterInfo> Model::parameters() const {
     std::vector<ParameterInfo> out;
-    int64_t offset = 0;
-    for (auto& p : impl().graph.params) {
-        const Shape& s = impl().graph[p.node].shape;
-        out.push_back({p.name, s, offset, elementCount(s)});
-        offset += elementCount(s);
-    }
+    for (const LayoutEntry* e : computeLayout(impl().graph).all(Role::Parameter))
+        out.push_back({e->name, e->shape, e->offset, e->elements()});
     return out;
 }
 
 std::vector<ParameterInfo> Model::buffers() const {
     std::vector<ParameterInfo> out;
-    int64_t offset = impl().graph.parameterCount();
-    for (auto& b : impl().graph.buffers) {
-        out.push_back({b.name, {b.size}, offset, b.size});
-        offset += b.size;
-    }
+    for (const LayoutEntry* e : computeLayout(impl().graph).all(Role::RunningStat))
+        out.push_back({e->name, e->shape, e->offset, e->elements()});
     return out;
 }
 

@@ -1,9 +1,10 @@
 // Engine.h — a model compiled for one batch size with its state: parameters, buffers,
 // gradients, optimiser state, and the evaluation-mode program. gradc::Session is its public
-// face; the gradc command uses it directly.
+// face; the gradc command uses it directly. Both backends run through the one Executable
+// interface (Backend.h); every array is sized and read by its Layout.
 #pragma once
 
-#include "Codegen.h"
+#include "Backend.h"
 #include "Interpreter.h"
 #include "Optimizer.h"
 
@@ -19,14 +20,18 @@ namespace gradc {
 
 class Engine {
 public:
-    /// Compiles `forward` (a training-mode graph) with the backend "jit" or "interp".
+    /// Compiles `forward` (a training-mode graph) with the backend options.backend (compile(),
+    /// Backend.h).
     /// `evalGraph` is the same model in evaluation mode with its layer outputs; it is
     /// compiled on the first evaluate().
     Engine(Graph forward, Graph evalGraph, const SessionOptions& options);
 
     const Graph& graph() const { return graph_; }
     int64_t batch() const { return graph_.batch; }
-    int64_t parameterCount() const { return paramCount_; }
+    int64_t parameterCount() const { return layout().parameterCount(); }
+    /// Where the training-mode entry points' buffers are: state(), gradients() and the
+    /// kept activations follow it.
+    const Layout& layout() const { return train_.exe->layout(); }
     /// Parameters, then buffers.
     std::vector<float>& state() { return state_; }
     const std::vector<float>& state() const { return state_; }
@@ -57,21 +62,16 @@ public:
     /// The values of module `i` (graph().layers[i]) from the last evaluate(): [batch, width].
     const float* layerOutput(size_t i) const;
 
-    /// Preactivations of the last forward or backward pass, by output name ("preact:...").
+    /// Preactivations of the last forward or backward pass, by outputLabel ("preact:...").
     const std::map<std::string, Tensor>& lastOutputs() const;
 
 private:
     struct Compiled {
-        Graph graph;          // the graph this program computes
-        Graph gradGraph;      // interp: the differentiated graph (training mode only)
-        CompiledModel code;   // jit
-        std::vector<float> acts;
-        std::unique_ptr<void, decltype(&std::free)> workspace{nullptr, &std::free};
-        std::map<std::string, std::pair<size_t, size_t>> slices; // activation output: offset, count
+        std::unique_ptr<Executable> exe;
+        std::vector<float> acts, logits;
     };
-    void prepare(Compiled& c, bool training);
+    void prepare(Compiled& c, const Graph& g);
     float run(Compiled& c, const float* x, const void* target, float* logits, bool backward);
-    Bindings bindings(const Graph& g, const float* x, const void* target) const;
     void updateRunningStatistics();
 
     Graph graph_;
@@ -79,12 +79,10 @@ private:
     Compiled train_;
     std::unique_ptr<Compiled> eval_;
     Graph evalGraph_;
-    int64_t paramCount_ = 0;
     std::vector<float> state_, grads_, m_, v_;
     OptimizerOptions optimizer_;
     int64_t step_ = 0, batchesTracked_ = 0;
-    mutable std::map<std::string, Tensor> lastOutputs_; // interp: every output; jit: the preactivations, on demand
-    std::map<std::string, Tensor> evalOutputs_;   // interp, evaluation mode
+    mutable std::map<std::string, Tensor> lastOutputs_; // the preactivations, on demand
     bool haveGradients_ = false, haveOutputs_ = false, evaluated_ = false;
 };
 

@@ -1,7 +1,10 @@
-// Execute.h — runs a compiled model on named tensors, the way the interpreter takes them,
-// so the two backends are interchangeable (and comparable) for the caller.
+// Execute.h — calls an Executable (either backend, float or double) on the flat buffers its
+// Layout describes; named tensors in and out, the way the interpreter takes them, so the
+// backends are interchangeable (and comparable) for the caller. Engine (training,
+// evaluation) and the jobs that run one step (grads, bench) all go through here.
 #pragma once
 
+#include "Backend.h"
 #include "Codegen.h"
 #include "Interpreter.h"
 
@@ -11,9 +14,27 @@
 
 namespace gradc {
 
-/// Calls the compiled forward entry point ("logits", "loss") or the backward one ("loss",
-/// "grad:NAME" for every parameter); both also give "preact:NAME". Inputs and parameters
-/// come from `bindings` by name, as for `interpret`, converted to the model's element type.
+/// Buffer `e` of an array as a tensor.
+template <typename T> Tensor readBuffer(const T* array, const LayoutEntry& e) {
+    Tensor t{e.shape, std::vector<double>(size_t(e.elements()))};
+    for (size_t i = 0; i < t.data.size(); ++i) t.data[i] = double(array[size_t(e.offset) + i]);
+    return t;
+}
+
+/// Stores `t` (of e's shape) into buffer `e` of an array.
+template <typename T> void writeBuffer(T* array, const LayoutEntry& e, const std::vector<double>& values) {
+    internal_assert(int64_t(values.size()) == e.elements(), "a buffer written with the wrong size");
+    for (size_t i = 0; i < values.size(); ++i) array[size_t(e.offset) + i] = T(values[i]);
+}
+
+/// Calls the forward entry point ("logits", "loss") or the backward one ("loss", "grad:NAME"
+/// for every parameter); both also give the kept activations ("preact:NAME", ...). Results
+/// are named by outputLabel. Inputs and parameters come from `bindings` by name, as for
+/// `interpret` (running statistics default to their initial values), converted to the
+/// executable's element type.
+std::map<std::string, Tensor> run(Executable& e, const Bindings& bindings, bool backward);
+
+/// The same for code compiled by compileModel from `forward`.
 std::map<std::string, Tensor> runCompiled(const CompiledModel& model, const Graph& forward,
                                           const Bindings& bindings, bool backward);
 
@@ -21,6 +42,8 @@ std::map<std::string, Tensor> runCompiled(const CompiledModel& model, const Grap
 /// entry point and nothing else.
 class PreparedCall {
 public:
+    PreparedCall(Executable& e, const Bindings& bindings);
+    /// Code compiled by compileModel from `forward`.
     PreparedCall(const CompiledModel& model, const Graph& forward, const Bindings& bindings);
     ~PreparedCall();
     void step(bool backward);
@@ -28,6 +51,7 @@ public:
 
 private:
     struct Impl;
+    std::unique_ptr<Executable> own_;
     std::unique_ptr<Impl> impl_;
 };
 

@@ -41,7 +41,7 @@ std::string activationNames(const Graph& g) {
 /// The targets of a grads batch: the labels for a cross_entropy classifier, the inputs for an
 /// mse autoencoder.
 Tensor gradsTarget(const Graph& g, const std::string& model, const Examples& ex, const Tensor& x) {
-    const int64_t batch = x.shape[0], outputs = g[g.output("logits")].shape[1];
+    const int64_t batch = x.shape[0], outputs = g[g.output(OutputRole::Logits)].shape[1];
     if (g.lossKind == "cross_entropy") {
         Tensor labels{{batch}, {}};
         for (int64_t i = 0; i < batch; ++i) {
@@ -104,16 +104,12 @@ GradsRun runGrads(const GradsOptions& o, const std::function<void(const GradsMod
         b["x"] = x;
         b["target"] = gradsTarget(g, o.models[m], ex, x);
         GradsModel result;
-        result.backend = o.session.backend;
-        std::map<std::string, Tensor> out;
-        if (o.session.backend == "interp") {
-            out = interpretOutputs(differentiate(g), b);
-        } else {
-            CompiledModel cm = compileModel(g, codegen);
-            result.backend = fmt::format("jit {}, {} in {:.1f} ms", o.f64 ? "f64" : "f32",
-                                         cm.cacheHit ? "loaded from the cache" : "compiled", cm.compileMs);
-            out = runCompiled(cm, g, b, /*backward=*/true);
-        }
+        BackendOptions bo; // the interpreter computes in double: its buffers are double too
+        bo.backend = o.session.backend, bo.f64 = o.session.backend == "interp" || codegen.f64;
+        bo.cache = codegen.cache, bo.cacheDir = codegen.cacheDir, bo.threads = codegen.threads;
+        std::unique_ptr<Executable> exe = compile(g, bo);
+        result.backend = exe->describe();
+        std::map<std::string, Tensor> out = gradc::run(*exe, b, /*backward=*/true);
         GradReport& r = result.report;
         r.model = g.model, r.batch = batch, r.loss = out.at("loss").data[0];
         run.grads.clear();
@@ -135,7 +131,7 @@ namespace {
 /// The model must classify the data set's images (`classes` at least): checked before any
 /// data is read or code compiled.
 void needClassifier(const Graph& g, const std::string& model, int64_t features, int classes) {
-    const int64_t outputs = g[g.output("logits")].shape[1];
+    const int64_t outputs = g[g.output(OutputRole::Logits)].shape[1];
     if (g.lossKind != "cross_entropy" || outputs < classes)
         failIn(model, fmt::format("this command needs a cross_entropy classifier with at least {} classes; the "
                                   "model's loss is {} with {} outputs", classes, g.lossKind, outputs));
@@ -255,7 +251,7 @@ BenchResult runBench(const BenchOptions& o) {
     for (auto& n : g.nodes) {
         if (n.op != Op::Input) continue;
         Tensor t{n.shape, std::vector<double>(size_t(elementCount(n.shape)))};
-        const int64_t classes = g[g.output("logits")].shape[1];
+        const int64_t classes = g[g.output(OutputRole::Logits)].shape[1];
         for (double& v : t.data) v = n.type == DType::Index ? double(rng() % uint64_t(classes)) : double(rng() % 1000) / 1000.0;
         b[n.name] = std::move(t);
     }

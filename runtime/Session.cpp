@@ -52,7 +52,7 @@ const void* target(const char* call, const Graph& g, const int32_t* labels) {
     if (g.lossKind != "cross_entropy")
         misuse(call, fmt::format("model {} has loss {}: pass float targets", g.model, g.lossKind));
     if (!labels) misuse(call, "the labels are a null pointer");
-    const int64_t classes = g[g.output("logits")].shape[1];
+    const int64_t classes = g[g.output(OutputRole::Logits)].shape[1];
     for (int64_t i = 0; i < g.batch; ++i)
         if (labels[i] < 0 || labels[i] >= classes)
             misuse(call, fmt::format("labels[{}] is {}, not a class of model {} (0 to {})", i, labels[i], g.model,
@@ -184,7 +184,7 @@ namespace {
 std::vector<GradientStatistics> gradientStatisticsOf(const Engine& e, const char* call) {
     if (!e.haveGradients()) misuse(call, "no gradients yet: call backward() or trainStep() first");
     std::vector<GradientStatistics> out;
-    for (const TensorStats& t : gradc::gradientStatistics(e.graph(), e.gradients().data()))
+    for (const TensorStats& t : gradc::gradientStatistics(e.layout(), e.gradients().data()))
         out.push_back({t.name, t.shape, t.count, t.mean, t.std, t.absMean, t.min, t.max, t.l2, t.zeroFraction,
                        t.nan, t.inf, t.edges, t.counts});
     return out;
@@ -210,7 +210,7 @@ std::vector<ActivationStatistics> Session::activationStatistics() const {
 double Session::vanishingFactor() const {
     return use(impl_.get(), "vanishingFactor", [](Engine& e) {
         if (!e.haveGradients()) misuse("vanishingFactor", "no gradients yet: call backward() or trainStep() first");
-        return gradc::vanishingFactor(gradc::gradientStatistics(e.graph(), e.gradients().data())).value;
+        return gradc::vanishingFactor(gradc::gradientStatistics(e.layout(), e.gradients().data())).value;
     });
 }
 

@@ -82,21 +82,9 @@ ActivationStats activationStatistics(const std::string& name, const Activation& 
     return s;
 }
 
-std::vector<size_t> parameterOffsets(const Graph& g) {
-    std::vector<size_t> offsets;
-    size_t offset = 0;
-    for (auto& p : g.params) {
-        offsets.push_back(offset);
-        offset += size_t(elementCount(g[p.node].shape));
-    }
-    return offsets;
-}
-
-std::vector<TensorStats> gradientStatistics(const Graph& g, const float* grads) {
-    const std::vector<size_t> offsets = parameterOffsets(g);
+std::vector<TensorStats> gradientStatistics(const Layout& layout, const float* grads) {
     std::vector<TensorStats> out;
-    for (size_t i = 0; i < g.params.size(); ++i)
-        out.push_back(statistics(g.params[i].name, g[g.params[i].node].shape, grads + offsets[i]));
+    for (const LayoutEntry* g : layout.all(Role::Gradient)) out.push_back(statistics(g->name, g->shape, grads + g->offset));
     return out;
 }
 
@@ -110,12 +98,11 @@ VanishingFactor vanishingFactor(const std::vector<TensorStats>& gradients) {
 
 std::vector<ActivationStats> activationStatistics(const Graph& g, const std::map<std::string, Tensor>& outputs) {
     std::vector<ActivationStats> out;
-    for (auto& [name, v] : g.outputs) {
-        if (name.rfind("preact:", 0) != 0) continue;
-        const std::string layer = name.substr(7);
+    for (auto& o : g.outputs) {
+        if (o.role != OutputRole::Preact) continue;
         for (auto& l : g.layers)
-            if (l.name == layer && g[l.value].op == Op::Act)
-                out.push_back(activationStatistics(layer, g.activations[size_t(g[l.value].fn)], outputs.at(name)));
+            if (l.name == o.name && g[l.value].op == Op::Act)
+                out.push_back(activationStatistics(o.name, g.activations[size_t(g[l.value].fn)], outputs.at(outputLabel(o))));
     }
     return out;
 }

@@ -2,6 +2,7 @@
 #pragma once
 
 #include "Interpreter.h"
+#include "Layout.h"
 
 #include <map>
 
@@ -41,14 +42,9 @@ struct ActivationStats {
 
 ActivationStats activationStatistics(const std::string& name, const Activation& f, const Tensor& preactivation);
 
-/// Where each parameter of `g` begins in a flat parameter (or gradient) array: the
-/// parameters in declaration order, each row-major, one after another. The runtime's one walk
-/// over that array (until the compiler's buffer layout gives the offsets).
-std::vector<size_t> parameterOffsets(const Graph& g);
-
-/// Statistics of every parameter's gradient in the flat gradient array `grads` of `g`, in
-/// parameter order.
-std::vector<TensorStats> gradientStatistics(const Graph& g, const float* grads);
+/// Statistics of every parameter's gradient in the flat gradient array `grads`, in parameter
+/// order, where `layout` places them.
+std::vector<TensorStats> gradientStatistics(const Layout& layout, const float* grads);
 
 /// How much weaker the first layer's gradient is than the last's: abs_mean of the first weight
 /// gradient over the last one's (weights are the rank-2 parameters), with their names; NaN
@@ -59,7 +55,7 @@ struct VanishingFactor {
 };
 VanishingFactor vanishingFactor(const std::vector<TensorStats>& gradients);
 
-/// The activation statistics of every "preact:" output among `outputs` of graph `g`.
+/// The activation statistics of every Preact output of graph `g`, from `outputs` (by outputLabel).
 std::vector<ActivationStats> activationStatistics(const Graph& g, const std::map<std::string, Tensor>& outputs);
 
 } // namespace gradc

@@ -39,7 +39,7 @@ DataSplit loadSplit(const std::string& dir, int64_t val, double mean, double std
 
 void checkSplit(const Engine& engine, const DataSplit& data) {
     const Graph& g = engine.graph();
-    const int64_t inputs = g[0].shape[1], classes = g[g.output("logits")].shape[1];
+    const int64_t inputs = g[0].shape[1], classes = g[g.output(OutputRole::Logits)].shape[1];
     checkExamples(data.train, inputs, classes); // the training and validation examples
     checkExamples(data.test, inputs, classes);
     for (auto* part : {&data.fit, &data.val})
@@ -66,10 +66,10 @@ void gather(const Examples& e, const std::vector<int64_t>& indices, size_t begin
 
 Accuracy evaluate(Engine& engine, const Examples& e, const std::vector<int64_t>& indices, double mean, double std) {
     if (indices.empty()) throw UserError({makeSourceFile(e.imageFile, ""), 0, 0}, "no examples to evaluate");
-    checkExamples(e, engine.graph()[0].shape[1], engine.graph()[engine.graph().output("logits")].shape[1]);
+    checkExamples(e, engine.graph()[0].shape[1], engine.graph()[engine.graph().output(OutputRole::Logits)].shape[1]);
     for (int64_t i : indices) internal_assert(i >= 0 && i < e.count, "an example index outside the data");
     const int64_t B = engine.batch();
-    const int64_t C = engine.graph()[engine.graph().output("logits")].shape[1];
+    const int64_t C = engine.graph()[engine.graph().output(OutputRole::Logits)].shape[1];
     std::vector<float> x, logits(size_t(B * C));
     std::vector<int32_t> labels;
     double loss = 0;
@@ -125,7 +125,6 @@ TrainResult train(Engine& engine, const DataSplit& data, const TrainOptions& o,
                   const std::function<void(const std::string&)>& say) {
     using Clock = std::chrono::steady_clock;
     const auto start = Clock::now();
-    const Graph& g = engine.graph();
     const int64_t B = engine.batch();
     checkSplit(engine, data); // before anything is computed or written
     const int64_t stepsPerEpoch = int64_t(data.fit.size()) / B; // the last partial batch is dropped
@@ -163,7 +162,7 @@ TrainResult train(Engine& engine, const DataSplit& data, const TrainOptions& o,
         r.epoch = epoch, r.step = step, r.trainLoss = lossSum / double(done);
         Accuracy v = evaluate(engine, data.train, data.val, data.mean, data.std);
         r.valLoss = v.loss, r.valAccuracy = v.accuracy;
-        r.grads = gradientStatistics(g, engine.gradients().data());
+        r.grads = gradientStatistics(engine.layout(), engine.gradients().data());
         r.vanishingFactor = vanishingFactor(r.grads).value;
         r.seconds = std::chrono::duration<double>(Clock::now() - epochStart).count();
         const bool improved = v.accuracy > result.bestValAccuracy;

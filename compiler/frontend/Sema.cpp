@@ -361,18 +361,18 @@ private:
             l.in = {z, tv};
             ValueId lv = g_.add(std::move(l));
             g_.lossKind = s.loss;
-            g_.outputs = {{"logits", z}, {"loss", lv}};
+            g_.outputs = {{OutputRole::Logits, "", z}, {OutputRole::Loss, "", lv}};
             // The input of every hidden activation (identity excepted): activation statistics.
             for (auto& layer : g_.layers) {
                 if (!statistics_) break;
                 const Node& act = g_[layer.value];
                 if (act.op == Op::Act && g_.activations[size_t(act.fn)].formula->op != scalar::Op::Var)
-                    g_.outputs.emplace_back("preact:" + layer.name, act.in[0]);
+                    g_.outputs.push_back({OutputRole::Preact, layer.name, act.in[0]});
             }
-            for (auto& [layer, x] : bnInputs_) g_.outputs.emplace_back("bnin:" + layer, x);
+            for (auto& [layer, x] : bnInputs_) g_.outputs.push_back({OutputRole::NormInput, layer, x});
             if (layerOutputs_)
                 for (size_t i = 0; i + 1 < g_.layers.size(); ++i)
-                    g_.outputs.emplace_back("layer:" + g_.layers[i].name, g_.layers[i].value);
+                    g_.outputs.push_back({OutputRole::LayerOutput, g_.layers[i].name, g_.layers[i].value});
             return;
         }
         }

@@ -11,12 +11,13 @@ struct SemaOptions {
     int64_t batch = 256; ///< the batch size is a compile-time constant of the graph
     bool eval = false;   ///< evaluation mode (PyTorch's model.eval()): batchnorm normalises
                          ///< with its running statistics, which become graph inputs
-    bool layerOutputs = false; ///< output "layer:NAME" for every module but the last
-    bool statistics = true; ///< output "preact:NAME" for activation statistics (training
+    bool layerOutputs = false; ///< a LayerOutput output for every module but the last
+    bool statistics = true; ///< a Preact output per hidden activation, for statistics (training
                             ///< without them saves their stores)
 };
 
-/// The forward graph of a model: outputs "logits" (the last layer's value) and "loss".
+/// The forward graph of a model: outputs Logits (the last layer's value), Loss, and the kept
+/// values (Graph::outputs).
 /// Throws UserError for any mistake in the model.
 Graph buildGraph(const Module& m, const SemaOptions& opts = {});
 

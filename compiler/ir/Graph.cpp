@@ -186,10 +186,22 @@ ValueId Graph::add(Node n) {
     return ValueId(nodes.size() - 1);
 }
 
-ValueId Graph::output(const std::string& name) const {
-    for (auto& [n, v] : outputs)
-        if (n == name) return v;
-    internal_assert(false, "no output " + name);
+ValueId Graph::output(OutputRole role, const std::string& name) const {
+    for (auto& o : outputs)
+        if (o.role == role && o.name == name) return o.value;
+    internal_assert(false, "no output " + outputLabel({role, name, 0}));
+}
+
+std::string outputLabel(const Output& o) {
+    switch (o.role) {
+    case OutputRole::Logits: return "logits";
+    case OutputRole::Loss: return "loss";
+    case OutputRole::Preact: return "preact:" + o.name;
+    case OutputRole::NormInput: return "bnin:" + o.name;
+    case OutputRole::LayerOutput: return "layer:" + o.name;
+    case OutputRole::Grad: return "grad:" + o.name;
+    }
+    return "?";
 }
 
 int64_t Graph::parameterCount() const {
@@ -239,7 +251,7 @@ std::string printGraph(const Graph& g) {
         if (paramOf[i]) line += " init=" + printInit(paramOf[i]->init);
         out += line + "\n";
     }
-    for (auto& [name, v] : g.outputs) out += fmt::format("  output {} = %{}\n", name, v);
+    for (auto& o : g.outputs) out += fmt::format("  output {} = %{}\n", outputLabel(o), o.value);
     return out;
 }
 
@@ -269,8 +281,8 @@ std::string verify(const Graph& g) {
     for (auto& p : g.params)
         if (p.node >= g.nodes.size() || g.nodes[p.node].op != Op::Param || g.nodes[p.node].name != p.name)
             return fmt::format("parameter '{}' does not name a param node", p.name);
-    for (auto& [name, v] : g.outputs)
-        if (v >= g.nodes.size()) return fmt::format("output '{}' refers to a missing node", name);
+    for (auto& o : g.outputs)
+        if (o.value >= g.nodes.size()) return fmt::format("output '{}' refers to a missing node", outputLabel(o));
     return "";
 }
 

@@ -86,6 +86,30 @@ struct LayerInfo {
     ValueId value = 0; // the module's output
 };
 
+/// What a graph output is. Logits and Loss are the model's results; Preact (the input of
+/// a hidden activation layer, for activation statistics), NormInput (the input of a
+/// batchnorm, for its running statistics; training mode) and LayerOutput (a module's output,
+/// when asked for) are values the forward pass keeps; Grad is the loss's gradient with
+/// respect to a parameter (or the input x), added by autodiff.
+enum class OutputRole : uint8_t { Logits, Loss, Preact, NormInput, LayerOutput, Grad };
+
+/// A graph output: its role, the layer or tensor it belongs to ("" for logits and loss) and
+/// its value.
+struct Output {
+    OutputRole role;
+    std::string name;
+    ValueId value;
+};
+
+/// Whether the forward pass keeps outputs of this role in the `acts` array.
+inline bool isKeptActivation(OutputRole r) {
+    return r == OutputRole::Preact || r == OutputRole::NormInput || r == OutputRole::LayerOutput;
+}
+
+/// The printed form of an output: "logits", "loss", "preact:NAME", "bnin:LAYER",
+/// "layer:NAME", "grad:NAME" (`gradc dump` and the keys of named results).
+std::string outputLabel(const Output& o);
+
 class Graph {
 public:
     std::string model;
@@ -96,11 +120,10 @@ public:
     std::vector<BufferInfo> buffers;
     std::vector<LayerInfo> layers;
     bool eval = false; ///< evaluation mode: batchnorm uses the running statistics
-    /// "logits", "loss", then "preact:NAME" (the input of each hidden activation layer, for
-    /// activation statistics), "bnin:LAYER" (the input of each batchnorm, for its running
-    /// statistics; training mode) and "layer:NAME" (every module's output but the last, when
-    /// asked for); the differentiated graph adds "grad:NAME".
-    std::vector<std::pair<std::string, ValueId>> outputs;
+    /// Logits, Loss, then a Preact for each hidden activation layer, a NormInput for each
+    /// batchnorm (training mode) and a LayerOutput for every module but the last (when asked
+    /// for); the differentiated graph adds a Grad for each parameter.
+    std::vector<Output> outputs;
     std::string lossKind;
 
     /// Appends a node after checking its operands with the op's shape rule. A mismatch is
@@ -108,16 +131,11 @@ public:
     ValueId add(Node n);
     const Node& operator[](ValueId v) const { return nodes[v]; }
 
-    ValueId output(const std::string& name) const; // internal error if absent
+    /// The output of `role` (and `name`, for the roles that have one); internal error if absent.
+    ValueId output(OutputRole role, const std::string& name = "") const;
     int64_t parameterCount() const;
     int64_t bufferCount() const;
 };
-
-/// Outputs that live in the `acts` array of the compiled entry points, one after another in
-/// output order: every output but the logits, the loss and the gradients.
-inline bool isActivationOutput(const std::string& name) {
-    return name != "logits" && name != "loss" && name.rfind("grad:", 0) != 0;
-}
 
 /// Stable text form: `gradc dump --emit=graph` and the golden tests.
 std::string printGraph(const Graph& g);

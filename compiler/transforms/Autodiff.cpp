@@ -93,7 +93,7 @@ const Rule kRules[] = {
 
 Graph differentiate(const Graph& forward, const AutodiffOptions& opts) {
     Graph g = forward;
-    const ValueId loss = g.output("loss");
+    const ValueId loss = g.output(OutputRole::Loss);
     const size_t n = g.nodes.size();
 
     // Which values depend on something we differentiate with respect to.
@@ -136,13 +136,13 @@ Graph differentiate(const Graph& forward, const AutodiffOptions& opts) {
             z.shape = g[p.node].shape;
             grad = g.add(std::move(z));
         }
-        g.outputs.emplace_back("grad:" + p.name, grad);
+        g.outputs.push_back({OutputRole::Grad, p.name, grad});
     }
     if (opts.inputGradient) {
         for (size_t i = 0; i < n; ++i)
             if (g[ValueId(i)].op == Op::Input && g[ValueId(i)].name == "x") {
                 internal_assert(adjoint[i].has_value(), "the loss does not depend on the input");
-                g.outputs.emplace_back("grad:x", *adjoint[i]);
+                g.outputs.push_back({OutputRole::Grad, "x", *adjoint[i]});
             }
     }
     std::string err = verify(g);

@@ -37,8 +37,8 @@ bool matmul(Op op) { return op == Op::MatMulNT || op == Op::MatMulNN || op == Op
 
 class Builder {
 public:
-    Builder(const Graph& g, const std::string& name, const std::vector<std::string>& outputs)
-        : g_(g), outputs_(outputs) {
+    Builder(const Graph& g, const std::string& name, const std::vector<Output>& outputs, const Layout& layout)
+        : g_(g), outputs_(outputs), layout_(layout) {
         p_.name = name;
     }
 
@@ -48,14 +48,8 @@ public:
         createBuffers();
         for (ValueId v = 0; v < g_.nodes.size(); ++v)
             if (live_[v] && canon_[v] == v && materialised_[v]) emit(v);
-        for (auto& [v, name] : copies_) {
-            Buffer::Kind kind = name == "loss"                    ? Buffer::Kind::Loss
-                                : name == "logits"                ? Buffer::Kind::Logits
-                                : isActivationOutput(name)        ? Buffer::Kind::Activation
-                                                                  : Buffer::Kind::Grad;
-            int32_t dst = addBuffer(kind, name, g_[v].shape);
-            if (kind == Buffer::Kind::Grad) p_.buffers.back().offset = paramOffset(name.substr(5));
-            if (kind == Buffer::Kind::Activation) p_.buffers.back().offset = activationOffset(name);
+        for (auto& [v, o] : copies_) {
+            int32_t dst = addOutputBuffer(o, g_[v].shape);
             LoopBuild lb;
             std::tie(lb.k.rows, lb.k.cols) = domain(g_[v].shape);
             lb.k.stores.push_back({dst, lb.load(Access::Mode::Elem, buffer_[v])});
@@ -68,7 +62,8 @@ public:
 
 private:
     const Graph& g_;
-    std::vector<std::string> outputs_;
+    std::vector<Output> outputs_;
+    const Layout& layout_;
     KernelProgram p_;
     std::vector<ValueId> canon_;      // CSE: each value's representative
     std::vector<bool> live_;          // DCE: reaches a requested output
@@ -76,7 +71,7 @@ private:
     std::vector<bool> materialised_;  // has a buffer (else inlined into its one consumer)
     std::vector<int32_t> buffer_;
     std::vector<bool> isOutput_;
-    std::vector<std::pair<ValueId, std::string>> copies_;
+    std::vector<std::pair<ValueId, Output>> copies_;
 
     const Node& node(ValueId v) const { return g_[v]; }
     ValueId in(ValueId v, size_t i) const { return canon_[g_[v].in[i]]; }
@@ -104,8 +99,8 @@ private:
         uses_.assign(n, 0);
         isOutput_.assign(n, false);
         std::vector<ValueId> work;
-        for (auto& name : outputs_) {
-            ValueId v = canon_[g_.output(name)];
+        for (auto& o : outputs_) {
+            ValueId v = canon_[o.value];
             isOutput_[v] = true;
             ++uses_[v];
             work.push_back(v);
@@ -159,57 +154,50 @@ private:
         return int32_t(p_.buffers.size() - 1);
     }
 
-    /// Parameters keep PyTorch's order and layout in one flat array; gradients likewise.
-    int64_t paramOffset(const std::string& name) const {
-        int64_t offset = 0;
-        for (auto& p : g_.params) {
-            if (p.name == name) return offset;
-            offset += elementCount(g_[p.node].shape);
+    /// A training-mode batchnorm whose input the entry point keeps also writes its batch mean
+    /// and unbiased variance where the layout places them: the running statistics' update.
+    void batchStatistics(ValueId v, Kernel& k) {
+        for (auto& o : outputs_) {
+            if (o.role != OutputRole::NormInput || canon_[o.value] != in(v, 0)) continue;
+            for (auto [role, label] : {std::pair{Role::NormMean, "mean:"}, std::pair{Role::NormVar, "var:"}}) {
+                const LayoutEntry& e = layout_.at(role, o.name);
+                k.out.push_back(addBuffer(Buffer::Kind::Activation, label + o.name, e.shape));
+                p_.buffers.back().offset = e.offset;
+            }
+            return;
         }
-        for (auto& b : g_.buffers) { // after the parameters
-            if (b.name == name) return offset;
-            offset += b.size;
-        }
-        internal_assert(false, "no parameter " + name);
-        return 0;
     }
 
-    /// Hidden activations' inputs sit one after another in the `acts` array, in output order.
-    int64_t activationOffset(const std::string& name) const {
-        int64_t offset = 0;
-        for (auto& [n, v] : g_.outputs) {
-            if (n == name) return offset;
-            if (isActivationOutput(n)) offset += elementCount(g_[v].shape);
-        }
-        internal_assert(false, "no output " + name);
-        return 0;
+    /// A buffer for an output the entry point returns, where the layout places it.
+    int32_t addOutputBuffer(const Output& o, const Shape& shape) {
+        const Role role = roleOf(o.role);
+        const LayoutEntry* e = layout_.find(role, o.name);
+        internal_assert(e, "no place in the layout for output " + outputLabel(o));
+        Buffer::Kind kind = role == Role::Loss     ? Buffer::Kind::Loss
+                            : role == Role::Logits ? Buffer::Kind::Logits
+                            : role == Role::Gradient ? Buffer::Kind::Grad
+                                                     : Buffer::Kind::Activation;
+        int32_t id = addBuffer(kind, kind == Buffer::Kind::Loss ? "loss" : outputLabel(o), kind == Buffer::Kind::Loss ? Shape{1} : shape);
+        p_.buffers.back().offset = e->offset;
+        return id;
     }
 
     void createBuffers() {
         buffer_.assign(g_.nodes.size(), -1);
-        for (auto& name : outputs_) {
-            ValueId v = canon_[g_.output(name)];
+        for (auto& o : outputs_) {
+            ValueId v = canon_[o.value];
             if (buffer_[v] >= 0 || g_[v].op == Op::Input || g_[v].op == Op::Param) {
-                copies_.emplace_back(v, name); // an output that is another value's buffer
+                copies_.emplace_back(v, o); // an output that is another value's buffer
                 continue;
             }
-            if (name == "loss") buffer_[v] = addBuffer(Buffer::Kind::Loss, "loss", {1});
-            else if (name == "logits") buffer_[v] = addBuffer(Buffer::Kind::Logits, "logits", g_[v].shape);
-            else if (isActivationOutput(name)) {
-                buffer_[v] = addBuffer(Buffer::Kind::Activation, name, g_[v].shape);
-                p_.buffers.back().offset = activationOffset(name);
-            } else {
-                internal_assert(name.rfind("grad:", 0) == 0, "unknown output " + name);
-                buffer_[v] = addBuffer(Buffer::Kind::Grad, name, g_[v].shape);
-                p_.buffers.back().offset = paramOffset(name.substr(5));
-            }
+            buffer_[v] = addOutputBuffer(o, g_[v].shape);
         }
         for (ValueId v = 0; v < g_.nodes.size(); ++v) {
             const Node& nd = g_[v];
             if (!live_[v] || canon_[v] != v || !materialised_[v] || buffer_[v] >= 0) continue;
             if (nd.op == Op::Param) {
                 buffer_[v] = addBuffer(Buffer::Kind::Param, nd.name, nd.shape);
-                p_.buffers.back().offset = paramOffset(nd.name);
+                p_.buffers.back().offset = layout_.state(nd.name).offset;
             } else if (nd.op == Op::Input) {
                 bool x = nd.name == "x";
                 buffer_[v] = addBuffer(x ? Buffer::Kind::Input : Buffer::Kind::Target, nd.name,
@@ -332,6 +320,7 @@ private:
                                                    : Kernel::Kind::BatchNormGradGamma;
             for (size_t i = 0; i < nd.in.size(); ++i) k.in.push_back(buf(i));
             k.out = {buffer_[v]};
+            if (nd.op == Op::BatchNorm) batchStatistics(v, k);
             k.eps = nd.eps;
             std::tie(k.rows, k.cols) = domain(g_[in(v, 0)].shape);
             p_.kernels.push_back(std::move(k));
@@ -421,9 +410,9 @@ private:
 } // namespace
 
 KernelProgram buildKernels(const Graph& g, const std::string& name,
-                           const std::vector<std::string>& outputs, int elementBytes,
+                           const std::vector<Output>& outputs, const Layout& layout, int elementBytes,
                            const GemmBlocking& blocking) {
-    KernelProgram p = Builder(g, name, outputs).run();
+    KernelProgram p = Builder(g, name, outputs, layout).run();
     p.blocking = blocking;
     planMemory(p, elementBytes);
     return p;

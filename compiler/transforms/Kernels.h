@@ -10,6 +10,7 @@
 #pragma once
 
 #include "Graph.h"
+#include "Layout.h"
 #include "Scalar.h"
 
 #include <string>
@@ -56,7 +57,8 @@ struct Kernel {
     // The other kinds: their operands and results, in the order the kind documents:
     //   SoftmaxCrossEntropy in {logits, labels} out {loss, grad or -1}
     //   BCEWithLogits / MSE in {prediction, target} out {loss, grad or -1}
-    //   BatchNorm in {x, gamma, beta} out {y};  BatchNormGradX in {x, gamma, dy} out {dx}
+    //   BatchNorm in {x, gamma, beta} out {y} or {y, batch mean, unbiased batch variance}
+    //   BatchNormGradX in {x, gamma, dy} out {dx}
     //   BatchNormGradGamma in {x, dy} out {dgamma}
     std::vector<int32_t> in, out;
     double eps = 0;
@@ -85,10 +87,10 @@ struct KernelProgram {
     int elementBytes = 4;
 };
 
-/// Graph -> kernels: dead-code elimination, common subexpressions, fusion. `outputs` names
-/// the graph outputs the entry point returns ("logits", "loss", "grad:...").
+/// Graph -> kernels: dead-code elimination, common subexpressions, fusion. `outputs` are
+/// the graph outputs the entry point returns, placed where `layout` says.
 KernelProgram buildKernels(const Graph& g, const std::string& name,
-                           const std::vector<std::string>& outputs, int elementBytes,
+                           const std::vector<Output>& outputs, const Layout& layout, int elementBytes,
                            const GemmBlocking& blocking);
 
 /// Elements of the packing scratch a matrix-product kernel needs: B padded to NR columns, K

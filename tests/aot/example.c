@@ -42,6 +42,21 @@ int main(int argc, char** argv) {
         snprintf(key, sizeof key, "\"%s\":{", model_parameters[p].name);
         const char* at = strstr(json, key);
         const char* close = at ? strchr(at + strlen(key), '}') : NULL;
+        /* The header's rank and shape are the file's: "shape":[D0,D1,...]. */
+        char shape[300] = "\"shape\":[";
+        long count = 1;
+        for (int d = 0; d < model_parameters[p].rank; ++d) {
+            snprintf(shape + strlen(shape), sizeof shape - strlen(shape), "%s%lld", d ? "," : "",
+                     (long long)model_parameters[p].shape[d]);
+            count *= (long)model_parameters[p].shape[d];
+        }
+        strcat(shape, "]");
+        const char* s = at ? strstr(at, shape) : NULL;
+        if (model_parameters[p].rank < 1 || model_parameters[p].rank > MODEL_MAX_RANK || count != model_parameters[p].count ||
+            !s || s > close) {
+            fprintf(stderr, "%s: tensor %s does not have the header's shape %s\n", argv[1], model_parameters[p].name, shape);
+            return 1;
+        }
         at = at ? strstr(at, "\"data_offsets\":[") : NULL;
         long begin = 0, end = 0;
         if (!at || at > close || sscanf(at + strlen("\"data_offsets\":["), "%ld,%ld", &begin, &end) != 2 ||
@@ -55,6 +70,24 @@ int main(int argc, char** argv) {
     }
     free(json);
     fclose(f);
+    /* The kept activations tile acts: values [batch, width], batch statistics [width]. */
+    long kept = 0;
+    for (int a = 0; a < MODEL_ACTIVATION_TENSORS; ++a) {
+        const model_tensor* t = &model_activations[a];
+        const int statistic = strcmp(t->role, "norm_mean") == 0 || strcmp(t->role, "norm_var") == 0;
+        long count = 1;
+        for (int d = 0; d < t->rank; ++d) count *= (long)t->shape[d];
+        if (t->offset != kept || t->rank != (statistic ? 1 : 2) || (!statistic && t->shape[0] != MODEL_BATCH) ||
+            count != t->count) {
+            fprintf(stderr, "activation %s: inconsistent place or shape\n", model_activations[a].name);
+            return 1;
+        }
+        kept += (long)model_activations[a].count;
+    }
+    if (kept != MODEL_ACTIVATIONS) {
+        fprintf(stderr, "the activation tensors hold %ld values, acts %d\n", kept, MODEL_ACTIVATIONS);
+        return 1;
+    }
     /* The same batch the test's reference computes: inputs in [-1, 1), labels cycling. */
     for (long i = 0; i < MODEL_BATCH * MODEL_INPUTS; ++i) x[i] = (float)((i * 37) % 255) / 127.5f - 1.0f;
     for (int b = 0; b < MODEL_BATCH; ++b) labels[b] = b % MODEL_OUTPUTS;

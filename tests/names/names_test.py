@@ -127,7 +127,7 @@ with tempfile.TemporaryDirectory() as tmp:
                             os.path.join(tmp, "A.o"), "-lm", "-o", os.path.join(tmp, "app")], capture_output=True, text=True)
         check(c.returncode == 0, f"both headers in one C file, both objects in one program:\n{c.stderr}")
         out = subprocess.run([os.path.join(tmp, "app")], capture_output=True, text=True)
-        check(out.returncode == 0 and out.stdout == "1 1 layers.0.weight layers.0.weight\n", out.stdout)
+        check(out.returncode == 0 and out.stdout == "2 2 layers.0.weight layers.0.weight\n", out.stdout)
     elif CASE == "target_cpu":
         obj = os.path.join(tmp, "x.o")
         model = os.path.join(SRC, "models", "seed_relu.nn")

@@ -3,6 +3,7 @@
 // reads it, and the kernel labels that `gradc bench --profile` prints.
 #include "Autodiff.h"
 #include "Codegen.h"
+#include "Layout.h"
 #include "EntryAbi.h"
 #include "Execute.h"
 #include "Kernels.h"
@@ -80,7 +81,7 @@ TEST_CASE("buffers placed by EntryArg give the interpreter's logits, loss and gr
     co.cache = false;
     co.f64 = true;
     CompiledModel cm = compileModel(g, co);
-    std::vector<double> params, x, logits(size_t(elementCount(g[g.output("logits")].shape))), loss(2, -1),
+    std::vector<double> params, x, logits(size_t(elementCount(g[g.output(OutputRole::Logits)].shape))), loss(2, -1),
         grads(size_t(cm.parameterCount)), acts(size_t(cm.activationCount));
     std::vector<int32_t> labels;
     for (auto& p : g.params)
@@ -152,14 +153,10 @@ namespace {
 
 /// The forward and backward kernel programs of `fwd`, as code generation builds them.
 std::vector<KernelProgram> programs(const Graph& fwd) {
-    std::vector<std::string> outputs, gradOutputs = {"loss"};
-    for (auto& [name, v] : fwd.outputs) outputs.push_back(name);
+    Layout layout = computeLayout(fwd);
     Graph grad = differentiate(fwd);
-    for (auto& p : grad.params) gradOutputs.push_back("grad:" + p.name);
-    for (auto& name : outputs)
-        if (isActivationOutput(name)) gradOutputs.push_back(name);
-    return {buildKernels(fwd, "forward", outputs, 4, GemmBlocking{}),
-            buildKernels(grad, "backward", gradOutputs, 4, GemmBlocking{})};
+    return {buildKernels(fwd, "forward", fwd.outputs, layout, 4, GemmBlocking{}),
+            buildKernels(grad, "backward", backwardOutputs(grad), layout, 4, GemmBlocking{})};
 }
 
 } // namespace

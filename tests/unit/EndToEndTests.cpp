@@ -42,9 +42,9 @@ TEST_CASE("the seed network's compiled gradients on FashionMNIST agree with cent
             size_t i = rng() % w.data.size();
             const double eps = 1e-6, saved = w.data[i];
             w.data[i] = saved + eps;
-            double up = interpret(g, b)[g.output("loss")].data[0];
+            double up = interpret(g, b)[g.output(OutputRole::Loss)].data[0];
             w.data[i] = saved - eps;
-            double down = interpret(g, b)[g.output("loss")].data[0];
+            double down = interpret(g, b)[g.output(OutputRole::Loss)].data[0];
             w.data[i] = saved;
             double numeric = (up - down) / (2 * eps);
             INFO(p.name << "[" << i << "]: compiled " << got.data[i] << ", central difference " << numeric);

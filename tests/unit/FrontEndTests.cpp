@@ -62,8 +62,8 @@ TEST_CASE("the seed network has PyTorch's parameter names and 633,226 parameters
                                "layers.6.weight", "layers.6.bias", "layers.8.weight",
                                "layers.8.bias"});
     CHECK(g[g.params[0].node].shape == Shape{512, 784}); // PyTorch's [out, in]
-    CHECK(g[g.output("logits")].shape == Shape{256, 10});
-    CHECK(g[g.output("loss")].op == Op::CrossEntropy);
+    CHECK(g[g.output(OutputRole::Logits)].shape == Shape{256, 10});
+    CHECK(g[g.output(OutputRole::Loss)].op == Op::CrossEntropy);
     CHECK(verify(g).empty());
     CHECK(g.layers.size() == 9);
     CHECK(g.layers[1].what == "sigmoid");
@@ -73,7 +73,7 @@ TEST_CASE("the batch size is a compile-time parameter of the graph", "[sema]") {
     Graph g = build(kSeed, 7);
     CHECK(g.batch == 7);
     CHECK(g[0].shape == Shape{7, 784});
-    CHECK(g[g.output("logits")].shape == Shape{7, 10});
+    CHECK(g[g.output(OutputRole::Logits)].shape == Shape{7, 10});
 }
 
 TEST_CASE("repeat unrolls, continuing PyTorch's numbering; named layers own their names",
@@ -95,10 +95,10 @@ TEST_CASE("add with one or two operands, from, and names inside repeat blocks", 
     for (auto& n : g.nodes) adds += n.op == Op::Add;
     CHECK(adds == 4);
     // `dense 4 from a` consumes a's value, not the residual chain's.
-    const Node& mm = g[g[g.output("logits")].in[0]];
+    const Node& mm = g[g[g.output(OutputRole::Logits)].in[0]];
     REQUIRE(mm.op == Op::MatMulNT);
     CHECK(g[mm.in[0]].op == Op::Act);
-    CHECK(g[g.output("loss")].op == Op::MSE);
+    CHECK(g[g.output(OutputRole::Loss)].op == Op::MSE);
 }
 
 TEST_CASE("each loss checks that it fits the output", "[sema]") {
@@ -107,7 +107,7 @@ TEST_CASE("each loss checks that it fits the output", "[sema]") {
     CHECK_THAT(errorOf("input 4\ndense 1\nloss cross_entropy\n"),
                Catch::Contains("at least 2 classes"));
     Graph g = build("input 4\ndense 3\nloss cross_entropy\n");
-    const Node& target = g[g[g.output("loss")].in[1]];
+    const Node& target = g[g[g.output(OutputRole::Loss)].in[1]];
     CHECK(target.type == DType::Index);
     CHECK(target.shape == Shape{256});
 }

@@ -21,7 +21,7 @@ namespace {
 constexpr double kEps = 1e-6, kAtol = 1e-5, kRtol = 1e-3;
 
 double lossOf(const Graph& fwd, const Bindings& b) {
-    return interpret(fwd, b)[fwd.output("loss")].data[0];
+    return interpret(fwd, b)[fwd.output(OutputRole::Loss)].data[0];
 }
 
 /// Compares the interpreter's gradient of every parameter (and the input) with central

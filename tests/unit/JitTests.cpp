@@ -237,8 +237,8 @@ TEST_CASE("compiled activations and losses stay finite where their math is finit
             }
             b["x"] = Tensor{{4, 4}, {100, -100, 1000, -1000, -100, 100, -1000, 1000, 0, 1e-30, -1e-30, 50,
                                      -50, 88, -88, 89}};
-            b["target"] = Tensor{g[g[g.output("loss")].in[1]].shape,
-                                 std::vector<double>(size_t(elementCount(g[g[g.output("loss")].in[1]].shape)), 1.0)};
+            b["target"] = Tensor{g[g[g.output(OutputRole::Loss)].in[1]].shape,
+                                 std::vector<double>(size_t(elementCount(g[g[g.output(OutputRole::Loss)].in[1]].shape)), 1.0)};
             CodegenOptions opts;
             opts.cache = false;
             for (bool f64 : {false, true}) {

@@ -136,9 +136,10 @@ TEST_CASE("deeply shared activation definitions and their mutations compile in l
         if (!outcome(text).empty()) return false;
         FrontEnd fe = compileSource("fuzz.nn", text, {4});
         Graph grad = differentiate(fe.graph);
-        std::vector<std::string> outputs = {"loss"};
-        for (auto& p : grad.params) outputs.push_back("grad:" + p.name);
-        buildKernels(grad, "backward", outputs, 4, GemmBlocking{});
+        std::vector<Output> outputs;
+        for (auto& o : grad.outputs)
+            if (o.role == OutputRole::Loss || o.role == OutputRole::Grad) outputs.push_back(o);
+        buildKernels(grad, "backward", outputs, computeLayout(fe.graph), 4, GemmBlocking{});
         return true;
     };
     for (auto& seed : seeds) CHECK(compile(seed));

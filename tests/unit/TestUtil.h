@@ -42,7 +42,7 @@ inline Bindings randomBindings(const Graph& g, std::mt19937& rng) {
         if (n.name == "x") {
             for (double& v : t.data) v = normal(rng);
         } else if (g.lossKind == "cross_entropy") {
-            int64_t classes = g[g.output("logits")].shape[1];
+            int64_t classes = g[g.output(OutputRole::Logits)].shape[1];
             for (double& v : t.data) v = double(rng() % uint64_t(classes));
         } else if (g.lossKind == "bce") {
             for (double& v : t.data) v = double(rng() % 2);

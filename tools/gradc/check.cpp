@@ -16,7 +16,7 @@ int runCheck(const po::variables_map& vm) {
     FrontEnd fe = compileFile(vm["model"].as<std::string>(), semaOptions(vm));
     const Graph& g = fe.graph;
     const Node& x = g[0]; // the input is always the first node
-    const Node& logits = g[g.output("logits")];
+    const Node& logits = g[g.output(OutputRole::Logits)];
     fmt::print("model {}: input {}, output {}, loss {}, batch {}\n\n", g.model, x.shape.back(),
                logits.shape.back(), g.lossKind, g.batch);
     size_t wName = 5, wWhat = 5, wIn = 5;

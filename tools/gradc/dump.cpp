@@ -4,6 +4,7 @@
 #include "AST.h"
 #include "Autodiff.h"
 #include "Codegen.h"
+#include "Layout.h"
 #include "Pipeline.h"
 
 #include <fmt/format.h>
@@ -17,14 +18,14 @@ namespace gradc::cli {
 void dumpOptions(po::options_description& d) {
     addModelOptions(d);
     d.add_options()("emit", po::value<std::string>()->default_value("graph"),
-                    "stage to print: ast | graph | grad | kernels | memplan | llvm | asm")(
+                    "stage to print: ast | graph | grad | layout | kernels | memplan | llvm | asm")(
         "eval", "the graph of evaluation mode (batchnorm with its running statistics)");
     addCodegenOptions(d);
 }
 
 int runDump(const po::variables_map& vm) {
     const std::string emit = vm["emit"].as<std::string>();
-    static const std::vector<std::string> stages = {"ast", "graph", "grad", "kernels", "memplan", "llvm", "asm",
+    static const std::vector<std::string> stages = {"ast", "graph", "grad", "layout", "kernels", "memplan", "llvm", "asm",
                                                      "llvm-unoptimised"};
     if (std::find(stages.begin(), stages.end(), emit) == stages.end()) {
         std::string known;
@@ -38,6 +39,7 @@ int runDump(const po::variables_map& vm) {
     if (emit == "ast") fmt::print("{}", printAST(fe.ast));
     else if (emit == "graph") fmt::print("{}", printGraph(fe.graph));
     else if (emit == "grad") fmt::print("{}", printGraph(differentiate(fe.graph)));
+    else if (emit == "layout") fmt::print("{}", printLayout(computeLayout(fe.graph)));
     else fmt::print("{}", emitModule(fe.graph, codegenOptions(vm), emit));
     return 0;
 }

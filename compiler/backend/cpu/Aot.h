@@ -11,7 +11,7 @@ namespace gradc {
 
 /// The ABI of the entry points (arguments, layouts); a header records it and the object
 /// returns it from PREFIX_abi_version() so a caller can assert they match.
-constexpr unsigned kAbiVersion = 1;
+constexpr unsigned kAbiVersion = 2;
 
 struct AotOptions {
     bool f64 = false;

@@ -66,24 +66,16 @@ static GemmBlocking hostBlocking(bool f64, int threads = 1) {
 }
 
 Programs buildPrograms(const Graph& fwd, bool f64, const GemmBlocking& blocking) {
-    std::vector<std::string> fwdOutputs, gradOutputs = {"loss"};
-    int64_t activations = 0;
-    for (auto& [name, v] : fwd.outputs) {
-        fwdOutputs.push_back(name);
-        if (isActivationOutput(name)) activations += elementCount(fwd[v].shape);
-    }
+    Layout layout = computeLayout(fwd);
     const int bytes = f64 ? 8 : 4;
-    Programs out{buildKernels(fwd, "forward", fwdOutputs, bytes, blocking), {}, fwd.parameterCount(), activations};
+    Programs out{buildKernels(fwd, "forward", fwd.outputs, layout, bytes, blocking), {}, layout};
     if (fwd.eval) { // evaluation mode has no backward pass: its entry point does nothing
         out.backward.name = "backward";
         out.backward.blocking = blocking;
         return out;
     }
     Graph grad = differentiate(fwd);
-    for (auto& p : grad.params) gradOutputs.push_back("grad:" + p.name);
-    for (auto& name : fwdOutputs)
-        if (isActivationOutput(name)) gradOutputs.push_back(name);
-    out.backward = buildKernels(grad, "backward", gradOutputs, bytes, blocking);
+    out.backward = buildKernels(grad, "backward", backwardOutputs(grad), layout, bytes, blocking);
     return out;
 }
 
@@ -234,8 +226,9 @@ CompiledModel compileModel(const Graph& fwd, const CodegenOptions& opts) {
     }
     timer("JIT: load and link");
     out.workspaceBytes = std::max(programs.forward.workspaceBytes, programs.backward.workspaceBytes);
-    out.parameterCount = programs.parameterCount;
-    out.activationCount = programs.activationCount;
+    out.layout = programs.layout;
+    out.parameterCount = programs.layout.parameterCount();
+    out.activationCount = programs.layout.size(Array::Acts);
     out.f64 = opts.f64;
     out.compileMs = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
     return out;

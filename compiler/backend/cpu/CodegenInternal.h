@@ -20,7 +20,7 @@ namespace gradc {
 /// Everything between the graph and the LLVM module.
 struct Programs {
     KernelProgram forward, backward;
-    int64_t parameterCount = 0, activationCount = 0;
+    Layout layout; ///< where the entry points' buffers are
 };
 
 /// The host CPU's target machine; a UserError if LLVM cannot generate code for it.

@@ -31,8 +31,15 @@ void Lowering::batchnorm(const Kernel& k) {
         llvm::Value* d = b_.CreateFSub(load(x, i), load(mean, c));
         accumulate(inv, c, b_.CreateFMul(d, d));
     });
+    // The batch statistics, when asked for: the mean and the unbiased variance.
+    llvm::Value* meanOut = k.out.size() > 2 ? base(k.out[1]) : nullptr;
+    llvm::Value* varOut = k.out.size() > 2 ? base(k.out[2]) : nullptr;
     columns([&](llvm::Value* c) { // the biased variance, as PyTorch normalises
         llvm::Value* var = b_.CreateFMul(load(inv, c), fp(invB));
+        if (meanOut) {
+            store(load(mean, c), meanOut, c);
+            store(b_.CreateFDiv(load(inv, c), fp(double(B - 1))), varOut, c);
+        }
         store(b_.CreateFDiv(fp(1), intrinsic(llvm::Intrinsic::sqrt, {b_.CreateFAdd(var, fp(k.eps))})), inv, c);
     });
     auto xhat = [&](llvm::Value* c, llvm::Value* i) {

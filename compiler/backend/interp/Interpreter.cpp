@@ -205,7 +205,7 @@ std::vector<Tensor> interpret(const Graph& g, const Bindings& bindings) {
 std::map<std::string, Tensor> interpretOutputs(const Graph& g, const Bindings& bindings) {
     std::vector<Tensor> val = interpret(g, bindings);
     std::map<std::string, Tensor> out;
-    for (auto& [name, v] : g.outputs) out[name] = val[v];
+    for (auto& o : g.outputs) out[outputLabel(o)] = val[o.value];
     return out;
 }
 
