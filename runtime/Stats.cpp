@@ -88,7 +88,7 @@ std::vector<ActivationStats> activationStatistics(const Graph& g, const std::map
         if (name.rfind("preact:", 0) != 0) continue;
         const std::string layer = name.substr(7);
         for (auto& l : g.layers)
-            if (l.name == layer && g[l.value].op == Op::Act)
+            if (l.name == layer && isActivation(g[l.value]))
                 out.push_back(activationStatistics(layer, g.activations[size_t(g[l.value].fn)], outputs.at(name)));
     }
     return out;

@@ -21,7 +21,7 @@ void deadOptions(po::options_description& d) {
 namespace {
 
 /// The activation layers of a graph: the modules whose output is an activation function's.
-bool isActivationLayer(const Graph& g, const LayerInfo& l) { return g[l.value].op == Op::Act; }
+bool isActivationLayer(const Graph& g, const LayerInfo& l) { return isActivation(g[l.value]); }
 
 } // namespace
 

@@ -49,7 +49,7 @@ namespace {
 std::string activationNames(const Graph& g) {
     std::vector<std::string> names;
     for (auto& l : g.layers)
-        if (g[l.value].op == Op::Act && std::find(names.begin(), names.end(), l.what) == names.end() && l.what != "identity")
+        if (isActivation(g[l.value]) && std::find(names.begin(), names.end(), l.what) == names.end() && l.what != "identity")
             names.push_back(l.what);
     std::string out;
     for (auto& n : names) out += (out.empty() ? "" : ", ") + n;
