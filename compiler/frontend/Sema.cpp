@@ -298,7 +298,7 @@ private:
                     throw UserError(s.loc, fmt::format("tensor name '{}' is used twice", name));
                 g_.buffers.push_back({name, mod, n, field[8] == 'v' ? 1.0 : 0.0, s.momentum});
             }
-            Node bn = makeNode(eval_ ? Op::BatchNormEval : Op::BatchNorm, s.loc);
+            Node bn = makeNode(Op::BatchNorm, s.loc);
             bn.in = {x, w, b}, bn.eps = s.eps, bn.loc = s.loc;
             if (eval_)
                 for (size_t i = g_.buffers.size() - 2; i < g_.buffers.size(); ++i) {
@@ -308,7 +308,7 @@ private:
                 }
             else
                 bnInputs_.emplace_back(mod, x);
-            ValueId v = g_.add(std::move(bn));
+            ValueId v = eval_ ? addBatchNormEval(g_, bn.in, s.eps, s.loc) : g_.add(std::move(bn));
             g_.layers.push_back({mod, fmt::format("batchnorm {}", n), g_[x].shape, g_[v].shape, s.loc, v});
             current_ = v;
             bindName(sc, s, v);

@@ -195,16 +195,6 @@ Shape shapeOfMap(const Nodes& g, const Node& n) {
     return result;
 }
 
-Shape shapeOfBatchNormEval(const Nodes& g, const Node& n) {
-    const Node &x = operand(g, n, 0), &m = operand(g, n, 3), &v = operand(g, n, 4);
-    needRank(n, x, 2, "input"), needRank(n, m, 1, "running mean"), needRank(n, v, 1, "running variance");
-    for (int i = 1; i <= 4; ++i)
-        if (operand(g, n, i).shape != Shape{x.shape[1]})
-            mismatch(n, fmt::format("input {} with per-feature operand {}", shapeString(x.shape),
-                                    shapeString(operand(g, n, i).shape)));
-    return x.shape;
-}
-
 Shape shapeOfBatchNorm(const Nodes& g, const Node& n) {
     const Node &x = operand(g, n, 0), &w = operand(g, n, 1), &b = operand(g, n, 2);
     needRank(n, x, 2, "input"), needRank(n, w, 1, "weight"), needRank(n, b, 1, "bias");
@@ -367,7 +357,12 @@ ValueId addMap(Graph& g, scalar::E expr, std::vector<ValueId> ins, SourceLoc loc
         if (used[i]) kept.push_back(ins[i]);
     }
     if (kept.size() != ins.size()) expr = scalar::substituteArgs(expr, renumber);
-    if (kept.empty()) kept.push_back(ins.at(0)); // a constant: the first operand gives the shape
+    if (kept.empty()) { // a constant: the widest operand still gives the result's shape
+        ValueId widest = ins.at(0);
+        for (ValueId v : ins)
+            if (g[v].shape.size() > g[widest].shape.size()) widest = v;
+        kept.push_back(widest);
+    }
     Node n = makeNode(Op::Map, std::move(loc), std::move(kept));
     n.expr = std::move(expr);
     n.fn = fn;
@@ -391,6 +386,16 @@ static ValueId addSameShape(Graph& g, const char* what, scalar::Op op, ValueId a
         throw UserError(loc, fmt::format("{}: operands have different shapes {} and {}", what,
                                          shapeString(g[a].shape), shapeString(g[b].shape)));
     return addMap(g, scalar::make(op, {scalar::arg(0), scalar::arg(1)}), {a, b}, std::move(loc));
+}
+
+ValueId addBatchNormEval(Graph& g, const std::vector<ValueId>& ins, double eps, SourceLoc loc) {
+    internal_assert(ins.size() == 5, "batchnorm_eval takes x, weight, bias, mean and variance");
+    using scalar::Op;
+    auto a = [](int i) { return scalar::arg(i); };
+    // ((x - μ) γ) / sqrt(v + eps) + β
+    scalar::E sd = scalar::make(Op::Sqrt, {scalar::make(Op::Add, {a(4), scalar::constant(eps)})});
+    scalar::E e = scalar::make(Op::Add, {scalar::make(Op::Div, {scalar::make(Op::Mul, {scalar::make(Op::Sub, {a(0), a(3)}), a(1)}), sd}), a(2)});
+    return addMap(g, e, ins, std::move(loc));
 }
 
 ValueId addAdd(Graph& g, ValueId a, ValueId b, SourceLoc loc) {

@@ -4,7 +4,14 @@
 // ValueId (its index). Nodes are appended in topological order: a node's inputs always have
 // smaller ids. Tensors are real-valued (the element type is chosen by the backend) except
 // class labels, which are indices. Shapes are fully static: the batch size is part of the
-// graph. What each op computes is written once, in Ops.def.
+// graph. What each op computes is written once, in Ops.def, with the attributes it carries
+// (typed fields of `Attrs`: a tensor's name, an activation index, eps, an element function)
+// and its traits. Printer, verifier, CSE key and autodiff's attribute copy walk an op's
+// attributes through the table (forEachAttr), never by hand. Element-wise computation is one
+// op, `map`: a scalar expression (scalar::E in Arg(i) leaves) over its operands, where an
+// operand's shape is the result's or a suffix of it (broadcast: [N] against [B,N] reads
+// operand[n] at [b,n]); activations, their gradients, add, bias add, mul and evaluation-mode
+// batchnorm are maps built by the functions at the end of this file.
 #pragma once
 
 #include "Activations.h"
@@ -177,6 +184,9 @@ ValueId addBiasAdd(Graph& g, ValueId a, ValueId b, SourceLoc loc);
 /// a + b and a * b element-wise, of equal shapes ("add: operands have different shapes").
 ValueId addAdd(Graph& g, ValueId a, ValueId b, SourceLoc loc);
 ValueId addMul(Graph& g, ValueId a, ValueId b, SourceLoc loc);
+/// Evaluation-mode BatchNorm1d of x[B,N] with γ, β, running mean μ and variance v (each [N],
+/// in that order in `ins`): (x - μ) γ / sqrt(v + eps) + β, per feature.
+ValueId addBatchNormEval(Graph& g, const std::vector<ValueId>& ins, double eps, SourceLoc loc);
 /// A map that applies an activation (the node a layer's activation builds).
 inline bool isActivation(const Node& n) { return n.op == Op::Map && n.fn >= 0; }
 

@@ -69,6 +69,11 @@ std::optional<ValueId> partial(RuleContext& c, size_t i) {
     d = scalar::substituteGrad(scalar::substituteParams(scalar::substitute(d, scalar::arg(int(i))), fromVar),
                                scalar::arg(int(count)));
     d = scalar::simplify(d);
+    if (!(d->leaves & scalar::leafBit(scalar::Op::Arg))) { // a constant (0: a comparison's operand)
+        Node z = makeNode(Op::Zeros, n.loc);
+        z.shape = c.g[c.in(i)].shape;
+        return c.g.add(std::move(z));
+    }
     ValueId dx;
     if (d == scalar::arg(int(count))) {
         dx = *c.dy;

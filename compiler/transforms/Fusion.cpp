@@ -283,12 +283,6 @@ private:
             }
             return scalar::substituteArgs(nd.expr, vals);
         }
-        case gradc::Op::BatchNormEval: { // (x - μ) γ / sqrt(v + eps) + β, per column
-            auto col = [&](size_t i) { return lb.load(Access::Mode::Col, buffer_[in(v, i)]); };
-            scalar::E centred = scalar::make(Op::Sub, {exprOf(in(v, 0), root, lb), col(3)});
-            scalar::E sd = scalar::make(Op::Sqrt, {scalar::make(Op::Add, {col(4), scalar::constant(nd.eps)})});
-            return scalar::make(Op::Add, {scalar::make(Op::Div, {scalar::make(Op::Mul, {centred, col(1)}), sd}), col(2)});
-        }
         case gradc::Op::Zeros: return scalar::constant(0);
         default: internal_assert(false, fmt::format("op '{}' cannot be fused", describe(nd.op).spelling));
         }

@@ -156,3 +156,26 @@ TEST_CASE("mul's gradients are g * b and g * a; a bias add's is summed over the 
         CHECK(out.at("grad:q").data[i] == Approx(dzv.data[i] * pv.data[i]).epsilon(1e-12));
     }
 }
+
+TEST_CASE("an operand a map only compares gets a zero gradient of its own shape", "[autodiff][map]") {
+    Builder b;
+    b.g.lossKind = "mse";
+    ValueId x = b.leaf(Op::Input, "x", {4, 3}), gate = b.leaf(Op::Param, "gate", {3});
+    using scalar::Op;
+    // select(gate > 0, x, 0): the gate, broadcast over the batch, only decides.
+    scalar::E e = scalar::make(Op::Select, {scalar::make(Op::Gt, {a(0), scalar::constant(0)}), a(1), scalar::constant(0)});
+    ValueId z = addMap(b.g, e, {gate, x}, {});
+    ValueId loss = b.g.add(makeNode(gradc::Op::MSE, {}, {z, b.leaf(gradc::Op::Input, "target", {4, 3})}));
+    b.g.outputs = {{"logits", z}, {"loss", loss}};
+    Graph grad = differentiate(b.g, {/*inputGradient=*/true});
+    REQUIRE(verify(grad).empty());
+    const Node& dgate = grad[grad.output("grad:gate")];
+    CHECK(dgate.op == gradc::Op::Zeros);
+    CHECK(dgate.shape == Shape{3});
+    std::mt19937 rng(10);
+    Bindings bind = randomBindings(b.g, rng);
+    bind.at("gate").data = {1, -1, 2};
+    auto out = interpretOutputs(grad, bind);
+    const std::vector<double>& dx = out.at("grad:x").data;
+    for (size_t i = 0; i < dx.size(); ++i) CHECK((dx[i] == 0) == (i % 3 == 1)); // where the gate is shut
+}

@@ -81,15 +81,6 @@ struct Eval {
             }
             return t;
         }
-        case Op::BatchNormEval: {
-            const Tensor &x = in(n, 0), &w = in(n, 1), &b = in(n, 2), &mean = in(n, 3), &var = in(n, 4);
-            size_t N = size_t(x.shape[1]);
-            for (size_t i = 0; i < o.size(); ++i) {
-                size_t j = i % N;
-                o[i] = (x.data[i] - mean.data[j]) / std::sqrt(var.data[j] + n.eps) * w.data[j] + b.data[j];
-            }
-            return t;
-        }
         case Op::BatchNorm:
         case Op::BatchNormGradX:
         case Op::BatchNormGradGamma: return batchnorm(n, std::move(t));
