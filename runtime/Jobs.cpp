@@ -31,7 +31,7 @@ namespace {
 std::string activationNames(const Graph& g) {
     std::vector<std::string> names;
     for (auto& l : g.layers)
-        if (g[l.value].op == Op::Act && std::find(names.begin(), names.end(), l.what) == names.end() && l.what != "identity")
+        if (isActivation(g[l.value]) && std::find(names.begin(), names.end(), l.what) == names.end() && l.what != "identity")
             names.push_back(l.what);
     std::string out;
     for (auto& n : names) out += (out.empty() ? "" : ", ") + n;
@@ -207,7 +207,7 @@ DeadResult runDead(const DeadOptions& o) {
     std::vector<size_t> layers; // the activation layers: modules whose output is an activation function's
     std::vector<std::vector<char>> alive;
     for (size_t i = 0; i < engine->layerCount(); ++i)
-        if (g[g.layers[i].value].op == Op::Act) {
+        if (isActivation(g[g.layers[i].value])) {
             layers.push_back(i);
             alive.emplace_back(size_t(g.layers[i].out[1]), 0);
         }

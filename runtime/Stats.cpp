@@ -101,7 +101,7 @@ std::vector<ActivationStats> activationStatistics(const Graph& g, const std::map
     for (auto& o : g.outputs) {
         if (o.role != OutputRole::Preact) continue;
         for (auto& l : g.layers)
-            if (l.name == o.name && g[l.value].op == Op::Act)
+            if (l.name == o.name && isActivation(g[l.value]))
                 out.push_back(activationStatistics(o.name, g.activations[size_t(g[l.value].fn)], outputs.at(outputLabel(o))));
     }
     return out;

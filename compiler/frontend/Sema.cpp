@@ -173,9 +173,7 @@ private:
     }
 
     ValueId applyAct(const ActRef& ref, ValueId x, const std::string& module) {
-        Node n = makeNode(Op::Act, ref.loc);
-        n.in = {x}, n.fn = activation(ref), n.loc = ref.loc;
-        ValueId v = g_.add(std::move(n));
+        ValueId v = addActivation(g_, activation(ref), x, ref.loc);
         g_.layers.push_back({module, g_.activations[size_t(g_[v].fn)].name, g_[x].shape,
                              g_[v].shape, ref.loc, v});
         return v;
@@ -248,9 +246,7 @@ private:
                 if (binit.scheme == "xavier" || binit.scheme == "kaiming" || binit.scheme == "normal")
                     binit = {"constant", {0.0}}; // the tutorials zero the bias with these schemes
                 ValueId b = param(mod + ".bias", {s.size}, binit, in, s.size, s.loc);
-                Node ba = makeNode(Op::BiasAdd, s.loc);
-                ba.in = {y, b}, ba.loc = s.loc;
-                y = g_.add(std::move(ba));
+                y = addBiasAdd(g_, y, b, s.loc);
             }
             g_.layers.push_back({mod, fmt::format("linear {} -> {}{}", in, s.size, s.bias ? "" : " (no bias)"),
                                  g_[x].shape, g_[y].shape, s.loc, y});
@@ -278,9 +274,7 @@ private:
                 a = from ? *from : cur;
                 b = lookup(sc, s.operands[0].first, s.operands[0].second);
             }
-            Node n = makeNode(Op::Add, s.loc);
-            n.in = {a, b}, n.loc = s.loc;
-            ValueId v = g_.add(std::move(n));
+            ValueId v = addAdd(g_, a, b, s.loc);
             std::string what = "add";
             for (auto& [name, _] : s.operands) what += " " + name;
             g_.layers.push_back({moduleName(s, sc), what, g_[a].shape, g_[v].shape, s.loc, v});
@@ -304,7 +298,7 @@ private:
                     throw UserError(s.loc, fmt::format("tensor name '{}' is used twice", name));
                 g_.buffers.push_back({name, mod, n, field[8] == 'v' ? 1.0 : 0.0, s.momentum});
             }
-            Node bn = makeNode(eval_ ? Op::BatchNormEval : Op::BatchNorm, s.loc);
+            Node bn = makeNode(Op::BatchNorm, s.loc);
             bn.in = {x, w, b}, bn.eps = s.eps, bn.loc = s.loc;
             if (eval_)
                 for (size_t i = g_.buffers.size() - 2; i < g_.buffers.size(); ++i) {
@@ -314,7 +308,7 @@ private:
                 }
             else
                 bnInputs_.emplace_back(mod, x);
-            ValueId v = g_.add(std::move(bn));
+            ValueId v = eval_ ? addBatchNormEval(g_, bn.in, s.eps, s.loc) : g_.add(std::move(bn));
             g_.layers.push_back({mod, fmt::format("batchnorm {}", n), g_[x].shape, g_[v].shape, s.loc, v});
             current_ = v;
             bindName(sc, s, v);
@@ -366,7 +360,7 @@ private:
             for (auto& layer : g_.layers) {
                 if (!statistics_) break;
                 const Node& act = g_[layer.value];
-                if (act.op == Op::Act && g_.activations[size_t(act.fn)].formula->op != scalar::Op::Var)
+                if (isActivation(act) && g_.activations[size_t(act.fn)].formula->op != scalar::Op::Var)
                     g_.outputs.push_back({OutputRole::Preact, layer.name, act.in[0]});
             }
             for (auto& [layer, x] : bnInputs_) g_.outputs.push_back({OutputRole::NormInput, layer, x});

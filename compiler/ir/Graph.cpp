@@ -1,18 +1,84 @@
-// Graph.cpp — the op table, shape rules, printer and verifier of the Graph IR.
+// Graph.cpp — the op table, attributes, shape rules, printer and verifier of the Graph IR.
 #include "Graph.h"
 
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <functional>
 #include <set>
 
 namespace gradc {
 
 static const OpDesc kOps[] = {
-#define GRADC_OP(name, spelling, arity, shape, grad) {spelling, arity},
+#define GRADC_OP(name, spelling, arity, traits, attrs, shape, grad) {spelling, arity, traits, attrs},
 #include "Ops.def"
 };
 
 const OpDesc& describe(Op op) { return kOps[size_t(op)]; }
+
+const char* attrName(AttrKind k) {
+    static const char* const kNames[] = {
+#define GRADC_ATTR(kind, field, type, init) #field,
+#include "Ops.def"
+    };
+    return kNames[size_t(k)];
+}
+
+// ---- Attributes: each function below handles every attribute kind through Ops.def, by
+// ---- the type of its value.
+namespace {
+
+std::string attrValue(const std::string& s) { return fmt::format("\"{}\"", s); }
+std::string attrValue(int32_t v) { return fmt::format("{}", v); }
+std::string attrValue(double v) { return fmt::format("{}", v); }
+std::string attrValue(const scalar::E& e) { return e ? scalar::print(e) : "null"; }
+
+size_t attrHash(const std::string& s) { return std::hash<std::string>()(s); }
+size_t attrHash(int32_t v) { return std::hash<int32_t>()(v); }
+size_t attrHash(double v) { return std::hash<double>()(v); }
+size_t attrHash(const scalar::E& e) { return e ? size_t(e->hash) : 0; }
+
+const Attrs kDefaultAttrs;
+
+} // namespace
+
+std::string printAttrs(const Node& n) {
+    std::string out;
+    forEachAttr(n.op, n, [&](AttrKind k, const auto& value) {
+        if (k == AttrKind::Name) return; // printed as a quoted string after the brackets
+        bool isDefault = false;
+#define GRADC_ATTR(kind, field, type, init) \
+        if (k == AttrKind::kind) isDefault = n.field == kDefaultAttrs.field;
+#include "Ops.def"
+        if (isDefault) return; // an optional attribute left unset
+        out += fmt::format("{}{}={}", out.empty() ? "" : ", ", attrName(k), attrValue(value));
+    });
+    return out;
+}
+
+bool sameAttrs(const Node& a, const Node& b) {
+    if (a.op != b.op) return false;
+    [[maybe_unused]] const uint32_t declared = describe(a.op).attrs;
+#define GRADC_ATTR(kind, field, type, init) \
+    if ((declared & attr::kind) && !(a.field == b.field)) return false;
+#include "Ops.def"
+    return true;
+}
+
+size_t hashAttrs(const Node& n) {
+    size_t h = size_t(n.op);
+    forEachAttr(n.op, n, [&](AttrKind, const auto& value) {
+        h ^= attrHash(value) + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2);
+    });
+    return h;
+}
+
+void copyAttrs(const Node& from, Node& to) {
+    [[maybe_unused]] const uint32_t both = describe(from.op).attrs & describe(to.op).attrs;
+#define GRADC_ATTR(kind, field, type, init) \
+    if (both & attr::kind) to.field = from.field;
+#include "Ops.def"
+}
 
 std::string shapeString(const Shape& s) {
     std::string out = "[";
@@ -72,8 +138,10 @@ Shape shapeOfMatMulTN(const Nodes& g, const Node& n) {
 }
 
 Shape shapeOfSumRows(const Nodes& g, const Node& n) {
-    needRank(n, operand(g, n, 0), 2, "operand");
-    return {operand(g, n, 0).shape[1]};
+    const Node& a = operand(g, n, 0);
+    if (a.shape.empty() || a.type != DType::Real)
+        mismatch(n, fmt::format("operand must be a real tensor of rank 1 or more, got {}", shapeString(a.shape)));
+    return Shape(a.shape.begin() + 1, a.shape.end());
 }
 
 Shape shapeOfBatchNormGradX(const Nodes& g, const Node& n) {
@@ -100,36 +168,31 @@ Shape shapeOfPairwiseGrad(const Nodes& g, const Node& n) {
     return operand(g, n, 0).shape;
 }
 
-Shape shapeOfBiasAdd(const Nodes& g, const Node& n) {
-    const Node &y = operand(g, n, 0), &b = operand(g, n, 1);
-    needRank(n, y, 2, "input"), needRank(n, b, 1, "bias");
-    if (y.shape[1] != b.shape[0])
-        mismatch(n, fmt::format("input {} and bias {} do not fit", shapeString(y.shape),
-                                shapeString(b.shape)));
-    return y.shape;
+/// True if `s` is a suffix of `of` ([N] of [B,N]; equal shapes too).
+bool isSuffix(const Shape& s, const Shape& of) {
+    return s.size() <= of.size() && std::equal(s.begin(), s.end(), of.end() - std::ptrdiff_t(s.size()));
 }
 
-Shape shapeOfSameAsFirst(const Nodes& g, const Node& n) {
-    if (operand(g, n, 0).type != DType::Real) mismatch(n, "operand must be real");
-    return operand(g, n, 0).shape;
-}
-
-Shape shapeOfSameShapes(const Nodes& g, const Node& n) {
-    const Node &a = operand(g, n, 0), &b = operand(g, n, 1);
-    if (a.shape != b.shape || a.type != b.type)
-        mismatch(n, fmt::format("operands have different shapes {} and {}", shapeString(a.shape),
-                                shapeString(b.shape)));
-    return a.shape;
-}
-
-Shape shapeOfBatchNormEval(const Nodes& g, const Node& n) {
-    const Node &x = operand(g, n, 0), &m = operand(g, n, 3), &v = operand(g, n, 4);
-    needRank(n, x, 2, "input"), needRank(n, m, 1, "running mean"), needRank(n, v, 1, "running variance");
-    for (int i = 1; i <= 4; ++i)
-        if (operand(g, n, i).shape != Shape{x.shape[1]})
-            mismatch(n, fmt::format("input {} with per-feature operand {}", shapeString(x.shape),
-                                    shapeString(operand(g, n, i).shape)));
-    return x.shape;
+Shape shapeOfMap(const Nodes& g, const Node& n) {
+    if (n.in.empty()) mismatch(n, "needs at least one operand");
+    if (!n.expr) mismatch(n, "has no expression");
+    if (n.expr->leaves & ~scalar::leafBit(scalar::Op::Arg))
+        mismatch(n, fmt::format("expression {} must be in operands a0, a1, ... only", scalar::print(n.expr)));
+    scalar::postOrder(n.expr, [&](const scalar::Node& e) {
+        if (e.op == scalar::Op::Arg && !(e.value >= 0 && size_t(e.value) < n.in.size()))
+            mismatch(n, fmt::format("expression uses a{} but has {} operands", e.value, n.in.size()));
+    });
+    size_t widest = 0;
+    for (size_t i = 0; i < n.in.size(); ++i) {
+        if (operand(g, n, i).type != DType::Real) mismatch(n, fmt::format("operand {} must be real", i));
+        if (operand(g, n, i).shape.size() > operand(g, n, widest).shape.size()) widest = i;
+    }
+    const Shape& result = operand(g, n, widest).shape;
+    for (size_t i = 0; i < n.in.size(); ++i)
+        if (!isSuffix(operand(g, n, i).shape, result))
+            mismatch(n, fmt::format("operand {} has shape {}, which is neither {} nor a suffix of it", i,
+                                    shapeString(operand(g, n, i).shape), shapeString(result)));
+    return result;
 }
 
 Shape shapeOfBatchNorm(const Nodes& g, const Node& n) {
@@ -163,7 +226,7 @@ Shape shapeOfPairwiseLoss(const Nodes& g, const Node& n) {
 
 using ShapeRule = Shape (*)(const Nodes&, const Node&);
 const ShapeRule kShapeRules[] = {
-#define GRADC_OP(name, spelling, arity, shape, grad) shapeOf##shape,
+#define GRADC_OP(name, spelling, arity, traits, attrs, shape, grad) shapeOf##shape,
 #include "Ops.def"
 };
 
@@ -173,7 +236,7 @@ ValueId Graph::add(Node n) {
     const OpDesc& d = describe(n.op);
     internal_assert(d.arity < 0 || int(n.in.size()) == d.arity, d.spelling);
     for (ValueId v : n.in) internal_assert(v < nodes.size(), "operand defined after its use");
-    if (n.op == Op::Act || n.op == Op::ActGrad) internal_assert(n.fn >= 0 && size_t(n.fn) < activations.size(), "act fn");
+    internal_assert(n.fn < 0 || size_t(n.fn) < activations.size(), "map refers to a missing activation");
     n.shape = kShapeRules[size_t(n.op)](nodes, n);
     for (int64_t dim : n.shape)
         if (dim <= 0 || dim > kMaxTensorElements)
@@ -240,12 +303,9 @@ std::string printGraph(const Graph& g) {
     for (size_t i = 0; i < g.nodes.size(); ++i) {
         const Node& n = g.nodes[i];
         std::string line = fmt::format("  %{} = {}", i, describe(n.op).spelling);
-        if (n.op == Op::Act) line += fmt::format("[fn{}]", n.fn);
-        if (n.op == Op::ActGrad) line += fmt::format("[fn{},{}]", n.fn, n.byOutput ? "y" : "x");
-        if (n.op == Op::BatchNormGradX || n.op == Op::BatchNormGradGamma)
-            line += fmt::format("[eps={}]", n.eps);
-        if (n.op == Op::BatchNorm || n.op == Op::BatchNormEval) line += fmt::format("[eps={}]", n.eps);
-        if (!n.name.empty()) line += fmt::format(" \"{}\"", n.name);
+        std::string attrs = printAttrs(n);
+        if (!attrs.empty()) line += "[" + attrs + "]";
+        if (!n.name.empty()) line += " " + attrValue(n.name);
         for (size_t k = 0; k < n.in.size(); ++k) line += fmt::format("{} %{}", k ? "," : "", n.in[k]);
         line += fmt::format(" : {}{}", n.type == DType::Index ? "i32" : "real", shapeString(n.shape));
         if (paramOf[i]) line += " init=" + printInit(paramOf[i]->init);
@@ -260,15 +320,22 @@ std::string verify(const Graph& g) {
     for (size_t i = 0; i < g.nodes.size(); ++i) {
         const Node& n = g.nodes[i];
         const OpDesc& d = describe(n.op);
-        if (d.arity >= 0 && int(n.in.size()) != d.arity)
+        if (d.arity >= 0 ? int(n.in.size()) != d.arity : n.in.empty())
             return fmt::format("%{}: {} has {} operands, expected {}", i, d.spelling, n.in.size(), d.arity);
         for (ValueId v : n.in)
             if (v >= i) return fmt::format("%{}: operand %{} is not defined before it", i, v);
         if ((n.op == Op::Input || n.op == Op::Param) && !names.insert(n.name).second)
             return fmt::format("%{}: tensor name '{}' is used twice", i, n.name);
-        if ((n.op == Op::Act || n.op == Op::ActGrad) && (n.fn < 0 || size_t(n.fn) >= g.activations.size()))
-            return fmt::format("%{}: act refers to missing function {}", i, n.fn);
-        if (n.op != Op::Input && n.op != Op::Param && n.op != Op::Zeros) {
+        std::string undeclared;
+#define GRADC_ATTR(kind, field, type, init) \
+        if (!(d.attrs & attr::kind) && !(n.field == kDefaultAttrs.field)) undeclared = #field;
+#include "Ops.def"
+        if (!undeclared.empty())
+            return fmt::format("%{}: {} has attribute {}, which it does not declare", i, d.spelling, undeclared);
+        if ((d.attrs & attr::Name) && n.name.empty()) return fmt::format("%{}: {} has no name", i, d.spelling);
+        if (n.fn >= 0 && size_t(n.fn) >= g.activations.size())
+            return fmt::format("%{}: {} refers to missing activation {}", i, d.spelling, n.fn);
+        if (!d.has(trait::Leaf)) {
             try {
                 if (kShapeRules[size_t(n.op)](g.nodes, n) != n.shape)
                     return fmt::format("%{}: recorded shape {} differs from the shape rule's", i,
@@ -284,6 +351,71 @@ std::string verify(const Graph& g) {
     for (auto& o : g.outputs)
         if (o.value >= g.nodes.size()) return fmt::format("output '{}' refers to a missing node", outputLabel(o));
     return "";
+}
+
+// ---- Builders of map nodes.
+
+ValueId addMap(Graph& g, scalar::E expr, std::vector<ValueId> ins, SourceLoc loc, int32_t fn) {
+    internal_assert(expr != nullptr, "map without an expression");
+    // Keep the operands the expression uses, in order, and number them from a0 up.
+    std::vector<bool> used(ins.size(), false);
+    scalar::postOrder(expr, [&](const scalar::Node& e) {
+        if (e.op == scalar::Op::Arg && e.value >= 0 && size_t(e.value) < ins.size()) used[size_t(e.value)] = true;
+    });
+    std::vector<ValueId> kept;
+    std::vector<scalar::E> renumber;
+    for (size_t i = 0; i < ins.size(); ++i) {
+        renumber.push_back(used[i] ? scalar::arg(int(kept.size())) : scalar::arg(int(i)));
+        if (used[i]) kept.push_back(ins[i]);
+    }
+    if (kept.size() != ins.size()) expr = scalar::substituteArgs(expr, renumber);
+    if (kept.empty()) { // a constant: the widest operand still gives the result's shape
+        ValueId widest = ins.at(0);
+        for (ValueId v : ins)
+            if (g[v].shape.size() > g[widest].shape.size()) widest = v;
+        kept.push_back(widest);
+    }
+    Node n = makeNode(Op::Map, std::move(loc), std::move(kept));
+    n.expr = std::move(expr);
+    n.fn = fn;
+    return g.add(std::move(n));
+}
+
+ValueId addActivation(Graph& g, int32_t fn, ValueId x, SourceLoc loc) {
+    internal_assert(fn >= 0 && size_t(fn) < g.activations.size(), "no activation " + std::to_string(fn));
+    Node n = makeNode(Op::Map, std::move(loc), {x});
+    n.expr = scalar::substitute(g.activations[size_t(fn)].formula, scalar::arg(0));
+    n.fn = fn;
+    return g.add(std::move(n));
+}
+
+ValueId addBiasAdd(Graph& g, ValueId a, ValueId b, SourceLoc loc) {
+    return addMap(g, scalar::make(scalar::Op::Add, {scalar::arg(0), scalar::arg(1)}), {a, b}, std::move(loc));
+}
+
+static ValueId addSameShape(Graph& g, const char* what, scalar::Op op, ValueId a, ValueId b, SourceLoc loc) {
+    if (g[a].shape != g[b].shape || g[a].type != g[b].type)
+        throw UserError(loc, fmt::format("{}: operands have different shapes {} and {}", what,
+                                         shapeString(g[a].shape), shapeString(g[b].shape)));
+    return addMap(g, scalar::make(op, {scalar::arg(0), scalar::arg(1)}), {a, b}, std::move(loc));
+}
+
+ValueId addBatchNormEval(Graph& g, const std::vector<ValueId>& ins, double eps, SourceLoc loc) {
+    internal_assert(ins.size() == 5, "batchnorm_eval takes x, weight, bias, mean and variance");
+    using scalar::Op;
+    auto a = [](int i) { return scalar::arg(i); };
+    // ((x - μ) γ) / sqrt(v + eps) + β
+    scalar::E sd = scalar::make(Op::Sqrt, {scalar::make(Op::Add, {a(4), scalar::constant(eps)})});
+    scalar::E e = scalar::make(Op::Add, {scalar::make(Op::Div, {scalar::make(Op::Mul, {scalar::make(Op::Sub, {a(0), a(3)}), a(1)}), sd}), a(2)});
+    return addMap(g, e, ins, std::move(loc));
+}
+
+ValueId addAdd(Graph& g, ValueId a, ValueId b, SourceLoc loc) {
+    return addSameShape(g, "add", scalar::Op::Add, a, b, std::move(loc));
+}
+
+ValueId addMul(Graph& g, ValueId a, ValueId b, SourceLoc loc) {
+    return addSameShape(g, "mul", scalar::Op::Mul, a, b, std::move(loc));
 }
 
 } // namespace gradc

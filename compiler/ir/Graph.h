@@ -4,7 +4,14 @@
 // ValueId (its index). Nodes are appended in topological order: a node's inputs always have
 // smaller ids. Tensors are real-valued (the element type is chosen by the backend) except
 // class labels, which are indices. Shapes are fully static: the batch size is part of the
-// graph. What each op computes is written once, in Ops.def.
+// graph. What each op computes is written once, in Ops.def, with the attributes it carries
+// (typed fields of `Attrs`: a tensor's name, an activation index, eps, an element function)
+// and its traits. Printer, verifier, CSE key and autodiff's attribute copy walk an op's
+// attributes through the table (forEachAttr), never by hand. Element-wise computation is one
+// op, `map`: a scalar expression (scalar::E in Arg(i) leaves) over its operands, where an
+// operand's shape is the result's or a suffix of it (broadcast: [N] against [B,N] reads
+// operand[n] at [b,n]); activations, their gradients, add, bias add, mul and evaluation-mode
+// batchnorm are maps built by the functions at the end of this file.
 #pragma once
 
 #include "Activations.h"
@@ -17,15 +24,49 @@
 namespace gradc {
 
 enum class Op : uint8_t {
-#define GRADC_OP(name, spelling, arity, shape, grad) name,
+#define GRADC_OP(name, spelling, arity, traits, attrs, shape, grad) name,
 #include "Ops.def"
 };
 
+/// What kind of computation an op is (Ops.def's traits column): passes ask the table, not
+/// lists of ops.
+namespace trait {
+enum : uint32_t {
+    Leaf = 1,          ///< no operands: a tensor of the entry point or a constant
+    ElementWise = 2,   ///< result[i] depends on operand elements at i only (fusible)
+    MatMul = 4,        ///< a matrix product (one per fused kernel)
+    Reduction = 8,     ///< sums over a dimension
+    Normalisation = 16,
+    Loss = 32,         ///< a scalar loss
+    LossGrad = 64,     ///< a loss's gradient for d(loss) = 1
+};
+} // namespace trait
+
+/// The attribute kinds (Ops.def's GRADC_ATTR rows).
+enum class AttrKind : uint8_t {
+#define GRADC_ATTR(kind, field, type, init) kind,
+#include "Ops.def"
+};
+
+/// Attribute sets, as Ops.def's attributes column writes them: attr::Fn | attr::Expr.
+namespace attr {
+enum : uint32_t {
+#define GRADC_ATTR(kind, field, type, init) kind = 1u << unsigned(AttrKind::kind),
+#include "Ops.def"
+};
+} // namespace attr
+
 struct OpDesc {
     const char* spelling;
-    int arity;
+    int arity;       ///< -1: variadic (at least one operand)
+    uint32_t traits; ///< trait:: bits
+    uint32_t attrs;  ///< attr:: bits: the attributes the op carries
+    bool has(uint32_t t) const { return (traits & t) != 0; }
 };
 const OpDesc& describe(Op op);
+
+/// The spelling of an attribute kind ("eps").
+const char* attrName(AttrKind k);
 
 using ValueId = uint32_t;
 using Shape = std::vector<int64_t>;
@@ -40,17 +81,37 @@ struct Init {
     std::vector<double> args;
 };
 
-struct Node {
+/// Every attribute a node may carry, one field each (Ops.def's GRADC_ATTR rows); an op uses
+/// the ones its row declares and leaves the others at their defaults.
+struct Attrs {
+#define GRADC_ATTR(kind, field, type, init) type field = init;
+#include "Ops.def"
+};
+
+struct Node : Attrs {
     Op op = Op::Input;
     DType type = DType::Real;
     std::vector<ValueId> in;
     Shape shape;
-    std::string name;   // Input, Param: the tensor's name
-    int32_t fn = -1;    // Act, ActGrad: index into Graph::activations
-    bool byOutput = false; // ActGrad: operand 0 is f's output y (else its input x)
-    double eps = 0;     // BatchNorm
     SourceLoc loc;
 };
+
+/// Calls f(AttrKind, const T& value) for each attribute `op` declares, in Ops.def's order.
+template <typename F> void forEachAttr(Op op, const Attrs& a, F&& f) {
+    [[maybe_unused]] const uint32_t declared = describe(op).attrs;
+#define GRADC_ATTR(kind, field, type, init) \
+    if (declared & attr::kind) f(AttrKind::kind, a.field);
+#include "Ops.def"
+}
+
+/// The attributes `n` declares as text, "fn0, a0 + a1" (empty if none), and the CSE key's
+/// parts: equality and hash over the attributes of the op (scalar expressions compare by
+/// identity, as they are hash-consed).
+std::string printAttrs(const Node& n);
+bool sameAttrs(const Node& a, const Node& b);
+size_t hashAttrs(const Node& n);
+/// Copies to `to` each attribute that both its op and `from`'s op declare.
+void copyAttrs(const Node& from, Node& to);
 
 inline Node makeNode(Op op, SourceLoc loc, std::vector<ValueId> in = {}) {
     Node n;
@@ -136,6 +197,22 @@ public:
     int64_t parameterCount() const;
     int64_t bufferCount() const;
 };
+
+/// Builds `map[expr]` over `ins` (see Ops.def): operands the expression does not use are
+/// dropped and its Arg leaves renumbered. Shape errors are the user's, at `loc`.
+ValueId addMap(Graph& g, scalar::E expr, std::vector<ValueId> ins, SourceLoc loc, int32_t fn = -1);
+/// The activation `fn` (an index into g.activations) applied to x: a map that keeps `fn`.
+ValueId addActivation(Graph& g, int32_t fn, ValueId x, SourceLoc loc);
+/// a + b: equal shapes, or b a suffix of a's shape (a bias: [N] against [B,N]).
+ValueId addBiasAdd(Graph& g, ValueId a, ValueId b, SourceLoc loc);
+/// a + b and a * b element-wise, of equal shapes ("add: operands have different shapes").
+ValueId addAdd(Graph& g, ValueId a, ValueId b, SourceLoc loc);
+ValueId addMul(Graph& g, ValueId a, ValueId b, SourceLoc loc);
+/// Evaluation-mode BatchNorm1d of x[B,N] with γ, β, running mean μ and variance v (each [N],
+/// in that order in `ins`): (x - μ) γ / sqrt(v + eps) + β, per feature.
+ValueId addBatchNormEval(Graph& g, const std::vector<ValueId>& ins, double eps, SourceLoc loc);
+/// A map that applies an activation (the node a layer's activation builds).
+inline bool isActivation(const Node& n) { return n.op == Op::Map && n.fn >= 0; }
 
 /// Stable text form: `gradc dump --emit=graph` and the golden tests.
 std::string printGraph(const Graph& g);

@@ -200,13 +200,16 @@ static double stableSigmoid(double v) {
 static double maxNaN(double a, double b) { return std::isnan(a) || std::isnan(b) ? a + b : std::fmax(a, b); }
 static double minNaN(double a, double b) { return std::isnan(a) || std::isnan(b) ? a + b : std::fmin(a, b); }
 
-static double apply(Op op, double value, double a, double b, double c, double x, double y, double g) {
+static double apply(Op op, double value, double a, double b, double c, double x, double y, double g,
+                    const double* args = nullptr) {
     switch (op) {
     case Op::Const: return value;
     case Op::Var: return x;
     case Op::Out: return y;
     case Op::Grad: return g;
-    case Op::Arg: internal_assert(false, "a kernel operand cannot be evaluated alone"); return 0;
+    case Op::Arg:
+        internal_assert(args != nullptr, "a kernel operand cannot be evaluated alone");
+        return args[size_t(value)];
     case Op::Param: internal_assert(false, "an unbound activation parameter"); return 0;
     case Op::Add: return a + b;
     case Op::Sub: return a - b;
@@ -253,6 +256,15 @@ double Evaluator::operator()(double x, double y, double g) {
     for (size_t i = 0; i < steps_.size(); ++i) {
         const Step& s = steps_[i];
         r[i] = apply(s.op, s.value, r[s.a[0]], r[s.a[1]], r[s.a[2]], x, y, g);
+    }
+    return r[steps_.size() - 1];
+}
+
+double Evaluator::withArgs(const double* args) {
+    double* r = regs_.data();
+    for (size_t i = 0; i < steps_.size(); ++i) {
+        const Step& s = steps_[i];
+        r[i] = apply(s.op, s.value, r[s.a[0]], r[s.a[1]], r[s.a[2]], 0, 0, 1, args);
     }
     return r[steps_.size() - 1];
 }

@@ -104,6 +104,8 @@ public:
     explicit Evaluator(const E& e);
     /// The value at x (y: the output leaf, g: the incoming gradient leaf).
     double operator()(double x, double y = 0, double g = 1);
+    /// The value with each Arg(i) leaf at args[i] (a map node's element function).
+    double withArgs(const double* args);
 
 private:
     struct Step {

@@ -18,10 +18,11 @@ struct RuleContext {
 
     const Node& node() const { return g[v]; }
     ValueId in(size_t i) const { return g[v].in[i]; }
+    /// A node of the gradient: it carries the attributes of this node its op declares too
+    /// (batchnorm's eps), as Ops.def lists them.
     ValueId add(Op op, std::vector<ValueId> operands) {
         Node n = makeNode(op, g[v].loc, std::move(operands));
-        n.eps = g[v].eps;
-        n.fn = g[v].fn;
+        copyAttrs(g[v], n);
         return g.add(std::move(n));
     }
 };
@@ -43,18 +44,59 @@ Grads gradOfMatMulNT(RuleContext& c) {
     return out;
 }
 
-// y = x + b (broadcast):  dx = dy,  db = Σ_rows dy
-Grads gradOfBiasAdd(RuleContext& c) {
-    Grads out(2);
-    if (c.need[0]) out[0] = *c.dy;
-    if (c.need[1]) out[1] = c.add(Op::SumRows, {*c.dy});
-    return out;
+/// Sums `d` (the result's shape) down to `shape`, a suffix of it: over each leading dimension
+/// the operand was broadcast along.
+ValueId reduceTo(RuleContext& c, ValueId d, const Shape& shape) {
+    while (c.g[d].shape.size() > shape.size()) d = c.add(Op::SumRows, {d});
+    return d;
 }
 
-// y = f(x):  dx = dy * f'(x) as f's vjp applies it (relu: select(x <= 0, 0, dy)), through y
-// when it can be written in y.
-Grads gradOfAct(RuleContext& c) {
-    Activation& a = c.g.activations[size_t(c.node().fn)];
+/// The gradient map g * f'(a_i) for operand i of y = map[f](a...) and incoming gradient dy:
+/// the partial derivative's vector-Jacobian product as scalar::vjp gives it (a select passes
+/// g only to its taken arm, as PyTorch's backward does), then summed over the dimensions
+/// the operand was broadcast along. dy itself when the product is g (add, bias add).
+std::optional<ValueId> partial(RuleContext& c, size_t i) {
+    const Node& n = c.node();
+    const size_t count = n.in.size();
+    // In the algebra, d/dx treats every leaf but x as a constant: a_i becomes x, the other
+    // operands parameter slots, and back.
+    std::vector<scalar::E> toVar, fromVar;
+    for (size_t k = 0; k < count; ++k) {
+        toVar.push_back(k == i ? scalar::var() : scalar::param(int(k)));
+        fromVar.push_back(scalar::arg(int(k)));
+    }
+    scalar::E d = scalar::vjp(scalar::substituteArgs(n.expr, toVar));
+    d = scalar::substituteGrad(scalar::substituteParams(scalar::substitute(d, scalar::arg(int(i))), fromVar),
+                               scalar::arg(int(count)));
+    d = scalar::simplify(d);
+    if (!(d->leaves & scalar::leafBit(scalar::Op::Arg))) { // a constant (0: a comparison's operand)
+        Node z = makeNode(Op::Zeros, n.loc);
+        z.shape = c.g[c.in(i)].shape;
+        return c.g.add(std::move(z));
+    }
+    ValueId dx;
+    if (d == scalar::arg(int(count))) {
+        dx = *c.dy;
+    } else {
+        std::vector<ValueId> ins = n.in;
+        ins.push_back(*c.dy);
+        dx = addMap(c.g, d, std::move(ins), n.loc);
+    }
+    return reduceTo(c, dx, c.g[c.in(i)].shape);
+}
+
+// y = map[f](a0, a1, ...):  da_i = Σ_broadcast dy * ∂f/∂a_i. An activation (one operand, `fn`
+// set) uses its vjp from the table, written through y = f(x) when the algebra allows: the
+// backward pass then reads the activation's output, which the forward pass keeps anyway.
+Grads gradOfMap(RuleContext& c) {
+    const Node& n = c.node();
+    if (n.fn < 0) {
+        Grads out(n.in.size());
+        for (size_t i = 0; i < n.in.size(); ++i)
+            if (c.need[i]) out[i] = partial(c, i);
+        return out;
+    }
+    Activation& a = c.g.activations[size_t(n.fn)];
     if (!a.vjp) {
         a.derivative = scalar::derivative(a.formula);
         a.derivativeByOutput = scalar::derivativeByOutput(a.formula, a.derivative);
@@ -62,12 +104,12 @@ Grads gradOfAct(RuleContext& c) {
         a.vjpByOutput = scalar::derivativeByOutput(a.formula, a.vjp);
     }
     bool byOut = a.vjpByOutput != nullptr;
-    Node n = makeNode(Op::ActGrad, c.node().loc, {byOut ? c.v : c.in(0), *c.dy});
-    n.fn = c.node().fn, n.byOutput = byOut;
-    return {c.g.add(std::move(n))};
+    // vjp in x (or y) and g: the value becomes a0, the incoming gradient a1.
+    scalar::E d = byOut ? scalar::substituteOut(a.vjpByOutput, scalar::arg(0)) : scalar::substitute(a.vjp, scalar::arg(0));
+    d = scalar::substituteGrad(d, scalar::arg(1));
+    if (d == scalar::arg(1)) return {*c.dy}; // identity
+    return {addMap(c.g, d, {byOut ? c.v : c.in(0), *c.dy}, n.loc)};
 }
-
-Grads gradOfAdd(RuleContext& c) { return {*c.dy, *c.dy}; }
 
 // Training-mode batch normalisation; the rule recomputes the batch statistics from x.
 Grads gradOfBatchNorm(RuleContext& c) {
@@ -85,7 +127,7 @@ Grads gradOfBCEWithLogits(RuleContext& c) { return {c.add(Op::BCEWithLogitsGrad,
 Grads gradOfMSE(RuleContext& c) { return {c.add(Op::MSEGrad, {c.in(0), c.in(1)}), {}}; }
 
 const Rule kRules[] = {
-#define GRADC_OP(name, spelling, arity, shape, grad) gradOf##grad,
+#define GRADC_OP(name, spelling, arity, traits, attrs, shape, grad) gradOf##grad,
 #include "Ops.def"
 };
 
@@ -110,8 +152,7 @@ Graph differentiate(const Graph& forward, const AutodiffOptions& opts) {
             adjoint[target] = grad;
             return;
         }
-        Node sum = makeNode(Op::Add, g[target].loc, {*adjoint[target], grad});
-        adjoint[target] = g.add(std::move(sum)); // fan-out: gradients add up
+        adjoint[target] = addAdd(g, *adjoint[target], grad, g[target].loc); // fan-out: gradients add up
     };
 
     for (size_t i = loss + 1; i-- > 0;) {

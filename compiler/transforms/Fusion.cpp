@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <map>
 #include <tuple>
+#include <unordered_map>
 
 namespace gradc {
 
@@ -30,10 +31,26 @@ std::vector<int32_t> Kernel::writes() const {
 
 namespace {
 
-bool elementwise(Op op) {
-    return op == Op::BiasAdd || op == Op::Act || op == Op::ActGrad || op == Op::Add || op == Op::BatchNormEval;
-}
-bool matmul(Op op) { return op == Op::MatMulNT || op == Op::MatMulNN || op == Op::MatMulTN; }
+bool elementwise(Op op) { return describe(op).has(trait::ElementWise); }
+bool matmul(Op op) { return describe(op).has(trait::MatMul); }
+
+/// The CSE key: op, canonical operands and every attribute the op declares (Ops.def).
+struct CseKey {
+    std::vector<ValueId> ins;
+    const Node* node;
+};
+struct CseHash {
+    size_t operator()(const CseKey& k) const {
+        size_t h = hashAttrs(*k.node);
+        for (ValueId v : k.ins) h = h * 1000003u + v;
+        return h;
+    }
+};
+struct CseEqual {
+    bool operator()(const CseKey& a, const CseKey& b) const {
+        return a.ins == b.ins && sameAttrs(*a.node, *b.node);
+    }
+};
 
 class Builder {
 public:
@@ -79,20 +96,18 @@ private:
     void canonicalise() {
         const size_t n = g_.nodes.size();
         canon_.resize(n);
-        using Key = std::tuple<Op, std::vector<ValueId>, int32_t, bool, double>;
-        std::map<Key, ValueId> seen;
+        std::unordered_map<CseKey, ValueId, CseHash, CseEqual> seen;
         for (ValueId v = 0; v < n; ++v) {
             const Node& nd = g_[v];
             canon_[v] = v;
             if (nd.in.empty()) continue; // leaves are distinct tensors
-            if (nd.op == Op::Act && g_.activations[size_t(nd.fn)].formula->op == scalar::Op::Var) {
+            if (nd.op == Op::Map && nd.expr == scalar::arg(0) && g_[nd.in[0]].shape == nd.shape) {
                 canon_[v] = canon_[nd.in[0]]; // identity: the same value under another name
                 continue;
             }
             std::vector<ValueId> ins;
             for (ValueId i : nd.in) ins.push_back(canon_[i]);
-            Key key{nd.op, ins, nd.fn, nd.byOutput, nd.eps};
-            auto [it, fresh] = seen.emplace(key, v);
+            auto [it, fresh] = seen.emplace(CseKey{std::move(ins), &nd}, v);
             if (!fresh) canon_[v] = it->second;
         }
         live_.assign(n, false);
@@ -241,24 +256,20 @@ private:
             (void)s1;
             return lb.load(Access::Mode::Acc, -1);
         }
-        case gradc::Op::BiasAdd:
-            return scalar::make(Op::Add, {exprOf(in(v, 0), root, lb),
-                                          lb.load(Access::Mode::Col, buffer_[in(v, 1)])});
-        case gradc::Op::Act:
-            return scalar::substitute(g_.activations[size_t(nd.fn)].formula, exprOf(in(v, 0), root, lb));
-        case gradc::Op::ActGrad: {
-            const Activation& a = g_.activations[size_t(nd.fn)];
-            scalar::E val = exprOf(in(v, 0), root, lb);
-            scalar::E d = nd.byOutput ? scalar::substituteOut(a.vjpByOutput, val) : scalar::substitute(a.vjp, val);
-            return scalar::substituteGrad(d, exprOf(in(v, 1), root, lb));
-        }
-        case gradc::Op::Add:
-            return scalar::make(Op::Add, {exprOf(in(v, 0), root, lb), exprOf(in(v, 1), root, lb)});
-        case gradc::Op::BatchNormEval: { // (x - μ) γ / sqrt(v + eps) + β, per column
-            auto col = [&](size_t i) { return lb.load(Access::Mode::Col, buffer_[in(v, i)]); };
-            scalar::E centred = scalar::make(Op::Sub, {exprOf(in(v, 0), root, lb), col(3)});
-            scalar::E sd = scalar::make(Op::Sqrt, {scalar::make(Op::Add, {col(4), scalar::constant(nd.eps)})});
-            return scalar::make(Op::Add, {scalar::make(Op::Div, {scalar::make(Op::Mul, {centred, col(1)}), sd}), col(2)});
+        case gradc::Op::Map: { // operands of the result's shape fuse; a per-column one is read
+            std::vector<scalar::E> vals;
+            for (size_t i = 0; i < nd.in.size(); ++i) {
+                const Shape& s = g_[in(v, i)].shape;
+                if (s == nd.shape) {
+                    vals.push_back(exprOf(in(v, i), root, lb));
+                } else {
+                    internal_assert(nd.shape.size() == 2 && s == Shape{nd.shape[1]},
+                                    fmt::format("map broadcasts {} to {}: not supported by the kernels",
+                                                shapeString(s), shapeString(nd.shape)));
+                    vals.push_back(lb.load(Access::Mode::Col, buffer_[in(v, i)]));
+                }
+            }
+            return scalar::substituteArgs(nd.expr, vals);
         }
         case gradc::Op::Zeros: return scalar::constant(0);
         default: internal_assert(false, fmt::format("op '{}' cannot be fused", describe(nd.op).spelling));

@@ -194,3 +194,12 @@ TEST_CASE("random models built from every construct differentiate correctly", "[
         gradcheck(model(text, 2 + int(rng() % 4)), rng);
     }
 }
+
+TEST_CASE("mul, broadcast maps and a value used twice in one product differentiate correctly",
+          "[autodiff][map]") {
+    std::mt19937 rng(7);
+    for (int64_t batch : {1, 3, 6}) {
+        INFO("batch " << batch);
+        gradcheck(gatedGraph(batch), rng);
+    }
+}

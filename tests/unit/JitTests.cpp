@@ -317,3 +317,13 @@ TEST_CASE("compiled min and max keep NaN as the interpreter and PyTorch do", "[j
         CHECK(std::isnan(logits.data[4]));
     }
 }
+
+TEST_CASE("the JIT agrees with the interpreter on mul and broadcast maps", "[jit][map]") {
+    std::mt19937 rng(14);
+    for (int64_t batch : {1, 4, 9}) {
+        INFO("batch " << batch);
+        Graph g = gatedGraph(batch);
+        REQUIRE(verify(g).empty());
+        agree(g, rng);
+    }
+}

@@ -91,4 +91,37 @@ inline std::string errorOf(const std::function<void()>& f) {
     return "";
 }
 
+/// A graph the model language cannot write yet, built with the IR's builders: gating by
+/// element-wise products and a broadcast per-feature scale.
+///   h = tanh(x·aᵀ + a.bias);  u = x·bᵀ;  m = mul(h, u) + mul(u, u) * scale;  z = m·cᵀ;  mse(z, t)
+inline Graph gatedGraph(int64_t batch) {
+    Graph g;
+    g.model = "gated", g.batch = batch, g.lossKind = "mse";
+    auto leaf = [&](Op op, const std::string& name, Shape shape) {
+        Node n = makeNode(op, {});
+        n.name = name, n.shape = std::move(shape);
+        return g.add(std::move(n));
+    };
+    auto param = [&](const std::string& name, Shape shape, int64_t fanIn) {
+        ValueId v = leaf(Op::Param, name, shape);
+        g.params.push_back({v, name, {}, fanIn, shape[0]});
+        return v;
+    };
+    auto matmul = [&](ValueId a, ValueId b) { return g.add(makeNode(Op::MatMulNT, {}, {a, b})); };
+    ValueId x = leaf(Op::Input, "x", {batch, 5});
+    ValueId aw = param("a.weight", {4, 5}, 5), ab = param("a.bias", {4}, 5);
+    ValueId bw = param("b.weight", {4, 5}, 5), scale = param("scale", {4}, 1);
+    ValueId cw = param("c.weight", {3, 4}, 4);
+    g.activations.push_back(ActivationTable().instantiate({"tanh", {}, {}}));
+    ValueId h = addActivation(g, 0, addBiasAdd(g, matmul(x, aw), ab, {}), {});
+    ValueId u = matmul(x, bw);
+    ValueId m = addMul(g, h, u, {});
+    ValueId scaled = addMap(g, scalar::make(scalar::Op::Mul, {scalar::arg(0), scalar::arg(1)}),
+                            {addMul(g, u, u, {}), scale}, {});
+    ValueId z = matmul(addAdd(g, m, scaled, {}), cw);
+    ValueId loss = g.add(makeNode(Op::MSE, {}, {z, leaf(Op::Input, "target", {batch, 3})}));
+    g.outputs = {{OutputRole::Logits, "", z}, {OutputRole::Loss, "", loss}};
+    return g;
+}
+
 } // namespace gradc

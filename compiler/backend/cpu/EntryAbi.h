@@ -25,7 +25,7 @@ enum class EntryArg : unsigned {
     Target,    ///< const void*: int32 class labels for cross_entropy, T values otherwise
     Out0,      ///< T*: forward: the logits; backward: the loss (one T)
     Out1,      ///< T*: forward: the loss (one T); backward: the gradients, laid out as params
-    Acts,      ///< T*: the values the runtime reads back (isActivationOutput), one after
+    Acts,      ///< T*: the values the runtime reads back (the kept activations of the Layout), one after
                ///< another: each hidden activation's input, each batchnorm's input, and in
                ///< evaluation mode every module's output
     Workspace, ///< void*: temporaries and the matrix-product scratch (workspaceBytes, 64-byte aligned)

@@ -3,6 +3,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 
 namespace gradc {
@@ -61,41 +62,22 @@ struct Eval {
                 }
             return t;
         }
-        case Op::SumRows: {
+        case Op::SumRows: { // over dimension 0
             const Tensor& a = in(n, 0);
-            int64_t B = a.shape[0], N = a.shape[1];
-            for (int64_t b = 0; b < B; ++b)
-                for (int64_t j = 0; j < N; ++j) o[j] += a.data[b * N + j];
+            size_t N = o.size(), B = a.data.size() / std::max<size_t>(N, 1);
+            for (size_t b = 0; b < B; ++b)
+                for (size_t j = 0; j < N; ++j) o[j] += a.data[b * N + j];
             return t;
         }
-        case Op::BiasAdd: {
-            const Tensor &y = in(n, 0), &b = in(n, 1);
-            int64_t N = b.shape[0];
-            for (size_t i = 0; i < o.size(); ++i) o[i] = y.data[i] + b.data[i % size_t(N)];
-            return t;
-        }
-        case Op::Act: {
-            scalar::Evaluator f(g.activations[size_t(n.fn)].formula);
-            for (size_t i = 0; i < o.size(); ++i) o[i] = f(in(n, 0).data[i]);
-            return t;
-        }
-        case Op::ActGrad: {
-            const Activation& a = g.activations[size_t(n.fn)];
-            const Tensor &v = in(n, 0), &dy = in(n, 1);
-            scalar::Evaluator vjp(n.byOutput ? a.vjpByOutput : a.vjp);
-            for (size_t i = 0; i < o.size(); ++i)
-                o[i] = n.byOutput ? vjp(0, v.data[i], dy.data[i]) : vjp(v.data[i], 0, dy.data[i]);
-            return t;
-        }
-        case Op::Add:
-            for (size_t i = 0; i < o.size(); ++i) o[i] = in(n, 0).data[i] + in(n, 1).data[i];
-            return t;
-        case Op::BatchNormEval: {
-            const Tensor &x = in(n, 0), &w = in(n, 1), &b = in(n, 2), &mean = in(n, 3), &var = in(n, 4);
-            size_t N = size_t(x.shape[1]);
+        case Op::Map: { // an operand of fewer elements is a suffix of the result: it repeats
+            scalar::Evaluator f(n.expr);
+            std::vector<double> args(n.in.size());
             for (size_t i = 0; i < o.size(); ++i) {
-                size_t j = i % N;
-                o[i] = (x.data[i] - mean.data[j]) / std::sqrt(var.data[j] + n.eps) * w.data[j] + b.data[j];
+                for (size_t k = 0; k < args.size(); ++k) {
+                    const std::vector<double>& d = in(n, k).data;
+                    args[k] = d[d.size() == o.size() ? i : i % d.size()];
+                }
+                o[i] = f.withArgs(args.data());
             }
             return t;
         }

@@ -4,20 +4,13 @@
 #pragma once
 
 #include "Graph.h"
+#include "Tensor.h"
 
 #include <map>
 #include <string>
 #include <vector>
 
 namespace gradc {
-
-struct Tensor {
-    Shape shape;
-    std::vector<double> data; ///< row-major; class labels are stored as whole numbers
-};
-
-/// Input and parameter values by name ("x", "target", "layers.0.weight", ...).
-using Bindings = std::map<std::string, Tensor>;
 
 /// Evaluates every node; the result is indexed by ValueId. Throws UserError if a binding is
 /// missing or misshapen, or a class label is out of range.
