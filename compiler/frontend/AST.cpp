@@ -1,6 +1,8 @@
 // AST.cpp — the printer behind `gradc dump --emit=ast`.
 #include "AST.h"
 
+#include "Layers.h"
+
 #include <fmt/format.h>
 
 namespace gradc {
@@ -38,21 +40,28 @@ static void printStmt(const Stmt& s, int indent, std::string& out) {
     switch (s.kind) {
     case Stmt::Kind::Model: out += head + "model " + s.name + "\n"; return;
     case Stmt::Kind::Input: out += head + fmt::format("input {}{}\n", s.size, from); return;
-    case Stmt::Kind::Dense:
-        out += head + fmt::format("dense {}", s.size);
-        if (s.act) out += " act=" + s.act->name + args(s.act->args);
-        if (s.init) out += " init=" + s.init->scheme + args(s.init->args);
-        out += fmt::format(" bias={}{}\n", s.bias, from);
-        return;
-    case Stmt::Kind::Act: out += head + "act " + s.act->name + args(s.act->args) + from + "\n"; return;
-    case Stmt::Kind::Add:
-        out += head + "add";
+    case Stmt::Kind::Layer: {
+        const LayerDef& d = *s.layer;
+        if (&d == &activationLayer()) {
+            out += head + "act " + s.act->name + args(s.act->args) + from + "\n";
+            return;
+        }
+        out += head + d.keyword;
+        if (d.operands == LayerDef::Operands::Width) out += fmt::format(" {}", s.size);
         for (auto& [n, _] : s.operands) out += " " + n;
+        if (s.act) out += " act=" + s.act->name + args(s.act->args);
+        for (const LayerOptionDef& o : d.options) {
+            if (o.kind == LayerOptionDef::Kind::Init) {
+                if (s.init) out += " init=" + s.init->scheme + args(s.init->args);
+            } else if (o.kind == LayerOptionDef::Kind::Bool) {
+                out += fmt::format(" {}={}", o.name, optionValue(s, o.name) != 0);
+            } else {
+                out += fmt::format(" {}={}", o.name, optionValue(s, o.name));
+            }
+        }
         out += from + "\n";
         return;
-    case Stmt::Kind::BatchNorm:
-        out += head + fmt::format("batchnorm eps={} momentum={}{}\n", s.eps, s.momentum, from);
-        return;
+    }
     case Stmt::Kind::Repeat:
         out += head + fmt::format("repeat {}{}\n", s.size, from);
         for (auto& b : s.body) printStmt(*b, indent + 1, out);

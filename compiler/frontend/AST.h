@@ -11,6 +11,8 @@
 
 namespace gradc {
 
+struct LayerDef;
+
 /// An expression in an `activation NAME(x) = EXPR` definition.
 struct Expr {
     enum class Kind { Number, Var, Neg, Binary, Call };
@@ -35,9 +37,10 @@ struct InitSpec {
     SourceLoc loc;
 };
 
-/// One statement. Fields not used by a kind stay empty.
+/// One statement. Fields not used by a kind stay empty. Every layer is a `Layer` statement
+/// whose entry in the layer table (Layers.h) says which of the layer fields it uses.
 struct Stmt {
-    enum class Kind { Model, Input, Dense, Act, Add, BatchNorm, Repeat, From, ActivationDef, Loss };
+    enum class Kind { Model, Input, Layer, Repeat, From, ActivationDef, Loss };
     Kind kind;
     SourceLoc loc;      // the statement's keyword
     std::string name;   // `NAME = ...` (empty if unnamed); Model: the model name
@@ -45,14 +48,13 @@ struct Stmt {
     std::string from;   // `... from NAME` (From: the name itself)
     SourceLoc fromLoc;
 
-    int64_t size = 0;   // Input, Dense: width; Repeat: count
+    const LayerDef* layer = nullptr; // Layer: its entry in the layer table
+    int64_t size = 0;   // Input, a layer's width operand; Repeat: count
     SourceLoc sizeLoc;
-    std::optional<ActRef> act;   // Dense (optional), Act
-    std::optional<InitSpec> init; // Dense
-    bool bias = true;             // Dense
-    double eps = 1e-5;            // BatchNorm
-    double momentum = 0.1;        // BatchNorm (running statistics, used by training)
-    std::vector<std::pair<std::string, SourceLoc>> operands; // Add
+    std::vector<std::pair<std::string, SourceLoc>> operands; // a layer's value-name operands
+    std::optional<ActRef> act;    // a layer's activation (a bare activation statement's own)
+    std::optional<InitSpec> init; // a layer's init= option
+    std::vector<std::pair<std::string, double>> options; // the other options given (bools as 0/1)
     std::vector<std::unique_ptr<Stmt>> body;                 // Repeat
 
     // ActivationDef: `activation NAME(x, p=1.0) = EXPR`

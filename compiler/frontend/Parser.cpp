@@ -3,8 +3,10 @@
 // The grammar, one rule per function below:
 //   file     ::= { [stmt] NEWLINE } END
 //   stmt     ::= 'model' NAME | 'loss' NAME | 'from' NAME | actdef | [NAME '='] layer ['from' NAME]
-//   layer    ::= 'input' INT | 'dense' INT [actref] {option} | 'add' NAME [NAME]
-//              | 'batchnorm' {option} | 'repeat' INT '{' {[stmt] NEWLINE} '}' | actref
+//   layer    ::= 'input' INT | 'repeat' INT '{' {[stmt] NEWLINE} '}' | actref
+//              | KEYWORD [INT | NAME {NAME}] [actref] {NAME '=' value}
+//                (a layer of the layer table, Layers.cpp: `dense 512 relu init=xavier`,
+//                 `add a b`, `batchnorm eps=1e-3`; the entry says which parts it takes)
 //   actref   ::= NAME ['(' signed {',' signed} ')']
 //   actdef   ::= 'activation' NAME '(' NAME {',' NAME ['=' signed]} ')' '=' expr
 //   expr     ::= sum [('<'|'<='|'>'|'>='|'=='|'!=') sum]
@@ -15,6 +17,7 @@
 //   primary  ::= NUMBER | NAME | NAME '(' expr {',' expr} ')' | '(' expr ')'
 #include "Parser.h"
 
+#include "Layers.h"
 #include "Lexer.h"
 
 #include <fmt/format.h>
@@ -165,10 +168,9 @@ private:
         std::string name;
         SourceLoc nameLoc;
         if (peek(1).kind == Tok::Assign) {
-            static const std::set<std::string> keywords = {"model", "input", "dense", "add",
-                                                           "batchnorm", "repeat", "from", "loss",
-                                                           "activation"};
-            if (keywords.count(t.text))
+            static const std::set<std::string> keywords = {"model", "input", "repeat", "from",
+                                                           "loss", "activation"};
+            if (keywords.count(t.text) || findLayer(t.text))
                 fail(t, "'{}' is a keyword and cannot name a value", t.text);
             name = t.text, nameLoc = t.loc;
             next(), next();
@@ -191,55 +193,6 @@ private:
             s->size = integer("the input width", &s->sizeLoc);
             return s;
         }
-        if (isWord("dense")) {
-            auto s = make(Stmt::Kind::Dense, next());
-            s->size = integer("the layer width", &s->sizeLoc);
-            if (peek().kind == Tok::Ident && peek(1).kind != Tok::Assign && !isWord("from"))
-                s->act = actRef();
-            while (peek().kind == Tok::Ident && peek(1).kind == Tok::Assign) {
-                const Token& opt = next();
-                next();
-                if (opt.text == "init") {
-                    if (s->init) fail(opt, "'init' given twice");
-                    InitSpec spec;
-                    const Token& n = expectName("an init scheme after 'init='");
-                    spec.scheme = n.text, spec.loc = n.loc;
-                    spec.args = numberArgs("init scheme argument");
-                    s->init = std::move(spec);
-                } else if (opt.text == "bias") {
-                    const Token& v = expectName("'true' or 'false' after 'bias='");
-                    if (v.text != "true" && v.text != "false")
-                        fail(v, "expected 'true' or 'false' after 'bias=', found '{}'", v.text);
-                    s->bias = v.text == "true";
-                } else {
-                    fail(opt, "unknown option '{}' for dense (expected init= or bias=)", opt.text);
-                }
-            }
-            return s;
-        }
-        if (isWord("add")) {
-            auto s = make(Stmt::Kind::Add, next());
-            while (peek().kind == Tok::Ident && !isWord("from")) {
-                const Token& n = next();
-                s->operands.emplace_back(n.text, n.loc);
-            }
-            if (s->operands.empty() || s->operands.size() > 2)
-                fail(s->operands.empty() ? peek() : t,
-                     "'add' takes one or two value names ('add A B', or 'add A' to add A to the "
-                     "current value)");
-            return s;
-        }
-        if (isWord("batchnorm")) {
-            auto s = make(Stmt::Kind::BatchNorm, next());
-            while (peek().kind == Tok::Ident && peek(1).kind == Tok::Assign) {
-                const Token& opt = next();
-                next();
-                if (opt.text == "eps") s->eps = signedNumber("eps");
-                else if (opt.text == "momentum") s->momentum = signedNumber("momentum");
-                else fail(opt, "unknown option '{}' for batchnorm (expected eps= or momentum=)", opt.text);
-            }
-            return s;
-        }
         if (isWord("repeat")) {
             auto s = make(Stmt::Kind::Repeat, next());
             if (depth + 1 > kMaxRepeatDepth)
@@ -252,9 +205,79 @@ private:
         }
         static const std::set<std::string> misplaced = {"model", "loss", "activation"};
         if (misplaced.count(t.text)) fail(t, "'{}' cannot be named or used as a layer", t.text);
-        auto s = make(Stmt::Kind::Act, t);
-        s->act = actRef();
+        const LayerDef* def = findLayer(t.text);
+        if (!def) { // a bare activation: `relu`, `leaky_relu(0.1)`
+            auto s = make(Stmt::Kind::Layer, t);
+            s->layer = &activationLayer();
+            s->act = actRef();
+            return s;
+        }
+        return layerOf(*def);
+    }
+
+    /// A layer statement read from its entry in the layer table:
+    ///   KEYWORD [INT | NAME {NAME}] [actref] {NAME '=' value}
+    std::unique_ptr<Stmt> layerOf(const LayerDef& def) {
+        const Token& t = peek();
+        auto s = make(Stmt::Kind::Layer, next());
+        s->layer = &def;
+        auto startsOption = [&] { return peek().kind == Tok::Ident && peek(1).kind == Tok::Assign; };
+        if (def.operands == LayerDef::Operands::Width) {
+            s->size = integer(def.operandWhat, &s->sizeLoc);
+        } else if (def.operands == LayerDef::Operands::Names) {
+            while (peek().kind == Tok::Ident && !isWord("from") && !startsOption()) {
+                const Token& n = next();
+                s->operands.emplace_back(n.text, n.loc);
+            }
+            int n = int(s->operands.size());
+            if (n < def.minNames || n > def.maxNames) fail(n == 0 ? peek() : t, "{}", def.operandWhat);
+        }
+        if (def.activation && peek().kind == Tok::Ident && !startsOption() && !isWord("from"))
+            s->act = actRef();
+        while (startsOption()) {
+            const Token& opt = next();
+            next();
+            const LayerOptionDef* o = nullptr;
+            for (const LayerOptionDef& c : def.options)
+                if (opt.text == c.name) o = &c;
+            if (!o) fail(opt, "unknown option '{}' for {} ({})", opt.text, def.keyword, optionList(def));
+            bool given = o->kind == LayerOptionDef::Kind::Init ? s->init.has_value() : false;
+            for (auto& [name, _] : s->options) given |= name == o->name;
+            if (given) fail(opt, "'{}' given twice", opt.text);
+            switch (o->kind) {
+            case LayerOptionDef::Kind::Init: {
+                InitSpec spec;
+                const Token& n = expectName("an init scheme after 'init='");
+                spec.scheme = n.text, spec.loc = n.loc;
+                spec.args = numberArgs("init scheme argument");
+                s->init = std::move(spec);
+                break;
+            }
+            case LayerOptionDef::Kind::Bool: {
+                std::string context = fmt::format("'true' or 'false' after '{}='", o->name);
+                const Token& v = expectName(context.c_str());
+                if (v.text != "true" && v.text != "false")
+                    fail(v, "expected {}, found '{}'", context, v.text);
+                s->options.emplace_back(o->name, v.text == "true" ? 1.0 : 0.0);
+                break;
+            }
+            case LayerOptionDef::Kind::Number:
+                s->options.emplace_back(o->name, signedNumber(o->name));
+                break;
+            }
+        }
         return s;
+    }
+
+    /// "expected init= or bias=", "takes no options".
+    static std::string optionList(const LayerDef& def) {
+        if (def.options.empty()) return "it takes no options";
+        std::string out = "expected ";
+        for (size_t i = 0; i < def.options.size(); ++i) {
+            if (i) out += i + 1 == def.options.size() ? " or " : ", ";
+            out += std::string(def.options[i].name) + "=";
+        }
+        return out;
     }
 
     /// actref ::= NAME ['(' signed {',' signed} ')']

@@ -7,6 +7,8 @@
 // tensors carry the iteration index (h.0.weight, h.1.weight, ...).
 #include "Sema.h"
 
+#include "Layers.h"
+
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -34,7 +36,7 @@ struct Scope {
     }
 };
 
-class Sema {
+class Sema final : public LayerBuilder {
 public:
     Sema(const Module& m, const SemaOptions& opts) : m_(m) {
         g_.batch = opts.batch;
@@ -83,6 +85,7 @@ private:
     std::vector<std::pair<std::string, ValueId>> bnInputs_; // training mode: layer, input
     int64_t paramTotal_ = 0;
     std::set<std::string> paramNames_;
+    const Scope* scope_ = nullptr; // the scope of the statement being built
 
     SourceLoc endLoc() const {
         uint32_t lines = 1;
@@ -141,14 +144,47 @@ private:
         sc.names[s.name] = {v, s.nameLoc};
     }
 
-    /// The module name: "layers.K" for unnamed modules, NAME(+iteration) for named ones.
-    std::string moduleName(const Stmt& s, const Scope& sc) {
-        if (!s.name.empty()) return s.name + sc.suffix;
+    // ---- LayerBuilder: what the layer table's build functions use.
+    Graph& graph() override { return g_; }
+    bool evalMode() const override { return eval_; }
+
+    std::string moduleName(const Stmt& s) override {
+        if (!s.name.empty()) return s.name + scope_->suffix;
         return fmt::format("layers.{}", nextIndex_++);
     }
 
+    std::string extraModuleName(const Stmt& s, const std::string& module) override {
+        return s.name.empty() ? fmt::format("layers.{}", nextIndex_++) : module;
+    }
+
+    ValueId lookup(const std::string& name, const SourceLoc& loc) override {
+        return lookup(*scope_, name, loc);
+    }
+
+    std::optional<ValueId> buffer(const std::string& module, const char* field, int64_t size,
+                                  double initial, double momentum, const SourceLoc& loc) override {
+        std::string name = module + "." + field;
+        if (!paramNames_.insert(name).second)
+            throw UserError(loc, fmt::format("tensor name '{}' is used twice", name));
+        g_.buffers.push_back({name, module, size, initial, momentum});
+        if (!eval_) return std::nullopt;
+        Node r = makeNode(Op::Param, loc);
+        r.shape = {size}, r.name = name;
+        return g_.add(std::move(r));
+    }
+
+    void keepNormInput(const std::string& module, ValueId x) override {
+        bnInputs_.emplace_back(module, x);
+    }
+
+    ValueId applyActivation(const ActRef& ref, ValueId x, const std::string& module) override {
+        ValueId v = addActivation(g_, activation(ref), x, ref.loc);
+        record(module, g_.activations[size_t(g_[v].fn)].name, x, v, ref.loc);
+        return v;
+    }
+
     ValueId param(const std::string& name, Shape shape, Init init, int64_t fanIn, int64_t fanOut,
-                  const SourceLoc& loc) {
+                  const SourceLoc& loc) override {
         // A named layer can clash with PyTorch's numbering (`layers = dense` inside repeat).
         if (!paramNames_.insert(name).second)
             throw UserError(loc, fmt::format("parameter name '{}' is used twice", name));
@@ -170,39 +206,6 @@ private:
         int32_t idx = int32_t(g_.activations.size() - 1);
         fnIndex_[g_.activations.back().name] = idx;
         return idx;
-    }
-
-    ValueId applyAct(const ActRef& ref, ValueId x, const std::string& module) {
-        ValueId v = addActivation(g_, activation(ref), x, ref.loc);
-        g_.layers.push_back({module, g_.activations[size_t(g_[v].fn)].name, g_[x].shape,
-                             g_[v].shape, ref.loc, v});
-        return v;
-    }
-
-    Init initOf(const Stmt& s) {
-        Init init;
-        if (!s.init) return init;
-        const InitSpec& spec = *s.init;
-        struct Scheme {
-            const char* name;
-            size_t args;
-        };
-        static const Scheme schemes[] = {{"pytorch", 0}, {"xavier", 0},  {"kaiming", 0},
-                                         {"normal", 1},  {"constant", 1}};
-        for (const Scheme& sc : schemes) {
-            if (spec.scheme != sc.name) continue;
-            if (spec.args.size() != sc.args)
-                throw UserError(spec.loc, sc.args ? fmt::format("init scheme '{}' takes one "
-                                                                "argument: {}(VALUE)", sc.name, sc.name)
-                                                  : fmt::format("init scheme '{}' takes no "
-                                                                "arguments", sc.name));
-            if (spec.scheme == "normal" && !(spec.args[0] > 0))
-                throw UserError(spec.loc, "normal(STD) needs a positive standard deviation");
-            init.scheme = spec.scheme, init.args = spec.args;
-            return init;
-        }
-        throw UserError(spec.loc, fmt::format("unknown init scheme '{}' (known: pytorch, xavier, "
-                                              "kaiming, normal(STD), constant(V))", spec.scheme));
     }
 
     void stmt(const Stmt& s, Scope& sc) {
@@ -230,88 +233,11 @@ private:
             need(s);
             current_ = *from;
             return;
-        case Stmt::Kind::Dense: {
+        case Stmt::Kind::Layer: {
             ValueId x = operand(s, from);
-            if (s.size < 1 || s.size > kMaxTensorElements)
-                throw UserError(s.sizeLoc, fmt::format("layer width {} is out of range (1 to 2^31)", s.size));
-            const int64_t in = g_[x].shape.back();
-            std::string mod = moduleName(s, sc);
-            Init init = initOf(s);
-            ValueId w = param(mod + ".weight", {s.size, in}, init, in, s.size, s.loc);
-            Node mm = makeNode(Op::MatMulNT, s.loc);
-            mm.in = {x, w}, mm.loc = s.loc;
-            ValueId y = g_.add(std::move(mm));
-            if (s.bias) {
-                Init binit = init;
-                if (binit.scheme == "xavier" || binit.scheme == "kaiming" || binit.scheme == "normal")
-                    binit = {"constant", {0.0}}; // the tutorials zero the bias with these schemes
-                ValueId b = param(mod + ".bias", {s.size}, binit, in, s.size, s.loc);
-                y = addBiasAdd(g_, y, b, s.loc);
-            }
-            g_.layers.push_back({mod, fmt::format("linear {} -> {}{}", in, s.size, s.bias ? "" : " (no bias)"),
-                                 g_[x].shape, g_[y].shape, s.loc, y});
-            if (s.act) {
-                std::string actMod = s.name.empty() ? fmt::format("layers.{}", nextIndex_++) : mod;
-                y = applyAct(*s.act, y, actMod);
-            }
-            current_ = y;
-            bindName(sc, s, y);
-            return;
-        }
-        case Stmt::Kind::Act: {
-            ValueId x = operand(s, from);
-            current_ = applyAct(*s.act, x, moduleName(s, sc));
+            scope_ = &sc;
+            current_ = s.layer->build(*this, s, x);
             bindName(sc, s, *current_);
-            return;
-        }
-        case Stmt::Kind::Add: {
-            ValueId cur = need(s);
-            ValueId a, b;
-            if (s.operands.size() == 2) {
-                a = lookup(sc, s.operands[0].first, s.operands[0].second);
-                b = lookup(sc, s.operands[1].first, s.operands[1].second);
-            } else {
-                a = from ? *from : cur;
-                b = lookup(sc, s.operands[0].first, s.operands[0].second);
-            }
-            ValueId v = addAdd(g_, a, b, s.loc);
-            std::string what = "add";
-            for (auto& [name, _] : s.operands) what += " " + name;
-            g_.layers.push_back({moduleName(s, sc), what, g_[a].shape, g_[v].shape, s.loc, v});
-            current_ = v;
-            bindName(sc, s, v);
-            return;
-        }
-        case Stmt::Kind::BatchNorm: {
-            ValueId x = operand(s, from);
-            if (!(s.eps > 0)) throw UserError(s.loc, "batchnorm eps must be positive");
-            if (!(s.momentum >= 0 && s.momentum <= 1))
-                throw UserError(s.loc, "batchnorm momentum must be between 0 and 1");
-            if (g_[x].shape.size() != 2) throw UserError(s.loc, "batchnorm needs a [batch, features] input");
-            const int64_t n = g_[x].shape[1];
-            std::string mod = moduleName(s, sc);
-            ValueId w = param(mod + ".weight", {n}, {"constant", {1.0}}, n, n, s.loc);
-            ValueId b = param(mod + ".bias", {n}, {"constant", {0.0}}, n, n, s.loc);
-            for (const char* field : {"running_mean", "running_var"}) {
-                std::string name = mod + "." + field;
-                if (!paramNames_.insert(name).second)
-                    throw UserError(s.loc, fmt::format("tensor name '{}' is used twice", name));
-                g_.buffers.push_back({name, mod, n, field[8] == 'v' ? 1.0 : 0.0, s.momentum});
-            }
-            Node bn = makeNode(Op::BatchNorm, s.loc);
-            bn.in = {x, w, b}, bn.eps = s.eps, bn.loc = s.loc;
-            if (eval_)
-                for (size_t i = g_.buffers.size() - 2; i < g_.buffers.size(); ++i) {
-                    Node r = makeNode(Op::Param, s.loc);
-                    r.shape = {n}, r.name = g_.buffers[i].name;
-                    bn.in.push_back(g_.add(std::move(r)));
-                }
-            else
-                bnInputs_.emplace_back(mod, x);
-            ValueId v = eval_ ? addBatchNormEval(g_, bn.in, s.eps, s.loc) : g_.add(std::move(bn));
-            g_.layers.push_back({mod, fmt::format("batchnorm {}", n), g_[x].shape, g_[v].shape, s.loc, v});
-            current_ = v;
-            bindName(sc, s, v);
             return;
         }
         case Stmt::Kind::Repeat: {
