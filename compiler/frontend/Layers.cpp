@@ -82,17 +82,23 @@ ValueId buildActivation(LayerBuilder& b, const Stmt& s, ValueId x) {
     return b.applyActivation(*s.act, x, b.moduleName(s));
 }
 
-/// `add A B`, or `add A` (A plus the current value): an element-wise sum of two values
-/// of one shape (a residual connection).
-ValueId buildAdd(LayerBuilder& b, const Stmt& s, ValueId cur) {
+/// `KEYWORD A B`, or `KEYWORD A` (A with the current value): an element-wise function of two
+/// values of one shape, built by `op`.
+ValueId buildBinary(LayerBuilder& b, const Stmt& s, ValueId cur, ValueId (*op)(Graph&, ValueId, ValueId, SourceLoc)) {
     ValueId l = s.operands.size() == 2 ? b.lookup(s.operands[0].first, s.operands[0].second) : cur;
     ValueId r = b.lookup(s.operands.back().first, s.operands.back().second);
-    ValueId v = addAdd(b.graph(), l, r, s.loc);
-    std::string what = "add";
+    ValueId v = op(b.graph(), l, r, s.loc);
+    std::string what = s.layer->keyword;
     for (auto& [name, _] : s.operands) what += " " + name;
     b.record(b.moduleName(s), what, l, v, s.loc);
     return v;
 }
+
+/// `add A B`: the sum (a residual connection).
+ValueId buildAdd(LayerBuilder& b, const Stmt& s, ValueId cur) { return buildBinary(b, s, cur, addAdd); }
+
+/// `mul A B`: the product (a gate).
+ValueId buildMul(LayerBuilder& b, const Stmt& s, ValueId cur) { return buildBinary(b, s, cur, addMul); }
 
 /// `batchnorm [eps=E] [momentum=M]`: nn.BatchNorm1d over the features, with running
 /// statistics (training mode normalises with the batch's, evaluation mode with them).
@@ -131,6 +137,9 @@ const std::vector<LayerDef> kLayers = {
     {"add", Operands::Names,
      "'add' takes one or two value names ('add A B', or 'add A' to add A to the current value)",
      1, 2, false, {}, buildAdd},
+    {"mul", Operands::Names,
+     "'mul' takes one or two value names ('mul A B', or 'mul A' to multiply the current value by A)",
+     1, 2, false, {}, buildMul},
     {"batchnorm", Operands::None, "", 0, 0, false,
      {{"eps", Kind::Number, 1e-5}, {"momentum", Kind::Number, 0.1}}, buildBatchNorm},
 };

@@ -73,6 +73,8 @@ TEST_CASE("gradients of every op and loss agree with central differences", "[aut
         "input 5\ndense 4\nbatchnorm eps=0.1\ndense 2\nbatchnorm\nloss mse\n",
         "input 5\na = dense 4 tanh\ndense 4 sigmoid\nadd a\nadd a\ndense 3\nloss cross_entropy\n",
         "input 5\na = dense 4 tanh\nb = dense 4 elu from a\nadd a b\nadd b a\ndense 2\nloss mse\n",
+        "input 5\na = dense 4 tanh\nb = dense 4 sigmoid from a\nmul a b\nmul a\ndense 3\nloss cross_entropy\n",
+        "input 5\na = dense 4\nmul a a\nmul a\ndense 2\nloss mse\n",             // a value times itself
     };
     for (const char* text : models) {
         INFO(text);

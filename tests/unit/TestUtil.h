@@ -69,7 +69,7 @@ inline std::string randomModel(std::mt19937& rng, const std::string& prelude, co
         case 2: text += "batchnorm\n"; break;
         case 3: text += "v" + std::to_string(names++) + " = identity\n"; break;
         case 4:
-            if (names) text += "add v" + std::to_string(rng() % unsigned(names)) + "\n";
+            if (names) text += (rng() % 2 ? "add v" : "mul v") + std::to_string(rng() % unsigned(names)) + "\n";
             break;
         case 5:
             text += "repeat 2 {\n  r = identity\n  dense " + std::to_string(width) + " " + acts[rng() % acts.size()] +
