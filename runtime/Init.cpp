@@ -32,7 +32,7 @@ Bindings initialiseParameters(const Graph& g, uint64_t seed) {
         Tensor t{shape, std::vector<double>(size_t(elementCount(shape)))};
         const std::string& s = p.init.scheme;
         double fanIn = double(p.fanIn), fanOut = double(p.fanOut);
-        bool isWeight = shape.size() == 2;
+        const bool weight = isWeight(shape);
         for (double& v : t.data) {
             if (s == "pytorch") v = (2 * rng.uniform() - 1) / std::sqrt(fanIn);
             else if (s == "xavier") v = rng.normal() * std::sqrt(2 / (fanIn + fanOut));
@@ -41,7 +41,7 @@ Bindings initialiseParameters(const Graph& g, uint64_t seed) {
             else if (s == "constant") v = p.init.args[0];
             else internal_assert(false, "unknown init scheme " + s);
         }
-        if (isWeight) firstWeight = false;
+        if (weight) firstWeight = false;
         out[p.name] = std::move(t);
     }
     for (const BufferInfo& b : g.buffers) out[b.name] = Tensor{{b.size}, std::vector<double>(size_t(b.size), b.initial)};

@@ -79,7 +79,7 @@ std::string gradientFigure(const std::vector<GradReport>& reports, const std::ve
     size_t columns = 1;
     for (auto& r : reports) {
         size_t n = 0;
-        for (auto& s : r.params) n += s.shape.size() == 2;
+        for (auto& s : r.params) n += isWeight(s.shape);
         columns = std::max(columns, n);
     }
     const double width = double(columns) * kPanelW, rowH = kRowTitle + kPanelH;
@@ -92,7 +92,7 @@ std::string gradientFigure(const std::vector<GradReport>& reports, const std::ve
                                                    act, r.model), "middle", 14);
         size_t col = 0;
         for (auto& s : r.params) {
-            if (s.shape.size() != 2) continue; // weights only, as the seed's figure
+            if (!isWeight(s.shape)) continue; // weights only, as the seed's figure
             svg += histogramPanel(double(col++) * kPanelW, y + kRowTitle, s.name, "Grad magnitude", s,
                                   kColors[row % std::size(kColors)]);
         }

@@ -91,7 +91,7 @@ std::vector<TensorStats> gradientStatistics(const Layout& layout, const float* g
 VanishingFactor vanishingFactor(const std::vector<TensorStats>& gradients) {
     std::vector<const TensorStats*> weights;
     for (auto& s : gradients)
-        if (s.shape.size() == 2) weights.push_back(&s);
+        if (isWeight(s.shape)) weights.push_back(&s);
     if (weights.size() < 2) return {std::nan(""), "", ""};
     return {weights.front()->absMean / weights.back()->absMean, weights.front()->name, weights.back()->name};
 }

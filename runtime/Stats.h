@@ -47,7 +47,7 @@ ActivationStats activationStatistics(const std::string& name, const Activation& 
 std::vector<TensorStats> gradientStatistics(const Layout& layout, const float* grads);
 
 /// How much weaker the first layer's gradient is than the last's: abs_mean of the first weight
-/// gradient over the last one's (weights are the rank-2 parameters), with their names; NaN
+/// gradient over the last one's (weights: isWeight, Graph.h), with their names; NaN
 /// (and no names) with fewer than two weights.
 struct VanishingFactor {
     double value = 0;

@@ -73,6 +73,10 @@ using Shape = std::vector<int64_t>;
 enum class DType : uint8_t { Real, Index };
 
 std::string shapeString(const Shape& s); // "[256,784]"
+/// Whether a parameter of this shape is a weight (rank 2 or more: a dense layer's [out, in]),
+/// not a bias or a normalisation's scale or shift (rank 1). Weights are what the vanishing
+/// factor compares, the figures draw and the init schemes scale.
+inline bool isWeight(const Shape& s) { return s.size() >= 2; }
 int64_t elementCount(const Shape& s);
 
 /// How a parameter is initialised: a scheme of the model language and its arguments.
