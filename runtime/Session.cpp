@@ -185,8 +185,7 @@ std::vector<GradientStatistics> gradientStatisticsOf(const Engine& e, const char
     if (!e.haveGradients()) misuse(call, "no gradients yet: call backward() or trainStep() first");
     std::vector<GradientStatistics> out;
     for (const TensorStats& t : gradc::gradientStatistics(e.layout(), e.gradients().data()))
-        out.push_back({t.name, t.shape, t.count, t.mean, t.std, t.absMean, t.min, t.max, t.l2, t.zeroFraction,
-                       t.nan, t.inf, t.edges, t.counts});
+        out.push_back(publicStatistics(t));
     return out;
 }
 

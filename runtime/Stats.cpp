@@ -88,6 +88,11 @@ std::vector<TensorStats> gradientStatistics(const Layout& layout, const float* g
     return out;
 }
 
+TensorStatistics publicStatistics(const TensorStats& t) {
+    return {t.name, t.shape, t.count, t.mean, t.std, t.absMean, t.min, t.max, t.l2, t.zeroFraction,
+            t.nan, t.inf, t.edges, t.counts};
+}
+
 VanishingFactor vanishingFactor(const std::vector<TensorStats>& gradients) {
     std::vector<const TensorStats*> weights;
     for (auto& s : gradients)

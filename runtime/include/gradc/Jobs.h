@@ -25,18 +25,6 @@ struct DataOptions {
     double mean = 0.5, std = 0.5; ///< inputs are (pixel/255 - mean) / std
 };
 
-/// Statistics of one tensor of a layer's outputs (as GradientStatistics for gradients).
-struct TensorStatistics {
-    std::string name;
-    std::vector<int64_t> shape;
-    int64_t count = 0;
-    double mean = 0, std = 0, absMean = 0, min = 0, max = 0, l2 = 0;
-    double zeroFraction = 0; ///< share of entries with |v| < 1e-8
-    int64_t nan = 0, inf = 0;
-    std::vector<double> histogramEdges;
-    std::vector<int64_t> histogramCounts;
-};
-
 /// `gradc grads`: each model's gradients after one forward and backward pass over a batch
 /// of training images.
 struct GradsOptions {

@@ -18,17 +18,19 @@ struct SessionOptions {
     int threads = 0;
 };
 
-/// Statistics of one gradient tensor (NaN and Inf are counted, never folded in).
-struct GradientStatistics {
+/// Statistics of one tensor: a gradient, or a layer's outputs (NaN and Inf are counted,
+/// never folded in).
+struct TensorStatistics {
     std::string name;
     std::vector<int64_t> shape;
     int64_t count = 0;
     double mean = 0, std = 0, absMean = 0, min = 0, max = 0, l2 = 0;
     double zeroFraction = 0; ///< share of entries with |g| < 1e-8
     int64_t nan = 0, inf = 0;
-    std::vector<double> histogramEdges;   ///< 31 edges over [min, max]
-    std::vector<int64_t> histogramCounts; ///< 30 bins
+    std::vector<double> histogramEdges;   ///< over [min, max]: 31 edges for a gradient
+    std::vector<int64_t> histogramCounts; ///< 30 bins for a gradient, 50 for a layer's outputs
 };
+using GradientStatistics = TensorStatistics;
 
 /// A hidden activation layer over the batch: its output's mean and std, and the share of
 /// units with |f'| < 0.01 (saturated or dead).
