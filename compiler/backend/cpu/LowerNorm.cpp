@@ -1,6 +1,7 @@
 // LowerNorm.cpp — the normalisation kernels, by the op they compute: batch normalisation
 // over the batch (training mode: the batch's own mean and biased variance, as PyTorch
-// normalises) and its two gradient kernels, with respect to the input and to gamma. One
+// normalises) and its two gradient kernels, with respect to the input and to gamma; layer
+// normalisation's x̂ over each row and its gradient. One
 // lowering serves them all: the ops differ in what a group of statistics covers (a column
 // over every row, or one row) and in what they make of x̂.
 #include "Lowering.h"
@@ -25,6 +26,8 @@ NormForm formOf(Op op) {
     case Op::BatchNorm: return {false, 1, -1, NormForm::Y}; // beta follows gamma
     case Op::BatchNormGradX: return {false, 1, 2, NormForm::GradX};
     case Op::BatchNormGradGamma: return {false, -1, 1, NormForm::GradGamma};
+    case Op::LayerNormNormalise: return {true, -1, -1, NormForm::Y};
+    case Op::LayerNormNormaliseGrad: return {true, -1, 1, NormForm::GradX};
     default: internal_assert(false, fmt::format("op '{}' has no normalisation kernel", describe(op).spelling));
     }
     return {};
