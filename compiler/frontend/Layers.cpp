@@ -128,6 +128,25 @@ ValueId buildBatchNorm(LayerBuilder& b, const Stmt& s, ValueId x) {
     return v;
 }
 
+/// `layernorm [eps=E]`: nn.LayerNorm over the last dimension (the features): each row
+/// normalised on its own (no running statistics), then scaled and shifted element-wise.
+ValueId buildLayerNorm(LayerBuilder& b, const Stmt& s, ValueId x) {
+    Graph& g = b.graph();
+    const double eps = optionValue(s, "eps");
+    if (!(eps > 0)) throw UserError(s.loc, "layernorm eps must be positive");
+    const int64_t n = g[x].shape.back();
+    std::string mod = b.moduleName(s);
+    ValueId w = b.param(mod + ".weight", {n}, {"constant", {1.0}}, n, n, s.loc);
+    ValueId bias = b.param(mod + ".bias", {n}, {"constant", {0.0}}, n, n, s.loc);
+    Node xhat = makeNode(Op::LayerNormNormalise, s.loc, {x});
+    xhat.eps = eps;
+    using scalar::Op;
+    scalar::E affine = scalar::make(Op::Add, {scalar::make(Op::Mul, {scalar::arg(0), scalar::arg(1)}), scalar::arg(2)});
+    ValueId v = addMap(g, affine, {g.add(std::move(xhat)), w, bias}, s.loc);
+    b.record(mod, fmt::format("layernorm {}", n), x, v, s.loc);
+    return v;
+}
+
 using Kind = LayerOptionDef::Kind;
 using Operands = LayerDef::Operands;
 
@@ -142,6 +161,7 @@ const std::vector<LayerDef> kLayers = {
      1, 2, false, {}, buildMul},
     {"batchnorm", Operands::None, "", 0, 0, false,
      {{"eps", Kind::Number, 1e-5}, {"momentum", Kind::Number, 0.1}}, buildBatchNorm},
+    {"layernorm", Operands::None, "", 0, 0, false, {{"eps", Kind::Number, 1e-5}}, buildLayerNorm},
 };
 
 const LayerDef kActivation = {"activation", Operands::None, "", 0, 0, true, {}, buildActivation};

@@ -158,6 +158,19 @@ Shape shapeOfBatchNormGradGamma(const Nodes& g, const Node& n) {
     return {x.shape[1]};
 }
 
+Shape shapeOfLayerNormNormalise(const Nodes& g, const Node& n) {
+    const Node& x = operand(g, n, 0);
+    if (x.shape.empty() || x.type != DType::Real)
+        mismatch(n, fmt::format("operand must be a real tensor of rank 1 or more, got {}", shapeString(x.shape)));
+    return x.shape;
+}
+
+Shape shapeOfLayerNormNormaliseGrad(const Nodes& g, const Node& n) {
+    const Node& d = operand(g, n, 1);
+    if (d.shape != shapeOfLayerNormNormalise(g, n) || d.type != DType::Real) mismatch(n, "operands do not fit");
+    return d.shape;
+}
+
 Shape shapeOfCrossEntropyGrad(const Nodes& g, const Node& n) {
     shapeOfCrossEntropy(g, n);
     return operand(g, n, 0).shape;

@@ -120,6 +120,13 @@ Grads gradOfBatchNorm(RuleContext& c) {
     return out;
 }
 
+// Layer normalisation's x̂; the rule recomputes each row's statistics from x.
+Grads gradOfLayerNormNormalise(RuleContext& c) {
+    Grads out(1);
+    if (c.need[0]) out[0] = c.add(Op::LayerNormNormaliseGrad, {c.in(0), *c.dy});
+    return out;
+}
+
 // The loss ops are the root: their rules give the gradient for d(loss) = 1 directly,
 // fused (softmax - onehot)/B, (sigmoid(z) - t)/B, 2(p - t)/n.
 Grads gradOfCrossEntropy(RuleContext& c) { return {c.add(Op::CrossEntropyGrad, {c.in(0), c.in(1)}), {}}; }

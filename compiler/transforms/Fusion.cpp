@@ -286,6 +286,17 @@ private:
     void emit(ValueId v) {
         const Node& nd = g_[v];
         auto buf = [&](size_t i) { return buffer_[in(v, i)]; };
+        if (describe(nd.op).has(trait::Normalisation)) { // rows of the last dimension's length
+            Kernel k;
+            k.kind = Kernel::Kind::Normalisation, k.op = nd.op, k.eps = nd.eps;
+            for (size_t i = 0; i < nd.in.size(); ++i) k.in.push_back(buf(i));
+            k.out = {buffer_[v]};
+            if (nd.op == Op::BatchNorm) batchStatistics(v, k);
+            const Shape& x = g_[in(v, 0)].shape;
+            k.cols = x.back(), k.rows = elementCount(x) / std::max<int64_t>(k.cols, 1);
+            p_.kernels.push_back(std::move(k));
+            return;
+        }
         switch (nd.op) {
         case Op::Input:
         case Op::Param: return;
@@ -319,21 +330,6 @@ private:
             k.kind = kind, k.in = ins, k.out = {-1, -1};
             std::tie(k.rows, k.cols) = domain(g_[in(v, 0)].shape);
             k.out[grad ? 1 : 0] = buffer_[v];
-            p_.kernels.push_back(std::move(k));
-            return;
-        }
-        case Op::BatchNorm:
-        case Op::BatchNormGradX:
-        case Op::BatchNormGradGamma: {
-            Kernel k;
-            k.kind = nd.op == Op::BatchNorm        ? Kernel::Kind::BatchNorm
-                     : nd.op == Op::BatchNormGradX ? Kernel::Kind::BatchNormGradX
-                                                   : Kernel::Kind::BatchNormGradGamma;
-            for (size_t i = 0; i < nd.in.size(); ++i) k.in.push_back(buf(i));
-            k.out = {buffer_[v]};
-            if (nd.op == Op::BatchNorm) batchStatistics(v, k);
-            k.eps = nd.eps;
-            std::tie(k.rows, k.cols) = domain(g_[in(v, 0)].shape);
             p_.kernels.push_back(std::move(k));
             return;
         }

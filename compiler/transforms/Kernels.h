@@ -4,8 +4,8 @@
 // nest over an [rows, cols] domain that may contract a matrix product into an accumulator,
 // then evaluates scalar expressions per element (the fused element-wise chain: bias,
 // activation, activation derivative, residual sums) and stores them, and may reduce
-// expressions over rows (bias gradients). Losses and batch normalisation have kernels of
-// their own. Buffers are the entry point's arguments or slices of one workspace, placed by
+// expressions over rows (bias gradients). Losses and normalisations have kernels of their
+// own. Buffers are the entry point's arguments or slices of one workspace, placed by
 // the memory plan.
 #pragma once
 
@@ -41,8 +41,7 @@ struct Store {
 };
 
 struct Kernel {
-    enum class Kind { Loop, SoftmaxCrossEntropy, BCEWithLogits, MSE, BatchNorm, BatchNormGradX,
-                      BatchNormGradGamma };
+    enum class Kind { Loop, SoftmaxCrossEntropy, BCEWithLogits, MSE, Normalisation };
     Kind kind = Kind::Loop;
     int64_t rows = 0, cols = 0;
 
@@ -57,10 +56,10 @@ struct Kernel {
     // The other kinds: their operands and results, in the order the kind documents:
     //   SoftmaxCrossEntropy in {logits, labels} out {loss, grad or -1}
     //   BCEWithLogits / MSE in {prediction, target} out {loss, grad or -1}
-    //   BatchNorm in {x, gamma, beta} out {y} or {y, batch mean, unbiased batch variance}
-    //   BatchNormGradX in {x, gamma, dy} out {dx}
-    //   BatchNormGradGamma in {x, dy} out {dgamma}
+    //   Normalisation: `op` (a trait::Normalisation op) in its operands, out {its result};
+    //   a batchnorm whose statistics are kept: out {y, batch mean, unbiased batch variance}
     std::vector<int32_t> in, out;
+    Op op = Op::Map; ///< Normalisation: the graph op it computes
     double eps = 0;
 
     /// Every buffer the kernel reads, and every one it writes.

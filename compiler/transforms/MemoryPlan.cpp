@@ -52,9 +52,8 @@ void planMemory(KernelProgram& p, int elementBytes) {
     int64_t scratch = 0;
     for (auto& k : p.kernels)
         if (k.kind == Kernel::Kind::Loop && k.a >= 0) scratch = std::max(scratch, packElements(k, p.blocking));
-        else if (k.kind == Kernel::Kind::BatchNorm || k.kind == Kernel::Kind::BatchNormGradX ||
-                 k.kind == Kernel::Kind::BatchNormGradGamma)
-            scratch = std::max(scratch, 4 * k.cols); // per-column mean, 1/σ, Σg, Σg·x̂
+        else if (k.kind == Kernel::Kind::Normalisation)
+            scratch = std::max(scratch, 4 * k.cols); // mean, 1/σ, Σg, Σg·x̂ per column (or per row)
     p.scratchOffset = top;
     p.workspaceBytes = top + alignUp(scratch * elementBytes);
 }
@@ -90,9 +89,9 @@ std::string kernelLabel(const KernelProgram& p, size_t i) {
                                k.transB ? "ᵀ" : "", k.depth);
         return out;
     }
-    static const char* names[] = {"loop", "softmax_cross_entropy", "bce_with_logits", "mse",
-                                  "batchnorm", "batchnorm_grad_x", "batchnorm_grad_gamma"};
-    std::string out = fmt::format("k{}: {} [{},{}]", i, names[size_t(k.kind)], k.rows, k.cols);
+    static const char* names[] = {"loop", "softmax_cross_entropy", "bce_with_logits", "mse"};
+    const char* kind = k.kind == Kernel::Kind::Normalisation ? describe(k.op).spelling : names[size_t(k.kind)];
+    std::string out = fmt::format("k{}: {} [{},{}]", i, kind, k.rows, k.cols);
     std::string ins, outs;
     for (int32_t b : k.in) ins += (ins.empty() ? "" : ", ") + name(b);
     for (int32_t b : k.out) outs += (outs.empty() ? "" : ", ") + name(b);

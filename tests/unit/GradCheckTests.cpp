@@ -71,6 +71,9 @@ TEST_CASE("gradients of every op and loss agree with central differences", "[aut
         "input 5\ndense 4 bias=false\nrelu\ndense 3 bias=false\nloss cross_entropy\n",
         "input 5\ndense 4\nbatchnorm\ntanh\ndense 3\nloss cross_entropy\n",
         "input 5\ndense 4\nbatchnorm eps=0.1\ndense 2\nbatchnorm\nloss mse\n",
+        "input 5\ndense 4\nlayernorm\ntanh\ndense 3\nloss cross_entropy\n",
+        "input 5\ndense 4\nlayernorm eps=0.1\ndense 2\nlayernorm\nloss mse\n", // right before the loss
+        "input 5\na = dense 4\nlayernorm\nmul a\ndense 1\nlayernorm\nloss mse\n", // one feature: x̂ = 0
         "input 5\na = dense 4 tanh\ndense 4 sigmoid\nadd a\nadd a\ndense 3\nloss cross_entropy\n",
         "input 5\na = dense 4 tanh\nb = dense 4 elu from a\nadd a b\nadd b a\ndense 2\nloss mse\n",
         "input 5\na = dense 4 tanh\nb = dense 4 sigmoid from a\nmul a b\nmul a\ndense 3\nloss cross_entropy\n",

@@ -55,7 +55,7 @@ inline Bindings randomBindings(const Graph& g, std::mt19937& rng) {
 }
 
 /// A random model built from every construct: dense layers with activations, activation
-/// layers, batchnorm, named values and residual adds, repeat blocks, and one of the losses.
+/// layers, batchnorm, layernorm, named values and residual adds, repeat blocks, and one of the losses.
 /// `width` is the hidden width; the input is 1..inputMax wide; 2..layerSpan+1 statements.
 inline std::string randomModel(std::mt19937& rng, const std::string& prelude, const std::vector<const char*>& acts,
                                int width, int inputMax, int layerSpan) {
@@ -66,7 +66,7 @@ inline std::string randomModel(std::mt19937& rng, const std::string& prelude, co
         switch (rng() % 6) {
         case 0: text += "dense " + std::to_string(width) + " " + acts[rng() % acts.size()] + "\n"; break;
         case 1: text += std::string(acts[rng() % acts.size()]) + "\n"; break;
-        case 2: text += "batchnorm\n"; break;
+        case 2: text += rng() % 2 ? "batchnorm\n" : "layernorm\n"; break;
         case 3: text += "v" + std::to_string(names++) + " = identity\n"; break;
         case 4:
             if (names) text += (rng() % 2 ? "add v" : "mul v") + std::to_string(rng() % unsigned(names)) + "\n";

@@ -69,9 +69,7 @@ void Lowering::kernel(const Kernel& k) {
     case Kernel::Kind::SoftmaxCrossEntropy: return softmaxCrossEntropy(k);
     case Kernel::Kind::BCEWithLogits:
     case Kernel::Kind::MSE: return pairwiseLoss(k);
-    case Kernel::Kind::BatchNorm:
-    case Kernel::Kind::BatchNormGradX:
-    case Kernel::Kind::BatchNormGradGamma: return batchnorm(k);
+    case Kernel::Kind::Normalisation: return normalisation(k);
     }
 }
 

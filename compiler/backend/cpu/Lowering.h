@@ -7,7 +7,7 @@
 //   LowerScalar.cpp  scalar expressions (with the inline expf) and element-wise loop kernels
 //   LowerGemm.cpp    matrix products: the packing of B, the register-tile micro-kernel, threads
 //   LowerLoss.cpp    softmax cross-entropy, BCE with logits, MSE
-//   LowerNorm.cpp    batch normalisation and its gradients
+//   LowerNorm.cpp    normalisations (batchnorm, its gradients) by the op they compute
 //   LowerUpdate.cpp  the optimiser step (gradc_update)
 // Loops are emitted plainly with static bounds; the optimiser (O3, the host's vector width)
 // vectorises them. Floating-point operations carry only `reassoc contract` (and `afn` on
@@ -87,7 +87,7 @@ private:
     /// The base address of a buffer; null for none (id -1: an output nobody asked for).
     llvm::Value* base(int32_t id);
     /// The scratch area in the workspace (KernelProgram::scratchOffset): packed panels and
-    /// register tiles of matrix products, batchnorm's per-column statistics.
+    /// register tiles of matrix products, a normalisation's statistics.
     llvm::Value* scratchArea();
     void kernel(const Kernel& k);
     /// The entry point's arguments in an array in its frame, for outlined loops.
@@ -133,7 +133,7 @@ private:
 
     void softmaxCrossEntropy(const Kernel& k);
     void pairwiseLoss(const Kernel& k);
-    void batchnorm(const Kernel& k);
+    void normalisation(const Kernel& k);
 };
 
 } // namespace gradc

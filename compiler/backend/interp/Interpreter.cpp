@@ -84,6 +84,8 @@ struct Eval {
         case Op::BatchNorm:
         case Op::BatchNormGradX:
         case Op::BatchNormGradGamma: return batchnorm(n, std::move(t));
+        case Op::LayerNormNormalise:
+        case Op::LayerNormNormaliseGrad: return layernorm(n, std::move(t));
         case Op::CrossEntropy:
         case Op::CrossEntropyGrad: {
             const Tensor &z = in(n, 0), &l = in(n, 1);
@@ -169,6 +171,34 @@ struct Eval {
             double scale = in(n, 1).data[j] / (double(B) * sigma);
             for (int64_t b = 0; b < B; ++b)
                 t.data[b * N + j] = scale * (double(B) * dy.data[b * N + j] - sumG - xhat(b) * sumGX);
+        }
+        return t;
+    }
+
+    /// Each row of the last dimension normalised on its own: x̂ = (x - mean) / σ with
+    /// σ = sqrt(biased var + eps); the gradient (g - mean(g) - x̂ mean(g x̂)) / σ.
+    Tensor layernorm(const Node& n, Tensor t) {
+        const Tensor& x = in(n, 0);
+        const size_t N = size_t(x.shape.back()), rows = x.data.size() / std::max<size_t>(N, 1);
+        for (size_t r = 0; r < rows; ++r) {
+            const double* row = &x.data[r * N];
+            double mean = 0, var = 0;
+            for (size_t j = 0; j < N; ++j) mean += row[j];
+            mean /= double(N);
+            for (size_t j = 0; j < N; ++j) var += (row[j] - mean) * (row[j] - mean);
+            var /= double(N);
+            double sigma = std::sqrt(var + n.eps);
+            auto xhat = [&](size_t j) { return (row[j] - mean) / sigma; };
+            double* o = &t.data[r * N];
+            if (n.op == Op::LayerNormNormalise) {
+                for (size_t j = 0; j < N; ++j) o[j] = xhat(j);
+                continue;
+            }
+            const double* g = &in(n, 1).data[r * N];
+            double meanG = 0, meanGX = 0;
+            for (size_t j = 0; j < N; ++j) meanG += g[j], meanGX += g[j] * xhat(j);
+            meanG /= double(N), meanGX /= double(N);
+            for (size_t j = 0; j < N; ++j) o[j] = (g[j] - meanG - xhat(j) * meanGX) / sigma;
         }
         return t;
     }
