@@ -42,9 +42,11 @@ const Attrs kDefaultAttrs;
 
 } // namespace
 
-std::string printAttrs(const Node& n) {
+std::string printAttrs(const Node& n) { return printAttrs(n.op, n); }
+
+std::string printAttrs(Op op, const Attrs& n) {
     std::string out;
-    forEachAttr(n.op, n, [&](AttrKind k, const auto& value) {
+    forEachAttr(op, n, [&](AttrKind k, const auto& value) {
         if (k == AttrKind::Name) return; // printed as a quoted string after the brackets
         bool isDefault = false;
 #define GRADC_ATTR(kind, field, type, init) \

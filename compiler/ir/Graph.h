@@ -112,6 +112,7 @@ template <typename F> void forEachAttr(Op op, const Attrs& a, F&& f) {
 /// parts: equality and hash over the attributes of the op (scalar expressions compare by
 /// identity, as they are hash-consed).
 std::string printAttrs(const Node& n);
+std::string printAttrs(Op op, const Attrs& a);
 bool sameAttrs(const Node& a, const Node& b);
 size_t hashAttrs(const Node& n);
 /// Copies to `to` each attribute that both its op and `from`'s op declare.

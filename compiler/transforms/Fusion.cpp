@@ -286,9 +286,9 @@ private:
     void emit(ValueId v) {
         const Node& nd = g_[v];
         auto buf = [&](size_t i) { return buffer_[in(v, i)]; };
-        if (describe(nd.op).has(trait::Normalisation)) { // rows of the last dimension's length
+        if (hasOwnKernel(nd.op)) { // rows of the last dimension's length
             Kernel k;
-            k.kind = Kernel::Kind::Normalisation, k.op = nd.op, k.eps = nd.eps;
+            k.kind = Kernel::Kind::Op, k.op = nd.op, k.attrs = nd;
             for (size_t i = 0; i < nd.in.size(); ++i) k.in.push_back(buf(i));
             k.out = {buffer_[v]};
             if (nd.op == Op::BatchNorm) batchStatistics(v, k);

@@ -41,7 +41,7 @@ struct Store {
 };
 
 struct Kernel {
-    enum class Kind { Loop, SoftmaxCrossEntropy, BCEWithLogits, MSE, Normalisation };
+    enum class Kind { Loop, SoftmaxCrossEntropy, BCEWithLogits, MSE, Op };
     Kind kind = Kind::Loop;
     int64_t rows = 0, cols = 0;
 
@@ -56,16 +56,21 @@ struct Kernel {
     // The other kinds: their operands and results, in the order the kind documents:
     //   SoftmaxCrossEntropy in {logits, labels} out {loss, grad or -1}
     //   BCEWithLogits / MSE in {prediction, target} out {loss, grad or -1}
-    //   Normalisation: `op` (a trait::Normalisation op) in its operands, out {its result};
-    //   a batchnorm whose statistics are kept: out {y, batch mean, unbiased batch variance}
+    //   Op: `op` (a GRADC_KERNEL row of Ops.def) in its operands, out {its result}; a
+    //   batchnorm whose statistics are kept: out {y, batch mean, unbiased batch variance}
     std::vector<int32_t> in, out;
-    Op op = Op::Map; ///< Normalisation: the graph op it computes
-    double eps = 0;
+    gradc::Op op = gradc::Op::Map; ///< Op: the graph op it computes
+    Attrs attrs;                   ///< Op: the node's attributes
 
     /// Every buffer the kernel reads, and every one it writes.
     std::vector<int32_t> reads() const;
     std::vector<int32_t> writes() const;
 };
+
+/// Whether `op` is computed by a kernel of its own (a GRADC_KERNEL row of Ops.def), and the
+/// scratch elements per column that kernel needs.
+bool hasOwnKernel(Op op);
+int64_t ownKernelScratch(Op op);
 
 /// The register tile of the matrix-product micro-kernel, chosen for the target: MR rows of
 /// A by NR = NV vectors of VL lanes of B, held in MR x NV vector registers.

@@ -52,8 +52,8 @@ void planMemory(KernelProgram& p, int elementBytes) {
     int64_t scratch = 0;
     for (auto& k : p.kernels)
         if (k.kind == Kernel::Kind::Loop && k.a >= 0) scratch = std::max(scratch, packElements(k, p.blocking));
-        else if (k.kind == Kernel::Kind::Normalisation)
-            scratch = std::max(scratch, 4 * k.cols); // mean, 1/σ, Σg, Σg·x̂ per column (or per row)
+        else if (k.kind == Kernel::Kind::Op)
+            scratch = std::max(scratch, ownKernelScratch(k.op) * k.cols);
     p.scratchOffset = top;
     p.workspaceBytes = top + alignUp(scratch * elementBytes);
 }
@@ -79,6 +79,22 @@ static const char* kindName(Buffer::Kind k) {
     return "?";
 }
 
+bool hasOwnKernel(Op op) {
+    switch (op) {
+#define GRADC_KERNEL(name, scratch) case Op::name: return true;
+#include "Ops.def"
+    default: return false;
+    }
+}
+
+int64_t ownKernelScratch(Op op) {
+    switch (op) {
+#define GRADC_KERNEL(name, scratch) case Op::name: return scratch;
+#include "Ops.def"
+    default: return 0;
+    }
+}
+
 std::string kernelLabel(const KernelProgram& p, size_t i) {
     auto name = [&](int32_t b) { return b < 0 ? std::string("-") : p.buffers[size_t(b)].name; };
     const Kernel& k = p.kernels.at(i);
@@ -90,13 +106,13 @@ std::string kernelLabel(const KernelProgram& p, size_t i) {
         return out;
     }
     static const char* names[] = {"loop", "softmax_cross_entropy", "bce_with_logits", "mse"};
-    const char* kind = k.kind == Kernel::Kind::Normalisation ? describe(k.op).spelling : names[size_t(k.kind)];
+    const char* kind = k.kind == Kernel::Kind::Op ? describe(k.op).spelling : names[size_t(k.kind)];
     std::string out = fmt::format("k{}: {} [{},{}]", i, kind, k.rows, k.cols);
     std::string ins, outs;
     for (int32_t b : k.in) ins += (ins.empty() ? "" : ", ") + name(b);
     for (int32_t b : k.out) outs += (outs.empty() ? "" : ", ") + name(b);
     out += fmt::format(" ({}) -> ({})", ins, outs);
-    if (k.eps) out += fmt::format(" eps={}", k.eps);
+    if (std::string a = k.kind == Kernel::Kind::Op ? printAttrs(k.op, k.attrs) : ""; !a.empty()) out += " " + a;
     return out;
 }
 

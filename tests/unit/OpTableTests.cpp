@@ -33,7 +33,7 @@ struct Builder {
     size_t count(Op op) {
         size_t k = 0;
         for (auto& kernel : buildKernels(g, "forward", g.outputs, computeLayout(g), 8, {}).kernels)
-            k += kernel.kind == Kernel::Kind::Normalisation && kernel.op == op;
+            k += kernel.kind == Kernel::Kind::Op && kernel.op == op;
         return k;
     }
 };

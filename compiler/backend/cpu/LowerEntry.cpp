@@ -69,7 +69,12 @@ void Lowering::kernel(const Kernel& k) {
     case Kernel::Kind::SoftmaxCrossEntropy: return softmaxCrossEntropy(k);
     case Kernel::Kind::BCEWithLogits:
     case Kernel::Kind::MSE: return pairwiseLoss(k);
-    case Kernel::Kind::Normalisation: return normalisation(k);
+    case Kernel::Kind::Op:
+        switch (k.op) {
+#define GRADC_KERNEL(name, scratch) case Op::name: return lowerOp<Op::name>(k);
+#include "Ops.def"
+        default: internal_assert(false, std::string("no kernel lowers ") + describe(k.op).spelling);
+        }
     }
 }
 

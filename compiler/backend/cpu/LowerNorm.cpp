@@ -87,7 +87,7 @@ void Lowering::normalisation(const Kernel& k) {
                 store(load(mean, j), meanOut, j);
                 store(b_.CreateFDiv(load(inv, j), fp(double(count - 1))), varOut, j);
             }
-            store(b_.CreateFDiv(fp(1), intrinsic(llvm::Intrinsic::sqrt, {b_.CreateFAdd(var, fp(k.eps))})), inv, j);
+            store(b_.CreateFDiv(fp(1), intrinsic(llvm::Intrinsic::sqrt, {b_.CreateFAdd(var, fp(k.attrs.eps))})), inv, j);
         });
         auto xhat = [&](llvm::Value* j, llvm::Value* i) {
             return b_.CreateFMul(b_.CreateFSub(load(x, i), load(mean, j)), load(inv, j));
@@ -125,5 +125,12 @@ void Lowering::normalisation(const Kernel& k) {
     if (f.perRow) loop(k.rows, "row", body);
     else body(nullptr);
 }
+
+// The normalisation ops' kernels (Ops.def's GRADC_KERNEL rows), all one lowering.
+template <> void Lowering::lowerOp<Op::BatchNorm>(const Kernel& k) { normalisation(k); }
+template <> void Lowering::lowerOp<Op::BatchNormGradX>(const Kernel& k) { normalisation(k); }
+template <> void Lowering::lowerOp<Op::BatchNormGradGamma>(const Kernel& k) { normalisation(k); }
+template <> void Lowering::lowerOp<Op::LayerNormNormalise>(const Kernel& k) { normalisation(k); }
+template <> void Lowering::lowerOp<Op::LayerNormNormaliseGrad>(const Kernel& k) { normalisation(k); }
 
 } // namespace gradc

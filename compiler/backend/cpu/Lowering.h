@@ -134,6 +134,13 @@ private:
     void softmaxCrossEntropy(const Kernel& k);
     void pairwiseLoss(const Kernel& k);
     void normalisation(const Kernel& k);
+
+    // ---- The kernels of ops with kernels of their own (Ops.def's GRADC_KERNEL rows): one
+    // specialisation per op, defined in the Lower*.cpp file of its family.
+    template <Op op> void lowerOp(const Kernel& k);
 };
+
+#define GRADC_KERNEL(name, scratch) template <> void Lowering::lowerOp<Op::name>(const Kernel& k);
+#include "Ops.def"
 
 } // namespace gradc
