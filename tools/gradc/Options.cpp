@@ -131,8 +131,8 @@ ClassifierOptions classifierOptions(const po::variables_map& vm) {
     ClassifierOptions o;
     o.model = vm["model"].as<std::string>();
     const CodegenOptions codegen = codegenOptions(vm);
-    if (codegen.f64) throw UsageError("training runs in f32 (--dtype f64 is for gradients only)");
     o.session = {backendOption(vm), codegen.cache, codegen.threads};
+    o.f64 = codegen.f64;
     o.data = dataOptions(vm);
     o.seed = seedOption(vm);
     o.params = fileOption(vm, "params");
