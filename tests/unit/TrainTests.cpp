@@ -24,13 +24,13 @@ namespace {
 const char* kBatchnormModel = "model bn\ninput 5\ndense 7\nbatchnorm\ntanh\nh = identity\ndense 7 relu\nadd h\n"
                               "dense 4\nbatchnorm\nsigmoid\ndense 3\nloss cross_entropy\n";
 
-std::unique_ptr<Engine> engine(const std::string& text, int64_t batch, const std::string& backend) {
+std::unique_ptr<Engine> engine(const std::string& text, int64_t batch, const std::string& backend, bool f64 = false) {
     FrontEnd fe = compileSource("test.nn", text, {batch});
     Graph eval = compileSource("test.nn", text, {batch, true, true}).graph;
     SessionOptions o;
     o.backend = backend;
     o.cache = false;
-    return std::make_unique<Engine>(std::move(fe.graph), std::move(eval), o);
+    return std::make_unique<Engine>(std::move(fe.graph), std::move(eval), o, f64);
 }
 
 void randomBatch(std::mt19937& rng, int64_t batch, int64_t width, int64_t classes, std::vector<float>& x,
@@ -156,6 +156,53 @@ TEST_CASE("training steps agree between compiled code and the interpreter, batch
         jit->evaluate(x.data(), labels.data(), la.data());
         interp->evaluate(x.data(), labels.data(), lb.data());
         CHECK(maxRelativeDifference(la, lb) < 1e-4);
+    }
+}
+
+TEST_CASE("in double, training steps of compiled code and the interpreter agree to 1e-9", "[train][f64]") {
+    const char* adamModel = "input 5\ndense 7 tanh\nh = identity\ndense 7 relu\nadd h\ndense 3\nloss cross_entropy\n";
+    for (const char* method : {"sgd", "adam"}) {
+        CAPTURE(method);
+        const bool sgd = std::string(method) == "sgd";
+        const char* text = sgd ? kBatchnormModel : adamModel;
+        auto jit = engine(text, 16, "jit", true), interp = engine(text, 16, "interp", true);
+        auto f32 = engine(text, 16, "jit");
+        REQUIRE(jit->f64());
+        REQUIRE(jit->state().f64());
+        REQUIRE_FALSE(f32->f64());
+        OptimizerOptions o;
+        o.method = method, o.lr = sgd ? 0.1 : 1e-2, o.momentum = sgd ? 0.9 : 0;
+        for (auto* e : {jit.get(), interp.get(), f32.get()}) e->setOptimizer(o), e->initialise(3);
+        const std::vector<double> before = jit->state().values();
+        std::mt19937 rng(11);
+        std::vector<float> x;
+        std::vector<double> x64;
+        std::vector<int32_t> labels;
+        for (int step = 0; step < 4; ++step) {
+            randomBatch(rng, 16, 5, 3, x, labels);
+            x64.assign(x.begin(), x.end());
+            const double a = jit->trainStep(x64.data(), labels.data()), b = interp->trainStep(x64.data(), labels.data());
+            const double c = f32->trainStep(x.data(), labels.data());
+            CHECK(std::fabs(a - b) <= 1e-9 * std::fabs(b));
+            CHECK(a == Approx(c).epsilon(1e-4));
+        }
+        CHECK(maxRelativeDifference(jit->state().values(), interp->state().values()) < 1e-9);
+        CHECK(maxRelativeDifference(jit->gradients().values(), interp->gradients().values()) < 1e-9);
+        CHECK(maxRelativeDifference(jit->state().values(), f32->state().values()) < 1e-4);
+        CHECK(maxRelativeDifference(jit->state().values(), before) > 1e-3); // it trained
+        CHECK(jit->batchesTracked() == 4);
+        // Evaluation mode: double logits and layer outputs; float inputs are converted.
+        std::vector<double> la(16 * 3), lb(16 * 3);
+        std::vector<float> lf(16 * 3);
+        randomBatch(rng, 16, 5, 3, x, labels);
+        x64.assign(x.begin(), x.end());
+        jit->evaluate(x64.data(), labels.data(), la.data());
+        interp->evaluate(x64.data(), labels.data(), lb.data());
+        CHECK(maxRelativeDifference(la, lb) < 1e-9);
+        jit->evaluate(x.data(), labels.data(), lf.data()); // the same inputs given as float
+        CHECK(maxRelativeDifference(lf, la) < 1e-6);
+        const double* y = jit->layerOutput<double>(0);
+        CHECK(std::isfinite(y[0]));
     }
 }
 
