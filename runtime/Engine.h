@@ -1,12 +1,15 @@
 // Engine.h — a model compiled for one batch size with its state: parameters, buffers,
 // gradients, optimiser state, and the evaluation-mode program. gradc::Session is its public
 // face; the gradc command uses it directly. Both backends run through the one Executable
-// interface (Backend.h); every array is sized and read by its Layout.
+// interface (Backend.h); every array is sized and read by its Layout. The element type of
+// every array (float or double) is chosen once, when the Engine is made; the one code path
+// is a template over it.
 #pragma once
 
 #include "Backend.h"
 #include "Interpreter.h"
 #include "Optimizer.h"
+#include "Stats.h"
 
 #include <gradc/Session.h>
 
@@ -14,17 +17,47 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace gradc {
 
+/// An array of an Engine's element type: float or double, chosen when it is made.
+class Values {
+public:
+    Values() = default;
+    Values(bool f64, size_t n) : f64_(f64) { assign(n); }
+    bool f64() const { return f64_; }
+    size_t size() const { return f64_ ? d_.size() : f_.size(); }
+    bool empty() const { return size() == 0; }
+    /// n zeros (of the element type).
+    void assign(size_t n) { f64_ ? d_.assign(n, 0.0) : f_.assign(n, 0.0f); }
+    /// The elements; T must be the element type.
+    template <typename T> T* data() { return const_cast<T*>(std::as_const(*this).data<T>()); }
+    template <typename T> const T* data() const {
+        static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>);
+        internal_assert((std::is_same_v<T, double> == f64_), "an array read with the wrong element type");
+        if constexpr (std::is_same_v<T, double>) return d_.data();
+        else return f_.data();
+    }
+    /// Every element, as double.
+    std::vector<double> values() const { return f64_ ? d_ : std::vector<double>(f_.begin(), f_.end()); }
+    friend bool operator==(const Values&, const Values&) = default;
+
+private:
+    bool f64_ = false;
+    std::vector<float> f_;
+    std::vector<double> d_;
+};
+
 class Engine {
 public:
     /// Compiles `forward` (a training-mode graph) with the backend options.backend (compile(),
-    /// Backend.h).
+    /// Backend.h); every array is double when `f64`, float otherwise.
     /// `evalGraph` is the same model in evaluation mode with its layer outputs; it is
     /// compiled on the first evaluate().
-    Engine(Graph forward, Graph evalGraph, const SessionOptions& options);
+    Engine(Graph forward, Graph evalGraph, const SessionOptions& options, bool f64 = false);
 
     const Graph& graph() const { return graph_; }
     int64_t batch() const { return graph_.batch; }
@@ -32,10 +65,14 @@ public:
     /// Where the training-mode entry points' buffers are: state(), gradients() and the
     /// kept activations follow it.
     const Layout& layout() const { return train_.exe->layout(); }
+    /// The element type of every array: double or float.
+    bool f64() const { return f64_; }
     /// Parameters, then buffers.
-    std::vector<float>& state() { return state_; }
-    const std::vector<float>& state() const { return state_; }
-    const std::vector<float>& gradients() const { return grads_; }
+    Values& state() { return state_; }
+    const Values& state() const { return state_; }
+    const Values& gradients() const { return grads_; }
+    /// Statistics of every parameter's gradient (gradientStatistics, Stats.h).
+    std::vector<TensorStats> gradientStatistics() const;
     bool haveGradients() const { return haveGradients_; }
     /// Whether a training-mode forward or backward pass has run (lastOutputs() holds it).
     bool haveOutputs() const { return haveOutputs_; }
@@ -49,18 +86,21 @@ public:
     void load(const std::string& path);
     void save(const std::string& path) const;
 
-    /// Training mode. `target` is int32 labels for cross_entropy, float values otherwise.
-    float forward(const float* x, const void* target, float* logits);
-    float backward(const float* x, const void* target);
+    /// Training mode. `target` is int32 labels for cross_entropy, U values otherwise. U (the
+    /// type of x, the targets and the logits) is float or double; where it is not the element
+    /// type, the values are converted on the way in and out.
+    template <typename U> double forward(const U* x, const void* target, U* logits);
+    template <typename U> double backward(const U* x, const void* target);
     void setOptimizer(const OptimizerOptions& o);
-    float trainStep(const float* x, const void* target);
+    template <typename U> double trainStep(const U* x, const void* target);
     int64_t steps() const { return step_; }
 
     /// Evaluation mode; then layerOutput(i) for each module but the last.
-    float evaluate(const float* x, const void* target, float* logits);
+    template <typename U> double evaluate(const U* x, const void* target, U* logits);
     size_t layerCount() const { return graph_.layers.size() - 1; }
     /// The values of module `i` (graph().layers[i]) from the last evaluate(): [batch, width].
-    const float* layerOutput(size_t i) const;
+    /// T must be the element type.
+    template <typename T> const T* layerOutput(size_t i) const;
 
     /// Preactivations of the last forward or backward pass, by outputLabel ("preact:...").
     const std::map<std::string, Tensor>& lastOutputs() const;
@@ -68,18 +108,23 @@ public:
 private:
     struct Compiled {
         std::unique_ptr<Executable> exe;
-        std::vector<float> acts, logits;
+        Values acts, logits;
+        Values x, target; // x and float targets converted to the element type
     };
     void prepare(Compiled& c, const Graph& g);
-    float run(Compiled& c, const float* x, const void* target, float* logits, bool backward);
-    void updateRunningStatistics();
+    template <typename T, typename U>
+    double runAs(Compiled& c, const U* x, const void* target, U* logits, bool backward);
+    template <typename U> double run(Compiled& c, const U* x, const void* target, U* logits, bool backward);
+    template <typename T> void updateRunningStatistics();
+    template <typename T> void update();
 
     Graph graph_;
     SessionOptions options_;
     Compiled train_;
     std::unique_ptr<Compiled> eval_;
     Graph evalGraph_;
-    std::vector<float> state_, grads_, m_, v_;
+    bool f64_;
+    Values state_, grads_, m_, v_;
     OptimizerOptions optimizer_;
     int64_t step_ = 0, batchesTracked_ = 0;
     mutable std::map<std::string, Tensor> lastOutputs_; // the preactivations, on demand

@@ -146,7 +146,7 @@ std::unique_ptr<Engine> classifierEngine(const ClassifierOptions& o, int64_t bat
     FrontEnd fe = compileFile(o.model, {batch, /*eval=*/false, /*layerOutputs=*/false, /*statistics=*/false});
     needClassifier(fe.graph, o.model, readExamples(o.data.dir, true, 1).features, classes);
     Graph evalGraph = buildGraph(fe.ast, {batch, /*eval=*/true, /*layerOutputs=*/true});
-    auto engine = std::make_unique<Engine>(std::move(fe.graph), std::move(evalGraph), o.session);
+    auto engine = std::make_unique<Engine>(std::move(fe.graph), std::move(evalGraph), o.session, o.f64);
     if (!o.params.empty()) engine->load(o.params);
     else engine->initialise(o.seed);
     return engine;
@@ -182,18 +182,23 @@ ActsRun runActs(const ActsOptions& o) {
     Examples ex = readExamples(o.data.dir, true, count);
     std::vector<int64_t> all(static_cast<size_t>(count));
     for (int64_t i = 0; i < count; ++i) all[size_t(i)] = i;
-    std::vector<float> x;
-    std::vector<int32_t> labels;
-    gather(ex, all, 0, count, o.data.mean, o.data.std, x, labels);
-    onlyImages(labels);
-    engine->evaluate(x.data(), labels.data(), nullptr);
     const Graph& g = engine->graph();
     ActsRun run;
     run.model = g.model, run.examples = count;
-    for (size_t i = 0; i < engine->layerCount(); ++i) {
-        const LayerInfo& l = g.layers[i];
-        run.layers.emplace_back(l.what, statistics(l.name, l.out, engine->layerOutput(i), 50));
-    }
+    auto evaluate = [&](auto zero) { // in the engine's element type
+        using T = decltype(zero);
+        std::vector<T> x;
+        std::vector<int32_t> labels;
+        gather(ex, all, 0, count, o.data.mean, o.data.std, x, labels);
+        onlyImages(labels);
+        engine->evaluate(x.data(), labels.data(), static_cast<T*>(nullptr));
+        for (size_t i = 0; i < engine->layerCount(); ++i) {
+            const LayerInfo& l = g.layers[i];
+            run.layers.emplace_back(l.what, statistics(l.name, l.out, engine->layerOutput<T>(i), 50));
+        }
+    };
+    if (engine->f64()) evaluate(double{});
+    else evaluate(float{});
     return run;
 }
 
@@ -211,20 +216,25 @@ DeadResult runDead(const DeadOptions& o) {
             layers.push_back(i);
             alive.emplace_back(size_t(g.layers[i].out[1]), 0);
         }
-    std::vector<float> x;
-    std::vector<int32_t> labels;
-    for (size_t begin = 0; begin < data.fit.size(); begin += size_t(batch)) {
-        gather(data.train, data.fit, begin, batch, data.mean, data.std, x, labels);
-        onlyImages(labels);
-        engine->evaluate(x.data(), labels.data(), nullptr);
-        const size_t rows = std::min(size_t(batch), data.fit.size() - begin);
-        for (size_t k = 0; k < layers.size(); ++k) {
-            const float* y = engine->layerOutput(layers[k]);
-            const size_t N = alive[k].size();
-            for (size_t r = 0; r < rows; ++r)
-                for (size_t j = 0; j < N; ++j) alive[k][j] |= y[r * N + j] != 0.0f;
+    auto scan = [&](auto zero) { // in the engine's element type
+        using T = decltype(zero);
+        std::vector<T> x;
+        std::vector<int32_t> labels;
+        for (size_t begin = 0; begin < data.fit.size(); begin += size_t(batch)) {
+            gather(data.train, data.fit, begin, batch, data.mean, data.std, x, labels);
+            onlyImages(labels);
+            engine->evaluate(x.data(), labels.data(), static_cast<T*>(nullptr));
+            const size_t rows = std::min(size_t(batch), data.fit.size() - begin);
+            for (size_t k = 0; k < layers.size(); ++k) {
+                const T* y = engine->layerOutput<T>(layers[k]);
+                const size_t N = alive[k].size();
+                for (size_t r = 0; r < rows; ++r)
+                    for (size_t j = 0; j < N; ++j) alive[k][j] |= y[r * N + j] != T(0);
+            }
         }
-    }
+    };
+    if (engine->f64()) scan(double{});
+    else scan(float{});
     DeadResult result;
     result.model = g.model, result.images = int64_t(data.fit.size());
     for (size_t k = 0; k < layers.size(); ++k) {

@@ -90,12 +90,12 @@ int64_t Session::batch() const {
     return use(impl_.get(), "batch", [](Engine& e) { return e.batch(); });
 }
 float* Session::parameters() {
-    return use(impl_.get(), "parameters", [](Engine& e) { return e.state().data(); });
+    return use(impl_.get(), "parameters", [](Engine& e) { return e.state().data<float>(); });
 }
 const float* Session::gradients() const {
     return use(impl_.get(), "gradients", [](Engine& e) {
         if (!e.haveGradients()) misuse("gradients", "no gradients yet: call backward() or trainStep() first");
-        return e.gradients().data();
+        return e.gradients().data<float>();
     });
 }
 
@@ -112,25 +112,25 @@ void Session::saveParameters(const std::string& path) const {
 float Session::forward(const float* x, const int32_t* labels, float* logits) {
     return use(impl_.get(), "forward", [&](Engine& e) {
         checkInput("forward", x);
-        return e.forward(x, target("forward", e.graph(), labels), logits);
+        return float(e.forward(x, target("forward", e.graph(), labels), logits));
     });
 }
 float Session::forward(const float* x, const float* targets, float* logits) {
     return use(impl_.get(), "forward", [&](Engine& e) {
         checkInput("forward", x);
-        return e.forward(x, target("forward", e.graph(), targets), logits);
+        return float(e.forward(x, target("forward", e.graph(), targets), logits));
     });
 }
 float Session::backward(const float* x, const int32_t* labels) {
     return use(impl_.get(), "backward", [&](Engine& e) {
         checkInput("backward", x);
-        return e.backward(x, target("backward", e.graph(), labels));
+        return float(e.backward(x, target("backward", e.graph(), labels)));
     });
 }
 float Session::backward(const float* x, const float* targets) {
     return use(impl_.get(), "backward", [&](Engine& e) {
         checkInput("backward", x);
-        return e.backward(x, target("backward", e.graph(), targets));
+        return float(e.backward(x, target("backward", e.graph(), targets)));
     });
 }
 
@@ -140,13 +140,13 @@ void Session::setOptimizer(const OptimizerOptions& options) {
 float Session::trainStep(const float* x, const int32_t* labels) {
     return use(impl_.get(), "trainStep", [&](Engine& e) {
         checkInput("trainStep", x);
-        return e.trainStep(x, target("trainStep", e.graph(), labels));
+        return float(e.trainStep(x, target("trainStep", e.graph(), labels)));
     });
 }
 float Session::trainStep(const float* x, const float* targets) {
     return use(impl_.get(), "trainStep", [&](Engine& e) {
         checkInput("trainStep", x);
-        return e.trainStep(x, target("trainStep", e.graph(), targets));
+        return float(e.trainStep(x, target("trainStep", e.graph(), targets)));
     });
 }
 int64_t Session::steps() const {
@@ -156,13 +156,13 @@ int64_t Session::steps() const {
 float Session::evaluate(const float* x, const int32_t* labels, float* logits) {
     return use(impl_.get(), "evaluate", [&](Engine& e) {
         checkInput("evaluate", x);
-        return e.evaluate(x, target("evaluate", e.graph(), labels), logits);
+        return float(e.evaluate(x, target("evaluate", e.graph(), labels), logits));
     });
 }
 float Session::evaluate(const float* x, const float* targets, float* logits) {
     return use(impl_.get(), "evaluate", [&](Engine& e) {
         checkInput("evaluate", x);
-        return e.evaluate(x, target("evaluate", e.graph(), targets), logits);
+        return float(e.evaluate(x, target("evaluate", e.graph(), targets), logits));
     });
 }
 
@@ -172,7 +172,7 @@ std::vector<LayerOutput> Session::layerOutputs() const {
         std::vector<LayerOutput> out;
         for (size_t i = 0; i < e.layerCount(); ++i) {
             const LayerInfo& l = e.graph().layers[i];
-            const float* v = e.layerOutput(i);
+            const float* v = e.layerOutput<float>(i);
             out.push_back({l.name, l.what, l.out, std::vector<float>(v, v + elementCount(l.out))});
         }
         return out;
@@ -184,7 +184,7 @@ namespace {
 std::vector<GradientStatistics> gradientStatisticsOf(const Engine& e, const char* call) {
     if (!e.haveGradients()) misuse(call, "no gradients yet: call backward() or trainStep() first");
     std::vector<GradientStatistics> out;
-    for (const TensorStats& t : gradc::gradientStatistics(e.layout(), e.gradients().data()))
+    for (const TensorStats& t : e.gradientStatistics())
         out.push_back(publicStatistics(t));
     return out;
 }
@@ -209,7 +209,7 @@ std::vector<ActivationStatistics> Session::activationStatistics() const {
 double Session::vanishingFactor() const {
     return use(impl_.get(), "vanishingFactor", [](Engine& e) {
         if (!e.haveGradients()) misuse("vanishingFactor", "no gradients yet: call backward() or trainStep() first");
-        return gradc::vanishingFactor(gradc::gradientStatistics(e.layout(), e.gradients().data())).value;
+        return gradc::vanishingFactor(e.gradientStatistics()).value;
     });
 }
 

@@ -82,11 +82,13 @@ ActivationStats activationStatistics(const std::string& name, const Activation& 
     return s;
 }
 
-std::vector<TensorStats> gradientStatistics(const Layout& layout, const float* grads) {
+template <typename T> std::vector<TensorStats> gradientStatistics(const Layout& layout, const T* grads) {
     std::vector<TensorStats> out;
     for (const LayoutEntry* g : layout.all(Role::Gradient)) out.push_back(statistics(g->name, g->shape, grads + g->offset));
     return out;
 }
+template std::vector<TensorStats> gradientStatistics(const Layout&, const float*);
+template std::vector<TensorStats> gradientStatistics(const Layout&, const double*);
 
 TensorStatistics publicStatistics(const TensorStats& t) {
     return {t.name, t.shape, t.count, t.mean, t.std, t.absMean, t.min, t.max, t.l2, t.zeroFraction,

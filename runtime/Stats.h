@@ -45,8 +45,8 @@ struct ActivationStats {
 ActivationStats activationStatistics(const std::string& name, const Activation& f, const Tensor& preactivation);
 
 /// Statistics of every parameter's gradient in the flat gradient array `grads`, in parameter
-/// order, where `layout` places them.
-std::vector<TensorStats> gradientStatistics(const Layout& layout, const float* grads);
+/// order, where `layout` places them (float or double).
+template <typename T> std::vector<TensorStats> gradientStatistics(const Layout& layout, const T* grads);
 
 /// How much weaker the first layer's gradient is than the last's: abs_mean of the first weight
 /// gradient over the last one's (weights: isWeight, Graph.h), with their names; NaN

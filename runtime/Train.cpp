@@ -49,12 +49,13 @@ void checkSplit(const Engine& engine, const DataSplit& data) {
     if (data.test.count == 0) throw UserError({makeSourceFile(data.test.imageFile, ""), 0, 0}, "the test set is empty");
 }
 
+template <typename T>
 void gather(const Examples& e, const std::vector<int64_t>& indices, size_t begin, int64_t batch, double mean,
-            double std, std::vector<float>& x, std::vector<int32_t>& labels) {
+            double std, std::vector<T>& x, std::vector<int32_t>& labels) {
     const size_t F = size_t(e.features);
-    float value[256]; // every pixel value, normalised once
-    for (int p = 0; p < 256; ++p) value[p] = float((p / 255.0 - mean) / std);
-    x.assign(size_t(batch) * F, 0.0f);
+    T value[256]; // every pixel value, normalised once
+    for (int p = 0; p < 256; ++p) value[p] = T((p / 255.0 - mean) / std);
+    x.assign(size_t(batch) * F, T(0));
     labels.assign(size_t(batch), 0);
     for (size_t r = 0; r < size_t(batch) && begin + r < indices.size(); ++r) {
         const size_t k = size_t(indices[begin + r]);
@@ -64,13 +65,19 @@ void gather(const Examples& e, const std::vector<int64_t>& indices, size_t begin
     }
 }
 
-Accuracy evaluate(Engine& engine, const Examples& e, const std::vector<int64_t>& indices, double mean, double std) {
-    if (indices.empty()) throw UserError({makeSourceFile(e.imageFile, ""), 0, 0}, "no examples to evaluate");
-    checkExamples(e, engine.graph()[0].shape[1], engine.graph()[engine.graph().output(OutputRole::Logits)].shape[1]);
-    for (int64_t i : indices) internal_assert(i >= 0 && i < e.count, "an example index outside the data");
+template void gather(const Examples&, const std::vector<int64_t>&, size_t, int64_t, double, double,
+                     std::vector<float>&, std::vector<int32_t>&);
+template void gather(const Examples&, const std::vector<int64_t>&, size_t, int64_t, double, double,
+                     std::vector<double>&, std::vector<int32_t>&);
+
+namespace {
+
+/// evaluate() with inputs and logits in T, the engine's element type.
+template <typename T>
+Accuracy evaluateAs(Engine& engine, const Examples& e, const std::vector<int64_t>& indices, double mean, double std) {
     const int64_t B = engine.batch();
     const int64_t C = engine.graph()[engine.graph().output(OutputRole::Logits)].shape[1];
-    std::vector<float> x, logits(size_t(B * C));
+    std::vector<T> x, logits(size_t(B * C));
     std::vector<int32_t> labels;
     double loss = 0;
     int64_t correct = 0;
@@ -79,7 +86,7 @@ Accuracy evaluate(Engine& engine, const Examples& e, const std::vector<int64_t>&
         engine.evaluate(x.data(), labels.data(), logits.data());
         const size_t rows = std::min(size_t(B), indices.size() - begin); // the rest is padding
         for (size_t r = 0; r < rows; ++r) {
-            const float* z = logits.data() + r * size_t(C);
+            const T* z = logits.data() + r * size_t(C);
             int64_t best = 0;
             for (int64_t c = 1; c < C; ++c)
                 if (z[c] > z[best]) best = c;
@@ -92,6 +99,15 @@ Accuracy evaluate(Engine& engine, const Examples& e, const std::vector<int64_t>&
     }
     const double n = double(indices.size());
     return {loss / n, double(correct) / n};
+}
+
+} // namespace
+
+Accuracy evaluate(Engine& engine, const Examples& e, const std::vector<int64_t>& indices, double mean, double std) {
+    if (indices.empty()) throw UserError({makeSourceFile(e.imageFile, ""), 0, 0}, "no examples to evaluate");
+    checkExamples(e, engine.graph()[0].shape[1], engine.graph()[engine.graph().output(OutputRole::Logits)].shape[1]);
+    for (int64_t i : indices) internal_assert(i >= 0 && i < e.count, "an example index outside the data");
+    return engine.f64() ? evaluateAs<double>(engine, e, indices, mean, std) : evaluateAs<float>(engine, e, indices, mean, std);
 }
 
 namespace {
@@ -138,7 +154,9 @@ TrainResult train(Engine& engine, const DataSplit& data, const TrainOptions& o,
     if (!o.logdir.empty()) events = std::make_unique<EventWriter>(o.logdir);
 
     TrainResult result;
-    std::vector<float> best = engine.state(), x;
+    Values best = engine.state();
+    std::vector<float> x;
+    std::vector<double> x64; // the inputs of an engine in double
     std::vector<int32_t> labels;
     int64_t step = 0;
     for (int epoch = 1; epoch <= o.epochs; ++epoch) {
@@ -148,8 +166,13 @@ TrainResult train(Engine& engine, const DataSplit& data, const TrainOptions& o,
         double lossSum = 0;
         int64_t done = 0;
         for (int64_t s = 0; s < stepsPerEpoch && !gInterrupted && !(o.maxSteps && step >= o.maxSteps); ++s) {
-            gather(data.train, order, size_t(s * B), B, data.mean, data.std, x, labels);
-            lossSum += engine.trainStep(x.data(), labels.data());
+            if (engine.f64()) {
+                gather(data.train, order, size_t(s * B), B, data.mean, data.std, x64, labels);
+                lossSum += engine.trainStep(x64.data(), labels.data());
+            } else {
+                gather(data.train, order, size_t(s * B), B, data.mean, data.std, x, labels);
+                lossSum += engine.trainStep(x.data(), labels.data());
+            }
             ++done, ++step;
             if (o.progressBar && (s % 4 == 0 || s + 1 == stepsPerEpoch)) {
                 const int width = 30, filled = int(width * (s + 1) / stepsPerEpoch);
@@ -162,7 +185,7 @@ TrainResult train(Engine& engine, const DataSplit& data, const TrainOptions& o,
         r.epoch = epoch, r.step = step, r.trainLoss = lossSum / double(done);
         Accuracy v = evaluate(engine, data.train, data.val, data.mean, data.std);
         r.valLoss = v.loss, r.valAccuracy = v.accuracy;
-        r.grads = gradientStatistics(engine.layout(), engine.gradients().data());
+        r.grads = engine.gradientStatistics();
         r.vanishingFactor = vanishingFactor(r.grads).value;
         r.seconds = std::chrono::duration<double>(Clock::now() - epochStart).count();
         const bool improved = v.accuracy > result.bestValAccuracy;

@@ -34,9 +34,11 @@ DataSplit loadSplit(const std::string& dir, int64_t val, double mean, double std
 /// validation and test sets are not empty. Throws UserError naming the file at fault.
 void checkSplit(const Engine& engine, const DataSplit& data);
 
-/// Normalised inputs and labels of examples `indices` of `e`, padded with zeros to `batch`.
+/// Normalised inputs (float or double) and labels of examples `indices` of `e`, padded with
+/// zeros to `batch`.
+template <typename T>
 void gather(const Examples& e, const std::vector<int64_t>& indices, size_t begin, int64_t batch, double mean,
-            double std, std::vector<float>& x, std::vector<int32_t>& labels);
+            double std, std::vector<T>& x, std::vector<int32_t>& labels);
 
 struct Accuracy {
     double loss = 0, accuracy = 0; ///< mean cross-entropy and share of correct argmaxes

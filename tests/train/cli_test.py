@@ -4,7 +4,7 @@ write (JSON lines, TensorBoard records, safetensors, SVG), early stopping, Ctrl-
 and the tutorial's dead-neuron count. Standard library only.
 
 Usage: cli_test.py GRADC SOURCE_DIR CASE   (CASE: files, early_stop, interrupt, bad_input, dead,
-                                             acts, batchnorm, bad_data, bad_params)
+                                             acts, batchnorm, bad_data, bad_params, f64)
 """
 import gzip, json, os, signal, struct, subprocess, sys, tempfile, threading, time
 
@@ -167,7 +167,7 @@ with tempfile.TemporaryDirectory() as tmp:
             (["--data", "/nonexistent"], 1, "/nonexistent/train-images-idx3-ubyte.gz: error: data file not found"),
             (["--log", "/nonexistent/dir/log.jsonl"], 1,
              "/nonexistent/dir/log.jsonl: error: cannot write the log file: the folder '/nonexistent/dir' does not exist"),
-            (["--dtype", "f64"], 2, "training runs in f32"),
+            (["--dtype", "f16"], 2, "--dtype=f16 is not an element type"),
         ]:
             p = run("train", model("seed_relu"), "--save", save, *args, rc=rc)
             check(text in p.stderr, f"{args}: expected '{text}' in: {p.stderr}")
@@ -201,6 +201,29 @@ with tempfile.TemporaryDirectory() as tmp:
         body = open(svg).read()
         check(body.startswith("<svg") or body.startswith("<?xml"), "an SVG")
         check(body.count('class="panel"') == 8, "one panel per module")
+    elif CASE == "f64":
+        # Training, activations and dead units in double agree with float to float's precision;
+        # in double the interpreter and the compiled code agree to double's.
+        def losses(*args):
+            path = os.path.join(tmp, "f64.jsonl")
+            run("train", model("seed_relu"), "--epochs", "1", "--lr", "0.05", "--log", path, *SMALL, *args)
+            lines = [json.loads(l) for l in open(path)]
+            return lines[0]["train_loss"], lines[0]["val_loss"], lines[-1]["test_loss"]
+        rel = lambda a, b: max(abs(x - y) / abs(y) for x, y in zip(a, b))
+        f32, f64 = losses(), losses("--dtype", "f64")
+        check(rel(f64, f32) < 1e-4, f"f64 losses {f64} within 1e-4 of f32's {f32}")
+        check(f64 != f32, f"f64 trains in double, not in float: {f64} {f32}")
+        jit, interp = losses("--dtype", "f64", "--steps", "3"), losses("--dtype", "f64", "--steps", "3", "--backend", "interp")
+        check(rel(jit, interp) < 1e-9, f"f64: jit {jit} and interp {interp} agree within 1e-9")
+        a32 = json.loads(run("acts", model("seed_tanh"), "--format", "json", "--count", "256").stdout)
+        a64 = json.loads(run("acts", model("seed_tanh"), "--format", "json", "--count", "256", "--dtype", "f64").stdout)
+        check(len(a64["layers"]) == 8, "acts in f64: eight modules")
+        for l32, l64 in zip(a32["layers"], a64["layers"]):
+            check(abs(l64["std"] - l32["std"]) <= 1e-4 * abs(l32["std"]), f"acts {l64['name']}: std {l64['std']} {l32['std']}")
+        dead = lambda *a: [int(l.split()[3]) for l in run("dead", model("deep_relu"), "--limit", "2000", "--val", "500", *a)
+                           .stdout.splitlines() if l.strip().startswith("layers.")]
+        d32, d64 = dead(), dead("--dtype", "f64")
+        check(len(d64) == 10 and all(abs(a - b) <= 2 for a, b in zip(d32, d64)), f"dead in f64 {d64}, in f32 {d32}")
     elif CASE == "batchnorm":
         run("train", model("seed_sigmoid_bn"), "--steps", "30", "--save", save, *SMALL)
         names = safetensors_names(save)

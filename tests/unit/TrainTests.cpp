@@ -24,13 +24,13 @@ namespace {
 const char* kBatchnormModel = "model bn\ninput 5\ndense 7\nbatchnorm\ntanh\nh = identity\ndense 7 relu\nadd h\n"
                               "dense 4\nbatchnorm\nsigmoid\ndense 3\nloss cross_entropy\n";
 
-std::unique_ptr<Engine> engine(const std::string& text, int64_t batch, const std::string& backend) {
+std::unique_ptr<Engine> engine(const std::string& text, int64_t batch, const std::string& backend, bool f64 = false) {
     FrontEnd fe = compileSource("test.nn", text, {batch});
     Graph eval = compileSource("test.nn", text, {batch, true, true}).graph;
     SessionOptions o;
     o.backend = backend;
     o.cache = false;
-    return std::make_unique<Engine>(std::move(fe.graph), std::move(eval), o);
+    return std::make_unique<Engine>(std::move(fe.graph), std::move(eval), o, f64);
 }
 
 void randomBatch(std::mt19937& rng, int64_t batch, int64_t width, int64_t classes, std::vector<float>& x,
@@ -42,7 +42,7 @@ void randomBatch(std::mt19937& rng, int64_t batch, int64_t width, int64_t classe
     for (int32_t& l : labels) l = int32_t(rng() % uint64_t(classes));
 }
 
-double maxRelativeDifference(const std::vector<float>& a, const std::vector<float>& b) {
+template <typename A, typename B> double maxRelativeDifference(const std::vector<A>& a, const std::vector<B>& b) {
     double worst = 0, scale = 1e-30;
     for (size_t i = 0; i < a.size(); ++i) {
         worst = std::max(worst, std::fabs(double(a[i]) - double(b[i])));
@@ -136,7 +136,7 @@ TEST_CASE("training steps agree between compiled code and the interpreter, batch
         o.method = method, o.lr = std::string(method) == "adam" ? 1e-2 : 0.1, o.momentum = std::string(method) == "sgd" ? 0.9 : 0;
         jit->setOptimizer(o), interp->setOptimizer(o);
         jit->initialise(3), interp->initialise(3);
-        const std::vector<float> before = jit->state();
+        const std::vector<double> before = jit->state().values();
         std::mt19937 rng(11);
         std::vector<float> x;
         std::vector<int32_t> labels;
@@ -145,8 +145,8 @@ TEST_CASE("training steps agree between compiled code and the interpreter, batch
             float a = jit->trainStep(x.data(), labels.data()), b = interp->trainStep(x.data(), labels.data());
             CHECK(a == Approx(b).epsilon(1e-4));
         }
-        CHECK(maxRelativeDifference(jit->state(), interp->state()) < 1e-4);
-        CHECK(maxRelativeDifference(jit->state(), before) > 1e-3); // it trained
+        CHECK(maxRelativeDifference(jit->state().values(), interp->state().values()) < 1e-4);
+        CHECK(maxRelativeDifference(jit->state().values(), before) > 1e-3); // it trained
         CHECK(jit->steps() == 4);
         CHECK(jit->batchesTracked() == 4);
         CHECK(interp->batchesTracked() == 4);
@@ -159,6 +159,53 @@ TEST_CASE("training steps agree between compiled code and the interpreter, batch
     }
 }
 
+TEST_CASE("in double, training steps of compiled code and the interpreter agree to 1e-9", "[train][f64]") {
+    const char* adamModel = "input 5\ndense 7 tanh\nh = identity\ndense 7 relu\nadd h\ndense 3\nloss cross_entropy\n";
+    for (const char* method : {"sgd", "adam"}) {
+        CAPTURE(method);
+        const bool sgd = std::string(method) == "sgd";
+        const char* text = sgd ? kBatchnormModel : adamModel;
+        auto jit = engine(text, 16, "jit", true), interp = engine(text, 16, "interp", true);
+        auto f32 = engine(text, 16, "jit");
+        REQUIRE(jit->f64());
+        REQUIRE(jit->state().f64());
+        REQUIRE_FALSE(f32->f64());
+        OptimizerOptions o;
+        o.method = method, o.lr = sgd ? 0.1 : 1e-2, o.momentum = sgd ? 0.9 : 0;
+        for (auto* e : {jit.get(), interp.get(), f32.get()}) e->setOptimizer(o), e->initialise(3);
+        const std::vector<double> before = jit->state().values();
+        std::mt19937 rng(11);
+        std::vector<float> x;
+        std::vector<double> x64;
+        std::vector<int32_t> labels;
+        for (int step = 0; step < 4; ++step) {
+            randomBatch(rng, 16, 5, 3, x, labels);
+            x64.assign(x.begin(), x.end());
+            const double a = jit->trainStep(x64.data(), labels.data()), b = interp->trainStep(x64.data(), labels.data());
+            const double c = f32->trainStep(x.data(), labels.data());
+            CHECK(std::fabs(a - b) <= 1e-9 * std::fabs(b));
+            CHECK(a == Approx(c).epsilon(1e-4));
+        }
+        CHECK(maxRelativeDifference(jit->state().values(), interp->state().values()) < 1e-9);
+        CHECK(maxRelativeDifference(jit->gradients().values(), interp->gradients().values()) < 1e-9);
+        CHECK(maxRelativeDifference(jit->state().values(), f32->state().values()) < 1e-4);
+        CHECK(maxRelativeDifference(jit->state().values(), before) > 1e-3); // it trained
+        CHECK(jit->batchesTracked() == 4);
+        // Evaluation mode: double logits and layer outputs; float inputs are converted.
+        std::vector<double> la(16 * 3), lb(16 * 3);
+        std::vector<float> lf(16 * 3);
+        randomBatch(rng, 16, 5, 3, x, labels);
+        x64.assign(x.begin(), x.end());
+        jit->evaluate(x64.data(), labels.data(), la.data());
+        interp->evaluate(x64.data(), labels.data(), lb.data());
+        CHECK(maxRelativeDifference(la, lb) < 1e-9);
+        jit->evaluate(x.data(), labels.data(), lf.data()); // the same inputs given as float
+        CHECK(maxRelativeDifference(lf, la) < 1e-6);
+        const double* y = jit->layerOutput<double>(0);
+        CHECK(std::isfinite(y[0]));
+    }
+}
+
 TEST_CASE("batchnorm's running statistics follow PyTorch: momentum 0.1, unbiased variance", "[train]") {
     auto e = engine("input 3\nbatchnorm\ndense 2\nloss cross_entropy\n", 4, "jit");
     OptimizerOptions o;
@@ -167,7 +214,7 @@ TEST_CASE("batchnorm's running statistics follow PyTorch: momentum 0.1, unbiased
     std::vector<float> x = {1, 2, 3, 3, 2, 1, 0, 0, 0, 4, 8, -4};
     std::vector<int32_t> labels = {0, 1, 0, 1};
     e->trainStep(x.data(), labels.data());
-    const float* rm = e->state().data() + e->parameterCount(); // running_mean[3], running_var[3]
+    const float* rm = e->state().data<float>() + e->parameterCount(); // running_mean[3], running_var[3]
     const float* rv = rm + 3;
     for (int j = 0; j < 3; ++j) {
         double mean = 0, sq = 0;
@@ -180,14 +227,14 @@ TEST_CASE("batchnorm's running statistics follow PyTorch: momentum 0.1, unbiased
 
 TEST_CASE("evaluation mode normalises with the running statistics", "[train]") {
     auto e = engine("input 2\nbatchnorm\ndense 2\nloss cross_entropy\n", 3, "jit");
-    std::vector<float>& s = e->state();
+    float* s = e->state().data<float>();
     // weight [2,2], bias [2] of the dense; γ, β of the batchnorm come first.
     const auto params = e->graph().params;
     REQUIRE(params[0].name == "layers.0.weight");
     s[0] = 2, s[1] = 3;   // γ
     s[2] = 0.5, s[3] = -1; // β
     s[4] = 1, s[5] = 0, s[6] = 0, s[7] = 1, s[8] = 0, s[9] = 0; // identity dense, no bias
-    float* rm = s.data() + e->parameterCount();
+    float* rm = s + e->parameterCount();
     rm[0] = 1, rm[1] = -2, rm[2] = 4, rm[3] = 0.25; // means, then variances
     std::vector<float> x = {1, 2, 3, 4, -1, 0}, logits(6);
     std::vector<int32_t> labels = {0, 1, 0};
@@ -198,7 +245,7 @@ TEST_CASE("evaluation mode normalises with the running statistics", "[train]") {
     }
     // The layer outputs: the batchnorm's output is the first module's.
     REQUIRE(e->layerCount() == 1);
-    CHECK(e->layerOutput(0)[0] == Approx(logits[0]));
+    CHECK(e->layerOutput<float>(0)[0] == Approx(logits[0]));
 }
 
 TEST_CASE("a few hundred steps fit a small problem: the loss falls", "[train]") {
@@ -225,7 +272,7 @@ TEST_CASE("a few hundred steps fit a small problem: the loss falls", "[train]") 
     CHECK(correct >= 30);
     REQUIRE(e->layerCount() == 4); // linear, relu, linear, tanh
     CHECK(e->graph().layers[1].what == "relu");
-    for (int i = 0; i < 32 * 16; ++i) CHECK(e->layerOutput(1)[i] >= 0);
+    for (int i = 0; i < 32 * 16; ++i) CHECK(e->layerOutput<float>(1)[i] >= 0);
 }
 
 TEST_CASE("parameter files carry batchnorm's running statistics and batch count", "[train]") {

@@ -37,7 +37,7 @@ void addModelOptions(po::options_description& d) {
 
 void addCodegenOptions(po::options_description& d) {
     d.add_options()("dtype", po::value<std::string>()->default_value("f32"),
-                    "element type of the compiled code: f32 | f64")(
+                    "element type of the computation: f32 | f64 (train, acts, dead: every array)")(
         "threads", po::value<int>()->default_value(0), "threads for compiled code (0: all cores)")(
         "no-cache", "compile afresh: neither read nor write the cache of compiled code");
 }
@@ -131,8 +131,8 @@ ClassifierOptions classifierOptions(const po::variables_map& vm) {
     ClassifierOptions o;
     o.model = vm["model"].as<std::string>();
     const CodegenOptions codegen = codegenOptions(vm);
-    if (codegen.f64) throw UsageError("training runs in f32 (--dtype f64 is for gradients only)");
     o.session = {backendOption(vm), codegen.cache, codegen.threads};
+    o.f64 = codegen.f64;
     o.data = dataOptions(vm);
     o.seed = seedOption(vm);
     o.params = fileOption(vm, "params");

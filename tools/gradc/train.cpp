@@ -89,10 +89,10 @@ int runTrain(const po::variables_map& vm) {
         std::fflush(stderr);
     };
     auto start = [&](const Engine& engine, const DataSplit& data) {
-        fmt::print(stderr, "{}: {} parameters; {} training and {} validation examples of {}, batch {}; {} lr {}{}\n",
+        fmt::print(stderr, "{}: {} parameters; {} training and {} validation examples of {}, batch {}; {} lr {}{}{}\n",
                    engine.graph().model, thousands(engine.parameterCount()), thousands(int64_t(data.fit.size())),
                    thousands(int64_t(data.val.size())), dir, o.batch, opt.method, opt.lr,
-                   opt.momentum > 0 ? fmt::format(" momentum {}", opt.momentum) : "");
+                   opt.momentum > 0 ? fmt::format(" momentum {}", opt.momentum) : "", engine.f64() ? "; f64" : "");
         gInterrupted = 0;
         std::signal(SIGINT, onInterrupt);
     };

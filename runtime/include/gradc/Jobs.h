@@ -62,6 +62,7 @@ struct ClassifierOptions {
     uint64_t seed = 42;  ///< parameter initialisation when `params` is ""
     std::string params;  ///< parameters from this safetensors file
     SessionOptions session;
+    bool f64 = false;    ///< every array (parameters, gradients, activations) in double
 };
 
 /// `gradc acts`: each module's output over the first `count` training images.
