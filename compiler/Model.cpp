@@ -30,7 +30,7 @@ void Model::Impl::init() {
 }
 
 const std::string& Model::name() const { return impl().graph.model; }
-int64_t Model::inputWidth() const { return impl().graph[0].shape[1]; }
+int64_t Model::inputWidth() const { return perExample(impl().graph[0].shape); }
 int64_t Model::outputWidth() const { return impl().graph[impl().graph.output(OutputRole::Logits)].shape[1]; }
 const std::string& Model::loss() const { return impl().graph.lossKind; }
 int64_t Model::parameterCount() const { return impl().graph.parameterCount(); }

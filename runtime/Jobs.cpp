@@ -52,7 +52,7 @@ Tensor gradsTarget(const Graph& g, const std::string& model, const Examples& ex,
         }
         return labels;
     }
-    if (g.lossKind == "mse" && outputs == g[0].shape[1]) return x; // an autoencoder reproduces its input
+    if (g.lossKind == "mse" && outputs == perExample(g[0].shape)) return x; // an autoencoder reproduces its input
     failIn(model, fmt::format("gradc grads needs a cross_entropy classifier with at least {} classes, or an mse "
                               "autoencoder; this model's loss is {} with {} outputs", 10, g.lossKind, outputs));
 }
@@ -66,9 +66,9 @@ void onlyImages(std::vector<int32_t>& labels) { std::fill(labels.begin(), labels
 double matmulFlops(const Graph& g) {
     double flops = 0;
     for (auto& n : g.nodes) {
-        if (n.op == Op::MatMulNT) flops += 2.0 * double(elementCount(n.shape)) * double(g[n.in[0]].shape[1]);
-        if (n.op == Op::MatMulNN) flops += 2.0 * double(elementCount(n.shape)) * double(g[n.in[0]].shape[1]);
-        if (n.op == Op::MatMulTN) flops += 2.0 * double(elementCount(n.shape)) * double(g[n.in[0]].shape[0]);
+        if (n.op == Op::MatMulNT) flops += 2.0 * double(elementCount(n.shape)) * double(g[n.in[0]].shape.back());
+        if (n.op == Op::MatMulNN) flops += 2.0 * double(elementCount(n.shape)) * double(g[n.in[0]].shape.back());
+        if (n.op == Op::MatMulTN) flops += 2.0 * double(elementCount(n.shape)) * double(elementCount(g[n.in[0]].shape) / g[n.in[0]].shape.back());
     }
     return flops;
 }
@@ -95,13 +95,13 @@ GradsRun runGrads(const GradsOptions& o, const std::function<void(const GradsMod
     run.wide = o.session.backend == "interp" || o.f64;
     for (size_t m = 0; m < graphs.size(); ++m) {
         const Graph& g = graphs[m];
-        if (g[0].shape[1] != ex.features)
+        if (perExample(g[0].shape) != ex.features)
             failIn(o.models[m], fmt::format("the model takes {} inputs, but the images in {} have {} pixels",
-                                            g[0].shape[1], dir, ex.features));
+                                            perExample(g[0].shape), dir, ex.features));
         Bindings b = o.params.empty() ? initialiseParameters(g, o.seed) : loadParameters(g, o.params);
         run.integers.clear();
         run.params = stateDict(g, b, &run.integers); // running statistics too, as PyTorch's state_dict
-        b["x"] = x;
+        b["x"] = Tensor{g[0].shape, x.data}; // [batch, 784] read as the model's [batch, 28, 28], ...
         b["target"] = gradsTarget(g, o.models[m], ex, x);
         GradsModel result;
         BackendOptions bo; // the interpreter computes in double: its buffers are double too
@@ -135,8 +135,8 @@ void needClassifier(const Graph& g, const std::string& model, int64_t features, 
     if (g.lossKind != "cross_entropy" || outputs < classes)
         failIn(model, fmt::format("this command needs a cross_entropy classifier with at least {} classes; the "
                                   "model's loss is {} with {} outputs", classes, g.lossKind, outputs));
-    if (g[0].shape[1] != features)
-        failIn(model, fmt::format("the model takes {} inputs, but the images have {} pixels", g[0].shape[1], features));
+    if (perExample(g[0].shape) != features)
+        failIn(model, fmt::format("the model takes {} inputs, but the images have {} pixels", perExample(g[0].shape), features));
 }
 
 } // namespace
@@ -214,7 +214,7 @@ DeadResult runDead(const DeadOptions& o) {
     for (size_t i = 0; i < engine->layerCount(); ++i)
         if (isActivation(g[g.layers[i].value])) {
             layers.push_back(i);
-            alive.emplace_back(size_t(g.layers[i].out[1]), 0);
+            alive.emplace_back(size_t(perExample(g.layers[i].out)), 0); // a unit: one value of an example
         }
     auto scan = [&](auto zero) { // in the engine's element type
         using T = decltype(zero);

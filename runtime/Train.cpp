@@ -39,7 +39,7 @@ DataSplit loadSplit(const std::string& dir, int64_t val, double mean, double std
 
 void checkSplit(const Engine& engine, const DataSplit& data) {
     const Graph& g = engine.graph();
-    const int64_t inputs = g[0].shape[1], classes = g[g.output(OutputRole::Logits)].shape[1];
+    const int64_t inputs = perExample(g[0].shape), classes = g[g.output(OutputRole::Logits)].shape[1];
     checkExamples(data.train, inputs, classes); // the training and validation examples
     checkExamples(data.test, inputs, classes);
     for (auto* part : {&data.fit, &data.val})
@@ -105,7 +105,7 @@ Accuracy evaluateAs(Engine& engine, const Examples& e, const std::vector<int64_t
 
 Accuracy evaluate(Engine& engine, const Examples& e, const std::vector<int64_t>& indices, double mean, double std) {
     if (indices.empty()) throw UserError({makeSourceFile(e.imageFile, ""), 0, 0}, "no examples to evaluate");
-    checkExamples(e, engine.graph()[0].shape[1], engine.graph()[engine.graph().output(OutputRole::Logits)].shape[1]);
+    checkExamples(e, perExample(engine.graph()[0].shape), engine.graph()[engine.graph().output(OutputRole::Logits)].shape[1]);
     for (int64_t i : indices) internal_assert(i >= 0 && i < e.count, "an example index outside the data");
     return engine.f64() ? evaluateAs<double>(engine, e, indices, mean, std) : evaluateAs<float>(engine, e, indices, mean, std);
 }

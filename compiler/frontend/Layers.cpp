@@ -147,6 +147,18 @@ ValueId buildLayerNorm(LayerBuilder& b, const Stmt& s, ValueId x) {
     return v;
 }
 
+/// `flatten`: nn.Flatten, [B, d1, d2, ...] -> [B, d1 d2 ...] (a reshape; a no-op on [B, N]).
+ValueId buildFlatten(LayerBuilder& b, const Stmt& s, ValueId x) {
+    Graph& g = b.graph();
+    const Shape& in = g[x].shape;
+    if (in.size() < 2) throw UserError(s.loc, fmt::format("flatten needs a [batch, ...] value, got {}", shapeString(in)));
+    Node n = makeNode(Op::Reshape, s.loc, {x});
+    n.shape = {in[0], elementCount(in) / in[0]};
+    ValueId v = in.size() == 2 ? x : g.add(std::move(n));
+    b.record(b.moduleName(s), "flatten", x, v, s.loc);
+    return v;
+}
+
 using Kind = LayerOptionDef::Kind;
 using Operands = LayerDef::Operands;
 
@@ -159,6 +171,7 @@ const std::vector<LayerDef> kLayers = {
     {"mul", Operands::Names,
      "'mul' takes one or two value names ('mul A B', or 'mul A' to multiply the current value by A)",
      1, 2, false, {}, buildMul},
+    {"flatten", Operands::None, "", 0, 0, false, {}, buildFlatten},
     {"batchnorm", Operands::None, "", 0, 0, false,
      {{"eps", Kind::Number, 1e-5}, {"momentum", Kind::Number, 0.1}}, buildBatchNorm},
     {"layernorm", Operands::None, "", 0, 0, false, {{"eps", Kind::Number, 1e-5}}, buildLayerNorm},

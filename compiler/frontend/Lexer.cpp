@@ -75,6 +75,14 @@ struct Lexer {
             throw UserError(loc, fmt::format("number is {} characters long; the limit is {}",
                                              i - start, kMaxNameLength));
         std::string text = s.substr(start, i - start);
+        // Sizes: `28x28` is the number 28, an `x` and the number 28 (`input 28x28`).
+        if (i + 1 < s.size() && s[i] == 'x' && std::isdigit((unsigned char)s[i + 1]) &&
+            text.find_first_not_of("0123456789") == std::string::npos) {
+            out.push_back({Tok::Number, text, std::strtod(text.c_str(), nullptr), loc});
+            advance(i - start);
+            push(Tok::Ident, 1, here());
+            return;
+        }
         if (i < s.size() && (std::isalnum((unsigned char)s[i]) || s[i] == '_')) {
             size_t j = i;
             while (j < s.size() && (std::isalnum((unsigned char)s[j]) || s[j] == '_' || s[j] == '.')) ++j;

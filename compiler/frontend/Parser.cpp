@@ -191,6 +191,11 @@ private:
         if (isWord("input")) {
             auto s = make(Stmt::Kind::Input, next());
             s->size = integer("the input width", &s->sizeLoc);
+            s->dims = {s->size};
+            while (isWord("x") && peek(1).kind == Tok::Number) { // `input 1x28x28`
+                next();
+                s->dims.push_back(integer("an input size"));
+            }
             return s;
         }
         if (isWord("repeat")) {

@@ -221,10 +221,18 @@ private:
             throw UserError(s.loc, "activation definitions belong at the top level of the file");
         case Stmt::Kind::Input: {
             if (input_) throw UserError(s.loc, "a second 'input' statement; a model has one input");
-            if (s.size < 1 || s.size > kMaxTensorElements)
-                throw UserError(s.sizeLoc, fmt::format("input width {} is out of range (1 to 2^31)", s.size));
             Node n = makeNode(Op::Input, s.loc);
-            n.shape = {g_.batch, s.size}, n.name = "x", n.loc = s.loc;
+            n.shape = {g_.batch};
+            int64_t perExample = 1;
+            for (int64_t d : s.dims.empty() ? std::vector<int64_t>{s.size} : s.dims) {
+                perExample *= std::min<int64_t>(d, kMaxTensorElements + 1);
+                if (d < 1 || d > kMaxTensorElements || perExample > kMaxTensorElements)
+                    throw UserError(s.sizeLoc, s.dims.size() <= 1
+                        ? fmt::format("input width {} is out of range (1 to 2^31)", d)
+                        : fmt::format("input size {} is out of range (1 to 2^31 values per example)", d));
+                n.shape.push_back(d);
+            }
+            n.name = "x", n.loc = s.loc;
             input_ = current_ = g_.add(std::move(n));
             bindName(sc, s, *current_);
             return;
@@ -259,7 +267,11 @@ private:
             t.name = "target", t.loc = s.loc;
             Node l;
             l.loc = s.loc;
-            if (sh.size() != 2) throw UserError(s.loc, "the loss needs a [batch, outputs] value");
+            if (sh.size() != 2)
+                throw UserError(s.loc, sh.size() < 2 ? std::string("the loss needs a [batch, outputs] value")
+                                                     : fmt::format("the loss needs a [batch, outputs] value, got {}; "
+                                                                   "use flatten to make it {}", shapeString(sh),
+                                                                   shapeString({sh[0], elementCount(sh) / sh[0]})));
             if (s.loss == "cross_entropy") {
                 if (sh[1] < 2)
                     throw UserError(s.sizeLoc, fmt::format("cross_entropy needs at least 2 "

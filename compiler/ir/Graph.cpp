@@ -116,27 +116,51 @@ Shape shapeOfInput(const Nodes&, const Node& n) { return n.shape; }
 Shape shapeOfCrossEntropy(const Nodes& g, const Node& n);
 Shape shapeOfPairwiseLoss(const Nodes& g, const Node& n);
 
+/// A real tensor of rank 2 or more: [..., last] (a matrix product's row operand).
+void needRows(const Node& n, const Node& v, const char* what) {
+    if (v.shape.size() < 2 || v.type != DType::Real)
+        mismatch(n, fmt::format("{} must be a real tensor of rank 2 or more, got {}", what,
+                                shapeString(v.shape)));
+}
+
+/// `s` with its last dimension replaced by `last`.
+Shape withLast(Shape s, int64_t last) {
+    s.back() = last;
+    return s;
+}
+
 Shape shapeOfMatMulNT(const Nodes& g, const Node& n) {
     const Node &x = operand(g, n, 0), &w = operand(g, n, 1);
-    needRank(n, x, 2, "input"), needRank(n, w, 2, "weight");
-    if (x.shape[1] != w.shape[1])
+    needRows(n, x, "input"), needRank(n, w, 2, "weight");
+    if (x.shape.back() != w.shape[1])
         mismatch(n, fmt::format("input {} and weight {} do not fit (x · wᵀ needs equal inner "
                                 "sizes)", shapeString(x.shape), shapeString(w.shape)));
-    return {x.shape[0], w.shape[0]};
+    return withLast(x.shape, w.shape[0]);
 }
 
 Shape shapeOfMatMulNN(const Nodes& g, const Node& n) {
     const Node &a = operand(g, n, 0), &w = operand(g, n, 1);
-    needRank(n, a, 2, "gradient"), needRank(n, w, 2, "weight");
-    if (a.shape[1] != w.shape[0]) mismatch(n, "gradient and weight do not fit");
-    return {a.shape[0], w.shape[1]};
+    needRows(n, a, "gradient"), needRank(n, w, 2, "weight");
+    if (a.shape.back() != w.shape[0]) mismatch(n, "gradient and weight do not fit");
+    return withLast(a.shape, w.shape[1]);
 }
 
 Shape shapeOfMatMulTN(const Nodes& g, const Node& n) {
     const Node &a = operand(g, n, 0), &x = operand(g, n, 1);
-    needRank(n, a, 2, "gradient"), needRank(n, x, 2, "input");
-    if (a.shape[0] != x.shape[0]) mismatch(n, "gradient and input have different batch sizes");
-    return {a.shape[1], x.shape[1]};
+    needRows(n, a, "gradient"), needRows(n, x, "input");
+    if (!std::equal(a.shape.begin(), a.shape.end() - 1, x.shape.begin(), x.shape.end() - 1))
+        mismatch(n, fmt::format("gradient {} and input {} have different leading dimensions",
+                                shapeString(a.shape), shapeString(x.shape)));
+    return {a.shape.back(), x.shape.back()};
+}
+
+/// The result's shape is the node's own; it holds the operand's elements.
+Shape shapeOfReshape(const Nodes& g, const Node& n) {
+    const Node& x = operand(g, n, 0);
+    if (x.type != DType::Real) mismatch(n, "operand must be real");
+    if (n.shape.empty() || elementCount(n.shape) != elementCount(x.shape))
+        mismatch(n, fmt::format("cannot reshape {} to {}", shapeString(x.shape), shapeString(n.shape)));
+    return n.shape;
 }
 
 Shape shapeOfSumRows(const Nodes& g, const Node& n) {
@@ -223,7 +247,8 @@ Shape shapeOfBatchNorm(const Nodes& g, const Node& n) {
 
 Shape shapeOfCrossEntropy(const Nodes& g, const Node& n) {
     const Node &z = operand(g, n, 0), &t = operand(g, n, 1);
-    needRank(n, z, 2, "logits");
+    if (z.shape.size() != 2)
+        mismatch(n, fmt::format("logits must be [batch, classes], got {} (use flatten)", shapeString(z.shape)));
     if (t.type != DType::Index || t.shape != Shape{z.shape[0]})
         mismatch(n, fmt::format("labels must be {} class indices, got {}",
                                 shapeString({z.shape[0]}), shapeString(t.shape)));
@@ -256,10 +281,13 @@ ValueId Graph::add(Node n) {
     for (int64_t dim : n.shape)
         if (dim <= 0 || dim > kMaxTensorElements)
             throw UserError(n.loc, fmt::format("size {} is out of range (1 to 2^31)", dim));
-    // Each dimension is at most 2^31, so the product of two cannot overflow before this check.
-    if (n.shape.size() <= 2 && elementCount(n.shape) > kMaxTensorElements)
-        throw UserError(n.loc, fmt::format("tensor {} has {} elements; the limit is 2^31",
-                                           shapeString(n.shape), elementCount(n.shape)));
+    // Each dimension is at most 2^31, so a running product of at most 2^31 and one dimension
+    // cannot overflow before the check.
+    int64_t count = 1;
+    for (int64_t dim : n.shape)
+        if ((count *= dim) > kMaxTensorElements)
+            throw UserError(n.loc, fmt::format("tensor {} has {}elements; the limit is 2^31", shapeString(n.shape),
+                                               n.shape.size() <= 2 ? fmt::format("{} ", elementCount(n.shape)) : "more than 2^31 "));
     nodes.push_back(std::move(n));
     return ValueId(nodes.size() - 1);
 }

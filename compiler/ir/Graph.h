@@ -78,6 +78,9 @@ std::string shapeString(const Shape& s); // "[256,784]"
 /// factor compares, the figures draw and the init schemes scale.
 inline bool isWeight(const Shape& s) { return s.size() >= 2; }
 int64_t elementCount(const Shape& s);
+/// The values of one example of a [B, ...] tensor (the batch is dimension 0): 784 for x of
+/// [B,784], [B,28,28] or [B,1,28,28].
+inline int64_t perExample(const Shape& s) { return s.empty() || s[0] == 0 ? 0 : elementCount(s) / s[0]; }
 
 /// How a parameter is initialised: a scheme of the model language and its arguments.
 struct Init {

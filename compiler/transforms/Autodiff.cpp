@@ -44,6 +44,13 @@ Grads gradOfMatMulNT(RuleContext& c) {
     return out;
 }
 
+// y = reshape(x):  dx = reshape(dy) back to x's shape
+Grads gradOfReshape(RuleContext& c) {
+    Node n = makeNode(Op::Reshape, c.node().loc, {*c.dy});
+    n.shape = c.g[c.in(0)].shape;
+    return {c.g.add(std::move(n))};
+}
+
 /// Sums `d` (the result's shape) down to `shape`, a suffix of it: over each leading dimension
 /// the operand was broadcast along.
 ValueId reduceTo(RuleContext& c, ValueId d, const Shape& shape) {

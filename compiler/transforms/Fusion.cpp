@@ -48,7 +48,8 @@ struct CseHash {
 };
 struct CseEqual {
     bool operator()(const CseKey& a, const CseKey& b) const {
-        return a.ins == b.ins && sameAttrs(*a.node, *b.node);
+        // The shape too: a reshape's result shape is its own, not its operand's.
+        return a.ins == b.ins && sameAttrs(*a.node, *b.node) && a.node->shape == b.node->shape;
     }
 };
 
@@ -252,7 +253,7 @@ private:
             k.a = buffer_[in(v, 0)], k.b = buffer_[in(v, 1)];
             k.transA = nd.op == gradc::Op::MatMulTN;
             k.transB = nd.op == gradc::Op::MatMulNT;
-            k.depth = nd.op == gradc::Op::MatMulTN ? s0[0] : s0[1];
+            k.depth = nd.op == gradc::Op::MatMulTN ? domain(s0).first : s0.back();
             (void)s1;
             return lb.load(Access::Mode::Acc, -1);
         }
@@ -263,7 +264,7 @@ private:
                 if (s == nd.shape) {
                     vals.push_back(exprOf(in(v, i), root, lb));
                 } else {
-                    internal_assert(nd.shape.size() == 2 && s == Shape{nd.shape[1]},
+                    internal_assert(nd.shape.size() >= 2 && s == Shape{nd.shape.back()},
                                     fmt::format("map broadcasts {} to {}: not supported by the kernels",
                                                 shapeString(s), shapeString(nd.shape)));
                     vals.push_back(lb.load(Access::Mode::Col, buffer_[in(v, i)]));
@@ -277,8 +278,9 @@ private:
         return nullptr;
     }
 
+    /// The [rows, cols] domain of a row-major tensor: [prod(leading dimensions), last].
     static std::pair<int64_t, int64_t> domain(const Shape& s) {
-        if (s.size() == 2) return {s[0], s[1]};
+        if (s.size() >= 2) return {elementCount(s) / s.back(), s.back()};
         if (s.size() == 1) return {1, s[0]};
         return {1, 1};
     }
@@ -300,9 +302,10 @@ private:
         switch (nd.op) {
         case Op::Input:
         case Op::Param: return;
-        case Op::SumRows: {
+        case Op::SumRows: { // over dimension 0: the domain [d0, the rest]
             LoopBuild lb;
-            std::tie(lb.k.rows, lb.k.cols) = domain(g_[in(v, 0)].shape);
+            const Shape& s = g_[in(v, 0)].shape;
+            lb.k.rows = s[0], lb.k.cols = elementCount(s) / s[0];
             lb.k.columnSums.push_back({buffer_[v], lb.load(Access::Mode::Elem, buf(0))});
             p_.kernels.push_back(std::move(lb.k));
             return;
@@ -331,6 +334,13 @@ private:
             std::tie(k.rows, k.cols) = domain(g_[in(v, 0)].shape);
             k.out[grad ? 1 : 0] = buffer_[v];
             p_.kernels.push_back(std::move(k));
+            return;
+        }
+        case Op::Reshape: { // a copy of the row-major elements (the kernels have no aliases)
+            LoopBuild lb;
+            std::tie(lb.k.rows, lb.k.cols) = domain(nd.shape);
+            lb.k.stores.push_back({buffer_[v], lb.load(Access::Mode::Elem, buf(0))});
+            p_.kernels.push_back(std::move(lb.k));
             return;
         }
         default: {

@@ -7,6 +7,13 @@
 // expressions over rows (bias gradients). Losses and normalisations have kernels of their
 // own. Buffers are the entry point's arguments or slices of one workspace, placed by
 // the memory plan.
+//
+// Tensors of any rank: a row-major tensor [d0, ..., dn-1, last] is the matrix
+// [d0 ... dn-1, last] here, so the 2-D domain covers every rank: a matrix product on x[B,T,K]
+// is one product of [B T, K] (its weight gradient contracts over all B T rows), a per-column
+// operand (a bias) is read at the last index. sum_rows (over dimension 0 only) runs over the
+// domain [d0, d1 ... dn]. A reshape (flatten) is a copy kernel of the elements in order: the
+// memory plan has no aliases, and the copy is small next to the products around it.
 #pragma once
 
 #include "Graph.h"

@@ -70,14 +70,15 @@ int main(int argc, char** argv) {
     }
     free(json);
     fclose(f);
-    /* The kept activations tile acts: values [batch, width], batch statistics [width]. */
+    /* The kept activations tile acts: values [batch, ...] (rank 2 or more), batch statistics
+       [width]. */
     long kept = 0;
     for (int a = 0; a < MODEL_ACTIVATION_TENSORS; ++a) {
         const model_tensor* t = &model_activations[a];
         const int statistic = strcmp(t->role, "norm_mean") == 0 || strcmp(t->role, "norm_var") == 0;
         long count = 1;
         for (int d = 0; d < t->rank; ++d) count *= (long)t->shape[d];
-        if (t->offset != kept || t->rank != (statistic ? 1 : 2) || (!statistic && t->shape[0] != MODEL_BATCH) ||
+        if (t->offset != kept || (statistic ? t->rank != 1 : t->rank < 2) || (!statistic && t->shape[0] != MODEL_BATCH) ||
             count != t->count) {
             fprintf(stderr, "activation %s: inconsistent place or shape\n", model_activations[a].name);
             return 1;

@@ -17,8 +17,8 @@ int main(int argc, char** argv) {
     const int64_t batch = std::atoll(argv[2]);
     Graph g = compileFile(argv[1], {batch}).graph;
     Bindings b = loadParameters(g, argv[3]);
-    const int64_t inputs = g[0].shape[1], outputs = g[g.output(OutputRole::Logits)].shape[1];
-    Tensor x{{batch, inputs}, {}}, labels{{batch}, {}};
+    const int64_t inputs = perExample(g[0].shape), outputs = g[g.output(OutputRole::Logits)].shape[1];
+    Tensor x{g[0].shape, {}}, labels{{batch}, {}}; // x of any rank: [batch, inputs] values in order
     for (int64_t i = 0; i < batch * inputs; ++i) x.data.push_back(double(float(double((i * 37) % 255) / 127.5 - 1.0)));
     for (int64_t r = 0; r < batch; ++r) labels.data.push_back(double(r % outputs));
     b["x"] = x, b["target"] = labels;

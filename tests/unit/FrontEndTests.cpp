@@ -178,3 +178,30 @@ TEST_CASE("dump --emit=ast prints every construct", "[parser]") {
                          "  6:1 add h from h\n"
                          "  7:1 loss mse\n");
 }
+
+TEST_CASE("input AxB makes x of any rank; dense acts on the last dimension; flatten", "[frontend][rank]") {
+    Graph g = build("input 28x28\ndense 32 relu\nflatten\ndense 10\nloss cross_entropy\n", 4);
+    CHECK(g[0].shape == Shape{4, 28, 28});
+    CHECK(perExample(g[0].shape) == 784);
+    REQUIRE(g.layers.size() == 4);
+    CHECK(g.layers[0].what == "linear 28 -> 32");
+    CHECK(g.layers[0].out == Shape{4, 28, 32});
+    CHECK(g.layers[1].out == Shape{4, 28, 32});
+    CHECK(g.layers[2].name == "layers.2");
+    CHECK(g.layers[2].in == Shape{4, 28, 32});
+    CHECK(g.layers[2].out == Shape{4, 896});
+    CHECK(g[g.output(OutputRole::Logits)].shape == Shape{4, 10});
+    CHECK(paramNames(g) == std::vector<std::string>{"layers.0.weight", "layers.0.bias", "layers.3.weight", "layers.3.bias"});
+    CHECK(build("input 1x28x28\nflatten\ndense 10\nloss cross_entropy\n", 2)[0].shape == Shape{2, 1, 28, 28});
+    CHECK(build("input 784\nflatten\ndense 10\nloss cross_entropy\n", 2).layers[0].out == Shape{2, 784});
+    // The printed model keeps the spelling.
+    CHECK_THAT(printAST(parse(makeSourceFile("t.nn", "input 2x3x4\nflatten\n"))), Catch::Contains("input 2x3x4"));
+}
+
+TEST_CASE("tensors of rank 3 reaching the loss, and bad sizes, are the user's errors", "[frontend][rank]") {
+    CHECK_THAT(errorOf("input 28x28\ndense 10\nloss cross_entropy\n"),
+               Catch::Contains("the loss needs a [batch, outputs] value, got [256,28,10]; use flatten to make it [256,280]"));
+    CHECK_THAT(errorOf("input 28x0\ndense 10\nloss cross_entropy\n"), Catch::Contains("input size 0 is out of range"));
+    CHECK_THAT(errorOf("input 65536x65536\nflatten\ndense 10\nloss cross_entropy\n"), Catch::Contains("out of range"));
+    CHECK_THAT(errorOf("input 28x\ndense 10\nloss cross_entropy\n"), Catch::Contains("28x"));
+}

@@ -208,3 +208,17 @@ TEST_CASE("mul, broadcast maps and a value used twice in one product differentia
         gradcheck(gatedGraph(batch), rng);
     }
 }
+
+TEST_CASE("dense on rank-3 and rank-4 values, flatten and their gradients check", "[autodiff][rank]") {
+    std::mt19937 rng(8);
+    for (int64_t batch : {1, 3}) {
+        INFO("batch " << batch);
+        // nn.Linear on the last dimension of [B,4,5], then nn.Flatten: the rows model in small.
+        gradcheck(model("input 4x5\ndense 3 relu\nflatten\ndense 3\nloss cross_entropy\n", batch), rng);
+        // Rank 4, a bias-free layer, a residual sum of rank 3 and mse on the flattened value.
+        gradcheck(model("input 2x3x4\na = dense 4 tanh bias=false\ndense 4 sigmoid\nadd a\nflatten\n"
+                        "dense 2\nloss mse\n", batch), rng);
+        // Flatten straight after the input; the input's gradient goes through the reshape back.
+        gradcheck(model("input 3x2\nflatten\ndense 2 gelu\ndense 1\nloss bce\n", batch), rng);
+    }
+}

@@ -327,3 +327,19 @@ TEST_CASE("the JIT agrees with the interpreter on mul and broadcast maps", "[jit
         agree(g, rng);
     }
 }
+
+TEST_CASE("the JIT agrees with the interpreter on tensors of rank 3 and 4", "[jit][rank]") {
+    std::mt19937 rng(13);
+    for (int64_t batch : {1, 2, 7}) {
+        for (int64_t w : {1, 3, 17}) {
+            std::string n = std::to_string(w);
+            INFO("batch " << batch << " width " << w);
+            // [B,5,W] -> [B,5,W] (a bias broadcast over two leading dimensions) -> [B,5W].
+            agree(model("input 5x" + n + "\ndense " + n + " relu\nflatten\ndense 3\nloss cross_entropy\n", batch), rng);
+            agree(model("input 2x" + n + "x3\na = dense " + n + " tanh\ndense " + n + " sigmoid bias=false\nadd a\n"
+                        "flatten\ndense 1\nloss bce\n", batch), rng);
+        }
+        // The products spread over threads; the weight gradient sums over B*28 rows.
+        agree(model("input 28x28\ndense 32 relu\nflatten\ndense 10\nloss cross_entropy\n", batch), rng, true, 2);
+    }
+}

@@ -5,6 +5,7 @@
 #include "Pipeline.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <algorithm>
 
@@ -17,7 +18,9 @@ int runCheck(const po::variables_map& vm) {
     const Graph& g = fe.graph;
     const Node& x = g[0]; // the input is always the first node
     const Node& logits = g[g.output(OutputRole::Logits)];
-    fmt::print("model {}: input {}, output {}, loss {}, batch {}\n\n", g.model, x.shape.back(),
+    // The sizes of one example as the model file spells them: 784, 28x28.
+    fmt::print("model {}: input {}, output {}, loss {}, batch {}\n\n", g.model,
+               fmt::join(x.shape.begin() + 1, x.shape.end(), "x"),
                logits.shape.back(), g.lossKind, g.batch);
     size_t wName = 5, wWhat = 5, wIn = 5;
     for (auto& l : g.layers) {

@@ -115,7 +115,7 @@ std::string header(const Graph& g, const Programs& p, const AotOptions& opts, co
         "static const {prefix}_tensor {prefix}_parameters[{nparams}] = {{\n",
         fmt::arg("prefix", prefix), fmt::arg("version", versionString()), fmt::arg("source", source),
         fmt::arg("model", cCommentText(g.model)), fmt::arg("cpu", cpu), fmt::arg("real", real), fmt::arg("up", up),
-        fmt::arg("abi", kAbiVersion), fmt::arg("batch", g.batch), fmt::arg("inputs", g[0].shape[1]),
+        fmt::arg("abi", kAbiVersion), fmt::arg("batch", g.batch), fmt::arg("inputs", perExample(g[0].shape)),
         fmt::arg("outputs", g[g.output(OutputRole::Logits)].shape[1]), fmt::arg("params", p.layout.parameterCount()),
         fmt::arg("acts", p.layout.size(Array::Acts)), fmt::arg("ws", workspace), fmt::arg("labels", labels ? 1 : 0),
         fmt::arg("nparams", params.size()), fmt::arg("maxRank", maxRank));

@@ -31,9 +31,10 @@ struct Eval {
         case Op::Zeros: return t;
         // The three products differ only in which operand is transposed; each keeps its
         // innermost loop on contiguous memory, which makes the oracle fast enough for grads.
+        // A tensor of rank > 2 is the matrix [prod(leading dimensions), last] (row-major).
         case Op::MatMulNT: { // [B,K] x [N,K]^T
             const Tensor &x = in(n, 0), &w = in(n, 1);
-            int64_t B = x.shape[0], K = x.shape[1], N = w.shape[0];
+            int64_t K = x.shape.back(), B = elementCount(x.shape) / K, N = w.shape[0];
             for (int64_t b = 0; b < B; ++b)
                 for (int64_t j = 0; j < N; ++j) {
                     double s = 0;
@@ -44,7 +45,7 @@ struct Eval {
         }
         case Op::MatMulNN: { // [B,N] x [N,K]
             const Tensor &a = in(n, 0), &w = in(n, 1);
-            int64_t B = a.shape[0], N = a.shape[1], K = w.shape[1];
+            int64_t N = a.shape.back(), B = elementCount(a.shape) / N, K = w.shape[1];
             for (int64_t b = 0; b < B; ++b)
                 for (int64_t j = 0; j < N; ++j) {
                     double s = a.data[b * N + j];
@@ -54,7 +55,7 @@ struct Eval {
         }
         case Op::MatMulTN: { // [B,N]^T x [B,K]
             const Tensor &a = in(n, 0), &x = in(n, 1);
-            int64_t B = a.shape[0], N = a.shape[1], K = x.shape[1];
+            int64_t N = a.shape.back(), B = elementCount(a.shape) / N, K = x.shape.back();
             for (int64_t b = 0; b < B; ++b)
                 for (int64_t j = 0; j < N; ++j) {
                     double s = a.data[b * N + j];
@@ -62,6 +63,7 @@ struct Eval {
                 }
             return t;
         }
+        case Op::Reshape: return Tensor{n.shape, in(n, 0).data};
         case Op::SumRows: { // over dimension 0
             const Tensor& a = in(n, 0);
             size_t N = o.size(), B = a.data.size() / std::max<size_t>(N, 1);
