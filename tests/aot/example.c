@@ -89,6 +89,20 @@ int main(int argc, char** argv) {
         fprintf(stderr, "the activation tensors hold %ld values, acts %d\n", kept, MODEL_ACTIVATIONS);
         return 1;
     }
+    /* x, target, logits and loss: named, in order, of the batch's shapes. */
+    const char* roles[4] = {"input", "target", "logits", "loss"};
+    const long counts[4] = {(long)MODEL_BATCH * MODEL_INPUTS, MODEL_LABELS ? MODEL_BATCH : (long)MODEL_BATCH * MODEL_OUTPUTS,
+                            (long)MODEL_BATCH * MODEL_OUTPUTS, 1};
+    for (int a = 0; a < 4; ++a) {
+        const model_tensor* t = &model_arguments[a];
+        long count = 1;
+        for (int d = 0; d < t->rank; ++d) count *= (long)t->shape[d];
+        if (strcmp(t->role, roles[a]) != 0 || t->count != counts[a] || count != t->count ||
+            (a < 3 && t->shape[0] != MODEL_BATCH)) {
+            fprintf(stderr, "argument %d (%s): inconsistent role or shape\n", a, t->role);
+            return 1;
+        }
+    }
     /* The same batch the test's reference computes: inputs in [-1, 1), labels cycling. */
     for (long i = 0; i < MODEL_BATCH * MODEL_INPUTS; ++i) x[i] = (float)((i * 37) % 255) / 127.5f - 1.0f;
     for (int b = 0; b < MODEL_BATCH; ++b) labels[b] = b % MODEL_OUTPUTS;

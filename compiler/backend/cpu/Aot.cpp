@@ -138,6 +138,16 @@ std::string header(const Graph& g, const Programs& p, const AotOptions& opts, co
     for (const LayoutEntry* e : kept) h += row(*e);
     if (kept.empty()) h += "    {\"\", \"\", 0, {0}, 0, 0},\n";
     h += "};\n\n";
+    // The entry points' other arguments, with their shapes (x of any rank: `input 28x28`).
+    h += fmt::format("/* The entry points' other arrays: x, target, logits and loss, each with its shape. */\n"
+                     "static const {prefix}_tensor {prefix}_arguments[4] = {{\n",
+                     fmt::arg("prefix", prefix));
+    for (Role r : {Role::Input, Role::Target, Role::Logits, Role::Loss}) {
+        const std::vector<const LayoutEntry*> e = p.layout.all(r);
+        internal_assert(e.size() == 1, std::string("the layout has no single ") + roleName(r));
+        h += row(*e[0]);
+    }
+    h += "};\n\n";
     h += fmt::format("uint32_t {p}_abi_version(void);\n"
                      "void {p}_forward(const {r}* params, const {r}* x, const void* target, {r}* logits, {r}* loss,\n"
                      "                 {r}* acts, void* workspace);\n"
