@@ -23,7 +23,7 @@ Model Model::fromString(const std::string& name, const std::string& text) {
 }
 
 void Model::Impl::init() {
-    ast = std::make_shared<Module>(parse(file));
+    ast = std::make_shared<ModuleAST>(parse(file));
     // The smallest batch every model accepts (training-mode batchnorm needs two examples);
     // a Session builds the graph again at its own batch size.
     graph = buildGraph(*ast, {2});

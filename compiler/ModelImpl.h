@@ -11,7 +11,7 @@ namespace gradc {
 
 struct Model::Impl {
     std::shared_ptr<const SourceFile> file;
-    std::shared_ptr<Module> ast;
+    std::shared_ptr<ModuleAST> ast;
     Graph graph; ///< at batch 2: names, shapes, loss
     void init();
 };

@@ -12,7 +12,7 @@ namespace gradc {
 
 /// Everything the front end produced for one model.
 struct FrontEnd {
-    Module ast;
+    ModuleAST ast;
     Graph graph;
 };
 

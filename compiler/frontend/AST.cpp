@@ -10,14 +10,14 @@ namespace gradc {
 
 static std::string num(double v) { return fmt::format("{}", v); }
 
-std::string printExpr(const Expr& e) {
+std::string printExpr(const ExprAST& e) {
     switch (e.kind) {
-    case Expr::Kind::Number: return num(e.number);
-    case Expr::Kind::Var: return e.name;
-    case Expr::Kind::Neg: return fmt::format("(neg {})", printExpr(*e.args[0]));
-    case Expr::Kind::Binary:
+    case ExprAST::Kind::Number: return num(e.number);
+    case ExprAST::Kind::Var: return e.name;
+    case ExprAST::Kind::Neg: return fmt::format("(neg {})", printExpr(*e.args[0]));
+    case ExprAST::Kind::Binary:
         return fmt::format("({} {} {})", e.name, printExpr(*e.args[0]), printExpr(*e.args[1]));
-    case Expr::Kind::Call: {
+    case ExprAST::Kind::Call: {
         std::string s = "(" + e.name;
         for (auto& a : e.args) s += " " + printExpr(*a);
         return s + ")";
@@ -82,7 +82,7 @@ static void printStmt(const Stmt& s, int indent, std::string& out) {
     }
 }
 
-std::string printAST(const Module& m) {
+std::string printAST(const ModuleAST& m) {
     std::string out = "module\n";
     for (auto& s : m.stmts) printStmt(*s, 1, out);
     return out;

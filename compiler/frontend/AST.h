@@ -14,12 +14,12 @@ namespace gradc {
 struct LayerDef;
 
 /// An expression in an `activation NAME(x) = EXPR` definition.
-struct Expr {
+struct ExprAST {
     enum class Kind { Number, Var, Neg, Binary, Call };
     Kind kind;
     double number = 0;           // Number
     std::string name;            // Var, Call: the identifier; Binary: the operator spelling
-    std::vector<std::unique_ptr<Expr>> args; // Neg: 1, Binary: 2, Call: n
+    std::vector<std::unique_ptr<ExprAST>> args; // Neg: 1, Binary: 2, Call: n
     SourceLoc loc;
 };
 
@@ -62,18 +62,18 @@ struct Stmt {
     std::string defName;
     std::vector<std::string> params;              // params[0] is the input variable
     std::vector<std::optional<double>> defaults;  // one per params[1..]
-    std::unique_ptr<Expr> expr;
+    std::unique_ptr<ExprAST> expr;
 
     std::string loss; // Loss: cross_entropy | bce | mse
 };
 
-struct Module {
+struct ModuleAST {
     std::shared_ptr<const SourceFile> file;
     std::vector<std::unique_ptr<Stmt>> stmts;
 };
 
 /// Stable text form of the tree, for `gradc dump --emit=ast` and golden tests.
-std::string printAST(const Module& m);
-std::string printExpr(const Expr& e);
+std::string printAST(const ModuleAST& m);
+std::string printExpr(const ExprAST& e);
 
 } // namespace gradc

@@ -140,8 +140,8 @@ ValueId buildLayerNorm(LayerBuilder& b, const Stmt& s, ValueId x) {
     ValueId bias = b.param(mod + ".bias", {n}, {"constant", {0.0}}, n, n, s.loc);
     Node xhat = makeNode(Op::LayerNormNormalise, s.loc, {x});
     xhat.eps = eps;
-    using scalar::Op;
-    scalar::E affine = scalar::make(Op::Add, {scalar::make(Op::Mul, {scalar::arg(0), scalar::arg(1)}), scalar::arg(2)});
+    using scalar::Kind;
+    scalar::Expr affine = scalar::make(Kind::Add, {scalar::make(Kind::Mul, {scalar::arg(0), scalar::arg(1)}), scalar::arg(2)});
     ValueId v = addMap(g, affine, {g.add(std::move(xhat)), w, bias}, s.loc);
     b.record(mod, fmt::format("layernorm {}", n), x, v, s.loc);
     return v;

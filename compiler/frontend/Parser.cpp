@@ -32,14 +32,14 @@ class Parser {
 public:
     explicit Parser(std::vector<Token> toks) : toks_(std::move(toks)) {}
 
-    Module parseFile(const std::shared_ptr<const SourceFile>& file) {
-        Module m;
+    ModuleAST parseFile(const std::shared_ptr<const SourceFile>& file) {
+        ModuleAST m;
         m.file = file;
         m.stmts = stmtList(nullptr, 0);
         return m;
     }
 
-    std::unique_ptr<Expr> parseLoneExpr() {
+    std::unique_ptr<ExprAST> parseLoneExpr() {
         skipNewlines();
         auto e = expr(0);
         skipNewlines();
@@ -330,8 +330,8 @@ private:
         return s;
     }
 
-    std::unique_ptr<Expr> node(Expr::Kind k, const SourceLoc& loc, std::string name = {}) {
-        auto e = std::make_unique<Expr>();
+    std::unique_ptr<ExprAST> node(ExprAST::Kind k, const SourceLoc& loc, std::string name = {}) {
+        auto e = std::make_unique<ExprAST>();
         e->kind = k, e->loc = loc, e->name = std::move(name);
         return e;
     }
@@ -339,13 +339,13 @@ private:
         if (depth > kMaxExprDepth) fail(peek(), "expression nested more than {} deep", kMaxExprDepth);
     }
 
-    std::unique_ptr<Expr> expr(int depth) {
+    std::unique_ptr<ExprAST> expr(int depth) {
         checkDepth(depth);
         auto lhs = sum(depth + 1);
         switch (peek().kind) {
         case Tok::Lt: case Tok::Le: case Tok::Gt: case Tok::Ge: case Tok::EqEq: case Tok::NotEq: {
             const Token& op = next();
-            auto e = node(Expr::Kind::Binary, op.loc, op.text);
+            auto e = node(ExprAST::Kind::Binary, op.loc, op.text);
             e->args.push_back(std::move(lhs));
             e->args.push_back(sum(depth + 1));
             switch (peek().kind) {
@@ -359,50 +359,50 @@ private:
         }
     }
 
-    std::unique_ptr<Expr> binaryChain(int depth, Tok a, Tok b,
-                                      std::unique_ptr<Expr> (Parser::*sub)(int)) {
+    std::unique_ptr<ExprAST> binaryChain(int depth, Tok a, Tok b,
+                                      std::unique_ptr<ExprAST> (Parser::*sub)(int)) {
         auto lhs = (this->*sub)(depth + 1);
         int length = 0; // a long chain is a deep left-leaning tree: it counts as depth
         while (peek().kind == a || peek().kind == b) {
             checkDepth(depth + ++length);
             const Token& op = next();
-            auto e = node(Expr::Kind::Binary, op.loc, op.text);
+            auto e = node(ExprAST::Kind::Binary, op.loc, op.text);
             e->args.push_back(std::move(lhs));
             e->args.push_back((this->*sub)(depth + 1));
             lhs = std::move(e);
         }
         return lhs;
     }
-    std::unique_ptr<Expr> sum(int depth) { return binaryChain(depth, Tok::Plus, Tok::Minus, &Parser::term); }
-    std::unique_ptr<Expr> term(int depth) { return binaryChain(depth, Tok::Star, Tok::Slash, &Parser::unary); }
+    std::unique_ptr<ExprAST> sum(int depth) { return binaryChain(depth, Tok::Plus, Tok::Minus, &Parser::term); }
+    std::unique_ptr<ExprAST> term(int depth) { return binaryChain(depth, Tok::Star, Tok::Slash, &Parser::unary); }
 
-    std::unique_ptr<Expr> unary(int depth) {
+    std::unique_ptr<ExprAST> unary(int depth) {
         checkDepth(depth);
         if (peek().kind == Tok::Minus) {
             const Token& op = next();
-            auto e = node(Expr::Kind::Neg, op.loc, "-");
+            auto e = node(ExprAST::Kind::Neg, op.loc, "-");
             e->args.push_back(unary(depth + 1));
             return e;
         }
         return power(depth + 1);
     }
 
-    std::unique_ptr<Expr> power(int depth) {
+    std::unique_ptr<ExprAST> power(int depth) {
         auto base = primary(depth + 1);
         if (peek().kind != Tok::Caret) return base;
         const Token& op = next();
-        auto e = node(Expr::Kind::Binary, op.loc, "^");
+        auto e = node(ExprAST::Kind::Binary, op.loc, "^");
         e->args.push_back(std::move(base));
         e->args.push_back(unary(depth + 1));
         return e;
     }
 
-    std::unique_ptr<Expr> primary(int depth) {
+    std::unique_ptr<ExprAST> primary(int depth) {
         checkDepth(depth);
         const Token& t = peek();
         if (t.kind == Tok::Number) {
             next();
-            auto e = node(Expr::Kind::Number, t.loc, t.text);
+            auto e = node(ExprAST::Kind::Number, t.loc, t.text);
             e->number = t.number;
             return e;
         }
@@ -414,8 +414,8 @@ private:
         }
         if (t.kind == Tok::Ident) {
             next();
-            if (!accept(Tok::LParen)) return node(Expr::Kind::Var, t.loc, t.text);
-            auto e = node(Expr::Kind::Call, t.loc, t.text);
+            if (!accept(Tok::LParen)) return node(ExprAST::Kind::Var, t.loc, t.text);
+            auto e = node(ExprAST::Kind::Call, t.loc, t.text);
             do {
                 if (e->args.size() >= 16) fail(peek(), "too many arguments");
                 e->args.push_back(expr(depth + 1));
@@ -429,11 +429,11 @@ private:
 
 } // namespace
 
-Module parse(const std::shared_ptr<const SourceFile>& file) {
+ModuleAST parse(const std::shared_ptr<const SourceFile>& file) {
     return Parser(lex(file)).parseFile(file);
 }
 
-std::unique_ptr<Expr> parseExpression(const std::shared_ptr<const SourceFile>& file) {
+std::unique_ptr<ExprAST> parseExpression(const std::shared_ptr<const SourceFile>& file) {
     return Parser(lex(file)).parseLoneExpr();
 }
 

@@ -6,10 +6,10 @@
 namespace gradc {
 
 /// Parses a whole model file. Throws UserError at the first syntax error.
-Module parse(const std::shared_ptr<const SourceFile>& file);
+ModuleAST parse(const std::shared_ptr<const SourceFile>& file);
 
 /// Parses a lone activation expression in the variable `x` (for `gradc derive EXPR`).
-std::unique_ptr<Expr> parseExpression(const std::shared_ptr<const SourceFile>& file);
+std::unique_ptr<ExprAST> parseExpression(const std::shared_ptr<const SourceFile>& file);
 
 /// Nesting limits: deeper input is a diagnostic, never a stack overflow.
 constexpr int kMaxRepeatDepth = 32;

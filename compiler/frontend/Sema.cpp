@@ -38,7 +38,7 @@ struct Scope {
 
 class Sema final : public LayerBuilder {
 public:
-    Sema(const Module& m, const SemaOptions& opts) : m_(m) {
+    Sema(const ModuleAST& m, const SemaOptions& opts) : m_(m) {
         g_.batch = opts.batch;
         g_.eval = eval_ = opts.eval;
         layerOutputs_ = opts.layerOutputs;
@@ -75,7 +75,7 @@ public:
     }
 
 private:
-    const Module& m_;
+    const ModuleAST& m_;
     Graph g_;
     ActivationTable table_;
     std::optional<ValueId> input_, current_;
@@ -298,7 +298,7 @@ private:
             for (auto& layer : g_.layers) {
                 if (!statistics_) break;
                 const Node& act = g_[layer.value];
-                if (isActivation(act) && g_.activations[size_t(act.fn)].formula->op != scalar::Op::Var)
+                if (isActivation(act) && g_.activations[size_t(act.fn)].formula->op != scalar::Kind::Var)
                     g_.outputs.push_back({OutputRole::Preact, layer.name, act.in[0]});
             }
             for (auto& [layer, x] : bnInputs_) g_.outputs.push_back({OutputRole::NormInput, layer, x});
@@ -313,7 +313,7 @@ private:
 
 } // namespace
 
-Graph buildGraph(const Module& m, const SemaOptions& opts) {
+Graph buildGraph(const ModuleAST& m, const SemaOptions& opts) {
     Graph g = Sema(m, opts).run();
     std::string err = verify(g);
     internal_assert(err.empty(), err);

@@ -19,7 +19,7 @@ struct SemaOptions {
 /// The forward graph of a model: outputs Logits (the last layer's value), Loss, and the kept
 /// values (Graph::outputs).
 /// Throws UserError for any mistake in the model.
-Graph buildGraph(const Module& m, const SemaOptions& opts = {});
+Graph buildGraph(const ModuleAST& m, const SemaOptions& opts = {});
 
 /// Limits that keep unrolling bounded.
 constexpr int64_t kMaxLayers = 100000;

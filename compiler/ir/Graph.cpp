@@ -31,12 +31,12 @@ namespace {
 std::string attrValue(const std::string& s) { return fmt::format("\"{}\"", s); }
 std::string attrValue(int32_t v) { return fmt::format("{}", v); }
 std::string attrValue(double v) { return fmt::format("{}", v); }
-std::string attrValue(const scalar::E& e) { return e ? scalar::print(e) : "null"; }
+std::string attrValue(const scalar::Expr& e) { return e ? scalar::print(e) : "null"; }
 
 size_t attrHash(const std::string& s) { return std::hash<std::string>()(s); }
 size_t attrHash(int32_t v) { return std::hash<int32_t>()(v); }
 size_t attrHash(double v) { return std::hash<double>()(v); }
-size_t attrHash(const scalar::E& e) { return e ? size_t(e->hash) : 0; }
+size_t attrHash(const scalar::Expr& e) { return e ? size_t(e->hash) : 0; }
 
 const Attrs kDefaultAttrs;
 
@@ -215,10 +215,10 @@ bool isSuffix(const Shape& s, const Shape& of) {
 Shape shapeOfMap(const Nodes& g, const Node& n) {
     if (n.in.empty()) mismatch(n, "needs at least one operand");
     if (!n.expr) mismatch(n, "has no expression");
-    if (n.expr->leaves & ~scalar::leafBit(scalar::Op::Arg))
+    if (n.expr->leaves & ~scalar::leafBit(scalar::Kind::Arg))
         mismatch(n, fmt::format("expression {} must be in operands a0, a1, ... only", scalar::print(n.expr)));
-    scalar::postOrder(n.expr, [&](const scalar::Node& e) {
-        if (e.op == scalar::Op::Arg && !(e.value >= 0 && size_t(e.value) < n.in.size()))
+    scalar::postOrder(n.expr, [&](const scalar::ExprNode& e) {
+        if (e.op == scalar::Kind::Arg && !(e.value >= 0 && size_t(e.value) < n.in.size()))
             mismatch(n, fmt::format("expression uses a{} but has {} operands", e.value, n.in.size()));
     });
     size_t widest = 0;
@@ -398,15 +398,15 @@ std::string verify(const Graph& g) {
 
 // ---- Builders of map nodes.
 
-ValueId addMap(Graph& g, scalar::E expr, std::vector<ValueId> ins, SourceLoc loc, int32_t fn) {
+ValueId addMap(Graph& g, scalar::Expr expr, std::vector<ValueId> ins, SourceLoc loc, int32_t fn) {
     internal_assert(expr != nullptr, "map without an expression");
     // Keep the operands the expression uses, in order, and number them from a0 up.
     std::vector<bool> used(ins.size(), false);
-    scalar::postOrder(expr, [&](const scalar::Node& e) {
-        if (e.op == scalar::Op::Arg && e.value >= 0 && size_t(e.value) < ins.size()) used[size_t(e.value)] = true;
+    scalar::postOrder(expr, [&](const scalar::ExprNode& e) {
+        if (e.op == scalar::Kind::Arg && e.value >= 0 && size_t(e.value) < ins.size()) used[size_t(e.value)] = true;
     });
     std::vector<ValueId> kept;
-    std::vector<scalar::E> renumber;
+    std::vector<scalar::Expr> renumber;
     for (size_t i = 0; i < ins.size(); ++i) {
         renumber.push_back(used[i] ? scalar::arg(int(kept.size())) : scalar::arg(int(i)));
         if (used[i]) kept.push_back(ins[i]);
@@ -433,10 +433,10 @@ ValueId addActivation(Graph& g, int32_t fn, ValueId x, SourceLoc loc) {
 }
 
 ValueId addBiasAdd(Graph& g, ValueId a, ValueId b, SourceLoc loc) {
-    return addMap(g, scalar::make(scalar::Op::Add, {scalar::arg(0), scalar::arg(1)}), {a, b}, std::move(loc));
+    return addMap(g, scalar::make(scalar::Kind::Add, {scalar::arg(0), scalar::arg(1)}), {a, b}, std::move(loc));
 }
 
-static ValueId addSameShape(Graph& g, const char* what, scalar::Op op, ValueId a, ValueId b, SourceLoc loc) {
+static ValueId addSameShape(Graph& g, const char* what, scalar::Kind op, ValueId a, ValueId b, SourceLoc loc) {
     if (g[a].shape != g[b].shape || g[a].type != g[b].type)
         throw UserError(loc, fmt::format("{}: operands have different shapes {} and {}", what,
                                          shapeString(g[a].shape), shapeString(g[b].shape)));
@@ -445,20 +445,20 @@ static ValueId addSameShape(Graph& g, const char* what, scalar::Op op, ValueId a
 
 ValueId addBatchNormEval(Graph& g, const std::vector<ValueId>& ins, double eps, SourceLoc loc) {
     internal_assert(ins.size() == 5, "batchnorm_eval takes x, weight, bias, mean and variance");
-    using scalar::Op;
+    using scalar::Kind;
     auto a = [](int i) { return scalar::arg(i); };
     // ((x - μ) γ) / sqrt(v + eps) + β
-    scalar::E sd = scalar::make(Op::Sqrt, {scalar::make(Op::Add, {a(4), scalar::constant(eps)})});
-    scalar::E e = scalar::make(Op::Add, {scalar::make(Op::Div, {scalar::make(Op::Mul, {scalar::make(Op::Sub, {a(0), a(3)}), a(1)}), sd}), a(2)});
+    scalar::Expr sd = scalar::make(Kind::Sqrt, {scalar::make(Kind::Add, {a(4), scalar::constant(eps)})});
+    scalar::Expr e = scalar::make(Kind::Add, {scalar::make(Kind::Div, {scalar::make(Kind::Mul, {scalar::make(Kind::Sub, {a(0), a(3)}), a(1)}), sd}), a(2)});
     return addMap(g, e, ins, std::move(loc));
 }
 
 ValueId addAdd(Graph& g, ValueId a, ValueId b, SourceLoc loc) {
-    return addSameShape(g, "add", scalar::Op::Add, a, b, std::move(loc));
+    return addSameShape(g, "add", scalar::Kind::Add, a, b, std::move(loc));
 }
 
 ValueId addMul(Graph& g, ValueId a, ValueId b, SourceLoc loc) {
-    return addSameShape(g, "mul", scalar::Op::Mul, a, b, std::move(loc));
+    return addSameShape(g, "mul", scalar::Kind::Mul, a, b, std::move(loc));
 }
 
 } // namespace gradc

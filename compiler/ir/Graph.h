@@ -8,7 +8,7 @@
 // (typed fields of `Attrs`: a tensor's name, an activation index, eps, an element function)
 // and its traits. Printer, verifier, CSE key and autodiff's attribute copy walk an op's
 // attributes through the table (forEachAttr), never by hand. Element-wise computation is one
-// op, `map`: a scalar expression (scalar::E in Arg(i) leaves) over its operands, where an
+// op, `map`: a scalar expression (scalar::Expr in Arg(i) leaves) over its operands, where an
 // operand's shape is the result's or a suffix of it (broadcast: [N] against [B,N] reads
 // operand[n] at [b,n]); activations, their gradients, add, bias add, mul and evaluation-mode
 // batchnorm are maps built by the functions at the end of this file.
@@ -208,7 +208,7 @@ public:
 
 /// Builds `map[expr]` over `ins` (see Ops.def): operands the expression does not use are
 /// dropped and its Arg leaves renumbered. Shape errors are the user's, at `loc`.
-ValueId addMap(Graph& g, scalar::E expr, std::vector<ValueId> ins, SourceLoc loc, int32_t fn = -1);
+ValueId addMap(Graph& g, scalar::Expr expr, std::vector<ValueId> ins, SourceLoc loc, int32_t fn = -1);
 /// The activation `fn` (an index into g.activations) applied to x: a map that keeps `fn`.
 ValueId addActivation(Graph& g, int32_t fn, ValueId x, SourceLoc loc);
 /// a + b: equal shapes, or b a suffix of a's shape (a bias: [N] against [B,N]).

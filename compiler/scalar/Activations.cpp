@@ -37,7 +37,7 @@ ActivationTable::ActivationTable() {
     for (const Builtin& b : kBuiltins) {
         std::string src = fmt::format("activation {}(x{}{}) = {}\n", b.name, *b.params ? ", " : "",
                                       b.params, b.formula);
-        Module m = parse(makeSourceFile(fmt::format("<builtin {}>", b.name), src));
+        ModuleAST m = parse(makeSourceFile(fmt::format("<builtin {}>", b.name), src));
         internal_assert(m.stmts.size() == 1, b.name);
         define(*m.stmts[0]);
         defs_[b.name].builtin = true;
@@ -65,7 +65,7 @@ void ActivationTable::define(const Stmt& s) {
                                        ? fmt::format("'{}' is a built-in activation and cannot be "
                                                      "redefined", s.defName)
                                        : fmt::format("activation '{}' is defined twice", s.defName));
-    scalar::Op fn;
+    scalar::Kind fn;
     if (scalar::lookupFunction(s.defName, &fn) && s.defName != "sigmoid" && s.defName != "tanh" &&
         s.defName != "softplus")
         throw UserError(s.nameLoc, fmt::format("'{}' is a built-in function and cannot be "
@@ -74,7 +74,7 @@ void ActivationTable::define(const Stmt& s) {
     d.name = s.defName;
     d.params = s.params;
     d.defaults = s.defaults;
-    std::map<std::string, scalar::E> env;
+    std::map<std::string, scalar::Expr> env;
     env[s.params[0]] = scalar::var();
     // A parameter is a placeholder leaf until a use binds it.
     for (size_t i = 1; i < s.params.size(); ++i) env[s.params[i]] = scalar::param(int(i - 1));
@@ -86,7 +86,7 @@ void ActivationTable::define(const Stmt& s) {
     add(std::move(d));
 }
 
-scalar::E ActivationTable::bind(const Def& d, const std::vector<scalar::E>& args,
+scalar::Expr ActivationTable::bind(const Def& d, const std::vector<scalar::Expr>& args,
                                 const SourceLoc& loc) const {
     size_t nparams = d.params.size() - 1;
     if (args.size() > nparams)
@@ -95,7 +95,7 @@ scalar::E ActivationTable::bind(const Def& d, const std::vector<scalar::E>& args
                                  : fmt::format("activation '{}' takes at most {} parameter{}, "
                                                "got {}", d.name, nparams, nparams == 1 ? "" : "s",
                                                args.size()));
-    std::vector<scalar::E> values;
+    std::vector<scalar::Expr> values;
     for (size_t i = 0; i < nparams; ++i) {
         if (i < args.size()) values.push_back(args[i]);
         else if (d.defaults[i]) values.push_back(scalar::constant(*d.defaults[i]));
@@ -123,7 +123,7 @@ Activation ActivationTable::instantiate(const ActRef& use) const {
     }
     auto [bound, fresh] = instances_.try_emplace(a.name);
     if (fresh) { // each distinct use is bound and measured once, however many layers use it
-        std::vector<scalar::E> values;
+        std::vector<scalar::Expr> values;
         for (double v : use.args) values.push_back(scalar::constant(v));
         try {
             bound->second.first = bind(it->second, values, use.loc);
@@ -141,16 +141,16 @@ Activation ActivationTable::instantiate(const ActRef& use) const {
     return a;
 }
 
-scalar::E ActivationTable::convert(const Expr& e) const {
+scalar::Expr ActivationTable::convert(const ExprAST& e) const {
     return toScalar(e, {{"x", scalar::var()}});
 }
 
-scalar::E ActivationTable::toScalar(const Expr& e,
-                                    const std::map<std::string, scalar::E>& env) const {
-    using scalar::Op;
+scalar::Expr ActivationTable::toScalar(const ExprAST& e,
+                                    const std::map<std::string, scalar::Expr>& env) const {
+    using scalar::Kind;
     switch (e.kind) {
-    case Expr::Kind::Number: return scalar::constant(e.number);
-    case Expr::Kind::Var: {
+    case ExprAST::Kind::Number: return scalar::constant(e.number);
+    case ExprAST::Kind::Var: {
         auto it = env.find(e.name);
         if (it != env.end()) return it->second;
         if (e.name == "pi") return scalar::constant(M_PI);
@@ -159,22 +159,22 @@ scalar::E ActivationTable::toScalar(const Expr& e,
         throw UserError(e.loc, fmt::format("unknown name '{}' in the formula (it may use {} and "
                                            "numbers)", e.name, vars));
     }
-    case Expr::Kind::Neg: return scalar::make(Op::Neg, {toScalar(*e.args[0], env)});
-    case Expr::Kind::Binary: {
-        static const std::pair<const char*, Op> ops[] = {
-            {"+", Op::Add}, {"-", Op::Sub}, {"*", Op::Mul},  {"/", Op::Div},  {"^", Op::Pow},
-            {"<", Op::Lt},  {"<=", Op::Le}, {">", Op::Gt},   {">=", Op::Ge},  {"==", Op::Eq},
-            {"!=", Op::Ne}};
+    case ExprAST::Kind::Neg: return scalar::make(Kind::Neg, {toScalar(*e.args[0], env)});
+    case ExprAST::Kind::Binary: {
+        static const std::pair<const char*, Kind> ops[] = {
+            {"+", Kind::Add}, {"-", Kind::Sub}, {"*", Kind::Mul},  {"/", Kind::Div},  {"^", Kind::Pow},
+            {"<", Kind::Lt},  {"<=", Kind::Le}, {">", Kind::Gt},   {">=", Kind::Ge},  {"==", Kind::Eq},
+            {"!=", Kind::Ne}};
         for (auto& [sp, op] : ops)
             if (e.name == sp)
                 return scalar::make(op, {toScalar(*e.args[0], env), toScalar(*e.args[1], env)});
         internal_assert(false, e.name);
         return nullptr;
     }
-    case Expr::Kind::Call: {
-        std::vector<scalar::E> args;
+    case ExprAST::Kind::Call: {
+        std::vector<scalar::Expr> args;
         for (auto& a : e.args) args.push_back(toScalar(*a, env));
-        scalar::Op fn;
+        scalar::Kind fn;
         if (scalar::lookupFunction(e.name, &fn)) {
             int arity = scalar::info(fn).arity;
             if (int(args.size()) != arity)
@@ -189,13 +189,13 @@ scalar::E ActivationTable::toScalar(const Expr& e,
                                                "activations defined before this one)", e.name));
         // Another activation: its input may be any expression, its parameters must not
         // depend on the input (they may use the calling activation's own parameters).
-        std::vector<scalar::E> params(args.begin() + 1, args.end());
+        std::vector<scalar::Expr> params(args.begin() + 1, args.end());
         for (size_t i = 0; i < params.size(); ++i)
             if (scalar::usesVar(params[i]))
                 throw UserError(e.args[i + 1]->loc, fmt::format("parameter {} of '{}' must not "
                                                                 "depend on the input", i + 1,
                                                                 e.name));
-        scalar::E body = bind(it->second, params, e.loc);
+        scalar::Expr body = bind(it->second, params, e.loc);
         return scalar::substitute(body, args[0], &work_);
     }
     }

@@ -18,11 +18,11 @@ namespace gradc {
 /// An activation with its parameters bound: what a graph node applies element-wise.
 struct Activation {
     std::string name;    ///< as printed: "sigmoid", "leaky_relu(0.1)"
-    scalar::E formula;   ///< closed expression in x
-    scalar::E derivative;         ///< d/dx in x (set by autodiff)
-    scalar::E derivativeByOutput; ///< d/dx in y = f(x), where the algebra allows (or null)
-    scalar::E vjp;                ///< g * f'(x) as backward applies it, in x and g (set by autodiff)
-    scalar::E vjpByOutput;        ///< the same in y and g, where the algebra allows (or null)
+    scalar::Expr formula;   ///< closed expression in x
+    scalar::Expr derivative;         ///< d/dx in x (set by autodiff)
+    scalar::Expr derivativeByOutput; ///< d/dx in y = f(x), where the algebra allows (or null)
+    scalar::Expr vjp;                ///< g * f'(x) as backward applies it, in x and g (set by autodiff)
+    scalar::Expr vjpByOutput;        ///< the same in y and g, where the algebra allows (or null)
 };
 
 class ActivationTable {
@@ -38,7 +38,7 @@ public:
     Activation instantiate(const ActRef& use) const;
 
     /// Converts an expression in the single variable x (for `gradc derive EXPR`).
-    scalar::E convert(const Expr& e) const;
+    scalar::Expr convert(const ExprAST& e) const;
 
     bool has(const std::string& name) const { return defs_.count(name) != 0; }
     std::vector<std::string> builtinNames() const;
@@ -48,7 +48,7 @@ public:
         std::vector<std::string> params; // params[0] is the input variable
         std::vector<std::optional<double>> defaults;
         std::string formula;             // built-ins: the source text
-        scalar::E body;                  // in Var (the input) and Param(i) (its parameters)
+        scalar::Expr body;                  // in Var (the input) and Param(i) (its parameters)
         bool builtin = false;
     };
 
@@ -62,11 +62,11 @@ public:
 private:
     std::map<std::string, Def> defs_;
     mutable size_t work_ = 0; // substitution steps so far
-    mutable std::map<std::string, std::pair<scalar::E, size_t>> instances_; // by use, with size
+    mutable std::map<std::string, std::pair<scalar::Expr, size_t>> instances_; // by use, with size
     std::vector<std::string> order_;
 
-    scalar::E toScalar(const Expr& e, const std::map<std::string, scalar::E>& env) const;
-    scalar::E bind(const Def& d, const std::vector<scalar::E>& args, const SourceLoc& loc) const;
+    scalar::Expr toScalar(const ExprAST& e, const std::map<std::string, scalar::Expr>& env) const;
+    scalar::Expr bind(const Def& d, const std::vector<scalar::Expr>& args, const SourceLoc& loc) const;
     void add(Def d);
 };
 

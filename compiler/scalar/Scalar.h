@@ -50,7 +50,7 @@ namespace gradc::scalar {
     X(Min, "min", 2)                                                                               \
     X(Max, "max", 2)
 
-enum class Op : uint8_t {
+enum class Kind : uint8_t {
 #define X(name, spelling, arity) name,
     GRADC_SCALAR_OPS(X)
 #undef X
@@ -60,48 +60,48 @@ struct OpInfo {
     const char* spelling;
     int arity;
 };
-const OpInfo& info(Op op);
+const OpInfo& info(Kind op);
 
 /// The built-in functions an expression may call by name (exp, log, ..., select).
 /// Returns false if `name` is not one.
-bool lookupFunction(std::string_view name, Op* op);
+bool lookupFunction(std::string_view name, Kind* op);
 
-struct Node;
-using E = std::shared_ptr<const Node>;
+struct ExprNode;
+using Expr = std::shared_ptr<const ExprNode>;
 
 /// One hash-consed node: only the helpers below create them, and never two equal ones.
-struct Node : std::enable_shared_from_this<Node> {
-    Op op;
+struct ExprNode : std::enable_shared_from_this<ExprNode> {
+    Kind op;
     double value = 0;    ///< Const: the number (compared bit for bit); Arg, Param: the index
-    std::vector<E> args; ///< operands
+    std::vector<Expr> args; ///< operands
     uint64_t hash = 0;   ///< structural: the same for equal expressions in every run
     uint32_t depth = 0;  ///< 1 + the deepest operand's (saturating)
     uint8_t leaves = 0;  ///< leafBit() of each leaf kind below (Var, Out, Grad, Arg, Param)
 };
 
-constexpr uint8_t leafBit(Op op) {
-    return op == Op::Var ? 1 : op == Op::Out ? 2 : op == Op::Grad ? 4 : op == Op::Arg ? 8 : op == Op::Param ? 16 : 0;
+constexpr uint8_t leafBit(Kind op) {
+    return op == Kind::Var ? 1 : op == Kind::Out ? 2 : op == Kind::Grad ? 4 : op == Kind::Arg ? 8 : op == Kind::Param ? 16 : 0;
 }
 
-E constant(double v);
-E var();
-E out();
-E grad();           ///< the incoming gradient leaf g of a vjp
-E arg(int index);   ///< a kernel operand leaf (Kernels.h)
-E param(int index); ///< a parameter slot of an activation definition (Activations.h)
-E make(Op op, std::vector<E> args);
+Expr constant(double v);
+Expr var();
+Expr out();
+Expr grad();           ///< the incoming gradient leaf g of a vjp
+Expr arg(int index);   ///< a kernel operand leaf (Kernels.h)
+Expr param(int index); ///< a parameter slot of an activation definition (Activations.h)
+Expr make(Kind op, std::vector<Expr> args);
 
 /// The number of distinct nodes of `e` (its size as a DAG).
-size_t dagSize(const E& e);
+size_t dagSize(const Expr& e);
 
 /// Calls visit(node) once for each distinct node reachable from `root`, operands before the
 /// nodes that use them, without recursion.
-void postOrder(const E& root, const std::function<void(const Node&)>& visit);
+void postOrder(const Expr& root, const std::function<void(const ExprNode&)>& visit);
 
 /// An expression flattened for evaluation at many points: each distinct node once.
 class Evaluator {
 public:
-    explicit Evaluator(const E& e);
+    explicit Evaluator(const Expr& e);
     /// The value at x (y: the output leaf, g: the incoming gradient leaf).
     double operator()(double x, double y = 0, double g = 1);
     /// The value with each Arg(i) leaf at args[i] (a map node's element function).
@@ -109,7 +109,7 @@ public:
 
 private:
     struct Step {
-        Op op;
+        Kind op;
         double value;
         uint32_t a[3];
     };
@@ -119,28 +119,28 @@ private:
 
 /// Evaluates in double precision at `x` (and `y`, `g` for expressions that use them). NaN
 /// propagates as in PyTorch: min and max of a NaN are NaN.
-double eval(const E& e, double x, double y = 0, double g = 1);
+double eval(const Expr& e, double x, double y = 0, double g = 1);
 
 /// Replaces the variable x by `value` everywhere. `visited`, if given, grows by the number of
 /// nodes visited (the work done).
-E substitute(const E& e, const E& value, size_t* visited = nullptr);
+Expr substitute(const Expr& e, const Expr& value, size_t* visited = nullptr);
 /// Replaces the output leaf y by `value` everywhere.
-E substituteOut(const E& e, const E& value);
+Expr substituteOut(const Expr& e, const Expr& value);
 /// Replaces the gradient leaf g by `value` everywhere.
-E substituteGrad(const E& e, const E& value);
+Expr substituteGrad(const Expr& e, const Expr& value);
 /// Replaces each Arg(i) leaf by `values[i]`.
-E substituteArgs(const E& e, const std::vector<E>& values);
+Expr substituteArgs(const Expr& e, const std::vector<Expr>& values);
 /// Replaces each Param(i) leaf by `values[i]`.
-E substituteParams(const E& e, const std::vector<E>& values, size_t* visited = nullptr);
+Expr substituteParams(const Expr& e, const std::vector<Expr>& values, size_t* visited = nullptr);
 
-bool usesVar(const E& e);
-bool usesOut(const E& e);
+bool usesVar(const Expr& e);
+bool usesOut(const Expr& e);
 
 /// Infix text with the fewest parentheses that keep the meaning: "x * sigmoid(x)". An
 /// expression whose tree is large and shares subexpressions names each shared one once:
 /// "t2 * sigmoid(t2)  where t1 = x * sigmoid(x); t2 = t1 * sigmoid(t1)", so the text stays
 /// linear in the DAG.
-std::string print(const E& e);
+std::string print(const Expr& e);
 
 } // namespace gradc::scalar
 
@@ -152,24 +152,24 @@ namespace gradc::scalar {
 /// a / a, a - a or a * 0, which are NaN at NaN and Inf). Like the code generator's `reassoc`,
 /// products are flattened and their constants gathered (rounding may differ), and the sign
 /// of a zero result may change (a + 0).
-E simplify(const E& e);
+Expr simplify(const Expr& e);
 
 /// d/dx of e, simplified. Follows PyTorch at non-differentiable points: the derivative of a
 /// select is the derivative of the taken arm (relu'(0) = 0), abs'(0) = 0, and min/max pass
 /// the gradient to the first operand on ties and NaN. Terms that do not depend on x are
 /// dropped, as autograd drops them (d/dx (2 * x) is 2, never 0 * x + 2 * 1).
-E derivative(const E& e);
+Expr derivative(const Expr& e);
 
 /// g * f'(x) as the chain rule applies it (PyTorch's backward of f): in x and the gradient
 /// leaf g, simplified. A select passes g only to the taken arm, so relu's is
 /// select(x <= 0, 0, g): 0 where x <= 0 even for a NaN g, as PyTorch's threshold_backward.
-E vjp(const E& e);
+Expr vjp(const Expr& e);
 
 /// The derivative of the activation `f` written through its output y = f(x) when the
 /// algebra allows (sigmoid: y * (1 - y); tanh: 1 - y ^ 2); nullptr if it still needs x.
-E derivativeByOutput(const E& f, const E& df);
+Expr derivativeByOutput(const Expr& f, const Expr& df);
 
 /// Structural equality (expressions are hash-consed: equal expressions are one node).
-inline bool same(const E& a, const E& b) { return a == b; }
+inline bool same(const Expr& a, const Expr& b) { return a == b; }
 
 } // namespace gradc::scalar

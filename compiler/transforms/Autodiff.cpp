@@ -67,16 +67,16 @@ std::optional<ValueId> partial(RuleContext& c, size_t i) {
     const size_t count = n.in.size();
     // In the algebra, d/dx treats every leaf but x as a constant: a_i becomes x, the other
     // operands parameter slots, and back.
-    std::vector<scalar::E> toVar, fromVar;
+    std::vector<scalar::Expr> toVar, fromVar;
     for (size_t k = 0; k < count; ++k) {
         toVar.push_back(k == i ? scalar::var() : scalar::param(int(k)));
         fromVar.push_back(scalar::arg(int(k)));
     }
-    scalar::E d = scalar::vjp(scalar::substituteArgs(n.expr, toVar));
+    scalar::Expr d = scalar::vjp(scalar::substituteArgs(n.expr, toVar));
     d = scalar::substituteGrad(scalar::substituteParams(scalar::substitute(d, scalar::arg(int(i))), fromVar),
                                scalar::arg(int(count)));
     d = scalar::simplify(d);
-    if (!(d->leaves & scalar::leafBit(scalar::Op::Arg))) { // a constant (0: a comparison's operand)
+    if (!(d->leaves & scalar::leafBit(scalar::Kind::Arg))) { // a constant (0: a comparison's operand)
         Node z = makeNode(Op::Zeros, n.loc);
         z.shape = c.g[c.in(i)].shape;
         return c.g.add(std::move(z));
@@ -112,7 +112,7 @@ Grads gradOfMap(RuleContext& c) {
     }
     bool byOut = a.vjpByOutput != nullptr;
     // vjp in x (or y) and g: the value becomes a0, the incoming gradient a1.
-    scalar::E d = byOut ? scalar::substituteOut(a.vjpByOutput, scalar::arg(0)) : scalar::substitute(a.vjp, scalar::arg(0));
+    scalar::Expr d = byOut ? scalar::substituteOut(a.vjpByOutput, scalar::arg(0)) : scalar::substitute(a.vjp, scalar::arg(0));
     d = scalar::substituteGrad(d, scalar::arg(1));
     if (d == scalar::arg(1)) return {*c.dy}; // identity
     return {addMap(c.g, d, {byOut ? c.v : c.in(0), *c.dy}, n.loc)};

@@ -228,7 +228,7 @@ private:
     struct LoopBuild {
         Kernel k;
         std::map<std::pair<int, int32_t>, int> argIndex;
-        scalar::E load(Access::Mode mode, int32_t buf) {
+        scalar::Expr load(Access::Mode mode, int32_t buf) {
             auto key = std::make_pair(int(mode), buf);
             auto it = argIndex.find(key);
             if (it != argIndex.end()) return scalar::arg(it->second);
@@ -239,10 +239,10 @@ private:
         }
     };
 
-    scalar::E exprOf(ValueId v, ValueId root, LoopBuild& lb) {
+    scalar::Expr exprOf(ValueId v, ValueId root, LoopBuild& lb) {
         const Node& nd = g_[v];
         if (v != root && materialised_[v]) return lb.load(Access::Mode::Elem, buffer_[v]);
-        using scalar::Op;
+        using scalar::Kind;
         switch (nd.op) {
         case gradc::Op::MatMulNT:
         case gradc::Op::MatMulNN:
@@ -258,7 +258,7 @@ private:
             return lb.load(Access::Mode::Acc, -1);
         }
         case gradc::Op::Map: { // operands of the result's shape fuse; a per-column one is read
-            std::vector<scalar::E> vals;
+            std::vector<scalar::Expr> vals;
             for (size_t i = 0; i < nd.in.size(); ++i) {
                 const Shape& s = g_[in(v, i)].shape;
                 if (s == nd.shape) {
@@ -346,7 +346,7 @@ private:
         default: {
             LoopBuild lb;
             std::tie(lb.k.rows, lb.k.cols) = domain(nd.shape);
-            scalar::E e = scalar::simplify(exprOf(v, v, lb));
+            scalar::Expr e = scalar::simplify(exprOf(v, v, lb));
             lb.k.stores.push_back({buffer_[v], e});
             p_.kernels.push_back(std::move(lb.k));
             return;
@@ -387,9 +387,9 @@ private:
     }
 
     void merge(Kernel& k1, Kernel& k2) {
-        std::vector<scalar::E> values;
+        std::vector<scalar::Expr> values;
         for (auto& acc : k2.args) {
-            scalar::E e;
+            scalar::Expr e;
             for (auto& s : k1.stores)
                 if (acc.mode == Access::Mode::Elem && s.buffer == acc.buffer) e = s.expr;
             if (!e) {

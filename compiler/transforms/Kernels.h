@@ -44,7 +44,7 @@ struct Access {
 
 struct Store {
     int32_t buffer;
-    scalar::E expr; ///< in Arg leaves
+    scalar::Expr expr; ///< in Arg leaves
 };
 
 struct Kernel {

@@ -94,7 +94,7 @@ TEST_CASE("add with one or two operands, from, and names inside repeat blocks", 
     int adds = 0;
     for (auto& n : g.nodes) // a map a0 + a1 of two equal shapes (a bias add broadcasts)
         adds += n.op == Op::Map && n.in.size() == 2 && g[n.in[1]].shape == n.shape &&
-                n.expr == scalar::make(scalar::Op::Add, {scalar::arg(0), scalar::arg(1)});
+                n.expr == scalar::make(scalar::Kind::Add, {scalar::arg(0), scalar::arg(1)});
     CHECK(adds == 4);
     // `dense 4 from a` consumes a's value, not the residual chain's.
     const Node& mm = g[g[g.output(OutputRole::Logits)].in[0]];
@@ -165,7 +165,7 @@ TEST_CASE("a value name is defined once per scope and visible in inner scopes", 
 }
 
 TEST_CASE("dump --emit=ast prints every construct", "[parser]") {
-    Module m = parse(makeSourceFile("t.nn", "activation f(x, a=1) = -x^2 + a * max(x, 0)\n"
+    ModuleAST m = parse(makeSourceFile("t.nn", "activation f(x, a=1) = -x^2 + a * max(x, 0)\n"
                                             "input 4\nh = dense 4 f(2) init=xavier bias=false\n"
                                             "repeat 2 { batchnorm\n}\nadd h from h\nloss mse\n"));
     CHECK(printAST(m) == "module\n"

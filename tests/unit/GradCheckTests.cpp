@@ -112,7 +112,7 @@ TEST_CASE("every activation, built-in and user-defined, differentiates correctly
 
 TEST_CASE("symbolic derivatives match central differences at many points", "[scalar]") {
     ActivationTable table;
-    Module m = parse(makeSourceFile("t.nn", "activation softsign(x) = x / (1 + abs(x))\n"
+    ModuleAST m = parse(makeSourceFile("t.nn", "activation softsign(x) = x / (1 + abs(x))\n"
                                             "activation mish(x) = x * tanh(softplus(x))\n"));
     for (auto& s : m.stmts) table.define(*s);
     std::vector<std::string> names = table.builtinNames();
@@ -122,8 +122,8 @@ TEST_CASE("symbolic derivatives match central differences at many points", "[sca
         for (std::vector<double> args : {std::vector<double>{}, std::vector<double>{0.3}}) {
             if (!args.empty() && name != "leaky_relu" && name != "elu") continue;
             Activation a = table.instantiate({name, args, {}});
-            scalar::E df = scalar::derivative(a.formula);
-            scalar::E byOut = scalar::derivativeByOutput(a.formula, df);
+            scalar::Expr df = scalar::derivative(a.formula);
+            scalar::Expr byOut = scalar::derivativeByOutput(a.formula, df);
             for (double x = -6.05; x < 6; x += 0.1) {
                 double h = 1e-6;
                 double numeric = (scalar::eval(a.formula, x + h) - scalar::eval(a.formula, x - h)) / (2 * h);
@@ -145,8 +145,8 @@ TEST_CASE("derivatives follow PyTorch at kinks and use the output where they can
     CHECK(d("elu", 0) == 1);
     CHECK(d("sigmoid", 2) == Approx(0.10499358540350662)); // sigmoid(2) (1 - sigmoid(2))
     auto byOut = [&](const char* name) {
-        scalar::E f = table.instantiate({name, {}, {}}).formula;
-        scalar::E r = scalar::derivativeByOutput(f, scalar::derivative(f));
+        scalar::Expr f = table.instantiate({name, {}, {}}).formula;
+        scalar::Expr r = scalar::derivativeByOutput(f, scalar::derivative(f));
         return r ? scalar::print(r) : std::string("(needs x)");
     };
     CHECK(byOut("sigmoid") == "y * (1 - y)");
@@ -156,10 +156,10 @@ TEST_CASE("derivatives follow PyTorch at kinks and use the output where they can
 
 TEST_CASE("the printed derivative of x*sigmoid(x) is the true derivative", "[scalar]") {
     ActivationTable table;
-    scalar::E f = table.convert(*parseExpression(makeSourceFile("e", "x*sigmoid(x)")));
+    scalar::Expr f = table.convert(*parseExpression(makeSourceFile("e", "x*sigmoid(x)")));
     std::string printed = scalar::print(scalar::derivative(f));
     // Read the printed text back, as a user would, and compare it with the function's slope.
-    scalar::E df = table.convert(*parseExpression(makeSourceFile("d", printed)));
+    scalar::Expr df = table.convert(*parseExpression(makeSourceFile("d", printed)));
     for (double x = -8; x <= 8; x += 0.037) {
         double numeric = (scalar::eval(f, x + 1e-6) - scalar::eval(f, x - 1e-6)) / 2e-6;
         double exact = 1 / (1 + std::exp(-x)) * (1 + x * (1 - 1 / (1 + std::exp(-x))));

@@ -11,8 +11,8 @@ using namespace gradc;
 
 namespace {
 
-scalar::E a(int i) { return scalar::arg(i); }
-scalar::E binary(scalar::Op op, scalar::E l, scalar::E r) { return scalar::make(op, {std::move(l), std::move(r)}); }
+scalar::Expr a(int i) { return scalar::arg(i); }
+scalar::Expr binary(scalar::Kind op, scalar::Expr l, scalar::Expr r) { return scalar::make(op, {std::move(l), std::move(r)}); }
 
 struct Builder {
     Graph g;
@@ -65,8 +65,8 @@ TEST_CASE("two nodes that differ only in an attribute are neither merged nor pri
     // Maps: the expression and the activation index are attributes too.
     Builder b;
     ValueId x = b.leaf(Op::Input, "x", {4, 3}), y = b.leaf(Op::Param, "y", {4, 3});
-    ValueId sum = addMap(b.g, binary(scalar::Op::Add, a(0), a(1)), {x, y}, {});
-    ValueId product = addMap(b.g, binary(scalar::Op::Mul, a(0), a(1)), {x, y}, {});
+    ValueId sum = addMap(b.g, binary(scalar::Kind::Add, a(0), a(1)), {x, y}, {});
+    ValueId product = addMap(b.g, binary(scalar::Kind::Mul, a(0), a(1)), {x, y}, {});
     CHECK(line(b.g, sum) == "map[expr=a0 + a1] %0, %1 : real[4,3]");
     CHECK(line(b.g, product) == "map[expr=a0 * a1] %0, %1 : real[4,3]");
     b.g.outputs = {{OutputRole::LayerOutput, "a", sum}, {OutputRole::LayerOutput, "b", product}};
@@ -96,10 +96,10 @@ TEST_CASE("the verifier rejects attributes an op does not declare and maps that 
     CHECK_THAT(verify(b.g), Catch::Contains("attribute fn"));
     b.g.nodes.back().fn = -1;
 
-    ValueId m = addMap(b.g, binary(scalar::Op::Mul, a(0), a(1)), {x, x}, {});
-    b.g.nodes[m].expr = binary(scalar::Op::Mul, a(0), a(2));
+    ValueId m = addMap(b.g, binary(scalar::Kind::Mul, a(0), a(1)), {x, x}, {});
+    b.g.nodes[m].expr = binary(scalar::Kind::Mul, a(0), a(2));
     CHECK(verify(b.g) == "%3: map: expression uses a2 but has 2 operands");
-    b.g.nodes[m].expr = scalar::make(scalar::Op::Exp, {scalar::var()});
+    b.g.nodes[m].expr = scalar::make(scalar::Kind::Exp, {scalar::var()});
     CHECK_THAT(verify(b.g), Catch::Contains("must be in operands a0, a1, ... only"));
     b.g.nodes[m].expr = nullptr;
     CHECK(verify(b.g) == "%3: map: has no expression");
@@ -110,17 +110,17 @@ TEST_CASE("map broadcasts an operand whose shape is a suffix of the result's", "
     ValueId x = b.leaf(Op::Input, "x", {2, 3}), s = b.leaf(Op::Param, "s", {3});
     ValueId wrong = b.leaf(Op::Param, "wrong", {2});
     // a1 * a0 + a2 with the [3] operand first: the result takes the widest operand's shape.
-    ValueId m = addMap(b.g, binary(scalar::Op::Add, binary(scalar::Op::Mul, a(1), a(0)), a(2)), {s, x, s}, {});
+    ValueId m = addMap(b.g, binary(scalar::Kind::Add, binary(scalar::Kind::Mul, a(1), a(0)), a(2)), {s, x, s}, {});
     CHECK(b.g[m].shape == Shape{2, 3});
     CHECK(b.g[m].in.size() == 3);
     Bindings bind{{"x", {{2, 3}, {1, 2, 3, 4, 5, 6}}}, {"s", {{3}, {10, 20, 30}}}, {"wrong", {{2}, {0, 0}}}};
     CHECK(interpret(b.g, bind)[m].data == std::vector<double>{20, 60, 120, 50, 120, 210});
-    CHECK_THAT(errorOf([&] { addMap(b.g, binary(scalar::Op::Add, a(0), a(1)), {x, wrong}, {}); }),
+    CHECK_THAT(errorOf([&] { addMap(b.g, binary(scalar::Kind::Add, a(0), a(1)), {x, wrong}, {}); }),
                Catch::Contains("map: operand 1 has shape [2], which is neither [2,3] nor a suffix of it"));
     CHECK_THAT(errorOf([&] { addMul(b.g, x, s, {}); }),
                Catch::Contains("mul: operands have different shapes [2,3] and [3]"));
     // Operands the expression does not use are dropped and the rest renumbered.
-    ValueId pruned = addMap(b.g, binary(scalar::Op::Mul, a(2), scalar::constant(2)), {x, wrong, s}, {});
+    ValueId pruned = addMap(b.g, binary(scalar::Kind::Mul, a(2), scalar::constant(2)), {x, wrong, s}, {});
     CHECK(b.g[pruned].in == std::vector<ValueId>{s});
     CHECK(scalar::print(b.g[pruned].expr) == "a0 * 2");
 }
@@ -163,9 +163,9 @@ TEST_CASE("an operand a map only compares gets a zero gradient of its own shape"
     Builder b;
     b.g.lossKind = "mse";
     ValueId x = b.leaf(Op::Input, "x", {4, 3}), gate = b.leaf(Op::Param, "gate", {3});
-    using scalar::Op;
+    using scalar::Kind;
     // select(gate > 0, x, 0): the gate, broadcast over the batch, only decides.
-    scalar::E e = scalar::make(Op::Select, {scalar::make(Op::Gt, {a(0), scalar::constant(0)}), a(1), scalar::constant(0)});
+    scalar::Expr e = scalar::make(Kind::Select, {scalar::make(Kind::Gt, {a(0), scalar::constant(0)}), a(1), scalar::constant(0)});
     ValueId z = addMap(b.g, e, {gate, x}, {});
     ValueId loss = b.g.add(makeNode(gradc::Op::MSE, {}, {z, b.leaf(gradc::Op::Input, "target", {4, 3})}));
     b.g.outputs = {{OutputRole::Logits, "", z}, {OutputRole::Loss, "", loss}};

@@ -55,9 +55,9 @@ TEST_CASE("printed expressions reparse to the same function", "[scalar]") {
                             "x / (1 + abs(x))", "min(x, 1) * max(x, -1) - exp(-x)",
                             "(x < 1) == (x < 2)", "x ^ -1"}) {
         INFO(src);
-        scalar::E e = table.convert(*parseExpression(makeSourceFile("e", src)));
+        scalar::Expr e = table.convert(*parseExpression(makeSourceFile("e", src)));
         std::string printed = scalar::print(e);
-        scalar::E again = table.convert(*parseExpression(makeSourceFile("e", printed)));
+        scalar::Expr again = table.convert(*parseExpression(makeSourceFile("e", printed)));
         CHECK(scalar::print(again) == printed);
         for (double x : {-1.5, 0.5, 3.0}) CHECK(scalar::eval(again, x) == Approx(scalar::eval(e, x)));
     }
@@ -65,7 +65,7 @@ TEST_CASE("printed expressions reparse to the same function", "[scalar]") {
 
 TEST_CASE("user activations may call earlier ones and pass their parameters on", "[scalar]") {
     ActivationTable table;
-    Module m = parse(makeSourceFile("t.nn", "activation mish(x) = x * tanh(softplus(x))\n"
+    ModuleAST m = parse(makeSourceFile("t.nn", "activation mish(x) = x * tanh(softplus(x))\n"
                                             "activation lr2(x, a=0.2) = 2 * leaky_relu(x, a)\n"));
     table.define(*m.stmts[0]);
     table.define(*m.stmts[1]);
@@ -94,7 +94,7 @@ std::string chainModel(int n, const std::string& body, bool use) {
 
 ActivationTable tableOf(const std::string& text) {
     ActivationTable table;
-    Module m = parse(makeSourceFile("chain.nn", text));
+    ModuleAST m = parse(makeSourceFile("chain.nn", text));
     for (auto& s : m.stmts)
         if (s->kind == Stmt::Kind::ActivationDef) table.define(*s);
     return table;
@@ -105,19 +105,19 @@ bool sameValue(double a, double b) { return (std::isnan(a) && std::isnan(b)) || 
 } // namespace
 
 TEST_CASE("equal expressions are one node", "[scalar][dag]") {
-    using scalar::Op;
-    scalar::E a = scalar::make(Op::Add, {scalar::var(), scalar::constant(1)});
-    scalar::E b = scalar::make(Op::Add, {scalar::var(), scalar::constant(1)});
+    using scalar::Kind;
+    scalar::Expr a = scalar::make(Kind::Add, {scalar::var(), scalar::constant(1)});
+    scalar::Expr b = scalar::make(Kind::Add, {scalar::var(), scalar::constant(1)});
     CHECK(a == b);
     CHECK(scalar::constant(std::nan("")) == scalar::constant(std::nan("")));
     CHECK(scalar::constant(0.0) != scalar::constant(-0.0)); // 1/x tells them apart
-    CHECK(scalar::make(Op::Sub, {a, b}) != scalar::constant(0));
+    CHECK(scalar::make(Kind::Sub, {a, b}) != scalar::constant(0));
 }
 
 TEST_CASE("definitions that double the previous one stay linear", "[scalar][dag]") {
     // f_i = f_{i-1} + f_{i-1}, 25 times: a tree of 2^25 leaves, a DAG of 27 nodes.
     ActivationTable table = tableOf(chainModel(25, "{p}(x) + {p}(x)", false));
-    scalar::E f = table.instantiate({"f25", {}, {}}).formula;
+    scalar::Expr f = table.instantiate({"f25", {}, {}}).formula;
     CHECK(scalar::dagSize(f) == 26);
     CHECK(scalar::eval(f, 1.5) == 1.5 * 33554432);
     CHECK(scalar::print(scalar::simplify(f)) == "33554432 * x");
@@ -125,9 +125,9 @@ TEST_CASE("definitions that double the previous one stay linear", "[scalar][dag]
 
     // f_i = f_{i-1} * sigmoid(f_{i-1}): nothing simplifies; printing names what is shared.
     ActivationTable t2 = tableOf(chainModel(25, "{p}(x) * sigmoid({p}(x))", false));
-    scalar::E g = t2.instantiate({"f25", {}, {}}).formula;
+    scalar::Expr g = t2.instantiate({"f25", {}, {}}).formula;
     CHECK(scalar::dagSize(g) == 51);
-    scalar::E dg = scalar::derivative(g);
+    scalar::Expr dg = scalar::derivative(g);
     CHECK(scalar::dagSize(dg) < 600);
     std::string printed = scalar::print(dg);
     CHECK(printed.size() < 20000);
@@ -141,12 +141,12 @@ TEST_CASE("a chain of 20,000 definitions neither recurses nor goes quadratic", "
     ActivationTable table = tableOf(chainModel(20000, "{p}(x) + 1", false));
     CHECK_THROWS_WITH(table.instantiate({"f20000", {}, {}}),
                       Catch::Contains("has 20002 operations once its calls are expanded; the limit is 10000"));
-    scalar::E f = table.instantiate({"f9000", {}, {}}).formula; // x, 1 and 9000 additions
+    scalar::Expr f = table.instantiate({"f9000", {}, {}}).formula; // x, 1 and 9000 additions
     CHECK(scalar::dagSize(f) == 9002);
     CHECK(scalar::eval(f, 0.5) == 9000.5);
     CHECK(scalar::print(scalar::derivative(f)) == "1");
     CHECK(scalar::print(f).size() == std::string("x").size() + 9000 * std::string(" + 1").size());
-    scalar::E g = scalar::vjp(f);
+    scalar::Expr g = scalar::vjp(f);
     CHECK(scalar::print(g) == "g");
 }
 
@@ -171,15 +171,15 @@ TEST_CASE("the simplifier never turns NaN or Inf into a number", "[scalar][nan]"
                             "x ^ 1", "x * 1", "x / 2", "--x", "-(x - 1)", "x + x", "0 - x", "x - 0",
                             "min(x, 1) + max(x, 0)", "x * x * 3 * 2", "abs(x) / abs(x)", "exp(x) - exp(x)",
                             "sqrt(x) * 0", "x / 0", "(x * 0) / (x * 0)"}) {
-        scalar::E e = table.convert(*parseExpression(makeSourceFile("e", src)));
-        scalar::E s = scalar::simplify(e);
+        scalar::Expr e = table.convert(*parseExpression(makeSourceFile("e", src)));
+        scalar::Expr s = scalar::simplify(e);
         for (double x : {nan, inf, -inf, 0.0, -2.5, 3.0, 1e308}) {
             INFO(src << " -> " << scalar::print(s) << " at " << x);
             CHECK(sameValue(scalar::eval(s, x), scalar::eval(e, x)));
         }
     }
     // The issue's example: the compiled function is NaN, as `gradc act` says.
-    scalar::E bad = scalar::simplify(table.convert(*parseExpression(makeSourceFile("e", "x + 0/0"))));
+    scalar::Expr bad = scalar::simplify(table.convert(*parseExpression(makeSourceFile("e", "x + 0/0"))));
     CHECK(std::isnan(scalar::eval(bad, 1)));
     CHECK(scalar::print(bad) == "x + 0 / 0");
 }
@@ -193,21 +193,21 @@ TEST_CASE("built-ins and min/max propagate NaN; relu's backward masks as PyTorch
     }
     CHECK(std::isnan(scalar::eval(table.convert(*parseExpression(makeSourceFile("e", "max(x, 0)"))), nan)));
     CHECK(std::isnan(scalar::eval(table.convert(*parseExpression(makeSourceFile("e", "min(0, x)"))), nan)));
-    scalar::E relu = scalar::vjp(table.instantiate({"relu", {}, {}}).formula);
+    scalar::Expr relu = scalar::vjp(table.instantiate({"relu", {}, {}}).formula);
     CHECK(scalar::print(relu) == "select(x <= 0, 0, g)");
     CHECK(scalar::eval(relu, -1, 0, nan) == 0);  // threshold_backward: 0 whatever the gradient
     CHECK(std::isnan(scalar::eval(relu, 2, 0, nan)));
     CHECK(scalar::eval(relu, nan, 0, 1) == 1);   // PyTorch's relu'(NaN) is 1
-    scalar::E leaky = scalar::vjp(table.instantiate({"leaky_relu", {}, {}}).formula);
+    scalar::Expr leaky = scalar::vjp(table.instantiate({"leaky_relu", {}, {}}).formula);
     CHECK(std::isnan(scalar::eval(leaky, -1, 0, nan))); // a product: NaN as in PyTorch
 }
 
 TEST_CASE("expressions are built, shared and released from several threads at once", "[scalar][dag][threads]") {
     // The hash-consing table is process-wide: Sessions compile on their own threads.
     auto build = [] {
-        scalar::E f = scalar::var();
+        scalar::Expr f = scalar::var();
         for (int i = 0; i < 300; ++i)
-            f = scalar::make(scalar::Op::Add, {scalar::make(scalar::Op::Mul, {f, scalar::constant(i % 5)}), scalar::var()});
+            f = scalar::make(scalar::Kind::Add, {scalar::make(scalar::Kind::Mul, {f, scalar::constant(i % 5)}), scalar::var()});
         return scalar::print(scalar::derivative(f));
     };
     const std::string want = build();

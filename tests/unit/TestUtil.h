@@ -116,7 +116,7 @@ inline Graph gatedGraph(int64_t batch) {
     ValueId h = addActivation(g, 0, addBiasAdd(g, matmul(x, aw), ab, {}), {});
     ValueId u = matmul(x, bw);
     ValueId m = addMul(g, h, u, {});
-    ValueId scaled = addMap(g, scalar::make(scalar::Op::Mul, {scalar::arg(0), scalar::arg(1)}),
+    ValueId scaled = addMap(g, scalar::make(scalar::Kind::Mul, {scalar::arg(0), scalar::arg(1)}),
                             {addMul(g, u, u, {}), scale}, {});
     ValueId z = matmul(addAdd(g, m, scaled, {}), cw);
     ValueId loss = g.add(makeNode(Op::MSE, {}, {z, leaf(Op::Input, "target", {batch, 3})}));

@@ -149,12 +149,12 @@ ActivationTable activationTable(const po::variables_map& vm) {
     return table;
 }
 
-std::optional<ActRef> activationUse(const Expr& e) {
-    if (e.kind != Expr::Kind::Var && e.kind != Expr::Kind::Call) return std::nullopt;
+std::optional<ActRef> activationUse(const ExprAST& e) {
+    if (e.kind != ExprAST::Kind::Var && e.kind != ExprAST::Kind::Call) return std::nullopt;
     ActRef ref{e.name, {}, e.loc};
     for (auto& a : e.args) {
-        if (a->kind == Expr::Kind::Number) ref.args.push_back(a->number);
-        else if (a->kind == Expr::Kind::Neg && a->args[0]->kind == Expr::Kind::Number) ref.args.push_back(-a->args[0]->number);
+        if (a->kind == ExprAST::Kind::Number) ref.args.push_back(a->number);
+        else if (a->kind == ExprAST::Kind::Neg && a->args[0]->kind == ExprAST::Kind::Number) ref.args.push_back(-a->args[0]->number);
         else return std::nullopt;
     }
     return ref;

@@ -72,6 +72,6 @@ ClassifierOptions classifierOptions(const po::variables_map& vm);
 ActivationTable activationTable(const po::variables_map& vm);
 /// An activation named on the command line: `relu`, `elu(0.5)`, `leaky_relu(-0.1)` (a name,
 /// or a call whose arguments are numbers, negated or not); nothing for any other expression.
-std::optional<ActRef> activationUse(const Expr& e);
+std::optional<ActRef> activationUse(const ExprAST& e);
 
 } // namespace gradc::cli

@@ -30,7 +30,7 @@ int runAct(const po::variables_map& vm) {
     const ActivationTable table = activationTable(vm);
     std::vector<Activation> acts;
     for (auto& text : vm["names"].as<std::vector<std::string>>()) {
-        std::unique_ptr<Expr> e = parseExpression(makeSourceFile("<activation>", text));
+        std::unique_ptr<ExprAST> e = parseExpression(makeSourceFile("<activation>", text));
         const std::optional<ActRef> ref = activationUse(*e);
         if (!ref) throw UserError({makeSourceFile("<activation>", text), 1, 1},
                                   fmt::format("'{}' is not an activation name such as relu or elu(0.5)", text));

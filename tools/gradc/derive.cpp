@@ -25,16 +25,16 @@ int runDerive(const po::variables_map& vm) {
     const std::string text = vm["expr"].as<std::string>();
     const ActivationTable table = activationTable(vm);
     auto file = makeSourceFile("<expression>", text);
-    std::unique_ptr<Expr> e = parseExpression(file);
+    std::unique_ptr<ExprAST> e = parseExpression(file);
     // A bare activation use (`elu`, `elu(0.5)`, a function the table knows) names an
     // activation; anything else is a formula in x.
     std::optional<ActRef> use;
-    if ((e->kind == Expr::Kind::Var && e->name != "x") || (e->kind == Expr::Kind::Call && table.has(e->name)))
+    if ((e->kind == ExprAST::Kind::Var && e->name != "x") || (e->kind == ExprAST::Kind::Call && table.has(e->name)))
         use = activationUse(*e);
-    const scalar::E f = use ? table.instantiate(*use).formula : table.convert(*e);
-    scalar::E df = scalar::derivative(f);
+    const scalar::Expr f = use ? table.instantiate(*use).formula : table.convert(*e);
+    scalar::Expr df = scalar::derivative(f);
     fmt::print("f(x)  = {}\nf'(x) = {}\n", scalar::print(scalar::simplify(f)), scalar::print(df));
-    if (scalar::E byOut = scalar::derivativeByOutput(f, df); byOut && scalar::usesOut(byOut))
+    if (scalar::Expr byOut = scalar::derivativeByOutput(f, df); byOut && scalar::usesOut(byOut))
         fmt::print("f'(x) = {}  where y = f(x)\n", scalar::print(byOut));
     return 0;
 }

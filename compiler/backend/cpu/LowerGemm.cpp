@@ -158,7 +158,7 @@ void Lowering::matrixProduct(const Kernel& k) {
     // can share them: column sums accumulate across the rows of tiles, so a kernel with
     // any runs its column strips (whole jt) on one thread each.
     const bool byStrip = !k.columnSums.empty();
-    const bool plain = k.columnSums.empty() && k.stores.size() == 1 && k.stores[0].expr->op == scalar::Op::Arg &&
+    const bool plain = k.columnSums.empty() && k.stores.size() == 1 && k.stores[0].expr->op == scalar::Kind::Arg &&
                        k.args[size_t(k.stores[0].expr->value)].mode == Access::Mode::Acc;
     const int64_t units = byStrip ? nt : nt * mt;
     auto tiles = [&](llvm::Value* begin, llvm::Value* end, llvm::Value* thread) {

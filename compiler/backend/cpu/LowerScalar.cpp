@@ -1,4 +1,4 @@
-// LowerScalar.cpp — scalar expressions (scalar::E, the element-wise algebra of fused
+// LowerScalar.cpp — scalar expressions (scalar::Expr, the element-wise algebra of fused
 // kernels) to LLVM values, each distinct node once: arithmetic, comparisons and selects,
 // math intrinsics and libm calls, the inline float exp and sigmoid that the losses also use;
 // and the element-wise loop kernels that evaluate them at every [r, c] (also the epilogue
@@ -9,9 +9,9 @@ namespace gradc {
 
 namespace {
 
-bool comparison(scalar::Op op) {
-    using scalar::Op;
-    return op == Op::Lt || op == Op::Le || op == Op::Gt || op == Op::Ge || op == Op::Eq || op == Op::Ne;
+bool comparison(scalar::Kind op) {
+    using scalar::Kind;
+    return op == Kind::Lt || op == Kind::Le || op == Kind::Gt || op == Kind::Ge || op == Kind::Eq || op == Kind::Ne;
 }
 
 } // namespace
@@ -52,65 +52,65 @@ llvm::Value* Lowering::sigmoid(llvm::Value* x) {
 
 /// Lowers `e`, each distinct node once, operands first, without recursion (a DAG of
 /// activation calls may be deep).
-llvm::Value* Lowering::expr(const scalar::E& e, const std::vector<llvm::Value*>& args, Memo& memo) {
-    scalar::postOrder(e, [&](const scalar::Node& n) {
+llvm::Value* Lowering::expr(const scalar::Expr& e, const std::vector<llvm::Value*>& args, Memo& memo) {
+    scalar::postOrder(e, [&](const scalar::ExprNode& n) {
         if (!memo.value.count(&n)) memo.value[&n] = node(n, args, memo);
     });
     return memo.value.at(e.get());
 }
 
-llvm::Value* Lowering::node(const scalar::Node& n, const std::vector<llvm::Value*>& args, Memo& memo) {
-    using scalar::Op;
-    const scalar::Node* e = &n;
+llvm::Value* Lowering::node(const scalar::ExprNode& n, const std::vector<llvm::Value*>& args, Memo& memo) {
+    using scalar::Kind;
+    const scalar::ExprNode* e = &n;
     auto a = [&](size_t i) { return memo.value.at(e->args[i].get()); };
     if (comparison(e->op)) {
-        static const std::pair<Op, llvm::CmpInst::Predicate> preds[] = {
-            {Op::Lt, llvm::CmpInst::FCMP_OLT}, {Op::Le, llvm::CmpInst::FCMP_OLE},
-            {Op::Gt, llvm::CmpInst::FCMP_OGT}, {Op::Ge, llvm::CmpInst::FCMP_OGE},
-            {Op::Eq, llvm::CmpInst::FCMP_OEQ}, {Op::Ne, llvm::CmpInst::FCMP_UNE}};
+        static const std::pair<Kind, llvm::CmpInst::Predicate> preds[] = {
+            {Kind::Lt, llvm::CmpInst::FCMP_OLT}, {Kind::Le, llvm::CmpInst::FCMP_OLE},
+            {Kind::Gt, llvm::CmpInst::FCMP_OGT}, {Kind::Ge, llvm::CmpInst::FCMP_OGE},
+            {Kind::Eq, llvm::CmpInst::FCMP_OEQ}, {Kind::Ne, llvm::CmpInst::FCMP_UNE}};
         for (auto [op, p] : preds)
             if (op == e->op) memo.cond[e] = b_.CreateFCmp(p, a(0), a(1));
         return b_.CreateUIToFP(memo.cond.at(e), T_);
     }
     llvm::Value* v = nullptr;
     switch (e->op) {
-    case Op::Const: v = fp(e->value); break;
-    case Op::Arg: v = args.at(size_t(e->value)); break;
-    case Op::Var: case Op::Out: case Op::Grad: case Op::Param:
+    case Kind::Const: v = fp(e->value); break;
+    case Kind::Arg: v = args.at(size_t(e->value)); break;
+    case Kind::Var: case Kind::Out: case Kind::Grad: case Kind::Param:
         internal_assert(false, "unbound variable in a kernel");
         break;
-    case Op::Add: v = b_.CreateFAdd(a(0), a(1)); break;
-    case Op::Sub: v = b_.CreateFSub(a(0), a(1)); break;
-    case Op::Mul: v = b_.CreateFMul(a(0), a(1)); break;
-    case Op::Div: v = b_.CreateFDiv(a(0), a(1)); break;
-    case Op::Neg: v = b_.CreateFNeg(a(0)); break;
-    case Op::Pow:
-        if (e->args[1]->op == Op::Const && e->args[1]->value == 2) {
+    case Kind::Add: v = b_.CreateFAdd(a(0), a(1)); break;
+    case Kind::Sub: v = b_.CreateFSub(a(0), a(1)); break;
+    case Kind::Mul: v = b_.CreateFMul(a(0), a(1)); break;
+    case Kind::Div: v = b_.CreateFDiv(a(0), a(1)); break;
+    case Kind::Neg: v = b_.CreateFNeg(a(0)); break;
+    case Kind::Pow:
+        if (e->args[1]->op == Kind::Const && e->args[1]->value == 2) {
             llvm::Value* x = a(0);
             v = b_.CreateFMul(x, x);
         } else {
             v = intrinsic(llvm::Intrinsic::pow, {a(0), a(1)});
         }
         break;
-    case Op::Lt: case Op::Le: case Op::Gt: case Op::Ge: case Op::Eq: case Op::Ne: break;
-    case Op::Select: {
-        const scalar::Node* c = e->args[0].get();
+    case Kind::Lt: case Kind::Le: case Kind::Gt: case Kind::Ge: case Kind::Eq: case Kind::Ne: break;
+    case Kind::Select: {
+        const scalar::ExprNode* c = e->args[0].get();
         llvm::Value* cond = comparison(c->op) ? memo.cond.at(c)
                                               : b_.CreateFCmpUNE(a(0), fp(0)); // NaN counts as true
         v = b_.CreateSelect(cond, a(1), a(2));
         break;
     }
-    case Op::Exp: v = exp(a(0)); break;
-    case Op::Log: v = intrinsic(llvm::Intrinsic::log, {a(0)}); break;
-    case Op::Sqrt: v = intrinsic(llvm::Intrinsic::sqrt, {a(0)}); break;
-    case Op::Abs: v = intrinsic(llvm::Intrinsic::fabs, {a(0)}); break;
+    case Kind::Exp: v = exp(a(0)); break;
+    case Kind::Log: v = intrinsic(llvm::Intrinsic::log, {a(0)}); break;
+    case Kind::Sqrt: v = intrinsic(llvm::Intrinsic::sqrt, {a(0)}); break;
+    case Kind::Abs: v = intrinsic(llvm::Intrinsic::fabs, {a(0)}); break;
     // PyTorch's minimum and maximum: NaN if either operand is (minnum/maxnum drop it).
-    case Op::Min: v = intrinsic(llvm::Intrinsic::minimum, {a(0), a(1)}); break;
-    case Op::Max: v = intrinsic(llvm::Intrinsic::maximum, {a(0), a(1)}); break;
-    case Op::Tanh: v = libm("tanh", a(0)); break;
-    case Op::Erf: v = libm("erf", a(0)); break;
-    case Op::Sigmoid: v = sigmoid(a(0)); break;
-    case Op::Softplus: { // max(x, 0) + log1p(exp(-|x|))
+    case Kind::Min: v = intrinsic(llvm::Intrinsic::minimum, {a(0), a(1)}); break;
+    case Kind::Max: v = intrinsic(llvm::Intrinsic::maximum, {a(0), a(1)}); break;
+    case Kind::Tanh: v = libm("tanh", a(0)); break;
+    case Kind::Erf: v = libm("erf", a(0)); break;
+    case Kind::Sigmoid: v = sigmoid(a(0)); break;
+    case Kind::Softplus: { // max(x, 0) + log1p(exp(-|x|))
         llvm::Value* x = a(0);
         llvm::Value* t = exp(b_.CreateFNeg(intrinsic(llvm::Intrinsic::fabs, {x})));
         v = b_.CreateFAdd(intrinsic(llvm::Intrinsic::maxnum, {x, fp(0)}), libm("log1p", t));

@@ -106,10 +106,10 @@ private:
 
     /// What the nodes lowered so far became: their values, and comparisons also as i1.
     struct Memo {
-        std::unordered_map<const scalar::Node*, llvm::Value*> value, cond;
+        std::unordered_map<const scalar::ExprNode*, llvm::Value*> value, cond;
     };
-    llvm::Value* expr(const scalar::E& e, const std::vector<llvm::Value*>& args, Memo& memo);
-    llvm::Value* node(const scalar::Node& n, const std::vector<llvm::Value*>& args, Memo& memo);
+    llvm::Value* expr(const scalar::Expr& e, const std::vector<llvm::Value*>& args, Memo& memo);
+    llvm::Value* node(const scalar::ExprNode& n, const std::vector<llvm::Value*>& args, Memo& memo);
 
     /// The base addresses a loop kernel reads and writes.
     struct LoopBases {
