@@ -1,6 +1,7 @@
 // JobsApi.cpp — the public gradc/Jobs.h: the runtime's jobs (Jobs.h) with their results in
 // the public types, and every internal error turned into gradc::Error.
 #include "Jobs.h"
+#include "PublicStats.h"
 #include "ModelImpl.h"
 
 #include <gradc/Jobs.h>

@@ -4,8 +4,8 @@
 // classes, and results asked for before the pass that makes them are errors, never a crash.
 #include "Engine.h"
 #include "ModelImpl.h"
+#include "PublicStats.h"
 #include "Sema.h"
-#include "Stats.h"
 
 #include <gradc/Session.h>
 

@@ -90,11 +90,6 @@ template <typename T> std::vector<TensorStats> gradientStatistics(const Layout& 
 template std::vector<TensorStats> gradientStatistics(const Layout&, const float*);
 template std::vector<TensorStats> gradientStatistics(const Layout&, const double*);
 
-TensorStatistics publicStatistics(const TensorStats& t) {
-    return {t.name, t.shape, t.count, t.mean, t.std, t.absMean, t.min, t.max, t.l2, t.zeroFraction,
-            t.nan, t.inf, t.edges, t.counts};
-}
-
 VanishingFactor vanishingFactor(const std::vector<TensorStats>& gradients) {
     std::vector<const TensorStats*> weights;
     for (auto& s : gradients)

@@ -4,8 +4,6 @@
 #include "Interpreter.h"
 #include "Layout.h"
 
-#include <gradc/Session.h>
-
 #include <map>
 
 #include <string>
@@ -59,8 +57,5 @@ VanishingFactor vanishingFactor(const std::vector<TensorStats>& gradients);
 
 /// The activation statistics of every Preact output of graph `g`, from `outputs` (by outputLabel).
 std::vector<ActivationStats> activationStatistics(const Graph& g, const std::map<std::string, Tensor>& outputs);
-
-/// The public form of a tensor's statistics (gradc/Session.h).
-TensorStatistics publicStatistics(const TensorStats& t);
 
 } // namespace gradc
