@@ -37,14 +37,16 @@ int64_t Model::parameterCount() const { return impl().graph.parameterCount(); }
 
 std::vector<ParameterInfo> Model::parameters() const {
     std::vector<ParameterInfo> out;
-    for (const LayoutEntry* e : computeLayout(impl().graph).all(Role::Parameter))
+    const Layout layout = computeLayout(impl().graph); // the entries point into it
+    for (const LayoutEntry* e : layout.all(Role::Parameter))
         out.push_back({e->name, e->shape, e->offset, e->elements()});
     return out;
 }
 
 std::vector<ParameterInfo> Model::buffers() const {
     std::vector<ParameterInfo> out;
-    for (const LayoutEntry* e : computeLayout(impl().graph).all(Role::RunningStat))
+    const Layout layout = computeLayout(impl().graph); // the entries point into it
+    for (const LayoutEntry* e : layout.all(Role::RunningStat))
         out.push_back({e->name, e->shape, e->offset, e->elements()});
     return out;
 }

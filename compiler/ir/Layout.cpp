@@ -34,24 +34,24 @@ void Layout::add(LayoutEntry e) {
     entries.push_back(std::move(e));
 }
 
-const LayoutEntry* Layout::find(Role role, const std::string& name) const {
+const LayoutEntry* Layout::find(Role role, const std::string& name) const& {
     for (auto& e : entries)
         if (e.role == role && e.name == name) return &e;
     return nullptr;
 }
 
-const LayoutEntry& Layout::at(Role role, const std::string& name) const {
+const LayoutEntry& Layout::at(Role role, const std::string& name) const& {
     const LayoutEntry* e = find(role, name);
     internal_assert(e, fmt::format("no {} '{}' in the layout", roleName(role), name));
     return *e;
 }
 
-const LayoutEntry& Layout::state(const std::string& name) const {
+const LayoutEntry& Layout::state(const std::string& name) const& {
     const LayoutEntry* e = find(Role::Parameter, name);
     return e ? *e : at(Role::RunningStat, name);
 }
 
-std::vector<const LayoutEntry*> Layout::all(Role role) const {
+std::vector<const LayoutEntry*> Layout::all(Role role) const& {
     std::vector<const LayoutEntry*> out;
     for (auto& e : entries)
         if (e.role == role) out.push_back(&e);

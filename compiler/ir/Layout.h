@@ -66,14 +66,20 @@ public:
     /// Elements of an array.
     int64_t size(Array a) const { return sizes_[size_t(a)]; }
     int64_t parameterCount() const { return size(Array::Grads); }
+    // The lookups point into the Layout: they are refused on a temporary one, whose entries
+    // would be gone before the caller reads them.
     /// The entry of `role` named `name`, or null.
-    const LayoutEntry* find(Role role, const std::string& name = "") const;
+    const LayoutEntry* find(Role role, const std::string& name = "") const&;
+    const LayoutEntry* find(Role role, const std::string& name = "") const&& = delete;
     /// The same; an internal error if there is none.
-    const LayoutEntry& at(Role role, const std::string& name = "") const;
+    const LayoutEntry& at(Role role, const std::string& name = "") const&;
+    const LayoutEntry& at(Role role, const std::string& name = "") const&& = delete;
     /// Every entry of `role`, in array order.
-    std::vector<const LayoutEntry*> all(Role role) const;
+    std::vector<const LayoutEntry*> all(Role role) const&;
+    std::vector<const LayoutEntry*> all(Role role) const&& = delete;
     /// A parameter or running statistic by name (both live in State).
-    const LayoutEntry& state(const std::string& name) const;
+    const LayoutEntry& state(const std::string& name) const&;
+    const LayoutEntry& state(const std::string& name) const&& = delete;
 
     void add(LayoutEntry e); ///< appends `e` at the end of its array
 
