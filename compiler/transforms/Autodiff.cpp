@@ -51,10 +51,11 @@ Grads gradOfReshape(RuleContext& c) {
     return {c.g.add(std::move(n))};
 }
 
-/// Sums `d` (the result's shape) down to `shape`, a suffix of it: over each leading dimension
-/// the operand was broadcast along.
-ValueId reduceTo(RuleContext& c, ValueId d, const Shape& shape) {
-    while (c.g[d].shape.size() > shape.size()) d = c.add(Op::SumRows, {d});
+/// Sums `d` (the result's shape) down to the operand's rank `rank` (its shape is a suffix of
+/// d's): over each leading dimension the operand was broadcast along. The rank is taken by
+/// value: every node added moves the graph's nodes, and a reference into them would dangle.
+ValueId reduceTo(RuleContext& c, ValueId d, size_t rank) {
+    while (c.g[d].shape.size() > rank) d = c.add(Op::SumRows, {d});
     return d;
 }
 
@@ -89,7 +90,7 @@ std::optional<ValueId> partial(RuleContext& c, size_t i) {
         ins.push_back(*c.dy);
         dx = addMap(c.g, d, std::move(ins), n.loc);
     }
-    return reduceTo(c, dx, c.g[c.in(i)].shape);
+    return reduceTo(c, dx, c.g[c.in(i)].shape.size());
 }
 
 // y = map[f](a0, a1, ...):  da_i = Σ_broadcast dy * ∂f/∂a_i. An activation (one operand, `fn`
@@ -98,8 +99,8 @@ std::optional<ValueId> partial(RuleContext& c, size_t i) {
 Grads gradOfMap(RuleContext& c) {
     const Node& n = c.node();
     if (n.fn < 0) {
-        Grads out(n.in.size());
-        for (size_t i = 0; i < n.in.size(); ++i)
+        Grads out(n.in.size()); // partial adds nodes: `n` is not read after the first
+        for (size_t i = 0; i < out.size(); ++i)
             if (c.need[i]) out[i] = partial(c, i);
         return out;
     }

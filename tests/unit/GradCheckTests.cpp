@@ -222,3 +222,17 @@ TEST_CASE("dense on rank-3 and rank-4 values, flatten and their gradients check"
         gradcheck(model("input 3x2\nflatten\ndense 2 gelu\ndense 1\nloss bce\n", batch), rng);
     }
 }
+
+TEST_CASE("a broadcast operand's gradient sums over several dimensions while the graph grows",
+          "[autodiff][rank]") {
+    // The bias of a dense layer on [B,5,3] is summed over two dimensions; the gates make the
+    // backward pass add enough nodes that one of these sums moves the graph's nodes (under
+    // ASan, a reference held across it was a use after free).
+    std::mt19937 rng(9);
+    for (int gates = 0; gates < 8; ++gates) {
+        std::string text = "input 5x4\nh = dense 3\n";
+        for (int i = 0; i < gates; ++i) text += "mul h\n";
+        INFO(text);
+        gradcheck(model(text + "flatten\ndense 2\nloss mse\n", 2), rng);
+    }
+}
