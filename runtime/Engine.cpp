@@ -13,59 +13,36 @@
 #include <set>
 
 namespace gradc {
-namespace {
-
-/// f(T{}) with T the element type: double when `f64`, float otherwise.
-template <typename F> decltype(auto) typed(bool f64, F&& f) {
-    if (f64) return f(double{});
-    return f(float{});
-}
-
-} // namespace
 
 Engine::Engine(Graph forward, Graph evalGraph, const SessionOptions& options, bool f64)
-    : graph_(std::move(forward)), options_(options), evalGraph_(std::move(evalGraph)), f64_(f64) {
-    prepare(train_, graph_);
+    : graph_(std::move(forward)), options_(options), f64_(f64), train_(compileGraph(graph_)),
+      evalGraph_(std::move(evalGraph)) {
     state_ = Values(f64_, size_t(layout().size(Array::State)));
     grads_ = Values(f64_, size_t(layout().size(Array::Grads)));
     setOptimizer({});
     initialise(0);
 }
 
-void Engine::prepare(Compiled& c, const Graph& g) {
+std::unique_ptr<Executable> Engine::compileGraph(const Graph& g) const {
     BackendOptions o;
     o.backend = options_.backend, o.f64 = f64_, o.cache = options_.cache, o.threads = options_.threads;
-    c.exe = compile(g, o);
-    c.acts = Values(f64_, size_t(c.exe->layout().size(Array::Acts)));
-    c.logits = Values(f64_, size_t(c.exe->layout().size(Array::Logits)));
-    c.x = c.target = Values(f64_, 0);
+    return compile(g, o);
 }
 
 void Engine::initialise(uint64_t seed) {
-    Bindings b = initialiseParameters(graph_, seed);
-    typed(f64_, [&](auto zero) {
-        using T = decltype(zero);
-        for (auto& e : layout().entries)
-            if (e.array == Array::State) writeBuffer(state_.data<T>(), e, b.at(e.name).data);
-    });
+    writeState(state_, layout(), initialiseParameters(graph_, seed));
     batchesTracked_ = 0;
 }
 
 void Engine::load(const std::string& path) {
     Bindings b = loadParameters(graph_, path);
     Values state = state_;
+    writeState(state, layout(), b); // a running statistic the file lacks starts as initialised
     int64_t tracked = 0;
-    typed(f64_, [&](auto zero) {
-        using T = decltype(zero);
-        for (auto& e : layout().entries) {
-            if (e.array != Array::State) continue;
-            auto it = b.find(e.name); // a running statistic the file lacks starts as initialised
-            writeBuffer(state.data<T>(), e,
-                        it != b.end() ? it->second.data : std::vector<double>(size_t(e.elements()), e.initial));
-            auto n = b.find(e.layer + ".num_batches_tracked");
-            if (e.role == Role::RunningStat && n != b.end()) tracked = std::max(tracked, int64_t(n->second.data[0]));
-        }
-    });
+    for (const LayoutEntry* e : layout().all(Role::RunningStat)) {
+        auto n = b.find(e->layer + ".num_batches_tracked");
+        if (n != b.end()) tracked = std::max(tracked, int64_t(n->second.data[0]));
+    }
     state_ = state; // the same size: in place, parameters() stays valid
     batchesTracked_ = tracked;
 }
@@ -82,52 +59,11 @@ void Engine::save(const std::string& path) const {
     writeSafetensors(path, tensors, false, integers);
 }
 
-template <typename T, typename U>
-double Engine::runAs(Compiled& c, const U* x, const void* target, U* logits, bool backward) {
-    const Layout& l = c.exe->layout();
-    T loss = 0;
-    EntryArgs<T> a;
-    a.state = state_.data<T>(), a.target = target, a.loss = &loss, a.acts = c.acts.data<T>();
-    if constexpr (std::is_same_v<T, U>) {
-        a.x = x;
-    } else { // the caller's values converted to the element type
-        c.x.assign(size_t(l.size(Array::X)));
-        std::copy(x, x + c.x.size(), c.x.data<T>());
-        a.x = c.x.data<T>();
-        const std::vector<const LayoutEntry*> t = l.all(Role::Target);
-        if (!t.empty() && t[0]->type != DType::Index) {
-            c.target.assign(size_t(l.size(Array::Target)));
-            const U* values = static_cast<const U*>(target);
-            std::copy(values, values + c.target.size(), c.target.data<T>());
-            a.target = c.target.data<T>();
-        }
-    }
-    if (backward) {
-        a.grads = grads_.data<T>();
-        c.exe->backward(a);
-    } else {
-        if constexpr (std::is_same_v<T, U>) a.logits = logits ? logits : c.logits.data<T>();
-        else a.logits = c.logits.data<T>();
-        c.exe->forward(a);
-        if constexpr (!std::is_same_v<T, U>)
-            if (logits) std::copy(c.logits.data<T>(), c.logits.data<T>() + c.logits.size(), logits);
-    }
-    if (&c == &train_) {
-        lastOutputs_.clear(); // read back from `acts` when asked for
-        haveOutputs_ = true;
-    }
-    return double(loss);
-}
-
-template <typename U> double Engine::run(Compiled& c, const U* x, const void* target, U* logits, bool backward) {
-    return f64_ ? runAs<double>(c, x, target, logits, backward) : runAs<float>(c, x, target, logits, backward);
-}
-
 const std::map<std::string, Tensor>& Engine::lastOutputs() const {
     if (lastOutputs_.empty())
         for (const LayoutEntry* e : layout().all(Role::Preact))
             lastOutputs_[outputLabel({OutputRole::Preact, e->name, 0})] =
-                typed(f64_, [&](auto zero) { return readBuffer(train_.acts.data<decltype(zero)>(), *e); });
+                typed(f64_, [&](auto zero) { return readBuffer(train_.program.acts().data<decltype(zero)>(), *e); });
     return lastOutputs_;
 }
 
@@ -136,12 +72,16 @@ std::vector<TensorStats> Engine::gradientStatistics() const {
 }
 
 template <typename U> double Engine::forward(const U* x, const void* target, U* logits) {
-    return run(train_, x, target, logits, false);
+    double loss = train_.program.run(state_, nullptr, x, target, logits);
+    lastOutputs_.clear(); // read back from `acts` when asked for
+    haveOutputs_ = true;
+    return loss;
 }
 
 template <typename U> double Engine::backward(const U* x, const void* target) {
-    double loss = run(train_, x, target, static_cast<U*>(nullptr), true);
-    haveGradients_ = true;
+    double loss = train_.program.run(state_, &grads_, x, target, static_cast<U*>(nullptr));
+    lastOutputs_.clear();
+    haveOutputs_ = haveGradients_ = true;
     return loss;
 }
 
@@ -159,8 +99,8 @@ template <typename T> void Engine::updateRunningStatistics() {
         const BufferInfo& info = graph_.buffers[i];
         T* rm = state_.data<T>() + layout().at(Role::RunningStat, info.name).offset;
         T* rv = state_.data<T>() + layout().at(Role::RunningStat, graph_.buffers[i + 1].name).offset;
-        const T* mean = train_.acts.data<T>() + layout().at(Role::NormMean, info.layer).offset;
-        const T* var = train_.acts.data<T>() + layout().at(Role::NormVar, info.layer).offset;
+        const T* mean = train_.program.acts().data<T>() + layout().at(Role::NormMean, info.layer).offset;
+        const T* var = train_.program.acts().data<T>() + layout().at(Role::NormVar, info.layer).offset;
         const double k = info.momentum;
         for (int64_t j = 0; j < info.size; ++j) {
             rm[j] = T((1 - k) * rm[j] + k * mean[j]);
@@ -197,19 +137,15 @@ template <typename T> void Engine::update() {
 }
 
 template <typename U> double Engine::evaluate(const U* x, const void* target, U* logits) {
-    if (!eval_) {
-        auto c = std::make_unique<Compiled>();
-        prepare(*c, evalGraph_);
-        eval_ = std::move(c);
-    }
-    double loss = run(*eval_, x, target, logits, false);
+    if (!eval_) eval_ = std::make_unique<Compiled>(compileGraph(evalGraph_));
+    double loss = eval_->program.run(state_, nullptr, x, target, logits);
     evaluated_ = true;
     return loss;
 }
 
 template <typename T> const T* Engine::layerOutput(size_t i) const {
     internal_assert(evaluated_ && i < layerCount(), "layerOutput before evaluate");
-    return eval_->acts.data<T>() + eval_->exe->layout().at(Role::LayerOutput, graph_.layers[i].name).offset;
+    return eval_->program.acts().data<T>() + eval_->exe->layout().at(Role::LayerOutput, graph_.layers[i].name).offset;
 }
 
 // Callers pass float or double.

@@ -1,12 +1,13 @@
 // Engine.h — a model compiled for one batch size with its state: parameters, buffers,
 // gradients, optimiser state, and the evaluation-mode program. gradc::Session is its public
 // face; the gradc command uses it directly. Both backends run through the one Executable
-// interface (Backend.h); every array is sized and read by its Layout. The element type of
-// every array (float or double) is chosen once, when the Engine is made; the one code path
-// is a template over it.
+// interface (Backend.h), called by a Program (Execute.h); every array is sized and read by
+// its Layout. The element type of every array (float or double) is chosen once, when the
+// Engine is made; the one code path is a template over it.
 #pragma once
 
 #include "Backend.h"
+#include "Execute.h"
 #include "Interpreter.h"
 #include "Optimizer.h"
 #include "Stats.h"
@@ -22,34 +23,6 @@
 #include <vector>
 
 namespace gradc {
-
-/// An array of an Engine's element type: float or double, chosen when it is made.
-class Values {
-public:
-    Values() = default;
-    Values(bool f64, size_t n) : f64_(f64) { assign(n); }
-    bool f64() const { return f64_; }
-    size_t size() const { return f64_ ? d_.size() : f_.size(); }
-    bool empty() const { return size() == 0; }
-    /// n zeros (of the element type).
-    void assign(size_t n) { f64_ ? d_.assign(n, 0.0) : f_.assign(n, 0.0f); }
-    /// The elements; T must be the element type.
-    template <typename T> T* data() { return const_cast<T*>(std::as_const(*this).data<T>()); }
-    template <typename T> const T* data() const {
-        static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>);
-        internal_assert((std::is_same_v<T, double> == f64_), "an array read with the wrong element type");
-        if constexpr (std::is_same_v<T, double>) return d_.data();
-        else return f_.data();
-    }
-    /// Every element, as double.
-    std::vector<double> values() const { return f64_ ? d_ : std::vector<double>(f_.begin(), f_.end()); }
-    friend bool operator==(const Values&, const Values&) = default;
-
-private:
-    bool f64_ = false;
-    std::vector<float> f_;
-    std::vector<double> d_;
-};
 
 class Engine {
 public:
@@ -106,24 +79,22 @@ public:
     const std::map<std::string, Tensor>& lastOutputs() const;
 
 private:
+    /// A compiled graph and the Program that calls it.
     struct Compiled {
         std::unique_ptr<Executable> exe;
-        Values acts, logits;
-        Values x, target; // x and float targets converted to the element type
+        Program program;
+        explicit Compiled(std::unique_ptr<Executable> e) : exe(std::move(e)), program(*exe) {}
     };
-    void prepare(Compiled& c, const Graph& g);
-    template <typename T, typename U>
-    double runAs(Compiled& c, const U* x, const void* target, U* logits, bool backward);
-    template <typename U> double run(Compiled& c, const U* x, const void* target, U* logits, bool backward);
+    std::unique_ptr<Executable> compileGraph(const Graph& g) const;
     template <typename T> void updateRunningStatistics();
     template <typename T> void update();
 
     Graph graph_;
     SessionOptions options_;
+    bool f64_;
     Compiled train_;
     std::unique_ptr<Compiled> eval_;
     Graph evalGraph_;
-    bool f64_;
     Values state_, grads_, m_, v_;
     OptimizerOptions optimizer_;
     int64_t step_ = 0, batchesTracked_ = 0;

@@ -3,6 +3,7 @@
 
 #include "Autodiff.h"
 #include "Codegen.h"
+#include "CpuBackend.h"
 #include "Data.h"
 #include "Execute.h"
 #include "FmaProbe.h"
@@ -22,6 +23,12 @@
 
 namespace gradc {
 namespace {
+
+/// An OptionError unless `ok`: the job says `subject` (a format of `value`) and `rule`, the
+/// command line "--FLAG VALUE RULE".
+void require(bool ok, const char* flag, int64_t value, const char* subject, const std::string& rule) {
+    if (!ok) throw OptionError(fmt::format(fmt::runtime(subject), value) + rule, fmt::format("--{} {} {}", flag, value, rule));
+}
 
 [[noreturn]] void failIn(const std::string& file, const std::string& message) {
     throw UserError({makeSourceFile(file, ""), 0, 0}, message);
@@ -75,13 +82,37 @@ double matmulFlops(const Graph& g) {
 
 } // namespace
 
+void checkJobOptions(const TrainingOptions& o) {
+    require(o.epochs >= 1 && o.epochs <= 100000, "epochs", o.epochs, "{} epochs ", "is out of range (1 to 100000)");
+    require(o.patience >= 1, "patience", o.patience, "a patience of {} epochs: ", "must be at least 1");
+    require(o.maxSteps >= 0, "steps", o.maxSteps, "{} steps: ", "must not be negative");
+    require(o.val >= 1, "val", o.val, "{} validation images: ", "must be at least 1");
+    require(o.limit >= 0, "limit", o.limit, "a limit of {} images: ", "must not be negative");
+    hyperParameters(o.optimizer, 1);
+}
+
+void checkJobOptions(const ActsOptions& o) {
+    require(o.count >= 1 && o.count <= kMaxBatch, "count", o.count, "{} images ",
+            fmt::format("is out of range (1 to {})", kMaxBatch));
+}
+
+void checkJobOptions(const DeadOptions& o) {
+    require(o.val >= 0, "val", o.val, "{} validation images: ", "must not be negative");
+    require(o.limit >= 0, "limit", o.limit, "a limit of {} images: ", "must not be negative");
+}
+
+void checkJobOptions(const BenchOptions& o) {
+    require(o.steps >= 1 && o.steps <= 1000000, "steps", o.steps, "{} steps ", "is out of range (1 to 1000000)");
+}
+
 GradsRun runGrads(const GradsOptions& o, const std::function<void(const GradsModel&)>& onModel) {
     if (o.models.empty()) throw UserError({}, "no model to run");
     if (!o.params.empty() && o.models.size() != 1) throw UserError({}, "parameters from a file need exactly one model");
     if (o.session.backend != "interp" && o.session.backend != "jit")
         throw UserError({}, fmt::format("backend '{}' is not one of jit, interp", o.session.backend));
-    CodegenOptions codegen;
-    codegen.f64 = o.f64, codegen.cache = o.session.cache, codegen.threads = o.session.threads;
+    BackendOptions backend; // the interpreter computes in double: its buffers are double too
+    backend.backend = o.session.backend, backend.f64 = o.session.backend == "interp" || o.f64;
+    backend.cache = o.session.cache, backend.threads = o.session.threads;
     const int64_t batch = o.batch;
     const std::string& dir = o.data.dir;
     // Compile every model first, so a mistake in the last one costs no data loading.
@@ -92,7 +123,7 @@ GradsRun runGrads(const GradsOptions& o, const std::function<void(const GradsMod
                             : readExamples(dir, /*train=*/true, batch);
     Tensor x{{batch, ex.features}, normalise(ex, o.data.mean, o.data.std)};
     GradsRun run;
-    run.wide = o.session.backend == "interp" || o.f64;
+    run.wide = backend.f64;
     for (size_t m = 0; m < graphs.size(); ++m) {
         const Graph& g = graphs[m];
         if (perExample(g[0].shape) != ex.features)
@@ -104,10 +135,7 @@ GradsRun runGrads(const GradsOptions& o, const std::function<void(const GradsMod
         b["x"] = Tensor{g[0].shape, x.data}; // [batch, 784] read as the model's [batch, 28, 28], ...
         b["target"] = gradsTarget(g, o.models[m], ex, x);
         GradsModel result;
-        BackendOptions bo; // the interpreter computes in double: its buffers are double too
-        bo.backend = o.session.backend, bo.f64 = o.session.backend == "interp" || codegen.f64;
-        bo.cache = codegen.cache, bo.cacheDir = codegen.cacheDir, bo.threads = codegen.threads;
-        std::unique_ptr<Executable> exe = compile(g, bo);
+        std::unique_ptr<Executable> exe = compile(g, backend);
         result.backend = exe->describe();
         std::map<std::string, Tensor> out = gradc::run(*exe, b, /*backward=*/true);
         GradReport& r = result.report;
@@ -155,12 +183,7 @@ std::unique_ptr<Engine> classifierEngine(const ClassifierOptions& o, int64_t bat
 TrainingRun runTraining(const TrainingOptions& o, const std::function<void(const std::string&)>& say,
                         OutputSet* outputs, bool progressBar,
                         const std::function<void(const Engine&, const DataSplit&)>& onStart) {
-    if (o.epochs < 1 || o.epochs > 100000) throw UserError({}, fmt::format("{} epochs is out of range (1 to 100000)", o.epochs));
-    if (o.patience < 1) throw UserError({}, fmt::format("a patience of {} epochs: must be at least 1", o.patience));
-    if (o.maxSteps < 0) throw UserError({}, fmt::format("{} steps: must not be negative", o.maxSteps));
-    if (o.val < 1) throw UserError({}, fmt::format("{} validation images: must be at least 1", o.val));
-    if (o.limit < 0) throw UserError({}, fmt::format("a limit of {} images: must not be negative", o.limit));
-    hyperParameters(o.optimizer, 1); // checks the optimiser's options
+    checkJobOptions(o);
     TrainOptions t;
     t.epochs = o.epochs, t.patience = o.patience, t.seed = o.seed, t.maxSteps = o.maxSteps;
     t.save = o.save, t.log = o.log, t.logdir = o.logdir;
@@ -175,9 +198,8 @@ TrainingRun runTraining(const TrainingOptions& o, const std::function<void(const
 }
 
 ActsRun runActs(const ActsOptions& o) {
+    checkJobOptions(o);
     const int64_t count = o.count;
-    if (count < 1 || count > kMaxBatch)
-        throw UserError({}, fmt::format("{} images is out of range (1 to {})", count, kMaxBatch));
     std::unique_ptr<Engine> engine = classifierEngine(o, count, /*classes=*/2);
     Examples ex = readExamples(o.data.dir, true, count);
     std::vector<int64_t> all(static_cast<size_t>(count));
@@ -203,9 +225,8 @@ ActsRun runActs(const ActsOptions& o) {
 }
 
 DeadResult runDead(const DeadOptions& o) {
+    checkJobOptions(o);
     const int64_t batch = o.batch;
-    if (o.val < 0) throw UserError({}, fmt::format("{} validation images: must not be negative", o.val));
-    if (o.limit < 0) throw UserError({}, fmt::format("a limit of {} images: must not be negative", o.limit));
     std::unique_ptr<Engine> engine = classifierEngine(o, batch, /*classes=*/2);
     DataSplit data = loadSplit(o.data.dir, o.val, o.data.mean, o.data.std, o.limit);
     const Graph& g = engine->graph();
@@ -247,14 +268,15 @@ DeadResult runDead(const DeadOptions& o) {
 }
 
 BenchResult runBench(const BenchOptions& o) {
-    if (o.steps < 1 || o.steps > 1000000) throw UserError({}, fmt::format("{} steps is out of range (1 to 1000000)", o.steps));
+    checkJobOptions(o);
     CodegenOptions codegen;
     codegen.f64 = o.f64, codegen.threads = o.threads;
     codegen.profile = o.profile;
     codegen.cache = o.cache && !o.profile; // profiled code is not the code users run
     // The step `gradc train` runs; with `statistics`, the one `gradc grads` runs.
     Graph g = compileFile(o.model, {o.batch, false, false, o.statistics}).graph;
-    CompiledModel cm = compileModel(g, codegen);
+    const CompiledModel cm = compileModel(g, codegen);
+    const std::unique_ptr<Executable> exe = cpuExecutable(cm);
     Graph grad = differentiate(g);
     std::mt19937_64 rng(1);
     Bindings b = initialiseParameters(g, 1);
@@ -265,8 +287,12 @@ BenchResult runBench(const BenchOptions& o) {
         for (double& v : t.data) v = n.type == DType::Index ? double(rng() % uint64_t(classes)) : double(rng() % 1000) / 1000.0;
         b[n.name] = std::move(t);
     }
-    PreparedCall call(cm, g, b);
-    call.step(true); // warm up
+    Values state(exe->f64(), size_t(exe->layout().size(Array::State)));
+    Values grads(exe->f64(), size_t(exe->layout().size(Array::Grads)));
+    writeState(state, exe->layout(), b);
+    Program step(*exe);
+    step.setInputs(b);
+    step.run(state, &grads); // warm up
     // Five rounds (fewer with fewer steps); the median round's time per step, which a shared
     // machine's pauses disturb less than the mean.
     const int rounds = std::min(o.steps, 5);
@@ -274,7 +300,7 @@ BenchResult runBench(const BenchOptions& o) {
     for (int k = 0; k < rounds; ++k) {
         const int n = o.steps / rounds + (k < o.steps % rounds);
         auto start = std::chrono::steady_clock::now();
-        for (int i = 0; i < n; ++i) call.step(true);
+        for (int i = 0; i < n; ++i) step.run(state, &grads);
         r.roundMs.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count() / n);
     }
     std::sort(r.roundMs.begin(), r.roundMs.end());

@@ -20,6 +20,14 @@
 
 namespace gradc {
 
+/// A job's option ranges (and a training run's optimiser options), the one place they are
+/// checked: each job checks its options first, and the command calls the same check where it
+/// reads them. Throw OptionError (Optimizer.h).
+void checkJobOptions(const TrainingOptions& o);
+void checkJobOptions(const ActsOptions& o);
+void checkJobOptions(const DeadOptions& o);
+void checkJobOptions(const BenchOptions& o);
+
 /// One model of a grads run.
 struct GradsModel {
     GradReport report;

@@ -8,20 +8,29 @@
 namespace gradc {
 
 Hyper hyperParameters(const OptimizerOptions& o, int64_t t) {
-    auto check = [](bool ok, const std::string& what) {
-        if (!ok) throw UserError({}, what);
+    // In the order the command line's options are read; `flag` is the command line's message.
+    auto check = [](bool ok, auto message, auto flag) { // messages formatted only for a bad option
+        if (!ok) throw OptionError(message(), flag());
     };
-    check(o.method == "sgd" || o.method == "adam", fmt::format("optimizer '{}' is not sgd or adam", o.method));
-    check(std::isfinite(o.lr) && o.lr >= 0, fmt::format("learning rate {} is not a finite number >= 0", o.lr));
-    check(std::isfinite(o.weightDecay) && o.weightDecay >= 0,
-          fmt::format("weight decay {} is not a finite number >= 0", o.weightDecay));
-    check(std::isfinite(o.momentum) && o.momentum >= 0, fmt::format("momentum {} is not a finite number >= 0", o.momentum));
-    check(std::isfinite(o.dampening) && o.dampening >= 0 && o.dampening <= 1,
-          fmt::format("dampening {} is not between 0 and 1", o.dampening));
-    check(!o.nesterov || (o.momentum > 0 && o.dampening == 0), "Nesterov momentum needs momentum > 0 and no dampening");
-    check(o.beta1 >= 0 && o.beta1 < 1 && o.beta2 >= 0 && o.beta2 < 1,
-          fmt::format("Adam's betas ({}, {}) are not in [0, 1)", o.beta1, o.beta2));
-    check(std::isfinite(o.eps) && o.eps >= 0, fmt::format("eps {} is not a finite number >= 0", o.eps));
+    auto nonNegative = [&](double v, const char* name, const char* what, const char* flagWhat) {
+        check(std::isfinite(v) && v >= 0, [&] { return fmt::format("{} {} is not a finite number >= 0", what, v); },
+              [&] { return fmt::format("--{}: {} {} is not a finite number >= 0", name, flagWhat, v); });
+    };
+    auto beta = [](double b) { return b >= 0 && b < 1; };
+    check(o.method == "sgd" || o.method == "adam", [&] { return fmt::format("optimizer '{}' is not sgd or adam", o.method); },
+          [&] { return fmt::format("--optimizer={} is not sgd or adam", o.method); });
+    nonNegative(o.lr, "lr", "learning rate", "learning rate");
+    nonNegative(o.momentum, "momentum", "momentum", "momentum");
+    nonNegative(o.weightDecay, "weight-decay", "weight decay", "weight decay");
+    check(beta(o.beta1) && beta(o.beta2), [&] { return fmt::format("Adam's betas ({}, {}) are not in [0, 1)", o.beta1, o.beta2); },
+          [&] { return beta(o.beta1) ? fmt::format("--beta2: Adam's beta2 {} is not in [0, 1)", o.beta2)
+                                     : fmt::format("--beta1: Adam's beta1 {} is not in [0, 1)", o.beta1); });
+    nonNegative(o.eps, "eps", "eps", "Adam's eps");
+    // No option of their own on the command line: it says what the library says.
+    auto dampening = [&] { return fmt::format("dampening {} is not between 0 and 1", o.dampening); };
+    check(std::isfinite(o.dampening) && o.dampening >= 0 && o.dampening <= 1, dampening, dampening);
+    auto nesterov = [] { return std::string("Nesterov momentum needs momentum > 0 and no dampening"); };
+    check(!o.nesterov || (o.momentum > 0 && o.dampening == 0), nesterov, nesterov);
     Hyper h{};
     h[0] = o.method == "adam" ? 2 : o.momentum > 0 ? 1 : 0;
     h[1] = o.lr, h[2] = o.weightDecay, h[3] = o.momentum;

@@ -4,14 +4,26 @@
 #pragma once
 
 #include "ReferenceUpdate.h"
+#include "Source.h"
 
 #include <gradc/Session.h>
 
 #include <array>
 #include <cmath>
 #include <cstdint>
+#include <string>
+#include <utility>
 
 namespace gradc {
+
+/// An option of the optimiser or of a job (checkJobOptions, Jobs.h) out of its range. what() is
+/// the library's message ("0 epochs is out of range (1 to 100000)"); `flag` is the command
+/// line's, which names the option as it is spelled there ("--epochs 0 is out of range (1 to
+/// 100000)") and which the command prints as a usage mistake.
+struct OptionError : UserError {
+    OptionError(const std::string& message, std::string flag) : UserError({}, message), flag(std::move(flag)) {}
+    std::string flag;
+};
 
 /// method (0 SGD, 1 SGD with momentum, 2 Adam), lr, weight decay, momentum, dampening,
 /// nesterov, beta1, beta2, eps, 1 - beta1^t, sqrt(1 - beta2^t): gradc_update's `hyper`
@@ -22,7 +34,7 @@ template <typename T> void referenceUpdate(const Hyper& h, T* p, const T* g, T* 
     referenceUpdate(h.data(), p, g, m, v, begin, end);
 }
 
-/// Checks the options (a UserError for a bad one) and gives the hyper-parameters of step
+/// Checks the options (an OptionError for a bad one) and gives the hyper-parameters of step
 /// `t` (1, 2, ...).
 Hyper hyperParameters(const OptimizerOptions& o, int64_t t);
 

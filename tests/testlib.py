@@ -1,6 +1,6 @@
 """tests/testlib.py — what the command-line test scripts share: their arguments, running gradc
-and checking its exit status, reporting a failed check, reading and writing files. Standard
-library only. A script in tests/DIR/ imports it with
+and checking its exit status (and that it does not hang), reporting a failed check, reading
+and writing files. Standard library only. A script in tests/DIR/ imports it with
 
     sys.dont_write_bytecode = True  # no __pycache__ in the source tree
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -16,17 +16,23 @@ def arguments():
     return sys.argv[1], sys.argv[2], sys.argv[3]
 
 
-def run(gradc, *args, rc=0, text=True, cwd=None, user=None, stdout=subprocess.PIPE):
+def run(gradc, *args, rc=0, text=True, cwd=None, user=None, stdout=subprocess.PIPE, stdin=None, env=None,
+        timeout=None):
     """Runs `gradc ARGS` (arguments may be bytes: file names that are not UTF-8) as `user`
     when given (setpriv, without root's groups), and exits the test unless its exit status
-    is `rc`. Output is text, or bytes with text=False; stdout may be a file to write to."""
+    is `rc`. Output is text, or bytes with text=False; stdout may be a file to write to. A
+    run still going after `timeout` seconds is killed and fails the test: a hang, not a wait."""
     cmd = [gradc, *args]
     if user:
         pw = pwd.getpwnam(user)
         cmd = ["setpriv", "--reuid", str(pw.pw_uid), "--regid", str(pw.pw_gid), "--clear-groups", *cmd]
-    p = subprocess.run(cmd, stdout=stdout, stderr=subprocess.PIPE, text=text, cwd=cwd)
+    shown = " ".join(a if isinstance(a, str) else repr(a) for a in args)
+    try:
+        p = subprocess.run(cmd, stdout=stdout, stderr=subprocess.PIPE, stdin=stdin, text=text, cwd=cwd, env=env,
+                           timeout=timeout)
+    except subprocess.TimeoutExpired:
+        sys.exit(f"FAILED: gradc {shown} still ran after {timeout} s")
     if p.returncode != rc:
-        shown = " ".join(a if isinstance(a, str) else repr(a) for a in args)
         sys.exit(f"expected exit {rc}, got {p.returncode}: gradc {shown}\n{p.stdout}\n{p.stderr}")
     return p
 

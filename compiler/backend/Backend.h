@@ -61,6 +61,8 @@ public:
     /// gives it (runtime/Optimizer.h).
     template <typename T> void update(const UpdateArgs<T>& a, const double* hyper, int64_t begin, int64_t end) {
         checkType<T>();
+        // gradc_update counts end - begin as unsigned: a reversed range would run off the arrays.
+        internal_assert(0 <= begin && begin <= end && end <= layout_.parameterCount(), "update range outside the parameters");
         update(RawUpdate{a.params, a.grads, a.m, a.v}, hyper, begin, end);
     }
 

@@ -135,13 +135,9 @@ private:
         return nv->value;
     }
 
+    /// Binds the statement's name (stmt() has checked that the scope does not hold it yet).
     void bindName(Scope& sc, const Stmt& s, ValueId v) {
-        if (s.name.empty()) return;
-        auto it = sc.names.find(s.name);
-        if (it != sc.names.end())
-            throw UserError(s.nameLoc, fmt::format("value '{}' is already defined at line {}",
-                                                   s.name, it->second.loc.line));
-        sc.names[s.name] = {v, s.nameLoc};
+        if (!s.name.empty()) sc.names[s.name] = {v, s.nameLoc};
     }
 
     // ---- LayerBuilder: what the layer table's build functions use.

@@ -426,10 +426,7 @@ ValueId addMap(Graph& g, scalar::Expr expr, std::vector<ValueId> ins, SourceLoc 
 
 ValueId addActivation(Graph& g, int32_t fn, ValueId x, SourceLoc loc) {
     internal_assert(fn >= 0 && size_t(fn) < g.activations.size(), "no activation " + std::to_string(fn));
-    Node n = makeNode(Op::Map, std::move(loc), {x});
-    n.expr = scalar::substitute(g.activations[size_t(fn)].formula, scalar::arg(0));
-    n.fn = fn;
-    return g.add(std::move(n));
+    return addMap(g, scalar::substitute(g.activations[size_t(fn)].formula, scalar::arg(0)), {x}, std::move(loc), fn);
 }
 
 ValueId addBiasAdd(Graph& g, ValueId a, ValueId b, SourceLoc loc) {

@@ -27,6 +27,13 @@ struct RuleContext {
     }
 };
 using Grads = std::vector<std::optional<ValueId>>;
+
+/// Zeros of `shape`: the gradient of a value the loss does not depend on.
+ValueId addZeros(Graph& g, Shape shape, SourceLoc loc) {
+    Node z = makeNode(Op::Zeros, std::move(loc));
+    z.shape = std::move(shape);
+    return g.add(std::move(z));
+}
 using Rule = Grads (*)(RuleContext&);
 
 Grads gradOfLeaf(RuleContext&) { return {}; }
@@ -77,11 +84,8 @@ std::optional<ValueId> partial(RuleContext& c, size_t i) {
     d = scalar::substituteGrad(scalar::substituteParams(scalar::substitute(d, scalar::arg(int(i))), fromVar),
                                scalar::arg(int(count)));
     d = scalar::simplify(d);
-    if (!(d->leaves & scalar::leafBit(scalar::Kind::Arg))) { // a constant (0: a comparison's operand)
-        Node z = makeNode(Op::Zeros, n.loc);
-        z.shape = c.g[c.in(i)].shape;
-        return c.g.add(std::move(z));
-    }
+    if (!(d->leaves & scalar::leafBit(scalar::Kind::Arg))) // a constant (0: a comparison's operand)
+        return addZeros(c.g, c.g[c.in(i)].shape, n.loc);
     ValueId dx;
     if (d == scalar::arg(int(count))) {
         dx = *c.dy;
@@ -184,14 +188,7 @@ Graph differentiate(const Graph& forward, const AutodiffOptions& opts) {
     }
 
     for (const ParamInfo& p : forward.params) {
-        ValueId grad;
-        if (adjoint[p.node]) {
-            grad = *adjoint[p.node];
-        } else { // the loss does not depend on this parameter
-            Node z = makeNode(Op::Zeros, g[p.node].loc);
-            z.shape = g[p.node].shape;
-            grad = g.add(std::move(z));
-        }
+        ValueId grad = adjoint[p.node] ? *adjoint[p.node] : addZeros(g, g[p.node].shape, g[p.node].loc);
         g.outputs.push_back({OutputRole::Grad, p.name, grad});
     }
     if (opts.inputGradient) {

@@ -66,13 +66,7 @@ public:
         createBuffers();
         for (ValueId v = 0; v < g_.nodes.size(); ++v)
             if (live_[v] && canon_[v] == v && materialised_[v]) emit(v);
-        for (auto& [v, o] : copies_) {
-            int32_t dst = addOutputBuffer(o, g_[v].shape);
-            LoopBuild lb;
-            std::tie(lb.k.rows, lb.k.cols) = domain(g_[v].shape);
-            lb.k.stores.push_back({dst, lb.load(Access::Mode::Elem, buffer_[v])});
-            p_.kernels.push_back(std::move(lb.k));
-        }
+        for (auto& [v, o] : copies_) copy(addOutputBuffer(o, g_[v].shape), buffer_[v], g_[v].shape);
         mergeLoops();
         dropDeadStores();
         return std::move(p_);
@@ -193,7 +187,7 @@ private:
                             : role == Role::Logits ? Buffer::Kind::Logits
                             : role == Role::Gradient ? Buffer::Kind::Grad
                                                      : Buffer::Kind::Activation;
-        int32_t id = addBuffer(kind, kind == Buffer::Kind::Loss ? "loss" : outputLabel(o), kind == Buffer::Kind::Loss ? Shape{1} : shape);
+        int32_t id = addBuffer(kind, outputLabel(o), kind == Buffer::Kind::Loss ? Shape{1} : shape);
         p_.buffers.back().offset = e->offset;
         return id;
     }
@@ -249,12 +243,11 @@ private:
         case gradc::Op::MatMulTN: {
             Kernel& k = lb.k;
             internal_assert(k.a < 0, "two products in one kernel");
-            const Shape &s0 = g_[in(v, 0)].shape, &s1 = g_[in(v, 1)].shape;
+            const Shape& s0 = g_[in(v, 0)].shape;
             k.a = buffer_[in(v, 0)], k.b = buffer_[in(v, 1)];
             k.transA = nd.op == gradc::Op::MatMulTN;
             k.transB = nd.op == gradc::Op::MatMulNT;
             k.depth = nd.op == gradc::Op::MatMulTN ? domain(s0).first : s0.back();
-            (void)s1;
             return lb.load(Access::Mode::Acc, -1);
         }
         case gradc::Op::Map: { // operands of the result's shape fuse; a per-column one is read
@@ -285,6 +278,14 @@ private:
         return {1, 1};
     }
 
+    /// A loop kernel that copies the row-major elements of `src` (of `shape`) to `dst`.
+    void copy(int32_t dst, int32_t src, const Shape& shape) {
+        LoopBuild lb;
+        std::tie(lb.k.rows, lb.k.cols) = domain(shape);
+        lb.k.stores.push_back({dst, lb.load(Access::Mode::Elem, src)});
+        p_.kernels.push_back(std::move(lb.k));
+    }
+
     void emit(ValueId v) {
         const Node& nd = g_[v];
         auto buf = [&](size_t i) { return buffer_[in(v, i)]; };
@@ -294,8 +295,7 @@ private:
             for (size_t i = 0; i < nd.in.size(); ++i) k.in.push_back(buf(i));
             k.out = {buffer_[v]};
             if (nd.op == Op::BatchNorm) batchStatistics(v, k);
-            const Shape& x = g_[in(v, 0)].shape;
-            k.cols = x.back(), k.rows = elementCount(x) / std::max<int64_t>(k.cols, 1);
+            std::tie(k.rows, k.cols) = domain(g_[in(v, 0)].shape);
             p_.kernels.push_back(std::move(k));
             return;
         }
@@ -336,13 +336,9 @@ private:
             p_.kernels.push_back(std::move(k));
             return;
         }
-        case Op::Reshape: { // a copy of the row-major elements (the kernels have no aliases)
-            LoopBuild lb;
-            std::tie(lb.k.rows, lb.k.cols) = domain(nd.shape);
-            lb.k.stores.push_back({buffer_[v], lb.load(Access::Mode::Elem, buf(0))});
-            p_.kernels.push_back(std::move(lb.k));
+        case Op::Reshape: // a copy of the row-major elements (the kernels have no aliases)
+            copy(buffer_[v], buf(0), nd.shape);
             return;
-        }
         default: {
             LoopBuild lb;
             std::tie(lb.k.rows, lb.k.cols) = domain(nd.shape);

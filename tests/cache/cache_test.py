@@ -27,16 +27,7 @@ def run(*args, cache=None, env=None, as_nobody=False, rc=0):
         env = dict(os.environ)
         if cache is not None:
             env["GRADC_CACHE_DIR"] = cache
-    cmd = [GRADC, *args]
-    if as_nobody:
-        cmd = ["setpriv", f"--reuid={NOBODY.pw_uid}", f"--regid={NOBODY.pw_gid}", "--clear-groups", *cmd]
-    try:
-        p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
-    except subprocess.TimeoutExpired:
-        sys.exit(f"FAILED: gradc {' '.join(args)} still ran after two minutes")
-    if p.returncode != rc:
-        sys.exit(f"expected exit {rc}, got {p.returncode}: gradc {' '.join(args)}\n{p.stdout}\n{p.stderr}")
-    return p
+    return testlib.run(GRADC, *args, rc=rc, env=env, user="nobody" if as_nobody else None, timeout=120)
 
 
 def grads(model, **kw):

@@ -16,10 +16,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         if (!gradc::verify(fe.graph).empty()) __builtin_trap();
         if (fe.graph.parameterCount() > 100000) return 0; // differentiation of huge models is slow, not wrong
         gradc::Graph grad = gradc::differentiate(fe.graph);
-        std::vector<gradc::Output> outputs;
-        for (auto& o : grad.outputs)
-            if (o.role == gradc::OutputRole::Loss || o.role == gradc::OutputRole::Grad) outputs.push_back(o);
-        gradc::buildKernels(grad, "backward", outputs, gradc::computeLayout(fe.graph), 4, gradc::GemmBlocking{});
+        gradc::buildKernels(grad, "backward", gradc::backwardOutputs(grad), gradc::computeLayout(fe.graph), 4,
+                            gradc::GemmBlocking{});
     } catch (const gradc::UserError& e) {
         if (e.format().rfind("fuzz.nn:", 0) != 0) __builtin_trap(); // every diagnostic names the file
     }

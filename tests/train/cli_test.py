@@ -28,15 +28,7 @@ def run(*args, rc=0):
 def measured(*args, rc=1, stdin=None, timeout=60):
     """Runs gradc; returns (stderr, the peak RSS in MiB of the gradc runs so far). A hang fails
     the test after `timeout` s."""
-    p = subprocess.Popen([GRADC, *args], stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        out, err = p.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        sys.exit(f"gradc {' '.join(args)} still ran after {timeout} s")
-    if p.returncode != rc:
-        sys.exit(f"expected exit {rc}, got {p.returncode}: gradc {' '.join(args)}\n{out}\n{err}")
-    return err, peak_rss_mib()
+    return testlib.run(GRADC, *args, rc=rc, stdin=stdin, timeout=timeout).stderr, peak_rss_mib()
 
 
 def peak_rss_mib():
@@ -176,9 +168,11 @@ with tempfile.TemporaryDirectory() as tmp:
         check("binary_bce.nn: error: this command needs a cross_entropy classifier" in p.stderr, p.stderr)
         p = run("train", model("seed_relu"), "--params", os.path.join(SRC, "models", "seed_relu.nn"), rc=1)
         check("seed_relu.nn: error: not a safetensors file" in p.stderr, p.stderr)
-        p = run("dead", model("seed_relu"), "--limit", "-1", rc=2)
-        p = run("acts", model("seed_relu"), "--count", "0", rc=2)
-        p = run("acts", model("seed_relu"), "--format", "xml", rc=2)
+        for args, text in [(["dead", "--limit", "-1"], "gradc dead: error: --limit -1 must not be negative"),
+                           (["acts", "--count", "0"], "gradc acts: error: --count 0 is out of range"),
+                           (["acts", "--format", "xml"], "gradc acts: error: --format=xml is not table or json")]:
+            p = run(args[0], model("seed_relu"), *args[1:], rc=2)
+            check(p.stderr.startswith(text), f"{args}: expected '{text}' first in: {p.stderr}")
     elif CASE == "dead":
         # The tutorial's observation: in the untrained deep ReLU network, dead units grow with depth.
         p = run("dead", model("deep_relu"))
@@ -217,13 +211,13 @@ with tempfile.TemporaryDirectory() as tmp:
         check(rel(jit, interp) < 1e-9, f"f64: jit {jit} and interp {interp} agree within 1e-9")
         a32 = json.loads(run("acts", model("seed_tanh"), "--format", "json", "--count", "256").stdout)
         a64 = json.loads(run("acts", model("seed_tanh"), "--format", "json", "--count", "256", "--dtype", "f64").stdout)
-        check(len(a64["layers"]) == 8, "acts in f64: eight modules")
+        check(len(a32["layers"]) == len(a64["layers"]) == 8, "acts in f32 and f64: eight modules")
         for l32, l64 in zip(a32["layers"], a64["layers"]):
             check(abs(l64["std"] - l32["std"]) <= 1e-4 * abs(l32["std"]), f"acts {l64['name']}: std {l64['std']} {l32['std']}")
         dead = lambda *a: [int(l.split()[3]) for l in run("dead", model("deep_relu"), "--limit", "2000", "--val", "500", *a)
                            .stdout.splitlines() if l.strip().startswith("layers.")]
         d32, d64 = dead(), dead("--dtype", "f64")
-        check(len(d64) == 10 and all(abs(a - b) <= 2 for a, b in zip(d32, d64)), f"dead in f64 {d64}, in f32 {d32}")
+        check(len(d32) == len(d64) == 10 and all(abs(a - b) <= 2 for a, b in zip(d32, d64)), f"dead in f64 {d64}, in f32 {d32}")
     elif CASE == "batchnorm":
         run("train", model("seed_sigmoid_bn"), "--steps", "30", "--save", save, *SMALL)
         names = safetensors_names(save)

@@ -27,10 +27,11 @@ Graph modelFile(const std::string& name, int64_t batch) {
     return compileFile(std::string(GRADC_SOURCE_DIR "/models/") + name + ".nn", {batch}).graph;
 }
 
-/// The lines of printKernels that start a kernel ("  k3: ..."), without the indentation.
-std::vector<std::string> kernelHeadLines(const KernelProgram& p) {
+/// The lines of printed kernel programs (printKernels, `gradc dump --emit=kernels`) that
+/// start a kernel ("  k3: ..."), without the indentation.
+std::vector<std::string> kernelHeadLines(const std::string& printed) {
     std::vector<std::string> lines;
-    std::istringstream in(printKernels(p));
+    std::istringstream in(printed);
     for (std::string line; std::getline(in, line);)
         if (line.rfind("  k", 0) == 0) lines.push_back(line.substr(2));
     return lines;
@@ -82,14 +83,14 @@ TEST_CASE("buffers placed by EntryArg give the interpreter's logits, loss and gr
     co.f64 = true;
     CompiledModel cm = compileModel(g, co);
     std::vector<double> params, x, logits(size_t(elementCount(g[g.output(OutputRole::Logits)].shape))), loss(2, -1),
-        grads(size_t(cm.parameterCount)), acts(size_t(cm.activationCount));
+        grads(size_t(cm.layout.parameterCount())), acts(size_t(cm.layout.size(Array::Acts)));
     std::vector<int32_t> labels;
     for (auto& p : g.params)
         for (double v : b.at(p.name).data) params.push_back(v);
     for (auto& n : g.nodes)
         if (n.op == Op::Input)
             for (double v : b.at(n.name).data) n.name == "x" ? x.push_back(v) : labels.push_back(int32_t(v));
-    REQUIRE(cm.activationCount > 0);
+    REQUIRE(cm.layout.size(Array::Acts) > 0);
     REQUIRE(labels.size() == 6);
     void* ws = std::aligned_alloc(64, size_t((cm.workspaceBytes + 63) / 64 * 64 + 64));
     std::array<void*, kEntryArgCount> a{};
@@ -125,10 +126,7 @@ TEST_CASE("buffers placed by EntryArg give the interpreter's logits, loss and gr
 }
 
 TEST_CASE("the compiled update step reads its hyper-parameters from the HyperSlot places", "[jit][abi]") {
-    Graph g = compileSource("t.nn", "input 3\ndense 2\nloss mse\n", {4}).graph;
-    CodegenOptions co;
-    co.cache = false;
-    CompiledModel cm = compileModel(g, co);
+    const CompiledModel cm = compiledUpdateStep();
     REQUIRE(cm.update);
     const int64_t n = 8;
     std::vector<float> p(n, 1.0f), grad(n), m(n), v(n);
@@ -167,7 +165,7 @@ TEST_CASE("kernel labels are printKernels' first lines and the profile's names",
         CAPTURE(entry.path().filename().string());
         for (const KernelProgram& prog : programs(g)) {
             std::vector<std::string> got = labels(prog);
-            CHECK(got == kernelHeadLines(prog));
+            CHECK(got == kernelHeadLines(printKernels(prog)));
             for (size_t i = 0; i < got.size(); ++i) CHECK(got[i].rfind("k" + std::to_string(i) + ": ", 0) == 0);
         }
     }
@@ -182,13 +180,9 @@ TEST_CASE("kernel labels are printKernels' first lines and the profile's names",
     co.cache = false;
     co.profile = true;
     CompiledModel cm = compileModel(g, co);
-    std::vector<std::string> dumped;
-    std::istringstream in(emitModule(g, co, "kernels"));
-    for (std::string line; std::getline(in, line);)
-        if (line.rfind("  k", 0) == 0) dumped.push_back(line.substr(2));
     std::vector<std::string> profiled = cm.kernelsForward;
     profiled.insert(profiled.end(), cm.kernelsBackward.begin(), cm.kernelsBackward.end());
-    CHECK(profiled == dumped);
+    CHECK(profiled == kernelHeadLines(emitModule(g, co, "kernels")));
     CHECK(cm.kernelsBackward.front() == kernelLabel(backward, 0));
     REQUIRE(cm.profileBackward);
     std::mt19937 rng(3);

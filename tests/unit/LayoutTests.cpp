@@ -107,23 +107,22 @@ TEST_CASE("the kernels place parameters, gradients and kept activations where th
     Graph g = compileSource("t.nn", kModel, {4}).graph;
     Layout l = computeLayout(g);
     Graph grad = differentiate(g);
-    std::vector<Output> outputs;
-    for (auto& o : grad.outputs)
-        if (o.role != OutputRole::Logits) outputs.push_back(o);
+    const std::vector<Output> outputs = backwardOutputs(grad); // as code generation builds them
     KernelProgram p = buildKernels(grad, "backward", outputs, l, 4, GemmBlocking{});
-    int checked = 0;
+    int checked = 0, outputBuffers = 0;
     for (auto& b : p.buffers) {
         const LayoutEntry* e = nullptr;
         if (b.kind == Buffer::Kind::Param) e = &l.state(b.name);
         for (auto& o : outputs)
             if (outputLabel(o) == b.name && (b.kind == Buffer::Kind::Grad || b.kind == Buffer::Kind::Activation))
-                e = &l.at(roleOf(o.role), o.name);
+                e = &l.at(roleOf(o.role), o.name), ++outputBuffers;
         if (!e) continue;
         CHECK(b.offset == e->offset);
         CHECK(b.elements() == e->elements());
         ++checked;
     }
     CHECK(checked >= int(g.params.size() + 4)); // every gradient, every kept activation, some parameters
+    CHECK(outputBuffers == int(outputs.size()) - 1); // one buffer for each output but the loss
 }
 
 TEST_CASE("both backends run on one path, in float and double, and agree", "[layout][backend]") {

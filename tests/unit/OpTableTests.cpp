@@ -17,23 +17,17 @@ scalar::Expr binary(scalar::Kind op, scalar::Expr l, scalar::Expr r) { return sc
 struct Builder {
     Graph g;
     Builder() { g.model = "t", g.batch = 4; }
-    ValueId leaf(Op op, const std::string& name, Shape shape) {
-        Node n = makeNode(op, {});
-        n.name = name, n.shape = shape;
-        ValueId v = g.add(std::move(n));
-        if (op == Op::Param) g.params.push_back({v, name, {}, shape.back(), shape[0]});
-        return v;
-    }
+    ValueId leaf(Op op, const std::string& name, const Shape& shape) { return addLeaf(g, op, name, shape); }
     ValueId batchnorm(ValueId x, ValueId w, ValueId b, double eps) {
         Node n = makeNode(Op::BatchNorm, {}, {x, w, b});
         n.eps = eps;
         return g.add(std::move(n));
     }
-    std::string kernels() { return printKernels(buildKernels(g, "forward", g.outputs, computeLayout(g), 8, {})); }
+    KernelProgram program() { return buildKernels(g, "forward", g.outputs, computeLayout(g), 8, {}); }
+    std::string kernels() { return printKernels(program()); }
     size_t count(Op op) {
         size_t k = 0;
-        for (auto& kernel : buildKernels(g, "forward", g.outputs, computeLayout(g), 8, {}).kernels)
-            k += kernel.kind == Kernel::Kind::Op && kernel.op == op;
+        for (auto& kernel : program().kernels) k += kernel.kind == Kernel::Kind::Op && kernel.op == op;
         return k;
     }
 };

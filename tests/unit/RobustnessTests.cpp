@@ -136,10 +136,7 @@ TEST_CASE("deeply shared activation definitions and their mutations compile in l
         if (!outcome(text).empty()) return false;
         FrontEnd fe = compileSource("fuzz.nn", text, {4});
         Graph grad = differentiate(fe.graph);
-        std::vector<Output> outputs;
-        for (auto& o : grad.outputs)
-            if (o.role == OutputRole::Loss || o.role == OutputRole::Grad) outputs.push_back(o);
-        buildKernels(grad, "backward", outputs, computeLayout(fe.graph), 4, GemmBlocking{});
+        buildKernels(grad, "backward", backwardOutputs(grad), computeLayout(fe.graph), 4, GemmBlocking{});
         return true;
     };
     for (auto& seed : seeds) CHECK(compile(seed));

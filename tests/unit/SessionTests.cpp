@@ -4,6 +4,7 @@
 //
 // The tests tagged [concurrency] are the ones `tools/test --tsan` runs under ThreadSanitizer.
 // Catch2's assertions are not thread-safe: the threads only record, the test thread checks.
+#include "TestUtil.h"
 #include "ThreadPool.h"
 
 #include <gradc/Model.h>
@@ -302,20 +303,6 @@ TEST_CASE("one Session called from two threads at once: the second call is an er
     CHECK(got == expected);
 }
 
-namespace {
-
-/// The message of the gradc::Error that `f` throws ("" if it throws none).
-template <typename F> std::string errorOf(F&& f) {
-    try {
-        f();
-    } catch (const Error& e) {
-        return e.what();
-    }
-    return "";
-}
-
-} // namespace
-
 TEST_CASE("every misuse of a Session or a Model throws gradc::Error with a message", "[session]") {
     const Model model = Model::fromString("m.nn", "model m\ninput 3\ndense 4 relu\ndense 5 tanh\ndense 3\n"
                                                   "loss cross_entropy\n");
@@ -330,22 +317,22 @@ TEST_CASE("every misuse of a Session or a Model throws gradc::Error with a messa
         std::vector<int32_t> labels = {0, 1, 2, 1};
 
         // Results asked for before the pass that makes them.
-        CHECK_THAT(errorOf([&] { (void)s.layerOutputs(); }),
+        CHECK_THAT(errorOf<Error>([&] { (void)s.layerOutputs(); }),
                    Catch::Contains("layerOutputs: no layer outputs yet: call evaluate() first"));
-        CHECK_THAT(errorOf([&] { (void)s.gradientStatistics(); }),
+        CHECK_THAT(errorOf<Error>([&] { (void)s.gradientStatistics(); }),
                    Catch::Contains("gradientStatistics: no gradients yet: call backward() or trainStep() first"));
-        CHECK_THAT(errorOf([&] { (void)s.vanishingFactor(); }),
+        CHECK_THAT(errorOf<Error>([&] { (void)s.vanishingFactor(); }),
                    Catch::Contains("vanishingFactor: no gradients yet"));
-        CHECK_THAT(errorOf([&] { (void)s.gradients(); }), Catch::Contains("gradients: no gradients yet"));
-        CHECK_THAT(errorOf([&] { (void)s.activationStatistics(); }),
+        CHECK_THAT(errorOf<Error>([&] { (void)s.gradients(); }), Catch::Contains("gradients: no gradients yet"));
+        CHECK_THAT(errorOf<Error>([&] { (void)s.activationStatistics(); }),
                    Catch::Contains("activationStatistics: no activations yet"));
         // A forward pass gives activations, not gradients.
         s.forward(x.data(), labels.data());
         CHECK(s.activationStatistics().size() == 2);
-        CHECK_THAT(errorOf([&] { (void)s.gradientStatistics(); }), Catch::Contains("no gradients yet"));
+        CHECK_THAT(errorOf<Error>([&] { (void)s.gradientStatistics(); }), Catch::Contains("no gradients yet"));
         // Training-mode passes give no layer outputs.
         s.trainStep(x.data(), labels.data());
-        CHECK_THAT(errorOf([&] { (void)s.layerOutputs(); }), Catch::Contains("call evaluate() first"));
+        CHECK_THAT(errorOf<Error>([&] { (void)s.layerOutputs(); }), Catch::Contains("call evaluate() first"));
         s.evaluate(x.data(), labels.data(), logits.data());
         CHECK(s.layerOutputs().size() == 4);
         CHECK(s.gradientStatistics().size() == 6);
@@ -356,34 +343,34 @@ TEST_CASE("every misuse of a Session or a Model throws gradc::Error with a messa
         for (int32_t bad : {-1, 3, 1 << 30}) {
             labels[2] = bad;
             const std::string expected = "labels[2] is " + std::to_string(bad) + ", not a class of model m (0 to 2)";
-            CHECK_THAT(errorOf([&] { s.forward(x.data(), labels.data()); }), Catch::Contains("forward: " + expected));
-            CHECK_THAT(errorOf([&] { s.backward(x.data(), labels.data()); }), Catch::Contains("backward: " + expected));
-            CHECK_THAT(errorOf([&] { s.trainStep(x.data(), labels.data()); }),
+            CHECK_THAT(errorOf<Error>([&] { s.forward(x.data(), labels.data()); }), Catch::Contains("forward: " + expected));
+            CHECK_THAT(errorOf<Error>([&] { s.backward(x.data(), labels.data()); }), Catch::Contains("backward: " + expected));
+            CHECK_THAT(errorOf<Error>([&] { s.trainStep(x.data(), labels.data()); }),
                        Catch::Contains("trainStep: " + expected));
-            CHECK_THAT(errorOf([&] { s.evaluate(x.data(), labels.data(), logits.data()); }),
+            CHECK_THAT(errorOf<Error>([&] { s.evaluate(x.data(), labels.data(), logits.data()); }),
                        Catch::Contains("evaluate: " + expected));
         }
         labels[2] = 2;
         CHECK(s.steps() == steps);
 
         // Null pointers (logits may be null: they are optional).
-        CHECK_THAT(errorOf([&] { s.forward(nullptr, labels.data()); }), Catch::Contains("the input x is a null pointer"));
-        CHECK_THAT(errorOf([&] { s.backward(x.data(), static_cast<const int32_t*>(nullptr)); }),
+        CHECK_THAT(errorOf<Error>([&] { s.forward(nullptr, labels.data()); }), Catch::Contains("the input x is a null pointer"));
+        CHECK_THAT(errorOf<Error>([&] { s.backward(x.data(), static_cast<const int32_t*>(nullptr)); }),
                    Catch::Contains("backward: the labels are a null pointer"));
-        CHECK_THAT(errorOf([&] { s.trainStep(nullptr, labels.data()); }), Catch::Contains("trainStep: the input x"));
-        CHECK_THAT(errorOf([&] { s.evaluate(x.data(), static_cast<const int32_t*>(nullptr)); }),
+        CHECK_THAT(errorOf<Error>([&] { s.trainStep(nullptr, labels.data()); }), Catch::Contains("trainStep: the input x"));
+        CHECK_THAT(errorOf<Error>([&] { s.evaluate(x.data(), static_cast<const int32_t*>(nullptr)); }),
                    Catch::Contains("evaluate: the labels are a null pointer"));
-        CHECK(errorOf([&] { s.evaluate(x.data(), labels.data(), nullptr); }).empty());
+        CHECK(errorOf<Error>([&] { s.evaluate(x.data(), labels.data(), nullptr); }).empty());
 
         // Targets of the wrong kind for the loss.
-        CHECK_THAT(errorOf([&] { s.backward(x.data(), targets.data()); }),
+        CHECK_THAT(errorOf<Error>([&] { s.backward(x.data(), targets.data()); }),
                    Catch::Contains("model m has loss cross_entropy: pass int32 class labels"));
         Session r(regression, 4, o);
-        CHECK_THAT(errorOf([&] { r.trainStep(x.data(), labels.data()); }),
+        CHECK_THAT(errorOf<Error>([&] { r.trainStep(x.data(), labels.data()); }),
                    Catch::Contains("model r has loss mse: pass float targets"));
-        CHECK_THAT(errorOf([&] { r.forward(x.data(), static_cast<const float*>(nullptr)); }),
+        CHECK_THAT(errorOf<Error>([&] { r.forward(x.data(), static_cast<const float*>(nullptr)); }),
                    Catch::Contains("forward: the targets are a null pointer"));
-        CHECK(errorOf([&] { r.backward(x.data(), targets.data()); }).empty());
+        CHECK(errorOf<Error>([&] { r.backward(x.data(), targets.data()); }).empty());
 
         // The arrays stay in place: a pointer taken once stays valid.
         const std::string saved = (std::filesystem::temp_directory_path() /
@@ -404,66 +391,66 @@ TEST_CASE("every misuse of a Session or a Model throws gradc::Error with a messa
         // Bad optimiser settings and parameter files.
         OptimizerOptions adam;
         adam.method = "adamw";
-        CHECK_THAT(errorOf([&] { s.setOptimizer(adam); }), Catch::Contains("adamw"));
-        CHECK_THAT(errorOf([&] { s.loadParameters("/nonexistent/p.safetensors"); }),
+        CHECK_THAT(errorOf<Error>([&] { s.setOptimizer(adam); }), Catch::Contains("adamw"));
+        CHECK_THAT(errorOf<Error>([&] { s.loadParameters("/nonexistent/p.safetensors"); }),
                    Catch::Contains("/nonexistent/p.safetensors"));
-        CHECK_THAT(errorOf([&] { s.saveParameters("/nonexistent/dir/p.safetensors"); }),
+        CHECK_THAT(errorOf<Error>([&] { s.saveParameters("/nonexistent/dir/p.safetensors"); }),
                    Catch::Contains("/nonexistent/dir/p.safetensors"));
 
         // A Session that was moved from: every call is an error; the one moved to works.
         Session moved(std::move(s));
         CHECK(moved.steps() == steps);
         const std::string gone = "this Session was moved from";
-        CHECK_THAT(errorOf([&] { (void)s.batch(); }), Catch::Contains("Session::batch: " + gone));
-        CHECK_THAT(errorOf([&] { (void)s.parameters(); }), Catch::Contains(gone));
-        CHECK_THAT(errorOf([&] { (void)s.gradients(); }), Catch::Contains(gone));
-        CHECK_THAT(errorOf([&] { s.initialiseParameters(1); }), Catch::Contains(gone));
-        CHECK_THAT(errorOf([&] { s.loadParameters("p"); }), Catch::Contains(gone));
-        CHECK_THAT(errorOf([&] { s.saveParameters("p"); }), Catch::Contains(gone));
-        CHECK_THAT(errorOf([&] { s.forward(x.data(), labels.data()); }), Catch::Contains(gone));
-        CHECK_THAT(errorOf([&] { s.forward(x.data(), targets.data()); }), Catch::Contains(gone));
-        CHECK_THAT(errorOf([&] { s.backward(x.data(), labels.data()); }), Catch::Contains(gone));
-        CHECK_THAT(errorOf([&] { s.backward(x.data(), targets.data()); }), Catch::Contains(gone));
-        CHECK_THAT(errorOf([&] { s.setOptimizer({}); }), Catch::Contains(gone));
-        CHECK_THAT(errorOf([&] { s.trainStep(x.data(), labels.data()); }), Catch::Contains(gone));
-        CHECK_THAT(errorOf([&] { s.trainStep(x.data(), targets.data()); }), Catch::Contains(gone));
-        CHECK_THAT(errorOf([&] { (void)s.steps(); }), Catch::Contains(gone));
-        CHECK_THAT(errorOf([&] { s.evaluate(x.data(), labels.data()); }), Catch::Contains(gone));
-        CHECK_THAT(errorOf([&] { s.evaluate(x.data(), targets.data()); }), Catch::Contains(gone));
-        CHECK_THAT(errorOf([&] { (void)s.layerOutputs(); }), Catch::Contains(gone));
-        CHECK_THAT(errorOf([&] { (void)s.gradientStatistics(); }), Catch::Contains(gone));
-        CHECK_THAT(errorOf([&] { (void)s.activationStatistics(); }), Catch::Contains(gone));
-        CHECK_THAT(errorOf([&] { (void)s.vanishingFactor(); }), Catch::Contains(gone));
+        CHECK_THAT(errorOf<Error>([&] { (void)s.batch(); }), Catch::Contains("Session::batch: " + gone));
+        CHECK_THAT(errorOf<Error>([&] { (void)s.parameters(); }), Catch::Contains(gone));
+        CHECK_THAT(errorOf<Error>([&] { (void)s.gradients(); }), Catch::Contains(gone));
+        CHECK_THAT(errorOf<Error>([&] { s.initialiseParameters(1); }), Catch::Contains(gone));
+        CHECK_THAT(errorOf<Error>([&] { s.loadParameters("p"); }), Catch::Contains(gone));
+        CHECK_THAT(errorOf<Error>([&] { s.saveParameters("p"); }), Catch::Contains(gone));
+        CHECK_THAT(errorOf<Error>([&] { s.forward(x.data(), labels.data()); }), Catch::Contains(gone));
+        CHECK_THAT(errorOf<Error>([&] { s.forward(x.data(), targets.data()); }), Catch::Contains(gone));
+        CHECK_THAT(errorOf<Error>([&] { s.backward(x.data(), labels.data()); }), Catch::Contains(gone));
+        CHECK_THAT(errorOf<Error>([&] { s.backward(x.data(), targets.data()); }), Catch::Contains(gone));
+        CHECK_THAT(errorOf<Error>([&] { s.setOptimizer({}); }), Catch::Contains(gone));
+        CHECK_THAT(errorOf<Error>([&] { s.trainStep(x.data(), labels.data()); }), Catch::Contains(gone));
+        CHECK_THAT(errorOf<Error>([&] { s.trainStep(x.data(), targets.data()); }), Catch::Contains(gone));
+        CHECK_THAT(errorOf<Error>([&] { (void)s.steps(); }), Catch::Contains(gone));
+        CHECK_THAT(errorOf<Error>([&] { s.evaluate(x.data(), labels.data()); }), Catch::Contains(gone));
+        CHECK_THAT(errorOf<Error>([&] { s.evaluate(x.data(), targets.data()); }), Catch::Contains(gone));
+        CHECK_THAT(errorOf<Error>([&] { (void)s.layerOutputs(); }), Catch::Contains(gone));
+        CHECK_THAT(errorOf<Error>([&] { (void)s.gradientStatistics(); }), Catch::Contains(gone));
+        CHECK_THAT(errorOf<Error>([&] { (void)s.activationStatistics(); }), Catch::Contains(gone));
+        CHECK_THAT(errorOf<Error>([&] { (void)s.vanishingFactor(); }), Catch::Contains(gone));
         s = std::move(moved); // a moved-from Session may be assigned to, and then works
         CHECK(s.steps() == steps);
-        CHECK_THAT(errorOf([&] { (void)moved.batch(); }), Catch::Contains(gone));
+        CHECK_THAT(errorOf<Error>([&] { (void)moved.batch(); }), Catch::Contains(gone));
     }
 
     // Sessions that cannot be made.
-    CHECK_THAT(errorOf([&] { Session(model, 0); }), Catch::Contains("batch size 0 is out of range"));
-    CHECK_THAT(errorOf([&] { Session(model, -5); }), Catch::Contains("batch size -5 is out of range"));
-    CHECK_THAT(errorOf([&] { Session(model, int64_t(1) << 40); }), Catch::Contains("is out of range"));
+    CHECK_THAT(errorOf<Error>([&] { Session(model, 0); }), Catch::Contains("batch size 0 is out of range"));
+    CHECK_THAT(errorOf<Error>([&] { Session(model, -5); }), Catch::Contains("batch size -5 is out of range"));
+    CHECK_THAT(errorOf<Error>([&] { Session(model, int64_t(1) << 40); }), Catch::Contains("is out of range"));
     SessionOptions gpu;
     gpu.backend = "gpu";
-    CHECK_THAT(errorOf([&] { Session(model, 4, gpu); }), Catch::Contains("backend 'gpu' is not one of jit, interp"));
+    CHECK_THAT(errorOf<Error>([&] { Session(model, 4, gpu); }), Catch::Contains("backend 'gpu' is not one of jit, interp"));
     SessionOptions negative;
     negative.threads = -1;
-    CHECK_THAT(errorOf([&] { Session(model, 4, negative); }), Catch::Contains("-1 threads is out of range"));
+    CHECK_THAT(errorOf<Error>([&] { Session(model, 4, negative); }), Catch::Contains("-1 threads is out of range"));
 
     // A Model that was moved from.
     Model m = model, other = std::move(m);
     CHECK(other.name() == "m");
     const std::string gone = "this Model was moved from";
-    CHECK_THAT(errorOf([&] { (void)m.name(); }), Catch::Contains(gone));
-    CHECK_THAT(errorOf([&] { (void)m.inputWidth(); }), Catch::Contains(gone));
-    CHECK_THAT(errorOf([&] { (void)m.outputWidth(); }), Catch::Contains(gone));
-    CHECK_THAT(errorOf([&] { (void)m.loss(); }), Catch::Contains(gone));
-    CHECK_THAT(errorOf([&] { (void)m.parameters(); }), Catch::Contains(gone));
-    CHECK_THAT(errorOf([&] { (void)m.parameterCount(); }), Catch::Contains(gone));
-    CHECK_THAT(errorOf([&] { (void)m.buffers(); }), Catch::Contains(gone));
-    CHECK_THAT(errorOf([&] { Session(m, 4); }), Catch::Contains(gone));
+    CHECK_THAT(errorOf<Error>([&] { (void)m.name(); }), Catch::Contains(gone));
+    CHECK_THAT(errorOf<Error>([&] { (void)m.inputWidth(); }), Catch::Contains(gone));
+    CHECK_THAT(errorOf<Error>([&] { (void)m.outputWidth(); }), Catch::Contains(gone));
+    CHECK_THAT(errorOf<Error>([&] { (void)m.loss(); }), Catch::Contains(gone));
+    CHECK_THAT(errorOf<Error>([&] { (void)m.parameters(); }), Catch::Contains(gone));
+    CHECK_THAT(errorOf<Error>([&] { (void)m.parameterCount(); }), Catch::Contains(gone));
+    CHECK_THAT(errorOf<Error>([&] { (void)m.buffers(); }), Catch::Contains(gone));
+    CHECK_THAT(errorOf<Error>([&] { Session(m, 4); }), Catch::Contains(gone));
     // Models that cannot be made.
-    CHECK_THAT(errorOf([] { Model::fromFile("/nonexistent/m.nn"); }), Catch::Contains("/nonexistent/m.nn: error"));
-    CHECK_THAT(errorOf([] { Model::fromString("bad.nn", "input 4\ndense 0\nloss mse\n"); }),
+    CHECK_THAT(errorOf<Error>([] { Model::fromFile("/nonexistent/m.nn"); }), Catch::Contains("/nonexistent/m.nn: error"));
+    CHECK_THAT(errorOf<Error>([] { Model::fromString("bad.nn", "input 4\ndense 0\nloss mse\n"); }),
                Catch::Contains("bad.nn:2"));
 }

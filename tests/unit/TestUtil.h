@@ -1,7 +1,9 @@
 // TestUtil.h — helpers shared by the tests.
 #pragma once
 
+#include "Codegen.h"
 #include "Interpreter.h"
+#include "Pipeline.h"
 #include "Source.h"
 
 #include <functional>
@@ -9,6 +11,7 @@
 #include <cmath>
 #include <random>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace gradc {
@@ -81,14 +84,36 @@ inline std::string randomModel(std::mt19937& rng, const std::string& prelude, co
     return text + losses[rng() % 3];
 }
 
-/// The diagnostic a UserError thrown by `f` prints; empty when `f` throws nothing.
-inline std::string errorOf(const std::function<void()>& f) {
+/// What `f` reports when it throws an E: a UserError's diagnostic as gradc prints it
+/// (format()), the message of any other exception type, such as the public API's
+/// gradc::Error (`errorOf<Error>`). Empty when `f` throws nothing; any other exception
+/// passes through, and fails the test.
+template <typename E = UserError> std::string errorOf(const std::function<void()>& f) {
     try {
         f();
-    } catch (const UserError& e) {
-        return e.format();
+    } catch (const E& e) {
+        if constexpr (std::is_same_v<E, UserError>) return e.format();
+        else return e.what();
     }
     return "";
+}
+
+/// The smallest trainable model (input 3, dense 2, mse; batch 4) compiled without the
+/// cache, for the tests of the compiled optimiser step (`update`).
+inline CompiledModel compiledUpdateStep() {
+    CodegenOptions co;
+    co.cache = false;
+    return compileModel(compileSource("t.nn", "input 3\ndense 2\nloss mse\n", {4}).graph, co);
+}
+
+/// Adds an input or a parameter node to a graph built by hand. A parameter is registered in
+/// g.params with `fanIn` (its initial scale in randomBindings; 0: its last dimension).
+inline ValueId addLeaf(Graph& g, Op op, const std::string& name, const Shape& shape, int64_t fanIn = 0) {
+    Node n = makeNode(op, {});
+    n.name = name, n.shape = shape;
+    ValueId v = g.add(std::move(n));
+    if (op == Op::Param) g.params.push_back({v, name, {}, fanIn ? fanIn : shape.back(), shape[0]});
+    return v;
 }
 
 /// A graph the model language cannot write yet, built with the IR's builders: gating by
@@ -97,21 +122,11 @@ inline std::string errorOf(const std::function<void()>& f) {
 inline Graph gatedGraph(int64_t batch) {
     Graph g;
     g.model = "gated", g.batch = batch, g.lossKind = "mse";
-    auto leaf = [&](Op op, const std::string& name, Shape shape) {
-        Node n = makeNode(op, {});
-        n.name = name, n.shape = std::move(shape);
-        return g.add(std::move(n));
-    };
-    auto param = [&](const std::string& name, Shape shape, int64_t fanIn) {
-        ValueId v = leaf(Op::Param, name, shape);
-        g.params.push_back({v, name, {}, fanIn, shape[0]});
-        return v;
-    };
     auto matmul = [&](ValueId a, ValueId b) { return g.add(makeNode(Op::MatMulNT, {}, {a, b})); };
-    ValueId x = leaf(Op::Input, "x", {batch, 5});
-    ValueId aw = param("a.weight", {4, 5}, 5), ab = param("a.bias", {4}, 5);
-    ValueId bw = param("b.weight", {4, 5}, 5), scale = param("scale", {4}, 1);
-    ValueId cw = param("c.weight", {3, 4}, 4);
+    ValueId x = addLeaf(g, Op::Input, "x", {batch, 5});
+    ValueId aw = addLeaf(g, Op::Param, "a.weight", {4, 5}), ab = addLeaf(g, Op::Param, "a.bias", {4}, 5);
+    ValueId bw = addLeaf(g, Op::Param, "b.weight", {4, 5}), scale = addLeaf(g, Op::Param, "scale", {4}, 1);
+    ValueId cw = addLeaf(g, Op::Param, "c.weight", {3, 4});
     g.activations.push_back(ActivationTable().instantiate({"tanh", {}, {}}));
     ValueId h = addActivation(g, 0, addBiasAdd(g, matmul(x, aw), ab, {}), {});
     ValueId u = matmul(x, bw);
@@ -119,7 +134,7 @@ inline Graph gatedGraph(int64_t batch) {
     ValueId scaled = addMap(g, scalar::make(scalar::Kind::Mul, {scalar::arg(0), scalar::arg(1)}),
                             {addMul(g, u, u, {}), scale}, {});
     ValueId z = matmul(addAdd(g, m, scaled, {}), cw);
-    ValueId loss = g.add(makeNode(Op::MSE, {}, {z, leaf(Op::Input, "target", {batch, 3})}));
+    ValueId loss = g.add(makeNode(Op::MSE, {}, {z, addLeaf(g, Op::Input, "target", {batch, 3})}));
     g.outputs = {{OutputRole::Logits, "", z}, {OutputRole::Loss, "", loss}};
     return g;
 }

@@ -54,10 +54,7 @@ template <typename A, typename B> double maxRelativeDifference(const std::vector
 } // namespace
 
 TEST_CASE("the compiled optimiser step computes torch.optim's formulas", "[train]") {
-    Graph g = compileSource("t.nn", "input 3\ndense 2\nloss mse\n", {4}).graph;
-    CodegenOptions co;
-    co.cache = false;
-    CompiledModel cm = compileModel(g, co);
+    const CompiledModel cm = compiledUpdateStep();
     REQUIRE(cm.update);
     OptimizerOptions sgd, momentum, nesterov, damped, adam, adamw;
     momentum.momentum = 0.9;

@@ -1,6 +1,7 @@
 // Commands.h — the gradc commands, one file each: `NAMEOptions` declares a command's options,
-// `runNAME` runs it and returns the exit status (a usage mistake throws UsageError, an error in
-// the user's input UserError). main.cpp's table lists them with their usage lines.
+// `runNAME` runs it and returns the exit status (a usage mistake throws UsageError, or a job's
+// OptionError for an option out of range; an error in the user's input UserError). main.cpp's
+// table lists them with their usage lines.
 #pragma once
 
 #include "Options.h"

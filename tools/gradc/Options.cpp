@@ -67,15 +67,6 @@ uint64_t seedOption(const po::variables_map& vm) {
     return v;
 }
 
-double realOption(const po::variables_map& vm, const char* name, const char* what, double low,
-                  double high) {
-    const double v = vm[name].as<double>();
-    if (!std::isfinite(v) || v < low || !(v < high))
-        throw UsageError(std::isinf(high) ? fmt::format("--{}: {} {} is not a finite number >= {}", name, what, v, low)
-                                          : fmt::format("--{}: {} {} is not in [{}, {})", name, what, v, low, high));
-    return v;
-}
-
 CodegenOptions codegenOptions(const po::variables_map& vm) {
     CodegenOptions o;
     if (vm.count("threads")) {

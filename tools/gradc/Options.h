@@ -45,10 +45,6 @@ SemaOptions semaOptions(const po::variables_map& vm);
 /// --seed: a whole number from 0 to 2^64 - 1. Read as text, because Boost reads "-1" as an
 /// unsigned number (2^64 - 1) without a word.
 uint64_t seedOption(const po::variables_map& vm);
-/// A real-valued option that must be finite and at least `low` (and below `high` when
-/// given); `what` names the quantity in the message.
-double realOption(const po::variables_map& vm, const char* name, const char* what, double low,
-                  double high = INFINITY);
 /// --dtype, --threads (CodegenOptions::threads; 0: all cores), --no-cache.
 CodegenOptions codegenOptions(const po::variables_map& vm);
 /// The value of a file option, or "" when it is not given.

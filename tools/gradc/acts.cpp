@@ -25,8 +25,10 @@ void actsOptions(po::options_description& d) {
 
 /// `gradc acts MODEL`: each layer's output distribution over the first 1024 training images.
 int runActs(const po::variables_map& vm) {
-    const int64_t count = vm["count"].as<int64_t>();
-    if (count < 1 || count > kMaxBatch) throw UsageError(fmt::format("--count {} is out of range (1 to {})", count, kMaxBatch));
+    ActsOptions o;
+    o.count = vm["count"].as<int64_t>();
+    checkJobOptions(o);
+    const int64_t count = o.count;
     const std::string dir = vm["data"].as<std::string>(), path = vm["model"].as<std::string>();
     const std::string format = vm["format"].as<std::string>();
     if (format != "table" && format != "json") throw UsageError(fmt::format("--format={} is not table or json", format));
@@ -36,9 +38,7 @@ int runActs(const po::variables_map& vm) {
     outputs.input(fileOption(vm, "params"));
     declareDataInputs(outputs, dir);
     outputs.output(fileOption(vm, "plot"), "the figure");
-    ActsOptions o;
     static_cast<ClassifierOptions&>(o) = classifierOptions(vm);
-    o.count = count;
     const ActsRun run = gradc::runActs(o);
     if (format == "json") {
         fmt::print("{}", formatLayersJson(run.model, count, run.layers));

@@ -22,7 +22,7 @@ int runBench(const po::variables_map& vm) {
     BenchOptions o;
     o.batch = semaOptions(vm).batch;
     o.steps = vm["steps"].as<int>();
-    if (o.steps < 1 || o.steps > 1000000) throw UsageError(fmt::format("--steps {} is out of range (1 to 1000000)", o.steps));
+    checkJobOptions(o);
     const CodegenOptions codegen = codegenOptions(vm);
     o.f64 = codegen.f64, o.cache = codegen.cache, o.threads = codegen.threads;
     o.profile = vm.count("profile") != 0;

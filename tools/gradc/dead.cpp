@@ -22,8 +22,7 @@ int runDead(const po::variables_map& vm) {
     o.batch = semaOptions(vm).batch;
     dataOptions(vm); // --normalize checked first
     o.val = vm["val"].as<int64_t>(), o.limit = vm["limit"].as<int64_t>();
-    if (o.val < 0) throw UsageError(fmt::format("--val {} must not be negative", o.val));
-    if (o.limit < 0) throw UsageError(fmt::format("--limit {} must not be negative", o.limit));
+    checkJobOptions(o);
     static_cast<ClassifierOptions&>(o) = classifierOptions(vm);
     const DeadResult r = gradc::runDead(o);
     fmt::print("{}: units that output zero for all {} training images (evaluation mode)\n\n", r.model,

@@ -3,6 +3,7 @@
 // the user's input (model, data, parameters), 2 a usage error (unknown command, option or
 // value).
 #include "Commands.h"
+#include "Jobs.h"
 #include "Pipeline.h"
 
 #include <fmt/format.h>
@@ -32,7 +33,7 @@ const std::vector<Command>& commands() {
          "parse and verify a model; print its layers, shapes and parameters",
          checkOptions, runCheck},
         {"dump", "MODEL --emit=STAGE [--batch N]",
-         "print a pipeline stage: ast, graph, grad, kernels, memplan, llvm, asm",
+         "print a pipeline stage: ast, graph, grad, layout, kernels, memplan, llvm, asm",
          dumpOptions, runDump},
         {"grads", "MODEL... [--data DIR] [--batch N] [--seed N] [--format table|json|csv] [--backend jit|interp]",
          "one batch forward and backward; per-layer gradient statistics",
@@ -98,6 +99,9 @@ int runCommand(const Command& c, const std::vector<std::string>& args) {
         return c.run(vm);
     } catch (const UsageError& e) {
         fmt::print(stderr, "gradc {}: error: {}\n{}", c.name, e.what(), commandUsage(c, visible));
+        return 2;
+    } catch (const OptionError& e) { // a job's option out of range: named as the command line spells it
+        fmt::print(stderr, "gradc {}: error: {}\n{}", c.name, e.flag, commandUsage(c, visible));
         return 2;
     }
 }

@@ -53,27 +53,14 @@ int runTrain(const po::variables_map& vm) {
     o.seed = seedOption(vm);
     o.maxSteps = vm["steps"].as<int64_t>();
     o.val = vm["val"].as<int64_t>(), o.limit = vm["limit"].as<int64_t>();
-    if (o.epochs < 1 || o.epochs > 100000) throw UsageError(fmt::format("--epochs {} is out of range (1 to 100000)", o.epochs));
-    if (o.patience < 1) throw UsageError(fmt::format("--patience {} must be at least 1", o.patience));
-    if (o.maxSteps < 0) throw UsageError(fmt::format("--steps {} must not be negative", o.maxSteps));
-    if (o.val < 1) throw UsageError(fmt::format("--val {} must be at least 1", o.val));
-    if (o.limit < 0) throw UsageError(fmt::format("--limit {} must not be negative", o.limit));
     o.save = fileOption(vm, "save"), o.log = fileOption(vm, "log"), o.logdir = fileOption(vm, "logdir");
     OptimizerOptions& opt = o.optimizer;
     opt.method = vm["optimizer"].as<std::string>();
-    if (opt.method != "sgd" && opt.method != "adam")
-        throw UsageError(fmt::format("--optimizer={} is not sgd or adam", opt.method));
-    opt.lr = vm.count("lr") ? realOption(vm, "lr", "learning rate", 0) : opt.method == "adam" ? 1e-3 : 1e-2;
-    opt.momentum = realOption(vm, "momentum", "momentum", 0);
-    opt.weightDecay = realOption(vm, "weight-decay", "weight decay", 0);
+    opt.lr = vm.count("lr") ? vm["lr"].as<double>() : opt.method == "adam" ? 1e-3 : 1e-2;
+    opt.momentum = vm["momentum"].as<double>(), opt.weightDecay = vm["weight-decay"].as<double>();
     opt.nesterov = vm.count("nesterov") != 0;
-    opt.beta1 = realOption(vm, "beta1", "Adam's beta1", 0, 1), opt.beta2 = realOption(vm, "beta2", "Adam's beta2", 0, 1);
-    opt.eps = realOption(vm, "eps", "Adam's eps", 0);
-    try {
-        hyperParameters(opt, 1);
-    } catch (const UserError& e) {
-        throw UsageError(e.what());
-    }
+    opt.beta1 = vm["beta1"].as<double>(), opt.beta2 = vm["beta2"].as<double>(), opt.eps = vm["eps"].as<double>();
+    checkJobOptions(o); // the ranges, then the optimiser's options
     const std::string dir = vm["data"].as<std::string>(), path = vm["model"].as<std::string>();
     dataOptions(vm); // --normalize checked before any file
     // Every output checked before any data is loaded or code compiled.

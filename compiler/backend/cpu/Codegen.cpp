@@ -227,8 +227,6 @@ CompiledModel compileModel(const Graph& fwd, const CodegenOptions& opts) {
     timer("JIT: load and link");
     out.workspaceBytes = std::max(programs.forward.workspaceBytes, programs.backward.workspaceBytes);
     out.layout = programs.layout;
-    out.parameterCount = programs.layout.parameterCount();
-    out.activationCount = programs.layout.size(Array::Acts);
     out.f64 = opts.f64;
     out.compileMs = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
     return out;

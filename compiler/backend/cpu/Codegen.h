@@ -31,9 +31,7 @@ struct CompiledModel {
     using Update = void (*)(void*, const void*, void*, void*, const double*, int64_t, int64_t);
     Update update = nullptr;
     int64_t workspaceBytes = 0; ///< enough for either entry point
-    Layout layout;              ///< where the entry points' buffers are
-    int64_t parameterCount = 0; ///< elements of the flat parameter (and gradient) array
-    int64_t activationCount = 0; ///< elements of the `acts` array
+    Layout layout;              ///< where the entry points' buffers are, and their sizes
     bool f64 = false;
     bool cacheHit = false;
     std::string cacheProblem;   ///< why the cache folder or entry was ignored; empty if it was not

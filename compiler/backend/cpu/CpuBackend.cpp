@@ -1,6 +1,6 @@
 // CpuBackend.cpp — the "jit" backend: LLVM-compiled entry points behind the Executable
-// interface. The one place on the C++ side that knows the order of the entry points'
-// arguments (LowerToLLVM.h documents it).
+// interface. The one place in the runtime's path that knows the order of the entry points'
+// arguments (EntryAbi.h defines it).
 #include "CpuBackend.h"
 
 #include <fmt/format.h>

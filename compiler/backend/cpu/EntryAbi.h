@@ -20,14 +20,15 @@ enum class EntryPoint { Forward, Backward };
 /// The arguments of gradc_forward and gradc_backward, in order: seven pointers, the same
 /// in both, no two of which alias. Two of them (Out0, Out1) mean different things in each.
 enum class EntryArg : unsigned {
-    Params,    ///< const T*: every parameter, one flat array in parameter order, PyTorch's [out, in]
+    Params,    ///< const T*: the Layout's State array: every parameter in PyTorch's order and
+               ///< layout ([out, in]), then the running statistics (read in evaluation mode)
     Input,     ///< const T*: the input batch x
     Target,    ///< const void*: int32 class labels for cross_entropy, T values otherwise
     Out0,      ///< T*: forward: the logits; backward: the loss (one T)
-    Out1,      ///< T*: forward: the loss (one T); backward: the gradients, laid out as params
-    Acts,      ///< T*: the values the runtime reads back (the kept activations of the Layout), one after
-               ///< another: each hidden activation's input, each batchnorm's input, and in
-               ///< evaluation mode every module's output
+    Out1,      ///< T*: forward: the loss (one T); backward: the gradients, at the parameters' offsets
+    Acts,      ///< T*: the Layout's Acts array, the values the runtime reads back: each hidden
+               ///< activation's input, each batchnorm's input, in evaluation mode every module's
+               ///< output, then each training-mode batchnorm's batch mean and unbiased variance
     Workspace, ///< void*: temporaries and the matrix-product scratch (workspaceBytes, 64-byte aligned)
 };
 constexpr unsigned kEntryArgCount = 7;

@@ -126,11 +126,4 @@ void Lowering::normalisation(const Kernel& k) {
     else body(nullptr);
 }
 
-// The normalisation ops' kernels (Ops.def's GRADC_KERNEL rows), all one lowering.
-template <> void Lowering::lowerOp<Op::BatchNorm>(const Kernel& k) { normalisation(k); }
-template <> void Lowering::lowerOp<Op::BatchNormGradX>(const Kernel& k) { normalisation(k); }
-template <> void Lowering::lowerOp<Op::BatchNormGradGamma>(const Kernel& k) { normalisation(k); }
-template <> void Lowering::lowerOp<Op::LayerNormNormalise>(const Kernel& k) { normalisation(k); }
-template <> void Lowering::lowerOp<Op::LayerNormNormaliseGrad>(const Kernel& k) { normalisation(k); }
-
 } // namespace gradc

@@ -23,6 +23,7 @@ void Lowering::vectorWidth(llvm::Function* f) {
 }
 
 void Lowering::loop(int64_t n, const char* name, const std::function<void(llvm::Value*)>& body, bool vectorise) {
+    internal_assert(n >= 1, "a counted loop without iterations"); // the body would run once
     llvm::BasicBlock* pre = b_.GetInsertBlock();
     auto* header = llvm::BasicBlock::Create(ctx_, std::string(name) + ".loop", fn_);
     auto* exit = llvm::BasicBlock::Create(ctx_, std::string(name) + ".end", fn_);

@@ -7,7 +7,7 @@
 //   LowerScalar.cpp  scalar expressions (with the inline expf) and element-wise loop kernels
 //   LowerGemm.cpp    matrix products: the packing of B, the register-tile micro-kernel, threads
 //   LowerLoss.cpp    softmax cross-entropy, BCE with logits, MSE
-//   LowerNorm.cpp    normalisations (batchnorm, its gradients) by the op they compute
+//   LowerNorm.cpp    normalisations (batchnorm, layernorm, their gradients) by the op they compute
 //   LowerUpdate.cpp  the optimiser step (gradc_update)
 // Loops are emitted plainly with static bounds; the optimiser (O3, the host's vector width)
 // vectorises them. Floating-point operations carry only `reassoc contract` (and `afn` on
@@ -65,10 +65,13 @@ private:
     llvm::Value* load(llvm::Value* basePtr, llvm::Value* index) { return b_.CreateLoad(T_, at(basePtr, index)); }
     void store(llvm::Value* v, llvm::Value* basePtr, llvm::Value* index) { b_.CreateStore(v, at(basePtr, index)); }
 
-    /// for (i = 0; i < n; ++i) body(i); `vectorise` false keeps the optimiser from vectorising
-    /// it (strided copies would become gathers and scatters).
+    /// for (i = 0; i < n; ++i) body(i) with a bound n >= 1 known now, emitted as a do-while
+    /// (the test after the body); `vectorise` false keeps the optimiser from vectorising it
+    /// (strided copies would become gathers and scatters).
     void loop(int64_t n, const char* name, const std::function<void(llvm::Value*)>& body, bool vectorise = true);
-    /// for (i = 0; i < n; ++i) body(i), with a bound known only at run time.
+    /// for (i = 0; i < n; ++i) body(i), with a bound known only at run time (it may be 0: the
+    /// test comes first). Not written with `loop`, nor `loop` with it: either way the emitted
+    /// code would change.
     void loopTo(llvm::Value* n, const char* name, const std::function<void(llvm::Value*)>& body);
     /// A scalar variable in the entry block (promoted to a register by the optimiser).
     llvm::Value* variable(llvm::Type* ty, llvm::Value* init);
@@ -133,14 +136,9 @@ private:
 
     void softmaxCrossEntropy(const Kernel& k);
     void pairwiseLoss(const Kernel& k);
+    /// The kernel of every op with trait::Normalisation (batchnorm, layernorm, their
+    /// gradients); formOf in LowerNorm.cpp says what each computes.
     void normalisation(const Kernel& k);
-
-    // ---- The kernels of ops with kernels of their own (Ops.def's GRADC_KERNEL rows): one
-    // specialisation per op, defined in the Lower*.cpp file of its family.
-    template <Op op> void lowerOp(const Kernel& k);
 };
-
-#define GRADC_KERNEL(name, scratch) template <> void Lowering::lowerOp<Op::name>(const Kernel& k);
-#include "Ops.def"
 
 } // namespace gradc

@@ -3,26 +3,33 @@
 // against.
 #pragma once
 
+#include "EntryAbi.h"
+
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 
 namespace gradc {
 
-/// `h`: method (0 SGD, 1 SGD with momentum, 2 Adam), lr, weight decay, momentum, dampening,
-/// nesterov, beta1, beta2, eps, 1 - beta1^t, sqrt(1 - beta2^t) (hyperParameters() in
+/// The step over [begin, end), in T's precision, exactly as gradc_update computes it. `h`:
+/// gradc_update's hyper-parameters, in HyperSlot order (EntryAbi.h; hyperParameters() in
 /// runtime/Optimizer.h gives them).
-/// The step over [begin, end), in T's precision, exactly as gradc_update computes it.
 template <typename T> void referenceUpdate(const double* h, T* p, const T* g, T* m, T* v, int64_t begin, int64_t end) {
-    const T lr = T(h[1]), wd = T(h[2]), mom = T(h[3]), damp = T(h[4]), b1 = T(h[6]), b2 = T(h[7]), eps = T(h[8]),
-            bc1 = T(h[9]), bc2 = T(h[10]);
+    auto at = [h](HyperSlot s) { return h[size_t(s)]; };
+    const T lr = T(at(HyperSlot::Lr)), wd = T(at(HyperSlot::WeightDecay)), mom = T(at(HyperSlot::Momentum)),
+            damp = T(at(HyperSlot::Dampening)), b1 = T(at(HyperSlot::Beta1)), b2 = T(at(HyperSlot::Beta2)),
+            eps = T(at(HyperSlot::Eps)), bc1 = T(at(HyperSlot::BiasCorrection1)),
+            bc2 = T(at(HyperSlot::BiasCorrection2Sqrt));
+    const double method = at(HyperSlot::Method);
+    const bool nesterov = at(HyperSlot::Nesterov) != 0;
     for (int64_t i = begin; i < end; ++i) {
         T grad = g[i] + wd * p[i];
-        if (h[0] == 0) {
+        if (method == double(OptimizerMethod::Sgd)) {
             p[i] -= lr * grad;
-        } else if (h[0] == 1) {
+        } else if (method == double(OptimizerMethod::SgdMomentum)) {
             m[i] = mom * m[i] + (T(1) - damp) * grad;
-            p[i] -= lr * (h[5] != 0 ? grad + mom * m[i] : m[i]);
-        } else {
+            p[i] -= lr * (nesterov ? grad + mom * m[i] : m[i]);
+        } else { // Adam
             m[i] = b1 * m[i] + (T(1) - b1) * grad;
             v[i] = b2 * v[i] + (T(1) - b2) * (grad * grad);
             p[i] -= (lr / bc1) * (m[i] / (std::sqrt(v[i]) / bc2 + eps));
