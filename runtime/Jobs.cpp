@@ -82,6 +82,12 @@ double matmulFlops(const Graph& g) {
 
 } // namespace
 
+void checkThreads(int threads) {
+    require(threads >= 0 && threads <= 1024, "threads", threads, "{} threads ", "is out of range (0 for all cores, up to 1024)");
+}
+
+void checkJobOptions(const GradsOptions& o) { checkThreads(o.session.threads); }
+
 void checkJobOptions(const TrainingOptions& o) {
     require(o.epochs >= 1 && o.epochs <= 100000, "epochs", o.epochs, "{} epochs ", "is out of range (1 to 100000)");
     require(o.patience >= 1, "patience", o.patience, "a patience of {} epochs: ", "must be at least 1");
@@ -89,24 +95,29 @@ void checkJobOptions(const TrainingOptions& o) {
     require(o.val >= 1, "val", o.val, "{} validation images: ", "must be at least 1");
     require(o.limit >= 0, "limit", o.limit, "a limit of {} images: ", "must not be negative");
     hyperParameters(o.optimizer, 1);
+    checkThreads(o.session.threads);
 }
 
 void checkJobOptions(const ActsOptions& o) {
     require(o.count >= 1 && o.count <= kMaxBatch, "count", o.count, "{} images ",
             fmt::format("is out of range (1 to {})", kMaxBatch));
+    checkThreads(o.session.threads);
 }
 
 void checkJobOptions(const DeadOptions& o) {
     require(o.val >= 0, "val", o.val, "{} validation images: ", "must not be negative");
     require(o.limit >= 0, "limit", o.limit, "a limit of {} images: ", "must not be negative");
+    checkThreads(o.session.threads);
 }
 
 void checkJobOptions(const BenchOptions& o) {
     require(o.steps >= 1 && o.steps <= 1000000, "steps", o.steps, "{} steps ", "is out of range (1 to 1000000)");
+    checkThreads(o.threads);
 }
 
 GradsRun runGrads(const GradsOptions& o, const std::function<void(const GradsModel&)>& onModel) {
     if (o.models.empty()) throw UserError({}, "no model to run");
+    checkJobOptions(o);
     if (!o.params.empty() && o.models.size() != 1) throw UserError({}, "parameters from a file need exactly one model");
     if (o.session.backend != "interp" && o.session.backend != "jit")
         throw UserError({}, fmt::format("backend '{}' is not one of jit, interp", o.session.backend));

@@ -23,10 +23,14 @@ namespace gradc {
 /// A job's option ranges (and a training run's optimiser options), the one place they are
 /// checked: each job checks its options first, and the command calls the same check where it
 /// reads them. Throw OptionError (Optimizer.h).
+void checkJobOptions(const GradsOptions& o);
 void checkJobOptions(const TrainingOptions& o);
 void checkJobOptions(const ActsOptions& o);
 void checkJobOptions(const DeadOptions& o);
 void checkJobOptions(const BenchOptions& o);
+/// A thread count for compiled code: 0 (all cores) to 1024, as Session takes it (the code
+/// reserves scratch per thread).
+void checkThreads(int threads);
 
 /// One model of a grads run.
 struct GradsModel {

@@ -171,6 +171,24 @@ TEST_CASE("gradc::bench times the step with the threads it is given", "[jobs]") 
     CHECK_THAT(errorOf<Error>([&] { bench(o); }), Catch::Contains("0 steps is out of range"));
 }
 
+TEST_CASE("the jobs take the thread counts Session takes, and no more", "[jobs]") {
+    // Compiled code reserves scratch per thread: ten million threads overflowed its size.
+    BenchOptions b;
+    b.model = kTiny;
+    b.threads = 10000000;
+    CHECK_THAT(errorOf<Error>([&] { bench(b); }), Catch::Contains("10000000 threads is out of range"));
+    b.threads = -1;
+    CHECK_THAT(errorOf<Error>([&] { bench(b); }), Catch::Contains("-1 threads is out of range"));
+    GradsOptions g;
+    g.models = {kTiny};
+    g.session.threads = 10000000;
+    CHECK_THAT(errorOf<Error>([&] { grads(g); }), Catch::Contains("10000000 threads is out of range"));
+    ActsOptions a;
+    a.model = kTiny;
+    a.session.threads = 2000;
+    CHECK_THAT(errorOf<Error>([&] { acts(a); }), Catch::Contains("2000 threads is out of range"));
+}
+
 TEST_CASE("gradc::train trains as gradc train does", "[jobs]") {
     TrainingOptions o;
     o.model = kRelu;

@@ -2,6 +2,7 @@
 #include "Options.h"
 
 #include "Data.h"
+#include "Jobs.h"
 #include "Pipeline.h"
 
 #include <fmt/format.h>
@@ -70,10 +71,8 @@ uint64_t seedOption(const po::variables_map& vm) {
 CodegenOptions codegenOptions(const po::variables_map& vm) {
     CodegenOptions o;
     if (vm.count("threads")) {
-        const int threads = vm["threads"].as<int>();
-        if (threads < 0 || threads > 1024)
-            throw UsageError(fmt::format("--threads {} is out of range (0 for all cores, up to 1024)", threads));
-        o.threads = threads;
+        o.threads = vm["threads"].as<int>();
+        checkThreads(o.threads);
     }
     o.cache = !vm.count("no-cache");
     const std::string dtype = vm["dtype"].as<std::string>();
