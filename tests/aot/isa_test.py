@@ -6,7 +6,9 @@ tests/aot/example.c with plain cc.
   - its only global symbols are the header's functions (every variant's code is local);
   - left to itself it runs the best level this CPU has, computed here from /proc/cpuinfo;
   - forced to each level this CPU has (model_select_isa), its gradients match the JIT's;
-  - a level this CPU lacks, or that the object does not hold, is refused.
+  - a level this CPU lacks, or that the object does not hold, is refused;
+  - where qemu-x86_64 is installed, on an emulated Haswell (AVX2, no AVX-512) it runs level 3
+    and on qemu's baseline CPU level 1, with the JIT's gradients.
 
 Usage: isa_test.py GRADC REFERENCE CC SOURCE_DIR WORK MODEL
 """
@@ -110,6 +112,24 @@ for level in (1, 3, 4):
         fail(f"level {level}, which this CPU lacks, was not refused: exit {p.returncode}\n{p.stdout}{p.stderr}")
     else:
         print(f"level {level}: refused, as this CPU lacks it")
+
+# Other CPUs, emulated by qemu's user mode where it is installed (it reports to cpuid the
+# features of the CPU it is told, and has no AVX-512): a Haswell runs x86-64-v3 and refuses
+# level 4; qemu's own baseline CPU (SSE3 at most) runs level 1 and refuses 3 and 4.
+qemu = shutil.which("qemu-x86_64")
+if not qemu:
+    print("qemu-x86_64 is not installed (Debian: qemu-user): the emulated CPUs are left out")
+for cpu, level in (("Haswell-v4", 3), ("qemu64", 1)) if qemu else ():
+    emulated = [qemu, "-cpu", cpu, os.path.join(WORK, "example"), "params.safetensors"]
+    p = run(*emulated, f"grads-{cpu}.out")
+    if p.stdout.splitlines()[0] != f"isa {level} {names[level]}":
+        fail(f"on an emulated {cpu}, the automatic choice ran '{p.stdout.splitlines()[0]}', not level {level}")
+    r = run(REFERENCE, MODEL, BATCH, "params.safetensors", f"grads-{cpu}.out")
+    print(f"emulated {cpu}: isa {level}; {r.stdout.splitlines()[-1]}")
+    for lacking in (l for l in names if l > level):
+        p = run(*emulated, "grads.out", str(lacking), rc=3)
+        if not p.stdout.startswith(f"level {lacking} refused; isa {level}"):
+            fail(f"on an emulated {cpu}, level {lacking}: {p.stdout}")
 
 # Levels the object does not hold are refused, and the choice stays as it was.
 for level in (2, 5, -1, 64):
