@@ -63,7 +63,7 @@ std::unique_ptr<llvm::TargetMachine> targetMachine(const std::string& requested,
     std::string cpu = requested == "generic" ? "x86-64" : requested == "native" ? Jit::hostCpu() : requested;
     std::string features = requested == "native" ? Jit::hostFeatures() : "";
     // Checked before the target machine exists: creating one for an unknown CPU prints to stderr.
-    if (!isKnownCpu(requested) || requested == kPortableCpu)
+    if (!isKnownCpu(requested) || requested == kPortableCpu) // portable: several target machines (variantsFor)
         throw UserError({}, fmt::format("--target-cpu {} is not a CPU LLVM knows (portable, generic, native, or one "
                                         "of the names `gradc compile MODEL --target-cpu help` lists)", requested));
     std::unique_ptr<llvm::TargetMachine> tm(target.createTargetMachine(
