@@ -430,6 +430,19 @@ std::string header(const Graph& g, const Programs& p, const AotOptions& opts, co
         h += row(*e[0]);
     }
     h += "};\n\n";
+    // Instruction set levels as the x86-64 psABI numbers them.
+    const std::string about =
+        variants.size() > 1
+            ? fmt::format("/* The code that runs. The object holds the model's code for {} instruction set levels, as\n"
+                          "   the x86-64 psABI numbers them: {}\n"
+                          "   (1: the x86-64 baseline, SSE2; 3: AVX2 and FMA; 4: AVX-512). The first call of\n"
+                          "   forward, backward, update or isa chooses the highest level this CPU runs (cpuid, and\n"
+                          "   the operating system's support), once for all threads. */\n",
+                          variants.size(), names)
+            : fmt::format("/* The code that runs: the object holds code for one CPU, {}, which needs x86-64\n"
+                          "   level {} (as the x86-64 psABI numbers them; 1: the baseline, SSE2; 3: AVX2 and FMA;\n"
+                          "   4: AVX-512) or more. */\n",
+                          variants.front().cpu, variants.front().level);
     h += fmt::format("uint32_t {p}_abi_version(void);\n"
                      "void {p}_forward(const {r}* params, const {r}* x, const void* target, {r}* logits, {r}* loss,\n"
                      "                 {r}* acts, void* workspace);\n"
@@ -440,11 +453,7 @@ std::string header(const Graph& g, const Programs& p, const AotOptions& opts, co
                      "   1 - beta1^t, sqrt(1 - beta2^t)}}; m and v are the optimiser's state, zero at first. */\n"
                      "void {p}_update({r}* params, const {r}* grads, {r}* m, {r}* v, const double* hyper,\n"
                      "                int64_t begin, int64_t end);\n\n"
-                     "/* The code that runs. The object holds the model's code for {n} instruction set level{s}, as\n"
-                     "   the x86-64 psABI numbers them: {names}\n"
-                     "   (1: the x86-64 baseline, SSE2; 3: AVX2 and FMA; 4: AVX-512). The first call of\n"
-                     "   forward, backward, update or isa chooses the highest level this CPU runs (cpuid, and\n"
-                     "   the operating system's support), once for all threads. */\n"
+                     "{about}"
                      "#define {up}_ISA_VARIANTS {n}\n"
                      "static const int {p}_isa_levels[{n}] = {{{levels}}};\n"
                      "/* The level that runs (choosing it if nothing has yet). */\n"
@@ -457,7 +466,7 @@ std::string header(const Graph& g, const Programs& p, const AotOptions& opts, co
                      "int {p}_select_isa(int level);\n\n"
                      "#ifdef __cplusplus\n}}\n#endif\n\n#endif\n",
                      fmt::arg("p", prefix), fmt::arg("r", real), fmt::arg("up", up), fmt::arg("n", variants.size()),
-                     fmt::arg("s", variants.size() > 1 ? "s" : ""), fmt::arg("names", names), fmt::arg("levels", levels));
+                     fmt::arg("levels", levels), fmt::arg("about", about));
     return h;
 }
 
