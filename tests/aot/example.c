@@ -1,8 +1,10 @@
 /* example.c - a C program that links a model compiled ahead of time by `gradc compile`.
- *   example PARAMS.safetensors GRADS.out
+ *   example PARAMS.safetensors GRADS.out [LEVEL]
  * Loads the parameters (a safetensors file that gradc wrote: float32 tensors, found by name),
  * runs the backward function on a deterministic batch, and writes the gradients as raw
- * float32 for the test to compare with the JIT's. Built with plain `cc`: no LLVM. */
+ * float32 for the test to compare with the JIT's. Built with plain `cc`: no LLVM.
+ * With LEVEL, runs the code of that instruction set level (model_select_isa), and exits with
+ * status 3 if the object refuses it. Prints the level that ran: "isa LEVEL NAME". */
 #include "model.h"
 
 #include <stdio.h>
@@ -10,14 +12,33 @@
 #include <string.h>
 
 int main(int argc, char** argv) {
-    if (argc != 3) {
-        fprintf(stderr, "usage: example PARAMS.safetensors GRADS.out\n");
+    if (argc != 3 && argc != 4) {
+        fprintf(stderr, "usage: example PARAMS.safetensors GRADS.out [LEVEL]\n");
         return 2;
     }
     if (model_abi_version() != MODEL_ABI_VERSION) {
         fprintf(stderr, "object and header disagree: ABI %u vs %u\n", model_abi_version(), MODEL_ABI_VERSION);
         return 1;
     }
+    if (argc == 4) {
+        const int level = atoi(argv[3]);
+        if (model_select_isa(level) != 0) {
+            printf("level %d refused; isa %d %s\n", level, model_isa(), model_isa_name());
+            return 3;
+        }
+        if (level != 0 && model_isa() != level) {
+            fprintf(stderr, "level %d selected, but model_isa() says %d\n", level, model_isa());
+            return 1;
+        }
+    }
+    /* The variant that runs is one of the object's. */
+    int known = 0;
+    for (int i = 0; i < MODEL_ISA_VARIANTS; ++i) known |= model_isa_levels[i] == model_isa();
+    if (!known) {
+        fprintf(stderr, "model_isa() says %d, not a level of the object\n", model_isa());
+        return 1;
+    }
+    printf("isa %d %s\n", model_isa(), model_isa_name());
     static float params[MODEL_PARAMETERS], grads[MODEL_PARAMETERS], acts[MODEL_ACTIVATIONS];
     static float x[MODEL_BATCH * MODEL_INPUTS];
     static int32_t labels[MODEL_BATCH];

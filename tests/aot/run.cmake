@@ -1,7 +1,7 @@
 # run.cmake — compiles a model ahead of time, builds tests/aot/example.c with plain cc (no
 # LLVM headers or libraries), runs it, and compares its gradients with the JIT's.
 #   -DGRADC=gradc -DREFERENCE=reference -DCC=cc -DSOURCE=tests/aot -DWORK=scratch -DMODEL=model.nn
-#   -DCPU=generic|native
+#   -DCPU=portable|generic|native|NAME
 file(REMOVE_RECURSE ${WORK})
 file(MAKE_DIRECTORY ${WORK})
 function(step)

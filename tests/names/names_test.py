@@ -134,12 +134,12 @@ with tempfile.TemporaryDirectory() as tmp:
         model = os.path.join(SRC, "models", "seed_relu.nn")
         p = run("compile", model, "-o", obj, "--target-cpu", "bogus", rc=2)
         usage = run("compile", "--help").stdout
-        line = (b"gradc compile: error: --target-cpu bogus is not a CPU LLVM knows (generic, native, or a name "
+        line = (b"gradc compile: error: --target-cpu bogus is not a CPU LLVM knows (portable, generic, native, or a name "
                 b"that 'gradc compile MODEL --target-cpu help' lists)\n")
         check(p.stderr == line + usage, f"one line, then the usage, and nothing from LLVM:\n{p.stderr.decode()}")
         check(p.stdout == b"" and not os.path.exists(obj), "no output")
         names = run("compile", model, "--target-cpu", "help").stdout.decode().split()
-        check(names[:2] == ["generic", "native"] and "x86-64-v3" in names and "znver4" in names
+        check(names[:3] == ["portable", "generic", "native"] and "x86-64-v3" in names and "znver4" in names
               and len(names) == len(set(names)), f"--target-cpu help lists the CPUs once each: {names[:10]}")
         p = run("compile", model, "-o", obj, "--target-cpu", "x86-64-v3", "--batch", "4")
         check(p.stderr == b"" and os.path.getsize(obj) > 0, f"a CPU from the list works, silently: {p.stderr}")

@@ -13,8 +13,9 @@ void compileOptions(po::options_description& d) {
     addModelOptions(d);
     d.add_options()("output,o", po::value<std::string>(), "the object file (or .s, .ll) to write")(
         "header", po::value<std::string>(), "the C header to write")(
-        "target-cpu", po::value<std::string>()->default_value("generic"),
-        "generic (portable x86-64), native (this machine), or an LLVM CPU name such as x86-64-v3")(
+        "target-cpu", po::value<std::string>()->default_value(kPortableCpu),
+        "portable (the x86-64 baseline, x86-64-v3 and x86-64-v4 in one object, chosen at run time), generic (the "
+        "x86-64 baseline alone), native (this machine), or an LLVM CPU name such as x86-64-v3")(
         "emit", po::value<std::string>()->default_value("obj"), "obj | asm | llvm")(
         "prefix", po::value<std::string>(), "prefix of the C symbols (default: the model's name)")(
         "dtype", po::value<std::string>()->default_value("f32"), "element type: f32 | f64");
@@ -31,7 +32,7 @@ int runCompile(const po::variables_map& vm) {
     if (!vm.count("output")) throw UsageError("-o FILE is required");
     o.f64 = codegenOptions(vm).f64;
     if (!isKnownCpu(o.targetCpu))
-        throw UsageError(fmt::format("--target-cpu {} is not a CPU LLVM knows (generic, native, or a name that "
+        throw UsageError(fmt::format("--target-cpu {} is not a CPU LLVM knows (portable, generic, native, or a name that "
                                      "'gradc compile MODEL --target-cpu help' lists)", o.targetCpu));
     o.emit = vm["emit"].as<std::string>();
     if (vm.count("prefix")) o.prefix = vm["prefix"].as<std::string>();

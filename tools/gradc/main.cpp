@@ -50,7 +50,7 @@ const std::vector<Command>& commands() {
         {"dead", "MODEL [--params FILE]",
          "per activation layer, the units that output zero for every training image",
          deadOptions, runDead},
-        {"compile", "MODEL -o FILE.o [--header FILE.h] [--target-cpu generic|native|NAME] [--emit obj|asm|llvm]",
+        {"compile", "MODEL -o FILE.o [--header FILE.h] [--target-cpu portable|generic|native|NAME] [--emit obj|asm|llvm]",
          "compile a model ahead of time: an object file and a C header, linkable without LLVM",
          compileOptions, runCompile},
         {"act", "NAME... [--plot FILE.svg] [--model FILE]",

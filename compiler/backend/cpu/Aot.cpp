@@ -1,4 +1,18 @@
 // Aot.cpp — ahead-of-time compilation: object file (or assembly, or IR) and C header.
+//
+// The default object (`--target-cpu portable`) runs on any x86-64 and at full speed on a
+// recent one: it holds the model's code once per ISA level (Variant: the x86-64 baseline,
+// x86-64-v3, x86-64-v4), each lowered with its level's register tile and optimised for it,
+// and the public PREFIX_forward, PREFIX_backward and PREFIX_update pass each call to the
+// variant chosen at the first call: the highest level whose features cpuid reports and the
+// operating system saves (xgetbv). The choice is made by a few instructions emitted here, so
+// the object still needs nothing but libc and libm. A named CPU (`generic`, `native`,
+// `znver4`, ...) gives an object with that one variant, as before.
+//
+// Symbols: the public ones are PREFIX_ followed by forward, backward, update, abi_version,
+// isa, isa_name and select_isa. Everything else the object defines is local and named
+// PREFIX_NAME_vL (the variant's level L; no suffix in a one-variant object), so two objects,
+// or three variants in one, never clash.
 #include "Aot.h"
 
 #include "CodegenInternal.h"
@@ -9,14 +23,19 @@
 
 #include <fmt/format.h>
 #include <llvm/IR/IRBuilder.h>
+#include <llvm/IR/InlineAsm.h>
 #include <llvm/IR/LLVMContext.h>
 #include <llvm/IR/Module.h>
+#include <llvm/IR/Verifier.h>
+#include <llvm/Linker/Linker.h>
 #include <llvm/MC/MCSubtargetInfo.h>
 #include <llvm/MC/TargetRegistry.h>
 #include <llvm/Support/raw_ostream.h>
 #include <llvm/TargetParser/Host.h>
 
+#include <algorithm>
 #include <cctype>
+#include <optional>
 
 namespace gradc {
 namespace {
@@ -44,9 +63,9 @@ std::unique_ptr<llvm::TargetMachine> targetMachine(const std::string& requested,
     std::string cpu = requested == "generic" ? "x86-64" : requested == "native" ? Jit::hostCpu() : requested;
     std::string features = requested == "native" ? Jit::hostFeatures() : "";
     // Checked before the target machine exists: creating one for an unknown CPU prints to stderr.
-    if (!isKnownCpu(requested))
-        throw UserError({}, fmt::format("--target-cpu {} is not a CPU LLVM knows (generic, native, or one of the "
-                                        "names `gradc compile MODEL --target-cpu help` lists)", requested));
+    if (!isKnownCpu(requested) || requested == kPortableCpu) // portable: several target machines (variantsFor)
+        throw UserError({}, fmt::format("--target-cpu {} is not a CPU LLVM knows (portable, generic, native, or one "
+                                        "of the names `gradc compile MODEL --target-cpu help` lists)", requested));
     std::unique_ptr<llvm::TargetMachine> tm(target.createTargetMachine(
         triple, cpu, features, llvm::TargetOptions(), llvm::Reloc::PIC_, std::nullopt,
         llvm::CodeGenOptLevel::Aggressive));
@@ -62,6 +81,264 @@ std::string featuresOf(llvm::TargetMachine& tm) {
     return f;
 }
 
+/// The features each x86-64 psABI level adds to the one below (as LLVM spells them; level 1
+/// is the baseline, SSE2). The cpuid bits that cpuLevel checks are the same features.
+constexpr const char* kLevelFeatures[5] = {
+    "", "", "+cx16,+sahf,+popcnt,+sse3,+sse4.1,+sse4.2,+ssse3",
+    "+avx,+avx2,+bmi,+bmi2,+f16c,+fma,+lzcnt,+movbe,+xsave",
+    "+avx512f,+avx512bw,+avx512cd,+avx512dq,+avx512vl"};
+
+/// The highest x86-64 level whose features a target machine's code may use.
+int levelOf(llvm::TargetMachine& tm) {
+    int level = 1;
+    while (level < 4 && tm.getMCSubtargetInfo()->checkFeatures(kLevelFeatures[level + 1])) ++level;
+    return level;
+}
+
+/// One copy of the model's code: the CPU it is compiled for, the x86-64 level that CPU
+/// implies, and the suffix of its symbols.
+struct Variant {
+    std::string cpu; ///< as LLVM names it (x86-64 for generic)
+    int level = 1;
+    std::string suffix; ///< "_v3"; "" in a one-variant object
+    std::unique_ptr<llvm::TargetMachine> tm;
+};
+
+/// The variants of an object for --target-cpu `requested`: three for portable (the baseline
+/// first: it compiles the code that chooses), else the one CPU.
+std::vector<Variant> variantsFor(const std::string& requested) {
+    std::vector<Variant> out;
+    if (requested != kPortableCpu) {
+        Variant v;
+        v.tm = targetMachine(requested, &v.cpu);
+        v.level = levelOf(*v.tm);
+        out.push_back(std::move(v));
+        return out;
+    }
+    for (const char* cpu : {"x86-64", "x86-64-v3", "x86-64-v4"}) {
+        Variant v;
+        v.tm = targetMachine(cpu, &v.cpu);
+        v.level = levelOf(*v.tm);
+        v.suffix = fmt::format("_v{}", v.level);
+        internal_assert(out.empty() || out.back().level < v.level, std::string("no x86-64 level of its own: ") + cpu);
+        out.push_back(std::move(v));
+    }
+    return out;
+}
+
+/// An entry point: its symbol as lowered (EntryAbi.h) and its name in the object, after the prefix.
+struct EntryName {
+    std::string lowered;
+    const char* name;
+};
+std::vector<EntryName> entryNames() {
+    return {{entrySymbol(EntryPoint::Forward), "forward"}, {entrySymbol(EntryPoint::Backward), "backward"},
+            {kUpdateSymbol, "update"}};
+}
+
+/// Names every function and global a variant's module defines PREFIX_NAME + suffix (NAME
+/// without lowering's "gradc_"), makes all but the entry points local, and marks every
+/// function with the variant's CPU, so that code generation (and the optimiser's cost
+/// model) take each function's instruction set from it even inside a module of variants.
+void nameVariant(llvm::Module& m, const std::string& prefix, const Variant& v) {
+    for (const EntryName& e : entryNames())
+        internal_assert(m.getFunction(e.lowered), "the lowered module has no " + e.lowered);
+    auto rename = [&](llvm::GlobalValue& g) {
+        std::string name = g.getName().str();
+        bool entry = false;
+        for (const EntryName& e : entryNames())
+            if (name == e.lowered) entry = true, name = e.name;
+        if (name.rfind("gradc_", 0) == 0) name = name.substr(6);
+        g.setName(prefix + "_" + name + v.suffix);
+        if (!entry) g.setLinkage(llvm::GlobalValue::InternalLinkage);
+    };
+    const std::string features = v.tm->getTargetFeatureString().str();
+    for (llvm::Function& f : m) {
+        if (f.isDeclaration()) continue;
+        rename(f);
+        f.addFnAttr("target-cpu", v.cpu);
+        if (!features.empty()) f.addFnAttr("target-features", features);
+    }
+    for (llvm::GlobalVariable& g : m.globals())
+        if (!g.isDeclaration() && !g.hasPrivateLinkage()) rename(g);
+}
+
+/// `int PREFIX_cpu_level(void)`: the highest x86-64 level this CPU runs: its features by
+/// cpuid, and for AVX and AVX-512 the operating system's saving of their registers (XCR0:
+/// SSE and AVX state, bits 1 and 2; AVX-512's opmask and upper registers, bits 5 to 7).
+llvm::Function* emitCpuLevel(llvm::Module& m, const std::string& name) {
+    llvm::LLVMContext& ctx = m.getContext();
+    llvm::IRBuilder<> b(ctx);
+    llvm::Type* i32 = b.getInt32Ty();
+    auto* f = llvm::Function::Create(llvm::FunctionType::get(i32, false), llvm::Function::InternalLinkage, name, m);
+    f->addFnAttr(llvm::Attribute::NoUnwind);
+    // Run once or twice: kept out of line, so the entry points' path to their variant stays short.
+    f->addFnAttr(llvm::Attribute::NoInline);
+    f->addFnAttr(llvm::Attribute::Cold);
+    auto* entry = llvm::BasicBlock::Create(ctx, "entry", f);
+    auto* xsave = llvm::BasicBlock::Create(ctx, "xgetbv", f);
+    auto* done = llvm::BasicBlock::Create(ctx, "done", f);
+    b.SetInsertPoint(entry);
+    const char* clobbers = "~{dirflag},~{fpsr},~{flags}";
+    auto* cpuidTy = llvm::FunctionType::get(llvm::StructType::get(ctx, {i32, i32, i32, i32}), {i32, i32}, false);
+    auto* cpuid = llvm::InlineAsm::get(cpuidTy, "cpuid", fmt::format("={{ax}},={{bx}},={{cx}},={{dx}},{{ax}},{{cx}},{}", clobbers),
+                                       /*hasSideEffects=*/true);
+    enum { Eax, Ebx, Ecx, Edx };
+    auto query = [&](uint32_t leaf, unsigned reg) {
+        return b.CreateExtractValue(b.CreateCall(cpuid, {b.getInt32(leaf), b.getInt32(0)}), reg);
+    };
+    // A leaf past the highest one the CPU has returns other data: such a leaf counts as zero.
+    auto queryIfAny = [&](uint32_t leaf, unsigned reg, uint32_t first) {
+        llvm::Value* highest = query(first, Eax);
+        return b.CreateSelect(b.CreateICmpUGE(highest, b.getInt32(leaf)), query(leaf, reg), b.getInt32(0));
+    };
+    llvm::Value* ecx1 = query(1, Ecx);
+    llvm::Value* ebx7 = queryIfAny(7, Ebx, 0);
+    llvm::Value* ecx81 = queryIfAny(0x80000001u, Ecx, 0x80000000u);
+    auto all = [&](llvm::Value* v, uint32_t bits) { return b.CreateICmpEQ(b.CreateAnd(v, bits), b.getInt32(bits)); };
+    constexpr uint32_t osxsave = 1u << 27;
+    b.CreateCondBr(all(ecx1, osxsave), xsave, done);
+    // xgetbv (by its bytes: the assembler would want the xsave feature for the mnemonic).
+    b.SetInsertPoint(xsave);
+    auto* xgetbvTy = llvm::FunctionType::get(llvm::StructType::get(ctx, {i32, i32}), {i32}, false);
+    auto* xgetbv = llvm::InlineAsm::get(xgetbvTy, ".byte 0x0f, 0x01, 0xd0",
+                                        fmt::format("={{ax}},={{dx}},{{cx}},{}", clobbers), /*hasSideEffects=*/true);
+    llvm::Value* xcr0Read = b.CreateExtractValue(b.CreateCall(xgetbv, {b.getInt32(0)}), 0);
+    b.CreateBr(done);
+    b.SetInsertPoint(done);
+    llvm::PHINode* xcr0 = b.CreatePHI(i32, 2, "xcr0");
+    xcr0->addIncoming(b.getInt32(0), entry);
+    xcr0->addIncoming(xcr0Read, xsave);
+    // Level 2: SSE3 (ecx1 bit 0), SSSE3 (9), CMPXCHG16B (13), SSE4.1 (19), SSE4.2 (20),
+    // POPCNT (23); LAHF in 64-bit mode (ecx81 bit 0).
+    llvm::Value* v2 = b.CreateAnd(all(ecx1, 1u << 0 | 1u << 9 | 1u << 13 | 1u << 19 | 1u << 20 | 1u << 23), all(ecx81, 1u << 0));
+    // Level 3: FMA (ecx1 bit 12), MOVBE (22), XSAVE (26), OSXSAVE (27), AVX (28), F16C (29);
+    // BMI1 (ebx7 bit 3), AVX2 (5), BMI2 (8); LZCNT (ecx81 bit 5); SSE and AVX state saved.
+    llvm::Value* v3 = b.CreateAnd(
+        {v2, all(ecx1, 1u << 12 | 1u << 22 | 1u << 26 | osxsave | 1u << 28 | 1u << 29), all(ebx7, 1u << 3 | 1u << 5 | 1u << 8),
+         all(ecx81, 1u << 5), all(xcr0, 0x6)});
+    // Level 4: AVX512F (ebx7 bit 16), DQ (17), CD (28), BW (30), VL (31); opmask and the
+    // upper ZMM registers saved too.
+    llvm::Value* v4 = b.CreateAnd({v3, all(ebx7, 1u << 16 | 1u << 17 | 1u << 28 | 1u << 30 | 1u << 31), all(xcr0, 0xE6)});
+    b.CreateRet(b.CreateSelect(v4, b.getInt32(4), b.CreateSelect(v3, b.getInt32(3), b.CreateSelect(v2, b.getInt32(2), b.getInt32(1)))));
+    return f;
+}
+
+/// The object's public functions besides the entry points' code: PREFIX_abi_version,
+/// PREFIX_isa, PREFIX_isa_name, PREFIX_select_isa, and with several variants the entry
+/// points themselves, each a jump to the chosen variant's. `types` are the entry points'
+/// function types, in entryNames() order.
+std::unique_ptr<llvm::Module> apiModule(llvm::LLVMContext& ctx, const std::string& prefix,
+                                        const std::vector<Variant>& variants,
+                                        const std::vector<llvm::FunctionType*>& types) {
+    auto m = std::make_unique<llvm::Module>(prefix + "_api", ctx);
+    llvm::IRBuilder<> b(ctx);
+    llvm::Type* i32 = b.getInt32Ty();
+    auto define = [&](const std::string& name, llvm::FunctionType* ty) {
+        auto* f = llvm::Function::Create(ty, llvm::Function::ExternalLinkage, prefix + "_" + name, *m);
+        f->addFnAttr(llvm::Attribute::NoUnwind);
+        b.SetInsertPoint(llvm::BasicBlock::Create(ctx, "entry", f));
+        return f;
+    };
+    define("abi_version", llvm::FunctionType::get(i32, false));
+    b.CreateRet(b.getInt32(kAbiVersion));
+
+    llvm::Function* cpuLevel = emitCpuLevel(*m, prefix + "_cpu_level");
+    // The level chosen, 0 until the first call chooses. Every thread that finds 0 computes the
+    // same answer, so relaxed loads and stores suffice.
+    auto* chosen = new llvm::GlobalVariable(*m, i32, false, llvm::GlobalValue::InternalLinkage, b.getInt32(0),
+                                            prefix + "_isa_chosen");
+    auto loadChosen = [&] {
+        llvm::LoadInst* l = b.CreateLoad(i32, chosen);
+        l->setAtomic(llvm::AtomicOrdering::Monotonic);
+        l->setAlignment(llvm::Align(4));
+        return l;
+    };
+    auto storeChosen = [&](llvm::Value* v) {
+        llvm::StoreInst* s = b.CreateStore(v, chosen);
+        s->setAtomic(llvm::AtomicOrdering::Monotonic);
+        s->setAlignment(llvm::Align(4));
+    };
+
+    // int PREFIX_isa(void): the chosen level, choosing it at the first call: the highest
+    // variant's level the CPU runs (the lowest variant if it runs none: a one-variant object
+    // for another CPU runs as it would have before).
+    llvm::Function* isa = define("isa", llvm::FunctionType::get(i32, false));
+    {
+        llvm::BasicBlock* entry = b.GetInsertBlock();
+        auto* choose = llvm::BasicBlock::Create(ctx, "choose", isa);
+        auto* done = llvm::BasicBlock::Create(ctx, "done", isa);
+        llvm::Value* current = loadChosen();
+        b.CreateCondBr(b.CreateICmpEQ(current, b.getInt32(0)), choose, done);
+        b.SetInsertPoint(choose);
+        llvm::Value* cpu = b.CreateCall(cpuLevel);
+        llvm::Value* pick = b.getInt32(variants.front().level);
+        for (const Variant& v : variants)
+            pick = b.CreateSelect(b.CreateICmpSGE(cpu, b.getInt32(v.level)), b.getInt32(v.level), pick);
+        storeChosen(pick);
+        b.CreateBr(done);
+        b.SetInsertPoint(done);
+        llvm::PHINode* level = b.CreatePHI(i32, 2);
+        level->addIncoming(current, entry);
+        level->addIncoming(pick, choose);
+        b.CreateRet(level);
+    }
+
+    // int PREFIX_select_isa(int level): 0 returns to the automatic choice; a variant's level
+    // that this CPU runs is chosen; anything else is refused (-1) and changes nothing.
+    {
+        llvm::Function* select = define("select_isa", llvm::FunctionType::get(i32, {i32}, false));
+        llvm::Value* level = select->getArg(0);
+        auto* check = llvm::BasicBlock::Create(ctx, "check", select);
+        auto* accept = llvm::BasicBlock::Create(ctx, "accept", select);
+        auto* refuse = llvm::BasicBlock::Create(ctx, "refuse", select);
+        llvm::Value* known = b.CreateICmpEQ(level, b.getInt32(0));
+        for (const Variant& v : variants) known = b.CreateOr(known, b.CreateICmpEQ(level, b.getInt32(v.level)));
+        b.CreateCondBr(known, check, refuse);
+        b.SetInsertPoint(check);
+        b.CreateCondBr(b.CreateICmpSLE(level, b.CreateCall(cpuLevel)), accept, refuse);
+        b.SetInsertPoint(accept);
+        storeChosen(level);
+        b.CreateRet(b.getInt32(0));
+        b.SetInsertPoint(refuse);
+        b.CreateRet(b.getInt32(-1));
+    }
+
+    // const char* PREFIX_isa_name(void): the CPU the chosen variant was compiled for.
+    {
+        define("isa_name", llvm::FunctionType::get(b.getPtrTy(), false));
+        llvm::Value* level = b.CreateCall(isa);
+        llvm::Value* result = nullptr;
+        for (const Variant& v : variants) {
+            llvm::Value* name = b.CreateGlobalString(v.cpu, prefix + "_isa_name" + v.suffix, 0, m.get());
+            result = result ? b.CreateSelect(b.CreateICmpEQ(level, b.getInt32(v.level)), name, result) : name;
+        }
+        b.CreateRet(result);
+    }
+
+    // The entry points of several variants: a jump to the chosen one's.
+    if (variants.size() > 1)
+        for (size_t e = 0; e < types.size(); ++e) {
+            const char* entryName = entryNames()[e].name;
+            llvm::Function* f = define(entryName, types[e]);
+            std::vector<llvm::Value*> args;
+            for (llvm::Argument& a : f->args()) args.push_back(&a);
+            llvm::Value* level = b.CreateCall(isa);
+            auto* fallback = llvm::BasicBlock::Create(ctx, "v" + std::to_string(variants.front().level), f);
+            llvm::SwitchInst* sw = b.CreateSwitch(level, fallback, unsigned(variants.size()));
+            for (const Variant& v : variants) {
+                auto* block = &v == &variants.front() ? fallback : llvm::BasicBlock::Create(ctx, "v" + std::to_string(v.level), f);
+                if (&v != &variants.front()) sw->addCase(b.getInt32(v.level), block);
+                b.SetInsertPoint(block);
+                llvm::FunctionCallee target =
+                    m->getOrInsertFunction(prefix + "_" + entryName + v.suffix, types[e]);
+                b.CreateCall(target, args)->setTailCall(true);
+                b.CreateRetVoid();
+            }
+        }
+    return m;
+}
+
 std::string cName(const std::string& s) {
     std::string out;
     for (char c : s) out += std::isalnum((unsigned char)c) ? c : '_';
@@ -70,7 +347,7 @@ std::string cName(const std::string& s) {
 }
 
 std::string header(const Graph& g, const Programs& p, const AotOptions& opts, const std::string& prefix,
-                   const std::string& cpu) {
+                   const std::vector<Variant>& variants, int64_t workspace) {
     // The model file by its name alone (where it lay on the compiling machine is no business of
     // the header), and names only as a comment may hold them.
     const std::string source = cCommentText(opts.source.substr(opts.source.find_last_of('/') + 1));
@@ -78,7 +355,12 @@ std::string header(const Graph& g, const Programs& p, const AotOptions& opts, co
     for (char c : prefix) up += char(std::toupper((unsigned char)c));
     const char* real = opts.f64 ? "double" : "float";
     const bool labels = g.lossKind == "cross_entropy";
-    const int64_t workspace = std::max(p.forward.workspaceBytes, p.backward.workspaceBytes);
+    std::string cpu = variants.front().cpu, levels, names;
+    for (const Variant& v : variants) {
+        levels += fmt::format("{}{}", levels.empty() ? "" : ", ", v.level);
+        names += fmt::format("{}{} ({})", names.empty() ? "" : ", ", v.level, v.cpu);
+    }
+    if (variants.size() > 1) cpu = fmt::format("{} ({})", kPortableCpu, names);
     const std::vector<const LayoutEntry*> params = p.layout.all(Role::Parameter);
     std::vector<const LayoutEntry*> kept; // the kept activations, in acts
     for (auto& e : p.layout.entries)
@@ -148,6 +430,19 @@ std::string header(const Graph& g, const Programs& p, const AotOptions& opts, co
         h += row(*e[0]);
     }
     h += "};\n\n";
+    // Instruction set levels as the x86-64 psABI numbers them.
+    const std::string about =
+        variants.size() > 1
+            ? fmt::format("/* The code that runs. The object holds the model's code for {} instruction set levels, as\n"
+                          "   the x86-64 psABI numbers them: {}\n"
+                          "   (1: the x86-64 baseline, SSE2; 3: AVX2 and FMA; 4: AVX-512). The first call of\n"
+                          "   forward, backward, update or isa chooses the highest level this CPU runs (cpuid, and\n"
+                          "   the operating system's support), once for all threads. */\n",
+                          variants.size(), names)
+            : fmt::format("/* The code that runs: the object holds code for one CPU, {}, which needs x86-64\n"
+                          "   level {} (as the x86-64 psABI numbers them; 1: the baseline, SSE2; 3: AVX2 and FMA;\n"
+                          "   4: AVX-512) or more. */\n",
+                          variants.front().cpu, variants.front().level);
     h += fmt::format("uint32_t {p}_abi_version(void);\n"
                      "void {p}_forward(const {r}* params, const {r}* x, const void* target, {r}* logits, {r}* loss,\n"
                      "                 {r}* acts, void* workspace);\n"
@@ -158,21 +453,33 @@ std::string header(const Graph& g, const Programs& p, const AotOptions& opts, co
                      "   1 - beta1^t, sqrt(1 - beta2^t)}}; m and v are the optimiser's state, zero at first. */\n"
                      "void {p}_update({r}* params, const {r}* grads, {r}* m, {r}* v, const double* hyper,\n"
                      "                int64_t begin, int64_t end);\n\n"
+                     "{about}"
+                     "#define {up}_ISA_VARIANTS {n}\n"
+                     "static const int {p}_isa_levels[{n}] = {{{levels}}};\n"
+                     "/* The level that runs (choosing it if nothing has yet). */\n"
+                     "int {p}_isa(void);\n"
+                     "/* The CPU that level's code was compiled for, as LLVM names it: x86-64, x86-64-v3, ... */\n"
+                     "const char* {p}_isa_name(void);\n"
+                     "/* Runs the code of `level` from now on: 0 if the object has it and this CPU runs it,\n"
+                     "   else -1 (and nothing changes). Level 0 returns to the automatic choice. Call it\n"
+                     "   while no other thread is inside forward, backward or update. */\n"
+                     "int {p}_select_isa(int level);\n\n"
                      "#ifdef __cplusplus\n}}\n#endif\n\n#endif\n",
-                     fmt::arg("p", prefix), fmt::arg("r", real));
+                     fmt::arg("p", prefix), fmt::arg("r", real), fmt::arg("up", up), fmt::arg("n", variants.size()),
+                     fmt::arg("levels", levels), fmt::arg("about", about));
     return h;
 }
 
 } // namespace
 
 bool isKnownCpu(const std::string& name) {
-    return name == "generic" || name == "native" || cpuTable()->isCPUStringValid(name);
+    return name == kPortableCpu || name == "generic" || name == "native" || cpuTable()->isCPUStringValid(name);
 }
 
 std::vector<std::string> knownCpus() {
-    std::vector<std::string> names = {"generic", "native"};
-    for (auto& kv : cpuTable()->getAllProcessorDescriptions())
-        if (names[0] != kv.Key && names[1] != kv.Key) names.push_back(kv.Key); // generic: gradc's meaning
+    std::vector<std::string> names = {kPortableCpu, "generic", "native"};
+    for (auto& kv : cpuTable()->getAllProcessorDescriptions()) // generic: gradc's meaning
+        if (std::find(names.begin(), names.end(), std::string(kv.Key)) == names.end()) names.push_back(std::string(kv.Key));
     return names;
 }
 
@@ -182,29 +489,48 @@ AotResult compileAhead(const Graph& fwd, const AotOptions& opts) {
         throw UserError({}, fmt::format("--prefix '{}' is not a C identifier", prefix));
     if (opts.emit != "obj" && opts.emit != "asm" && opts.emit != "llvm")
         throw UserError({}, fmt::format("--emit={} is not obj, asm or llvm", opts.emit));
-    std::string cpu;
-    auto tm = targetMachine(opts.targetCpu, &cpu);
-    Programs programs = buildPrograms(fwd, opts.f64, blockingFor(featuresOf(*tm), opts.f64));
+    std::vector<Variant> variants = variantsFor(opts.targetCpu);
+    // Each variant: its own register tile and scratch, lowered, named, optimised for its
+    // CPU, then linked into one module. The buffers the caller passes are the same for all.
     llvm::LLVMContext ctx;
-    auto m = lower(ctx, programs, opts.f64, *tm);
-    m->getFunction(entrySymbol(EntryPoint::Forward))->setName(prefix + "_forward");
-    m->getFunction(entrySymbol(EntryPoint::Backward))->setName(prefix + "_backward");
-    m->getFunction(kUpdateSymbol)->setName(prefix + "_update");
-    for (const char* helper : {"gradc_pack_b", "gradc_tile"})
-        if (llvm::Function* f = m->getFunction(helper)) f->setName(prefix + std::string(helper + 5)); // prefix_pack_b, ...
-    {
-        llvm::IRBuilder<> b(ctx);
-        auto* f = llvm::Function::Create(llvm::FunctionType::get(b.getInt32Ty(), false),
-                                         llvm::Function::ExternalLinkage, prefix + "_abi_version", *m);
-        b.SetInsertPoint(llvm::BasicBlock::Create(ctx, "entry", f));
-        b.CreateRet(b.getInt32(kAbiVersion));
+    std::unique_ptr<llvm::Module> object;
+    std::optional<Programs> first;
+    int64_t workspace = 0;
+    for (const Variant& v : variants) {
+        Programs programs = buildPrograms(fwd, opts.f64, blockingFor(featuresOf(*v.tm), opts.f64));
+        internal_assert(!first || printLayout(programs.layout) == printLayout(first->layout),
+                        "the ISA variants of an object disagree on the layout of its arrays");
+        workspace = std::max({workspace, programs.forward.workspaceBytes, programs.backward.workspaceBytes});
+        auto m = lower(ctx, programs, opts.f64, *v.tm);
+        nameVariant(*m, prefix, v);
+        // The object may run on another machine: scalar libm only, no libmvec.
+        optimise(*m, *v.tm, /*libmvec=*/false);
+        if (!first) first = std::move(programs);
+        if (!object) object = std::move(m);
+        else internal_assert(!llvm::Linker::linkModules(*object, std::move(m)), "cannot link the ISA variants");
     }
-    // The object may run on another machine: scalar libm only, no libmvec.
-    optimise(*m, *tm, /*libmvec=*/false);
+    std::vector<llvm::FunctionType*> types;
+    for (const EntryName& e : entryNames())
+        types.push_back(object->getFunction(prefix + "_" + e.name + variants.front().suffix)->getFunctionType());
+    auto api = apiModule(ctx, prefix, variants, types);
+    api->setDataLayout(object->getDataLayout());
+    api->setTargetTriple(object->getTargetTriple());
+    optimise(*api, *variants.front().tm, /*libmvec=*/false);
+    internal_assert(!llvm::Linker::linkModules(*object, std::move(api)), "cannot link the entry points");
+    if (variants.size() > 1) // the variants' entry points are reached through the public ones only
+        for (const Variant& v : variants)
+            for (const EntryName& e : entryNames())
+                object->getFunction(prefix + "_" + e.name + v.suffix)->setLinkage(llvm::GlobalValue::InternalLinkage);
+    std::string errors;
+    llvm::raw_string_ostream os(errors);
+    internal_assert(!llvm::verifyModule(*object, &os), "invalid LLVM IR in the object: " + errors);
+    // The first variant's machine (the baseline's, in a portable object) compiles the code
+    // that chooses; every other function carries its variant's CPU.
+    llvm::TargetMachine& tm = *variants.front().tm;
     AotResult r;
-    if (opts.emit == "llvm") r.output = printModule(*m);
-    else r.output = emit(*m, *tm, opts.emit == "asm" ? llvm::CodeGenFileType::AssemblyFile : llvm::CodeGenFileType::ObjectFile);
-    r.header = header(fwd, programs, opts, prefix, cpu);
+    if (opts.emit == "llvm") r.output = printModule(*object);
+    else r.output = emit(*object, tm, opts.emit == "asm" ? llvm::CodeGenFileType::AssemblyFile : llvm::CodeGenFileType::ObjectFile);
+    r.header = header(fwd, *first, opts, prefix, variants, workspace);
     return r;
 }
 

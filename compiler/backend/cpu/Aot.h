@@ -1,5 +1,6 @@
 // Aot.h — ahead-of-time compilation: a model's forward and backward functions as a native
 // object file and a C header describing them, linkable by a C or C++ program without LLVM.
+// By default the object holds code for several x86-64 ISA levels and picks one at run time.
 #pragma once
 
 #include "Graph.h"
@@ -13,9 +14,15 @@ namespace gradc {
 /// returns it from PREFIX_abi_version() so a caller can assert they match.
 constexpr unsigned kAbiVersion = 2;
 
+/// --target-cpu's default: the code for the x86-64 baseline, x86-64-v3 and x86-64-v4 in one
+/// object, which chooses at the first call the best this CPU runs.
+constexpr const char* kPortableCpu = "portable";
+
 struct AotOptions {
     bool f64 = false;
-    std::string targetCpu = "generic"; ///< generic (portable x86-64), native, or an LLVM CPU name
+    /// portable (kPortableCpu: several ISA levels, chosen at run time); generic (the x86-64
+    /// baseline alone), native, or an LLVM CPU name: that one CPU's code.
+    std::string targetCpu = kPortableCpu;
     std::string prefix;                ///< symbol prefix; default: the model's name
     std::string emit = "obj";          ///< obj | asm | llvm
     std::string source;                ///< the model file, named in the header
@@ -26,9 +33,9 @@ struct AotResult {
     std::string header; ///< the C header
 };
 
-/// Whether --target-cpu NAME names a CPU: generic, native, or one of the host target's CPUs.
+/// Whether --target-cpu NAME names a CPU: portable, generic, native, or one of the host target's CPUs.
 bool isKnownCpu(const std::string& name);
-/// generic, native and every CPU name of the host target, for `--target-cpu help`.
+/// portable, generic, native and every CPU name of the host target, for `--target-cpu help`.
 std::vector<std::string> knownCpus();
 
 /// Throws UserError for an unknown CPU or a prefix that is not a C identifier.

@@ -1,0 +1,139 @@
+#!/usr/bin/env python3
+"""tests/aot/isa_test.py — the default ahead-of-time object (`--target-cpu portable`): code for
+the x86-64 baseline (level 1), x86-64-v3 (3) and x86-64-v4 (4) in one object, built into
+tests/aot/example.c with plain cc.
+
+  - its only global symbols are the header's functions (every variant's code is local);
+  - left to itself it runs the best level this CPU has, computed here from /proc/cpuinfo;
+  - forced to each level this CPU has (model_select_isa), its gradients match the JIT's;
+  - a level this CPU lacks, or that the object does not hold, is refused;
+  - where qemu-x86_64 is installed, on an emulated Haswell (AVX2, no AVX-512) it runs level 3
+    and on qemu's baseline CPU level 1, with the JIT's gradients.
+
+Usage: isa_test.py GRADC REFERENCE CC SOURCE_DIR WORK MODEL
+"""
+import os, shutil, subprocess, sys
+
+if len(sys.argv) != 7:
+    sys.exit(next(l for l in __doc__.splitlines() if l.startswith("Usage")))
+GRADC, REFERENCE, SOURCE, WORK, MODEL = (os.path.abspath(a) for a in sys.argv[1:3] + sys.argv[4:7])
+CC = sys.argv[3]
+BATCH = "16"
+
+# The features of each x86-64 psABI level as /proc/cpuinfo names them (sse3 is "pni", lzcnt
+# "abm"). The kernel drops avx* when the operating system does not save their registers.
+LEVELS = {
+    2: "cx16 lahf_lm popcnt pni sse4_1 sse4_2 ssse3",
+    3: "avx avx2 bmi1 bmi2 f16c fma abm movbe xsave",
+    4: "avx512f avx512bw avx512cd avx512dq avx512vl",
+}
+
+
+def fail(what):
+    sys.exit("FAILED: " + what)
+
+
+def run(*cmd, rc=0):
+    p = subprocess.run(cmd, cwd=WORK, capture_output=True, text=True)
+    if rc is not None and p.returncode != rc:
+        fail(f"expected exit {rc}, got {p.returncode}: {' '.join(cmd)}\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+def best_level():
+    flags = set()
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    level = 1
+    while level < 4 and set(LEVELS[level + 1].split()) <= flags:
+        level += 1
+    return level
+
+
+shutil.rmtree(WORK, ignore_errors=True)
+os.makedirs(WORK)
+run(GRADC, "compile", MODEL, "--batch", BATCH, "--prefix", "model", "-o", "model.o", "--header", "model.h")
+header = open(os.path.join(WORK, "model.h")).read()
+if "for CPU portable (1 (x86-64), 3 (x86-64-v3), 4 (x86-64-v4))" not in header:
+    fail("the header names the object's variants:\n" + header[:400])
+if "static const int model_isa_levels[3] = {1, 3, 4};" not in header:
+    fail("the header lists the levels")
+
+# Only the header's functions are global; every variant's functions are local, named
+# model_..._vL, so two objects (or the three variants) never clash.
+public = sorted(run("nm", "-g", "--defined-only", "model.o").stdout.split()[2::3])
+expected = sorted("model_" + f for f in ("abi_version", "backward", "forward", "isa", "isa_name", "select_isa", "update"))
+if public != expected:
+    fail(f"global symbols {public}, expected {expected}")
+local = [l.split()[2] for l in run("nm", "--defined-only", "model.o").stdout.splitlines() if l.split()[1] in "tT"]
+for level in (1, 3, 4):
+    for entry in ("forward", "backward", "update"):
+        if f"model_{entry}_v{level}" not in local:
+            fail(f"no local model_{entry}_v{level} in {local}")
+strays = [s for s in local if not s.startswith("model_")]
+if strays:
+    fail(f"functions not named after the prefix: {strays}")
+# It asks the CPU itself: nothing from libgcc or compiler-rt (__cpu_model, __cpu_indicator_init,
+# which cc would link silently) nor from gradc's runtime.
+undefined = run("nm", "-u", "model.o").stdout.split()[1::2]
+if any(s.startswith(("__", "gradc_")) for s in undefined):
+    fail(f"the object needs more than libc and libm: {undefined}")
+
+run(CC, "-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-I" + WORK, os.path.join(SOURCE, "example.c"), "model.o",
+    "-lm", "-o", "example")
+run(GRADC, "grads", MODEL, "--batch", BATCH, "--save-params", "params.safetensors", "--format", "csv")
+
+best = best_level()
+print(f"this CPU's best x86-64 level by /proc/cpuinfo: {best}")
+names = {1: "x86-64", 3: "x86-64-v3", 4: "x86-64-v4"}
+want = max(l for l in names if l <= best)
+
+# Left to itself (and after select_isa(0)), the object runs the best level the CPU has.
+for args in ([], ["0"]):
+    p = run(os.path.join(WORK, "example"), "params.safetensors", "grads.out", *args)
+    first = p.stdout.splitlines()[0]
+    print("automatic:", first)
+    if first != f"isa {want} {names[want]}":
+        fail(f"the automatic choice ran '{first}', not level {want}")
+print(run(REFERENCE, MODEL, BATCH, "params.safetensors", "grads.out").stdout.splitlines()[-1])
+
+# Each level the CPU has, forced, computes the JIT's gradients; the others are refused.
+for level in (1, 3, 4):
+    p = run(os.path.join(WORK, "example"), "params.safetensors", f"grads{level}.out", str(level), rc=None)
+    if level <= best:
+        if p.returncode != 0 or p.stdout.splitlines()[0] != f"isa {level} {names[level]}":
+            fail(f"level {level} forced: exit {p.returncode}\n{p.stdout}{p.stderr}")
+        r = run(REFERENCE, MODEL, BATCH, "params.safetensors", f"grads{level}.out")
+        print(f"level {level}: {r.stdout.splitlines()[-1]}")
+    elif p.returncode != 3 or not p.stdout.startswith(f"level {level} refused"):
+        fail(f"level {level}, which this CPU lacks, was not refused: exit {p.returncode}\n{p.stdout}{p.stderr}")
+    else:
+        print(f"level {level}: refused, as this CPU lacks it")
+
+# Other CPUs, emulated by qemu's user mode where it is installed (it reports to cpuid the
+# features of the CPU it is told, and has no AVX-512): a Haswell runs x86-64-v3 and refuses
+# level 4; qemu's own baseline CPU (SSE3 at most) runs level 1 and refuses 3 and 4.
+qemu = shutil.which("qemu-x86_64")
+if not qemu:
+    print("qemu-x86_64 is not installed (Debian: qemu-user): the emulated CPUs are left out")
+for cpu, level in (("Haswell-v4", 3), ("qemu64", 1)) if qemu else ():
+    emulated = [qemu, "-cpu", cpu, os.path.join(WORK, "example"), "params.safetensors"]
+    p = run(*emulated, f"grads-{cpu}.out")
+    if p.stdout.splitlines()[0] != f"isa {level} {names[level]}":
+        fail(f"on an emulated {cpu}, the automatic choice ran '{p.stdout.splitlines()[0]}', not level {level}")
+    r = run(REFERENCE, MODEL, BATCH, "params.safetensors", f"grads-{cpu}.out")
+    print(f"emulated {cpu}: isa {level}; {r.stdout.splitlines()[-1]}")
+    for lacking in (l for l in names if l > level):
+        p = run(*emulated, "grads.out", str(lacking), rc=3)
+        if not p.stdout.startswith(f"level {lacking} refused; isa {level}"):
+            fail(f"on an emulated {cpu}, level {lacking}: {p.stdout}")
+
+# Levels the object does not hold are refused, and the choice stays as it was.
+for level in (2, 5, -1, 64):
+    p = run(os.path.join(WORK, "example"), "params.safetensors", "grads.out", str(level), rc=3)
+    if p.stdout.strip() != f"level {level} refused; isa {want} {names[want]}":
+        fail(f"level {level}: {p.stdout}")
+print("ok")

@@ -1,0 +1,119 @@
+// AotTests.cpp — the default ahead-of-time object (--target-cpu portable): its ISA variants,
+// their symbols and CPUs in the module, and a header that fits every variant. (That the
+// object runs, chooses and computes the JIT's gradients: tests/aot/isa_test.py.)
+#include "Aot.h"
+#include "Pipeline.h"
+
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <map>
+#include <regex>
+#include <set>
+#include <sstream>
+#include <string>
+
+using namespace gradc;
+
+namespace {
+
+const char* kModel = "model m\ninput 40\ndense 70 sigmoid\ndense 30 relu\ndense 10\nloss cross_entropy\n";
+
+AotResult compileFor(const std::string& cpu, const std::string& emit = "llvm") {
+    AotOptions o;
+    o.targetCpu = cpu;
+    o.emit = emit;
+    o.source = "m.nn";
+    return compileAhead(compileSource("m.nn", kModel, {8}).graph, o);
+}
+
+int64_t define(const std::string& header, const std::string& name) {
+    std::smatch m;
+    REQUIRE(std::regex_search(header, m, std::regex("#define M_" + name + " ([0-9]+)")));
+    return std::stoll(m[1]);
+}
+
+/// The functions the module defines: name -> the text of its `define` line.
+std::map<std::string, std::string> definitions(const std::string& ir) {
+    std::map<std::string, std::string> out;
+    std::istringstream in(ir);
+    std::smatch m;
+    for (std::string line; std::getline(in, line);)
+        if (std::regex_search(line, m, std::regex("^define .*@([A-Za-z0-9_.]+)\\(")))
+            out[m[1]] = line;
+    return out;
+}
+
+} // namespace
+
+TEST_CASE("portable is the default target and a known one", "[aot]") {
+    CHECK(AotOptions{}.targetCpu == "portable");
+    CHECK(isKnownCpu("portable"));
+    const std::vector<std::string> names = knownCpus();
+    REQUIRE(names.size() > 3);
+    CHECK(std::vector<std::string>(names.begin(), names.begin() + 3) == std::vector<std::string>{"portable", "generic", "native"});
+    CHECK(std::count(names.begin(), names.end(), "portable") == 1);
+}
+
+TEST_CASE("a portable module holds each level's code, local, for that level's CPU", "[aot]") {
+    const AotResult r = compileFor("portable");
+    const auto defs = definitions(r.output);
+    const std::set<std::string> publicNames = {"m_forward", "m_backward", "m_update", "m_abi_version",
+                                               "m_isa", "m_isa_name", "m_select_isa"};
+    for (const std::string& name : publicNames) {
+        INFO(name);
+        REQUIRE(defs.count(name));
+        CHECK(defs.at(name).find("internal") == std::string::npos);
+    }
+    // Every other function is local and named after the prefix.
+    for (auto& [name, line] : defs) {
+        if (publicNames.count(name)) continue;
+        INFO(line);
+        CHECK(line.rfind("define internal ", 0) == 0);
+        CHECK(name.rfind("m_", 0) == 0);
+    }
+    // Each level's entry points, and every function of a level marked with the attributes that
+    // tell code generation its CPU: #N refers to an attribute group naming "target-cpu"="...".
+    const std::map<std::string, std::string> cpus = {{"_v1", "x86-64"}, {"_v3", "x86-64-v3"}, {"_v4", "x86-64-v4"}};
+    for (auto& [suffix, cpu] : cpus)
+        for (const char* f : {"forward", "backward", "update"})
+            CHECK(defs.count(std::string("m_") + f + suffix));
+    int marked = 0;
+    for (auto& [name, line] : defs) {
+        if (publicNames.count(name)) continue;
+        INFO(line);
+        const auto cpu = cpus.find(name.substr(name.size() - 3));
+        if (cpu == cpus.end()) continue; // the code that chooses: the baseline's
+        std::smatch m;
+        REQUIRE(std::regex_search(line, m, std::regex("#([0-9]+)")));
+        std::smatch group;
+        REQUIRE(std::regex_search(r.output, group, std::regex("attributes #" + std::string(m[1]) + " = \\{[^}]*\\}")));
+        CHECK(group[0].str().find("\"target-cpu\"=\"" + cpu->second + "\"") != std::string::npos);
+        ++marked;
+    }
+    CHECK(marked >= 9);
+    CHECK(r.header.find("for CPU portable (1 (x86-64), 3 (x86-64-v3), 4 (x86-64-v4))") != std::string::npos);
+    CHECK(r.header.find("#define M_ISA_VARIANTS 3\nstatic const int m_isa_levels[3] = {1, 3, 4};") != std::string::npos);
+}
+
+TEST_CASE("a portable header's workspace fits its largest variant", "[aot]") {
+    // Each level's register tile packs B into panels of its own width, so the scratch differs.
+    const int64_t v1 = define(compileFor("generic").header, "WORKSPACE_BYTES");
+    const int64_t v3 = define(compileFor("x86-64-v3").header, "WORKSPACE_BYTES");
+    const int64_t v4 = define(compileFor("x86-64-v4").header, "WORKSPACE_BYTES");
+    CHECK(std::set<int64_t>{v1, v3, v4}.size() > 1);
+    const std::string portable = compileFor("portable").header;
+    CHECK(define(portable, "WORKSPACE_BYTES") == std::max({v1, v3, v4}));
+    // The arrays are the same whatever the variant.
+    for (const char* name : {"PARAMETERS", "ACTIVATIONS", "BATCH", "INPUTS", "OUTPUTS"})
+        CHECK(define(portable, name) == define(compileFor("x86-64-v4").header, name));
+}
+
+TEST_CASE("a one-CPU object keeps its entry points and has one level", "[aot]") {
+    const AotResult r = compileFor("x86-64-v3");
+    const auto defs = definitions(r.output);
+    CHECK(defs.count("m_forward"));
+    CHECK(!defs.count("m_forward_v3"));
+    CHECK(r.header.find("static const int m_isa_levels[1] = {3};") != std::string::npos);
+    CHECK(compileFor("generic").header.find("static const int m_isa_levels[1] = {1};") != std::string::npos);
+}
