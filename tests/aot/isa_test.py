@@ -7,8 +7,8 @@ tests/aot/example.c with plain cc.
   - left to itself it runs the best level this CPU has, computed here from /proc/cpuinfo;
   - forced to each level this CPU has (model_select_isa), its gradients match the JIT's;
   - a level this CPU lacks, or that the object does not hold, is refused;
-  - where qemu-x86_64 is installed, on an emulated Haswell (AVX2, no AVX-512) it runs level 3
-    and on qemu's baseline CPU level 1, with the JIT's gradients.
+  - under qemu's user mode (tools/setup --test installs it), on an emulated Haswell (AVX2, no
+    AVX-512) it runs level 3 and on qemu's baseline CPU level 1, with the JIT's gradients.
 
 Usage: isa_test.py GRADC REFERENCE CC SOURCE_DIR WORK MODEL
 """
@@ -118,8 +118,8 @@ for level in (1, 3, 4):
 # level 4; qemu's own baseline CPU (SSE3 at most) runs level 1 and refuses 3 and 4.
 qemu = shutil.which("qemu-x86_64")
 if not qemu:
-    print("qemu-x86_64 is not installed (Debian: qemu-user): the emulated CPUs are left out")
-for cpu, level in (("Haswell-v4", 3), ("qemu64", 1)) if qemu else ():
+    fail("qemu-x86_64 is not installed: tools/setup --test installs it (Debian: qemu-user)")
+for cpu, level in (("Haswell-v4", 3), ("qemu64", 1)):
     emulated = [qemu, "-cpu", cpu, os.path.join(WORK, "example"), "params.safetensors"]
     p = run(*emulated, f"grads-{cpu}.out")
     if p.stdout.splitlines()[0] != f"isa {level} {names[level]}":
