@@ -66,3 +66,225 @@ def permutation(n, seed):
         j = i + z % (n - i)
         order[i], order[j] = order[j], order[i]
     return order
+
+
+# ---- A model file as a PyTorch network (benchmarks: tools/bench-vs-torch, bench-grads-vs-torch)
+
+import re, subprocess  # noqa: E402
+
+import torch.nn as nn  # noqa: E402
+
+#: The built-in activations as PyTorch modules, with gradc's parameters and defaults.
+ACTIVATIONS = {
+    "identity": lambda: nn.Identity(), "sigmoid": lambda: nn.Sigmoid(), "tanh": lambda: nn.Tanh(),
+    "relu": lambda: nn.ReLU(), "leaky_relu": lambda alpha=0.01: nn.LeakyReLU(alpha),
+    "elu": lambda alpha=1.0: nn.ELU(alpha), "swish": lambda: nn.SiLU(), "silu": lambda: nn.SiLU(),
+    "gelu": lambda: nn.GELU(), "softplus": lambda: nn.Softplus(),
+}
+
+
+class Unsupported(Exception):
+    """A model file with something this translation cannot express in PyTorch."""
+
+
+def _tokens(line):
+    return re.findall(r"[A-Za-z_][A-Za-z0-9_.]*|[0-9][0-9.eE+-]*(?:x[0-9]+)*|[=(),{}]|\S", line)
+
+
+def _options(words):
+    """NAME=VALUE options among the words (the first word of a value after '=')."""
+    return {words[j - 1]: words[j + 1] for j in range(1, len(words) - 1) if words[j] == "="}
+
+
+def _activation(words, where):
+    """ACT or ACT(a, name=b) at words[0:]: (module factory, words used), or None."""
+    if not words or words[0] not in ACTIVATIONS:
+        return None
+    name, used, args, kwargs = words[0], 1, [], {}
+    if len(words) > 1 and words[1] == "(":
+        end = words.index(")", 1) if ")" in words[1:] else None
+        if end is None:
+            raise Unsupported(f"{where}: unbalanced parentheses")
+        inner = [w for w in words[2:end] if w != ","]
+        i = 0
+        while i < len(inner):
+            if i + 1 < len(inner) and inner[i + 1] == "=":
+                kwargs[inner[i]] = float(inner[i + 2])
+                i += 3
+            else:
+                args.append(float(inner[i]))
+                i += 1
+        used = end + 1
+    return (lambda: ACTIVATIONS[name](*args, **kwargs)), used
+
+
+class Network(nn.Module):
+    """The forward pass of a gradc model file in PyTorch modules (nn.Linear, nn.ReLU, ...):
+    a list of steps, each reading a named value (or the previous one) and writing one. The
+    parameters carry gradc's names in `gradc_names` (name in this module -> gradc's name),
+    each step its layer's name in `labels`."""
+
+    def __init__(self, steps, input_shape, loss, labels):
+        super().__init__()
+        self.mods = nn.ModuleList([s[1] for s in steps if isinstance(s[1], nn.Module)])
+        self.steps, self.input_shape, self.loss = steps, input_shape, loss
+        self.labels = labels  # the layer name of each step, as gradc check prints it
+        mod_labels = [labels[i] for i, s in enumerate(steps) if isinstance(s[1], nn.Module)]
+        self.gradc_names = {n: mod_labels[int(n.split(".")[1])] + "." + n.split(".", 2)[2]
+                            for n, _ in self.named_parameters()}
+
+    def forward(self, x):
+        env, cur = {}, x.view(x.shape[0], *self.input_shape)
+        for kind, op, src, dst, extra in self.steps:
+            v = cur if src is None else env[src]
+            if kind == "module":
+                cur = op(v)
+            elif kind == "add":  # `add A` (the current value + A) or `add A B`
+                cur = (v if extra is None else env[extra]) + env[op]
+            elif kind == "mul":
+                cur = (v if extra is None else env[extra]) * env[op]
+            else:  # `from NAME`
+                cur = v
+            if dst is not None:
+                env[dst] = cur
+        return cur
+
+    def loss_of(self, out, target):
+        if self.loss == "cross_entropy":
+            return nn.functional.cross_entropy(out, target)
+        if self.loss == "bce":
+            return nn.functional.binary_cross_entropy_with_logits(out.view(-1), target.to(out.dtype))
+        return nn.functional.mse_loss(out, target)
+
+    def target(self, batch, x, out_features):
+        """A target of the loss's kind for a batch (random class indices, bits, or x itself)."""
+        if self.loss == "cross_entropy":
+            return torch.randint(0, out_features, (batch,))
+        if self.loss == "bce":
+            return torch.randint(0, 2, (batch,))
+        return x.view(batch, -1)[:, :out_features] if x.view(batch, -1).shape[1] == out_features \
+            else torch.randn(batch, out_features)
+
+
+def network(path, gradc=None):
+    """The PyTorch network of model file `path` (nn.Linear, activations, batchnorm, layernorm,
+    flatten, add, mul, repeat, names, from). Raises Unsupported for what it cannot express
+    (an `activation` definition, batchnorm on rank 3). With `gradc` (the executable), the
+    parameters are checked against `gradc check`'s, in order and shape, and take its names."""
+    with open(path) as f:
+        lines = [l.split("#", 1)[0].strip() for l in f]
+    where = os.path.basename(path)
+    shape, loss, steps, labels = None, None, [], []
+    index, defined = [0], {}  # the next index of an unnamed module; definitions of each name
+    cur = None  # the current value's example shape
+    named = {}  # the example shape of each named value
+
+    def block(i, depth):
+        nonlocal shape, loss, cur
+        while i < len(lines):
+            words = _tokens(lines[i])
+            here = f"{where}:{i + 1}"
+            i += 1
+            if not words:
+                continue
+            if words[0] == "}":
+                return i
+            if words[0] == "model":
+                continue
+            if words[0] == "activation":
+                raise Unsupported(f"{here}: user-defined activations ('activation {words[1]}') have no PyTorch module here")
+            if words[0] == "input":
+                shape = [int(d) for d in words[1].split("x")]
+                cur = list(shape)
+                continue
+            if words[0] == "loss":
+                loss = words[1]
+                continue
+            if words[0] == "repeat":
+                count, start = int(words[1]), i
+                for _ in range(count):
+                    i = block(start, depth + 1)
+                continue
+            dst = None
+            if len(words) > 2 and words[1] == "=":
+                dst, words = words[0], words[2:]
+            before = len(steps)
+            src = None
+            if "from" in words:
+                k = words.index("from")
+                src, words = words[k + 1], words[:k]
+                cur = list(named[src])
+            if not words:  # `from NAME`
+                steps.append(("from", None, src, dst, None))
+            elif words[0] == "dense":
+                n = int(words[1])
+                rest = words[2:]
+                act = _activation(rest, here)
+                opts = _options(rest[act[1] if act else 0:])
+                lin = nn.Linear(cur[-1], n, bias=opts.get("bias", "true") != "false")
+                steps.append(("module", lin, src, None if act else dst, None))
+                if act:
+                    steps.append(("module", act[0](), None, dst, None))
+                cur[-1] = n
+            elif words[0] in ("batchnorm", "layernorm"):
+                opts = _options(words[1:])
+                eps = float(opts.get("eps", 1e-5))
+                if words[0] == "batchnorm":
+                    if len(cur) != 1:
+                        raise Unsupported(f"{here}: batchnorm on values of rank 3")
+                    mod = nn.BatchNorm1d(cur[-1], eps=eps, momentum=float(opts.get("momentum", 0.1)))
+                else:
+                    mod = nn.LayerNorm(cur[-1], eps=eps)
+                steps.append(("module", mod, src, dst, None))
+            elif words[0] == "flatten":
+                steps.append(("module", nn.Flatten(), src, dst, None))
+                cur = [int(torch.tensor(cur).prod())]
+            elif words[0] in ("add", "mul"):
+                names = [w for w in words[1:]]
+                if len(names) == 1:
+                    steps.append((words[0], names[0], src, dst, None))
+                else:
+                    steps.append((words[0], names[1], src, dst, names[0]))
+            elif _activation(words, here):
+                steps.append(("module", _activation(words, here)[0](), src, dst, None))
+            else:
+                raise Unsupported(f"{here}: '{words[0]}' has no PyTorch translation here")
+            if dst is not None:
+                named[dst] = list(cur)
+                label = dst if depth == 0 else f"{dst}.{defined.get(dst, 0)}"
+                defined[dst] = defined.get(dst, 0) + 1
+                labels.extend([label] * (len(steps) - before))
+            else:
+                for kind, *_ in steps[before:]:
+                    labels.append(f"layers.{index[0]}" if kind != "from" else "")
+                    index[0] += kind != "from"
+        if depth:
+            raise Unsupported(f"{where}: unclosed repeat")
+        return i
+
+    block(0, 0)
+    if shape is None or loss is None:
+        raise Unsupported(f"{where}: no input or no loss")
+    net = Network(steps, shape, loss, labels)
+    if gradc:
+        _take_gradc_names(net, path, gradc)
+    return net
+
+
+def _take_gradc_names(net, path, gradc):
+    """Checks the network's parameters against `gradc check`'s table and names them as it does."""
+    out = subprocess.run([gradc, "check", path, "--batch", "2"], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise Unsupported(out.stderr.strip())
+    rows, table = [], False
+    for line in out.stdout.splitlines():
+        cols = line.split()
+        if cols[:2] == ["parameter", "shape"]:
+            table = True
+        elif table and cols and cols[0] != "total":
+            rows.append((cols[0], [int(d) for d in cols[1].strip("[]").split(",")]))
+    ours = [(n, list(p.shape)) for n, p in net.named_parameters()]
+    if [s for _, s in ours] != [s for _, s in rows]:
+        raise Unsupported(f"{os.path.basename(path)}: the PyTorch translation's parameters "
+                          f"{[s for _, s in ours]} are not gradc's {[s for _, s in rows]}")
+    net.gradc_names = {n: g for (n, _), (g, _) in zip(ours, rows)}  # where the rules above missed one

@@ -86,6 +86,10 @@ TEST_CASE("the JIT agrees with the interpreter on every model in models/", "[jit
     std::mt19937 rng(11);
     int checked = 0;
     for (auto& entry : fs::directory_iterator(GRADC_SOURCE_DIR "/models")) {
+        // wide_relu (784-4096-4096-10, the 29 GFLOP step benchmark) adds no construct; its 20M
+        // parameters in the double interpreter would take 1 GB and seconds. deep40_relu stays:
+        // 40 identical layers are what compiled code shares between products.
+        if (entry.path().stem() == "wide_relu") continue;
         INFO(entry.path());
         agree(compileFile(entry.path().string(), {5}).graph, rng);
         ++checked;

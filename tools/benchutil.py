@@ -1,0 +1,113 @@
+"""tools/benchutil.py — what the benchmark scripts share (bench-vs-torch, bench-compile,
+bench-grads-vs-torch, bench-all): the CPU's name and features, the ISA of gradc's code, runs of
+`gradc bench` read into numbers, medians. Standard library only; benchmarks, never tests of
+speed."""
+import os, re, statistics, subprocess, sys, tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GRADC = os.path.join(ROOT, "build/tools/gradc")
+
+
+def fail(message):
+    """Exits with status 2 and a message naming the script."""
+    sys.exit(f"{os.path.basename(sys.argv[0])}: {message}")
+
+
+def cpu_model():
+    """lscpu's "Model name" (/proc/cpuinfo's "model name" without lscpu)."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
+def cpu_flags():
+    """The first processor's flags in /proc/cpuinfo."""
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def cpu_isa(flags=None):
+    """The widest vector ISA the CPU has: AVX-512, AVX2 or SSE2."""
+    flags = cpu_flags() if flags is None else flags
+    return "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags and "fma" in flags else "SSE2"
+
+
+def gradc_isa(gradc):
+    """The ISA of the code gradc compiles on this machine, read from the assembly it emits for
+    a small model: AVX-512 when it uses zmm registers, AVX2 for ymm, else SSE2."""
+    with tempfile.TemporaryDirectory() as tmp:
+        model = os.path.join(tmp, "isa_probe.nn")
+        with open(model, "w") as f:
+            f.write("input 64\ndense 64 relu\ndense 4\nloss cross_entropy\n")
+        run = subprocess.run([gradc, "dump", model, "--emit=asm", "--batch", "16"], capture_output=True, text=True)
+    if run.returncode != 0:
+        fail(f"{gradc} dump --emit=asm failed: {run.stderr.strip()}")
+    return "AVX-512" if "%zmm" in run.stdout else "AVX2" if "%ymm" in run.stdout else "SSE2"
+
+
+def median(values):
+    return statistics.median(values)
+
+
+def run(cmd, env=None):
+    """Runs a command; exits with its stderr when it fails. Returns stdout."""
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if p.returncode != 0:
+        fail(f"'{' '.join(cmd)}' exited with {p.returncode}:\n{p.stderr.strip()}")
+    return p.stdout
+
+
+class Bench:
+    """One run of `gradc bench`: compile time, FMA peak, ms and GFLOP per step, % of peak,
+    and the lines gradc prints after "compiled in" before the peak (a phase breakdown)."""
+
+    def __init__(self, text):
+        self.text = text
+        m = re.search(r"(compiled|loaded from the cache) in ([0-9.]+) ms", text)
+        self.cached, self.compile_ms = m.group(1) != "compiled", float(m.group(2))
+        self.peak = float(re.search(r"FMA peak \(measured\): ([0-9.]+) GFLOP/s", text).group(1))
+        m = re.search(r"backward: ([0-9.]+) ms per step, [0-9.]+ GFLOP/s \(([0-9.]+) GFLOP per step\), ([0-9.]+)% of peak", text)
+        self.ms, self.gflop, self.percent = float(m.group(1)), float(m.group(2)), float(m.group(3))
+        lines = text.splitlines()
+        self.phases = []
+        for i, line in enumerate(lines):
+            if " in " in line and ("compiled in" in line or "code compiled" in line):
+                for extra in lines[i + 1:]:
+                    if extra.startswith("FMA peak"):
+                        break
+                    self.phases.append(extra)
+                break
+
+
+def gradc_bench(gradc, model, batch=256, steps=1, threads=1, cache=True, extra=()):
+    cmd = [gradc, "bench", model, "--batch", str(batch), "--steps", str(steps), "--threads", str(threads), *extra]
+    if not cache:
+        cmd.append("--no-cache")
+    return Bench(run(cmd))
+
+
+def header(gradc, peak):
+    """The lines every benchmark table starts with: CPU, ISA, peak."""
+    return [f"CPU: {cpu_model()} ({os.cpu_count()} logical CPUs, {cpu_isa()}); "
+            f"gradc code: {gradc_isa(gradc)}; FMA peak (measured by gradc bench): {peak:.1f} GFLOP/s per thread"]
+
+
+def parse_list(text, what):
+    """A comma-separated list of whole numbers > 0 (--threads 1,2)."""
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or any(v < 1 for v in values):
+        fail(f"{what} '{text}' is not a comma-separated list of whole numbers > 0")
+    return values
