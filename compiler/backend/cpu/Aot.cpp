@@ -190,8 +190,8 @@ AotResult compileAhead(const Graph& fwd, const AotOptions& opts) {
     m->getFunction(entrySymbol(EntryPoint::Forward))->setName(prefix + "_forward");
     m->getFunction(entrySymbol(EntryPoint::Backward))->setName(prefix + "_backward");
     m->getFunction(kUpdateSymbol)->setName(prefix + "_update");
-    for (const char* helper : {"gradc_pack_b", "gradc_tile"})
-        if (llvm::Function* f = m->getFunction(helper)) f->setName(prefix + std::string(helper + 5)); // prefix_pack_b, ...
+    for (llvm::Function& f : *m) // the internal helpers and kernel functions: prefix_pack_b, prefix_kernel.3, ...
+        if (f.hasLocalLinkage() && f.getName().starts_with("gradc_")) f.setName(prefix + f.getName().drop_front(5).str());
     {
         llvm::IRBuilder<> b(ctx);
         auto* f = llvm::Function::Create(llvm::FunctionType::get(b.getInt32Ty(), false),

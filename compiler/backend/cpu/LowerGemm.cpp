@@ -214,11 +214,9 @@ void Lowering::matrixProduct(const Kernel& k) {
         tiles(i64(0), i64(units), i64(0));
         return;
     }
-    // Outlined: the entry's arguments come through the context array.
-    auto* ptr = llvm::PointerType::get(ctx_, 0);
+    // Outlined: the kernel function's bases come through the context array.
     auto outlined = [&](llvm::Value* context, llvm::Value* begin, llvm::Value* end, llvm::Value* thread) {
-        for (unsigned i = 0; i < kEntryArgCount; ++i)
-            args_[i] = b_.CreateLoad(ptr, b_.CreateConstGEP1_64(ptr, context, i));
+        loadContext(context);
         scratch(bp, tile); // the panel addresses, inside the outlined function
         tiles(begin, end, thread);
     };
