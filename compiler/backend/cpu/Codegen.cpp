@@ -19,6 +19,7 @@
 #include <llvm/IR/Module.h>
 #include <llvm/IR/Verifier.h>
 #include <llvm/Passes/PassBuilder.h>
+#include <llvm/Passes/StandardInstrumentations.h>
 #include <llvm/Support/MemoryBuffer.h>
 #include <llvm/Support/raw_ostream.h>
 
@@ -101,7 +102,11 @@ void optimise(llvm::Module& m, llvm::TargetMachine& tm, bool libmvec) {
     llvm::PipelineTuningOptions tuning;
     tuning.LoopUnrolling = false;
     tuning.LoopInterleaving = false;
-    llvm::PassBuilder pb(&tm, tuning);
+    // The standard instrumentations make the passes skip `optnone` functions (the entry points).
+    llvm::PassInstrumentationCallbacks pic;
+    llvm::StandardInstrumentations si(m.getContext(), /*DebugLogging=*/false);
+    si.registerCallbacks(pic, &mam);
+    llvm::PassBuilder pb(&tm, tuning, std::nullopt, &pic);
     llvm::TargetLibraryInfoImpl tlii(llvm::Triple(m.getTargetTriple()));
     if (libmvec && Jit::haveLibmvec()) { // vector exp, log, tanh, ... from glibc
         tlii.addVectorizableFunctionsFromVecLib(llvm::TargetLibraryInfoImpl::LIBMVEC_X86,
@@ -134,6 +139,12 @@ void optimise(llvm::Module& m, llvm::TargetMachine& tm, bool libmvec) {
     pb.registerFunctionAnalyses(fam);
     pb.registerLoopAnalyses(lam);
     pb.crossRegisterProxies(lam, fam, cgam, mam);
+    if (const char* e = std::getenv("GRADC_PIPELINE")) { // EXPERIMENT
+        llvm::ModulePassManager mpm;
+        if (auto err = pb.parsePassPipeline(mpm, e)) failLLVM("pipeline", std::move(err));
+        mpm.run(m, mam);
+        return;
+    }
     pb.buildPerModuleDefaultPipeline(llvm::OptimizationLevel::O3).run(m, mam);
 }
 
