@@ -23,7 +23,9 @@
 #include <llvm/Support/MemoryBuffer.h>
 #include <llvm/Support/raw_ostream.h>
 
+#include <algorithm>
 #include <chrono>
+#include <ctime>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -66,17 +68,42 @@ static GemmBlocking hostBlocking(bool f64, int threads = 1) {
     return b;
 }
 
-Programs buildPrograms(const Graph& fwd, bool f64, const GemmBlocking& blocking) {
+PhaseTimer::PhaseTimer(std::vector<CompilePhase>* out) : out_(out), print_(std::getenv("GRADC_DEBUG") != nullptr) {
+    timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    wall_ = double(t.tv_sec) * 1e3 + double(t.tv_nsec) / 1e6;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+    cpu_ = double(t.tv_sec) * 1e3 + double(t.tv_nsec) / 1e6;
+}
+
+void PhaseTimer::operator()(const char* phase) {
+    PhaseTimer now(nullptr);
+    const double ms = now.wall_ - wall_, cpuMs = now.cpu_ - cpu_;
+    wall_ = now.wall_, cpu_ = now.cpu_;
+    if (print_) fmt::print(stderr, "gradc: {:8.2f} ms ({:8.2f} ms CPU)  {}\n", ms, cpuMs, phase);
+    if (!out_) return;
+    auto it = std::find_if(out_->begin(), out_->end(), [&](const CompilePhase& p) { return p.name == phase; });
+    if (it == out_->end()) it = out_->insert(out_->end(), CompilePhase{phase, 0, 0});
+    it->ms += ms, it->cpuMs += cpuMs;
+}
+
+Programs buildPrograms(const Graph& fwd, bool f64, const GemmBlocking& blocking, PhaseTimer* timer) {
+    auto phase = [&](const char* name) {
+        if (timer) (*timer)(name);
+    };
     Layout layout = computeLayout(fwd);
     const int bytes = f64 ? 8 : 4;
     Programs out{buildKernels(fwd, "forward", fwd.outputs, layout, bytes, blocking), {}, layout};
+    phase("fusion + memory plan");
     if (fwd.eval) { // evaluation mode has no backward pass: its entry point does nothing
         out.backward.name = "backward";
         out.backward.blocking = blocking;
         return out;
     }
     Graph grad = differentiate(fwd);
+    phase("autodiff");
     out.backward = buildKernels(grad, "backward", backwardOutputs(grad), layout, bytes, blocking);
+    phase("fusion + memory plan");
     return out;
 }
 
@@ -167,37 +194,19 @@ std::string cacheKey(const std::string& ir, bool f64) {
                        Jit::haveLibmvec() ? "libmvec" : "scalar", ir);
 }
 
-/// GRADC_DEBUG=1 prints how long each stage of code generation took.
-class StageTimer {
-public:
-    StageTimer() : on_(std::getenv("GRADC_DEBUG") != nullptr), last_(std::chrono::steady_clock::now()) {}
-    void operator()(const char* stage) {
-        if (!on_) return;
-        auto now = std::chrono::steady_clock::now();
-        fmt::print(stderr, "gradc: {:8.2f} ms  {}\n", std::chrono::duration<double, std::milli>(now - last_).count(), stage);
-        last_ = now;
-    }
-
-private:
-    bool on_;
-    std::chrono::steady_clock::time_point last_;
-};
-
 } // namespace
 
 CompiledModel compileModel(const Graph& fwd, const CodegenOptions& opts) {
     auto start = std::chrono::steady_clock::now();
-    StageTimer timer;
-    Programs programs = buildPrograms(fwd, opts.f64, hostBlocking(opts.f64, opts.threads));
-    timer("differentiate, fuse, plan memory");
+    CompiledModel out;
+    PhaseTimer timer(&out.phases);
+    Programs programs = buildPrograms(fwd, opts.f64, hostBlocking(opts.f64, opts.threads), &timer);
     auto tm = hostTargetMachine();
-    timer("target machine");
     llvm::LLVMContext ctx;
     auto m = lower(ctx, programs, opts.f64, *tm, opts.profile);
     const std::string ir = printModule(*m);
-    timer("lower to LLVM IR, verify, print");
+    timer("lowering");
 
-    CompiledModel out;
     const std::string key = cacheKey(ir, opts.f64);
     std::optional<ObjectCache> cache;
     if (opts.cache) cache.emplace(opts.cacheDir);
@@ -207,13 +216,14 @@ CompiledModel compileModel(const Graph& fwd, const CodegenOptions& opts) {
         out.cacheProblem = cache->problem();
     }
     out.cacheHit = object.has_value();
-    timer(out.cacheHit ? "cache hit" : "cache miss");
+    timer("object cache");
     if (!object) {
         optimise(*m, *tm);
-        timer("optimise (O3)");
+        timer("LLVM optimisation");
         object = emit(*m, *tm, llvm::CodeGenFileType::ObjectFile);
-        timer("emit object code");
+        timer("machine code");
         if (cache) cache->store(key, *object);
+        timer("object cache");
     }
     std::shared_ptr<Jit> jit = checkLLVM("cannot start the JIT", Jit::create());
     if (auto err = jit->addObject(llvm::MemoryBuffer::getMemBufferCopy(*object, "gradc-model")))
@@ -235,7 +245,7 @@ CompiledModel compileModel(const Graph& fwd, const CodegenOptions& opts) {
         out.kernelsForward = labels(programs.forward);
         out.kernelsBackward = labels(programs.backward);
     }
-    timer("JIT: load and link");
+    timer("JIT load");
     out.workspaceBytes = std::max(programs.forward.workspaceBytes, programs.backward.workspaceBytes);
     out.layout = programs.layout;
     out.parameterCount = programs.layout.parameterCount();
