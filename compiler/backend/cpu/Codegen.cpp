@@ -123,9 +123,6 @@ void optimise(llvm::Module& m, llvm::TargetMachine& tm, bool libmvec) {
     llvm::FunctionAnalysisManager fam;
     llvm::CGSCCAnalysisManager cgam;
     llvm::ModuleAnalysisManager mam;
-    // O3 without loop unrolling and interleaving: on the seed network they tripled the
-    // compile time (106 -> 275 ms) and made the step slower (31 -> 40 ms); the vectoriser
-    // does the work that matters.
     llvm::PipelineTuningOptions tuning;
     tuning.LoopUnrolling = false;
     tuning.LoopInterleaving = false;
@@ -166,13 +163,26 @@ void optimise(llvm::Module& m, llvm::TargetMachine& tm, bool libmvec) {
     pb.registerFunctionAnalyses(fam);
     pb.registerLoopAnalyses(lam);
     pb.crossRegisterProxies(lam, fam, cgam, mam);
-    if (const char* e = std::getenv("GRADC_PIPELINE")) { // EXPERIMENT
-        llvm::ModulePassManager mpm;
-        if (auto err = pb.parsePassPipeline(mpm, e)) failLLVM("pipeline", std::move(err));
-        mpm.run(m, mam);
-        return;
-    }
-    pb.buildPerModuleDefaultPipeline(llvm::OptimizationLevel::O3).run(m, mam);
+    // A function pipeline of what the kernels need, not O3: registers for the scalars
+    // (sroa), clean-up, loop-invariant addresses out of the loops, then the vectoriser (at
+    // the register width, with glibc's vector math; no interleaving, no unrolling: O3's
+    // unrolling and interleaving had tripled the compile time and slowed the step). Kernels
+    // are functions of their own (noinline), so there is nothing to inline or to do across
+    // functions. Measured against O3 (without unrolling and interleaving) on the loaded
+    // 2-core EPYC (Zen 4), `gradc bench MODEL --no-cache --threads 1 --steps 200`, 3
+    // alternating rounds, median: LLVM optimisation CPU time 90 -> 47 ms (seed_sigmoid),
+    // 100 -> 50 (deep_relu), 150 -> 85 (seed_sigmoid_bn), 85 -> 47 (seed_layernorm);
+    // step 12.0 vs 12.0 ms (seed_sigmoid), 14.7 vs 13.1 (deep_relu), 22.8 vs 23.2
+    // (seed_sigmoid_bn), 6.8 vs 6.7 (seed_layernorm), 22.6 vs 16.7 (seed_tanh: O3 did not
+    // call glibc's 16-lane tanhf). O2 cost as much as O3; SLP and GVN added 25% for nothing
+    // measurable. The code generator's level (Aggressive, Default, Less) made no difference
+    // to its time (~80 ms CPU on the seed network).
+    llvm::ModulePassManager mpm;
+    auto err = pb.parsePassPipeline(mpm, "function(sroa,early-cse,instcombine,simplifycfg,loop(loop-rotate),"
+                                         "loop-mssa(licm),loop(indvars),inject-tli-mappings,"
+                                         "loop-vectorize<interleave-forced-only>,instcombine,simplifycfg)");
+    internal_assert(!err, "the pass pipeline does not parse: " + llvm::toString(std::move(err)));
+    mpm.run(m, mam);
 }
 
 std::string emit(llvm::Module& m, llvm::TargetMachine& tm, llvm::CodeGenFileType type) {

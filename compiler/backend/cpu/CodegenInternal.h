@@ -36,7 +36,7 @@ Programs buildPrograms(const Graph& fwd, bool f64, const GemmBlocking& blocking,
 /// Lowers, sets the target's data layout and triple, and verifies.
 std::unique_ptr<llvm::Module> lower(llvm::LLVMContext& ctx, const Programs& p, bool f64, llvm::TargetMachine& tm,
                                     bool profile = false);
-/// O3 for the target, without loop unrolling and interleaving; `libmvec` lets the vectoriser
+/// The kernels' pass pipeline for the target (Codegen.cpp says which and why); `libmvec` lets the vectoriser
 /// call glibc's vector math functions (not for objects that may run elsewhere).
 void optimise(llvm::Module& m, llvm::TargetMachine& tm, bool libmvec = true);
 std::string emit(llvm::Module& m, llvm::TargetMachine& tm, llvm::CodeGenFileType type);

@@ -12,8 +12,6 @@
 #include <llvm/TargetParser/Host.h>
 
 #include <mutex>
-#include <cstdlib>
-#include <vector>
 
 namespace gradc {
 
@@ -22,11 +20,8 @@ void Jit::initialiseLLVM() {
     std::call_once(once, [] {
         // Loop strength reduction took a third of code generation time on the seed network
         // (100 of 280 ms) and did not make the step faster: its loops index plainly.
-        std::vector<const char*> args = {"gradc", "-disable-lsr"};
-        std::vector<std::string> extra; // EXPERIMENT
-        if (const char* e = std::getenv("GRADC_LLVM_ARGS")) { std::string s = e; size_t p = 0; while (p < s.size()) { size_t q = s.find(' ', p); if (q == std::string::npos) q = s.size(); extra.push_back(s.substr(p, q - p)); p = q + 1; } }
-        for (auto& x : extra) args.push_back(x.c_str());
-        llvm::cl::ParseCommandLineOptions(int(args.size()), args.data());
+        const char* args[] = {"gradc", "-disable-lsr"};
+        llvm::cl::ParseCommandLineOptions(2, args);
         llvm::InitializeNativeTarget();
         llvm::InitializeNativeTargetAsmPrinter();
         llvm::InitializeNativeTargetAsmParser();
@@ -53,7 +48,7 @@ static llvm::orc::JITTargetMachineBuilder hostBuilder() {
     llvm::orc::JITTargetMachineBuilder jtmb(llvm::Triple(llvm::sys::getProcessTriple()));
     jtmb.setCPU(Jit::hostCpu());
     for (auto& [name, on] : llvm::sys::getHostCPUFeatures()) jtmb.getFeatures().AddFeature(name, on);
-    jtmb.setCodeGenOptLevel(std::getenv("GRADC_CGOPT") ? llvm::CodeGenOptLevel(std::atoi(std::getenv("GRADC_CGOPT"))) : llvm::CodeGenOptLevel::Aggressive);
+    jtmb.setCodeGenOptLevel(llvm::CodeGenOptLevel::Aggressive);
     return jtmb;
 }
 
