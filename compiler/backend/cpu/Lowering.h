@@ -2,15 +2,16 @@
 // module, and the building blocks every part of it uses (loops, variables, loads and
 // stores, math calls, helper functions). Its methods are defined by what they lower:
 //   LowerToLLVM.cpp  lowerToLLVM, the building blocks
-//   LowerEntry.cpp   the entry ABI: entry points, their arguments, the kernel loop and profile
-//                    counters, the context of outlined parallel loops
+//   LowerEntry.cpp   the entry ABI: entry points, their arguments, the calls to the kernel
+//                    functions (one per distinct kernel structure) and profile counters, the
+//                    context of outlined parallel loops
 //   LowerScalar.cpp  scalar expressions (with the inline expf) and element-wise loop kernels
 //   LowerGemm.cpp    matrix products: the packing of B, the register-tile micro-kernel, threads
 //   LowerLoss.cpp    softmax cross-entropy, BCE with logits, MSE
 //   LowerNorm.cpp    normalisations (batchnorm, its gradients) by the op they compute
 //   LowerUpdate.cpp  the optimiser step (gradc_update)
-// Loops are emitted plainly with static bounds; the optimiser (O3, the host's vector width)
-// vectorises them. Floating-point operations carry only `reassoc contract` (and `afn` on
+// Loops are emitted plainly with static bounds; the optimiser (Codegen.cpp's pipeline, the
+// host's vector width) vectorises them. Floating-point operations carry only `reassoc contract` (and `afn` on
 // math calls): never nnan/ninf, so NaN and Inf survive to be counted.
 #pragma once
 
