@@ -285,7 +285,10 @@ BenchResult runBench(const BenchOptions& o) {
     codegen.profile = o.profile;
     codegen.cache = o.cache && !o.profile; // profiled code is not the code users run
     // The step `gradc train` runs; with `statistics`, the one `gradc grads` runs.
+    std::vector<CompilePhase> frontEnd;
+    PhaseTimer timer(&frontEnd);
     Graph g = compileFile(o.model, {o.batch, false, false, o.statistics}).graph;
+    timer("front end");
     const CompiledModel cm = compileModel(g, codegen);
     const std::unique_ptr<Executable> exe = cpuExecutable(cm);
     Graph grad = differentiate(g);
@@ -316,7 +319,9 @@ BenchResult runBench(const BenchOptions& o) {
     }
     std::sort(r.roundMs.begin(), r.roundMs.end());
     r.model = g.model, r.batch = o.batch, r.steps = o.steps, r.threads = resolveThreads(o.threads);
-    r.f64 = o.f64, r.cacheHit = cm.cacheHit, r.compileMs = cm.compileMs;
+    r.f64 = o.f64, r.cacheHit = cm.cacheHit, r.compileMs = frontEnd[0].ms + cm.compileMs;
+    for (const std::vector<CompilePhase>* phases : {&frontEnd, &cm.phases})
+        for (const CompilePhase& p : *phases) r.compilePhases.push_back({p.name, p.ms, p.cpuMs});
     r.msPerStep = r.roundMs[r.roundMs.size() / 2];
     r.gflopPerStep = matmulFlops(grad) / 1e9;
     r.fmaPeak = measureFmaPeak(o.f64);

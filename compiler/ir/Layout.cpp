@@ -31,11 +31,18 @@ const char* arrayName(Array a) {
 void Layout::add(LayoutEntry e) {
     e.offset = sizes_[size_t(e.array)];
     sizes_[size_t(e.array)] += e.elements();
+    index_.emplace(key(e.role, e.name), entries.size()); // the first of a name stays
     entries.push_back(std::move(e));
+    added_ = entries.size();
 }
 
 const LayoutEntry* Layout::find(Role role, const std::string& name) const& {
-    for (auto& e : entries)
+    auto it = index_.find(key(role, name));
+    if (it != index_.end() && it->second < entries.size() && entries[it->second].role == role &&
+        entries[it->second].name == name)
+        return &entries[it->second];
+    if (entries.size() == added_) return nullptr;
+    for (auto& e : entries) // entries appended without add(), if ever
         if (e.role == role && e.name == name) return &e;
     return nullptr;
 }

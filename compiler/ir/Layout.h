@@ -20,6 +20,7 @@
 
 #include <array>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 namespace gradc {
@@ -85,6 +86,11 @@ public:
 
 private:
     std::array<int64_t, kArrayCount> sizes_{};
+    /// Where each (role, name) is among the entries that add() appended, so lookups take
+    /// constant time (the fusion of a 1000-layer model looks up thousands of names).
+    std::unordered_map<std::string, size_t> index_;
+    size_t added_ = 0; ///< entries.size() after the last add()
+    static std::string key(Role role, const std::string& name) { return std::to_string(int(role)) + ':' + name; }
 };
 
 /// The layout of the entry points compiled from `forward` (a training- or evaluation-mode

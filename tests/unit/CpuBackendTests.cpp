@@ -191,3 +191,27 @@ TEST_CASE("kernel labels are printKernels' first lines and the profile's names",
     for (size_t i = 0; i < cm.kernelsBackward.size(); ++i) cycles += cm.profileBackward[i];
     CHECK(cycles > 0);
 }
+
+TEST_CASE("kernels that differ only in their buffers share one kernel function", "[jit][lowering]") {
+    // The layers of a repeat block compute the same kernels on different buffers: the
+    // module's kernel functions do not grow with the repeat count, only the calls do.
+    auto module = [](int repeats) {
+        const std::string text = "model r\ninput 32\ndense 16 relu\nrepeat " + std::to_string(repeats) +
+                                 " {\n  dense 16 relu\n}\ndense 4\nloss cross_entropy\n";
+        Graph g = compileSource("r.nn", text, {8}).graph;
+        CodegenOptions co;
+        co.threads = 2; // with loops outlined onto the thread pool
+        return emitModule(g, co, "llvm-unoptimised");
+    };
+    auto count = [](const std::string& ir, const std::string& what) {
+        size_t n = 0;
+        for (size_t at = ir.find(what); at != std::string::npos; at = ir.find(what, at + 1)) ++n;
+        return n;
+    };
+    const std::string two = module(2), six = module(6);
+    const size_t functions = count(two, "define internal void @gradc_kernel");
+    CHECK(functions > 0);
+    CHECK(count(six, "define internal void @gradc_kernel") == functions);
+    CHECK(count(six, "define internal void @gradc_tiles") == count(two, "define internal void @gradc_tiles"));
+    CHECK(count(six, "call void @gradc_kernel") > count(two, "call void @gradc_kernel"));
+}

@@ -39,6 +39,8 @@ int runBench(const po::variables_map& vm) {
     fmt::print("(median of {} rounds, {:.3f} to {:.3f} ms; {})\n", r.roundMs.size(), r.roundMs.front(), r.roundMs.back(),
                o.statistics ? "with activation statistics, as gradc grads"
                             : "without activation statistics, as gradc train");
+    fmt::print("\ncompilation by phase (ms wall clock, ms CPU):\n");
+    for (const auto& p : r.compilePhases) fmt::print("  {:<22} {:9.1f} {:9.1f}\n", p.name, p.ms, p.cpuMs);
     if (o.profile) {
         fmt::print("\nbackward entry point, share of cycles per kernel:\n");
         for (auto& [kernel, share] : r.kernelShares) fmt::print("  {:5.1f}%  {}\n", 100.0 * share, kernel);

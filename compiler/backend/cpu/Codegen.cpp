@@ -19,10 +19,13 @@
 #include <llvm/IR/Module.h>
 #include <llvm/IR/Verifier.h>
 #include <llvm/Passes/PassBuilder.h>
+#include <llvm/Passes/StandardInstrumentations.h>
 #include <llvm/Support/MemoryBuffer.h>
 #include <llvm/Support/raw_ostream.h>
 
+#include <algorithm>
 #include <chrono>
+#include <ctime>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -65,17 +68,42 @@ static GemmBlocking hostBlocking(bool f64, int threads = 1) {
     return b;
 }
 
-Programs buildPrograms(const Graph& fwd, bool f64, const GemmBlocking& blocking) {
+PhaseTimer::PhaseTimer(std::vector<CompilePhase>* out) : out_(out), print_(std::getenv("GRADC_DEBUG") != nullptr) {
+    timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    wall_ = double(t.tv_sec) * 1e3 + double(t.tv_nsec) / 1e6;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+    cpu_ = double(t.tv_sec) * 1e3 + double(t.tv_nsec) / 1e6;
+}
+
+void PhaseTimer::operator()(const char* phase) {
+    PhaseTimer now(nullptr);
+    const double ms = now.wall_ - wall_, cpuMs = now.cpu_ - cpu_;
+    wall_ = now.wall_, cpu_ = now.cpu_;
+    if (print_) fmt::print(stderr, "gradc: {:8.2f} ms ({:8.2f} ms CPU)  {}\n", ms, cpuMs, phase);
+    if (!out_) return;
+    auto it = std::find_if(out_->begin(), out_->end(), [&](const CompilePhase& p) { return p.name == phase; });
+    if (it == out_->end()) it = out_->insert(out_->end(), CompilePhase{phase, 0, 0});
+    it->ms += ms, it->cpuMs += cpuMs;
+}
+
+Programs buildPrograms(const Graph& fwd, bool f64, const GemmBlocking& blocking, PhaseTimer* timer) {
+    auto phase = [&](const char* name) {
+        if (timer) (*timer)(name);
+    };
     Layout layout = computeLayout(fwd);
     const int bytes = f64 ? 8 : 4;
     Programs out{buildKernels(fwd, "forward", fwd.outputs, layout, bytes, blocking), {}, layout};
+    phase("fusion + memory plan");
     if (fwd.eval) { // evaluation mode has no backward pass: its entry point does nothing
         out.backward.name = "backward";
         out.backward.blocking = blocking;
         return out;
     }
     Graph grad = differentiate(fwd);
+    phase("autodiff");
     out.backward = buildKernels(grad, "backward", backwardOutputs(grad), layout, bytes, blocking);
+    phase("fusion + memory plan");
     return out;
 }
 
@@ -95,13 +123,14 @@ void optimise(llvm::Module& m, llvm::TargetMachine& tm, bool libmvec) {
     llvm::FunctionAnalysisManager fam;
     llvm::CGSCCAnalysisManager cgam;
     llvm::ModuleAnalysisManager mam;
-    // O3 without loop unrolling and interleaving: on the seed network they tripled the
-    // compile time (106 -> 275 ms) and made the step slower (31 -> 40 ms); the vectoriser
-    // does the work that matters.
     llvm::PipelineTuningOptions tuning;
     tuning.LoopUnrolling = false;
     tuning.LoopInterleaving = false;
-    llvm::PassBuilder pb(&tm, tuning);
+    // The standard instrumentations make the passes skip `optnone` functions (the entry points).
+    llvm::PassInstrumentationCallbacks pic;
+    llvm::StandardInstrumentations si(m.getContext(), /*DebugLogging=*/false);
+    si.registerCallbacks(pic, &mam);
+    llvm::PassBuilder pb(&tm, tuning, std::nullopt, &pic);
     llvm::TargetLibraryInfoImpl tlii(llvm::Triple(m.getTargetTriple()));
     if (libmvec && Jit::haveLibmvec()) { // vector exp, log, tanh, ... from glibc
         tlii.addVectorizableFunctionsFromVecLib(llvm::TargetLibraryInfoImpl::LIBMVEC_X86,
@@ -134,7 +163,27 @@ void optimise(llvm::Module& m, llvm::TargetMachine& tm, bool libmvec) {
     pb.registerFunctionAnalyses(fam);
     pb.registerLoopAnalyses(lam);
     pb.crossRegisterProxies(lam, fam, cgam, mam);
-    pb.buildPerModuleDefaultPipeline(llvm::OptimizationLevel::O3).run(m, mam);
+    // A function pipeline of what the kernels need, not O3: registers for the scalars
+    // (sroa), clean-up, loop-invariant addresses out of the loops, then the vectoriser (at
+    // the register width, with glibc's vector math; no interleaving, no unrolling: O3's
+    // unrolling and interleaving had tripled the compile time and slowed the step). Kernels
+    // are functions of their own (noinline), so there is nothing to inline or to do across
+    // functions. Measured against O3 (without unrolling and interleaving) on the loaded
+    // 2-core EPYC (Zen 4), `gradc bench MODEL --no-cache --threads 1 --steps 200`, 3
+    // alternating rounds, median: LLVM optimisation CPU time 90 -> 47 ms (seed_sigmoid),
+    // 100 -> 50 (deep_relu), 150 -> 85 (seed_sigmoid_bn), 85 -> 47 (seed_layernorm);
+    // step 12.0 vs 12.0 ms (seed_sigmoid), 14.7 vs 13.1 (deep_relu), 22.8 vs 23.2
+    // (seed_sigmoid_bn), 6.8 vs 6.7 (seed_layernorm), 22.6 vs 16.7 (seed_tanh: O3 did not
+    // call glibc's 16-lane tanhf). O2 cost as much as O3; SLP and GVN added 25% for nothing
+    // measurable. The code generator's level (Aggressive, Default, Less) made no difference
+    // to its time (~80 ms CPU on the seed network).
+    llvm::ModulePassManager mpm;
+    auto err = pb.parsePassPipeline(mpm, "function(sroa,early-cse,instcombine<no-verify-fixpoint>,simplifycfg,"
+                                         "loop(loop-rotate),"
+                                         "loop-mssa(licm),loop(indvars),inject-tli-mappings,"
+                                         "loop-vectorize<interleave-forced-only>,instcombine<no-verify-fixpoint>,simplifycfg)");
+    internal_assert(!err, "the pass pipeline does not parse: " + llvm::toString(std::move(err)));
+    mpm.run(m, mam);
 }
 
 std::string emit(llvm::Module& m, llvm::TargetMachine& tm, llvm::CodeGenFileType type) {
@@ -156,37 +205,19 @@ std::string cacheKey(const std::string& ir, bool f64) {
                        Jit::haveLibmvec() ? "libmvec" : "scalar", ir);
 }
 
-/// GRADC_DEBUG=1 prints how long each stage of code generation took.
-class StageTimer {
-public:
-    StageTimer() : on_(std::getenv("GRADC_DEBUG") != nullptr), last_(std::chrono::steady_clock::now()) {}
-    void operator()(const char* stage) {
-        if (!on_) return;
-        auto now = std::chrono::steady_clock::now();
-        fmt::print(stderr, "gradc: {:8.2f} ms  {}\n", std::chrono::duration<double, std::milli>(now - last_).count(), stage);
-        last_ = now;
-    }
-
-private:
-    bool on_;
-    std::chrono::steady_clock::time_point last_;
-};
-
 } // namespace
 
 CompiledModel compileModel(const Graph& fwd, const CodegenOptions& opts) {
     auto start = std::chrono::steady_clock::now();
-    StageTimer timer;
-    Programs programs = buildPrograms(fwd, opts.f64, hostBlocking(opts.f64, opts.threads));
-    timer("differentiate, fuse, plan memory");
+    CompiledModel out;
+    PhaseTimer timer(&out.phases);
+    Programs programs = buildPrograms(fwd, opts.f64, hostBlocking(opts.f64, opts.threads), &timer);
     auto tm = hostTargetMachine();
-    timer("target machine");
     llvm::LLVMContext ctx;
     auto m = lower(ctx, programs, opts.f64, *tm, opts.profile);
     const std::string ir = printModule(*m);
-    timer("lower to LLVM IR, verify, print");
+    timer("lowering");
 
-    CompiledModel out;
     const std::string key = cacheKey(ir, opts.f64);
     std::optional<ObjectCache> cache;
     if (opts.cache) cache.emplace(opts.cacheDir);
@@ -196,13 +227,14 @@ CompiledModel compileModel(const Graph& fwd, const CodegenOptions& opts) {
         out.cacheProblem = cache->problem();
     }
     out.cacheHit = object.has_value();
-    timer(out.cacheHit ? "cache hit" : "cache miss");
+    timer("object cache");
     if (!object) {
         optimise(*m, *tm);
-        timer("optimise (O3)");
+        timer("LLVM optimisation");
         object = emit(*m, *tm, llvm::CodeGenFileType::ObjectFile);
-        timer("emit object code");
+        timer("machine code");
         if (cache) cache->store(key, *object);
+        timer("object cache");
     }
     std::shared_ptr<Jit> jit = checkLLVM("cannot start the JIT", Jit::create());
     if (auto err = jit->addObject(llvm::MemoryBuffer::getMemBufferCopy(*object, "gradc-model")))
@@ -224,7 +256,7 @@ CompiledModel compileModel(const Graph& fwd, const CodegenOptions& opts) {
         out.kernelsForward = labels(programs.forward);
         out.kernelsBackward = labels(programs.backward);
     }
-    timer("JIT: load and link");
+    timer("JIT load");
     out.workspaceBytes = std::max(programs.forward.workspaceBytes, programs.backward.workspaceBytes);
     out.layout = programs.layout;
     out.f64 = opts.f64;

@@ -21,6 +21,27 @@ struct CodegenOptions {
     int threads = 0;       ///< threads the code is planned for and runs on; 0: all cores
 };
 
+/// How long one phase of a compilation took: wall-clock time, and the CPU time of the
+/// compiling thread (which a machine shared with other work disturbs less).
+struct CompilePhase {
+    std::string name; ///< "autodiff", "fusion + memory plan", "lowering", "LLVM optimisation", ...
+    double ms = 0, cpuMs = 0;
+};
+
+/// Times the phases of a compilation: each call ends the phase named, which began where
+/// the previous call left off, and adds its time to that phase's entry in `out` (a phase
+/// may run in parts). GRADC_DEBUG=1 also prints each part on stderr as it ends.
+class PhaseTimer {
+public:
+    explicit PhaseTimer(std::vector<CompilePhase>* out);
+    void operator()(const char* phase);
+
+private:
+    std::vector<CompilePhase>* out_;
+    bool print_;
+    double wall_, cpu_; ///< when the current phase began, in ms
+};
+
 /// A model compiled to native code. The entry points (arguments: EntryAbi.h) are
 ///   forward (params, x, target, logits, loss, acts, workspace)
 ///   backward(params, x, target, loss, grads, acts, workspace)
@@ -36,6 +57,10 @@ struct CompiledModel {
     bool cacheHit = false;
     std::string cacheProblem;   ///< why the cache folder or entry was ignored; empty if it was not
     double compileMs = 0;       ///< wall time from graph to callable code
+    /// compileMs by phase, in the order they ran: autodiff, fusion + memory plan, lowering
+    /// (to LLVM IR, verified, printed for the cache key), object cache, LLVM optimisation and
+    /// machine code (not on a cache hit), JIT load.
+    std::vector<CompilePhase> phases;
     std::shared_ptr<void> owner; ///< keeps the JIT and its code alive
     /// With CodegenOptions::profile: cycles per kernel, summed over calls, and what each
     /// kernel is (kernelLabel, Kernels.h).

@@ -2,6 +2,7 @@
 // ahead-of-time path (Aot.cpp) share.
 #pragma once
 
+#include "Codegen.h"
 #include "Kernels.h"
 
 #include <llvm/Support/Error.h>
@@ -9,6 +10,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace llvm {
 class LLVMContext;
@@ -30,11 +32,11 @@ std::string printModule(const llvm::Module& m);
 
 /// The register tile for a CPU with `features` ("+avx512f,..." as LLVM spells them).
 GemmBlocking blockingFor(const std::string& features, bool f64);
-Programs buildPrograms(const Graph& fwd, bool f64, const GemmBlocking& blocking);
+Programs buildPrograms(const Graph& fwd, bool f64, const GemmBlocking& blocking, PhaseTimer* timer = nullptr);
 /// Lowers, sets the target's data layout and triple, and verifies.
 std::unique_ptr<llvm::Module> lower(llvm::LLVMContext& ctx, const Programs& p, bool f64, llvm::TargetMachine& tm,
                                     bool profile = false);
-/// O3 for the target, without loop unrolling and interleaving; `libmvec` lets the vectoriser
+/// The kernels' pass pipeline for the target (Codegen.cpp says which and why); `libmvec` lets the vectoriser
 /// call glibc's vector math functions (not for objects that may run elsewhere).
 void optimise(llvm::Module& m, llvm::TargetMachine& tm, bool libmvec = true);
 std::string emit(llvm::Module& m, llvm::TargetMachine& tm, llvm::CodeGenFileType type);

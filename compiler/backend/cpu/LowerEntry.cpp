@@ -1,9 +1,16 @@
 // LowerEntry.cpp — the entry ABI (EntryAbi.h) in LLVM IR: gradc_forward and gradc_backward
-// with their seven pointer arguments, the buffers of a kernel program as addresses in those
-// arguments, the kernels one after another (with profiling, each between two reads of the
-// cycle counter), and the arguments packed into an array for loops outlined onto the thread
-// pool (gradc_parallel_for, the one runtime function compiled code calls).
+// with their seven pointer arguments, and the kernels as functions they call one after
+// another (with profiling, each call between two reads of the cycle counter). A kernel
+// function takes the base addresses of the buffers its kernel reads and writes, then the
+// scratch area; shapes are constants in its code. Kernels with the same structure (equal
+// but for which buffers they use) share one function, so the code, and LLVM's work on it,
+// grows with the distinct kernels of a model, not with its layers: a `repeat` block's
+// layers call the same functions. Loops outlined onto the thread pool
+// (gradc_parallel_for, the one runtime function compiled code calls) get the kernel
+// function's bases through a context array.
 #include "Lowering.h"
+
+#include <fmt/format.h>
 
 namespace gradc {
 
@@ -12,6 +19,51 @@ namespace {
 /// The arguments' names in the IR, in EntryArg order.
 constexpr const char* kArgNames[kEntryArgCount] = {"params", "x", "target", "out0", "out1", "acts", "ws"};
 
+/// A kernel as its kernel function sees it: `key` describes everything the lowering reads
+/// from the kernel, with its buffers renumbered by first use (so equal keys mean the same
+/// code); `buffers` are the kernel's buffers in that order, its function's arguments.
+struct KernelShape {
+    std::string key;
+    std::vector<int32_t> buffers;
+};
+
+KernelShape kernelShape(const Kernel& k) {
+    KernelShape s;
+    std::unordered_map<int32_t, int> slot;
+    auto buf = [&](int32_t id) {
+        if (id < 0) return std::string("-");
+        auto [it, added] = slot.emplace(id, int(s.buffers.size()));
+        if (added) s.buffers.push_back(id);
+        return std::to_string(it->second);
+    };
+    // Scalar expressions are hash-consed: equal ones are the same node.
+    auto expr = [](const scalar::Expr& e) { return fmt::format("{}", static_cast<const void*>(e.get())); };
+    std::string& key = s.key;
+    key = fmt::format("{} {}x{} ", int(k.kind), k.rows, k.cols);
+    if (k.a >= 0) key += fmt::format("a{}{} b{}{} k{} ", buf(k.a), k.transA ? "t" : "", buf(k.b), k.transB ? "t" : "", k.depth);
+    for (const Access& a : k.args) key += fmt::format("arg{}:{} ", int(a.mode), buf(a.buffer));
+    for (const Store& st : k.stores) key += fmt::format("st{}={} ", buf(st.buffer), expr(st.expr));
+    for (const Store& st : k.columnSums) key += fmt::format("sum{}={} ", buf(st.buffer), expr(st.expr));
+    for (int32_t id : k.in) key += fmt::format("in{} ", buf(id));
+    for (int32_t id : k.out) key += fmt::format("out{} ", buf(id));
+    if (k.kind == Kernel::Kind::Op) key += fmt::format("op{} eps{}", int(k.op), k.attrs.eps);
+    return s;
+}
+
+/// Whether two distinct buffers of a kernel may share memory: then its function's
+/// arguments are not `noalias`. The memory plan never overlaps the buffers of one kernel,
+/// so this is a safeguard, not a case that happens.
+bool overlap(const Buffer& x, const Buffer& y, int elementBytes) {
+    if (x.kind != y.kind) return false; // different entry arguments, which never alias
+    switch (x.kind) {
+    case Buffer::Kind::Param: case Buffer::Kind::Grad: case Buffer::Kind::Activation: case Buffer::Kind::Temp: {
+        const int64_t unit = x.kind == Buffer::Kind::Temp ? elementBytes : 1;
+        return x.offset < y.offset + y.elements() * unit && y.offset < x.offset + x.elements() * unit;
+    }
+    default: return true; // the whole argument
+    }
+}
+
 } // namespace
 
 void Lowering::entry(const KernelProgram& p, EntryPoint which) {
@@ -19,14 +71,20 @@ void Lowering::entry(const KernelProgram& p, EntryPoint which) {
     backward_ = which == EntryPoint::Backward;
     auto* ptr = llvm::PointerType::get(ctx_, 0);
     auto* fnTy = llvm::FunctionType::get(b_.getVoidTy(), std::vector<llvm::Type*>(kEntryArgCount, ptr), false);
-    fn_ = llvm::Function::Create(fnTy, llvm::Function::ExternalLinkage, entrySymbol(which), m_);
+    llvm::Function* entryFn = llvm::Function::Create(fnTy, llvm::Function::ExternalLinkage, entrySymbol(which), m_);
+    fn_ = entryFn;
     vectorWidth(fn_);
+    // The entry point is a list of calls, each given the addresses it needs, computed right
+    // before it: left unoptimised, nothing is shared between calls, so no address stays in
+    // a register (or spills) across the calls between its uses. Optimised, a model of 1000
+    // layers spent seconds allocating registers for such addresses in its backward entry.
+    fn_->addFnAttr(llvm::Attribute::OptimizeNone);
+    fn_->addFnAttr(llvm::Attribute::NoInline);
     for (unsigned i = 0; i < kEntryArgCount; ++i) fn_->addParamAttr(i, llvm::Attribute::NoAlias);
     for (unsigned i = 0; i < kEntryArgCount; ++i) fn_->getArg(i)->setName(kArgNames[i]);
     entryBlock_ = llvm::BasicBlock::Create(ctx_, "entry", fn_);
     b_.SetInsertPoint(entryBlock_);
     for (unsigned i = 0; i < kEntryArgCount; ++i) args_[i] = fn_->getArg(i);
-    context_ = nullptr;
     llvm::GlobalVariable* counters = nullptr;
     if (profile_) { // one cycle counter per kernel: gradc_profile_forward[k] += ticks
         auto* arrTy = llvm::ArrayType::get(b_.getInt64Ty(), p.kernels.size());
@@ -34,9 +92,23 @@ void Lowering::entry(const KernelProgram& p, EntryPoint which) {
                                             llvm::Constant::getNullValue(arrTy), profileSymbol(which));
     }
     llvm::Function* clock = llvm::Intrinsic::getDeclaration(&m_, llvm::Intrinsic::readcyclecounter);
+    llvm::Value* scratch = b_.CreateGEP(b_.getInt8Ty(), arg(EntryArg::Workspace), i64(p.scratchOffset), "scratch");
     for (size_t i = 0; i < p.kernels.size(); ++i) {
+        const Kernel& k = p.kernels[i];
+        KernelShape shape = kernelShape(k);
+        bool noalias = true;
+        for (size_t x = 0; x < shape.buffers.size(); ++x)
+            for (size_t y = 0; y < x; ++y)
+                if (overlap(p.buffers[size_t(shape.buffers[x])], p.buffers[size_t(shape.buffers[y])], p.elementBytes))
+                    noalias = false;
+        if (!noalias) shape.key += " aliased";
+        llvm::Function*& f = kernelFns_[shape.key];
+        if (!f) f = kernelFunction(k, shape.buffers, noalias);
+        std::vector<llvm::Value*> callArgs;
+        for (int32_t id : shape.buffers) callArgs.push_back(entryBase(id));
+        callArgs.push_back(scratch);
         llvm::Value* start = counters ? b_.CreateCall(clock) : nullptr;
-        kernel(p.kernels[i]);
+        b_.CreateCall(f, callArgs);
         if (counters) {
             llvm::Value* slot = b_.CreateConstInBoundsGEP2_64(counters->getValueType(), counters, 0, i);
             llvm::Value* ticks = b_.CreateSub(b_.CreateCall(clock), start);
@@ -46,8 +118,26 @@ void Lowering::entry(const KernelProgram& p, EntryPoint which) {
     b_.CreateRetVoid();
 }
 
-llvm::Value* Lowering::base(int32_t id) {
-    if (id < 0) return nullptr;
+llvm::Function* Lowering::kernelFunction(const Kernel& k, const std::vector<int32_t>& buffers, bool noalias) {
+    auto* ptr = llvm::PointerType::get(ctx_, 0);
+    const unsigned n = unsigned(buffers.size());
+    llvm::Function* f = helper("gradc_kernel", std::vector<llvm::Type*>(n + 1, ptr), [&] {
+        slots_.clear();
+        bases_.clear();
+        for (unsigned i = 0; i < n; ++i) {
+            slots_[buffers[i]] = i;
+            bases_.push_back(fn_->getArg(i));
+        }
+        scratch_ = fn_->getArg(n);
+        context_ = nullptr;
+        kernel(k);
+    });
+    if (noalias)
+        for (unsigned i = 0; i <= n; ++i) f->addParamAttr(i, llvm::Attribute::NoAlias);
+    return f;
+}
+
+llvm::Value* Lowering::entryBase(int32_t id) {
     const Buffer& buf = p_->buffers[size_t(id)];
     llvm::Type* i8 = b_.getInt8Ty();
     switch (buf.kind) {
@@ -61,6 +151,11 @@ llvm::Value* Lowering::base(int32_t id) {
     case Buffer::Kind::Temp: return b_.CreateGEP(i8, arg(EntryArg::Workspace), i64(buf.offset));
     }
     return nullptr;
+}
+
+llvm::Value* Lowering::base(int32_t id) {
+    if (id < 0) return nullptr;
+    return bases_[slots_.at(id)];
 }
 
 void Lowering::kernel(const Kernel& k) {
@@ -83,10 +178,6 @@ llvm::FunctionCallee Lowering::parallelFor() {
     return m_.getOrInsertFunction("gradc_parallel_for", llvm::FunctionType::get(b_.getVoidTy(), {ptr, ptr, int64, int64}, false));
 }
 
-llvm::Value* Lowering::scratchArea() {
-    return b_.CreateGEP(b_.getInt8Ty(), arg(EntryArg::Workspace), i64(p_->scratchOffset));
-}
-
 void Lowering::parallel(const char* name, llvm::Value* context, int64_t n,
                         const std::function<void(llvm::Value*, llvm::Value*, llvm::Value*, llvm::Value*)>& body) {
     auto* ptr = llvm::PointerType::get(ctx_, 0);
@@ -99,12 +190,18 @@ void Lowering::parallel(const char* name, llvm::Value* context, int64_t n,
 llvm::Value* Lowering::contextArray() {
     if (context_) return context_;
     auto* ptr = llvm::PointerType::get(ctx_, 0);
-    auto* arrTy = llvm::ArrayType::get(ptr, kEntryArgCount);
+    auto* arrTy = llvm::ArrayType::get(ptr, bases_.size() + 1);
     llvm::IRBuilder<> eb(entryBlock_, entryBlock_->begin());
     context_ = eb.CreateAlloca(arrTy);
-    for (unsigned i = 0; i < kEntryArgCount; ++i)
-        eb.CreateStore(fn_->getArg(i), eb.CreateConstGEP2_64(arrTy, context_, 0, i));
+    for (size_t i = 0; i <= bases_.size(); ++i)
+        eb.CreateStore(i < bases_.size() ? bases_[i] : scratch_, eb.CreateConstGEP2_64(arrTy, context_, 0, i));
     return context_;
+}
+
+void Lowering::loadContext(llvm::Value* context) {
+    auto* ptr = llvm::PointerType::get(ctx_, 0);
+    for (size_t i = 0; i < bases_.size(); ++i) bases_[i] = b_.CreateLoad(ptr, b_.CreateConstGEP1_64(ptr, context, i));
+    scratch_ = b_.CreateLoad(ptr, b_.CreateConstGEP1_64(ptr, context, bases_.size()));
 }
 
 } // namespace gradc

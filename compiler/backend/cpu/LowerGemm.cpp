@@ -24,13 +24,16 @@ void Lowering::declareGemmHelpers() {
         auto* vecTy = llvm::FixedVectorType::get(T_, unsigned(VL));
         // A transposed B's panel is a transpose: VL x VL blocks through registers (VL
         // rows loaded, transposed by shuffles, VL panel rows stored), the rest of K below.
+        // The NV blocks of a panel's VL rows of K are a loop, not unrolled: one VL x VL
+        // transpose's shuffles are most of this function's machine code time.
         auto blocks = [&](llvm::Value* jt) {
             loopTo(b_.CreateUDiv(K, i64(VL)), "kb", [&](llvm::Value* kb) {
                 llvm::Value* k0 = b_.CreateMul(kb, i64(VL));
-                for (int64_t v = 0; v < bl.nv; ++v) {
+                loop(bl.nv, "v", [&](llvm::Value* v) {
+                    llvm::Value* vAt = b_.CreateMul(v, i64(VL));
                     std::vector<llvm::Value*> rows;
                     for (int64_t jj = 0; jj < VL; ++jj) { // rows past N repeat the last one
-                        llvm::Value* j = b_.CreateAdd(b_.CreateMul(jt, i64(NR)), i64(v * VL + jj));
+                        llvm::Value* j = b_.CreateAdd(b_.CreateMul(jt, i64(NR)), b_.CreateAdd(vAt, i64(jj)));
                         j = b_.CreateSelect(b_.CreateICmpULT(j, N), j, b_.CreateSub(N, i64(1)));
                         rows.push_back(b_.CreateAlignedLoad(vecTy, at(b, b_.CreateAdd(b_.CreateMul(j, K), k0)),
                                                             llvm::Align(f64_ ? 8 : 4)));
@@ -38,10 +41,10 @@ void Lowering::declareGemmHelpers() {
                     transpose(rows);
                     for (int64_t kk = 0; kk < VL; ++kk) {
                         llvm::Value* row = b_.CreateAdd(b_.CreateMul(jt, K), b_.CreateAdd(k0, i64(kk)));
-                        b_.CreateAlignedStore(rows[size_t(kk)], at(dst, b_.CreateAdd(b_.CreateMul(row, i64(NR)), i64(v * VL))),
+                        b_.CreateAlignedStore(rows[size_t(kk)], at(dst, b_.CreateAdd(b_.CreateMul(row, i64(NR)), vAt)),
                                               llvm::Align(size_t(VL) * (f64_ ? 8 : 4)));
                     }
-                }
+                }, /*vectorise=*/false);
             });
         };
         auto body = [&](bool transposed) {
@@ -214,11 +217,9 @@ void Lowering::matrixProduct(const Kernel& k) {
         tiles(i64(0), i64(units), i64(0));
         return;
     }
-    // Outlined: the entry's arguments come through the context array.
-    auto* ptr = llvm::PointerType::get(ctx_, 0);
+    // Outlined: the kernel function's bases come through the context array.
     auto outlined = [&](llvm::Value* context, llvm::Value* begin, llvm::Value* end, llvm::Value* thread) {
-        for (unsigned i = 0; i < kEntryArgCount; ++i)
-            args_[i] = b_.CreateLoad(ptr, b_.CreateConstGEP1_64(ptr, context, i));
+        loadContext(context);
         scratch(bp, tile); // the panel addresses, inside the outlined function
         tiles(begin, end, thread);
     };

@@ -99,14 +99,16 @@ llvm::Function* Lowering::helper(const char* name, std::vector<llvm::Type*> para
     f->addFnAttr(llvm::Attribute::NoInline);
     llvm::Function* savedFn = fn_;
     llvm::BasicBlock* savedEntry = entryBlock_;
-    auto savedArgs = args_;
+    auto savedBases = bases_;
+    llvm::Value *savedScratch = scratch_, *savedContext = context_;
     llvm::IRBuilderBase::InsertPoint savedIp = b_.saveIP();
     fn_ = f;
     entryBlock_ = llvm::BasicBlock::Create(ctx_, "entry", f);
     b_.SetInsertPoint(entryBlock_);
     body();
     b_.CreateRetVoid();
-    fn_ = savedFn, entryBlock_ = savedEntry, args_ = savedArgs;
+    fn_ = savedFn, entryBlock_ = savedEntry;
+    bases_ = std::move(savedBases), scratch_ = savedScratch, context_ = savedContext;
     b_.restoreIP(savedIp);
     return f;
 }

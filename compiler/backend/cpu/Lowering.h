@@ -2,15 +2,16 @@
 // module, and the building blocks every part of it uses (loops, variables, loads and
 // stores, math calls, helper functions). Its methods are defined by what they lower:
 //   LowerToLLVM.cpp  lowerToLLVM, the building blocks
-//   LowerEntry.cpp   the entry ABI: entry points, their arguments, the kernel loop and profile
-//                    counters, the context of outlined parallel loops
+//   LowerEntry.cpp   the entry ABI: entry points, their arguments, the calls to the kernel
+//                    functions (one per distinct kernel structure) and profile counters, the
+//                    context of outlined parallel loops
 //   LowerScalar.cpp  scalar expressions (with the inline expf) and element-wise loop kernels
 //   LowerGemm.cpp    matrix products: the packing of B, the register-tile micro-kernel, threads
 //   LowerLoss.cpp    softmax cross-entropy, BCE with logits, MSE
 //   LowerNorm.cpp    normalisations (batchnorm, layernorm, their gradients) by the op they compute
 //   LowerUpdate.cpp  the optimiser step (gradc_update)
-// Loops are emitted plainly with static bounds; the optimiser (O3, the host's vector width)
-// vectorises them. Floating-point operations carry only `reassoc contract` (and `afn` on
+// Loops are emitted plainly with static bounds; the optimiser (Codegen.cpp's pipeline, the
+// host's vector width) vectorises them. Floating-point operations carry only `reassoc contract` (and `afn` on
 // math calls): never nnan/ninf, so NaN and Inf survive to be counted.
 #pragma once
 
@@ -49,9 +50,19 @@ private:
     llvm::Function* fn_ = nullptr;
     llvm::BasicBlock* entryBlock_ = nullptr;
     std::array<llvm::Value*, kEntryArgCount> args_{}; ///< the entry point's arguments, as seen in fn_
-    llvm::Value* context_ = nullptr;                  ///< the entry's arguments as an array, for outlined loops
     const KernelProgram* p_ = nullptr;
     bool backward_ = false;
+
+    // The kernel being lowered, inside its kernel function (LowerEntry.cpp): where its
+    // buffers are among the function's arguments, their base addresses and the scratch area
+    // as seen in fn_ (the kernel function or a loop outlined from it), and the bases in an
+    // array for outlined loops.
+    std::unordered_map<int32_t, unsigned> slots_;
+    std::vector<llvm::Value*> bases_;
+    llvm::Value* scratch_ = nullptr;
+    llvm::Value* context_ = nullptr;
+    /// The kernel functions lowered so far, by their structural key (kernelShape).
+    std::unordered_map<std::string, llvm::Function*> kernelFns_;
 
     // ---- Building blocks (LowerToLLVM.cpp).
 
@@ -83,18 +94,26 @@ private:
     /// Emits a helper function; `body` runs with the builder inside it.
     llvm::Function* helper(const char* name, std::vector<llvm::Type*> params, const std::function<void()>& body);
 
-    // ---- The entry ABI (LowerEntry.cpp).
+    // ---- The entry ABI and the kernel functions (LowerEntry.cpp).
 
-    /// The entry point's argument `a`, as seen in the function being emitted.
+    /// The entry point's argument `a`, as seen in the entry point.
     llvm::Value* arg(EntryArg a) { return args_[size_t(a)]; }
-    /// The base address of a buffer; null for none (id -1: an output nobody asked for).
+    /// In the entry point: the address of a buffer in the entry point's arguments.
+    llvm::Value* entryBase(int32_t id);
+    /// The kernel function that computes `k` given its buffers' addresses (lowered once per
+    /// structure: kernels that differ only in their buffers share it).
+    llvm::Function* kernelFunction(const Kernel& k, const std::vector<int32_t>& buffers, bool noalias);
+    /// In a kernel function: the base address of a buffer of the kernel; null for none (id
+    /// -1: an output nobody asked for).
     llvm::Value* base(int32_t id);
-    /// The scratch area in the workspace (KernelProgram::scratchOffset): packed panels and
-    /// register tiles of matrix products, a normalisation's statistics.
-    llvm::Value* scratchArea();
+    /// In a kernel function: the scratch area in the workspace (KernelProgram::scratchOffset):
+    /// packed panels and register tiles of matrix products, a normalisation's statistics.
+    llvm::Value* scratchArea() { return scratch_; }
     void kernel(const Kernel& k);
-    /// The entry point's arguments in an array in its frame, for outlined loops.
+    /// The kernel function's buffer bases and scratch area in an array in its frame, for
+    /// outlined loops; loadContext rebinds them from that array inside an outlined loop.
     llvm::Value* contextArray();
+    void loadContext(llvm::Value* context);
     /// gradc_parallel_for(body, context, n, threads), the runtime's parallel loop.
     llvm::FunctionCallee parallelFor();
     /// The body of a loop over [0, n) outlined into the helper `name`, run on the thread pool

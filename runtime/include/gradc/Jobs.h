@@ -148,6 +148,14 @@ struct BenchResult {
     int steps = 0, threads = 0;
     bool f64 = false, cacheHit = false;
     double compileMs = 0;
+    /// The compilation by phase, in order: front end (parse, sema), autodiff, fusion + memory
+    /// plan, lowering, object cache, LLVM optimisation, machine code (these two only when not
+    /// loaded from the cache), JIT load; wall-clock and CPU milliseconds.
+    struct Phase {
+        std::string name;
+        double ms = 0, cpuMs = 0;
+    };
+    std::vector<Phase> compilePhases;
     double msPerStep = 0;              ///< the median round's time per step
     std::vector<double> roundMs;       ///< each round's time per step, ascending
     double gflopPerStep = 0;           ///< of the matrix products, forward and backward
