@@ -28,6 +28,8 @@
 #include <cstring>
 #include <optional>
 
+#include <unistd.h>
+
 namespace gradc {
 
 [[noreturn]] void failLLVM(const std::string& what, llvm::Error err) {
@@ -44,11 +46,57 @@ std::string printModule(const llvm::Module& m) {
     return text;
 }
 
-GemmBlocking blockingFor(const std::string& features, bool f64) {
+CacheSizes hostCaches() {
+    static const CacheSizes sizes = [] {
+        CacheSizes c;
+        // sysfs first (a virtual machine's sysconf may report the host's whole L3), then
+        // sysconf, then the defaults.
+        for (int index = 0; index < 8; ++index) {
+            const std::string dir = fmt::format("/sys/devices/system/cpu/cpu0/cache/index{}/", index);
+            auto read = [&](const char* name) {
+                std::string text;
+                if (FILE* f = std::fopen((dir + name).c_str(), "r")) {
+                    char line[64] = {};
+                    if (std::fgets(line, sizeof line, f)) text = line;
+                    std::fclose(f);
+                }
+                while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
+                return text;
+            };
+            const std::string level = read("level"), type = read("type"), size = read("size");
+            if (level.empty() || size.empty() || type == "Instruction") continue;
+            char* unit = nullptr;
+            long long bytes = std::strtoll(size.c_str(), &unit, 10);
+            if (bytes <= 0) continue;
+            if (unit && (*unit == 'K' || *unit == 'k')) bytes <<= 10;
+            else if (unit && *unit == 'M') bytes <<= 20;
+            if (level == "1") c.l1 = bytes, c.known = true;
+            else if (level == "2") c.l2 = bytes, c.known = true;
+            else if (level == "3") c.l3 = bytes, c.known = true;
+        }
+#ifdef _SC_LEVEL2_CACHE_SIZE
+        if (!c.known) {
+            if (long v = sysconf(_SC_LEVEL1_DCACHE_SIZE); v > 0) c.l1 = v, c.known = true;
+            if (long v = sysconf(_SC_LEVEL2_CACHE_SIZE); v > 0) c.l2 = v, c.known = true;
+            if (long v = sysconf(_SC_LEVEL3_CACHE_SIZE); v > 0) c.l3 = v, c.known = true;
+        }
+#endif
+        return c;
+    }();
+    return sizes;
+}
+
+GemmBlocking blockingFor(const std::string& features, bool f64) { return blockingFor(features, f64, CacheSizes{}); }
+
+GemmBlocking blockingFor(const std::string& features, bool f64, const CacheSizes& caches) {
     // The micro-kernel's register tile: with AVX-512's 32 vector registers, 6 rows by 4
     // vectors (24 accumulators); with AVX2's 16 (or SSE), 6 by 2. Measured on the seed
     // network (AVX-512, f32): 6x4 ran 10.6 ms a step; 8x3 10.9, 12x2 11.3, 14x2 11.9, 4x6
-    // 12.1. Software prefetching of B did not help.
+    // 12.1. Software prefetching of B did not help. The model: the tile must leave room for
+    // NV vectors of B and a broadcast (MR NV + NV + 1 <= registers), hide the FMA latency
+    // (at least 8 independent accumulators for two FMA units of 4 cycles) and load the
+    // least per FMA ((MR + NV) / (MR NV)): 6x4 (0.42 loads per FMA) with 32 registers, 6x2
+    // (0.67) with 16.
     const int bits = features.find("+avx512f") != std::string::npos ? 512
                      : features.find("+avx2") != std::string::npos  ? 256
                                                                     : 128;
@@ -56,12 +104,50 @@ GemmBlocking blockingFor(const std::string& features, bool f64) {
     b.vl = bits / (f64 ? 64 : 32);
     b.nv = bits == 512 ? 4 : 2;
     b.mr = 6;
+    b.source = "model";
+    // Cache blocking: a K block's B micro-panel (KC x NR) takes a quarter of L2, so it stays
+    // there beside the rows of A and the block of sums; a product no deeper runs unblocked,
+    // as the seed network's (K <= 784) do. The block of sums (MC x NR) takes another quarter.
+    const int64_t bytes = f64 ? 8 : 4, panelRow = int64_t(b.nr()) * bytes;
+    b.kc = std::max<int64_t>(64, caches.l2 / 4 / panelRow);
+    b.mc = std::max<int64_t>(b.mr, caches.l2 / 4 / panelRow / b.mr * b.mr);
     return b;
 }
 
-static GemmBlocking hostBlocking(bool f64, int threads = 1) {
-    GemmBlocking b = blockingFor(Jit::hostFeatures(), f64);
-    b.threads = resolveThreads(threads);
+/// GRADC_GEMM="tile=8x3,kc=512,mc=96,pack=0" overrides the blocking (for measuring
+/// candidates by hand); an item it cannot read is an error naming it.
+static void forcedBlocking(GemmBlocking& b, const char* spec) {
+    std::string text = spec;
+    size_t at = 0;
+    while (at < text.size()) {
+        size_t end = text.find(',', at);
+        if (end == std::string::npos) end = text.size();
+        const std::string item = text.substr(at, end - at);
+        at = end + 1;
+        if (item.empty()) continue;
+        const size_t eq = item.find('=');
+        const std::string key = item.substr(0, eq), value = eq == std::string::npos ? "" : item.substr(eq + 1);
+        int x = 0, y = 0;
+        char tail = 0;
+        bool ok = false;
+        if (key == "tile") ok = std::sscanf(value.c_str(), "%dx%d%c", &x, &y, &tail) == 2 && x >= 1 && x <= 16 && y >= 1 && y <= 8;
+        else ok = std::sscanf(value.c_str(), "%d%c", &x, &tail) == 1 && x >= 0;
+        if (!ok || (key != "tile" && key != "kc" && key != "mc" && key != "pack"))
+            throw UserError({}, fmt::format("GRADC_GEMM: cannot read '{}' (want tile=RxV, kc=N, mc=N or pack=0|1)", item));
+        if (key == "tile") b.mr = x, b.nv = y;
+        else if (key == "kc") b.kc = x == 0 ? int64_t(1) << 30 : x;
+        else if (key == "mc") b.mc = std::max(x, 1);
+        else b.packB = x != 0;
+        b.source = "forced";
+    }
+    b.mc = std::max<int64_t>(b.mr, b.mc / b.mr * b.mr);
+}
+
+static GemmBlocking hostBlocking(const CodegenOptions& opts) {
+    GemmBlocking b = opts.blocking ? *opts.blocking : blockingFor(Jit::hostFeatures(), opts.f64, hostCaches());
+    if (!opts.blocking)
+        if (const char* spec = std::getenv("GRADC_GEMM"); spec && *spec) forcedBlocking(b, spec);
+    b.threads = resolveThreads(opts.threads);
     return b;
 }
 
@@ -177,7 +263,7 @@ private:
 CompiledModel compileModel(const Graph& fwd, const CodegenOptions& opts) {
     auto start = std::chrono::steady_clock::now();
     StageTimer timer;
-    Programs programs = buildPrograms(fwd, opts.f64, hostBlocking(opts.f64, opts.threads));
+    Programs programs = buildPrograms(fwd, opts.f64, hostBlocking(opts));
     timer("differentiate, fuse, plan memory");
     auto tm = hostTargetMachine();
     timer("target machine");
@@ -235,7 +321,7 @@ CompiledModel compileModel(const Graph& fwd, const CodegenOptions& opts) {
 }
 
 std::string emitModule(const Graph& fwd, const CodegenOptions& opts, const std::string& what) {
-    Programs programs = buildPrograms(fwd, opts.f64, hostBlocking(opts.f64, opts.threads));
+    Programs programs = buildPrograms(fwd, opts.f64, hostBlocking(opts));
     if (what == "kernels") return printKernels(programs.forward) + printKernels(programs.backward);
     if (what == "memplan") return printMemoryPlan(programs.forward) + printMemoryPlan(programs.backward);
     auto tm = hostTargetMachine();

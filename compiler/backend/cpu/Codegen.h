@@ -4,10 +4,12 @@
 #pragma once
 
 #include "Graph.h"
+#include "Kernels.h"
 #include "Layout.h"
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -19,6 +21,9 @@ struct CodegenOptions {
     std::string cacheDir;  ///< default: defaultCacheDir() (ObjectCache.h), a folder per user
     bool profile = false;  ///< count each kernel's cycles (gradc bench --profile)
     int threads = 0;       ///< threads the code is planned for and runs on; 0: all cores
+    /// The matrix products' register tile and cache blocking (its threads are replaced by
+    /// `threads`); default: chosen for the host (blockingFor, or GRADC_GEMM's override).
+    std::optional<GemmBlocking> blocking;
 };
 
 /// A model compiled to native code. The entry points (arguments: EntryAbi.h) are
