@@ -93,6 +93,10 @@ struct GemmBlocking {
     int64_t kc = 1 << 30; ///< the deepest K run in one pass (default: never blocked)
     int64_t mc = 192;     ///< rows of the sums block of a blocked product (a multiple of mr)
     bool packB = true;    ///< a blocked product packs all of B, transposed or not, into [K][NR] panels
+    bool packA = true;    ///< a transposed A with a page stride is packed into [K][MR] panels
+    /// Elements: an operand read in place whose step along K is this far or farther (a
+    /// page) is packed, so the tiles do not touch a page per step of K.
+    int64_t pageStride = 1024;
     std::string source = "default"; ///< where the tile came from: "model", "measured", "cached", "forced"
     int nr() const { return nv * vl; }
     bool blocked(int64_t depth) const { return depth > kc; }
@@ -101,6 +105,13 @@ struct GemmBlocking {
         if (!blocked(depth)) return depth;
         const int64_t blocks = (depth + kc - 1) / kc;
         return (depth + blocks - 1) / blocks;
+    }
+    /// Whether a product packs all of B ([K][NR] panels), and all of A ([K][MR] panels).
+    bool packsB(bool transB, int64_t cols, int64_t depth) const {
+        return transB || (packB && (blocked(depth) || cols >= pageStride));
+    }
+    bool packsA(bool transA, int64_t rows, int64_t cols) const {
+        return packA && transA && rows >= pageStride && cols > nr();
     }
     /// The rows of the sums block of a blocked product with `rows` rows (a multiple of mr).
     int64_t mBlock(int64_t rows) const {

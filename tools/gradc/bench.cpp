@@ -12,6 +12,8 @@ void benchOptions(po::options_description& d) {
     addModelOptions(d);
     d.add_options()("steps", po::value<int>()->default_value(50), "timed steps")(
         "profile", "count the cycles of each kernel and print their shares")(
+        "explain", "print each matrix product's shape, register tile, cache blocking, packing and threads, "
+                   "and where the tile came from")(
         "statistics", "time the step of gradc grads, which also stores each hidden activation's input "
                       "for its statistics (default: the step of gradc train, which does not)");
     addCodegenOptions(d);
@@ -39,6 +41,10 @@ int runBench(const po::variables_map& vm) {
     fmt::print("(median of {} rounds, {:.3f} to {:.3f} ms; {})\n", r.roundMs.size(), r.roundMs.front(), r.roundMs.back(),
                o.statistics ? "with activation statistics, as gradc grads"
                             : "without activation statistics, as gradc train");
+    if (vm.count("explain")) {
+        fmt::print("\nmatrix products (M x N x K; tile: rows x columns):\n");
+        for (const std::string& line : r.products) fmt::print("  {}\n", line);
+    }
     if (o.profile) {
         fmt::print("\nbackward entry point, share of cycles per kernel:\n");
         for (auto& [kernel, share] : r.kernelShares) fmt::print("  {:5.1f}%  {}\n", 100.0 * share, kernel);

@@ -144,6 +144,8 @@ static void forcedBlocking(GemmBlocking& b, const char* spec) {
 }
 
 static GemmBlocking hostBlocking(const CodegenOptions& opts) {
+    if (const char* isa = std::getenv("GRADC_ISA"); isa && *isa && std::strcmp(isa, "avx2") != 0 && std::strcmp(isa, "native") != 0)
+        throw UserError({}, fmt::format("GRADC_ISA={} is not an instruction set gradc can force (avx2 or native)", isa));
     GemmBlocking b = opts.blocking ? *opts.blocking : blockingFor(Jit::hostFeatures(), opts.f64, hostCaches());
     if (!opts.blocking)
         if (const char* spec = std::getenv("GRADC_GEMM"); spec && *spec) forcedBlocking(b, spec);
@@ -330,6 +332,31 @@ std::string emitModule(const Graph& fwd, const CodegenOptions& opts, const std::
     if (what != "llvm-unoptimised") optimise(*m, *tm);
     if (what == "asm") return emit(*m, *tm, llvm::CodeGenFileType::AssemblyFile);
     return printModule(*m);
+}
+
+std::vector<std::string> explainProducts(const Graph& fwd, const CodegenOptions& opts) {
+    const GemmBlocking bl = hostBlocking(opts);
+    Programs programs = buildPrograms(fwd, opts.f64, bl);
+    std::vector<std::string> lines;
+    for (const KernelProgram* p : {&programs.forward, &programs.backward})
+        for (size_t i = 0; i < p->kernels.size(); ++i) {
+            const Kernel& k = p->kernels[i];
+            if (k.kind != Kernel::Kind::Loop || k.a < 0) continue;
+            const int64_t kc = bl.kBlock(k.depth);
+            const std::string blocking =
+                bl.blocked(k.depth)
+                    ? fmt::format("K blocks of {} ({}), M blocks of {} rows", kc, (k.depth + kc - 1) / kc, bl.mBlock(k.rows))
+                    : fmt::format("not blocked (K {} <= KC {})", k.depth, bl.kc);
+            const bool packsB = bl.packsB(k.transB, k.cols, k.depth), packsA = bl.packsA(k.transA, k.rows, k.cols);
+            const bool lastPanel = !packsB && k.cols % bl.nr() != 0;
+            lines.push_back(fmt::format(
+                "{} k{}: {} x {} x {} (A{} · B{}): tile {}x{} ({}x{} {}-bit; {}), {}, B {}, A {}, {} thread{}", p->name, i, k.rows,
+                k.cols, k.depth, k.transA ? "ᵀ" : "", k.transB ? "ᵀ" : "", bl.mr, bl.nr(), bl.mr, bl.nv,
+                bl.vl * (opts.f64 ? 64 : 32), bl.source, blocking,
+                packsB ? "packed" : lastPanel ? "in place (last panel packed)" : "in place", packsA ? "packed" : "in place",
+                bl.threads, bl.threads == 1 ? "" : "s"));
+        }
+    return lines;
 }
 
 } // namespace gradc

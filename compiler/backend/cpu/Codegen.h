@@ -55,6 +55,11 @@ struct CompiledModel {
 /// Throws UserError with an actionable message if code generation or the JIT fails.
 CompiledModel compileModel(const Graph& forward, const CodegenOptions& opts = {});
 
+/// One line per matrix product of the forward and backward programs compiled with `opts`:
+/// M x N x K, the transposes, the register tile and where it came from, the cache blocking,
+/// what is packed and the threads (`gradc bench --explain`).
+std::vector<std::string> explainProducts(const Graph& forward, const CodegenOptions& opts);
+
 /// A stage of compileModel as text: the kernel programs ("kernels"), their memory plans
 /// ("memplan"), the optimised LLVM IR ("llvm") or the assembly ("asm").
 std::string emitModule(const Graph& forward, const CodegenOptions& opts, const std::string& what);

@@ -78,6 +78,22 @@ void Lowering::declareGemmHelpers() {
         b_.CreateBr(done);
         b_.SetInsertPoint(done);
     });
+    // A transposed A's row tiles into [K][MR] panels, the rows past M repeating the last:
+    // gradc_pack_a(dst, a, M, K, -, first, end), with `a` the [K][M] matrix.
+    packA_ = helper("gradc_pack_a", {ptr, ptr, i64t, i64t, i1t, i64t, i64t}, [&] {
+        llvm::Value *dst = param(0), *a = param(1), *M = param(2), *K = param(3);
+        loopTo(b_.CreateSub(param(6), param(5)), "it", [&](llvm::Value* it0) {
+            llvm::Value* it = b_.CreateAdd(param(5), it0);
+            loopTo(K, "k", [&](llvm::Value* kk) {
+                loop(MR, "r", [&](llvm::Value* r) {
+                    llvm::Value* i = b_.CreateAdd(b_.CreateMul(it, i64(MR)), r);
+                    i = b_.CreateSelect(b_.CreateICmpULT(i, M), i, b_.CreateSub(M, i64(1)));
+                    llvm::Value* d = b_.CreateAdd(b_.CreateMul(b_.CreateAdd(b_.CreateMul(it, K), kk), i64(MR)), r);
+                    store(load(a, b_.CreateAdd(b_.CreateMul(kk, M), i)), dst, d);
+                });
+            });
+        });
+    });
     // tile(out, outStride, a_0 .. a_{MR-1}, aStride, b, bStride, K, add): row r of A is
     // a_r[k * aStride]; B's NR columns at step k start at b[k * bStride]; row r of the
     // result goes to out[r * outStride], or is added to it when `add` (a later K block).
@@ -169,16 +185,20 @@ void Lowering::matrixProduct(const Kernel& k) {
     const int64_t KC = bl.kBlock(K), kBlocks = (K + KC - 1) / KC;
     const int64_t MC = blocked ? bl.mBlock(M) : MR, perBlock = MC / MR, mBlocks = (mt + perBlock - 1) / perBlock;
     auto up16 = [](int64_t v) { return (v + 15) / 16 * 16; };
-    // Panels to pack: all of a transposed B or of a blocked product's B, else only a last
-    // partial one.
-    const int64_t packFrom = k.transB || (blocked && bl.packB) ? 0 : N / NR;
-    auto scratch = [&](llvm::Value*& bp, llvm::Value*& tile) {
+    // Panels of B to pack: all of a transposed B, of a blocked product's B, or of a B whose
+    // rows are a page apart, else only a last partial one. A is packed when it is
+    // transposed with rows a page apart (GemmBlocking::packsA).
+    const int64_t packFrom = bl.packsB(k.transB, N, K) ? 0 : N / NR;
+    const bool packA = bl.packsA(k.transA, M, N);
+    auto scratch = [&](llvm::Value*& bp, llvm::Value*& ap, llvm::Value*& tile) {
         bp = scratchArea();
-        tile = b_.CreateGEP(T_, bp, i64(up16(nt * NR * K)));
+        ap = b_.CreateGEP(T_, bp, i64(up16(nt * NR * K)));
+        tile = b_.CreateGEP(T_, ap, i64(packA ? up16(mt * MR * K) : 0));
     };
-    llvm::Value *bp, *tile;
-    scratch(bp, tile);
+    llvm::Value *bp, *ap, *tile;
+    scratch(bp, ap, tile);
     if (packFrom < nt) pack(packB_, bp, base(k.b), N, K, k.transB, packFrom, nt);
+    if (packA) pack(packA_, ap, base(k.a), M, K, true, 0, mt);
     // The units, as a function of a range of unit numbers and a thread number, so threads
     // can share them: column sums accumulate across the rows of tiles, so a kernel with
     // any runs its column strips (whole jt) on one thread each.
@@ -230,13 +250,18 @@ void Lowering::matrixProduct(const Kernel& k) {
                               : x.sums,
                         b_.CreateSelect(x.direct, i64(N), i64(NR))};
                     for (int64_t r = 0; r < MR; ++r) { // row r0 + r, the last row past M
+                        if (packA) { // the tile's panel: [K][MR]
+                            llvm::Value* panel = b_.CreateAdd(b_.CreateMul(x.r0, i64(K)), b_.CreateMul(k0, i64(MR)));
+                            callArgs.push_back(b_.CreateGEP(T_, ap, b_.CreateAdd(panel, i64(r))));
+                            continue;
+                        }
                         llvm::Value* i = b_.CreateAdd(x.r0, i64(r));
                         i = b_.CreateSelect(b_.CreateICmpULT(i, i64(M)), i, i64(M - 1));
                         llvm::Value* offset = k.transA ? b_.CreateAdd(i, b_.CreateMul(k0, i64(M)))
                                                        : b_.CreateAdd(b_.CreateMul(i, i64(K)), k0);
                         callArgs.push_back(b_.CreateGEP(T_, a, offset));
                     }
-                    callArgs.push_back(i64(k.transA ? M : 1));
+                    callArgs.push_back(i64(packA ? MR : k.transA ? M : 1));
                     llvm::Value* inPlace = b_.CreateICmpULT(jt, i64(packFrom));
                     llvm::Value* packed = b_.CreateAdd(b_.CreateMul(jt, i64(K * NR)), b_.CreateMul(k0, i64(NR)));
                     callArgs.push_back(b_.CreateSelect(inPlace, b_.CreateGEP(T_, b, b_.CreateAdd(b_.CreateMul(k0, i64(N)), c0)),
@@ -280,7 +305,7 @@ void Lowering::matrixProduct(const Kernel& k) {
     auto outlined = [&](llvm::Value* context, llvm::Value* begin, llvm::Value* end, llvm::Value* thread) {
         for (unsigned i = 0; i < kEntryArgCount; ++i)
             args_[i] = b_.CreateLoad(ptr, b_.CreateConstGEP1_64(ptr, context, i));
-        scratch(bp, tile); // the panel addresses, inside the outlined function
+        scratch(bp, ap, tile); // the panel addresses, inside the outlined function
         tiles(begin, end, thread);
     };
     parallel("gradc_tiles", contextArray(), units, outlined);

@@ -122,6 +122,7 @@ private:
     // ---- Matrix products (LowerGemm.cpp).
 
     llvm::Function* packB_ = nullptr;
+    llvm::Function* packA_ = nullptr;
     llvm::Function* tile_ = nullptr;
     void declareGemmHelpers();
     void transpose(std::vector<llvm::Value*>& r);
