@@ -44,25 +44,49 @@ void Lowering::declareGemmHelpers() {
                 }
             });
         };
-        auto body = [&](bool transposed) {
+        // B's rows as they are: row by row, each row's panels in turn, so the reads run
+        // along the rows (panel by panel, each step of K would touch another page).
+        auto rows = [&] {
+            loopTo(K, "k", [&](llvm::Value* kk) {
+                loopTo(b_.CreateSub(param(6), param(5)), "jt", [&](llvm::Value* jt0) {
+                    llvm::Value* jt = b_.CreateAdd(param(5), jt0);
+                    llvm::Value* c0 = b_.CreateMul(jt, i64(NR));
+                    llvm::Value* from = b_.CreateAdd(b_.CreateMul(kk, N), c0);
+                    llvm::Value* to = b_.CreateMul(b_.CreateAdd(b_.CreateMul(jt, K), kk), i64(NR));
+                    auto* whole = llvm::BasicBlock::Create(ctx_, "whole", fn_);
+                    auto* part = llvm::BasicBlock::Create(ctx_, "part", fn_);
+                    auto* next = llvm::BasicBlock::Create(ctx_, "next", fn_);
+                    b_.CreateCondBr(b_.CreateICmpULE(b_.CreateAdd(c0, i64(NR)), N), whole, part);
+                    b_.SetInsertPoint(whole); // a whole panel's row: NR contiguous elements
+                    loop(NR, "c", [&](llvm::Value* c) { store(load(b, b_.CreateAdd(from, c)), dst, b_.CreateAdd(to, c)); });
+                    b_.CreateBr(next);
+                    b_.SetInsertPoint(part); // the last panel: zero past N
+                    loop(NR, "c", [&](llvm::Value* c) {
+                        llvm::Value* inside = b_.CreateICmpULT(b_.CreateAdd(c0, c), N);
+                        llvm::Value* src = b_.CreateSelect(inside, b_.CreateAdd(from, c), i64(0));
+                        store(b_.CreateSelect(inside, load(b, src), fp(0)), dst, b_.CreateAdd(to, c));
+                    }, /*vectorise=*/false);
+                    b_.CreateBr(next);
+                    b_.SetInsertPoint(next);
+                });
+            });
+        };
+        // A transposed B: VL x VL blocks through registers, then the rest of K element by
+        // element (rows past N zero).
+        auto transposed = [&] {
             loopTo(b_.CreateSub(param(6), param(5)), "jt", [&](llvm::Value* jt0) {
                 llvm::Value* jt = b_.CreateAdd(param(5), jt0);
-                llvm::Value* kFirst = i64(0);
-                if (transposed) {
-                    blocks(jt);
-                    kFirst = b_.CreateMul(b_.CreateUDiv(K, i64(VL)), i64(VL));
-                }
+                blocks(jt);
+                llvm::Value* kFirst = b_.CreateMul(b_.CreateUDiv(K, i64(VL)), i64(VL));
                 loopTo(b_.CreateSub(K, kFirst), "k", [&](llvm::Value* k0) {
                     llvm::Value* kk = b_.CreateAdd(kFirst, k0);
                     loop(NR, "c", [&](llvm::Value* c) {
                         llvm::Value* j = b_.CreateAdd(b_.CreateMul(jt, i64(NR)), c);
                         llvm::Value* inside = b_.CreateICmpULT(j, N);
                         llvm::Value* sj = b_.CreateSelect(inside, j, i64(0));
-                        llvm::Value* src = transposed ? b_.CreateAdd(b_.CreateMul(sj, K), kk)
-                                                      : b_.CreateAdd(b_.CreateMul(kk, N), sj);
                         llvm::Value* d = b_.CreateAdd(b_.CreateMul(b_.CreateAdd(b_.CreateMul(jt, K), kk), i64(NR)), c);
-                        store(b_.CreateSelect(inside, load(b, src), fp(0)), dst, d);
-                    }, /*vectorise=*/!transposed); // a transposed B would need gathers
+                        store(b_.CreateSelect(inside, load(b, b_.CreateAdd(b_.CreateMul(sj, K), kk)), fp(0)), dst, d);
+                    }, /*vectorise=*/false); // it would need gathers
                 });
             });
         };
@@ -71,10 +95,10 @@ void Lowering::declareGemmHelpers() {
         auto* done = llvm::BasicBlock::Create(ctx_, "done", fn_);
         b_.CreateCondBr(trans, yes, no);
         b_.SetInsertPoint(yes);
-        body(true);
+        transposed();
         b_.CreateBr(done);
         b_.SetInsertPoint(no);
-        body(false);
+        rows();
         b_.CreateBr(done);
         b_.SetInsertPoint(done);
     });
