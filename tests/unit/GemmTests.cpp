@@ -13,6 +13,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+
+#include <stdlib.h>
+#include <unistd.h>
 
 using namespace gradc;
 
@@ -131,4 +137,69 @@ TEST_CASE("explainProducts gives a line per matrix product with its tile and blo
     int backward = 0;
     for (auto& l : lines) backward += l.rfind("backward ", 0) == 0;
     CHECK(backward == 5);
+}
+
+namespace {
+
+/// A fresh folder of its own (mkdtemp), removed with everything in it.
+struct TileDir {
+    std::string path;
+    TileDir() {
+        std::string pattern = "/tmp/gradc_tiles_test.XXXXXX";
+        REQUIRE(::mkdtemp(pattern.data()) != nullptr);
+        path = pattern;
+    }
+    ~TileDir() {
+        std::remove((path + "/gemm-tiles.txt").c_str());
+        ::rmdir(path.c_str());
+    }
+    std::string tiles() const {
+        std::ifstream in(path + "/gemm-tiles.txt");
+        std::stringstream text;
+        text << in.rdbuf();
+        return text.str();
+    }
+};
+
+std::string sourceOf(const std::vector<std::string>& lines) {
+    REQUIRE_FALSE(lines.empty());
+    const size_t at = lines[0].find("-bit; ");
+    REQUIRE(at != std::string::npos);
+    return lines[0].substr(at + 6, lines[0].find(')', at) - at - 6);
+}
+
+} // namespace
+
+TEST_CASE("register-tile speeds are measured once per CPU and kept in the cache folder", "[jit][gemm][cache]") {
+    TileDir dir;
+    Graph fwd = compileSource("t.nn", "input 100\ndense 70 relu\ndense 10\nloss cross_entropy\n", {16}).graph;
+    CodegenOptions opts;
+    opts.cacheDir = dir.path;
+    opts.cache = false; // the model decides, and nothing is written
+    CHECK(sourceOf(explainProducts(fwd, opts)) == "model");
+    CHECK(dir.tiles().empty());
+    opts.cache = true;
+    const std::string first = sourceOf(explainProducts(fwd, opts));
+    CHECK((first == "measured" || first == "cached")); // another test of this process may have measured it
+    const std::string tiles = dir.tiles();
+    // One line per candidate: "CPU HASH f32 RxV GFLOPS".
+    size_t lines = 0;
+    for (char c : tiles) lines += c == '\n';
+    CHECK(lines >= 3);
+    CHECK(tiles.find(" f32 ") != std::string::npos);
+    // Read back, not measured again: the file stays as it was.
+    explainProducts(fwd, opts);
+    CHECK(dir.tiles() == tiles);
+    // A corrupt file is ignored (a warning) and rewritten with fresh measurements.
+    {
+        std::ofstream out(dir.path + "/gemm-tiles.txt");
+        out << tiles.substr(0, tiles.find(' ')) << " " << tiles.substr(tiles.find(' ') + 1, 16) << " f32 6x4 banana\n";
+    }
+    CompiledModel cm = compileModel(fwd, opts);
+    std::mt19937 rng(5);
+    Bindings b = randomBindings(fwd, rng);
+    CHECK(runCompiled(cm, fwd, b, false).at("loss").data[0] ==
+          Approx(interpretOutputs(fwd, b).at("loss").data[0]).epsilon(1e-4));
+    CHECK(dir.tiles().find("banana") == std::string::npos);
+    CHECK((dir.tiles().find(" f32 6x4 ") != std::string::npos || dir.tiles().find(" f32 6x2 ") != std::string::npos));
 }

@@ -2,6 +2,8 @@
 // lower, optimise, emit an object (or take it from ObjectCache) and load it into the JIT.
 #include "Codegen.h"
 
+#include "FmaProbe.h"
+
 #include "Autodiff.h"
 #include "EntryAbi.h"
 #include "Jit.h"
@@ -26,6 +28,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
+#include <mutex>
+#include <set>
 #include <optional>
 
 #include <unistd.h>
@@ -108,11 +113,150 @@ GemmBlocking blockingFor(const std::string& features, bool f64, const CacheSizes
     // Cache blocking: a K block's B micro-panel (KC x NR) takes a quarter of L2, so it stays
     // there beside the rows of A and the block of sums; a product no deeper runs unblocked,
     // as the seed network's (K <= 784) do. The block of sums (MC x NR) takes another quarter.
+    cacheBlocking(b, f64, caches);
+    return b;
+}
+
+void cacheBlocking(GemmBlocking& b, bool f64, const CacheSizes& caches) {
     const int64_t bytes = f64 ? 8 : 4, panelRow = int64_t(b.nr()) * bytes;
     b.kc = std::max<int64_t>(64, caches.l2 / 4 / panelRow);
     b.mc = std::max<int64_t>(b.mr, caches.l2 / 4 / panelRow / b.mr * b.mr);
-    return b;
+    b.pageStride = 4096 / bytes;
 }
+
+namespace {
+
+/// The register tiles worth timing at a vector width: those that leave NV vectors of B
+/// and a broadcast in the registers (32 with AVX-512, 16 below).
+std::vector<TileSpeed> tileCandidates(int bits) {
+    if (bits == 512) return {{6, 4}, {8, 3}, {12, 2}, {14, 2}, {4, 6}};
+    return {{6, 2}, {4, 3}, {8, 1}};
+}
+
+/// The share of the work of tiles MR x NR that is useful on the step's products: each
+/// forward product x·Wᵀ (M x N x K) and its gradients (M x K x N, N x K x M), by flops.
+double usefulShare(const Graph& fwd, int64_t mr, int64_t nr) {
+    double useful = 0, done = 0;
+    auto add = [&](int64_t m, int64_t n, int64_t k) {
+        useful += double(m) * double(n) * double(k);
+        done += double((m + mr - 1) / mr * mr) * double((n + nr - 1) / nr * nr) * double(k);
+    };
+    for (const Node& n : fwd.nodes) {
+        if (n.op != Op::MatMulNT || n.shape.empty()) continue;
+        const int64_t N = n.shape.back(), M = elementCount(n.shape) / std::max<int64_t>(1, N);
+        const int64_t K = fwd[n.in[0]].shape.back();
+        add(M, N, K), add(M, K, N), add(N, K, M);
+    }
+    return done > 0 ? useful / done : 1;
+}
+
+/// The measured tile speeds, one line per tile: "CPU FEATURES-HASH TYPE RxV GFLOPS", in
+/// gemm-tiles.txt beside the cached objects.
+class TileCache {
+public:
+    TileCache(const std::string& dir, std::string key) : key_(std::move(key)) {
+        ObjectCache folder(dir); // creates the folder and checks that it is private
+        if (folder.enabled()) path_ = folder.dir() + "/gemm-tiles.txt";
+    }
+    /// This CPU's speeds, all of `want`; nothing if the file lacks one or cannot be read.
+    std::optional<std::vector<TileSpeed>> load(const std::vector<TileSpeed>& want) {
+        std::vector<TileSpeed> got;
+        for (const std::string& line : lines()) {
+            if (line.rfind(key_ + " ", 0) != 0) continue;
+            TileSpeed t;
+            char tail = 0;
+            if (std::sscanf(line.c_str() + key_.size() + 1, "%dx%d %lf%c", &t.mr, &t.nv, &t.gflops, &tail) != 3 || t.gflops <= 0) {
+                warn(fmt::format("cannot read '{}'", line));
+                return std::nullopt;
+            }
+            got.push_back(t);
+        }
+        for (const TileSpeed& w : want)
+            if (std::none_of(got.begin(), got.end(), [&](const TileSpeed& t) { return t.mr == w.mr && t.nv == w.nv; }))
+                return std::nullopt;
+        return got;
+    }
+    /// Replaces this CPU's lines with `speeds` (written to a temporary file, renamed).
+    void store(const std::vector<TileSpeed>& speeds) {
+        if (path_.empty()) return;
+        std::string text;
+        for (const std::string& line : lines())
+            if (line.rfind(key_ + " ", 0) != 0 && !line.empty()) text += line + "\n";
+        for (const TileSpeed& t : speeds) text += fmt::format("{} {}x{} {:.2f}\n", key_, t.mr, t.nv, t.gflops);
+        const std::string tmp = path_ + fmt::format(".tmp{}", ::getpid());
+        if (FILE* f = std::fopen(tmp.c_str(), "w")) {
+            const bool ok = std::fwrite(text.data(), 1, text.size(), f) == text.size();
+            if (std::fclose(f) == 0 && ok && std::rename(tmp.c_str(), path_.c_str()) == 0) return;
+            std::remove(tmp.c_str());
+        }
+    }
+
+private:
+    std::vector<std::string> lines() {
+        std::vector<std::string> out;
+        if (path_.empty()) return out;
+        FILE* f = std::fopen(path_.c_str(), "r");
+        if (!f) return out;
+        std::string text;
+        char chunk[4096];
+        for (size_t n; (n = std::fread(chunk, 1, sizeof chunk, f)) > 0 && text.size() < (1 << 20);) text.append(chunk, n);
+        std::fclose(f);
+        for (size_t at = 0; at < text.size();) {
+            size_t end = text.find('\n', at);
+            if (end == std::string::npos) end = text.size();
+            out.push_back(text.substr(at, end - at));
+            at = end + 1;
+        }
+        return out;
+    }
+    void warn(const std::string& what) {
+        fmt::print(stderr, "gradc: warning: {}: {}; the register tiles are measured again\n", path_, what);
+    }
+    std::string key_, path_;
+};
+
+/// The register tile: the model's (blockingFor), unless a candidate measured on this CPU
+/// does more useful work per second on the model's products by more than 5% (the noise of
+/// a shared machine should not flip the choice). The speeds are measured once per CPU,
+/// features and element type, and kept in the cache folder; without the cache, the model
+/// decides.
+void chooseTile(const Graph& fwd, const CodegenOptions& opts, GemmBlocking& b) {
+    const char* tune = std::getenv("GRADC_TUNE");
+    if (!opts.cache || (tune && std::string(tune) == "0")) return;
+    const std::vector<TileSpeed> candidates = tileCandidates(b.vl * (opts.f64 ? 64 : 32));
+    const std::string features = Jit::hostFeatures();
+    const std::string key = fmt::format("{} {:016x} {}", Jit::hostCpu(), std::hash<std::string>{}(features),
+                                        opts.f64 ? "f64" : "f32");
+    TileCache cache(opts.cacheDir, key);
+    std::vector<TileSpeed> speeds;
+    static std::mutex mutex;
+    static std::set<std::string> measuredHere; // what this process measured says so
+    std::lock_guard<std::mutex> lock(mutex);
+    if (auto cached = cache.load(candidates)) {
+        speeds = *cached;
+        b.source = measuredHere.count(key) ? "measured" : "cached";
+    } else {
+        measuredHere.insert(key);
+        speeds = measureTiles(opts.f64, candidates);
+        cache.store(speeds);
+        b.source = "measured";
+    }
+    auto score = [&](const TileSpeed& t) { return t.gflops * usefulShare(fwd, t.mr, int64_t(t.nv) * b.vl); };
+    const TileSpeed* model = nullptr;
+    for (const TileSpeed& t : speeds)
+        if (t.mr == b.mr && t.nv == b.nv) model = &t;
+    const TileSpeed* best = model;
+    for (const TileSpeed& t : speeds)
+        if (std::any_of(candidates.begin(), candidates.end(), [&](const TileSpeed& c) { return c.mr == t.mr && c.nv == t.nv; }) &&
+            (!best || score(t) > score(*best)))
+            best = &t;
+    if (best && model && score(*best) <= 1.05 * score(*model)) best = model;
+    if (!best) return;
+    b.mr = best->mr, b.nv = best->nv;
+    cacheBlocking(b, opts.f64, hostCaches());
+}
+
+} // namespace
 
 /// GRADC_GEMM="tile=8x3,kc=512,mc=96,pack=0" overrides the blocking (for measuring
 /// candidates by hand); an item it cannot read is an error naming it.
@@ -143,12 +287,15 @@ static void forcedBlocking(GemmBlocking& b, const char* spec) {
     b.mc = std::max<int64_t>(b.mr, b.mc / b.mr * b.mr);
 }
 
-static GemmBlocking hostBlocking(const CodegenOptions& opts) {
+static GemmBlocking hostBlocking(const Graph& fwd, const CodegenOptions& opts) {
     if (const char* isa = std::getenv("GRADC_ISA"); isa && *isa && std::strcmp(isa, "avx2") != 0 && std::strcmp(isa, "native") != 0)
         throw UserError({}, fmt::format("GRADC_ISA={} is not an instruction set gradc can force (avx2 or native)", isa));
     GemmBlocking b = opts.blocking ? *opts.blocking : blockingFor(Jit::hostFeatures(), opts.f64, hostCaches());
-    if (!opts.blocking)
-        if (const char* spec = std::getenv("GRADC_GEMM"); spec && *spec) forcedBlocking(b, spec);
+    if (!opts.blocking) {
+        const char* spec = std::getenv("GRADC_GEMM");
+        if (spec && *spec) forcedBlocking(b, spec);
+        else chooseTile(fwd, opts, b);
+    }
     b.threads = resolveThreads(opts.threads);
     return b;
 }
@@ -265,7 +412,7 @@ private:
 CompiledModel compileModel(const Graph& fwd, const CodegenOptions& opts) {
     auto start = std::chrono::steady_clock::now();
     StageTimer timer;
-    Programs programs = buildPrograms(fwd, opts.f64, hostBlocking(opts));
+    Programs programs = buildPrograms(fwd, opts.f64, hostBlocking(fwd, opts));
     timer("differentiate, fuse, plan memory");
     auto tm = hostTargetMachine();
     timer("target machine");
@@ -323,7 +470,7 @@ CompiledModel compileModel(const Graph& fwd, const CodegenOptions& opts) {
 }
 
 std::string emitModule(const Graph& fwd, const CodegenOptions& opts, const std::string& what) {
-    Programs programs = buildPrograms(fwd, opts.f64, hostBlocking(opts));
+    Programs programs = buildPrograms(fwd, opts.f64, hostBlocking(fwd, opts));
     if (what == "kernels") return printKernels(programs.forward) + printKernels(programs.backward);
     if (what == "memplan") return printMemoryPlan(programs.forward) + printMemoryPlan(programs.backward);
     auto tm = hostTargetMachine();
@@ -335,7 +482,7 @@ std::string emitModule(const Graph& fwd, const CodegenOptions& opts, const std::
 }
 
 std::vector<std::string> explainProducts(const Graph& fwd, const CodegenOptions& opts) {
-    const GemmBlocking bl = hostBlocking(opts);
+    const GemmBlocking bl = hostBlocking(fwd, opts);
     Programs programs = buildPrograms(fwd, opts.f64, bl);
     std::vector<std::string> lines;
     for (const KernelProgram* p : {&programs.forward, &programs.backward})

@@ -40,6 +40,8 @@ CacheSizes hostCaches();
 /// spells them) and `caches` (the defaults when not given).
 GemmBlocking blockingFor(const std::string& features, bool f64);
 GemmBlocking blockingFor(const std::string& features, bool f64, const CacheSizes& caches);
+/// Sets b's KC, MC and page stride for its tile and `caches`.
+void cacheBlocking(GemmBlocking& b, bool f64, const CacheSizes& caches);
 Programs buildPrograms(const Graph& fwd, bool f64, const GemmBlocking& blocking);
 /// Lowers, sets the target's data layout and triple, and verifies.
 std::unique_ptr<llvm::Module> lower(llvm::LLVMContext& ctx, const Programs& p, bool f64, llvm::TargetMachine& tm,

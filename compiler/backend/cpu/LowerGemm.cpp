@@ -169,6 +169,27 @@ void Lowering::declareGemmHelpers() {
     });
 }
 
+void Lowering::gemmProbe(const KernelProgram& p, const std::string& name) {
+    p_ = &p;
+    declareGemmHelpers();
+    const int64_t MR = p.blocking.mr, NR = p.blocking.nr();
+    auto* ptr = llvm::PointerType::get(ctx_, 0);
+    auto* i64t = b_.getInt64Ty();
+    fn_ = llvm::Function::Create(llvm::FunctionType::get(b_.getVoidTy(), {ptr, ptr, ptr, i64t, i64t}, false),
+                                 llvm::Function::ExternalLinkage, name, m_);
+    vectorWidth(fn_);
+    entryBlock_ = llvm::BasicBlock::Create(ctx_, "entry", fn_);
+    b_.SetInsertPoint(entryBlock_);
+    llvm::Value *a = fn_->getArg(0), *bPanel = fn_->getArg(1), *out = fn_->getArg(2), *K = fn_->getArg(3);
+    loopTo(fn_->getArg(4), "rep", [&](llvm::Value*) {
+        std::vector<llvm::Value*> callArgs = {out, i64(NR)};
+        for (int64_t r = 0; r < MR; ++r) callArgs.push_back(b_.CreateGEP(T_, a, b_.CreateMul(K, i64(r))));
+        for (llvm::Value* v : {i64(1), bPanel, i64(NR), K, (llvm::Value*)b_.getFalse()}) callArgs.push_back(v);
+        b_.CreateCall(tile_, callArgs);
+    });
+    b_.CreateRetVoid();
+}
+
 /// Transposes the square matrix whose rows are `r` (vectors as long as there are rows, a
 /// power of two): log2(n) rounds, each swapping the off-diagonal blocks of size `step`.
 void Lowering::transpose(std::vector<llvm::Value*>& r) {
