@@ -258,7 +258,7 @@ void chooseTile(const Graph& fwd, const CodegenOptions& opts, GemmBlocking& b) {
 
 } // namespace
 
-/// GRADC_GEMM="tile=8x3,kc=512,mc=96,pack=0" overrides the blocking (for measuring
+/// GRADC_GEMM="tile=8x3,kc=512,mc=96,pack=0,stride=256" overrides the blocking (for measuring
 /// candidates by hand); an item it cannot read is an error naming it.
 static void forcedBlocking(GemmBlocking& b, const char* spec) {
     std::string text = spec;
@@ -276,11 +276,12 @@ static void forcedBlocking(GemmBlocking& b, const char* spec) {
         bool ok = false;
         if (key == "tile") ok = std::sscanf(value.c_str(), "%dx%d%c", &x, &y, &tail) == 2 && x >= 1 && x <= 16 && y >= 1 && y <= 8;
         else ok = std::sscanf(value.c_str(), "%d%c", &x, &tail) == 1 && x >= 0;
-        if (!ok || (key != "tile" && key != "kc" && key != "mc" && key != "pack"))
-            throw UserError({}, fmt::format("GRADC_GEMM: cannot read '{}' (want tile=RxV, kc=N, mc=N or pack=0|1)", item));
+        if (!ok || (key != "tile" && key != "kc" && key != "mc" && key != "pack" && key != "stride"))
+            throw UserError({}, fmt::format("GRADC_GEMM: cannot read '{}' (want tile=RxV, kc=N, mc=N, pack=0|1 or stride=N)", item));
         if (key == "tile") b.mr = x, b.nv = y;
         else if (key == "kc") b.kc = x == 0 ? int64_t(1) << 30 : x;
         else if (key == "mc") b.mc = std::max(x, 1);
+        else if (key == "stride") b.pageStride = std::max(x, 1);
         else b.packB = x != 0;
         b.source = "forced";
     }
