@@ -33,6 +33,7 @@
 #include <set>
 #include <optional>
 
+#include <fcntl.h>
 #include <unistd.h>
 
 namespace gradc {
@@ -184,11 +185,16 @@ public:
             if (line.rfind(key_ + " ", 0) != 0 && !line.empty()) text += line + "\n";
         for (const TileSpeed& t : speeds) text += fmt::format("{} {}x{} {:.2f}\n", key_, t.mr, t.nv, t.gflops);
         const std::string tmp = path_ + fmt::format(".tmp{}", ::getpid());
-        if (FILE* f = std::fopen(tmp.c_str(), "w")) {
+        const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600); // private, as the objects
+        if (fd < 0) return;
+        if (FILE* f = ::fdopen(fd, "w")) {
             const bool ok = std::fwrite(text.data(), 1, text.size(), f) == text.size();
             if (std::fclose(f) == 0 && ok && std::rename(tmp.c_str(), path_.c_str()) == 0) return;
             std::remove(tmp.c_str());
+            return;
         }
+        ::close(fd);
+        std::remove(tmp.c_str());
     }
 
 private:
