@@ -1,12 +1,15 @@
 // LowerGemm.cpp — matrix products: acc = A · B by register tiles, each tile followed by its
 // kernel's fused element-wise epilogue (LowerScalar.cpp) while it is in cache, on the
-// thread pool when the blocking plans for more than one thread. Two helpers are shared by
+// thread pool when the blocking plans for more than one thread. Three helpers are shared by
 // every product of the module (one copy of the code each, so compile time does not grow
 // with the number of layers):
 //   gradc_pack_b(dst, b, N, K, transB, first, end): B's panels into [K][NR], zero past column N
-//   gradc_tile(out, a rows..., aStride, b, bStride, K): out[MR][NR] = the product, in registers
-// Each product kernel packs what it must, then for each tile runs gradc_tile and its own
-// epilogue. The register tile (GemmBlocking) is chosen by blockingFor (Codegen.cpp).
+//   gradc_pack_a(dst, a, M, K, -, first, end): a transposed A's row tiles into [K][MR] panels
+//   gradc_tile(out, a rows..., aStride, b, bStride, K, add): out[MR][NR] = (or +=) the
+//   product, in registers
+// Each product kernel packs what it must, then runs its tiles, in K blocks when it is deeper
+// than the blocking's KC, and its own epilogue. The register tile and the cache blocking
+// (GemmBlocking) are chosen by blockingFor and chooseTile (Codegen.cpp).
 #include "Lowering.h"
 
 namespace gradc {
