@@ -326,6 +326,7 @@ BenchResult runBench(const BenchOptions& o) {
     r.msPerStep = r.roundMs[r.roundMs.size() / 2];
     r.gflopPerStep = matmulFlops(grad) / 1e9;
     r.fmaPeak = measureFmaPeak(o.f64);
+    r.products = explainProducts(g, codegen);
     if (o.profile) {
         uint64_t total = 0;
         for (size_t i = 0; i < cm.kernelsBackward.size(); ++i) total += cm.profileBackward[i];

@@ -20,6 +20,7 @@
 #include "Layout.h"
 #include "Scalar.h"
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -80,11 +81,43 @@ bool hasOwnKernel(Op op);
 int64_t ownKernelScratch(Op op);
 
 /// The register tile of the matrix-product micro-kernel, chosen for the target: MR rows of
-/// A by NR = NV vectors of VL lanes of B, held in MR x NV vector registers.
+/// A by NR = NV vectors of VL lanes of B, held in MR x NV vector registers; and the cache
+/// blocking around it. A product deeper than `kc` runs in K blocks of at most kc (the B
+/// micro-panel of a block, kc x NR, stays in L2 while up to `mc` rows of A pass over it);
+/// each thread keeps an mc x NR block of sums in its scratch between K blocks, and the
+/// fused epilogue runs after the last. Products no deeper than kc run each tile over all of
+/// K in registers, as before blocking existed.
 struct GemmBlocking {
     int mr = 6, nv = 4, vl = 16;
-    int threads = 1; ///< tiles are spread over this many threads, each with its own tile buffer
+    int threads = 1;      ///< tiles are spread over this many threads, each with its own tile buffer
+    int64_t kc = 1 << 30; ///< the deepest K run in one pass (default: never blocked)
+    int64_t mc = 192;     ///< rows of the sums block of a blocked product (a multiple of mr)
+    bool packB = true;    ///< a blocked product packs all of B, transposed or not, into [K][NR] panels
+    bool packA = true;    ///< a transposed A with a page stride is packed into [K][MR] panels
+    /// Elements: an operand read in place whose step along K is this far or farther (a
+    /// page) is packed, so the tiles do not touch a page per step of K.
+    int64_t pageStride = 1024;
+    std::string source = "default"; ///< where the tile came from: "model", "measured", "cached", "forced"
     int nr() const { return nv * vl; }
+    bool blocked(int64_t depth) const { return depth > kc; }
+    /// The K block of a product `depth` deep: kc or less, the blocks as equal as can be.
+    int64_t kBlock(int64_t depth) const {
+        if (!blocked(depth)) return depth;
+        const int64_t blocks = (depth + kc - 1) / kc;
+        return (depth + blocks - 1) / blocks;
+    }
+    /// Whether a product packs all of B ([K][NR] panels), and all of A ([K][MR] panels).
+    bool packsB(bool transB, int64_t cols, int64_t depth) const {
+        return transB || (packB && (blocked(depth) || cols >= pageStride));
+    }
+    bool packsA(bool transA, int64_t rows, int64_t cols) const {
+        return packA && transA && rows >= pageStride && cols > nr();
+    }
+    /// The rows of the sums block of a blocked product with `rows` rows (a multiple of mr).
+    int64_t mBlock(int64_t rows) const {
+        const int64_t whole = (rows + mr - 1) / mr * mr;
+        return std::min(whole, std::max<int64_t>(mr, mc / mr * mr));
+    }
 };
 
 /// One entry point's program.

@@ -60,9 +60,12 @@ void planMemory(KernelProgram& p, int elementBytes) {
 
 int64_t packElements(const Kernel& k, const GemmBlocking& b) {
     auto up = [](int64_t v, int64_t m) { return (v + m - 1) / m * m; };
-    // Packed panels of B, then one register tile per thread, each part on a 64-byte boundary
-    // (16 floats, 8 doubles: 16 elements covers both). A is read in place.
-    return up(up(k.cols, b.nr()) * k.depth, 16) + b.mr * b.nr() * b.threads;
+    // Packed panels of B, packed panels of A (when it is), then one register tile (a blocked
+    // product: one block of sums) per thread, each part on a 64-byte boundary (16 floats, 8
+    // doubles: 16 elements covers both).
+    const int64_t rows = b.blocked(k.depth) ? b.mBlock(k.rows) : b.mr;
+    const int64_t a = b.packsA(k.transA, k.rows, k.cols) ? up(up(k.rows, b.mr) * k.depth, 16) : 0;
+    return up(up(k.cols, b.nr()) * k.depth, 16) + a + rows * b.nr() * b.threads;
 }
 
 static const char* kindName(Buffer::Kind k) {

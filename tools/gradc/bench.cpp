@@ -12,6 +12,8 @@ void benchOptions(po::options_description& d) {
     addModelOptions(d);
     d.add_options()("steps", po::value<int>()->default_value(50), "timed steps")(
         "profile", "count the cycles of each kernel and print their shares")(
+        "explain", "print each matrix product's shape, register tile, cache blocking, packing and threads, "
+                   "and where the tile came from")(
         "statistics", "time the step of gradc grads, which also stores each hidden activation's input "
                       "for its statistics (default: the step of gradc train, which does not)");
     addCodegenOptions(d);
@@ -41,6 +43,10 @@ int runBench(const po::variables_map& vm) {
                             : "without activation statistics, as gradc train");
     fmt::print("\ncompilation by phase (ms wall clock, ms CPU):\n");
     for (const auto& p : r.compilePhases) fmt::print("  {:<22} {:9.1f} {:9.1f}\n", p.name, p.ms, p.cpuMs);
+    if (vm.count("explain")) {
+        fmt::print("\nmatrix products (M x N x K; tile: rows x columns):\n");
+        for (const std::string& line : r.products) fmt::print("  {}\n", line);
+    }
     if (o.profile) {
         fmt::print("\nbackward entry point, share of cycles per kernel:\n");
         for (auto& [kernel, share] : r.kernelShares) fmt::print("  {:5.1f}%  {}\n", 100.0 * share, kernel);

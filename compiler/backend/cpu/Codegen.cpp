@@ -2,6 +2,8 @@
 // lower, optimise, emit an object (or take it from ObjectCache) and load it into the JIT.
 #include "Codegen.h"
 
+#include "FmaProbe.h"
+
 #include "Autodiff.h"
 #include "EntryAbi.h"
 #include "Jit.h"
@@ -29,7 +31,13 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
+#include <mutex>
+#include <set>
 #include <optional>
+
+#include <fcntl.h>
+#include <unistd.h>
 
 namespace gradc {
 
@@ -47,11 +55,57 @@ std::string printModule(const llvm::Module& m) {
     return text;
 }
 
-GemmBlocking blockingFor(const std::string& features, bool f64) {
+CacheSizes hostCaches() {
+    static const CacheSizes sizes = [] {
+        CacheSizes c;
+        // sysfs first (a virtual machine's sysconf may report the host's whole L3), then
+        // sysconf, then the defaults.
+        for (int index = 0; index < 8; ++index) {
+            const std::string dir = fmt::format("/sys/devices/system/cpu/cpu0/cache/index{}/", index);
+            auto read = [&](const char* name) {
+                std::string text;
+                if (FILE* f = std::fopen((dir + name).c_str(), "r")) {
+                    char line[64] = {};
+                    if (std::fgets(line, sizeof line, f)) text = line;
+                    std::fclose(f);
+                }
+                while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
+                return text;
+            };
+            const std::string level = read("level"), type = read("type"), size = read("size");
+            if (level.empty() || size.empty() || type == "Instruction") continue;
+            char* unit = nullptr;
+            long long bytes = std::strtoll(size.c_str(), &unit, 10);
+            if (bytes <= 0) continue;
+            if (unit && (*unit == 'K' || *unit == 'k')) bytes <<= 10;
+            else if (unit && *unit == 'M') bytes <<= 20;
+            if (level == "1") c.l1 = bytes, c.known = true;
+            else if (level == "2") c.l2 = bytes, c.known = true;
+            else if (level == "3") c.l3 = bytes, c.known = true;
+        }
+#ifdef _SC_LEVEL2_CACHE_SIZE
+        if (!c.known) {
+            if (long v = sysconf(_SC_LEVEL1_DCACHE_SIZE); v > 0) c.l1 = v, c.known = true;
+            if (long v = sysconf(_SC_LEVEL2_CACHE_SIZE); v > 0) c.l2 = v, c.known = true;
+            if (long v = sysconf(_SC_LEVEL3_CACHE_SIZE); v > 0) c.l3 = v, c.known = true;
+        }
+#endif
+        return c;
+    }();
+    return sizes;
+}
+
+GemmBlocking blockingFor(const std::string& features, bool f64) { return blockingFor(features, f64, CacheSizes{}); }
+
+GemmBlocking blockingFor(const std::string& features, bool f64, const CacheSizes& caches) {
     // The micro-kernel's register tile: with AVX-512's 32 vector registers, 6 rows by 4
     // vectors (24 accumulators); with AVX2's 16 (or SSE), 6 by 2. Measured on the seed
     // network (AVX-512, f32): 6x4 ran 10.6 ms a step; 8x3 10.9, 12x2 11.3, 14x2 11.9, 4x6
-    // 12.1. Software prefetching of B did not help.
+    // 12.1. Software prefetching of B did not help. The model: the tile must leave room for
+    // NV vectors of B and a broadcast (MR NV + NV + 1 <= registers), hide the FMA latency
+    // (at least 8 independent accumulators for two FMA units of 4 cycles) and load the
+    // least per FMA ((MR + NV) / (MR NV)): 6x4 (0.42 loads per FMA) with 32 registers, 6x2
+    // (0.67) with 16.
     const int bits = features.find("+avx512f") != std::string::npos ? 512
                      : features.find("+avx2") != std::string::npos  ? 256
                                                                     : 128;
@@ -59,12 +113,205 @@ GemmBlocking blockingFor(const std::string& features, bool f64) {
     b.vl = bits / (f64 ? 64 : 32);
     b.nv = bits == 512 ? 4 : 2;
     b.mr = 6;
+    b.source = "model";
+    // Cache blocking: a K block's B micro-panel (KC x NR) takes a quarter of L2, so it stays
+    // there beside the rows of A and the block of sums; a product no deeper runs unblocked,
+    // as the seed network's (K <= 784) do. The block of sums (MC x NR) takes another quarter.
+    cacheBlocking(b, f64, caches);
     return b;
 }
 
-static GemmBlocking hostBlocking(bool f64, int threads = 1) {
-    GemmBlocking b = blockingFor(Jit::hostFeatures(), f64);
-    b.threads = resolveThreads(threads);
+void cacheBlocking(GemmBlocking& b, bool f64, const CacheSizes& caches) {
+    const int64_t bytes = f64 ? 8 : 4, panelRow = int64_t(b.nr()) * bytes;
+    b.kc = std::max<int64_t>(64, caches.l2 / 4 / panelRow);
+    b.mc = std::max<int64_t>(b.mr, caches.l2 / 4 / panelRow / b.mr * b.mr);
+    // Operands read in place whose steps along K are a page apart are packed. With panels
+    // of one cache line (AVX2: NR = 16 floats), each tile streams a line per step of K from
+    // hundreds of strided places, which the prefetchers follow badly: packing every operand
+    // wider than 64 elements made the seed network's step 15% faster with AVX2 on Zen 4
+    // (16.5 against 19.5 ms, four alternating rounds), and made no difference with AVX-512.
+    b.pageStride = b.nr() * bytes <= 64 ? 64 : 4096 / bytes;
+}
+
+namespace {
+
+/// The register tiles worth timing at a vector width: those that leave NV vectors of B
+/// and a broadcast in the registers (32 with AVX-512, 16 below).
+std::vector<TileSpeed> tileCandidates(int bits) {
+    if (bits == 512) return {{6, 4}, {8, 3}, {12, 2}, {14, 2}, {4, 6}};
+    return {{6, 2}, {4, 3}, {8, 1}};
+}
+
+/// The share of the work of tiles MR x NR that is useful on the step's products: each
+/// forward product x·Wᵀ (M x N x K) and its gradients (M x K x N, N x K x M), by flops.
+double usefulShare(const Graph& fwd, int64_t mr, int64_t nr) {
+    double useful = 0, done = 0;
+    auto add = [&](int64_t m, int64_t n, int64_t k) {
+        useful += double(m) * double(n) * double(k);
+        done += double((m + mr - 1) / mr * mr) * double((n + nr - 1) / nr * nr) * double(k);
+    };
+    for (const Node& n : fwd.nodes) {
+        if (n.op != Op::MatMulNT || n.shape.empty()) continue;
+        const int64_t N = n.shape.back(), M = elementCount(n.shape) / std::max<int64_t>(1, N);
+        const int64_t K = fwd[n.in[0]].shape.back();
+        add(M, N, K), add(M, K, N), add(N, K, M);
+    }
+    return done > 0 ? useful / done : 1;
+}
+
+/// The measured tile speeds, one line per tile: "CPU FEATURES-HASH TYPE RxV GFLOPS", in
+/// gemm-tiles.txt beside the cached objects.
+class TileCache {
+public:
+    TileCache(const std::string& dir, std::string key) : key_(std::move(key)) {
+        ObjectCache folder(dir); // creates the folder and checks that it is private
+        if (folder.enabled()) path_ = folder.dir() + "/gemm-tiles.txt";
+    }
+    /// This CPU's speeds, all of `want`; nothing if the file lacks one or cannot be read.
+    std::optional<std::vector<TileSpeed>> load(const std::vector<TileSpeed>& want) {
+        std::vector<TileSpeed> got;
+        for (const std::string& line : lines()) {
+            if (line.rfind(key_ + " ", 0) != 0) continue;
+            TileSpeed t;
+            char tail = 0;
+            if (std::sscanf(line.c_str() + key_.size() + 1, "%dx%d %lf%c", &t.mr, &t.nv, &t.gflops, &tail) != 3 || t.gflops <= 0) {
+                warn(fmt::format("cannot read '{}'", line));
+                return std::nullopt;
+            }
+            got.push_back(t);
+        }
+        for (const TileSpeed& w : want)
+            if (std::none_of(got.begin(), got.end(), [&](const TileSpeed& t) { return t.mr == w.mr && t.nv == w.nv; }))
+                return std::nullopt;
+        return got;
+    }
+    /// Replaces this CPU's lines with `speeds` (written to a temporary file, renamed).
+    void store(const std::vector<TileSpeed>& speeds) {
+        if (path_.empty()) return;
+        std::string text;
+        for (const std::string& line : lines())
+            if (line.rfind(key_ + " ", 0) != 0 && !line.empty()) text += line + "\n";
+        for (const TileSpeed& t : speeds) text += fmt::format("{} {}x{} {:.2f}\n", key_, t.mr, t.nv, t.gflops);
+        const std::string tmp = path_ + fmt::format(".tmp{}", ::getpid());
+        const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600); // private, as the objects
+        if (fd < 0) return;
+        if (FILE* f = ::fdopen(fd, "w")) {
+            const bool ok = std::fwrite(text.data(), 1, text.size(), f) == text.size();
+            if (std::fclose(f) == 0 && ok && std::rename(tmp.c_str(), path_.c_str()) == 0) return;
+            std::remove(tmp.c_str());
+            return;
+        }
+        ::close(fd);
+        std::remove(tmp.c_str());
+    }
+
+private:
+    std::vector<std::string> lines() {
+        std::vector<std::string> out;
+        if (path_.empty()) return out;
+        FILE* f = std::fopen(path_.c_str(), "r");
+        if (!f) return out;
+        std::string text;
+        char chunk[4096];
+        for (size_t n; (n = std::fread(chunk, 1, sizeof chunk, f)) > 0 && text.size() < (1 << 20);) text.append(chunk, n);
+        std::fclose(f);
+        for (size_t at = 0; at < text.size();) {
+            size_t end = text.find('\n', at);
+            if (end == std::string::npos) end = text.size();
+            out.push_back(text.substr(at, end - at));
+            at = end + 1;
+        }
+        return out;
+    }
+    void warn(const std::string& what) {
+        fmt::print(stderr, "gradc: warning: {}: {}; the register tiles are measured again\n", path_, what);
+    }
+    std::string key_, path_;
+};
+
+/// The register tile: the model's (blockingFor), unless a candidate measured on this CPU
+/// does more useful work per second on the model's products by more than 5% (the noise of
+/// a shared machine should not flip the choice). The speeds are measured once per CPU,
+/// features and element type, and kept in the cache folder; without the cache, the model
+/// decides.
+void chooseTile(const Graph& fwd, const CodegenOptions& opts, GemmBlocking& b) {
+    const char* tune = std::getenv("GRADC_TUNE");
+    if (!opts.cache || (tune && std::string(tune) == "0")) return;
+    const std::vector<TileSpeed> candidates = tileCandidates(b.vl * (opts.f64 ? 64 : 32));
+    const std::string features = Jit::hostFeatures();
+    const std::string key = fmt::format("{} {:016x} {}", Jit::hostCpu(), std::hash<std::string>{}(features),
+                                        opts.f64 ? "f64" : "f32");
+    TileCache cache(opts.cacheDir, key);
+    std::vector<TileSpeed> speeds;
+    static std::mutex mutex;
+    static std::set<std::string> measuredHere; // what this process measured says so
+    std::lock_guard<std::mutex> lock(mutex);
+    if (auto cached = cache.load(candidates)) {
+        speeds = *cached;
+        b.source = measuredHere.count(key) ? "measured" : "cached";
+    } else {
+        measuredHere.insert(key);
+        speeds = measureTiles(opts.f64, candidates);
+        cache.store(speeds);
+        b.source = "measured";
+    }
+    auto score = [&](const TileSpeed& t) { return t.gflops * usefulShare(fwd, t.mr, int64_t(t.nv) * b.vl); };
+    const TileSpeed* model = nullptr;
+    for (const TileSpeed& t : speeds)
+        if (t.mr == b.mr && t.nv == b.nv) model = &t;
+    const TileSpeed* best = model;
+    for (const TileSpeed& t : speeds)
+        if (std::any_of(candidates.begin(), candidates.end(), [&](const TileSpeed& c) { return c.mr == t.mr && c.nv == t.nv; }) &&
+            (!best || score(t) > score(*best)))
+            best = &t;
+    if (best && model && score(*best) <= 1.05 * score(*model)) best = model;
+    if (!best) return;
+    b.mr = best->mr, b.nv = best->nv;
+    cacheBlocking(b, opts.f64, hostCaches());
+}
+
+} // namespace
+
+/// GRADC_GEMM="tile=8x3,kc=512,mc=96,pack=0,stride=256" overrides the blocking (for measuring
+/// candidates by hand); an item it cannot read is an error naming it.
+static void forcedBlocking(GemmBlocking& b, const char* spec) {
+    std::string text = spec;
+    size_t at = 0;
+    while (at < text.size()) {
+        size_t end = text.find(',', at);
+        if (end == std::string::npos) end = text.size();
+        const std::string item = text.substr(at, end - at);
+        at = end + 1;
+        if (item.empty()) continue;
+        const size_t eq = item.find('=');
+        const std::string key = item.substr(0, eq), value = eq == std::string::npos ? "" : item.substr(eq + 1);
+        int x = 0, y = 0;
+        char tail = 0;
+        bool ok = false;
+        if (key == "tile") ok = std::sscanf(value.c_str(), "%dx%d%c", &x, &y, &tail) == 2 && x >= 1 && x <= 16 && y >= 1 && y <= 8;
+        else ok = std::sscanf(value.c_str(), "%d%c", &x, &tail) == 1 && x >= 0;
+        if (!ok || (key != "tile" && key != "kc" && key != "mc" && key != "pack" && key != "stride"))
+            throw UserError({}, fmt::format("GRADC_GEMM: cannot read '{}' (want tile=RxV, kc=N, mc=N, pack=0|1 or stride=N)", item));
+        if (key == "tile") b.mr = x, b.nv = y;
+        else if (key == "kc") b.kc = x == 0 ? int64_t(1) << 30 : x;
+        else if (key == "mc") b.mc = std::max(x, 1);
+        else if (key == "stride") b.pageStride = std::max(x, 1);
+        else b.packB = x != 0;
+        b.source = "forced";
+    }
+    b.mc = std::max<int64_t>(b.mr, b.mc / b.mr * b.mr);
+}
+
+static GemmBlocking hostBlocking(const Graph& fwd, const CodegenOptions& opts) {
+    if (const char* isa = std::getenv("GRADC_ISA"); isa && *isa && std::strcmp(isa, "avx2") != 0 && std::strcmp(isa, "native") != 0)
+        throw UserError({}, fmt::format("GRADC_ISA={} is not an instruction set gradc can force (avx2 or native)", isa));
+    GemmBlocking b = opts.blocking ? *opts.blocking : blockingFor(Jit::hostFeatures(), opts.f64, hostCaches());
+    if (!opts.blocking) {
+        const char* spec = std::getenv("GRADC_GEMM");
+        if (spec && *spec) forcedBlocking(b, spec);
+        else chooseTile(fwd, opts, b);
+    }
+    b.threads = resolveThreads(opts.threads);
     return b;
 }
 
@@ -211,7 +458,7 @@ CompiledModel compileModel(const Graph& fwd, const CodegenOptions& opts) {
     auto start = std::chrono::steady_clock::now();
     CompiledModel out;
     PhaseTimer timer(&out.phases);
-    Programs programs = buildPrograms(fwd, opts.f64, hostBlocking(opts.f64, opts.threads), &timer);
+    Programs programs = buildPrograms(fwd, opts.f64, hostBlocking(fwd, opts), &timer);
     auto tm = hostTargetMachine();
     llvm::LLVMContext ctx;
     auto m = lower(ctx, programs, opts.f64, *tm, opts.profile);
@@ -265,7 +512,7 @@ CompiledModel compileModel(const Graph& fwd, const CodegenOptions& opts) {
 }
 
 std::string emitModule(const Graph& fwd, const CodegenOptions& opts, const std::string& what) {
-    Programs programs = buildPrograms(fwd, opts.f64, hostBlocking(opts.f64, opts.threads));
+    Programs programs = buildPrograms(fwd, opts.f64, hostBlocking(fwd, opts));
     if (what == "kernels") return printKernels(programs.forward) + printKernels(programs.backward);
     if (what == "memplan") return printMemoryPlan(programs.forward) + printMemoryPlan(programs.backward);
     auto tm = hostTargetMachine();
@@ -274,6 +521,31 @@ std::string emitModule(const Graph& fwd, const CodegenOptions& opts, const std::
     if (what != "llvm-unoptimised") optimise(*m, *tm);
     if (what == "asm") return emit(*m, *tm, llvm::CodeGenFileType::AssemblyFile);
     return printModule(*m);
+}
+
+std::vector<std::string> explainProducts(const Graph& fwd, const CodegenOptions& opts) {
+    const GemmBlocking bl = hostBlocking(fwd, opts);
+    Programs programs = buildPrograms(fwd, opts.f64, bl);
+    std::vector<std::string> lines;
+    for (const KernelProgram* p : {&programs.forward, &programs.backward})
+        for (size_t i = 0; i < p->kernels.size(); ++i) {
+            const Kernel& k = p->kernels[i];
+            if (k.kind != Kernel::Kind::Loop || k.a < 0) continue;
+            const int64_t kc = bl.kBlock(k.depth);
+            const std::string blocking =
+                bl.blocked(k.depth)
+                    ? fmt::format("K blocks of {} ({}), M blocks of {} rows", kc, (k.depth + kc - 1) / kc, bl.mBlock(k.rows))
+                    : fmt::format("not blocked (K {} <= KC {})", k.depth, bl.kc);
+            const bool packsB = bl.packsB(k.transB, k.cols, k.depth), packsA = bl.packsA(k.transA, k.rows, k.cols);
+            const bool lastPanel = !packsB && k.cols % bl.nr() != 0;
+            lines.push_back(fmt::format(
+                "{} k{}: {} x {} x {} (A{} · B{}): tile {}x{} ({}x{} {}-bit; {}), {}, B {}, A {}, {} thread{}", p->name, i, k.rows,
+                k.cols, k.depth, k.transA ? "ᵀ" : "", k.transB ? "ᵀ" : "", bl.mr, bl.nr(), bl.mr, bl.nv,
+                bl.vl * (opts.f64 ? 64 : 32), bl.source, blocking,
+                packsB ? "packed" : lastPanel ? "in place (last panel packed)" : "in place", packsA ? "packed" : "in place",
+                bl.threads, bl.threads == 1 ? "" : "s"));
+        }
+    return lines;
 }
 
 } // namespace gradc

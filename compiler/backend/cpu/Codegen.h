@@ -4,10 +4,12 @@
 #pragma once
 
 #include "Graph.h"
+#include "Kernels.h"
 #include "Layout.h"
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -19,6 +21,9 @@ struct CodegenOptions {
     std::string cacheDir;  ///< default: defaultCacheDir() (ObjectCache.h), a folder per user
     bool profile = false;  ///< count each kernel's cycles (gradc bench --profile)
     int threads = 0;       ///< threads the code is planned for and runs on; 0: all cores
+    /// The matrix products' register tile and cache blocking (its threads are replaced by
+    /// `threads`); default: chosen for the host (blockingFor, or GRADC_GEMM's override).
+    std::optional<GemmBlocking> blocking;
 };
 
 /// How long one phase of a compilation took: wall-clock time, and the CPU time of the
@@ -72,6 +77,11 @@ struct CompiledModel {
 /// Compiles `forward` (a model's forward graph) into forward and backward entry points.
 /// Throws UserError with an actionable message if code generation or the JIT fails.
 CompiledModel compileModel(const Graph& forward, const CodegenOptions& opts = {});
+
+/// One line per matrix product of the forward and backward programs compiled with `opts`:
+/// M x N x K, the transposes, the register tile and where it came from, the cache blocking,
+/// what is packed and the threads (`gradc bench --explain`).
+std::vector<std::string> explainProducts(const Graph& forward, const CodegenOptions& opts);
 
 /// A stage of compileModel as text: the kernel programs ("kernels"), their memory plans
 /// ("memplan"), the optimised LLVM IR ("llvm") or the assembly ("asm").

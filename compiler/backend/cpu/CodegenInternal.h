@@ -30,8 +30,20 @@ std::unique_ptr<llvm::TargetMachine> hostTargetMachine();
 /// The module in LLVM's text form.
 std::string printModule(const llvm::Module& m);
 
-/// The register tile for a CPU with `features` ("+avx512f,..." as LLVM spells them).
+/// Data cache sizes in bytes; the defaults when the host does not say.
+struct CacheSizes {
+    int64_t l1 = 32 << 10, l2 = 1 << 20, l3 = 8 << 20;
+    bool known = false; ///< read from the host
+};
+/// The host's, from sysfs (or sysconf), read once.
+CacheSizes hostCaches();
+
+/// The register tile and cache blocking for a CPU with `features` ("+avx512f,..." as LLVM
+/// spells them) and `caches` (the defaults when not given).
 GemmBlocking blockingFor(const std::string& features, bool f64);
+GemmBlocking blockingFor(const std::string& features, bool f64, const CacheSizes& caches);
+/// Sets b's KC, MC and page stride for its tile and `caches`.
+void cacheBlocking(GemmBlocking& b, bool f64, const CacheSizes& caches);
 Programs buildPrograms(const Graph& fwd, bool f64, const GemmBlocking& blocking, PhaseTimer* timer = nullptr);
 /// Lowers, sets the target's data layout and triple, and verifies.
 std::unique_ptr<llvm::Module> lower(llvm::LLVMContext& ctx, const Programs& p, bool f64, llvm::TargetMachine& tm,

@@ -5,6 +5,7 @@
 
 #include "CodegenInternal.h"
 #include "Jit.h"
+#include "Lowering.h"
 
 #include <llvm/IR/IRBuilder.h>
 #include <llvm/IR/Intrinsics.h>
@@ -15,6 +16,8 @@
 #include <llvm/Support/raw_ostream.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <string>
 #include <chrono>
 #include <vector>
 
@@ -78,6 +81,57 @@ double measureFmaPeak(bool f64) {
         best = std::max(best, double(rounds) * chains * bl.vl * 2 / s / 1e9);
     }
     return best;
+}
+
+std::vector<TileSpeed> measureTiles(bool f64, const std::vector<TileSpeed>& candidates) {
+    auto tm = hostTargetMachine();
+    const GemmBlocking host = blockingFor(Jit::hostFeatures(), f64);
+    llvm::LLVMContext ctx;
+    auto m = std::make_unique<llvm::Module>("tiles", ctx);
+    m->setDataLayout(tm->createDataLayout());
+    m->setTargetTriple(tm->getTargetTriple().str());
+    std::vector<KernelProgram> programs(candidates.size());
+    for (size_t i = 0; i < candidates.size(); ++i) {
+        programs[i].blocking = host;
+        programs[i].blocking.mr = candidates[i].mr, programs[i].blocking.nv = candidates[i].nv;
+        Lowering lowering(ctx, *m, f64, false);
+        lowering.gemmProbe(programs[i], "gradc_tile_probe_" + std::to_string(i));
+    }
+    internal_assert(!llvm::verifyModule(*m, &llvm::errs()), "invalid tile probe IR");
+    optimise(*m, *tm, false);
+    std::string object = emit(*m, *tm, llvm::CodeGenFileType::ObjectFile);
+    std::shared_ptr<Jit> jit = checkLLVM("cannot start the JIT", Jit::create());
+    if (auto err = jit->addObject(llvm::MemoryBuffer::getMemBufferCopy(object, "tiles"))) failLLVM("tile probe", std::move(err));
+    const int64_t K = 256;
+    int maxRows = 1, maxCols = 1;
+    for (auto& c : candidates) maxRows = std::max(maxRows, c.mr), maxCols = std::max(maxCols, c.nv * host.vl);
+    const size_t bytes = f64 ? 8 : 4;
+    auto buffer = [&](size_t elements) { // 64-byte aligned, small values (no overflow, no denormals)
+        std::vector<double> v((elements * bytes + 127) / 8, 0.0);
+        return v;
+    };
+    std::vector<double> a = buffer(size_t(maxRows) * K), b = buffer(size_t(K) * maxCols + 16),
+                        out = buffer(size_t(maxRows) * maxCols + 16);
+    auto aligned = [](std::vector<double>& v) {
+        return reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(v.data()) + 63) / 64 * 64);
+    };
+    std::vector<TileSpeed> speeds;
+    for (size_t i = 0; i < candidates.size(); ++i) {
+        using Probe = void (*)(void*, void*, void*, int64_t, int64_t);
+        auto probe = reinterpret_cast<Probe>(checkLLVM("tile probe", jit->lookup("gradc_tile_probe_" + std::to_string(i))));
+        TileSpeed s = candidates[i];
+        const double flopsPerTile = 2.0 * s.mr * s.nv * host.vl * K;
+        const int64_t reps = std::max<int64_t>(1, int64_t(2e8 / flopsPerTile)); // 2 ms at 100 GFLOP/s
+        probe(a.data(), aligned(b), aligned(out), K, reps / 4); // warm up
+        for (int rep = 0; rep < 3; ++rep) {
+            auto t0 = std::chrono::steady_clock::now();
+            probe(a.data(), aligned(b), aligned(out), K, reps);
+            double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+            s.gflops = std::max(s.gflops, flopsPerTile * double(reps) / sec / 1e9);
+        }
+        speeds.push_back(s);
+    }
+    return speeds;
 }
 
 } // namespace gradc

@@ -2,11 +2,23 @@
 // reports its speed against. No LLVM types appear here.
 #pragma once
 
+#include <vector>
+
 namespace gradc {
 
 /// The CPU's fused multiply-add peak on one thread, in GFLOP/s, measured by a small JIT'd
 /// probe: independent vector FMAs in registers, as many as the register tile of the
 /// matrix-product micro-kernel (blockingFor) holds. Takes a few tenths of a second.
 double measureFmaPeak(bool f64);
+
+/// A register tile (MR rows by NV vectors) and its measured speed in GFLOP/s.
+struct TileSpeed {
+    int mr = 0, nv = 0;
+    double gflops = 0;
+};
+
+/// Times each candidate tile of the micro-kernel on this CPU (JIT'd, in registers, B in
+/// L1/L2, K = 256): one module for all, best of three runs of a few milliseconds each.
+std::vector<TileSpeed> measureTiles(bool f64, const std::vector<TileSpeed>& candidates);
 
 } // namespace gradc

@@ -11,7 +11,9 @@
 #include <llvm/Support/TargetSelect.h>
 #include <llvm/TargetParser/Host.h>
 
+#include <cstdlib>
 #include <mutex>
+#include <string>
 
 namespace gradc {
 
@@ -38,16 +40,28 @@ bool Jit::haveLibmvec() {
 
 std::string Jit::hostCpu() { return llvm::sys::getHostCPUName().str(); }
 
+/// The host's features; with GRADC_ISA=avx2, without AVX-512 (code for x86-64-v3 on this
+/// CPU, to measure it). Codegen.cpp refuses other values.
+static llvm::StringMap<bool> hostFeatureMap() {
+    llvm::StringMap<bool> features = llvm::sys::getHostCPUFeatures();
+    const char* isa = std::getenv("GRADC_ISA");
+    if (isa && std::string(isa) == "avx2")
+        for (auto& f : features)
+            if (f.getKey().starts_with("avx512") || f.getKey() == "evex512" || f.getKey().starts_with("avx10") ||
+                f.getKey().starts_with("amx")) f.setValue(false);
+    return features;
+}
+
 std::string Jit::hostFeatures() {
     llvm::SubtargetFeatures features;
-    for (auto& [name, on] : llvm::sys::getHostCPUFeatures()) features.AddFeature(name, on);
+    for (auto& [name, on] : hostFeatureMap()) features.AddFeature(name, on);
     return features.getString();
 }
 
 static llvm::orc::JITTargetMachineBuilder hostBuilder() {
     llvm::orc::JITTargetMachineBuilder jtmb(llvm::Triple(llvm::sys::getProcessTriple()));
     jtmb.setCPU(Jit::hostCpu());
-    for (auto& [name, on] : llvm::sys::getHostCPUFeatures()) jtmb.getFeatures().AddFeature(name, on);
+    for (auto& [name, on] : hostFeatureMap()) jtmb.getFeatures().AddFeature(name, on);
     jtmb.setCodeGenOptLevel(llvm::CodeGenOptLevel::Aggressive);
     return jtmb;
 }

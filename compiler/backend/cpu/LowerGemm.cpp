@@ -1,12 +1,15 @@
 // LowerGemm.cpp — matrix products: acc = A · B by register tiles, each tile followed by its
 // kernel's fused element-wise epilogue (LowerScalar.cpp) while it is in cache, on the
-// thread pool when the blocking plans for more than one thread. Two helpers are shared by
+// thread pool when the blocking plans for more than one thread. Three helpers are shared by
 // every product of the module (one copy of the code each, so compile time does not grow
 // with the number of layers):
 //   gradc_pack_b(dst, b, N, K, transB, first, end): B's panels into [K][NR], zero past column N
-//   gradc_tile(out, a rows..., aStride, b, bStride, K): out[MR][NR] = the product, in registers
-// Each product kernel packs what it must, then for each tile runs gradc_tile and its own
-// epilogue. The register tile (GemmBlocking) is chosen by blockingFor (Codegen.cpp).
+//   gradc_pack_a(dst, a, M, K, -, first, end): a transposed A's row tiles into [K][MR] panels
+//   gradc_tile(out, a rows..., aStride, b, bStride, K, add): out[MR][NR] = (or +=) the
+//   product, in registers
+// Each product kernel packs what it must, then runs its tiles, in K blocks when it is deeper
+// than the blocking's KC, and its own epilogue. The register tile and the cache blocking
+// (GemmBlocking) are chosen by blockingFor and chooseTile (Codegen.cpp).
 #include "Lowering.h"
 
 namespace gradc {
@@ -47,25 +50,49 @@ void Lowering::declareGemmHelpers() {
                 }, /*vectorise=*/false);
             });
         };
-        auto body = [&](bool transposed) {
+        // B's rows as they are: row by row, each row's panels in turn, so the reads run
+        // along the rows (panel by panel, each step of K would touch another page).
+        auto rows = [&] {
+            loopTo(K, "k", [&](llvm::Value* kk) {
+                loopTo(b_.CreateSub(param(6), param(5)), "jt", [&](llvm::Value* jt0) {
+                    llvm::Value* jt = b_.CreateAdd(param(5), jt0);
+                    llvm::Value* c0 = b_.CreateMul(jt, i64(NR));
+                    llvm::Value* from = b_.CreateAdd(b_.CreateMul(kk, N), c0);
+                    llvm::Value* to = b_.CreateMul(b_.CreateAdd(b_.CreateMul(jt, K), kk), i64(NR));
+                    auto* whole = llvm::BasicBlock::Create(ctx_, "whole", fn_);
+                    auto* part = llvm::BasicBlock::Create(ctx_, "part", fn_);
+                    auto* next = llvm::BasicBlock::Create(ctx_, "next", fn_);
+                    b_.CreateCondBr(b_.CreateICmpULE(b_.CreateAdd(c0, i64(NR)), N), whole, part);
+                    b_.SetInsertPoint(whole); // a whole panel's row: NR contiguous elements
+                    loop(NR, "c", [&](llvm::Value* c) { store(load(b, b_.CreateAdd(from, c)), dst, b_.CreateAdd(to, c)); });
+                    b_.CreateBr(next);
+                    b_.SetInsertPoint(part); // the last panel: zero past N
+                    loop(NR, "c", [&](llvm::Value* c) {
+                        llvm::Value* inside = b_.CreateICmpULT(b_.CreateAdd(c0, c), N);
+                        llvm::Value* src = b_.CreateSelect(inside, b_.CreateAdd(from, c), i64(0));
+                        store(b_.CreateSelect(inside, load(b, src), fp(0)), dst, b_.CreateAdd(to, c));
+                    }, /*vectorise=*/false);
+                    b_.CreateBr(next);
+                    b_.SetInsertPoint(next);
+                });
+            });
+        };
+        // A transposed B: VL x VL blocks through registers, then the rest of K element by
+        // element (rows past N zero).
+        auto transposed = [&] {
             loopTo(b_.CreateSub(param(6), param(5)), "jt", [&](llvm::Value* jt0) {
                 llvm::Value* jt = b_.CreateAdd(param(5), jt0);
-                llvm::Value* kFirst = i64(0);
-                if (transposed) {
-                    blocks(jt);
-                    kFirst = b_.CreateMul(b_.CreateUDiv(K, i64(VL)), i64(VL));
-                }
+                blocks(jt);
+                llvm::Value* kFirst = b_.CreateMul(b_.CreateUDiv(K, i64(VL)), i64(VL));
                 loopTo(b_.CreateSub(K, kFirst), "k", [&](llvm::Value* k0) {
                     llvm::Value* kk = b_.CreateAdd(kFirst, k0);
                     loop(NR, "c", [&](llvm::Value* c) {
                         llvm::Value* j = b_.CreateAdd(b_.CreateMul(jt, i64(NR)), c);
                         llvm::Value* inside = b_.CreateICmpULT(j, N);
                         llvm::Value* sj = b_.CreateSelect(inside, j, i64(0));
-                        llvm::Value* src = transposed ? b_.CreateAdd(b_.CreateMul(sj, K), kk)
-                                                      : b_.CreateAdd(b_.CreateMul(kk, N), sj);
                         llvm::Value* d = b_.CreateAdd(b_.CreateMul(b_.CreateAdd(b_.CreateMul(jt, K), kk), i64(NR)), c);
-                        store(b_.CreateSelect(inside, load(b, src), fp(0)), dst, d);
-                    }, /*vectorise=*/!transposed); // a transposed B would need gathers
+                        store(b_.CreateSelect(inside, load(b, b_.CreateAdd(b_.CreateMul(sj, K), kk)), fp(0)), dst, d);
+                    }, /*vectorise=*/false); // it would need gathers
                 });
             });
         };
@@ -74,29 +101,59 @@ void Lowering::declareGemmHelpers() {
         auto* done = llvm::BasicBlock::Create(ctx_, "done", fn_);
         b_.CreateCondBr(trans, yes, no);
         b_.SetInsertPoint(yes);
-        body(true);
+        transposed();
         b_.CreateBr(done);
         b_.SetInsertPoint(no);
-        body(false);
+        rows();
         b_.CreateBr(done);
         b_.SetInsertPoint(done);
     });
-    // tile(out, outStride, a_0 .. a_{MR-1}, aStride, b, bStride, K): row r of A is
+    // A transposed A's row tiles into [K][MR] panels, the rows past M repeating the last:
+    // gradc_pack_a(dst, a, M, K, -, first, end), with `a` the [K][M] matrix.
+    packA_ = helper("gradc_pack_a", {ptr, ptr, i64t, i64t, i1t, i64t, i64t}, [&] {
+        llvm::Value *dst = param(0), *a = param(1), *M = param(2), *K = param(3);
+        loopTo(b_.CreateSub(param(6), param(5)), "it", [&](llvm::Value* it0) {
+            llvm::Value* it = b_.CreateAdd(param(5), it0);
+            loopTo(K, "k", [&](llvm::Value* kk) {
+                loop(MR, "r", [&](llvm::Value* r) {
+                    llvm::Value* i = b_.CreateAdd(b_.CreateMul(it, i64(MR)), r);
+                    i = b_.CreateSelect(b_.CreateICmpULT(i, M), i, b_.CreateSub(M, i64(1)));
+                    llvm::Value* d = b_.CreateAdd(b_.CreateMul(b_.CreateAdd(b_.CreateMul(it, K), kk), i64(MR)), r);
+                    store(load(a, b_.CreateAdd(b_.CreateMul(kk, M), i)), dst, d);
+                });
+            });
+        });
+    });
+    // tile(out, outStride, a_0 .. a_{MR-1}, aStride, b, bStride, K, add): row r of A is
     // a_r[k * aStride]; B's NR columns at step k start at b[k * bStride]; row r of the
-    // result goes to out[r * outStride].
+    // result goes to out[r * outStride], or is added to it when `add` (a later K block).
     std::vector<llvm::Type*> tileArgs = {ptr, i64t};
     for (int64_t r = 0; r < MR; ++r) tileArgs.push_back(ptr);
-    for (llvm::Type* t : {(llvm::Type*)i64t, (llvm::Type*)ptr, (llvm::Type*)i64t, (llvm::Type*)i64t}) tileArgs.push_back(t);
+    for (llvm::Type* t : {(llvm::Type*)i64t, (llvm::Type*)ptr, (llvm::Type*)i64t, (llvm::Type*)i64t, (llvm::Type*)i1t})
+        tileArgs.push_back(t);
     tile_ = helper("gradc_tile", tileArgs, [&] {
         llvm::Value *out = param(0), *outStride = param(1);
         llvm::Value *aStride = param(unsigned(MR + 2)), *bPanel = param(unsigned(MR + 3)), *bStride = param(unsigned(MR + 4)),
-                    *K = param(unsigned(MR + 5));
+                    *K = param(unsigned(MR + 5)), *add = param(unsigned(MR + 6));
         auto* vecTy = llvm::FixedVectorType::get(T_, unsigned(VL));
         const llvm::Align elementAlign(f64_ ? 8 : 4);
         llvm::Function* fma = llvm::Intrinsic::getDeclaration(&m_, llvm::Intrinsic::fmuladd, {vecTy});
-        // MR x NV accumulators stay in vector registers over all of K.
+        auto outAt = [&](int64_t r, int64_t v) {
+            return b_.CreateGEP(T_, out, b_.CreateAdd(b_.CreateMul(i64(r), outStride), i64(v * VL)));
+        };
+        // MR x NV accumulators stay in vector registers over all of K; they start at zero,
+        // or at the sums of the earlier K blocks.
         std::vector<llvm::Value*> acc;
         for (int64_t i = 0; i < MR * bl.nv; ++i) acc.push_back(variable(vecTy, llvm::Constant::getNullValue(vecTy)));
+        auto* addBlock = llvm::BasicBlock::Create(ctx_, "add", fn_);
+        auto* start = llvm::BasicBlock::Create(ctx_, "start", fn_);
+        b_.CreateCondBr(add, addBlock, start);
+        b_.SetInsertPoint(addBlock);
+        for (int64_t r = 0; r < MR; ++r)
+            for (int64_t v = 0; v < bl.nv; ++v)
+                b_.CreateStore(b_.CreateAlignedLoad(vecTy, outAt(r, v), elementAlign), acc[size_t(r * bl.nv + v)]);
+        b_.CreateBr(start);
+        b_.SetInsertPoint(start);
         loopTo(K, "k", [&](llvm::Value* kk) {
             std::vector<llvm::Value*> bv;
             llvm::Value* bRow = b_.CreateMul(kk, bStride);
@@ -114,10 +171,29 @@ void Lowering::declareGemmHelpers() {
         });
         for (int64_t r = 0; r < MR; ++r)
             for (int64_t v = 0; v < bl.nv; ++v)
-                b_.CreateAlignedStore(b_.CreateLoad(vecTy, acc[size_t(r * bl.nv + v)]),
-                                      b_.CreateGEP(T_, out, b_.CreateAdd(b_.CreateMul(i64(r), outStride), i64(v * VL))),
-                                      elementAlign);
+                b_.CreateAlignedStore(b_.CreateLoad(vecTy, acc[size_t(r * bl.nv + v)]), outAt(r, v), elementAlign);
     });
+}
+
+void Lowering::gemmProbe(const KernelProgram& p, const std::string& name) {
+    p_ = &p;
+    declareGemmHelpers();
+    const int64_t MR = p.blocking.mr, NR = p.blocking.nr();
+    auto* ptr = llvm::PointerType::get(ctx_, 0);
+    auto* i64t = b_.getInt64Ty();
+    fn_ = llvm::Function::Create(llvm::FunctionType::get(b_.getVoidTy(), {ptr, ptr, ptr, i64t, i64t}, false),
+                                 llvm::Function::ExternalLinkage, name, m_);
+    vectorWidth(fn_);
+    entryBlock_ = llvm::BasicBlock::Create(ctx_, "entry", fn_);
+    b_.SetInsertPoint(entryBlock_);
+    llvm::Value *a = fn_->getArg(0), *bPanel = fn_->getArg(1), *out = fn_->getArg(2), *K = fn_->getArg(3);
+    loopTo(fn_->getArg(4), "rep", [&](llvm::Value*) {
+        std::vector<llvm::Value*> callArgs = {out, i64(NR)};
+        for (int64_t r = 0; r < MR; ++r) callArgs.push_back(b_.CreateGEP(T_, a, b_.CreateMul(K, i64(r))));
+        for (llvm::Value* v : {i64(1), bPanel, i64(NR), K, (llvm::Value*)b_.getFalse()}) callArgs.push_back(v);
+        b_.CreateCall(tile_, callArgs);
+    });
+    b_.CreateRetVoid();
 }
 
 /// Transposes the square matrix whose rows are `r` (vectors as long as there are rows, a
@@ -141,75 +217,133 @@ void Lowering::transpose(std::vector<llvm::Value*>& r) {
 /// acc = A · B by register tiles, then the element-wise epilogue on each tile while it is
 /// in cache. A is read in place (each tile broadcasts from MR rows of it, the last rows
 /// repeated past M). B is read in place where its NR columns are contiguous (B not
-/// transposed, a whole panel); otherwise its panels are packed first: [K][NR], zero past N.
+/// transposed, a whole panel, a product not blocked); otherwise its panels are packed
+/// first: [K][NR], zero past N.
+///
+/// The work is split into units, each a block of up to MC rows of one strip of NR columns
+/// (a product with column sums: a whole strip, its row blocks in turn). A product no
+/// deeper than the blocking's kc has MC = MR: one tile over all of K, its epilogue right
+/// after. A deeper one runs its K blocks in turn over every tile of the unit, the sums
+/// kept in the thread's block in the scratch area (a plain product's whole tiles: in its
+/// output), so the B micro-panel of a K block (KC x NR) stays in L2 across the unit's
+/// tiles; the epilogue runs after the last K block.
 void Lowering::matrixProduct(const Kernel& k) {
     declareGemmHelpers();
     const GemmBlocking& bl = p_->blocking;
     const int64_t M = k.rows, N = k.cols, K = k.depth, MR = bl.mr, NR = bl.nr();
     const int64_t mt = (M + MR - 1) / MR, nt = (N + NR - 1) / NR;
+    const bool blocked = bl.blocked(K);
+    const int64_t KC = bl.kBlock(K), kBlocks = (K + KC - 1) / KC;
+    const int64_t MC = blocked ? bl.mBlock(M) : MR, perBlock = MC / MR, mBlocks = (mt + perBlock - 1) / perBlock;
     auto up16 = [](int64_t v) { return (v + 15) / 16 * 16; };
-    // Panels to pack: all of a transposed B, else only a last partial one.
-    const int64_t packFrom = k.transB ? 0 : N / NR;
-    auto scratch = [&](llvm::Value*& bp, llvm::Value*& tile) {
+    // Panels of B to pack: all of a transposed B, of a blocked product's B, or of a B whose
+    // rows are a page apart, else only a last partial one. A is packed when it is
+    // transposed with rows a page apart (GemmBlocking::packsA).
+    const int64_t packFrom = bl.packsB(k.transB, N, K) ? 0 : N / NR;
+    const bool packA = bl.packsA(k.transA, M, N);
+    auto scratch = [&](llvm::Value*& bp, llvm::Value*& ap, llvm::Value*& tile) {
         bp = scratchArea();
-        tile = b_.CreateGEP(T_, bp, i64(up16(nt * NR * K)));
+        ap = b_.CreateGEP(T_, bp, i64(up16(nt * NR * K)));
+        tile = b_.CreateGEP(T_, ap, i64(packA ? up16(mt * MR * K) : 0));
     };
-    llvm::Value *bp, *tile;
-    scratch(bp, tile);
+    llvm::Value *bp, *ap, *tile;
+    scratch(bp, ap, tile);
     if (packFrom < nt) pack(packB_, bp, base(k.b), N, K, k.transB, packFrom, nt);
-    // The tiles, as a function of a range of tile numbers and a thread number, so threads
+    if (packA) pack(packA_, ap, base(k.a), M, K, true, 0, mt);
+    // The units, as a function of a range of unit numbers and a thread number, so threads
     // can share them: column sums accumulate across the rows of tiles, so a kernel with
     // any runs its column strips (whole jt) on one thread each.
     const bool byStrip = !k.columnSums.empty();
     const bool plain = k.columnSums.empty() && k.stores.size() == 1 && k.stores[0].expr->op == scalar::Kind::Arg &&
                        k.args[size_t(k.stores[0].expr->value)].mode == Access::Mode::Acc;
-    const int64_t units = byStrip ? nt : nt * mt;
+    const int64_t units = byStrip ? nt : nt * mBlocks;
     auto tiles = [&](llvm::Value* begin, llvm::Value* end, llvm::Value* thread) {
-      llvm::Value* myTile = b_.CreateGEP(T_, tile, b_.CreateMul(thread, i64(MR * NR)));
+      llvm::Value* myBlock = b_.CreateGEP(T_, tile, b_.CreateMul(thread, i64(MC * NR)));
       llvm::Value* a = base(k.a);
       llvm::Value* b = base(k.b);
       loopTo(b_.CreateSub(end, begin), "u", [&](llvm::Value* u0) {
         llvm::Value* u = b_.CreateAdd(begin, u0);
-        auto one = [&](llvm::Value* jt, llvm::Value* it) {
-            llvm::Value* tile = myTile;
+        // Row block `ib` of strip `jt`: its tiles' sums over every K block, then their epilogues.
+        auto unit = [&](llvm::Value* jt, llvm::Value* ib) {
             LoopBases lb = loopBases(k);
-            llvm::Value* r0 = b_.CreateMul(it, i64(MR));
             llvm::Value* c0 = b_.CreateMul(jt, i64(NR));
-            llvm::Value* rows = b_.CreateSelect(b_.CreateICmpULE(b_.CreateAdd(r0, i64(MR)), i64(M)), i64(MR),
-                                                b_.CreateSub(i64(M), r0));
             llvm::Value* cols = b_.CreateSelect(b_.CreateICmpULE(b_.CreateAdd(c0, i64(NR)), i64(N)), i64(NR),
                                                 b_.CreateSub(i64(N), c0));
-            // A plain product (a weight gradient) writes whole tiles straight from the
-            // registers to its output; other tiles go through the epilogue.
-            llvm::Value* direct = b_.getFalse();
-            if (plain) direct = b_.CreateAnd(b_.CreateICmpEQ(rows, i64(MR)), b_.CreateICmpEQ(cols, i64(NR)));
-            std::vector<llvm::Value*> callArgs = {
-                plain ? b_.CreateSelect(direct, at(lb.stores[0], b_.CreateAdd(b_.CreateMul(r0, i64(N)), c0)), tile) : tile,
-                b_.CreateSelect(direct, i64(N), i64(NR))};
-            for (int64_t r = 0; r < MR; ++r) { // row r0 + r, the last row past M
-                llvm::Value* i = b_.CreateAdd(r0, i64(r));
-                i = b_.CreateSelect(b_.CreateICmpULT(i, i64(M)), i, i64(M - 1));
-                callArgs.push_back(b_.CreateGEP(T_, a, k.transA ? i : b_.CreateMul(i, i64(K))));
-            }
-            callArgs.push_back(i64(k.transA ? M : 1));
-            llvm::Value* inPlace = b_.CreateICmpULT(jt, i64(packFrom));
-            callArgs.push_back(b_.CreateSelect(inPlace, b_.CreateGEP(T_, b, c0),
-                                               b_.CreateGEP(T_, bp, b_.CreateMul(jt, i64(K * NR)))));
-            callArgs.push_back(b_.CreateSelect(inPlace, i64(N), i64(NR)));
-            callArgs.push_back(i64(K));
-            b_.CreateCall(tile_, callArgs);
-            if (plain) rows = b_.CreateSelect(direct, i64(0), rows);
-            loopTo(rows, "er", [&](llvm::Value* r) {
-                loopTo(cols, "ec", [&](llvm::Value* c) {
-                    llvm::Value* accv = load(tile, b_.CreateAdd(b_.CreateMul(r, i64(NR)), c));
-                    element(k, lb, b_.CreateAdd(r0, r), b_.CreateAdd(c0, c), accv);
+            llvm::Value* firstTile = b_.CreateMul(ib, i64(perBlock));
+            llvm::Value* count = perBlock == 1 ? i64(1)
+                                               : b_.CreateSelect(b_.CreateICmpULE(b_.CreateAdd(firstTile, i64(perBlock)), i64(mt)),
+                                                                 i64(perBlock), b_.CreateSub(i64(mt), firstTile));
+            // Tile t of the block: its first row, its rows, and whether it goes straight to
+            // the output (a plain product's whole tile) rather than through the epilogue.
+            struct Tile {
+                llvm::Value *r0, *rows, *direct, *sums;
+            };
+            auto tileAt = [&](llvm::Value* t) {
+                Tile x;
+                x.r0 = b_.CreateMul(b_.CreateAdd(firstTile, t), i64(MR));
+                x.rows = b_.CreateSelect(b_.CreateICmpULE(b_.CreateAdd(x.r0, i64(MR)), i64(M)), i64(MR),
+                                         b_.CreateSub(i64(M), x.r0));
+                x.direct = b_.getFalse();
+                if (plain) x.direct = b_.CreateAnd(b_.CreateICmpEQ(x.rows, i64(MR)), b_.CreateICmpEQ(cols, i64(NR)));
+                x.sums = b_.CreateGEP(T_, myBlock, b_.CreateMul(t, i64(MR * NR)));
+                return x;
+            };
+            auto kBlock = [&](llvm::Value* kb) {
+                llvm::Value* k0 = b_.CreateMul(kb, i64(KC));
+                llvm::Value* depth = kBlocks == 1 ? i64(K)
+                                                  : b_.CreateSelect(b_.CreateICmpULE(b_.CreateAdd(k0, i64(KC)), i64(K)),
+                                                                    i64(KC), b_.CreateSub(i64(K), k0));
+                llvm::Value* add = kBlocks == 1 ? b_.getFalse() : b_.CreateICmpNE(kb, i64(0));
+                auto one = [&](llvm::Value* t) {
+                    Tile x = tileAt(t);
+                    std::vector<llvm::Value*> callArgs = {
+                        plain ? b_.CreateSelect(x.direct, at(lb.stores[0], b_.CreateAdd(b_.CreateMul(x.r0, i64(N)), c0)), x.sums)
+                              : x.sums,
+                        b_.CreateSelect(x.direct, i64(N), i64(NR))};
+                    for (int64_t r = 0; r < MR; ++r) { // row r0 + r, the last row past M
+                        if (packA) { // the tile's panel: [K][MR]
+                            llvm::Value* panel = b_.CreateAdd(b_.CreateMul(x.r0, i64(K)), b_.CreateMul(k0, i64(MR)));
+                            callArgs.push_back(b_.CreateGEP(T_, ap, b_.CreateAdd(panel, i64(r))));
+                            continue;
+                        }
+                        llvm::Value* i = b_.CreateAdd(x.r0, i64(r));
+                        i = b_.CreateSelect(b_.CreateICmpULT(i, i64(M)), i, i64(M - 1));
+                        llvm::Value* offset = k.transA ? b_.CreateAdd(i, b_.CreateMul(k0, i64(M)))
+                                                       : b_.CreateAdd(b_.CreateMul(i, i64(K)), k0);
+                        callArgs.push_back(b_.CreateGEP(T_, a, offset));
+                    }
+                    callArgs.push_back(i64(packA ? MR : k.transA ? M : 1));
+                    llvm::Value* inPlace = b_.CreateICmpULT(jt, i64(packFrom));
+                    llvm::Value* packed = b_.CreateAdd(b_.CreateMul(jt, i64(K * NR)), b_.CreateMul(k0, i64(NR)));
+                    callArgs.push_back(b_.CreateSelect(inPlace, b_.CreateGEP(T_, b, b_.CreateAdd(b_.CreateMul(k0, i64(N)), c0)),
+                                                       b_.CreateGEP(T_, bp, packed)));
+                    callArgs.push_back(b_.CreateSelect(inPlace, i64(N), i64(NR)));
+                    callArgs.push_back(depth);
+                    callArgs.push_back(add);
+                    b_.CreateCall(tile_, callArgs);
+                };
+                if (perBlock == 1) one(i64(0));
+                else loopTo(count, "t", one);
+            };
+            if (kBlocks == 1) kBlock(i64(0));
+            else loop(kBlocks, "kb", kBlock);
+            auto epilogue = [&](llvm::Value* t) {
+                Tile x = tileAt(t);
+                llvm::Value* rows = plain ? b_.CreateSelect(x.direct, i64(0), x.rows) : x.rows;
+                loopTo(rows, "er", [&](llvm::Value* r) {
+                    loopTo(cols, "ec", [&](llvm::Value* c) {
+                        llvm::Value* accv = load(x.sums, b_.CreateAdd(b_.CreateMul(r, i64(NR)), c));
+                        element(k, lb, b_.CreateAdd(x.r0, r), b_.CreateAdd(c0, c), accv);
+                    });
                 });
-            });
+            };
+            if (perBlock == 1) epilogue(i64(0));
+            else loopTo(count, "et", epilogue);
         };
         if (byStrip) {
-            loop(mt, "it", [&](llvm::Value* it) { one(u, it); });
+            loop(mBlocks, "ib", [&](llvm::Value* ib) { unit(u, ib); });
         } else {
-            one(b_.CreateUDiv(u, i64(mt)), b_.CreateURem(u, i64(mt)));
+            unit(b_.CreateUDiv(u, i64(mBlocks)), b_.CreateURem(u, i64(mBlocks)));
         }
       });
     };
@@ -220,7 +354,7 @@ void Lowering::matrixProduct(const Kernel& k) {
     // Outlined: the kernel function's bases come through the context array.
     auto outlined = [&](llvm::Value* context, llvm::Value* begin, llvm::Value* end, llvm::Value* thread) {
         loadContext(context);
-        scratch(bp, tile); // the panel addresses, inside the outlined function
+        scratch(bp, ap, tile); // the panel addresses, inside the outlined function
         tiles(begin, end, thread);
     };
     parallel("gradc_tiles", contextArray(), units, outlined);

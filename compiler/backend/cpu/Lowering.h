@@ -38,6 +38,10 @@ public:
     void entry(const KernelProgram& p, EntryPoint which);
     /// Emits gradc_update, the optimiser step (LowerUpdate.cpp).
     void update();
+    /// Emits `void name(a, b, out, K, reps)`: `reps` calls of the register tile of
+    /// p.blocking over K, A's MR rows K apart, B packed [K][NR] (LowerGemm.cpp; FmaProbe
+    /// times the candidate tiles with it).
+    void gemmProbe(const KernelProgram& p, const std::string& name);
 
 private:
     llvm::LLVMContext& ctx_;
@@ -144,6 +148,7 @@ private:
     // ---- Matrix products (LowerGemm.cpp).
 
     llvm::Function* packB_ = nullptr;
+    llvm::Function* packA_ = nullptr;
     llvm::Function* tile_ = nullptr;
     void declareGemmHelpers();
     void transpose(std::vector<llvm::Value*>& r);

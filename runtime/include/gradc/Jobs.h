@@ -162,6 +162,9 @@ struct BenchResult {
     double fmaPeak = 0;                ///< measured GFLOP/s of one thread
     /// With `profile`: each backward kernel and its share of the cycles.
     std::vector<std::pair<std::string, double>> kernelShares;
+    /// Each matrix product of the step: its shape, register tile, blocking, packing, threads
+    /// and where the tile came from (`gradc bench --explain`).
+    std::vector<std::string> products;
 };
 BenchResult bench(const BenchOptions& options);
 
