@@ -231,8 +231,7 @@ ActsRun runActs(const ActsOptions& o) {
             run.layers.emplace_back(l.what, statistics(l.name, l.out, engine->layerOutput<T>(i), 50));
         }
     };
-    if (engine->f64()) evaluate(double{});
-    else evaluate(float{});
+    typed(engine->f64(), evaluate);
     return run;
 }
 
@@ -266,8 +265,7 @@ DeadResult runDead(const DeadOptions& o) {
             }
         }
     };
-    if (engine->f64()) scan(double{});
-    else scan(float{});
+    typed(engine->f64(), scan);
     DeadResult result;
     result.model = g.model, result.images = int64_t(data.fit.size());
     for (size_t k = 0; k < layers.size(); ++k) {
@@ -326,7 +324,7 @@ BenchResult runBench(const BenchOptions& o) {
     r.msPerStep = r.roundMs[r.roundMs.size() / 2];
     r.gflopPerStep = matmulFlops(grad) / 1e9;
     r.fmaPeak = measureFmaPeak(o.f64);
-    r.products = explainProducts(g, codegen);
+    if (o.explain) r.products = explainProducts(g, codegen);
     if (o.profile) {
         uint64_t total = 0;
         for (size_t i = 0; i < cm.kernelsBackward.size(); ++i) total += cm.profileBackward[i];

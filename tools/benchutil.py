@@ -69,7 +69,7 @@ def run(cmd, env=None):
 
 class Bench:
     """One run of `gradc bench`: compile time, FMA peak, ms and GFLOP per step, % of peak,
-    and the lines gradc prints after "compiled in" before the peak (a phase breakdown)."""
+    and the compilation by phase that gradc prints."""
 
     def __init__(self, text):
         self.text = text
@@ -78,15 +78,9 @@ class Bench:
         self.peak = float(re.search(r"FMA peak \(measured\): ([0-9.]+) GFLOP/s", text).group(1))
         m = re.search(r"backward: ([0-9.]+) ms per step, [0-9.]+ GFLOP/s \(([0-9.]+) GFLOP per step\), ([0-9.]+)% of peak", text)
         self.ms, self.gflop, self.percent = float(m.group(1)), float(m.group(2)), float(m.group(3))
-        lines = text.splitlines()
-        self.phases = []
-        for i, line in enumerate(lines):
-            if " in " in line and ("compiled in" in line or "code compiled" in line):
-                for extra in lines[i + 1:]:
-                    if extra.startswith("FMA peak"):
-                        break
-                    self.phases.append(extra)
-                break
+        # The table under "compilation by phase (...):", up to the next blank line.
+        m = re.search(r"^compilation by phase[^\n]*\n((?:[^\n]+\n?)*)", text, re.M)
+        self.phases = m.group(1).splitlines() if m else []
 
 
 def gradc_bench(gradc, model, batch=256, steps=1, threads=1, cache=True, extra=()):

@@ -29,6 +29,7 @@ int runBench(const po::variables_map& vm) {
     o.f64 = codegen.f64, o.cache = codegen.cache, o.threads = codegen.threads;
     o.profile = vm.count("profile") != 0;
     o.statistics = vm.count("statistics") != 0;
+    o.explain = vm.count("explain") != 0;
     o.model = vm["model"].as<std::string>();
     const BenchResult r = gradc::runBench(o);
     const double gflops = r.gflopPerStep * 1e3 / r.msPerStep;

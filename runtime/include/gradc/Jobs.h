@@ -138,6 +138,7 @@ struct BenchOptions {
     int steps = 50;
     bool statistics = false; ///< the step of `grads` (storing activations), not of `train`
     bool profile = false;    ///< count each kernel's cycles (never cached)
+    bool explain = false;    ///< describe each matrix product (BenchResult::products)
     bool f64 = false;
     bool cache = true;
     int threads = 0;         ///< 0: all cores
@@ -162,7 +163,7 @@ struct BenchResult {
     double fmaPeak = 0;                ///< measured GFLOP/s of one thread
     /// With `profile`: each backward kernel and its share of the cycles.
     std::vector<std::pair<std::string, double>> kernelShares;
-    /// Each matrix product of the step: its shape, register tile, blocking, packing, threads
+    /// With `explain`: each matrix product of the step: its shape, register tile, blocking, packing, threads
     /// and where the tile came from (`gradc bench --explain`).
     std::vector<std::string> products;
 };
