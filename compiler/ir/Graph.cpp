@@ -32,15 +32,25 @@ std::string attrValue(const std::string& s) { return fmt::format("\"{}\"", s); }
 std::string attrValue(int32_t v) { return fmt::format("{}", v); }
 std::string attrValue(double v) { return fmt::format("{}", v); }
 std::string attrValue(const scalar::Expr& e) { return e ? scalar::print(e) : "null"; }
+std::string attrValue(const Window& w) { return printWindow(w); }
 
 size_t attrHash(const std::string& s) { return std::hash<std::string>()(s); }
 size_t attrHash(int32_t v) { return std::hash<int32_t>()(v); }
 size_t attrHash(double v) { return std::hash<double>()(v); }
 size_t attrHash(const scalar::Expr& e) { return e ? size_t(e->hash) : 0; }
+size_t attrHash(const Window& w) {
+    size_t h = 0;
+    for (int32_t v : {w.kh, w.kw, w.sh, w.sw, w.ph, w.pw}) h = h * 1000003u + std::hash<int32_t>()(v);
+    return h;
+}
 
 const Attrs kDefaultAttrs;
 
 } // namespace
+
+std::string printWindow(const Window& w) {
+    return fmt::format("{}x{}/s{}x{}/p{}x{}", w.kh, w.kw, w.sh, w.sw, w.ph, w.pw);
+}
 
 std::string printAttrs(const Node& n) { return printAttrs(n.op, n); }
 
@@ -170,18 +180,144 @@ Shape shapeOfSumRows(const Nodes& g, const Node& n) {
     return Shape(a.shape.begin() + 1, a.shape.end());
 }
 
+/// Whether `from` broadcasts to `to` as numpy's: right-aligned, each dimension of `from`
+/// equal to `to`'s or 1, and no more dimensions than `to`.
+bool broadcastsTo(const Shape& from, const Shape& to) {
+    if (from.size() > to.size()) return false;
+    const size_t lead = to.size() - from.size();
+    for (size_t i = 0; i < from.size(); ++i)
+        if (from[i] != 1 && from[i] != to[lead + i]) return false;
+    return true;
+}
+
+/// The node's shape is the target's: the operand summed where the target broadcasts.
+Shape shapeOfSumTo(const Nodes& g, const Node& n) {
+    const Node& a = operand(g, n, 0);
+    if (a.type != DType::Real) mismatch(n, "operand must be real");
+    if (n.shape.empty() || !broadcastsTo(n.shape, a.shape))
+        mismatch(n, fmt::format("cannot sum {} to {} (the target must broadcast to the operand)",
+                                shapeString(a.shape), shapeString(n.shape)));
+    return n.shape;
+}
+
+/// x[B,C,...]: a real tensor of rank 2 or more whose channels are dimension 1.
+void needChannels(const Node& n, const Node& x) {
+    if (x.shape.size() < 2 || x.type != DType::Real)
+        mismatch(n, fmt::format("input must be a real [batch, channels, ...] tensor, got {}", shapeString(x.shape)));
+}
+
 Shape shapeOfBatchNormGradX(const Nodes& g, const Node& n) {
     const Node &x = operand(g, n, 0), &w = operand(g, n, 1), &d = operand(g, n, 2);
-    needRank(n, x, 2, "input"), needRank(n, w, 1, "weight");
-    if (d.shape != x.shape || w.shape[0] != x.shape[1]) mismatch(n, "operands do not fit");
+    needChannels(n, x), needRank(n, w, 1, "weight");
+    if (d.shape != x.shape || w.shape[0] != x.shape[1])
+        mismatch(n, fmt::format("input {}, weight {} and gradient {} do not fit", shapeString(x.shape),
+                                shapeString(w.shape), shapeString(d.shape)));
     return x.shape;
 }
 
 Shape shapeOfBatchNormGradGamma(const Nodes& g, const Node& n) {
     const Node &x = operand(g, n, 0), &d = operand(g, n, 1);
-    needRank(n, x, 2, "input");
-    if (d.shape != x.shape) mismatch(n, "operands do not fit");
+    needChannels(n, x);
+    if (d.shape != x.shape)
+        mismatch(n, fmt::format("input {} and gradient {} do not fit", shapeString(x.shape), shapeString(d.shape)));
     return {x.shape[1]};
+}
+
+// ---- Windows over [B,C,H,W]: convolution and pooling.
+
+/// The window's sizes are positive and its padding is not negative (the front end says so in
+/// the user's words; this is the IR's own check).
+void needWindow(const Node& n) {
+    const Window& w = n.window;
+    if (w.kh < 1 || w.kw < 1 || w.sh < 1 || w.sw < 1 || w.ph < 0 || w.pw < 0)
+        mismatch(n, fmt::format("window {} must have a positive size and stride and no negative padding",
+                                printWindow(w)));
+}
+
+void needImage(const Node& n, const Node& x, const char* what) {
+    if (x.shape.size() != 4 || x.type != DType::Real)
+        mismatch(n, fmt::format("{} must be a real [batch, channels, height, width] tensor, got {}", what,
+                                shapeString(x.shape)));
+}
+
+/// [B,C,OH,OW] for x[B,C,H,W] under the node's window, with `channels` for C; a window that
+/// does not fit in the padded input is the user's mistake.
+Shape windowOutput(const Node& n, const Shape& x, int64_t channels) {
+    const Window& w = n.window;
+    if (x[2] + 2 * int64_t(w.ph) < w.kh || x[3] + 2 * int64_t(w.pw) < w.kw)
+        mismatch(n, fmt::format("the {}x{} window is larger than the input {} padded to {}x{}", w.kh, w.kw,
+                                shapeString(x), x[2] + 2 * int64_t(w.ph), x[3] + 2 * int64_t(w.pw)));
+    return {x[0], channels, Window::outSize(x[2], w.kh, w.sh, w.ph), Window::outSize(x[3], w.kw, w.sw, w.pw)};
+}
+
+/// Checks the weight [O,C,KH,KW] against the input's channels and the window's size.
+void needConvWeight(const Node& n, const Node& w, int64_t channels) {
+    needRank(n, w, 4, "weight");
+    if (w.shape[1] != channels || w.shape[2] != n.window.kh || w.shape[3] != n.window.kw)
+        mismatch(n, fmt::format("weight {} does not fit {} input channels and a {}x{} kernel", shapeString(w.shape),
+                                channels, n.window.kh, n.window.kw));
+}
+
+Shape shapeOfConv2d(const Nodes& g, const Node& n) {
+    const Node &x = operand(g, n, 0), &w = operand(g, n, 1);
+    needWindow(n), needImage(n, x, "input");
+    needConvWeight(n, w, x.shape[1]);
+    return windowOutput(n, x.shape, w.shape[0]);
+}
+
+/// The node's shape is x's; the gradient g must be what conv2d makes of it.
+Shape shapeOfConv2dGradX(const Nodes& g, const Node& n) {
+    const Node &d = operand(g, n, 0), &w = operand(g, n, 1);
+    needWindow(n), needImage(n, d, "gradient");
+    if (n.shape.size() != 4) mismatch(n, fmt::format("result {} must be [batch, channels, height, width]", shapeString(n.shape)));
+    needConvWeight(n, w, n.shape[1]);
+    if (windowOutput(n, n.shape, w.shape[0]) != d.shape)
+        mismatch(n, fmt::format("gradient {} is not the convolution's output for input {}", shapeString(d.shape),
+                                shapeString(n.shape)));
+    return n.shape;
+}
+
+Shape shapeOfConv2dGradW(const Nodes& g, const Node& n) {
+    const Node &x = operand(g, n, 0), &d = operand(g, n, 1);
+    needWindow(n), needImage(n, x, "input"), needImage(n, d, "gradient");
+    if (windowOutput(n, x.shape, d.shape[1]) != d.shape)
+        mismatch(n, fmt::format("gradient {} is not the convolution's output for input {}", shapeString(d.shape),
+                                shapeString(x.shape)));
+    return {d.shape[1], x.shape[1], n.window.kh, n.window.kw};
+}
+
+/// Pooling pads with at most half the window on each side (PyTorch's rule): every window
+/// then holds at least one value of the input.
+void needPoolPadding(const Node& n) {
+    if (2 * n.window.ph > n.window.kh || 2 * n.window.pw > n.window.kw)
+        mismatch(n, fmt::format("padding {}x{} is more than half the {}x{} window", n.window.ph, n.window.pw,
+                                n.window.kh, n.window.kw));
+}
+
+Shape shapeOfPool2d(const Nodes& g, const Node& n) {
+    const Node& x = operand(g, n, 0);
+    needWindow(n), needPoolPadding(n), needImage(n, x, "input");
+    return windowOutput(n, x.shape, x.shape[1]);
+}
+
+Shape shapeOfMaxPool2dGrad(const Nodes& g, const Node& n) {
+    const Node &x = operand(g, n, 0), &d = operand(g, n, 1);
+    needWindow(n), needPoolPadding(n), needImage(n, x, "input");
+    if (windowOutput(n, x.shape, x.shape[1]) != d.shape)
+        mismatch(n, fmt::format("gradient {} is not the pooling's output for input {}", shapeString(d.shape),
+                                shapeString(x.shape)));
+    return x.shape;
+}
+
+/// The node's shape is x's.
+Shape shapeOfAvgPool2dGrad(const Nodes& g, const Node& n) {
+    const Node& d = operand(g, n, 0);
+    needWindow(n), needPoolPadding(n), needImage(n, d, "gradient");
+    if (n.shape.size() != 4) mismatch(n, fmt::format("result {} must be [batch, channels, height, width]", shapeString(n.shape)));
+    if (windowOutput(n, n.shape, n.shape[1]) != d.shape)
+        mismatch(n, fmt::format("gradient {} is not the pooling's output for input {}", shapeString(d.shape),
+                                shapeString(n.shape)));
+    return n.shape;
 }
 
 Shape shapeOfLayerNormNormalise(const Nodes& g, const Node& n) {
@@ -207,10 +343,6 @@ Shape shapeOfPairwiseGrad(const Nodes& g, const Node& n) {
     return operand(g, n, 0).shape;
 }
 
-/// True if `s` is a suffix of `of` ([N] of [B,N]; equal shapes too).
-bool isSuffix(const Shape& s, const Shape& of) {
-    return s.size() <= of.size() && std::equal(s.begin(), s.end(), of.end() - std::ptrdiff_t(s.size()));
-}
 
 Shape shapeOfMap(const Nodes& g, const Node& n) {
     if (n.in.empty()) mismatch(n, "needs at least one operand");
@@ -221,27 +353,38 @@ Shape shapeOfMap(const Nodes& g, const Node& n) {
         if (e.op == scalar::Kind::Arg && !(e.value >= 0 && size_t(e.value) < n.in.size()))
             mismatch(n, fmt::format("expression uses a{} but has {} operands", e.value, n.in.size()));
     });
-    size_t widest = 0;
+    // numpy's broadcasting: right-aligned, each dimension the one size other than 1 (or 1).
+    Shape result;
     for (size_t i = 0; i < n.in.size(); ++i) {
-        if (operand(g, n, i).type != DType::Real) mismatch(n, fmt::format("operand {} must be real", i));
-        if (operand(g, n, i).shape.size() > operand(g, n, widest).shape.size()) widest = i;
+        const Node& a = operand(g, n, i);
+        if (a.type != DType::Real) mismatch(n, fmt::format("operand {} must be real", i));
+        if (a.shape.size() > result.size()) result.insert(result.begin(), a.shape.size() - result.size(), 1);
+        const size_t lead = result.size() - a.shape.size();
+        for (size_t d = 0; d < a.shape.size(); ++d) {
+            int64_t& r = result[lead + d];
+            if (a.shape[d] == r || a.shape[d] == 1) continue;
+            if (r != 1) {
+                Shape before = result; // the shape the operands before this one make
+                mismatch(n, fmt::format("operand {} has shape {}, which does not broadcast with {}", i,
+                                        shapeString(a.shape), shapeString(before)));
+            }
+            r = a.shape[d];
+        }
     }
-    const Shape& result = operand(g, n, widest).shape;
-    for (size_t i = 0; i < n.in.size(); ++i)
-        if (!isSuffix(operand(g, n, i).shape, result))
-            mismatch(n, fmt::format("operand {} has shape {}, which is neither {} nor a suffix of it", i,
-                                    shapeString(operand(g, n, i).shape), shapeString(result)));
     return result;
 }
 
 Shape shapeOfBatchNorm(const Nodes& g, const Node& n) {
     const Node &x = operand(g, n, 0), &w = operand(g, n, 1), &b = operand(g, n, 2);
-    needRank(n, x, 2, "input"), needRank(n, w, 1, "weight"), needRank(n, b, 1, "bias");
+    needChannels(n, x), needRank(n, w, 1, "weight"), needRank(n, b, 1, "bias");
     if (w.shape[0] != x.shape[1] || b.shape[0] != x.shape[1])
         mismatch(n, fmt::format("input {} with weight {} and bias {}", shapeString(x.shape),
                                 shapeString(w.shape), shapeString(b.shape)));
-    if (x.shape[0] < 2)
+    if (x.shape.size() == 2 && x.shape[0] < 2)
         mismatch(n, "training-mode batch normalisation needs a batch of at least 2");
+    if (elementCount(x.shape) / x.shape[1] < 2) // PyTorch: more than one value per channel
+        mismatch(n, fmt::format("training-mode batch normalisation needs at least 2 values per channel; "
+                                "input {} has 1", shapeString(x.shape)));
     return x.shape;
 }
 

@@ -8,10 +8,11 @@
 // (typed fields of `Attrs`: a tensor's name, an activation index, eps, an element function)
 // and its traits. Printer, verifier, CSE key and autodiff's attribute copy walk an op's
 // attributes through the table (forEachAttr), never by hand. Element-wise computation is one
-// op, `map`: a scalar expression (scalar::Expr in Arg(i) leaves) over its operands, where an
-// operand's shape is the result's or a suffix of it (broadcast: [N] against [B,N] reads
-// operand[n] at [b,n]); activations, their gradients, add, bias add, mul and evaluation-mode
-// batchnorm are maps built by the functions at the end of this file.
+// op, `map`: a scalar expression (scalar::Expr in Arg(i) leaves) over its operands, which
+// broadcast as numpy's (right-aligned; each dimension the result's size or 1: [N] against
+// [B,N] reads operand[n] at [b,n], a conv bias [O,1,1] against [B,O,H,W] reads [o]);
+// activations, their gradients, add, bias add, mul and evaluation-mode batchnorm are maps
+// built by the functions at the end of this file. Images are NCHW, as PyTorch's.
 #pragma once
 
 #include "Activations.h"
@@ -39,6 +40,7 @@ enum : uint32_t {
     Normalisation = 16,
     Loss = 32,         ///< a scalar loss
     LossGrad = 64,     ///< a loss's gradient for d(loss) = 1
+    Spatial = 128,     ///< a convolution or pooling over windows of [B,C,H,W] (or a gradient)
 };
 } // namespace trait
 
@@ -87,6 +89,23 @@ struct Init {
     std::string scheme = "pytorch"; // pytorch | xavier | kaiming | normal | constant | ones | zeros
     std::vector<double> args;
 };
+
+/// A sliding window over the last two dimensions of [B,C,H,W]: its size (a convolution's
+/// kernel, a pooling window), stride and zero (or -inf) padding on each side. Printed
+/// `3x3/s1x1/p1x1`.
+struct Window {
+    int32_t kh = 0, kw = 0, sh = 0, sw = 0, ph = 0, pw = 0;
+    bool operator==(const Window& o) const {
+        return kh == o.kh && kw == o.kw && sh == o.sh && sw == o.sw && ph == o.ph && pw == o.pw;
+    }
+    /// The output size along one dimension of `in` values: (in + 2 pad - k) / stride + 1,
+    /// floored; 0 or less when the window does not fit in the padded input.
+    static int64_t outSize(int64_t in, int32_t k, int32_t stride, int32_t pad) {
+        const int64_t span = in + 2 * int64_t(pad) - k;
+        return span < 0 ? 0 : span / stride + 1;
+    }
+};
+std::string printWindow(const Window& w); // "3x3/s1x1/p1x1"
 
 /// Every attribute a node may carry, one field each (Ops.def's GRADC_ATTR rows); an op uses
 /// the ones its row declares and leaves the others at their defaults.
@@ -211,13 +230,14 @@ public:
 ValueId addMap(Graph& g, scalar::Expr expr, std::vector<ValueId> ins, SourceLoc loc, int32_t fn = -1);
 /// The activation `fn` (an index into g.activations) applied to x: a map that keeps `fn`.
 ValueId addActivation(Graph& g, int32_t fn, ValueId x, SourceLoc loc);
-/// a + b: equal shapes, or b a suffix of a's shape (a bias: [N] against [B,N]).
+/// a + b: b broadcast against a (a bias: [N] against [B,N], [O,1,1] against [B,O,H,W]).
 ValueId addBiasAdd(Graph& g, ValueId a, ValueId b, SourceLoc loc);
 /// a + b and a * b element-wise, of equal shapes ("add: operands have different shapes").
 ValueId addAdd(Graph& g, ValueId a, ValueId b, SourceLoc loc);
 ValueId addMul(Graph& g, ValueId a, ValueId b, SourceLoc loc);
 /// Evaluation-mode BatchNorm1d of x[B,N] with γ, β, running mean μ and variance v (each [N],
-/// in that order in `ins`): (x - μ) γ / sqrt(v + eps) + β, per feature.
+/// in that order in `ins`): (x - μ) γ / sqrt(v + eps) + β, per feature. On x[B,C,H,W]
+/// (BatchNorm2d) the four are [C,1,1]: per channel.
 ValueId addBatchNormEval(Graph& g, const std::vector<ValueId>& ins, double eps, SourceLoc loc);
 /// A map that applies an activation (the node a layer's activation builds).
 inline bool isActivation(const Node& n) { return n.op == Op::Map && n.fn >= 0; }

@@ -100,7 +100,7 @@ Layout computeLayout(const Graph& g) {
     for (auto& o : g.outputs)
         if (o.role == OutputRole::NormInput)
             for (Role r : {Role::NormMean, Role::NormVar})
-                l.add({r, Array::Acts, o.name, o.name, {g[o.value].shape.back()}, DType::Real, 0, o.value});
+                l.add({r, Array::Acts, o.name, o.name, {g[o.value].shape[1]}, DType::Real, 0, o.value}); // per channel
     for (ValueId v = 0; v < g.nodes.size(); ++v) {
         const Node& n = g[v];
         if (n.op != Op::Input) continue;

@@ -3,6 +3,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <optional>
 
 namespace gradc {
@@ -20,9 +21,13 @@ struct RuleContext {
     ValueId in(size_t i) const { return g[v].in[i]; }
     /// A node of the gradient: it carries the attributes of this node its op declares too
     /// (batchnorm's eps), as Ops.def lists them.
-    ValueId add(Op op, std::vector<ValueId> operands) {
+    ValueId add(Op op, std::vector<ValueId> operands) { return addShaped(op, std::move(operands), {}); }
+    /// The same for an op whose result's shape is the node's own (a reshape, sum_to, the
+    /// gradient of a strided window with respect to its input): `shape`.
+    ValueId addShaped(Op op, std::vector<ValueId> operands, Shape shape) {
         Node n = makeNode(op, g[v].loc, std::move(operands));
         copyAttrs(g[v], n);
+        n.shape = std::move(shape);
         return g.add(std::move(n));
     }
 };
@@ -58,11 +63,17 @@ Grads gradOfReshape(RuleContext& c) {
     return {c.g.add(std::move(n))};
 }
 
-/// Sums `d` (the result's shape) down to the operand's rank `rank` (its shape is a suffix of
-/// d's): over each leading dimension the operand was broadcast along. The rank is taken by
-/// value: every node added moves the graph's nodes, and a reference into them would dangle.
-ValueId reduceTo(RuleContext& c, ValueId d, size_t rank) {
-    while (c.g[d].shape.size() > rank) d = c.add(Op::SumRows, {d});
+/// Sums `d` (the result's shape) down to the operand's shape `to`, over each dimension the
+/// operand was broadcast along: sum_rows over leading dimensions while `to` is a suffix of
+/// d's shape (a dense layer's bias: the code of every model without images is unchanged),
+/// else one sum_to (a conv bias [O,1,1] against [B,O,H,W]). The shape is taken by value:
+/// every node added moves the graph's nodes, and a reference into them would dangle.
+ValueId reduceTo(RuleContext& c, ValueId d, const Shape to) {
+    auto isSuffix = [](const Shape& s, const Shape& of) {
+        return s.size() <= of.size() && std::equal(s.begin(), s.end(), of.end() - std::ptrdiff_t(s.size()));
+    };
+    if (!isSuffix(to, c.g[d].shape)) return c.addShaped(Op::SumTo, {d}, to);
+    while (c.g[d].shape.size() > to.size()) d = c.add(Op::SumRows, {d});
     return d;
 }
 
@@ -94,7 +105,7 @@ std::optional<ValueId> partial(RuleContext& c, size_t i) {
         ins.push_back(*c.dy);
         dx = addMap(c.g, d, std::move(ins), n.loc);
     }
-    return reduceTo(c, dx, c.g[c.in(i)].shape.size());
+    return reduceTo(c, dx, c.g[c.in(i)].shape);
 }
 
 // y = map[f](a0, a1, ...):  da_i = Σ_broadcast dy * ∂f/∂a_i. An activation (one operand, `fn`
@@ -123,13 +134,41 @@ Grads gradOfMap(RuleContext& c) {
     return {addMap(c.g, d, {byOut ? c.v : c.in(0), *c.dy}, n.loc)};
 }
 
-// Training-mode batch normalisation; the rule recomputes the batch statistics from x.
+// Training-mode batch normalisation; the rule recomputes the batch statistics from x. β's
+// gradient is dy summed over everything but the channels (dimension 1).
 Grads gradOfBatchNorm(RuleContext& c) {
     Grads out(3);
+    const Shape xs = c.g[c.in(0)].shape;
     if (c.need[0]) out[0] = c.add(Op::BatchNormGradX, {c.in(0), c.in(1), *c.dy});
     if (c.need[1]) out[1] = c.add(Op::BatchNormGradGamma, {c.in(0), *c.dy});
-    if (c.need[2]) out[2] = c.add(Op::SumRows, {*c.dy});
+    if (c.need[2]) {
+        if (xs.size() == 2) {
+            out[2] = c.add(Op::SumRows, {*c.dy});
+        } else { // [B,C,...] -> [C,1,...] -> [C]
+            Shape perChannel(xs.size() - 1, 1);
+            perChannel[0] = xs[1];
+            out[2] = c.addShaped(Op::Reshape, {c.addShaped(Op::SumTo, {*c.dy}, perChannel)}, {xs[1]});
+        }
+    }
     return out;
+}
+
+// y = conv2d(x, w):  dx = conv2d_grad_x(dy, w) (x's shape),  dw = conv2d_grad_w(x, dy)
+Grads gradOfConv2d(RuleContext& c) {
+    Grads out(2);
+    const Shape xs = c.g[c.in(0)].shape;
+    if (c.need[0]) out[0] = c.addShaped(Op::Conv2dGradX, {*c.dy, c.in(1)}, xs);
+    if (c.need[1]) out[1] = c.add(Op::Conv2dGradW, {c.in(0), *c.dy});
+    return out;
+}
+
+// y = maxpool2d(x):  dx = dy routed to each window's first maximum
+Grads gradOfMaxPool2d(RuleContext& c) { return {c.add(Op::MaxPool2dGrad, {c.in(0), *c.dy})}; }
+
+// y = avgpool2d(x):  dx = dy / (KH KW) spread over each window
+Grads gradOfAvgPool2d(RuleContext& c) {
+    const Shape xs = c.g[c.in(0)].shape;
+    return {c.addShaped(Op::AvgPool2dGrad, {*c.dy}, xs)};
 }
 
 // Layer normalisation's x̂; the rule recomputes each row's statistics from x.

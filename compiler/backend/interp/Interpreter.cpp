@@ -5,9 +5,53 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 namespace gradc {
 namespace {
+
+/// Walks the elements of a tensor of shape `over` in row-major order, keeping the offset of
+/// the element each operand broadcasts from (numpy's rule: operand shapes right-aligned,
+/// dimensions of size 1 repeat).
+class Odometer {
+public:
+    Odometer(const Shape& over, const std::vector<const Shape*>& operands)
+        : dims_(over), index_(over.size(), 0), offsets_(operands.size(), 0) {
+        for (const Shape* s : operands) {
+            std::vector<int64_t> strides(over.size(), 0);
+            int64_t stride = 1;
+            for (size_t d = s->size(); d-- > 0;) {
+                const size_t at = over.size() - s->size() + d;
+                strides[at] = (*s)[d] == 1 ? 0 : stride;
+                stride *= (*s)[d];
+            }
+            strides_.push_back(std::move(strides));
+        }
+    }
+    int64_t offset(size_t k) const { return offsets_[k]; }
+    void next() {
+        for (size_t d = dims_.size(); d-- > 0;) {
+            for (size_t k = 0; k < offsets_.size(); ++k) offsets_[k] += strides_[k][d];
+            if (++index_[d] < dims_[d]) return;
+            for (size_t k = 0; k < offsets_.size(); ++k) offsets_[k] -= strides_[k][d] * dims_[d];
+            index_[d] = 0;
+        }
+    }
+
+private:
+    Shape dims_;
+    std::vector<int64_t> index_, offsets_;
+    std::vector<std::vector<int64_t>> strides_;
+};
+
+/// The outputs j of a window pass whose input column j * stride + q - pad lies in [0, size):
+/// [first, end) within [0, out).
+std::pair<int64_t, int64_t> validRange(int64_t out, int64_t size, int64_t q, int64_t stride, int64_t pad) {
+    int64_t first = 0, end = out;
+    if (pad - q > 0) first = (pad - q + stride - 1) / stride;
+    end = std::min(out, size - 1 + pad - q < 0 ? 0 : (size - 1 + pad - q) / stride + 1);
+    return {first, std::max(first, end)};
+}
 
 struct Eval {
     const Graph& g;
@@ -71,9 +115,38 @@ struct Eval {
                 for (size_t j = 0; j < N; ++j) o[j] += a.data[b * N + j];
             return t;
         }
-        case Op::Map: { // an operand of fewer elements is a suffix of the result: it repeats
+        case Op::SumTo: { // each element of the operand adds to the target element it broadcasts from
+            const Tensor& a = in(n, 0);
+            Odometer it(a.shape, {&n.shape});
+            for (size_t i = 0; i < a.data.size(); ++i, it.next()) o[it.offset(0)] += a.data[i];
+            return t;
+        }
+        case Op::Conv2d:
+        case Op::Conv2dGradX:
+        case Op::Conv2dGradW: return conv(n, std::move(t));
+        case Op::MaxPool2d:
+        case Op::MaxPool2dGrad:
+        case Op::AvgPool2d:
+        case Op::AvgPool2dGrad: return pool(n, std::move(t));
+        case Op::Map: { // an operand of fewer elements repeats (numpy's broadcasting)
             scalar::Evaluator f(n.expr);
             std::vector<double> args(n.in.size());
+            bool suffixes = true; // every operand the result's shape or a suffix of it: i % size
+            std::vector<const Shape*> shapes;
+            for (size_t k = 0; k < args.size(); ++k) {
+                const Shape& s = in(n, k).shape;
+                shapes.push_back(&s);
+                suffixes = suffixes && s.size() <= n.shape.size() &&
+                           std::equal(s.begin(), s.end(), n.shape.end() - std::ptrdiff_t(s.size()));
+            }
+            if (!suffixes) {
+                Odometer it(n.shape, shapes);
+                for (size_t i = 0; i < o.size(); ++i, it.next()) {
+                    for (size_t k = 0; k < args.size(); ++k) args[k] = in(n, k).data[it.offset(k)];
+                    o[i] = f.withArgs(args.data());
+                }
+                return t;
+            }
             for (size_t i = 0; i < o.size(); ++i) {
                 for (size_t k = 0; k < args.size(); ++k) {
                     const std::vector<double>& d = in(n, k).data;
@@ -144,36 +217,128 @@ struct Eval {
         return t;
     }
 
+    /// Per channel j (dimension 1) over the M = B S values of x[B,N,S...]: on [B,N], S = 1
+    /// and the element of example b is b N + j; on [B,C,H,W], S = H W.
     Tensor batchnorm(const Node& n, Tensor t) {
         const Tensor& x = in(n, 0);
-        int64_t B = x.shape[0], N = x.shape[1];
+        const int64_t B = x.shape[0], N = x.shape[1], S = elementCount(x.shape) / (B * N);
+        const double M = double(B * S);
+        auto at = [&](int64_t b, int64_t j, int64_t s) { return size_t((b * N + j) * S + s); };
         for (int64_t j = 0; j < N; ++j) {
             double mean = 0, var = 0;
-            for (int64_t b = 0; b < B; ++b) mean += x.data[b * N + j];
-            mean /= double(B);
-            for (int64_t b = 0; b < B; ++b) var += (x.data[b * N + j] - mean) * (x.data[b * N + j] - mean);
-            var /= double(B); // biased, as PyTorch normalises in training mode
+            for (int64_t b = 0; b < B; ++b)
+                for (int64_t s = 0; s < S; ++s) mean += x.data[at(b, j, s)];
+            mean /= M;
+            for (int64_t b = 0; b < B; ++b)
+                for (int64_t s = 0; s < S; ++s) var += (x.data[at(b, j, s)] - mean) * (x.data[at(b, j, s)] - mean);
+            var /= M; // biased, as PyTorch normalises in training mode
             double sigma = std::sqrt(var + n.eps);
-            auto xhat = [&](int64_t b) { return (x.data[b * N + j] - mean) / sigma; };
+            auto xhat = [&](size_t i) { return (x.data[i] - mean) / sigma; };
             if (n.op == Op::BatchNorm) {
                 for (int64_t b = 0; b < B; ++b)
-                    t.data[b * N + j] = xhat(b) * in(n, 1).data[j] + in(n, 2).data[j];
+                    for (int64_t s = 0; s < S; ++s)
+                        t.data[at(b, j, s)] = xhat(at(b, j, s)) * in(n, 1).data[j] + in(n, 2).data[j];
                 continue;
             }
             const Tensor& dy = in(n, n.op == Op::BatchNormGradX ? 2 : 1);
             double sumG = 0, sumGX = 0;
-            for (int64_t b = 0; b < B; ++b) {
-                sumG += dy.data[b * N + j];
-                sumGX += dy.data[b * N + j] * xhat(b);
-            }
+            for (int64_t b = 0; b < B; ++b)
+                for (int64_t s = 0; s < S; ++s) {
+                    sumG += dy.data[at(b, j, s)];
+                    sumGX += dy.data[at(b, j, s)] * xhat(at(b, j, s));
+                }
             if (n.op == Op::BatchNormGradGamma) {
                 t.data[j] = sumGX;
                 continue;
             }
-            double scale = in(n, 1).data[j] / (double(B) * sigma);
+            double scale = in(n, 1).data[j] / (M * sigma);
             for (int64_t b = 0; b < B; ++b)
-                t.data[b * N + j] = scale * (double(B) * dy.data[b * N + j] - sumG - xhat(b) * sumGX);
+                for (int64_t s = 0; s < S; ++s) {
+                    const size_t i = at(b, j, s);
+                    t.data[i] = scale * (M * dy.data[i] - sumG - xhat(i) * sumGX);
+                }
         }
+        return t;
+    }
+
+    /// conv2d and its gradients, as the sum that defines them: y[b,o,i,j] += w[o,c,p,q]
+    /// x[b,c,i SH + p - PH, j SW + q - PW] over the positions inside the input (the padding is
+    /// zero); the gradient with respect to x scatters the same products back, the one with
+    /// respect to w sums them over the batch and the positions.
+    Tensor conv(const Node& n, Tensor t) {
+        const Window& win = n.window;
+        const Tensor& w = n.op == Op::Conv2dGradW ? t : in(n, 1);
+        const Shape& xs = n.op == Op::Conv2dGradX ? n.shape : in(n, 0).shape;
+        const Shape& ys = n.op == Op::Conv2d ? n.shape : in(n, n.op == Op::Conv2dGradX ? 0 : 1).shape;
+        const int64_t B = xs[0], C = xs[1], H = xs[2], W = xs[3], O = ys[1], OH = ys[2], OW = ys[3];
+        const int64_t KH = win.kh, KW = win.kw;
+        for (int64_t b = 0; b < B; ++b)
+            for (int64_t o = 0; o < O; ++o)
+                for (int64_t c = 0; c < C; ++c)
+                    for (int64_t p = 0; p < KH; ++p) {
+                        auto [i0, i1] = validRange(OH, H, p, win.sh, win.ph);
+                        for (int64_t q = 0; q < KW; ++q) {
+                            auto [j0, j1] = validRange(OW, W, q, win.sw, win.pw);
+                            const size_t wi = size_t(((o * C + c) * KH + p) * KW + q);
+                            double dw = 0;
+                            for (int64_t i = i0; i < i1; ++i) {
+                                const int64_t r = i * win.sh + p - win.ph;
+                                const size_t yrow = size_t(((b * O + o) * OH + i) * OW);
+                                const size_t xrow = size_t(((b * C + c) * H + r) * W);
+                                for (int64_t j = j0; j < j1; ++j) {
+                                    const size_t xi = xrow + size_t(j * win.sw + q - win.pw), yi = yrow + size_t(j);
+                                    switch (n.op) {
+                                    case Op::Conv2d: t.data[yi] += w.data[wi] * in(n, 0).data[xi]; break;
+                                    case Op::Conv2dGradX: t.data[xi] += w.data[wi] * in(n, 0).data[yi]; break;
+                                    default: dw += in(n, 1).data[yi] * in(n, 0).data[xi]; break;
+                                    }
+                                }
+                            }
+                            if (n.op == Op::Conv2dGradW) t.data[wi] += dw;
+                        }
+                    }
+        return t;
+    }
+
+    /// Pooling and its gradients over each window of x[B,C,H,W]. maxpool2d keeps PyTorch's
+    /// CPU kernel's choice: the first position in row-major window order whose value is
+    /// greater than every earlier one or NaN (a window of -inf only: its first position).
+    Tensor pool(const Node& n, Tensor t) {
+        const Window& win = n.window;
+        const bool grad = n.op == Op::MaxPool2dGrad || n.op == Op::AvgPool2dGrad;
+        const Shape& xs = n.op == Op::AvgPool2dGrad ? n.shape : in(n, 0).shape;
+        const Shape& ys = grad ? in(n, n.op == Op::MaxPool2dGrad ? 1 : 0).shape : n.shape;
+        const Tensor& dy = in(n, n.op == Op::MaxPool2dGrad ? 1 : 0);
+        const int64_t H = xs[2], W = xs[3], OH = ys[2], OW = ys[3];
+        const double area = double(win.kh) * double(win.kw);
+        for (int64_t plane = 0; plane < xs[0] * xs[1]; ++plane)
+            for (int64_t i = 0; i < OH; ++i)
+                for (int64_t j = 0; j < OW; ++j) {
+                    const int64_t r0 = std::max<int64_t>(0, i * win.sh - win.ph), r1 = std::min(H, i * win.sh - win.ph + win.kh);
+                    const int64_t c0 = std::max<int64_t>(0, j * win.sw - win.pw), c1 = std::min(W, j * win.sw - win.pw + win.kw);
+                    const size_t yi = size_t((plane * OH + i) * OW + j), base = size_t(plane * H * W);
+                    if (n.op == Op::AvgPool2d || n.op == Op::AvgPool2dGrad) {
+                        double sum = 0;
+                        for (int64_t r = r0; r < r1; ++r)
+                            for (int64_t c = c0; c < c1; ++c) {
+                                const size_t xi = base + size_t(r * W + c);
+                                if (grad) t.data[xi] += dy.data[yi] / area;
+                                else sum += in(n, 0).data[xi];
+                            }
+                        if (!grad) t.data[yi] = sum / area;
+                        continue;
+                    }
+                    const std::vector<double>& x = in(n, 0).data;
+                    double best = -std::numeric_limits<double>::infinity();
+                    size_t arg = base + size_t(r0 * W + c0);
+                    for (int64_t r = r0; r < r1; ++r)
+                        for (int64_t c = c0; c < c1; ++c) {
+                            const size_t xi = base + size_t(r * W + c);
+                            if (x[xi] > best || std::isnan(x[xi])) best = x[xi], arg = xi;
+                        }
+                    if (grad) t.data[arg] += dy.data[yi];
+                    else t.data[yi] = best;
+                }
         return t;
     }
 
