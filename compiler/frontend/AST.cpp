@@ -49,11 +49,15 @@ static void printStmt(const Stmt& s, int indent, std::string& out) {
         }
         out += head + d.keyword;
         if (d.operands == LayerDef::Operands::Width) out += fmt::format(" {}", s.size);
+        if (d.window) out += fmt::format(" {}x{}", s.window.h, s.window.w);
         for (auto& [n, _] : s.operands) out += " " + n;
         if (s.act) out += " act=" + s.act->name + args(s.act->args);
         for (const LayerOptionDef& o : d.options) {
             if (o.kind == LayerOptionDef::Kind::Init) {
                 if (s.init) out += " init=" + s.init->scheme + args(s.init->args);
+            } else if (o.kind == LayerOptionDef::Kind::Size) {
+                Size2 v = sizeOption(s, o.name);
+                if (v.given) out += fmt::format(" {}={}x{}", o.name, v.h, v.w);
             } else if (o.kind == LayerOptionDef::Kind::Bool) {
                 out += fmt::format(" {}={}", o.name, optionValue(s, o.name) != 0);
             } else {

@@ -37,6 +37,14 @@ struct InitSpec {
     SourceLoc loc;
 };
 
+/// A size written `K` or `KHxKW`: a window (`conv 16 3x3`, `maxpool 2`), or the value of a
+/// stride= or padding= option. `given` is false when the statement does not write it.
+struct Size2 {
+    int64_t h = 0, w = 0;
+    SourceLoc loc;
+    bool given = false;
+};
+
 /// One statement. Fields not used by a kind stay empty. Every layer is a `Layer` statement
 /// whose entry in the layer table (Layers.h) says which of the layer fields it uses.
 struct Stmt {
@@ -56,6 +64,8 @@ struct Stmt {
     std::optional<ActRef> act;    // a layer's activation (a bare activation statement's own)
     std::optional<InitSpec> init; // a layer's init= option
     std::vector<std::pair<std::string, double>> options; // the other options given (bools as 0/1)
+    Size2 window;       // a layer's window operand (`conv 16 3x3`: 3x3), if its entry takes one
+    std::vector<std::pair<std::string, Size2>> sizes; // the size options given (stride=2x1)
     std::vector<std::unique_ptr<Stmt>> body;                 // Repeat
 
     // ActivationDef: `activation NAME(x, p=1.0) = EXPR`

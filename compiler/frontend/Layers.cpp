@@ -5,6 +5,8 @@
 
 #include <fmt/format.h>
 
+#include <climits>
+
 namespace gradc {
 
 void LayerBuilder::record(const std::string& module, std::string what, ValueId in, ValueId out,
@@ -45,6 +47,12 @@ double optionValue(const Stmt& s, const char* name) {
     for (const LayerOptionDef& o : s.layer->options)
         if (std::string(o.name) == name) return o.initial;
     internal_assert(false, fmt::format("layer {} has no option {}", s.layer->keyword, name));
+}
+
+Size2 sizeOption(const Stmt& s, const char* name) {
+    for (auto& [n, v] : s.sizes)
+        if (n == name) return v;
+    return {};
 }
 
 namespace {
@@ -100,15 +108,19 @@ ValueId buildAdd(LayerBuilder& b, const Stmt& s, ValueId cur) { return buildBina
 /// `mul A B`: the product (a gate).
 ValueId buildMul(LayerBuilder& b, const Stmt& s, ValueId cur) { return buildBinary(b, s, cur, addMul); }
 
-/// `batchnorm [eps=E] [momentum=M]`: nn.BatchNorm1d over the features, with running
-/// statistics (training mode normalises with the batch's, evaluation mode with them).
+/// `batchnorm [eps=E] [momentum=M]`: nn.BatchNorm1d over the features of [B,N], or
+/// nn.BatchNorm2d over the channels of [B,C,H,W], with running statistics (training mode
+/// normalises with the batch's, evaluation mode with them).
 ValueId buildBatchNorm(LayerBuilder& b, const Stmt& s, ValueId x) {
     Graph& g = b.graph();
     const double eps = optionValue(s, "eps"), momentum = optionValue(s, "momentum");
     if (!(eps > 0)) throw UserError(s.loc, "batchnorm eps must be positive");
     if (!(momentum >= 0 && momentum <= 1))
         throw UserError(s.loc, "batchnorm momentum must be between 0 and 1");
-    if (g[x].shape.size() != 2) throw UserError(s.loc, "batchnorm needs a [batch, features] input");
+    const size_t rank = g[x].shape.size();
+    if (rank != 2 && rank != 4)
+        throw UserError(s.loc, fmt::format("batchnorm needs a [batch, features] or [batch, channels, height, "
+                                           "width] input, got {}", shapeString(g[x].shape)));
     const int64_t n = g[x].shape[1];
     std::string mod = b.moduleName(s);
     ValueId w = b.param(mod + ".weight", {n}, {"constant", {1.0}}, n, n, s.loc);
@@ -117,15 +129,145 @@ ValueId buildBatchNorm(LayerBuilder& b, const Stmt& s, ValueId x) {
     auto var = b.buffer(mod, "running_var", n, 1.0, momentum, s.loc);
     ValueId v;
     if (b.evalMode()) {
-        v = addBatchNormEval(g, {x, w, bias, *mean, *var}, eps, s.loc);
+        std::vector<ValueId> ins = {x, w, bias, *mean, *var};
+        if (rank == 4) // per channel: each [C] read as [C,1,1]
+            for (size_t i = 1; i < ins.size(); ++i) {
+                Node r = makeNode(Op::Reshape, s.loc, {ins[i]});
+                r.shape = {n, 1, 1};
+                ins[i] = g.add(std::move(r));
+            }
+        v = addBatchNormEval(g, ins, eps, s.loc);
     } else {
         Node bn = makeNode(Op::BatchNorm, s.loc, {x, w, bias});
         bn.eps = eps;
         v = g.add(std::move(bn));
         b.keepNormInput(mod, x);
     }
-    b.record(mod, fmt::format("batchnorm {}", n), x, v, s.loc);
+    b.record(mod, fmt::format("batchnorm{} {}", rank == 4 ? "2d" : "", n), x, v, s.loc);
     return v;
+}
+
+// ---- Images: [B,C,H,W] values, NCHW as PyTorch's.
+
+/// The shape of the images a window layer reads; anything else is diagnosed with the input
+/// statement that would make one (`input 1x28x28` for [B,784]).
+const Shape& needImage(LayerBuilder& b, const Stmt& s, ValueId x) {
+    const Shape& in = b.graph()[x].shape;
+    if (in.size() == 4) return in;
+    std::string hint = "declare the input as CHANNELSxHEIGHTxWIDTH";
+    if (in.size() == 2) {
+        int64_t side = 1;
+        while ((side + 1) * (side + 1) <= in[1]) ++side;
+        if (side * side == in[1]) hint = fmt::format("for {} values per example write 'input 1x{}x{}'", in[1], side, side);
+    } else if (in.size() == 3) {
+        hint = fmt::format("for one channel write 'input 1x{}x{}'", in[1], in[2]);
+    }
+    throw UserError(s.loc, fmt::format("{} needs images [batch, channels, height, width], but its input is {}; {}",
+                                       s.layer->keyword, shapeString(in), hint));
+}
+
+/// The window of a conv or pooling statement: its size (the window operand), stride= (default
+/// `stride`) and padding= (default 0), with the ranges checked against the input [B,C,H,W]
+/// where the user wrote them.
+Window windowOf(const Stmt& s, const Shape& in, Size2 stride) {
+    const char* what = s.layer->keyword;
+    const Size2 k = s.window, p = sizeOption(s, "padding");
+    if (sizeOption(s, "stride").given) stride = sizeOption(s, "stride");
+    const int64_t ph = p.given ? p.h : 0, pw = p.given ? p.w : 0;
+    if (k.h > in[2] + 2 * ph || k.w > in[3] + 2 * pw)
+        throw UserError(k.loc, fmt::format("{}: the {}x{} window is larger than the input {}x{} with padding {}x{} "
+                                           "({}x{}); the value is {}", what, k.h, k.w, in[2], in[3], ph, pw,
+                                           in[2] + 2 * ph, in[3] + 2 * pw, shapeString(in)));
+    constexpr int64_t kLimit = 1 << 20; // sizes beyond any image's, which int32 holds
+    if (stride.h > kLimit || stride.w > kLimit)
+        throw UserError(stride.loc, fmt::format("{}: stride {}x{} is out of range (1 to {})", what, stride.h, stride.w, kLimit));
+    if (ph > kLimit || pw > kLimit)
+        throw UserError(p.loc, fmt::format("{}: padding {}x{} is out of range (0 to {})", what, ph, pw, kLimit));
+    Window w;
+    w.kh = int32_t(k.h), w.kw = int32_t(k.w), w.sh = int32_t(stride.h), w.sw = int32_t(stride.w);
+    w.ph = int32_t(ph), w.pw = int32_t(pw);
+    return w;
+}
+
+/// "3x3" or "3" for a square size.
+std::string sizeText(int64_t h, int64_t w) { return h == w ? std::to_string(h) : fmt::format("{}x{}", h, w); }
+
+std::string windowText(const Window& w) {
+    std::string out = fmt::format("{}x{}", w.kh, w.kw);
+    if (w.sh != 1 || w.sw != 1) out += ", stride " + sizeText(w.sh, w.sw);
+    if (w.ph || w.pw) out += ", padding " + sizeText(w.ph, w.pw);
+    return out;
+}
+
+/// `conv OUT KxK [stride=S] [padding=P] [ACT] [init=SCHEME] [bias=BOOL]`: nn.Conv2d(in, OUT,
+/// (KH, KW), stride, padding), weight [OUT, in, KH, KW]; the bias [OUT] is added as [OUT,1,1];
+/// then the activation as a module of its own.
+ValueId buildConv(LayerBuilder& b, const Stmt& s, ValueId x) {
+    Graph& g = b.graph();
+    const Shape in = needImage(b, s, x);
+    if (s.size < 1 || s.size > kMaxTensorElements)
+        throw UserError(s.sizeLoc, fmt::format("conv output channels {} is out of range (1 to 2^31)", s.size));
+    Size2 one;
+    one.h = one.w = 1;
+    const Window win = windowOf(s, in, one);
+    const bool bias = optionValue(s, "bias") != 0;
+    const int64_t c = in[1], area = int64_t(win.kh) * win.kw;
+    std::string mod = b.moduleName(s);
+    Init init = LayerBuilder::initOf(s);
+    // PyTorch's fans of a convolution's weight: in (out) channels times the kernel's area.
+    ValueId w = b.param(mod + ".weight", {s.size, c, win.kh, win.kw}, init, c * area, s.size * area, s.loc);
+    Node conv = makeNode(Op::Conv2d, s.loc, {x, w});
+    conv.window = win;
+    ValueId y = g.add(std::move(conv));
+    if (bias) {
+        Init binit = init;
+        if (binit.scheme == "xavier" || binit.scheme == "kaiming" || binit.scheme == "normal")
+            binit = {"constant", {0.0}}; // as dense's
+        ValueId bv = b.param(mod + ".bias", {s.size}, binit, c * area, s.size * area, s.loc);
+        Node perChannel = makeNode(Op::Reshape, s.loc, {bv});
+        perChannel.shape = {s.size, 1, 1};
+        y = addBiasAdd(g, y, g.add(std::move(perChannel)), s.loc);
+    }
+    b.record(mod, fmt::format("conv {} -> {}, {}{}", c, s.size, windowText(win), bias ? "" : " (no bias)"), x, y, s.loc);
+    if (s.act) y = b.applyActivation(*s.act, y, b.extraModuleName(s, mod));
+    return y;
+}
+
+/// `maxpool K [stride=S] [padding=P]` and `avgpool ...`: nn.MaxPool2d, nn.AvgPool2d (stride
+/// defaults to the window; padding at most half of it, as PyTorch's).
+ValueId buildPool(LayerBuilder& b, const Stmt& s, ValueId x) {
+    Graph& g = b.graph();
+    const Shape in = needImage(b, s, x);
+    const Window win = windowOf(s, in, s.window);
+    if (2 * win.ph > win.kh || 2 * win.pw > win.kw)
+        throw UserError(sizeOption(s, "padding").loc,
+                        fmt::format("{}: padding {} is more than half the {}x{} window", s.layer->keyword,
+                                    sizeText(win.ph, win.pw), win.kh, win.kw));
+    const bool max = std::string(s.layer->keyword) == "maxpool";
+    Node n = makeNode(max ? Op::MaxPool2d : Op::AvgPool2d, s.loc, {x});
+    n.window = win;
+    ValueId y = g.add(std::move(n));
+    b.record(b.moduleName(s), fmt::format("{} {}", s.layer->keyword, windowText(win)), x, y, s.loc);
+    return y;
+}
+
+/// `global_avgpool`: nn.AdaptiveAvgPool2d(1) ([B,C,H,W] -> [B,C,1,1], an average over the
+/// whole image), then nn.Flatten ([B,C]): two modules, as in PyTorch's nn.Sequential.
+ValueId buildGlobalAvgPool(LayerBuilder& b, const Stmt& s, ValueId x) {
+    Graph& g = b.graph();
+    const Shape in = needImage(b, s, x);
+    if (in[2] > INT32_MAX || in[3] > INT32_MAX)
+        throw UserError(s.loc, fmt::format("global_avgpool: the image {} is too large", shapeString(in)));
+    Node n = makeNode(Op::AvgPool2d, s.loc, {x});
+    n.window.kh = n.window.sh = int32_t(in[2]), n.window.kw = n.window.sw = int32_t(in[3]);
+    ValueId pooled = g.add(std::move(n));
+    std::string mod = b.moduleName(s);
+    b.record(mod, fmt::format("global_avgpool {}x{}", in[2], in[3]), x, pooled, s.loc);
+    Node flat = makeNode(Op::Reshape, s.loc, {pooled});
+    flat.shape = {in[0], in[1]};
+    ValueId y = g.add(std::move(flat));
+    b.record(b.extraModuleName(s, mod), "flatten", pooled, y, s.loc);
+    return y;
 }
 
 /// `layernorm [eps=E]`: nn.LayerNorm over the last dimension (the features): each row
@@ -175,6 +317,14 @@ const std::vector<LayerDef> kLayers = {
     {"batchnorm", Operands::None, "", 0, 0, false,
      {{"eps", Kind::Number, 1e-5}, {"momentum", Kind::Number, 0.1}}, buildBatchNorm},
     {"layernorm", Operands::None, "", 0, 0, false, {{"eps", Kind::Number, 1e-5}}, buildLayerNorm},
+    {"conv", Operands::Width, "the number of output channels", 0, 0, true,
+     {{"stride", Kind::Size}, {"padding", Kind::Size}, {"init", Kind::Init}, {"bias", Kind::Bool, 1}},
+     buildConv, "the kernel size"},
+    {"maxpool", Operands::None, "", 0, 0, false, {{"stride", Kind::Size}, {"padding", Kind::Size}},
+     buildPool, "the window size"},
+    {"avgpool", Operands::None, "", 0, 0, false, {{"stride", Kind::Size}, {"padding", Kind::Size}},
+     buildPool, "the window size"},
+    {"global_avgpool", Operands::None, "", 0, 0, false, {}, buildGlobalAvgPool},
 };
 
 const LayerDef kActivation = {"activation", Operands::None, "", 0, 0, true, {}, buildActivation};

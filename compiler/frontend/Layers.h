@@ -16,7 +16,7 @@ namespace gradc {
 class LayerBuilder;
 
 struct LayerOptionDef {
-    enum class Kind { Number, Bool, Init };
+    enum class Kind { Number, Bool, Init, Size }; ///< Size: `S` or `SHxSW` (stride=, padding=)
     const char* name;
     Kind kind;
     double initial = 0; ///< Number, Bool (0 or 1): the value when the option is not given
@@ -33,6 +33,9 @@ struct LayerDef {
     /// Builds the layer's nodes on `x` (the value it consumes) and returns its output. Called
     /// after the operands were checked by the parser; the rest of the checking is its own.
     ValueId (*build)(LayerBuilder& b, const Stmt& s, ValueId x);
+    /// A window size `K` or `KHxKW` follows the operands (`conv 16 3x3`, `maxpool 2`): what
+    /// it is, for diagnostics ("the kernel size"); null if the layer takes none.
+    const char* window = nullptr;
 };
 
 /// The entry for `keyword`, or null if no layer is spelt so.
@@ -44,6 +47,8 @@ const std::vector<LayerDef>& layerTable();
 
 /// An option's value in `s`: as given, or its default.
 double optionValue(const Stmt& s, const char* name);
+/// A size option's value in `s` (stride=, padding=); `given` false if the statement has none.
+Size2 sizeOption(const Stmt& s, const char* name);
 
 /// What a layer's build function may do to the graph under construction. Sema implements it
 /// (it owns names, scopes and the numbering of modules).

@@ -4,9 +4,11 @@
 //   file     ::= { [stmt] NEWLINE } END
 //   stmt     ::= 'model' NAME | 'loss' NAME | 'from' NAME | actdef | [NAME '='] layer ['from' NAME]
 //   layer    ::= 'input' INT | 'repeat' INT '{' {[stmt] NEWLINE} '}' | actref
-//              | KEYWORD [INT | NAME {NAME}] [actref] {NAME '=' value}
+//              | KEYWORD [INT | NAME {NAME}] [size2] {NAME '=' value} [actref] {NAME '=' value}
 //                (a layer of the layer table, Layers.cpp: `dense 512 relu init=xavier`,
-//                 `add a b`, `batchnorm eps=1e-3`; the entry says which parts it takes)
+//                 `add a b`, `batchnorm eps=1e-3`, `conv 16 3x3 stride=2 relu`; the entry
+//                 says which parts it takes)
+//   size2    ::= INT ['x' INT]                       (a window, stride= or padding=)
 //   actref   ::= NAME ['(' signed {',' signed} ')']
 //   actdef   ::= 'activation' NAME '(' NAME {',' NAME ['=' signed]} ')' '=' expr
 //   expr     ::= sum [('<'|'<='|'>'|'>='|'=='|'!=') sum]
@@ -221,7 +223,7 @@ private:
     }
 
     /// A layer statement read from its entry in the layer table:
-    ///   KEYWORD [INT | NAME {NAME}] [actref] {NAME '=' value}
+    ///   KEYWORD [INT | NAME {NAME}] [size2] {NAME '=' value} [actref] {NAME '=' value}
     std::unique_ptr<Stmt> layerOf(const LayerDef& def) {
         const Token& t = peek();
         auto s = make(Stmt::Kind::Layer, next());
@@ -237,9 +239,15 @@ private:
             int n = int(s->operands.size());
             if (n < def.minNames || n > def.maxNames) fail(n == 0 ? peek() : t, "{}", def.operandWhat);
         }
-        if (def.activation && peek().kind == Tok::Ident && !startsOption() && !isWord("from"))
-            s->act = actRef();
-        while (startsOption()) {
+        if (def.window) s->window = size2(def.window, 1);
+        // The activation comes after the operands, before or among the options
+        // (`dense 512 relu init=xavier`, `conv 16 3x3 padding=1 relu bias=false`).
+        auto activation = [&] {
+            if (def.activation && !s->act && peek().kind == Tok::Ident && !startsOption() && !isWord("from"))
+                s->act = actRef();
+        };
+        activation();
+        for (; startsOption(); activation()) {
             const Token& opt = next();
             next();
             const LayerOptionDef* o = nullptr;
@@ -248,6 +256,7 @@ private:
             if (!o) fail(opt, "unknown option '{}' for {} ({})", opt.text, def.keyword, optionList(def));
             bool given = o->kind == LayerOptionDef::Kind::Init ? s->init.has_value() : false;
             for (auto& [name, _] : s->options) given |= name == o->name;
+            for (auto& [name, _] : s->sizes) given |= name == o->name;
             if (given) fail(opt, "'{}' given twice", opt.text);
             switch (o->kind) {
             case LayerOptionDef::Kind::Init: {
@@ -269,9 +278,40 @@ private:
             case LayerOptionDef::Kind::Number:
                 s->options.emplace_back(o->name, signedNumber(o->name));
                 break;
+            case LayerOptionDef::Kind::Size: {
+                const int64_t least = std::string(o->name) == "padding" ? 0 : 1;
+                s->sizes.emplace_back(o->name, size2(o->name, least));
+                break;
+            }
             }
         }
         return s;
+    }
+
+    /// size2 ::= INT ['x' INT]: a window or a stride= or padding= value (`3`, `3x3`, `2x1`),
+    /// each a whole number of at least `least`; `3` is `3x3`. Values too large for the
+    /// layer are its own to diagnose.
+    Size2 size2(const char* name, int64_t least) {
+        Size2 v;
+        v.loc = peek().loc, v.given = true;
+        auto one = [&]() -> int64_t {
+            const Token& t = peek();
+            if (t.kind == Tok::Minus && peek(1).kind == Tok::Number)
+                fail(t, "{} must be a whole number of at least {}, not '-{}'", name, least, peek(1).text);
+            if (t.kind != Tok::Number) fail(t, "expected {} (a whole number, or two as HxW), found {}", name, what(t));
+            for (char c : t.text)
+                if (c < '0' || c > '9') fail(t, "{} must be a whole number, not '{}'", name, t.text);
+            if (t.text.size() > 9) fail(t, "{} '{}' is too large", name, t.text);
+            if (int64_t(t.number) < least) fail(t, "{} must be at least {}, not {}", name, least, t.text);
+            next();
+            return int64_t(t.number);
+        };
+        v.h = v.w = one();
+        if (isWord("x") && peek(1).kind == Tok::Number) {
+            next();
+            v.w = one();
+        }
+        return v;
     }
 
     /// "expected init= or bias=", "takes no options".
