@@ -12,6 +12,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <random>
 
 using namespace gradc;
@@ -176,6 +177,11 @@ TEST_CASE("every model in models/ differentiates, and its gradients check", "[au
         // layers, 20M parameters) and would take 17 s of central differences in the interpreter.
         const std::string stem = entry.path().stem().string();
         if (stem == "deep40_relu" || stem == "wide_relu") continue;
+        // The deep CNNs (19 convolutions on 28x28 images) add no construct either: the tests
+        // of small images below check each, and tests/torch_cnn.py compares their gradients
+        // with PyTorch's in double. Central differences would take minutes here, and cross
+        // the kinks of some of the 10^5 batch-normalised ReLU inputs a step of eps moves.
+        if (stem == "cnn_plain_sigmoid" || stem == "cnn_plain_relu" || stem == "cnn_resnet") continue;
         INFO(entry.path());
         Graph fwd = compileFile(entry.path().string(), {3}).graph;
         gradcheck(fwd, rng, 6);
@@ -239,4 +245,177 @@ TEST_CASE("a broadcast operand's gradient sums over several dimensions while the
         INFO(text);
         gradcheck(model(text + "flatten\ndense 2\nloss mse\n", 2), rng);
     }
+}
+
+// ---- Convolutional networks: conv2d, pooling, batchnorm per channel, broadcast maps.
+
+namespace {
+
+/// `input CxHxW` and a conv of random kernel (1-5, not square), stride (1-3) and padding
+/// (0-2) that fits the image, followed by `tail`.
+std::string randomConv(std::mt19937& rng, const std::string& tail) {
+    auto pick = [&](int lo, int hi) { return lo + int(rng() % unsigned(hi - lo + 1)); };
+    int kh = pick(1, 5), kw = pick(1, 5), ph = pick(0, 2), pw = pick(0, 2);
+    int h = std::max(1, kh - 2 * ph + pick(0, 4)), w = std::max(1, kw - 2 * pw + pick(0, 4));
+    std::string text = "input " + std::to_string(pick(1, 3)) + "x" + std::to_string(h) + "x" + std::to_string(w) +
+                       "\nconv " + std::to_string(pick(1, 3)) + " " + std::to_string(kh) + "x" + std::to_string(kw) +
+                       " stride=" + std::to_string(pick(1, 3)) + "x" + std::to_string(pick(1, 3)) +
+                       " padding=" + std::to_string(ph) + "x" + std::to_string(pw);
+    const char* extras[] = {"", " tanh", " bias=false", " sigmoid bias=false"};
+    return text + extras[rng() % 4] + "\n" + tail;
+}
+
+} // namespace
+
+TEST_CASE("random small convolutions differentiate correctly", "[autodiff][conv]") {
+    std::mt19937 rng(20);
+    for (int trial = 0; trial < 40; ++trial) {
+        std::string text = randomConv(rng, "flatten\ndense 3\nloss cross_entropy\n");
+        INFO(text);
+        Graph g = model(text, 2 + trial % 2);
+        // The model is what it says: a conv node with the window written.
+        bool conv = false;
+        for (const Node& n : g.nodes) conv = conv || n.op == Op::Conv2d;
+        REQUIRE(conv);
+        gradcheck(g, rng);
+    }
+}
+
+TEST_CASE("two convolutions, strided and padded, on several channels", "[autodiff][conv]") {
+    std::mt19937 rng(21);
+    for (int64_t batch : {2, 3}) {
+        INFO("batch " << batch);
+        gradcheck(model("input 3x7x6\nconv 4 3x2 stride=2x1 padding=1x0 tanh\nconv 2 2x3 stride=1x2 padding=2x1 elu\n"
+                        "flatten\ndense 2\nloss mse\n", batch), rng);
+    }
+}
+
+TEST_CASE("max and average pooling differentiate correctly, overlapping or not", "[autodiff][pool]") {
+    std::mt19937 rng(22);
+    const char* models[] = {
+        "input 2x6x6\nconv 3 3x3 padding=1\nmaxpool 2\nflatten\ndense 3\nloss cross_entropy\n",            // tiles
+        "input 2x7x5\nconv 2 2x2\nmaxpool 3 stride=1\nflatten\ndense 3\nloss cross_entropy\n",             // overlapping
+        "input 1x7x8\nmaxpool 3x2 stride=2x1 padding=1\nconv 2 2x2\nflatten\ndense 2\nloss mse\n",          // -inf padding
+        "input 2x6x6\nconv 3 3x3 padding=1 tanh\navgpool 2\nflatten\ndense 3\nloss cross_entropy\n",
+        "input 2x7x5\navgpool 3x2 stride=2x1 padding=1x1\nconv 2 2x2 sigmoid\nflatten\ndense 2\nloss mse\n",
+        "input 3x5x4\nconv 4 3x3 padding=1 relu\nglobal_avgpool\ndense 3\nloss cross_entropy\n",
+    };
+    for (const char* text : models)
+        for (int64_t batch : {2, 3}) {
+            INFO(text << "batch " << batch);
+            gradcheck(model(text, batch), rng);
+        }
+}
+
+TEST_CASE("batchnorm on [B,C,H,W] normalises per channel and differentiates correctly", "[autodiff][bn2d]") {
+    std::mt19937 rng(23);
+    for (int64_t batch : {2, 3}) {
+        INFO("batch " << batch);
+        gradcheck(model("input 2x4x5\nconv 3 3x3 padding=1\nbatchnorm\ntanh\nconv 2 2x2 stride=2\n"
+                        "batchnorm eps=0.1\nflatten\ndense 2\nloss mse\n", batch), rng);
+    }
+    // A 1x1 image: the statistics run over the batch alone, as BatchNorm1d's.
+    gradcheck(model("input 3x1x1\nbatchnorm\nsigmoid\nflatten\ndense 2\nloss cross_entropy\n", 4), rng);
+    // Per channel: each channel of the output has mean 0 and (biased) variance 1 / (1 + eps)
+    // with γ = 1, β = 0, over the batch and the positions together.
+    Graph g = model("input 3x4x5\nbatchnorm\nflatten\ndense 2\nloss mse\n", 2);
+    Bindings b = randomBindings(g, rng);
+    b.at("layers.0.weight").data.assign(3, 1.0);
+    b.at("layers.0.bias").data.assign(3, 0.0);
+    for (double& v : b.at("x").data) v = v * 3 + 2;
+    ValueId bn = 0;
+    for (ValueId v = 0; v < g.nodes.size(); ++v)
+        if (g[v].op == Op::BatchNorm) bn = v;
+    REQUIRE(g[bn].shape == Shape{2, 3, 4, 5});
+    const Tensor y = interpret(g, b)[bn];
+    for (int c = 0; c < 3; ++c) {
+        double sum = 0, sq = 0;
+        for (int n = 0; n < 2; ++n)
+            for (int i = 0; i < 20; ++i) sum += y.data[size_t((n * 3 + c) * 20 + i)], sq += std::pow(y.data[size_t((n * 3 + c) * 20 + i)], 2);
+        CHECK(sum / 40 == Approx(0).margin(1e-12));
+        CHECK(sq / 40 == Approx(1).epsilon(1e-4));
+    }
+}
+
+TEST_CASE("residual blocks of images: names, repeat, add and mul on [B,C,H,W]", "[autodiff][conv]") {
+    std::mt19937 rng(24);
+    gradcheck(model("input 2x5x5\nconv 2 3x3 padding=1 elu\nrepeat 2 {\n  r = identity\n  conv 2 3x3 padding=1 bias=false\n"
+                    "  batchnorm\n  add r\n  tanh\n}\nq = identity\ns = conv 3 1x1 stride=2 from q\n"
+                    "m = conv 3 3x3 stride=2 padding=1 from q\nmul s m\nglobal_avgpool\ndense 3\nloss cross_entropy\n", 2), rng);
+}
+
+TEST_CASE("map broadcasts [C,1,1], [1,H,1] and [W] operands; their gradients are sum_to and sum_rows",
+          "[autodiff][map]") {
+    Graph g;
+    g.model = "broadcast", g.batch = 2, g.lossKind = "mse";
+    ValueId x = addLeaf(g, Op::Input, "x", {2, 3, 4, 5});
+    ValueId s = addLeaf(g, Op::Param, "s", {3, 1, 1}, 2), u = addLeaf(g, Op::Param, "u", {1, 4, 1}, 2);
+    ValueId t = addLeaf(g, Op::Param, "t", {5}, 2);
+    using scalar::Kind;
+    auto a = [](int i) { return scalar::arg(i); };
+    // x s + u - t x²: each operand broadcast along other dimensions.
+    scalar::Expr e = scalar::make(Kind::Sub, {scalar::make(Kind::Add, {scalar::make(Kind::Mul, {a(0), a(1)}), a(2)}),
+                                              scalar::make(Kind::Mul, {a(3), scalar::make(Kind::Mul, {a(0), a(0)})})});
+    ValueId m = addMap(g, e, {x, s, u, t}, {});
+    REQUIRE(g[m].shape == Shape{2, 3, 4, 5});
+    Node flat = makeNode(Op::Reshape, {}, {m});
+    flat.shape = {2, 60};
+    ValueId z = g.add(std::move(flat));
+    ValueId loss = g.add(makeNode(Op::MSE, {}, {z, addLeaf(g, Op::Input, "target", {2, 60})}));
+    g.outputs = {{OutputRole::Logits, "", z}, {OutputRole::Loss, "", loss}};
+    Graph grad = differentiate(g);
+    CHECK(grad[grad.output(OutputRole::Grad, "s")].op == Op::SumTo);
+    CHECK(grad[grad.output(OutputRole::Grad, "u")].op == Op::SumTo);
+    CHECK(grad[grad.output(OutputRole::Grad, "t")].op == Op::SumRows); // a suffix: leading sums, as before
+    std::mt19937 rng(25);
+    // The interpreter reads each operand where it broadcasts from.
+    Bindings b = randomBindings(g, rng);
+    const Tensor y = interpret(g, b)[m];
+    for (int n = 0; n < 2; ++n)
+        for (int c = 0; c < 3; ++c)
+            for (int h = 0; h < 4; ++h)
+                for (int w = 0; w < 5; ++w) {
+                    const double xv = b.at("x").data[size_t(((n * 3 + c) * 4 + h) * 5 + w)];
+                    const double want = xv * b.at("s").data[size_t(c)] + b.at("u").data[size_t(h)] -
+                                        b.at("t").data[size_t(w)] * xv * xv;
+                    CHECK(y.data[size_t(((n * 3 + c) * 4 + h) * 5 + w)] == Approx(want).epsilon(1e-14));
+                }
+    gradcheck(g, rng);
+}
+
+TEST_CASE("maxpool's gradient goes to the first maximum of each window, as PyTorch's", "[autodiff][pool]") {
+    auto pooled = [](Shape shape, std::vector<double> x, Window w) {
+        Graph g;
+        g.model = "ties", g.batch = shape[0];
+        ValueId in = addLeaf(g, Op::Input, "x", shape);
+        Node n = makeNode(Op::MaxPool2d, {}, {in});
+        n.window = w;
+        ValueId y = g.add(std::move(n));
+        ValueId gy = addLeaf(g, Op::Input, "g", g[y].shape);
+        Node d = makeNode(Op::MaxPool2dGrad, {}, {in, gy});
+        d.window = w;
+        ValueId dx = g.add(std::move(d));
+        std::vector<double> ones(size_t(elementCount(g[y].shape)));
+        for (size_t i = 0; i < ones.size(); ++i) ones[i] = double(i + 1); // g = 1, 2, 3, ...
+        std::vector<Tensor> v = interpret(g, {{"x", {shape, x}}, {"g", {g[y].shape, ones}}});
+        return std::pair{v[y].data, v[dx].data};
+    };
+    Window tiles{2, 2, 2, 2, 0, 0}, slide{1, 2, 1, 1, 0, 0}, whole{1, 4, 1, 1, 0, 0};
+    // Ties within a window: the first in row-major order ((0,0); then (1,2) before (1,3)).
+    auto [y1, dx1] = pooled({1, 1, 2, 4}, {1, 1, 0, 0, 1, 0, 3, 3}, tiles);
+    CHECK(y1 == std::vector<double>{1, 3});
+    CHECK(dx1 == std::vector<double>{1, 0, 0, 0, 0, 0, 2, 0});
+    // Overlapping windows of equal values: each takes its own first; the gradients add up.
+    auto [y2, dx2] = pooled({1, 1, 1, 4}, {2, 2, 2, 1}, slide);
+    CHECK(y2 == std::vector<double>{2, 2, 2});
+    CHECK(dx2 == std::vector<double>{1, 2, 3, 0});
+    // NaN wins and propagates (the first NaN, and no later value displaces it).
+    auto [y3, dx3] = pooled({1, 1, 1, 4}, {1, std::nan(""), 5, 3}, whole);
+    CHECK(std::isnan(y3[0]));
+    CHECK(dx3 == std::vector<double>{0, 1, 0, 0});
+    // A window of -inf only: its first position (PyTorch's initial index).
+    const double inf = std::numeric_limits<double>::infinity();
+    auto [y4, dx4] = pooled({1, 1, 1, 4}, {-inf, -inf, 0, 1}, Window{1, 2, 1, 2, 0, 0});
+    CHECK(y4 == std::vector<double>{-inf, 1});
+    CHECK(dx4 == std::vector<double>{1, 0, 0, 2});
 }

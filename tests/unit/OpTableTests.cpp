@@ -110,7 +110,7 @@ TEST_CASE("map broadcasts an operand whose shape is a suffix of the result's", "
     Bindings bind{{"x", {{2, 3}, {1, 2, 3, 4, 5, 6}}}, {"s", {{3}, {10, 20, 30}}}, {"wrong", {{2}, {0, 0}}}};
     CHECK(interpret(b.g, bind)[m].data == std::vector<double>{20, 60, 120, 50, 120, 210});
     CHECK_THAT(errorOf([&] { addMap(b.g, binary(scalar::Kind::Add, a(0), a(1)), {x, wrong}, {}); }),
-               Catch::Contains("map: operand 1 has shape [2], which is neither [2,3] nor a suffix of it"));
+               Catch::Contains("map: operand 1 has shape [2], which does not broadcast with [2,3]"));
     CHECK_THAT(errorOf([&] { addMul(b.g, x, s, {}); }),
                Catch::Contains("mul: operands have different shapes [2,3] and [3]"));
     // Operands the expression does not use are dropped and the rest renumbered.
@@ -174,4 +174,83 @@ TEST_CASE("an operand a map only compares gets a zero gradient of its own shape"
     auto out = interpretOutputs(grad, bind);
     const std::vector<double>& dx = out.at("grad:x").data;
     for (size_t i = 0; i < dx.size(); ++i) CHECK((dx[i] == 0) == (i % 3 == 1)); // where the gate is shut
+}
+
+TEST_CASE("map broadcasts as numpy: dimensions of 1 repeat, and the result is the operands' broadcast",
+          "[ir][map]") {
+    Builder b;
+    ValueId x = b.leaf(Op::Input, "x", {2, 3, 1, 2}), c = b.leaf(Op::Param, "c", {3, 1, 1});
+    ValueId row = b.leaf(Op::Param, "row", {1, 4, 1}), bad = b.leaf(Op::Param, "bad", {2, 1, 1});
+    ValueId m = addMap(b.g, binary(scalar::Kind::Add, binary(scalar::Kind::Mul, a(0), a(1)), a(2)), {x, c, row}, {});
+    CHECK(b.g[m].shape == Shape{2, 3, 4, 2}); // neither operand's own shape
+    CHECK(line(b.g, m) == "map[expr=a0 * a1 + a2] %0, %1, %2 : real[2,3,4,2]");
+    CHECK_THAT(errorOf([&] { addMap(b.g, binary(scalar::Kind::Add, a(0), a(1)), {x, bad}, {}); }),
+               Catch::Contains("map: operand 1 has shape [2,1,1], which does not broadcast with [2,3,1,2]"));
+    // sum_to: the target must broadcast to the operand; the shape rule names both.
+    Node s = makeNode(Op::SumTo, {}, {m});
+    s.shape = {3, 1, 1};
+    ValueId summed = b.g.add(s);
+    CHECK(line(b.g, summed) == "sum_to %4 : real[3,1,1]");
+    s.shape = {3, 2};
+    CHECK_THAT(errorOf([&] { b.g.add(s); }), Catch::Contains("sum_to: cannot sum [2,3,4,2] to [3,2]"));
+    Bindings bind{{"x", {{2, 3, 1, 2}, {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12}}}, {"c", {{3, 1, 1}, {1, 10, 100}}},
+                  {"row", {{1, 4, 1}, {0, 1, 2, 3}}}, {"bad", {{2, 1, 1}, {0, 0}}}};
+    std::vector<Tensor> v = interpret(b.g, bind);
+    CHECK(v[m].data[0] == 1);                  // x[0,0,0,0] c[0] + row[0]
+    CHECK(v[m].data[7] == 2 + 3);              // [0,0,3,1]: x[0,0,0,1] c[0] + row[3]
+    CHECK(v[m].data[(1 * 3 + 2) * 8 + 5] == 12 * 100 + 2); // [1,2,2,1]: x[1,2,0,1] c[2] + row[2]
+    double total = 0;
+    for (size_t i = 0; i < v[m].data.size(); ++i)
+        if ((i / 8) % 3 == 1) total += v[m].data[i]; // channel 1
+    CHECK(v[summed].data == std::vector<double>{v[summed].data[0], total, v[summed].data[2]});
+}
+
+TEST_CASE("the window attribute: printed, compared and hashed; two convolutions that differ only in "
+          "stride are not merged", "[ir][cse][conv]") {
+    Builder b;
+    ValueId x = b.leaf(Op::Input, "x", {2, 3, 8, 8}), w = b.leaf(Op::Param, "w", {4, 3, 3, 3});
+    auto conv = [&](int32_t stride, int32_t pad) {
+        Node n = makeNode(Op::Conv2d, {}, {x, w});
+        n.window = {3, 3, stride, stride, pad, pad};
+        return b.g.add(std::move(n));
+    };
+    ValueId c1 = conv(1, 1), c2 = conv(2, 1), c3 = conv(1, 1);
+    CHECK(line(b.g, c1) == "conv2d[window=3x3/s1x1/p1x1] %0, %1 : real[2,4,8,8]");
+    CHECK(line(b.g, c2) == "conv2d[window=3x3/s2x2/p1x1] %0, %1 : real[2,4,4,4]");
+    CHECK_FALSE(sameAttrs(b.g[c1], b.g[c2]));
+    CHECK(hashAttrs(b.g[c1]) != hashAttrs(b.g[c2]));
+    CHECK(sameAttrs(b.g[c1], b.g[c3]));
+    CHECK(hashAttrs(b.g[c1]) == hashAttrs(b.g[c3]));
+    // The window is an attribute of the ops that declare it only.
+    REQUIRE(verify(b.g).empty());
+    Node mm = makeNode(Op::Reshape, {}, {x});
+    mm.shape = {2, 192};
+    mm.window = {1, 1, 1, 1, 0, 0};
+    b.g.nodes.push_back(mm);
+    CHECK_THAT(verify(b.g), Catch::Contains("reshape has attribute window, which it does not declare"));
+    b.g.nodes.pop_back();
+    // Shape rules name both shapes.
+    ValueId w5 = b.leaf(Op::Param, "w5", {4, 2, 3, 3});
+    Node bad = makeNode(Op::Conv2d, {}, {x, w5});
+    bad.window = {3, 3, 1, 1, 0, 0};
+    CHECK_THAT(errorOf([&] { b.g.add(bad); }), Catch::Contains("conv2d: weight [4,2,3,3] does not fit 3 input channels"));
+    bad.in = {x, w};
+    bad.window = {3, 3, 1, 1, 0, 0};
+    bad.window.kh = 9; // the weight is 3x3
+    CHECK_THAT(errorOf([&] { b.g.add(bad); }), Catch::Contains("weight [4,3,3,3] does not fit 3 input channels and a 9x3 kernel"));
+    Node pool = makeNode(Op::MaxPool2d, {}, {x});
+    pool.window = {9, 9, 1, 1, 0, 0};
+    CHECK_THAT(errorOf([&] { b.g.add(pool); }),
+               Catch::Contains("maxpool2d: the 9x9 window is larger than the input [2,3,8,8] padded to 8x8"));
+    pool.window = {2, 2, 2, 2, 2, 0};
+    CHECK_THAT(errorOf([&] { b.g.add(pool); }), Catch::Contains("padding 2x0 is more than half the 2x2 window"));
+    // Gradients of a strided convolution: the input's shape is the node's own, and checked.
+    Node gx = makeNode(Op::Conv2dGradX, {}, {c2, w});
+    gx.window = b.g[c2].window;
+    gx.shape = {2, 3, 8, 8};
+    CHECK(b.g[b.g.add(gx)].shape == Shape{2, 3, 8, 8});
+    gx.shape = {2, 3, 8, 7}; // (7 + 2 - 3) / 2 + 1 = 4 too: a stride hides a column
+    CHECK(b.g[b.g.add(gx)].shape == Shape{2, 3, 8, 7});
+    gx.shape = {2, 3, 8, 10};
+    CHECK_THAT(errorOf([&] { b.g.add(gx); }), Catch::Contains("gradient [2,4,4,4] is not the convolution's output for input [2,3,8,10]"));
 }

@@ -84,6 +84,17 @@ inline std::string randomModel(std::mt19937& rng, const std::string& prelude, co
     return text + losses[rng() % 3];
 }
 
+/// Whether a graph has windows over images (conv2d, pooling): what the jit backend refuses
+/// until it compiles convolutional networks (issue 16's second phase).
+inline bool usesImages(const Graph& g) {
+    for (const Node& n : g.nodes)
+        if (describe(n.op).has(trait::Spatial)) return true;
+    return false;
+}
+
+/// The jit backend's refusal of a graph with windows over images.
+constexpr const char* kJitRefusal = "is not compiled by the jit backend yet; use --backend interp";
+
 /// What `f` reports when it throws an E: a UserError's diagnostic as gradc prints it
 /// (format()), the message of any other exception type, such as the public API's
 /// gradc::Error (`errorOf<Error>`). Empty when `f` throws nothing; any other exception
