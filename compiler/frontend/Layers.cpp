@@ -175,9 +175,10 @@ Window windowOf(const Stmt& s, const Shape& in, Size2 stride) {
     if (sizeOption(s, "stride").given) stride = sizeOption(s, "stride");
     const int64_t ph = p.given ? p.h : 0, pw = p.given ? p.w : 0;
     if (k.h > in[2] + 2 * ph || k.w > in[3] + 2 * pw)
-        throw UserError(k.loc, fmt::format("{}: the {}x{} window is larger than the input {}x{} with padding {}x{} "
-                                           "({}x{}); the value is {}", what, k.h, k.w, in[2], in[3], ph, pw,
-                                           in[2] + 2 * ph, in[3] + 2 * pw, shapeString(in)));
+        throw UserError(k.loc, fmt::format("{}: the {}x{} window is larger than the {}x{} image{}, so the output "
+                                           "would be empty (the input is {})", what, k.h, k.w, in[2], in[3],
+                                           ph || pw ? fmt::format(" padded to {}x{}", in[2] + 2 * ph, in[3] + 2 * pw) : "",
+                                           shapeString(in)));
     constexpr int64_t kLimit = 1 << 20; // sizes beyond any image's, which int32 holds
     if (stride.h > kLimit || stride.w > kLimit)
         throw UserError(stride.loc, fmt::format("{}: stride {}x{} is out of range (1 to {})", what, stride.h, stride.w, kLimit));
