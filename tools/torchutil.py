@@ -166,8 +166,35 @@ class Network(nn.Module):
             else torch.randn(batch, out_features)
 
 
+def _size2(word):
+    """`3` or `3x2` (a window, stride= or padding=) as (h, w)."""
+    parts = [int(p) for p in word.split("x")]
+    return (parts[0], parts[0]) if len(parts) == 1 else (parts[0], parts[1])
+
+
+def _window_out(cur, k, stride, pad):
+    """[C,H,W] after a window of size k, stride and padding (PyTorch's floor rule)."""
+    return [(cur[1] + 2 * pad[0] - k[0]) // stride[0] + 1, (cur[2] + 2 * pad[1] - k[1]) // stride[1] + 1]
+
+
+def _split_activation(rest, where):
+    """The activation among a layer's options (`3x3 padding=1 relu bias=false`): (factory or
+    None, the words without it)."""
+    i = 0
+    while i < len(rest):
+        if i + 1 < len(rest) and rest[i + 1] == "=":
+            i += 3
+            continue
+        act = _activation(rest[i:], where)
+        if act:
+            return act[0], rest[:i] + rest[i + act[1]:]
+        i += 1
+    return None, rest
+
+
 def network(path, gradc=None):
-    """The PyTorch network of model file `path` (nn.Linear, activations, batchnorm, layernorm,
+    """The PyTorch network of model file `path` (nn.Linear, nn.Conv2d, nn.MaxPool2d,
+    nn.AvgPool2d, nn.AdaptiveAvgPool2d, activations, batchnorm (1d and 2d), layernorm,
     flatten, add, mul, repeat, names, from). Raises Unsupported for what it cannot express
     (an `activation` definition, batchnorm on rank 3). With `gradc` (the executable), the
     parameters are checked against `gradc check`'s, in order and shape, and take its names."""
@@ -226,13 +253,35 @@ def network(path, gradc=None):
                 if act:
                     steps.append(("module", act[0](), None, dst, None))
                 cur[-1] = n
+            elif words[0] == "conv":  # conv OUT KxK [stride=S] [padding=P] [ACT] [bias=B] [init=...]
+                n, k = int(words[1]), _size2(words[2])
+                act, rest = _split_activation(words[3:], here)
+                opts = _options(rest)
+                stride, pad = _size2(opts.get("stride", "1")), _size2(opts.get("padding", "0"))
+                conv = nn.Conv2d(cur[0], n, k, stride=stride, padding=pad, bias=opts.get("bias", "true") != "false")
+                steps.append(("module", conv, src, None if act else dst, None))
+                if act:
+                    steps.append(("module", act(), None, dst, None))
+                cur = [n] + _window_out(cur, k, stride, pad)
+            elif words[0] in ("maxpool", "avgpool"):  # maxpool K [stride=S] [padding=P]
+                k = _size2(words[1])
+                opts = _options(words[2:])
+                stride, pad = _size2(opts.get("stride", words[1])), _size2(opts.get("padding", "0"))
+                pool = (nn.MaxPool2d if words[0] == "maxpool" else nn.AvgPool2d)(k, stride=stride, padding=pad)
+                steps.append(("module", pool, src, dst, None))
+                cur = [cur[0]] + _window_out(cur, k, stride, pad)
+            elif words[0] == "global_avgpool":  # nn.AdaptiveAvgPool2d(1), then nn.Flatten
+                steps.append(("module", nn.AdaptiveAvgPool2d(1), src, None, None))
+                steps.append(("module", nn.Flatten(), None, dst, None))
+                cur = [cur[0]]
             elif words[0] in ("batchnorm", "layernorm"):
                 opts = _options(words[1:])
                 eps = float(opts.get("eps", 1e-5))
                 if words[0] == "batchnorm":
-                    if len(cur) != 1:
+                    if len(cur) not in (1, 3):
                         raise Unsupported(f"{here}: batchnorm on values of rank 3")
-                    mod = nn.BatchNorm1d(cur[-1], eps=eps, momentum=float(opts.get("momentum", 0.1)))
+                    norm = nn.BatchNorm1d if len(cur) == 1 else nn.BatchNorm2d
+                    mod = norm(cur[0], eps=eps, momentum=float(opts.get("momentum", 0.1)))
                 else:
                     mod = nn.LayerNorm(cur[-1], eps=eps)
                 steps.append(("module", mod, src, dst, None))

@@ -1,0 +1,117 @@
+#!/usr/bin/python3
+"""tests/torch/cnn_test.py — gradc's gradients of convolutional networks against PyTorch's, in
+double on the interpreter (issue 16's first phase: the jit backend does not compile them yet).
+
+    cnn_test.py GRADC SOURCE_DIR CASE
+      models  models/cnn_relu.nn, cnn_plain_sigmoid.nn, cnn_plain_relu.nn and cnn_resnet.nn
+      random  random small convolutions (kernels 1-5, strides 1-3, paddings 0-2, none of them
+              square, on inputs of 784 values in several shapes), some followed by pooling
+
+For each model: tools/torchutil.network builds its PyTorch twin (nn.Conv2d, nn.MaxPool2d,
+nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.BatchNorm2d, nn.Flatten, named values and residual
+adds), whose parameters are checked against `gradc check`'s; batchnorm's weight and bias are
+drawn at random so that their gradients mean something. The parameters (float32, as PyTorch
+made them) go to `gradc grads --backend interp --dtype f64 --params ... --dump-grads ...` on the
+first training batch of FashionMNIST, and the same float32 values, in double, to PyTorch's
+forward and backward pass on the same batch. Every parameter's gradient must agree within
+1e-6 relative (max |gradc - torch| over max |torch|), and the loss too.
+"""
+import json, os, random, subprocess, sys, tempfile
+
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import testlib  # noqa: E402
+
+GRADC, SRC, CASE = testlib.arguments()
+sys.path.insert(0, os.path.join(SRC, "tools"))
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torchutil  # noqa: E402
+
+TOLERANCE = 1e-6
+
+
+def compare(path, batch):
+    """The largest relative difference of the loss and of every parameter's gradient."""
+    torch.manual_seed(0)
+    net = torchutil.network(path, gradc=GRADC)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5), m.bias.uniform_(-0.5, 0.5)
+    state = {net.gradc_names[n]: p for n, p in net.named_parameters()}
+    for n, b in net.named_buffers():  # running statistics: not used by training mode, but state
+        if n.endswith(("running_mean", "running_var")):
+            module = n.rsplit(".", 1)[0]
+            owner = next(g for t, g in net.gradc_names.items() if t.rsplit(".", 1)[0] == module)
+            state[owner.rsplit(".", 1)[0] + "." + n.rsplit(".", 1)[1]] = b
+    x, y = torchutil.first_batch(batch)
+    with tempfile.TemporaryDirectory() as d:
+        params, grads = os.path.join(d, "params.safetensors"), os.path.join(d, "grads.safetensors")
+        torchutil.write_safetensors(params, state)
+        p = testlib.run(GRADC, "grads", path, "--backend", "interp", "--dtype", "f64", "--batch", str(batch),
+                        "--params", params, "--dump-grads", grads, "--format", "json", "--no-cache", timeout=600)
+        ours = torchutil.read_safetensors(grads)
+    net = net.double()
+    loss = net.loss_of(net(x), y)
+    loss.backward()
+    gradc_loss = json.loads(p.stdout)["loss"]
+    worst = abs(gradc_loss - loss.item()) / max(abs(loss.item()), 1e-30)
+    name = os.path.basename(path)
+    print(f"{name}: loss torch {loss.item():.9f} gradc {gradc_loss:.9f}")
+    testlib.check(sorted(ours) == sorted(net.gradc_names.values()),
+                  f"{name}: gradc's gradients {sorted(ours)}, torch's parameters {sorted(net.gradc_names.values())}")
+    # A gradient that is zero in exact arithmetic (a conv's bias that batchnorm follows) holds
+    # rounding noise: it is measured against the model's largest gradient.
+    scale = max(np.abs(p.grad.numpy()).max() for p in net.parameters())
+    for n, param in net.named_parameters():
+        g = net.gradc_names[n]
+        ref = param.grad.numpy()
+        testlib.check(ours[g].shape == ref.shape, f"{name}: {g} has shape {ours[g].shape}, torch's {ref.shape}")
+        diff = np.abs(ours[g] - ref).max() / max(np.abs(ref).max(), 1e-9 * scale, 1e-30)
+        print(f"  {g:<22} {str(list(ref.shape)):<16} max relative difference {diff:.2e}")
+        worst = max(worst, diff)
+    testlib.check(worst <= TOLERANCE, f"{name}: largest relative difference {worst:.2e} > {TOLERANCE:g}")
+    return worst
+
+
+def models():
+    worst = 0.0
+    for stem in ("cnn_relu", "cnn_plain_sigmoid", "cnn_plain_relu", "cnn_resnet"):
+        worst = max(worst, compare(os.path.join(SRC, "models", stem + ".nn"), 4))
+    print(f"largest relative difference {worst:.2e} (tolerance {TOLERANCE:g})")
+
+
+def random_convs():
+    rng = random.Random(16)
+    shapes = [(1, 28, 28), (4, 14, 14), (2, 14, 28), (1, 14, 56), (4, 7, 28), (16, 7, 7), (1, 49, 16)]
+    worst, kinds = 0.0, set()
+    with tempfile.TemporaryDirectory() as d:
+        for trial in range(24):
+            c, h, w = shapes[trial % len(shapes)]
+            kh, kw = rng.randint(1, 5), rng.randint(1, 5)
+            while kw == kh:
+                kw = rng.randint(1, 5)
+            sh, sw, ph, pw = rng.randint(1, 3), rng.randint(1, 3), rng.randint(0, 2), rng.randint(0, 2)
+            text = (f"input {c}x{h}x{w}\nconv {rng.randint(1, 4)} {kh}x{kw} stride={sh}x{sw} padding={ph}x{pw} "
+                    f"{rng.choice(['tanh', 'relu', 'sigmoid', ''])}{rng.choice(['', ' bias=false'])}\n")
+            oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+            pool = rng.choice(["", "maxpool", "avgpool", "maxpool_overlap", "batchnorm"])
+            if pool in ("maxpool", "avgpool") and min(oh, ow) >= 2:
+                text += f"{pool} 2\n"
+            elif pool == "maxpool_overlap" and min(oh, ow) >= 3:
+                text += "maxpool 3 stride=1 padding=1\n"
+            elif pool == "batchnorm":
+                text += "batchnorm\nrelu\n"
+            kinds.add(pool if pool in text else "")
+            text += "flatten\ndense 10\nloss cross_entropy\n"
+            path = os.path.join(d, f"conv{trial}.nn")
+            testlib.write(path, text.encode())
+            print(text.strip().replace("\n", "; "))
+            worst = max(worst, compare(path, 3))
+    testlib.check(len(kinds) >= 4, f"the random convolutions were followed by {kinds}")
+    print(f"largest relative difference {worst:.2e} (tolerance {TOLERANCE:g})")
+
+
+{"models": models, "random": random_convs}[CASE]()
