@@ -1,4 +1,5 @@
 // FrontEndTests.cpp — lexer, parser and sema: what a model means, and what it is refused for.
+#include "Layout.h"
 #include "Lexer.h"
 #include "Parser.h"
 #include "Pipeline.h"
@@ -204,4 +205,54 @@ TEST_CASE("tensors of rank 3 reaching the loss, and bad sizes, are the user's er
     CHECK_THAT(errorOf("input 28x0\ndense 10\nloss cross_entropy\n"), Catch::Contains("input size 0 is out of range"));
     CHECK_THAT(errorOf("input 65536x65536\nflatten\ndense 10\nloss cross_entropy\n"), Catch::Contains("out of range"));
     CHECK_THAT(errorOf("input 28x\ndense 10\nloss cross_entropy\n"), Catch::Contains("28x"));
+}
+
+TEST_CASE("conv, pooling and global_avgpool: PyTorch's names, layouts, fans and module numbering",
+          "[sema][conv]") {
+    Graph g = build("input 3x32x24\nconv 8 5x3 stride=2x1 padding=2x1 relu\nmaxpool 2\nconv 4 3 padding=1 bias=false\n"
+                    "avgpool 3x2 stride=1\nglobal_avgpool\ndense 10\nloss cross_entropy\n", 2);
+    std::vector<std::string> names;
+    for (auto& p : g.params) names.push_back(p.name + shapeString(g[p.node].shape));
+    CHECK(names == std::vector<std::string>{"layers.0.weight[8,3,5,3]", "layers.0.bias[8]", "layers.3.weight[4,8,3,3]",
+                                            "layers.7.weight[10,4]", "layers.7.bias[10]"});
+    CHECK(g.params[0].fanIn == 3 * 5 * 3);  // nn.Conv2d's fans: channels times the kernel's area
+    CHECK(g.params[0].fanOut == 8 * 5 * 3);
+    CHECK(g.params[1].fanIn == 3 * 5 * 3);  // the bias's bound is the weight's
+    std::vector<std::string> layers;
+    for (auto& l : g.layers) layers.push_back(l.name + " " + shapeString(l.out));
+    // conv, relu, maxpool (stride = window), conv, avgpool, AdaptiveAvgPool2d(1), Flatten, Linear
+    CHECK(layers == std::vector<std::string>{"layers.0 [2,8,16,24]", "layers.1 [2,8,16,24]", "layers.2 [2,8,8,12]",
+                                             "layers.3 [2,4,8,12]", "layers.4 [2,4,6,11]", "layers.5 [2,4,1,1]",
+                                             "layers.6 [2,4]", "layers.7 [2,10]"});
+    // The activation may come before, among or after the options; the options in any order.
+    for (const char* conv : {"conv 2 3x3 relu padding=1 bias=false", "conv 2 3x3 padding=1 relu bias=false",
+                             "conv 2 3x3 bias=false padding=1x1 relu"}) {
+        INFO(conv);
+        Graph c = build(std::string("input 1x4x4\n") + conv + "\nflatten\ndense 2\nloss mse\n", 2);
+        CHECK(printGraph(c).find("conv2d[window=3x3/s1x1/p1x1]") != std::string::npos);
+        CHECK(c.layers.at(1).what == "relu");
+        CHECK(c.params.size() == 3);
+    }
+    CHECK_THAT(errorOf("input 1x4x4\nconv 2 3x3 relu relu\nflatten\ndense 2\nloss mse\n"),
+               Catch::Contains("unexpected 'relu'; expected the end of the statement"));
+    CHECK_THAT(errorOf("input 1x4x4\nconv 2 3x3 stride=1 stride=2\nflatten\ndense 2\nloss mse\n"),
+               Catch::Contains("'stride' given twice"));
+    CHECK_THAT(errorOf("input 1x4x4\nmaxpool 2 bias=false\nflatten\ndense 2\nloss mse\n"),
+               Catch::Contains("unknown option 'bias' for maxpool (expected stride= or padding=)"));
+}
+
+TEST_CASE("batchnorm after a [B,C,H,W] value is BatchNorm2d: per-channel parameters and buffers",
+          "[sema][conv]") {
+    const char* text = "input 1x6x6\nconv 4 3x3\nbatchnorm momentum=0.2\nrelu\nflatten\ndense 2\nloss cross_entropy\n";
+    Graph train = build(text, 2);
+    CHECK(train[train.params.at(2).node].shape == Shape{4}); // layers.1.weight: one per channel
+    REQUIRE(train.buffers.size() == 2);
+    CHECK(train.buffers[0].name == "layers.1.running_mean");
+    CHECK(train.buffers[0].size == 4);
+    CHECK(train.buffers[1].momentum == 0.2);
+    Layout l = computeLayout(train);
+    CHECK(l.at(Role::NormMean, "layers.1").shape == Shape{4}); // the batch statistics per channel
+    Graph eval = compileSource("t.nn", text, {2, /*eval=*/true}).graph;
+    CHECK_THAT(printGraph(eval), Catch::Contains("param \"layers.1.running_var\" : real[4]") &&
+                                     Catch::Contains("reshape %7 : real[4,1,1]"));
 }
