@@ -344,7 +344,7 @@ TEST_CASE("residual blocks of images: names, repeat, add and mul on [B,C,H,W]", 
                     "m = conv 3 3x3 stride=2 padding=1 from q\nmul s m\nglobal_avgpool\ndense 3\nloss cross_entropy\n", 2), rng);
 }
 
-TEST_CASE("map broadcasts [C,1,1], [1,H,1] and [W] operands; their gradients are sum_to and sum_rows",
+TEST_CASE("map broadcasts [C,1,1], [1,H,1] and [W] operands, whose gradients are sum_to and sum_rows",
           "[autodiff][map]") {
     Graph g;
     g.model = "broadcast", g.batch = 2, g.lossKind = "mse";

@@ -119,7 +119,7 @@ TEST_CASE("map broadcasts an operand whose shape is a suffix of the result's", "
     CHECK(scalar::print(b.g[pruned].expr) == "a0 * 2");
 }
 
-TEST_CASE("mul's gradients are g * b and g * a; a bias add's is summed over the batch",
+TEST_CASE("mul's gradients are g * b and g * a, and a bias add's is summed over the batch",
           "[autodiff][map]") {
     Builder b;
     b.g.lossKind = "mse";
@@ -205,7 +205,7 @@ TEST_CASE("map broadcasts as numpy: dimensions of 1 repeat, and the result is th
     CHECK(v[summed].data == std::vector<double>{v[summed].data[0], total, v[summed].data[2]});
 }
 
-TEST_CASE("the window attribute: printed, compared and hashed; two convolutions that differ only in "
+TEST_CASE("the window attribute is printed, compared and hashed: two convolutions that differ only in "
           "stride are not merged", "[ir][cse][conv]") {
     Builder b;
     ValueId x = b.leaf(Op::Input, "x", {2, 3, 8, 8}), w = b.leaf(Op::Param, "w", {4, 3, 3, 3});
