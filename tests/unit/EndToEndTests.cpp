@@ -10,6 +10,7 @@
 
 #include <catch2/catch.hpp>
 
+#include <cmath>
 #include <random>
 
 using namespace gradc;
@@ -53,4 +54,28 @@ TEST_CASE("the seed network's compiled gradients on FashionMNIST agree with cent
             CHECK(std::fabs(got.data[i] - numeric) <= 1e-4 * scale + 1e-9);
         }
     }
+}
+
+TEST_CASE("a conv's parameters start as nn.Conv2d's: bounds and scales from fan_in = C KH KW", "[init][conv]") {
+    Graph g = compileSource("t.nn", "input 3x12x12\nconv 64 5x3\nconv 32 3x3 init=xavier\nconv 16 1x1 init=kaiming\n"
+                                    "flatten\ndense 2\nloss mse\n", {2}).graph;
+    Bindings b = initialiseParameters(g, 7);
+    auto stats = [&](const std::string& name) {
+        double largest = 0, sq = 0;
+        for (double v : b.at(name).data) largest = std::max(largest, std::fabs(v)), sq += v * v;
+        return std::pair{largest, std::sqrt(sq / double(b.at(name).data.size()))};
+    };
+    // Default: U(±1/sqrt(fan_in)) for weight and bias (kaiming_uniform with a = sqrt(5)).
+    const double bound = 1 / std::sqrt(3.0 * 5 * 3);
+    for (const char* name : {"layers.0.weight", "layers.0.bias"}) {
+        INFO(name);
+        CHECK(stats(name).first <= bound);
+        CHECK(stats(name).first > 0.8 * bound);
+    }
+    CHECK(stats("layers.0.weight").second == Approx(bound / std::sqrt(3.0)).epsilon(0.1));
+    // xavier: std sqrt(2 / (fan_in + fan_out)) with fan_in = 64 * 9 and fan_out = 32 * 9.
+    CHECK(stats("layers.1.weight").second == Approx(std::sqrt(2.0 / (64 * 9 + 32 * 9))).epsilon(0.05));
+    CHECK(stats("layers.1.bias").first == 0);
+    // kaiming (not the first weight): std sqrt(2 / fan_in), fan_in = 32 * 1 * 1.
+    CHECK(stats("layers.2.weight").second == Approx(std::sqrt(2.0 / 32)).epsilon(0.1));
 }

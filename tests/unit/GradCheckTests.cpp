@@ -419,3 +419,20 @@ TEST_CASE("maxpool's gradient goes to the first maximum of each window, as PyTor
     CHECK(y4 == std::vector<double>{-inf, 1});
     CHECK(dx4 == std::vector<double>{1, 0, 0, 2});
 }
+
+TEST_CASE("evaluation-mode BatchNorm2d normalises each channel with its running statistics", "[bn2d]") {
+    Graph g = compileSource("t.nn", "input 2x3x2\nbatchnorm eps=0.01\nflatten\ndense 2\nloss mse\n", {2, /*eval=*/true}).graph;
+    std::mt19937 rng(26);
+    Bindings b = randomBindings(g, rng);
+    b["layers.0.running_mean"] = Tensor{{2}, {0.5, -1}};
+    b["layers.0.running_var"] = Tensor{{2}, {4, 0.25}};
+    b.at("layers.0.weight").data = {2, -1};
+    b.at("layers.0.bias").data = {0.1, 0.2};
+    const Tensor y = interpret(g, b)[g.layers.at(0).value];
+    REQUIRE(y.shape == Shape{2, 2, 3, 2});
+    for (size_t i = 0; i < y.data.size(); ++i) {
+        const size_t c = (i / 6) % 2;
+        const double mean[] = {0.5, -1}, var[] = {4, 0.25}, w[] = {2, -1}, beta[] = {0.1, 0.2};
+        CHECK(y.data[i] == Approx((b.at("x").data[i] - mean[c]) * w[c] / std::sqrt(var[c] + 0.01) + beta[c]).epsilon(1e-14));
+    }
+}
