@@ -155,7 +155,9 @@ const Shape& needImage(LayerBuilder& b, const Stmt& s, ValueId x) {
     const Shape& in = b.graph()[x].shape;
     if (in.size() == 4) return in;
     std::string hint = "declare the input as CHANNELSxHEIGHTxWIDTH";
-    if (in.size() == 2) {
+    if (b.graph()[x].op != Op::Input) {
+        hint = "images stay 4-D until flatten or global_avgpool";
+    } else if (in.size() == 2) {
         int64_t side = 1;
         while ((side + 1) * (side + 1) <= in[1]) ++side;
         if (side * side == in[1]) hint = fmt::format("for {} values per example write 'input 1x{}x{}'", in[1], side, side);
