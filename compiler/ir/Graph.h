@@ -75,8 +75,8 @@ using Shape = std::vector<int64_t>;
 enum class DType : uint8_t { Real, Index };
 
 std::string shapeString(const Shape& s); // "[256,784]"
-/// Whether a parameter of this shape is a weight (rank 2 or more: a dense layer's [out, in]),
-/// not a bias or a normalisation's scale or shift (rank 1). Weights are what the vanishing
+/// Whether a parameter of this shape is a weight (rank 2 or more: a dense layer's [out, in], a
+/// conv's [out, in, kh, kw]), not a bias or a normalisation's scale or shift (rank 1). Weights are what the vanishing
 /// factor compares, the figures draw and the init schemes scale.
 inline bool isWeight(const Shape& s) { return s.size() >= 2; }
 int64_t elementCount(const Shape& s);
@@ -99,7 +99,7 @@ struct Window {
         return kh == o.kh && kw == o.kw && sh == o.sh && sw == o.sw && ph == o.ph && pw == o.pw;
     }
     /// The output size along one dimension of `in` values: (in + 2 pad - k) / stride + 1,
-    /// floored; 0 or less when the window does not fit in the padded input.
+    /// floored; 0 when the window does not fit in the padded input.
     static int64_t outSize(int64_t in, int32_t k, int32_t stride, int32_t pad) {
         const int64_t span = in + 2 * int64_t(pad) - k;
         return span < 0 ? 0 : span / stride + 1;
