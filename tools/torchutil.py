@@ -36,9 +36,10 @@ def read_safetensors(path):
     return out
 
 
-def first_batch(batch):
+def first_batch(batch, dtype=torch.float64):
+    """The first `batch` training images, normalised as gradc does ((pixel/255 - 0.5) / 0.5), and labels."""
     images_, labels = images(batch)
-    x = (torch.tensor(images_, dtype=torch.float64) / 255 - 0.5) / 0.5
+    x = (torch.tensor(images_, dtype=dtype) / 255 - 0.5) / 0.5
     return x, torch.tensor(labels, dtype=torch.long)
 
 
