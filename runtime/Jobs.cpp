@@ -84,7 +84,8 @@ double matmulFlops(const Graph& g) {
 } // namespace
 
 void checkThreads(int threads) {
-    require(threads >= 0 && threads <= 1024, "threads", threads, "{} threads ", "is out of range (0 for all cores, up to 1024)");
+    require(threads >= 0 && threads <= kMaxThreads, "threads", threads, "{} threads ",
+            fmt::format("is out of range (0 for all cores, up to {})", kMaxThreads));
 }
 
 void checkJobOptions(const GradsOptions& o) { checkThreads(o.session.threads); }

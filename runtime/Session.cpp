@@ -6,6 +6,7 @@
 #include "ModelImpl.h"
 #include "PublicStats.h"
 #include "Sema.h"
+#include "ThreadPool.h"
 
 #include <gradc/Session.h>
 
@@ -73,9 +74,9 @@ const void* target(const char* call, const Graph& g, const float* targets) {
 Session::Session(const Model& model, int64_t batch, const SessionOptions& options) : impl_(std::make_unique<Impl>()) {
     publicCall([&] {
         const Model::Impl& m = model.impl(); // throws for a Model that was moved from
-        if (options.threads < 0 || options.threads > 1024)
-            throw Error(fmt::format("gradc: error: Session: {} threads is out of range (0 for all cores, up to 1024)",
-                                    options.threads));
+        if (options.threads < 0 || options.threads > kMaxThreads)
+            throw Error(fmt::format("gradc: error: Session: {} threads is out of range (0 for all cores, up to {})",
+                                    options.threads, kMaxThreads));
         SemaOptions train{batch}, eval{batch, /*eval=*/true, /*layerOutputs=*/true};
         impl_->engine = std::make_unique<Engine>(buildGraph(*m.ast, train), buildGraph(*m.ast, eval), options);
         return 0;

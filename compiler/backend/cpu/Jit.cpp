@@ -38,24 +38,34 @@ bool Jit::haveLibmvec() {
     return loaded;
 }
 
-std::string Jit::hostCpu() { return llvm::sys::getHostCPUName().str(); }
+const std::string& Jit::hostCpu() {
+    static const std::string cpu = llvm::sys::getHostCPUName().str();
+    return cpu;
+}
 
 /// The host's features; with GRADC_ISA=avx2, without AVX-512 (code for x86-64-v3 on this
-/// CPU, to measure it). Codegen.cpp refuses other values.
-static llvm::StringMap<bool> hostFeatureMap() {
-    llvm::StringMap<bool> features = llvm::sys::getHostCPUFeatures();
-    const char* isa = std::getenv("GRADC_ISA");
-    if (isa && std::string(isa) == "avx2")
-        for (auto& f : features)
-            if (f.getKey().starts_with("avx512") || f.getKey() == "evex512" || f.getKey().starts_with("avx10") ||
-                f.getKey().starts_with("amx")) f.setValue(false);
+/// CPU, to measure it). Codegen.cpp refuses other values. Asked of the CPU once per process.
+static const llvm::StringMap<bool>& hostFeatureMap() {
+    static const llvm::StringMap<bool> features = [] {
+        llvm::StringMap<bool> f = llvm::sys::getHostCPUFeatures();
+        const char* isa = std::getenv("GRADC_ISA");
+        if (isa && std::string(isa) == "avx2")
+            for (auto& entry : f)
+                if (entry.getKey().starts_with("avx512") || entry.getKey() == "evex512" ||
+                    entry.getKey().starts_with("avx10") || entry.getKey().starts_with("amx"))
+                    entry.setValue(false);
+        return f;
+    }();
     return features;
 }
 
-std::string Jit::hostFeatures() {
-    llvm::SubtargetFeatures features;
-    for (auto& [name, on] : hostFeatureMap()) features.AddFeature(name, on);
-    return features.getString();
+const std::string& Jit::hostFeatures() {
+    static const std::string string = [] {
+        llvm::SubtargetFeatures features;
+        for (auto& [name, on] : hostFeatureMap()) features.AddFeature(name, on);
+        return features.getString();
+    }();
+    return string;
 }
 
 static llvm::orc::JITTargetMachineBuilder hostBuilder() {

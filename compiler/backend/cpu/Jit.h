@@ -20,8 +20,9 @@ public:
     /// A TargetMachine for the same CPU, to optimise and emit code with.
     static llvm::Expected<std::unique_ptr<llvm::TargetMachine>> targetMachine();
     static void initialiseLLVM(); ///< the native target, once per process
-    static std::string hostCpu();
-    static std::string hostFeatures();
+    /// The host's LLVM CPU name and features ("+avx2,+avx512f,-amx-tile,..."), computed once.
+    static const std::string& hostCpu();
+    static const std::string& hostFeatures();
     /// True when glibc's vector math library could be loaded (the vectoriser may call it).
     static bool haveLibmvec();
 
