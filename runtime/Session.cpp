@@ -2,6 +2,7 @@
 // internal errors become gradc::Error. Every call checks its use first: a Session that was
 // moved from, one already in use by another thread, null buffers, labels that are not
 // classes, and results asked for before the pass that makes them are errors, never a crash.
+#include "Codegen.h"
 #include "Engine.h"
 #include "ModelImpl.h"
 #include "PublicStats.h"
@@ -77,6 +78,8 @@ Session::Session(const Model& model, int64_t batch, const SessionOptions& option
         if (options.threads < 0 || options.threads > kMaxThreads)
             throw Error(fmt::format("gradc: error: Session: {} threads is out of range (0 for all cores, up to {})",
                                     options.threads, kMaxThreads));
+        if (options.backend == "jit") // a bad name is named before anything is compiled
+            resolveIsa(options.isa, "SessionOptions::isa");
         SemaOptions train{batch}, eval{batch, /*eval=*/true, /*layerOutputs=*/true};
         impl_->engine = std::make_unique<Engine>(buildGraph(*m.ast, train), buildGraph(*m.ast, eval), options);
         return 0;
