@@ -45,8 +45,41 @@ namespace gradc {
     throw UserError({}, fmt::format("{}: {}", what, llvm::toString(std::move(err))));
 }
 
-std::unique_ptr<llvm::TargetMachine> hostTargetMachine() {
-    return checkLLVM("cannot set up code generation for this CPU", Jit::targetMachine());
+std::unique_ptr<llvm::TargetMachine> hostTargetMachine(const std::string& isa) {
+    return checkLLVM("cannot set up code generation for this CPU", Jit::targetMachine(isa));
+}
+
+/// True when LLVM's feature string `features` ("+avx2,-avx512f,...") turns `feature` on.
+static bool hasFeature(const std::string& features, const std::string& feature) {
+    const std::string on = "+" + feature;
+    for (size_t at = features.find(on); at != std::string::npos; at = features.find(on, at + 1)) {
+        const size_t end = at + on.size();
+        if ((at == 0 || features[at - 1] == ',') && (end == features.size() || features[end] == ',')) return true;
+    }
+    return false;
+}
+
+std::string resolveIsa(const std::string& isa, const std::string& option) {
+    std::string name = isa, spelled = fmt::format("{} {}", option, isa);
+    if (isa.empty()) {
+        const char* env = std::getenv("GRADC_ISA");
+        name = env && *env ? env : "native";
+        spelled = fmt::format("GRADC_ISA={}", name);
+    }
+    if (name != "native" && name != "avx2" && name != "avx512")
+        throw UserError({}, fmt::format("{} is not an instruction set gradc generates code for "
+                                        "(native, avx2 or avx512)", spelled));
+    const std::string& host = Jit::hostFeatures("native");
+    if (name == "avx512" && !hasFeature(host, "avx512f"))
+        throw UserError({}, fmt::format("{}: this CPU ({}) has no AVX-512", spelled, Jit::hostCpu()));
+    if (name == "avx2" && !(hasFeature(host, "avx2") && hasFeature(host, "fma")))
+        throw UserError({}, fmt::format("{}: this CPU ({}) has no AVX2 and FMA", spelled, Jit::hostCpu()));
+    return name;
+}
+
+IsaTarget isaTarget(const std::string& isa) {
+    const std::string& features = Jit::hostFeatures(isa);
+    return {isa, Jit::hostCpu(), hasFeature(features, "avx512f") ? 512 : hasFeature(features, "avx2") ? 256 : 128};
 }
 
 std::string printModule(const llvm::Module& m) {
@@ -238,7 +271,8 @@ void chooseTile(const Graph& fwd, const CodegenOptions& opts, GemmBlocking& b) {
     const char* tune = std::getenv("GRADC_TUNE");
     if (!opts.cache || (tune && std::string(tune) == "0")) return;
     const std::vector<TileSpeed> candidates = tileCandidates(b.vl * (opts.f64 ? 64 : 32));
-    const std::string features = Jit::hostFeatures();
+    const std::string isa = resolveIsa(opts.isa);
+    const std::string features = Jit::hostFeatures(isa);
     const std::string key = fmt::format("{} {:016x} {}", Jit::hostCpu(), std::hash<std::string>{}(features),
                                         opts.f64 ? "f64" : "f32");
     TileCache cache(opts.cacheDir, key);
@@ -251,7 +285,7 @@ void chooseTile(const Graph& fwd, const CodegenOptions& opts, GemmBlocking& b) {
         b.source = measuredHere.count(key) ? "measured" : "cached";
     } else {
         measuredHere.insert(key);
-        speeds = measureTiles(opts.f64, candidates);
+        speeds = measureTiles(opts.f64, candidates, isa);
         cache.store(speeds);
         b.source = "measured";
     }
@@ -303,9 +337,8 @@ static void forcedBlocking(GemmBlocking& b, const char* spec) {
 }
 
 static GemmBlocking hostBlocking(const Graph& fwd, const CodegenOptions& opts) {
-    if (const char* isa = std::getenv("GRADC_ISA"); isa && *isa && std::strcmp(isa, "avx2") != 0 && std::strcmp(isa, "native") != 0)
-        throw UserError({}, fmt::format("GRADC_ISA={} is not an instruction set gradc can force (avx2 or native)", isa));
-    GemmBlocking b = opts.blocking ? *opts.blocking : blockingFor(Jit::hostFeatures(), opts.f64, hostCaches());
+    const std::string isa = resolveIsa(opts.isa);
+    GemmBlocking b = opts.blocking ? *opts.blocking : blockingFor(Jit::hostFeatures(isa), opts.f64, hostCaches());
     if (!opts.blocking) {
         const char* spec = std::getenv("GRADC_GEMM");
         if (spec && *spec) forcedBlocking(b, spec);
@@ -446,9 +479,9 @@ namespace {
 
 /// The full key of a compiled object: everything its code depends on, in words. The cache
 /// stores it in the entry and loads code only when it matches byte for byte.
-std::string cacheKey(const std::string& ir, bool f64) {
+std::string cacheKey(const std::string& ir, bool f64, const std::string& isa) {
     return fmt::format("{}\ncpu {}\nfeatures {}\nelement type {}\nvector math {}\n\n{}", versionString(),
-                       Jit::hostCpu(), Jit::hostFeatures(), f64 ? "f64" : "f32",
+                       Jit::hostCpu(), Jit::hostFeatures(isa), f64 ? "f64" : "f32",
                        Jit::haveLibmvec() ? "libmvec" : "scalar", ir);
 }
 
@@ -458,14 +491,15 @@ CompiledModel compileModel(const Graph& fwd, const CodegenOptions& opts) {
     auto start = std::chrono::steady_clock::now();
     CompiledModel out;
     PhaseTimer timer(&out.phases);
+    const std::string isa = resolveIsa(opts.isa);
     Programs programs = buildPrograms(fwd, opts.f64, hostBlocking(fwd, opts), &timer);
-    auto tm = hostTargetMachine();
+    auto tm = hostTargetMachine(isa);
     llvm::LLVMContext ctx;
     auto m = lower(ctx, programs, opts.f64, *tm, opts.profile);
     const std::string ir = printModule(*m);
     timer("lowering");
 
-    const std::string key = cacheKey(ir, opts.f64);
+    const std::string key = cacheKey(ir, opts.f64, isa);
     std::optional<ObjectCache> cache;
     if (opts.cache) cache.emplace(opts.cacheDir);
     std::optional<std::string> object;
@@ -483,7 +517,7 @@ CompiledModel compileModel(const Graph& fwd, const CodegenOptions& opts) {
         if (cache) cache->store(key, *object);
         timer("object cache");
     }
-    std::shared_ptr<Jit> jit = checkLLVM("cannot start the JIT", Jit::create());
+    std::shared_ptr<Jit> jit = checkLLVM("cannot start the JIT", Jit::create(isa));
     if (auto err = jit->addObject(llvm::MemoryBuffer::getMemBufferCopy(*object, "gradc-model")))
         failLLVM("cannot load the compiled model", std::move(err));
     out.forward = reinterpret_cast<CompiledModel::Entry>(
@@ -515,7 +549,7 @@ std::string emitModule(const Graph& fwd, const CodegenOptions& opts, const std::
     Programs programs = buildPrograms(fwd, opts.f64, hostBlocking(fwd, opts));
     if (what == "kernels") return printKernels(programs.forward) + printKernels(programs.backward);
     if (what == "memplan") return printMemoryPlan(programs.forward) + printMemoryPlan(programs.backward);
-    auto tm = hostTargetMachine();
+    auto tm = hostTargetMachine(resolveIsa(opts.isa));
     llvm::LLVMContext ctx;
     auto m = lower(ctx, programs, opts.f64, *tm);
     if (what != "llvm-unoptimised") optimise(*m, *tm);

@@ -25,8 +25,9 @@ struct Programs {
     Layout layout; ///< where the entry points' buffers are
 };
 
-/// The host CPU's target machine; a UserError if LLVM cannot generate code for it.
-std::unique_ptr<llvm::TargetMachine> hostTargetMachine();
+/// The host CPU's target machine for `isa` (resolveIsa's); a UserError if LLVM cannot
+/// generate code for it.
+std::unique_ptr<llvm::TargetMachine> hostTargetMachine(const std::string& isa = "native");
 /// The module in LLVM's text form.
 std::string printModule(const llvm::Module& m);
 

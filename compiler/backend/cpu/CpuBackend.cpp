@@ -46,6 +46,7 @@ std::unique_ptr<Executable> cpuExecutable(CompiledModel model) {
 std::unique_ptr<Executable> compileCpu(const Graph& forward, const BackendOptions& o) {
     CodegenOptions co;
     co.f64 = o.f64, co.cache = o.cache, co.cacheDir = o.cacheDir, co.profile = o.profile, co.threads = o.threads;
+    co.isa = o.isa;
     return cpuExecutable(compileModel(forward, co));
 }
 

@@ -23,9 +23,9 @@
 
 namespace gradc {
 
-double measureFmaPeak(bool f64) {
-    auto tm = hostTargetMachine();
-    const GemmBlocking bl = blockingFor(Jit::hostFeatures(), f64); // the threads do not matter here
+double measureFmaPeak(bool f64, const std::string& isa) {
+    auto tm = hostTargetMachine(isa);
+    const GemmBlocking bl = blockingFor(Jit::hostFeatures(isa), f64); // the threads do not matter here
     llvm::LLVMContext ctx;
     auto m = std::make_unique<llvm::Module>("probe", ctx);
     m->setDataLayout(tm->createDataLayout());
@@ -67,7 +67,7 @@ double measureFmaPeak(bool f64) {
     b.CreateRetVoid();
     internal_assert(!llvm::verifyModule(*m, &llvm::errs()), "invalid probe IR");
     std::string object = emit(*m, *tm, llvm::CodeGenFileType::ObjectFile);
-    std::shared_ptr<Jit> jit = checkLLVM("cannot start the JIT", Jit::create());
+    std::shared_ptr<Jit> jit = checkLLVM("cannot start the JIT", Jit::create(isa));
     if (auto err = jit->addObject(llvm::MemoryBuffer::getMemBufferCopy(object, "probe"))) failLLVM("probe", std::move(err));
     auto probe = reinterpret_cast<void (*)(void*, int64_t)>(checkLLVM("probe", jit->lookup("gradc_probe")));
     std::vector<double> out(size_t(bl.vl));
@@ -83,9 +83,9 @@ double measureFmaPeak(bool f64) {
     return best;
 }
 
-std::vector<TileSpeed> measureTiles(bool f64, const std::vector<TileSpeed>& candidates) {
-    auto tm = hostTargetMachine();
-    const GemmBlocking host = blockingFor(Jit::hostFeatures(), f64);
+std::vector<TileSpeed> measureTiles(bool f64, const std::vector<TileSpeed>& candidates, const std::string& isa) {
+    auto tm = hostTargetMachine(isa);
+    const GemmBlocking host = blockingFor(Jit::hostFeatures(isa), f64);
     llvm::LLVMContext ctx;
     auto m = std::make_unique<llvm::Module>("tiles", ctx);
     m->setDataLayout(tm->createDataLayout());
@@ -100,7 +100,7 @@ std::vector<TileSpeed> measureTiles(bool f64, const std::vector<TileSpeed>& cand
     internal_assert(!llvm::verifyModule(*m, &llvm::errs()), "invalid tile probe IR");
     optimise(*m, *tm, false);
     std::string object = emit(*m, *tm, llvm::CodeGenFileType::ObjectFile);
-    std::shared_ptr<Jit> jit = checkLLVM("cannot start the JIT", Jit::create());
+    std::shared_ptr<Jit> jit = checkLLVM("cannot start the JIT", Jit::create(isa));
     if (auto err = jit->addObject(llvm::MemoryBuffer::getMemBufferCopy(object, "tiles"))) failLLVM("tile probe", std::move(err));
     const int64_t K = 256;
     int maxRows = 1, maxCols = 1;
