@@ -21,6 +21,9 @@ struct CodegenOptions {
     std::string cacheDir;  ///< default: defaultCacheDir() (ObjectCache.h), a folder per user
     bool profile = false;  ///< count each kernel's cycles (gradc bench --profile)
     int threads = 0;       ///< threads the code is planned for and runs on; 0: all cores
+    /// Threads that optimise and emit the code, one part of the functions each (no more than
+    /// the functions); 0: `threads`, no more than the cores. The code is the same either way.
+    int compileThreads = 0;
     /// The matrix products' register tile and cache blocking (its threads are replaced by
     /// `threads`); default: chosen for the host (blockingFor, or GRADC_GEMM's override).
     std::optional<GemmBlocking> blocking;
@@ -60,6 +63,7 @@ struct CompiledModel {
     Layout layout;              ///< where the entry points' buffers are, and their sizes
     bool f64 = false;
     bool cacheHit = false;
+    int objects = 1;            ///< the objects the code came in (parts compiled on threads)
     std::string cacheProblem;   ///< why the cache folder or entry was ignored; empty if it was not
     double compileMs = 0;       ///< wall time from graph to callable code
     /// compileMs by phase, in the order they ran: autodiff, fusion + memory plan, lowering
