@@ -20,9 +20,18 @@
 #include <set>
 #include <thread>
 
+#include <time.h>
+
 namespace gradc {
 
 namespace {
+
+/// The CPU time of the calling thread, in ms.
+double threadCpuMs() {
+    timespec t;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+    return double(t.tv_sec) * 1e3 + double(t.tv_nsec) / 1e6;
+}
 
 /// What a part does on its thread, given its index; the first error is rethrown on the caller's.
 void onThreads(size_t parts, const std::function<void(size_t)>& work) {
@@ -117,6 +126,7 @@ std::vector<std::string> compileObjects(llvm::Module& m, int parts, PhaseTimer* 
         std::unique_ptr<llvm::TargetMachine> tm;
         llvm::Module* m = nullptr;
         std::string object;
+        double optimiseMs = 0, emitMs = 0; ///< CPU time of the part's thread
     };
     std::vector<Part> all(static_cast<size_t>(parts));
     onThreads(all.size(), [&](size_t i) {
@@ -130,19 +140,28 @@ std::vector<std::string> compileObjects(llvm::Module& m, int parts, PhaseTimer* 
             p.tm = hostTargetMachine();
             p.m = p.module.get();
         }
+        const double start = threadCpuMs();
         keepPart(*p.m, mine[i], i);
         optimise(*p.m, i == 0 ? *tm : *p.tm);
+        p.optimiseMs = threadCpuMs() - start;
     });
     phase("LLVM optimisation");
     onThreads(all.size(), [&](size_t i) {
         Part& p = all[i];
+        const double start = threadCpuMs();
         p.object = emit(*p.m, i == 0 ? *tm : *p.tm, llvm::CodeGenFileType::ObjectFile);
+        p.emitMs = threadCpuMs() - start;
         p.module.reset(); // in this thread: the context's memory is freed alongside
         p.ctx.reset();
     });
     phase("machine code");
     std::vector<std::string> out;
-    for (Part& p : all) out.push_back(std::move(p.object));
+    for (size_t i = 0; i < all.size(); ++i) {
+        if (std::getenv("GRADC_DEBUG"))
+            fmt::print(stderr, "gradc: part {}: {} functions ({} instructions), {:.2f} ms CPU optimisation, {:.2f} ms CPU machine code\n",
+                       i, mine[i].size(), load[i], all[i].optimiseMs, all[i].emitMs);
+        out.push_back(std::move(all[i].object));
+    }
     return out;
 }
 
