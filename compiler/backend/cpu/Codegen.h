@@ -68,7 +68,8 @@ struct CompiledModel {
     double compileMs = 0;       ///< wall time from graph to callable code
     /// compileMs by phase, in the order they ran: autodiff, fusion + memory plan, lowering
     /// (to LLVM IR, verified, printed for the cache key), object cache, LLVM optimisation and
-    /// machine code (not on a cache hit), JIT load.
+    /// machine code (not on a cache hit; compiled in parts on threads, their wall time is the
+    /// slowest part's and their CPU time the calling thread's part's), JIT load.
     std::vector<CompilePhase> phases;
     std::shared_ptr<void> owner; ///< keeps the JIT and its code alive
     /// With CodegenOptions::profile: cycles per kernel, summed over calls, and what each
