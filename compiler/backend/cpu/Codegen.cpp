@@ -11,6 +11,7 @@
 #include "LowerToLLVM.h"
 #include "ObjectCache.h"
 #include "Pipeline.h"
+#include "SplitCodegen.h"
 #include "ThreadPool.h"
 #include "CodegenInternal.h"
 
@@ -502,24 +503,27 @@ CompiledModel compileModel(const Graph& fwd, const CodegenOptions& opts) {
     const std::string key = cacheKey(ir, opts.f64, isa);
     std::optional<ObjectCache> cache;
     if (opts.cache) cache.emplace(opts.cacheDir);
-    std::optional<std::string> object;
+    std::optional<std::vector<std::string>> objects;
     if (cache) {
-        object = cache->load(key);
+        if (std::optional<std::string> entry = cache->load(key)) objects = unpackObjects(*entry);
         out.cacheProblem = cache->problem();
     }
-    out.cacheHit = object.has_value();
+    out.cacheHit = objects.has_value();
     timer("object cache");
-    if (!object) {
-        optimise(*m, *tm);
-        timer("LLVM optimisation");
-        object = emit(*m, *tm, llvm::CodeGenFileType::ObjectFile);
-        timer("machine code");
-        if (cache) cache->store(key, *object);
+    if (!objects) {
+        // Independent functions compile on threads: as many as the model runs on, no more
+        // than the cores (compileObjects caps them by the functions).
+        const int parts = opts.compileThreads > 0 ? opts.compileThreads
+                                                  : std::min(resolveThreads(opts.threads), hardwareThreads());
+        objects = compileObjects(*m, parts, isa, &timer);
+        if (cache) cache->store(key, packObjects(*objects));
         timer("object cache");
     }
+    out.objects = int(objects->size());
     std::shared_ptr<Jit> jit = checkLLVM("cannot start the JIT", Jit::create(isa));
-    if (auto err = jit->addObject(llvm::MemoryBuffer::getMemBufferCopy(*object, "gradc-model")))
-        failLLVM("cannot load the compiled model", std::move(err));
+    for (size_t i = 0; i < objects->size(); ++i)
+        if (auto err = jit->addObject(llvm::MemoryBuffer::getMemBufferCopy((*objects)[i], fmt::format("gradc-model-{}", i))))
+            failLLVM("cannot load the compiled model", std::move(err));
     out.forward = reinterpret_cast<CompiledModel::Entry>(
         checkLLVM("cannot find the forward function", jit->lookup(entrySymbol(EntryPoint::Forward))));
     out.backward = reinterpret_cast<CompiledModel::Entry>(

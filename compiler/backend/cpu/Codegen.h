@@ -24,6 +24,9 @@ struct CodegenOptions {
     /// The instruction set of the code (resolveIsa): "native", "avx2" or "avx512"; "": GRADC_ISA's
     /// value, else native. Part of the cache keys of compiled objects and measured tiles.
     std::string isa;
+    /// Threads that optimise and emit the code, one part of the functions each (no more than
+    /// the functions); 0: `threads`, no more than the cores. The code is the same either way.
+    int compileThreads = 0;
     /// The matrix products' register tile and cache blocking (its threads are replaced by
     /// `threads`); default: chosen for the host (blockingFor, or GRADC_GEMM's override).
     std::optional<GemmBlocking> blocking;
@@ -79,11 +82,13 @@ struct CompiledModel {
     Layout layout;              ///< where the entry points' buffers are, and their sizes
     bool f64 = false;
     bool cacheHit = false;
+    int objects = 1;            ///< the objects the code came in (parts compiled on threads)
     std::string cacheProblem;   ///< why the cache folder or entry was ignored; empty if it was not
     double compileMs = 0;       ///< wall time from graph to callable code
     /// compileMs by phase, in the order they ran: autodiff, fusion + memory plan, lowering
     /// (to LLVM IR, verified, printed for the cache key), object cache, LLVM optimisation and
-    /// machine code (not on a cache hit), JIT load.
+    /// machine code (not on a cache hit; compiled in parts on threads, their wall time is the
+    /// slowest part's and their CPU time the calling thread's part's), JIT load.
     std::vector<CompilePhase> phases;
     std::shared_ptr<void> owner; ///< keeps the JIT and its code alive
     /// With CodegenOptions::profile: cycles per kernel, summed over calls, and what each
