@@ -15,8 +15,8 @@ namespace gradc {
 class PhaseTimer;
 
 /// The objects of `m` (lowered for the host), optimised and emitted for the host's `isa`
-/// (resolveIsa) by `parts`
-/// threads (at most one per defined function; 1: the module as it is, one object). With
+/// (resolveIsa) by `parts` threads (at most one per defined function; 1: the module as it
+/// is, one object). With
 /// several parts, the functions and mutable globals of `m` are made external (hidden) so that
 /// each is defined in one part and called from the others; each part, in its own
 /// LLVMContext, keeps the definitions given to it (by instruction count, largest first, to
