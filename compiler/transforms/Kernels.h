@@ -137,8 +137,25 @@ KernelProgram buildKernels(const Graph& g, const std::string& name,
                            const std::vector<Output>& outputs, const Layout& layout, int elementBytes,
                            const GemmBlocking& blocking);
 
-/// Elements of the packing scratch a matrix-product kernel needs: B padded to NR columns, K
-/// deep, and one MR x NR tile per thread.
+/// How one matrix product runs with a blocking: its K and M blocks, what it packs and where
+/// in the scratch area (elements, each part on a 64-byte boundary). The code generator, the
+/// memory plan and `gradc bench --explain` all read it from here.
+struct ProductPlan {
+    bool blocked = false;    ///< deeper than KC: K blocks, sums kept in the thread's block
+    int64_t kc = 0;          ///< the K block (all of K when not blocked)
+    int64_t kBlocks = 1;
+    int64_t mc = 0;          ///< rows of a unit: the block of sums (MR when not blocked)
+    int64_t rowTiles = 0;    ///< MR-row tiles of the product
+    int64_t colPanels = 0;   ///< NR-column panels of B
+    int64_t packFrom = 0;    ///< B's panels from this one on are packed (colPanels: none)
+    bool packA = false;      ///< a transposed A packed into [K][MR] panels
+    int64_t aAt = 0, sumsAt = 0; ///< scratch offsets of packed A and of the threads' sums blocks (packed B: 0)
+    int64_t elements = 0;    ///< scratch the product needs
+    bool packsAllB() const { return packFrom == 0; }
+};
+ProductPlan planProduct(const Kernel& k, const GemmBlocking& b);
+
+/// Elements of the packing scratch a matrix-product kernel needs (planProduct's elements).
 int64_t packElements(const Kernel& k, const GemmBlocking& b);
 
 /// Places every Temp buffer in one workspace, reusing bytes whose values are dead.

@@ -58,15 +58,29 @@ void planMemory(KernelProgram& p, int elementBytes) {
     p.workspaceBytes = top + alignUp(scratch * elementBytes);
 }
 
-int64_t packElements(const Kernel& k, const GemmBlocking& b) {
-    auto up = [](int64_t v, int64_t m) { return (v + m - 1) / m * m; };
+ProductPlan planProduct(const Kernel& k, const GemmBlocking& b) {
+    auto up16 = [](int64_t v) { return (v + 15) / 16 * 16; }; // 64 bytes: 16 floats, 8 doubles
+    ProductPlan p;
+    p.blocked = b.blocked(k.depth);
+    p.kc = b.kBlock(k.depth);
+    p.kBlocks = (k.depth + p.kc - 1) / p.kc;
+    p.mc = p.blocked ? b.mBlock(k.rows) : b.mr;
+    p.rowTiles = (k.rows + b.mr - 1) / b.mr;
+    p.colPanels = (k.cols + b.nr() - 1) / b.nr();
+    // Panels of B to pack: all of a transposed B, of a blocked product's B, or of a B whose
+    // rows are a page apart, else only a last partial one. A is packed when it is
+    // transposed with rows a page apart (GemmBlocking::packsA).
+    p.packFrom = b.packsB(k.transB, k.cols, k.depth) ? 0 : k.cols / b.nr();
+    p.packA = b.packsA(k.transA, k.rows, k.cols);
     // Packed panels of B, packed panels of A (when it is), then one register tile (a blocked
-    // product: one block of sums) per thread, each part on a 64-byte boundary (16 floats, 8
-    // doubles: 16 elements covers both).
-    const int64_t rows = b.blocked(k.depth) ? b.mBlock(k.rows) : b.mr;
-    const int64_t a = b.packsA(k.transA, k.rows, k.cols) ? up(up(k.rows, b.mr) * k.depth, 16) : 0;
-    return up(up(k.cols, b.nr()) * k.depth, 16) + a + rows * b.nr() * b.threads;
+    // product: one block of sums) per thread.
+    p.aAt = up16(p.colPanels * b.nr() * k.depth);
+    p.sumsAt = p.aAt + (p.packA ? up16(p.rowTiles * b.mr * k.depth) : 0);
+    p.elements = p.sumsAt + p.mc * b.nr() * b.threads;
+    return p;
 }
+
+int64_t packElements(const Kernel& k, const GemmBlocking& b) { return planProduct(k, b).elements; }
 
 static const char* kindName(Buffer::Kind k) {
     switch (k) {

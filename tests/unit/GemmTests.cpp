@@ -18,6 +18,7 @@
 #include <sstream>
 
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 using namespace gradc;
@@ -202,4 +203,30 @@ TEST_CASE("register-tile speeds are measured once per CPU and kept in the cache 
           Approx(interpretOutputs(fwd, b).at("loss").data[0]).epsilon(1e-4));
     CHECK(dir.tiles().find("banana") == std::string::npos);
     CHECK((dir.tiles().find(" f32 6x4 ") != std::string::npos || dir.tiles().find(" f32 6x2 ") != std::string::npos));
+}
+
+TEST_CASE("the register tile speeds file is never read or written through a symbolic link", "[jit][gemm][cache]") {
+    TileDir dir;
+    Graph fwd = compileSource("t.nn", "input 100\ndense 70 relu\ndense 10\nloss cross_entropy\n", {16}).graph;
+    CodegenOptions opts;
+    opts.cacheDir = dir.path;
+    explainProducts(fwd, opts); // measured (or cached by this process) and written
+    const std::string tiles = dir.tiles();
+    REQUIRE_FALSE(tiles.empty());
+    // gemm-tiles.txt becomes a link to a file elsewhere with the same speeds: refused (a
+    // warning), measured again and written as a regular file of its own, the target untouched.
+    const std::string other = dir.path + "/elsewhere.txt";
+    { std::ofstream(other) << tiles; }
+    std::remove((dir.path + "/gemm-tiles.txt").c_str());
+    REQUIRE(::symlink(other.c_str(), (dir.path + "/gemm-tiles.txt").c_str()) == 0);
+    explainProducts(fwd, opts);
+    struct stat st;
+    REQUIRE(::lstat((dir.path + "/gemm-tiles.txt").c_str(), &st) == 0);
+    CHECK(S_ISREG(st.st_mode));
+    CHECK((st.st_mode & 0777) == 0600);
+    std::ifstream in(other);
+    std::stringstream kept;
+    kept << in.rdbuf();
+    CHECK(kept.str() == tiles);
+    std::remove(other.c_str());
 }

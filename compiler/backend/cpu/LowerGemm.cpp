@@ -230,21 +230,17 @@ void Lowering::transpose(std::vector<llvm::Value*>& r) {
 void Lowering::matrixProduct(const Kernel& k) {
     declareGemmHelpers();
     const GemmBlocking& bl = p_->blocking;
+    const ProductPlan plan = planProduct(k, bl);
     const int64_t M = k.rows, N = k.cols, K = k.depth, MR = bl.mr, NR = bl.nr();
-    const int64_t mt = (M + MR - 1) / MR, nt = (N + NR - 1) / NR;
-    const bool blocked = bl.blocked(K);
-    const int64_t KC = bl.kBlock(K), kBlocks = (K + KC - 1) / KC;
-    const int64_t MC = blocked ? bl.mBlock(M) : MR, perBlock = MC / MR, mBlocks = (mt + perBlock - 1) / perBlock;
-    auto up16 = [](int64_t v) { return (v + 15) / 16 * 16; };
-    // Panels of B to pack: all of a transposed B, of a blocked product's B, or of a B whose
-    // rows are a page apart, else only a last partial one. A is packed when it is
-    // transposed with rows a page apart (GemmBlocking::packsA).
-    const int64_t packFrom = bl.packsB(k.transB, N, K) ? 0 : N / NR;
-    const bool packA = bl.packsA(k.transA, M, N);
+    const int64_t mt = plan.rowTiles, nt = plan.colPanels;
+    const int64_t KC = plan.kc, kBlocks = plan.kBlocks;
+    const int64_t MC = plan.mc, perBlock = MC / MR, mBlocks = (mt + perBlock - 1) / perBlock;
+    const int64_t packFrom = plan.packFrom;
+    const bool packA = plan.packA;
     auto scratch = [&](llvm::Value*& bp, llvm::Value*& ap, llvm::Value*& tile) {
-        bp = scratchArea();
-        ap = b_.CreateGEP(T_, bp, i64(up16(nt * NR * K)));
-        tile = b_.CreateGEP(T_, ap, i64(packA ? up16(mt * MR * K) : 0));
+        bp = scratchArea(); // packed B first, then packed A, then the sums blocks
+        ap = b_.CreateGEP(T_, bp, i64(plan.aAt));
+        tile = b_.CreateGEP(T_, ap, i64(plan.sumsAt - plan.aAt));
     };
     llvm::Value *bp, *ap, *tile;
     scratch(bp, ap, tile);
