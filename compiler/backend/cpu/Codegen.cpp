@@ -33,6 +33,7 @@
 #include <functional>
 #include <mutex>
 #include <set>
+#include <thread>
 #include <optional>
 
 #include <unistd.h>
@@ -128,6 +129,10 @@ void cacheBlocking(GemmBlocking& b, bool f64, const CacheSizes& caches) {
     // wider than 64 elements made the seed network's step 15% faster with AVX2 on Zen 4
     // (16.5 against 19.5 ms, four alternating rounds), and made no difference with AVX-512.
     b.pageStride = b.nr() * bytes <= 64 ? 64 : 4096 / bytes;
+    // N blocks: packed B is kept whole only while it fits half of a core's share of L3 (the
+    // other half for A and the outputs); a wider one is packed a strip at a time (planProduct).
+    const int64_t cores = std::max<int64_t>(1, std::thread::hardware_concurrency());
+    b.l3Panel = std::max<int64_t>(b.nr() * 64, caches.l3 / cores / 2 / bytes);
 }
 
 namespace {
@@ -519,12 +524,14 @@ std::vector<std::string> explainProducts(const Graph& fwd, const CodegenOptions&
                 plan.blocked ? fmt::format("K blocks of {} ({}), M blocks of {} rows", plan.kc, plan.kBlocks, plan.mc)
                              : fmt::format("not blocked (K {} <= KC {})", k.depth, bl.kc);
             const bool packsB = plan.packsAllB(), packsA = plan.packA;
+            const std::string packedB = plan.packByStrip ? fmt::format("packed in N blocks of {} (a panel per thread)", plan.nc)
+                                                         : "packed";
             const bool lastPanel = plan.packFrom < plan.colPanels && !packsB;
             lines.push_back(fmt::format(
                 "{} k{}: {} x {} x {} (A{} · B{}): tile {}x{} ({}x{} {}-bit; {}), {}, B {}, A {}, {} thread{}", p->name, i, k.rows,
                 k.cols, k.depth, k.transA ? "ᵀ" : "", k.transB ? "ᵀ" : "", bl.mr, bl.nr(), bl.mr, bl.nv,
                 bl.vl * (opts.f64 ? 64 : 32), bl.source, blocking,
-                packsB ? "packed" : lastPanel ? "in place (last panel packed)" : "in place", packsA ? "packed" : "in place",
+                packsB ? packedB : lastPanel ? "in place (last panel packed)" : "in place", packsA ? "packed" : "in place",
                 bl.threads, bl.threads == 1 ? "" : "s"));
         }
     return lines;

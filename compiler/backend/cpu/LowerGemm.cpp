@@ -244,17 +244,19 @@ void Lowering::matrixProduct(const Kernel& k) {
     };
     llvm::Value *bp, *ap, *tile;
     scratch(bp, ap, tile);
-    if (packFrom < nt) pack(packB_, bp, base(k.b), N, K, k.transB, packFrom, nt);
+    if (packFrom < nt && !plan.packByStrip) pack(packB_, bp, base(k.b), N, K, k.transB, packFrom, nt);
     if (packA) pack(packA_, ap, base(k.a), M, K, true, 0, mt);
     // The units, as a function of a range of unit numbers and a thread number, so threads
     // can share them: column sums accumulate across the rows of tiles, so a kernel with
     // any runs its column strips (whole jt) on one thread each.
-    const bool byStrip = !k.columnSums.empty();
+    const bool byStrip = !k.columnSums.empty() || plan.packByStrip;
     const bool plain = k.columnSums.empty() && k.stores.size() == 1 && k.stores[0].expr->op == scalar::Kind::Arg &&
                        k.args[size_t(k.stores[0].expr->value)].mode == Access::Mode::Acc;
     const int64_t units = byStrip ? nt : nt * mBlocks;
     auto tiles = [&](llvm::Value* begin, llvm::Value* end, llvm::Value* thread) {
       llvm::Value* myBlock = b_.CreateGEP(T_, tile, b_.CreateMul(thread, i64(MC * NR)));
+      // N blocked: this thread's panel of one strip, K x NR.
+      llvm::Value* myPanel = plan.packByStrip ? b_.CreateGEP(T_, bp, b_.CreateMul(thread, i64(plan.stripAt))) : bp;
       llvm::Value* a = base(k.a);
       llvm::Value* b = base(k.b);
       loopTo(b_.CreateSub(end, begin), "u", [&](llvm::Value* u0) {
@@ -310,9 +312,10 @@ void Lowering::matrixProduct(const Kernel& k) {
                     }
                     callArgs.push_back(i64(packA ? MR : k.transA ? M : 1));
                     llvm::Value* inPlace = b_.CreateICmpULT(jt, i64(packFrom));
-                    llvm::Value* packed = b_.CreateAdd(b_.CreateMul(jt, i64(K * NR)), b_.CreateMul(k0, i64(NR)));
+                    llvm::Value* packed = b_.CreateAdd(b_.CreateMul(plan.packByStrip ? i64(0) : jt, i64(K * NR)),
+                                                       b_.CreateMul(k0, i64(NR)));
                     callArgs.push_back(b_.CreateSelect(inPlace, b_.CreateGEP(T_, b, b_.CreateAdd(b_.CreateMul(k0, i64(N)), c0)),
-                                                       b_.CreateGEP(T_, bp, packed)));
+                                                       b_.CreateGEP(T_, myPanel, packed)));
                     callArgs.push_back(b_.CreateSelect(inPlace, i64(N), i64(NR)));
                     callArgs.push_back(depth);
                     callArgs.push_back(add);
@@ -336,6 +339,10 @@ void Lowering::matrixProduct(const Kernel& k) {
             if (perBlock == 1) epilogue(i64(0));
             else loopTo(count, "et", epilogue);
         };
+        if (plan.packByStrip) { // strip u into this thread's panel, addressed as if all of B were packed
+            b_.CreateCall(packB_, {b_.CreateGEP(T_, myPanel, b_.CreateNeg(b_.CreateMul(u, i64(K * NR)))), b, i64(N), i64(K),
+                                   b_.getInt1(k.transB), u, b_.CreateAdd(u, i64(1))});
+        }
         if (byStrip) {
             loop(mBlocks, "ib", [&](llvm::Value* ib) { unit(u, ib); });
         } else {
