@@ -95,7 +95,8 @@ struct GemmBlocking {
     /// Elements of packed B that fit a thread's share of L3 (half of it): a product whose
     /// packed B is larger is blocked along N, NC = NR: each thread packs one strip of NR
     /// columns (K x NR) into a panel of its own right before that strip's tiles, instead of
-    /// packing all of B first (default: never).
+    /// packing all of B first (default: never; measured slower on the wide network, see
+    /// cacheBlocking in Codegen.cpp; GRADC_GEMM's panel=N sets it).
     int64_t l3Panel = int64_t(1) << 40;
     bool packB = true;    ///< a blocked product packs all of B, transposed or not, into [K][NR] panels
     bool packA = true;    ///< a transposed A with a page stride is packed into [K][MR] panels

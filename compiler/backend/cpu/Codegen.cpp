@@ -33,7 +33,6 @@
 #include <functional>
 #include <mutex>
 #include <set>
-#include <thread>
 #include <optional>
 
 #include <unistd.h>
@@ -80,12 +79,10 @@ CacheSizes hostCaches() {
             if (unit && (*unit == 'K' || *unit == 'k')) bytes <<= 10;
             else if (unit && *unit == 'M') bytes <<= 20;
             if (level == "2") c.l2 = bytes, known = true;
-            else if (level == "3") c.l3 = bytes, known = true;
         }
 #ifdef _SC_LEVEL2_CACHE_SIZE
         if (!known) {
             if (long v = sysconf(_SC_LEVEL2_CACHE_SIZE); v > 0) c.l2 = v;
-            if (long v = sysconf(_SC_LEVEL3_CACHE_SIZE); v > 0) c.l3 = v;
         }
 #endif
         return c;
@@ -129,10 +126,12 @@ void cacheBlocking(GemmBlocking& b, bool f64, const CacheSizes& caches) {
     // wider than 64 elements made the seed network's step 15% faster with AVX2 on Zen 4
     // (16.5 against 19.5 ms, four alternating rounds), and made no difference with AVX-512.
     b.pageStride = b.nr() * bytes <= 64 ? 64 : 4096 / bytes;
-    // N blocks: packed B is kept whole only while it fits half of a core's share of L3 (the
-    // other half for A and the outputs); a wider one is packed a strip at a time (planProduct).
-    const int64_t cores = std::max<int64_t>(1, std::thread::hardware_concurrency());
-    b.l3Panel = std::max<int64_t>(b.nr() * 64, caches.l3 / cores / 2 / bytes);
+    // N blocks (planProduct: a B whose packed copy is larger than l3Panel is packed a strip
+    // at a time into each thread's panel) stay off: with l3Panel at half a core's share of L3
+    // (8 MB on the 2-core Zen 4, 32 MB L3) the wide network (784-4096-4096-10, batch 256, one
+    // thread) used 12% less memory (max RSS 464 -> 406 MB) but its step was 3% slower (450.6
+    // -> 463.5 ms, median of 5 alternating rounds, round ratios' median 1.055). GRADC_GEMM's
+    // panel=N turns them on for measuring.
 }
 
 namespace {
@@ -258,8 +257,9 @@ void chooseTile(const Graph& fwd, const CodegenOptions& opts, GemmBlocking& b) {
 
 } // namespace
 
-/// GRADC_GEMM="tile=8x3,kc=512,mc=96,pack=0,stride=256" overrides the blocking (for measuring
-/// candidates by hand); an item it cannot read is an error naming it.
+/// GRADC_GEMM="tile=8x3,kc=512,mc=96,pack=0,stride=256,panel=1048576" overrides the blocking
+/// (for measuring candidates by hand; panel: the elements of packed B past which it is packed
+/// in N blocks, 0 never); an item it cannot read is an error naming it.
 static void forcedBlocking(GemmBlocking& b, const char* spec) {
     std::string text = spec;
     size_t at = 0;
@@ -276,12 +276,14 @@ static void forcedBlocking(GemmBlocking& b, const char* spec) {
         bool ok = false;
         if (key == "tile") ok = std::sscanf(value.c_str(), "%dx%d%c", &x, &y, &tail) == 2 && x >= 1 && x <= 16 && y >= 1 && y <= 8;
         else ok = std::sscanf(value.c_str(), "%d%c", &x, &tail) == 1 && x >= 0;
-        if (!ok || (key != "tile" && key != "kc" && key != "mc" && key != "pack" && key != "stride"))
-            throw UserError({}, fmt::format("GRADC_GEMM: cannot read '{}' (want tile=RxV, kc=N, mc=N, pack=0|1 or stride=N)", item));
+        if (!ok || (key != "tile" && key != "kc" && key != "mc" && key != "pack" && key != "stride" && key != "panel"))
+            throw UserError({}, fmt::format("GRADC_GEMM: cannot read '{}' (want tile=RxV, kc=N, mc=N, pack=0|1, stride=N "
+                                            "or panel=N)", item));
         if (key == "tile") b.mr = x, b.nv = y;
         else if (key == "kc") b.kc = x == 0 ? int64_t(1) << 30 : x;
         else if (key == "mc") b.mc = std::max(x, 1);
         else if (key == "stride") b.pageStride = std::max(x, 1);
+        else if (key == "panel") b.l3Panel = x == 0 ? int64_t(1) << 40 : x;
         else b.packB = x != 0;
         b.source = "forced";
     }

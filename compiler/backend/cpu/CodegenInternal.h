@@ -30,9 +30,9 @@ std::unique_ptr<llvm::TargetMachine> hostTargetMachine();
 /// The module in LLVM's text form.
 std::string printModule(const llvm::Module& m);
 
-/// Data cache sizes in bytes (L2 per core, L3 shared); the defaults when the host does not say.
+/// Data cache sizes in bytes (L2 per core); the defaults when the host does not say.
 struct CacheSizes {
-    int64_t l2 = 1 << 20, l3 = 8 << 20;
+    int64_t l2 = 1 << 20;
 };
 /// The host's, from sysfs (or sysconf), read once.
 CacheSizes hostCaches();

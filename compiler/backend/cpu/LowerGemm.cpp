@@ -8,7 +8,8 @@
 //   gradc_tile(out, a rows..., aStride, b, bStride, K, add): out[MR][NR] = (or +=) the
 //   product, in registers
 // Each product kernel packs what it must, then runs its tiles, in K blocks when it is deeper
-// than the blocking's KC, and its own epilogue. The register tile and the cache blocking
+// than the blocking's KC, and its own epilogue; in N blocks (planProduct's packByStrip) each
+// thread packs a strip of B into its own panel right before the strip's tiles. The register tile and the cache blocking
 // (GemmBlocking) are chosen by blockingFor and chooseTile (Codegen.cpp).
 #include "Lowering.h"
 
