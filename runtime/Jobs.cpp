@@ -321,7 +321,7 @@ BenchResult runBench(const BenchOptions& o) {
     }
     std::sort(r.roundMs.begin(), r.roundMs.end());
     r.model = g.model, r.batch = o.batch, r.steps = o.steps, r.threads = resolveThreads(o.threads);
-    r.f64 = o.f64, r.cacheHit = cm.cacheHit, r.compileMs = frontEnd[0].ms + cm.compileMs;
+    r.f64 = o.f64, r.cacheHit = cm.cacheHit, r.compileMs = frontEnd[0].ms + cm.compileMs();
     for (const std::vector<CompilePhase>* phases : {&std::as_const(frontEnd), &cm.phases})
         for (const CompilePhase& p : *phases) r.compilePhases.push_back({p.name, p.ms, p.cpuMs});
     r.msPerStep = r.roundMs[r.roundMs.size() / 2];

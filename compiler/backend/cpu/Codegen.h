@@ -84,12 +84,17 @@ struct CompiledModel {
     bool cacheHit = false;
     int objects = 1;            ///< the objects the code came in (parts compiled on threads)
     std::string cacheProblem;   ///< why the cache folder or entry was ignored; empty if it was not
-    double compileMs = 0;       ///< wall time from graph to callable code
-    /// compileMs by phase, in the order they ran: autodiff, fusion + memory plan, lowering
-    /// (to LLVM IR, verified, printed for the cache key), object cache, LLVM optimisation and
-    /// machine code (not on a cache hit; compiled in parts on threads, their wall time is the
-    /// slowest part's and their CPU time the calling thread's part's), JIT load.
+    /// The compilation by phase, in the order they ran: autodiff, fusion + memory plan,
+    /// lowering (to LLVM IR, verified, printed for the cache key), object cache, LLVM
+    /// optimisation and machine code (not on a cache hit; compiled in parts on threads, their
+    /// wall time is the slowest part's and their CPU time the calling thread's part's), JIT load.
     std::vector<CompilePhase> phases;
+    /// Wall time from graph to callable code: the phases' sum.
+    double compileMs() const {
+        double ms = 0;
+        for (const CompilePhase& p : phases) ms += p.ms;
+        return ms;
+    }
     std::shared_ptr<void> owner; ///< keeps the JIT and its code alive
     /// With CodegenOptions::profile: cycles per kernel, summed over calls, and what each
     /// kernel is (kernelLabel, Kernels.h).

@@ -21,7 +21,7 @@ public:
 
     std::string describe() const override {
         return fmt::format("jit {}, {} in {:.1f} ms", m_.f64 ? "f64" : "f32",
-                           m_.cacheHit ? "loaded from the cache" : "compiled", m_.compileMs);
+                           m_.cacheHit ? "loaded from the cache" : "compiled", m_.compileMs());
     }
 
 private:
