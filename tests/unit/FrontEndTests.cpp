@@ -76,7 +76,7 @@ TEST_CASE("the batch size is a compile-time parameter of the graph", "[sema]") {
     CHECK(g[g.output(OutputRole::Logits)].shape == Shape{7, 10});
 }
 
-TEST_CASE("repeat unrolls, continuing PyTorch's numbering; named layers own their names",
+TEST_CASE("repeat unrolls, continuing PyTorch's numbering, named layers own their names",
           "[sema]") {
     Graph g = build("input 8\nrepeat 2 {\n  dense 8 relu\n}\nh = dense 4 tanh\nrepeat 2 { "
                     "r = dense 4\n }\ndense 2\nloss cross_entropy\n");
@@ -179,7 +179,7 @@ TEST_CASE("dump --emit=ast prints every construct", "[parser]") {
                          "  7:1 loss mse\n");
 }
 
-TEST_CASE("input AxB makes x of any rank; dense acts on the last dimension; flatten", "[frontend][rank]") {
+TEST_CASE("input AxB makes x of any rank, dense acts on the last dimension, flatten", "[frontend][rank]") {
     Graph g = build("input 28x28\ndense 32 relu\nflatten\ndense 10\nloss cross_entropy\n", 4);
     CHECK(g[0].shape == Shape{4, 28, 28});
     CHECK(perExample(g[0].shape) == 784);

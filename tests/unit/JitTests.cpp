@@ -152,7 +152,7 @@ TEST_CASE("a label out of range makes the compiled loss NaN, never a stray read"
     CHECK(std::isnan(runCompiled(cm, fwd, b, false).at("loss").data[0]));
 }
 
-TEST_CASE("compiled objects are cached; corrupt, truncated and stale entries are rebuilt", "[jit][cache]") {
+TEST_CASE("compiled objects are cached, corrupt, truncated and stale entries are rebuilt", "[jit][cache]") {
     TempDir dir("cache");
     Graph fwd = model("input 6\ndense 5 tanh\ndense 3\nloss cross_entropy\n", 4);
     std::mt19937 rng(15);

@@ -119,7 +119,7 @@ TEST_CASE("map broadcasts an operand whose shape is a suffix of the result's", "
     CHECK(scalar::print(b.g[pruned].expr) == "a0 * 2");
 }
 
-TEST_CASE("mul's gradients are g * b and g * a; a bias add's is summed over the batch",
+TEST_CASE("mul's gradients are g * b and g * a, a bias add's is summed over the batch",
           "[autodiff][map]") {
     Builder b;
     b.g.lossKind = "mse";
