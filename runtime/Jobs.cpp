@@ -84,7 +84,8 @@ double matmulFlops(const Graph& g) {
 } // namespace
 
 void checkThreads(int threads) {
-    require(threads >= 0 && threads <= 1024, "threads", threads, "{} threads ", "is out of range (0 for all cores, up to 1024)");
+    require(threads >= 0 && threads <= kMaxThreads, "threads", threads, "{} threads ",
+            fmt::format("is out of range (0 for all cores, up to {})", kMaxThreads));
 }
 
 void checkJobOptions(const GradsOptions& o) { checkThreads(o.session.threads); }
@@ -125,6 +126,7 @@ GradsRun runGrads(const GradsOptions& o, const std::function<void(const GradsMod
     BackendOptions backend; // the interpreter computes in double: its buffers are double too
     backend.backend = o.session.backend, backend.f64 = o.session.backend == "interp" || o.f64;
     backend.cache = o.session.cache, backend.threads = o.session.threads;
+    backend.isa = o.session.isa;
     const int64_t batch = o.batch;
     const std::string& dir = o.data.dir;
     // Compile every model first, so a mistake in the last one costs no data loading.
@@ -281,6 +283,7 @@ BenchResult runBench(const BenchOptions& o) {
     checkJobOptions(o);
     CodegenOptions codegen;
     codegen.f64 = o.f64, codegen.threads = o.threads;
+    codegen.isa = resolveIsa(o.isa);
     codegen.profile = o.profile;
     codegen.cache = o.cache && !o.profile; // profiled code is not the code users run
     // The step `gradc train` runs; with `statistics`, the one `gradc grads` runs.
@@ -318,12 +321,14 @@ BenchResult runBench(const BenchOptions& o) {
     }
     std::sort(r.roundMs.begin(), r.roundMs.end());
     r.model = g.model, r.batch = o.batch, r.steps = o.steps, r.threads = resolveThreads(o.threads);
-    r.f64 = o.f64, r.cacheHit = cm.cacheHit, r.compileMs = frontEnd[0].ms + cm.compileMs;
+    r.f64 = o.f64, r.cacheHit = cm.cacheHit, r.compileMs = frontEnd[0].ms + cm.compileMs();
     for (const std::vector<CompilePhase>* phases : {&std::as_const(frontEnd), &cm.phases})
         for (const CompilePhase& p : *phases) r.compilePhases.push_back({p.name, p.ms, p.cpuMs});
     r.msPerStep = r.roundMs[r.roundMs.size() / 2];
     r.gflopPerStep = matmulFlops(grad) / 1e9;
-    r.fmaPeak = measureFmaPeak(o.f64);
+    r.fmaPeak = measureFmaPeak(o.f64, codegen.isa);
+    const IsaTarget target = isaTarget(codegen.isa);
+    r.isa = target.isa, r.cpu = target.cpu, r.vectorBits = target.vectorBits;
     if (o.explain) r.products = explainProducts(g, codegen);
     if (o.profile) {
         uint64_t total = 0;

@@ -28,8 +28,8 @@ void checkJobOptions(const TrainingOptions& o);
 void checkJobOptions(const ActsOptions& o);
 void checkJobOptions(const DeadOptions& o);
 void checkJobOptions(const BenchOptions& o);
-/// A thread count for compiled code: 0 (all cores) to 1024, as Session takes it (the code
-/// reserves scratch per thread).
+/// A thread count for compiled code: 0 (all cores) to kMaxThreads (ThreadPool.h), as Session
+/// takes it (the code reserves scratch per thread).
 void checkThreads(int threads);
 
 /// One model of a grads run.

@@ -2,10 +2,12 @@
 // internal errors become gradc::Error. Every call checks its use first: a Session that was
 // moved from, one already in use by another thread, null buffers, labels that are not
 // classes, and results asked for before the pass that makes them are errors, never a crash.
+#include "Codegen.h"
 #include "Engine.h"
 #include "ModelImpl.h"
 #include "PublicStats.h"
 #include "Sema.h"
+#include "ThreadPool.h"
 
 #include <gradc/Session.h>
 
@@ -73,9 +75,11 @@ const void* target(const char* call, const Graph& g, const float* targets) {
 Session::Session(const Model& model, int64_t batch, const SessionOptions& options) : impl_(std::make_unique<Impl>()) {
     publicCall([&] {
         const Model::Impl& m = model.impl(); // throws for a Model that was moved from
-        if (options.threads < 0 || options.threads > 1024)
-            throw Error(fmt::format("gradc: error: Session: {} threads is out of range (0 for all cores, up to 1024)",
-                                    options.threads));
+        if (options.threads < 0 || options.threads > kMaxThreads)
+            throw Error(fmt::format("gradc: error: Session: {} threads is out of range (0 for all cores, up to {})",
+                                    options.threads, kMaxThreads));
+        if (options.backend == "jit") // a bad name is named before anything is compiled
+            resolveIsa(options.isa, "SessionOptions::isa");
         SemaOptions train{batch}, eval{batch, /*eval=*/true, /*layerOutputs=*/true};
         impl_->engine = std::make_unique<Engine>(buildGraph(*m.ast, train), buildGraph(*m.ast, eval), options);
         return 0;

@@ -131,9 +131,9 @@ extern "C" void gradc_parallel_for(void (*body)(void*, int64_t, int64_t, int64_t
                                    int64_t threads) {
     if (n <= 0) return;
     if (threads > 1 && n > 1) {
-        // More threads than any model is compiled for (gradc --threads allows 1024) are not
-        // started; such a loop runs on the most there are.
-        std::shared_ptr<gradc::Pool> pool = gradc::poolFor(int(std::min<int64_t>(threads, 1024)));
+        // More threads than any model is compiled for (kMaxThreads) are not started; such a
+        // loop runs on the most there are.
+        std::shared_ptr<gradc::Pool> pool = gradc::poolFor(int(std::min<int64_t>(threads, gradc::kMaxThreads)));
         const int width = int(std::min<int64_t>(threads, pool->threads()));
         if (width > 1) {
             gradc::Loop loop{body, context, n, std::max<int64_t>(1, n / (int64_t(width) * 8))};

@@ -19,6 +19,11 @@ void gradc_parallel_for(void (*body)(void*, int64_t, int64_t, int64_t), void* co
 
 namespace gradc {
 
+/// The most threads compiled code may be planned for (CodegenOptions::threads,
+/// SessionOptions::threads, the jobs' and the command's --threads): the code reserves scratch
+/// per thread, and the pool never starts more workers than this.
+constexpr int kMaxThreads = 1024;
+
 /// The machine's hardware threads (at least 1).
 int hardwareThreads();
 /// The thread count an option asks for: `requested` itself, or all cores when it is 0 (the

@@ -1,6 +1,6 @@
 """tests/testlib.py — what the command-line test scripts share: their arguments, running gradc
-and checking its exit status (and that it does not hang), reporting a failed check, reading
-and writing files. Standard library only. A script in tests/DIR/ imports it with
+(or another program) and checking its exit status (and that it does not hang), reporting a
+failed check, reading and writing files, the CPU's features. Standard library only. A script in tests/DIR/ imports it with
 
     sys.dont_write_bytecode = True  # no __pycache__ in the source tree
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -9,31 +9,34 @@ and writing files. Standard library only. A script in tests/DIR/ imports it with
 import os, pwd, subprocess, sys
 
 
-def arguments():
-    """GRADC SOURCE_DIR CASE: how ctest calls every test script."""
-    if len(sys.argv) != 4:
-        sys.exit(f"usage: {os.path.basename(sys.argv[0])} GRADC SOURCE_DIR CASE")
-    return sys.argv[1], sys.argv[2], sys.argv[3]
+def arguments(*names):
+    """The script's arguments, named by `names` (default GRADC SOURCE_DIR CASE: how ctest calls
+    most test scripts); a wrong count exits with the usage."""
+    names = names or ("GRADC", "SOURCE_DIR", "CASE")
+    if len(sys.argv) != len(names) + 1:
+        sys.exit(f"usage: {os.path.basename(sys.argv[0])} {' '.join(names)}")
+    return tuple(sys.argv[1:])
 
 
-def run(gradc, *args, rc=0, text=True, cwd=None, user=None, stdout=subprocess.PIPE, stdin=None, env=None,
+def run(program, *args, rc=0, text=True, cwd=None, user=None, stdout=subprocess.PIPE, stdin=None, env=None,
         timeout=None):
-    """Runs `gradc ARGS` (arguments may be bytes: file names that are not UTF-8) as `user`
-    when given (setpriv, without root's groups), and exits the test unless its exit status
-    is `rc`. Output is text, or bytes with text=False; stdout may be a file to write to. A
-    run still going after `timeout` seconds is killed and fails the test: a hang, not a wait."""
-    cmd = [gradc, *args]
+    """Runs `PROGRAM ARGS` (gradc, or any other; arguments may be bytes: file names that are
+    not UTF-8) as `user` when given (setpriv, without root's groups), and exits the test unless
+    its exit status is `rc` (None: any). Output is text, or bytes with text=False; stdout may be
+    a file to write to. A run still going after `timeout` seconds is killed and fails the test:
+    a hang, not a wait."""
+    cmd = [program, *args]
     if user:
         pw = pwd.getpwnam(user)
         cmd = ["setpriv", "--reuid", str(pw.pw_uid), "--regid", str(pw.pw_gid), "--clear-groups", *cmd]
-    shown = " ".join(a if isinstance(a, str) else repr(a) for a in args)
+    shown = " ".join(a if isinstance(a, str) else repr(a) for a in [os.path.basename(program), *args])
     try:
         p = subprocess.run(cmd, stdout=stdout, stderr=subprocess.PIPE, stdin=stdin, text=text, cwd=cwd, env=env,
                            timeout=timeout)
     except subprocess.TimeoutExpired:
-        sys.exit(f"FAILED: gradc {shown} still ran after {timeout} s")
-    if p.returncode != rc:
-        sys.exit(f"expected exit {rc}, got {p.returncode}: gradc {shown}\n{p.stdout}\n{p.stderr}")
+        sys.exit(f"FAILED: {shown} still ran after {timeout} s")
+    if rc is not None and p.returncode != rc:
+        sys.exit(f"expected exit {rc}, got {p.returncode}: {shown}\n{p.stdout}\n{p.stderr}")
     return p
 
 
@@ -50,3 +53,12 @@ def read(path):
 def write(path, data):
     with open(path, "wb") as f:
         f.write(data)
+
+
+def cpu_flags():
+    """The first processor's feature flags in /proc/cpuinfo (sse3 is "pni", lzcnt "abm")."""
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    return set()

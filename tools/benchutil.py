@@ -1,15 +1,16 @@
 """tools/benchutil.py — what the benchmark scripts share (bench-vs-torch, bench-compile,
-bench-grads-vs-torch, bench-all): the CPU's name and features, the ISA of gradc's code, runs of
-`gradc bench` read into numbers, medians. Standard library only; benchmarks, never tests of
-speed."""
-import os, re, statistics, subprocess, sys, tempfile
+bench-grads-vs-torch, bench-all, bench-aot): the CPU's name and features, the ISA of gradc's code,
+commands run and timed, runs of `gradc bench` read into numbers, medians, checks of their options.
+Standard library only; benchmarks, never tests of speed."""
+import os, re, statistics, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GRADC = os.path.join(ROOT, "build/tools/gradc")
+PYTHON = "/usr/bin/python3"  # Debian's, with python3-torch
 
 
 def fail(message):
-    """Exits with status 2 and a message naming the script."""
+    """Exits with status 1 and a message naming the script."""
     sys.exit(f"{os.path.basename(sys.argv[0])}: {message}")
 
 
@@ -59,12 +60,20 @@ def median(values):
     return statistics.median(values)
 
 
-def run(cmd, env=None):
-    """Runs a command; exits with its stderr when it fails. Returns stdout."""
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+def run(cmd, env=None, timeout=None):
+    """Runs a command; exits with its stderr when it fails. Returns stdout. A run longer than
+    `timeout` seconds is killed and raises subprocess.TimeoutExpired."""
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
     if p.returncode != 0:
-        fail(f"'{' '.join(cmd)}' exited with {p.returncode}:\n{p.stderr.strip()}")
+        fail(f"'{' '.join(cmd)}' exited with {p.returncode}:\n{(p.stderr or p.stdout).strip()}")
     return p.stdout
+
+
+def timed(cmd, env=None):
+    """The wall time of a whole process in ms, from start to exit, and its stdout (as run)."""
+    start = time.perf_counter()
+    out = run(cmd, env)
+    return (time.perf_counter() - start) * 1000, out
 
 
 class Bench:
@@ -83,17 +92,36 @@ class Bench:
         self.phases = m.group(1).splitlines() if m else []
 
 
-def gradc_bench(gradc, model, batch=256, steps=1, threads=1, cache=True, extra=()):
+def gradc_bench(gradc, model, batch=256, steps=1, threads=1, cache=True, extra=(), timeout=None):
+    """One run of `gradc bench` (a Bench); past `timeout` seconds, subprocess.TimeoutExpired."""
     cmd = [gradc, "bench", model, "--batch", str(batch), "--steps", str(steps), "--threads", str(threads), *extra]
     if not cache:
         cmd.append("--no-cache")
-    return Bench(run(cmd))
+    return Bench(run(cmd, timeout=timeout))
 
 
-def header(gradc, peak):
-    """The lines every benchmark table starts with: CPU, ISA, peak."""
-    return [f"CPU: {cpu_model()} ({os.cpu_count()} logical CPUs, {cpu_isa()}); "
-            f"gradc code: {gradc_isa(gradc)}; FMA peak (measured by gradc bench): {peak:.1f} GFLOP/s per thread"]
+def header(isa, peak):
+    """The line every benchmark table starts with: CPU, the ISA of gradc's code (gradc_isa), peak."""
+    return (f"CPU: {cpu_model()} ({os.cpu_count()} logical CPUs, {cpu_isa()}); "
+            f"gradc code: {isa}; FMA peak (measured by gradc bench): {peak:.1f} GFLOP/s per thread")
+
+
+def check_gradc(gradc):
+    """Exits unless `gradc` (--gradc) is an executable."""
+    if not os.access(gradc, os.X_OK):
+        fail(f"{gradc}: no gradc executable (build it, or give --gradc)")
+
+
+def check_model(path):
+    """Exits unless the model file exists."""
+    if not os.path.isfile(path):
+        fail(f"{path}: model file not found")
+
+
+def check_at_least_one(value, option):
+    """Exits unless a count (`--rounds`, or `ROUNDS=` from the environment) is at least 1."""
+    if value < 1:
+        fail(f"{option}{'' if option.endswith('=') else ' '}{value} is out of range (at least 1)")
 
 
 def parse_list(text, what):

@@ -36,9 +36,10 @@ def read_safetensors(path):
     return out
 
 
-def first_batch(batch):
+def first_batch(batch, dtype=torch.float64):
+    """The first `batch` training images, normalised as gradc does ((pixel/255 - 0.5) / 0.5), and labels."""
     images_, labels = images(batch)
-    x = (torch.tensor(images_, dtype=torch.float64) / 255 - 0.5) / 0.5
+    x = (torch.tensor(images_, dtype=dtype) / 255 - 0.5) / 0.5
     return x, torch.tensor(labels, dtype=torch.long)
 
 
@@ -122,16 +123,24 @@ class Network(nn.Module):
     """The forward pass of a gradc model file in PyTorch modules (nn.Linear, nn.ReLU, ...):
     a list of steps, each reading a named value (or the previous one) and writing one. The
     parameters carry gradc's names in `gradc_names` (name in this module -> gradc's name),
-    each step its layer's name in `labels`."""
+    each step its layer's name in `labels`; gradc_state() is the state_dict under gradc's names."""
 
     def __init__(self, steps, input_shape, loss, labels):
         super().__init__()
         self.mods = nn.ModuleList([s[1] for s in steps if isinstance(s[1], nn.Module)])
         self.steps, self.input_shape, self.loss = steps, input_shape, loss
         self.labels = labels  # the layer name of each step, as gradc check prints it
-        mod_labels = [labels[i] for i, s in enumerate(steps) if isinstance(s[1], nn.Module)]
-        self.gradc_names = {n: mod_labels[int(n.split(".")[1])] + "." + n.split(".", 2)[2]
-                            for n, _ in self.named_parameters()}
+        self.mod_labels = [labels[i] for i, s in enumerate(steps) if isinstance(s[1], nn.Module)]
+        self.gradc_names = {n: self._gradc_name(n) for n, _ in self.named_parameters()}
+
+    def _gradc_name(self, name):
+        """mods.K.weight -> the K-th module's layer name + .weight"""
+        return self.mod_labels[int(name.split(".")[1])] + "." + name.split(".", 2)[2]
+
+    def gradc_state(self):
+        """The state_dict (parameters, and batchnorm's running statistics) under gradc's names,
+        as `gradc ... --params` reads them and --save writes them."""
+        return {self.gradc_names.get(n) or self._gradc_name(n): t for n, t in self.state_dict().items()}
 
     def forward(self, x):
         env, cur = {}, x.view(x.shape[0], *self.input_shape)

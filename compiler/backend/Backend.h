@@ -45,6 +45,7 @@ struct BackendOptions {
     std::string cacheDir;        ///< jit: default defaultCacheDir()
     bool profile = false;        ///< jit: count each kernel's cycles
     int threads = 0;             ///< jit: threads its matrix products use (0: all cores)
+    std::string isa;             ///< jit: instruction set (CodegenOptions::isa; "": GRADC_ISA, else native)
 };
 
 /// A compiled model. Not safe to call from two threads at once (it may own a workspace);

@@ -92,6 +92,12 @@ struct GemmBlocking {
     int threads = 1;      ///< tiles are spread over this many threads, each with its own tile buffer
     int64_t kc = 1 << 30; ///< the deepest K run in one pass (default: never blocked)
     int64_t mc = 192;     ///< rows of the sums block of a blocked product (a multiple of mr)
+    /// Elements of packed B that fit a thread's share of L3 (half of it): a product whose
+    /// packed B is larger is blocked along N, NC = NR: each thread packs one strip of NR
+    /// columns (K x NR) into a panel of its own right before that strip's tiles, instead of
+    /// packing all of B first (default: never; measured slower on the wide network, see
+    /// cacheBlocking in Codegen.cpp; GRADC_GEMM's panel=N sets it).
+    int64_t l3Panel = int64_t(1) << 40;
     bool packB = true;    ///< a blocked product packs all of B, transposed or not, into [K][NR] panels
     bool packA = true;    ///< a transposed A with a page stride is packed into [K][MR] panels
     /// Elements: an operand read in place whose step along K is this far or farther (a
@@ -137,8 +143,30 @@ KernelProgram buildKernels(const Graph& g, const std::string& name,
                            const std::vector<Output>& outputs, const Layout& layout, int elementBytes,
                            const GemmBlocking& blocking);
 
-/// Elements of the packing scratch a matrix-product kernel needs: B padded to NR columns, K
-/// deep, and one MR x NR tile per thread.
+/// How one matrix product runs with a blocking: its K and M blocks, what it packs and where
+/// in the scratch area (elements, each part on a 64-byte boundary). The code generator, the
+/// memory plan and `gradc bench --explain` all read it from here.
+struct ProductPlan {
+    bool blocked = false;    ///< deeper than KC: K blocks, sums kept in the thread's block
+    int64_t kc = 0;          ///< the K block (all of K when not blocked)
+    int64_t kBlocks = 1;
+    int64_t mc = 0;          ///< rows of a unit: the block of sums (MR when not blocked)
+    int64_t rowTiles = 0;    ///< MR-row tiles of the product
+    int64_t colPanels = 0;   ///< NR-column panels of B
+    int64_t packFrom = 0;    ///< B's panels from this one on are packed (colPanels: none)
+    bool packA = false;      ///< a transposed A packed into [K][MR] panels
+    /// N blocked: B (packed whole it would not fit GemmBlocking::l3Panel) packed strip by
+    /// strip (NC = NR columns) into each thread's panel; units are whole strips.
+    bool packByStrip = false;
+    int64_t nc = 0;          ///< columns of B packed at once: all of them, or NR by strip
+    int64_t aAt = 0, sumsAt = 0; ///< scratch offsets of packed A and of the threads' sums blocks (packed B: 0)
+    int64_t stripAt = 0;     ///< packByStrip: elements between the threads' strip panels
+    int64_t elements = 0;    ///< scratch the product needs
+    bool packsAllB() const { return packFrom == 0; }
+};
+ProductPlan planProduct(const Kernel& k, const GemmBlocking& b);
+
+/// Elements of the packing scratch a matrix-product kernel needs (planProduct's elements).
 int64_t packElements(const Kernel& k, const GemmBlocking& b);
 
 /// Places every Temp buffer in one workspace, reusing bytes whose values are dead.

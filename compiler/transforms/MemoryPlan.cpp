@@ -58,15 +58,36 @@ void planMemory(KernelProgram& p, int elementBytes) {
     p.workspaceBytes = top + alignUp(scratch * elementBytes);
 }
 
-int64_t packElements(const Kernel& k, const GemmBlocking& b) {
-    auto up = [](int64_t v, int64_t m) { return (v + m - 1) / m * m; };
-    // Packed panels of B, packed panels of A (when it is), then one register tile (a blocked
-    // product: one block of sums) per thread, each part on a 64-byte boundary (16 floats, 8
-    // doubles: 16 elements covers both).
-    const int64_t rows = b.blocked(k.depth) ? b.mBlock(k.rows) : b.mr;
-    const int64_t a = b.packsA(k.transA, k.rows, k.cols) ? up(up(k.rows, b.mr) * k.depth, 16) : 0;
-    return up(up(k.cols, b.nr()) * k.depth, 16) + a + rows * b.nr() * b.threads;
+ProductPlan planProduct(const Kernel& k, const GemmBlocking& b) {
+    auto up16 = [](int64_t v) { return (v + 15) / 16 * 16; }; // 64 bytes: 16 floats, 8 doubles
+    ProductPlan p;
+    p.blocked = b.blocked(k.depth);
+    p.kc = b.kBlock(k.depth);
+    p.kBlocks = (k.depth + p.kc - 1) / p.kc;
+    p.mc = p.blocked ? b.mBlock(k.rows) : b.mr;
+    p.rowTiles = (k.rows + b.mr - 1) / b.mr;
+    p.colPanels = (k.cols + b.nr() - 1) / b.nr();
+    // Panels of B to pack: all of a transposed B, of a blocked product's B, or of a B whose
+    // rows are a page apart, else only a last partial one. A is packed when it is
+    // transposed with rows a page apart (GemmBlocking::packsA).
+    p.packFrom = b.packsB(k.transB, k.cols, k.depth) ? 0 : k.cols / b.nr();
+    p.packA = b.packsA(k.transA, k.rows, k.cols);
+    // N blocks: a B whose packed copy would not stay in the thread's share of L3 is packed
+    // strip by strip, each thread into its own K x NR panel, which stays in L2 while the
+    // strip's tiles read it (784-4096-4096-10: 64 MB of packed weights otherwise).
+    const int64_t packedB = p.colPanels * b.nr() * k.depth;
+    p.packByStrip = p.packFrom == 0 && packedB > b.l3Panel && p.colPanels > 1;
+    p.nc = p.packByStrip ? b.nr() : p.colPanels * b.nr();
+    p.stripAt = up16(b.nr() * k.depth);
+    // Packed panels of B (all of them, or one strip per thread), packed panels of A (when
+    // it is), then one register tile (a blocked product: one block of sums) per thread.
+    p.aAt = p.packByStrip ? p.stripAt * b.threads : up16(packedB);
+    p.sumsAt = p.aAt + (p.packA ? up16(p.rowTiles * b.mr * k.depth) : 0);
+    p.elements = p.sumsAt + p.mc * b.nr() * b.threads;
+    return p;
 }
+
+int64_t packElements(const Kernel& k, const GemmBlocking& b) { return planProduct(k, b).elements; }
 
 static const char* kindName(Buffer::Kind k) {
     switch (k) {

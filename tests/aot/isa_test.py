@@ -12,12 +12,15 @@ tests/aot/example.c with plain cc.
 
 Usage: isa_test.py GRADC REFERENCE CC SOURCE_DIR WORK MODEL
 """
-import os, shutil, subprocess, sys
+import os, shutil, sys
 
-if len(sys.argv) != 7:
-    sys.exit(next(l for l in __doc__.splitlines() if l.startswith("Usage")))
-GRADC, REFERENCE, SOURCE, WORK, MODEL = (os.path.abspath(a) for a in sys.argv[1:3] + sys.argv[4:7])
-CC = sys.argv[3]
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import testlib  # noqa: E402
+from testlib import check  # noqa: E402
+
+GRADC, REFERENCE, CC, SOURCE, WORK, MODEL = testlib.arguments("GRADC", "REFERENCE", "CC", "SOURCE_DIR", "WORK", "MODEL")
+GRADC, REFERENCE, SOURCE, WORK, MODEL = (os.path.abspath(a) for a in (GRADC, REFERENCE, SOURCE, WORK, MODEL))
 BATCH = "16"
 
 # The features of each x86-64 psABI level as /proc/cpuinfo names them (sse3 is "pni", lzcnt
@@ -29,24 +32,13 @@ LEVELS = {
 }
 
 
-def fail(what):
-    sys.exit("FAILED: " + what)
-
-
 def run(*cmd, rc=0):
-    p = subprocess.run(cmd, cwd=WORK, capture_output=True, text=True)
-    if rc is not None and p.returncode != rc:
-        fail(f"expected exit {rc}, got {p.returncode}: {' '.join(cmd)}\n{p.stdout}\n{p.stderr}")
-    return p
+    """A program run in WORK; its exit status must be rc (None: any)."""
+    return testlib.run(*cmd, rc=rc, cwd=WORK)
 
 
 def best_level():
-    flags = set()
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
+    flags = testlib.cpu_flags()
     level = 1
     while level < 4 and set(LEVELS[level + 1].split()) <= flags:
         level += 1
@@ -57,30 +49,26 @@ shutil.rmtree(WORK, ignore_errors=True)
 os.makedirs(WORK)
 run(GRADC, "compile", MODEL, "--batch", BATCH, "--prefix", "model", "-o", "model.o", "--header", "model.h")
 header = open(os.path.join(WORK, "model.h")).read()
-if "for CPU portable (1 (x86-64), 3 (x86-64-v3), 4 (x86-64-v4))" not in header:
-    fail("the header names the object's variants:\n" + header[:400])
-if "static const int model_isa_levels[3] = {1, 3, 4};" not in header:
-    fail("the header lists the levels")
+check("for CPU portable (1 (x86-64), 3 (x86-64-v3), 4 (x86-64-v4))" in header,
+      "the header names the object's variants:\n" + header[:400])
+check("static const int model_isa_levels[3] = {1, 3, 4};" in header, "the header lists the levels")
 
 # Only the header's functions are global; every variant's functions are local, named
 # model_..._vL, so two objects (or the three variants) never clash.
 public = sorted(run("nm", "-g", "--defined-only", "model.o").stdout.split()[2::3])
 expected = sorted("model_" + f for f in ("abi_version", "backward", "forward", "isa", "isa_name", "select_isa", "update"))
-if public != expected:
-    fail(f"global symbols {public}, expected {expected}")
+check(public == expected, f"global symbols {public}, expected {expected}")
 local = [l.split()[2] for l in run("nm", "--defined-only", "model.o").stdout.splitlines() if l.split()[1] in "tT"]
 for level in (1, 3, 4):
     for entry in ("forward", "backward", "update"):
-        if f"model_{entry}_v{level}" not in local:
-            fail(f"no local model_{entry}_v{level} in {local}")
+        check(f"model_{entry}_v{level}" in local, f"no local model_{entry}_v{level} in {local}")
 strays = [s for s in local if not s.startswith("model_")]
-if strays:
-    fail(f"functions not named after the prefix: {strays}")
+check(not strays, f"functions not named after the prefix: {strays}")
 # It asks the CPU itself: nothing from libgcc or compiler-rt (__cpu_model, __cpu_indicator_init,
 # which cc would link silently) nor from gradc's runtime.
 undefined = run("nm", "-u", "model.o").stdout.split()[1::2]
-if any(s.startswith(("__", "gradc_")) for s in undefined):
-    fail(f"the object needs more than libc and libm: {undefined}")
+check(not any(s.startswith(("__", "gradc_")) for s in undefined),
+      f"the object needs more than libc and libm: {undefined}")
 
 run(CC, "-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-I" + WORK, os.path.join(SOURCE, "example.c"), "model.o",
     "-lm", "-o", "example")
@@ -96,44 +84,40 @@ for args in ([], ["0"]):
     p = run(os.path.join(WORK, "example"), "params.safetensors", "grads.out", *args)
     first = p.stdout.splitlines()[0]
     print("automatic:", first)
-    if first != f"isa {want} {names[want]}":
-        fail(f"the automatic choice ran '{first}', not level {want}")
+    check(first == f"isa {want} {names[want]}", f"the automatic choice ran '{first}', not level {want}")
 print(run(REFERENCE, MODEL, BATCH, "params.safetensors", "grads.out").stdout.splitlines()[-1])
 
 # Each level the CPU has, forced, computes the JIT's gradients; the others are refused.
 for level in (1, 3, 4):
     p = run(os.path.join(WORK, "example"), "params.safetensors", f"grads{level}.out", str(level), rc=None)
     if level <= best:
-        if p.returncode != 0 or p.stdout.splitlines()[0] != f"isa {level} {names[level]}":
-            fail(f"level {level} forced: exit {p.returncode}\n{p.stdout}{p.stderr}")
+        check(p.returncode == 0 and p.stdout.splitlines()[0] == f"isa {level} {names[level]}",
+              f"level {level} forced: exit {p.returncode}\n{p.stdout}{p.stderr}")
         r = run(REFERENCE, MODEL, BATCH, "params.safetensors", f"grads{level}.out")
         print(f"level {level}: {r.stdout.splitlines()[-1]}")
-    elif p.returncode != 3 or not p.stdout.startswith(f"level {level} refused"):
-        fail(f"level {level}, which this CPU lacks, was not refused: exit {p.returncode}\n{p.stdout}{p.stderr}")
     else:
+        check(p.returncode == 3 and p.stdout.startswith(f"level {level} refused"),
+              f"level {level}, which this CPU lacks, was not refused: exit {p.returncode}\n{p.stdout}{p.stderr}")
         print(f"level {level}: refused, as this CPU lacks it")
 
 # Other CPUs, emulated by qemu's user mode where it is installed (it reports to cpuid the
 # features of the CPU it is told, and has no AVX-512): a Haswell runs x86-64-v3 and refuses
 # level 4; qemu's own baseline CPU (SSE3 at most) runs level 1 and refuses 3 and 4.
 qemu = shutil.which("qemu-x86_64")
-if not qemu:
-    fail("qemu-x86_64 is not installed: tools/setup --test installs it (Debian: qemu-user)")
+check(qemu, "qemu-x86_64 is not installed: tools/setup --test installs it (Debian: qemu-user)")
 for cpu, level in (("Haswell-v4", 3), ("qemu64", 1)):
     emulated = [qemu, "-cpu", cpu, os.path.join(WORK, "example"), "params.safetensors"]
     p = run(*emulated, f"grads-{cpu}.out")
-    if p.stdout.splitlines()[0] != f"isa {level} {names[level]}":
-        fail(f"on an emulated {cpu}, the automatic choice ran '{p.stdout.splitlines()[0]}', not level {level}")
+    check(p.stdout.splitlines()[0] == f"isa {level} {names[level]}",
+          f"on an emulated {cpu}, the automatic choice ran '{p.stdout.splitlines()[0]}', not level {level}")
     r = run(REFERENCE, MODEL, BATCH, "params.safetensors", f"grads-{cpu}.out")
     print(f"emulated {cpu}: isa {level}; {r.stdout.splitlines()[-1]}")
     for lacking in (l for l in names if l > level):
         p = run(*emulated, "grads.out", str(lacking), rc=3)
-        if not p.stdout.startswith(f"level {lacking} refused; isa {level}"):
-            fail(f"on an emulated {cpu}, level {lacking}: {p.stdout}")
+        check(p.stdout.startswith(f"level {lacking} refused; isa {level}"), f"on an emulated {cpu}, level {lacking}: {p.stdout}")
 
 # Levels the object does not hold are refused, and the choice stays as it was.
 for level in (2, 5, -1, 64):
     p = run(os.path.join(WORK, "example"), "params.safetensors", "grads.out", str(level), rc=3)
-    if p.stdout.strip() != f"level {level} refused; isa {want} {names[want]}":
-        fail(f"level {level}: {p.stdout}")
+    check(p.stdout.strip() == f"level {level} refused; isa {want} {names[want]}", f"level {level}: {p.stdout}")
 print("ok")

@@ -6,7 +6,7 @@ with a message naming them, and tools/torchutil.py's PyTorch networks are the mo
     bench_test.py GRADC SOURCE_DIR CASE
 CASE: translate | core_choice | vs_torch | compile | grads | all | bad_options
 """
-import glob, json, os, re, subprocess, sys, tempfile
+import glob, json, os, re, sys, tempfile
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -18,9 +18,8 @@ TOOLS = os.path.join(SRC, "tools")
 
 
 def tool(name, *args, rc=0):
-    p = subprocess.run([os.path.join(TOOLS, name), "--gradc", GRADC, *args], capture_output=True, text=True)
-    if p.returncode != rc:
-        sys.exit(f"expected exit {rc}, got {p.returncode}: tools/{name} {' '.join(args)}\n{p.stdout}\n{p.stderr}")
+    """tools/NAME --gradc GRADC ARGS, which must exit with rc: its stdout and stderr."""
+    p = testlib.run(os.path.join(TOOLS, name), "--gradc", GRADC, *args, rc=rc)
     return p.stdout + p.stderr
 
 

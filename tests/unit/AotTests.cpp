@@ -19,12 +19,19 @@ namespace {
 
 const char* kModel = "model m\ninput 40\ndense 70 sigmoid\ndense 30 relu\ndense 10\nloss cross_entropy\n";
 
-AotResult compileFor(const std::string& cpu, const std::string& emit = "llvm") {
-    AotOptions o;
-    o.targetCpu = cpu;
-    o.emit = emit;
-    o.source = "m.nn";
-    return compileAhead(compileSource("m.nn", kModel, {8}).graph, o);
+/// kModel's module (LLVM IR) and header for --target-cpu `cpu`, compiled once per CPU for all
+/// the tests of this file, which only read them.
+const AotResult& compileFor(const std::string& cpu) {
+    static std::map<std::string, AotResult> compiled;
+    auto it = compiled.find(cpu);
+    if (it == compiled.end()) {
+        AotOptions o;
+        o.targetCpu = cpu;
+        o.emit = "llvm";
+        o.source = "m.nn";
+        it = compiled.emplace(cpu, compileAhead(compileSource("m.nn", kModel, {8}).graph, o)).first;
+    }
+    return it->second;
 }
 
 int64_t define(const std::string& header, const std::string& name) {
@@ -35,12 +42,23 @@ int64_t define(const std::string& header, const std::string& name) {
 
 /// The functions the module defines: name -> the text of its `define` line.
 std::map<std::string, std::string> definitions(const std::string& ir) {
+    static const std::regex define("^define .*@([A-Za-z0-9_.]+)\\(");
     std::map<std::string, std::string> out;
     std::istringstream in(ir);
     std::smatch m;
     for (std::string line; std::getline(in, line);)
-        if (std::regex_search(line, m, std::regex("^define .*@([A-Za-z0-9_.]+)\\(")))
-            out[m[1]] = line;
+        if (line.rfind("define ", 0) == 0 && std::regex_search(line, m, define)) out[m[1]] = line;
+    return out;
+}
+
+/// The module's attribute groups: "#N" -> the text of its line, `attributes #N = { ... }`.
+std::map<std::string, std::string> attributeGroups(const std::string& ir) {
+    static const std::regex group("^attributes (#[0-9]+) = \\{[^}]*\\}");
+    std::map<std::string, std::string> out;
+    std::istringstream in(ir);
+    std::smatch m;
+    for (std::string line; std::getline(in, line);)
+        if (line.rfind("attributes #", 0) == 0 && std::regex_search(line, m, group)) out[m[1]] = m[0];
     return out;
 }
 
@@ -56,7 +74,7 @@ TEST_CASE("portable is the default target and a known one", "[aot]") {
 }
 
 TEST_CASE("a portable module holds each level's code, local, for that level's CPU", "[aot]") {
-    const AotResult r = compileFor("portable");
+    const AotResult& r = compileFor("portable");
     const auto defs = definitions(r.output);
     const std::set<std::string> publicNames = {"m_forward", "m_backward", "m_update", "m_abi_version",
                                                "m_isa", "m_isa_name", "m_select_isa"};
@@ -78,6 +96,7 @@ TEST_CASE("a portable module holds each level's code, local, for that level's CP
     for (auto& [suffix, cpu] : cpus)
         for (const char* f : {"forward", "backward", "update"})
             CHECK(defs.count(std::string("m_") + f + suffix));
+    const auto groups = attributeGroups(r.output);
     int marked = 0;
     for (auto& [name, line] : defs) {
         if (publicNames.count(name)) continue;
@@ -85,10 +104,9 @@ TEST_CASE("a portable module holds each level's code, local, for that level's CP
         const auto cpu = cpus.find(name.substr(name.size() - 3));
         if (cpu == cpus.end()) continue; // the code that chooses: the baseline's
         std::smatch m;
-        REQUIRE(std::regex_search(line, m, std::regex("#([0-9]+)")));
-        std::smatch group;
-        REQUIRE(std::regex_search(r.output, group, std::regex("attributes #" + std::string(m[1]) + " = \\{[^}]*\\}")));
-        CHECK(group[0].str().find("\"target-cpu\"=\"" + cpu->second + "\"") != std::string::npos);
+        REQUIRE(std::regex_search(line, m, std::regex("#[0-9]+")));
+        REQUIRE(groups.count(m[0]));
+        CHECK(groups.at(m[0]).find("\"target-cpu\"=\"" + cpu->second + "\"") != std::string::npos);
         ++marked;
     }
     CHECK(marked >= 9);
@@ -102,7 +120,7 @@ TEST_CASE("a portable header's workspace fits its largest variant", "[aot]") {
     const int64_t v3 = define(compileFor("x86-64-v3").header, "WORKSPACE_BYTES");
     const int64_t v4 = define(compileFor("x86-64-v4").header, "WORKSPACE_BYTES");
     CHECK(std::set<int64_t>{v1, v3, v4}.size() > 1);
-    const std::string portable = compileFor("portable").header;
+    const std::string& portable = compileFor("portable").header;
     CHECK(define(portable, "WORKSPACE_BYTES") == std::max({v1, v3, v4}));
     // The arrays are the same whatever the variant.
     for (const char* name : {"PARAMETERS", "ACTIVATIONS", "BATCH", "INPUTS", "OUTPUTS"})
@@ -110,10 +128,30 @@ TEST_CASE("a portable header's workspace fits its largest variant", "[aot]") {
 }
 
 TEST_CASE("a one-CPU object keeps its entry points and has one level", "[aot]") {
-    const AotResult r = compileFor("x86-64-v3");
+    const AotResult& r = compileFor("x86-64-v3");
     const auto defs = definitions(r.output);
     CHECK(defs.count("m_forward"));
     CHECK(!defs.count("m_forward_v3"));
     CHECK(r.header.find("static const int m_isa_levels[1] = {3};") != std::string::npos);
     CHECK(compileFor("generic").header.find("static const int m_isa_levels[1] = {1};") != std::string::npos);
+}
+
+TEST_CASE("the options' errors are said in one place, for the command line and the library alike", "[aot]") {
+    CHECK(aotOptionsError(AotOptions{}) == "");
+    AotOptions o;
+    o.targetCpu = "pentium9";
+    CHECK(aotOptionsError(o) == "--target-cpu pentium9 is not a CPU LLVM knows (portable, generic, native, or a name "
+                                "that 'gradc compile MODEL --target-cpu help' lists)");
+    CHECK_THROWS_WITH(compileAhead(compileSource("m.nn", kModel, {8}).graph, o), aotOptionsError(o));
+    o.targetCpu = "znver4";
+    CHECK(aotOptionsError(o) == "");
+    // A prefix given is checked, even an empty one; none given is the model's name.
+    o.prefix = "";
+    CHECK(aotOptionsError(o) == "--prefix '' is not a C identifier (letters, digits and _, not first a digit)");
+    o.prefix = "9lives";
+    CHECK(aotOptionsError(o).find("--prefix '9lives' is not a C identifier") == 0);
+    o.prefix = "_net9";
+    CHECK(aotOptionsError(o) == "");
+    o.emit = "bc";
+    CHECK(aotOptionsError(o) == "--emit=bc is not obj, asm or llvm");
 }

@@ -257,7 +257,7 @@ TEST_CASE("cache entries that are directories, symbolic links or FIFOs are ignor
     }
 }
 
-TEST_CASE("the cache folder: GRADC_CACHE_DIR, else XDG_CACHE_HOME, else HOME, else the passwd home; never /tmp",
+TEST_CASE("the cache folder: GRADC_CACHE_DIR, else XDG_CACHE_HOME, else HOME, else the passwd home, never /tmp",
           "[cache]") {
     struct passwd* pw = ::getpwuid(::geteuid());
     REQUIRE(pw != nullptr);

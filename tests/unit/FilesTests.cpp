@@ -59,7 +59,7 @@ struct stat statOf(const std::string& p) {
 
 } // namespace
 
-TEST_CASE("Outputs: a regular file is replaced atomically and keeps its mode; a new one is created",
+TEST_CASE("Outputs: a regular file is replaced atomically and keeps its mode, a new one is created",
           "[files]") {
     Scratch s("regular");
     s.write("old", "old contents");
@@ -88,7 +88,7 @@ TEST_CASE("Outputs: as root, a replaced file keeps its owner", "[files]") {
     CHECK(s.read("f") == "y");
 }
 
-TEST_CASE("Outputs: a symlink is followed; its target is replaced and the link stays", "[files]") {
+TEST_CASE("Outputs: a symlink is followed, its target is replaced and the link stays", "[files]") {
     Scratch s("symlink");
     fs::create_directories(s.dir / "sub");
     s.write("sub/target", "old");
@@ -115,7 +115,7 @@ TEST_CASE("Outputs: a symlink is followed; its target is replaced and the link s
                Catch::Contains("loop1: error: cannot write: Too many levels of symbolic links"));
 }
 
-TEST_CASE("Outputs: a hard link gets a new file; the other names keep the old contents",
+TEST_CASE("Outputs: a hard link gets a new file, the other names keep the old contents",
           "[files]") {
     Scratch s("hardlink");
     s.write("a", "old");

@@ -18,6 +18,7 @@
 #include <sstream>
 
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 using namespace gradc;
@@ -46,6 +47,7 @@ struct Config {
     int64_t kc, mc, pageStride;
     bool packA, packB;
     int threads;
+    int64_t l3Panel = int64_t(1) << 40; ///< 1: every packed B wider than one strip is blocked along N
 };
 
 } // namespace
@@ -59,6 +61,11 @@ TEST_CASE("matrix products match the interpreter for every register tile, blocke
         {"K blocks of 8, one tile of rows, in place", 8, 0, int64_t(1) << 30, false, false, 1},
         {"unblocked, all packed, 2 threads", int64_t(1) << 30, 192, 4, true, true, 2},
         {"K blocks of 8, all packed, 2 threads", 8, 0, 4, true, true, 2},
+        // N blocks (NC = NR): B packed a strip at a time into each thread's panel.
+        {"N blocks, unblocked, only transposed B packed", int64_t(1) << 30, 192, int64_t(1) << 30, false, false, 1, 1},
+        {"N blocks, K blocks of 8, all packed", 8, 0, 4, true, true, 1, 1},
+        {"N blocks, unblocked, all packed, 2 threads", int64_t(1) << 30, 192, 4, true, true, 2, 1},
+        {"N blocks, K blocks of 8, all packed, 2 threads", 8, 0, 4, true, true, 2, 1},
     };
     for (bool f64 : {false, true}) {
         for (auto [mr, nv] : tiles) {
@@ -84,6 +91,7 @@ TEST_CASE("matrix products match the interpreter for every register tile, blocke
                 if (c.kc == 8 && c.pageStride == 4) bl.mc = 2 * mr;
                 bl.pageStride = c.pageStride;
                 bl.packA = c.packA, bl.packB = c.packB;
+                bl.l3Panel = c.l3Panel;
                 CodegenOptions opts;
                 opts.cache = false;
                 opts.f64 = f64;
@@ -116,6 +124,31 @@ TEST_CASE("the blocking's decisions: K blocks, row blocks and what is packed", "
     CHECK_FALSE(b.packsA(true, 4096, 64)); // one panel of B: nothing to share the packing
     CHECK_FALSE(b.packsA(false, 4096, 4096));
     CHECK_FALSE(b.packsA(true, 512, 4096));
+}
+
+TEST_CASE("planProduct: N blocks when packed B would not fit the thread's share of L3", "[gemm]") {
+    GemmBlocking b;
+    b.mr = 6, b.nv = 4, b.vl = 16, b.kc = 1024, b.mc = 258, b.pageStride = 1024, b.threads = 2;
+    b.l3Panel = 2 << 20; // elements: 8 MB of floats
+    Kernel k;
+    k.rows = 256, k.cols = 4096, k.depth = 4096, k.transB = true; // 784-4096-4096-10's middle layer
+    ProductPlan p = planProduct(k, b);
+    CHECK(p.packByStrip);
+    CHECK(p.nc == 64);
+    CHECK(p.aAt == 2 * 64 * 4096);                    // one K x NR panel per thread, not 64 MB of B
+    CHECK(p.elements == p.aAt + 258 * 64 * 2);         // then the threads' sums blocks
+    k.cols = 500;                                      // 512 x 4096 packed: 2M elements, fits
+    p = planProduct(k, b);
+    CHECK_FALSE(p.packByStrip);
+    CHECK(p.nc == 512);
+    CHECK(p.aAt == 512 * 4096);
+    k.cols = 10;                                       // one strip: nothing to block
+    b.l3Panel = 1;
+    CHECK_FALSE(planProduct(k, b).packByStrip);
+    k.cols = 4096, k.depth = 784, k.transB = false;   // read in place: nothing packed
+    b.pageStride = 1 << 30;
+    CHECK_FALSE(planProduct(k, b).packByStrip);
+    CHECK(planProduct(k, b).packFrom == 64);
 }
 
 TEST_CASE("explainProducts gives a line per matrix product with its tile and blocking", "[jit][gemm]") {
@@ -202,4 +235,30 @@ TEST_CASE("register-tile speeds are measured once per CPU and kept in the cache 
           Approx(interpretOutputs(fwd, b).at("loss").data[0]).epsilon(1e-4));
     CHECK(dir.tiles().find("banana") == std::string::npos);
     CHECK((dir.tiles().find(" f32 6x4 ") != std::string::npos || dir.tiles().find(" f32 6x2 ") != std::string::npos));
+}
+
+TEST_CASE("the register tile speeds file is never read or written through a symbolic link", "[jit][gemm][cache]") {
+    TileDir dir;
+    Graph fwd = compileSource("t.nn", "input 100\ndense 70 relu\ndense 10\nloss cross_entropy\n", {16}).graph;
+    CodegenOptions opts;
+    opts.cacheDir = dir.path;
+    explainProducts(fwd, opts); // measured (or cached by this process) and written
+    const std::string tiles = dir.tiles();
+    REQUIRE_FALSE(tiles.empty());
+    // gemm-tiles.txt becomes a link to a file elsewhere with the same speeds: refused (a
+    // warning), measured again and written as a regular file of its own, the target untouched.
+    const std::string other = dir.path + "/elsewhere.txt";
+    { std::ofstream(other) << tiles; }
+    std::remove((dir.path + "/gemm-tiles.txt").c_str());
+    REQUIRE(::symlink(other.c_str(), (dir.path + "/gemm-tiles.txt").c_str()) == 0);
+    explainProducts(fwd, opts);
+    struct stat st;
+    REQUIRE(::lstat((dir.path + "/gemm-tiles.txt").c_str(), &st) == 0);
+    CHECK(S_ISREG(st.st_mode));
+    CHECK((st.st_mode & 0777) == 0600);
+    std::ifstream in(other);
+    std::stringstream kept;
+    kept << in.rdbuf();
+    CHECK(kept.str() == tiles);
+    std::remove(other.c_str());
 }

@@ -165,6 +165,12 @@ TEST_CASE("gradc::bench times the step with the threads it is given", "[jobs]") 
     // computed.
     CHECK(r.gflopPerStep == Approx((2 * 8 * 3 * 784 + 2 * 8 * 10 * 3 + 2 * 10 * 3 * 8 + 2 * 8 * 3 * 10 + 2 * 3 * 784 * 8) * 1e-9));
     CHECK(r.fmaPeak > 0);
+    CHECK((r.isa == "native" || r.isa == "avx2" || r.isa == "avx512")); // native unless GRADC_ISA says otherwise
+    CHECK(!r.cpu.empty());
+    CHECK((r.vectorBits == 128 || r.vectorBits == 256 || r.vectorBits == 512));
+    o.isa = "avx3";
+    CHECK_THAT(errorOf<Error>([&] { bench(o); }), Catch::Contains("isa avx3 is not an instruction set"));
+    o.isa = "";
     o.threads = 0;
     CHECK(bench(o).threads == hardwareThreads());
     o.steps = 0;

@@ -40,7 +40,7 @@ double worstRelative(const Tensor& got, const Tensor& want) {
 
 } // namespace
 
-TEST_CASE("graph outputs are typed; their printed form is the old label", "[layout]") {
+TEST_CASE("graph outputs are typed, their printed form is the old label", "[layout]") {
     Graph g = compileSource("t.nn", kModel, {4}).graph;
     REQUIRE(g.outputs.size() >= 2);
     CHECK(g.outputs[0].role == OutputRole::Logits);

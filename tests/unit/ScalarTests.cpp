@@ -184,7 +184,7 @@ TEST_CASE("the simplifier never turns NaN or Inf into a number", "[scalar][nan]"
     CHECK(scalar::print(bad) == "x + 0 / 0");
 }
 
-TEST_CASE("built-ins and min/max propagate NaN; relu's backward masks as PyTorch's", "[scalar][nan]") {
+TEST_CASE("built-ins and min/max propagate NaN, relu's backward masks as PyTorch's", "[scalar][nan]") {
     ActivationTable table;
     const double nan = std::nan("");
     for (const char* name : {"relu", "leaky_relu", "elu", "gelu", "silu", "swish", "softplus", "sigmoid", "tanh", "identity"}) {

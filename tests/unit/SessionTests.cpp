@@ -12,8 +12,10 @@
 
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <latch>
@@ -453,4 +455,39 @@ TEST_CASE("every misuse of a Session or a Model throws gradc::Error with a messa
     CHECK_THAT(errorOf<Error>([] { Model::fromFile("/nonexistent/m.nn"); }), Catch::Contains("/nonexistent/m.nn: error"));
     CHECK_THAT(errorOf<Error>([] { Model::fromString("bad.nn", "input 4\ndense 0\nloss mse\n"); }),
                Catch::Contains("bad.nn:2"));
+}
+
+TEST_CASE("a Session compiled for isa avx2 gives native's loss and a bad isa is an Error naming SessionOptions::isa",
+          "[session][isa]") {
+    // The seed network (models/seed_sigmoid.nn).
+    const Model model = Model::fromString("seed_sigmoid.nn", "model seed_sigmoid\ninput 784\ndense 512 sigmoid\n"
+                                                             "dense 256 sigmoid\ndense 256 sigmoid\ndense 128 sigmoid\n"
+                                                             "dense 10\nloss cross_entropy\n");
+    std::mt19937 rng(3);
+    std::uniform_real_distribution<float> pixel(-1, 1);
+    std::vector<float> x(size_t(32) * 784);
+    for (float& v : x) v = pixel(rng);
+    std::vector<int32_t> labels(32);
+    for (size_t i = 0; i < labels.size(); ++i) labels[i] = int32_t(i % 10);
+    auto lossWith = [&](const char* isa) {
+        SessionOptions o;
+        o.cache = false;
+        o.isa = isa;
+        Session s(model, 32, o);
+        s.initialiseParameters(42);
+        return s.backward(x.data(), labels.data());
+    };
+    const float native = lossWith("native");
+    CHECK(std::isfinite(native));
+    std::string avx2Error;
+    float avx2 = 0;
+    try {
+        avx2 = lossWith("avx2");
+    } catch (const Error& e) {
+        avx2Error = e.what();
+    }
+    if (avx2Error.empty()) CHECK(std::fabs(avx2 - native) <= 1e-5 * std::max(1.0f, std::fabs(native)));
+    else CHECK_THAT(avx2Error, Catch::Contains("has no AVX2 and FMA")); // a CPU without AVX2
+    CHECK_THAT(errorOf<Error>([&] { lossWith("avx3"); }),
+               Catch::Contains("SessionOptions::isa avx3 is not an instruction set gradc generates code for"));
 }

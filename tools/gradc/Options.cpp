@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cfloat>
 #include <cstdio>
+#include <cstdlib>
 #include <tuple>
 
 namespace gradc::cli {
@@ -40,7 +41,15 @@ void addCodegenOptions(po::options_description& d) {
     d.add_options()("dtype", po::value<std::string>()->default_value("f32"),
                     "element type of the computation: f32 | f64 (train, acts, dead: every array)")(
         "threads", po::value<int>()->default_value(0), "threads for compiled code (0: all cores)")(
-        "no-cache", "compile afresh: neither read nor write the cache of compiled code");
+        "no-cache", "compile afresh: neither read nor write the cache of compiled code")(
+        "isa", po::value<std::string>()->default_value(defaultIsa()),
+        "instruction set of the compiled code: native (every feature of this CPU) | avx2 (AVX2 and FMA, no "
+        "AVX-512) | avx512; the default is the environment's GRADC_ISA, else native");
+}
+
+std::string defaultIsa() {
+    const char* env = std::getenv("GRADC_ISA");
+    return env && *env ? env : "native";
 }
 
 void addDataOptions(po::options_description& d) {
@@ -79,6 +88,13 @@ CodegenOptions codegenOptions(const po::variables_map& vm) {
     if (dtype != "f32" && dtype != "f64")
         throw UsageError(fmt::format("--dtype={} is not an element type (f32, f64)", dtype));
     o.f64 = dtype == "f64";
+    if (vm.count("isa")) { // checked here, so a bad name is a usage error: from --isa, or GRADC_ISA's default
+        try {
+            o.isa = resolveIsa(vm["isa"].defaulted() ? "" : vm["isa"].as<std::string>(), "--isa");
+        } catch (const UserError& e) {
+            throw UsageError(e.what());
+        }
+    }
     return o;
 }
 
@@ -121,7 +137,7 @@ ClassifierOptions classifierOptions(const po::variables_map& vm) {
     ClassifierOptions o;
     o.model = vm["model"].as<std::string>();
     const CodegenOptions codegen = codegenOptions(vm);
-    o.session = {backendOption(vm), codegen.cache, codegen.threads};
+    o.session = {backendOption(vm), codegen.cache, codegen.threads, codegen.isa};
     o.f64 = codegen.f64;
     o.data = dataOptions(vm);
     o.seed = seedOption(vm);

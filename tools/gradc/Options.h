@@ -34,8 +34,10 @@ std::string thousands(int64_t v);
 
 /// MODEL and --batch, as most commands take them.
 void addModelOptions(po::options_description& d);
-/// --dtype, --threads, --no-cache: how code is compiled.
+/// --dtype, --threads, --no-cache, --isa: how code is compiled.
 void addCodegenOptions(po::options_description& d);
+/// --isa's default: the environment's GRADC_ISA when set and not empty, else native.
+std::string defaultIsa();
 /// --data, --normalize, --seed, --params, --backend and the codegen options: the commands
 /// that run a classifier on the data set (train, acts, dead).
 void addDataOptions(po::options_description& d);
@@ -45,7 +47,8 @@ SemaOptions semaOptions(const po::variables_map& vm);
 /// --seed: a whole number from 0 to 2^64 - 1. Read as text, because Boost reads "-1" as an
 /// unsigned number (2^64 - 1) without a word.
 uint64_t seedOption(const po::variables_map& vm);
-/// --dtype, --threads (CodegenOptions::threads; 0: all cores), --no-cache.
+/// --dtype, --threads (CodegenOptions::threads; 0: all cores), --no-cache, and --isa where the
+/// command has it (resolveIsa, Codegen.h: a bad name, or one this CPU lacks, is a usage error).
 CodegenOptions codegenOptions(const po::variables_map& vm);
 /// The value of a file option, or "" when it is not given.
 std::string fileOption(const po::variables_map& vm, const char* name);

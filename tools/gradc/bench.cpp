@@ -26,7 +26,7 @@ int runBench(const po::variables_map& vm) {
     o.steps = vm["steps"].as<int>();
     checkJobOptions(o);
     const CodegenOptions codegen = codegenOptions(vm);
-    o.f64 = codegen.f64, o.cache = codegen.cache, o.threads = codegen.threads;
+    o.f64 = codegen.f64, o.cache = codegen.cache, o.threads = codegen.threads, o.isa = codegen.isa;
     o.profile = vm.count("profile") != 0;
     o.statistics = vm.count("statistics") != 0;
     o.explain = vm.count("explain") != 0;
@@ -35,6 +35,7 @@ int runBench(const po::variables_map& vm) {
     const double gflops = r.gflopPerStep * 1e3 / r.msPerStep;
     fmt::print("{}: batch {}, {} steps, {} code {} in {:.1f} ms\n", r.model, r.batch, r.steps, r.f64 ? "f64" : "f32",
                r.cacheHit ? "loaded from the cache" : "compiled", r.compileMs);
+    fmt::print("ISA: {} ({}, {}-bit vectors)\n", r.isa, r.cpu, r.vectorBits);
     fmt::print("FMA peak (measured): {:.1f} GFLOP/s per thread; {} thread{}\n", r.fmaPeak, r.threads,
                r.threads == 1 ? "" : "s");
     fmt::print("forward + backward: {:.3f} ms per step, {:.2f} GFLOP/s ({:.3f} GFLOP per step), {:.1f}% of peak\n",

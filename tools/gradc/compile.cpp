@@ -3,7 +3,6 @@
 
 #include "Aot.h"
 #include "Pipeline.h"
-#include "Text.h"
 
 #include <fmt/format.h>
 
@@ -31,17 +30,10 @@ int runCompile(const po::variables_map& vm) {
     }
     if (!vm.count("output")) throw UsageError("-o FILE is required");
     o.f64 = codegenOptions(vm).f64;
-    if (!isKnownCpu(o.targetCpu))
-        throw UsageError(fmt::format("--target-cpu {} is not a CPU LLVM knows (portable, generic, native, or a name that "
-                                     "'gradc compile MODEL --target-cpu help' lists)", o.targetCpu));
     o.emit = vm["emit"].as<std::string>();
     if (vm.count("prefix")) o.prefix = vm["prefix"].as<std::string>();
-    if (vm.count("prefix") && !isCIdentifier(o.prefix))
-        throw UsageError(fmt::format("--prefix '{}' is not a C identifier (letters, digits and _, not first a digit)",
-                                     o.prefix));
+    if (const std::string error = aotOptionsError(o); !error.empty()) throw UsageError(error);
     o.source = vm["model"].as<std::string>();
-    if (o.emit != "obj" && o.emit != "asm" && o.emit != "llvm")
-        throw UsageError(fmt::format("--emit={} is not obj, asm or llvm", o.emit));
     OutputSet outputs;
     outputs.input(o.source);
     outputs.output(fileOption(vm, "output"));

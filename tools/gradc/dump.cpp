@@ -32,6 +32,7 @@ int runDump(const po::variables_map& vm) {
         for (auto& s : stages) known += (known.empty() ? "" : ", ") + s;
         throw UsageError(fmt::format("--emit={} is not a stage (stages: {})", emit, known));
     }
+    const CodegenOptions codegen = codegenOptions(vm); // checked whatever the stage
     SemaOptions so = semaOptions(vm);
     so.eval = vm.count("eval") != 0;
     if (so.eval && emit == "grad") throw UsageError("--eval: evaluation mode has no backward pass to print");
@@ -40,7 +41,7 @@ int runDump(const po::variables_map& vm) {
     else if (emit == "graph") fmt::print("{}", printGraph(fe.graph));
     else if (emit == "grad") fmt::print("{}", printGraph(differentiate(fe.graph)));
     else if (emit == "layout") fmt::print("{}", printLayout(computeLayout(fe.graph)));
-    else fmt::print("{}", emitModule(fe.graph, codegenOptions(vm), emit));
+    else fmt::print("{}", emitModule(fe.graph, codegen, emit));
     return 0;
 }
 

@@ -43,6 +43,7 @@ int runGrads(const po::variables_map& vm) {
     o.session.backend = backendOption(vm);
     const CodegenOptions codegen = codegenOptions(vm);
     o.session.cache = codegen.cache, o.session.threads = codegen.threads, o.f64 = codegen.f64;
+    o.session.isa = codegen.isa;
     o.data = dataOptions(vm);
     o.seed = seedOption(vm);
     o.shuffle = vm.count("shuffle") != 0;

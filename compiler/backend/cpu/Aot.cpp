@@ -22,6 +22,7 @@
 #include "Text.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <llvm/IR/IRBuilder.h>
 #include <llvm/IR/InlineAsm.h>
 #include <llvm/IR/LLVMContext.h>
@@ -34,8 +35,10 @@
 #include <llvm/TargetParser/Host.h>
 
 #include <algorithm>
+#include <array>
 #include <cctype>
 #include <optional>
+#include <string_view>
 
 namespace gradc {
 namespace {
@@ -49,28 +52,43 @@ const llvm::Target& hostTarget() {
     return *target;
 }
 
-/// The host target's table of CPUs. Asked with no CPU, so LLVM has nothing to complain
-/// about (given an unknown CPU it prints a warning to stderr and carries on).
-std::unique_ptr<llvm::MCSubtargetInfo> cpuTable() {
-    return std::unique_ptr<llvm::MCSubtargetInfo>(
+/// The host target's table of CPUs, made once. Asked with no CPU, so LLVM has nothing to
+/// complain about (given an unknown CPU it prints a warning to stderr and carries on).
+const llvm::MCSubtargetInfo& cpuTable() {
+    static const std::unique_ptr<llvm::MCSubtargetInfo> table(
         hostTarget().createMCSubtargetInfo(llvm::sys::getProcessTriple(), "", ""));
+    return *table;
 }
 
-std::unique_ptr<llvm::TargetMachine> targetMachine(const std::string& requested, std::string* cpuOut) {
-    const llvm::Target& target = hostTarget();
-    const std::string triple = llvm::sys::getProcessTriple();
-    // generic: the x86-64 baseline (SSE2), which every x86-64 machine runs.
-    std::string cpu = requested == "generic" ? "x86-64" : requested == "native" ? Jit::hostCpu() : requested;
-    std::string features = requested == "native" ? Jit::hostFeatures() : "";
-    // Checked before the target machine exists: creating one for an unknown CPU prints to stderr.
-    if (!isKnownCpu(requested) || requested == kPortableCpu) // portable: several target machines (variantsFor)
-        throw UserError({}, fmt::format("--target-cpu {} is not a CPU LLVM knows (portable, generic, native, or one "
-                                        "of the names `gradc compile MODEL --target-cpu help` lists)", requested));
-    std::unique_ptr<llvm::TargetMachine> tm(target.createTargetMachine(
-        triple, cpu, features, llvm::TargetOptions(), llvm::Reloc::PIC_, std::nullopt,
+/// What the --target-cpu names of gradc's own compile: one row per variant, a name's rows
+/// together, the lowest level first (it compiles the code that chooses). Any other name is
+/// one of LLVM's CPUs, compiled for as itself.
+struct TargetRow {
+    std::string_view name, cpu;
+};
+constexpr TargetRow kTargets[] = {
+    {kPortableCpu, "x86-64"}, {kPortableCpu, "x86-64-v3"}, {kPortableCpu, "x86-64-v4"},
+    {"generic", "x86-64"}, // the x86-64 baseline (SSE2), which every x86-64 machine runs
+    {"native", ""}, // this machine's CPU and features (Jit::hostCpu, Jit::hostFeatures)
+};
+
+/// gradc's own names, in the table's order: portable, generic, native.
+std::vector<std::string> ownNames() {
+    std::vector<std::string> names;
+    for (const TargetRow& row : kTargets)
+        if (names.empty() || names.back() != row.name) names.emplace_back(row.name);
+    return names;
+}
+
+/// A target machine for one of LLVM's CPUs and the features to add to it.
+std::unique_ptr<llvm::TargetMachine> targetMachine(const std::string& cpu, const std::string& features) {
+    // Callers resolve gradc's own names and refuse unknown ones before: creating a target
+    // machine for an unknown CPU prints to stderr.
+    internal_assert(cpuTable().isCPUStringValid(cpu), "not a CPU LLVM knows: '" + cpu + "'");
+    std::unique_ptr<llvm::TargetMachine> tm(hostTarget().createTargetMachine(
+        llvm::sys::getProcessTriple(), cpu, features, llvm::TargetOptions(), llvm::Reloc::PIC_, std::nullopt,
         llvm::CodeGenOptLevel::Aggressive));
     if (!tm) throw UserError({}, fmt::format("cannot generate code for CPU '{}'", cpu));
-    *cpuOut = cpu;
     return tm;
 }
 
@@ -95,32 +113,35 @@ int levelOf(llvm::TargetMachine& tm) {
     return level;
 }
 
-/// One copy of the model's code: the CPU it is compiled for, the x86-64 level that CPU
-/// implies, and the suffix of its symbols.
+/// One copy of the model's code: the target machine it is compiled for, the x86-64 level
+/// that machine's CPU implies, and the suffix of its symbols.
 struct Variant {
-    std::string cpu; ///< as LLVM names it (x86-64 for generic)
+    std::unique_ptr<llvm::TargetMachine> tm;
     int level = 1;
     std::string suffix; ///< "_v3"; "" in a one-variant object
-    std::unique_ptr<llvm::TargetMachine> tm;
+
+    /// The CPU, as LLVM names it (x86-64 for generic).
+    std::string cpu() const { return tm->getTargetCPU().str(); }
+    /// This variant's symbol for NAME: PREFIX_NAME and the suffix.
+    std::string symbol(const std::string& prefix, std::string_view name) const {
+        return fmt::format("{}_{}{}", prefix, name, suffix);
+    }
 };
 
-/// The variants of an object for --target-cpu `requested`: three for portable (the baseline
-/// first: it compiles the code that chooses), else the one CPU.
+/// The variants of an object for --target-cpu `requested` (a known CPU): its rows of
+/// kTargets, else the one CPU it names. Several variants' symbols carry their level.
 std::vector<Variant> variantsFor(const std::string& requested) {
+    std::vector<TargetRow> rows;
+    for (const TargetRow& row : kTargets)
+        if (row.name == requested) rows.push_back(row);
+    if (rows.empty()) rows.push_back({requested, requested});
     std::vector<Variant> out;
-    if (requested != kPortableCpu) {
+    for (const TargetRow& row : rows) {
         Variant v;
-        v.tm = targetMachine(requested, &v.cpu);
+        v.tm = row.cpu.empty() ? targetMachine(Jit::hostCpu(), Jit::hostFeatures()) : targetMachine(std::string(row.cpu), "");
         v.level = levelOf(*v.tm);
-        out.push_back(std::move(v));
-        return out;
-    }
-    for (const char* cpu : {"x86-64", "x86-64-v3", "x86-64-v4"}) {
-        Variant v;
-        v.tm = targetMachine(cpu, &v.cpu);
-        v.level = levelOf(*v.tm);
-        v.suffix = fmt::format("_v{}", v.level);
-        internal_assert(out.empty() || out.back().level < v.level, std::string("no x86-64 level of its own: ") + cpu);
+        if (rows.size() > 1) v.suffix = fmt::format("_v{}", v.level);
+        internal_assert(out.empty() || out.back().level < v.level, "no x86-64 level of its own: " + v.cpu());
         out.push_back(std::move(v));
     }
     return out;
@@ -128,12 +149,13 @@ std::vector<Variant> variantsFor(const std::string& requested) {
 
 /// An entry point: its symbol as lowered (EntryAbi.h) and its name in the object, after the prefix.
 struct EntryName {
-    std::string lowered;
+    const char* lowered;
     const char* name;
 };
-std::vector<EntryName> entryNames() {
-    return {{entrySymbol(EntryPoint::Forward), "forward"}, {entrySymbol(EntryPoint::Backward), "backward"},
-            {kUpdateSymbol, "update"}};
+const std::array<EntryName, 3>& entryNames() {
+    static const std::array<EntryName, 3> names = {
+        {{entrySymbol(EntryPoint::Forward), "forward"}, {entrySymbol(EntryPoint::Backward), "backward"}, {kUpdateSymbol, "update"}}};
+    return names;
 }
 
 /// Names every function and global a variant's module defines PREFIX_NAME + suffix (NAME
@@ -142,21 +164,21 @@ std::vector<EntryName> entryNames() {
 /// model) take each function's instruction set from it even inside a module of variants.
 void nameVariant(llvm::Module& m, const std::string& prefix, const Variant& v) {
     for (const EntryName& e : entryNames())
-        internal_assert(m.getFunction(e.lowered), "the lowered module has no " + e.lowered);
+        internal_assert(m.getFunction(e.lowered), std::string("the lowered module has no ") + e.lowered);
     auto rename = [&](llvm::GlobalValue& g) {
         std::string name = g.getName().str();
         bool entry = false;
         for (const EntryName& e : entryNames())
             if (name == e.lowered) entry = true, name = e.name;
         if (name.rfind("gradc_", 0) == 0) name = name.substr(6);
-        g.setName(prefix + "_" + name + v.suffix);
+        g.setName(v.symbol(prefix, name));
         if (!entry) g.setLinkage(llvm::GlobalValue::InternalLinkage);
     };
     const std::string features = v.tm->getTargetFeatureString().str();
     for (llvm::Function& f : m) {
         if (f.isDeclaration()) continue;
         rename(f);
-        f.addFnAttr("target-cpu", v.cpu);
+        f.addFnAttr("target-cpu", v.cpu());
         if (!features.empty()) f.addFnAttr("target-features", features);
     }
     for (llvm::GlobalVariable& g : m.globals())
@@ -226,12 +248,14 @@ llvm::Function* emitCpuLevel(llvm::Module& m, const std::string& name) {
 
 /// The object's public functions besides the entry points' code: PREFIX_abi_version,
 /// PREFIX_isa, PREFIX_isa_name, PREFIX_select_isa, and with several variants the entry
-/// points themselves, each a jump to the chosen variant's. `types` are the entry points'
-/// function types, in entryNames() order.
-std::unique_ptr<llvm::Module> apiModule(llvm::LLVMContext& ctx, const std::string& prefix,
-                                        const std::vector<Variant>& variants,
-                                        const std::vector<llvm::FunctionType*>& types) {
+/// points themselves, each a jump to the chosen variant's. `object` holds the variants'
+/// code; the module made here is for the same target, to be linked into it.
+std::unique_ptr<llvm::Module> apiModule(const llvm::Module& object, const std::string& prefix,
+                                        const std::vector<Variant>& variants) {
+    llvm::LLVMContext& ctx = object.getContext();
     auto m = std::make_unique<llvm::Module>(prefix + "_api", ctx);
+    m->setDataLayout(object.getDataLayout());
+    m->setTargetTriple(object.getTargetTriple());
     llvm::IRBuilder<> b(ctx);
     llvm::Type* i32 = b.getInt32Ty();
     auto define = [&](const std::string& name, llvm::FunctionType* ty) {
@@ -310,29 +334,28 @@ std::unique_ptr<llvm::Module> apiModule(llvm::LLVMContext& ctx, const std::strin
         llvm::Value* level = b.CreateCall(isa);
         llvm::Value* result = nullptr;
         for (const Variant& v : variants) {
-            llvm::Value* name = b.CreateGlobalString(v.cpu, prefix + "_isa_name" + v.suffix, 0, m.get());
+            llvm::Value* name = b.CreateGlobalString(v.cpu(), v.symbol(prefix, "isa_name"), 0, m.get());
             result = result ? b.CreateSelect(b.CreateICmpEQ(level, b.getInt32(v.level)), name, result) : name;
         }
         b.CreateRet(result);
     }
 
-    // The entry points of several variants: a jump to the chosen one's.
+    // The entry points of several variants: a jump to the chosen one's (the first variant's
+    // for any other level, which isa never returns).
     if (variants.size() > 1)
-        for (size_t e = 0; e < types.size(); ++e) {
-            const char* entryName = entryNames()[e].name;
-            llvm::Function* f = define(entryName, types[e]);
+        for (const EntryName& e : entryNames()) {
+            llvm::FunctionType* type = object.getFunction(variants.front().symbol(prefix, e.name))->getFunctionType();
+            llvm::Function* f = define(e.name, type);
             std::vector<llvm::Value*> args;
             for (llvm::Argument& a : f->args()) args.push_back(&a);
             llvm::Value* level = b.CreateCall(isa);
-            auto* fallback = llvm::BasicBlock::Create(ctx, "v" + std::to_string(variants.front().level), f);
-            llvm::SwitchInst* sw = b.CreateSwitch(level, fallback, unsigned(variants.size()));
-            for (const Variant& v : variants) {
-                auto* block = &v == &variants.front() ? fallback : llvm::BasicBlock::Create(ctx, "v" + std::to_string(v.level), f);
-                if (&v != &variants.front()) sw->addCase(b.getInt32(v.level), block);
-                b.SetInsertPoint(block);
-                llvm::FunctionCallee target =
-                    m->getOrInsertFunction(prefix + "_" + entryName + v.suffix, types[e]);
-                b.CreateCall(target, args)->setTailCall(true);
+            std::vector<llvm::BasicBlock*> blocks;
+            for (const Variant& v : variants) blocks.push_back(llvm::BasicBlock::Create(ctx, "v" + std::to_string(v.level), f));
+            llvm::SwitchInst* sw = b.CreateSwitch(level, blocks.front(), unsigned(variants.size()));
+            for (size_t i = 0; i < variants.size(); ++i) {
+                if (i > 0) sw->addCase(b.getInt32(variants[i].level), blocks[i]);
+                b.SetInsertPoint(blocks[i]);
+                b.CreateCall(m->getOrInsertFunction(variants[i].symbol(prefix, e.name), type), args)->setTailCall(true);
                 b.CreateRetVoid();
             }
         }
@@ -355,10 +378,10 @@ std::string header(const Graph& g, const Programs& p, const AotOptions& opts, co
     for (char c : prefix) up += char(std::toupper((unsigned char)c));
     const char* real = opts.f64 ? "double" : "float";
     const bool labels = g.lossKind == "cross_entropy";
-    std::string cpu = variants.front().cpu, levels, names;
+    std::string cpu = variants.front().cpu(), levels, names;
     for (const Variant& v : variants) {
         levels += fmt::format("{}{}", levels.empty() ? "" : ", ", v.level);
-        names += fmt::format("{}{} ({})", names.empty() ? "" : ", ", v.level, v.cpu);
+        names += fmt::format("{}{} ({})", names.empty() ? "" : ", ", v.level, v.cpu());
     }
     if (variants.size() > 1) cpu = fmt::format("{} ({})", kPortableCpu, names);
     const std::vector<const LayoutEntry*> params = p.layout.all(Role::Parameter);
@@ -442,7 +465,7 @@ std::string header(const Graph& g, const Programs& p, const AotOptions& opts, co
             : fmt::format("/* The code that runs: the object holds code for one CPU, {}, which needs x86-64\n"
                           "   level {} (as the x86-64 psABI numbers them; 1: the baseline, SSE2; 3: AVX2 and FMA;\n"
                           "   4: AVX-512) or more. */\n",
-                          variants.front().cpu, variants.front().level);
+                          cpu, variants.front().level);
     h += fmt::format("uint32_t {p}_abi_version(void);\n"
                      "void {p}_forward(const {r}* params, const {r}* x, const void* target, {r}* logits, {r}* loss,\n"
                      "                 {r}* acts, void* workspace);\n"
@@ -473,22 +496,32 @@ std::string header(const Graph& g, const Programs& p, const AotOptions& opts, co
 } // namespace
 
 bool isKnownCpu(const std::string& name) {
-    return name == kPortableCpu || name == "generic" || name == "native" || cpuTable()->isCPUStringValid(name);
+    return std::any_of(std::begin(kTargets), std::end(kTargets), [&](const TargetRow& row) { return row.name == name; }) ||
+           cpuTable().isCPUStringValid(name);
 }
 
 std::vector<std::string> knownCpus() {
-    std::vector<std::string> names = {kPortableCpu, "generic", "native"};
-    for (auto& kv : cpuTable()->getAllProcessorDescriptions()) // generic: gradc's meaning
+    std::vector<std::string> names = ownNames();
+    for (auto& kv : cpuTable().getAllProcessorDescriptions()) // generic: gradc's meaning
         if (std::find(names.begin(), names.end(), std::string(kv.Key)) == names.end()) names.push_back(std::string(kv.Key));
     return names;
 }
 
-AotResult compileAhead(const Graph& fwd, const AotOptions& opts) {
-    const std::string prefix = opts.prefix.empty() ? cName(fwd.model) : opts.prefix;
-    if (!isCIdentifier(prefix))
-        throw UserError({}, fmt::format("--prefix '{}' is not a C identifier", prefix));
+std::string aotOptionsError(const AotOptions& opts) {
+    if (!isKnownCpu(opts.targetCpu))
+        return fmt::format("--target-cpu {} is not a CPU LLVM knows ({}, or a name that 'gradc compile MODEL "
+                           "--target-cpu help' lists)",
+                           opts.targetCpu, fmt::join(ownNames(), ", "));
+    if (opts.prefix && !isCIdentifier(*opts.prefix))
+        return fmt::format("--prefix '{}' is not a C identifier (letters, digits and _, not first a digit)", *opts.prefix);
     if (opts.emit != "obj" && opts.emit != "asm" && opts.emit != "llvm")
-        throw UserError({}, fmt::format("--emit={} is not obj, asm or llvm", opts.emit));
+        return fmt::format("--emit={} is not obj, asm or llvm", opts.emit);
+    return "";
+}
+
+AotResult compileAhead(const Graph& fwd, const AotOptions& opts) {
+    if (const std::string error = aotOptionsError(opts); !error.empty()) throw UserError({}, error);
+    const std::string prefix = opts.prefix.value_or(cName(fwd.model));
     std::vector<Variant> variants = variantsFor(opts.targetCpu);
     // Each variant: its own register tile and scratch, lowered, named, optimised for its
     // CPU, then linked into one module. The buffers the caller passes are the same for all.
@@ -509,18 +542,13 @@ AotResult compileAhead(const Graph& fwd, const AotOptions& opts) {
         if (!object) object = std::move(m);
         else internal_assert(!llvm::Linker::linkModules(*object, std::move(m)), "cannot link the ISA variants");
     }
-    std::vector<llvm::FunctionType*> types;
-    for (const EntryName& e : entryNames())
-        types.push_back(object->getFunction(prefix + "_" + e.name + variants.front().suffix)->getFunctionType());
-    auto api = apiModule(ctx, prefix, variants, types);
-    api->setDataLayout(object->getDataLayout());
-    api->setTargetTriple(object->getTargetTriple());
+    auto api = apiModule(*object, prefix, variants);
     optimise(*api, *variants.front().tm, /*libmvec=*/false);
     internal_assert(!llvm::Linker::linkModules(*object, std::move(api)), "cannot link the entry points");
     if (variants.size() > 1) // the variants' entry points are reached through the public ones only
         for (const Variant& v : variants)
             for (const EntryName& e : entryNames())
-                object->getFunction(prefix + "_" + e.name + v.suffix)->setLinkage(llvm::GlobalValue::InternalLinkage);
+                object->getFunction(v.symbol(prefix, e.name))->setLinkage(llvm::GlobalValue::InternalLinkage);
     std::string errors;
     llvm::raw_string_ostream os(errors);
     internal_assert(!llvm::verifyModule(*object, &os), "invalid LLVM IR in the object: " + errors);

@@ -5,6 +5,7 @@
 
 #include "Graph.h"
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -23,7 +24,7 @@ struct AotOptions {
     /// portable (kPortableCpu: several ISA levels, chosen at run time); generic (the x86-64
     /// baseline alone), native, or an LLVM CPU name: that one CPU's code.
     std::string targetCpu = kPortableCpu;
-    std::string prefix;                ///< symbol prefix; default: the model's name
+    std::optional<std::string> prefix; ///< symbol prefix (a C identifier); default: the model's name
     std::string emit = "obj";          ///< obj | asm | llvm
     std::string source;                ///< the model file, named in the header
 };
@@ -38,7 +39,11 @@ bool isKnownCpu(const std::string& name);
 /// portable, generic, native and every CPU name of the host target, for `--target-cpu help`.
 std::vector<std::string> knownCpus();
 
-/// Throws UserError for an unknown CPU or a prefix that is not a C identifier.
+/// What is wrong with `opts` (an unknown CPU, a prefix that is not a C identifier, an --emit
+/// that is not obj, asm or llvm), as the command line's error says it; "" when nothing.
+std::string aotOptionsError(const AotOptions& opts);
+
+/// Throws UserError with aotOptionsError's message for bad options.
 AotResult compileAhead(const Graph& forward, const AotOptions& opts);
 
 } // namespace gradc

@@ -11,6 +11,7 @@
 #include "LowerToLLVM.h"
 #include "ObjectCache.h"
 #include "Pipeline.h"
+#include "SplitCodegen.h"
 #include "ThreadPool.h"
 #include "CodegenInternal.h"
 
@@ -26,7 +27,6 @@
 #include <llvm/Support/raw_ostream.h>
 
 #include <algorithm>
-#include <chrono>
 #include <ctime>
 #include <cstdio>
 #include <cstdlib>
@@ -36,7 +36,6 @@
 #include <set>
 #include <optional>
 
-#include <fcntl.h>
 #include <unistd.h>
 
 namespace gradc {
@@ -45,8 +44,41 @@ namespace gradc {
     throw UserError({}, fmt::format("{}: {}", what, llvm::toString(std::move(err))));
 }
 
-std::unique_ptr<llvm::TargetMachine> hostTargetMachine() {
-    return checkLLVM("cannot set up code generation for this CPU", Jit::targetMachine());
+std::unique_ptr<llvm::TargetMachine> hostTargetMachine(const std::string& isa) {
+    return checkLLVM("cannot set up code generation for this CPU", Jit::targetMachine(isa));
+}
+
+/// True when LLVM's feature string `features` ("+avx2,-avx512f,...") turns `feature` on.
+static bool hasFeature(const std::string& features, const std::string& feature) {
+    const std::string on = "+" + feature;
+    for (size_t at = features.find(on); at != std::string::npos; at = features.find(on, at + 1)) {
+        const size_t end = at + on.size();
+        if ((at == 0 || features[at - 1] == ',') && (end == features.size() || features[end] == ',')) return true;
+    }
+    return false;
+}
+
+std::string resolveIsa(const std::string& isa, const std::string& option) {
+    std::string name = isa, spelled = fmt::format("{} {}", option, isa);
+    if (isa.empty()) {
+        const char* env = std::getenv("GRADC_ISA");
+        name = env && *env ? env : "native";
+        spelled = fmt::format("GRADC_ISA={}", name);
+    }
+    if (name != "native" && name != "avx2" && name != "avx512")
+        throw UserError({}, fmt::format("{} is not an instruction set gradc generates code for "
+                                        "(native, avx2 or avx512)", spelled));
+    const std::string& host = Jit::hostFeatures("native");
+    if (name == "avx512" && !hasFeature(host, "avx512f"))
+        throw UserError({}, fmt::format("{}: this CPU ({}) has no AVX-512", spelled, Jit::hostCpu()));
+    if (name == "avx2" && !(hasFeature(host, "avx2") && hasFeature(host, "fma")))
+        throw UserError({}, fmt::format("{}: this CPU ({}) has no AVX2 and FMA", spelled, Jit::hostCpu()));
+    return name;
+}
+
+IsaTarget isaTarget(const std::string& isa) {
+    const std::string& features = Jit::hostFeatures(isa);
+    return {isa, Jit::hostCpu(), hasFeature(features, "avx512f") ? 512 : hasFeature(features, "avx2") ? 256 : 128};
 }
 
 std::string printModule(const llvm::Module& m) {
@@ -58,6 +90,7 @@ std::string printModule(const llvm::Module& m) {
 CacheSizes hostCaches() {
     static const CacheSizes sizes = [] {
         CacheSizes c;
+        bool known = false;
         // sysfs first (a virtual machine's sysconf may report the host's whole L3), then
         // sysconf, then the defaults.
         for (int index = 0; index < 8; ++index) {
@@ -79,15 +112,11 @@ CacheSizes hostCaches() {
             if (bytes <= 0) continue;
             if (unit && (*unit == 'K' || *unit == 'k')) bytes <<= 10;
             else if (unit && *unit == 'M') bytes <<= 20;
-            if (level == "1") c.l1 = bytes, c.known = true;
-            else if (level == "2") c.l2 = bytes, c.known = true;
-            else if (level == "3") c.l3 = bytes, c.known = true;
+            if (level == "2") c.l2 = bytes, known = true;
         }
 #ifdef _SC_LEVEL2_CACHE_SIZE
-        if (!c.known) {
-            if (long v = sysconf(_SC_LEVEL1_DCACHE_SIZE); v > 0) c.l1 = v, c.known = true;
-            if (long v = sysconf(_SC_LEVEL2_CACHE_SIZE); v > 0) c.l2 = v, c.known = true;
-            if (long v = sysconf(_SC_LEVEL3_CACHE_SIZE); v > 0) c.l3 = v, c.known = true;
+        if (!known) {
+            if (long v = sysconf(_SC_LEVEL2_CACHE_SIZE); v > 0) c.l2 = v;
         }
 #endif
         return c;
@@ -131,6 +160,12 @@ void cacheBlocking(GemmBlocking& b, bool f64, const CacheSizes& caches) {
     // wider than 64 elements made the seed network's step 15% faster with AVX2 on Zen 4
     // (16.5 against 19.5 ms, four alternating rounds), and made no difference with AVX-512.
     b.pageStride = b.nr() * bytes <= 64 ? 64 : 4096 / bytes;
+    // N blocks (planProduct: a B whose packed copy is larger than l3Panel is packed a strip
+    // at a time into each thread's panel) stay off: with l3Panel at half a core's share of L3
+    // (8 MB on the 2-core Zen 4, 32 MB L3) the wide network (784-4096-4096-10, batch 256, one
+    // thread) used 12% less memory (max RSS 464 -> 406 MB) but its step was 3% slower (450.6
+    // -> 463.5 ms, median of 5 alternating rounds, round ratios' median 1.055). GRADC_GEMM's
+    // panel=N turns them on for measuring.
 }
 
 namespace {
@@ -160,13 +195,11 @@ double usefulShare(const Graph& fwd, int64_t mr, int64_t nr) {
 }
 
 /// The measured tile speeds, one line per tile: "CPU FEATURES-HASH TYPE RxV GFLOPS", in
-/// gemm-tiles.txt beside the cached objects.
+/// gemm-tiles.txt beside the cached objects, read and written as they are (ObjectCache's
+/// checked folder, no symbolic links, a private temporary file renamed into place).
 class TileCache {
 public:
-    TileCache(const std::string& dir, std::string key) : key_(std::move(key)) {
-        ObjectCache folder(dir); // creates the folder and checks that it is private
-        if (folder.enabled()) path_ = folder.dir() + "/gemm-tiles.txt";
-    }
+    TileCache(const std::string& dir, std::string key) : key_(std::move(key)), folder_(dir) {}
     /// This CPU's speeds, all of `want`; nothing if the file lacks one or cannot be read.
     std::optional<std::vector<TileSpeed>> load(const std::vector<TileSpeed>& want) {
         std::vector<TileSpeed> got;
@@ -185,48 +218,34 @@ public:
                 return std::nullopt;
         return got;
     }
-    /// Replaces this CPU's lines with `speeds` (written to a temporary file, renamed).
+    /// Replaces this CPU's lines with `speeds`.
     void store(const std::vector<TileSpeed>& speeds) {
-        if (path_.empty()) return;
         std::string text;
         for (const std::string& line : lines())
             if (line.rfind(key_ + " ", 0) != 0 && !line.empty()) text += line + "\n";
         for (const TileSpeed& t : speeds) text += fmt::format("{} {}x{} {:.2f}\n", key_, t.mr, t.nv, t.gflops);
-        const std::string tmp = path_ + fmt::format(".tmp{}", ::getpid());
-        const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600); // private, as the objects
-        if (fd < 0) return;
-        if (FILE* f = ::fdopen(fd, "w")) {
-            const bool ok = std::fwrite(text.data(), 1, text.size(), f) == text.size();
-            if (std::fclose(f) == 0 && ok && std::rename(tmp.c_str(), path_.c_str()) == 0) return;
-            std::remove(tmp.c_str());
-            return;
-        }
-        ::close(fd);
-        std::remove(tmp.c_str());
+        folder_.writeFile(kFile, {text});
     }
 
 private:
+    static constexpr const char* kFile = "gemm-tiles.txt";
     std::vector<std::string> lines() {
         std::vector<std::string> out;
-        if (path_.empty()) return out;
-        FILE* f = std::fopen(path_.c_str(), "r");
-        if (!f) return out;
-        std::string text;
-        char chunk[4096];
-        for (size_t n; (n = std::fread(chunk, 1, sizeof chunk, f)) > 0 && text.size() < (1 << 20);) text.append(chunk, n);
-        std::fclose(f);
-        for (size_t at = 0; at < text.size();) {
-            size_t end = text.find('\n', at);
-            if (end == std::string::npos) end = text.size();
-            out.push_back(text.substr(at, end - at));
+        const std::optional<std::string> text = folder_.readFile(kFile, "the register tile speeds file", 1 << 20);
+        if (!text) return out;
+        for (size_t at = 0; at < text->size();) {
+            size_t end = text->find('\n', at);
+            if (end == std::string::npos) end = text->size();
+            out.push_back(text->substr(at, end - at));
             at = end + 1;
         }
         return out;
     }
     void warn(const std::string& what) {
-        fmt::print(stderr, "gradc: warning: {}: {}; the register tiles are measured again\n", path_, what);
+        fmt::print(stderr, "gradc: warning: {}/{}: {}; the register tiles are measured again\n", folder_.dir(), kFile, what);
     }
-    std::string key_, path_;
+    std::string key_;
+    ObjectCache folder_; ///< creates the folder and checks that it is private
 };
 
 /// The register tile: the model's (blockingFor), unless a candidate measured on this CPU
@@ -238,7 +257,8 @@ void chooseTile(const Graph& fwd, const CodegenOptions& opts, GemmBlocking& b) {
     const char* tune = std::getenv("GRADC_TUNE");
     if (!opts.cache || (tune && std::string(tune) == "0")) return;
     const std::vector<TileSpeed> candidates = tileCandidates(b.vl * (opts.f64 ? 64 : 32));
-    const std::string features = Jit::hostFeatures();
+    const std::string isa = resolveIsa(opts.isa);
+    const std::string features = Jit::hostFeatures(isa);
     const std::string key = fmt::format("{} {:016x} {}", Jit::hostCpu(), std::hash<std::string>{}(features),
                                         opts.f64 ? "f64" : "f32");
     TileCache cache(opts.cacheDir, key);
@@ -251,7 +271,7 @@ void chooseTile(const Graph& fwd, const CodegenOptions& opts, GemmBlocking& b) {
         b.source = measuredHere.count(key) ? "measured" : "cached";
     } else {
         measuredHere.insert(key);
-        speeds = measureTiles(opts.f64, candidates);
+        speeds = measureTiles(opts.f64, candidates, isa);
         cache.store(speeds);
         b.source = "measured";
     }
@@ -272,8 +292,9 @@ void chooseTile(const Graph& fwd, const CodegenOptions& opts, GemmBlocking& b) {
 
 } // namespace
 
-/// GRADC_GEMM="tile=8x3,kc=512,mc=96,pack=0,stride=256" overrides the blocking (for measuring
-/// candidates by hand); an item it cannot read is an error naming it.
+/// GRADC_GEMM="tile=8x3,kc=512,mc=96,pack=0,stride=256,panel=1048576" overrides the blocking
+/// (for measuring candidates by hand; panel: the elements of packed B past which it is packed
+/// in N blocks, 0 never); an item it cannot read is an error naming it.
 static void forcedBlocking(GemmBlocking& b, const char* spec) {
     std::string text = spec;
     size_t at = 0;
@@ -290,12 +311,14 @@ static void forcedBlocking(GemmBlocking& b, const char* spec) {
         bool ok = false;
         if (key == "tile") ok = std::sscanf(value.c_str(), "%dx%d%c", &x, &y, &tail) == 2 && x >= 1 && x <= 16 && y >= 1 && y <= 8;
         else ok = std::sscanf(value.c_str(), "%d%c", &x, &tail) == 1 && x >= 0;
-        if (!ok || (key != "tile" && key != "kc" && key != "mc" && key != "pack" && key != "stride"))
-            throw UserError({}, fmt::format("GRADC_GEMM: cannot read '{}' (want tile=RxV, kc=N, mc=N, pack=0|1 or stride=N)", item));
+        if (!ok || (key != "tile" && key != "kc" && key != "mc" && key != "pack" && key != "stride" && key != "panel"))
+            throw UserError({}, fmt::format("GRADC_GEMM: cannot read '{}' (want tile=RxV, kc=N, mc=N, pack=0|1, stride=N "
+                                            "or panel=N)", item));
         if (key == "tile") b.mr = x, b.nv = y;
         else if (key == "kc") b.kc = x == 0 ? int64_t(1) << 30 : x;
         else if (key == "mc") b.mc = std::max(x, 1);
         else if (key == "stride") b.pageStride = std::max(x, 1);
+        else if (key == "panel") b.l3Panel = x == 0 ? int64_t(1) << 40 : x;
         else b.packB = x != 0;
         b.source = "forced";
     }
@@ -303,9 +326,8 @@ static void forcedBlocking(GemmBlocking& b, const char* spec) {
 }
 
 static GemmBlocking hostBlocking(const Graph& fwd, const CodegenOptions& opts) {
-    if (const char* isa = std::getenv("GRADC_ISA"); isa && *isa && std::strcmp(isa, "avx2") != 0 && std::strcmp(isa, "native") != 0)
-        throw UserError({}, fmt::format("GRADC_ISA={} is not an instruction set gradc can force (avx2 or native)", isa));
-    GemmBlocking b = opts.blocking ? *opts.blocking : blockingFor(Jit::hostFeatures(), opts.f64, hostCaches());
+    const std::string isa = resolveIsa(opts.isa);
+    GemmBlocking b = opts.blocking ? *opts.blocking : blockingFor(Jit::hostFeatures(isa), opts.f64, hostCaches());
     if (!opts.blocking) {
         const char* spec = std::getenv("GRADC_GEMM");
         if (spec && *spec) forcedBlocking(b, spec);
@@ -444,12 +466,16 @@ void optimise(llvm::Module& m, llvm::TargetMachine& tm, bool libmvec) {
     // (seed_sigmoid_bn), 6.8 vs 6.7 (seed_layernorm), 22.6 vs 16.7 (seed_tanh: O3 did not
     // call glibc's 16-lane tanhf). O2 cost as much as O3; SLP and GVN added 25% for nothing
     // measurable. The code generator's level (Aggressive, Default, Less) made no difference
-    // to its time (~80 ms CPU on the seed network).
+    // to its time (~80 ms CPU on the seed network). Then globaldce drops the helpers no
+    // kernel calls (gradc_pack_a, in most models) and unused declarations; the entry points
+    // are external and stay. Seed network, 5 alternating rounds, median CPU ms: machine code
+    // 88.4 -> 86.2, optimisation 46.8 -> 45.9 (within the noise of the shared machine).
     llvm::ModulePassManager mpm;
     auto err = pb.parsePassPipeline(mpm, "function(sroa,early-cse,instcombine<no-verify-fixpoint>,simplifycfg,"
                                          "loop(loop-rotate),"
                                          "loop-mssa(licm),loop(indvars),inject-tli-mappings,"
-                                         "loop-vectorize<interleave-forced-only>,instcombine<no-verify-fixpoint>,simplifycfg)");
+                                         "loop-vectorize<interleave-forced-only>,instcombine<no-verify-fixpoint>,simplifycfg),"
+                                         "globaldce");
     internal_assert(!err, "the pass pipeline does not parse: " + llvm::toString(std::move(err)));
     mpm.run(m, mam);
 }
@@ -467,46 +493,49 @@ namespace {
 
 /// The full key of a compiled object: everything its code depends on, in words. The cache
 /// stores it in the entry and loads code only when it matches byte for byte.
-std::string cacheKey(const std::string& ir, bool f64) {
+std::string cacheKey(const std::string& ir, bool f64, const std::string& isa) {
     return fmt::format("{}\ncpu {}\nfeatures {}\nelement type {}\nvector math {}\n\n{}", versionString(),
-                       Jit::hostCpu(), Jit::hostFeatures(), f64 ? "f64" : "f32",
+                       Jit::hostCpu(), Jit::hostFeatures(isa), f64 ? "f64" : "f32",
                        Jit::haveLibmvec() ? "libmvec" : "scalar", ir);
 }
 
 } // namespace
 
 CompiledModel compileModel(const Graph& fwd, const CodegenOptions& opts) {
-    auto start = std::chrono::steady_clock::now();
     CompiledModel out;
     PhaseTimer timer(&out.phases);
+    const std::string isa = resolveIsa(opts.isa);
     Programs programs = buildPrograms(fwd, opts.f64, hostBlocking(fwd, opts), &timer);
-    auto tm = hostTargetMachine();
+    auto tm = hostTargetMachine(isa);
     llvm::LLVMContext ctx;
     auto m = lower(ctx, programs, opts.f64, *tm, opts.profile);
     const std::string ir = printModule(*m);
     timer("lowering");
 
-    const std::string key = cacheKey(ir, opts.f64);
+    const std::string key = cacheKey(ir, opts.f64, isa);
     std::optional<ObjectCache> cache;
     if (opts.cache) cache.emplace(opts.cacheDir);
-    std::optional<std::string> object;
+    std::optional<std::vector<std::string>> objects;
     if (cache) {
-        object = cache->load(key);
+        if (std::optional<std::string> entry = cache->load(key)) objects = unpackObjects(*entry);
         out.cacheProblem = cache->problem();
     }
-    out.cacheHit = object.has_value();
+    out.cacheHit = objects.has_value();
     timer("object cache");
-    if (!object) {
-        optimise(*m, *tm);
-        timer("LLVM optimisation");
-        object = emit(*m, *tm, llvm::CodeGenFileType::ObjectFile);
-        timer("machine code");
-        if (cache) cache->store(key, *object);
+    if (!objects) {
+        // Independent functions compile on threads: as many as the model runs on, no more
+        // than the cores (compileObjects caps them by the functions).
+        const int parts = opts.compileThreads > 0 ? opts.compileThreads
+                                                  : std::min(resolveThreads(opts.threads), hardwareThreads());
+        objects = compileObjects(*m, parts, isa, &timer);
+        if (cache) cache->store(key, packObjects(*objects));
         timer("object cache");
     }
-    std::shared_ptr<Jit> jit = checkLLVM("cannot start the JIT", Jit::create());
-    if (auto err = jit->addObject(llvm::MemoryBuffer::getMemBufferCopy(*object, "gradc-model")))
-        failLLVM("cannot load the compiled model", std::move(err));
+    out.objects = int(objects->size());
+    std::shared_ptr<Jit> jit = checkLLVM("cannot start the JIT", Jit::create(isa));
+    for (size_t i = 0; i < objects->size(); ++i)
+        if (auto err = jit->addObject(llvm::MemoryBuffer::getMemBufferCopy((*objects)[i], fmt::format("gradc-model-{}", i))))
+            failLLVM("cannot load the compiled model", std::move(err));
     out.forward = reinterpret_cast<CompiledModel::Entry>(
         checkLLVM("cannot find the forward function", jit->lookup(entrySymbol(EntryPoint::Forward))));
     out.backward = reinterpret_cast<CompiledModel::Entry>(
@@ -528,7 +557,6 @@ CompiledModel compileModel(const Graph& fwd, const CodegenOptions& opts) {
     out.workspaceBytes = std::max(programs.forward.workspaceBytes, programs.backward.workspaceBytes);
     out.layout = programs.layout;
     out.f64 = opts.f64;
-    out.compileMs = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
     return out;
 }
 
@@ -536,7 +564,7 @@ std::string emitModule(const Graph& fwd, const CodegenOptions& opts, const std::
     Programs programs = buildPrograms(fwd, opts.f64, hostBlocking(fwd, opts));
     if (what == "kernels") return printKernels(programs.forward) + printKernels(programs.backward);
     if (what == "memplan") return printMemoryPlan(programs.forward) + printMemoryPlan(programs.backward);
-    auto tm = hostTargetMachine();
+    auto tm = hostTargetMachine(resolveIsa(opts.isa));
     llvm::LLVMContext ctx;
     auto m = lower(ctx, programs, opts.f64, *tm);
     if (what != "llvm-unoptimised") optimise(*m, *tm);
@@ -552,18 +580,19 @@ std::vector<std::string> explainProducts(const Graph& fwd, const CodegenOptions&
         for (size_t i = 0; i < p->kernels.size(); ++i) {
             const Kernel& k = p->kernels[i];
             if (k.kind != Kernel::Kind::Loop || k.a < 0) continue;
-            const int64_t kc = bl.kBlock(k.depth);
+            const ProductPlan plan = planProduct(k, bl);
             const std::string blocking =
-                bl.blocked(k.depth)
-                    ? fmt::format("K blocks of {} ({}), M blocks of {} rows", kc, (k.depth + kc - 1) / kc, bl.mBlock(k.rows))
-                    : fmt::format("not blocked (K {} <= KC {})", k.depth, bl.kc);
-            const bool packsB = bl.packsB(k.transB, k.cols, k.depth), packsA = bl.packsA(k.transA, k.rows, k.cols);
-            const bool lastPanel = !packsB && k.cols % bl.nr() != 0;
+                plan.blocked ? fmt::format("K blocks of {} ({}), M blocks of {} rows", plan.kc, plan.kBlocks, plan.mc)
+                             : fmt::format("not blocked (K {} <= KC {})", k.depth, bl.kc);
+            const bool packsB = plan.packsAllB(), packsA = plan.packA;
+            const std::string packedB = plan.packByStrip ? fmt::format("packed in N blocks of {} (a panel per thread)", plan.nc)
+                                                         : "packed";
+            const bool lastPanel = plan.packFrom < plan.colPanels && !packsB;
             lines.push_back(fmt::format(
                 "{} k{}: {} x {} x {} (A{} · B{}): tile {}x{} ({}x{} {}-bit; {}), {}, B {}, A {}, {} thread{}", p->name, i, k.rows,
                 k.cols, k.depth, k.transA ? "ᵀ" : "", k.transB ? "ᵀ" : "", bl.mr, bl.nr(), bl.mr, bl.nv,
                 bl.vl * (opts.f64 ? 64 : 32), bl.source, blocking,
-                packsB ? "packed" : lastPanel ? "in place (last panel packed)" : "in place", packsA ? "packed" : "in place",
+                packsB ? packedB : lastPanel ? "in place (last panel packed)" : "in place", packsA ? "packed" : "in place",
                 bl.threads, bl.threads == 1 ? "" : "s"));
         }
     return lines;

@@ -21,10 +21,32 @@ struct CodegenOptions {
     std::string cacheDir;  ///< default: defaultCacheDir() (ObjectCache.h), a folder per user
     bool profile = false;  ///< count each kernel's cycles (gradc bench --profile)
     int threads = 0;       ///< threads the code is planned for and runs on; 0: all cores
+    /// The instruction set of the code (resolveIsa): "native", "avx2" or "avx512"; "": GRADC_ISA's
+    /// value, else native. Part of the cache keys of compiled objects and measured tiles.
+    std::string isa;
+    /// Threads that optimise and emit the code, one part of the functions each (no more than
+    /// the functions); 0: `threads`, no more than the cores. The code is the same either way.
+    int compileThreads = 0;
     /// The matrix products' register tile and cache blocking (its threads are replaced by
     /// `threads`); default: chosen for the host (blockingFor, or GRADC_GEMM's override).
     std::optional<GemmBlocking> blocking;
 };
+
+/// The instruction sets gradc generates JIT code for on this CPU (CodegenOptions::isa,
+/// SessionOptions::isa, the commands' --isa): "native" (every feature of the host), "avx2"
+/// (AVX2 and FMA without AVX-512: what an AVX2-only CPU runs, on an AVX-512 one) and "avx512"
+/// (native, on a CPU with AVX-512). Returns `isa` checked, or for "" the default: GRADC_ISA's
+/// value, native when it is unset or empty. Throws UserError when the name is none of these or
+/// the CPU lacks the instruction set, naming `option` ("--isa"; default "isa") or GRADC_ISA.
+std::string resolveIsa(const std::string& isa, const std::string& option = "isa");
+
+/// What code for `isa` (resolved) runs on: the host's LLVM CPU name and the widest vector
+/// registers the code uses, in bits (512, 256 or 128).
+struct IsaTarget {
+    std::string isa, cpu;
+    int vectorBits = 0;
+};
+IsaTarget isaTarget(const std::string& isa);
 
 /// How long one phase of a compilation took: wall-clock time, and the CPU time of the
 /// compiling thread (which a machine shared with other work disturbs less).
@@ -60,12 +82,19 @@ struct CompiledModel {
     Layout layout;              ///< where the entry points' buffers are, and their sizes
     bool f64 = false;
     bool cacheHit = false;
+    int objects = 1;            ///< the objects the code came in (parts compiled on threads)
     std::string cacheProblem;   ///< why the cache folder or entry was ignored; empty if it was not
-    double compileMs = 0;       ///< wall time from graph to callable code
-    /// compileMs by phase, in the order they ran: autodiff, fusion + memory plan, lowering
-    /// (to LLVM IR, verified, printed for the cache key), object cache, LLVM optimisation and
-    /// machine code (not on a cache hit), JIT load.
+    /// The compilation by phase, in the order they ran: autodiff, fusion + memory plan,
+    /// lowering (to LLVM IR, verified, printed for the cache key), object cache, LLVM
+    /// optimisation and machine code (not on a cache hit; compiled in parts on threads, their
+    /// wall time is the slowest part's and their CPU time the calling thread's part's), JIT load.
     std::vector<CompilePhase> phases;
+    /// Wall time from graph to callable code: the phases' sum.
+    double compileMs() const {
+        double ms = 0;
+        for (const CompilePhase& p : phases) ms += p.ms;
+        return ms;
+    }
     std::shared_ptr<void> owner; ///< keeps the JIT and its code alive
     /// With CodegenOptions::profile: cycles per kernel, summed over calls, and what each
     /// kernel is (kernelLabel, Kernels.h).

@@ -25,15 +25,15 @@ struct Programs {
     Layout layout; ///< where the entry points' buffers are
 };
 
-/// The host CPU's target machine; a UserError if LLVM cannot generate code for it.
-std::unique_ptr<llvm::TargetMachine> hostTargetMachine();
+/// The host CPU's target machine for `isa` (resolveIsa's); a UserError if LLVM cannot
+/// generate code for it.
+std::unique_ptr<llvm::TargetMachine> hostTargetMachine(const std::string& isa = "native");
 /// The module in LLVM's text form.
 std::string printModule(const llvm::Module& m);
 
-/// Data cache sizes in bytes; the defaults when the host does not say.
+/// Data cache sizes in bytes (L2 per core); the defaults when the host does not say.
 struct CacheSizes {
-    int64_t l1 = 32 << 10, l2 = 1 << 20, l3 = 8 << 20;
-    bool known = false; ///< read from the host
+    int64_t l2 = 1 << 20;
 };
 /// The host's, from sysfs (or sysconf), read once.
 CacheSizes hostCaches();

@@ -21,7 +21,7 @@ public:
 
     std::string describe() const override {
         return fmt::format("jit {}, {} in {:.1f} ms", m_.f64 ? "f64" : "f32",
-                           m_.cacheHit ? "loaded from the cache" : "compiled", m_.compileMs);
+                           m_.cacheHit ? "loaded from the cache" : "compiled", m_.compileMs());
     }
 
 private:
@@ -46,6 +46,7 @@ std::unique_ptr<Executable> cpuExecutable(CompiledModel model) {
 std::unique_ptr<Executable> compileCpu(const Graph& forward, const BackendOptions& o) {
     CodegenOptions co;
     co.f64 = o.f64, co.cache = o.cache, co.cacheDir = o.cacheDir, co.profile = o.profile, co.threads = o.threads;
+    co.isa = o.isa;
     return cpuExecutable(compileModel(forward, co));
 }
 

@@ -7,6 +7,7 @@
 #include "Jit.h"
 #include "Lowering.h"
 
+#include <fmt/format.h>
 #include <llvm/IR/IRBuilder.h>
 #include <llvm/IR/Intrinsics.h>
 #include <llvm/IR/LLVMContext.h>
@@ -23,13 +24,44 @@
 
 namespace gradc {
 
-double measureFmaPeak(bool f64) {
-    auto tm = hostTargetMachine();
-    const GemmBlocking bl = blockingFor(Jit::hostFeatures(), f64); // the threads do not matter here
+namespace {
+
+/// An empty module for the host's target machine `tm`.
+std::unique_ptr<llvm::Module> probeModule(const char* name, llvm::LLVMContext& ctx, llvm::TargetMachine& tm) {
+    auto m = std::make_unique<llvm::Module>(name, ctx);
+    m->setDataLayout(tm.createDataLayout());
+    m->setTargetTriple(tm.getTargetTriple().str());
+    return m;
+}
+
+/// Verifies `m`, emits it as an object and loads it into a JIT of its own.
+std::shared_ptr<Jit> jitObject(llvm::Module& m, llvm::TargetMachine& tm, const std::string& isa, const char* what) {
+    internal_assert(!llvm::verifyModule(m, &llvm::errs()), fmt::format("invalid {} IR", what));
+    std::string object = emit(m, tm, llvm::CodeGenFileType::ObjectFile);
+    std::shared_ptr<Jit> jit = checkLLVM("cannot start the JIT", Jit::create(isa));
+    if (auto err = jit->addObject(llvm::MemoryBuffer::getMemBufferCopy(object, what))) failLLVM(what, std::move(err));
+    return jit;
+}
+
+/// The best of three runs of `run` (after a warm-up), in GFLOP/s, `flops` a run.
+template <typename Run> double bestOf3(double flops, const Run& run) {
+    double best = 0;
+    for (int rep = 0; rep < 3; ++rep) {
+        auto t0 = std::chrono::steady_clock::now();
+        run();
+        const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        best = std::max(best, flops / seconds / 1e9);
+    }
+    return best;
+}
+
+} // namespace
+
+double measureFmaPeak(bool f64, const std::string& isa) {
+    auto tm = hostTargetMachine(isa);
+    const GemmBlocking bl = blockingFor(Jit::hostFeatures(isa), f64); // the threads do not matter here
     llvm::LLVMContext ctx;
-    auto m = std::make_unique<llvm::Module>("probe", ctx);
-    m->setDataLayout(tm->createDataLayout());
-    m->setTargetTriple(tm->getTargetTriple().str());
+    auto m = probeModule("probe", ctx, *tm);
     llvm::IRBuilder<> b(ctx);
     llvm::Type* T = f64 ? b.getDoubleTy() : b.getFloatTy();
     auto* vec = llvm::FixedVectorType::get(T, unsigned(bl.vl));
@@ -65,31 +97,19 @@ double measureFmaPeak(bool f64) {
     for (int c = 1; c < chains; ++c) sum = b.CreateFAdd(sum, next[size_t(c)]);
     b.CreateAlignedStore(sum, fn->getArg(0), llvm::Align(8));
     b.CreateRetVoid();
-    internal_assert(!llvm::verifyModule(*m, &llvm::errs()), "invalid probe IR");
-    std::string object = emit(*m, *tm, llvm::CodeGenFileType::ObjectFile);
-    std::shared_ptr<Jit> jit = checkLLVM("cannot start the JIT", Jit::create());
-    if (auto err = jit->addObject(llvm::MemoryBuffer::getMemBufferCopy(object, "probe"))) failLLVM("probe", std::move(err));
+    std::shared_ptr<Jit> jit = jitObject(*m, *tm, isa, "probe");
     auto probe = reinterpret_cast<void (*)(void*, int64_t)>(checkLLVM("probe", jit->lookup("gradc_probe")));
     std::vector<double> out(size_t(bl.vl));
     const int64_t rounds = 20'000'000;
     probe(out.data(), rounds / 10); // warm up (and let the clock rise)
-    double best = 0;
-    for (int rep = 0; rep < 3; ++rep) {
-        auto t0 = std::chrono::steady_clock::now();
-        probe(out.data(), rounds);
-        double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        best = std::max(best, double(rounds) * chains * bl.vl * 2 / s / 1e9);
-    }
-    return best;
+    return bestOf3(double(rounds) * chains * bl.vl * 2, [&] { probe(out.data(), rounds); });
 }
 
-std::vector<TileSpeed> measureTiles(bool f64, const std::vector<TileSpeed>& candidates) {
-    auto tm = hostTargetMachine();
-    const GemmBlocking host = blockingFor(Jit::hostFeatures(), f64);
+std::vector<TileSpeed> measureTiles(bool f64, const std::vector<TileSpeed>& candidates, const std::string& isa) {
+    auto tm = hostTargetMachine(isa);
+    const GemmBlocking host = blockingFor(Jit::hostFeatures(isa), f64);
     llvm::LLVMContext ctx;
-    auto m = std::make_unique<llvm::Module>("tiles", ctx);
-    m->setDataLayout(tm->createDataLayout());
-    m->setTargetTriple(tm->getTargetTriple().str());
+    auto m = probeModule("tiles", ctx, *tm);
     std::vector<KernelProgram> programs(candidates.size());
     for (size_t i = 0; i < candidates.size(); ++i) {
         programs[i].blocking = host;
@@ -97,11 +117,8 @@ std::vector<TileSpeed> measureTiles(bool f64, const std::vector<TileSpeed>& cand
         Lowering lowering(ctx, *m, f64, false);
         lowering.gemmProbe(programs[i], "gradc_tile_probe_" + std::to_string(i));
     }
-    internal_assert(!llvm::verifyModule(*m, &llvm::errs()), "invalid tile probe IR");
     optimise(*m, *tm, false);
-    std::string object = emit(*m, *tm, llvm::CodeGenFileType::ObjectFile);
-    std::shared_ptr<Jit> jit = checkLLVM("cannot start the JIT", Jit::create());
-    if (auto err = jit->addObject(llvm::MemoryBuffer::getMemBufferCopy(object, "tiles"))) failLLVM("tile probe", std::move(err));
+    std::shared_ptr<Jit> jit = jitObject(*m, *tm, isa, "tile probe");
     const int64_t K = 256;
     int maxRows = 1, maxCols = 1;
     for (auto& c : candidates) maxRows = std::max(maxRows, c.mr), maxCols = std::max(maxCols, c.nv * host.vl);
@@ -123,12 +140,7 @@ std::vector<TileSpeed> measureTiles(bool f64, const std::vector<TileSpeed>& cand
         const double flopsPerTile = 2.0 * s.mr * s.nv * host.vl * K;
         const int64_t reps = std::max<int64_t>(1, int64_t(2e8 / flopsPerTile)); // 2 ms at 100 GFLOP/s
         probe(a.data(), aligned(b), aligned(out), K, reps / 4); // warm up
-        for (int rep = 0; rep < 3; ++rep) {
-            auto t0 = std::chrono::steady_clock::now();
-            probe(a.data(), aligned(b), aligned(out), K, reps);
-            double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-            s.gflops = std::max(s.gflops, flopsPerTile * double(reps) / sec / 1e9);
-        }
+        s.gflops = bestOf3(flopsPerTile * double(reps), [&] { probe(a.data(), aligned(b), aligned(out), K, reps); });
         speeds.push_back(s);
     }
     return speeds;

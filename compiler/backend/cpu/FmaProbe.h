@@ -2,14 +2,16 @@
 // reports its speed against. No LLVM types appear here.
 #pragma once
 
+#include <string>
 #include <vector>
 
 namespace gradc {
 
 /// The CPU's fused multiply-add peak on one thread, in GFLOP/s, measured by a small JIT'd
 /// probe: independent vector FMAs in registers, as many as the register tile of the
-/// matrix-product micro-kernel (blockingFor) holds. Takes a few tenths of a second.
-double measureFmaPeak(bool f64);
+/// matrix-product micro-kernel (blockingFor) holds, in the instruction set `isa` (resolveIsa's,
+/// Codegen.h). Takes a few tenths of a second.
+double measureFmaPeak(bool f64, const std::string& isa = "native");
 
 /// A register tile (MR rows by NV vectors) and its measured speed in GFLOP/s.
 struct TileSpeed {
@@ -19,6 +21,7 @@ struct TileSpeed {
 
 /// Times each candidate tile of the micro-kernel on this CPU (JIT'd, in registers, B in
 /// L1/L2, K = 256): one module for all, best of three runs of a few milliseconds each.
-std::vector<TileSpeed> measureTiles(bool f64, const std::vector<TileSpeed>& candidates);
+std::vector<TileSpeed> measureTiles(bool f64, const std::vector<TileSpeed>& candidates,
+                                    const std::string& isa = "native");
 
 } // namespace gradc

@@ -38,43 +38,53 @@ bool Jit::haveLibmvec() {
     return loaded;
 }
 
-std::string Jit::hostCpu() { return llvm::sys::getHostCPUName().str(); }
-
-/// The host's features; with GRADC_ISA=avx2, without AVX-512 (code for x86-64-v3 on this
-/// CPU, to measure it). Codegen.cpp refuses other values.
-static llvm::StringMap<bool> hostFeatureMap() {
-    llvm::StringMap<bool> features = llvm::sys::getHostCPUFeatures();
-    const char* isa = std::getenv("GRADC_ISA");
-    if (isa && std::string(isa) == "avx2")
-        for (auto& f : features)
-            if (f.getKey().starts_with("avx512") || f.getKey() == "evex512" || f.getKey().starts_with("avx10") ||
-                f.getKey().starts_with("amx")) f.setValue(false);
-    return features;
+const std::string& Jit::hostCpu() {
+    static const std::string cpu = llvm::sys::getHostCPUName().str();
+    return cpu;
 }
 
-std::string Jit::hostFeatures() {
-    llvm::SubtargetFeatures features;
-    for (auto& [name, on] : hostFeatureMap()) features.AddFeature(name, on);
-    return features.getString();
+/// The host's features for `isa`: all of them, or for "avx2" all but AVX-512, AVX10 and AMX
+/// (AVX2 and FMA code on an AVX-512 CPU). Asked of the CPU once per process.
+static const llvm::StringMap<bool>& hostFeatureMap(const std::string& isa) {
+    static const llvm::StringMap<bool> native = llvm::sys::getHostCPUFeatures();
+    static const llvm::StringMap<bool> avx2 = [] {
+        llvm::StringMap<bool> f = native;
+        for (auto& entry : f)
+            if (entry.getKey().starts_with("avx512") || entry.getKey() == "evex512" ||
+                entry.getKey().starts_with("avx10") || entry.getKey().starts_with("amx"))
+                entry.setValue(false);
+        return f;
+    }();
+    return isa == "avx2" ? avx2 : native;
 }
 
-static llvm::orc::JITTargetMachineBuilder hostBuilder() {
+const std::string& Jit::hostFeatures(const std::string& isa) {
+    auto join = [](const std::string& which) {
+        llvm::SubtargetFeatures features;
+        for (auto& [name, on] : hostFeatureMap(which)) features.AddFeature(name, on);
+        return features.getString();
+    };
+    static const std::string native = join("native"), avx2 = join("avx2");
+    return isa == "avx2" ? avx2 : native;
+}
+
+static llvm::orc::JITTargetMachineBuilder hostBuilder(const std::string& isa) {
     llvm::orc::JITTargetMachineBuilder jtmb(llvm::Triple(llvm::sys::getProcessTriple()));
     jtmb.setCPU(Jit::hostCpu());
-    for (auto& [name, on] : hostFeatureMap()) jtmb.getFeatures().AddFeature(name, on);
+    for (auto& [name, on] : hostFeatureMap(isa)) jtmb.getFeatures().AddFeature(name, on);
     jtmb.setCodeGenOptLevel(llvm::CodeGenOptLevel::Aggressive);
     return jtmb;
 }
 
-llvm::Expected<std::unique_ptr<llvm::TargetMachine>> Jit::targetMachine() {
+llvm::Expected<std::unique_ptr<llvm::TargetMachine>> Jit::targetMachine(const std::string& isa) {
     initialiseLLVM();
-    return hostBuilder().createTargetMachine();
+    return hostBuilder(isa).createTargetMachine();
 }
 
-llvm::Expected<std::unique_ptr<Jit>> Jit::create() {
+llvm::Expected<std::unique_ptr<Jit>> Jit::create(const std::string& isa) {
     initialiseLLVM();
     haveLibmvec();
-    auto jit = llvm::orc::LLJITBuilder().setJITTargetMachineBuilder(hostBuilder()).create();
+    auto jit = llvm::orc::LLJITBuilder().setJITTargetMachineBuilder(hostBuilder(isa)).create();
     if (!jit) return jit.takeError();
     auto process = llvm::orc::DynamicLibrarySearchGenerator::GetForCurrentProcess(
         (*jit)->getDataLayout().getGlobalPrefix());

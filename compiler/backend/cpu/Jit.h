@@ -13,15 +13,21 @@ namespace gradc {
 
 class Jit {
 public:
-    /// A JIT for this machine's CPU and features; math functions (libm, and libmvec where
-    /// present) resolve from the running process.
-    static llvm::Expected<std::unique_ptr<Jit>> create();
+    /// `isa` names the instruction set of the code, as resolveIsa (Codegen.h) gives it:
+    /// "native" (and "avx512") is every feature of the host; "avx2" is the host's without
+    /// AVX-512, AVX10 and AMX (AVX2 and FMA code on an AVX-512 CPU).
 
-    /// A TargetMachine for the same CPU, to optimise and emit code with.
-    static llvm::Expected<std::unique_ptr<llvm::TargetMachine>> targetMachine();
+    /// A JIT for this machine's CPU and `isa`'s features; math functions (libm, and libmvec
+    /// where present) resolve from the running process.
+    static llvm::Expected<std::unique_ptr<Jit>> create(const std::string& isa = "native");
+
+    /// A TargetMachine for the same CPU and features, to optimise and emit code with.
+    static llvm::Expected<std::unique_ptr<llvm::TargetMachine>> targetMachine(const std::string& isa = "native");
     static void initialiseLLVM(); ///< the native target, once per process
-    static std::string hostCpu();
-    static std::string hostFeatures();
+    /// The host's LLVM CPU name, and its features for `isa` ("+avx2,+avx512f,-amx-tile,..."),
+    /// computed once per process.
+    static const std::string& hostCpu();
+    static const std::string& hostFeatures(const std::string& isa = "native");
     /// True when glibc's vector math library could be loaded (the vectoriser may call it).
     static bool haveLibmvec();
 

@@ -8,7 +8,8 @@
 //   gradc_tile(out, a rows..., aStride, b, bStride, K, add): out[MR][NR] = (or +=) the
 //   product, in registers
 // Each product kernel packs what it must, then runs its tiles, in K blocks when it is deeper
-// than the blocking's KC, and its own epilogue. The register tile and the cache blocking
+// than the blocking's KC, and its own epilogue; in N blocks (planProduct's packByStrip) each
+// thread packs a strip of B into its own panel right before the strip's tiles. The register tile and the cache blocking
 // (GemmBlocking) are chosen by blockingFor and chooseTile (Codegen.cpp).
 #include "Lowering.h"
 
@@ -230,35 +231,33 @@ void Lowering::transpose(std::vector<llvm::Value*>& r) {
 void Lowering::matrixProduct(const Kernel& k) {
     declareGemmHelpers();
     const GemmBlocking& bl = p_->blocking;
+    const ProductPlan plan = planProduct(k, bl);
     const int64_t M = k.rows, N = k.cols, K = k.depth, MR = bl.mr, NR = bl.nr();
-    const int64_t mt = (M + MR - 1) / MR, nt = (N + NR - 1) / NR;
-    const bool blocked = bl.blocked(K);
-    const int64_t KC = bl.kBlock(K), kBlocks = (K + KC - 1) / KC;
-    const int64_t MC = blocked ? bl.mBlock(M) : MR, perBlock = MC / MR, mBlocks = (mt + perBlock - 1) / perBlock;
-    auto up16 = [](int64_t v) { return (v + 15) / 16 * 16; };
-    // Panels of B to pack: all of a transposed B, of a blocked product's B, or of a B whose
-    // rows are a page apart, else only a last partial one. A is packed when it is
-    // transposed with rows a page apart (GemmBlocking::packsA).
-    const int64_t packFrom = bl.packsB(k.transB, N, K) ? 0 : N / NR;
-    const bool packA = bl.packsA(k.transA, M, N);
+    const int64_t mt = plan.rowTiles, nt = plan.colPanels;
+    const int64_t KC = plan.kc, kBlocks = plan.kBlocks;
+    const int64_t MC = plan.mc, perBlock = MC / MR, mBlocks = (mt + perBlock - 1) / perBlock;
+    const int64_t packFrom = plan.packFrom;
+    const bool packA = plan.packA;
     auto scratch = [&](llvm::Value*& bp, llvm::Value*& ap, llvm::Value*& tile) {
-        bp = scratchArea();
-        ap = b_.CreateGEP(T_, bp, i64(up16(nt * NR * K)));
-        tile = b_.CreateGEP(T_, ap, i64(packA ? up16(mt * MR * K) : 0));
+        bp = scratchArea(); // packed B first, then packed A, then the sums blocks
+        ap = b_.CreateGEP(T_, bp, i64(plan.aAt));
+        tile = b_.CreateGEP(T_, ap, i64(plan.sumsAt - plan.aAt));
     };
     llvm::Value *bp, *ap, *tile;
     scratch(bp, ap, tile);
-    if (packFrom < nt) pack(packB_, bp, base(k.b), N, K, k.transB, packFrom, nt);
+    if (packFrom < nt && !plan.packByStrip) pack(packB_, bp, base(k.b), N, K, k.transB, packFrom, nt);
     if (packA) pack(packA_, ap, base(k.a), M, K, true, 0, mt);
     // The units, as a function of a range of unit numbers and a thread number, so threads
     // can share them: column sums accumulate across the rows of tiles, so a kernel with
     // any runs its column strips (whole jt) on one thread each.
-    const bool byStrip = !k.columnSums.empty();
+    const bool byStrip = !k.columnSums.empty() || plan.packByStrip;
     const bool plain = k.columnSums.empty() && k.stores.size() == 1 && k.stores[0].expr->op == scalar::Kind::Arg &&
                        k.args[size_t(k.stores[0].expr->value)].mode == Access::Mode::Acc;
     const int64_t units = byStrip ? nt : nt * mBlocks;
     auto tiles = [&](llvm::Value* begin, llvm::Value* end, llvm::Value* thread) {
       llvm::Value* myBlock = b_.CreateGEP(T_, tile, b_.CreateMul(thread, i64(MC * NR)));
+      // N blocked: this thread's panel of one strip, K x NR.
+      llvm::Value* myPanel = plan.packByStrip ? b_.CreateGEP(T_, bp, b_.CreateMul(thread, i64(plan.stripAt))) : bp;
       llvm::Value* a = base(k.a);
       llvm::Value* b = base(k.b);
       loopTo(b_.CreateSub(end, begin), "u", [&](llvm::Value* u0) {
@@ -314,9 +313,10 @@ void Lowering::matrixProduct(const Kernel& k) {
                     }
                     callArgs.push_back(i64(packA ? MR : k.transA ? M : 1));
                     llvm::Value* inPlace = b_.CreateICmpULT(jt, i64(packFrom));
-                    llvm::Value* packed = b_.CreateAdd(b_.CreateMul(jt, i64(K * NR)), b_.CreateMul(k0, i64(NR)));
+                    llvm::Value* packed = b_.CreateAdd(b_.CreateMul(plan.packByStrip ? i64(0) : jt, i64(K * NR)),
+                                                       b_.CreateMul(k0, i64(NR)));
                     callArgs.push_back(b_.CreateSelect(inPlace, b_.CreateGEP(T_, b, b_.CreateAdd(b_.CreateMul(k0, i64(N)), c0)),
-                                                       b_.CreateGEP(T_, bp, packed)));
+                                                       b_.CreateGEP(T_, myPanel, packed)));
                     callArgs.push_back(b_.CreateSelect(inPlace, i64(N), i64(NR)));
                     callArgs.push_back(depth);
                     callArgs.push_back(add);
@@ -340,6 +340,10 @@ void Lowering::matrixProduct(const Kernel& k) {
             if (perBlock == 1) epilogue(i64(0));
             else loopTo(count, "et", epilogue);
         };
+        if (plan.packByStrip) { // strip u into this thread's panel, addressed as if all of B were packed
+            b_.CreateCall(packB_, {b_.CreateGEP(T_, myPanel, b_.CreateNeg(b_.CreateMul(u, i64(K * NR)))), b, i64(N), i64(K),
+                                   b_.getInt1(k.transB), u, b_.CreateAdd(u, i64(1))});
+        }
         if (byStrip) {
             loop(mBlocks, "ib", [&](llvm::Value* ib) { unit(u, ib); });
         } else {

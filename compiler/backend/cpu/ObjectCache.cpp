@@ -4,7 +4,8 @@
 // The key is the whole text the object was built from (versions, CPU, options, unoptimised
 // IR), so a name that matches by accident or by design still does not load another model's
 // code. The folder is opened once and every entry is reached relative to it (openat), so the
-// folder that was checked is the folder that is used.
+// folder that was checked is the folder that is used. readFile and writeFile do that for
+// any file of the folder: the entries, and the register tile speeds (Codegen.cpp).
 #include "ObjectCache.h"
 
 #include <fmt/format.h>
@@ -18,6 +19,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <string_view>
 #include <fcntl.h>
 #include <pwd.h>
 #include <sys/stat.h>
@@ -188,19 +190,18 @@ ObjectCache::~ObjectCache() {
     if (fd_ >= 0) ::close(fd_);
 }
 
-std::optional<std::string> ObjectCache::load(const std::string& key) {
+std::optional<std::string> ObjectCache::readFile(const std::string& name, const char* what, uint64_t maxBytes) {
     if (fd_ < 0) return std::nullopt;
     int fd = -1;
     try {
-        problem_.clear();
-        const std::string name = entryName(key), path = dir_ + "/" + name;
+        const std::string path = dir_ + "/" + name;
         // O_NOFOLLOW: a symbolic link is refused; O_NONBLOCK: a FIFO opens at once (and is
         // then refused as not a regular file) instead of waiting for a writer.
         fd = ::openat(fd_, name.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
         if (fd < 0) {
             if (errno == ENOENT) return std::nullopt; // the ordinary miss
-            ignore(path, errno == ELOOP ? std::string("the cache entry is a symbolic link; ignored")
-                                        : fmt::format("cannot open the cache entry: {}; ignored", std::strerror(errno)));
+            ignore(path, errno == ELOOP ? fmt::format("{} is a symbolic link; ignored", what)
+                                        : fmt::format("cannot open {}: {}; ignored", what, std::strerror(errno)));
             return std::nullopt;
         }
         struct stat st;
@@ -209,61 +210,83 @@ std::optional<std::string> ObjectCache::load(const std::string& key) {
             why = std::string("cannot be examined: ") + std::strerror(errno);
         else if (!S_ISREG(st.st_mode))
             why = fmt::format("is {}", fileKind(st.st_mode));
-        else if (why = untrusted(st); why.empty() && uint64_t(st.st_size) > kMaxEntry)
+        else if (why = untrusted(st); why.empty() && uint64_t(st.st_size) > maxBytes)
             why = fmt::format("is {} bytes, more than any entry", st.st_size);
         if (!why.empty()) {
             ::close(fd);
-            ignore(path, fmt::format("the cache entry {}; ignored", why));
+            ignore(path, fmt::format("{} {}; ignored", what, why));
             return std::nullopt;
         }
         std::string data(size_t(st.st_size), '\0');
         const bool complete = readAll(fd, data.data(), data.size());
         ::close(fd);
-        fd = -1;
-        EntryHeader h;
-        if (!complete || !h.decode(data)) return std::nullopt;
-        if (h.format != kFormat || h.keySize > data.size() || h.objectSize != data.size() - kHeader - h.keySize)
-            return std::nullopt; // another format, truncated or padded
-        if (h.keySize != key.size() || data.compare(kHeader, h.keySize, key) != 0) {
-            ignore(path, "the cache entry was built from another key; ignored");
-            return std::nullopt;
-        }
-        std::string object = data.substr(kHeader + h.keySize);
-        if (llvm::xxh3_64bits(llvm::arrayRefFromStringRef(object)) != h.sum) return std::nullopt;
-        return object;
+        if (!complete) return std::nullopt;
+        return data;
     } catch (...) { // out of memory: a miss like any other
         if (fd >= 0) ::close(fd);
         return std::nullopt;
     }
 }
 
-void ObjectCache::store(const std::string& key, const std::string& object) {
-    if (fd_ < 0) return;
+bool ObjectCache::writeFile(const std::string& name, std::initializer_list<std::string_view> parts) {
+    if (fd_ < 0) return false;
     std::string tmp;
     int fd = -1;
     try {
-        const std::string name = entryName(key);
         for (int attempt = 0; fd < 0 && attempt < 100; ++attempt) {
             tmp = fmt::format("{}.tmp.{}.{}", name, ::getpid(), temporaries++);
             fd = ::openat(fd_, tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
-            if (fd < 0 && errno != EEXIST) return; // a cache that cannot be written is no error
+            if (fd < 0 && errno != EEXIST) return false;
         }
-        if (fd < 0) return;
-        EntryHeader h;
-        h.keySize = key.size(), h.objectSize = object.size();
-        h.sum = llvm::xxh3_64bits(llvm::arrayRefFromStringRef(object));
-        const std::string header = h.encode();
-        // fchmod: a umask such as 0277 must not leave an entry its owner cannot read back.
-        bool ok = ::fchmod(fd, 0600) == 0 && writeAll(fd, header.data(), header.size()) &&
-                  writeAll(fd, key.data(), key.size()) && writeAll(fd, object.data(), object.size());
+        if (fd < 0) return false;
+        // fchmod: a umask such as 0277 must not leave a file its owner cannot read back.
+        bool ok = ::fchmod(fd, 0600) == 0;
+        for (std::string_view part : parts) ok = ok && writeAll(fd, part.data(), part.size());
         ok = ::close(fd) == 0 && ok;
         fd = -1;
-        if (!ok || ::renameat(fd_, tmp.c_str(), fd_, name.c_str()) != 0) ::unlinkat(fd_, tmp.c_str(), 0);
+        if (ok && ::renameat(fd_, tmp.c_str(), fd_, name.c_str()) == 0) return true;
+        ::unlinkat(fd_, tmp.c_str(), 0);
+        return false;
     } catch (...) {
         if (fd >= 0) {
             ::close(fd);
             ::unlinkat(fd_, tmp.c_str(), 0);
         }
+        return false;
+    }
+}
+
+std::optional<std::string> ObjectCache::load(const std::string& key) {
+    if (fd_ < 0) return std::nullopt;
+    try {
+        problem_.clear();
+        const std::string name = entryName(key);
+        std::optional<std::string> data = readFile(name, "the cache entry", kMaxEntry);
+        EntryHeader h;
+        if (!data || !h.decode(*data)) return std::nullopt;
+        if (h.format != kFormat || h.keySize > data->size() || h.objectSize != data->size() - kHeader - h.keySize)
+            return std::nullopt; // another format, truncated or padded
+        if (h.keySize != key.size() || data->compare(kHeader, h.keySize, key) != 0) {
+            ignore(dir_ + "/" + name, "the cache entry was built from another key; ignored");
+            return std::nullopt;
+        }
+        std::string object = data->substr(kHeader + h.keySize);
+        if (llvm::xxh3_64bits(llvm::arrayRefFromStringRef(object)) != h.sum) return std::nullopt;
+        return object;
+    } catch (...) { // out of memory: a miss like any other
+        return std::nullopt;
+    }
+}
+
+void ObjectCache::store(const std::string& key, const std::string& object) {
+    if (fd_ < 0) return;
+    try {
+        EntryHeader h;
+        h.keySize = key.size(), h.objectSize = object.size();
+        h.sum = llvm::xxh3_64bits(llvm::arrayRefFromStringRef(object));
+        const std::string header = h.encode();
+        writeFile(entryName(key), {header, key, object});
+    } catch (...) { // a cache that cannot be written is no error
     }
 }
 

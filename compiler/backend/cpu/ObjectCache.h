@@ -8,8 +8,11 @@
 // here throws; a folder or entry that is unsafe is reported once per process on stderr.
 #pragma once
 
+#include <cstdint>
+#include <initializer_list>
 #include <optional>
 #include <string>
+#include <string_view>
 
 namespace gradc {
 
@@ -36,6 +39,16 @@ public:
     /// Stores `object` under `key`: written 0600 to a fresh temporary file in the folder and
     /// renamed over the entry. Failure to store is no error (the next run compiles again).
     void store(const std::string& key, const std::string& object);
+
+    /// The file `name` in the folder, read whole: nothing when it is missing, or (with a
+    /// warning naming it as `what`, kept in problem()) when it is a symbolic link, not a
+    /// regular file, not this user's or writable by others, larger than `maxBytes` or
+    /// unreadable. Object entries and the register tile speeds (Codegen.cpp) both use it.
+    std::optional<std::string> readFile(const std::string& name, const char* what, uint64_t maxBytes);
+    /// Writes `parts`, one after the other, as the file `name`: to a fresh temporary file in
+    /// the folder (0600, never through a symbolic link), renamed over `name`. False when it
+    /// could not be written (no error: the cache is an optimisation).
+    bool writeFile(const std::string& name, std::initializer_list<std::string_view> parts);
 
     bool enabled() const { return fd_ >= 0; }
     const std::string& dir() const { return dir_; }

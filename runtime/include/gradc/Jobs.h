@@ -34,7 +34,7 @@ struct GradsOptions {
     uint64_t seed = 42;  ///< parameter initialisation, and the batch drawn with `shuffle`
     bool shuffle = false; ///< a random batch of the training set instead of the first images
     std::string params;  ///< parameters from this safetensors file (one model only); "": from `seed`
-    SessionOptions session; ///< backend, cache, threads
+    SessionOptions session; ///< backend, cache, threads, isa
     bool f64 = false;    ///< compiled code in double (the interpreter always is)
 };
 
@@ -142,6 +142,7 @@ struct BenchOptions {
     bool f64 = false;
     bool cache = true;
     int threads = 0;         ///< 0: all cores
+    std::string isa;         ///< instruction set, as SessionOptions::isa ("": GRADC_ISA, else native)
 };
 struct BenchResult {
     std::string model;
@@ -160,7 +161,10 @@ struct BenchResult {
     double msPerStep = 0;              ///< the median round's time per step
     std::vector<double> roundMs;       ///< each round's time per step, ascending
     double gflopPerStep = 0;           ///< of the matrix products, forward and backward
-    double fmaPeak = 0;                ///< measured GFLOP/s of one thread
+    double fmaPeak = 0;                ///< measured GFLOP/s of one thread, in the code's instruction set
+    std::string isa;                   ///< the code's instruction set: native, avx2 or avx512
+    std::string cpu;                   ///< the CPU it was compiled for (LLVM's name: znver4, ...)
+    int vectorBits = 0;                ///< the matrix products' vector width: 512, 256 or 128
     /// With `profile`: each backward kernel and its share of the cycles.
     std::vector<std::pair<std::string, double>> kernelShares;
     /// With `explain`: each matrix product of the step: its shape, register tile, blocking, packing, threads

@@ -16,6 +16,10 @@ struct SessionOptions {
     /// Threads the compiled code runs on (0: all cores). Sessions with different counts may
     /// run at once: they share one pool of threads, which grows to the largest count.
     int threads = 0;
+    /// The instruction set of the compiled code: "native" (every feature of this CPU), "avx2"
+    /// (AVX2 and FMA, without AVX-512: what an AVX2-only CPU runs) or "avx512" (native, on a
+    /// CPU with AVX-512; an error elsewhere); "": the environment's GRADC_ISA, else native.
+    std::string isa;
 };
 
 /// Statistics of one tensor: a gradient, or a layer's outputs (NaN and Inf are counted,
