@@ -38,6 +38,8 @@ public:
     /// Where the training-mode entry points' buffers are: state(), gradients() and the
     /// kept activations follow it.
     const Layout& layout() const { return train_.exe->layout(); }
+    /// The training-mode code's backend (Executable::describe): "jit f32, compiled in ...".
+    std::string describe() const { return train_.exe->describe(); }
     /// The element type of every array: double or float.
     bool f64() const { return f64_; }
     /// Parameters, then buffers.

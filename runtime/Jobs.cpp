@@ -88,7 +88,12 @@ void checkThreads(int threads) {
             fmt::format("is out of range (0 for all cores, up to {})", kMaxThreads));
 }
 
-void checkJobOptions(const GradsOptions& o) { checkThreads(o.session.threads); }
+void checkSession(const SessionOptions& o) {
+    checkThreads(o.threads);
+    if (o.backend == "jit") resolveIsa(o.isa, "SessionOptions::isa"); // the interpreter has no instruction set
+}
+
+void checkJobOptions(const GradsOptions& o) { checkSession(o.session); }
 
 void checkJobOptions(const TrainingOptions& o) {
     require(o.epochs >= 1 && o.epochs <= 100000, "epochs", o.epochs, "{} epochs ", "is out of range (1 to 100000)");
@@ -97,19 +102,19 @@ void checkJobOptions(const TrainingOptions& o) {
     require(o.val >= 1, "val", o.val, "{} validation images: ", "must be at least 1");
     require(o.limit >= 0, "limit", o.limit, "a limit of {} images: ", "must not be negative");
     hyperParameters(o.optimizer, 1);
-    checkThreads(o.session.threads);
+    checkSession(o.session);
 }
 
 void checkJobOptions(const ActsOptions& o) {
     require(o.count >= 1 && o.count <= kMaxBatch, "count", o.count, "{} images ",
             fmt::format("is out of range (1 to {})", kMaxBatch));
-    checkThreads(o.session.threads);
+    checkSession(o.session);
 }
 
 void checkJobOptions(const DeadOptions& o) {
     require(o.val >= 0, "val", o.val, "{} validation images: ", "must not be negative");
     require(o.limit >= 0, "limit", o.limit, "a limit of {} images: ", "must not be negative");
-    checkThreads(o.session.threads);
+    checkSession(o.session);
 }
 
 void checkJobOptions(const BenchOptions& o) {

@@ -31,6 +31,11 @@ void checkJobOptions(const BenchOptions& o);
 /// A thread count for compiled code: 0 (all cores) to kMaxThreads (ThreadPool.h), as Session
 /// takes it (the code reserves scratch per thread).
 void checkThreads(int threads);
+/// A Session's options, checked before anything is read or compiled: the threads, and for
+/// the jit backend the instruction set (resolveIsa: a bad SessionOptions::isa or GRADC_ISA is
+/// a UserError; the interpreter ignores both). Every job's check and Session's constructor
+/// call it.
+void checkSession(const SessionOptions& o);
 
 /// One model of a grads run.
 struct GradsModel {

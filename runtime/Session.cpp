@@ -4,6 +4,7 @@
 // classes, and results asked for before the pass that makes them are errors, never a crash.
 #include "Codegen.h"
 #include "Engine.h"
+#include "Jobs.h"
 #include "ModelImpl.h"
 #include "PublicStats.h"
 #include "Sema.h"
@@ -75,11 +76,7 @@ const void* target(const char* call, const Graph& g, const float* targets) {
 Session::Session(const Model& model, int64_t batch, const SessionOptions& options) : impl_(std::make_unique<Impl>()) {
     publicCall([&] {
         const Model::Impl& m = model.impl(); // throws for a Model that was moved from
-        if (options.threads < 0 || options.threads > kMaxThreads)
-            throw Error(fmt::format("gradc: error: Session: {} threads is out of range (0 for all cores, up to {})",
-                                    options.threads, kMaxThreads));
-        if (options.backend == "jit") // a bad name is named before anything is compiled
-            resolveIsa(options.isa, "SessionOptions::isa");
+        checkSession(options); // before anything is compiled
         SemaOptions train{batch}, eval{batch, /*eval=*/true, /*layerOutputs=*/true};
         impl_->engine = std::make_unique<Engine>(buildGraph(*m.ast, train), buildGraph(*m.ast, eval), options);
         return 0;
@@ -89,6 +86,10 @@ Session::Session(const Model& model, int64_t batch, const SessionOptions& option
 Session::~Session() = default;
 Session::Session(Session&&) noexcept = default;
 Session& Session::operator=(Session&&) noexcept = default;
+
+std::string Session::describe() const {
+    return use(impl_.get(), "describe", [](Engine& e) { return e.describe(); });
+}
 
 int64_t Session::batch() const {
     return use(impl_.get(), "batch", [](Engine& e) { return e.batch(); });

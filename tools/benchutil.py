@@ -1,8 +1,7 @@
 """tools/benchutil.py — what the benchmark scripts share (bench-vs-torch, bench-compile,
-bench-grads-vs-torch, bench-all, bench-aot): the CPU's name and features, the ISA of gradc's code,
-commands run and timed, runs of `gradc bench` read into numbers, medians, checks of their options.
+bench-grads-vs-torch, bench-all, bench-aot): the CPU's name and features, commands run and timed, runs of `gradc bench` read into numbers, medians, checks of their options.
 Standard library only; benchmarks, never tests of speed."""
-import os, re, statistics, subprocess, sys, tempfile, time
+import os, re, statistics, subprocess, sys, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GRADC = os.path.join(ROOT, "build/tools/gradc")
@@ -43,19 +42,6 @@ def cpu_isa(flags=None):
     return "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags and "fma" in flags else "SSE2"
 
 
-def gradc_isa(gradc):
-    """The ISA of the code gradc compiles on this machine, read from the assembly it emits for
-    a small model: AVX-512 when it uses zmm registers, AVX2 for ymm, else SSE2."""
-    with tempfile.TemporaryDirectory() as tmp:
-        model = os.path.join(tmp, "isa_probe.nn")
-        with open(model, "w") as f:
-            f.write("input 64\ndense 64 relu\ndense 4\nloss cross_entropy\n")
-        run = subprocess.run([gradc, "dump", model, "--emit=asm", "--batch", "16"], capture_output=True, text=True)
-    if run.returncode != 0:
-        fail(f"{gradc} dump --emit=asm failed: {run.stderr.strip()}")
-    return "AVX-512" if "%zmm" in run.stdout else "AVX2" if "%ymm" in run.stdout else "SSE2"
-
-
 def median(values):
     return statistics.median(values)
 
@@ -77,19 +63,27 @@ def timed(cmd, env=None):
 
 
 class Bench:
-    """One run of `gradc bench`: compile time, FMA peak, ms and GFLOP per step, % of peak,
-    and the compilation by phase that gradc prints."""
+    """One run of `gradc bench`: compile time, the ISA of the code (its name, the CPU and the
+    vector width), FMA peak, threads, ms and GFLOP per step, % of peak, and the compilation by
+    phase that gradc prints."""
 
     def __init__(self, text):
         self.text = text
         m = re.search(r"(compiled|loaded from the cache) in ([0-9.]+) ms", text)
         self.cached, self.compile_ms = m.group(1) != "compiled", float(m.group(2))
-        self.peak = float(re.search(r"FMA peak \(measured\): ([0-9.]+) GFLOP/s", text).group(1))
+        m = re.search(r"^ISA: (\S+) \((\S+), (\d+)-bit vectors\)$", text, re.M)
+        self.isa, self.cpu, self.vector_bits = m.group(1), m.group(2), int(m.group(3))
+        m = re.search(r"FMA peak \(measured\): ([0-9.]+) GFLOP/s per thread; (\d+) threads?", text)
+        self.peak, self.threads = float(m.group(1)), int(m.group(2))
         m = re.search(r"backward: ([0-9.]+) ms per step, [0-9.]+ GFLOP/s \(([0-9.]+) GFLOP per step\), ([0-9.]+)% of peak", text)
         self.ms, self.gflop, self.percent = float(m.group(1)), float(m.group(2)), float(m.group(3))
         # The table under "compilation by phase (...):", up to the next blank line.
         m = re.search(r"^compilation by phase[^\n]*\n((?:[^\n]+\n?)*)", text, re.M)
         self.phases = m.group(1).splitlines() if m else []
+
+    def code(self):
+        """The ISA of the code as gradc prints it: "native (znver4, 512-bit vectors)"."""
+        return f"{self.isa} ({self.cpu}, {self.vector_bits}-bit vectors)"
 
 
 def gradc_bench(gradc, model, batch=256, steps=1, threads=1, cache=True, extra=(), timeout=None):
@@ -100,10 +94,11 @@ def gradc_bench(gradc, model, batch=256, steps=1, threads=1, cache=True, extra=(
     return Bench(run(cmd, timeout=timeout))
 
 
-def header(isa, peak):
-    """The line every benchmark table starts with: CPU, the ISA of gradc's code (gradc_isa), peak."""
+def header(bench):
+    """The line every benchmark table starts with: CPU, the ISA of gradc's code and the peak,
+    as `bench` (a Bench) reported them."""
     return (f"CPU: {cpu_model()} ({os.cpu_count()} logical CPUs, {cpu_isa()}); "
-            f"gradc code: {isa}; FMA peak (measured by gradc bench): {peak:.1f} GFLOP/s per thread")
+            f"gradc code: {bench.code()}; FMA peak (measured by gradc bench): {bench.peak:.1f} GFLOP/s per thread")
 
 
 def check_gradc(gradc):

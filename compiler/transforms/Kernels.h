@@ -92,11 +92,11 @@ struct GemmBlocking {
     int threads = 1;      ///< tiles are spread over this many threads, each with its own tile buffer
     int64_t kc = 1 << 30; ///< the deepest K run in one pass (default: never blocked)
     int64_t mc = 192;     ///< rows of the sums block of a blocked product (a multiple of mr)
-    /// Elements of packed B that fit a thread's share of L3 (half of it): a product whose
-    /// packed B is larger is blocked along N, NC = NR: each thread packs one strip of NR
+    /// A knob for measuring, not sized from the cache: a product whose packed B has more
+    /// elements than this is blocked along N, NC = NR: each thread packs one strip of NR
     /// columns (K x NR) into a panel of its own right before that strip's tiles, instead of
-    /// packing all of B first (default: never; measured slower on the wide network, see
-    /// cacheBlocking in Codegen.cpp; GRADC_GEMM's panel=N sets it).
+    /// packing all of B first. Default never (measured slower on the wide network, see
+    /// cacheBlocking in Codegen.cpp); GRADC_GEMM=panel=N sets it.
     int64_t l3Panel = int64_t(1) << 40;
     bool packB = true;    ///< a blocked product packs all of B, transposed or not, into [K][NR] panels
     bool packA = true;    ///< a transposed A with a page stride is packed into [K][MR] panels
@@ -155,10 +155,9 @@ struct ProductPlan {
     int64_t colPanels = 0;   ///< NR-column panels of B
     int64_t packFrom = 0;    ///< B's panels from this one on are packed (colPanels: none)
     bool packA = false;      ///< a transposed A packed into [K][MR] panels
-    /// N blocked: B (packed whole it would not fit GemmBlocking::l3Panel) packed strip by
-    /// strip (NC = NR columns) into each thread's panel; units are whole strips.
+    /// N blocked: B (packed whole it would have more than GemmBlocking::l3Panel elements)
+    /// packed strip by strip (NC = NR columns) into each thread's panel; units are whole strips.
     bool packByStrip = false;
-    int64_t nc = 0;          ///< columns of B packed at once: all of them, or NR by strip
     int64_t aAt = 0, sumsAt = 0; ///< scratch offsets of packed A and of the threads' sums blocks (packed B: 0)
     int64_t stripAt = 0;     ///< packByStrip: elements between the threads' strip panels
     int64_t elements = 0;    ///< scratch the product needs

@@ -72,12 +72,12 @@ ProductPlan planProduct(const Kernel& k, const GemmBlocking& b) {
     // transposed with rows a page apart (GemmBlocking::packsA).
     p.packFrom = b.packsB(k.transB, k.cols, k.depth) ? 0 : k.cols / b.nr();
     p.packA = b.packsA(k.transA, k.rows, k.cols);
-    // N blocks: a B whose packed copy would not stay in the thread's share of L3 is packed
-    // strip by strip, each thread into its own K x NR panel, which stays in L2 while the
-    // strip's tiles read it (784-4096-4096-10: 64 MB of packed weights otherwise).
+    // N blocks (off unless GRADC_GEMM=panel=N sets l3Panel): a B whose packed copy has more
+    // elements than l3Panel is packed strip by strip, each thread into its own K x NR panel,
+    // which stays in L2 while the strip's tiles read it (784-4096-4096-10: 64 MB of packed
+    // weights otherwise).
     const int64_t packedB = p.colPanels * b.nr() * k.depth;
     p.packByStrip = p.packFrom == 0 && packedB > b.l3Panel && p.colPanels > 1;
-    p.nc = p.packByStrip ? b.nr() : p.colPanels * b.nr();
     p.stripAt = up16(b.nr() * k.depth);
     // Packed panels of B (all of them, or one strip per thread), packed panels of A (when
     // it is), then one register tile (a blocked product: one block of sums) per thread.

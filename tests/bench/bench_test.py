@@ -24,7 +24,8 @@ def tool(name, *args, rc=0):
 
 
 def header(out):
-    check(re.search(r"^CPU: .+ \(\d+ logical CPUs, (AVX-512|AVX2|SSE2)\); gradc code: (AVX-512|AVX2|SSE2); "
+    check(re.search(r"^CPU: .+ \(\d+ logical CPUs, (AVX-512|AVX2|SSE2)\); "
+                    r"gradc code: (native|avx2|avx512) \([a-z0-9_-]+, (128|256|512)-bit vectors\); "
                     r"FMA peak \(measured by gradc bench\): [0-9.]+ GFLOP/s per thread$", out, re.M),
           "the header names the CPU, the ISA and the peak:\n" + out)
 
@@ -117,10 +118,13 @@ def core_choice():
 def compile_():
     out = tool("bench-compile", "--runs", "1", "--repeat", "3")
     header(out)
-    for row in (r"\| seed_sigmoid \| [0-9.]+ \| [0-9.]+ to [0-9.]+ \| <= 150 ms \| (pass|miss) \|",
-                r"\| deep40_relu \| [0-9.]+ \| [0-9.]+ to [0-9.]+ \| <= 2\.5x seed \| (pass|miss) \|",
-                r"\| repeat3 \| [0-9.]+ \| - \| \(for repeat 1000: < 2000 ms\) \| - \|",
-                r"deep40_relu / seed_sigmoid: [0-9.]+x \(target <= 2\.5x\)"):
+    both = r"[0-9.]+ \| [0-9.]+ to [0-9.]+ \| [0-9.]+ \| [0-9.]+ to [0-9.]+"  # 1 thread, all cores
+    for row in (r"--threads 1, then --threads 0: compiled on \d+ threads?",
+                r"\| model \| compile ms, 1 thread \| range ms \| compile ms, \d+ threads \| range ms \| target \| \|",
+                r"\| seed_sigmoid \| " + both + r" \| <= 150 ms \| (pass|miss) \|",
+                r"\| deep40_relu \| " + both + r" \| <= 2\.5x seed \| (pass|miss) \|",
+                r"\| repeat3 \| " + both + r" \| \(for repeat 1000: < 2000 ms\) \| - \|",
+                r"deep40_relu / seed_sigmoid: [0-9.]+x on one thread \(target <= 2\.5x\)"):
         check(re.search(row, out), f"a line like {row}:\n{out}")
 
 
@@ -136,7 +140,8 @@ def grads():
 def all_():
     out = tool("bench-all", "--quick")
     check(re.search(r"^Measured with `tools/bench-all` \(1 alternating round, medians\) on .+; gradc's code: "
-                    r"(AVX-512|AVX2|SSE2); FMA peak [0-9.]+ GFLOP/s per thread \(the highest of gradc bench's probes", out, re.M), out)
+                    r"(native|avx2|avx512) \([a-z0-9_-]+, (128|256|512)-bit vectors\); FMA peak [0-9.]+ GFLOP/s per thread "
+                    r"\(the highest of gradc bench's probes", out, re.M), out)
     check(re.search(r"^\| seed_sigmoid \| 8 \| 1 \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \| [0-9.]+% \|", out, re.M), out)
     check("| gradc grads, warm cache |" in out and "| deep40_relu |" in out, out)
 

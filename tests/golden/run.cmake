@@ -1,6 +1,7 @@
 # run.cmake — runs one gradc command and compares what it printed with a golden file.
 #   -DGRADC=path -DWORKDIR=dir -DARGS="a|b|c" -DEXPECT_RC=N
-#   -DSTDOUT=file (exact) and/or -DSTDERR=file (exact) or -DMATCH=regex (stdout+stderr)
+#   -DSTDOUT=file (exact) and/or -DSTDERR=file (exact) or -DMATCH=regex (stdout+stderr);
+#   -DNOMATCH=regex: stdout+stderr must not match it
 cmake_policy(SET CMP0054 NEW)
 string(REPLACE "|" ";" ARGS "${ARGS}")
 execute_process(COMMAND ${GRADC} ${ARGS} WORKING_DIRECTORY ${WORKDIR}
@@ -27,6 +28,9 @@ if(DEFINED STDERR AND NOT DEFINED STDOUT AND NOT out STREQUAL "")
 endif()
 if(DEFINED MATCH AND NOT "${out}${err}" MATCHES "${MATCH}")
   string(APPEND failed "output does not match '${MATCH}':\n${out}${err}")
+endif()
+if(DEFINED NOMATCH AND "${out}${err}" MATCHES "${NOMATCH}")
+  string(APPEND failed "output matches '${NOMATCH}', which it must not\n")
 endif()
 if(failed)
   message(FATAL_ERROR "gradc ${ARGS}\n${failed}")

@@ -23,31 +23,6 @@ using Catch::Matchers::Contains;
 
 namespace {
 
-/// Sets (or with nullptr unsets) an environment variable for the life of the object.
-struct EnvVar {
-    std::string name;
-    std::optional<std::string> saved;
-    EnvVar(const char* n, const char* value) : name(n) {
-        if (const char* old = std::getenv(n)) saved = old;
-        value ? ::setenv(n, value, 1) : ::unsetenv(n);
-    }
-    ~EnvVar() { saved ? ::setenv(name.c_str(), saved->c_str(), 1) : ::unsetenv(name.c_str()); }
-};
-
-/// A fresh folder of its own (mkdtemp), removed with everything in it.
-struct TempDir {
-    fs::path path;
-    TempDir() {
-        std::string pattern = (fs::temp_directory_path() / "gradc_isa_test.XXXXXX").string();
-        REQUIRE(::mkdtemp(pattern.data()) != nullptr);
-        path = pattern;
-    }
-    ~TempDir() {
-        std::error_code ec;
-        fs::remove_all(path, ec);
-    }
-};
-
 bool hostHasAvx512() { return isaTarget("native").vectorBits == 512; }
 bool hostHasAvx2() { return isaTarget("native").vectorBits >= 256; }
 

@@ -37,14 +37,6 @@ double relativeError(const Tensor& got, const Tensor& want, double modelScale) {
     return scale > 0 ? err / scale : err;
 }
 
-struct TempDir {
-    fs::path path;
-    explicit TempDir(const std::string& name) : path(fs::temp_directory_path() / ("gradc_test_" + name)) {
-        fs::remove_all(path);
-    }
-    ~TempDir() { fs::remove_all(path); }
-};
-
 /// Compiles `fwd` in f64 (and f32 unless `f32` is false) and checks forward and backward
 /// against the interpreter.
 void agree(const Graph& fwd, std::mt19937& rng, bool f32 = true, int threads = 0) {

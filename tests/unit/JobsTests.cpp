@@ -193,6 +193,14 @@ TEST_CASE("the jobs take the thread counts Session takes, and no more", "[jobs]"
     a.model = kTiny;
     a.session.threads = 2000;
     CHECK_THAT(errorOf<Error>([&] { acts(a); }), Catch::Contains("2000 threads is out of range"));
+    // The instruction set too, before the data is read (there is none here); the interpreter
+    // has none and ignores it.
+    a.session.threads = 1;
+    a.session.isa = "avx3";
+    a.data.dir = "/nonexistent";
+    CHECK_THAT(errorOf<Error>([&] { acts(a); }), Catch::Contains("SessionOptions::isa avx3 is not an instruction set"));
+    a.session.backend = "interp";
+    CHECK_THAT(errorOf<Error>([&] { acts(a); }), Catch::Contains("/nonexistent"));
 }
 
 TEST_CASE("gradc::train trains as gradc train does", "[jobs]") {

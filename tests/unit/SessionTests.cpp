@@ -469,16 +469,19 @@ TEST_CASE("a Session compiled for isa avx2 gives native's loss and a bad isa is 
     for (float& v : x) v = pixel(rng);
     std::vector<int32_t> labels(32);
     for (size_t i = 0; i < labels.size(); ++i) labels[i] = int32_t(i % 10);
+    std::string described;
     auto lossWith = [&](const char* isa) {
         SessionOptions o;
         o.cache = false;
         o.isa = isa;
         Session s(model, 32, o);
+        described = s.describe();
         s.initialiseParameters(42);
         return s.backward(x.data(), labels.data());
     };
     const float native = lossWith("native");
     CHECK(std::isfinite(native));
+    CHECK_THAT(described, Catch::StartsWith("jit f32, compiled in "));
     std::string avx2Error;
     float avx2 = 0;
     try {
@@ -486,8 +489,15 @@ TEST_CASE("a Session compiled for isa avx2 gives native's loss and a bad isa is 
     } catch (const Error& e) {
         avx2Error = e.what();
     }
-    if (avx2Error.empty()) CHECK(std::fabs(avx2 - native) <= 1e-5 * std::max(1.0f, std::fabs(native)));
+    if (avx2Error.empty()) {
+        CHECK(std::fabs(avx2 - native) <= 1e-5 * std::max(1.0f, std::fabs(native)));
+        CHECK_THAT(described, Catch::StartsWith("jit f32 avx2, compiled in ")); // the isa reached the code
+    }
     else CHECK_THAT(avx2Error, Catch::Contains("has no AVX2 and FMA")); // a CPU without AVX2
     CHECK_THAT(errorOf<Error>([&] { lossWith("avx3"); }),
                Catch::Contains("SessionOptions::isa avx3 is not an instruction set gradc generates code for"));
+    SessionOptions interp; // the interpreter has no instruction set: a bad name is ignored
+    interp.backend = "interp";
+    interp.isa = "avx3";
+    CHECK(Session(model, 2, interp).describe() == "interp");
 }

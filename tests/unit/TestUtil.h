@@ -9,10 +9,17 @@
 #include <functional>
 
 #include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <optional>
 #include <random>
+#include <stdexcept>
 #include <string>
+#include <system_error>
 #include <type_traits>
 #include <vector>
+
+#include <unistd.h>
 
 namespace gradc {
 
@@ -149,5 +156,35 @@ inline Graph gatedGraph(int64_t batch) {
     g.outputs = {{OutputRole::Logits, "", z}, {OutputRole::Loss, "", loss}};
     return g;
 }
+
+/// A fresh folder of its own (mkdtemp: /tmp/gradc_NAME_test.XXXXXX), removed with everything
+/// in it.
+struct TempDir {
+    std::filesystem::path path;
+    explicit TempDir(const std::string& name = "unit") {
+        std::string pattern = (std::filesystem::temp_directory_path() / ("gradc_" + name + "_test.XXXXXX")).string();
+        if (!::mkdtemp(pattern.data())) throw std::runtime_error("cannot make a temporary folder " + pattern);
+        path = pattern;
+    }
+    ~TempDir() {
+        std::error_code ec;
+        std::filesystem::remove_all(path, ec);
+    }
+    TempDir(const TempDir&) = delete;
+    TempDir& operator=(const TempDir&) = delete;
+};
+
+/// Sets (or with nullptr unsets) an environment variable for the life of the object.
+struct EnvVar {
+    std::string name;
+    std::optional<std::string> saved;
+    EnvVar(const char* n, const char* value) : name(n) {
+        if (const char* old = std::getenv(n)) saved = old;
+        value ? ::setenv(n, value, 1) : ::unsetenv(n);
+    }
+    ~EnvVar() { saved ? ::setenv(name.c_str(), saved->c_str(), 1) : ::unsetenv(name.c_str()); }
+    EnvVar(const EnvVar&) = delete;
+    EnvVar& operator=(const EnvVar&) = delete;
+};
 
 } // namespace gradc

@@ -42,14 +42,9 @@ void addCodegenOptions(po::options_description& d) {
                     "element type of the computation: f32 | f64 (train, acts, dead: every array)")(
         "threads", po::value<int>()->default_value(0), "threads for compiled code (0: all cores)")(
         "no-cache", "compile afresh: neither read nor write the cache of compiled code")(
-        "isa", po::value<std::string>()->default_value(defaultIsa()),
+        "isa", po::value<std::string>()->default_value(std::string(), "GRADC_ISA, else native"),
         "instruction set of the compiled code: native (every feature of this CPU) | avx2 (AVX2 and FMA, no "
-        "AVX-512) | avx512; the default is the environment's GRADC_ISA, else native");
-}
-
-std::string defaultIsa() {
-    const char* env = std::getenv("GRADC_ISA");
-    return env && *env ? env : "native";
+        "AVX-512) | avx512");
 }
 
 void addDataOptions(po::options_description& d) {
@@ -88,9 +83,12 @@ CodegenOptions codegenOptions(const po::variables_map& vm) {
     if (dtype != "f32" && dtype != "f64")
         throw UsageError(fmt::format("--dtype={} is not an element type (f32, f64)", dtype));
     o.f64 = dtype == "f64";
-    if (vm.count("isa")) { // checked here, so a bad name is a usage error: from --isa, or GRADC_ISA's default
+    // Checked here, so a bad name is a usage error: from --isa, or GRADC_ISA's default. The
+    // interpreter has no instruction set and ignores both, as Session does (checkSession).
+    const bool interp = vm.count("backend") && vm["backend"].as<std::string>() == "interp";
+    if (vm.count("isa") && !interp) {
         try {
-            o.isa = resolveIsa(vm["isa"].defaulted() ? "" : vm["isa"].as<std::string>(), "--isa");
+            o.isa = resolveIsa(vm["isa"].as<std::string>(), "--isa");
         } catch (const UserError& e) {
             throw UsageError(e.what());
         }

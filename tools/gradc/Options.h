@@ -36,8 +36,6 @@ std::string thousands(int64_t v);
 void addModelOptions(po::options_description& d);
 /// --dtype, --threads, --no-cache, --isa: how code is compiled.
 void addCodegenOptions(po::options_description& d);
-/// --isa's default: the environment's GRADC_ISA when set and not empty, else native.
-std::string defaultIsa();
 /// --data, --normalize, --seed, --params, --backend and the codegen options: the commands
 /// that run a classifier on the data set (train, acts, dead).
 void addDataOptions(po::options_description& d);

@@ -138,7 +138,7 @@ std::vector<Variant> variantsFor(const std::string& requested) {
     std::vector<Variant> out;
     for (const TargetRow& row : rows) {
         Variant v;
-        v.tm = row.cpu.empty() ? targetMachine(Jit::hostCpu(), Jit::hostFeatures()) : targetMachine(std::string(row.cpu), "");
+        v.tm = row.cpu.empty() ? targetMachine(Jit::hostCpu(), Jit::hostFeatures("native")) : targetMachine(std::string(row.cpu), "");
         v.level = levelOf(*v.tm);
         if (rows.size() > 1) v.suffix = fmt::format("_v{}", v.level);
         internal_assert(out.empty() || out.back().level < v.level, "no x86-64 level of its own: " + v.cpu());

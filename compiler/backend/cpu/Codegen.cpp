@@ -25,6 +25,7 @@
 #include <llvm/Passes/StandardInstrumentations.h>
 #include <llvm/Support/MemoryBuffer.h>
 #include <llvm/Support/raw_ostream.h>
+#include <llvm/TargetParser/SubtargetFeature.h>
 
 #include <algorithm>
 #include <ctime>
@@ -48,16 +49,6 @@ std::unique_ptr<llvm::TargetMachine> hostTargetMachine(const std::string& isa) {
     return checkLLVM("cannot set up code generation for this CPU", Jit::targetMachine(isa));
 }
 
-/// True when LLVM's feature string `features` ("+avx2,-avx512f,...") turns `feature` on.
-static bool hasFeature(const std::string& features, const std::string& feature) {
-    const std::string on = "+" + feature;
-    for (size_t at = features.find(on); at != std::string::npos; at = features.find(on, at + 1)) {
-        const size_t end = at + on.size();
-        if ((at == 0 || features[at - 1] == ',') && (end == features.size() || features[end] == ',')) return true;
-    }
-    return false;
-}
-
 std::string resolveIsa(const std::string& isa, const std::string& option) {
     std::string name = isa, spelled = fmt::format("{} {}", option, isa);
     if (isa.empty()) {
@@ -68,18 +59,20 @@ std::string resolveIsa(const std::string& isa, const std::string& option) {
     if (name != "native" && name != "avx2" && name != "avx512")
         throw UserError({}, fmt::format("{} is not an instruction set gradc generates code for "
                                         "(native, avx2 or avx512)", spelled));
-    const std::string& host = Jit::hostFeatures("native");
-    if (name == "avx512" && !hasFeature(host, "avx512f"))
+    if (name == "avx512" && !Jit::hasFeature("native", "avx512f"))
         throw UserError({}, fmt::format("{}: this CPU ({}) has no AVX-512", spelled, Jit::hostCpu()));
-    if (name == "avx2" && !(hasFeature(host, "avx2") && hasFeature(host, "fma")))
+    if (name == "avx2" && !(Jit::hasFeature("native", "avx2") && Jit::hasFeature("native", "fma")))
         throw UserError({}, fmt::format("{}: this CPU ({}) has no AVX2 and FMA", spelled, Jit::hostCpu()));
     return name;
 }
 
-IsaTarget isaTarget(const std::string& isa) {
-    const std::string& features = Jit::hostFeatures(isa);
-    return {isa, Jit::hostCpu(), hasFeature(features, "avx512f") ? 512 : hasFeature(features, "avx2") ? 256 : 128};
+int vectorBits(const std::string& features) {
+    const std::vector<std::string> list = llvm::SubtargetFeatures(features).getFeatures();
+    auto on = [&](const char* name) { return llvm::is_contained(list, std::string("+") + name); };
+    return on("avx512f") ? 512 : on("avx2") ? 256 : 128;
 }
+
+IsaTarget isaTarget(const std::string& isa) { return {isa, Jit::hostCpu(), vectorBits(Jit::hostFeatures(isa))}; }
 
 std::string printModule(const llvm::Module& m) {
     std::string text;
@@ -135,9 +128,7 @@ GemmBlocking blockingFor(const std::string& features, bool f64, const CacheSizes
     // (at least 8 independent accumulators for two FMA units of 4 cycles) and load the
     // least per FMA ((MR + NV) / (MR NV)): 6x4 (0.42 loads per FMA) with 32 registers, 6x2
     // (0.67) with 16.
-    const int bits = features.find("+avx512f") != std::string::npos ? 512
-                     : features.find("+avx2") != std::string::npos  ? 256
-                                                                    : 128;
+    const int bits = vectorBits(features);
     GemmBlocking b;
     b.vl = bits / (f64 ? 64 : 32);
     b.nv = bits == 512 ? 4 : 2;
@@ -253,11 +244,10 @@ private:
 /// a shared machine should not flip the choice). The speeds are measured once per CPU,
 /// features and element type, and kept in the cache folder; without the cache, the model
 /// decides.
-void chooseTile(const Graph& fwd, const CodegenOptions& opts, GemmBlocking& b) {
+void chooseTile(const Graph& fwd, const CodegenOptions& opts, const std::string& isa, GemmBlocking& b) {
     const char* tune = std::getenv("GRADC_TUNE");
     if (!opts.cache || (tune && std::string(tune) == "0")) return;
     const std::vector<TileSpeed> candidates = tileCandidates(b.vl * (opts.f64 ? 64 : 32));
-    const std::string isa = resolveIsa(opts.isa);
     const std::string features = Jit::hostFeatures(isa);
     const std::string key = fmt::format("{} {:016x} {}", Jit::hostCpu(), std::hash<std::string>{}(features),
                                         opts.f64 ? "f64" : "f32");
@@ -325,13 +315,13 @@ static void forcedBlocking(GemmBlocking& b, const char* spec) {
     b.mc = std::max<int64_t>(b.mr, b.mc / b.mr * b.mr);
 }
 
-static GemmBlocking hostBlocking(const Graph& fwd, const CodegenOptions& opts) {
-    const std::string isa = resolveIsa(opts.isa);
+/// The blocking for code in `isa` (resolved once by the caller: resolveIsa reads GRADC_ISA).
+static GemmBlocking hostBlocking(const Graph& fwd, const CodegenOptions& opts, const std::string& isa) {
     GemmBlocking b = opts.blocking ? *opts.blocking : blockingFor(Jit::hostFeatures(isa), opts.f64, hostCaches());
     if (!opts.blocking) {
         const char* spec = std::getenv("GRADC_GEMM");
         if (spec && *spec) forcedBlocking(b, spec);
-        else chooseTile(fwd, opts, b);
+        else chooseTile(fwd, opts, isa, b);
     }
     b.threads = resolveThreads(opts.threads);
     return b;
@@ -341,8 +331,21 @@ PhaseTimer::PhaseTimer(std::vector<CompilePhase>* out) : out_(out), print_(std::
     timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
     wall_ = double(t.tv_sec) * 1e3 + double(t.tv_nsec) / 1e6;
+    cpu_ = threadCpuMs();
+}
+
+double PhaseTimer::threadCpuMs() {
+    timespec t;
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
-    cpu_ = double(t.tv_sec) * 1e3 + double(t.tv_nsec) / 1e6;
+    return double(t.tv_sec) * 1e3 + double(t.tv_nsec) / 1e6;
+}
+
+void PhaseTimer::addCpu(const char* phase, double cpuMs) {
+    if (print_) fmt::print(stderr, "gradc: {:8s}    ({:8.2f} ms CPU)  {}, on other threads\n", "", cpuMs, phase);
+    if (!out_) return;
+    auto it = std::find_if(out_->begin(), out_->end(), [&](const CompilePhase& p) { return p.name == phase; });
+    if (it == out_->end()) it = out_->insert(out_->end(), CompilePhase{phase, 0, 0});
+    it->cpuMs += cpuMs;
 }
 
 void PhaseTimer::operator()(const char* phase) {
@@ -505,7 +508,7 @@ CompiledModel compileModel(const Graph& fwd, const CodegenOptions& opts) {
     CompiledModel out;
     PhaseTimer timer(&out.phases);
     const std::string isa = resolveIsa(opts.isa);
-    Programs programs = buildPrograms(fwd, opts.f64, hostBlocking(fwd, opts), &timer);
+    Programs programs = buildPrograms(fwd, opts.f64, hostBlocking(fwd, opts, isa), &timer);
     auto tm = hostTargetMachine(isa);
     llvm::LLVMContext ctx;
     auto m = lower(ctx, programs, opts.f64, *tm, opts.profile);
@@ -517,13 +520,18 @@ CompiledModel compileModel(const Graph& fwd, const CodegenOptions& opts) {
     if (opts.cache) cache.emplace(opts.cacheDir);
     std::optional<std::vector<std::string>> objects;
     if (cache) {
-        if (std::optional<std::string> entry = cache->load(key)) objects = unpackObjects(*entry);
+        std::optional<std::string> entry = cache->load(key);
+        if (entry) objects = unpackObjects(*entry);
         out.cacheProblem = cache->problem();
+        if (entry && !objects) // the checksum held, so gradc wrote it: a bug, or another version's
+            out.cacheProblem = fmt::format("{}/{}: the cache entry's object container does not add up; compiled again",
+                                           cache->dir(), ObjectCache::entryName(key));
     }
     out.cacheHit = objects.has_value();
     timer("object cache");
     if (!objects) {
-        // Independent functions compile on threads: as many as the model runs on, no more
+        // Independent functions compile on threads: as many as the model runs on (--threads,
+        // deliberately: `--threads 1` asks for one core's work, compiling included), no more
         // than the cores (compileObjects caps them by the functions).
         const int parts = opts.compileThreads > 0 ? opts.compileThreads
                                                   : std::min(resolveThreads(opts.threads), hardwareThreads());
@@ -557,14 +565,16 @@ CompiledModel compileModel(const Graph& fwd, const CodegenOptions& opts) {
     out.workspaceBytes = std::max(programs.forward.workspaceBytes, programs.backward.workspaceBytes);
     out.layout = programs.layout;
     out.f64 = opts.f64;
+    out.isa = isa;
     return out;
 }
 
 std::string emitModule(const Graph& fwd, const CodegenOptions& opts, const std::string& what) {
-    Programs programs = buildPrograms(fwd, opts.f64, hostBlocking(fwd, opts));
+    const std::string isa = resolveIsa(opts.isa);
+    Programs programs = buildPrograms(fwd, opts.f64, hostBlocking(fwd, opts, isa));
     if (what == "kernels") return printKernels(programs.forward) + printKernels(programs.backward);
     if (what == "memplan") return printMemoryPlan(programs.forward) + printMemoryPlan(programs.backward);
-    auto tm = hostTargetMachine(resolveIsa(opts.isa));
+    auto tm = hostTargetMachine(isa);
     llvm::LLVMContext ctx;
     auto m = lower(ctx, programs, opts.f64, *tm);
     if (what != "llvm-unoptimised") optimise(*m, *tm);
@@ -573,7 +583,7 @@ std::string emitModule(const Graph& fwd, const CodegenOptions& opts, const std::
 }
 
 std::vector<std::string> explainProducts(const Graph& fwd, const CodegenOptions& opts) {
-    const GemmBlocking bl = hostBlocking(fwd, opts);
+    const GemmBlocking bl = hostBlocking(fwd, opts, resolveIsa(opts.isa));
     Programs programs = buildPrograms(fwd, opts.f64, bl);
     std::vector<std::string> lines;
     for (const KernelProgram* p : {&programs.forward, &programs.backward})
@@ -585,7 +595,7 @@ std::vector<std::string> explainProducts(const Graph& fwd, const CodegenOptions&
                 plan.blocked ? fmt::format("K blocks of {} ({}), M blocks of {} rows", plan.kc, plan.kBlocks, plan.mc)
                              : fmt::format("not blocked (K {} <= KC {})", k.depth, bl.kc);
             const bool packsB = plan.packsAllB(), packsA = plan.packA;
-            const std::string packedB = plan.packByStrip ? fmt::format("packed in N blocks of {} (a panel per thread)", plan.nc)
+            const std::string packedB = plan.packByStrip ? fmt::format("packed in N blocks of {} (a panel per thread)", bl.nr())
                                                          : "packed";
             const bool lastPanel = plan.packFrom < plan.colPanels && !packsB;
             lines.push_back(fmt::format(

@@ -49,7 +49,8 @@ struct IsaTarget {
 IsaTarget isaTarget(const std::string& isa);
 
 /// How long one phase of a compilation took: wall-clock time, and the CPU time of the
-/// compiling thread (which a machine shared with other work disturbs less).
+/// compiling threads (which a machine shared with other work disturbs less; a phase
+/// compiled in parts on threads counts all of them).
 struct CompilePhase {
     std::string name; ///< "autodiff", "fusion + memory plan", "lowering", "LLVM optimisation", ...
     double ms = 0, cpuMs = 0;
@@ -62,6 +63,11 @@ class PhaseTimer {
 public:
     explicit PhaseTimer(std::vector<CompilePhase>* out);
     void operator()(const char* phase);
+    /// Adds CPU time spent on phase `phase` by other threads (its wall-clock time is the
+    /// calling thread's).
+    void addCpu(const char* phase, double cpuMs);
+    /// The CPU time of the calling thread, in ms.
+    static double threadCpuMs();
 
 private:
     std::vector<CompilePhase>* out_;
@@ -81,13 +87,14 @@ struct CompiledModel {
     int64_t workspaceBytes = 0; ///< enough for either entry point
     Layout layout;              ///< where the entry points' buffers are, and their sizes
     bool f64 = false;
+    std::string isa;            ///< the instruction set of the code (resolveIsa's)
     bool cacheHit = false;
     int objects = 1;            ///< the objects the code came in (parts compiled on threads)
     std::string cacheProblem;   ///< why the cache folder or entry was ignored; empty if it was not
     /// The compilation by phase, in the order they ran: autodiff, fusion + memory plan,
     /// lowering (to LLVM IR, verified, printed for the cache key), object cache, LLVM
     /// optimisation and machine code (not on a cache hit; compiled in parts on threads, their
-    /// wall time is the slowest part's and their CPU time the calling thread's part's), JIT load.
+    /// wall time is the slowest part's and their CPU time all the parts'), JIT load.
     std::vector<CompilePhase> phases;
     /// Wall time from graph to callable code: the phases' sum.
     double compileMs() const {

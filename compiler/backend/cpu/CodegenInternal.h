@@ -27,7 +27,11 @@ struct Programs {
 
 /// The host CPU's target machine for `isa` (resolveIsa's); a UserError if LLVM cannot
 /// generate code for it.
-std::unique_ptr<llvm::TargetMachine> hostTargetMachine(const std::string& isa = "native");
+std::unique_ptr<llvm::TargetMachine> hostTargetMachine(const std::string& isa);
+
+/// The widest vector registers that code for LLVM features `features` ("+avx2,-avx512f,...")
+/// uses, in bits: 512 (AVX-512), 256 (AVX2) or 128.
+int vectorBits(const std::string& features);
 /// The module in LLVM's text form.
 std::string printModule(const llvm::Module& m);
 

@@ -19,8 +19,10 @@ public:
         if (!ws_) throw std::bad_alloc();
     }
 
+    /// "jit f32, compiled in 80.1 ms"; code for another instruction set than the host's
+    /// whole names it ("jit f32 avx2, ...").
     std::string describe() const override {
-        return fmt::format("jit {}, {} in {:.1f} ms", m_.f64 ? "f64" : "f32",
+        return fmt::format("jit {}{}, {} in {:.1f} ms", m_.f64 ? "f64" : "f32", m_.isa == "native" ? "" : " " + m_.isa,
                            m_.cacheHit ? "loaded from the cache" : "compiled", m_.compileMs());
     }
 

@@ -11,7 +11,7 @@ namespace gradc {
 /// probe: independent vector FMAs in registers, as many as the register tile of the
 /// matrix-product micro-kernel (blockingFor) holds, in the instruction set `isa` (resolveIsa's,
 /// Codegen.h). Takes a few tenths of a second.
-double measureFmaPeak(bool f64, const std::string& isa = "native");
+double measureFmaPeak(bool f64, const std::string& isa);
 
 /// A register tile (MR rows by NV vectors) and its measured speed in GFLOP/s.
 struct TileSpeed {
@@ -22,6 +22,6 @@ struct TileSpeed {
 /// Times each candidate tile of the micro-kernel on this CPU (JIT'd, in registers, B in
 /// L1/L2, K = 256): one module for all, best of three runs of a few milliseconds each.
 std::vector<TileSpeed> measureTiles(bool f64, const std::vector<TileSpeed>& candidates,
-                                    const std::string& isa = "native");
+                                    const std::string& isa);
 
 } // namespace gradc

@@ -68,6 +68,8 @@ const std::string& Jit::hostFeatures(const std::string& isa) {
     return isa == "avx2" ? avx2 : native;
 }
 
+bool Jit::hasFeature(const std::string& isa, llvm::StringRef feature) { return hostFeatureMap(isa).lookup(feature); }
+
 static llvm::orc::JITTargetMachineBuilder hostBuilder(const std::string& isa) {
     llvm::orc::JITTargetMachineBuilder jtmb(llvm::Triple(llvm::sys::getProcessTriple()));
     jtmb.setCPU(Jit::hostCpu());

@@ -19,15 +19,17 @@ public:
 
     /// A JIT for this machine's CPU and `isa`'s features; math functions (libm, and libmvec
     /// where present) resolve from the running process.
-    static llvm::Expected<std::unique_ptr<Jit>> create(const std::string& isa = "native");
+    static llvm::Expected<std::unique_ptr<Jit>> create(const std::string& isa);
 
     /// A TargetMachine for the same CPU and features, to optimise and emit code with.
-    static llvm::Expected<std::unique_ptr<llvm::TargetMachine>> targetMachine(const std::string& isa = "native");
+    static llvm::Expected<std::unique_ptr<llvm::TargetMachine>> targetMachine(const std::string& isa);
     static void initialiseLLVM(); ///< the native target, once per process
     /// The host's LLVM CPU name, and its features for `isa` ("+avx2,+avx512f,-amx-tile,..."),
     /// computed once per process.
     static const std::string& hostCpu();
-    static const std::string& hostFeatures(const std::string& isa = "native");
+    static const std::string& hostFeatures(const std::string& isa);
+    /// True when the host's features for `isa` turn on `feature` ("avx512f", "fma", ...).
+    static bool hasFeature(const std::string& isa, llvm::StringRef feature);
     /// True when glibc's vector math library could be loaded (the vectoriser may call it).
     static bool haveLibmvec();
 

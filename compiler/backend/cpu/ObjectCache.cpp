@@ -211,7 +211,7 @@ std::optional<std::string> ObjectCache::readFile(const std::string& name, const 
         else if (!S_ISREG(st.st_mode))
             why = fmt::format("is {}", fileKind(st.st_mode));
         else if (why = untrusted(st); why.empty() && uint64_t(st.st_size) > maxBytes)
-            why = fmt::format("is {} bytes, more than any entry", st.st_size);
+            why = fmt::format("is {} bytes, more than the limit of {} bytes", st.st_size, maxBytes);
         if (!why.empty()) {
             ::close(fd);
             ignore(path, fmt::format("{} {}; ignored", what, why));

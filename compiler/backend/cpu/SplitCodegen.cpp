@@ -10,6 +10,9 @@
 #include <llvm/Bitcode/BitcodeWriter.h>
 #include <llvm/IR/LLVMContext.h>
 #include <llvm/IR/Module.h>
+#include <llvm/IR/PassManager.h>
+#include <llvm/Passes/PassBuilder.h>
+#include <llvm/Transforms/IPO/GlobalDCE.h>
 #include <llvm/Support/MemoryBuffer.h>
 #include <llvm/Support/raw_ostream.h>
 
@@ -20,20 +23,15 @@
 #include <set>
 #include <thread>
 
-#include <time.h>
-
 namespace gradc {
 
 namespace {
 
-/// The CPU time of the calling thread, in ms.
-double threadCpuMs() {
-    timespec t;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
-    return double(t.tv_sec) * 1e3 + double(t.tv_nsec) / 1e6;
-}
-
-/// What a part does on its thread, given its index; the first error is rethrown on the caller's.
+/// What a part does on its thread, given its index; the first error is rethrown on the
+/// caller's. Threads of their own, not the runtime's pool: gradc_parallel_for runs its work
+/// serially on the calling thread when the pool is busy (a model compiled while another
+/// runs would compile on one thread), and it is extern "C", so no exception may cross it,
+/// while LLVM's failures here are UserErrors.
 void onThreads(size_t parts, const std::function<void(size_t)>& work) {
     std::vector<std::exception_ptr> errors(parts);
     std::vector<std::thread> threads;
@@ -77,6 +75,22 @@ std::vector<std::string> compileObjects(llvm::Module& m, int parts, const std::s
     auto phase = [&](const char* name) {
         if (timer) (*timer)(name);
     };
+    // keepPart knows functions and global variables only; lowering makes no aliases, ifuncs,
+    // comdats or appending globals (llvm.used, global constructors).
+    internal_assert(m.alias_empty() && m.ifunc_empty() && m.getComdatSymbolTable().empty(),
+                    "a module to compile in parts has aliases, ifuncs or comdats");
+    for (const llvm::GlobalVariable& v : m.globals())
+        internal_assert(!v.hasAppendingLinkage(), "a module to compile in parts has an appending global");
+    // The helpers no kernel calls (gradc_pack_a, in most models) go first, while they are
+    // internal (split, they become external and each part's globaldce keeps them) and
+    // before their instructions count as work.
+    {
+        llvm::ModuleAnalysisManager mam;
+        llvm::PassBuilder().registerModuleAnalyses(mam);
+        llvm::ModulePassManager mpm;
+        mpm.addPass(llvm::GlobalDCEPass());
+        mpm.run(m, mam);
+    }
     // Each function in the part with the least work so far, the largest first; the work of a
     // function is its instruction count (an `optnone` entry point, a list of calls compiled
     // by fast instruction selection, counts a quarter).
@@ -140,21 +154,25 @@ std::vector<std::string> compileObjects(llvm::Module& m, int parts, const std::s
             p.tm = hostTargetMachine(isa);
             p.m = p.module.get();
         }
-        const double start = threadCpuMs();
+        const double start = PhaseTimer::threadCpuMs();
         keepPart(*p.m, mine[i], i);
         optimise(*p.m, i == 0 ? *tm : *p.tm);
-        p.optimiseMs = threadCpuMs() - start;
+        p.optimiseMs = PhaseTimer::threadCpuMs() - start;
     });
     phase("LLVM optimisation");
+    for (size_t i = 1; i < all.size(); ++i)
+        if (timer) timer->addCpu("LLVM optimisation", all[i].optimiseMs);
     onThreads(all.size(), [&](size_t i) {
         Part& p = all[i];
-        const double start = threadCpuMs();
+        const double start = PhaseTimer::threadCpuMs();
         p.object = emit(*p.m, i == 0 ? *tm : *p.tm, llvm::CodeGenFileType::ObjectFile);
-        p.emitMs = threadCpuMs() - start;
+        p.emitMs = PhaseTimer::threadCpuMs() - start;
         p.module.reset(); // in this thread: the context's memory is freed alongside
         p.ctx.reset();
     });
     phase("machine code");
+    for (size_t i = 1; i < all.size(); ++i)
+        if (timer) timer->addCpu("machine code", all[i].emitMs);
     std::vector<std::string> out;
     for (size_t i = 0; i < all.size(); ++i) {
         if (std::getenv("GRADC_DEBUG"))

@@ -83,6 +83,9 @@ public:
     Session& operator=(Session&&) noexcept;
 
     int64_t batch() const;
+    /// The backend and its code: "interp", or "jit f32, compiled in 80.1 ms" ("jit f32
+    /// avx2, ..." for code in another instruction set than all of the host's).
+    std::string describe() const;
 
     /// Parameters from the model's init schemes, deterministically from `seed`.
     void initialiseParameters(uint64_t seed);
