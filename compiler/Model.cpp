@@ -31,6 +31,10 @@ void Model::Impl::init() {
 
 const std::string& Model::name() const { return impl().graph.model; }
 int64_t Model::inputWidth() const { return perExample(impl().graph[0].shape); }
+std::vector<int64_t> Model::inputShape() const {
+    const Shape& x = impl().graph[0].shape;
+    return std::vector<int64_t>(x.begin() + 1, x.end());
+}
 int64_t Model::outputWidth() const { return impl().graph[impl().graph.output(OutputRole::Logits)].shape[1]; }
 const std::string& Model::loss() const { return impl().graph.lossKind; }
 int64_t Model::parameterCount() const { return impl().graph.parameterCount(); }

@@ -249,11 +249,11 @@ DeadResult runDead(const DeadOptions& o) {
     DataSplit data = loadSplit(o.data.dir, o.val, o.data.mean, o.data.std, o.limit);
     const Graph& g = engine->graph();
     std::vector<size_t> layers; // the activation layers: modules whose output is an activation function's
-    std::vector<std::vector<char>> alive;
+    std::vector<UnitMask> alive;
     for (size_t i = 0; i < engine->layerCount(); ++i)
         if (isActivation(g[g.layers[i].value])) {
             layers.push_back(i);
-            alive.emplace_back(size_t(perExample(g.layers[i].out)), 0); // a unit: one value of an example
+            alive.emplace_back(g.layers[i].out);
         }
     auto scan = [&](auto zero) { // in the engine's element type
         using T = decltype(zero);
@@ -263,13 +263,8 @@ DeadResult runDead(const DeadOptions& o) {
             gather(data.train, data.fit, begin, batch, data.mean, data.std, x, labels);
             onlyImages(labels);
             engine->evaluate(x.data(), labels.data(), static_cast<T*>(nullptr));
-            const size_t rows = std::min(size_t(batch), data.fit.size() - begin);
-            for (size_t k = 0; k < layers.size(); ++k) {
-                const T* y = engine->layerOutput<T>(layers[k]);
-                const size_t N = alive[k].size();
-                for (size_t r = 0; r < rows; ++r)
-                    for (size_t j = 0; j < N; ++j) alive[k][j] |= y[r * N + j] != T(0);
-            }
+            const int64_t rows = int64_t(std::min(size_t(batch), data.fit.size() - begin));
+            for (size_t k = 0; k < layers.size(); ++k) alive[k].add(engine->layerOutput<T>(layers[k]), rows);
         }
     };
     typed(engine->f64(), scan);
@@ -277,8 +272,8 @@ DeadResult runDead(const DeadOptions& o) {
     result.model = g.model, result.images = int64_t(data.fit.size());
     for (size_t k = 0; k < layers.size(); ++k) {
         const LayerInfo& l = g.layers[layers[k]];
-        DeadLayer d{l.name, l.what, int64_t(alive[k].size()), 0};
-        for (char a : alive[k]) d.dead += !a;
+        DeadLayer d{l.name, l.what, alive[k].units(), alive[k].dead(), alive[k].channels() ? "channel" : "unit",
+                    Shape(l.out.begin() + 1, l.out.end())};
         result.layers.push_back(std::move(d));
     }
     return result;

@@ -12,6 +12,8 @@ namespace gradc {
 namespace {
 
 constexpr double kPanelW = 300, kPanelH = 210, kPad = 46, kRowTitle = 34;
+/// The most panels side by side in the gradient figure (2,400 pixels).
+constexpr size_t kMaxColumns = 8;
 const char* kColors[] = {"#2ca02c", "#1f77b4", "#ff7f0e", "#d62728", "#9467bd", "#8c564b"};
 
 /// Names in the figure (a model is named after its file, which may hold any bytes) as XML
@@ -76,26 +78,34 @@ std::string histogramPanel(double x, double y, const std::string& title, const s
 }
 
 std::string gradientFigure(const std::vector<GradReport>& reports, const std::vector<std::string>& activationNames) {
+    // A model's weights in rows of at most kMaxColumns panels: a 20-layer CNN's 20 weights take
+    // three rows 2,400 pixels wide, not one row of 6,000 (the seed's networks keep one row).
     size_t columns = 1;
+    std::vector<size_t> weights;
     for (auto& r : reports) {
         size_t n = 0;
         for (auto& s : r.params) n += isWeight(s.shape);
-        columns = std::max(columns, n);
+        weights.push_back(n);
+        columns = std::max(columns, std::min(n, kMaxColumns));
     }
-    const double width = double(columns) * kPanelW, rowH = kRowTitle + kPanelH;
-    std::string svg = header(width, double(reports.size()) * rowH);
+    const double width = double(columns) * kPanelW;
+    double height = 0;
+    for (size_t n : weights) height += kRowTitle + double(std::max<size_t>(1, (n + columns - 1) / columns)) * kPanelH;
+    std::string svg = header(width, height);
+    double y = 0;
     for (size_t row = 0; row < reports.size(); ++row) {
         const GradReport& r = reports[row];
-        const double y = double(row) * rowH;
         const std::string act = row < activationNames.size() ? activationNames[row] : r.model;
         svg += text(width / 2, y + 22, fmt::format("Gradient magnitude distribution for activation function {} ({})",
                                                    act, r.model), "middle", 14);
-        size_t col = 0;
+        size_t k = 0;
         for (auto& s : r.params) {
             if (!isWeight(s.shape)) continue; // weights only, as the seed's figure
-            svg += histogramPanel(double(col++) * kPanelW, y + kRowTitle, s.name, "Grad magnitude", s,
-                                  kColors[row % std::size(kColors)]);
+            svg += histogramPanel(double(k % columns) * kPanelW, y + kRowTitle + double(k / columns) * kPanelH, s.name,
+                                  "Grad magnitude", s, kColors[row % std::size(kColors)]);
+            ++k;
         }
+        y += kRowTitle + double(std::max<size_t>(1, (weights[row] + columns - 1) / columns)) * kPanelH;
     }
     return svg + "</svg>\n";
 }

@@ -10,8 +10,9 @@
 
 namespace gradc {
 
-/// One row of histogram panels per model: one panel per weight tensor (30 bins, the tensor's
-/// name as the panel title), under a title naming the model's activation.
+/// One row of histogram panels per model (rows of at most eight panels for a deeper one): one
+/// panel per weight tensor (30 bins, the tensor's name as the panel title), under a title
+/// naming the model's activation.
 std::string gradientFigure(const std::vector<GradReport>& reports, const std::vector<std::string>& activationNames);
 
 /// A grid of histogram panels (`columns` wide) under one title: `gradc acts`.

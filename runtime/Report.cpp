@@ -6,6 +6,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 
 namespace gradc {
@@ -17,20 +18,27 @@ void computeVanishingFactor(GradReport& r) {
 
 std::string formatTable(const GradReport& r) {
     std::string out = fmt::format("loss {:.6f}\n\n", r.loss);
-    out += fmt::format("  {:<18} {:<10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>7}\n", "gradient",
-                       "shape", "abs_mean", "std", "min", "max", "l2", "zero%");
+    // The name and shape columns widen to their longest entry ([64,32,3,3], shortcut2_bn.weight).
+    size_t wName = 18, wShape = 10;
     for (auto& st : r.params) {
-        out += fmt::format("  {:<18} {:<10} {:>10.3e} {:>10.3e} {:>10.3e} {:>10.3e} {:>10.3e} {:>6.2f}%",
-                           st.name, shapeString(st.shape), st.absMean, st.std, st.min, st.max,
+        wName = std::max(wName, st.name.size());
+        wShape = std::max(wShape, shapeString(st.shape).size());
+    }
+    for (auto& a : r.activations) wName = std::max(wName, a.name.size());
+    out += fmt::format("  {:<{}} {:<{}} {:>10} {:>10} {:>10} {:>10} {:>10} {:>7}\n", "gradient", wName,
+                       "shape", wShape, "abs_mean", "std", "min", "max", "l2", "zero%");
+    for (auto& st : r.params) {
+        out += fmt::format("  {:<{}} {:<{}} {:>10.3e} {:>10.3e} {:>10.3e} {:>10.3e} {:>10.3e} {:>6.2f}%",
+                           st.name, wName, shapeString(st.shape), wShape, st.absMean, st.std, st.min, st.max,
                            st.l2, 100 * st.zeroFraction);
         if (st.nan || st.inf) out += fmt::format("  nan {} inf {}", st.nan, st.inf);
         out += "\n";
     }
     if (!r.activations.empty()) {
-        out += fmt::format("\n  {:<18} {:<16} {:>10} {:>10} {:>10}\n", "activation", "function", "mean", "std",
+        out += fmt::format("\n  {:<{}} {:<16} {:>10} {:>10} {:>10}\n", "activation", wName, "function", "mean", "std",
                            "|f'|<0.01");
         for (auto& a : r.activations) {
-            out += fmt::format("  {:<18} {:<16} {:>10.3e} {:>10.3e} {:>9.2f}%", a.name, a.function, a.mean, a.std,
+            out += fmt::format("  {:<{}} {:<16} {:>10.3e} {:>10.3e} {:>9.2f}%", a.name, wName, a.function, a.mean, a.std,
                                100 * a.lowGradientFraction);
             if (a.nan || a.inf) out += fmt::format("  nan {} inf {}", a.nan, a.inf);
             out += "\n";
@@ -69,6 +77,15 @@ std::string formatLayersJson(const std::string& model, int64_t examples,
                        {"min", jsonNumber(s.min)}, {"max", jsonNumber(s.max)}, {"zero_fraction", jsonNumber(s.zeroFraction)},
                        {"nan", s.nan}, {"inf", s.inf}, {"histogram", jsonHistogram(s)}});
     return jsonText({{"model", model}, {"examples", examples}, {"layers", out}});
+}
+
+std::string formatDeadJson(const DeadResult& r) {
+    nlohmann::json layers = nlohmann::json::array();
+    for (const DeadLayer& l : r.layers)
+        layers.push_back({{"name", l.name}, {"activation", l.activation}, {"shape", l.shape}, {"unit", l.unit},
+                          {"units", l.units}, {"dead", l.dead},
+                          {"dead_fraction", jsonNumber(l.units ? double(l.dead) / double(l.units) : 0.0)}});
+    return jsonText({{"model", r.model}, {"images", r.images}, {"layers", layers}});
 }
 
 std::string formatCsv(const std::vector<GradReport>& reports) {

@@ -3,6 +3,8 @@
 
 #include "Stats.h"
 
+#include <gradc/Jobs.h>
+
 #include <string>
 #include <vector>
 
@@ -30,6 +32,9 @@ std::string formatJson(const std::vector<GradReport>& reports);
 /// "histogram": {"edges", "counts"}}]}, a figure that is not finite as null.
 std::string formatLayersJson(const std::string& model, int64_t examples,
                              const std::vector<std::pair<std::string, TensorStats>>& layers);
+/// `gradc dead --format json`: {"model", "images", "layers": [{"name", "activation", "shape"
+/// (one example's: [32,28,28]), "unit" ("unit" or "channel"), "units", "dead", "dead_fraction"}]}.
+std::string formatDeadJson(const DeadResult& r);
 /// One CSV header line (RFC 4180: a name holding a comma, quote, CR or LF is quoted), then one row per tensor of every model.
 std::string formatCsv(const std::vector<GradReport>& reports);
 

@@ -62,22 +62,26 @@ ActivationStats activationStatistics(const std::string& name, const Activation& 
     ActivationStats s;
     s.name = name, s.function = f.name, s.shape = preactivation.shape;
     scalar::Evaluator fx(f.formula), dfx(f.derivative ? f.derivative : scalar::derivative(f.formula));
-    double sum = 0, sumSq = 0;
+    // Welford's running mean and sum of squared deviations: a conv layer's millions of values
+    // lose nothing to cancellation (sum of squares minus the squared mean would).
+    double mean = 0, squares = 0;
     int64_t finite = 0, low = 0;
     for (double x : preactivation.data) {
         double y = fx(x);
         if (std::isnan(y)) { ++s.nan; continue; }
         if (std::isinf(y)) { ++s.inf; continue; }
         ++finite;
-        sum += y, sumSq += y * y;
+        const double delta = y - mean;
+        mean += delta / double(finite);
+        squares += delta * (y - mean);
         low += std::fabs(dfx(x)) < 0.01;
     }
     if (finite == 0) {
         s.mean = s.std = s.lowGradientFraction = std::nan("");
         return s;
     }
-    s.mean = sum / double(finite);
-    s.std = std::sqrt(std::max(0.0, sumSq / double(finite) - s.mean * s.mean));
+    s.mean = mean;
+    s.std = std::sqrt(std::max(0.0, squares / double(finite)));
     s.lowGradientFraction = double(low) / double(finite);
     return s;
 }
@@ -97,6 +101,30 @@ VanishingFactor vanishingFactor(const std::vector<TensorStats>& gradients) {
     if (weights.size() < 2) return {std::nan(""), "", ""};
     return {weights.front()->absMean / weights.back()->absMean, weights.front()->name, weights.back()->name};
 }
+
+UnitMask::UnitMask(const Shape& shape) {
+    channels_ = shape.size() == 4;
+    positions_ = channels_ ? shape[2] * shape[3] : 1;
+    alive_.assign(size_t(channels_ ? shape[1] : perExample(shape)), 0);
+}
+
+template <typename T> void UnitMask::add(const T* values, int64_t rows) {
+    const size_t units = alive_.size(), positions = size_t(positions_);
+    for (int64_t r = 0; r < rows; ++r)
+        for (size_t u = 0; u < units; ++u) {
+            const T* v = values + (size_t(r) * units + u) * positions;
+            if (alive_[u]) continue;
+            for (size_t p = 0; p < positions; ++p)
+                if (v[p] != T(0)) {
+                    alive_[u] = 1;
+                    break;
+                }
+        }
+}
+template void UnitMask::add(const float*, int64_t);
+template void UnitMask::add(const double*, int64_t);
+
+int64_t UnitMask::dead() const { return int64_t(std::count(alive_.begin(), alive_.end(), 0)); }
 
 std::vector<ActivationStats> activationStatistics(const Graph& g, const std::map<std::string, Tensor>& outputs) {
     std::vector<ActivationStats> out;

@@ -55,6 +55,26 @@ struct VanishingFactor {
 };
 VanishingFactor vanishingFactor(const std::vector<TensorStats>& gradients);
 
+/// Which units of a layer were ever nonzero (`gradc dead`): a unit is one value of an example,
+/// or for values of rank 4, [B,C,H,W], a channel, alive when nonzero at any position of any
+/// image (a dead channel: zero at every position for every image).
+class UnitMask {
+public:
+    /// For a layer whose values have `shape` ([batch, ...]).
+    explicit UnitMask(const Shape& shape);
+    /// Marks the units nonzero in the first `rows` examples of `values` (the layer's shape,
+    /// row-major). NaN counts as nonzero: it is not a dead unit's output.
+    template <typename T> void add(const T* values, int64_t rows);
+    bool channels() const { return channels_; }
+    int64_t units() const { return int64_t(alive_.size()); }
+    int64_t dead() const;
+
+private:
+    std::vector<char> alive_;
+    int64_t positions_ = 1; ///< values per unit in one example: H*W for a channel, else 1
+    bool channels_ = false;
+};
+
 /// The activation statistics of every Preact output of graph `g`, from `outputs` (by outputLabel).
 std::vector<ActivationStats> activationStatistics(const Graph& g, const std::map<std::string, Tensor>& outputs);
 

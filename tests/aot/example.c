@@ -124,6 +124,20 @@ int main(int argc, char** argv) {
             return 1;
         }
     }
+    /* x's shape in the macros is the table's: [batch][784], [batch][28][28], [batch][1][28][28]. */
+    const int64_t input_shape[] = MODEL_INPUT_SHAPE;
+    if ((int)(sizeof input_shape / sizeof input_shape[0]) != MODEL_INPUT_RANK || model_arguments[0].rank != MODEL_INPUT_RANK ||
+        input_shape[0] != MODEL_BATCH) {
+        fprintf(stderr, "MODEL_INPUT_SHAPE has %d dimensions, MODEL_INPUT_RANK %d, x %d\n",
+                (int)(sizeof input_shape / sizeof input_shape[0]), MODEL_INPUT_RANK, model_arguments[0].rank);
+        return 1;
+    }
+    for (int d = 0; d < MODEL_INPUT_RANK; ++d)
+        if (input_shape[d] != model_arguments[0].shape[d]) {
+            fprintf(stderr, "MODEL_INPUT_SHAPE's dimension %d is %lld, x's %lld\n", d, (long long)input_shape[d],
+                    (long long)model_arguments[0].shape[d]);
+            return 1;
+        }
     /* The same batch the test's reference computes: inputs in [-1, 1), labels cycling. */
     for (long i = 0; i < MODEL_BATCH * MODEL_INPUTS; ++i) x[i] = (float)((i * 37) % 255) / 127.5f - 1.0f;
     for (int b = 0; b < MODEL_BATCH; ++b) labels[b] = b % MODEL_OUTPUTS;

@@ -155,3 +155,28 @@ TEST_CASE("the options' errors are said in one place, for the command line and t
     o.emit = "bc";
     CHECK(aotOptionsError(o) == "--emit=bc is not obj, asm or llvm");
 }
+
+TEST_CASE("a header describes images: x [B,C,H,W] in its macros and tables, conv weights' layout", "[aot]") {
+    // Dense layers on images compile ahead of time today; the header is the same for any rank.
+    const char* images = "model im\ninput 1x6x5\ndense 3 tanh\nflatten\ndense 4\nloss cross_entropy\n";
+    AotOptions o;
+    o.targetCpu = "generic";
+    o.emit = "llvm";
+    o.source = "im.nn";
+    o.prefix = "m";
+    const std::string h = compileAhead(compileSource("im.nn", images, {2}).graph, o).header;
+    CHECK(define(h, "INPUT_RANK") == 4);
+    CHECK(define(h, "INPUTS") == 30);
+    CHECK_THAT(h, Catch::Contains("#define M_INPUT_SHAPE {2, 1, 6, 5} /* x's shape: int64_t shape[] = M_INPUT_SHAPE; */\n"));
+    CHECK_THAT(h, Catch::Contains(" * x holds [2][1][6][5] values (M_INPUT_SHAPE; images: batch, channels, height, width).\n"));
+    CHECK_THAT(h, Catch::Contains("a conv weight [out, in, kh, kw]"));
+    CHECK(define(h, "MAX_RANK") == 4);
+    CHECK_THAT(h, Catch::Contains("{\"x\", \"input\", 4, {2, 1, 6, 5}, 0, 60},\n"));
+    CHECK_THAT(h, Catch::Contains("{\"layers.1\", \"preact\", 4, {2, 1, 6, 3}, 0, 36},\n"));
+    CHECK_THAT(h, Catch::Contains("{\"layers.0.weight\", \"parameter\", 2, {3, 5, 0, 0}, 0, 15},\n"));
+    // A vector input keeps its rank 2 and says nothing of images.
+    const std::string& dense = compileFor("generic").header;
+    CHECK(define(dense, "INPUT_RANK") == 2);
+    CHECK_THAT(dense, Catch::Contains("#define M_INPUT_SHAPE {8, 40} "));
+    CHECK_THAT(dense, !Catch::Contains("images:"));
+}

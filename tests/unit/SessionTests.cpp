@@ -501,3 +501,89 @@ TEST_CASE("a Session compiled for isa avx2 gives native's loss and a bad isa is 
     interp.isa = "avx3";
     CHECK(Session(model, 2, interp).describe() == "interp");
 }
+
+TEST_CASE("a Session on a CNN (interp) takes [B,1,28,28] images: forward, backward, steps, layer outputs", "[session][cnn]") {
+    // A strided 5x5 convolution with padding, BatchNorm2d, average pooling, a 3x1 kernel
+    // without bias, flatten, dense: layers.0 to layers.7 in nn.Sequential's numbering.
+    const Model model = Model::fromString("cnn.nn", "model cnn\ninput 1x28x28\nconv 3 5x5 stride=3 padding=2 relu\n"
+                                                    "batchnorm\navgpool 2\nconv 2 3x1 tanh bias=false\nflatten\n"
+                                                    "dense 4\nloss cross_entropy\n");
+    CHECK(model.inputShape() == std::vector<int64_t>{1, 28, 28});
+    CHECK(model.inputWidth() == 784);
+    CHECK(model.outputWidth() == 4);
+    const std::vector<ParameterInfo> params = model.parameters();
+    REQUIRE(params.size() == 7);
+    CHECK(params[0].name == "layers.0.weight");
+    CHECK(params[0].shape == std::vector<int64_t>{3, 1, 5, 5});
+    CHECK(params[4].name == "layers.4.weight");
+    CHECK(params[4].shape == std::vector<int64_t>{2, 3, 3, 1});
+    CHECK(params[5].shape == std::vector<int64_t>{4, 30});
+    CHECK(model.buffers().size() == 2); // BatchNorm2d's running_mean and running_var
+    SessionOptions o;
+    o.backend = "interp";
+    const int64_t batch = 3;
+    Session s(model, batch, o);
+    s.initialiseParameters(11);
+    std::mt19937 rng(5);
+    std::uniform_real_distribution<float> pixel(-1, 1);
+    std::vector<float> x(size_t(batch) * 784), logits(size_t(batch) * 4);
+    for (float& v : x) v = pixel(rng);
+    const std::vector<int32_t> labels = {0, 3, 1};
+
+    const float loss = s.forward(x.data(), labels.data(), logits.data());
+    CHECK(std::isfinite(loss));
+    CHECK(std::all_of(logits.begin(), logits.end(), [](float v) { return std::isfinite(v); }));
+    CHECK(s.backward(x.data(), labels.data()) == loss);
+    // The gradients are the loss's slopes: central differences of forward() for a few entries
+    // of the conv weights, the conv bias and the batchnorm scale.
+    const std::vector<float> grads(s.gradients(), s.gradients() + model.parameterCount());
+    float* state = s.parameters();
+    for (int64_t at : {params[0].offset + 12, params[0].offset + 3, params[1].offset + 2, params[2].offset + 1,
+                       params[4].offset + 5}) {
+        INFO(at);
+        const float keep = state[at];
+        state[at] = keep + 1e-3f;
+        const double up = s.forward(x.data(), labels.data()), h1 = state[at] - keep;
+        state[at] = keep - 1e-3f;
+        const double down = s.forward(x.data(), labels.data()), h2 = keep - state[at];
+        state[at] = keep;
+        CHECK(std::fabs((up - down) / (h1 + h2) - grads[size_t(at)]) <= 1e-3 * std::max(1.0f, std::fabs(grads[size_t(at)])));
+    }
+    const std::vector<GradientStatistics> stats = s.gradientStatistics();
+    REQUIRE(stats.size() == 7);
+    CHECK(stats[0].shape == std::vector<int64_t>{3, 1, 5, 5});
+    CHECK(std::isfinite(s.vanishingFactor())); // layers.0.weight over layers.7.weight
+    const std::vector<ActivationStatistics> acts = s.activationStatistics();
+    REQUIRE(acts.size() == 2);
+    CHECK(acts[0].function == "relu");
+    CHECK(acts[1].function == "tanh");
+
+    // Training steps on the one batch lower its loss; batchnorm's running statistics move.
+    OptimizerOptions adam;
+    adam.method = "adam", adam.lr = 1e-2;
+    s.setOptimizer(adam);
+    const float first = s.trainStep(x.data(), labels.data());
+    float last = first;
+    for (int i = 0; i < 15; ++i) last = s.trainStep(x.data(), labels.data());
+    CHECK(s.steps() == 16);
+    CHECK(last < first);
+    const ParameterInfo runningMean = model.buffers()[0];
+    CHECK(runningMean.shape == std::vector<int64_t>{3});
+    CHECK(s.parameters()[runningMean.offset] != 0.0f);
+
+    // Evaluation mode and every module's output, images as [B,C,H,W].
+    CHECK(std::isfinite(s.evaluate(x.data(), labels.data(), logits.data())));
+    const std::vector<LayerOutput> outs = s.layerOutputs();
+    REQUIRE(outs.size() == 7);
+    const std::vector<std::vector<int64_t>> shapes = {{3, 3, 10, 10}, {3, 3, 10, 10}, {3, 3, 10, 10}, {3, 3, 5, 5},
+                                                      {3, 2, 3, 5},   {3, 2, 3, 5},   {3, 30}};
+    for (size_t i = 0; i < outs.size(); ++i) {
+        INFO(outs[i].name << " " << outs[i].what);
+        CHECK(outs[i].shape == shapes[i]);
+        CHECK(int64_t(outs[i].values.size()) == shapes[i][0] * shapes[i][1] * (shapes[i].size() == 4 ? shapes[i][2] * shapes[i][3] : 1));
+    }
+    // flatten is the NCHW order: the flattened values are the pooled conv's, unmoved.
+    CHECK(outs[6].values == outs[5].values);
+    // A 3x1 kernel over [5,5] gives 3 rows of 5: tanh bounds them.
+    CHECK(std::all_of(outs[5].values.begin(), outs[5].values.end(), [](float v) { return v > -1 && v < 1; }));
+}

@@ -9,6 +9,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <string>
 #include <utility>
 #include <vector>
@@ -44,11 +45,18 @@ int runActs(const po::variables_map& vm) {
         fmt::print("{}", formatLayersJson(run.model, count, run.layers));
     } else {
         fmt::print("{}: layer outputs over the first {} training images of {} (evaluation mode)\n\n", run.model, count, dir);
-        fmt::print("  {:<12} {:<22} {:>10} {:>10} {:>10} {:>10} {:>7}\n", "layer", "op", "mean", "variance", "min", "max",
-                   "zero");
+        // Each module's output with its shape ([B,C,H,W] for images); the columns widen to
+        // their longest entry ("conv 32 -> 64, 3x3, padding 1").
+        size_t wName = 12, wOp = 22, wShape = 5;
+        for (auto& [what, s] : run.layers) {
+            wName = std::max(wName, s.name.size()), wOp = std::max(wOp, what.size());
+            wShape = std::max(wShape, shapeString(s.shape).size());
+        }
+        fmt::print("  {:<{}} {:<{}} {:<{}} {:>10} {:>10} {:>10} {:>10} {:>7}\n", "layer", wName, "op", wOp, "shape",
+                   wShape, "mean", "variance", "min", "max", "zero");
         for (auto& [what, s] : run.layers)
-            fmt::print("  {:<12} {:<22} {:>10.4f} {:>10.4f} {:>10.4f} {:>10.4f} {:>6.1f}%\n", s.name, what, s.mean,
-                       s.std * s.std, s.min, s.max, 100 * s.zeroFraction);
+            fmt::print("  {:<{}} {:<{}} {:<{}} {:>10.4f} {:>10.4f} {:>10.4f} {:>10.4f} {:>6.1f}%\n", s.name, wName, what,
+                       wOp, shapeString(s.shape), wShape, s.mean, s.std * s.std, s.min, s.max, 100 * s.zeroFraction);
     }
     if (vm.count("plot")) {
         std::vector<std::pair<std::string, TensorStats>> panels;

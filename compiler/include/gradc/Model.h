@@ -44,7 +44,11 @@ public:
     static Model fromString(const std::string& name, const std::string& text);
 
     const std::string& name() const;
+    /// Values of one example's input: 784 for `input 784`, `input 28x28` and `input 1x28x28`.
     int64_t inputWidth() const;
+    /// One example's input as the model declares it: {784}, {28, 28}, or an image {1, 28, 28}
+    /// (channels, height, width). x is [batch, ...this] row-major: for images PyTorch's NCHW.
+    std::vector<int64_t> inputShape() const;
     int64_t outputWidth() const;
     const std::string& loss() const; ///< cross_entropy, bce or mse
     std::vector<ParameterInfo> parameters() const;

@@ -82,7 +82,8 @@ ActsResult acts(const ActsOptions& options);
 
 /// `gradc dead`: per activation layer, the units that output zero for every training image
 /// of the split `gradc train` trains on (`val` images held out; `limit` > 0: only the first
-/// `limit` images of each file).
+/// `limit` images of each file). A unit is one value of an example, except in a layer of
+/// images ([B,C,H,W]), where it is a channel: dead when zero at every position of every image.
 struct DeadOptions : ClassifierOptions {
     int64_t batch = 256;
     int64_t val = 10000, limit = 0;
@@ -90,6 +91,8 @@ struct DeadOptions : ClassifierOptions {
 struct DeadLayer {
     std::string name, activation;
     int64_t units = 0, dead = 0;
+    std::string unit = "unit";  ///< what `units` counts: "unit" (a value of an example) or "channel"
+    std::vector<int64_t> shape; ///< the layer's output for one example: [512], [32,28,28]
 };
 struct DeadResult {
     std::string model;

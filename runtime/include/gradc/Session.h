@@ -54,7 +54,8 @@ struct OptimizerOptions {
     double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
 };
 
-/// One module's output over a batch (Session::layerOutputs): `values` is [batch, width].
+/// One module's output over a batch (Session::layerOutputs): `values` has `shape`, [batch, width]
+/// or for images [batch, C, H, W].
 struct LayerOutput {
     std::string name; ///< layers.0, h, ...
     std::string what; ///< "linear 784 -> 512", "relu", "batchnorm 512", ...
@@ -97,7 +98,8 @@ public:
     /// for the Session's life (loadParameters and initialiseParameters write into it).
     float* parameters();
 
-    /// One forward pass: `x` is [batch, inputWidth] row-major; `labels` (cross_entropy) or
+    /// One forward pass: `x` is [batch, inputWidth] row-major (images: [batch, C, H, W],
+    /// Model::inputShape); `labels` (cross_entropy) or
     /// `targets` (bce, mse: [batch, outputWidth]) give the loss; every label must be a class,
     /// 0 to outputWidth - 1. Writes `logits` ([batch, outputWidth]) when it is not null.
     /// Returns the loss.
