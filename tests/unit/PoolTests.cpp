@@ -39,10 +39,11 @@ Graph poolGraph(Op op, const Shape& xs, const std::vector<Window>& windows) {
     return g;
 }
 
-enum class Fill { Normal, Ties, NaN };
+enum class Fill { Normal, Ties, NaN, NegInf };
 
 /// x: normal values; or ties: max(0, a multiple of 1/2), more than half of them 0; or normal
-/// values with about one in eight NaN.
+/// values with about one in eight NaN; or half of them -inf (windows of -inf only: their
+/// first position inside the image takes the gradient).
 Bindings poolBindings(const Graph& g, Fill kind, std::mt19937& rng) {
     Bindings b = randomBindings(g, rng);
     std::normal_distribution<double> normal(0, 1);
@@ -50,6 +51,7 @@ Bindings poolBindings(const Graph& g, Fill kind, std::mt19937& rng) {
         v = normal(rng);
         if (kind == Fill::Ties) v = std::max(0.0, std::round(v * 2) / 2);
         if (kind == Fill::NaN && rng() % 8 == 0) v = std::nan("");
+        if (kind == Fill::NegInf && rng() % 2 == 0) v = -INFINITY;
     }
     return b;
 }
@@ -117,13 +119,14 @@ std::string describeCase(const Shape& xs, const Window& w) { return shapeString(
 
 } // namespace
 
-TEST_CASE("compiled max pooling and its gradient agree with the interpreter on random windows, ties and NaN",
+TEST_CASE("compiled max pooling and its gradient agree with the interpreter on random windows, ties, NaN and -inf",
           "[jit][pool]") {
     std::mt19937 rng(1601);
-    for (int n = 0; n < 36; ++n) {
+    for (int n = 0; n < 40; ++n) {
         auto [xs, w] = randomCase(rng);
-        const Fill kind = Fill(n % 3);
-        INFO("case " << n << ": " << describeCase(xs, w) << (kind == Fill::Ties ? " ties" : kind == Fill::NaN ? " NaN" : ""));
+        const Fill kind = Fill(n % 4);
+        const char* fills[] = {"", " ties", " NaN", " -inf"};
+        INFO("case " << n << ": " << describeCase(xs, w) << fills[int(kind)]);
         Graph g = poolGraph(Op::MaxPool2d, xs, {w});
         agree(g, poolBindings(g, kind, rng), 1 + n % 2);
     }
