@@ -158,6 +158,7 @@ TEST_CASE("compiled pooling: tiles, overlapping windows, wide rows, global avera
         {{2, 4, 7, 7}, {7, 7, 7, 7, 0, 0}},     // global_avgpool of cnn_plain's last stage
         {{2, 3, 1, 1}, {1, 1, 1, 1, 0, 0}},     // one pixel
         {{4, 1, 3, 2}, {3, 2, 3, 2, 1, 1}},     // padding all around a small image
+        {{2, 1, 3, 4200}, {2, 3, 1, 1, 1, 1}},  // rows longer than the maximum's gradient keeps in its frame
     };
     for (const Case& c : cases)
         for (Op op : {Op::MaxPool2d, Op::AvgPool2d})

@@ -6,14 +6,20 @@
 //
 // One plane is one call of a plane function (its pointers `noalias`); the planes are spread
 // over the thread pool, so a thread owns whole planes and the gradients, which add into
-// their plane, never race. Within a plane, for each output row i, the window's rows r (only
-// those inside the image: padding rows hold nothing to read) and columns q (a constant each,
-// unrolled) run outside the innermost loop, which runs along the output row j over exactly
-// the outputs whose column j SW + q - PW is inside the image (validRange): no bounds test
-// inside it, consecutive for stride 1, and the optimiser vectorises it (stride 2: an
-// interleaved load). The window order per output stays row-major, so the first maximum and
-// the sums' order are the interpreter's. A global average pool (the window the whole image)
-// is a plane sum, and its gradient a fill.
+// their plane, never race. Within a plane, the outputs whose window lies inside the image
+// (most of them) compute the whole window in registers, KH x KW unrolled, VL outputs of a
+// row at a time: for strides 1 and 2 in vectors written out (one masked load per window
+// row and column; stride 2: one load of 2 VL lanes, its even ones, where the optimiser alone
+// would gather), for larger strides a loop the optimiser vectorises. The outputs whose
+// window the image clips (the border) take the window's rows inside the image and, for each
+// column q, run along the row over exactly the outputs whose column j SW + q - PW is inside
+// it (validRange), the result kept in memory between. Either way each output's window is
+// taken in row-major order, so the first maximum and the sums' order are the interpreter's.
+// A global average pool (the window the whole image) is a plane sum, and its gradient a
+// fill. The maximum's gradient finds a row's maxima first (their positions in the plane
+// function's frame) and then adds g at them one by one, since windows that overlap may
+// share one; windows that do not overlap along the row add g in the same pass. Rows longer
+// than kFrameRow outputs take each window's maximum on its own instead.
 #include "Lowering.h"
 
 #include <fmt/format.h>
@@ -32,6 +38,8 @@ std::pair<int64_t, int64_t> validRange(int64_t out, int64_t size, int64_t q, int
     return {first, std::max(first, end)};
 }
 
+constexpr int64_t kFrameRow = 4096;
+
 } // namespace
 
 void Lowering::pooling(const Kernel& k) {
@@ -48,6 +56,9 @@ void Lowering::pooling(const Kernel& k) {
     const int64_t xPlane = H * W, yPlane = OH * OW;
     const double invArea = 1.0 / (double(w.kh) * double(w.kw));
     const bool global = OH == 1 && OW == 1 && w.kh == H && w.kw == W && w.ph == 0 && w.pw == 0;
+    // The maximum's gradient keeps a row of best values and their positions (i32) in the
+    // plane function's frame: up to kFrameRow outputs, of planes i32 can index.
+    const bool rowsInFrame = OW <= kFrameRow && xPlane < (int64_t(1) << 31);
     auto* ptr = llvm::PointerType::get(ctx_, 0);
     auto* i32 = b_.getInt32Ty();
 
@@ -69,6 +80,37 @@ void Lowering::pooling(const Kernel& k) {
             return;
         }
         if (grad) loop(xPlane, "zero", [&](llvm::Value* e) { store(fp(0), out, e); });
+        if (k.op == Op::MaxPool2dGrad && !rowsInFrame) {
+            // Rows too long for the frame (or planes too large for i32 positions): each
+            // window's maximum on its own, in registers.
+            const double inf = std::numeric_limits<double>::infinity();
+            auto clip = [&](llvm::Value* from, int64_t k, int64_t size) { // [max(0, from), min(size, from + k))
+                llvm::Value* lo = b_.CreateSelect(b_.CreateICmpSLT(from, i64(0)), i64(0), from);
+                llvm::Value* end = b_.CreateAdd(from, i64(k));
+                return std::pair{lo, b_.CreateSelect(b_.CreateICmpSGT(end, i64(size)), i64(size), end)};
+            };
+            loop(OH, "i", [&](llvm::Value* i) {
+                auto [r0, r1] = clip(b_.CreateSub(b_.CreateMul(i, i64(w.sh)), i64(w.ph)), w.kh, H);
+                loop(OW, "j", [&](llvm::Value* j) {
+                    auto [c0, c1] = clip(b_.CreateSub(b_.CreateMul(j, i64(w.sw)), i64(w.pw)), w.kw, W);
+                    llvm::Value* bestV = variable(T_, fp(-inf));
+                    llvm::Value* argV = variable(b_.getInt64Ty(), b_.CreateAdd(b_.CreateMul(r0, i64(W)), c0));
+                    loopTo(b_.CreateSub(r1, r0), "r", [&](llvm::Value* rr) {
+                        llvm::Value* row = b_.CreateMul(b_.CreateAdd(r0, rr), i64(W));
+                        loopTo(b_.CreateSub(c1, c0), "c", [&](llvm::Value* cc) {
+                            llvm::Value* pos = b_.CreateAdd(row, b_.CreateAdd(c0, cc));
+                            llvm::Value *v = load(x, pos), *m = b_.CreateLoad(T_, bestV);
+                            llvm::Value* take = b_.CreateOr(b_.CreateFCmpOGT(v, m), b_.CreateFCmpUNO(v, v));
+                            b_.CreateStore(b_.CreateSelect(take, v, m), bestV);
+                            b_.CreateStore(b_.CreateSelect(take, pos, b_.CreateLoad(b_.getInt64Ty(), argV)), argV);
+                        });
+                    });
+                    llvm::Value* at = b_.CreateLoad(b_.getInt64Ty(), argV);
+                    store(b_.CreateFAdd(load(out, at), load(g, b_.CreateAdd(b_.CreateMul(i, i64(OW)), j))), out, at);
+                }, /*vectorise=*/false);
+            });
+            return;
+        }
         // The maximum's gradient keeps, per output of the row, the best value so far and
         // its position in the plane: in this call's frame, so each thread has its own.
         llvm::Value *best = nullptr, *arg = nullptr;
