@@ -76,18 +76,19 @@ double relativeError(const Tensor& got, const Tensor& want) {
 }
 
 /// The compiled forward and backward programs of `g` against the interpreter on `b`, in
-/// float (within 1e-4 of each tensor's largest value) and double (1e-6), on `threads`.
-void agree(const Graph& g, const Bindings& b, int threads) {
+/// float (within 1e-4 of each tensor's largest value) and double (1e-6), on `threads`, for
+/// the instruction set `isa` ("": the default, this CPU's).
+void agree(const Graph& g, const Bindings& b, int threads, const std::string& isa = "") {
     auto wantForward = interpretOutputs(g, b);
     auto wantBackward = interpretOutputs(differentiate(g), b);
     for (bool f64 : {false, true}) {
         CodegenOptions opts;
-        opts.f64 = f64, opts.cache = false, opts.threads = threads;
+        opts.f64 = f64, opts.cache = false, opts.threads = threads, opts.isa = isa;
         CompiledModel cm = compileModel(g, opts);
         auto gotForward = runCompiled(cm, g, b, false);
         auto gotBackward = runCompiled(cm, g, b, true);
         const double tol = f64 ? 1e-6 : 1e-4;
-        INFO((f64 ? "f64" : "f32") << ", " << threads << " thread(s)");
+        INFO((f64 ? "f64" : "f32") << ", " << threads << " thread(s) " << isa);
         for (auto& [name, want] : wantForward) {
             INFO(name);
             CHECK(relativeError(gotForward.at(name), want) <= tol);
@@ -196,4 +197,16 @@ TEST_CASE("models that pool compile and agree with the interpreter", "[jit][pool
                 Graph g = compileSource("pool.nn", text, {batch}).graph;
                 agree(g, randomBindings(g, rng), threads);
             }
+}
+
+TEST_CASE("compiled pooling agrees with the interpreter in AVX2 code too (vectors of 8 and 4 lanes)", "[jit][pool][isa]") {
+    std::mt19937 rng(1606);
+    const std::vector<std::pair<Shape, Window>> cases = {
+        {{2, 2, 8, 29}, {2, 2, 2, 2, 0, 0}}, {{2, 1, 7, 19}, {3, 3, 1, 1, 1, 1}}, {{3, 1, 6, 23}, {3, 2, 2, 2, 1, 1}}};
+    for (auto& [xs, w] : cases)
+        for (Op op : {Op::MaxPool2d, Op::AvgPool2d}) {
+            INFO(describe(op).spelling << " " << describeCase(xs, w));
+            Graph g = poolGraph(op, xs, {w});
+            agree(g, poolBindings(g, op == Op::MaxPool2d ? Fill::Ties : Fill::Normal, rng), 1, "avx2");
+        }
 }
