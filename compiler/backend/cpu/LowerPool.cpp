@@ -198,8 +198,9 @@ void Lowering::pooling(const Kernel& k) {
         };
 
         // Outputs [from, to) of row i whose whole window is inside the image, its top row
-        // `top`: each output's window, all KH x KW of it unrolled, in registers; the loop
-        // along the row vectorises (stride 2: the window's columns are one interleaved load).
+        // `top`: each output's window, all KH x KW of it unrolled, in registers; the optimiser
+        // vectorises the loop along the row (strides 3 and more: insideVectors below writes
+        // the vectors out for strides 1 and 2).
         // The maximum's gradient adds g at its maximum in the same pass when the windows of a
         // row do not overlap (SW >= KW), else scatters after it.
         const bool apart = w.sw >= w.kw;
