@@ -365,7 +365,9 @@ void PhaseTimer::operator()(const char* phase) {
 static void refuseUncompiled(const Graph& g) {
     for (const Node& n : g.nodes) {
         std::string what;
-        if (describe(n.op).has(trait::Spatial) || n.op == Op::SumTo) what = describe(n.op).spelling;
+        const bool pooling = n.op == Op::MaxPool2d || n.op == Op::MaxPool2dGrad || n.op == Op::AvgPool2d ||
+                             n.op == Op::AvgPool2dGrad; // compiled: LowerPool.cpp
+        if ((describe(n.op).has(trait::Spatial) && !pooling) || n.op == Op::SumTo) what = describe(n.op).spelling;
         else if (describe(n.op).has(trait::Normalisation) && n.op != Op::LayerNormNormalise &&
                  n.op != Op::LayerNormNormaliseGrad && g[n.in[0]].shape.size() > 2)
             what = "batchnorm per channel";

@@ -1,0 +1,412 @@
+// LowerPool.cpp — the pooling kernels: maxpool2d, avgpool2d and their gradients, each a
+// kernel of its own over the planes (image, channel) of x[B,C,H,W]. Their semantics are
+// Ops.def's and the interpreter's (PyTorch's): -inf padding for the maximum, NaN wins, the
+// FIRST maximum of a window in row-major window order takes the gradient, the average
+// divides by the whole window (count_include_pad), and overlapping windows add up.
+//
+// One plane is one call of a plane function (its pointers `noalias`); the planes are spread
+// over the thread pool, so a thread owns whole planes and the gradients, which add into
+// their plane, never race. Within a plane, the outputs whose window lies inside the image
+// (most of them) compute the whole window in registers, KH x KW unrolled, VL outputs of a
+// row at a time: for strides 1 and 2 in vectors written out (one masked load per window
+// row and column; stride 2: one load of 2 VL lanes, its even ones, where the optimiser alone
+// would gather), for larger strides a loop the optimiser vectorises. The outputs whose
+// window the image clips (the border) take the window's rows inside the image and, for each
+// column q, run along the row over exactly the outputs whose column j SW + q - PW is inside
+// it (validRange), the result kept in memory between. Either way each output's window is
+// taken in row-major order, so the first maximum and the sums' order are the interpreter's.
+// A global average pool (the window the whole image) is a plane sum, and its gradient a
+// fill. The maximum's gradient finds a row's maxima first (their positions in the plane
+// function's frame) and then adds g at them one by one, since windows that overlap may
+// share one; windows that do not overlap along the row add g in the same pass. Rows longer
+// than kFrameRow outputs take each window's maximum on its own instead.
+#include "Lowering.h"
+
+#include <fmt/format.h>
+
+#include <limits>
+
+namespace gradc {
+namespace {
+
+/// The outputs j of a row of `out` whose input column j * stride + q - pad lies in
+/// [0, size): [first, end), possibly empty.
+std::pair<int64_t, int64_t> validRange(int64_t out, int64_t size, int64_t q, int64_t stride, int64_t pad) {
+    int64_t first = 0;
+    if (pad - q > 0) first = (pad - q + stride - 1) / stride;
+    const int64_t end = size - 1 + pad - q < 0 ? 0 : std::min(out, (size - 1 + pad - q) / stride + 1);
+    return {first, std::max(first, end)};
+}
+
+constexpr int64_t kFrameRow = 4096;
+
+} // namespace
+
+void Lowering::pooling(const Kernel& k) {
+    const Window& w = k.attrs.window;
+    const bool max = k.op == Op::MaxPool2d || k.op == Op::MaxPool2dGrad;
+    const bool grad = k.op == Op::MaxPool2dGrad || k.op == Op::AvgPool2dGrad;
+    internal_assert(max || k.op == Op::AvgPool2d || k.op == Op::AvgPool2dGrad,
+                    fmt::format("op '{}' has no pooling kernel", describe(k.op).spelling));
+    // The image x [B,C,H,W] and the pooled [B,C,OH,OW]: operands or result, by the op.
+    const Shape& xs = p_->buffers[size_t(k.op == Op::AvgPool2dGrad ? k.out[0] : k.in[0])].shape;
+    const Shape& ys = p_->buffers[size_t(grad ? k.in[k.op == Op::MaxPool2dGrad ? 1 : 0] : k.out[0])].shape;
+    internal_assert(xs.size() == 4 && ys.size() == 4, "pooling of a tensor that is not an image");
+    const int64_t planes = xs[0] * xs[1], H = xs[2], W = xs[3], OH = ys[2], OW = ys[3];
+    const int64_t xPlane = H * W, yPlane = OH * OW;
+    const double invArea = 1.0 / (double(w.kh) * double(w.kw));
+    const bool global = OH == 1 && OW == 1 && w.kh == H && w.kw == W && w.ph == 0 && w.pw == 0;
+    // The maximum's gradient keeps a row of best values and their positions (i32) in the
+    // plane function's frame: up to kFrameRow outputs, of planes i32 can index.
+    const bool rowsInFrame = OW <= kFrameRow && xPlane < (int64_t(1) << 31);
+    auto* ptr = llvm::PointerType::get(ctx_, 0);
+    auto* i32 = b_.getInt32Ty();
+
+    // The plane function: (each operand's plane, the result's plane).
+    const unsigned operands = unsigned(k.in.size());
+    llvm::Function* plane = helper("gradc_pool_plane", std::vector<llvm::Type*>(operands + 1, ptr), [&] {
+        llvm::Value* x = k.op == Op::AvgPool2dGrad ? nullptr : fn_->getArg(0);
+        llvm::Value* g = k.op == Op::MaxPool2dGrad ? fn_->getArg(1) : k.op == Op::AvgPool2dGrad ? fn_->getArg(0) : nullptr;
+        llvm::Value* out = fn_->getArg(operands);
+        if (global && !max) {
+            if (grad) {
+                llvm::Value* share = b_.CreateFMul(load(g, i64(0)), fp(invArea));
+                loop(xPlane, "e", [&](llvm::Value* e) { store(share, out, e); });
+            } else {
+                llvm::Value* sum = variable(T_, fp(0));
+                loop(xPlane, "e", [&](llvm::Value* e) { b_.CreateStore(b_.CreateFAdd(b_.CreateLoad(T_, sum), load(x, e)), sum); });
+                store(b_.CreateFMul(b_.CreateLoad(T_, sum), fp(invArea)), out, i64(0));
+            }
+            return;
+        }
+        if (grad) loop(xPlane, "zero", [&](llvm::Value* e) { store(fp(0), out, e); });
+        if (k.op == Op::MaxPool2dGrad && !rowsInFrame) {
+            // Rows too long for the frame (or planes too large for i32 positions): each
+            // window's maximum on its own, in registers.
+            const double inf = std::numeric_limits<double>::infinity();
+            auto clip = [&](llvm::Value* from, int64_t k, int64_t size) { // [max(0, from), min(size, from + k))
+                llvm::Value* lo = b_.CreateSelect(b_.CreateICmpSLT(from, i64(0)), i64(0), from);
+                llvm::Value* end = b_.CreateAdd(from, i64(k));
+                return std::pair{lo, b_.CreateSelect(b_.CreateICmpSGT(end, i64(size)), i64(size), end)};
+            };
+            loop(OH, "i", [&](llvm::Value* i) {
+                auto [r0, r1] = clip(b_.CreateSub(b_.CreateMul(i, i64(w.sh)), i64(w.ph)), w.kh, H);
+                loop(OW, "j", [&](llvm::Value* j) {
+                    auto [c0, c1] = clip(b_.CreateSub(b_.CreateMul(j, i64(w.sw)), i64(w.pw)), w.kw, W);
+                    llvm::Value* bestV = variable(T_, fp(-inf));
+                    llvm::Value* argV = variable(b_.getInt64Ty(), b_.CreateAdd(b_.CreateMul(r0, i64(W)), c0));
+                    loopTo(b_.CreateSub(r1, r0), "r", [&](llvm::Value* rr) {
+                        llvm::Value* row = b_.CreateMul(b_.CreateAdd(r0, rr), i64(W));
+                        loopTo(b_.CreateSub(c1, c0), "c", [&](llvm::Value* cc) {
+                            llvm::Value* pos = b_.CreateAdd(row, b_.CreateAdd(c0, cc));
+                            llvm::Value *v = load(x, pos), *m = b_.CreateLoad(T_, bestV);
+                            llvm::Value* take = b_.CreateOr(b_.CreateFCmpOGT(v, m), b_.CreateFCmpUNO(v, v));
+                            b_.CreateStore(b_.CreateSelect(take, v, m), bestV);
+                            b_.CreateStore(b_.CreateSelect(take, pos, b_.CreateLoad(b_.getInt64Ty(), argV)), argV);
+                        });
+                    });
+                    llvm::Value* at = b_.CreateLoad(b_.getInt64Ty(), argV);
+                    store(b_.CreateFAdd(load(out, at), load(g, b_.CreateAdd(b_.CreateMul(i, i64(OW)), j))), out, at);
+                }, /*vectorise=*/false);
+            });
+            return;
+        }
+        // The maximum's gradient keeps, per output of the row, the best value so far and
+        // its position in the plane: in this call's frame, so each thread has its own.
+        llvm::Value *best = nullptr, *arg = nullptr;
+        if (k.op == Op::MaxPool2dGrad) {
+            llvm::IRBuilder<> eb(entryBlock_, entryBlock_->begin());
+            best = eb.CreateAlloca(llvm::ArrayType::get(T_, uint64_t(OW)));
+            arg = eb.CreateAlloca(llvm::ArrayType::get(i32, uint64_t(OW)));
+        }
+        auto bestAt = [&](llvm::Value* j) { return b_.CreateGEP(T_, best, j); };
+        auto argAt = [&](llvm::Value* j) { return b_.CreateGEP(i32, arg, j); };
+        const double inf = std::numeric_limits<double>::infinity();
+        // NaN wins, and a later value never displaces it (nor an equal one: the first stays).
+        auto takes = [&](llvm::Value* v, llvm::Value* best) {
+            return b_.CreateOr(b_.CreateFCmpOGT(v, best), b_.CreateFCmpUNO(v, v));
+        };
+        // The position in the plane of row r's column j SW + q - PW.
+        auto position = [&](llvm::Value* r, llvm::Value* j, int64_t q) {
+            return b_.CreateAdd(b_.CreateMul(r, i64(W)), b_.CreateAdd(b_.CreateMul(j, i64(w.sw)), i64(q - w.pw)));
+        };
+        // The gradient of the maximum goes where arg[j] says, for outputs [from, to): one by
+        // one, since windows that overlap may share their maximum.
+        auto scatter = [&](llvm::Value* yRow, int64_t from, int64_t to) {
+            loop(to - from, "j", [&](llvm::Value* jj) {
+                llvm::Value* j = b_.CreateAdd(jj, i64(from));
+                llvm::Value* at = b_.CreateZExt(b_.CreateLoad(i32, argAt(j)), b_.getInt64Ty());
+                store(b_.CreateFAdd(load(out, at), load(g, b_.CreateAdd(yRow, j))), out, at);
+            }, /*vectorise=*/false);
+        };
+
+        // Outputs [from, to) of row i whose window rows inside the image are [r0, r0 + rows):
+        // the window's positions one (r, q) at a time for all of them, the result (or the best
+        // so far) kept in memory between. Serves every output whose window the image clips.
+        auto clipped = [&](llvm::Value* i, llvm::Value* r0, llvm::Value* rows, int64_t from, int64_t to) {
+            llvm::Value* yRow = b_.CreateMul(i, i64(OW));
+            if (k.op != Op::AvgPool2dGrad) loop(to - from, "j", [&](llvm::Value* jj) {
+                llvm::Value* j = b_.CreateAdd(jj, i64(from));
+                if (k.op == Op::MaxPool2dGrad) { // a window of -inf only: its first position inside
+                    llvm::Value* left = b_.CreateSub(b_.CreateMul(j, i64(w.sw)), i64(w.pw));
+                    llvm::Value* c0 = b_.CreateSelect(b_.CreateICmpSLT(left, i64(0)), i64(0), left);
+                    b_.CreateStore(fp(-inf), bestAt(j));
+                    b_.CreateStore(b_.CreateTrunc(b_.CreateAdd(b_.CreateMul(r0, i64(W)), c0), i32), argAt(j));
+                } else {
+                    store(fp(max ? -inf : 0.0), out, b_.CreateAdd(yRow, j));
+                }
+            });
+            loopTo(rows, "r", [&](llvm::Value* rr) {
+                llvm::Value* r = b_.CreateAdd(r0, rr);
+                for (int64_t q = 0; q < w.kw; ++q) {
+                    auto [first, end] = validRange(OW, W, q, w.sw, w.pw);
+                    first = std::max(first, from), end = std::min(end, to);
+                    if (first >= end) continue;
+                    loop(end - first, "j", [&](llvm::Value* jj) {
+                        llvm::Value* j = b_.CreateAdd(jj, i64(first));
+                        llvm::Value* pos = position(r, j, q);
+                        llvm::Value* yi = b_.CreateAdd(yRow, j);
+                        switch (k.op) {
+                        case Op::MaxPool2d: {
+                            llvm::Value *v = load(x, pos), *m = load(out, yi);
+                            store(b_.CreateSelect(takes(v, m), v, m), out, yi);
+                            break;
+                        }
+                        case Op::AvgPool2d: store(b_.CreateFAdd(load(out, yi), load(x, pos)), out, yi); break;
+                        case Op::MaxPool2dGrad: {
+                            llvm::Value *v = load(x, pos), *m = b_.CreateLoad(T_, bestAt(j));
+                            llvm::Value* take = takes(v, m);
+                            b_.CreateStore(b_.CreateSelect(take, v, m), bestAt(j));
+                            b_.CreateStore(b_.CreateSelect(take, b_.CreateTrunc(pos, i32), b_.CreateLoad(i32, argAt(j))),
+                                           argAt(j));
+                            break;
+                        }
+                        case Op::AvgPool2dGrad:
+                            store(b_.CreateFAdd(load(out, pos), b_.CreateFMul(load(g, yi), fp(invArea))), out, pos);
+                            break;
+                        default: break;
+                        }
+                    });
+                }
+            });
+            if (k.op == Op::AvgPool2d)
+                loop(to - from, "j", [&](llvm::Value* jj) {
+                    llvm::Value* yi = b_.CreateAdd(yRow, b_.CreateAdd(jj, i64(from)));
+                    store(b_.CreateFMul(load(out, yi), fp(invArea)), out, yi);
+                });
+            if (k.op == Op::MaxPool2dGrad) scatter(yRow, from, to);
+        };
+
+        // Outputs [from, to) of row i whose whole window is inside the image, its top row
+        // `top`: each output's window, all KH x KW of it unrolled, in registers; the optimiser
+        // vectorises the loop along the row (strides 3 and more: insideVectors below writes
+        // the vectors out for strides 1 and 2).
+        // The maximum's gradient adds g at its maximum in the same pass when the windows of a
+        // row do not overlap (SW >= KW), else scatters after it.
+        const bool apart = w.sw >= w.kw;
+        auto inside = [&](llvm::Value* i, llvm::Value* top, int64_t from, int64_t to) {
+            llvm::Value* yRow = b_.CreateMul(i, i64(OW));
+            loop(to - from, "j", [&](llvm::Value* jj) {
+                llvm::Value* j = b_.CreateAdd(jj, i64(from));
+                llvm::Value* yi = b_.CreateAdd(yRow, j);
+                llvm::Value* acc = fp(max ? -inf : 0.0);
+                llvm::Value* argv = b_.CreateTrunc(position(top, j, 0), i32);
+                llvm::Value* share = k.op == Op::AvgPool2dGrad ? b_.CreateFMul(load(g, yi), fp(invArea)) : nullptr;
+                for (int64_t p = 0; p < w.kh; ++p)
+                    for (int64_t q = 0; q < w.kw; ++q) {
+                        llvm::Value* pos = position(b_.CreateAdd(top, i64(p)), j, q);
+                        if (share) {
+                            store(b_.CreateFAdd(load(out, pos), share), out, pos);
+                            continue;
+                        }
+                        llvm::Value* v = load(x, pos);
+                        if (!max) {
+                            acc = b_.CreateFAdd(acc, v);
+                            continue;
+                        }
+                        llvm::Value* take = takes(v, acc);
+                        acc = b_.CreateSelect(take, v, acc);
+                        if (grad) argv = b_.CreateSelect(take, b_.CreateTrunc(pos, i32), argv);
+                    }
+                switch (k.op) {
+                case Op::MaxPool2d: store(acc, out, yi); break;
+                case Op::AvgPool2d: store(b_.CreateFMul(acc, fp(invArea)), out, yi); break;
+                case Op::MaxPool2dGrad:
+                    if (!apart) {
+                        b_.CreateStore(argv, argAt(j));
+                        break;
+                    }
+                    for (int64_t p = 0; p < w.kh; ++p)
+                        for (int64_t q = 0; q < w.kw; ++q) {
+                            llvm::Value* pos = position(b_.CreateAdd(top, i64(p)), j, q);
+                            llvm::Value* hit = b_.CreateICmpEQ(b_.CreateTrunc(pos, i32), argv);
+                            store(b_.CreateFAdd(load(out, pos), b_.CreateSelect(hit, load(g, yi), fp(0))), out, pos);
+                        }
+                    break;
+                default: break;
+                }
+            });
+            if (k.op == Op::MaxPool2dGrad && !apart) scatter(yRow, from, to);
+        };
+
+        // The same for strides 1 and 2 in vectors of VL outputs written out: a row's inputs
+        // for VL outputs are one load (stride 2: one load of 2 VL, its even lanes), masked to
+        // the outputs [j0, to) and to the inputs they read, so nothing outside is touched.
+        // (The optimiser alone masks a row shorter than a vector with gathers.)
+        const unsigned VL = unsigned(p_->blocking.vl);
+        auto* vec = llvm::FixedVectorType::get(T_, VL);
+        const llvm::Align align(f64_ ? 8 : 4);
+        auto iota = [&](unsigned n, llvm::Type* ty, int64_t step) {
+            std::vector<llvm::Constant*> c;
+            for (unsigned l = 0; l < n; ++l) c.push_back(llvm::ConstantInt::get(ty, uint64_t(int64_t(l) * step)));
+            return llvm::ConstantVector::get(c);
+        };
+        // The first `count` lanes of n (a vector of i1).
+        auto prefix = [&](unsigned n, llvm::Value* count) {
+            return b_.CreateICmpSLT(iota(n, b_.getInt64Ty(), 1), b_.CreateVectorSplat(n, count));
+        };
+        // Lanes t < count of the vector of buf[at + t s] (s is 1 or 2; the other lanes 0).
+        auto rowLoad = [&](llvm::Value* buf, llvm::Value* at, llvm::Value* count, int64_t s) -> llvm::Value* {
+            if (s == 1) return b_.CreateMaskedLoad(vec, this->at(buf, at), align, prefix(VL, count), llvm::Constant::getNullValue(vec));
+            auto* wide = llvm::FixedVectorType::get(T_, 2 * VL);
+            llvm::Value* lanes = b_.CreateSub(b_.CreateMul(count, i64(2)), i64(1));
+            llvm::Value* v = b_.CreateMaskedLoad(wide, this->at(buf, at), align, prefix(2 * VL, lanes),
+                                                 llvm::Constant::getNullValue(wide));
+            std::vector<int> even;
+            for (unsigned l = 0; l < VL; ++l) even.push_back(int(2 * l));
+            return b_.CreateShuffleVector(v, even);
+        };
+        // buf[at + t s] += v[t] for lanes t < count; with s = 2, buf[at + 2t + 1] += odd[t]
+        // too when `odd` is given (the next column of a window, in the same pass).
+        auto rowAdd = [&](llvm::Value* buf, llvm::Value* at, llvm::Value* count, int64_t s, llvm::Value* v,
+                          llvm::Value* odd = nullptr) {
+            llvm::Value* to = this->at(buf, at);
+            if (s == 1) {
+                llvm::Value* mask = prefix(VL, count);
+                llvm::Value* old = b_.CreateMaskedLoad(vec, to, align, mask, llvm::Constant::getNullValue(vec));
+                b_.CreateMaskedStore(b_.CreateFAdd(old, v), to, align, mask);
+                return;
+            }
+            auto* wide = llvm::FixedVectorType::get(T_, 2 * VL);
+            std::vector<int> spread; // v[t] to lane 2t, odd[t] (or 0) to lane 2t + 1
+            for (unsigned l = 0; l < VL; ++l) spread.push_back(int(l)), spread.push_back(int(VL + l));
+            llvm::Value* add = b_.CreateShuffleVector(v, odd ? odd : llvm::Constant::getNullValue(vec), spread);
+            llvm::Value* lanes = b_.CreateMul(count, i64(2));
+            llvm::Value* mask = prefix(2 * VL, odd ? lanes : b_.CreateSub(lanes, i64(1)));
+            llvm::Value* old = b_.CreateMaskedLoad(wide, to, align, mask, llvm::Constant::getNullValue(wide));
+            b_.CreateMaskedStore(b_.CreateFAdd(old, add), to, align, mask);
+        };
+        auto insideVectors = [&](llvm::Value* i, llvm::Value* top, int64_t from, int64_t to) {
+            llvm::Value* yRow = b_.CreateMul(i, i64(OW));
+            const int64_t s = w.sw;
+            loop((to - from + VL - 1) / VL, "jv", [&](llvm::Value* jb) {
+                llvm::Value* j0 = b_.CreateAdd(b_.CreateMul(jb, i64(VL)), i64(from));
+                llvm::Value* left = b_.CreateSub(i64(to), j0);
+                llvm::Value* count = b_.CreateSelect(b_.CreateICmpSLT(left, i64(VL)), left, i64(VL));
+                llvm::Value* y0 = b_.CreateAdd(yRow, j0);
+                // The positions in the plane of the VL outputs' column q in row r, as i32.
+                auto positions = [&](llvm::Value* at) {
+                    return b_.CreateAdd(b_.CreateVectorSplat(VL, b_.CreateTrunc(at, i32)), iota(VL, i32, s));
+                };
+                llvm::Value* gv = grad ? rowLoad(g, y0, count, 1) : nullptr;
+                llvm::Value* acc = b_.CreateVectorSplat(VL, fp(max ? -inf : 0.0));
+                llvm::Value* argv = positions(position(top, j0, 0));
+                llvm::Value* share = k.op == Op::AvgPool2dGrad ? b_.CreateFMul(gv, b_.CreateVectorSplat(VL, fp(invArea))) : nullptr;
+                for (int64_t p = 0; p < w.kh; ++p)
+                    for (int64_t q = 0; q < w.kw; ++q) {
+                        llvm::Value* at = position(b_.CreateAdd(top, i64(p)), j0, q);
+                        if (share) {
+                            rowAdd(out, at, count, s, share);
+                            continue;
+                        }
+                        llvm::Value* v = rowLoad(x, at, count, s);
+                        if (!max) {
+                            acc = b_.CreateFAdd(acc, v);
+                            continue;
+                        }
+                        llvm::Value* take = takes(v, acc);
+                        acc = b_.CreateSelect(take, v, acc);
+                        if (grad) argv = b_.CreateSelect(take, positions(at), argv);
+                    }
+                switch (k.op) {
+                case Op::MaxPool2d: b_.CreateMaskedStore(acc, at(out, y0), align, prefix(VL, count)); break;
+                case Op::AvgPool2d:
+                    b_.CreateMaskedStore(b_.CreateFMul(acc, b_.CreateVectorSplat(VL, fp(invArea))), at(out, y0), align,
+                                         prefix(VL, count));
+                    break;
+                case Op::MaxPool2dGrad:
+                    if (!apart) {
+                        b_.CreateMaskedStore(argv, b_.CreateGEP(i32, arg, j0), llvm::Align(4), prefix(VL, count));
+                        break;
+                    }
+                    for (int64_t p = 0; p < w.kh; ++p) {
+                        auto share = [&](int64_t q) { // g for the outputs whose maximum is at column q
+                            llvm::Value* hit = b_.CreateICmpEQ(positions(position(b_.CreateAdd(top, i64(p)), j0, q)), argv);
+                            return b_.CreateSelect(hit, gv, llvm::Constant::getNullValue(vec));
+                        };
+                        llvm::Value* at = position(b_.CreateAdd(top, i64(p)), j0, 0);
+                        if (s == 2 && w.kw == 2) rowAdd(out, at, count, s, share(0), share(1)); // one pass per row
+                        else rowAdd(out, at, count, s, share(0)); // apart: KW <= SW, so KW is 1 here
+                    }
+                    break;
+                default: break;
+                }
+            });
+            if (k.op == Op::MaxPool2dGrad && !apart) scatter(yRow, from, to);
+        };
+
+        // Rows [ilo, ihi) and columns [jlo, jhi) of the output have windows inside the image.
+        auto within = [](int64_t out, int64_t size, int64_t k, int64_t stride, int64_t pad) {
+            const int64_t lo = std::min(out, (pad + stride - 1) / stride);
+            const int64_t hi = size + pad - k < 0 ? 0 : std::min(out, (size + pad - k) / stride + 1);
+            return std::pair{lo, std::max(lo, hi)};
+        };
+        const auto [ilo, ihi] = within(OH, H, w.kh, w.sh, w.ph);
+        const auto [jlo, jhi] = within(OW, W, w.kw, w.sw, w.pw);
+        auto rowsOf = [&](int64_t from, int64_t to, bool whole) {
+            if (from >= to) return;
+            loop(to - from, "i", [&](llvm::Value* ii) {
+                llvm::Value* i = b_.CreateAdd(ii, i64(from));
+                llvm::Value* top = b_.CreateSub(b_.CreateMul(i, i64(w.sh)), i64(w.ph));
+                if (!whole) { // the window's rows inside the image: never none (padding <= half the window)
+                    llvm::Value* r0 = b_.CreateSelect(b_.CreateICmpSLT(top, i64(0)), i64(0), top);
+                    llvm::Value* bottom = b_.CreateAdd(top, i64(w.kh));
+                    llvm::Value* r1 = b_.CreateSelect(b_.CreateICmpSGT(bottom, i64(H)), i64(H), bottom);
+                    clipped(i, r0, b_.CreateSub(r1, r0), 0, OW);
+                    return;
+                }
+                if (jlo >= jhi) return clipped(i, top, i64(w.kh), 0, OW);
+                if (jlo > 0) clipped(i, top, i64(w.kh), 0, jlo);
+                if (w.sw <= 2) insideVectors(i, top, jlo, jhi);
+                else inside(i, top, jlo, jhi);
+                if (jhi < OW) clipped(i, top, i64(w.kh), jhi, OW);
+            });
+        };
+        rowsOf(0, ilo, false);
+        rowsOf(ilo, ihi, true);
+        rowsOf(ihi, OH, false);
+    });
+    for (unsigned a = 0; a <= operands; ++a) plane->addParamAttr(a, llvm::Attribute::NoAlias);
+
+    // Each operand's and the result's elements per plane, in call order.
+    std::vector<int64_t> strides;
+    for (int32_t id : k.in) strides.push_back(elementCount(p_->buffers[size_t(id)].shape) / planes);
+    strides.push_back(grad ? xPlane : yPlane);
+    auto planesFrom = [&](llvm::Value* begin, llvm::Value* end) {
+        loopTo(b_.CreateSub(end, begin), "plane", [&](llvm::Value* n) {
+            llvm::Value* index = b_.CreateAdd(begin, n);
+            std::vector<llvm::Value*> args;
+            for (unsigned a = 0; a <= operands; ++a)
+                args.push_back(at(base(a < operands ? k.in[a] : k.out[0]), b_.CreateMul(index, i64(strides[a]))));
+            b_.CreateCall(plane, args);
+        });
+    };
+    if (p_->blocking.threads <= 1 || planes < 2) return planesFrom(i64(0), i64(planes));
+    parallel("gradc_pool_planes", contextArray(), planes,
+             [&](llvm::Value* context, llvm::Value* begin, llvm::Value* end, llvm::Value*) {
+                 loadContext(context);
+                 planesFrom(begin, end);
+             });
+}
+
+} // namespace gradc
