@@ -362,7 +362,7 @@ void PhaseTimer::operator()(const char* phase) {
 static void refuseUncompiled(const Graph& g) {
     for (const Node& n : g.nodes) {
         std::string what;
-        if (describe(n.op).has(trait::Spatial) || n.op == Op::SumTo) what = describe(n.op).spelling;
+        if ((describe(n.op).has(trait::Spatial) && !hasOwnKernel(n.op)) || n.op == Op::SumTo) what = describe(n.op).spelling;
         else if (describe(n.op).has(trait::Normalisation) && n.op != Op::LayerNormNormalise &&
                  n.op != Op::LayerNormNormaliseGrad && g[n.in[0]].shape.size() > 2)
             what = "batchnorm per channel";

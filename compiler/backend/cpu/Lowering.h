@@ -9,6 +9,7 @@
 //   LowerGemm.cpp    matrix products: the packing of B, the register-tile micro-kernel, threads
 //   LowerLoss.cpp    softmax cross-entropy, BCE with logits, MSE
 //   LowerNorm.cpp    normalisations (batchnorm, layernorm, their gradients) by the op they compute
+//   LowerConv.cpp    conv2d and its gradients: implicit GEMMs through the register tile
 //   LowerUpdate.cpp  the optimiser step (gradc_update)
 // Loops are emitted plainly with static bounds; the optimiser (Codegen.cpp's pipeline, the
 // host's vector width) vectorises them. Floating-point operations carry only `reassoc contract` (and `afn` on
@@ -163,6 +164,10 @@ private:
     /// The kernel of every op with trait::Normalisation (batchnorm, layernorm, their
     /// gradients); formOf in LowerNorm.cpp says what each computes.
     void normalisation(const Kernel& k);
+
+    // ---- Convolutions (LowerConv.cpp): implicit GEMMs through gradc_tile (ConvPlan).
+
+    void convolution(const Kernel& k);
 };
 
 } // namespace gradc
