@@ -102,37 +102,20 @@ void Lowering::convolution(const Kernel& k) {
     // Affine maps: source = position * step + offset(tap).
     const int64_t rowStep = gradX ? 1 : win.sh, colStep = gradX ? 1 : win.sw;
     auto rowOffset = [&](llvm::Value* kh) { return gradX ? b_.CreateSub(i64(win.ph), kh) : b_.CreateSub(kh, i64(win.ph)); };
-    auto colOffset = [&](llvm::Value* kw) { return gradX ? b_.CreateSub(i64(win.pw), kw) : b_.CreateSub(kw, i64(win.pw)); };
 
-    // Columns [ja, jb) of one row of the view with unit column steps: row[j] = line[j + off]
-    // where the source row exists and j + off is inside it, else 0, VL lanes at a time with
-    // masked loads (which never touch the lanes they leave out) and masked stores.
+    // The view is packed VL positions at a time (masked loads of a source row's contiguous
+    // columns, or masked gathers for strides; masked lanes are never read), each chunk of
+    // one grid row for every row of the view: per tap column kw, which lanes have a source
+    // (in the padding, or an inexact division: zero) is the same for every channel and
+    // kernel row, so it is computed once per chunk.
     const int64_t VL = bl.vl;
     auto* vecTy = llvm::FixedVectorType::get(T_, unsigned(VL));
     std::vector<llvm::Constant*> iota;
     for (int64_t l = 0; l < VL; ++l) iota.push_back(b_.getInt32(uint32_t(l)));
     llvm::Constant* lanes = llvm::ConstantVector::get(iota);
     const llvm::Align elementAlign(f64_ ? 8 : 4);
-    auto vectorRow = [&](llvm::Value* row, llvm::Value* plane, llvm::Value* srcRow, llvm::Value* rowOk, llvm::Value* off,
-                         llvm::Value* ja, llvm::Value* jb) {
-        llvm::Value* line = at(plane, b_.CreateMul(b_.CreateSelect(rowOk, srcRow, i64(0)), i64(WS)));
-        // Inside the source row: j in [lo, hi); none when the row does not exist.
-        llvm::Value* lo = smax(b_.CreateNeg(off), i64(0));
-        llvm::Value* hi = smax(b_.CreateSub(i64(WS), off), i64(0));
-        hi = b_.CreateSelect(rowOk, hi, lo);
-        auto splat = [&](llvm::Value* v) { return b_.CreateVectorSplat(unsigned(VL), b_.CreateTrunc(v, b_.getInt32Ty())); };
-        llvm::Value *loV = splat(lo), *hiV = splat(hi), *jbV = splat(jb);
-        llvm::Value* chunks = b_.CreateUDiv(b_.CreateAdd(b_.CreateSub(jb, ja), i64(VL - 1)), i64(VL));
-        loopTo(chunks, "v", [&](llvm::Value* v) {
-            llvm::Value* j0 = b_.CreateAdd(ja, b_.CreateMul(v, i64(VL)));
-            llvm::Value* j = b_.CreateAdd(splat(j0), lanes);
-            llvm::Value* keep = b_.CreateICmpSLT(j, jbV);
-            llvm::Value* inside = b_.CreateAnd(keep, b_.CreateAnd(b_.CreateICmpSGE(j, loV), b_.CreateICmpSLT(j, hiV)));
-            llvm::Value* x = b_.CreateMaskedLoad(vecTy, at(line, b_.CreateAdd(j0, off)), elementAlign, inside,
-                                                 llvm::Constant::getNullValue(vecTy));
-            b_.CreateMaskedStore(x, at(row, j0), elementAlign, keep);
-        });
-    };
+    auto splat = [&](int64_t v) { return b_.CreateVectorSplat(unsigned(VL), b_.getInt32(uint32_t(int32_t(v)))); };
+    const bool contiguous = !colDivides && colStep == 1;
 
     // dst[k ld + (q - q0)] = view[k][q] for the positions q in [q0, q0 + width) (all of
     // them, over every image), zero past the last position.
@@ -150,8 +133,35 @@ void Lowering::convolution(const Kernel& k) {
             llvm::Value* jb = b_.CreateSub(smin(qEnd, b_.CreateAdd(rowStart, i64(WO))), rowStart);
             llvm::Value* dstAt = b_.CreateSub(rowStart, q0); // dst column of position j: dstAt + j
             llvm::Value* image = at(src, b_.CreateMul(img, i64(CS * HS * WS)));
-            loop(CS, "ch", [&](llvm::Value* ch) {
-                llvm::Value* plane = at(image, b_.CreateMul(ch, i64(HS * WS)));
+            llvm::Value* chunks = b_.CreateUDiv(b_.CreateAdd(b_.CreateSub(jb, ja), i64(VL - 1)), i64(VL));
+            loopTo(chunks, "v", [&](llvm::Value* v) {
+                llvm::Value* j0 = b_.CreateAdd(ja, b_.CreateMul(v, i64(VL)));
+                llvm::Value* j = b_.CreateAdd(b_.CreateVectorSplat(unsigned(VL), b_.CreateTrunc(j0, b_.getInt32Ty())), lanes);
+                llvm::Value* keep = b_.CreateICmpSLT(j, b_.CreateVectorSplat(unsigned(VL), b_.CreateTrunc(jb, b_.getInt32Ty())));
+                // Per tap column: the lanes with a source column, and (gathers) its index.
+                std::vector<llvm::Value*> ok(static_cast<size_t>(KW)), index(static_cast<size_t>(KW));
+                for (int64_t kw = 0; kw < KW; ++kw) {
+                    const int64_t off = gradX ? win.pw - kw : kw - win.pw;
+                    if (contiguous) {
+                        ok[size_t(kw)] = b_.CreateAnd(keep, b_.CreateAnd(b_.CreateICmpSGE(j, splat(-off)),
+                                                                          b_.CreateICmpSLT(j, splat(WS - off))));
+                    } else if (colDivides) { // column (j + PW - kw) / SW when exact
+                        llvm::Value* t = b_.CreateAdd(j, splat(off));
+                        llvm::Value* tc = b_.CreateSelect(b_.CreateICmpSGT(t, splat(0)), t, splat(0));
+                        llvm::Value* col = b_.CreateUDiv(tc, splat(win.sw));
+                        ok[size_t(kw)] = b_.CreateAnd(
+                            keep, b_.CreateAnd(b_.CreateICmpSGE(t, splat(0)),
+                                               b_.CreateAnd(b_.CreateICmpEQ(b_.CreateURem(tc, splat(win.sw)), splat(0)),
+                                                            b_.CreateICmpULT(col, splat(WS)))));
+                        index[size_t(kw)] = b_.CreateSelect(ok[size_t(kw)], col, splat(0));
+                    } else { // column j SW + kw - PW
+                        llvm::Value* col = b_.CreateAdd(b_.CreateMul(j, splat(colStep)), splat(off));
+                        ok[size_t(kw)] = b_.CreateAnd(keep, b_.CreateAnd(b_.CreateICmpSGE(col, splat(0)),
+                                                                          b_.CreateICmpSLT(col, splat(WS))));
+                        index[size_t(kw)] = b_.CreateSelect(ok[size_t(kw)], col, splat(0));
+                    }
+                }
+                llvm::Value* none = llvm::Constant::getNullValue(keep->getType());
                 loop(KH, "kh", [&](llvm::Value* kh) {
                     // The source row and whether it exists (zero padding, or an inexact division).
                     llvm::Value *srcRow, *rowOk;
@@ -166,51 +176,31 @@ void Lowering::convolution(const Kernel& k) {
                         srcRow = b_.CreateAdd(b_.CreateMul(i, i64(rowStep)), rowOffset(kh));
                         rowOk = b_.CreateICmpULT(srcRow, i64(HS)); // negative rows wrap past HS
                     }
-                    loop(KW, "kw", [&](llvm::Value* kw) {
-                        llvm::Value* kk = b_.CreateAdd(b_.CreateMul(b_.CreateAdd(b_.CreateMul(ch, i64(KH)), kh), i64(KW)), kw);
-                        llvm::Value* row = at(dst, b_.CreateAdd(b_.CreateMul(kk, i64(ld)), dstAt));
-                        if (!colDivides && colStep == 1) return vectorRow(row, plane, srcRow, rowOk, colOffset(kw), ja, jb);
-                        branch(rowOk, [&] {
-                            llvm::Value* line = at(plane, b_.CreateMul(srcRow, i64(WS)));
-                            if (colDivides) { // element by element: column (j + PW - kw) / SW when exact
-                                llvm::Value* off = colOffset(kw);
-                                loopTo(b_.CreateSub(jb, ja), "j", [&](llvm::Value* j0) {
-                                    llvm::Value* j = b_.CreateAdd(ja, j0);
-                                    llvm::Value* t = b_.CreateAdd(j, off);
-                                    llvm::Value* tc = smax(t, i64(0));
-                                    llvm::Value* col = b_.CreateUDiv(tc, i64(win.sw));
-                                    llvm::Value* ok = b_.CreateAnd(
-                                        b_.CreateICmpSGE(t, i64(0)),
-                                        b_.CreateAnd(b_.CreateICmpEQ(b_.CreateURem(tc, i64(win.sw)), i64(0)),
-                                                     b_.CreateICmpULT(col, i64(WS))));
-                                    llvm::Value* v = load(line, b_.CreateSelect(ok, col, i64(0)));
-                                    store(b_.CreateSelect(ok, v, fp(0)), row, j);
-                                });
-                                return;
-                            }
-                            // Columns j step + off inside [0, WS): j in [lo, hi).
-                            llvm::Value* off = colOffset(kw);
-                            llvm::Value* before = smax(b_.CreateNeg(off), i64(0));
-                            llvm::Value* lo = b_.CreateUDiv(b_.CreateAdd(before, i64(colStep - 1)), i64(colStep));
-                            llvm::Value* room = smax(b_.CreateSub(i64(WS), off), i64(0));
-                            llvm::Value* hi = b_.CreateUDiv(b_.CreateAdd(room, i64(colStep - 1)), i64(colStep));
-                            lo = smin(smax(lo, ja), jb);
-                            hi = smin(smax(hi, lo), jb);
-                            zeros(row, ja, lo);
-                            llvm::Value* from = at(line, off);
-                            loopTo(b_.CreateSub(hi, lo), "j", [&](llvm::Value* j0) {
-                                llvm::Value* j = b_.CreateAdd(lo, j0);
-                                store(load(from, b_.CreateMul(j, i64(colStep))), row, j);
-                            });
-                            zeros(row, hi, jb);
-                        }, [&] { zeros(row, ja, jb); });
-                    });
+                    llvm::Value* line0 = at(image, b_.CreateMul(b_.CreateSelect(rowOk, srcRow, i64(0)), i64(WS)));
+                    for (int64_t kw = 0; kw < KW; ++kw) {
+                        const int64_t off = gradX ? win.pw - kw : kw - win.pw;
+                        llvm::Value* mask = b_.CreateSelect(rowOk, ok[size_t(kw)], none);
+                        llvm::Value* row0 = at(dst, b_.CreateAdd(b_.CreateMul(b_.CreateAdd(b_.CreateMul(kh, i64(KW)), i64(kw)), i64(ld)),
+                                                                 b_.CreateAdd(dstAt, j0)));
+                        loop(CS, "ch", [&](llvm::Value* ch) {
+                            llvm::Value* line = at(line0, b_.CreateMul(ch, i64(HS * WS)));
+                            llvm::Value* x =
+                                contiguous
+                                    ? b_.CreateMaskedLoad(vecTy, at(line, b_.CreateAdd(j0, i64(off))), elementAlign, mask,
+                                                          llvm::Constant::getNullValue(vecTy))
+                                    : b_.CreateMaskedGather(vecTy, b_.CreateGEP(T_, line, index[size_t(kw)]), elementAlign,
+                                                            mask, llvm::Constant::getNullValue(vecTy));
+                            b_.CreateMaskedStore(x, at(row0, b_.CreateMul(ch, i64(KH * KW * ld))), elementAlign, keep);
+                        }, /*vectorise=*/false);
+                    }
                 });
             });
         });
-        // Past the last position: zero columns of the last panel.
+        // Past the last position (the last panel): zero columns.
         llvm::Value* filled = b_.CreateSub(qEnd, q0);
-        loop(CS * KH * KW, "kz", [&](llvm::Value* kk) { zeros(at(dst, b_.CreateMul(kk, i64(ld))), filled, i64(width)); });
+        branch(b_.CreateICmpSLT(filled, i64(width)), [&] {
+            loop(CS * KH * KW, "kz", [&](llvm::Value* kk) { zeros(at(dst, b_.CreateMul(kk, i64(ld))), filled, i64(width)); });
+        }, [] {});
     };
 
     // One tile: out[MR][NR] (rows outStride apart) = A's rows r0.. (clamped to M - 1, each
