@@ -181,21 +181,24 @@ int64_t packElements(const Kernel& k, const GemmBlocking& b);
 ///            is exact and in range, else 0.
 ///   grad_w   dWᵀ[C KH KW, O] = Σ_b col(x_b)[C KH KW, OH OW] · g_bᵀ: per image, col(x_b)
 ///            packed as A and g_b transposed into panels (gradc_pack_b), summed into the
-///            thread's block of sums; the threads' blocks are added into dW at the end.
-/// Threads share the panels (conv2d, grad_x) or the images (grad_w).
+///            block of sums of its slice of the batch (one slice per planned thread, fixed
+///            images each: the sums do not depend on which thread ran what); the slices'
+///            blocks are added into dW at the end, in order.
+/// Threads share the panels (conv2d, grad_x) or the slices of the batch (grad_w).
 struct ConvPlan {
     int64_t B = 0, C = 0, H = 0, W = 0, O = 0, OH = 0, OW = 0;
     Window win;
     int64_t M = 0, N = 0, K = 0; ///< the product (grad_w: per image)
     int64_t rowTiles = 0, colPanels = 0;
-    int64_t units = 0;           ///< what the threads share: panels of N, or images (grad_w)
+    int64_t units = 0;           ///< what the threads share: panels of N, or slices of the batch (grad_w)
     // Scratch, in elements, each part on a 64-byte boundary:
     int64_t weightsAt = 0;       ///< grad_x: W' [C][O KH KW]
     int64_t threadAt = 0, perThread = 0; ///< the threads' parts, one after another
     /// In a thread's part: conv2d and grad_x: the packed panel at 0 (K x NR), the tile at
-    /// tileAt (MR x NR); grad_w: col(x_b) at 0 (C KH KW x OH OW), g_b's panels at packedAt,
-    /// the block of sums at sumsAt (rowTiles MR x colPanels NR).
-    int64_t tileAt = 0, packedAt = 0, sumsAt = 0;
+    /// tileAt (MR x NR); grad_w: col(x_b) at 0 (C KH KW x OH OW), g_b's panels at packedAt.
+    int64_t tileAt = 0, packedAt = 0;
+    /// grad_w: the slices' blocks of sums (rowTiles MR x colPanels NR each), from sumsAt.
+    int64_t sumsAt = 0, sumsBlock = 0;
     int64_t elements = 0;
 };
 inline bool isConvolution(Op op) { return op == Op::Conv2d || op == Op::Conv2dGradX || op == Op::Conv2dGradW; }

@@ -174,3 +174,20 @@ TEST_CASE("a compiled conv model's gradients agree with central differences in d
     }
     CHECK(checked == 3 * 2 * 3 * 2 + 4 * 3 * 2 * 3 + 2 * 4 * 4 * 3 + 2);
 }
+
+TEST_CASE("compiled convolution gradients on two threads are the same bits on every run", "[jit][conv][threads]") {
+    // grad_w sums the batch in fixed slices, whichever thread runs each: no race, no run-to-run
+    // rounding differences.
+    const Graph g = compileSource("conv.nn", convModel(2, 5, 9, 7, 6, 3, 3, 1, 1, 1, 1), {7}).graph;
+    std::mt19937 rng(163);
+    Bindings b = randomBindings(g, rng);
+    CompiledModel cm = compiled(g, false, 2);
+    const auto first = runCompiled(cm, g, b, true);
+    for (int run = 0; run < 5; ++run) {
+        const auto again = runCompiled(cm, g, b, true);
+        for (auto& [name, t] : first) {
+            INFO(name << ", run " << run);
+            CHECK(again.at(name).data == t.data);
+        }
+    }
+}

@@ -178,7 +178,8 @@ std::vector<TileSpeed> tileCandidates(int bits) {
 }
 
 /// The share of the work of tiles MR x NR that is useful on the step's products: each
-/// forward product x·Wᵀ (M x N x K) and its gradients (M x K x N, N x K x M), by flops.
+/// forward product x·Wᵀ (M x N x K) and its gradients (M x K x N, N x K x M), and each
+/// convolution's three products (ConvPlan), by flops.
 double usefulShare(const Graph& fwd, int64_t mr, int64_t nr) {
     double useful = 0, done = 0;
     auto add = [&](int64_t m, int64_t n, int64_t k) {
@@ -190,6 +191,13 @@ double usefulShare(const Graph& fwd, int64_t mr, int64_t nr) {
         const int64_t N = n.shape.back(), M = elementCount(n.shape) / std::max<int64_t>(1, N);
         const int64_t K = fwd[n.in[0]].shape.back();
         add(M, N, K), add(M, K, N), add(N, K, M);
+    }
+    for (const Node& n : fwd.nodes) { // a convolution's products (ConvPlan): y, dx, dWᵀ per image
+        if (n.op != Op::Conv2d || n.shape.size() != 4) continue;
+        const Shape& x = fwd[n.in[0]].shape;
+        const int64_t taps = int64_t(n.window.kh) * n.window.kw, O = n.shape[1], P = n.shape[2] * n.shape[3];
+        add(O, x[0] * P, x[1] * taps), add(x[1], x[0] * x[2] * x[3], O * taps);
+        add(x[1] * taps, O, x[0] * P); // K runs over the batch's positions, image by image
     }
     return done > 0 ? useful / done : 1;
 }

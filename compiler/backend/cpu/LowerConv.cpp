@@ -11,11 +11,14 @@
 //            g[o, (h + PH - kh) / SH, (w + PW - kw) / SW] where the division is exact and in
 //            range, else 0.
 //   grad_w   per image, col(x_b) packed whole as A (one image's, C KH KW x OH OW) and g_b
-//            transposed into panels by gradc_pack_b: dWᵀ += col(x_b) · g_bᵀ into the thread's
-//            block of sums; after the images, the threads' blocks are added into dW.
-// Packing walks the positions one image row at a time: along a row, the source columns of
-// one kernel tap are an arithmetic progression, so a row is zeros, a strided (for stride 1
-// contiguous, vectorised) copy, zeros. Every sum runs in one order whatever the threads.
+//            transposed into panels by gradc_pack_b: dWᵀ += col(x_b) · g_bᵀ into the block of
+//            sums of the image's slice of the batch (fixed slices, one per planned thread);
+//            after the images, the slices' blocks are added into dW in order.
+// Packing walks the positions one image row at a time, VL at a time: along a row, the
+// source columns of one kernel tap are an arithmetic progression, read by a masked load
+// (stride 1) or a masked gather, the lanes in the padding (or, for grad_x, at an inexact
+// division) left out and stored as zeros. Every sum runs in one order whatever thread runs
+// what: the results do not vary from run to run.
 #include "Lowering.h"
 
 #include <algorithm>
@@ -40,18 +43,21 @@ ConvPlan planConv(const Kernel& k, const std::vector<Buffer>& buffers, const Gem
     }
     p.rowTiles = (p.M + MR - 1) / MR;
     p.colPanels = (p.N + NR - 1) / NR;
-    if (k.op == Op::Conv2dGradW) {
-        p.units = p.B;
-        p.packedAt = up16(p.M * p.K);
-        p.sumsAt = p.packedAt + up16(p.colPanels * NR * p.K);
-        p.perThread = p.sumsAt + up16(p.rowTiles * MR * p.colPanels * NR);
-    } else {
-        p.units = p.colPanels;
-        p.tileAt = up16(p.K * NR);
-        p.perThread = p.tileAt + up16(MR * NR);
-    }
+    const int64_t threads = std::max(1, bl.threads);
     p.threadAt = k.op == Op::Conv2dGradX ? up16(p.M * p.K) : 0;
-    p.elements = p.threadAt + p.perThread * std::max(1, bl.threads);
+    if (k.op == Op::Conv2dGradW) {
+        p.units = std::min(p.B, threads);
+        p.packedAt = up16(p.M * p.K);
+        p.perThread = p.packedAt + up16(p.colPanels * NR * p.K);
+        p.sumsAt = p.threadAt + p.perThread * threads;
+        p.sumsBlock = up16(p.rowTiles * MR * p.colPanels * NR);
+        p.elements = p.sumsAt + p.sumsBlock * p.units;
+        return p;
+    }
+    p.units = p.colPanels;
+    p.tileAt = up16(p.K * NR);
+    p.perThread = p.tileAt + up16(MR * NR);
+    p.elements = p.threadAt + p.perThread * threads;
     return p;
 }
 
@@ -229,37 +235,42 @@ void Lowering::convolution(const Kernel& k) {
     };
 
     if (gradW) {
-        const int64_t O = plan.O, P = plan.K, ld = nt * NR, sums = mt * MR * ld;
-        loop(std::max(1, bl.threads), "zt", [&](llvm::Value* t) {
-            llvm::Value* s = at(threadPart(t), i64(plan.sumsAt));
-            loop(sums, "z", [&](llvm::Value* i) { store(fp(0), s, i); });
-        });
+        const int64_t O = plan.O, P = plan.K, ld = nt * NR, slices = plan.units;
+        llvm::Value* sumsArea = at(scratchArea(), i64(plan.sumsAt));
+        loop(slices * plan.sumsBlock, "z", [&](llvm::Value* i) { store(fp(0), sumsArea, i); });
         run("gradc_conv_images", [&](llvm::Value* begin, llvm::Value* end, llvm::Value* thread) {
             llvm::Value* part = threadPart(thread);
             llvm::Value* packed = at(part, i64(plan.packedAt));
-            llvm::Value* sumsBlock = at(part, i64(plan.sumsAt));
             llvm::Value *x = base(k.in[0]), *g = base(k.in[1]);
-            loopTo(b_.CreateSub(end, begin), "img", [&](llvm::Value* u) {
-                llvm::Value* img = b_.CreateAdd(begin, u);
-                packView(part, P, x, b_.CreateMul(img, i64(P)), P);
-                b_.CreateCall(packB_, {packed, at(g, b_.CreateMul(img, i64(O * P))), i64(O), i64(P), b_.getTrue(), i64(0), i64(nt)});
-                loop(nt, "jt", [&](llvm::Value* jt) {
-                    llvm::Value* panel = at(packed, b_.CreateMul(jt, i64(P * NR)));
-                    loop(mt, "it", [&](llvm::Value* it) {
-                        llvm::Value* r0 = b_.CreateMul(it, i64(MR));
-                        llvm::Value* out = at(sumsBlock, b_.CreateAdd(b_.CreateMul(r0, i64(ld)), b_.CreateMul(jt, i64(NR))));
-                        tile(out, i64(ld), part, P, r0, panel, P, true);
+            loopTo(b_.CreateSub(end, begin), "slice", [&](llvm::Value* u) {
+                // Slice s: images [s B / slices, (s + 1) B / slices), summed into its block.
+                llvm::Value* s = b_.CreateAdd(begin, u);
+                llvm::Value* sums = at(scratchArea(), b_.CreateAdd(i64(plan.sumsAt), b_.CreateMul(s, i64(plan.sumsBlock))));
+                llvm::Value* first = b_.CreateUDiv(b_.CreateMul(s, i64(plan.B)), i64(slices));
+                llvm::Value* last = b_.CreateUDiv(b_.CreateMul(b_.CreateAdd(s, i64(1)), i64(plan.B)), i64(slices));
+                loopTo(b_.CreateSub(last, first), "img", [&](llvm::Value* d) {
+                    llvm::Value* img = b_.CreateAdd(first, d);
+                    packView(part, P, x, b_.CreateMul(img, i64(P)), P);
+                    b_.CreateCall(packB_, {packed, at(g, b_.CreateMul(img, i64(O * P))), i64(O), i64(P), b_.getTrue(), i64(0),
+                                           i64(nt)});
+                    loop(nt, "jt", [&](llvm::Value* jt) {
+                        llvm::Value* panel = at(packed, b_.CreateMul(jt, i64(P * NR)));
+                        loop(mt, "it", [&](llvm::Value* it) {
+                            llvm::Value* r0 = b_.CreateMul(it, i64(MR));
+                            llvm::Value* out = at(sums, b_.CreateAdd(b_.CreateMul(r0, i64(ld)), b_.CreateMul(jt, i64(NR))));
+                            tile(out, i64(ld), part, P, r0, panel, P, true);
+                        });
                     });
                 });
             });
         });
-        // dW[o][m] = Σ over the threads of their sums [m][o].
+        // dW[o][m] = Σ over the slices, in order, of their sums [m][o].
         llvm::Value* dw = base(k.out[0]);
         loop(O, "o", [&](llvm::Value* o) {
             loop(M, "m", [&](llvm::Value* m) {
                 llvm::Value* s = fp(0);
-                for (int t = 0; t < std::max(1, bl.threads); ++t)
-                    s = b_.CreateFAdd(s, load(at(threadPart(i64(t)), i64(plan.sumsAt)), b_.CreateAdd(b_.CreateMul(m, i64(ld)), o)));
+                for (int64_t t = 0; t < slices; ++t)
+                    s = b_.CreateFAdd(s, load(sumsArea, b_.CreateAdd(i64(t * plan.sumsBlock), b_.CreateAdd(b_.CreateMul(m, i64(ld)), o))));
                 store(s, dw, b_.CreateAdd(b_.CreateMul(o, i64(M)), m));
             }, /*vectorise=*/false);
         });
