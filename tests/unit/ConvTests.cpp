@@ -191,3 +191,24 @@ TEST_CASE("compiled convolution gradients on two threads are the same bits on ev
         }
     }
 }
+
+TEST_CASE("gradc bench --explain gives a line per convolution with its implicit product", "[jit][conv]") {
+    const Graph g = compileSource("conv.nn", convModel(2, 5, 9, 7, 6, 3, 3, 1, 1, 1, 1), {4}).graph;
+    CodegenOptions opts;
+    opts.cache = false;
+    opts.threads = 1;
+    std::vector<std::string> convs;
+    for (const std::string& line : explainProducts(g, opts))
+        if (line.find("conv2d") != std::string::npos) convs.push_back(line);
+    // Forward: both convolutions; backward: both again, dx of the second, dW of both.
+    REQUIRE(convs.size() == 7);
+    CHECK_THAT(convs[1], Catch::Contains("forward k1: conv2d 6 x 252 x 45 (W · col(x)): tile"));
+    CHECK_THAT(convs[1], Catch::Contains("panels of col(x) packed one at a time by each thread, W in place, 1 thread"));
+    bool gradX = false, gradW = false;
+    for (const std::string& line : convs) {
+        gradX = gradX || line.find("conv2d_grad_x 5 x 252 x 54 (W' · colT(g))") != std::string::npos;
+        gradW = gradW || line.find("conv2d_grad_w 45 x 6 x 63 per image, 4 images (col(x_b) · g_bᵀ)") != std::string::npos;
+    }
+    CHECK(gradX);
+    CHECK(gradW);
+}

@@ -587,6 +587,26 @@ std::vector<std::string> explainProducts(const Graph& fwd, const CodegenOptions&
     for (const KernelProgram* p : {&programs.forward, &programs.backward})
         for (size_t i = 0; i < p->kernels.size(); ++i) {
             const Kernel& k = p->kernels[i];
+            const std::string tile = fmt::format("tile {}x{} ({}x{} {}-bit; {})", bl.mr, bl.nr(), bl.mr, bl.nv,
+                                                 bl.vl * (opts.f64 ? 64 : 32), bl.source);
+            const std::string threads = fmt::format("{} thread{}", bl.threads, bl.threads == 1 ? "" : "s");
+            if (k.kind == Kernel::Kind::Op && isConvolution(k.op)) { // an implicit GEMM (ConvPlan)
+                const ConvPlan c = planConv(k, p->buffers, bl);
+                const char* spelling = describe(k.op).spelling;
+                if (k.op == Op::Conv2dGradW)
+                    lines.push_back(fmt::format("{} k{}: {} {} x {} x {} per image, {} images (col(x_b) · g_bᵀ): {}, col(x_b) "
+                                                "packed as A and g_b as B per image, {} slice{} of the batch, {}",
+                                                p->name, i, spelling, c.M, c.N, c.K, c.B, tile, c.units,
+                                                c.units == 1 ? "" : "s", threads));
+                else
+                    lines.push_back(fmt::format("{} k{}: {} {} x {} x {} ({} · {}): {}, {} panels of {} packed one at a time "
+                                                "by each thread, {}, {}",
+                                                p->name, i, spelling, c.M, c.N, c.K, k.op == Op::Conv2d ? "W" : "W'",
+                                                k.op == Op::Conv2d ? "col(x)" : "colT(g)", tile, c.colPanels,
+                                                k.op == Op::Conv2d ? "col(x)" : "colT(g)",
+                                                k.op == Op::Conv2d ? "W in place" : "W' copied", threads));
+                continue;
+            }
             if (k.kind != Kernel::Kind::Loop || k.a < 0) continue;
             const ProductPlan plan = planProduct(k, bl);
             const std::string blocking =
