@@ -70,10 +70,16 @@ Tensor gradsTarget(const Graph& g, const std::string& model, const Examples& ex,
 /// such model has, and no backend is given a label out of its range.
 void onlyImages(std::vector<int32_t>& labels) { std::fill(labels.begin(), labels.end(), 0); }
 
-/// Multiply-adds of the matrix products in a graph, counted as 2 flops each.
+/// Multiply-adds of the matrix products and convolutions in a graph, counted as 2 flops each
+/// (a convolution and each of its gradients: B O OH OW C KH KW).
 double matmulFlops(const Graph& g) {
     double flops = 0;
     for (auto& n : g.nodes) {
+        if (n.op == Op::Conv2d || n.op == Op::Conv2dGradX || n.op == Op::Conv2dGradW) {
+            const Shape& y = n.op == Op::Conv2d ? n.shape : g[n.in[n.op == Op::Conv2dGradX ? 0 : 1]].shape;
+            const int64_t channels = n.op == Op::Conv2dGradX ? n.shape[1] : g[n.in[0]].shape[1];
+            flops += 2.0 * double(elementCount(y)) * double(channels) * n.window.kh * n.window.kw;
+        }
         if (n.op == Op::MatMulNT) flops += 2.0 * double(elementCount(n.shape)) * double(g[n.in[0]].shape.back());
         if (n.op == Op::MatMulNN) flops += 2.0 * double(elementCount(n.shape)) * double(g[n.in[0]].shape.back());
         if (n.op == Op::MatMulTN) flops += 2.0 * double(elementCount(n.shape)) * double(elementCount(g[n.in[0]].shape) / g[n.in[0]].shape.back());

@@ -168,6 +168,41 @@ ProductPlan planProduct(const Kernel& k, const GemmBlocking& b);
 /// Elements of the packing scratch a matrix-product kernel needs (planProduct's elements).
 int64_t packElements(const Kernel& k, const GemmBlocking& b);
 
+/// How a convolution kernel (conv2d, conv2d_grad_x, conv2d_grad_w; LowerConv.cpp) runs: as
+/// an implicit GEMM through the matrix-product register tile, never materialising the
+/// batch's im2col matrix.
+///   conv2d   y[O, B OH OW] = W[O, C KH KW] · col(x)[C KH KW, B OH OW]: B's panels (K x NR,
+///            positions of consecutive images) are packed from x one at a time into the
+///            thread's panel, then every MR-row tile of W (read in place) runs over it.
+///   grad_x   dx[C, B H W] = W'[C, O KH KW] · colT(g)[O KH KW, B H W]: the transposed
+///            convolution; W' (W with O and C swapped) is copied once into the scratch,
+///            colT(g) holds g[o, (h + PH - kh) / SH, (w + PW - kw) / SW] where the division
+///            is exact and in range, else 0.
+///   grad_w   dWᵀ[C KH KW, O] = Σ_b col(x_b)[C KH KW, OH OW] · g_bᵀ: per image, col(x_b)
+///            packed as A and g_b transposed into panels (gradc_pack_b), summed into the
+///            block of sums of its slice of the batch (one slice per planned thread, fixed
+///            images each: the sums do not depend on which thread ran what); the slices'
+///            blocks are added into dW at the end, in order.
+/// Threads share the panels (conv2d, grad_x) or the slices of the batch (grad_w).
+struct ConvPlan {
+    int64_t B = 0, C = 0, H = 0, W = 0, O = 0, OH = 0, OW = 0;
+    Window win;
+    int64_t M = 0, N = 0, K = 0; ///< the product (grad_w: per image)
+    int64_t rowTiles = 0, colPanels = 0;
+    int64_t units = 0;           ///< what the threads share: panels of N, or slices of the batch (grad_w)
+    // Scratch, in elements, each part on a 64-byte boundary:
+    int64_t weightsAt = 0;       ///< grad_x: W' [C][O KH KW]
+    int64_t threadAt = 0, perThread = 0; ///< the threads' parts, one after another
+    /// In a thread's part: conv2d and grad_x: the packed panel at 0 (K x NR), the tile at
+    /// tileAt (MR x NR); grad_w: col(x_b) at 0 (C KH KW x OH OW), g_b's panels at packedAt.
+    int64_t tileAt = 0, packedAt = 0;
+    /// grad_w: the slices' blocks of sums (rowTiles MR x colPanels NR each), from sumsAt.
+    int64_t sumsAt = 0, sumsBlock = 0;
+    int64_t elements = 0;
+};
+inline bool isConvolution(Op op) { return op == Op::Conv2d || op == Op::Conv2dGradX || op == Op::Conv2dGradW; }
+ConvPlan planConv(const Kernel& k, const std::vector<Buffer>& buffers, const GemmBlocking& b);
+
 /// Places every Temp buffer in one workspace, reusing bytes whose values are dead.
 void planMemory(KernelProgram& p, int elementBytes);
 

@@ -54,6 +54,8 @@ void planMemory(KernelProgram& p, int elementBytes) {
         if (k.kind == Kernel::Kind::Loop && k.a >= 0) scratch = std::max(scratch, packElements(k, p.blocking));
         else if (k.kind == Kernel::Kind::Op)
             scratch = std::max(scratch, ownKernelScratch(k.op) * k.cols);
+    for (auto& k : p.kernels)
+        if (k.kind == Kernel::Kind::Op && isConvolution(k.op)) scratch = std::max(scratch, planConv(k, p.buffers, p.blocking).elements);
     p.scratchOffset = top;
     p.workspaceBytes = top + alignUp(scratch * elementBytes);
 }

@@ -169,7 +169,8 @@ std::vector<TileSpeed> tileCandidates(int bits) {
 }
 
 /// The share of the work of tiles MR x NR that is useful on the step's products: each
-/// forward product x·Wᵀ (M x N x K) and its gradients (M x K x N, N x K x M), by flops.
+/// forward product x·Wᵀ (M x N x K) and its gradients (M x K x N, N x K x M), and each
+/// convolution's three products (ConvPlan), by flops.
 double usefulShare(const Graph& fwd, int64_t mr, int64_t nr) {
     double useful = 0, done = 0;
     auto add = [&](int64_t m, int64_t n, int64_t k) {
@@ -181,6 +182,13 @@ double usefulShare(const Graph& fwd, int64_t mr, int64_t nr) {
         const int64_t N = n.shape.back(), M = elementCount(n.shape) / std::max<int64_t>(1, N);
         const int64_t K = fwd[n.in[0]].shape.back();
         add(M, N, K), add(M, K, N), add(N, K, M);
+    }
+    for (const Node& n : fwd.nodes) { // a convolution's products (ConvPlan): y, dx, dWᵀ per image
+        if (n.op != Op::Conv2d || n.shape.size() != 4) continue;
+        const Shape& x = fwd[n.in[0]].shape;
+        const int64_t taps = int64_t(n.window.kh) * n.window.kw, O = n.shape[1], P = n.shape[2] * n.shape[3];
+        add(O, x[0] * P, x[1] * taps), add(x[1], x[0] * x[2] * x[3], O * taps);
+        add(x[1] * taps, O, x[0] * P); // K runs over the batch's positions, image by image
     }
     return done > 0 ? useful / done : 1;
 }
@@ -365,9 +373,7 @@ void PhaseTimer::operator()(const char* phase) {
 static void refuseUncompiled(const Graph& g) {
     for (const Node& n : g.nodes) {
         std::string what;
-        const bool pooling = n.op == Op::MaxPool2d || n.op == Op::MaxPool2dGrad || n.op == Op::AvgPool2d ||
-                             n.op == Op::AvgPool2dGrad; // compiled: LowerPool.cpp
-        if ((describe(n.op).has(trait::Spatial) && !pooling) || n.op == Op::SumTo) what = describe(n.op).spelling;
+        if ((describe(n.op).has(trait::Spatial) && !hasOwnKernel(n.op)) || n.op == Op::SumTo) what = describe(n.op).spelling;
         else if (describe(n.op).has(trait::Normalisation) && n.op != Op::LayerNormNormalise &&
                  n.op != Op::LayerNormNormaliseGrad && g[n.in[0]].shape.size() > 2)
             what = "batchnorm per channel";
@@ -591,6 +597,26 @@ std::vector<std::string> explainProducts(const Graph& fwd, const CodegenOptions&
     for (const KernelProgram* p : {&programs.forward, &programs.backward})
         for (size_t i = 0; i < p->kernels.size(); ++i) {
             const Kernel& k = p->kernels[i];
+            const std::string tile = fmt::format("tile {}x{} ({}x{} {}-bit; {})", bl.mr, bl.nr(), bl.mr, bl.nv,
+                                                 bl.vl * (opts.f64 ? 64 : 32), bl.source);
+            const std::string threads = fmt::format("{} thread{}", bl.threads, bl.threads == 1 ? "" : "s");
+            if (k.kind == Kernel::Kind::Op && isConvolution(k.op)) { // an implicit GEMM (ConvPlan)
+                const ConvPlan c = planConv(k, p->buffers, bl);
+                const char* spelling = describe(k.op).spelling;
+                if (k.op == Op::Conv2dGradW)
+                    lines.push_back(fmt::format("{} k{}: {} {} x {} x {} per image, {} images (col(x_b) · g_bᵀ): {}, col(x_b) "
+                                                "packed as A and g_b as B per image, {} slice{} of the batch, {}",
+                                                p->name, i, spelling, c.M, c.N, c.K, c.B, tile, c.units,
+                                                c.units == 1 ? "" : "s", threads));
+                else
+                    lines.push_back(fmt::format("{} k{}: {} {} x {} x {} ({} · {}): {}, {} panels of {} packed one at a time "
+                                                "by each thread, {}, {}",
+                                                p->name, i, spelling, c.M, c.N, c.K, k.op == Op::Conv2d ? "W" : "W'",
+                                                k.op == Op::Conv2d ? "col(x)" : "colT(g)", tile, c.colPanels,
+                                                k.op == Op::Conv2d ? "col(x)" : "colT(g)",
+                                                k.op == Op::Conv2d ? "W in place" : "W' copied", threads));
+                continue;
+            }
             if (k.kind != Kernel::Kind::Loop || k.a < 0) continue;
             const ProductPlan plan = planProduct(k, bl);
             const std::string blocking =

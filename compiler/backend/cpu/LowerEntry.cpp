@@ -27,7 +27,7 @@ struct KernelShape {
     std::vector<int32_t> buffers;
 };
 
-KernelShape kernelShape(const KernelProgram& p, const Kernel& k) {
+KernelShape kernelShape(const Kernel& k, const std::vector<Buffer>& buffers) {
     KernelShape s;
     std::unordered_map<int32_t, int> slot;
     auto buf = [&](int32_t id) {
@@ -47,12 +47,10 @@ KernelShape kernelShape(const KernelProgram& p, const Kernel& k) {
     for (int32_t id : k.in) key += fmt::format("in{} ", buf(id));
     for (int32_t id : k.out) key += fmt::format("out{} ", buf(id));
     if (k.kind == Kernel::Kind::Op) key += fmt::format("op{} eps{}", int(k.op), k.attrs.eps);
-    // An op kernel may read more of its buffers' shapes than rows x cols (an image's planes)
-    // and its window: two pools with different windows or images share no function.
-    if (k.kind == Kernel::Kind::Op) {
-        key += " window " + printWindow(k.attrs.window);
-        for (int32_t id : k.in) key += " " + shapeString(p.buffers[size_t(id)].shape);
-        for (int32_t id : k.out) key += id < 0 ? " -" : " " + shapeString(p.buffers[size_t(id)].shape);
+    if (k.kind == Kernel::Kind::Op && describe(k.op).has(trait::Spatial)) { // the window and every shape
+        key += " " + printWindow(k.attrs.window);
+        for (int32_t id : k.in) key += " " + shapeString(buffers[size_t(id)].shape);
+        for (int32_t id : k.out) key += " " + (id < 0 ? std::string("-") : shapeString(buffers[size_t(id)].shape));
     }
     return s;
 }
@@ -102,7 +100,7 @@ void Lowering::entry(const KernelProgram& p, EntryPoint which) {
     llvm::Value* scratch = b_.CreateGEP(b_.getInt8Ty(), arg(EntryArg::Workspace), i64(p.scratchOffset), "scratch");
     for (size_t i = 0; i < p.kernels.size(); ++i) {
         const Kernel& k = p.kernels[i];
-        KernelShape shape = kernelShape(p, k);
+        KernelShape shape = kernelShape(k, p.buffers);
         bool noalias = true;
         for (size_t x = 0; x < shape.buffers.size(); ++x)
             for (size_t y = 0; y < x; ++y)
@@ -175,6 +173,7 @@ void Lowering::kernel(const Kernel& k) {
         if (describe(k.op).has(trait::Normalisation)) return normalisation(k);
         if (k.op == Op::MaxPool2d || k.op == Op::MaxPool2dGrad || k.op == Op::AvgPool2d || k.op == Op::AvgPool2dGrad)
             return pooling(k);
+        if (isConvolution(k.op)) return convolution(k);
         internal_assert(false, std::string("no kernel lowers ") + describe(k.op).spelling);
     }
 }

@@ -10,6 +10,7 @@
 //   LowerLoss.cpp    softmax cross-entropy, BCE with logits, MSE
 //   LowerNorm.cpp    normalisations (batchnorm, layernorm, their gradients) by the op they compute
 //   LowerPool.cpp    max and average pooling and their gradients, plane by plane
+//   LowerConv.cpp    conv2d and its gradients: implicit GEMMs through the register tile
 //   LowerUpdate.cpp  the optimiser step (gradc_update)
 // Loops are emitted plainly with static bounds; the optimiser (Codegen.cpp's pipeline, the
 // host's vector width) vectorises them. Floating-point operations carry only `reassoc contract` (and `afn` on
@@ -166,6 +167,10 @@ private:
     void normalisation(const Kernel& k);
     /// The kernel of maxpool2d, avgpool2d and their gradients (LowerPool.cpp).
     void pooling(const Kernel& k);
+
+    // ---- Convolutions (LowerConv.cpp): implicit GEMMs through gradc_tile (ConvPlan).
+
+    void convolution(const Kernel& k);
 };
 
 } // namespace gradc

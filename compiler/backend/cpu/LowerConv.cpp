@@ -1,0 +1,338 @@
+// LowerConv.cpp — conv2d and its two gradients as implicit GEMMs through the matrix-product
+// register tile (gradc_tile, LowerGemm.cpp), never materialising the batch's im2col matrix
+// (ConvPlan in Kernels.h says what each op multiplies):
+//   conv2d   the positions of all images are the product's columns: each thread packs one
+//            panel of them (K x NR, K = C KH KW, zero for padding and past the last
+//            position) from x, then runs every MR-row tile of W, read in place, over it;
+//            whole tiles store straight into y, the others (the last rows, a panel that
+//            spans images) through the thread's tile.
+//   grad_x   the same over dx's positions with the transposed weights W' (copied once into
+//            the scratch) and the transposed view of g: the row of (o, kh, kw) holds
+//            g[o, (h + PH - kh) / SH, (w + PW - kw) / SW] where the division is exact and in
+//            range, else 0.
+//   grad_w   per image, col(x_b) packed whole as A (one image's, C KH KW x OH OW) and g_b
+//            transposed into panels by gradc_pack_b: dWᵀ += col(x_b) · g_bᵀ into the block of
+//            sums of the image's slice of the batch (fixed slices, one per planned thread);
+//            after the images, the slices' blocks are added into dW in order.
+// Packing walks the positions one image row at a time, VL at a time: along a row, the
+// source columns of one kernel tap are an arithmetic progression, read by a masked load
+// (stride 1) or a masked gather, the lanes in the padding (or, for grad_x, at an inexact
+// division) left out and stored as zeros. Every sum runs in one order whatever thread runs
+// what: the results do not vary from run to run.
+#include "Lowering.h"
+
+#include <algorithm>
+
+namespace gradc {
+
+ConvPlan planConv(const Kernel& k, const std::vector<Buffer>& buffers, const GemmBlocking& bl) {
+    auto up16 = [](int64_t v) { return (v + 15) / 16 * 16; }; // 64 bytes: 16 floats, 8 doubles
+    auto shape = [&](int32_t id) -> const Shape& { return buffers.at(size_t(id)).shape; };
+    ConvPlan p;
+    p.win = k.attrs.window;
+    const Shape& x = k.op == Op::Conv2dGradX ? shape(k.out[0]) : shape(k.in[0]);
+    const Shape& y = k.op == Op::Conv2d ? shape(k.out[0]) : k.op == Op::Conv2dGradX ? shape(k.in[0]) : shape(k.in[1]);
+    internal_assert(x.size() == 4 && y.size() == 4, "a convolution kernel on tensors that are not images");
+    p.B = x[0], p.C = x[1], p.H = x[2], p.W = x[3], p.O = y[1], p.OH = y[2], p.OW = y[3];
+    const int64_t taps = int64_t(p.win.kh) * p.win.kw;
+    const int64_t MR = bl.mr, NR = bl.nr();
+    switch (k.op) {
+    case Op::Conv2d: p.M = p.O, p.N = p.B * p.OH * p.OW, p.K = p.C * taps; break;
+    case Op::Conv2dGradX: p.M = p.C, p.N = p.B * p.H * p.W, p.K = p.O * taps; break;
+    default: p.M = p.C * taps, p.N = p.O, p.K = p.OH * p.OW; break;
+    }
+    p.rowTiles = (p.M + MR - 1) / MR;
+    p.colPanels = (p.N + NR - 1) / NR;
+    const int64_t threads = std::max(1, bl.threads);
+    p.threadAt = k.op == Op::Conv2dGradX ? up16(p.M * p.K) : 0;
+    if (k.op == Op::Conv2dGradW) {
+        p.units = std::min(p.B, threads);
+        p.packedAt = up16(p.M * p.K);
+        p.perThread = p.packedAt + up16(p.colPanels * NR * p.K);
+        p.sumsAt = p.threadAt + p.perThread * threads;
+        p.sumsBlock = up16(p.rowTiles * MR * p.colPanels * NR);
+        p.elements = p.sumsAt + p.sumsBlock * p.units;
+        return p;
+    }
+    p.units = p.colPanels;
+    p.tileAt = up16(p.K * NR);
+    p.perThread = p.tileAt + up16(MR * NR);
+    p.elements = p.threadAt + p.perThread * threads;
+    return p;
+}
+
+void Lowering::convolution(const Kernel& k) {
+    declareGemmHelpers();
+    const GemmBlocking& bl = p_->blocking;
+    const ConvPlan plan = planConv(k, p_->buffers, bl);
+    const Window& win = plan.win;
+    const int64_t MR = bl.mr, NR = bl.nr();
+    const int64_t M = plan.M, K = plan.K, mt = plan.rowTiles, nt = plan.colPanels;
+    const int64_t KH = win.kh, KW = win.kw;
+    const bool gradX = k.op == Op::Conv2dGradX, gradW = k.op == Op::Conv2dGradW;
+    if (std::min({plan.B, plan.C, plan.H, plan.W, plan.O, plan.OH, plan.OW}) <= 0) { // no products: a zero result
+        const Buffer& out = p_->buffers[size_t(k.out[0])];
+        if (out.elements() > 0) loop(out.elements(), "z", [&](llvm::Value* i) { store(fp(0), base(k.out[0]), i); });
+        return;
+    }
+
+    auto smax = [&](llvm::Value* a, llvm::Value* b) { return b_.CreateSelect(b_.CreateICmpSGT(a, b), a, b); };
+    auto smin = [&](llvm::Value* a, llvm::Value* b) { return b_.CreateSelect(b_.CreateICmpSLT(a, b), a, b); };
+    // if (cond) then() else otherwise()
+    auto branch = [&](llvm::Value* cond, const std::function<void()>& then, const std::function<void()>& otherwise) {
+        auto* yes = llvm::BasicBlock::Create(ctx_, "then", fn_);
+        auto* no = llvm::BasicBlock::Create(ctx_, "else", fn_);
+        auto* done = llvm::BasicBlock::Create(ctx_, "endif", fn_);
+        b_.CreateCondBr(cond, yes, no);
+        b_.SetInsertPoint(yes);
+        then();
+        b_.CreateBr(done);
+        b_.SetInsertPoint(no);
+        otherwise();
+        b_.CreateBr(done);
+        b_.SetInsertPoint(done);
+    };
+    auto zeros = [&](llvm::Value* dst, llvm::Value* from, llvm::Value* to) { // dst[from, to) = 0
+        loopTo(b_.CreateSub(to, from), "z", [&](llvm::Value* i) { store(fp(0), dst, b_.CreateAdd(from, i)); });
+    };
+
+    // The column view the product reads as B (conv2d, grad_x) or A (grad_w): rows (ch, kh, kw)
+    // over a source image of CS x HS x WS per batch element, columns the positions (b, i, j)
+    // of a grid of HO x WO per image. conv2d: the source is x, the grid y's, source row
+    // i SH + kh - PH; grad_x: the source is g, the grid dx's, source row (i + PH - kh) / SH
+    // when exact (for stride 1: i + PH - kh, an affine map like conv2d's).
+    const int64_t CS = gradX ? plan.O : plan.C, HS = gradX ? plan.OH : plan.H, WS = gradX ? plan.OW : plan.W;
+    const int64_t HO = gradX ? plan.H : plan.OH, WO = gradX ? plan.W : plan.OW, perImage = HO * WO;
+    const int64_t total = plan.B * perImage;
+    const bool rowDivides = gradX && win.sh > 1, colDivides = gradX && win.sw > 1;
+    // Affine maps: source = position * step + offset(tap).
+    const int64_t rowStep = gradX ? 1 : win.sh, colStep = gradX ? 1 : win.sw;
+    auto rowOffset = [&](llvm::Value* kh) { return gradX ? b_.CreateSub(i64(win.ph), kh) : b_.CreateSub(kh, i64(win.ph)); };
+
+    // The view is packed VL positions at a time (masked loads of a source row's contiguous
+    // columns, or masked gathers for strides; masked lanes are never read), each chunk of
+    // one grid row for every row of the view: per tap column kw, which lanes have a source
+    // (in the padding, or an inexact division: zero) is the same for every channel and
+    // kernel row, so it is computed once per chunk.
+    const int64_t VL = bl.vl;
+    auto* vecTy = llvm::FixedVectorType::get(T_, unsigned(VL));
+    std::vector<llvm::Constant*> iota;
+    for (int64_t l = 0; l < VL; ++l) iota.push_back(b_.getInt32(uint32_t(l)));
+    llvm::Constant* lanes = llvm::ConstantVector::get(iota);
+    const llvm::Align elementAlign(f64_ ? 8 : 4);
+    auto splat = [&](int64_t v) { return b_.CreateVectorSplat(unsigned(VL), b_.getInt32(uint32_t(int32_t(v)))); };
+    const bool contiguous = !colDivides && colStep == 1;
+
+    // dst[k ld + (q - q0)] = view[k][q] for the positions q in [q0, q0 + width) (all of
+    // them, over every image), zero past the last position.
+    auto packView = [&](llvm::Value* dst, int64_t ld, llvm::Value* src, llvm::Value* q0, int64_t width) {
+        llvm::Value* qEnd = smin(b_.CreateAdd(q0, i64(width)), i64(total));
+        llvm::Value* firstRow = b_.CreateUDiv(q0, i64(WO));
+        llvm::Value* lastRow = b_.CreateUDiv(b_.CreateSub(qEnd, i64(1)), i64(WO));
+        // One grid row (b, i) at a time: its positions [ja, jb) in this range.
+        loopTo(b_.CreateAdd(b_.CreateSub(lastRow, firstRow), i64(1)), "gr", [&](llvm::Value* r) {
+            llvm::Value* gr = b_.CreateAdd(firstRow, r);
+            llvm::Value* img = b_.CreateUDiv(gr, i64(HO));
+            llvm::Value* i = b_.CreateURem(gr, i64(HO));
+            llvm::Value* rowStart = b_.CreateMul(gr, i64(WO));
+            llvm::Value* ja = b_.CreateSub(smax(q0, rowStart), rowStart);
+            llvm::Value* jb = b_.CreateSub(smin(qEnd, b_.CreateAdd(rowStart, i64(WO))), rowStart);
+            llvm::Value* dstAt = b_.CreateSub(rowStart, q0); // dst column of position j: dstAt + j
+            llvm::Value* image = at(src, b_.CreateMul(img, i64(CS * HS * WS)));
+            llvm::Value* chunks = b_.CreateUDiv(b_.CreateAdd(b_.CreateSub(jb, ja), i64(VL - 1)), i64(VL));
+            loopTo(chunks, "v", [&](llvm::Value* v) {
+                llvm::Value* j0 = b_.CreateAdd(ja, b_.CreateMul(v, i64(VL)));
+                llvm::Value* j = b_.CreateAdd(b_.CreateVectorSplat(unsigned(VL), b_.CreateTrunc(j0, b_.getInt32Ty())), lanes);
+                llvm::Value* keep = b_.CreateICmpSLT(j, b_.CreateVectorSplat(unsigned(VL), b_.CreateTrunc(jb, b_.getInt32Ty())));
+                // Per tap column: the lanes with a source column, and (gathers) its index.
+                std::vector<llvm::Value*> ok(static_cast<size_t>(KW)), index(static_cast<size_t>(KW));
+                for (int64_t kw = 0; kw < KW; ++kw) {
+                    const int64_t off = gradX ? win.pw - kw : kw - win.pw;
+                    if (contiguous) {
+                        ok[size_t(kw)] = b_.CreateAnd(keep, b_.CreateAnd(b_.CreateICmpSGE(j, splat(-off)),
+                                                                          b_.CreateICmpSLT(j, splat(WS - off))));
+                    } else if (colDivides) { // column (j + PW - kw) / SW when exact
+                        llvm::Value* t = b_.CreateAdd(j, splat(off));
+                        llvm::Value* tc = b_.CreateSelect(b_.CreateICmpSGT(t, splat(0)), t, splat(0));
+                        llvm::Value* col = b_.CreateUDiv(tc, splat(win.sw));
+                        ok[size_t(kw)] = b_.CreateAnd(
+                            keep, b_.CreateAnd(b_.CreateICmpSGE(t, splat(0)),
+                                               b_.CreateAnd(b_.CreateICmpEQ(b_.CreateURem(tc, splat(win.sw)), splat(0)),
+                                                            b_.CreateICmpULT(col, splat(WS)))));
+                        index[size_t(kw)] = b_.CreateSelect(ok[size_t(kw)], col, splat(0));
+                    } else { // column j SW + kw - PW
+                        llvm::Value* col = b_.CreateAdd(b_.CreateMul(j, splat(colStep)), splat(off));
+                        ok[size_t(kw)] = b_.CreateAnd(keep, b_.CreateAnd(b_.CreateICmpSGE(col, splat(0)),
+                                                                          b_.CreateICmpSLT(col, splat(WS))));
+                        index[size_t(kw)] = b_.CreateSelect(ok[size_t(kw)], col, splat(0));
+                    }
+                }
+                llvm::Value* none = llvm::Constant::getNullValue(keep->getType());
+                loop(KH, "kh", [&](llvm::Value* kh) {
+                    // The source row and whether it exists (zero padding, or an inexact division).
+                    llvm::Value *srcRow, *rowOk;
+                    if (rowDivides) {
+                        llvm::Value* t = b_.CreateAdd(i, rowOffset(kh));
+                        llvm::Value* tc = smax(t, i64(0));
+                        srcRow = b_.CreateUDiv(tc, i64(win.sh));
+                        rowOk = b_.CreateAnd(b_.CreateICmpSGE(t, i64(0)),
+                                             b_.CreateAnd(b_.CreateICmpEQ(b_.CreateURem(tc, i64(win.sh)), i64(0)),
+                                                          b_.CreateICmpULT(srcRow, i64(HS))));
+                    } else {
+                        srcRow = b_.CreateAdd(b_.CreateMul(i, i64(rowStep)), rowOffset(kh));
+                        rowOk = b_.CreateICmpULT(srcRow, i64(HS)); // negative rows wrap past HS
+                    }
+                    llvm::Value* line0 = at(image, b_.CreateMul(b_.CreateSelect(rowOk, srcRow, i64(0)), i64(WS)));
+                    for (int64_t kw = 0; kw < KW; ++kw) {
+                        const int64_t off = gradX ? win.pw - kw : kw - win.pw;
+                        llvm::Value* mask = b_.CreateSelect(rowOk, ok[size_t(kw)], none);
+                        llvm::Value* row0 = at(dst, b_.CreateAdd(b_.CreateMul(b_.CreateAdd(b_.CreateMul(kh, i64(KW)), i64(kw)), i64(ld)),
+                                                                 b_.CreateAdd(dstAt, j0)));
+                        loop(CS, "ch", [&](llvm::Value* ch) {
+                            llvm::Value* line = at(line0, b_.CreateMul(ch, i64(HS * WS)));
+                            llvm::Value* x =
+                                contiguous
+                                    ? b_.CreateMaskedLoad(vecTy, at(line, b_.CreateAdd(j0, i64(off))), elementAlign, mask,
+                                                          llvm::Constant::getNullValue(vecTy))
+                                    : b_.CreateMaskedGather(vecTy, b_.CreateGEP(T_, line, index[size_t(kw)]), elementAlign,
+                                                            mask, llvm::Constant::getNullValue(vecTy));
+                            b_.CreateMaskedStore(x, at(row0, b_.CreateMul(ch, i64(KH * KW * ld))), elementAlign, keep);
+                        }, /*vectorise=*/false);
+                    }
+                });
+            });
+        });
+        // Past the last position (the last panel): zero columns.
+        llvm::Value* filled = b_.CreateSub(qEnd, q0);
+        branch(b_.CreateICmpSLT(filled, i64(width)), [&] {
+            loop(CS * KH * KW, "kz", [&](llvm::Value* kk) { zeros(at(dst, b_.CreateMul(kk, i64(ld))), filled, i64(width)); });
+        }, [] {});
+    };
+
+    // One tile: out[MR][NR] (rows outStride apart) = A's rows r0.. (clamped to M - 1, each
+    // rowStride apart, K deep) times the panel, or added to it.
+    auto tile = [&](llvm::Value* out, llvm::Value* outStride, llvm::Value* a, int64_t rowStride, llvm::Value* r0,
+                    llvm::Value* panel, int64_t depth, bool add) {
+        std::vector<llvm::Value*> args = {out, outStride};
+        for (int64_t r = 0; r < MR; ++r) {
+            llvm::Value* m = smin(b_.CreateAdd(r0, i64(r)), i64(M - 1));
+            args.push_back(at(a, b_.CreateMul(m, i64(rowStride))));
+        }
+        for (llvm::Value* v : {i64(1), panel, i64(NR), i64(depth), (llvm::Value*)b_.getInt1(add)}) args.push_back(v);
+        b_.CreateCall(tile_, args);
+    };
+
+    // The units [begin, end) of thread `thread`, with the kernel's bases as seen where they run.
+    auto run = [&](const char* name, const std::function<void(llvm::Value*, llvm::Value*, llvm::Value*)>& body) {
+        if (bl.threads <= 1) return body(i64(0), i64(plan.units), i64(0));
+        parallel(name, contextArray(), plan.units, [&](llvm::Value* context, llvm::Value* begin, llvm::Value* end, llvm::Value* thread) {
+            loadContext(context);
+            body(begin, end, thread);
+        });
+    };
+    auto threadPart = [&](llvm::Value* thread) {
+        return at(scratchArea(), b_.CreateAdd(i64(plan.threadAt), b_.CreateMul(thread, i64(plan.perThread))));
+    };
+
+    if (gradW) {
+        const int64_t O = plan.O, P = plan.K, ld = nt * NR, slices = plan.units;
+        llvm::Value* sumsArea = at(scratchArea(), i64(plan.sumsAt));
+        loop(slices * plan.sumsBlock, "z", [&](llvm::Value* i) { store(fp(0), sumsArea, i); });
+        run("gradc_conv_images", [&](llvm::Value* begin, llvm::Value* end, llvm::Value* thread) {
+            llvm::Value* part = threadPart(thread);
+            llvm::Value* packed = at(part, i64(plan.packedAt));
+            llvm::Value *x = base(k.in[0]), *g = base(k.in[1]);
+            loopTo(b_.CreateSub(end, begin), "slice", [&](llvm::Value* u) {
+                // Slice s: images [s B / slices, (s + 1) B / slices), summed into its block.
+                llvm::Value* s = b_.CreateAdd(begin, u);
+                llvm::Value* sums = at(scratchArea(), b_.CreateAdd(i64(plan.sumsAt), b_.CreateMul(s, i64(plan.sumsBlock))));
+                llvm::Value* first = b_.CreateUDiv(b_.CreateMul(s, i64(plan.B)), i64(slices));
+                llvm::Value* last = b_.CreateUDiv(b_.CreateMul(b_.CreateAdd(s, i64(1)), i64(plan.B)), i64(slices));
+                loopTo(b_.CreateSub(last, first), "img", [&](llvm::Value* d) {
+                    llvm::Value* img = b_.CreateAdd(first, d);
+                    packView(part, P, x, b_.CreateMul(img, i64(P)), P);
+                    b_.CreateCall(packB_, {packed, at(g, b_.CreateMul(img, i64(O * P))), i64(O), i64(P), b_.getTrue(), i64(0),
+                                           i64(nt)});
+                    loop(nt, "jt", [&](llvm::Value* jt) {
+                        llvm::Value* panel = at(packed, b_.CreateMul(jt, i64(P * NR)));
+                        loop(mt, "it", [&](llvm::Value* it) {
+                            llvm::Value* r0 = b_.CreateMul(it, i64(MR));
+                            llvm::Value* out = at(sums, b_.CreateAdd(b_.CreateMul(r0, i64(ld)), b_.CreateMul(jt, i64(NR))));
+                            tile(out, i64(ld), part, P, r0, panel, P, true);
+                        });
+                    });
+                });
+            });
+        });
+        // dW[o][m] = Σ over the slices, in order, of their sums [m][o].
+        llvm::Value* dw = base(k.out[0]);
+        loop(O, "o", [&](llvm::Value* o) {
+            loop(M, "m", [&](llvm::Value* m) {
+                llvm::Value* s = fp(0);
+                for (int64_t t = 0; t < slices; ++t)
+                    s = b_.CreateFAdd(s, load(sumsArea, b_.CreateAdd(i64(t * plan.sumsBlock), b_.CreateAdd(b_.CreateMul(m, i64(ld)), o))));
+                store(s, dw, b_.CreateAdd(b_.CreateMul(o, i64(M)), m));
+            }, /*vectorise=*/false);
+        });
+        return;
+    }
+
+    // conv2d and grad_x: A is W ([O][C KH KW], read in place) or W' ([C][O KH KW], copied).
+    const int64_t outImage = M * perImage; // elements of one image of the result
+    if (gradX) {
+        llvm::Value* w = base(k.in[1]);
+        llvm::Value* wt = at(scratchArea(), i64(plan.weightsAt));
+        const int64_t O = plan.O, C = plan.C, taps = KH * KW;
+        loop(O, "o", [&](llvm::Value* o) {
+            loop(C, "c", [&](llvm::Value* c) {
+                llvm::Value* from = at(w, b_.CreateMul(b_.CreateAdd(b_.CreateMul(o, i64(C)), c), i64(taps)));
+                llvm::Value* to = at(wt, b_.CreateAdd(b_.CreateMul(c, i64(K)), b_.CreateMul(o, i64(taps))));
+                loop(taps, "t", [&](llvm::Value* t) { store(load(from, t), to, t); });
+            });
+        });
+    }
+    run("gradc_conv_panels", [&](llvm::Value* begin, llvm::Value* end, llvm::Value* thread) {
+        llvm::Value* panel = threadPart(thread);
+        llvm::Value* tileBuf = at(panel, i64(plan.tileAt));
+        llvm::Value* src = base(k.in[0]);
+        llvm::Value* a = gradX ? at(scratchArea(), i64(plan.weightsAt)) : base(k.in[1]);
+        llvm::Value* out = base(k.out[0]);
+        loopTo(b_.CreateSub(end, begin), "jt", [&](llvm::Value* u) {
+            llvm::Value* jt = b_.CreateAdd(begin, u);
+            llvm::Value* q0 = b_.CreateMul(jt, i64(NR));
+            packView(panel, NR, src, q0, NR);
+            llvm::Value* cols = smin(i64(NR), b_.CreateSub(i64(total), q0));
+            llvm::Value* img0 = b_.CreateUDiv(q0, i64(perImage));
+            llvm::Value* at0 = b_.CreateSub(q0, b_.CreateMul(img0, i64(perImage)));
+            // The panel lies whole in one image: its whole tiles store straight into the result.
+            llvm::Value* oneImage = b_.CreateICmpSLE(b_.CreateAdd(at0, i64(NR)), i64(perImage));
+            llvm::Value* lastImage = b_.CreateUDiv(b_.CreateSub(b_.CreateAdd(q0, cols), i64(1)), i64(perImage));
+            loop(mt, "it", [&](llvm::Value* it) {
+                llvm::Value* r0 = b_.CreateMul(it, i64(MR));
+                llvm::Value* rows = smin(i64(MR), b_.CreateSub(i64(M), r0));
+                llvm::Value* direct = b_.CreateAnd(oneImage, b_.CreateICmpEQ(rows, i64(MR)));
+                llvm::Value* straight =
+                    at(out, b_.CreateAdd(b_.CreateMul(img0, i64(outImage)), b_.CreateAdd(b_.CreateMul(r0, i64(perImage)), at0)));
+                tile(b_.CreateSelect(direct, straight, tileBuf), b_.CreateSelect(direct, i64(perImage), i64(NR)), a, K, r0,
+                     panel, K, false);
+                branch(direct, [] {}, [&] { // the tile's rows, image by image
+                    loopTo(b_.CreateAdd(b_.CreateSub(lastImage, img0), i64(1)), "im", [&](llvm::Value* d) {
+                        llvm::Value* img = b_.CreateAdd(img0, d);
+                        llvm::Value* imgStart = b_.CreateMul(img, i64(perImage));
+                        llvm::Value* c0 = b_.CreateSub(smax(q0, imgStart), q0); // the panel's columns [c0, c1)
+                        llvm::Value* c1 = b_.CreateSub(smin(b_.CreateAdd(q0, cols), b_.CreateAdd(imgStart, i64(perImage))), q0);
+                        llvm::Value* dst = at(out, b_.CreateAdd(b_.CreateMul(img, i64(outImage)),
+                                                                b_.CreateSub(b_.CreateAdd(q0, c0), imgStart)));
+                        loopTo(rows, "r", [&](llvm::Value* r) {
+                            llvm::Value* to = at(dst, b_.CreateMul(b_.CreateAdd(r0, r), i64(perImage)));
+                            llvm::Value* from = at(tileBuf, b_.CreateAdd(b_.CreateMul(r, i64(NR)), c0));
+                            loopTo(b_.CreateSub(c1, c0), "c", [&](llvm::Value* c) { store(load(from, c), to, c); });
+                        });
+                    });
+                });
+            });
+        });
+    });
+}
+
+} // namespace gradc

@@ -1,0 +1,214 @@
+// ConvTests.cpp — the compiled convolutions (LowerConv.cpp: conv2d, conv2d_grad_x,
+// conv2d_grad_w as implicit GEMMs through the register tile) against the interpreter on
+// random shapes (strides 1-3, paddings 0-2, kernels 1-5 and not square, 1 to 20 channels in
+// and out, odd image sizes, batches 1-3), in float and double, on one and two threads; the
+// shapes that exercise the tile's and the panels' edges; and a compiled conv model's
+// gradients against central differences in double.
+#include "Autodiff.h"
+#include "Codegen.h"
+#include "Execute.h"
+#include "Kernels.h"
+#include "Layout.h"
+#include "Pipeline.h"
+#include "TestUtil.h"
+
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <map>
+
+using namespace gradc;
+
+namespace {
+
+double largest(const Tensor& t) {
+    double m = 0;
+    for (double v : t.data) m = std::max(m, std::fabs(v));
+    return m;
+}
+
+/// Largest |got - want| relative to the largest |want| of the tensor.
+double relativeError(const Tensor& got, const Tensor& want) {
+    REQUIRE(got.data.size() == want.data.size());
+    double err = 0;
+    for (size_t i = 0; i < want.data.size(); ++i) err = std::max(err, std::fabs(got.data[i] - want.data[i]));
+    const double scale = largest(want);
+    return scale > 0 ? err / scale : err;
+}
+
+CompiledModel compiled(const Graph& g, bool f64, int threads) {
+    CodegenOptions opts;
+    opts.cache = false;
+    opts.f64 = f64;
+    opts.threads = threads;
+    return compileModel(g, opts);
+}
+
+/// The convolution kernels of the model's two programs, by op.
+std::map<Op, int> convKernels(const Graph& g) {
+    const Layout layout = computeLayout(g);
+    Graph grad = differentiate(g);
+    std::map<Op, int> n;
+    for (const KernelProgram& p : {buildKernels(g, "forward", g.outputs, layout, 4, GemmBlocking{}),
+                                   buildKernels(grad, "backward", backwardOutputs(grad), layout, 4, GemmBlocking{})})
+        for (const Kernel& k : p.kernels)
+            if (k.kind == Kernel::Kind::Op && isConvolution(k.op)) ++n[k.op];
+    return n;
+}
+
+/// Forward (logits, loss) and backward (every gradient) of `g` compiled in float and double,
+/// on one and two threads, against the interpreter: float within 1e-4 of each tensor's
+/// largest value, double within 1e-9.
+void agree(const Graph& g, std::mt19937& rng) {
+    Bindings b = randomBindings(g, rng);
+    auto wantForward = interpretOutputs(g, b);
+    auto wantBackward = interpretOutputs(differentiate(g), b);
+    for (bool f64 : {false, true})
+        for (int threads : {1, 2}) {
+            CompiledModel cm = compiled(g, f64, threads);
+            const double tol = f64 ? 1e-9 : 1e-4;
+            INFO((f64 ? "f64, " : "f32, ") << threads << " thread(s)");
+            auto gotForward = runCompiled(cm, g, b, false);
+            for (const char* name : {"logits", "loss"}) {
+                INFO(name);
+                CHECK(relativeError(gotForward.at(name), wantForward.at(name)) <= tol);
+            }
+            auto gotBackward = runCompiled(cm, g, b, true);
+            for (auto& [name, want] : wantBackward) {
+                if (name == "logits") continue;
+                INFO(name);
+                CHECK(relativeError(gotBackward.at(name), want) <= tol);
+            }
+        }
+}
+
+/// A convolution under test between a 1x1 convolution (so that its input has a gradient:
+/// conv2d_grad_x runs) and a small dense head; no biases (their broadcast is another part's).
+std::string convModel(int c0, int c, int h, int w, int o, int kh, int kw, int sh, int sw, int ph, int pw,
+                      const char* act = "") {
+    return "input " + std::to_string(c0) + "x" + std::to_string(h) + "x" + std::to_string(w) + "\nconv " +
+           std::to_string(c) + " 1x1 bias=false\nconv " + std::to_string(o) + " " + std::to_string(kh) + "x" +
+           std::to_string(kw) + " stride=" + std::to_string(sh) + "x" + std::to_string(sw) +
+           " padding=" + std::to_string(ph) + "x" + std::to_string(pw) + " bias=false" + act +
+           "\nflatten\ndense 3\nloss mse\n";
+}
+
+} // namespace
+
+TEST_CASE("compiled convolutions and both gradients agree with the interpreter on random shapes", "[jit][conv]") {
+    std::mt19937 rng(160);
+    auto pick = [&](int lo, int hi) { return lo + int(rng() % unsigned(hi - lo + 1)); };
+    for (int trial = 0; trial < 14; ++trial) {
+        const int kh = pick(1, 5), kw = pick(1, 5), ph = pick(0, 2), pw = pick(0, 2);
+        // Odd sizes that fit the window: H + 2 PH >= KH.
+        const int h = std::max(kh - 2 * ph, 1) + 2 * pick(0, 4), w = std::max(kw - 2 * pw, 1) + 2 * pick(0, 3);
+        const int c = pick(1, 20), o = pick(1, 20), batch = pick(1, 3);
+        const std::string text = convModel(pick(1, 3), c, h | 1, w | 1, o, kh, kw, pick(1, 3), pick(1, 3), ph, pw,
+                                           trial % 2 ? " tanh" : "");
+        INFO(text << "batch " << batch);
+        Graph g = compileSource("conv.nn", text, {batch}).graph;
+        // Kernels of their own: the weight gradients of both convolutions, dx of the second.
+        std::map<Op, int> kernels = convKernels(g);
+        CHECK(kernels[Op::Conv2d] >= 2);
+        CHECK(kernels[Op::Conv2dGradW] == 2);
+        CHECK(kernels[Op::Conv2dGradX] == 1);
+        agree(g, rng);
+    }
+}
+
+TEST_CASE("compiled convolutions at the edges of tiles, panels and images", "[jit][conv]") {
+    std::mt19937 rng(161);
+    const std::vector<std::pair<std::string, int64_t>> cases = {
+        // Positions per image (9) far fewer than a panel's: a panel spans many images.
+        {convModel(2, 3, 3, 3, 5, 3, 3, 1, 1, 1, 1), 3},
+        // A panel wider than an image row and a row of tiles past one panel (O = 20, 13 x 11).
+        {convModel(1, 7, 13, 11, 20, 3, 3, 1, 1, 1, 1), 2},
+        // Stride 3 both ways: dx's positions mostly have no source in g (the exact division).
+        {convModel(2, 4, 11, 10, 3, 5, 4, 3, 3, 2, 1), 2},
+        // Strides that differ by dimension, a window the size of the padded image.
+        {convModel(1, 2, 5, 7, 4, 5, 3, 2, 1, 0, 2), 3},
+        {convModel(1, 3, 4, 3, 2, 6, 7, 1, 1, 1, 2), 2},
+        // 1x1 convolutions with and without stride.
+        {convModel(3, 6, 9, 5, 7, 1, 1, 1, 1, 0, 0), 2},
+        {convModel(3, 6, 9, 5, 7, 1, 1, 2, 3, 0, 0), 1},
+        // Two convolutions whose kernels have equal operand domains but different windows and
+        // weights: each has its own kernel function.
+        {"input 4x6x6\nconv 4 3x3 padding=1 bias=false\nconv 4 1x1 bias=false relu\nconv 4 3x3 padding=1 bias=false\n"
+         "flatten\ndense 2\nloss cross_entropy\n",
+         3},
+    };
+    for (auto& [text, batch] : cases) {
+        INFO(text << "batch " << batch);
+        agree(compileSource("conv.nn", text, {batch}).graph, rng);
+    }
+}
+
+TEST_CASE("a compiled conv model's gradients agree with central differences in double", "[jit][conv][autodiff]") {
+    // eps 1e-6, atol 1e-5, rtol 1e-3 (torch.autograd.gradcheck's), the loss from compiled code.
+    const Graph g = compileSource("conv.nn",
+                                  "input 2x7x6\nconv 3 3x2 stride=2x1 padding=1 bias=false tanh\n"
+                                  "conv 4 2x3 stride=1x2 padding=0x1 bias=false\nflatten\ndense 2\nloss mse\n",
+                                  {3}).graph;
+    std::mt19937 rng(162);
+    Bindings b = randomBindings(g, rng);
+    CompiledModel cm = compiled(g, true, 1);
+    auto grads = runCompiled(cm, g, b, true);
+    auto loss = [&] { return runCompiled(cm, g, b, false).at("loss").data[0]; };
+    int checked = 0;
+    for (auto& p : g.params) {
+        Tensor& t = b.at(p.name);
+        const Tensor& analytic = grads.at("grad:" + p.name);
+        REQUIRE(analytic.data.size() == t.data.size());
+        for (size_t i = 0; i < t.data.size(); ++i) {
+            const double saved = t.data[i], eps = 1e-6;
+            t.data[i] = saved + eps;
+            const double up = loss();
+            t.data[i] = saved - eps;
+            const double down = loss();
+            t.data[i] = saved;
+            const double numeric = (up - down) / (2 * eps);
+            INFO(p.name << "[" << i << "] analytic " << analytic.data[i] << " numeric " << numeric);
+            CHECK(std::fabs(analytic.data[i] - numeric) <= 1e-5 + 1e-3 * std::fabs(numeric));
+            ++checked;
+        }
+    }
+    CHECK(checked == 3 * 2 * 3 * 2 + 4 * 3 * 2 * 3 + 2 * 4 * 4 * 3 + 2);
+}
+
+TEST_CASE("compiled convolution gradients on two threads are the same bits on every run", "[jit][conv][threads]") {
+    // grad_w sums the batch in fixed slices, whichever thread runs each: no race, no run-to-run
+    // rounding differences.
+    const Graph g = compileSource("conv.nn", convModel(2, 5, 9, 7, 6, 3, 3, 1, 1, 1, 1), {7}).graph;
+    std::mt19937 rng(163);
+    Bindings b = randomBindings(g, rng);
+    CompiledModel cm = compiled(g, false, 2);
+    const auto first = runCompiled(cm, g, b, true);
+    for (int run = 0; run < 5; ++run) {
+        const auto again = runCompiled(cm, g, b, true);
+        for (auto& [name, t] : first) {
+            INFO(name << ", run " << run);
+            CHECK(again.at(name).data == t.data);
+        }
+    }
+}
+
+TEST_CASE("gradc bench --explain gives a line per convolution with its implicit product", "[jit][conv]") {
+    const Graph g = compileSource("conv.nn", convModel(2, 5, 9, 7, 6, 3, 3, 1, 1, 1, 1), {4}).graph;
+    CodegenOptions opts;
+    opts.cache = false;
+    opts.threads = 1;
+    std::vector<std::string> convs;
+    for (const std::string& line : explainProducts(g, opts))
+        if (line.find("conv2d") != std::string::npos) convs.push_back(line);
+    // Forward: both convolutions; backward: both again, dx of the second, dW of both.
+    REQUIRE(convs.size() == 7);
+    CHECK_THAT(convs[1], Catch::Contains("forward k1: conv2d 6 x 252 x 45 (W · col(x)): tile"));
+    CHECK_THAT(convs[1], Catch::Contains("panels of col(x) packed one at a time by each thread, W in place, 1 thread"));
+    bool gradX = false, gradW = false;
+    for (const std::string& line : convs) {
+        gradX = gradX || line.find("conv2d_grad_x 5 x 252 x 54 (W' · colT(g))") != std::string::npos;
+        gradW = gradW || line.find("conv2d_grad_w 45 x 6 x 63 per image, 4 images (col(x_b) · g_bᵀ)") != std::string::npos;
+    }
+    CHECK(gradX);
+    CHECK(gradW);
+}
