@@ -44,6 +44,8 @@ KernelShape kernelShape(const Kernel& k) {
     for (const Access& a : k.args) key += fmt::format("arg{}:{} ", int(a.mode), buf(a.buffer));
     for (const Store& st : k.stores) key += fmt::format("st{}={} ", buf(st.buffer), expr(st.expr));
     for (const Store& st : k.columnSums) key += fmt::format("sum{}={} ", buf(st.buffer), expr(st.expr));
+    for (const Store& st : k.rowSums) key += fmt::format("rsum{}={} ", buf(st.buffer), expr(st.expr));
+    if (k.outer != 1) key += fmt::format("outer{} ", k.outer);
     for (int32_t id : k.in) key += fmt::format("in{} ", buf(id));
     for (int32_t id : k.out) key += fmt::format("out{} ", buf(id));
     if (k.kind == Kernel::Kind::Op) key += fmt::format("op{} eps{}", int(k.op), k.attrs.eps);
