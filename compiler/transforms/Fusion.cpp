@@ -51,6 +51,11 @@ Domain splitAt(const Shape& s, size_t i, size_t j) {
 /// The 2-D domain of every kernel before outer extents: [prod(leading dimensions), last].
 Domain matrixDomain(const Shape& s) { return splitAt(s, 0, s.empty() ? 0 : s.size() - 1); }
 
+/// The domain of an element-wise kernel over `s`: images [B,C,H,W] as [B, C, H W] (a
+/// per-channel operand is read per row, and the rows are whole images' planes, long enough
+/// to vectorise), every other tensor as the 2-D [prod(leading dimensions), last].
+Domain defaultDomain(const Shape& s) { return s.size() == 4 ? splitAt(s, 1, 2) : matrixDomain(s); }
+
 /// How an operand of shape `s`, broadcast against `result` (numpy's rule: right-aligned,
 /// each dimension equal or 1), is read on domain `d`: the element (the result's shape), per
 /// column (it varies along the columns' dimensions only) or per row (along the rows' only);
@@ -336,7 +341,7 @@ private:
         }
     }
 
-    /// The domain of the loop kernel of the fused tree rooted at `v`: the 2-D one when its
+    /// The domain of the loop kernel of the fused tree rooted at `v`: the default one when its
     /// broadcast operands are each read per row, per column or whole there (every model
     /// without images: its code is unchanged), else the split of the result's shape that
     /// places the most of them (then the widest columns); the others are expanded by copies.
@@ -351,8 +356,9 @@ private:
             for (const Shape& s : operands) count += placement(s, shape, d).has_value();
             return count;
         };
-        const Domain flat = matrixDomain(shape);
-        if (product || placed(flat) == operands.size()) return flat;
+        if (product) return matrixDomain(shape);
+        const Domain flat = defaultDomain(shape);
+        if (placed(flat) == operands.size()) return flat;
         Domain best = flat;
         auto key = [&](const Domain& d) { return std::make_tuple(placed(d), d.cols, d.rows); };
         for (size_t i = 0; i <= shape.size(); ++i)
@@ -421,7 +427,7 @@ private:
     /// A loop kernel that copies the row-major elements of `src` (of `shape`) to `dst`.
     void copy(int32_t dst, int32_t src, const Shape& shape) {
         LoopBuild lb;
-        std::tie(lb.k.rows, lb.k.cols) = domain(shape);
+        lb.setDomain(defaultDomain(shape));
         lb.k.stores.push_back({dst, lb.load(Access::Mode::Elem, src)});
         p_.kernels.push_back(std::move(lb.k));
     }
