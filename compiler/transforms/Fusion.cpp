@@ -577,6 +577,13 @@ private:
 
 } // namespace
 
+bool readsInOnePass(const Shape& operand, const Shape& result) {
+    for (size_t i = 0; i <= result.size(); ++i)
+        for (size_t j = i; j <= result.size(); ++j)
+            if (placement(operand, result, splitAt(result, i, j))) return true;
+    return false;
+}
+
 KernelProgram buildKernels(const Graph& g, const std::string& name,
                            const std::vector<Output>& outputs, const Layout& layout, int elementBytes,
                            const GemmBlocking& blocking) {

@@ -85,6 +85,12 @@ struct Kernel {
     std::vector<int32_t> writes() const;
 };
 
+/// Whether a loop kernel reads an operand of shape `operand` broadcast against `result`
+/// (numpy's rule) in one pass: the dimensions it varies along (other than the result's 1s)
+/// are one run, read whole, per row or per column of some split [outer, rows, cols] of the
+/// result. The same rule says whether sum_to sums `result` to `operand` in one pass.
+bool readsInOnePass(const Shape& operand, const Shape& result);
+
 /// Whether `op` is computed by a kernel of its own (a GRADC_KERNEL row of Ops.def), and the
 /// scratch elements per column that kernel needs.
 bool hasOwnKernel(Op op);

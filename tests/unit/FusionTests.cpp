@@ -95,7 +95,8 @@ TEST_CASE("maps broadcast [C,1,1], [1,H,1] and [W] operands in compiled code", "
     const scalar::Expr all = op(Kind::Sub, {op(Kind::Add, {op(Kind::Mul, {a(0), a(1)}), a(2)}),
                                             op(Kind::Mul, {a(3), op(Kind::Mul, {a(0), a(0)})})});
     const scalar::Expr mulAdd = op(Kind::Add, {op(Kind::Mul, {a(0), a(1)}), a(1)});
-    for (Shape x : {Shape{2, 3, 4, 5}, Shape{3, 1, 7, 2}, Shape{2, 5, 1, 3}, Shape{4, 2, 3, 1}}) {
+    // The last shape is large enough for its kernels to run on the threads (in rows).
+    for (Shape x : {Shape{2, 3, 4, 5}, Shape{3, 1, 7, 2}, Shape{2, 5, 1, 3}, Shape{4, 2, 3, 1}, Shape{3, 8, 26, 27}}) {
         const int64_t C = x[1], H = x[2], W = x[3];
         INFO(shapeString(x));
         agreesWithInterpreter(broadcastGraph(x, {{C, 1, 1}, {1, H, 1}, {W}}, all, "all"), rng);
@@ -129,7 +130,7 @@ TEST_CASE("sum_to sums over the outer and column dimensions or the leading ones"
     for (auto [x, target] : {std::pair{Shape{3, 4, 5, 2}, Shape{4, 1, 1}}, std::pair{Shape{2, 3, 5, 7}, Shape{5, 1}},
                              std::pair{Shape{3, 4, 5, 2}, Shape{3, 1, 1, 1}}, std::pair{Shape{2, 3, 4}, Shape{1, 1, 4}},
                              std::pair{Shape{2, 3, 4}, Shape{3, 1}}, std::pair{Shape{5, 3, 2}, Shape{1, 1}},
-                             std::pair{Shape{2, 3, 4}, Shape{3, 4}}}) {
+                             std::pair{Shape{2, 3, 4}, Shape{3, 4}}, std::pair{Shape{3, 8, 26, 27}, Shape{8, 1, 1}}}) {
         INFO(shapeString(x) << " -> " << shapeString(target));
         const Graph g = broadcastGraph(x, {target}, mulAdd, "sum_to");
         const Graph grad = differentiate(g);
@@ -195,4 +196,24 @@ TEST_CASE("BatchNorm2d's batch statistics are kept per channel for the running s
         }
         CHECK(found == 2);
     }
+}
+
+TEST_CASE("a map operand that varies along two separate groups of dimensions is refused, not miscompiled",
+          "[jit][fusion]") {
+    // [3,1,5] against [2,3,4,5] varies along C and W but not H: no split [outer, rows, cols]
+    // reads it, nor sums its gradient, in one pass. The interpreter computes it.
+    using scalar::Kind;
+    const Graph g = broadcastGraph({2, 3, 4, 5}, {{3, 1, 5}}, op(Kind::Add, {op(Kind::Mul, {a(0), a(1)}), a(1)}), "split");
+    CodegenOptions opts;
+    opts.cache = false;
+    const std::string err = errorOf([&] { compileModel(g, opts); });
+    CHECK_THAT(err, Catch::Contains("a map that broadcasts [3,1,5] to [2,3,4,5] along two separate groups of dimensions"));
+    CHECK_THAT(err, Catch::Contains(kJitRefusal));
+    std::mt19937 rng(164);
+    CHECK(std::isfinite(interpretOutputs(g, randomBindings(g, rng)).at("loss").data[0]));
+    CHECK(readsInOnePass({3, 1, 1}, {2, 3, 4, 5}));
+    CHECK(readsInOnePass({4, 1}, {2, 3, 4, 5}));
+    CHECK(readsInOnePass({3, 4, 5}, {2, 3, 4, 5}));
+    CHECK(readsInOnePass({2, 1, 1, 1}, {2, 3, 4, 5}));
+    CHECK_FALSE(readsInOnePass({2, 1, 1, 5}, {2, 3, 4, 5}));
 }

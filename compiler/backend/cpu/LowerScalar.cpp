@@ -174,10 +174,31 @@ void Lowering::loopKernel(const Kernel& k) {
         loop(k.rows, "r", [&](llvm::Value* r) { loop(k.cols, "c", [&](llvm::Value* c) { element(k, lb, r, c, nullptr); }); });
         return;
     }
-    // [outer, rows, cols]: serial, so sums over the outer extent need no per-thread copies.
-    loop(k.outer, "o", [&](llvm::Value* o) {
-        loop(k.rows, "r", [&](llvm::Value* r) { loop(k.cols, "c", [&](llvm::Value* c) { element(k, lb, r, c, nullptr, o); }); });
-    });
+    // [outer, rows, cols] (images): on the threads when there are several and the kernel is
+    // large, in units of whole rows, so that no two threads write one element: a unit is one
+    // row of one outer index, or with row sums one row of every outer index (its sum is the
+    // unit's own). Column sums would be shared by every unit: such kernels run on one thread.
+    const bool threaded = p_->blocking.threads > 1 && k.columnSums.empty() && k.outer * k.rows * k.cols >= (1 << 14);
+    if (!threaded) {
+        loop(k.outer, "o", [&](llvm::Value* o) {
+            loop(k.rows, "r", [&](llvm::Value* r) { loop(k.cols, "c", [&](llvm::Value* c) { element(k, lb, r, c, nullptr, o); }); });
+        });
+        return;
+    }
+    const bool perRow = !k.rowSums.empty();
+    parallel("gradc_rows", contextArray(), perRow ? k.rows : k.outer * k.rows,
+             [&](llvm::Value* context, llvm::Value* begin, llvm::Value* end, llvm::Value*) {
+                 loadContext(context);
+                 LoopBases bases = loopBases(k);
+                 loopTo(b_.CreateSub(end, begin), "u", [&](llvm::Value* u0) {
+                     llvm::Value* u = b_.CreateAdd(begin, u0);
+                     auto row = [&](llvm::Value* o, llvm::Value* r) {
+                         loop(k.cols, "c", [&](llvm::Value* c) { element(k, bases, r, c, nullptr, o); });
+                     };
+                     if (perRow) loop(k.outer, "o", [&](llvm::Value* o) { row(o, u); });
+                     else row(b_.CreateUDiv(u, i64(k.rows)), b_.CreateURem(u, i64(k.rows)));
+                 });
+             });
 }
 
 } // namespace gradc
