@@ -143,7 +143,8 @@ TEST_CASE("sum_to sums over the outer and column dimensions or the leading ones"
 TEST_CASE("BatchNorm2d per channel in compiled code: training and evaluation mode", "[jit][fusion][bn2d]") {
     std::mt19937 rng(162);
     for (auto [image, batch] : {std::pair{std::string("3x5x7"), 2}, std::pair{std::string("2x1x1"), 3},
-                                std::pair{std::string("4x3x2"), 5}, std::pair{std::string("1x4x3"), 2}}) {
+                                std::pair{std::string("4x3x2"), 5}, std::pair{std::string("1x4x3"), 2},
+                                std::pair{std::string("8x26x27"), 3}}) { // the last: kernels on the threads
         INFO(image << ", batch " << batch);
         // A per-channel scale before the batchnorm gives it an input gradient; the dense layer
         // after it a weight that needs the normalised values.
