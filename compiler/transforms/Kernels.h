@@ -12,13 +12,18 @@
 // [d0 ... dn-1, last] here, so the 2-D domain covers every rank: a matrix product on x[B,T,K]
 // is one product of [B T, K] (its weight gradient contracts over all B T rows), a per-column
 // operand (a bias) is read at the last index. sum_rows (over dimension 0 only) runs over the
-// domain [d0, d1 ... dn]. A reshape (flatten) is a copy kernel of the elements in order: the
+// domain [d0, d1 ... dn]; sum_to sums over the outer and column dimensions of a domain whose
+// rows are the kept ones (row sums: [B,O,OH,OW] -> [O,1,1] on [B, O, OH OW]), or over the
+// leading ones (column sums). A reshape (flatten) is a copy kernel of the elements in order: the
 // memory plan has no aliases, and the copy is small next to the products around it.
 //
 // A loop kernel may also have an outer extent: its domain is then [outer, rows, cols] (a
 // tensor [B,C,H,W] as [B, C, H W]), so that an operand broadcast along the outer and column
 // dimensions (a per-channel [C,1,1] against [B,C,H,W]) is read per row. Fusion chooses the
-// split of the result's shape from the broadcast operands (outer = 1 is the 2-D kernel).
+// split of the result's shape from the broadcast operands (outer = 1 is the 2-D kernel);
+// element-wise kernels over images [B,C,H,W] run on [B, C, H W]. Loop kernels without a
+// matrix product run on one thread, except large ones with an outer extent, which the
+// threads share in whole rows (never column sums).
 #pragma once
 
 #include "Graph.h"

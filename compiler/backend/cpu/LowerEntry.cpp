@@ -104,6 +104,7 @@ void Lowering::entry(const KernelProgram& p, EntryPoint which) {
                 if (overlap(p.buffers[size_t(shape.buffers[x])], p.buffers[size_t(shape.buffers[y])], p.elementBytes))
                     noalias = false;
         if (!noalias) shape.key += " aliased";
+        if (k.kind == Kernel::Kind::Op && p.buffers[size_t(k.in[0])].shape.size() > 2) shape.key += " per channel";
         llvm::Function*& f = kernelFns_[shape.key];
         if (!f) f = kernelFunction(k, shape.buffers, noalias);
         std::vector<llvm::Value*> callArgs;
