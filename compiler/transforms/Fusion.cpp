@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <map>
+#include <optional>
 #include <tuple>
 #include <unordered_map>
 
@@ -26,12 +27,55 @@ std::vector<int32_t> Kernel::writes() const {
         if (o >= 0) w.push_back(o);
     for (auto& s : stores) w.push_back(s.buffer);
     for (auto& s : columnSums) w.push_back(s.buffer);
+    for (auto& s : rowSums) w.push_back(s.buffer);
     return w;
 }
 
 namespace {
 
 bool elementwise(Op op) { return describe(op).has(trait::ElementWise); }
+
+/// A loop kernel's domain [outer, rows, cols] as a split of a row-major shape: dimensions
+/// [0, i) are the outer one, [i, j) the rows, [j, n) the columns.
+struct Domain {
+    size_t i = 0, j = 0;
+    int64_t outer = 1, rows = 1, cols = 1;
+};
+
+Domain splitAt(const Shape& s, size_t i, size_t j) {
+    Domain d{i, j};
+    for (size_t k = 0; k < s.size(); ++k) (k < i ? d.outer : k < j ? d.rows : d.cols) *= s[k];
+    return d;
+}
+
+/// The 2-D domain of every kernel before outer extents: [prod(leading dimensions), last].
+Domain matrixDomain(const Shape& s) { return splitAt(s, 0, s.empty() ? 0 : s.size() - 1); }
+
+/// The domain of an element-wise kernel over `s`: images [B,C,H,W] as [B, C, H W] (a
+/// per-channel operand is read per row, and the rows are whole images' planes, long enough
+/// to vectorise), every other tensor as the 2-D [prod(leading dimensions), last].
+Domain defaultDomain(const Shape& s) { return s.size() == 4 ? splitAt(s, 1, 2) : matrixDomain(s); }
+
+/// How an operand of shape `s`, broadcast against `result` (numpy's rule: right-aligned,
+/// each dimension equal or 1), is read on domain `d`: the element (the result's shape), per
+/// column (it varies along the columns' dimensions only) or per row (along the rows' only);
+/// none when it varies along dimensions of more than one part of the domain.
+std::optional<Access::Mode> placement(const Shape& s, const Shape& result, const Domain& d) {
+    const size_t n = result.size();
+    if (s.size() > n) return std::nullopt;
+    auto dim = [&](size_t k) { return k < n - s.size() ? int64_t(1) : s[k - (n - s.size())]; };
+    auto fits = [&](size_t from, size_t to) { // varies along [from, to) only
+        for (size_t k = 0; k < n; ++k)
+            if (dim(k) != (k >= from && k < to ? result[k] : 1) && result[k] != 1) return false;
+        return true;
+    };
+    // Per column first: [N] against [1,N] is read as it was before outer extents.
+    if (fits(d.j, n)) return Access::Mode::Col;
+    if (fits(d.i, d.j)) return Access::Mode::Row;
+    if (fits(0, n)) return Access::Mode::Elem;
+    return std::nullopt;
+}
+
 bool matmul(Op op) { return describe(op).has(trait::MatMul); }
 
 /// The CSE key: op, canonical operands and every attribute the op declares (Ops.def).
@@ -84,6 +128,7 @@ private:
     std::vector<int32_t> buffer_;
     std::vector<bool> isOutput_;
     std::vector<std::pair<ValueId, Output>> copies_;
+    std::map<std::pair<ValueId, Shape>, int32_t> expansions_; // broadcast operands expanded by a copy
 
     const Node& node(ValueId v) const { return g_[v]; }
     ValueId in(ValueId v, size_t i) const { return canon_[g_[v].in[i]]; }
@@ -221,6 +266,11 @@ private:
     // ---- Loop kernels: the expression of a fused element-wise tree.
     struct LoopBuild {
         Kernel k;
+        Domain domain;
+        void setDomain(const Domain& d) {
+            domain = d;
+            k.outer = d.outer, k.rows = d.rows, k.cols = d.cols;
+        }
         std::map<std::pair<int, int32_t>, int> argIndex;
         scalar::Expr load(Access::Mode mode, int32_t buf) {
             auto key = std::make_pair(int(mode), buf);
@@ -243,6 +293,7 @@ private:
         case gradc::Op::MatMulTN: {
             Kernel& k = lb.k;
             internal_assert(k.a < 0, "two products in one kernel");
+            internal_assert(k.outer == 1, "a matrix product on a domain with an outer extent");
             const Shape& s0 = g_[in(v, 0)].shape;
             k.a = buffer_[in(v, 0)], k.b = buffer_[in(v, 1)];
             k.transA = nd.op == gradc::Op::MatMulTN;
@@ -250,17 +301,16 @@ private:
             k.depth = nd.op == gradc::Op::MatMulTN ? domain(s0).first : s0.back();
             return lb.load(Access::Mode::Acc, -1);
         }
-        case gradc::Op::Map: { // operands of the result's shape fuse; a per-column one is read
+        case gradc::Op::Map: { // operands of the result's shape fuse; a broadcast one is read per row or column
             std::vector<scalar::Expr> vals;
             for (size_t i = 0; i < nd.in.size(); ++i) {
                 const Shape& s = g_[in(v, i)].shape;
                 if (s == nd.shape) {
                     vals.push_back(exprOf(in(v, i), root, lb));
-                } else {
-                    internal_assert(nd.shape.size() >= 2 && s == Shape{nd.shape.back()},
-                                    fmt::format("map broadcasts {} to {}: not supported by the kernels",
-                                                shapeString(s), shapeString(nd.shape)));
-                    vals.push_back(lb.load(Access::Mode::Col, buffer_[in(v, i)]));
+                } else if (std::optional<Access::Mode> mode = placement(s, nd.shape, lb.domain)) {
+                    vals.push_back(lb.load(*mode, buffer_[in(v, i)]));
+                } else { // a copy kernel (emitted before this one) expands it to the result's shape
+                    vals.push_back(lb.load(Access::Mode::Elem, expanded(in(v, i), nd.shape)));
                 }
             }
             return scalar::substituteArgs(nd.expr, vals);
@@ -278,10 +328,106 @@ private:
         return {1, 1};
     }
 
+    /// The operands a fused tree rooted at `root` reads broadcast (their shapes differ from
+    /// the root's), and whether the tree holds a matrix product: the walk of exprOf.
+    void broadcastOperands(ValueId v, ValueId root, std::vector<Shape>& out, bool& product) const {
+        const Node& nd = g_[v];
+        if (v != root && materialised_[v]) return;
+        if (matmul(nd.op)) product = true;
+        if (nd.op != Op::Map) return;
+        for (size_t i = 0; i < nd.in.size(); ++i) {
+            if (g_[in(v, i)].shape == nd.shape) broadcastOperands(in(v, i), root, out, product);
+            else out.push_back(g_[in(v, i)].shape);
+        }
+    }
+
+    /// The domain of the loop kernel of the fused tree rooted at `v`: the default one when its
+    /// broadcast operands are each read per row, per column or whole there (every model
+    /// without images: its code is unchanged), else the split of the result's shape that
+    /// places the most of them (then the widest columns); the others are expanded by copies.
+    /// A matrix product keeps the 2-D domain.
+    Domain chooseDomain(ValueId v) const {
+        const Shape& shape = g_[v].shape;
+        std::vector<Shape> operands;
+        bool product = false;
+        broadcastOperands(v, v, operands, product);
+        auto placed = [&](const Domain& d) {
+            size_t count = 0;
+            for (const Shape& s : operands) count += placement(s, shape, d).has_value();
+            return count;
+        };
+        if (product) return matrixDomain(shape);
+        const Domain flat = defaultDomain(shape);
+        if (placed(flat) == operands.size()) return flat;
+        Domain best = flat;
+        auto key = [&](const Domain& d) { return std::make_tuple(placed(d), d.cols, d.rows); };
+        for (size_t i = 0; i <= shape.size(); ++i)
+            for (size_t j = i; j <= shape.size(); ++j)
+                if (const Domain d = splitAt(shape, i, j); key(d) > key(best)) best = d;
+        return placed(best) > placed(flat) ? best : flat;
+    }
+
+    /// A buffer of `shape` holding `v` broadcast to it: a copy kernel on a domain where `v`
+    /// is read per row or per column (one per value and shape).
+    int32_t expanded(ValueId v, const Shape& shape) {
+        auto key = std::make_pair(v, shape);
+        if (auto it = expansions_.find(key); it != expansions_.end()) return it->second;
+        const Shape& s = g_[v].shape;
+        std::optional<Domain> found;
+        for (size_t i = 0; i <= shape.size() && !found; ++i)
+            for (size_t j = i; j <= shape.size() && !found; ++j)
+                if (placement(s, shape, splitAt(shape, i, j))) found = splitAt(shape, i, j);
+        internal_assert(found.has_value(), fmt::format("map broadcasts {} to {}: the operand varies along more than "
+                                                       "two separate groups of dimensions, which no loop kernel reads",
+                                                       shapeString(s), shapeString(shape)));
+        const int32_t out = addBuffer(Buffer::Kind::Temp, fmt::format("t{}b", v), shape);
+        LoopBuild lb;
+        lb.setDomain(*found);
+        lb.k.stores.push_back({out, lb.load(*placement(s, shape, *found), buffer_[v])});
+        p_.kernels.push_back(std::move(lb.k));
+        expansions_.emplace(key, out);
+        return out;
+    }
+
+    /// sum_to: the operand g summed over the dimensions where the target (right-aligned) is
+    /// 1, as one loop kernel: column sums when the kept dimensions are the last ones
+    /// ([B,H,W] -> [W]), else row sums over a domain whose rows are the kept ones
+    /// ([B,O,OH,OW] -> [O,1,1]: outer B, rows O, columns OH OW).
+    void sumTo(ValueId v) {
+        const Shape& g = g_[in(v, 0)].shape;
+        const Shape& t = g_[v].shape;
+        const size_t n = g.size(), lead = n - t.size();
+        auto kept = [&](size_t k) { return g[k] != 1 && k >= lead && t[k - lead] != 1; };
+        auto summed = [&](size_t k) { return g[k] != 1 && !kept(k); };
+        auto none = [&](size_t from, size_t to, auto&& what) {
+            for (size_t k = from; k < to; ++k)
+                if (what(k)) return false;
+            return true;
+        };
+        LoopBuild lb;
+        for (size_t j = 0; j <= n; ++j) // column sums: summed before j, kept from j
+            if (none(0, j, kept) && none(j, n, summed)) {
+                lb.setDomain(splitAt(g, 0, j));
+                lb.k.columnSums.push_back({buffer_[v], lb.load(Access::Mode::Elem, buffer_[in(v, 0)])});
+                p_.kernels.push_back(std::move(lb.k));
+                return;
+            }
+        for (size_t i = 0; i <= n; ++i) // row sums: kept in [i, j) only
+            for (size_t j = i; j <= n; ++j)
+                if (none(0, i, kept) && none(i, j, summed) && none(j, n, kept)) {
+                    lb.setDomain(splitAt(g, i, j));
+                    lb.k.rowSums.push_back({buffer_[v], lb.load(Access::Mode::Elem, buffer_[in(v, 0)])});
+                    p_.kernels.push_back(std::move(lb.k));
+                    return;
+                }
+        internal_assert(false, fmt::format("sum_to {} -> {}: the kept dimensions are not one group, which no loop "
+                                           "kernel sums in one pass", shapeString(g), shapeString(t)));
+    }
+
     /// A loop kernel that copies the row-major elements of `src` (of `shape`) to `dst`.
     void copy(int32_t dst, int32_t src, const Shape& shape) {
         LoopBuild lb;
-        std::tie(lb.k.rows, lb.k.cols) = domain(shape);
+        lb.setDomain(defaultDomain(shape));
         lb.k.stores.push_back({dst, lb.load(Access::Mode::Elem, src)});
         p_.kernels.push_back(std::move(lb.k));
     }
@@ -295,7 +441,12 @@ private:
             for (size_t i = 0; i < nd.in.size(); ++i) k.in.push_back(buf(i));
             k.out = {buffer_[v]};
             if (nd.op == Op::BatchNorm) batchStatistics(v, k);
-            std::tie(k.rows, k.cols) = domain(g_[in(v, 0)].shape);
+            const Shape& x = g_[in(v, 0)].shape;
+            std::tie(k.rows, k.cols) = domain(x);
+            if (x.size() > 2 && !(nd.op == Op::LayerNormNormalise || nd.op == Op::LayerNormNormaliseGrad)) {
+                // batchnorm per channel: [B, C, the rest]
+                k.outer = x[0], k.rows = x[1], k.cols = elementCount(x) / (x[0] * x[1]);
+            }
             p_.kernels.push_back(std::move(k));
             return;
         }
@@ -336,12 +487,13 @@ private:
             p_.kernels.push_back(std::move(k));
             return;
         }
+        case Op::SumTo: sumTo(v); return;
         case Op::Reshape: // a copy of the row-major elements (the kernels have no aliases)
             copy(buffer_[v], buf(0), nd.shape);
             return;
         default: {
             LoopBuild lb;
-            std::tie(lb.k.rows, lb.k.cols) = domain(nd.shape);
+            lb.setDomain(chooseDomain(v));
             scalar::Expr e = scalar::simplify(exprOf(v, v, lb));
             lb.k.stores.push_back({buffer_[v], e});
             p_.kernels.push_back(std::move(lb.k));
@@ -367,7 +519,8 @@ private:
 
     bool canMerge(const Kernel& k1, const Kernel& k2) const {
         if (k1.kind != Kernel::Kind::Loop || k2.kind != Kernel::Kind::Loop || k2.a >= 0) return false;
-        if (k1.rows != k2.rows || k1.cols != k2.cols) return false;
+        if (k1.rows != k2.rows || k1.cols != k2.cols || k1.outer != k2.outer) return false;
+        if (k1.a >= 0 && !k2.rowSums.empty()) return false; // a product's epilogue has no row sums
         std::vector<int32_t> w1 = k1.writes();
         auto written = [&](int32_t b) { return std::find(w1.begin(), w1.end(), b) != w1.end(); };
         for (auto& acc : k2.args) {
@@ -400,6 +553,8 @@ private:
         for (auto& s : k2.stores) k1.stores.push_back({s.buffer, scalar::simplify(scalar::substituteArgs(s.expr, values))});
         for (auto& s : k2.columnSums)
             k1.columnSums.push_back({s.buffer, scalar::simplify(scalar::substituteArgs(s.expr, values))});
+        for (auto& s : k2.rowSums)
+            k1.rowSums.push_back({s.buffer, scalar::simplify(scalar::substituteArgs(s.expr, values))});
     }
 
     void dropDeadStores() {
@@ -421,6 +576,13 @@ private:
 };
 
 } // namespace
+
+bool readsInOnePass(const Shape& operand, const Shape& result) {
+    for (size_t i = 0; i <= result.size(); ++i)
+        for (size_t j = i; j <= result.size(); ++j)
+            if (placement(operand, result, splitAt(result, i, j))) return true;
+    return false;
+}
 
 KernelProgram buildKernels(const Graph& g, const std::string& name,
                            const std::vector<Output>& outputs, const Layout& layout, int elementBytes,

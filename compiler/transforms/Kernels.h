@@ -12,8 +12,18 @@
 // [d0 ... dn-1, last] here, so the 2-D domain covers every rank: a matrix product on x[B,T,K]
 // is one product of [B T, K] (its weight gradient contracts over all B T rows), a per-column
 // operand (a bias) is read at the last index. sum_rows (over dimension 0 only) runs over the
-// domain [d0, d1 ... dn]. A reshape (flatten) is a copy kernel of the elements in order: the
+// domain [d0, d1 ... dn]; sum_to sums over the outer and column dimensions of a domain whose
+// rows are the kept ones (row sums: [B,O,OH,OW] -> [O,1,1] on [B, O, OH OW]), or over the
+// leading ones (column sums). A reshape (flatten) is a copy kernel of the elements in order: the
 // memory plan has no aliases, and the copy is small next to the products around it.
+//
+// A loop kernel may also have an outer extent: its domain is then [outer, rows, cols] (a
+// tensor [B,C,H,W] as [B, C, H W]), so that an operand broadcast along the outer and column
+// dimensions (a per-channel [C,1,1] against [B,C,H,W]) is read per row. Fusion chooses the
+// split of the result's shape from the broadcast operands (outer = 1 is the 2-D kernel);
+// element-wise kernels over images [B,C,H,W] run on [B, C, H W]. Loop kernels without a
+// matrix product run on one thread, except large ones with an outer extent, which the
+// threads share in whole rows (never column sums).
 #pragma once
 
 #include "Graph.h"
@@ -36,9 +46,10 @@ struct Buffer {
     int64_t elements() const { return elementCount(shape); }
 };
 
-/// How operand `Arg(i)` of a kernel's expressions is read at element [r, c].
+/// How operand `Arg(i)` of a kernel's expressions is read at element [o, r, c] (o = 0 when
+/// the kernel has no outer extent).
 struct Access {
-    enum class Mode { Acc, Elem, Col, Row }; // the accumulator, buf[r,c], buf[c], buf[r]
+    enum class Mode { Acc, Elem, Col, Row }; // the accumulator, buf[o,r,c], buf[c], buf[r]
     Mode mode;
     int32_t buffer = -1;
 };
@@ -52,14 +63,18 @@ struct Kernel {
     enum class Kind { Loop, SoftmaxCrossEntropy, BCEWithLogits, MSE, Op };
     Kind kind = Kind::Loop;
     int64_t rows = 0, cols = 0;
+    /// Loop: the outer extent of the domain [outer, rows, cols] (1: the 2-D domain; a matrix
+    /// product has none). Op: a batchnorm over [B,C,...] per channel is [B, C, the rest].
+    int64_t outer = 1;
 
     // Loop: acc[r,c] = Σ_k A(r,k) B(k,c) when `a` >= 0 (A = a or aᵀ, B = b or bᵀ).
     int32_t a = -1, b = -1;
     bool transA = false, transB = false;
     int64_t depth = 0;
     std::vector<Access> args;
-    std::vector<Store> stores;          ///< buf[r,c] = expr
-    std::vector<Store> columnSums;      ///< buf[c] = Σ_r expr
+    std::vector<Store> stores;          ///< buf[o,r,c] = expr
+    std::vector<Store> columnSums;      ///< buf[c] = Σ_o,r expr
+    std::vector<Store> rowSums;         ///< buf[r] = Σ_o,c expr (no matrix product)
 
     // The other kinds: their operands and results, in the order the kind documents:
     //   SoftmaxCrossEntropy in {logits, labels} out {loss, grad or -1}
@@ -74,6 +89,12 @@ struct Kernel {
     std::vector<int32_t> reads() const;
     std::vector<int32_t> writes() const;
 };
+
+/// Whether a loop kernel reads an operand of shape `operand` broadcast against `result`
+/// (numpy's rule) in one pass: the dimensions it varies along (other than the result's 1s)
+/// are one run, read whole, per row or per column of some split [outer, rows, cols] of the
+/// result. The same rule says whether sum_to sums `result` to `operand` in one pass.
+bool readsInOnePass(const Shape& operand, const Shape& result);
 
 /// Whether `op` is computed by a kernel of its own (a GRADC_KERNEL row of Ops.def), and the
 /// scratch elements per column that kernel needs.

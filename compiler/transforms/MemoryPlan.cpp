@@ -52,8 +52,8 @@ void planMemory(KernelProgram& p, int elementBytes) {
     int64_t scratch = 0;
     for (auto& k : p.kernels)
         if (k.kind == Kernel::Kind::Loop && k.a >= 0) scratch = std::max(scratch, packElements(k, p.blocking));
-        else if (k.kind == Kernel::Kind::Op)
-            scratch = std::max(scratch, ownKernelScratch(k.op) * k.cols);
+        else if (k.kind == Kernel::Kind::Op) // per column, or per channel (rows) of [B, C, the rest]
+            scratch = std::max(scratch, ownKernelScratch(k.op) * (p.buffers[size_t(k.in[0])].shape.size() > 2 ? k.rows : k.cols));
     for (auto& k : p.kernels)
         if (k.kind == Kernel::Kind::Op && isConvolution(k.op)) scratch = std::max(scratch, planConv(k, p.buffers, p.blocking).elements);
     p.scratchOffset = top;
@@ -125,7 +125,8 @@ std::string kernelLabel(const KernelProgram& p, size_t i) {
     auto name = [&](int32_t b) { return b < 0 ? std::string("-") : p.buffers[size_t(b)].name; };
     const Kernel& k = p.kernels.at(i);
     if (k.kind == Kernel::Kind::Loop) {
-        std::string out = fmt::format("k{}: loop [{},{}]", i, k.rows, k.cols);
+        std::string out = k.outer == 1 ? fmt::format("k{}: loop [{},{}]", i, k.rows, k.cols)
+                                       : fmt::format("k{}: loop [{},{},{}]", i, k.outer, k.rows, k.cols);
         if (k.a >= 0)
             out += fmt::format(" acc = {}{} · {}{} (depth {})", name(k.a), k.transA ? "ᵀ" : "", name(k.b),
                                k.transB ? "ᵀ" : "", k.depth);
@@ -133,7 +134,8 @@ std::string kernelLabel(const KernelProgram& p, size_t i) {
     }
     static const char* names[] = {"loop", "softmax_cross_entropy", "bce_with_logits", "mse"};
     const char* kind = k.kind == Kernel::Kind::Op ? describe(k.op).spelling : names[size_t(k.kind)];
-    std::string out = fmt::format("k{}: {} [{},{}]", i, kind, k.rows, k.cols);
+    std::string out = k.outer == 1 ? fmt::format("k{}: {} [{},{}]", i, kind, k.rows, k.cols)
+                                   : fmt::format("k{}: {} [{},{},{}]", i, kind, k.outer, k.rows, k.cols);
     std::string ins, outs;
     for (int32_t b : k.in) ins += (ins.empty() ? "" : ", ") + name(b);
     for (int32_t b : k.out) outs += (outs.empty() ? "" : ", ") + name(b);
@@ -152,14 +154,19 @@ std::string printKernels(const KernelProgram& p) {
             for (size_t j = 0; j < k.args.size(); ++j) {
                 const Access& a = k.args[j];
                 std::string what = a.mode == Access::Mode::Acc    ? "acc"
-                                   : a.mode == Access::Mode::Elem ? name(a.buffer) + "[r,c]"
+                                   : a.mode == Access::Mode::Elem ? name(a.buffer) + (k.outer == 1 ? "[r,c]" : "[o,r,c]")
                                    : a.mode == Access::Mode::Col  ? name(a.buffer) + "[c]"
                                                                   : name(a.buffer) + "[r]";
                 out += fmt::format("      a{} = {}\n", j, what);
             }
-            for (auto& s : k.stores) out += fmt::format("      {}[r,c] = {}\n", name(s.buffer), scalar::print(s.expr));
+            const char* elem = k.outer == 1 ? "[r,c]" : "[o,r,c]";
+            for (auto& s : k.stores) out += fmt::format("      {}{} = {}\n", name(s.buffer), elem, scalar::print(s.expr));
             for (auto& s : k.columnSums)
-                out += fmt::format("      {}[c] = sum over r of {}\n", name(s.buffer), scalar::print(s.expr));
+                out += fmt::format("      {}[c] = sum over {} of {}\n", name(s.buffer), k.outer == 1 ? "r" : "o, r",
+                                   scalar::print(s.expr));
+            for (auto& s : k.rowSums)
+                out += fmt::format("      {}[r] = sum over {} of {}\n", name(s.buffer), k.outer == 1 ? "c" : "o, c",
+                                   scalar::print(s.expr));
         }
     }
     return out;

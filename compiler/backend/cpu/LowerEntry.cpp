@@ -44,6 +44,8 @@ KernelShape kernelShape(const Kernel& k, const std::vector<Buffer>& buffers) {
     for (const Access& a : k.args) key += fmt::format("arg{}:{} ", int(a.mode), buf(a.buffer));
     for (const Store& st : k.stores) key += fmt::format("st{}={} ", buf(st.buffer), expr(st.expr));
     for (const Store& st : k.columnSums) key += fmt::format("sum{}={} ", buf(st.buffer), expr(st.expr));
+    for (const Store& st : k.rowSums) key += fmt::format("rsum{}={} ", buf(st.buffer), expr(st.expr));
+    if (k.outer != 1) key += fmt::format("outer{} ", k.outer);
     for (int32_t id : k.in) key += fmt::format("in{} ", buf(id));
     for (int32_t id : k.out) key += fmt::format("out{} ", buf(id));
     if (k.kind == Kernel::Kind::Op) key += fmt::format("op{} eps{}", int(k.op), k.attrs.eps);
@@ -107,6 +109,7 @@ void Lowering::entry(const KernelProgram& p, EntryPoint which) {
                 if (overlap(p.buffers[size_t(shape.buffers[x])], p.buffers[size_t(shape.buffers[y])], p.elementBytes))
                     noalias = false;
         if (!noalias) shape.key += " aliased";
+        if (k.kind == Kernel::Kind::Op && p.buffers[size_t(k.in[0])].shape.size() > 2) shape.key += " per channel";
         llvm::Function*& f = kernelFns_[shape.key];
         if (!f) f = kernelFunction(k, shape.buffers, noalias);
         std::vector<llvm::Value*> callArgs;

@@ -3,7 +3,8 @@
 // normalises) and its two gradient kernels, with respect to the input and to gamma; layer
 // normalisation's x̂ over each row and its gradient. One
 // lowering serves them all: the ops differ in what a group of statistics covers (a column
-// over every row, or one row) and in what they make of x̂.
+// over every row, a channel of [B,C,...] over the batch and the other dimensions, or one
+// row) and in what they make of x̂.
 #include "Lowering.h"
 
 #include <fmt/format.h>
@@ -43,7 +44,11 @@ void Lowering::normalisation(const Kernel& k) {
     const NormForm f = formOf(k.op);
     llvm::Value* x = base(k.in[0]);
     llvm::Value* out = base(k.out[0]);
-    const int64_t N = k.cols, count = f.perRow ? k.cols : k.rows;
+    // Per channel (batchnorm of [B,C,...]): the kernel's domain is [B, C, the rest], and
+    // channel j's group is its B x rest values.
+    const bool perChannel = !f.perRow && p_->buffers[size_t(k.in[0])].shape.size() > 2;
+    const int64_t N = perChannel ? k.rows : k.cols;
+    const int64_t count = f.perRow ? k.cols : perChannel ? k.outer * k.cols : k.rows;
     const double invCount = 1.0 / double(count);
     llvm::Value *mean, *inv, *sg, *sgx;
     if (f.perRow) {
@@ -65,8 +70,18 @@ void Lowering::normalisation(const Kernel& k) {
             auto columns = [&](llvm::Value* r) {
                 loop(N, "c", [&](llvm::Value* c) { fn(slot(c), c, b_.CreateAdd(b_.CreateMul(r, i64(N)), c)); });
             };
-            if (f.perRow) columns(row);
-            else loop(k.rows, "r", columns);
+            if (perChannel) {
+                loop(k.outer, "o", [&](llvm::Value* o) {
+                    loop(N, "ch", [&](llvm::Value* j) {
+                        llvm::Value* first = b_.CreateMul(b_.CreateAdd(b_.CreateMul(o, i64(N)), j), i64(k.cols));
+                        loop(k.cols, "s", [&](llvm::Value* e) { fn(j, j, b_.CreateAdd(first, e)); });
+                    });
+                });
+            } else if (f.perRow) {
+                columns(row);
+            } else {
+                loop(k.rows, "r", columns);
+            }
         };
         auto accumulate = [&](llvm::Value* sums, llvm::Value* j, llvm::Value* v) {
             store(b_.CreateFAdd(load(sums, j), v), sums, j);

@@ -125,12 +125,16 @@ Lowering::LoopBases Lowering::loopBases(const Kernel& k) {
     for (auto& a : k.args) lb.args.push_back(base(a.buffer)); // null for the accumulator
     for (auto& s : k.stores) lb.stores.push_back(base(s.buffer));
     for (auto& s : k.columnSums) lb.sums.push_back(base(s.buffer));
+    for (auto& s : k.rowSums) lb.rowSums.push_back(base(s.buffer));
     return lb;
 }
 
-/// The element-wise part of a loop kernel at [r, c], the accumulator (if any) given.
-void Lowering::element(const Kernel& k, const LoopBases& lb, llvm::Value* r, llvm::Value* c, llvm::Value* acc) {
-    llvm::Value* elem = b_.CreateAdd(b_.CreateMul(r, i64(k.cols)), c);
+/// The element-wise part of a loop kernel at [o, r, c] (o null: a kernel without an outer
+/// extent), the accumulator (if any) given.
+void Lowering::element(const Kernel& k, const LoopBases& lb, llvm::Value* r, llvm::Value* c, llvm::Value* acc,
+                       llvm::Value* o) {
+    llvm::Value* row = o ? b_.CreateAdd(b_.CreateMul(o, i64(k.rows)), r) : r; // of [outer rows, cols]
+    llvm::Value* elem = b_.CreateAdd(b_.CreateMul(row, i64(k.cols)), c);
     std::vector<llvm::Value*> args;
     for (size_t i = 0; i < k.args.size(); ++i) {
         switch (k.args[i].mode) {
@@ -146,6 +150,10 @@ void Lowering::element(const Kernel& k, const LoopBases& lb, llvm::Value* r, llv
         llvm::Value* v = expr(k.columnSums[i].expr, args, memo);
         store(b_.CreateFAdd(load(lb.sums[i], c), v), lb.sums[i], c);
     }
+    for (size_t i = 0; i < k.rowSums.size(); ++i) {
+        llvm::Value* v = expr(k.rowSums[i].expr, args, memo);
+        store(b_.CreateFAdd(load(lb.rowSums[i], r), v), lb.rowSums[i], r);
+    }
 }
 
 void Lowering::loopKernel(const Kernel& k) {
@@ -153,9 +161,44 @@ void Lowering::loopKernel(const Kernel& k) {
         llvm::Value* out = base(s.buffer);
         loop(k.cols, "zero", [&](llvm::Value* c) { store(fp(0), out, c); });
     }
-    if (k.a >= 0) return matrixProduct(k);
+    for (auto& s : k.rowSums) {
+        llvm::Value* out = base(s.buffer);
+        loop(k.rows, "zero", [&](llvm::Value* r) { store(fp(0), out, r); });
+    }
+    if (k.a >= 0) {
+        internal_assert(k.outer == 1 && k.rowSums.empty(), "a matrix product with an outer extent or row sums");
+        return matrixProduct(k);
+    }
     LoopBases lb = loopBases(k);
-    loop(k.rows, "r", [&](llvm::Value* r) { loop(k.cols, "c", [&](llvm::Value* c) { element(k, lb, r, c, nullptr); }); });
+    if (k.outer == 1) {
+        loop(k.rows, "r", [&](llvm::Value* r) { loop(k.cols, "c", [&](llvm::Value* c) { element(k, lb, r, c, nullptr); }); });
+        return;
+    }
+    // [outer, rows, cols] (images): on the threads when there are several and the kernel is
+    // large, in units of whole rows, so that no two threads write one element: a unit is one
+    // row of one outer index, or with row sums one row of every outer index (its sum is the
+    // unit's own). Column sums would be shared by every unit: such kernels run on one thread.
+    const bool threaded = p_->blocking.threads > 1 && k.columnSums.empty() && k.outer * k.rows * k.cols >= (1 << 14);
+    if (!threaded) {
+        loop(k.outer, "o", [&](llvm::Value* o) {
+            loop(k.rows, "r", [&](llvm::Value* r) { loop(k.cols, "c", [&](llvm::Value* c) { element(k, lb, r, c, nullptr, o); }); });
+        });
+        return;
+    }
+    const bool perRow = !k.rowSums.empty();
+    parallel("gradc_rows", contextArray(), perRow ? k.rows : k.outer * k.rows,
+             [&](llvm::Value* context, llvm::Value* begin, llvm::Value* end, llvm::Value*) {
+                 loadContext(context);
+                 LoopBases bases = loopBases(k);
+                 loopTo(b_.CreateSub(end, begin), "u", [&](llvm::Value* u0) {
+                     llvm::Value* u = b_.CreateAdd(begin, u0);
+                     auto row = [&](llvm::Value* o, llvm::Value* r) {
+                         loop(k.cols, "c", [&](llvm::Value* c) { element(k, bases, r, c, nullptr, o); });
+                     };
+                     if (perRow) loop(k.outer, "o", [&](llvm::Value* o) { row(o, u); });
+                     else row(b_.CreateUDiv(u, i64(k.rows)), b_.CreateURem(u, i64(k.rows)));
+                 });
+             });
 }
 
 } // namespace gradc

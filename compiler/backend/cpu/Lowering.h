@@ -141,10 +141,11 @@ private:
 
     /// The base addresses a loop kernel reads and writes.
     struct LoopBases {
-        std::vector<llvm::Value*> args, stores, sums;
+        std::vector<llvm::Value*> args, stores, sums, rowSums;
     };
     LoopBases loopBases(const Kernel& k);
-    void element(const Kernel& k, const LoopBases& lb, llvm::Value* r, llvm::Value* c, llvm::Value* acc);
+    void element(const Kernel& k, const LoopBases& lb, llvm::Value* r, llvm::Value* c, llvm::Value* acc,
+                 llvm::Value* o = nullptr);
     void loopKernel(const Kernel& k);
 
     // ---- Matrix products (LowerGemm.cpp).
