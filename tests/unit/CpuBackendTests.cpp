@@ -163,7 +163,6 @@ TEST_CASE("kernel labels are printKernels' first lines and the profile's names",
     for (auto& entry : fs::directory_iterator(GRADC_SOURCE_DIR "/models")) {
         Graph g = compileFile(entry.path().string(), {16}).graph;
         CAPTURE(entry.path().filename().string());
-        if (usesImages(g)) continue; // no kernels yet: JitTests checks the refusal
         for (const KernelProgram& prog : programs(g)) {
             std::vector<std::string> got = labels(prog);
             CHECK(got == kernelHeadLines(printKernels(prog)));

@@ -85,16 +85,10 @@ TEST_CASE("the JIT agrees with the interpreter on every model in models/", "[jit
         if (entry.path().stem() == "wide_relu") continue;
         INFO(entry.path());
         Graph g = compileFile(entry.path().string(), {5}).graph;
-        if (usesImages(g)) { // convolutional networks: refused, by name, until the jit compiles them
-            CodegenOptions opts;
-            opts.cache = false;
-            CHECK_THAT(errorOf([&] { compileModel(g, opts); }), Catch::Contains(kJitRefusal));
-            continue;
-        }
         agree(g, rng);
         ++checked;
     }
-    CHECK(checked >= 9);
+    CHECK(checked >= 13);
 }
 
 TEST_CASE("the JIT agrees with the interpreter on odd shapes", "[jit]") {
