@@ -420,11 +420,33 @@ private:
     }
 };
 
+/// Convolutional networks come in phases: the IR, autodiff and the interpreter know windows
+/// over images, per-channel batch normalisation and maps that broadcast as [C,1,1]; the
+/// kernels do not yet, and every path to them (the JIT, `gradc compile`, `dump
+/// --emit=kernels`) refuses them by name at their line.
+void refuseUncompiled(const Graph& g) {
+    for (const Node& n : g.nodes) {
+        std::string what;
+        if (describe(n.op).has(trait::Spatial) || n.op == Op::SumTo) what = describe(n.op).spelling;
+        else if (describe(n.op).has(trait::Normalisation) && n.op != Op::LayerNormNormalise &&
+                 n.op != Op::LayerNormNormaliseGrad && g[n.in[0]].shape.size() > 2)
+            what = "batchnorm per channel";
+        for (ValueId in : n.op == Op::Map && what.empty() ? n.in : std::vector<ValueId>{}) {
+            const Shape& s = g[in].shape;
+            if (s.size() > n.shape.size() || !std::equal(s.begin(), s.end(), n.shape.end() - std::ptrdiff_t(s.size())))
+                what = fmt::format("a map that broadcasts {} to {}", shapeString(s), shapeString(n.shape));
+        }
+        if (!what.empty())
+            throw UserError(n.loc, fmt::format("{} is not compiled by the jit backend yet; use --backend interp", what));
+    }
+}
+
 } // namespace
 
 KernelProgram buildKernels(const Graph& g, const std::string& name,
                            const std::vector<Output>& outputs, const Layout& layout, int elementBytes,
                            const GemmBlocking& blocking) {
+    refuseUncompiled(g);
     KernelProgram p = Builder(g, name, outputs, layout).run();
     p.blocking = blocking;
     planMemory(p, elementBytes);

@@ -89,6 +89,9 @@ TEST_CASE("the JIT agrees with the interpreter on every model in models/", "[jit
             CodegenOptions opts;
             opts.cache = false;
             CHECK_THAT(errorOf([&] { compileModel(g, opts); }), Catch::Contains(kJitRefusal));
+            // Fusion itself refuses them (the fuzzer builds kernels without the JIT).
+            CHECK_THAT(errorOf([&] { buildKernels(g, "forward", g.outputs, computeLayout(g), 4, GemmBlocking{}); }),
+                       Catch::Contains(kJitRefusal));
             continue;
         }
         agree(g, rng);

@@ -359,31 +359,10 @@ void PhaseTimer::operator()(const char* phase) {
     it->ms += ms, it->cpuMs += cpuMs;
 }
 
-/// Convolutional networks come in phases: the IR, autodiff and the interpreter know windows
-/// over images, per-channel batch normalisation and maps that broadcast as [C,1,1]; this
-/// code generator does not yet, and refuses them by name at their line.
-static void refuseUncompiled(const Graph& g) {
-    for (const Node& n : g.nodes) {
-        std::string what;
-        if (describe(n.op).has(trait::Spatial) || n.op == Op::SumTo) what = describe(n.op).spelling;
-        else if (describe(n.op).has(trait::Normalisation) && n.op != Op::LayerNormNormalise &&
-                 n.op != Op::LayerNormNormaliseGrad && g[n.in[0]].shape.size() > 2)
-            what = "batchnorm per channel";
-        for (ValueId in : n.op == Op::Map && what.empty() ? n.in : std::vector<ValueId>{}) {
-            const Shape& s = g[in].shape;
-            if (s.size() > n.shape.size() || !std::equal(s.begin(), s.end(), n.shape.end() - std::ptrdiff_t(s.size())))
-                what = fmt::format("a map that broadcasts {} to {}", shapeString(s), shapeString(n.shape));
-        }
-        if (!what.empty())
-            throw UserError(n.loc, fmt::format("{} is not compiled by the jit backend yet; use --backend interp", what));
-    }
-}
-
 Programs buildPrograms(const Graph& fwd, bool f64, const GemmBlocking& blocking, PhaseTimer* timer) {
     auto phase = [&](const char* name) {
         if (timer) (*timer)(name);
     };
-    refuseUncompiled(fwd);
     Layout layout = computeLayout(fwd);
     const int bytes = f64 ? 8 : 4;
     Programs out{buildKernels(fwd, "forward", fwd.outputs, layout, bytes, blocking), {}, layout};
