@@ -575,6 +575,27 @@ private:
     }
 };
 
+/// Convolutional networks came in phases, and the kernels still leave out a window op without
+/// a kernel of its own and a map whose operand varies along two separate groups of dimensions
+/// ([C,1,W] against [B,C,H,W]), which no loop kernel reads in one pass (the model language
+/// makes none; its gradient would be such a sum_to). Every path to the kernels (the JIT,
+/// `gradc compile`, `dump --emit=kernels`) refuses them by name at their line.
+void refuseUncompiled(const Graph& g) {
+    for (const Node& n : g.nodes) {
+        std::string what;
+        if (describe(n.op).has(trait::Spatial) && !hasOwnKernel(n.op)) what = describe(n.op).spelling;
+        for (ValueId in : n.op == Op::Map && what.empty() ? n.in : std::vector<ValueId>{})
+            if (!readsInOnePass(g[in].shape, n.shape))
+                what = fmt::format("a map that broadcasts {} to {} along two separate groups of dimensions",
+                                   shapeString(g[in].shape), shapeString(n.shape));
+        if (n.op == Op::SumTo && !readsInOnePass(n.shape, g[n.in[0]].shape))
+            what = fmt::format("a sum_to of {} to {} over two separate groups of dimensions",
+                               shapeString(g[n.in[0]].shape), shapeString(n.shape));
+        if (!what.empty())
+            throw UserError(n.loc, fmt::format("{} is not compiled by the jit backend yet; use --backend interp", what));
+    }
+}
+
 } // namespace
 
 bool readsInOnePass(const Shape& operand, const Shape& result) {
@@ -587,6 +608,7 @@ bool readsInOnePass(const Shape& operand, const Shape& result) {
 KernelProgram buildKernels(const Graph& g, const std::string& name,
                            const std::vector<Output>& outputs, const Layout& layout, int elementBytes,
                            const GemmBlocking& blocking) {
+    refuseUncompiled(g);
     KernelProgram p = Builder(g, name, outputs, layout).run();
     p.blocking = blocking;
     planMemory(p, elementBytes);

@@ -367,32 +367,10 @@ void PhaseTimer::operator()(const char* phase) {
     it->ms += ms, it->cpuMs += cpuMs;
 }
 
-/// Convolutional networks come in phases: the IR, autodiff and the interpreter know windows
-/// over images; this code generator does not yet, and refuses them by name at their line. It
-/// also refuses a map whose operand varies along two separate groups of dimensions ([C,1,W]
-/// against [B,C,H,W]), which no loop kernel reads in one pass (the model language makes
-/// none; its gradient would be such a sum_to).
-static void refuseUncompiled(const Graph& g) {
-    for (const Node& n : g.nodes) {
-        std::string what;
-        if (describe(n.op).has(trait::Spatial) && !hasOwnKernel(n.op)) what = describe(n.op).spelling;
-        for (ValueId in : n.op == Op::Map && what.empty() ? n.in : std::vector<ValueId>{})
-            if (!readsInOnePass(g[in].shape, n.shape))
-                what = fmt::format("a map that broadcasts {} to {} along two separate groups of dimensions",
-                                   shapeString(g[in].shape), shapeString(n.shape));
-        if (n.op == Op::SumTo && !readsInOnePass(n.shape, g[n.in[0]].shape))
-            what = fmt::format("a sum_to of {} to {} over two separate groups of dimensions",
-                               shapeString(g[n.in[0]].shape), shapeString(n.shape));
-        if (!what.empty())
-            throw UserError(n.loc, fmt::format("{} is not compiled by the jit backend yet; use --backend interp", what));
-    }
-}
-
 Programs buildPrograms(const Graph& fwd, bool f64, const GemmBlocking& blocking, PhaseTimer* timer) {
     auto phase = [&](const char* name) {
         if (timer) (*timer)(name);
     };
-    refuseUncompiled(fwd);
     Layout layout = computeLayout(fwd);
     const int bytes = f64 ? 8 : 4;
     Programs out{buildKernels(fwd, "forward", fwd.outputs, layout, bytes, blocking), {}, layout};
