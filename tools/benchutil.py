@@ -71,8 +71,9 @@ class Bench:
         self.text = text
         m = re.search(r"(compiled|loaded from the cache) in ([0-9.]+) ms", text)
         self.cached, self.compile_ms = m.group(1) != "compiled", float(m.group(2))
+        # A gradc from before --isa (tools/bench-vs-torch --gradc OLD) prints no ISA line.
         m = re.search(r"^ISA: (\S+) \((\S+), (\d+)-bit vectors\)$", text, re.M)
-        self.isa, self.cpu, self.vector_bits = m.group(1), m.group(2), int(m.group(3))
+        self.isa, self.cpu, self.vector_bits = (m.group(1), m.group(2), int(m.group(3))) if m else ("native", None, None)
         m = re.search(r"FMA peak \(measured\): ([0-9.]+) GFLOP/s per thread; (\d+) threads?", text)
         self.peak, self.threads = float(m.group(1)), int(m.group(2))
         m = re.search(r"backward: ([0-9.]+) ms per step, [0-9.]+ GFLOP/s \(([0-9.]+) GFLOP per step\), ([0-9.]+)% of peak", text)
@@ -83,6 +84,8 @@ class Bench:
 
     def code(self):
         """The ISA of the code as gradc prints it: "native (znver4, 512-bit vectors)"."""
+        if self.cpu is None:
+            return f"{self.isa} (not printed by this gradc)"
         return f"{self.isa} ({self.cpu}, {self.vector_bits}-bit vectors)"
 
 

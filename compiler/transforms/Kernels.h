@@ -118,7 +118,8 @@ struct GemmBlocking {
     /// columns (K x NR) into a panel of its own right before that strip's tiles, instead of
     /// packing all of B first. Default never (measured slower on the wide network, see
     /// cacheBlocking in Codegen.cpp); GRADC_GEMM=panel=N sets it.
-    int64_t l3Panel = int64_t(1) << 40;
+    static constexpr int64_t kNoNBlocks = int64_t(1) << 40;
+    int64_t l3Panel = kNoNBlocks;
     bool packB = true;    ///< a blocked product packs all of B, transposed or not, into [K][NR] panels
     bool packA = true;    ///< a transposed A with a page stride is packed into [K][MR] panels
     /// Elements: an operand read in place whose step along K is this far or farther (a
@@ -185,9 +186,6 @@ struct ProductPlan {
     bool packsAllB() const { return packFrom == 0; }
 };
 ProductPlan planProduct(const Kernel& k, const GemmBlocking& b);
-
-/// Elements of the packing scratch a matrix-product kernel needs (planProduct's elements).
-int64_t packElements(const Kernel& k, const GemmBlocking& b);
 
 /// How a convolution kernel (conv2d, conv2d_grad_x, conv2d_grad_w; LowerConv.cpp) runs: as
 /// an implicit GEMM through the matrix-product register tile, never materialising the

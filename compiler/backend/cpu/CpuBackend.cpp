@@ -2,6 +2,7 @@
 // interface. The one place in the runtime's path that knows the order of the entry points'
 // arguments (EntryAbi.h defines it).
 #include "CpuBackend.h"
+#include "Jit.h"
 
 #include <fmt/format.h>
 
@@ -22,7 +23,8 @@ public:
     /// "jit f32, compiled in 80.1 ms"; code for another instruction set than the host's
     /// whole names it ("jit f32 avx2, ...").
     std::string describe() const override {
-        return fmt::format("jit {}{}, {} in {:.1f} ms", m_.f64 ? "f64" : "f32", m_.isa == "native" ? "" : " " + m_.isa,
+        const bool whole = Jit::hostFeatures(m_.isa) == Jit::hostFeatures("native");
+        return fmt::format("jit {}{}, {} in {:.1f} ms", m_.f64 ? "f64" : "f32", whole ? "" : " " + m_.isa,
                            m_.cacheHit ? "loaded from the cache" : "compiled", m_.compileMs());
     }
 
