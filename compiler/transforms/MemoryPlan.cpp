@@ -89,6 +89,42 @@ ProductPlan planProduct(const Kernel& k, const GemmBlocking& b) {
     return p;
 }
 
+ConvPlan planConv(const Kernel& k, const std::vector<Buffer>& buffers, const GemmBlocking& bl) {
+    auto up16 = [](int64_t v) { return (v + 15) / 16 * 16; }; // 64 bytes: 16 floats, 8 doubles
+    auto shape = [&](int32_t id) -> const Shape& { return buffers.at(size_t(id)).shape; };
+    ConvPlan p;
+    p.win = k.attrs.window;
+    const Shape& x = k.op == Op::Conv2dGradX ? shape(k.out[0]) : shape(k.in[0]);
+    const Shape& y = k.op == Op::Conv2d ? shape(k.out[0]) : k.op == Op::Conv2dGradX ? shape(k.in[0]) : shape(k.in[1]);
+    internal_assert(x.size() == 4 && y.size() == 4, "a convolution kernel on tensors that are not images");
+    p.B = x[0], p.C = x[1], p.H = x[2], p.W = x[3], p.O = y[1], p.OH = y[2], p.OW = y[3];
+    const int64_t taps = int64_t(p.win.kh) * p.win.kw;
+    const int64_t MR = bl.mr, NR = bl.nr();
+    switch (k.op) {
+    case Op::Conv2d: p.M = p.O, p.N = p.B * p.OH * p.OW, p.K = p.C * taps; break;
+    case Op::Conv2dGradX: p.M = p.C, p.N = p.B * p.H * p.W, p.K = p.O * taps; break;
+    default: p.M = p.C * taps, p.N = p.O, p.K = p.OH * p.OW; break;
+    }
+    p.rowTiles = (p.M + MR - 1) / MR;
+    p.colPanels = (p.N + NR - 1) / NR;
+    const int64_t threads = std::max(1, bl.threads);
+    p.threadAt = k.op == Op::Conv2dGradX ? up16(p.M * p.K) : 0;
+    if (k.op == Op::Conv2dGradW) {
+        p.units = std::min(p.B, threads);
+        p.packedAt = up16(p.M * p.K);
+        p.perThread = p.packedAt + up16(p.colPanels * NR * p.K);
+        p.sumsAt = p.threadAt + p.perThread * threads;
+        p.sumsBlock = up16(p.rowTiles * MR * p.colPanels * NR);
+        p.elements = p.sumsAt + p.sumsBlock * p.units;
+        return p;
+    }
+    p.units = p.colPanels;
+    p.tileAt = up16(p.K * NR);
+    p.perThread = p.tileAt + up16(MR * NR);
+    p.elements = p.threadAt + p.perThread * threads;
+    return p;
+}
+
 static const char* kindName(Buffer::Kind k) {
     switch (k) {
     case Buffer::Kind::Param: return "param";
