@@ -333,7 +333,7 @@ BenchResult runBench(const BenchOptions& o) {
     r.gflopPerStep = matmulFlops(grad) / 1e9;
     r.fmaPeak = measureFmaPeak(o.f64, codegen.isa);
     const IsaTarget target = isaTarget(codegen.isa);
-    r.isa = target.isa, r.cpu = target.cpu, r.vectorBits = target.vectorBits;
+    r.isa = codegen.isa, r.cpu = target.cpu, r.vectorBits = target.vectorBits;
     if (o.explain) r.products = explainProducts(g, codegen);
     if (o.profile) {
         uint64_t total = 0;

@@ -2,13 +2,11 @@
 // internal errors become gradc::Error. Every call checks its use first: a Session that was
 // moved from, one already in use by another thread, null buffers, labels that are not
 // classes, and results asked for before the pass that makes them are errors, never a crash.
-#include "Codegen.h"
 #include "Engine.h"
 #include "Jobs.h"
 #include "ModelImpl.h"
 #include "PublicStats.h"
 #include "Sema.h"
-#include "ThreadPool.h"
 
 #include <gradc/Session.h>
 

@@ -61,6 +61,20 @@ ValueId node(Graph& g, Op op, const SourceLoc& loc, std::vector<ValueId> in) {
     return g.add(makeNode(op, loc, std::move(in)));
 }
 
+/// x read as `to` (a reshape node).
+ValueId reshape(Graph& g, ValueId x, Shape to, const SourceLoc& loc) {
+    Node n = makeNode(Op::Reshape, loc, {x});
+    n.shape = std::move(to);
+    return g.add(std::move(n));
+}
+
+/// A bias's init for the weight's: the tutorials zero the bias under the xavier, kaiming and
+/// normal schemes; the others (PyTorch's default, constant) apply to both.
+Init biasInit(const Init& weight) {
+    if (weight.scheme == "xavier" || weight.scheme == "kaiming" || weight.scheme == "normal") return {"constant", {0.0}};
+    return weight;
+}
+
 /// `dense N [ACT] [init=SCHEME] [bias=BOOL]`: nn.Linear(in, N), then the activation as a
 /// module of its own.
 ValueId buildDense(LayerBuilder& b, const Stmt& s, ValueId x) {
@@ -74,10 +88,7 @@ ValueId buildDense(LayerBuilder& b, const Stmt& s, ValueId x) {
     ValueId w = b.param(mod + ".weight", {s.size, in}, init, in, s.size, s.loc);
     ValueId y = node(g, Op::MatMulNT, s.loc, {x, w});
     if (bias) {
-        Init binit = init;
-        if (binit.scheme == "xavier" || binit.scheme == "kaiming" || binit.scheme == "normal")
-            binit = {"constant", {0.0}}; // the tutorials zero the bias with these schemes
-        ValueId bv = b.param(mod + ".bias", {s.size}, binit, in, s.size, s.loc);
+        ValueId bv = b.param(mod + ".bias", {s.size}, biasInit(init), in, s.size, s.loc);
         y = addBiasAdd(g, y, bv, s.loc);
     }
     b.record(mod, fmt::format("linear {} -> {}{}", in, s.size, bias ? "" : " (no bias)"), x, y, s.loc);
@@ -131,11 +142,7 @@ ValueId buildBatchNorm(LayerBuilder& b, const Stmt& s, ValueId x) {
     if (b.evalMode()) {
         std::vector<ValueId> ins = {x, w, bias, *mean, *var};
         if (rank == 4) // per channel: each [C] read as [C,1,1]
-            for (size_t i = 1; i < ins.size(); ++i) {
-                Node r = makeNode(Op::Reshape, s.loc, {ins[i]});
-                r.shape = {n, 1, 1};
-                ins[i] = g.add(std::move(r));
-            }
+            for (size_t i = 1; i < ins.size(); ++i) ins[i] = reshape(g, ins[i], {n, 1, 1}, s.loc);
         v = addBatchNormEval(g, ins, eps, s.loc);
     } else {
         Node bn = makeNode(Op::BatchNorm, s.loc, {x, w, bias});
@@ -223,13 +230,8 @@ ValueId buildConv(LayerBuilder& b, const Stmt& s, ValueId x) {
     conv.window = win;
     ValueId y = g.add(std::move(conv));
     if (bias) {
-        Init binit = init;
-        if (binit.scheme == "xavier" || binit.scheme == "kaiming" || binit.scheme == "normal")
-            binit = {"constant", {0.0}}; // as dense's
-        ValueId bv = b.param(mod + ".bias", {s.size}, binit, c * area, s.size * area, s.loc);
-        Node perChannel = makeNode(Op::Reshape, s.loc, {bv});
-        perChannel.shape = {s.size, 1, 1};
-        y = addBiasAdd(g, y, g.add(std::move(perChannel)), s.loc);
+        ValueId bv = b.param(mod + ".bias", {s.size}, biasInit(init), c * area, s.size * area, s.loc);
+        y = addBiasAdd(g, y, reshape(g, bv, {s.size, 1, 1}, s.loc), s.loc);
     }
     b.record(mod, fmt::format("conv {} -> {}, {}{}", c, s.size, windowText(win), bias ? "" : " (no bias)"), x, y, s.loc);
     if (s.act) y = b.applyActivation(*s.act, y, b.extraModuleName(s, mod));
@@ -266,9 +268,7 @@ ValueId buildGlobalAvgPool(LayerBuilder& b, const Stmt& s, ValueId x) {
     ValueId pooled = g.add(std::move(n));
     std::string mod = b.moduleName(s);
     b.record(mod, fmt::format("global_avgpool {}x{}", in[2], in[3]), x, pooled, s.loc);
-    Node flat = makeNode(Op::Reshape, s.loc, {pooled});
-    flat.shape = {in[0], in[1]};
-    ValueId y = g.add(std::move(flat));
+    ValueId y = reshape(g, pooled, {in[0], in[1]}, s.loc);
     b.record(b.extraModuleName(s, mod), "flatten", pooled, y, s.loc);
     return y;
 }
@@ -297,9 +297,7 @@ ValueId buildFlatten(LayerBuilder& b, const Stmt& s, ValueId x) {
     Graph& g = b.graph();
     const Shape& in = g[x].shape;
     if (in.size() < 2) throw UserError(s.loc, fmt::format("flatten needs a [batch, ...] value, got {}", shapeString(in)));
-    Node n = makeNode(Op::Reshape, s.loc, {x});
-    n.shape = {in[0], elementCount(in) / in[0]};
-    ValueId v = in.size() == 2 ? x : g.add(std::move(n));
+    ValueId v = in.size() == 2 ? x : reshape(g, x, {in[0], elementCount(in) / in[0]}, s.loc);
     b.record(b.moduleName(s), "flatten", x, v, s.loc);
     return v;
 }

@@ -104,6 +104,10 @@ int64_t elementCount(const Shape& s) {
     return n;
 }
 
+bool isSuffix(const Shape& s, const Shape& of) {
+    return s.size() <= of.size() && std::equal(s.begin(), s.end(), of.end() - std::ptrdiff_t(s.size()));
+}
+
 // ---- Shape rules: one per row of Ops.def. Each checks the operands and returns the
 // ---- result's shape, or throws UserError at the node's location.
 namespace {
@@ -300,25 +304,24 @@ Shape shapeOfPool2d(const Nodes& g, const Node& n) {
     return windowOutput(n, x.shape, x.shape[1]);
 }
 
-Shape shapeOfMaxPool2dGrad(const Nodes& g, const Node& n) {
-    const Node &x = operand(g, n, 0), &d = operand(g, n, 1);
-    needWindow(n), needPoolPadding(n), needImage(n, x, "input");
-    if (windowOutput(n, x.shape, x.shape[1]) != d.shape)
+/// x, the pooling's input [B,C,H,W], when the gradient d is the pooling's output for it.
+Shape poolGradShape(const Node& n, const Shape& x, const Node& d) {
+    needWindow(n), needPoolPadding(n), needImage(n, d, "gradient");
+    if (x.size() != 4) mismatch(n, fmt::format("input {} must be [batch, channels, height, width]", shapeString(x)));
+    if (windowOutput(n, x, x[1]) != d.shape)
         mismatch(n, fmt::format("gradient {} is not the pooling's output for input {}", shapeString(d.shape),
-                                shapeString(x.shape)));
-    return x.shape;
+                                shapeString(x)));
+    return x;
+}
+
+Shape shapeOfMaxPool2dGrad(const Nodes& g, const Node& n) {
+    const Node& x = operand(g, n, 0);
+    needImage(n, x, "input");
+    return poolGradShape(n, x.shape, operand(g, n, 1));
 }
 
 /// The node's shape is x's.
-Shape shapeOfAvgPool2dGrad(const Nodes& g, const Node& n) {
-    const Node& d = operand(g, n, 0);
-    needWindow(n), needPoolPadding(n), needImage(n, d, "gradient");
-    if (n.shape.size() != 4) mismatch(n, fmt::format("result {} must be [batch, channels, height, width]", shapeString(n.shape)));
-    if (windowOutput(n, n.shape, n.shape[1]) != d.shape)
-        mismatch(n, fmt::format("gradient {} is not the pooling's output for input {}", shapeString(d.shape),
-                                shapeString(n.shape)));
-    return n.shape;
-}
+Shape shapeOfAvgPool2dGrad(const Nodes& g, const Node& n) { return poolGradShape(n, n.shape, operand(g, n, 0)); }
 
 Shape shapeOfLayerNormNormalise(const Nodes& g, const Node& n) {
     const Node& x = operand(g, n, 0);
@@ -363,11 +366,9 @@ Shape shapeOfMap(const Nodes& g, const Node& n) {
         for (size_t d = 0; d < a.shape.size(); ++d) {
             int64_t& r = result[lead + d];
             if (a.shape[d] == r || a.shape[d] == 1) continue;
-            if (r != 1) {
-                Shape before = result; // the shape the operands before this one make
+            if (r != 1) // result: the shape the operands before this one make
                 mismatch(n, fmt::format("operand {} has shape {}, which does not broadcast with {}", i,
-                                        shapeString(a.shape), shapeString(before)));
-            }
+                                        shapeString(a.shape), shapeString(result)));
             r = a.shape[d];
         }
     }

@@ -83,6 +83,8 @@ int64_t elementCount(const Shape& s);
 /// The values of one example of a [B, ...] tensor (the batch is dimension 0): 784 for x of
 /// [B,784], [B,28,28] or [B,1,28,28].
 inline int64_t perExample(const Shape& s) { return s.empty() || s[0] == 0 ? 0 : elementCount(s) / s[0]; }
+/// True if `s` is a suffix of `of` ([N] of [B,N]; equal shapes too).
+bool isSuffix(const Shape& s, const Shape& of);
 
 /// How a parameter is initialised: a scheme of the model language and its arguments.
 struct Init {
@@ -95,9 +97,7 @@ struct Init {
 /// `3x3/s1x1/p1x1`.
 struct Window {
     int32_t kh = 0, kw = 0, sh = 0, sw = 0, ph = 0, pw = 0;
-    bool operator==(const Window& o) const {
-        return kh == o.kh && kw == o.kw && sh == o.sh && sw == o.sw && ph == o.ph && pw == o.pw;
-    }
+    bool operator==(const Window&) const = default;
     /// The output size along one dimension of `in` values: (in + 2 pad - k) / stride + 1,
     /// floored; 0 when the window does not fit in the padded input.
     static int64_t outSize(int64_t in, int32_t k, int32_t stride, int32_t pad) {

@@ -57,11 +57,7 @@ Grads gradOfMatMulNT(RuleContext& c) {
 }
 
 // y = reshape(x):  dx = reshape(dy) back to x's shape
-Grads gradOfReshape(RuleContext& c) {
-    Node n = makeNode(Op::Reshape, c.node().loc, {*c.dy});
-    n.shape = c.g[c.in(0)].shape;
-    return {c.g.add(std::move(n))};
-}
+Grads gradOfReshape(RuleContext& c) { return {c.addShaped(Op::Reshape, {*c.dy}, c.g[c.in(0)].shape)}; }
 
 /// Sums `d` (the result's shape) down to the operand's shape `to`, over each dimension the
 /// operand was broadcast along: sum_rows over leading dimensions while `to` is a suffix of
@@ -69,9 +65,6 @@ Grads gradOfReshape(RuleContext& c) {
 /// else one sum_to (a conv bias [O,1,1] against [B,O,H,W]). The shape is taken by value:
 /// every node added moves the graph's nodes, and a reference into them would dangle.
 ValueId reduceTo(RuleContext& c, ValueId d, const Shape to) {
-    auto isSuffix = [](const Shape& s, const Shape& of) {
-        return s.size() <= of.size() && std::equal(s.begin(), s.end(), of.end() - std::ptrdiff_t(s.size()));
-    };
     if (!isSuffix(to, c.g[d].shape)) return c.addShaped(Op::SumTo, {d}, to);
     while (c.g[d].shape.size() > to.size()) d = c.add(Op::SumRows, {d});
     return d;

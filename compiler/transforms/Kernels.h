@@ -97,7 +97,8 @@ struct GemmBlocking {
     /// columns (K x NR) into a panel of its own right before that strip's tiles, instead of
     /// packing all of B first. Default never (measured slower on the wide network, see
     /// cacheBlocking in Codegen.cpp); GRADC_GEMM=panel=N sets it.
-    int64_t l3Panel = int64_t(1) << 40;
+    static constexpr int64_t kNoNBlocks = int64_t(1) << 40;
+    int64_t l3Panel = kNoNBlocks;
     bool packB = true;    ///< a blocked product packs all of B, transposed or not, into [K][NR] panels
     bool packA = true;    ///< a transposed A with a page stride is packed into [K][MR] panels
     /// Elements: an operand read in place whose step along K is this far or farther (a
@@ -164,9 +165,6 @@ struct ProductPlan {
     bool packsAllB() const { return packFrom == 0; }
 };
 ProductPlan planProduct(const Kernel& k, const GemmBlocking& b);
-
-/// Elements of the packing scratch a matrix-product kernel needs (planProduct's elements).
-int64_t packElements(const Kernel& k, const GemmBlocking& b);
 
 /// Places every Temp buffer in one workspace, reusing bytes whose values are dead.
 void planMemory(KernelProgram& p, int elementBytes);

@@ -51,7 +51,7 @@ void planMemory(KernelProgram& p, int elementBytes) {
     }
     int64_t scratch = 0;
     for (auto& k : p.kernels)
-        if (k.kind == Kernel::Kind::Loop && k.a >= 0) scratch = std::max(scratch, packElements(k, p.blocking));
+        if (k.kind == Kernel::Kind::Loop && k.a >= 0) scratch = std::max(scratch, planProduct(k, p.blocking).elements);
         else if (k.kind == Kernel::Kind::Op)
             scratch = std::max(scratch, ownKernelScratch(k.op) * k.cols);
     p.scratchOffset = top;
@@ -86,8 +86,6 @@ ProductPlan planProduct(const Kernel& k, const GemmBlocking& b) {
     p.elements = p.sumsAt + p.mc * b.nr() * b.threads;
     return p;
 }
-
-int64_t packElements(const Kernel& k, const GemmBlocking& b) { return planProduct(k, b).elements; }
 
 static const char* kindName(Buffer::Kind k) {
     switch (k) {

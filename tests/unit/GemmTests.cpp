@@ -47,7 +47,7 @@ struct Config {
     int64_t kc, mc, pageStride;
     bool packA, packB;
     int threads;
-    int64_t l3Panel = int64_t(1) << 40; ///< 1: every packed B wider than one strip is blocked along N
+    int64_t l3Panel = GemmBlocking::kNoNBlocks; ///< 1: every packed B wider than one strip is blocked along N
 };
 
 } // namespace
@@ -172,25 +172,13 @@ TEST_CASE("explainProducts gives a line per matrix product with its tile and blo
 
 namespace {
 
-/// A fresh folder of its own (mkdtemp), removed with everything in it.
-struct TileDir {
-    std::string path;
-    TileDir() {
-        std::string pattern = "/tmp/gradc_tiles_test.XXXXXX";
-        REQUIRE(::mkdtemp(pattern.data()) != nullptr);
-        path = pattern;
-    }
-    ~TileDir() {
-        std::remove((path + "/gemm-tiles.txt").c_str());
-        ::rmdir(path.c_str());
-    }
-    std::string tiles() const {
-        std::ifstream in(path + "/gemm-tiles.txt");
-        std::stringstream text;
-        text << in.rdbuf();
-        return text.str();
-    }
-};
+/// The register-tile speeds file in `dir` ("" when there is none).
+std::string tilesIn(const std::filesystem::path& dir) {
+    std::ifstream in(dir / "gemm-tiles.txt");
+    std::stringstream text;
+    text << in.rdbuf();
+    return text.str();
+}
 
 std::string sourceOf(const std::vector<std::string>& lines) {
     REQUIRE_FALSE(lines.empty());
@@ -202,17 +190,17 @@ std::string sourceOf(const std::vector<std::string>& lines) {
 } // namespace
 
 TEST_CASE("register-tile speeds are measured once per CPU and kept in the cache folder", "[jit][gemm][cache]") {
-    TileDir dir;
+    TempDir dir("tiles");
     Graph fwd = compileSource("t.nn", "input 100\ndense 70 relu\ndense 10\nloss cross_entropy\n", {16}).graph;
     CodegenOptions opts;
-    opts.cacheDir = dir.path;
+    opts.cacheDir = dir.path.string();
     opts.cache = false; // the model decides, and nothing is written
     CHECK(sourceOf(explainProducts(fwd, opts)) == "model");
-    CHECK(dir.tiles().empty());
+    CHECK(tilesIn(dir.path).empty());
     opts.cache = true;
     const std::string first = sourceOf(explainProducts(fwd, opts));
     CHECK((first == "measured" || first == "cached")); // another test of this process may have measured it
-    const std::string tiles = dir.tiles();
+    const std::string tiles = tilesIn(dir.path);
     // One line per candidate: "CPU HASH f32 RxV GFLOPS".
     size_t lines = 0;
     for (char c : tiles) lines += c == '\n';
@@ -220,10 +208,10 @@ TEST_CASE("register-tile speeds are measured once per CPU and kept in the cache 
     CHECK(tiles.find(" f32 ") != std::string::npos);
     // Read back, not measured again: the file stays as it was.
     explainProducts(fwd, opts);
-    CHECK(dir.tiles() == tiles);
+    CHECK(tilesIn(dir.path) == tiles);
     // A corrupt file is ignored (a warning) and rewritten with fresh measurements.
     {
-        std::ofstream out(dir.path + "/gemm-tiles.txt");
+        std::ofstream out(dir.path / "gemm-tiles.txt");
         out << tiles.substr(0, tiles.find(' ')) << " " << tiles.substr(tiles.find(' ') + 1, 16) << " f32 6x4 banana\n";
     }
     CompiledModel cm = compileModel(fwd, opts);
@@ -231,32 +219,31 @@ TEST_CASE("register-tile speeds are measured once per CPU and kept in the cache 
     Bindings b = randomBindings(fwd, rng);
     CHECK(runCompiled(cm, fwd, b, false).at("loss").data[0] ==
           Approx(interpretOutputs(fwd, b).at("loss").data[0]).epsilon(1e-4));
-    CHECK(dir.tiles().find("banana") == std::string::npos);
-    CHECK((dir.tiles().find(" f32 6x4 ") != std::string::npos || dir.tiles().find(" f32 6x2 ") != std::string::npos));
+    CHECK(tilesIn(dir.path).find("banana") == std::string::npos);
+    CHECK((tilesIn(dir.path).find(" f32 6x4 ") != std::string::npos || tilesIn(dir.path).find(" f32 6x2 ") != std::string::npos));
 }
 
 TEST_CASE("the register tile speeds file is never read or written through a symbolic link", "[jit][gemm][cache]") {
-    TileDir dir;
+    TempDir dir("tiles");
     Graph fwd = compileSource("t.nn", "input 100\ndense 70 relu\ndense 10\nloss cross_entropy\n", {16}).graph;
     CodegenOptions opts;
-    opts.cacheDir = dir.path;
+    opts.cacheDir = dir.path.string();
     explainProducts(fwd, opts); // measured (or cached by this process) and written
-    const std::string tiles = dir.tiles();
+    const std::string tiles = tilesIn(dir.path);
     REQUIRE_FALSE(tiles.empty());
     // gemm-tiles.txt becomes a link to a file elsewhere with the same speeds: refused (a
     // warning), measured again and written as a regular file of its own, the target untouched.
-    const std::string other = dir.path + "/elsewhere.txt";
+    const std::string other = dir.path / "elsewhere.txt", link = dir.path / "gemm-tiles.txt";
     { std::ofstream(other) << tiles; }
-    std::remove((dir.path + "/gemm-tiles.txt").c_str());
-    REQUIRE(::symlink(other.c_str(), (dir.path + "/gemm-tiles.txt").c_str()) == 0);
+    std::remove(link.c_str());
+    REQUIRE(::symlink(other.c_str(), link.c_str()) == 0);
     explainProducts(fwd, opts);
     struct stat st;
-    REQUIRE(::lstat((dir.path + "/gemm-tiles.txt").c_str(), &st) == 0);
+    REQUIRE(::lstat(link.c_str(), &st) == 0);
     CHECK(S_ISREG(st.st_mode));
     CHECK((st.st_mode & 0777) == 0600);
     std::ifstream in(other);
     std::stringstream kept;
     kept << in.rdbuf();
     CHECK(kept.str() == tiles);
-    std::remove(other.c_str());
 }

@@ -61,6 +61,14 @@ Graph model(const std::string& text, int64_t batch = 4) {
     return compileSource("test.nn", text, {batch}).graph;
 }
 
+/// The model gradient-checked at batch 2 and at batch 3.
+void gradcheckBatches(const std::string& text, std::mt19937& rng) {
+    for (int64_t batch : {2, 3}) {
+        INFO(text << "batch " << batch);
+        gradcheck(model(text, batch), rng);
+    }
+}
+
 } // namespace
 
 TEST_CASE("gradients of every op and loss agree with central differences", "[autodiff]") {
@@ -178,7 +186,7 @@ TEST_CASE("every model in models/ differentiates, and its gradients check", "[au
         const std::string stem = entry.path().stem().string();
         if (stem == "deep40_relu" || stem == "wide_relu") continue;
         // The deep CNNs (19 convolutions on 28x28 images) add no construct either: the tests
-        // of small images below check each, and tests/torch_cnn.py compares their gradients
+        // of small images below check each, and tests/torch/cnn_test.py compares their gradients
         // with PyTorch's in double. Central differences would take minutes here, and cross
         // the kinks of some of the 10^5 batch-normalised ReLU inputs a step of eps moves.
         if (stem == "cnn_plain_sigmoid" || stem == "cnn_plain_relu" || stem == "cnn_resnet") continue;
@@ -283,11 +291,8 @@ TEST_CASE("random small convolutions differentiate correctly", "[autodiff][conv]
 
 TEST_CASE("two convolutions, strided and padded, on several channels", "[autodiff][conv]") {
     std::mt19937 rng(21);
-    for (int64_t batch : {2, 3}) {
-        INFO("batch " << batch);
-        gradcheck(model("input 3x7x6\nconv 4 3x2 stride=2x1 padding=1x0 tanh\nconv 2 2x3 stride=1x2 padding=2x1 elu\n"
-                        "flatten\ndense 2\nloss mse\n", batch), rng);
-    }
+    gradcheckBatches("input 3x7x6\nconv 4 3x2 stride=2x1 padding=1x0 tanh\nconv 2 2x3 stride=1x2 padding=2x1 elu\n"
+                     "flatten\ndense 2\nloss mse\n", rng);
 }
 
 TEST_CASE("max and average pooling differentiate correctly, overlapping or not", "[autodiff][pool]") {
@@ -300,20 +305,13 @@ TEST_CASE("max and average pooling differentiate correctly, overlapping or not",
         "input 2x7x5\navgpool 3x2 stride=2x1 padding=1x1\nconv 2 2x2 sigmoid\nflatten\ndense 2\nloss mse\n",
         "input 3x5x4\nconv 4 3x3 padding=1 relu\nglobal_avgpool\ndense 3\nloss cross_entropy\n",
     };
-    for (const char* text : models)
-        for (int64_t batch : {2, 3}) {
-            INFO(text << "batch " << batch);
-            gradcheck(model(text, batch), rng);
-        }
+    for (const char* text : models) gradcheckBatches(text, rng);
 }
 
 TEST_CASE("batchnorm on [B,C,H,W] normalises per channel and differentiates correctly", "[autodiff][bn2d]") {
     std::mt19937 rng(23);
-    for (int64_t batch : {2, 3}) {
-        INFO("batch " << batch);
-        gradcheck(model("input 2x4x5\nconv 3 3x3 padding=1\nbatchnorm\ntanh\nconv 2 2x2 stride=2\n"
-                        "batchnorm eps=0.1\nflatten\ndense 2\nloss mse\n", batch), rng);
-    }
+    gradcheckBatches("input 2x4x5\nconv 3 3x3 padding=1\nbatchnorm\ntanh\nconv 2 2x2 stride=2\n"
+                     "batchnorm eps=0.1\nflatten\ndense 2\nloss mse\n", rng);
     // A 1x1 image: the statistics run over the batch alone, as BatchNorm1d's.
     gradcheck(model("input 3x1x1\nbatchnorm\nsigmoid\nflatten\ndense 2\nloss cross_entropy\n", 4), rng);
     // Per channel: each channel of the output has mean 0 and (biased) variance 1 / (1 + eps)

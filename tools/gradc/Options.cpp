@@ -10,7 +10,6 @@
 #include <algorithm>
 #include <cfloat>
 #include <cstdio>
-#include <cstdlib>
 #include <tuple>
 
 namespace gradc::cli {

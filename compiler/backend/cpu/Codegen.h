@@ -43,7 +43,7 @@ std::string resolveIsa(const std::string& isa, const std::string& option = "isa"
 /// What code for `isa` (resolved) runs on: the host's LLVM CPU name and the widest vector
 /// registers the code uses, in bits (512, 256 or 128).
 struct IsaTarget {
-    std::string isa, cpu;
+    std::string cpu;
     int vectorBits = 0;
 };
 IsaTarget isaTarget(const std::string& isa);
@@ -72,6 +72,7 @@ public:
 private:
     std::vector<CompilePhase>* out_;
     bool print_;
+    void add(const char* phase, double ms, double cpuMs); ///< to the phase's entry in out_
     double wall_, cpu_; ///< when the current phase began, in ms
 };
 

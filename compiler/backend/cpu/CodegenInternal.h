@@ -49,6 +49,8 @@ GemmBlocking blockingFor(const std::string& features, bool f64, const CacheSizes
 /// Sets b's KC, MC and page stride for its tile and `caches`.
 void cacheBlocking(GemmBlocking& b, bool f64, const CacheSizes& caches);
 Programs buildPrograms(const Graph& fwd, bool f64, const GemmBlocking& blocking, PhaseTimer* timer = nullptr);
+/// An empty module for the target machine `tm` (its data layout and triple).
+std::unique_ptr<llvm::Module> moduleFor(const char* name, llvm::LLVMContext& ctx, llvm::TargetMachine& tm);
 /// Lowers, sets the target's data layout and triple, and verifies.
 std::unique_ptr<llvm::Module> lower(llvm::LLVMContext& ctx, const Programs& p, bool f64, llvm::TargetMachine& tm,
                                     bool profile = false);

@@ -26,17 +26,12 @@ namespace gradc {
 
 namespace {
 
-/// An empty module for the host's target machine `tm`.
-std::unique_ptr<llvm::Module> probeModule(const char* name, llvm::LLVMContext& ctx, llvm::TargetMachine& tm) {
-    auto m = std::make_unique<llvm::Module>(name, ctx);
-    m->setDataLayout(tm.createDataLayout());
-    m->setTargetTriple(tm.getTargetTriple().str());
-    return m;
+void verify(llvm::Module& m, const char* what) {
+    internal_assert(!llvm::verifyModule(m, &llvm::errs()), fmt::format("invalid {} IR", what));
 }
 
-/// Verifies `m`, emits it as an object and loads it into a JIT of its own.
+/// Emits `m` (verified) as an object and loads it into a JIT of its own.
 std::shared_ptr<Jit> jitObject(llvm::Module& m, llvm::TargetMachine& tm, const std::string& isa, const char* what) {
-    internal_assert(!llvm::verifyModule(m, &llvm::errs()), fmt::format("invalid {} IR", what));
     std::string object = emit(m, tm, llvm::CodeGenFileType::ObjectFile);
     std::shared_ptr<Jit> jit = checkLLVM("cannot start the JIT", Jit::create(isa));
     if (auto err = jit->addObject(llvm::MemoryBuffer::getMemBufferCopy(object, what))) failLLVM(what, std::move(err));
@@ -61,7 +56,7 @@ double measureFmaPeak(bool f64, const std::string& isa) {
     auto tm = hostTargetMachine(isa);
     const GemmBlocking bl = blockingFor(Jit::hostFeatures(isa), f64); // the threads do not matter here
     llvm::LLVMContext ctx;
-    auto m = probeModule("probe", ctx, *tm);
+    auto m = moduleFor("probe", ctx, *tm);
     llvm::IRBuilder<> b(ctx);
     llvm::Type* T = f64 ? b.getDoubleTy() : b.getFloatTy();
     auto* vec = llvm::FixedVectorType::get(T, unsigned(bl.vl));
@@ -97,6 +92,7 @@ double measureFmaPeak(bool f64, const std::string& isa) {
     for (int c = 1; c < chains; ++c) sum = b.CreateFAdd(sum, next[size_t(c)]);
     b.CreateAlignedStore(sum, fn->getArg(0), llvm::Align(8));
     b.CreateRetVoid();
+    verify(*m, "probe");
     std::shared_ptr<Jit> jit = jitObject(*m, *tm, isa, "probe");
     auto probe = reinterpret_cast<void (*)(void*, int64_t)>(checkLLVM("probe", jit->lookup("gradc_probe")));
     std::vector<double> out(size_t(bl.vl));
@@ -109,7 +105,7 @@ std::vector<TileSpeed> measureTiles(bool f64, const std::vector<TileSpeed>& cand
     auto tm = hostTargetMachine(isa);
     const GemmBlocking host = blockingFor(Jit::hostFeatures(isa), f64);
     llvm::LLVMContext ctx;
-    auto m = probeModule("tiles", ctx, *tm);
+    auto m = moduleFor("tiles", ctx, *tm);
     std::vector<KernelProgram> programs(candidates.size());
     for (size_t i = 0; i < candidates.size(); ++i) {
         programs[i].blocking = host;
@@ -117,6 +113,7 @@ std::vector<TileSpeed> measureTiles(bool f64, const std::vector<TileSpeed>& cand
         Lowering lowering(ctx, *m, f64, false);
         lowering.gemmProbe(programs[i], "gradc_tile_probe_" + std::to_string(i));
     }
+    verify(*m, "tile probe");
     optimise(*m, *tm, false);
     std::shared_ptr<Jit> jit = jitObject(*m, *tm, isa, "tile probe");
     const int64_t K = 256;

@@ -68,7 +68,7 @@ const std::string& Jit::hostFeatures(const std::string& isa) {
     return isa == "avx2" ? avx2 : native;
 }
 
-bool Jit::hasFeature(const std::string& isa, llvm::StringRef feature) { return hostFeatureMap(isa).lookup(feature); }
+bool Jit::hasFeature(llvm::StringRef feature) { return hostFeatureMap("native").lookup(feature); }
 
 static llvm::orc::JITTargetMachineBuilder hostBuilder(const std::string& isa) {
     llvm::orc::JITTargetMachineBuilder jtmb(llvm::Triple(llvm::sys::getProcessTriple()));

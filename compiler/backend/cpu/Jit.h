@@ -28,8 +28,8 @@ public:
     /// computed once per process.
     static const std::string& hostCpu();
     static const std::string& hostFeatures(const std::string& isa);
-    /// True when the host's features for `isa` turn on `feature` ("avx512f", "fma", ...).
-    static bool hasFeature(const std::string& isa, llvm::StringRef feature);
+    /// True when the host has `feature` ("avx512f", "fma", ...).
+    static bool hasFeature(llvm::StringRef feature);
     /// True when glibc's vector math library could be loaded (the vectoriser may call it).
     static bool haveLibmvec();
 

@@ -22,6 +22,7 @@
 #include <functional>
 #include <mutex>
 #include <set>
+#include <system_error>
 #include <thread>
 
 namespace gradc {
@@ -35,12 +36,10 @@ void initialiseOnce(const std::string& isa) {
     static std::once_flag once;
     std::call_once(once, [&] {
         llvm::LLVMContext ctx;
-        llvm::Module m("gradc-first-use", ctx);
         auto tm = hostTargetMachine(isa);
-        m.setDataLayout(tm->createDataLayout());
-        m.setTargetTriple(tm->getTargetTriple().str());
-        optimise(m, *tm);
-        emit(m, *tm, llvm::CodeGenFileType::ObjectFile);
+        auto m = moduleFor("gradc-first-use", ctx, *tm);
+        optimise(*m, *tm);
+        emit(*m, *tm, llvm::CodeGenFileType::ObjectFile);
     });
 }
 
@@ -59,7 +58,11 @@ void onThreads(size_t parts, const std::function<void(size_t)>& work) {
             errors[i] = std::current_exception();
         }
     };
-    for (size_t i = 1; i < parts; ++i) threads.emplace_back(guarded, i);
+    for (size_t i = 1; i < parts; ++i) try {
+            threads.emplace_back(guarded, i);
+        } catch (const std::system_error&) { // no thread to be had (a limit on threads): the caller does it
+            guarded(i);
+        }
     guarded(0); // the calling thread does its share
     for (std::thread& t : threads) t.join();
     for (const std::exception_ptr& e : errors)
@@ -101,8 +104,8 @@ std::vector<std::string> compileObjects(llvm::Module& m, int parts, const std::s
         internal_assert(!v.hasAppendingLinkage(), "a module to compile in parts has an appending global");
     // The helpers no kernel calls (gradc_pack_a, in most models) go first, while they are
     // internal (split, they become external and each part's globaldce keeps them) and
-    // before their instructions count as work.
-    {
+    // before their instructions count as work. In one part, optimise's globaldce does it.
+    if (parts > 1) {
         llvm::ModuleAnalysisManager mam;
         llvm::PassBuilder().registerModuleAnalyses(mam);
         llvm::ModulePassManager mpm;

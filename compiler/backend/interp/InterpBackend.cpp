@@ -71,20 +71,11 @@ private:
         // of the batch and the positions: x[B,N,S...]).
         for (const LayoutEntry* e : l.all(Role::NormMean)) {
             const Tensor& x = val[e->value];
-            const int64_t B = x.shape[0], N = x.shape[1], S = elementCount(x.shape) / (B * N), M = B * S;
             T* mean = static_cast<T*>(a.acts) + e->offset;
             T* var = static_cast<T*>(a.acts) + l.at(Role::NormVar, e->name).offset;
-            for (int64_t j = 0; j < N; ++j) {
-                double m = 0, sq = 0;
-                for (int64_t b = 0; b < B; ++b)
-                    for (int64_t s = 0; s < S; ++s) m += x.data[size_t((b * N + j) * S + s)];
-                m /= double(M);
-                for (int64_t b = 0; b < B; ++b)
-                    for (int64_t s = 0; s < S; ++s) {
-                        const double d = x.data[size_t((b * N + j) * S + s)] - m;
-                        sq += d * d;
-                    }
-                mean[j] = T(m), var[j] = T(sq / double(M - 1));
+            for (int64_t j = 0; j < x.shape[1]; ++j) {
+                const ChannelMoments m = channelMoments(x, j);
+                mean[j] = T(m.mean), var[j] = T(m.sumSq / double(m.count - 1)); // unbiased, as PyTorch's running_var
             }
         }
     }

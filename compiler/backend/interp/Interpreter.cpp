@@ -136,8 +136,7 @@ struct Eval {
             for (size_t k = 0; k < args.size(); ++k) {
                 const Shape& s = in(n, k).shape;
                 shapes.push_back(&s);
-                suffixes = suffixes && s.size() <= n.shape.size() &&
-                           std::equal(s.begin(), s.end(), n.shape.end() - std::ptrdiff_t(s.size()));
+                suffixes = suffixes && isSuffix(s, n.shape);
             }
             if (!suffixes) {
                 Odometer it(n.shape, shapes);
@@ -225,13 +224,8 @@ struct Eval {
         const double M = double(B * S);
         auto at = [&](int64_t b, int64_t j, int64_t s) { return size_t((b * N + j) * S + s); };
         for (int64_t j = 0; j < N; ++j) {
-            double mean = 0, var = 0;
-            for (int64_t b = 0; b < B; ++b)
-                for (int64_t s = 0; s < S; ++s) mean += x.data[at(b, j, s)];
-            mean /= M;
-            for (int64_t b = 0; b < B; ++b)
-                for (int64_t s = 0; s < S; ++s) var += (x.data[at(b, j, s)] - mean) * (x.data[at(b, j, s)] - mean);
-            var /= M; // biased, as PyTorch normalises in training mode
+            const ChannelMoments moments = channelMoments(x, j);
+            const double mean = moments.mean, var = moments.sumSq / M; // biased, as PyTorch normalises in training mode
             double sigma = std::sqrt(var + n.eps);
             auto xhat = [&](size_t i) { return (x.data[i] - mean) / sigma; };
             if (n.op == Op::BatchNorm) {
@@ -372,6 +366,21 @@ struct Eval {
 };
 
 } // namespace
+
+ChannelMoments channelMoments(const Tensor& x, int64_t j) {
+    const int64_t B = x.shape[0], N = x.shape[1], S = elementCount(x.shape) / (B * N);
+    auto at = [&](int64_t b, int64_t s) { return size_t((b * N + j) * S + s); };
+    double mean = 0, sumSq = 0;
+    for (int64_t b = 0; b < B; ++b)
+        for (int64_t s = 0; s < S; ++s) mean += x.data[at(b, s)];
+    mean /= double(B * S);
+    for (int64_t b = 0; b < B; ++b)
+        for (int64_t s = 0; s < S; ++s) {
+            const double d = x.data[at(b, s)] - mean;
+            sumSq += d * d;
+        }
+    return {mean, sumSq, B * S};
+}
 
 std::vector<Tensor> interpret(const Graph& g, const Bindings& bindings) {
     std::vector<Tensor> val;

@@ -16,6 +16,15 @@ namespace gradc {
 /// missing or misshapen, or a class label is out of range.
 std::vector<Tensor> interpret(const Graph& g, const Bindings& bindings);
 
+/// Batch normalisation's statistics of channel j (dimension 1) of x[B,N,S...] over its
+/// count = B S values (on [B,N], S = 1; on [B,C,H,W], S = H W): the mean and the sum of the
+/// squared deviations from it.
+struct ChannelMoments {
+    double mean, sumSq;
+    int64_t count;
+};
+ChannelMoments channelMoments(const Tensor& x, int64_t j);
+
 /// The named outputs of `interpret` ("loss", "grad:layers.0.weight", ...).
 std::map<std::string, Tensor> interpretOutputs(const Graph& g, const Bindings& bindings);
 
