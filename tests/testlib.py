@@ -1,6 +1,6 @@
 """tests/testlib.py — what the command-line test scripts share: their arguments, running gradc
 (or another program) and checking its exit status (and that it does not hang), reporting a
-failed check, reading and writing files, the CPU's features. Standard library only. A script in tests/DIR/ imports it with
+failed check, reading and writing files. Standard library only. A script in tests/DIR/ imports it with
 
     sys.dont_write_bytecode = True  # no __pycache__ in the source tree
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -53,12 +53,3 @@ def read(path):
 def write(path, data):
     with open(path, "wb") as f:
         f.write(data)
-
-
-def cpu_flags():
-    """The first processor's feature flags in /proc/cpuinfo (sse3 is "pni", lzcnt "abm")."""
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    return set()

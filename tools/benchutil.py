@@ -1,6 +1,7 @@
 """tools/benchutil.py — what the benchmark scripts share (bench-vs-torch, bench-compile,
 bench-grads-vs-torch, bench-all, bench-aot): the CPU's name and features, commands run and timed, runs of `gradc bench` read into numbers, medians, checks of their options.
-Standard library only; benchmarks, never tests of speed."""
+Standard library only (tests/aot/isa_test.py reads the CPU's features here too); benchmarks,
+never tests of speed."""
 import os, re, statistics, subprocess, sys, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,6 +31,7 @@ def cpu_model():
 
 def cpu_flags():
     """The first processor's flags in /proc/cpuinfo."""
+    # As the kernel names them: sse3 is "pni", lzcnt "abm".
     for line in open("/proc/cpuinfo"):
         if line.startswith("flags"):
             return set(line.split(":", 1)[1].split())

@@ -139,8 +139,19 @@ class Network(nn.Module):
 
     def gradc_state(self):
         """The state_dict (parameters, and batchnorm's running statistics) under gradc's names,
-        as `gradc ... --params` reads them and --save writes them."""
-        return {self.gradc_names.get(n) or self._gradc_name(n): t for n, t in self.state_dict().items()}
+        as `gradc ... --params` reads them and --save writes them. A buffer takes its module's
+        name from the module's parameters (which `gradc check` may have renamed), else from
+        the numbering rule."""
+        prefixes = {}  # mods.K -> the layer name gradc gives module K's parameters
+        for n, g in self.gradc_names.items():
+            prefixes.setdefault(n.rsplit(".", 1)[0], g.rsplit(".", 1)[0])
+
+        def name(n):
+            if n in self.gradc_names:
+                return self.gradc_names[n]
+            module, attr = n.rsplit(".", 1)
+            return prefixes[module] + "." + attr if module in prefixes else self._gradc_name(n)
+        return {name(n): t for n, t in self.state_dict().items()}
 
     def forward(self, x):
         env, cur = {}, x.view(x.shape[0], *self.input_shape)

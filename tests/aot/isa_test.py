@@ -21,6 +21,8 @@ from testlib import check  # noqa: E402
 
 GRADC, REFERENCE, CC, SOURCE, WORK, MODEL = testlib.arguments("GRADC", "REFERENCE", "CC", "SOURCE_DIR", "WORK", "MODEL")
 GRADC, REFERENCE, SOURCE, WORK, MODEL = (os.path.abspath(a) for a in (GRADC, REFERENCE, SOURCE, WORK, MODEL))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(SOURCE)), "tools"))  # SOURCE is tests/aot
+import benchutil  # noqa: E402  (the CPU's flags)
 BATCH = "16"
 
 # The features of each x86-64 psABI level as /proc/cpuinfo names them (sse3 is "pni", lzcnt
@@ -38,7 +40,7 @@ def run(*cmd, rc=0):
 
 
 def best_level():
-    flags = testlib.cpu_flags()
+    flags = benchutil.cpu_flags()
     level = 1
     while level < 4 and set(LEVELS[level + 1].split()) <= flags:
         level += 1

@@ -41,12 +41,9 @@ def compare(path, batch):
         for m in net.modules():
             if isinstance(m, nn.BatchNorm2d):
                 m.weight.uniform_(0.5, 1.5), m.bias.uniform_(-0.5, 0.5)
-    state = {net.gradc_names[n]: p for n, p in net.named_parameters()}
-    for n, b in net.named_buffers():  # running statistics: not used by training mode, but state
-        if n.endswith(("running_mean", "running_var")):
-            module = n.rsplit(".", 1)[0]
-            owner = next(g for t, g in net.gradc_names.items() if t.rsplit(".", 1)[0] == module)
-            state[owner.rsplit(".", 1)[0] + "." + n.rsplit(".", 1)[1]] = b
+    # The parameters and running statistics (not used by training mode, but state); not
+    # batchnorm's num_batches_tracked (int64).
+    state = {k: v for k, v in net.gradc_state().items() if v.is_floating_point()}
     x, y = torchutil.first_batch(batch)
     with tempfile.TemporaryDirectory() as d:
         params, grads = os.path.join(d, "params.safetensors"), os.path.join(d, "grads.safetensors")

@@ -186,7 +186,7 @@ TEST_CASE("every model in models/ differentiates, and its gradients check", "[au
         const std::string stem = entry.path().stem().string();
         if (stem == "deep40_relu" || stem == "wide_relu") continue;
         // The deep CNNs (19 convolutions on 28x28 images) add no construct either: the tests
-        // of small images below check each, and tests/torch_cnn.py compares their gradients
+        // of small images below check each, and tests/torch/cnn_test.py compares their gradients
         // with PyTorch's in double. Central differences would take minutes here, and cross
         // the kinks of some of the 10^5 batch-normalised ReLU inputs a step of eps moves.
         if (stem == "cnn_plain_sigmoid" || stem == "cnn_plain_relu" || stem == "cnn_resnet") continue;

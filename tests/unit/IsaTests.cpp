@@ -59,7 +59,10 @@ TEST_CASE("isa names are native or avx2 or avx512 with GRADC_ISA as the default 
 }
 
 TEST_CASE("code compiled for avx2 uses no AVX-512 register and computes what native code does", "[jit][isa]") {
-    if (!hostHasAvx2()) return; // nothing to force on this CPU (resolveIsa refuses it: tested above)
+    if (!hostHasAvx2()) { // nothing to force on this CPU (resolveIsa refuses it: tested above)
+        WARN("skipped: the host has no AVX2");
+        return;
+    }
     const Graph fwd = compileFile(GRADC_SOURCE_DIR "/models/seed_sigmoid_bn.nn", {16}).graph;
     CodegenOptions native, avx2;
     native.cache = avx2.cache = false;
@@ -84,7 +87,10 @@ TEST_CASE("code compiled for avx2 uses no AVX-512 register and computes what nat
 }
 
 TEST_CASE("cached objects and measured tiles are kept apart per instruction set", "[jit][isa][cache]") {
-    if (!hostHasAvx512()) return; // without AVX-512, avx2 code is native code: one entry is right
+    if (!hostHasAvx512()) { // without AVX-512, avx2 code is native code: one entry is right
+        WARN("skipped: the host has no AVX-512");
+        return;
+    }
     TempDir dir;
     const Graph fwd = compileSource("t.nn", "input 30\ndense 20 relu\ndense 5\nloss cross_entropy\n", {8}).graph;
     CodegenOptions opts;
