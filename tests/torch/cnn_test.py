@@ -6,8 +6,10 @@ the interpreter (in double) and on compiled code (float32 and double, on 1 and 2
       CASE     models  models/cnn_relu.nn, cnn_plain_sigmoid.nn, cnn_plain_relu.nn, cnn_resnet.nn
                random  random small convolutions (kernels 1-5, strides 1-3, paddings 0-2, none
                        of them square, on inputs of 784 values in several shapes and channel
-                       counts), some followed by pooling (overlapping or not, padded or not),
-                       by batchnorm, or by a second convolution and a residual add
+                       counts; half of them after a 1x1 convolution, so that their input
+                       gradient is checked too), some followed by pooling (overlapping or not,
+                       padded or not), by batchnorm, or by a second convolution and a
+                       residual add
       BACKEND  interp | jit (run with --threads 1, then --threads 2)
       DTYPE    f32 | f64
 
@@ -114,7 +116,10 @@ def random_convs():
             while kw == kh:
                 kw = rng.randint(1, 5)
             sh, sw, ph, pw = rng.randint(1, 3), rng.randint(1, 3), rng.randint(0, 2), rng.randint(0, 2)
-            text = (f"input {c}x{h}x{w}\nconv {rng.randint(1, 4)} {kh}x{kw} stride={sh}x{sw} padding={ph}x{pw} "
+            # Every other trial, a 1x1 convolution first: the random one's input gradient
+            # (conv2d_grad_x at its stride, padding and kernel) is then computed and checked.
+            first = f"conv {rng.randint(1, 4)} 1x1 tanh\n" if trial % 2 else ""
+            text = (f"input {c}x{h}x{w}\n{first}conv {rng.randint(1, 4)} {kh}x{kw} stride={sh}x{sw} padding={ph}x{pw} "
                     f"{rng.choice(['tanh', 'relu', 'sigmoid', ''])}{rng.choice(['', ' bias=false'])}\n")
             oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
             pool = rng.choice(["", "maxpool", "avgpool", "maxpool_overlap", "avgpool_padded", "batchnorm",
@@ -128,8 +133,10 @@ def random_convs():
             elif pool == "batchnorm":
                 text += "batchnorm\nrelu\n"
             elif pool == "residual":  # a second convolution that keeps the shape, and the shortcut added
-                text = text.replace("\nconv ", "\nresidual_in = conv ", 1)
-                text += f"conv {text.split('conv ')[1].split()[0]} 3x5 padding=1x2 {rng.choice(['relu', 'tanh'])}\n"
+                lines = text.splitlines()
+                lines[-1] = "residual_in = " + lines[-1]
+                text = "\n".join(lines) + "\n"
+                text += f"conv {lines[-1].split()[3]} 3x5 padding=1x2 {rng.choice(['relu', 'tanh'])}\n"
                 text += "add residual_in\n"
             kinds.add(pool if pool.split("_")[0] in text else "")
             text += "flatten\ndense 10\nloss cross_entropy\n"
