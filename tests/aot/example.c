@@ -1,8 +1,8 @@
 /* example.c - a C program that links a model compiled ahead of time by `gradc compile`.
  *   example PARAMS.safetensors GRADS.out [LEVEL]
  * Loads the parameters (a safetensors file that gradc wrote: float32 tensors, found by name),
- * runs the backward function on a deterministic batch, and writes the gradients as raw
- * float32 for the test to compare with the JIT's. Built with plain `cc`: no LLVM.
+ * runs the backward function on a deterministic batch, and writes the gradients, then the
+ * loss, as raw float32 for the test to compare with the JIT's. Built with plain `cc`: no LLVM.
  * With LEVEL, runs the code of that instruction set level (model_select_isa), and exits with
  * status 3 if the object refuses it. Prints the level that ran: "isa LEVEL NAME". */
 #include "model.h"
@@ -138,6 +138,9 @@ int main(int argc, char** argv) {
                     (long long)model_arguments[0].shape[d]);
             return 1;
         }
+    printf("input");
+    for (int d = 0; d < MODEL_INPUT_RANK; ++d) printf("%s%lld", d ? "x" : " ", (long long)input_shape[d]);
+    printf("\n");
     /* The same batch the test's reference computes: inputs in [-1, 1), labels cycling. */
     for (long i = 0; i < MODEL_BATCH * MODEL_INPUTS; ++i) x[i] = (float)((i * 37) % 255) / 127.5f - 1.0f;
     for (int b = 0; b < MODEL_BATCH; ++b) labels[b] = b % MODEL_OUTPUTS;
@@ -155,7 +158,8 @@ int main(int argc, char** argv) {
         printf("  %-16s abs_mean %.4e\n", model_parameters[p].name, s / (double)model_parameters[p].count);
     }
     FILE* out = fopen(argv[2], "wb");
-    if (!out || fwrite(grads, sizeof(float), MODEL_PARAMETERS, out) != MODEL_PARAMETERS || fclose(out) != 0) {
+    if (!out || fwrite(grads, sizeof(float), MODEL_PARAMETERS, out) != MODEL_PARAMETERS ||
+        fwrite(&loss, sizeof(float), 1, out) != 1 || fclose(out) != 0) {
         fprintf(stderr, "%s: cannot write\n", argv[2]);
         return 1;
     }

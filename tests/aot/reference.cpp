@@ -1,5 +1,5 @@
-// reference.cpp — the JIT's gradients for the batch tests/aot/example.c uses, compared with
-// the gradients the ahead-of-time object wrote.
+// reference.cpp — the JIT's gradients and loss for the batch tests/aot/example.c uses, compared
+// with the gradients and loss the ahead-of-time object wrote (within 1e-4 relative).
 //   reference MODEL.nn BATCH PARAMS.safetensors GRADS.out
 #include "Codegen.h"
 #include "Execute.h"
@@ -26,7 +26,7 @@ int main(int argc, char** argv) {
     opts.cache = false;
     auto jit = runCompiled(compileModel(g, opts), g, b, true);
     std::ifstream in(argv[4], std::ios::binary);
-    std::vector<float> aot(size_t(g.parameterCount()));
+    std::vector<float> aot(size_t(g.parameterCount()) + 1); // the gradients, then the loss
     if (!in.read(reinterpret_cast<char*>(aot.data()), std::streamsize(aot.size() * sizeof(float)))) {
         std::fprintf(stderr, "%s: short\n", argv[4]);
         return 1;
@@ -56,6 +56,12 @@ int main(int argc, char** argv) {
         worst = std::max(worst, rel);
         std::printf("  %-16s largest difference %.2e of the tensor's largest gradient\n", p.name.c_str(), rel);
     }
+    const double jitLoss = jit.at("loss").data.at(0), aotLoss = aot.back();
+    const double lossDiff = std::isnan(jitLoss) || std::isnan(aotLoss)
+                                ? (std::isnan(jitLoss) == std::isnan(aotLoss) ? 0.0 : INFINITY)
+                                : std::fabs(aotLoss - jitLoss) / std::max(std::fabs(jitLoss), 1e-30);
+    std::printf("  loss: JIT %.9g, object %.9g, relative difference %.2e\n", jitLoss, aotLoss, lossDiff);
+    worst = std::max(worst, lossDiff);
     std::printf("ahead-of-time object vs JIT: largest relative difference %.2e; %zu NaN, %zu where only one "
                 "has NaN\n", worst, nans, nanMismatches);
     return worst <= 1e-4 && nanMismatches == 0 ? 0 : 1;

@@ -38,13 +38,11 @@ std::string slurp(const fs::path& p) {
     return {std::istreambuf_iterator<char>(in), {}};
 }
 
+/// A folder of its own (two runs of the suite at once never share one), removed at the end.
 struct DataDir {
+    TempDir tmp;
     fs::path dir;
-    explicit DataDir(const std::string& name) : dir(fs::temp_directory_path() / ("gradc_data_" + name)) {
-        fs::remove_all(dir);
-        fs::create_directories(dir);
-    }
-    ~DataDir() { fs::remove_all(dir); }
+    explicit DataDir(const std::string& name) : tmp("data_" + name), dir(tmp.path) {}
     void plain(const std::string& file, const std::string& bytes) const {
         std::ofstream(dir / file, std::ios::binary) << bytes;
     }

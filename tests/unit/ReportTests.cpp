@@ -25,13 +25,11 @@ namespace fs = std::filesystem;
 
 namespace {
 
+/// A folder of its own (two runs of the suite at once never share one), removed at the end.
 struct Scratch {
+    TempDir tmp;
     fs::path dir;
-    explicit Scratch(const std::string& name) : dir(fs::temp_directory_path() / ("gradc_report_" + name)) {
-        fs::remove_all(dir);
-        fs::create_directories(dir);
-    }
-    ~Scratch() { fs::remove_all(dir); }
+    explicit Scratch(const std::string& name) : tmp("report_" + name), dir(tmp.path) {}
     std::string path(const std::string& f) const { return (dir / f).string(); }
     void write(const std::string& f, const std::string& bytes) const { std::ofstream(dir / f, std::ios::binary) << bytes; }
 };

@@ -4,6 +4,7 @@
 #include "Kernels.h"
 #include "Pipeline.h"
 #include "Source.h"
+#include "TestUtil.h"
 
 #include <catch2/catch.hpp>
 
@@ -39,7 +40,8 @@ std::string slurp(const std::string& path) {
 } // namespace
 
 TEST_CASE("a 100 MB model file is refused at once, naming the file", "[robustness]") {
-    auto path = std::filesystem::temp_directory_path() / "gradc_huge_model.nn";
+    TempDir folder("robustness");
+    auto path = folder.path / "huge_model.nn";
     {
         std::ofstream out(path, std::ios::binary);
         std::string chunk(1 << 20, '#');
@@ -51,7 +53,6 @@ TEST_CASE("a 100 MB model file is refused at once, naming the file", "[robustnes
     } catch (const UserError& e) {
         CHECK_THAT(e.format(), Catch::StartsWith(path.string() + ": error: model file is 104857600 bytes"));
     }
-    std::filesystem::remove(path);
 }
 
 TEST_CASE("megabytes of text on one line or in one comment stay linear", "[robustness]") {

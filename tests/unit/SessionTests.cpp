@@ -375,8 +375,8 @@ TEST_CASE("every misuse of a Session or a Model throws gradc::Error with a messa
         CHECK(errorOf<Error>([&] { r.backward(x.data(), targets.data()); }).empty());
 
         // The arrays stay in place: a pointer taken once stays valid.
-        const std::string saved = (std::filesystem::temp_directory_path() /
-                                   ("gradc-session-test-" + std::string(backend) + ".safetensors")).string();
+        TempDir folder("session");
+        const std::string saved = (folder.path / "params.safetensors").string();
         float* params = s.parameters();
         const float* grads = s.gradients();
         s.saveParameters(saved);

@@ -273,7 +273,8 @@ TEST_CASE("a few hundred steps fit a small problem: the loss falls", "[train]") 
 }
 
 TEST_CASE("parameter files carry batchnorm's running statistics and batch count", "[train]") {
-    const std::string path = (std::filesystem::temp_directory_path() / "gradc-train-test.safetensors").string();
+    TempDir folder("train");
+    const std::string path = (folder.path / "params.safetensors").string();
     auto a = engine(kBatchnormModel, 8, "jit");
     std::mt19937 rng(2);
     std::vector<float> x;
@@ -297,14 +298,13 @@ TEST_CASE("parameter files carry batchnorm's running statistics and batch count"
     std::vector<std::pair<std::string, Tensor>> tensors(file.begin(), file.end());
     writeSafetensors(path, tensors, false, {"layers.1.num_batches_tracked", "layers.8.num_batches_tracked"});
     CHECK_THROWS_WITH(b->load(path), Catch::Contains("layers.1.running_var") && Catch::Contains("negative"));
-    std::filesystem::remove(path);
 }
 
 TEST_CASE("CRC-32C and TensorBoard records", "[train]") {
     CHECK(crc32c("123456789", 9) == 0xE3069283u); // the check value of CRC-32C
     CHECK(proto::varint(300) == std::string("\xAC\x02", 2));
-    const std::string dir = (std::filesystem::temp_directory_path() / "gradc-events-test").string();
-    std::filesystem::remove_all(dir);
+    TempDir folder("events");
+    const std::string dir = (folder.path / "events").string();
     std::string path;
     {
         EventWriter w(dir);
@@ -334,5 +334,4 @@ TEST_CASE("CRC-32C and TensorBoard records", "[train]") {
     CHECK(events[0].find("brain.Event:2") != std::string::npos);
     CHECK(events[1].find("loss/train") != std::string::npos);
     CHECK(events[2].find("grad/g") != std::string::npos);
-    std::filesystem::remove_all(dir);
 }
