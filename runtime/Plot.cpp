@@ -89,8 +89,11 @@ std::string gradientFigure(const std::vector<GradReport>& reports, const std::ve
         columns = std::max(columns, std::min(n, kMaxColumns));
     }
     const double width = double(columns) * kPanelW;
+    auto rowHeight = [&](size_t n) { // a model's title and its panels' rows
+        return kRowTitle + double(std::max<size_t>(1, (n + columns - 1) / columns)) * kPanelH;
+    };
     double height = 0;
-    for (size_t n : weights) height += kRowTitle + double(std::max<size_t>(1, (n + columns - 1) / columns)) * kPanelH;
+    for (size_t n : weights) height += rowHeight(n);
     std::string svg = header(width, height);
     double y = 0;
     for (size_t row = 0; row < reports.size(); ++row) {
@@ -105,7 +108,7 @@ std::string gradientFigure(const std::vector<GradReport>& reports, const std::ve
                                   "Grad magnitude", s, kColors[row % std::size(kColors)]);
             ++k;
         }
-        y += kRowTitle + double(std::max<size_t>(1, (weights[row] + columns - 1) / columns)) * kPanelH;
+        y += rowHeight(weights[row]);
     }
     return svg + "</svg>\n";
 }

@@ -157,7 +157,7 @@ TEST_CASE("the options' errors are said in one place, for the command line and t
 }
 
 TEST_CASE("a header describes images: x [B,C,H,W] in its macros and tables, conv weights' layout", "[aot]") {
-    // Dense layers on images compile ahead of time today; the header is the same for any rank.
+    // Dense layers on images: the header is the same for any rank.
     const char* images = "model im\ninput 1x6x5\ndense 3 tanh\nflatten\ndense 4\nloss cross_entropy\n";
     AotOptions o;
     o.targetCpu = "generic";
@@ -174,6 +174,11 @@ TEST_CASE("a header describes images: x [B,C,H,W] in its macros and tables, conv
     CHECK_THAT(h, Catch::Contains("{\"x\", \"input\", 4, {2, 1, 6, 5}, 0, 60},\n"));
     CHECK_THAT(h, Catch::Contains("{\"layers.1\", \"preact\", 4, {2, 1, 6, 3}, 0, 36},\n"));
     CHECK_THAT(h, Catch::Contains("{\"layers.0.weight\", \"parameter\", 2, {3, 5, 0, 0}, 0, 15},\n"));
+    // A convolution's weight is [out, in, kh, kw], its bias [out].
+    const char* conv = "model cv\ninput 2x6x5\nconv 3 3x2 padding=1 relu\nflatten\ndense 4\nloss cross_entropy\n";
+    const std::string hc = compileAhead(compileSource("cv.nn", conv, {2}).graph, o).header;
+    CHECK_THAT(hc, Catch::Contains("{\"layers.0.weight\", \"parameter\", 4, {3, 2, 3, 2}, 0, 36},\n"));
+    CHECK_THAT(hc, Catch::Contains("{\"layers.0.bias\", \"parameter\", 1, {3, 0, 0, 0}, 36, 3},\n"));
     // A vector input keeps its rank 2 and says nothing of images.
     const std::string& dense = compileFor("generic").header;
     CHECK(define(dense, "INPUT_RANK") == 2);

@@ -23,16 +23,7 @@ const std::string kTiny = GRADC_SOURCE_DIR "/tests/golden/report/tiny.nn";
 const std::string kRelu = GRADC_SOURCE_DIR "/models/seed_relu.nn";
 
 /// The standard output of `gradc ARGS`, and its exit status (-1 if a signal ended it).
-std::pair<int, std::string> command(const std::string& args) {
-    const std::string cmd = std::string(GRADC_EXE) + " " + args + " 2>/dev/null";
-    FILE* p = popen(cmd.c_str(), "r");
-    REQUIRE(p);
-    std::string out;
-    char buf[4096];
-    for (size_t n; (n = fread(buf, 1, sizeof buf, p)) > 0;) out.append(buf, n);
-    const int rc = pclose(p);
-    return {WIFEXITED(rc) ? WEXITSTATUS(rc) : -1, out};
-}
+std::pair<int, std::string> command(const std::string& args) { return gradcCommand(args, false); }
 
 } // namespace
 

@@ -9,6 +9,7 @@
 #include <functional>
 
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <optional>
@@ -19,6 +20,7 @@
 #include <type_traits>
 #include <vector>
 
+#include <sys/wait.h>
 #include <unistd.h>
 
 namespace gradc {
@@ -91,15 +93,8 @@ inline std::string randomModel(std::mt19937& rng, const std::string& prelude, co
     return text + losses[rng() % 3];
 }
 
-/// Whether a graph has windows over images (conv2d, pooling): what the jit backend refuses
-/// until it compiles convolutional networks (issue 16's second phase).
-inline bool usesImages(const Graph& g) {
-    for (const Node& n : g.nodes)
-        if (describe(n.op).has(trait::Spatial)) return true;
-    return false;
-}
-
-/// The jit backend's refusal of a graph with windows over images.
+/// The jit backend's refusal of what its kernels cannot compute yet (a map that broadcasts
+/// along two separate groups of dimensions).
 constexpr const char* kJitRefusal = "is not compiled by the jit backend yet; use --backend interp";
 
 /// What `f` reports when it throws an E: a UserError's diagnostic as gradc prints it
@@ -173,6 +168,21 @@ struct TempDir {
     TempDir(const TempDir&) = delete;
     TempDir& operator=(const TempDir&) = delete;
 };
+
+#ifdef GRADC_EXE
+/// The standard output of `gradc ARGS` (and its standard error with `withStderr`; else that
+/// is dropped), and its exit status (-1 if a signal ended it).
+inline std::pair<int, std::string> gradcCommand(const std::string& args, bool withStderr) {
+    const std::string cmd = std::string(GRADC_EXE) + " " + args + (withStderr ? " 2>&1" : " 2>/dev/null");
+    FILE* p = ::popen(cmd.c_str(), "r");
+    if (!p) throw std::runtime_error("cannot run " + cmd);
+    std::string out;
+    char buf[4096];
+    for (size_t n; (n = std::fread(buf, 1, sizeof buf, p)) > 0;) out.append(buf, n);
+    const int rc = ::pclose(p);
+    return {WIFEXITED(rc) ? WEXITSTATUS(rc) : -1, out};
+}
+#endif
 
 /// Sets (or with nullptr unsets) an environment variable for the life of the object.
 struct EnvVar {

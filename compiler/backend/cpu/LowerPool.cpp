@@ -122,7 +122,8 @@ void Lowering::pooling(const Kernel& k) {
         auto bestAt = [&](llvm::Value* j) { return b_.CreateGEP(T_, best, j); };
         auto argAt = [&](llvm::Value* j) { return b_.CreateGEP(i32, arg, j); };
         const double inf = std::numeric_limits<double>::infinity();
-        // NaN wins, and a later value never displaces it (nor an equal one: the first stays).
+        // A larger value or a NaN takes the place (the last NaN of a window wins, as in PyTorch and
+        // the interpreter); an equal value does not: the first maximum stays.
         auto takes = [&](llvm::Value* v, llvm::Value* best) {
             return b_.CreateOr(b_.CreateFCmpOGT(v, best), b_.CreateFCmpUNO(v, v));
         };
