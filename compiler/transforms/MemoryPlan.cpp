@@ -184,7 +184,7 @@ std::string printKernels(const KernelProgram& p) {
     for (size_t i = 0; i < p.kernels.size(); ++i) {
         const Kernel& k = p.kernels[i];
         out += "  " + kernelLabel(p, i) + "\n";
-        if (k.kind == Kernel::Kind::Loop) {
+        if (k.kind == Kernel::Kind::Loop || k.hasEpilogue()) { // a conv's epilogue: over its result [o, r, c]
             for (size_t j = 0; j < k.args.size(); ++j) {
                 const Access& a = k.args[j];
                 std::string what = a.mode == Access::Mode::Acc    ? "acc"
