@@ -175,6 +175,7 @@ std::string kernelLabel(const KernelProgram& p, size_t i) {
     for (int32_t b : k.out) outs += (outs.empty() ? "" : ", ") + name(b);
     out += fmt::format(" ({}) -> ({})", ins, outs);
     if (std::string a = k.kind == Kernel::Kind::Op ? printAttrs(k.op, k.attrs) : ""; !a.empty()) out += " " + a;
+    if (k.hasEpilogue()) out += " + epilogue";
     return out;
 }
 
