@@ -23,8 +23,8 @@ std::vector<int32_t> Kernel::reads() const {
 
 std::vector<int32_t> Kernel::writes() const {
     std::vector<int32_t> w;
-    for (int32_t o : out)
-        if (o >= 0) w.push_back(o);
+    for (size_t i = 0; i < out.size(); ++i)
+        if (out[i] >= 0 && !(i == 0 && hasEpilogue())) w.push_back(out[i]);
     for (auto& s : stores) w.push_back(s.buffer);
     for (auto& s : columnSums) w.push_back(s.buffer);
     for (auto& s : rowSums) w.push_back(s.buffer);
@@ -113,6 +113,7 @@ public:
         for (auto& [v, o] : copies_) copy(addOutputBuffer(o, g_[v].shape), buffer_[v], g_[v].shape);
         mergeLoops();
         dropDeadStores();
+        fuseEpilogues();
         return std::move(p_);
     }
 
@@ -555,6 +556,61 @@ private:
             k1.columnSums.push_back({s.buffer, scalar::simplify(scalar::substituteArgs(s.expr, values))});
         for (auto& s : k2.rowSums)
             k1.rowSums.push_back({s.buffer, scalar::simplify(scalar::substituteArgs(s.expr, values))});
+    }
+
+    /// Folds into a conv2d kernel the loop kernel over its result [B, O, OH OW] that first
+    /// reads it, element-wise (the bias and activation after it): the conv moves down to the
+    /// loop kernel's place (the kernels between neither read its result nor write what it
+    /// reads), and the loop's expressions become its epilogue (Kernel::hasEpilogue), which
+    /// also stores the result when a later kernel reads it or the entry point returns it.
+    void fuseEpilogues() {
+        std::vector<bool> gone(p_.kernels.size(), false);
+        for (size_t i = 0; i < p_.kernels.size(); ++i) {
+            const Kernel& conv = p_.kernels[i];
+            if (conv.kind != Kernel::Kind::Op || conv.op != Op::Conv2d || conv.hasEpilogue()) continue;
+            const int32_t y = conv.out[0];
+            const Buffer& yb = p_.buffers[size_t(y)];
+            if (yb.shape.size() != 4) continue;
+            // The first kernel after it that reads y; later ones may read it too (then, or when
+            // the entry point returns y, the epilogue also stores y), none writes it.
+            std::optional<size_t> reader;
+            bool others = yb.kind != Buffer::Kind::Temp, ok = true;
+            for (size_t j = 0; j < p_.kernels.size(); ++j) {
+                if (j == i) continue;
+                std::vector<int32_t> r = p_.kernels[j].reads(), w = p_.kernels[j].writes();
+                if (std::find(w.begin(), w.end(), y) != w.end() || (j < i && std::find(r.begin(), r.end(), y) != r.end()))
+                    ok = false;
+                if (std::find(r.begin(), r.end(), y) == r.end()) continue;
+                if (reader) others = true;
+                else reader = j;
+            }
+            if (!ok || !reader) continue;
+            const Kernel& k = p_.kernels[*reader];
+            if (k.kind != Kernel::Kind::Loop || k.a >= 0 || !k.columnSums.empty() || !k.rowSums.empty()) continue;
+            if (k.outer != yb.shape[0] || k.rows != yb.shape[1] || k.cols != yb.shape[2] * yb.shape[3]) continue;
+            for (const Access& a : k.args)
+                if (a.buffer == y && a.mode != Access::Mode::Elem) ok = false;
+            // The conv runs at the loop's place: nothing between (nor the loop) writes what it reads.
+            const std::vector<int32_t> convReads = conv.reads();
+            for (size_t j = i + 1; j <= *reader && ok; ++j)
+                for (int32_t w : p_.kernels[j].writes())
+                    if (std::find(convReads.begin(), convReads.end(), w) != convReads.end()) ok = false;
+            if (!ok) continue;
+            Kernel fused = conv;
+            fused.args = k.args;
+            for (Access& a : fused.args)
+                if (a.buffer == y) a = {Access::Mode::Acc, -1};
+            fused.stores = k.stores;
+            if (others) fused.stores.push_back({y, scalar::arg(int(std::find_if(fused.args.begin(), fused.args.end(), [](const Access& a) {
+                                                         return a.mode == Access::Mode::Acc;
+                                                     }) - fused.args.begin()))});
+            p_.kernels[*reader] = std::move(fused);
+            gone[i] = true;
+        }
+        std::vector<Kernel> kept;
+        for (size_t i = 0; i < p_.kernels.size(); ++i)
+            if (!gone[i]) kept.push_back(std::move(p_.kernels[i]));
+        p_.kernels = std::move(kept);
     }
 
     void dropDeadStores() {

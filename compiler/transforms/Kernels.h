@@ -85,6 +85,14 @@ struct Kernel {
     gradc::Op op = gradc::Op::Map; ///< Op: the graph op it computes
     Attrs attrs;                   ///< Op: the node's attributes
 
+    /// A conv2d kernel may carry an epilogue: the loop kernel over its result [B, O, OH OW]
+    /// that first reads it, element-wise, folded in (Fusion's fuseEpilogues). Its `args`
+    /// (the result itself as the accumulator, Acc) and `stores` are then the conv's, applied
+    /// to each tile as it is stored; out[0] (which still gives the shape) is written only by
+    /// a store of the epilogue, when later kernels or the entry point's caller read it. The
+    /// bias and activation after a convolution cost no pass over memory of their own.
+    bool hasEpilogue() const { return kind == Kind::Op && !stores.empty(); }
+
     /// Every buffer the kernel reads, and every one it writes.
     std::vector<int32_t> reads() const;
     std::vector<int32_t> writes() const;

@@ -175,6 +175,7 @@ std::string kernelLabel(const KernelProgram& p, size_t i) {
     for (int32_t b : k.out) outs += (outs.empty() ? "" : ", ") + name(b);
     out += fmt::format(" ({}) -> ({})", ins, outs);
     if (std::string a = k.kind == Kernel::Kind::Op ? printAttrs(k.op, k.attrs) : ""; !a.empty()) out += " " + a;
+    if (k.hasEpilogue()) out += " + epilogue";
     return out;
 }
 
@@ -184,7 +185,7 @@ std::string printKernels(const KernelProgram& p) {
     for (size_t i = 0; i < p.kernels.size(); ++i) {
         const Kernel& k = p.kernels[i];
         out += "  " + kernelLabel(p, i) + "\n";
-        if (k.kind == Kernel::Kind::Loop) {
+        if (k.kind == Kernel::Kind::Loop || k.hasEpilogue()) { // a conv's epilogue: over its result [o, r, c]
             for (size_t j = 0; j < k.args.size(); ++j) {
                 const Access& a = k.args[j];
                 std::string what = a.mode == Access::Mode::Acc    ? "acc"

@@ -212,3 +212,45 @@ TEST_CASE("gradc bench --explain gives a line per convolution with its implicit 
     CHECK(gradX);
     CHECK(gradW);
 }
+
+TEST_CASE("conv2d's bias and activation are its epilogue, applied as its tiles are stored", "[jit][conv][epilogue]") {
+    // The map after a convolution (bias, activation, or both, of its result alone) folds into
+    // the conv kernel: the result itself is never written. Random shapes (strides 1-3,
+    // paddings 0-2, kernels 1-5, odd sizes, batches 2-3: panels that span images, last tiles
+    // of fewer rows), against the interpreter in float and double on one and two threads.
+    std::mt19937 rng(162);
+    auto pick = [&](int lo, int hi) { return lo + int(rng() % unsigned(hi - lo + 1)); };
+    const char* acts[] = {"", " relu", " tanh", " sigmoid", " leaky_relu", " elu", " gelu", " softplus"};
+    for (int trial = 0; trial < 16; ++trial) {
+        const int kh = pick(1, 5), kw = pick(1, 5), ph = pick(0, 2), pw = pick(0, 2), sh = pick(1, 3), sw = pick(1, 3);
+        const int h = (std::max(kh - 2 * ph, 1) + 2 * pick(0, 4)) | 1, w = (std::max(kw - 2 * pw, 1) + 2 * pick(0, 3)) | 1;
+        const int c = pick(1, 9), o = pick(1, 20), batch = pick(2, 3);
+        const bool bias = trial % 2 == 0 || trial % 8 == 1;
+        const char* act = acts[size_t(trial) % 8];
+        if (!bias && !*act) continue; // nothing follows the conv
+        const std::string text = "input " + std::to_string(c) + "x" + std::to_string(h) + "x" + std::to_string(w) + "\nconv " +
+                                 std::to_string(o) + " " + std::to_string(kh) + "x" + std::to_string(kw) +
+                                 " stride=" + std::to_string(sh) + "x" + std::to_string(sw) + " padding=" + std::to_string(ph) +
+                                 "x" + std::to_string(pw) + (bias ? "" : " bias=false") + act +
+                                 "\nconv 2 1x1" + act + "\nflatten\ndense 3\nloss mse\n";
+        INFO(text << "batch " << batch);
+        Graph g = compileSource("conv.nn", text, {batch}).graph;
+        // Both convolutions of the forward program carry their epilogue; no loop kernel
+        // reads what a conv2d computes.
+        const KernelProgram p = buildKernels(g, "forward", g.outputs, computeLayout(g), 4, GemmBlocking{});
+        int fused = 0;
+        for (const Kernel& k : p.kernels) {
+            if (k.kind == Kernel::Kind::Op && k.op == Op::Conv2d) {
+                fused += k.hasEpilogue();
+                const Buffer& y = p.buffers[size_t(k.out[0])];
+                const std::vector<int32_t> w = k.writes();
+                // A result kept for the backward pass (no bias: the pre-activation) is one of
+                // the epilogue's stores; else it is fused away, given no memory.
+                if (y.kind == Buffer::Kind::Temp) CHECK(y.offset < 0);
+                else CHECK(std::find(w.begin(), w.end(), k.out[0]) != w.end());
+            }
+        }
+        CHECK(fused == 2);
+        agree(g, rng);
+    }
+}

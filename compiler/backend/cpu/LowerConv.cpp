@@ -36,7 +36,19 @@ void Lowering::convolution(const Kernel& k) {
     const bool gradX = k.op == Op::Conv2dGradX, gradW = k.op == Op::Conv2dGradW;
     if (std::min({plan.B, plan.C, plan.H, plan.W, plan.O, plan.OH, plan.OW}) <= 0) { // no products: a zero result
         const Buffer& out = p_->buffers[size_t(k.out[0])];
-        if (out.elements() > 0) loop(out.elements(), "z", [&](llvm::Value* i) { store(fp(0), base(k.out[0]), i); });
+        if (out.elements() > 0 && k.hasEpilogue()) { // the epilogue of zeros
+            Kernel epi = k;
+            epi.kind = Kernel::Kind::Loop, epi.outer = out.shape[0], epi.rows = out.shape[1];
+            epi.cols = out.shape[2] * out.shape[3];
+            const LoopBases lb = loopBases(epi);
+            loop(epi.outer, "o", [&](llvm::Value* o) {
+                loop(epi.rows, "r", [&](llvm::Value* r) {
+                    loop(epi.cols, "c", [&](llvm::Value* c) { element(epi, lb, r, c, fp(0), o); });
+                });
+            });
+        } else if (out.elements() > 0) {
+            loop(out.elements(), "z", [&](llvm::Value* i) { store(fp(0), base(k.out[0]), i); });
+        }
         return;
     }
 
@@ -260,7 +272,17 @@ void Lowering::convolution(const Kernel& k) {
         llvm::Value* tileBuf = at(panel, i64(plan.tileAt));
         llvm::Value* src = base(k.in[0]);
         llvm::Value* a = gradX ? at(scratchArea(), i64(plan.weightsAt)) : base(k.in[1]);
-        llvm::Value* out = base(k.out[0]);
+        // With an epilogue (conv2d's bias and activation, Kernel::hasEpilogue) every tile goes
+        // through the thread's tile and the epilogue stores its values; y is not written.
+        const bool epilogue = k.hasEpilogue();
+        llvm::Value* out = epilogue ? nullptr : base(k.out[0]);
+        Kernel epi;
+        LoopBases lb;
+        if (epilogue) {
+            epi = k;
+            epi.kind = Kernel::Kind::Loop, epi.outer = plan.B, epi.rows = M, epi.cols = perImage;
+            lb = loopBases(epi);
+        }
         loopTo(b_.CreateSub(end, begin), "jt", [&](llvm::Value* u) {
             llvm::Value* jt = b_.CreateAdd(begin, u);
             llvm::Value* q0 = b_.CreateMul(jt, i64(NR));
@@ -274,17 +296,44 @@ void Lowering::convolution(const Kernel& k) {
             loop(mt, "it", [&](llvm::Value* it) {
                 llvm::Value* r0 = b_.CreateMul(it, i64(MR));
                 llvm::Value* rows = smin(i64(MR), b_.CreateSub(i64(M), r0));
-                llvm::Value* direct = b_.CreateAnd(oneImage, b_.CreateICmpEQ(rows, i64(MR)));
-                llvm::Value* straight =
-                    at(out, b_.CreateAdd(b_.CreateMul(img0, i64(outImage)), b_.CreateAdd(b_.CreateMul(r0, i64(perImage)), at0)));
-                tile(b_.CreateSelect(direct, straight, tileBuf), b_.CreateSelect(direct, i64(perImage), i64(NR)), a, K, r0,
-                     panel, K, false);
+                llvm::Value* direct = epilogue ? b_.getFalse() : b_.CreateAnd(oneImage, b_.CreateICmpEQ(rows, i64(MR)));
+                if (epilogue) {
+                    tile(tileBuf, i64(NR), a, K, r0, panel, K, false);
+                } else {
+                    llvm::Value* straight = at(out, b_.CreateAdd(b_.CreateMul(img0, i64(outImage)),
+                                                                 b_.CreateAdd(b_.CreateMul(r0, i64(perImage)), at0)));
+                    tile(b_.CreateSelect(direct, straight, tileBuf), b_.CreateSelect(direct, i64(perImage), i64(NR)), a, K,
+                         r0, panel, K, false);
+                }
+                if (epilogue) { // a whole tile in one image: the epilogue over MR x NR, bounds known
+                    branch(b_.CreateAnd(oneImage, b_.CreateICmpEQ(rows, i64(MR))), [&] {
+                        loop(MR, "r", [&](llvm::Value* r) {
+                            llvm::Value* m = b_.CreateAdd(r0, r);
+                            loop(NR, "c", [&](llvm::Value* c) {
+                                element(epi, lb, m, b_.CreateAdd(at0, c), load(tileBuf, b_.CreateAdd(b_.CreateMul(r, i64(NR)), c)),
+                                        img0);
+                            });
+                        });
+                    }, [] {});
+                    direct = b_.CreateAnd(oneImage, b_.CreateICmpEQ(rows, i64(MR)));
+                }
                 branch(direct, [] {}, [&] { // the tile's rows, image by image
                     loopTo(b_.CreateAdd(b_.CreateSub(lastImage, img0), i64(1)), "im", [&](llvm::Value* d) {
                         llvm::Value* img = b_.CreateAdd(img0, d);
                         llvm::Value* imgStart = b_.CreateMul(img, i64(perImage));
                         llvm::Value* c0 = b_.CreateSub(smax(q0, imgStart), q0); // the panel's columns [c0, c1)
                         llvm::Value* c1 = b_.CreateSub(smin(b_.CreateAdd(q0, cols), b_.CreateAdd(imgStart, i64(perImage))), q0);
+                        if (epilogue) { // the epilogue at [img, r0 + r, position]
+                            llvm::Value* pos0 = b_.CreateSub(b_.CreateAdd(q0, c0), imgStart);
+                            loopTo(rows, "r", [&](llvm::Value* r) {
+                                llvm::Value* from = at(tileBuf, b_.CreateAdd(b_.CreateMul(r, i64(NR)), c0));
+                                llvm::Value* m = b_.CreateAdd(r0, r);
+                                loopTo(b_.CreateSub(c1, c0), "c", [&](llvm::Value* c) {
+                                    element(epi, lb, m, b_.CreateAdd(pos0, c), load(from, c), img);
+                                });
+                            });
+                            return;
+                        }
                         llvm::Value* dst = at(out, b_.CreateAdd(b_.CreateMul(img, i64(outImage)),
                                                                 b_.CreateSub(b_.CreateAdd(q0, c0), imgStart)));
                         loopTo(rows, "r", [&](llvm::Value* r) {

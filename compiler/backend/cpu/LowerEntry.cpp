@@ -47,7 +47,8 @@ KernelShape kernelShape(const Kernel& k, const std::vector<Buffer>& buffers) {
     for (const Store& st : k.rowSums) key += fmt::format("rsum{}={} ", buf(st.buffer), expr(st.expr));
     if (k.outer != 1) key += fmt::format("outer{} ", k.outer);
     for (int32_t id : k.in) key += fmt::format("in{} ", buf(id));
-    for (int32_t id : k.out) key += fmt::format("out{} ", buf(id));
+    for (size_t i = 0; i < k.out.size(); ++i) // a conv with an epilogue does not write its result
+        key += fmt::format("out{} ", buf(i == 0 && k.hasEpilogue() ? -1 : k.out[i]));
     if (k.kind == Kernel::Kind::Op) key += fmt::format("op{} eps{}", int(k.op), k.attrs.eps);
     if (k.kind == Kernel::Kind::Op && describe(k.op).has(trait::Spatial)) { // the window and every shape
         key += " " + printWindow(k.attrs.window);

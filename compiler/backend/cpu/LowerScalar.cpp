@@ -132,7 +132,7 @@ Lowering::LoopBases Lowering::loopBases(const Kernel& k) {
 /// The element-wise part of a loop kernel at [o, r, c] (o null: a kernel without an outer
 /// extent), the accumulator (if any) given.
 void Lowering::element(const Kernel& k, const LoopBases& lb, llvm::Value* r, llvm::Value* c, llvm::Value* acc,
-                       llvm::Value* o) {
+                       llvm::Value* o, const std::vector<llvm::Value*>* rowAcc) {
     llvm::Value* row = o ? b_.CreateAdd(b_.CreateMul(o, i64(k.rows)), r) : r; // of [outer rows, cols]
     llvm::Value* elem = b_.CreateAdd(b_.CreateMul(row, i64(k.cols)), c);
     std::vector<llvm::Value*> args;
@@ -152,7 +152,12 @@ void Lowering::element(const Kernel& k, const LoopBases& lb, llvm::Value* r, llv
     }
     for (size_t i = 0; i < k.rowSums.size(); ++i) {
         llvm::Value* v = expr(k.rowSums[i].expr, args, memo);
-        store(b_.CreateFAdd(load(lb.rowSums[i], r), v), lb.rowSums[i], r);
+        if (rowAcc) {
+            llvm::Value* slot = (*rowAcc)[i];
+            b_.CreateStore(b_.CreateFAdd(b_.CreateLoad(T_, slot), v), slot);
+        } else {
+            store(b_.CreateFAdd(load(lb.rowSums[i], r), v), lb.rowSums[i], r);
+        }
     }
 }
 
@@ -178,6 +183,10 @@ void Lowering::loopKernel(const Kernel& k) {
     // large, in units of whole rows, so that no two threads write one element: a unit is one
     // row of one outer index, or with row sums one row of every outer index (its sum is the
     // unit's own). Column sums would be shared by every unit: such kernels run on one thread.
+    // A unit's row sums add up in registers and are stored once at its end: in the outlined
+    // loop the bases come from the context array, so the optimiser cannot tell the sums from
+    // the stores and would keep them in memory, one load and store per element, unvectorised
+    // (cnn_relu's relu-gradient masks ran 4-6x slower on two threads than on one).
     const bool threaded = p_->blocking.threads > 1 && k.columnSums.empty() && k.outer * k.rows * k.cols >= (1 << 14);
     if (!threaded) {
         loop(k.outer, "o", [&](llvm::Value* o) {
@@ -195,8 +204,16 @@ void Lowering::loopKernel(const Kernel& k) {
                      auto row = [&](llvm::Value* o, llvm::Value* r) {
                          loop(k.cols, "c", [&](llvm::Value* c) { element(k, bases, r, c, nullptr, o); });
                      };
-                     if (perRow) loop(k.outer, "o", [&](llvm::Value* o) { row(o, u); });
-                     else row(b_.CreateUDiv(u, i64(k.rows)), b_.CreateURem(u, i64(k.rows)));
+                     if (perRow) {
+                         std::vector<llvm::Value*> accs;
+                         for (size_t i = 0; i < k.rowSums.size(); ++i) accs.push_back(variable(T_, fp(0)));
+                         loop(k.outer, "o", [&](llvm::Value* o) {
+                             loop(k.cols, "c", [&](llvm::Value* c) { element(k, bases, u, c, nullptr, o, &accs); });
+                         });
+                         for (size_t i = 0; i < k.rowSums.size(); ++i) store(b_.CreateLoad(T_, accs[i]), bases.rowSums[i], u);
+                     } else {
+                         row(b_.CreateUDiv(u, i64(k.rows)), b_.CreateURem(u, i64(k.rows)));
+                     }
                  });
              });
 }

@@ -144,8 +144,10 @@ private:
         std::vector<llvm::Value*> args, stores, sums, rowSums;
     };
     LoopBases loopBases(const Kernel& k);
+    /// `rowAcc`, when given, holds one variable per row sum that the element's terms are
+    /// added to instead of the row sums in memory.
     void element(const Kernel& k, const LoopBases& lb, llvm::Value* r, llvm::Value* c, llvm::Value* acc,
-                 llvm::Value* o = nullptr);
+                 llvm::Value* o = nullptr, const std::vector<llvm::Value*>* rowAcc = nullptr);
     void loopKernel(const Kernel& k);
 
     // ---- Matrix products (LowerGemm.cpp).
