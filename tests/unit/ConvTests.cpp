@@ -21,18 +21,12 @@ using namespace gradc;
 
 namespace {
 
-double largest(const Tensor& t) {
-    double m = 0;
-    for (double v : t.data) m = std::max(m, std::fabs(v));
-    return m;
-}
-
 /// Largest |got - want| relative to the largest |want| of the tensor.
 double relativeError(const Tensor& got, const Tensor& want) {
     REQUIRE(got.data.size() == want.data.size());
     double err = 0;
     for (size_t i = 0; i < want.data.size(); ++i) err = std::max(err, std::fabs(got.data[i] - want.data[i]));
-    const double scale = largest(want);
+    const double scale = largestAbs(want);
     return scale > 0 ? err / scale : err;
 }
 

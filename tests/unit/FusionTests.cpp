@@ -15,12 +15,6 @@ using namespace gradc;
 
 namespace {
 
-double largestOf(const Tensor& t) {
-    double m = 0;
-    for (double v : t.data) m = std::max(m, std::fabs(v));
-    return m;
-}
-
 /// Compiles `fwd` (f32 and f64, 1 and 2 threads) and checks the forward outputs and every
 /// gradient against the interpreter: float within 1e-4 of the tensor's largest value, double
 /// within 1e-6. A tensor zero in exact arithmetic is measured against the largest gradient.
@@ -31,7 +25,7 @@ void agreesWithInterpreter(const Graph& fwd, std::mt19937& rng, const Bindings& 
     const auto wantBackward = fwd.eval ? decltype(wantForward){} : interpretOutputs(differentiate(fwd), b);
     double gradScale = 0;
     for (auto& [name, want] : wantBackward)
-        if (name.rfind("grad:", 0) == 0) gradScale = std::max(gradScale, largestOf(want));
+        if (name.rfind("grad:", 0) == 0) gradScale = std::max(gradScale, largestAbs(want));
     for (bool f64 : {false, true})
         for (int threads : {1, 2}) {
             INFO(fwd.model << (f64 ? " f64, " : " f32, ") << threads << " threads");
@@ -44,7 +38,7 @@ void agreesWithInterpreter(const Graph& fwd, std::mt19937& rng, const Bindings& 
                     INFO(name);
                     const Tensor& g = got.at(name);
                     REQUIRE(g.data.size() == w.data.size());
-                    double scale = largestOf(w), err = 0;
+                    double scale = largestAbs(w), err = 0;
                     for (size_t i = 0; i < w.data.size(); ++i) err = std::max(err, std::fabs(g.data[i] - w.data[i]));
                     if (scale < 1e-9 * gradScale) scale = gradScale;
                     CHECK(err <= tol * std::max(scale, 1e-30));

@@ -19,19 +19,13 @@ namespace fs = std::filesystem;
 
 namespace {
 
-double largest(const Tensor& t) {
-    double m = 0;
-    for (double v : t.data) m = std::max(m, std::fabs(v));
-    return m;
-}
-
 /// Largest |a - b| over the tensor, relative to the reference tensor's largest magnitude.
 /// A tensor that is zero in exact arithmetic (the bias gradient of a layer that batchnorm
 /// follows) holds only rounding noise: it is measured against `modelScale`, the largest
 /// magnitude among all the model's tensors of its kind.
 double relativeError(const Tensor& got, const Tensor& want, double modelScale) {
     REQUIRE(got.data.size() == want.data.size());
-    double scale = largest(want), err = 0;
+    double scale = largestAbs(want), err = 0;
     for (size_t i = 0; i < want.data.size(); ++i) err = std::max(err, std::fabs(got.data[i] - want.data[i]));
     if (scale < 1e-9 * modelScale) scale = modelScale;
     return scale > 0 ? err / scale : err;
@@ -60,7 +54,7 @@ void agree(const Graph& fwd, std::mt19937& rng, bool f32 = true, int threads = 0
         }
         double gradScale = 0;
         for (auto& [name, want] : wantBackward)
-            if (name.rfind("grad:", 0) == 0) gradScale = std::max(gradScale, largest(want));
+            if (name.rfind("grad:", 0) == 0) gradScale = std::max(gradScale, largestAbs(want));
         for (auto& [name, want] : wantBackward) {
             if (name == "logits") continue;
             INFO(name);

@@ -8,6 +8,7 @@
 
 #include <functional>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -24,6 +25,13 @@
 #include <unistd.h>
 
 namespace gradc {
+
+/// The largest magnitude in `t` (0 for an empty tensor).
+inline double largestAbs(const Tensor& t) {
+    double m = 0;
+    for (double v : t.data) m = std::max(m, std::fabs(v));
+    return m;
+}
 
 /// Memory bounds in tests are multiplied by this: AddressSanitizer keeps freed memory in its
 /// quarantine (256 MiB by default) and pads every allocation, so peak RSS grows by what the

@@ -54,20 +54,6 @@ void Lowering::convolution(const Kernel& k) {
 
     auto smax = [&](llvm::Value* a, llvm::Value* b) { return b_.CreateSelect(b_.CreateICmpSGT(a, b), a, b); };
     auto smin = [&](llvm::Value* a, llvm::Value* b) { return b_.CreateSelect(b_.CreateICmpSLT(a, b), a, b); };
-    // if (cond) then() else otherwise()
-    auto branch = [&](llvm::Value* cond, const std::function<void()>& then, const std::function<void()>& otherwise) {
-        auto* yes = llvm::BasicBlock::Create(ctx_, "then", fn_);
-        auto* no = llvm::BasicBlock::Create(ctx_, "else", fn_);
-        auto* done = llvm::BasicBlock::Create(ctx_, "endif", fn_);
-        b_.CreateCondBr(cond, yes, no);
-        b_.SetInsertPoint(yes);
-        then();
-        b_.CreateBr(done);
-        b_.SetInsertPoint(no);
-        otherwise();
-        b_.CreateBr(done);
-        b_.SetInsertPoint(done);
-    };
     auto zeros = [&](llvm::Value* dst, llvm::Value* from, llvm::Value* to) { // dst[from, to) = 0
         loopTo(b_.CreateSub(to, from), "z", [&](llvm::Value* i) { store(fp(0), dst, b_.CreateAdd(from, i)); });
     };
@@ -180,7 +166,7 @@ void Lowering::convolution(const Kernel& k) {
         });
         // Past the last position (the last panel): zero columns.
         llvm::Value* filled = b_.CreateSub(qEnd, q0);
-        branch(b_.CreateICmpSLT(filled, i64(width)), [&] {
+        ifElse(b_.CreateICmpSLT(filled, i64(width)), [&] {
             loop(CS * KH * KW, "kz", [&](llvm::Value* kk) { zeros(at(dst, b_.CreateMul(kk, i64(ld))), filled, i64(width)); });
         }, [] {});
     };
@@ -306,7 +292,7 @@ void Lowering::convolution(const Kernel& k) {
                          r0, panel, K, false);
                 }
                 if (epilogue) { // a whole tile in one image: the epilogue over MR x NR, bounds known
-                    branch(b_.CreateAnd(oneImage, b_.CreateICmpEQ(rows, i64(MR))), [&] {
+                    ifElse(b_.CreateAnd(oneImage, b_.CreateICmpEQ(rows, i64(MR))), [&] {
                         loop(MR, "r", [&](llvm::Value* r) {
                             llvm::Value* m = b_.CreateAdd(r0, r);
                             loop(NR, "c", [&](llvm::Value* c) {
@@ -317,7 +303,7 @@ void Lowering::convolution(const Kernel& k) {
                     }, [] {});
                     direct = b_.CreateAnd(oneImage, b_.CreateICmpEQ(rows, i64(MR)));
                 }
-                branch(direct, [] {}, [&] { // the tile's rows, image by image
+                ifElse(direct, [] {}, [&] { // the tile's rows, image by image
                     loopTo(b_.CreateAdd(b_.CreateSub(lastImage, img0), i64(1)), "im", [&](llvm::Value* d) {
                         llvm::Value* img = b_.CreateAdd(img0, d);
                         llvm::Value* imgStart = b_.CreateMul(img, i64(perImage));

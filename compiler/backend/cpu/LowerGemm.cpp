@@ -97,17 +97,7 @@ void Lowering::declareGemmHelpers() {
                 });
             });
         };
-        auto* yes = llvm::BasicBlock::Create(ctx_, "transposed", fn_);
-        auto* no = llvm::BasicBlock::Create(ctx_, "rows", fn_);
-        auto* done = llvm::BasicBlock::Create(ctx_, "done", fn_);
-        b_.CreateCondBr(trans, yes, no);
-        b_.SetInsertPoint(yes);
-        transposed();
-        b_.CreateBr(done);
-        b_.SetInsertPoint(no);
-        rows();
-        b_.CreateBr(done);
-        b_.SetInsertPoint(done);
+        ifElse(trans, transposed, rows, {"transposed", "rows", "done"});
     });
     // A transposed A's row tiles into [K][MR] panels, the rows past M repeating the last:
     // gradc_pack_a(dst, a, M, K, -, first, end), with `a` the [K][M] matrix.

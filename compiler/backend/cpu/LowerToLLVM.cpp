@@ -45,6 +45,21 @@ void Lowering::loop(int64_t n, const char* name, const std::function<void(llvm::
     b_.SetInsertPoint(exit);
 }
 
+void Lowering::ifElse(llvm::Value* cond, const std::function<void()>& then, const std::function<void()>& otherwise,
+                      std::array<const char*, 3> names) {
+    auto* yes = llvm::BasicBlock::Create(ctx_, names[0], fn_);
+    auto* no = llvm::BasicBlock::Create(ctx_, names[1], fn_);
+    auto* done = llvm::BasicBlock::Create(ctx_, names[2], fn_);
+    b_.CreateCondBr(cond, yes, no);
+    b_.SetInsertPoint(yes);
+    then();
+    b_.CreateBr(done);
+    b_.SetInsertPoint(no);
+    otherwise();
+    b_.CreateBr(done);
+    b_.SetInsertPoint(done);
+}
+
 void Lowering::loopTo(llvm::Value* n, const char* name, const std::function<void(llvm::Value*)>& body) {
     llvm::BasicBlock* pre = b_.GetInsertBlock();
     auto* header = llvm::BasicBlock::Create(ctx_, std::string(name) + ".loop", fn_);

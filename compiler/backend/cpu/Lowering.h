@@ -90,6 +90,9 @@ private:
     /// test comes first). Not written with `loop`, nor `loop` with it: either way the emitted
     /// code would change.
     void loopTo(llvm::Value* n, const char* name, const std::function<void(llvm::Value*)>& body);
+    /// if (cond) then() else otherwise(), in blocks named `names` (then, else, after).
+    void ifElse(llvm::Value* cond, const std::function<void()>& then, const std::function<void()>& otherwise,
+                std::array<const char*, 3> names = {"then", "else", "endif"});
     /// A scalar variable in the entry block (promoted to a register by the optimiser).
     llvm::Value* variable(llvm::Type* ty, llvm::Value* init);
 
