@@ -1,7 +1,7 @@
 """tools/benchutil.py — what the benchmark scripts share (bench-vs-torch, bench-compile,
-bench-grads-vs-torch, bench-all, bench-aot): the CPU's name and features, commands run and timed, runs of `gradc bench` read into numbers, medians, checks of their options.
-Standard library only (tests/aot/isa_test.py reads the CPU's features here too); benchmarks,
-never tests of speed."""
+bench-grads-vs-torch, bench-all, bench-aot): the CPU's name and features, commands run and timed, runs of `gradc bench` read into numbers, medians, checks of their options, `gradc check`'s parameter table.
+Standard library only (tests/aot/isa_test.py reads the CPU's features here too, tests/cnn/cli_test.py
+and torchutil the parameter table); benchmarks, never tests of speed."""
 import os, re, statistics, subprocess, sys, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,10 +32,23 @@ def cpu_model():
 def cpu_flags():
     """The first processor's flags in /proc/cpuinfo."""
     # As the kernel names them: sse3 is "pni", lzcnt "abm".
-    for line in open("/proc/cpuinfo"):
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
     return set()
+
+
+def parameter_table(text):
+    """[(name, shape)] of the parameters in `gradc check`'s output `text`, in its order."""
+    rows, table = [], False
+    for line in text.splitlines():
+        cols = line.split()
+        if cols[:2] == ["parameter", "shape"]:
+            table = True
+        elif table and cols and cols[0] != "total":
+            rows.append((cols[0], [int(d) for d in cols[1].strip("[]").split(",")]))
+    return rows
 
 
 def cpu_isa(flags=None):

@@ -73,6 +73,8 @@ def permutation(n, seed):
 
 import re, subprocess  # noqa: E402
 
+import benchutil  # noqa: E402  (beside this file: gradc check's parameter table)
+
 import torch.nn as nn  # noqa: E402
 
 #: The built-in activations as PyTorch modules, with gradc's parameters and defaults.
@@ -345,13 +347,7 @@ def _take_gradc_names(net, path, gradc):
     out = subprocess.run([gradc, "check", path, "--batch", "2"], capture_output=True, text=True)
     if out.returncode != 0:
         raise Unsupported(out.stderr.strip())
-    rows, table = [], False
-    for line in out.stdout.splitlines():
-        cols = line.split()
-        if cols[:2] == ["parameter", "shape"]:
-            table = True
-        elif table and cols and cols[0] != "total":
-            rows.append((cols[0], [int(d) for d in cols[1].strip("[]").split(",")]))
+    rows = benchutil.parameter_table(out.stdout)
     ours = [(n, list(p.shape)) for n, p in net.named_parameters()]
     if [s for _, s in ours] != [s for _, s in rows]:
         raise Unsupported(f"{os.path.basename(path)}: the PyTorch translation's parameters "

@@ -24,7 +24,7 @@ std::vector<int32_t> Kernel::reads() const {
 std::vector<int32_t> Kernel::writes() const {
     std::vector<int32_t> w;
     for (size_t i = 0; i < out.size(); ++i)
-        if (out[i] >= 0 && !(i == 0 && hasEpilogue())) w.push_back(out[i]);
+        if (writesOut(i)) w.push_back(out[i]);
     for (auto& s : stores) w.push_back(s.buffer);
     for (auto& s : columnSums) w.push_back(s.buffer);
     for (auto& s : rowSums) w.push_back(s.buffer);
@@ -444,8 +444,7 @@ private:
             if (nd.op == Op::BatchNorm) batchStatistics(v, k);
             const Shape& x = g_[in(v, 0)].shape;
             std::tie(k.rows, k.cols) = domain(x);
-            if (x.size() > 2 && !(nd.op == Op::LayerNormNormalise || nd.op == Op::LayerNormNormaliseGrad)) {
-                // batchnorm per channel: [B, C, the rest]
+            if (perChannel(nd.op, x)) { // [B, C, the rest]
                 k.outer = x[0], k.rows = x[1], k.cols = elementCount(x) / (x[0] * x[1]);
             }
             p_.kernels.push_back(std::move(k));
@@ -598,12 +597,11 @@ private:
             if (!ok) continue;
             Kernel fused = conv;
             fused.args = k.args;
-            for (Access& a : fused.args)
-                if (a.buffer == y) a = {Access::Mode::Acc, -1};
+            int acc = -1; // the argument that reads y: the tile's values
+            for (size_t a = 0; a < fused.args.size(); ++a)
+                if (fused.args[a].buffer == y) fused.args[a] = {Access::Mode::Acc, -1}, acc = int(a);
             fused.stores = k.stores;
-            if (others) fused.stores.push_back({y, scalar::arg(int(std::find_if(fused.args.begin(), fused.args.end(), [](const Access& a) {
-                                                         return a.mode == Access::Mode::Acc;
-                                                     }) - fused.args.begin()))});
+            if (others) fused.stores.push_back({y, scalar::arg(acc)});
             p_.kernels[*reader] = std::move(fused);
             gone[i] = true;
         }

@@ -92,6 +92,8 @@ struct Kernel {
     /// a store of the epilogue, when later kernels or the entry point's caller read it. The
     /// bias and activation after a convolution cost no pass over memory of their own.
     bool hasEpilogue() const { return kind == Kind::Op && !stores.empty(); }
+    /// Whether the kernel writes out[i] itself (not a conv's result that its epilogue stores).
+    bool writesOut(size_t i) const { return out[i] >= 0 && !(i == 0 && hasEpilogue()); }
 
     /// Every buffer the kernel reads, and every one it writes.
     std::vector<int32_t> reads() const;
@@ -108,6 +110,10 @@ bool readsInOnePass(const Shape& operand, const Shape& result);
 /// scratch elements per column that kernel needs.
 bool hasOwnKernel(Op op);
 int64_t ownKernelScratch(Op op);
+/// Whether the kernel of its own of `op` on an input of shape `x` works per channel: of a
+/// tensor [B, C, the rest], every op but layer normalisation (per row). Its domain is then
+/// [outer B, rows C, cols the rest], and its scratch is per channel (rows), else per column.
+bool perChannel(Op op, const Shape& x);
 
 /// The register tile of the matrix-product micro-kernel, chosen for the target: MR rows of
 /// A by NR = NV vectors of VL lanes of B, held in MR x NV vector registers; and the cache

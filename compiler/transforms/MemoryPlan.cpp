@@ -52,10 +52,9 @@ void planMemory(KernelProgram& p, int elementBytes) {
     int64_t scratch = 0;
     for (auto& k : p.kernels)
         if (k.kind == Kernel::Kind::Loop && k.a >= 0) scratch = std::max(scratch, planProduct(k, p.blocking).elements);
+        else if (k.kind == Kernel::Kind::Op && isConvolution(k.op)) scratch = std::max(scratch, planConv(k, p.buffers, p.blocking).elements);
         else if (k.kind == Kernel::Kind::Op) // per column, or per channel (rows) of [B, C, the rest]
-            scratch = std::max(scratch, ownKernelScratch(k.op) * (p.buffers[size_t(k.in[0])].shape.size() > 2 ? k.rows : k.cols));
-    for (auto& k : p.kernels)
-        if (k.kind == Kernel::Kind::Op && isConvolution(k.op)) scratch = std::max(scratch, planConv(k, p.buffers, p.blocking).elements);
+            scratch = std::max(scratch, ownKernelScratch(k.op) * (perChannel(k.op, p.buffers[size_t(k.in[0])].shape) ? k.rows : k.cols));
     p.scratchOffset = top;
     p.workspaceBytes = top + alignUp(scratch * elementBytes);
 }
@@ -108,7 +107,8 @@ ConvPlan planConv(const Kernel& k, const std::vector<Buffer>& buffers, const Gem
     p.rowTiles = (p.M + MR - 1) / MR;
     p.colPanels = (p.N + NR - 1) / NR;
     const int64_t threads = std::max(1, bl.threads);
-    p.threadAt = k.op == Op::Conv2dGradX ? up16(p.M * p.K) : 0;
+    p.weightsAt = 0;
+    p.threadAt = k.op == Op::Conv2dGradX ? p.weightsAt + up16(p.M * p.K) : 0;
     if (k.op == Op::Conv2dGradW) {
         p.units = std::min(p.B, threads);
         p.packedAt = up16(p.M * p.K);
@@ -153,6 +153,10 @@ int64_t ownKernelScratch(Op op) {
 #include "Ops.def"
     default: return 0;
     }
+}
+
+bool perChannel(Op op, const Shape& x) {
+    return x.size() > 2 && op != Op::LayerNormNormalise && op != Op::LayerNormNormaliseGrad;
 }
 
 std::string kernelLabel(const KernelProgram& p, size_t i) {

@@ -20,19 +20,16 @@ import testlib  # noqa: E402
 from testlib import check  # noqa: E402
 
 GRADC, SRC, CASE = testlib.arguments()
+sys.path.insert(0, os.path.join(SRC, "tools"))
+import benchutil  # noqa: E402  (gradc check's parameter table)
+
 MODELS = ["cnn_relu", "cnn_plain_sigmoid", "cnn_plain_relu", "cnn_resnet"]
 
 
 def parameters(model):
     """[(name, shape)] of the model's parameters, from `gradc check`'s table."""
     out = testlib.run(GRADC, "check", model, "--batch", "2", timeout=120).stdout
-    rows, table = [], False
-    for line in out.splitlines():
-        cols = line.split()
-        if cols[:2] == ["parameter", "shape"]:
-            table = True
-        elif table and cols and cols[0] != "total":
-            rows.append((cols[0], [int(d) for d in cols[1].strip("[]").split(",")]))
+    rows = benchutil.parameter_table(out)
     check(rows, f"{model}: no parameter table in gradc check's output:\n{out}")
     return rows
 
@@ -90,7 +87,7 @@ def dumps():
           f"backward program: conv2d {kinds(bwd, 'conv2d')}, conv2d_grad_w {kinds(bwd, 'conv2d_grad_w')}, "
           f"conv2d_grad_x {kinds(bwd, 'conv2d_grad_x')}; {n} convolutions")
     check(kinds(fwd, "avgpool2d") == 1 and kinds(bwd, "avgpool2d_grad") == 1, "global_avgpool and its gradient")
-    # memplan: both programs, and each convolution's output kept for the backward pass.
+    # memplan: a workspace for each of the two programs.
     memplan = dump(model, "memplan", 4)
     for program in ("forward", "backward"):
         m = re.search(rf"^program {program}: workspace (\d+) bytes", memplan, re.M)

@@ -17,7 +17,7 @@ For each model: tools/torchutil.network builds its PyTorch twin (nn.Conv2d, nn.M
 nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.BatchNorm2d, nn.Flatten, named values and residual
 adds), whose parameters are checked against `gradc check`'s; batchnorm's weight and bias are
 drawn at random so that their gradients mean something. The parameters (float32, as PyTorch
-made them) go to `gradc grads --backend interp --dtype f64 --params ... --dump-grads ...` on the
+made them) go to `gradc grads --backend BACKEND --dtype DTYPE --params ... --dump-grads ...` on the
 first training batch of FashionMNIST, and the same float32 values, in double, to PyTorch's
 forward and backward pass on the same batch. The reference is PyTorch in float64 for every
 backend and dtype: float32 code is measured against the exact answer of the same parameters

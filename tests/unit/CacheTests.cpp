@@ -28,11 +28,6 @@ using Catch::Matchers::Contains;
 
 namespace {
 
-std::string readBytes(const fs::path& p) {
-    std::ifstream in(p, std::ios::binary);
-    return {std::istreambuf_iterator<char>(in), {}};
-}
-
 void writeBytes(const fs::path& p, const std::string& bytes) {
     std::ofstream(p, std::ios::binary | std::ios::trunc) << bytes;
     fs::permissions(p, fs::perms::owner_read | fs::perms::owner_write);
@@ -102,13 +97,13 @@ TEST_CASE("a planted entry holding another model's object under the victim's nam
     // The attacker's entry is well formed (magic, sizes, checksum of its object) and is put
     // under the name the victim's key hashes to, owned by the victim and mode 0600: only the
     // full key it records tells it apart.
-    const std::string evil = readBytes(planted[0]), good = readBytes(target[0]);
+    const std::string evil = readFile(planted[0]), good = readFile(target[0]);
     REQUIRE(evil != good);
     writeBytes(target[0], evil);
     CompiledModel cm = victim.compile(); // the loss check fails if the attacker's code ran
     CHECK_FALSE(cm.cacheHit);
     CHECK_THAT(cm.cacheProblem, Contains(target[0].filename().string()) && Contains("built from another key"));
-    CHECK(readBytes(target[0]) == good); // rebuilt and stored again
+    CHECK(readFile(target[0]) == good); // rebuilt and stored again
     CHECK(victim.compile().cacheHit);
 }
 
@@ -118,7 +113,7 @@ TEST_CASE("a cache folder writable by group or others, or owned by another user,
     CHECK_FALSE(victim.compile().cacheHit);
     REQUIRE(entries(dir.path).size() == 1);
     const fs::path entry = entries(dir.path)[0];
-    const std::string good = readBytes(entry);
+    const std::string good = readFile(entry);
 
     auto ignored = [&](const std::string& why) {
         fs::remove(entry);
@@ -182,7 +177,7 @@ TEST_CASE("cache entries that are directories, symbolic links or FIFOs are ignor
     Victim victim(dir.path.string());
     CHECK_FALSE(victim.compile().cacheHit);
     const fs::path entry = entries(dir.path).at(0);
-    const std::string good = readBytes(entry);
+    const std::string good = readFile(entry);
 
     SECTION("a directory") {
         fs::remove(entry);
@@ -201,7 +196,7 @@ TEST_CASE("cache entries that are directories, symbolic links or FIFOs are ignor
         CompiledModel cm = victim.compile();
         CHECK_FALSE(cm.cacheHit);
         CHECK_THAT(cm.cacheProblem, Contains("the cache entry is a symbolic link; ignored"));
-        CHECK(readBytes(copy) == good); // the link was replaced, its target left alone
+        CHECK(readFile(copy) == good); // the link was replaced, its target left alone
         CHECK_FALSE(fs::is_symlink(entry));
         CHECK(victim.compile().cacheHit);
     }
@@ -293,7 +288,7 @@ TEST_CASE("ObjectCache stores and loads by the full key, and reads no entry of a
     CHECK_FALSE(cache.load(key + " "));
     const fs::path entry = dir.path / ObjectCache::entryName(key);
     REQUIRE(fs::is_regular_file(entry));
-    CHECK(readBytes(entry).find(key) != std::string::npos); // the full key, not only its hash
+    CHECK(readFile(entry).find(key) != std::string::npos); // the full key, not only its hash
     fs::resize_file(entry, uint64_t(1) << 33);               // sparse: 8 GiB claimed, none allocated
     CHECK_FALSE(cache.load(key));
     CHECK_THAT(cache.problem(), Contains("the cache entry is 8589934592 bytes, more than the limit of 1073741824 bytes; ignored"));

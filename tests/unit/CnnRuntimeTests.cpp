@@ -47,11 +47,6 @@ const char* kTinyCnn = "model tiny_cnn\n"
 /// A folder of its own (TempDir) for the test's files.
 struct Scratch : TempDir {
     Scratch() : TempDir("cnn_rt") {}
-    std::string file(const std::string& name) const { return (path / name).string(); }
-    std::string write(const std::string& name, const std::string& text) const {
-        std::ofstream(file(name)) << text;
-        return file(name);
-    }
 };
 
 /// The output of `gradc ARGS` (with its standard error) and its exit status.

@@ -33,27 +33,18 @@ std::pair<std::string, std::string> idx(uint32_t n, uint32_t r, uint32_t c, int 
     return {img, lbl};
 }
 
-std::string slurp(const fs::path& p) {
-    std::ifstream in(p, std::ios::binary);
-    return {std::istreambuf_iterator<char>(in), {}};
-}
-
 /// A folder of its own (two runs of the suite at once never share one), removed at the end.
-struct DataDir {
-    TempDir tmp;
-    fs::path dir;
-    explicit DataDir(const std::string& name) : tmp("data_" + name), dir(tmp.path) {}
-    void plain(const std::string& file, const std::string& bytes) const {
-        std::ofstream(dir / file, std::ios::binary) << bytes;
-    }
-    void gz(const std::string& file, const std::string& bytes) const {
-        gzFile f = gzopen((dir / (file + ".gz")).c_str(), "wb");
+struct DataDir : TempDir {
+    explicit DataDir(const std::string& name) : TempDir("data_" + name) {}
+    void plain(const std::string& name, const std::string& bytes) const { write(name, bytes); }
+    void gz(const std::string& name, const std::string& bytes) const {
+        gzFile f = gzopen((path / (name + ".gz")).c_str(), "wb");
         gzwrite(f, bytes.data(), unsigned(bytes.size()));
         gzclose(f);
     }
     std::string error(bool train, int64_t count) const {
         try {
-            readExamples(dir.string(), train, count);
+            readExamples(path.string(), train, count);
         } catch (const UserError& e) {
             return e.format();
         }
@@ -93,7 +84,7 @@ TEST_CASE("IDX files are read from gzip and plain files, only as far as needed",
     d.plain("t10k-images-idx3-ubyte", img);
     d.plain("t10k-labels-idx1-ubyte", lbl);
     for (bool train : {true, false}) {
-        Examples e = readExamples(d.dir.string(), train, 3);
+        Examples e = readExamples(d.path.string(), train, 3);
         CHECK(e.count == 3);
         CHECK(e.features == 6);
         CHECK(e.pixels[size_t(2 * 6 + 4)] == 6); // image 2, pixel 4
@@ -146,8 +137,8 @@ TEST_CASE("bad data files are refused with the file named", "[data]") {
         DataDir d("gzip");
         d.gz("train-images-idx3-ubyte", img);
         d.gz("train-labels-idx1-ubyte", lbl);
-        auto p = d.dir / "train-images-idx3-ubyte.gz";
-        const std::string good = slurp(p);
+        auto p = d.path / "train-images-idx3-ubyte.gz";
+        const std::string good = readFile(p);
         fs::resize_file(p, good.size() / 2); // truncated
         CHECK_THAT(d.error(true, 5), Catch::Contains("train-images-idx3-ubyte.gz: error:"));
         std::ofstream(p, std::ios::binary) << good; // corrupt: bytes overwritten mid-stream
@@ -172,26 +163,21 @@ TEST_CASE("gradc grads refuses images that do not fit the model and labels out o
     d.gz("train-images-idx3-ubyte", img);
     d.gz("train-labels-idx1-ubyte", lbl);
     auto run = [&](const std::string& model) {
-        std::string out = (d.dir / "out.txt").string();
-        std::string cmd = std::string(GRADC_EXE) + " grads " + model + " --batch 4 --data " +
-                          d.dir.string() + " >" + out + " 2>&1";
-        int rc = std::system(cmd.c_str());
-        std::ifstream in(out);
-        return std::make_pair(WEXITSTATUS(rc), std::string(std::istreambuf_iterator<char>(in), {}));
+        return gradcCommand("grads " + model + " --batch 4 --data " + d.path.string(), true);
     };
-    auto [rc, text] = run(GRADC_SOURCE_DIR "/models/seed_sigmoid.nn --dump-grads " + (d.dir / "g.safetensors").string());
+    auto [rc, text] = run(GRADC_SOURCE_DIR "/models/seed_sigmoid.nn --dump-grads " + (d.path / "g.safetensors").string());
     CHECK(rc == 1);
-    CHECK_FALSE(fs::exists(d.dir / "g.safetensors")); // a failed run writes no file
+    CHECK_FALSE(fs::exists(d.path / "g.safetensors")); // a failed run writes no file
     CHECK_THAT(text, Catch::Contains("seed_sigmoid.nn: error: the model takes 784 inputs, but the "
-                                     "images in " + d.dir.string() + " have 6 pixels"));
-    std::ofstream(d.dir / "six.nn") << "input 6\ndense 10\nloss cross_entropy\n";
-    std::tie(rc, text) = run((d.dir / "six.nn").string() + " --plot " + (d.dir / "p.svg").string());
+                                     "images in " + d.path.string() + " have 6 pixels"));
+    std::ofstream(d.path / "six.nn") << "input 6\ndense 10\nloss cross_entropy\n";
+    std::tie(rc, text) = run((d.path / "six.nn").string() + " --plot " + (d.path / "p.svg").string());
     CHECK(rc == 1);
-    CHECK_FALSE(fs::exists(d.dir / "p.svg"));
+    CHECK_FALSE(fs::exists(d.path / "p.svg"));
     CHECK_THAT(text, Catch::Contains("train-labels-idx1-ubyte.gz: error: label 12 of example 0 is out "
                                      "of range for the model's 10 classes"));
-    std::ofstream(d.dir / "sixteen.nn") << "input 6\ndense 5 relu\ndense 16\nloss cross_entropy\n";
-    std::tie(rc, text) = run((d.dir / "sixteen.nn").string());
+    std::ofstream(d.path / "sixteen.nn") << "input 6\ndense 5 relu\ndense 16\nloss cross_entropy\n";
+    std::tie(rc, text) = run((d.path / "sixteen.nn").string());
     CHECK(rc == 0);
     CHECK_THAT(text, Catch::Contains("vanishing factor"));
 }
@@ -207,7 +193,7 @@ TEST_CASE("a header's claim costs no memory until the bytes are there", "[data]"
         CHECK_THAT(d.error(true, -1), Catch::Contains("train-images-idx3-ubyte: error: file is truncated: its header "
                                                       "claims 4000000 images of 28x28 pixels (3136000016 bytes with "
                                                       "the header), but the file holds 2368 bytes"));
-        CHECK_THAT(errorOf([&] { exampleCount(d.dir.string(), true); }), Catch::Contains("claims 4000000 images"));
+        CHECK_THAT(errorOf([&] { exampleCount(d.path.string(), true); }), Catch::Contains("claims 4000000 images"));
     }
     SECTION("2^32-1 images, plain and gzip") {
         DataDir d("claim32");
@@ -215,8 +201,8 @@ TEST_CASE("a header's claim costs no memory until the bytes are there", "[data]"
         d.plain("train-labels-idx1-ubyte", claim(lbl, 0xffffffffu));
         CHECK_THAT(d.error(true, -1), Catch::Contains("train-images-idx3-ubyte: error: file is truncated: its header "
                                                       "claims 4294967295 images of 28x28 pixels"));
-        fs::remove(d.dir / "train-images-idx3-ubyte");
-        fs::remove(d.dir / "train-labels-idx1-ubyte");
+        fs::remove(d.path / "train-images-idx3-ubyte");
+        fs::remove(d.path / "train-labels-idx1-ubyte");
         d.gz("train-images-idx3-ubyte", claim(img, 0xffffffffu));
         d.gz("train-labels-idx1-ubyte", claim(lbl, 0xffffffffu));
         CHECK_THAT(d.error(true, -1), Catch::Contains("train-images-idx3-ubyte.gz: error: file is truncated: the image "
@@ -259,20 +245,20 @@ TEST_CASE("loadSplit checks the test files as well as the training files", "[dat
     auto [img, lbl] = idx(20, 2, 3);
     d.plain("train-images-idx3-ubyte", img);
     d.plain("train-labels-idx1-ubyte", lbl);
-    auto split = [&] { return errorOf([&] { loadSplit(d.dir.string(), 5, 0.5, 0.5); }); };
+    auto split = [&] { return errorOf([&] { loadSplit(d.path.string(), 5, 0.5, 0.5); }); };
     SECTION("test images of another size") {
         auto [small, small_lbl] = idx(4, 2, 2);
         d.plain("t10k-images-idx3-ubyte", small);
         d.plain("t10k-labels-idx1-ubyte", small_lbl);
-        CHECK_THAT(split(), Catch::StartsWith((d.dir / "t10k-images-idx3-ubyte").string() +
+        CHECK_THAT(split(), Catch::StartsWith((d.path / "t10k-images-idx3-ubyte").string() +
                                               ": error: the test images have 4 pixels, but the training images in " +
-                                              (d.dir / "train-images-idx3-ubyte").string() + " have 6"));
+                                              (d.path / "train-images-idx3-ubyte").string() + " have 6"));
     }
     SECTION("an empty test set") {
         auto [none, none_lbl] = idx(0, 2, 3);
         d.plain("t10k-images-idx3-ubyte", none);
         d.plain("t10k-labels-idx1-ubyte", none_lbl);
-        CHECK_THAT(split(), Catch::StartsWith((d.dir / "t10k-images-idx3-ubyte").string() +
+        CHECK_THAT(split(), Catch::StartsWith((d.path / "t10k-images-idx3-ubyte").string() +
                                               ": error: the test set is empty: the file holds no images"));
     }
     SECTION("an empty training set") {
@@ -286,7 +272,7 @@ TEST_CASE("loadSplit checks the test files as well as the training files", "[dat
     SECTION("good files") {
         d.plain("t10k-images-idx3-ubyte", img);
         d.plain("t10k-labels-idx1-ubyte", lbl);
-        DataSplit s = loadSplit(d.dir.string(), 5, 0.5, 0.5);
+        DataSplit s = loadSplit(d.path.string(), 5, 0.5, 0.5);
         CHECK(s.fit.size() == 15);
         CHECK(s.val.size() == 5);
         CHECK(s.test.count == 20);

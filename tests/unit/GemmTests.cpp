@@ -173,12 +173,7 @@ TEST_CASE("explainProducts gives a line per matrix product with its tile and blo
 namespace {
 
 /// The register-tile speeds file in `dir` ("" when there is none).
-std::string tilesIn(const std::filesystem::path& dir) {
-    std::ifstream in(dir / "gemm-tiles.txt");
-    std::stringstream text;
-    text << in.rdbuf();
-    return text.str();
-}
+std::string tilesIn(const std::filesystem::path& dir) { return readFile(dir / "gemm-tiles.txt"); }
 
 std::string sourceOf(const std::vector<std::string>& lines) {
     REQUIRE_FALSE(lines.empty());
@@ -242,8 +237,5 @@ TEST_CASE("the register tile speeds file is never read or written through a symb
     REQUIRE(::lstat(link.c_str(), &st) == 0);
     CHECK(S_ISREG(st.st_mode));
     CHECK((st.st_mode & 0777) == 0600);
-    std::ifstream in(other);
-    std::stringstream kept;
-    kept << in.rdbuf();
-    CHECK(kept.str() == tiles);
+    CHECK(readFile(other) == tiles);
 }

@@ -21,13 +21,6 @@ using namespace gradc;
 namespace fs = std::filesystem;
 using Catch::Matchers::Contains;
 
-namespace {
-
-bool hostHasAvx512() { return isaTarget("native").vectorBits == 512; }
-bool hostHasAvx2() { return isaTarget("native").vectorBits >= 256; }
-
-} // namespace
-
 TEST_CASE("isa names are native or avx2 or avx512 with GRADC_ISA as the default and bad names are errors naming their source",
           "[isa]") {
     EnvVar unset("GRADC_ISA", nullptr);

@@ -19,18 +19,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-/// Largest |a - b| over the tensor, relative to the reference tensor's largest magnitude.
-/// A tensor that is zero in exact arithmetic (the bias gradient of a layer that batchnorm
-/// follows) holds only rounding noise: it is measured against `modelScale`, the largest
-/// magnitude among all the model's tensors of its kind.
-double relativeError(const Tensor& got, const Tensor& want, double modelScale) {
-    REQUIRE(got.data.size() == want.data.size());
-    double scale = largestAbs(want), err = 0;
-    for (size_t i = 0; i < want.data.size(); ++i) err = std::max(err, std::fabs(got.data[i] - want.data[i]));
-    if (scale < 1e-9 * modelScale) scale = modelScale;
-    return scale > 0 ? err / scale : err;
-}
-
 /// Compiles `fwd` in f64 (and f32 unless `f32` is false) and checks forward and backward
 /// against the interpreter.
 void agree(const Graph& fwd, std::mt19937& rng, bool f32 = true, int threads = 0) {
@@ -71,9 +59,8 @@ Graph model(const std::string& text, int64_t batch) {
 
 TEST_CASE("the JIT agrees with the interpreter on every model in models/", "[jit]") {
     std::mt19937 rng(11);
-    int checked = 0, files = 0;
+    int checked = 0;
     for (auto& entry : fs::directory_iterator(GRADC_SOURCE_DIR "/models")) {
-        ++files;
         // wide_relu (784-4096-4096-10, the 29 GFLOP step benchmark) adds no construct; its 20M
         // parameters in the double interpreter would take 1 GB and seconds. deep40_relu stays:
         // 40 identical layers are what compiled code shares between products.
@@ -83,7 +70,6 @@ TEST_CASE("the JIT agrees with the interpreter on every model in models/", "[jit
         agree(g, rng);
         ++checked;
     }
-    CHECK(checked == files - 1); // every model but wide_relu
     CHECK(checked >= 21);
 }
 

@@ -56,25 +56,6 @@ Bindings poolBindings(const Graph& g, Fill kind, std::mt19937& rng) {
     return b;
 }
 
-/// Largest |got - want| relative to want's largest finite magnitude; where want is NaN (or
-/// infinite) got must be the same.
-double relativeError(const Tensor& got, const Tensor& want) {
-    REQUIRE(got.data.size() == want.data.size());
-    double scale = 0, err = 0;
-    for (double v : want.data)
-        if (std::isfinite(v)) scale = std::max(scale, std::fabs(v));
-    for (size_t i = 0; i < want.data.size(); ++i) {
-        const double a = got.data[i], e = want.data[i];
-        if (!std::isfinite(e)) {
-            if (!(std::isnan(e) ? std::isnan(a) : a == e)) return INFINITY;
-            continue;
-        }
-        if (!std::isfinite(a)) return INFINITY;
-        err = std::max(err, std::fabs(a - e));
-    }
-    return scale > 0 ? err / scale : err;
-}
-
 /// The compiled forward and backward programs of `g` against the interpreter on `b`, in
 /// float (within 1e-4 of each tensor's largest value) and double (1e-6), on `threads`, for
 /// the instruction set `isa` ("": the default, this CPU's).

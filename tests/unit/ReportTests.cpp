@@ -26,12 +26,8 @@ namespace fs = std::filesystem;
 namespace {
 
 /// A folder of its own (two runs of the suite at once never share one), removed at the end.
-struct Scratch {
-    TempDir tmp;
-    fs::path dir;
-    explicit Scratch(const std::string& name) : tmp("report_" + name), dir(tmp.path) {}
-    std::string path(const std::string& f) const { return (dir / f).string(); }
-    void write(const std::string& f, const std::string& bytes) const { std::ofstream(dir / f, std::ios::binary) << bytes; }
+struct Scratch : TempDir {
+    explicit Scratch(const std::string& name) : TempDir("report_" + name) {}
 };
 
 std::string safetensorsBytes(const std::string& json, const std::string& data) {
@@ -110,9 +106,9 @@ TEST_CASE("safetensors files round-trip with PyTorch's names", "[params]") {
     Scratch s("roundtrip");
     Tensor a{{2, 3}, {1, -2, 3.5, 4, 5e-8, -6}}, b{{3}, {0.25, 1e30, -1e-30}};
     for (bool f64 : {false, true}) {
-        writeSafetensors(s.path("t.safetensors"), {{"layers.0.weight", a}, {"layers.0.bias", b}}, f64);
+        writeSafetensors(s.file("t.safetensors"), {{"layers.0.weight", a}, {"layers.0.bias", b}}, f64);
         std::map<std::string, std::string> dtypes;
-        auto back = readSafetensors(s.path("t.safetensors"), &dtypes);
+        auto back = readSafetensors(s.file("t.safetensors"), &dtypes);
         CHECK(dtypes.at("layers.0.weight") == (f64 ? "F64" : "F32"));
         CHECK(back.at("layers.0.weight").shape == a.shape);
         for (size_t i = 0; i < a.data.size(); ++i)
@@ -124,7 +120,7 @@ TEST_CASE("safetensors files round-trip with PyTorch's names", "[params]") {
                                               R"("b":{"dtype":"BF16","shape":[1],"data_offsets":[4,6]},)"
                                               R"("c":{"dtype":"I64","shape":[1],"data_offsets":[6,14]}})",
                                               std::string("\x00\x3c\x00\xc0\x80\x3f", 6) + std::string("\x07\0\0\0\0\0\0\0", 8)));
-    auto h = readSafetensors(s.path("h.safetensors"));
+    auto h = readSafetensors(s.file("h.safetensors"));
     CHECK(h.at("a").data == std::vector<double>{1.0, -2.0});
     CHECK(h.at("b").data == std::vector<double>{1.0});
     CHECK(h.at("c").data == std::vector<double>{7.0});
@@ -134,9 +130,9 @@ TEST_CASE("bad safetensors files are refused, naming the file and the tensor", "
     Scratch s("bad");
     auto err = [&](const std::string& bytes) {
         s.write("bad.safetensors", bytes);
-        return errorOf([&] { readSafetensors(s.path("bad.safetensors")); });
+        return errorOf([&] { readSafetensors(s.file("bad.safetensors")); });
     };
-    const std::string file = s.path("bad.safetensors") + ": error: ";
+    const std::string file = s.file("bad.safetensors") + ": error: ";
     CHECK_THAT(err("abc"), Catch::StartsWith(file + "not a safetensors file: 3 bytes"));
     CHECK_THAT(err(std::string("\xff\xff\0\0\0\0\0\0{}", 10)), Catch::Contains("header length 65535 exceeds the file"));
     CHECK_THAT(err(safetensorsBytes("{not json", "")), Catch::Contains("the header is not valid JSON"));
@@ -151,7 +147,7 @@ TEST_CASE("bad safetensors files are refused, naming the file and the tensor", "
                Catch::Contains("tensor 'w': 8 bytes of data for 3 elements of F32"));
     CHECK_THAT(err(safetensorsBytes(R"({"w":{"dtype":"F32","shape":[-1],"data_offsets":[0,0]}})", "")),
                Catch::Contains("tensor 'w': shape holds something other than sizes"));
-    CHECK_THAT(errorOf([&] { readSafetensors(s.path("absent.safetensors")); }),
+    CHECK_THAT(errorOf([&] { readSafetensors(s.file("absent.safetensors")); }),
                Catch::Contains("absent.safetensors: error: cannot open parameter file"));
 }
 
@@ -159,7 +155,7 @@ TEST_CASE("safetensors headers: the data is tiled exactly, the header bounded", 
     Scratch s("tiling");
     auto err = [&](const std::string& bytes) {
         s.write("t.safetensors", bytes);
-        return errorOf([&] { readSafetensors(s.path("t.safetensors")); });
+        return errorOf([&] { readSafetensors(s.file("t.safetensors")); });
     };
     const std::string eight(8, '\0');
     CHECK_THAT(err(safetensorsBytes(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", eight)),
@@ -193,9 +189,9 @@ TEST_CASE("safetensors headers: the data is tiled exactly, the header bounded", 
         const uint64_t n = 101u << 20;
         for (int i = 0; i < 8; ++i) head[size_t(i)] = char(n >> (8 * i));
         s.write("long.safetensors", head);
-        fs::resize_file(s.path("long.safetensors"), 8 + n);
+        fs::resize_file(s.file("long.safetensors"), 8 + n);
     }
-    CHECK_THAT(errorOf([&] { readSafetensors(s.path("long.safetensors")); }),
+    CHECK_THAT(errorOf([&] { readSafetensors(s.file("long.safetensors")); }),
                Catch::Contains("header length 105906176 is over the limit of 104857600 bytes"));
     {
         // 64 MiB of empty lists: parsed as events, not as a document (which took 1.5 GB).
@@ -207,7 +203,7 @@ TEST_CASE("safetensors headers: the data is tiled exactly, the header bounded", 
         lists = std::string();
         struct rusage before {}, after {};
         getrusage(RUSAGE_SELF, &before);
-        CHECK(readSafetensors(s.path("lists.safetensors")).empty()); // a valid file without tensors
+        CHECK(readSafetensors(s.file("lists.safetensors")).empty()); // a valid file without tensors
         getrusage(RUSAGE_SELF, &after);
         CHECK(after.ru_maxrss - before.ru_maxrss < 160 * 1024 * kMemorySlack); // KiB: the header's bytes, not a document of them
     }
@@ -240,8 +236,8 @@ TEST_CASE("parameters from pipes and devices are read in order and never without
     for (auto& p : g.params)
         tensors.emplace_back(p.name, Tensor{g[p.node].shape, std::vector<double>(size_t(elementCount(g[p.node].shape)), 0.5)});
     Scratch s("pipe");
-    writeSafetensors(s.path("p.safetensors"), tensors);
-    std::ifstream in(s.path("p.safetensors"), std::ios::binary);
+    writeSafetensors(s.file("p.safetensors"), tensors);
+    std::ifstream in(s.file("p.safetensors"), std::ios::binary);
     const std::string file((std::istreambuf_iterator<char>(in)), {});
     withPipe(file, false, [&](const std::string& path) {
         Bindings b = loadParameters(g, path);
@@ -250,8 +246,8 @@ TEST_CASE("parameters from pipes and devices are read in order and never without
     // The header alone, the pipe kept open: a missing tensor is found without waiting for data.
     auto missing = tensors;
     missing.erase(missing.begin());
-    writeSafetensors(s.path("m.safetensors"), missing);
-    std::ifstream in2(s.path("m.safetensors"), std::ios::binary);
+    writeSafetensors(s.file("m.safetensors"), missing);
+    std::ifstream in2(s.file("m.safetensors"), std::ios::binary);
     const std::string mfile((std::istreambuf_iterator<char>(in2)), {});
     uint64_t n = 0;
     for (int i = 7; i >= 0; --i) n = n << 8 | uint8_t(mfile[size_t(i)]);
@@ -266,7 +262,7 @@ TEST_CASE("parameters from pipes and devices are read in order and never without
                Catch::StartsWith("/dev/zero: error: not a safetensors file: header length 0 is too short"));
     CHECK_THAT(errorOf([&] { readSafetensors("/dev/null"); }),
                Catch::StartsWith("/dev/null: error: not a safetensors file: 0 bytes, too short for a header"));
-    CHECK_THAT(errorOf([&] { readSafetensors(s.dir.string()); }), Catch::Contains("it is a directory"));
+    CHECK_THAT(errorOf([&] { readSafetensors(s.path.string()); }), Catch::Contains("it is a directory"));
 }
 
 TEST_CASE("a 256 MiB F16 file whose tensor is missing is refused from its header alone", "[params]") {
@@ -275,10 +271,10 @@ TEST_CASE("a 256 MiB F16 file whose tensor is missing is refused from its header
     const uint64_t elements = 128u << 20; // 256 MiB of F16, a hole in a sparse file
     std::string json = fmt::format(R"({{"big":{{"dtype":"F16","shape":[{}],"data_offsets":[0,{}]}}}})", elements, 2 * elements);
     s.write("f16.safetensors", safetensorsBytes(json, ""));
-    fs::resize_file(s.path("f16.safetensors"), 8 + json.size() + 2 * elements);
+    fs::resize_file(s.file("f16.safetensors"), 8 + json.size() + 2 * elements);
     struct rusage before {}, after {};
     getrusage(RUSAGE_SELF, &before);
-    CHECK_THAT(errorOf([&] { loadParameters(g, s.path("f16.safetensors")); }),
+    CHECK_THAT(errorOf([&] { loadParameters(g, s.file("f16.safetensors")); }),
                Catch::Contains("f16.safetensors: error: tensor 'layers.0.weight' of the model is missing"));
     getrusage(RUSAGE_SELF, &after);
     CHECK(after.ru_maxrss - before.ru_maxrss < 32 * 1024 * kMemorySlack); // KiB: the old reader took 1.36 GB
@@ -302,8 +298,8 @@ TEST_CASE("a parameter file must fit the model exactly", "[params]") {
     std::vector<std::pair<std::string, Tensor>> good;
     for (auto& p : g.params) good.emplace_back(p.name, Tensor{g[p.node].shape, std::vector<double>(size_t(elementCount(g[p.node].shape)), 0.5)});
     auto check = [&](std::vector<std::pair<std::string, Tensor>> tensors, const std::string& expect) {
-        writeSafetensors(s.path("p.safetensors"), tensors);
-        std::string e = errorOf([&] { loadParameters(g, s.path("p.safetensors")); });
+        writeSafetensors(s.file("p.safetensors"), tensors);
+        std::string e = errorOf([&] { loadParameters(g, s.file("p.safetensors")); });
         if (expect.empty()) CHECK(e.empty());
         else CHECK_THAT(e, Catch::Contains(expect));
     };
@@ -322,7 +318,7 @@ TEST_CASE("a parameter file must fit the model exactly", "[params]") {
     check(misshapen, "tensor 'layers.0.weight' has shape [3,4], the model needs [4,3]");
     s.write("int.safetensors", safetensorsBytes(R"({"layers.0.weight":{"dtype":"I32","shape":[4,3],"data_offsets":[0,48]}})",
                                                 std::string(48, '\0')));
-    CHECK_THAT(errorOf([&] { loadParameters(g, s.path("int.safetensors")); }),
+    CHECK_THAT(errorOf([&] { loadParameters(g, s.file("int.safetensors")); }),
                Catch::Contains("tensor 'layers.0.weight' has dtype I32; parameters are floating point"));
 }
 
@@ -367,41 +363,36 @@ TEST_CASE("a shuffled batch is a deterministic draw without repeats", "[data]") 
 
 TEST_CASE("gradc grads writes its files only when the whole run succeeds", "[params]") {
     Scratch s("cli");
-    auto run = [&](const std::string& args) {
-        std::string cmd = std::string(GRADC_EXE) + " grads " + args + " >" + s.path("out.txt") + " 2>&1";
-        int rc = std::system(cmd.c_str());
-        std::ifstream in(s.path("out.txt"));
-        return std::make_pair(WEXITSTATUS(rc), std::string(std::istreambuf_iterator<char>(in), {}));
-    };
+    auto run = [&](const std::string& args) { return gradcCommand("grads " + args, true); };
     const std::string model = GRADC_SOURCE_DIR "/models/seed_sigmoid.nn";
-    auto [rc, out] = run(model + " --batch 16 --save-params " + s.path("p.safetensors") + " --dump-grads " +
-                         s.path("g.safetensors") + " --plot " + s.path("g.svg"));
+    auto [rc, out] = run(model + " --batch 16 --save-params " + s.file("p.safetensors") + " --dump-grads " +
+                         s.file("g.safetensors") + " --plot " + s.file("g.svg"));
     REQUIRE(rc == 0);
-    CHECK(fs::exists(s.path("p.safetensors")));
-    CHECK(fs::exists(s.path("g.safetensors")));
-    CHECK(fs::exists(s.path("g.svg")));
+    CHECK(fs::exists(s.file("p.safetensors")));
+    CHECK(fs::exists(s.file("g.safetensors")));
+    CHECK(fs::exists(s.file("g.svg")));
     // The saved parameters reproduce the run: the same gradients, bit for bit.
-    std::tie(rc, out) = run(model + " --batch 16 --params " + s.path("p.safetensors") + " --dump-grads " +
-                            s.path("g2.safetensors"));
+    std::tie(rc, out) = run(model + " --batch 16 --params " + s.file("p.safetensors") + " --dump-grads " +
+                            s.file("g2.safetensors"));
     REQUIRE(rc == 0);
-    auto g1 = readSafetensors(s.path("g.safetensors")), g2 = readSafetensors(s.path("g2.safetensors"));
+    auto g1 = readSafetensors(s.file("g.safetensors")), g2 = readSafetensors(s.file("g2.safetensors"));
     for (auto& [name, t] : g1) CHECK(t.data == g2.at(name).data);
     // A bad parameter file: an error naming it, exit 1, and no output file.
     s.write("bad.safetensors", "garbage");
-    std::tie(rc, out) = run(model + " --batch 16 --params " + s.path("bad.safetensors") + " --dump-grads " +
-                            s.path("never.safetensors") + " --plot " + s.path("never.svg"));
+    std::tie(rc, out) = run(model + " --batch 16 --params " + s.file("bad.safetensors") + " --dump-grads " +
+                            s.file("never.safetensors") + " --plot " + s.file("never.svg"));
     CHECK(rc == 1);
-    CHECK_THAT(out, Catch::StartsWith(s.path("bad.safetensors") + ": error: not a safetensors file"));
-    CHECK_FALSE(fs::exists(s.path("never.safetensors")));
-    CHECK_FALSE(fs::exists(s.path("never.svg")));
+    CHECK_THAT(out, Catch::StartsWith(s.file("bad.safetensors") + ": error: not a safetensors file"));
+    CHECK_FALSE(fs::exists(s.file("never.safetensors")));
+    CHECK_FALSE(fs::exists(s.file("never.svg")));
     // An output path that cannot be written: an error naming it, and no temporary file left.
-    std::tie(rc, out) = run(model + " --batch 16 --plot " + s.path("no/such/dir/g.svg"));
+    std::tie(rc, out) = run(model + " --batch 16 --plot " + s.file("no/such/dir/g.svg"));
     CHECK(rc == 1);
     CHECK_THAT(out, Catch::Contains("no/such/dir/g.svg: error: cannot write"));
-    std::tie(rc, out) = run(model + " " + model + " --params " + s.path("p.safetensors"));
+    std::tie(rc, out) = run(model + " " + model + " --params " + s.file("p.safetensors"));
     CHECK(rc == 2);
     CHECK_THAT(out, Catch::Contains("--params, --save-params and --dump-grads take exactly one model"));
-    for (auto& e : fs::directory_iterator(s.dir)) CHECK(e.path().filename().string()[0] != '.'); // no temporary
+    for (auto& e : fs::directory_iterator(s.path)) CHECK(e.path().filename().string()[0] != '.'); // no temporary
 }
 
 TEST_CASE("NaN and Inf in parameters are counted and reported, never turned into numbers", "[numerics]") {
@@ -414,13 +405,13 @@ TEST_CASE("NaN and Inf in parameters are counted and reported, never turned into
     }
     tensors[0].second.data[5] = std::nan(""); // one NaN weight in the first layer
     tensors[2].second.data[0] = INFINITY;     // one infinite weight in the last
-    writeSafetensors(s.path("p.safetensors"), tensors);
+    writeSafetensors(s.file("p.safetensors"), tensors);
     s.write("m.nn", "input 784\ndense 8 tanh\ndense 10\nloss cross_entropy\n");
     for (const char* backend : {"jit", "interp"}) {
-        std::string cmd = std::string(GRADC_EXE) + " grads " + s.path("m.nn") + " --batch 16 --format json --backend " +
-                          backend + " --params " + s.path("p.safetensors") + " >" + s.path("out.json") + " 2>&1";
+        std::string cmd = std::string(GRADC_EXE) + " grads " + s.file("m.nn") + " --batch 16 --format json --backend " +
+                          backend + " --params " + s.file("p.safetensors") + " >" + s.file("out.json") + " 2>&1";
         REQUIRE(WEXITSTATUS(std::system(cmd.c_str())) == 0);
-        std::ifstream in(s.path("out.json"));
+        std::ifstream in(s.file("out.json"));
         std::string json((std::istreambuf_iterator<char>(in)), {});
         INFO(backend << ": " << json.substr(0, 400));
         CHECK_THAT(json, Catch::Contains("\"loss\": null")); // a NaN loss is shown as null, not a number

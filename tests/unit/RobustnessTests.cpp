@@ -32,11 +32,6 @@ std::string outcome(const std::string& text) {
     }
 }
 
-std::string slurp(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    return {std::istreambuf_iterator<char>(in), {}};
-}
-
 } // namespace
 
 TEST_CASE("a 100 MB model file is refused at once, naming the file", "[robustness]") {
@@ -95,7 +90,7 @@ TEST_CASE("random bytes and mutated models end in a graph or a diagnostic", "[ro
     std::mt19937 rng(12345);
     std::vector<std::string> seeds;
     for (auto& entry : std::filesystem::directory_iterator(GRADC_SOURCE_DIR "/models"))
-        seeds.push_back(slurp(entry.path().string()));
+        seeds.push_back(readFile(entry.path()));
     REQUIRE(seeds.size() >= 9);
     const std::string alphabet = "\n\n {}()=,+-*/^<>!#.0123456789xdenserpatmodloc_";
     const char* words[] = {"dense", "repeat", "{", "}", "add", "from", "batchnorm", "loss",
@@ -131,7 +126,7 @@ TEST_CASE("deeply shared activation definitions and their mutations compile in l
     // differentiation and fusion included, must end in kernels or a diagnostic.
     std::vector<std::string> seeds;
     for (auto& entry : std::filesystem::directory_iterator(GRADC_SOURCE_DIR "/tests/fuzz/corpus/frontend"))
-        if (entry.path().string().find("shared_") != std::string::npos) seeds.push_back(slurp(entry.path().string()));
+        if (entry.path().string().find("shared_") != std::string::npos) seeds.push_back(readFile(entry.path()));
     REQUIRE(seeds.size() >= 5);
     auto compile = [](const std::string& text) {
         if (!outcome(text).empty()) return false;

@@ -13,6 +13,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <optional>
 #include <random>
 #include <stdexcept>
@@ -31,6 +33,29 @@ inline double largestAbs(const Tensor& t) {
     double m = 0;
     for (double v : t.data) m = std::max(m, std::fabs(v));
     return m;
+}
+
+/// Largest |got - want| relative to want's largest finite magnitude; where want is NaN (or
+/// infinite) got must be the same (else, or when their sizes differ, the error is infinite). A tensor that is zero in
+/// exact arithmetic (the bias gradient of a layer that batchnorm follows) holds only rounding
+/// noise: when its scale is below 1e-9 of `modelScale` (the largest magnitude among the
+/// model's tensors of its kind), it is measured against `modelScale`.
+inline double relativeError(const Tensor& got, const Tensor& want, double modelScale = 0) {
+    if (got.data.size() != want.data.size()) return INFINITY; // not the same tensor
+    double scale = 0, err = 0;
+    for (double v : want.data)
+        if (std::isfinite(v)) scale = std::max(scale, std::fabs(v));
+    for (size_t i = 0; i < want.data.size(); ++i) {
+        const double a = got.data[i], e = want.data[i];
+        if (!std::isfinite(e)) {
+            if (!(std::isnan(e) ? std::isnan(a) : a == e)) return INFINITY;
+            continue;
+        }
+        if (!std::isfinite(a)) return INFINITY;
+        err = std::max(err, std::fabs(a - e));
+    }
+    if (scale < 1e-9 * modelScale) scale = modelScale;
+    return scale > 0 ? err / scale : err;
 }
 
 /// Memory bounds in tests are multiplied by this: AddressSanitizer keeps freed memory in its
@@ -160,6 +185,16 @@ inline Graph gatedGraph(int64_t batch) {
     return g;
 }
 
+/// What this CPU's own code uses (isaTarget("native")): 512-bit vectors, or AVX2 and FMA at least.
+inline bool hostHasAvx512() { return isaTarget("native").vectorBits == 512; }
+inline bool hostHasAvx2() { return isaTarget("native").vectorBits >= 256; }
+
+/// A file's bytes ("" when it cannot be read).
+inline std::string readFile(const std::filesystem::path& p) {
+    std::ifstream in(p, std::ios::binary);
+    return {std::istreambuf_iterator<char>(in), {}};
+}
+
 /// A fresh folder of its own (mkdtemp: /tmp/gradc_NAME_test.XXXXXX), removed with everything
 /// in it.
 struct TempDir {
@@ -169,6 +204,14 @@ struct TempDir {
         if (!::mkdtemp(pattern.data())) throw std::runtime_error("cannot make a temporary folder " + pattern);
         path = pattern;
     }
+    /// The path of file NAME in the folder.
+    std::string file(const std::string& name) const { return (path / name).string(); }
+    /// Writes BYTES to file NAME in the folder; its path.
+    std::string write(const std::string& name, const std::string& bytes) const {
+        std::ofstream(path / name, std::ios::binary) << bytes;
+        return file(name);
+    }
+    std::string read(const std::string& name) const { return readFile(path / name); }
     ~TempDir() {
         std::error_code ec;
         std::filesystem::remove_all(path, ec);

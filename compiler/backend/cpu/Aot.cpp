@@ -27,7 +27,6 @@
 #include <llvm/IR/InlineAsm.h>
 #include <llvm/IR/LLVMContext.h>
 #include <llvm/IR/Module.h>
-#include <llvm/IR/Verifier.h>
 #include <llvm/Linker/Linker.h>
 #include <llvm/MC/MCSubtargetInfo.h>
 #include <llvm/MC/TargetRegistry.h>
@@ -85,6 +84,7 @@ std::unique_ptr<llvm::TargetMachine> targetMachine(const std::string& cpu, const
     // Callers resolve gradc's own names and refuse unknown ones before: creating a target
     // machine for an unknown CPU prints to stderr.
     internal_assert(cpuTable().isCPUStringValid(cpu), "not a CPU LLVM knows: '" + cpu + "'");
+    initialiseLLVM();
     std::unique_ptr<llvm::TargetMachine> tm(hostTarget().createTargetMachine(
         llvm::sys::getProcessTriple(), cpu, features, llvm::TargetOptions(), llvm::Reloc::PIC_, std::nullopt,
         llvm::CodeGenOptLevel::Aggressive));
@@ -561,9 +561,7 @@ AotResult compileAhead(const Graph& fwd, const AotOptions& opts) {
         for (const Variant& v : variants)
             for (const EntryName& e : entryNames())
                 object->getFunction(v.symbol(prefix, e.name))->setLinkage(llvm::GlobalValue::InternalLinkage);
-    std::string errors;
-    llvm::raw_string_ostream os(errors);
-    internal_assert(!llvm::verifyModule(*object, &os), "invalid LLVM IR in the object: " + errors);
+    verify(*object, "the object");
     // The first variant's machine (the baseline's, in a portable object) compiles the code
     // that chooses; every other function carries its variant's CPU.
     llvm::TargetMachine& tm = *variants.front().tm;

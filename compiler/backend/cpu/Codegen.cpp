@@ -45,7 +45,19 @@ namespace gradc {
     throw UserError({}, fmt::format("{}: {}", what, llvm::toString(std::move(err))));
 }
 
+void initialiseLLVM() {
+    static std::once_flag once;
+    std::call_once(once, [] {
+        auto tm = checkLLVM("cannot set up code generation for this CPU", Jit::targetMachine("native"));
+        llvm::LLVMContext ctx;
+        auto m = moduleFor("gradc-first-use", ctx, *tm);
+        optimise(*m, *tm);
+        emit(*m, *tm, llvm::CodeGenFileType::ObjectFile);
+    });
+}
+
 std::unique_ptr<llvm::TargetMachine> hostTargetMachine(const std::string& isa) {
+    initialiseLLVM();
     return checkLLVM("cannot set up code generation for this CPU", Jit::targetMachine(isa));
 }
 
@@ -388,21 +400,28 @@ Programs buildPrograms(const Graph& fwd, bool f64, const GemmBlocking& blocking,
     return out;
 }
 
+void setTarget(llvm::Module& m, llvm::TargetMachine& tm) {
+    m.setDataLayout(tm.createDataLayout());
+    m.setTargetTriple(tm.getTargetTriple().str());
+}
+
+void verify(llvm::Module& m, const std::string& what) {
+    std::string errors;
+    llvm::raw_string_ostream os(errors);
+    internal_assert(!llvm::verifyModule(m, &os), fmt::format("invalid LLVM IR in {}: {}", what, errors));
+}
+
 std::unique_ptr<llvm::Module> moduleFor(const char* name, llvm::LLVMContext& ctx, llvm::TargetMachine& tm) {
     auto m = std::make_unique<llvm::Module>(name, ctx);
-    m->setDataLayout(tm.createDataLayout());
-    m->setTargetTriple(tm.getTargetTriple().str());
+    setTarget(*m, tm);
     return m;
 }
 
 std::unique_ptr<llvm::Module> lower(llvm::LLVMContext& ctx, const Programs& p, bool f64,
                                     llvm::TargetMachine& tm, bool profile) {
     auto m = lowerToLLVM(ctx, p.forward, p.backward, f64, profile);
-    m->setDataLayout(tm.createDataLayout());
-    m->setTargetTriple(tm.getTargetTriple().str());
-    std::string errors;
-    llvm::raw_string_ostream os(errors);
-    internal_assert(!llvm::verifyModule(*m, &os), "invalid LLVM IR: " + errors);
+    setTarget(*m, tm);
+    verify(*m, "the model's module");
     return m;
 }
 
@@ -581,13 +600,13 @@ std::string emitModule(const Graph& fwd, const CodegenOptions& opts, const std::
 std::vector<std::string> explainProducts(const Graph& fwd, const CodegenOptions& opts) {
     const GemmBlocking bl = hostBlocking(fwd, opts, resolveIsa(opts.isa));
     Programs programs = buildPrograms(fwd, opts.f64, bl);
+    const std::string tile =
+        fmt::format("tile {}x{} ({}x{} {}-bit; {})", bl.mr, bl.nr(), bl.mr, bl.nv, bl.vl * (opts.f64 ? 64 : 32), bl.source);
+    const std::string threads = fmt::format("{} thread{}", bl.threads, bl.threads == 1 ? "" : "s");
     std::vector<std::string> lines;
     for (const KernelProgram* p : {&programs.forward, &programs.backward})
         for (size_t i = 0; i < p->kernels.size(); ++i) {
             const Kernel& k = p->kernels[i];
-            const std::string tile = fmt::format("tile {}x{} ({}x{} {}-bit; {})", bl.mr, bl.nr(), bl.mr, bl.nv,
-                                                 bl.vl * (opts.f64 ? 64 : 32), bl.source);
-            const std::string threads = fmt::format("{} thread{}", bl.threads, bl.threads == 1 ? "" : "s");
             if (k.kind == Kernel::Kind::Op && isConvolution(k.op)) { // an implicit GEMM (ConvPlan)
                 const ConvPlan c = planConv(k, p->buffers, bl);
                 const char* spelling = describe(k.op).spelling;
@@ -614,12 +633,10 @@ std::vector<std::string> explainProducts(const Graph& fwd, const CodegenOptions&
             const std::string packedB = plan.packByStrip ? fmt::format("packed in N blocks of {} (a panel per thread)", bl.nr())
                                                          : "packed";
             const bool lastPanel = plan.packFrom < plan.colPanels && !packsB;
-            lines.push_back(fmt::format(
-                "{} k{}: {} x {} x {} (A{} · B{}): tile {}x{} ({}x{} {}-bit; {}), {}, B {}, A {}, {} thread{}", p->name, i, k.rows,
-                k.cols, k.depth, k.transA ? "ᵀ" : "", k.transB ? "ᵀ" : "", bl.mr, bl.nr(), bl.mr, bl.nv,
-                bl.vl * (opts.f64 ? 64 : 32), bl.source, blocking,
-                packsB ? packedB : lastPanel ? "in place (last panel packed)" : "in place", packsA ? "packed" : "in place",
-                bl.threads, bl.threads == 1 ? "" : "s"));
+            lines.push_back(fmt::format("{} k{}: {} x {} x {} (A{} · B{}): {}, {}, B {}, A {}, {}", p->name, i, k.rows, k.cols,
+                                        k.depth, k.transA ? "ᵀ" : "", k.transB ? "ᵀ" : "", tile, blocking,
+                                        packsB ? packedB : lastPanel ? "in place (last panel packed)" : "in place",
+                                        packsA ? "packed" : "in place", threads));
         }
     return lines;
 }

@@ -12,7 +12,6 @@
 #include <llvm/IR/Intrinsics.h>
 #include <llvm/IR/LLVMContext.h>
 #include <llvm/IR/Module.h>
-#include <llvm/IR/Verifier.h>
 #include <llvm/Support/MemoryBuffer.h>
 #include <llvm/Support/raw_ostream.h>
 
@@ -25,10 +24,6 @@
 namespace gradc {
 
 namespace {
-
-void verify(llvm::Module& m, const char* what) {
-    internal_assert(!llvm::verifyModule(m, &llvm::errs()), fmt::format("invalid {} IR", what));
-}
 
 /// Emits `m` (verified) as an object and loads it into a JIT of its own.
 std::shared_ptr<Jit> jitObject(llvm::Module& m, llvm::TargetMachine& tm, const std::string& isa, const char* what) {

@@ -34,24 +34,9 @@ void Lowering::convolution(const Kernel& k) {
     const int64_t M = plan.M, K = plan.K, mt = plan.rowTiles, nt = plan.colPanels;
     const int64_t KH = win.kh, KW = win.kw;
     const bool gradX = k.op == Op::Conv2dGradX, gradW = k.op == Op::Conv2dGradW;
-    if (std::min({plan.B, plan.C, plan.H, plan.W, plan.O, plan.OH, plan.OW}) <= 0) { // no products: a zero result
-        const Buffer& out = p_->buffers[size_t(k.out[0])];
-        if (out.elements() > 0 && k.hasEpilogue()) { // the epilogue of zeros
-            Kernel epi = k;
-            epi.kind = Kernel::Kind::Loop, epi.outer = out.shape[0], epi.rows = out.shape[1];
-            epi.cols = out.shape[2] * out.shape[3];
-            const LoopBases lb = loopBases(epi);
-            loop(epi.outer, "o", [&](llvm::Value* o) {
-                loop(epi.rows, "r", [&](llvm::Value* r) {
-                    loop(epi.cols, "c", [&](llvm::Value* c) { element(epi, lb, r, c, fp(0), o); });
-                });
-            });
-        } else if (out.elements() > 0) {
-            loop(out.elements(), "z", [&](llvm::Value* i) { store(fp(0), base(k.out[0]), i); });
-        }
-        return;
-    }
-
+    // The front end gives every dimension at least 1 (Sema; windowOutput refuses a window
+    // that does not fit): every product has work.
+    internal_assert(std::min({plan.B, plan.C, plan.H, plan.W, plan.O, plan.OH, plan.OW}) > 0, "a convolution of an empty tensor");
     auto smax = [&](llvm::Value* a, llvm::Value* b) { return b_.CreateSelect(b_.CreateICmpSGT(a, b), a, b); };
     auto smin = [&](llvm::Value* a, llvm::Value* b) { return b_.CreateSelect(b_.CreateICmpSLT(a, b), a, b); };
     auto zeros = [&](llvm::Value* dst, llvm::Value* from, llvm::Value* to) { // dst[from, to) = 0
@@ -282,28 +267,26 @@ void Lowering::convolution(const Kernel& k) {
             loop(mt, "it", [&](llvm::Value* it) {
                 llvm::Value* r0 = b_.CreateMul(it, i64(MR));
                 llvm::Value* rows = smin(i64(MR), b_.CreateSub(i64(M), r0));
-                llvm::Value* direct = epilogue ? b_.getFalse() : b_.CreateAnd(oneImage, b_.CreateICmpEQ(rows, i64(MR)));
+                // A whole tile in one image: without an epilogue it is stored straight into the
+                // result; with one, the epilogue runs over MR x NR, bounds known.
+                llvm::Value* whole = b_.CreateAnd(oneImage, b_.CreateICmpEQ(rows, i64(MR)));
                 if (epilogue) {
                     tile(tileBuf, i64(NR), a, K, r0, panel, K, false);
                 } else {
                     llvm::Value* straight = at(out, b_.CreateAdd(b_.CreateMul(img0, i64(outImage)),
                                                                  b_.CreateAdd(b_.CreateMul(r0, i64(perImage)), at0)));
-                    tile(b_.CreateSelect(direct, straight, tileBuf), b_.CreateSelect(direct, i64(perImage), i64(NR)), a, K,
+                    tile(b_.CreateSelect(whole, straight, tileBuf), b_.CreateSelect(whole, i64(perImage), i64(NR)), a, K,
                          r0, panel, K, false);
                 }
-                if (epilogue) { // a whole tile in one image: the epilogue over MR x NR, bounds known
-                    ifElse(b_.CreateAnd(oneImage, b_.CreateICmpEQ(rows, i64(MR))), [&] {
-                        loop(MR, "r", [&](llvm::Value* r) {
-                            llvm::Value* m = b_.CreateAdd(r0, r);
-                            loop(NR, "c", [&](llvm::Value* c) {
-                                element(epi, lb, m, b_.CreateAdd(at0, c), load(tileBuf, b_.CreateAdd(b_.CreateMul(r, i64(NR)), c)),
-                                        img0);
-                            });
+                ifElse(whole, [&] {
+                    if (!epilogue) return;
+                    loop(MR, "r", [&](llvm::Value* r) {
+                        llvm::Value* m = b_.CreateAdd(r0, r);
+                        loop(NR, "c", [&](llvm::Value* c) {
+                            element(epi, lb, m, b_.CreateAdd(at0, c), load(tileBuf, b_.CreateAdd(b_.CreateMul(r, i64(NR)), c)), img0);
                         });
-                    }, [] {});
-                    direct = b_.CreateAnd(oneImage, b_.CreateICmpEQ(rows, i64(MR)));
-                }
-                ifElse(direct, [] {}, [&] { // the tile's rows, image by image
+                    });
+                }, [&] { // the tile's rows, image by image
                     loopTo(b_.CreateAdd(b_.CreateSub(lastImage, img0), i64(1)), "im", [&](llvm::Value* d) {
                         llvm::Value* img = b_.CreateAdd(img0, d);
                         llvm::Value* imgStart = b_.CreateMul(img, i64(perImage));

@@ -47,8 +47,7 @@ KernelShape kernelShape(const Kernel& k, const std::vector<Buffer>& buffers) {
     for (const Store& st : k.rowSums) key += fmt::format("rsum{}={} ", buf(st.buffer), expr(st.expr));
     if (k.outer != 1) key += fmt::format("outer{} ", k.outer);
     for (int32_t id : k.in) key += fmt::format("in{} ", buf(id));
-    for (size_t i = 0; i < k.out.size(); ++i) // a conv with an epilogue does not write its result
-        key += fmt::format("out{} ", buf(i == 0 && k.hasEpilogue() ? -1 : k.out[i]));
+    for (size_t i = 0; i < k.out.size(); ++i) key += fmt::format("out{} ", buf(k.writesOut(i) ? k.out[i] : -1));
     if (k.kind == Kernel::Kind::Op) key += fmt::format("op{} eps{}", int(k.op), k.attrs.eps);
     if (k.kind == Kernel::Kind::Op && describe(k.op).has(trait::Spatial)) { // the window and every shape
         key += " " + printWindow(k.attrs.window);
@@ -110,7 +109,7 @@ void Lowering::entry(const KernelProgram& p, EntryPoint which) {
                 if (overlap(p.buffers[size_t(shape.buffers[x])], p.buffers[size_t(shape.buffers[y])], p.elementBytes))
                     noalias = false;
         if (!noalias) shape.key += " aliased";
-        if (k.kind == Kernel::Kind::Op && p.buffers[size_t(k.in[0])].shape.size() > 2) shape.key += " per channel";
+        if (k.kind == Kernel::Kind::Op && perChannel(k.op, p.buffers[size_t(k.in[0])].shape)) shape.key += " per channel";
         llvm::Function*& f = kernelFns_[shape.key];
         if (!f) f = kernelFunction(k, shape.buffers, noalias);
         std::vector<llvm::Value*> callArgs;

@@ -46,9 +46,9 @@ void Lowering::normalisation(const Kernel& k) {
     llvm::Value* out = base(k.out[0]);
     // Per channel (batchnorm of [B,C,...]): the kernel's domain is [B, C, the rest], and
     // channel j's group is its B x rest values.
-    const bool perChannel = !f.perRow && p_->buffers[size_t(k.in[0])].shape.size() > 2;
-    const int64_t N = perChannel ? k.rows : k.cols;
-    const int64_t count = f.perRow ? k.cols : perChannel ? k.outer * k.cols : k.rows;
+    const bool channels = perChannel(k.op, p_->buffers[size_t(k.in[0])].shape);
+    const int64_t N = channels ? k.rows : k.cols;
+    const int64_t count = f.perRow ? k.cols : channels ? k.outer * k.cols : k.rows;
     const double invCount = 1.0 / double(count);
     llvm::Value *mean, *inv, *sg, *sgx;
     if (f.perRow) {
@@ -70,7 +70,7 @@ void Lowering::normalisation(const Kernel& k) {
             auto columns = [&](llvm::Value* r) {
                 loop(N, "c", [&](llvm::Value* c) { fn(slot(c), c, b_.CreateAdd(b_.CreateMul(r, i64(N)), c)); });
             };
-            if (perChannel) {
+            if (channels) {
                 loop(k.outer, "o", [&](llvm::Value* o) {
                     loop(N, "ch", [&](llvm::Value* j) {
                         llvm::Value* first = b_.CreateMul(b_.CreateAdd(b_.CreateMul(o, i64(N)), j), i64(k.cols));

@@ -162,11 +162,21 @@ void Lowering::element(const Kernel& k, const LoopBases& lb, llvm::Value* r, llv
 }
 
 void Lowering::loopKernel(const Kernel& k) {
+    // [outer, rows, cols] (images): on the threads when there are several and the kernel is
+    // large, in units of whole rows, so that no two threads write one element: a unit is one
+    // row of one outer index, or with row sums one row of every outer index (its sum is the
+    // unit's own). Column sums would be shared by every unit: such kernels run on one thread.
+    // A unit's row sums add up in registers and are stored once at its end: in the outlined
+    // loop the bases come from the context array, so the optimiser cannot tell the sums from
+    // the stores and would keep them in memory, one load and store per element, unvectorised
+    // (cnn_relu's relu-gradient masks ran 4-6x slower on two threads than on one).
+    const bool threaded = k.a < 0 && k.outer != 1 && p_->blocking.threads > 1 && k.columnSums.empty() &&
+                          k.outer * k.rows * k.cols >= (1 << 14);
     for (auto& s : k.columnSums) {
         llvm::Value* out = base(s.buffer);
         loop(k.cols, "zero", [&](llvm::Value* c) { store(fp(0), out, c); });
     }
-    for (auto& s : k.rowSums) {
+    for (auto& s : threaded ? std::vector<Store>{} : k.rowSums) { // threaded: stored whole
         llvm::Value* out = base(s.buffer);
         loop(k.rows, "zero", [&](llvm::Value* r) { store(fp(0), out, r); });
     }
@@ -179,15 +189,6 @@ void Lowering::loopKernel(const Kernel& k) {
         loop(k.rows, "r", [&](llvm::Value* r) { loop(k.cols, "c", [&](llvm::Value* c) { element(k, lb, r, c, nullptr); }); });
         return;
     }
-    // [outer, rows, cols] (images): on the threads when there are several and the kernel is
-    // large, in units of whole rows, so that no two threads write one element: a unit is one
-    // row of one outer index, or with row sums one row of every outer index (its sum is the
-    // unit's own). Column sums would be shared by every unit: such kernels run on one thread.
-    // A unit's row sums add up in registers and are stored once at its end: in the outlined
-    // loop the bases come from the context array, so the optimiser cannot tell the sums from
-    // the stores and would keep them in memory, one load and store per element, unvectorised
-    // (cnn_relu's relu-gradient masks ran 4-6x slower on two threads than on one).
-    const bool threaded = p_->blocking.threads > 1 && k.columnSums.empty() && k.outer * k.rows * k.cols >= (1 << 14);
     if (!threaded) {
         loop(k.outer, "o", [&](llvm::Value* o) {
             loop(k.rows, "r", [&](llvm::Value* r) { loop(k.cols, "c", [&](llvm::Value* c) { element(k, lb, r, c, nullptr, o); }); });
@@ -201,9 +202,6 @@ void Lowering::loopKernel(const Kernel& k) {
                  LoopBases bases = loopBases(k);
                  loopTo(b_.CreateSub(end, begin), "u", [&](llvm::Value* u0) {
                      llvm::Value* u = b_.CreateAdd(begin, u0);
-                     auto row = [&](llvm::Value* o, llvm::Value* r) {
-                         loop(k.cols, "c", [&](llvm::Value* c) { element(k, bases, r, c, nullptr, o); });
-                     };
                      if (perRow) {
                          std::vector<llvm::Value*> accs;
                          for (size_t i = 0; i < k.rowSums.size(); ++i) accs.push_back(variable(T_, fp(0)));
@@ -212,7 +210,8 @@ void Lowering::loopKernel(const Kernel& k) {
                          });
                          for (size_t i = 0; i < k.rowSums.size(); ++i) store(b_.CreateLoad(T_, accs[i]), bases.rowSums[i], u);
                      } else {
-                         row(b_.CreateUDiv(u, i64(k.rows)), b_.CreateURem(u, i64(k.rows)));
+                         llvm::Value *o = b_.CreateUDiv(u, i64(k.rows)), *r = b_.CreateURem(u, i64(k.rows));
+                         loop(k.cols, "c", [&](llvm::Value* c) { element(k, bases, r, c, nullptr, o); });
                      }
                  });
              });

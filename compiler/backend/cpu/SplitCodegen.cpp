@@ -29,20 +29,6 @@ namespace gradc {
 
 namespace {
 
-/// LLVM makes some of its globals on first use (the pass timers' group and its lock, among
-/// others), which is not safe to race: the pipelines run once, on an empty module, on the
-/// first thread that compiles, before any part runs on a thread of its own.
-void initialiseOnce(const std::string& isa) {
-    static std::once_flag once;
-    std::call_once(once, [&] {
-        llvm::LLVMContext ctx;
-        auto tm = hostTargetMachine(isa);
-        auto m = moduleFor("gradc-first-use", ctx, *tm);
-        optimise(*m, *tm);
-        emit(*m, *tm, llvm::CodeGenFileType::ObjectFile);
-    });
-}
-
 /// What a part does on its thread, given its index; the first error is rethrown on the
 /// caller's. Threads of their own, not the runtime's pool: gradc_parallel_for runs its work
 /// serially on the calling thread when the pool is busy (a model compiled while another
@@ -95,7 +81,6 @@ std::vector<std::string> compileObjects(llvm::Module& m, int parts, const std::s
     auto phase = [&](const char* name) {
         if (timer) (*timer)(name);
     };
-    initialiseOnce(isa);
     // keepPart knows functions and global variables only; lowering makes no aliases, ifuncs,
     // comdats or appending globals (llvm.used, global constructors).
     internal_assert(m.alias_empty() && m.ifunc_empty() && m.getComdatSymbolTable().empty(),
