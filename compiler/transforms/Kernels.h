@@ -217,9 +217,20 @@ ProductPlan planProduct(const Kernel& k, const GemmBlocking& b);
 ///            images each: the sums do not depend on which thread ran what); the slices'
 ///            blocks are added into dW at the end, in order.
 /// Threads share the panels (conv2d, grad_x) or the slices of the batch (grad_w).
+/// A conv2d or grad_w whose taps C KH KW number at most kDirectTaps (a first layer on
+/// images of one channel) is instead direct: the taps of VL positions of a row of y's grid
+/// are loaded into vector registers once and multiplied by every output channel's weights
+/// (conv2d: into a row of y, through the thread's row buffer when there is an epilogue),
+/// or by every channel's gradient into vector sums [O][C KH KW][VL] per slice of the batch
+/// (grad_w). The register tile would waste most of its work on so shallow a product. With
+/// an epilogue, a conv2d unit (a band of rows of one image) keeps its results in the thread's
+/// buffer, then applies the epilogue along each channel's band, VL positions at a time.
 struct ConvPlan {
     int64_t B = 0, C = 0, H = 0, W = 0, O = 0, OH = 0, OW = 0;
     Window win;
+    bool direct = false;         ///< taps in registers (above); the threads share bands of rows of y (conv2d)
+    int64_t band = 0;            ///< direct conv2d: rows of y per unit, whose O x band x OW results fit a thread's buffer
+    static constexpr int64_t kDirectTaps = 16;
     int64_t M = 0, N = 0, K = 0; ///< the product (grad_w: per image)
     int64_t rowTiles = 0, colPanels = 0;
     int64_t units = 0;           ///< what the threads share: panels of N, or slices of the batch (grad_w)

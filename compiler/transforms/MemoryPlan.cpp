@@ -107,6 +107,20 @@ ConvPlan planConv(const Kernel& k, const std::vector<Buffer>& buffers, const Gem
     p.rowTiles = (p.M + MR - 1) / MR;
     p.colPanels = (p.N + NR - 1) / NR;
     const int64_t threads = std::max(1, bl.threads);
+    p.direct = k.op != Op::Conv2dGradX && p.C * taps <= ConvPlan::kDirectTaps;
+    if (p.direct && k.op == Op::Conv2d) { // a band of rows of y per unit, its results [O][band OW] (128 kB at most)
+        p.band = std::clamp<int64_t>(32768 / std::max<int64_t>(1, p.O * p.OW), 1, p.OH);
+        p.units = p.B * ((p.OH + p.band - 1) / p.band);
+        p.perThread = up16(p.O * p.band * p.OW);
+        p.elements = p.perThread * threads;
+        return p;
+    }
+    if (p.direct) { // grad_w: a slice of the batch per unit, its vector sums
+        p.units = std::min(p.B, threads);
+        p.sumsBlock = up16(p.O * p.C * taps * bl.vl);
+        p.elements = p.sumsBlock * p.units;
+        return p;
+    }
     p.weightsAt = 0;
     p.threadAt = k.op == Op::Conv2dGradX ? p.weightsAt + up16(p.M * p.K) : 0;
     if (k.op == Op::Conv2dGradW) {

@@ -177,6 +177,49 @@ TEST_CASE("compiled convolution gradients on two threads are the same bits on ev
     }
 }
 
+TEST_CASE("convolutions with few taps run direct, the taps in registers, and agree with the interpreter", "[jit][conv][direct]") {
+    // C KH KW <= 16 (ConvPlan::kDirectTaps): conv2d and conv2d_grad_w run direct. Random
+    // strides, paddings and odd sizes (rows of one to three chunks of 16 positions), with and
+    // without an epilogue; then bands of rows: 64 channels of 40 positions a row keep 12 rows
+    // (32768 / (64 x 40)) of the 30 in the thread's buffer, the last band partial.
+    std::mt19937 rng(164);
+    auto pick = [&](int lo, int hi) { return lo + int(rng() % unsigned(hi - lo + 1)); };
+    auto direct = [](const Graph& g) {
+        CodegenOptions opts;
+        opts.cache = false, opts.threads = 2;
+        std::vector<std::string> lines;
+        for (const std::string& line : explainProducts(g, opts))
+            if (line.find("conv2d") != std::string::npos) lines.push_back(line);
+        return lines;
+    };
+    const char* acts[] = {"", " relu", " tanh", " sigmoid"};
+    for (int trial = 0; trial < 12; ++trial) {
+        const int c = pick(1, 2), kh = pick(1, c == 1 ? 4 : 2), kw = pick(1, 4), ph = pick(0, 2), pw = pick(0, 2);
+        const int h = (std::max(kh - 2 * ph, 1) + 2 * pick(0, 6)) | 1, w = (std::max(kw - 2 * pw, 1) + 2 * pick(0, 22)) | 1;
+        const std::string text = "input " + std::to_string(c) + "x" + std::to_string(h) + "x" + std::to_string(w) + "\nconv " +
+                                 std::to_string(pick(1, 20)) + " " + std::to_string(kh) + "x" + std::to_string(kw) +
+                                 " stride=" + std::to_string(pick(1, 3)) + "x" + std::to_string(pick(1, 3)) +
+                                 " padding=" + std::to_string(ph) + "x" + std::to_string(pw) + (trial % 3 ? "" : " bias=false") +
+                                 acts[trial % 4] + "\nflatten\ndense 3\nloss mse\n";
+        const int batch = pick(1, 3);
+        INFO(text << "batch " << batch);
+        Graph g = compileSource("conv.nn", text, {batch}).graph;
+        const std::vector<std::string> lines = direct(g);
+        REQUIRE(lines.size() == 3); // conv2d forward and backward, conv2d_grad_w (x needs no gradient)
+        for (const std::string& line : lines) CHECK_THAT(line, Catch::Contains(": direct, the " + std::to_string(c * kh * kw) + " taps"));
+        agree(g, rng);
+    }
+    Graph g = compileSource("conv.nn", "input 1x32x42\nconv 64 3x3 relu\nmaxpool 2\nflatten\ndense 3\nloss mse\n", {2}).graph;
+    const std::vector<std::string> lines = direct(g);
+    REQUIRE(lines.size() == 3);
+    CHECK_THAT(lines[0], Catch::Contains("6 bands of 12 rows of y, 2 threads"));
+    CHECK_THAT(lines[2], Catch::Contains("conv2d_grad_w 9 x 64 x 1200: direct"));
+    agree(g, rng);
+    // A convolution with more taps keeps the register tile.
+    CHECK_THAT(direct(compileSource("conv.nn", "input 2x9x9\nconv 4 3x3\nflatten\ndense 3\nloss mse\n", {2}).graph)[0],
+               Catch::Contains("(W · col(x)): tile"));
+}
+
 TEST_CASE("gradc bench --explain gives a line per convolution with its implicit product", "[jit][conv]") {
     const Graph g = compileSource("conv.nn", convModel(2, 5, 9, 7, 6, 3, 3, 1, 1, 1, 1), {4}).graph;
     CodegenOptions opts;

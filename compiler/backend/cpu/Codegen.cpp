@@ -610,7 +610,15 @@ std::vector<std::string> explainProducts(const Graph& fwd, const CodegenOptions&
             if (k.kind == Kernel::Kind::Op && isConvolution(k.op)) { // an implicit GEMM (ConvPlan)
                 const ConvPlan c = planConv(k, p->buffers, bl);
                 const char* spelling = describe(k.op).spelling;
-                if (k.op == Op::Conv2dGradW)
+                if (c.direct)
+                    lines.push_back(fmt::format("{} k{}: {} {} x {} x {}: direct, the {} taps of {} positions in vector registers "
+                                                "times each of the {} channels' {}, {}, {}",
+                                                p->name, i, spelling, c.M, c.N, c.K, c.C * k.attrs.window.kh * k.attrs.window.kw,
+                                                bl.vl, c.O, k.op == Op::Conv2d ? "weights" : "gradients",
+                                                k.op == Op::Conv2d ? fmt::format("{} bands of {} rows of y", c.units, c.band)
+                                                                   : fmt::format("{} slice{} of the batch", c.units, c.units == 1 ? "" : "s"),
+                                                threads));
+                else if (k.op == Op::Conv2dGradW)
                     lines.push_back(fmt::format("{} k{}: {} {} x {} x {} per image, {} images (col(x_b) · g_bᵀ): {}, col(x_b) "
                                                 "packed as A and g_b as B per image, {} slice{} of the batch, {}",
                                                 p->name, i, spelling, c.M, c.N, c.K, c.B, tile, c.units,

@@ -181,6 +181,137 @@ void Lowering::convolution(const Kernel& k) {
         return at(scratchArea(), b_.CreateAdd(i64(plan.threadAt), b_.CreateMul(thread, i64(plan.perThread))));
     };
 
+    if (plan.direct) { // conv2d or grad_w with few taps (ConvPlan): the taps in registers
+        const int64_t O = plan.O, C = plan.C, H = plan.H, W = plan.W, OH = plan.OH, OW = plan.OW;
+        const int64_t D = C * KH * KW, chunks = (OW + VL - 1) / VL;
+        // The taps (c, kh, kw) of the chunk of positions j0 + lane of row i of y's grid, in
+        // image `image` of x: one masked load (or gather, for strides) each, zero in the
+        // padding and past the row's end; and which lanes are positions.
+        auto taps = [&](llvm::Value* image, llvm::Value* i, llvm::Value* j0, llvm::Value*& keep) {
+            llvm::Value* j = b_.CreateAdd(b_.CreateVectorSplat(unsigned(VL), b_.CreateTrunc(j0, b_.getInt32Ty())), lanes);
+            keep = b_.CreateICmpSLT(j, splat(OW));
+            std::vector<llvm::Value*> ok(static_cast<size_t>(KW)), index(static_cast<size_t>(KW));
+            for (int64_t kw = 0; kw < KW; ++kw) {
+                const int64_t off = kw - win.pw;
+                llvm::Value* col = b_.CreateAdd(b_.CreateMul(j, splat(win.sw)), splat(off));
+                ok[size_t(kw)] = b_.CreateAnd(keep, b_.CreateAnd(b_.CreateICmpSGE(col, splat(0)), b_.CreateICmpSLT(col, splat(W))));
+                index[size_t(kw)] = b_.CreateSelect(ok[size_t(kw)], col, splat(0));
+            }
+            llvm::Value* none = llvm::Constant::getNullValue(keep->getType());
+            std::vector<llvm::Value*> xv;
+            for (int64_t c = 0; c < C; ++c)
+                for (int64_t kh = 0; kh < KH; ++kh) {
+                    llvm::Value* srcRow = b_.CreateAdd(b_.CreateMul(i, i64(win.sh)), i64(kh - win.ph));
+                    llvm::Value* rowOk = b_.CreateICmpULT(srcRow, i64(H)); // negative rows wrap past H
+                    llvm::Value* line = at(image, b_.CreateAdd(i64(c * H * W), b_.CreateMul(b_.CreateSelect(rowOk, srcRow, i64(0)), i64(W))));
+                    for (int64_t kw = 0; kw < KW; ++kw) {
+                        llvm::Value* mask = b_.CreateSelect(rowOk, ok[size_t(kw)], none);
+                        xv.push_back(win.sw == 1 ? b_.CreateMaskedLoad(vecTy, at(line, b_.CreateAdd(j0, i64(kw - win.pw))), elementAlign,
+                                                                       mask, llvm::Constant::getNullValue(vecTy))
+                                                 : b_.CreateMaskedGather(vecTy, b_.CreateGEP(T_, line, index[size_t(kw)]), elementAlign,
+                                                                         mask, llvm::Constant::getNullValue(vecTy)));
+                    }
+                }
+            return xv;
+        };
+        auto fma = [&](llvm::Value* a, llvm::Value* b, llvm::Value* c) {
+            return b_.CreateIntrinsic(llvm::Intrinsic::fmuladd, {vecTy}, {a, b, c});
+        };
+        if (gradW) { // sums[o][d][lane] += g[img, o, i, j0 + lane] · tap d, per slice of the batch
+            const int64_t slices = plan.units;
+            run("gradc_conv_images", [&](llvm::Value* begin, llvm::Value* end, llvm::Value*) {
+                llvm::Value *x = base(k.in[0]), *g = base(k.in[1]);
+                loopTo(b_.CreateSub(end, begin), "slice", [&](llvm::Value* u) {
+                    llvm::Value* s = b_.CreateAdd(begin, u);
+                    llvm::Value* sums = at(scratchArea(), b_.CreateMul(s, i64(plan.sumsBlock)));
+                    loop(O * D * VL, "z", [&](llvm::Value* e) { store(fp(0), sums, e); });
+                    llvm::Value* first = b_.CreateUDiv(b_.CreateMul(s, i64(plan.B)), i64(slices));
+                    llvm::Value* last = b_.CreateUDiv(b_.CreateMul(b_.CreateAdd(s, i64(1)), i64(plan.B)), i64(slices));
+                    loopTo(b_.CreateSub(last, first), "img", [&](llvm::Value* d) {
+                        llvm::Value* img = b_.CreateAdd(first, d);
+                        llvm::Value* image = at(x, b_.CreateMul(img, i64(C * H * W)));
+                        loop(OH, "i", [&](llvm::Value* i) {
+                            loop(chunks, "v", [&](llvm::Value* v) {
+                                llvm::Value* j0 = b_.CreateMul(v, i64(VL));
+                                llvm::Value* keep;
+                                const std::vector<llvm::Value*> xv = taps(image, i, j0, keep);
+                                llvm::Value* grow = at(g, b_.CreateAdd(b_.CreateMul(img, i64(O * OH * OW)),
+                                                                       b_.CreateAdd(b_.CreateMul(i, i64(OW)), j0)));
+                                loop(O, "o", [&](llvm::Value* o) {
+                                    llvm::Value* gv = b_.CreateMaskedLoad(vecTy, at(grow, b_.CreateMul(o, i64(OH * OW))), elementAlign,
+                                                                          keep, llvm::Constant::getNullValue(vecTy));
+                                    llvm::Value* row = at(sums, b_.CreateMul(o, i64(D * VL)));
+                                    for (int64_t t = 0; t < D; ++t) {
+                                        llvm::Value* p = at(row, i64(t * VL));
+                                        b_.CreateAlignedStore(fma(gv, xv[size_t(t)], b_.CreateAlignedLoad(vecTy, p, elementAlign)), p,
+                                                              elementAlign);
+                                    }
+                                }, /*vectorise=*/false);
+                            }, /*vectorise=*/false);
+                        }, /*vectorise=*/false);
+                    });
+                });
+            });
+            // dW[o][d] = Σ over the slices, in order, of their lanes' sums, in order.
+            llvm::Value* dw = base(k.out[0]);
+            loop(O * D, "od", [&](llvm::Value* od) {
+                llvm::Value* sum = fp(0);
+                for (int64_t t = 0; t < slices; ++t)
+                    for (int64_t l = 0; l < VL; ++l)
+                        sum = b_.CreateFAdd(sum, load(scratchArea(), b_.CreateAdd(i64(t * plan.sumsBlock + l), b_.CreateMul(od, i64(VL)))));
+                store(sum, dw, od);
+            }, /*vectorise=*/false);
+            return;
+        }
+        // conv2d: per band of rows of an image, per row i and chunk, y[img, o, i, chunk] = Σ_d W[o][d] tap d.
+        const bool epilogue = k.hasEpilogue();
+        const int64_t band = plan.band, bands = (OH + band - 1) / band;
+        Kernel epi;
+        if (epilogue) epi = k, epi.kind = Kernel::Kind::Loop, epi.outer = plan.B, epi.rows = O, epi.cols = OH * OW;
+        run("gradc_conv_rows", [&](llvm::Value* begin, llvm::Value* end, llvm::Value* thread) {
+            llvm::Value* buf = threadPart(thread); // with an epilogue: the band's results [O][band OW]
+            llvm::Value *x = base(k.in[0]), *w = base(k.in[1]);
+            llvm::Value* y = epilogue ? nullptr : base(k.out[0]);
+            const LoopBases lb = epilogue ? loopBases(epi) : LoopBases{};
+            loopTo(b_.CreateSub(end, begin), "unit", [&](llvm::Value* u) {
+                llvm::Value* unit = b_.CreateAdd(begin, u);
+                llvm::Value* img = b_.CreateUDiv(unit, i64(bands));
+                llvm::Value* i0 = b_.CreateMul(b_.CreateURem(unit, i64(bands)), i64(band));
+                llvm::Value* rows = smin(i64(band), b_.CreateSub(i64(OH), i0));
+                llvm::Value* image = at(x, b_.CreateMul(img, i64(C * H * W)));
+                loopTo(rows, "i", [&](llvm::Value* di) {
+                    llvm::Value* i = b_.CreateAdd(i0, di);
+                    loop(chunks, "v", [&](llvm::Value* v) {
+                        llvm::Value* j0 = b_.CreateMul(v, i64(VL));
+                        llvm::Value* keep;
+                        const std::vector<llvm::Value*> xv = taps(image, i, j0, keep);
+                        // Where channel o's chunk goes: the band's buffer, or y itself.
+                        llvm::Value* to = epilogue ? at(buf, b_.CreateAdd(b_.CreateMul(di, i64(OW)), j0))
+                                                   : at(y, b_.CreateAdd(b_.CreateMul(img, i64(O * OH * OW)),
+                                                                        b_.CreateAdd(b_.CreateMul(i, i64(OW)), j0)));
+                        const int64_t channelStride = epilogue ? band * OW : OH * OW;
+                        loop(O, "o", [&](llvm::Value* o) {
+                            llvm::Value* wo = at(w, b_.CreateMul(o, i64(D)));
+                            llvm::Value* acc = llvm::Constant::getNullValue(vecTy);
+                            for (int64_t t = 0; t < D; ++t)
+                                acc = fma(b_.CreateVectorSplat(unsigned(VL), load(wo, i64(t))), xv[size_t(t)], acc);
+                            b_.CreateMaskedStore(acc, at(to, b_.CreateMul(o, i64(channelStride))), elementAlign, keep);
+                        }, /*vectorise=*/false);
+                    }, /*vectorise=*/false);
+                });
+                if (epilogue) // the band's bias and activation (and y, when something reads it), channel by channel
+                    loop(O, "o", [&](llvm::Value* o) {
+                        llvm::Value* from = at(buf, b_.CreateMul(o, i64(band * OW)));
+                        llvm::Value* pos0 = b_.CreateMul(i0, i64(OW));
+                        loopTo(b_.CreateMul(rows, i64(OW)), "c", [&](llvm::Value* c) {
+                            element(epi, lb, o, b_.CreateAdd(pos0, c), load(from, c), img);
+                        });
+                    });
+            });
+        });
+        return;
+    }
+
     if (gradW) {
         const int64_t O = plan.O, P = plan.K, ld = nt * NR, slices = plan.units;
         llvm::Value* sumsArea = at(scratchArea(), i64(plan.sumsAt));
