@@ -218,6 +218,9 @@ void Lowering::convolution(const Kernel& k) {
             return b_.CreateIntrinsic(llvm::Intrinsic::fmuladd, {vecTy}, {a, b, c});
         };
         if (gradW) { // sums[o][d][lane] += g[img, o, i, j0 + lane] · tap d, per slice of the batch
+            // Channel by channel (two at a time where the registers allow), so that g is read in
+            // order (a channel's plane is contiguous) and each tap's sum stays in a register
+            // over the plane; x's image is in L1.
             const int64_t slices = plan.units;
             run("gradc_conv_images", [&](llvm::Value* begin, llvm::Value* end, llvm::Value*) {
                 llvm::Value *x = base(k.in[0]), *g = base(k.in[1]);
@@ -227,27 +230,40 @@ void Lowering::convolution(const Kernel& k) {
                     loop(O * D * VL, "z", [&](llvm::Value* e) { store(fp(0), sums, e); });
                     llvm::Value* first = b_.CreateUDiv(b_.CreateMul(s, i64(plan.B)), i64(slices));
                     llvm::Value* last = b_.CreateUDiv(b_.CreateMul(b_.CreateAdd(s, i64(1)), i64(plan.B)), i64(slices));
+                    // OB channels at a time (two with 32 vector registers: 2 D sums, D taps, 2 rows of g).
+                    const int64_t OB = VL >= 16 && O % 2 == 0 ? 2 : 1;
+                    std::vector<llvm::Value*> acc;
+                    for (int64_t t = 0; t < OB * D; ++t) acc.push_back(variable(vecTy, llvm::Constant::getNullValue(vecTy)));
                     loopTo(b_.CreateSub(last, first), "img", [&](llvm::Value* d) {
                         llvm::Value* img = b_.CreateAdd(first, d);
                         llvm::Value* image = at(x, b_.CreateMul(img, i64(C * H * W)));
-                        loop(OH, "i", [&](llvm::Value* i) {
-                            loop(chunks, "v", [&](llvm::Value* v) {
-                                llvm::Value* j0 = b_.CreateMul(v, i64(VL));
-                                llvm::Value* keep;
-                                const std::vector<llvm::Value*> xv = taps(image, i, j0, keep);
-                                llvm::Value* grow = at(g, b_.CreateAdd(b_.CreateMul(img, i64(O * OH * OW)),
-                                                                       b_.CreateAdd(b_.CreateMul(i, i64(OW)), j0)));
-                                loop(O, "o", [&](llvm::Value* o) {
-                                    llvm::Value* gv = b_.CreateMaskedLoad(vecTy, at(grow, b_.CreateMul(o, i64(OH * OW))), elementAlign,
-                                                                          keep, llvm::Constant::getNullValue(vecTy));
-                                    llvm::Value* row = at(sums, b_.CreateMul(o, i64(D * VL)));
-                                    for (int64_t t = 0; t < D; ++t) {
-                                        llvm::Value* p = at(row, i64(t * VL));
-                                        b_.CreateAlignedStore(fma(gv, xv[size_t(t)], b_.CreateAlignedLoad(vecTy, p, elementAlign)), p,
-                                                              elementAlign);
+                        loop(O / OB, "ob", [&](llvm::Value* ob) {
+                            llvm::Value* o0 = b_.CreateMul(ob, i64(OB));
+                            llvm::Value* plane = at(g, b_.CreateMul(b_.CreateAdd(b_.CreateMul(img, i64(O)), o0), i64(OH * OW)));
+                            for (llvm::Value* a : acc) b_.CreateStore(llvm::Constant::getNullValue(vecTy), a);
+                            loop(OH, "i", [&](llvm::Value* i) {
+                                loop(chunks, "v", [&](llvm::Value* v) {
+                                    llvm::Value* j0 = b_.CreateMul(v, i64(VL));
+                                    llvm::Value* keep;
+                                    const std::vector<llvm::Value*> xv = taps(image, i, j0, keep);
+                                    for (int64_t q = 0; q < OB; ++q) {
+                                        llvm::Value* gv = b_.CreateMaskedLoad(
+                                            vecTy, at(plane, b_.CreateAdd(i64(q * OH * OW), b_.CreateAdd(b_.CreateMul(i, i64(OW)), j0))),
+                                            elementAlign, keep, llvm::Constant::getNullValue(vecTy));
+                                        for (int64_t t = 0; t < D; ++t) {
+                                            llvm::Value* a = acc[size_t(q * D + t)];
+                                            b_.CreateStore(fma(gv, xv[size_t(t)], b_.CreateLoad(vecTy, a)), a);
+                                        }
                                     }
                                 }, /*vectorise=*/false);
                             }, /*vectorise=*/false);
+                            llvm::Value* row = at(sums, b_.CreateMul(o0, i64(D * VL))); // OB channels' sums, one after another
+                            for (int64_t t = 0; t < OB * D; ++t) {
+                                llvm::Value* p = at(row, i64(t * VL));
+                                b_.CreateAlignedStore(b_.CreateFAdd(b_.CreateAlignedLoad(vecTy, p, elementAlign),
+                                                                    b_.CreateLoad(vecTy, acc[size_t(t)])),
+                                                      p, elementAlign);
+                            }
                         }, /*vectorise=*/false);
                     });
                 });
