@@ -244,9 +244,28 @@ Expr derivativeByOutput(const Expr& f, const Expr& df) {
     if (!usesVar(f)) return nullptr;
     Expr g = simplify(f);
     if (!usesVar(g) || g->op == Kind::Var) return nullptr; // constant or identity: nothing to gain
+    // f = select(x CMP k, a, b), one arm x and the other a constant on its own side of k
+    // (relu: select(x <= 0, 0, x)): x CMP k and y CMP k agree for every x, NaN included
+    // (both false), so the comparison reads y.
+    const ExprNode* compare = nullptr;
+    Expr compareByOutput;
+    if (g->op == Kind::Select) {
+        const Expr &p = g->args[0], &a = g->args[1], &b = g->args[2];
+        const bool ordered = p->op == Kind::Lt || p->op == Kind::Le || p->op == Kind::Gt || p->op == Kind::Ge;
+        if (ordered && p->args[0]->op == Kind::Var && p->args[1]->op == Kind::Const) {
+            const double k = p->args[1]->value;
+            auto holds = [&](double v) {
+                return p->op == Kind::Lt ? v < k : p->op == Kind::Le ? v <= k : p->op == Kind::Gt ? v > k : v >= k;
+            };
+            const bool constTrueArm = a->op == Kind::Const && b->op == Kind::Var && holds(a->value);
+            const bool constFalseArm = b->op == Kind::Const && a->op == Kind::Var && !holds(b->value);
+            if (constTrueArm || constFalseArm) compare = p.get(), compareByOutput = make(p->op, {out(), p->args[1]});
+        }
+    }
     // Every occurrence of f (one node: expressions are hash-consed) becomes y.
     Expr r = simplify(transform(df, [&](const ExprNode& n, std::vector<Expr> args) -> Expr {
         if (&n == g.get()) return out();
+        if (&n == compare) return compareByOutput;
         if (args.empty()) return n.shared_from_this();
         return make(n.op, std::move(args));
     }));

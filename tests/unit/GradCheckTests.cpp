@@ -161,6 +161,24 @@ TEST_CASE("derivatives follow PyTorch at kinks and use the output where they can
     CHECK(byOut("sigmoid") == "y * (1 - y)");
     CHECK(byOut("tanh") == "1 - y ^ 2");
     CHECK(byOut("swish") == "(needs x)");
+    // A comparison of x that the select's constant arm keeps on its side reads y: relu's
+    // x <= 0 is y <= 0 (so the backward pass needs no pre-activation), at 0, -0 and NaN too.
+    CHECK(byOut("relu") == "select(y <= 0, 0, 1)");
+    CHECK(byOut("leaky_relu") == "(needs x)"); // alpha x is not a constant
+    auto byOutOf = [&](const char* text) {
+        scalar::Expr f = table.convert(*parseExpression(makeSourceFile("e", text)));
+        scalar::Expr r = scalar::derivativeByOutput(f, scalar::derivative(f));
+        return r ? scalar::print(r) : std::string("(needs x)");
+    };
+    CHECK(byOutOf("select(x > 0, x, 0)") == "select(y > 0, 1, 0)");
+    CHECK(byOutOf("select(x <= 0, 1, x)") == "(needs x)"); // 1 <= 0 is false: y <= 0 is not x <= 0
+    CHECK(byOutOf("select(x < 2, 0, x)") == "select(y < 2, 0, 1)");
+    CHECK(byOutOf("select(x < 2, 3, x)") == "(needs x)"); // x = 1 gives y = 3, not below 2
+    const scalar::Expr relu = table.instantiate({"relu", {}, {}}).formula;
+    const scalar::Expr dRelu = scalar::derivative(relu), dReluByOut = scalar::derivativeByOutput(relu, dRelu);
+    REQUIRE(dReluByOut);
+    for (double x : {-1.0, -0.0, 0.0, 1e-30, 2.0, std::nan("")})
+        CHECK(scalar::eval(dReluByOut, 0, scalar::eval(relu, x)) == scalar::eval(dRelu, x));
 }
 
 TEST_CASE("the printed derivative of x*sigmoid(x) is the true derivative", "[scalar]") {
