@@ -220,6 +220,20 @@ TEST_CASE("convolutions with few taps run direct, the taps in registers, and agr
                Catch::Contains("(W · col(x)): tile"));
 }
 
+TEST_CASE("a convolution's last row tile of M % MR rows runs an edge tile of its own", "[jit][conv]") {
+    // With the 6-row tile, conv2d's M (O = 8) and grad_x's (C = 8) leave 2 rows: the module
+    // has an edge tile of 2 rows and chooses it for the last row tile.
+    EnvVar tile("GRADC_GEMM", "tile=6x2");
+    const Graph g = compileSource("conv.nn", "input 3x6x6\nconv 8 3x3 padding=1\nconv 8 3x3 relu\nflatten\ndense 3\nloss mse\n", {2}).graph;
+    CodegenOptions opts;
+    opts.cache = false, opts.threads = 1;
+    const std::string ir = emitModule(g, opts, "llvm-unoptimised");
+    CHECK(ir.find("define internal void @gradc_tile_2(") != std::string::npos);
+    CHECK(ir.find("ptr @gradc_tile_2, ptr @gradc_tile") != std::string::npos); // the last row tile's choice
+    std::mt19937 rng(165);
+    agree(g, rng);
+}
+
 TEST_CASE("gradc bench --explain gives a line per convolution with its implicit product", "[jit][conv]") {
     const Graph g = compileSource("conv.nn", convModel(2, 5, 9, 7, 6, 3, 3, 1, 1, 1, 1), {4}).graph;
     CodegenOptions opts;

@@ -157,7 +157,9 @@ void Lowering::convolution(const Kernel& k) {
     };
 
     // One tile: out[MR][NR] (rows outStride apart) = A's rows r0.. (clamped to M - 1, each
-    // rowStride apart, K deep) times the panel, or added to it.
+    // rowStride apart, K deep) times the panel, or added to it. The last row tile, when M is
+    // not a multiple of MR, runs the edge tile of M % MR rows: no work on rows past M.
+    llvm::Function* edgeTile = M % MR ? tileRows(M % MR) : tile_;
     auto tile = [&](llvm::Value* out, llvm::Value* outStride, llvm::Value* a, int64_t rowStride, llvm::Value* r0,
                     llvm::Value* panel, int64_t depth, bool add) {
         std::vector<llvm::Value*> args = {out, outStride};
@@ -166,7 +168,8 @@ void Lowering::convolution(const Kernel& k) {
             args.push_back(at(a, b_.CreateMul(m, i64(rowStride))));
         }
         for (llvm::Value* v : {i64(1), panel, i64(NR), i64(depth), (llvm::Value*)b_.getInt1(add)}) args.push_back(v);
-        b_.CreateCall(tile_, args);
+        llvm::Value* fn = edgeTile == tile_ ? tile_ : b_.CreateSelect(b_.CreateICmpEQ(r0, i64((mt - 1) * MR)), edgeTile, tile_);
+        b_.CreateCall(tile_->getFunctionType(), fn, args);
     };
 
     // The units [begin, end) of thread `thread`, with the kernel's bases as seen where they run.

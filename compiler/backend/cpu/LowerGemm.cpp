@@ -13,6 +13,8 @@
 // (GemmBlocking) are chosen by blockingFor and chooseTile (Codegen.cpp).
 #include "Lowering.h"
 
+#include <fmt/format.h>
+
 namespace gradc {
 
 void Lowering::declareGemmHelpers() {
@@ -115,14 +117,25 @@ void Lowering::declareGemmHelpers() {
             });
         });
     });
-    // tile(out, outStride, a_0 .. a_{MR-1}, aStride, b, bStride, K, add): row r of A is
-    // a_r[k * aStride]; B's NR columns at step k start at b[k * bStride]; row r of the
-    // result goes to out[r * outStride], or is added to it when `add` (a later K block).
+    tile_ = makeTile("gradc_tile", MR);
+}
+
+// tile(out, outStride, a_0 .. a_{MR-1}, aStride, b, bStride, K, add): row r of A is
+// a_r[k * aStride]; B's NR columns at step k start at b[k * bStride]; row r of the result
+// goes to out[r * outStride], or is added to it when `add` (a later K block). A tile of
+// `rows` < MR computes and stores only its first `rows` rows (the a_r past them unread).
+llvm::Function* Lowering::makeTile(const char* name, int64_t rows) {
+    const GemmBlocking& bl = p_->blocking;
+    const int64_t MR = bl.mr, VL = bl.vl;
+    auto* ptr = llvm::PointerType::get(ctx_, 0);
+    auto* i64t = b_.getInt64Ty();
+    auto* i1t = b_.getInt1Ty();
+    auto param = [&](unsigned i) { return fn_->getArg(i); }; // of the helper being emitted
     std::vector<llvm::Type*> tileArgs = {ptr, i64t};
     for (int64_t r = 0; r < MR; ++r) tileArgs.push_back(ptr);
     for (llvm::Type* t : {(llvm::Type*)i64t, (llvm::Type*)ptr, (llvm::Type*)i64t, (llvm::Type*)i64t, (llvm::Type*)i1t})
         tileArgs.push_back(t);
-    tile_ = helper("gradc_tile", tileArgs, [&] {
+    return helper(name, tileArgs, [&] {
         llvm::Value *out = param(0), *outStride = param(1);
         llvm::Value *aStride = param(unsigned(MR + 2)), *bPanel = param(unsigned(MR + 3)), *bStride = param(unsigned(MR + 4)),
                     *K = param(unsigned(MR + 5)), *add = param(unsigned(MR + 6));
@@ -135,12 +148,12 @@ void Lowering::declareGemmHelpers() {
         // MR x NV accumulators stay in vector registers over all of K; they start at zero,
         // or at the sums of the earlier K blocks.
         std::vector<llvm::Value*> acc;
-        for (int64_t i = 0; i < MR * bl.nv; ++i) acc.push_back(variable(vecTy, llvm::Constant::getNullValue(vecTy)));
+        for (int64_t i = 0; i < rows * bl.nv; ++i) acc.push_back(variable(vecTy, llvm::Constant::getNullValue(vecTy)));
         auto* addBlock = llvm::BasicBlock::Create(ctx_, "add", fn_);
         auto* start = llvm::BasicBlock::Create(ctx_, "start", fn_);
         b_.CreateCondBr(add, addBlock, start);
         b_.SetInsertPoint(addBlock);
-        for (int64_t r = 0; r < MR; ++r)
+        for (int64_t r = 0; r < rows; ++r)
             for (int64_t v = 0; v < bl.nv; ++v)
                 b_.CreateStore(b_.CreateAlignedLoad(vecTy, outAt(r, v), elementAlign), acc[size_t(r * bl.nv + v)]);
         b_.CreateBr(start);
@@ -152,7 +165,7 @@ void Lowering::declareGemmHelpers() {
                 bv.push_back(b_.CreateAlignedLoad(vecTy, b_.CreateGEP(T_, bPanel, b_.CreateAdd(bRow, i64(v * VL))),
                                                   elementAlign));
             llvm::Value* aAt = b_.CreateMul(kk, aStride);
-            for (int64_t r = 0; r < MR; ++r) {
+            for (int64_t r = 0; r < rows; ++r) {
                 llvm::Value* splat = b_.CreateVectorSplat(unsigned(VL), load(param(unsigned(2 + r)), aAt));
                 for (int64_t v = 0; v < bl.nv; ++v) {
                     llvm::Value* slot = acc[size_t(r * bl.nv + v)];
@@ -160,10 +173,17 @@ void Lowering::declareGemmHelpers() {
                 }
             }
         });
-        for (int64_t r = 0; r < MR; ++r)
+        for (int64_t r = 0; r < rows; ++r)
             for (int64_t v = 0; v < bl.nv; ++v)
                 b_.CreateAlignedStore(b_.CreateLoad(vecTy, acc[size_t(r * bl.nv + v)]), outAt(r, v), elementAlign);
     });
+}
+
+llvm::Function* Lowering::tileRows(int64_t rows) {
+    if (rows == p_->blocking.mr) return tile_;
+    llvm::Function*& f = edgeTiles_[rows];
+    if (!f) f = makeTile(fmt::format("gradc_tile_{}", rows).c_str(), rows);
+    return f;
 }
 
 void Lowering::gemmProbe(const KernelProgram& p, const std::string& name) {

@@ -27,6 +27,7 @@
 
 #include <array>
 #include <functional>
+#include <map>
 #include <unordered_map>
 #include <vector>
 
@@ -159,6 +160,10 @@ private:
     llvm::Function* packA_ = nullptr;
     llvm::Function* tile_ = nullptr;
     void declareGemmHelpers();
+    llvm::Function* makeTile(const char* name, int64_t rows);
+    /// The register tile for `rows` rows of A (tile_ for MR, else an edge tile of its own).
+    llvm::Function* tileRows(int64_t rows);
+    std::map<int64_t, llvm::Function*> edgeTiles_;
     void transpose(std::vector<llvm::Value*>& r);
     void matrixProduct(const Kernel& k);
     void pack(llvm::Function* packer, llvm::Value* dst, llvm::Value* src, int64_t dim, int64_t K, bool trans,
