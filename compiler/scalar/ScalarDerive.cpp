@@ -253,12 +253,16 @@ Expr derivativeByOutput(const Expr& f, const Expr& df) {
         const Expr &p = g->args[0], &a = g->args[1], &b = g->args[2];
         const bool ordered = p->op == Kind::Lt || p->op == Kind::Le || p->op == Kind::Gt || p->op == Kind::Ge;
         if (ordered && p->args[0]->op == Kind::Var && p->args[1]->op == Kind::Const) {
-            const double k = p->args[1]->value;
-            auto holds = [&](double v) {
+            // The constant's side of k, in double and in float (the float code compares the
+            // rounded constants: 0.1 and 0.09999999999 are one float).
+            auto side = [&](auto v, auto k) {
                 return p->op == Kind::Lt ? v < k : p->op == Kind::Le ? v <= k : p->op == Kind::Gt ? v > k : v >= k;
             };
+            const double k = p->args[1]->value;
+            auto holds = [&](double v) { return side(v, k) && side(float(v), float(k)); };
+            auto fails = [&](double v) { return !side(v, k) && !side(float(v), float(k)); };
             const bool constTrueArm = a->op == Kind::Const && b->op == Kind::Var && holds(a->value);
-            const bool constFalseArm = b->op == Kind::Const && a->op == Kind::Var && !holds(b->value);
+            const bool constFalseArm = b->op == Kind::Const && a->op == Kind::Var && fails(b->value);
             if (constTrueArm || constFalseArm) compare = p.get(), compareByOutput = make(p->op, {out(), p->args[1]});
         }
     }

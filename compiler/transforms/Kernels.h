@@ -222,14 +222,16 @@ ProductPlan planProduct(const Kernel& k, const GemmBlocking& b);
 /// are loaded into vector registers once and multiplied by every output channel's weights
 /// (conv2d: into a row of y, through the thread's row buffer when there is an epilogue),
 /// or by every channel's gradient into vector sums [O][C KH KW][VL] per slice of the batch
-/// (grad_w). The register tile would waste most of its work on so shallow a product. With
-/// an epilogue, a conv2d unit (a band of rows of one image) keeps its results in the thread's
-/// buffer, then applies the epilogue along each channel's band, VL positions at a time.
+/// (grad_w). The register tile would waste most of its work on so shallow a product. Rows of
+/// y must be at least VL long. With an epilogue, a conv2d unit (a band of rows of one image)
+/// keeps its results in the thread's buffer, then applies the epilogue along each channel's
+/// band, VL positions at a time. grad_w's sums run per lane: its bits depend on VL (the ISA),
+/// not on the threads.
 struct ConvPlan {
     int64_t B = 0, C = 0, H = 0, W = 0, O = 0, OH = 0, OW = 0;
     Window win;
     bool direct = false;         ///< taps in registers (above); the threads share bands of rows of y (conv2d)
-    int64_t band = 0;            ///< direct conv2d: rows of y per unit, whose O x band x OW results fit a thread's buffer
+    int64_t band = 0;            ///< direct conv2d: rows of y per unit (O x band x OW results: 32768 elements or one row)
     static constexpr int64_t kDirectTaps = 16;
     int64_t M = 0, N = 0, K = 0; ///< the product (grad_w: per image)
     int64_t rowTiles = 0, colPanels = 0;

@@ -107,11 +107,13 @@ ConvPlan planConv(const Kernel& k, const std::vector<Buffer>& buffers, const Gem
     p.rowTiles = (p.M + MR - 1) / MR;
     p.colPanels = (p.N + NR - 1) / NR;
     const int64_t threads = std::max(1, bl.threads);
-    p.direct = k.op != Op::Conv2dGradX && p.C * taps <= ConvPlan::kDirectTaps;
-    if (p.direct && k.op == Op::Conv2d) { // a band of rows of y per unit, its results [O][band OW] (128 kB at most)
+    // Direct where the rows fill the vectors (a row of fewer than VL positions would leave
+    // most lanes idle; the panels of the register tile run across rows and images).
+    p.direct = k.op != Op::Conv2dGradX && p.C * taps <= ConvPlan::kDirectTaps && p.OW >= bl.vl;
+    if (p.direct && k.op == Op::Conv2d) { // a band of rows of y per unit; with an epilogue, its results [O][band OW]
         p.band = std::clamp<int64_t>(32768 / std::max<int64_t>(1, p.O * p.OW), 1, p.OH);
         p.units = p.B * ((p.OH + p.band - 1) / p.band);
-        p.perThread = up16(p.O * p.band * p.OW);
+        p.perThread = k.hasEpilogue() ? up16(p.O * p.band * p.OW) : 0;
         p.elements = p.perThread * threads;
         return p;
     }

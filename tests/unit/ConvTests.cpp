@@ -178,10 +178,11 @@ TEST_CASE("compiled convolution gradients on two threads are the same bits on ev
 }
 
 TEST_CASE("convolutions with few taps run direct, the taps in registers, and agree with the interpreter", "[jit][conv][direct]") {
-    // C KH KW <= 16 (ConvPlan::kDirectTaps): conv2d and conv2d_grad_w run direct. Random
-    // strides, paddings and odd sizes (rows of one to three chunks of 16 positions), with and
-    // without an epilogue; then bands of rows: 64 channels of 40 positions a row keep 12 rows
-    // (32768 / (64 x 40)) of the 30 in the thread's buffer, the last band partial.
+    // C KH KW <= 16 (ConvPlan::kDirectTaps) and rows of y at least VL long: conv2d and
+    // conv2d_grad_w run direct. Random strides, paddings and odd sizes (rows of one to three
+    // chunks of 16 positions), with and without an epilogue; then bands of rows: 64 channels
+    // of 40 positions a row keep 12 rows (32768 / (64 x 40)) of the 30 in the thread's
+    // buffer, the last band partial.
     std::mt19937 rng(164);
     auto pick = [&](int lo, int hi) { return lo + int(rng() % unsigned(hi - lo + 1)); };
     auto direct = [](const Graph& g) {
@@ -195,10 +196,12 @@ TEST_CASE("convolutions with few taps run direct, the taps in registers, and agr
     const char* acts[] = {"", " relu", " tanh", " sigmoid"};
     for (int trial = 0; trial < 12; ++trial) {
         const int c = pick(1, 2), kh = pick(1, c == 1 ? 4 : 2), kw = pick(1, 4), ph = pick(0, 2), pw = pick(0, 2);
-        const int h = (std::max(kh - 2 * ph, 1) + 2 * pick(0, 6)) | 1, w = (std::max(kw - 2 * pw, 1) + 2 * pick(0, 22)) | 1;
+        const int sh = pick(1, 3), sw = pick(1, 3);
+        // Rows of 16 to 32 positions (direct needs a vector's worth): W + 2 PW - KW >= 15 SW.
+        const int h = (std::max(kh - 2 * ph, 1) + 2 * pick(0, 6)) | 1, w = (15 * sw + kw - 2 * pw + pick(0, 16 * sw)) | 1;
         const std::string text = "input " + std::to_string(c) + "x" + std::to_string(h) + "x" + std::to_string(w) + "\nconv " +
                                  std::to_string(pick(1, 20)) + " " + std::to_string(kh) + "x" + std::to_string(kw) +
-                                 " stride=" + std::to_string(pick(1, 3)) + "x" + std::to_string(pick(1, 3)) +
+                                 " stride=" + std::to_string(sh) + "x" + std::to_string(sw) +
                                  " padding=" + std::to_string(ph) + "x" + std::to_string(pw) + (trial % 3 ? "" : " bias=false") +
                                  acts[trial % 4] + "\nflatten\ndense 3\nloss mse\n";
         const int batch = pick(1, 3);
@@ -212,9 +215,20 @@ TEST_CASE("convolutions with few taps run direct, the taps in registers, and agr
     Graph g = compileSource("conv.nn", "input 1x32x42\nconv 64 3x3 relu\nmaxpool 2\nflatten\ndense 3\nloss mse\n", {2}).graph;
     const std::vector<std::string> lines = direct(g);
     REQUIRE(lines.size() == 3);
-    CHECK_THAT(lines[0], Catch::Contains("6 bands of 12 rows of y, 2 threads"));
+    CHECK_THAT(lines[0], Catch::Contains("6 bands of 12 rows of y (2 images), 2 threads"));
     CHECK_THAT(lines[2], Catch::Contains("conv2d_grad_w 9 x 64 x 1200: direct"));
     agree(g, rng);
+    // The same bands without an epilogue (y stored from the registers), and 40 channels (odd
+    // pairs: 20 of two) with 5 x 3 taps.
+    g = compileSource("conv.nn", "input 1x32x42\nconv 64 3x3 bias=false\nmaxpool 2\nflatten\ndense 3\nloss mse\n", {2}).graph;
+    REQUIRE_THAT(direct(g)[0], Catch::Contains("6 bands of 12 rows of y (2 images)"));
+    agree(g, rng);
+    g = compileSource("conv.nn", "input 1x20x18\nconv 40 5x3 padding=2x1 tanh\nflatten\ndense 3\nloss mse\n", {3}).graph;
+    REQUIRE_THAT(direct(g)[0], Catch::Contains("direct, the 15 taps"));
+    agree(g, rng);
+    // Rows shorter than a vector keep the register tile (most lanes would idle).
+    CHECK_THAT(direct(compileSource("conv.nn", "input 1x7x7\nconv 4 3x3 padding=1\nflatten\ndense 3\nloss mse\n", {2}).graph)[0],
+               Catch::Contains("(W · col(x)): tile"));
     // A convolution with more taps keeps the register tile.
     CHECK_THAT(direct(compileSource("conv.nn", "input 2x9x9\nconv 4 3x3\nflatten\ndense 3\nloss mse\n", {2}).graph)[0],
                Catch::Contains("(W · col(x)): tile"));

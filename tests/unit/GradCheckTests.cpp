@@ -174,6 +174,8 @@ TEST_CASE("derivatives follow PyTorch at kinks and use the output where they can
     CHECK(byOutOf("select(x <= 0, 1, x)") == "(needs x)"); // 1 <= 0 is false: y <= 0 is not x <= 0
     CHECK(byOutOf("select(x < 2, 0, x)") == "select(y < 2, 0, 1)");
     CHECK(byOutOf("select(x < 2, 3, x)") == "(needs x)"); // x = 1 gives y = 3, not below 2
+    // In float the constants are one number: y = 0.1f is not below 0.1f, though x = 0 is.
+    CHECK(byOutOf("select(x < 0.1, 0.09999999999, x)") == "(needs x)");
     const scalar::Expr relu = table.instantiate({"relu", {}, {}}).formula;
     const scalar::Expr dRelu = scalar::derivative(relu), dReluByOut = scalar::derivativeByOutput(relu, dRelu);
     REQUIRE(dReluByOut);

@@ -615,7 +615,7 @@ std::vector<std::string> explainProducts(const Graph& fwd, const CodegenOptions&
                                                 "times each of the {} channels' {}, {}, {}",
                                                 p->name, i, spelling, c.M, c.N, c.K, c.C * k.attrs.window.kh * k.attrs.window.kw,
                                                 bl.vl, c.O, k.op == Op::Conv2d ? "weights" : "gradients",
-                                                k.op == Op::Conv2d ? fmt::format("{} bands of {} rows of y", c.units, c.band)
+                                                k.op == Op::Conv2d ? fmt::format("{} bands of {} rows of y ({} images)", c.units, c.band, c.B)
                                                                    : fmt::format("{} slice{} of the batch", c.units, c.units == 1 ? "" : "s"),
                                                 threads));
                 else if (k.op == Op::Conv2dGradW)

@@ -159,7 +159,7 @@ void Lowering::convolution(const Kernel& k) {
     // One tile: out[MR][NR] (rows outStride apart) = A's rows r0.. (clamped to M - 1, each
     // rowStride apart, K deep) times the panel, or added to it. The last row tile, when M is
     // not a multiple of MR, runs the edge tile of M % MR rows: no work on rows past M.
-    llvm::Function* edgeTile = M % MR ? tileRows(M % MR) : tile_;
+    llvm::Function* edgeTile = M % MR && !plan.direct ? tileRows(M % MR) : tile_;
     auto tile = [&](llvm::Value* out, llvm::Value* outStride, llvm::Value* a, int64_t rowStride, llvm::Value* r0,
                     llvm::Value* panel, int64_t depth, bool add) {
         std::vector<llvm::Value*> args = {out, outStride};
@@ -233,8 +233,10 @@ void Lowering::convolution(const Kernel& k) {
                     loop(O * D * VL, "z", [&](llvm::Value* e) { store(fp(0), sums, e); });
                     llvm::Value* first = b_.CreateUDiv(b_.CreateMul(s, i64(plan.B)), i64(slices));
                     llvm::Value* last = b_.CreateUDiv(b_.CreateMul(b_.CreateAdd(s, i64(1)), i64(plan.B)), i64(slices));
-                    // OB channels at a time (two with 32 vector registers: 2 D sums, D taps, 2 rows of g).
-                    const int64_t OB = VL >= 16 && O % 2 == 0 ? 2 : 1;
+                    // OB channels at a time: two where 32 vector registers (AVX-512) hold their
+                    // 2 D sums, the D taps and 2 rows of g.
+                    const bool avx512 = VL * (f64_ ? 64 : 32) == 512;
+                    const int64_t OB = avx512 && O % 2 == 0 && 3 * D + 2 <= 32 ? 2 : 1;
                     std::vector<llvm::Value*> acc;
                     for (int64_t t = 0; t < OB * D; ++t) acc.push_back(variable(vecTy, llvm::Constant::getNullValue(vecTy)));
                     loopTo(b_.CreateSub(last, first), "img", [&](llvm::Value* d) {
