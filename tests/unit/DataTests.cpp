@@ -36,7 +36,6 @@ std::pair<std::string, std::string> idx(uint32_t n, uint32_t r, uint32_t c, int 
 /// A folder of its own (two runs of the suite at once never share one), removed at the end.
 struct DataDir : TempDir {
     explicit DataDir(const std::string& name) : TempDir("data_" + name) {}
-    void plain(const std::string& name, const std::string& bytes) const { write(name, bytes); }
     void gz(const std::string& name, const std::string& bytes) const {
         gzFile f = gzopen((path / (name + ".gz")).c_str(), "wb");
         gzwrite(f, bytes.data(), unsigned(bytes.size()));
@@ -81,8 +80,8 @@ TEST_CASE("IDX files are read from gzip and plain files, only as far as needed",
     auto [img, lbl] = idx(5, 2, 3);
     d.gz("train-images-idx3-ubyte", img);
     d.gz("train-labels-idx1-ubyte", lbl);
-    d.plain("t10k-images-idx3-ubyte", img);
-    d.plain("t10k-labels-idx1-ubyte", lbl);
+    d.write("t10k-images-idx3-ubyte", img);
+    d.write("t10k-labels-idx1-ubyte", lbl);
     for (bool train : {true, false}) {
         Examples e = readExamples(d.path.string(), train, 3);
         CHECK(e.count == 3);
@@ -111,18 +110,18 @@ TEST_CASE("bad data files are refused with the file named", "[data]") {
     }
     SECTION("short file") {
         DataDir d("short");
-        d.plain("train-images-idx3-ubyte", img.substr(0, 30));
-        d.plain("train-labels-idx1-ubyte", lbl);
+        d.write("train-images-idx3-ubyte", img.substr(0, 30));
+        d.write("train-labels-idx1-ubyte", lbl);
         // The header's claim is checked against the file's size before anything is read.
         CHECK_THAT(d.error(true, 1), Catch::Contains("train-images-idx3-ubyte: error: file is truncated: its header "
                                                      "claims 5 images of 2x3 pixels (46 bytes with the header), but "
                                                      "the file holds 30 bytes"));
-        d.plain("train-images-idx3-ubyte", img);
+        d.write("train-images-idx3-ubyte", img);
         CHECK_THAT(d.error(true, 6), Catch::Contains("holds 5 examples; 6 were asked for"));
-        d.plain("train-labels-idx1-ubyte", lbl.substr(0, 10));
+        d.write("train-labels-idx1-ubyte", lbl.substr(0, 10));
         CHECK_THAT(d.error(true, 1), Catch::Contains("train-labels-idx1-ubyte: error: file is truncated: its header "
                                                      "claims 5 labels (13 bytes with the header), but the file holds 10"));
-        d.plain("train-images-idx3-ubyte", img.substr(0, 7));
+        d.write("train-images-idx3-ubyte", img.substr(0, 7));
         CHECK_THAT(d.error(true, 1), Catch::Contains("file is truncated: the IDX header"));
     }
     SECTION("truncated gzip: reported when the examples needed run out") {
@@ -188,8 +187,8 @@ TEST_CASE("a header's claim costs no memory until the bytes are there", "[data]"
     const double before = peakMiB();
     SECTION("a plain file claiming 4,000,000 images holds 3") {
         DataDir d("claim");
-        d.plain("train-images-idx3-ubyte", claim(img, 4000000));
-        d.plain("train-labels-idx1-ubyte", claim(lbl, 4000000));
+        d.write("train-images-idx3-ubyte", claim(img, 4000000));
+        d.write("train-labels-idx1-ubyte", claim(lbl, 4000000));
         CHECK_THAT(d.error(true, -1), Catch::Contains("train-images-idx3-ubyte: error: file is truncated: its header "
                                                       "claims 4000000 images of 28x28 pixels (3136000016 bytes with "
                                                       "the header), but the file holds 2368 bytes"));
@@ -197,8 +196,8 @@ TEST_CASE("a header's claim costs no memory until the bytes are there", "[data]"
     }
     SECTION("2^32-1 images, plain and gzip") {
         DataDir d("claim32");
-        d.plain("train-images-idx3-ubyte", claim(img, 0xffffffffu));
-        d.plain("train-labels-idx1-ubyte", claim(lbl, 0xffffffffu));
+        d.write("train-images-idx3-ubyte", claim(img, 0xffffffffu));
+        d.write("train-labels-idx1-ubyte", claim(lbl, 0xffffffffu));
         CHECK_THAT(d.error(true, -1), Catch::Contains("train-images-idx3-ubyte: error: file is truncated: its header "
                                                       "claims 4294967295 images of 28x28 pixels"));
         fs::remove(d.path / "train-images-idx3-ubyte");
@@ -243,35 +242,35 @@ TEST_CASE("examples are checked against the model: image size and label range, n
 TEST_CASE("loadSplit checks the test files as well as the training files", "[data]") {
     DataDir d("split");
     auto [img, lbl] = idx(20, 2, 3);
-    d.plain("train-images-idx3-ubyte", img);
-    d.plain("train-labels-idx1-ubyte", lbl);
+    d.write("train-images-idx3-ubyte", img);
+    d.write("train-labels-idx1-ubyte", lbl);
     auto split = [&] { return errorOf([&] { loadSplit(d.path.string(), 5, 0.5, 0.5); }); };
     SECTION("test images of another size") {
         auto [small, small_lbl] = idx(4, 2, 2);
-        d.plain("t10k-images-idx3-ubyte", small);
-        d.plain("t10k-labels-idx1-ubyte", small_lbl);
+        d.write("t10k-images-idx3-ubyte", small);
+        d.write("t10k-labels-idx1-ubyte", small_lbl);
         CHECK_THAT(split(), Catch::StartsWith((d.path / "t10k-images-idx3-ubyte").string() +
                                               ": error: the test images have 4 pixels, but the training images in " +
                                               (d.path / "train-images-idx3-ubyte").string() + " have 6"));
     }
     SECTION("an empty test set") {
         auto [none, none_lbl] = idx(0, 2, 3);
-        d.plain("t10k-images-idx3-ubyte", none);
-        d.plain("t10k-labels-idx1-ubyte", none_lbl);
+        d.write("t10k-images-idx3-ubyte", none);
+        d.write("t10k-labels-idx1-ubyte", none_lbl);
         CHECK_THAT(split(), Catch::StartsWith((d.path / "t10k-images-idx3-ubyte").string() +
                                               ": error: the test set is empty: the file holds no images"));
     }
     SECTION("an empty training set") {
         auto [none, none_lbl] = idx(0, 2, 3);
-        d.plain("train-images-idx3-ubyte", none);
-        d.plain("train-labels-idx1-ubyte", none_lbl);
-        d.plain("t10k-images-idx3-ubyte", img);
-        d.plain("t10k-labels-idx1-ubyte", lbl);
+        d.write("train-images-idx3-ubyte", none);
+        d.write("train-labels-idx1-ubyte", none_lbl);
+        d.write("t10k-images-idx3-ubyte", img);
+        d.write("t10k-labels-idx1-ubyte", lbl);
         CHECK_THAT(split(), Catch::Contains("train-images-idx3-ubyte: error: the training set is empty"));
     }
     SECTION("good files") {
-        d.plain("t10k-images-idx3-ubyte", img);
-        d.plain("t10k-labels-idx1-ubyte", lbl);
+        d.write("t10k-images-idx3-ubyte", img);
+        d.write("t10k-labels-idx1-ubyte", lbl);
         DataSplit s = loadSplit(d.path.string(), 5, 0.5, 0.5);
         CHECK(s.fit.size() == 15);
         CHECK(s.val.size() == 5);

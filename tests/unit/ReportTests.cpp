@@ -237,8 +237,7 @@ TEST_CASE("parameters from pipes and devices are read in order and never without
         tensors.emplace_back(p.name, Tensor{g[p.node].shape, std::vector<double>(size_t(elementCount(g[p.node].shape)), 0.5)});
     Scratch s("pipe");
     writeSafetensors(s.file("p.safetensors"), tensors);
-    std::ifstream in(s.file("p.safetensors"), std::ios::binary);
-    const std::string file((std::istreambuf_iterator<char>(in)), {});
+    const std::string file = s.read("p.safetensors");
     withPipe(file, false, [&](const std::string& path) {
         Bindings b = loadParameters(g, path);
         CHECK(b.at("layers.0.weight").data == std::vector<double>(12, 0.5));
@@ -247,8 +246,7 @@ TEST_CASE("parameters from pipes and devices are read in order and never without
     auto missing = tensors;
     missing.erase(missing.begin());
     writeSafetensors(s.file("m.safetensors"), missing);
-    std::ifstream in2(s.file("m.safetensors"), std::ios::binary);
-    const std::string mfile((std::istreambuf_iterator<char>(in2)), {});
+    const std::string mfile = s.read("m.safetensors");
     uint64_t n = 0;
     for (int i = 7; i >= 0; --i) n = n << 8 | uint8_t(mfile[size_t(i)]);
     withPipe(mfile.substr(0, 8 + n), true, [&](const std::string& path) {
@@ -408,11 +406,9 @@ TEST_CASE("NaN and Inf in parameters are counted and reported, never turned into
     writeSafetensors(s.file("p.safetensors"), tensors);
     s.write("m.nn", "input 784\ndense 8 tanh\ndense 10\nloss cross_entropy\n");
     for (const char* backend : {"jit", "interp"}) {
-        std::string cmd = std::string(GRADC_EXE) + " grads " + s.file("m.nn") + " --batch 16 --format json --backend " +
-                          backend + " --params " + s.file("p.safetensors") + " >" + s.file("out.json") + " 2>&1";
-        REQUIRE(WEXITSTATUS(std::system(cmd.c_str())) == 0);
-        std::ifstream in(s.file("out.json"));
-        std::string json((std::istreambuf_iterator<char>(in)), {});
+        auto [rc, json] = gradcCommand("grads " + s.file("m.nn") + " --batch 16 --format json --backend " + backend +
+                                           " --params " + s.file("p.safetensors"), true);
+        REQUIRE(rc == 0);
         INFO(backend << ": " << json.substr(0, 400));
         CHECK_THAT(json, Catch::Contains("\"loss\": null")); // a NaN loss is shown as null, not a number
         bool counted = false; // some gradient entries are NaN, and counted: "nan": N with N > 0

@@ -84,7 +84,7 @@ std::unique_ptr<llvm::TargetMachine> targetMachine(const std::string& cpu, const
     // Callers resolve gradc's own names and refuse unknown ones before: creating a target
     // machine for an unknown CPU prints to stderr.
     internal_assert(cpuTable().isCPUStringValid(cpu), "not a CPU LLVM knows: '" + cpu + "'");
-    initialiseLLVM();
+    warmUpPipelines();
     std::unique_ptr<llvm::TargetMachine> tm(hostTarget().createTargetMachine(
         llvm::sys::getProcessTriple(), cpu, features, llvm::TargetOptions(), llvm::Reloc::PIC_, std::nullopt,
         llvm::CodeGenOptLevel::Aggressive));

@@ -45,7 +45,7 @@ namespace gradc {
     throw UserError({}, fmt::format("{}: {}", what, llvm::toString(std::move(err))));
 }
 
-void initialiseLLVM() {
+void warmUpPipelines() {
     static std::once_flag once;
     std::call_once(once, [] {
         auto tm = checkLLVM("cannot set up code generation for this CPU", Jit::targetMachine("native"));
@@ -57,7 +57,7 @@ void initialiseLLVM() {
 }
 
 std::unique_ptr<llvm::TargetMachine> hostTargetMachine(const std::string& isa) {
-    initialiseLLVM();
+    warmUpPipelines();
     return checkLLVM("cannot set up code generation for this CPU", Jit::targetMachine(isa));
 }
 

@@ -32,7 +32,7 @@ std::unique_ptr<llvm::TargetMachine> hostTargetMachine(const std::string& isa);
 /// others), which is not safe to race: the pipelines run once, on an empty module, before
 /// the first target machine is handed out (hostTargetMachine, the AOT's), on whichever
 /// thread asks first; the others wait for it.
-void initialiseLLVM();
+void warmUpPipelines();
 
 /// The widest vector registers that code for LLVM features `features` ("+avx2,-avx512f,...")
 /// uses, in bits: 512 (AVX-512), 256 (AVX2) or 128.
@@ -54,11 +54,11 @@ GemmBlocking blockingFor(const std::string& features, bool f64, const CacheSizes
 /// Sets b's KC, MC and page stride for its tile and `caches`.
 void cacheBlocking(GemmBlocking& b, bool f64, const CacheSizes& caches);
 Programs buildPrograms(const Graph& fwd, bool f64, const GemmBlocking& blocking, PhaseTimer* timer = nullptr);
-/// An empty module for the target machine `tm` (its data layout and triple).
 /// Gives `m` the data layout and triple of `tm`.
 void setTarget(llvm::Module& m, llvm::TargetMachine& tm);
 /// An internal error with LLVM's findings unless `m` (named by `what`) is valid IR.
 void verify(llvm::Module& m, const std::string& what);
+/// An empty module for the target machine `tm` (its data layout and triple).
 std::unique_ptr<llvm::Module> moduleFor(const char* name, llvm::LLVMContext& ctx, llvm::TargetMachine& tm);
 /// Lowers, sets the target's data layout and triple, and verifies.
 std::unique_ptr<llvm::Module> lower(llvm::LLVMContext& ctx, const Programs& p, bool f64, llvm::TargetMachine& tm,

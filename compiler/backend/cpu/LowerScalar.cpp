@@ -176,10 +176,11 @@ void Lowering::loopKernel(const Kernel& k) {
         llvm::Value* out = base(s.buffer);
         loop(k.cols, "zero", [&](llvm::Value* c) { store(fp(0), out, c); });
     }
-    for (auto& s : threaded ? std::vector<Store>{} : k.rowSums) { // threaded: stored whole
-        llvm::Value* out = base(s.buffer);
-        loop(k.rows, "zero", [&](llvm::Value* r) { store(fp(0), out, r); });
-    }
+    if (!threaded) // (threaded, each unit stores its row sums whole)
+        for (auto& s : k.rowSums) {
+            llvm::Value* out = base(s.buffer);
+            loop(k.rows, "zero", [&](llvm::Value* r) { store(fp(0), out, r); });
+        }
     if (k.a >= 0) {
         internal_assert(k.outer == 1 && k.rowSums.empty(), "a matrix product with an outer extent or row sums");
         return matrixProduct(k);
