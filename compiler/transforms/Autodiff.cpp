@@ -65,6 +65,13 @@ Grads gradOfReshape(RuleContext& c) { return {c.addShaped(Op::Reshape, {*c.dy}, 
 /// else one sum_to (a conv bias [O,1,1] against [B,O,H,W]). The shape is taken by value:
 /// every node added moves the graph's nodes, and a reference into them would dangle.
 ValueId reduceTo(RuleContext& c, ValueId d, const Shape to) {
+    // A maximum's gradient puts each window's g at one place of its window: summed over
+    // every place of the image, it is g summed over the windows, a quarter of the reads for
+    // 2x2 pools (a conv bias under a relu and a maxpool).
+    const size_t n = c.g[d].shape.size();
+    if (c.g[d].op == Op::MaxPool2dGrad && to.size() >= 2 && to.size() <= n && to[to.size() - 1] == 1 &&
+        to[to.size() - 2] == 1)
+        d = c.g[d].in[1];
     if (!isSuffix(to, c.g[d].shape)) return c.addShaped(Op::SumTo, {d}, to);
     while (c.g[d].shape.size() > to.size()) d = c.add(Op::SumRows, {d});
     return d;
@@ -124,6 +131,20 @@ Grads gradOfMap(RuleContext& c) {
     scalar::Expr d = byOut ? scalar::substituteOut(a.vjpByOutput, scalar::arg(0)) : scalar::substitute(a.vjp, scalar::arg(0));
     d = scalar::substituteGrad(d, scalar::arg(1));
     if (d == scalar::arg(1)) return {*c.dy}; // identity
+    // y = f(x) pooled by its maximum only: dy = maxpool2d_grad(y, g) is g at each window's
+    // maximum m, where y is m, so the vjp, linear in g, can scale g by f' at m before it is
+    // routed: on the pooled image, a quarter of the size for 2x2 windows, and no pass over
+    // the full image but the routing's.
+    if (byOut && c.g[*c.dy].op == Op::MaxPool2dGrad && c.g[*c.dy].in[0] == c.v) {
+        const ValueId route = *c.dy, g = c.g[route].in[1];
+        const SourceLoc loc = n.loc; // the nodes move as they grow
+        Node pool = makeNode(Op::MaxPool2d, loc, {c.v});
+        copyAttrs(c.g[route], pool);
+        const ValueId m = c.g.add(std::move(pool));
+        Node back = makeNode(Op::MaxPool2dGrad, loc, {c.v, addMap(c.g, d, {m, g}, loc)});
+        copyAttrs(c.g[route], back);
+        return {c.g.add(std::move(back))};
+    }
     return {addMap(c.g, d, {byOut ? c.v : c.in(0), *c.dy}, n.loc)};
 }
 

@@ -505,16 +505,35 @@ private:
     /// Folds a loop kernel into the loop kernel before it when both run over the same
     /// domain and the second reads, of what the first writes, only element-wise values the
     /// first stores: those reads become the first kernel's expressions.
+    /// Merges each loop kernel into the loop before it when it can join it. A loop that only
+    /// sums (a bias's gradient) may also join an earlier one past kernels it does not depend
+    /// on: the sum of what a pooling gradient also reads joins the loop that wrote it, and
+    /// moving sums, whose results are small, keeps the live ranges of large buffers as they were.
     void mergeLoops() {
         std::vector<Kernel> out;
         for (Kernel& k2 : p_.kernels) {
-            if (!out.empty() && canMerge(out.back(), k2)) {
-                merge(out.back(), k2);
-                continue;
+            const bool sumsOnly = k2.stores.empty();
+            bool merged = false;
+            for (size_t j = out.size(); j-- > 0 && !merged;) {
+                if (canMerge(out[j], k2)) {
+                    merge(out[j], k2);
+                    merged = true;
+                } else if (!sumsOnly || dependsOn(k2, out[j])) {
+                    break;
+                }
             }
-            out.push_back(std::move(k2));
+            if (!merged) out.push_back(std::move(k2));
         }
         p_.kernels = std::move(out);
+    }
+
+    /// k2 cannot run before k1: it reads what k1 writes, or writes what k1 reads or writes.
+    static bool dependsOn(const Kernel& k2, const Kernel& k1) {
+        const std::vector<int32_t> r1 = k1.reads(), w1 = k1.writes(), r2 = k2.reads(), w2 = k2.writes();
+        auto meets = [](const std::vector<int32_t>& a, const std::vector<int32_t>& b) {
+            return std::find_first_of(a.begin(), a.end(), b.begin(), b.end()) != a.end();
+        };
+        return meets(r2, w1) || meets(w2, r1) || meets(w2, w1);
     }
 
     bool canMerge(const Kernel& k1, const Kernel& k2) const {

@@ -328,6 +328,40 @@ TEST_CASE("max and average pooling differentiate correctly, overlapping or not",
     for (const char* text : models) gradcheckBatches(text, rng);
 }
 
+TEST_CASE("an activation pooled by its maximum: its gradient is taken on the pooled image, then routed",
+          "[autodiff][pool]") {
+    std::mt19937 rng(25);
+    const char* models[] = {
+        "input 2x6x6\nconv 3 3x3 padding=1 relu\nmaxpool 2\nflatten\ndense 3\nloss cross_entropy\n",
+        "input 2x7x5\nconv 2 2x2 sigmoid\nmaxpool 3 stride=1 padding=1\nflatten\ndense 3\nloss cross_entropy\n",
+        "input 1x7x8\nconv 2 2x2 tanh\nmaxpool 3x2 stride=2x1 padding=1\nflatten\ndense 2\nloss mse\n",
+    };
+    for (const char* text : models) {
+        INFO(text);
+        const Graph fwd = model(text, 3);
+        const Graph g = differentiate(fwd, {});
+        auto gradient = [&](const std::string& name) {
+            for (const Output& o : g.outputs)
+                if (o.role == OutputRole::Grad && o.name == name) return o.value;
+            FAIL("no gradient of " << name);
+            return ValueId(0);
+        };
+        // The conv weight's gradient reads maxpool2d_grad(y, f'(maxpool2d(y)) g): the
+        // activation's vjp on the pooled shape, and the bias sums it there too.
+        const Node& route = g[g[gradient("layers.0.weight")].in[1]];
+        REQUIRE(route.op == Op::MaxPool2dGrad);
+        const Node& vjp = g[route.in[1]];
+        CHECK(vjp.op == Op::Map);
+        CHECK(g[vjp.in[0]].op == Op::MaxPool2d);
+        CHECK(g[vjp.in[0]].in[0] == route.in[0]);
+        CHECK(vjp.shape == g[vjp.in[0]].shape);
+        const Node& bias = g[g[gradient("layers.0.bias")].in[0]]; // reshape(sum_to(...))
+        REQUIRE(bias.op == Op::SumTo);
+        CHECK(bias.in[0] == route.in[1]);
+        gradcheckBatches(text, rng);
+    }
+}
+
 TEST_CASE("batchnorm on [B,C,H,W] normalises per channel and differentiates correctly", "[autodiff][bn2d]") {
     std::mt19937 rng(23);
     gradcheckBatches("input 2x4x5\nconv 3 3x3 padding=1\nbatchnorm\ntanh\nconv 2 2x2 stride=2\n"
