@@ -15,10 +15,20 @@ void LayerBuilder::record(const std::string& module, std::string what, ValueId i
     g.layers.push_back({module, std::move(what), g[in].shape, g[out].shape, loc, out});
 }
 
-Init LayerBuilder::initOf(const Stmt& s) {
+Init LayerBuilder::initOf(const Stmt& s, bool recurrent) {
     Init init;
     if (!s.init) return init;
     const InitSpec& spec = *s.init;
+    if (spec.scheme == "identity" || spec.scheme == "orthogonal") {
+        if (!recurrent)
+            throw UserError(spec.loc, fmt::format("init scheme '{}' is for the recurrent weights of rnn, lstm and gru, "
+                                                  "not {}", spec.scheme, s.layer->keyword));
+        if (spec.args.size() > 1)
+            throw UserError(spec.loc, fmt::format("init scheme '{}' takes at most one argument: {}(GAIN)", spec.scheme,
+                                                  spec.scheme));
+        init.scheme = spec.scheme, init.args = {spec.args.empty() ? 1.0 : spec.args[0]};
+        return init;
+    }
     struct Scheme {
         const char* name;
         size_t args;
@@ -38,7 +48,8 @@ Init LayerBuilder::initOf(const Stmt& s) {
         return init;
     }
     throw UserError(spec.loc, fmt::format("unknown init scheme '{}' (known: pytorch, xavier, "
-                                          "kaiming, normal(STD), constant(V))", spec.scheme));
+                                          "kaiming, normal(STD), constant(V){})", spec.scheme,
+                                          recurrent ? ", identity(GAIN), orthogonal(GAIN)" : ""));
 }
 
 double optionValue(const Stmt& s, const char* name) {
@@ -302,6 +313,94 @@ ValueId buildFlatten(LayerBuilder& b, const Stmt& s, ValueId x) {
     return v;
 }
 
+// ---- Sequences: [B,T,N] values, batch first as PyTorch's batch_first=True.
+
+/// The shape of the sequence a recurrent layer (or `last`) reads; anything else is diagnosed
+/// with the input statement that would make one.
+const Shape& needSequence(LayerBuilder& b, const Stmt& s, ValueId x) {
+    const Shape& in = b.graph()[x].shape;
+    if (in.size() == 3) return in;
+    std::string hint = "recurrent layers read 'input STEPS steps FEATURES' or another recurrent layer's output";
+    if (b.graph()[x].op == Op::Input && in.size() == 2) {
+        int64_t side = 1;
+        while ((side + 1) * (side + 1) <= in[1]) ++side;
+        hint = side * side == in[1] && side > 1
+                   ? fmt::format("write 'input {} steps {}' or 'input {} steps 1'", side, side, in[1])
+                   : fmt::format("write 'input {} steps 1' or 'input STEPS steps FEATURES'", in[1]);
+    } else if (in.size() == 2) {
+        hint = "'last' has already taken the final step";
+    }
+    throw UserError(s.loc, fmt::format("{} needs a sequence [batch, steps, features]; its input is {}; {}",
+                                       s.layer->keyword, shapeString(in), hint));
+}
+
+/// `rnn H [tanh|relu]`, `lstm H`, `gru H`, each `[init=SCHEME] [bias=BOOL]`: PyTorch's
+/// nn.RNN, nn.LSTM and nn.GRU (one layer, batch first, zero initial state) as one module that
+/// outputs the whole sequence of hidden states [B,T,H]. Parameters as PyTorch names and lays
+/// them out: weight_ih_l0 [G H, N], weight_hh_l0 [G H, H], bias_ih_l0, bias_hh_l0, gates in
+/// PyTorch's order (lstm i, f, g, o; gru r, z, n). The input projection x W_ihᵀ + b_ih of all
+/// steps is one product outside the loop; the scan op is the loop (Ops.def, Cells.cpp).
+ValueId buildRecurrent(LayerBuilder& b, const Stmt& s, ValueId x) {
+    Graph& g = b.graph();
+    const Shape in = needSequence(b, s, x);
+    if (s.size < 1 || s.size > kMaxTensorElements)
+        throw UserError(s.sizeLoc, fmt::format("hidden size {} is out of range (1 to 2^31)", s.size));
+    const std::string keyword = s.layer->keyword;
+    const Cell cell = keyword == "lstm" ? Cell::Lstm : keyword == "gru" ? Cell::Gru : Cell::Rnn;
+    scalar::Expr activation;
+    std::string actName;
+    if (cell == Cell::Rnn) { // nn.RNN's nonlinearity: tanh (its default) or relu
+        actName = s.act ? s.act->name : "tanh";
+        if (s.act && (!s.act->args.empty() || (actName != "tanh" && actName != "relu")))
+            throw UserError(s.act->loc, fmt::format("rnn takes tanh or relu (nn.RNN's nonlinearity), not '{}'",
+                                                    actName + (s.act->args.empty() ? "" : "(...)")));
+        using scalar::Kind;
+        const scalar::Expr a0 = scalar::arg(0), zero = scalar::constant(0);
+        // relu as the table writes it: select(x <= 0, 0, x), so relu'(0) = 0 as PyTorch's.
+        activation = actName == "tanh" ? scalar::make(Kind::Tanh, {a0})
+                                       : scalar::make(Kind::Select, {scalar::make(Kind::Le, {a0, zero}), zero, a0});
+    }
+    const int64_t H = s.size, N = in[2], G = cellGates(cell);
+    if (G * H > kMaxTensorElements)
+        throw UserError(s.sizeLoc, fmt::format("hidden size {} is out of range ({} gates of it exceed 2^31)", H, G));
+    const bool bias = optionValue(s, "bias") != 0;
+    std::string mod = b.moduleName(s);
+    // PyTorch's default for all four tensors: U(-1/sqrt(H), 1/sqrt(H)), the pytorch scheme with fan-in H.
+    const Init init = LayerBuilder::initOf(s, true);
+    const bool recurrentOnly = init.scheme == "identity" || init.scheme == "orthogonal";
+    const Init ihInit = recurrentOnly ? Init{} : init;
+    const Init biasInitial = init.scheme == "identity" ? Init{"constant", {0.0}} : recurrentOnly ? Init{} : biasInit(init);
+    ValueId wih = b.param(mod + ".weight_ih_l0", {G * H, N}, ihInit, H, G * H, s.loc);
+    ValueId whh = b.param(mod + ".weight_hh_l0", {G * H, H}, init, H, G * H, s.loc);
+    std::optional<ValueId> bih, bhh;
+    if (bias) {
+        bih = b.param(mod + ".bias_ih_l0", {G * H}, biasInitial, H, G * H, s.loc);
+        bhh = b.param(mod + ".bias_hh_l0", {G * H}, biasInitial, H, G * H, s.loc);
+    }
+    ValueId xp = node(g, Op::MatMulNT, s.loc, {x, wih});
+    if (bih) xp = addBiasAdd(g, xp, *bih, s.loc);
+    if (!bhh) { // nn.LSTM(bias=False): the loop adds zeros
+        Node z = makeNode(Op::Zeros, s.loc);
+        z.shape = {G * H};
+        bhh = g.add(std::move(z));
+    }
+    Node scan = makeNode(Op::Scan, s.loc, {xp, whh, *bhh});
+    scan.cell = cell, scan.expr = activation;
+    ValueId h = g.add(std::move(scan));
+    b.record(mod, fmt::format("{} {} -> {}, {} steps{}{}", keyword, N, H, in[1], actName == "relu" ? ", relu" : "",
+                              bias ? "" : " (no bias)"), x, h, s.loc);
+    return h;
+}
+
+/// `last`: the final step of a sequence, [B,T,K] -> [B,K] (PyTorch's out[:, -1]), a module of
+/// its own.
+ValueId buildLast(LayerBuilder& b, const Stmt& s, ValueId x) {
+    needSequence(b, s, x);
+    ValueId y = node(b.graph(), Op::LastStep, s.loc, {x});
+    b.record(b.moduleName(s), "last step", x, y, s.loc);
+    return y;
+}
+
 using Kind = LayerOptionDef::Kind;
 using Operands = LayerDef::Operands;
 
@@ -326,6 +425,13 @@ const std::vector<LayerDef> kLayers = {
     {"avgpool", Operands::None, "", 0, 0, false, {{"stride", Kind::Size}, {"padding", Kind::Size}},
      buildPool, "the window size"},
     {"global_avgpool", Operands::None, "", 0, 0, false, {}, buildGlobalAvgPool},
+    {"rnn", Operands::Width, "the hidden size", 0, 0, true,
+     {{"init", Kind::Init}, {"bias", Kind::Bool, 1}}, buildRecurrent},
+    {"lstm", Operands::Width, "the hidden size", 0, 0, false,
+     {{"init", Kind::Init}, {"bias", Kind::Bool, 1}}, buildRecurrent},
+    {"gru", Operands::Width, "the hidden size", 0, 0, false,
+     {{"init", Kind::Init}, {"bias", Kind::Bool, 1}}, buildRecurrent},
+    {"last", Operands::None, "", 0, 0, false, {}, buildLast},
 };
 
 const LayerDef kActivation = {"activation", Operands::None, "", 0, 0, true, {}, buildActivation};

@@ -219,6 +219,13 @@ private:
             if (input_) throw UserError(s.loc, "a second 'input' statement; a model has one input");
             Node n = makeNode(Op::Input, s.loc);
             n.shape = {g_.batch};
+            if (s.steps) {
+                if (s.dims[0] < 1 || s.dims[0] > kMaxTensorElements)
+                    throw UserError(s.sizeLoc, fmt::format("a sequence of {} steps is out of range (1 to 2^31)", s.dims[0]));
+                if (s.dims[1] < 1 || s.dims[1] > kMaxTensorElements)
+                    throw UserError(s.featuresLoc, fmt::format("{} features per step is out of range (1 to 2^31)", s.dims[1]));
+                g_.sequence = true;
+            }
             int64_t perExample = 1;
             for (int64_t d : s.dims.empty() ? std::vector<int64_t>{s.size} : s.dims) {
                 perExample *= std::min<int64_t>(d, kMaxTensorElements + 1);

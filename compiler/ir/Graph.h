@@ -16,6 +16,7 @@
 #pragma once
 
 #include "Activations.h"
+#include "Cells.h"
 #include "Source.h"
 
 #include <cstdint>
@@ -41,6 +42,7 @@ enum : uint32_t {
     Loss = 32,         ///< a scalar loss
     LossGrad = 64,     ///< a loss's gradient for d(loss) = 1
     Spatial = 128,     ///< a convolution or pooling over windows of [B,C,H,W] (or a gradient)
+    Recurrent = 256,   ///< a loop over the steps of a sequence [B,T,...] (scan, last_step, gradients)
 };
 } // namespace trait
 
@@ -208,6 +210,7 @@ public:
     std::vector<BufferInfo> buffers;
     std::vector<LayerInfo> layers;
     bool eval = false; ///< evaluation mode: batchnorm uses the running statistics
+    bool sequence = false; ///< the input is a sequence [B,T,N] (`input T steps N`)
     /// Logits, Loss, then a Preact for each hidden activation layer, a NormInput for each
     /// batchnorm (training mode) and a LayerOutput for every module but the last (when asked
     /// for); the differentiated graph adds a Grad for each parameter.
