@@ -1,0 +1,304 @@
+// ScanTests.cpp — recurrent layers (issue 17): the scan ops' gradients against central
+// differences in double (eps 1e-6, atol 1e-5, rtol 1e-3, as GradCheckTests), dL/dh_t's norms
+// through the interpreter's perturbation hook, each cell's forward against a loop written here
+// from PyTorch's documented formulas, and the parameters' names, shapes and init schemes.
+#include "Autodiff.h"
+#include "Init.h"
+#include "Interpreter.h"
+#include "Pipeline.h"
+#include "TestUtil.h"
+
+#include <catch2/catch.hpp>
+#include <fmt/format.h>
+
+#include <cmath>
+#include <random>
+
+using namespace gradc;
+
+namespace {
+
+constexpr double kEps = 1e-6, kAtol = 1e-5, kRtol = 1e-3;
+
+Graph model(const std::string& text, int64_t batch, bool layerOutputs = false) {
+    SemaOptions o;
+    o.batch = batch, o.layerOutputs = layerOutputs;
+    return compileSource("test.nn", text, o).graph;
+}
+
+double lossOf(const Graph& fwd, const Bindings& b) {
+    return interpret(fwd, b)[fwd.output(OutputRole::Loss)].data[0];
+}
+
+/// The interpreter's gradient of every parameter and of x against central differences, at
+/// every coordinate.
+void gradcheck(const Graph& fwd, std::mt19937& rng) {
+    Graph grad = differentiate(fwd, {/*inputGradient=*/true});
+    REQUIRE(verify(grad).empty());
+    Bindings b = randomBindings(fwd, rng);
+    auto out = interpretOutputs(grad, b);
+    CHECK(out.at("loss").data[0] == Approx(lossOf(fwd, b)).epsilon(1e-12));
+    std::vector<std::string> names;
+    for (auto& p : fwd.params) names.push_back(p.name);
+    names.push_back("x");
+    for (const std::string& name : names) {
+        Tensor& t = b.at(name);
+        const Tensor& analytic = out.at("grad:" + name);
+        REQUIRE(analytic.data.size() == t.data.size());
+        double largest = 0;
+        for (size_t i = 0; i < t.data.size(); ++i) {
+            const double saved = t.data[i];
+            t.data[i] = saved + kEps;
+            const double up = lossOf(fwd, b);
+            t.data[i] = saved - kEps;
+            const double down = lossOf(fwd, b);
+            t.data[i] = saved;
+            const double numeric = (up - down) / (2 * kEps);
+            largest = std::max(largest, std::fabs(numeric));
+            INFO(fwd.model << ": d loss / d " << name << "[" << i << "] analytic " << analytic.data[i] << " numeric "
+                           << numeric);
+            CHECK(std::fabs(analytic.data[i] - numeric) <= kAtol + kRtol * std::fabs(numeric));
+        }
+        INFO(name);
+        // The check saw a gradient, not zeros on both sides; a one-step sequence's recurrent
+        // weights multiply h_{-1} = 0 and get none.
+        const bool oneStep = fwd[0].shape.size() == 3 && fwd[0].shape[1] == 1;
+        if (!(oneStep && name.find("weight_hh") != std::string::npos)) CHECK(largest > 1e-6);
+        if (oneStep && name.find("weight_hh") != std::string::npos) CHECK(largestAbs(analytic) == 0);
+    }
+}
+
+/// The value of the graph's only node of op `op`.
+const Tensor& valueOf(const Graph& g, const std::vector<Tensor>& vals, Op op) {
+    const Node* found = nullptr;
+    size_t at = 0;
+    for (size_t i = 0; i < g.nodes.size(); ++i)
+        if (g.nodes[i].op == op) {
+            REQUIRE(found == nullptr);
+            found = &g.nodes[i], at = i;
+        }
+    REQUIRE(found != nullptr);
+    return vals[at];
+}
+
+double sigmoid(double v) { return 1 / (1 + std::exp(-v)); }
+
+/// h [B,T,H] of one recurrent layer as PyTorch documents nn.RNN, nn.LSTM and nn.GRU, from the
+/// input x [B,T,N] and the layer's four tensors (gate order i, f, g, o and r, z, n).
+std::vector<double> referenceLayer(const std::string& cell, const Bindings& b, const std::string& mod,
+                                   int64_t B, int64_t T, int64_t N, int64_t H, bool relu) {
+    const int64_t G = cell == "lstm" ? 4 : cell == "gru" ? 3 : 1;
+    const auto &x = b.at("x").data, &wih = b.at(mod + ".weight_ih_l0").data, &whh = b.at(mod + ".weight_hh_l0").data;
+    const auto &bih = b.at(mod + ".bias_ih_l0").data, &bhh = b.at(mod + ".bias_hh_l0").data;
+    std::vector<double> out(size_t(B * T * H));
+    for (int64_t bb = 0; bb < B; ++bb) {
+        std::vector<double> h(size_t(H), 0.0), c(size_t(H), 0.0);
+        for (int64_t t = 0; t < T; ++t) {
+            std::vector<double> gi(size_t(G * H)), gh(size_t(G * H));
+            for (int64_t r = 0; r < G * H; ++r) {
+                double si = bih[size_t(r)], sh = bhh[size_t(r)];
+                for (int64_t k = 0; k < N; ++k) si += wih[size_t(r * N + k)] * x[size_t((bb * T + t) * N + k)];
+                for (int64_t k = 0; k < H; ++k) sh += whh[size_t(r * H + k)] * h[size_t(k)];
+                gi[size_t(r)] = si, gh[size_t(r)] = sh;
+            }
+            std::vector<double> hn(static_cast<size_t>(H));
+            for (int64_t j = 0; j < H; ++j) {
+                auto at = [&](const std::vector<double>& v, int64_t g) { return v[size_t(g * H + j)]; };
+                if (cell == "rnn") {
+                    const double a = at(gi, 0) + at(gh, 0);
+                    hn[size_t(j)] = relu ? std::max(a, 0.0) : std::tanh(a);
+                } else if (cell == "lstm") {
+                    const double i = sigmoid(at(gi, 0) + at(gh, 0)), f = sigmoid(at(gi, 1) + at(gh, 1));
+                    const double g = std::tanh(at(gi, 2) + at(gh, 2)), o = sigmoid(at(gi, 3) + at(gh, 3));
+                    c[size_t(j)] = f * c[size_t(j)] + i * g;
+                    hn[size_t(j)] = o * std::tanh(c[size_t(j)]);
+                } else {
+                    const double r = sigmoid(at(gi, 0) + at(gh, 0)), z = sigmoid(at(gi, 1) + at(gh, 1));
+                    const double n = std::tanh(at(gi, 2) + r * at(gh, 2));
+                    hn[size_t(j)] = (1 - z) * n + z * h[size_t(j)];
+                }
+            }
+            h = hn;
+            for (int64_t j = 0; j < H; ++j) out[size_t((bb * T + t) * H + j)] = h[size_t(j)];
+        }
+    }
+    return out;
+}
+
+const char* const kCells[] = {"rnn 3", "rnn 3 relu", "lstm 3", "gru 3"};
+
+} // namespace
+
+TEST_CASE("each cell's forward loop is PyTorch's nn.RNN, nn.LSTM and nn.GRU", "[scan]") {
+    std::mt19937 rng(5);
+    for (const char* layer : kCells)
+        for (int64_t T : {1, 5}) {
+            const std::string text = fmt::format("input {} steps 2\n{}\nlast\ndense 2\nloss cross_entropy\n", T, layer);
+            INFO(text);
+            Graph g = model(text, 3, /*layerOutputs=*/true);
+            Bindings b = randomBindings(g, rng);
+            for (auto& [name, t] : b) // gates away from 0: relu's kink and tanh's linear part
+                if (name != "target")
+                    for (double& v : t.data) v *= 3;
+            auto out = interpretOutputs(g, b);
+            const std::string cell = std::string(layer).substr(0, std::string(layer).find(' '));
+            std::vector<double> want = referenceLayer(cell, b, "layers.0", 3, T, 2, 3, std::string(layer).find("relu") != std::string::npos);
+            const Tensor& got = out.at("layer:layers.0");
+            REQUIRE(got.shape == Shape{3, T, 3});
+            double err = 0, scale = 0;
+            for (size_t i = 0; i < want.size(); ++i)
+                err = std::max(err, std::fabs(got.data[i] - want[i])), scale = std::max(scale, std::fabs(want[i]));
+            CHECK(scale > 0.1);
+            CHECK(err <= 1e-12);
+            // last: the final step of every example
+            const Tensor& last = out.at("layer:layers.1");
+            REQUIRE(last.shape == Shape{3, 3});
+            for (int64_t bb = 0; bb < 3; ++bb)
+                for (int64_t j = 0; j < 3; ++j)
+                    CHECK(last.data[size_t(bb * 3 + j)] == Approx(want[size_t((bb * T + T - 1) * 3 + j)]).margin(1e-12));
+        }
+}
+
+TEST_CASE("scan, scan_grad, its siblings and last_step agree with central differences", "[scan]") {
+    std::mt19937 rng(11);
+    for (const char* layer : kCells)
+        for (int64_t T : {1, 5}) {
+            // flatten: every step reaches the loss; last: only the final one does
+            for (const char* head : {"flatten\ndense 3\nloss cross_entropy\n", "last\ndense 2\nloss mse\n"}) {
+                const std::string text = fmt::format("input {} steps 3\n{}\n{}", T, layer, head);
+                INFO(text);
+                gradcheck(model(text, 2), rng);
+            }
+        }
+}
+
+TEST_CASE("stacked recurrent layers, bias=false and init schemes gradient-check", "[scan]") {
+    std::mt19937 rng(12);
+    for (const char* text : {"input 4 steps 2\ngru 3\nlstm 2\nlast\ndense 2\nloss cross_entropy\n",
+                             "input 4 steps 2\nlstm 3 bias=false\nrnn 2 relu bias=false\nflatten\ndense 2\nloss mse\n",
+                             "input 3 steps 2\nh = rnn 3 init=identity\nlast from h\ndense 2\nloss cross_entropy\n"}) {
+        INFO(text);
+        gradcheck(model(text, 3), rng);
+    }
+}
+
+TEST_CASE("scan_grad_norm is the norm of dL/dh_t through all later steps", "[scan]") {
+    std::mt19937 rng(13);
+    for (const char* layer : kCells)
+        for (int64_t T : {1, 5}) {
+            const std::string text = fmt::format("input {} steps 2\n{}\nflatten\ndense 3\nloss cross_entropy\n", T, layer);
+            INFO(text);
+            Graph fwd = model(text, 2);
+            Graph grad = differentiate(fwd);
+            Bindings b = randomBindings(fwd, rng);
+            const Tensor norms = valueOf(grad, interpret(grad, b), Op::ScanGradNorm);
+            REQUIRE(norms.shape == Shape{T});
+            for (int64_t t = 0; t < T; ++t) {
+                double sum = 0;
+                for (int64_t bb = 0; bb < 2; ++bb)
+                    for (int64_t j = 0; j < 3; ++j) {
+                        setScanPerturbation({t, bb, j, kEps});
+                        const double up = lossOf(fwd, b);
+                        setScanPerturbation({t, bb, j, -kEps});
+                        const double down = lossOf(fwd, b);
+                        setScanPerturbation({});
+                        const double d = (up - down) / (2 * kEps);
+                        sum += d * d;
+                    }
+                INFO("t = " << t);
+                CHECK(std::sqrt(sum) > 1e-6);
+                CHECK(std::fabs(norms.data[size_t(t)] - std::sqrt(sum)) <= 1e-7 + 1e-5 * std::sqrt(sum));
+            }
+        }
+}
+
+TEST_CASE("recurrent parameters carry PyTorch's names, layouts and order", "[scan]") {
+    struct Case {
+        const char* layer;
+        int64_t gates;
+    };
+    for (Case c : {Case{"rnn 8", 1}, Case{"rnn 8 relu", 1}, Case{"lstm 8", 4}, Case{"gru 8", 3}}) {
+        INFO(c.layer);
+        Graph g = model(fmt::format("input 7 steps 5\n{}\nlast\ndense 2\nloss cross_entropy\n", c.layer), 4);
+        REQUIRE(g.params.size() == 6);
+        const char* names[] = {"layers.0.weight_ih_l0", "layers.0.weight_hh_l0", "layers.0.bias_ih_l0", "layers.0.bias_hh_l0"};
+        const Shape shapes[] = {{8 * c.gates, 5}, {8 * c.gates, 8}, {8 * c.gates}, {8 * c.gates}};
+        for (size_t i = 0; i < 4; ++i) {
+            CHECK(g.params[i].name == names[i]);
+            CHECK(g[g.params[i].node].shape == shapes[i]);
+            CHECK(g.params[i].init.scheme == "pytorch");
+            CHECK(g.params[i].fanIn == 8); // U(-1/sqrt(H), 1/sqrt(H)) for all four
+        }
+        CHECK(g.params[4].name == "layers.2.weight"); // last is module 1, the dense module 2
+        CHECK(g.sequence);
+        CHECK(g[g.output(OutputRole::Logits)].shape == Shape{4, 2});
+        Bindings b = initialiseParameters(g, 1);
+        for (size_t i = 0; i < 4; ++i) {
+            double largest = largestAbs(b.at(names[i]));
+            CHECK(largest <= 1 / std::sqrt(8.0));
+            CHECK(largest > 0.5 / std::sqrt(8.0));
+        }
+    }
+    Graph nb = model("input 7 steps 5\nlstm 8 bias=false\nlast\ndense 2\nloss cross_entropy\n", 4);
+    REQUIRE(nb.params.size() == 4);
+    CHECK(nb.params[1].name == "layers.0.weight_hh_l0");
+    CHECK(nb.params[2].name == "layers.2.weight");
+}
+
+TEST_CASE("identity and orthogonal init of the recurrent weights", "[scan]") {
+    Graph g = model("input 3 steps 5\nrnn 6 relu init=identity(1.5)\ngru 4 init=orthogonal\nlstm 3 init=orthogonal(2)\n"
+                    "last\ndense 2\nloss cross_entropy\n", 2);
+    Bindings b = initialiseParameters(g, 9);
+    const Tensor& id = b.at("layers.0.weight_hh_l0");
+    for (int64_t r = 0; r < 6; ++r)
+        for (int64_t c = 0; c < 6; ++c) CHECK(id.data[size_t(r * 6 + c)] == (r == c ? 1.5 : 0.0));
+    CHECK(largestAbs(b.at("layers.0.bias_ih_l0")) == 0); // the IRNN's biases are zero
+    CHECK(largestAbs(b.at("layers.0.bias_hh_l0")) == 0);
+    CHECK(largestAbs(b.at("layers.0.weight_ih_l0")) > 0); // PyTorch's default
+    for (auto [name, rows, cols, gain] : {std::tuple{"layers.1.weight_hh_l0", 12, 4, 1.0}, std::tuple{"layers.2.weight_hh_l0", 12, 3, 2.0}}) {
+        INFO(name);
+        const Tensor& q = b.at(name);
+        REQUIRE(q.shape == Shape{rows, cols});
+        for (int64_t i = 0; i < cols; ++i)
+            for (int64_t j = 0; j < cols; ++j) {
+                double dot = 0;
+                for (int64_t r = 0; r < rows; ++r) dot += q.data[size_t(r * cols + i)] * q.data[size_t(r * cols + j)];
+                CHECK(dot == Approx(i == j ? gain * gain : 0.0).margin(1e-12));
+            }
+    }
+    // An identity recurrent weight in every gate block of an lstm.
+    Graph l = model("input 3 steps 2\nlstm 2 init=identity\nlast\ndense 2\nloss cross_entropy\n", 2);
+    const Tensor w = initialiseParameters(l, 1).at("layers.0.weight_hh_l0");
+    REQUIRE(w.shape == Shape{8, 2});
+    for (int64_t r = 0; r < 8; ++r)
+        for (int64_t c = 0; c < 2; ++c) CHECK(w.data[size_t(r * 2 + c)] == (r % 2 == c ? 1.0 : 0.0));
+}
+
+TEST_CASE("recurrent layers' misuse is diagnosed at the statement", "[scan]") {
+    auto error = [](const std::string& text) { return errorOf([&] { model(text, 4); }); };
+    CHECK_THAT(error("input 784\nlstm 64\nlast\ndense 2\nloss mse\n"),
+               Catch::Contains("test.nn:2:1: error: lstm needs a sequence [batch, steps, features]; its input is "
+                               "[4,784]; write 'input 28 steps 28' or 'input 784 steps 1'"));
+    CHECK_THAT(error("input 5\nlast\nloss mse\n"), Catch::Contains("2:1: error: last needs a sequence"));
+    CHECK_THAT(error("input 5 steps 2\nrnn 4 sigmoid\nlast\nloss mse\n"),
+               Catch::Contains("2:7: error: rnn takes tanh or relu (nn.RNN's nonlinearity), not 'sigmoid'"));
+    CHECK_THAT(error("input 28 steps\nlstm 4\nlast\nloss mse\n"), Catch::Contains("1:15: error: expected the number of features"));
+    CHECK_THAT(error("input 28x28 steps 1\nlstm 4\nlast\nloss mse\n"),
+               Catch::Contains("1:13: error: a sequence input is 'input STEPS steps FEATURES'"));
+    CHECK_THAT(error("input 28 steps 0\nlstm 4\nlast\nloss mse\n"),
+               Catch::Contains("1:16: error: 0 features per step is out of range"));
+    CHECK_THAT(error("input 784\ndense 4 init=identity\nloss mse\n"),
+               Catch::Contains("2:14: error: init scheme 'identity' is for the recurrent weights of rnn, lstm and gru"));
+    CHECK_THAT(error("input 5 steps 2\ngru 4 relu\nlast\nloss mse\n"), Catch::Contains("2:7: error: unexpected 'relu'"));
+    CHECK_THAT(error("input 5 steps 2\nlstm 3\nlast\nlast\nloss mse\n"), Catch::Contains("4:1: error: last needs a sequence"));
+}
+
+TEST_CASE("the jit backend refuses the scan ops by name", "[scan]") {
+    const std::string text = "input 5 steps 2\nlstm 3\nlast\ndense 2\nloss cross_entropy\n";
+    const Graph g = model(text, 4);
+    CodegenOptions opts;
+    opts.cache = false;
+    const std::string err = errorOf([&] { compileModel(g, opts); });
+    CHECK_THAT(err, Catch::Contains("test.nn:2:1: error: scan"));
+    CHECK_THAT(err, Catch::Contains(kJitRefusal));
+}
