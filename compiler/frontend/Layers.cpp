@@ -327,7 +327,7 @@ const Shape& needSequence(LayerBuilder& b, const Stmt& s, ValueId x) {
         hint = side * side == in[1] && side > 1
                    ? fmt::format("write 'input {} steps {}' or 'input {} steps 1'", side, side, in[1])
                    : fmt::format("write 'input {} steps 1' or 'input STEPS steps FEATURES'", in[1]);
-    } else if (in.size() == 2) {
+    } else if (in.size() == 2 && b.graph()[x].op == Op::LastStep) {
         hint = "'last' has already taken the final step";
     }
     throw UserError(s.loc, fmt::format("{} needs a sequence [batch, steps, features]; its input is {}; {}",
@@ -349,6 +349,10 @@ ValueId buildRecurrent(LayerBuilder& b, const Stmt& s, ValueId x) {
     const Cell cell = keyword == "lstm" ? Cell::Lstm : keyword == "gru" ? Cell::Gru : Cell::Rnn;
     scalar::Expr activation;
     std::string actName;
+    if (cell != Cell::Rnn && s.act)
+        throw UserError(s.act->loc, fmt::format("{} takes no activation: its gates' non-linearities are fixed "
+                                                "(nn.{}); only rnn takes tanh or relu", keyword,
+                                                cell == Cell::Lstm ? "LSTM" : "GRU"));
     if (cell == Cell::Rnn) { // nn.RNN's nonlinearity: tanh (its default) or relu
         actName = s.act ? s.act->name : "tanh";
         if (s.act && (!s.act->args.empty() || (actName != "tanh" && actName != "relu")))
@@ -427,9 +431,9 @@ const std::vector<LayerDef> kLayers = {
     {"global_avgpool", Operands::None, "", 0, 0, false, {}, buildGlobalAvgPool},
     {"rnn", Operands::Width, "the hidden size", 0, 0, true,
      {{"init", Kind::Init}, {"bias", Kind::Bool, 1}}, buildRecurrent},
-    {"lstm", Operands::Width, "the hidden size", 0, 0, false,
+    {"lstm", Operands::Width, "the hidden size", 0, 0, true,
      {{"init", Kind::Init}, {"bias", Kind::Bool, 1}}, buildRecurrent},
-    {"gru", Operands::Width, "the hidden size", 0, 0, false,
+    {"gru", Operands::Width, "the hidden size", 0, 0, true,
      {{"init", Kind::Init}, {"bias", Kind::Bool, 1}}, buildRecurrent},
     {"last", Operands::None, "", 0, 0, false, {}, buildLast},
 };

@@ -272,9 +272,13 @@ private:
             l.loc = s.loc;
             if (sh.size() != 2)
                 throw UserError(s.loc, sh.size() < 2 ? std::string("the loss needs a [batch, outputs] value")
-                                                     : fmt::format("the loss needs a [batch, outputs] value, got {}; "
-                                                                   "use flatten to make it {}", shapeString(sh),
-                                                                   shapeString({sh[0], elementCount(sh) / sh[0]})));
+                                       : sh.size() == 3 && g_.sequence
+                                       ? fmt::format("the loss needs a [batch, outputs] value, got the sequence {}; "
+                                                     "use 'last' to take its final step (or flatten to make it {})",
+                                                     shapeString(sh), shapeString({sh[0], elementCount(sh) / sh[0]}))
+                                       : fmt::format("the loss needs a [batch, outputs] value, got {}; "
+                                                     "use flatten to make it {}", shapeString(sh),
+                                                     shapeString({sh[0], elementCount(sh) / sh[0]})));
             if (s.loss == "cross_entropy") {
                 if (sh[1] < 2)
                     throw UserError(s.sizeLoc, fmt::format("cross_entropy needs at least 2 "

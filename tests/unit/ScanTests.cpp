@@ -289,7 +289,7 @@ TEST_CASE("recurrent layers' misuse is diagnosed at the statement", "[scan]") {
                Catch::Contains("1:16: error: 0 features per step is out of range"));
     CHECK_THAT(error("input 784\ndense 4 init=identity\nloss mse\n"),
                Catch::Contains("2:14: error: init scheme 'identity' is for the recurrent weights of rnn, lstm and gru"));
-    CHECK_THAT(error("input 5 steps 2\ngru 4 relu\nlast\nloss mse\n"), Catch::Contains("2:7: error: unexpected 'relu'"));
+    CHECK_THAT(error("input 5 steps 2\ngru 4 relu\nlast\nloss mse\n"), Catch::Contains("2:7: error: gru takes no activation"));
     CHECK_THAT(error("input 5 steps 2\nlstm 3\nlast\nlast\nloss mse\n"), Catch::Contains("4:1: error: last needs a sequence"));
 }
 
