@@ -527,6 +527,7 @@ std::string outputLabel(const Output& o) {
     case OutputRole::NormInput: return "bnin:" + o.name;
     case OutputRole::LayerOutput: return "layer:" + o.name;
     case OutputRole::Grad: return "grad:" + o.name;
+    case OutputRole::ThroughTime: return "through:" + o.name;
     }
     return "?";
 }

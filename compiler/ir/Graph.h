@@ -180,8 +180,9 @@ struct LayerInfo {
 /// a hidden activation layer, for activation statistics), NormInput (the input of a
 /// batchnorm, for its running statistics; training mode) and LayerOutput (a module's output,
 /// when asked for) are values the forward pass keeps; Grad is the loss's gradient with
-/// respect to a parameter (or the input x), added by autodiff.
-enum class OutputRole : uint8_t { Logits, Loss, Preact, NormInput, LayerOutput, Grad };
+/// respect to a parameter (or the input x), added by autodiff; ThroughTime is a recurrent
+/// layer's ‖dL/dh_t‖ for every step t ([T], named after the layer), added by autodiff too.
+enum class OutputRole : uint8_t { Logits, Loss, Preact, NormInput, LayerOutput, Grad, ThroughTime };
 
 /// A graph output: its role, the layer or tensor it belongs to ("" for logits and loss) and
 /// its value.
@@ -197,7 +198,7 @@ inline bool isKeptActivation(OutputRole r) {
 }
 
 /// The printed form of an output: "logits", "loss", "preact:NAME", "bnin:LAYER",
-/// "layer:NAME", "grad:NAME" (`gradc dump` and the keys of named results).
+/// "layer:NAME", "grad:NAME", "through:LAYER" (`gradc dump` and the keys of named results).
 std::string outputLabel(const Output& o);
 
 class Graph {

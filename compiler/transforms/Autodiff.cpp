@@ -244,6 +244,16 @@ Graph differentiate(const Graph& forward, const AutodiffOptions& opts) {
         ValueId grad = adjoint[p.node] ? *adjoint[p.node] : addZeros(g, g[p.node].shape, g[p.node].loc);
         g.outputs.push_back({OutputRole::Grad, p.name, grad});
     }
+    // Each recurrent layer's ‖dL/dh_t‖: its reverse loop's scan_grad_norm, or zeros when the
+    // loss does not reach the layer, so that every layout entry is written.
+    for (const LayerInfo& layer : forward.layers) {
+        if (forward[layer.value].op != Op::Scan) continue;
+        std::optional<ValueId> norms;
+        for (size_t i = n; i < g.nodes.size(); ++i)
+            if (g.nodes[i].op == Op::ScanGradNorm && g.nodes[i].in[0] == layer.value) norms = ValueId(i);
+        if (!norms) norms = addZeros(g, {forward[layer.value].shape[1]}, forward[layer.value].loc);
+        g.outputs.push_back({OutputRole::ThroughTime, layer.name, *norms});
+    }
     if (opts.inputGradient) {
         for (size_t i = 0; i < n; ++i)
             if (g[ValueId(i)].op == Op::Input && g[ValueId(i)].name == "x") {

@@ -3,8 +3,11 @@
 // through the interpreter's perturbation hook, each cell's forward against a loop written here
 // from PyTorch's documented formulas, and the parameters' names, shapes and init schemes.
 #include "Autodiff.h"
+#include "Backend.h"
+#include "Execute.h"
 #include "Init.h"
 #include "Interpreter.h"
+#include "Layout.h"
 #include "Pipeline.h"
 #include "TestUtil.h"
 
@@ -301,4 +304,48 @@ TEST_CASE("the jit backend refuses the scan ops by name", "[scan]") {
     const std::string err = errorOf([&] { compileModel(g, opts); });
     CHECK_THAT(err, Catch::Contains("test.nn:2:1: error: scan"));
     CHECK_THAT(err, Catch::Contains(kJitRefusal));
+}
+
+TEST_CASE("each recurrent layer's norms of dL/dh_t are an output, in the layout, written by the backward pass", "[scan]") {
+    // layers.0 (the gru) does not reach the loss: its norms are zeros, still written.
+    const char* text = "s = input 4 steps 2\ngru 3\nlstm 2 from s\nlast\ndense 2\nloss cross_entropy\n";
+    Graph fwd = model(text, 3);
+    Graph grad = differentiate(fwd);
+    std::mt19937 rng(21);
+    Bindings b = randomBindings(fwd, rng);
+    const std::vector<Tensor> vals = interpret(grad, b);
+    auto out = interpretOutputs(grad, b);
+    REQUIRE(out.count("through:layers.0") == 1);
+    REQUIRE(out.count("through:layers.1") == 1);
+    CHECK(out.at("through:layers.0").shape == Shape{4});
+    CHECK(largestAbs(out.at("through:layers.0")) == 0);
+    CHECK(out.at("through:layers.1").data == valueOf(grad, vals, Op::ScanGradNorm).data);
+    CHECK(largestAbs(out.at("through:layers.1")) > 0);
+
+    const Layout l = computeLayout(fwd);
+    const LayoutEntry& e = l.at(Role::ThroughTime, "layers.1");
+    CHECK(e.array == Array::Acts);
+    CHECK(e.shape == Shape{4});
+    CHECK(std::string(roleName(e.role)) == "through_time");
+    const std::vector<Output> outs = backwardOutputs(grad);
+    size_t lastGrad = 0, firstThrough = outs.size();
+    for (size_t i = 0; i < outs.size(); ++i) {
+        if (outs[i].role == OutputRole::Grad) lastGrad = i;
+        if (outs[i].role == OutputRole::ThroughTime) firstThrough = std::min(firstThrough, i);
+    }
+    CHECK(lastGrad < firstThrough);
+    CHECK(firstThrough < outs.size());
+
+    // The interpreter backend writes them where the layout says, in float and double.
+    for (bool f64 : {true, false}) {
+        BackendOptions o;
+        o.backend = "interp", o.f64 = f64, o.cache = false;
+        auto exe = compile(fwd, o);
+        auto got = run(*exe, b, /*backward=*/true);
+        REQUIRE(got.count("through:layers.1") == 1);
+        const Tensor& want = out.at("through:layers.1");
+        for (size_t t = 0; t < 4; ++t)
+            CHECK(got.at("through:layers.1").data[t] == Approx(want.data[t]).epsilon(f64 ? 1e-12 : 1e-5));
+        CHECK(run(*exe, b, /*backward=*/false).count("through:layers.1") == 0);
+    }
 }
