@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <map>
 #include <random>
 #include <utility>
@@ -138,27 +139,64 @@ GradsRun runGrads(const GradsOptions& o, const std::function<void(const GradsMod
     backend.backend = o.session.backend, backend.f64 = o.session.backend == "interp" || o.f64;
     backend.cache = o.session.cache, backend.threads = o.session.threads;
     backend.isa = o.session.isa;
-    const int64_t batch = o.batch;
+    int64_t batch = o.batch;
     const std::string& dir = o.data.dir;
+    std::map<std::string, Tensor> given; // --inputs: x and target from a file
+    if (!o.inputs.empty()) {
+        given = readSafetensors(o.inputs);
+        if (!given.count("x") || given.at("x").shape.size() < 2 || !given.count("target"))
+            failIn(o.inputs, "an inputs file needs a tensor 'x' [batch, ...] and a tensor 'target' [batch, ...]");
+        const int64_t rows = given.at("x").shape[0];
+        if (batch != 0 && batch != rows)
+            failIn(o.inputs, fmt::format("'x' holds {} examples, but the batch is {}", rows, batch));
+        batch = rows;
+    }
     // Compile every model first, so a mistake in the last one costs no data loading.
     std::vector<Graph> graphs;
     for (auto& path : o.models) graphs.push_back(compileFile(path, {batch}).graph);
 
-    Examples ex = o.shuffle ? sample(readExamples(dir, true, exampleCount(dir, true)), batch, o.seed)
-                            : readExamples(dir, /*train=*/true, batch);
-    Tensor x{{batch, ex.features}, normalise(ex, o.data.mean, o.data.std)};
+    Examples ex;
+    Tensor x;
+    if (given.empty()) {
+        ex = o.shuffle ? sample(readExamples(dir, true, exampleCount(dir, true)), batch, o.seed)
+                       : readExamples(dir, /*train=*/true, batch);
+        x = Tensor{{batch, ex.features}, normalise(ex, o.data.mean, o.data.std)};
+    } else {
+        x = given.at("x");
+    }
     GradsRun run;
     run.wide = backend.f64;
     for (size_t m = 0; m < graphs.size(); ++m) {
         const Graph& g = graphs[m];
-        if (perExample(g[0].shape) != ex.features)
+        if (!given.empty() && perExample(g[0].shape) != perExample(x.shape))
+            failIn(o.inputs, fmt::format("the model {} takes {} inputs per example, but 'x' {} has {}", o.models[m],
+                                         perExample(g[0].shape), shapeString(x.shape), perExample(x.shape)));
+        if (given.empty() && perExample(g[0].shape) != ex.features)
             failIn(o.models[m], fmt::format("the model takes {} inputs, but the images in {} have {} pixels",
                                             perExample(g[0].shape), dir, ex.features));
         Bindings b = o.params.empty() ? initialiseParameters(g, o.seed) : loadParameters(g, o.params);
         run.integers.clear();
         run.params = stateDict(g, b, &run.integers); // running statistics too, as PyTorch's state_dict
         b["x"] = Tensor{g[0].shape, x.data}; // [batch, 784] read as the model's [batch, 28, 28], ...
-        b["target"] = gradsTarget(g, o.models[m], ex, x);
+        if (given.empty()) {
+            b["target"] = gradsTarget(g, o.models[m], ex, x);
+        } else {
+            const Node* target = nullptr;
+            for (const Node& n : g.nodes)
+                if (n.op == Op::Input && n.name == "target") target = &n;
+            internal_assert(target, "a model without a target");
+            const Tensor& t = given.at("target");
+            if (elementCount(t.shape) != elementCount(target->shape))
+                failIn(o.inputs, fmt::format("'target' {} does not fit the model's target {}", shapeString(t.shape),
+                                             shapeString(target->shape)));
+            const int64_t classes = g[g.output(OutputRole::Logits)].shape[1];
+            if (target->type == DType::Index)
+                for (size_t i = 0; i < t.data.size(); ++i)
+                    if (!(t.data[i] >= 0 && t.data[i] < double(classes)) || t.data[i] != std::floor(t.data[i]))
+                        failIn(o.inputs, fmt::format("target {} of example {} is not a class index (0 to {})", t.data[i],
+                                                     i, classes - 1));
+            b["target"] = Tensor{target->shape, t.data};
+        }
         GradsModel result;
         std::unique_ptr<Executable> exe = compile(g, backend);
         result.backend = exe->describe();

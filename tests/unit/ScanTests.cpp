@@ -6,6 +6,8 @@
 #include "Backend.h"
 #include "Execute.h"
 #include "Init.h"
+#include "Jobs.h"
+#include "SafeTensors.h"
 #include "Interpreter.h"
 #include "Layout.h"
 #include "Pipeline.h"
@@ -348,4 +350,41 @@ TEST_CASE("each recurrent layer's norms of dL/dh_t are an output, in the layout,
             CHECK(got.at("through:layers.1").data[t] == Approx(want.data[t]).epsilon(f64 ? 1e-12 : 1e-5));
         CHECK(run(*exe, b, /*backward=*/false).count("through:layers.1") == 0);
     }
+}
+
+TEST_CASE("grads --inputs takes the batch from a safetensors file: sequences that are not images", "[scan][jobs]") {
+    TempDir dir("scan_inputs");
+    const std::string text = "input 5 steps 2\ngru 3\nlast\ndense 4\nloss cross_entropy\n";
+    const std::string modelPath = dir.write("m.nn", text);
+    Tensor x{{3, 10}, {}}; // [B, T N]: any shape that holds the model's inputs per example
+    for (int i = 0; i < 30; ++i) x.data.push_back(std::sin(0.7 * i));
+    const Tensor target{{3}, {2, 0, 3}};
+    const std::string inputs = dir.write("in.safetensors", encodeSafetensors({{"x", x}, {"target", target}}, true));
+    GradsOptions o;
+    o.models = {modelPath}, o.inputs = inputs, o.batch = 0, o.seed = 4;
+    o.session.backend = "interp";
+    o.data.dir = dir.file("no-data-here"); // never read
+    GradsRun run = runGrads(o);
+    REQUIRE(run.models.size() == 1);
+    CHECK(run.models[0].report.batch == 3);
+    // The same gradients as the interpreter's on the same bindings.
+    Graph g = model(text, 3);
+    Bindings b = initialiseParameters(g, 4);
+    b["x"] = Tensor{{3, 5, 2}, x.data};
+    b["target"] = target;
+    auto want = interpretOutputs(differentiate(g), b);
+    CHECK(run.models[0].report.loss == Approx(want.at("loss").data[0]).epsilon(1e-12));
+    REQUIRE(run.grads.size() == g.params.size());
+    for (auto& [name, t] : run.grads) {
+        INFO(name);
+        CHECK(relativeError(t, want.at("grad:" + name)) < 1e-12);
+    }
+    // Mistakes name the file.
+    o.batch = 4;
+    CHECK_THAT(errorOf([&] { runGrads(o); }), Catch::Contains("'x' holds 3 examples, but the batch is 4"));
+    o.batch = 0;
+    o.inputs = dir.write("bad.safetensors", encodeSafetensors({{"x", x}, {"target", Tensor{{3}, {2, 0, 4}}}}, true));
+    CHECK_THAT(errorOf([&] { runGrads(o); }), Catch::Contains("target 4 of example 2 is not a class index (0 to 3)"));
+    o.inputs = dir.write("nox.safetensors", encodeSafetensors({{"target", target}}, true));
+    CHECK_THAT(errorOf([&] { runGrads(o); }), Catch::Contains("needs a tensor 'x'"));
 }

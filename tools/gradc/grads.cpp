@@ -26,6 +26,8 @@ void gradsOptions(po::options_description& d) {
         "seed", po::value<std::string>()->default_value("42"), "parameter initialisation seed")(
         "format", po::value<std::string>()->default_value("table"), "table | json | csv")(
         "shuffle", "a random batch of the training set (drawn with --seed) instead of the first")(
+        "inputs", po::value<std::string>(),
+        "the batch from FILE.safetensors instead of the data set: x [B,...] and target [B] (class indices)")(
         "params", po::value<std::string>(), "load parameters from FILE.safetensors (PyTorch names)")(
         "save-params", po::value<std::string>(), "write the parameters used to FILE.safetensors")(
         "dump-grads", po::value<std::string>(), "write the gradients to FILE.safetensors")(
@@ -51,6 +53,9 @@ int runGrads(const po::variables_map& vm) {
     if (format != "table" && format != "json" && format != "csv")
         throw UsageError(fmt::format("--format={} is not a format (formats: table, json, csv)", format));
     o.params = fileOption(vm, "params");
+    o.inputs = fileOption(vm, "inputs");
+    if (!o.inputs.empty() && vm["batch"].defaulted()) o.batch = 0; // the file's
+    if (!o.inputs.empty() && o.shuffle) throw UsageError("--shuffle draws from the data set; --inputs gives the batch");
     const std::string paramsOut = fileOption(vm, "save-params"), gradsOut = fileOption(vm, "dump-grads"),
                       plotOut = fileOption(vm, "plot");
     if ((!o.params.empty() || !paramsOut.empty() || !gradsOut.empty()) && o.models.size() != 1)
@@ -59,7 +64,8 @@ int runGrads(const po::variables_map& vm) {
     OutputSet outputs;
     for (auto& path : o.models) outputs.input(path);
     outputs.input(o.params);
-    declareDataInputs(outputs, o.data.dir);
+    outputs.input(o.inputs);
+    if (o.inputs.empty()) declareDataInputs(outputs, o.data.dir);
     outputs.output(paramsOut, "the parameter file");
     outputs.output(gradsOut, "the gradient file");
     outputs.output(plotOut, "the figure");
@@ -69,8 +75,12 @@ int runGrads(const po::variables_map& vm) {
         if (format != "table") return;
         if (!first) fmt::print("\n");
         first = false;
-        fmt::print("{}: batch {} (the first {} training examples of {}), seed {}\nbackend {}\n", m.report.model,
-                   o.batch, o.batch, o.data.dir, o.seed, m.backend);
+        if (o.inputs.empty())
+            fmt::print("{}: batch {} (the first {} training examples of {}), seed {}\nbackend {}\n", m.report.model,
+                       o.batch, o.batch, o.data.dir, o.seed, m.backend);
+        else
+            fmt::print("{}: batch {} (from {}), seed {}\nbackend {}\n", m.report.model, m.report.batch, o.inputs,
+                       o.seed, m.backend);
         fmt::print("{}", formatTable(m.report));
     });
     std::vector<GradReport> reports;
