@@ -388,3 +388,55 @@ TEST_CASE("grads --inputs takes the batch from a safetensors file: sequences tha
     o.inputs = dir.write("nox.safetensors", encodeSafetensors({{"target", target}}, true));
     CHECK_THAT(errorOf([&] { runGrads(o); }), Catch::Contains("needs a tensor 'x'"));
 }
+
+TEST_CASE("long sequences (28 and 784 steps): sampled central differences and dL/dh_t norms", "[scan]") {
+    std::mt19937 rng(28);
+    for (const char* layer : {"rnn 2", "rnn 2 relu init=identity", "lstm 2", "gru 2"})
+        for (int64_t T : {28, 784}) {
+            const std::string text = fmt::format("input {} steps 1\n{}\nlast\ndense 2\nloss cross_entropy\n", T, layer);
+            INFO(text);
+            Graph fwd = model(text, 2);
+            Graph grad = differentiate(fwd, {/*inputGradient=*/true});
+            Bindings b = randomBindings(fwd, rng);
+            if (std::string(layer).find("identity") != std::string::npos) { // the IRNN: W_hh = I, no biases
+                b = initialiseParameters(fwd, 3);
+                b["x"] = randomBindings(fwd, rng).at("x");
+                b["target"] = Tensor{{2}, {0, 1}};
+            }
+            const std::vector<Tensor> vals = interpret(grad, b);
+            auto out = interpretOutputs(grad, b);
+            for (auto& p : fwd.params) {
+                Tensor& t = b.at(p.name);
+                for (int s = 0; s < 4; ++s) {
+                    const size_t i = rng() % t.data.size();
+                    const double saved = t.data[i];
+                    t.data[i] = saved + kEps;
+                    const double up = lossOf(fwd, b);
+                    t.data[i] = saved - kEps;
+                    const double down = lossOf(fwd, b);
+                    t.data[i] = saved;
+                    const double numeric = (up - down) / (2 * kEps), analytic = out.at("grad:" + p.name).data[i];
+                    INFO(p.name << "[" << i << "] analytic " << analytic << " numeric " << numeric);
+                    CHECK(std::fabs(analytic - numeric) <= kAtol + kRtol * std::fabs(numeric));
+                }
+            }
+            const Tensor& norms = out.at("through:layers.0");
+            REQUIRE(norms.shape == Shape{T});
+            CHECK(norms.data == valueOf(grad, vals, Op::ScanGradNorm).data);
+            CHECK(norms.data[size_t(T - 1)] > 1e-6); // the last step feeds the head directly
+            for (int64_t t : {int64_t(0), T / 2, T - 2, T - 1}) {
+                double sum = 0;
+                for (int64_t bb = 0; bb < 2; ++bb)
+                    for (int64_t j = 0; j < 2; ++j) {
+                        setScanPerturbation({t, bb, j, kEps});
+                        const double up = lossOf(fwd, b);
+                        setScanPerturbation({t, bb, j, -kEps});
+                        const double down = lossOf(fwd, b);
+                        setScanPerturbation({});
+                        sum += std::pow((up - down) / (2 * kEps), 2);
+                    }
+                INFO("t = " << t << " norm " << norms.data[size_t(t)] << " numeric " << std::sqrt(sum));
+                CHECK(std::fabs(norms.data[size_t(t)] - std::sqrt(sum)) <= 1e-7 + 1e-5 * std::sqrt(sum));
+            }
+        }
+}
