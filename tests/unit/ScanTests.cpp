@@ -440,3 +440,25 @@ TEST_CASE("long sequences (28 and 784 steps): sampled central differences and dL
             }
         }
 }
+
+TEST_CASE("the verifier checks that a reverse loop reads its own scan, scan_state and recurrent weight", "[scan][verify]") {
+    Graph g = differentiate(model("input 4 steps 3\nrnn 3\nrnn 3\nlast\ndense 2\nloss cross_entropy\n", 2));
+    REQUIRE(verify(g).empty());
+    // Both layers' w_hh are [3,3]: the shape rules cannot tell them apart, the verifier can.
+    std::vector<ValueId> whh;
+    for (const ParamInfo& p : g.params)
+        if (p.name.find("weight_hh") != std::string::npos) whh.push_back(p.node);
+    REQUIRE(whh.size() == 2);
+    int changed = 0;
+    for (Node& n : g.nodes)
+        if (n.op == Op::ScanGradW && n.in[3] == whh[1]) n.in[3] = whh[0], ++changed;
+    REQUIRE(changed == 1);
+    CHECK_THAT(verify(g), Catch::Contains("scan_grad_w does not read a scan, its scan_state and its recurrent weight"));
+    // A scan's cell is part of the node: printed, and checked against its operands' shapes.
+    Graph f = model("input 4 steps 3\nlstm 2\nlast\ndense 2\nloss cross_entropy\n", 2);
+    for (Node& n : f.nodes)
+        if (n.op == Op::Scan) n.cell = Cell::Gru;
+    CHECK_THAT(verify(f), Catch::Contains("do not fit a gru cell of 3 gates"));
+    CHECK_THAT(printGraph(model("input 4 steps 3\ngru 2\nlast\ndense 2\nloss cross_entropy\n", 2)),
+               Catch::Contains("= scan[cell=gru] %6, %2, %4 : real[2,4,2]"));
+}
