@@ -1,16 +1,18 @@
 // ScanTests.cpp — recurrent layers (issue 17): the scan ops' gradients against central
 // differences in double (eps 1e-6, atol 1e-5, rtol 1e-3, as GradCheckTests), dL/dh_t's norms
 // through the interpreter's perturbation hook, each cell's forward against a loop written here
-// from PyTorch's documented formulas, and the parameters' names, shapes and init schemes.
+// from PyTorch's documented formulas, the parameters' names, shapes and init schemes, the
+// diagnostics, the through-time outputs and their layout, grads --inputs, and the verifier.
+// tests/torch/rnn_test.py compares the same gradients with PyTorch's.
 #include "Autodiff.h"
 #include "Backend.h"
 #include "Execute.h"
 #include "Init.h"
-#include "Jobs.h"
-#include "SafeTensors.h"
 #include "Interpreter.h"
+#include "Jobs.h"
 #include "Layout.h"
 #include "Pipeline.h"
+#include "SafeTensors.h"
 #include "TestUtil.h"
 
 #include <catch2/catch.hpp>
