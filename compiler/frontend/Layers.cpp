@@ -369,12 +369,14 @@ ValueId buildRecurrent(LayerBuilder& b, const Stmt& s, ValueId x) {
         throw UserError(s.sizeLoc, fmt::format("hidden size {} is out of range ({} gates of it exceed 2^31)", H, G));
     const bool bias = optionValue(s, "bias") != 0;
     std::string mod = b.moduleName(s);
-    // PyTorch's default for all four tensors: U(-1/sqrt(H), 1/sqrt(H)), the pytorch scheme with fan-in H.
+    // PyTorch's default for all four tensors: U(-1/sqrt(H), 1/sqrt(H)), the pytorch scheme with
+    // fan-in H. Other schemes take each weight's own fans, as for dense: weight_ih's fan-in is N.
     const Init init = LayerBuilder::initOf(s, true);
     const bool recurrentOnly = init.scheme == "identity" || init.scheme == "orthogonal";
     const Init ihInit = recurrentOnly ? Init{} : init;
     const Init biasInitial = init.scheme == "identity" ? Init{"constant", {0.0}} : recurrentOnly ? Init{} : biasInit(init);
-    ValueId wih = b.param(mod + ".weight_ih_l0", {G * H, N}, ihInit, H, G * H, s.loc);
+    const int64_t ihFanIn = ihInit.scheme == "pytorch" ? H : N;
+    ValueId wih = b.param(mod + ".weight_ih_l0", {G * H, N}, ihInit, ihFanIn, G * H, s.loc);
     ValueId whh = b.param(mod + ".weight_hh_l0", {G * H, H}, init, H, G * H, s.loc);
     std::optional<ValueId> bih, bhh;
     if (bias) {

@@ -235,6 +235,15 @@ inline std::pair<int, std::string> gradcCommand(const std::string& args, bool wi
 }
 #endif
 
+/// The interpreter's scan perturbation (setScanPerturbation) for the life of the object; none
+/// again after it, whatever the test does in between.
+struct ScopedScanPerturbation {
+    explicit ScopedScanPerturbation(const ScanPerturbation& p) { setScanPerturbation(p); }
+    ~ScopedScanPerturbation() { setScanPerturbation({}); }
+    ScopedScanPerturbation(const ScopedScanPerturbation&) = delete;
+    ScopedScanPerturbation& operator=(const ScopedScanPerturbation&) = delete;
+};
+
 /// Sets (or with nullptr unsets) an environment variable for the life of the object.
 struct EnvVar {
     std::string name;
