@@ -8,6 +8,7 @@
 #include "Execute.h"
 #include "FmaProbe.h"
 #include "Init.h"
+#include "Layout.h"
 #include "Pipeline.h"
 #include "Optimizer.h"
 #include "SafeTensors.h"
@@ -207,6 +208,12 @@ GradsRun runGrads(const GradsOptions& o, const std::function<void(const GradsMod
         for (auto& p : g.params) {
             r.params.push_back(statistics(p.name, out.at("grad:" + p.name)));
             run.grads.emplace_back(p.name, out.at("grad:" + p.name));
+        }
+        run.throughTime.clear();
+        const Layout layout = computeLayout(g);
+        for (const LayoutEntry* e : layout.all(Role::ThroughTime)) {
+            const std::string label = outputLabel({OutputRole::ThroughTime, e->name, 0});
+            run.throughTime.emplace_back(label, out.at(label));
         }
         r.activations = activationStatistics(g, out);
         computeVanishingFactor(r);

@@ -12,8 +12,9 @@ batch of sequences (x [B,T,N] and class targets) to `--inputs`, and every parame
 must agree with PyTorch's within 1e-6 of the tensor's largest value (as cnn_test), and the loss
 too. The parameter names are PyTorch's (`layers.0.weight_ih_l0`, ...), so the state_dict is
 written as it is. A second twin, unrolled (nn.RNNCell/LSTMCell/GRUCell loaded with the same
-state_dict, retain_grad on every h_t), must give nn.LSTM's gradients too: the twin that the
-through-time norms of issue 17's later phases are checked against.
+state_dict, retain_grad on every h_t), must give nn.LSTM's gradients too, and each layer's
+norms of dL/dh_t over the batch, step by step, are gradc's through:LAYER (from --dump-grads)
+within 1e-6 relative wherever PyTorch's is above 1e-300.
 """
 import json, os, subprocess, sys, tempfile
 
@@ -104,6 +105,7 @@ def compare(layers, steps, n=3, batch=4, classes=5):
     print(f"{name}: loss torch {loss.item():.12f} gradc {gradc_loss:.12f}, relative difference {diff:.2e}")
     worst = diff
     names = [k for k, _ in twin.named_parameters()]
+    through = {k: ours.pop(k) for k in [k for k in ours if k.startswith("through:")]}
     testlib.check(sorted(ours) == sorted(names), f"{name}: gradc's gradients {sorted(ours)}, torch's {sorted(names)}")
     for k, param in twin.named_parameters():
         ref = param.grad.numpy()
@@ -129,7 +131,20 @@ def compare(layers, steps, n=3, batch=4, classes=5):
             d = (param.grad - ref).abs().max().item() / max(ref.abs().max().item(), 1e-300)
             testlib.check(d <= 1e-10 or ref.abs().max().item() == 0 == param.grad.abs().max().item(),
                           f"{name}: the unrolled twin's layers.{i}.{k}_l0 differs by {d:.2e}")
-    testlib.check(all(h.grad is not None for h in hs[-1]), f"{name}: every h_t of the last layer has a gradient")
+    # gradc's norms of dL/dh_t (through:LAYER) against ‖h_t.grad‖ over the batch, step by step.
+    testlib.check(sorted(through) == [f"through:layers.{i}" for i in range(len(layers))],
+                  f"{name}: gradc's through-time norms {sorted(through)}")
+    for i in range(len(layers)):
+        ref = torch.stack([h.grad.norm() for h in hs[i]]).numpy()
+        got = through[f"through:layers.{i}"]
+        testlib.check(got.shape == ref.shape, f"{name}: through:layers.{i} has shape {got.shape}, torch's {ref.shape}")
+        alive = ref > 1e-300
+        d = np.max(np.abs(got[alive] - ref[alive]) / ref[alive], initial=0.0)
+        print(f"  through:layers.{i:<15} {str(list(ref.shape)):<12} max relative difference {d:.2e} "
+              f"(first {ref[0]:.3e}, last {ref[-1]:.3e})")
+        testlib.check(alive.any() and d <= TOLERANCE, f"{name}: through:layers.{i} differs by {d:.2e} > {TOLERANCE:g}")
+        testlib.check(np.all(got[~alive] <= 1e-300), f"{name}: through:layers.{i} is not 0 where torch's is")
+        worst = max(worst, d)
     return worst
 
 

@@ -422,6 +422,12 @@ TEST_CASE("grads --inputs takes the batch from a safetensors file: sequences tha
         INFO(name);
         CHECK(relativeError(t, want.at("grad:" + name)) < 1e-12);
     }
+    // The gru's norms of dL/dh_t too (--dump-grads writes them after the gradients).
+    REQUIRE(run.throughTime.size() == 1);
+    CHECK(run.throughTime[0].first == "through:layers.0");
+    CHECK(run.throughTime[0].second.shape == Shape{5});
+    CHECK(largestAbs(run.throughTime[0].second) > 0);
+    CHECK(relativeError(run.throughTime[0].second, want.at("through:layers.0")) < 1e-12);
     // Mistakes name the file.
     o.batch = 4;
     CHECK_THAT(errorOf([&] { runGrads(o); }), Catch::Contains("'x' holds 3 examples, but the batch is 4"));

@@ -30,7 +30,8 @@ void gradsOptions(po::options_description& d) {
         "the batch from FILE.safetensors instead of the data set: x [B,...] and target [B] (class indices)")(
         "params", po::value<std::string>(), "load parameters from FILE.safetensors (PyTorch names)")(
         "save-params", po::value<std::string>(), "write the parameters used to FILE.safetensors")(
-        "dump-grads", po::value<std::string>(), "write the gradients to FILE.safetensors")(
+        "dump-grads", po::value<std::string>(),
+        "write the gradients to FILE.safetensors (and each recurrent layer's norms of dL/dh_t, through:LAYER)")(
         "plot", po::value<std::string>(), "draw the weight-gradient histograms to FILE.svg")(
         "backend", po::value<std::string>()->default_value("jit"),
         "jit (compiled native code) | interp (the double-precision reference interpreter)");
@@ -89,7 +90,11 @@ int runGrads(const po::variables_map& vm) {
     if (format == "csv") fmt::print("{}", formatCsv(reports));
     // Files last: a run that fails earlier writes none.
     if (!paramsOut.empty()) outputs.set(paramsOut, encodeSafetensors(run.params, /*f64=*/false, run.integers));
-    if (!gradsOut.empty()) outputs.set(gradsOut, encodeSafetensors(run.grads, run.wide));
+    if (!gradsOut.empty()) {
+        auto tensors = run.grads; // then the recurrent layers' through:LAYER norms
+        tensors.insert(tensors.end(), run.throughTime.begin(), run.throughTime.end());
+        outputs.set(gradsOut, encodeSafetensors(tensors, run.wide));
+    }
     if (!plotOut.empty()) {
         std::vector<std::string> names;
         for (auto& m : run.models) names.push_back(m.activations);
