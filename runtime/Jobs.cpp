@@ -48,23 +48,57 @@ std::string activationNames(const Graph& g) {
     return out.empty() ? "none" : out;
 }
 
-/// The targets of a grads batch: the labels for a cross_entropy classifier, the inputs for an
-/// mse autoencoder.
-Tensor gradsTarget(const Graph& g, const std::string& model, const Examples& ex, const Tensor& x) {
-    const int64_t batch = x.shape[0], outputs = g[g.output(OutputRole::Logits)].shape[1];
-    if (g.lossKind == "cross_entropy") {
-        Tensor labels{{batch}, {}};
-        for (int64_t i = 0; i < batch; ++i) {
-            if (ex.labels[size_t(i)] >= outputs)
-                failIn(ex.labelFile, fmt::format("label {} of example {} is out of range for the model's {} classes",
-                                                 ex.labels[size_t(i)], i, outputs));
-            labels.data.push_back(ex.labels[size_t(i)]);
-        }
-        return labels;
+/// The class indices `labels` of a cross_entropy batch, each checked against the model's
+/// `classes`; a mistake names `file`, where the labels come from.
+Tensor classTargets(const Shape& shape, const std::vector<double>& labels, int64_t classes, const std::string& file) {
+    for (size_t i = 0; i < labels.size(); ++i) {
+        const double v = labels[i];
+        if (v != std::floor(v)) // NaN too
+            failIn(file, fmt::format("label {} of example {} is not a class index (a whole number)", v, i));
+        if (v < 0 || v >= double(classes))
+            failIn(file, fmt::format("label {} of example {} is out of range for the model's {} classes (0 to {})", v,
+                                     i, classes, classes - 1));
     }
+    return Tensor{shape, labels};
+}
+
+/// The targets of a grads batch. From the data set `ex`: the labels for a cross_entropy
+/// classifier, the inputs x for an mse autoencoder. From an inputs file (`given`, its
+/// 'target'): the tensor in the model's target shape, class indices for cross_entropy.
+Tensor gradsTarget(const Graph& g, const std::string& model, const Examples& ex, const Tensor& x,
+                   const Tensor* given, const std::string& inputsFile) {
+    const Node* target = nullptr;
+    for (const Node& n : g.nodes)
+        if (n.op == Op::Input && n.name == "target") target = &n;
+    internal_assert(target, "a model without a target");
+    const int64_t outputs = g[g.output(OutputRole::Logits)].shape[1];
+    const bool classes = target->type == DType::Index;
+    if (given) {
+        if (elementCount(given->shape) != elementCount(target->shape))
+            failIn(inputsFile, fmt::format("'target' {} does not fit the model's target {}", shapeString(given->shape),
+                                           shapeString(target->shape)));
+        return classes ? classTargets(target->shape, given->data, outputs, inputsFile) : Tensor{target->shape, given->data};
+    }
+    if (g.lossKind == "cross_entropy")
+        return classTargets(target->shape, std::vector<double>(ex.labels.begin(), ex.labels.begin() + x.shape[0]),
+                            outputs, ex.labelFile);
     if (g.lossKind == "mse" && outputs == perExample(g[0].shape)) return x; // an autoencoder reproduces its input
     failIn(model, fmt::format("gradc grads needs a cross_entropy classifier with at least {} classes, or an mse "
                               "autoencoder; this model's loss is {} with {} outputs", 10, g.lossKind, outputs));
+}
+
+/// An inputs file's x fits the model's input: the same shape but the batch, or flat [B, K]
+/// with K the model's inputs per example. `input 5 steps 3` is [B,5,3]; an x [B,3,5] is a
+/// mistake that the count of inputs would not show.
+void checkGivenInputs(const Graph& g, const std::string& model, const Tensor& x, const std::string& inputsFile) {
+    const Shape& want = g[0].shape;
+    const bool flat = x.shape.size() == 2 && x.shape[1] == perExample(want);
+    const bool same = x.shape.size() == want.size() && std::equal(x.shape.begin() + 1, x.shape.end(), want.begin() + 1);
+    if (flat || same) return;
+    Shape perEx(want.begin() + 1, want.end());
+    failIn(inputsFile, fmt::format("'x' {} does not fit the model {}, whose input is {} per example: give x as "
+                                   "[batch,{} or flat [batch,{}]", shapeString(x.shape), model, shapeString(perEx),
+                                   shapeString(perEx).substr(1), perExample(want)));
 }
 
 /// acts and dead read the layers' outputs, never the loss, so they take any classifier with
@@ -169,9 +203,7 @@ GradsRun runGrads(const GradsOptions& o, const std::function<void(const GradsMod
     run.wide = backend.f64;
     for (size_t m = 0; m < graphs.size(); ++m) {
         const Graph& g = graphs[m];
-        if (!given.empty() && perExample(g[0].shape) != perExample(x.shape))
-            failIn(o.inputs, fmt::format("the model {} takes {} inputs per example, but 'x' {} has {}", o.models[m],
-                                         perExample(g[0].shape), shapeString(x.shape), perExample(x.shape)));
+        if (!given.empty()) checkGivenInputs(g, o.models[m], x, o.inputs);
         if (given.empty() && perExample(g[0].shape) != ex.features)
             failIn(o.models[m], fmt::format("the model takes {} inputs, but the images in {} have {} pixels",
                                             perExample(g[0].shape), dir, ex.features));
@@ -179,25 +211,7 @@ GradsRun runGrads(const GradsOptions& o, const std::function<void(const GradsMod
         run.integers.clear();
         run.params = stateDict(g, b, &run.integers); // running statistics too, as PyTorch's state_dict
         b["x"] = Tensor{g[0].shape, x.data}; // [batch, 784] read as the model's [batch, 28, 28], ...
-        if (given.empty()) {
-            b["target"] = gradsTarget(g, o.models[m], ex, x);
-        } else {
-            const Node* target = nullptr;
-            for (const Node& n : g.nodes)
-                if (n.op == Op::Input && n.name == "target") target = &n;
-            internal_assert(target, "a model without a target");
-            const Tensor& t = given.at("target");
-            if (elementCount(t.shape) != elementCount(target->shape))
-                failIn(o.inputs, fmt::format("'target' {} does not fit the model's target {}", shapeString(t.shape),
-                                             shapeString(target->shape)));
-            const int64_t classes = g[g.output(OutputRole::Logits)].shape[1];
-            if (target->type == DType::Index)
-                for (size_t i = 0; i < t.data.size(); ++i)
-                    if (!(t.data[i] >= 0 && t.data[i] < double(classes)) || t.data[i] != std::floor(t.data[i]))
-                        failIn(o.inputs, fmt::format("target {} of example {} is not a class index (0 to {})", t.data[i],
-                                                     i, classes - 1));
-            b["target"] = Tensor{target->shape, t.data};
-        }
+        b["target"] = gradsTarget(g, o.models[m], ex, x, given.empty() ? nullptr : &given.at("target"), o.inputs);
         GradsModel result;
         std::unique_ptr<Executable> exe = compile(g, backend);
         result.backend = exe->describe();

@@ -433,7 +433,20 @@ TEST_CASE("grads --inputs takes the batch from a safetensors file: sequences tha
     CHECK_THAT(errorOf([&] { runGrads(o); }), Catch::Contains("'x' holds 3 examples, but the batch is 4"));
     o.batch = 0;
     o.inputs = dir.write("bad.safetensors", encodeSafetensors({{"x", x}, {"target", Tensor{{3}, {2, 0, 4}}}}, true));
-    CHECK_THAT(errorOf([&] { runGrads(o); }), Catch::Contains("target 4 of example 2 is not a class index (0 to 3)"));
+    CHECK_THAT(errorOf([&] { runGrads(o); }),
+               Catch::Contains("bad.safetensors: error: label 4 of example 2 is out of range for the model's 4 classes (0 to 3)"));
+    o.inputs = dir.write("half.safetensors", encodeSafetensors({{"x", x}, {"target", Tensor{{3}, {2, 0.5, 1}}}}, true));
+    CHECK_THAT(errorOf([&] { runGrads(o); }), Catch::Contains("label 0.5 of example 1 is not a class index (a whole number)"));
+    // x [3,2,5] holds 10 inputs per example, as the model's [3,5,2], but steps and features swapped.
+    o.inputs = dir.write("swapped.safetensors", encodeSafetensors({{"x", Tensor{{3, 2, 5}, x.data}}, {"target", target}}, true));
+    CHECK_THAT(errorOf([&] { runGrads(o); }),
+               Catch::Contains("swapped.safetensors: error: 'x' [3,2,5] does not fit the model " + modelPath +
+                               ", whose input is [5,2] per example: give x as [batch,5,2] or flat [batch,10]"));
+    o.inputs = dir.write("same.safetensors", encodeSafetensors({{"x", Tensor{{3, 5, 2}, x.data}}, {"target", target}}, true));
+    const GradsRun same = runGrads(o); // [B,T,N] as the model's: the same batch as flat [B, T N]
+    REQUIRE(same.grads.size() == run.grads.size());
+    for (size_t i = 0; i < run.grads.size(); ++i) CHECK(same.grads[i].second.data == run.grads[i].second.data);
+
     o.inputs = dir.write("nox.safetensors", encodeSafetensors({{"target", target}}, true));
     CHECK_THAT(errorOf([&] { runGrads(o); }), Catch::Contains("needs a tensor 'x'"));
 }
