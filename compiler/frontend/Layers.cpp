@@ -316,18 +316,25 @@ ValueId buildFlatten(LayerBuilder& b, const Stmt& s, ValueId x) {
 // ---- Sequences: [B,T,N] values, batch first as PyTorch's batch_first=True.
 
 /// The shape of the sequence a recurrent layer (or `last`) reads; anything else is diagnosed
-/// with the input statement that would make one.
-const Shape& needSequence(LayerBuilder& b, const Stmt& s, ValueId x) {
-    const Shape& in = b.graph()[x].shape;
-    if (in.size() == 3) return in;
+/// with the input statement that would make one. The model's input is a sequence only when
+/// written `input T steps N`: `input 28x28` is an image (gradc check, the loss's hint and the
+/// AOT header say so), so a recurrent layer on it is refused with the statement to write.
+Shape needSequence(LayerBuilder& b, const Stmt& s, ValueId x) {
+    const Graph& g = b.graph();
+    const Shape& in = g[x].shape;
+    const bool input = g[x].op == Op::Input;
+    if (in.size() == 3 && !(input && !g.sequence)) return in;
     std::string hint = "recurrent layers read 'input STEPS steps FEATURES' or another recurrent layer's output";
-    if (b.graph()[x].op == Op::Input && in.size() == 2) {
+    if (input && in.size() == 2) {
         int64_t side = 1;
         while ((side + 1) * (side + 1) <= in[1]) ++side;
         hint = side * side == in[1] && side > 1
                    ? fmt::format("write 'input {} steps {}' or 'input {} steps 1'", side, side, in[1])
                    : fmt::format("write 'input {} steps 1' or 'input STEPS steps FEATURES'", in[1]);
-    } else if (in.size() == 2 && b.graph()[x].op == Op::LastStep) {
+    } else if (input && (in.size() == 3 || (in.size() == 4 && in[1] == 1))) { // an image of one channel
+        hint = fmt::format("an image is not a sequence; write 'input {} steps {}' for its rows as steps",
+                           in[in.size() - 2], in.back());
+    } else if (in.size() == 2 && g[x].op == Op::LastStep) {
         hint = "'last' has already taken the final step";
     }
     throw UserError(s.loc, fmt::format("{} needs a sequence [batch, steps, features]; its input is {}; {}",

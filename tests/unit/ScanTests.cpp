@@ -328,6 +328,14 @@ TEST_CASE("recurrent layers' misuse is diagnosed at the statement", "[scan]") {
                Catch::Contains("test.nn:2:1: error: lstm needs a sequence [batch, steps, features]; its input is "
                                "[4,784]; write 'input 28 steps 28' or 'input 784 steps 1'"));
     CHECK_THAT(error("input 5\nlast\nloss mse\n"), Catch::Contains("2:1: error: last needs a sequence"));
+    // An image of rank 3 is not a sequence: Graph::sequence is false, gradc check would print it
+    // as an image.
+    CHECK_THAT(error("input 28x28\nlstm 4\nlast\nloss mse\n"),
+               Catch::Contains("2:1: error: lstm needs a sequence [batch, steps, features]; its input is [4,28,28]; an "
+                               "image is not a sequence; write 'input 28 steps 28'"));
+    CHECK_THAT(error("input 1x5x7\nlast\nloss mse\n"), Catch::Contains("write 'input 5 steps 7'"));
+    CHECK_THAT(error("input 3x5x7\ngru 2\nlast\nloss mse\n"),
+               Catch::Contains("its input is [4,3,5,7]; recurrent layers read 'input STEPS steps FEATURES'"));
     CHECK_THAT(error("input 5 steps 2\nrnn 4 sigmoid\nlast\nloss mse\n"),
                Catch::Contains("2:7: error: rnn takes tanh or relu (nn.RNN's nonlinearity), not 'sigmoid'"));
     CHECK_THAT(error("input 28 steps\nlstm 4\nlast\nloss mse\n"), Catch::Contains("1:15: error: expected the number of features"));
