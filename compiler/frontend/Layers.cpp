@@ -374,6 +374,14 @@ ValueId buildRecurrent(LayerBuilder& b, const Stmt& s, ValueId x) {
     const int64_t H = s.size, N = in[2], G = cellGates(cell);
     if (G * H > kMaxTensorElements)
         throw UserError(s.sizeLoc, fmt::format("hidden size {} is out of range ({} gates of it exceed 2^31)", H, G));
+    // The largest tensor of the layer: the input projection of every step [B,T,G H], or the
+    // states the forward loop saves for the backward one [B,T,S H]; nowhere else written.
+    const int64_t S = cellStates(cell), perStep = std::max(G, S) * H;
+    if (double(in[0]) * double(in[1]) * double(perStep) > double(kMaxTensorElements))
+        throw UserError(s.sizeLoc, fmt::format("hidden size {} is too large for {} steps at batch {}: the {} saves {} "
+                                               "values per step and example for the backward pass ([{},{},{}], more "
+                                               "than 2^31 elements); use a smaller hidden size, batch or sequence",
+                                               H, in[1], in[0], keyword, perStep, in[0], in[1], perStep));
     const bool bias = optionValue(s, "bias") != 0;
     std::string mod = b.moduleName(s);
     // PyTorch's default for all four tensors: U(-1/sqrt(H), 1/sqrt(H)), the pytorch scheme with

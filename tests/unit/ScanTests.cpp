@@ -346,6 +346,12 @@ TEST_CASE("recurrent layers' misuse is diagnosed at the statement", "[scan]") {
     CHECK_THAT(error("input 784\ndense 4 init=identity\nloss mse\n"),
                Catch::Contains("2:14: error: init scheme 'identity' is for the recurrent weights of rnn, lstm and gru"));
     CHECK_THAT(error("input 5 steps 2\ngru 4 relu\nlast\nloss mse\n"), Catch::Contains("2:7: error: gru takes no activation"));
+    // The saved states [B,T,S H] are the largest tensor; the graph is refused at the layer,
+    // before differentiate makes them. 256 784 (5 2140) > 2^31 >= 256 784 (5 2139).
+    CHECK_THAT(errorOf([] { model("input 784 steps 1\nlstm 2140\nlast\ndense 2\nloss mse\n", 256); }),
+               Catch::Contains("2:6: error: hidden size 2140 is too large for 784 steps at batch 256: the lstm saves "
+                               "10700 values per step and example for the backward pass ([256,784,10700]"));
+    CHECK_NOTHROW(model("input 784 steps 1\nlstm 2139\nlast\ndense 2\nloss mse\n", 256));
     CHECK_THAT(error("input 5 steps 2\nlstm 3\nlast\nlast\nloss mse\n"), Catch::Contains("4:1: error: last needs a sequence"));
 }
 
