@@ -33,8 +33,10 @@ void orthogonal(Rng& rng, Tensor& t, double gain) {
     for (int64_t r = 0; r < rows; ++r)
         for (int64_t c = 0; c < cols; ++c) {
             const double v = rng.normal();
-            if (wide) a[size_t(r * m + c)] = v; // column r of the transpose
-            else a[size_t(c * m + r)] = v;
+            if (wide)
+                a[size_t(r * m + c)] = v; // column r of the transpose
+            else
+                a[size_t(c * m + r)] = v;
         }
     for (int64_t c = 0; c < n; ++c) {
         double* q = &a[size_t(c * m)];
@@ -52,7 +54,8 @@ void orthogonal(Rng& rng, Tensor& t, double gain) {
     }
     for (int64_t r = 0; r < rows; ++r)
         for (int64_t c = 0; c < cols; ++c)
-            t.data[size_t(r * cols + c)] = gain * (wide ? a[size_t(r * m + c)] : a[size_t(c * m + r)]);
+            t.data[size_t(r * cols + c)] =
+                gain * (wide ? a[size_t(r * m + c)] : a[size_t(c * m + r)]);
 }
 
 } // namespace
@@ -71,7 +74,8 @@ Bindings initialiseParameters(const Graph& g, uint64_t seed) {
             orthogonal(rng, t, p.init.args.at(0));
         } else if (s == "identity") { // gain I in each gate block of a [G H, H] recurrent weight
             const int64_t cols = shape.at(1);
-            for (int64_t r = 0; r < shape[0]; ++r) t.data[size_t(r * cols + r % cols)] = p.init.args.at(0);
+            for (int64_t r = 0; r < shape[0]; ++r)
+                t.data[size_t(r * cols + r % cols)] = p.init.args.at(0);
         }
         for (double& v : t.data) {
             if (s == "orthogonal" || s == "identity") break;

@@ -50,14 +50,16 @@ std::string activationNames(const Graph& g) {
 
 /// The class indices `labels` of a cross_entropy batch, each checked against the model's
 /// `classes`; a mistake names `file`, where the labels come from.
-Tensor classTargets(const Shape& shape, const std::vector<double>& labels, int64_t classes, const std::string& file) {
+Tensor classTargets(const Shape& shape, const std::vector<double>& labels, int64_t classes,
+                    const std::string& file) {
     for (size_t i = 0; i < labels.size(); ++i) {
         const double v = labels[i];
         if (v != std::floor(v)) // NaN too
-            failIn(file, fmt::format("label {} of example {} is not a class index (a whole number)", v, i));
+            failIn(file, fmt::format("label {} of example {} is not a class index (a whole number)",
+                                     v, i));
         if (v < 0 || v >= double(classes))
-            failIn(file, fmt::format("label {} of example {} is out of range for the model's {} classes (0 to {})", v,
-                                     i, classes, classes - 1));
+            failIn(file, fmt::format("label {} of example {} is out of range for the model's {} "
+                                     "classes (0 to {})", v, i, classes, classes - 1));
     }
     return Tensor{shape, labels};
 }
@@ -75,12 +77,14 @@ Tensor gradsTarget(const Graph& g, const std::string& model, const Examples& ex,
     const bool classes = target->type == DType::Index;
     if (given) {
         if (elementCount(given->shape) != elementCount(target->shape))
-            failIn(inputsFile, fmt::format("'target' {} does not fit the model's target {}", shapeString(given->shape),
-                                           shapeString(target->shape)));
-        return classes ? classTargets(target->shape, given->data, outputs, inputsFile) : Tensor{target->shape, given->data};
+            failIn(inputsFile, fmt::format("'target' {} does not fit the model's target {}",
+                                           shapeString(given->shape), shapeString(target->shape)));
+        return classes ? classTargets(target->shape, given->data, outputs, inputsFile)
+                       : Tensor{target->shape, given->data};
     }
     if (g.lossKind == "cross_entropy")
-        return classTargets(target->shape, std::vector<double>(ex.labels.begin(), ex.labels.begin() + x.shape[0]),
+        return classTargets(target->shape,
+                            std::vector<double>(ex.labels.begin(), ex.labels.begin() + x.shape[0]),
                             outputs, ex.labelFile);
     if (g.lossKind == "mse" && outputs == perExample(g[0].shape)) return x; // an autoencoder reproduces its input
     failIn(model, fmt::format("gradc grads needs a cross_entropy classifier with at least {} classes, or an mse "
@@ -90,15 +94,19 @@ Tensor gradsTarget(const Graph& g, const std::string& model, const Examples& ex,
 /// An inputs file's x fits the model's input: the same shape but the batch, or flat [B, K]
 /// with K the model's inputs per example. `input 5 steps 3` is [B,5,3]; an x [B,3,5] is a
 /// mistake that the count of inputs would not show.
-void checkGivenInputs(const Graph& g, const std::string& model, const Tensor& x, const std::string& inputsFile) {
+void checkGivenInputs(const Graph& g, const std::string& model, const Tensor& x,
+                      const std::string& inputsFile) {
     const Shape& want = g[0].shape;
     const bool flat = x.shape.size() == 2 && x.shape[1] == perExample(want);
-    const bool same = x.shape.size() == want.size() && std::equal(x.shape.begin() + 1, x.shape.end(), want.begin() + 1);
+    const bool same = x.shape.size() == want.size() &&
+                      std::equal(x.shape.begin() + 1, x.shape.end(), want.begin() + 1);
     if (flat || same) return;
     Shape perEx(want.begin() + 1, want.end());
-    failIn(inputsFile, fmt::format("'x' {} does not fit the model {}, whose input is {} per example: give x as "
-                                   "[batch,{} or flat [batch,{}]", shapeString(x.shape), model, shapeString(perEx),
-                                   shapeString(perEx).substr(1), perExample(want)));
+    failIn(inputsFile,
+           fmt::format("'x' {} does not fit the model {}, whose input is {} per example: give x as "
+                       "[batch,{} or flat [batch,{}]",
+                       shapeString(x.shape), model, shapeString(perEx),
+                       shapeString(perEx).substr(1), perExample(want)));
 }
 
 /// acts and dead read the layers' outputs, never the loss, so they take any classifier with
@@ -180,10 +188,12 @@ GradsRun runGrads(const GradsOptions& o, const std::function<void(const GradsMod
     if (!o.inputs.empty()) {
         given = readSafetensors(o.inputs);
         if (!given.count("x") || given.at("x").shape.size() < 2 || !given.count("target"))
-            failIn(o.inputs, "an inputs file needs a tensor 'x' [batch, ...] and a tensor 'target' [batch, ...]");
+            failIn(o.inputs, "an inputs file needs a tensor 'x' [batch, ...] and a tensor 'target' "
+                             "[batch, ...]");
         const int64_t rows = given.at("x").shape[0];
         if (batch != 0 && batch != rows)
-            failIn(o.inputs, fmt::format("'x' holds {} examples, but the batch is {}", rows, batch));
+            failIn(o.inputs,
+                   fmt::format("'x' holds {} examples, but the batch is {}", rows, batch));
         batch = rows;
     }
     // Compile every model first, so a mistake in the last one costs no data loading.
@@ -211,7 +221,8 @@ GradsRun runGrads(const GradsOptions& o, const std::function<void(const GradsMod
         run.integers.clear();
         run.params = stateDict(g, b, &run.integers); // running statistics too, as PyTorch's state_dict
         b["x"] = Tensor{g[0].shape, x.data}; // [batch, 784] read as the model's [batch, 28, 28], ...
-        b["target"] = gradsTarget(g, o.models[m], ex, x, given.empty() ? nullptr : &given.at("target"), o.inputs);
+        b["target"] = gradsTarget(g, o.models[m], ex, x,
+                                  given.empty() ? nullptr : &given.at("target"), o.inputs);
         GradsModel result;
         std::unique_ptr<Executable> exe = compile(g, backend);
         result.backend = exe->describe();

@@ -45,7 +45,11 @@ static void printStmt(const Stmt& s, int indent, std::string& out) {
             out += head + fmt::format("input {} steps {}{}\n", s.dims[0], s.dims[1], from);
             return;
         }
-        out += head + fmt::format("input {}{}\n", fmt::join(s.dims.empty() ? std::vector<int64_t>{s.size} : s.dims, "x"), from); return;
+        out += head +
+               fmt::format("input {}{}\n",
+                           fmt::join(s.dims.empty() ? std::vector<int64_t>{s.size} : s.dims, "x"),
+                           from);
+        return;
     case Stmt::Kind::Layer: {
         const LayerDef& d = *s.layer;
         if (&d == &activationLayer()) {

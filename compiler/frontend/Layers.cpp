@@ -3,6 +3,9 @@
 // is left to check here is what the ops cannot see (option ranges, what a module records).
 #include "Layers.h"
 
+#include "Activations.h"
+#include "Cells.h"
+
 #include <fmt/format.h>
 
 #include <climits>
@@ -21,11 +24,15 @@ Init LayerBuilder::initOf(const Stmt& s, bool recurrent) {
     const InitSpec& spec = *s.init;
     if (spec.scheme == "identity" || spec.scheme == "orthogonal") {
         if (!recurrent)
-            throw UserError(spec.loc, fmt::format("init scheme '{}' is for the recurrent weights of rnn, lstm and gru, "
-                                                  "not {}", spec.scheme, s.layer->keyword));
+            throw UserError(
+                spec.loc,
+                fmt::format("init scheme '{}' is for the recurrent weights of rnn, lstm and gru, "
+                            "not {}",
+                            spec.scheme, s.layer->keyword));
         if (spec.args.size() > 1)
-            throw UserError(spec.loc, fmt::format("init scheme '{}' takes at most one argument: {}(GAIN)", spec.scheme,
-                                                  spec.scheme));
+            throw UserError(spec.loc,
+                            fmt::format("init scheme '{}' takes at most one argument: {}(GAIN)",
+                                        spec.scheme, spec.scheme));
         init.scheme = spec.scheme, init.args = {spec.args.empty() ? 1.0 : spec.args[0]};
         return init;
     }
@@ -48,7 +55,8 @@ Init LayerBuilder::initOf(const Stmt& s, bool recurrent) {
         return init;
     }
     throw UserError(spec.loc, fmt::format("unknown init scheme '{}' (known: pytorch, xavier, "
-                                          "kaiming, normal(STD), constant(V){})", spec.scheme,
+                                          "kaiming, normal(STD), constant(V){})",
+                                          spec.scheme,
                                           recurrent ? ", identity(GAIN), orthogonal(GAIN)" : ""));
 }
 
@@ -167,6 +175,13 @@ ValueId buildBatchNorm(LayerBuilder& b, const Stmt& s, ValueId x) {
 
 // ---- Images: [B,C,H,W] values, NCHW as PyTorch's.
 
+/// The side of a square of n values (28 for 784), or 0 when n is not a square.
+int64_t squareSide(int64_t n) {
+    int64_t side = 1;
+    while ((side + 1) * (side + 1) <= n) ++side;
+    return side * side == n ? side : 0;
+}
+
 /// The shape of the images a window layer reads; anything else is diagnosed with the input
 /// statement that would make one (`input 1x28x28` for [B,784]).
 const Shape& needImage(LayerBuilder& b, const Stmt& s, ValueId x) {
@@ -176,9 +191,9 @@ const Shape& needImage(LayerBuilder& b, const Stmt& s, ValueId x) {
     if (b.graph()[x].op != Op::Input) {
         hint = "images stay 4-D until flatten or global_avgpool";
     } else if (in.size() == 2) {
-        int64_t side = 1;
-        while ((side + 1) * (side + 1) <= in[1]) ++side;
-        if (side * side == in[1]) hint = fmt::format("for {} values per example write 'input 1x{}x{}'", in[1], side, side);
+        if (const int64_t side = squareSide(in[1]))
+            hint =
+                fmt::format("for {} values per example write 'input 1x{}x{}'", in[1], side, side);
     } else if (in.size() == 3) {
         hint = fmt::format("for one channel write 'input 1x{}x{}'", in[1], in[2]);
     }
@@ -324,21 +339,25 @@ Shape needSequence(LayerBuilder& b, const Stmt& s, ValueId x) {
     const Shape& in = g[x].shape;
     const bool input = g[x].op == Op::Input;
     if (in.size() == 3 && !(input && !g.sequence)) return in;
-    std::string hint = "recurrent layers read 'input STEPS steps FEATURES' or another recurrent layer's output";
+    std::string hint =
+        "recurrent layers read 'input STEPS steps FEATURES' or another recurrent layer's output";
     if (input && in.size() == 2) {
-        int64_t side = 1;
-        while ((side + 1) * (side + 1) <= in[1]) ++side;
-        hint = side * side == in[1] && side > 1
-                   ? fmt::format("write 'input {} steps {}' or 'input {} steps 1'", side, side, in[1])
-                   : fmt::format("write 'input {} steps 1' or 'input STEPS steps FEATURES'", in[1]);
-    } else if (input && (in.size() == 3 || (in.size() == 4 && in[1] == 1))) { // an image of one channel
-        hint = fmt::format("an image is not a sequence; write 'input {} steps {}' for its rows as steps",
-                           in[in.size() - 2], in.back());
+        const int64_t side = squareSide(in[1]);
+        hint =
+            side > 1
+                ? fmt::format("write 'input {} steps {}' or 'input {} steps 1'", side, side, in[1])
+                : fmt::format("write 'input {} steps 1' or 'input STEPS steps FEATURES'", in[1]);
+    } else if (input &&
+               (in.size() == 3 || (in.size() == 4 && in[1] == 1))) { // an image of one channel
+        hint = fmt::format(
+            "an image is not a sequence; write 'input {} steps {}' for its rows as steps",
+            in[in.size() - 2], in.back());
     } else if (in.size() == 2 && g[x].op == Op::LastStep) {
         hint = "'last' has already taken the final step";
     }
-    throw UserError(s.loc, fmt::format("{} needs a sequence [batch, steps, features]; its input is {}; {}",
-                                       s.layer->keyword, shapeString(in), hint));
+    throw UserError(s.loc,
+                    fmt::format("{} needs a sequence [batch, steps, features]; its input is {}; {}",
+                                s.layer->keyword, shapeString(in), hint));
 }
 
 /// `rnn H [tanh|relu]`, `lstm H`, `gru H`, each `[init=SCHEME] [bias=BOOL]`: PyTorch's
@@ -351,37 +370,44 @@ ValueId buildRecurrent(LayerBuilder& b, const Stmt& s, ValueId x) {
     Graph& g = b.graph();
     const Shape in = needSequence(b, s, x);
     if (s.size < 1 || s.size > kMaxTensorElements)
-        throw UserError(s.sizeLoc, fmt::format("hidden size {} is out of range (1 to 2^31)", s.size));
+        throw UserError(s.sizeLoc,
+                        fmt::format("hidden size {} is out of range (1 to 2^31)", s.size));
     const std::string keyword = s.layer->keyword;
-    const Cell cell = keyword == "lstm" ? Cell::Lstm : keyword == "gru" ? Cell::Gru : Cell::Rnn;
+    const Cell cell = cellNamed(keyword);
+    internal_assert(cell != Cell::None, "a recurrent layer that is not a cell of kCells");
     scalar::Expr activation;
     std::string actName;
     if (cell != Cell::Rnn && s.act)
-        throw UserError(s.act->loc, fmt::format("{} takes no activation: its gates' non-linearities are fixed "
-                                                "(nn.{}); only rnn takes tanh or relu", keyword,
-                                                cell == Cell::Lstm ? "LSTM" : "GRU"));
+        throw UserError(s.act->loc,
+                        fmt::format("{} takes no activation: its gates' non-linearities are fixed "
+                                    "(nn.{}); only rnn takes tanh or relu",
+                                    keyword, cell == Cell::Lstm ? "LSTM" : "GRU"));
     if (cell == Cell::Rnn) { // nn.RNN's nonlinearity: tanh (its default) or relu
         actName = s.act ? s.act->name : "tanh";
         if (s.act && (!s.act->args.empty() || (actName != "tanh" && actName != "relu")))
-            throw UserError(s.act->loc, fmt::format("rnn takes tanh or relu (nn.RNN's nonlinearity), not '{}'",
-                                                    actName + (s.act->args.empty() ? "" : "(...)")));
-        using scalar::Kind;
-        const scalar::Expr a0 = scalar::arg(0), zero = scalar::constant(0);
-        // relu as the table writes it: select(x <= 0, 0, x), so relu'(0) = 0 as PyTorch's.
-        activation = actName == "tanh" ? scalar::make(Kind::Tanh, {a0})
-                                       : scalar::make(Kind::Select, {scalar::make(Kind::Le, {a0, zero}), zero, a0});
+            throw UserError(s.act->loc,
+                            fmt::format("rnn takes tanh or relu (nn.RNN's nonlinearity), not '{}'",
+                                        actName + (s.act->args.empty() ? "" : "(...)")));
+        // The activation table's built-in (relu'(0) = 0 as PyTorch's), in the cell's Arg(0).
+        static const ActivationTable builtins;
+        const Activation f = builtins.instantiate({actName, {}, s.act ? s.act->loc : s.loc});
+        activation = scalar::substitute(f.formula, scalar::arg(0));
     }
     const int64_t H = s.size, N = in[2], G = cellGates(cell);
     if (G * H > kMaxTensorElements)
-        throw UserError(s.sizeLoc, fmt::format("hidden size {} is out of range ({} gates of it exceed 2^31)", H, G));
+        throw UserError(
+            s.sizeLoc,
+            fmt::format("hidden size {} is out of range ({} gates of it exceed 2^31)", H, G));
     // The largest tensor of the layer: the input projection of every step [B,T,G H], or the
     // states the forward loop saves for the backward one [B,T,S H]; nowhere else written.
     const int64_t S = cellStates(cell), perStep = std::max(G, S) * H;
     if (double(in[0]) * double(in[1]) * double(perStep) > double(kMaxTensorElements))
-        throw UserError(s.sizeLoc, fmt::format("hidden size {} is too large for {} steps at batch {}: the {} saves {} "
-                                               "values per step and example for the backward pass ([{},{},{}], more "
-                                               "than 2^31 elements); use a smaller hidden size, batch or sequence",
-                                               H, in[1], in[0], keyword, perStep, in[0], in[1], perStep));
+        throw UserError(
+            s.sizeLoc,
+            fmt::format("hidden size {} is too large for {} steps at batch {}: the {} saves {} "
+                        "values per step and example for the backward pass ([{},{},{}], more "
+                        "than 2^31 elements); use a smaller hidden size, batch or sequence",
+                        H, in[1], in[0], keyword, perStep, in[0], in[1], perStep));
     const bool bias = optionValue(s, "bias") != 0;
     std::string mod = b.moduleName(s);
     // PyTorch's default for all four tensors: U(-1/sqrt(H), 1/sqrt(H)), the pytorch scheme with
@@ -389,7 +415,9 @@ ValueId buildRecurrent(LayerBuilder& b, const Stmt& s, ValueId x) {
     const Init init = LayerBuilder::initOf(s, true);
     const bool recurrentOnly = init.scheme == "identity" || init.scheme == "orthogonal";
     const Init ihInit = recurrentOnly ? Init{} : init;
-    const Init biasInitial = init.scheme == "identity" ? Init{"constant", {0.0}} : recurrentOnly ? Init{} : biasInit(init);
+    const Init biasInitial = init.scheme == "identity" ? Init{"constant", {0.0}}
+                             : recurrentOnly           ? Init{}
+                                                       : biasInit(init);
     const int64_t ihFanIn = ihInit.scheme == "pytorch" ? H : N;
     ValueId wih = b.param(mod + ".weight_ih_l0", {G * H, N}, ihInit, ihFanIn, G * H, s.loc);
     ValueId whh = b.param(mod + ".weight_hh_l0", {G * H, H}, init, H, G * H, s.loc);
@@ -408,8 +436,10 @@ ValueId buildRecurrent(LayerBuilder& b, const Stmt& s, ValueId x) {
     Node scan = makeNode(Op::Scan, s.loc, {xp, whh, *bhh});
     scan.cell = cell, scan.expr = activation;
     ValueId h = g.add(std::move(scan));
-    b.record(mod, fmt::format("{} {} -> {}, {} steps{}{}", keyword, N, H, in[1], actName == "relu" ? ", relu" : "",
-                              bias ? "" : " (no bias)"), x, h, s.loc);
+    b.record(mod,
+             fmt::format("{} {} -> {}, {} steps{}{}", keyword, N, H, in[1],
+                         actName == "relu" ? ", relu" : "", bias ? "" : " (no bias)"),
+             x, h, s.loc);
     return h;
 }
 
@@ -425,33 +455,88 @@ ValueId buildLast(LayerBuilder& b, const Stmt& s, ValueId x) {
 using Kind = LayerOptionDef::Kind;
 using Operands = LayerDef::Operands;
 
+/// `KEYWORD H [ACT] [init=SCHEME] [bias=BOOL]` for a cell of kCells (Cells.h).
+LayerDef recurrentLayer(const char* keyword) {
+    return {keyword,
+            Operands::Width,
+            "the hidden size",
+            0,
+            0,
+            true,
+            {{"init", Kind::Init}, {"bias", Kind::Bool, 1}},
+            buildRecurrent};
+}
+
 const std::vector<LayerDef> kLayers = {
-    {"dense", Operands::Width, "the layer width", 0, 0, true,
-     {{"init", Kind::Init}, {"bias", Kind::Bool, 1}}, buildDense},
-    {"add", Operands::Names,
+    {"dense",
+     Operands::Width,
+     "the layer width",
+     0,
+     0,
+     true,
+     {{"init", Kind::Init}, {"bias", Kind::Bool, 1}},
+     buildDense},
+    {"add",
+     Operands::Names,
      "'add' takes one or two value names ('add A B', or 'add A' to add A to the current value)",
-     1, 2, false, {}, buildAdd},
-    {"mul", Operands::Names,
-     "'mul' takes one or two value names ('mul A B', or 'mul A' to multiply the current value by A)",
-     1, 2, false, {}, buildMul},
+     1,
+     2,
+     false,
+     {},
+     buildAdd},
+    {"mul",
+     Operands::Names,
+     "'mul' takes one or two value names ('mul A B', or 'mul A' to multiply the current value by "
+     "A)",
+     1,
+     2,
+     false,
+     {},
+     buildMul},
     {"flatten", Operands::None, "", 0, 0, false, {}, buildFlatten},
-    {"batchnorm", Operands::None, "", 0, 0, false,
-     {{"eps", Kind::Number, 1e-5}, {"momentum", Kind::Number, 0.1}}, buildBatchNorm},
+    {"batchnorm",
+     Operands::None,
+     "",
+     0,
+     0,
+     false,
+     {{"eps", Kind::Number, 1e-5}, {"momentum", Kind::Number, 0.1}},
+     buildBatchNorm},
     {"layernorm", Operands::None, "", 0, 0, false, {{"eps", Kind::Number, 1e-5}}, buildLayerNorm},
-    {"conv", Operands::Width, "the number of output channels", 0, 0, true,
-     {{"stride", Kind::Size}, {"padding", Kind::Size}, {"init", Kind::Init}, {"bias", Kind::Bool, 1}},
-     buildConv, "the kernel size"},
-    {"maxpool", Operands::None, "", 0, 0, false, {{"stride", Kind::Size}, {"padding", Kind::Size}},
-     buildPool, "the window size"},
-    {"avgpool", Operands::None, "", 0, 0, false, {{"stride", Kind::Size}, {"padding", Kind::Size}},
-     buildPool, "the window size"},
+    {"conv",
+     Operands::Width,
+     "the number of output channels",
+     0,
+     0,
+     true,
+     {{"stride", Kind::Size},
+      {"padding", Kind::Size},
+      {"init", Kind::Init},
+      {"bias", Kind::Bool, 1}},
+     buildConv,
+     "the kernel size"},
+    {"maxpool",
+     Operands::None,
+     "",
+     0,
+     0,
+     false,
+     {{"stride", Kind::Size}, {"padding", Kind::Size}},
+     buildPool,
+     "the window size"},
+    {"avgpool",
+     Operands::None,
+     "",
+     0,
+     0,
+     false,
+     {{"stride", Kind::Size}, {"padding", Kind::Size}},
+     buildPool,
+     "the window size"},
     {"global_avgpool", Operands::None, "", 0, 0, false, {}, buildGlobalAvgPool},
-    {"rnn", Operands::Width, "the hidden size", 0, 0, true,
-     {{"init", Kind::Init}, {"bias", Kind::Bool, 1}}, buildRecurrent},
-    {"lstm", Operands::Width, "the hidden size", 0, 0, true,
-     {{"init", Kind::Init}, {"bias", Kind::Bool, 1}}, buildRecurrent},
-    {"gru", Operands::Width, "the hidden size", 0, 0, true,
-     {{"init", Kind::Init}, {"bias", Kind::Bool, 1}}, buildRecurrent},
+    recurrentLayer("rnn"),
+    recurrentLayer("lstm"),
+    recurrentLayer("gru"),
     {"last", Operands::None, "", 0, 0, false, {}, buildLast},
 };
 

@@ -42,7 +42,8 @@ enum : uint32_t {
     Loss = 32,         ///< a scalar loss
     LossGrad = 64,     ///< a loss's gradient for d(loss) = 1
     Spatial = 128,     ///< a convolution or pooling over windows of [B,C,H,W] (or a gradient)
-    Recurrent = 256,   ///< a loop over the steps of a sequence [B,T,...] (scan, last_step, gradients)
+    Recurrent = 256,   ///< reads or writes a sequence [B,T,...] by step: the scan loops and their
+                       ///< siblings, last_step and its gradient (copies, not loops)
 };
 } // namespace trait
 
@@ -90,7 +91,9 @@ bool isSuffix(const Shape& s, const Shape& of);
 
 /// How a parameter is initialised: a scheme of the model language and its arguments.
 struct Init {
-    std::string scheme = "pytorch"; // pytorch | xavier | kaiming | normal | constant | ones | zeros
+    // pytorch | xavier | kaiming | normal | constant | ones | zeros; identity and orthogonal
+    // for the recurrent weights of rnn, lstm and gru (args: the gain)
+    std::string scheme = "pytorch";
     std::vector<double> args;
 };
 

@@ -10,14 +10,51 @@
 
 #include "Scalar.h"
 
+#include <cstddef>
 #include <cstdint>
+#include <iterator>
+#include <string_view>
 #include <vector>
 
 namespace gradc {
 
 /// The recurrent cell of a scan op (the `cell` attribute; printed rnn, lstm, gru).
 enum class Cell : uint8_t { None, Rnn, Lstm, Gru };
-const char* cellName(Cell c);
+
+/// The table of cells, indexed by Cell: the name, the number of gates G (blocks of H rows of
+/// W_ih and W_hh, in PyTorch's order), of state slots S that the forward step saves for the
+/// backward one, and the slot of the cell state c_t that step t+1 reads as c_{t-1} (-1: the
+/// cell has none). Everything else about a cell is its CellDef's expressions.
+struct CellInfo {
+    const char* name;
+    int gates, states, cSlot;
+};
+inline constexpr CellInfo kCells[] = {
+    {"none", 0, 0, -1},
+    {"rnn", 1, 1, -1}, // the pre-activation
+    {"lstm", 4, 5, 4}, // i, f, g, o (activated), c
+    {"gru", 3, 4, -1}, // r, z, n, hn = W_hn h_{t-1} + b_hn
+};
+static_assert(std::size(kCells) == size_t(Cell::Gru) + 1, "one row per Cell");
+inline constexpr const CellInfo& cellInfo(Cell c) {
+    return kCells[size_t(c)];
+}
+inline const char* cellName(Cell c) {
+    return cellInfo(c).name;
+}
+/// The cell called `name` (a layer's keyword: rnn, lstm, gru); Cell::None for any other word.
+inline Cell cellNamed(std::string_view name) {
+    for (size_t c = 1; c < std::size(kCells); ++c)
+        if (name == kCells[c].name) return Cell(c);
+    return Cell::None;
+}
+/// The number of gates G of a cell (1, 4, 3), and of state slots S (1, 5, 4).
+inline int cellGates(Cell c) {
+    return cellInfo(c).gates;
+}
+inline int cellStates(Cell c) {
+    return cellInfo(c).states;
+}
 
 /// One cell's step, forward and backward, in documented Arg slots.
 ///
@@ -33,8 +70,9 @@ const char* cellName(Cell c);
 /// W_hh, b_hh and h_{t-1} receive through the recurrent product), `direct` the part of
 /// dL/dh_{t-1} that does not pass through the product (GRU: dh z), `dcPrev` dL/dc_{t-1}.
 struct CellDef {
-    int gates = 1;  ///< G: 1 (rnn), 4 (lstm: i, f, g, o), 3 (gru: r, z, n)
-    int states = 1; ///< S: 1 (rnn: the pre-activation), 5 (lstm: i, f, g, o, c), 4 (gru: r, z, n, hn)
+    int gates = 1; ///< G, S and the slot of c_t (-1: none) as kCells gives them
+    int states = 1;
+    int cSlot = -1;
     std::vector<scalar::Expr> forward;   ///< 1 + S
     std::vector<scalar::Expr> dxp, dzhh; ///< G each
     scalar::Expr direct, dcPrev;
@@ -52,9 +90,5 @@ struct CellDef {
 /// The cell `c`; `activation` is the rnn's non-linearity in Arg(0) (tanh or relu; ignored for
 /// lstm and gru).
 CellDef cellDef(Cell c, const scalar::Expr& activation);
-
-/// The number of gates G of a cell (1, 4, 3), and of state slots S (1, 5, 4).
-int cellGates(Cell c);
-int cellStates(Cell c);
 
 } // namespace gradc

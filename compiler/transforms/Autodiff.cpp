@@ -174,7 +174,8 @@ Grads gradOfLayerNormNormalise(RuleContext& c) {
 // h = scan(xp, w_hh, b_hh): the reverse loop (Ops.def) reads h, the states the forward loop
 // saves (scan_state, a sibling of the scan), the adjoint of the whole sequence and w_hh. Its
 // results are four siblings: dxp, dW_hh, db_hh and the norms of dL/dh_t, which the
-// through-time report reads (the norm is made even when nothing reads it: DCE drops it).
+// through-time report reads (always made: differentiate makes every scan's norms an output,
+// through:LAYER).
 Grads gradOfScan(RuleContext& c) {
     Grads out(3);
     const ValueId state = c.add(Op::ScanState, {c.in(0), c.in(1), c.in(2)});
@@ -250,7 +251,8 @@ Graph differentiate(const Graph& forward, const AutodiffOptions& opts) {
         if (forward[layer.value].op != Op::Scan) continue;
         std::optional<ValueId> norms;
         for (size_t i = n; i < g.nodes.size(); ++i)
-            if (g.nodes[i].op == Op::ScanGradNorm && g.nodes[i].in[0] == layer.value) norms = ValueId(i);
+            if (g.nodes[i].op == Op::ScanGradNorm && g.nodes[i].in[0] == layer.value)
+                norms = ValueId(i);
         if (!norms) norms = addZeros(g, {forward[layer.value].shape[1]}, forward[layer.value].loc);
         g.outputs.push_back({OutputRole::ThroughTime, layer.name, *norms});
     }

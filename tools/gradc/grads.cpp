@@ -17,8 +17,8 @@ namespace gradc::cli {
 
 void gradsOptions(po::options_description& d) {
     d.add_options()("models", po::value<std::vector<std::string>>()->required()->multitoken(),
-                    "model files (.nn)")(
-        "batch", po::value<int64_t>()->default_value(256), "examples in the batch")(
+                    "model files (.nn)")("batch", po::value<int64_t>()->default_value(256),
+                                         "examples in the batch")(
         "data", po::value<std::string>()->default_value(kDefaultDataDir),
         "directory of IDX files (train-images-idx3-ubyte[.gz], ...)")(
         "normalize", po::value<std::string>()->default_value("0.5,0.5"),
@@ -27,12 +27,14 @@ void gradsOptions(po::options_description& d) {
         "format", po::value<std::string>()->default_value("table"), "table | json | csv")(
         "shuffle", "a random batch of the training set (drawn with --seed) instead of the first")(
         "inputs", po::value<std::string>(),
-        "the batch from FILE.safetensors instead of the data set: x [B,...] and target [B] (class indices)")(
-        "params", po::value<std::string>(), "load parameters from FILE.safetensors (PyTorch names)")(
+        "the batch from FILE.safetensors instead of the data set: x [B,...] and target [B] (class "
+        "indices)")("params", po::value<std::string>(),
+                    "load parameters from FILE.safetensors (PyTorch names)")(
         "save-params", po::value<std::string>(), "write the parameters used to FILE.safetensors")(
         "dump-grads", po::value<std::string>(),
-        "write the gradients to FILE.safetensors (and each recurrent layer's norms of dL/dh_t, through:LAYER)")(
-        "plot", po::value<std::string>(), "draw the weight-gradient histograms to FILE.svg")(
+        "write the gradients to FILE.safetensors (and each recurrent layer's norms of dL/dh_t, "
+        "through:LAYER)")("plot", po::value<std::string>(),
+                          "draw the weight-gradient histograms to FILE.svg")(
         "backend", po::value<std::string>()->default_value("jit"),
         "jit (compiled native code) | interp (the double-precision reference interpreter)");
     addCodegenOptions(d);
@@ -56,7 +58,8 @@ int runGrads(const po::variables_map& vm) {
     o.params = fileOption(vm, "params");
     o.inputs = fileOption(vm, "inputs");
     if (!o.inputs.empty() && vm["batch"].defaulted()) o.batch = 0; // the file's
-    if (!o.inputs.empty() && o.shuffle) throw UsageError("--shuffle draws from the data set; --inputs gives the batch");
+    if (!o.inputs.empty() && o.shuffle)
+        throw UsageError("--shuffle draws from the data set; --inputs gives the batch");
     const std::string paramsOut = fileOption(vm, "save-params"), gradsOut = fileOption(vm, "dump-grads"),
                       plotOut = fileOption(vm, "plot");
     if ((!o.params.empty() || !paramsOut.empty() || !gradsOut.empty()) && o.models.size() != 1)
@@ -77,11 +80,11 @@ int runGrads(const po::variables_map& vm) {
         if (!first) fmt::print("\n");
         first = false;
         if (o.inputs.empty())
-            fmt::print("{}: batch {} (the first {} training examples of {}), seed {}\nbackend {}\n", m.report.model,
-                       o.batch, o.batch, o.data.dir, o.seed, m.backend);
+            fmt::print("{}: batch {} (the first {} training examples of {}), seed {}\nbackend {}\n",
+                       m.report.model, o.batch, o.batch, o.data.dir, o.seed, m.backend);
         else
-            fmt::print("{}: batch {} (from {}), seed {}\nbackend {}\n", m.report.model, m.report.batch, o.inputs,
-                       o.seed, m.backend);
+            fmt::print("{}: batch {} (from {}), seed {}\nbackend {}\n", m.report.model,
+                       m.report.batch, o.inputs, o.seed, m.backend);
         fmt::print("{}", formatTable(m.report));
     });
     std::vector<GradReport> reports;
