@@ -115,6 +115,9 @@ std::map<std::string, Tensor> Program::outputs(const Values* grads, double loss)
             case Role::Preact: out[outputLabel({OutputRole::Preact, en.name, 0})] = readBuffer(acts_.data<T>(), en); break;
             case Role::NormInput: out[outputLabel({OutputRole::NormInput, en.name, 0})] = readBuffer(acts_.data<T>(), en); break;
             case Role::LayerOutput: out[outputLabel({OutputRole::LayerOutput, en.name, 0})] = readBuffer(acts_.data<T>(), en); break;
+            case Role::ThroughTime:
+                if (grads) out[outputLabel({OutputRole::ThroughTime, en.name, 0})] = readBuffer(acts_.data<T>(), en);
+                break;
             default: break;
             }
         }

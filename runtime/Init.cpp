@@ -21,6 +21,43 @@ struct Rng {
     }
 };
 
+/// gain Q of nn.init.orthogonal_: a Gaussian draw of the weight's [rows, cols], Q of its QR
+/// decomposition with the signs of R's diagonal made positive (so Q is unique), the transpose
+/// when the matrix is wide. rows >= cols: the columns of Q are orthonormal (QᵀQ = I).
+/// The factorisation is Gram-Schmidt run twice per column, in double.
+void orthogonal(Rng& rng, Tensor& t, double gain) {
+    const int64_t rows = t.shape[0], cols = elementCount(t.shape) / rows;
+    const bool wide = rows < cols;
+    const int64_t m = wide ? cols : rows, n = wide ? rows : cols; // m >= n: Q is [m, n]
+    std::vector<double> a(size_t(m * n)); // column-major: column c at a[c m ..]
+    for (int64_t r = 0; r < rows; ++r)
+        for (int64_t c = 0; c < cols; ++c) {
+            const double v = rng.normal();
+            if (wide)
+                a[size_t(r * m + c)] = v; // column r of the transpose
+            else
+                a[size_t(c * m + r)] = v;
+        }
+    for (int64_t c = 0; c < n; ++c) {
+        double* q = &a[size_t(c * m)];
+        double diag = 0;
+        for (int pass = 0; pass < 2; ++pass)
+            for (int64_t p = 0; p < c; ++p) {
+                const double* e = &a[size_t(p * m)];
+                double dot = 0;
+                for (int64_t i = 0; i < m; ++i) dot += e[i] * q[i];
+                for (int64_t i = 0; i < m; ++i) q[i] -= dot * e[i];
+            }
+        for (int64_t i = 0; i < m; ++i) diag += q[i] * q[i];
+        diag = std::sqrt(diag); // R's diagonal entry, positive: the sign correction is built in
+        for (int64_t i = 0; i < m; ++i) q[i] /= diag;
+    }
+    for (int64_t r = 0; r < rows; ++r)
+        for (int64_t c = 0; c < cols; ++c)
+            t.data[size_t(r * cols + c)] =
+                gain * (wide ? a[size_t(r * m + c)] : a[size_t(c * m + r)]);
+}
+
 } // namespace
 
 Bindings initialiseParameters(const Graph& g, uint64_t seed) {
@@ -33,7 +70,15 @@ Bindings initialiseParameters(const Graph& g, uint64_t seed) {
         const std::string& s = p.init.scheme;
         double fanIn = double(p.fanIn), fanOut = double(p.fanOut);
         const bool weight = isWeight(shape);
+        if (s == "orthogonal") {
+            orthogonal(rng, t, p.init.args.at(0));
+        } else if (s == "identity") { // gain I in each gate block of a [G H, H] recurrent weight
+            const int64_t cols = shape.at(1);
+            for (int64_t r = 0; r < shape[0]; ++r)
+                t.data[size_t(r * cols + r % cols)] = p.init.args.at(0);
+        }
         for (double& v : t.data) {
+            if (s == "orthogonal" || s == "identity") break;
             if (s == "pytorch") v = (2 * rng.uniform() - 1) / std::sqrt(fanIn);
             else if (s == "xavier") v = rng.normal() * std::sqrt(2 / (fanIn + fanOut));
             else if (s == "kaiming") v = rng.normal() * std::sqrt((firstWeight ? 1 : 2) / fanIn);

@@ -15,6 +15,8 @@ namespace gradc {
 ///   kaiming   N(0, 2/fan_in); the first layer N(0, 1/fan_in) (its input is not a ReLU
 ///             output), as in the UvA tutorial
 ///   normal(s) N(0, s^2); constant(v) all v
+///   identity(gain)    a recurrent weight [G H, H]: gain I in each of its G gate blocks
+///   orthogonal(gain)  gain Q, nn.init.orthogonal_'s construction (QR of a Gaussian draw)
 Bindings initialiseParameters(const Graph& g, uint64_t seed);
 
 } // namespace gradc

@@ -8,6 +8,7 @@
 #include "Execute.h"
 #include "FmaProbe.h"
 #include "Init.h"
+#include "Layout.h"
 #include "Pipeline.h"
 #include "Optimizer.h"
 #include "SafeTensors.h"
@@ -18,6 +19,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <map>
 #include <random>
 #include <utility>
@@ -46,23 +48,65 @@ std::string activationNames(const Graph& g) {
     return out.empty() ? "none" : out;
 }
 
-/// The targets of a grads batch: the labels for a cross_entropy classifier, the inputs for an
-/// mse autoencoder.
-Tensor gradsTarget(const Graph& g, const std::string& model, const Examples& ex, const Tensor& x) {
-    const int64_t batch = x.shape[0], outputs = g[g.output(OutputRole::Logits)].shape[1];
-    if (g.lossKind == "cross_entropy") {
-        Tensor labels{{batch}, {}};
-        for (int64_t i = 0; i < batch; ++i) {
-            if (ex.labels[size_t(i)] >= outputs)
-                failIn(ex.labelFile, fmt::format("label {} of example {} is out of range for the model's {} classes",
-                                                 ex.labels[size_t(i)], i, outputs));
-            labels.data.push_back(ex.labels[size_t(i)]);
-        }
-        return labels;
+/// The class indices `labels` of a cross_entropy batch, each checked against the model's
+/// `classes`; a mistake names `file`, where the labels come from.
+Tensor classTargets(const Shape& shape, const std::vector<double>& labels, int64_t classes,
+                    const std::string& file) {
+    for (size_t i = 0; i < labels.size(); ++i) {
+        const double v = labels[i];
+        if (v != std::floor(v)) // NaN too
+            failIn(file, fmt::format("label {} of example {} is not a class index (a whole number)",
+                                     v, i));
+        if (v < 0 || v >= double(classes))
+            failIn(file, fmt::format("label {} of example {} is out of range for the model's {} "
+                                     "classes (0 to {})", v, i, classes, classes - 1));
     }
+    return Tensor{shape, labels};
+}
+
+/// The targets of a grads batch. From the data set `ex`: the labels for a cross_entropy
+/// classifier, the inputs x for an mse autoencoder. From an inputs file (`given`, its
+/// 'target'): the tensor in the model's target shape, class indices for cross_entropy.
+Tensor gradsTarget(const Graph& g, const std::string& model, const Examples& ex, const Tensor& x,
+                   const Tensor* given, const std::string& inputsFile) {
+    const Node* target = nullptr;
+    for (const Node& n : g.nodes)
+        if (n.op == Op::Input && n.name == "target") target = &n;
+    internal_assert(target, "a model without a target");
+    const int64_t outputs = g[g.output(OutputRole::Logits)].shape[1];
+    const bool classes = target->type == DType::Index;
+    if (given) {
+        if (elementCount(given->shape) != elementCount(target->shape))
+            failIn(inputsFile, fmt::format("'target' {} does not fit the model's target {}",
+                                           shapeString(given->shape), shapeString(target->shape)));
+        return classes ? classTargets(target->shape, given->data, outputs, inputsFile)
+                       : Tensor{target->shape, given->data};
+    }
+    if (g.lossKind == "cross_entropy")
+        return classTargets(target->shape,
+                            std::vector<double>(ex.labels.begin(), ex.labels.begin() + x.shape[0]),
+                            outputs, ex.labelFile);
     if (g.lossKind == "mse" && outputs == perExample(g[0].shape)) return x; // an autoencoder reproduces its input
     failIn(model, fmt::format("gradc grads needs a cross_entropy classifier with at least {} classes, or an mse "
                               "autoencoder; this model's loss is {} with {} outputs", 10, g.lossKind, outputs));
+}
+
+/// An inputs file's x fits the model's input: the same shape but the batch, or flat [B, K]
+/// with K the model's inputs per example. `input 5 steps 3` is [B,5,3]; an x [B,3,5] is a
+/// mistake that the count of inputs would not show.
+void checkGivenInputs(const Graph& g, const std::string& model, const Tensor& x,
+                      const std::string& inputsFile) {
+    const Shape& want = g[0].shape;
+    const bool flat = x.shape.size() == 2 && x.shape[1] == perExample(want);
+    const bool same = x.shape.size() == want.size() &&
+                      std::equal(x.shape.begin() + 1, x.shape.end(), want.begin() + 1);
+    if (flat || same) return;
+    Shape perEx(want.begin() + 1, want.end());
+    failIn(inputsFile,
+           fmt::format("'x' {} does not fit the model {}, whose input is {} per example: give x as "
+                       "[batch,{} or flat [batch,{}]",
+                       shapeString(x.shape), model, shapeString(perEx),
+                       shapeString(perEx).substr(1), perExample(want)));
 }
 
 /// acts and dead read the layers' outputs, never the loss, so they take any classifier with
@@ -138,27 +182,47 @@ GradsRun runGrads(const GradsOptions& o, const std::function<void(const GradsMod
     backend.backend = o.session.backend, backend.f64 = o.session.backend == "interp" || o.f64;
     backend.cache = o.session.cache, backend.threads = o.session.threads;
     backend.isa = o.session.isa;
-    const int64_t batch = o.batch;
+    int64_t batch = o.batch;
     const std::string& dir = o.data.dir;
+    std::map<std::string, Tensor> given; // --inputs: x and target from a file
+    if (!o.inputs.empty()) {
+        given = readSafetensors(o.inputs);
+        if (!given.count("x") || given.at("x").shape.size() < 2 || !given.count("target"))
+            failIn(o.inputs, "an inputs file needs a tensor 'x' [batch, ...] and a tensor 'target' "
+                             "[batch, ...]");
+        const int64_t rows = given.at("x").shape[0];
+        if (batch != 0 && batch != rows)
+            failIn(o.inputs,
+                   fmt::format("'x' holds {} examples, but the batch is {}", rows, batch));
+        batch = rows;
+    }
     // Compile every model first, so a mistake in the last one costs no data loading.
     std::vector<Graph> graphs;
     for (auto& path : o.models) graphs.push_back(compileFile(path, {batch}).graph);
 
-    Examples ex = o.shuffle ? sample(readExamples(dir, true, exampleCount(dir, true)), batch, o.seed)
-                            : readExamples(dir, /*train=*/true, batch);
-    Tensor x{{batch, ex.features}, normalise(ex, o.data.mean, o.data.std)};
+    Examples ex;
+    Tensor x;
+    if (given.empty()) {
+        ex = o.shuffle ? sample(readExamples(dir, true, exampleCount(dir, true)), batch, o.seed)
+                       : readExamples(dir, /*train=*/true, batch);
+        x = Tensor{{batch, ex.features}, normalise(ex, o.data.mean, o.data.std)};
+    } else {
+        x = given.at("x");
+    }
     GradsRun run;
     run.wide = backend.f64;
     for (size_t m = 0; m < graphs.size(); ++m) {
         const Graph& g = graphs[m];
-        if (perExample(g[0].shape) != ex.features)
+        if (!given.empty()) checkGivenInputs(g, o.models[m], x, o.inputs);
+        if (given.empty() && perExample(g[0].shape) != ex.features)
             failIn(o.models[m], fmt::format("the model takes {} inputs, but the images in {} have {} pixels",
                                             perExample(g[0].shape), dir, ex.features));
         Bindings b = o.params.empty() ? initialiseParameters(g, o.seed) : loadParameters(g, o.params);
         run.integers.clear();
         run.params = stateDict(g, b, &run.integers); // running statistics too, as PyTorch's state_dict
         b["x"] = Tensor{g[0].shape, x.data}; // [batch, 784] read as the model's [batch, 28, 28], ...
-        b["target"] = gradsTarget(g, o.models[m], ex, x);
+        b["target"] = gradsTarget(g, o.models[m], ex, x,
+                                  given.empty() ? nullptr : &given.at("target"), o.inputs);
         GradsModel result;
         std::unique_ptr<Executable> exe = compile(g, backend);
         result.backend = exe->describe();
@@ -169,6 +233,12 @@ GradsRun runGrads(const GradsOptions& o, const std::function<void(const GradsMod
         for (auto& p : g.params) {
             r.params.push_back(statistics(p.name, out.at("grad:" + p.name)));
             run.grads.emplace_back(p.name, out.at("grad:" + p.name));
+        }
+        run.throughTime.clear();
+        const Layout layout = computeLayout(g);
+        for (const LayoutEntry* e : layout.all(Role::ThroughTime)) {
+            const std::string label = outputLabel({OutputRole::ThroughTime, e->name, 0});
+            run.throughTime.emplace_back(label, out.at(label));
         }
         r.activations = activationStatistics(g, out);
         computeVanishingFactor(r);

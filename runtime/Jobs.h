@@ -49,6 +49,9 @@ struct GradsRun {
     /// Of the last model: its parameters with its running statistics (PyTorch's state_dict,
     /// `integers` naming the I64 ones) and its gradients, for the safetensors files.
     std::vector<std::pair<std::string, Tensor>> params, grads;
+    /// Of the last model: each recurrent layer's norms of dL/dh_t per step, [T], labelled
+    /// through:LAYER; `--dump-grads` writes them after the gradients.
+    std::vector<std::pair<std::string, Tensor>> throughTime;
     std::set<std::string> integers;
     bool wide = false; ///< the gradients were computed in double (interpreter or f64 code)
 };

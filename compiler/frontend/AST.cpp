@@ -40,7 +40,16 @@ static void printStmt(const Stmt& s, int indent, std::string& out) {
     std::string from = s.from.empty() || s.kind == Stmt::Kind::From ? "" : " from " + s.from;
     switch (s.kind) {
     case Stmt::Kind::Model: out += head + "model " + s.name + "\n"; return;
-    case Stmt::Kind::Input: out += head + fmt::format("input {}{}\n", fmt::join(s.dims.empty() ? std::vector<int64_t>{s.size} : s.dims, "x"), from); return;
+    case Stmt::Kind::Input:
+        if (s.steps) {
+            out += head + fmt::format("input {} steps {}{}\n", s.dims[0], s.dims[1], from);
+            return;
+        }
+        out += head +
+               fmt::format("input {}{}\n",
+                           fmt::join(s.dims.empty() ? std::vector<int64_t>{s.size} : s.dims, "x"),
+                           from);
+        return;
     case Stmt::Kind::Layer: {
         const LayerDef& d = *s.layer;
         if (&d == &activationLayer()) {

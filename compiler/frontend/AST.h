@@ -60,6 +60,8 @@ struct Stmt {
     int64_t size = 0;   // Input, a layer's width operand; Repeat: count
     SourceLoc sizeLoc;
     std::vector<int64_t> dims; // Input: the sizes of one example (`input 28x28`: 28, 28)
+    bool steps = false; // Input: a sequence `input T steps N` (dims T, N)
+    SourceLoc featuresLoc; // Input: N of `input T steps N`
     std::vector<std::pair<std::string, SourceLoc>> operands; // a layer's value-name operands
     std::optional<ActRef> act;    // a layer's activation (a bare activation statement's own)
     std::optional<InitSpec> init; // a layer's init= option

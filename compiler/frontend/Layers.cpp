@@ -3,6 +3,9 @@
 // is left to check here is what the ops cannot see (option ranges, what a module records).
 #include "Layers.h"
 
+#include "Activations.h"
+#include "Cells.h"
+
 #include <fmt/format.h>
 
 #include <climits>
@@ -15,10 +18,24 @@ void LayerBuilder::record(const std::string& module, std::string what, ValueId i
     g.layers.push_back({module, std::move(what), g[in].shape, g[out].shape, loc, out});
 }
 
-Init LayerBuilder::initOf(const Stmt& s) {
+Init LayerBuilder::initOf(const Stmt& s, bool recurrent) {
     Init init;
     if (!s.init) return init;
     const InitSpec& spec = *s.init;
+    if (spec.scheme == "identity" || spec.scheme == "orthogonal") {
+        if (!recurrent)
+            throw UserError(
+                spec.loc,
+                fmt::format("init scheme '{}' is for the recurrent weights of rnn, lstm and gru, "
+                            "not {}",
+                            spec.scheme, s.layer->keyword));
+        if (spec.args.size() > 1)
+            throw UserError(spec.loc,
+                            fmt::format("init scheme '{}' takes at most one argument: {}(GAIN)",
+                                        spec.scheme, spec.scheme));
+        init.scheme = spec.scheme, init.args = {spec.args.empty() ? 1.0 : spec.args[0]};
+        return init;
+    }
     struct Scheme {
         const char* name;
         size_t args;
@@ -38,7 +55,9 @@ Init LayerBuilder::initOf(const Stmt& s) {
         return init;
     }
     throw UserError(spec.loc, fmt::format("unknown init scheme '{}' (known: pytorch, xavier, "
-                                          "kaiming, normal(STD), constant(V))", spec.scheme));
+                                          "kaiming, normal(STD), constant(V){})",
+                                          spec.scheme,
+                                          recurrent ? ", identity(GAIN), orthogonal(GAIN)" : ""));
 }
 
 double optionValue(const Stmt& s, const char* name) {
@@ -156,6 +175,13 @@ ValueId buildBatchNorm(LayerBuilder& b, const Stmt& s, ValueId x) {
 
 // ---- Images: [B,C,H,W] values, NCHW as PyTorch's.
 
+/// The side of a square of n values (28 for 784), or 0 when n is not a square.
+int64_t squareSide(int64_t n) {
+    int64_t side = 1;
+    while ((side + 1) * (side + 1) <= n) ++side;
+    return side * side == n ? side : 0;
+}
+
 /// The shape of the images a window layer reads; anything else is diagnosed with the input
 /// statement that would make one (`input 1x28x28` for [B,784]).
 const Shape& needImage(LayerBuilder& b, const Stmt& s, ValueId x) {
@@ -165,9 +191,9 @@ const Shape& needImage(LayerBuilder& b, const Stmt& s, ValueId x) {
     if (b.graph()[x].op != Op::Input) {
         hint = "images stay 4-D until flatten or global_avgpool";
     } else if (in.size() == 2) {
-        int64_t side = 1;
-        while ((side + 1) * (side + 1) <= in[1]) ++side;
-        if (side * side == in[1]) hint = fmt::format("for {} values per example write 'input 1x{}x{}'", in[1], side, side);
+        if (const int64_t side = squareSide(in[1]))
+            hint =
+                fmt::format("for {} values per example write 'input 1x{}x{}'", in[1], side, side);
     } else if (in.size() == 3) {
         hint = fmt::format("for one channel write 'input 1x{}x{}'", in[1], in[2]);
     }
@@ -302,30 +328,216 @@ ValueId buildFlatten(LayerBuilder& b, const Stmt& s, ValueId x) {
     return v;
 }
 
+// ---- Sequences: [B,T,N] values, batch first as PyTorch's batch_first=True.
+
+/// The shape of the sequence a recurrent layer (or `last`) reads; anything else is diagnosed
+/// with the input statement that would make one. The model's input is a sequence only when
+/// written `input T steps N`: `input 28x28` is an image (gradc check, the loss's hint and the
+/// AOT header say so), so a recurrent layer on it is refused with the statement to write.
+Shape needSequence(LayerBuilder& b, const Stmt& s, ValueId x) {
+    const Graph& g = b.graph();
+    const Shape& in = g[x].shape;
+    const bool input = g[x].op == Op::Input;
+    if (in.size() == 3 && !(input && !g.sequence)) return in;
+    std::string hint =
+        "recurrent layers read 'input STEPS steps FEATURES' or another recurrent layer's output";
+    if (input && in.size() == 2) {
+        const int64_t side = squareSide(in[1]);
+        hint =
+            side > 1
+                ? fmt::format("write 'input {} steps {}' or 'input {} steps 1'", side, side, in[1])
+                : fmt::format("write 'input {} steps 1' or 'input STEPS steps FEATURES'", in[1]);
+    } else if (input &&
+               (in.size() == 3 || (in.size() == 4 && in[1] == 1))) { // an image of one channel
+        hint = fmt::format(
+            "an image is not a sequence; write 'input {} steps {}' for its rows as steps",
+            in[in.size() - 2], in.back());
+    } else if (in.size() == 2 && g[x].op == Op::LastStep) {
+        hint = "'last' has already taken the final step";
+    }
+    throw UserError(s.loc,
+                    fmt::format("{} needs a sequence [batch, steps, features]; its input is {}; {}",
+                                s.layer->keyword, shapeString(in), hint));
+}
+
+/// `rnn H [tanh|relu]`, `lstm H`, `gru H`, each `[init=SCHEME] [bias=BOOL]`: PyTorch's
+/// nn.RNN, nn.LSTM and nn.GRU (one layer, batch first, zero initial state) as one module that
+/// outputs the whole sequence of hidden states [B,T,H]. Parameters as PyTorch names and lays
+/// them out: weight_ih_l0 [G H, N], weight_hh_l0 [G H, H], bias_ih_l0, bias_hh_l0, gates in
+/// PyTorch's order (lstm i, f, g, o; gru r, z, n). The input projection x W_ihᵀ + b_ih of all
+/// steps is one product outside the loop; the scan op is the loop (Ops.def, Cells.cpp).
+ValueId buildRecurrent(LayerBuilder& b, const Stmt& s, ValueId x) {
+    Graph& g = b.graph();
+    const Shape in = needSequence(b, s, x);
+    if (s.size < 1 || s.size > kMaxTensorElements)
+        throw UserError(s.sizeLoc,
+                        fmt::format("hidden size {} is out of range (1 to 2^31)", s.size));
+    const std::string keyword = s.layer->keyword;
+    const Cell cell = cellNamed(keyword);
+    internal_assert(cell != Cell::None, "a recurrent layer that is not a cell of kCells");
+    scalar::Expr activation;
+    std::string actName;
+    if (cell != Cell::Rnn && s.act)
+        throw UserError(s.act->loc,
+                        fmt::format("{} takes no activation: its gates' non-linearities are fixed "
+                                    "(nn.{}); only rnn takes tanh or relu",
+                                    keyword, cell == Cell::Lstm ? "LSTM" : "GRU"));
+    if (cell == Cell::Rnn) { // nn.RNN's nonlinearity: tanh (its default) or relu
+        actName = s.act ? s.act->name : "tanh";
+        if (s.act && (!s.act->args.empty() || (actName != "tanh" && actName != "relu")))
+            throw UserError(s.act->loc,
+                            fmt::format("rnn takes tanh or relu (nn.RNN's nonlinearity), not '{}'",
+                                        actName + (s.act->args.empty() ? "" : "(...)")));
+        // The activation table's built-in (relu'(0) = 0 as PyTorch's), in the cell's Arg(0).
+        static const ActivationTable builtins;
+        const Activation f = builtins.instantiate({actName, {}, s.act ? s.act->loc : s.loc});
+        activation = scalar::substitute(f.formula, scalar::arg(0));
+    }
+    const int64_t H = s.size, N = in[2], G = cellGates(cell);
+    if (G * H > kMaxTensorElements)
+        throw UserError(
+            s.sizeLoc,
+            fmt::format("hidden size {} is out of range ({} gates of it exceed 2^31)", H, G));
+    // The largest tensor of the layer: the input projection of every step [B,T,G H], or the
+    // states the forward loop saves for the backward one [B,T,S H]; nowhere else written.
+    const int64_t S = cellStates(cell), perStep = std::max(G, S) * H;
+    if (double(in[0]) * double(in[1]) * double(perStep) > double(kMaxTensorElements))
+        throw UserError(
+            s.sizeLoc,
+            fmt::format("hidden size {} is too large for {} steps at batch {}: the {} saves {} "
+                        "values per step and example for the backward pass ([{},{},{}], more "
+                        "than 2^31 elements); use a smaller hidden size, batch or sequence",
+                        H, in[1], in[0], keyword, perStep, in[0], in[1], perStep));
+    const bool bias = optionValue(s, "bias") != 0;
+    std::string mod = b.moduleName(s);
+    // PyTorch's default for all four tensors: U(-1/sqrt(H), 1/sqrt(H)), the pytorch scheme with
+    // fan-in H. Other schemes take each weight's own fans, as for dense: weight_ih's fan-in is N.
+    const Init init = LayerBuilder::initOf(s, true);
+    const bool recurrentOnly = init.scheme == "identity" || init.scheme == "orthogonal";
+    const Init ihInit = recurrentOnly ? Init{} : init;
+    const Init biasInitial = init.scheme == "identity" ? Init{"constant", {0.0}}
+                             : recurrentOnly           ? Init{}
+                                                       : biasInit(init);
+    const int64_t ihFanIn = ihInit.scheme == "pytorch" ? H : N;
+    ValueId wih = b.param(mod + ".weight_ih_l0", {G * H, N}, ihInit, ihFanIn, G * H, s.loc);
+    ValueId whh = b.param(mod + ".weight_hh_l0", {G * H, H}, init, H, G * H, s.loc);
+    std::optional<ValueId> bih, bhh;
+    if (bias) {
+        bih = b.param(mod + ".bias_ih_l0", {G * H}, biasInitial, H, G * H, s.loc);
+        bhh = b.param(mod + ".bias_hh_l0", {G * H}, biasInitial, H, G * H, s.loc);
+    }
+    ValueId xp = node(g, Op::MatMulNT, s.loc, {x, wih});
+    if (bih) xp = addBiasAdd(g, xp, *bih, s.loc);
+    if (!bhh) { // nn.LSTM(bias=False): the loop adds zeros
+        Node z = makeNode(Op::Zeros, s.loc);
+        z.shape = {G * H};
+        bhh = g.add(std::move(z));
+    }
+    Node scan = makeNode(Op::Scan, s.loc, {xp, whh, *bhh});
+    scan.cell = cell, scan.expr = activation;
+    ValueId h = g.add(std::move(scan));
+    b.record(mod,
+             fmt::format("{} {} -> {}, {} steps{}{}", keyword, N, H, in[1],
+                         actName == "relu" ? ", relu" : "", bias ? "" : " (no bias)"),
+             x, h, s.loc);
+    return h;
+}
+
+/// `last`: the final step of a sequence, [B,T,K] -> [B,K] (PyTorch's out[:, -1]), a module of
+/// its own.
+ValueId buildLast(LayerBuilder& b, const Stmt& s, ValueId x) {
+    needSequence(b, s, x);
+    ValueId y = node(b.graph(), Op::LastStep, s.loc, {x});
+    b.record(b.moduleName(s), "last step", x, y, s.loc);
+    return y;
+}
+
 using Kind = LayerOptionDef::Kind;
 using Operands = LayerDef::Operands;
 
+/// `KEYWORD H [ACT] [init=SCHEME] [bias=BOOL]` for a cell of kCells (Cells.h).
+LayerDef recurrentLayer(const char* keyword) {
+    return {keyword,
+            Operands::Width,
+            "the hidden size",
+            0,
+            0,
+            true,
+            {{"init", Kind::Init}, {"bias", Kind::Bool, 1}},
+            buildRecurrent};
+}
+
 const std::vector<LayerDef> kLayers = {
-    {"dense", Operands::Width, "the layer width", 0, 0, true,
-     {{"init", Kind::Init}, {"bias", Kind::Bool, 1}}, buildDense},
-    {"add", Operands::Names,
+    {"dense",
+     Operands::Width,
+     "the layer width",
+     0,
+     0,
+     true,
+     {{"init", Kind::Init}, {"bias", Kind::Bool, 1}},
+     buildDense},
+    {"add",
+     Operands::Names,
      "'add' takes one or two value names ('add A B', or 'add A' to add A to the current value)",
-     1, 2, false, {}, buildAdd},
-    {"mul", Operands::Names,
-     "'mul' takes one or two value names ('mul A B', or 'mul A' to multiply the current value by A)",
-     1, 2, false, {}, buildMul},
+     1,
+     2,
+     false,
+     {},
+     buildAdd},
+    {"mul",
+     Operands::Names,
+     "'mul' takes one or two value names ('mul A B', or 'mul A' to multiply the current value by "
+     "A)",
+     1,
+     2,
+     false,
+     {},
+     buildMul},
     {"flatten", Operands::None, "", 0, 0, false, {}, buildFlatten},
-    {"batchnorm", Operands::None, "", 0, 0, false,
-     {{"eps", Kind::Number, 1e-5}, {"momentum", Kind::Number, 0.1}}, buildBatchNorm},
+    {"batchnorm",
+     Operands::None,
+     "",
+     0,
+     0,
+     false,
+     {{"eps", Kind::Number, 1e-5}, {"momentum", Kind::Number, 0.1}},
+     buildBatchNorm},
     {"layernorm", Operands::None, "", 0, 0, false, {{"eps", Kind::Number, 1e-5}}, buildLayerNorm},
-    {"conv", Operands::Width, "the number of output channels", 0, 0, true,
-     {{"stride", Kind::Size}, {"padding", Kind::Size}, {"init", Kind::Init}, {"bias", Kind::Bool, 1}},
-     buildConv, "the kernel size"},
-    {"maxpool", Operands::None, "", 0, 0, false, {{"stride", Kind::Size}, {"padding", Kind::Size}},
-     buildPool, "the window size"},
-    {"avgpool", Operands::None, "", 0, 0, false, {{"stride", Kind::Size}, {"padding", Kind::Size}},
-     buildPool, "the window size"},
+    {"conv",
+     Operands::Width,
+     "the number of output channels",
+     0,
+     0,
+     true,
+     {{"stride", Kind::Size},
+      {"padding", Kind::Size},
+      {"init", Kind::Init},
+      {"bias", Kind::Bool, 1}},
+     buildConv,
+     "the kernel size"},
+    {"maxpool",
+     Operands::None,
+     "",
+     0,
+     0,
+     false,
+     {{"stride", Kind::Size}, {"padding", Kind::Size}},
+     buildPool,
+     "the window size"},
+    {"avgpool",
+     Operands::None,
+     "",
+     0,
+     0,
+     false,
+     {{"stride", Kind::Size}, {"padding", Kind::Size}},
+     buildPool,
+     "the window size"},
     {"global_avgpool", Operands::None, "", 0, 0, false, {}, buildGlobalAvgPool},
+    recurrentLayer("rnn"),
+    recurrentLayer("lstm"),
+    recurrentLayer("gru"),
+    {"last", Operands::None, "", 0, 0, false, {}, buildLast},
 };
 
 const LayerDef kActivation = {"activation", Operands::None, "", 0, 0, true, {}, buildActivation};

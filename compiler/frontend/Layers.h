@@ -78,8 +78,10 @@ public:
     virtual ValueId applyActivation(const ActRef& ref, ValueId x, const std::string& module) = 0;
     /// Records a module for `gradc check` and the statistics.
     void record(const std::string& module, std::string what, ValueId in, ValueId out, const SourceLoc& loc);
-    /// The init scheme a layer's weight uses (`init=` or PyTorch's default).
-    static Init initOf(const Stmt& s);
+    /// The init scheme a layer's weight uses (`init=` or PyTorch's default). `recurrent`: the
+    /// layer is rnn, lstm or gru, whose recurrent weights may also take identity(GAIN) and
+    /// orthogonal(GAIN) (GAIN 1 when not written; the Init carries it).
+    static Init initOf(const Stmt& s, bool recurrent = false);
 };
 
 } // namespace gradc

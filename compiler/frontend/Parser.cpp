@@ -3,7 +3,8 @@
 // The grammar, one rule per function below:
 //   file     ::= { [stmt] NEWLINE } END
 //   stmt     ::= 'model' NAME | 'loss' NAME | 'from' NAME | actdef | [NAME '='] layer ['from' NAME]
-//   layer    ::= 'input' INT | 'repeat' INT '{' {[stmt] NEWLINE} '}' | actref
+//   layer    ::= 'input' INT ('steps' INT | {'x' INT}) | 'repeat' INT '{' {[stmt] NEWLINE} '}' |
+//   actref
 //              | KEYWORD [INT | NAME {NAME}] [size2] {NAME '=' value} [actref] {NAME '=' value}
 //                (a layer of the layer table, Layers.cpp: `dense 512 relu init=xavier`,
 //                 `add a b`, `batchnorm eps=1e-3`, `conv 16 3x3 stride=2 relu`; the entry
@@ -23,6 +24,7 @@
 #include "Lexer.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <cmath>
 #include <set>
@@ -194,10 +196,23 @@ private:
             auto s = make(Stmt::Kind::Input, next());
             s->size = integer("the input width", &s->sizeLoc);
             s->dims = {s->size};
+            if (isWord("steps")) { // `input 28 steps 28`: a sequence of 28 steps of 28 features
+                next();
+                s->steps = true;
+                s->dims.push_back(integer(
+                    "the number of features per step after 'steps' (input STEPS steps FEATURES)",
+                    &s->featuresLoc));
+                return s;
+            }
             while (isWord("x") && peek(1).kind == Tok::Number) { // `input 1x28x28`
                 next();
                 s->dims.push_back(integer("an input size"));
             }
+            if (isWord("steps"))
+                fail(peek(),
+                     "a sequence input is 'input STEPS steps FEATURES' (one size each), not {} "
+                     "steps",
+                     fmt::join(s->dims, "x"));
             return s;
         }
         if (isWord("repeat")) {

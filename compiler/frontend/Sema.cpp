@@ -219,6 +219,17 @@ private:
             if (input_) throw UserError(s.loc, "a second 'input' statement; a model has one input");
             Node n = makeNode(Op::Input, s.loc);
             n.shape = {g_.batch};
+            if (s.steps) {
+                if (s.dims[0] < 1 || s.dims[0] > kMaxTensorElements)
+                    throw UserError(
+                        s.sizeLoc, fmt::format("a sequence of {} steps is out of range (1 to 2^31)",
+                                               s.dims[0]));
+                if (s.dims[1] < 1 || s.dims[1] > kMaxTensorElements)
+                    throw UserError(
+                        s.featuresLoc,
+                        fmt::format("{} features per step is out of range (1 to 2^31)", s.dims[1]));
+                g_.sequence = true;
+            }
             int64_t perExample = 1;
             for (int64_t d : s.dims.empty() ? std::vector<int64_t>{s.size} : s.dims) {
                 perExample *= std::min<int64_t>(d, kMaxTensorElements + 1);
@@ -264,10 +275,18 @@ private:
             Node l;
             l.loc = s.loc;
             if (sh.size() != 2)
-                throw UserError(s.loc, sh.size() < 2 ? std::string("the loss needs a [batch, outputs] value")
-                                                     : fmt::format("the loss needs a [batch, outputs] value, got {}; "
-                                                                   "use flatten to make it {}", shapeString(sh),
-                                                                   shapeString({sh[0], elementCount(sh) / sh[0]})));
+                throw UserError(
+                    s.loc,
+                    sh.size() < 2 ? std::string("the loss needs a [batch, outputs] value")
+                    : sh.size() == 3 && g_.sequence
+                        ? fmt::format(
+                              "the loss needs a [batch, outputs] value, got the sequence {}; "
+                              "use 'last' to take its final step (or flatten to make it {})",
+                              shapeString(sh), shapeString({sh[0], elementCount(sh) / sh[0]}))
+                        : fmt::format("the loss needs a [batch, outputs] value, got {}; "
+                                      "use flatten to make it {}",
+                                      shapeString(sh),
+                                      shapeString({sh[0], elementCount(sh) / sh[0]})));
             if (s.loss == "cross_entropy") {
                 if (sh[1] < 2)
                     throw UserError(s.sizeLoc, fmt::format("cross_entropy needs at least 2 "

@@ -33,6 +33,9 @@ std::string attrValue(int32_t v) { return fmt::format("{}", v); }
 std::string attrValue(double v) { return fmt::format("{}", v); }
 std::string attrValue(const scalar::Expr& e) { return e ? scalar::print(e) : "null"; }
 std::string attrValue(const Window& w) { return printWindow(w); }
+std::string attrValue(Cell c) {
+    return cellName(c);
+}
 
 size_t attrHash(const std::string& s) { return std::hash<std::string>()(s); }
 size_t attrHash(int32_t v) { return std::hash<int32_t>()(v); }
@@ -42,6 +45,10 @@ size_t attrHash(const Window& w) {
     size_t h = 0;
     for (int32_t v : {w.kh, w.kw, w.sh, w.sw, w.ph, w.pw}) h = h * 1000003u + std::hash<int32_t>()(v);
     return h;
+}
+
+size_t attrHash(Cell c) {
+    return std::hash<int>()(int(c));
 }
 
 const Attrs kDefaultAttrs;
@@ -408,6 +415,92 @@ Shape shapeOfPairwiseLoss(const Nodes& g, const Node& n) {
     return {};
 }
 
+// ---- Sequences [B,T,...]: the recurrent loop and the last step.
+
+/// The cell attribute is set, and `expr` is the rnn's activation in a0 (null for the others).
+void needCell(const Node& n) {
+    if (n.cell == Cell::None) mismatch(n, "has no cell");
+    if ((n.cell == Cell::Rnn) != (n.expr != nullptr))
+        mismatch(n, n.cell == Cell::Rnn ? "an rnn cell needs its activation in expr"
+                                        : "only an rnn cell has an activation");
+    if (n.expr && (n.expr->leaves & ~scalar::leafBit(scalar::Kind::Arg)))
+        mismatch(n, fmt::format("activation {} must be in a0 only", scalar::print(n.expr)));
+    if (n.expr)
+        scalar::postOrder(n.expr, [&](const scalar::ExprNode& e) {
+            if (e.op == scalar::Kind::Arg && e.value != 0)
+                mismatch(n, "the activation may use a0 only");
+        });
+}
+
+/// xp[B,T,G H], w_hh[G H,H], b_hh[G H]: returns H.
+int64_t needScanOperands(const Node& n, const Node& xp, const Node& w, const Node& b) {
+    needCell(n);
+    needRank(n, xp, 3, "input projection"), needRank(n, w, 2, "recurrent weight"),
+        needRank(n, b, 1, "recurrent bias");
+    const int64_t G = cellGates(n.cell), H = w.shape[1];
+    if (w.shape[0] != G * H || xp.shape[2] != G * H || b.shape[0] != G * H)
+        mismatch(n, fmt::format("input projection {}, recurrent weight {} and bias {} do not fit a "
+                                "{} cell of {} gates "
+                                "({} rows each)",
+                                shapeString(xp.shape), shapeString(w.shape), shapeString(b.shape),
+                                cellName(n.cell), G, H));
+    return H;
+}
+
+Shape shapeOfScan(const Nodes& g, const Node& n) {
+    const Node& xp = operand(g, n, 0);
+    const int64_t H = needScanOperands(n, xp, operand(g, n, 1), operand(g, n, 2));
+    return {xp.shape[0], xp.shape[1], H};
+}
+
+Shape shapeOfScanState(const Nodes& g, const Node& n) {
+    const Node& xp = operand(g, n, 0);
+    const int64_t H = needScanOperands(n, xp, operand(g, n, 1), operand(g, n, 2));
+    return {xp.shape[0], xp.shape[1], cellStates(n.cell) * H};
+}
+
+/// h[B,T,H], state[B,T,S H], dy[B,T,H], w_hh[G H,H]: dxp, dW_hh, db_hh or the norms by the op.
+Shape shapeOfScanGrad(const Nodes& g, const Node& n) {
+    needCell(n);
+    const Node &h = operand(g, n, 0), &st = operand(g, n, 1), &dy = operand(g, n, 2),
+               &w = operand(g, n, 3);
+    needRank(n, h, 3, "hidden sequence"), needRank(n, st, 3, "state"),
+        needRank(n, dy, 3, "gradient");
+    needRank(n, w, 2, "recurrent weight");
+    const int64_t B = h.shape[0], T = h.shape[1], H = h.shape[2], G = cellGates(n.cell);
+    if (dy.shape != h.shape || st.shape != Shape{B, T, cellStates(n.cell) * H} ||
+        w.shape != Shape{G * H, H})
+        mismatch(
+            n,
+            fmt::format(
+                "hidden sequence {}, state {}, gradient {} and recurrent weight {} do not fit a {} "
+                "cell",
+                shapeString(h.shape), shapeString(st.shape), shapeString(dy.shape),
+                shapeString(w.shape), cellName(n.cell)));
+    switch (n.op) {
+    case Op::ScanGrad: return {B, T, G * H};
+    case Op::ScanGradW: return {G * H, H};
+    case Op::ScanGradB: return {G * H};
+    default: return {T};
+    }
+}
+
+Shape shapeOfLastStep(const Nodes& g, const Node& n) {
+    const Node& x = operand(g, n, 0);
+    needRank(n, x, 3, "sequence");
+    return {x.shape[0], x.shape[2]};
+}
+
+/// The node's shape is the sequence's [B,T,K]; g is [B,K].
+Shape shapeOfLastStepGrad(const Nodes& g, const Node& n) {
+    const Node& d = operand(g, n, 0);
+    needRank(n, d, 2, "gradient");
+    if (n.shape.size() != 3 || n.shape[0] != d.shape[0] || n.shape[2] != d.shape[1])
+        mismatch(n, fmt::format("gradient {} is not the last step of {}", shapeString(d.shape),
+                                shapeString(n.shape)));
+    return n.shape;
+}
+
 using ShapeRule = Shape (*)(const Nodes&, const Node&);
 const ShapeRule kShapeRules[] = {
 #define GRADC_OP(name, spelling, arity, traits, attrs, shape, grad) shapeOf##shape,
@@ -450,6 +543,7 @@ std::string outputLabel(const Output& o) {
     case OutputRole::NormInput: return "bnin:" + o.name;
     case OutputRole::LayerOutput: return "layer:" + o.name;
     case OutputRole::Grad: return "grad:" + o.name;
+    case OutputRole::ThroughTime: return "through:" + o.name;
     }
     return "?";
 }
@@ -531,6 +625,18 @@ std::string verify(const Graph& g) {
                 return fmt::format("%{}: {}", i, e.what());
             }
         }
+    }
+    for (size_t i = 0; i < g.nodes.size(); ++i) { // a reverse loop reads its own forward loop
+        const Node& n = g.nodes[i];
+        if (n.op != Op::ScanGrad && n.op != Op::ScanGradW && n.op != Op::ScanGradB &&
+            n.op != Op::ScanGradNorm)
+            continue;
+        const Node &h = g.nodes[n.in[0]], &st = g.nodes[n.in[1]];
+        if (h.op != Op::Scan || st.op != Op::ScanState || h.in != st.in || h.cell != n.cell ||
+            st.cell != n.cell || h.expr != n.expr || st.expr != n.expr || n.in[3] != h.in[1])
+            return fmt::format(
+                "%{}: {} does not read a scan, its scan_state and its recurrent weight", i,
+                describe(n.op).spelling);
     }
     for (auto& p : g.params)
         if (p.node >= g.nodes.size() || g.nodes[p.node].op != Op::Param || g.nodes[p.node].name != p.name)

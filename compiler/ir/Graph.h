@@ -16,6 +16,7 @@
 #pragma once
 
 #include "Activations.h"
+#include "Cells.h"
 #include "Source.h"
 
 #include <cstdint>
@@ -41,6 +42,8 @@ enum : uint32_t {
     Loss = 32,         ///< a scalar loss
     LossGrad = 64,     ///< a loss's gradient for d(loss) = 1
     Spatial = 128,     ///< a convolution or pooling over windows of [B,C,H,W] (or a gradient)
+    Recurrent = 256,   ///< reads or writes a sequence [B,T,...] by step: the scan loops and their
+                       ///< siblings, last_step and its gradient (copies, not loops)
 };
 } // namespace trait
 
@@ -88,7 +91,9 @@ bool isSuffix(const Shape& s, const Shape& of);
 
 /// How a parameter is initialised: a scheme of the model language and its arguments.
 struct Init {
-    std::string scheme = "pytorch"; // pytorch | xavier | kaiming | normal | constant | ones | zeros
+    // pytorch | xavier | kaiming | normal | constant | ones | zeros; identity and orthogonal
+    // for the recurrent weights of rnn, lstm and gru (args: the gain)
+    std::string scheme = "pytorch";
     std::vector<double> args;
 };
 
@@ -178,8 +183,9 @@ struct LayerInfo {
 /// a hidden activation layer, for activation statistics), NormInput (the input of a
 /// batchnorm, for its running statistics; training mode) and LayerOutput (a module's output,
 /// when asked for) are values the forward pass keeps; Grad is the loss's gradient with
-/// respect to a parameter (or the input x), added by autodiff.
-enum class OutputRole : uint8_t { Logits, Loss, Preact, NormInput, LayerOutput, Grad };
+/// respect to a parameter (or the input x), added by autodiff; ThroughTime is a recurrent
+/// layer's ‖dL/dh_t‖ for every step t ([T], named after the layer), added by autodiff too.
+enum class OutputRole : uint8_t { Logits, Loss, Preact, NormInput, LayerOutput, Grad, ThroughTime };
 
 /// A graph output: its role, the layer or tensor it belongs to ("" for logits and loss) and
 /// its value.
@@ -195,7 +201,7 @@ inline bool isKeptActivation(OutputRole r) {
 }
 
 /// The printed form of an output: "logits", "loss", "preact:NAME", "bnin:LAYER",
-/// "layer:NAME", "grad:NAME" (`gradc dump` and the keys of named results).
+/// "layer:NAME", "grad:NAME", "through:LAYER" (`gradc dump` and the keys of named results).
 std::string outputLabel(const Output& o);
 
 class Graph {
@@ -208,6 +214,7 @@ public:
     std::vector<BufferInfo> buffers;
     std::vector<LayerInfo> layers;
     bool eval = false; ///< evaluation mode: batchnorm uses the running statistics
+    bool sequence = false; ///< the input is a sequence [B,T,N] (`input T steps N`)
     /// Logits, Loss, then a Preact for each hidden activation layer, a NormInput for each
     /// batchnorm (training mode) and a LayerOutput for every module but the last (when asked
     /// for); the differentiated graph adds a Grad for each parameter.

@@ -13,13 +13,14 @@ Role roleOf(OutputRole r) {
     case OutputRole::NormInput: return Role::NormInput;
     case OutputRole::LayerOutput: return Role::LayerOutput;
     case OutputRole::Grad: return Role::Gradient;
+    case OutputRole::ThroughTime: return Role::ThroughTime;
     }
     internal_assert(false, "unknown output role");
 }
 
 const char* roleName(Role r) {
     static const char* names[] = {"parameter", "running_stat", "gradient", "moment1", "moment2", "preact",
-                                  "norm_input", "norm_mean", "norm_var", "layer_output", "input", "target", "logits", "loss"};
+                                  "norm_input", "norm_mean", "norm_var", "layer_output", "input", "target", "logits", "loss", "through_time"};
     return names[size_t(r)];
 }
 
@@ -70,6 +71,8 @@ std::vector<Output> backwardOutputs(const Graph& grad) {
     for (auto& o : grad.outputs)
         if (o.role == OutputRole::Loss || o.role == OutputRole::Grad) out.push_back(o);
     for (auto& o : grad.outputs)
+        if (o.role == OutputRole::ThroughTime) out.push_back(o);
+    for (auto& o : grad.outputs)
         if (isKeptActivation(o.role)) out.push_back(o);
     return out;
 }
@@ -101,6 +104,10 @@ Layout computeLayout(const Graph& g) {
         if (o.role == OutputRole::NormInput)
             for (Role r : {Role::NormMean, Role::NormVar})
                 l.add({r, Array::Acts, o.name, o.name, {g[o.value].shape[1]}, DType::Real, 0, o.value}); // per channel
+    for (auto& layer : g.layers) // a recurrent layer's norms of dL/dh_t, one per step
+        if (g[layer.value].op == Op::Scan)
+            l.add({Role::ThroughTime, Array::Acts, layer.name, layer.name, {g[layer.value].shape[1]}, DType::Real, 0,
+                   layer.value});
     for (ValueId v = 0; v < g.nodes.size(); ++v) {
         const Node& n = g[v];
         if (n.op != Op::Input) continue;

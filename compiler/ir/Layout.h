@@ -43,6 +43,7 @@ enum class Role : uint8_t {
     Target,      ///< Target
     Logits,      ///< Logits
     Loss,        ///< Loss: one element
+    ThroughTime, ///< Acts: a recurrent layer's ‖dL/dh_t‖ per step [T], written by the backward pass only
 };
 
 /// One buffer.
@@ -98,7 +99,7 @@ private:
 Layout computeLayout(const Graph& forward);
 
 /// The outputs the backward entry point writes, from the differentiated graph `grad`: the
-/// loss, every gradient, then the kept activations (in the forward pass's order).
+/// loss, every gradient, each recurrent layer's through-time norms, then the kept activations (in the forward pass's order).
 std::vector<Output> backwardOutputs(const Graph& grad);
 
 /// The layout role of a graph output.

@@ -192,6 +192,28 @@ Grads gradOfLayerNormNormalise(RuleContext& c) {
     return out;
 }
 
+// h = scan(xp, w_hh, b_hh): the reverse loop (Ops.def) reads h, the states the forward loop
+// saves (scan_state, a sibling of the scan), the adjoint of the whole sequence and w_hh. Its
+// results are four siblings: dxp, dW_hh, db_hh and the norms of dL/dh_t, which the
+// through-time report reads (always made: differentiate makes every scan's norms an output,
+// through:LAYER).
+Grads gradOfScan(RuleContext& c) {
+    Grads out(3);
+    const ValueId state = c.add(Op::ScanState, {c.in(0), c.in(1), c.in(2)});
+    const std::vector<ValueId> ins = {c.v, state, *c.dy, c.in(1)};
+    if (c.need[0]) out[0] = c.add(Op::ScanGrad, ins);
+    if (c.need[1]) out[1] = c.add(Op::ScanGradW, ins);
+    if (c.need[2]) out[2] = c.add(Op::ScanGradB, ins);
+    c.add(Op::ScanGradNorm, ins);
+    return out;
+}
+
+// y = x[:, T-1]:  dx = dy at step T-1, zeros elsewhere
+Grads gradOfLastStep(RuleContext& c) {
+    const Shape xs = c.g[c.in(0)].shape;
+    return {c.addShaped(Op::LastStepGrad, {*c.dy}, xs)};
+}
+
 // The loss ops are the root: their rules give the gradient for d(loss) = 1 directly,
 // fused (softmax - onehot)/B, (sigmoid(z) - t)/B, 2(p - t)/n.
 Grads gradOfCrossEntropy(RuleContext& c) { return {c.add(Op::CrossEntropyGrad, {c.in(0), c.in(1)}), {}}; }
@@ -243,6 +265,17 @@ Graph differentiate(const Graph& forward, const AutodiffOptions& opts) {
     for (const ParamInfo& p : forward.params) {
         ValueId grad = adjoint[p.node] ? *adjoint[p.node] : addZeros(g, g[p.node].shape, g[p.node].loc);
         g.outputs.push_back({OutputRole::Grad, p.name, grad});
+    }
+    // Each recurrent layer's ‖dL/dh_t‖: its reverse loop's scan_grad_norm, or zeros when the
+    // loss does not reach the layer, so that every layout entry is written.
+    for (const LayerInfo& layer : forward.layers) {
+        if (forward[layer.value].op != Op::Scan) continue;
+        std::optional<ValueId> norms;
+        for (size_t i = n; i < g.nodes.size(); ++i)
+            if (g.nodes[i].op == Op::ScanGradNorm && g.nodes[i].in[0] == layer.value)
+                norms = ValueId(i);
+        if (!norms) norms = addZeros(g, {forward[layer.value].shape[1]}, forward[layer.value].loc);
+        g.outputs.push_back({OutputRole::ThroughTime, layer.name, *norms});
     }
     if (opts.inputGradient) {
         for (size_t i = 0; i < n; ++i)

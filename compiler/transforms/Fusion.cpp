@@ -657,6 +657,7 @@ void refuseUncompiled(const Graph& g) {
     for (const Node& n : g.nodes) {
         std::string what;
         if (describe(n.op).has(trait::Spatial) && !hasOwnKernel(n.op)) what = describe(n.op).spelling;
+        if (describe(n.op).has(trait::Recurrent)) what = describe(n.op).spelling; // issue 17's phase 3
         for (ValueId in : n.op == Op::Map && what.empty() ? n.in : std::vector<ValueId>{})
             if (!readsInOnePass(g[in].shape, n.shape))
                 what = fmt::format("a map that broadcasts {} to {} along two separate groups of dimensions",

@@ -19,42 +19,9 @@ using namespace gradc;
 
 namespace {
 
-constexpr double kEps = 1e-6, kAtol = 1e-5, kRtol = 1e-3;
-
-double lossOf(const Graph& fwd, const Bindings& b) {
-    return interpret(fwd, b)[fwd.output(OutputRole::Loss)].data[0];
-}
-
-/// Compares the interpreter's gradient of every parameter (and the input) with central
-/// differences, at every coordinate or `samples` random ones per tensor.
+/// TestUtil's gradcheck at random parameters and batch (randomBindings).
 void gradcheck(const Graph& fwd, std::mt19937& rng, size_t samples = 0) {
-    Graph grad = differentiate(fwd, {/*inputGradient=*/true});
-    REQUIRE(verify(grad).empty());
-    Bindings b = randomBindings(fwd, rng);
-    auto out = interpretOutputs(grad, b);
-    CHECK(out.at("loss").data[0] == Approx(lossOf(fwd, b)).epsilon(1e-12));
-    std::vector<std::string> names;
-    for (auto& p : fwd.params) names.push_back(p.name);
-    names.push_back("x");
-    for (const std::string& name : names) {
-        Tensor& t = b.at(name);
-        const Tensor& analytic = out.at("grad:" + name);
-        REQUIRE(analytic.data.size() == t.data.size());
-        size_t count = samples ? std::min(samples, t.data.size()) : t.data.size();
-        for (size_t s = 0; s < count; ++s) {
-            size_t i = samples ? rng() % t.data.size() : s;
-            double saved = t.data[i];
-            t.data[i] = saved + kEps;
-            double up = lossOf(fwd, b);
-            t.data[i] = saved - kEps;
-            double down = lossOf(fwd, b);
-            t.data[i] = saved;
-            double numeric = (up - down) / (2 * kEps);
-            INFO(fwd.model << ": d loss / d " << name << "[" << i << "] analytic "
-                           << analytic.data[i] << " numeric " << numeric);
-            CHECK(std::fabs(analytic.data[i] - numeric) <= kAtol + kRtol * std::fabs(numeric));
-        }
-    }
+    gradc::gradcheck(fwd, randomBindings(fwd, rng), rng, samples);
 }
 
 Graph model(const std::string& text, int64_t batch = 4) {

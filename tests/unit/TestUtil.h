@@ -1,10 +1,13 @@
 // TestUtil.h — helpers shared by the tests.
 #pragma once
 
+#include "Autodiff.h"
 #include "Codegen.h"
 #include "Interpreter.h"
 #include "Pipeline.h"
 #include "Source.h"
+
+#include <catch2/catch.hpp>
 
 #include <functional>
 
@@ -15,6 +18,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <map>
 #include <optional>
 #include <random>
 #include <stdexcept>
@@ -234,6 +238,79 @@ inline std::pair<int, std::string> gradcCommand(const std::string& args, bool wi
     return {WIFEXITED(rc) ? WEXITSTATUS(rc) : -1, out};
 }
 #endif
+
+/// Central differences in double, as torch.autograd.gradcheck: eps 1e-6, atol 1e-5, rtol 1e-3.
+constexpr double kGradEps = 1e-6, kGradAtol = 1e-5, kGradRtol = 1e-3;
+
+/// The interpreter's loss of the forward graph `fwd` at `b`.
+inline double lossOf(const Graph& fwd, const Bindings& b) {
+    return interpret(fwd, b)[fwd.output(OutputRole::Loss)].data[0];
+}
+
+/// Checks the interpreter's gradient of every parameter and of x at `b` against central
+/// differences, at every coordinate or at `samples` random ones per tensor (drawn from `rng`).
+/// Returns the largest |numeric derivative| of each tensor: a check that saw only zeros on both
+/// sides checked nothing, and the caller can say where that is expected.
+inline std::map<std::string, double> gradcheck(const Graph& fwd, Bindings b, std::mt19937& rng,
+                                               size_t samples = 0) {
+    Graph grad = differentiate(fwd, {/*inputGradient=*/true});
+    REQUIRE(verify(grad).empty());
+    auto out = interpretOutputs(grad, b);
+    CHECK(out.at("loss").data[0] == Approx(lossOf(fwd, b)).epsilon(1e-12));
+    std::vector<std::string> names;
+    for (auto& p : fwd.params) names.push_back(p.name);
+    names.push_back("x");
+    std::map<std::string, double> largest;
+    for (const std::string& name : names) {
+        Tensor& t = b.at(name);
+        const Tensor& analytic = out.at("grad:" + name);
+        REQUIRE(analytic.data.size() == t.data.size());
+        const size_t count = samples ? std::min(samples, t.data.size()) : t.data.size();
+        double& seen = largest[name];
+        for (size_t s = 0; s < count; ++s) {
+            const size_t i = samples ? rng() % t.data.size() : s;
+            const double saved = t.data[i];
+            t.data[i] = saved + kGradEps;
+            const double up = lossOf(fwd, b);
+            t.data[i] = saved - kGradEps;
+            const double down = lossOf(fwd, b);
+            t.data[i] = saved;
+            const double numeric = (up - down) / (2 * kGradEps);
+            seen = std::max(seen, std::fabs(numeric));
+            INFO(fwd.model << ": d loss / d " << name << "[" << i << "] analytic "
+                           << analytic.data[i] << " numeric " << numeric);
+            CHECK(std::fabs(analytic.data[i] - numeric) <=
+                  kGradAtol + kGradRtol * std::fabs(numeric));
+        }
+    }
+    return largest;
+}
+
+/// The interpreter's scan perturbation (setScanPerturbation) for the life of the object; none
+/// again after it, whatever the test does in between.
+struct ScopedScanPerturbation {
+    explicit ScopedScanPerturbation(const ScanPerturbation& p) { setScanPerturbation(p); }
+    ~ScopedScanPerturbation() { setScanPerturbation({}); }
+    ScopedScanPerturbation(const ScopedScanPerturbation&) = delete;
+    ScopedScanPerturbation& operator=(const ScopedScanPerturbation&) = delete;
+};
+
+/// ‖dL/dh_t‖ of the model's first layer (a recurrent one) by central differences at `b`: each
+/// h_t[b, j] moved by ±kGradEps through the interpreter's perturbation hook.
+inline double numericNormAt(const Graph& fwd, const Bindings& b, int64_t t) {
+    const Shape& h = fwd[fwd.layers.at(0).value].shape; // [B,T,H]
+    double sum = 0;
+    for (int64_t bb = 0; bb < h[0]; ++bb)
+        for (int64_t j = 0; j < h[2]; ++j) {
+            double loss[2];
+            for (int side = 0; side < 2; ++side) {
+                ScopedScanPerturbation p({t, bb, j, side ? -kGradEps : kGradEps});
+                loss[side] = lossOf(fwd, b);
+            }
+            sum += std::pow((loss[0] - loss[1]) / (2 * kGradEps), 2);
+        }
+    return std::sqrt(sum);
+}
 
 /// Sets (or with nullptr unsets) an environment variable for the life of the object.
 struct EnvVar {

@@ -18,9 +18,11 @@ int runCheck(const po::variables_map& vm) {
     const Graph& g = fe.graph;
     const Node& x = g[0]; // the input is always the first node
     const Node& logits = g[g.output(OutputRole::Logits)];
-    // The sizes of one example as the model file spells them: 784, 28x28.
-    fmt::print("model {}: input {}, output {}, loss {}, batch {}\n\n", g.model,
-               fmt::join(x.shape.begin() + 1, x.shape.end(), "x"),
+    // The sizes of one example as the model file spells them: 784, 28x28, 28 steps 28.
+    const std::string input =
+        g.sequence ? fmt::format("{} steps {}", x.shape.at(1), x.shape.at(2))
+                   : fmt::format("{}", fmt::join(x.shape.begin() + 1, x.shape.end(), "x"));
+    fmt::print("model {}: input {}, output {}, loss {}, batch {}\n\n", g.model, input,
                logits.shape.back(), g.lossKind, g.batch);
     size_t wName = 5, wWhat = 5, wIn = 5;
     for (auto& l : g.layers) {

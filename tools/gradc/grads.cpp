@@ -17,8 +17,8 @@ namespace gradc::cli {
 
 void gradsOptions(po::options_description& d) {
     d.add_options()("models", po::value<std::vector<std::string>>()->required()->multitoken(),
-                    "model files (.nn)")(
-        "batch", po::value<int64_t>()->default_value(256), "examples in the batch")(
+                    "model files (.nn)")("batch", po::value<int64_t>()->default_value(256),
+                                         "examples in the batch")(
         "data", po::value<std::string>()->default_value(kDefaultDataDir),
         "directory of IDX files (train-images-idx3-ubyte[.gz], ...)")(
         "normalize", po::value<std::string>()->default_value("0.5,0.5"),
@@ -26,10 +26,15 @@ void gradsOptions(po::options_description& d) {
         "seed", po::value<std::string>()->default_value("42"), "parameter initialisation seed")(
         "format", po::value<std::string>()->default_value("table"), "table | json | csv")(
         "shuffle", "a random batch of the training set (drawn with --seed) instead of the first")(
-        "params", po::value<std::string>(), "load parameters from FILE.safetensors (PyTorch names)")(
+        "inputs", po::value<std::string>(),
+        "the batch from FILE.safetensors instead of the data set: x [B,...] and target [B] (class "
+        "indices)")("params", po::value<std::string>(),
+                    "load parameters from FILE.safetensors (PyTorch names)")(
         "save-params", po::value<std::string>(), "write the parameters used to FILE.safetensors")(
-        "dump-grads", po::value<std::string>(), "write the gradients to FILE.safetensors")(
-        "plot", po::value<std::string>(), "draw the weight-gradient histograms to FILE.svg")(
+        "dump-grads", po::value<std::string>(),
+        "write the gradients to FILE.safetensors (and each recurrent layer's norms of dL/dh_t, "
+        "through:LAYER)")("plot", po::value<std::string>(),
+                          "draw the weight-gradient histograms to FILE.svg")(
         "backend", po::value<std::string>()->default_value("jit"),
         "jit (compiled native code) | interp (the double-precision reference interpreter)");
     addCodegenOptions(d);
@@ -51,6 +56,10 @@ int runGrads(const po::variables_map& vm) {
     if (format != "table" && format != "json" && format != "csv")
         throw UsageError(fmt::format("--format={} is not a format (formats: table, json, csv)", format));
     o.params = fileOption(vm, "params");
+    o.inputs = fileOption(vm, "inputs");
+    if (!o.inputs.empty() && vm["batch"].defaulted()) o.batch = 0; // the file's
+    if (!o.inputs.empty() && o.shuffle)
+        throw UsageError("--shuffle draws from the data set; --inputs gives the batch");
     const std::string paramsOut = fileOption(vm, "save-params"), gradsOut = fileOption(vm, "dump-grads"),
                       plotOut = fileOption(vm, "plot");
     if ((!o.params.empty() || !paramsOut.empty() || !gradsOut.empty()) && o.models.size() != 1)
@@ -59,7 +68,8 @@ int runGrads(const po::variables_map& vm) {
     OutputSet outputs;
     for (auto& path : o.models) outputs.input(path);
     outputs.input(o.params);
-    declareDataInputs(outputs, o.data.dir);
+    outputs.input(o.inputs);
+    if (o.inputs.empty()) declareDataInputs(outputs, o.data.dir);
     outputs.output(paramsOut, "the parameter file");
     outputs.output(gradsOut, "the gradient file");
     outputs.output(plotOut, "the figure");
@@ -69,8 +79,12 @@ int runGrads(const po::variables_map& vm) {
         if (format != "table") return;
         if (!first) fmt::print("\n");
         first = false;
-        fmt::print("{}: batch {} (the first {} training examples of {}), seed {}\nbackend {}\n", m.report.model,
-                   o.batch, o.batch, o.data.dir, o.seed, m.backend);
+        if (o.inputs.empty())
+            fmt::print("{}: batch {} (the first {} training examples of {}), seed {}\nbackend {}\n",
+                       m.report.model, o.batch, o.batch, o.data.dir, o.seed, m.backend);
+        else
+            fmt::print("{}: batch {} (from {}), seed {}\nbackend {}\n", m.report.model,
+                       m.report.batch, o.inputs, o.seed, m.backend);
         fmt::print("{}", formatTable(m.report));
     });
     std::vector<GradReport> reports;
@@ -79,7 +93,11 @@ int runGrads(const po::variables_map& vm) {
     if (format == "csv") fmt::print("{}", formatCsv(reports));
     // Files last: a run that fails earlier writes none.
     if (!paramsOut.empty()) outputs.set(paramsOut, encodeSafetensors(run.params, /*f64=*/false, run.integers));
-    if (!gradsOut.empty()) outputs.set(gradsOut, encodeSafetensors(run.grads, run.wide));
+    if (!gradsOut.empty()) {
+        auto tensors = run.grads; // then the recurrent layers' through:LAYER norms
+        tensors.insert(tensors.end(), run.throughTime.begin(), run.throughTime.end());
+        outputs.set(gradsOut, encodeSafetensors(tensors, run.wide));
+    }
     if (!plotOut.empty()) {
         std::vector<std::string> names;
         for (auto& m : run.models) names.push_back(m.activations);

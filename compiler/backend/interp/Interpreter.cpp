@@ -1,6 +1,8 @@
 // Interpreter.cpp — the reference backend: each op written as its textbook definition.
 #include "Interpreter.h"
 
+#include "Cells.h"
+
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -53,14 +55,20 @@ std::pair<int64_t, int64_t> validRange(int64_t out, int64_t size, int64_t q, int
     return {first, std::max(first, end)};
 }
 
+ScanPerturbation gScanPerturbation; // the test hook (setScanPerturbation)
+
 struct Eval {
     const Graph& g;
     std::vector<Tensor>& val;
+    /// The results of a loop shared by sibling ops (scan and scan_state; the four reverse
+    /// ops), by the family's first op and its operands: each loop runs once.
+    std::map<std::vector<int64_t>, std::vector<Tensor>> memo;
 
     const Tensor& in(const Node& n, size_t i) const { return val[n.in[i]]; }
 
     Tensor run(const Node& n, const Bindings& bindings) {
-        Tensor t{n.shape, std::vector<double>(size_t(elementCount(n.shape)), 0.0)};
+        Tensor t{n.shape, {}}; // zeros, but for a loop's sibling: its loop makes its result
+        if (!loopSibling(n.op)) t.data.assign(size_t(elementCount(n.shape)), 0.0);
         auto& o = t.data;
         switch (n.op) {
         case Op::Input:
@@ -155,6 +163,35 @@ struct Eval {
             }
             return t;
         }
+        case Op::Scan:
+        case Op::ScanState: return take(scanForward(n), n.op == Op::Scan ? 0 : 1);
+        case Op::ScanGrad:
+        case Op::ScanGradW:
+        case Op::ScanGradB:
+        case Op::ScanGradNorm: { // scanReverse's results are in the siblings' order in Ops.def
+            static_assert(
+                size_t(Op::ScanGradW) == size_t(Op::ScanGrad) + 1 &&
+                    size_t(Op::ScanGradB) == size_t(Op::ScanGrad) + 2 &&
+                    size_t(Op::ScanGradNorm) == size_t(Op::ScanGrad) + 3,
+                "scan_grad, scan_grad_w, scan_grad_b, scan_grad_norm in this order in Ops.def");
+            return take(scanReverse(n), size_t(n.op) - size_t(Op::ScanGrad));
+        }
+        case Op::LastStep: { // x[:, T-1]
+            const Tensor& x = in(n, 0);
+            const int64_t B = x.shape[0], T = x.shape[1], K = x.shape[2];
+            for (int64_t b = 0; b < B; ++b)
+                for (int64_t k = 0; k < K; ++k)
+                    o[size_t(b * K + k)] = x.data[size_t((b * T + T - 1) * K + k)];
+            return t;
+        }
+        case Op::LastStepGrad: { // zeros but step T-1
+            const Tensor& d = in(n, 0);
+            const int64_t B = n.shape[0], T = n.shape[1], K = n.shape[2];
+            for (int64_t b = 0; b < B; ++b)
+                for (int64_t k = 0; k < K; ++k)
+                    o[size_t((b * T + T - 1) * K + k)] = d.data[size_t(b * K + k)];
+            return t;
+        }
         case Op::BatchNorm:
         case Op::BatchNormGradX:
         case Op::BatchNormGradGamma: return batchnorm(n, std::move(t));
@@ -214,6 +251,149 @@ struct Eval {
         }
         internal_assert(false, "op without an interpreter case");
         return t;
+    }
+
+    /// The ops whose results come from a loop shared with siblings (scanForward, scanReverse).
+    static bool loopSibling(Op op) {
+        return op == Op::Scan || op == Op::ScanState || op == Op::ScanGrad || op == Op::ScanGradW ||
+               op == Op::ScanGradB || op == Op::ScanGradNorm;
+    }
+
+    /// Result `i` of a loop family, moved out of the memo: each sibling is one node (the
+    /// pipeline's CSE; differentiate makes one of each per scan), read once, so neither a copy
+    /// nor the memo keeps a second saved-states tensor alive.
+    static Tensor take(std::vector<Tensor>& results, size_t i) {
+        internal_assert(!results[i].data.empty(),
+                        "a loop's sibling is evaluated twice (the graph needs CSE)");
+        return std::move(results[i]);
+    }
+
+    /// `slot` holding `results`, moved in (`slot = {...}` would copy: an initializer list's
+    /// elements are const).
+    template <typename... T>
+    static std::vector<Tensor>& moveInto(std::vector<Tensor>& slot, T&... results) {
+        (slot.push_back(std::move(results)), ...);
+        return slot;
+    }
+
+    /// The memo key of a loop family: its first op, cell and operands.
+    static std::vector<int64_t> familyKey(Op first, const Node& n) {
+        std::vector<int64_t> key = {int64_t(first), int64_t(n.cell),
+                                    int64_t(n.expr ? n.expr->hash : 0)};
+        for (ValueId v : n.in) key.push_back(int64_t(v));
+        return key;
+    }
+
+    /// scan and scan_state: the loop over t = 0..T-1 of Ops.def, one (b, j) at a time through
+    /// the cell's forward expressions; {h [B,T,H], state [B,T,S H]}.
+    std::vector<Tensor>& scanForward(const Node& n) {
+        auto key = familyKey(Op::Scan, n);
+        if (auto it = memo.find(key); it != memo.end()) return it->second;
+        const Tensor &xp = in(n, 0), &w = in(n, 1), &bias = in(n, 2);
+        const CellDef cell = cellDef(n.cell, n.expr);
+        const int64_t B = xp.shape[0], T = xp.shape[1], H = w.shape[1], G = cell.gates,
+                      S = cell.states;
+        Tensor h{{B, T, H}, std::vector<double>(size_t(B * T * H), 0.0)};
+        Tensor st{{B, T, S * H}, std::vector<double>(size_t(B * T * S * H), 0.0)};
+        std::vector<scalar::Evaluator> f;
+        for (const scalar::Expr& e : cell.forward) f.emplace_back(e);
+        std::vector<double> zh(size_t(G * H)), args(size_t(cell.forwardArgs()));
+        const ScanPerturbation& p = gScanPerturbation;
+        for (int64_t t = 0; t < T; ++t)
+            for (int64_t b = 0; b < B; ++b) {
+                const double* hp = t > 0 ? &h.data[size_t((b * T + t - 1) * H)] : nullptr;
+                for (int64_t r = 0; r < G * H; ++r) { // h_{t-1} W_hhᵀ + b_hh
+                    double sum = bias.data[size_t(r)];
+                    for (int64_t k = 0; hp && k < H; ++k) sum += hp[k] * w.data[size_t(r * H + k)];
+                    zh[size_t(r)] = sum;
+                }
+                for (int64_t j = 0; j < H; ++j) {
+                    for (int64_t g = 0; g < G; ++g) {
+                        args[size_t(cell.xpArg(int(g)))] =
+                            xp.data[size_t((b * T + t) * G * H + g * H + j)];
+                        args[size_t(cell.zhArg(int(g)))] = zh[size_t(g * H + j)];
+                    }
+                    args[size_t(cell.hPrevArg())] = hp ? hp[j] : 0;
+                    args[size_t(cell.cPrevArg())] =
+                        t > 0 && cell.cSlot >= 0
+                            ? st.data[size_t((b * T + t - 1) * S * H + cell.cSlot * H + j)]
+                            : 0;
+                    double out = f[0].withArgs(args.data());
+                    if (t == p.t && b == p.b && j == p.j) out += p.delta;
+                    h.data[size_t((b * T + t) * H + j)] = out;
+                    for (int64_t s = 0; s < S; ++s)
+                        st.data[size_t((b * T + t) * S * H + s * H + j)] =
+                            f[size_t(1 + s)].withArgs(args.data());
+                }
+            }
+        return moveInto(memo[key], h, st);
+    }
+
+    /// scan_grad, scan_grad_w, scan_grad_b and scan_grad_norm: the reverse loop, t = T-1..0
+    /// (Autodiff.cpp's gradOfScan); {dxp, dW_hh, db_hh, norms}.
+    std::vector<Tensor>& scanReverse(const Node& n) {
+        auto key = familyKey(Op::ScanGrad, n);
+        if (auto it = memo.find(key); it != memo.end()) return it->second;
+        const Tensor &h = in(n, 0), &st = in(n, 1), &dy = in(n, 2), &w = in(n, 3);
+        const CellDef cell = cellDef(n.cell, n.expr);
+        const int64_t B = h.shape[0], T = h.shape[1], H = h.shape[2], G = cell.gates,
+                      S = cell.states;
+        Tensor dxp{{B, T, G * H}, std::vector<double>(size_t(B * T * G * H), 0.0)};
+        Tensor dw{{G * H, H}, std::vector<double>(size_t(G * H * H), 0.0)};
+        Tensor db{{G * H}, std::vector<double>(size_t(G * H), 0.0)};
+        Tensor norms{{T}, std::vector<double>(size_t(T), 0.0)};
+        auto evaluators = [](const std::vector<scalar::Expr>& es) {
+            std::vector<scalar::Evaluator> out;
+            for (const scalar::Expr& e : es) out.emplace_back(e);
+            return out;
+        };
+        std::vector<scalar::Evaluator> fdxp = evaluators(cell.dxp), fdzhh = evaluators(cell.dzhh);
+        scalar::Evaluator fdirect(cell.direct), fdc(cell.dcPrev);
+        // carry: dL/dh_t through step t+1; dc: dL/dc_t through step t+1 (the LSTM's).
+        std::vector<double> carry(size_t(B * H), 0.0), dc(size_t(B * H), 0.0),
+            dzhh(size_t(B * G * H));
+        std::vector<double> args(size_t(cell.backwardArgs()));
+        for (int64_t t = T; t-- > 0;) {
+            double norm2 = 0;
+            std::vector<double> next(size_t(B * H), 0.0), nextDc(size_t(B * H), 0.0);
+            for (int64_t b = 0; b < B; ++b)
+                for (int64_t j = 0; j < H; ++j) {
+                    const double dh =
+                        dy.data[size_t((b * T + t) * H + j)] + carry[size_t(b * H + j)];
+                    norm2 += dh * dh;
+                    args[CellDef::kDh] = dh;
+                    args[CellDef::kDc] = dc[size_t(b * H + j)];
+                    args[CellDef::kHPrev] = t > 0 ? h.data[size_t((b * T + t - 1) * H + j)] : 0;
+                    args[CellDef::kCPrev] =
+                        t > 0 && cell.cSlot >= 0
+                            ? st.data[size_t((b * T + t - 1) * S * H + cell.cSlot * H + j)]
+                            : 0;
+                    for (int64_t s = 0; s < S; ++s)
+                        args[size_t(CellDef::stateArg(int(s)))] =
+                            st.data[size_t((b * T + t) * S * H + s * H + j)];
+                    for (int64_t g = 0; g < G; ++g) {
+                        dxp.data[size_t((b * T + t) * G * H + g * H + j)] =
+                            fdxp[size_t(g)].withArgs(args.data());
+                        dzhh[size_t(b * G * H + g * H + j)] =
+                            fdzhh[size_t(g)].withArgs(args.data());
+                    }
+                    next[size_t(b * H + j)] = fdirect.withArgs(args.data());
+                    nextDc[size_t(b * H + j)] = fdc.withArgs(args.data());
+                }
+            norms.data[size_t(t)] = std::sqrt(norm2);
+            for (int64_t b = 0; b < B; ++b)
+                for (int64_t r = 0; r < G * H; ++r) {
+                    const double d = dzhh[size_t(b * G * H + r)];
+                    db.data[size_t(r)] += d;
+                    if (t == 0) continue; // h_{-1} = 0: no product, no carry
+                    for (int64_t k = 0; k < H; ++k) {
+                        next[size_t(b * H + k)] += d * w.data[size_t(r * H + k)];
+                        dw.data[size_t(r * H + k)] += d * h.data[size_t((b * T + t - 1) * H + k)];
+                    }
+                }
+            carry = std::move(next), dc = std::move(nextDc);
+        }
+        return moveInto(memo[key], dxp, dw, db, norms);
     }
 
     /// Per channel j (dimension 1) over the M = B S values of x[B,N,S...]: on [B,N], S = 1
@@ -385,9 +565,13 @@ ChannelMoments channelMoments(const Tensor& x, int64_t j) {
 std::vector<Tensor> interpret(const Graph& g, const Bindings& bindings) {
     std::vector<Tensor> val;
     val.reserve(g.nodes.size());
-    Eval ev{g, val};
+    Eval ev{g, val, {}};
     for (const Node& n : g.nodes) val.push_back(ev.run(n, bindings));
     return val;
+}
+
+void setScanPerturbation(const ScanPerturbation& p) {
+    gScanPerturbation = p;
 }
 
 std::map<std::string, Tensor> interpretOutputs(const Graph& g, const Bindings& bindings) {

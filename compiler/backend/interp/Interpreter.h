@@ -25,6 +25,16 @@ struct ChannelMoments {
 };
 ChannelMoments channelMoments(const Tensor& x, int64_t j);
 
+/// A test hook: while set (t >= 0), every scan's forward loop adds `delta` to h_t[b, j] as it
+/// computes it, before the output and step t+1 read it, so that a test can take dL/dh_t (the
+/// total derivative through all later steps) by central differences. Not thread-safe; tests
+/// reset it to the default.
+struct ScanPerturbation {
+    int64_t t = -1, b = 0, j = 0;
+    double delta = 0;
+};
+void setScanPerturbation(const ScanPerturbation& p);
+
 /// The named outputs of `interpret` ("loss", "grad:layers.0.weight", ...).
 std::map<std::string, Tensor> interpretOutputs(const Graph& g, const Bindings& bindings);
 

@@ -34,6 +34,11 @@ struct GradsOptions {
     uint64_t seed = 42;  ///< parameter initialisation, and the batch drawn with `shuffle`
     bool shuffle = false; ///< a random batch of the training set instead of the first images
     std::string params;  ///< parameters from this safetensors file (one model only); "": from `seed`
+    /// The batch from this safetensors file instead of the data set: `x` [B, ...] (the
+    /// model's inputs per example, any shape that holds them) and `target` [B] (class
+    /// indices, as floats) or the model's target shape; `batch` 0 takes B from the file.
+    /// Inputs that are not images: the PyTorch twins' sequences of a few steps.
+    std::string inputs;
     SessionOptions session; ///< backend, cache, threads, isa
     bool f64 = false;    ///< compiled code in double (the interpreter always is)
 };
