@@ -72,6 +72,13 @@ std::vector<TensorStats> Engine::gradientStatistics() const {
     return typed(f64_, [&](auto zero) { return gradc::gradientStatistics(layout(), grads_.data<decltype(zero)>()); });
 }
 
+std::vector<ThroughTime> Engine::throughTime() const {
+    if (!haveGradients_) return {}; // the backward pass writes the norms
+    return typed(f64_, [&](auto zero) {
+        return throughTimeStatistics(graph_, layout(), train_.program.acts().data<decltype(zero)>());
+    });
+}
+
 template <typename U> double Engine::forward(const U* x, const void* target, U* logits) {
     double loss = train_.program.run(state_, nullptr, x, target, logits);
     lastOutputs_.clear(); // read back from `acts` when asked for

@@ -209,6 +209,7 @@ GradsRun runGrads(const GradsOptions& o, const std::function<void(const GradsMod
             run.grads.emplace_back(p.name, out.at("grad:" + p.name));
         }
         r.activations = activationStatistics(g, out);
+        r.throughTime = throughTimeStatistics(g, out);
         computeVanishingFactor(r);
         result.activations = activationNames(g);
         if (onModel) onModel(result);
