@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -160,7 +161,7 @@ TEST_CASE("gradc train --log records each recurrent layer's norms through time o
     o.epochs = 2, o.maxSteps = 5; // epoch 1: 4 steps, epoch 2: 1
     o.optimizer.method = "sgd", o.optimizer.lr = 0.1;
     o.session.backend = "interp";
-    o.log = s.file("log.jsonl");
+    o.log = s.file("log.jsonl"), o.logdir = s.file("tb");
     TrainingRun run = runTraining(o, [](const std::string&) {});
     REQUIRE(run.result.epochs.size() == 2);
     std::ifstream in(o.log);
@@ -188,10 +189,14 @@ TEST_CASE("gradc train --log records each recurrent layer's norms through time o
     REQUIRE(last.size() == 1);
     CHECK(last[0].norms == lines[1]["through_time"][0]["grad_norm"].get<std::vector<double>>());
     CHECK_FALSE(lines[2].contains("through_time")); // the end record
+    // TensorBoard: the factor of each layer, a scalar per epoch.
+    std::string events;
+    for (auto& f : std::filesystem::directory_iterator(o.logdir)) events += readFile(f.path());
+    CHECK_THAT(events, Catch::Contains("vanishing_factor_through_time/layers.0"));
 
     // A model without recurrent layers logs no through_time.
     o.model = s.write("dense.nn", "model dense\ninput 784\ndense 8 tanh\ndense 10\nloss cross_entropy\n");
-    o.log = s.file("dense.jsonl"), o.epochs = 1, o.maxSteps = 2;
+    o.log = s.file("dense.jsonl"), o.logdir = "", o.epochs = 1, o.maxSteps = 2;
     runTraining(o, [](const std::string&) {});
     std::ifstream dense(o.log);
     std::string first;
