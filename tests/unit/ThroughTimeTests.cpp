@@ -115,6 +115,21 @@ TEST_CASE("gradc grads on a recurrent model: through_time in JSON, the table's s
         for (double v : norms) CHECK((std::isfinite(v) && v > 0));
         CHECK(l["vanishing_factor"].get<double>() == Approx(norms.front() / norms.back()).epsilon(1e-15));
     }
+    // The public API (gradc/Jobs.h) reports the same numbers.
+    GradsOptions api;
+    api.models = {kTinyRnn};
+    api.batch = 4;
+    api.session.backend = "interp";
+    const std::vector<GradsReport> reports = grads(api);
+    REQUIRE(reports.size() == 1);
+    REQUIRE(reports[0].throughTime.size() == 2);
+    for (size_t k = 0; k < 2; ++k) {
+        const ThroughTimeStatistics& t = reports[0].throughTime[k];
+        CHECK(t.layer == tt[k]["layer"].get<std::string>());
+        CHECK(t.cell == tt[k]["cell"].get<std::string>());
+        CHECK(t.gradNorm == tt[k]["grad_norm"].get<std::vector<double>>());
+        CHECK(t.vanishingFactor == tt[k]["vanishing_factor"].get<double>());
+    }
     // The lstm's last step gets the head's gradient alone; earlier steps only what the
     // recurrence passes back, so through 27 steps of random weights the first is far weaker.
     CHECK(tt[1]["vanishing_factor"].get<double>() < 1e-2);
@@ -193,6 +208,16 @@ TEST_CASE("gradc train --log records each recurrent layer's norms through time o
     std::string events;
     for (auto& f : std::filesystem::directory_iterator(o.logdir)) events += readFile(f.path());
     CHECK_THAT(events, Catch::Contains("vanishing_factor_through_time/layers.0"));
+
+    // The public API's epochs carry the same records (the same run again: the same numbers).
+    o.log = s.file("again.jsonl"), o.logdir = "";
+    const TrainingResult pub = train(o);
+    REQUIRE(pub.epochs.size() == 2);
+    for (size_t e = 0; e < 2; ++e) {
+        REQUIRE(pub.epochs[e].throughTime.size() == 1);
+        CHECK(pub.epochs[e].throughTime[0].cell == "rnn tanh");
+        CHECK(pub.epochs[e].throughTime[0].gradNorm == lines[e]["through_time"][0]["grad_norm"].get<std::vector<double>>());
+    }
 
     // A model without recurrent layers logs no through_time.
     o.model = s.write("dense.nn", "model dense\ninput 784\ndense 8 tanh\ndense 10\nloss cross_entropy\n");
