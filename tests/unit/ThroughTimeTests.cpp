@@ -219,6 +219,19 @@ TEST_CASE("gradc train --log records each recurrent layer's norms through time o
         CHECK(pub.epochs[e].throughTime[0].gradNorm == lines[e]["through_time"][0]["grad_norm"].get<std::vector<double>>());
     }
 
+    // The command: `gradc train --steps 2 --log`.
+    auto [rc, text] = command(fmt::format("train {} --backend interp --batch 16 --val 32 --limit 96 --epochs 1 --steps 2 "
+                                          "--log {}", s.file("rnn.nn"), s.file("cli.jsonl")));
+    INFO(text);
+    REQUIRE(rc == 0);
+    std::ifstream cli(s.file("cli.jsonl"));
+    std::string epoch;
+    REQUIRE(std::getline(cli, epoch));
+    const nlohmann::json e = nlohmann::json::parse(epoch);
+    REQUIRE(e["through_time"].size() == 1);
+    CHECK(e["through_time"][0]["layer"] == "layers.0");
+    CHECK(e["through_time"][0]["grad_norm"].size() == 28);
+
     // A model without recurrent layers logs no through_time.
     o.model = s.write("dense.nn", "model dense\ninput 784\ndense 8 tanh\ndense 10\nloss cross_entropy\n");
     o.log = s.file("dense.jsonl"), o.logdir = "", o.epochs = 1, o.maxSteps = 2;
