@@ -91,7 +91,7 @@ std::string throughTimeChart(double y0, double width, const std::vector<GradRepo
     }
     svg += fmt::format("<rect x=\"{:.1f}\" y=\"{:.1f}\" width=\"{:.1f}\" height=\"{:.1f}\" fill=\"none\" stroke=\"#444\"/>\n",
                        left, top, right - left, bottom - top);
-    svg += text(left, bottom + 13, "0", "middle", 9);
+    svg += text(px(0), bottom + 13, "0", "middle", 9);
     if (steps > 1) svg += text(right, bottom + 13, std::to_string(steps - 1), "middle", 9);
     svg += text((left + right) / 2, bottom + 30, "step t");
     svg += fmt::format("<text x=\"{:.1f}\" y=\"{:.1f}\" text-anchor=\"middle\" font-size=\"11\" "
@@ -101,16 +101,18 @@ std::string throughTimeChart(double y0, double width, const std::vector<GradRepo
         const Line& l = lines[i];
         const char* color = kColors[i % std::size(kColors)];
         std::string pts;
+        size_t count = 0, only = 0; // the points drawn, and the step of the last one
         for (size_t t = 0; t < l.layer->norms.size(); ++t) {
             const double v = l.layer->norms[t];
-            if (std::isfinite(v) && v > 0) pts += fmt::format("{:.2f},{:.2f} ", px(t), py(v));
+            if (std::isfinite(v) && v > 0) pts += fmt::format("{:.2f},{:.2f} ", px(t), py(v)), ++count, only = t;
         }
         svg += fmt::format("<polyline class=\"through-time-line\" data-model=\"{}\" data-layer=\"{}\" fill=\"none\" "
                            "stroke=\"{}\" stroke-width=\"1.5\" points=\"{}\"/>\n",
                            escape(l.model->model), escape(l.layer->layer), color, pts);
-        if (l.layer->norms.size() == 1 && !pts.empty()) // one step: a line of one point is not drawn
-            svg += fmt::format("<circle cx=\"{:.2f}\" cy=\"{:.2f}\" r=\"3\" fill=\"{}\"/>\n", px(0),
-                               py(l.layer->norms[0]), color);
+        // A line of one point (one step, or one step left among zeros) is not drawn: a dot is.
+        if (count == 1)
+            svg += fmt::format("<circle class=\"through-time-dot\" cx=\"{:.2f}\" cy=\"{:.2f}\" r=\"3\" fill=\"{}\"/>\n",
+                               px(only), py(l.layer->norms[only]), color);
         const double ly = top + 8 + 16 * double(i);
         svg += fmt::format("<line x1=\"{:.1f}\" y1=\"{:.1f}\" x2=\"{:.1f}\" y2=\"{:.1f}\" stroke=\"{}\" "
                            "stroke-width=\"2\"/>\n",

@@ -390,6 +390,43 @@ TEST_CASE("the gradient figure of recurrent models: a log-scale chart, one line 
     CHECK(before.find("height=\"244\"") != std::string::npos); // one row: title and panels only
 }
 
+TEST_CASE("the through-time chart of one step, or of one point among zeros, draws a dot where t = 0 is labelled",
+          "[plot][through-time]") {
+    GradReport r;
+    r.model = "one";
+    r.params.push_back(statistics("layers.0.weight_hh_l0", Tensor{{2, 2}, {1e-3, -2e-3, 3e-3, 0}}));
+    // The chart's group, and the x of an element's attribute in it.
+    auto chart = [](const std::string& svg) {
+        const size_t at = svg.find("<g class=\"through-time\">");
+        REQUIRE(at != std::string::npos);
+        return svg.substr(at, svg.find("</g>", at) - at);
+    };
+    auto attribute = [](const std::string& svg, size_t at, const std::string& name) {
+        const size_t v = svg.find(name + "=\"", at) + name.size() + 2;
+        return std::stod(svg.substr(v, svg.find('"', v) - v));
+    };
+    SECTION("one step: the dot sits over the label 0") {
+        r.throughTime = {throughTime("layers.0", "rnn tanh", {0.5})};
+        const std::string g = chart(gradientFigure({r}, {"tanh"}));
+        CHECK(count(g, "<circle") == 1);
+        const size_t label = g.rfind("<text", g.find(">0</text>"));
+        CHECK(attribute(g, label, "x") == Approx(attribute(g, g.find("<circle"), "cx")).margin(0.1));
+    }
+    SECTION("zeros around one positive norm: a dot at its step, the middle of three") {
+        r.throughTime = {throughTime("layers.0", "rnn relu", {0, 1e-2, 0})};
+        const std::string g = chart(gradientFigure({r}, {"relu"}));
+        REQUIRE(count(g, "<circle") == 1);
+        const double cx = attribute(g, g.find("<circle"), "cx");
+        const double x0 = attribute(g, g.rfind("<text", g.find(">0</text>")), "x");
+        const double x2 = attribute(g, g.rfind("<text", g.find(">2</text>")), "x");
+        CHECK(cx == Approx((x0 + x2) / 2).margin(0.1));
+    }
+    SECTION("a line of several points has no dot") {
+        r.throughTime = {throughTime("layers.0", "gru", {1e-3, 0, 1e-2})};
+        CHECK(count(chart(gradientFigure({r}, {"gru"})), "<circle") == 0);
+    }
+}
+
 TEST_CASE("a shuffled batch is a deterministic draw without repeats", "[data]") {
     Examples all;
     all.count = 1000, all.features = 1;
