@@ -1,6 +1,9 @@
 // ThroughTimeTests.cpp — the gradient through time in the runtime's reports (issue 17): each
 // recurrent layer's ‖dL/dh_t‖ and its vanishing factor in grads' table, JSON and figure, and
 // in train's log, on the interpreter (the JIT does not compile recurrent layers yet).
+#include "Engine.h"
+#include "Execute.h"
+#include "Init.h"
 #include "Jobs.h"
 #include "Json.h"
 #include "Pipeline.h"
@@ -15,6 +18,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -166,6 +170,45 @@ TEST_CASE("gradc grads on a recurrent model: through_time in JSON, the table's s
     REQUIRE(rc4 == 0);
     CHECK_THAT(plainTable, !Catch::Contains("through time"));
     CHECK_THAT(s.read("d.svg"), !Catch::Contains("through-time"));
+}
+
+TEST_CASE("the engine reads each recurrent layer's norms from its own place in acts", "[through-time]") {
+    // Two layers: layers.1's norms lie after layers.0's in acts. The engine (what train logs)
+    // must give each layer its own, as the backward entry's named outputs do.
+    const std::string text = "input 6 steps 3\nrnn 5\nlstm 4\nlast\ndense 3\nloss cross_entropy\n";
+    const int64_t batch = 4;
+    Graph fwd = compileSource("m.nn", text, {batch, false, false, false}).graph;
+    SessionOptions session;
+    session.backend = "interp", session.cache = false;
+    Engine engine(fwd, compileSource("m.nn", text, {batch, true}).graph, session, /*f64=*/true);
+    CHECK(engine.throughTime().empty()); // before any backward pass
+
+    std::mt19937 rng(5);
+    Bindings b = initialiseParameters(fwd, 0); // the engine's parameters (it initialises with seed 0)
+    std::normal_distribution<double> normal(0, 1);
+    std::vector<double> x(size_t(batch * 6 * 3));
+    for (double& v : x) v = normal(rng);
+    const std::vector<int32_t> labels = {2, 0, 1, 2};
+    engine.backward(x.data(), labels.data());
+    for (const Node& n : fwd.nodes) {
+        if (n.op != Op::Input) continue;
+        b[n.name] = n.name == "x" ? Tensor{n.shape, x} : Tensor{n.shape, {2, 0, 1, 2}};
+    }
+    BackendOptions o;
+    o.backend = "interp", o.f64 = true, o.cache = false;
+    const auto want = run(*compile(fwd, o), b, /*backward=*/true);
+    CHECK(want.at("loss").data[0] == Approx(engine.backward(x.data(), labels.data())).epsilon(1e-12));
+
+    const std::vector<ThroughTime> got = engine.throughTime();
+    REQUIRE(got.size() == 2);
+    for (size_t k = 0; k < 2; ++k) {
+        const std::string layer = fmt::format("layers.{}", k);
+        CHECK(got[k].layer == layer);
+        const std::vector<double>& norms = want.at("through:" + layer).data;
+        REQUIRE(got[k].norms.size() == 6);
+        for (size_t t = 0; t < 6; ++t) CHECK(got[k].norms[t] == Approx(norms[t]).epsilon(1e-12));
+    }
+    CHECK(got[0].norms != got[1].norms); // the layers differ: a swap would be seen
 }
 
 TEST_CASE("gradc train --log records each recurrent layer's norms through time of the epoch's last step", "[through-time][train]") {
