@@ -17,7 +17,7 @@ void computeVanishingFactor(GradReport& r) {
     r.vanishingFactor = v.value, r.firstWeight = std::move(v.firstWeight), r.lastWeight = std::move(v.lastWeight);
 }
 
-std::string sparkline(const std::vector<double>& norms, size_t columns) {
+Sparkline sparkline(const std::vector<double>& norms, size_t columns) {
     static const char* kBlocks[] = {"▁", "▂", "▃", "▄", "▅", "▆", "▇", "█"};
     const size_t T = norms.size(), n = std::min(T, std::max<size_t>(columns, 1));
     // Each bucket's geometric mean (the mean of the logarithms: a log-scale average), 0 when
@@ -33,18 +33,20 @@ std::string sparkline(const std::vector<double>& norms, size_t columns) {
             else if (v == 0) zero = true;
             else logs += std::log(v);
         }
-        bucket[k] = bad ? std::nan("") : zero ? 0.0 : std::exp(logs / double(end - begin));
+        // A bucket of one step is that step's norm, exactly (exp(log(v)) may differ in the last bit).
+        bucket[k] = bad ? std::nan("") : zero ? 0.0 : end - begin == 1 ? std::fabs(norms[begin]) : std::exp(logs / double(end - begin));
     }
+    Sparkline out;
     double lo = std::numeric_limits<double>::infinity(), hi = 0;
     for (double v : bucket)
         if (std::isfinite(v) && v > 0) lo = std::min(lo, v), hi = std::max(hi, v);
-    std::string out;
+    if (lo <= hi) out.lo = lo, out.hi = hi;
     for (double v : bucket) {
-        if (std::isnan(v)) { out += "?"; continue; }
-        if (v <= 0) { out += " "; continue; }
+        if (std::isnan(v)) { out.text += "?"; continue; }
+        if (v <= 0) { out.text += " "; continue; }
         const double span = std::log(hi) - std::log(lo);
         const int level = span > 0 ? int(std::lround((std::log(v) - std::log(lo)) / span * 7)) : 7;
-        out += kBlocks[std::clamp(level, 0, 7)];
+        out.text += kBlocks[std::clamp(level, 0, 7)];
     }
     return out;
 }
@@ -83,15 +85,13 @@ std::string formatTable(const GradReport& r) {
         out += fmt::format("\n  {:<{}} {:<9} {:>6} {:>10} {:>10} {:>10}  {}\n", "through time", wName, "cell", "steps",
                            "first", "last", "factor", "||dL/dh_t|| over t (log scale, min .. max)");
         for (auto& t : r.throughTime) {
-            double lo = std::numeric_limits<double>::infinity(), hi = -lo;
-            for (double v : t.norms)
-                if (std::isfinite(v)) lo = std::min(lo, v), hi = std::max(hi, v);
+            const Sparkline line = sparkline(t.norms);
             const auto number = [](double v) { return std::isnan(v) ? std::string("n/a") : fmt::format("{:.3e}", v); };
             out += fmt::format("  {:<{}} {:<9} {:>6} {:>10} {:>10} {:>10}  {}", t.layer, wName, t.cell, t.steps,
                                number(t.norms.empty() ? std::nan("") : t.norms.front()),
                                number(t.norms.empty() ? std::nan("") : t.norms.back()), number(t.vanishingFactor),
-                               sparkline(t.norms));
-            if (lo <= hi) out += fmt::format("  {:.1e} .. {:.1e}", lo, hi);
+                               line.text);
+            if (line.lo <= line.hi) out += fmt::format("  {:.1e} .. {:.1e}", line.lo, line.hi); // ▁ .. █
             out += "\n";
         }
     }

@@ -28,7 +28,13 @@ void computeVanishingFactor(GradReport& r);
 /// buckets (one step a column when there are few), each bucket's geometric mean, the
 /// smallest positive bucket ▁ and the largest █. A bucket with a zero is a space, one with a
 /// NaN or Inf '?'.
-std::string sparkline(const std::vector<double>& norms, size_t columns = 40);
+struct Sparkline {
+    std::string text;
+    /// The scale: the bucket means that ▁ and █ stand for (with more steps than columns, not
+    /// the smallest and largest norm); lo > hi when no bucket is positive.
+    double lo = 0, hi = -1;
+};
+Sparkline sparkline(const std::vector<double>& norms, size_t columns = 40);
 
 /// A terminal table, one row per tensor, readable at 100 columns; a recurrent model's has a
 /// section "through time", one line per recurrent layer.

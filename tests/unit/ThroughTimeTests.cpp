@@ -79,24 +79,51 @@ TEST_CASE("scan layers name their cell: lstm, gru, rnn tanh, rnn relu", "[throug
 
 TEST_CASE("the sparkline: a column a step up to 40, log scale, geometric means of buckets", "[through-time]") {
     // Five steps decaying by a decade each: five columns from █ down to ▁, evenly.
-    CHECK(sparkline({1, 1e-1, 1e-2, 1e-3, 1e-4}) == "█▆▅▃▁");
-    CHECK(sparkline({1e-4, 1e-3, 1e-2, 1e-1, 1}) == "▁▃▅▆█");
+    CHECK(sparkline({1, 1e-1, 1e-2, 1e-3, 1e-4}).text == "█▆▅▃▁");
+    CHECK(sparkline({1e-4, 1e-3, 1e-2, 1e-1, 1}).text == "▁▃▅▆█");
     // Constant: every column full. A zero is a space, a NaN or Inf '?'.
-    CHECK(sparkline({2, 2, 2}) == "███");
-    CHECK(sparkline({1, 0, 1e-2, std::nan("")}) == "█ ▁?");
+    CHECK(sparkline({2, 2, 2}).text == "███");
+    CHECK(sparkline({1, 0, 1e-2, std::nan("")}).text == "█ ▁?");
     // 784 steps in 40 columns, each bucket's geometric mean: a straight decay on the log scale
     // stays monotone and spans ▁ to █.
     std::vector<double> norms;
     for (int t = 0; t < 784; ++t) norms.push_back(std::pow(10.0, -8.0 * t / 783));
-    const std::vector<std::string> c = characters(sparkline(norms));
+    const std::vector<std::string> c = characters(sparkline(norms).text);
     REQUIRE(c.size() == 40);
     CHECK(c.front() == "█");
     CHECK(c.back() == "▁");
     for (size_t k = 1; k < c.size(); ++k) CHECK(c[k] <= c[k - 1]); // the blocks' UTF-8 bytes sort as their heights
     // Buckets average on the log scale: 1e-6 and 1e-2 make 1e-4, a third of the way up from
     // 1e-6 to 1 (▃); their arithmetic mean, 5e-3, would be well above the middle.
-    CHECK(characters(sparkline({1e-6, 1e-2, 1e-6, 1e-6, 1, 1}, 3)) == std::vector<std::string>{"▃", "▁", "█"});
-    CHECK(characters(sparkline(norms, 7)).size() == 7);
+    CHECK(characters(sparkline({1e-6, 1e-2, 1e-6, 1e-6, 1, 1}, 3).text) == std::vector<std::string>{"▃", "▁", "█"});
+    CHECK(characters(sparkline(norms, 7).text).size() == 7);
+}
+
+TEST_CASE("the sparkline's range is its own scale: the bucket means ▁ and █ stand for", "[through-time]") {
+    // 1e-6 and 1e-2 share a bucket: ▁ stands for their geometric mean 1e-4, not for 1e-6.
+    Sparkline s = sparkline({1e-6, 1e-2, 1, 1}, 2);
+    CHECK(characters(s.text) == std::vector<std::string>{"▁", "█"});
+    CHECK(s.lo == Approx(1e-4).epsilon(1e-12));
+    CHECK(s.hi == 1);
+    // A zero is a space, not the bottom of a log scale; neither is a NaN part of it.
+    s = sparkline({0, 1e-3, 1e-1, std::nan("")});
+    CHECK(s.lo == 1e-3);
+    CHECK(s.hi == 1e-1);
+    // No positive norm: no scale.
+    s = sparkline({0, 0});
+    CHECK(s.text == "  ");
+    CHECK(s.lo > s.hi);
+    // The table prints that scale after the sparkline.
+    GradReport r;
+    r.model = "m", r.loss = 1;
+    r.throughTime = {throughTime("layers.0", "gru", {1e-6, 1e-2, 1e-3, 0})};
+    const std::string table = formatTable(r);
+    CHECK_THAT(table, Catch::Contains("1.0e-06 .. 1.0e-02"));
+    // 80 steps in 40 buckets of two: 1e-9 shares the first with 1e-3, so ▁ stands for 1e-6.
+    std::vector<double> norms(80, 1e-3);
+    norms[0] = 1e-9;
+    r.throughTime = {throughTime("layers.0", "gru", norms)};
+    CHECK_THAT(formatTable(r), Catch::Contains("1.0e-06 .. 1.0e-03"));
 }
 
 TEST_CASE("gradc grads on a recurrent model: through_time in JSON, the table's section and the figure", "[through-time]") {
@@ -149,9 +176,9 @@ TEST_CASE("gradc grads on a recurrent model: through_time in JSON, the table's s
         const std::vector<double> norms = l["grad_norm"].get<std::vector<double>>();
         const std::string line = fmt::format("  {:<21} {:<9} {:>6} {:>10.3e} {:>10.3e} {:>10.3e}  {}  ", l["layer"].get<std::string>(),
                                              l["cell"].get<std::string>(), 28, norms.front(), norms.back(),
-                                             l["vanishing_factor"].get<double>(), sparkline(norms));
+                                             l["vanishing_factor"].get<double>(), sparkline(norms).text);
         CHECK_THAT(table, Catch::Contains(line));
-        CHECK(characters(sparkline(norms)).size() == 28);
+        CHECK(characters(sparkline(norms).text).size() == 28);
     }
     // The figure: one line per layer (one model with two layers: the legend names both).
     const std::string svg = s.read("g.svg");
