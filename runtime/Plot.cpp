@@ -7,7 +7,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <limits>
 
 namespace gradc {
 namespace {
@@ -66,14 +65,11 @@ std::string throughTimeChart(double y0, double width, const std::vector<GradRepo
     std::vector<Line> lines;
     for (auto& r : reports)
         for (auto& t : r.throughTime) lines.push_back({&r, &t, r.throughTime.size() > 1 ? r.model + " " + t.layer : r.model});
-    double lo = std::numeric_limits<double>::infinity(), hi = 0;
+    PositiveRange range;
     size_t steps = 1;
-    for (auto& l : lines) {
-        steps = std::max(steps, l.layer->norms.size());
-        for (double v : l.layer->norms)
-            if (std::isfinite(v) && v > 0) lo = std::min(lo, v), hi = std::max(hi, v);
-    }
-    if (!(lo <= hi)) lo = hi = 1; // no positive norm at all: an empty chart over one decade
+    for (auto& l : lines) steps = std::max(steps, l.layer->norms.size()), range.add(l.layer->norms);
+    if (range.empty()) range.lo = range.hi = 1; // no positive norm at all: an empty chart over one decade
+    const double lo = range.lo, hi = range.hi;
     // Whole decades cover the norms, at most about eight labelled.
     const int d0 = int(std::floor(std::log10(lo))), d1 = std::max(d0 + 1, int(std::ceil(std::log10(hi))));
     const int stride = std::max(1, (d1 - d0 + 7) / 8);

@@ -8,7 +8,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <limits>
 
 namespace gradc {
 
@@ -37,15 +36,13 @@ Sparkline sparkline(const std::vector<double>& norms, size_t columns) {
         bucket[k] = bad ? std::nan("") : zero ? 0.0 : end - begin == 1 ? std::fabs(norms[begin]) : std::exp(logs / double(end - begin));
     }
     Sparkline out;
-    double lo = std::numeric_limits<double>::infinity(), hi = 0;
-    for (double v : bucket)
-        if (std::isfinite(v) && v > 0) lo = std::min(lo, v), hi = std::max(hi, v);
-    if (lo <= hi) out.lo = lo, out.hi = hi;
+    const PositiveRange range = PositiveRange().add(bucket);
+    if (!range.empty()) out.lo = range.lo, out.hi = range.hi;
     for (double v : bucket) {
         if (std::isnan(v)) { out.text += "?"; continue; }
         if (v <= 0) { out.text += " "; continue; }
-        const double span = std::log(hi) - std::log(lo);
-        const int level = span > 0 ? int(std::lround((std::log(v) - std::log(lo)) / span * 7)) : 7;
+        const double span = std::log(range.hi) - std::log(range.lo);
+        const int level = span > 0 ? int(std::lround((std::log(v) - std::log(range.lo)) / span * 7)) : 7;
         out.text += kBlocks[std::clamp(level, 0, 7)];
     }
     return out;

@@ -137,6 +137,12 @@ std::vector<ActivationStats> activationStatistics(const Graph& g, const std::map
     return out;
 }
 
+PositiveRange& PositiveRange::add(const std::vector<double>& values) {
+    for (double v : values)
+        if (std::isfinite(v) && v > 0) lo = std::min(lo, v), hi = std::max(hi, v);
+    return *this;
+}
+
 ThroughTime throughTime(const std::string& layer, const std::string& cell, std::vector<double> norms) {
     ThroughTime t;
     t.layer = layer, t.cell = cell, t.steps = int64_t(norms.size()), t.norms = std::move(norms);
@@ -164,19 +170,5 @@ std::vector<ThroughTime> throughTimeStatistics(const Graph& g, const std::map<st
     return out;
 }
 
-template <typename T>
-std::vector<ThroughTime> throughTimeStatistics(const Graph& g, const Layout& layout, const T* acts) {
-    std::vector<ThroughTime> out;
-    for (const LayerInfo& l : g.layers) {
-        if (g[l.value].op != Op::Scan) continue;
-        const LayoutEntry& e = layout.at(Role::ThroughTime, l.name);
-        const T* p = acts + e.offset;
-        out.push_back(throughTime(l.name, cellDescription(g[l.value]),
-                                  std::vector<double>(p, p + elementCount(e.shape))));
-    }
-    return out;
-}
-template std::vector<ThroughTime> throughTimeStatistics(const Graph&, const Layout&, const float*);
-template std::vector<ThroughTime> throughTimeStatistics(const Graph&, const Layout&, const double*);
 
 } // namespace gradc

@@ -4,8 +4,8 @@
 #include "Interpreter.h"
 #include "Layout.h"
 
+#include <limits>
 #include <map>
-
 #include <string>
 #include <vector>
 
@@ -89,6 +89,15 @@ struct ThroughTime {
     double vanishingFactor = 0; ///< norms[0] / norms[T-1]; NaN when the last is 0 (or not finite)
 };
 
+/// The smallest and largest finite positive values: what a log scale can show (zeros, NaN and
+/// Inf have no place on it).
+struct PositiveRange {
+    double lo = std::numeric_limits<double>::infinity(), hi = 0;
+    /// Widens the range to the finite positive values among `values`.
+    PositiveRange& add(const std::vector<double>& values);
+    bool empty() const { return !(lo <= hi); }
+};
+
 /// The through-time figures of one layer from its norms.
 ThroughTime throughTime(const std::string& layer, const std::string& cell, std::vector<double> norms);
 /// A scan node's cell as the reports name it: lstm, gru, rnn tanh, rnn relu.
@@ -97,9 +106,5 @@ std::string cellDescription(const Node& scan);
 /// order, from the backward pass's `outputs` (by outputLabel: "through:LAYER"). A layer whose
 /// output is missing is an internal error.
 std::vector<ThroughTime> throughTimeStatistics(const Graph& g, const std::map<std::string, Tensor>& outputs);
-/// The same, read in place from the acts array of a backward pass (float or double), where
-/// `layout` places each layer's norms (Role::ThroughTime).
-template <typename T>
-std::vector<ThroughTime> throughTimeStatistics(const Graph& g, const Layout& layout, const T* acts);
 
 } // namespace gradc
