@@ -72,6 +72,15 @@ std::vector<TensorStats> Engine::gradientStatistics() const {
     return typed(f64_, [&](auto zero) { return gradc::gradientStatistics(layout(), grads_.data<decltype(zero)>()); });
 }
 
+std::vector<ThroughTime> Engine::throughTime() const {
+    if (!haveGradients_) return {}; // the backward pass writes the norms
+    std::map<std::string, Tensor> norms; // by outputLabel, as the backward entry names them
+    for (const LayoutEntry* e : layout().all(Role::ThroughTime))
+        norms[outputLabel({OutputRole::ThroughTime, e->name, 0})] =
+            typed(f64_, [&](auto zero) { return readBuffer(train_.program.acts().data<decltype(zero)>(), *e); });
+    return throughTimeStatistics(graph_, norms);
+}
+
 template <typename U> double Engine::forward(const U* x, const void* target, U* logits) {
     double loss = train_.program.run(state_, nullptr, x, target, logits);
     lastOutputs_.clear(); // read back from `acts` when asked for

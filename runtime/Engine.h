@@ -48,6 +48,9 @@ public:
     const Values& gradients() const { return grads_; }
     /// Statistics of every parameter's gradient (gradientStatistics, Stats.h).
     std::vector<TensorStats> gradientStatistics() const;
+    /// Each recurrent layer's ‖dL/dh_t‖ from the last backward pass or training step
+    /// (throughTimeStatistics, Stats.h): empty for a model without one, or before any.
+    std::vector<ThroughTime> throughTime() const;
     bool haveGradients() const { return haveGradients_; }
     /// Whether a training-mode forward or backward pass has run (lastOutputs() holds it).
     bool haveOutputs() const { return haveOutputs_; }

@@ -241,6 +241,7 @@ GradsRun runGrads(const GradsOptions& o, const std::function<void(const GradsMod
             run.throughTime.emplace_back(label, out.at(label));
         }
         r.activations = activationStatistics(g, out);
+        r.throughTime = throughTimeStatistics(g, out);
         computeVanishingFactor(r);
         result.activations = activationNames(g);
         if (onModel) onModel(result);

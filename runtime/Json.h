@@ -38,6 +38,21 @@ template <typename J = nlohmann::json> J jsonStatistics(const TensorStats& s, bo
     return j;
 }
 
+/// Recurrent layers' gradients through time: [{"layer", "cell", "grad_norm": [T numbers],
+/// "vanishing_factor"}], in this order for an ordered_json.
+template <typename J = nlohmann::json> J jsonThroughTime(const std::vector<ThroughTime>& layers) {
+    J out = J::array();
+    for (const ThroughTime& t : layers) {
+        J norms = J::array();
+        for (double v : t.norms) norms.push_back(jsonNumber<J>(v));
+        J j;
+        j["layer"] = t.layer, j["cell"] = t.cell, j["grad_norm"] = norms;
+        j["vanishing_factor"] = jsonNumber<J>(t.vanishingFactor);
+        out.push_back(j);
+    }
+    return out;
+}
+
 /// Indented by two spaces, with a final newline (the reports).
 std::string jsonText(const nlohmann::json& j);
 /// On one line, no final newline (a JSON-lines record gets its newline from the caller).

@@ -51,6 +51,73 @@ struct Frame {
 
 std::string number(double v) { return fmt::format("{:.2g}", v); }
 
+constexpr double kChartH = 340, kChartMinW = 700, kLegendW = 250;
+
+/// ‖dL/dh_t‖ against t on a log axis, one line per model and recurrent layer, at height y0 of
+/// a figure `width` wide. Zeros and figures that are not finite have no place on a log axis:
+/// they are left out of their line.
+std::string throughTimeChart(double y0, double width, const std::vector<GradReport>& reports) {
+    struct Line {
+        const GradReport* model;
+        const ThroughTime* layer;
+        std::string label; // the model's name, and the layer's when the model has several
+    };
+    std::vector<Line> lines;
+    for (auto& r : reports)
+        for (auto& t : r.throughTime) lines.push_back({&r, &t, r.throughTime.size() > 1 ? r.model + " " + t.layer : r.model});
+    PositiveRange range;
+    size_t steps = 1;
+    for (auto& l : lines) steps = std::max(steps, l.layer->norms.size()), range.add(l.layer->norms);
+    if (range.empty()) range.lo = range.hi = 1; // no positive norm at all: an empty chart over one decade
+    const double lo = range.lo, hi = range.hi;
+    // Whole decades cover the norms, at most about eight labelled.
+    const int d0 = int(std::floor(std::log10(lo))), d1 = std::max(d0 + 1, int(std::ceil(std::log10(hi))));
+    const int stride = std::max(1, (d1 - d0 + 7) / 8);
+    const double left = kPad + 24, right = width - kLegendW, top = y0 + 40, bottom = y0 + kChartH - 46;
+    auto px = [&](size_t t) { return steps > 1 ? left + double(t) / double(steps - 1) * (right - left) : (left + right) / 2; };
+    auto py = [&](double v) { return bottom - (std::log10(v) - d0) / double(d1 - d0) * (bottom - top); };
+
+    std::string svg = "<g class=\"through-time\">\n";
+    svg += text(width / 2, y0 + 24, "Gradient through time: ||dL/dh_t|| against the step t (log scale)", "middle", 14);
+    for (int d = d0; d <= d1; d += stride) {
+        const double y = py(std::pow(10.0, d));
+        svg += fmt::format("<line x1=\"{:.1f}\" y1=\"{:.1f}\" x2=\"{:.1f}\" y2=\"{:.1f}\" stroke=\"#ddd\"/>\n", left, y,
+                           right, y);
+        svg += text(left - 4, y + 3, fmt::format("1e{}", d), "end", 9);
+    }
+    svg += fmt::format("<rect x=\"{:.1f}\" y=\"{:.1f}\" width=\"{:.1f}\" height=\"{:.1f}\" fill=\"none\" stroke=\"#444\"/>\n",
+                       left, top, right - left, bottom - top);
+    svg += text(px(0), bottom + 13, "0", "middle", 9);
+    if (steps > 1) svg += text(right, bottom + 13, std::to_string(steps - 1), "middle", 9);
+    svg += text((left + right) / 2, bottom + 30, "step t");
+    svg += fmt::format("<text x=\"{:.1f}\" y=\"{:.1f}\" text-anchor=\"middle\" font-size=\"11\" "
+                       "transform=\"rotate(-90 {:.1f} {:.1f})\">||dL/dh_t||</text>\n",
+                       left - 44, (top + bottom) / 2, left - 44, (top + bottom) / 2);
+    for (size_t i = 0; i < lines.size(); ++i) {
+        const Line& l = lines[i];
+        const char* color = kColors[i % std::size(kColors)];
+        std::string pts;
+        size_t count = 0, only = 0; // the points drawn, and the step of the last one
+        for (size_t t = 0; t < l.layer->norms.size(); ++t) {
+            const double v = l.layer->norms[t];
+            if (std::isfinite(v) && v > 0) pts += fmt::format("{:.2f},{:.2f} ", px(t), py(v)), ++count, only = t;
+        }
+        svg += fmt::format("<polyline class=\"through-time-line\" data-model=\"{}\" data-layer=\"{}\" fill=\"none\" "
+                           "stroke=\"{}\" stroke-width=\"1.5\" points=\"{}\"/>\n",
+                           escape(l.model->model), escape(l.layer->layer), color, pts);
+        // A line of one point (one step, or one step left among zeros) is not drawn: a dot is.
+        if (count == 1)
+            svg += fmt::format("<circle class=\"through-time-dot\" cx=\"{:.2f}\" cy=\"{:.2f}\" r=\"3\" fill=\"{}\"/>\n",
+                               px(only), py(l.layer->norms[only]), color);
+        const double ly = top + 8 + 16 * double(i);
+        svg += fmt::format("<line x1=\"{:.1f}\" y1=\"{:.1f}\" x2=\"{:.1f}\" y2=\"{:.1f}\" stroke=\"{}\" "
+                           "stroke-width=\"2\"/>\n",
+                           right + 12, ly, right + 32, ly, color);
+        svg += text(right + 38, ly + 4, fmt::format("{} ({})", l.label, l.layer->cell), "start", 11);
+    }
+    return svg + "</g>\n";
+}
+
 } // namespace
 
 /// One histogram panel: bars scaled to the fullest bin, the range under the axis.
@@ -88,11 +155,13 @@ std::string gradientFigure(const std::vector<GradReport>& reports, const std::ve
         weights.push_back(n);
         columns = std::max(columns, std::min(n, kMaxColumns));
     }
-    const double width = double(columns) * kPanelW;
+    bool recurrent = false; // a chart of the gradient through time under the histograms
+    for (auto& r : reports) recurrent = recurrent || !r.throughTime.empty();
+    const double width = recurrent ? std::max(double(columns) * kPanelW, kChartMinW) : double(columns) * kPanelW;
     auto rowHeight = [&](size_t n) { // a model's title and its panels' rows
         return kRowTitle + double(std::max<size_t>(1, (n + columns - 1) / columns)) * kPanelH;
     };
-    double height = 0;
+    double height = recurrent ? kChartH : 0;
     for (size_t n : weights) height += rowHeight(n);
     std::string svg = header(width, height);
     double y = 0;
@@ -110,6 +179,7 @@ std::string gradientFigure(const std::vector<GradReport>& reports, const std::ve
         }
         y += rowHeight(weights[row]);
     }
+    if (recurrent) svg += throughTimeChart(y, width, reports);
     return svg + "</svg>\n";
 }
 

@@ -1,5 +1,5 @@
-// Plot.h — the seed's two figures as SVG: per-layer gradient histograms, and activation
-// functions with their derivatives.
+// Plot.h — the seed's two figures as SVG: per-layer gradient histograms (with recurrent
+// models' gradients through time), and activation functions with their derivatives.
 #pragma once
 
 #include "Activations.h"
@@ -12,7 +12,10 @@ namespace gradc {
 
 /// One row of histogram panels per model (rows of at most eight panels for a deeper one): one
 /// panel per weight tensor (30 bins, the tensor's name as the panel title), under a title
-/// naming the model's activation.
+/// naming the model's activation. When a model has recurrent layers, a chart under the
+/// histograms: ‖dL/dh_t‖ against t on a log axis, one line per model and recurrent layer
+/// (a polyline of class "through-time-line"), the legend naming the model (and the layer when
+/// the model has several).
 std::string gradientFigure(const std::vector<GradReport>& reports, const std::vector<std::string>& activationNames);
 
 /// A grid of histogram panels (`columns` wide) under one title: `gradc acts`.

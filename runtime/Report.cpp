@@ -16,6 +16,38 @@ void computeVanishingFactor(GradReport& r) {
     r.vanishingFactor = v.value, r.firstWeight = std::move(v.firstWeight), r.lastWeight = std::move(v.lastWeight);
 }
 
+Sparkline sparkline(const std::vector<double>& norms, size_t columns) {
+    static const char* kBlocks[] = {"▁", "▂", "▃", "▄", "▅", "▆", "▇", "█"};
+    const size_t T = norms.size(), n = std::min(T, std::max<size_t>(columns, 1));
+    // Each bucket's geometric mean (the mean of the logarithms: a log-scale average), 0 when
+    // it holds a zero, NaN when it holds a NaN or Inf.
+    std::vector<double> bucket(n);
+    for (size_t k = 0; k < n; ++k) {
+        const size_t begin = k * T / n, end = (k + 1) * T / n;
+        double logs = 0;
+        bool zero = false, bad = false;
+        for (size_t t = begin; t < end; ++t) {
+            const double v = std::fabs(norms[t]);
+            if (!std::isfinite(v)) bad = true;
+            else if (v == 0) zero = true;
+            else logs += std::log(v);
+        }
+        // A bucket of one step is that step's norm, exactly (exp(log(v)) may differ in the last bit).
+        bucket[k] = bad ? std::nan("") : zero ? 0.0 : end - begin == 1 ? std::fabs(norms[begin]) : std::exp(logs / double(end - begin));
+    }
+    Sparkline out;
+    const PositiveRange range = PositiveRange().add(bucket);
+    if (!range.empty()) out.lo = range.lo, out.hi = range.hi;
+    for (double v : bucket) {
+        if (std::isnan(v)) { out.text += "?"; continue; }
+        if (v <= 0) { out.text += " "; continue; }
+        const double span = std::log(range.hi) - std::log(range.lo);
+        const int level = span > 0 ? int(std::lround((std::log(v) - std::log(range.lo)) / span * 7)) : 7;
+        out.text += kBlocks[std::clamp(level, 0, 7)];
+    }
+    return out;
+}
+
 std::string formatTable(const GradReport& r) {
     std::string out = fmt::format("loss {:.6f}\n\n", r.loss);
     // The name and shape columns widen to their longest entry ([64,32,3,3], shortcut2_bn.weight).
@@ -25,6 +57,7 @@ std::string formatTable(const GradReport& r) {
         wShape = std::max(wShape, shapeString(st.shape).size());
     }
     for (auto& a : r.activations) wName = std::max(wName, a.name.size());
+    for (auto& t : r.throughTime) wName = std::max(wName, t.layer.size());
     out += fmt::format("  {:<{}} {:<{}} {:>10} {:>10} {:>10} {:>10} {:>10} {:>7}\n", "gradient", wName,
                        "shape", wShape, "abs_mean", "std", "min", "max", "l2", "zero%");
     for (auto& st : r.params) {
@@ -41,6 +74,21 @@ std::string formatTable(const GradReport& r) {
             out += fmt::format("  {:<{}} {:<16} {:>10.3e} {:>10.3e} {:>9.2f}%", a.name, wName, a.function, a.mean, a.std,
                                100 * a.lowGradientFraction);
             if (a.nan || a.inf) out += fmt::format("  nan {} inf {}", a.nan, a.inf);
+            out += "\n";
+        }
+    }
+    if (!r.throughTime.empty()) {
+        // ‖dL/dh_t‖ at the first and last steps, their ratio, and the whole curve in small.
+        out += fmt::format("\n  {:<{}} {:<9} {:>6} {:>10} {:>10} {:>10}  {}\n", "through time", wName, "cell", "steps",
+                           "first", "last", "factor", "||dL/dh_t|| over t (log scale, min .. max)");
+        for (auto& t : r.throughTime) {
+            const Sparkline line = sparkline(t.norms);
+            const auto number = [](double v) { return std::isnan(v) ? std::string("n/a") : fmt::format("{:.3e}", v); };
+            out += fmt::format("  {:<{}} {:<9} {:>6} {:>10} {:>10} {:>10}  {}", t.layer, wName, t.cell, t.steps,
+                               number(t.norms.empty() ? std::nan("") : t.norms.front()),
+                               number(t.norms.empty() ? std::nan("") : t.norms.back()), number(t.vanishingFactor),
+                               line.text);
+            if (line.lo <= line.hi) out += fmt::format("  {:.1e} .. {:.1e}", line.lo, line.hi); // ▁ .. █
             out += "\n";
         }
     }
@@ -61,9 +109,11 @@ std::string formatJson(const std::vector<GradReport>& reports) {
                             {"mean", jsonNumber(a.mean)}, {"std", jsonNumber(a.std)},
                             {"low_gradient_fraction", jsonNumber(a.lowGradientFraction)}, {"nan", a.nan},
                             {"inf", a.inf}});
-        all.push_back({{"model", r.model}, {"batch", r.batch}, {"loss", jsonNumber(r.loss)},
-                       {"params", params}, {"activations", acts},
-                       {"vanishing_factor", jsonNumber(r.vanishingFactor)}});
+        nlohmann::json model = {{"model", r.model}, {"batch", r.batch}, {"loss", jsonNumber(r.loss)},
+                                {"params", params}, {"activations", acts},
+                                {"vanishing_factor", jsonNumber(r.vanishingFactor)}};
+        if (!r.throughTime.empty()) model["through_time"] = jsonThroughTime(r.throughTime);
+        all.push_back(std::move(model));
     }
     return jsonText(all.size() == 1 ? all[0] : all);
 }

@@ -137,4 +137,38 @@ std::vector<ActivationStats> activationStatistics(const Graph& g, const std::map
     return out;
 }
 
+PositiveRange& PositiveRange::add(const std::vector<double>& values) {
+    for (double v : values)
+        if (std::isfinite(v) && v > 0) lo = std::min(lo, v), hi = std::max(hi, v);
+    return *this;
+}
+
+ThroughTime throughTime(const std::string& layer, const std::string& cell, std::vector<double> norms) {
+    ThroughTime t;
+    t.layer = layer, t.cell = cell, t.steps = int64_t(norms.size()), t.norms = std::move(norms);
+    // 0/0 and x/0 say nothing about decay: no factor when the last step has no gradient.
+    const bool defined = !t.norms.empty() && std::isfinite(t.norms.back()) && t.norms.back() != 0;
+    t.vanishingFactor = defined ? t.norms.front() / t.norms.back() : std::nan("");
+    return t;
+}
+
+std::string cellDescription(const Node& scan) {
+    internal_assert(scan.op == Op::Scan, "cellDescription of a node that is not a scan");
+    if (scan.cell != Cell::Rnn) return cellName(scan.cell);
+    // rnn's non-linearity is tanh or relu (Layers.cpp builds relu as a select).
+    return scan.expr && scan.expr->op == scalar::Kind::Tanh ? "rnn tanh" : "rnn relu";
+}
+
+std::vector<ThroughTime> throughTimeStatistics(const Graph& g, const std::map<std::string, Tensor>& outputs) {
+    std::vector<ThroughTime> out;
+    for (const LayerInfo& l : g.layers) {
+        if (g[l.value].op != Op::Scan) continue;
+        auto it = outputs.find(outputLabel({OutputRole::ThroughTime, l.name, 0}));
+        internal_assert(it != outputs.end(), "a recurrent layer without its through-time norms: " + l.name);
+        out.push_back(throughTime(l.name, cellDescription(g[l.value]), it->second.data));
+    }
+    return out;
+}
+
+
 } // namespace gradc

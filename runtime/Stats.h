@@ -4,8 +4,8 @@
 #include "Interpreter.h"
 #include "Layout.h"
 
+#include <limits>
 #include <map>
-
 #include <string>
 #include <vector>
 
@@ -77,5 +77,34 @@ private:
 
 /// The activation statistics of every Preact output of graph `g`, from `outputs` (by outputLabel).
 std::vector<ActivationStats> activationStatistics(const Graph& g, const std::map<std::string, Tensor>& outputs);
+
+/// A recurrent layer's gradient through time: ‖dL/dh_t‖ for every step t (the Frobenius norm
+/// over the batch of the total derivative of the loss with respect to the hidden state h_t,
+/// through all later steps), and how much weaker the first step's is than the last's.
+struct ThroughTime {
+    std::string layer;          ///< the module: layers.0
+    std::string cell;           ///< lstm, gru, rnn tanh, rnn relu
+    int64_t steps = 0;          ///< T
+    std::vector<double> norms;  ///< T norms, t = 0 .. T-1
+    double vanishingFactor = 0; ///< norms[0] / norms[T-1]; NaN when the last is 0 (or not finite)
+};
+
+/// The smallest and largest finite positive values: what a log scale can show (zeros, NaN and
+/// Inf have no place on it).
+struct PositiveRange {
+    double lo = std::numeric_limits<double>::infinity(), hi = 0;
+    /// Widens the range to the finite positive values among `values`.
+    PositiveRange& add(const std::vector<double>& values);
+    bool empty() const { return !(lo <= hi); }
+};
+
+/// The through-time figures of one layer from its norms.
+ThroughTime throughTime(const std::string& layer, const std::string& cell, std::vector<double> norms);
+/// A scan node's cell as the reports name it: lstm, gru, rnn tanh, rnn relu.
+std::string cellDescription(const Node& scan);
+/// Every recurrent layer of graph `g` (the forward graph or its differentiated one), in layer
+/// order, from the backward pass's `outputs` (by outputLabel: "through:LAYER"). A layer whose
+/// output is missing is an internal error.
+std::vector<ThroughTime> throughTimeStatistics(const Graph& g, const std::map<std::string, Tensor>& outputs);
 
 } // namespace gradc

@@ -125,6 +125,7 @@ Json epochJson(const EpochRecord& r) {
     Json params = Json::array();
     for (auto& s : r.grads) params.push_back(jsonStatistics<Json>(s, /*full=*/false));
     j["grads"] = params;
+    if (!r.throughTime.empty()) j["through_time"] = jsonThroughTime<Json>(r.throughTime); // recurrent models only
     return j;
 }
 
@@ -187,6 +188,7 @@ TrainResult train(Engine& engine, const DataSplit& data, const TrainOptions& o,
         r.valLoss = v.loss, r.valAccuracy = v.accuracy;
         r.grads = engine.gradientStatistics();
         r.vanishingFactor = vanishingFactor(r.grads).value;
+        r.throughTime = engine.throughTime();
         r.seconds = std::chrono::duration<double>(Clock::now() - epochStart).count();
         const bool improved = v.accuracy > result.bestValAccuracy;
         if (improved) {
@@ -204,6 +206,9 @@ TrainResult train(Engine& engine, const DataSplit& data, const TrainOptions& o,
             events->scalar("loss/val", step, r.valLoss);
             events->scalar("accuracy/val", step, r.valAccuracy);
             if (std::isfinite(r.vanishingFactor)) events->scalar("vanishing_factor", step, r.vanishingFactor);
+            for (auto& t : r.throughTime)
+                if (std::isfinite(t.vanishingFactor))
+                    events->scalar("vanishing_factor_through_time/" + t.layer, step, t.vanishingFactor);
             for (auto& s : r.grads) {
                 events->histogram("grad/" + s.name, step, s);
                 if (std::isfinite(s.absMean)) events->scalar("grad_abs_mean/" + s.name, step, s.absMean);
