@@ -67,6 +67,11 @@ struct EpochRecord {
     double trainLoss = 0, valLoss = 0, valAccuracy = 0, seconds = 0;
     double vanishingFactor = 0;
     std::vector<TensorStats> grads; ///< of the epoch's last step
+    /// Gradient-norm clipping (Engine::clipping): the epoch's last step's norm before clipping
+    /// and whether it was clipped; how many of the epoch's steps were.
+    bool clipping = false, clipped = false;
+    double gradNorm = 0;
+    int64_t clippedSteps = 0;
 };
 
 struct TrainResult {
