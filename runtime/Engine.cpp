@@ -15,7 +15,7 @@
 namespace gradc {
 
 Engine::Engine(Graph forward, Graph evalGraph, const SessionOptions& options, bool f64)
-    : graph_(std::move(forward)), options_(options), f64_(f64), train_(compileGraph(graph_)),
+    : graph_(std::move(forward)), options_(options), f64_(f64), train_(std::in_place, compileGraph(graph_)),
       evalGraph_(std::move(evalGraph)) {
     state_ = Values(f64_, size_t(layout().size(Array::State)));
     grads_ = Values(f64_, size_t(layout().size(Array::Grads)));
@@ -64,7 +64,7 @@ const std::map<std::string, Tensor>& Engine::lastOutputs() const {
     if (lastOutputs_.empty())
         for (const LayoutEntry* e : layout().all(Role::Preact))
             lastOutputs_[outputLabel({OutputRole::Preact, e->name, 0})] =
-                typed(f64_, [&](auto zero) { return readBuffer(train_.program.acts().data<decltype(zero)>(), *e); });
+                typed(f64_, [&](auto zero) { return readBuffer(train_->program.acts().data<decltype(zero)>(), *e); });
     return lastOutputs_;
 }
 
@@ -82,14 +82,14 @@ std::vector<ThroughTime> Engine::throughTime() const {
 }
 
 template <typename U> double Engine::forward(const U* x, const void* target, U* logits) {
-    double loss = train_.program.run(state_, nullptr, x, target, logits);
+    double loss = train_->program.run(state_, nullptr, x, target, logits);
     lastOutputs_.clear(); // read back from `acts` when asked for
     haveOutputs_ = true;
     return loss;
 }
 
 template <typename U> double Engine::backward(const U* x, const void* target) {
-    double loss = train_.program.run(state_, &grads_, x, target, static_cast<U*>(nullptr));
+    double loss = train_->program.run(state_, &grads_, x, target, static_cast<U*>(nullptr));
     lastOutputs_.clear();
     haveOutputs_ = haveGradients_ = true;
     return loss;
@@ -97,7 +97,17 @@ template <typename U> double Engine::backward(const U* x, const void* target) {
 
 void Engine::setOptimizer(const OptimizerOptions& o) {
     hyperParameters(o, 1); // checks the options
+    if (o.clipGradNorm > 0 && !graph_.gradNorm) { // the backward pass must also give Σ g²
+        Graph g = graph_;
+        g.gradNorm = true;
+        std::unique_ptr<Executable> exe = compileGraph(g); // may throw: nothing has changed yet
+        graph_.gradNorm = true;
+        train_.emplace(std::move(exe)); // the same State and Grads; new Acts
+        lastOutputs_.clear();
+        haveOutputs_ = false;
+    }
     optimizer_ = o;
+    clip_ = {};
     step_ = 0;
     m_ = Values(f64_, o.method == "adam" || o.momentum > 0 ? size_t(layout().size(Array::Moment1)) : 0);
     v_ = Values(f64_, o.method == "adam" ? size_t(layout().size(Array::Moment2)) : 0);
@@ -109,8 +119,8 @@ template <typename T> void Engine::updateRunningStatistics() {
         const BufferInfo& info = graph_.buffers[i];
         T* rm = state_.data<T>() + layout().at(Role::RunningStat, info.name).offset;
         T* rv = state_.data<T>() + layout().at(Role::RunningStat, graph_.buffers[i + 1].name).offset;
-        const T* mean = train_.program.acts().data<T>() + layout().at(Role::NormMean, info.layer).offset;
-        const T* var = train_.program.acts().data<T>() + layout().at(Role::NormVar, info.layer).offset;
+        const T* mean = train_->program.acts().data<T>() + layout().at(Role::NormMean, info.layer).offset;
+        const T* var = train_->program.acts().data<T>() + layout().at(Role::NormVar, info.layer).offset;
         const double k = info.momentum;
         for (int64_t j = 0; j < info.size; ++j) {
             rm[j] = T((1 - k) * rm[j] + k * mean[j]);
@@ -121,6 +131,15 @@ template <typename T> void Engine::updateRunningStatistics() {
 
 template <typename U> double Engine::trainStep(const U* x, const void* target) {
     double loss = backward(x, target);
+    if (clipping()) { // torch.nn.utils.clip_grad_norm_: the norm over every gradient, from the backward pass
+        const LayoutEntry& e = layout().at(Role::GradNormSq);
+        const double sumSq = typed(f64_, [&](auto zero) {
+            return double(train_->program.acts().data<decltype(zero)>()[e.offset]);
+        });
+        clip_.norm = std::sqrt(sumSq);
+        clip_.scale = clipCoefficient(clip_.norm, optimizer_.clipGradNorm);
+        clip_.clipped = !(clip_.scale == 1);
+    }
     if (f64_) updateRunningStatistics<double>(), update<double>();
     else updateRunningStatistics<float>(), update<float>();
     return loss;
@@ -129,14 +148,15 @@ template <typename U> double Engine::trainStep(const U* x, const void* target) {
 template <typename T> void Engine::update() {
     ++batchesTracked_;
     ++step_;
-    const Hyper h = hyperParameters(optimizer_, step_);
+    Hyper h = hyperParameters(optimizer_, step_);
+    if (clipping()) h[size_t(HyperSlot::GradScale)] = clip_.scale;
     UpdateArgs<T> args{state_.data<T>(), grads_.data<T>(), m_.empty() ? nullptr : m_.data<T>(),
                        v_.empty() ? nullptr : v_.data<T>()};
     struct Context {
         Executable* exe;
         const UpdateArgs<T>* args;
         const Hyper* h;
-    } ctx{train_.exe.get(), &args, &h};
+    } ctx{train_->exe.get(), &args, &h};
     // Memory-bound: every thread takes a contiguous part of the parameters.
     gradc_parallel_for(
         [](void* c, int64_t begin, int64_t end, int64_t) {

@@ -17,6 +17,7 @@
 #include <cstdlib>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -37,9 +38,9 @@ public:
     int64_t parameterCount() const { return layout().parameterCount(); }
     /// Where the training-mode entry points' buffers are: state(), gradients() and the
     /// kept activations follow it.
-    const Layout& layout() const { return train_.exe->layout(); }
+    const Layout& layout() const { return train_->exe->layout(); }
     /// The training-mode code's backend (Executable::describe): "jit f32, compiled in ...".
-    std::string describe() const { return train_.exe->describe(); }
+    std::string describe() const { return train_->exe->describe(); }
     /// The element type of every array: double or float.
     bool f64() const { return f64_; }
     /// Parameters, then buffers.
@@ -69,9 +70,21 @@ public:
     /// type, the values are converted on the way in and out.
     template <typename U> double forward(const U* x, const void* target, U* logits);
     template <typename U> double backward(const U* x, const void* target);
+    /// Chooses the optimiser. With o.clipGradNorm > 0 the training code must compute the
+    /// gradients' norm (Graph::gradNorm): a graph made without it is compiled again.
     void setOptimizer(const OptimizerOptions& o);
     template <typename U> double trainStep(const U* x, const void* target);
     int64_t steps() const { return step_; }
+
+    /// Gradient-norm clipping in the last trainStep (OptimizerOptions::clipGradNorm > 0): the
+    /// total 2-norm of the gradients before clipping, the coefficient they were multiplied by
+    /// (clipCoefficient, Optimizer.h) and whether it was not 1 (a NaN norm scales by NaN).
+    struct Clip {
+        double norm = 0, scale = 1;
+        bool clipped = false;
+    };
+    bool clipping() const { return optimizer_.clipGradNorm > 0; }
+    const Clip& lastClip() const { return clip_; }
 
     /// Evaluation mode; then layerOutput(i) for each module but the last.
     template <typename U> double evaluate(const U* x, const void* target, U* logits);
@@ -97,12 +110,13 @@ private:
     Graph graph_;
     SessionOptions options_;
     bool f64_;
-    Compiled train_;
+    std::optional<Compiled> train_; // compiled again when clipping needs the gradients' norm
     std::unique_ptr<Compiled> eval_;
     Graph evalGraph_;
     Values state_, grads_, m_, v_;
     OptimizerOptions optimizer_;
     int64_t step_ = 0, batchesTracked_ = 0;
+    Clip clip_;
     mutable std::map<std::string, Tensor> lastOutputs_; // the preactivations, on demand
     bool haveGradients_ = false, haveOutputs_ = false, evaluated_ = false;
 };

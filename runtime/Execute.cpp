@@ -118,6 +118,9 @@ std::map<std::string, Tensor> Program::outputs(const Values* grads, double loss)
             case Role::ThroughTime:
                 if (grads) out[outputLabel({OutputRole::ThroughTime, en.name, 0})] = readBuffer(acts_.data<T>(), en);
                 break;
+            case Role::GradNormSq:
+                if (grads) out[outputLabel({OutputRole::GradNormSq, "", 0})] = readBuffer(acts_.data<T>(), en);
+                break;
             default: break;
             }
         }

@@ -265,9 +265,10 @@ void needClassifier(const Graph& g, const std::string& model, int64_t features, 
 
 } // namespace
 
-std::unique_ptr<Engine> classifierEngine(const ClassifierOptions& o, int64_t batch, int classes) {
+std::unique_ptr<Engine> classifierEngine(const ClassifierOptions& o, int64_t batch, int classes, bool gradNorm) {
     // Training reads no activation statistics: its program does not store them.
     FrontEnd fe = compileFile(o.model, {batch, /*eval=*/false, /*layerOutputs=*/false, /*statistics=*/false});
+    fe.graph.gradNorm = gradNorm; // compiled once, ready for the optimiser's clipping
     needClassifier(fe.graph, o.model, readExamples(o.data.dir, true, 1).features, classes);
     Graph evalGraph = buildGraph(fe.ast, {batch, /*eval=*/true, /*layerOutputs=*/true});
     auto engine = std::make_unique<Engine>(std::move(fe.graph), std::move(evalGraph), o.session, o.f64);
@@ -285,7 +286,7 @@ TrainingRun runTraining(const TrainingOptions& o, const std::function<void(const
     t.save = o.save, t.log = o.log, t.logdir = o.logdir;
     t.outputs = outputs, t.progressBar = progressBar;
     TrainingRun run;
-    run.engine = classifierEngine(o, o.batch, /*classes=*/10);
+    run.engine = classifierEngine(o, o.batch, /*classes=*/10, /*gradNorm=*/o.optimizer.clipGradNorm > 0);
     run.engine->setOptimizer(o.optimizer);
     run.data = loadSplit(o.data.dir, o.val, o.data.mean, o.data.std, o.limit);
     if (onStart) onStart(*run.engine, run.data);

@@ -64,8 +64,9 @@ GradsRun runGrads(const GradsOptions& o, const std::function<void(const GradsMod
 /// parsed and checked against the images in `o.data` (a cross_entropy classifier with at least
 /// `classes` outputs, as many inputs as pixels) before anything is compiled; compiled for
 /// training and evaluation at `batch` with o.session's backend, cache and threads (always f32);
-/// parameters from o.params or initialised from o.seed.
-std::unique_ptr<Engine> classifierEngine(const ClassifierOptions& o, int64_t batch, int classes);
+/// parameters from o.params or initialised from o.seed. `gradNorm`: the training code also
+/// computes the gradients' norm, for OptimizerOptions::clipGradNorm (Graph::gradNorm).
+std::unique_ptr<Engine> classifierEngine(const ClassifierOptions& o, int64_t batch, int classes, bool gradNorm = false);
 
 /// `gradc train`: the options checked, the classifier engine and the data split made, then
 /// train() (Train.h). `outputs`, when given, holds the declared --save, --log and --logdir

@@ -5,6 +5,9 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <cmath>
+
 namespace gradc {
 
 Hyper hyperParameters(const OptimizerOptions& o, int64_t t) {
@@ -26,6 +29,9 @@ Hyper hyperParameters(const OptimizerOptions& o, int64_t t) {
           [&] { return beta(o.beta1) ? fmt::format("--beta2: Adam's beta2 {} is not in [0, 1)", o.beta2)
                                      : fmt::format("--beta1: Adam's beta1 {} is not in [0, 1)", o.beta1); });
     nonNegative(o.eps, "eps", "eps", "Adam's eps");
+    check(o.clipGradNorm == 0 || (std::isfinite(o.clipGradNorm) && o.clipGradNorm > 0),
+          [&] { return fmt::format("the gradient norm's limit {} is not a finite number > 0 (0: no clipping)", o.clipGradNorm); },
+          [&] { return fmt::format("--clip-grad-norm: the gradient norm's limit {} is not a finite number > 0", o.clipGradNorm); });
     // No option of their own on the command line: it says what the library says.
     auto dampening = [&] { return fmt::format("dampening {} is not between 0 and 1", o.dampening); };
     check(std::isfinite(o.dampening) && o.dampening >= 0 && o.dampening <= 1, dampening, dampening);
@@ -39,7 +45,13 @@ Hyper hyperParameters(const OptimizerOptions& o, int64_t t) {
     h[6] = o.beta1, h[7] = o.beta2, h[8] = o.eps;
     h[9] = 1 - std::pow(o.beta1, double(t));
     h[10] = std::sqrt(1 - std::pow(o.beta2, double(t)));
+    h[11] = 1; // the gradient's scale: Engine::trainStep sets the clip coefficient
     return h;
+}
+
+double clipCoefficient(double norm, double maxNorm) {
+    const double coefficient = maxNorm / (norm + 1e-6);
+    return std::isnan(coefficient) ? coefficient : std::min(coefficient, 1.0); // torch.clamp(max=1) keeps NaN
 }
 
 } // namespace gradc

@@ -122,6 +122,11 @@ Json epochJson(const EpochRecord& r) {
               {"val_accuracy", jsonNumber<Json>(r.valAccuracy)},
               {"seconds", r.seconds},
               {"vanishing_factor", jsonNumber<Json>(r.vanishingFactor)}};
+    if (r.clipping) {
+        j["grad_norm"] = jsonNumber<Json>(r.gradNorm);
+        j["clipped"] = r.clipped;
+        j["clipped_steps"] = r.clippedSteps;
+    }
     Json params = Json::array();
     for (auto& s : r.grads) params.push_back(jsonStatistics<Json>(s, /*full=*/false));
     j["grads"] = params;
@@ -165,7 +170,7 @@ TrainResult train(Engine& engine, const DataSplit& data, const TrainOptions& o,
         std::vector<int64_t> order = permutation(int64_t(data.fit.size()), o.seed * 1000003 + uint64_t(epoch));
         for (auto& i : order) i = data.fit[size_t(i)];
         double lossSum = 0;
-        int64_t done = 0;
+        int64_t done = 0, clippedSteps = 0;
         for (int64_t s = 0; s < stepsPerEpoch && !gInterrupted && !(o.maxSteps && step >= o.maxSteps); ++s) {
             if (engine.f64()) {
                 gather(data.train, order, size_t(s * B), B, data.mean, data.std, x64, labels);
@@ -175,6 +180,7 @@ TrainResult train(Engine& engine, const DataSplit& data, const TrainOptions& o,
                 lossSum += engine.trainStep(x.data(), labels.data());
             }
             ++done, ++step;
+            clippedSteps += engine.clipping() && engine.lastClip().clipped;
             if (o.progressBar && (s % 4 == 0 || s + 1 == stepsPerEpoch)) {
                 const int width = 30, filled = int(width * (s + 1) / stepsPerEpoch);
                 say(fmt::format("\r\033[Kepoch {}/{} [{}{}] {}/{}  loss {:.4f}", epoch, o.epochs, std::string(size_t(filled), '#'),
@@ -189,6 +195,10 @@ TrainResult train(Engine& engine, const DataSplit& data, const TrainOptions& o,
         r.grads = engine.gradientStatistics();
         r.vanishingFactor = vanishingFactor(r.grads).value;
         r.throughTime = engine.throughTime();
+        if (engine.clipping()) {
+            r.clipping = true, r.gradNorm = engine.lastClip().norm, r.clipped = engine.lastClip().clipped;
+            r.clippedSteps = clippedSteps;
+        }
         r.seconds = std::chrono::duration<double>(Clock::now() - epochStart).count();
         const bool improved = v.accuracy > result.bestValAccuracy;
         if (improved) {

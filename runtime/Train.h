@@ -68,6 +68,11 @@ struct EpochRecord {
     double vanishingFactor = 0;
     std::vector<TensorStats> grads; ///< of the epoch's last step
     std::vector<ThroughTime> throughTime; ///< of the epoch's last step: each recurrent layer's ‖dL/dh_t‖
+    /// Gradient-norm clipping (Engine::clipping): the epoch's last step's norm before clipping
+    /// and whether it was clipped; how many of the epoch's steps were.
+    bool clipping = false, clipped = false;
+    double gradNorm = 0;
+    int64_t clippedSteps = 0;
 };
 
 struct TrainResult {

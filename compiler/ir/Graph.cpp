@@ -544,6 +544,7 @@ std::string outputLabel(const Output& o) {
     case OutputRole::LayerOutput: return "layer:" + o.name;
     case OutputRole::Grad: return "grad:" + o.name;
     case OutputRole::ThroughTime: return "through:" + o.name;
+    case OutputRole::GradNormSq: return "grad_norm_sq";
     }
     return "?";
 }

@@ -184,8 +184,10 @@ struct LayerInfo {
 /// batchnorm, for its running statistics; training mode) and LayerOutput (a module's output,
 /// when asked for) are values the forward pass keeps; Grad is the loss's gradient with
 /// respect to a parameter (or the input x), added by autodiff; ThroughTime is a recurrent
-/// layer's ‖dL/dh_t‖ for every step t ([T], named after the layer), added by autodiff too.
-enum class OutputRole : uint8_t { Logits, Loss, Preact, NormInput, LayerOutput, Grad, ThroughTime };
+/// layer's ‖dL/dh_t‖ for every step t ([T], named after the layer), added by autodiff too;
+/// GradNormSq is the sum of the squares of every parameter's gradient ([1], unnamed), added by
+/// autodiff for gradient-norm clipping (AutodiffOptions::gradNorm).
+enum class OutputRole : uint8_t { Logits, Loss, Preact, NormInput, LayerOutput, Grad, ThroughTime, GradNormSq };
 
 /// A graph output: its role, the layer or tensor it belongs to ("" for logits and loss) and
 /// its value.
@@ -201,7 +203,8 @@ inline bool isKeptActivation(OutputRole r) {
 }
 
 /// The printed form of an output: "logits", "loss", "preact:NAME", "bnin:LAYER",
-/// "layer:NAME", "grad:NAME", "through:LAYER" (`gradc dump` and the keys of named results).
+/// "layer:NAME", "grad:NAME", "through:LAYER", "grad_norm_sq" (`gradc dump` and the keys of
+/// named results).
 std::string outputLabel(const Output& o);
 
 class Graph {
@@ -215,6 +218,9 @@ public:
     std::vector<LayerInfo> layers;
     bool eval = false; ///< evaluation mode: batchnorm uses the running statistics
     bool sequence = false; ///< the input is a sequence [B,T,N] (`input T steps N`)
+    /// Training with gradient-norm clipping: the backends differentiate with
+    /// AutodiffOptions::gradNorm, and the layout has a GradNormSq entry in Acts.
+    bool gradNorm = false;
     /// Logits, Loss, then a Preact for each hidden activation layer, a NormInput for each
     /// batchnorm (training mode) and a LayerOutput for every module but the last (when asked
     /// for); the differentiated graph adds a Grad for each parameter.

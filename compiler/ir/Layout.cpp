@@ -14,13 +14,14 @@ Role roleOf(OutputRole r) {
     case OutputRole::LayerOutput: return Role::LayerOutput;
     case OutputRole::Grad: return Role::Gradient;
     case OutputRole::ThroughTime: return Role::ThroughTime;
+    case OutputRole::GradNormSq: return Role::GradNormSq;
     }
     internal_assert(false, "unknown output role");
 }
 
 const char* roleName(Role r) {
     static const char* names[] = {"parameter", "running_stat", "gradient", "moment1", "moment2", "preact",
-                                  "norm_input", "norm_mean", "norm_var", "layer_output", "input", "target", "logits", "loss", "through_time"};
+                                  "norm_input", "norm_mean", "norm_var", "layer_output", "input", "target", "logits", "loss", "through_time", "grad_norm_sq"};
     return names[size_t(r)];
 }
 
@@ -73,6 +74,8 @@ std::vector<Output> backwardOutputs(const Graph& grad) {
     for (auto& o : grad.outputs)
         if (o.role == OutputRole::ThroughTime) out.push_back(o);
     for (auto& o : grad.outputs)
+        if (o.role == OutputRole::GradNormSq) out.push_back(o);
+    for (auto& o : grad.outputs)
         if (isKeptActivation(o.role)) out.push_back(o);
     return out;
 }
@@ -108,6 +111,8 @@ Layout computeLayout(const Graph& g) {
         if (g[layer.value].op == Op::Scan)
             l.add({Role::ThroughTime, Array::Acts, layer.name, layer.name, {g[layer.value].shape[1]}, DType::Real, 0,
                    layer.value});
+    if (g.gradNorm && !g.eval) // gradient-norm clipping: Σ g² of the backward pass
+        l.add({Role::GradNormSq, Array::Acts, "", "", {1}, DType::Real, 0, g.output(OutputRole::Loss)});
     for (ValueId v = 0; v < g.nodes.size(); ++v) {
         const Node& n = g[v];
         if (n.op != Op::Input) continue;

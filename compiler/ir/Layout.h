@@ -44,6 +44,7 @@ enum class Role : uint8_t {
     Logits,      ///< Logits
     Loss,        ///< Loss: one element
     ThroughTime, ///< Acts: a recurrent layer's ‖dL/dh_t‖ per step [T], written by the backward pass only
+    GradNormSq,  ///< Acts: Σ g² over every parameter's gradient [1] (Graph::gradNorm), written by the backward pass only
 };
 
 /// One buffer.
@@ -99,7 +100,8 @@ private:
 Layout computeLayout(const Graph& forward);
 
 /// The outputs the backward entry point writes, from the differentiated graph `grad`: the
-/// loss, every gradient, each recurrent layer's through-time norms, then the kept activations (in the forward pass's order).
+/// loss, every gradient, each recurrent layer's through-time norms, the gradients' sum of
+/// squares (with Graph::gradNorm), then the kept activations (in the forward pass's order).
 std::vector<Output> backwardOutputs(const Graph& grad);
 
 /// The layout role of a graph output.

@@ -43,6 +43,18 @@ using Rule = Grads (*)(RuleContext&);
 
 Grads gradOfLeaf(RuleContext&) { return {}; }
 
+/// Σ grad² as a [1] value: a weight's [N,K] gradient by columns first (sum_rows of the squares,
+/// which fusion folds into the epilogue of the product that makes the gradient), then whole.
+ValueId sumOfSquares(Graph& g, ValueId grad) {
+    const SourceLoc loc = g[grad].loc;
+    const Shape shape = g[grad].shape;
+    ValueId v = addMap(g, scalar::make(scalar::Kind::Mul, {scalar::arg(0), scalar::arg(0)}), {grad}, loc);
+    if (shape.size() == 2) v = g.add(makeNode(Op::SumRows, loc, {v}));
+    Node total = makeNode(Op::SumTo, loc, {v});
+    total.shape = {1};
+    return g.add(std::move(total));
+}
+
 Grads gradOfMissing(RuleContext& c) {
     internal_assert(false, fmt::format("op '{}' has no gradient rule", describe(c.node().op).spelling));
     return {};
@@ -249,17 +261,30 @@ Graph differentiate(const Graph& forward, const AutodiffOptions& opts) {
         adjoint[target] = addAdd(g, *adjoint[target], grad, g[target].loc); // fan-out: gradients add up
     };
 
+    // Gradient-norm clipping: Σ g² of each parameter's gradient, made as soon as the gradient
+    // is complete (the walk has passed every node that reads the parameter), so that its nodes
+    // follow the ones that produce the gradient and fusion folds the sum into their kernel.
+    std::vector<int> readers(opts.gradNorm ? n : 0, 0);
+    for (size_t i = 0; i < readers.size() && i <= loss; ++i)
+        for (ValueId in : g.nodes[i].in)
+            if (g[in].op == Op::Param) ++readers[in];
+    std::vector<ValueId> squares;
+
     for (size_t i = loss + 1; i-- > 0;) {
         const ValueId v = ValueId(i);
-        if (v != loss && !adjoint[v]) continue; // does not reach the loss
-        if (!varies[v]) continue;
-        std::vector<bool> need;
-        for (ValueId in : g[v].in) need.push_back(varies[in]);
-        RuleContext ctx{g, v, v == loss ? std::nullopt : adjoint[v], need};
-        Grads grads = kRules[size_t(g[v].op)](ctx);
         const std::vector<ValueId> ins = g[v].in; // g grows while rules run
-        for (size_t k = 0; k < grads.size(); ++k)
-            if (grads[k] && need[k]) accumulate(ins[k], *grads[k]);
+        if ((v == loss || adjoint[v]) && varies[v]) { // reaches the loss, and depends on a parameter
+            std::vector<bool> need;
+            for (ValueId in : ins) need.push_back(varies[in]);
+            RuleContext ctx{g, v, v == loss ? std::nullopt : adjoint[v], need};
+            Grads grads = kRules[size_t(g[v].op)](ctx);
+            for (size_t k = 0; k < grads.size(); ++k)
+                if (grads[k] && need[k]) accumulate(ins[k], *grads[k]);
+        }
+        if (opts.gradNorm)
+            for (ValueId in : ins)
+                if (g[in].op == Op::Param && --readers[in] == 0 && adjoint[in])
+                    squares.push_back(sumOfSquares(g, *adjoint[in]));
     }
 
     for (const ParamInfo& p : forward.params) {
@@ -276,6 +301,13 @@ Graph differentiate(const Graph& forward, const AutodiffOptions& opts) {
                 norms = ValueId(i);
         if (!norms) norms = addZeros(g, {forward[layer.value].shape[1]}, forward[layer.value].loc);
         g.outputs.push_back({OutputRole::ThroughTime, layer.name, *norms});
+    }
+    if (opts.gradNorm) { // Σ over the parameters, in the order their gradients were completed
+        scalar::Expr total;
+        for (size_t k = 0; k < squares.size(); ++k)
+            total = k == 0 ? scalar::arg(0) : scalar::make(scalar::Kind::Add, {total, scalar::arg(int(k))});
+        const ValueId sum = squares.empty() ? addZeros(g, {1}, g[loss].loc) : addMap(g, total, squares, g[loss].loc);
+        g.outputs.push_back({OutputRole::GradNormSq, "", sum});
     }
     if (opts.inputGradient) {
         for (size_t i = 0; i < n; ++i)

@@ -7,6 +7,11 @@ namespace gradc {
 
 struct AutodiffOptions {
     bool inputGradient = false; ///< also output the Grad of "x", the loss's gradient wrt the input
+    /// Also output GradNormSq [1]: Σ g² over every parameter's gradient (gradient-norm
+    /// clipping). Each gradient's squares are summed as soon as it is complete, so that fusion
+    /// folds the sum into the kernel that produces it (a weight's [N,K] gradient: column sums
+    /// in its product's epilogue).
+    bool gradNorm = false;
 };
 
 /// Returns one graph that computes the forward values, the loss and the gradient of the

@@ -16,7 +16,7 @@ int main(int argc, char** argv) {
         fprintf(stderr, "usage: example PARAMS.safetensors GRADS.out [LEVEL]\n");
         return 2;
     }
-    if (model_abi_version() != MODEL_ABI_VERSION) {
+    if (model_abi_version() != MODEL_ABI_VERSION || MODEL_ABI_VERSION != 3) {
         fprintf(stderr, "object and header disagree: ABI %u vs %u\n", model_abi_version(), MODEL_ABI_VERSION);
         return 1;
     }
@@ -157,6 +157,34 @@ int main(int argc, char** argv) {
         }
         printf("  %-16s abs_mean %.4e\n", model_parameters[p].name, s / (double)model_parameters[p].count);
     }
+    /* One SGD step (hyper: 12 values since ABI 3) with the gradients halved, as
+       gradient-norm clipping does: hyper[11] is the gradient scale, 1 without clipping. The
+       step on a copy of the parameters must move each by lr * 0.5 * g. */
+    static float stepped[MODEL_PARAMETERS], m[MODEL_PARAMETERS], v[MODEL_PARAMETERS];
+    memcpy(stepped, params, sizeof params);
+    double hyper[12] = {0, 0.5, 0, 0, 0, 0, 0.9, 0.999, 1e-8, 1, 1, 1};
+    hyper[11] = 0.5;
+    model_update(stepped, grads, m, v, hyper, 0, MODEL_PARAMETERS);
+    for (long i = 0; i < MODEL_PARAMETERS; ++i) {
+        const double want = (double)params[i] - 0.5 * 0.5 * (double)grads[i];
+        const double err = stepped[i] - want, tol = 1e-6 * (1 + (want < 0 ? -want : want));
+        if (err > tol || err < -tol) {
+            fprintf(stderr, "update with gradient scale 0.5: parameter %ld is %.9g, not %.9g\n", i, stepped[i], want);
+            return 1;
+        }
+    }
+    hyper[11] = 1; /* no clipping: the plain step */
+    memcpy(stepped, params, sizeof params);
+    model_update(stepped, grads, m, v, hyper, 0, MODEL_PARAMETERS);
+    for (long i = 0; i < MODEL_PARAMETERS; ++i) {
+        const double want = (double)params[i] - 0.5 * (double)grads[i];
+        const double err = stepped[i] - want, tol = 1e-6 * (1 + (want < 0 ? -want : want));
+        if (err > tol || err < -tol) {
+            fprintf(stderr, "update with gradient scale 1: parameter %ld is %.9g, not %.9g\n", i, stepped[i], want);
+            return 1;
+        }
+    }
+    printf("update: gradient scale 0.5 and 1 as hyper[11] says\n");
     FILE* out = fopen(argv[2], "wb");
     if (!out || fwrite(grads, sizeof(float), MODEL_PARAMETERS, out) != MODEL_PARAMETERS ||
         fwrite(&loss, sizeof(float), 1, out) != 1 || fclose(out) != 0) {

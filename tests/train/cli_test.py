@@ -4,7 +4,7 @@ write (JSON lines, TensorBoard records, safetensors, SVG), early stopping, Ctrl-
 and the tutorial's dead-neuron count. Standard library only.
 
 Usage: cli_test.py GRADC SOURCE_DIR CASE   (CASE: files, early_stop, interrupt, bad_input, dead,
-                                             acts, batchnorm, bad_data, bad_params, f64)
+                                             acts, batchnorm, bad_data, bad_params, f64, clip)
 """
 import gzip, json, os, signal, struct, subprocess, sys, tempfile, threading, time
 
@@ -195,6 +195,34 @@ with tempfile.TemporaryDirectory() as tmp:
         body = open(svg).read()
         check(body.startswith("<svg") or body.startswith("<?xml"), "an SVG")
         check(body.count('class="panel"') == 8, "one panel per module")
+    elif CASE == "clip":
+        # --clip-grad-norm: each epoch line has the last step's norm before clipping, whether it
+        # was clipped, and how many of the epoch's 19 steps were. A limit far below the norm
+        # clips every step, one far above none; without the flag the fields are absent.
+        def epochs(*args):
+            run("train", model("seed_relu"), "--epochs", "2", "--lr", "0.05", "--momentum", "0.9", "--log", log, *SMALL,
+                *args)
+            lines = [json.loads(l) for l in open(log)]
+            check(len(lines) == 3 and lines[-1]["end"] is True, "two epoch lines and an end line")
+            return lines[:2]
+        for line in epochs("--clip-grad-norm", "1e-3"):
+            check(line["clipped_steps"] == 19 and line["clipped"] is True, f"a tiny limit clips every step: {line}")
+            check(line["grad_norm"] > 1e-3, f"the norm before clipping is above the limit: {line}")
+        small = epochs("--clip-grad-norm", "1e-3")
+        for line in epochs("--clip-grad-norm", "1e6"):
+            check(line["clipped_steps"] == 0 and line["clipped"] is False, f"a huge limit clips nothing: {line}")
+            check(0 < line["grad_norm"] < 1e6, f"the norm is still measured: {line}")
+        unclipped = epochs("--clip-grad-norm", "1e6")
+        for line in epochs():
+            check("grad_norm" not in line and "clipped" not in line and "clipped_steps" not in line,
+                  f"no clipping fields without the flag: {line}")
+        # Clipping to 1e-3 moves the parameters by at most lr * 1e-3 a step: the loss hardly falls.
+        check(small[1]["train_loss"] > unclipped[1]["train_loss"] + 0.05,
+              f"clipped training is slower: {small[1]['train_loss']} vs {unclipped[1]['train_loss']}")
+        # A limit around the typical norm clips some steps, not all.
+        typical = unclipped[0]["grad_norm"]
+        some = epochs("--clip-grad-norm", str(typical))
+        check(0 < sum(l["clipped_steps"] for l in some) < 38, f"a limit at the norm clips some steps: {some}")
     elif CASE == "f64":
         # Training, activations and dead units in double agree with float to float's precision;
         # in double the interpreter and the compiled code agree to double's.

@@ -185,3 +185,12 @@ TEST_CASE("a header describes images: x [B,C,H,W] in its macros and tables, conv
     CHECK_THAT(dense, Catch::Contains("#define M_INPUT_SHAPE {8, 40} "));
     CHECK_THAT(dense, !Catch::Contains("images:"));
 }
+
+TEST_CASE("the header states ABI version 3 and documents the update's gradient scale, hyper[11]", "[aot][abi][clip]") {
+    STATIC_REQUIRE(kAbiVersion == 3);
+    const std::string& h = compileFor("generic").header;
+    CHECK(define(h, "ABI_VERSION") == 3);
+    CHECK(h.find("sqrt(1 - beta2^t), gradient scale}") != std::string::npos);
+    CHECK(h.find("hyper[11], the gradient scale, multiplies every gradient before the weight decay") != std::string::npos);
+    CHECK(h.find("1 without clipping") != std::string::npos);
+}

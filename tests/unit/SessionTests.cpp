@@ -594,3 +594,35 @@ TEST_CASE("a Session on a CNN (interp) takes [B,1,28,28] images: forward, backwa
     // A 3x1 kernel over [5,5] gives 3 rows of 5: tanh bounds them.
     CHECK(std::all_of(outs[5].values.begin(), outs[5].values.end(), [](float v) { return v > -1 && v < 1; }));
 }
+
+TEST_CASE("Session::setOptimizer with clipGradNorm clips the gradients' total norm before the step", "[session][clip]") {
+    const Model model = Model::fromString("c.nn", "model c\ninput 3\ndense 6 relu\ndense 4\nloss cross_entropy\n");
+    for (const char* backend : {"jit", "interp"}) {
+        CAPTURE(backend);
+        SessionOptions o;
+        o.backend = backend, o.cache = false, o.threads = 1;
+        Session clipped(model, 5, o), plain(model, 5, o);
+        clipped.initialiseParameters(3), plain.initialiseParameters(3);
+        const int64_t n = model.parameterCount();
+        const std::vector<float> before(plain.parameters(), plain.parameters() + n);
+        std::vector<float> x = {0.5f, -1, 2, 1, 0, -0.5f, 3, 1, 1, -2, 0.5f, 0.5f, 1, 1, -1};
+        std::vector<int32_t> labels = {0, 1, 2, 3, 1};
+        OptimizerOptions sgd;
+        sgd.lr = 0.1, sgd.clipGradNorm = 0.01; // far below this batch's norm
+        clipped.setOptimizer(sgd); // the training code is compiled again with the norm
+        clipped.trainStep(x.data(), labels.data());
+        plain.backward(x.data(), labels.data());
+        double sumSq = 0;
+        for (int64_t i = 0; i < n; ++i) sumSq += double(plain.gradients()[i]) * plain.gradients()[i];
+        const double norm = std::sqrt(sumSq), coefficient = 0.01 / (norm + 1e-6);
+        REQUIRE(coefficient < 0.5);
+        for (int64_t i = 0; i < n; ++i) {
+            CAPTURE(i);
+            CHECK(clipped.gradients()[i] == Approx(plain.gradients()[i]).margin(1e-6)); // kept unclipped
+            CHECK(clipped.parameters()[i] ==
+                  Approx(before[size_t(i)] - 0.1 * coefficient * plain.gradients()[i]).epsilon(1e-5).margin(1e-7));
+        }
+        sgd.clipGradNorm = -1;
+        CHECK_THAT(errorOf<Error>([&] { clipped.setOptimizer(sgd); }), Catch::Contains("gradient norm's limit -1"));
+    }
+}

@@ -7,6 +7,7 @@
 
 #include <fmt/format.h>
 
+#include <cmath>
 #include <csignal>
 #include <cstdio>
 #include <unistd.h>
@@ -24,6 +25,8 @@ void trainOptions(po::options_description& d) {
         "beta1", po::value<double>()->default_value(0.9), "Adam's beta1")(
         "beta2", po::value<double>()->default_value(0.999), "Adam's beta2")(
         "eps", po::value<double>()->default_value(1e-8), "Adam's eps")(
+        "clip-grad-norm", po::value<double>(),
+        "clip the gradients' total 2-norm to X before each step (torch.nn.utils.clip_grad_norm_)")(
         "val", po::value<int64_t>()->default_value(10000), "training images held out for validation")(
         "patience", po::value<int>()->default_value(7), "stop after this many epochs without a better validation accuracy")(
         "save", po::value<std::string>(), "write the best epoch's parameters to FILE.safetensors")(
@@ -60,6 +63,12 @@ int runTrain(const po::variables_map& vm) {
     opt.momentum = vm["momentum"].as<double>(), opt.weightDecay = vm["weight-decay"].as<double>();
     opt.nesterov = vm.count("nesterov") != 0;
     opt.beta1 = vm["beta1"].as<double>(), opt.beta2 = vm["beta2"].as<double>(), opt.eps = vm["eps"].as<double>();
+    if (vm.count("clip-grad-norm")) { // 0 is the library's "no clipping": on the command line, a mistake
+        opt.clipGradNorm = vm["clip-grad-norm"].as<double>();
+        if (!(std::isfinite(opt.clipGradNorm) && opt.clipGradNorm > 0))
+            throw UsageError(fmt::format("--clip-grad-norm: the gradient norm's limit {} is not a finite number > 0",
+                                         opt.clipGradNorm));
+    }
     checkJobOptions(o); // the ranges, then the optimiser's options
     const std::string dir = vm["data"].as<std::string>(), path = vm["model"].as<std::string>();
     dataOptions(vm); // --normalize checked before any file
@@ -76,10 +85,12 @@ int runTrain(const po::variables_map& vm) {
         std::fflush(stderr);
     };
     auto start = [&](const Engine& engine, const DataSplit& data) {
-        fmt::print(stderr, "{}: {} parameters; {} training and {} validation examples of {}, batch {}; {} lr {}{}{}\n",
+        fmt::print(stderr, "{}: {} parameters; {} training and {} validation examples of {}, batch {}; {} lr {}{}{}{}\n",
                    engine.graph().model, thousands(engine.parameterCount()), thousands(int64_t(data.fit.size())),
                    thousands(int64_t(data.val.size())), dir, o.batch, opt.method, opt.lr,
-                   opt.momentum > 0 ? fmt::format(" momentum {}", opt.momentum) : "", engine.f64() ? "; f64" : "");
+                   opt.momentum > 0 ? fmt::format(" momentum {}", opt.momentum) : "",
+                   opt.clipGradNorm > 0 ? fmt::format(", gradient norm clipped to {}", opt.clipGradNorm) : "",
+                   engine.f64() ? "; f64" : "");
         gInterrupted = 0;
         std::signal(SIGINT, onInterrupt);
     };

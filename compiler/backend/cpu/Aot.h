@@ -13,7 +13,7 @@ namespace gradc {
 
 /// The ABI of the entry points (arguments, layouts); a header records it and the object
 /// returns it from PREFIX_abi_version() so a caller can assert they match.
-constexpr unsigned kAbiVersion = 2;
+constexpr unsigned kAbiVersion = 3; // 3: HyperSlot::GradScale
 
 /// --target-cpu's default: the code for the x86-64 baseline, x86-64-v3 and x86-64-v4 in one
 /// object, which chooses at the first call the best this CPU runs.

@@ -393,7 +393,7 @@ Programs buildPrograms(const Graph& fwd, bool f64, const GemmBlocking& blocking,
         out.backward.blocking = blocking;
         return out;
     }
-    Graph grad = differentiate(fwd);
+    Graph grad = differentiate(fwd, {.gradNorm = fwd.gradNorm});
     phase("autodiff");
     out.backward = buildKernels(grad, "backward", backwardOutputs(grad), layout, bytes, blocking);
     phase("fusion + memory plan");

@@ -63,6 +63,8 @@ enum class HyperSlot : unsigned {
     Eps,
     BiasCorrection1,     ///< 1 - beta1^t
     BiasCorrection2Sqrt, ///< sqrt(1 - beta2^t)
+    GradScale,   ///< the gradient's factor before the step (g scale + wd p): torch.nn.utils.clip_grad_norm_'s
+                 ///< clip coefficient, min(1, max_norm / (norm + 1e-6)); 1 without clipping
     Count
 };
 

@@ -1,5 +1,6 @@
 // LowerUpdate.cpp — the optimiser step as gradc_update (arguments: UpdateArg, EntryAbi.h):
-// one pass over every parameter in [begin, end) with weight decay, then SGD, SGD with
+// one pass over every parameter in [begin, end): the gradient times hyper[GradScale] (the
+// clip coefficient of gradient-norm clipping, 1 without) plus weight decay, then SGD, SGD with
 // momentum (and Nesterov) or Adam, chosen at run time by hyper[Method]. The formulas are
 // torch.optim's; the caller passes dampening 0 on the first momentum step, where PyTorch
 // starts the buffer at the gradient. runtime/Optimizer.h has the same step in plain C++,
@@ -33,7 +34,7 @@ void Lowering::update() {
     llvm::Value *lr = hyper(HyperSlot::Lr), *wd = hyper(HyperSlot::WeightDecay), *mom = hyper(HyperSlot::Momentum),
                 *damp = hyper(HyperSlot::Dampening), *b1 = hyper(HyperSlot::Beta1), *b2 = hyper(HyperSlot::Beta2),
                 *eps = hyper(HyperSlot::Eps), *bc1 = hyper(HyperSlot::BiasCorrection1),
-                *bc2sqrt = hyper(HyperSlot::BiasCorrection2Sqrt);
+                *bc2sqrt = hyper(HyperSlot::BiasCorrection2Sqrt), *scale = hyper(HyperSlot::GradScale);
     llvm::Value* nesterov = b_.CreateFCmpONE(hyper(HyperSlot::Nesterov), fp(0));
     auto* sgd = llvm::BasicBlock::Create(ctx_, "sgd", fn_);
     auto* momentum = llvm::BasicBlock::Create(ctx_, "momentum", fn_);
@@ -48,7 +49,8 @@ void Lowering::update() {
         loopTo(b_.CreateSub(end, begin), "i", [&](llvm::Value* i0) {
             llvm::Value* i = b_.CreateAdd(begin, i0);
             llvm::Value* param = load(p, i);
-            llvm::Value* grad = b_.CreateFAdd(load(g, i), b_.CreateFMul(wd, param)); // weight decay
+            // clip_grad_norm_ scales the gradient in place, then the optimiser adds the weight decay
+            llvm::Value* grad = b_.CreateFAdd(b_.CreateFMul(load(g, i), scale), b_.CreateFMul(wd, param));
             store(b_.CreateFSub(param, step(i, grad)), p, i);
         });
         b_.CreateBr(done);

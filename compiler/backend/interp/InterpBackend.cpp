@@ -13,7 +13,7 @@ class InterpExecutable final : public Executable {
 public:
     InterpExecutable(const Graph& forward, bool f64)
         : Executable(computeLayout(forward), f64), forward_(forward) {
-        if (!forward.eval) grad_ = differentiate(forward);
+        if (!forward.eval) grad_ = differentiate(forward, {.gradNorm = forward.gradNorm});
     }
 
     std::string describe() const override { return "interp"; }

@@ -19,11 +19,11 @@ template <typename T> void referenceUpdate(const double* h, T* p, const T* g, T*
     const T lr = T(at(HyperSlot::Lr)), wd = T(at(HyperSlot::WeightDecay)), mom = T(at(HyperSlot::Momentum)),
             damp = T(at(HyperSlot::Dampening)), b1 = T(at(HyperSlot::Beta1)), b2 = T(at(HyperSlot::Beta2)),
             eps = T(at(HyperSlot::Eps)), bc1 = T(at(HyperSlot::BiasCorrection1)),
-            bc2 = T(at(HyperSlot::BiasCorrection2Sqrt));
+            bc2 = T(at(HyperSlot::BiasCorrection2Sqrt)), scale = T(at(HyperSlot::GradScale));
     const double method = at(HyperSlot::Method);
     const bool nesterov = at(HyperSlot::Nesterov) != 0;
     for (int64_t i = begin; i < end; ++i) {
-        T grad = g[i] + wd * p[i];
+        T grad = g[i] * scale + wd * p[i]; // clip_grad_norm_'s coefficient (1 without), then weight decay
         if (method == double(OptimizerMethod::Sgd)) {
             p[i] -= lr * grad;
         } else if (method == double(OptimizerMethod::SgdMomentum)) {

@@ -52,6 +52,12 @@ struct OptimizerOptions {
     double momentum = 0, dampening = 0, weightDecay = 0;
     bool nesterov = false;
     double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
+    /// Gradient-norm clipping, torch.nn.utils.clip_grad_norm_(parameters, clipGradNorm) before
+    /// every step (PyTorch 1.13): the total 2-norm over all parameters' gradients; every
+    /// gradient is multiplied by min(1, clipGradNorm / (norm + 1e-6)), before the weight decay
+    /// is added. 0: no clipping; otherwise a finite number > 0. gradients() holds them
+    /// unclipped.
+    double clipGradNorm = 0;
 };
 
 /// One module's output over a batch (Session::layerOutputs): `values` has `shape`, [batch, width]
