@@ -39,7 +39,7 @@ template <typename J = nlohmann::json> J jsonStatistics(const TensorStats& s, bo
 }
 
 /// Recurrent layers' gradients through time: [{"layer", "cell", "grad_norm": [T numbers],
-/// "vanishing_factor"}], in this order for an ordered_json.
+/// "vanishing_factor"}], in this order for an ordered_json; a figure that is not finite as null.
 template <typename J = nlohmann::json> J jsonThroughTime(const std::vector<ThroughTime>& layers) {
     J out = J::array();
     for (const ThroughTime& t : layers) {

@@ -83,11 +83,11 @@ std::string formatTable(const GradReport& r) {
                            "first", "last", "factor", "||dL/dh_t|| over t (log scale, min .. max)");
         for (auto& t : r.throughTime) {
             const Sparkline line = sparkline(t.norms);
-            const auto number = [](double v) { return std::isnan(v) ? std::string("n/a") : fmt::format("{:.3e}", v); };
-            out += fmt::format("  {:<{}} {:<9} {:>6} {:>10} {:>10} {:>10}  {}", t.layer, wName, t.cell, t.steps,
-                               number(t.norms.empty() ? std::nan("") : t.norms.front()),
-                               number(t.norms.empty() ? std::nan("") : t.norms.back()), number(t.vanishingFactor),
-                               line.text);
+            // No factor is NaN, spelled "nan" as the rest of the table spells it.
+            const double first = t.norms.empty() ? std::nan("") : t.norms.front();
+            const double last = t.norms.empty() ? std::nan("") : t.norms.back();
+            out += fmt::format("  {:<{}} {:<9} {:>6} {:>10.3e} {:>10.3e} {:>10.3e}  {}", t.layer, wName, t.cell,
+                               t.steps, first, last, t.vanishingFactor, line.text);
             if (line.lo <= line.hi) out += fmt::format("  {:.1e} .. {:.1e}", line.lo, line.hi); // ▁ .. █
             out += "\n";
         }

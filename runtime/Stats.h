@@ -86,7 +86,8 @@ struct ThroughTime {
     std::string cell;           ///< lstm, gru, rnn tanh, rnn relu
     int64_t steps = 0;          ///< T
     std::vector<double> norms;  ///< T norms, t = 0 .. T-1
-    double vanishingFactor = 0; ///< norms[0] / norms[T-1]; NaN when the last is 0 (or not finite)
+    /// norms[0] / norms[T-1]; NaN when the last norm is 0 or not finite; JSON null whenever not finite.
+    double vanishingFactor = 0;
 };
 
 /// The smallest and largest finite positive values: what a log scale can show (zeros, NaN and

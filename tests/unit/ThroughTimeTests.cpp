@@ -66,6 +66,16 @@ TEST_CASE("the vanishing factor through time is the first step's norm over the l
         CHECK(j[0]["grad_norm"][2].is_null() == !std::isfinite(last));
     }
     CHECK(std::isnan(throughTime("layers.0", "gru", {}).vanishingFactor));
+    // A first norm that is Inf gives an Inf factor: JSON null too, as every figure that is not finite.
+    const ThroughTime inf = throughTime("layers.0", "gru", {std::numeric_limits<double>::infinity(), 1});
+    CHECK(std::isinf(inf.vanishingFactor));
+    CHECK(jsonThroughTime({inf})[0]["vanishing_factor"].is_null());
+    // The table spells no factor "nan", as it spells every NaN.
+    GradReport r;
+    r.model = "m";
+    r.throughTime = {throughTime("layers.0", "gru", {1, 2, 0})};
+    const std::string table = formatTable(r);
+    CHECK_THAT(table, Catch::Contains(fmt::format(" {:>10} ", "nan")) && !Catch::Contains("n/a"));
 }
 
 TEST_CASE("scan layers name their cell: lstm, gru, rnn tanh, rnn relu", "[through-time]") {

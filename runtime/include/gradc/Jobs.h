@@ -45,12 +45,12 @@ struct GradsOptions {
 
 /// A recurrent layer's gradient through time: ‖dL/dh_t‖ for t = 0 .. T-1 (the Frobenius norm
 /// over the batch of the total derivative of the loss with respect to its hidden state h_t,
-/// through all later steps), and the vanishing factor gradNorm[0] / gradNorm[T-1] (NaN when
-/// the last is 0).
+/// through all later steps), and the vanishing factor gradNorm[0] / gradNorm[T-1].
 struct ThroughTimeStatistics {
     std::string layer;            ///< layers.0
     std::string cell;             ///< lstm, gru, rnn tanh, rnn relu
     std::vector<double> gradNorm; ///< T norms
+    /// gradNorm[0] / gradNorm[T-1]; NaN when the last norm is 0 or not finite; JSON null whenever not finite.
     double vanishingFactor = 0;
 };
 
