@@ -156,8 +156,15 @@ ThroughTime throughTime(const std::string& layer, const std::string& cell, std::
 std::string cellDescription(const Node& scan) {
     internal_assert(scan.op == Op::Scan, "cellDescription of a node that is not a scan");
     if (scan.cell != Cell::Rnn) return cellName(scan.cell);
-    // rnn's non-linearity is tanh or relu (Layers.cpp builds relu as a select).
-    return scan.expr && scan.expr->op == scalar::Kind::Tanh ? "rnn tanh" : "rnn relu";
+    // rnn's non-linearity is tanh or relu, which Layers.cpp builds as select(x <= 0, 0, x):
+    // anything else is a cell this report cannot name, not a relu.
+    using scalar::Kind;
+    const scalar::Expr& f = scan.expr;
+    if (f && f->op == Kind::Tanh) return "rnn tanh";
+    const bool relu = f && f->op == Kind::Select && f->args[0]->op == Kind::Le && f->args[1]->op == Kind::Const &&
+                      f->args[1]->value == 0 && f->args[2]->op == Kind::Arg && f->args[2]->value == 0;
+    internal_assert(relu, "an rnn whose non-linearity is neither tanh nor relu");
+    return "rnn relu";
 }
 
 std::vector<ThroughTime> throughTimeStatistics(const Graph& g, const std::map<std::string, Tensor>& outputs) {
