@@ -87,7 +87,7 @@ std::string formatTable(const GradReport& r) {
             const double first = t.norms.empty() ? std::nan("") : t.norms.front();
             const double last = t.norms.empty() ? std::nan("") : t.norms.back();
             out += fmt::format("  {:<{}} {:<9} {:>6} {:>10.3e} {:>10.3e} {:>10.3e}  {}", t.layer, wName, t.cell,
-                               t.steps, first, last, t.vanishingFactor, line.text);
+                               t.norms.size(), first, last, t.vanishingFactor, line.text);
             if (line.lo <= line.hi) out += fmt::format("  {:.1e} .. {:.1e}", line.lo, line.hi); // ▁ .. █
             out += "\n";
         }

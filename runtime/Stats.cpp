@@ -145,7 +145,7 @@ PositiveRange& PositiveRange::add(const std::vector<double>& values) {
 
 ThroughTime throughTime(const std::string& layer, const std::string& cell, std::vector<double> norms) {
     ThroughTime t;
-    t.layer = layer, t.cell = cell, t.steps = int64_t(norms.size()), t.norms = std::move(norms);
+    t.layer = layer, t.cell = cell, t.norms = std::move(norms);
     // 0/0 and x/0 say nothing about decay: no factor (NaN) when the last step has no gradient,
     // or one that is not finite.
     const bool defined = !t.norms.empty() && std::isfinite(t.norms.back()) && t.norms.back() != 0;

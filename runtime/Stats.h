@@ -84,7 +84,6 @@ std::vector<ActivationStats> activationStatistics(const Graph& g, const std::map
 struct ThroughTime {
     std::string layer;          ///< the module: layers.0
     std::string cell;           ///< lstm, gru, rnn tanh, rnn relu
-    int64_t steps = 0;          ///< T
     std::vector<double> norms;  ///< T norms, t = 0 .. T-1
     /// norms[0] / norms[T-1]; NaN when the last norm is 0 or not finite; JSON null whenever not finite.
     double vanishingFactor = 0;
