@@ -7,16 +7,6 @@
 #include <gradc/Jobs.h>
 
 namespace gradc {
-namespace {
-
-std::vector<ThroughTimeStatistics> publicThroughTime(const std::vector<ThroughTime>& layers) {
-    std::vector<ThroughTimeStatistics> out;
-    for (const ThroughTime& t : layers) out.push_back({t.layer, t.cell, t.norms, t.vanishingFactor});
-    return out;
-}
-
-} // namespace
-
 std::vector<GradsReport> grads(const GradsOptions& options) {
     return publicCall([&] {
         std::vector<GradsReport> out;
