@@ -78,17 +78,19 @@ std::string formatTable(const GradReport& r) {
         }
     }
     if (!r.throughTime.empty()) {
-        // ‖dL/dh_t‖ at the first and last steps, their ratio, and the whole curve in small.
-        out += fmt::format("\n  {:<{}} {:<9} {:>6} {:>10} {:>10} {:>10}  {}\n", "through time", wName, "cell", "steps",
-                           "first", "last", "factor", "||dL/dh_t|| over t (log scale, min .. max)");
+        // ‖dL/dh_t‖ at the first and last steps and their ratio; under them the whole curve in
+        // small with its scale (on a line of its own: the table stays within 100 columns).
+        out += fmt::format("\n  {:<{}} {:<9} {:>6} {:>10} {:>10} {:>10}\n", "through time", wName, "cell", "steps",
+                           "first", "last", "factor");
         for (auto& t : r.throughTime) {
             const Sparkline line = sparkline(t.norms);
             // No factor is NaN, spelled "nan" as the rest of the table spells it.
             const double first = t.norms.empty() ? std::nan("") : t.norms.front();
             const double last = t.norms.empty() ? std::nan("") : t.norms.back();
-            out += fmt::format("  {:<{}} {:<9} {:>6} {:>10.3e} {:>10.3e} {:>10.3e}  {}", t.layer, wName, t.cell,
-                               t.norms.size(), first, last, t.vanishingFactor, line.text);
-            if (line.lo <= line.hi) out += fmt::format("  {:.1e} .. {:.1e}", line.lo, line.hi); // ▁ .. █
+            out += fmt::format("  {:<{}} {:<9} {:>6} {:>10.3e} {:>10.3e} {:>10.3e}\n", t.layer, wName, t.cell,
+                               t.norms.size(), first, last, t.vanishingFactor);
+            out += "    ||dL/dh_t|| " + line.text;
+            if (line.lo <= line.hi) out += fmt::format("  {:.1e} .. {:.1e} (log scale)", line.lo, line.hi); // ▁ .. █
             out += "\n";
         }
     }

@@ -15,6 +15,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -75,7 +76,7 @@ TEST_CASE("the vanishing factor through time is the first step's norm over the l
     r.model = "m";
     r.throughTime = {throughTime("layers.0", "gru", {1, 2, 0})};
     const std::string table = formatTable(r);
-    CHECK_THAT(table, Catch::Contains(fmt::format(" {:>10} ", "nan")) && !Catch::Contains("n/a"));
+    CHECK_THAT(table, Catch::Contains(fmt::format(" {:>10}\n", "nan")) && !Catch::Contains("n/a"));
 }
 
 TEST_CASE("scan layers name their cell: lstm, gru, rnn tanh, rnn relu", "[through-time]") {
@@ -175,20 +176,32 @@ TEST_CASE("gradc grads on a recurrent model: through_time in JSON, the table's s
     // recurrence passes back, so through 27 steps of random weights the first is far weaker.
     CHECK(tt[1]["vanishing_factor"].get<double>() < 1e-2);
 
-    // The table: a section with one line per layer, the same numbers as the JSON, a
-    // sparkline of 28 columns (28 steps).
+    // The table: a section with a line per layer, the same numbers as the JSON, and under it
+    // a sparkline of 28 columns (28 steps), ▁ where the norm is smallest and █ where largest.
     auto [rc2, table] = command(fmt::format("grads {} --batch 4 --backend interp --plot {}", kTinyRnn, s.file("g.svg")));
     INFO(table);
     REQUIRE(rc2 == 0);
     // The name column is as wide as the longest name (layers.0.weight_ih_l0, 21 characters).
-    CHECK_THAT(table, Catch::Contains("\n  through time          cell       steps      first       last     factor  ||dL/dh_t|| over t"));
+    CHECK_THAT(table, Catch::Contains("\n  through time          cell       steps      first       last     factor\n"));
     for (const nlohmann::json& l : tt) {
         const std::vector<double> norms = l["grad_norm"].get<std::vector<double>>();
-        const std::string line = fmt::format("  {:<21} {:<9} {:>6} {:>10.3e} {:>10.3e} {:>10.3e}  {}  ", l["layer"].get<std::string>(),
-                                             l["cell"].get<std::string>(), 28, norms.front(), norms.back(),
-                                             l["vanishing_factor"].get<double>(), sparkline(norms).text);
-        CHECK_THAT(table, Catch::Contains(line));
-        CHECK(characters(sparkline(norms).text).size() == 28);
+        const std::string line = fmt::format("\n  {:<21} {:<9} {:>6} {:>10.3e} {:>10.3e} {:>10.3e}\n    ||dL/dh_t|| ",
+                                             l["layer"].get<std::string>(), l["cell"].get<std::string>(), 28,
+                                             norms.front(), norms.back(), l["vanishing_factor"].get<double>());
+        const size_t at = table.find(line);
+        REQUIRE(at != std::string::npos);
+        const size_t from = at + line.size();
+        const std::vector<std::string> blocks = characters(table.substr(from, table.find("  ", from) - from));
+        REQUIRE(blocks.size() == 28);
+        const auto [least, most] = std::minmax_element(norms.begin(), norms.end());
+        CHECK(blocks[size_t(least - norms.begin())] == "▁");
+        CHECK(blocks[size_t(most - norms.begin())] == "█");
+    }
+    // Readable at 100 columns.
+    for (size_t begin = 0, end; begin < table.size(); begin = end + 1) {
+        end = table.find('\n', begin);
+        if (end == std::string::npos) end = table.size();
+        CHECK(characters(table.substr(begin, end - begin)).size() <= 100);
     }
     // The figure: one line per layer (one model with two layers: the legend names both).
     const std::string svg = s.read("g.svg");
