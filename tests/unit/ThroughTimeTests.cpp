@@ -17,6 +17,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -89,7 +90,8 @@ TEST_CASE("scan layers name their cell: lstm, gru, rnn tanh, rnn relu", "[throug
 }
 
 TEST_CASE("the sparkline: a column a step up to 40, log scale, geometric means of buckets", "[through-time]") {
-    // Five steps decaying by a decade each: five columns from █ down to ▁, evenly.
+    // Five steps decaying by a decade each: five columns from █ down to ▁ (7 levels over 4
+    // decades, rounded: steps of 2, 1, 2 and 2 levels).
     CHECK(sparkline({1, 1e-1, 1e-2, 1e-3, 1e-4}).text == "█▆▅▃▁");
     CHECK(sparkline({1e-4, 1e-3, 1e-2, 1e-1, 1}).text == "▁▃▅▆█");
     // Constant: every column full. A zero is a space, a NaN or Inf '?'.
@@ -300,7 +302,20 @@ TEST_CASE("gradc train --log records each recurrent layer's norms through time o
     // TensorBoard: the factor of each layer, a scalar per epoch.
     std::string events;
     for (auto& f : std::filesystem::directory_iterator(o.logdir)) events += readFile(f.path());
-    CHECK_THAT(events, Catch::Contains("vanishing_factor_through_time/layers.0"));
+    // TensorBoard's Summary.Value: the tag (field 1), then simple_value (field 2, a float: 0x15
+    // and four bytes), one per epoch with the factor of its log line.
+    const std::string tag = "vanishing_factor_through_time/layers.0";
+    std::vector<float> values;
+    for (size_t at = events.find(tag); at != std::string::npos; at = events.find(tag, at + 1)) {
+        REQUIRE(at + tag.size() + 5 <= events.size());
+        REQUIRE(events[at + tag.size()] == '\x15');
+        float v;
+        std::memcpy(&v, events.data() + at + tag.size() + 1, 4);
+        values.push_back(v);
+    }
+    REQUIRE(values.size() == 2);
+    for (size_t e = 0; e < 2; ++e)
+        CHECK(values[e] == float(lines[e]["through_time"][0]["vanishing_factor"].get<double>()));
 
     // The public API's epochs carry the same records (the same run again: the same numbers).
     o.log = s.file("again.jsonl"), o.logdir = "";
