@@ -44,7 +44,8 @@ template <typename J = nlohmann::json> J jsonThroughTime(const std::vector<Throu
     J out = J::array();
     for (const ThroughTime& t : layers) {
         J norms = J::array();
-        for (double v : t.norms) norms.push_back(jsonNumber<J>(v));
+        for (double v : t.norms)
+            norms.push_back(jsonNumber<J>(v));
         J j;
         j["layer"] = t.layer, j["cell"] = t.cell, j["grad_norm"] = norms;
         j["vanishing_factor"] = jsonNumber<J>(t.vanishingFactor);

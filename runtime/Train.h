@@ -67,7 +67,8 @@ struct EpochRecord {
     double trainLoss = 0, valLoss = 0, valAccuracy = 0, seconds = 0;
     double vanishingFactor = 0;
     std::vector<TensorStats> grads; ///< of the epoch's last step
-    std::vector<ThroughTime> throughTime; ///< of the epoch's last step: each recurrent layer's ‖dL/dh_t‖
+    std::vector<ThroughTime>
+        throughTime; ///< of the epoch's last step: each recurrent layer's ‖dL/dh_t‖
 };
 
 struct TrainResult {

@@ -129,7 +129,8 @@ struct EpochSummary {
     int64_t step = 0; ///< steps taken by the end of the epoch
     double trainLoss = 0, valLoss = 0, valAccuracy = 0, seconds = 0;
     double vanishingFactor = 0; ///< of the epoch's last step
-    std::vector<ThroughTimeStatistics> throughTime; ///< of the epoch's last step, one per recurrent layer
+    std::vector<ThroughTimeStatistics>
+        throughTime; ///< of the epoch's last step, one per recurrent layer
 };
 struct TrainingResult {
     std::string model;

@@ -50,7 +50,8 @@ struct ThroughTimeStatistics {
     std::string layer;            ///< layers.0
     std::string cell;             ///< lstm, gru, rnn tanh, rnn relu
     std::vector<double> gradNorm; ///< T norms
-    /// gradNorm[0] / gradNorm[T-1]; NaN when the last norm is 0 or not finite; JSON null whenever not finite.
+    /// gradNorm[0] / gradNorm[T-1]; NaN when the last norm is 0 or not finite; JSON null whenever
+    /// not finite.
     double vanishingFactor = 0;
 };
 
