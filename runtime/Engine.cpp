@@ -73,11 +73,12 @@ std::vector<TensorStats> Engine::gradientStatistics() const {
 }
 
 std::vector<ThroughTime> Engine::throughTime() const {
-    if (!haveGradients_) return {}; // the backward pass writes the norms
+    if (!haveGradients_) return {};      // the backward pass writes the norms
     std::map<std::string, Tensor> norms; // by outputLabel, as the backward entry names them
     for (const LayoutEntry* e : layout().all(Role::ThroughTime))
-        norms[outputLabel({OutputRole::ThroughTime, e->name, 0})] =
-            typed(f64_, [&](auto zero) { return readBuffer(train_.program.acts().data<decltype(zero)>(), *e); });
+        norms[outputLabel({OutputRole::ThroughTime, e->name, 0})] = typed(f64_, [&](auto zero) {
+            return readBuffer(train_.program.acts().data<decltype(zero)>(), *e);
+        });
     return throughTimeStatistics(graph_, norms);
 }
 

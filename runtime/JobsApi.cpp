@@ -7,23 +7,13 @@
 #include <gradc/Jobs.h>
 
 namespace gradc {
-namespace {
-
-std::vector<ThroughTimeStatistics> publicThroughTime(const std::vector<ThroughTime>& layers) {
-    std::vector<ThroughTimeStatistics> out;
-    for (const ThroughTime& t : layers) out.push_back({t.layer, t.cell, t.norms, t.vanishingFactor});
-    return out;
-}
-
-} // namespace
-
 std::vector<GradsReport> grads(const GradsOptions& options) {
     return publicCall([&] {
         std::vector<GradsReport> out;
         for (const GradsModel& m : runGrads(options).models) {
             const GradReport& r = m.report;
-            GradsReport p{r.model, r.batch, r.loss, m.backend, {}, {}, r.vanishingFactor, r.firstWeight, r.lastWeight,
-                          publicThroughTime(r.throughTime)};
+            GradsReport p{r.model, r.batch, r.loss, m.backend, {}, {}, r.vanishingFactor, r.firstWeight, r.lastWeight};
+            p.throughTime = publicThroughTime(r.throughTime);
             for (auto& s : r.params) p.gradients.push_back(publicStatistics(s));
             for (auto& a : r.activations) p.activations.push_back({a.name, a.function, a.mean, a.std, a.lowGradientFraction});
             out.push_back(std::move(p));
@@ -40,8 +30,8 @@ TrainingResult train(const TrainingOptions& options) {
         out.model = run.engine->graph().model, out.parameters = run.engine->parameterCount();
         out.trainExamples = int64_t(run.data.fit.size()), out.valExamples = int64_t(run.data.val.size());
         for (const EpochRecord& e : r.epochs)
-            out.epochs.push_back({e.epoch, e.step, e.trainLoss, e.valLoss, e.valAccuracy, e.seconds, e.vanishingFactor,
-                                  publicThroughTime(e.throughTime)});
+            out.epochs.push_back({e.epoch, e.step, e.trainLoss, e.valLoss, e.valAccuracy, e.seconds,
+                                  e.vanishingFactor, publicThroughTime(e.throughTime)});
         out.bestEpoch = r.bestEpoch, out.bestValAccuracy = r.bestValAccuracy;
         out.testAccuracy = r.testAccuracy, out.testLoss = r.testLoss, out.seconds = r.seconds;
         out.stoppedEarly = r.stoppedEarly;

@@ -39,12 +39,13 @@ template <typename J = nlohmann::json> J jsonStatistics(const TensorStats& s, bo
 }
 
 /// Recurrent layers' gradients through time: [{"layer", "cell", "grad_norm": [T numbers],
-/// "vanishing_factor"}], in this order for an ordered_json.
+/// "vanishing_factor"}], in this order for an ordered_json; a figure that is not finite as null.
 template <typename J = nlohmann::json> J jsonThroughTime(const std::vector<ThroughTime>& layers) {
     J out = J::array();
     for (const ThroughTime& t : layers) {
         J norms = J::array();
-        for (double v : t.norms) norms.push_back(jsonNumber<J>(v));
+        for (double v : t.norms)
+            norms.push_back(jsonNumber<J>(v));
         J j;
         j["layer"] = t.layer, j["cell"] = t.cell, j["grad_norm"] = norms;
         j["vanishing_factor"] = jsonNumber<J>(t.vanishingFactor);

@@ -28,24 +28,45 @@ std::string header(double w, double h) {
                        w, h, w, h);
 }
 
-std::string text(double x, double y, const std::string& s, const char* anchor = "middle", int size = 11,
-                 const char* color = "black") {
-    return fmt::format("<text x=\"{:.1f}\" y=\"{:.1f}\" text-anchor=\"{}\" font-size=\"{}\" fill=\"{}\">{}</text>\n",
-                       x, y, anchor, size, color, escape(s));
+/// `attributes` (such as a transform) go into the element as they are.
+std::string text(double x, double y, const std::string& s, const char* anchor = "middle",
+                 int size = 11, const char* color = "black", const std::string& attributes = "") {
+    return fmt::format("<text x=\"{:.1f}\" y=\"{:.1f}\" text-anchor=\"{}\" font-size=\"{}\" "
+                       "fill=\"{}\"{}>{}</text>\n",
+                       x, y, anchor, size, color, attributes.empty() ? "" : " " + attributes,
+                       escape(s));
 }
 
-/// The frame of a panel at (x0, y0) with its plot area, title and axis labels.
+/// A line through `points` ("x,y x,y ..."); `attributes` (a class, data-*) lead the element.
+std::string polyline(const std::string& points, const char* color, double width,
+                     const std::string& attributes = "") {
+    return fmt::format(
+        "<polyline {}fill=\"none\" stroke=\"{}\" stroke-width=\"{}\" points=\"{}\"/>\n",
+        attributes.empty() ? "" : attributes + " ", color, width, points);
+}
+
+/// The frame of a panel at (x0, y0), `w` by `h`, with its plot area, title and axis labels.
 struct Frame {
     double x0, y0, left, right, top, bottom;
-    Frame(double x, double y) : x0(x), y0(y), left(x + kPad), right(x + kPanelW - 12), top(y + 26), bottom(y + kPanelH - 30) {}
+    Frame(double x, double y, double w = kPanelW, double h = kPanelH)
+        : x0(x), y0(y), left(x + kPad), right(x + w - 12), top(y + 26), bottom(y + h - 30) {}
     double px(double t) const { return left + t * (right - left); }   // t in [0, 1]
     double py(double t) const { return bottom - t * (bottom - top); } // t in [0, 1]
-    std::string draw(const std::string& title, const std::string& xlabel) const {
-        return fmt::format("<rect x=\"{:.1f}\" y=\"{:.1f}\" width=\"{:.1f}\" height=\"{:.1f}\" fill=\"none\" "
-                           "stroke=\"#444\"/>\n",
-                           left, top, right - left, bottom - top) +
-               text((left + right) / 2, y0 + 16, title, "middle", 12) +
-               text((left + right) / 2, bottom + 26, xlabel);
+    /// The plot area's border, the title above it (none when empty), the x axis' label under
+    /// it, and the y axis' turned upright on its left (none when empty).
+    std::string draw(const std::string& title, const std::string& xlabel,
+                     const std::string& ylabel = "") const {
+        std::string svg =
+            fmt::format("<rect x=\"{:.1f}\" y=\"{:.1f}\" width=\"{:.1f}\" height=\"{:.1f}\" "
+                        "fill=\"none\" stroke=\"#444\"/>\n",
+                        left, top, right - left, bottom - top);
+        if (!title.empty()) svg += text((left + right) / 2, y0 + 16, title, "middle", 12);
+        svg += text((left + right) / 2, bottom + 26, xlabel);
+        const double mid = (top + bottom) / 2;
+        if (!ylabel.empty())
+            svg += text(left - 44, mid, ylabel, "middle", 11, "black",
+                        fmt::format("transform=\"rotate(-90 {:.1f} {:.1f})\"", left - 44, mid));
+        return svg;
     }
 };
 
@@ -64,35 +85,43 @@ std::string throughTimeChart(double y0, double width, const std::vector<GradRepo
     };
     std::vector<Line> lines;
     for (auto& r : reports)
-        for (auto& t : r.throughTime) lines.push_back({&r, &t, r.throughTime.size() > 1 ? r.model + " " + t.layer : r.model});
+        for (auto& t : r.throughTime)
+            lines.push_back({&r, &t, r.throughTime.size() > 1 ? r.model + " " + t.layer : r.model});
     PositiveRange range;
     size_t steps = 1;
-    for (auto& l : lines) steps = std::max(steps, l.layer->norms.size()), range.add(l.layer->norms);
-    if (range.empty()) range.lo = range.hi = 1; // no positive norm at all: an empty chart over one decade
+    for (auto& l : lines)
+        steps = std::max(steps, l.layer->norms.size()), range.add(l.layer->norms);
+    if (range.empty())
+        range.lo = range.hi = 1; // no positive norm at all: an empty chart over one decade
     const double lo = range.lo, hi = range.hi;
     // Whole decades cover the norms, at most about eight labelled.
-    const int d0 = int(std::floor(std::log10(lo))), d1 = std::max(d0 + 1, int(std::ceil(std::log10(hi))));
+    const int d0 = int(std::floor(std::log10(lo))),
+              d1 = std::max(d0 + 1, int(std::ceil(std::log10(hi))));
     const int stride = std::max(1, (d1 - d0 + 7) / 8);
-    const double left = kPad + 24, right = width - kLegendW, top = y0 + 40, bottom = y0 + kChartH - 46;
-    auto px = [&](size_t t) { return steps > 1 ? left + double(t) / double(steps - 1) * (right - left) : (left + right) / 2; };
-    auto py = [&](double v) { return bottom - (std::log10(v) - d0) / double(d1 - d0) * (bottom - top); };
+    // The plot area: 70 pixels for the decades on the left, the legend on the right.
+    const Frame frame(24, y0 + 14, width - kLegendW - 12, kChartH - 30);
+    const double left = frame.left, right = frame.right, bottom = frame.bottom, top = frame.top;
+    auto px = [&](size_t t) {
+        return steps > 1 ? left + double(t) / double(steps - 1) * (right - left)
+                         : (left + right) / 2;
+    };
+    auto py = [&](double v) {
+        return bottom - (std::log10(v) - d0) / double(d1 - d0) * (bottom - top);
+    };
 
     std::string svg = "<g class=\"through-time\">\n";
-    svg += text(width / 2, y0 + 24, "Gradient through time: ||dL/dh_t|| against the step t (log scale)", "middle", 14);
+    svg += text(width / 2, y0 + 24,
+                "Gradient through time: ||dL/dh_t|| against the step t (log scale)", "middle", 14);
     for (int d = d0; d <= d1; d += stride) {
         const double y = py(std::pow(10.0, d));
-        svg += fmt::format("<line x1=\"{:.1f}\" y1=\"{:.1f}\" x2=\"{:.1f}\" y2=\"{:.1f}\" stroke=\"#ddd\"/>\n", left, y,
-                           right, y);
+        svg += fmt::format(
+            "<line x1=\"{:.1f}\" y1=\"{:.1f}\" x2=\"{:.1f}\" y2=\"{:.1f}\" stroke=\"#ddd\"/>\n",
+            left, y, right, y);
         svg += text(left - 4, y + 3, fmt::format("1e{}", d), "end", 9);
     }
-    svg += fmt::format("<rect x=\"{:.1f}\" y=\"{:.1f}\" width=\"{:.1f}\" height=\"{:.1f}\" fill=\"none\" stroke=\"#444\"/>\n",
-                       left, top, right - left, bottom - top);
+    svg += frame.draw("", "step t", "||dL/dh_t||");
     svg += text(px(0), bottom + 13, "0", "middle", 9);
     if (steps > 1) svg += text(right, bottom + 13, std::to_string(steps - 1), "middle", 9);
-    svg += text((left + right) / 2, bottom + 30, "step t");
-    svg += fmt::format("<text x=\"{:.1f}\" y=\"{:.1f}\" text-anchor=\"middle\" font-size=\"11\" "
-                       "transform=\"rotate(-90 {:.1f} {:.1f})\">||dL/dh_t||</text>\n",
-                       left - 44, (top + bottom) / 2, left - 44, (top + bottom) / 2);
     for (size_t i = 0; i < lines.size(); ++i) {
         const Line& l = lines[i];
         const char* color = kColors[i % std::size(kColors)];
@@ -100,20 +129,25 @@ std::string throughTimeChart(double y0, double width, const std::vector<GradRepo
         size_t count = 0, only = 0; // the points drawn, and the step of the last one
         for (size_t t = 0; t < l.layer->norms.size(); ++t) {
             const double v = l.layer->norms[t];
-            if (std::isfinite(v) && v > 0) pts += fmt::format("{:.2f},{:.2f} ", px(t), py(v)), ++count, only = t;
+            if (std::isfinite(v) && v > 0)
+                pts += fmt::format("{:.2f},{:.2f} ", px(t), py(v)), ++count, only = t;
         }
-        svg += fmt::format("<polyline class=\"through-time-line\" data-model=\"{}\" data-layer=\"{}\" fill=\"none\" "
-                           "stroke=\"{}\" stroke-width=\"1.5\" points=\"{}\"/>\n",
-                           escape(l.model->model), escape(l.layer->layer), color, pts);
+        svg +=
+            polyline(pts, color, 1.5,
+                     fmt::format("class=\"through-time-line\" data-model=\"{}\" data-layer=\"{}\"",
+                                 escape(l.model->model), escape(l.layer->layer)));
         // A line of one point (one step, or one step left among zeros) is not drawn: a dot is.
         if (count == 1)
-            svg += fmt::format("<circle class=\"through-time-dot\" cx=\"{:.2f}\" cy=\"{:.2f}\" r=\"3\" fill=\"{}\"/>\n",
+            svg += fmt::format("<circle class=\"through-time-dot\" cx=\"{:.2f}\" cy=\"{:.2f}\" "
+                               "r=\"3\" fill=\"{}\"/>\n",
                                px(only), py(l.layer->norms[only]), color);
         const double ly = top + 8 + 16 * double(i);
-        svg += fmt::format("<line x1=\"{:.1f}\" y1=\"{:.1f}\" x2=\"{:.1f}\" y2=\"{:.1f}\" stroke=\"{}\" "
-                           "stroke-width=\"2\"/>\n",
-                           right + 12, ly, right + 32, ly, color);
-        svg += text(right + 38, ly + 4, fmt::format("{} ({})", l.label, l.layer->cell), "start", 11);
+        svg += fmt::format(
+            "<line x1=\"{:.1f}\" y1=\"{:.1f}\" x2=\"{:.1f}\" y2=\"{:.1f}\" stroke=\"{}\" "
+            "stroke-width=\"2\"/>\n",
+            right + 12, ly, right + 32, ly, color);
+        svg +=
+            text(right + 38, ly + 4, fmt::format("{} ({})", l.label, l.layer->cell), "start", 11);
     }
     return svg + "</g>\n";
 }
@@ -156,8 +190,10 @@ std::string gradientFigure(const std::vector<GradReport>& reports, const std::ve
         columns = std::max(columns, std::min(n, kMaxColumns));
     }
     bool recurrent = false; // a chart of the gradient through time under the histograms
-    for (auto& r : reports) recurrent = recurrent || !r.throughTime.empty();
-    const double width = recurrent ? std::max(double(columns) * kPanelW, kChartMinW) : double(columns) * kPanelW;
+    for (auto& r : reports)
+        recurrent = recurrent || !r.throughTime.empty();
+    const double width =
+        recurrent ? std::max(double(columns) * kPanelW, kChartMinW) : double(columns) * kPanelW;
     auto rowHeight = [&](size_t n) { // a model's title and its panels' rows
         return kRowTitle + double(std::max<size_t>(1, (n + columns - 1) / columns)) * kPanelH;
     };
@@ -220,7 +256,7 @@ std::string activationFigure(const std::vector<Activation>& activations) {
             for (size_t k = 0; k < xs.size(); ++k)
                 if (std::isfinite(v[k]))
                     pts += fmt::format("{:.2f},{:.2f} ", f.px((xs[k] + 5) / 10), f.py((v[k] - lo) / (hi - lo)));
-            return fmt::format("<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"2\" points=\"{}\"/>\n", color, pts);
+            return polyline(pts, color, 2);
         };
         svg += fmt::format("<g class=\"panel\" data-activation=\"{}\">\n", escape(a.name));
         svg += f.draw(a.name, "x");

@@ -13,4 +13,12 @@ inline TensorStatistics publicStatistics(const TensorStats& t) {
             t.nan, t.inf, t.edges, t.counts};
 }
 
+inline std::vector<ThroughTimeStatistics>
+publicThroughTime(const std::vector<ThroughTime>& layers) {
+    std::vector<ThroughTimeStatistics> out;
+    for (const ThroughTime& t : layers)
+        out.push_back({t.layer, t.cell, t.norms, t.vanishingFactor});
+    return out;
+}
+
 } // namespace gradc

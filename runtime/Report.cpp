@@ -28,21 +28,35 @@ Sparkline sparkline(const std::vector<double>& norms, size_t columns) {
         bool zero = false, bad = false;
         for (size_t t = begin; t < end; ++t) {
             const double v = std::fabs(norms[t]);
-            if (!std::isfinite(v)) bad = true;
-            else if (v == 0) zero = true;
-            else logs += std::log(v);
+            if (!std::isfinite(v))
+                bad = true;
+            else if (v == 0)
+                zero = true;
+            else
+                logs += std::log(v);
         }
-        // A bucket of one step is that step's norm, exactly (exp(log(v)) may differ in the last bit).
-        bucket[k] = bad ? std::nan("") : zero ? 0.0 : end - begin == 1 ? std::fabs(norms[begin]) : std::exp(logs / double(end - begin));
+        // A bucket of one step is that step's norm, exactly (exp(log(v)) may differ in the last
+        // bit).
+        bucket[k] = bad                ? std::nan("")
+                    : zero             ? 0.0
+                    : end - begin == 1 ? std::fabs(norms[begin])
+                                       : std::exp(logs / double(end - begin));
     }
     Sparkline out;
     const PositiveRange range = PositiveRange().add(bucket);
     if (!range.empty()) out.lo = range.lo, out.hi = range.hi;
     for (double v : bucket) {
-        if (std::isnan(v)) { out.text += "?"; continue; }
-        if (v <= 0) { out.text += " "; continue; }
+        if (std::isnan(v)) {
+            out.text += "?";
+            continue;
+        }
+        if (v <= 0) {
+            out.text += " ";
+            continue;
+        }
         const double span = std::log(range.hi) - std::log(range.lo);
-        const int level = span > 0 ? int(std::lround((std::log(v) - std::log(range.lo)) / span * 7)) : 7;
+        const int level =
+            span > 0 ? int(std::lround((std::log(v) - std::log(range.lo)) / span * 7)) : 7;
         out.text += kBlocks[std::clamp(level, 0, 7)];
     }
     return out;
@@ -78,17 +92,20 @@ std::string formatTable(const GradReport& r) {
         }
     }
     if (!r.throughTime.empty()) {
-        // ‖dL/dh_t‖ at the first and last steps, their ratio, and the whole curve in small.
-        out += fmt::format("\n  {:<{}} {:<9} {:>6} {:>10} {:>10} {:>10}  {}\n", "through time", wName, "cell", "steps",
-                           "first", "last", "factor", "||dL/dh_t|| over t (log scale, min .. max)");
+        // ‖dL/dh_t‖ at the first and last steps and their ratio; under them the whole curve in
+        // small with its scale (on a line of its own: the table stays within 100 columns).
+        out += fmt::format("\n  {:<{}} {:<9} {:>6} {:>10} {:>10} {:>10}\n", "through time", wName,
+                           "cell", "steps", "first", "last", "factor");
         for (auto& t : r.throughTime) {
             const Sparkline line = sparkline(t.norms);
-            const auto number = [](double v) { return std::isnan(v) ? std::string("n/a") : fmt::format("{:.3e}", v); };
-            out += fmt::format("  {:<{}} {:<9} {:>6} {:>10} {:>10} {:>10}  {}", t.layer, wName, t.cell, t.steps,
-                               number(t.norms.empty() ? std::nan("") : t.norms.front()),
-                               number(t.norms.empty() ? std::nan("") : t.norms.back()), number(t.vanishingFactor),
-                               line.text);
-            if (line.lo <= line.hi) out += fmt::format("  {:.1e} .. {:.1e}", line.lo, line.hi); // ▁ .. █
+            // No factor is NaN, spelled "nan" as the rest of the table spells it.
+            const double first = t.norms.empty() ? std::nan("") : t.norms.front();
+            const double last = t.norms.empty() ? std::nan("") : t.norms.back();
+            out += fmt::format("  {:<{}} {:<9} {:>6} {:>10.3e} {:>10.3e} {:>10.3e}\n", t.layer,
+                               wName, t.cell, t.norms.size(), first, last, t.vanishingFactor);
+            out += "    ||dL/dh_t|| " + line.text;
+            if (line.lo <= line.hi)
+                out += fmt::format("  {:.1e} .. {:.1e} (log scale)", line.lo, line.hi); // ▁ .. █
             out += "\n";
         }
     }
@@ -109,9 +126,10 @@ std::string formatJson(const std::vector<GradReport>& reports) {
                             {"mean", jsonNumber(a.mean)}, {"std", jsonNumber(a.std)},
                             {"low_gradient_fraction", jsonNumber(a.lowGradientFraction)}, {"nan", a.nan},
                             {"inf", a.inf}});
-        nlohmann::json model = {{"model", r.model}, {"batch", r.batch}, {"loss", jsonNumber(r.loss)},
-                                {"params", params}, {"activations", acts},
-                                {"vanishing_factor", jsonNumber(r.vanishingFactor)}};
+        nlohmann::json model = {
+            {"model", r.model},           {"batch", r.batch},
+            {"loss", jsonNumber(r.loss)}, {"params", params},
+            {"activations", acts},        {"vanishing_factor", jsonNumber(r.vanishingFactor)}};
         if (!r.throughTime.empty()) model["through_time"] = jsonThroughTime(r.throughTime);
         all.push_back(std::move(model));
     }

@@ -216,4 +216,12 @@ double Session::vanishingFactor() const {
     });
 }
 
+std::vector<ThroughTimeStatistics> Session::throughTime() const {
+    return use(impl_.get(), "throughTime", [](Engine& e) {
+        if (!e.haveGradients())
+            misuse("throughTime", "no gradients yet: call backward() or trainStep() first");
+        return publicThroughTime(e.throughTime());
+    });
+}
+
 } // namespace gradc

@@ -143,10 +143,12 @@ PositiveRange& PositiveRange::add(const std::vector<double>& values) {
     return *this;
 }
 
-ThroughTime throughTime(const std::string& layer, const std::string& cell, std::vector<double> norms) {
+ThroughTime throughTime(const std::string& layer, const std::string& cell,
+                        std::vector<double> norms) {
     ThroughTime t;
-    t.layer = layer, t.cell = cell, t.steps = int64_t(norms.size()), t.norms = std::move(norms);
-    // 0/0 and x/0 say nothing about decay: no factor when the last step has no gradient.
+    t.layer = layer, t.cell = cell, t.norms = std::move(norms);
+    // 0/0 and x/0 say nothing about decay: no factor (NaN) when the last step has no gradient,
+    // or one that is not finite.
     const bool defined = !t.norms.empty() && std::isfinite(t.norms.back()) && t.norms.back() != 0;
     t.vanishingFactor = defined ? t.norms.front() / t.norms.back() : std::nan("");
     return t;
@@ -155,20 +157,29 @@ ThroughTime throughTime(const std::string& layer, const std::string& cell, std::
 std::string cellDescription(const Node& scan) {
     internal_assert(scan.op == Op::Scan, "cellDescription of a node that is not a scan");
     if (scan.cell != Cell::Rnn) return cellName(scan.cell);
-    // rnn's non-linearity is tanh or relu (Layers.cpp builds relu as a select).
-    return scan.expr && scan.expr->op == scalar::Kind::Tanh ? "rnn tanh" : "rnn relu";
+    // rnn's non-linearity is tanh or relu, which Layers.cpp builds as select(x <= 0, 0, x):
+    // anything else is a cell this report cannot name, not a relu.
+    using scalar::Kind;
+    const scalar::Expr& f = scan.expr;
+    if (f && f->op == Kind::Tanh) return "rnn tanh";
+    const bool relu = f && f->op == Kind::Select && f->args[0]->op == Kind::Le &&
+                      f->args[1]->op == Kind::Const && f->args[1]->value == 0 &&
+                      f->args[2]->op == Kind::Arg && f->args[2]->value == 0;
+    internal_assert(relu, "an rnn whose non-linearity is neither tanh nor relu");
+    return "rnn relu";
 }
 
-std::vector<ThroughTime> throughTimeStatistics(const Graph& g, const std::map<std::string, Tensor>& outputs) {
+std::vector<ThroughTime> throughTimeStatistics(const Graph& g,
+                                               const std::map<std::string, Tensor>& outputs) {
     std::vector<ThroughTime> out;
     for (const LayerInfo& l : g.layers) {
         if (g[l.value].op != Op::Scan) continue;
         auto it = outputs.find(outputLabel({OutputRole::ThroughTime, l.name, 0}));
-        internal_assert(it != outputs.end(), "a recurrent layer without its through-time norms: " + l.name);
+        internal_assert(it != outputs.end(),
+                        "a recurrent layer without its through-time norms: " + l.name);
         out.push_back(throughTime(l.name, cellDescription(g[l.value]), it->second.data));
     }
     return out;
 }
-
 
 } // namespace gradc

@@ -82,11 +82,12 @@ std::vector<ActivationStats> activationStatistics(const Graph& g, const std::map
 /// over the batch of the total derivative of the loss with respect to the hidden state h_t,
 /// through all later steps), and how much weaker the first step's is than the last's.
 struct ThroughTime {
-    std::string layer;          ///< the module: layers.0
-    std::string cell;           ///< lstm, gru, rnn tanh, rnn relu
-    int64_t steps = 0;          ///< T
-    std::vector<double> norms;  ///< T norms, t = 0 .. T-1
-    double vanishingFactor = 0; ///< norms[0] / norms[T-1]; NaN when the last is 0 (or not finite)
+    std::string layer;         ///< the module: layers.0
+    std::string cell;          ///< lstm, gru, rnn tanh, rnn relu
+    std::vector<double> norms; ///< T norms, t = 0 .. T-1
+    /// norms[0] / norms[T-1]; NaN when the last norm is 0 or not finite; JSON null whenever not
+    /// finite.
+    double vanishingFactor = 0;
 };
 
 /// The smallest and largest finite positive values: what a log scale can show (zeros, NaN and
@@ -99,12 +100,14 @@ struct PositiveRange {
 };
 
 /// The through-time figures of one layer from its norms.
-ThroughTime throughTime(const std::string& layer, const std::string& cell, std::vector<double> norms);
+ThroughTime throughTime(const std::string& layer, const std::string& cell,
+                        std::vector<double> norms);
 /// A scan node's cell as the reports name it: lstm, gru, rnn tanh, rnn relu.
 std::string cellDescription(const Node& scan);
 /// Every recurrent layer of graph `g` (the forward graph or its differentiated one), in layer
 /// order, from the backward pass's `outputs` (by outputLabel: "through:LAYER"). A layer whose
 /// output is missing is an internal error.
-std::vector<ThroughTime> throughTimeStatistics(const Graph& g, const std::map<std::string, Tensor>& outputs);
+std::vector<ThroughTime> throughTimeStatistics(const Graph& g,
+                                               const std::map<std::string, Tensor>& outputs);
 
 } // namespace gradc

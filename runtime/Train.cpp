@@ -130,7 +130,8 @@ Json epochJson(const EpochRecord& r) {
     Json params = Json::array();
     for (auto& s : r.grads) params.push_back(jsonStatistics<Json>(s, /*full=*/false));
     j["grads"] = params;
-    if (!r.throughTime.empty()) j["through_time"] = jsonThroughTime<Json>(r.throughTime); // recurrent models only
+    if (!r.throughTime.empty())
+        j["through_time"] = jsonThroughTime<Json>(r.throughTime); // recurrent models only
     return j;
 }
 
@@ -218,7 +219,8 @@ TrainResult train(Engine& engine, const DataSplit& data, const TrainOptions& o,
             if (std::isfinite(r.vanishingFactor)) events->scalar("vanishing_factor", step, r.vanishingFactor);
             for (auto& t : r.throughTime)
                 if (std::isfinite(t.vanishingFactor))
-                    events->scalar("vanishing_factor_through_time/" + t.layer, step, t.vanishingFactor);
+                    events->scalar("vanishing_factor_through_time/" + t.layer, step,
+                                   t.vanishingFactor);
             for (auto& s : r.grads) {
                 events->histogram("grad/" + s.name, step, s);
                 if (std::isfinite(s.absMean)) events->scalar("grad_abs_mean/" + s.name, step, s.absMean);

@@ -305,6 +305,41 @@ TEST_CASE("one Session called from two threads at once: the second call is an er
     CHECK(got == expected);
 }
 
+TEST_CASE("a Session reports each recurrent layer's gradient through time after a backward pass",
+          "[session]") {
+    const Model model =
+        Model::fromString("r.nn", "model r\ninput 5 steps 3\nrnn 4 relu\ngru 3\nlast\ndense 2\n"
+                                  "loss cross_entropy\n");
+    SessionOptions o;
+    o.backend = "interp", o.cache = false;
+    Session s(model, 2, o);
+    CHECK_THAT(errorOf<Error>([&] { (void)s.throughTime(); }),
+               Catch::Contains("throughTime: no gradients yet"));
+    std::vector<float> x(2 * 5 * 3);
+    for (size_t i = 0; i < x.size(); ++i)
+        x[i] = float(std::sin(double(i)));
+    const std::vector<int32_t> labels = {1, 0};
+    s.backward(x.data(), labels.data());
+    const std::vector<ThroughTimeStatistics> t = s.throughTime();
+    REQUIRE(t.size() == 2);
+    CHECK(t[0].layer == "layers.0");
+    CHECK(t[0].cell == "rnn relu");
+    CHECK(t[1].layer == "layers.1");
+    CHECK(t[1].cell == "gru");
+    for (const ThroughTimeStatistics& l : t) {
+        REQUIRE(l.gradNorm.size() == 5);
+        CHECK(l.gradNorm.back() > 0);
+        CHECK(l.vanishingFactor == l.gradNorm.front() / l.gradNorm.back());
+    }
+    CHECK(t[0].gradNorm != t[1].gradNorm);
+    // A model without recurrent layers has none, once its gradients exist.
+    Session dense(Model::fromString("m.nn", "model m\ninput 3\ndense 2\nloss cross_entropy\n"), 2,
+                  o);
+    const std::vector<float> x3 = {0.5f, -1, 2, 1, 0, -0.5f};
+    dense.backward(x3.data(), labels.data());
+    CHECK(dense.throughTime().empty());
+}
+
 TEST_CASE("every misuse of a Session or a Model throws gradc::Error with a message", "[session]") {
     const Model model = Model::fromString("m.nn", "model m\ninput 3\ndense 4 relu\ndense 5 tanh\ndense 3\n"
                                                   "loss cross_entropy\n");
@@ -325,6 +360,9 @@ TEST_CASE("every misuse of a Session or a Model throws gradc::Error with a messa
                    Catch::Contains("gradientStatistics: no gradients yet: call backward() or trainStep() first"));
         CHECK_THAT(errorOf<Error>([&] { (void)s.vanishingFactor(); }),
                    Catch::Contains("vanishingFactor: no gradients yet"));
+        CHECK_THAT(
+            errorOf<Error>([&] { (void)s.throughTime(); }),
+            Catch::Contains("throughTime: no gradients yet: call backward() or trainStep() first"));
         CHECK_THAT(errorOf<Error>([&] { (void)s.gradients(); }), Catch::Contains("gradients: no gradients yet"));
         CHECK_THAT(errorOf<Error>([&] { (void)s.activationStatistics(); }),
                    Catch::Contains("activationStatistics: no activations yet"));

@@ -43,17 +43,6 @@ struct GradsOptions {
     bool f64 = false;    ///< compiled code in double (the interpreter always is)
 };
 
-/// A recurrent layer's gradient through time: ‖dL/dh_t‖ for t = 0 .. T-1 (the Frobenius norm
-/// over the batch of the total derivative of the loss with respect to its hidden state h_t,
-/// through all later steps), and the vanishing factor gradNorm[0] / gradNorm[T-1] (NaN when
-/// the last is 0).
-struct ThroughTimeStatistics {
-    std::string layer;            ///< layers.0
-    std::string cell;             ///< lstm, gru, rnn tanh, rnn relu
-    std::vector<double> gradNorm; ///< T norms
-    double vanishingFactor = 0;
-};
-
 /// One model's result: cross_entropy classifiers get the images' labels, mse autoencoders
 /// their inputs as targets.
 struct GradsReport {
@@ -140,7 +129,8 @@ struct EpochSummary {
     int64_t step = 0; ///< steps taken by the end of the epoch
     double trainLoss = 0, valLoss = 0, valAccuracy = 0, seconds = 0;
     double vanishingFactor = 0; ///< of the epoch's last step
-    std::vector<ThroughTimeStatistics> throughTime; ///< of the epoch's last step, one per recurrent layer
+    std::vector<ThroughTimeStatistics>
+        throughTime; ///< of the epoch's last step, one per recurrent layer
 };
 struct TrainingResult {
     std::string model;

@@ -43,6 +43,18 @@ struct ActivationStatistics {
     double mean = 0, std = 0, lowGradientFraction = 0;
 };
 
+/// A recurrent layer's gradient through time: ‖dL/dh_t‖ for t = 0 .. T-1 (the Frobenius norm
+/// over the batch of the total derivative of the loss with respect to its hidden state h_t,
+/// through all later steps), and the vanishing factor gradNorm[0] / gradNorm[T-1].
+struct ThroughTimeStatistics {
+    std::string layer;            ///< layers.0
+    std::string cell;             ///< lstm, gru, rnn tanh, rnn relu
+    std::vector<double> gradNorm; ///< T norms
+    /// gradNorm[0] / gradNorm[T-1]; NaN when the last norm is 0 or not finite; JSON null whenever
+    /// not finite.
+    double vanishingFactor = 0;
+};
+
 /// torch.optim's optimisers with PyTorch's formulas and defaults: SGD (with momentum when
 /// momentum > 0, optionally Nesterov) and Adam; weight decay adds `weightDecay * p` to the
 /// gradient, as both do.
@@ -148,6 +160,9 @@ public:
     /// abs_mean of the first weight gradient over the last one's (NaN with fewer than two);
     /// throws before the first backward() or trainStep().
     double vanishingFactor() const;
+    /// Each recurrent layer's ‖dL/dh_t‖ and factor through time from the last backward() or
+    /// trainStep(), in layer order (empty for a model without one); throws before the first.
+    std::vector<ThroughTimeStatistics> throughTime() const;
 
 private:
     struct Impl;
