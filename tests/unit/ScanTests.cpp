@@ -6,6 +6,7 @@
 // tests/torch/rnn_test.py compares the same gradients with PyTorch's.
 #include "Autodiff.h"
 #include "Backend.h"
+#include "Codegen.h"
 #include "Execute.h"
 #include "Init.h"
 #include "Interpreter.h"
@@ -300,14 +301,65 @@ TEST_CASE("recurrent layers' misuse is diagnosed at the statement", "[scan]") {
     CHECK_THAT(error("input 5 steps 2\nlstm 3\nlast\nlast\nloss mse\n"), Catch::Contains("4:1: error: last needs a sequence"));
 }
 
-TEST_CASE("the jit backend refuses the scan ops by name", "[scan]") {
-    const std::string text = "input 5 steps 2\nlstm 3\nlast\ndense 2\nloss cross_entropy\n";
-    const Graph g = model(text, 4);
-    CodegenOptions opts;
-    opts.cache = false;
-    const std::string err = errorOf([&] { compileModel(g, opts); });
-    CHECK_THAT(err, Catch::Contains("test.nn:2:1: error: scan"));
-    CHECK_THAT(err, Catch::Contains(kJitRefusal));
+namespace {
+
+/// `g` compiled in float and double on one and two threads against the interpreter: the
+/// forward's logits and loss, and every output of the backward (gradients, the through-time
+/// norms): float within 1e-4 of each tensor's largest value, double within 1e-9.
+void jitAgrees(const Graph& g, std::mt19937& rng) {
+    Bindings b = randomBindings(g, rng);
+    auto wantForward = interpretOutputs(g, b);
+    auto wantBackward = interpretOutputs(differentiate(g), b);
+    int through = 0;
+    for (bool f64 : {false, true})
+        for (int threads : {1, 2}) {
+            CodegenOptions opts;
+            opts.cache = false, opts.f64 = f64, opts.threads = threads;
+            CompiledModel cm = compileModel(g, opts);
+            const double tol = f64 ? 1e-9 : 1e-4;
+            INFO(g.model << (f64 ? " f64, " : " f32, ") << threads << " thread(s)");
+            auto gotForward = runCompiled(cm, g, b, false);
+            for (const char* name : {"logits", "loss"}) {
+                INFO(name);
+                CHECK(relativeError(gotForward.at(name), wantForward.at(name)) <= tol);
+            }
+            auto gotBackward = runCompiled(cm, g, b, true);
+            for (auto& [name, want] : wantBackward) {
+                if (name == "logits") continue;
+                INFO(name);
+                REQUIRE(gotBackward.count(name) == 1);
+                CHECK(relativeError(gotBackward.at(name), want) <= tol);
+                if (name.rfind("through:", 0) != 0) continue;
+                ++through;
+                CHECK(largestAbs(want) > 0);
+            }
+        }
+    CHECK(through >= 4); // every layer's norms, in each of the four builds
+}
+
+} // namespace
+
+TEST_CASE("the jit's recurrent forward and gradients equal the interpreter's", "[scan][jit]") {
+    std::mt19937 rng(31);
+    // Batch 7: a whole and a partial row tile of the register tile (MR <= 6 on every target).
+    for (const char* cell : {"rnn 5 tanh", "rnn 5 relu", "lstm 5", "gru 5"})
+        for (int steps : {1, 5}) {
+            INFO(cell << ", " << steps << " steps");
+            jitAgrees(model(fmt::format("input 3 steps {}\n{}\nlast\ndense 2\nloss cross_entropy\n", steps, cell), 7), rng);
+        }
+}
+
+TEST_CASE("the jit's recurrent kernels on wide layers, stacks, bias=false and identity init", "[scan][jit]") {
+    std::mt19937 rng(32);
+    // lstm 40: 160 gate columns (more than one NR panel of the forward product); gru 70: more
+    // than one panel of H in the carry and dW products.
+    for (const char* text : {"input 4 steps 3\nlstm 40\nlast\ndense 3\nloss cross_entropy\n",
+                             "input 2 steps 3\ngru 70\nlast\ndense 2\nloss mse\n",
+                             "input 3 steps 4\ngru 6\nlstm 4 bias=false\nlast\ndense 2\nloss cross_entropy\n",
+                             "input 1 steps 6\nrnn 8 relu init=identity\nlast\ndense 2\nloss cross_entropy\n"}) {
+        INFO(text);
+        jitAgrees(model(text, 9), rng);
+    }
 }
 
 TEST_CASE("each recurrent layer's norms of dL/dh_t are an output, in the layout, written by the backward pass", "[scan]") {

@@ -11,6 +11,7 @@
 //   LowerNorm.cpp    normalisations (batchnorm, layernorm, their gradients) by the op they compute
 //   LowerPool.cpp    max and average pooling and their gradients, plane by plane
 //   LowerConv.cpp    conv2d and its gradients: implicit GEMMs through the register tile
+//   LowerScan.cpp    the recurrent loops (scan and its gradients), last_step and its gradient
 //   LowerUpdate.cpp  the optimiser step (gradc_update)
 // Loops are emitted plainly with static bounds; the optimiser (Codegen.cpp's pipeline, the
 // host's vector width) vectorises them. Floating-point operations carry only `reassoc contract` (and `afn` on
@@ -182,6 +183,23 @@ private:
     // ---- Convolutions (LowerConv.cpp): implicit GEMMs through gradc_tile (ConvPlan).
 
     void convolution(const Kernel& k);
+
+    // ---- Recurrent layers (LowerScan.cpp): one loop over the steps around the cell body.
+
+    /// The kernel of every op with trait::Recurrent: the forward and reverse scan families,
+    /// last_step and its gradient.
+    void recurrent(const Kernel& k);
+    void scanForward(const Kernel& k);
+    void scanReverse(const Kernel& k);
+    /// gradc_tile over one MR-row tile and `panels` NR-column panels of packed B ([panel][K][NR]):
+    /// out + jt NR (rows `outStride` apart) = (or += when `add`) rows · panel jt; `rowPtr(r)`
+    /// is row r of A (clamped by the caller), `aStride` its step along K.
+    void tileProduct(llvm::Value* out, int64_t outStride, const std::function<llvm::Value*(int64_t)>& rowPtr,
+                     int64_t aStride, llvm::Value* packedB, int64_t panels, int64_t K, bool add);
+    /// The kernel function's bases and scratch in an array with one more slot, for the step t
+    /// (outlined steps read it back with stepOf).
+    llvm::Value* stepContext();
+    llvm::Value* stepOf(llvm::Value* context);
 };
 
 } // namespace gradc
