@@ -208,6 +208,8 @@ GradsRun runGrads(const GradsOptions& o, const std::function<void(const GradsMod
             r.params.push_back(statistics(p.name, out.at("grad:" + p.name)));
             run.grads.emplace_back(p.name, out.at("grad:" + p.name));
         }
+        for (auto& [name, t] : out) // each recurrent layer's ‖dL/dh_t‖, [T]: "through:LAYER"
+            if (name.rfind("through:", 0) == 0) run.grads.emplace_back(name, t);
         r.activations = activationStatistics(g, out);
         computeVanishingFactor(r);
         result.activations = activationNames(g);

@@ -21,6 +21,7 @@
 
 #include <cmath>
 #include <random>
+#include <sstream>
 
 using namespace gradc;
 
@@ -515,4 +516,33 @@ TEST_CASE("the verifier checks that a reverse loop reads its own scan, scan_stat
     CHECK_THAT(verify(f), Catch::Contains("do not fit a gru cell of 3 gates"));
     CHECK_THAT(printGraph(model("input 4 steps 3\ngru 2\nlast\ndense 2\nloss cross_entropy\n", 2)),
                Catch::Contains("= scan[cell=gru] %6, %2, %4 : real[2,4,2]"));
+}
+
+TEST_CASE("the compiled code of a recurrent layer does not grow with its steps", "[scan][jit]") {
+    // seq_lstm and the same model read pixel by pixel: one loop over t around one cell body,
+    // so the same functions and (but for the input projection's constants) the same code.
+    struct Size {
+        int functions = 0, instructions = 0;
+    };
+    auto size = [](const std::string& input) {
+        Graph g = model(input + "\nlstm 128\nlast\ndense 10\nloss cross_entropy\n", 16);
+        CodegenOptions co;
+        co.cache = false;
+        const std::string ir = emitModule(g, co, "llvm");
+        Size s;
+        std::istringstream lines(ir);
+        bool inside = false;
+        for (std::string line; std::getline(lines, line);) {
+            if (line.rfind("define ", 0) == 0) ++s.functions, inside = true;
+            else if (line == "}") inside = false;
+            else if (inside && line.size() > 2 && line.rfind("  ", 0) == 0 && line[2] != ' ') ++s.instructions;
+        }
+        return s;
+    };
+    const Size rows = size("input 28 steps 28"), pixels = size("input 784 steps 1");
+    INFO(rows.functions << " functions, " << rows.instructions << " instructions at 28 steps; " << pixels.functions
+                        << ", " << pixels.instructions << " at 784");
+    CHECK(rows.functions >= 10);
+    CHECK(rows.functions == pixels.functions);
+    CHECK(std::abs(rows.instructions - pixels.instructions) <= 0.02 * rows.instructions);
 }

@@ -30,7 +30,8 @@ void gradsOptions(po::options_description& d) {
         "the batch from FILE.safetensors instead of the data set: x [B,...] and target [B] (class indices)")(
         "params", po::value<std::string>(), "load parameters from FILE.safetensors (PyTorch names)")(
         "save-params", po::value<std::string>(), "write the parameters used to FILE.safetensors")(
-        "dump-grads", po::value<std::string>(), "write the gradients to FILE.safetensors")(
+        "dump-grads", po::value<std::string>(),
+        "write the gradients to FILE.safetensors (and each recurrent layer's norms of dL/dh_t, through:LAYER)")(
         "plot", po::value<std::string>(), "draw the weight-gradient histograms to FILE.svg")(
         "backend", po::value<std::string>()->default_value("jit"),
         "jit (compiled native code) | interp (the double-precision reference interpreter)");
