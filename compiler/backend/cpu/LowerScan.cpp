@@ -20,6 +20,8 @@
 
 #include "Cells.h"
 
+#include <algorithm>
+
 namespace gradc {
 
 void Lowering::tileProduct(llvm::Value* out, int64_t outStride, const std::function<llvm::Value*(int64_t)>& rowPtr,
@@ -220,11 +222,16 @@ void Lowering::scanReverse(const Kernel& k) {
                     }
                     store(expr(cell.direct, args, memo), carry, bj);
                     if (lstm) store(expr(cell.dcPrev, args, memo), dc, bj);
-                    // h_{t-1} into the dW product's panels [H / NR][B][NR].
-                    llvm::Value* panel = b_.CreateUDiv(j, i64(NR));
-                    store(args[CellDef::kHPrev], hPacked,
-                          b_.CreateAdd(b_.CreateMul(b_.CreateAdd(b_.CreateMul(panel, i64(B)), b), i64(NR)), b_.CreateURem(j, i64(NR))));
                 });
+                // h_{t-1} (zeros at t = 0) into the dW product's panels [H / NR][B][NR], panel by
+                // panel: contiguous copies (an index through j / NR would keep the loop above scalar).
+                for (int64_t jp = 0; jp < plan.hiddenPanels; ++jp) {
+                    llvm::Value* from = b_.CreateAdd(b_.CreateMul(prevRow, i64(H)), i64(jp * NR));
+                    llvm::Value* to = b_.CreateMul(b_.CreateAdd(i64(jp * B), b), i64(NR));
+                    loop(std::min(NR, H - jp * NR), "hp", [&](llvm::Value* c) {
+                        store(b_.CreateSelect(hasPrev, load(h, b_.CreateAdd(from, c)), fp(0)), hPacked, b_.CreateAdd(to, c));
+                    });
+                }
             });
             // The carry to step t-1 through the product: carry[b] += dzhh_t[b] W_hh.
             ifElse(hasPrev, [&] {
