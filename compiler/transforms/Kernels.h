@@ -261,7 +261,7 @@ ConvPlan planConv(const Kernel& k, const std::vector<Buffer>& buffers, const Gem
 ///     when dead): W_hh packed once into [hiddenPanels][GH][NR] at packedAt; the carry
 ///     dL/dh_{t-1} [B][H] at carryAt, the LSTM's dL/dc_{t-1} [B][H] at dcAt, dzhh_t [B][GH]
 ///     at dzhhAt, h_{t-1} packed into [hiddenPanels][B][NR] at hPackedAt, dW_hh's sums
-///     [gateTiles MR][hiddenPanels NR] at dwAt, db_hh's [GH] at dbAt, one double per row
+///     [gateTiles MR][hiddenPanels NR] at dwAt, db_hh's [gateTiles MR] at dbAt, one double per row
 ///     tile of the batch (the partial sums of ‖dh_t‖², added in order: the same bits on any
 ///     thread count) at normAt, and the per-thread sums blocks of the carry product,
 ///     MR x hiddenPanels NR, at sumsAt.

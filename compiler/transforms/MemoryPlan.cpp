@@ -174,7 +174,7 @@ ScanPlan planScan(const Kernel& k, const std::vector<Buffer>& buffers, const Gem
     p.hPackedAt = p.dzhhAt + up16(p.B * p.GH);
     p.dwAt = p.hPackedAt + up16(p.hiddenPanels * p.B * NR);
     p.dbAt = p.dwAt + up16(p.gateTiles * MR * p.hiddenPanels * NR);
-    p.normAt = p.dbAt + up16(p.GH);
+    p.normAt = p.dbAt + up16(p.gateTiles * MR); // GH sums, padded to whole row tiles
     p.sumsAt = p.normAt + up16(p.rowTiles * perDouble);
     p.sumsBlock = up16(MR * p.hiddenPanels * NR);
     p.elements = p.sumsAt + p.sumsBlock * threads;

@@ -257,17 +257,18 @@ void Lowering::scanReverse(const Kernel& k) {
         llvm::Value *dzhh = part(plan.dzhhAt), *hPacked = part(plan.hPackedAt), *dw = part(plan.dwAt), *db = part(plan.dbAt);
         loopTo(b_.CreateSub(end, begin), "gt", [&](llvm::Value* u) {
             llvm::Value* i0 = b_.CreateMul(b_.CreateAdd(begin, u), i64(MR));
-            llvm::Value* rows = b_.CreateSelect(b_.CreateICmpULE(b_.CreateAdd(i0, i64(MR)), i64(GH)), i64(MR),
-                                                b_.CreateSub(i64(GH), i0));
             ifElse(hasPrevOf(t), [&] {
                 tileProduct(at(dw, b_.CreateMul(i0, i64(HP))), HP, [&](int64_t r) {
                     llvm::Value* i = b_.CreateAdd(i0, i64(r));
                     return at(dzhh, b_.CreateSelect(b_.CreateICmpULT(i, i64(GH)), i, i64(GH - 1)));
                 }, GH, hPacked, plan.hiddenPanels, B, true);
             }, [] {}, {"dw", "nodw", "dwdone"});
+            // db's sums of the tile's MR rows in batch order (a constant-length loop, which
+            // vectorises: rows past GH read the next row of dzhh, or the scratch after it, into
+            // db's padding, which nothing reads).
             loop(B, "db", [&](llvm::Value* b) {
                 llvm::Value* from = b_.CreateAdd(b_.CreateMul(b, i64(GH)), i0);
-                loopTo(rows, "dr", [&](llvm::Value* r) {
+                loop(MR, "dr", [&](llvm::Value* r) {
                     llvm::Value* at0 = b_.CreateAdd(i0, r);
                     store(b_.CreateFAdd(load(db, at0), load(dzhh, b_.CreateAdd(from, r))), db, at0);
                 });
