@@ -352,6 +352,8 @@ TEST_CASE("the jit's recurrent forward and gradients equal the interpreter's", "
 
 TEST_CASE("the jit's recurrent kernels on wide layers, stacks, bias=false and identity init", "[scan][jit]") {
     std::mt19937 rng(32);
+    // The golden stacked model (gru 32 under lstm 16, no biases, orthogonal init).
+    jitAgrees(compileFile(GRADC_SOURCE_DIR "/tests/golden/seq/seq_stacked.nn", {5}).graph, rng);
     // lstm 40: 160 gate columns (more than one NR panel of the forward product); gru 70: more
     // than one panel of H in the carry and dW products.
     for (const char* text : {"input 4 steps 3\nlstm 40\nlast\ndense 3\nloss cross_entropy\n",
