@@ -352,6 +352,11 @@ TEST_CASE("the jit's recurrent forward and gradients equal the interpreter's", "
 
 TEST_CASE("the jit's recurrent kernels on wide layers, stacks, bias=false and identity init", "[scan][jit]") {
     std::mt19937 rng(32);
+    // The smallest: one example, one hidden unit (a gate block narrower than a vector).
+    for (const char* cell : {"rnn 1", "lstm 1", "gru 1"}) {
+        INFO(cell);
+        jitAgrees(model(fmt::format("input 1 steps 3\n{}\nlast\ndense 2\nloss cross_entropy\n", cell), 1), rng);
+    }
     // The golden stacked model (gru 32 under lstm 16, no biases, orthogonal init).
     jitAgrees(compileFile(GRADC_SOURCE_DIR "/tests/golden/seq/seq_stacked.nn", {5}).graph, rng);
     // lstm 40: 160 gate columns (more than one NR panel of the forward product); gru 70: more
