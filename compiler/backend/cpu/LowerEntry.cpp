@@ -199,22 +199,27 @@ llvm::FunctionCallee Lowering::parallelFor() {
 
 void Lowering::parallel(const char* name, llvm::Value* context, int64_t n,
                         const std::function<void(llvm::Value*, llvm::Value*, llvm::Value*, llvm::Value*)>& body) {
-    auto* ptr = llvm::PointerType::get(ctx_, 0);
-    auto* int64 = b_.getInt64Ty();
-    llvm::Function* f = helper(name, {ptr, int64, int64, int64},
-                               [&] { body(fn_->getArg(0), fn_->getArg(1), fn_->getArg(2), fn_->getArg(3)); });
-    b_.CreateCall(parallelFor(), {f, context, i64(n), i64(p_->blocking.threads)});
+    b_.CreateCall(parallelFor(), {outline(name, body), context, i64(n), i64(p_->blocking.threads)});
 }
 
-llvm::Value* Lowering::contextArray() {
-    if (context_) return context_;
+llvm::Function* Lowering::outline(const char* name,
+                                  const std::function<void(llvm::Value*, llvm::Value*, llvm::Value*, llvm::Value*)>& body) {
     auto* ptr = llvm::PointerType::get(ctx_, 0);
-    auto* arrTy = llvm::ArrayType::get(ptr, bases_.size() + 1);
+    auto* int64 = b_.getInt64Ty();
+    return helper(name, {ptr, int64, int64, int64},
+                  [&] { body(fn_->getArg(0), fn_->getArg(1), fn_->getArg(2), fn_->getArg(3)); });
+}
+
+llvm::Value* Lowering::contextArray(size_t extraSlots) {
+    if (context_ && !extraSlots) return context_;
+    auto* ptr = llvm::PointerType::get(ctx_, 0);
+    auto* arrTy = llvm::ArrayType::get(ptr, bases_.size() + 1 + extraSlots);
     llvm::IRBuilder<> eb(entryBlock_, entryBlock_->begin());
-    context_ = eb.CreateAlloca(arrTy);
+    llvm::Value* context = eb.CreateAlloca(arrTy);
     for (size_t i = 0; i <= bases_.size(); ++i)
-        eb.CreateStore(i < bases_.size() ? bases_[i] : scratch_, eb.CreateConstGEP2_64(arrTy, context_, 0, i));
-    return context_;
+        eb.CreateStore(i < bases_.size() ? bases_[i] : scratch_, eb.CreateConstGEP2_64(arrTy, context, 0, i));
+    if (!extraSlots) context_ = context;
+    return context;
 }
 
 void Lowering::loadContext(llvm::Value* context) {

@@ -13,8 +13,10 @@
 //              the dW product, then the carry product dzhh_t W_hh for the same rows;
 //            B (row tiles of GH): dW_hh += dzhh_tᵀ h_{t-1} through gradc_tile, db_hh += the
 //              column sums of dzhh_t in batch order.
-//            Between them the norm's partial sums are added in tile order: the same bits on
-//            any thread count.
+//            Between them the norm's partial sums are added in tile order.
+// Each phase is an outlined function over a range of row tiles, called directly on one
+// thread and through the pool on more: the same code, and as every sum runs in a fixed
+// order over fixed tiles, the same bits on any thread count.
 // last_step and last_step_grad are plain copy loops.
 #include "Lowering.h"
 
@@ -37,14 +39,14 @@ void Lowering::tileProduct(llvm::Value* out, int64_t outStride, const std::funct
     }, /*vectorise=*/false);
 }
 
-llvm::Value* Lowering::stepContext() {
-    auto* ptr = llvm::PointerType::get(ctx_, 0);
-    auto* arrTy = llvm::ArrayType::get(ptr, bases_.size() + 2);
-    llvm::IRBuilder<> eb(entryBlock_, entryBlock_->begin());
-    llvm::Value* c = eb.CreateAlloca(arrTy);
-    for (size_t i = 0; i <= bases_.size(); ++i)
-        b_.CreateStore(i < bases_.size() ? bases_[i] : scratch_, b_.CreateConstGEP2_64(arrTy, c, 0, i));
-    return c;
+void Lowering::steps(const char* name, llvm::Value* context, int64_t n,
+                     const std::function<void(llvm::Value*, llvm::Value*, llvm::Value*, llvm::Value*)>& body) {
+    auto outlined = [&](llvm::Value* c, llvm::Value* begin, llvm::Value* end, llvm::Value* thread) {
+        loadContext(c);
+        body(c, begin, end, thread);
+    };
+    if (p_->blocking.threads > 1) return parallel(name, context, n, outlined);
+    b_.CreateCall(outline(name, outlined), {context, i64(0), i64(n), i64(0)});
 }
 
 llvm::Value* Lowering::stepOf(llvm::Value* context) {
@@ -140,20 +142,15 @@ void Lowering::scanForward(const Kernel& k) {
             });
         });
     };
-    if (bl.threads <= 1) {
-        loop(T, "t", [&](llvm::Value* t) { step(i64(0), i64(plan.rowTiles), i64(0), t); }, /*vectorise=*/false);
-        return;
-    }
-    llvm::Value* context = stepContext();
+    llvm::Value* context = contextArray(1);
     auto* ptr = llvm::PointerType::get(ctx_, 0);
     llvm::Value* tSlot = b_.CreateConstGEP1_64(ptr, context, bases_.size() + 1);
     loop(T, "t", [&](llvm::Value* t) {
         b_.CreateStore(b_.CreateIntToPtr(t, ptr), tSlot);
-        parallel("gradc_scan_step", context, plan.rowTiles,
-                 [&](llvm::Value* ctxArg, llvm::Value* begin, llvm::Value* end, llvm::Value* thread) {
-                     loadContext(ctxArg);
-                     step(begin, end, thread, stepOf(ctxArg));
-                 });
+        steps("gradc_scan_step", context, plan.rowTiles,
+              [&](llvm::Value* c, llvm::Value* begin, llvm::Value* end, llvm::Value* thread) {
+                  step(begin, end, thread, stepOf(c));
+              });
     }, /*vectorise=*/false);
 }
 
@@ -287,34 +284,22 @@ void Lowering::scanReverse(const Kernel& k) {
         llvm::Value* n = b_.CreateCall(sqrtFn, {b_.CreateLoad(dbl, sum)});
         store(f64_ ? n : b_.CreateFPTrunc(n, T_), base(k.out[3]), t);
     };
-    auto reverseT = [&](llvm::Value* tt) { return b_.CreateSub(i64(T - 1), tt); };
-    if (bl.threads <= 1) {
-        loop(T, "t", [&](llvm::Value* tt) {
-            llvm::Value* t = reverseT(tt);
-            phaseA(i64(0), i64(plan.rowTiles), i64(0), t);
-            norm(t);
-            phaseB(i64(0), i64(plan.gateTiles), i64(0), t);
-        }, /*vectorise=*/false);
-    } else {
-        llvm::Value* context = stepContext();
-        auto* ptr = llvm::PointerType::get(ctx_, 0);
-        llvm::Value* tSlot = b_.CreateConstGEP1_64(ptr, context, bases_.size() + 1);
-        loop(T, "t", [&](llvm::Value* tt) {
-            llvm::Value* t = reverseT(tt);
-            b_.CreateStore(b_.CreateIntToPtr(t, ptr), tSlot);
-            parallel("gradc_scan_back", context, plan.rowTiles,
-                     [&](llvm::Value* c, llvm::Value* begin, llvm::Value* end, llvm::Value* thread) {
-                         loadContext(c);
-                         phaseA(begin, end, thread, stepOf(c));
-                     });
-            norm(t);
-            parallel("gradc_scan_dw", context, plan.gateTiles,
-                     [&](llvm::Value* c, llvm::Value* begin, llvm::Value* end, llvm::Value* thread) {
-                         loadContext(c);
-                         phaseB(begin, end, thread, stepOf(c));
-                     });
-        }, /*vectorise=*/false);
-    }
+    llvm::Value* context = contextArray(1);
+    auto* ptr = llvm::PointerType::get(ctx_, 0);
+    llvm::Value* tSlot = b_.CreateConstGEP1_64(ptr, context, bases_.size() + 1);
+    loop(T, "t", [&](llvm::Value* tt) {
+        llvm::Value* t = b_.CreateSub(i64(T - 1), tt);
+        b_.CreateStore(b_.CreateIntToPtr(t, ptr), tSlot);
+        steps("gradc_scan_back", context, plan.rowTiles,
+              [&](llvm::Value* c, llvm::Value* begin, llvm::Value* end, llvm::Value* thread) {
+                  phaseA(begin, end, thread, stepOf(c));
+              });
+        norm(t);
+        steps("gradc_scan_dw", context, plan.gateTiles,
+              [&](llvm::Value* c, llvm::Value* begin, llvm::Value* end, llvm::Value* thread) {
+                  phaseB(begin, end, thread, stepOf(c));
+              });
+    }, /*vectorise=*/false);
     // After the loop: dW_hh and db_hh from their sums.
     if (k.out[1] >= 0) {
         llvm::Value *dw = part(plan.dwAt), *out = base(k.out[1]);

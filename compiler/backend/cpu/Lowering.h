@@ -123,7 +123,8 @@ private:
     void kernel(const Kernel& k);
     /// The kernel function's buffer bases and scratch area in an array in its frame, for
     /// outlined loops; loadContext rebinds them from that array inside an outlined loop.
-    llvm::Value* contextArray();
+    /// `extraSlots` more slots follow the scratch area's (a fresh array, not the shared one).
+    llvm::Value* contextArray(size_t extraSlots = 0);
     void loadContext(llvm::Value* context);
     /// gradc_parallel_for(body, context, n, threads), the runtime's parallel loop.
     llvm::FunctionCallee parallelFor();
@@ -131,6 +132,9 @@ private:
     /// through gradc_parallel_for: `body` emits it given (context, begin, end, thread).
     void parallel(const char* name, llvm::Value* context, int64_t n,
                   const std::function<void(llvm::Value*, llvm::Value*, llvm::Value*, llvm::Value*)>& body);
+    /// The helper `name`(context, begin, end, thread) whose body `body` emits.
+    llvm::Function* outline(const char* name,
+                            const std::function<void(llvm::Value*, llvm::Value*, llvm::Value*, llvm::Value*)>& body);
 
     // ---- Scalar expressions and element-wise loop kernels (LowerScalar.cpp).
 
@@ -196,9 +200,12 @@ private:
     /// is row r of A (clamped by the caller), `aStride` its step along K.
     void tileProduct(llvm::Value* out, int64_t outStride, const std::function<llvm::Value*(int64_t)>& rowPtr,
                      int64_t aStride, llvm::Value* packedB, int64_t panels, int64_t K, bool add);
-    /// The kernel function's bases and scratch in an array with one more slot, for the step t
-    /// (outlined steps read it back with stepOf).
-    llvm::Value* stepContext();
+    /// The outlined step `name` over [0, n): on the thread pool when there are threads, else
+    /// called directly with (context, 0, n, thread 0), so one thread runs the same function
+    /// (the same bits) as many.
+    void steps(const char* name, llvm::Value* context, int64_t n,
+               const std::function<void(llvm::Value*, llvm::Value*, llvm::Value*, llvm::Value*)>& body);
+    /// The step t from its slot in a contextArray(1) (written before each step's dispatch).
     llvm::Value* stepOf(llvm::Value* context);
 };
 
