@@ -8,8 +8,8 @@ and two threads.
 For each cell (rnn tanh, rnn relu, lstm, gru; one stacked gru + lstm; bias=false) and T in
 {1, 5, 28, 784}: a model `input T steps N`, the recurrent layer(s), `last`, `dense C`, and its
 PyTorch twin (nn.RNN/nn.LSTM/nn.GRU with batch_first=True, out[:, -1], nn.Linear) in float64
-with random parameters. The parameters go to `gradc grads --params`, a random batch of
-sequences (x [B,T,N] and class targets) to `--inputs`, and every parameter's gradient must
+with random parameters. The parameters go to `gradc grads --params`, a random batch of 33
+sequences (two row tiles or more of the jit's register tile in float and double) (x [B,T,N] and class targets) to `--inputs`, and every parameter's gradient must
 agree with PyTorch's within the tolerance (1e-6 in double, 1e-4 for the jit in float) of the
 tensor's largest value (as cnn_test), and the loss too. The parameter names are PyTorch's
 (`layers.0.weight_ih_l0`, ...), so the state_dict is written as it is. A second twin, unrolled
@@ -89,7 +89,7 @@ def spelling(cell, hidden, extra):
     return " ".join(words + (["bias=false"] if extra.get("bias", True) is False else []))
 
 
-def compare(layers, steps, n=3, batch=4, classes=5):
+def compare(layers, steps, n=3, batch=33, classes=5):
     name = " + ".join(spelling(*l) for l in layers) + f", {steps} steps"
     torch.manual_seed(steps * 7 + len(layers))
     twin = Twin(layers, n, classes).double()
