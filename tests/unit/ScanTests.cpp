@@ -584,30 +584,43 @@ TEST_CASE("the verifier checks that a reverse loop reads its own scan, scan_stat
 }
 
 TEST_CASE("the compiled code of a recurrent layer does not grow with its steps", "[scan][jit]") {
-    // seq_lstm and the same model read pixel by pixel: one loop over t around one cell body,
-    // so the same functions and (but for the input projection's constants) the same code.
+    // seq_lstm (28 steps) and the same model read pixel by pixel (784 steps): one loop over t
+    // around one cell body, so the same functions, and the scan's step functions (forward,
+    // the forward of the backward program, its phases A and B) the same size, T being a
+    // constant of their address arithmetic only. On pinned thread counts (the rest of the
+    // module, the input projection's product, depends on them and on T's rows).
     struct Size {
-        int functions = 0, instructions = 0;
+        int functions = 0;
+        std::vector<int> scan; ///< the instructions of each gradc_scan_* function, in order
     };
-    auto size = [](const std::string& input) {
+    auto size = [](const std::string& input, int threads) {
         Graph g = model(input + "\nlstm 128\nlast\ndense 10\nloss cross_entropy\n", 16);
         CodegenOptions co;
-        co.cache = false;
+        co.cache = false, co.threads = threads;
         const std::string ir = emitModule(g, co, "llvm");
         Size s;
         std::istringstream lines(ir);
-        bool inside = false;
+        int* count = nullptr;
         for (std::string line; std::getline(lines, line);) {
-            if (line.rfind("define ", 0) == 0) ++s.functions, inside = true;
-            else if (line == "}") inside = false;
-            else if (inside && line.size() > 2 && line.rfind("  ", 0) == 0 && line[2] != ' ') ++s.instructions;
+            if (line.rfind("define ", 0) == 0) {
+                ++s.functions, count = nullptr;
+                if (line.find("@gradc_scan_") != std::string::npos) count = &s.scan.emplace_back(0);
+            } else if (line == "}") count = nullptr;
+            else if (count && line.size() > 2 && line.rfind("  ", 0) == 0 && line[2] != ' ') ++*count;
         }
         return s;
     };
-    const Size rows = size("input 28 steps 28"), pixels = size("input 784 steps 1");
-    INFO(rows.functions << " functions, " << rows.instructions << " instructions at 28 steps; " << pixels.functions
-                        << ", " << pixels.instructions << " at 784");
-    CHECK(rows.functions >= 10);
-    CHECK(rows.functions == pixels.functions);
-    CHECK(std::abs(rows.instructions - pixels.instructions) <= 0.02 * rows.instructions);
+    for (int threads : {1, 2}) {
+        const Size rows = size("input 28 steps 28", threads), pixels = size("input 784 steps 1", threads);
+        INFO(threads << " thread(s): " << rows.functions << " functions at 28 steps, " << pixels.functions << " at 784");
+        CHECK(rows.functions >= 10);
+        CHECK(rows.functions == pixels.functions);
+        REQUIRE(rows.scan.size() == 4);
+        REQUIRE(pixels.scan.size() == rows.scan.size());
+        for (size_t i = 0; i < rows.scan.size(); ++i) {
+            INFO("step function " << i << ": " << rows.scan[i] << " instructions at 28 steps, " << pixels.scan[i] << " at 784");
+            CHECK(rows.scan[i] > 50);
+            CHECK(std::abs(rows.scan[i] - pixels.scan[i]) <= rows.scan[i] / 100);
+        }
+    }
 }
