@@ -51,6 +51,7 @@ CellDef lstm() {
     const Expr i = sigmoid(gate[0]), f = sigmoid(gate[1]), g = tanh(gate[2]), o = sigmoid(gate[3]);
     const Expr c = add(mul(f, a(d.cPrevArg())), mul(i, g));
     d.forward = {mul(o, tanh(c)), i, f, g, o, c};
+    d.cellStateSlot = 4;
     // Backward through the saved i, f, g, o, c.
     const Expr dh = a(CellDef::kDh), cp = a(CellDef::kCPrev);
     const Expr si = a(CellDef::stateArg(0)), sf = a(CellDef::stateArg(1)), sg = a(CellDef::stateArg(2)),

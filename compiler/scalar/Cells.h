@@ -38,6 +38,9 @@ struct CellDef {
     std::vector<scalar::Expr> forward;   ///< 1 + S
     std::vector<scalar::Expr> dxp, dzhh; ///< G each
     scalar::Expr direct, dcPrev;
+    /// The state slot whose value step t+1 reads as c_{t-1} (cPrevArg, kCPrev) and whose
+    /// gradient flows back through dcPrev: the LSTM's c (4); -1 for a cell without one.
+    int cellStateSlot = -1;
 
     int xpArg(int g) const { return g; }
     int zhArg(int g) const { return gates + g; }

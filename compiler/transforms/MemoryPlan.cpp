@@ -2,6 +2,8 @@
 // printers of the kernel program.
 #include "Kernels.h"
 
+#include "Cells.h"
+
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -163,7 +165,7 @@ ScanPlan planScan(const Kernel& k, const std::vector<Buffer>& buffers, const Gem
         p.sumsAt = up16(p.gatePanels * p.H * NR);
         p.sumsBlock = up16(MR * p.gatePanels * NR);
         p.cAt = p.sumsAt + p.sumsBlock * threads;
-        p.elements = p.cAt + (k.attrs.cell == Cell::Lstm ? up16(p.B * p.H) : 0);
+        p.elements = p.cAt + (cellDef(k.attrs.cell, k.attrs.expr).cellStateSlot >= 0 ? up16(p.B * p.H) : 0);
         return p;
     }
     const int64_t perDouble = 8 / elementBytes;
@@ -171,7 +173,9 @@ ScanPlan planScan(const Kernel& k, const std::vector<Buffer>& buffers, const Gem
     p.carryAt = up16(p.hiddenPanels * p.GH * NR);
     p.dcAt = p.carryAt + up16(p.B * p.H);
     p.dzhhAt = p.dcAt + up16(p.B * p.H);
-    p.hPackedAt = p.dzhhAt + up16(p.B * p.GH);
+    // dzhh_t [B][GH] and MR zeros after it: db_hh's sums read MR rows of GH from every row of
+    // the batch, past GH into the next row (into db's padding) and, on the last, into the zeros.
+    p.hPackedAt = p.dzhhAt + up16(p.B * p.GH + MR);
     p.dwAt = p.hPackedAt + up16(p.hiddenPanels * p.B * NR);
     p.dbAt = p.dwAt + up16(p.gateTiles * MR * p.hiddenPanels * NR);
     p.normAt = p.dbAt + up16(p.gateTiles * MR); // GH sums, padded to whole row tiles

@@ -90,9 +90,16 @@ void Lowering::scanForward(const Kernel& k) {
     const CellDef cell = cellDef(k.attrs.cell, k.attrs.expr);
     const int64_t B = plan.B, T = plan.T, H = plan.H, G = plan.G, S = plan.S, GH = plan.GH;
     const int64_t MR = bl.mr, NR = bl.nr(), sumsStride = plan.gatePanels * NR;
-    const bool lstm = k.attrs.cell == Cell::Lstm;
+    const int cs = cell.cellStateSlot; // the cell state c_t, in the scratch from step to step
     internal_assert(k.out[0] >= 0, "a scan kernel whose hidden sequence nobody reads");
     pack(packB_, at(scratchArea(), i64(plan.packedAt)), base(k.in[1]), GH, H, true, 0, plan.gatePanels);
+    if (cs >= 0) { // c_{-1} = 0
+        llvm::Value* c = at(scratchArea(), i64(plan.cAt));
+        loop(B * H, "z", [&](llvm::Value* i) { store(fp(0), c, i); });
+    }
+    auto stateAt = [&](llvm::Value* row, int64_t slot, llvm::Value* j) { // state[row][slot H + j]
+        return b_.CreateAdd(b_.CreateMul(row, i64(S * H)), b_.CreateAdd(i64(slot * H), j));
+    };
     // One step for the row tiles [begin, end) of the batch, on `thread`.
     auto step = [&](llvm::Value* begin, llvm::Value* end, llvm::Value* thread, llvm::Value* t) {
         llvm::Value *xp = base(k.in[0]), *bias = base(k.in[2]), *h = base(k.out[0]), *st = base(k.out[1]);
@@ -130,14 +137,14 @@ void Lowering::scanForward(const Kernel& k) {
                     args[size_t(cell.hPrevArg())] =
                         b_.CreateSelect(hasPrev, load(h, b_.CreateAdd(b_.CreateMul(prevRow, i64(H)), j)), fp(0));
                     llvm::Value* cAt = b_.CreateAdd(b_.CreateMul(b, i64(H)), j);
-                    args[size_t(cell.cPrevArg())] = lstm ? b_.CreateSelect(hasPrev, load(c, cAt), fp(0)) : fp(0);
+                    args[size_t(cell.cPrevArg())] = cs >= 0 ? load(c, cAt) : fp(0);
                     Memo memo;
                     store(expr(cell.forward[0], args, memo), h, b_.CreateAdd(b_.CreateMul(row, i64(H)), j));
-                    if (lstm) store(expr(cell.forward[5], args, memo), c, cAt); // c_t for step t+1
+                    if (cs >= 0) store(expr(cell.forward[size_t(1 + cs)], args, memo), c, cAt); // for step t+1
                     if (st)
                         for (int64_t sl = 0; sl < S; ++sl)
                             store(expr(cell.forward[size_t(1 + sl)], args, memo), st,
-                                  b_.CreateAdd(b_.CreateMul(row, i64(S * H)), b_.CreateAdd(i64(sl * H), j)));
+                                  stateAt(row, sl, j));
                 });
             });
         });
@@ -161,19 +168,24 @@ void Lowering::scanReverse(const Kernel& k) {
     const CellDef cell = cellDef(k.attrs.cell, k.attrs.expr);
     const int64_t B = plan.B, T = plan.T, H = plan.H, G = plan.G, S = plan.S, GH = plan.GH;
     const int64_t MR = bl.mr, NR = bl.nr(), HP = plan.hiddenPanels * NR;
-    const bool lstm = k.attrs.cell == Cell::Lstm;
+    const int cs = cell.cellStateSlot; // the cell state: dc flows back through dcPrev
     auto* dbl = b_.getDoubleTy();
     auto toDouble = [&](llvm::Value* v) { return f64_ ? v : b_.CreateFPExt(v, dbl); };
     auto part = [&](int64_t offset) { return at(scratchArea(), i64(offset)); };
     // Before the loop: W_hh packed (not transposed: the carry product's B is W_hh [GH][H]), and
-    // zeros in the carries, the sums of dW and db, and h_{t-1}'s panels (their columns past H).
+    // zeros in the carries, the MR elements after dzhh_t (which db's sums of the last row read),
+    // the sums of dW and db (db's padding too: it adds those reads) and h_{t-1}'s panels (their
+    // columns past H).
     pack(packB_, part(plan.packedAt), base(k.in[3]), H, GH, false, 0, plan.hiddenPanels);
     for (auto [at0, n] : {std::pair{plan.carryAt, B * H}, std::pair{plan.dcAt, B * H},
-                          std::pair{plan.hPackedAt, plan.hiddenPanels * B * NR},
-                          std::pair{plan.dwAt, plan.gateTiles * MR * HP}, std::pair{plan.dbAt, GH}}) {
+                          std::pair{plan.dzhhAt + B * GH, MR}, std::pair{plan.hPackedAt, plan.hiddenPanels * B * NR},
+                          std::pair{plan.dwAt, plan.gateTiles * MR * HP}, std::pair{plan.dbAt, plan.gateTiles * MR}}) {
         llvm::Value* dst = part(at0);
         loop(n, "z", [&](llvm::Value* i) { store(fp(0), dst, i); });
     }
+    auto stateAt = [&](llvm::Value* row, int64_t slot, llvm::Value* j) { // state[row][slot H + j]
+        return b_.CreateAdd(b_.CreateMul(row, i64(S * H)), b_.CreateAdd(i64(slot * H), j));
+    };
     auto hasPrevOf = [&](llvm::Value* t) { return b_.CreateICmpUGT(t, i64(0)); };
     auto prevOf = [&](llvm::Value* t) { return b_.CreateSelect(hasPrevOf(t), b_.CreateSub(t, i64(1)), i64(0)); };
     // Phase A over the row tiles [begin, end) of the batch.
@@ -201,16 +213,14 @@ void Lowering::scanReverse(const Kernel& k) {
                     b_.CreateStore(b_.CreateFAdd(b_.CreateLoad(dbl, norm), b_.CreateFMul(d, d)), norm);
                     std::vector<llvm::Value*> args(size_t(cell.backwardArgs()));
                     args[CellDef::kDh] = dh;
-                    args[CellDef::kDc] = lstm ? load(dc, bj) : fp(0);
+                    args[CellDef::kDc] = cs >= 0 ? load(dc, bj) : fp(0);
                     args[CellDef::kHPrev] =
                         b_.CreateSelect(hasPrev, load(h, b_.CreateAdd(b_.CreateMul(prevRow, i64(H)), j)), fp(0));
                     args[CellDef::kCPrev] =
-                        lstm ? b_.CreateSelect(hasPrev, load(st, b_.CreateAdd(b_.CreateMul(prevRow, i64(S * H)), b_.CreateAdd(i64(4 * H), j))),
-                                               fp(0))
-                             : fp(0);
+                        cs >= 0 ? b_.CreateSelect(hasPrev, load(st, stateAt(prevRow, cs, j)), fp(0)) : fp(0);
                     for (int64_t sl = 0; sl < S; ++sl)
                         args[size_t(CellDef::stateArg(int(sl)))] =
-                            load(st, b_.CreateAdd(b_.CreateMul(row, i64(S * H)), b_.CreateAdd(i64(sl * H), j)));
+                            load(st, stateAt(row, sl, j));
                     Memo memo;
                     for (int64_t g = 0; g < G; ++g) {
                         llvm::Value* col = b_.CreateAdd(i64(g * H), j);
@@ -218,7 +228,7 @@ void Lowering::scanReverse(const Kernel& k) {
                         store(expr(cell.dzhh[size_t(g)], args, memo), dzhh, b_.CreateAdd(b_.CreateMul(b, i64(GH)), col));
                     }
                     store(expr(cell.direct, args, memo), carry, bj);
-                    if (lstm) store(expr(cell.dcPrev, args, memo), dc, bj);
+                    if (cs >= 0) store(expr(cell.dcPrev, args, memo), dc, bj);
                 });
                 // h_{t-1} (zeros at t = 0) into the dW product's panels [H / NR][B][NR], panel by
                 // panel: contiguous copies (an index through j / NR would keep the loop above scalar).
@@ -261,8 +271,8 @@ void Lowering::scanReverse(const Kernel& k) {
                 }, GH, hPacked, plan.hiddenPanels, B, true);
             }, [] {}, {"dw", "nodw", "dwdone"});
             // db's sums of the tile's MR rows in batch order (a constant-length loop, which
-            // vectorises: rows past GH read the next row of dzhh, or the scratch after it, into
-            // db's padding, which nothing reads).
+            // vectorises: rows past GH read the next row of dzhh, or the zeros after the last,
+            // into db's padding, which nothing reads).
             loop(B, "db", [&](llvm::Value* b) {
                 llvm::Value* from = b_.CreateAdd(b_.CreateMul(b, i64(GH)), i0);
                 loop(MR, "dr", [&](llvm::Value* r) {

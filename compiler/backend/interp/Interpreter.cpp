@@ -278,8 +278,8 @@ struct Eval {
                         args[size_t(cell.zhArg(int(g)))] = zh[size_t(g * H + j)];
                     }
                     args[size_t(cell.hPrevArg())] = hp ? hp[j] : 0;
-                    args[size_t(cell.cPrevArg())] = t > 0 && n.cell == Cell::Lstm
-                        ? st.data[size_t((b * T + t - 1) * S * H + 4 * H + j)] : 0;
+                    args[size_t(cell.cPrevArg())] = t > 0 && cell.cellStateSlot >= 0
+                        ? st.data[size_t((b * T + t - 1) * S * H + cell.cellStateSlot * H + j)] : 0;
                     double out = f[0].withArgs(args.data());
                     if (t == p.t && b == p.b && j == p.j) out += p.delta;
                     h.data[size_t((b * T + t) * H + j)] = out;
@@ -322,7 +322,8 @@ struct Eval {
                     args[CellDef::kDh] = dh;
                     args[CellDef::kDc] = dc[size_t(b * H + j)];
                     args[CellDef::kHPrev] = t > 0 ? h.data[size_t((b * T + t - 1) * H + j)] : 0;
-                    args[CellDef::kCPrev] = t > 0 && n.cell == Cell::Lstm ? st.data[size_t((b * T + t - 1) * S * H + 4 * H + j)] : 0;
+                    args[CellDef::kCPrev] = t > 0 && cell.cellStateSlot >= 0
+                        ? st.data[size_t((b * T + t - 1) * S * H + cell.cellStateSlot * H + j)] : 0;
                     for (int64_t s = 0; s < S; ++s)
                         args[size_t(CellDef::stateArg(int(s)))] = st.data[size_t((b * T + t) * S * H + s * H + j)];
                     for (int64_t g = 0; g < G; ++g) {
