@@ -164,7 +164,8 @@ int main(int argc, char** argv) {
                      t->count == r->steps;
         }
         if (!found || r->steps < 1 || r->inputs < 1 || r->hidden < 1 ||
-            (strcmp(r->cell, "rnn") != 0 && strcmp(r->cell, "lstm") != 0 && strcmp(r->cell, "gru") != 0)) {
+            (strcmp(r->cell, "rnn_tanh") != 0 && strcmp(r->cell, "rnn_relu") != 0 && strcmp(r->cell, "lstm") != 0 &&
+             strcmp(r->cell, "gru") != 0)) {
             fprintf(stderr, "recurrent layer %s: not in the activations' table as its through_time row\n", r->layer);
             return 1;
         }

@@ -473,14 +473,16 @@ std::string header(const Graph& g, const Programs& p, const AotOptions& opts, co
         const LayoutEntry* norms = p.layout.find(Role::ThroughTime, layer.name);
         internal_assert(norms, "no through-time norms in the layout for " + layer.name);
         const Shape& xp = g[scan.in[0]].shape; // the input projection [B,T,GH] of x [B,T,N]
-        const LayoutEntry* wih = p.layout.find(Role::Parameter, layer.name + ".weight_ih_l0");
-        internal_assert(wih && wih->shape.size() == 2, "a recurrent layer without its input weight " + layer.name);
-        recurrent += fmt::format("    {{\"{}\", \"{}\", {}, {}, {}, {}}},\n", cStringText(layer.name), cellName(scan.cell),
-                                 xp[1], wih->shape[1], scan.shape[2], norms->offset);
+        internal_assert(layer.in.size() == 3, "a recurrent layer whose input is not a sequence: " + layer.name);
+        // The rnn's non-linearity is its cell expression's root (Layers.cpp: tanh, else relu).
+        const std::string cell = scan.cell != Cell::Rnn ? cellName(scan.cell)
+                                 : scan.expr->op == scalar::Kind::Tanh ? "rnn_tanh" : "rnn_relu";
+        recurrent += fmt::format("    {{\"{}\", \"{}\", {}, {}, {}, {}}},\n", cStringText(layer.name), cell, xp[1],
+                                 layer.in[2], scan.shape[2], norms->offset);
         ++layers;
     }
     if (layers > 0)
-        h += fmt::format("/* The recurrent layers: cell (rnn, lstm, gru), steps, input features per step, hidden\n"
+        h += fmt::format("/* The recurrent layers: cell (rnn_tanh, rnn_relu, lstm, gru), steps, input features per step, hidden\n"
                          "   units, and the offset in acts of the layer's norms of dL/dh_t (steps values, t = 0 first:\n"
                          "   the Frobenius norm over the batch of the total derivative of the loss with respect to\n"
                          "   h_t; written by backward). */\n"
