@@ -27,21 +27,32 @@
 namespace gradc {
 
 void Lowering::tileProduct(llvm::Value* out, int64_t outStride,
-                           const std::function<llvm::Value*(int64_t)>& rowPtr, int64_t aStride,
-                           llvm::Value* packedB, int64_t panels, int64_t K, bool add) {
+                           const std::function<llvm::Value*(llvm::Value*)>& rowAt, int64_t M,
+                           llvm::Value* r0, int64_t aStride, llvm::Value* packedB, int64_t panels,
+                           int64_t K, bool add) {
     const int64_t MR = p_->blocking.mr, NR = p_->blocking.nr();
+    // The last tile of M rows, when M is not a multiple of MR, runs the edge tile of M % MR
+    // rows; its row pointers past M repeat row M - 1 (read by no tile).
+    llvm::Function* edge = M % MR ? tileRows(M % MR) : tile_;
+    llvm::Value* fn =
+        edge == tile_ ? tile_
+                      : b_.CreateSelect(b_.CreateICmpEQ(r0, i64((M - 1) / MR * MR)), edge, tile_);
+    std::vector<llvm::Value*> rows;
+    for (int64_t r = 0; r < MR; ++r) {
+        llvm::Value* row = b_.CreateAdd(r0, i64(r));
+        rows.push_back(rowAt(b_.CreateSelect(b_.CreateICmpULT(row, i64(M)), row, i64(M - 1))));
+    }
     loop(
         panels, "jt",
         [&](llvm::Value* jt) {
             std::vector<llvm::Value*> callArgs = {b_.CreateGEP(T_, out, b_.CreateMul(jt, i64(NR))),
                                                   i64(outStride)};
-            for (int64_t r = 0; r < MR; ++r)
-                callArgs.push_back(rowPtr(r));
+            callArgs.insert(callArgs.end(), rows.begin(), rows.end());
             callArgs.push_back(i64(aStride));
             callArgs.push_back(b_.CreateGEP(T_, packedB, b_.CreateMul(jt, i64(K * NR))));
             for (llvm::Value* v : {i64(NR), i64(K), (llvm::Value*)b_.getInt1(add)})
                 callArgs.push_back(v);
-            b_.CreateCall(tile_, callArgs);
+            b_.CreateCall(tile_->getFunctionType(), fn, callArgs);
         },
         /*vectorise=*/false);
 }
@@ -141,13 +152,11 @@ void Lowering::scanForward(const Kernel& k) {
                 [&] {
                     tileProduct(
                         sums, sumsStride,
-                        [&](int64_t r) {
-                            llvm::Value* b = b_.CreateAdd(b0, i64(r));
-                            b = b_.CreateSelect(b_.CreateICmpULT(b, i64(B)), b, i64(B - 1));
+                        [&](llvm::Value* b) {
                             return at(h, b_.CreateMul(b_.CreateAdd(b_.CreateMul(b, i64(T)), tPrev),
                                                       i64(H)));
                         },
-                        1, packed, plan.gatePanels, H, false);
+                        B, b0, 1, packed, plan.gatePanels, H, false);
                 },
                 [&] { loop(MR * sumsStride, "z", [&](llvm::Value* i) { store(fp(0), sums, i); }); },
                 {"product", "first", "cell"});
@@ -298,11 +307,7 @@ void Lowering::scanReverse(const Kernel& k) {
                 [&] {
                     tileProduct(
                         sums, HP,
-                        [&](int64_t r) {
-                            llvm::Value* b = b_.CreateAdd(b0, i64(r));
-                            b = b_.CreateSelect(b_.CreateICmpULT(b, i64(B)), b, i64(B - 1));
-                            return at(dzhh, b_.CreateMul(b, i64(GH)));
-                        },
+                        [&](llvm::Value* b) { return at(dzhh, b_.CreateMul(b, i64(GH))); }, B, b0,
                         1, packedW, plan.hiddenPanels, GH, false);
                     loopTo(rows, "cr", [&](llvm::Value* r) {
                         llvm::Value* first = b_.CreateMul(b_.CreateAdd(b0, r), i64(H));
@@ -330,12 +335,8 @@ void Lowering::scanReverse(const Kernel& k) {
                 [&] {
                     tileProduct(
                         at(dw, b_.CreateMul(i0, i64(HP))), HP,
-                        [&](int64_t r) {
-                            llvm::Value* i = b_.CreateAdd(i0, i64(r));
-                            return at(dzhh, b_.CreateSelect(b_.CreateICmpULT(i, i64(GH)), i,
-                                                            i64(GH - 1)));
-                        },
-                        GH, hPacked, plan.hiddenPanels, B, true);
+                        [&](llvm::Value* i) { return at(dzhh, i); }, GH, i0, GH, hPacked,
+                        plan.hiddenPanels, B, true);
                 },
                 [] {}, {"dw", "nodw", "dwdone"});
             // db's sums of the tile's MR rows in batch order (a constant-length loop, which

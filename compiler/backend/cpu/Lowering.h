@@ -195,10 +195,12 @@ private:
     void recurrent(const Kernel& k);
     void scanForward(const Kernel& k);
     void scanReverse(const Kernel& k);
-    /// gradc_tile over one MR-row tile and `panels` NR-column panels of packed B ([panel][K][NR]):
-    /// out + jt NR (rows `outStride` apart) = (or += when `add`) rows · panel jt; `rowPtr(r)`
-    /// is row r of A (clamped by the caller), `aStride` its step along K.
-    void tileProduct(llvm::Value* out, int64_t outStride, const std::function<llvm::Value*(int64_t)>& rowPtr,
+    /// gradc_tile over the MR-row tile at row r0 of an M-row A and `panels` NR-column panels of
+    /// packed B ([panel][K][NR]): out + jt NR (rows `outStride` apart) = (or += when `add`)
+    /// rows · panel jt; `rowAt(row)` is the address of A's row (clamped to M - 1 here), `aStride`
+    /// its step along K. The last tile of a ragged M runs the edge tile of its M % MR rows.
+    void tileProduct(llvm::Value* out, int64_t outStride,
+                     const std::function<llvm::Value*(llvm::Value*)>& rowAt, int64_t M, llvm::Value* r0,
                      int64_t aStride, llvm::Value* packedB, int64_t panels, int64_t K, bool add);
     /// The outlined step `name` over [0, n): on the thread pool when there are threads, else
     /// called directly with (context, 0, n, thread 0), so one thread runs the same function
