@@ -127,6 +127,13 @@ double matmulFlops(const Graph& g) {
         if (n.op == Op::MatMulNT) flops += 2.0 * double(elementCount(n.shape)) * double(g[n.in[0]].shape.back());
         if (n.op == Op::MatMulNN) flops += 2.0 * double(elementCount(n.shape)) * double(g[n.in[0]].shape.back());
         if (n.op == Op::MatMulTN) flops += 2.0 * double(elementCount(n.shape)) * double(elementCount(g[n.in[0]].shape) / g[n.in[0]].shape.back());
+        // A scan's recurrent product h_{t-1} W_hhᵀ at every step but the first; its reverse loop
+        // (counted once, at the norms every reverse loop makes) the carry dzhh_t W_hh and dW_hh's.
+        if (n.op == Op::Scan || n.op == Op::ScanGradNorm) {
+            const Shape& h = n.op == Op::Scan ? n.shape : g[n.in[0]].shape; // [B,T,H]
+            const Shape& w = g[n.in[n.op == Op::Scan ? 1 : 3]].shape;       // [GH,H]
+            flops += (n.op == Op::Scan ? 2.0 : 4.0) * double(h[0]) * double(h[1] - 1) * double(w[0]) * double(w[1]);
+        }
     }
     return flops;
 }

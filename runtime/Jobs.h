@@ -47,7 +47,8 @@ struct GradsModel {
 struct GradsRun {
     std::vector<GradsModel> models;
     /// Of the last model: its parameters with its running statistics (PyTorch's state_dict,
-    /// `integers` naming the I64 ones) and its gradients, for the safetensors files.
+    /// `integers` naming the I64 ones) and its gradients (then each recurrent layer's norms of
+    /// dL/dh_t as "through:LAYER"), for the safetensors files.
     std::vector<std::pair<std::string, Tensor>> params, grads;
     /// Of the last model: each recurrent layer's norms of dL/dh_t per step, [T], labelled
     /// through:LAYER; `--dump-grads` writes them after the gradients.

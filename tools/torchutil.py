@@ -188,6 +188,33 @@ class Network(nn.Module):
             else torch.randn(batch, out_features)
 
 
+class _Recurrent:
+    """nn.RNN/LSTM/GRU (batch_first) returning the whole sequence of hidden states [B,T,H], as
+    gradc's rnn, lstm and gru layers do."""
+
+    def forward(self, x):
+        return super().forward(x)[0]
+
+
+class _RNN(_Recurrent, nn.RNN):
+    pass
+
+
+class _LSTM(_Recurrent, nn.LSTM):
+    pass
+
+
+class _GRU(_Recurrent, nn.GRU):
+    pass
+
+
+class _Last(nn.Module):
+    """gradc's `last`: the final step of a sequence, out[:, -1]."""
+
+    def forward(self, x):
+        return x[:, -1]
+
+
 def _size2(word):
     """`3` or `3x2` (a window, stride= or padding=) as (h, w)."""
     parts = [int(p) for p in word.split("x")]
@@ -217,7 +244,8 @@ def _split_activation(rest, where):
 def network(path, gradc=None):
     """The PyTorch network of model file `path` (nn.Linear, nn.Conv2d, nn.MaxPool2d,
     nn.AvgPool2d, nn.AdaptiveAvgPool2d, activations, batchnorm (1d and 2d), layernorm,
-    flatten, add, mul, repeat, names, from). Raises Unsupported for what it cannot express
+    flatten, add, mul, repeat, names, from; sequences `input T steps N` with nn.RNN, nn.LSTM
+    and nn.GRU (batch_first, the whole sequence) and `last`). Raises Unsupported for what it cannot express
     (an `activation` definition, batchnorm on rank 3). With `gradc` (the executable), the
     parameters are checked against `gradc check`'s, in order and shape, and take its names."""
     with open(path) as f:
@@ -242,8 +270,9 @@ def network(path, gradc=None):
                 continue
             if words[0] == "activation":
                 raise Unsupported(f"{here}: user-defined activations ('activation {words[1]}') have no PyTorch module here")
-            if words[0] == "input":
-                shape = [int(d) for d in words[1].split("x")]
+            if words[0] == "input":  # input 784, input 1x28x28, input T steps N (a sequence [T, N])
+                shape = [int(words[1]), int(words[3])] if len(words) > 3 and words[2] == "steps" \
+                    else [int(d) for d in words[1].split("x")]
                 cur = list(shape)
                 continue
             if words[0] == "loss":
@@ -307,6 +336,16 @@ def network(path, gradc=None):
                 else:
                     mod = nn.LayerNorm(cur[-1], eps=eps)
                 steps.append(("module", mod, src, dst, None))
+            elif words[0] in ("rnn", "lstm", "gru"):  # rnn H [tanh|relu] [init=...] [bias=false]
+                n, rest = int(words[1]), words[2:]
+                kind = {"rnn": _RNN, "lstm": _LSTM, "gru": _GRU}[words[0]]
+                kw = {"nonlinearity": "relu" if "relu" in rest else "tanh"} if words[0] == "rnn" else {}
+                mod = kind(cur[-1], n, batch_first=True, bias=_options(rest).get("bias", "true") != "false", **kw)
+                steps.append(("module", mod, src, dst, None))
+                cur[-1] = n
+            elif words[0] == "last":
+                steps.append(("module", _Last(), src, dst, None))
+                cur = cur[1:]
             elif words[0] == "flatten":
                 steps.append(("module", nn.Flatten(), src, dst, None))
                 cur = [int(torch.tensor(cur).prod())]

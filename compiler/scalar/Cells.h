@@ -70,9 +70,9 @@ inline int cellStates(Cell c) {
 /// W_hh, b_hh and h_{t-1} receive through the recurrent product), `direct` the part of
 /// dL/dh_{t-1} that does not pass through the product (GRU: dh z), `dcPrev` dL/dc_{t-1}.
 struct CellDef {
-    int gates = 1; ///< G, S and the slot of c_t (-1: none) as kCells gives them
-    int states = 1;
-    int cSlot = -1;
+    int gates = 1; ///< G, S and the slot of c_t as kCells gives them: the state slot whose value
+    int states = 1; ///< step t+1 reads as c_{t-1} (cPrevArg, kCPrev) and whose gradient flows
+    int cSlot = -1; ///< back through dcPrev (the LSTM's c, 4; -1 for a cell without one)
     std::vector<scalar::Expr> forward;   ///< 1 + S
     std::vector<scalar::Expr> dxp, dzhh; ///< G each
     scalar::Expr direct, dcPrev;

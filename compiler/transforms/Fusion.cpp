@@ -433,9 +433,46 @@ private:
         p_.kernels.push_back(std::move(lb.k));
     }
 
+    /// The scan ops: one kernel per sibling family (scan + scan_state; the four reverse ops)
+    /// and operand list, whose out has one slot per sibling (-1 until, or unless, it is live),
+    /// as a loss and its gradient share one kernel. Domain [T, B, H].
+    void scanKernel(ValueId v) {
+        const Node& nd = g_[v];
+        const bool reverse = nd.op != Op::Scan && nd.op != Op::ScanState;
+        const Op family = reverse ? Op::ScanGrad : Op::Scan;
+        const size_t slot = size_t(nd.op) - size_t(family);
+        std::vector<int32_t> ins;
+        for (size_t i = 0; i < nd.in.size(); ++i) ins.push_back(buffer_[in(v, i)]);
+        for (Kernel& k : p_.kernels)
+            if (k.kind == Kernel::Kind::Op && k.op == family && k.in == ins && k.attrs.cell == nd.cell &&
+                k.attrs.expr == nd.expr && k.out[slot] < 0) {
+                k.out[slot] = buffer_[v];
+                return;
+            }
+        Kernel k;
+        k.kind = Kernel::Kind::Op, k.op = family, k.attrs = nd, k.in = ins;
+        k.out.assign(reverse ? 4 : 2, -1);
+        k.out[slot] = buffer_[v];
+        const Shape& seq = g_[in(v, 0)].shape; // xp [B,T,GH] or h [B,T,H]
+        k.outer = seq[1], k.rows = seq[0], k.cols = g_[in(v, reverse ? 3 : 1)].shape[1];
+        p_.kernels.push_back(std::move(k));
+    }
+
     void emit(ValueId v) {
         const Node& nd = g_[v];
         auto buf = [&](size_t i) { return buffer_[in(v, i)]; };
+        if (isScanFamily(nd.op)) {
+            scanKernel(v);
+            return;
+        }
+        if (nd.op == Op::LastStep || nd.op == Op::LastStepGrad) { // domain [T, B, K]
+            Kernel k;
+            k.kind = Kernel::Kind::Op, k.op = nd.op, k.attrs = nd, k.in = {buf(0)}, k.out = {buffer_[v]};
+            const Shape& seq = nd.op == Op::LastStep ? g_[in(v, 0)].shape : nd.shape;
+            k.outer = seq[1], k.rows = seq[0], k.cols = seq[2];
+            p_.kernels.push_back(std::move(k));
+            return;
+        }
         if (hasOwnKernel(nd.op)) { // rows of the last dimension's length
             Kernel k;
             k.kind = Kernel::Kind::Op, k.op = nd.op, k.attrs = nd;
@@ -657,7 +694,6 @@ void refuseUncompiled(const Graph& g) {
     for (const Node& n : g.nodes) {
         std::string what;
         if (describe(n.op).has(trait::Spatial) && !hasOwnKernel(n.op)) what = describe(n.op).spelling;
-        if (describe(n.op).has(trait::Recurrent)) what = describe(n.op).spelling; // issue 17's phase 3
         for (ValueId in : n.op == Op::Map && what.empty() ? n.in : std::vector<ValueId>{})
             if (!readsInOnePass(g[in].shape, n.shape))
                 what = fmt::format("a map that broadcasts {} to {} along two separate groups of dimensions",

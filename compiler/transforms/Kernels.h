@@ -249,6 +249,39 @@ struct ConvPlan {
 inline bool isConvolution(Op op) { return op == Op::Conv2d || op == Op::Conv2dGradX || op == Op::Conv2dGradW; }
 ConvPlan planConv(const Kernel& k, const std::vector<Buffer>& buffers, const GemmBlocking& b);
 
+/// How a recurrent kernel runs (LowerScan.cpp): one loop over the steps around the cell
+/// body, the threads sharing MR-row tiles of the batch inside each step. Its scratch does not
+/// depend on T (elements, each part on a 64-byte boundary):
+///   forward (Scan: in {xp, w_hh, b_hh}, out {h, state or -1}): W_hhᵀ packed once into
+///     [gatePanels][H][NR] at packedAt; per thread, an MR x gatePanels NR block of the
+///     recurrent product's sums at sumsAt (sumsBlock apart), which the cell epilogue reads;
+///     the LSTM's cell state c_t [B][H] at cAt (the state slots are not written by a
+///     forward-only program).
+///   reverse (ScanGrad: in {h, state, dy, w_hh}, out {dxp, dW_hh, db_hh, norms}, each -1
+///     when dead): W_hh packed once into [hiddenPanels][GH][NR] at packedAt; the carry
+///     dL/dh_{t-1} [B][H] at carryAt, the LSTM's dL/dc_{t-1} [B][H] at dcAt, dzhh_t [B][GH]
+///     at dzhhAt, h_{t-1} packed into [hiddenPanels][B][NR] at hPackedAt, dW_hh's sums
+///     [gateTiles MR][hiddenPanels NR] at dwAt, db_hh's [gateTiles MR] at dbAt, one double per row
+///     tile of the batch (the partial sums of ‖dh_t‖², added in order: the same bits on any
+///     thread count) at normAt, and the per-thread sums blocks of the carry product,
+///     MR x hiddenPanels NR, at sumsAt.
+struct ScanPlan {
+    bool reverse = false;
+    int64_t B = 0, T = 0, H = 0, G = 1, S = 1, GH = 0;
+    int64_t rowTiles = 0;     ///< MR-row tiles of the batch: what the threads share in a step
+    int64_t gateTiles = 0;    ///< MR-row tiles of GH (the dW product's rows)
+    int64_t gatePanels = 0;   ///< NR panels of GH (the forward product's columns)
+    int64_t hiddenPanels = 0; ///< NR panels of H (the carry and dW products' columns)
+    int64_t packedAt = 0, sumsAt = 0, sumsBlock = 0, cAt = 0;
+    int64_t carryAt = 0, dcAt = 0, dzhhAt = 0, hPackedAt = 0, dwAt = 0, dbAt = 0, normAt = 0;
+    int64_t elements = 0;
+};
+inline bool isScanFamily(Op op) {
+    return op == Op::Scan || op == Op::ScanState || op == Op::ScanGrad || op == Op::ScanGradW || op == Op::ScanGradB ||
+           op == Op::ScanGradNorm;
+}
+ScanPlan planScan(const Kernel& k, const std::vector<Buffer>& buffers, const GemmBlocking& b, int elementBytes);
+
 /// Places every Temp buffer in one workspace, reusing bytes whose values are dead.
 void planMemory(KernelProgram& p, int elementBytes);
 

@@ -2,6 +2,8 @@
 // printers of the kernel program.
 #include "Kernels.h"
 
+#include "Cells.h"
+
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -53,6 +55,8 @@ void planMemory(KernelProgram& p, int elementBytes) {
     for (auto& k : p.kernels)
         if (k.kind == Kernel::Kind::Loop && k.a >= 0) scratch = std::max(scratch, planProduct(k, p.blocking).elements);
         else if (k.kind == Kernel::Kind::Op && isConvolution(k.op)) scratch = std::max(scratch, planConv(k, p.buffers, p.blocking).elements);
+        else if (k.kind == Kernel::Kind::Op && isScanFamily(k.op))
+            scratch = std::max(scratch, planScan(k, p.buffers, p.blocking, elementBytes).elements);
         else if (k.kind == Kernel::Kind::Op) // per column, or per channel (rows) of [B, C, the rest]
             scratch = std::max(scratch, ownKernelScratch(k.op) * (perChannel(k.op, p.buffers[size_t(k.in[0])].shape) ? k.rows : k.cols));
     p.scratchOffset = top;
@@ -138,6 +142,46 @@ ConvPlan planConv(const Kernel& k, const std::vector<Buffer>& buffers, const Gem
     p.tileAt = up16(p.K * NR);
     p.perThread = p.tileAt + up16(MR * NR);
     p.elements = p.threadAt + p.perThread * threads;
+    return p;
+}
+
+ScanPlan planScan(const Kernel& k, const std::vector<Buffer>& buffers, const GemmBlocking& bl, int elementBytes) {
+    auto up16 = [](int64_t v) { return (v + 15) / 16 * 16; }; // 64 bytes: 16 floats, 8 doubles
+    auto shape = [&](int32_t id) -> const Shape& { return buffers.at(size_t(id)).shape; };
+    ScanPlan p;
+    p.reverse = k.op != Op::Scan;
+    internal_assert(k.op == Op::Scan || k.op == Op::ScanGrad, "a scan kernel is named after its family's first op");
+    const Shape& w = shape(k.in[p.reverse ? 3 : 1]);
+    const Shape& seq = shape(k.in[0]); // xp [B,T,GH] or h [B,T,H]
+    p.B = seq[0], p.T = seq[1], p.GH = w[0], p.H = w[1];
+    p.G = cellGates(k.attrs.cell), p.S = cellStates(k.attrs.cell);
+    const int64_t MR = bl.mr, NR = bl.nr(), threads = std::max(1, bl.threads);
+    p.rowTiles = (p.B + MR - 1) / MR;
+    p.gateTiles = (p.GH + MR - 1) / MR;
+    p.gatePanels = (p.GH + NR - 1) / NR;
+    p.hiddenPanels = (p.H + NR - 1) / NR;
+    if (!p.reverse) {
+        p.packedAt = 0;
+        p.sumsAt = up16(p.gatePanels * p.H * NR);
+        p.sumsBlock = up16(MR * p.gatePanels * NR);
+        p.cAt = p.sumsAt + p.sumsBlock * threads;
+        p.elements = p.cAt + (cellDef(k.attrs.cell, k.attrs.expr).cSlot >= 0 ? up16(p.B * p.H) : 0);
+        return p;
+    }
+    const int64_t perDouble = 8 / elementBytes;
+    p.packedAt = 0;
+    p.carryAt = up16(p.hiddenPanels * p.GH * NR);
+    p.dcAt = p.carryAt + up16(p.B * p.H);
+    p.dzhhAt = p.dcAt + up16(p.B * p.H);
+    // dzhh_t [B][GH] and MR zeros after it: db_hh's sums read MR rows of GH from every row of
+    // the batch, past GH into the next row (into db's padding) and, on the last, into the zeros.
+    p.hPackedAt = p.dzhhAt + up16(p.B * p.GH + MR);
+    p.dwAt = p.hPackedAt + up16(p.hiddenPanels * p.B * NR);
+    p.dbAt = p.dwAt + up16(p.gateTiles * MR * p.hiddenPanels * NR);
+    p.normAt = p.dbAt + up16(p.gateTiles * MR); // GH sums, padded to whole row tiles
+    p.sumsAt = p.normAt + up16(p.rowTiles * perDouble);
+    p.sumsBlock = up16(MR * p.hiddenPanels * NR);
+    p.elements = p.sumsAt + p.sumsBlock * threads;
     return p;
 }
 

@@ -2,7 +2,7 @@
  *   example PARAMS.safetensors GRADS.out [LEVEL]
  * Loads the parameters (a safetensors file that gradc wrote: float32 tensors, found by name),
  * runs the backward function on a deterministic batch, and writes the gradients, then the
- * loss, as raw float32 for the test to compare with the JIT's. Built with plain `cc`: no LLVM.
+ * loss, then acts, as raw float32 for the test to compare with the JIT's. Built with plain `cc`: no LLVM.
  * With LEVEL, runs the code of that instruction set level (model_select_isa), and exits with
  * status 3 if the object refuses it. Prints the level that ran: "isa LEVEL NAME". */
 #include "model.h"
@@ -96,7 +96,9 @@ int main(int argc, char** argv) {
     long kept = 0;
     for (int a = 0; a < MODEL_ACTIVATION_TENSORS; ++a) {
         const model_tensor* t = &model_activations[a];
-        const int statistic = strcmp(t->role, "norm_mean") == 0 || strcmp(t->role, "norm_var") == 0;
+        /* Per channel or per step: batch statistics, a recurrent layer's norms of dL/dh_t. */
+        const int statistic = strcmp(t->role, "norm_mean") == 0 || strcmp(t->role, "norm_var") == 0 ||
+                              strcmp(t->role, "through_time") == 0;
         long count = 1;
         for (int d = 0; d < t->rank; ++d) count *= (long)t->shape[d];
         if (t->offset != kept || (statistic ? t->rank != 1 : t->rank < 2) || (!statistic && t->shape[0] != MODEL_BATCH) ||
@@ -141,6 +143,36 @@ int main(int argc, char** argv) {
     printf("input");
     for (int d = 0; d < MODEL_INPUT_RANK; ++d) printf("%s%lld", d ? "x" : " ", (long long)input_shape[d]);
     printf("\n");
+#ifdef MODEL_INPUT_STEPS
+    /* A sequence: x [batch][steps][features]. */
+    if (MODEL_INPUT_RANK != 3 || input_shape[1] != MODEL_INPUT_STEPS || input_shape[2] != MODEL_INPUT_FEATURES ||
+        MODEL_INPUT_STEPS * MODEL_INPUT_FEATURES != MODEL_INPUTS) {
+        fprintf(stderr, "MODEL_INPUT_STEPS %d and MODEL_INPUT_FEATURES %d do not fit x\n", MODEL_INPUT_STEPS,
+                MODEL_INPUT_FEATURES);
+        return 1;
+    }
+    printf("sequence: %d steps of %d features\n", MODEL_INPUT_STEPS, MODEL_INPUT_FEATURES);
+#endif
+#ifdef MODEL_RECURRENT_LAYERS
+    /* Each recurrent layer's norms are its through_time row of the activations, one per step. */
+    for (int l = 0; l < MODEL_RECURRENT_LAYERS; ++l) {
+        const model_recurrent_layer* r = &model_recurrent[l];
+        int found = 0;
+        for (int a = 0; a < MODEL_ACTIVATION_TENSORS; ++a) {
+            const model_tensor* t = &model_activations[a];
+            found |= strcmp(t->role, "through_time") == 0 && strcmp(t->name, r->layer) == 0 && t->offset == r->norms &&
+                     t->count == r->steps;
+        }
+        if (!found || r->steps < 1 || r->inputs < 1 || r->hidden < 1 ||
+            (strcmp(r->cell, "rnn_tanh") != 0 && strcmp(r->cell, "rnn_relu") != 0 && strcmp(r->cell, "lstm") != 0 &&
+             strcmp(r->cell, "gru") != 0)) {
+            fprintf(stderr, "recurrent layer %s: not in the activations' table as its through_time row\n", r->layer);
+            return 1;
+        }
+        printf("recurrent %s %s: %lld steps of %lld -> %lld, norms at acts[%lld]\n", r->layer, r->cell,
+               (long long)r->steps, (long long)r->inputs, (long long)r->hidden, (long long)r->norms);
+    }
+#endif
     /* The same batch the test's reference computes: inputs in [-1, 1), labels cycling. */
     for (long i = 0; i < MODEL_BATCH * MODEL_INPUTS; ++i) x[i] = (float)((i * 37) % 255) / 127.5f - 1.0f;
     for (int b = 0; b < MODEL_BATCH; ++b) labels[b] = b % MODEL_OUTPUTS;
@@ -187,7 +219,8 @@ int main(int argc, char** argv) {
     printf("update: gradient scale 0.5 and 1 as hyper[11] says\n");
     FILE* out = fopen(argv[2], "wb");
     if (!out || fwrite(grads, sizeof(float), MODEL_PARAMETERS, out) != MODEL_PARAMETERS ||
-        fwrite(&loss, sizeof(float), 1, out) != 1 || fclose(out) != 0) {
+        fwrite(&loss, sizeof(float), 1, out) != 1 || fwrite(acts, sizeof(float), MODEL_ACTIVATIONS, out) != MODEL_ACTIVATIONS ||
+        fclose(out) != 0) {
         fprintf(stderr, "%s: cannot write\n", argv[2]);
         return 1;
     }

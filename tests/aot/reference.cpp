@@ -3,6 +3,7 @@
 //   reference MODEL.nn BATCH PARAMS.safetensors GRADS.out
 #include "Codegen.h"
 #include "Execute.h"
+#include "Layout.h"
 #include "Pipeline.h"
 #include "SafeTensors.h"
 
@@ -26,7 +27,7 @@ int main(int argc, char** argv) {
     opts.cache = false;
     auto jit = runCompiled(compileModel(g, opts), g, b, true);
     std::ifstream in(argv[4], std::ios::binary);
-    std::vector<float> aot(size_t(g.parameterCount()) + 1); // the gradients, then the loss
+    std::vector<float> aot(size_t(g.parameterCount()) + 1); // the gradients, then the loss (then acts)
     if (!in.read(reinterpret_cast<char*>(aot.data()), std::streamsize(aot.size() * sizeof(float)))) {
         std::fprintf(stderr, "%s: short\n", argv[4]);
         return 1;
@@ -62,6 +63,21 @@ int main(int argc, char** argv) {
                                 : std::fabs(aotLoss - jitLoss) / std::max(std::fabs(jitLoss), 1e-30);
     std::printf("  loss: JIT %.9g, object %.9g, relative difference %.2e\n", jitLoss, aotLoss, lossDiff);
     worst = std::max(worst, lossDiff);
+    // Each recurrent layer's norms of dL/dh_t, in acts after the loss: element by element.
+    const Layout layout = computeLayout(g);
+    std::vector<float> acts(size_t(layout.size(Array::Acts)));
+    if (!in.read(reinterpret_cast<char*>(acts.data()), std::streamsize(acts.size() * sizeof(float)))) {
+        std::fprintf(stderr, "%s: no acts after the loss\n", argv[4]);
+        return 1;
+    }
+    for (const LayoutEntry* e : layout.all(Role::ThroughTime)) {
+        const Tensor& want = jit.at("through:" + e->name);
+        double rel = 0;
+        for (size_t i = 0; i < want.data.size(); ++i)
+            rel = std::max(rel, std::fabs(double(acts[size_t(e->offset) + i]) - want.data[i]) / std::max(want.data[i], 1e-30));
+        std::printf("  through:%-8s largest difference %.2e of each step's norm\n", e->name.c_str(), rel);
+        worst = std::max(worst, rel);
+    }
     std::printf("ahead-of-time object vs JIT: largest relative difference %.2e; %zu NaN, %zu where only one "
                 "has NaN\n", worst, nans, nanMismatches);
     return worst <= 1e-4 && nanMismatches == 0 ? 0 : 1;

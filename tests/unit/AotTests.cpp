@@ -194,3 +194,21 @@ TEST_CASE("the header states ABI version 3 and documents the update's gradient s
     CHECK(h.find("hyper[11], the gradient scale, multiplies every gradient before the weight decay") != std::string::npos);
     CHECK(h.find("1 without clipping") != std::string::npos);
 }
+
+TEST_CASE("the AOT header's recurrent table: each layer's cell, steps and widths from the graph", "[aot][scan]") {
+    // rnn's non-linearity in the cell column; the input width from the layer's input, which
+    // bias=false and the stack do not change.
+    const char* text = "model sq\ninput 5 steps 3\nrnn 4 relu\nrnn 2\ngru 3 bias=false\nlstm 2\nlast\ndense 2\n"
+                       "loss cross_entropy\n";
+    AotOptions o;
+    o.targetCpu = "generic";
+    o.emit = "llvm";
+    o.source = "sq.nn";
+    o.prefix = "m";
+    const std::string h = compileAhead(compileSource("sq.nn", text, {2}).graph, o).header;
+    CHECK(define(h, "RECURRENT_LAYERS") == 4);
+    CHECK_THAT(h, Catch::Contains("{\"layers.0\", \"rnn_relu\", 5, 3, 4, "));
+    CHECK_THAT(h, Catch::Contains("{\"layers.1\", \"rnn_tanh\", 5, 4, 2, "));
+    CHECK_THAT(h, Catch::Contains("{\"layers.2\", \"gru\", 5, 2, 3, "));
+    CHECK_THAT(h, Catch::Contains("{\"layers.3\", \"lstm\", 5, 3, 2, "));
+}

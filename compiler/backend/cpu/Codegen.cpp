@@ -649,4 +649,14 @@ std::vector<std::string> explainProducts(const Graph& fwd, const CodegenOptions&
     return lines;
 }
 
+std::vector<ScanPlan> scanPlans(const Graph& fwd, const CodegenOptions& opts) {
+    Programs programs = buildPrograms(fwd, opts.f64, hostBlocking(fwd, opts, resolveIsa(opts.isa)));
+    std::vector<ScanPlan> plans;
+    for (const KernelProgram* p : {&programs.forward, &programs.backward})
+        for (const Kernel& k : p->kernels)
+            if (k.kind == Kernel::Kind::Op && (k.op == Op::Scan || k.op == Op::ScanGrad))
+                plans.push_back(planScan(k, p->buffers, p->blocking, p->elementBytes));
+    return plans;
+}
+
 } // namespace gradc

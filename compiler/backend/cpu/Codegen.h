@@ -120,6 +120,10 @@ CompiledModel compileModel(const Graph& forward, const CodegenOptions& opts = {}
 /// what is packed and the threads (`gradc bench --explain`).
 std::vector<std::string> explainProducts(const Graph& forward, const CodegenOptions& opts);
 
+/// The plan (planScan) of each recurrent kernel of the forward and backward programs
+/// compiled with `opts`, in program order: its row tiles, panels and scratch.
+std::vector<ScanPlan> scanPlans(const Graph& forward, const CodegenOptions& opts);
+
 /// A stage of compileModel as text: the kernel programs ("kernels"), their memory plans
 /// ("memplan"), the optimised LLVM IR ("llvm") or the assembly ("asm").
 std::string emitModule(const Graph& forward, const CodegenOptions& opts, const std::string& what);

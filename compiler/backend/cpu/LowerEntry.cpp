@@ -49,6 +49,11 @@ KernelShape kernelShape(const Kernel& k, const std::vector<Buffer>& buffers) {
     for (int32_t id : k.in) key += fmt::format("in{} ", buf(id));
     for (size_t i = 0; i < k.out.size(); ++i) key += fmt::format("out{} ", buf(k.writesOut(i) ? k.out[i] : -1));
     if (k.kind == Kernel::Kind::Op) key += fmt::format("op{} eps{}", int(k.op), k.attrs.eps);
+    if (k.kind == Kernel::Kind::Op && describe(k.op).has(trait::Recurrent)) { // the cell and every shape
+        key += fmt::format(" cell{} expr{} outer{}", int(k.attrs.cell), expr(k.attrs.expr), k.outer);
+        for (int32_t id : k.in) key += " " + shapeString(buffers[size_t(id)].shape);
+        for (int32_t id : k.out) key += " " + (id < 0 ? std::string("-") : shapeString(buffers[size_t(id)].shape));
+    }
     if (k.kind == Kernel::Kind::Op && describe(k.op).has(trait::Spatial)) { // the window and every shape
         key += " " + printWindow(k.attrs.window);
         for (int32_t id : k.in) key += " " + shapeString(buffers[size_t(id)].shape);
@@ -109,7 +114,9 @@ void Lowering::entry(const KernelProgram& p, EntryPoint which) {
                 if (overlap(p.buffers[size_t(shape.buffers[x])], p.buffers[size_t(shape.buffers[y])], p.elementBytes))
                     noalias = false;
         if (!noalias) shape.key += " aliased";
-        if (k.kind == Kernel::Kind::Op && perChannel(k.op, p.buffers[size_t(k.in[0])].shape)) shape.key += " per channel";
+        if (k.kind == Kernel::Kind::Op && !describe(k.op).has(trait::Recurrent) &&
+            perChannel(k.op, p.buffers[size_t(k.in[0])].shape))
+            shape.key += " per channel";
         llvm::Function*& f = kernelFns_[shape.key];
         if (!f) f = kernelFunction(k, shape.buffers, noalias);
         std::vector<llvm::Value*> callArgs;
@@ -177,6 +184,7 @@ void Lowering::kernel(const Kernel& k) {
         if (k.op == Op::MaxPool2d || k.op == Op::MaxPool2dGrad || k.op == Op::AvgPool2d || k.op == Op::AvgPool2dGrad)
             return pooling(k);
         if (isConvolution(k.op)) return convolution(k);
+        if (describe(k.op).has(trait::Recurrent)) return recurrent(k);
         internal_assert(false, std::string("no kernel lowers ") + describe(k.op).spelling);
     }
 }
@@ -191,22 +199,27 @@ llvm::FunctionCallee Lowering::parallelFor() {
 
 void Lowering::parallel(const char* name, llvm::Value* context, int64_t n,
                         const std::function<void(llvm::Value*, llvm::Value*, llvm::Value*, llvm::Value*)>& body) {
-    auto* ptr = llvm::PointerType::get(ctx_, 0);
-    auto* int64 = b_.getInt64Ty();
-    llvm::Function* f = helper(name, {ptr, int64, int64, int64},
-                               [&] { body(fn_->getArg(0), fn_->getArg(1), fn_->getArg(2), fn_->getArg(3)); });
-    b_.CreateCall(parallelFor(), {f, context, i64(n), i64(p_->blocking.threads)});
+    b_.CreateCall(parallelFor(), {outline(name, body), context, i64(n), i64(p_->blocking.threads)});
 }
 
-llvm::Value* Lowering::contextArray() {
-    if (context_) return context_;
+llvm::Function* Lowering::outline(const char* name,
+                                  const std::function<void(llvm::Value*, llvm::Value*, llvm::Value*, llvm::Value*)>& body) {
     auto* ptr = llvm::PointerType::get(ctx_, 0);
-    auto* arrTy = llvm::ArrayType::get(ptr, bases_.size() + 1);
+    auto* int64 = b_.getInt64Ty();
+    return helper(name, {ptr, int64, int64, int64},
+                  [&] { body(fn_->getArg(0), fn_->getArg(1), fn_->getArg(2), fn_->getArg(3)); });
+}
+
+llvm::Value* Lowering::contextArray(size_t extraSlots) {
+    if (context_ && !extraSlots) return context_;
+    auto* ptr = llvm::PointerType::get(ctx_, 0);
+    auto* arrTy = llvm::ArrayType::get(ptr, bases_.size() + 1 + extraSlots);
     llvm::IRBuilder<> eb(entryBlock_, entryBlock_->begin());
-    context_ = eb.CreateAlloca(arrTy);
+    llvm::Value* context = eb.CreateAlloca(arrTy);
     for (size_t i = 0; i <= bases_.size(); ++i)
-        eb.CreateStore(i < bases_.size() ? bases_[i] : scratch_, eb.CreateConstGEP2_64(arrTy, context_, 0, i));
-    return context_;
+        eb.CreateStore(i < bases_.size() ? bases_[i] : scratch_, eb.CreateConstGEP2_64(arrTy, context, 0, i));
+    if (!extraSlots) context_ = context;
+    return context;
 }
 
 void Lowering::loadContext(llvm::Value* context) {

@@ -11,6 +11,7 @@
 //   LowerNorm.cpp    normalisations (batchnorm, layernorm, their gradients) by the op they compute
 //   LowerPool.cpp    max and average pooling and their gradients, plane by plane
 //   LowerConv.cpp    conv2d and its gradients: implicit GEMMs through the register tile
+//   LowerScan.cpp    the recurrent loops (scan and its gradients), last_step and its gradient
 //   LowerUpdate.cpp  the optimiser step (gradc_update)
 // Loops are emitted plainly with static bounds; the optimiser (Codegen.cpp's pipeline, the
 // host's vector width) vectorises them. Floating-point operations carry only `reassoc contract` (and `afn` on
@@ -122,7 +123,8 @@ private:
     void kernel(const Kernel& k);
     /// The kernel function's buffer bases and scratch area in an array in its frame, for
     /// outlined loops; loadContext rebinds them from that array inside an outlined loop.
-    llvm::Value* contextArray();
+    /// `extraSlots` more slots follow the scratch area's (a fresh array, not the shared one).
+    llvm::Value* contextArray(size_t extraSlots = 0);
     void loadContext(llvm::Value* context);
     /// gradc_parallel_for(body, context, n, threads), the runtime's parallel loop.
     llvm::FunctionCallee parallelFor();
@@ -130,6 +132,9 @@ private:
     /// through gradc_parallel_for: `body` emits it given (context, begin, end, thread).
     void parallel(const char* name, llvm::Value* context, int64_t n,
                   const std::function<void(llvm::Value*, llvm::Value*, llvm::Value*, llvm::Value*)>& body);
+    /// The helper `name`(context, begin, end, thread) whose body `body` emits.
+    llvm::Function* outline(const char* name,
+                            const std::function<void(llvm::Value*, llvm::Value*, llvm::Value*, llvm::Value*)>& body);
 
     // ---- Scalar expressions and element-wise loop kernels (LowerScalar.cpp).
 
@@ -182,6 +187,28 @@ private:
     // ---- Convolutions (LowerConv.cpp): implicit GEMMs through gradc_tile (ConvPlan).
 
     void convolution(const Kernel& k);
+
+    // ---- Recurrent layers (LowerScan.cpp): one loop over the steps around the cell body.
+
+    /// The kernel of every op with trait::Recurrent: the forward and reverse scan families,
+    /// last_step and its gradient.
+    void recurrent(const Kernel& k);
+    void scanForward(const Kernel& k);
+    void scanReverse(const Kernel& k);
+    /// gradc_tile over the MR-row tile at row r0 of an M-row A and `panels` NR-column panels of
+    /// packed B ([panel][K][NR]): out + jt NR (rows `outStride` apart) = (or += when `add`)
+    /// rows · panel jt; `rowAt(row)` is the address of A's row (clamped to M - 1 here), `aStride`
+    /// its step along K. The last tile of a ragged M runs the edge tile of its M % MR rows.
+    void tileProduct(llvm::Value* out, int64_t outStride,
+                     const std::function<llvm::Value*(llvm::Value*)>& rowAt, int64_t M, llvm::Value* r0,
+                     int64_t aStride, llvm::Value* packedB, int64_t panels, int64_t K, bool add);
+    /// The outlined step `name` over [0, n): on the thread pool when there are threads, else
+    /// called directly with (context, 0, n, thread 0), so one thread runs the same function
+    /// (the same bits) as many.
+    void steps(const char* name, llvm::Value* context, int64_t n,
+               const std::function<void(llvm::Value*, llvm::Value*, llvm::Value*, llvm::Value*)>& body);
+    /// The step t from its slot in a contextArray(1) (written before each step's dispatch).
+    llvm::Value* stepOf(llvm::Value* context);
 };
 
 } // namespace gradc
