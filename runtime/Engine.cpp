@@ -77,7 +77,7 @@ std::vector<ThroughTime> Engine::throughTime() const {
     std::map<std::string, Tensor> norms; // by outputLabel, as the backward entry names them
     for (const LayoutEntry* e : layout().all(Role::ThroughTime))
         norms[outputLabel({OutputRole::ThroughTime, e->name, 0})] = typed(f64_, [&](auto zero) {
-            return readBuffer(train_.program.acts().data<decltype(zero)>(), *e);
+            return readBuffer(train_->program.acts().data<decltype(zero)>(), *e);
         });
     return throughTimeStatistics(graph_, norms);
 }
