@@ -34,6 +34,16 @@ const AotResult& compileFor(const std::string& cpu) {
     return it->second;
 }
 
+/// The header of model `text` (file `source`, prefix m) for a generic x86-64 at `batch`.
+std::string headerOf(const char* text, const std::string& source, int64_t batch) {
+    AotOptions o;
+    o.targetCpu = "generic";
+    o.emit = "llvm";
+    o.source = source;
+    o.prefix = "m";
+    return compileAhead(compileSource(source, text, {batch}).graph, o).header;
+}
+
 int64_t define(const std::string& header, const std::string& name) {
     std::smatch m;
     REQUIRE(std::regex_search(header, m, std::regex("#define M_" + name + " ([0-9]+)")));
@@ -159,12 +169,7 @@ TEST_CASE("the options' errors are said in one place, for the command line and t
 TEST_CASE("a header describes images: x [B,C,H,W] in its macros and tables, conv weights' layout", "[aot]") {
     // Dense layers on images: the header is the same for any rank.
     const char* images = "model im\ninput 1x6x5\ndense 3 tanh\nflatten\ndense 4\nloss cross_entropy\n";
-    AotOptions o;
-    o.targetCpu = "generic";
-    o.emit = "llvm";
-    o.source = "im.nn";
-    o.prefix = "m";
-    const std::string h = compileAhead(compileSource("im.nn", images, {2}).graph, o).header;
+    const std::string h = headerOf(images, "im.nn", 2);
     CHECK(define(h, "INPUT_RANK") == 4);
     CHECK(define(h, "INPUTS") == 30);
     CHECK_THAT(h, Catch::Contains("#define M_INPUT_SHAPE {2, 1, 6, 5} /* x's shape: int64_t shape[] = M_INPUT_SHAPE; */\n"));
@@ -176,7 +181,7 @@ TEST_CASE("a header describes images: x [B,C,H,W] in its macros and tables, conv
     CHECK_THAT(h, Catch::Contains("{\"layers.0.weight\", \"parameter\", 2, {3, 5, 0, 0}, 0, 15},\n"));
     // A convolution's weight is [out, in, kh, kw], its bias [out].
     const char* conv = "model cv\ninput 2x6x5\nconv 3 3x2 padding=1 relu\nflatten\ndense 4\nloss cross_entropy\n";
-    const std::string hc = compileAhead(compileSource("cv.nn", conv, {2}).graph, o).header;
+    const std::string hc = headerOf(conv, "cv.nn", 2);
     CHECK_THAT(hc, Catch::Contains("{\"layers.0.weight\", \"parameter\", 4, {3, 2, 3, 2}, 0, 36},\n"));
     CHECK_THAT(hc, Catch::Contains("{\"layers.0.bias\", \"parameter\", 1, {3, 0, 0, 0}, 36, 3},\n"));
     // A vector input keeps its rank 2 and says nothing of images.
@@ -200,12 +205,7 @@ TEST_CASE("the AOT header's recurrent table: each layer's cell, steps and widths
     // bias=false and the stack do not change.
     const char* text = "model sq\ninput 5 steps 3\nrnn 4 relu\nrnn 2\ngru 3 bias=false\nlstm 2\nlast\ndense 2\n"
                        "loss cross_entropy\n";
-    AotOptions o;
-    o.targetCpu = "generic";
-    o.emit = "llvm";
-    o.source = "sq.nn";
-    o.prefix = "m";
-    const std::string h = compileAhead(compileSource("sq.nn", text, {2}).graph, o).header;
+    const std::string h = headerOf(text, "sq.nn", 2);
     CHECK(define(h, "RECURRENT_LAYERS") == 4);
     CHECK_THAT(h, Catch::Contains("{\"layers.0\", \"rnn_relu\", 5, 3, 4, "));
     CHECK_THAT(h, Catch::Contains("{\"layers.1\", \"rnn_tanh\", 5, 4, 2, "));

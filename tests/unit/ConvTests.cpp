@@ -44,28 +44,7 @@ std::map<Op, int> convKernels(const Graph& g) {
 /// Forward (logits, loss) and backward (every gradient) of `g` compiled in float and double,
 /// on one and two threads, against the interpreter: float within 1e-4 of each tensor's
 /// largest value, double within 1e-9.
-void agree(const Graph& g, std::mt19937& rng) {
-    Bindings b = randomBindings(g, rng);
-    auto wantForward = interpretOutputs(g, b);
-    auto wantBackward = interpretOutputs(differentiate(g), b);
-    for (bool f64 : {false, true})
-        for (int threads : {1, 2}) {
-            CompiledModel cm = compiled(g, f64, threads);
-            const double tol = f64 ? 1e-9 : 1e-4;
-            INFO((f64 ? "f64, " : "f32, ") << threads << " thread(s)");
-            auto gotForward = runCompiled(cm, g, b, false);
-            for (const char* name : {"logits", "loss"}) {
-                INFO(name);
-                CHECK(relativeError(gotForward.at(name), wantForward.at(name)) <= tol);
-            }
-            auto gotBackward = runCompiled(cm, g, b, true);
-            for (auto& [name, want] : wantBackward) {
-                if (name == "logits") continue;
-                INFO(name);
-                CHECK(relativeError(gotBackward.at(name), want) <= tol);
-            }
-        }
-}
+void agree(const Graph& g, std::mt19937& rng) { compiledAgrees(g, rng, {1, 2}); }
 
 /// A convolution under test between a 1x1 convolution (so that its input has a gradient:
 /// conv2d_grad_x runs) and a small dense head; no biases (their broadcast is another part's).

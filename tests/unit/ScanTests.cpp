@@ -384,40 +384,18 @@ int64_t fewestRowTiles(const Graph& g, bool f64, int threads) {
 /// each tensor's largest value in float, 1e-9 in double; the through-time norms element by
 /// element, so the small norms of early steps count as much as the large ones).
 void jitAgrees(const Graph& g, std::mt19937& rng) {
-    Bindings b = randomBindings(g, rng);
-    auto wantForward = interpretOutputs(g, b);
-    auto wantBackward = interpretOutputs(differentiate(g), b);
-    int through = 0, builds = 0;
-    for (bool f64 : {false, true})
-        for (int threads : {1, 2, 3}) {
-            CodegenOptions opts;
-            opts.cache = false, opts.f64 = f64, opts.threads = threads;
-            CompiledModel cm = compileModel(g, opts);
-            ++builds;
-            const double tol = f64 ? 1e-9 : 1e-4;
-            INFO(g.model << (f64 ? " f64, " : " f32, ") << threads << " thread(s)");
-            auto gotForward = runCompiled(cm, g, b, false);
-            for (const char* name : {"logits", "loss"}) {
-                INFO(name);
-                CHECK(relativeError(gotForward.at(name), wantForward.at(name)) <= tol);
-            }
-            auto gotBackward = runCompiled(cm, g, b, true);
-            for (auto& [name, want] : wantBackward) {
-                if (name == "logits") continue;
-                INFO(name);
-                REQUIRE(gotBackward.count(name) == 1);
-                const Tensor& got = gotBackward.at(name);
-                CHECK(relativeError(got, want) <= tol);
-                if (name.rfind("through:", 0) != 0) continue;
-                ++through;
-                CHECK(largestAbs(want) > 0);
-                REQUIRE(got.data.size() == want.data.size());
-                for (size_t t = 0; t < want.data.size(); ++t) {
-                    INFO("step " << t << ": " << got.data[t] << " vs " << want.data[t]);
-                    CHECK(std::fabs(got.data[t] - want.data[t]) <= tol * std::fabs(want.data[t]));
-                }
-            }
+    int through = 0;
+    compiledAgrees(g, rng, {1, 2, 3}, [&](const std::string& name, const Tensor& got, const Tensor& want, double tol) {
+        if (name.rfind("through:", 0) != 0) return;
+        ++through;
+        CHECK(largestAbs(want) > 0);
+        REQUIRE(got.data.size() == want.data.size());
+        for (size_t t = 0; t < want.data.size(); ++t) {
+            INFO("step " << t << ": " << got.data[t] << " vs " << want.data[t]);
+            CHECK(std::fabs(got.data[t] - want.data[t]) <= tol * std::fabs(want.data[t]));
         }
+    });
+    const int builds = 2 * 3; // float and double, on 1, 2 and 3 threads
     CHECK(through == builds * layersOf(g)); // every layer's norms in every build
 }
 

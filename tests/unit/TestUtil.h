@@ -3,6 +3,7 @@
 
 #include "Autodiff.h"
 #include "Codegen.h"
+#include "Execute.h"
 #include "Interpreter.h"
 #include "Pipeline.h"
 #include "Source.h"
@@ -243,6 +244,40 @@ inline std::pair<int, std::string> gradcCommand(const std::string& args, bool wi
 constexpr double kGradEps = 1e-6, kGradAtol = 1e-5, kGradRtol = 1e-3;
 
 /// The interpreter's loss of the forward graph `fwd` at `b`.
+/// `g` compiled in float and double on each of `threads` against the interpreter: the
+/// forward's logits and loss, and every output of the backward but the logits, float within
+/// 1e-4 of each tensor's largest value and double within 1e-9. `each` also sees every
+/// backward output (name, got, want, tolerance), for checks of its own.
+using EachOutput = std::function<void(const std::string&, const Tensor&, const Tensor&, double)>;
+inline void compiledAgrees(const Graph& g, std::mt19937& rng, std::initializer_list<int> threads,
+                           const EachOutput& each = nullptr) {
+    Bindings b = randomBindings(g, rng);
+    auto wantForward = interpretOutputs(g, b);
+    auto wantBackward = interpretOutputs(differentiate(g), b);
+    for (bool f64 : {false, true})
+        for (int n : threads) {
+            CodegenOptions opts;
+            opts.cache = false, opts.f64 = f64, opts.threads = n;
+            CompiledModel cm = compileModel(g, opts);
+            const double tol = f64 ? 1e-9 : 1e-4;
+            INFO(g.model << (f64 ? " f64, " : " f32, ") << n << " thread(s)");
+            auto gotForward = runCompiled(cm, g, b, false);
+            for (const char* name : {"logits", "loss"}) {
+                INFO(name);
+                CHECK(relativeError(gotForward.at(name), wantForward.at(name)) <= tol);
+            }
+            auto gotBackward = runCompiled(cm, g, b, true);
+            for (auto& [name, want] : wantBackward) {
+                if (name == "logits") continue;
+                INFO(name);
+                REQUIRE(gotBackward.count(name) == 1);
+                const Tensor& got = gotBackward.at(name);
+                CHECK(relativeError(got, want) <= tol);
+                if (each) each(name, got, want, tol);
+            }
+        }
+}
+
 inline double lossOf(const Graph& fwd, const Bindings& b) {
     return interpret(fwd, b)[fwd.output(OutputRole::Loss)].data[0];
 }
