@@ -165,7 +165,7 @@ void Lowering::scanForward(const Kernel& k) {
                 llvm::Value* row = b_.CreateAdd(b_.CreateMul(b, i64(T)), t);
                 llvm::Value* prevRow = b_.CreateAdd(b_.CreateMul(b, i64(T)), tPrev);
                 llvm::Value* sumRow = b_.CreateMul(r, i64(sumsStride));
-                loop(H, "j", [&](llvm::Value* j) {
+                independentLoop(H, "j", [&](llvm::Value* j) {
                     std::vector<llvm::Value*> args(size_t(cell.forwardArgs()));
                     for (int64_t g = 0; g < G; ++g) {
                         llvm::Value* col = b_.CreateAdd(i64(g * H), j);
@@ -260,7 +260,7 @@ void Lowering::scanReverse(const Kernel& k) {
                 llvm::Value* b = b_.CreateAdd(b0, r);
                 llvm::Value* row = b_.CreateAdd(b_.CreateMul(b, i64(T)), t);
                 llvm::Value* prevRow = b_.CreateAdd(b_.CreateMul(b, i64(T)), tPrev);
-                loop(H, "j", [&](llvm::Value* j) {
+                independentLoop(H, "j", [&](llvm::Value* j) {
                     llvm::Value* bj = b_.CreateAdd(b_.CreateMul(b, i64(H)), j);
                     llvm::Value* dh = b_.CreateFAdd(
                         load(dy, b_.CreateAdd(b_.CreateMul(row, i64(H)), j)), load(carry, bj));

@@ -7,6 +7,8 @@
 
 #include "Lowering.h"
 
+#include <llvm/Analysis/ValueTracking.h>
+
 namespace gradc {
 
 Lowering::Lowering(llvm::LLVMContext& ctx, llvm::Module& m, bool f64, bool profile)
@@ -43,6 +45,35 @@ void Lowering::loop(int64_t n, const char* name, const std::function<void(llvm::
         br->setMetadata(llvm::LLVMContext::MD_loop, loopId);
     }
     b_.SetInsertPoint(exit);
+}
+
+void Lowering::independentLoop(int64_t n, const char* name, const std::function<void(llvm::Value*)>& body) {
+    const size_t first = fn_->size();
+    loop(n, name, body);
+    // The loop's blocks are those `loop` and its body appended to the function: its header,
+    // its exit (where the builder now stands, outside the loop) and the body's own blocks.
+    llvm::BasicBlock* exit = b_.GetInsertBlock();
+    llvm::BasicBlock* header = &*std::next(fn_->begin(), long(first));
+    llvm::MDNode* group = llvm::MDNode::getDistinct(ctx_, {});
+    llvm::BranchInst* latch = nullptr;
+    for (llvm::BasicBlock& bb : llvm::make_range(header->getIterator(), fn_->end())) {
+        if (&bb == exit) continue;
+        for (llvm::Instruction& in : bb) {
+            if (!in.mayReadOrWriteMemory()) continue;
+            // A variable (an alloca, a register after sroa) may carry a sum from one
+            // iteration to the next: not marked.
+            llvm::Value* ptr = llvm::getLoadStorePointerOperand(&in);
+            if (ptr && llvm::isa<llvm::AllocaInst>(llvm::getUnderlyingObject(ptr))) continue;
+            in.setMetadata(llvm::LLVMContext::MD_access_group, group);
+        }
+        auto* br = llvm::dyn_cast_or_null<llvm::BranchInst>(bb.getTerminator());
+        if (br && br->isConditional() && br->getSuccessor(0) == header) latch = br;
+    }
+    internal_assert(latch != nullptr, "a loop without its back edge");
+    llvm::Metadata* parallel[] = {llvm::MDString::get(ctx_, "llvm.loop.parallel_accesses"), group};
+    llvm::MDNode* loopId = llvm::MDNode::getDistinct(ctx_, {nullptr, llvm::MDNode::get(ctx_, parallel)});
+    loopId->replaceOperandWith(0, loopId);
+    latch->setMetadata(llvm::LLVMContext::MD_loop, loopId);
 }
 
 void Lowering::ifElse(llvm::Value* cond, const std::function<void()>& then, const std::function<void()>& otherwise,

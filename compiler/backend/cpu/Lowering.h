@@ -88,6 +88,12 @@ private:
     /// (the test after the body); `vectorise` false keeps the optimiser from vectorising it
     /// (strided copies would become gathers and scatters).
     void loop(int64_t n, const char* name, const std::function<void(llvm::Value*)>& body, bool vectorise = true);
+    /// `loop` for a body whose iterations touch disjoint elements (iteration i reads and
+    /// writes element i of each array, whichever arrays share memory): its memory accesses
+    /// are marked parallel (llvm.loop.parallel_accesses), so the vectoriser needs no run-time
+    /// alias checks. For loops over pointers the optimiser cannot tell apart (a recurrent
+    /// cell's, which reads and writes a dozen arrays through its step's context).
+    void independentLoop(int64_t n, const char* name, const std::function<void(llvm::Value*)>& body);
     /// for (i = 0; i < n; ++i) body(i), with a bound known only at run time (it may be 0: the
     /// test comes first). Not written with `loop`, nor `loop` with it: either way the emitted
     /// code would change.
