@@ -139,6 +139,10 @@ struct GemmBlocking {
     /// Elements: an operand read in place whose step along K is this far or farther (a
     /// page) is packed, so the tiles do not touch a page per step of K.
     int64_t pageStride = 1024;
+    /// Bytes: a product that is not K-blocked, whose B has at most smallB bytes (it stays in
+    /// L2) and whose output at least largeOutput (it does not), runs its row blocks outermost,
+    /// writing whole rows (matrixProduct). A quarter of L2 and L2 (cacheBlocking).
+    int64_t smallB = 256 * 1024, largeOutput = 1024 * 1024;
     std::string source = "default"; ///< where the tile came from: "model", "measured", "cached", "forced"
     int nr() const { return nv * vl; }
     bool blocked(int64_t depth) const { return depth > kc; }

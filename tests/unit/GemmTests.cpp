@@ -48,6 +48,7 @@ struct Config {
     bool packA, packB;
     int threads;
     int64_t l3Panel = GemmBlocking::kNoNBlocks; ///< 1: every packed B wider than one strip is blocked along N
+    bool rowsFirst = false; ///< every product that is not K-blocked runs its row blocks outermost
 };
 
 } // namespace
@@ -65,6 +66,11 @@ TEST_CASE("matrix products match the interpreter for every register tile, blocke
         // into each thread's panel. One configuration per element type, with the first tile.
         {"N blocks, K blocks of 8, all packed", 8, 0, 4, true, true, 1, 1},
         {"N blocks, K blocks of 8, all packed, 2 threads", 8, 0, 4, true, true, 2, 1},
+        // Row blocks outermost (a small B, a large output), one tile of rows per block.
+        {"row blocks first, in place", int64_t(1) << 30, 0, int64_t(1) << 30, true, true, 1,
+         GemmBlocking::kNoNBlocks, true},
+        {"row blocks first, all packed, 2 threads", int64_t(1) << 30, 0, 4, true, true, 2,
+         GemmBlocking::kNoNBlocks, true},
     };
     for (bool f64 : {false, true}) {
         for (auto [mr, nv] : tiles) {
@@ -92,6 +98,7 @@ TEST_CASE("matrix products match the interpreter for every register tile, blocke
                 bl.pageStride = c.pageStride;
                 bl.packA = c.packA, bl.packB = c.packB;
                 bl.l3Panel = c.l3Panel;
+                if (c.rowsFirst) bl.smallB = int64_t(1) << 40, bl.largeOutput = 0;
                 CodegenOptions opts;
                 opts.cache = false;
                 opts.f64 = f64;

@@ -163,6 +163,7 @@ void cacheBlocking(GemmBlocking& b, bool f64, const CacheSizes& caches) {
     // wider than 64 elements made the seed network's step 15% faster with AVX2 on Zen 4
     // (16.5 against 19.5 ms, four alternating rounds), and made no difference with AVX-512.
     b.pageStride = b.nr() * bytes <= 64 ? 64 : 4096 / bytes;
+    b.smallB = caches.l2 / 4, b.largeOutput = caches.l2;
     // N blocks (planProduct: a B whose packed copy is larger than l3Panel is packed a strip
     // at a time into each thread's panel) stay off: with l3Panel at half a core's share of L3
     // (8 MB on the 2-core Zen 4, 32 MB L3) the wide network (784-4096-4096-10, batch 256, one

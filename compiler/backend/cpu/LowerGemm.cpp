@@ -264,6 +264,13 @@ void Lowering::matrixProduct(const Kernel& k) {
     const bool plain = k.columnSums.empty() && k.stores.size() == 1 && k.stores[0].expr->op == scalar::Kind::Arg &&
                        k.args[size_t(k.stores[0].expr->value)].mode == Access::Mode::Acc;
     const int64_t units = byStrip ? nt : nt * mBlocks;
+    // The units of a shallow product whose B is small (it stays in L2 across the row blocks)
+    // and whose output is not, in row-block order, every strip of one row block before the
+    // next: the output is then written a block of whole rows at a time, not one strip of NR
+    // columns down all M rows and then the next (seq_lstm's input projection, M 7168, N 512,
+    // K 28: 8.8% -> 5.7% of the step, one thread, Zen 4).
+    const bool rowsFirst = !byStrip && kBlocks == 1 && K * N * p_->elementBytes <= bl.smallB &&
+                           M * N * p_->elementBytes >= bl.largeOutput;
     auto tiles = [&](llvm::Value* begin, llvm::Value* end, llvm::Value* thread) {
       llvm::Value* myBlock = b_.CreateGEP(T_, tile, b_.CreateMul(thread, i64(MC * NR)));
       // N blocked: this thread's panel of one strip, K x NR.
@@ -357,7 +364,8 @@ void Lowering::matrixProduct(const Kernel& k) {
         if (byStrip) {
             loop(mBlocks, "ib", [&](llvm::Value* ib) { unit(u, ib); });
         } else {
-            unit(b_.CreateUDiv(u, i64(mBlocks)), b_.CreateURem(u, i64(mBlocks)));
+            if (rowsFirst) unit(b_.CreateURem(u, i64(nt)), b_.CreateUDiv(u, i64(nt)));
+            else unit(b_.CreateUDiv(u, i64(mBlocks)), b_.CreateURem(u, i64(mBlocks)));
         }
       });
     };
