@@ -1,4 +1,5 @@
-// Plot.cpp — hand-written SVG: rectangles, polylines and text, nothing else.
+// Plot.cpp — the figures, drawn on a Figure (Figure.h: SVG, PDF or PNG): rectangles, lines,
+// polylines, dots and text, nothing else.
 #include "Plot.h"
 
 #include "Text.h"
@@ -16,34 +17,11 @@ constexpr double kPanelW = 300, kPanelH = 210, kPad = 46, kRowTitle = 34;
 constexpr size_t kMaxColumns = 8;
 const char* kColors[] = {"#2ca02c", "#1f77b4", "#ff7f0e", "#d62728", "#9467bd", "#8c564b"};
 
-/// Names in the figure (a model is named after its file, which may hold any bytes) as XML
-/// allows them.
+using Anchor = Figure::Anchor;
+
+/// A model's name as a data attribute's value (it is named after its file, which may hold
+/// any bytes).
 std::string escape(const std::string& s) { return xmlText(s); }
-
-std::string header(double w, double h) {
-    return fmt::format("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
-                       "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{:.0f}\" height=\"{:.0f}\" "
-                       "viewBox=\"0 0 {:.0f} {:.0f}\" font-family=\"sans-serif\" font-size=\"11\">\n"
-                       "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n",
-                       w, h, w, h);
-}
-
-/// `attributes` (such as a transform) go into the element as they are.
-std::string text(double x, double y, const std::string& s, const char* anchor = "middle",
-                 int size = 11, const char* color = "black", const std::string& attributes = "") {
-    return fmt::format("<text x=\"{:.1f}\" y=\"{:.1f}\" text-anchor=\"{}\" font-size=\"{}\" "
-                       "fill=\"{}\"{}>{}</text>\n",
-                       x, y, anchor, size, color, attributes.empty() ? "" : " " + attributes,
-                       escape(s));
-}
-
-/// A line through `points` ("x,y x,y ..."); `attributes` (a class, data-*) lead the element.
-std::string polyline(const std::string& points, const char* color, double width,
-                     const std::string& attributes = "") {
-    return fmt::format(
-        "<polyline {}fill=\"none\" stroke=\"{}\" stroke-width=\"{}\" points=\"{}\"/>\n",
-        attributes.empty() ? "" : attributes + " ", color, width, points);
-}
 
 /// The frame of a panel at (x0, y0), `w` by `h`, with its plot area, title and axis labels.
 struct Frame {
@@ -54,19 +32,12 @@ struct Frame {
     double py(double t) const { return bottom - t * (bottom - top); } // t in [0, 1]
     /// The plot area's border, the title above it (none when empty), the x axis' label under
     /// it, and the y axis' turned upright on its left (none when empty).
-    std::string draw(const std::string& title, const std::string& xlabel,
-                     const std::string& ylabel = "") const {
-        std::string svg =
-            fmt::format("<rect x=\"{:.1f}\" y=\"{:.1f}\" width=\"{:.1f}\" height=\"{:.1f}\" "
-                        "fill=\"none\" stroke=\"#444\"/>\n",
-                        left, top, right - left, bottom - top);
-        if (!title.empty()) svg += text((left + right) / 2, y0 + 16, title, "middle", 12);
-        svg += text((left + right) / 2, bottom + 26, xlabel);
+    void draw(Figure& fig, const std::string& title, const std::string& xlabel, const std::string& ylabel = "") const {
+        fig.rect(left, top, right - left, bottom - top, "none", "#444");
+        if (!title.empty()) fig.text((left + right) / 2, y0 + 16, title, Anchor::Middle, 12);
+        fig.text((left + right) / 2, bottom + 26, xlabel);
         const double mid = (top + bottom) / 2;
-        if (!ylabel.empty())
-            svg += text(left - 44, mid, ylabel, "middle", 11, "black",
-                        fmt::format("transform=\"rotate(-90 {:.1f} {:.1f})\"", left - 44, mid));
-        return svg;
+        if (!ylabel.empty()) fig.text(left - 44, mid, ylabel, Anchor::Middle, 11, "black", -90);
     }
 };
 
@@ -77,7 +48,7 @@ constexpr double kChartH = 340, kChartMinW = 700, kLegendW = 250;
 /// ‖dL/dh_t‖ against t on a log axis, one line per model and recurrent layer, at height y0 of
 /// a figure `width` wide. Zeros and figures that are not finite have no place on a log axis:
 /// they are left out of their line.
-std::string throughTimeChart(double y0, double width, const std::vector<GradReport>& reports) {
+void throughTimeChart(Figure& fig, double y0, double width, const std::vector<GradReport>& reports) {
     struct Line {
         const GradReport* model;
         const ThroughTime* layer;
@@ -109,76 +80,65 @@ std::string throughTimeChart(double y0, double width, const std::vector<GradRepo
         return bottom - (std::log10(v) - d0) / double(d1 - d0) * (bottom - top);
     };
 
-    std::string svg = "<g class=\"through-time\">\n";
-    svg += text(width / 2, y0 + 24,
-                "Gradient through time: ||dL/dh_t|| against the step t (log scale)", "middle", 14);
+    fig.begin("class=\"through-time\"");
+    fig.text(width / 2, y0 + 24, "Gradient through time: ||dL/dh_t|| against the step t (log scale)",
+             Anchor::Middle, 14);
     for (int d = d0; d <= d1; d += stride) {
         const double y = py(std::pow(10.0, d));
-        svg += fmt::format(
-            "<line x1=\"{:.1f}\" y1=\"{:.1f}\" x2=\"{:.1f}\" y2=\"{:.1f}\" stroke=\"#ddd\"/>\n",
-            left, y, right, y);
-        svg += text(left - 4, y + 3, fmt::format("1e{}", d), "end", 9);
+        fig.line(left, y, right, y, "#ddd");
+        fig.text(left - 4, y + 3, fmt::format("1e{}", d), Anchor::End, 9);
     }
-    svg += frame.draw("", "step t", "||dL/dh_t||");
-    svg += text(px(0), bottom + 13, "0", "middle", 9);
-    if (steps > 1) svg += text(right, bottom + 13, std::to_string(steps - 1), "middle", 9);
+    frame.draw(fig, "", "step t", "||dL/dh_t||");
+    fig.text(px(0), bottom + 13, "0", Anchor::Middle, 9);
+    if (steps > 1) fig.text(right, bottom + 13, std::to_string(steps - 1), Anchor::Middle, 9);
     for (size_t i = 0; i < lines.size(); ++i) {
         const Line& l = lines[i];
         const char* color = kColors[i % std::size(kColors)];
-        std::string pts;
-        size_t count = 0, only = 0; // the points drawn, and the step of the last one
+        Figure::Points pts;
+        size_t only = 0; // the step of the last point drawn
         for (size_t t = 0; t < l.layer->norms.size(); ++t) {
             const double v = l.layer->norms[t];
-            if (std::isfinite(v) && v > 0)
-                pts += fmt::format("{:.2f},{:.2f} ", px(t), py(v)), ++count, only = t;
+            if (std::isfinite(v) && v > 0) pts.emplace_back(px(t), py(v)), only = t;
         }
-        svg +=
-            polyline(pts, color, 1.5,
+        fig.polyline(pts, color, 1.5,
                      fmt::format("class=\"through-time-line\" data-model=\"{}\" data-layer=\"{}\"",
                                  escape(l.model->model), escape(l.layer->layer)));
         // A line of one point (one step, or one step left among zeros) is not drawn: a dot is.
-        if (count == 1)
-            svg += fmt::format("<circle class=\"through-time-dot\" cx=\"{:.2f}\" cy=\"{:.2f}\" "
-                               "r=\"3\" fill=\"{}\"/>\n",
-                               px(only), py(l.layer->norms[only]), color);
+        if (pts.size() == 1)
+            fig.circle(px(only), py(l.layer->norms[only]), 3, color, "class=\"through-time-dot\"");
         const double ly = top + 8 + 16 * double(i);
-        svg += fmt::format(
-            "<line x1=\"{:.1f}\" y1=\"{:.1f}\" x2=\"{:.1f}\" y2=\"{:.1f}\" stroke=\"{}\" "
-            "stroke-width=\"2\"/>\n",
-            right + 12, ly, right + 32, ly, color);
-        svg +=
-            text(right + 38, ly + 4, fmt::format("{} ({})", l.label, l.layer->cell), "start", 11);
+        fig.line(right + 12, ly, right + 32, ly, color, 2);
+        fig.text(right + 38, ly + 4, fmt::format("{} ({})", l.label, l.layer->cell), Anchor::Start, 11);
     }
-    return svg + "</g>\n";
+    fig.end();
 }
 
-} // namespace
-
 /// One histogram panel: bars scaled to the fullest bin, the range under the axis.
-std::string histogramPanel(double x, double y, const std::string& title, const std::string& xLabel,
-                           const TensorStats& s, const char* color) {
+void histogramPanel(Figure& fig, double x, double y, const std::string& title, const std::string& xLabel,
+                    const TensorStats& s, const char* color) {
     Frame f(x, y);
-    std::string svg = fmt::format("<g class=\"panel\" data-tensor=\"{}\">\n", escape(s.name));
-    svg += f.draw(title, xLabel);
+    fig.begin(fmt::format("class=\"panel\" data-tensor=\"{}\"", escape(s.name)));
+    f.draw(fig, title, xLabel);
     int64_t most = 1;
     for (int64_t c : s.counts) most = std::max(most, c);
     const double bins = double(s.counts.size());
     for (size_t b = 0; b < s.counts.size(); ++b) {
         double h = double(s.counts[b]) / double(most);
-        svg += fmt::format("<rect x=\"{:.2f}\" y=\"{:.2f}\" width=\"{:.2f}\" height=\"{:.2f}\" fill=\"{}\" "
-                           "fill-opacity=\"0.8\" stroke=\"white\" stroke-width=\"0.3\"/>\n",
-                           f.px(double(b) / bins), f.py(h), (f.right - f.left) / bins, f.bottom - f.py(h), color);
+        fig.rect(f.px(double(b) / bins), f.py(h), (f.right - f.left) / bins, f.bottom - f.py(h), color, "white", 0.3,
+                 0.8);
     }
     if (!s.edges.empty()) {
-        svg += text(f.left, f.bottom + 13, number(s.edges.front()), "start", 9);
-        svg += text(f.right, f.bottom + 13, number(s.edges.back()), "end", 9);
+        fig.text(f.left, f.bottom + 13, number(s.edges.front()), Anchor::Start, 9);
+        fig.text(f.right, f.bottom + 13, number(s.edges.back()), Anchor::End, 9);
     }
-    svg += text(f.left - 4, f.top + 8, std::to_string(most), "end", 9);
-    svg += text(f.left - 4, f.bottom, "0", "end", 9);
-    return svg + "</g>\n";
+    fig.text(f.left - 4, f.top + 8, std::to_string(most), Anchor::End, 9);
+    fig.text(f.left - 4, f.bottom, "0", Anchor::End, 9);
+    fig.end();
 }
 
-std::string gradientFigure(const std::vector<GradReport>& reports, const std::vector<std::string>& activationNames) {
+} // namespace
+
+Figure gradientFigure(const std::vector<GradReport>& reports, const std::vector<std::string>& activationNames) {
     // A model's weights in rows of at most kMaxColumns panels: a 20-layer CNN's 20 weights take
     // three rows 2,400 pixels wide, not one row of 6,000 (the seed's networks keep one row).
     size_t columns = 1;
@@ -199,45 +159,47 @@ std::string gradientFigure(const std::vector<GradReport>& reports, const std::ve
     };
     double height = recurrent ? kChartH : 0;
     for (size_t n : weights) height += rowHeight(n);
-    std::string svg = header(width, height);
+    Figure fig(width, height);
     double y = 0;
     for (size_t row = 0; row < reports.size(); ++row) {
         const GradReport& r = reports[row];
         const std::string act = row < activationNames.size() ? activationNames[row] : r.model;
-        svg += text(width / 2, y + 22, fmt::format("Gradient magnitude distribution for activation function {} ({})",
-                                                   act, r.model), "middle", 14);
+        fig.text(width / 2, y + 22,
+                 fmt::format("Gradient magnitude distribution for activation function {} ({})", act, r.model),
+                 Anchor::Middle, 14);
         size_t k = 0;
         for (auto& s : r.params) {
             if (!isWeight(s.shape)) continue; // weights only, as the seed's figure
-            svg += histogramPanel(double(k % columns) * kPanelW, y + kRowTitle + double(k / columns) * kPanelH, s.name,
-                                  "Grad magnitude", s, kColors[row % std::size(kColors)]);
+            histogramPanel(fig, double(k % columns) * kPanelW, y + kRowTitle + double(k / columns) * kPanelH, s.name,
+                           "Grad magnitude", s, kColors[row % std::size(kColors)]);
             ++k;
         }
         y += rowHeight(weights[row]);
     }
-    if (recurrent) svg += throughTimeChart(y, width, reports);
-    return svg + "</svg>\n";
+    if (recurrent) throughTimeChart(fig, y, width, reports);
+    return fig;
 }
 
-std::string histogramFigure(const std::string& title, const std::vector<std::pair<std::string, TensorStats>>& panels,
-                            size_t columns) {
+Figure histogramFigure(const std::string& title, const std::vector<std::pair<std::string, TensorStats>>& panels,
+                       size_t columns) {
     columns = std::max<size_t>(1, std::min(columns, panels.size()));
     const size_t rows = (panels.size() + columns - 1) / columns;
     const double width = double(columns) * kPanelW;
-    std::string svg = header(width, kRowTitle + double(rows) * kPanelH);
-    svg += text(width / 2, 22, title, "middle", 14);
+    Figure fig(width, kRowTitle + double(rows) * kPanelH);
+    fig.text(width / 2, 22, title, Anchor::Middle, 14);
     for (size_t i = 0; i < panels.size(); ++i)
-        svg += histogramPanel(double(i % columns) * kPanelW, kRowTitle + double(i / columns) * kPanelH,
-                              panels[i].first, fmt::format("mean {:.3g}, var {:.3g}", panels[i].second.mean,
-                                                           panels[i].second.std * panels[i].second.std),
-                              panels[i].second, kColors[0]);
-    return svg + "</svg>\n";
+        histogramPanel(fig, double(i % columns) * kPanelW, kRowTitle + double(i / columns) * kPanelH,
+                       panels[i].first,
+                       fmt::format("mean {:.3g}, var {:.3g}", panels[i].second.mean,
+                                   panels[i].second.std * panels[i].second.std),
+                       panels[i].second, kColors[0]);
+    return fig;
 }
 
-std::string activationFigure(const std::vector<Activation>& activations) {
+Figure activationFigure(const std::vector<Activation>& activations) {
     const size_t columns = std::min<size_t>(std::max<size_t>(activations.size(), 1), 4);
     const size_t rows = (activations.size() + columns - 1) / columns;
-    std::string svg = header(double(columns) * kPanelW, double(std::max<size_t>(rows, 1)) * kPanelH + 10);
+    Figure fig(double(columns) * kPanelW, double(std::max<size_t>(rows, 1)) * kPanelH + 10);
     for (size_t i = 0; i < activations.size(); ++i) {
         const Activation& a = activations[i];
         Frame f(double(i % columns) * kPanelW, double(i / columns) * kPanelH + 10);
@@ -252,25 +214,24 @@ std::string activationFigure(const std::vector<Activation>& activations) {
             for (double v : {ys[k], ds[k]})
                 if (std::isfinite(v)) lo = std::min(lo, v), hi = std::max(hi, v);
         auto curve = [&](const std::vector<double>& v, const char* color) {
-            std::string pts;
+            Figure::Points pts;
             for (size_t k = 0; k < xs.size(); ++k)
-                if (std::isfinite(v[k]))
-                    pts += fmt::format("{:.2f},{:.2f} ", f.px((xs[k] + 5) / 10), f.py((v[k] - lo) / (hi - lo)));
-            return polyline(pts, color, 2);
+                if (std::isfinite(v[k])) pts.emplace_back(f.px((xs[k] + 5) / 10), f.py((v[k] - lo) / (hi - lo)));
+            fig.polyline(pts, color, 2);
         };
-        svg += fmt::format("<g class=\"panel\" data-activation=\"{}\">\n", escape(a.name));
-        svg += f.draw(a.name, "x");
+        fig.begin(fmt::format("class=\"panel\" data-activation=\"{}\"", escape(a.name)));
+        f.draw(fig, a.name, "x");
         double zero = f.py((0 - lo) / (hi - lo));
-        svg += fmt::format("<line x1=\"{:.1f}\" y1=\"{:.1f}\" x2=\"{:.1f}\" y2=\"{:.1f}\" stroke=\"#bbb\"/>\n", f.left,
-                           zero, f.right, zero);
-        svg += curve(ys, "#1f77b4") + curve(ds, "#ff7f0e");
-        svg += text(f.left + 8, f.top + 14, "ActFn", "start", 11, "#1f77b4") +
-               text(f.left + 8, f.top + 28, "Gradient", "start", 11, "#ff7f0e");
-        svg += text(f.left, f.bottom + 13, "-5", "start", 9) + text(f.right, f.bottom + 13, "5", "end", 9);
-        svg += text(f.left - 4, f.top + 8, number(hi), "end", 9) + text(f.left - 4, f.bottom, number(lo), "end", 9);
-        svg += "</g>\n";
+        fig.line(f.left, zero, f.right, zero, "#bbb");
+        curve(ys, "#1f77b4"), curve(ds, "#ff7f0e");
+        fig.text(f.left + 8, f.top + 14, "ActFn", Anchor::Start, 11, "#1f77b4");
+        fig.text(f.left + 8, f.top + 28, "Gradient", Anchor::Start, 11, "#ff7f0e");
+        fig.text(f.left, f.bottom + 13, "-5", Anchor::Start, 9), fig.text(f.right, f.bottom + 13, "5", Anchor::End, 9);
+        fig.text(f.left - 4, f.top + 8, number(hi), Anchor::End, 9);
+        fig.text(f.left - 4, f.bottom, number(lo), Anchor::End, 9);
+        fig.end();
     }
-    return svg + "</svg>\n";
+    return fig;
 }
 
 } // namespace gradc

@@ -1,8 +1,10 @@
-// Plot.h — the seed's two figures as SVG: per-layer gradient histograms (with recurrent
-// models' gradients through time), and activation functions with their derivatives.
+// Plot.h — the seed's two figures: per-layer gradient histograms (with recurrent models'
+// gradients through time), and activation functions with their derivatives; each a Figure,
+// written as SVG, PDF or PNG.
 #pragma once
 
 #include "Activations.h"
+#include "Figure.h"
 #include "Report.h"
 
 #include <string>
@@ -16,13 +18,13 @@ namespace gradc {
 /// histograms: ‖dL/dh_t‖ against t on a log axis, one line per model and recurrent layer
 /// (a polyline of class "through-time-line"), the legend naming the model (and the layer when
 /// the model has several).
-std::string gradientFigure(const std::vector<GradReport>& reports, const std::vector<std::string>& activationNames);
+Figure gradientFigure(const std::vector<GradReport>& reports, const std::vector<std::string>& activationNames);
 
 /// A grid of histogram panels (`columns` wide) under one title: `gradc acts`.
-std::string histogramFigure(const std::string& title, const std::vector<std::pair<std::string, TensorStats>>& panels,
+Figure histogramFigure(const std::string& title, const std::vector<std::pair<std::string, TensorStats>>& panels,
                             size_t columns);
 
 /// One panel per activation: f and f' on [-5, 5], as the seed's first figure.
-std::string activationFigure(const std::vector<Activation>& activations);
+Figure activationFigure(const std::vector<Activation>& activations);
 
 } // namespace gradc

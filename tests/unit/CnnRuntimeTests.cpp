@@ -154,7 +154,7 @@ TEST_CASE("the gradients table keeps its columns for conv shapes and long names"
 
 TEST_CASE("the gradient figure of a 20-layer CNN wraps its panels in rows of eight", "[cnn-rt][plot]") {
     // cnn_plain_*.nn and cnn_resnet.nn have 20 and 22 weights: one row would be 6,600 pixels wide.
-    const std::string svg = gradientFigure({convReport("plain", 20), convReport("resnet", 22)}, {"sigmoid", "relu"});
+    const std::string svg = gradientFigure({convReport("plain", 20), convReport("resnet", 22)}, {"sigmoid", "relu"}).svg();
     CHECK(count(svg, "<g class=\"panel\"") == 42);
     CHECK(svgAttribute(svg, "width") == 8 * 300);
     CHECK(svgAttribute(svg, "height") == 2 * 34 + 3 * 210 + 3 * 210); // a title and three rows each
@@ -163,7 +163,7 @@ TEST_CASE("the gradient figure of a 20-layer CNN wraps its panels in rows of eig
     CHECK_THAT(svg, Catch::Contains("<text x=\"1667.0\" y=\"1134.0\" text-anchor=\"middle\" font-size=\"12\" "
                                     "fill=\"black\">layers.42.weight</text>"));
     // The seed's networks (five weights) keep one row, as wide as their weights.
-    const std::string seed = gradientFigure({convReport("seed", 5)}, {"sigmoid"});
+    const std::string seed = gradientFigure({convReport("seed", 5)}, {"sigmoid"}).svg();
     CHECK(svgAttribute(seed, "width") == 5 * 300);
     CHECK(svgAttribute(seed, "height") == 34 + 210);
 }

@@ -329,7 +329,7 @@ TEST_CASE("the gradient and activation figures are well-formed SVG with the expe
                                                    {1e-6, -2e-6, 3e-6, 0}}));
     GradReport r2 = r;
     r2.model = "other & <more>";
-    std::string svg = gradientFigure({r, r2}, {"sigmoid", "relu"});
+    std::string svg = gradientFigure({r, r2}, {"sigmoid", "relu"}).svg();
     CHECK(wellFormed(svg));
     CHECK(count(svg, "<g class=\"panel\"") == 4); // weights only, one row per model
     CHECK(count(svg, ">layers.2.weight</text>") == 2);
@@ -337,7 +337,7 @@ TEST_CASE("the gradient and activation figures are well-formed SVG with the expe
     CHECK_THAT(svg, Catch::Contains("relu (other &amp; &lt;more&gt;)"));
     CHECK(count(svg, "<rect x=") >= 2 * 30 * 2); // 30 bins a panel
     ActivationTable table;
-    std::string acts = activationFigure({table.instantiate({"sigmoid", {}, {}}), table.instantiate({"elu", {0.5}, {}})});
+    std::string acts = activationFigure({table.instantiate({"sigmoid", {}, {}}), table.instantiate({"elu", {0.5}, {}})}).svg();
     CHECK(wellFormed(acts));
     CHECK(count(acts, "<g class=\"panel\"") == 2);
     CHECK(count(acts, "<polyline") == 4); // the function and its derivative in each
@@ -358,7 +358,7 @@ TEST_CASE(
     b.model = "tanh & <rnn>";
     b.throughTime = {
         throughTime("layers.0", "rnn tanh", {1e-6, 0, 1e-4})}; // a zero has no place on a log axis
-    const std::string svg = gradientFigure({a, b}, {"gru", "tanh"});
+    const std::string svg = gradientFigure({a, b}, {"gru", "tanh"}).svg();
     CHECK(wellFormed(svg));
     CHECK(count(svg, "<polyline") == 3); // one per model and recurrent layer
     CHECK(count(svg, "<polyline class=\"through-time-line\" data-model=\"stacked\" "
@@ -399,7 +399,7 @@ TEST_CASE(
     // Models without recurrent layers keep the figure as it was.
     GradReport plain = a;
     plain.throughTime.clear();
-    const std::string before = gradientFigure({plain}, {"gru"});
+    const std::string before = gradientFigure({plain}, {"gru"}).svg();
     CHECK_THAT(before, !Catch::Contains("through-time") && !Catch::Contains("<polyline"));
     CHECK(before.find("height=\"244\"") != std::string::npos); // one row: title and panels only
 }
@@ -422,7 +422,7 @@ TEST_CASE("the through-time chart of one step, or of one point among zeros, draw
     };
     SECTION("one step: the dot sits over the label 0") {
         r.throughTime = {throughTime("layers.0", "rnn tanh", {0.5})};
-        const std::string g = chart(gradientFigure({r}, {"tanh"}));
+        const std::string g = chart(gradientFigure({r}, {"tanh"}).svg());
         CHECK(count(g, "<circle") == 1);
         const size_t label = g.rfind("<text", g.find(">0</text>"));
         CHECK(attribute(g, label, "x") ==
@@ -430,7 +430,7 @@ TEST_CASE("the through-time chart of one step, or of one point among zeros, draw
     }
     SECTION("zeros around one positive norm: a dot at its step, the middle of three") {
         r.throughTime = {throughTime("layers.0", "rnn relu", {0, 1e-2, 0})};
-        const std::string g = chart(gradientFigure({r}, {"relu"}));
+        const std::string g = chart(gradientFigure({r}, {"relu"}).svg());
         REQUIRE(count(g, "<circle") == 1);
         const double cx = attribute(g, g.find("<circle"), "cx");
         const double x0 = attribute(g, g.rfind("<text", g.find(">0</text>")), "x");
@@ -439,7 +439,7 @@ TEST_CASE("the through-time chart of one step, or of one point among zeros, draw
     }
     SECTION("a line of several points has no dot") {
         r.throughTime = {throughTime("layers.0", "gru", {1e-3, 0, 1e-2})};
-        CHECK(count(chart(gradientFigure({r}, {"gru"})), "<circle") == 0);
+        CHECK(count(chart(gradientFigure({r}, {"gru"}).svg()), "<circle") == 0);
     }
 }
 

@@ -101,7 +101,7 @@ TEST_CASE("reports carry a name that is not UTF-8 in valid JSON and CSV", "[text
 }
 
 TEST_CASE("figures escape names and drop bytes XML cannot hold", "[text][plot]") {
-    const std::string svg = gradientFigure({reportOf("a<b>&\x01\xFF")}, {"tanh"});
+    const std::string svg = gradientFigure({reportOf("a<b>&\x01\xFF")}, {"tanh"}).svg();
     CHECK(svg.find("a&lt;b&gt;&amp;" + kFFFD + kFFFD) != std::string::npos);
     CHECK(svg.find('\x01') == std::string::npos);
     CHECK(svg.find('\xFF') == std::string::npos);

@@ -1,6 +1,8 @@
 // Options.cpp — the option readers that several commands share.
 #include "Options.h"
 
+#include "Figure.h"
+
 #include "Data.h"
 #include "Jobs.h"
 #include "Pipeline.h"
@@ -103,6 +105,12 @@ void declareDataInputs(OutputSet& outputs, const std::string& dir) {
 
 std::string fileOption(const po::variables_map& vm, const char* name) {
     return vm.count(name) ? vm[name].as<std::string>() : std::string();
+}
+
+std::string figureOption(const po::variables_map& vm, const char* name) {
+    const std::string path = fileOption(vm, name);
+    if (!path.empty()) figureFormat(path); // an unknown extension is refused before any work
+    return path;
 }
 
 std::pair<double, double> parseNormalize(const std::string& text) {

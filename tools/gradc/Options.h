@@ -50,6 +50,9 @@ uint64_t seedOption(const po::variables_map& vm);
 CodegenOptions codegenOptions(const po::variables_map& vm);
 /// The value of a file option, or "" when it is not given.
 std::string fileOption(const po::variables_map& vm, const char* name);
+/// A figure file's option: its path (empty when not given), its extension checked now
+/// (figureFormat: .svg, .pdf or .png).
+std::string figureOption(const po::variables_map& vm, const char* name);
 /// --normalize MEAN,STD: a finite mean and a normal (not subnormal) positive std, such that
 /// every normalised pixel (pixel/255 - MEAN) / STD is a finite float.
 std::pair<double, double> parseNormalize(const std::string& text);

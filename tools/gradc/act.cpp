@@ -18,7 +18,7 @@ namespace gradc::cli {
 void actOptions(po::options_description& d) {
     d.add_options()("names", po::value<std::vector<std::string>>()->required()->multitoken(),
                     "activations: sigmoid, elu(0.5), ...")(
-        "plot", po::value<std::string>(), "draw them to FILE.svg")(
+        "plot", po::value<std::string>(), "draw them to FILE: .svg, .pdf or .png")(
         "model", po::value<std::string>(), "model file whose activations may be named");
 }
 
@@ -26,7 +26,7 @@ void actOptions(po::options_description& d) {
 int runAct(const po::variables_map& vm) {
     OutputSet outputs;
     outputs.input(fileOption(vm, "model"));
-    outputs.output(fileOption(vm, "plot"), "the figure");
+    outputs.output(figureOption(vm, "plot"), "the figure");
     const ActivationTable table = activationTable(vm);
     std::vector<Activation> acts;
     for (auto& text : vm["names"].as<std::vector<std::string>>()) {
@@ -37,7 +37,8 @@ int runAct(const po::variables_map& vm) {
         acts.push_back(table.instantiate(*ref));
     }
     if (vm.count("plot")) {
-        outputs.set(vm["plot"].as<std::string>(), activationFigure(acts));
+        const std::string path = vm["plot"].as<std::string>();
+        outputs.set(path, activationFigure(acts).write(path));
         outputs.commit();
         return 0;
     }

@@ -20,7 +20,7 @@ void actsOptions(po::options_description& d) {
     d.add_options()("model", po::value<std::string>()->required(), "model file (.nn)")(
         "count", po::value<int64_t>()->default_value(1024), "images")(
         "format", po::value<std::string>()->default_value("table"), "table | json")(
-        "plot", po::value<std::string>(), "draw the histograms to FILE.svg");
+        "plot", po::value<std::string>(), "draw the histograms to FILE: .svg, .pdf or .png");
     addDataOptions(d);
 }
 
@@ -38,7 +38,7 @@ int runActs(const po::variables_map& vm) {
     outputs.input(path);
     outputs.input(fileOption(vm, "params"));
     declareDataInputs(outputs, dir);
-    outputs.output(fileOption(vm, "plot"), "the figure");
+    outputs.output(figureOption(vm, "plot"), "the figure");
     static_cast<ClassifierOptions&>(o) = classifierOptions(vm);
     const ActsRun run = gradc::runActs(o);
     if (format == "json") {
@@ -61,8 +61,9 @@ int runActs(const po::variables_map& vm) {
     if (vm.count("plot")) {
         std::vector<std::pair<std::string, TensorStats>> panels;
         for (auto& [what, s] : run.layers) panels.emplace_back(fmt::format("{} - {}", s.name, what), s);
-        outputs.set(vm["plot"].as<std::string>(),
-                    histogramFigure(fmt::format("Activation distribution of {}", run.model), panels, 4));
+        const std::string plot = vm["plot"].as<std::string>();
+        outputs.set(plot, histogramFigure(fmt::format("Activation distribution of {}", run.model), panels, 4)
+                              .write(plot));
     }
     outputs.commit();
     return 0;

@@ -1,0 +1,203 @@
+// FigureTests.cpp — one drawing, three formats (Figure.h): the SVG text, cairo's PDF and PNG
+// (the PNG decoded here and its pixels read), the file name's extension choosing the format,
+// and the commands that draw figures refusing any other before they do any work.
+#include "Figure.h"
+#include "Plot.h"
+#include "Source.h"
+#include "TestUtil.h"
+
+#include <catch2/catch.hpp>
+#include <fmt/format.h>
+#include <zlib.h>
+
+#include <cstdlib>
+#include <regex>
+
+using namespace gradc;
+
+namespace {
+
+/// A PNG of 8-bit RGB or RGBA (cairo's), decoded: its size and pixels as RGB.
+struct Image {
+    uint32_t width = 0, height = 0;
+    std::vector<uint8_t> rgb;
+    std::array<int, 3> at(uint32_t x, uint32_t y) const {
+        const size_t i = (size_t(y) * width + x) * 3;
+        return {rgb[i], rgb[i + 1], rgb[i + 2]};
+    }
+};
+
+uint32_t bigEndian(const std::string& s, size_t at) {
+    return uint32_t(uint8_t(s[at])) << 24 | uint32_t(uint8_t(s[at + 1])) << 16 | uint32_t(uint8_t(s[at + 2])) << 8 |
+           uint32_t(uint8_t(s[at + 3]));
+}
+
+Image decodePng(const std::string& png) {
+    REQUIRE(png.size() > 33);
+    REQUIRE(png.compare(0, 8, "\x89PNG\r\n\x1a\n") == 0);
+    Image img;
+    int channels = 0;
+    std::string idat;
+    for (size_t at = 8; at + 12 <= png.size();) {
+        const uint32_t length = bigEndian(png, at);
+        const std::string type = png.substr(at + 4, 4);
+        if (type == "IHDR") {
+            img.width = bigEndian(png, at + 8), img.height = bigEndian(png, at + 12);
+            REQUIRE(int(png[at + 16]) == 8); // bits per channel
+            const int colour = png[at + 17];
+            REQUIRE((colour == 2 || colour == 6));
+            channels = colour == 2 ? 3 : 4;
+            REQUIRE(int(png[at + 20]) == 0); // not interlaced
+        } else if (type == "IDAT") {
+            idat += png.substr(at + 8, length);
+        }
+        at += 12 + length;
+    }
+    const size_t stride = size_t(img.width) * size_t(channels);
+    std::vector<uint8_t> raw((stride + 1) * img.height);
+    uLongf size = uLongf(raw.size());
+    REQUIRE(uncompress(raw.data(), &size, reinterpret_cast<const Bytef*>(idat.data()), uLong(idat.size())) == Z_OK);
+    REQUIRE(size == raw.size());
+    // Undo each row's filter (none, sub, up, average, Paeth), in place.
+    std::vector<uint8_t> prev(stride, 0), row(stride);
+    img.rgb.reserve(size_t(img.width) * img.height * 3);
+    for (uint32_t y = 0; y < img.height; ++y) {
+        const uint8_t filter = raw[y * (stride + 1)];
+        const uint8_t* in = &raw[y * (stride + 1) + 1];
+        for (size_t i = 0; i < stride; ++i) {
+            const int a = i >= size_t(channels) ? row[i - size_t(channels)] : 0, b = prev[i],
+                      c = i >= size_t(channels) ? prev[i - size_t(channels)] : 0;
+            int p = 0;
+            switch (filter) {
+            case 0: p = 0; break;
+            case 1: p = a; break;
+            case 2: p = b; break;
+            case 3: p = (a + b) / 2; break;
+            case 4: {
+                const int e = a + b - c, pa = std::abs(e - a), pb = std::abs(e - b), pc = std::abs(e - c);
+                p = pa <= pb && pa <= pc ? a : pb <= pc ? b : c;
+                break;
+            }
+            default: FAIL("a PNG row filter " << int(filter));
+            }
+            row[i] = uint8_t(in[i] + p);
+        }
+        for (uint32_t x = 0; x < img.width; ++x)
+            for (int k = 0; k < 3; ++k) img.rgb.push_back(row[size_t(x) * size_t(channels) + size_t(k)]);
+        prev = row;
+    }
+    return img;
+}
+
+std::string errorOf(const std::function<void()>& f) {
+    try {
+        f();
+    } catch (const UserError& e) {
+        return e.format();
+    }
+    return "";
+}
+
+/// A figure of every kind of item: a black square at (10, 10), 20 wide, a red line, a blue
+/// polyline, a green dot, text and turned text, one group.
+Figure sample() {
+    Figure f(120, 80);
+    f.begin("class=\"panel\" data-tensor=\"w\"");
+    f.rect(10, 10, 20, 20, "#000000");
+    f.line(40, 10, 110, 10, "#ff0000", 3);
+    f.polyline({{40, 40}, {70, 60}, {110, 40}}, "#00f", 2, "class=\"series\"");
+    f.circle(100, 70, 4, "#00a000");
+    f.text(60, 75, "x & y", Figure::Anchor::Middle, 9);
+    f.text(8, 60, "count", Figure::Anchor::Middle, 9, "black", -90);
+    f.end();
+    return f;
+}
+
+} // namespace
+
+TEST_CASE("a figure file's extension chooses its format, and any other is refused naming the file", "[figure]") {
+    CHECK(figureFormat("g.svg") == FigureFormat::Svg);
+    CHECK(figureFormat("out/g.PDF") == FigureFormat::Pdf);
+    CHECK(figureFormat("a.b/g.Png") == FigureFormat::Png);
+    CHECK_THAT(errorOf([] { figureFormat("g.jpg"); }),
+               Catch::StartsWith("g.jpg: error: cannot draw a figure as '.jpg': the formats are .svg, .pdf and .png"));
+    CHECK(figureFormat("a.d/figure") == FigureFormat::Svg); // no extension: /dev/stdout
+    CHECK_THAT(errorOf([] { figureFormat("g.svg.gz"); }),
+               Catch::StartsWith("g.svg.gz: error: cannot draw a figure as '.gz'"));
+    CHECK_THAT(errorOf([] { Figure(20000, 100).write("wide.png"); }),
+               Catch::StartsWith("wide.png: error: the figure is 40000 x 200 pixels, too large for a PNG"));
+    CHECK(errorOf([] { Figure(20000, 100).write("wide.pdf"); }).empty());
+}
+
+TEST_CASE("one drawing, three formats: SVG by hand, PDF and PNG through cairo", "[figure]") {
+    const Figure f = sample();
+    const std::string svg = f.svg();
+    CHECK_THAT(svg, Catch::Contains("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"120\" height=\"80\""));
+    CHECK_THAT(svg, Catch::Contains("<g class=\"panel\" data-tensor=\"w\">"));
+    CHECK_THAT(svg, Catch::Contains("<polyline class=\"series\" fill=\"none\" stroke=\"#00f\" stroke-width=\"2\" "
+                                    "points=\"40.00,40.00 70.00,60.00 110.00,40.00 \"/>"));
+    CHECK_THAT(svg, Catch::Contains(">x &amp; y</text>"));
+    CHECK_THAT(svg, Catch::Contains("transform=\"rotate(-90 8.0 60.0)\">count</text>"));
+    CHECK_THAT(svg, Catch::EndsWith("</g>\n</svg>\n"));
+
+    // The PDF: one page of the figure's size in points.
+    const std::string pdf = f.pdf();
+    CHECK(pdf.rfind("%PDF-", 0) == 0);
+    CHECK_THAT(pdf, Catch::Contains("%%EOF"));
+    std::smatch m;
+    REQUIRE(std::regex_search(pdf, m, std::regex("/MediaBox \\[ *0 0 ([0-9.]+) ([0-9.]+) *\\]")));
+    CHECK(std::stod(m[1]) == 120);
+    CHECK(std::stod(m[2]) == 80);
+    CHECK(std::regex_search(pdf, std::regex("/Type */Pages[^>]*/Count 1\\b")));
+
+    // The PNG at two pixels per unit, its items where they were drawn.
+    const Image img = decodePng(f.png());
+    REQUIRE(img.width == 240);
+    REQUIRE(img.height == 160);
+    CHECK(img.at(40, 40) == std::array<int, 3>{0, 0, 0});         // inside the black square
+    CHECK(img.at(4, 4) == std::array<int, 3>{255, 255, 255});     // the white background
+    CHECK(img.at(150, 20) == std::array<int, 3>{255, 0, 0});      // on the red line, 3 wide
+    CHECK(img.at(150, 27) == std::array<int, 3>{255, 255, 255});  // beside it
+    CHECK(img.at(200, 140) == std::array<int, 3>{0, 160, 0});     // the dot's centre
+    CHECK(img.at(140, 120)[2] > 200);                             // on the blue polyline
+    CHECK(img.at(140, 120)[0] < 60);
+    int ink = 0; // the text under the polyline: dark pixels in its box
+    for (uint32_t y = 134; y < 152; ++y)
+        for (uint32_t x = 96; x < 144; ++x) ink += img.at(x, y)[0] < 128;
+    CHECK(ink > 20);
+    CHECK(decodePng(Figure(120, 80).png()).rgb != img.rgb);
+}
+
+TEST_CASE("the gradient figure as PDF and PNG from the command, and a figure format it cannot write refused "
+          "before any work", "[figure]") {
+    TempDir d("figure");
+    const std::string model = std::string(GRADC_SOURCE_DIR) + "/models/seed_sigmoid.nn";
+    const std::string svgPath = d.file("g.svg"), pngPath = d.file("g.png"), pdfPath = d.file("g.pdf");
+    for (const std::string& p : {svgPath, pngPath, pdfPath}) {
+        auto [rc, out] = gradcCommand(fmt::format("grads {} --batch 8 --backend interp --plot {}", model, p), true);
+        INFO(out);
+        REQUIRE(rc == 0);
+    }
+    const std::string svg = readFile(svgPath);
+    std::smatch m;
+    REQUIRE(std::regex_search(svg, m, std::regex("<svg [^>]*width=\"([0-9]+)\" height=\"([0-9]+)\"")));
+    const uint32_t w = uint32_t(std::stoul(m[1])), h = uint32_t(std::stoul(m[2]));
+    const Image img = decodePng(readFile(pngPath));
+    CHECK(img.width == 2 * w);
+    CHECK(img.height == 2 * h);
+    const std::string pdf = readFile(pdfPath);
+    CHECK(pdf.rfind("%PDF-", 0) == 0);
+    CHECK_THAT(pdf, Catch::Contains(fmt::format("/MediaBox [ 0 0 {} {} ]", w, h)));
+    // A .jpg is refused with the formats named, before the model is even read (it does not
+    // exist), and nothing is written.
+    const std::string jpg = d.file("g.jpg");
+    auto [rc, out] = gradcCommand(fmt::format("grads {} --plot {}", d.file("missing.nn"), jpg), true);
+    CHECK(rc != 0);
+    CHECK_THAT(out, Catch::Contains(jpg + ": error: cannot draw a figure as '.jpg': the formats are .svg, .pdf and .png"));
+    CHECK_FALSE(std::filesystem::exists(jpg));
+    for (const char* command : {"act sigmoid --plot", "acts --model x.nn --plot"}) {
+        auto [rc2, out2] = gradcCommand(fmt::format("{} {}", command, d.file("a.gif")), true);
+        CHECK(rc2 != 0);
+        CHECK_THAT(out2, Catch::Contains("a.gif: error: cannot draw a figure as '.gif'"));
+    }
+}
