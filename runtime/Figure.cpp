@@ -96,6 +96,12 @@ void Figure::circle(double cx, double cy, double r, const std::string& fill, con
     items_.push_back(std::move(it));
 }
 
+void Figure::polygon(const Points& points, const std::string& fill, const std::string& attributes) {
+    Item it{Kind::Polygon};
+    it.points = points, it.fill = fill, it.attributes = attributes;
+    items_.push_back(std::move(it));
+}
+
 void Figure::text(double x, double y, const std::string& s, Anchor anchor, double size, const std::string& color,
                   double rotate) {
     Item it{Kind::Text, x, y, size, rotate};
@@ -143,6 +149,12 @@ std::string Figure::svg() const {
             s += fmt::format("<circle {}cx=\"{:.2f}\" cy=\"{:.2f}\" r=\"{:g}\" fill=\"{}\"/>\n", lead(it.attributes),
                              it.a, it.b, it.c, it.fill);
             break;
+        case Kind::Polygon: {
+            std::string pts;
+            for (auto [x, y] : it.points) pts += fmt::format("{:.2f},{:.2f} ", x, y);
+            s += fmt::format("<polygon {}fill=\"{}\" points=\"{}\"/>\n", lead(it.attributes), it.fill, pts);
+            break;
+        }
         case Kind::Text:
             s += fmt::format("<text x=\"{:.1f}\" y=\"{:.1f}\" text-anchor=\"{}\" font-size=\"{:g}\" fill=\"{}\"{}>{}"
                              "</text>\n",
@@ -186,6 +198,12 @@ void Figure::draw(void* context) const {
             for (size_t i = 0; i < it.points.size(); ++i)
                 (i ? cairo_line_to : cairo_move_to)(cr, it.points[i].first, it.points[i].second);
             stroke(it.stroke, it.strokeWidth);
+            break;
+        case Kind::Polygon:
+            for (size_t i = 0; i < it.points.size(); ++i)
+                (i ? cairo_line_to : cairo_move_to)(cr, it.points[i].first, it.points[i].second);
+            cairo_close_path(cr);
+            source(rgb(it.fill)), cairo_fill(cr);
             break;
         case Kind::Circle:
             cairo_new_sub_path(cr);

@@ -32,6 +32,8 @@ public:
     /// `attributes` (a class, data-*) go into the SVG element as they are, before the others.
     void polyline(const Points& points, const std::string& color, double width, const std::string& attributes = "");
     void circle(double cx, double cy, double r, const std::string& fill, const std::string& attributes = "");
+    /// A filled polygon (a marker: a square, a triangle, a diamond).
+    void polygon(const Points& points, const std::string& fill, const std::string& attributes = "");
     /// Text with its baseline at y, anchored at x; turned by `rotate` degrees (clockwise) about
     /// (x, y).
     void text(double x, double y, const std::string& s, Anchor anchor = Anchor::Middle, double size = 11,
@@ -49,7 +51,7 @@ public:
     std::string write(const std::string& path) const;
 
 private:
-    enum class Kind { Rect, Line, Polyline, Circle, Text, Begin, End };
+    enum class Kind { Rect, Line, Polyline, Circle, Polygon, Text, Begin, End };
     struct Item {
         Kind kind;
         double a = 0, b = 0, c = 0, d = 0; ///< x, y, w, h; x1, y1, x2, y2; cx, cy, r; x, y, size, rotate

@@ -17,6 +17,23 @@ constexpr double kPanelW = 300, kPanelH = 210, kPad = 46, kRowTitle = 34;
 constexpr size_t kMaxColumns = 8;
 const char* kColors[] = {"#2ca02c", "#1f77b4", "#ff7f0e", "#d62728", "#9467bd", "#8c564b"};
 
+/// One colour per activation, the same in every figure: the seed's figure's green for
+/// sigmoid and blue for relu, then the others; an activation not listed (a model's own, or a
+/// model of several) takes one of kColors by its name.
+std::string activationColor(const std::string& activation) {
+    static const std::pair<const char*, const char*> kKnown[] = {
+        {"sigmoid", "#2ca02c"}, {"relu", "#1f77b4"},  {"tanh", "#ff7f0e"},     {"leaky_relu", "#d62728"},
+        {"elu", "#9467bd"},     {"swish", "#8c564b"}, {"gelu", "#e377c2"},     {"softplus", "#17becf"},
+        {"lstm", "#bcbd22"},    {"gru", "#7f7f7f"},   {"identity", "#393b79"},
+    };
+    const std::string base = activation.substr(0, activation.find('('));
+    for (auto [name, color] : kKnown)
+        if (base == name) return color;
+    size_t h = 0;
+    for (unsigned char c : activation) h = h * 31 + c;
+    return kColors[h % std::size(kColors)];
+}
+
 using Anchor = Figure::Anchor;
 
 /// A model's name as a data attribute's value (it is named after its file, which may hold
@@ -43,7 +60,90 @@ struct Frame {
 
 std::string number(double v) { return fmt::format("{:.2g}", v); }
 
-constexpr double kChartH = 340, kChartMinW = 700, kLegendW = 250;
+constexpr double kChartH = 340, kChartMinW = 700, kLegendW = 250, kFlowH = 360, kFlowLegendW = 360,
+                 kFlowMinW = 800;
+
+/// Whole decades [d0, d1] covering `range` (one decade when it is empty), and the stride of
+/// their labels: at most about eight.
+struct Decades {
+    int d0 = 0, d1 = 1, stride = 1;
+    explicit Decades(const PositiveRange& range) {
+        const double lo = range.empty() ? 1 : range.lo, hi = range.empty() ? 1 : range.hi;
+        d0 = int(std::floor(std::log10(lo)));
+        d1 = std::max(d0 + 1, int(std::ceil(std::log10(hi))));
+        stride = std::max(1, (d1 - d0 + 7) / 8);
+    }
+};
+
+/// A marker of one of four shapes (a model's, by its place in the run) centred at (x, y).
+void marker(Figure& fig, size_t shape, double x, double y, const std::string& color, const std::string& attributes) {
+    const double r = 4;
+    switch (shape % 4) {
+    case 0: fig.circle(x, y, r, color, attributes); break;
+    case 1: fig.polygon({{x - r, y - r}, {x + r, y - r}, {x + r, y + r}, {x - r, y + r}}, color, attributes); break;
+    case 2: fig.polygon({{x, y - r - 1}, {x + r + 1, y + r}, {x - r - 1, y + r}}, color, attributes); break;
+    default: fig.polygon({{x, y - r - 1}, {x + r + 1, y}, {x, y + r + 1}, {x - r - 1, y}}, color, attributes); break;
+    }
+}
+
+/// The gradient flow: each model's mean |gradient| of its weight tensors (log scale) against
+/// their depth, input to output, one line and marker shape per model, coloured by its
+/// activation, the vanishing factor in the legend; at height y0 of a figure `width` wide.
+/// Means that are zero or not finite are left out of their line.
+void flowChart(Figure& fig, double y0, double width, const std::vector<GradReport>& reports,
+               const std::vector<std::string>& activationNames) {
+    std::vector<std::vector<double>> means; // per model, its weights' in order
+    PositiveRange range;
+    size_t depth = 1;
+    for (auto& r : reports) {
+        std::vector<double>& m = means.emplace_back();
+        for (auto& p : r.params)
+            if (isWeight(p.shape)) m.push_back(p.absMean);
+        range.add(m), depth = std::max(depth, m.size());
+    }
+    const Decades dec(range);
+    const Frame frame(24, y0 + 14, width - kFlowLegendW - 12, kFlowH - 30);
+    const double left = frame.left, right = frame.right, bottom = frame.bottom, top = frame.top;
+    auto px = [&](size_t k) { // weight k (0-based) of at most `depth`
+        return depth > 1 ? left + double(k) / double(depth - 1) * (right - left) : (left + right) / 2;
+    };
+    auto py = [&](double v) { return bottom - (std::log10(v) - dec.d0) / double(dec.d1 - dec.d0) * (bottom - top); };
+
+    fig.begin("class=\"gradient-flow\"");
+    fig.text(width / 2, y0 + 24, "Gradient flow: mean |gradient| of each layer's weights (log scale)", Anchor::Middle,
+             14);
+    for (int d = dec.d0; d <= dec.d1; d += dec.stride) {
+        const double y = py(std::pow(10.0, d));
+        fig.line(left, y, right, y, "#ddd");
+        fig.text(left - 4, y + 3, fmt::format("1e{}", d), Anchor::End, 9);
+    }
+    const size_t every = std::max<size_t>(1, (depth + 11) / 12); // at most about twelve labels
+    for (size_t k = 0; k < depth; k += every) {
+        fig.line(px(k), bottom, px(k), bottom + 4, "#444");
+        fig.text(px(k), bottom + 14, std::to_string(k + 1), Anchor::Middle, 9);
+    }
+    frame.draw(fig, "", "weight tensor, input to output", "mean |gradient|");
+    for (size_t i = 0; i < reports.size(); ++i) {
+        const GradReport& r = reports[i];
+        const std::string act = i < activationNames.size() ? activationNames[i] : r.model;
+        const std::string color = activationColor(act);
+        const std::string data = fmt::format("data-model=\"{}\"", escape(r.model));
+        Figure::Points pts;
+        for (size_t k = 0; k < means[i].size(); ++k)
+            if (std::isfinite(means[i][k]) && means[i][k] > 0) pts.emplace_back(px(k), py(means[i][k]));
+        fig.polyline(pts, color.c_str(), 1.5, "class=\"flow-line\" " + data);
+        for (auto [x, y] : pts) marker(fig, i, x, y, color, "class=\"flow-point\" " + data);
+        const double ly = top + 10 + 18 * double(i);
+        fig.line(right + 12, ly, right + 36, ly, color, 1.5);
+        marker(fig, i, right + 24, ly, color, "");
+        fig.text(right + 42, ly + 4,
+                 std::isfinite(r.vanishingFactor)
+                     ? fmt::format("{} ({}): vanishing factor {:.2e}", r.model, act, r.vanishingFactor)
+                     : fmt::format("{} ({})", r.model, act),
+                 Anchor::Start, 11);
+    }
+    fig.end();
+}
 
 /// ‖dL/dh_t‖ against t on a log axis, one line per model and recurrent layer, at height y0 of
 /// a figure `width` wide. Zeros and figures that are not finite have no place on a log axis:
@@ -115,7 +215,7 @@ void throughTimeChart(Figure& fig, double y0, double width, const std::vector<Gr
 
 /// One histogram panel: bars scaled to the fullest bin, the range under the axis.
 void histogramPanel(Figure& fig, double x, double y, const std::string& title, const std::string& xLabel,
-                    const TensorStats& s, const char* color) {
+                    const TensorStats& s, const std::string& color) {
     Frame f(x, y);
     fig.begin(fmt::format("class=\"panel\" data-tensor=\"{}\"", escape(s.name)));
     f.draw(fig, title, xLabel);
@@ -152,15 +252,16 @@ Figure gradientFigure(const std::vector<GradReport>& reports, const std::vector<
     bool recurrent = false; // a chart of the gradient through time under the histograms
     for (auto& r : reports)
         recurrent = recurrent || !r.throughTime.empty();
-    const double width =
-        recurrent ? std::max(double(columns) * kPanelW, kChartMinW) : double(columns) * kPanelW;
+    const double width = std::max(double(columns) * kPanelW, kFlowMinW);
     auto rowHeight = [&](size_t n) { // a model's title and its panels' rows
         return kRowTitle + double(std::max<size_t>(1, (n + columns - 1) / columns)) * kPanelH;
     };
-    double height = recurrent ? kChartH : 0;
+    double height = kFlowH + (recurrent ? kChartH : 0);
     for (size_t n : weights) height += rowHeight(n);
     Figure fig(width, height);
-    double y = 0;
+    // The gradient flow first, then each model's histograms, then the gradient through time.
+    flowChart(fig, 0, width, reports, activationNames);
+    double y = kFlowH;
     for (size_t row = 0; row < reports.size(); ++row) {
         const GradReport& r = reports[row];
         const std::string act = row < activationNames.size() ? activationNames[row] : r.model;
@@ -171,7 +272,7 @@ Figure gradientFigure(const std::vector<GradReport>& reports, const std::vector<
         for (auto& s : r.params) {
             if (!isWeight(s.shape)) continue; // weights only, as the seed's figure
             histogramPanel(fig, double(k % columns) * kPanelW, y + kRowTitle + double(k / columns) * kPanelH, s.name,
-                           "Grad magnitude", s, kColors[row % std::size(kColors)]);
+                           "Grad magnitude", s, activationColor(act));
             ++k;
         }
         y += rowHeight(weights[row]);

@@ -157,15 +157,15 @@ TEST_CASE("the gradient figure of a 20-layer CNN wraps its panels in rows of eig
     const std::string svg = gradientFigure({convReport("plain", 20), convReport("resnet", 22)}, {"sigmoid", "relu"}).svg();
     CHECK(count(svg, "<g class=\"panel\"") == 42);
     CHECK(svgAttribute(svg, "width") == 8 * 300);
-    CHECK(svgAttribute(svg, "height") == 2 * 34 + 3 * 210 + 3 * 210); // a title and three rows each
+    CHECK(svgAttribute(svg, "height") == 360 + 2 * 34 + 3 * 210 + 3 * 210); // the flow, a title and three rows each
     CHECK(count(svg, "Gradient magnitude distribution for activation function") == 2);
     // The last panel of the second model (its 22nd) is in its third row, sixth column.
-    CHECK_THAT(svg, Catch::Contains("<text x=\"1667.0\" y=\"1134.0\" text-anchor=\"middle\" font-size=\"12\" "
+    CHECK_THAT(svg, Catch::Contains("<text x=\"1667.0\" y=\"1494.0\" text-anchor=\"middle\" font-size=\"12\" "
                                     "fill=\"black\">layers.42.weight</text>"));
     // The seed's networks (five weights) keep one row, as wide as their weights.
     const std::string seed = gradientFigure({convReport("seed", 5)}, {"sigmoid"}).svg();
     CHECK(svgAttribute(seed, "width") == 5 * 300);
-    CHECK(svgAttribute(seed, "height") == 34 + 210);
+    CHECK(svgAttribute(seed, "height") == 360 + 34 + 210);
 }
 
 TEST_CASE("gradc::grads on a CNN: conv weights' statistics, 4-D activations, the vanishing factor", "[cnn-rt]") {

@@ -360,7 +360,7 @@ TEST_CASE(
         throughTime("layers.0", "rnn tanh", {1e-6, 0, 1e-4})}; // a zero has no place on a log axis
     const std::string svg = gradientFigure({a, b}, {"gru", "tanh"}).svg();
     CHECK(wellFormed(svg));
-    CHECK(count(svg, "<polyline") == 3); // one per model and recurrent layer
+    CHECK(count(svg, "<polyline class=\"through-time-line\"") == 3); // one per model and recurrent layer
     CHECK(count(svg, "<polyline class=\"through-time-line\" data-model=\"stacked\" "
                      "data-layer=\"layers.1\"") == 1);
     CHECK(count(svg, "data-model=\"tanh &amp; &lt;rnn&gt;\" data-layer=\"layers.0\"") == 1);
@@ -396,12 +396,13 @@ TEST_CASE(
     CHECK(first[0].second > first[4].second); // SVG's y grows downwards: the small norm is lower
     CHECK(first[0].first < first[1].first);
     CHECK(points("tanh &amp; &lt;rnn&gt;", "layers.0").size() == 2);
-    // Models without recurrent layers keep the figure as it was.
+    // Models without recurrent layers have no such chart: the gradient flow and one row of
+    // histograms.
     GradReport plain = a;
     plain.throughTime.clear();
     const std::string before = gradientFigure({plain}, {"gru"}).svg();
-    CHECK_THAT(before, !Catch::Contains("through-time") && !Catch::Contains("<polyline"));
-    CHECK(before.find("height=\"244\"") != std::string::npos); // one row: title and panels only
+    CHECK_THAT(before, !Catch::Contains("through-time"));
+    CHECK(before.find("height=\"604\"") != std::string::npos); // 360 + a title and panels
 }
 
 TEST_CASE("the through-time chart of one step, or of one point among zeros, draws a dot where t = "
@@ -514,4 +515,65 @@ TEST_CASE("NaN and Inf in parameters are counted and reported, never turned into
             counted = counted || (json[p + 7] >= '1' && json[p + 7] <= '9');
         CHECK(counted);
     }
+}
+
+TEST_CASE("the gradient flow comes first: every model's mean |gradient| per weight on one log axis, coloured "
+          "by its activation",
+          "[plot]") {
+    // Two models of three weights whose mean |gradient| is 1e-6, 1e-4, 1e-2 (vanishing) and
+    // 1e-3 each (flat), and one whose middle weight's gradient is all zero.
+    auto report = [](const std::string& name, std::vector<double> means) {
+        GradReport r;
+        r.model = name;
+        for (size_t i = 0; i < means.size(); ++i) {
+            const double m = means[i];
+            r.params.push_back(statistics(fmt::format("layers.{}.weight", 2 * i), Tensor{Shape{2, 2}, {m, -m, m, -m}}));
+            r.params.push_back(statistics(fmt::format("layers.{}.bias", 2 * i), Tensor{Shape{2}, {1, 1}}));
+        }
+        computeVanishingFactor(r);
+        return r;
+    };
+    const std::string svg = gradientFigure({report("deep", {1e-6, 1e-4, 1e-2}), report("flat", {1e-3, 1e-3, 1e-3}),
+                                            report("dead", {1e-3, 0, 1e-3})},
+                                           {"sigmoid", "relu", "tanh"})
+                                .svg();
+    CHECK(wellFormed(svg));
+    const size_t group = svg.find("<g class=\"gradient-flow\">");
+    REQUIRE(group != std::string::npos);
+    CHECK(group < svg.find("<g class=\"panel\""));
+    const std::string chart = svg.substr(group, svg.find("</g>", group) - group);
+    // Axes: decades 1e-6 .. 1e-2 labelled, the weights 1 .. 3, both axes named.
+    for (int d = -6; d <= -2; ++d) CHECK_THAT(chart, Catch::Contains(fmt::format(">1e{}</text>", d)));
+    for (int k = 1; k <= 3; ++k) CHECK_THAT(chart, Catch::Contains(fmt::format(">{}</text>", k)));
+    CHECK_THAT(chart, Catch::Contains(">weight tensor, input to output</text>") &&
+                          Catch::Contains(">mean |gradient|</text>"));
+    // One line per model, its activation's colour, a marker per point; the zero left out.
+    CHECK(count(chart, "class=\"flow-line\"") == 3);
+    auto points = [&](const std::string& model) {
+        const size_t at = chart.find("points=\"", chart.find("class=\"flow-line\" data-model=\"" + model + "\"")) + 8;
+        std::vector<std::pair<double, double>> out;
+        std::istringstream in(chart.substr(at, chart.find('"', at) - at));
+        for (std::string p; in >> p;)
+            out.emplace_back(std::stod(p.substr(0, p.find(','))), std::stod(p.substr(p.find(',') + 1)));
+        return out;
+    };
+    const auto deep = points("deep"), flat = points("flat");
+    REQUIRE(deep.size() == 3);
+    REQUIRE(flat.size() == 3);
+    CHECK(points("dead").size() == 2);
+    CHECK(deep[0].second - deep[1].second == Approx(deep[1].second - deep[2].second)); // log scale
+    CHECK(deep[0].second > deep[2].second); // 1e-6 below 1e-2 (SVG's y grows downwards)
+    CHECK(flat[0].second == Approx(flat[2].second));
+    CHECK(deep[0].second > flat[0].second);
+    CHECK(deep[1].first == Approx(flat[1].first)); // the same depth on the same x
+    CHECK(count(chart, "class=\"flow-point\" data-model=\"deep\"") == 3);
+    CHECK(count(chart, "class=\"flow-point\" data-model=\"dead\"") == 2);
+    CHECK_THAT(chart, Catch::Contains("class=\"flow-line\" data-model=\"deep\" fill=\"none\" stroke=\"#2ca02c\""));
+    CHECK_THAT(chart, Catch::Contains("class=\"flow-line\" data-model=\"flat\" fill=\"none\" stroke=\"#1f77b4\""));
+    // The legend names each model, its activation and its vanishing factor.
+    CHECK_THAT(chart, Catch::Contains(">deep (sigmoid): vanishing factor 1.00e-04</text>"));
+    CHECK_THAT(chart, Catch::Contains(">flat (relu): vanishing factor 1.00e+00</text>"));
+    // The histograms take the same colour as the model's line.
+    const std::string panels = svg.substr(svg.find("<g class=\"panel\""));
+    CHECK_THAT(panels, Catch::Contains("fill=\"#2ca02c\"") && Catch::Contains("fill=\"#1f77b4\""));
 }
