@@ -213,32 +213,108 @@ void throughTimeChart(Figure& fig, double y0, double width, const std::vector<Gr
     fig.end();
 }
 
-/// One histogram panel: bars scaled to the fullest bin, the range under the axis.
+/// A step of 1, 2 or 5 times a power of ten, at least span / ticks.
+double niceStep(double span, int ticks) {
+    const double raw = span / ticks, mag = std::pow(10.0, std::floor(std::log10(raw)));
+    for (double m : {1.0, 2.0, 5.0})
+        if (m * mag >= raw * (1 - 1e-9)) return m * mag;
+    return 10 * mag;
+}
+
+/// The decades of log10|g| that every panel of a figure shares (--plot-scale log).
+struct LogAxis {
+    int d0 = 0, d1 = 1;
+};
+
+/// The shared decades covering the non-zero gradients of every weight of `reports`.
+LogAxis logAxis(const std::vector<GradReport>& reports) {
+    int first = TensorStats::kLogBins, last = -1;
+    for (auto& r : reports)
+        for (auto& p : r.params)
+            if (isWeight(p.shape))
+                for (int i = 0; i < int(p.logCounts.size()); ++i)
+                    if (p.logCounts[size_t(i)]) first = std::min(first, i), last = std::max(last, i);
+    if (last < 0) return {}; // no non-zero gradient: one decade
+    const int per = TensorStats::kLogPerDecade;
+    LogAxis a;
+    a.d0 = TensorStats::kLogFirst + first / per;
+    a.d1 = std::max(a.d0 + 1, TensorStats::kLogFirst + (last + per) / per);
+    return a;
+}
+
+/// One histogram panel: bars scaled to the fullest bin, with ticks on both axes. The x axis is
+/// the values, linear over [min, max] with a line at zero, or log10|g| over the decades `log`
+/// gives every panel (the zeros counted in the corner). The count axis is logarithmic where
+/// one bin holds most of the entries (a ReLU's spike at zero would hide the tails).
 void histogramPanel(Figure& fig, double x, double y, const std::string& title, const std::string& xLabel,
-                    const TensorStats& s, const std::string& color) {
+                    const TensorStats& s, const std::string& color, const LogAxis* log = nullptr) {
     Frame f(x, y);
     fig.begin(fmt::format("class=\"panel\" data-tensor=\"{}\"", escape(s.name)));
     f.draw(fig, title, xLabel);
-    int64_t most = 1;
-    for (int64_t c : s.counts) most = std::max(most, c);
-    const double bins = double(s.counts.size());
-    for (size_t b = 0; b < s.counts.size(); ++b) {
-        double h = double(s.counts[b]) / double(most);
-        fig.rect(f.px(double(b) / bins), f.py(h), (f.right - f.left) / bins, f.bottom - f.py(h), color, "white", 0.3,
-                 0.8);
+    // The bars: the linear histogram, or the tenth-decade bins in the shared decades, merged
+    // into bars of a whole number of bins (at most about 60 bars).
+    std::vector<int64_t> bars;
+    if (log) {
+        const int per = TensorStats::kLogPerDecade, fine = (log->d1 - log->d0) * per;
+        const int group = std::max(1, (fine + 59) / 60);
+        const int from = (log->d0 - TensorStats::kLogFirst) * per;
+        bars.assign(size_t((fine + group - 1) / group), 0);
+        for (int i = 0; i < fine; ++i)
+            if (from + i >= 0 && from + i < int(s.logCounts.size())) bars[size_t(i / group)] += s.logCounts[size_t(from + i)];
+    } else {
+        bars = s.counts;
     }
-    if (!s.edges.empty()) {
-        fig.text(f.left, f.bottom + 13, number(s.edges.front()), Anchor::Start, 9);
-        fig.text(f.right, f.bottom + 13, number(s.edges.back()), Anchor::End, 9);
+    int64_t most = 1, total = 0;
+    for (int64_t c : bars) most = std::max(most, c), total += c;
+    const bool logCount = most > 100 && 2 * most > total; // a spike: most entries in one bar
+    auto height = [&](double c) { // of a count, as a share of the plot area
+        return logCount ? std::log10(1 + c) / std::log10(1 + double(most)) : c / double(most);
+    };
+    const double n = double(bars.size());
+    for (size_t b = 0; b < bars.size(); ++b) {
+        const double h = height(double(bars[b]));
+        if (h > 0)
+            fig.rect(f.px(double(b) / n), f.py(h), (f.right - f.left) / n, f.bottom - f.py(h), color, "white", 0.3,
+                     0.8);
     }
-    fig.text(f.left - 4, f.top + 8, std::to_string(most), Anchor::End, 9);
-    fig.text(f.left - 4, f.bottom, "0", Anchor::End, 9);
+    // The count axis: 0 and nice steps, or powers of ten.
+    auto yTick = [&](double c, const std::string& label) {
+        const double ty = f.py(height(c));
+        fig.line(f.left - 3, ty, f.left, ty, "#444");
+        fig.text(f.left - 5, ty + 3, label, Anchor::End, 9);
+    };
+    if (logCount) {
+        for (double c = 1; c <= double(most); c *= 10) yTick(c, c < 1e4 ? fmt::format("{:g}", c) : fmt::format("1e{:.0f}", std::log10(c)));
+    } else {
+        const double step = std::max(1.0, std::round(niceStep(double(most), 3)));
+        for (double c = 0; c <= double(most); c += step) yTick(c, fmt::format("{:.0f}", c));
+    }
+    // The value axis.
+    auto xTick = [&](double t, const std::string& label) {
+        const double tx = f.px(t);
+        fig.line(tx, f.bottom, tx, f.bottom + 3, "#444");
+        fig.text(tx, f.bottom + 13, label, Anchor::Middle, 9);
+    };
+    if (log) {
+        const int decades = log->d1 - log->d0, stride = std::max(1, (decades + 4) / 5);
+        for (int d = log->d0; d <= log->d1; d += stride) xTick(double(d - log->d0) / decades, fmt::format("1e{}", d));
+        if (s.zeros) fig.text(f.right - 4, f.top + 12, fmt::format("zeros: {}", s.zeros), Anchor::End, 9);
+    } else if (!s.edges.empty() && s.max > s.min) {
+        const double lo = s.edges.front(), hi = s.edges.back(), step = niceStep(hi - lo, 4);
+        for (double t = std::ceil(lo / step) * step; t <= hi + step * 1e-9; t += step)
+            xTick((t - lo) / (hi - lo), number(std::fabs(t) < step * 1e-9 ? 0 : t));
+        if (lo < 0 && hi > 0) {
+            const double zx = f.px(-lo / (hi - lo));
+            fig.line(zx, f.top, zx, f.bottom, "#888", 0.8);
+        }
+    }
     fig.end();
 }
 
 } // namespace
 
-Figure gradientFigure(const std::vector<GradReport>& reports, const std::vector<std::string>& activationNames) {
+Figure gradientFigure(const std::vector<GradReport>& reports, const std::vector<std::string>& activationNames,
+                      bool logScale) {
     // A model's weights in rows of at most kMaxColumns panels: a 20-layer CNN's 20 weights take
     // three rows 2,400 pixels wide, not one row of 6,000 (the seed's networks keep one row).
     size_t columns = 1;
@@ -261,6 +337,7 @@ Figure gradientFigure(const std::vector<GradReport>& reports, const std::vector<
     Figure fig(width, height);
     // The gradient flow first, then each model's histograms, then the gradient through time.
     flowChart(fig, 0, width, reports, activationNames);
+    const LogAxis axis = logAxis(reports);
     double y = kFlowH;
     for (size_t row = 0; row < reports.size(); ++row) {
         const GradReport& r = reports[row];
@@ -272,7 +349,8 @@ Figure gradientFigure(const std::vector<GradReport>& reports, const std::vector<
         for (auto& s : r.params) {
             if (!isWeight(s.shape)) continue; // weights only, as the seed's figure
             histogramPanel(fig, double(k % columns) * kPanelW, y + kRowTitle + double(k / columns) * kPanelH, s.name,
-                           "Grad magnitude", s, activationColor(act));
+                           logScale ? "|gradient|, log scale" : "gradient", s, activationColor(act),
+                           logScale ? &axis : nullptr);
             ++k;
         }
         y += rowHeight(weights[row]);

@@ -12,17 +12,23 @@
 
 namespace gradc {
 
-/// One row of histogram panels per model (rows of at most eight panels for a deeper one): one
-/// panel per weight tensor (30 bins, the tensor's name as the panel title), under a title
-/// naming the model's activation. When a model has recurrent layers, a chart under the
+/// First the gradient flow: every model's mean |gradient| per weight tensor against depth on
+/// one log axis (a polyline of class "flow-line" per model, the vanishing factor in the
+/// legend). Then one row of histogram panels per model (rows of at most eight panels for a
+/// deeper one): one panel per weight tensor (30 bins, the tensor's name as the panel title),
+/// under a title naming the model's activation. When a model has recurrent layers, a chart under the
 /// histograms: ‖dL/dh_t‖ against t on a log axis, one line per model and recurrent layer
 /// (a polyline of class "through-time-line"), the legend naming the model (and the layer when
 /// the model has several).
-Figure gradientFigure(const std::vector<GradReport>& reports, const std::vector<std::string>& activationNames);
+/// With `logScale`, the histograms are of log10|g| over decades all the panels share, so that
+/// they can be compared (a vanishing layer's bars sit decades to the left of the last
+/// layer's); the exact zeros are counted in each panel's corner.
+Figure gradientFigure(const std::vector<GradReport>& reports, const std::vector<std::string>& activationNames,
+                      bool logScale = false);
 
 /// A grid of histogram panels (`columns` wide) under one title: `gradc acts`.
 Figure histogramFigure(const std::string& title, const std::vector<std::pair<std::string, TensorStats>>& panels,
-                            size_t columns);
+                       size_t columns);
 
 /// One panel per activation: f and f' on [-5, 5], as the seed's first figure.
 Figure activationFigure(const std::vector<Activation>& activations);

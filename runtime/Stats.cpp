@@ -47,10 +47,17 @@ TensorStats statistics(const std::string& name, const Shape& shape, const T* dat
     double width = (s.max - s.min) / bins;
     for (int i = 0; i <= bins; ++i) s.edges[size_t(i)] = s.min + width * i;
     s.edges.back() = s.max;
+    s.logCounts.assign(size_t(TensorStats::kLogBins), 0);
     for (double v : values) {
         if (!std::isfinite(v)) continue;
         int b = width > 0 ? int((v - s.min) / width) : 0;
         s.counts[size_t(std::clamp(b, 0, bins - 1))]++;
+        if (v == 0) {
+            ++s.zeros;
+            continue;
+        }
+        const int lb = int(std::floor((std::log10(std::fabs(v)) - TensorStats::kLogFirst) * TensorStats::kLogPerDecade));
+        s.logCounts[size_t(std::clamp(lb, 0, TensorStats::kLogBins - 1))]++;
     }
     return s;
 }

@@ -20,6 +20,13 @@ struct TensorStats {
     int64_t nan = 0, inf = 0;  ///< counted, never folded into the other figures
     std::vector<double> edges;   ///< bins + 1 histogram edges over [min, max]
     std::vector<int64_t> counts; ///< bins counts of the finite entries
+    /// log10|g| of the finite entries that are not zero, in bins a tenth of a decade wide:
+    /// logCounts[i] counts kLogFirst + i/10 <= log10|g| < kLogFirst + (i+1)/10 (the first and
+    /// last bins take what lies beyond); `zeros` counts the entries that are exactly zero.
+    std::vector<int64_t> logCounts;
+    int64_t zeros = 0;
+    static constexpr int kLogFirst = -46, kLogLast = 40, kLogPerDecade = 10;
+    static constexpr int kLogBins = (kLogLast - kLogFirst) * kLogPerDecade;
 };
 
 /// Statistics of the finite entries of `t` (NaN and Inf are counted apart).

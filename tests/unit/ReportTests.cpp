@@ -9,6 +9,8 @@
 
 #include <catch2/catch.hpp>
 
+#include <regex>
+
 #include <cctype>
 #include <cmath>
 #include <cstdlib>
@@ -335,7 +337,10 @@ TEST_CASE("the gradient and activation figures are well-formed SVG with the expe
     CHECK(count(svg, ">layers.2.weight</text>") == 2);
     CHECK_THAT(svg, Catch::Contains("Gradient magnitude distribution for activation function sigmoid (seed)"));
     CHECK_THAT(svg, Catch::Contains("relu (other &amp; &lt;more&gt;)"));
-    CHECK(count(svg, "<rect x=") >= 2 * 30 * 2); // 30 bins a panel
+    CHECK(count(svg, "fill-opacity=\"0.8\"") == 4 * 4); // a bar for each bin that is not empty
+    // Nice ticks under [-2e-6, 3e-6] (steps of 2e-6), and the line at zero.
+    CHECK_THAT(svg, Catch::Contains(">-2e-06</text>") && Catch::Contains(">0</text>") && Catch::Contains(">2e-06</text>"));
+    CHECK(count(svg, "stroke=\"#888\" stroke-width=\"0.8\"") == 4);
     ActivationTable table;
     std::string acts = activationFigure({table.instantiate({"sigmoid", {}, {}}), table.instantiate({"elu", {0.5}, {}})}).svg();
     CHECK(wellFormed(acts));
@@ -576,4 +581,52 @@ TEST_CASE("the gradient flow comes first: every model's mean |gradient| per weig
     // The histograms take the same colour as the model's line.
     const std::string panels = svg.substr(svg.find("<g class=\"panel\""));
     CHECK_THAT(panels, Catch::Contains("fill=\"#2ca02c\"") && Catch::Contains("fill=\"#1f77b4\""));
+}
+
+TEST_CASE("--plot-scale log: every histogram of log10 |g| over the same decades, a log count axis for a spike",
+          "[plot]") {
+    auto report = [](const std::string& name, double scale, int zeros) {
+        GradReport r;
+        r.model = name;
+        std::vector<double> v;
+        for (int i = 1; i <= 200; ++i) v.push_back((i % 2 ? 1 : -1) * scale * (1 + i % 7));
+        v.insert(v.end(), size_t(zeros), 0.0);
+        r.params.push_back(statistics("layers.0.weight", Tensor{Shape{1, int64_t(v.size())}, v}));
+        r.params.push_back(statistics("layers.2.weight", Tensor{Shape{1, 200}, std::vector<double>(v.begin(), v.begin() + 200)}));
+        computeVanishingFactor(r);
+        return r;
+    };
+    // The first model's gradients are near 1e-7, the second's near 1e-3 (and it has 1000 zeros
+    // in its first weight: a spike the linear histogram would draw as one bar).
+    const GradReport small = report("small", 1e-7, 0), large = report("large", 1e-3, 1000);
+    const std::string svg = gradientFigure({small, large}, {"sigmoid", "relu"}, true).svg();
+    CHECK(wellFormed(svg));
+    std::vector<std::string> panels;
+    for (size_t at = svg.find("<g class=\"panel\""); at != std::string::npos; at = svg.find("<g class=\"panel\"", at + 1))
+        panels.push_back(svg.substr(at, svg.find("</g>", at) - at));
+    REQUIRE(panels.size() == 4);
+    // The same decades under every panel: from 1e-7 to 1e-2.
+    auto decades = [](const std::string& panel) {
+        std::vector<std::string> out;
+        std::smatch m;
+        for (auto it = panel.cbegin(); std::regex_search(it, panel.cend(), m, std::regex(">(1e-?[0-9]+)</text>")); it = m.suffix().first)
+            out.push_back(m[1]);
+        return out;
+    };
+    CHECK(decades(panels[0]) == std::vector<std::string>{"1e-7", "1e-6", "1e-5", "1e-4", "1e-3", "1e-2"});
+    for (auto& p : panels) CHECK(decades(p) == decades(panels[0]));
+    // The small model's bars lie decades left of the large one's.
+    auto firstBar = [](const std::string& panel) {
+        std::smatch m;
+        REQUIRE(std::regex_search(panel, m, std::regex("<rect x=\"([0-9.]+)\"[^>]*fill-opacity")));
+        return std::stod(m[1]);
+    };
+    CHECK(firstBar(panels[0]) + 100 < firstBar(panels[2]) + 0);
+    // The zeros are counted apart, and the spike in the linear figure gets a log count axis.
+    CHECK_THAT(panels[2], Catch::Contains(">zeros: 1000</text>"));
+    CHECK_THAT(panels[0], !Catch::Contains("zeros:"));
+    const std::string linear = gradientFigure({large}, {"relu"}).svg();
+    const std::string spike = linear.substr(linear.find("<g class=\"panel\""));
+    CHECK_THAT(spike.substr(0, spike.find("</g>")), Catch::Contains(">1</text>") && Catch::Contains(">10</text>") &&
+                                                      Catch::Contains(">100</text>") && Catch::Contains(">1000</text>"));
 }

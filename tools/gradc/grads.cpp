@@ -34,7 +34,10 @@ void gradsOptions(po::options_description& d) {
         "dump-grads", po::value<std::string>(),
         "write the gradients to FILE.safetensors (and each recurrent layer's norms of dL/dh_t, "
         "through:LAYER)")("plot", po::value<std::string>(),
-                          "draw the weight-gradient histograms to FILE: .svg, .pdf or .png")(
+                          "draw the gradient flow and the weight-gradient histograms to FILE: .svg, .pdf or .png")(
+        "plot-scale", po::value<std::string>()->default_value("linear"),
+        "the histograms' value axis: linear (each panel its own range) | log (log10 |gradient|, one range for "
+        "all)")(
         "backend", po::value<std::string>()->default_value("jit"),
         "jit (compiled native code) | interp (the double-precision reference interpreter)");
     addCodegenOptions(d);
@@ -62,6 +65,9 @@ int runGrads(const po::variables_map& vm) {
         throw UsageError("--shuffle draws from the data set; --inputs gives the batch");
     const std::string paramsOut = fileOption(vm, "save-params"), gradsOut = fileOption(vm, "dump-grads"),
                       plotOut = figureOption(vm, "plot");
+    const std::string scale = vm["plot-scale"].as<std::string>();
+    if (scale != "linear" && scale != "log")
+        throw UsageError(fmt::format("--plot-scale={} is not a scale (scales: linear, log)", scale));
     if ((!o.params.empty() || !paramsOut.empty() || !gradsOut.empty()) && o.models.size() != 1)
         throw UsageError("--params, --save-params and --dump-grads take exactly one model");
     // Every output checked before any work; all written at the end, or none.
@@ -101,7 +107,7 @@ int runGrads(const po::variables_map& vm) {
     if (!plotOut.empty()) {
         std::vector<std::string> names;
         for (auto& m : run.models) names.push_back(m.activations);
-        outputs.set(plotOut, gradientFigure(reports, names).write(plotOut));
+        outputs.set(plotOut, gradientFigure(reports, names, scale == "log").write(plotOut));
     }
     outputs.commit();
     return 0;
