@@ -2,12 +2,15 @@
 // polylines, dots and text, nothing else.
 #include "Plot.h"
 
+#include "RunLog.h"
+
 #include "Text.h"
 
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 
 namespace gradc {
 namespace {
@@ -408,6 +411,144 @@ Figure activationFigure(const std::vector<Activation>& activations) {
         fig.text(f.left, f.bottom + 13, "-5", Anchor::Start, 9), fig.text(f.right, f.bottom + 13, "5", Anchor::End, 9);
         fig.text(f.left - 4, f.top + 8, number(hi), Anchor::End, 9);
         fig.text(f.left - 4, f.bottom, number(lo), Anchor::End, 9);
+        fig.end();
+    }
+    return fig;
+}
+
+namespace {
+
+constexpr double kTrainPanelW = 600, kTrainPanelH = 330;
+
+/// Viridis at t in [0, 1], between five of its colours: dark blue (small) to yellow (large).
+std::string viridis(double t) {
+    static const double stops[5][3] = {{68, 1, 84}, {59, 82, 139}, {33, 145, 140}, {94, 201, 98}, {253, 231, 37}};
+    t = std::clamp(std::isfinite(t) ? t : 0.0, 0.0, 1.0) * 4;
+    const int i = std::min(3, int(t));
+    const double f = t - i;
+    int c[3];
+    for (int k = 0; k < 3; ++k) c[k] = int(std::lround(stops[i][k] + f * (stops[i + 1][k] - stops[i][k])));
+    return fmt::format("#{:02x}{:02x}{:02x}", c[0], c[1], c[2]);
+}
+
+/// A panel's x axis over [0, hi] steps with nice ticks.
+void stepAxis(Figure& fig, const Frame& f, double hi) {
+    const double step = niceStep(std::max(hi, 1.0), 5);
+    for (double t = 0; t <= hi + step * 1e-9; t += step) {
+        const double x = f.px(hi > 0 ? t / hi : 0);
+        fig.line(x, f.bottom, x, f.bottom + 3, "#444");
+        fig.text(x, f.bottom + 13, fmt::format("{:g}", t), Anchor::Middle, 9);
+    }
+}
+
+/// A linear y axis over [lo, hi] with nice ticks and light grid lines.
+void valueAxis(Figure& fig, const Frame& f, double lo, double hi) {
+    const double step = niceStep(hi - lo, 4);
+    for (double v = std::ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) {
+        const double y = f.py((v - lo) / (hi - lo));
+        fig.line(f.left, y, f.right, y, "#eee");
+        fig.text(f.left - 5, y + 3, fmt::format("{:g}", std::fabs(v) < step * 1e-9 ? 0 : v), Anchor::End, 9);
+    }
+}
+
+} // namespace
+
+Figure trainingFigure(const std::vector<RunLog>& runs) {
+    const double width = 2 * kTrainPanelW;
+    Figure fig(width, kTrainPanelH * double(1 + runs.size()));
+    double lastStep = 1, lossHi = 0;
+    PositiveRange means;
+    for (auto& r : runs) {
+        lastStep = std::max(lastStep, r.steps.back());
+        for (double v : r.trainLoss) lossHi = std::isfinite(v) ? std::max(lossHi, v) : lossHi;
+        for (double v : r.valLoss) lossHi = std::isfinite(v) ? std::max(lossHi, v) : lossHi;
+        for (auto& m : r.meanAbs) means.add(m);
+    }
+    if (!(lossHi > 0)) lossHi = 1;
+    lossHi = std::ceil(lossHi / niceStep(lossHi, 4)) * niceStep(lossHi, 4);
+    auto curve = [&](const Frame& f, const std::vector<double>& steps, const std::vector<double>& v,
+                     const std::function<double(double)>& y, const std::string& color, double w, const std::string& attributes) {
+        Figure::Points pts;
+        for (size_t i = 0; i < v.size(); ++i)
+            if (std::isfinite(v[i])) pts.emplace_back(f.px(steps[i] / lastStep), y(v[i]));
+        fig.polyline(pts, color, w, attributes);
+        return pts;
+    };
+    // The loss (training thin, validation thick) and the validation accuracy of every run.
+    const Frame loss(24, 0, kTrainPanelW - 24, kTrainPanelH), acc(kTrainPanelW + 24, 0, kTrainPanelW - 24, kTrainPanelH);
+    fig.begin("class=\"curves\"");
+    valueAxis(fig, loss, 0, lossHi);
+    valueAxis(fig, acc, 0, 1);
+    loss.draw(fig, "Loss (thin: training, thick: validation)", "step", "loss");
+    acc.draw(fig, "Validation accuracy", "step", "accuracy");
+    stepAxis(fig, loss, lastStep), stepAxis(fig, acc, lastStep);
+    for (size_t i = 0; i < runs.size(); ++i) {
+        const RunLog& r = runs[i];
+        const std::string color = kColors[i % std::size(kColors)], data = fmt::format("data-run=\"{}\"", escape(r.name));
+        auto lossY = [&](double v) { return loss.py(v / lossHi); };
+        curve(loss, r.steps, r.trainLoss, lossY, color, 1, "class=\"train-loss\" " + data);
+        curve(loss, r.steps, r.valLoss, lossY, color, 2, "class=\"val-loss\" " + data);
+        for (auto [x, y] : curve(acc, r.steps, r.valAccuracy, [&](double v) { return acc.py(v); }, color, 2,
+                                 "class=\"val-accuracy\" " + data))
+            marker(fig, i, x, y, color, "");
+        // The legend in the loss panel's top right corner, which a falling loss leaves empty.
+        const double ly = loss.top + 14 + 16 * double(i);
+        marker(fig, i, loss.right - 190, ly - 4, color, "");
+        fig.text(loss.right - 180, ly,
+                 r.testAccuracy >= 0 ? fmt::format("{} (test {:.2f}%)", r.name, 100 * r.testAccuracy) : r.name,
+                 Anchor::Start, 11);
+    }
+    fig.end();
+    // Each run: its layers' mean |gradient| over the steps (log scale), and as a heat map,
+    // on decades and colours every run shares.
+    const Decades dec(means);
+    auto share = [&](double v) { return (std::log10(v) - dec.d0) / double(dec.d1 - dec.d0); };
+    for (size_t i = 0; i < runs.size(); ++i) {
+        const RunLog& r = runs[i];
+        const double y0 = kTrainPanelH * double(1 + i);
+        const Frame flow(24, y0, kTrainPanelW - 24, kTrainPanelH), heat(kTrainPanelW + 24, y0, kTrainPanelW - 84, kTrainPanelH);
+        fig.begin(fmt::format("class=\"flow-over-training\" data-run=\"{}\"", escape(r.name)));
+        for (int d = dec.d0; d <= dec.d1; d += dec.stride) {
+            const double y = flow.py(share(std::pow(10.0, d)));
+            fig.line(flow.left, y, flow.right, y, "#eee");
+            fig.text(flow.left - 5, y + 3, fmt::format("1e{}", d), Anchor::End, 9);
+        }
+        flow.draw(fig, fmt::format("Gradient flow over training: {}", r.name), "step", "mean |gradient|");
+        stepAxis(fig, flow, lastStep);
+        const size_t layers = r.layers.size();
+        for (size_t l = 0; l < layers; ++l) {
+            const std::string color = viridis(layers > 1 ? 0.9 * double(l) / double(layers - 1) : 0);
+            curve(flow, r.steps, r.meanAbs[l], [&](double v) { return flow.py(share(v)); }, color, 1.5,
+                  fmt::format("class=\"layer-line\" data-layer=\"{}\"", escape(r.layers[l])));
+            // The legend: every layer of a shallow net; the first and last of a deep one.
+            if (layers <= 8 || l == 0 || l + 1 == layers) {
+                const double ly = flow.top + 10 + 13 * double(layers <= 8 ? l : l == 0 ? 0 : 1);
+                fig.line(flow.right - 120, ly - 3, flow.right - 104, ly - 3, color, 2);
+                fig.text(flow.right - 100, ly, r.layers[l], Anchor::Start, 9);
+            }
+        }
+        fig.end();
+        // The heat map: a row per layer (input at the top), a column per logged point.
+        fig.begin(fmt::format("class=\"heat-map\" data-run=\"{}\"", escape(r.name)));
+        heat.draw(fig, fmt::format("log10 mean |gradient|: {}", r.name), "logged point (epoch)", "layer");
+        const double cw = (heat.right - heat.left) / double(r.steps.size()),
+                     ch = (heat.bottom - heat.top) / double(std::max<size_t>(1, layers));
+        for (size_t l = 0; l < layers; ++l)
+            for (size_t k = 0; k < r.steps.size(); ++k) {
+                const double v = r.meanAbs[l][k];
+                fig.rect(heat.left + cw * double(k), heat.top + ch * double(l), cw, ch,
+                         std::isfinite(v) && v > 0 ? viridis(share(v)) : "#ffffff");
+            }
+        for (size_t l = 0; l < layers; l += std::max<size_t>(1, (layers + 7) / 8))
+            fig.text(heat.left - 5, heat.top + ch * (double(l) + 0.5) + 3, std::to_string(l + 1), Anchor::End, 9);
+        // The colour bar, its decades labelled.
+        const double bx = heat.right + 16, bw = 12;
+        for (int k = 0; k < 50; ++k)
+            fig.rect(bx, heat.bottom - (heat.bottom - heat.top) * (k + 1) / 50.0, bw, (heat.bottom - heat.top) / 50.0 + 0.5,
+                     viridis((k + 0.5) / 50));
+        for (int d = dec.d0; d <= dec.d1; d += dec.stride)
+            fig.text(bx + bw + 3, heat.bottom - (heat.bottom - heat.top) * double(d - dec.d0) / (dec.d1 - dec.d0) + 3,
+                     fmt::format("1e{}", d), Anchor::Start, 9);
         fig.end();
     }
     return fig;

@@ -30,6 +30,14 @@ Figure gradientFigure(const std::vector<GradReport>& reports, const std::vector<
 Figure histogramFigure(const std::string& title, const std::vector<std::pair<std::string, TensorStats>>& panels,
                        size_t columns);
 
+struct RunLog;
+/// `gradc plot`: training runs side by side. Their loss (training and validation) and
+/// validation accuracy against the step, one colour per run; then for each run the gradient
+/// flow over training, each weight tensor's mean |gradient| against the step (log scale, one
+/// line per layer, coloured input to output), and the same as a heat map (a row per layer, a
+/// column per logged point), on decades and colours all the runs share.
+Figure trainingFigure(const std::vector<RunLog>& runs);
+
 /// One panel per activation: f and f' on [-5, 5], as the seed's first figure.
 Figure activationFigure(const std::vector<Activation>& activations);
 

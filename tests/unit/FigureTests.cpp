@@ -3,6 +3,7 @@
 // and the commands that draw figures refusing any other before they do any work.
 #include "Figure.h"
 #include "Plot.h"
+#include "RunLog.h"
 #include "Source.h"
 #include "TestUtil.h"
 
@@ -87,6 +88,12 @@ Image decodePng(const std::string& png) {
         prev = row;
     }
     return img;
+}
+
+size_t occurrences(const std::string& s, const std::string& what) {
+    size_t n = 0;
+    for (size_t p = s.find(what); p != std::string::npos; p = s.find(what, p + 1)) ++n;
+    return n;
 }
 
 std::string errorOf(const std::function<void()>& f) {
@@ -200,4 +207,105 @@ TEST_CASE("the gradient figure as PDF and PNG from the command, and a figure for
         CHECK(rc2 != 0);
         CHECK_THAT(out2, Catch::Contains("a.gif: error: cannot draw a figure as '.gif'"));
     }
+}
+
+namespace {
+
+/// A training log as gradc train --log writes it: `epochs` lines (two weights and a bias,
+/// the first weight's mean |gradient| 10^(first - epoch)) and the end.
+std::string trainingLog(int epochs, int first) {
+    std::string log;
+    for (int e = 1; e <= epochs; ++e)
+        log += fmt::format(
+            "{{\"epoch\":{0},\"step\":{1},\"train_loss\":{2},\"val_loss\":{3},\"val_accuracy\":{4},\"seconds\":1,"
+            "\"vanishing_factor\":0.1,\"grads\":[{{\"name\":\"layers.0.weight\",\"shape\":[4,3],\"abs_mean\":{5}}},"
+            "{{\"name\":\"layers.0.bias\",\"shape\":[4],\"abs_mean\":1}},"
+            "{{\"name\":\"layers.2.weight\",\"shape\":[2,4],\"abs_mean\":{6}}}]}}\n",
+            e, 100 * e, 2.0 / e, 2.2 / e, 0.5 + 0.1 * e, fmt::format("1e{}", first - e), e == 2 ? "null" : "0.01");
+    return log + "{\"end\":true,\"best_epoch\":3,\"test_accuracy\":0.75}\n";
+}
+
+} // namespace
+
+TEST_CASE("a training log read back: its epochs, its weights' mean |gradient| and its test accuracy, or an "
+          "error naming the file and line",
+          "[figure][plot]") {
+    TempDir d("runlog");
+    const RunLog r = readRunLog(d.write("sig.moid.jsonl", trainingLog(3, -3)));
+    CHECK(r.name == "sig.moid");
+    CHECK(r.steps == std::vector<double>{100, 200, 300});
+    CHECK(r.valAccuracy[2] == Approx(0.8));
+    CHECK(r.layers == std::vector<std::string>{"layers.0.weight", "layers.2.weight"}); // weights only
+    REQUIRE(r.meanAbs.size() == 2);
+    CHECK(r.meanAbs[0][1] == Approx(1e-5));
+    CHECK(std::isnan(r.meanAbs[1][1])); // null: not finite when logged
+    CHECK(r.testAccuracy == Approx(0.75));
+    auto error = [&](const std::string& name, const std::string& text) {
+        return errorOf([&] { readRunLog(d.write(name, text)); });
+    };
+    CHECK_THAT(error("a.jsonl", trainingLog(1, 0) + "not json\n"),
+               Catch::StartsWith(d.file("a.jsonl") + ":3:1: error: not a JSON object"));
+    std::string noLoss = trainingLog(2, 0);
+    noLoss.replace(noLoss.find("\"val_loss\"", noLoss.find('\n')), 10, "\"val_lost\"");
+    CHECK_THAT(error("b.jsonl", noLoss), Catch::StartsWith(d.file("b.jsonl") + ":2:1: error: an epoch without 'val_loss'"));
+    CHECK_THAT(error("c.jsonl", "{\"end\":true}\n"),
+               Catch::StartsWith(d.file("c.jsonl") + ": error: no epoch in the training log"));
+    CHECK_THAT(errorOf([&] { readRunLog(d.file("none.jsonl")); }),
+               Catch::StartsWith(d.file("none.jsonl") + ": error: cannot open the training log"));
+    std::string other = trainingLog(2, 0);
+    other.replace(other.rfind("layers.2.weight"), 15, "layers.4.weight");
+    CHECK_THAT(error("e.jsonl", other), Catch::Contains(":2:1: error: the weights differ from the first epoch's"));
+}
+
+TEST_CASE("gradc plot: the runs' curves, each run's gradient flow over training and its heat map on shared "
+          "decades",
+          "[figure][plot]") {
+    TempDir d("plot");
+    const RunLog a = readRunLog(d.write("vanishing.jsonl", trainingLog(3, -3)));
+    const RunLog b = readRunLog(d.write("healthy.jsonl", trainingLog(4, -1)));
+    const std::string svg = trainingFigure({a, b}).svg();
+    CHECK(occurrences(svg, "class=\"val-accuracy\"") == 2);
+    CHECK(occurrences(svg, "class=\"train-loss\"") == 2);
+    CHECK(occurrences(svg, "<g class=\"flow-over-training\"") == 2);
+    CHECK(occurrences(svg, "class=\"layer-line\" data-layer=\"layers.0.weight\"") == 2);
+    CHECK_THAT(svg, Catch::Contains(">vanishing (test 75.00%)</text>"));
+    // The heat maps: a cell per layer and logged point, coloured on the decades both runs
+    // share (1e-6 .. 1e-2: a's first layer at 1e-6 .. 1e-4 and b's at 1e-5 .. 1e-2).
+    const size_t heat = svg.find("<g class=\"heat-map\" data-run=\"healthy\">");
+    REQUIRE(heat != std::string::npos);
+    const std::string map = svg.substr(heat, svg.find("</g>", heat) - heat);
+    CHECK(occurrences(map, "<rect") == 1 + 2 * 4 + 50); // the frame, the cells, the colour bar
+    CHECK(occurrences(map, "fill=\"#ffffff\"") == 1);   // the null
+    CHECK_THAT(map, Catch::Contains(">1e-6</text>") && Catch::Contains(">1e-2</text>") &&
+                        !Catch::Contains(">1e-7</text>") && !Catch::Contains(">1e-1</text>"));
+    // From the command: PNG, and errors before any figure is written.
+    const std::string png = d.file("t.png");
+    auto [rc, out] = gradcCommand(fmt::format("plot {} {} -o {}", d.file("vanishing.jsonl"), d.file("healthy.jsonl"), png), true);
+    INFO(out);
+    REQUIRE(rc == 0);
+    CHECK(decodePng(readFile(png)).width == 2400);
+    const std::string bad = d.write("bad.jsonl", "{\"epoch\":1}\n"), out2 = d.file("u.svg");
+    auto [rc2, err] = gradcCommand(fmt::format("plot {} -o {}", bad, out2), true);
+    CHECK(rc2 != 0);
+    CHECK_THAT(err, Catch::Contains(bad + ":1:1: error: an epoch without 'step'"));
+    CHECK_FALSE(std::filesystem::exists(out2));
+    auto [rc3, err3] = gradcCommand(fmt::format("plot {} -o {}", d.file("vanishing.jsonl"), d.file("t.tiff")), true);
+    CHECK(rc3 != 0);
+    CHECK_THAT(err3, Catch::Contains("cannot draw a figure as '.tiff'"));
+}
+
+TEST_CASE("gradc plot draws the log of a real gradc train run", "[figure][plot][train]") {
+    TempDir d("plottrain");
+    const std::string model = std::string(GRADC_SOURCE_DIR) + "/models/seed_sigmoid.nn", log = d.file("run.jsonl");
+    auto [rc, out] = gradcCommand(fmt::format("train {} --epochs 2 --limit 12000 --batch 256 --log {}", model, log), true);
+    INFO(out);
+    REQUIRE(rc == 0);
+    const RunLog r = readRunLog(log);
+    CHECK(r.steps.size() == 2);
+    CHECK(r.layers.size() == 5);
+    CHECK(r.testAccuracy >= 0);
+    CHECK(r.meanAbs[0][0] < r.meanAbs[4][0]); // sigmoid: the first layer's gradients are the smaller
+    auto [rc2, out2] = gradcCommand(fmt::format("plot {} -o {}", log, d.file("run.pdf")), true);
+    CHECK(rc2 == 0);
+    CHECK(readFile(d.file("run.pdf")).rfind("%PDF-", 0) == 0);
 }

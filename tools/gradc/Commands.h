@@ -28,5 +28,7 @@ void actOptions(po::options_description& d);
 int runAct(const po::variables_map& vm);
 void deriveOptions(po::options_description& d);
 int runDerive(const po::variables_map& vm);
+void plotOptions(po::options_description& d);
+int runPlot(const po::variables_map& vm);
 
 } // namespace gradc::cli

@@ -56,6 +56,9 @@ const std::vector<Command>& commands() {
         {"act", "NAME... [--plot FILE.svg] [--model FILE]",
          "each activation and its derivative on [-5, 5]: a table, or the seed's figure",
          actOptions, runAct},
+        {"plot", "RUN.jsonl... -o FILE.svg|.pdf|.png",
+         "training runs from their logs: loss, accuracy and the gradient flow over training",
+         plotOptions, runPlot},
         {"derive", "EXPR|ACTIVATION [--model FILE]",
          "print an activation or a formula in x and its simplified symbolic derivative",
          deriveOptions, runDerive},
@@ -81,8 +84,8 @@ int runCommand(const Command& c, const std::vector<std::string>& args) {
     visible.add_options()("help,h", "show this help");
     po::positional_options_description pos;
     const std::string name = c.name;
-    pos.add(name == "derive" ? "expr" : name == "grads" ? "models" : name == "act" ? "names" : "model",
-            name == "grads" || name == "act" ? -1 : 1);
+    pos.add(name == "derive" ? "expr" : name == "grads" ? "models" : name == "act" ? "names" : name == "plot" ? "runs" : "model",
+            name == "grads" || name == "act" || name == "plot" ? -1 : 1);
     po::variables_map vm;
     try {
         po::store(po::command_line_parser(args).options(visible).positional(pos).run(), vm);
