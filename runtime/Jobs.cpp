@@ -158,6 +158,7 @@ void checkJobOptions(const TrainingOptions& o) {
     require(o.maxSteps >= 0, "steps", o.maxSteps, "{} steps: ", "must not be negative");
     require(o.val >= 1, "val", o.val, "{} validation images: ", "must be at least 1");
     require(o.limit >= 0, "limit", o.limit, "a limit of {} images: ", "must not be negative");
+    require(o.logEvery >= 0, "log-every", o.logEvery, "logging every {} steps: ", "must not be negative");
     hyperParameters(o.optimizer, 1);
     checkSession(o.session);
 }
@@ -290,7 +291,7 @@ TrainingRun runTraining(const TrainingOptions& o, const std::function<void(const
     checkJobOptions(o);
     TrainOptions t;
     t.epochs = o.epochs, t.patience = o.patience, t.seed = o.seed, t.maxSteps = o.maxSteps;
-    t.save = o.save, t.log = o.log, t.logdir = o.logdir;
+    t.save = o.save, t.log = o.log, t.logdir = o.logdir, t.logEvery = o.logEvery;
     t.outputs = outputs, t.progressBar = progressBar;
     TrainingRun run;
     run.engine = classifierEngine(o, o.batch, /*classes=*/10, /*gradNorm=*/o.optimizer.clipGradNorm > 0);

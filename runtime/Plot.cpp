@@ -460,6 +460,7 @@ Figure trainingFigure(const std::vector<RunLog>& runs) {
     PositiveRange means;
     for (auto& r : runs) {
         lastStep = std::max(lastStep, r.steps.back());
+        if (!r.gradSteps.empty()) lastStep = std::max(lastStep, r.gradSteps.back());
         for (double v : r.trainLoss) lossHi = std::isfinite(v) ? std::max(lossHi, v) : lossHi;
         for (double v : r.valLoss) lossHi = std::isfinite(v) ? std::max(lossHi, v) : lossHi;
         for (auto& m : r.meanAbs) means.add(m);
@@ -518,7 +519,7 @@ Figure trainingFigure(const std::vector<RunLog>& runs) {
         const size_t layers = r.layers.size();
         for (size_t l = 0; l < layers; ++l) {
             const std::string color = viridis(layers > 1 ? 0.9 * double(l) / double(layers - 1) : 0);
-            curve(flow, r.steps, r.meanAbs[l], [&](double v) { return flow.py(share(v)); }, color, 1.5,
+            curve(flow, r.gradSteps, r.meanAbs[l], [&](double v) { return flow.py(share(v)); }, color, 1.5,
                   fmt::format("class=\"layer-line\" data-layer=\"{}\"", escape(r.layers[l])));
             // The legend: every layer of a shallow net; the first and last of a deep one.
             if (layers <= 8 || l == 0 || l + 1 == layers) {
@@ -530,11 +531,11 @@ Figure trainingFigure(const std::vector<RunLog>& runs) {
         fig.end();
         // The heat map: a row per layer (input at the top), a column per logged point.
         fig.begin(fmt::format("class=\"heat-map\" data-run=\"{}\"", escape(r.name)));
-        heat.draw(fig, fmt::format("log10 mean |gradient|: {}", r.name), "logged point (epoch)", "layer");
-        const double cw = (heat.right - heat.left) / double(r.steps.size()),
+        heat.draw(fig, fmt::format("log10 mean |gradient|: {}", r.name), "logged point", "layer");
+        const double cw = (heat.right - heat.left) / double(std::max<size_t>(1, r.gradSteps.size())),
                      ch = (heat.bottom - heat.top) / double(std::max<size_t>(1, layers));
         for (size_t l = 0; l < layers; ++l)
-            for (size_t k = 0; k < r.steps.size(); ++k) {
+            for (size_t k = 0; k < r.gradSteps.size(); ++k) {
                 const double v = r.meanAbs[l][k];
                 fig.rect(heat.left + cw * double(k), heat.top + ch * double(l), cw, ch,
                          std::isfinite(v) && v > 0 ? viridis(share(v)) : "#ffffff");

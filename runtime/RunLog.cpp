@@ -37,6 +37,10 @@ RunLog readRunLog(const std::string& path) {
     run.name = path.substr(slash == std::string::npos ? 0 : slash + 1);
     if (const size_t dot = run.name.rfind('.'); dot != std::string::npos && dot > 0) run.name.resize(dot);
     const File file = makeSourceFile(path, readWholeFile(path, "the training log"));
+    struct Points { // the gradients of epoch lines, and of step lines
+        std::vector<double> steps;
+        std::vector<std::vector<double>> means;
+    } epochs, everyN;
     std::istringstream in(file->text);
     uint32_t line = 0;
     for (std::string text; std::getline(in, text);) {
@@ -50,10 +54,14 @@ RunLog readRunLog(const std::string& path) {
             continue;
         }
         if (!j.contains("epoch")) continue; // a line of another kind: not for the figure
-        run.steps.push_back(number(j, "step", file, line));
-        run.trainLoss.push_back(number(j, "train_loss", file, line));
-        run.valLoss.push_back(number(j, "val_loss", file, line));
-        run.valAccuracy.push_back(number(j, "val_accuracy", file, line));
+        const bool stepLine = j.contains("kind") && j["kind"] == "step";
+        const double step = number(j, "step", file, line);
+        if (!stepLine) {
+            run.steps.push_back(step);
+            run.trainLoss.push_back(number(j, "train_loss", file, line));
+            run.valLoss.push_back(number(j, "val_loss", file, line));
+            run.valAccuracy.push_back(number(j, "val_accuracy", file, line));
+        }
         if (!j.contains("grads") || !j["grads"].is_array()) throw lineError(file, line, "an epoch without 'grads'");
         std::vector<std::string> names;
         std::vector<double> means;
@@ -70,15 +78,18 @@ RunLog readRunLog(const std::string& path) {
             names.push_back(g["name"].get<std::string>());
             means.push_back(number(g, "abs_mean", file, line));
         }
-        if (run.meanAbs.empty()) {
-            run.layers = names;
-            run.meanAbs.resize(names.size());
-        } else if (names != run.layers) {
+        if (run.layers.empty() && !names.empty()) run.layers = names;
+        else if (names != run.layers)
             throw lineError(file, line, "the weights differ from the first epoch's: a log of one run has the same ones");
-        }
-        for (size_t l = 0; l < means.size(); ++l) run.meanAbs[l].push_back(means[l]);
+        Points& p = stepLine ? everyN : epochs;
+        p.steps.push_back(step);
+        p.means.resize(names.size());
+        for (size_t l = 0; l < means.size(); ++l) p.means[l].push_back(means[l]);
     }
     if (run.steps.empty()) throw UserError({file, 0, 0}, "no epoch in the training log");
+    Points& p = everyN.steps.empty() ? epochs : everyN;
+    run.gradSteps = std::move(p.steps), run.meanAbs = std::move(p.means);
+    run.meanAbs.resize(run.layers.size());
     return run;
 }
 

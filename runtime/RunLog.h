@@ -9,10 +9,13 @@ namespace gradc {
 
 struct RunLog {
     std::string name;                 ///< the file's name without its folder and extension
-    std::vector<double> steps;        ///< the optimiser step of each logged point
-    std::vector<double> trainLoss, valLoss, valAccuracy; ///< per point (NaN where the log has null)
+    std::vector<double> steps;        ///< the optimiser step at the end of each epoch
+    std::vector<double> trainLoss, valLoss, valAccuracy; ///< per epoch (NaN where the log has null)
     std::vector<std::string> layers;  ///< the weight tensors, input to output
-    /// meanAbs[l][i]: layer l's mean |gradient| at point i (NaN where the log has null).
+    /// The steps whose gradients the log holds: those of its {"kind": "step"} lines (train
+    /// --log-every), else each epoch's last.
+    std::vector<double> gradSteps;
+    /// meanAbs[l][i]: layer l's mean |gradient| at gradSteps[i] (NaN where the log has null).
     std::vector<std::vector<double>> meanAbs;
     double testAccuracy = -1;         ///< from the end line; -1 when the run has none (interrupted)
 };

@@ -30,7 +30,9 @@ DataSplit loadSplit(const std::string& dir, int64_t val, double mean, double std
         fail(d.test.imageFile, fmt::format("the test images have {} pixels, but the training images in {} have {}",
                                            d.test.features, d.train.imageFile, d.train.features));
     if (val < 0 || val >= d.train.count)
-        throw UserError({}, fmt::format("--val {} leaves no training examples (the data has {})", val, d.train.count));
+        throw UserError({}, fmt::format("--val {} leaves no training examples of the {} read: pass a smaller --val "
+                                        "(with --limit and no --val, a sixth of the images read is held out)",
+                                        val, d.train.count));
     std::vector<int64_t> order = permutation(d.train.count, 42);
     d.fit.assign(order.begin(), order.end() - val);
     d.val.assign(order.end() - val, order.end());
@@ -135,6 +137,27 @@ Json epochJson(const EpochRecord& r) {
     return j;
 }
 
+/// Every `logEvery` steps: the step's gradient statistics (of the step just taken).
+Json stepJson(int epoch, int64_t step, double loss, double vanishing, const std::vector<TensorStats>& grads) {
+    Json j = {{"kind", "step"},
+              {"epoch", epoch},
+              {"step", step},
+              {"loss", jsonNumber<Json>(loss)},
+              {"vanishing_factor", jsonNumber<Json>(vanishing)}};
+    Json params = Json::array();
+    for (auto& s : grads) params.push_back(jsonStatistics<Json>(s, /*full=*/false));
+    j["grads"] = params;
+    return j;
+}
+
+/// TensorBoard's histogram and mean |gradient| of each gradient tensor at `step`.
+void gradientEvents(EventWriter& events, int64_t step, const std::vector<TensorStats>& grads) {
+    for (auto& s : grads) {
+        events.histogram("grad/" + s.name, step, s);
+        if (std::isfinite(s.absMean)) events.scalar("grad_abs_mean/" + s.name, step, s.absMean);
+    }
+}
+
 } // namespace
 
 void declareTrainOutputs(OutputSet& outputs, const std::string& save, const std::string& log,
@@ -173,14 +196,26 @@ TrainResult train(Engine& engine, const DataSplit& data, const TrainOptions& o,
         double lossSum = 0;
         int64_t done = 0, clippedSteps = 0;
         for (int64_t s = 0; s < stepsPerEpoch && !gInterrupted && !(o.maxSteps && step >= o.maxSteps); ++s) {
+            double loss = 0;
             if (engine.f64()) {
                 gather(data.train, order, size_t(s * B), B, data.mean, data.std, x64, labels);
-                lossSum += engine.trainStep(x64.data(), labels.data());
+                loss = engine.trainStep(x64.data(), labels.data());
             } else {
                 gather(data.train, order, size_t(s * B), B, data.mean, data.std, x, labels);
-                lossSum += engine.trainStep(x.data(), labels.data());
+                loss = engine.trainStep(x.data(), labels.data());
             }
+            lossSum += loss;
             ++done, ++step;
+            if (o.logEvery > 0 && step % o.logEvery == 0 && (log || events)) {
+                const std::vector<TensorStats> grads = engine.gradientStatistics();
+                const double vf = vanishingFactor(grads).value;
+                if (log) log->write(jsonLine(stepJson(epoch, step, loss, vf, grads)) + "\n");
+                if (events) {
+                    if (std::isfinite(vf)) events->scalar("vanishing_factor", step, vf);
+                    gradientEvents(*events, step, grads);
+                    events->flush();
+                }
+            }
             clippedSteps += engine.clipping() && engine.lastClip().clipped;
             if (o.progressBar && (s % 4 == 0 || s + 1 == stepsPerEpoch)) {
                 const int width = 30, filled = int(width * (s + 1) / stepsPerEpoch);
@@ -216,14 +251,13 @@ TrainResult train(Engine& engine, const DataSplit& data, const TrainOptions& o,
             events->scalar("loss/train", step, r.trainLoss);
             events->scalar("loss/val", step, r.valLoss);
             events->scalar("accuracy/val", step, r.valAccuracy);
-            if (std::isfinite(r.vanishingFactor)) events->scalar("vanishing_factor", step, r.vanishingFactor);
             for (auto& t : r.throughTime)
                 if (std::isfinite(t.vanishingFactor))
                     events->scalar("vanishing_factor_through_time/" + t.layer, step,
                                    t.vanishingFactor);
-            for (auto& s : r.grads) {
-                events->histogram("grad/" + s.name, step, s);
-                if (std::isfinite(s.absMean)) events->scalar("grad_abs_mean/" + s.name, step, s.absMean);
+            if (o.logEvery == 0) { // else at every logEvery steps
+                if (std::isfinite(r.vanishingFactor)) events->scalar("vanishing_factor", step, r.vanishingFactor);
+                gradientEvents(*events, step, r.grads);
             }
             events->flush();
         }
@@ -253,7 +287,10 @@ TrainResult train(Engine& engine, const DataSplit& data, const TrainOptions& o,
                                  {"stopped_early", result.stoppedEarly},
                                  {"interrupted", result.interrupted}}) +
                    "\n");
-    if (events && result.bestEpoch > 0) events->scalar("accuracy/test", step, result.testAccuracy);
+    if (events && result.bestEpoch > 0) {
+        events->scalar("accuracy/test", step, result.testAccuracy);
+        events->scalar("loss/test", step, result.testLoss);
+    }
     if (events) events->close();
     if (!o.outputs) own.commit();
     return result;

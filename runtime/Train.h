@@ -59,6 +59,7 @@ struct TrainOptions {
     OutputSet* outputs = nullptr;
     int64_t maxSteps = 0;        ///< stop after this many steps in all (0: no limit)
     bool progressBar = false;    ///< redraw one line per step (on a terminal)
+    int64_t logEvery = 0;        ///< > 0: gradient statistics every this many steps too
 };
 
 struct EpochRecord {

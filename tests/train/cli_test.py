@@ -118,6 +118,32 @@ with tempfile.TemporaryDirectory() as tmp:
         # Training resumes from saved parameters and evaluates them as they were.
         p2 = run("train", model("seed_relu"), "--params", save, "--epochs", "1", "--lr", "0", *SMALL)
         check(f"test accuracy {100 * end['test_accuracy']:.2f}%" in p2.stdout, "the saved parameters reload exactly")
+    elif CASE == "log_every":
+        # A small run out of the box (--limit without --val holds out a sixth of the images read),
+        # the gradients' statistics every 4 steps in the log and in TensorBoard, then plotted.
+        run("train", model("seed_sigmoid"), "--epochs", "2", "--limit", "3000", "--batch", "128", "--no-progress",
+            "--log", log, "--log-every", "4", "--logdir", logdir)
+        lines = [json.loads(l) for l in open(log)]
+        steps = [l for l in lines if l.get("kind") == "step"]
+        epochs = [l for l in lines if "epoch" in l and l.get("kind") != "step"]
+        # 3000 - 500 held out = 2500 examples: 19 steps of 128 an epoch, 38 in all.
+        check([l["step"] for l in steps] == list(range(4, 39, 4)), f"a step line every 4 steps: {[l['step'] for l in steps]}")
+        check([l["epoch"] for l in steps] == [1] * 4 + [2] * 5, "each step line names its epoch")
+        check(all(len(l["grads"]) == 10 and l["grads"][0]["name"] == "layers.0.weight" and l["loss"] > 0 for l in steps),
+              "each step line has the step's loss and every gradient's statistics")
+        check([l["step"] for l in epochs] == [19, 38], "the epoch lines as before")
+        text = b"".join(records(os.path.join(logdir, os.listdir(logdir)[0])))
+        check(text.count(b"grad/layers.0.weight") == 9, "a gradient histogram at each logged step, none per epoch")
+        check(b"loss/test" in text and b"accuracy/test" in text, "the test loss and accuracy")
+        figure = os.path.join(tmp, "run.svg")
+        run("plot", log, "-o", figure)
+        svg = open(figure).read()
+        heat = svg[svg.index('<g class="heat-map"'):]
+        check(heat[:heat.index("</g>")].count('<rect') == 1 + 5 * 9 + 50, "the heat map has a column per logged step")
+        p = run("train", model("seed_relu"), "--limit", "3000", "--val", "3000", rc=1)
+        check("--val 3000 leaves no training examples of the 3000 read: pass a smaller --val" in p.stderr, p.stderr)
+        p = run("train", model("seed_relu"), "--log-every", "-1", rc=2)
+        check("--log-every -1" in p.stderr, p.stderr)
     elif CASE == "early_stop":
         run("train", model("seed_relu"), "--epochs", "20", "--patience", "2", "--lr", "0", "--log", log, *SMALL)
         lines = [json.loads(l) for l in open(log)]

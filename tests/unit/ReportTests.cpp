@@ -583,7 +583,7 @@ TEST_CASE("the gradient flow comes first: every model's mean |gradient| per weig
     CHECK_THAT(panels, Catch::Contains("fill=\"#2ca02c\"") && Catch::Contains("fill=\"#1f77b4\""));
 }
 
-TEST_CASE("--plot-scale log: every histogram of log10 |g| over the same decades, a log count axis for a spike",
+TEST_CASE("plot-scale log: every histogram of log10 |g| over the same decades, a log count axis for a spike",
           "[plot]") {
     auto report = [](const std::string& name, double scale, int zeros) {
         GradReport r;

@@ -232,8 +232,8 @@ TEST_CASE(
     // The figure: one line per layer (one model with two layers: the legend names both).
     const std::string svg = s.read("g.svg");
     size_t lines = 0;
-    for (size_t at = svg.find("<polyline"); at != std::string::npos;
-         at = svg.find("<polyline", at + 1))
+    for (size_t at = svg.find("<polyline class=\"through-time-line\""); at != std::string::npos;
+         at = svg.find("<polyline class=\"through-time-line\"", at + 1))
         ++lines;
     CHECK(lines == 2);
     CHECK_THAT(svg, Catch::Contains(">tiny_rnn layers.0 (rnn tanh)</text>"));

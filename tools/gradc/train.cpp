@@ -27,10 +27,13 @@ void trainOptions(po::options_description& d) {
         "eps", po::value<double>()->default_value(1e-8), "Adam's eps")(
         "clip-grad-norm", po::value<double>(),
         "clip the gradients' total 2-norm to X before each step (torch.nn.utils.clip_grad_norm_)")(
-        "val", po::value<int64_t>()->default_value(10000), "training images held out for validation")(
+        "val", po::value<int64_t>()->default_value(10000),
+        "training images held out for validation (with --limit: a sixth of the images read)")(
         "patience", po::value<int>()->default_value(7), "stop after this many epochs without a better validation accuracy")(
         "save", po::value<std::string>(), "write the best epoch's parameters to FILE.safetensors")(
         "log", po::value<std::string>(), "write per-epoch loss, accuracy and gradient statistics to FILE.jsonl")(
+        "log-every", po::value<int64_t>()->default_value(0),
+        "also log the gradient statistics every N steps (--log, --logdir; 0: once an epoch)")(
         "logdir", po::value<std::string>(), "write TensorBoard event files (scalars, gradient histograms) to DIR")(
         "steps", po::value<int64_t>()->default_value(0), "stop after this many steps in all (0: no limit)")(
         "limit", po::value<int64_t>()->default_value(0), "use only the first N images of each file (0: all)")(
@@ -56,6 +59,10 @@ int runTrain(const po::variables_map& vm) {
     o.seed = seedOption(vm);
     o.maxSteps = vm["steps"].as<int64_t>();
     o.val = vm["val"].as<int64_t>(), o.limit = vm["limit"].as<int64_t>();
+    // A small run (--limit) holds out a sixth of the images it reads, as the full one holds out
+    // 10,000 of 60,000, unless --val says otherwise.
+    if (vm["val"].defaulted() && o.limit > 0) o.val = std::clamp<int64_t>(o.limit / 6, 1, o.val);
+    o.logEvery = vm["log-every"].as<int64_t>();
     o.save = fileOption(vm, "save"), o.log = fileOption(vm, "log"), o.logdir = fileOption(vm, "logdir");
     OptimizerOptions& opt = o.optimizer;
     opt.method = vm["optimizer"].as<std::string>();

@@ -123,6 +123,9 @@ struct TrainingOptions : ClassifierOptions {
     std::string save;          ///< the best epoch's parameters to this safetensors file
     std::string log;           ///< one JSON line per epoch and one at the end to this file
     std::string logdir;        ///< TensorBoard event files in this folder
+    /// > 0: also every this many steps, the gradients' statistics (a {"kind": "step"} line of
+    /// the log; TensorBoard's gradient histograms and means at those steps, not per epoch)
+    int64_t logEvery = 0;
 };
 struct EpochSummary {
     int epoch = 0;
