@@ -160,6 +160,18 @@ void gradientEvents(EventWriter& events, int64_t step, const std::vector<TensorS
 
 } // namespace
 
+std::string progressLine(int epoch, int epochs, int64_t step, int64_t steps, double loss, double seconds) {
+    const int width = 30, filled = int(width * step / steps);
+    auto clock = [](double t) { // m:ss, or h:mm:ss
+        const int64_t s = int64_t(std::lround(std::max(0.0, t)));
+        return s >= 3600 ? fmt::format("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60) : fmt::format("{}:{:02}", s / 60, s % 60);
+    };
+    const double rate = seconds > 0 ? double(step) / seconds : 0;
+    return fmt::format("epoch {}/{} [{}{}] {}/{}  loss {:.4f}  {} elapsed, {:.1f} steps/s, epoch ETA {}", epoch, epochs,
+                       std::string(size_t(filled), '#'), std::string(size_t(width - filled), '.'), step, steps, loss,
+                       clock(seconds), rate, rate > 0 ? clock(double(steps - step) / rate) : std::string("?"));
+}
+
 void declareTrainOutputs(OutputSet& outputs, const std::string& save, const std::string& log,
                          const std::string& logdir) {
     outputs.output(save, "the parameter file");
@@ -217,11 +229,9 @@ TrainResult train(Engine& engine, const DataSplit& data, const TrainOptions& o,
                 }
             }
             clippedSteps += engine.clipping() && engine.lastClip().clipped;
-            if (o.progressBar && (s % 4 == 0 || s + 1 == stepsPerEpoch)) {
-                const int width = 30, filled = int(width * (s + 1) / stepsPerEpoch);
-                say(fmt::format("\r\033[Kepoch {}/{} [{}{}] {}/{}  loss {:.4f}", epoch, o.epochs, std::string(size_t(filled), '#'),
-                                std::string(size_t(width - filled), '.'), s + 1, stepsPerEpoch, lossSum / double(done)));
-            }
+            if (o.progressBar && (s % 4 == 0 || s + 1 == stepsPerEpoch))
+                say("\r\033[K" + progressLine(epoch, o.epochs, s + 1, stepsPerEpoch, lossSum / double(done),
+                                              std::chrono::duration<double>(Clock::now() - epochStart).count()));
         }
         if (done == 0) break;
         EpochRecord r;

@@ -62,6 +62,10 @@ struct TrainOptions {
     int64_t logEvery = 0;        ///< > 0: gradient statistics every this many steps too
 };
 
+/// The progress bar's line: the epoch, a bar of its steps, the running loss, the time the epoch
+/// has taken, its steps per second and the time its remaining steps will take at that rate.
+std::string progressLine(int epoch, int epochs, int64_t step, int64_t steps, double loss, double seconds);
+
 struct EpochRecord {
     int epoch = 0;
     int64_t step = 0;

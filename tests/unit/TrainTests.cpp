@@ -8,6 +8,7 @@
 #include "Pipeline.h"
 #include "SafeTensors.h"
 #include "TestUtil.h"
+#include "Train.h"
 
 #include <catch2/catch.hpp>
 
@@ -334,4 +335,11 @@ TEST_CASE("CRC-32C and TensorBoard records", "[train]") {
     CHECK(events[0].find("brain.Event:2") != std::string::npos);
     CHECK(events[1].find("loss/train") != std::string::npos);
     CHECK(events[2].find("grad/g") != std::string::npos);
+}
+
+TEST_CASE("the progress bar shows the elapsed time, the steps per second and the epoch's ETA", "[train]") {
+    CHECK(progressLine(2, 10, 50, 200, 0.51234, 25) ==
+          "epoch 2/10 [#######.......................] 50/200  loss 0.5123  0:25 elapsed, 2.0 steps/s, epoch ETA 1:15");
+    CHECK_THAT(progressLine(1, 1, 1, 1000, 1, 4), Catch::EndsWith("0:04 elapsed, 0.2 steps/s, epoch ETA 1:06:36"));
+    CHECK_THAT(progressLine(1, 1, 0, 10, 1, 0), Catch::EndsWith("0:00 elapsed, 0.0 steps/s, epoch ETA ?"));
 }

@@ -8,6 +8,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <new>
 #include <sstream>
@@ -67,15 +68,117 @@ const std::vector<Command>& commands() {
 }
 
 void printUsage(FILE* out) {
-    fmt::print(out, "usage: gradc COMMAND [OPTIONS] ...\n       gradc --help | --version\n\ncommands:\n");
+    fmt::print(out, "usage: gradc COMMAND [OPTIONS] ...\n       gradc help [COMMAND] | --version\n\ncommands:\n");
     for (auto& c : commands()) fmt::print(out, "  {:<8} {}\n", c.name, c.summary);
-    fmt::print(out, "\n'gradc COMMAND --help' describes a command's options.\n");
+    fmt::print(out, "\n'gradc help COMMAND' (or 'gradc COMMAND --help') describes a command's options.\n");
 }
 
+/// The command's positional option (its MODEL, MODEL..., NAME..., EXPR or RUN...).
+const char* positionalOf(const Command& c) {
+    const std::string name = c.name;
+    return name == "derive" ? "expr" : name == "grads" ? "models" : name == "act" ? "names" : name == "plot" ? "runs"
+                                                                                                       : "model";
+}
+
+/// The word an option's value is shown as: N for a count, X for a number, FILE, DIR, or the
+/// option's name in capitals.
+std::string placeholder(const po::option_description& o) {
+    const std::string name = o.long_name();
+    static const std::pair<const char*, const char*> kNamed[] = {
+        {"normalize", "MEAN,STD"}, {"seed", "N"},         {"backend", "jit|interp"}, {"dtype", "f32|f64"},
+        {"isa", "native|avx2|avx512"}, {"optimizer", "sgd|adam"}, {"plot-scale", "linear|log"}};
+    for (auto [option, word] : kNamed)
+        if (name == option) return word;
+    const auto* sem = o.semantic().get();
+    if (dynamic_cast<const po::typed_value<int>*>(sem) || dynamic_cast<const po::typed_value<int64_t>*>(sem) ||
+        dynamic_cast<const po::typed_value<uint64_t>*>(sem))
+        return "N";
+    if (dynamic_cast<const po::typed_value<double>*>(sem)) return "X";
+    for (const char* dir : {"data", "logdir"})
+        if (name == dir) return "DIR";
+    for (const char* file : {"params", "save", "log", "plot", "output", "header", "save-params", "dump-grads", "inputs",
+                             "model", "o"})
+        if (name == file) return "FILE";
+    std::string upper = name;
+    std::transform(upper.begin(), upper.end(), upper.begin(), [](unsigned char ch) { return ch == '-' ? '_' : char(std::toupper(ch)); });
+    return upper;
+}
+
+/// An option's default as the README writes it (0.9, not 0.90000000000000002); "" for none.
+std::string defaultText(const po::option_description& o) {
+    boost::any v;
+    if (!o.semantic()->apply_default(v)) return "";
+    if (auto* d = boost::any_cast<double>(&v)) return fmt::format("{:g}", *d);
+    if (auto* i = boost::any_cast<int>(&v)) return std::to_string(*i);
+    if (auto* i = boost::any_cast<int64_t>(&v)) return std::to_string(*i);
+    if (auto* u = boost::any_cast<uint64_t>(&v)) return std::to_string(*u);
+    if (auto* t = boost::any_cast<std::string>(&v)) return *t;
+    return "";
+}
+
+/// The help of a command: its usage line and summary, then each option as it is typed, its
+/// description wrapped to 80 columns and its default.
 std::string commandUsage(const Command& c, const po::options_description& d) {
-    std::ostringstream os;
-    os << d;
-    return fmt::format("usage: gradc {} {}\n{}\n\noptions:\n{}", c.name, c.args, c.summary, os.str());
+    struct Line {
+        std::string left, text;
+    };
+    std::vector<Line> lines;
+    size_t width = 0;
+    for (const auto& o : d.options()) {
+        if (o->long_name() == positionalOf(c)) continue; // in the usage line
+        std::string left = "--" + o->long_name();
+        const std::string shortName = o->canonical_display_name(po::command_line_style::allow_dash_for_short);
+        if (shortName.size() == 2 && shortName[0] == '-') left = shortName + ", " + left;
+        if (o->semantic()->max_tokens() > 0) left += " " + placeholder(*o);
+        std::string text = o->description();
+        const std::string def = defaultText(*o);
+        if (!def.empty()) text += fmt::format(" (default: {})", def);
+        width = std::max(width, left.size());
+        lines.push_back({left, text});
+    }
+    width = std::min<size_t>(width, 30);
+    std::string out = fmt::format("usage: gradc {} {}\n{}\n\noptions:\n", c.name, c.args, c.summary);
+    for (auto& l : lines) {
+        // Words wrapped at 80 columns, continued under the description's first column.
+        std::string row = fmt::format("  {:<{}}  ", l.left, width);
+        if (row.size() > width + 4) out += row + "\n", row = std::string(width + 4, ' ');
+        const size_t indent = width + 4;
+        std::istringstream words(l.text);
+        size_t col = row.size();
+        bool first = true;
+        for (std::string w; words >> w;) {
+            if (!first && col + 1 + w.size() > 80) out += row + "\n", row = std::string(indent, ' '), col = indent, first = true;
+            if (!first) row += ' ', ++col;
+            row += w, col += w.size(), first = false;
+        }
+        out += row + "\n";
+    }
+    return out;
+}
+
+/// Levenshtein distance, for suggestions.
+size_t editDistance(const std::string& a, const std::string& b) {
+    std::vector<size_t> prev(b.size() + 1), cur(b.size() + 1);
+    for (size_t j = 0; j <= b.size(); ++j) prev[j] = j;
+    for (size_t i = 1; i <= a.size(); ++i) {
+        cur[0] = i;
+        for (size_t j = 1; j <= b.size(); ++j)
+            cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1)});
+        std::swap(prev, cur);
+    }
+    return prev[b.size()];
+}
+
+/// "; did you mean 'X'?" for the nearest of `candidates` within a third of the word's length
+/// (at least 2 edits, a swap of two letters being two; at most 3), or "".
+std::string suggestion(const std::string& word, const std::vector<std::string>& candidates) {
+    std::string best;
+    size_t bestDistance = std::min<size_t>(3, std::max<size_t>(2, word.size() / 3)) + 1;
+    for (auto& c : candidates) {
+        const size_t dist = editDistance(word, c);
+        if (dist < bestDistance) best = c, bestDistance = dist;
+    }
+    return best.empty() ? "" : fmt::format("; did you mean '{}'?", best);
 }
 
 int runCommand(const Command& c, const std::vector<std::string>& args) {
@@ -84,8 +187,7 @@ int runCommand(const Command& c, const std::vector<std::string>& args) {
     visible.add_options()("help,h", "show this help");
     po::positional_options_description pos;
     const std::string name = c.name;
-    pos.add(name == "derive" ? "expr" : name == "grads" ? "models" : name == "act" ? "names" : name == "plot" ? "runs" : "model",
-            name == "grads" || name == "act" || name == "plot" ? -1 : 1);
+    pos.add(positionalOf(c), name == "grads" || name == "act" || name == "plot" ? -1 : 1);
     po::variables_map vm;
     try {
         po::store(po::command_line_parser(args).options(visible).positional(pos).run(), vm);
@@ -94,6 +196,20 @@ int runCommand(const Command& c, const std::vector<std::string>& args) {
             return 0;
         }
         po::notify(vm);
+    } catch (const po::required_option& e) {
+        // The positional argument missing: named as the usage line names it.
+        const std::string what = e.get_option_name() == std::string("--") + positionalOf(c)
+                                     ? fmt::format("{} is missing (gradc {} {})", std::string(c.args).substr(0, std::string(c.args).find(' ')), c.name, c.args)
+                                     : fmt::format("the option {} is required", e.get_option_name());
+        fmt::print(stderr, "gradc {}: error: {}\n{}", c.name, what, commandUsage(c, visible));
+        return 2;
+    } catch (const po::unknown_option& e) {
+        std::vector<std::string> names;
+        for (const auto& o : visible.options())
+            if (o->long_name() != positionalOf(c)) names.push_back("--" + o->long_name());
+        fmt::print(stderr, "gradc {}: error: unknown option '{}'{}\n{}", c.name, e.get_option_name(),
+                   suggestion(e.get_option_name(), names), commandUsage(c, visible));
+        return 2;
     } catch (const po::error& e) {
         fmt::print(stderr, "gradc {}: error: {}\n{}", c.name, e.what(), commandUsage(c, visible));
         return 2;
@@ -119,18 +235,28 @@ int main(int argc, char** argv) {
             return 2;
         }
         const std::string& first = args[0];
+        std::vector<std::string> names;
+        for (auto& c : commands()) names.push_back(c.name);
+        if (first == "help" && args.size() == 2) { // gradc help COMMAND
+            for (auto& c : commands())
+                if (args[1] == c.name) return runCommand(c, {"--help"});
+            fmt::print(stderr, "gradc help: error: unknown command '{}'{}\n", args[1], suggestion(args[1], names));
+            printUsage(stderr);
+            return 2;
+        }
         if (first == "--help" || first == "-h" || first == "help") {
             printUsage(stdout);
             return 0;
         }
-        if (first == "--version") {
+        if (first == "--version" || first == "-V") {
             fmt::print("{}\n", versionString());
             return 0;
         }
         for (auto& c : commands())
             if (first == c.name) return runCommand(c, {args.begin() + 1, args.end()});
-        fmt::print(stderr, "gradc: error: {} '{}'\n",
-                   first.rfind('-', 0) == 0 ? "unknown option" : "unknown command", first);
+        const bool option = first.rfind('-', 0) == 0;
+        fmt::print(stderr, "gradc: error: {} '{}'{}\n", option ? "unknown option" : "unknown command", first,
+                   option ? suggestion(first, {"--help", "--version"}) : suggestion(first, names));
         printUsage(stderr);
         return 2;
     } catch (const UserError& e) {
