@@ -12,7 +12,7 @@ std::vector<GradsReport> grads(const GradsOptions& options) {
         std::vector<GradsReport> out;
         for (const GradsModel& m : runGrads(options).models) {
             const GradReport& r = m.report;
-            GradsReport p{r.model, r.batch, r.loss, m.backend, {}, {}, r.vanishingFactor, r.firstWeight, r.lastWeight};
+            GradsReport p{r.model, r.batch, r.loss, m.backend, {}, {}, r.vanishingFactor, r.firstWeight, r.lastWeight, {}};
             p.throughTime = publicThroughTime(r.throughTime);
             for (auto& s : r.params) p.gradients.push_back(publicStatistics(s));
             for (auto& a : r.activations) p.activations.push_back({a.name, a.function, a.mean, a.std, a.lowGradientFraction});
