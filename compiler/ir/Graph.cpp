@@ -1,6 +1,8 @@
 // Graph.cpp — the op table, attributes, shape rules, printer and verifier of the Graph IR.
 #include "Graph.h"
 
+#include "Text.h"
+
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -595,6 +597,40 @@ std::string printGraph(const Graph& g) {
     }
     for (auto& o : g.outputs) out += fmt::format("  output {} = %{}\n", outputLabel(o), o.value);
     return out;
+}
+
+std::string dotGraph(const Graph& g) {
+    // A DOT string holds any text: quotes and backslashes escaped, newlines as \n, and bytes
+    // that are not UTF-8 replaced (a model is named after its file).
+    auto quoted = [](const std::string& s) {
+        std::string out = "\"";
+        for (char c : validUtf8(s)) {
+            if (c == '"' || c == '\\') out += '\\';
+            if (c == '\n') out += "\\n";
+            else if (c != '\r') out += c;
+        }
+        return out + "\"";
+    };
+    std::vector<const ParamInfo*> paramOf(g.nodes.size(), nullptr);
+    for (auto& p : g.params) paramOf[p.node] = &p;
+    std::vector<std::string> outputOf(g.nodes.size());
+    for (auto& o : g.outputs) outputOf[o.value] += (outputOf[o.value].empty() ? "" : ", ") + outputLabel(o);
+    std::string out = fmt::format("digraph {} {{\n  graph [rankdir=TB, label={}, labelloc=t];\n"
+                                  "  node [shape=box, style=\"rounded,filled\", fillcolor=white, fontname=\"sans-serif\", "
+                                  "fontsize=10];\n",
+                                  quoted(g.model), quoted(fmt::format("{} (batch {})", g.model, g.batch)));
+    for (size_t i = 0; i < g.nodes.size(); ++i) {
+        const Node& n = g.nodes[i];
+        std::string label = n.op == Op::Input || n.op == Op::Param ? n.name : std::string(describe(n.op).spelling);
+        const std::string attrs = printAttrs(n);
+        if (!attrs.empty() && n.op != Op::Input && n.op != Op::Param) label += "\n" + attrs;
+        label += "\n" + shapeString(n.shape);
+        const char* fill = paramOf[i] ? "lightblue" : n.op == Op::Input ? "lightgrey" : "white";
+        if (!outputOf[i].empty()) label += "\n-> " + outputOf[i], fill = "darkolivegreen1";
+        out += fmt::format("  n{} [label={}, fillcolor={}];\n", i, quoted(label), fill);
+        for (ValueId v : n.in) out += fmt::format("  n{} -> n{};\n", v, i);
+    }
+    return out + "}\n";
 }
 
 std::string verify(const Graph& g) {

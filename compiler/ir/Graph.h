@@ -257,6 +257,10 @@ inline bool isActivation(const Node& n) { return n.op == Op::Map && n.fn >= 0; }
 
 /// Stable text form: `gradc dump --emit=graph` and the golden tests.
 std::string printGraph(const Graph& g);
+/// The graph for Graphviz (`dot -Tsvg`), as torchviz draws PyTorch's: a node per value, its op
+/// (with its attributes) and shape; parameters blue, inputs grey, outputs green; an edge from
+/// each operand to its user.
+std::string dotGraph(const Graph& g);
 
 /// Checks every structural invariant; returns a description of the first broken one ("" if
 /// none). Run after every stage in debug builds and by tests.

@@ -1,7 +1,9 @@
 // FigureTests.cpp — one drawing, three formats (Figure.h): the SVG text, cairo's PDF and PNG
 // (the PNG decoded here and its pixels read), the file name's extension choosing the format,
 // and the commands that draw figures refusing any other before they do any work.
+#include "Autodiff.h"
 #include "Figure.h"
+#include "Pipeline.h"
 #include "Plot.h"
 #include "RunLog.h"
 #include "Source.h"
@@ -308,4 +310,32 @@ TEST_CASE("gradc plot draws the log of a real gradc train run", "[figure][plot][
     auto [rc2, out2] = gradcCommand(fmt::format("plot {} -o {}", log, d.file("run.pdf")), true);
     CHECK(rc2 == 0);
     CHECK(readFile(d.file("run.pdf")).rfind("%PDF-", 0) == 0);
+}
+
+TEST_CASE("gradc dump --emit=dot and grad-dot draw the graph for Graphviz, which renders it", "[figure][dot]") {
+    TempDir d("dot");
+    const std::string model = std::string(GRADC_SOURCE_DIR) + "/models/seed_relu.nn";
+    for (const char* stage : {"dot", "grad-dot"}) {
+        const std::string dot = d.file(std::string(stage) + ".gv"), svg = d.file(std::string(stage) + ".svg");
+        auto [rc, out] = gradcCommand(fmt::format("dump '{}' --emit={} > {}", model, stage, dot), true);
+        INFO(out);
+        REQUIRE(rc == 0);
+        const std::string text = readFile(dot);
+        const Graph fwd = compileSource("seed_relu.nn", readFile(model), {256}).graph;
+        const size_t nodes = std::string(stage) == "dot" ? fwd.nodes.size() : differentiate(fwd).nodes.size();
+        CHECK(occurrences(text, " [label=") == nodes);
+        CHECK_THAT(text, Catch::Contains("[label=\"layers.0.weight\\n[512,784]\", fillcolor=lightblue]"));
+        CHECK_THAT(text, Catch::Contains("\\n-> loss\", fillcolor=darkolivegreen1]"));
+        // Graphviz reads it: one SVG node group per graph node.
+        REQUIRE(std::system(fmt::format("dot -Tsvg {} -o {}", dot, svg).c_str()) == 0);
+        CHECK(occurrences(readFile(svg), "class=\"node\"") == nodes);
+    }
+    // The model's name as the graph's: a quote, a backslash and a byte that is not UTF-8 still
+    // make one DOT string.
+    Graph g = compileSource("seed_relu.nn", readFile(model), {2}).graph;
+    g.model = "a\"b\\c\xff";
+    CHECK_THAT(dotGraph(g), Catch::StartsWith("digraph \"a\\\"b\\\\c\xEF\xBF\xBD\" {"));
+    auto [rc2, err] = gradcCommand(fmt::format("dump '{}' --emit=grad-dot --eval", model), true);
+    CHECK(rc2 == 2);
+    CHECK_THAT(err, Catch::Contains("--eval: evaluation mode has no backward pass to print"));
 }
