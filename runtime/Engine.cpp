@@ -26,7 +26,7 @@ Engine::Engine(Graph forward, Graph evalGraph, const SessionOptions& options, bo
 std::unique_ptr<Executable> Engine::compileGraph(const Graph& g) const {
     BackendOptions o;
     o.backend = options_.backend, o.f64 = f64_, o.cache = options_.cache, o.threads = options_.threads;
-    o.isa = options_.isa;
+    o.isa = options_.isa, o.cacheDir = options_.cacheDir;
     return compile(g, o);
 }
 

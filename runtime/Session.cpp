@@ -118,6 +118,25 @@ float Session::forward(const float* x, const int32_t* labels, float* logits) {
         return float(e.forward(x, target("forward", e.graph(), labels), logits));
     });
 }
+float Session::forward(const float* x, std::nullptr_t, float* logits) {
+    return use(impl_.get(), "forward", [&](Engine& e) {
+        checkInput("forward", x);
+        if (!logits) misuse("forward", "without labels or targets, the logits are what it gives: they are a null pointer");
+        // The compiled pass reads a target: any valid one (class 0, or zeros) for a loss that
+        // is then not returned.
+        const Graph& g = e.graph();
+        const int64_t width = g[g.output(OutputRole::Logits)].shape[1];
+        if (g.lossKind == "cross_entropy") {
+            const std::vector<int32_t> none(size_t(g.batch), 0);
+            e.forward(x, none.data(), logits);
+        } else {
+            const std::vector<float> none(size_t(g.batch * width), 0.0f);
+            e.forward(x, none.data(), logits);
+        }
+        return std::nanf("");
+    });
+}
+
 float Session::forward(const float* x, const float* targets, float* logits) {
     return use(impl_.get(), "forward", [&](Engine& e) {
         checkInput("forward", x);

@@ -1,15 +1,22 @@
 // example.cpp — gradc embedded in a C++ program: compile a model, make a session for a batch,
 // initialise the parameters, run forward and backward on our own buffers, read statistics,
-// train a few steps and evaluate; then one of the gradc command's jobs as a library call.
+// train a few steps and evaluate; real images through gradc/Data.h, the logits of inputs
+// without labels, a session on one thread with a cache folder of its own; then one of the
+// gradc command's jobs as a library call.
 //   example MODEL.nn
 // It checks itself: the compiled gradients equal the reference interpreter's, and the seed
 // network with sigmoid shows vanishing gradients.
+#include <gradc/Data.h>
 #include <gradc/Jobs.h>
 #include <gradc/Model.h>
 #include <gradc/Session.h>
+#include <gradc/Version.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
+#include <unistd.h>
 #include <random>
 #include <vector>
 
@@ -74,6 +81,30 @@ int main(int argc, char** argv) {
                     last, (long long)session.steps(), evalLoss, session.layerOutputs().size());
         ok = ok && last < first && std::isfinite(evalLoss) && session.steps() == 51 &&
              session.layerOutputs().size() == 8;
+        // Real images: the first batch of the test split, normalised as the commands do; the
+        // logits of a session on one thread whose compiled code is cached in a folder of our own.
+        std::printf("gradc %s (version number %d)\n", GRADC_VERSION, GRADC_VERSION_NUMBER);
+        const gradc::ImageSet images = gradc::readImages(gradc::defaultDataDir(), /*train=*/false, batch);
+        const std::filesystem::path cache =
+            std::filesystem::temp_directory_path() / ("gradc-embed-cache-" + std::to_string(::getpid()));
+        gradc::SessionOptions own;
+        own.threads = 1, own.cacheDir = cache.string();
+        gradc::Session one(model, batch, own);
+        std::copy(session.parameters(), session.parameters() + model.parameterCount(), one.parameters());
+        std::vector<float> unlabelled(logits.size()), labelled(logits.size());
+        const float none = one.forward(images.pixels.data(), nullptr, unlabelled.data());
+        const float withLabels = one.forward(images.pixels.data(), images.labels.data(), labelled.data());
+        int correct = 0;
+        for (int b = 0; b < batch; ++b) {
+            const float* row = &labelled[size_t(b * model.outputWidth())];
+            correct += std::max_element(row, row + model.outputWidth()) - row == images.labels[size_t(b)];
+        }
+        std::printf("%lld test images of %lld pixels: loss %.4f, %d of %d right after 51 steps on one batch\n",
+                    (long long)images.count, (long long)images.features, withLabels, correct, batch);
+        const bool cached = std::filesystem::exists(cache) && !std::filesystem::is_empty(cache);
+        std::filesystem::remove_all(cache);
+        ok = ok && GRADC_VERSION_MAJOR >= 0 && images.count == batch && images.features == model.inputWidth() &&
+             std::isnan(none) && std::isfinite(withLabels) && unlabelled == labelled && cached;
         // The jobs of the gradc command are library calls too (gradc/Jobs.h): `gradc grads` on
         // the first 16 training images of the default data folder, in the interpreter.
         gradc::GradsOptions job;

@@ -20,6 +20,9 @@ struct SessionOptions {
     /// (AVX2 and FMA, without AVX-512: what an AVX2-only CPU runs) or "avx512" (native, on a
     /// CPU with AVX-512; an error elsewhere); "": the environment's GRADC_ISA, else native.
     std::string isa;
+    /// The folder of the cache of compiled code; "": GRADC_CACHE_DIR, else
+    /// $XDG_CACHE_HOME/gradc, else ~/.cache/gradc.
+    std::string cacheDir;
 };
 
 /// Statistics of one tensor: a gradient, or a layer's outputs (NaN and Inf are counted,
@@ -123,6 +126,9 @@ public:
     /// Returns the loss.
     float forward(const float* x, const int32_t* labels, float* logits = nullptr);
     float forward(const float* x, const float* targets, float* logits = nullptr);
+    /// The logits alone (`logits` must not be null), for inputs without labels: returns NaN,
+    /// the loss of no labels. forward(x, nullptr, logits) picks this one.
+    float forward(const float* x, std::nullptr_t, float* logits);
 
     /// One forward and backward pass; the gradients are then in gradients(). Returns the loss.
     float backward(const float* x, const int32_t* labels);
