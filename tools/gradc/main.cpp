@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <new>
+#include <regex>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -89,6 +90,14 @@ std::string placeholder(const po::option_description& o) {
         {"isa", "native|avx2|avx512"}, {"optimizer", "sgd|adam"}, {"plot-scale", "linear|log"}};
     for (auto [option, word] : kNamed)
         if (name == option) return word;
+    // Choices listed first in the description ("table | json | csv"): the choices.
+    std::smatch m;
+    const std::string& text = o.description();
+    if (std::regex_search(text, m, std::regex("^([a-z0-9-]+(?: \\| [a-z0-9-]+)+)($|[ ;,(])"))) {
+        std::string choices = m[1];
+        choices.erase(std::remove(choices.begin(), choices.end(), ' '), choices.end());
+        return choices;
+    }
     const auto* sem = o.semantic().get();
     if (dynamic_cast<const po::typed_value<int>*>(sem) || dynamic_cast<const po::typed_value<int64_t>*>(sem) ||
         dynamic_cast<const po::typed_value<uint64_t>*>(sem))
