@@ -214,14 +214,15 @@ void Figure::draw(void* context) const {
             cairo_save(cr);
             cairo_set_font_size(cr, it.c);
             cairo_text_extents_t ext;
-            cairo_text_extents(cr, it.text.c_str(), &ext);
+            const std::string text = validUtf8(it.text); // cairo stops drawing at bytes that are not UTF-8
+            cairo_text_extents(cr, text.c_str(), &ext);
             const double shift = it.anchor == Anchor::Start ? 0 : it.anchor == Anchor::End ? ext.x_advance
                                                                                             : ext.x_advance / 2;
             cairo_translate(cr, it.a, it.b);
             cairo_rotate(cr, it.d * M_PI / 180);
             cairo_move_to(cr, -shift, 0);
             source(rgb(it.fill));
-            cairo_show_text(cr, it.text.c_str());
+            cairo_show_text(cr, text.c_str());
             cairo_restore(cr);
             break;
         }
@@ -236,9 +237,10 @@ std::string Figure::pdf() const {
     cairo_surface_t* surface = cairo_pdf_surface_create_for_stream(append, &out, width_, height_);
     cairo_t* cr = cairo_create(surface);
     draw(cr);
+    cairo_status_t status = cairo_status(cr); // a drawing call that failed stops the rest
     cairo_destroy(cr);
     cairo_surface_finish(surface);
-    const cairo_status_t status = cairo_surface_status(surface);
+    if (status == CAIRO_STATUS_SUCCESS) status = cairo_surface_status(surface);
     cairo_surface_destroy(surface);
     internal_assert(status == CAIRO_STATUS_SUCCESS, std::string("cairo could not draw a PDF: ") +
                                                         cairo_status_to_string(status));
@@ -251,9 +253,10 @@ std::string Figure::png() const {
     cairo_t* cr = cairo_create(surface);
     cairo_scale(cr, kPngScale, kPngScale);
     draw(cr);
+    cairo_status_t status = cairo_status(cr); // a drawing call that failed stops the rest
     cairo_destroy(cr);
     std::string out;
-    cairo_status_t status = cairo_surface_status(surface);
+    if (status == CAIRO_STATUS_SUCCESS) status = cairo_surface_status(surface);
     if (status == CAIRO_STATUS_SUCCESS) status = cairo_surface_write_to_png_stream(surface, append, &out);
     cairo_surface_destroy(surface);
     internal_assert(status == CAIRO_STATUS_SUCCESS, std::string("cairo could not draw a PNG: ") +

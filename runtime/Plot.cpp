@@ -231,17 +231,21 @@ struct LogAxis {
 
 /// The shared decades covering the non-zero gradients of every weight of `reports`.
 LogAxis logAxis(const std::vector<GradReport>& reports) {
-    int first = TensorStats::kLogBins, last = -1;
+    // The tenth-decade bins (absolute: bin b holds b/10 <= log10|g| < (b+1)/10) in use.
+    int first = std::numeric_limits<int>::max(), last = std::numeric_limits<int>::min();
     for (auto& r : reports)
         for (auto& p : r.params)
             if (isWeight(p.shape))
                 for (int i = 0; i < int(p.logCounts.size()); ++i)
-                    if (p.logCounts[size_t(i)]) first = std::min(first, i), last = std::max(last, i);
-    if (last < 0) return {}; // no non-zero gradient: one decade
-    const int per = TensorStats::kLogPerDecade;
+                    if (p.logCounts[size_t(i)])
+                        first = std::min(first, p.logFirst + i), last = std::max(last, p.logFirst + i);
+    if (first > last) return {}; // no non-zero gradient: one decade
+    auto decadeOf = [](int bin) { // floor(bin / 10), for negative bins too
+        return bin >= 0 ? bin / TensorStats::kLogPerDecade : -((-bin + TensorStats::kLogPerDecade - 1) / TensorStats::kLogPerDecade);
+    };
     LogAxis a;
-    a.d0 = TensorStats::kLogFirst + first / per;
-    a.d1 = std::max(a.d0 + 1, TensorStats::kLogFirst + (last + per) / per);
+    a.d0 = decadeOf(first);
+    a.d1 = std::max(a.d0 + 1, decadeOf(last) + 1);
     return a;
 }
 
@@ -260,7 +264,7 @@ void histogramPanel(Figure& fig, double x, double y, const std::string& title, c
     if (log) {
         const int per = TensorStats::kLogPerDecade, fine = (log->d1 - log->d0) * per;
         const int group = std::max(1, (fine + 59) / 60);
-        const int from = (log->d0 - TensorStats::kLogFirst) * per;
+        const int from = log->d0 * per - s.logFirst; // the panel's first bar in s.logCounts
         bars.assign(size_t((fine + group - 1) / group), 0);
         for (int i = 0; i < fine; ++i)
             if (from + i >= 0 && from + i < int(s.logCounts.size())) bars[size_t(i / group)] += s.logCounts[size_t(from + i)];
@@ -303,9 +307,12 @@ void histogramPanel(Figure& fig, double x, double y, const std::string& title, c
         for (int d = log->d0; d <= log->d1; d += stride) xTick(double(d - log->d0) / decades, fmt::format("1e{}", d));
         if (s.zeros) fig.text(f.right - 4, f.top + 12, fmt::format("zeros: {}", s.zeros), Anchor::End, 9);
     } else if (!s.edges.empty() && s.max > s.min) {
-        const double lo = s.edges.front(), hi = s.edges.back(), step = niceStep(hi - lo, 4);
-        for (double t = std::ceil(lo / step) * step; t <= hi + step * 1e-9; t += step)
+        // Ticks counted, not stepped: over a range of a few ulps a step would not move t.
+        const double lo = s.edges.front(), hi = s.edges.back(), step = niceStep(hi - lo, 4), t0 = std::ceil(lo / step) * step;
+        for (int i = 0; i <= 10 && t0 + i * step <= hi + step * 1e-9; ++i) {
+            const double t = t0 + i * step;
             xTick((t - lo) / (hi - lo), number(std::fabs(t) < step * 1e-9 ? 0 : t));
+        }
         if (lo < 0 && hi > 0) {
             const double zx = f.px(-lo / (hi - lo));
             fig.line(zx, f.top, zx, f.bottom, "#888", 0.8);

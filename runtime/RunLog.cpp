@@ -43,6 +43,7 @@ RunLog readRunLog(const std::string& path) {
     } epochs, everyN;
     std::istringstream in(file->text);
     uint32_t line = 0;
+    bool haveLayers = false; // the weights of the first line with gradients: every line's
     for (std::string text; std::getline(in, text);) {
         ++line;
         if (text.find_first_not_of(" \t\r") == std::string::npos) continue;
@@ -56,6 +57,7 @@ RunLog readRunLog(const std::string& path) {
         if (!j.contains("epoch")) continue; // a line of another kind: not for the figure
         const bool stepLine = j.contains("kind") && j["kind"] == "step";
         const double step = number(j, "step", file, line);
+        if (!(step >= 0) || !std::isfinite(step)) throw lineError(file, line, "'step' is not a number of steps");
         if (!stepLine) {
             run.steps.push_back(step);
             run.trainLoss.push_back(number(j, "train_loss", file, line));
@@ -76,11 +78,13 @@ RunLog readRunLog(const std::string& path) {
             }
             if (!isWeight(shape)) continue;
             names.push_back(g["name"].get<std::string>());
+            if (!g.contains("abs_mean"))
+                throw lineError(file, line, fmt::format("the gradient of {} without 'abs_mean'", names.back()));
             means.push_back(number(g, "abs_mean", file, line));
         }
-        if (run.layers.empty() && !names.empty()) run.layers = names;
+        if (!haveLayers) run.layers = names, haveLayers = true;
         else if (names != run.layers)
-            throw lineError(file, line, "the weights differ from the first epoch's: a log of one run has the same ones");
+            throw lineError(file, line, "the weights differ from the first line's: a log of one run has the same ones");
         Points& p = stepLine ? everyN : epochs;
         p.steps.push_back(step);
         p.means.resize(names.size());

@@ -17,7 +17,7 @@ TensorStats statistics(const std::string& name, const Shape& shape, const T* dat
     const std::span<const T> values(data, size_t(elementCount(shape)));
     TensorStats s;
     s.name = name, s.shape = shape, s.count = int64_t(values.size());
-    double sum = 0, sumAbs = 0, sumSq = 0;
+    double sum = 0, sumAbs = 0, sumSq = 0, smallest = std::numeric_limits<double>::infinity();
     int64_t finite = 0, small = 0;
     s.min = std::numeric_limits<double>::infinity();
     s.max = -s.min;
@@ -26,6 +26,7 @@ TensorStats statistics(const std::string& name, const Shape& shape, const T* dat
         if (std::isinf(v)) { ++s.inf; continue; }
         ++finite;
         sum += v, sumAbs += std::fabs(v), sumSq += v * v;
+        if (v != 0) smallest = std::min(smallest, std::fabs(v));
         small += std::fabs(v) < 1e-8;
         s.min = std::min(s.min, v), s.max = std::max(s.max, v);
     }
@@ -47,7 +48,12 @@ TensorStats statistics(const std::string& name, const Shape& shape, const T* dat
     double width = (s.max - s.min) / bins;
     for (int i = 0; i <= bins; ++i) s.edges[size_t(i)] = s.min + width * i;
     s.edges.back() = s.max;
-    s.logCounts.assign(size_t(TensorStats::kLogBins), 0);
+    // The tenth-decade bins from the smallest |g| that is not zero to the largest.
+    auto logBin = [](double a) { return int(std::floor(std::log10(a) * TensorStats::kLogPerDecade)); };
+    if (std::isfinite(smallest)) {
+        s.logFirst = logBin(smallest);
+        s.logCounts.assign(size_t(logBin(std::max(std::fabs(s.min), std::fabs(s.max))) - s.logFirst + 1), 0);
+    }
     for (double v : values) {
         if (!std::isfinite(v)) continue;
         int b = width > 0 ? int((v - s.min) / width) : 0;
@@ -56,8 +62,8 @@ TensorStats statistics(const std::string& name, const Shape& shape, const T* dat
             ++s.zeros;
             continue;
         }
-        const int lb = int(std::floor((std::log10(std::fabs(v)) - TensorStats::kLogFirst) * TensorStats::kLogPerDecade));
-        s.logCounts[size_t(std::clamp(lb, 0, TensorStats::kLogBins - 1))]++;
+        const int lb = logBin(std::fabs(v)) - s.logFirst;
+        s.logCounts[size_t(std::clamp(lb, 0, int(s.logCounts.size()) - 1))]++;
     }
     return s;
 }

@@ -20,13 +20,14 @@ struct TensorStats {
     int64_t nan = 0, inf = 0;  ///< counted, never folded into the other figures
     std::vector<double> edges;   ///< bins + 1 histogram edges over [min, max]
     std::vector<int64_t> counts; ///< bins counts of the finite entries
-    /// log10|g| of the finite entries that are not zero, in bins a tenth of a decade wide:
-    /// logCounts[i] counts kLogFirst + i/10 <= log10|g| < kLogFirst + (i+1)/10 (the first and
-    /// last bins take what lies beyond); `zeros` counts the entries that are exactly zero.
+    /// log10|g| of the finite entries that are not zero, in bins a tenth of a decade wide,
+    /// from the smallest |g| to the largest: logCounts[i] counts (logFirst + i) / 10 <=
+    /// log10|g| < (logFirst + i + 1) / 10 (a double's 1e-320 as well as a float's 1e-45);
+    /// `zeros` counts the entries that are exactly zero.
     std::vector<int64_t> logCounts;
+    int logFirst = 0;
     int64_t zeros = 0;
-    static constexpr int kLogFirst = -46, kLogLast = 40, kLogPerDecade = 10;
-    static constexpr int kLogBins = (kLogLast - kLogFirst) * kLogPerDecade;
+    static constexpr int kLogPerDecade = 10;
 };
 
 /// Statistics of the finite entries of `t` (NaN and Inf are counted apart).

@@ -31,4 +31,6 @@ check "$(complete_words "$gradc" train m.nn --log-e)" "--log-every" "gradc train
 check "$(complete_words "$gradc" train m.nn --optimizer "")" "sgd adam" "gradc train m.nn --optimizer"
 check "$(complete_words "$gradc" grads m.nn --format "")" "table json csv" "gradc grads m.nn --format"
 check "$(complete_words "$gradc" grads m.nn --plot-scale l)" "linear log" "gradc grads --plot-scale l"
+check "$(complete_words "$gradc" train m.nn --no-progress --log-e)" "--log-every" "gradc train --no-progress --log-e"
+check "$(complete_words "$gradc" dump m.nn --emit gr)" "graph grad grad-dot" "gradc dump m.nn --emit gr"
 echo "ok"

@@ -256,7 +256,7 @@ TEST_CASE("a training log read back: its epochs, its weights' mean |gradient| an
                Catch::StartsWith(d.file("none.jsonl") + ": error: cannot open the training log"));
     std::string other = trainingLog(2, 0);
     other.replace(other.rfind("layers.2.weight"), 15, "layers.4.weight");
-    CHECK_THAT(error("e.jsonl", other), Catch::Contains(":2:1: error: the weights differ from the first epoch's"));
+    CHECK_THAT(error("e.jsonl", other), Catch::Contains(":2:1: error: the weights differ from the first line's"));
 }
 
 TEST_CASE("gradc plot: the runs' curves, each run's gradient flow over training and its heat map on shared "
@@ -338,4 +338,48 @@ TEST_CASE("gradc dump --emit=dot and grad-dot draw the graph for Graphviz, which
     auto [rc2, err] = gradcCommand(fmt::format("dump '{}' --emit=grad-dot --eval", model), true);
     CHECK(rc2 == 2);
     CHECK_THAT(err, Catch::Contains("--eval: evaluation mode has no backward pass to print"));
+}
+
+TEST_CASE("figures of odd data: step lines, a first line without weights, a null step, a range of one ulp, "
+          "gradients of 1e-60, text that is not UTF-8",
+          "[figure][plot]") {
+    TempDir d("odd");
+    // {"kind": "step"} lines give the gradient points; the epochs still give the curves.
+    const std::string stepLine =
+        "{\"kind\":\"step\",\"epoch\":1,\"step\":5,\"loss\":1,\"vanishing_factor\":0.1,\"grads\":[{\"name\":"
+        "\"layers.0.weight\",\"shape\":[4,3],\"abs_mean\":0.5},{\"name\":\"layers.2.weight\",\"shape\":[2,4],"
+        "\"abs_mean\":0.25}]}\n";
+    const RunLog r = readRunLog(d.write("steps.jsonl", stepLine + trainingLog(1, -2)));
+    CHECK(r.gradSteps == std::vector<double>{5});
+    CHECK(r.steps == std::vector<double>{100});
+    CHECK(r.meanAbs[1] == std::vector<double>{0.25});
+    // A first line without weights fixes the weights: a later line with some differs.
+    const std::string none = "{\"epoch\":1,\"step\":1,\"train_loss\":1,\"val_loss\":1,\"val_accuracy\":0,\"grads\":[]}\n";
+    CHECK_THAT(errorOf([&] { readRunLog(d.write("none.jsonl", none + trainingLog(1, 0))); }),
+               Catch::Contains(":2:1: error: the weights differ from the first line's"));
+    std::string nullStep = trainingLog(1, 0);
+    nullStep.replace(nullStep.find("\"step\":100"), 10, "\"step\":null");
+    CHECK_THAT(errorOf([&] { readRunLog(d.write("null.jsonl", nullStep)); }),
+               Catch::Contains(":1:1: error: 'step' is not a number of steps"));
+    // A histogram over one ulp ends (its ticks are counted), with at most 11 ticks.
+    GradReport g;
+    g.model = "ulp";
+    g.params.push_back(statistics("layers.0.weight", Tensor{Shape{1, 2}, {1.0, std::nextafter(1.0, 0.0)}}));
+    const std::string svg = gradientFigure({g}, {"sigmoid"}).svg();
+    const std::string panel = svg.substr(svg.find("<g class=\"panel\""));
+    CHECK(occurrences(panel.substr(0, panel.find("</g>")), "<line") <= 2 * 11 + 4);
+    // Gradients of 1e-60 (a deep f64 network) sit at 1e-60 on the log axis, not at a floor.
+    GradReport tiny;
+    tiny.model = "tiny";
+    tiny.params.push_back(statistics("layers.0.weight", Tensor{Shape{1, 2}, {1e-60, -3e-60}}));
+    tiny.params.push_back(statistics("layers.2.weight", Tensor{Shape{1, 2}, {1e-3, 2e-3}}));
+    const std::string logSvg = gradientFigure({tiny}, {"sigmoid"}, true).svg();
+    CHECK_THAT(logSvg, Catch::Contains(">1e-60</text>"));
+    // Text that is not UTF-8 is drawn as U+FFFD, and what follows it is still drawn.
+    Figure f(40, 20);
+    f.text(20, 10, "caf\xe9", Figure::Anchor::Middle, 6);
+    f.rect(30, 12, 8, 6, "#000000");
+    const Image img = decodePng(f.png());
+    CHECK(img.at(68, 30) == std::array<int, 3>{0, 0, 0});
+    CHECK(f.pdf().rfind("%PDF-", 0) == 0);
 }

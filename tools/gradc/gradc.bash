@@ -19,22 +19,23 @@ _gradc() {
     fi
     local help
     help=$("${COMP_WORDS[0]}" help "$cmd" 2>/dev/null)
+    if [[ $cur == -* ]]; then
+        COMPREPLY=($(compgen -W "$(printf '%s\n' "$help" | grep -o -- '--[a-z0-9-]*' | sort -u)" -- "$cur"))
+        return
+    fi
     if [[ $prev == --* ]]; then
-        # The option's value: its choices when the help lists them as a|b|c, else a file.
+        # The option's value, as the help shows it after the option: choices a|b|c, or a
+        # placeholder in capitals (N, X, FILE, DIR); an option without one takes no value.
         local value
-        value=$(printf '%s\n' "$help" | awk -v o="$prev" '{for (i = 1; i < NF; ++i) if ($i == o || $i == o ",") {print $(i + 1); exit}}')
+        value=$(printf '%s\n' "$help" | awk -v o="$prev" '$1 == o {print $2; exit} $2 == o {print $3; exit}')
         if [[ $value == *"|"* ]]; then
             COMPREPLY=($(compgen -W "${value//|/ }" -- "$cur"))
             return
         fi
-        if [[ -n $value ]]; then
+        if [[ $value =~ ^[A-Z][A-Z_,]*$ ]]; then
             COMPREPLY=($(compgen -f -- "$cur"))
             return
         fi
-    fi
-    if [[ $cur == -* ]]; then
-        COMPREPLY=($(compgen -W "$(printf '%s\n' "$help" | grep -o -- '--[a-z0-9-]*' | sort -u)" -- "$cur"))
-        return
     fi
     COMPREPLY=($(compgen -f -- "$cur"))
 }

@@ -87,7 +87,8 @@ std::string placeholder(const po::option_description& o) {
     const std::string name = o.long_name();
     static const std::pair<const char*, const char*> kNamed[] = {
         {"normalize", "MEAN,STD"}, {"seed", "N"},         {"backend", "jit|interp"}, {"dtype", "f32|f64"},
-        {"isa", "native|avx2|avx512"}, {"optimizer", "sgd|adam"}, {"plot-scale", "linear|log"}};
+        {"isa", "native|avx2|avx512"}, {"optimizer", "sgd|adam"}, {"plot-scale", "linear|log"},
+        {"emit", "ast|graph|grad|dot|grad-dot|layout|kernels|memplan|llvm|asm"}};
     for (auto [option, word] : kNamed)
         if (name == option) return word;
     // Choices listed first in the description ("table | json | csv"): the choices.

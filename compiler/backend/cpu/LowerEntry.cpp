@@ -144,6 +144,7 @@ llvm::Function* Lowering::kernelFunction(const Kernel& k, const std::vector<int3
             bases_.push_back(fn_->getArg(i));
         }
         scratch_ = fn_->getArg(n);
+        noalias_ = noalias;
         context_ = nullptr;
         kernel(k);
     });

@@ -48,6 +48,7 @@ void Lowering::loop(int64_t n, const char* name, const std::function<void(llvm::
 }
 
 void Lowering::independentLoop(int64_t n, const char* name, const std::function<void(llvm::Value*)>& body) {
+    if (!noalias_) return loop(n, name, body);
     const size_t first = fn_->size();
     loop(n, name, body);
     // The loop's blocks are those `loop` and its body appended to the function: its header,

@@ -89,10 +89,12 @@ private:
     /// (strided copies would become gathers and scatters).
     void loop(int64_t n, const char* name, const std::function<void(llvm::Value*)>& body, bool vectorise = true);
     /// `loop` for a body whose iterations touch disjoint elements (iteration i reads and
-    /// writes element i of each array, whichever arrays share memory): its memory accesses
-    /// are marked parallel (llvm.loop.parallel_accesses), so the vectoriser needs no run-time
-    /// alias checks. For loops over pointers the optimiser cannot tell apart (a recurrent
-    /// cell's, which reads and writes a dozen arrays through its step's context).
+    /// writes element i of each array; two arrays at different rows of one buffer are fine):
+    /// its memory accesses are marked parallel (llvm.loop.parallel_accesses), so the vectoriser
+    /// needs no run-time alias checks. For loops over pointers the optimiser cannot tell apart
+    /// (a recurrent cell's, which reads and writes a dozen arrays through its step's context).
+    /// In a kernel whose buffers may overlap (kernelFunction without noalias, a safeguard the
+    /// memory plan never needs) it is a plain `loop`.
     void independentLoop(int64_t n, const char* name, const std::function<void(llvm::Value*)>& body);
     /// for (i = 0; i < n; ++i) body(i), with a bound known only at run time (it may be 0: the
     /// test comes first). Not written with `loop`, nor `loop` with it: either way the emitted
@@ -120,6 +122,7 @@ private:
     /// The kernel function that computes `k` given its buffers' addresses (lowered once per
     /// structure: kernels that differ only in their buffers share it).
     llvm::Function* kernelFunction(const Kernel& k, const std::vector<int32_t>& buffers, bool noalias);
+    bool noalias_ = true; ///< the kernel being lowered has buffers that never overlap
     /// In a kernel function: the base address of a buffer of the kernel; null for none (id
     /// -1: an output nobody asked for).
     llvm::Value* base(int32_t id);
