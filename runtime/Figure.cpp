@@ -71,51 +71,60 @@ FigureFormat figureFormat(const std::string& path) {
 
 Figure::Figure(double width, double height) : width_(width), height_(height) {}
 
+Figure::Item Figure::item(Kind kind, std::initializer_list<double> numbers) {
+    Item it;
+    it.kind = kind;
+    double* slots[] = {&it.a, &it.b, &it.c, &it.d};
+    size_t i = 0;
+    for (double v : numbers) *slots[i++] = v;
+    return it;
+}
+
 void Figure::rect(double x, double y, double w, double h, const std::string& fill, const std::string& stroke,
                   double strokeWidth, double fillOpacity) {
-    Item it{Kind::Rect, x, y, w, h};
+    Item it = item(Kind::Rect, {x, y, w, h});
     it.fill = fill, it.stroke = stroke, it.strokeWidth = strokeWidth, it.opacity = fillOpacity;
     items_.push_back(std::move(it));
 }
 
 void Figure::line(double x1, double y1, double x2, double y2, const std::string& color, double width) {
-    Item it{Kind::Line, x1, y1, x2, y2};
+    Item it = item(Kind::Line, {x1, y1, x2, y2});
     it.stroke = color, it.strokeWidth = width;
     items_.push_back(std::move(it));
 }
 
 void Figure::polyline(const Points& points, const std::string& color, double width, const std::string& attributes) {
-    Item it{Kind::Polyline};
+    Item it = item(Kind::Polyline);
     it.points = points, it.stroke = color, it.strokeWidth = width, it.attributes = attributes;
     items_.push_back(std::move(it));
 }
 
 void Figure::circle(double cx, double cy, double r, const std::string& fill, const std::string& attributes) {
-    Item it{Kind::Circle, cx, cy, r};
+    Item it = item(Kind::Circle, {cx, cy, r});
     it.fill = fill, it.attributes = attributes;
     items_.push_back(std::move(it));
 }
 
 void Figure::polygon(const Points& points, const std::string& fill, const std::string& attributes) {
-    Item it{Kind::Polygon};
+    Item it = item(Kind::Polygon);
     it.points = points, it.fill = fill, it.attributes = attributes;
     items_.push_back(std::move(it));
 }
 
 void Figure::text(double x, double y, const std::string& s, Anchor anchor, double size, const std::string& color,
                   double rotate) {
-    Item it{Kind::Text, x, y, size, rotate};
+    Item it = item(Kind::Text, {x, y, size, rotate});
     it.text = s, it.anchor = anchor, it.fill = color;
     items_.push_back(std::move(it));
 }
 
 void Figure::begin(const std::string& attributes) {
-    Item it{Kind::Begin};
+    Item it = item(Kind::Begin);
     it.attributes = attributes;
     items_.push_back(std::move(it));
 }
 
-void Figure::end() { items_.push_back(Item{Kind::End}); }
+void Figure::end() { items_.push_back(item(Kind::End)); }
 
 std::string Figure::svg() const {
     std::string s = fmt::format("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"

@@ -3,6 +3,7 @@
 // tests and scripts read; PDF and PNG are the same calls drawn by cairo.
 #pragma once
 
+#include <initializer_list>
 #include <string>
 #include <utility>
 #include <vector>
@@ -53,13 +54,15 @@ public:
 private:
     enum class Kind { Rect, Line, Polyline, Circle, Polygon, Text, Begin, End };
     struct Item {
-        Kind kind;
+        Kind kind = Kind::End;
         double a = 0, b = 0, c = 0, d = 0; ///< x, y, w, h; x1, y1, x2, y2; cx, cy, r; x, y, size, rotate
         std::string fill, stroke, text, attributes;
         double strokeWidth = 1, opacity = 1;
         Anchor anchor = Anchor::Middle;
         Points points;
     };
+    /// An item of `kind` with its first numbers (a, b, c, d in order) set.
+    static Item item(Kind kind, std::initializer_list<double> numbers = {});
     void draw(void* cairo) const;
     double width_, height_;
     std::vector<Item> items_;

@@ -142,7 +142,7 @@ ClassifierOptions classifierOptions(const po::variables_map& vm) {
     ClassifierOptions o;
     o.model = vm["model"].as<std::string>();
     const CodegenOptions codegen = codegenOptions(vm);
-    o.session = {backendOption(vm), codegen.cache, codegen.threads, codegen.isa};
+    o.session = {backendOption(vm), codegen.cache, codegen.threads, codegen.isa, codegen.cacheDir};
     o.f64 = codegen.f64;
     o.data = dataOptions(vm);
     o.seed = seedOption(vm);
