@@ -1,6 +1,8 @@
 // Engine.cpp — a compiled model with its state; training and evaluation steps.
 #include "Engine.h"
 
+#include "Cluster.h"
+
 #include "Execute.h"
 #include "Init.h"
 #include "SafeTensors.h"
@@ -130,12 +132,32 @@ template <typename T> void Engine::updateRunningStatistics() {
     }
 }
 
+template <typename T> double Engine::averageOverProcesses(double loss) {
+    // Every process's mean over its share of the batch: the global batch's mean is their mean.
+    T* g = grads_.data<T>();
+    const size_t n = size_t(parameterCount());
+    cluster::sum(g, n);
+    const T scale = T(1) / T(graph_.syncWorld);
+    for (size_t i = 0; i < n; ++i) g[i] *= scale;
+    cluster::sum(&loss, 1);
+    return loss / graph_.syncWorld;
+}
+
 template <typename U> double Engine::trainStep(const U* x, const void* target) {
     double loss = backward(x, target);
+    const bool shared = graph_.syncWorld > 1; // one of the processes of a data-parallel run
+    if (shared) loss = f64_ ? averageOverProcesses<double>(loss) : averageOverProcesses<float>(loss);
     if (clipping()) { // torch.nn.utils.clip_grad_norm_: the norm over every gradient, from the backward pass
         const LayoutEntry& e = layout().at(Role::GradNormSq);
         const double sumSq = typed(f64_, [&](auto zero) {
-            return double(train_->program.acts().data<decltype(zero)>()[e.offset]);
+            using T = decltype(zero);
+            if (shared) { // of the averaged gradients, not this process's own
+                const T* g = grads_.data<T>();
+                double s = 0;
+                for (int64_t i = 0; i < parameterCount(); ++i) s += double(g[i]) * double(g[i]);
+                return s;
+            }
+            return double(train_->program.acts().data<T>()[e.offset]);
         });
         clip_.norm = std::sqrt(sumSq);
         clip_.scale = clipCoefficient(clip_.norm, optimizer_.clipGradNorm);

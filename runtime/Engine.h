@@ -105,6 +105,9 @@ private:
     };
     std::unique_ptr<Executable> compileGraph(const Graph& g) const;
     template <typename T> void updateRunningStatistics();
+    /// A data-parallel step (Graph::syncWorld > 1): the gradients summed over the processes
+    /// and divided by their number, and the mean of their losses, which it returns.
+    template <typename T> double averageOverProcesses(double loss);
     template <typename T> void update();
 
     Graph graph_;

@@ -5,8 +5,21 @@
 //   Summary.Value    { string tag = 1; float simple_value = 2; HistogramProto histo = 5; }
 //   HistogramProto   { double min = 1, max = 2, num = 3, sum = 4, sum_squares = 5;
 //                      repeated double bucket_limit = 6 [packed]; repeated double bucket = 7 [packed]; }
+// The HParams dashboard's summaries are values with no data whose metadata (Summary.Value's
+// field 9) names the plugin, as TensorBoard's plugins/hparams/plugin_data.proto and api.proto
+// define them:
+//   SummaryMetadata  { PluginData plugin_data = 1; }  PluginData { string plugin_name = 1; bytes content = 2; }
+//   HParamsPluginData { int32 version = 1; oneof { Experiment experiment = 2;
+//                       SessionStartInfo session_start_info = 3; SessionEndInfo session_end_info = 4; } }
+//   Experiment       { repeated HParamInfo hparam_infos = 4; repeated MetricInfo metric_infos = 5; }
+//   HParamInfo       { string name = 1; DataType type = 4; }  (STRING 1, FLOAT64 3)
+//   MetricInfo       { MetricName name = 1; }  MetricName { string group = 1; string tag = 2; }
+//   SessionStartInfo { map<string, google.protobuf.Value> hparams = 1; double start_time_secs = 5; }
+//   SessionEndInfo   { Status status = 1; double end_time_secs = 2; }  (SUCCESS 1, FAILURE 2)
+//   google.protobuf.Value { double number_value = 2; string string_value = 3; }
 #include "Events.h"
 
+#include "Files.h"
 #include "Source.h"
 
 #include <fmt/format.h>
@@ -20,6 +33,7 @@
 #include <fcntl.h>
 #include <filesystem>
 #include <unistd.h>
+#include <utility>
 
 namespace gradc {
 
@@ -90,7 +104,10 @@ EventWriter::EventWriter(const std::string& dir) {
     for (int attempt = 0;; ++attempt) {
         path_ = fmt::format("{}/events.out.tfevents.{:010d}.{}.{}.{}", dir, int64_t(now()), host, ::getpid(), counter++);
         const int fd = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-        if (fd >= 0 && (file_ = ::fdopen(fd, "wb"))) break;
+        if (fd >= 0 && (file_ = ::fdopen(fd, "wb"))) {
+            slot_ = registerUnfinished(path_); // a run a signal ends leaves no half-written file
+            break;
+        }
         const int err = errno;
         if (fd >= 0) ::close(fd);
         if (err != EEXIST || attempt == 100) throw UserError({makeSourceFile(path_, ""), 0, 0}, fmt::format("cannot write: {}", std::strerror(err)));
@@ -100,6 +117,7 @@ EventWriter::EventWriter(const std::string& dir) {
 
 EventWriter::~EventWriter() {
     if (file_) std::fclose(file_);
+    unregisterUnfinished(slot_);
 }
 
 void EventWriter::fail() const {
@@ -120,6 +138,34 @@ void EventWriter::record(const std::string& e) {
 
 void EventWriter::scalar(const std::string& tag, int64_t step, double value) {
     record(event(step, proto::bytes(1, tag) + proto::float32(2, float(value))));
+}
+
+namespace {
+/// A Summary.Value of the HParams plugin: `tag` and the HParamsPluginData field `field`.
+std::string hparamsValue(const char* tag, int field, const std::string& message) {
+    const std::string pluginData = proto::bytes(1, "hparams") + proto::bytes(2, proto::bytes(field, message));
+    return proto::bytes(1, tag) + proto::bytes(9, proto::bytes(1, pluginData));
+}
+} // namespace
+
+void EventWriter::hparams(const std::vector<HParam>& values, const std::vector<std::string>& metrics) {
+    std::string experiment, start;
+    for (const HParam& h : values) {
+        const bool text = std::holds_alternative<std::string>(h.value);
+        experiment += proto::bytes(4, proto::bytes(1, h.name) + proto::int64(4, text ? 1 : 3));
+        const std::string value = text ? proto::bytes(3, std::get<std::string>(h.value))
+                                       : proto::float64(2, std::get<double>(h.value));
+        start += proto::bytes(1, proto::bytes(1, h.name) + proto::bytes(2, value));
+    }
+    for (const std::string& m : metrics) experiment += proto::bytes(5, proto::bytes(1, proto::bytes(2, m)));
+    start += proto::float64(5, now());
+    record(event(0, hparamsValue("_hparams_/experiment", 2, experiment)));
+    record(event(0, hparamsValue("_hparams_/session_start_info", 3, start)));
+}
+
+void EventWriter::sessionEnd(bool success) {
+    record(event(0, hparamsValue("_hparams_/session_end_info", 4,
+                                 proto::int64(1, success ? 1 : 2) + proto::float64(2, now()))));
 }
 
 void EventWriter::histogram(const std::string& tag, int64_t step, const TensorStats& s) {
@@ -147,6 +193,7 @@ void EventWriter::flush() {
 void EventWriter::close() {
     std::FILE* f = file_;
     file_ = nullptr;
+    unregisterUnfinished(std::exchange(slot_, -1));
     errno = 0;
     if (f && std::fclose(f) != 0) fail();
 }

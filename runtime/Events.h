@@ -8,8 +8,16 @@
 #include <cstdint>
 #include <cstdio>
 #include <string>
+#include <variant>
+#include <vector>
 
 namespace gradc {
+
+/// A hyperparameter of a run, as TensorBoard's HParams dashboard tabulates it: text or a number.
+struct HParam {
+    std::string name;
+    std::variant<std::string, double> value;
+};
 
 /// CRC-32C (Castagnoli), and TFRecord's masked form of it.
 uint32_t crc32c(const void* data, size_t n);
@@ -28,6 +36,11 @@ public:
     void scalar(const std::string& tag, int64_t step, double value);
     /// The statistics' histogram (its bins become TensorBoard's buckets).
     void histogram(const std::string& tag, int64_t step, const TensorStats& s);
+    /// The HParams dashboard's summaries at the start of a run: the experiment (the names of
+    /// `values` and the scalar tags `metrics` its table shows) and this run's values.
+    void hparams(const std::vector<HParam>& values, const std::vector<std::string>& metrics);
+    /// The end of the run for the HParams dashboard: finished, or failed (interrupted).
+    void sessionEnd(bool success);
     /// Every write is checked: these throw UserError naming the file.
     void flush();
     void close();
@@ -38,6 +51,7 @@ private:
     [[noreturn]] void fail() const;
     std::string path_;
     std::FILE* file_ = nullptr;
+    int slot_ = -1; ///< registerUnfinished's (Files.h) until close()
 };
 
 /// Protocol-buffer encoding, as much as the event files need (exposed for tests).

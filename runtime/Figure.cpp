@@ -55,6 +55,9 @@ cairo_status_t append(void* closure, const unsigned char* data, unsigned int len
 /// The pixels on a side cairo's image surfaces allow.
 constexpr double kMaxPngSide = 32767;
 constexpr double kPngScale = 2;
+/// The points on a side PDF viewers allow (200 inches, Adobe's limit for PDF 1.x): a taller
+/// figure (a net of hundreds of layers) is drawn scaled down to fit, as vectors it stays sharp.
+constexpr double kMaxPdfSide = 14400;
 
 } // namespace
 
@@ -243,8 +246,10 @@ void Figure::draw(void* context) const {
 
 std::string Figure::pdf() const {
     std::string out;
-    cairo_surface_t* surface = cairo_pdf_surface_create_for_stream(append, &out, width_, height_);
+    const double scale = std::min(1.0, kMaxPdfSide / std::max(width_, height_));
+    cairo_surface_t* surface = cairo_pdf_surface_create_for_stream(append, &out, width_ * scale, height_ * scale);
     cairo_t* cr = cairo_create(surface);
+    cairo_scale(cr, scale, scale);
     draw(cr);
     cairo_status_t status = cairo_status(cr); // a drawing call that failed stops the rest
     cairo_destroy(cr);

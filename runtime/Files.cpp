@@ -16,6 +16,7 @@
 #include <fstream>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <utility>
 
 namespace gradc {
 
@@ -133,6 +134,36 @@ void checkOutputDirectory(const std::string& path, const std::string& what) {
 
 // ---- PendingFile
 
+namespace {
+/// The files a run removes if a signal ends it (removeUnfinished): fixed slots of C strings,
+/// so that the handler needs no allocation or lock.
+constexpr int kUnfinished = 64;
+char gUnfinished[kUnfinished][PATH_MAX];
+std::atomic<int> gState[kUnfinished]; // 0 free, 1 being written, 2 registered
+} // namespace
+
+int registerUnfinished(const std::string& path) {
+    if (path.size() >= PATH_MAX) return -1;
+    for (int i = 0; i < kUnfinished; ++i) {
+        int expected = 0;
+        if (gState[i].compare_exchange_strong(expected, 1)) {
+            std::memcpy(gUnfinished[i], path.c_str(), path.size() + 1);
+            gState[i].store(2);
+            return i;
+        }
+    }
+    return -1; // more than 64 at once: those are left to the run's own clean-up
+}
+
+void unregisterUnfinished(int slot) {
+    if (slot >= 0) gState[slot].store(0);
+}
+
+void removeUnfinished() {
+    for (int i = 0; i < kUnfinished; ++i)
+        if (gState[i].load() == 2) ::unlink(gUnfinished[i]);
+}
+
 PendingFile::PendingFile(OutputTarget target) : t_(std::move(target)) {
     if (t_.writeThrough) {
         std::fflush(stdout); // /dev/stdout: what the command printed comes first
@@ -150,7 +181,10 @@ PendingFile::PendingFile(OutputTarget target) : t_(std::move(target)) {
         // An existing file's contents may be private: its temporary is too, until commit().
         fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW,
                      t_.exists ? 0600 : 0666);
-        if (fd_ >= 0) return;
+        if (fd_ >= 0) {
+            slot_ = registerUnfinished(tmp_);
+            return;
+        }
         if (errno != EEXIST || attempt == 100) {
             const int err = errno;
             tmp_.clear();
@@ -162,6 +196,7 @@ PendingFile::PendingFile(OutputTarget target) : t_(std::move(target)) {
 PendingFile::~PendingFile() {
     if (fd_ >= 0) ::close(fd_);
     if (!committed_ && !tmp_.empty()) ::unlink(tmp_.c_str());
+    unregisterUnfinished(slot_);
 }
 
 void PendingFile::write(std::string_view bytes) {
@@ -197,6 +232,7 @@ void PendingFile::commit() {
     if (!ok || ::rename(tmp_.c_str(), t_.target.c_str()) != 0)
         cannotWrite(t_.path, "", std::strerror(ok ? errno : err)); // the destructor removes tmp_
     committed_ = true;
+    unregisterUnfinished(std::exchange(slot_, -1));
 }
 
 // ---- OutputSet

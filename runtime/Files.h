@@ -63,8 +63,17 @@ private:
     OutputTarget t_;
     std::string tmp_;
     int fd_ = -1;
+    int slot_ = -1; ///< registerUnfinished's, while tmp_ is there
     bool committed_ = false;
 };
+
+/// The files a signal that ends the process must not leave behind (the temporaries of
+/// PendingFile, an event file being written): registerUnfinished returns a slot (-1 when all
+/// 64 are taken) for unregisterUnfinished; removeUnfinished() unlinks every registered file
+/// and is async-signal-safe, for a SIGTERM handler.
+int registerUnfinished(const std::string& path);
+void unregisterUnfinished(int slot);
+void removeUnfinished();
 
 /// The output files of one run. A command declares its inputs and outputs before any work
 /// (each output is checked at once, and no two outputs, nor an output and an input, may be

@@ -1,6 +1,8 @@
 // Jobs.cpp — the jobs of the gradc command (see Jobs.h): what each computes, nothing printed.
 #include "Jobs.h"
 
+#include "Cluster.h"
+
 #include "Autodiff.h"
 #include "Codegen.h"
 #include "CpuBackend.h"
@@ -273,10 +275,12 @@ void needClassifier(const Graph& g, const std::string& model, int64_t features, 
 
 } // namespace
 
-std::unique_ptr<Engine> classifierEngine(const ClassifierOptions& o, int64_t batch, int classes, bool gradNorm) {
+std::unique_ptr<Engine> classifierEngine(const ClassifierOptions& o, int64_t batch, int classes, bool gradNorm,
+                                         int syncWorld) {
     // Training reads no activation statistics: its program does not store them.
     FrontEnd fe = compileFile(o.model, {batch, /*eval=*/false, /*layerOutputs=*/false, /*statistics=*/false});
     fe.graph.gradNorm = gradNorm; // compiled once, ready for the optimiser's clipping
+    fe.graph.syncWorld = syncWorld;
     needClassifier(fe.graph, o.model, readExamples(o.data.dir, true, 1).features, classes);
     Graph evalGraph = buildGraph(fe.ast, {batch, /*eval=*/true, /*layerOutputs=*/true});
     auto engine = std::make_unique<Engine>(std::move(fe.graph), std::move(evalGraph), o.session, o.f64);
@@ -294,9 +298,28 @@ TrainingRun runTraining(const TrainingOptions& o, const std::function<void(const
     t.save = o.save, t.log = o.log, t.logdir = o.logdir, t.logEvery = o.logEvery;
     t.outputs = outputs, t.progressBar = progressBar;
     TrainingRun run;
-    run.engine = classifierEngine(o, o.batch, /*classes=*/10, /*gradNorm=*/o.optimizer.clipGradNorm > 0);
+    // A data-parallel run: each process computes its share of every batch.
+    const int world = cluster::size();
+    if (world > 1) {
+        if (o.batch % world != 0)
+            throw UserError({}, fmt::format("--batch {} does not divide among {} processes: a multiple of {} does",
+                                            o.batch, world, world));
+        if (o.session.backend != "jit")
+            throw UserError({}, "the interpreter runs on one process: a data-parallel run needs --backend jit");
+    }
+    run.engine = classifierEngine(o, o.batch / world, /*classes=*/10, /*gradNorm=*/o.optimizer.clipGradNorm > 0,
+                                  world);
     run.engine->setOptimizer(o.optimizer);
     run.data = loadSplit(o.data.dir, o.val, o.data.mean, o.data.std, o.limit);
+    const OptimizerOptions& opt = o.optimizer;
+    t.hparams = {{"model", run.engine->graph().model},
+                 {"activation", activationNames(run.engine->graph())},
+                 {"optimizer", opt.method},
+                 {"lr", opt.lr},
+                 {"momentum", opt.method == "sgd" ? opt.momentum : 0.0},
+                 {"weight_decay", opt.weightDecay},
+                 {"batch", double(o.batch)},
+                 {"seed", double(o.seed)}};
     if (onStart) onStart(*run.engine, run.data);
     run.result = train(*run.engine, run.data, t, say);
     return run;

@@ -67,7 +67,10 @@ GradsRun runGrads(const GradsOptions& o, const std::function<void(const GradsMod
 /// training and evaluation at `batch` with o.session's backend, cache and threads (always f32);
 /// parameters from o.params or initialised from o.seed. `gradNorm`: the training code also
 /// computes the gradients' norm, for OptimizerOptions::clipGradNorm (Graph::gradNorm).
-std::unique_ptr<Engine> classifierEngine(const ClassifierOptions& o, int64_t batch, int classes, bool gradNorm = false);
+/// `syncWorld` > 1: one of the processes of a data-parallel run (Graph::syncWorld), `batch`
+/// its share of every batch.
+std::unique_ptr<Engine> classifierEngine(const ClassifierOptions& o, int64_t batch, int classes, bool gradNorm = false,
+                                         int syncWorld = 1);
 
 /// `gradc train`: the options checked, the classifier engine and the data split made, then
 /// train() (Train.h). `outputs`, when given, holds the declared --save, --log and --logdir

@@ -43,21 +43,23 @@ using Anchor = Figure::Anchor;
 /// any bytes).
 std::string escape(const std::string& s) { return xmlText(s); }
 
-/// The frame of a panel at (x0, y0), `w` by `h`, with its plot area, title and axis labels.
+/// The frame of a panel at (x0, y0), `w` by `h`, with its plot area, title and axis labels,
+/// its text (and the margins the text takes) `text` times the screen's sizes.
 struct Frame {
-    double x0, y0, left, right, top, bottom;
-    Frame(double x, double y, double w = kPanelW, double h = kPanelH)
-        : x0(x), y0(y), left(x + kPad), right(x + w - 12), top(y + 26), bottom(y + h - 30) {}
+    double x0, y0, text, left, right, top, bottom;
+    Frame(double x, double y, double w = kPanelW, double h = kPanelH, double textScale = 1)
+        : x0(x), y0(y), text(textScale), left(x + kPad * textScale), right(x + w - 12), top(y + 26 * textScale),
+          bottom(y + h - 30 * textScale) {}
     double px(double t) const { return left + t * (right - left); }   // t in [0, 1]
     double py(double t) const { return bottom - t * (bottom - top); } // t in [0, 1]
     /// The plot area's border, the title above it (none when empty), the x axis' label under
     /// it, and the y axis' turned upright on its left (none when empty).
     void draw(Figure& fig, const std::string& title, const std::string& xlabel, const std::string& ylabel = "") const {
         fig.rect(left, top, right - left, bottom - top, "none", "#444");
-        if (!title.empty()) fig.text((left + right) / 2, y0 + 16, title, Anchor::Middle, 12);
-        fig.text((left + right) / 2, bottom + 26, xlabel);
+        if (!title.empty()) fig.text((left + right) / 2, y0 + 16 * text, title, Anchor::Middle, 12 * text);
+        fig.text((left + right) / 2, bottom + 26 * text, xlabel, Anchor::Middle, 11 * text);
         const double mid = (top + bottom) / 2;
-        if (!ylabel.empty()) fig.text(left - 44, mid, ylabel, Anchor::Middle, 11, "black", -90);
+        if (!ylabel.empty()) fig.text(left - 44 * text, mid, ylabel, Anchor::Middle, 11 * text, "black", -90);
     }
 };
 
@@ -65,6 +67,10 @@ std::string number(double v) { return fmt::format("{:.2g}", v); }
 
 constexpr double kChartH = 340, kChartMinW = 700, kLegendW = 250, kFlowH = 360, kFlowLegendW = 360,
                  kFlowMinW = 800;
+/// The gradient-flow chart alone, for a paper: 520 units wide with text 1.5 times the screen's,
+/// so that at a column's width (3.5 in, 252 pt) its smallest text (tick labels, 13.5 units)
+/// is 6.5 pt and its legend 8 pt.
+constexpr double kPaperW = 520, kPaperFlowH = 330, kPaperText = 1.5;
 
 /// Whole decades [d0, d1] covering `range` (one decade when it is empty), and the stride of
 /// their labels: at most about eight.
@@ -76,7 +82,32 @@ struct Decades {
         d1 = std::max(d0 + 1, int(std::ceil(std::log10(hi))));
         stride = std::max(1, (d1 - d0 + 7) / 8);
     }
+    /// Where v lies on the decades, as a share of them (0 at 1e{d0}, 1 at 1e{d1}).
+    double share(double v) const { return (std::log10(v) - d0) / double(d1 - d0); }
 };
+
+/// A tick of a frame's x axis at t in [0, 1], with its label under it.
+void xTick(Figure& fig, const Frame& f, double t, const std::string& label) {
+    const double x = f.px(t);
+    fig.line(x, f.bottom, x, f.bottom + 3 * f.text, "#444");
+    fig.text(x, f.bottom + 13 * f.text, label, Anchor::Middle, 9 * f.text);
+}
+
+/// A tick of a frame's y axis at t in [0, 1], with its label on the left; a light grid line
+/// across the plot area instead of the mark when `grid`.
+void yTick(Figure& fig, const Frame& f, double t, const std::string& label, bool grid = false) {
+    const double y = f.py(t);
+    if (grid)
+        fig.line(f.left, y, f.right, y, "#e4e4e4");
+    else
+        fig.line(f.left - 3 * f.text, y, f.left, y, "#444");
+    fig.text(f.left - 5 * f.text, y + 3 * f.text, label, Anchor::End, 9 * f.text);
+}
+
+/// A log y axis: a grid line and a label at each labelled decade.
+void decadeAxis(Figure& fig, const Frame& f, const Decades& dec) {
+    for (int d = dec.d0; d <= dec.d1; d += dec.stride) yTick(fig, f, dec.share(std::pow(10.0, d)), fmt::format("1e{}", d), true);
+}
 
 /// A marker of one of four shapes (a model's, by its place in the run) centred at (x, y).
 void marker(Figure& fig, size_t shape, double x, double y, const std::string& color, const std::string& attributes) {
@@ -91,10 +122,12 @@ void marker(Figure& fig, size_t shape, double x, double y, const std::string& co
 
 /// The gradient flow: each model's mean |gradient| of its weight tensors (log scale) against
 /// their depth, input to output, one line and marker shape per model, coloured by its
-/// activation, the vanishing factor in the legend; at height y0 of a figure `width` wide.
-/// Means that are zero or not finite are left out of their line.
+/// activation, the vanishing factor in the legend. Means that are zero or not finite are left
+/// out of their line. On the screen (in the gradient figure, at height y0 of a figure `width`
+/// wide): a title, the legend on the right. For a paper (`paper`, flowFigure): no title (the
+/// caption says it), text 1.5 times larger, the legend under the plot.
 void flowChart(Figure& fig, double y0, double width, const std::vector<GradReport>& reports,
-               const std::vector<std::string>& activationNames) {
+               const std::vector<std::string>& activationNames, bool paper = false) {
     std::vector<std::vector<double>> means; // per model, its weights' in order
     PositiveRange range;
     size_t depth = 1;
@@ -105,26 +138,21 @@ void flowChart(Figure& fig, double y0, double width, const std::vector<GradRepor
         range.add(m), depth = std::max(depth, m.size());
     }
     const Decades dec(range);
-    const Frame frame(24, y0 + 14, width - kFlowLegendW - 12, kFlowH - 30);
-    const double left = frame.left, right = frame.right, bottom = frame.bottom, top = frame.top;
-    auto px = [&](size_t k) { // weight k (0-based) of at most `depth`
-        return depth > 1 ? left + double(k) / double(depth - 1) * (right - left) : (left + right) / 2;
+    const double text = paper ? kPaperText : 1;
+    const Frame frame = paper ? Frame(6, y0, width - 6, kPaperFlowH, text)
+                              : Frame(24, y0 + 14, width - kFlowLegendW - 12, kFlowH - 30);
+    auto px = [&](size_t k) { // weight k (0-based) of at most `depth`, as a share of the axis
+        return depth > 1 ? double(k) / double(depth - 1) : 0.5;
     };
-    auto py = [&](double v) { return bottom - (std::log10(v) - dec.d0) / double(dec.d1 - dec.d0) * (bottom - top); };
+    auto py = [&](double v) { return frame.py(dec.share(v)); };
 
     fig.begin("class=\"gradient-flow\"");
-    fig.text(width / 2, y0 + 24, "Gradient flow: mean |gradient| of each layer's weights (log scale)", Anchor::Middle,
-             14);
-    for (int d = dec.d0; d <= dec.d1; d += dec.stride) {
-        const double y = py(std::pow(10.0, d));
-        fig.line(left, y, right, y, "#ddd");
-        fig.text(left - 4, y + 3, fmt::format("1e{}", d), Anchor::End, 9);
-    }
+    if (!paper)
+        fig.text(width / 2, y0 + 24, "Gradient flow: mean |gradient| of each layer's weights (log scale)",
+                 Anchor::Middle, 14);
+    decadeAxis(fig, frame, dec);
     const size_t every = std::max<size_t>(1, (depth + 11) / 12); // at most about twelve labels
-    for (size_t k = 0; k < depth; k += every) {
-        fig.line(px(k), bottom, px(k), bottom + 4, "#444");
-        fig.text(px(k), bottom + 14, std::to_string(k + 1), Anchor::Middle, 9);
-    }
+    for (size_t k = 0; k < depth; k += every) xTick(fig, frame, px(k), std::to_string(k + 1));
     frame.draw(fig, "", "weight tensor, input to output", "mean |gradient|");
     for (size_t i = 0; i < reports.size(); ++i) {
         const GradReport& r = reports[i];
@@ -133,17 +161,19 @@ void flowChart(Figure& fig, double y0, double width, const std::vector<GradRepor
         const std::string data = fmt::format("data-model=\"{}\"", escape(r.model));
         Figure::Points pts;
         for (size_t k = 0; k < means[i].size(); ++k)
-            if (std::isfinite(means[i][k]) && means[i][k] > 0) pts.emplace_back(px(k), py(means[i][k]));
-        fig.polyline(pts, color.c_str(), 1.5, "class=\"flow-line\" " + data);
+            if (std::isfinite(means[i][k]) && means[i][k] > 0) pts.emplace_back(frame.px(px(k)), py(means[i][k]));
+        fig.polyline(pts, color.c_str(), 1.5 * text, "class=\"flow-line\" " + data);
         for (auto [x, y] : pts) marker(fig, i, x, y, color, "class=\"flow-point\" " + data);
-        const double ly = top + 10 + 18 * double(i);
-        fig.line(right + 12, ly, right + 36, ly, color, 1.5);
-        marker(fig, i, right + 24, ly, color, "");
-        fig.text(right + 42, ly + 4,
+        // The legend: on the right of the plot, or under it for a paper.
+        const double lx = paper ? frame.left : frame.right + 12,
+                     ly = paper ? frame.bottom + 44 * text + 16 * text * double(i) : frame.top + 10 + 18 * double(i);
+        fig.line(lx, ly, lx + 24, ly, color, 1.5 * text);
+        marker(fig, i, lx + 12, ly, color, "");
+        fig.text(lx + 30, ly + 4 * text,
                  std::isfinite(r.vanishingFactor)
                      ? fmt::format("{} ({}): vanishing factor {:.2e}", r.model, act, r.vanishingFactor)
                      : fmt::format("{} ({})", r.model, act),
-                 Anchor::Start, 11);
+                 Anchor::Start, 11 * text);
     }
     fig.end();
 }
@@ -165,35 +195,23 @@ void throughTimeChart(Figure& fig, double y0, double width, const std::vector<Gr
     size_t steps = 1;
     for (auto& l : lines)
         steps = std::max(steps, l.layer->norms.size()), range.add(l.layer->norms);
-    if (range.empty())
-        range.lo = range.hi = 1; // no positive norm at all: an empty chart over one decade
-    const double lo = range.lo, hi = range.hi;
-    // Whole decades cover the norms, at most about eight labelled.
-    const int d0 = int(std::floor(std::log10(lo))),
-              d1 = std::max(d0 + 1, int(std::ceil(std::log10(hi))));
-    const int stride = std::max(1, (d1 - d0 + 7) / 8);
-    // The plot area: 70 pixels for the decades on the left, the legend on the right.
+    const Decades dec(range); // one decade when no norm is positive: an empty chart
+    // The plot area: the decades on the left, the legend on the right.
     const Frame frame(24, y0 + 14, width - kLegendW - 12, kChartH - 30);
-    const double left = frame.left, right = frame.right, bottom = frame.bottom, top = frame.top;
+    const double left = frame.left, right = frame.right, top = frame.top;
     auto px = [&](size_t t) {
         return steps > 1 ? left + double(t) / double(steps - 1) * (right - left)
                          : (left + right) / 2;
     };
-    auto py = [&](double v) {
-        return bottom - (std::log10(v) - d0) / double(d1 - d0) * (bottom - top);
-    };
+    auto py = [&](double v) { return frame.py(dec.share(v)); };
 
     fig.begin("class=\"through-time\"");
     fig.text(width / 2, y0 + 24, "Gradient through time: ||dL/dh_t|| against the step t (log scale)",
              Anchor::Middle, 14);
-    for (int d = d0; d <= d1; d += stride) {
-        const double y = py(std::pow(10.0, d));
-        fig.line(left, y, right, y, "#ddd");
-        fig.text(left - 4, y + 3, fmt::format("1e{}", d), Anchor::End, 9);
-    }
+    decadeAxis(fig, frame, dec);
     frame.draw(fig, "", "step t", "||dL/dh_t||");
-    fig.text(px(0), bottom + 13, "0", Anchor::Middle, 9);
-    if (steps > 1) fig.text(right, bottom + 13, std::to_string(steps - 1), Anchor::Middle, 9);
+    xTick(fig, frame, steps > 1 ? 0 : 0.5, "0");
+    if (steps > 1) xTick(fig, frame, 1, std::to_string(steps - 1));
     for (size_t i = 0; i < lines.size(); ++i) {
         const Line& l = lines[i];
         const char* color = kColors[i % std::size(kColors)];
@@ -285,33 +303,24 @@ void histogramPanel(Figure& fig, double x, double y, const std::string& title, c
                      0.8);
     }
     // The count axis: 0 and nice steps, or powers of ten.
-    auto yTick = [&](double c, const std::string& label) {
-        const double ty = f.py(height(c));
-        fig.line(f.left - 3, ty, f.left, ty, "#444");
-        fig.text(f.left - 5, ty + 3, label, Anchor::End, 9);
-    };
     if (logCount) {
-        for (double c = 1; c <= double(most); c *= 10) yTick(c, c < 1e4 ? fmt::format("{:g}", c) : fmt::format("1e{:.0f}", std::log10(c)));
+        for (double c = 1; c <= double(most); c *= 10)
+            yTick(fig, f, height(c), c < 1e4 ? fmt::format("{:g}", c) : fmt::format("1e{:.0f}", std::log10(c)));
     } else {
         const double step = std::max(1.0, std::round(niceStep(double(most), 3)));
-        for (double c = 0; c <= double(most); c += step) yTick(c, fmt::format("{:.0f}", c));
+        for (double c = 0; c <= double(most); c += step) yTick(fig, f, height(c), fmt::format("{:.0f}", c));
     }
     // The value axis.
-    auto xTick = [&](double t, const std::string& label) {
-        const double tx = f.px(t);
-        fig.line(tx, f.bottom, tx, f.bottom + 3, "#444");
-        fig.text(tx, f.bottom + 13, label, Anchor::Middle, 9);
-    };
     if (log) {
         const int decades = log->d1 - log->d0, stride = std::max(1, (decades + 4) / 5);
-        for (int d = log->d0; d <= log->d1; d += stride) xTick(double(d - log->d0) / decades, fmt::format("1e{}", d));
+        for (int d = log->d0; d <= log->d1; d += stride) xTick(fig, f, double(d - log->d0) / decades, fmt::format("1e{}", d));
         if (s.zeros) fig.text(f.right - 4, f.top + 12, fmt::format("zeros: {}", s.zeros), Anchor::End, 9);
     } else if (!s.edges.empty() && s.max > s.min) {
         // Ticks counted, not stepped: over a range of a few ulps a step would not move t.
         const double lo = s.edges.front(), hi = s.edges.back(), step = niceStep(hi - lo, 4), t0 = std::ceil(lo / step) * step;
         for (int i = 0; i <= 10 && t0 + i * step <= hi + step * 1e-9; ++i) {
             const double t = t0 + i * step;
-            xTick((t - lo) / (hi - lo), number(std::fabs(t) < step * 1e-9 ? 0 : t));
+            xTick(fig, f, (t - lo) / (hi - lo), number(std::fabs(t) < step * 1e-9 ? 0 : t));
         }
         if (lo < 0 && hi > 0) {
             const double zx = f.px(-lo / (hi - lo));
@@ -366,6 +375,13 @@ Figure gradientFigure(const std::vector<GradReport>& reports, const std::vector<
         y += rowHeight(weights[row]);
     }
     if (recurrent) throughTimeChart(fig, y, width, reports);
+    return fig;
+}
+
+Figure flowFigure(const std::vector<GradReport>& reports, const std::vector<std::string>& activationNames) {
+    const double legend = 16 * kPaperText * double(reports.size());
+    Figure fig(kPaperW, kPaperFlowH + 30 * kPaperText + legend + 8);
+    flowChart(fig, 0, kPaperW, reports, activationNames, /*paper=*/true);
     return fig;
 }
 
@@ -441,21 +457,14 @@ std::string viridis(double t) {
 /// A panel's x axis over [0, hi] steps with nice ticks.
 void stepAxis(Figure& fig, const Frame& f, double hi) {
     const double step = niceStep(std::max(hi, 1.0), 5);
-    for (double t = 0; t <= hi + step * 1e-9; t += step) {
-        const double x = f.px(hi > 0 ? t / hi : 0);
-        fig.line(x, f.bottom, x, f.bottom + 3, "#444");
-        fig.text(x, f.bottom + 13, fmt::format("{:g}", t), Anchor::Middle, 9);
-    }
+    for (double t = 0; t <= hi + step * 1e-9; t += step) xTick(fig, f, hi > 0 ? t / hi : 0, fmt::format("{:g}", t));
 }
 
 /// A linear y axis over [lo, hi] with nice ticks and light grid lines.
 void valueAxis(Figure& fig, const Frame& f, double lo, double hi) {
     const double step = niceStep(hi - lo, 4);
-    for (double v = std::ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) {
-        const double y = f.py((v - lo) / (hi - lo));
-        fig.line(f.left, y, f.right, y, "#eee");
-        fig.text(f.left - 5, y + 3, fmt::format("{:g}", std::fabs(v) < step * 1e-9 ? 0 : v), Anchor::End, 9);
-    }
+    for (double v = std::ceil(lo / step) * step; v <= hi + step * 1e-9; v += step)
+        yTick(fig, f, (v - lo) / (hi - lo), fmt::format("{:g}", std::fabs(v) < step * 1e-9 ? 0 : v), true);
 }
 
 } // namespace
@@ -473,7 +482,8 @@ Figure trainingFigure(const std::vector<RunLog>& runs) {
         for (auto& m : r.meanAbs) means.add(m);
     }
     if (!(lossHi > 0)) lossHi = 1;
-    lossHi = std::ceil(lossHi / niceStep(lossHi, 4)) * niceStep(lossHi, 4);
+    const double lossStep = niceStep(lossHi, 4);
+    lossHi = std::ceil(lossHi / lossStep) * lossStep;
     auto curve = [&](const Frame& f, const std::vector<double>& steps, const std::vector<double>& v,
                      const std::function<double(double)>& y, const std::string& color, double w, const std::string& attributes) {
         Figure::Points pts;
@@ -510,23 +520,18 @@ Figure trainingFigure(const std::vector<RunLog>& runs) {
     // Each run: its layers' mean |gradient| over the steps (log scale), and as a heat map,
     // on decades and colours every run shares.
     const Decades dec(means);
-    auto share = [&](double v) { return (std::log10(v) - dec.d0) / double(dec.d1 - dec.d0); };
     for (size_t i = 0; i < runs.size(); ++i) {
         const RunLog& r = runs[i];
         const double y0 = kTrainPanelH * double(1 + i);
         const Frame flow(24, y0, kTrainPanelW - 24, kTrainPanelH), heat(kTrainPanelW + 24, y0, kTrainPanelW - 84, kTrainPanelH);
         fig.begin(fmt::format("class=\"flow-over-training\" data-run=\"{}\"", escape(r.name)));
-        for (int d = dec.d0; d <= dec.d1; d += dec.stride) {
-            const double y = flow.py(share(std::pow(10.0, d)));
-            fig.line(flow.left, y, flow.right, y, "#eee");
-            fig.text(flow.left - 5, y + 3, fmt::format("1e{}", d), Anchor::End, 9);
-        }
+        decadeAxis(fig, flow, dec);
         flow.draw(fig, fmt::format("Gradient flow over training: {}", r.name), "step", "mean |gradient|");
         stepAxis(fig, flow, lastStep);
         const size_t layers = r.layers.size();
         for (size_t l = 0; l < layers; ++l) {
             const std::string color = viridis(layers > 1 ? 0.9 * double(l) / double(layers - 1) : 0);
-            curve(flow, r.gradSteps, r.meanAbs[l], [&](double v) { return flow.py(share(v)); }, color, 1.5,
+            curve(flow, r.gradSteps, r.meanAbs[l], [&](double v) { return flow.py(dec.share(v)); }, color, 1.5,
                   fmt::format("class=\"layer-line\" data-layer=\"{}\"", escape(r.layers[l])));
             // The legend: every layer of a shallow net; the first and last of a deep one.
             if (layers <= 8 || l == 0 || l + 1 == layers) {
@@ -545,7 +550,7 @@ Figure trainingFigure(const std::vector<RunLog>& runs) {
             for (size_t k = 0; k < r.gradSteps.size(); ++k) {
                 const double v = r.meanAbs[l][k];
                 fig.rect(heat.left + cw * double(k), heat.top + ch * double(l), cw, ch,
-                         std::isfinite(v) && v > 0 ? viridis(share(v)) : "#ffffff");
+                         std::isfinite(v) && v > 0 ? viridis(dec.share(v)) : "#ffffff");
             }
         for (size_t l = 0; l < layers; l += std::max<size_t>(1, (layers + 7) / 8))
             fig.text(heat.left - 5, heat.top + ch * (double(l) + 0.5) + 3, std::to_string(l + 1), Anchor::End, 9);
@@ -555,7 +560,7 @@ Figure trainingFigure(const std::vector<RunLog>& runs) {
             fig.rect(bx, heat.bottom - (heat.bottom - heat.top) * (k + 1) / 50.0, bw, (heat.bottom - heat.top) / 50.0 + 0.5,
                      viridis((k + 0.5) / 50));
         for (int d = dec.d0; d <= dec.d1; d += dec.stride)
-            fig.text(bx + bw + 3, heat.bottom - (heat.bottom - heat.top) * double(d - dec.d0) / (dec.d1 - dec.d0) + 3,
+            fig.text(bx + bw + 3, heat.py(dec.share(std::pow(10.0, d))) + 3,
                      fmt::format("1e{}", d), Anchor::Start, 9);
         fig.end();
     }

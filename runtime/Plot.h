@@ -26,6 +26,11 @@ namespace gradc {
 Figure gradientFigure(const std::vector<GradReport>& reports, const std::vector<std::string>& activationNames,
                       bool logScale = false);
 
+/// The gradient flow alone, sized for a paper's column: drawn 520 units wide (PDF: points)
+/// with no title, tick labels of 13.5 units and legend text of 16.5 (6.5 and 8 pt when the
+/// figure is scaled to a 3.5-inch column), the legend under the plot.
+Figure flowFigure(const std::vector<GradReport>& reports, const std::vector<std::string>& activationNames);
+
 /// A grid of histogram panels (`columns` wide) under one title: `gradc acts`.
 Figure histogramFigure(const std::string& title, const std::vector<std::pair<std::string, TensorStats>>& panels,
                        size_t columns);

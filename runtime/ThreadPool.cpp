@@ -142,3 +142,13 @@ extern "C" void gradc_parallel_for(void (*body)(void*, int64_t, int64_t, int64_t
     }
     body(context, 0, n, 0); // one thread: the pool's workers are busy, or there are none
 }
+
+namespace {
+std::atomic<gradc::AllreduceHook> gAllreduce{nullptr};
+} // namespace
+
+void gradc::setAllreduce(AllreduceHook hook) { gAllreduce.store(hook); }
+
+extern "C" void gradc_allreduce_sum(void* data, int64_t n, int32_t f64) {
+    if (gradc::AllreduceHook hook = gAllreduce.load()) hook(data, n, f64 != 0);
+}

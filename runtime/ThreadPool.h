@@ -15,6 +15,12 @@ extern "C" {
 /// (or a worker calling from inside a loop) runs its loop alone, as thread 0. Which thread
 /// runs a range never changes a result, so both give the same bits.
 void gradc_parallel_for(void (*body)(void*, int64_t, int64_t, int64_t), void* context, int64_t n, int64_t threads);
+
+/// Sums `n` values at `data` (double when `f64`, else float) in place over the processes of a
+/// data-parallel run: a synchronised batchnorm's per-channel sums, which code compiled with
+/// Graph::syncWorld > 1 calls on every process in the same order. It does what the hook set
+/// by setAllreduce does (the MPI runtime's, Cluster.h); with none set, nothing.
+void gradc_allreduce_sum(void* data, int64_t n, int32_t f64);
 }
 
 namespace gradc {
@@ -30,5 +36,9 @@ int hardwareThreads();
 /// default of CodegenOptions::threads, SessionOptions::threads and the jobs' options).
 /// There is no global count: each compiled model carries its own.
 int resolveThreads(int requested);
+
+/// What gradc_allreduce_sum does (null: nothing); set once, before compiled code runs.
+using AllreduceHook = void (*)(void* data, int64_t n, bool f64);
+void setAllreduce(AllreduceHook hook);
 
 } // namespace gradc

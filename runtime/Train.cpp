@@ -1,6 +1,8 @@
 // Train.cpp — the training loop (see Train.h).
 #include "Train.h"
 
+#include "Cluster.h"
+
 #include "Events.h"
 #include "Files.h"
 #include "Json.h"
@@ -81,9 +83,12 @@ Accuracy evaluateAs(Engine& engine, const Examples& e, const std::vector<int64_t
     const int64_t C = engine.graph()[engine.graph().output(OutputRole::Logits)].shape[1];
     std::vector<T> x, logits(size_t(B * C));
     std::vector<int32_t> labels;
-    double loss = 0;
+    double sums[2] = {0, 0}; // the loss and the correct answers
+    double& loss = sums[0];
     int64_t correct = 0;
-    for (size_t begin = 0; begin < indices.size(); begin += size_t(B)) {
+    // The batches shared among the processes of a data-parallel run, then the sums added up.
+    const size_t first = size_t(cluster::rank()) * size_t(B), stride = size_t(B) * size_t(cluster::size());
+    for (size_t begin = first; begin < indices.size(); begin += stride) {
         gather(e, indices, begin, B, mean, std, x, labels);
         engine.evaluate(x.data(), labels.data(), logits.data());
         const size_t rows = std::min(size_t(B), indices.size() - begin); // the rest is padding
@@ -99,8 +104,10 @@ Accuracy evaluateAs(Engine& engine, const Examples& e, const std::vector<int64_t
             correct += best == labels[r];
         }
     }
+    sums[1] = double(correct);
+    if (engine.graph().syncWorld > 1) cluster::sum(sums, 2);
     const double n = double(indices.size());
-    return {loss / n, double(correct) / n};
+    return {sums[0] / n, sums[1] / n};
 }
 
 } // namespace
@@ -116,6 +123,13 @@ namespace {
 
 using Json = nlohmann::ordered_json; // the log's fields in the order written
 
+/// Each tensor's gradient statistics, without their histograms, as the log writes them.
+Json gradsJson(const std::vector<TensorStats>& grads) {
+    Json params = Json::array();
+    for (auto& s : grads) params.push_back(jsonStatistics<Json>(s, /*full=*/false));
+    return params;
+}
+
 Json epochJson(const EpochRecord& r) {
     Json j = {{"epoch", r.epoch},
               {"step", r.step},
@@ -129,9 +143,7 @@ Json epochJson(const EpochRecord& r) {
         j["clipped"] = r.clipped;
         j["clipped_steps"] = r.clippedSteps;
     }
-    Json params = Json::array();
-    for (auto& s : r.grads) params.push_back(jsonStatistics<Json>(s, /*full=*/false));
-    j["grads"] = params;
+    j["grads"] = gradsJson(r.grads);
     if (!r.throughTime.empty())
         j["through_time"] = jsonThroughTime<Json>(r.throughTime); // recurrent models only
     return j;
@@ -144,9 +156,7 @@ Json stepJson(int epoch, int64_t step, double loss, double vanishing, const std:
               {"step", step},
               {"loss", jsonNumber<Json>(loss)},
               {"vanishing_factor", jsonNumber<Json>(vanishing)}};
-    Json params = Json::array();
-    for (auto& s : grads) params.push_back(jsonStatistics<Json>(s, /*full=*/false));
-    j["grads"] = params;
+    j["grads"] = gradsJson(grads);
     return j;
 }
 
@@ -183,17 +193,33 @@ TrainResult train(Engine& engine, const DataSplit& data, const TrainOptions& o,
                   const std::function<void(const std::string&)>& say) {
     using Clock = std::chrono::steady_clock;
     const auto start = Clock::now();
-    const int64_t B = engine.batch();
+    // A data-parallel run: this process computes rows [rank b, (rank + 1) b) of every batch of
+    // B = world b; only the first (rank 0) writes and says anything.
+    const int world = engine.graph().syncWorld, rank = world > 1 ? cluster::rank() : 0;
+    const bool root = rank == 0;
+    const int64_t b = engine.batch(), B = b * world;
+    auto tell = [&](const std::string& line) {
+        if (root) say(line);
+    };
+    // Ctrl-C on any process stops them all after the same step: the flag is agreed on at each.
+    bool interrupted = false;
+    auto stopping = [&] {
+        double any = gInterrupted != 0;
+        if (world > 1) cluster::max(&any, 1);
+        return interrupted = interrupted || any != 0;
+    };
     checkSplit(engine, data); // before anything is computed or written
     const int64_t stepsPerEpoch = int64_t(data.fit.size()) / B; // the last partial batch is dropped
     if (stepsPerEpoch < 1)
         throw UserError({}, fmt::format("{} training examples make no batch of {}", data.fit.size(), B));
     OutputSet own;
     OutputSet& outputs = o.outputs ? *o.outputs : own;
-    if (!o.outputs) declareTrainOutputs(own, o.save, o.log, o.logdir);
-    PendingFile* log = o.log.empty() ? nullptr : &outputs.stream(o.log);
+    if (!o.outputs && root) declareTrainOutputs(own, o.save, o.log, o.logdir);
+    PendingFile* log = o.log.empty() || !root ? nullptr : &outputs.stream(o.log);
     std::unique_ptr<EventWriter> events;
-    if (!o.logdir.empty()) events = std::make_unique<EventWriter>(o.logdir);
+    if (!o.logdir.empty() && root) events = std::make_unique<EventWriter>(o.logdir);
+    if (events && !o.hparams.empty())
+        events->hparams(o.hparams, {"accuracy/test", "loss/test", "accuracy/val", "loss/val", "loss/train"});
 
     TrainResult result;
     Values best = engine.state();
@@ -207,13 +233,14 @@ TrainResult train(Engine& engine, const DataSplit& data, const TrainOptions& o,
         for (auto& i : order) i = data.fit[size_t(i)];
         double lossSum = 0;
         int64_t done = 0, clippedSteps = 0;
-        for (int64_t s = 0; s < stepsPerEpoch && !gInterrupted && !(o.maxSteps && step >= o.maxSteps); ++s) {
+        for (int64_t s = 0; s < stepsPerEpoch && !stopping() && !(o.maxSteps && step >= o.maxSteps); ++s) {
             double loss = 0;
+            const size_t begin = size_t(s * B + rank * b);
             if (engine.f64()) {
-                gather(data.train, order, size_t(s * B), B, data.mean, data.std, x64, labels);
+                gather(data.train, order, begin, b, data.mean, data.std, x64, labels);
                 loss = engine.trainStep(x64.data(), labels.data());
             } else {
-                gather(data.train, order, size_t(s * B), B, data.mean, data.std, x, labels);
+                gather(data.train, order, begin, b, data.mean, data.std, x, labels);
                 loss = engine.trainStep(x.data(), labels.data());
             }
             lossSum += loss;
@@ -230,7 +257,7 @@ TrainResult train(Engine& engine, const DataSplit& data, const TrainOptions& o,
             }
             clippedSteps += engine.clipping() && engine.lastClip().clipped;
             if (o.progressBar && (s % 4 == 0 || s + 1 == stepsPerEpoch))
-                say("\r\033[K" + progressLine(epoch, o.epochs, s + 1, stepsPerEpoch, lossSum / double(done),
+                tell("\r\033[K" + progressLine(epoch, o.epochs, s + 1, stepsPerEpoch, lossSum / double(done),
                                               std::chrono::duration<double>(Clock::now() - epochStart).count()));
         }
         if (done == 0) break;
@@ -250,9 +277,9 @@ TrainResult train(Engine& engine, const DataSplit& data, const TrainOptions& o,
         if (improved) {
             result.bestValAccuracy = v.accuracy, result.bestEpoch = epoch;
             best = engine.state();
-            if (!o.save.empty()) engine.save(o.save);
+            if (!o.save.empty() && root) engine.save(o.save);
         }
-        say(fmt::format("{}epoch {:>3}: train loss {:.4f}  val loss {:.4f}  val accuracy {:6.2f}%{}  ({:.1f} s{})\n",
+        tell(fmt::format("{}epoch {:>3}: train loss {:.4f}  val loss {:.4f}  val accuracy {:6.2f}%{}  ({:.1f} s{})\n",
                         o.progressBar ? "\r\033[K" : "", epoch, r.trainLoss, r.valLoss, 100 * r.valAccuracy,
                         improved ? " (best)" : "       ", r.seconds,
                         done < stepsPerEpoch ? fmt::format(", {} of {} steps", done, stepsPerEpoch) : ""));
@@ -272,15 +299,15 @@ TrainResult train(Engine& engine, const DataSplit& data, const TrainOptions& o,
             events->flush();
         }
         result.epochs.push_back(std::move(r));
-        if (gInterrupted || (o.maxSteps && step >= o.maxSteps)) break;
+        if (stopping() || (o.maxSteps && step >= o.maxSteps)) break;
         if (epoch - result.bestEpoch >= o.patience) {
             result.stoppedEarly = true;
             break;
         }
     }
-    result.interrupted = gInterrupted != 0;
+    result.interrupted = interrupted;
     if (result.bestEpoch > 0) engine.state() = best;
-    else if (!o.save.empty()) engine.save(o.save); // interrupted in the first epoch: what there is
+    else if (!o.save.empty() && root) engine.save(o.save); // interrupted in the first epoch: what there is
     std::vector<int64_t> all(static_cast<size_t>(data.test.count));
     for (size_t i = 0; i < all.size(); ++i) all[i] = int64_t(i);
     Accuracy t = evaluate(engine, data.test, all, data.mean, data.std);
@@ -301,8 +328,11 @@ TrainResult train(Engine& engine, const DataSplit& data, const TrainOptions& o,
         events->scalar("accuracy/test", step, result.testAccuracy);
         events->scalar("loss/test", step, result.testLoss);
     }
-    if (events) events->close();
-    if (!o.outputs) own.commit();
+    if (events) {
+        if (!o.hparams.empty()) events->sessionEnd(!result.interrupted);
+        events->close();
+    }
+    if (!o.outputs && root) own.commit();
     return result;
 }
 

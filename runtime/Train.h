@@ -4,6 +4,7 @@
 
 #include "Data.h"
 #include "Engine.h"
+#include "Events.h"
 #include "Files.h"
 #include "Stats.h"
 
@@ -60,6 +61,9 @@ struct TrainOptions {
     int64_t maxSteps = 0;        ///< stop after this many steps in all (0: no limit)
     bool progressBar = false;    ///< redraw one line per step (on a terminal)
     int64_t logEvery = 0;        ///< > 0: gradient statistics every this many steps too
+    /// The run's hyperparameters for TensorBoard's HParams dashboard (with logdir), its final
+    /// losses and accuracies the metrics.
+    std::vector<HParam> hparams;
 };
 
 /// The progress bar's line: the epoch, a bar of its steps, the running loss, the time the epoch

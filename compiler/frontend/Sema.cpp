@@ -10,6 +10,7 @@
 #include "Layers.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <algorithm>
 #include <map>
@@ -236,7 +237,10 @@ private:
                 if (d < 1 || d > kMaxTensorElements || perExample > kMaxTensorElements)
                     throw UserError(s.sizeLoc, s.dims.size() <= 1
                         ? fmt::format("input width {} is out of range (1 to 2^31)", d)
-                        : fmt::format("input size {} is out of range (1 to 2^31 values per example)", d));
+                        : d < 1 || d > kMaxTensorElements
+                            ? fmt::format("input size {} is out of range (1 to 2^31 per dimension)", d)
+                            : fmt::format("input {} is out of range (at most 2^31 values per example)",
+                                          fmt::join(s.dims, "x")));
                 n.shape.push_back(d);
             }
             n.name = "x", n.loc = s.loc;

@@ -221,6 +221,10 @@ public:
     /// Training with gradient-norm clipping: the backends differentiate with
     /// AutodiffOptions::gradNorm, and the layout has a GradNormSq entry in Acts.
     bool gradNorm = false;
+    /// Data-parallel training on this many processes (SyncBatchNorm): a training-mode
+    /// batchnorm's per-channel sums are summed over them (gradc_allreduce_sum) so that its
+    /// statistics are the global batch's, `batch` times syncWorld examples. 1: one process.
+    int syncWorld = 1;
     /// Logits, Loss, then a Preact for each hidden activation layer, a NormInput for each
     /// batchnorm (training mode) and a LayerOutput for every module but the last (when asked
     /// for); the differentiated graph adds a Grad for each parameter.

@@ -178,6 +178,18 @@ Expr orZero(const Expr& a) { return a ? a : constant(0); }
 /// Each distinct node is differentiated once.
 Expr tangent(const Expr& root, const Expr& seed) {
     std::unordered_map<const ExprNode*, Expr> t;
+    // min or max of operands a with tangents d0, d1 (null: zero): d0 where a[0] `first` a[1]
+    // (it is the one chosen), d1 where a[0] `second` a[1], half of each on a tie, and both
+    // where neither compares (NaN), as PyTorch 1.13's torch.minimum and torch.maximum.
+    auto pick = [](const std::vector<Expr>& a, const Expr& d0, const Expr& d1, Kind first, Kind second) -> Expr {
+        if (!d0 && !d1) return nullptr;
+        const Expr both = add(d0, d1);
+        return make(Kind::Select,
+                    {make(first, {a[0], a[1]}), orZero(d0),
+                     make(Kind::Select, {make(second, {a[0], a[1]}), orZero(d1),
+                                         make(Kind::Select, {make(Kind::Eq, {a[0], a[1]}),
+                                                             make(Kind::Mul, {constant(0.5), both}), both})})});
+    };
     postOrder(root, [&](const ExprNode& n) {
         auto c = [](double v) { return constant(v); };
         auto m = [](Kind op, std::vector<Expr> a) { return make(op, std::move(a)); };
@@ -220,11 +232,11 @@ Expr tangent(const Expr& root, const Expr& seed) {
         case Kind::Erf: // 2/sqrt(pi) exp(-u^2) u'
             r = mul(m(Kind::Mul, {c(2 / std::sqrt(M_PI)), m(Kind::Exp, {m(Kind::Neg, {m(Kind::Pow, {a[0], c(2)})})})}), d(0));
             break;
-        case Kind::Min: // to the first operand on ties and NaN
-            if (d(0) || d(1)) r = m(Kind::Select, {m(Kind::Lt, {a[1], a[0]}), orZero(d(1)), orZero(d(0))});
+        case Kind::Min: // as torch.minimum's: to the smaller operand, half to each on a tie,
+            r = pick(a, d(0), d(1), Kind::Lt, Kind::Gt); // the whole to both when one is NaN
             break;
-        case Kind::Max:
-            if (d(0) || d(1)) r = m(Kind::Select, {m(Kind::Gt, {a[1], a[0]}), orZero(d(1)), orZero(d(0))});
+        case Kind::Max: // as torch.maximum's
+            r = pick(a, d(0), d(1), Kind::Gt, Kind::Lt);
             break;
         }
         t[&n] = r;

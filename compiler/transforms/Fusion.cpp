@@ -721,6 +721,7 @@ KernelProgram buildKernels(const Graph& g, const std::string& name,
     refuseUncompiled(g);
     KernelProgram p = Builder(g, name, outputs, layout).run();
     p.blocking = blocking;
+    p.syncWorld = g.syncWorld;
     planMemory(p, elementBytes);
     return p;
 }

@@ -175,6 +175,7 @@ struct KernelProgram {
     GemmBlocking blocking;
     int64_t scratchOffset = 0;  ///< bytes: packed panels of B and the register tiles
     int elementBytes = 4;
+    int syncWorld = 1; ///< Graph::syncWorld: batchnorm's sums are summed over this many processes
 };
 
 /// Graph -> kernels: dead-code elimination, common subexpressions, fusion. `outputs` are

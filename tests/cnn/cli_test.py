@@ -35,7 +35,7 @@ def parameters(model):
 
 
 def dump(model, stage, batch):
-    return testlib.run(GRADC, "dump", model, f"--emit={stage}", "--batch", str(batch), "--no-cache",
+    return testlib.run(GRADC, "dump", model, f"--emit={stage}", "--batch", str(batch),
                        timeout=300).stdout
 
 

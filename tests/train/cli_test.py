@@ -83,6 +83,59 @@ def records(path):
     return out
 
 
+def fields(msg):
+    """The fields of a protocol buffer as (number, value) pairs: an int for varints, bytes
+    for length-delimited fields, a float for 64-bit ones (wire types 0, 2 and 1)."""
+    out, pos = [], 0
+    def varint():
+        nonlocal pos
+        v, shift = 0, 0
+        while True:
+            b = msg[pos]
+            pos += 1
+            v |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                return v
+    while pos < len(msg):
+        key = varint()
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            out.append((number, varint()))
+        elif wire == 1:
+            out.append((number, struct.unpack_from("<d", msg, pos)[0]))
+            pos += 8
+        elif wire == 2:
+            n = varint()
+            out.append((number, msg[pos:pos + n]))
+            pos += n
+        elif wire == 5:
+            out.append((number, struct.unpack_from("<f", msg, pos)[0]))
+            pos += 4
+        else:
+            check(False, f"wire type {wire} in a protocol buffer")
+    return out
+
+
+def field(msg, number):
+    """The last value of field `number` of a message, or None."""
+    found = [v for n, v in fields(msg) if n == number]
+    return found[-1] if found else None
+
+
+def hparams_summaries(recs):
+    """{tag: HParamsPluginData} of the HParams plugin's summaries among TensorBoard records."""
+    out = {}
+    for r in recs:
+        summary = field(r, 5)
+        value = summary and field(summary, 1)
+        metadata = value and field(value, 9)
+        plugin = metadata and field(metadata, 1)
+        if plugin and field(plugin, 1) == b"hparams":
+            out[field(value, 1).decode()] = field(plugin, 2)
+    return out
+
+
 def safetensors_names(path):
     raw = open(path, "rb").read()
     (n,) = struct.unpack_from("<Q", raw, 0)
@@ -115,6 +168,28 @@ with tempfile.TemporaryDirectory() as tmp:
         for tag in (b"loss/train", b"loss/val", b"accuracy/val", b"accuracy/test", b"grad/layers.0.weight",
                     b"grad_abs_mean/layers.8.weight"):
             check(tag in text, f"a {tag.decode()} summary")
+        # TensorBoard's HParams dashboard: the experiment's columns, this run's values, its end.
+        hp = hparams_summaries(recs)
+        check(sorted(hp) == ["_hparams_/experiment", "_hparams_/session_end_info", "_hparams_/session_start_info"],
+              f"the HParams summaries: {sorted(hp)}")
+        experiment = field(hp["_hparams_/experiment"], 2)
+        infos = {field(v, 1).decode(): field(v, 4) for n, v in fields(experiment) if n == 4}
+        check(infos == {"model": 1, "activation": 1, "optimizer": 1, "lr": 3, "momentum": 3, "weight_decay": 3,
+                        "batch": 3, "seed": 3}, f"the hyperparameters and their types: {infos}")
+        metrics = [field(field(v, 1), 2).decode() for n, v in fields(experiment) if n == 5]
+        check(metrics == ["accuracy/test", "loss/test", "accuracy/val", "loss/val", "loss/train"], f"the metrics: {metrics}")
+        for m in metrics:
+            check(m.encode() in text, f"the metric {m} is a scalar of the run")
+        start = field(hp["_hparams_/session_start_info"], 3)
+        values = {}
+        for n, entry in fields(start):
+            if n == 1:
+                v = field(entry, 2)
+                values[field(entry, 1).decode()] = field(v, 3).decode() if field(v, 3) is not None else field(v, 2)
+        check(values == {"model": "seed_relu", "activation": "relu", "optimizer": "sgd", "lr": 0.05, "momentum": 0.9,
+                         "weight_decay": 0.0, "batch": 128.0, "seed": 42.0}, f"this run's hyperparameters: {values}")
+        check(field(field(hp["_hparams_/session_end_info"], 4), 1) == 1, "the session ended with success")
+        check(b"_hparams_/session_end_info" in recs[-1], "the session's end is the last record")
         # Training resumes from saved parameters and evaluates them as they were.
         p2 = run("train", model("seed_relu"), "--params", save, "--epochs", "1", "--lr", "0", *SMALL)
         check(f"test accuracy {100 * end['test_accuracy']:.2f}%" in p2.stdout, "the saved parameters reload exactly")

@@ -158,6 +158,11 @@ TEST_CASE("one drawing, three formats: SVG by hand, PDF and PNG through cairo", 
     CHECK(std::stod(m[1]) == 120);
     CHECK(std::stod(m[2]) == 80);
     CHECK(std::regex_search(pdf, std::regex("/Type */Pages[^>]*/Count 1\\b")));
+    // A figure taller than PDF viewers allow (200 inches) is scaled down to fit, in proportion.
+    const std::string tall = Figure(800, 36000).pdf();
+    REQUIRE(std::regex_search(tall, m, std::regex("/MediaBox \\[ *0 0 ([0-9.]+) ([0-9.]+) *\\]")));
+    CHECK(std::stod(m[1]) == Approx(320));
+    CHECK(std::stod(m[2]) == Approx(14400));
 
     // The PNG at two pixels per unit, its items where they were drawn.
     const Image img = decodePng(f.png());

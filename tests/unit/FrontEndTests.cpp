@@ -5,6 +5,11 @@
 #include "Pipeline.h"
 
 #include <catch2/catch.hpp>
+#include <fmt/format.h>
+
+#include <filesystem>
+#include <fstream>
+#include <unistd.h>
 
 using namespace gradc;
 
@@ -255,4 +260,38 @@ TEST_CASE("batchnorm after a [B,C,H,W] value is BatchNorm2d: per-channel paramet
     Graph eval = compileSource("t.nn", text, {2, /*eval=*/true}).graph;
     CHECK_THAT(printGraph(eval), Catch::Contains("param \"layers.1.running_var\" : real[4]") &&
                                      Catch::Contains("reshape %7 : real[4,1,1]"));
+}
+
+TEST_CASE("the limits of the model's text: 16 parameters of a definition, 16 arguments of a call, 16 MiB of file",
+          "[sema]") {
+    auto list = [](const char* first, int n, const char* each) {
+        std::string s = first;
+        for (int i = 1; i < n; ++i) s += fmt::format(", {}{}", each, i) + (each[0] == 'p' ? "=1" : "");
+        return s;
+    };
+    const std::string tail = "input 4\ndense 2 f\nloss cross_entropy\n";
+    CHECK(errorOf("activation f(" + list("x", 16, "p") + ") = x\n" + tail).empty());
+    CHECK_THAT(errorOf("activation f(" + list("x", 17, "p") + ") = x\n" + tail),
+               Catch::StartsWith("test.nn:1:") && Catch::Contains("error: too many parameters"));
+    CHECK_THAT(errorOf("activation f(x) = max(" + list("x", 17, "") + ")\n" + tail),
+               Catch::Contains("error: too many arguments"));
+    CHECK_THAT(errorOf("input 4\ndense 2 leaky_relu(" + list("1", 17, "") + ")\nloss cross_entropy\n"),
+               Catch::StartsWith("test.nn:2:") && Catch::Contains("error: too many arguments"));
+    // A file over the limit is refused as it is read, naming the file.
+    const std::string path = (std::filesystem::temp_directory_path() /
+                              fmt::format("gradc-frontend-{}.nn", ::getpid())).string();
+    {
+        std::ofstream out(path);
+        const std::string comment = "# " + std::string(1000, 'x') + "\n";
+        for (size_t n = 0; n <= kMaxSourceBytes; n += comment.size()) out << comment;
+    }
+    std::string error;
+    try {
+        readSourceFile(path);
+    } catch (const UserError& e) {
+        error = e.format();
+    }
+    std::filesystem::remove(path);
+    CHECK_THAT(error, Catch::StartsWith(path + ": error: model file is ") &&
+                          Catch::Contains("bytes; the limit is 16777216 bytes"));
 }

@@ -583,6 +583,45 @@ TEST_CASE("the gradient flow comes first: every model's mean |gradient| per weig
     CHECK_THAT(panels, Catch::Contains("fill=\"#2ca02c\"") && Catch::Contains("fill=\"#1f77b4\""));
 }
 
+TEST_CASE("the gradient flow alone for a paper: 520 wide, text readable at a column's width, the legend under "
+          "the plot",
+          "[plot]") {
+    auto report = [](const std::string& name, std::vector<double> means) {
+        GradReport r;
+        r.model = name;
+        for (size_t i = 0; i < means.size(); ++i)
+            r.params.push_back(statistics(fmt::format("layers.{}.weight", 2 * i),
+                                          Tensor{Shape{2, 2}, {means[i], -means[i], means[i], -means[i]}}));
+        computeVanishingFactor(r);
+        return r;
+    };
+    const Figure fig = flowFigure({report("deep", {1e-6, 1e-4, 1e-2}), report("flat", {1e-3, 1e-3, 1e-3})},
+                                  {"sigmoid", "relu"});
+    CHECK(fig.width() == 520);
+    const std::string svg = fig.svg();
+    CHECK(wellFormed(svg));
+    CHECK(count(svg, "class=\"flow-line\"") == 2);
+    CHECK(svg.find("Gradient flow:") == std::string::npos); // no title: the caption's
+    // Every text at least 13.5 units: 6.5 pt when 520 units are scaled to 252 pt (3.5 in).
+    double smallest = 1e9;
+    const std::regex fontSize("<text [^>]*font-size=\"([0-9.]+)\"");
+    for (auto it = std::sregex_iterator(svg.begin(), svg.end(), fontSize);
+         it != std::sregex_iterator(); ++it)
+        smallest = std::min(smallest, std::stod((*it)[1]));
+    CHECK(smallest >= 13.5);
+    CHECK(smallest * 252 / fig.width() >= 6.5);
+    // The legend's rows under the plot area, inside the figure.
+    const size_t legend = svg.find(">deep (sigmoid): vanishing factor 1.00e-04</text>");
+    REQUIRE(legend != std::string::npos);
+    const size_t y = svg.rfind(" y=\"", legend);
+    const double ly = std::stod(svg.substr(y + 4));
+    const size_t frame = svg.find("<rect", svg.find("<g class=\"gradient-flow\">"));
+    const size_t fy = svg.find(" y=\"", frame), fh = svg.find(" height=\"", frame);
+    CHECK(ly > std::stod(svg.substr(fy + 4)) + std::stod(svg.substr(fh + 9)));
+    CHECK(ly < fig.height());
+    CHECK_THAT(svg, Catch::Contains(">flat (relu): vanishing factor 1.00e+00</text>"));
+}
+
 TEST_CASE("plot-scale log: every histogram of log10 |g| over the same decades, a log count axis for a spike",
           "[plot]") {
     auto report = [](const std::string& name, double scale, int zeros) {

@@ -34,27 +34,28 @@ SemaOptions semaOptions(const po::variables_map& vm) {
 }
 
 void addModelOptions(po::options_description& d) {
-    d.add_options()("model", po::value<std::string>()->required(), "model file (.nn)")(
+    d.add_options()("model", po::value<std::string>()->value_name("FILE")->required(), "model file (.nn)")(
         "batch", po::value<int64_t>()->default_value(256), "batch size the graph is built for");
 }
 
-void addCodegenOptions(po::options_description& d) {
-    d.add_options()("dtype", po::value<std::string>()->default_value("f32"),
+void addCodegenOptions(po::options_description& d, bool cache) {
+    d.add_options()("dtype", po::value<std::string>()->value_name("f32|f64")->default_value("f32"),
                     "element type of the computation: f32 | f64 (train, acts, dead: every array)")(
-        "threads", po::value<int>()->default_value(0), "threads for compiled code (0: all cores)")(
-        "no-cache", "compile afresh: neither read nor write the cache of compiled code")(
-        "isa", po::value<std::string>()->default_value(std::string(), "GRADC_ISA, else native"),
+        "threads", po::value<int>()->default_value(0), "threads for compiled code (0: all cores)");
+    if (cache) d.add_options()("no-cache", "compile afresh: neither read nor write the cache of compiled code");
+    d.add_options()(
+        "isa", po::value<std::string>()->value_name("native|avx2|avx512")->default_value(std::string(), "GRADC_ISA, else native"),
         "instruction set of the compiled code: native (every feature of this CPU) | avx2 (AVX2 and FMA, no "
         "AVX-512) | avx512");
 }
 
 void addDataOptions(po::options_description& d) {
-    d.add_options()("data", po::value<std::string>()->default_value(kDefaultDataDir),
+    d.add_options()("data", po::value<std::string>()->value_name("DIR")->default_value(kDefaultDataDir),
                     "directory of IDX files (train-images-idx3-ubyte[.gz], ...)")(
-        "normalize", po::value<std::string>()->default_value("0.5,0.5"), "MEAN,STD: inputs are (pixel/255 - MEAN) / STD")(
-        "seed", po::value<std::string>()->default_value("42"), "parameter initialisation (and shuffling) seed")(
-        "params", po::value<std::string>(), "start from the parameters in FILE.safetensors")(
-        "backend", po::value<std::string>()->default_value("jit"), "jit | interp");
+        "normalize", po::value<std::string>()->value_name("MEAN,STD")->default_value("0.5,0.5"), "MEAN,STD: inputs are (pixel/255 - MEAN) / STD")(
+        "seed", po::value<std::string>()->value_name("N")->default_value("42"), "parameter initialisation seed (train: and the shuffling of every epoch)")(
+        "params", po::value<std::string>()->value_name("FILE"), "start from the parameters in FILE.safetensors")(
+        "backend", po::value<std::string>()->value_name("jit|interp")->default_value("jit"), "jit | interp");
     addCodegenOptions(d);
 }
 

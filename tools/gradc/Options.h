@@ -34,8 +34,9 @@ std::string thousands(int64_t v);
 
 /// MODEL and --batch, as most commands take them.
 void addModelOptions(po::options_description& d);
-/// --dtype, --threads, --no-cache, --isa: how code is compiled.
-void addCodegenOptions(po::options_description& d);
+/// --dtype, --threads, --no-cache (when `cache`: not for dump, which never uses the cache),
+/// --isa: how code is compiled.
+void addCodegenOptions(po::options_description& d, bool cache = true);
 /// --data, --normalize, --seed, --params, --backend and the codegen options: the commands
 /// that run a classifier on the data set (train, acts, dead).
 void addDataOptions(po::options_description& d);

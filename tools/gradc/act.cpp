@@ -18,8 +18,8 @@ namespace gradc::cli {
 void actOptions(po::options_description& d) {
     d.add_options()("names", po::value<std::vector<std::string>>()->required()->multitoken(),
                     "activations: sigmoid, elu(0.5), ...")(
-        "plot", po::value<std::string>(), "draw them to FILE: .svg, .pdf or .png")(
-        "model", po::value<std::string>(), "model file whose activations may be named");
+        "plot", po::value<std::string>()->value_name("FILE"), "draw them to FILE: .svg, .pdf or .png")(
+        "model", po::value<std::string>()->value_name("FILE"), "model file whose activations may be named");
 }
 
 /// `gradc act sigmoid relu ...`: each activation and its derivative on [-5, 5].

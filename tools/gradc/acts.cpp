@@ -17,10 +17,10 @@
 namespace gradc::cli {
 
 void actsOptions(po::options_description& d) {
-    d.add_options()("model", po::value<std::string>()->required(), "model file (.nn)")(
+    d.add_options()("model", po::value<std::string>()->value_name("FILE")->required(), "model file (.nn)")(
         "count", po::value<int64_t>()->default_value(1024), "images")(
         "format", po::value<std::string>()->default_value("table"), "table | json")(
-        "plot", po::value<std::string>(), "draw the histograms to FILE: .svg, .pdf or .png");
+        "plot", po::value<std::string>()->value_name("FILE"), "draw the histograms to FILE: .svg, .pdf or .png");
     addDataOptions(d);
 }
 

@@ -10,14 +10,14 @@ namespace gradc::cli {
 
 void compileOptions(po::options_description& d) {
     addModelOptions(d);
-    d.add_options()("output,o", po::value<std::string>(), "the object file (or .s, .ll) to write")(
-        "header", po::value<std::string>(), "the C header to write")(
+    d.add_options()("output,o", po::value<std::string>()->value_name("FILE"), "the object file (or .s, .ll) to write")(
+        "header", po::value<std::string>()->value_name("FILE"), "the C header to write")(
         "target-cpu", po::value<std::string>()->default_value(kPortableCpu),
         "portable (the x86-64 baseline, x86-64-v3 and x86-64-v4 in one object, chosen at run time), generic (the "
         "x86-64 baseline alone), native (this machine), or an LLVM CPU name such as x86-64-v3")(
         "emit", po::value<std::string>()->default_value("obj"), "obj | asm | llvm")(
         "prefix", po::value<std::string>(), "prefix of the C symbols (default: the model's name)")(
-        "dtype", po::value<std::string>()->default_value("f32"), "element type: f32 | f64");
+        "dtype", po::value<std::string>()->value_name("f32|f64")->default_value("f32"), "element type: f32 | f64");
 }
 
 /// `gradc compile MODEL -o model.o --header model.h`: ahead-of-time compilation.

@@ -13,7 +13,7 @@ namespace gradc::cli {
 
 void deadOptions(po::options_description& d) {
     addModelOptions(d);
-    d.add_options()("val", po::value<int64_t>()->default_value(10000), "training images held out (as gradc train)")(
+    d.add_options()("val", po::value<int64_t>()->default_value(10000), "training images held out, as gradc train (with --limit: a sixth of the images read)")(
         "limit", po::value<int64_t>()->default_value(0), "use only the first N images (0: all)")(
         "format", po::value<std::string>()->default_value("table"), "table | json");
     addDataOptions(d);
@@ -26,6 +26,8 @@ int runDead(const po::variables_map& vm) {
     o.batch = semaOptions(vm).batch;
     dataOptions(vm); // --normalize checked first
     o.val = vm["val"].as<int64_t>(), o.limit = vm["limit"].as<int64_t>();
+    // As gradc train: a small run (--limit) holds out a sixth of the images it reads.
+    if (vm["val"].defaulted() && o.limit > 0) o.val = std::clamp<int64_t>(o.limit / 6, 1, o.val);
     checkJobOptions(o);
     const std::string format = vm["format"].as<std::string>();
     if (format != "table" && format != "json") throw UsageError(fmt::format("--format={} is not table or json", format));

@@ -16,7 +16,7 @@ namespace gradc::cli {
 void deriveOptions(po::options_description& d) {
     d.add_options()("expr", po::value<std::string>()->required(),
                     "a formula in x ('x * sigmoid(x)') or an activation ('elu(0.5)')")(
-        "model", po::value<std::string>(), "model file whose activations may be named");
+        "model", po::value<std::string>()->value_name("FILE"), "model file whose activations may be named");
 }
 
 /// `gradc derive sigmoid`, `gradc derive 'leaky_relu(0.1)'`, `gradc derive 'x*sigmoid(x)'`:

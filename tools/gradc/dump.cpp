@@ -17,11 +17,12 @@ namespace gradc::cli {
 
 void dumpOptions(po::options_description& d) {
     addModelOptions(d);
-    d.add_options()("emit", po::value<std::string>()->default_value("graph"),
-                    "stage to print: ast | graph | grad | dot | grad-dot | layout | kernels | memplan | llvm | asm "
-                    "(dot, grad-dot: the graph or its differentiated one for Graphviz)")(
+    d.add_options()("emit", po::value<std::string>()->default_value("graph")->value_name("ast|graph|grad|dot|grad-dot|layout|kernels|memplan|llvm|llvm-unoptimised|asm"),
+                    "stage to print: ast | graph | grad | dot | grad-dot | layout | kernels | memplan | llvm | "
+                    "llvm-unoptimised | asm (dot, grad-dot: the graph or its differentiated one for Graphviz; "
+                    "llvm-unoptimised: the IR as lowered, before the optimiser)")(
         "eval", "the graph of evaluation mode (batchnorm with its running statistics)");
-    addCodegenOptions(d);
+    addCodegenOptions(d, /*cache=*/false); // dump compiles afresh, never through the cache
 }
 
 int runDump(const po::variables_map& vm) {

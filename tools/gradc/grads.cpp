@@ -19,26 +19,28 @@ void gradsOptions(po::options_description& d) {
     d.add_options()("models", po::value<std::vector<std::string>>()->required()->multitoken(),
                     "model files (.nn)")("batch", po::value<int64_t>()->default_value(256),
                                          "examples in the batch")(
-        "data", po::value<std::string>()->default_value(kDefaultDataDir),
+        "data", po::value<std::string>()->value_name("DIR")->default_value(kDefaultDataDir),
         "directory of IDX files (train-images-idx3-ubyte[.gz], ...)")(
-        "normalize", po::value<std::string>()->default_value("0.5,0.5"),
+        "normalize", po::value<std::string>()->value_name("MEAN,STD")->default_value("0.5,0.5"),
         "MEAN,STD: inputs are (pixel/255 - MEAN) / STD")(
-        "seed", po::value<std::string>()->default_value("42"), "parameter initialisation seed")(
+        "seed", po::value<std::string>()->value_name("N")->default_value("42"), "parameter initialisation seed")(
         "format", po::value<std::string>()->default_value("table"), "table | json | csv")(
         "shuffle", "a random batch of the training set (drawn with --seed) instead of the first")(
-        "inputs", po::value<std::string>(),
+        "inputs", po::value<std::string>()->value_name("FILE"),
         "the batch from FILE.safetensors instead of the data set: x [B,...] and target [B] (class "
-        "indices)")("params", po::value<std::string>(),
+        "indices)")("params", po::value<std::string>()->value_name("FILE"),
                     "load parameters from FILE.safetensors (PyTorch names)")(
-        "save-params", po::value<std::string>(), "write the parameters used to FILE.safetensors")(
-        "dump-grads", po::value<std::string>(),
+        "save-params", po::value<std::string>()->value_name("FILE"), "write the parameters used to FILE.safetensors")(
+        "dump-grads", po::value<std::string>()->value_name("FILE"),
         "write the gradients to FILE.safetensors (and each recurrent layer's norms of dL/dh_t, "
-        "through:LAYER)")("plot", po::value<std::string>(),
+        "through:LAYER)")("plot", po::value<std::string>()->value_name("FILE"),
                           "draw the gradient flow and the weight-gradient histograms to FILE: .svg, .pdf or .png")(
-        "plot-scale", po::value<std::string>()->default_value("linear"),
+        "plot-flow", po::value<std::string>()->value_name("FILE"),
+        "draw the gradient flow alone, sized for a paper's column, to FILE: .svg, .pdf or .png")(
+        "plot-scale", po::value<std::string>()->value_name("linear|log")->default_value("linear"),
         "the histograms' value axis: linear (each panel its own range) | log (log10 |gradient|, one range for "
         "all)")(
-        "backend", po::value<std::string>()->default_value("jit"),
+        "backend", po::value<std::string>()->value_name("jit|interp")->default_value("jit"),
         "jit (compiled native code) | interp (the double-precision reference interpreter)");
     addCodegenOptions(d);
 }
@@ -64,7 +66,7 @@ int runGrads(const po::variables_map& vm) {
     if (!o.inputs.empty() && o.shuffle)
         throw UsageError("--shuffle draws from the data set; --inputs gives the batch");
     const std::string paramsOut = fileOption(vm, "save-params"), gradsOut = fileOption(vm, "dump-grads"),
-                      plotOut = figureOption(vm, "plot");
+                      plotOut = figureOption(vm, "plot"), flowOut = figureOption(vm, "plot-flow");
     const std::string scale = vm["plot-scale"].as<std::string>();
     if (scale != "linear" && scale != "log")
         throw UsageError(fmt::format("--plot-scale={} is not a scale (scales: linear, log)", scale));
@@ -79,6 +81,7 @@ int runGrads(const po::variables_map& vm) {
     outputs.output(paramsOut, "the parameter file");
     outputs.output(gradsOut, "the gradient file");
     outputs.output(plotOut, "the figure");
+    outputs.output(flowOut, "the figure");
 
     bool first = true;
     GradsRun run = gradc::runGrads(o, [&](const GradsModel& m) {
@@ -104,11 +107,10 @@ int runGrads(const po::variables_map& vm) {
         tensors.insert(tensors.end(), run.throughTime.begin(), run.throughTime.end());
         outputs.set(gradsOut, encodeSafetensors(tensors, run.wide));
     }
-    if (!plotOut.empty()) {
-        std::vector<std::string> names;
-        for (auto& m : run.models) names.push_back(m.activations);
-        outputs.set(plotOut, gradientFigure(reports, names, scale == "log").write(plotOut));
-    }
+    std::vector<std::string> names; // each model's activations, for the figures
+    for (auto& m : run.models) names.push_back(m.activations);
+    if (!plotOut.empty()) outputs.set(plotOut, gradientFigure(reports, names, scale == "log").write(plotOut));
+    if (!flowOut.empty()) outputs.set(flowOut, flowFigure(reports, names).write(flowOut));
     outputs.commit();
     return 0;
 }

@@ -2,14 +2,20 @@
 // Boost.Program_options, usage and help texts, and the exit status: 0 success, 1 an error in
 // the user's input (model, data, parameters), 2 a usage error (unknown command, option or
 // value).
+#include "Cluster.h"
 #include "Commands.h"
+#include "Files.h"
 #include "Jobs.h"
 #include "Pipeline.h"
 
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <csignal>
 #include <cstdio>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
 #include <new>
 #include <regex>
 #include <sstream>
@@ -81,17 +87,14 @@ const char* positionalOf(const Command& c) {
                                                                                                        : "model";
 }
 
-/// The word an option's value is shown as: N for a count, X for a number, FILE, DIR, or the
-/// option's name in capitals.
+/// The word an option's value is shown as: the value name its declaration gives (FILE, DIR,
+/// MEAN,STD, jit|interp), else the choices its description starts with ("table | json | csv"),
+/// N for a count, X for a number, or the option's name in capitals.
 std::string placeholder(const po::option_description& o) {
-    const std::string name = o.long_name();
-    static const std::pair<const char*, const char*> kNamed[] = {
-        {"normalize", "MEAN,STD"}, {"seed", "N"},         {"backend", "jit|interp"}, {"dtype", "f32|f64"},
-        {"isa", "native|avx2|avx512"}, {"optimizer", "sgd|adam"}, {"plot-scale", "linear|log"},
-        {"emit", "ast|graph|grad|dot|grad-dot|layout|kernels|memplan|llvm|asm"}};
-    for (auto [option, word] : kNamed)
-        if (name == option) return word;
-    // Choices listed first in the description ("table | json | csv"): the choices.
+    const auto* sem = o.semantic().get();
+    // Boost's name(): the value name ("arg" when none is given), then " (=DEFAULT)".
+    const std::string named = sem->name().substr(0, sem->name().find(" (="));
+    if (named != "arg") return named;
     std::smatch m;
     const std::string& text = o.description();
     if (std::regex_search(text, m, std::regex("^([a-z0-9-]+(?: \\| [a-z0-9-]+)+)($|[ ;,(])"))) {
@@ -99,17 +102,11 @@ std::string placeholder(const po::option_description& o) {
         choices.erase(std::remove(choices.begin(), choices.end(), ' '), choices.end());
         return choices;
     }
-    const auto* sem = o.semantic().get();
     if (dynamic_cast<const po::typed_value<int>*>(sem) || dynamic_cast<const po::typed_value<int64_t>*>(sem) ||
         dynamic_cast<const po::typed_value<uint64_t>*>(sem))
         return "N";
     if (dynamic_cast<const po::typed_value<double>*>(sem)) return "X";
-    for (const char* dir : {"data", "logdir"})
-        if (name == dir) return "DIR";
-    for (const char* file : {"params", "save", "log", "plot", "output", "header", "save-params", "dump-grads", "inputs",
-                             "model", "o"})
-        if (name == file) return "FILE";
-    std::string upper = name;
+    std::string upper = o.long_name();
     std::transform(upper.begin(), upper.end(), upper.begin(), [](unsigned char ch) { return ch == '-' ? '_' : char(std::toupper(ch)); });
     return upper;
 }
@@ -237,8 +234,8 @@ int runCommand(const Command& c, const std::vector<std::string>& args) {
 
 } // namespace
 
-int main(int argc, char** argv) {
-    std::vector<std::string> args(argv + 1, argv + argc);
+/// gradc's command line, as one process runs it: the exit status.
+int run(const std::vector<std::string>& args) {
     try {
         if (args.empty()) {
             printUsage(stderr);
@@ -251,6 +248,11 @@ int main(int argc, char** argv) {
             for (auto& c : commands())
                 if (args[1] == c.name) return runCommand(c, {"--help"});
             fmt::print(stderr, "gradc help: error: unknown command '{}'{}\n", args[1], suggestion(args[1], names));
+            printUsage(stderr);
+            return 2;
+        }
+        if (first == "help" && args.size() > 2) {
+            fmt::print(stderr, "gradc help: error: one command at most, not '{}'\n", args[2]);
             printUsage(stderr);
             return 2;
         }
@@ -287,4 +289,61 @@ int main(int argc, char** argv) {
         fmt::print(stderr, "gradc: error: an unexpected failure (an exception of unknown type)\n");
         return 1;
     }
+}
+
+namespace {
+
+/// SIGTERM (mpirun ending a job, a scheduler's time limit, kill): no half-written output is
+/// left, then the process ends as the signal would have ended it.
+void onTerminate(int signal) {
+    removeUnfinished();
+    ::_exit(128 + signal);
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+    std::signal(SIGTERM, onTerminate);
+    int world = 1;
+    try {
+        world = cluster::init(&argc, &argv); // MPI's world under mpirun or srun; else 1
+    } catch (const UserError& e) {
+        fmt::print(stderr, "gradc: error: {}\n", e.what());
+        return 1;
+    }
+    const std::vector<std::string> args(argv + 1, argv + argc);
+    if (world == 1) {
+        const int code = run(args);
+        cluster::finalize();
+        return code;
+    }
+    // A data-parallel run: rank 0 prints; the others keep what they print to show it only if
+    // they fail alone (rank 0 failing too ends them first, so one message is printed).
+    const bool root = cluster::root();
+    int realStderr = -1;
+    if (!root) {
+        std::fflush(stdout), std::fflush(stderr);
+        const int quiet = ::open("/dev/null", O_WRONLY | O_CLOEXEC), kept = ::memfd_create("gradc-stderr", MFD_CLOEXEC);
+        realStderr = ::dup(STDERR_FILENO);
+        if (quiet >= 0) ::dup2(quiet, STDOUT_FILENO), ::close(quiet);
+        if (kept >= 0) ::dup2(kept, STDERR_FILENO), ::close(kept);
+    }
+    const int code = run(args);
+    if (code == 0 || code == 130) { // done, or stopped by Ctrl-C at the same step everywhere
+        cluster::finalize();
+        return code;
+    }
+    std::fflush(stdout), std::fflush(stderr);
+    if (!root && realStderr >= 0) {
+        ::usleep(300 * 1000);
+        std::string text;
+        char buf[4096];
+        if (::lseek(STDERR_FILENO, 0, SEEK_SET) == 0)
+            for (ssize_t n; (n = ::read(STDERR_FILENO, buf, sizeof buf)) > 0;) text.append(buf, size_t(n));
+        text = cluster::prefix() + text;
+        if (::write(realStderr, text.data(), text.size()) < 0) {
+        }
+    }
+    removeUnfinished();
+    cluster::abort(code); // every process of the run ends
 }

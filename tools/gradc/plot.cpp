@@ -10,7 +10,7 @@ namespace gradc::cli {
 void plotOptions(po::options_description& d) {
     d.add_options()("runs", po::value<std::vector<std::string>>()->required()->multitoken(),
                     "training logs written by gradc train --log")(
-        "output,o", po::value<std::string>()->required(), "the figure: FILE.svg, .pdf or .png");
+        "output,o", po::value<std::string>()->value_name("FILE")->required(), "the figure: FILE.svg, .pdf or .png");
 }
 
 /// `gradc plot`: the loss and accuracy of every run, and each run's gradient flow over training.

@@ -2,6 +2,7 @@
 // accuracy, then the test accuracy. The options and the printing; the job is runtime/Jobs.h's.
 #include "Commands.h"
 
+#include "Cluster.h"
 #include "Jobs.h"
 #include "Optimizer.h"
 
@@ -17,7 +18,7 @@ namespace gradc::cli {
 void trainOptions(po::options_description& d) {
     addModelOptions(d);
     d.add_options()("epochs", po::value<int>()->default_value(50), "at most this many epochs")(
-        "optimizer", po::value<std::string>()->default_value("sgd"), "sgd | adam")(
+        "optimizer", po::value<std::string>()->value_name("sgd|adam")->default_value("sgd"), "sgd | adam")(
         "lr", po::value<double>(), "learning rate (default: 1e-2 for sgd, 1e-3 for adam)")(
         "momentum", po::value<double>()->default_value(0.0), "SGD momentum")(
         "nesterov", "Nesterov momentum")(
@@ -30,11 +31,11 @@ void trainOptions(po::options_description& d) {
         "val", po::value<int64_t>()->default_value(10000),
         "training images held out for validation (with --limit: a sixth of the images read)")(
         "patience", po::value<int>()->default_value(7), "stop after this many epochs without a better validation accuracy")(
-        "save", po::value<std::string>(), "write the best epoch's parameters to FILE.safetensors")(
-        "log", po::value<std::string>(), "write per-epoch loss, accuracy and gradient statistics to FILE.jsonl")(
+        "save", po::value<std::string>()->value_name("FILE"), "write the best epoch's parameters to FILE.safetensors")(
+        "log", po::value<std::string>()->value_name("FILE"), "write per-epoch loss, accuracy and gradient statistics to FILE.jsonl")(
         "log-every", po::value<int64_t>()->default_value(0),
         "also log the gradient statistics every N steps (--log, --logdir; 0: once an epoch)")(
-        "logdir", po::value<std::string>(), "write TensorBoard event files (scalars, gradient histograms) to DIR")(
+        "logdir", po::value<std::string>()->value_name("DIR"), "write TensorBoard event files (scalars, gradient histograms) to DIR")(
         "steps", po::value<int64_t>()->default_value(0), "stop after this many steps in all (0: no limit)")(
         "limit", po::value<int64_t>()->default_value(0), "use only the first N images of each file (0: all)")(
         "no-progress", "no progress bar, even on a terminal");
@@ -84,7 +85,7 @@ int runTrain(const po::variables_map& vm) {
     outputs.input(path);
     outputs.input(fileOption(vm, "params"));
     declareDataInputs(outputs, dir);
-    declareTrainOutputs(outputs, o.save, o.log, o.logdir);
+    if (cluster::root()) declareTrainOutputs(outputs, o.save, o.log, o.logdir); // rank 0 writes them
     static_cast<ClassifierOptions&>(o) = classifierOptions(vm);
     const bool terminal = isatty(STDERR_FILENO) && !vm.count("no-progress");
     auto say = [](const std::string& line) {
@@ -92,9 +93,11 @@ int runTrain(const po::variables_map& vm) {
         std::fflush(stderr);
     };
     auto start = [&](const Engine& engine, const DataSplit& data) {
-        fmt::print(stderr, "{}: {} parameters; {} training and {} validation examples of {}, batch {}; {} lr {}{}{}{}\n",
+        fmt::print(stderr, "{}: {} parameters; {} training and {} validation examples of {}, batch {}{}; {} lr {}{}{}{}\n",
                    engine.graph().model, thousands(engine.parameterCount()), thousands(int64_t(data.fit.size())),
-                   thousands(int64_t(data.val.size())), dir, o.batch, opt.method, opt.lr,
+                   thousands(int64_t(data.val.size())), dir, o.batch,
+                   cluster::size() > 1 ? fmt::format(" ({} processes of {})", cluster::size(), engine.batch()) : "",
+                   opt.method, opt.lr,
                    opt.momentum > 0 ? fmt::format(" momentum {}", opt.momentum) : "",
                    opt.clipGradNorm > 0 ? fmt::format(", gradient norm clipped to {}", opt.clipGradNorm) : "",
                    engine.f64() ? "; f64" : "");

@@ -92,10 +92,13 @@ llvm::Expected<std::unique_ptr<Jit>> Jit::create(const std::string& isa) {
         (*jit)->getDataLayout().getGlobalPrefix());
     if (!process) return process.takeError();
     (*jit)->getMainJITDylib().addGenerator(std::move(*process));
-    // The runtime support compiled code calls: the thread pool's parallel loop.
+    // The runtime support compiled code calls: the thread pool's parallel loop, and the sums
+    // of a data-parallel run's synchronised batchnorm.
     llvm::orc::SymbolMap runtime;
     runtime[(*jit)->mangleAndIntern("gradc_parallel_for")] = {
         llvm::orc::ExecutorAddr::fromPtr(&gradc_parallel_for), llvm::JITSymbolFlags::Exported};
+    runtime[(*jit)->mangleAndIntern("gradc_allreduce_sum")] = {
+        llvm::orc::ExecutorAddr::fromPtr(&gradc_allreduce_sum), llvm::JITSymbolFlags::Exported};
     if (auto err = (*jit)->getMainJITDylib().define(llvm::orc::absoluteSymbols(std::move(runtime))))
         return err;
     return std::unique_ptr<Jit>(new Jit(std::move(*jit)));

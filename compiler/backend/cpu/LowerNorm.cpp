@@ -48,7 +48,17 @@ void Lowering::normalisation(const Kernel& k) {
     // channel j's group is its B x rest values.
     const bool channels = perChannel(k.op, p_->buffers[size_t(k.in[0])].shape);
     const int64_t N = channels ? k.rows : k.cols;
-    const int64_t count = f.perRow ? k.cols : channels ? k.outer * k.cols : k.rows;
+    // A batchnorm of a data-parallel run (SyncBatchNorm): the group is the global batch's,
+    // its sums summed over the processes (gradc_allreduce_sum) once every one has its own.
+    const int world = f.perRow ? 1 : p_->syncWorld;
+    const int64_t count = (f.perRow ? k.cols : channels ? k.outer * k.cols : k.rows) * world;
+    auto allreduce = [&](llvm::Value* sums, int64_t n) {
+        if (world == 1) return;
+        auto* ptr = llvm::PointerType::get(ctx_, 0);
+        llvm::FunctionCallee fn = m_.getOrInsertFunction(
+            "gradc_allreduce_sum", llvm::FunctionType::get(b_.getVoidTy(), {ptr, b_.getInt64Ty(), b_.getInt32Ty()}, false));
+        b_.CreateCall(fn, {sums, i64(n), b_.getInt32(f64_ ? 1 : 0)});
+    };
     const double invCount = 1.0 / double(count);
     llvm::Value *mean, *inv, *sg, *sgx;
     if (f.perRow) {
@@ -88,11 +98,13 @@ void Lowering::normalisation(const Kernel& k) {
         };
         groups([&](llvm::Value* j) { store(fp(0), mean, j), store(fp(0), inv, j); });
         each([&](llvm::Value* j, llvm::Value*, llvm::Value* i) { accumulate(mean, j, load(x, i)); });
+        allreduce(mean, N);
         groups([&](llvm::Value* j) { store(b_.CreateFMul(load(mean, j), fp(invCount)), mean, j); });
         each([&](llvm::Value* j, llvm::Value*, llvm::Value* i) {
             llvm::Value* d = b_.CreateFSub(load(x, i), load(mean, j));
             accumulate(inv, j, b_.CreateFMul(d, d));
         });
+        allreduce(inv, N); // Σ (x - μ)² about the global mean: the global batch's
         // A batchnorm's statistics, when asked for: the mean and the unbiased variance.
         llvm::Value* meanOut = k.out.size() > 2 ? base(k.out[1]) : nullptr;
         llvm::Value* varOut = k.out.size() > 2 ? base(k.out[2]) : nullptr;
@@ -124,10 +136,11 @@ void Lowering::normalisation(const Kernel& k) {
             accumulate(sg, j, g);
             accumulate(sgx, j, b_.CreateFMul(g, xhat(j, i)));
         });
-        if (f.result == NormForm::GradGamma) {
+        if (f.result == NormForm::GradGamma) { // this process's share: the gradients' sum adds the rest
             groups([&](llvm::Value* j) { store(load(sgx, j), out, j); });
             return;
         }
+        allreduce(sg, 2 * N); // Σg and Σg·x̂ (adjacent in the scratch area) over the global batch
         // dx = gamma / (n sigma) (n dy - Σdy - x̂ Σ(dy x̂)), n the group's size
         each([&](llvm::Value* j, llvm::Value* c, llvm::Value* i) {
             llvm::Value* scale = b_.CreateFMul(load(inv, j), fp(invCount));
