@@ -122,6 +122,17 @@ void max(double* data, size_t n) {
 #endif
 }
 
+void gather(const double* data, size_t n, double* all) {
+#if GRADC_MPI
+    if (gSize > 1) {
+        internal_assert(n <= size_t(1) << 30, "a gather of more than 2^30 values from each process");
+        check(MPI_Allgather(data, int(n), MPI_DOUBLE, all, int(n), MPI_DOUBLE, gComm), "MPI_Allgather");
+        return;
+    }
+#endif
+    std::copy(data, data + n, all);
+}
+
 void broadcast(void* data, size_t bytes) {
 #if GRADC_MPI
     if (gSize > 1) check(MPI_Bcast(data, int(bytes), MPI_BYTE, 0, gComm), "MPI_Bcast");

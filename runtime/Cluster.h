@@ -31,6 +31,8 @@ void sum(double* data, size_t n);
 void sum(float* data, size_t n);
 /// The largest of every process's values, in place.
 void max(double* data, size_t n);
+/// Every process's `n` values, in rank order, into all[0, n * size()) on every process.
+void gather(const double* data, size_t n, double* all);
 /// Rank 0's bytes on every process.
 void broadcast(void* data, size_t bytes);
 /// Waits until every process has come here.

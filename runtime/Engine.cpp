@@ -11,6 +11,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <set>
 
@@ -100,7 +101,9 @@ template <typename U> double Engine::backward(const U* x, const void* target) {
 
 void Engine::setOptimizer(const OptimizerOptions& o) {
     hyperParameters(o, 1); // checks the options
-    if (o.clipGradNorm > 0 && !graph_.gradNorm) { // the backward pass must also give Σ g²
+    // The backward pass must also give Σ g², unless the processes of a data-parallel run
+    // compute it from their averaged gradients.
+    if (o.clipGradNorm > 0 && !graph_.gradNorm && graph_.syncWorld == 1) {
         Graph g = graph_;
         g.gradNorm = true;
         std::unique_ptr<Executable> exe = compileGraph(g); // may throw: nothing has changed yet
@@ -132,23 +135,107 @@ template <typename T> void Engine::updateRunningStatistics() {
     }
 }
 
-template <typename T> double Engine::averageOverProcesses(double loss) {
-    // Every process's mean over its share of the batch: the global batch's mean is their mean.
-    T* g = grads_.data<T>();
-    const size_t n = size_t(parameterCount());
-    cluster::sum(g, n);
-    const T scale = T(1) / T(graph_.syncWorld);
-    for (size_t i = 0; i < n; ++i) g[i] *= scale;
+namespace {
+
+/// The gradients' allreduce of a data-parallel step, in buckets of whole parameters of about
+/// kBucketBytes, the last layers' first (the backward pass finishes them first): a bucket's
+/// non-blocking sum starts as soon as the backward pass has made all its gradients final
+/// (gradc_gradients_ready), and every call polls the started ones so that MPI moves them on.
+class GradientBuckets {
+public:
+    static constexpr size_t kBucketBytes = size_t(1) << 20;
+
+    GradientBuckets(char* grads, const Layout& layout, bool f64) : grads_(grads), f64_(f64) {
+        std::vector<std::pair<int64_t, int64_t>> params; // offset, elements
+        for (const LayoutEntry* e : layout.all(Role::Gradient)) params.emplace_back(e->offset, elementCount(e->shape));
+        std::sort(params.begin(), params.end());
+        const int64_t bytes = f64 ? 8 : 4;
+        int64_t end = params.empty() ? 0 : params.back().first + params.back().second;
+        for (size_t i = params.size(); i-- > 0;) {
+            const bool full = (end - params[i].first) * bytes >= int64_t(kBucketBytes);
+            if (full || i == 0) {
+                const int64_t begin = i == 0 ? 0 : params[i].first;
+                buckets_.push_back({begin, end, 0, {}, false});
+                end = begin;
+            }
+        }
+        std::reverse(buckets_.begin(), buckets_.end()); // by offset
+        for (auto& [offset, n] : params) bucketOf(offset).remaining += n;
+    }
+
+    static void ready(void* self, int64_t offset, int64_t n) {
+        auto& b = *static_cast<GradientBuckets*>(self);
+        Bucket& bucket = b.bucketOf(offset);
+        if ((bucket.remaining -= n) == 0) b.start(bucket);
+        for (Bucket& other : b.buckets_)
+            if (other.started) other.sum.test();
+    }
+
+    /// Starts the buckets not started yet (a gradient no kernel wrote) and waits for all.
+    void finish() {
+        for (Bucket& bucket : buckets_) {
+            if (!bucket.started) start(bucket);
+            bucket.sum.wait();
+        }
+    }
+
+private:
+    struct Bucket {
+        int64_t begin, end, remaining;
+        cluster::PendingSum sum;
+        bool started;
+    };
+    Bucket& bucketOf(int64_t offset) {
+        auto it = std::upper_bound(buckets_.begin(), buckets_.end(), offset,
+                                   [](int64_t o, const Bucket& b) { return o < b.begin; });
+        internal_assert(it != buckets_.begin(), "a gradient outside the gradients' buckets");
+        return *std::prev(it);
+    }
+    void start(Bucket& bucket) {
+        bucket.started = true;
+        const int64_t bytes = f64_ ? 8 : 4;
+        bucket.sum = cluster::PendingSum::start(grads_ + bucket.begin * bytes, size_t(bucket.end - bucket.begin), f64_);
+    }
+    char* grads_;
+    bool f64_;
+    std::vector<Bucket> buckets_;
+};
+
+} // namespace
+
+template <typename U> double Engine::sharedBackward(const U* x, const void* target) {
+    // Every process's loss and gradients are means over its share of the batch: the global
+    // batch's are their means.
+    GradientBuckets buckets(reinterpret_cast<char*>(f64_ ? static_cast<void*>(grads_.data<double>())
+                                                        : static_cast<void*>(grads_.data<float>())),
+                            layout(), f64_);
+    setGradientsReady(&GradientBuckets::ready, &buckets);
+    double loss = 0;
+    try {
+        loss = backward(x, target);
+    } catch (...) {
+        setGradientsReady(nullptr, nullptr);
+        throw;
+    }
+    setGradientsReady(nullptr, nullptr);
+    const auto start = std::chrono::steady_clock::now();
+    buckets.finish();
     cluster::sum(&loss, 1);
+    commSeconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    typed(f64_, [&](auto zero) {
+        using T = decltype(zero);
+        T* g = grads_.data<T>();
+        const T scale = T(1) / T(graph_.syncWorld);
+        for (int64_t i = 0; i < parameterCount(); ++i) g[i] *= scale;
+        return 0;
+    });
     return loss / graph_.syncWorld;
 }
 
 template <typename U> double Engine::trainStep(const U* x, const void* target) {
-    double loss = backward(x, target);
     const bool shared = graph_.syncWorld > 1; // one of the processes of a data-parallel run
-    if (shared) loss = f64_ ? averageOverProcesses<double>(loss) : averageOverProcesses<float>(loss);
+    const double loss = shared ? sharedBackward(x, target) : backward(x, target);
     if (clipping()) { // torch.nn.utils.clip_grad_norm_: the norm over every gradient, from the backward pass
-        const LayoutEntry& e = layout().at(Role::GradNormSq);
         const double sumSq = typed(f64_, [&](auto zero) {
             using T = decltype(zero);
             if (shared) { // of the averaged gradients, not this process's own
@@ -157,7 +244,7 @@ template <typename U> double Engine::trainStep(const U* x, const void* target) {
                 for (int64_t i = 0; i < parameterCount(); ++i) s += double(g[i]) * double(g[i]);
                 return s;
             }
-            return double(train_->program.acts().data<T>()[e.offset]);
+            return double(train_->program.acts().data<T>()[layout().at(Role::GradNormSq).offset]);
         });
         clip_.norm = std::sqrt(sumSq);
         clip_.scale = clipCoefficient(clip_.norm, optimizer_.clipGradNorm);

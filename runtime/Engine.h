@@ -75,6 +75,9 @@ public:
     void setOptimizer(const OptimizerOptions& o);
     template <typename U> double trainStep(const U* x, const void* target);
     int64_t steps() const { return step_; }
+    /// A data-parallel run's time in the gradients' allreduce (waiting for the other
+    /// processes included), summed over its training steps: seconds.
+    double communicationSeconds() const { return commSeconds_; }
 
     /// Gradient-norm clipping in the last trainStep (OptimizerOptions::clipGradNorm > 0): the
     /// total 2-norm of the gradients before clipping, the coefficient they were multiplied by
@@ -105,9 +108,10 @@ private:
     };
     std::unique_ptr<Executable> compileGraph(const Graph& g) const;
     template <typename T> void updateRunningStatistics();
-    /// A data-parallel step (Graph::syncWorld > 1): the gradients summed over the processes
-    /// and divided by their number, and the mean of their losses, which it returns.
-    template <typename T> double averageOverProcesses(double loss);
+    /// The backward pass of a data-parallel step (Graph::syncWorld > 1): the gradients summed
+    /// over the processes as the pass makes them final, then divided by their number; returns
+    /// the mean of the processes' losses.
+    template <typename U> double sharedBackward(const U* x, const void* target);
     template <typename T> void update();
 
     Graph graph_;
@@ -119,6 +123,7 @@ private:
     Values state_, grads_, m_, v_;
     OptimizerOptions optimizer_;
     int64_t step_ = 0, batchesTracked_ = 0;
+    double commSeconds_ = 0;
     Clip clip_;
     mutable std::map<std::string, Tensor> lastOutputs_; // the preactivations, on demand
     bool haveGradients_ = false, haveOutputs_ = false, evaluated_ = false;

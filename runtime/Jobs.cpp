@@ -182,6 +182,35 @@ void checkJobOptions(const BenchOptions& o) {
     checkThreads(o.threads);
 }
 
+namespace {
+
+/// The outputs of one process of a data-parallel grads run made the whole batch's: the loss
+/// and the gradients averaged (each process's are means over its rows), the preactivations
+/// gathered in rank order (rank r holds rows [r b, (r + 1) b)), and each step's ‖dL/dh_t‖
+/// the root of the sum of the processes' squares, over `world` (the same averaging).
+std::map<std::string, Tensor> combineProcesses(const Graph& whole, std::map<std::string, Tensor> out, int world) {
+    for (auto& [label, t] : out) {
+        if (label == "loss" || label.rfind("grad:", 0) == 0) {
+            cluster::sum(t.data.data(), t.data.size());
+            for (double& v : t.data) v /= world;
+        } else if (label.rfind(outputLabel({OutputRole::ThroughTime, "", 0}), 0) == 0) {
+            for (double& v : t.data) v *= v;
+            cluster::sum(t.data.data(), t.data.size());
+            for (double& v : t.data) v = std::sqrt(v) / world;
+        }
+    }
+    for (const Output& o : whole.outputs) {
+        if (o.role != OutputRole::Preact) continue;
+        Tensor& t = out.at(outputLabel(o));
+        std::vector<double> all(t.data.size() * size_t(world));
+        cluster::gather(t.data.data(), t.data.size(), all.data());
+        t = Tensor{whole[o.value].shape, std::move(all)};
+    }
+    return out;
+}
+
+} // namespace
+
 GradsRun runGrads(const GradsOptions& o, const std::function<void(const GradsModel&)>& onModel) {
     if (o.models.empty()) throw UserError({}, "no model to run");
     checkJobOptions(o);
@@ -206,6 +235,18 @@ GradsRun runGrads(const GradsOptions& o, const std::function<void(const GradsMod
                    fmt::format("'x' holds {} examples, but the batch is {}", rows, batch));
         batch = rows;
     }
+    // A data-parallel run: each process computes `local` rows of the batch (rank r: rows
+    // [r local, (r + 1) local)); the loss and gradients are averaged, the preactivations
+    // gathered, so every statistic is the whole batch's, as one process computes it.
+    const int world = cluster::size();
+    if (world > 1) {
+        if (batch % world != 0)
+            throw UserError({}, fmt::format("--batch {} does not divide among {} processes: a multiple of {} does",
+                                            batch, world, world));
+        if (o.session.backend != "jit")
+            throw UserError({}, "the interpreter runs on one process: a data-parallel run needs --backend jit");
+    }
+    const int64_t local = batch / world;
     // Compile every model first, so a mistake in the last one costs no data loading.
     std::vector<Graph> graphs;
     for (auto& path : o.models) graphs.push_back(compileFile(path, {batch}).graph);
@@ -234,9 +275,26 @@ GradsRun runGrads(const GradsOptions& o, const std::function<void(const GradsMod
         b["target"] = gradsTarget(g, o.models[m], ex, x,
                                   given.empty() ? nullptr : &given.at("target"), o.inputs);
         GradsModel result;
-        std::unique_ptr<Executable> exe = compile(g, backend);
-        result.backend = exe->describe();
-        std::map<std::string, Tensor> out = gradc::run(*exe, b, /*backward=*/true);
+        std::map<std::string, Tensor> out;
+        if (world == 1) {
+            std::unique_ptr<Executable> exe = compile(g, backend);
+            result.backend = exe->describe();
+            out = gradc::run(*exe, b, /*backward=*/true);
+        } else {
+            Graph part = compileFile(o.models[m], {local}).graph;
+            part.syncWorld = world; // batchnorm's statistics are the whole batch's
+            std::unique_ptr<Executable> exe = compile(part, backend);
+            result.backend = fmt::format("{}; {} processes of {} examples", exe->describe(), world, local);
+            for (const char* name : {"x", "target"}) { // this process's rows
+                const Tensor& whole = b.at(name);
+                const size_t row = whole.data.size() / size_t(batch);
+                Shape shape = whole.shape;
+                shape[0] = local;
+                const auto first = whole.data.begin() + std::ptrdiff_t(size_t(cluster::rank() * local) * row);
+                b[name] = Tensor{shape, std::vector<double>(first, first + std::ptrdiff_t(size_t(local) * row))};
+            }
+            out = combineProcesses(g, gradc::run(*exe, b, /*backward=*/true), world);
+        }
         GradReport& r = result.report;
         r.model = g.model, r.batch = batch, r.loss = out.at("loss").data[0];
         run.grads.clear();
@@ -307,7 +365,8 @@ TrainingRun runTraining(const TrainingOptions& o, const std::function<void(const
         if (o.session.backend != "jit")
             throw UserError({}, "the interpreter runs on one process: a data-parallel run needs --backend jit");
     }
-    run.engine = classifierEngine(o, o.batch / world, /*classes=*/10, /*gradNorm=*/o.optimizer.clipGradNorm > 0,
+    // (A data-parallel run computes the norm of the averaged gradients itself.)
+    run.engine = classifierEngine(o, o.batch / world, /*classes=*/10, /*gradNorm=*/o.optimizer.clipGradNorm > 0 && world == 1,
                                   world);
     run.engine->setOptimizer(o.optimizer);
     run.data = loadSplit(o.data.dir, o.val, o.data.mean, o.data.std, o.limit);

@@ -152,3 +152,14 @@ void gradc::setAllreduce(AllreduceHook hook) { gAllreduce.store(hook); }
 extern "C" void gradc_allreduce_sum(void* data, int64_t n, int32_t f64) {
     if (gradc::AllreduceHook hook = gAllreduce.load()) hook(data, n, f64 != 0);
 }
+
+namespace {
+thread_local gradc::GradientsReadyHook tReady = nullptr;
+thread_local void* tReadyContext = nullptr;
+} // namespace
+
+void gradc::setGradientsReady(GradientsReadyHook hook, void* context) { tReady = hook, tReadyContext = context; }
+
+extern "C" void gradc_gradients_ready(int64_t offset, int64_t n) {
+    if (tReady) tReady(tReadyContext, offset, n);
+}

@@ -21,6 +21,12 @@ void gradc_parallel_for(void (*body)(void*, int64_t, int64_t, int64_t), void* co
 /// Graph::syncWorld > 1 calls on every process in the same order. It does what the hook set
 /// by setAllreduce does (the MPI runtime's, Cluster.h); with none set, nothing.
 void gradc_allreduce_sum(void* data, int64_t n, int32_t f64);
+
+/// Tells the runtime that elements [offset, offset + n) of the gradients are final: the
+/// backward pass of a data-parallel run (Graph::syncWorld > 1) calls it after the last kernel
+/// writing each parameter's gradient, so their allreduce can start while the rest of the pass
+/// runs. It does what the hook set by setGradientsReady does; with none set, nothing.
+void gradc_gradients_ready(int64_t offset, int64_t n);
 }
 
 namespace gradc {
@@ -40,5 +46,8 @@ int resolveThreads(int requested);
 /// What gradc_allreduce_sum does (null: nothing); set once, before compiled code runs.
 using AllreduceHook = void (*)(void* data, int64_t n, bool f64);
 void setAllreduce(AllreduceHook hook);
+/// What gradc_gradients_ready does on this thread (null: nothing): set around a backward pass.
+using GradientsReadyHook = void (*)(void* context, int64_t offset, int64_t n);
+void setGradientsReady(GradientsReadyHook hook, void* context);
 
 } // namespace gradc

@@ -137,7 +137,9 @@ Json epochJson(const EpochRecord& r) {
               {"val_loss", jsonNumber<Json>(r.valLoss)},
               {"val_accuracy", jsonNumber<Json>(r.valAccuracy)},
               {"seconds", r.seconds},
-              {"vanishing_factor", jsonNumber<Json>(r.vanishingFactor)}};
+              {"vanishing_factor", jsonNumber<Json>(r.vanishingFactor)},
+              {"steps_per_second", r.stepsPerSecond}};
+    if (r.dataParallel) j["allreduce_ms_per_step"] = 1e3 * r.commSecondsPerStep;
     if (r.clipping) {
         j["grad_norm"] = jsonNumber<Json>(r.gradNorm);
         j["clipped"] = r.clipped;
@@ -233,9 +235,12 @@ TrainResult train(Engine& engine, const DataSplit& data, const TrainOptions& o,
         for (auto& i : order) i = data.fit[size_t(i)];
         double lossSum = 0;
         int64_t done = 0, clippedSteps = 0;
+        const double commBefore = engine.communicationSeconds();
+        double stepSeconds = 0; // the steps' time, from the first step's start to the last's end
         for (int64_t s = 0; s < stepsPerEpoch && !stopping() && !(o.maxSteps && step >= o.maxSteps); ++s) {
             double loss = 0;
             const size_t begin = size_t(s * B + rank * b);
+            const auto stepStart = Clock::now();
             if (engine.f64()) {
                 gather(data.train, order, begin, b, data.mean, data.std, x64, labels);
                 loss = engine.trainStep(x64.data(), labels.data());
@@ -243,6 +248,7 @@ TrainResult train(Engine& engine, const DataSplit& data, const TrainOptions& o,
                 gather(data.train, order, begin, b, data.mean, data.std, x, labels);
                 loss = engine.trainStep(x.data(), labels.data());
             }
+            stepSeconds += std::chrono::duration<double>(Clock::now() - stepStart).count();
             lossSum += loss;
             ++done, ++step;
             if (o.logEvery > 0 && step % o.logEvery == 0 && (log || events)) {
@@ -263,6 +269,9 @@ TrainResult train(Engine& engine, const DataSplit& data, const TrainOptions& o,
         if (done == 0) break;
         EpochRecord r;
         r.epoch = epoch, r.step = step, r.trainLoss = lossSum / double(done);
+        r.stepsPerSecond = stepSeconds > 0 ? double(done) / stepSeconds : 0;
+        r.dataParallel = world > 1;
+        r.commSecondsPerStep = (engine.communicationSeconds() - commBefore) / double(done);
         Accuracy v = evaluate(engine, data.train, data.val, data.mean, data.std);
         r.valLoss = v.loss, r.valAccuracy = v.accuracy;
         r.grads = engine.gradientStatistics();
@@ -279,10 +288,11 @@ TrainResult train(Engine& engine, const DataSplit& data, const TrainOptions& o,
             best = engine.state();
             if (!o.save.empty() && root) engine.save(o.save);
         }
-        tell(fmt::format("{}epoch {:>3}: train loss {:.4f}  val loss {:.4f}  val accuracy {:6.2f}%{}  ({:.1f} s{})\n",
+        tell(fmt::format("{}epoch {:>3}: train loss {:.4f}  val loss {:.4f}  val accuracy {:6.2f}%{}  ({:.1f} s{}{})\n",
                         o.progressBar ? "\r\033[K" : "", epoch, r.trainLoss, r.valLoss, 100 * r.valAccuracy,
                         improved ? " (best)" : "       ", r.seconds,
-                        done < stepsPerEpoch ? fmt::format(", {} of {} steps", done, stepsPerEpoch) : ""));
+                        done < stepsPerEpoch ? fmt::format(", {} of {} steps", done, stepsPerEpoch) : "",
+                        r.dataParallel ? fmt::format(", allreduce {:.2f} ms a step", 1e3 * r.commSecondsPerStep) : ""));
         if (log) log->write(jsonLine(epochJson(r)) + "\n");
         if (events) {
             events->scalar("loss/train", step, r.trainLoss);

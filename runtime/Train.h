@@ -74,6 +74,10 @@ struct EpochRecord {
     int epoch = 0;
     int64_t step = 0;
     double trainLoss = 0, valLoss = 0, valAccuracy = 0, seconds = 0;
+    /// The epoch's training steps per second (its steps' time alone: no evaluation), and on
+    /// a data-parallel run the mean time a step spent in the gradients' allreduce.
+    double stepsPerSecond = 0, commSecondsPerStep = 0;
+    bool dataParallel = false;
     double vanishingFactor = 0;
     std::vector<TensorStats> grads; ///< of the epoch's last step
     std::vector<ThroughTime> throughTime; ///< of the epoch's last step: each recurrent layer's ‖dL/dh_t‖

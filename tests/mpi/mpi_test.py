@@ -5,6 +5,10 @@
 Cases:
   train_equal   5 training steps on 2 processes give the parameters one process gives (within
                 1e-5 relative): the seed network, and seed_sigmoid_bn.nn (synchronised batchnorm)
+  grads_equal   gradc grads of one batch on 2 processes: every statistic equals one process's
+                (f64 within 1e-6 relative, f32 within 4e-6; histograms' counts exactly in f64,
+                within one in f32),
+                seed network and batchnorm
   kill          a process killed mid-run ends the job with a non-zero exit and no output files
   bad_input     a bad model file: a non-zero exit and its message once
   batch         a batch the processes cannot share equally is refused, naming it
@@ -81,6 +85,56 @@ if CASE == "train_equal":
             check(abs(e1["train_loss"] - e2["train_loss"]) <= 1e-5 * abs(e1["train_loss"]), "the same training loss")
             check(abs(e1["val_accuracy"] - e2["val_accuracy"]) <= 1e-9, "the same validation accuracy")
             print(f"{stem}: 2 processes against 1, worst relative difference {worst:.2e}")
+elif CASE == "grads_equal":
+    def close(a, b, where, worst, scale=0.0):
+        """Every number of `b` within 1e-6 of `a`'s, relative to itself (or to `scale`: a
+        histogram's edges, relative to the largest, since one near zero is a difference of
+        two larger numbers); everything else equal."""
+        if isinstance(a, dict):
+            check(sorted(a) == sorted(b), f"{where}: the same fields")
+            # A tensor's numbers relative to its mean |value| at least: its mean is a difference
+            # of such numbers (the last layer's is near zero).
+            inner = max(scale, a.get("abs_mean") or 0.0) if isinstance(a.get("abs_mean"), float) else scale
+            if isinstance(a.get("abs_mean"), float) and a["abs_mean"] < 1e-3 * scale:
+                # A gradient zero up to rounding (a bias before batchnorm): its statistics are the
+                # rounding's, and must stay as small.
+                check(b["abs_mean"] < 1e-3 * scale and a["name"] == b["name"], f"{where}: a zero gradient")
+                return worst
+            for k in a:
+                if k == "zero_fraction" and "f32" in where:  # entries below 1e-8: one may cross it
+                    check(abs(a[k] - b[k]) * a["count"] <= 1.5, f"{where}.{k}: {a[k]!r} on 1 process, {b[k]!r} on 2")
+                    continue
+                edges = k == "edges" and a[k]
+                worst = close(a[k], b[k], f"{where}.{k}", worst, max(map(abs, edges)) if edges else inner)
+        elif isinstance(a, list):
+            check(len(a) == len(b), f"{where}: the same length")
+            for i, (x, y) in enumerate(zip(a, b)):
+                worst = close(x, y, f"{where}[{i}]", worst, scale)
+        elif isinstance(a, float) and isinstance(b, (int, float)):
+            d = abs(a - b) / max(abs(a), scale, 1e-300)
+            # f64: 1e-6 (about 3e-15 is seen); f32: sums of 128 rows in another order and
+            # batchnorm's statistics over two halves, 9e-7 seen, so 4e-6 of room for other CPUs.
+            check(d <= (1e-6 if "f64" in where else 4e-6), f"{where}: {a!r} on 1 process, {b!r} on 2")
+            worst = max(worst, d)
+        elif isinstance(a, int) and ".counts[" in where and "f32" in where:
+            # float sums in another order may move a value at an edge into the next bin
+            check(abs(a - b) <= 1, f"{where}: {a!r} on 1 process, {b!r} on 2")
+        else:
+            check(a == b, f"{where}: {a!r} on 1 process, {b!r} on 2")
+        return worst
+
+    for stem in ("seed_sigmoid", "seed_sigmoid_bn"):
+        for dtype in ("f32", "f64"):
+            args = ["grads", model(stem), "--batch", "128", "--format", "json", "--threads", "1", "--dtype", dtype]
+            one = json.loads(testlib.run(GRADC, *args).stdout)
+            two = json.loads(mpirun(2, *args).stdout)
+            # The gradients' statistics relative to the largest mean |gradient| of the model at
+            # least: a bias before batchnorm has a gradient of zero up to rounding.
+            scale = max(p["abs_mean"] for p in one["params"])
+            worst = close(one["params"], two["params"], f"{stem} {dtype}.params", 0.0, scale)
+            rest = lambda d: {k: v for k, v in d.items() if k != "params"}  # noqa: E731
+            worst = close(rest(one), rest(two), f"{stem} {dtype}", worst)
+            print(f"{stem} {dtype}: 2 processes against 1, worst relative difference {worst:.2e}")
 elif CASE == "kill":
     with tempfile.TemporaryDirectory() as d:
         out = os.path.join(d, "out")

@@ -1,5 +1,6 @@
 // grads.cpp — `gradc grads MODEL...`: one batch forward and backward, per-tensor gradient
 // statistics (the seed's job). The options and the printing; the job is runtime/Jobs.h's.
+#include "Cluster.h"
 #include "Commands.h"
 
 #include "Data.h"
@@ -65,12 +66,15 @@ int runGrads(const po::variables_map& vm) {
     if (!o.inputs.empty() && vm["batch"].defaulted()) o.batch = 0; // the file's
     if (!o.inputs.empty() && o.shuffle)
         throw UsageError("--shuffle draws from the data set; --inputs gives the batch");
-    const std::string paramsOut = fileOption(vm, "save-params"), gradsOut = fileOption(vm, "dump-grads"),
-                      plotOut = figureOption(vm, "plot"), flowOut = figureOption(vm, "plot-flow");
+    // In a data-parallel run (mpirun), rank 0 alone writes the files.
+    const bool writes = cluster::root();
+    auto output = [&](std::string path) { return writes ? path : std::string(); };
+    const std::string paramsOut = output(fileOption(vm, "save-params")), gradsOut = output(fileOption(vm, "dump-grads")),
+                      plotOut = output(figureOption(vm, "plot")), flowOut = output(figureOption(vm, "plot-flow"));
     const std::string scale = vm["plot-scale"].as<std::string>();
     if (scale != "linear" && scale != "log")
         throw UsageError(fmt::format("--plot-scale={} is not a scale (scales: linear, log)", scale));
-    if ((!o.params.empty() || !paramsOut.empty() || !gradsOut.empty()) && o.models.size() != 1)
+    if ((!o.params.empty() || vm.count("save-params") || vm.count("dump-grads")) && o.models.size() != 1)
         throw UsageError("--params, --save-params and --dump-grads take exactly one model");
     // Every output checked before any work; all written at the end, or none.
     OutputSet outputs;

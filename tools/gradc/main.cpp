@@ -297,6 +297,11 @@ namespace {
 /// left, then the process ends as the signal would have ended it.
 void onTerminate(int signal) {
     removeUnfinished();
+    if (cluster::root()) { // one line for the run, however many processes it has
+        static const char kSaid[] = "gradc: terminated (SIGTERM); unfinished output files removed\n";
+        if (::write(STDERR_FILENO, kSaid, sizeof kSaid - 1) < 0) {
+        }
+    }
     ::_exit(128 + signal);
 }
 

@@ -99,6 +99,8 @@ llvm::Expected<std::unique_ptr<Jit>> Jit::create(const std::string& isa) {
         llvm::orc::ExecutorAddr::fromPtr(&gradc_parallel_for), llvm::JITSymbolFlags::Exported};
     runtime[(*jit)->mangleAndIntern("gradc_allreduce_sum")] = {
         llvm::orc::ExecutorAddr::fromPtr(&gradc_allreduce_sum), llvm::JITSymbolFlags::Exported};
+    runtime[(*jit)->mangleAndIntern("gradc_gradients_ready")] = {
+        llvm::orc::ExecutorAddr::fromPtr(&gradc_gradients_ready), llvm::JITSymbolFlags::Exported};
     if (auto err = (*jit)->getMainJITDylib().define(llvm::orc::absoluteSymbols(std::move(runtime))))
         return err;
     return std::unique_ptr<Jit>(new Jit(std::move(*jit)));

@@ -105,6 +105,20 @@ void Lowering::entry(const KernelProgram& p, EntryPoint which) {
     }
     llvm::Function* clock = llvm::Intrinsic::getDeclaration(&m_, llvm::Intrinsic::readcyclecounter);
     llvm::Value* scratch = b_.CreateGEP(b_.getInt8Ty(), arg(EntryArg::Workspace), i64(p.scratchOffset), "scratch");
+    // A data-parallel backward pass tells the runtime as each gradient becomes final (after
+    // the last kernel that writes it), so that its allreduce overlaps the rest of the pass.
+    std::vector<std::vector<int32_t>> finalAfter(p.kernels.size());
+    if (backward_ && p.syncWorld > 1) {
+        std::map<int32_t, size_t> last;
+        for (size_t i = 0; i < p.kernels.size(); ++i)
+            for (int32_t id : p.kernels[i].out)
+                if (id >= 0 && p.buffers[size_t(id)].kind == Buffer::Kind::Grad) last[id] = i;
+        for (auto [id, i] : last) finalAfter[i].push_back(id);
+    }
+    llvm::FunctionCallee ready;
+    if (backward_ && p.syncWorld > 1)
+        ready = m_.getOrInsertFunction("gradc_gradients_ready",
+                                       llvm::FunctionType::get(b_.getVoidTy(), {b_.getInt64Ty(), b_.getInt64Ty()}, false));
     for (size_t i = 0; i < p.kernels.size(); ++i) {
         const Kernel& k = p.kernels[i];
         KernelShape shape = kernelShape(k, p.buffers);
@@ -129,6 +143,8 @@ void Lowering::entry(const KernelProgram& p, EntryPoint which) {
             llvm::Value* ticks = b_.CreateSub(b_.CreateCall(clock), start);
             b_.CreateStore(b_.CreateAdd(b_.CreateLoad(b_.getInt64Ty(), slot), ticks), slot);
         }
+        for (int32_t id : finalAfter[i])
+            b_.CreateCall(ready, {i64(p.buffers[size_t(id)].offset), i64(p.buffers[size_t(id)].elements())});
     }
     b_.CreateRetVoid();
 }
