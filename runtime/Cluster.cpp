@@ -31,18 +31,30 @@ void check(int rc, const char* what) {
     MPI_Error_string(rc, text, &n);
     throw UserError({}, fmt::format("{}{} failed: {}", prefix(), what, std::string(text, size_t(n))));
 }
+#endif
 
-/// MPI counts in int: `n` values in parts of at most 2^30.
-template <typename F> void inParts(size_t n, size_t elementBytes, F f) {
+enum class Reduction { Sum, Max };
+
+/// `n` values at `data` (double or float) reduced in place over the processes; MPI counts
+/// in int, so in parts of at most 2^30.
+void reduce(void* data, size_t n, bool f64, Reduction op) {
+#if GRADC_MPI
+    if (gSize == 1) return;
     constexpr size_t kPart = size_t(1) << 30;
-    for (size_t at = 0; at < n; at += kPart) f(at * elementBytes, int(std::min(kPart, n - at)));
+    const size_t bytes = f64 ? 8 : 4;
+    for (size_t at = 0; at < n; at += kPart)
+        check(MPI_Allreduce(MPI_IN_PLACE, static_cast<char*>(data) + at * bytes, int(std::min(kPart, n - at)),
+                            f64 ? MPI_DOUBLE : MPI_FLOAT, op == Reduction::Sum ? MPI_SUM : MPI_MAX, gComm),
+              "MPI_Allreduce");
+#else
+    (void)data, (void)n, (void)f64, (void)op;
+#endif
 }
 
-/// What compiled code's gradc_allreduce_sum does on a run of several processes.
-void allreduceHook(void* data, int64_t n, bool f64) {
-    check(MPI_Allreduce(MPI_IN_PLACE, data, int(n), f64 ? MPI_DOUBLE : MPI_FLOAT, MPI_SUM, gComm),
-          "MPI_Allreduce of batchnorm's statistics");
-}
+#if GRADC_MPI
+/// What compiled code's gradc_allreduce_sum does on a run of several processes: batchnorm's
+/// per-channel sums.
+void allreduceHook(void* data, int64_t n, bool f64) { reduce(data, size_t(n), f64, Reduction::Sum); }
 #endif
 } // namespace
 
@@ -90,37 +102,9 @@ int rank() { return gRank; }
 int size() { return gSize; }
 std::string prefix() { return gSize > 1 ? fmt::format("rank {} of {}: ", gRank, gSize) : ""; }
 
-void sum(double* data, size_t n) {
-#if GRADC_MPI
-    if (gSize > 1)
-        inParts(n, sizeof(*data), [&](size_t offset, int count) {
-            check(MPI_Allreduce(MPI_IN_PLACE, reinterpret_cast<char*>(data) + offset, count, MPI_DOUBLE, MPI_SUM, gComm),
-                  "MPI_Allreduce");
-        });
-#else
-    (void)data, (void)n;
-#endif
-}
-
-void sum(float* data, size_t n) {
-#if GRADC_MPI
-    if (gSize > 1)
-        inParts(n, sizeof(*data), [&](size_t offset, int count) {
-            check(MPI_Allreduce(MPI_IN_PLACE, reinterpret_cast<char*>(data) + offset, count, MPI_FLOAT, MPI_SUM, gComm),
-                  "MPI_Allreduce");
-        });
-#else
-    (void)data, (void)n;
-#endif
-}
-
-void max(double* data, size_t n) {
-#if GRADC_MPI
-    if (gSize > 1) check(MPI_Allreduce(MPI_IN_PLACE, data, int(n), MPI_DOUBLE, MPI_MAX, gComm), "MPI_Allreduce");
-#else
-    (void)data, (void)n;
-#endif
-}
+void sum(double* data, size_t n) { reduce(data, n, /*f64=*/true, Reduction::Sum); }
+void sum(float* data, size_t n) { reduce(data, n, /*f64=*/false, Reduction::Sum); }
+void max(double* data, size_t n) { reduce(data, n, /*f64=*/true, Reduction::Max); }
 
 void gather(const double* data, size_t n, double* all) {
 #if GRADC_MPI
@@ -175,6 +159,7 @@ PendingSum PendingSum::start(void* data, size_t n, bool f64) {
     PendingSum p;
 #if GRADC_MPI
     if (gSize > 1) {
+        internal_assert(n <= size_t(1) << 30, "a non-blocking sum of more than 2^30 values");
         p.impl_ = new Impl;
         check(MPI_Iallreduce(MPI_IN_PLACE, data, int(n), f64 ? MPI_DOUBLE : MPI_FLOAT, MPI_SUM, gComm,
                              &p.impl_->request),

@@ -6,7 +6,7 @@ failed check, reading and writing files. Standard library only. A script in test
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import testlib
 """
-import os, pwd, subprocess, sys
+import json, os, pwd, struct, subprocess, sys
 
 
 def arguments(*names):
@@ -53,3 +53,17 @@ def read(path):
 def write(path, data):
     with open(path, "wb") as f:
         f.write(data)
+
+
+def read_safetensors(path):
+    """{name: tuple of floats} of a safetensors file's F32, F64 and I64 tensors (stdlib only)."""
+    raw = read(path)
+    (n,) = struct.unpack_from("<Q", raw, 0)
+    out = {}
+    for name, t in json.loads(raw[8:8 + n]).items():
+        if name == "__metadata__":
+            continue
+        begin, end = t["data_offsets"]
+        code = {"F32": "f", "F64": "d", "I64": "q"}[t["dtype"]]
+        out[name] = struct.unpack_from(f"<{(end - begin) // struct.calcsize(code)}{code}", raw, 8 + n + begin)
+    return out

@@ -15,7 +15,7 @@ Cases:
 
 Usage: mpi_test.py GRADC SOURCE_DIR CASE
 """
-import json, os, re, signal, struct, subprocess, sys, tempfile, time
+import json, os, signal, subprocess, sys, tempfile, time
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -44,22 +44,6 @@ def mpirun(n, *args, timeout=300, rc=0):
     return p
 
 
-def tensors(path):
-    """{name: [floats]} of a safetensors file (F32 or F64)."""
-    raw = open(path, "rb").read()
-    (n,) = struct.unpack_from("<Q", raw, 0)
-    header = json.loads(raw[8:8 + n])
-    out = {}
-    for name, t in header.items():
-        if name == "__metadata__":
-            continue
-        begin, end = t["data_offsets"]
-        fmt = {"F32": "f", "F64": "d", "I64": "q"}[t["dtype"]]
-        size = struct.calcsize(fmt)
-        out[name] = struct.unpack_from(f"<{(end - begin) // size}{fmt}", raw, 8 + n + begin)
-    return out
-
-
 if CASE == "train_equal":
     with tempfile.TemporaryDirectory() as d:
         for stem in ("seed_sigmoid", "seed_sigmoid_bn"):
@@ -70,7 +54,7 @@ if CASE == "train_equal":
             p = mpirun(2, *args, "--save", two, "--log", log2)
             check("2 processes of 64" in p.stderr, f"the run says how the batch is shared:\n{p.stderr}")
             check(p.stderr.count("epoch   1:") == 1, f"rank 0 alone reports:\n{p.stderr}")
-            a, b = tensors(one), tensors(two)
+            a, b = testlib.read_safetensors(one), testlib.read_safetensors(two)
             check(sorted(a) == sorted(b), f"{stem}: the same tensors")
             worst = 0.0
             for name in a:

@@ -522,22 +522,30 @@ TEST_CASE("NaN and Inf in parameters are counted and reported, never turned into
     }
 }
 
+namespace {
+
+/// A model's report whose weights' gradients have mean |g| `means` ([2,2] of +-m each), with
+/// biases of gradient 1 when `biases`.
+GradReport flowReport(const std::string& name, const std::vector<double>& means, bool biases = false) {
+    GradReport r;
+    r.model = name;
+    for (size_t i = 0; i < means.size(); ++i) {
+        const double m = means[i];
+        r.params.push_back(statistics(fmt::format("layers.{}.weight", 2 * i), Tensor{Shape{2, 2}, {m, -m, m, -m}}));
+        if (biases) r.params.push_back(statistics(fmt::format("layers.{}.bias", 2 * i), Tensor{Shape{2}, {1, 1}}));
+    }
+    computeVanishingFactor(r);
+    return r;
+}
+
+} // namespace
+
 TEST_CASE("the gradient flow comes first: every model's mean |gradient| per weight on one log axis, coloured "
           "by its activation",
           "[plot]") {
     // Two models of three weights whose mean |gradient| is 1e-6, 1e-4, 1e-2 (vanishing) and
     // 1e-3 each (flat), and one whose middle weight's gradient is all zero.
-    auto report = [](const std::string& name, std::vector<double> means) {
-        GradReport r;
-        r.model = name;
-        for (size_t i = 0; i < means.size(); ++i) {
-            const double m = means[i];
-            r.params.push_back(statistics(fmt::format("layers.{}.weight", 2 * i), Tensor{Shape{2, 2}, {m, -m, m, -m}}));
-            r.params.push_back(statistics(fmt::format("layers.{}.bias", 2 * i), Tensor{Shape{2}, {1, 1}}));
-        }
-        computeVanishingFactor(r);
-        return r;
-    };
+    auto report = [](const std::string& name, std::vector<double> means) { return flowReport(name, means, true); };
     const std::string svg = gradientFigure({report("deep", {1e-6, 1e-4, 1e-2}), report("flat", {1e-3, 1e-3, 1e-3}),
                                             report("dead", {1e-3, 0, 1e-3})},
                                            {"sigmoid", "relu", "tanh"})
@@ -586,16 +594,7 @@ TEST_CASE("the gradient flow comes first: every model's mean |gradient| per weig
 TEST_CASE("the gradient flow alone for a paper: 520 wide, text readable at a column's width, the legend under "
           "the plot",
           "[plot]") {
-    auto report = [](const std::string& name, std::vector<double> means) {
-        GradReport r;
-        r.model = name;
-        for (size_t i = 0; i < means.size(); ++i)
-            r.params.push_back(statistics(fmt::format("layers.{}.weight", 2 * i),
-                                          Tensor{Shape{2, 2}, {means[i], -means[i], means[i], -means[i]}}));
-        computeVanishingFactor(r);
-        return r;
-    };
-    const Figure fig = flowFigure({report("deep", {1e-6, 1e-4, 1e-2}), report("flat", {1e-3, 1e-3, 1e-3})},
+    const Figure fig = flowFigure({flowReport("deep", {1e-6, 1e-4, 1e-2}), flowReport("flat", {1e-3, 1e-3, 1e-3})},
                                   {"sigmoid", "relu"});
     CHECK(fig.width() == 520);
     const std::string svg = fig.svg();
