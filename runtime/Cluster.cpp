@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <utility>
 
@@ -105,6 +106,12 @@ std::string prefix() { return gSize > 1 ? fmt::format("rank {} of {}: ", gRank, 
 void sum(double* data, size_t n) { reduce(data, n, /*f64=*/true, Reduction::Sum); }
 void sum(float* data, size_t n) { reduce(data, n, /*f64=*/false, Reduction::Sum); }
 void max(double* data, size_t n) { reduce(data, n, /*f64=*/true, Reduction::Max); }
+
+void normSum(double* norms, size_t n) {
+    for (size_t i = 0; i < n; ++i) norms[i] *= norms[i];
+    sum(norms, n);
+    for (size_t i = 0; i < n; ++i) norms[i] = std::sqrt(norms[i]);
+}
 
 void gather(const double* data, size_t n, double* all) {
 #if GRADC_MPI

@@ -29,6 +29,9 @@ std::string prefix();
 /// Sums over every process, in place: each ends with the same sums.
 void sum(double* data, size_t n);
 void sum(float* data, size_t n);
+/// Norms of the processes' parts of vectors, made the whole vectors' in place: each value
+/// becomes the root of the sum of every process's squares of it.
+void normSum(double* norms, size_t n);
 /// The largest of every process's values, in place.
 void max(double* data, size_t n);
 /// Every process's `n` values, in rank order, into all[0, n * size()) on every process.

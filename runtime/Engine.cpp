@@ -82,6 +82,11 @@ std::vector<ThroughTime> Engine::throughTime() const {
         norms[outputLabel({OutputRole::ThroughTime, e->name, 0})] = typed(f64_, [&](auto zero) {
             return readBuffer(train_->program.acts().data<decltype(zero)>(), *e);
         });
+    if (graph_.syncWorld > 1) // each process's are of its rows, and of its rows' mean loss
+        for (auto& [label, t] : norms) {
+            cluster::normSum(t.data.data(), t.data.size());
+            for (double& v : t.data) v /= graph_.syncWorld;
+        }
     return throughTimeStatistics(graph_, norms);
 }
 
@@ -171,12 +176,11 @@ public:
             if (other.started) other.sum.test();
     }
 
-    /// Starts the buckets not started yet (a gradient no kernel wrote) and waits for all.
+    /// Starts the buckets not started yet (a gradient no kernel wrote), then waits for all.
     void finish() {
-        for (Bucket& bucket : buckets_) {
+        for (Bucket& bucket : buckets_)
             if (!bucket.started) start(bucket);
-            bucket.sum.wait();
-        }
+        for (Bucket& bucket : buckets_) bucket.sum.wait();
     }
 
 private:

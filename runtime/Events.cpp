@@ -19,7 +19,6 @@
 //   google.protobuf.Value { double number_value = 2; string string_value = 3; }
 #include "Events.h"
 
-#include "Files.h"
 #include "Source.h"
 
 #include <fmt/format.h>
@@ -33,7 +32,6 @@
 #include <fcntl.h>
 #include <filesystem>
 #include <unistd.h>
-#include <utility>
 
 namespace gradc {
 
@@ -104,10 +102,7 @@ EventWriter::EventWriter(const std::string& dir) {
     for (int attempt = 0;; ++attempt) {
         path_ = fmt::format("{}/events.out.tfevents.{:010d}.{}.{}.{}", dir, int64_t(now()), host, ::getpid(), counter++);
         const int fd = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-        if (fd >= 0 && (file_ = ::fdopen(fd, "wb"))) {
-            slot_ = registerUnfinished(path_); // a run a signal ends leaves no half-written file
-            break;
-        }
+        if (fd >= 0 && (file_ = ::fdopen(fd, "wb"))) break;
         const int err = errno;
         if (fd >= 0) ::close(fd);
         if (err != EEXIST || attempt == 100) throw UserError({makeSourceFile(path_, ""), 0, 0}, fmt::format("cannot write: {}", std::strerror(err)));
@@ -117,7 +112,6 @@ EventWriter::EventWriter(const std::string& dir) {
 
 EventWriter::~EventWriter() {
     if (file_) std::fclose(file_);
-    unregisterUnfinished(slot_);
 }
 
 void EventWriter::fail() const {
@@ -132,8 +126,8 @@ void EventWriter::record(const std::string& e) {
     std::memcpy(header + 8, &lengthCrc, 4);
     errno = 0;
     if (std::fwrite(header, 1, 12, file_) != 12 || std::fwrite(e.data(), 1, e.size(), file_) != e.size() ||
-        std::fwrite(&dataCrc, 1, 4, file_) != 4)
-        fail();
+        std::fwrite(&dataCrc, 1, 4, file_) != 4 || std::fflush(file_) != 0)
+        fail(); // each record whole in the file at once: a run that is killed leaves a readable file
 }
 
 void EventWriter::scalar(const std::string& tag, int64_t step, double value) {
@@ -193,7 +187,6 @@ void EventWriter::flush() {
 void EventWriter::close() {
     std::FILE* f = file_;
     file_ = nullptr;
-    unregisterUnfinished(std::exchange(slot_, -1));
     errno = 0;
     if (f && std::fclose(f) != 0) fail();
 }

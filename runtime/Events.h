@@ -51,7 +51,6 @@ private:
     [[noreturn]] void fail() const;
     std::string path_;
     std::FILE* file_ = nullptr;
-    int slot_ = -1; ///< registerUnfinished's (Files.h) until close()
 };
 
 /// Protocol-buffer encoding, as much as the event files need (exposed for tests).

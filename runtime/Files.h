@@ -68,7 +68,7 @@ private:
 };
 
 /// The files a signal that ends the process must not leave behind (the temporaries of
-/// PendingFile, an event file being written): registerUnfinished returns a slot (-1 when all
+/// PendingFile): registerUnfinished returns a slot (-1 when all
 /// 64 are taken) for unregisterUnfinished; removeUnfinished() unlinks every registered file
 /// and is async-signal-safe, for a SIGTERM handler.
 int registerUnfinished(const std::string& path);

@@ -194,9 +194,8 @@ std::map<std::string, Tensor> combineProcesses(const Graph& whole, std::map<std:
             cluster::sum(t.data.data(), t.data.size());
             for (double& v : t.data) v /= world;
         } else if (label.rfind(outputLabel({OutputRole::ThroughTime, "", 0}), 0) == 0) {
-            for (double& v : t.data) v *= v;
-            cluster::sum(t.data.data(), t.data.size());
-            for (double& v : t.data) v = std::sqrt(v) / world;
+            cluster::normSum(t.data.data(), t.data.size());
+            for (double& v : t.data) v /= world;
         }
     }
     for (const Output& o : whole.outputs) {

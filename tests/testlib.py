@@ -67,3 +67,27 @@ def read_safetensors(path):
         code = {"F32": "f", "F64": "d", "I64": "q"}[t["dtype"]]
         out[name] = struct.unpack_from(f"<{(end - begin) // struct.calcsize(code)}{code}", raw, 8 + n + begin)
     return out
+
+
+def tf_records(path):
+    """The records of a TensorBoard event file (TFRecord framing: length, masked CRC-32C of
+    it, data, masked CRC-32C of the data); the test fails on a broken or cut record."""
+    def crc32c(data):
+        c = 0xFFFFFFFF
+        for b in data:
+            c ^= b
+            for _ in range(8):
+                c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        c ^= 0xFFFFFFFF
+        return (((c >> 15) | (c << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+    raw, pos, out = read(path), 0, []
+    while pos < len(raw):
+        check(pos + 12 <= len(raw), f"{path}: a record cut in its header at {pos}")
+        (n,) = struct.unpack_from("<Q", raw, pos)
+        check(struct.unpack_from("<I", raw, pos + 8)[0] == crc32c(raw[pos:pos + 8]), f"{path}: a length's CRC")
+        check(pos + 12 + n + 4 <= len(raw), f"{path}: a record cut at {pos}")
+        data = raw[pos + 12:pos + 12 + n]
+        check(struct.unpack_from("<I", raw, pos + 12 + n)[0] == crc32c(data), f"{path}: a record's CRC")
+        out.append(data)
+        pos += 12 + n + 4
+    return out

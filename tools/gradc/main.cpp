@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <csignal>
 #include <cstdio>
+#include <cstring>
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -297,12 +298,28 @@ namespace {
 /// left, then the process ends as the signal would have ended it.
 void onTerminate(int signal) {
     removeUnfinished();
-    if (cluster::root()) { // one line for the run, however many processes it has
-        static const char kSaid[] = "gradc: terminated (SIGTERM); unfinished output files removed\n";
-        if (::write(STDERR_FILENO, kSaid, sizeof kSaid - 1) < 0) {
-        }
-    }
-    ::_exit(128 + signal);
+    std::signal(signal, SIG_DFL);
+    std::raise(signal);
+}
+
+/// A process other than rank 0 keeps what it prints (in a memory file on its stderr) to show
+/// it only if it fails alone: on a crash too (abort, a fault), prefixed with its rank.
+int gRealStderr = -1;
+char gRankPrefix[64];
+
+void showKept() { // async-signal-safe: lseek, read and write only
+    if (gRealStderr < 0 || ::lseek(STDERR_FILENO, 0, SEEK_SET) != 0) return;
+    if (::write(gRealStderr, gRankPrefix, std::strlen(gRankPrefix)) < 0) return;
+    char buf[4096];
+    for (ssize_t n; (n = ::read(STDERR_FILENO, buf, sizeof buf)) > 0;)
+        if (::write(gRealStderr, buf, size_t(n)) < 0) return;
+}
+
+void onCrash(int signal) {
+    showKept();
+    removeUnfinished();
+    std::signal(signal, SIG_DFL);
+    std::raise(signal);
 }
 
 } // namespace
@@ -325,13 +342,16 @@ int main(int argc, char** argv) {
     // A data-parallel run: rank 0 prints; the others keep what they print to show it only if
     // they fail alone (rank 0 failing too ends them first, so one message is printed).
     const bool root = cluster::root();
-    int realStderr = -1;
     if (!root) {
         std::fflush(stdout), std::fflush(stderr);
         const int quiet = ::open("/dev/null", O_WRONLY | O_CLOEXEC), kept = ::memfd_create("gradc-stderr", MFD_CLOEXEC);
-        realStderr = ::dup(STDERR_FILENO);
         if (quiet >= 0) ::dup2(quiet, STDOUT_FILENO), ::close(quiet);
-        if (kept >= 0) ::dup2(kept, STDERR_FILENO), ::close(kept);
+        if (kept >= 0) { // else its messages go out as they come, each process's
+            gRealStderr = ::dup(STDERR_FILENO);
+            ::dup2(kept, STDERR_FILENO), ::close(kept);
+            std::snprintf(gRankPrefix, sizeof gRankPrefix, "%s", cluster::prefix().c_str());
+            for (int s : {SIGABRT, SIGSEGV, SIGBUS, SIGFPE, SIGILL}) std::signal(s, onCrash);
+        }
     }
     const int code = run(args);
     if (code == 0 || code == 130) { // done, or stopped by Ctrl-C at the same step everywhere
@@ -339,16 +359,11 @@ int main(int argc, char** argv) {
         return code;
     }
     std::fflush(stdout), std::fflush(stderr);
-    if (!root && realStderr >= 0) {
-        ::usleep(300 * 1000);
-        std::string text;
-        char buf[4096];
-        if (::lseek(STDERR_FILENO, 0, SEEK_SET) == 0)
-            for (ssize_t n; (n = ::read(STDERR_FILENO, buf, sizeof buf)) > 0;) text.append(buf, size_t(n));
-        text = cluster::prefix() + text;
-        if (::write(realStderr, text.data(), text.size()) < 0) {
-        }
-    }
+    // mpirun forwards what the processes print as it comes: rank 0's message has a moment to
+    // reach it before the abort's notice; another process waits longer, so that rank 0, if it
+    // failed too, ends the run first and the message is printed once.
+    ::usleep((root ? 200 : 500) * 1000);
+    if (!root) showKept();
     removeUnfinished();
     cluster::abort(code); // every process of the run ends
 }

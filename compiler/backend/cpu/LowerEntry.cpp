@@ -111,7 +111,7 @@ void Lowering::entry(const KernelProgram& p, EntryPoint which) {
     if (backward_ && p.syncWorld > 1) {
         std::map<int32_t, size_t> last;
         for (size_t i = 0; i < p.kernels.size(); ++i)
-            for (int32_t id : p.kernels[i].out)
+            for (int32_t id : p.kernels[i].writes())
                 if (id >= 0 && p.buffers[size_t(id)].kind == Buffer::Kind::Grad) last[id] = i;
         for (auto [id, i] : last) finalAfter[i].push_back(id);
     }
