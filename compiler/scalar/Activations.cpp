@@ -78,11 +78,13 @@ void ActivationTable::define(const Stmt& s) {
     env[s.params[0]] = scalar::var();
     // A parameter is a placeholder leaf until a use binds it.
     for (size_t i = 1; i < s.params.size(); ++i) env[s.params[i]] = scalar::param(int(i - 1));
-    d.body = toScalar(*s.expr, env);
-    if (work_ > kMaxExpansionWork)
+    try {
+        d.body = toScalar(*s.expr, env);
+    } catch (const scalar::WorkLimit&) { // stopped at the limit, not after it
         throw UserError(s.nameLoc, fmt::format("activation '{}' is too large: expanding the "
                                                "activations defined so far takes more than {} "
                                                "steps", s.defName, kMaxExpansionWork));
+    }
     add(std::move(d));
 }
 
@@ -103,7 +105,7 @@ scalar::Expr ActivationTable::bind(const Def& d, const std::vector<scalar::Expr>
             throw UserError(loc, fmt::format("activation '{}' needs a value for its parameter "
                                              "'{}'", d.name, d.params[i + 1]));
     }
-    return scalar::substituteParams(d.body, values, &work_);
+    return scalar::substituteParams(d.body, values, &work_, kMaxExpansionWork);
 }
 
 Activation ActivationTable::instantiate(const ActRef& use) const {
@@ -127,6 +129,10 @@ Activation ActivationTable::instantiate(const ActRef& use) const {
         for (double v : use.args) values.push_back(scalar::constant(v));
         try {
             bound->second.first = bind(it->second, values, use.loc);
+        } catch (const scalar::WorkLimit&) {
+            instances_.erase(bound);
+            throw UserError(use.loc, fmt::format("activation '{}' is too large: expanding it takes more than {} "
+                                                 "steps", use.name, kMaxExpansionWork));
         } catch (...) {
             instances_.erase(bound);
             throw;
@@ -142,7 +148,12 @@ Activation ActivationTable::instantiate(const ActRef& use) const {
 }
 
 scalar::Expr ActivationTable::convert(const ExprAST& e) const {
-    return toScalar(e, {{"x", scalar::var()}});
+    try {
+        return toScalar(e, {{"x", scalar::var()}});
+    } catch (const scalar::WorkLimit&) {
+        throw UserError(e.loc, fmt::format("the expression is too large: expanding its calls takes more than {} steps",
+                                           kMaxExpansionWork));
+    }
 }
 
 scalar::Expr ActivationTable::toScalar(const ExprAST& e,
@@ -196,7 +207,7 @@ scalar::Expr ActivationTable::toScalar(const ExprAST& e,
                                                                 "depend on the input", i + 1,
                                                                 e.name));
         scalar::Expr body = bind(it->second, params, e.loc);
-        return scalar::substitute(body, args[0], &work_);
+        return scalar::substitute(body, args[0], &work_, kMaxExpansionWork);
     }
     }
     internal_assert(false, "unknown expression kind");

@@ -55,7 +55,7 @@ public:
     /// Calls of activations in definitions are expanded (substituted) as they are defined,
     /// sharing what does not change; a file whose expansion takes more steps than this in
     /// all is refused at the definition that crosses the limit.
-    static constexpr size_t kMaxExpansionWork = 1'000'000;
+    static constexpr size_t kMaxExpansionWork = 250'000;
     /// An activation a layer uses may have at most this many distinct operations.
     static constexpr size_t kMaxOperations = 10'000;
 

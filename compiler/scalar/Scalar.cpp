@@ -273,10 +273,11 @@ double eval(const Expr& e, double x, double y, double g) { return Evaluator(e)(x
 
 /// Rebuilds `e` with each leaf replaced by `leaf(e)` (nullptr: keep it); shares what is
 /// unchanged, and rebuilds each distinct node once.
-template <typename F> static Expr replaceLeaves(const Expr& e, const F& leaf, size_t* visited = nullptr) {
+template <typename F>
+static Expr replaceLeaves(const Expr& e, const F& leaf, size_t* visited = nullptr, size_t limit = SIZE_MAX) {
     std::unordered_map<const ExprNode*, Expr> done;
     postOrder(e, [&](const ExprNode& n) {
-        if (visited) ++*visited;
+        if (visited && ++*visited > limit) throw WorkLimit{};
         Expr self = n.shared_from_this();
         if (n.args.empty()) {
             Expr r = leaf(self);
@@ -294,9 +295,9 @@ template <typename F> static Expr replaceLeaves(const Expr& e, const F& leaf, si
     return done.at(e.get());
 }
 
-Expr substitute(const Expr& e, const Expr& value, size_t* visited) {
+Expr substitute(const Expr& e, const Expr& value, size_t* visited, size_t limit) {
     if (value->op == Kind::Var || !usesVar(e)) return e;
-    return replaceLeaves(e, [&](const Expr& l) { return l->op == Kind::Var ? value : nullptr; }, visited);
+    return replaceLeaves(e, [&](const Expr& l) { return l->op == Kind::Var ? value : nullptr; }, visited, limit);
 }
 
 Expr substituteOut(const Expr& e, const Expr& value) {
@@ -313,11 +314,11 @@ Expr substituteArgs(const Expr& e, const std::vector<Expr>& values) {
     });
 }
 
-Expr substituteParams(const Expr& e, const std::vector<Expr>& values, size_t* visited) {
+Expr substituteParams(const Expr& e, const std::vector<Expr>& values, size_t* visited, size_t limit) {
     if (!(e->leaves & leafBit(Kind::Param))) return e;
     return replaceLeaves(e, [&](const Expr& l) {
         return l->op == Kind::Param ? values.at(size_t(l->value)) : nullptr;
-    }, visited);
+    }, visited, limit);
 }
 
 bool usesVar(const Expr& e) { return e->leaves & leafBit(Kind::Var); }

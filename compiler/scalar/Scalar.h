@@ -121,9 +121,14 @@ private:
 /// propagates as in PyTorch: min and max of a NaN are NaN.
 double eval(const Expr& e, double x, double y = 0, double g = 1);
 
+/// What substitute and substituteParams throw when `visited` would pass `limit`: the caller
+/// says where, and why the work is bounded.
+struct WorkLimit {};
+
 /// Replaces the variable x by `value` everywhere. `visited`, if given, grows by the number of
-/// nodes visited (the work done).
-Expr substitute(const Expr& e, const Expr& value, size_t* visited = nullptr);
+/// nodes visited (the work done); past `limit` the substitution stops with WorkLimit, so a
+/// bound on the work bounds the time too.
+Expr substitute(const Expr& e, const Expr& value, size_t* visited = nullptr, size_t limit = SIZE_MAX);
 /// Replaces the output leaf y by `value` everywhere.
 Expr substituteOut(const Expr& e, const Expr& value);
 /// Replaces the gradient leaf g by `value` everywhere.
@@ -131,7 +136,8 @@ Expr substituteGrad(const Expr& e, const Expr& value);
 /// Replaces each Arg(i) leaf by `values[i]`.
 Expr substituteArgs(const Expr& e, const std::vector<Expr>& values);
 /// Replaces each Param(i) leaf by `values[i]`.
-Expr substituteParams(const Expr& e, const std::vector<Expr>& values, size_t* visited = nullptr);
+Expr substituteParams(const Expr& e, const std::vector<Expr>& values, size_t* visited = nullptr,
+                      size_t limit = SIZE_MAX);
 
 bool usesVar(const Expr& e);
 bool usesOut(const Expr& e);

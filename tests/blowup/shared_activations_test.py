@@ -77,7 +77,7 @@ with tempfile.TemporaryDirectory() as tmp:
     generate(p("shift.nn"), "shift", 5000)
     run("shift: check", ["check", p("shift.nn")], rc=1,
         match=r"shift\.nn:(\d+):12: error: activation 'f\d+' is too large: expanding the activations defined "
-              r"so far takes more than 1000000 steps\n  activation f\d+\(x\) = ")
+              r"so far takes more than 250000 steps\n  activation f\d+\(x\) = ")
 
     # Files of 16 MiB, the largest gradc reads: checked in seconds.
     size = 16 * 1024 * 1024 - 4096

@@ -159,7 +159,7 @@ TEST_CASE("definitions whose expansion grows without bound are refused at their 
     } catch (const UserError& e) {
         std::string m = e.what();
         INFO(m);
-        CHECK(m.find("is too large: expanding the activations defined so far takes more than 1000000 steps") != std::string::npos);
+        CHECK(m.find("is too large: expanding the activations defined so far takes more than 250000 steps") != std::string::npos);
     }
 }
 
