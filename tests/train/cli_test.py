@@ -55,34 +55,6 @@ def data_dir(path, train, test, gz=False):
     return path
 
 
-def crc32c(data):
-    crc = 0xFFFFFFFF
-    for byte in data:
-        crc ^= byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
-    return crc ^ 0xFFFFFFFF
-
-
-def masked(data):
-    c = crc32c(data)
-    return (((c >> 15) | (c << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-def records(path):
-    raw, pos, out = open(path, "rb").read(), 0, []
-    while pos < len(raw):
-        (n,) = struct.unpack_from("<Q", raw, pos)
-        (lcrc,) = struct.unpack_from("<I", raw, pos + 8)
-        check(lcrc == masked(raw[pos:pos + 8]), "length CRC of a TensorBoard record")
-        data = raw[pos + 12:pos + 12 + n]
-        (dcrc,) = struct.unpack_from("<I", raw, pos + 12 + n)
-        check(dcrc == masked(data), "data CRC of a TensorBoard record")
-        out.append(data)
-        pos += 12 + n + 4
-    return out
-
-
 def fields(msg):
     """The fields of a protocol buffer as (number, value) pairs: an int for varints, bytes
     for length-delimited fields, a float for 64-bit ones (wire types 0, 2 and 1)."""
@@ -162,7 +134,7 @@ with tempfile.TemporaryDirectory() as tmp:
         check(len(names) == 10 and names["layers.0.weight"]["shape"] == [512, 784], "the best parameters saved")
         files = os.listdir(logdir)
         check(len(files) == 1 and files[0].startswith("events.out.tfevents."), "one event file")
-        recs = records(os.path.join(logdir, files[0]))
+        recs = testlib.tf_records(os.path.join(logdir, files[0]))
         check(b"brain.Event:2" in recs[0], "the file-version event first")
         text = b"".join(recs)
         for tag in (b"loss/train", b"loss/val", b"accuracy/val", b"accuracy/test", b"grad/layers.0.weight",
@@ -207,7 +179,7 @@ with tempfile.TemporaryDirectory() as tmp:
         check(all(len(l["grads"]) == 10 and l["grads"][0]["name"] == "layers.0.weight" and l["loss"] > 0 for l in steps),
               "each step line has the step's loss and every gradient's statistics")
         check([l["step"] for l in epochs] == [19, 38], "the epoch lines as before")
-        text = b"".join(records(os.path.join(logdir, os.listdir(logdir)[0])))
+        text = b"".join(testlib.tf_records(os.path.join(logdir, os.listdir(logdir)[0])))
         check(text.count(b"grad/layers.0.weight") == 9, "a gradient histogram at each logged step, none per epoch")
         check(b"loss/test" in text and b"accuracy/test" in text, "the test loss and accuracy")
         figure = os.path.join(tmp, "run.svg")
