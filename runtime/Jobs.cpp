@@ -210,6 +210,22 @@ std::map<std::string, Tensor> combineProcesses(const Graph& whole, std::map<std:
 
 } // namespace
 
+namespace {
+
+/// The processes a job's batch is shared among (cluster::size()), checked: they divide the
+/// batch, and run compiled code (the interpreter runs on one process).
+int dataParallelWorld(int64_t batch, const std::string& backend) {
+    const int world = cluster::size();
+    if (world > 1 && batch % world != 0)
+        throw UserError({}, fmt::format("--batch {} does not divide among {} processes: a multiple of {} does", batch,
+                                        world, world));
+    if (world > 1 && backend != "jit")
+        throw UserError({}, "the interpreter runs on one process: a data-parallel run needs --backend jit");
+    return world;
+}
+
+} // namespace
+
 GradsRun runGrads(const GradsOptions& o, const std::function<void(const GradsModel&)>& onModel) {
     if (o.models.empty()) throw UserError({}, "no model to run");
     checkJobOptions(o);
@@ -237,14 +253,7 @@ GradsRun runGrads(const GradsOptions& o, const std::function<void(const GradsMod
     // A data-parallel run: each process computes `local` rows of the batch (rank r: rows
     // [r local, (r + 1) local)); the loss and gradients are averaged, the preactivations
     // gathered, so every statistic is the whole batch's, as one process computes it.
-    const int world = cluster::size();
-    if (world > 1) {
-        if (batch % world != 0)
-            throw UserError({}, fmt::format("--batch {} does not divide among {} processes: a multiple of {} does",
-                                            batch, world, world));
-        if (o.session.backend != "jit")
-            throw UserError({}, "the interpreter runs on one process: a data-parallel run needs --backend jit");
-    }
+    const int world = dataParallelWorld(batch, o.session.backend);
     const int64_t local = batch / world;
     // Compile every model first, so a mistake in the last one costs no data loading.
     std::vector<Graph> graphs;
@@ -356,14 +365,7 @@ TrainingRun runTraining(const TrainingOptions& o, const std::function<void(const
     t.outputs = outputs, t.progressBar = progressBar;
     TrainingRun run;
     // A data-parallel run: each process computes its share of every batch.
-    const int world = cluster::size();
-    if (world > 1) {
-        if (o.batch % world != 0)
-            throw UserError({}, fmt::format("--batch {} does not divide among {} processes: a multiple of {} does",
-                                            o.batch, world, world));
-        if (o.session.backend != "jit")
-            throw UserError({}, "the interpreter runs on one process: a data-parallel run needs --backend jit");
-    }
+    const int world = dataParallelWorld(o.batch, o.session.backend);
     // (A data-parallel run computes the norm of the averaged gradients itself.)
     run.engine = classifierEngine(o, o.batch / world, /*classes=*/10, /*gradNorm=*/o.optimizer.clipGradNorm > 0 && world == 1,
                                   world);
