@@ -210,9 +210,8 @@ private:
 template <typename U> double Engine::sharedBackward(const U* x, const void* target) {
     // Every process's loss and gradients are means over its share of the batch: the global
     // batch's are their means.
-    GradientBuckets buckets(reinterpret_cast<char*>(f64_ ? static_cast<void*>(grads_.data<double>())
-                                                        : static_cast<void*>(grads_.data<float>())),
-                            layout(), f64_);
+    char* grads = typed(f64_, [&](auto zero) { return reinterpret_cast<char*>(grads_.data<decltype(zero)>()); });
+    GradientBuckets buckets(grads, layout(), f64_);
     setGradientsReady(&GradientBuckets::ready, &buckets);
     double loss = 0;
     try {
