@@ -13,6 +13,7 @@
 #include <fstream>
 #include <functional>
 #include <sys/resource.h>
+#include <tuple>
 
 using namespace gradc;
 namespace fs = std::filesystem;
@@ -213,7 +214,8 @@ TEST_CASE("a header's claim costs no memory until the bytes are there", "[data]"
 }
 
 TEST_CASE("IDX bytes in memory: plain, gzip, several gzip members, trailing bytes", "[data]") {
-    auto [img, lbl] = idx(4, 2, 2);
+    std::string img, lbl; // not a structured binding: the lambdas below capture them (clang 14)
+    std::tie(img, lbl) = idx(4, 2, 2);
     const std::string twoMembers = gzipped(img.substr(0, 10)) + gzipped(img.substr(10)) + "trailing";
     for (const std::string& bytes : {img, gzipped(img), twoMembers}) {
         Examples e = readExamples({"img", bytes}, {"lbl", lbl}, -1);

@@ -16,7 +16,7 @@
 using namespace gradc;
 
 TEST_CASE("the seed network's compiled gradients on FashionMNIST agree with central differences",
-          "[e2e]") {
+          "[e2e][heavy]") {
     const int64_t batch = 64;
     Graph g = compileFile(GRADC_SOURCE_DIR "/models/seed_sigmoid.nn", {batch}).graph;
     Examples ex = readExamples(kDefaultDataDir, true, batch);

@@ -53,7 +53,7 @@ struct Config {
 
 } // namespace
 
-TEST_CASE("matrix products match the interpreter for every register tile, blocked, packed or not", "[jit][gemm]") {
+TEST_CASE("matrix products match the interpreter for every register tile, blocked, packed or not", "[jit][gemm][heavy]") {
     // The candidates of blockingFor for AVX-512 and AVX2 (rows x vectors).
     const std::vector<std::pair<int, int>> tiles = {{6, 4}, {8, 3}, {12, 2}, {14, 2}, {4, 6}, {6, 2}, {4, 3}, {8, 1}};
     const std::vector<Config> configs = {

@@ -164,7 +164,7 @@ TEST_CASE("the printed derivative of x*sigmoid(x) is the true derivative", "[sca
     }
 }
 
-TEST_CASE("every model in models/ differentiates, and its gradients check", "[autodiff]") {
+TEST_CASE("every model in models/ differentiates, and its gradients check", "[autodiff][heavy]") {
     std::mt19937 rng(4);
     int checked = 0;
     for (auto& entry : std::filesystem::directory_iterator(GRADC_SOURCE_DIR "/models")) {

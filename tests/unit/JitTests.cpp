@@ -57,7 +57,7 @@ Graph model(const std::string& text, int64_t batch) {
 
 } // namespace
 
-TEST_CASE("the JIT agrees with the interpreter on every model in models/", "[jit]") {
+TEST_CASE("the JIT agrees with the interpreter on every model in models/", "[jit][heavy]") {
     std::mt19937 rng(11);
     int checked = 0;
     for (auto& entry : fs::directory_iterator(GRADC_SOURCE_DIR "/models")) {
@@ -73,7 +73,7 @@ TEST_CASE("the JIT agrees with the interpreter on every model in models/", "[jit
     CHECK(checked >= 21);
 }
 
-TEST_CASE("the JIT agrees with the interpreter on odd shapes", "[jit]") {
+TEST_CASE("the JIT agrees with the interpreter on odd shapes", "[jit][heavy]") {
     std::mt19937 rng(12);
     for (int64_t batch : {1, 2, 7}) {
         for (int64_t w : {1, 3, 17, 129}) {

@@ -441,7 +441,7 @@ TEST_CASE("the jit's recurrent kernels give the same bits on 1, 2 and 3 threads 
     }
 }
 
-TEST_CASE("the jit's recurrent kernels on wide layers, stacks, bias=false and identity init", "[scan][jit]") {
+TEST_CASE("the jit's recurrent kernels on wide layers, stacks, bias=false and identity init", "[scan][jit][heavy]") {
     std::mt19937 rng(32);
     // The smallest: one example, one hidden unit (a gate block narrower than a vector).
     for (const char* cell : {"rnn 1", "lstm 1", "gru 1"}) {

@@ -66,7 +66,14 @@ inline double relativeError(const Tensor& got, const Tensor& want, double modelS
 /// Memory bounds in tests are multiplied by this: AddressSanitizer keeps freed memory in its
 /// quarantine (256 MiB by default) and pads every allocation, so peak RSS grows by what the
 /// test freed. The bounds stay far below what the faults they catch would take (gigabytes).
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(__SANITIZE_ADDRESS__) // GCC's
+#define GRADC_TEST_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) // clang's
+#define GRADC_TEST_ASAN 1
+#endif
+#endif
+#ifdef GRADC_TEST_ASAN
 constexpr long kMemorySlack = 4;
 #else
 constexpr long kMemorySlack = 1;

@@ -71,7 +71,7 @@ const std::string& Jit::hostFeatures(const std::string& isa) {
 bool Jit::hasFeature(llvm::StringRef feature) { return hostFeatureMap("native").lookup(feature); }
 
 static llvm::orc::JITTargetMachineBuilder hostBuilder(const std::string& isa) {
-    llvm::orc::JITTargetMachineBuilder jtmb(llvm::Triple(llvm::sys::getProcessTriple()));
+    llvm::orc::JITTargetMachineBuilder jtmb{llvm::Triple(llvm::sys::getProcessTriple())};
     jtmb.setCPU(Jit::hostCpu());
     for (auto& [name, on] : hostFeatureMap(isa)) jtmb.getFeatures().AddFeature(name, on);
     jtmb.setCodeGenOptLevel(llvm::CodeGenOptLevel::Aggressive);

@@ -25,6 +25,7 @@
 #include <fmt/format.h>
 
 #include <limits>
+#include <tuple>
 
 namespace gradc {
 namespace {
@@ -90,9 +91,11 @@ void Lowering::pooling(const Kernel& k) {
                 return std::pair{lo, b_.CreateSelect(b_.CreateICmpSGT(end, i64(size)), i64(size), end)};
             };
             loop(OH, "i", [&](llvm::Value* i) {
-                auto [r0, r1] = clip(b_.CreateSub(b_.CreateMul(i, i64(w.sh)), i64(w.ph)), w.kh, H);
+                const std::pair rows = clip(b_.CreateSub(b_.CreateMul(i, i64(w.sh)), i64(w.ph)), w.kh, H);
+                llvm::Value *r0 = rows.first, *r1 = rows.second; // not a structured binding: clang 14 cannot capture one
                 loop(OW, "j", [&](llvm::Value* j) {
-                    auto [c0, c1] = clip(b_.CreateSub(b_.CreateMul(j, i64(w.sw)), i64(w.pw)), w.kw, W);
+                    const std::pair cols = clip(b_.CreateSub(b_.CreateMul(j, i64(w.sw)), i64(w.pw)), w.kw, W);
+                    llvm::Value *c0 = cols.first, *c1 = cols.second;
                     llvm::Value* bestV = variable(T_, fp(-inf));
                     llvm::Value* argV = variable(b_.getInt64Ty(), b_.CreateAdd(b_.CreateMul(r0, i64(W)), c0));
                     loopTo(b_.CreateSub(r1, r0), "r", [&](llvm::Value* rr) {
@@ -160,7 +163,8 @@ void Lowering::pooling(const Kernel& k) {
             loopTo(rows, "r", [&](llvm::Value* rr) {
                 llvm::Value* r = b_.CreateAdd(r0, rr);
                 for (int64_t q = 0; q < w.kw; ++q) {
-                    auto [first, end] = validRange(OW, W, q, w.sw, w.pw);
+                    int64_t first, end;
+                    std::tie(first, end) = validRange(OW, W, q, w.sw, w.pw);
                     first = std::max(first, from), end = std::min(end, to);
                     if (first >= end) continue;
                     loop(end - first, "j", [&](llvm::Value* jj) {
@@ -363,7 +367,8 @@ void Lowering::pooling(const Kernel& k) {
             return std::pair{lo, std::max(lo, hi)};
         };
         const auto [ilo, ihi] = within(OH, H, w.kh, w.sh, w.ph);
-        const auto [jlo, jhi] = within(OW, W, w.kw, w.sw, w.pw);
+        int64_t jlo, jhi; // not a structured binding: clang 14 cannot capture one
+        std::tie(jlo, jhi) = within(OW, W, w.kw, w.sw, w.pw);
         auto rowsOf = [&](int64_t from, int64_t to, bool whole) {
             if (from >= to) return;
             loop(to - from, "i", [&](llvm::Value* ii) {
