@@ -208,10 +208,6 @@ std::map<std::string, Tensor> combineProcesses(const Graph& whole, std::map<std:
     return out;
 }
 
-} // namespace
-
-namespace {
-
 /// The processes a job's batch is shared among (cluster::size()), checked: they divide the
 /// batch, and run compiled code (the interpreter runs on one process).
 int dataParallelWorld(int64_t batch, const std::string& backend) {

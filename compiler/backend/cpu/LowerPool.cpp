@@ -91,11 +91,11 @@ void Lowering::pooling(const Kernel& k) {
                 return std::pair{lo, b_.CreateSelect(b_.CreateICmpSGT(end, i64(size)), i64(size), end)};
             };
             loop(OH, "i", [&](llvm::Value* i) {
-                const std::pair rows = clip(b_.CreateSub(b_.CreateMul(i, i64(w.sh)), i64(w.ph)), w.kh, H);
-                llvm::Value *r0 = rows.first, *r1 = rows.second; // not a structured binding: clang 14 cannot capture one
+                llvm::Value *r0, *r1; // not structured bindings: clang 14 cannot capture those
+                std::tie(r0, r1) = clip(b_.CreateSub(b_.CreateMul(i, i64(w.sh)), i64(w.ph)), w.kh, H);
                 loop(OW, "j", [&](llvm::Value* j) {
-                    const std::pair cols = clip(b_.CreateSub(b_.CreateMul(j, i64(w.sw)), i64(w.pw)), w.kw, W);
-                    llvm::Value *c0 = cols.first, *c1 = cols.second;
+                    llvm::Value *c0, *c1;
+                    std::tie(c0, c1) = clip(b_.CreateSub(b_.CreateMul(j, i64(w.sw)), i64(w.pw)), w.kw, W);
                     llvm::Value* bestV = variable(T_, fp(-inf));
                     llvm::Value* argV = variable(b_.getInt64Ty(), b_.CreateAdd(b_.CreateMul(r0, i64(W)), c0));
                     loopTo(b_.CreateSub(r1, r0), "r", [&](llvm::Value* rr) {
@@ -366,8 +366,8 @@ void Lowering::pooling(const Kernel& k) {
             const int64_t hi = size + pad - k < 0 ? 0 : std::min(out, (size + pad - k) / stride + 1);
             return std::pair{lo, std::max(lo, hi)};
         };
-        const auto [ilo, ihi] = within(OH, H, w.kh, w.sh, w.ph);
-        int64_t jlo, jhi; // not a structured binding: clang 14 cannot capture one
+        int64_t ilo, ihi, jlo, jhi; // not structured bindings: clang 14 cannot capture those
+        std::tie(ilo, ihi) = within(OH, H, w.kh, w.sh, w.ph);
         std::tie(jlo, jhi) = within(OW, W, w.kw, w.sw, w.pw);
         auto rowsOf = [&](int64_t from, int64_t to, bool whole) {
             if (from >= to) return;
