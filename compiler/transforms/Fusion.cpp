@@ -114,6 +114,7 @@ public:
         mergeLoops();
         dropDeadStores();
         fuseEpilogues();
+        fusePoolGradients();
         return std::move(p_);
     }
 
@@ -661,6 +662,49 @@ private:
             p_.kernels[*reader] = std::move(fused);
             gone[i] = true;
         }
+        dropKernels(gone);
+    }
+
+    /// Folds a maxpool's gradient into the conv2d_grad_w that is its one reader
+    /// (Kernel::poolsGradient): the weight gradient, at its own place, expands g from the
+    /// pool's operands image by image (nothing between writes them), and the pool's gradient
+    /// (as large as the convolution's output: 26 MB for cnn_relu's first layer) is neither
+    /// written nor read back.
+    void fusePoolGradients() {
+        std::vector<bool> gone(p_.kernels.size(), false);
+        for (size_t i = 0; i < p_.kernels.size(); ++i) {
+            const Kernel& pool = p_.kernels[i];
+            if (pool.kind != Kernel::Kind::Op || pool.op != Op::MaxPool2dGrad) continue;
+            const int32_t g = pool.out[0];
+            if (p_.buffers[size_t(g)].kind != Buffer::Kind::Temp) continue;
+            std::optional<size_t> reader;
+            bool ok = true;
+            for (size_t j = 0; j < p_.kernels.size() && ok; ++j) {
+                if (j == i) continue;
+                const std::vector<int32_t> r = p_.kernels[j].reads(), w = p_.kernels[j].writes();
+                if (std::find(w.begin(), w.end(), g) != w.end()) ok = false;
+                if (std::find(r.begin(), r.end(), g) == r.end()) continue;
+                if (reader) ok = false;
+                reader = j;
+            }
+            if (!ok || !reader || *reader < i) continue;
+            const Kernel& conv = p_.kernels[*reader];
+            if (conv.kind != Kernel::Kind::Op || conv.op != Op::Conv2dGradW || conv.in[1] != g || conv.in[0] == g ||
+                conv.poolsGradient())
+                continue;
+            for (size_t j = i + 1; j <= *reader && ok; ++j)
+                for (int32_t w : p_.kernels[j].writes())
+                    if (w == pool.in[0] || w == pool.in[1]) ok = false;
+            if (!ok) continue;
+            Kernel& fused = p_.kernels[*reader];
+            fused.in = {fused.in[0], pool.in[0], pool.in[1]};
+            fused.gradPool = pool.attrs.window;
+            gone[i] = true;
+        }
+        dropKernels(gone);
+    }
+
+    void dropKernels(const std::vector<bool>& gone) {
         std::vector<Kernel> kept;
         for (size_t i = 0; i < p_.kernels.size(); ++i)
             if (!gone[i]) kept.push_back(std::move(p_.kernels[i]));

@@ -92,6 +92,13 @@ struct Kernel {
     /// a store of the epilogue, when later kernels or the entry point's caller read it. The
     /// bias and activation after a convolution cost no pass over memory of their own.
     bool hasEpilogue() const { return kind == Kind::Op && !stores.empty(); }
+    /// A conv2d_grad_w kernel may compute its g itself (Fusion's fusePoolGradients): when g is
+    /// a maxpool's gradient that no other kernel reads, the kernel's operands are {x, the
+    /// pool's input, the pool's g} and `gradPool` the pool's window; each thread expands g
+    /// into its scratch just before the product reads it, so the pool's gradient (the size
+    /// of the convolution's output) never makes a pass over memory of its own.
+    Window gradPool; ///< kh == 0: none, g is in[1]
+    bool poolsGradient() const { return kind == Kind::Op && op == Op::Conv2dGradW && gradPool.kh > 0; }
     /// Whether the kernel writes out[i] itself (not a conv's result that its epilogue stores).
     bool writesOut(size_t i) const { return out[i] >= 0 && !(i == 0 && hasEpilogue()); }
 
@@ -249,6 +256,9 @@ struct ConvPlan {
     int64_t tileAt = 0, packedAt = 0;
     /// grad_w: the slices' blocks of sums (rowTiles MR x colPanels NR each), from sumsAt.
     int64_t sumsAt = 0, sumsBlock = 0;
+    /// grad_w that expands a maxpool's gradient (Kernel::poolsGradient): one image's g
+    /// [O][OH OW] at expandAt in a thread's part.
+    int64_t expandAt = 0;
     int64_t elements = 0;
 };
 inline bool isConvolution(Op op) { return op == Op::Conv2d || op == Op::Conv2dGradX || op == Op::Conv2dGradW; }

@@ -121,10 +121,14 @@ ConvPlan planConv(const Kernel& k, const std::vector<Buffer>& buffers, const Gem
         p.elements = p.perThread * threads;
         return p;
     }
-    if (p.direct) { // grad_w: a slice of the batch per unit, its vector sums
+    // grad_w expanding a maxpool's gradient: one image's g per thread.
+    const int64_t expanded = k.poolsGradient() ? up16(p.O * p.OH * p.OW) : 0;
+    if (p.direct) { // grad_w: a slice of the batch per unit, its vector sums (then the threads' parts)
         p.units = std::min(p.B, threads);
         p.sumsBlock = up16(p.O * p.C * taps * bl.vl);
-        p.elements = p.sumsBlock * p.units;
+        p.threadAt = p.sumsBlock * p.units;
+        p.perThread = expanded;
+        p.elements = p.threadAt + p.perThread * threads;
         return p;
     }
     p.weightsAt = 0;
@@ -132,7 +136,8 @@ ConvPlan planConv(const Kernel& k, const std::vector<Buffer>& buffers, const Gem
     if (k.op == Op::Conv2dGradW) {
         p.units = std::min(p.B, threads);
         p.packedAt = up16(p.M * p.K);
-        p.perThread = p.packedAt + up16(p.colPanels * NR * p.K);
+        p.expandAt = p.packedAt + up16(p.colPanels * NR * p.K);
+        p.perThread = p.expandAt + expanded;
         p.sumsAt = p.threadAt + p.perThread * threads;
         p.sumsBlock = up16(p.rowTiles * MR * p.colPanels * NR);
         p.elements = p.sumsAt + p.sumsBlock * p.units;
@@ -236,6 +241,9 @@ std::string kernelLabel(const KernelProgram& p, size_t i) {
                                    : fmt::format("k{}: {} [{},{},{}]", i, kind, k.outer, k.rows, k.cols);
     std::string ins, outs;
     for (int32_t b : k.in) ins += (ins.empty() ? "" : ", ") + name(b);
+    if (k.poolsGradient()) // g expanded from the pool's operands
+        ins = fmt::format("{}, maxpool2d_grad({}, {}) window={}", name(k.in[0]), name(k.in[1]), name(k.in[2]),
+                          printWindow(k.gradPool));
     for (int32_t b : k.out) outs += (outs.empty() ? "" : ", ") + name(b);
     out += fmt::format(" ({}) -> ({})", ins, outs);
     if (std::string a = k.kind == Kernel::Kind::Op ? printAttrs(k.op, k.attrs) : ""; !a.empty()) out += " " + a;

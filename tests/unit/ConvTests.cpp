@@ -288,3 +288,38 @@ TEST_CASE("conv2d's bias and activation are its epilogue, applied as its tiles a
         agree(g, rng);
     }
 }
+
+TEST_CASE("a maxpool's gradient that only a weight gradient reads is expanded inside it", "[jit][conv][pool]") {
+    // A first convolution (no input gradient) before a maxpool: its conv2d_grad_w reads the
+    // pool's operands and expands g image by image; no maxpool2d_grad kernel is left and the
+    // pool's gradient has no memory. Direct (few taps, rows of at least VL) and through the
+    // register tile, windows apart, overlapping and padded, against the interpreter in float
+    // and double on one and two threads.
+    std::mt19937 rng(163);
+    const char* models[] = {
+        "input 1x20x18\nconv 4 3x3 padding=1 relu\nmaxpool 2\nflatten\ndense 3\nloss cross_entropy\n",
+        "input 1x10x24\nconv 3 3x3\nmaxpool 3 stride=2\nflatten\ndense 2\nloss mse\n",
+        "input 3x9x11\nconv 5 3x3 relu\nmaxpool 3 stride=2 padding=1\nflatten\ndense 3\nloss cross_entropy\n",
+        "input 2x8x8\nconv 3 2x2 tanh\nmaxpool 2 stride=1\nflatten\ndense 2\nloss mse\n",
+    };
+    for (const char* text : models) {
+        INFO(text);
+        Graph g = compileSource("pooled.nn", text, {3}).graph;
+        Graph grad = differentiate(g);
+        const KernelProgram p = buildKernels(grad, "backward", backwardOutputs(grad), computeLayout(g), 4, GemmBlocking{});
+        int fused = 0;
+        for (const Kernel& k : p.kernels) {
+            CHECK_FALSE((k.kind == Kernel::Kind::Op && k.op == Op::MaxPool2dGrad));
+            if (!k.poolsGradient()) continue;
+            ++fused;
+            CHECK(k.in.size() == 3);
+        }
+        CHECK(fused == 1);
+        agree(g, rng);
+    }
+    // With the input's gradient needed too (a second convolution), g has two readers and stays.
+    Graph two = compileSource("two.nn", "input 1x8x8\nconv 2 3x3\nconv 3 3x3\nmaxpool 2\nflatten\ndense 2\nloss mse\n", {2}).graph;
+    Graph grad = differentiate(two);
+    const KernelProgram p = buildKernels(grad, "backward", backwardOutputs(grad), computeLayout(two), 4, GemmBlocking{});
+    CHECK(std::count_if(p.kernels.begin(), p.kernels.end(), [](const Kernel& k) { return k.poolsGradient(); }) == 0);
+}

@@ -610,7 +610,8 @@ std::vector<std::string> explainProducts(const Graph& fwd, const CodegenOptions&
             const Kernel& k = p->kernels[i];
             if (k.kind == Kernel::Kind::Op && isConvolution(k.op)) { // an implicit GEMM (ConvPlan)
                 const ConvPlan c = planConv(k, p->buffers, bl);
-                const char* spelling = describe(k.op).spelling;
+                const std::string spelling = std::string(describe(k.op).spelling) +
+                                             (k.poolsGradient() ? " (g expanded from the maxpool's gradient into the thread's scratch)" : "");
                 if (c.direct)
                     lines.push_back(fmt::format("{} k{}: {} {} x {} x {}: direct, the {} taps of {} positions in vector registers "
                                                 "times each of the {} channels' {}, {}, {}",

@@ -184,6 +184,27 @@ void Lowering::convolution(const Kernel& k) {
         return at(scratchArea(), b_.CreateAdd(i64(plan.threadAt), b_.CreateMul(thread, i64(plan.perThread))));
     };
 
+    // grad_w expanding a maxpool's gradient (Kernel::poolsGradient): g's planes [o0, o0 + n)
+    // of image img, computed from the pool's operands into dst (the thread's part).
+    llvm::Function* poolPlane = nullptr;
+    int64_t pooledPlane = 0;
+    if (k.poolsGradient()) {
+        Kernel pool;
+        pool.kind = Kernel::Kind::Op, pool.op = Op::MaxPool2dGrad;
+        pool.in = {k.in[1], k.in[2]}, pool.out = {-1};
+        poolPlane = this->poolPlane(pool, k.gradPool);
+        const Shape& pooled = p_->buffers[size_t(k.in[2])].shape;
+        pooledPlane = pooled[2] * pooled[3];
+    }
+    auto expandGradient = [&](llvm::Value* dst, llvm::Value* img, llvm::Value* o0, int64_t n) {
+        llvm::Value *x = base(k.in[1]), *g = base(k.in[2]);
+        loop(n, "eo", [&](llvm::Value* q) {
+            llvm::Value* plane = b_.CreateAdd(b_.CreateMul(img, i64(plan.O)), b_.CreateAdd(o0, q));
+            b_.CreateCall(poolPlane, {at(x, b_.CreateMul(plane, i64(plan.OH * plan.OW))), at(g, b_.CreateMul(plane, i64(pooledPlane))),
+                                      at(dst, b_.CreateMul(q, i64(plan.OH * plan.OW)))});
+        }, /*vectorise=*/false);
+    };
+
     if (plan.direct) { // conv2d or grad_w with few taps (ConvPlan): the taps in registers
         const int64_t O = plan.O, C = plan.C, H = plan.H, W = plan.W, OH = plan.OH, OW = plan.OW;
         const int64_t D = C * KH * KW, chunks = (OW + VL - 1) / VL;
@@ -225,8 +246,9 @@ void Lowering::convolution(const Kernel& k) {
             // order (a channel's plane is contiguous) and each tap's sum stays in a register
             // over the plane; x's image is in L1.
             const int64_t slices = plan.units;
-            run("gradc_conv_images", [&](llvm::Value* begin, llvm::Value* end, llvm::Value*) {
-                llvm::Value *x = base(k.in[0]), *g = base(k.in[1]);
+            run("gradc_conv_images", [&](llvm::Value* begin, llvm::Value* end, llvm::Value* thread) {
+                llvm::Value *x = base(k.in[0]), *g = poolPlane ? nullptr : base(k.in[1]);
+                llvm::Value* expanded = poolPlane ? at(threadPart(thread), i64(plan.expandAt)) : nullptr;
                 loopTo(b_.CreateSub(end, begin), "slice", [&](llvm::Value* u) {
                     llvm::Value* s = b_.CreateAdd(begin, u);
                     llvm::Value* sums = at(scratchArea(), b_.CreateMul(s, i64(plan.sumsBlock)));
@@ -244,7 +266,9 @@ void Lowering::convolution(const Kernel& k) {
                         llvm::Value* image = at(x, b_.CreateMul(img, i64(C * H * W)));
                         loop(O / OB, "ob", [&](llvm::Value* ob) {
                             llvm::Value* o0 = b_.CreateMul(ob, i64(OB));
-                            llvm::Value* plane = at(g, b_.CreateMul(b_.CreateAdd(b_.CreateMul(img, i64(O)), o0), i64(OH * OW)));
+                            llvm::Value* plane; // g's OB planes: in place, or expanded from the pool's
+                            if (poolPlane) expandGradient(expanded, img, o0, OB), plane = expanded;
+                            else plane = at(g, b_.CreateMul(b_.CreateAdd(b_.CreateMul(img, i64(O)), o0), i64(OH * OW)));
                             for (llvm::Value* a : acc) b_.CreateStore(llvm::Constant::getNullValue(vecTy), a);
                             loop(OH, "i", [&](llvm::Value* i) {
                                 loop(chunks, "v", [&](llvm::Value* v) {
@@ -340,7 +364,8 @@ void Lowering::convolution(const Kernel& k) {
         run("gradc_conv_images", [&](llvm::Value* begin, llvm::Value* end, llvm::Value* thread) {
             llvm::Value* part = threadPart(thread);
             llvm::Value* packed = at(part, i64(plan.packedAt));
-            llvm::Value *x = base(k.in[0]), *g = base(k.in[1]);
+            llvm::Value *x = base(k.in[0]), *g = poolPlane ? nullptr : base(k.in[1]);
+            llvm::Value* expanded = poolPlane ? at(part, i64(plan.expandAt)) : nullptr;
             loopTo(b_.CreateSub(end, begin), "slice", [&](llvm::Value* u) {
                 // Slice s: images [s B / slices, (s + 1) B / slices), summed into its block.
                 llvm::Value* s = b_.CreateAdd(begin, u);
@@ -350,8 +375,10 @@ void Lowering::convolution(const Kernel& k) {
                 loopTo(b_.CreateSub(last, first), "img", [&](llvm::Value* d) {
                     llvm::Value* img = b_.CreateAdd(first, d);
                     packView(part, P, x, b_.CreateMul(img, i64(P)), P);
-                    b_.CreateCall(packB_, {packed, at(g, b_.CreateMul(img, i64(O * P))), i64(O), i64(P), b_.getTrue(), i64(0),
-                                           i64(nt)});
+                    llvm::Value* gb = expanded; // g_b: in place, or expanded from the pool's
+                    if (poolPlane) expandGradient(expanded, img, i64(0), O);
+                    else gb = at(g, b_.CreateMul(img, i64(O * P)));
+                    b_.CreateCall(packB_, {packed, gb, i64(O), i64(P), b_.getTrue(), i64(0), i64(nt)});
                     loop(nt, "jt", [&](llvm::Value* jt) {
                         llvm::Value* panel = at(packed, b_.CreateMul(jt, i64(P * NR)));
                         loop(mt, "it", [&](llvm::Value* it) {

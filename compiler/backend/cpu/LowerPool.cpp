@@ -41,20 +41,25 @@ std::pair<int64_t, int64_t> validRange(int64_t out, int64_t size, int64_t q, int
 
 constexpr int64_t kFrameRow = 4096;
 
+/// The image x [B,C,H,W] and the pooled [B,C,OH,OW] of a pooling kernel: operands or result, by the op.
+std::pair<Shape, Shape> poolShapes(const Kernel& k, const std::vector<Buffer>& buffers) {
+    const bool grad = k.op == Op::MaxPool2dGrad || k.op == Op::AvgPool2dGrad;
+    const Shape& xs = buffers[size_t(k.op == Op::AvgPool2dGrad ? k.out[0] : k.in[0])].shape;
+    const Shape& ys = buffers[size_t(grad ? k.in[k.op == Op::MaxPool2dGrad ? 1 : 0] : k.out[0])].shape;
+    internal_assert(xs.size() == 4 && ys.size() == 4, "pooling of a tensor that is not an image");
+    return {xs, ys};
+}
+
 } // namespace
 
-void Lowering::pooling(const Kernel& k) {
-    const Window& w = k.attrs.window;
+llvm::Function* Lowering::poolPlane(const Kernel& k, const Window& w) {
     const bool max = k.op == Op::MaxPool2d || k.op == Op::MaxPool2dGrad;
     const bool grad = k.op == Op::MaxPool2dGrad || k.op == Op::AvgPool2dGrad;
     internal_assert(max || k.op == Op::AvgPool2d || k.op == Op::AvgPool2dGrad,
                     fmt::format("op '{}' has no pooling kernel", describe(k.op).spelling));
-    // The image x [B,C,H,W] and the pooled [B,C,OH,OW]: operands or result, by the op.
-    const Shape& xs = p_->buffers[size_t(k.op == Op::AvgPool2dGrad ? k.out[0] : k.in[0])].shape;
-    const Shape& ys = p_->buffers[size_t(grad ? k.in[k.op == Op::MaxPool2dGrad ? 1 : 0] : k.out[0])].shape;
-    internal_assert(xs.size() == 4 && ys.size() == 4, "pooling of a tensor that is not an image");
-    const int64_t planes = xs[0] * xs[1], H = xs[2], W = xs[3], OH = ys[2], OW = ys[3];
-    const int64_t xPlane = H * W, yPlane = OH * OW;
+    Shape xs, ys;
+    std::tie(xs, ys) = poolShapes(k, p_->buffers);
+    const int64_t H = xs[2], W = xs[3], OH = ys[2], OW = ys[3], xPlane = H * W;
     const double invArea = 1.0 / (double(w.kh) * double(w.kw));
     const bool global = OH == 1 && OW == 1 && w.kh == H && w.kw == W && w.ph == 0 && w.pw == 0;
     // The maximum's gradient keeps a row of best values and their positions (i32) in the
@@ -393,6 +398,16 @@ void Lowering::pooling(const Kernel& k) {
         rowsOf(ihi, OH, false);
     });
     for (unsigned a = 0; a <= operands; ++a) plane->addParamAttr(a, llvm::Attribute::NoAlias);
+    return plane;
+}
+
+void Lowering::pooling(const Kernel& k) {
+    llvm::Function* plane = poolPlane(k, k.attrs.window);
+    const bool grad = k.op == Op::MaxPool2dGrad || k.op == Op::AvgPool2dGrad;
+    Shape xs, ys;
+    std::tie(xs, ys) = poolShapes(k, p_->buffers);
+    const int64_t planes = xs[0] * xs[1], xPlane = xs[2] * xs[3], yPlane = ys[2] * ys[3];
+    const unsigned operands = unsigned(k.in.size());
 
     // Each operand's and the result's elements per plane, in call order.
     std::vector<int64_t> strides;

@@ -192,6 +192,9 @@ private:
     void normalisation(const Kernel& k);
     /// The kernel of maxpool2d, avgpool2d and their gradients (LowerPool.cpp).
     void pooling(const Kernel& k);
+    /// The function that computes pooling kernel k's op over window w on one plane (image,
+    /// channel): (each operand's plane, the result's plane), all `noalias`.
+    llvm::Function* poolPlane(const Kernel& k, const Window& w);
 
     // ---- Convolutions (LowerConv.cpp): implicit GEMMs through gradc_tile (ConvPlan).
 
