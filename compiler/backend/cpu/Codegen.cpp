@@ -610,8 +610,7 @@ std::vector<std::string> explainProducts(const Graph& fwd, const CodegenOptions&
             const Kernel& k = p->kernels[i];
             if (k.kind == Kernel::Kind::Op && isConvolution(k.op)) { // an implicit GEMM (ConvPlan)
                 const ConvPlan c = planConv(k, p->buffers, bl);
-                const std::string spelling = std::string(describe(k.op).spelling) +
-                                             (k.poolsGradient() ? " (g expanded from the maxpool's gradient into the thread's scratch)" : "");
+                const char* spelling = describe(k.op).spelling;
                 if (c.direct)
                     lines.push_back(fmt::format("{} k{}: {} {} x {} x {}: direct, the {} taps of {} positions in vector registers "
                                                 "times each of the {} channels' {}, {}, {}",
@@ -632,6 +631,7 @@ std::vector<std::string> explainProducts(const Graph& fwd, const CodegenOptions&
                                                 k.op == Op::Conv2d ? "col(x)" : "colT(g)", tile, c.colPanels,
                                                 k.op == Op::Conv2d ? "col(x)" : "colT(g)",
                                                 k.op == Op::Conv2d ? "W in place" : "W' copied", threads));
+                if (k.poolsGradient()) lines.back() += "; g expanded from the maxpool's gradient into the thread's scratch";
                 continue;
             }
             if (k.kind != Kernel::Kind::Loop || k.a < 0) continue;
