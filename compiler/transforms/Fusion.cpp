@@ -115,6 +115,7 @@ public:
         dropDeadStores();
         fuseEpilogues();
         fusePoolGradients();
+        storePoolPositions();
         return std::move(p_);
     }
 
@@ -702,6 +703,41 @@ private:
             gone[i] = true;
         }
         dropKernels(gone);
+    }
+
+    /// A maxpool's gradient (its kernel, or a grad_w that expands it) reads the positions
+    /// of the maxima that the maxpool2d of the same program stores as it finds them
+    /// (Kernel::maxPositions), instead of reading the pool's input again to find them: an
+    /// int32 per pooled element, a quarter of the input for 2x2 windows.
+    void storePoolPositions() {
+        for (size_t i = 0; i < p_.kernels.size(); ++i) {
+            Kernel& grad = p_.kernels[i];
+            const bool own = grad.kind == Kernel::Kind::Op && grad.op == Op::MaxPool2dGrad;
+            if ((!own && !grad.poolsGradient()) || grad.maxPositions) continue;
+            const size_t xAt = own ? 0 : 1; // the pool's input x, then its g
+            const int32_t x = grad.in[xAt];
+            const Window& window = own ? grad.attrs.window : grad.gradPool;
+            const Shape& xs = p_.buffers[size_t(x)].shape;
+            if (xs[2] * xs[3] >= (int64_t(1) << 31)) continue; // positions in the plane are int32
+            for (size_t f = 0; f < i; ++f) {
+                Kernel& pool = p_.kernels[f];
+                if (pool.kind != Kernel::Kind::Op || pool.op != Op::MaxPool2d || pool.in[0] != x || !(pool.attrs.window == window))
+                    continue;
+                bool rewritten = false; // x between the two: the maxima would be another's
+                for (size_t j = f + 1; j < i; ++j)
+                    for (int32_t w : p_.kernels[j].writes()) rewritten = rewritten || w == x;
+                if (rewritten) continue;
+                if (!pool.maxPositions) {
+                    const Buffer& y = p_.buffers[size_t(pool.out[0])];
+                    p_.buffers.push_back({Buffer::Kind::Temp, y.name + ".argmax", y.shape});
+                    pool.out.push_back(int32_t(p_.buffers.size() - 1));
+                    pool.maxPositions = true;
+                }
+                grad.in[xAt] = pool.out[1];
+                grad.maxPositions = true;
+                break;
+            }
+        }
     }
 
     void dropKernels(const std::vector<bool>& gone) {

@@ -98,6 +98,12 @@ struct Kernel {
     /// into its scratch just before the product reads it, so the pool's gradient (the size
     /// of the convolution's output) never makes a pass over memory of its own.
     Window gradPool; ///< kh == 0: none, g is in[1]
+    /// A maxpool's gradient may read, instead of the pool's input x, the positions of the
+    /// windows' maxima that the forward maxpool2d stored (Fusion's storePoolPositions): the
+    /// maxpool2d kernel then has out {y, positions}, and the gradient in {positions, g} (or a
+    /// grad_w that expands it: {x, positions, g}). A position is an int32 offset in the
+    /// image's plane, one per element of y, in a buffer of y's shape (its first 4 bytes).
+    bool maxPositions = false;
     bool poolsGradient() const { return kind == Kind::Op && op == Op::Conv2dGradW && gradPool.kh > 0; }
     /// Whether the kernel writes out[i] itself (not a conv's result that its epilogue stores).
     bool writesOut(size_t i) const { return out[i] >= 0 && !(i == 0 && hasEpilogue()); }

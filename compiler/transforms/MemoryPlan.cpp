@@ -98,9 +98,14 @@ ConvPlan planConv(const Kernel& k, const std::vector<Buffer>& buffers, const Gem
     ConvPlan p;
     p.win = k.attrs.window;
     const Shape& x = k.op == Op::Conv2dGradX ? shape(k.out[0]) : shape(k.in[0]);
-    const Shape& y = k.op == Op::Conv2d ? shape(k.out[0]) : k.op == Op::Conv2dGradX ? shape(k.in[0]) : shape(k.in[1]);
+    // y's shape: grad_w's from dW [O,C,KH,KW] and the window (its g may be a pool's operands).
+    const Shape& y = k.op == Op::Conv2d ? shape(k.out[0]) : k.op == Op::Conv2dGradX ? shape(k.in[0]) : shape(k.out[0]);
     internal_assert(x.size() == 4 && y.size() == 4, "a convolution kernel on tensors that are not images");
-    p.B = x[0], p.C = x[1], p.H = x[2], p.W = x[3], p.O = y[1], p.OH = y[2], p.OW = y[3];
+    p.B = x[0], p.C = x[1], p.H = x[2], p.W = x[3];
+    if (k.op == Op::Conv2dGradW)
+        p.O = y[0], p.OH = Window::outSize(p.H, p.win.kh, p.win.sh, p.win.ph), p.OW = Window::outSize(p.W, p.win.kw, p.win.sw, p.win.pw);
+    else
+        p.O = y[1], p.OH = y[2], p.OW = y[3];
     const int64_t taps = int64_t(p.win.kh) * p.win.kw;
     const int64_t MR = bl.mr, NR = bl.nr();
     switch (k.op) {

@@ -291,8 +291,8 @@ TEST_CASE("conv2d's bias and activation are its epilogue, applied as its tiles a
 
 TEST_CASE("a maxpool's gradient that only a weight gradient reads is expanded inside it", "[jit][conv][pool]") {
     // A first convolution (no input gradient) before a maxpool: its conv2d_grad_w reads the
-    // pool's operands and expands g image by image; no maxpool2d_grad kernel is left and the
-    // pool's gradient has no memory. Direct (few taps, rows of at least VL) and through the
+    // pool's operands (the positions of the maxima and the pooled gradient) and expands g
+    // image by image; no maxpool2d_grad kernel is left and the pool's gradient has no memory. Direct (few taps, rows of at least VL) and through the
     // register tile, windows apart, overlapping and padded, against the interpreter in float
     // and double on one and two threads.
     std::mt19937 rng(163);
@@ -313,6 +313,11 @@ TEST_CASE("a maxpool's gradient that only a weight gradient reads is expanded in
             if (!k.poolsGradient()) continue;
             ++fused;
             CHECK(k.in.size() == 3);
+            // It reads the positions of the maxima the maxpool2d before it stored, not x.
+            CHECK(k.maxPositions);
+            CHECK(std::any_of(p.kernels.begin(), p.kernels.end(), [&](const Kernel& f) {
+                return f.kind == Kernel::Kind::Op && f.op == Op::MaxPool2d && f.out.size() == 2 && f.out[1] == k.in[1];
+            }));
         }
         CHECK(fused == 1);
         agree(g, rng);

@@ -189,18 +189,16 @@ void Lowering::convolution(const Kernel& k) {
     llvm::Function* poolPlane = nullptr;
     int64_t pooledPlane = 0;
     if (k.poolsGradient()) {
-        Kernel pool;
-        pool.kind = Kernel::Kind::Op, pool.op = Op::MaxPool2dGrad;
-        pool.in = {k.in[1], k.in[2]}, pool.out = {-1};
-        poolPlane = this->poolPlane(pool, k.gradPool);
         const Shape& pooled = p_->buffers[size_t(k.in[2])].shape;
+        poolPlane = this->poolPlane({Op::MaxPool2dGrad, k.gradPool, {plan.B, plan.O, plan.OH, plan.OW}, pooled, k.maxPositions});
         pooledPlane = pooled[2] * pooled[3];
     }
     auto expandGradient = [&](llvm::Value* dst, llvm::Value* img, llvm::Value* o0, int64_t n) {
         llvm::Value *x = base(k.in[1]), *g = base(k.in[2]);
         loop(n, "eo", [&](llvm::Value* q) {
             llvm::Value* plane = b_.CreateAdd(b_.CreateMul(img, i64(plan.O)), b_.CreateAdd(o0, q));
-            b_.CreateCall(poolPlane, {at(x, b_.CreateMul(plane, i64(plan.OH * plan.OW))), at(g, b_.CreateMul(plane, i64(pooledPlane))),
+            llvm::Value* xAt = b_.CreateMul(plane, i64(k.maxPositions ? pooledPlane : plan.OH * plan.OW));
+            b_.CreateCall(poolPlane, {at(x, xAt), at(g, b_.CreateMul(plane, i64(pooledPlane))),
                                       at(dst, b_.CreateMul(q, i64(plan.OH * plan.OW)))});
         }, /*vectorise=*/false);
     };

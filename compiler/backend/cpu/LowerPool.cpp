@@ -41,25 +41,26 @@ std::pair<int64_t, int64_t> validRange(int64_t out, int64_t size, int64_t q, int
 
 constexpr int64_t kFrameRow = 4096;
 
-/// The image x [B,C,H,W] and the pooled [B,C,OH,OW] of a pooling kernel: operands or result, by the op.
-std::pair<Shape, Shape> poolShapes(const Kernel& k, const std::vector<Buffer>& buffers) {
-    const bool grad = k.op == Op::MaxPool2dGrad || k.op == Op::AvgPool2dGrad;
-    const Shape& xs = buffers[size_t(k.op == Op::AvgPool2dGrad ? k.out[0] : k.in[0])].shape;
-    const Shape& ys = buffers[size_t(grad ? k.in[k.op == Op::MaxPool2dGrad ? 1 : 0] : k.out[0])].shape;
-    internal_assert(xs.size() == 4 && ys.size() == 4, "pooling of a tensor that is not an image");
-    return {xs, ys};
-}
 
 } // namespace
 
-llvm::Function* Lowering::poolPlane(const Kernel& k, const Window& w) {
-    const bool max = k.op == Op::MaxPool2d || k.op == Op::MaxPool2dGrad;
+Lowering::PoolPlane Lowering::poolPlaneOf(const Kernel& k) const {
     const bool grad = k.op == Op::MaxPool2dGrad || k.op == Op::AvgPool2dGrad;
-    internal_assert(max || k.op == Op::AvgPool2d || k.op == Op::AvgPool2dGrad,
-                    fmt::format("op '{}' has no pooling kernel", describe(k.op).spelling));
-    Shape xs, ys;
-    std::tie(xs, ys) = poolShapes(k, p_->buffers);
-    const int64_t H = xs[2], W = xs[3], OH = ys[2], OW = ys[3], xPlane = H * W;
+    const Shape& xs = p_->buffers[size_t(grad ? k.out[0] : k.in[0])].shape;
+    const Shape& ys = p_->buffers[size_t(grad ? k.in[k.op == Op::MaxPool2dGrad ? 1 : 0] : k.out[0])].shape;
+    internal_assert(xs.size() == 4 && ys.size() == 4, "pooling of a tensor that is not an image");
+    return {k.op, k.attrs.window, xs, ys, k.maxPositions};
+}
+
+llvm::Function* Lowering::poolPlane(const PoolPlane& pp) {
+    const Op op = pp.op;
+    const Window& w = pp.window;
+    const bool max = op == Op::MaxPool2d || op == Op::MaxPool2dGrad;
+    const bool grad = op == Op::MaxPool2dGrad || op == Op::AvgPool2dGrad;
+    internal_assert(max || op == Op::AvgPool2d || op == Op::AvgPool2dGrad,
+                    fmt::format("op '{}' has no pooling kernel", describe(op).spelling));
+    internal_assert(!pp.positions || max, "positions of an average pool");
+    const int64_t H = pp.x[2], W = pp.x[3], OH = pp.y[2], OW = pp.y[3], xPlane = H * W;
     const double invArea = 1.0 / (double(w.kh) * double(w.kw));
     const bool global = OH == 1 && OW == 1 && w.kh == H && w.kw == W && w.ph == 0 && w.pw == 0;
     // The maximum's gradient keeps a row of best values and their positions (i32) in the
@@ -68,12 +69,14 @@ llvm::Function* Lowering::poolPlane(const Kernel& k, const Window& w) {
     auto* ptr = llvm::PointerType::get(ctx_, 0);
     auto* i32 = b_.getInt32Ty();
 
-    // The plane function: (each operand's plane, the result's plane).
-    const unsigned operands = unsigned(k.in.size());
-    llvm::Function* plane = helper("gradc_pool_plane", std::vector<llvm::Type*>(operands + 1, ptr), [&] {
-        llvm::Value* x = k.op == Op::AvgPool2dGrad ? nullptr : fn_->getArg(0);
-        llvm::Value* g = k.op == Op::MaxPool2dGrad ? fn_->getArg(1) : k.op == Op::AvgPool2dGrad ? fn_->getArg(0) : nullptr;
+    // The plane function: (each operand's plane, the result's plane[, the maxima's positions]).
+    const unsigned operands = op == Op::MaxPool2dGrad ? 2 : 1, params = operands + 1 + (pp.positions && !grad);
+    llvm::Function* plane = helper("gradc_pool_plane", std::vector<llvm::Type*>(params, ptr), [&] {
+        // MaxPool2dGrad from positions: x is the positions' plane (i32).
+        llvm::Value* x = op == Op::AvgPool2dGrad ? nullptr : fn_->getArg(0);
+        llvm::Value* g = op == Op::MaxPool2dGrad ? fn_->getArg(1) : op == Op::AvgPool2dGrad ? fn_->getArg(0) : nullptr;
         llvm::Value* out = fn_->getArg(operands);
+        llvm::Value* positions = pp.positions ? (grad ? x : fn_->getArg(operands + 1)) : nullptr;
         if (global && !max) {
             if (grad) {
                 llvm::Value* share = b_.CreateFMul(load(g, i64(0)), fp(invArea));
@@ -86,7 +89,16 @@ llvm::Function* Lowering::poolPlane(const Kernel& k, const Window& w) {
             return;
         }
         if (grad) loop(xPlane, "zero", [&](llvm::Value* e) { store(fp(0), out, e); });
-        if (k.op == Op::MaxPool2dGrad && !rowsInFrame) {
+        // The position of output yi's maximum, stored by the forward maxpool (an i32).
+        auto storedAt = [&](llvm::Value* yi) { return b_.CreateLoad(i32, b_.CreateGEP(i32, positions, yi)); };
+        if (op == Op::MaxPool2dGrad && positions && !rowsInFrame) { // g to each output's maximum, in order
+            loop(OH * OW, "yi", [&](llvm::Value* yi) {
+                llvm::Value* at = b_.CreateZExt(storedAt(yi), b_.getInt64Ty());
+                store(b_.CreateFAdd(load(out, at), load(g, yi)), out, at);
+            }, /*vectorise=*/false);
+            return;
+        }
+        if (op == Op::MaxPool2dGrad && !rowsInFrame) {
             // Rows too long for the frame (or planes too large for i32 positions): each
             // window's maximum on its own, in registers.
             const double inf = std::numeric_limits<double>::infinity();
@@ -122,7 +134,7 @@ llvm::Function* Lowering::poolPlane(const Kernel& k, const Window& w) {
         // The maximum's gradient keeps, per output of the row, the best value so far and
         // its position in the plane: in this call's frame, so each thread has its own.
         llvm::Value *best = nullptr, *arg = nullptr;
-        if (k.op == Op::MaxPool2dGrad) {
+        if (op == Op::MaxPool2dGrad) {
             llvm::IRBuilder<> eb(entryBlock_, entryBlock_->begin());
             best = eb.CreateAlloca(llvm::ArrayType::get(T_, uint64_t(OW)));
             arg = eb.CreateAlloca(llvm::ArrayType::get(i32, uint64_t(OW)));
@@ -154,15 +166,27 @@ llvm::Function* Lowering::poolPlane(const Kernel& k, const Window& w) {
         // so far) kept in memory between. Serves every output whose window the image clips.
         auto clipped = [&](llvm::Value* i, llvm::Value* r0, llvm::Value* rows, int64_t from, int64_t to) {
             llvm::Value* yRow = b_.CreateMul(i, i64(OW));
-            if (k.op != Op::AvgPool2dGrad) loop(to - from, "j", [&](llvm::Value* jj) {
+            if (op == Op::MaxPool2dGrad && positions) { // the maxima as the forward pass found them
+                loop(to - from, "j", [&](llvm::Value* jj) {
+                    llvm::Value* j = b_.CreateAdd(jj, i64(from));
+                    b_.CreateStore(storedAt(b_.CreateAdd(yRow, j)), argAt(j));
+                });
+                return scatter(yRow, from, to);
+            }
+            if (op != Op::AvgPool2dGrad) loop(to - from, "j", [&](llvm::Value* jj) {
                 llvm::Value* j = b_.CreateAdd(jj, i64(from));
-                if (k.op == Op::MaxPool2dGrad) { // a window of -inf only: its first position inside
+                // A window of -inf only: its first position inside.
+                auto first = [&] {
                     llvm::Value* left = b_.CreateSub(b_.CreateMul(j, i64(w.sw)), i64(w.pw));
                     llvm::Value* c0 = b_.CreateSelect(b_.CreateICmpSLT(left, i64(0)), i64(0), left);
+                    return b_.CreateTrunc(b_.CreateAdd(b_.CreateMul(r0, i64(W)), c0), i32);
+                };
+                if (op == Op::MaxPool2dGrad) {
                     b_.CreateStore(fp(-inf), bestAt(j));
-                    b_.CreateStore(b_.CreateTrunc(b_.CreateAdd(b_.CreateMul(r0, i64(W)), c0), i32), argAt(j));
+                    b_.CreateStore(first(), argAt(j));
                 } else {
                     store(fp(max ? -inf : 0.0), out, b_.CreateAdd(yRow, j));
+                    if (positions) b_.CreateStore(first(), b_.CreateGEP(i32, positions, b_.CreateAdd(yRow, j)));
                 }
             });
             loopTo(rows, "r", [&](llvm::Value* rr) {
@@ -176,10 +200,15 @@ llvm::Function* Lowering::poolPlane(const Kernel& k, const Window& w) {
                         llvm::Value* j = b_.CreateAdd(jj, i64(first));
                         llvm::Value* pos = position(r, j, q);
                         llvm::Value* yi = b_.CreateAdd(yRow, j);
-                        switch (k.op) {
+                        switch (op) {
                         case Op::MaxPool2d: {
                             llvm::Value *v = load(x, pos), *m = load(out, yi);
-                            store(b_.CreateSelect(takes(v, m), v, m), out, yi);
+                            llvm::Value* take = takes(v, m);
+                            store(b_.CreateSelect(take, v, m), out, yi);
+                            if (positions) {
+                                llvm::Value* p = b_.CreateGEP(i32, positions, yi);
+                                b_.CreateStore(b_.CreateSelect(take, b_.CreateTrunc(pos, i32), b_.CreateLoad(i32, p)), p);
+                            }
                             break;
                         }
                         case Op::AvgPool2d: store(b_.CreateFAdd(load(out, yi), load(x, pos)), out, yi); break;
@@ -199,12 +228,12 @@ llvm::Function* Lowering::poolPlane(const Kernel& k, const Window& w) {
                     });
                 }
             });
-            if (k.op == Op::AvgPool2d)
+            if (op == Op::AvgPool2d)
                 loop(to - from, "j", [&](llvm::Value* jj) {
                     llvm::Value* yi = b_.CreateAdd(yRow, b_.CreateAdd(jj, i64(from)));
                     store(b_.CreateFMul(load(out, yi), fp(invArea)), out, yi);
                 });
-            if (k.op == Op::MaxPool2dGrad) scatter(yRow, from, to);
+            if (op == Op::MaxPool2dGrad) scatter(yRow, from, to);
         };
 
         // Outputs [from, to) of row i whose whole window is inside the image, its top row
@@ -221,8 +250,10 @@ llvm::Function* Lowering::poolPlane(const Kernel& k, const Window& w) {
                 llvm::Value* yi = b_.CreateAdd(yRow, j);
                 llvm::Value* acc = fp(max ? -inf : 0.0);
                 llvm::Value* argv = b_.CreateTrunc(position(top, j, 0), i32);
-                llvm::Value* share = k.op == Op::AvgPool2dGrad ? b_.CreateFMul(load(g, yi), fp(invArea)) : nullptr;
-                for (int64_t p = 0; p < w.kh; ++p)
+                llvm::Value* share = op == Op::AvgPool2dGrad ? b_.CreateFMul(load(g, yi), fp(invArea)) : nullptr;
+                const bool found = grad && positions; // the maximum as the forward pass found it
+                if (found) argv = storedAt(yi);
+                for (int64_t p = 0; p < w.kh && !found; ++p)
                     for (int64_t q = 0; q < w.kw; ++q) {
                         llvm::Value* pos = position(b_.CreateAdd(top, i64(p)), j, q);
                         if (share) {
@@ -236,10 +267,13 @@ llvm::Function* Lowering::poolPlane(const Kernel& k, const Window& w) {
                         }
                         llvm::Value* take = takes(v, acc);
                         acc = b_.CreateSelect(take, v, acc);
-                        if (grad) argv = b_.CreateSelect(take, b_.CreateTrunc(pos, i32), argv);
+                        if (grad || positions) argv = b_.CreateSelect(take, b_.CreateTrunc(pos, i32), argv);
                     }
-                switch (k.op) {
-                case Op::MaxPool2d: store(acc, out, yi); break;
+                switch (op) {
+                case Op::MaxPool2d:
+                    store(acc, out, yi);
+                    if (positions) b_.CreateStore(argv, b_.CreateGEP(i32, positions, yi));
+                    break;
                 case Op::AvgPool2d: store(b_.CreateFMul(acc, fp(invArea)), out, yi); break;
                 case Op::MaxPool2dGrad:
                     if (!apart) {
@@ -256,7 +290,7 @@ llvm::Function* Lowering::poolPlane(const Kernel& k, const Window& w) {
                 default: break;
                 }
             });
-            if (k.op == Op::MaxPool2dGrad && !apart) scatter(yRow, from, to);
+            if (op == Op::MaxPool2dGrad && !apart) scatter(yRow, from, to);
         };
 
         // The same for strides 1 and 2 in vectors of VL outputs written out: a row's inputs
@@ -315,14 +349,19 @@ llvm::Function* Lowering::poolPlane(const Kernel& k, const Window& w) {
                 llvm::Value* count = b_.CreateSelect(b_.CreateICmpSLT(left, i64(VL)), left, i64(VL));
                 llvm::Value* y0 = b_.CreateAdd(yRow, j0);
                 // The positions in the plane of the VL outputs' column q in row r, as i32.
-                auto positions = [&](llvm::Value* at) {
+                auto positionsOf = [&](llvm::Value* at) {
                     return b_.CreateAdd(b_.CreateVectorSplat(VL, b_.CreateTrunc(at, i32)), iota(VL, i32, s));
                 };
                 llvm::Value* gv = grad ? rowLoad(g, y0, count, 1) : nullptr;
                 llvm::Value* acc = b_.CreateVectorSplat(VL, fp(max ? -inf : 0.0));
-                llvm::Value* argv = positions(position(top, j0, 0));
-                llvm::Value* share = k.op == Op::AvgPool2dGrad ? b_.CreateFMul(gv, b_.CreateVectorSplat(VL, fp(invArea))) : nullptr;
-                for (int64_t p = 0; p < w.kh; ++p)
+                llvm::Value* argv = positionsOf(position(top, j0, 0));
+                llvm::Value* share = op == Op::AvgPool2dGrad ? b_.CreateFMul(gv, b_.CreateVectorSplat(VL, fp(invArea))) : nullptr;
+                auto* positionsTy = llvm::FixedVectorType::get(i32, VL);
+                const bool found = grad && positions; // the maxima as the forward pass found them
+                if (found)
+                    argv = b_.CreateMaskedLoad(positionsTy, b_.CreateGEP(i32, positions, y0), llvm::Align(4), prefix(VL, count),
+                                               llvm::Constant::getNullValue(positionsTy));
+                for (int64_t p = 0; p < w.kh && !found; ++p)
                     for (int64_t q = 0; q < w.kw; ++q) {
                         llvm::Value* at = position(b_.CreateAdd(top, i64(p)), j0, q);
                         if (share) {
@@ -336,10 +375,13 @@ llvm::Function* Lowering::poolPlane(const Kernel& k, const Window& w) {
                         }
                         llvm::Value* take = takes(v, acc);
                         acc = b_.CreateSelect(take, v, acc);
-                        if (grad) argv = b_.CreateSelect(take, positions(at), argv);
+                        if (grad || positions) argv = b_.CreateSelect(take, positionsOf(at), argv);
                     }
-                switch (k.op) {
-                case Op::MaxPool2d: b_.CreateMaskedStore(acc, at(out, y0), align, prefix(VL, count)); break;
+                switch (op) {
+                case Op::MaxPool2d:
+                    b_.CreateMaskedStore(acc, this->at(out, y0), align, prefix(VL, count));
+                    if (positions) b_.CreateMaskedStore(argv, b_.CreateGEP(i32, positions, y0), llvm::Align(4), prefix(VL, count));
+                    break;
                 case Op::AvgPool2d:
                     b_.CreateMaskedStore(b_.CreateFMul(acc, b_.CreateVectorSplat(VL, fp(invArea))), at(out, y0), align,
                                          prefix(VL, count));
@@ -351,7 +393,7 @@ llvm::Function* Lowering::poolPlane(const Kernel& k, const Window& w) {
                     }
                     for (int64_t p = 0; p < w.kh; ++p) {
                         auto share = [&](int64_t q) { // g for the outputs whose maximum is at column q
-                            llvm::Value* hit = b_.CreateICmpEQ(positions(position(b_.CreateAdd(top, i64(p)), j0, q)), argv);
+                            llvm::Value* hit = b_.CreateICmpEQ(positionsOf(position(b_.CreateAdd(top, i64(p)), j0, q)), argv);
                             return b_.CreateSelect(hit, gv, llvm::Constant::getNullValue(vec));
                         };
                         llvm::Value* at = position(b_.CreateAdd(top, i64(p)), j0, 0);
@@ -362,7 +404,7 @@ llvm::Function* Lowering::poolPlane(const Kernel& k, const Window& w) {
                 default: break;
                 }
             });
-            if (k.op == Op::MaxPool2dGrad && !apart) scatter(yRow, from, to);
+            if (op == Op::MaxPool2dGrad && !apart) scatter(yRow, from, to);
         };
 
         // Rows [ilo, ihi) and columns [jlo, jhi) of the output have windows inside the image.
@@ -397,29 +439,28 @@ llvm::Function* Lowering::poolPlane(const Kernel& k, const Window& w) {
         rowsOf(ilo, ihi, true);
         rowsOf(ihi, OH, false);
     });
-    for (unsigned a = 0; a <= operands; ++a) plane->addParamAttr(a, llvm::Attribute::NoAlias);
+    for (unsigned a = 0; a < params; ++a) plane->addParamAttr(a, llvm::Attribute::NoAlias);
     return plane;
 }
 
 void Lowering::pooling(const Kernel& k) {
-    llvm::Function* plane = poolPlane(k, k.attrs.window);
-    const bool grad = k.op == Op::MaxPool2dGrad || k.op == Op::AvgPool2dGrad;
-    Shape xs, ys;
-    std::tie(xs, ys) = poolShapes(k, p_->buffers);
-    const int64_t planes = xs[0] * xs[1], xPlane = xs[2] * xs[3], yPlane = ys[2] * ys[3];
-    const unsigned operands = unsigned(k.in.size());
+    const PoolPlane pp = poolPlaneOf(k);
+    llvm::Function* plane = poolPlane(pp);
+    const int64_t planes = pp.x[0] * pp.x[1];
 
-    // Each operand's and the result's elements per plane, in call order.
+    // The plane function's arguments in call order (operands, then results: the positions
+    // are the pooled image's shape) and their elements per plane.
+    std::vector<int32_t> args = k.in;
+    for (int32_t id : k.out)
+        if (id >= 0) args.push_back(id);
     std::vector<int64_t> strides;
-    for (int32_t id : k.in) strides.push_back(elementCount(p_->buffers[size_t(id)].shape) / planes);
-    strides.push_back(grad ? xPlane : yPlane);
+    for (int32_t id : args) strides.push_back(elementCount(p_->buffers[size_t(id)].shape) / planes);
     auto planesFrom = [&](llvm::Value* begin, llvm::Value* end) {
         loopTo(b_.CreateSub(end, begin), "plane", [&](llvm::Value* n) {
             llvm::Value* index = b_.CreateAdd(begin, n);
-            std::vector<llvm::Value*> args;
-            for (unsigned a = 0; a <= operands; ++a)
-                args.push_back(at(base(a < operands ? k.in[a] : k.out[0]), b_.CreateMul(index, i64(strides[a]))));
-            b_.CreateCall(plane, args);
+            std::vector<llvm::Value*> values;
+            for (size_t a = 0; a < args.size(); ++a) values.push_back(at(base(args[a]), b_.CreateMul(index, i64(strides[a]))));
+            b_.CreateCall(plane, values);
         });
     };
     if (p_->blocking.threads <= 1 || planes < 2) return planesFrom(i64(0), i64(planes));

@@ -192,9 +192,19 @@ private:
     void normalisation(const Kernel& k);
     /// The kernel of maxpool2d, avgpool2d and their gradients (LowerPool.cpp).
     void pooling(const Kernel& k);
-    /// The function that computes pooling kernel k's op over window w on one plane (image,
-    /// channel): (each operand's plane, the result's plane), all `noalias`.
-    llvm::Function* poolPlane(const Kernel& k, const Window& w);
+    /// What a pooling plane function computes: `op` over `window` on planes of x [B,C,H,W]
+    /// pooled to y [B,C,OH,OW]; with `positions`, maxpool2d also stores the positions of its
+    /// maxima and maxpool2d_grad reads them instead of x (Kernel::maxPositions).
+    struct PoolPlane {
+        Op op;
+        Window window;
+        Shape x, y;
+        bool positions = false;
+    };
+    PoolPlane poolPlaneOf(const Kernel& k) const;
+    /// The function that computes one plane (image, channel) of a pooling: (each operand's
+    /// plane, the result's plane[, the positions' plane]), all `noalias`.
+    llvm::Function* poolPlane(const PoolPlane& pp);
 
     // ---- Convolutions (LowerConv.cpp): implicit GEMMs through gradc_tile (ConvPlan).
 
