@@ -25,7 +25,8 @@ std::vector<int32_t> Kernel::writes() const {
     std::vector<int32_t> w;
     for (size_t i = 0; i < out.size(); ++i)
         if (writesOut(i)) w.push_back(out[i]);
-    for (auto& s : stores) w.push_back(s.buffer);
+    for (auto& s : stores)
+        if (s.buffer >= 0) w.push_back(s.buffer); // -1: a pooled conv's epilogue, kept in its buffer
     for (auto& s : columnSums) w.push_back(s.buffer);
     for (auto& s : rowSums) w.push_back(s.buffer);
     return w;
@@ -99,8 +100,9 @@ struct CseEqual {
 
 class Builder {
 public:
-    Builder(const Graph& g, const std::string& name, const std::vector<Output>& outputs, const Layout& layout)
-        : g_(g), outputs_(outputs), layout_(layout) {
+    Builder(const Graph& g, const std::string& name, const std::vector<Output>& outputs, const Layout& layout,
+            const GemmBlocking& blocking)
+        : g_(g), outputs_(outputs), layout_(layout), blocking_(blocking) {
         p_.name = name;
     }
 
@@ -116,6 +118,7 @@ public:
         fuseEpilogues();
         fusePoolGradients();
         storePoolPositions();
+        fusePoolEpilogues();
         return std::move(p_);
     }
 
@@ -123,6 +126,7 @@ private:
     const Graph& g_;
     std::vector<Output> outputs_;
     const Layout& layout_;
+    const GemmBlocking& blocking_; // which convolutions run direct
     KernelProgram p_;
     std::vector<ValueId> canon_;      // CSE: each value's representative
     std::vector<bool> live_;          // DCE: reaches a requested output
@@ -699,7 +703,7 @@ private:
             if (!ok) continue;
             Kernel& fused = p_.kernels[*reader];
             fused.in = {fused.in[0], pool.in[0], pool.in[1]};
-            fused.gradPool = pool.attrs.window;
+            fused.pool = pool.attrs.window;
             gone[i] = true;
         }
         dropKernels(gone);
@@ -716,7 +720,7 @@ private:
             if ((!own && !grad.poolsGradient()) || grad.maxPositions) continue;
             const size_t xAt = own ? 0 : 1; // the pool's input x, then its g
             const int32_t x = grad.in[xAt];
-            const Window& window = own ? grad.attrs.window : grad.gradPool;
+            const Window& window = own ? grad.attrs.window : grad.pool;
             const Shape& xs = p_.buffers[size_t(x)].shape;
             if (xs[2] * xs[3] >= (int64_t(1) << 31)) continue; // positions in the plane are int32
             for (size_t f = 0; f < i; ++f) {
@@ -738,6 +742,51 @@ private:
                 break;
             }
         }
+    }
+
+    /// Folds into a direct conv2d with an epilogue (Kernel::poolsOutput) the maxpool that is
+    /// the one reader of what the epilogue stores: the conv pools each image's result while it
+    /// is in the thread's buffer, so the result (cnn_relu's first layer: 26 MB) is neither
+    /// written nor read back. The epilogue may read only the result and per-channel or
+    /// per-position operands (its values are computed image by image at image 0's index),
+    /// and must store nothing else (activation statistics keep the result).
+    void fusePoolEpilogues() {
+        std::vector<bool> gone(p_.kernels.size(), false);
+        for (size_t i = 0; i < p_.kernels.size(); ++i) {
+            Kernel& conv = p_.kernels[i];
+            if (conv.kind != Kernel::Kind::Op || conv.op != Op::Conv2d || !conv.hasEpilogue() || conv.stores.size() != 1)
+                continue;
+            if (!planConv(conv, p_.buffers, blocking_).direct) continue;
+            bool ok = true;
+            for (const Access& a : conv.args) ok = ok && a.mode != Access::Mode::Elem;
+            const int32_t y = conv.stores[0].buffer;
+            if (!ok || p_.buffers[size_t(y)].kind != Buffer::Kind::Temp) continue;
+            std::optional<size_t> reader;
+            for (size_t j = 0; j < p_.kernels.size() && ok; ++j) {
+                if (j == i) continue;
+                const std::vector<int32_t> r = p_.kernels[j].reads(), w = p_.kernels[j].writes();
+                if (std::find(w.begin(), w.end(), y) != w.end()) ok = false;
+                if (std::find(r.begin(), r.end(), y) == r.end()) continue;
+                if (reader) ok = false;
+                reader = j;
+            }
+            if (!ok || !reader || *reader < i) continue;
+            const Kernel& pool = p_.kernels[*reader];
+            if (pool.kind != Kernel::Kind::Op || pool.op != Op::MaxPool2d || pool.in[0] != y) continue;
+            // The pool runs at the conv's place: nothing between reads or writes what it writes.
+            for (size_t j = i + 1; j < *reader && ok; ++j) {
+                std::vector<int32_t> touched = p_.kernels[j].reads();
+                for (int32_t w : p_.kernels[j].writes()) touched.push_back(w);
+                for (int32_t b : pool.out) ok = ok && std::find(touched.begin(), touched.end(), b) == touched.end();
+            }
+            if (!ok) continue;
+            conv.pool = pool.attrs.window;
+            conv.maxPositions = pool.maxPositions;
+            conv.stores[0].buffer = -1;
+            for (int32_t b : pool.out) conv.out.push_back(b);
+            gone[*reader] = true;
+        }
+        dropKernels(gone);
     }
 
     void dropKernels(const std::vector<bool>& gone) {
@@ -799,7 +848,7 @@ KernelProgram buildKernels(const Graph& g, const std::string& name,
                            const std::vector<Output>& outputs, const Layout& layout, int elementBytes,
                            const GemmBlocking& blocking) {
     refuseUncompiled(g);
-    KernelProgram p = Builder(g, name, outputs, layout).run();
+    KernelProgram p = Builder(g, name, outputs, layout, blocking).run();
     p.blocking = blocking;
     p.syncWorld = g.syncWorld;
     planMemory(p, elementBytes);

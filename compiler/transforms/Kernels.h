@@ -92,19 +92,25 @@ struct Kernel {
     /// a store of the epilogue, when later kernels or the entry point's caller read it. The
     /// bias and activation after a convolution cost no pass over memory of their own.
     bool hasEpilogue() const { return kind == Kind::Op && !stores.empty(); }
-    /// A conv2d_grad_w kernel may compute its g itself (Fusion's fusePoolGradients): when g is
-    /// a maxpool's gradient that no other kernel reads, the kernel's operands are {x, the
-    /// pool's input, the pool's g} and `gradPool` the pool's window; each thread expands g
-    /// into its scratch just before the product reads it, so the pool's gradient (the size
-    /// of the convolution's output) never makes a pass over memory of its own.
-    Window gradPool; ///< kh == 0: none, g is in[1]
+    /// A maxpool over `pool` (kh == 0: none) folded into a convolution kernel:
+    /// - conv2d_grad_w may compute its g itself (Fusion's fusePoolGradients): when g is a
+    ///   maxpool's gradient that no other kernel reads, the kernel's operands are {x, the
+    ///   pool's input, the pool's g}; each thread expands g into its scratch just before the
+    ///   product reads it, so the pool's gradient (the size of the convolution's output)
+    ///   never makes a pass over memory of its own.
+    /// - a direct conv2d with an epilogue may pool what its epilogue computes (Fusion's
+    ///   fusePoolEpilogues), when the maxpool is the one reader of it: the epilogue's one
+    ///   store (buffer -1) stays in the thread's buffer of a whole image, and the kernel
+    ///   writes out {y (never written), the pooled y[, the maxima's positions]}.
+    Window pool;
+    bool poolsGradient() const { return kind == Kind::Op && op == Op::Conv2dGradW && pool.kh > 0; }
+    bool poolsOutput() const { return kind == Kind::Op && op == Op::Conv2d && pool.kh > 0; }
     /// A maxpool's gradient may read, instead of the pool's input x, the positions of the
     /// windows' maxima that the forward maxpool2d stored (Fusion's storePoolPositions): the
-    /// maxpool2d kernel then has out {y, positions}, and the gradient in {positions, g} (or a
-    /// grad_w that expands it: {x, positions, g}). A position is an int32 offset in the
+    /// maxpool2d kernel then has out {y, positions} (a pooled conv2d: {y, pooled, positions}),
+    /// and the gradient in {positions, g} (a grad_w that expands it: {x, positions, g}). A position is an int32 offset in the
     /// image's plane, one per element of y, in a buffer of y's shape (its first 4 bytes).
     bool maxPositions = false;
-    bool poolsGradient() const { return kind == Kind::Op && op == Op::Conv2dGradW && gradPool.kh > 0; }
     /// Whether the kernel writes out[i] itself (not a conv's result that its epilogue stores).
     bool writesOut(size_t i) const { return out[i] >= 0 && !(i == 0 && hasEpilogue()); }
 

@@ -120,7 +120,8 @@ ConvPlan planConv(const Kernel& k, const std::vector<Buffer>& buffers, const Gem
     // most lanes idle; the panels of the register tile run across rows and images).
     p.direct = k.op != Op::Conv2dGradX && p.C * taps <= ConvPlan::kDirectTaps && p.OW >= bl.vl;
     if (p.direct && k.op == Op::Conv2d) { // a band of rows of y per unit; with an epilogue, its results [O][band OW]
-        p.band = std::clamp<int64_t>(32768 / std::max<int64_t>(1, p.O * p.OW), 1, p.OH);
+        // A pooled conv (Kernel::poolsOutput) keeps a whole image: its pool's windows span rows.
+        p.band = k.poolsOutput() ? p.OH : std::clamp<int64_t>(32768 / std::max<int64_t>(1, p.O * p.OW), 1, p.OH);
         p.units = p.B * ((p.OH + p.band - 1) / p.band);
         p.perThread = k.hasEpilogue() ? up16(p.O * p.band * p.OW) : 0;
         p.elements = p.perThread * threads;
@@ -248,11 +249,12 @@ std::string kernelLabel(const KernelProgram& p, size_t i) {
     for (int32_t b : k.in) ins += (ins.empty() ? "" : ", ") + name(b);
     if (k.poolsGradient()) // g expanded from the pool's operands
         ins = fmt::format("{}, maxpool2d_grad({}, {}) window={}", name(k.in[0]), name(k.in[1]), name(k.in[2]),
-                          printWindow(k.gradPool));
+                          printWindow(k.pool));
     for (int32_t b : k.out) outs += (outs.empty() ? "" : ", ") + name(b);
     out += fmt::format(" ({}) -> ({})", ins, outs);
     if (std::string a = k.kind == Kernel::Kind::Op ? printAttrs(k.op, k.attrs) : ""; !a.empty()) out += " " + a;
     if (k.hasEpilogue()) out += " + epilogue";
+    if (k.poolsOutput()) out += " + maxpool " + printWindow(k.pool);
     return out;
 }
 

@@ -289,7 +289,7 @@ TEST_CASE("conv2d's bias and activation are its epilogue, applied as its tiles a
     }
 }
 
-TEST_CASE("a maxpool's gradient that only a weight gradient reads is expanded inside it", "[jit][conv][pool]") {
+TEST_CASE("a maxpool's gradient that only a weight gradient reads is expanded inside it; a direct conv pools its epilogue", "[jit][conv][pool]") {
     // A first convolution (no input gradient) before a maxpool: its conv2d_grad_w reads the
     // pool's operands (the positions of the maxima and the pooled gradient) and expands g
     // image by image; no maxpool2d_grad kernel is left and the pool's gradient has no memory. Direct (few taps, rows of at least VL) and through the
@@ -304,7 +304,8 @@ TEST_CASE("a maxpool's gradient that only a weight gradient reads is expanded in
     };
     for (const char* text : models) {
         INFO(text);
-        Graph g = compileSource("pooled.nn", text, {3}).graph;
+        // As training compiles it: no activation statistics (they would keep the conv's values).
+        Graph g = compileSource("pooled.nn", text, {.batch = 3, .statistics = false}).graph;
         Graph grad = differentiate(g);
         const KernelProgram p = buildKernels(grad, "backward", backwardOutputs(grad), computeLayout(g), 4, GemmBlocking{});
         int fused = 0;
@@ -313,13 +314,28 @@ TEST_CASE("a maxpool's gradient that only a weight gradient reads is expanded in
             if (!k.poolsGradient()) continue;
             ++fused;
             CHECK(k.in.size() == 3);
-            // It reads the positions of the maxima the maxpool2d before it stored, not x.
+            // It reads the positions of the maxima that the maxpool2d before it stored (or the
+            // conv2d that pools its epilogue's values), not x.
             CHECK(k.maxPositions);
             CHECK(std::any_of(p.kernels.begin(), p.kernels.end(), [&](const Kernel& f) {
-                return f.kind == Kernel::Kind::Op && f.op == Op::MaxPool2d && f.out.size() == 2 && f.out[1] == k.in[1];
+                return (f.kind == Kernel::Kind::Op && f.op == Op::MaxPool2d && f.out.size() == 2 && f.out[1] == k.in[1]) ||
+                       (f.poolsOutput() && f.out.size() == 3 && f.out[2] == k.in[1]);
             }));
         }
         CHECK(fused == 1);
+        // The direct convolutions (one channel, rows of at least VL) pool their epilogue's
+        // values themselves: no maxpool2d kernel is left, and the values have no memory.
+        const bool direct = std::string(text).rfind("input 1x", 0) == 0;
+        const int pooled = int(std::count_if(p.kernels.begin(), p.kernels.end(), [](const Kernel& k) { return k.poolsOutput(); }));
+        const int pools = int(std::count_if(p.kernels.begin(), p.kernels.end(),
+                                            [](const Kernel& k) { return k.kind == Kernel::Kind::Op && k.op == Op::MaxPool2d; }));
+        CHECK(pooled == (direct ? 1 : 0));
+        CHECK(pools == (direct ? 0 : 1));
+        for (const Kernel& k : p.kernels)
+            if (k.poolsOutput()) {
+                CHECK(k.stores.size() == 1);
+                CHECK(k.stores[0].buffer == -1);
+            }
         agree(g, rng);
     }
     // With the input's gradient needed too (a second convolution), g has two readers and stays.

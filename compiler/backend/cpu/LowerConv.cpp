@@ -188,9 +188,15 @@ void Lowering::convolution(const Kernel& k) {
     // of image img, computed from the pool's operands into dst (the thread's part).
     llvm::Function* poolPlane = nullptr;
     int64_t pooledPlane = 0;
+    const bool pooled = k.poolsOutput(); // a direct conv2d that pools its epilogue's values
+    if (pooled) {
+        const Shape& y = p_->buffers[size_t(k.out[1])].shape;
+        poolPlane = this->poolPlane({Op::MaxPool2d, k.pool, {plan.B, plan.O, plan.OH, plan.OW}, y, k.maxPositions});
+        pooledPlane = y[2] * y[3];
+    }
     if (k.poolsGradient()) {
         const Shape& pooled = p_->buffers[size_t(k.in[2])].shape;
-        poolPlane = this->poolPlane({Op::MaxPool2dGrad, k.gradPool, {plan.B, plan.O, plan.OH, plan.OW}, pooled, k.maxPositions});
+        poolPlane = this->poolPlane({Op::MaxPool2dGrad, k.pool, {plan.B, plan.O, plan.OH, plan.OW}, pooled, k.maxPositions});
         pooledPlane = pooled[2] * pooled[3];
     }
     auto expandGradient = [&](llvm::Value* dst, llvm::Value* img, llvm::Value* o0, int64_t n) {
@@ -315,7 +321,8 @@ void Lowering::convolution(const Kernel& k) {
             llvm::Value* buf = threadPart(thread); // with an epilogue: the band's results [O][band OW]
             llvm::Value *x = base(k.in[0]), *w = base(k.in[1]);
             llvm::Value* y = epilogue ? nullptr : base(k.out[0]);
-            const LoopBases lb = epilogue ? loopBases(epi) : LoopBases{};
+            LoopBases lb = epilogue ? loopBases(epi) : LoopBases{};
+            if (pooled) lb.stores[0] = buf; // the epilogue's one store, kept in the buffer
             loopTo(b_.CreateSub(end, begin), "unit", [&](llvm::Value* u) {
                 llvm::Value* unit = b_.CreateAdd(begin, u);
                 llvm::Value* img = b_.CreateUDiv(unit, i64(bands));
@@ -342,7 +349,7 @@ void Lowering::convolution(const Kernel& k) {
                         }, /*vectorise=*/false);
                     }, /*vectorise=*/false);
                 });
-                if (epilogue) // the band's bias and activation (and y, when something reads it), channel by channel
+                if (epilogue && !pooled) // the band's bias and activation (and y, when something reads it), channel by channel
                     loop(O, "o", [&](llvm::Value* o) {
                         llvm::Value* from = at(buf, b_.CreateMul(o, i64(band * OW)));
                         llvm::Value* pos0 = b_.CreateMul(i0, i64(OW));
@@ -350,6 +357,15 @@ void Lowering::convolution(const Kernel& k) {
                             element(epi, lb, o, b_.CreateAdd(pos0, c), load(from, c), img);
                         });
                     });
+                if (pooled) // the image's epilogue in place in the buffer (at image 0's index), then its pool, channel by channel
+                    loop(O, "o", [&](llvm::Value* o) {
+                        llvm::Value* from = at(buf, b_.CreateMul(o, i64(OH * OW)));
+                        loop(OH * OW, "c", [&](llvm::Value* c) { element(epi, lb, o, c, load(from, c), i64(0)); });
+                        llvm::Value* plane = b_.CreateMul(b_.CreateAdd(b_.CreateMul(img, i64(O)), o), i64(pooledPlane));
+                        std::vector<llvm::Value*> args = {from};
+                        for (size_t r = 1; r < k.out.size(); ++r) args.push_back(at(base(k.out[r]), plane));
+                        b_.CreateCall(poolPlane, args);
+                    }, /*vectorise=*/false);
             });
         });
         return;

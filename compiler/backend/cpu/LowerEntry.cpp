@@ -56,7 +56,7 @@ KernelShape kernelShape(const Kernel& k, const std::vector<Buffer>& buffers) {
     }
     if (k.kind == Kernel::Kind::Op && describe(k.op).has(trait::Spatial)) { // the window and every shape
         key += " " + printWindow(k.attrs.window);
-        if (k.poolsGradient()) key += " pool" + printWindow(k.gradPool);
+        if (k.poolsGradient()) key += " pool" + printWindow(k.pool);
         if (k.maxPositions) key += " positions";
         for (int32_t id : k.in) key += " " + shapeString(buffers[size_t(id)].shape);
         for (int32_t id : k.out) key += " " + (id < 0 ? std::string("-") : shapeString(buffers[size_t(id)].shape));
