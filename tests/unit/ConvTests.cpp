@@ -289,7 +289,7 @@ TEST_CASE("conv2d's bias and activation are its epilogue, applied as its tiles a
     }
 }
 
-TEST_CASE("a maxpool's gradient that only a weight gradient reads is expanded inside it; a direct conv pools its epilogue", "[jit][conv][pool]") {
+TEST_CASE("a maxpool's gradient that only a weight gradient reads is expanded inside it, and a direct conv pools its epilogue", "[jit][conv][pool]") {
     // A first convolution (no input gradient) before a maxpool: its conv2d_grad_w reads the
     // pool's operands (the positions of the maxima and the pooled gradient) and expands g
     // image by image; no maxpool2d_grad kernel is left and the pool's gradient has no memory. Direct (few taps, rows of at least VL) and through the
