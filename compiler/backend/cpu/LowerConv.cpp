@@ -274,8 +274,10 @@ void Lowering::convolution(const Kernel& k) {
                             if (poolPlane) expandGradient(expanded, img, o0, OB), plane = expanded;
                             else plane = at(g, b_.CreateMul(b_.CreateAdd(b_.CreateMul(img, i64(O)), o0), i64(OH * OW)));
                             for (llvm::Value* a : acc) b_.CreateStore(llvm::Constant::getNullValue(vecTy), a);
-                            loop(OH, "i", [&](llvm::Value* i) {
-                                loop(chunks, "v", [&](llvm::Value* v) {
+                            // Chunks outermost: the lanes inside the image, per tap column, are
+                            // then the same for every row.
+                            loop(chunks, "v", [&](llvm::Value* v) {
+                                loop(OH, "i", [&](llvm::Value* i) {
                                     llvm::Value* j0 = b_.CreateMul(v, i64(VL));
                                     llvm::Value* keep;
                                     const std::vector<llvm::Value*> xv = taps(image, i, j0, keep);
