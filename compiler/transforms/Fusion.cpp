@@ -670,6 +670,22 @@ private:
         dropKernels(gone);
     }
 
+    /// The one kernel that reads `buffer`, which kernel `writer` alone writes, when it runs
+    /// after the writer.
+    std::optional<size_t> onlyReader(size_t writer, int32_t buffer) const {
+        std::optional<size_t> reader;
+        for (size_t j = 0; j < p_.kernels.size(); ++j) {
+            if (j == writer) continue;
+            const std::vector<int32_t> r = p_.kernels[j].reads(), w = p_.kernels[j].writes();
+            if (std::find(w.begin(), w.end(), buffer) != w.end()) return std::nullopt;
+            if (std::find(r.begin(), r.end(), buffer) == r.end()) continue;
+            if (reader) return std::nullopt;
+            reader = j;
+        }
+        if (reader && *reader < writer) return std::nullopt;
+        return reader;
+    }
+
     /// Folds a maxpool's gradient into the conv2d_grad_w that is its one reader
     /// (Kernel::poolsGradient): the weight gradient, at its own place, expands g from the
     /// pool's operands image by image (nothing between writes them), and the pool's gradient
@@ -682,17 +698,9 @@ private:
             if (pool.kind != Kernel::Kind::Op || pool.op != Op::MaxPool2dGrad) continue;
             const int32_t g = pool.out[0];
             if (p_.buffers[size_t(g)].kind != Buffer::Kind::Temp) continue;
-            std::optional<size_t> reader;
+            const std::optional<size_t> reader = onlyReader(i, g);
+            if (!reader) continue;
             bool ok = true;
-            for (size_t j = 0; j < p_.kernels.size() && ok; ++j) {
-                if (j == i) continue;
-                const std::vector<int32_t> r = p_.kernels[j].reads(), w = p_.kernels[j].writes();
-                if (std::find(w.begin(), w.end(), g) != w.end()) ok = false;
-                if (std::find(r.begin(), r.end(), g) == r.end()) continue;
-                if (reader) ok = false;
-                reader = j;
-            }
-            if (!ok || !reader || *reader < i) continue;
             const Kernel& conv = p_.kernels[*reader];
             if (conv.kind != Kernel::Kind::Op || conv.op != Op::Conv2dGradW || conv.in[1] != g || conv.in[0] == g ||
                 conv.poolsGradient())
@@ -761,16 +769,8 @@ private:
             for (const Access& a : conv.args) ok = ok && a.mode != Access::Mode::Elem;
             const int32_t y = conv.stores[0].buffer;
             if (!ok || p_.buffers[size_t(y)].kind != Buffer::Kind::Temp) continue;
-            std::optional<size_t> reader;
-            for (size_t j = 0; j < p_.kernels.size() && ok; ++j) {
-                if (j == i) continue;
-                const std::vector<int32_t> r = p_.kernels[j].reads(), w = p_.kernels[j].writes();
-                if (std::find(w.begin(), w.end(), y) != w.end()) ok = false;
-                if (std::find(r.begin(), r.end(), y) == r.end()) continue;
-                if (reader) ok = false;
-                reader = j;
-            }
-            if (!ok || !reader || *reader < i) continue;
+            const std::optional<size_t> reader = onlyReader(i, y);
+            if (!reader) continue;
             const Kernel& pool = p_.kernels[*reader];
             if (pool.kind != Kernel::Kind::Op || pool.op != Op::MaxPool2d || pool.in[0] != y) continue;
             // The pool runs at the conv's place: nothing between reads or writes what it writes.

@@ -298,7 +298,7 @@ TEST_CASE("a maxpool's gradient that only a weight gradient reads is expanded in
     std::mt19937 rng(163);
     const char* models[] = {
         "input 1x20x18\nconv 4 3x3 padding=1 relu\nmaxpool 2\nflatten\ndense 3\nloss cross_entropy\n",
-        "input 1x10x24\nconv 3 3x3\nmaxpool 3 stride=2\nflatten\ndense 2\nloss mse\n",
+        "input 1x10x24\nconv 3 3x3\nmaxpool 3 stride=2 padding=1\nflatten\ndense 2\nloss mse\n",
         "input 3x9x11\nconv 5 3x3 relu\nmaxpool 3 stride=2 padding=1\nflatten\ndense 3\nloss cross_entropy\n",
         "input 2x8x8\nconv 3 2x2 tanh\nmaxpool 2 stride=1\nflatten\ndense 2\nloss mse\n",
     };

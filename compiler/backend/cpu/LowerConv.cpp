@@ -18,7 +18,9 @@
 // source columns of one kernel tap are an arithmetic progression, read by a masked load
 // (stride 1) or a masked gather, the lanes in the padding (or, for grad_x, at an inexact
 // division) left out and stored as zeros. Every sum runs in one order whatever thread runs
-// what: the results do not vary from run to run.
+// what: the results do not vary from run to run. A maxpool after a direct conv2d, or a
+// maxpool's gradient before a grad_w, may be folded into the kernel (Kernel::pool): it then
+// runs on each image's planes while they are in the thread's buffer.
 #include "Lowering.h"
 
 #include <algorithm>
@@ -184,8 +186,10 @@ void Lowering::convolution(const Kernel& k) {
         return at(scratchArea(), b_.CreateAdd(i64(plan.threadAt), b_.CreateMul(thread, i64(plan.perThread))));
     };
 
-    // grad_w expanding a maxpool's gradient (Kernel::poolsGradient): g's planes [o0, o0 + n)
-    // of image img, computed from the pool's operands into dst (the thread's part).
+    // A maxpool folded in (Kernel::pool), through the pooling's plane function: a direct
+    // conv2d pools its epilogue's values (poolsOutput); a grad_w computes g's planes
+    // [o0, o0 + n) of image img from the pool's operands into dst, the thread's part
+    // (poolsGradient, expandGradient).
     llvm::Function* poolPlane = nullptr;
     int64_t pooledPlane = 0;
     const bool pooled = k.poolsOutput(); // a direct conv2d that pools its epilogue's values

@@ -19,7 +19,11 @@
 // fill. The maximum's gradient finds a row's maxima first (their positions in the plane
 // function's frame) and then adds g at them one by one, since windows that overlap may
 // share one; windows that do not overlap along the row add g in the same pass. Rows longer
-// than kFrameRow outputs take each window's maximum on its own instead.
+// than kFrameRow outputs take each window's maximum on its own instead. When the maxpool of
+// the same program stored the positions of its maxima (Kernel::maxPositions: an int32 per
+// output, found in the same pass as the maxima), the gradient reads them instead of finding
+// the maxima again: it never reads x. The plane function also serves convolutions that pool
+// their output or expand a pool's gradient (LowerConv.cpp), on planes of their own buffers.
 #include "Lowering.h"
 
 #include <fmt/format.h>
@@ -40,7 +44,6 @@ std::pair<int64_t, int64_t> validRange(int64_t out, int64_t size, int64_t q, int
 }
 
 constexpr int64_t kFrameRow = 4096;
-
 
 } // namespace
 
