@@ -700,11 +700,11 @@ private:
             if (p_.buffers[size_t(g)].kind != Buffer::Kind::Temp) continue;
             const std::optional<size_t> reader = onlyReader(i, g);
             if (!reader) continue;
-            bool ok = true;
             const Kernel& conv = p_.kernels[*reader];
             if (conv.kind != Kernel::Kind::Op || conv.op != Op::Conv2dGradW || conv.in[1] != g || conv.in[0] == g ||
                 conv.poolsGradient())
                 continue;
+            bool ok = true; // the weight gradient expands g at its own place: nothing between writes the pool's operands
             for (size_t j = i + 1; j <= *reader && ok; ++j)
                 for (int32_t w : p_.kernels[j].writes())
                     if (w == pool.in[0] || w == pool.in[1]) ok = false;

@@ -108,8 +108,9 @@ struct Kernel {
     /// A maxpool's gradient may read, instead of the pool's input x, the positions of the
     /// windows' maxima that the forward maxpool2d stored (Fusion's storePoolPositions): the
     /// maxpool2d kernel then has out {y, positions} (a pooled conv2d: {y, pooled, positions}),
-    /// and the gradient in {positions, g} (a grad_w that expands it: {x, positions, g}). A position is an int32 offset in the
-    /// image's plane, one per element of y, in a buffer of y's shape (its first 4 bytes).
+    /// and the gradient in {positions, g} (a grad_w that expands it: {x, positions, g}). A
+    /// position is an int32 offset in the image's plane, one per element of y, in a buffer
+    /// of y's shape (its first 4 bytes).
     bool maxPositions = false;
     /// Whether the kernel writes out[i] itself (not a conv's result that its epilogue stores).
     bool writesOut(size_t i) const { return out[i] >= 0 && !(i == 0 && hasEpilogue()); }
