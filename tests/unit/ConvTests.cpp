@@ -337,6 +337,8 @@ TEST_CASE("a maxpool's gradient that only a weight gradient reads is expanded in
                 CHECK(k.stores[0].buffer == -1);
             }
         agree(g, rng);
+        // AVX2's 16 registers: the direct weight gradient takes one channel at a time.
+        if (direct && hostHasAvx2()) compiledAgrees(g, rng, {1, 2}, nullptr, "avx2");
     }
     // With the input's gradient needed too (a second convolution), g has two readers and stays.
     Graph two = compileSource("two.nn", "input 1x8x8\nconv 2 3x3\nconv 3 3x3\nmaxpool 2\nflatten\ndense 2\nloss mse\n", {2}).graph;

@@ -254,20 +254,21 @@ constexpr double kGradEps = 1e-6, kGradAtol = 1e-5, kGradRtol = 1e-3;
 /// `g` compiled in float and double on each of `threads` against the interpreter: the
 /// forward's logits and loss, and every output of the backward but the logits, float within
 /// 1e-4 of each tensor's largest value and double within 1e-9. `each` also sees every
-/// backward output (name, got, want, tolerance), for checks of its own.
+/// backward output (name, got, want, tolerance), for checks of its own. `isa`: the
+/// instruction set of the compiled code ("": this CPU's).
 using EachOutput = std::function<void(const std::string&, const Tensor&, const Tensor&, double)>;
 inline void compiledAgrees(const Graph& g, std::mt19937& rng, std::initializer_list<int> threads,
-                           const EachOutput& each = nullptr) {
+                           const EachOutput& each = nullptr, const std::string& isa = "") {
     Bindings b = randomBindings(g, rng);
     auto wantForward = interpretOutputs(g, b);
     auto wantBackward = interpretOutputs(differentiate(g), b);
     for (bool f64 : {false, true})
         for (int n : threads) {
             CodegenOptions opts;
-            opts.cache = false, opts.f64 = f64, opts.threads = n;
+            opts.cache = false, opts.f64 = f64, opts.threads = n, opts.isa = isa;
             CompiledModel cm = compileModel(g, opts);
             const double tol = f64 ? 1e-9 : 1e-4;
-            INFO(g.model << (f64 ? " f64, " : " f32, ") << n << " thread(s)");
+            INFO(g.model << (f64 ? " f64, " : " f32, ") << n << " thread(s) " << isa);
             auto gotForward = runCompiled(cm, g, b, false);
             for (const char* name : {"logits", "loss"}) {
                 INFO(name);
