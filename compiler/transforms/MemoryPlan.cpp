@@ -98,8 +98,8 @@ ConvPlan planConv(const Kernel& k, const std::vector<Buffer>& buffers, const Gem
     ConvPlan p;
     p.win = k.attrs.window;
     const Shape& x = k.op == Op::Conv2dGradX ? shape(k.out[0]) : shape(k.in[0]);
-    // y's shape: grad_w's from dW [O,C,KH,KW] and the window (its g may be a pool's operands).
-    const Shape& y = k.op == Op::Conv2d ? shape(k.out[0]) : k.op == Op::Conv2dGradX ? shape(k.in[0]) : shape(k.out[0]);
+    // y, or for grad_w dW [O,C,KH,KW], whose y follows from the window (its g may be a pool's operands).
+    const Shape& y = k.op == Op::Conv2dGradX ? shape(k.in[0]) : shape(k.out[0]);
     internal_assert(x.size() == 4 && y.size() == 4, "a convolution kernel on tensors that are not images");
     p.B = x[0], p.C = x[1], p.H = x[2], p.W = x[3];
     if (k.op == Op::Conv2dGradW)

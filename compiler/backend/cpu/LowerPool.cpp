@@ -256,7 +256,7 @@ llvm::Function* Lowering::poolPlane(const PoolPlane& pp) {
                 llvm::Value* share = op == Op::AvgPool2dGrad ? b_.CreateFMul(load(g, yi), fp(invArea)) : nullptr;
                 const bool found = grad && positions; // the maximum as the forward pass found it
                 if (found) argv = storedAt(yi);
-                for (int64_t p = 0; p < w.kh && !found; ++p)
+                for (int64_t p = 0; p < (found ? 0 : w.kh); ++p) // found: no window to scan
                     for (int64_t q = 0; q < w.kw; ++q) {
                         llvm::Value* pos = position(b_.CreateAdd(top, i64(p)), j, q);
                         if (share) {
@@ -364,7 +364,7 @@ llvm::Function* Lowering::poolPlane(const PoolPlane& pp) {
                 if (found)
                     argv = b_.CreateMaskedLoad(positionsTy, b_.CreateGEP(i32, positions, y0), llvm::Align(4), prefix(VL, count),
                                                llvm::Constant::getNullValue(positionsTy));
-                for (int64_t p = 0; p < w.kh && !found; ++p)
+                for (int64_t p = 0; p < (found ? 0 : w.kh); ++p) // found: no window to scan
                     for (int64_t q = 0; q < w.kw; ++q) {
                         llvm::Value* at = position(b_.CreateAdd(top, i64(p)), j0, q);
                         if (share) {
