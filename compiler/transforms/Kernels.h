@@ -265,8 +265,9 @@ struct ConvPlan {
     int64_t weightsAt = 0;       ///< grad_x: W' [C][O KH KW]
     int64_t threadAt = 0, perThread = 0; ///< the threads' parts, one after another
     /// In a thread's part: conv2d and grad_x: the packed panel at 0 (K x NR), the tile at
-    /// tileAt (MR x NR); grad_w: col(x_b) at 0 (C KH KW x OH OW), g_b's panels at packedAt.
-    int64_t tileAt = 0, packedAt = 0;
+    /// tileAt (MR x NR); grad_w: col(x_b) at 0 (C KH KW rows of OH OW, aStride apart: a whole
+    /// number of vectors), g_b's panels at packedAt.
+    int64_t tileAt = 0, packedAt = 0, aStride = 0;
     /// grad_w: the slices' blocks of sums (rowTiles MR x colPanels NR each), from sumsAt.
     int64_t sumsAt = 0, sumsBlock = 0;
     /// grad_w that expands a maxpool's gradient (Kernel::poolsGradient): one image's g

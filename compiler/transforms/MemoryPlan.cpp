@@ -141,7 +141,8 @@ ConvPlan planConv(const Kernel& k, const std::vector<Buffer>& buffers, const Gem
     p.threadAt = k.op == Op::Conv2dGradX ? p.weightsAt + up16(p.M * p.K) : 0;
     if (k.op == Op::Conv2dGradW) {
         p.units = std::min(p.B, threads);
-        p.packedAt = up16(p.M * p.K);
+        p.aStride = up16(p.K);
+        p.packedAt = p.M * p.aStride;
         p.expandAt = p.packedAt + up16(p.colPanels * NR * p.K);
         p.perThread = p.expandAt + expanded;
         p.sumsAt = p.threadAt + p.perThread * threads;

@@ -74,7 +74,56 @@ void Lowering::convolution(const Kernel& k) {
 
     // dst[k ld + (q - q0)] = view[k][q] for the positions q in [q0, q0 + width) (all of
     // them, over every image), zero past the last position.
+    // When the grid is the source's (stride 1, HO = HS, WO = WS: "same" padding), a tap's
+    // source for position q of image b is q itself shifted by a constant: the view's row
+    // for VL positions is one masked load (two where they span two images), stored whole.
+    const bool linear = contiguous && !rowDivides && rowStep == 1 && HO == HS && WO == WS && perImage >= VL && total + VL < (int64_t(1) << 31);
+    auto packLinear = [&](llvm::Value* dst, int64_t ld, llvm::Value* src, llvm::Value* q0, int64_t width) {
+        const int64_t imageStep = CS * HS * WS - perImage; // position q of image b is at b imageStep + q
+        auto splat32 = [&](llvm::Value* v) { return b_.CreateVectorSplat(unsigned(VL), b_.CreateTrunc(v, b_.getInt32Ty())); };
+        loop((width + VL - 1) / VL, "pv", [&](llvm::Value* v) {
+            llvm::Value* qv = b_.CreateAdd(q0, b_.CreateMul(v, i64(VL)));
+            llvm::Value* q = b_.CreateAdd(splat32(qv), lanes);
+            llvm::Value* inWidth = b_.CreateICmpSLT(b_.CreateAdd(splat32(b_.CreateMul(v, i64(VL))), lanes), splat(width));
+            llvm::Value* keep = b_.CreateAnd(inWidth, b_.CreateICmpSLT(q, splat(total)));
+            llvm::Value* rem = b_.CreateURem(q, splat(perImage));
+            llvm::Value* i = b_.CreateUDiv(rem, splat(WO));
+            llvm::Value* j = b_.CreateURem(rem, splat(WO));
+            llvm::Value* imgA = b_.CreateUDiv(qv, i64(perImage)); // the first lane's image; the others' is it or the next
+            llvm::Value* inA = b_.CreateICmpEQ(b_.CreateUDiv(q, splat(perImage)), splat32(imgA));
+            llvm::Value* spans = b_.CreateICmpNE(b_.CreateUDiv(b_.CreateAdd(qv, i64(VL - 1)), i64(perImage)), imgA);
+            llvm::Value* baseA = at(src, b_.CreateAdd(b_.CreateMul(imgA, i64(imageStep)), qv));
+            llvm::Value* baseB = at(baseA, i64(imageStep));
+            llvm::Value* to = at(dst, b_.CreateMul(v, i64(VL)));
+            // Whole vectors where the rows have room (the lanes past `width` are zeros).
+            const bool whole = (width + VL - 1) / VL * VL <= ld;
+            auto taps = [&](bool two) {
+                for (int64_t kh = 0; kh < KH; ++kh) {
+                    const int64_t roff = gradX ? win.ph - kh : kh - win.ph;
+                    llvm::Value* rowOk = b_.CreateICmpULT(b_.CreateAdd(i, splat(roff)), splat(HS)); // negative rows wrap
+                    for (int64_t kw = 0; kw < KW; ++kw) {
+                        const int64_t coff = gradX ? win.pw - kw : kw - win.pw, shift = roff * WS + coff;
+                        llvm::Value* ok = b_.CreateAnd(keep, b_.CreateAnd(rowOk, b_.CreateICmpULT(b_.CreateAdd(j, splat(coff)), splat(WS))));
+                        llvm::Value* okA = b_.CreateAnd(ok, inA);
+                        llvm::Value* okB = two ? b_.CreateAnd(ok, b_.CreateNot(inA)) : nullptr;
+                        llvm::Value* row0 = at(to, i64((kh * KW + kw) * ld));
+                        loop(CS, "ch", [&](llvm::Value* ch) {
+                            llvm::Value* from = b_.CreateAdd(b_.CreateMul(ch, i64(HS * WS)), i64(shift));
+                            llvm::Value* x = b_.CreateMaskedLoad(vecTy, at(baseA, from), elementAlign, okA, llvm::Constant::getNullValue(vecTy));
+                            if (two) x = b_.CreateMaskedLoad(vecTy, at(baseB, from), elementAlign, okB, x);
+                            llvm::Value* out = at(row0, b_.CreateMul(ch, i64(KH * KW * ld)));
+                            if (whole) b_.CreateAlignedStore(x, out, elementAlign);
+                            else b_.CreateMaskedStore(x, out, elementAlign, inWidth);
+                        }, /*vectorise=*/false);
+                    }
+                }
+            };
+            ifElse(spans, [&] { taps(true); }, [&] { taps(false); });
+        }, /*vectorise=*/false);
+    };
+
     auto packView = [&](llvm::Value* dst, int64_t ld, llvm::Value* src, llvm::Value* q0, int64_t width) {
+        if (linear) return packLinear(dst, ld, src, q0, width);
         llvm::Value* qEnd = smin(b_.CreateAdd(q0, i64(width)), i64(total));
         llvm::Value* firstRow = b_.CreateUDiv(q0, i64(WO));
         llvm::Value* lastRow = b_.CreateUDiv(b_.CreateSub(qEnd, i64(1)), i64(WO));
@@ -394,7 +443,7 @@ void Lowering::convolution(const Kernel& k) {
                 llvm::Value* last = b_.CreateUDiv(b_.CreateMul(b_.CreateAdd(s, i64(1)), i64(plan.B)), i64(slices));
                 loopTo(b_.CreateSub(last, first), "img", [&](llvm::Value* d) {
                     llvm::Value* img = b_.CreateAdd(first, d);
-                    packView(part, P, x, b_.CreateMul(img, i64(P)), P);
+                    packView(part, plan.aStride, x, b_.CreateMul(img, i64(P)), P);
                     llvm::Value* gb = expanded; // g_b: in place, or expanded from the pool's
                     if (poolPlane) expandGradient(expanded, img, i64(0), O);
                     else gb = at(g, b_.CreateMul(img, i64(O * P)));
@@ -404,7 +453,7 @@ void Lowering::convolution(const Kernel& k) {
                         loop(mt, "it", [&](llvm::Value* it) {
                             llvm::Value* r0 = b_.CreateMul(it, i64(MR));
                             llvm::Value* out = at(sums, b_.CreateAdd(b_.CreateMul(r0, i64(ld)), b_.CreateMul(jt, i64(NR))));
-                            tile(out, i64(ld), part, P, r0, panel, P, true);
+                            tile(out, i64(ld), part, plan.aStride, r0, panel, P, true);
                         });
                     });
                 });
