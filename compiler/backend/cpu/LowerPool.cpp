@@ -18,7 +18,9 @@
 // A global average pool (the window the whole image) is a plane sum, and its gradient a
 // fill. The maximum's gradient finds a row's maxima first (their positions in the plane
 // function's frame) and then adds g at them one by one, since windows that overlap may
-// share one; windows that do not overlap along the row add g in the same pass. Rows longer
+// share one; windows that do not overlap along the row add g in the same pass (windows that
+// share no position at all store it, unread, and when they tile the plane exactly the
+// plane is not zeroed first). Rows longer
 // than kFrameRow outputs take each window's maximum on its own instead. When the maxpool of
 // the same program stored the positions of its maxima (Kernel::maxPositions: an int32 per
 // output, found in the same pass as the maxima), the gradient reads them instead of finding
@@ -91,7 +93,14 @@ llvm::Function* Lowering::poolPlane(const PoolPlane& pp) {
             }
             return;
         }
-        if (grad) loop(xPlane, "zero", [&](llvm::Value* e) { store(fp(0), out, e); });
+        // Windows that share no position (apart along both rows and columns) give each of
+        // theirs one value, stored rather than added (a masked store read back at once would
+        // wait for it: the loads cannot take the value from a masked store); where they also
+        // cover the plane exactly, there is nothing to zero first.
+        const bool disjoint = w.sw >= w.kw && w.sh >= w.kh;
+        const bool tiles = disjoint && w.sw == w.kw && w.sh == w.kh && w.ph == 0 && w.pw == 0 && OH * w.sh == H &&
+                           OW * w.sw == W && w.sw <= 2 && rowsInFrame && !(global && !max);
+        if (grad && !(op == Op::MaxPool2dGrad && tiles)) loop(xPlane, "zero", [&](llvm::Value* e) { store(fp(0), out, e); });
         // The position of output yi's maximum, stored by the forward maxpool (an i32).
         auto storedAt = [&](llvm::Value* yi) { return b_.CreateLoad(i32, b_.CreateGEP(i32, positions, yi)); };
         if (op == Op::MaxPool2dGrad && positions && !rowsInFrame) { // g to each output's maximum, in order
@@ -325,11 +334,13 @@ llvm::Function* Lowering::poolPlane(const PoolPlane& pp) {
         };
         // buf[at + t s] += v[t] for lanes t < count; with s = 2, buf[at + 2t + 1] += odd[t]
         // too when `odd` is given (the next column of a window, in the same pass).
+        // With `overwrite`, buf[...] = v: nothing else adds there.
         auto rowAdd = [&](llvm::Value* buf, llvm::Value* at, llvm::Value* count, int64_t s, llvm::Value* v,
-                          llvm::Value* odd = nullptr) {
+                          llvm::Value* odd = nullptr, bool overwrite = false) {
             llvm::Value* to = this->at(buf, at);
             if (s == 1) {
                 llvm::Value* mask = prefix(VL, count);
+                if (overwrite) return (void)b_.CreateMaskedStore(v, to, align, mask);
                 llvm::Value* old = b_.CreateMaskedLoad(vec, to, align, mask, llvm::Constant::getNullValue(vec));
                 b_.CreateMaskedStore(b_.CreateFAdd(old, v), to, align, mask);
                 return;
@@ -340,6 +351,7 @@ llvm::Function* Lowering::poolPlane(const PoolPlane& pp) {
             llvm::Value* add = b_.CreateShuffleVector(v, odd ? odd : llvm::Constant::getNullValue(vec), spread);
             llvm::Value* lanes = b_.CreateMul(count, i64(2));
             llvm::Value* mask = prefix(2 * VL, odd ? lanes : b_.CreateSub(lanes, i64(1)));
+            if (overwrite) return (void)b_.CreateMaskedStore(add, to, align, mask);
             llvm::Value* old = b_.CreateMaskedLoad(wide, to, align, mask, llvm::Constant::getNullValue(wide));
             b_.CreateMaskedStore(b_.CreateFAdd(old, add), to, align, mask);
         };
@@ -400,8 +412,8 @@ llvm::Function* Lowering::poolPlane(const PoolPlane& pp) {
                             return b_.CreateSelect(hit, gv, llvm::Constant::getNullValue(vec));
                         };
                         llvm::Value* at = position(b_.CreateAdd(top, i64(p)), j0, 0);
-                        if (s == 2 && w.kw == 2) rowAdd(out, at, count, s, share(0), share(1)); // one pass per row
-                        else rowAdd(out, at, count, s, share(0)); // apart: KW <= SW, so KW is 1 here
+                        if (s == 2 && w.kw == 2) rowAdd(out, at, count, s, share(0), share(1), disjoint); // one pass per row
+                        else rowAdd(out, at, count, s, share(0), nullptr, disjoint); // apart: KW <= SW, so KW is 1 here
                     }
                     break;
                 default: break;
