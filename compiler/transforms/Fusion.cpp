@@ -119,6 +119,7 @@ public:
         fusePoolGradients();
         storePoolPositions();
         fusePoolEpilogues();
+        elideCopies();
         return std::move(p_);
     }
 
@@ -785,6 +786,45 @@ private:
             conv.stores[0].buffer = -1;
             for (int32_t b : pool.out) conv.out.push_back(b);
             gone[*reader] = true;
+        }
+        dropKernels(gone);
+    }
+
+    /// A reshape's copy (a loop kernel storing an operand's elements in order) into a
+    /// workspace buffer is left out when no kernel takes its result as an operand (`in`,
+    /// read by shape): the loop kernels and epilogues index it by element (and a matrix
+    /// product by row-major rows), so the source's bytes are the same values, and they read
+    /// those. The source is a workspace buffer, a parameter or the
+    /// input, and nothing writes it after the copy.
+    void elideCopies() {
+        std::vector<bool> gone(p_.kernels.size(), false);
+        auto kind = [&](int32_t b) { return b >= 0 ? p_.buffers[size_t(b)].kind : Buffer::Kind::Loss; };
+        for (size_t i = 0; i < p_.kernels.size(); ++i) {
+            const Kernel& c = p_.kernels[i];
+            if (c.kind != Kernel::Kind::Loop || c.a >= 0 || c.args.size() != 1 || c.stores.size() != 1 ||
+                !c.columnSums.empty() || !c.rowSums.empty() || c.args[0].mode != Access::Mode::Elem ||
+                !(c.stores[0].expr == scalar::arg(0)))
+                continue;
+            const int32_t src = c.args[0].buffer, dst = c.stores[0].buffer;
+            const Buffer::Kind from = kind(src);
+            if ((from != Buffer::Kind::Temp && from != Buffer::Kind::Param && from != Buffer::Kind::Input) ||
+                kind(dst) != Buffer::Kind::Temp || p_.buffers[size_t(src)].elements() != p_.buffers[size_t(dst)].elements())
+                continue;
+            bool ok = true;
+            for (size_t j = i + 1; j < p_.kernels.size() && ok; ++j) {
+                const Kernel& r = p_.kernels[j];
+                const std::vector<int32_t> writes = r.writes();
+                ok = std::find(r.in.begin(), r.in.end(), dst) == r.in.end() && std::find(writes.begin(), writes.end(), src) == writes.end();
+            }
+            if (!ok) continue;
+            for (size_t j = i + 1; j < p_.kernels.size(); ++j) {
+                Kernel& r = p_.kernels[j];
+                for (int32_t* b : {&r.a, &r.b})
+                    if (*b == dst) *b = src;
+                for (Access& a : r.args)
+                    if (a.buffer == dst) a.buffer = src;
+            }
+            gone[i] = true;
         }
         dropKernels(gone);
     }
