@@ -720,8 +720,9 @@ private:
 
     /// A maxpool's gradient (its kernel, or a grad_w that expands it) reads the positions
     /// of the maxima that the maxpool2d of the same program stores as it finds them
-    /// (Kernel::maxPositions), instead of reading the pool's input again to find them: an
-    /// int32 per pooled element, a quarter of the input for 2x2 windows.
+    /// (Kernel::maxPositions), instead of reading the pool's input again to find them: a
+    /// byte per pooled element (the place in its window), a sixteenth of the input's bytes
+    /// for 2x2 windows.
     void storePoolPositions() {
         for (size_t i = 0; i < p_.kernels.size(); ++i) {
             Kernel& grad = p_.kernels[i];
@@ -731,7 +732,8 @@ private:
             const int32_t x = grad.in[xAt];
             const Window& window = own ? grad.attrs.window : grad.pool;
             const Shape& xs = p_.buffers[size_t(x)].shape;
-            if (xs[2] * xs[3] >= (int64_t(1) << 31)) continue; // positions in the plane are int32
+            // Positions in the plane are int32, a place in the window a byte.
+            if (xs[2] * xs[3] >= (int64_t(1) << 31) || int64_t(window.kh) * window.kw > 256) continue;
             for (size_t f = 0; f < i; ++f) {
                 Kernel& pool = p_.kernels[f];
                 if (pool.kind != Kernel::Kind::Op || pool.op != Op::MaxPool2d || pool.in[0] != x || !(pool.attrs.window == window))

@@ -109,8 +109,8 @@ struct Kernel {
     /// windows' maxima that the forward maxpool2d stored (Fusion's storePoolPositions): the
     /// maxpool2d kernel then has out {y, positions} (a pooled conv2d: {y, pooled, positions}),
     /// and the gradient in {positions, g} (a grad_w that expands it: {x, positions, g}). A
-    /// position is an int32 offset in the image's plane, one per element of y, in a buffer
-    /// of y's shape (its first 4 bytes).
+    /// position is a byte per element of y, the maximum's place p KW + q in its window (row
+    /// p, column q), in the first quarter of a buffer of y's shape (windows of at most 256).
     bool maxPositions = false;
     /// Whether the kernel writes out[i] itself (not a conv's result that its epilogue stores).
     bool writesOut(size_t i) const { return out[i] >= 0 && !(i == 0 && hasEpilogue()); }

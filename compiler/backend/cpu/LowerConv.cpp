@@ -257,7 +257,7 @@ void Lowering::convolution(const Kernel& k) {
         loop(n, "eo", [&](llvm::Value* q) {
             llvm::Value* plane = b_.CreateAdd(b_.CreateMul(img, i64(plan.O)), b_.CreateAdd(o0, q));
             llvm::Value* xAt = b_.CreateMul(plane, i64(k.maxPositions ? pooledPlane : plan.OH * plan.OW));
-            b_.CreateCall(poolPlane, {at(x, xAt), at(g, b_.CreateMul(plane, i64(pooledPlane))),
+            b_.CreateCall(poolPlane, {k.maxPositions ? b_.CreateGEP(b_.getInt8Ty(), x, xAt) : at(x, xAt), at(g, b_.CreateMul(plane, i64(pooledPlane))),
                                       at(dst, b_.CreateMul(q, i64(plan.OH * plan.OW)))});
         }, /*vectorise=*/false);
     };
@@ -418,7 +418,8 @@ void Lowering::convolution(const Kernel& k) {
                         loop(OH * OW, "c", [&](llvm::Value* c) { element(epi, lb, o, c, load(from, c), i64(0)); });
                         llvm::Value* plane = b_.CreateMul(b_.CreateAdd(b_.CreateMul(img, i64(O)), o), i64(pooledPlane));
                         std::vector<llvm::Value*> args = {from};
-                        for (size_t r = 1; r < k.out.size(); ++r) args.push_back(at(base(k.out[r]), plane));
+                        args.push_back(at(base(k.out[1]), plane));
+                        if (k.maxPositions) args.push_back(b_.CreateGEP(b_.getInt8Ty(), base(k.out[2]), plane)); // a byte each
                         b_.CreateCall(poolPlane, args);
                     }, /*vectorise=*/false);
             });

@@ -22,8 +22,9 @@
 // share no position at all store it, unread, and when they tile the plane exactly the
 // plane is not zeroed first). Rows longer
 // than kFrameRow outputs take each window's maximum on its own instead. When the maxpool of
-// the same program stored the positions of its maxima (Kernel::maxPositions: an int32 per
-// output, found in the same pass as the maxima), the gradient reads them instead of finding
+// the same program stored the positions of its maxima (Kernel::maxPositions: a byte per
+// output, the place in its window, found in the same pass as the maxima), the gradient reads
+// them instead of finding
 // the maxima again: it never reads x. The plane function also serves convolutions that pool
 // their output or expand a pool's gradient (LowerConv.cpp), on planes of their own buffers.
 #include "Lowering.h"
@@ -77,7 +78,7 @@ llvm::Function* Lowering::poolPlane(const PoolPlane& pp) {
     // The plane function: (each operand's plane, the result's plane[, the maxima's positions]).
     const unsigned operands = op == Op::MaxPool2dGrad ? 2 : 1, params = operands + 1 + (pp.positions && !grad);
     llvm::Function* plane = helper("gradc_pool_plane", std::vector<llvm::Type*>(params, ptr), [&] {
-        // MaxPool2dGrad from positions: x is the positions' plane (i32).
+        // MaxPool2dGrad from positions: x is the positions' plane (bytes).
         llvm::Value* x = op == Op::AvgPool2dGrad ? nullptr : fn_->getArg(0);
         llvm::Value* g = op == Op::MaxPool2dGrad ? fn_->getArg(1) : op == Op::AvgPool2dGrad ? fn_->getArg(0) : nullptr;
         llvm::Value* out = fn_->getArg(operands);
@@ -101,11 +102,21 @@ llvm::Function* Lowering::poolPlane(const PoolPlane& pp) {
         const bool tiles = disjoint && w.sw == w.kw && w.sh == w.kh && w.ph == 0 && w.pw == 0 && OH * w.sh == H &&
                            OW * w.sw == W && w.sw <= 2 && rowsInFrame && !(global && !max);
         if (grad && !(op == Op::MaxPool2dGrad && tiles)) loop(xPlane, "zero", [&](llvm::Value* e) { store(fp(0), out, e); });
-        // The position of output yi's maximum, stored by the forward maxpool (an i32).
-        auto storedAt = [&](llvm::Value* yi) { return b_.CreateLoad(i32, b_.CreateGEP(i32, positions, yi)); };
+        // The forward maxpool stores, per output, its maximum's place in the window: a byte,
+        // p KW + q for window row p and column q. storedAt gives output (i, j)'s as a position
+        // in the plane (i32), indexOf the byte of the position at window row r, column q.
+        auto* i8 = b_.getInt8Ty();
+        auto storedAt = [&](llvm::Value* i, llvm::Value* j) {
+            llvm::Value* t = b_.CreateZExt(b_.CreateLoad(i8, b_.CreateGEP(i8, positions, b_.CreateAdd(b_.CreateMul(i, i64(OW)), j))),
+                                           b_.getInt64Ty());
+            llvm::Value* row = b_.CreateAdd(b_.CreateSub(b_.CreateMul(i, i64(w.sh)), i64(w.ph)), b_.CreateUDiv(t, i64(w.kw)));
+            llvm::Value* col = b_.CreateAdd(b_.CreateSub(b_.CreateMul(j, i64(w.sw)), i64(w.pw)), b_.CreateURem(t, i64(w.kw)));
+            return b_.CreateTrunc(b_.CreateAdd(b_.CreateMul(row, i64(W)), col), i32);
+        };
+        auto indexOf = [&](llvm::Value* r, int64_t q) { return b_.CreateTrunc(b_.CreateAdd(b_.CreateMul(r, i64(w.kw)), i64(q)), i8); };
         if (op == Op::MaxPool2dGrad && positions && !rowsInFrame) { // g to each output's maximum, in order
             loop(OH * OW, "yi", [&](llvm::Value* yi) {
-                llvm::Value* at = b_.CreateZExt(storedAt(yi), b_.getInt64Ty());
+                llvm::Value* at = b_.CreateZExt(storedAt(b_.CreateUDiv(yi, i64(OW)), b_.CreateURem(yi, i64(OW))), b_.getInt64Ty());
                 store(b_.CreateFAdd(load(out, at), load(g, yi)), out, at);
             }, /*vectorise=*/false);
             return;
@@ -181,24 +192,26 @@ llvm::Function* Lowering::poolPlane(const PoolPlane& pp) {
             if (op == Op::MaxPool2dGrad && positions) { // the maxima as the forward pass found them
                 loop(to - from, "j", [&](llvm::Value* jj) {
                     llvm::Value* j = b_.CreateAdd(jj, i64(from));
-                    b_.CreateStore(storedAt(b_.CreateAdd(yRow, j)), argAt(j));
+                    b_.CreateStore(storedAt(i, j), argAt(j));
                 });
                 return scatter(yRow, from, to);
             }
             if (op != Op::AvgPool2dGrad) loop(to - from, "j", [&](llvm::Value* jj) {
                 llvm::Value* j = b_.CreateAdd(jj, i64(from));
                 // A window of -inf only: its first position inside.
-                auto first = [&] {
-                    llvm::Value* left = b_.CreateSub(b_.CreateMul(j, i64(w.sw)), i64(w.pw));
-                    llvm::Value* c0 = b_.CreateSelect(b_.CreateICmpSLT(left, i64(0)), i64(0), left);
-                    return b_.CreateTrunc(b_.CreateAdd(b_.CreateMul(r0, i64(W)), c0), i32);
-                };
+                llvm::Value* left = b_.CreateSub(b_.CreateMul(j, i64(w.sw)), i64(w.pw));
+                llvm::Value* c0 = b_.CreateSelect(b_.CreateICmpSLT(left, i64(0)), i64(0), left);
+                auto first = [&] { return b_.CreateTrunc(b_.CreateAdd(b_.CreateMul(r0, i64(W)), c0), i32); };
                 if (op == Op::MaxPool2dGrad) {
                     b_.CreateStore(fp(-inf), bestAt(j));
                     b_.CreateStore(first(), argAt(j));
                 } else {
                     store(fp(max ? -inf : 0.0), out, b_.CreateAdd(yRow, j));
-                    if (positions) b_.CreateStore(first(), b_.CreateGEP(i32, positions, b_.CreateAdd(yRow, j)));
+                    if (positions) { // the window's row r0 - top, column c0 - left
+                        llvm::Value* p = b_.CreateSub(r0, b_.CreateSub(b_.CreateMul(i, i64(w.sh)), i64(w.ph)));
+                        b_.CreateStore(b_.CreateTrunc(b_.CreateAdd(b_.CreateMul(p, i64(w.kw)), b_.CreateSub(c0, left)), i8),
+                                       b_.CreateGEP(i8, positions, b_.CreateAdd(yRow, j)));
+                    }
                 }
             });
             loopTo(rows, "r", [&](llvm::Value* rr) {
@@ -217,9 +230,10 @@ llvm::Function* Lowering::poolPlane(const PoolPlane& pp) {
                             llvm::Value *v = load(x, pos), *m = load(out, yi);
                             llvm::Value* take = takes(v, m);
                             store(b_.CreateSelect(take, v, m), out, yi);
-                            if (positions) {
-                                llvm::Value* p = b_.CreateGEP(i32, positions, yi);
-                                b_.CreateStore(b_.CreateSelect(take, b_.CreateTrunc(pos, i32), b_.CreateLoad(i32, p)), p);
+                            if (positions) { // window row r - top, column q
+                                llvm::Value* p = b_.CreateGEP(i8, positions, yi);
+                                llvm::Value* wr = b_.CreateSub(r, b_.CreateSub(b_.CreateMul(i, i64(w.sh)), i64(w.ph)));
+                                b_.CreateStore(b_.CreateSelect(take, indexOf(wr, q), b_.CreateLoad(i8, p)), p);
                             }
                             break;
                         }
@@ -262,9 +276,10 @@ llvm::Function* Lowering::poolPlane(const PoolPlane& pp) {
                 llvm::Value* yi = b_.CreateAdd(yRow, j);
                 llvm::Value* acc = fp(max ? -inf : 0.0);
                 llvm::Value* argv = b_.CreateTrunc(position(top, j, 0), i32);
+                llvm::Value* index = llvm::ConstantInt::get(i8, 0); // its place in the window
                 llvm::Value* share = op == Op::AvgPool2dGrad ? b_.CreateFMul(load(g, yi), fp(invArea)) : nullptr;
                 const bool found = grad && positions; // the maximum as the forward pass found it
-                if (found) argv = storedAt(yi);
+                if (found) argv = storedAt(i, j);
                 for (int64_t p = 0; p < (found ? 0 : w.kh); ++p) // found: no window to scan
                     for (int64_t q = 0; q < w.kw; ++q) {
                         llvm::Value* pos = position(b_.CreateAdd(top, i64(p)), j, q);
@@ -279,12 +294,13 @@ llvm::Function* Lowering::poolPlane(const PoolPlane& pp) {
                         }
                         llvm::Value* take = takes(v, acc);
                         acc = b_.CreateSelect(take, v, acc);
-                        if (grad || positions) argv = b_.CreateSelect(take, b_.CreateTrunc(pos, i32), argv);
+                        if (grad) argv = b_.CreateSelect(take, b_.CreateTrunc(pos, i32), argv);
+                        if (positions) index = b_.CreateSelect(take, indexOf(i64(p), q), index);
                     }
                 switch (op) {
                 case Op::MaxPool2d:
                     store(acc, out, yi);
-                    if (positions) b_.CreateStore(argv, b_.CreateGEP(i32, positions, yi));
+                    if (positions) b_.CreateStore(index, b_.CreateGEP(i8, positions, yi));
                     break;
                 case Op::AvgPool2d: store(b_.CreateFMul(acc, fp(invArea)), out, yi); break;
                 case Op::MaxPool2dGrad:
@@ -371,11 +387,17 @@ llvm::Function* Lowering::poolPlane(const PoolPlane& pp) {
                 llvm::Value* acc = b_.CreateVectorSplat(VL, fp(max ? -inf : 0.0));
                 llvm::Value* argv = positionsOf(position(top, j0, 0));
                 llvm::Value* share = op == Op::AvgPool2dGrad ? b_.CreateFMul(gv, b_.CreateVectorSplat(VL, fp(invArea))) : nullptr;
-                auto* positionsTy = llvm::FixedVectorType::get(i32, VL);
+                auto* indexTy = llvm::FixedVectorType::get(i8, VL);
+                llvm::Value* index = llvm::Constant::getNullValue(indexTy); // the maxima's places in their windows
                 const bool found = grad && positions; // the maxima as the forward pass found them
-                if (found)
-                    argv = b_.CreateMaskedLoad(positionsTy, b_.CreateGEP(i32, positions, y0), llvm::Align(4), prefix(VL, count),
-                                               llvm::Constant::getNullValue(positionsTy));
+                if (found) { // window row t / KW, column t % KW
+                    llvm::Value* t = b_.CreateZExt(b_.CreateMaskedLoad(indexTy, b_.CreateGEP(i8, positions, y0), llvm::Align(1),
+                                                                       prefix(VL, count), index),
+                                                   llvm::FixedVectorType::get(i32, VL));
+                    auto splat32 = [&](int64_t v) { return b_.CreateVectorSplat(VL, b_.getInt32(uint32_t(v))); };
+                    argv = b_.CreateAdd(argv, b_.CreateAdd(b_.CreateMul(b_.CreateUDiv(t, splat32(w.kw)), splat32(W)),
+                                                           b_.CreateURem(t, splat32(w.kw))));
+                }
                 for (int64_t p = 0; p < (found ? 0 : w.kh); ++p) // found: no window to scan
                     for (int64_t q = 0; q < w.kw; ++q) {
                         llvm::Value* at = position(b_.CreateAdd(top, i64(p)), j0, q);
@@ -390,12 +412,14 @@ llvm::Function* Lowering::poolPlane(const PoolPlane& pp) {
                         }
                         llvm::Value* take = takes(v, acc);
                         acc = b_.CreateSelect(take, v, acc);
-                        if (grad || positions) argv = b_.CreateSelect(take, positionsOf(at), argv);
+                        if (grad) argv = b_.CreateSelect(take, positionsOf(at), argv);
+                        if (positions)
+                            index = b_.CreateSelect(take, b_.CreateVectorSplat(VL, llvm::ConstantInt::get(i8, uint64_t(p * w.kw + q))), index);
                     }
                 switch (op) {
                 case Op::MaxPool2d:
                     b_.CreateMaskedStore(acc, this->at(out, y0), align, prefix(VL, count));
-                    if (positions) b_.CreateMaskedStore(argv, b_.CreateGEP(i32, positions, y0), llvm::Align(4), prefix(VL, count));
+                    if (positions) b_.CreateMaskedStore(index, b_.CreateGEP(i8, positions, y0), llvm::Align(1), prefix(VL, count));
                     break;
                 case Op::AvgPool2d:
                     b_.CreateMaskedStore(b_.CreateFMul(acc, b_.CreateVectorSplat(VL, fp(invArea))), at(out, y0), align,
@@ -468,13 +492,19 @@ void Lowering::pooling(const Kernel& k) {
     std::vector<int32_t> args = k.in;
     for (int32_t id : k.out)
         if (id >= 0) args.push_back(id);
+    // The maxima's positions (a byte per pooled element): the gradient's first operand, the
+    // maxpool's last result.
+    const size_t positionsArg = !k.maxPositions ? args.size() : k.op == Op::MaxPool2dGrad ? 0 : args.size() - 1;
     std::vector<int64_t> strides;
     for (int32_t id : args) strides.push_back(elementCount(p_->buffers[size_t(id)].shape) / planes);
     auto planesFrom = [&](llvm::Value* begin, llvm::Value* end) {
         loopTo(b_.CreateSub(end, begin), "plane", [&](llvm::Value* n) {
             llvm::Value* index = b_.CreateAdd(begin, n);
             std::vector<llvm::Value*> values;
-            for (size_t a = 0; a < args.size(); ++a) values.push_back(at(base(args[a]), b_.CreateMul(index, i64(strides[a]))));
+            for (size_t a = 0; a < args.size(); ++a) {
+                llvm::Value* offset = b_.CreateMul(index, i64(strides[a]));
+                values.push_back(a == positionsArg ? b_.CreateGEP(b_.getInt8Ty(), base(args[a]), offset) : at(base(args[a]), offset));
+            }
             b_.CreateCall(plane, values);
         });
     };
