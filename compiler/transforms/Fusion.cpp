@@ -755,21 +755,24 @@ private:
         }
     }
 
-    /// Folds into a direct conv2d with an epilogue (Kernel::poolsOutput) the maxpool that is
-    /// the one reader of what the epilogue stores: the conv pools each image's result while it
+    /// Folds into a conv2d with an epilogue (Kernel::poolsOutput) the maxpool that is the one
+    /// reader of what the epilogue stores. A direct conv pools each image's result while it
     /// is in the thread's buffer, so the result (cnn_relu's first layer: 26 MB) is neither
-    /// written nor read back. The epilogue may read only the result and per-channel or
-    /// per-position operands (its values are computed image by image at image 0's index),
-    /// and must store nothing else (activation statistics keep the result).
+    /// written nor read back; its epilogue may read only the result and per-channel or
+    /// per-position operands (its values are computed image by image at image 0's index). A
+    /// conv through the register tile still stores its result, but pools each image as soon
+    /// as its last panel is done, from cache (cnn_relu's second layer: 13 MB not read back
+    /// from memory). Either way the epilogue must store nothing else (activation statistics
+    /// keep the result).
     void fusePoolEpilogues() {
         std::vector<bool> gone(p_.kernels.size(), false);
         for (size_t i = 0; i < p_.kernels.size(); ++i) {
             Kernel& conv = p_.kernels[i];
             if (conv.kind != Kernel::Kind::Op || conv.op != Op::Conv2d || !conv.hasEpilogue() || conv.stores.size() != 1)
                 continue;
-            if (!planConv(conv, p_.buffers, blocking_).direct) continue;
+            const bool direct = planConv(conv, p_.buffers, blocking_).direct;
             bool ok = true;
-            for (const Access& a : conv.args) ok = ok && a.mode != Access::Mode::Elem;
+            for (const Access& a : conv.args) ok = ok && (!direct || a.mode != Access::Mode::Elem);
             const int32_t y = conv.stores[0].buffer;
             if (!ok || p_.buffers[size_t(y)].kind != Buffer::Kind::Temp) continue;
             const std::optional<size_t> reader = onlyReader(i, y);
@@ -785,7 +788,7 @@ private:
             if (!ok) continue;
             conv.pool = pool.attrs.window;
             conv.maxPositions = pool.maxPositions;
-            conv.stores[0].buffer = -1;
+            if (direct) conv.stores[0].buffer = -1;
             for (int32_t b : pool.out) conv.out.push_back(b);
             gone[*reader] = true;
         }

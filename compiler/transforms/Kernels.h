@@ -98,10 +98,11 @@ struct Kernel {
     ///   pool's input, the pool's g}; each thread expands g into its scratch just before the
     ///   product reads it, so the pool's gradient (the size of the convolution's output)
     ///   never makes a pass over memory of its own.
-    /// - a direct conv2d with an epilogue may pool what its epilogue computes (Fusion's
-    ///   fusePoolEpilogues), when the maxpool is the one reader of it: the epilogue's one
-    ///   store (buffer -1) stays in the thread's buffer of a whole image, and the kernel
-    ///   writes out {y (never written), the pooled y[, the maxima's positions]}.
+    /// - a conv2d with an epilogue may pool what its epilogue computes (Fusion's
+    ///   fusePoolEpilogues), when the maxpool is the one reader of it: the kernel writes out
+    ///   {y (never written), the pooled y[, the maxima's positions]}. Direct, the epilogue's
+    ///   one store (buffer -1) stays in the thread's buffer of a whole image; through the
+    ///   register tile it is stored, and each image pooled as soon as it is complete.
     Window pool;
     bool poolsGradient() const { return kind == Kind::Op && op == Op::Conv2dGradW && pool.kh > 0; }
     bool poolsOutput() const { return kind == Kind::Op && op == Op::Conv2d && pool.kh > 0; }
@@ -273,6 +274,9 @@ struct ConvPlan {
     /// grad_w that expands a maxpool's gradient (Kernel::poolsGradient): one image's g
     /// [O][OH OW] at expandAt in a thread's part.
     int64_t expandAt = 0;
+    /// A conv2d through the tile that pools its result (Kernel::poolsOutput) on several
+    /// threads: a byte per image, set once a thread has pooled it, from pooledAt.
+    int64_t pooledAt = 0;
     int64_t elements = 0;
 };
 inline bool isConvolution(Op op) { return op == Op::Conv2d || op == Op::Conv2dGradX || op == Op::Conv2dGradW; }

@@ -487,6 +487,20 @@ void Lowering::convolution(const Kernel& k) {
             });
         });
     }
+    // A pooled conv pools an image's channels from its stored values (planes of OH OW).
+    auto poolImage = [&](llvm::Value* img) {
+        llvm::Value *y = base(k.stores[0].buffer), *pooledY = base(k.out[1]);
+        loop(M, "po", [&](llvm::Value* o) {
+            llvm::Value* plane = b_.CreateAdd(b_.CreateMul(img, i64(M)), o);
+            std::vector<llvm::Value*> args = {at(y, b_.CreateMul(plane, i64(perImage))), at(pooledY, b_.CreateMul(plane, i64(pooledPlane)))};
+            if (k.maxPositions) args.push_back(b_.CreateGEP(b_.getInt8Ty(), base(k.out[2]), b_.CreateMul(plane, i64(pooledPlane))));
+            b_.CreateCall(poolPlane, args);
+        }, /*vectorise=*/false);
+    };
+    if (pooled && bl.threads > 1) // no image pooled yet
+        loop(plan.B, "pz", [&](llvm::Value* img) {
+            b_.CreateStore(b_.getInt8(0), b_.CreateGEP(b_.getInt8Ty(), at(scratchArea(), i64(plan.pooledAt)), img));
+        });
     run("gradc_conv_panels", [&](llvm::Value* begin, llvm::Value* end, llvm::Value* thread) {
         llvm::Value* panel = threadPart(thread);
         llvm::Value* tileBuf = at(panel, i64(plan.tileAt));
@@ -562,8 +576,24 @@ void Lowering::convolution(const Kernel& k) {
                     });
                 });
             });
+            // Pooled (Kernel::poolsOutput): the images that end in this panel and began in this
+            // run of panels are complete; they are pooled now, while their values are in cache.
+            if (!pooled) return;
+            llvm::Value* firstImage = b_.CreateUDiv(b_.CreateAdd(b_.CreateMul(begin, i64(NR)), i64(perImage - 1)), i64(perImage));
+            llvm::Value* from = smax(img0, firstImage), *to = b_.CreateUDiv(b_.CreateAdd(q0, cols), i64(perImage));
+            loopTo(b_.CreateSub(smax(to, from), from), "pi", [&](llvm::Value* d) {
+                llvm::Value* img = b_.CreateAdd(from, d);
+                poolImage(img);
+                if (bl.threads > 1) b_.CreateStore(b_.getInt8(1), b_.CreateGEP(b_.getInt8Ty(), at(scratchArea(), i64(plan.pooledAt)), img));
+            });
         });
     });
+    // Several threads: an image whose panels two runs shared is pooled here, after both.
+    if (pooled && bl.threads > 1)
+        loop(plan.B, "pi", [&](llvm::Value* img) {
+            llvm::Value* flag = b_.CreateGEP(b_.getInt8Ty(), at(scratchArea(), i64(plan.pooledAt)), img);
+            ifElse(b_.CreateICmpEQ(b_.CreateLoad(b_.getInt8Ty(), flag), b_.getInt8(0)), [&] { poolImage(img); }, [] {});
+        }, /*vectorise=*/false);
 }
 
 } // namespace gradc
