@@ -391,12 +391,12 @@ llvm::Function* Lowering::poolPlane(const PoolPlane& pp) {
                 llvm::Value* index = llvm::Constant::getNullValue(indexTy); // the maxima's places in their windows
                 const bool found = grad && positions; // the maxima as the forward pass found them
                 if (found) { // window row t / KW, column t % KW
-                    llvm::Value* t = b_.CreateZExt(b_.CreateMaskedLoad(indexTy, b_.CreateGEP(i8, positions, y0), llvm::Align(1),
-                                                                       prefix(VL, count), index),
-                                                   llvm::FixedVectorType::get(i32, VL));
+                    index = b_.CreateMaskedLoad(indexTy, b_.CreateGEP(i8, positions, y0), llvm::Align(1), prefix(VL, count), index);
+                    llvm::Value* t = b_.CreateZExt(index, llvm::FixedVectorType::get(i32, VL));
                     auto splat32 = [&](int64_t v) { return b_.CreateVectorSplat(VL, b_.getInt32(uint32_t(v))); };
-                    argv = b_.CreateAdd(argv, b_.CreateAdd(b_.CreateMul(b_.CreateUDiv(t, splat32(w.kw)), splat32(W)),
-                                                           b_.CreateURem(t, splat32(w.kw))));
+                    if (!apart)
+                        argv = b_.CreateAdd(argv, b_.CreateAdd(b_.CreateMul(b_.CreateUDiv(t, splat32(w.kw)), splat32(W)),
+                                                               b_.CreateURem(t, splat32(w.kw))));
                 }
                 for (int64_t p = 0; p < (found ? 0 : w.kh); ++p) // found: no window to scan
                     for (int64_t q = 0; q < w.kw; ++q) {
@@ -432,7 +432,9 @@ llvm::Function* Lowering::poolPlane(const PoolPlane& pp) {
                     }
                     for (int64_t p = 0; p < w.kh; ++p) {
                         auto share = [&](int64_t q) { // g for the outputs whose maximum is at column q
-                            llvm::Value* hit = b_.CreateICmpEQ(positionsOf(position(b_.CreateAdd(top, i64(p)), j0, q)), argv);
+                            llvm::Value* hit =
+                                found ? b_.CreateICmpEQ(index, b_.CreateVectorSplat(VL, llvm::ConstantInt::get(i8, uint64_t(p * w.kw + q))))
+                                      : b_.CreateICmpEQ(positionsOf(position(b_.CreateAdd(top, i64(p)), j0, q)), argv);
                             return b_.CreateSelect(hit, gv, llvm::Constant::getNullValue(vec));
                         };
                         llvm::Value* at = position(b_.CreateAdd(top, i64(p)), j0, 0);
