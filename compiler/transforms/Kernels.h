@@ -111,7 +111,7 @@ struct Kernel {
     /// maxpool2d kernel then has out {y, positions} (a pooled conv2d: {y, pooled, positions}),
     /// and the gradient in {positions, g} (a grad_w that expands it: {x, positions, g}). A
     /// position is a byte per element of y, the maximum's place p KW + q in its window (row
-    /// p, column q), in the first quarter of a buffer of y's shape (windows of at most 256).
+    /// p, column q), in the first bytes of a buffer of y's shape (windows of at most 256).
     bool maxPositions = false;
     /// Whether the kernel writes out[i] itself (not a conv's result that its epilogue stores).
     bool writesOut(size_t i) const { return out[i] >= 0 && !(i == 0 && hasEpilogue()); }

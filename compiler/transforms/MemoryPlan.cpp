@@ -154,7 +154,7 @@ ConvPlan planConv(const Kernel& k, const std::vector<Buffer>& buffers, const Gem
     p.tileAt = up16(p.K * NR);
     p.perThread = p.tileAt + up16(MR * NR);
     p.pooledAt = p.threadAt + p.perThread * threads;
-    p.elements = p.pooledAt + (k.poolsOutput() && threads > 1 ? up16(p.B) : 0); // a byte each, in elements of at least one byte
+    p.elements = p.pooledAt + (k.poolsOutput() && threads > 1 ? up16(p.B) : 0); // B bytes (in B elements)
     return p;
 }
 

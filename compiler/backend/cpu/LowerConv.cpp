@@ -17,10 +17,13 @@
 // Packing walks the positions one image row at a time, VL at a time: along a row, the
 // source columns of one kernel tap are an arithmetic progression, read by a masked load
 // (stride 1) or a masked gather, the lanes in the padding (or, for grad_x, at an inexact
-// division) left out and stored as zeros. Every sum runs in one order whatever thread runs
-// what: the results do not vary from run to run. A maxpool after a direct conv2d, or a
-// maxpool's gradient before a grad_w, may be folded into the kernel (Kernel::pool): it then
-// runs on each image's planes while they are in the thread's buffer.
+// division) left out and stored as zeros; where the grid is the source's (stride 1, "same"
+// padding) a row of VL positions is instead one masked load of the shifted source (two across
+// an image boundary) and one whole store. Every sum runs in one order whatever thread runs
+// what: the results do not vary from run to run. A maxpool after a conv2d, or a maxpool's
+// gradient before a grad_w, may be folded into the kernel (Kernel::pool): it then runs on
+// each image's planes while they are in the thread's buffer (a conv2d through the tile: in
+// cache, once the image's last panel is done).
 #include "Lowering.h"
 
 #include <algorithm>
@@ -72,8 +75,6 @@ void Lowering::convolution(const Kernel& k) {
     auto splat = [&](int64_t v) { return b_.CreateVectorSplat(unsigned(VL), b_.getInt32(uint32_t(int32_t(v)))); };
     const bool contiguous = !colDivides && colStep == 1;
 
-    // dst[k ld + (q - q0)] = view[k][q] for the positions q in [q0, q0 + width) (all of
-    // them, over every image), zero past the last position.
     // When the grid is the source's (stride 1, HO = HS, WO = WS: "same" padding), a tap's
     // source for position q of image b is q itself shifted by a constant: the view's row
     // for VL positions is one masked load (two where they span two images), stored whole.
@@ -122,6 +123,8 @@ void Lowering::convolution(const Kernel& k) {
         }, /*vectorise=*/false);
     };
 
+    // dst[k ld + (q - q0)] = view[k][q] for the positions q in [q0, q0 + width) (all of
+    // them, over every image), zero past the last position.
     auto packView = [&](llvm::Value* dst, int64_t ld, llvm::Value* src, llvm::Value* q0, int64_t width) {
         if (linear) return packLinear(dst, ld, src, q0, width);
         llvm::Value* qEnd = smin(b_.CreateAdd(q0, i64(width)), i64(total));

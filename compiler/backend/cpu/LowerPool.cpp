@@ -19,14 +19,13 @@
 // fill. The maximum's gradient finds a row's maxima first (their positions in the plane
 // function's frame) and then adds g at them one by one, since windows that overlap may
 // share one; windows that do not overlap along the row add g in the same pass (windows that
-// share no position at all store it, unread, and when they tile the plane exactly the
-// plane is not zeroed first). Rows longer
-// than kFrameRow outputs take each window's maximum on its own instead. When the maxpool of
-// the same program stored the positions of its maxima (Kernel::maxPositions: a byte per
-// output, the place in its window, found in the same pass as the maxima), the gradient reads
-// them instead of finding
-// the maxima again: it never reads x. The plane function also serves convolutions that pool
-// their output or expand a pool's gradient (LowerConv.cpp), on planes of their own buffers.
+// share no position at all store it, unread, and when they tile the plane exactly the plane
+// is not zeroed first). Rows longer than kFrameRow outputs take each window's maximum on its
+// own instead. When the maxpool of the same program stored the positions of its maxima
+// (Kernel::maxPositions: a byte per output, the place in its window, found in the same pass
+// as the maxima), the gradient reads them instead of finding the maxima again: it never
+// reads x. The plane function also serves convolutions that pool their output or expand a
+// pool's gradient (LowerConv.cpp), on planes of their own buffers.
 #include "Lowering.h"
 
 #include <fmt/format.h>
