@@ -244,6 +244,8 @@ void Lowering::convolution(const Kernel& k) {
     // (poolsGradient, expandGradient).
     llvm::Function* poolPlane = nullptr;
     int64_t pooledPlane = 0;
+    // The maxima's positions are a byte each (Kernel::maxPositions): element e of them.
+    auto byteAt = [&](llvm::Value* positions, llvm::Value* e) { return b_.CreateGEP(b_.getInt8Ty(), positions, e); };
     const bool pooled = k.poolsOutput(); // a direct conv2d that pools its epilogue's values
     if (pooled) {
         const Shape& y = p_->buffers[size_t(k.out[1])].shape;
@@ -260,7 +262,7 @@ void Lowering::convolution(const Kernel& k) {
         loop(n, "eo", [&](llvm::Value* q) {
             llvm::Value* plane = b_.CreateAdd(b_.CreateMul(img, i64(plan.O)), b_.CreateAdd(o0, q));
             llvm::Value* xAt = b_.CreateMul(plane, i64(k.maxPositions ? pooledPlane : plan.OH * plan.OW));
-            b_.CreateCall(poolPlane, {k.maxPositions ? b_.CreateGEP(b_.getInt8Ty(), x, xAt) : at(x, xAt), at(g, b_.CreateMul(plane, i64(pooledPlane))),
+            b_.CreateCall(poolPlane, {k.maxPositions ? byteAt(x, xAt) : at(x, xAt), at(g, b_.CreateMul(plane, i64(pooledPlane))),
                                       at(dst, b_.CreateMul(q, i64(plan.OH * plan.OW)))});
         }, /*vectorise=*/false);
     };
@@ -422,7 +424,7 @@ void Lowering::convolution(const Kernel& k) {
                         llvm::Value* plane = b_.CreateMul(b_.CreateAdd(b_.CreateMul(img, i64(O)), o), i64(pooledPlane));
                         std::vector<llvm::Value*> args = {from};
                         args.push_back(at(base(k.out[1]), plane));
-                        if (k.maxPositions) args.push_back(b_.CreateGEP(b_.getInt8Ty(), base(k.out[2]), plane)); // a byte each
+                        if (k.maxPositions) args.push_back(byteAt(base(k.out[2]), plane));
                         b_.CreateCall(poolPlane, args);
                     }, /*vectorise=*/false);
             });
@@ -496,13 +498,15 @@ void Lowering::convolution(const Kernel& k) {
         loop(M, "po", [&](llvm::Value* o) {
             llvm::Value* plane = b_.CreateAdd(b_.CreateMul(img, i64(M)), o);
             std::vector<llvm::Value*> args = {at(y, b_.CreateMul(plane, i64(perImage))), at(pooledY, b_.CreateMul(plane, i64(pooledPlane)))};
-            if (k.maxPositions) args.push_back(b_.CreateGEP(b_.getInt8Ty(), base(k.out[2]), b_.CreateMul(plane, i64(pooledPlane))));
+            if (k.maxPositions) args.push_back(byteAt(base(k.out[2]), b_.CreateMul(plane, i64(pooledPlane))));
             b_.CreateCall(poolPlane, args);
         }, /*vectorise=*/false);
     };
+    // Several threads: whether image img has been pooled (a byte each in the scratch).
+    auto pooledFlag = [&](llvm::Value* img) { return b_.CreateGEP(b_.getInt8Ty(), at(scratchArea(), i64(plan.pooledAt)), img); };
     if (pooled && bl.threads > 1) // no image pooled yet
         loop(plan.B, "pz", [&](llvm::Value* img) {
-            b_.CreateStore(b_.getInt8(0), b_.CreateGEP(b_.getInt8Ty(), at(scratchArea(), i64(plan.pooledAt)), img));
+            b_.CreateStore(b_.getInt8(0), pooledFlag(img));
         });
     run("gradc_conv_panels", [&](llvm::Value* begin, llvm::Value* end, llvm::Value* thread) {
         llvm::Value* panel = threadPart(thread);
@@ -587,15 +591,14 @@ void Lowering::convolution(const Kernel& k) {
             loopTo(b_.CreateSub(smax(to, from), from), "pi", [&](llvm::Value* d) {
                 llvm::Value* img = b_.CreateAdd(from, d);
                 poolImage(img);
-                if (bl.threads > 1) b_.CreateStore(b_.getInt8(1), b_.CreateGEP(b_.getInt8Ty(), at(scratchArea(), i64(plan.pooledAt)), img));
+                if (bl.threads > 1) b_.CreateStore(b_.getInt8(1), pooledFlag(img));
             });
         });
     });
     // Several threads: an image whose panels two runs shared is pooled here, after both.
     if (pooled && bl.threads > 1)
         loop(plan.B, "pi", [&](llvm::Value* img) {
-            llvm::Value* flag = b_.CreateGEP(b_.getInt8Ty(), at(scratchArea(), i64(plan.pooledAt)), img);
-            ifElse(b_.CreateICmpEQ(b_.CreateLoad(b_.getInt8Ty(), flag), b_.getInt8(0)), [&] { poolImage(img); }, [] {});
+            ifElse(b_.CreateICmpEQ(b_.CreateLoad(b_.getInt8Ty(), pooledFlag(img)), b_.getInt8(0)), [&] { poolImage(img); }, [] {});
         }, /*vectorise=*/false);
 }
 

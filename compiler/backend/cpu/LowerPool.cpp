@@ -105,10 +105,11 @@ llvm::Function* Lowering::poolPlane(const PoolPlane& pp) {
         // p KW + q for window row p and column q. storedAt gives output (i, j)'s as a position
         // in the plane (i32), indexOf the byte of the position at window row r, column q.
         auto* i8 = b_.getInt8Ty();
+        auto windowTop = [&](llvm::Value* i) { return b_.CreateSub(b_.CreateMul(i, i64(w.sh)), i64(w.ph)); }; // output row i's first row
         auto storedAt = [&](llvm::Value* i, llvm::Value* j) {
             llvm::Value* t = b_.CreateZExt(b_.CreateLoad(i8, b_.CreateGEP(i8, positions, b_.CreateAdd(b_.CreateMul(i, i64(OW)), j))),
                                            b_.getInt64Ty());
-            llvm::Value* row = b_.CreateAdd(b_.CreateSub(b_.CreateMul(i, i64(w.sh)), i64(w.ph)), b_.CreateUDiv(t, i64(w.kw)));
+            llvm::Value* row = b_.CreateAdd(windowTop(i), b_.CreateUDiv(t, i64(w.kw)));
             llvm::Value* col = b_.CreateAdd(b_.CreateSub(b_.CreateMul(j, i64(w.sw)), i64(w.pw)), b_.CreateURem(t, i64(w.kw)));
             return b_.CreateTrunc(b_.CreateAdd(b_.CreateMul(row, i64(W)), col), i32);
         };
@@ -131,7 +132,7 @@ llvm::Function* Lowering::poolPlane(const PoolPlane& pp) {
             };
             loop(OH, "i", [&](llvm::Value* i) {
                 llvm::Value *r0, *r1; // not structured bindings: clang 14 cannot capture those
-                std::tie(r0, r1) = clip(b_.CreateSub(b_.CreateMul(i, i64(w.sh)), i64(w.ph)), w.kh, H);
+                std::tie(r0, r1) = clip(windowTop(i), w.kh, H);
                 loop(OW, "j", [&](llvm::Value* j) {
                     llvm::Value *c0, *c1;
                     std::tie(c0, c1) = clip(b_.CreateSub(b_.CreateMul(j, i64(w.sw)), i64(w.pw)), w.kw, W);
@@ -207,7 +208,7 @@ llvm::Function* Lowering::poolPlane(const PoolPlane& pp) {
                 } else {
                     store(fp(max ? -inf : 0.0), out, b_.CreateAdd(yRow, j));
                     if (positions) { // the window's row r0 - top, column c0 - left
-                        llvm::Value* p = b_.CreateSub(r0, b_.CreateSub(b_.CreateMul(i, i64(w.sh)), i64(w.ph)));
+                        llvm::Value* p = b_.CreateSub(r0, windowTop(i));
                         b_.CreateStore(b_.CreateTrunc(b_.CreateAdd(b_.CreateMul(p, i64(w.kw)), b_.CreateSub(c0, left)), i8),
                                        b_.CreateGEP(i8, positions, b_.CreateAdd(yRow, j)));
                     }
@@ -231,7 +232,7 @@ llvm::Function* Lowering::poolPlane(const PoolPlane& pp) {
                             store(b_.CreateSelect(take, v, m), out, yi);
                             if (positions) { // window row r - top, column q
                                 llvm::Value* p = b_.CreateGEP(i8, positions, yi);
-                                llvm::Value* wr = b_.CreateSub(r, b_.CreateSub(b_.CreateMul(i, i64(w.sh)), i64(w.ph)));
+                                llvm::Value* wr = b_.CreateSub(r, windowTop(i));
                                 b_.CreateStore(b_.CreateSelect(take, indexOf(wr, q), b_.CreateLoad(i8, p)), p);
                             }
                             break;
@@ -460,7 +461,7 @@ llvm::Function* Lowering::poolPlane(const PoolPlane& pp) {
             if (from >= to) return;
             loop(to - from, "i", [&](llvm::Value* ii) {
                 llvm::Value* i = b_.CreateAdd(ii, i64(from));
-                llvm::Value* top = b_.CreateSub(b_.CreateMul(i, i64(w.sh)), i64(w.ph));
+                llvm::Value* top = windowTop(i);
                 if (!whole) { // the window's rows inside the image: never none (padding <= half the window)
                     llvm::Value* r0 = b_.CreateSelect(b_.CreateICmpSLT(top, i64(0)), i64(0), top);
                     llvm::Value* bottom = b_.CreateAdd(top, i64(w.kh));
