@@ -687,11 +687,11 @@ private:
         return reader;
     }
 
-    /// Folds a maxpool's gradient into the conv2d_grad_w that is its one reader
-    /// (Kernel::poolsGradient): the weight gradient, at its own place, expands g from the
-    /// pool's operands image by image (nothing between writes them), and the pool's gradient
-    /// (as large as the convolution's output: 26 MB for cnn_relu's first layer) is neither
-    /// written nor read back.
+    /// Folds a maxpool's gradient into the convolution gradients that are its only readers
+    /// (Kernel::poolsGradient: a conv2d_grad_w, a conv2d_grad_x, or both): each, at its own
+    /// place, expands g from the pool's operands image by image (nothing between writes
+    /// them), and the pool's gradient (as large as the convolution's output: 13 MB for
+    /// cnn_relu's second layer, 26 MB for its first) is neither written nor read back.
     void fusePoolGradients() {
         std::vector<bool> gone(p_.kernels.size(), false);
         for (size_t i = 0; i < p_.kernels.size(); ++i) {
@@ -699,26 +699,37 @@ private:
             if (pool.kind != Kernel::Kind::Op || pool.op != Op::MaxPool2dGrad) continue;
             const int32_t g = pool.out[0];
             if (p_.buffers[size_t(g)].kind != Buffer::Kind::Temp) continue;
-            const std::optional<size_t> reader = onlyReader(i, g);
-            if (!reader) continue;
-            const Kernel& conv = p_.kernels[*reader];
-            if (conv.kind != Kernel::Kind::Op || conv.op != Op::Conv2dGradW || conv.in[1] != g || conv.in[0] == g ||
-                conv.poolsGradient())
-                continue;
-            bool ok = true; // the weight gradient expands g at its own place: nothing between writes the pool's operands
-            for (size_t j = i + 1; j <= *reader && ok; ++j)
+            std::vector<size_t> readers;
+            bool ok = true;
+            for (size_t j = 0; j < p_.kernels.size() && ok; ++j) {
+                if (j == i) continue;
+                const Kernel& k = p_.kernels[j];
+                const std::vector<int32_t> r = k.reads(), w = k.writes();
+                if (std::find(w.begin(), w.end(), g) != w.end()) ok = false;
+                if (std::find(r.begin(), r.end(), g) == r.end()) continue;
+                // A convolution gradient after the pool's, reading g as its g alone.
+                const bool conv = k.kind == Kernel::Kind::Op && (k.op == Op::Conv2dGradW || k.op == Op::Conv2dGradX) &&
+                                  !k.poolsGradient() && j > i && std::count(r.begin(), r.end(), g) == 1 && k.in[k.gradientAt()] == g;
+                if (conv) readers.push_back(j);
+                else ok = false;
+            }
+            if (!ok || readers.empty()) continue;
+            for (size_t j = i + 1; j <= readers.back() && ok; ++j) // they expand g at their own places
                 for (int32_t w : p_.kernels[j].writes())
                     if (w == pool.in[0] || w == pool.in[1]) ok = false;
             if (!ok) continue;
-            Kernel& fused = p_.kernels[*reader];
-            fused.in = {fused.in[0], pool.in[0], pool.in[1]};
-            fused.pool = pool.attrs.window;
+            for (size_t j : readers) {
+                Kernel& fused = p_.kernels[j];
+                const auto at = fused.in.begin() + std::ptrdiff_t(fused.gradientAt());
+                fused.in.insert(fused.in.erase(at), {pool.in[0], pool.in[1]});
+                fused.pool = pool.attrs.window;
+            }
             gone[i] = true;
         }
         dropKernels(gone);
     }
 
-    /// A maxpool's gradient (its kernel, or a grad_w that expands it) reads the positions
+    /// A maxpool's gradient (its kernel, or a convolution gradient that expands it) reads the positions
     /// of the maxima that the maxpool2d of the same program stores as it finds them
     /// (Kernel::maxPositions), instead of reading the pool's input again to find them: a
     /// byte per pooled element (the place in its window), a sixteenth of the input's bytes
@@ -728,7 +739,7 @@ private:
             Kernel& grad = p_.kernels[i];
             const bool own = grad.kind == Kernel::Kind::Op && grad.op == Op::MaxPool2dGrad;
             if ((!own && !grad.poolsGradient()) || grad.maxPositions) continue;
-            const size_t xAt = own ? 0 : 1; // the pool's input x, then its g
+            const size_t xAt = own ? 0 : grad.gradientAt(); // the pool's input x, then its g
             const int32_t x = grad.in[xAt];
             const Window& window = own ? grad.attrs.window : grad.pool;
             const Shape& xs = p_.buffers[size_t(x)].shape;

@@ -93,23 +93,29 @@ struct Kernel {
     /// bias and activation after a convolution cost no pass over memory of their own.
     bool hasEpilogue() const { return kind == Kind::Op && !stores.empty(); }
     /// A maxpool over `pool` (kh == 0: none) folded into a convolution kernel:
-    /// - conv2d_grad_w may compute its g itself (Fusion's fusePoolGradients): when g is a
-    ///   maxpool's gradient that no other kernel reads, the kernel's operands are {x, the
-    ///   pool's input, the pool's g}; each thread expands g into its scratch just before the
-    ///   product reads it, so the pool's gradient (the size of the convolution's output)
-    ///   never makes a pass over memory of its own.
+    /// - conv2d_grad_w and conv2d_grad_x may compute their g themselves (Fusion's
+    ///   fusePoolGradients): when g is a maxpool's gradient that only they read, g's operand
+    ///   becomes the pool's two, {the pool's input, the pool's g} (grad_w: {x, those two};
+    ///   grad_x: {those two, W}; gradientAt() says where); each thread expands g into its
+    ///   scratch, image by image, just before the product reads it, so the pool's gradient
+    ///   (the size of the convolution's output) never makes a pass over memory of its own.
     /// - a conv2d with an epilogue may pool what its epilogue computes (Fusion's
     ///   fusePoolEpilogues), when the maxpool is the one reader of it: the kernel writes out
     ///   {y (never written), the pooled y[, the maxima's positions]}. Direct, the epilogue's
     ///   one store (buffer -1) stays in the thread's buffer of a whole image; through the
     ///   register tile it is stored, and each image pooled as soon as it is complete.
     Window pool;
-    bool poolsGradient() const { return kind == Kind::Op && op == Op::Conv2dGradW && pool.kh > 0; }
+    bool poolsGradient() const {
+        return kind == Kind::Op && (op == Op::Conv2dGradW || op == Op::Conv2dGradX) && pool.kh > 0;
+    }
+    /// Where a convolution gradient's g is in `in` (with poolsGradient: the first of the pool's two).
+    size_t gradientAt() const { return op == Op::Conv2dGradX ? 0 : 1; }
     bool poolsOutput() const { return kind == Kind::Op && op == Op::Conv2d && pool.kh > 0; }
     /// A maxpool's gradient may read, instead of the pool's input x, the positions of the
     /// windows' maxima that the forward maxpool2d stored (Fusion's storePoolPositions): the
     /// maxpool2d kernel then has out {y, positions} (a pooled conv2d: {y, pooled, positions}),
-    /// and the gradient in {positions, g} (a grad_w that expands it: {x, positions, g}). A
+    /// and the gradient in {positions, g} (a grad_w that expands it: {x, positions, g}; a
+    /// grad_x: {positions, g, W}). A
     /// position is a byte per element of y, the maximum's place p KW + q in its window (row
     /// p, column q), in the first bytes of a buffer of y's shape (windows of at most 256).
     bool maxPositions = false;
@@ -271,9 +277,10 @@ struct ConvPlan {
     int64_t tileAt = 0, packedAt = 0, aStride = 0;
     /// grad_w: the slices' blocks of sums (rowTiles MR x colPanels NR each), from sumsAt.
     int64_t sumsAt = 0, sumsBlock = 0;
-    /// grad_w that expands a maxpool's gradient (Kernel::poolsGradient): one image's g
-    /// [O][OH OW] at expandAt in a thread's part.
-    int64_t expandAt = 0;
+    /// A gradient that expands a maxpool's (Kernel::poolsGradient): at expandAt in a thread's
+    /// part, images' g [O][OH OW], `expanded` elements each: grad_w one; grad_x a ring of
+    /// `ring`, as many as one panel's positions span (image b in slot b % ring).
+    int64_t expandAt = 0, expanded = 0, ring = 0;
     /// A conv2d through the tile that pools its result (Kernel::poolsOutput) on several
     /// threads: a byte per image, set once a thread has pooled it, from pooledAt.
     int64_t pooledAt = 0;

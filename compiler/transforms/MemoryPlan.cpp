@@ -98,11 +98,12 @@ ConvPlan planConv(const Kernel& k, const std::vector<Buffer>& buffers, const Gem
     ConvPlan p;
     p.win = k.attrs.window;
     const Shape& x = k.op == Op::Conv2dGradX ? shape(k.out[0]) : shape(k.in[0]);
-    // y, or for grad_w dW [O,C,KH,KW], whose y follows from the window (its g may be a pool's operands).
-    const Shape& y = k.op == Op::Conv2dGradX ? shape(k.in[0]) : shape(k.out[0]);
+    // y, or for the gradients W or dW [O,C,KH,KW], y's grid following from the window (their
+    // g may be a pool's operands).
+    const Shape& y = k.op == Op::Conv2d ? shape(k.out[0]) : k.op == Op::Conv2dGradX ? shape(k.in.back()) : shape(k.out[0]);
     internal_assert(x.size() == 4 && y.size() == 4, "a convolution kernel on tensors that are not images");
     p.B = x[0], p.C = x[1], p.H = x[2], p.W = x[3];
-    if (k.op == Op::Conv2dGradW)
+    if (k.op != Op::Conv2d)
         p.O = y[0], p.OH = Window::outSize(p.H, p.win.kh, p.win.sh, p.win.ph), p.OW = Window::outSize(p.W, p.win.kw, p.win.sw, p.win.pw);
     else
         p.O = y[1], p.OH = y[2], p.OW = y[3];
@@ -127,13 +128,13 @@ ConvPlan planConv(const Kernel& k, const std::vector<Buffer>& buffers, const Gem
         p.elements = p.perThread * threads;
         return p;
     }
-    // grad_w expanding a maxpool's gradient: one image's g per thread.
-    const int64_t expanded = k.poolsGradient() ? up16(p.O * p.OH * p.OW) : 0;
+    // A gradient expanding a maxpool's: images' g per thread (grad_w one, grad_x a ring).
+    p.expanded = k.poolsGradient() ? up16(p.O * p.OH * p.OW) : 0;
     if (p.direct) { // grad_w: a slice of the batch per unit, its vector sums (then the threads' parts)
         p.units = std::min(p.B, threads);
         p.sumsBlock = up16(p.O * p.C * taps * bl.vl);
         p.threadAt = p.sumsBlock * p.units;
-        p.perThread = expanded;
+        p.perThread = p.expanded;
         p.elements = p.threadAt + p.perThread * threads;
         return p;
     }
@@ -144,7 +145,7 @@ ConvPlan planConv(const Kernel& k, const std::vector<Buffer>& buffers, const Gem
         p.aStride = up16(p.K);
         p.packedAt = p.M * p.aStride;
         p.expandAt = p.packedAt + up16(p.colPanels * NR * p.K);
-        p.perThread = p.expandAt + expanded;
+        p.perThread = p.expandAt + p.expanded;
         p.sumsAt = p.threadAt + p.perThread * threads;
         p.sumsBlock = up16(p.rowTiles * MR * p.colPanels * NR);
         p.elements = p.sumsAt + p.sumsBlock * p.units;
@@ -152,7 +153,12 @@ ConvPlan planConv(const Kernel& k, const std::vector<Buffer>& buffers, const Gem
     }
     p.units = p.colPanels;
     p.tileAt = up16(p.K * NR);
-    p.perThread = p.tileAt + up16(MR * NR);
+    p.expandAt = p.tileAt + up16(MR * NR);
+    if (p.expanded) { // the images one panel of NR of dx's positions spans
+        const int64_t perImage = p.H * p.W;
+        p.ring = (NR - 2) / perImage + 2;
+    }
+    p.perThread = p.expandAt + p.ring * p.expanded;
     p.pooledAt = p.threadAt + p.perThread * threads;
     p.elements = p.pooledAt + (k.poolsOutput() && threads > 1 ? up16(p.B) : 0); // B bytes (in B elements)
     return p;
@@ -249,9 +255,11 @@ std::string kernelLabel(const KernelProgram& p, size_t i) {
                                    : fmt::format("k{}: {} [{},{},{}]", i, kind, k.outer, k.rows, k.cols);
     std::string ins, outs;
     for (int32_t b : k.in) ins += (ins.empty() ? "" : ", ") + name(b);
-    if (k.poolsGradient()) // g expanded from the pool's operands
-        ins = fmt::format("{}, maxpool2d_grad({}, {}) window={}", name(k.in[0]), name(k.in[1]), name(k.in[2]),
-                          printWindow(k.pool));
+    if (k.poolsGradient()) { // g expanded from the pool's operands
+        const size_t g = k.gradientAt();
+        const std::string expanded = fmt::format("maxpool2d_grad({}, {}) window={}", name(k.in[g]), name(k.in[g + 1]), printWindow(k.pool));
+        ins = g == 0 ? fmt::format("{}, {}", expanded, name(k.in[2])) : fmt::format("{}, {}", name(k.in[0]), expanded);
+    }
     for (int32_t b : k.out) outs += (outs.empty() ? "" : ", ") + name(b);
     out += fmt::format(" ({}) -> ({})", ins, outs);
     if (std::string a = k.kind == Kernel::Kind::Op ? printAttrs(k.op, k.attrs) : ""; !a.empty()) out += " " + a;

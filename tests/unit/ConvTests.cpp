@@ -289,7 +289,7 @@ TEST_CASE("conv2d's bias and activation are its epilogue, applied as its tiles a
     }
 }
 
-TEST_CASE("a maxpool's gradient that only a weight gradient reads is expanded inside it, and a conv pools its epilogue's values", "[jit][conv][pool]") {
+TEST_CASE("a maxpool's gradient that only convolution gradients read is expanded inside them, and a conv pools its epilogue's values", "[jit][conv][pool]") {
     // A first convolution (no input gradient) before a maxpool: its conv2d_grad_w reads the
     // pool's operands (the positions of the maxima and the pooled gradient) and expands g
     // image by image; no maxpool2d_grad kernel is left and the pool's gradient has no
@@ -347,9 +347,45 @@ TEST_CASE("a maxpool's gradient that only a weight gradient reads is expanded in
         // tile's panels (positions 8 to a vector) span images at other places.
         if (hostHasAvx2()) compiledAgrees(g, rng, {1, 2}, nullptr, "avx2");
     }
-    // With the input's gradient needed too (a second convolution), g has two readers and stays.
-    Graph two = compileSource("two.nn", "input 1x8x8\nconv 2 3x3\nconv 3 3x3\nmaxpool 2\nflatten\ndense 2\nloss mse\n", {2}).graph;
-    Graph grad = differentiate(two);
-    const KernelProgram p = buildKernels(grad, "backward", backwardOutputs(grad), computeLayout(two), 4, GemmBlocking{});
+    // With the input's gradient needed too (a second convolution), g has two readers, the
+    // input's gradient and the weights': each expands it, the input's into a ring of as many
+    // images as one panel of positions spans (here up to five: images of 16 to 120
+    // positions). "Same" convolutions (packed a vector of positions at a time) and others,
+    // strided ones (whose input gradient divides) among them.
+    const char* twoConvs[] = {
+        "input 1x8x8\nconv 2 3x3\nconv 3 3x3\nmaxpool 2\nflatten\ndense 2\nloss mse\n",
+        "input 2x5x5\nconv 3 3x3 padding=1\nconv 4 3x3 padding=1 relu\nmaxpool 2\nflatten\ndense 3\nloss cross_entropy\n",
+        "input 2x12x10\nconv 4 3x3 padding=1 relu\nconv 5 3x3 padding=1 relu\nmaxpool 2\nflatten\ndense 3\nloss cross_entropy\n",
+        "input 2x9x9\nconv 3 3x3\nconv 4 3x3 stride=2 padding=1 tanh\nmaxpool 2 stride=1\nflatten\ndense 2\nloss mse\n",
+        "input 1x4x4\nconv 2 1x1\nconv 3 3x3 padding=1 relu\nmaxpool 3 stride=2 padding=1\nflatten\ndense 2\nloss mse\n",
+    };
+    for (const char* text : twoConvs) {
+        INFO(text);
+        Graph two = compileSource("two.nn", text, {.batch = 5, .statistics = false}).graph;
+        Graph grad = differentiate(two);
+        const KernelProgram p = buildKernels(grad, "backward", backwardOutputs(grad), computeLayout(two), 4, GemmBlocking{});
+        CHECK_FALSE(std::any_of(p.kernels.begin(), p.kernels.end(),
+                                [](const Kernel& k) { return k.kind == Kernel::Kind::Op && k.op == Op::MaxPool2dGrad; }));
+        int gradX = 0, gradW = 0;
+        for (const Kernel& k : p.kernels) {
+            if (!k.poolsGradient()) continue;
+            CHECK(k.in.size() == 3);
+            CHECK(k.maxPositions);
+            (k.op == Op::Conv2dGradX ? gradX : gradW) += 1;
+        }
+        CHECK(gradX == 1);
+        CHECK(gradW == 1);
+        agree(two, rng);
+        if (hostHasAvx2()) compiledAgrees(two, rng, {1, 2}, nullptr, "avx2");
+    }
+    // A reader that is not a convolution's gradient (the residual's sum) keeps the pool's
+    // gradient a kernel of its own.
+    Graph added = compileSource("added.nn", "input 1x8x8\nconv 2 3x3\nc = conv 3 3x3\nmaxpool 3 stride=1 padding=1\nadd c\n"
+                                            "flatten\ndense 2\nloss mse\n", {.batch = 2, .statistics = false}).graph;
+    Graph grad = differentiate(added);
+    const KernelProgram p = buildKernels(grad, "backward", backwardOutputs(grad), computeLayout(added), 4, GemmBlocking{});
     CHECK(std::count_if(p.kernels.begin(), p.kernels.end(), [](const Kernel& k) { return k.poolsGradient(); }) == 0);
+    CHECK(std::count_if(p.kernels.begin(), p.kernels.end(),
+                        [](const Kernel& k) { return k.kind == Kernel::Kind::Op && k.op == Op::MaxPool2dGrad; }) == 1);
+    agree(added, rng);
 }

@@ -21,9 +21,10 @@
 // padding) a row of VL positions is instead one masked load of the shifted source (two across
 // an image boundary) and one whole store. Every sum runs in one order whatever thread runs
 // what: the results do not vary from run to run. A maxpool after a conv2d, or a maxpool's
-// gradient before a grad_w, may be folded into the kernel (Kernel::pool): it then runs on
-// each image's planes while they are in the thread's buffer (a conv2d through the tile: in
-// cache, once the image's last panel is done).
+// gradient before a grad_w or grad_x, may be folded into the kernel (Kernel::pool): it then
+// runs on each image's planes while they are in the thread's buffer (a conv2d through the
+// tile: in cache, once the image's last panel is done; a grad_x expands g into a ring of
+// the images its panels span, each once per thread).
 #include "Lowering.h"
 
 #include <algorithm>
@@ -79,8 +80,9 @@ void Lowering::convolution(const Kernel& k) {
     // source for position q of image b is q itself shifted by a constant: the view's row
     // for VL positions is one masked load (two where they span two images), stored whole.
     const bool linear = contiguous && !rowDivides && rowStep == 1 && HO == HS && WO == WS && perImage >= VL && total + VL < (int64_t(1) << 31);
-    auto packLinear = [&](llvm::Value* dst, int64_t ld, llvm::Value* src, llvm::Value* q0, int64_t width) {
-        const int64_t imageStep = CS * HS * WS - perImage; // position q of image b is at b imageStep + q
+    // The source's images: image b's CS x HS x WS values from imageAt(b).
+    using Images = std::function<llvm::Value*(llvm::Value*)>;
+    auto packLinear = [&](llvm::Value* dst, int64_t ld, const Images& imageAt, llvm::Value* q0, int64_t width) {
         auto splat32 = [&](llvm::Value* v) { return b_.CreateVectorSplat(unsigned(VL), b_.CreateTrunc(v, b_.getInt32Ty())); };
         loop((width + VL - 1) / VL, "pv", [&](llvm::Value* v) {
             llvm::Value* qv = b_.CreateAdd(q0, b_.CreateMul(v, i64(VL)));
@@ -93,8 +95,10 @@ void Lowering::convolution(const Kernel& k) {
             llvm::Value* imgA = b_.CreateUDiv(qv, i64(perImage)); // the first lane's image; the others' is it or the next
             llvm::Value* inA = b_.CreateICmpEQ(b_.CreateUDiv(q, splat(perImage)), splat32(imgA));
             llvm::Value* spans = b_.CreateICmpNE(b_.CreateUDiv(b_.CreateAdd(qv, i64(VL - 1)), i64(perImage)), imgA);
-            llvm::Value* baseA = at(src, b_.CreateAdd(b_.CreateMul(imgA, i64(imageStep)), qv));
-            llvm::Value* baseB = at(baseA, i64(imageStep));
+            // Where position q's source is (of image A, or of the next): q from its image's start.
+            llvm::Value* imgB = b_.CreateAdd(imgA, i64(1));
+            llvm::Value* baseA = at(imageAt(imgA), b_.CreateSub(qv, b_.CreateMul(imgA, i64(perImage))));
+            llvm::Value* baseB = at(imageAt(imgB), b_.CreateSub(qv, b_.CreateMul(imgB, i64(perImage))));
             llvm::Value* to = at(dst, b_.CreateMul(v, i64(VL)));
             // Whole vectors where the rows have room (the lanes past `width` are zeros).
             const bool whole = (width + VL - 1) / VL * VL <= ld;
@@ -125,8 +129,8 @@ void Lowering::convolution(const Kernel& k) {
 
     // dst[k ld + (q - q0)] = view[k][q] for the positions q in [q0, q0 + width) (all of
     // them, over every image), zero past the last position.
-    auto packView = [&](llvm::Value* dst, int64_t ld, llvm::Value* src, llvm::Value* q0, int64_t width) {
-        if (linear) return packLinear(dst, ld, src, q0, width);
+    auto packView = [&](llvm::Value* dst, int64_t ld, const Images& imageAt, llvm::Value* q0, int64_t width) {
+        if (linear) return packLinear(dst, ld, imageAt, q0, width);
         llvm::Value* qEnd = smin(b_.CreateAdd(q0, i64(width)), i64(total));
         llvm::Value* firstRow = b_.CreateUDiv(q0, i64(WO));
         llvm::Value* lastRow = b_.CreateUDiv(b_.CreateSub(qEnd, i64(1)), i64(WO));
@@ -139,7 +143,7 @@ void Lowering::convolution(const Kernel& k) {
             llvm::Value* ja = b_.CreateSub(smax(q0, rowStart), rowStart);
             llvm::Value* jb = b_.CreateSub(smin(qEnd, b_.CreateAdd(rowStart, i64(WO))), rowStart);
             llvm::Value* dstAt = b_.CreateSub(rowStart, q0); // dst column of position j: dstAt + j
-            llvm::Value* image = at(src, b_.CreateMul(img, i64(CS * HS * WS)));
+            llvm::Value* image = imageAt(img);
             llvm::Value* chunks = b_.CreateUDiv(b_.CreateAdd(b_.CreateSub(jb, ja), i64(VL - 1)), i64(VL));
             loopTo(chunks, "v", [&](llvm::Value* v) {
                 llvm::Value* j0 = b_.CreateAdd(ja, b_.CreateMul(v, i64(VL)));
@@ -238,9 +242,9 @@ void Lowering::convolution(const Kernel& k) {
         return at(scratchArea(), b_.CreateAdd(i64(plan.threadAt), b_.CreateMul(thread, i64(plan.perThread))));
     };
 
-    // A maxpool folded in (Kernel::pool), through the pooling's plane function: a direct
-    // conv2d pools its epilogue's values (poolsOutput); a grad_w computes g's planes
-    // [o0, o0 + n) of image img from the pool's operands into dst, the thread's part
+    // A maxpool folded in (Kernel::pool), through the pooling's plane function: a conv2d
+    // pools its epilogue's values (poolsOutput); a grad_w or grad_x computes g's planes
+    // [o0, o0 + n) of image img from the pool's operands into dst, in the thread's part
     // (poolsGradient, expandGradient).
     llvm::Function* poolPlane = nullptr;
     int64_t pooledPlane = 0;
@@ -253,12 +257,12 @@ void Lowering::convolution(const Kernel& k) {
         pooledPlane = y[2] * y[3];
     }
     if (k.poolsGradient()) {
-        const Shape& pooled = p_->buffers[size_t(k.in[2])].shape;
+        const Shape& pooled = p_->buffers[size_t(k.in[k.gradientAt() + 1])].shape;
         poolPlane = this->poolPlane({Op::MaxPool2dGrad, k.pool, {plan.B, plan.O, plan.OH, plan.OW}, pooled, k.maxPositions});
         pooledPlane = pooled[2] * pooled[3];
     }
     auto expandGradient = [&](llvm::Value* dst, llvm::Value* img, llvm::Value* o0, int64_t n) {
-        llvm::Value *x = base(k.in[1]), *g = base(k.in[2]);
+        llvm::Value *x = base(k.in[k.gradientAt()]), *g = base(k.in[k.gradientAt() + 1]);
         loop(n, "eo", [&](llvm::Value* q) {
             llvm::Value* plane = b_.CreateAdd(b_.CreateMul(img, i64(plan.O)), b_.CreateAdd(o0, q));
             llvm::Value* xAt = b_.CreateMul(plane, i64(k.maxPositions ? pooledPlane : plan.OH * plan.OW));
@@ -449,7 +453,8 @@ void Lowering::convolution(const Kernel& k) {
                 llvm::Value* last = b_.CreateUDiv(b_.CreateMul(b_.CreateAdd(s, i64(1)), i64(plan.B)), i64(slices));
                 loopTo(b_.CreateSub(last, first), "img", [&](llvm::Value* d) {
                     llvm::Value* img = b_.CreateAdd(first, d);
-                    packView(part, plan.aStride, x, b_.CreateMul(img, i64(P)), P);
+                    packView(part, plan.aStride, [&](llvm::Value* b) { return at(x, b_.CreateMul(b, i64(plan.C * plan.H * plan.W))); },
+                             b_.CreateMul(img, i64(P)), P);
                     llvm::Value* gb = expanded; // g_b: in place, or expanded from the pool's
                     if (poolPlane) expandGradient(expanded, img, i64(0), O);
                     else gb = at(g, b_.CreateMul(img, i64(O * P)));
@@ -481,7 +486,7 @@ void Lowering::convolution(const Kernel& k) {
     // conv2d and grad_x: A is W ([O][C KH KW], read in place) or W' ([C][O KH KW], copied).
     const int64_t outImage = M * perImage; // elements of one image of the result
     if (gradX) {
-        llvm::Value* w = base(k.in[1]);
+        llvm::Value* w = base(k.in.back()); // after g, or the pool's two operands that give it
         llvm::Value* wt = at(scratchArea(), i64(plan.weightsAt));
         const int64_t O = plan.O, C = plan.C, taps = KH * KW;
         loop(O, "o", [&](llvm::Value* o) {
@@ -511,7 +516,15 @@ void Lowering::convolution(const Kernel& k) {
     run("gradc_conv_panels", [&](llvm::Value* begin, llvm::Value* end, llvm::Value* thread) {
         llvm::Value* panel = threadPart(thread);
         llvm::Value* tileBuf = at(panel, i64(plan.tileAt));
-        llvm::Value* src = base(k.in[0]);
+        // The view's source: x, g, or (Kernel::poolsGradient) the ring of the images of g this
+        // thread expanded last, image b in slot b % ring; `ready` is the next to expand.
+        llvm::Value* ring = k.poolsGradient() ? at(panel, i64(plan.expandAt)) : nullptr;
+        llvm::Value* src = ring ? nullptr : base(k.in[0]);
+        llvm::Value* ready = ring ? variable(b_.getInt64Ty(), b_.CreateUDiv(b_.CreateMul(begin, i64(NR)), i64(perImage))) : nullptr;
+        const Images images = [&](llvm::Value* img) {
+            if (ring) return at(ring, b_.CreateMul(b_.CreateURem(img, i64(plan.ring)), i64(plan.expanded)));
+            return at(src, b_.CreateMul(img, i64(CS * HS * WS)));
+        };
         llvm::Value* a = gradX ? at(scratchArea(), i64(plan.weightsAt)) : base(k.in[1]);
         // With an epilogue (conv2d's bias and activation, Kernel::hasEpilogue) every tile goes
         // through the thread's tile and the epilogue stores its values; y is not written.
@@ -527,13 +540,21 @@ void Lowering::convolution(const Kernel& k) {
         loopTo(b_.CreateSub(end, begin), "jt", [&](llvm::Value* u) {
             llvm::Value* jt = b_.CreateAdd(begin, u);
             llvm::Value* q0 = b_.CreateMul(jt, i64(NR));
-            packView(panel, NR, src, q0, NR);
             llvm::Value* cols = smin(i64(NR), b_.CreateSub(i64(total), q0));
             llvm::Value* img0 = b_.CreateUDiv(q0, i64(perImage));
+            llvm::Value* lastImage = b_.CreateUDiv(b_.CreateSub(b_.CreateAdd(q0, cols), i64(1)), i64(perImage));
+            if (ring) { // the panel's images not yet in the ring
+                llvm::Value* next = b_.CreateLoad(b_.getInt64Ty(), ready);
+                loopTo(b_.CreateSub(smax(b_.CreateAdd(lastImage, i64(1)), next), next), "ex", [&](llvm::Value* d) {
+                    llvm::Value* img = b_.CreateAdd(next, d);
+                    expandGradient(images(img), img, i64(0), CS);
+                });
+                b_.CreateStore(smax(b_.CreateAdd(lastImage, i64(1)), next), ready);
+            }
+            packView(panel, NR, images, q0, NR);
             llvm::Value* at0 = b_.CreateSub(q0, b_.CreateMul(img0, i64(perImage)));
             // The panel lies whole in one image: its whole tiles store straight into the result.
             llvm::Value* oneImage = b_.CreateICmpSLE(b_.CreateAdd(at0, i64(NR)), i64(perImage));
-            llvm::Value* lastImage = b_.CreateUDiv(b_.CreateSub(b_.CreateAdd(q0, cols), i64(1)), i64(perImage));
             loop(mt, "it", [&](llvm::Value* it) {
                 llvm::Value* r0 = b_.CreateMul(it, i64(MR));
                 llvm::Value* rows = smin(i64(MR), b_.CreateSub(i64(M), r0));
