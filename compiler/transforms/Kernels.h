@@ -171,6 +171,14 @@ struct GemmBlocking {
     /// writing whole rows (matrixProduct). A quarter of L2 and L2 (cacheBlocking).
     int64_t smallB = 256 * 1024, largeOutput = 1024 * 1024;
     std::string source = "default"; ///< where the tile came from: "model", "measured", "cached", "forced"
+    /// The candidate tiles' speeds measured on this CPU (GFLOP/s of the tile alone), when the
+    /// tile was chosen from them; empty otherwise. A convolution's forward and input-gradient
+    /// products pick their own tile from them (convTile).
+    struct Speed {
+        int mr = 0, nv = 0;
+        double gflops = 0;
+    };
+    std::vector<Speed> speeds;
     int nr() const { return nv * vl; }
     bool blocked(int64_t depth) const { return depth > kc; }
     /// The K block of a product `depth` deep: kc or less, the blocks as equal as can be.
@@ -262,6 +270,10 @@ ProductPlan planProduct(const Kernel& k, const GemmBlocking& b);
 struct ConvPlan {
     int64_t B = 0, C = 0, H = 0, W = 0, O = 0, OH = 0, OW = 0;
     Window win;
+    /// The register tile of the product, MR x NV vectors: the program's, or for conv2d and
+    /// grad_x through the tile the measured candidate (GemmBlocking::speeds) that does the
+    /// most useful work on M x N, by more than 2% (convTile).
+    int64_t mr = 0, nv = 0;
     bool direct = false;         ///< taps in registers (above); the threads share bands of rows of y (conv2d)
     int64_t band = 0;            ///< direct conv2d: rows of y per unit (O x band x OW results: 32768 elements or one row)
     static constexpr int64_t kDirectTaps = 16;
@@ -288,6 +300,8 @@ struct ConvPlan {
 };
 inline bool isConvolution(Op op) { return op == Op::Conv2d || op == Op::Conv2dGradX || op == Op::Conv2dGradW; }
 ConvPlan planConv(const Kernel& k, const std::vector<Buffer>& buffers, const GemmBlocking& b);
+/// The register tile (MR, NV) of a convolution's M x N product (ConvPlan::mr, nv).
+std::pair<int64_t, int64_t> convTile(const GemmBlocking& b, int64_t M, int64_t N);
 
 /// How a recurrent kernel runs (LowerScan.cpp): one loop over the steps around the cell
 /// body, the threads sharing MR-row tiles of the batch inside each step. Its scratch does not

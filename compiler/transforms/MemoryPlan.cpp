@@ -92,6 +92,22 @@ ProductPlan planProduct(const Kernel& k, const GemmBlocking& b) {
     return p;
 }
 
+std::pair<int64_t, int64_t> convTile(const GemmBlocking& bl, int64_t M, int64_t N) {
+    auto score = [&](const GemmBlocking::Speed& t) { // the share of the tiles' work that is M x N's, by the tile's speed
+        const int64_t nr = int64_t(t.nv) * bl.vl;
+        const double done = double((M + t.mr - 1) / t.mr * t.mr) * double((N + nr - 1) / nr * nr);
+        return t.gflops * double(M) * double(N) / done;
+    };
+    const GemmBlocking::Speed* own = nullptr;
+    for (const GemmBlocking::Speed& t : bl.speeds)
+        if (t.mr == bl.mr && t.nv == bl.nv) own = &t;
+    if (!own) return {bl.mr, bl.nv};
+    const GemmBlocking::Speed* best = own;
+    for (const GemmBlocking::Speed& t : bl.speeds)
+        if (score(t) > 1.02 * score(*own) && score(t) > score(*best)) best = &t;
+    return {best->mr, best->nv};
+}
+
 ConvPlan planConv(const Kernel& k, const std::vector<Buffer>& buffers, const GemmBlocking& bl) {
     auto up16 = [](int64_t v) { return (v + 15) / 16 * 16; }; // 64 bytes: 16 floats, 8 doubles
     auto shape = [&](int32_t id) -> const Shape& { return buffers.at(size_t(id)).shape; };
@@ -108,12 +124,14 @@ ConvPlan planConv(const Kernel& k, const std::vector<Buffer>& buffers, const Gem
     else
         p.O = y[1], p.OH = y[2], p.OW = y[3];
     const int64_t taps = int64_t(p.win.kh) * p.win.kw;
-    const int64_t MR = bl.mr, NR = bl.nr();
     switch (k.op) {
     case Op::Conv2d: p.M = p.O, p.N = p.B * p.OH * p.OW, p.K = p.C * taps; break;
     case Op::Conv2dGradX: p.M = p.C, p.N = p.B * p.H * p.W, p.K = p.O * taps; break;
     default: p.M = p.C * taps, p.N = p.O, p.K = p.OH * p.OW; break;
     }
+    // grad_w packs g_b with the program's helper (its panels are the program tile's).
+    std::tie(p.mr, p.nv) = k.op == Op::Conv2dGradW ? std::pair<int64_t, int64_t>(bl.mr, bl.nv) : convTile(bl, p.M, p.N);
+    const int64_t MR = p.mr, NR = p.nv * bl.vl;
     p.rowTiles = (p.M + MR - 1) / MR;
     p.colPanels = (p.N + NR - 1) / NR;
     const int64_t threads = std::max(1, bl.threads);

@@ -227,6 +227,59 @@ TEST_CASE("a convolution's last row tile of M % MR rows runs an edge tile of its
     agree(g, rng);
 }
 
+TEST_CASE("a convolution's forward and input-gradient products choose their own tile from the measured speeds", "[jit][conv]") {
+    GemmBlocking bl;
+    bl.mr = 6, bl.nv = 4, bl.vl = 16;
+    // Without measured speeds (or without the program tile's), the program's tile.
+    CHECK(convTile(bl, 32, 1000) == std::pair<int64_t, int64_t>(6, 4));
+    bl.speeds = {{8, 3, 100}, {4, 6, 100}};
+    CHECK(convTile(bl, 32, 1000) == std::pair<int64_t, int64_t>(6, 4));
+    // M = 32 leaves 6x4 an edge tile of 2 rows (89% useful); 8x3 has none, and 4x6 wastes
+    // more columns (1000 of 1056).
+    bl.speeds = {{6, 4, 100}, {8, 3, 100}, {4, 6, 100}};
+    CHECK(convTile(bl, 32, 1000) == std::pair<int64_t, int64_t>(8, 3));
+    CHECK(convTile(bl, 36, 1024) == std::pair<int64_t, int64_t>(6, 4)); // no waste: the program's
+    // 64 rows are 97% of 6x4's 66: 8x3 does 3% more useful work.
+    CHECK(convTile(bl, 64, 1024 * 3) == std::pair<int64_t, int64_t>(8, 3));
+    // Another tile must do more than 2% more useful work than the program's.
+    bl.speeds = {{6, 4, 100}, {8, 3, 101.5}};
+    CHECK(convTile(bl, 48, 1024 * 3) == std::pair<int64_t, int64_t>(6, 4));
+    bl.speeds = {{6, 4, 100}, {8, 3, 103}};
+    CHECK(convTile(bl, 48, 1024 * 3) == std::pair<int64_t, int64_t>(8, 3));
+    bl.speeds = {{6, 4, 100}, {8, 3, 100}, {4, 6, 100}};
+
+    // Compiled: the forward conv (M = O = 13) and the input gradient (M = C = 16) run 8x3
+    // tiles, the first with an edge tile of 5 rows; the weight gradient keeps the program's
+    // 6x4 (its panels are g_b's, packed by the program's helper). Against the interpreter.
+    const Graph g = compileSource("conv.nn", "input 2x7x9\nconv 16 3x3 padding=1 relu\nconv 13 3x3 padding=1 tanh\n"
+                                             "maxpool 2\nflatten\ndense 3\nloss cross_entropy\n", {3}).graph;
+    std::mt19937 rng(167);
+    Bindings b = randomBindings(g, rng);
+    auto want = interpretOutputs(differentiate(g), b);
+    for (bool f64 : {false, true}) {
+        GemmBlocking tiles = bl;
+        tiles.vl = f64 ? 8 : 16;
+        for (int threads : {1, 2}) {
+            CodegenOptions opts;
+            opts.cache = false, opts.f64 = f64, opts.threads = threads, opts.blocking = tiles;
+            INFO((f64 ? "f64, " : "f32, ") << threads << " thread(s)");
+            if (!f64 && threads == 1) {
+                const std::string ir = emitModule(g, opts, "llvm-unoptimised");
+                CHECK(ir.find("define internal void @gradc_tile_8x3_8(") != std::string::npos);
+                CHECK(ir.find("define internal void @gradc_tile_8x3_5(") != std::string::npos);
+                CHECK(ir.find("define internal void @gradc_tile(") != std::string::npos);
+            }
+            const auto got = runCompiled(compileModel(g, opts), g, b, true);
+            for (auto& [name, w] : want) {
+                if (name == "logits") continue;
+                INFO(name);
+                REQUIRE(got.count(name) == 1);
+                CHECK(relativeError(got.at(name), w) <= (f64 ? 1e-9 : 1e-4));
+            }
+        }
+    }
+}
+
 TEST_CASE("gradc bench --explain gives a line per convolution with its implicit product", "[jit][conv]") {
     const Graph g = compileSource("conv.nn", convModel(2, 5, 9, 7, 6, 3, 3, 1, 1, 1, 1), {4}).graph;
     CodegenOptions opts;

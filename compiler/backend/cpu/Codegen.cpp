@@ -298,6 +298,9 @@ void chooseTile(const Graph& fwd, const CodegenOptions& opts, const std::string&
     if (best && model && score(*best) <= 1.05 * score(*model)) best = model;
     if (!best) return;
     b.mr = best->mr, b.nv = best->nv;
+    for (const TileSpeed& t : speeds) // the convolutions' products choose among them too (convTile)
+        if (std::any_of(candidates.begin(), candidates.end(), [&](const TileSpeed& c) { return c.mr == t.mr && c.nv == t.nv; }))
+            b.speeds.push_back({t.mr, t.nv, t.gflops});
     cacheBlocking(b, opts.f64, hostCaches());
 }
 
@@ -624,11 +627,16 @@ std::vector<std::string> explainProducts(const Graph& fwd, const CodegenOptions&
                                                 "packed as A and g_b as B per image, {} slice{} of the batch, {}",
                                                 p->name, i, spelling, c.M, c.N, c.K, c.B, tile, c.units,
                                                 c.units == 1 ? "" : "s", threads));
-                else
+                else // its own tile (convTile)
                     lines.push_back(fmt::format("{} k{}: {} {} x {} x {} ({} · {}): {}, {} panels of {} packed one at a time "
                                                 "by each thread, {}, {}",
                                                 p->name, i, spelling, c.M, c.N, c.K, k.op == Op::Conv2d ? "W" : "W'",
-                                                k.op == Op::Conv2d ? "col(x)" : "colT(g)", tile, c.colPanels,
+                                                k.op == Op::Conv2d ? "col(x)" : "colT(g)",
+                                                c.mr == bl.mr && c.nv == bl.nv
+                                                    ? tile
+                                                    : fmt::format("tile {}x{} ({}x{}; chosen for this product from the measured speeds)",
+                                                                  c.mr, c.nv * bl.vl, c.mr, c.nv),
+                                                c.colPanels,
                                                 k.op == Op::Conv2d ? "col(x)" : "colT(g)",
                                                 k.op == Op::Conv2d ? "W in place" : "W' copied", threads));
                 if (k.poolsGradient()) lines.back() += "; g expanded from the maxpool's gradient into the thread's scratch";

@@ -20,7 +20,8 @@ struct TileSpeed {
 };
 
 /// Times each candidate tile of the micro-kernel on this CPU (JIT'd, in registers, B in
-/// L1/L2, K = 256): one module for all, best of three runs of a few milliseconds each.
+/// L1/L2, K = 256): one module for all, each candidate's best of seven runs of a few
+/// milliseconds, taken in rounds of one run of every candidate.
 std::vector<TileSpeed> measureTiles(bool f64, const std::vector<TileSpeed>& candidates,
                                     const std::string& isa);
 

@@ -36,7 +36,7 @@ void Lowering::convolution(const Kernel& k) {
     const GemmBlocking& bl = p_->blocking;
     const ConvPlan plan = planConv(k, p_->buffers, bl);
     const Window& win = plan.win;
-    const int64_t MR = bl.mr, NR = bl.nr();
+    const int64_t MR = plan.mr, NR = plan.nv * bl.vl; // the product's own tile (ConvPlan)
     const int64_t M = plan.M, K = plan.K, mt = plan.rowTiles, nt = plan.colPanels;
     const int64_t KH = win.kh, KW = win.kw;
     const bool gradX = k.op == Op::Conv2dGradX, gradW = k.op == Op::Conv2dGradW;
@@ -217,7 +217,8 @@ void Lowering::convolution(const Kernel& k) {
     // One tile: out[MR][NR] (rows outStride apart) = A's rows r0.. (clamped to M - 1, each
     // rowStride apart, K deep) times the panel, or added to it. The last row tile, when M is
     // not a multiple of MR, runs the edge tile of M % MR rows: no work on rows past M.
-    llvm::Function* edgeTile = M % MR && !plan.direct ? tileRows(M % MR) : tile_;
+    llvm::Function* wholeTile = plan.direct ? nullptr : tileOf(MR, plan.nv, MR);
+    llvm::Function* edgeTile = M % MR && !plan.direct ? tileOf(MR, plan.nv, M % MR) : wholeTile;
     auto tile = [&](llvm::Value* out, llvm::Value* outStride, llvm::Value* a, int64_t rowStride, llvm::Value* r0,
                     llvm::Value* panel, int64_t depth, bool add) {
         std::vector<llvm::Value*> args = {out, outStride};
@@ -226,8 +227,8 @@ void Lowering::convolution(const Kernel& k) {
             args.push_back(at(a, b_.CreateMul(m, i64(rowStride))));
         }
         for (llvm::Value* v : {i64(1), panel, i64(NR), i64(depth), (llvm::Value*)b_.getInt1(add)}) args.push_back(v);
-        llvm::Value* fn = edgeTile == tile_ ? tile_ : b_.CreateSelect(b_.CreateICmpEQ(r0, i64((mt - 1) * MR)), edgeTile, tile_);
-        b_.CreateCall(tile_->getFunctionType(), fn, args);
+        llvm::Value* fn = edgeTile == wholeTile ? wholeTile : b_.CreateSelect(b_.CreateICmpEQ(r0, i64((mt - 1) * MR)), edgeTile, wholeTile);
+        b_.CreateCall(wholeTile->getFunctionType(), fn, args);
     };
 
     // The units [begin, end) of thread `thread`, with the kernel's bases as seen where they run.

@@ -117,16 +117,15 @@ void Lowering::declareGemmHelpers() {
             });
         });
     });
-    tile_ = makeTile("gradc_tile", MR);
+    tile_ = makeTile("gradc_tile", MR, MR, p_->blocking.nv);
 }
 
 // tile(out, outStride, a_0 .. a_{MR-1}, aStride, b, bStride, K, add): row r of A is
 // a_r[k * aStride]; B's NR columns at step k start at b[k * bStride]; row r of the result
 // goes to out[r * outStride], or is added to it when `add` (a later K block). A tile of
 // `rows` < MR computes and stores only its first `rows` rows (the a_r past them unread).
-llvm::Function* Lowering::makeTile(const char* name, int64_t rows) {
-    const GemmBlocking& bl = p_->blocking;
-    const int64_t MR = bl.mr, VL = bl.vl;
+llvm::Function* Lowering::makeTile(const char* name, int64_t rows, int64_t MR, int64_t NV) {
+    const int64_t VL = p_->blocking.vl;
     auto* ptr = llvm::PointerType::get(ctx_, 0);
     auto* i64t = b_.getInt64Ty();
     auto* i1t = b_.getInt1Ty();
@@ -148,41 +147,48 @@ llvm::Function* Lowering::makeTile(const char* name, int64_t rows) {
         // MR x NV accumulators stay in vector registers over all of K; they start at zero,
         // or at the sums of the earlier K blocks.
         std::vector<llvm::Value*> acc;
-        for (int64_t i = 0; i < rows * bl.nv; ++i) acc.push_back(variable(vecTy, llvm::Constant::getNullValue(vecTy)));
+        for (int64_t i = 0; i < rows * NV; ++i) acc.push_back(variable(vecTy, llvm::Constant::getNullValue(vecTy)));
         auto* addBlock = llvm::BasicBlock::Create(ctx_, "add", fn_);
         auto* start = llvm::BasicBlock::Create(ctx_, "start", fn_);
         b_.CreateCondBr(add, addBlock, start);
         b_.SetInsertPoint(addBlock);
         for (int64_t r = 0; r < rows; ++r)
-            for (int64_t v = 0; v < bl.nv; ++v)
-                b_.CreateStore(b_.CreateAlignedLoad(vecTy, outAt(r, v), elementAlign), acc[size_t(r * bl.nv + v)]);
+            for (int64_t v = 0; v < NV; ++v)
+                b_.CreateStore(b_.CreateAlignedLoad(vecTy, outAt(r, v), elementAlign), acc[size_t(r * NV + v)]);
         b_.CreateBr(start);
         b_.SetInsertPoint(start);
         loopTo(K, "k", [&](llvm::Value* kk) {
             std::vector<llvm::Value*> bv;
             llvm::Value* bRow = b_.CreateMul(kk, bStride);
-            for (int64_t v = 0; v < bl.nv; ++v)
+            for (int64_t v = 0; v < NV; ++v)
                 bv.push_back(b_.CreateAlignedLoad(vecTy, b_.CreateGEP(T_, bPanel, b_.CreateAdd(bRow, i64(v * VL))),
                                                   elementAlign));
             llvm::Value* aAt = b_.CreateMul(kk, aStride);
             for (int64_t r = 0; r < rows; ++r) {
                 llvm::Value* splat = b_.CreateVectorSplat(unsigned(VL), load(param(unsigned(2 + r)), aAt));
-                for (int64_t v = 0; v < bl.nv; ++v) {
-                    llvm::Value* slot = acc[size_t(r * bl.nv + v)];
+                for (int64_t v = 0; v < NV; ++v) {
+                    llvm::Value* slot = acc[size_t(r * NV + v)];
                     b_.CreateStore(b_.CreateCall(fma, {splat, bv[size_t(v)], b_.CreateLoad(vecTy, slot)}), slot);
                 }
             }
         });
         for (int64_t r = 0; r < rows; ++r)
-            for (int64_t v = 0; v < bl.nv; ++v)
-                b_.CreateAlignedStore(b_.CreateLoad(vecTy, acc[size_t(r * bl.nv + v)]), outAt(r, v), elementAlign);
+            for (int64_t v = 0; v < NV; ++v)
+                b_.CreateAlignedStore(b_.CreateLoad(vecTy, acc[size_t(r * NV + v)]), outAt(r, v), elementAlign);
     });
 }
 
-llvm::Function* Lowering::tileRows(int64_t rows) {
-    if (rows == p_->blocking.mr) return tile_;
-    llvm::Function*& f = edgeTiles_[rows];
-    if (!f) f = makeTile(fmt::format("gradc_tile_{}", rows).c_str(), rows);
+llvm::Function* Lowering::tileRows(int64_t rows) { return tileOf(p_->blocking.mr, p_->blocking.nv, rows); }
+
+llvm::Function* Lowering::tileOf(int64_t mr, int64_t nv, int64_t rows) {
+    const GemmBlocking& bl = p_->blocking;
+    if (mr == bl.mr && nv == bl.nv && rows == mr) return tile_;
+    llvm::Function*& f = edgeTiles_[{mr, nv, rows}];
+    if (!f) {
+        const std::string name = mr == bl.mr && nv == bl.nv ? fmt::format("gradc_tile_{}", rows)
+                                                            : fmt::format("gradc_tile_{}x{}_{}", mr, nv, rows);
+        f = makeTile(name.c_str(), rows, mr, nv);
+    }
     return f;
 }
 

@@ -29,6 +29,7 @@
 #include <array>
 #include <functional>
 #include <map>
+#include <tuple>
 #include <unordered_map>
 #include <vector>
 
@@ -174,10 +175,13 @@ private:
     llvm::Function* packA_ = nullptr;
     llvm::Function* tile_ = nullptr;
     void declareGemmHelpers();
-    llvm::Function* makeTile(const char* name, int64_t rows);
+    /// A tile of MR x NV vectors that computes its first `rows` rows (makeTile).
+    llvm::Function* makeTile(const char* name, int64_t rows, int64_t mr, int64_t nv);
     /// The register tile for `rows` rows of A (tile_ for MR, else an edge tile of its own).
     llvm::Function* tileRows(int64_t rows);
-    std::map<int64_t, llvm::Function*> edgeTiles_;
+    /// The tile of MR x NV vectors (a convolution's own, ConvPlan) computing its first `rows` rows.
+    llvm::Function* tileOf(int64_t mr, int64_t nv, int64_t rows);
+    std::map<std::tuple<int64_t, int64_t, int64_t>, llvm::Function*> edgeTiles_;
     void transpose(std::vector<llvm::Value*>& r);
     void matrixProduct(const Kernel& k);
     void pack(llvm::Function* packer, llvm::Value* dst, llvm::Value* src, int64_t dim, int64_t K, bool trans,
