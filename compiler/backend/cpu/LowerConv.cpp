@@ -405,12 +405,19 @@ void Lowering::convolution(const Kernel& k) {
                                                    : at(y, b_.CreateAdd(b_.CreateMul(img, i64(O * OH * OW)),
                                                                         b_.CreateAdd(b_.CreateMul(i, i64(OW)), j0)));
                         const int64_t channelStride = epilogue ? band * OW : OH * OW;
-                        loop(O, "o", [&](llvm::Value* o) {
-                            llvm::Value* wo = at(w, b_.CreateMul(o, i64(D)));
-                            llvm::Value* acc = llvm::Constant::getNullValue(vecTy);
+                        // OB channels at a time: their sums are chains of D dependent FMAs,
+                        // which OB side by side keep the FMA units busy.
+                        const int64_t OB = O % 4 == 0 ? 4 : O % 2 == 0 ? 2 : 1;
+                        loop(O / OB, "o", [&](llvm::Value* ob) {
+                            std::vector<llvm::Value*> acc(size_t(OB), llvm::Constant::getNullValue(vecTy));
+                            llvm::Value* w0 = at(w, b_.CreateMul(ob, i64(OB * D)));
                             for (int64_t t = 0; t < D; ++t)
-                                acc = fma(b_.CreateVectorSplat(unsigned(VL), load(wo, i64(t))), xv[size_t(t)], acc);
-                            b_.CreateMaskedStore(acc, at(to, b_.CreateMul(o, i64(channelStride))), elementAlign, keep);
+                                for (int64_t q = 0; q < OB; ++q)
+                                    acc[size_t(q)] = fma(b_.CreateVectorSplat(unsigned(VL), load(w0, i64(q * D + t))), xv[size_t(t)], acc[size_t(q)]);
+                            for (int64_t q = 0; q < OB; ++q) {
+                                llvm::Value* o = b_.CreateAdd(b_.CreateMul(ob, i64(OB)), i64(q));
+                                b_.CreateMaskedStore(acc[size_t(q)], at(to, b_.CreateMul(o, i64(channelStride))), elementAlign, keep);
+                            }
                         }, /*vectorise=*/false);
                     }, /*vectorise=*/false);
                 });
