@@ -671,20 +671,24 @@ private:
         dropKernels(gone);
     }
 
-    /// The one kernel that reads `buffer`, which kernel `writer` alone writes, when it runs
-    /// after the writer.
-    std::optional<size_t> onlyReader(size_t writer, int32_t buffer) const {
-        std::optional<size_t> reader;
+    /// The kernels other than `writer` that read `buffer`, in order, when no other writes it.
+    std::optional<std::vector<size_t>> readersOf(size_t writer, int32_t buffer) const {
+        std::vector<size_t> readers;
         for (size_t j = 0; j < p_.kernels.size(); ++j) {
             if (j == writer) continue;
             const std::vector<int32_t> r = p_.kernels[j].reads(), w = p_.kernels[j].writes();
             if (std::find(w.begin(), w.end(), buffer) != w.end()) return std::nullopt;
-            if (std::find(r.begin(), r.end(), buffer) == r.end()) continue;
-            if (reader) return std::nullopt;
-            reader = j;
+            if (std::find(r.begin(), r.end(), buffer) != r.end()) readers.push_back(j);
         }
-        if (reader && *reader < writer) return std::nullopt;
-        return reader;
+        return readers;
+    }
+
+    /// The one kernel that reads `buffer`, which kernel `writer` alone writes, when it runs
+    /// after the writer.
+    std::optional<size_t> onlyReader(size_t writer, int32_t buffer) const {
+        const std::optional<std::vector<size_t>> readers = readersOf(writer, buffer);
+        if (!readers || readers->size() != 1 || readers->front() < writer) return std::nullopt;
+        return readers->front();
     }
 
     /// Folds a maxpool's gradient into the convolution gradients that are its only readers
@@ -699,21 +703,17 @@ private:
             if (pool.kind != Kernel::Kind::Op || pool.op != Op::MaxPool2dGrad) continue;
             const int32_t g = pool.out[0];
             if (p_.buffers[size_t(g)].kind != Buffer::Kind::Temp) continue;
-            std::vector<size_t> readers;
+            const std::optional<std::vector<size_t>> found = readersOf(i, g);
+            if (!found || found->empty()) continue;
+            const std::vector<size_t>& readers = *found;
             bool ok = true;
-            for (size_t j = 0; j < p_.kernels.size() && ok; ++j) {
-                if (j == i) continue;
+            for (size_t j : readers) { // convolution gradients after the pool's, reading g as their g alone
                 const Kernel& k = p_.kernels[j];
-                const std::vector<int32_t> r = k.reads(), w = k.writes();
-                if (std::find(w.begin(), w.end(), g) != w.end()) ok = false;
-                if (std::find(r.begin(), r.end(), g) == r.end()) continue;
-                // A convolution gradient after the pool's, reading g as its g alone.
-                const bool conv = k.kind == Kernel::Kind::Op && (k.op == Op::Conv2dGradW || k.op == Op::Conv2dGradX) &&
-                                  !k.poolsGradient() && j > i && std::count(r.begin(), r.end(), g) == 1 && k.in[k.gradientAt()] == g;
-                if (conv) readers.push_back(j);
-                else ok = false;
+                const std::vector<int32_t> r = k.reads();
+                ok = ok && k.kind == Kernel::Kind::Op && (k.op == Op::Conv2dGradW || k.op == Op::Conv2dGradX) &&
+                     !k.poolsGradient() && j > i && std::count(r.begin(), r.end(), g) == 1 && k.in[k.gradientAt()] == g;
             }
-            if (!ok || readers.empty()) continue;
+            if (!ok) continue;
             for (size_t j = i + 1; j <= readers.back() && ok; ++j) // they expand g at their own places
                 for (int32_t w : p_.kernels[j].writes())
                     if (w == pool.in[0] || w == pool.in[1]) ok = false;

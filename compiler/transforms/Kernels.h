@@ -178,6 +178,10 @@ struct GemmBlocking {
         int mr = 0, nv = 0;
         double gflops = 0;
     };
+    /// The share of an M x N product's tiles of MR x NR that is the product's own work.
+    static double usefulShare(int64_t M, int64_t N, int64_t mr, int64_t nr) {
+        return double(M) * double(N) / (double((M + mr - 1) / mr * mr) * double((N + nr - 1) / nr * nr));
+    }
     std::vector<Speed> speeds;
     int nr() const { return nv * vl; }
     bool blocked(int64_t depth) const { return depth > kc; }

@@ -93,11 +93,7 @@ ProductPlan planProduct(const Kernel& k, const GemmBlocking& b) {
 }
 
 std::pair<int64_t, int64_t> convTile(const GemmBlocking& bl, int64_t M, int64_t N) {
-    auto score = [&](const GemmBlocking::Speed& t) { // the share of the tiles' work that is M x N's, by the tile's speed
-        const int64_t nr = int64_t(t.nv) * bl.vl;
-        const double done = double((M + t.mr - 1) / t.mr * t.mr) * double((N + nr - 1) / nr * nr);
-        return t.gflops * double(M) * double(N) / done;
-    };
+    auto score = [&](const GemmBlocking::Speed& t) { return t.gflops * GemmBlocking::usefulShare(M, N, t.mr, int64_t(t.nv) * bl.vl); };
     const GemmBlocking::Speed* own = nullptr;
     for (const GemmBlocking::Speed& t : bl.speeds)
         if (t.mr == bl.mr && t.nv == bl.nv) own = &t;
@@ -116,7 +112,7 @@ ConvPlan planConv(const Kernel& k, const std::vector<Buffer>& buffers, const Gem
     const Shape& x = k.op == Op::Conv2dGradX ? shape(k.out[0]) : shape(k.in[0]);
     // y, or for the gradients W or dW [O,C,KH,KW], y's grid following from the window (their
     // g may be a pool's operands).
-    const Shape& y = k.op == Op::Conv2d ? shape(k.out[0]) : k.op == Op::Conv2dGradX ? shape(k.in.back()) : shape(k.out[0]);
+    const Shape& y = k.op == Op::Conv2dGradX ? shape(k.in.back()) : shape(k.out[0]);
     internal_assert(x.size() == 4 && y.size() == 4, "a convolution kernel on tensors that are not images");
     p.B = x[0], p.C = x[1], p.H = x[2], p.W = x[3];
     if (k.op != Op::Conv2d)

@@ -286,21 +286,21 @@ void chooseTile(const Graph& fwd, const CodegenOptions& opts, const std::string&
         cache.store(speeds);
         b.source = "measured";
     }
+    std::vector<TileSpeed> known; // the candidates' speeds
+    for (const TileSpeed& t : speeds)
+        if (std::any_of(candidates.begin(), candidates.end(), [&](const TileSpeed& c) { return c.mr == t.mr && c.nv == t.nv; }))
+            known.push_back(t);
     auto score = [&](const TileSpeed& t) { return t.gflops * usefulShare(fwd, t.mr, int64_t(t.nv) * b.vl); };
     const TileSpeed* model = nullptr;
-    for (const TileSpeed& t : speeds)
+    for (const TileSpeed& t : known)
         if (t.mr == b.mr && t.nv == b.nv) model = &t;
     const TileSpeed* best = model;
-    for (const TileSpeed& t : speeds)
-        if (std::any_of(candidates.begin(), candidates.end(), [&](const TileSpeed& c) { return c.mr == t.mr && c.nv == t.nv; }) &&
-            (!best || score(t) > score(*best)))
-            best = &t;
+    for (const TileSpeed& t : known)
+        if (!best || score(t) > score(*best)) best = &t;
     if (best && model && score(*best) <= 1.05 * score(*model)) best = model;
     if (!best) return;
     b.mr = best->mr, b.nv = best->nv;
-    for (const TileSpeed& t : speeds) // the convolutions' products choose among them too (convTile)
-        if (std::any_of(candidates.begin(), candidates.end(), [&](const TileSpeed& c) { return c.mr == t.mr && c.nv == t.nv; }))
-            b.speeds.push_back({t.mr, t.nv, t.gflops});
+    b.speeds = known; // the convolutions' products choose among them too (convTile)
     cacheBlocking(b, opts.f64, hostCaches());
 }
 

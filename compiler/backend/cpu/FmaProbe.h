@@ -2,6 +2,8 @@
 // reports its speed against. No LLVM types appear here.
 #pragma once
 
+#include "Kernels.h"
+
 #include <string>
 #include <vector>
 
@@ -14,10 +16,7 @@ namespace gradc {
 double measureFmaPeak(bool f64, const std::string& isa);
 
 /// A register tile (MR rows by NV vectors) and its measured speed in GFLOP/s.
-struct TileSpeed {
-    int mr = 0, nv = 0;
-    double gflops = 0;
-};
+using TileSpeed = GemmBlocking::Speed;
 
 /// Times each candidate tile of the micro-kernel on this CPU (JIT'd, in registers, B in
 /// L1/L2, K = 256): one module for all, each candidate's best of seven runs of a few
